@@ -1,0 +1,279 @@
+/** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
+import { addressOf, cstring, libc, unwrap } from "./libc.ts";
+import { encodeIovecs } from "./structs.ts";
+
+/** x86_64 syscall numbers used by tardigrade, both for local calls and injected ones. */
+export const SYS = {
+  read: 0,
+  write: 1,
+  open: 2,
+  close: 3,
+  lseek: 8,
+  mmap: 9,
+  mprotect: 10,
+  munmap: 11,
+  brk: 12,
+  rt_sigaction: 13,
+  rt_sigprocmask: 14,
+  ioctl: 16,
+  pread64: 17,
+  pipe: 22,
+  mremap: 25,
+  madvise: 28,
+  dup: 32,
+  dup2: 33,
+  getitimer: 36,
+  setitimer: 38,
+  getpid: 39,
+  socket: 41,
+  clone: 56,
+  fork: 57,
+  exit: 60,
+  kill: 62,
+  fcntl: 72,
+  ftruncate: 77,
+  chdir: 80,
+  fchdir: 81,
+  umask: 95,
+  getrlimit: 97,
+  setuid: 105,
+  setgid: 106,
+  setgroups: 116,
+  setresuid: 117,
+  setresgid: 119,
+  capset: 126,
+  rt_sigpending: 127,
+  rt_sigqueueinfo: 129,
+  sigaltstack: 131,
+  personality: 135,
+  prctl: 157,
+  arch_prctl: 158,
+  chroot: 161,
+  gettid: 186,
+  tkill: 200,
+  futex: 202,
+  set_tid_address: 218,
+  restart_syscall: 219,
+  timer_create: 222,
+  timer_settime: 223,
+  timer_gettime: 224,
+  timer_delete: 226,
+  clock_nanosleep: 230,
+  exit_group: 231,
+  epoll_ctl: 233,
+  tgkill: 234,
+  openat: 257,
+  set_robust_list: 273,
+  get_robust_list: 274,
+  tee: 276,
+  signalfd4: 289,
+  timerfd_create: 283,
+  eventfd2: 290,
+  epoll_create1: 291,
+  dup3: 292,
+  pipe2: 293,
+  inotify_init1: 294,
+  rt_tgsigqueueinfo: 297,
+  timerfd_settime: 286,
+  timerfd_gettime: 287,
+  prlimit64: 302,
+  kcmp: 312,
+  memfd_create: 319,
+  userfaultfd: 323,
+  rseq: 334,
+  pidfd_send_signal: 424,
+  pidfd_open: 434,
+  clone3: 435,
+  close_range: 436,
+  pidfd_getfd: 438,
+} as const;
+
+/** Calls a raw syscall locally; returns the result, throws `SyscallError` on failure. */
+export function syscall(name: keyof typeof SYS, ...args: (bigint | number)[]): bigint {
+  const a = [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6);
+  return unwrap(libc.syscall(BigInt(SYS[name]), a[0], a[1], a[2], a[3], a[4], a[5]), name, args);
+}
+
+/** kcmp types. */
+export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSEM: 6 } as const;
+
+/**
+ * Orders two kernel objects of two processes: 0 equal, 1 less, 2 greater, 3 not ordered.
+ * `KCMP.FILE` compares the open files behind two descriptors.
+ */
+export function kcmp(pid1: number, pid2: number, type: number, idx1 = 0, idx2 = 0): number {
+  return Number(syscall("kcmp", pid1, pid2, type, idx1, idx2));
+}
+
+/** A pidfd for a process. */
+export function pidfdOpen(pid: number, flags = 0): number {
+  return Number(syscall("pidfd_open", pid, flags));
+}
+
+/** Duplicates a descriptor of another process (through its pidfd) into this one. */
+export function pidfdGetfd(pidfd: number, targetFd: number): number {
+  return Number(syscall("pidfd_getfd", pidfd, targetFd, 0));
+}
+
+/** Sends a signal to one thread of a process. */
+export function tgkill(tgid: number, tid: number, sig: number): void {
+  syscall("tgkill", tgid, tid, sig);
+}
+
+/** open(2) flags. */
+export const O = {
+  RDONLY: 0,
+  WRONLY: 1,
+  RDWR: 2,
+  ACCMODE: 3,
+  CREAT: 0o100,
+  EXCL: 0o200,
+  NOCTTY: 0o400,
+  TRUNC: 0o1000,
+  APPEND: 0o2000,
+  NONBLOCK: 0o4000,
+  DSYNC: 0o10000,
+  DIRECT: 0o40000,
+  LARGEFILE: 0o100000,
+  DIRECTORY: 0o200000,
+  NOFOLLOW: 0o400000,
+  NOATIME: 0o1000000,
+  CLOEXEC: 0o2000000,
+  PATH: 0o10000000,
+} as const;
+
+/** Opens a file through libc, giving a raw descriptor (for ioctl, pread, pidfd …). */
+export function open(path: string, flags: number, mode = 0): number {
+  return unwrap(libc.open(cstring(path), flags | O.CLOEXEC, mode), "open", [path]);
+}
+
+/** Closes a raw descriptor. */
+export function close(fd: number): void {
+  unwrap(libc.close(fd), "close", [fd]);
+}
+
+/** Reads at an offset; returns the byte count (0 at end of file). */
+export function pread(fd: number, buf: Uint8Array, offset: bigint | number): number {
+  return Number(
+    unwrap(
+      libc.pread(fd, buf as Uint8Array<ArrayBuffer>, BigInt(buf.length), BigInt(offset)),
+      "pread",
+      [fd, offset],
+    ),
+  );
+}
+
+/** Writes at an offset; returns the byte count. */
+export function pwrite(fd: number, buf: Uint8Array, offset: bigint | number): number {
+  return Number(
+    unwrap(
+      libc.pwrite(fd, buf as Uint8Array<ArrayBuffer>, BigInt(buf.length), BigInt(offset)),
+      "pwrite",
+      [fd, offset],
+    ),
+  );
+}
+
+/** ioctl with a struct argument. */
+export function ioctl(fd: number, request: bigint, arg: Uint8Array, name = "ioctl"): number {
+  return unwrap(libc.ioctl(fd, request, arg as Uint8Array<ArrayBuffer>), name, [fd, request]);
+}
+
+/** One piece of a scatter/gather copy: `len` bytes at `remote` in the other process. */
+export interface RemoteRange {
+  remote: bigint;
+  len: number;
+}
+
+function vmCopy(
+  which: "process_vm_readv" | "process_vm_writev",
+  pid: number,
+  local: Uint8Array,
+  ranges: readonly RemoteRange[],
+): number {
+  const liov = encodeIovecs([{ base: addressOf(local), len: local.length }]);
+  const riov = encodeIovecs(ranges.map((r) => ({ base: r.remote, len: r.len })));
+  const fn = libc[which];
+  return Number(
+    unwrap(fn(pid, liov, 1n, riov, BigInt(ranges.length), 0n), which, [
+      pid,
+      ranges[0]?.remote ?? 0n,
+    ]),
+  );
+}
+
+/**
+ * Copies from another process's memory into `local`, gathering `ranges` in order. Returns the
+ * bytes copied, which stops short at the first range that is not mapped.
+ */
+export function processVmRead(
+  pid: number,
+  local: Uint8Array,
+  ranges: readonly RemoteRange[],
+): number {
+  return vmCopy("process_vm_readv", pid, local, ranges);
+}
+
+/** Copies `local` into another process's memory, scattering it over `ranges`. */
+export function processVmWrite(
+  pid: number,
+  local: Uint8Array,
+  ranges: readonly RemoteRange[],
+): number {
+  return vmCopy("process_vm_writev", pid, local, ranges);
+}
+
+/** Sends a signal to a process. */
+export function kill(pid: number, sig: number): void {
+  unwrap(libc.kill(pid, sig), "kill", [pid, sig]);
+}
+
+/** Signal numbers of x86_64 Linux. */
+export const SIG = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+  SIGSTKFLT: 16,
+  SIGCHLD: 17,
+  SIGCONT: 18,
+  SIGSTOP: 19,
+  SIGTSTP: 20,
+  SIGTTIN: 21,
+  SIGTTOU: 22,
+  SIGURG: 23,
+  SIGXCPU: 24,
+  SIGXFSZ: 25,
+  SIGVTALRM: 26,
+  SIGPROF: 27,
+  SIGWINCH: 28,
+  SIGIO: 29,
+  SIGPWR: 30,
+  SIGSYS: 31,
+} as const;
+
+/** prctl options tardigrade uses. */
+export const PR = {
+  SET_PDEATHSIG: 1,
+  SET_NAME: 15,
+  GET_NAME: 16,
+  SET_MM: 35,
+  SET_CHILD_SUBREAPER: 36,
+  GET_TID_ADDRESS: 40,
+} as const;
+
+/** Makes this process a child subreaper: orphans below it are reparented to it. */
+export function setChildSubreaper(): void {
+  unwrap(libc.prctl(PR.SET_CHILD_SUBREAPER, 1n, 0n, 0n, 0n), "prctl", ["PR_SET_CHILD_SUBREAPER"]);
+}

@@ -1,0 +1,56 @@
+/** Errors named for what happened, as psutil names them. */
+import { Errno, SyscallError } from "../ffi/mod.ts";
+
+export { SyscallError };
+
+/** Base of every error tardigrade raises on purpose. */
+export class TardigradeError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The process (or thread) does not exist, or exited while it was being looked at. */
+export class NoSuchProcess extends TardigradeError {
+  constructor(readonly pid: number, detail?: string, options?: ErrorOptions) {
+    super(`no such process ${pid}${detail ? ` (${detail})` : ""}`, options);
+  }
+}
+
+/** The kernel refused access to a process or one of its files. */
+export class AccessDenied extends TardigradeError {
+  constructor(readonly pid: number, what: string, options?: ErrorOptions) {
+    super(`access denied to ${what} of process ${pid}`, options);
+  }
+}
+
+/** An image is damaged, of another version or architecture, or does not match this machine. */
+export class ImageError extends TardigradeError {}
+
+/** A restore cannot go on: the pid is taken, a file changed since the dump, … */
+export class RestoreError extends TardigradeError {}
+
+/** A dump cannot go on: an fd kind not handled, a policy that threw, … */
+export class DumpError extends TardigradeError {}
+
+/** Something the tool does not handle (yet), named precisely. */
+export class Unsupported extends TardigradeError {}
+
+/**
+ * Turns a `SyscallError` about process `pid` into `NoSuchProcess` or `AccessDenied` where that is
+ * what it means; other errors pass through unchanged.
+ */
+export function explain(err: unknown, pid: number, what: string): unknown {
+  if (err instanceof SyscallError) {
+    if (err.errno === Errno.ESRCH) return new NoSuchProcess(pid, what, { cause: err });
+    if (err.errno === Errno.EPERM || err.errno === Errno.EACCES) {
+      return new AccessDenied(pid, what, { cause: err });
+    }
+  }
+  if (err instanceof Deno.errors.NotFound) return new NoSuchProcess(pid, what, { cause: err });
+  if (err instanceof Deno.errors.PermissionDenied) {
+    return new AccessDenied(pid, what, { cause: err });
+  }
+  return err;
+}

@@ -1,0 +1,133 @@
+/** Test harness: compiles C fixtures, starts them detached, and talks to them through files. */
+import { setChildSubreaper, WAIT, waitpid } from "../ffi/mod.ts";
+
+// Orphaned fixtures are reparented to the test process, so they are reaped at once.
+setChildSubreaper();
+
+const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
+const buildDir = Deno.makeTempDirSync({ prefix: "tardigrade-fixtures-" });
+const built = new Map<string, string>();
+
+/** Compiles `tests/fixtures/NAME.c` once per test run and returns the binary's path. */
+export async function fixture(name: string, extraFlags: string[] = []): Promise<string> {
+  const key = [name, ...extraFlags].join(" ");
+  const have = built.get(key);
+  if (have) return have;
+  const out = `${buildDir}/${name}${extraFlags.length ? `-${built.size}` : ""}`;
+  const cc = await new Deno.Command("cc", {
+    args: ["-O1", "-g", "-pthread", "-o", out, `${fixtureDir}${name}.c`, ...extraFlags],
+  }).output();
+  if (!cc.success) throw new Error(`cc ${name}.c failed:\n${new TextDecoder().decode(cc.stderr)}`);
+  built.set(key, out);
+  return out;
+}
+
+/** A fixture process started detached (not a child of Deno.Command), with its output file. */
+export class Target {
+  constructor(readonly pid: number, readonly outPath: string) {}
+
+  /** Everything the process has printed so far. */
+  output(): string {
+    try {
+      return Deno.readTextFileSync(this.outPath);
+    } catch {
+      return "";
+    }
+  }
+
+  /** Waits until the output has a line matching `re` after `from` characters; returns the match. */
+  async waitFor(re: RegExp, timeoutMs = 10_000, from = 0): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.output().slice(from).match(re);
+      if (m) return m;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `timed out waiting for ${re} from pid ${this.pid}; output:\n${this.output()}`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Asks the fixture to check itself (SIGUSR1) and returns its PASS/FAIL line. */
+  async check(pid = this.pid): Promise<string> {
+    const from = this.output().length;
+    Deno.kill(pid, "SIGUSR1");
+    return (await this.waitFor(/^(PASS|FAIL.*)$/m, 10_000, from))[1];
+  }
+
+  /** Whether the process exists and is not a zombie. */
+  alive(pid = this.pid): boolean {
+    return isAlive(pid);
+  }
+
+  /** Kills the process and reaps it if it is ours. */
+  async kill(pid = this.pid): Promise<void> {
+    await killAndReap(pid);
+  }
+}
+
+/** Whether a pid is a live process (not a zombie). */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Kills a process and waits until its pid is free again (reaped by us or by init). */
+export async function killAndReap(pid: number): Promise<void> {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* already gone */ }
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    try {
+      waitpid(pid, WAIT.WNOHANG);
+    } catch { /* not our child */ }
+    try {
+      Deno.statSync(`/proc/${pid}`);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * Starts `bin args` detached through a shell (so Deno does not reap it), stdout and stderr into
+ * a fresh file, stdin from /dev/null. Waits for `ready` in its output when given.
+ */
+export async function spawnTarget(
+  bin: string,
+  args: string[] = [],
+  opts: { ready?: RegExp; cwd?: string; env?: Record<string, string> } = {},
+): Promise<Target> {
+  const outPath = Deno.makeTempFileSync({ prefix: "tardigrade-out-" });
+  const quoted = [bin, ...args].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
+  const sh = await new Deno.Command("sh", {
+    args: ["-c", `${quoted} >'${outPath}' 2>&1 </dev/null & echo $!`],
+    cwd: opts.cwd,
+    env: opts.env,
+    stdout: "piped",
+  }).output();
+  const pid = Number(new TextDecoder().decode(sh.stdout).trim());
+  const target = new Target(pid, outPath);
+  if (opts.ready) await target.waitFor(opts.ready);
+  return target;
+}
+
+/** Runs a test body with a target that is always killed afterwards. */
+export async function withTarget<T>(
+  target: Target,
+  body: (t: Target) => Promise<T>,
+): Promise<T> {
+  try {
+    return await body(target);
+  } finally {
+    await target.kill();
+  }
+}
