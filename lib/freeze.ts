@@ -1,0 +1,200 @@
+/**
+ * Freezing a process: every thread seized and interrupted (threads born meanwhile included), so
+ * its memory and registers hold still, and always resumed and detached afterwards, also when the
+ * body throws or the tool gets SIGINT or SIGTERM. The target sees no signal.
+ */
+import {
+  detach,
+  Errno,
+  getRegs,
+  interrupt,
+  PTRACE_EVENT,
+  type Regs,
+  seize,
+  SIG,
+  SyscallError,
+  waitpid,
+} from "../ffi/mod.ts";
+import { explain, NoSuchProcess } from "./errors.ts";
+import { Injector } from "./inject.ts";
+import { RemoteMemory } from "./remote_memory.ts";
+
+/** One stopped thread of a frozen process. */
+export interface FrozenThread {
+  /** Thread id. */
+  readonly tid: number;
+  /** Registers as the thread was stopped. */
+  readonly regs: Regs;
+  /** A signal the thread was about to take when it stopped; it is delivered on release. */
+  readonly stopSignal?: number;
+}
+
+const active = new Set<FrozenProcess>();
+let signalsHooked = false;
+
+function onTerminatingSignal(signal: Deno.Signal, code: number) {
+  return () => {
+    for (const f of active) f.releaseSync();
+    Deno.exit(code);
+  };
+}
+const hooks: [Deno.Signal, () => void][] = [
+  ["SIGINT", onTerminatingSignal("SIGINT", 130)],
+  ["SIGTERM", onTerminatingSignal("SIGTERM", 143)],
+];
+
+function hookSignals(on: boolean) {
+  if (on === signalsHooked) return;
+  signalsHooked = on;
+  for (const [sig, fn] of hooks) {
+    if (on) Deno.addSignalListener(sig, fn);
+    else Deno.removeSignalListener(sig, fn);
+  }
+}
+
+function isEsrch(err: unknown): boolean {
+  return err instanceof SyscallError && err.errno === Errno.ESRCH;
+}
+
+function tidsOf(pid: number): number[] {
+  try {
+    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
+  } catch (err) {
+    throw explain(err, pid, "thread list");
+  }
+}
+
+/**
+ * A process whose threads are all stopped under ptrace. Release it with `await using`, or call
+ * `release()`; it resumes every thread exactly where it was.
+ */
+export class FrozenProcess implements AsyncDisposable {
+  readonly #threads = new Map<number, FrozenThread>();
+  #mem?: RemoteMemory;
+  #injector?: Injector;
+  #released = false;
+
+  private constructor(readonly pid: number) {}
+
+  /** Seizes and stops every thread of `pid`. */
+  static freeze(pid: number): FrozenProcess {
+    const frozen = new FrozenProcess(pid);
+    active.add(frozen);
+    hookSignals(true);
+    try {
+      frozen.#stopAll();
+    } catch (err) {
+      frozen.releaseSync();
+      throw explain(err, pid, "threads");
+    }
+    return frozen;
+  }
+
+  #stopAll(): void {
+    const seized = new Set<number>();
+    // Threads may be born while we seize: list again until a pass finds none new.
+    for (;;) {
+      const fresh = tidsOf(this.pid).filter((t) => !seized.has(t));
+      if (fresh.length === 0) break;
+      for (const tid of fresh) {
+        try {
+          seize(tid);
+          seized.add(tid);
+          interrupt(tid);
+        } catch (err) {
+          if (!isEsrch(err)) throw err; // the thread exited meanwhile
+        }
+      }
+      for (const tid of fresh) if (seized.has(tid)) this.#waitStop(tid);
+    }
+    if (this.#threads.size === 0) throw new NoSuchProcess(this.pid, "it exited while freezing");
+  }
+
+  #waitStop(tid: number): void {
+    for (;;) {
+      const st = waitpid(tid)!;
+      if (st.exited || st.signaled) return; // the thread ended
+      if (st.event === PTRACE_EVENT.STOP || st.event !== 0) {
+        this.#threads.set(tid, { tid, regs: getRegs(tid) });
+        return;
+      }
+      // A signal-delivery stop came first: keep the signal to deliver it on release. The
+      // thread stays stopped here, which is as good a stop as the interrupt's.
+      this.#threads.set(tid, { tid, regs: getRegs(tid), stopSignal: st.stopSignal });
+      return;
+    }
+  }
+
+  /** The stopped threads, the thread-group leader first. */
+  get threads(): FrozenThread[] {
+    return [...this.#threads.values()].sort((a, b) =>
+      (a.tid === this.pid ? -1 : 0) - (b.tid === this.pid ? -1 : 0) || a.tid - b.tid
+    );
+  }
+
+  /** /proc/PID/mem of the frozen process. */
+  get memory(): RemoteMemory {
+    return this.#mem ??= new RemoteMemory(this.pid);
+  }
+
+  /** Runs syscalls inside the process (in its main thread, or the first thread left). */
+  get injector(): Injector {
+    if (!this.#injector) {
+      const tid = this.#threads.has(this.pid) ? this.pid : this.threads[0].tid;
+      this.#injector = new Injector(this.pid, tid, this.memory);
+    }
+    return this.#injector;
+  }
+
+  /** Whether the process is still frozen. */
+  get frozen(): boolean {
+    return !this.#released;
+  }
+
+  /** Resumes and detaches every thread, delivering signals that were held back. */
+  releaseSync(): void {
+    if (this.#released) return;
+    this.#released = true;
+    active.delete(this);
+    if (active.size === 0) hookSignals(false);
+    const errors: unknown[] = [];
+    try {
+      this.#injector?.release();
+    } catch (err) {
+      if (!isEsrch(err)) errors.push(err);
+    }
+    const deferred = this.#injector?.deferred ?? [];
+    for (const t of this.#threads.values()) {
+      const sig = t.stopSignal ?? (t.tid === this.#injector?.tid ? deferred.shift() : undefined);
+      try {
+        detach(t.tid, sig && sig !== SIG.SIGTRAP ? sig : 0);
+      } catch (err) {
+        if (!isEsrch(err)) errors.push(err);
+      }
+    }
+    this.#mem?.close();
+    if (errors.length) throw errors[0];
+  }
+
+  /** Same as `releaseSync`, for `await using`. */
+  release(): Promise<void> {
+    this.releaseSync();
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
+  }
+}
+
+/**
+ * Freezes a process: `await using frozen = await freeze(pid)`. Every thread stops without a
+ * signal the process could see, and all run on when `frozen` is disposed.
+ */
+export function freeze(pid: number): Promise<FrozenProcess> {
+  try {
+    return Promise.resolve(FrozenProcess.freeze(pid));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
