@@ -6,9 +6,11 @@
 import {
   cont,
   Errno,
+  getEventMsg,
   getRegs,
   getSigMask,
   interrupt,
+  PTRACE_EVENT,
   type Regs,
   setRegs,
   setSigMask,
@@ -55,6 +57,8 @@ export class Injector {
   site: bigint;
   /** Signals the thread stopped for while injecting; deliver them on detach. */
   readonly deferred: number[] = [];
+  /** ptrace events (fork, clone) the injected syscalls raised, with their messages (new tids). */
+  readonly events: { event: number; message: bigint }[] = [];
   #scratch = 0n;
 
   constructor(
@@ -133,10 +137,16 @@ export class Injector {
         throw new NoSuchProcess(this.tid, `it ended while running syscall ${nr}`);
       }
       if (st.stopSignal === SIG.SIGTRAP && st.event === 0) break;
-      // A ptrace event stop (a pending interrupt) or a signal: step again, keeping the signal.
-      if (st.event === 0 && st.stopSignal !== undefined) this.deferred.push(st.stopSignal);
-      const now = getRegs(this.tid);
-      if (now.rip !== this.site) break; // the syscall ran before this stop was reported
+      if (st.event !== 0) {
+        // fork/clone events stop inside the syscall: note the new pid, then step on.
+        if (st.event !== PTRACE_EVENT.STOP) {
+          this.events.push({ event: st.event, message: getEventMsg(this.tid) });
+        }
+        continue;
+      }
+      // A signal: keep it for release; step again unless the syscall already ran.
+      if (st.stopSignal !== undefined) this.deferred.push(st.stopSignal);
+      if (getRegs(this.tid).rip !== this.site) break;
     }
     return BigInt.asIntN(64, getRegs(this.tid).rax);
   }

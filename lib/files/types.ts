@@ -1,0 +1,56 @@
+/**
+ * The contract between the dumper/restorer and the handlers of each kind of open file, one file
+ * per kind in this folder (regular files, pipes, eventfd …), each with its dump and restore side
+ * and its image entry, as CRIU splits them.
+ */
+import type { Fd, FdKind } from "../fds.ts";
+import type { FrozenProcess } from "../freeze.ts";
+import type { Injector } from "../inject.ts";
+import type { RemoteMemory } from "../remote_memory.ts";
+import type { FileEntry } from "../schema.ts";
+
+/** What a handler may use while the target is frozen. */
+export interface FileDumpContext {
+  readonly pid: number;
+  readonly frozen: FrozenProcess;
+  /** A pidfd of the target, for `pidfdGetfd` (to peek at a pipe, read an eventfd …). */
+  readonly pidfd: number;
+  /** Stores the contents of a memfd or deleted file once; returns the memory object id. */
+  storeObject(fd: Fd): number;
+}
+
+/** What a handler may use while restoring, inside the process being made. */
+export interface FileRestoreContext {
+  readonly pid: number;
+  /** Runs syscalls in the restored process's main thread. */
+  readonly injector: Injector;
+  readonly memory: RemoteMemory;
+  /** A pidfd of the restored process. */
+  readonly pidfd: number;
+  /** Copies bytes into the target's scratch memory and returns their address there. */
+  put(data: Uint8Array): bigint;
+  /** Copies a NUL-terminated string into scratch memory and returns its address. */
+  putString(s: string): bigint;
+  /** An fd in the target opened on a stored memory object (memfd, deleted file). */
+  objectFd(id: number): number;
+  /** The target fd number that a restored open file (by FileEntry id) now has. */
+  fdOfFile(id: number): number;
+  /** Target fd numbers as they will be once every descriptor is in place (for epoll). */
+  readonly finalFds: ReadonlyMap<number, number>;
+}
+
+/** Dump and restore of one kind of open file. */
+export interface FileHandler<E extends FileEntry = FileEntry> {
+  /** The `kind` of the entries this handler writes. */
+  readonly kind: string;
+  /** The inspection SDK kinds it dumps. */
+  readonly fdKinds: readonly FdKind[];
+  /** Describes the open file behind `fd` (called once per shared open file). */
+  dump(fd: Fd, ctx: FileDumpContext): E | Promise<E>;
+  /** Before anything is made: a reason to refuse the restore, or null. */
+  check?(entry: E): string | null;
+  /** Makes the open file in the target; returns the target fd it got (any number). */
+  open(entry: E, ctx: FileRestoreContext): number;
+  /** After every fd is at its number: state that refers to other fds (epoll), buffered data. */
+  finish?(entry: E, fd: number, ctx: FileRestoreContext): void;
+}

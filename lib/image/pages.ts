@@ -1,0 +1,147 @@
+/** Page data: raw bytes appended to `pages-N.img` files, located by extents. */
+import { ImageError } from "../errors.ts";
+import { checksum, combineChecksums } from "./checksum.ts";
+import type { ImageFileEntry } from "./manifest.ts";
+
+/** Where one appended run of bytes lives in an image. */
+export interface PageExtent {
+  /** Page file holding the bytes, e.g. `"pages-0.img"`. */
+  file: string;
+  /** Byte offset of the run inside `file`. */
+  offset: number;
+  /** Length of the run in bytes. */
+  length: number;
+  /** Checksum (CRC-32) of the run. */
+  checksum: number;
+}
+
+/**
+ * Appends raw page data to an image. Every call writes the bytes through at once (large
+ * synchronous writes), so the caller may reuse its buffer right after; the image never holds
+ * page data in memory. An extent never spans two files.
+ */
+export interface PageSink {
+  /** Appends `bytes` and returns where they went, with their checksum. */
+  append(bytes: Uint8Array): PageExtent;
+  /** Bytes appended so far, over all page files. */
+  readonly bytesWritten: number;
+}
+
+/** Default size past which the sink starts a new page file. */
+export const DEFAULT_ROLL_SIZE = 4 * 1024 ** 3;
+
+/** Extent size from which combining checksums beats checksumming the bytes a second time. */
+const COMBINE_THRESHOLD = 64 * 1024;
+
+/** Whether `name` is the name of a page file. */
+export function isPageFileName(name: string): boolean {
+  return /^pages-\d+\.img$/.test(name);
+}
+
+interface OpenPageFile {
+  name: string;
+  file: Deno.FsFile;
+  size: number;
+  /** Running checksum of the whole file, for the manifest (combined from the extents'). */
+  checksum: number;
+}
+
+/** The `PageSink` of an `ImageWriter`: page files in the writer's partial directory. */
+export class PageFileSink implements PageSink {
+  #files: OpenPageFile[] = [];
+  #bytesWritten = 0;
+  #closed = false;
+
+  /**
+   * `onError` turns a write failure into the error to throw (the writer aborts the image there);
+   * `rollSize` is the size past which a new file starts.
+   */
+  constructor(
+    private readonly dir: string,
+    private readonly rollSize: number,
+    private readonly onError: (err: unknown, what: string) => Error,
+  ) {
+    if (!(rollSize > 0)) throw new RangeError(`rollSize must be positive, got ${rollSize}`);
+  }
+
+  get bytesWritten(): number {
+    return this.#bytesWritten;
+  }
+
+  append(bytes: Uint8Array): PageExtent {
+    if (this.#closed) {
+      throw new ImageError("page sink is closed: the image was committed or aborted");
+    }
+    let current = this.#files.at(-1);
+    if (!current || (current.size > 0 && current.size + bytes.length > this.rollSize)) {
+      current = this.#openNext();
+    }
+    const sum = checksum(bytes);
+    const offset = current.size;
+    try {
+      for (let done = 0; done < bytes.length;) {
+        done += current.file.writeSync(bytes.subarray(done));
+      }
+    } catch (err) {
+      throw this.onError(
+        err,
+        `${current.name}: write of ${bytes.length} bytes at ${offset} failed`,
+      );
+    }
+    // Combining costs ≈ 1.6 µs, a second pass ≈ 0.03 ns a byte: combine only large extents.
+    current.checksum = bytes.length >= COMBINE_THRESHOLD
+      ? combineChecksums(current.checksum, sum, bytes.length)
+      : checksum(bytes, current.checksum);
+    current.size += bytes.length;
+    this.#bytesWritten += bytes.length;
+    return { file: current.name, offset, length: bytes.length, checksum: sum };
+  }
+
+  #openNext(): OpenPageFile {
+    const name = `pages-${this.#files.length}.img`;
+    try {
+      const file = Deno.openSync(`${this.dir}/${name}`, {
+        write: true,
+        createNew: true,
+        mode: 0o600,
+      });
+      const entry = { name, file, size: 0, checksum: 0 };
+      this.#files.push(entry);
+      return entry;
+    } catch (err) {
+      throw this.onError(err, `${name}: cannot create`);
+    }
+  }
+
+  /**
+   * Flushes every page file to disk (unless `sync` is false), closes them and returns their
+   * manifest entries. Syncing waits until commit so a dump does not stall on the disk.
+   */
+  close(sync: boolean): ImageFileEntry[] {
+    if (this.#closed) return [];
+    this.#closed = true;
+    const entries: ImageFileEntry[] = [];
+    let failure: { err: unknown; what: string } | undefined;
+    for (const f of this.#files) {
+      try {
+        if (sync && !failure) f.file.syncDataSync();
+      } catch (err) {
+        failure ??= { err, what: `${f.name}: fsync failed` };
+      }
+      f.file.close();
+      entries.push({ name: f.name, size: f.size, checksum: f.checksum });
+    }
+    if (failure) throw this.onError(failure.err, failure.what);
+    return entries;
+  }
+
+  /** Closes every file without syncing (the image is being discarded). */
+  discard(): void {
+    this.#closed = true;
+    for (const f of this.#files) {
+      try {
+        f.file.close();
+      } catch { /* already closed */ }
+    }
+  }
+}
