@@ -18,3 +18,52 @@ export {
   TardigradeError,
   Unsupported,
 } from "./lib/errors.ts";
+export {
+  CHECKSUM_ALGORITHM,
+  DEFAULT_ROLL_SIZE,
+  FORMAT_VERSION,
+  type ImageFileEntry,
+  type ImageManifest,
+  ImageReader,
+  type ImageReaderOptions,
+  ImageWriter,
+  type ImageWriterOptions,
+  type PageExtent,
+  type PageSink,
+  type ReadExtentOptions,
+  TOOL_VERSION,
+} from "./lib/image/mod.ts";
+export {
+  type Capabilities,
+  fdsOf,
+  type Ids,
+  Process,
+  processes,
+  type ProcessState,
+  type ProcStat,
+  RLIM_INFINITY,
+  type Rlimit,
+  RLIMIT,
+  type RlimitName,
+  type SignalMasks,
+  type ThreadInfo,
+} from "./lib/process.ts";
+export { Mapping, type MappingKind, type MappingOptions, type Prot } from "./lib/mappings.ts";
+export { type AddressRange, type DumpableOptions, type PageRegion } from "./lib/pages.ts";
+export { NoAddressSpace } from "./lib/procfs.ts";
+export {
+  assignFileIds,
+  type EpollInfo,
+  type EpollTarget,
+  type EventfdInfo,
+  type Fd,
+  type FdInfo,
+  type FdKind,
+  FileTable,
+  type InotifyInfo,
+  type InotifyWatch,
+  type PidfdInfo,
+  type SignalfdInfo,
+  type TimerfdInfo,
+  type TimeSpec,
+} from "./lib/fds.ts";

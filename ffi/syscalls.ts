@@ -8,6 +8,7 @@ export const SYS = {
   write: 1,
   open: 2,
   close: 3,
+  fstat: 5,
   lseek: 8,
   mmap: 9,
   mprotect: 10,
@@ -145,6 +146,35 @@ export const O = {
 /** Opens a file through libc, giving a raw descriptor (for ioctl, pread, pidfd …). */
 export function open(path: string, flags: number, mode = 0): number {
   return unwrap(libc.open(cstring(path), flags | O.CLOEXEC, mode), "open", [path]);
+}
+
+/** The fields of `struct stat` tardigrade uses. */
+export interface Stat {
+  dev: bigint;
+  ino: bigint;
+  mode: number;
+  uid: number;
+  gid: number;
+  rdev: bigint;
+  size: number;
+  mtimeNs: bigint;
+}
+
+/** fstat(2) of a raw descriptor (`struct stat` is 144 bytes on x86_64). */
+export function fstat(fd: number): Stat {
+  const buf = new Uint8Array(144);
+  syscall("fstat", fd, addressOf(buf));
+  const dv = new DataView(buf.buffer);
+  return {
+    dev: dv.getBigUint64(0, true),
+    ino: dv.getBigUint64(8, true),
+    mode: dv.getUint32(24, true),
+    uid: dv.getUint32(28, true),
+    gid: dv.getUint32(32, true),
+    rdev: dv.getBigUint64(40, true),
+    size: Number(dv.getBigInt64(48, true)),
+    mtimeNs: dv.getBigInt64(88, true) * 1_000_000_000n + dv.getBigInt64(96, true),
+  };
 }
 
 /** Closes a raw descriptor. */

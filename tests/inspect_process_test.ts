@@ -1,0 +1,154 @@
+import assert from "node:assert/strict";
+import { Process, processes, RLIM_INFINITY } from "../mod.ts";
+import { fixture, spawnTarget, withTarget } from "./helpers.ts";
+
+async function startProcFixture() {
+  const bin = await fixture("inspect_proc");
+  const t = await spawnTarget(bin, ["one", "two words"], {
+    ready: /READY \d+ child \d+/,
+    env: { INSPECT_MARK: "tardigrade" },
+  });
+  const child = Number((await t.waitFor(/READY \d+ child (\d+)/))[1]);
+  return { t, bin, child };
+}
+
+Deno.test("process: identity, credentials, limits and signals", async () => {
+  const { t, bin, child } = await startProcFixture();
+  await withTarget(t, async () => {
+    const p = await Process.open(t.pid);
+    assert.equal(p.pid, t.pid);
+    assert.equal(await p.comm(), "inspect_proc");
+    assert.deepEqual(await p.cmdline(), [bin, "one", "two words"]);
+    assert.ok((await p.environ()).includes("INSPECT_MARK=tardigrade"));
+    assert.equal(await p.exe(), bin);
+    assert.equal(await p.cwd(), "/tmp");
+    assert.equal(await p.root(), "/");
+    assert.equal(await p.state(), "S");
+    assert.equal(await p.umask(), 0o027);
+    const uid = Deno.uid()!;
+    assert.deepEqual(await p.uids(), { real: uid, effective: uid, saved: uid, fs: uid });
+    assert.equal((await p.gids()).effective, Deno.gid());
+    assert.ok(Array.isArray(await p.groups()));
+    const caps = await p.capabilities();
+    assert.equal(typeof caps.effective, "bigint");
+    assert.equal(caps.bounding & 1n, 1n); // CAP_CHOWN in the bounding set
+
+    const sig = await p.signals();
+    assert.equal(sig.blocked, 1n << 11n); // SIGUSR2
+    assert.equal(sig.ignored & (1n << 12n), 1n << 12n); // SIGPIPE
+    assert.equal(sig.caught & (1n << 9n), 1n << 9n); // SIGUSR1 handler
+
+    const limits = await p.rlimits();
+    assert.deepEqual(limits.NOFILE, { soft: 1000n, hard: 2000n });
+    assert.equal(limits.CPU.soft, RLIM_INFINITY);
+    assert.equal(Object.keys(limits).length, 16);
+
+    const ns = await p.namespaces();
+    const mine = Deno.readLinkSync("/proc/self/ns/mnt").match(/\[(\d+)\]/)![1];
+    assert.equal(ns.mnt, BigInt(mine));
+    assert.ok(ns.net > 0n && ns.pid > 0n);
+
+    assert.equal(await p.personality(), 0);
+    const auxv = new Map(await p.auxv());
+    assert.equal(auxv.get(6n), 4096n); // AT_PAGESZ
+
+    const stat = await p.stat();
+    assert.equal(stat.pid, t.pid);
+    assert.equal(stat.comm, "inspect_proc");
+    assert.equal(stat.numThreads, 3);
+    assert.equal(stat.starttime, p.startTime);
+    assert.ok(stat.startCode > 0n && stat.endCode > stat.startCode);
+    assert.ok(stat.startBrk > 0n && stat.argStart < stat.argEnd && stat.envStart < stat.envEnd);
+    assert.ok(stat.startStack > stat.envEnd - (1n << 30n));
+    assert.equal(await p.ppid(), stat.ppid);
+
+    const threads = await Array.fromAsync(p.threads());
+    assert.deepEqual(threads.map((th) => th.name), ["inspect_proc", "worker-a", "worker-b"]);
+    assert.equal(threads[0].tid, t.pid);
+
+    assert.deepEqual((await p.children()).map((c) => c.pid), [child]);
+    assert.equal(await p.isRunning(), true);
+  });
+});
+
+Deno.test("process: a dead pid is NoSuchProcess, also for a handle opened before", async () => {
+  const { t } = await startProcFixture();
+  const p = await Process.open(t.pid);
+  await t.kill();
+  await assert.rejects(Process.open(t.pid), { name: "NoSuchProcess" });
+  await assert.rejects(p.cmdline(), { name: "NoSuchProcess" });
+  await assert.rejects(Array.fromAsync(p.mappings()), { name: "NoSuchProcess" });
+  await assert.rejects(Array.fromAsync(p.fds()), { name: "NoSuchProcess" });
+  await assert.rejects(p.read(0x400000n, 8), { name: "NoSuchProcess" });
+  assert.equal(await p.isRunning(), false);
+});
+
+Deno.test("processes: lists this process, skips one that exits meanwhile", async () => {
+  const { t } = await startProcFixture();
+  let sawSelf = false, sawTarget = false;
+  try {
+    for await (const p of processes()) {
+      if (p.pid === Deno.pid) sawSelf = true;
+      if (p.pid === t.pid) sawTarget = true;
+      // the target exits while the iteration is under way: it must not break it
+      if (p.pid === 1) await t.kill();
+    }
+  } finally {
+    await t.kill();
+  }
+  assert.ok(sawSelf);
+  assert.equal(sawTarget, false);
+});
+
+Deno.test("access: pid 1's memory as an unprivileged user is AccessDenied", async () => {
+  try {
+    Deno.statSync("/usr/bin/setpriv");
+  } catch {
+    console.warn("setpriv missing: skipped");
+    return;
+  }
+  const script = new URL("./inspect_access_probe.ts", import.meta.url).pathname;
+  const out = await new Deno.Command("setpriv", {
+    args: [
+      "--reuid=65534",
+      "--regid=65534",
+      "--clear-groups",
+      Deno.execPath(),
+      "run",
+      "-A",
+      // outside the project: no config, no npm packages to resolve as another user
+      "--no-config",
+      "--no-lock",
+      "--node-modules-dir=none",
+      script,
+    ],
+    cwd: "/tmp",
+    env: { DENO_DIR: Deno.makeTempDirSync(), HOME: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.match(text, /^read: AccessDenied$/m, text + new TextDecoder().decode(out.stderr));
+  assert.match(text, /^environ: AccessDenied$/m);
+  assert.match(text, /^comm: \S+$/m); // comm of pid 1 is readable by anyone
+});
+
+Deno.test("process: a kernel thread has no address space, listings are empty", async () => {
+  const kthread = [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).find((pid) => {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+      const flags = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[6]);
+      return (flags & 0x00200000) !== 0;
+    } catch {
+      return false;
+    }
+  });
+  if (kthread === undefined) return; // no kernel threads visible (a container)
+  const p = await Process.open(kthread);
+  assert.deepEqual(await Array.fromAsync(p.mappings()), []);
+  assert.deepEqual(await Array.fromAsync(p.mappings({ via: "ioctl" })), []);
+  assert.deepEqual(await Array.fromAsync(p.pages()), []);
+  assert.deepEqual(await p.cmdline(), []);
+  assert.equal(await p.exe(), "");
+  await assert.rejects(p.read(0x400000n, 8), { name: "NoAddressSpace" });
+});
