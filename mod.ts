@@ -67,3 +67,21 @@ export {
   type TimerfdInfo,
   type TimeSpec,
 } from "./lib/fds.ts";
+export { freeze, type FrozenProcess } from "./lib/freeze.ts";
+export { checkpoint, type CheckpointOptions, type CheckpointResult } from "./lib/checkpoint.ts";
+export {
+  type DumpedImage,
+  type FdDecision,
+  loadPolicy,
+  type MappingDecision,
+  type Policy,
+} from "./lib/policy.ts";
+export type {
+  FdEntry,
+  FileEntry,
+  MappingEntry,
+  PageRun,
+  ProcessEntry,
+  ThreadEntry,
+} from "./lib/schema.ts";
+export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";

@@ -28,7 +28,8 @@ export type SyscallName = keyof typeof SYS;
 /** A syscall argument: a number, or bytes to place in the target's scratch memory. */
 export type Arg = bigint | number;
 
-const SCRATCH_SIZE = 64n * 1024n;
+/** Size of the scratch region mapped in the target for syscall arguments. */
+export const SCRATCH_SIZE = 64n * 1024n;
 
 /** Finds the address of a `syscall` instruction (0f 05) inside the process's [vdso]. */
 export function findSyscallSite(pid: number, mem: RemoteMemory): bigint {
@@ -145,8 +146,16 @@ export class Injector {
         continue;
       }
       // A signal: keep it for release; step again unless the syscall already ran.
+      const atSite = getRegs(this.tid).rip === this.site;
+      if (atSite && (st.stopSignal === SIG.SIGSEGV || st.stopSignal === SIG.SIGBUS)) {
+        throw new TardigradeError(
+          `process ${this.pid}: no syscall instruction at 0x${
+            this.site.toString(16)
+          } to inject with`,
+        );
+      }
       if (st.stopSignal !== undefined) this.deferred.push(st.stopSignal);
-      if (getRegs(this.tid).rip !== this.site) break;
+      if (!atSite) break;
     }
     return BigInt.asIntN(64, getRegs(this.tid).rax);
   }
@@ -160,8 +169,18 @@ export class Injector {
     return r;
   }
 
+  /** An injector for another thread of the same process, sharing this one's scratch region. */
+  forThread(tid: number): Injector {
+    const other = new Injector(this.pid, tid, this.mem, this.site);
+    other.#owner = this;
+    return other;
+  }
+
+  #owner?: Injector;
+
   /** A private read-write region of the target for syscall arguments (mapped on first use). */
   scratch(): bigint {
+    if (this.#owner) return this.#owner.scratch();
     if (this.#scratch === 0n) {
       // mmap(NULL, 64 KiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
       this.#scratch = this.call("mmap", 0, SCRATCH_SIZE, 3, 0x22, -1, 0);
@@ -169,8 +188,22 @@ export class Injector {
     return this.#scratch;
   }
 
+  /** Maps the scratch region at a chosen address (a gap the restored layout leaves free). */
+  scratchAt(addr: bigint): bigint {
+    if (this.#scratch !== 0n) throw new RangeError("scratch already mapped");
+    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+    this.#scratch = this.call("mmap", addr, SCRATCH_SIZE, 3, 0x100022, -1, 0);
+    return this.#scratch;
+  }
+
+  /** Forgets the scratch region without unmapping it (the restorer unmaps it itself). */
+  dropScratch(): void {
+    this.#scratch = 0n;
+  }
+
   /** The scratch region's range, so a dump can leave it out. */
   get scratchRange(): { start: bigint; end: bigint } | null {
+    if (this.#owner) return this.#owner.scratchRange;
     return this.#scratch ? { start: this.#scratch, end: this.#scratch + SCRATCH_SIZE } : null;
   }
 
@@ -189,7 +222,7 @@ export class Injector {
 
   /** Unmaps the scratch region. Safe to call when none was made. */
   release(): void {
-    if (this.#scratch === 0n) return;
+    if (this.#owner || this.#scratch === 0n) return;
     const addr = this.#scratch;
     this.#scratch = 0n;
     try {

@@ -7,10 +7,15 @@ import type { PageExtent } from "./image/mod.ts";
 /** Name of the metadata file holding the process entry. */
 export const PROCESS_META = "process";
 
-/** Page data of one range of virtual memory, as stored in a page file. */
-export interface PageRun extends PageExtent {
-  /** Address the bytes belong at (for shared memory objects: byte offset in the object). */
+/** One range of page data: `length` bytes at `offset` inside extent number `extent`. */
+export interface PageRun {
+  /** Address the bytes belong at (for memory objects: byte offset in the object). */
   start: bigint;
+  length: number;
+  /** Index into `ProcessEntry.extents`. */
+  extent: number;
+  /** Byte offset inside that extent. */
+  offset: number;
 }
 
 /** What a mapping is, as the restorer must recreate it. */
@@ -182,4 +187,6 @@ export interface ProcessEntry {
   objects: MemoryObjectEntry[];
   files: FileEntry[];
   fds: FdEntry[];
+  /** Where page data lives: each extent is one checksummed run of a page file. */
+  extents: PageExtent[];
 }

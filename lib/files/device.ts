@@ -1,0 +1,72 @@
+/**
+ * Character devices and terminals reopened by path: /dev/null, /dev/zero, /dev/urandom, ttys,
+ * pty slaves. A pty master (/dev/ptmx) is refused: opening it again makes a new pty, not the
+ * old one. Terminal state (termios, foreground group, controlling tty) is not handled here.
+ */
+import { O } from "../../ffi/mod.ts";
+import { DumpError } from "../errors.ts";
+import type { Fd } from "../fds.ts";
+import type { FileEntry } from "../schema.ts";
+import type { FileHandler, FileRestoreContext } from "./types.ts";
+import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
+
+/** An open device file. */
+export interface DeviceEntry extends FileEntry {
+  kind: "device";
+  path: string;
+  /** st_rdev when dumped: the path must name the same device on restore. */
+  rdev: bigint;
+  tty: boolean;
+  position: bigint;
+}
+
+const PTMX_RDEV = (5n << 8n) | 2n;
+
+/** Character devices and ttys. */
+export const deviceHandler: FileHandler<DeviceEntry> = {
+  kind: "device",
+  fdKinds: ["device", "tty"],
+  dump(fd: Fd): DeviceEntry {
+    const where = `fd ${fd.fd} of ${fd.pid} (${fd.target})`;
+    if (!fd.target.startsWith("/") || fd.target.endsWith(" (deleted)")) {
+      throw new DumpError(`${where}: device has no path to reopen`);
+    }
+    if (fd.rdev === PTMX_RDEV || fd.target.endsWith("/ptmx")) {
+      throw new DumpError(`${where}: a pty master cannot be reopened (it would be a new pty)`);
+    }
+    if ((fd.mode & 0o170000) === 0o060000) {
+      throw new DumpError(`${where}: block devices are not handled`);
+    }
+    return {
+      id: fd.fileId,
+      kind: "device",
+      flags: fd.flags,
+      path: fd.target,
+      rdev: fd.rdev,
+      tty: fd.kind === "tty",
+      position: fd.position,
+    };
+  },
+  check(e: DeviceEntry): string | null {
+    let st: Deno.FileInfo;
+    try {
+      st = Deno.statSync(e.path);
+    } catch {
+      return `${e.path} no longer exists`;
+    }
+    if (!st.isCharDevice || BigInt(st.rdev ?? 0) !== e.rdev) {
+      return `${e.path} is no longer the same device`;
+    }
+    return null;
+  },
+  open(e: DeviceEntry, ctx: FileRestoreContext): number {
+    // O_NOCTTY: reopening a tty must not make it the controlling terminal as a side effect.
+    const fd = injectOpen(ctx, e.path, reopenFlags(e.flags) | (e.tty ? O.NOCTTY : 0));
+    if (e.position !== 0n) {
+      try {
+        injectSeek(ctx, fd, e.position);
+      } catch { /* most character devices have no position (ESPIPE): nothing to restore */ }
+    }
+    return fd;
+  },
+};

@@ -1,0 +1,154 @@
+/**
+ * inotify instances: the watches (wd, mask, inode, device, file handle) from fdinfo.
+ *
+ * Dump finds each watched inode's path again from the tool: open_by_handle_at with the file
+ * handle fdinfo shows, on a mount of the watch's device, then readlink. A watch whose inode has
+ * no path any more (deleted, or a filesystem without file handles) is kept with `path: null`.
+ *
+ * Restore makes the instance with inotify_init1 and adds the watches by path in wd order. wd
+ * numbers are handed out one after another, so to give every watch its dumped wd the gaps are
+ * burnt: a throwaway watch on a scratch directory of the tool, removed at once, and the
+ * IN_IGNORED events that leaves are read away. Watches with no path are burnt the same way (the
+ * program keeps its wd, which gets no events). Events queued at dump time are not restored.
+ */
+import { close, libc, O, open } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import type { Fd, InotifyInfo, InotifyWatch } from "../fds.ts";
+import type { FileEntry } from "../schema.ts";
+import type { FileHandler, FileRestoreContext } from "./types.ts";
+import { F, injectRaw } from "./util.ts";
+
+/** One inotify watch. */
+export interface InotifyWatchEntry {
+  wd: number;
+  mask: number;
+  ino: bigint;
+  /** Kernel dev_t of the watched inode's filesystem (major << 20 | minor). */
+  sdev: number;
+  /** The watched inode's path, null when it could not be found again. */
+  path: string | null;
+}
+
+/** An inotify instance. */
+export interface InotifyEntry extends FileEntry {
+  kind: "inotify";
+  watches: InotifyWatchEntry[];
+}
+
+const SYS_OPEN_BY_HANDLE_AT = 304;
+const SYS_INOTIFY_ADD_WATCH = 254;
+const SYS_INOTIFY_RM_WATCH = 255;
+const SYS_READ = 0;
+const IN_DELETE_SELF = 0x400;
+const EAGAIN = 11;
+
+/** A mount point (as seen in `pid`'s mount namespace) of the filesystem with kernel dev `sdev`. */
+function mountOf(pid: number, sdev: number): string | null {
+  const want = `${sdev >>> 20}:${sdev & 0xfffff}`;
+  let best: string | null = null;
+  for (const line of Deno.readTextFileSync(`/proc/${pid}/mountinfo`).split("\n")) {
+    const f = line.split(" ");
+    if (f[2] !== want) continue;
+    if (f[3] === "/") return f[4]; // a mount of the filesystem's root resolves every handle
+    best ??= f[4];
+  }
+  return best;
+}
+
+/** The path of a watched inode, found again through its file handle; null if none. */
+export function watchPath(pid: number, w: InotifyWatch): string | null {
+  if (!w.fhandle) return null;
+  const mnt = mountOf(pid, w.sdev);
+  if (mnt === null) return null;
+  const hex = w.fhandle.handle;
+  const fh = new Uint8Array(8 + hex.length / 2);
+  const v = new DataView(fh.buffer);
+  v.setUint32(0, hex.length / 2, true);
+  v.setInt32(4, w.fhandle.type, true);
+  for (let i = 0; i < hex.length / 2; i++) fh[8 + i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  const mfd = open(`/proc/${pid}/root${mnt}`, O.RDONLY | O.DIRECTORY);
+  try {
+    const r = libc.syscall(
+      BigInt(SYS_OPEN_BY_HANDLE_AT),
+      BigInt(mfd),
+      BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(fh))),
+      BigInt(O.PATH | O.CLOEXEC),
+      0n,
+      0n,
+      0n,
+    );
+    if (r < 0n) return null; // ESTALE (deleted) and the like
+    const fd = Number(r);
+    try {
+      const path = Deno.readLinkSync(`/proc/self/fd/${fd}`);
+      if (path.endsWith(" (deleted)") || !path.startsWith("/")) return null;
+      return BigInt(Deno.statSync(path).ino ?? -1) === w.ino ? path : null;
+    } finally {
+      close(fd);
+    }
+  } finally {
+    close(mfd);
+  }
+}
+
+function addWatch(ctx: FileRestoreContext, ifd: number, path: string, mask: number): number {
+  return Number(
+    injectRaw(ctx, "inotify_add_watch", SYS_INOTIFY_ADD_WATCH, ifd, ctx.putString(path), mask),
+  );
+}
+
+function restoreWatches(e: InotifyEntry, ifd: number, ctx: FileRestoreContext): void {
+  let next = 1;
+  let burnDir: string | undefined;
+  try {
+    for (const w of [...e.watches].sort((a, b) => a.wd - b.wd)) {
+      // Burn the numbers before this wd (and this wd itself when its path is gone).
+      const upto = w.path === null ? w.wd : w.wd - 1;
+      while (next <= upto) {
+        burnDir ??= Deno.makeTempDirSync({ prefix: "tardigrade-inotify-" });
+        const wd = addWatch(ctx, ifd, burnDir, IN_DELETE_SELF);
+        injectRaw(ctx, "inotify_rm_watch", SYS_INOTIFY_RM_WATCH, ifd, wd);
+        next = wd + 1;
+      }
+      if (w.path === null) continue;
+      const wd = addWatch(ctx, ifd, w.path, w.mask);
+      if (wd !== w.wd) {
+        throw new RestoreError(`inotify watch on ${w.path}: got wd ${wd}, the process had ${w.wd}`);
+      }
+      next = wd + 1;
+    }
+  } finally {
+    // Every watch on it was removed again: nothing of the process refers to it.
+    if (burnDir) Deno.removeSync(burnDir);
+  }
+  if (!burnDir) return;
+  // Read away the IN_IGNORED events of the burnt watches (the instance is non-blocking here).
+  // Events of real watches that arrived meanwhile go with them.
+  const buf = ctx.put(new Uint8Array(4096));
+  for (;;) {
+    const r = ctx.injector.raw(SYS_READ, ifd, buf, 4096);
+    if (r === BigInt(-EAGAIN) || r <= 0n) break;
+  }
+}
+
+/** inotify instances. */
+export const inotifyHandler: FileHandler<InotifyEntry> = {
+  kind: "inotify",
+  fdKinds: ["inotify"],
+  dump(fd: Fd): InotifyEntry {
+    const watches = (fd.info as InotifyInfo).watches.map((w): InotifyWatchEntry => ({
+      wd: w.wd,
+      mask: w.mask,
+      ino: w.ino,
+      sdev: w.sdev,
+      path: watchPath(fd.pid, w),
+    }));
+    return { id: fd.fileId, kind: "inotify", flags: fd.flags, watches };
+  },
+  open(e: InotifyEntry, ctx: FileRestoreContext): number {
+    const ifd = Number(ctx.injector.call("inotify_init1", O.NONBLOCK));
+    restoreWatches(e, ifd, ctx);
+    if (!(e.flags & O.NONBLOCK)) ctx.injector.call("fcntl", ifd, F.SETFL, 0);
+    return ifd;
+  },
+};

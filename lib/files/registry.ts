@@ -1,0 +1,44 @@
+/**
+ * Every file handler, and lookups by inspection kind (dump) and by entry kind (restore).
+ * Kinds with no handler (sockets, pidfds, userfaultfd, "other"): the dumper stops with an error
+ * naming the fd and its kind, unless a policy skips it.
+ */
+import type { Fd } from "../fds.ts";
+import type { FileEntry } from "../schema.ts";
+import { deviceHandler } from "./device.ts";
+import { epollHandler } from "./epoll.ts";
+import { eventfdHandler } from "./eventfd.ts";
+import { inotifyHandler } from "./inotify.ts";
+import { memfdHandler } from "./memfd.ts";
+import { fifoHandler, pipeHandler } from "./pipe.ts";
+import { regularHandler } from "./regular.ts";
+import { signalfdHandler } from "./signalfd.ts";
+import { timerfdHandler } from "./timerfd.ts";
+import type { FileHandler } from "./types.ts";
+
+/** All handlers, one per entry kind. */
+export const FILE_HANDLERS: readonly FileHandler[] = [
+  regularHandler,
+  deviceHandler,
+  pipeHandler,
+  fifoHandler,
+  eventfdHandler,
+  epollHandler,
+  signalfdHandler,
+  timerfdHandler,
+  inotifyHandler,
+  memfdHandler,
+] as FileHandler[];
+
+const byFdKind = new Map(FILE_HANDLERS.flatMap((h) => h.fdKinds.map((k) => [k, h] as const)));
+const byEntryKind = new Map(FILE_HANDLERS.map((h) => [h.kind, h] as const));
+
+/** The handler that dumps `fd`, or undefined for a kind tardigrade does not handle. */
+export function handlerForFd(fd: Fd): FileHandler | undefined {
+  return byFdKind.get(fd.kind);
+}
+
+/** The handler that restores `entry`, or undefined for an unknown kind. */
+export function handlerForEntry(entry: FileEntry): FileHandler | undefined {
+  return byEntryKind.get(entry.kind);
+}

@@ -1,0 +1,82 @@
+/** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
+import { libc, O, syscall, SyscallError, unwrap } from "../../ffi/mod.ts";
+import type { FileRestoreContext } from "./types.ts";
+
+/** fcntl commands the handlers use. */
+export const F = {
+  SETFD: 2,
+  GETFL: 3,
+  SETFL: 4,
+  DUPFD_CLOEXEC: 1030,
+  SETPIPE_SZ: 1031,
+  GETPIPE_SZ: 1032,
+} as const;
+
+/** AT_FDCWD. */
+export const AT_FDCWD = -100;
+
+/** open(2) flags that only mean something at creation: never replayed. O_CLOEXEC is per-fd and
+ * set by the orchestrator, so handlers make their fds without it. */
+const CREATION_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
+
+/** The flags to reopen an open file with, from its dumped fdinfo flags. */
+export function reopenFlags(flags: number): number {
+  return flags & ~CREATION_ONLY;
+}
+
+/** Status flags F_SETFL can change afterwards. */
+export const SETFL_MASK = O.APPEND | O.NONBLOCK | O.NOATIME | 0o20000 /* O_ASYNC */;
+
+/** fcntl in this process. */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  return Number(syscall("fcntl", fd, cmd, arg));
+}
+
+/** Bytes waiting in a pipe or FIFO (FIONREAD), in this process. */
+export function bytesQueued(fd: number): number {
+  const n = new Int32Array(1);
+  unwrap(libc.ioctl(fd, 0x541bn, new Uint8Array(n.buffer)), "ioctl(FIONREAD)", [fd]);
+  return n[0];
+}
+
+/** Runs a syscall in the target by number (for ones `SYS` does not name); throws on failure. */
+export function injectRaw(
+  ctx: FileRestoreContext,
+  name: string,
+  nr: number,
+  ...args: (bigint | number)[]
+): bigint {
+  const r = ctx.injector.raw(nr, ...args);
+  if (r < 0n && r > -4096n) throw new SyscallError(`${name} in ${ctx.pid}`, args, Number(-r));
+  return r;
+}
+
+/** openat(AT_FDCWD, path, flags, 0) inside the target; returns the new fd. */
+export function injectOpen(ctx: FileRestoreContext, path: string, flags: number): number {
+  return Number(ctx.injector.call("openat", AT_FDCWD, ctx.putString(path), flags, 0));
+}
+
+/** Closes an fd of the target. */
+export function injectClose(ctx: FileRestoreContext, fd: number): void {
+  ctx.injector.call("close", fd);
+}
+
+/** Sets the file position of a target fd (SEEK_SET). */
+export function injectSeek(ctx: FileRestoreContext, fd: number, position: bigint): void {
+  ctx.injector.call("lseek", fd, position, 0);
+}
+
+/** Writes all of `data` to a local fd. */
+export function writeAll(fd: number, data: Uint8Array): void {
+  for (let off = 0; off < data.length;) {
+    const chunk = data.subarray(off) as Uint8Array<ArrayBuffer>;
+    off += Number(unwrap(libc.write(fd, chunk, BigInt(chunk.length)), "write", [fd]));
+  }
+}
+
+/** Little-endian u64 bytes. */
+export function u64(value: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
+  return b;
+}

@@ -1,0 +1,190 @@
+/**
+ * Dump side of memory: every mapping with its protection, flags and file identity, the pages
+ * only this process holds (private anonymous pages, pages written over a private file mapping),
+ * shared anonymous memory once per inode, memfd and deleted-file contents once per inode, and the
+ * special mappings (the vdso is checked at restore; vvar is skipped).
+ */
+import { close, fstat, O, open, pread } from "../../ffi/mod.ts";
+import { checksum } from "../image/checksum.ts";
+import type { Mapping } from "../mappings.ts";
+import type { MappingDecision } from "../policy.ts";
+import { readMemoryInto } from "../memory.ts";
+import { dumpableRanges, listPages } from "../pages.ts";
+import type { MappingEntry, MemoryObjectEntry, PageRun, SpecialMappings } from "../schema.ts";
+import type { Fill, PageCollector } from "./page_collector.ts";
+
+const PAGE = 4096n;
+
+/** Memory objects (shared anonymous memory, memfd, deleted files) stored once each. */
+export class MemoryObjects {
+  readonly entries: MemoryObjectEntry[] = [];
+  readonly #byKey = new Map<string, MemoryObjectEntry>();
+  /** Object offsets (in pages) of shared anonymous memory already stored. */
+  readonly #stored = new Map<number, Set<bigint>>();
+
+  constructor(private readonly pages: PageCollector) {}
+
+  /** The object for a key, made on first use. */
+  object(key: string, make: () => Omit<MemoryObjectEntry, "id" | "pages">): MemoryObjectEntry {
+    let entry = this.#byKey.get(key);
+    if (!entry) {
+      entry = { id: this.entries.length, pages: [], ...make() };
+      this.entries.push(entry);
+      this.#byKey.set(key, entry);
+    }
+    return entry;
+  }
+
+  /**
+   * Stores the contents of a file-like object (memfd, deleted file) read from `path` — an entry
+   * of /proc/PID/map_files or /proc/PID/fd — once per key.
+   */
+  storeFile(key: string, kind: "memfd" | "deleted-file", name: string, path: string): number {
+    const existing = this.#byKey.get(key);
+    if (existing) return existing.id;
+    const fd = open(path, O.RDONLY);
+    try {
+      const { size, mode } = fstat(fd);
+      const entry = this.object(key, () => ({ kind, name, size, mode: mode & 0o7777 }));
+      const fill: Fill = (start, buf) => readFully(fd, start, buf);
+      if (size > 0) entry.pages.push(...this.pages.add(0n, size, fill));
+      return entry.id;
+    } finally {
+      close(fd);
+    }
+  }
+
+  /** Stores the present pages of one mapping of shared anonymous memory, each page once. */
+  storeShmem(pid: number, m: Mapping): number {
+    const entry = this.object(`shmem:${m.inode}`, () => ({
+      kind: "shmem",
+      name: m.path ?? "",
+      size: 0,
+      mode: 0o600,
+    }));
+    entry.size = Math.max(entry.size, Number(m.offset) + m.size);
+    let seen = this.#stored.get(entry.id);
+    if (!seen) this.#stored.set(entry.id, seen = new Set());
+    for (const r of dumpableRanges(pid, m.start, m.end)) {
+      for (let page = r.start; page < r.end; page += PAGE) {
+        const objOffset = page - m.start + m.offset;
+        if (seen.has(objOffset)) continue;
+        seen.add(objOffset);
+        entry.pages.push(
+          ...this.pages.add(objOffset, Number(PAGE), (_s, buf) => readMemoryInto(pid, page, buf)),
+        );
+      }
+    }
+    return entry.id;
+  }
+}
+
+function readFully(fd: number, offset: bigint, buf: Uint8Array): number {
+  let done = 0;
+  while (done < buf.length) {
+    const n = pread(fd, buf.subarray(done), offset + BigInt(done));
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/** The pages of a private mapping that a dump must copy. */
+function privateRanges(pid: number, m: Mapping): { start: bigint; end: bigint }[] {
+  if (m.inode === 0n) return dumpableRanges(pid, m.start, m.end);
+  // Over a file: only pages that are no longer the file's (written, copied on write).
+  const out: { start: bigint; end: bigint }[] = [];
+  for (const p of listPages(pid, { start: m.start, end: m.end })) {
+    if (!((p.present && !p.file) || p.swapped)) continue;
+    const last = out[out.length - 1];
+    if (last && last.end === p.start) last.end = p.end;
+    else out.push({ start: p.start, end: p.end });
+  }
+  return out;
+}
+
+function fileStat(path: string) {
+  const st = Deno.statSync(path);
+  return { size: st.size, mtimeMs: st.mtime?.getTime() ?? 0 };
+}
+
+/** What `dumpMemory` returns. */
+export interface MemoryDump {
+  mappings: MappingEntry[];
+  special: SpecialMappings;
+}
+
+/**
+ * Describes every mapping of a frozen process and copies the pages it alone holds. `exclude`
+ * names ranges to leave out (the dumper's own scratch memory).
+ */
+export function dumpMemory(
+  pid: number,
+  mappings: Mapping[],
+  decide: (m: Mapping) => MappingDecision,
+  pages: PageCollector,
+  objects: MemoryObjects,
+): MemoryDump {
+  const out: MappingEntry[] = [];
+  const special: SpecialMappings = {};
+  const memFill = (addr: bigint, buf: Uint8Array) => readMemoryInto(pid, addr, buf);
+  for (const m of mappings) {
+    const kind = m.kind;
+    if (kind === "vsyscall") continue;
+    if (kind === "vvar") {
+      special.vvar = { start: m.start, end: m.end };
+      continue;
+    }
+    if (kind === "vvar_vclock") {
+      special.vvarVclock = { start: m.start, end: m.end };
+      continue;
+    }
+    if (kind === "vdso") {
+      const code = new Uint8Array(m.size);
+      readMemoryInto(pid, m.start, code);
+      special.vdso = { start: m.start, end: m.end, checksum: checksum(code) };
+      continue;
+    }
+    const keep = decide(m) === "dump";
+    const entry: MappingEntry = {
+      start: m.start,
+      end: m.end,
+      prot: (m.prot.read ? 1 : 0) | (m.prot.write ? 2 : 0) | (m.prot.exec ? 4 : 0),
+      shared: m.shared,
+      offset: m.offset,
+      kind,
+      name: m.path,
+      source: { type: "anonymous" },
+      growsDown: kind === "stack",
+      pages: [],
+    };
+    const key = `${m.device}:${m.inode}`;
+    if (kind === "shared-anonymous") {
+      entry.source = { type: "shmem", object: keep ? objects.storeShmem(pid, m) : -1 };
+      if (!keep) entry.source = { type: "anonymous" };
+    } else if (kind === "memfd" || kind === "deleted-file") {
+      const name = kind === "memfd"
+        ? m.path!.replace(/^\/memfd:/, "").replace(/ \(deleted\)$/, "")
+        : m.path!.replace(/ \(deleted\)$/, "");
+      entry.source = {
+        type: "stored-file",
+        object: objects.storeFile(key, kind, name, m.mapFile),
+      };
+    } else if (m.inode !== 0n && m.path?.startsWith("/")) {
+      entry.source = {
+        type: "file",
+        path: m.path,
+        ...fileStat(m.path),
+        inode: m.inode,
+        dev: m.device,
+      };
+    }
+    if (keep && !m.shared) {
+      for (const r of privateRanges(pid, m)) {
+        entry.pages.push(...pages.add(r.start, Number(r.end - r.start), memFill));
+      }
+    }
+    out.push(entry);
+  }
+  return { mappings: out, special };
+}

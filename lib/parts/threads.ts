@@ -1,0 +1,212 @@
+/**
+ * Threads: general registers, FPU/xstate, fs/gs base, blocked mask, pending signals,
+ * sigaltstack, clear_child_tid, robust list, rseq and name. Dump reads them from a frozen
+ * thread; restore gives them to a thread made with clone3.
+ */
+import {
+  addressOf,
+  cont,
+  encodeCloneArgs,
+  Errno,
+  getRegs,
+  getRegset,
+  getRseqConfig,
+  getSigInfo,
+  getSigMask,
+  interrupt,
+  NT,
+  peekSigInfo,
+  PR,
+  PTRACE_EVENT,
+  type Regs,
+  setRegs,
+  setRegset,
+  setSigMask,
+  SYS,
+  syscall,
+  SyscallError,
+} from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import { waitStopped } from "../stub.ts";
+import type { FrozenThread } from "../freeze.ts";
+import type { Injector } from "../inject.ts";
+import type { PendingSignal, ThreadEntry } from "../schema.ts";
+
+const ERESTART_RESTARTBLOCK = -516n;
+const TIMER_ABSTIME = 1n;
+const NR_NANOSLEEP = 35n;
+const NR_CLOCK_NANOSLEEP = 230n;
+
+/** Reads a `struct timespec` from the target, in nanoseconds. */
+function readTimespecNs(inj: Injector, addr: bigint): bigint {
+  const v = new DataView(inj.mem.read(addr, 16).buffer);
+  return v.getBigInt64(0, true) * 1_000_000_000n + v.getBigInt64(8, true);
+}
+
+/**
+ * For a thread stopped inside a relative `nanosleep`: the time it still had to sleep. The
+ * kernel wrote it to the `rem` argument when our interrupt stopped the sleep; with no `rem` we
+ * fall back to the full request (sleeping longer is safer than returning early).
+ */
+function sleepRemaining(inj: Injector, regs: Record<string, bigint>): bigint | undefined {
+  if (BigInt.asIntN(64, regs.rax) !== ERESTART_RESTARTBLOCK) return undefined;
+  if (regs.orig_rax === NR_CLOCK_NANOSLEEP) {
+    if (regs.rsi & TIMER_ABSTIME) return undefined;
+    return readTimespecNs(inj, regs.r10 !== 0n ? regs.r10 : regs.rdx);
+  }
+  if (regs.orig_rax === NR_NANOSLEEP) {
+    return readTimespecNs(inj, regs.rsi !== 0n ? regs.rsi : regs.rdi);
+  }
+  return undefined;
+}
+
+function toPending(list: { signo: number; raw: Uint8Array }[]): PendingSignal[] {
+  return list.map((s) => ({ signo: s.signo, siginfo: s.raw }));
+}
+
+/** Dumps one frozen thread; `inj` runs syscalls in that thread. */
+export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): ThreadEntry {
+  const tid = thread.tid;
+  const pending = toPending(peekSigInfo(tid, false));
+  // A signal the thread was stopped for has left the queue: keep it as pending.
+  if (thread.stopSignal) {
+    pending.unshift({ signo: thread.stopSignal, siginfo: getSigInfo(tid).raw });
+  }
+
+  // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+  inj.call("sigaltstack", 0, inj.scratch());
+  const ss = new DataView(inj.get(0, 24).buffer);
+  // prctl(PR_GET_TID_ADDRESS, &addr)
+  inj.call("prctl", PR.GET_TID_ADDRESS, inj.scratch());
+  const clearChildTid = new DataView(inj.get(0, 8).buffer).getBigUint64(0, true);
+
+  const head = new BigUint64Array(1);
+  const len = new BigUint64Array(1);
+  syscall("get_robust_list", tid, addressOf(head), addressOf(len));
+
+  const regs = { ...thread.regs };
+  const name = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).replace(/\n$/, "");
+  return {
+    tid,
+    name,
+    regs,
+    xstate: getRegset(tid, NT.X86_XSTATE, 8192),
+    sigmask: getSigMask(tid),
+    pending,
+    sigaltstack: {
+      sp: ss.getBigUint64(0, true),
+      flags: ss.getInt32(8, true),
+      size: ss.getBigUint64(16, true),
+    },
+    clearChildTid,
+    robustList: { head: head[0], len: len[0] },
+    rseq: getRseqConfig(tid),
+    sleepRemainingNs: sleepRemaining(inj, regs),
+  };
+}
+
+const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
+const ERESTARTSYS = -512n;
+const ERESTARTNOHAND = -514n;
+const EINTR = -4n;
+const NR_RESTART_SYSCALL = 219n;
+
+/** Makes a thread with the dumped tid in the restored process; returns the tid. */
+export function cloneThread(inj: Injector, tid: number): number {
+  const tids = new Int32Array([tid]);
+  const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
+  const args = encodeCloneArgs({ flags: CLONE_THREAD_FLAGS, setTid: tidAddr, setTidSize: 1 });
+  const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
+  if (r < 0n) {
+    if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`thread id ${tid} is in use`);
+    throw new SyscallError(`clone3 (thread ${tid}) in ${inj.pid}`, [tid], Number(-r));
+  }
+  const clone = inj.events.findLast((e) => e.event === PTRACE_EVENT.CLONE);
+  const made = clone ? Number(clone.message) : Number(r);
+  waitStopped(made, "restored thread");
+  return made;
+}
+
+/**
+ * Gives a stopped thread of the restored process its per-thread kernel state (all but the
+ * registers, which come last, and the mask, which the caller sets after queueing signals).
+ */
+export function restoreThreadState(inj: Injector, t: ThreadEntry): void {
+  const ss = new BigUint64Array([
+    t.sigaltstack.sp,
+    BigInt(t.sigaltstack.flags & ~1),
+    t.sigaltstack.size,
+  ]);
+  // SS_DISABLE (2) with no stack: nothing to set.
+  if (t.sigaltstack.sp !== 0n || t.sigaltstack.size !== 0n) {
+    inj.call("sigaltstack", inj.put(new Uint8Array(ss.buffer), 0), 0);
+  }
+  inj.call("set_tid_address", t.clearChildTid);
+  if (t.robustList.head !== 0n) inj.call("set_robust_list", t.robustList.head, t.robustList.len);
+  if (t.rseq.abiPointer !== 0n) {
+    inj.call("rseq", t.rseq.abiPointer, t.rseq.length, 0, t.rseq.signature);
+  }
+  inj.call(
+    "prctl",
+    PR.SET_NAME,
+    inj.put(new TextEncoder().encode(t.name.slice(0, 15) + "\0"), 512),
+  );
+  for (const s of t.pending) {
+    inj.call("rt_tgsigqueueinfo", inj.pid, t.tid, s.signo, inj.put(s.siginfo, 1024));
+  }
+  setRegset(t.tid, NT.X86_XSTATE, t.xstate);
+}
+
+/**
+ * A thread stopped in a relative nanosleep gets a true restart block: the same sleep for the
+ * remaining time is started and interrupted, so `restart_syscall` sleeps exactly what was left.
+ */
+function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
+  const ns = t.sleepRemainingNs!;
+  const ts = new BigInt64Array([ns / 1_000_000_000n, ns % 1_000_000_000n]);
+  const req = inj.put(new Uint8Array(ts.buffer), 2048);
+  const clockid = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.rdi : 1n; // nanosleep: MONOTONIC
+  const rem = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.r10 : base.rsi;
+  setSigMask(t.tid, ~0n);
+  setRegs(t.tid, {
+    ...base,
+    rax: NR_CLOCK_NANOSLEEP,
+    rdi: clockid,
+    rsi: 0n,
+    rdx: req,
+    r10: rem,
+    rip: inj.site,
+    orig_rax: -1n,
+  });
+  cont(t.tid);
+  // Wait until it sleeps in clock_nanosleep, then interrupt it there.
+  const deadline = Date.now() + 2000;
+  while (Date.now() < deadline) {
+    const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${t.tid}/syscall`);
+    if (sc.startsWith(`${NR_CLOCK_NANOSLEEP} `)) break;
+  }
+  interrupt(t.tid);
+  waitStopped(t.tid, "restored thread");
+  return BigInt.asIntN(64, getRegs(t.tid).rax) === ERESTART_RESTARTBLOCK;
+}
+
+/** The registers a thread resumes with: a syscall cut short by the freeze restarts. */
+export function finalRegs(inj: Injector, t: ThreadEntry): Regs {
+  const regs = { ...t.regs } as Regs;
+  const rax = BigInt.asIntN(64, regs.rax);
+  const inSyscall = BigInt.asIntN(64, regs.orig_rax) >= 0n;
+  if (inSyscall && rax <= ERESTARTSYS && rax >= ERESTARTNOHAND) {
+    regs.rax = regs.orig_rax;
+    regs.rip -= 2n;
+    regs.orig_rax = -1n;
+  } else if (inSyscall && rax === ERESTART_RESTARTBLOCK) {
+    if (t.sleepRemainingNs !== undefined && primeSleep(inj, t, regs)) {
+      regs.rax = NR_RESTART_SYSCALL;
+      regs.rip -= 2n;
+    } else {
+      regs.rax = EINTR; // as CRIU does: the program sees EINTR
+    }
+    regs.orig_rax = -1n;
+  }
+  return regs;
+}

@@ -1,0 +1,51 @@
+/**
+ * Checkpoint policies: TypeScript hooks that decide what is dumped and how. The same object works
+ * from the SDK (`checkpoint(pid, { policy })`), the CLI (`--policy FILE.ts`) and the REPL.
+ */
+import type { Fd } from "./fds.ts";
+import type { Mapping } from "./mappings.ts";
+import type { Process } from "./process.ts";
+import type { ProcessEntry } from "./schema.ts";
+
+/** What to do with one descriptor: dump it, leave it out (closed after restore), or restore it
+ * as the file at another path (opened with the same flags, at position 0 unless appending). */
+export type FdDecision = "dump" | "skip" | { reopen: string };
+
+/** What to do with one mapping's contents: dump them, or skip them (restored as zeroes, or as
+ * the file's own pages for a file mapping). The mapping itself is always recreated. */
+export type MappingDecision = "dump" | "skip";
+
+/** A finished image, as `afterDump` sees it before the image is committed. */
+export interface DumpedImage {
+  /** Where the image will be once committed. */
+  dir: string;
+  /** The process entry written to it. */
+  process: ProcessEntry;
+  /** Bytes of page data. */
+  pageBytes: number;
+}
+
+/** Hooks a policy may define; every hook is optional and may be async. */
+export interface Policy {
+  /** Before the process is frozen (throw to refuse the dump). */
+  beforeFreeze?(proc: Process): void | Promise<void>;
+  /** For each mapping, while frozen. */
+  mapping?(m: Mapping): MappingDecision | Promise<MappingDecision>;
+  /** For each descriptor, while frozen. */
+  fd?(fd: Fd): FdDecision | Promise<FdDecision>;
+  /** After everything is written, before the image is committed (throw to discard it). */
+  afterDump?(image: DumpedImage): void | Promise<void>;
+}
+
+/** Loads a policy module (its default export) from a path or URL. */
+export async function loadPolicy(pathOrUrl: string): Promise<Policy> {
+  const url = /^[a-z]+:/.test(pathOrUrl)
+    ? pathOrUrl
+    : new URL(pathOrUrl, `file://${Deno.cwd()}/`).href;
+  const mod = await import(url);
+  const policy = mod.default ?? mod.policy;
+  if (!policy || typeof policy !== "object") {
+    throw new TypeError(`${pathOrUrl} has no default export of a policy object`);
+  }
+  return policy as Policy;
+}

@@ -1,0 +1,302 @@
+/**
+ * Restore: bring a dumped process back with its pid, memory, threads, registers, descriptors and
+ * signals, with no kernel module and no compiled helper. A `sleep` stub forks the new process with
+ * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
+ * what it made: no half-restored process is left.
+ */
+import { close, detach, kill, pidfdOpen, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
+import { ImageError, RestoreError } from "./errors.ts";
+import { handlerForEntry } from "./files/registry.ts";
+import { releasePipes } from "./files/pipe.ts";
+import type { FileRestoreContext } from "./files/types.ts";
+import { checksum } from "./image/checksum.ts";
+import { ImageReader } from "./image/mod.ts";
+import { Injector, SCRATCH_SIZE } from "./inject.ts";
+import { AddressSpaceBuilder } from "./parts/memory_restore.ts";
+import { STAGING_SIZE } from "./parts/page_collector.ts";
+import {
+  restoreCreds,
+  restoreFsAndPersonality,
+  restoreItimers,
+  restoreMm,
+  restoreRlimits,
+  restoreSigactions,
+} from "./parts/task.ts";
+import { cloneThread, finalRegs, restoreThreadState } from "./parts/threads.ts";
+import type { Policy } from "./policy.ts";
+import { RemoteMemory } from "./remote_memory.ts";
+import { PROCESS_META, type ProcessEntry } from "./schema.ts";
+import { Stub } from "./stub.ts";
+
+/** Options of `restore`. */
+export interface RestoreOptions {
+  /** Hooks: `restoreStage` is told each stage and may throw to stop the restore. */
+  policy?: Policy & { restoreStage?(stage: string, process: ProcessEntry): void };
+  /** Called as page data is written. */
+  onProgress?: (bytes: number, total: number) => void;
+}
+
+/** What a restore made. */
+export interface RestoreResult {
+  pid: number;
+  threads: number;
+  pageBytes: number;
+  /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
+  warnings: string[];
+}
+
+const F_DUPFD = 0;
+const O_CLOEXEC = 0o2000000;
+
+function pidState(pid: number): { state: string; ppid: number } | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { state: rest[0], ppid: Number(rest[1]) };
+  } catch {
+    return null;
+  }
+}
+
+/** Waits a little for a zombie that init will reap; a live pid or a kept zombie is "in use". */
+async function requireFreePid(pid: number, what: string): Promise<void> {
+  const deadline = Date.now() + 4000;
+  for (;;) {
+    const st = pidState(pid);
+    if (!st) return;
+    try {
+      waitpid(pid, 1 /* WNOHANG */); // our own zombie: reap it
+    } catch { /* not ours */ }
+    if (st.state !== "Z" || Date.now() > deadline) {
+      throw new RestoreError(`${what} ${pid} is in use`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function vdsoChecksum(): { size: number; checksum: number } | null {
+  const line = Deno.readTextFileSync("/proc/self/maps").split("\n").find((l) =>
+    l.endsWith("[vdso]")
+  );
+  if (!line) return null;
+  const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
+  using mem = new RemoteMemory(Deno.pid);
+  const code = mem.read(a, Number(b - a));
+  return { size: code.length, checksum: checksum(code) };
+}
+
+/** Checks everything that can be checked before anything is made. */
+async function preflight(p: ProcessEntry): Promise<void> {
+  if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
+    throw new ImageError("process.cbor: not a process entry");
+  }
+  const changed = (path: string, size: number, mtimeMs: number): string | null => {
+    try {
+      const st = Deno.statSync(path);
+      if (st.size !== size) return `${path} changed since the dump (size ${size} → ${st.size})`;
+      if ((st.mtime?.getTime() ?? 0) !== mtimeMs) return `${path} changed since the dump (mtime)`;
+      return null;
+    } catch {
+      return `${path} no longer exists`;
+    }
+  };
+  for (const m of p.mappings) {
+    if (m.source.type !== "file") continue;
+    const why = changed(m.source.path, m.source.size, m.source.mtimeMs);
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  if (p.exe) {
+    const why = changed(p.exe.path, p.exe.size, p.exe.mtimeMs);
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  if (p.special.vdso) {
+    const here = vdsoChecksum();
+    const size = Number(p.special.vdso.end - p.special.vdso.start);
+    if (!here || here.size !== size || here.checksum !== p.special.vdso.checksum) {
+      throw new RestoreError(
+        "cannot restore: the image's vdso differs from this kernel's (dumped on another kernel?)",
+      );
+    }
+  }
+  for (const f of p.files) {
+    const handler = handlerForEntry(f);
+    if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
+    const why = handler.check?.(f);
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  await requireFreePid(p.pid, "pid");
+  for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
+}
+
+/** Puts bytes in the scratch region above what the restorer itself uses, cycling. */
+function scratchAllocator(inj: Injector) {
+  const base = 16384;
+  let at = base;
+  return (data: Uint8Array): bigint => {
+    if (at + data.length > Number(SCRATCH_SIZE)) at = base;
+    const addr = inj.put(data, at);
+    at += (data.length + 15) & ~15;
+    return addr;
+  };
+}
+
+/** Restores every descriptor at its number, each open file made once. */
+function restoreFds(
+  p: ProcessEntry,
+  inj: Injector,
+  mem: RemoteMemory,
+  asb: AddressSpaceBuilder,
+): () => void {
+  const put = scratchAllocator(inj);
+  const pidfd = pidfdOpen(inj.pid);
+  const firstFd = new Map<number, number>();
+  for (const f of p.fds) if (!firstFd.has(f.file)) firstFd.set(f.file, f.fd);
+  const ctx: FileRestoreContext = {
+    pid: inj.pid,
+    injector: inj,
+    memory: mem,
+    pidfd,
+    put,
+    putString: (s) => put(new TextEncoder().encode(s + "\0")),
+    objectFd: (id) => asb.objectFd(id),
+    fdOfFile: (id) => {
+      const fd = firstFd.get(id);
+      if (fd === undefined) throw new RestoreError(`no descriptor refers to open file ${id}`);
+      return fd;
+    },
+    finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
+  };
+  const cleanup = () => {
+    releasePipes(ctx);
+    close(pidfd);
+  };
+  try {
+    // Work above every final number so no dup2 lands on an fd still in use.
+    const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
+    asb.relocateObjectFds(high + p.files.length);
+    const temp = new Map<number, number>();
+    for (const f of p.files) {
+      if (!firstFd.has(f.id)) continue;
+      const fd = handlerForEntry(f)!.open(f, ctx);
+      const moved = Number(inj.call("fcntl", fd, F_DUPFD, high));
+      inj.call("close", fd);
+      temp.set(f.id, moved);
+    }
+    for (const f of p.fds) {
+      inj.call("dup3", temp.get(f.file)!, f.fd, f.closeOnExec ? O_CLOEXEC : 0);
+    }
+    for (const fd of temp.values()) inj.call("close", fd);
+    for (const f of p.files) {
+      const fd = firstFd.get(f.id);
+      if (fd !== undefined) handlerForEntry(f)!.finish?.(f, fd, ctx);
+    }
+  } catch (err) {
+    cleanup();
+    throw err;
+  }
+  return cleanup;
+}
+
+/**
+ * Brings the process in image `dir` back: same pid and tids, running on from where it was
+ * frozen. Returns once it runs; it lives on without the tool.
+ */
+export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  using reader = await ImageReader.open(dir);
+  const p = await reader.readMeta<ProcessEntry>(PROCESS_META);
+  await preflight(p);
+  const debug = Deno.env.get("TARDIGRADE_DEBUG") ? (m: string) => console.error(`[restore] ${m}`) : () => {};
+  const stage = (name: string) => {
+    debug(name);
+    opts.policy?.restoreStage?.(name, p);
+  };
+  stage("preflight");
+
+  const stub = await Stub.start();
+  let child = -1;
+  let asb: AddressSpaceBuilder | undefined;
+  let mem: RemoteMemory | undefined;
+  const made: number[] = [];
+  const warnings: string[] = [];
+  try {
+    child = stub.forkWithPid(p.pid);
+    made.push(child);
+    const site = stub.injector.site;
+    stub.end();
+    mem = new RemoteMemory(child);
+    const inj = new Injector(child, child, mem, site);
+
+    stage("memory");
+    asb = new AddressSpaceBuilder(child, inj, p);
+    asb.empty();
+    debug("emptied");
+    asb.moveSpecials();
+    debug("specials moved");
+    asb.placeScratch();
+    asb.createObjects();
+    asb.createMappings();
+    debug("mappings made");
+    const total = p.extents.reduce((n, e) => n + e.length, 0);
+    const pageBytes = asb.fillPages(
+      reader,
+      new Uint8Array(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+      (bytes) => opts.onProgress?.(bytes, total),
+    );
+    asb.finish();
+
+    stage("files");
+    const releaseFiles = restoreFds(p, inj, mem, asb);
+    releaseFiles();
+    asb.closeObjects();
+
+    stage("process");
+    restoreFsAndPersonality(inj, p);
+    restoreSigactions(inj, p.sigactions);
+    restoreItimers(inj, p.itimers);
+    restoreMm(inj, p);
+
+    stage("threads");
+    const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
+    for (const t of p.threads) {
+      if (t === main) continue;
+      made.push(cloneThread(inj, t.tid));
+    }
+    const injectors = new Map(
+      p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(t.tid)]),
+    );
+    for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t);
+    for (const s of p.sharedPending) {
+      inj.call("rt_sigqueueinfo", child, s.signo, inj.put(s.siginfo, 1024));
+    }
+    warnings.push(...restoreRlimits(inj, p.rlimits));
+    restoreCreds(inj, p);
+    const regs = new Map(p.threads.map((t) => [t.tid, finalRegs(injectors.get(t.tid)!, t)]));
+    const scratch = inj.scratchRange!;
+    inj.call("munmap", scratch.start, scratch.end - scratch.start);
+    inj.dropScratch();
+
+    stage("resume");
+    for (const t of p.threads) {
+      setSigMask(t.tid, t.sigmask);
+      setRegs(t.tid, regs.get(t.tid)!);
+    }
+    for (const t of [...p.threads].reverse()) detach(t.tid);
+    mem.close();
+    return { pid: child, threads: p.threads.length, pageBytes, warnings };
+  } catch (err) {
+    for (const pid of made.reverse()) {
+      try {
+        kill(pid, SIG.SIGKILL);
+      } catch { /* gone */ }
+    }
+    stub.end();
+    asb?.abort();
+    mem?.close();
+    if (child > 0) {
+      try {
+        waitpid(child);
+      } catch { /* reaped by its parent */ }
+    }
+    throw err;
+  }
+}

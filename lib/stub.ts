@@ -1,0 +1,101 @@
+/**
+ * The process a restore turns into the dumped one: an ordinary program (`sleep`) started
+ * detached, seized, and made to fork with `clone3` and `set_tid` so the child gets the dumped
+ * pid. No kernel module and no compiled helper: everything is injected syscalls.
+ */
+import {
+  cont,
+  encodeCloneArgs,
+  Errno,
+  interrupt,
+  kill,
+  PTRACE_EVENT,
+  PTRACE_O,
+  seize,
+  SIG,
+  SYS,
+  SyscallError,
+  waitpid,
+} from "../ffi/mod.ts";
+import { RestoreError } from "./errors.ts";
+import { Injector } from "./inject.ts";
+import { RemoteMemory } from "./remote_memory.ts";
+
+/** Options the restorer traces its processes with: fork and clone children are attached too,
+ * and everything made dies with the tool if the tool dies midway. */
+export const RESTORE_TRACE_OPTIONS = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.EXITKILL;
+
+/** Starts `sleep` detached from this process (so Deno does not reap it) and returns its pid. */
+async function startSleeper(): Promise<number> {
+  const out = await new Deno.Command("/bin/sh", {
+    args: ["-c", "/bin/sleep 1000000 </dev/null >/dev/null 2>&1 & echo $!"],
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).output();
+  const pid = Number(new TextDecoder().decode(out.stdout).trim());
+  if (!out.success || !(pid > 0)) throw new RestoreError("could not start the /bin/sleep stub");
+  return pid;
+}
+
+/** Waits for a ptrace stop of `tid`; throws if it ended instead. */
+export function waitStopped(tid: number, what: string): void {
+  const st = waitpid(tid)!;
+  if (st.exited || st.signaled) throw new RestoreError(`${what} (${tid}) ended unexpectedly`);
+}
+
+/** A seized stub, ready to fork the process that becomes the restored one. */
+export class Stub {
+  private constructor(readonly pid: number, readonly injector: Injector) {}
+
+  /** Starts and seizes a stub. */
+  static async start(): Promise<Stub> {
+    const pid = await startSleeper();
+    try {
+      seize(pid, RESTORE_TRACE_OPTIONS);
+      interrupt(pid);
+      waitStopped(pid, "stub");
+      return new Stub(pid, new Injector(pid, pid, new RemoteMemory(pid)));
+    } catch (err) {
+      try {
+        kill(pid, SIG.SIGKILL);
+      } catch { /* gone */ }
+      throw err;
+    }
+  }
+
+  /**
+   * Forks a child with exactly `pid` (clone3 with set_tid). The child is attached to us and
+   * stopped; it is a copy of the stub until the restorer empties it.
+   */
+  forkWithPid(pid: number): number {
+    const inj = this.injector;
+    const tids = new Int32Array([pid]);
+    const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
+    const args = encodeCloneArgs({
+      flags: 0n,
+      exitSignal: SIG.SIGCHLD,
+      setTid: tidAddr,
+      setTidSize: 1,
+    });
+    const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
+    if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`pid ${pid} is in use`);
+    if (r < 0n) throw new SyscallError(`clone3 in stub ${this.pid}`, [pid], Number(-r));
+    const fork = inj.events.find((e) => e.event === PTRACE_EVENT.FORK);
+    const child = fork ? Number(fork.message) : Number(r);
+    waitStopped(child, "restored process");
+    return child;
+  }
+
+  /** Ends the stub. Its child, if any, is reparented and stays traced by us. */
+  end(): void {
+    try {
+      this.injector.mem.close();
+      kill(this.pid, SIG.SIGKILL);
+      cont(this.pid);
+    } catch { /* already gone */ }
+    try {
+      waitpid(this.pid);
+    } catch { /* reaped elsewhere */ }
+  }
+}

@@ -1,0 +1,414 @@
+import assert from "node:assert/strict";
+import { close, O, open, pidfdGetfd, pidfdOpen, pread, pwrite } from "../ffi/mod.ts";
+import { type Fd, FileTable, listFdNumbers, readFd } from "../lib/fds.ts";
+import { freeze, type FrozenProcess } from "../lib/freeze.ts";
+import type { EpollEntry } from "../lib/files/epoll.ts";
+import type { EventfdEntry } from "../lib/files/eventfd.ts";
+import type { InotifyEntry } from "../lib/files/inotify.ts";
+import type { MemfdEntry } from "../lib/files/memfd.ts";
+import { type FifoEntry, peekPipe, type PipeEntry, releasePipes } from "../lib/files/pipe.ts";
+import { handlerForEntry, handlerForFd } from "../lib/files/registry.ts";
+import type { RegularEntry } from "../lib/files/regular.ts";
+import type { SignalfdEntry } from "../lib/files/signalfd.ts";
+import type { TimerfdEntry } from "../lib/files/timerfd.ts";
+import { bytesQueued } from "../lib/files/util.ts";
+import { deviceHandler } from "../lib/files/device.ts";
+import { regularHandler } from "../lib/files/regular.ts";
+import type { FileDumpContext, FileRestoreContext } from "../lib/files/types.ts";
+import type { FdEntry, FileEntry } from "../lib/schema.ts";
+import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
+
+// Descriptor numbers fixed by tests/fixtures/fd_zoo.c.
+const FD = {
+  FILE: 10,
+  RO: 11,
+  DIR: 12,
+  NULL: 13,
+  PIPE_R: 14,
+  PIPE_W: 15,
+  FIFO: 16,
+  EVENT: 17,
+  EPOLL: 18,
+  SIGNAL: 19,
+  TIMER: 20,
+  MEMFD: 21,
+  INOTIFY: 22,
+  DELETED: 23,
+  LONE_W: 24,
+  SEM: 25,
+  TICKS: 26,
+  ABS: 27,
+  INOTIFY2: 28,
+} as const;
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+/** An image of the fds of one process, with memory objects kept in memory by the test. */
+interface Dumped {
+  files: FileEntry[];
+  fds: FdEntry[];
+  objects: Map<number, Uint8Array>;
+  byFd: Map<number, Fd>;
+}
+
+function readContents(fd: number): Uint8Array {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const buf = new Uint8Array(65536);
+    const n = pread(fd, buf, total);
+    if (n === 0) break;
+    chunks.push(buf.subarray(0, n));
+    total += n;
+  }
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) out.set(c, (off += c.length) - c.length);
+  return out;
+}
+
+/** Dumps every fd of a frozen process through the handlers. */
+async function dumpFds(frozen: FrozenProcess): Promise<Dumped> {
+  const pid = frozen.pid;
+  const pidfd = pidfdOpen(pid);
+  const objects = new Map<number, Uint8Array>();
+  try {
+    const ctx: FileDumpContext = {
+      pid,
+      frozen,
+      pidfd,
+      storeObject(fd: Fd): number {
+        // Stands in for the lead's memory objects: the contents, through pidfd_getfd.
+        const mine = pidfdGetfd(pidfd, fd.fd);
+        try {
+          const id = objects.size + 1;
+          objects.set(id, readContents(mine));
+          return id;
+        } finally {
+          close(mine);
+        }
+      },
+    };
+    const table = new FileTable();
+    const files = new Map<number, FileEntry>();
+    const fds: FdEntry[] = [];
+    const byFd = new Map<number, Fd>();
+    for (const n of listFdNumbers(pid)) {
+      const fd = readFd(pid, n, table);
+      if (!fd) continue;
+      byFd.set(n, fd);
+      fds.push({ fd: n, file: fd.fileId, closeOnExec: fd.closeOnExec });
+      if (files.has(fd.fileId)) continue;
+      const handler = handlerForFd(fd);
+      assert.ok(handler, `no handler for fd ${n} (${fd.kind})`);
+      files.set(fd.fileId, await handler.dump(fd, ctx));
+    }
+    return { files: [...files.values()], fds, objects, byFd };
+  } finally {
+    close(pidfd);
+  }
+}
+
+function fileOf<E extends FileEntry>(d: Dumped, fd: number): E {
+  const id = d.fds.find((f) => f.fd === fd)!.file;
+  return d.files.find((f) => f.id === id)! as E;
+}
+
+async function startZoo(): Promise<{ t: Target; dir: string }> {
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-zoo-" });
+  const t = await spawnTarget(await fixture("fd_zoo"), [dir], { ready: /READY/ });
+  return { t, dir };
+}
+
+Deno.test("files: dumping every kind matches /proc and leaves the process as it was", async () => {
+  const { t, dir } = await startZoo();
+  try {
+    await withTarget(t, async (t) => {
+      assert.equal(await t.check(), "PASS");
+      let d: Dumped;
+      {
+        await using frozen = await freeze(t.pid);
+        d = await dumpFds(frozen);
+      }
+      // The pipe and FIFO data were peeked, not read; positions and counts untouched.
+      assert.equal(await t.check(), "PASS");
+
+      for (const fd of d.byFd.values()) {
+        const e = fileOf(d, fd.fd);
+        assert.equal(e.flags, fd.flags, `flags of fd ${fd.fd}`);
+      }
+      const file = fileOf<RegularEntry>(d, FD.FILE);
+      assert.equal(file.kind, "regular");
+      assert.equal(file.path, `${dir}/appended`);
+      assert.equal(file.position, 12n);
+      assert.equal(file.size, 12);
+      assert.ok(file.flags & O.APPEND);
+      assert.equal(fileOf<RegularEntry>(d, FD.RO).position, 3n);
+      const dirEntry = fileOf<RegularEntry>(d, FD.DIR);
+      assert.equal(dirEntry.directory, true);
+      assert.equal(dirEntry.path, dir);
+      assert.equal(fileOf(d, FD.NULL).kind, "device");
+      assert.equal(fileOf(d, FD.NULL).path, "/dev/null");
+
+      const r = fileOf<PipeEntry>(d, FD.PIPE_R), w = fileOf<PipeEntry>(d, FD.PIPE_W);
+      assert.equal(r.pipe, w.pipe);
+      assert.equal(r.end, "read");
+      assert.equal(w.end, "write");
+      assert.equal(r.size, 128 * 1024);
+      assert.equal(text(r.data) + text(w.data), "pipe data 123", "data stored once");
+      const fifo = fileOf<FifoEntry>(d, FD.FIFO);
+      assert.equal(fifo.path, `${dir}/fifo`);
+      assert.equal(text(fifo.data), "fifo bytes");
+
+      const ev = fileOf<EventfdEntry>(d, FD.EVENT);
+      assert.equal(ev.count, 5n);
+      assert.equal(ev.semaphore, false);
+      assert.ok(ev.flags & O.NONBLOCK);
+      const ep = fileOf<EpollEntry>(d, FD.EPOLL);
+      assert.deepEqual(
+        ep.watches.map((w) => [w.tfd, w.data, w.stale ?? false]).sort(),
+        [[FD.PIPE_R, 0x2222n, false], [FD.EVENT, 0x1111n, false]].sort(),
+      );
+      assert.equal(fileOf<SignalfdEntry>(d, FD.SIGNAL).sigmask, (1n << 11n) | (1n << 27n));
+      const tm = fileOf<TimerfdEntry>(d, FD.TIMER);
+      assert.deepEqual(tm.interval, { sec: 7n, nsec: 0n });
+      assert.ok(tm.value.sec > 900n && tm.value.sec < 1000n);
+      assert.equal(tm.clockid, 1);
+      const mf = fileOf<MemfdEntry>(d, FD.MEMFD);
+      assert.equal(mf.position, 4n);
+      assert.equal(text(d.objects.get(mf.object)!), "memfd contents");
+      const ino = fileOf<InotifyEntry>(d, FD.INOTIFY);
+      assert.equal(ino.watches.length, 1);
+      assert.equal(ino.watches[0].path, dir);
+      assert.equal(ino.watches[0].wd, 1);
+      assert.equal(ino.watches[0].mask, 0x300);
+      const del = fileOf<RegularEntry>(d, FD.DELETED);
+      assert.equal(del.path, `${dir}/deleted`);
+      assert.equal(text(d.objects.get(del.object!)!), "deleted file");
+      const lone = fileOf<PipeEntry>(d, FD.LONE_W);
+      assert.equal(lone.end, "write");
+      assert.equal(text(lone.data), "lone");
+      assert.equal(fileOf<EventfdEntry>(d, FD.SEM).semaphore, true);
+      assert.equal(fileOf<TimerfdEntry>(d, FD.TICKS).ticks, 1n);
+      assert.equal(fileOf<TimerfdEntry>(d, FD.ABS).settimeFlags, 3);
+      assert.deepEqual(
+        fileOf<InotifyEntry>(d, FD.INOTIFY2).watches.map((w) => [w.wd, w.path]),
+        [[2, `${dir}/sub`]],
+      );
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+/** A restore context over a frozen stub: scratch puts in turn, memory objects as memfds. */
+function restoreContext(
+  stub: FrozenProcess,
+  pidfd: number,
+  d: Dumped,
+): FileRestoreContext {
+  const inj = stub.injector;
+  let off = 0;
+  const put = (data: Uint8Array) => {
+    if (off + data.length > 60 * 1024) off = 0;
+    const addr = inj.put(data, off);
+    off += (data.length + 15) & ~15;
+    return addr;
+  };
+  const objectFds = new Map<number, number>();
+  return {
+    pid: stub.pid,
+    injector: inj,
+    memory: stub.memory,
+    pidfd,
+    put,
+    putString: (s) => put(new TextEncoder().encode(s + "\0")),
+    objectFd(id: number): number {
+      const have = objectFds.get(id);
+      if (have !== undefined) return have;
+      const low = Number(inj.call("memfd_create", put(new TextEncoder().encode("obj\0")), 0));
+      const mine = pidfdGetfd(pidfd, low);
+      pwrite(mine, d.objects.get(id)!, 0);
+      close(mine);
+      // Out of the way of the numbers the restore will dup2 to.
+      const fd = Number(inj.call("fcntl", low, 0, /* F_DUPFD */ 900));
+      inj.call("close", low);
+      objectFds.set(id, fd);
+      return fd;
+    },
+    fdOfFile: (id) => d.fds.find((f) => f.file === id)!.fd,
+    finalFds: new Map(d.fds.map((f) => [f.fd, f.fd])),
+  };
+}
+
+Deno.test("files: restoring every kind into a fresh stub gives the same descriptors", async () => {
+  const { t, dir } = await startZoo();
+  try {
+    await withTarget(t, async (t) => {
+      let d: Dumped;
+      {
+        await using frozen = await freeze(t.pid);
+        d = await dumpFds(frozen);
+      }
+      await withTarget(await spawnTarget("/bin/sleep", ["1000"]), async (s) => {
+        {
+          await using stub = await freeze(s.pid);
+          const pidfd = pidfdOpen(s.pid);
+          const ctx = restoreContext(stub, pidfd, d);
+          try {
+            stub.injector.call("close_range", 3, 0xffffffff, 0);
+            const placed = new Map<number, number>();
+            for (const e of d.files) {
+              const h = handlerForEntry(e)!;
+              assert.equal(h.check?.(e) ?? null, null, `check of ${e.kind}`);
+              const tmp = h.open(e, ctx);
+              const mine = d.fds.filter((f) => f.file === e.id).map((f) => f.fd);
+              for (const n of mine) if (n !== tmp) stub.injector.call("dup2", tmp, n);
+              if (!mine.includes(tmp)) stub.injector.call("close", tmp);
+              placed.set(e.id, ctx.fdOfFile(e.id));
+            }
+            for (const e of d.files) handlerForEntry(e)!.finish?.(e, placed.get(e.id)!, ctx);
+          } finally {
+            releasePipes(ctx);
+            close(pidfd);
+          }
+        }
+        compare(d, s.pid);
+      });
+      // The original still has its pipe data, FIFO data, positions.
+      assert.equal(await t.check(), "PASS");
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+function compare(d: Dumped, pid: number): void {
+  const table = new FileTable();
+  const got = new Map<number, Fd>();
+  for (const n of listFdNumbers(pid)) {
+    if (n >= 900) continue; // the test's memory objects
+    got.set(n, readFd(pid, n, table)!);
+  }
+  assert.deepEqual([...got.keys()], [...d.byFd.keys()]);
+  for (const [n, was] of d.byFd) {
+    const now = got.get(n)!;
+    // This test keeps memory objects as memfds, so a deleted file comes back as one.
+    assert.equal(now.kind, n === FD.DELETED ? "memfd" : was.kind, `kind of fd ${n}`);
+    assert.equal(now.flags & ~O.CLOEXEC, was.flags & ~O.CLOEXEC, `flags of fd ${n}`);
+    assert.equal(now.position, was.position, `position of fd ${n}`);
+    if (["file", "directory", "device"].includes(was.kind) && n !== FD.DELETED) {
+      assert.equal(now.target, was.target, `path of fd ${n}`);
+    }
+  }
+  // Shared open files stay shared (stdout and stderr), the pipe ends are one pipe.
+  assert.equal(got.get(1)!.fileId, got.get(2)!.fileId);
+  assert.equal(got.get(FD.PIPE_R)!.inode, got.get(FD.PIPE_W)!.inode);
+  assert.notEqual(got.get(FD.PIPE_R)!.inode, d.byFd.get(FD.PIPE_R)!.inode);
+
+  const info = (n: number) => got.get(n)!.info as Record<string, unknown>;
+  assert.equal(info(FD.EVENT).count, 5n);
+  assert.deepEqual(
+    (info(FD.EPOLL).targets as { tfd: number; events: number; data: bigint }[])
+      .map((t) => [t.tfd, t.events, t.data]).sort(),
+    (d.byFd.get(FD.EPOLL)!.info as { targets: { tfd: number; events: number; data: bigint }[] })
+      .targets.map((t) => [t.tfd, t.events, t.data]).sort(),
+  );
+  assert.equal(info(FD.SIGNAL).sigmask, (1n << 11n) | (1n << 27n));
+  assert.deepEqual(info(FD.TIMER).interval, { sec: 7n, nsec: 0n });
+  const left = info(FD.TIMER).value as { sec: bigint };
+  assert.ok(left.sec > 900n && left.sec < 1000n, `timer left ${left.sec}`);
+  const watches = info(FD.INOTIFY).watches as { wd: number; mask: number; ino: bigint }[];
+  const was = (d.byFd.get(FD.INOTIFY)!.info as { watches: typeof watches }).watches;
+  assert.deepEqual(
+    watches.map((w) => [w.wd, w.mask, w.ino]),
+    was.map((w) => [w.wd, w.mask, w.ino]),
+  );
+
+  assert.equal(info(FD.SEM).count, 3n);
+  assert.equal(info(FD.SEM).semaphore, true);
+  assert.equal(info(FD.TICKS).ticks, 1n);
+  assert.equal(info(FD.ABS).settimeFlags, 3);
+  const abs = info(FD.ABS).value as { sec: bigint };
+  assert.ok(abs.sec > 400n && abs.sec <= 500n, `abs timer left ${abs.sec}`);
+  const w2 = info(FD.INOTIFY2).watches as { wd: number; mask: number }[];
+  assert.deepEqual(w2.map((w) => [w.wd, w.mask]), [[2, 0x4]]);
+  // The IN_IGNORED events of the burnt wd 1 were read away.
+  const pidfd = pidfdOpen(pid);
+  const ino2 = pidfdGetfd(pidfd, FD.INOTIFY2);
+  close(pidfd);
+  try {
+    assert.equal(bytesQueued(ino2), 0);
+  } finally {
+    close(ino2);
+  }
+  assert.equal(text(peekPipe(pid, FD.LONE_W).data), "lone");
+  const del = open(`/proc/${pid}/fd/${FD.DELETED}`, O.RDONLY);
+  try {
+    assert.equal(text(readContents(del)), "deleted file");
+  } finally {
+    close(del);
+  }
+
+  // Pipe data readable (peeked) through the stub's read end; its capacity came back.
+  const pipe = peekPipe(pid, FD.PIPE_R);
+  assert.equal(text(pipe.data), "pipe data 123");
+  assert.equal(pipe.size, 128 * 1024);
+  assert.equal(text(peekPipe(pid, FD.FIFO).data), "fifo bytes");
+  // The memfd's contents, through the stub's fd.
+  const m = open(`/proc/${pid}/fd/${FD.MEMFD}`, O.RDONLY);
+  try {
+    assert.equal(text(readContents(m)), "memfd contents");
+  } finally {
+    close(m);
+  }
+}
+
+Deno.test("files: kinds without a handler are named, not guessed", () => {
+  for (const kind of ["socket", "pidfd", "userfaultfd", "other"] as const) {
+    assert.equal(handlerForFd({ kind } as Fd), undefined);
+  }
+  assert.equal(handlerForEntry({ id: 1, kind: "socket", flags: 0 }), undefined);
+});
+
+Deno.test("files: check() refuses files that changed since the dump", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-check-" });
+  try {
+    const path = `${dir}/f`;
+    Deno.writeTextFileSync(path, "0123456789");
+    const st = Deno.statSync(path);
+    const base = {
+      id: 1,
+      kind: "regular" as const,
+      path,
+      directory: false,
+      position: 8n,
+      size: 10,
+      mtimeMs: st.mtime!.getTime(),
+      inode: BigInt(st.ino!),
+      dev: BigInt(st.dev),
+    };
+    const ro = { ...base, flags: O.RDONLY };
+    const rw = { ...base, flags: O.RDWR };
+    assert.equal(regularHandler.check!(ro), null);
+    Deno.writeTextFileSync(path, "01234567890123");
+    assert.match(regularHandler.check!(ro)!, /changed since the dump/);
+    assert.equal(regularHandler.check!(rw), null, "a written file may grow");
+    Deno.writeTextFileSync(path, "0123");
+    assert.match(regularHandler.check!(rw)!, /shorter \(4\) than the dumped position 8/);
+    Deno.removeSync(path);
+    assert.match(regularHandler.check!(rw)!, /no longer exists/);
+    assert.match(
+      regularHandler.check!({ ...base, flags: 0, path: dir, directory: false })!,
+      /no longer a regular file/,
+    );
+    const zero = Deno.statSync("/dev/zero").rdev!;
+    const dev = { id: 2, kind: "device" as const, flags: O.RDWR, path: "/dev/null", tty: false };
+    assert.match(
+      deviceHandler.check!({ ...dev, rdev: BigInt(zero), position: 0n })!,
+      /no longer the same device/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

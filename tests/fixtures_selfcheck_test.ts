@@ -1,0 +1,119 @@
+/**
+ * Self-check of the restore verification fixtures (tests/fixtures/r_*.c): each one must start,
+ * answer PASS twice (it is correct and its check leaves its state as it found it), and answer
+ * PASS again after a SIGSTOP/SIGCONT pair. A fixture that fails here would make the restore suite
+ * (tests/restore_suite.ts) blame the restore for the fixture's own bug.
+ *
+ * `R_FIXTURES=r_pipe,r_epoll deno test -A tests/fixtures_selfcheck_test.ts` runs only those.
+ */
+import assert from "node:assert/strict";
+import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
+
+const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
+
+/** How fixtures are started; fixtures not named here start with no arguments. */
+const launchOptions: Record<string, { args?: string[]; env?: Record<string, string> }> = {
+  r_cmdline: {
+    args: ["alpha", "two words", "", "ünïcödé", "--flag=x=y"],
+    env: { TG_CMDLINE_VAR: "value with spaces=and equals" },
+  },
+};
+
+const allFixtures = [...Deno.readDirSync(fixtureDir)]
+  .map((e) => e.name.match(/^(r_\w+)\.c$/)?.[1])
+  .filter((name): name is string => name !== undefined)
+  .sort();
+const only = Deno.env.get("R_FIXTURES")?.split(",");
+const fixtures = only ? allFixtures.filter((name) => only.includes(name)) : allFixtures;
+
+/** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */
+function announcedTempPaths(t: Target): string[] {
+  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
+  return [...ready.matchAll(/\btmp=(\S+)/g)].map((m) => m[1]);
+}
+
+/** Waits until the process shows state `want` ("T" stopped, anything else running). */
+async function waitForState(pid: number, stopped: boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(")") + 2)[0];
+    if ((state === "T") === stopped) return;
+    if (Date.now() > deadline) throw new Error(`pid ${pid} stuck in state ${state}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test("selfcheck: there are at least 25 restore fixtures", () => {
+  assert.ok(allFixtures.length >= 25, `only ${allFixtures.length}: ${allFixtures.join(" ")}`);
+});
+
+Deno.test("selfcheck: every restore fixture is in the restore suite's table", () => {
+  const suite = Deno.readTextFileSync(new URL("./restore_suite.ts", import.meta.url));
+  const listed = [...suite.matchAll(/name: "(r_\w+)"/g)].map((m) => m[1]).sort();
+  assert.deepEqual(listed, allFixtures);
+});
+
+for (const name of fixtures) {
+  Deno.test(`selfcheck: ${name}`, async () => {
+    const bin = await fixture(name);
+    const { args = [], env } = launchOptions[name] ?? {};
+    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
+    try {
+      await withTarget(t, async () => {
+        assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+        assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
+        assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
+        Deno.kill(t.pid, "SIGSTOP");
+        await waitForState(t.pid, true);
+        Deno.kill(t.pid, "SIGCONT");
+        await waitForState(t.pid, false);
+        assert.equal(
+          await t.check(),
+          "PASS",
+          `check after SIGSTOP/SIGCONT; output:\n${t.output()}`,
+        );
+        assert.ok(t.alive(), "fixture died");
+      });
+    } finally {
+      for (const path of announcedTempPaths(t)) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
+}
+
+/** The interpreted counters (tests/fixtures/counter.py, counter.js) answer checks and count. */
+const counters = [
+  { name: "counter.py", command: "python3" },
+  { name: "counter.js", command: "node" },
+].filter(({ name }) => !only || only.includes(name));
+
+for (const { name, command } of counters) {
+  Deno.test(`selfcheck: ${name}`, async () => {
+    const script = `${fixtureDir}${name}`;
+    const t = await spawnTarget(command, [script], { ready: /^READY /m });
+    try {
+      await withTarget(t, async () => {
+        const file = t.output().match(/\bfile=(\S+)/)![1];
+        const lastCount = () => Number(Deno.readTextFileSync(file).trimEnd().split("\n").at(-1));
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
+        Deno.kill(t.pid, "SIGSTOP");
+        await waitForState(t.pid, true);
+        Deno.kill(t.pid, "SIGCONT");
+        await waitForState(t.pid, false);
+        const before = lastCount();
+        await new Promise((r) => setTimeout(r, 300));
+        assert.ok(lastCount() > before, "stopped counting after SIGSTOP/SIGCONT");
+        assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
+      });
+    } finally {
+      for (const path of announcedTempPaths(t)) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
+}

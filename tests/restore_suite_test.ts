@@ -1,0 +1,144 @@
+/**
+ * Restore verification suite (issue 5): for every fixture in tests/fixtures/r_*.c, start it,
+ * check it (sanity), checkpoint it (which kills it), restore it, and require that the restored
+ * process has the same pid and that the same check, run again inside it, passes.
+ *
+ * Not named *_test.ts on purpose: `checkpoint` and `restore` do not exist yet. Rename it to
+ * restore_suite_test.ts (or import it from a test file) once they land. Each fixture's top comment
+ * says what state it holds and what its check proves; tests/fixtures_selfcheck_test.ts proves the
+ * fixtures themselves (PASS twice, and after SIGSTOP/SIGCONT) without a restore.
+ *
+ * `R_FIXTURES=r_pipe,r_epoll` runs only those.
+ */
+import assert from "node:assert/strict";
+import { checkpoint, restore } from "../mod.ts";
+import { fixture, spawnTarget, type Target } from "./helpers.ts";
+
+/** How a fixture is started. */
+export interface RestoreCase {
+  name: string;
+  args?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+/** One row per fixture; tests/fixtures_selfcheck_test.ts checks that no fixture is missing. */
+export const restoreCases: RestoreCase[] = [
+  // Memory
+  { name: "r_memory" },
+  { name: "r_mprotect" },
+  { name: "r_private_file_map" },
+  { name: "r_shared_file_map" },
+  { name: "r_deleted_map" },
+  { name: "r_memfd" },
+  { name: "r_shared_anon" },
+  { name: "r_heap_grow" },
+  { name: "r_vdso_clock" },
+  // Threads, registers, syscalls in progress
+  { name: "r_threads" },
+  { name: "r_fpu" },
+  { name: "r_futex" },
+  { name: "r_nanosleep" },
+  { name: "r_pids" },
+  { name: "r_rseq" },
+  // Signals and timers
+  { name: "r_signals" },
+  { name: "r_sigaltstack" },
+  { name: "r_itimer" },
+  // Process attributes
+  { name: "r_rlimits" },
+  { name: "r_umask" },
+  { name: "r_cwd" },
+  { name: "r_comm" },
+  {
+    name: "r_cmdline",
+    args: ["alpha", "two words", "", "ünïcödé", "--flag=x=y"],
+    env: { TG_CMDLINE_VAR: "value with spaces=and equals" },
+  },
+  // File descriptors
+  { name: "r_file_flags" },
+  { name: "r_dup_shared_pos" },
+  { name: "r_pipe" },
+  { name: "r_eventfd" },
+  { name: "r_epoll" },
+  { name: "r_timerfd" },
+  { name: "r_signalfd" },
+  { name: "r_socketpair" },
+  { name: "r_flock" },
+];
+
+/** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */
+function announcedTempPaths(t: Target): string[] {
+  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
+  return [...ready.matchAll(/\btmp=(\S+)/g)].map((m) => m[1]);
+}
+
+/** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
+export const counterCases = [
+  { name: "counter.py", command: "python3" },
+  { name: "counter.js", command: "node" },
+];
+
+/** The last number a counter wrote to its file. */
+function lastCount(t: Target): number {
+  const file = t.output().match(/\bfile=(\S+)/)?.[1];
+  if (!file) throw new Error(`no file= on the READY line:\n${t.output()}`);
+  const lines = Deno.readTextFileSync(file).trimEnd().split("\n");
+  return Number(lines[lines.length - 1]);
+}
+
+const only = Deno.env.get("R_FIXTURES")?.split(",");
+
+for (const { name, args = [], env, cwd } of restoreCases) {
+  if (only && !only.includes(name)) continue;
+  Deno.test(`restore: ${name}`, async () => {
+    const bin = await fixture(name);
+    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
+    const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
+    let restoredPid: number | undefined;
+    try {
+      assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+      assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
+      await checkpoint(t.pid, { dir: img + "/image" });
+      const r = await restore(img + "/image");
+      restoredPid = r.pid;
+      assert.equal(r.pid, t.pid, "restored with another pid");
+      assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
+    } finally {
+      await t.kill();
+      if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
+      for (const path of announcedTempPaths(t)) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+      await Deno.remove(img, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
+}
+
+for (const { name, command } of counterCases) {
+  if (only && !only.includes(name)) continue;
+  Deno.test(`restore: ${name} keeps counting`, async () => {
+    const script = new URL(`./fixtures/${name}`, import.meta.url).pathname;
+    const t = await spawnTarget(command, [script], { ready: /^READY /m });
+    const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
+      await checkpoint(t.pid, { dir: img + "/image" });
+      const atDump = lastCount(t);
+      const r = await restore(img + "/image");
+      assert.equal(r.pid, t.pid, "restored with another pid");
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(lastCount(t) > atDump, `count stuck at ${lastCount(t)} after restore`);
+      assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
+    } finally {
+      await t.kill();
+      for (const path of announcedTempPaths(t)) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+      await Deno.remove(img, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
+}
