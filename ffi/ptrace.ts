@@ -205,9 +205,10 @@ export function getRseqConfig(tid: number): RseqConfig {
   const dv = new DataView(buf.buffer);
   return {
     abiPointer: dv.getBigUint64(0, true),
+    // struct ptrace_rseq_configuration { u64 pointer; u32 size; u32 signature; u32 flags; }
     length: dv.getUint32(8, true),
-    flags: dv.getUint32(12, true),
-    signature: dv.getUint32(16, true),
+    signature: dv.getUint32(12, true),
+    flags: dv.getUint32(16, true),
   };
 }
 

@@ -1,0 +1,34 @@
+/** `tardigrade check`: whether this kernel has what the tool needs. */
+import { parseVerb, printJson, table, type Verb } from "./common.ts";
+import { runProbes } from "./probes.ts";
+
+/** The verb. */
+export const check: Verb = {
+  name: "check",
+  summary: "Check the kernel features tardigrade needs; exit 1 if a required one is missing.",
+  usage: "tardigrade check [--json]",
+  help: `Probes: ptrace (seizes a child sleep), PROCMAP_QUERY, PAGEMAP_SCAN, /proc/PID/map_files,
+clone3 with set_tid (kernel ≥ 5.5 and root), userfaultfd, /proc/sys/kernel/ns_last_pid.
+
+options:
+  --json   {ok, features: [{name, required, ok, detail}]}; ok is false when a required
+           feature is missing`,
+  async run(args) {
+    const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 0, max: 0 });
+    if (!p) return 0;
+    const features = await runProbes();
+    const ok = features.every((f) => f.ok || !f.required);
+    if (p.values.json) {
+      printJson({ ok, features });
+    } else {
+      console.log(table(
+        [{ header: "FEATURE" }, { header: "STATUS" }, { header: "REQUIRED" }, {
+          header: "DETAIL",
+        }],
+        features.map((f) => [f.name, f.ok ? "ok" : "missing", f.required ? "yes" : "no", f.detail]),
+      ));
+      console.log(ok ? "all required features present" : "a required feature is missing");
+    }
+    return ok ? 0 : 1;
+  },
+};

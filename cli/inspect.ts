@@ -1,0 +1,203 @@
+/** `tardigrade inspect DIR`: what an image holds, optionally verifying every checksum. */
+import { ImageError, ImageReader, type ProcessEntry } from "../mod.ts";
+import { errorLine, formatBytes, hex, parseVerb, printJson, table, type Verb } from "./common.ts";
+
+/** A summary of one process of an image (the `processes[]` items of `inspect --json`). */
+export interface InspectedProcess {
+  pid: number;
+  ppid: number;
+  comm: string;
+  cmdline: string[];
+  exe: string | null;
+  cwd: string;
+  threads: { tid: number; name: string; rip: string; rsp: string; regs?: Record<string, string> }[];
+  mappings: {
+    start: string;
+    end: string;
+    size: number;
+    perms: string;
+    kind: string;
+    name: string | null;
+    source: string;
+    pageBytes: number;
+  }[];
+  fds: { fd: number; file: number; kind: string; path: string | null; closeOnExec: boolean }[];
+  totals: {
+    threads: number;
+    mappings: number;
+    mappedBytes: number;
+    pageBytes: number;
+    fds: number;
+  };
+}
+
+const PROT_NAMES = ["r", "w", "x"];
+
+/** Summarizes a process entry; `regs` adds every register of every thread. */
+export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
+  const files = new Map(e.files.map((f) => [f.id, f]));
+  const mappings = e.mappings.map((m) => ({
+    start: hex(m.start),
+    end: hex(m.end),
+    size: Number(m.end - m.start),
+    perms: PROT_NAMES.map((c, i) => (m.prot & (1 << i)) ? c : "-").join("") +
+      (m.shared ? "s" : "p"),
+    kind: m.kind,
+    name: m.name,
+    source: m.source.type,
+    pageBytes: m.pages.reduce((a, r) => a + r.length, 0),
+  }));
+  const threads = e.threads.map((t) => ({
+    tid: t.tid,
+    name: t.name,
+    rip: hex(t.regs.rip ?? 0n),
+    rsp: hex(t.regs.rsp ?? 0n),
+    ...(regs
+      ? { regs: Object.fromEntries(Object.entries(t.regs).map(([k, v]) => [k, hex(BigInt(v))])) }
+      : {}),
+  }));
+  const fds = e.fds.map((d) => {
+    const f = files.get(d.file);
+    return {
+      fd: d.fd,
+      file: d.file,
+      kind: f?.kind ?? "?",
+      path: typeof f?.path === "string" ? f.path : null,
+      closeOnExec: d.closeOnExec,
+    };
+  });
+  return {
+    pid: e.pid,
+    ppid: e.ppid,
+    comm: e.comm,
+    cmdline: e.cmdline,
+    exe: e.exe?.path ?? null,
+    cwd: e.cwd,
+    threads,
+    mappings,
+    fds,
+    totals: {
+      threads: threads.length,
+      mappings: mappings.length,
+      mappedBytes: mappings.reduce((a, m) => a + m.size, 0),
+      pageBytes: e.extents.reduce((a, x) => a + x.length, 0),
+      fds: fds.length,
+    },
+  };
+}
+
+/** Reads the summary of every process in the image at `dir`. */
+export async function inspectImage(
+  dir: string,
+  opts: { verify?: boolean; regs?: boolean } = {},
+) {
+  using image = await ImageReader.open(dir, { verify: opts.verify, checkArch: false });
+  const { format, toolVersion, kernel, arch, createdAt } = image.manifest;
+  const processes: InspectedProcess[] = [];
+  for (const name of image.metaNames()) {
+    if (name !== "process" && !name.startsWith("process-")) continue;
+    processes.push(summarize(await image.readMeta<ProcessEntry>(name), opts.regs));
+  }
+  return {
+    dir,
+    manifest: { format, toolVersion, kernel, arch, createdAt },
+    ...(opts.verify ? { verified: true } : {}),
+    processes,
+  };
+}
+
+function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean): void {
+  const m = r.manifest;
+  console.log(
+    `image ${r.dir}: format ${m.format}, tardigrade ${m.toolVersion}, kernel ${m.kernel} ` +
+      `${m.arch}, created ${m.createdAt}`,
+  );
+  for (const p of r.processes) {
+    console.log(`\nprocess ${p.pid} (${p.comm}) ppid ${p.ppid}: ${p.cmdline.join(" ")}`);
+    console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}\n`);
+    console.log(table(
+      [{ header: "TID", right: true }, { header: "RIP" }, { header: "RSP" }, { header: "NAME" }],
+      p.threads.map((t) => [String(t.tid), t.rip, t.rsp, t.name]),
+    ));
+    if (regs) {
+      for (const t of p.threads) {
+        console.log(`\nregisters of thread ${t.tid}:`);
+        const entries = Object.entries(t.regs ?? {});
+        for (let i = 0; i < entries.length; i += 4) {
+          console.log(
+            "  " + entries.slice(i, i + 4).map(([k, v]) => `${k.padEnd(8)} ${v.padEnd(18)}`)
+              .join(" ").trimEnd(),
+          );
+        }
+      }
+    }
+    console.log();
+    console.log(table(
+      [
+        { header: "START" },
+        { header: "END" },
+        { header: "PERMS" },
+        { header: "SIZE", right: true },
+        { header: "PAGES", right: true },
+        { header: "KIND" },
+        { header: "NAME" },
+      ],
+      p.mappings.map((x) => [
+        x.start,
+        x.end,
+        x.perms,
+        formatBytes(x.size),
+        formatBytes(x.pageBytes),
+        x.kind,
+        x.name ?? "",
+      ]),
+    ));
+    console.log();
+    console.log(table(
+      [{ header: "FD", right: true }, { header: "KIND" }, { header: "FILE", right: true }, {
+        header: "PATH",
+      }],
+      p.fds.map((d) => [String(d.fd), d.kind, String(d.file), d.path ?? ""]),
+    ));
+    const t = p.totals;
+    console.log(
+      `\ntotals: ${t.threads} threads, ${t.mappings} mappings (${formatBytes(t.mappedBytes)}), ` +
+        `${formatBytes(t.pageBytes)} of pages, ${t.fds} fds`,
+    );
+  }
+  if (r.verified) console.log("\nverify: OK (every checksum matches)");
+}
+
+/** The verb. */
+export const inspect: Verb = {
+  name: "inspect",
+  summary: "Show what an image holds: processes, threads, mappings, fds, totals.",
+  usage: "tardigrade inspect DIR [--json] [--verify] [--verbose]",
+  help: `options:
+  --verify   check every checksum of the image; exit 1 with the reason if one fails
+  --verbose  also show every register of every thread
+  --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, verified?,
+             processes: [{pid, ppid, comm, cmdline, exe, cwd, threads: [{tid, name, rip, rsp,
+             regs?}], mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
+             fds: [{fd, file, kind, path, closeOnExec}], totals: {threads, mappings,
+             mappedBytes, pageBytes, fds}}]}`,
+  async run(args) {
+    const p = parseVerb(this, args, {
+      json: { type: "boolean" },
+      verify: { type: "boolean" },
+    }, { min: 1, max: 1 });
+    if (!p) return 0;
+    const regs = Boolean(p.values.verbose);
+    let r;
+    try {
+      r = await inspectImage(p.positionals[0], { verify: Boolean(p.values.verify), regs });
+    } catch (err) {
+      if (!(err instanceof ImageError) || !p.values.verify) throw err;
+      console.error(errorLine(new Error(`verify failed: ${err.message}`)));
+      return 1;
+    }
+    if (p.values.json) printJson(r);
+    else printHuman(r, regs);
+    return 0;
+  },
+};

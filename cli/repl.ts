@@ -1,0 +1,18 @@
+/** `tardigrade repl`: the interactive TypeScript shell of repl/. */
+import { parseVerb, type Verb } from "./common.ts";
+
+/** The verb. */
+export const repl: Verb = {
+  name: "repl",
+  summary: "Start an interactive TypeScript shell with the SDK and helpers in scope.",
+  usage: "tardigrade repl",
+  help: `Helpers: ps(), proc(pid), maps(pid), fds(pid), dump(pid, dir, policy?), restore(dir),
+inspect(dir), help(); the SDK as sdk.* and as named exports. Dot-commands: .help, .ps,
+.maps PID, .fds PID, .inspect DIR. History in ~/.tardigrade_history.`,
+  async run(args) {
+    const p = parseVerb(this, args, {}, { min: 0, max: 0 });
+    if (!p) return 0;
+    const { startRepl } = await import("../repl/server.ts");
+    return await startRepl();
+  },
+};

@@ -1,0 +1,68 @@
+/**
+ * The helpers a REPL session starts with. Listings resolve to arrays of plain rows, which the
+ * REPL shows as tables; everything else is the SDK's own objects.
+ */
+import * as sdk from "../mod.ts";
+import {
+  checkpoint,
+  type CheckpointResult,
+  type Policy,
+  Process,
+  restore as sdkRestore,
+} from "../mod.ts";
+import { type FdsRow, fdsRows } from "../cli/fds.ts";
+import { inspectImage } from "../cli/inspect.ts";
+import { type MapsRow, mapsRows } from "../cli/maps.ts";
+import { type PsRow, psRows } from "../cli/ps.ts";
+
+/** One line of `help()`: a helper's call form and what it does. */
+export const HELP: [string, string][] = [
+  ["ps()", "every process: pid, ppid, uid, state, threads, rssBytes, comm, cmdline"],
+  ["proc(pid)", "a Process object: await p.comm(), p.cmdline(), p.stat(), p.read(addr, n) …"],
+  ["maps(pid)", "the mappings of a process, with resident bytes"],
+  ["fds(pid)", "the open descriptors of a process"],
+  ["dump(pid, dir, policy?, opts?)", "checkpoint pid into dir (ends it unless {leaveRunning})"],
+  ["restore(dir)", "restore the process in dir; resolves to {pid, threads, …}"],
+  ["inspect(dir)", "what an image holds: threads, mappings, fds, totals"],
+  ["help()", "this list"],
+  ["sdk.*", "the whole SDK (also by name: Process, checkpoint, ImageReader, loadPolicy …)"],
+];
+
+/** Prints the helpers with one line each. */
+export function help(): void {
+  const w = Math.max(...HELP.map(([f]) => f.length));
+  console.log(HELP.map(([f, d]) => `${f.padEnd(w)}  ${d}`).join("\n"));
+  console.log(
+    '\nA policy inline:  const p = { mapping: (m) => m.size > 64 << 20 ? "skip" : "dump" }' +
+      '\n                  await dump(1234, "/tmp/img", p)',
+  );
+}
+
+/** The helpers, by name. */
+export const helpers = {
+  /** Every process of the machine. */
+  ps: (): Promise<PsRow[]> => psRows(),
+  /** Opens a process. */
+  proc: (pid: number): Promise<Process> => Process.open(pid),
+  /** The mappings of a process. */
+  maps: (pid: number): Promise<MapsRow[]> => mapsRows(pid),
+  /** The descriptors of a process. */
+  fds: (pid: number): Promise<FdsRow[]> => fdsRows(pid),
+  /** Checkpoints `pid` into `dir`, with an optional policy. */
+  dump: (
+    pid: number,
+    dir: string,
+    policy?: Policy,
+    opts: { leaveRunning?: boolean } = {},
+  ): Promise<CheckpointResult> => checkpoint(pid, { dir, policy, ...opts }),
+  /** Restores the process of an image. */
+  restore: (dir: string): Promise<sdk.RestoreResult> => sdkRestore(dir),
+  /** Summarizes an image. */
+  inspect: (dir: string): ReturnType<typeof inspectImage> => inspectImage(dir),
+  help,
+};
+
+/** The names a session starts with: the SDK's exports, `sdk`, and the helpers. */
+export function initialScope(): Record<string, unknown> {
+  return { ...sdk, sdk, ...helpers };
+}

@@ -1,0 +1,209 @@
+/**
+ * The REPL on `node:repl`, with an evaluator of its own (TypeScript, top-level await, names kept
+ * between inputs), completion from the session's names and object properties, history, and
+ * dot-commands for the common listings.
+ */
+import process from "node:process";
+import repl from "node:repl";
+import { PassThrough } from "node:stream";
+import { evaluate, Incomplete, isIncomplete, type Scope } from "./evaluate.ts";
+import { helpers, initialScope } from "./helpers.ts";
+import { TOOL_VERSION } from "../mod.ts";
+
+type Callback = (err: Error | null, value?: unknown) => void;
+
+/** Whether `v` is a non-empty array of plain objects: shown with console.table. */
+function isRows(v: unknown): v is Record<string, unknown>[] {
+  return Array.isArray(v) && v.length > 0 &&
+    v.every((r) =>
+      r !== null && typeof r === "object" && Object.getPrototypeOf(r) === Object.prototype
+    );
+}
+
+/** Table cells: bigints in hex, arrays joined, nested objects summarized. */
+function cells(rows: Record<string, unknown>[]): Record<string, unknown>[] {
+  return rows.map((r) =>
+    Object.fromEntries(
+      Object.entries(r).map(([k, v]) => {
+        if (typeof v === "bigint") return [k, `0x${v.toString(16)}`];
+        if (Array.isArray(v)) return [k, v.join(" ")];
+        if (v !== null && typeof v === "object") {
+          return [
+            k,
+            JSON.stringify(v, (_, x) => typeof x === "bigint" ? `0x${x.toString(16)}` : x),
+          ];
+        }
+        return [k, v];
+      }),
+    )
+  );
+}
+
+/** Shows a value: rows as a table (resolving to undefined, so nothing else is printed). */
+function show(v: unknown): unknown {
+  if (!isRows(v)) return v;
+  console.table(cells(v));
+  return undefined;
+}
+
+/** Property names of `obj` and its prototypes (not Object.prototype's). */
+function propertyNames(obj: unknown): string[] {
+  const out = new Set<string>();
+  let o = obj;
+  if (typeof o !== "object" && typeof o !== "function") o = Object(o);
+  while (o && o !== Object.prototype && o !== Function.prototype) {
+    for (const k of Object.getOwnPropertyNames(o)) out.add(k);
+    o = Object.getPrototypeOf(o);
+  }
+  return [...out].filter((k) => /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor");
+}
+
+/** Completes the identifier or `a.b.c` property path at the end of `line`. */
+export function complete(line: string, scope: Scope): [string[], string] {
+  const token = line.match(/[\w$]+(?:\.[\w$]*)*$|$/)![0];
+  const dot = token.lastIndexOf(".");
+  if (dot < 0) {
+    const names = new Set([...Object.keys(scope), ...Object.getOwnPropertyNames(globalThis)]);
+    return [[...names].filter((n) => n.startsWith(token)).sort(), token];
+  }
+  const path = token.slice(0, dot).split(".");
+  const partial = token.slice(dot + 1);
+  let obj: unknown = path[0] in scope ? scope[path[0]] : (globalThis as Scope)[path[0]];
+  try {
+    for (const p of path.slice(1)) obj = (obj as Scope)?.[p];
+  } catch {
+    return [[], token];
+  }
+  if (obj === undefined || obj === null) return [[], token];
+  const base = token.slice(0, dot + 1);
+  return [
+    propertyNames(obj).filter((n) => n.startsWith(partial)).sort().map((n) => base + n),
+    token,
+  ];
+}
+
+/** Options of `startRepl`. */
+export interface ReplOptions {
+  /** Where history is kept (default ~/.tardigrade_history; only for a terminal). */
+  historyPath?: string;
+}
+
+/** Runs a REPL on stdin/stdout until it ends; resolves to the exit code. */
+export function startRepl(opts: ReplOptions = {}): Promise<number> {
+  const scope = initialScope();
+  // Inputs run one after another even when lines arrive faster (piped stdin).
+  let queue: Promise<unknown> = Promise.resolve();
+  const enqueue = (job: () => Promise<void>) => {
+    queue = queue.then(job, job);
+    return queue;
+  };
+  const terminal = Deno.stdin.isTerminal();
+  // Piped input is fed one line at a time, each once the previous one is done (the REPL shows
+  // its prompt again): node:repl reads ahead otherwise, and async evaluation would interleave.
+  let release = () => {};
+  let ready = Promise.resolve();
+  const input = terminal ? process.stdin : new PassThrough();
+  if (!terminal) {
+    (async () => {
+      let rest = "";
+      const feed = async (line: string) => {
+        await ready;
+        ready = new Promise((r) => release = r);
+        (input as PassThrough).write(`${line}\n`);
+      };
+      for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
+        rest += chunk;
+        let nl;
+        while ((nl = rest.indexOf("\n")) >= 0) {
+          await feed(rest.slice(0, nl));
+          rest = rest.slice(nl + 1);
+        }
+      }
+      if (rest) await feed(rest);
+      await ready;
+      (input as PassThrough).end();
+    })();
+  }
+  console.log(`tardigrade ${TOOL_VERSION}: help() lists the helpers, .help the commands`);
+  const server = repl.start({
+    prompt: "tardigrade> ",
+    input,
+    output: process.stdout,
+    terminal,
+    ignoreUndefined: true,
+    useColors: terminal && Deno.stdout.isTerminal(),
+    eval: (code: string, _ctx: unknown, _file: string, cb: Callback) => {
+      // Decided at once, before the next line is read, so the REPL buffers it with this one.
+      if (isIncomplete(code)) return cb(new repl.Recoverable(new Incomplete("more input")));
+      enqueue(async () => {
+        try {
+          cb(null, show(await evaluate(code, scope)));
+        } catch (err) {
+          if (err instanceof Incomplete) cb(new repl.Recoverable(err));
+          else cb(err instanceof Error ? err : new Error(String(err)));
+        }
+      });
+    },
+    completer: (line: string) => complete(line, scope),
+  });
+
+  const displayPrompt = server.displayPrompt.bind(server);
+  server.displayPrompt = (preserveCursor?: boolean) => {
+    displayPrompt(preserveCursor);
+    release();
+  };
+
+  // A dot-command runs its listing in the queue and prints it as a table.
+  const command = (name: string, help: string, body: (arg: string) => Promise<unknown>) => {
+    server.defineCommand(name, {
+      help,
+      action(arg: string) {
+        enqueue(async () => {
+          try {
+            const v = show(await body(arg.trim()));
+            if (v !== undefined) console.log(v);
+          } catch (err) {
+            console.error(`tardigrade: ${(err as Error).message}`);
+          }
+          server.displayPrompt();
+        });
+      },
+    });
+  };
+  const pid = (arg: string) => {
+    if (!/^\d+$/.test(arg)) throw new Error(`not a pid: '${arg}'`);
+    return Number(arg);
+  };
+  command("ps", "List processes", () => helpers.ps());
+  command("maps", "Show the mappings of PID", (a) => helpers.maps(pid(a)));
+  command("fds", "Show the descriptors of PID", (a) => helpers.fds(pid(a)));
+  command("inspect", "Show what the image in DIR holds", async (a) => {
+    if (!a) throw new Error("usage: .inspect DIR");
+    const r = await helpers.inspect(a);
+    for (const p of r.processes) {
+      console.log(`process ${p.pid} (${p.comm}): ${p.cmdline.join(" ")}`);
+      console.table(cells(p.threads));
+      console.table(cells(p.mappings));
+      console.table(cells(p.fds));
+      console.log(p.totals);
+    }
+  });
+  command("help", "Show the helpers and these commands", () => {
+    helpers.help();
+    console.log("\ncommands:");
+    for (const [name, c] of Object.entries(server.commands).sort()) {
+      console.log(`  .${name.padEnd(8)} ${(c as { help?: string }).help ?? ""}`);
+    }
+    return Promise.resolve();
+  });
+
+  if (terminal) {
+    const home = Deno.env.get("HOME") ?? ".";
+    server.setupHistory(opts.historyPath ?? `${home}/.tardigrade_history`, () => {});
+  }
+  return new Promise((resolve) => {
+    server.on("exit", () => {
+      queue.then(() => resolve(0), () => resolve(0));
+    });
+  });
+}

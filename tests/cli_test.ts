@@ -1,0 +1,304 @@
+/** The `tardigrade` CLI, run as a subprocess: every verb, human and --json output, exit codes. */
+import assert from "node:assert/strict";
+import { fixture, spawnTarget, type Target } from "./helpers.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const hasRestore = "restore" in await import("../mod.ts");
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deno run -A main.ts ...args` from the repository root. */
+async function cli(...args: string[]): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: root,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Runs the CLI with --json and parses stdout. */
+async function cliJson<T = unknown>(...args: string[]): Promise<T> {
+  const r = await cli(...args, "--json");
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as T;
+}
+
+async function hello(): Promise<Target> {
+  return await spawnTarget(await fixture("hello"), [], { ready: /READY/ });
+}
+
+function tempDir(): string {
+  return `${Deno.makeTempDirSync({ prefix: "tardigrade-cli-" })}/img`;
+}
+
+const VERBS = ["ps", "maps", "fds", "check", "dump", "restore", "inspect", "repl"];
+
+Deno.test("cli: --help lists every verb, each verb has --help", async () => {
+  const r = await cli("--help");
+  assert.equal(r.code, 0);
+  for (const v of VERBS) assert.match(r.stdout, new RegExp(`^  ${v} `, "m"));
+  for (const v of VERBS) {
+    const h = await cli(v, "--help");
+    assert.equal(h.code, 0, `${v} --help: ${h.stderr}`);
+    assert.match(h.stdout, new RegExp(`^usage: tardigrade ${v}`));
+  }
+});
+
+Deno.test("cli: bad arguments exit 2 with an error line and a usage line", async () => {
+  const cases: [string[], RegExp][] = [
+    [[], /no verb/],
+    [["frob"], /unknown verb 'frob'/],
+    [["maps"], /missing argument/],
+    [["maps", "abc"], /not a pid: 'abc'/],
+    [["maps", "1", "2"], /unexpected argument '2'/],
+    [["fds", "1", "--bogus"], /Unknown option '--bogus'/],
+    [["dump", "1"], /missing argument/],
+    [["dump", "1", "/tmp/x", "--policy"], /argument missing/],
+    [["restore"], /missing argument/],
+    [["inspect"], /missing argument/],
+    [["ps", "extra"], /unexpected argument/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await cli(...args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(lines.length, 2, r.stderr);
+    assert.match(lines[0], /^tardigrade: /);
+    assert.match(lines[0], re);
+    assert.match(lines[1], /^usage: tardigrade/);
+    assert.equal(r.stdout, "");
+  }
+});
+
+Deno.test("cli: a failure is one line and exit 1; --verbose adds the stack", async () => {
+  const r = await cli("fds", "999999999");
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^tardigrade: no such process 999999999/);
+  assert.equal(r.stderr.trim().split("\n").length, 1);
+  const v = await cli("fds", "999999999", "--verbose");
+  assert.equal(v.code, 1);
+  assert.match(v.stderr, /NoSuchProcess/);
+  assert.ok(v.stderr.trim().split("\n").length > 1);
+});
+
+Deno.test("cli: ps shows the fixture, as a table and as JSON", async () => {
+  const t = await hello();
+  try {
+    const r = await cli("ps");
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^\s*PID\s+PPID\s+UID\s+S\s+THR\s+RSS\s+COMMAND$/m);
+    assert.match(r.stdout, new RegExp(`^\\s*${t.pid}\\s+\\d+\\s+0\\s+S\\s+1\\s+.*hello$`, "m"));
+    const rows = await cliJson<Record<string, unknown>[]>("ps");
+    const me = rows.find((x) => x.pid === t.pid)!;
+    assert.deepEqual(Object.keys(me), [
+      "pid",
+      "ppid",
+      "uid",
+      "state",
+      "threads",
+      "rssBytes",
+      "comm",
+      "cmdline",
+    ]);
+    assert.equal(me.comm, "hello");
+    assert.equal(me.threads, 1);
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test("cli: maps and fds of the fixture", async () => {
+  const t = await hello();
+  try {
+    const r = await cli("maps", String(t.pid));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^START\s+END\s+PERMS\s+SIZE\s+RESIDENT\s+KIND\s+PATH$/m);
+    assert.match(r.stdout, /\[heap\]$/m);
+    assert.match(r.stdout, /^\d+ mappings, .* mapped, .* resident$/m);
+    const maps = await cliJson<Record<string, unknown>[]>("maps", String(t.pid));
+    const heap = maps.find((m) => m.kind === "heap")!;
+    assert.match(heap.start as string, /^0x[0-9a-f]+$/);
+    assert.equal(
+      BigInt(heap.end as string) - BigInt(heap.start as string),
+      BigInt(heap.size as number),
+    );
+    assert.ok((heap.residentBytes as number) >= 4096);
+
+    const f = await cli("fds", String(t.pid));
+    assert.equal(f.code, 0, f.stderr);
+    assert.match(f.stdout, /^FD\s+KIND\s+FLAGS\s+POS\s+CLOEXEC\s+FILE\s+TARGET$/m);
+    const fds = await cliJson<Record<string, unknown>[]>("fds", String(t.pid));
+    assert.deepEqual(fds.map((x) => x.fd), [0, 1, 2]);
+    assert.equal(fds[0].target, "/dev/null");
+    assert.equal(fds[1].fileId, fds[2].fileId); // 2>&1 shares the open file
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test("cli: check reports every feature as ok here", async () => {
+  const r = await cli("check");
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /^FEATURE\s+STATUS\s+REQUIRED\s+DETAIL$/m);
+  const j = await cliJson<{ ok: boolean; features: { name: string; ok: boolean }[] }>("check");
+  assert.equal(j.ok, true);
+  assert.deepEqual(j.features.map((f) => f.name), [
+    "ptrace",
+    "PROCMAP_QUERY",
+    "PAGEMAP_SCAN",
+    "/proc/PID/map_files",
+    "clone3 set_tid",
+    "userfaultfd",
+    "ns_last_pid",
+  ]);
+  for (const f of j.features) assert.ok(f.ok, f.name);
+});
+
+Deno.test("cli: dump --leave-running, then inspect and inspect --verify", async () => {
+  const t = await hello();
+  const dir = tempDir();
+  try {
+    const d = await cli("dump", String(t.pid), dir, "--leave-running");
+    assert.equal(d.code, 0, d.stderr);
+    assert.equal(d.stderr, ""); // no progress bar when stderr is not a terminal
+    assert.match(d.stdout, new RegExp(`^dumped pid ${t.pid} to .*process left running$`, "m"));
+    assert.equal(await t.check(), "PASS");
+
+    const i = await cli("inspect", dir);
+    assert.equal(i.code, 0, i.stderr);
+    assert.match(i.stdout, new RegExp(`^process ${t.pid} \\(hello\\)`, "m"));
+    assert.match(i.stdout, /^\s*TID\s+RIP\s+RSP\s+NAME$/m);
+    assert.match(i.stdout, /^totals: 1 threads, \d+ mappings/m);
+    assert.doesNotMatch(i.stdout, /registers of thread/);
+    const iv = await cli("inspect", dir, "--verbose");
+    assert.match(iv.stdout, /registers of thread/);
+
+    type Img = {
+      manifest: { format: number };
+      verified?: boolean;
+      processes: {
+        pid: number;
+        threads: { tid: number; rip: string; regs?: unknown }[];
+        mappings: { kind: string; pageBytes: number }[];
+        fds: { fd: number; kind: string }[];
+        totals: { pageBytes: number; threads: number };
+      }[];
+    };
+    const j = await cliJson<Img>("inspect", dir);
+    assert.equal(j.manifest.format, 1);
+    const p = j.processes[0];
+    assert.equal(p.pid, t.pid);
+    assert.equal(p.threads[0].tid, t.pid);
+    assert.match(p.threads[0].rip, /^0x[0-9a-f]+$/);
+    assert.equal(p.threads[0].regs, undefined);
+    assert.ok(p.mappings.find((m) => m.kind === "heap")!.pageBytes >= 4096);
+    assert.deepEqual(p.fds.map((f) => f.fd), [0, 1, 2]);
+    assert.equal(p.totals.threads, 1);
+    assert.ok(p.totals.pageBytes > 0);
+    // Stable: the same image gives the same JSON.
+    assert.deepEqual(await cliJson<Img>("inspect", dir), j);
+
+    const v = await cli("inspect", dir, "--verify");
+    assert.equal(v.code, 0, v.stderr);
+    assert.match(v.stdout, /verify: OK/);
+    assert.equal((await cliJson<Img>("inspect", dir, "--verify")).verified, true);
+
+    // One flipped byte of page data: --verify names the file and fails.
+    const pages = `${dir}/pages-0.img`;
+    const bytes = Deno.readFileSync(pages);
+    bytes[10] ^= 0xff;
+    Deno.writeFileSync(pages, bytes);
+    const bad = await cli("inspect", dir, "--verify");
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^tardigrade: verify failed: pages-0\.img: checksum mismatch/);
+  } finally {
+    await t.kill();
+    Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
+Deno.test("cli: dump --json has a stable shape and a --policy file is loaded", async () => {
+  const t = await hello();
+  const dir = tempDir();
+  const policyFile = Deno.makeTempFileSync({ suffix: ".ts" });
+  Deno.writeTextFileSync(
+    policyFile,
+    `export default { mapping: (m: { kind: string }) => m.kind === "stack" ? "skip" : "dump" };\n`,
+  );
+  try {
+    const j = await cliJson<Record<string, unknown>>(
+      "dump",
+      String(t.pid),
+      dir,
+      "--leave-running",
+      "--policy",
+      policyFile,
+    );
+    assert.deepEqual(Object.keys(j).sort(), [
+      "dir",
+      "fds",
+      "frozenMs",
+      "killed",
+      "mappings",
+      "pageBytes",
+      "pid",
+      "threads",
+    ]);
+    assert.equal(j.pid, t.pid);
+    assert.equal(j.killed, false);
+    const img = await cliJson<{ processes: { mappings: { kind: string; pageBytes: number }[] }[] }>(
+      "inspect",
+      dir,
+    );
+    assert.equal(img.processes[0].mappings.find((m) => m.kind === "stack")!.pageBytes, 0);
+  } finally {
+    await t.kill();
+    Deno.removeSync(policyFile);
+    Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "cli: dump ends the process, restore brings it back (--pidfile)",
+  ignore: !hasRestore,
+  async fn() {
+    const t = await hello();
+    const dir = tempDir();
+    const pidfile = Deno.makeTempFileSync();
+    try {
+      const d = await cli("dump", String(t.pid), dir);
+      assert.equal(d.code, 0, d.stderr);
+      assert.match(d.stdout, /process ended/);
+      assert.equal(t.alive(), false);
+      await t.kill(); // reap the zombie (this test process is its subreaper) to free the pid
+      const r = await cli("restore", dir, "--pidfile", pidfile);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), String(t.pid));
+      assert.equal(Deno.readTextFileSync(pidfile), `${t.pid}\n`);
+      assert.equal(await t.check(), "PASS");
+    } finally {
+      await t.kill();
+      Deno.removeSync(pidfile);
+      Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "cli: restore of something that is not an image fails with one line",
+  ignore: !hasRestore,
+  async fn() {
+    const r = await cli("restore", "/nonexistent");
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^tardigrade: not an image/);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+  },
+});

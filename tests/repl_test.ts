@@ -1,0 +1,89 @@
+/** The REPL driven through piped stdin: helpers, tables, dot-commands, TypeScript, await. */
+import assert from "node:assert/strict";
+import { complete } from "../repl/server.ts";
+import { declaredNames, evaluate } from "../repl/evaluate.ts";
+import { fixture, spawnTarget } from "./helpers.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+
+/** Runs the REPL (`deno run -A ENTRY`) with `input` on stdin; returns stdout and stderr. */
+async function runRepl(input: string, entry = ["repl/main.ts"]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...entry],
+    cwd: root,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode(input));
+  await w.close();
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("repl: help(), ps() table, a dot-command and an inline policy", async () => {
+  const t = await spawnTarget(await fixture("hello"), [], { ready: /READY/ });
+  try {
+    const r = await runRepl([
+      "help()",
+      "(await ps()).filter((p) => p.pid === " + t.pid + ")",
+      `.fds ${t.pid}`,
+      `const policy: Policy = { mapping: (m) => m.kind === "stack" ? "skip" : "dump" }`,
+      `policy.mapping!({ kind: "stack" } as Mapping)`,
+      "const n: number = await Promise.resolve(40)",
+      "n + (",
+      "  2)",
+      "",
+    ].join("\n"));
+    assert.equal(r.code, 0, r.stderr);
+    const out = r.stdout;
+    assert.match(out, /^dump\(pid, dir, policy\?, opts\?\)\s+checkpoint pid into dir/m);
+    assert.match(out, /^inspect\(dir\)\s+/m);
+    // console.table of ps(): a header with the row's keys and the fixture's row.
+    assert.match(out, /│ \(idx\) │ pid\s+│ ppid\s*│ uid │ state │ threads │ rssBytes │ comm/);
+    assert.match(out, new RegExp(`│\\s+0 │ ${t.pid} │.*"hello"`));
+    // .fds PID: the fixture's three descriptors.
+    assert.match(out, /│\s+0 │\s+0 │ "device" │ "\/dev\/null"/);
+    assert.match(out, /│\s+2 │\s+2 │ "file"/);
+    assert.match(out, /'skip'/);
+    assert.match(out, /^(tardigrade> |\| )*42$/m);
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test("repl: also started as `main.ts repl`; errors are reported and the session goes on", async () => {
+  const r = await runRepl("nosuch\n.maps abc\n1 + 1\n", ["main.ts", "repl"]);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /ReferenceError: nosuch is not defined/);
+  assert.match(r.stderr, /tardigrade: not a pid: 'abc'/);
+  assert.match(r.stdout, /^(tardigrade> )*2$/m);
+});
+
+Deno.test("repl: declarations persist, destructuring and functions included", async () => {
+  const scope: Record<string, unknown> = {};
+  await evaluate(
+    "const { a, b: c } = { a: 1, b: 2 }; function f(x: number) { return x * 10 }",
+    scope,
+  );
+  assert.equal(await evaluate("f(a + c)", scope), 30);
+  await evaluate("let k = 1", scope);
+  await evaluate("k += 4", scope);
+  assert.equal(await evaluate("k", scope), 5);
+  assert.deepEqual(declaredNames("const x = 1, y = [1,\n2]\nclass Z {}\nlet [p, q] = y"), [
+    "x",
+    "y",
+    "Z",
+    "p",
+    "q",
+  ]);
+});
+
+Deno.test("repl: completion of names and properties", () => {
+  const scope = { ps: () => [], sdk: { Process: class {}, processes: () => {} } };
+  assert.deepEqual(complete("await p", scope)[0].includes("ps"), true);
+  assert.deepEqual(complete("sdk.pro", scope), [["sdk.processes"], "sdk.pro"]);
+  assert.ok(complete("Math.ma", scope)[0].includes("Math.max"));
+});
