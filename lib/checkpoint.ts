@@ -3,7 +3,7 @@
  * it (its life now lives in the image) or let it run on. Any failure removes the partial image
  * and leaves the target running as it was, detached.
  */
-import { close, kill, pidfdOpen, SIG } from "../ffi/mod.ts";
+import { close, pidfdOpen } from "../ffi/mod.ts";
 import { DumpError, explain, NoSuchProcess } from "./errors.ts";
 import type { Fd } from "./fds.ts";
 import type { FileDumpContext } from "./files/types.ts";
@@ -132,7 +132,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     await writer.commit();
     if (!opts.leaveRunning) {
       // End it while still frozen, so it cannot run a single instruction past the image.
-      kill(pid, SIG.SIGKILL);
+      frozen.kill();
       killed = true;
     }
     frozenMs = performance.now() - started;

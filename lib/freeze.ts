@@ -8,6 +8,7 @@ import {
   Errno,
   getRegs,
   interrupt,
+  kill,
   PTRACE_EVENT,
   type Regs,
   seize,
@@ -149,6 +150,28 @@ export class FrozenProcess implements AsyncDisposable {
   /** Whether the process is still frozen. */
   get frozen(): boolean {
     return !this.#released;
+  }
+
+  /**
+   * Ends the process while it is still frozen (it runs no instruction more) and collects every
+   * thread's exit as its tracer, so the pid is free again once its parent has reaped it.
+   */
+  kill(): void {
+    if (this.#released) return;
+    this.#released = true;
+    active.delete(this);
+    if (active.size === 0) hookSignals(false);
+    this.#mem?.close();
+    kill(this.pid, SIG.SIGKILL);
+    // The leader's exit is reported only after every other thread's: collect it last.
+    for (const t of [...this.threads].reverse()) {
+      try {
+        for (;;) {
+          const st = waitpid(t.tid);
+          if (!st || st.exited || st.signaled) break;
+        }
+      } catch { /* already collected */ }
+    }
   }
 
   /** Resumes and detaches every thread, delivering signals that were held back. */

@@ -233,11 +233,16 @@ export class AddressSpaceBuilder {
     return fd;
   }
 
+  #needsWrite(m: MappingEntry): boolean {
+    return !m.shared && m.pages.length > 0;
+  }
+
   /** Recreates every mapping at its address; private ones writable until pages are in. */
   createMappings(): void {
     for (const m of this.image.mappings) {
       const size = m.end - m.start;
-      const prot = m.shared ? m.prot : m.prot | PROT_READ | PROT_WRITE;
+      // Writable only while its pages go in: an extra PROT_WRITE would change how VMAs merge.
+      const prot = this.#needsWrite(m) ? m.prot | PROT_READ | PROT_WRITE : m.prot;
       let flags = (m.shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE;
       if (m.growsDown) flags |= MAP_GROWSDOWN;
       let fd = -1;
@@ -322,7 +327,7 @@ export class AddressSpaceBuilder {
    * the descriptors are restored (they may be reopened); `closeObjects` closes them. */
   finish(): void {
     for (const m of this.image.mappings) {
-      if (!m.shared && m.prot !== (m.prot | PROT_READ | PROT_WRITE)) {
+      if (this.#needsWrite(m) && m.prot !== (m.prot | PROT_READ | PROT_WRITE)) {
         this.inj.call("mprotect", m.start, m.end - m.start, m.prot);
       }
     }

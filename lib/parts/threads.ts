@@ -106,10 +106,7 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
 }
 
 const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
-const ERESTARTSYS = -512n;
-const ERESTARTNOHAND = -514n;
 const EINTR = -4n;
-const NR_RESTART_SYSCALL = 219n;
 
 /** Makes a thread with the dumped tid in the restored process; returns the tid. */
 export function cloneThread(inj: Injector, tid: number): number {
@@ -190,23 +187,21 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
   return BigInt.asIntN(64, getRegs(t.tid).rax) === ERESTART_RESTARTBLOCK;
 }
 
-/** The registers a thread resumes with: a syscall cut short by the freeze restarts. */
+/**
+ * The registers a thread resumes with. Each thread is left stopped inside the kernel's signal
+ * path, so a syscall cut short by the freeze (-ERESTARTSYS and friends) is restarted by the kernel
+ * itself on resume, or turned into EINTR if a handler runs first, exactly as it would have been.
+ * Only a restart through `restart_syscall` needs care: its restart block must be made anew.
+ */
 export function finalRegs(inj: Injector, t: ThreadEntry): Regs {
   const regs = { ...t.regs } as Regs;
-  const rax = BigInt.asIntN(64, regs.rax);
   const inSyscall = BigInt.asIntN(64, regs.orig_rax) >= 0n;
-  if (inSyscall && rax <= ERESTARTSYS && rax >= ERESTARTNOHAND) {
-    regs.rax = regs.orig_rax;
-    regs.rip -= 2n;
-    regs.orig_rax = -1n;
-  } else if (inSyscall && rax === ERESTART_RESTARTBLOCK) {
-    if (t.sleepRemainingNs !== undefined && primeSleep(inj, t, regs)) {
-      regs.rax = NR_RESTART_SYSCALL;
-      regs.rip -= 2n;
-    } else {
+  if (inSyscall && BigInt.asIntN(64, regs.rax) === ERESTART_RESTARTBLOCK) {
+    const primed = t.sleepRemainingNs !== undefined && primeSleep(inj, t, regs);
+    if (!primed) {
       regs.rax = EINTR; // as CRIU does: the program sees EINTR
+      regs.orig_rax = -1n;
     }
-    regs.orig_rax = -1n;
   }
   return regs;
 }
