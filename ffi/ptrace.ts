@@ -183,8 +183,14 @@ export function peekSigInfo(tid: number, shared: boolean): SigInfo[] {
   const batch = 32;
   const buf = new Uint8Array(SIGINFO_SIZE * batch);
   for (let off = 0;; off += batch) {
-    const args = new BigUint64Array([BigInt(off), shared ? 1n : 0n, BigInt(batch)]);
-    const n = Number(ptrace(PTRACE.PEEKSIGINFO, tid, addressOf(args), addressOf(buf)));
+    // struct ptrace_peeksiginfo_args { u64 off; u32 flags; s32 nr; }
+    const args = new DataView(new ArrayBuffer(16));
+    args.setBigUint64(0, BigInt(off), true);
+    args.setUint32(8, shared ? 1 : 0, true);
+    args.setInt32(12, batch, true);
+    const n = Number(
+      ptrace(PTRACE.PEEKSIGINFO, tid, addressOf(new Uint8Array(args.buffer)), addressOf(buf)),
+    );
     for (let i = 0; i < n; i++) out.push(decodeSigInfo(buf.subarray(i * SIGINFO_SIZE)));
     if (n < batch) return out;
   }

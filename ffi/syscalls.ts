@@ -38,6 +38,8 @@ export const SYS = {
   umask: 95,
   getrlimit: 97,
   setuid: 105,
+  setpgid: 109,
+  setsid: 112,
   setgid: 106,
   setgroups: 116,
   setresuid: 117,

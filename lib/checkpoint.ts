@@ -100,7 +100,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       pidfd,
       storeObject: (fd: Fd) =>
         objects.storeFile(
-          `fd:${fd.dev}:${fd.inode}`,
+          `file:${fd.dev}:${fd.inode}`,
           fd.kind === "memfd" ? "memfd" : "deleted-file",
           fd.target.replace(/^\/memfd:/, "").replace(/ \(deleted\)$/, ""),
           `/proc/${pid}/fd/${fd.fd}`,

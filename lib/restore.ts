@@ -20,6 +20,7 @@ import {
   restoreItimers,
   restoreMm,
   restoreRlimits,
+  restoreSession,
   restoreSigactions,
 } from "./parts/task.ts";
 import { cloneThread, finalRegs, restoreThreadState } from "./parts/threads.ts";
@@ -205,7 +206,9 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   using reader = await ImageReader.open(dir);
   const p = await reader.readMeta<ProcessEntry>(PROCESS_META);
   await preflight(p);
-  const debug = Deno.env.get("TARDIGRADE_DEBUG") ? (m: string) => console.error(`[restore] ${m}`) : () => {};
+  const debug = Deno.env.get("TARDIGRADE_DEBUG")
+    ? (m: string) => console.error(`[restore] ${m}`)
+    : () => {};
   const stage = (name: string) => {
     debug(name);
     opts.policy?.restoreStage?.(name, p);
@@ -243,6 +246,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
       (bytes) => opts.onProgress?.(bytes, total),
     );
     asb.finish();
+    asb.seal();
 
     stage("files");
     const releaseFiles = restoreFds(p, inj, mem, asb);
@@ -251,6 +255,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
 
     stage("process");
     restoreFsAndPersonality(inj, p);
+    restoreSession(inj, p);
     restoreSigactions(inj, p.sigactions);
     restoreItimers(inj, p.itimers);
     restoreMm(inj, p);
@@ -280,7 +285,11 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
       setSigMask(t.tid, t.sigmask);
       setRegs(t.tid, regs.get(t.tid)!);
     }
-    for (const t of [...p.threads].reverse()) detach(t.tid);
+    // A signal not blocked that arrived (or was queued) while we worked goes in on release.
+    for (const t of [...p.threads].reverse()) {
+      const sig = injectors.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP) ?? 0;
+      detach(t.tid, sig);
+    }
     mem.close();
     return { pid: child, threads: p.threads.length, pageBytes, warnings };
   } catch (err) {

@@ -159,6 +159,9 @@ export interface RlimitEntry {
 export interface ProcessEntry {
   pid: number;
   ppid: number;
+  /** Session and process group ids: a session or group leader leads them again. */
+  sid: number;
+  pgid: number;
   comm: string;
   cmdline: string[];
   exe: { path: string; size: number; mtimeMs: number } | null;

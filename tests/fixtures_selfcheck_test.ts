@@ -2,7 +2,7 @@
  * Self-check of the restore verification fixtures (tests/fixtures/r_*.c): each one must start,
  * answer PASS twice (it is correct and its check leaves its state as it found it), and answer
  * PASS again after a SIGSTOP/SIGCONT pair. A fixture that fails here would make the restore suite
- * (tests/restore_suite.ts) blame the restore for the fixture's own bug.
+ * (tests/restore_suite_test.ts) blame the restore for the fixture's own bug.
  *
  * `R_FIXTURES=r_pipe,r_epoll deno test -A tests/fixtures_selfcheck_test.ts` runs only those.
  */
@@ -49,7 +49,7 @@ Deno.test("selfcheck: there are at least 25 restore fixtures", () => {
 });
 
 Deno.test("selfcheck: every restore fixture is in the restore suite's table", () => {
-  const suite = Deno.readTextFileSync(new URL("./restore_suite.ts", import.meta.url));
+  const suite = Deno.readTextFileSync(new URL("./restore_suite_test.ts", import.meta.url));
   const listed = [...suite.matchAll(/name: "(r_\w+)"/g)].map((m) => m[1]).sort();
   assert.deepEqual(listed, allFixtures);
 });

@@ -4,7 +4,7 @@
  * shared anonymous memory once per inode, memfd and deleted-file contents once per inode, and the
  * special mappings (the vdso is checked at restore; vvar is skipped).
  */
-import { close, fstat, O, open, pread } from "../../ffi/mod.ts";
+import { close, fstat, O, open, pread, syscall } from "../../ffi/mod.ts";
 import { checksum } from "../image/checksum.ts";
 import type { Mapping } from "../mappings.ts";
 import type { MappingDecision } from "../policy.ts";
@@ -45,7 +45,9 @@ export class MemoryObjects {
     const fd = open(path, O.RDONLY);
     try {
       const { size, mode } = fstat(fd);
-      const entry = this.object(key, () => ({ kind, name, size, mode: mode & 0o7777 }));
+      // F_GET_SEALS (1034); a deleted regular file has none.
+      const seals = kind === "memfd" ? Number(syscall("fcntl", fd, 1034, 0)) : 0;
+      const entry = this.object(key, () => ({ kind, name, size, mode: mode & 0o7777, seals }));
       const fill: Fill = (start, buf) => readFully(fd, start, buf);
       if (size > 0) entry.pages.push(...this.pages.add(0n, size, fill));
       return entry.id;
@@ -158,7 +160,8 @@ export function dumpMemory(
       growsDown: kind === "stack",
       pages: [],
     };
-    const key = `${m.device}:${m.inode}`;
+    // The same key as an fd on the same file gets (st_dev encoding of major:minor).
+    const key = `file:${(m.major << 8) | m.minor}:${m.inode}`;
     if (kind === "shared-anonymous") {
       entry.source = { type: "shmem", object: keep ? objects.storeShmem(pid, m) : -1 };
       if (!keep) entry.source = { type: "anonymous" };

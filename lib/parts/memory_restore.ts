@@ -339,6 +339,15 @@ export class AddressSpaceBuilder {
     this.#shmemTemps.clear();
   }
 
+  /** Seals memfds again, now that their contents are in (F_ADD_SEALS). */
+  seal(): void {
+    for (const obj of this.image.objects) {
+      if (obj.kind === "memfd" && obj.seals) {
+        this.inj.call("fcntl", this.objectFd(obj.id), 1033, /* F_ADD_SEALS */ obj.seals);
+      }
+    }
+  }
+
   /** Closes the target fds of memory objects. */
   closeObjects(): void {
     for (const fd of this.#objectFds.values()) this.inj.call("close", fd);

@@ -87,6 +87,8 @@ export async function dumpTask(
   return {
     pid,
     ppid: stat.ppid,
+    sid: stat.session,
+    pgid: stat.pgrp,
     comm: stat.comm,
     cmdline,
     exe,
@@ -232,6 +234,13 @@ export function restoreFsAndPersonality(inj: Injector, entry: ProcessEntry): voi
   inj.call("chdir", path(entry.cwd));
   inj.call("umask", entry.umask);
   inj.call("personality", entry.personality);
+}
+
+/** A process that led its session or process group leads a new one (other ids cannot be
+ * joined without the processes that own them). */
+export function restoreSession(inj: Injector, entry: ProcessEntry): void {
+  if (entry.sid === entry.pid) inj.call("setsid");
+  else if (entry.pgid === entry.pid) inj.call("setpgid", 0, 0);
 }
 
 /** Credentials, last: once they drop, the rest could not be set. */

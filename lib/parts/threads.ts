@@ -129,6 +129,8 @@ export function cloneThread(inj: Injector, tid: number): number {
  * registers, which come last, and the mask, which the caller sets after queueing signals).
  */
 export function restoreThreadState(inj: Injector, t: ThreadEntry): void {
+  // The final mask first, so signals queued below stay pending while we work.
+  setSigMask(t.tid, t.sigmask);
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
