@@ -42,8 +42,8 @@ export {
   type ProcessState,
   type ProcStat,
   RLIM_INFINITY,
-  type Rlimit,
   RLIMIT,
+  type Rlimit,
   type RlimitName,
   type SignalMasks,
   type ThreadInfo,
@@ -67,7 +67,9 @@ export {
   type TimerfdInfo,
   type TimeSpec,
 } from "./lib/fds.ts";
-export { freeze, type FrozenProcess } from "./lib/freeze.ts";
+export { freeze, type FrozenProcess, type FrozenThread } from "./lib/freeze.ts";
+export { type Arg, Injector, type SyscallName } from "./lib/inject.ts";
+export { RemoteMemory } from "./lib/remote_memory.ts";
 export { checkpoint, type CheckpointOptions, type CheckpointResult } from "./lib/checkpoint.ts";
 export {
   type DumpedImage,
@@ -79,9 +81,18 @@ export {
 export type {
   FdEntry,
   FileEntry,
+  ItimerEntry,
   MappingEntry,
+  MappingSource,
+  MemoryObjectEntry,
+  MmEntry,
   PageRun,
+  PendingSignal,
   ProcessEntry,
+  RlimitEntry,
+  SigactionEntry,
+  SpecialMappings,
   ThreadEntry,
 } from "./lib/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
+export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";

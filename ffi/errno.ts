@@ -76,6 +76,7 @@ export class SyscallError extends Error {
   /** The call's arguments as shown in the message. */
   readonly args: readonly unknown[];
 
+  /** A failure of `call(args)` with `errno`. */
   constructor(call: string, args: readonly unknown[], errno: number) {
     const shown = args.map((a) => typeof a === "bigint" ? `0x${a.toString(16)}` : String(a));
     super(`${call}(${shown.join(", ")}): ${errnoName(errno)} (${errnoText(errno)})`);

@@ -65,8 +65,11 @@ export function encodeIovecs(parts: readonly { base: bigint; len: number }[]) {
 
 /** The fields of `siginfo_t` (128 bytes) tardigrade looks at, plus the raw bytes to replay it. */
 export interface SigInfo {
+  /** Signal number. */
   signo: number;
+  /** si_errno. */
   errno: number;
+  /** si_code: where the signal came from (SI_USER 0, SI_QUEUE -1, SI_TKILL -6 …). */
   code: number;
   /** The whole 128-byte `siginfo_t`, to hand back to the kernel unchanged. */
   raw: Uint8Array;

@@ -33,10 +33,15 @@ export interface CheckpointOptions {
 
 /** What a checkpoint wrote. */
 export interface CheckpointResult {
+  /** The image directory. */
   dir: string;
+  /** The process dumped. */
   pid: number;
+  /** Threads dumped. */
   threads: number;
+  /** Mappings recorded (special ones aside). */
   mappings: number;
+  /** Descriptors dumped. */
   fds: number;
   /** Bytes of page data written. */
   pageBytes: number;

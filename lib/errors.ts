@@ -5,6 +5,7 @@ export { SyscallError };
 
 /** Base of every error tardigrade raises on purpose. */
 export class TardigradeError extends Error {
+  /** An error with a message saying what happened and why. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = new.target.name;
@@ -13,6 +14,7 @@ export class TardigradeError extends Error {
 
 /** The process (or thread) does not exist, or exited while it was being looked at. */
 export class NoSuchProcess extends TardigradeError {
+  /** Process `pid` is gone; `detail` says what was being looked at. */
   constructor(readonly pid: number, detail?: string, options?: ErrorOptions) {
     super(`no such process ${pid}${detail ? ` (${detail})` : ""}`, options);
   }
@@ -20,6 +22,7 @@ export class NoSuchProcess extends TardigradeError {
 
 /** The kernel refused access to a process or one of its files. */
 export class AccessDenied extends TardigradeError {
+  /** The kernel refused `what` of process `pid`. */
   constructor(readonly pid: number, what: string, options?: ErrorOptions) {
     super(`access denied to ${what} of process ${pid}`, options);
   }

@@ -33,15 +33,15 @@ export interface FrozenThread {
 const active = new Set<FrozenProcess>();
 let signalsHooked = false;
 
-function onTerminatingSignal(signal: Deno.Signal, code: number) {
+function onTerminatingSignal(code: number) {
   return () => {
     for (const f of active) f.releaseSync();
     Deno.exit(code);
   };
 }
 const hooks: [Deno.Signal, () => void][] = [
-  ["SIGINT", onTerminatingSignal("SIGINT", 130)],
-  ["SIGTERM", onTerminatingSignal("SIGTERM", 143)],
+  ["SIGINT", onTerminatingSignal(130)],
+  ["SIGTERM", onTerminatingSignal(143)],
 ];
 
 function hookSignals(on: boolean) {
@@ -205,6 +205,7 @@ export class FrozenProcess implements AsyncDisposable {
     return Promise.resolve();
   }
 
+  /** Releases the process (`await using`). */
   [Symbol.asyncDispose](): Promise<void> {
     return this.release();
   }

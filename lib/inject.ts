@@ -21,7 +21,7 @@ import {
   waitpid,
 } from "../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "./errors.ts";
-import { RemoteMemory } from "./remote_memory.ts";
+import type { RemoteMemory } from "./remote_memory.ts";
 
 /** Name of an injectable syscall. */
 export type SyscallName = keyof typeof SYS;
@@ -62,6 +62,7 @@ export class Injector {
   readonly events: { event: number; message: bigint }[] = [];
   #scratch = 0n;
 
+  /** Injects into thread `tid` of process `pid`, through `mem`, at `site` (found if omitted). */
   constructor(
     readonly pid: number,
     readonly tid: number,
@@ -111,6 +112,7 @@ export class Injector {
   }
 
   /** Runs a syscall with registers given by the caller as a base (used when restoring). */
+  /** Runs a syscall from the given registers, leaving them changed (the restorer's use). */
   rawWith(base: Regs, nr: number, ...args: Arg[]): bigint {
     return this.#step(base, nr, args);
   }

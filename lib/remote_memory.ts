@@ -8,6 +8,7 @@ export class RemoteMemory implements Disposable {
   readonly #fd: number;
   #closed = false;
 
+  /** Opens /proc/PID/mem for reading and writing. */
   constructor(readonly pid: number) {
     try {
       this.#fd = open(`/proc/${pid}/mem`, O.RDWR);
@@ -56,6 +57,7 @@ export class RemoteMemory implements Disposable {
     close(this.#fd);
   }
 
+  /** Closes the descriptor (`using`). */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -39,8 +39,11 @@ export interface RestoreOptions {
 
 /** What a restore made. */
 export interface RestoreResult {
+  /** The restored process: the dumped pid. */
   pid: number;
+  /** Threads restored. */
   threads: number;
+  /** Bytes of page data written into it. */
   pageBytes: number;
   /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
   warnings: string[];

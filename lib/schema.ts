@@ -11,6 +11,7 @@ export const PROCESS_META = "process";
 export interface PageRun {
   /** Address the bytes belong at (for memory objects: byte offset in the object). */
   start: bigint;
+  /** Bytes in the run. */
   length: number;
   /** Index into `ProcessEntry.extents`. */
   extent: number;
@@ -30,10 +31,13 @@ export type MappingSource =
 
 /** One virtual memory area. */
 export interface MappingEntry {
+  /** First address. */
   start: bigint;
+  /** Address just past the end. */
   end: bigint;
   /** PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4. */
   prot: number;
+  /** MAP_SHARED (else MAP_PRIVATE). */
   shared: boolean;
   /** File offset (or offset in the shared object). */
   offset: bigint;
@@ -41,6 +45,7 @@ export interface MappingEntry {
   kind: string;
   /** The name /proc/PID/maps shows, for display. */
   name: string | null;
+  /** Where the contents come from. */
   source: MappingSource;
   /** MAP_GROWSDOWN: the main stack. */
   growsDown: boolean;
@@ -51,10 +56,13 @@ export interface MappingEntry {
 /** Contents of a memory object that cannot be reopened: shared anonymous memory, memfd, a
  * deleted file. Referred to by number from mappings and descriptors. */
 export interface MemoryObjectEntry {
+  /** Number by which mappings and files refer to it. */
   id: number;
+  /** What the object is. */
   kind: "shmem" | "memfd" | "deleted-file";
   /** memfd name, or the deleted file's former path. */
   name: string;
+  /** Size in bytes. */
   size: number;
   /** st_mode permission bits. */
   mode: number;
@@ -66,13 +74,17 @@ export interface MemoryObjectEntry {
 
 /** The x86 special mappings; restored by moving this kernel's copies to the same addresses. */
 export interface SpecialMappings {
+  /** The vdso, with a checksum of its code to compare with the restoring kernel's. */
   vdso?: { start: bigint; end: bigint; checksum: number };
+  /** [vvar]. */
   vvar?: { start: bigint; end: bigint };
+  /** [vvar_vclock]. */
   vvarVclock?: { start: bigint; end: bigint };
 }
 
 /** A signal waiting to be delivered, as `PTRACE_PEEKSIGINFO` gave it. */
 export interface PendingSignal {
+  /** Signal number. */
   signo: number;
   /** The 128-byte siginfo_t. */
   siginfo: Uint8Array;
@@ -80,17 +92,25 @@ export interface PendingSignal {
 
 /** One thread. */
 export interface ThreadEntry {
+  /** Thread id (the pid for the main thread). */
   tid: number;
+  /** Thread name (comm). */
   name: string;
   /** user_regs_struct, field by field. */
   regs: Record<string, bigint>;
   /** The NT_X86_XSTATE register set (FPU, SSE, AVX …). */
   xstate: Uint8Array;
+  /** Blocked signals. */
   sigmask: bigint;
+  /** Signals pending for this thread only. */
   pending: PendingSignal[];
+  /** The alternate signal stack (`stack_t`). */
   sigaltstack: { sp: bigint; flags: number; size: bigint };
+  /** The address set_tid_address gave (cleared and woken at exit). */
   clearChildTid: bigint;
+  /** The robust futex list head. */
   robustList: { head: bigint; len: bigint };
+  /** The rseq registration (pointer 0: none). */
   rseq: { abiPointer: bigint; length: number; flags: number; signature: number };
   /** For a thread stopped in clock_nanosleep: the time it still had to sleep (ns), if known. */
   sleepRemainingNs?: bigint;
@@ -98,32 +118,51 @@ export interface ThreadEntry {
 
 /** One signal's disposition (`struct kernel_sigaction`). */
 export interface SigactionEntry {
+  /** Signal number. */
   signo: number;
+  /** Handler address, or SIG_IGN (1). */
   handler: bigint;
+  /** SA_* flags. */
   flags: bigint;
+  /** The sa_restorer trampoline. */
   restorer: bigint;
+  /** Signals blocked while the handler runs. */
   mask: bigint;
 }
 
 /** An interval timer (`struct itimerval`) in microseconds. */
 export interface ItimerEntry {
+  /** ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2. */
   which: number;
+  /** Reload interval. */
   intervalUs: bigint;
+  /** Time left until it fires. */
   valueUs: bigint;
 }
 
 /** The mm fields `PR_SET_MM_MAP` takes. */
 export interface MmEntry {
+  /** Text segment start (start_code). */
   startCode: bigint;
+  /** Text segment end. */
   endCode: bigint;
+  /** Data segment start. */
   startData: bigint;
+  /** Data segment end. */
   endData: bigint;
+  /** Heap start. */
   startBrk: bigint;
+  /** Current program break (brk(0) at dump). */
   brk: bigint;
+  /** Main stack start. */
   startStack: bigint;
+  /** argv area start. */
   argStart: bigint;
+  /** argv area end. */
   argEnd: bigint;
+  /** environ area start. */
   envStart: bigint;
+  /** environ area end. */
   envEnd: bigint;
   /** /proc/PID/auxv: (type, value) pairs, flattened. */
   auxv: bigint[];
@@ -143,32 +182,49 @@ export interface FileEntry {
 
 /** One descriptor number pointing at an open file description. */
 export interface FdEntry {
+  /** The descriptor number. */
   fd: number;
+  /** The `FileEntry.id` it points at. */
   file: number;
+  /** FD_CLOEXEC. */
   closeOnExec: boolean;
 }
 
 /** A resource limit; `RLIM_INFINITY` is 2^64-1. */
 export interface RlimitEntry {
+  /** RLIMIT_* number. */
   resource: number;
+  /** Soft limit. */
   soft: bigint;
+  /** Hard limit. */
   hard: bigint;
 }
 
 /** Everything needed to bring one process back. */
 export interface ProcessEntry {
+  /** Process id, restored as it was. */
   pid: number;
+  /** Parent at dump time (for display: the restored process is reparented). */
   ppid: number;
   /** Session and process group ids: a session or group leader leads them again. */
   sid: number;
+  /** Process group id. */
   pgid: number;
+  /** Process name. */
   comm: string;
+  /** Arguments (they live in the process's memory; kept for display). */
   cmdline: string[];
+  /** The executable, restored as /proc/PID/exe. */
   exe: { path: string; size: number; mtimeMs: number } | null;
+  /** Working directory. */
   cwd: string;
+  /** Root directory. */
   root: string;
+  /** File creation mask. */
   umask: number;
+  /** personality(2) flags. */
   personality: number;
+  /** Credentials and capabilities. */
   creds: {
     uids: number[];
     gids: number[];
@@ -179,16 +235,27 @@ export interface ProcessEntry {
     capBnd: bigint;
     capAmb: bigint;
   };
+  /** Resource limits. */
   rlimits: RlimitEntry[];
+  /** Memory layout fields of the mm. */
   mm: MmEntry;
+  /** Signal dispositions other than the default. */
   sigactions: SigactionEntry[];
+  /** Signals pending for the whole process. */
   sharedPending: PendingSignal[];
+  /** Armed interval timers. */
   itimers: ItimerEntry[];
+  /** Every thread. */
   threads: ThreadEntry[];
+  /** Every mapping but the special ones. */
   mappings: MappingEntry[];
+  /** vdso and vvar addresses. */
   special: SpecialMappings;
+  /** Memory objects stored once (shared memory, memfd, deleted files). */
   objects: MemoryObjectEntry[];
+  /** Open files, each once. */
   files: FileEntry[];
+  /** Descriptor numbers. */
   fds: FdEntry[];
   /** Where page data lives: each extent is one checksummed run of a page file. */
   extents: PageExtent[];

@@ -10,7 +10,7 @@ import type { Mapping } from "../mappings.ts";
 import type { MappingDecision } from "../policy.ts";
 import { readMemoryInto } from "../memory.ts";
 import { dumpableRanges, listPages } from "../pages.ts";
-import type { MappingEntry, MemoryObjectEntry, PageRun, SpecialMappings } from "../schema.ts";
+import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema.ts";
 import type { Fill, PageCollector } from "./page_collector.ts";
 
 const PAGE = 4096n;
