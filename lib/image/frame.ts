@@ -14,6 +14,9 @@
  * Magic and version stay at these offsets in every format version, so any reader can tell
  * "newer than me" from "damaged".
  */
+// Named first so every resolver (also `deno install -g`, which ignores package.json overrides)
+// settles on cbor-extract 2.2.2, the version the registry here serves for every platform.
+import "cbor-extract";
 import { Encoder } from "cbor-x";
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
