@@ -13,6 +13,7 @@ import { listMappings } from "./mappings.ts";
 import { dumpFdTable } from "./parts/fdtable.ts";
 import { dumpMemory, MemoryObjects } from "./parts/memory_dump.ts";
 import { PageCollector } from "./parts/page_collector.ts";
+import { dumpPosixTimers } from "./parts/posix_timers.ts";
 import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
@@ -93,6 +94,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
 
     const inj = frozen.injector;
     const task = await dumpTask(proc, inj);
+    const posixTimers = dumpPosixTimers(pid, inj);
     const threads = frozen.threads.map((t) =>
       dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
     );
@@ -124,6 +126,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
 
     const entry: ProcessEntry = {
       ...task,
+      posixTimers,
       threads,
       mappings: memory.mappings,
       special: memory.special,

@@ -13,6 +13,7 @@ import { checksum } from "./image/checksum.ts";
 import { ImageReader } from "./image/mod.ts";
 import { Injector, SCRATCH_SIZE } from "./inject.ts";
 import { AddressSpaceBuilder } from "./parts/memory_restore.ts";
+import { restorePosixTimers } from "./parts/posix_timers.ts";
 import { STAGING_SIZE } from "./parts/page_collector.ts";
 import {
   restoreCreds,
@@ -273,6 +274,8 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
       p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(t.tid)]),
     );
     for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t);
+    // After the threads: a timer may notify one of them.
+    restorePosixTimers(inj, p.posixTimers ?? []);
     for (const s of p.sharedPending) {
       inj.call("rt_sigqueueinfo", child, s.signo, inj.put(s.siginfo, 1024));
     }

@@ -140,6 +140,26 @@ export interface ItimerEntry {
   valueUs: bigint;
 }
 
+/** A POSIX timer (`timer_create`). */
+export interface PosixTimerEntry {
+  /** The timer id the program holds. */
+  id: number;
+  /** Clock it counts on. */
+  clockid: number;
+  /** Signal it sends. */
+  signo: number;
+  /** sigev_value. */
+  sigval: bigint;
+  /** sigev_notify: SIGEV_SIGNAL 0, SIGEV_NONE 1, with SIGEV_THREAD_ID 4 for one thread. */
+  notify: number;
+  /** The thread (or process) it notifies. */
+  targetTid: number;
+  /** Reload interval. */
+  intervalNs: bigint;
+  /** Time left until it fires (0: disarmed). */
+  valueNs: bigint;
+}
+
 /** The mm fields `PR_SET_MM_MAP` takes. */
 export interface MmEntry {
   /** Text segment start (start_code). */
@@ -245,6 +265,8 @@ export interface ProcessEntry {
   sharedPending: PendingSignal[];
   /** Armed interval timers. */
   itimers: ItimerEntry[];
+  /** POSIX timers (absent in images of older versions of the tool). */
+  posixTimers?: PosixTimerEntry[];
   /** Every thread. */
   threads: ThreadEntry[];
   /** Every mapping but the special ones. */

@@ -70,6 +70,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_signalfd" },
   { name: "r_socketpair", unsupported: "sockets are not dumped yet (the dump refuses them)" },
   { name: "r_flock", unsupported: "file locks are not restored yet" },
+  { name: "r_posix_timer" },
 ];
 
 /** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */
