@@ -96,3 +96,4 @@ export type {
 } from "./lib/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
+export { type Feature, kernelFeatures } from "./lib/features.ts";

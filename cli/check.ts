@@ -1,6 +1,6 @@
 /** `tardigrade check`: whether this kernel has what the tool needs. */
 import { parseVerb, printJson, table, type Verb } from "./common.ts";
-import { runProbes } from "./probes.ts";
+import { kernelFeatures } from "../mod.ts";
 
 /** The verb. */
 export const check: Verb = {
@@ -8,7 +8,7 @@ export const check: Verb = {
   summary: "Check the kernel features tardigrade needs; exit 1 if a required one is missing.",
   usage: "tardigrade check [--json]",
   help: `Probes: ptrace (seizes a child sleep), PROCMAP_QUERY, PAGEMAP_SCAN, /proc/PID/map_files,
-clone3 with set_tid (kernel ≥ 5.5 and root), userfaultfd, /proc/sys/kernel/ns_last_pid.
+clone3 with set_tid (asked for pid 1: EEXIST proves it), userfaultfd, /proc/sys/kernel/ns_last_pid.
 
 options:
   --json   {ok, features: [{name, required, ok, detail}]}; ok is false when a required
@@ -16,7 +16,7 @@ options:
   async run(args) {
     const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 0, max: 0 });
     if (!p) return 0;
-    const features = await runProbes();
+    const features = await kernelFeatures();
     const ok = features.every((f) => f.ok || !f.required);
     if (p.values.json) {
       printJson({ ok, features });
