@@ -20,17 +20,25 @@ function isRows(v: unknown): v is Record<string, unknown>[] {
     );
 }
 
-/** Table cells: bigints in hex, arrays joined, nested objects summarized. */
+/** Widest text a table cell shows; the whole value stays in the returned rows. */
+const CELL_WIDTH = 60;
+
+function clip(s: string): string {
+  return s.length > CELL_WIDTH ? `${s.slice(0, CELL_WIDTH - 1)}…` : s;
+}
+
+/** Table cells: bigints in hex, arrays joined, nested objects summarized, long text clipped. */
 function cells(rows: Record<string, unknown>[]): Record<string, unknown>[] {
   return rows.map((r) =>
     Object.fromEntries(
       Object.entries(r).map(([k, v]) => {
         if (typeof v === "bigint") return [k, `0x${v.toString(16)}`];
-        if (Array.isArray(v)) return [k, v.join(" ")];
+        if (Array.isArray(v)) return [k, clip(v.join(" "))];
+        if (typeof v === "string") return [k, clip(v)];
         if (v !== null && typeof v === "object") {
           return [
             k,
-            JSON.stringify(v, (_, x) => typeof x === "bigint" ? `0x${x.toString(16)}` : x),
+            clip(JSON.stringify(v, (_, x) => typeof x === "bigint" ? `0x${x.toString(16)}` : x)),
           ];
         }
         return [k, v];
