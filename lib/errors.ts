@@ -22,9 +22,12 @@ export class NoSuchProcess extends TardigradeError {
 
 /** The kernel refused access to a process or one of its files. */
 export class AccessDenied extends TardigradeError {
-  /** The kernel refused `what` of process `pid`. */
-  constructor(readonly pid: number, what: string, options?: ErrorOptions) {
-    super(`access denied to ${what} of process ${pid}`, options);
+  /** The kernel refused `what` of process `pid`; `why` says why, when known. */
+  constructor(readonly pid: number, what: string, options?: ErrorOptions & { why?: string }) {
+    super(
+      `access denied to ${what} of process ${pid}${options?.why ? `: ${options.why}` : ""}`,
+      options,
+    );
   }
 }
 

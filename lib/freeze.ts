@@ -16,7 +16,7 @@ import {
   SyscallError,
   waitpid,
 } from "../ffi/mod.ts";
-import { explain, NoSuchProcess } from "./errors.ts";
+import { AccessDenied, explain, NoSuchProcess } from "./errors.ts";
 import { Injector } from "./inject.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 
@@ -31,13 +31,34 @@ export interface FrozenThread {
 }
 
 const active = new Set<FrozenProcess>();
+const interruptCleanups = new Set<() => void>();
 let signalsHooked = false;
 
 function onTerminatingSignal(code: number) {
   return () => {
-    for (const f of active) f.releaseSync();
+    for (const f of active) {
+      try {
+        f.releaseSync();
+      } catch { /* release the others all the same */ }
+    }
+    for (const fn of interruptCleanups) {
+      try {
+        fn();
+      } catch { /* exiting anyway */ }
+    }
     Deno.exit(code);
   };
+}
+
+/**
+ * Registers `fn` to run (synchronously) when SIGINT or SIGTERM ends the tool while a process is
+ * frozen, after every frozen process was released: for what must not outlive the tool, such as
+ * a partial image. Signal handlers run only when the event loop turns, so long synchronous work
+ * should yield now and then. Returns a function that unregisters `fn`.
+ */
+export function onInterrupt(fn: () => void): () => void {
+  interruptCleanups.add(fn);
+  return () => interruptCleanups.delete(fn);
 }
 const hooks: [Deno.Signal, () => void][] = [
   ["SIGINT", onTerminatingSignal(130)],
@@ -55,6 +76,27 @@ function hookSignals(on: boolean) {
 
 function isEsrch(err: unknown): boolean {
   return err instanceof SyscallError && err.errno === Errno.ESRCH;
+}
+
+/** Why a freeze failed, in the user's terms: another tracer is the usual reason for EPERM. */
+function explainFreezeFailure(err: unknown, pid: number): unknown {
+  if (err instanceof SyscallError && err.errno === Errno.EPERM) {
+    try {
+      const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+      const tracer = Number(status.match(/^TracerPid:\s+(\d+)/m)?.[1] ?? 0);
+      if (tracer > 0) {
+        let comm = "";
+        try {
+          comm = ` (${Deno.readTextFileSync(`/proc/${tracer}/comm`).trim()})`;
+        } catch { /* it just went away */ }
+        return new AccessDenied(pid, "threads", {
+          cause: err,
+          why: `it is already traced by ${tracer}${comm}`,
+        });
+      }
+    } catch { /* the process is gone: explain() says so */ }
+  }
+  return explain(err, pid, "threads");
 }
 
 function tidsOf(pid: number): number[] {
@@ -86,7 +128,7 @@ export class FrozenProcess implements AsyncDisposable {
       frozen.#stopAll();
     } catch (err) {
       frozen.releaseSync();
-      throw explain(err, pid, "threads");
+      throw explainFreezeFailure(err, pid);
     }
     return frozen;
   }
