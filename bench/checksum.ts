@@ -73,8 +73,8 @@ const xxh = tryDlopen("libxxhash.so.0", {
   XXH64: { parameters: ["buffer", "usize", "u64"], result: "u64" },
 });
 if (xxh) {
-  measure("FFI libxxhash XXH3_64bits", () => xxh.XXH3_64bits(buf, SIZE));
-  measure("FFI libxxhash XXH64", () => xxh.XXH64(buf, SIZE, 0n));
+  measure("FFI libxxhash XXH3_64bits", () => xxh.XXH3_64bits(buf, BigInt(SIZE)));
+  measure("FFI libxxhash XXH64", () => xxh.XXH64(buf, BigInt(SIZE), 0n));
 }
 for (const alg of ["md5", "sha1", "sha256"]) {
   measure(`node:crypto ${alg}`, () => createHash(alg).update(buf).digest(), 2);

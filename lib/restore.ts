@@ -63,6 +63,27 @@ function pidState(pid: number): { state: string; ppid: number } | null {
   }
 }
 
+/** Thread ids of process `pid` (empty once it is gone). */
+function taskIds(pid: number): number[] {
+  try {
+    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
+  } catch {
+    return [];
+  }
+}
+
+/** Waits for a killed tracee until it is gone (not one of ours any more: nothing to do). */
+function reap(tid: number): void {
+  for (;;) {
+    try {
+      const st = waitpid(tid);
+      if (!st || st.exited || st.signaled) return;
+    } catch {
+      return; // ECHILD: reaped, or neither our child nor our tracee
+    }
+  }
+}
+
 /** Waits a little for a zombie that init will reap; a live pid or a kept zombie is "in use". */
 async function requireFreePid(pid: number, what: string): Promise<void> {
   const deadline = Date.now() + 4000;
@@ -299,7 +320,11 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     mem.close();
     return { pid: child, threads: p.threads.length, pageBytes, warnings };
   } catch (err) {
-    for (const pid of made.reverse()) {
+    // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
+    // zombie until we wait for it, and the leader cannot be reaped before its threads.
+    const tids = new Set(made);
+    if (child > 0) { for (const tid of taskIds(child)) tids.add(tid); }
+    for (const pid of [...made].reverse()) {
       try {
         kill(pid, SIG.SIGKILL);
       } catch { /* gone */ }
@@ -307,11 +332,8 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     stub.end();
     asb?.abort();
     mem?.close();
-    if (child > 0) {
-      try {
-        waitpid(child);
-      } catch { /* reaped by its parent */ }
-    }
+    for (const tid of [...tids].filter((t) => t !== child)) reap(tid);
+    if (child > 0) reap(child);
     throw err;
   }
 }

@@ -46,6 +46,8 @@ export function waitStopped(tid: number, what: string): void {
 
 /** A seized stub, ready to fork the process that becomes the restored one. */
 export class Stub {
+  #ended = false;
+
   private constructor(readonly pid: number, readonly injector: Injector) {}
 
   /** Starts and seizes a stub. */
@@ -60,6 +62,10 @@ export class Stub {
       try {
         kill(pid, SIG.SIGKILL);
       } catch { /* gone */ }
+      // Ours to reap when we traced it or it was reparented to us (a child subreaper).
+      try {
+        waitpid(pid);
+      } catch { /* not ours: init reaps it */ }
       throw err;
     }
   }
@@ -89,6 +95,8 @@ export class Stub {
 
   /** Ends the stub. Its child, if any, is reparented and stays traced by us. */
   end(): void {
+    if (this.#ended) return; // its pid may belong to another process by now
+    this.#ended = true;
     try {
       this.injector.mem.close();
       kill(this.pid, SIG.SIGKILL);
