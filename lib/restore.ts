@@ -154,6 +154,14 @@ async function preflight(p: ProcessEntry): Promise<void> {
   for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
 }
 
+let staging: Uint8Array | undefined;
+
+/** One page-data buffer for every restore of this process: fresh memory is slow to touch. */
+function stagingBuffer(size: number): Uint8Array {
+  if (!staging || staging.length < size) staging = new Uint8Array(size);
+  return staging.subarray(0, size);
+}
+
 /** Puts bytes in the scratch region above what the restorer itself uses, cycling. */
 function scratchAllocator(inj: Injector) {
   const base = 16384;
@@ -267,7 +275,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     const total = p.extents.reduce((n, e) => n + e.length, 0);
     const pageBytes = asb.fillPages(
       reader,
-      new Uint8Array(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+      stagingBuffer(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
       (bytes) => opts.onProgress?.(bytes, total),
     );
     asb.finish();
