@@ -7,7 +7,7 @@ import { close, pidfdOpen } from "../ffi/mod.ts";
 import { DumpError, explain, NoSuchProcess } from "./errors.ts";
 import type { Fd } from "./fds.ts";
 import type { FileDumpContext } from "./files/types.ts";
-import { freeze } from "./freeze.ts";
+import { freeze, onInterrupt } from "./freeze.ts";
 import { ImageWriter } from "./image/mod.ts";
 import { listMappings } from "./mappings.ts";
 import { dumpFdTable } from "./parts/fdtable.ts";
@@ -52,6 +52,16 @@ export interface CheckpointResult {
   killed: boolean;
 }
 
+/** Whether `pid` exists and is neither a zombie nor dead. */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return !"ZX".includes(stat.slice(stat.lastIndexOf(")") + 2)[0]);
+  } catch {
+    return false;
+  }
+}
+
 /** Waits until `pid` is gone or a zombie. */
 async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -75,6 +85,8 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
   const proc = await Process.open(pid);
   await policy.beforeFreeze?.(proc);
   await using writer = await ImageWriter.create(opts.dir);
+  // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
+  const unhook = onInterrupt(() => void writer.abort().catch(() => {}));
   let pidfd = -1;
   try {
     pidfd = pidfdOpen(pid);
@@ -114,7 +126,10 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         ),
     };
     const { files, fds } = await dumpFdTable(fdCtx, policy);
-    const memory = dumpMemory(
+    // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
+    // tool be killed during the long copy, the process runs on without a page of ours.
+    inj.release();
+    const memory = await dumpMemory(
       pid,
       layout,
       (m) => decisions.get(m.start) ?? "dump",
@@ -156,8 +171,13 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     };
   } catch (err) {
     if (err instanceof NoSuchProcess || err instanceof DumpError) throw err;
+    // Whatever failed first (pagemap, /proc/PID/mem, an fd), the reason is that it ended.
+    if (!killed && !isRunning(pid)) {
+      throw new NoSuchProcess(pid, "it ended during the dump", { cause: err });
+    }
     throw explain(err, pid, "state");
   } finally {
+    unhook();
     close(pidfd);
   }
   if (killed) await waitGone(pid);

@@ -39,6 +39,9 @@ async function holdsSecret(m: Mapping): Promise<boolean> {
 const redacted: string[] = [];
 
 const policy: Policy = {
+  beforeFreeze() {
+    redacted.length = 0; // one list per dump
+  },
   async mapping(m) {
     if (m.kind !== "anonymous" || !m.prot.read || !(await holdsSecret(m))) return "dump";
     redacted.push(`0x${m.start.toString(16)}-0x${m.end.toString(16)}`);

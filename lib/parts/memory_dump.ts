@@ -116,17 +116,29 @@ export interface MemoryDump {
   special: SpecialMappings;
 }
 
+/** Bytes copied between two chances for the event loop to turn. */
+const CHUNK = 32 * 1024 * 1024;
+/** How long the copy may go on before it lets the event loop turn. */
+const YIELD_MS = 50;
+
 /**
- * Describes every mapping of a frozen process and copies the pages it alone holds. `exclude`
- * names ranges to leave out (the dumper's own scratch memory).
+ * Describes every mapping of a frozen process and copies the pages it alone holds. Every
+ * `YIELD_MS` or so it lets the event loop turn, so SIGINT and SIGTERM handlers (which release the
+ * process and remove the partial image) run during a long copy, not after it.
  */
-export function dumpMemory(
+export async function dumpMemory(
   pid: number,
   mappings: Mapping[],
   decide: (m: Mapping) => MappingDecision,
   pages: PageCollector,
   objects: MemoryObjects,
-): MemoryDump {
+): Promise<MemoryDump> {
+  let lastYield = performance.now();
+  const breathe = async () => {
+    if (performance.now() - lastYield < YIELD_MS) return;
+    await new Promise((r) => setTimeout(r, 0));
+    lastYield = performance.now();
+  };
   const out: MappingEntry[] = [];
   const special: SpecialMappings = {};
   const memFill = (addr: bigint, buf: Uint8Array) => readMemoryInto(pid, addr, buf);
@@ -184,7 +196,11 @@ export function dumpMemory(
     }
     if (keep && !m.shared) {
       for (const r of privateRanges(pid, m)) {
-        entry.pages.push(...pages.add(r.start, Number(r.end - r.start), memFill));
+        for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
+          const n = Math.min(CHUNK, Number(r.end - at));
+          entry.pages.push(...pages.add(at, n, memFill));
+          await breathe();
+        }
       }
     }
     out.push(entry);
