@@ -151,14 +151,20 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       extents: pages.extents,
     };
     await writer.writeMeta(PROCESS_META, entry);
+    if (opts.leaveRunning) {
+      // Everything is captured: let it run while the image is checked and made durable.
+      await frozen.release();
+      frozenMs = performance.now() - started;
+    }
     await policy.afterDump?.({ dir: opts.dir, process: entry, pageBytes: pages.bytes });
     await writer.commit();
     if (!opts.leaveRunning) {
-      // End it while still frozen, so it cannot run a single instruction past the image.
+      // End it while still frozen (only once the image is safe), so it cannot run a single
+      // instruction past the image.
       frozen.kill();
       killed = true;
+      frozenMs = performance.now() - started;
     }
-    frozenMs = performance.now() - started;
     result = {
       dir: opts.dir,
       pid,
