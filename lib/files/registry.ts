@@ -1,6 +1,6 @@
 /**
  * Every file handler, and lookups by inspection kind (dump) and by entry kind (restore).
- * Kinds with no handler (sockets, pidfds, userfaultfd, "other"): the dumper stops with an error
+ * Kinds with no handler (pidfds, userfaultfd, "other"): the dumper stops with an error
  * naming the fd and its kind, unless a policy skips it.
  */
 import type { Fd } from "../fds.ts";
@@ -13,6 +13,7 @@ import { memfdHandler } from "./memfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
 import { signalfdHandler } from "./signalfd.ts";
+import { socketHandler } from "./socket.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
 
@@ -28,6 +29,7 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   timerfdHandler,
   inotifyHandler,
   memfdHandler,
+  socketHandler,
 ] as FileHandler[];
 
 const byFdKind = new Map(FILE_HANDLERS.flatMap((h) => h.fdKinds.map((k) => [k, h] as const)));
