@@ -112,11 +112,6 @@ export class Injector {
   }
 
   /** Runs a syscall with registers given by the caller as a base (used when restoring). */
-  /** Runs a syscall from the given registers, leaving them changed (the restorer's use). */
-  rawWith(base: Regs, nr: number, ...args: Arg[]): bigint {
-    return this.#step(base, nr, args);
-  }
-
   #step(base: Regs, nr: number, args: Arg[]): bigint {
     const a = args.map(BigInt);
     setRegs(this.tid, {

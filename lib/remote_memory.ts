@@ -43,13 +43,6 @@ export class RemoteMemory implements Disposable {
     }
   }
 
-  /** Reads a NUL-terminated string of at most `max` bytes. */
-  readCString(addr: bigint, max = 4096): string {
-    const bytes = this.read(addr, max);
-    const end = bytes.indexOf(0);
-    return new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
-  }
-
   /** Closes the descriptor. */
   close(): void {
     if (this.#closed) return;

@@ -4,14 +4,13 @@
  * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
  * what it made: no half-restored process is left.
  */
-import { close, detach, kill, pidfdOpen, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
+import { detach, kill, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
 import { ImageError, RestoreError } from "./errors.ts";
 import { handlerForEntry } from "./files/registry.ts";
-import { releasePipes } from "./files/pipe.ts";
-import type { FileRestoreContext } from "./files/types.ts";
 import { checksum } from "./image/checksum.ts";
 import { ImageReader } from "./image/mod.ts";
-import { Injector, SCRATCH_SIZE } from "./inject.ts";
+import { Injector } from "./inject.ts";
+import { restoreFdTable } from "./parts/fdtable.ts";
 import { AddressSpaceBuilder } from "./parts/memory_restore.ts";
 import { restorePosixTimers } from "./parts/posix_timers.ts";
 import { STAGING_SIZE } from "./parts/page_collector.ts";
@@ -49,9 +48,6 @@ export interface RestoreResult {
   /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
   warnings: string[];
 }
-
-const F_DUPFD = 0;
-const O_CLOEXEC = 0o2000000;
 
 function pidState(pid: number): { state: string; ppid: number } | null {
   try {
@@ -162,75 +158,6 @@ function stagingBuffer(size: number): Uint8Array {
   return staging.subarray(0, size);
 }
 
-/** Puts bytes in the scratch region above what the restorer itself uses, cycling. */
-function scratchAllocator(inj: Injector) {
-  const base = 16384;
-  let at = base;
-  return (data: Uint8Array): bigint => {
-    if (at + data.length > Number(SCRATCH_SIZE)) at = base;
-    const addr = inj.put(data, at);
-    at += (data.length + 15) & ~15;
-    return addr;
-  };
-}
-
-/** Restores every descriptor at its number, each open file made once. */
-function restoreFds(
-  p: ProcessEntry,
-  inj: Injector,
-  mem: RemoteMemory,
-  asb: AddressSpaceBuilder,
-): () => void {
-  const put = scratchAllocator(inj);
-  const pidfd = pidfdOpen(inj.pid);
-  const firstFd = new Map<number, number>();
-  for (const f of p.fds) if (!firstFd.has(f.file)) firstFd.set(f.file, f.fd);
-  const ctx: FileRestoreContext = {
-    pid: inj.pid,
-    injector: inj,
-    memory: mem,
-    pidfd,
-    put,
-    putString: (s) => put(new TextEncoder().encode(s + "\0")),
-    objectFd: (id) => asb.objectFd(id),
-    fdOfFile: (id) => {
-      const fd = firstFd.get(id);
-      if (fd === undefined) throw new RestoreError(`no descriptor refers to open file ${id}`);
-      return fd;
-    },
-    finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
-  };
-  const cleanup = () => {
-    releasePipes(ctx);
-    close(pidfd);
-  };
-  try {
-    // Work above every final number so no dup2 lands on an fd still in use.
-    const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
-    asb.relocateObjectFds(high + p.files.length);
-    const temp = new Map<number, number>();
-    for (const f of p.files) {
-      if (!firstFd.has(f.id)) continue;
-      const fd = handlerForEntry(f)!.open(f, ctx);
-      const moved = Number(inj.call("fcntl", fd, F_DUPFD, high));
-      inj.call("close", fd);
-      temp.set(f.id, moved);
-    }
-    for (const f of p.fds) {
-      inj.call("dup3", temp.get(f.file)!, f.fd, f.closeOnExec ? O_CLOEXEC : 0);
-    }
-    for (const fd of temp.values()) inj.call("close", fd);
-    for (const f of p.files) {
-      const fd = firstFd.get(f.id);
-      if (fd !== undefined) handlerForEntry(f)!.finish?.(f, fd, ctx);
-    }
-  } catch (err) {
-    cleanup();
-    throw err;
-  }
-  return cleanup;
-}
-
 /**
  * Brings the process in image `dir` back: same pid and tids, running on from where it was
  * frozen. Returns once it runs; it lives on without the tool.
@@ -282,7 +209,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     asb.seal();
 
     stage("files");
-    const releaseFiles = restoreFds(p, inj, mem, asb);
+    const releaseFiles = restoreFdTable(p, inj, mem, asb);
     releaseFiles();
     asb.closeObjects();
 

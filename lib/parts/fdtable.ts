@@ -2,14 +2,21 @@
  * The descriptor table: each open file stored once in an object table keyed by its file id and
  * referred to by every fd that shares it, as the Linux-CR object table did.
  */
-import { O } from "../../ffi/mod.ts";
-import { DumpError } from "../errors.ts";
+import { close, O, pidfdOpen } from "../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../errors.ts";
 import { assignFileIds, type Fd } from "../fds.ts";
-import { handlerForFd } from "../files/registry.ts";
+import { releasePipes } from "../files/pipe.ts";
+import { handlerForEntry, handlerForFd } from "../files/registry.ts";
 import type { RegularEntry } from "../files/regular.ts";
-import type { FileDumpContext } from "../files/types.ts";
+import type { FileDumpContext, FileRestoreContext } from "../files/types.ts";
+import { type Injector, SCRATCH_SIZE } from "../inject.ts";
 import type { Policy } from "../policy.ts";
-import type { FdEntry, FileEntry } from "../schema.ts";
+import type { RemoteMemory } from "../remote_memory.ts";
+import type { FdEntry, FileEntry, ProcessEntry } from "../schema.ts";
+import type { AddressSpaceBuilder } from "./memory_restore.ts";
+
+const F_DUPFD = 0;
+const O_CLOEXEC = 0o2000000;
 
 /** The dumped descriptor table. */
 export interface FdTableDump {
@@ -57,4 +64,73 @@ export async function dumpFdTable(ctx: FileDumpContext, policy: Policy): Promise
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
   return { files: [...files.values()], fds };
+}
+
+/** Puts bytes in the scratch region above what the restorer itself uses, cycling. */
+function scratchAllocator(inj: Injector) {
+  const base = 16384;
+  let at = base;
+  return (data: Uint8Array): bigint => {
+    if (at + data.length > Number(SCRATCH_SIZE)) at = base;
+    const addr = inj.put(data, at);
+    at += (data.length + 15) & ~15;
+    return addr;
+  };
+}
+
+/** Restores every descriptor at its number, each open file made once. */
+export function restoreFdTable(
+  p: ProcessEntry,
+  inj: Injector,
+  mem: RemoteMemory,
+  asb: AddressSpaceBuilder,
+): () => void {
+  const put = scratchAllocator(inj);
+  const pidfd = pidfdOpen(inj.pid);
+  const firstFd = new Map<number, number>();
+  for (const f of p.fds) if (!firstFd.has(f.file)) firstFd.set(f.file, f.fd);
+  const ctx: FileRestoreContext = {
+    pid: inj.pid,
+    injector: inj,
+    memory: mem,
+    pidfd,
+    put,
+    putString: (s) => put(new TextEncoder().encode(s + "\0")),
+    objectFd: (id) => asb.objectFd(id),
+    fdOfFile: (id) => {
+      const fd = firstFd.get(id);
+      if (fd === undefined) throw new RestoreError(`no descriptor refers to open file ${id}`);
+      return fd;
+    },
+    finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
+  };
+  const cleanup = () => {
+    releasePipes(ctx);
+    close(pidfd);
+  };
+  try {
+    // Work above every final number so no dup2 lands on an fd still in use.
+    const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
+    asb.relocateObjectFds(high + p.files.length);
+    const temp = new Map<number, number>();
+    for (const f of p.files) {
+      if (!firstFd.has(f.id)) continue;
+      const fd = handlerForEntry(f)!.open(f, ctx);
+      const moved = Number(inj.call("fcntl", fd, F_DUPFD, high));
+      inj.call("close", fd);
+      temp.set(f.id, moved);
+    }
+    for (const f of p.fds) {
+      inj.call("dup3", temp.get(f.file)!, f.fd, f.closeOnExec ? O_CLOEXEC : 0);
+    }
+    for (const fd of temp.values()) inj.call("close", fd);
+    for (const f of p.files) {
+      const fd = firstFd.get(f.id);
+      if (fd !== undefined) handlerForEntry(f)!.finish?.(f, fd, ctx);
+    }
+  } catch (err) {
+    cleanup();
+    throw err;
+  }
+  return cleanup;
 }

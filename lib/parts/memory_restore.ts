@@ -3,7 +3,16 @@
  * [vvar], [vvar_vclock] and [vdso] to the dumped addresses, recreate every mapping at its address
  * with its protection and flags, shared memory shared again, and fill the pages.
  */
-import { close, Errno, getRseqConfig, O, open, processVmWrite, pwrite } from "../../ffi/mod.ts";
+import {
+  close,
+  Errno,
+  getRseqConfig,
+  O,
+  open,
+  processVmWrite,
+  pwrite,
+  SYS,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { ImageReader } from "../image/mod.ts";
 import { type Injector, SCRATCH_SIZE } from "../inject.ts";
@@ -251,7 +260,7 @@ export class AddressSpaceBuilder {
       else if (src.type === "file") fd = this.#fileFd(m as MappingEntry & { source: typeof src });
       else fd = this.objectFd(src.object);
       const r = this.inj.raw(
-        9, /* mmap */
+        SYS.mmap,
         m.start,
         size,
         prot,

@@ -3,7 +3,7 @@
  * limits, credentials, umask, cwd, root, personality, comm and the mm fields with auxv. What only
  * the process can tell is asked by injecting the syscall into it.
  */
-import { peekSigInfo } from "../../ffi/mod.ts";
+import { Errno, errnoName, errnoText, peekSigInfo, SYS } from "../../ffi/mod.ts";
 import type { Injector } from "../inject.ts";
 import type { Process } from "../process.ts";
 import type { ProcessEntry, RlimitEntry, SigactionEntry } from "../schema.ts";
@@ -165,14 +165,16 @@ export function restoreRlimits(inj: Injector, list: RlimitEntry[]): string[] {
   const warnings: string[] = [];
   for (const r of list) {
     const res = inj.raw(
-      302,
+      SYS.prlimit64,
       0,
       r.resource,
       inj.put(new Uint8Array(new BigUint64Array([r.soft, r.hard]).buffer), 0),
       0,
     );
     if (res < 0n) {
-      warnings.push(`rlimit ${r.resource}: errno ${-res} (a hard limit cannot be raised here)`);
+      const e = Number(-res);
+      const why = e === Errno.EPERM ? "no process may raise a hard limit here" : errnoText(e);
+      warnings.push(`rlimit ${r.resource} (${r.soft}/${r.hard}): ${errnoName(e)}, ${why}`);
     }
   }
   return warnings;
