@@ -111,7 +111,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
     );
 
-    const pages = new PageCollector(writer.pages());
+    const pages = new PageCollector(writer.pages(), undefined, opts.onProgress);
     const objects = new MemoryObjects(pages);
     const fdCtx: FileDumpContext = {
       pid,
@@ -137,7 +137,6 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       objects,
     );
     pages.flush();
-    opts.onProgress?.(pages.bytes);
 
     const entry: ProcessEntry = {
       ...task,

@@ -20,7 +20,12 @@ export class PageCollector {
   /** Bytes collected so far. */
   bytes = 0;
 
-  constructor(private readonly sink: PageSink, buffer?: Uint8Array) {
+  /** `onFlush` hears the bytes collected so far after each extent is written (progress). */
+  constructor(
+    private readonly sink: PageSink,
+    buffer?: Uint8Array,
+    private readonly onFlush?: (bytes: number) => void,
+  ) {
     this.#buf = buffer ?? new Uint8Array(STAGING_SIZE);
   }
 
@@ -55,5 +60,6 @@ export class PageCollector {
     for (const run of this.#pending) run.extent = index;
     this.#pending = [];
     this.#used = 0;
+    this.onFlush?.(this.bytes);
   }
 }
