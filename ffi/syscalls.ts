@@ -32,6 +32,7 @@ export const SYS = {
   exit: 60,
   kill: 62,
   fcntl: 72,
+  flock: 73,
   ftruncate: 77,
   chdir: 80,
   fchdir: 81,

@@ -73,7 +73,7 @@ export const restoreCases: RestoreCase[] = [
     name: "r_socketpair",
     unsupported: "connected sockets and socketpairs are not dumped yet (the dump refuses them)",
   },
-  { name: "r_flock", unsupported: "file locks are not restored yet" },
+  { name: "r_flock" },
   { name: "r_posix_timer" },
 ];
 

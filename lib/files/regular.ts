@@ -7,6 +7,7 @@ import { O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Fd } from "../fds.ts";
 import type { FileEntry } from "../schema.ts";
+import { checkLocks, type FileLock, readLocks, restoreLocks } from "./locks.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
 
@@ -24,6 +25,8 @@ export interface RegularEntry extends FileEntry {
   dev: bigint;
   /** Set when the file was deleted: the memory object holding its contents. */
   object?: number;
+  /** flock, OFD and POSIX locks taken through this open file; absent when none. */
+  locks?: FileLock[];
 }
 
 const DELETED = " (deleted)";
@@ -65,6 +68,8 @@ function dump(fd: Fd, ctx: FileDumpContext): RegularEntry {
     inode: fd.inode,
     dev: fd.dev,
   };
+  const locks = readLocks(fd.pid, fd.fd);
+  if (locks.length) entry.locks = locks;
   if (deleted) {
     if (entry.directory) {
       throw new DumpError(`fd ${fd.fd} of ${fd.pid}: directory ${path} was deleted`);
@@ -75,6 +80,12 @@ function dump(fd: Fd, ctx: FileDumpContext): RegularEntry {
 }
 
 function check(e: RegularEntry): string | null {
+  const why = checkFile(e);
+  if (why || e.object !== undefined) return why;
+  return checkLocks(e.path, e.locks);
+}
+
+function checkFile(e: RegularEntry): string | null {
   if (e.object !== undefined) return null;
   let st: Deno.FileInfo;
   try {
@@ -104,6 +115,11 @@ function open(e: RegularEntry, ctx: FileRestoreContext): number {
   return fd;
 }
 
+/** After every fd is in place: the file's locks, taken again by the restored process. */
+function finish(e: RegularEntry, fd: number, ctx: FileRestoreContext): void {
+  restoreLocks(ctx, fd, e.path, e.locks);
+}
+
 /** Regular files and directories. */
 export const regularHandler: FileHandler<RegularEntry> = {
   kind: "regular",
@@ -111,4 +127,5 @@ export const regularHandler: FileHandler<RegularEntry> = {
   dump,
   check,
   open,
+  finish,
 };

@@ -1,0 +1,165 @@
+/**
+ * File locks held through an open file: flock and OFD locks belong to the open file description,
+ * POSIX (fcntl) locks to the process, on the inode. The fdinfo of a descriptor lists the locks
+ * taken through its open file (`lock:` lines in /proc/locks format); the restore takes them again
+ * from inside the restored process once every fd is at its number. The dumped process was killed
+ * before the restore, so its locks were released; a lock someone else holds now makes the restore
+ * fail with the file and the lock named.
+ */
+import { addressOf, close, Errno, O, open, syscall, SyscallError } from "../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../errors.ts";
+import type { FileRestoreContext } from "./types.ts";
+
+/** One lock taken through an open file. */
+export interface FileLock {
+  /** flock(2), a process's fcntl lock, or an open file description's (OFD) fcntl lock. */
+  type: "FLOCK" | "POSIX" | "OFDLCK";
+  access: "READ" | "WRITE";
+  /** First byte locked (0 for FLOCK). */
+  start: bigint;
+  /** Last byte locked, inclusive; null to the end of the file (always for FLOCK). */
+  end: bigint | null;
+}
+
+const TYPES = new Set(["FLOCK", "POSIX", "OFDLCK"]);
+
+/**
+ * The locks in the `lock:` lines of an fdinfo text. Throws `DumpError` (naming `what`) for a lock
+ * it cannot restore: a lease, a delegation, a mandatory lock.
+ */
+export function parseLocks(text: string, what = "fdinfo"): FileLock[] {
+  const out: FileLock[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("lock:")) continue;
+    // lock:\t1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 10 19
+    const f = line.slice(5).trim().split(/\s+/);
+    const [, type, mode, access, , , start, end] = f;
+    if (!TYPES.has(type) || mode !== "ADVISORY" || (access !== "READ" && access !== "WRITE")) {
+      throw new DumpError(`${what}: cannot dump the lock "${line.slice(5).trim()}"`);
+    }
+    if (!/^\d+$/.test(start ?? "") || !/^(\d+|EOF)$/.test(end ?? "")) {
+      throw new DumpError(`${what}: cannot parse the lock "${line.slice(5).trim()}"`);
+    }
+    out.push({
+      type: type as FileLock["type"],
+      access,
+      start: BigInt(start),
+      end: end === "EOF" ? null : BigInt(end),
+    });
+  }
+  return out;
+}
+
+/** The locks taken through the open file behind `fd` of process `pid`. */
+export function readLocks(pid: number, fd: number): FileLock[] {
+  return parseLocks(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd}`), `fd ${fd} of ${pid}`);
+}
+
+/** "a POSIX WRITE lock on bytes 10-19", "a FLOCK READ lock". */
+export function describeLock(l: FileLock): string {
+  if (l.type === "FLOCK") return `a FLOCK ${l.access} lock`;
+  const end = l.end === null ? "EOF" : String(l.end);
+  return `a ${l.type} ${l.access} lock on bytes ${l.start}-${end}`;
+}
+
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+const F_SETLK = 6;
+const F_OFD_GETLK = 36;
+const F_OFD_SETLK = 37;
+const LOCK_SH = 1;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+
+/** struct flock (x86_64, 32 bytes) for lock `l`, from SEEK_SET, pid 0. */
+export function flockStruct(l: FileLock): Uint8Array {
+  const b = new Uint8Array(32);
+  const v = new DataView(b.buffer);
+  v.setInt16(0, l.access === "WRITE" ? F_WRLCK : F_RDLCK, true);
+  v.setInt16(2, 0, true); // SEEK_SET
+  const start = BigInt(l.start);
+  v.setBigInt64(8, start, true);
+  v.setBigInt64(16, l.end === null ? 0n : BigInt(l.end) - start + 1n, true);
+  v.setInt32(24, 0, true);
+  return b;
+}
+
+/**
+ * Who (seen from this process) would stop lock `l` from being taken on `path` now: a description
+ * of the holder, or null when the lock is free. Uses a fresh open of our own: F_OFD_GETLK for
+ * fcntl locks, a non-blocking flock taken and dropped at once for flock.
+ */
+export function lockConflict(path: string, l: FileLock): string | null {
+  let fd: number;
+  try {
+    fd = Number(open(path, O.RDONLY | O.NONBLOCK));
+  } catch {
+    return null; // the file's own check reports a missing file
+  }
+  try {
+    if (l.type === "FLOCK") {
+      try {
+        syscall("flock", fd, (l.access === "WRITE" ? LOCK_EX : LOCK_SH) | LOCK_NB);
+      } catch (err) {
+        if (err instanceof SyscallError && err.errno === Errno.EAGAIN) {
+          return "another open file holds a conflicting flock";
+        }
+        throw err;
+      }
+      syscall("flock", fd, LOCK_UN);
+      return null;
+    }
+    const query = flockStruct(l);
+    syscall("fcntl", fd, F_OFD_GETLK, addressOf(query));
+    const v = new DataView(query.buffer);
+    if (v.getInt16(0, true) === F_UNLCK) return null;
+    const pid = v.getInt32(24, true);
+    const kind = v.getInt16(0, true) === F_WRLCK ? "write" : "read";
+    return pid > 0
+      ? `process ${pid} holds a conflicting ${kind} lock`
+      : `another open file holds a conflicting ${kind} lock`;
+  } finally {
+    close(fd);
+  }
+}
+
+/** Why the locks of the file at `path` cannot be taken again now, or null. */
+export function checkLocks(path: string, locks: readonly FileLock[] | undefined): string | null {
+  for (const l of locks ?? []) {
+    const why = lockConflict(path, l);
+    if (why) return `${path}: cannot take ${describeLock(l)} again: ${why}`;
+  }
+  return null;
+}
+
+/** Takes `locks` again through target fd `fd`; a lock held elsewhere is a `RestoreError`. */
+export function restoreLocks(
+  ctx: FileRestoreContext,
+  fd: number,
+  path: string,
+  locks: readonly FileLock[] | undefined,
+): void {
+  for (const l of locks ?? []) {
+    try {
+      if (l.type === "FLOCK") {
+        ctx.injector.call("flock", fd, (l.access === "WRITE" ? LOCK_EX : LOCK_SH) | LOCK_NB);
+      } else {
+        const cmd = l.type === "POSIX" ? F_SETLK : F_OFD_SETLK;
+        ctx.injector.call("fcntl", fd, cmd, ctx.put(flockStruct(l)));
+      }
+    } catch (err) {
+      if (
+        err instanceof SyscallError &&
+        (err.errno === Errno.EAGAIN || err.errno === Errno.EACCES)
+      ) {
+        throw new RestoreError(
+          `cannot restore: ${path}: cannot take ${describeLock(l)} again: it is held elsewhere`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+}
