@@ -68,7 +68,7 @@ export async function main(args: string[]): Promise<number> {
       return EXIT.USAGE;
     }
     if (err instanceof TypeError && /^Unknown option|^Option/.test(err.message)) {
-      console.error(errorLine(err));
+      console.error(errorLine(err.message[0].toLowerCase() + err.message.slice(1)));
       console.error(`usage: ${USAGE}`);
       return EXIT.USAGE;
     }

@@ -88,6 +88,7 @@ export type {
   MmEntry,
   PageRun,
   PendingSignal,
+  PosixTimerEntry,
   ProcessEntry,
   RlimitEntry,
   SigactionEntry,

@@ -61,7 +61,8 @@ export function parseVerb(
     });
   } catch (err) {
     // parseArgs messages are long and name the option twice; keep the first sentence.
-    throw new UsageError((err as Error).message.split(/\.\s/)[0].replace(/\.$/, ""), verb.usage);
+    const first = (err as Error).message.split(/\.\s/)[0].replace(/\.$/, "");
+    throw new UsageError(first[0].toLowerCase() + first.slice(1), verb.usage);
   }
   const values = parsed.values as Parsed["values"];
   if (values.help) {
@@ -69,7 +70,11 @@ export function parseVerb(
     return null;
   }
   const n = parsed.positionals.length;
-  if (n < positionals.min) throw new UsageError("missing argument", verb.usage);
+  if (n < positionals.min) {
+    // Name the first missing one from the usage line: `tardigrade dump PID DIR [...]`.
+    const names = verb.usage.split(" ").slice(2).filter((w) => /^[A-Z][A-Z.]*$/.test(w));
+    throw new UsageError(`missing argument${names[n] ? ` ${names[n]}` : ""}`, verb.usage);
+  }
   if (n > positionals.max) {
     throw new UsageError(
       `unexpected argument '${parsed.positionals[positionals.max]}'`,
@@ -79,9 +84,14 @@ export function parseVerb(
   return { values, positionals: parsed.positionals };
 }
 
-/** The full help text of a verb. */
+/** The full help text of a verb (no trailing newline: it is printed with console.log). */
 export function verbHelp(verb: Verb): string {
-  return `usage: ${verb.usage}\n\n${verb.summary}\n${verb.help ? `\n${verb.help}\n` : ""}`;
+  return `usage: ${verb.usage}\n\n${verb.summary}${verb.help ? `\n\n${verb.help}` : ""}`;
+}
+
+/** `1 thread`, `2 threads`. */
+export function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 /** Parses a pid argument, or throws a `UsageError`. */

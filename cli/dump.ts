@@ -1,6 +1,6 @@
 /** `tardigrade dump PID DIR`: checkpoint a process into an image directory. */
 import { checkpoint, loadPolicy, type Policy, Process } from "../mod.ts";
-import { formatBytes, parsePid, parseVerb, printJson, type Verb } from "./common.ts";
+import { count, formatBytes, parsePid, parseVerb, printJson, type Verb } from "./common.ts";
 import { ProgressBar } from "./progress.ts";
 
 /** Bytes a dump will copy at most: private pages present or swapped (for the progress bar). */
@@ -18,8 +18,7 @@ async function estimateBytes(pid: number): Promise<number> {
 /** The verb. */
 export const dump: Verb = {
   name: "dump",
-  summary: "Checkpoint a process into an image directory (the process is ended unless " +
-    "--leave-running).",
+  summary: "Checkpoint a process into an image directory (it ends, unless --leave-running).",
   usage: "tardigrade dump PID DIR [--leave-running] [--policy FILE.ts] [--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all.
 
@@ -55,8 +54,9 @@ A progress bar goes to stderr when it is a terminal.`,
       printJson(result);
     } else {
       console.log(
-        `dumped pid ${result.pid} to ${result.dir}: ${result.threads} threads, ` +
-          `${result.mappings} mappings, ${result.fds} fds, ${formatBytes(result.pageBytes)} ` +
+        `dumped pid ${result.pid} to ${result.dir}: ${count(result.threads, "thread")}, ` +
+          `${count(result.mappings, "mapping")}, ${count(result.fds, "fd")}, ` +
+          `${formatBytes(result.pageBytes)} ` +
           `of pages; frozen ${result.frozenMs.toFixed(1)} ms; ` +
           (result.killed ? "process ended" : "process left running"),
       );

@@ -1,6 +1,15 @@
 /** `tardigrade inspect DIR`: what an image holds, optionally verifying every checksum. */
 import { ImageError, ImageReader, type ProcessEntry } from "../mod.ts";
-import { errorLine, formatBytes, hex, parseVerb, printJson, table, type Verb } from "./common.ts";
+import {
+  count,
+  errorLine,
+  formatBytes,
+  hex,
+  parseVerb,
+  printJson,
+  table,
+  type Verb,
+} from "./common.ts";
 
 /** A summary of one process of an image (the `processes[]` items of `inspect --json`). */
 export interface InspectedProcess {
@@ -161,8 +170,10 @@ function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean):
     ));
     const t = p.totals;
     console.log(
-      `\ntotals: ${t.threads} threads, ${t.mappings} mappings (${formatBytes(t.mappedBytes)}), ` +
-        `${formatBytes(t.pageBytes)} of pages, ${t.fds} fds`,
+      `\ntotals: ${count(t.threads, "thread")}, ${count(t.mappings, "mapping")} ` +
+        `(${formatBytes(t.mappedBytes)}), ${formatBytes(t.pageBytes)} of pages, ${
+          count(t.fds, "fd")
+        }`,
     );
   }
   if (r.verified) console.log("\nverify: OK (every checksum matches)");

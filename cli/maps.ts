@@ -1,6 +1,15 @@
 /** `tardigrade maps PID`: the memory mappings of a process, with resident bytes. */
 import { type Mapping, Process } from "../mod.ts";
-import { formatBytes, hex, parsePid, parseVerb, printJson, table, type Verb } from "./common.ts";
+import {
+  count,
+  formatBytes,
+  hex,
+  parsePid,
+  parseVerb,
+  printJson,
+  table,
+  type Verb,
+} from "./common.ts";
 
 /** One row of `maps --json`. */
 export interface MapsRow {
@@ -93,7 +102,8 @@ export const maps: Verb = {
     const total = rows.reduce((a, r) => a + r.size, 0);
     const res = rows.reduce((a, r) => a + r.residentBytes, 0);
     console.log(
-      `${rows.length} mappings, ${formatBytes(total)} mapped, ${formatBytes(res)} resident`,
+      `${count(rows.length, "mapping")}, ${formatBytes(total)} mapped, ` +
+        `${formatBytes(res)} resident`,
     );
     return 0;
   },

@@ -56,11 +56,11 @@ Deno.test("cli: bad arguments exit 2 with an error line and a usage line", async
   const cases: [string[], RegExp][] = [
     [[], /no verb/],
     [["frob"], /unknown verb 'frob'/],
-    [["maps"], /missing argument/],
+    [["maps"], /missing argument PID$/],
     [["maps", "abc"], /not a pid: 'abc'/],
     [["maps", "1", "2"], /unexpected argument '2'/],
-    [["fds", "1", "--bogus"], /Unknown option '--bogus'/],
-    [["dump", "1"], /missing argument/],
+    [["fds", "1", "--bogus"], /unknown option '--bogus'/],
+    [["dump", "1"], /missing argument DIR$/],
     [["dump", "1", "/tmp/x", "--policy"], /argument missing/],
     [["restore"], /missing argument/],
     [["inspect"], /missing argument/],
@@ -176,7 +176,7 @@ Deno.test("cli: dump --leave-running, then inspect and inspect --verify", async 
     assert.equal(i.code, 0, i.stderr);
     assert.match(i.stdout, new RegExp(`^process ${t.pid} \\(hello\\)`, "m"));
     assert.match(i.stdout, /^\s*TID\s+RIP\s+RSP\s+NAME$/m);
-    assert.match(i.stdout, /^totals: 1 threads, \d+ mappings/m);
+    assert.match(i.stdout, /^totals: 1 thread, \d+ mappings/m);
     assert.doesNotMatch(i.stdout, /registers of thread/);
     const iv = await cli("inspect", dir, "--verbose");
     assert.match(iv.stdout, /registers of thread/);

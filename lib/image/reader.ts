@@ -57,7 +57,12 @@ export class ImageReader implements Disposable {
       bytes = await Deno.readFile(`${dir}/${MANIFEST_NAME}`);
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) {
-        throw new ImageError(`not an image: no ${MANIFEST_NAME} in ${dir}`, { cause: err });
+        let isDir = false;
+        try {
+          isDir = Deno.statSync(dir).isDirectory;
+        } catch { /* missing */ }
+        const why = isDir ? `no ${MANIFEST_NAME} in ${dir}` : `no directory ${dir}`;
+        throw new ImageError(`not an image: ${why}`, { cause: err });
       }
       throw new ImageError(`${MANIFEST_NAME}: cannot read: ${(err as Error).message}`, {
         cause: err,

@@ -3,7 +3,8 @@
  * limits, credentials, umask, cwd, root, personality, comm and the mm fields with auxv. What only
  * the process can tell is asked by injecting the syscall into it.
  */
-import { Errno, errnoName, errnoText, peekSigInfo, SYS } from "../../ffi/mod.ts";
+import { Errno, errnoName, errnoText, peekSigInfo, SYS, SyscallError } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
 import type { Injector } from "../inject.ts";
 import type { Process } from "../process.ts";
 import type { ProcessEntry, RlimitEntry, SigactionEntry } from "../schema.ts";
@@ -186,7 +187,9 @@ export function restoreMm(inj: Injector, entry: ProcessEntry): void {
   const auxv = new BigUint64Array(mm.auxv);
   const auxvAddr = inj.put(new Uint8Array(auxv.buffer), 4096);
   let exeFd = -1;
-  if (entry.exe) {
+  // The kernel refuses (EBUSY) to replace an exe link whose old file is still mapped: when the
+  // dumped program is the stub's own (`sleep`), the link is already right, so leave it.
+  if (entry.exe && !sameFile(`/proc/${inj.pid}/exe`, entry.exe.path)) {
     exeFd = Number(
       inj.call(
         "openat",
@@ -224,8 +227,26 @@ export function restoreMm(inj: Injector, entry: ProcessEntry): void {
       PRCTL_MM_MAP_SIZE,
       0,
     );
+  } catch (err) {
+    if (!(err instanceof SyscallError)) throw err;
+    throw new RestoreError(
+      `PR_SET_MM_MAP (mm fields, auxv, exe link ${entry.exe?.path ?? "unchanged"}) in ` +
+        `${inj.pid} failed: ${err.code} (${errnoText(err.errno)})`,
+      { cause: err },
+    );
   } finally {
     if (exeFd >= 0) inj.call("close", exeFd);
+  }
+}
+
+/** Whether two paths name the same file (device and inode); false if either is unreadable. */
+function sameFile(a: string, b: string): boolean {
+  try {
+    const x = Deno.statSync(a);
+    const y = Deno.statSync(b);
+    return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+  } catch {
+    return false;
   }
 }
 
