@@ -6,7 +6,7 @@
 import { checkpoint } from "../mod.ts";
 
 const [pid, dir] = Deno.args;
-if (!pid || !dir) {
+if (!/^\d+$/.test(pid ?? "") || !dir) {
   console.error("usage: deno run -A examples/dump.ts PID DIR");
   Deno.exit(2);
 }

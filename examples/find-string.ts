@@ -7,7 +7,7 @@
 import { type Mapping, Process } from "../mod.ts";
 
 const [pidArg, needleText] = Deno.args;
-if (!pidArg || !needleText) {
+if (!/^\d+$/.test(pidArg ?? "") || !needleText) {
   console.error("usage: deno run -A examples/find-string.ts PID STRING");
   Deno.exit(2);
 }

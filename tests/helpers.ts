@@ -6,6 +6,12 @@ setChildSubreaper();
 
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 const buildDir = Deno.makeTempDirSync({ prefix: "tardigrade-fixtures-" });
+// Binaries and fixture output live for one test run only.
+globalThis.addEventListener("unload", () => {
+  try {
+    Deno.removeSync(buildDir, { recursive: true });
+  } catch { /* already gone */ }
+});
 const built = new Map<string, string>();
 
 /** Compiles `tests/fixtures/NAME.c` once per test run and returns the binary's path. */
@@ -106,7 +112,7 @@ export async function spawnTarget(
   args: string[] = [],
   opts: { ready?: RegExp; cwd?: string; env?: Record<string, string> } = {},
 ): Promise<Target> {
-  const outPath = Deno.makeTempFileSync({ prefix: "tardigrade-out-" });
+  const outPath = Deno.makeTempFileSync({ dir: buildDir, prefix: "out-" });
   const quoted = [bin, ...args].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
   const sh = await new Deno.Command("sh", {
     args: ["-c", `${quoted} >'${outPath}' 2>&1 </dev/null & echo $!`],
