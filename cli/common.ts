@@ -90,8 +90,8 @@ export function verbHelp(verb: Verb): string {
 }
 
 /** `1 thread`, `2 threads`. */
-export function count(n: number, noun: string): string {
-  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
 }
 
 /** Parses a pid argument, or throws a `UsageError`. */

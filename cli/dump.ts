@@ -18,20 +18,24 @@ async function estimateBytes(pid: number): Promise<number> {
 /** The verb. */
 export const dump: Verb = {
   name: "dump",
-  summary: "Checkpoint a process into an image directory (it ends, unless --leave-running).",
-  usage: "tardigrade dump PID DIR [--leave-running] [--policy FILE.ts] [--json]",
-  help: `DIR must not exist or be empty; it appears complete or not at all.
+  summary:
+    "Checkpoint a process and its children into an image (they end, unless --leave-running).",
+  usage: "tardigrade dump PID DIR [--leave-running] [--single] [--policy FILE.ts] [--json]",
+  help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
+started (its children, theirs …) are dumped with it and restored as its children.
 
 options:
-  --leave-running   let the process run on after the dump
+  --leave-running   let the processes run on after the dump
+  --single          dump PID alone, not its children
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/
                     afterDump hooks), see examples/policies/
-  --json            {dir, pid, threads, mappings, fds, pageBytes, frozenMs, killed}
+  --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
 
 A progress bar goes to stderr when it is a terminal.`,
   async run(args) {
     const p = parseVerb(this, args, {
       "leave-running": { type: "boolean" },
+      single: { type: "boolean" },
       policy: { type: "string" },
       json: { type: "boolean" },
     }, { min: 2, max: 2 });
@@ -45,6 +49,7 @@ A progress bar goes to stderr when it is a terminal.`,
     const result = await checkpoint(pid, {
       dir,
       leaveRunning: Boolean(p.values["leave-running"]),
+      single: Boolean(p.values.single),
       policy,
       onProgress: (bytes) => bar.update(bytes),
     });
@@ -54,7 +59,11 @@ A progress bar goes to stderr when it is a terminal.`,
       printJson(result);
     } else {
       console.log(
-        `dumped pid ${result.pid} to ${result.dir}: ${count(result.threads, "thread")}, ` +
+        `dumped pid ${result.pid} to ${result.dir}: ` +
+          (result.processes.length > 1
+            ? `${count(result.processes.length, "process", "processes")}, `
+            : "") +
+          `${count(result.threads, "thread")}, ` +
           `${count(result.mappings, "mapping")}, ${count(result.fds, "fd")}, ` +
           `${formatBytes(result.pageBytes)} ` +
           `of pages; frozen ${result.frozenMs.toFixed(1)} ms; ` +

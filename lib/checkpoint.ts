@@ -5,20 +5,20 @@
  */
 import { close, pidfdOpen } from "../ffi/mod.ts";
 import { DumpError, explain, NoSuchProcess } from "./errors.ts";
-import type { Fd } from "./fds.ts";
+import { type Fd, FileTable } from "./fds.ts";
 import type { FileDumpContext } from "./files/types.ts";
-import { freeze, onInterrupt } from "./freeze.ts";
-import { ImageWriter } from "./image/mod.ts";
+import { freeze, type FrozenProcess, onInterrupt } from "./freeze.ts";
+import { ImageWriter, type PageSink } from "./image/mod.ts";
 import { listMappings } from "./mappings.ts";
 import { dumpFdTable } from "./parts/fdtable.ts";
 import { dumpMemory, MemoryObjects } from "./parts/memory_dump.ts";
-import { PageCollector } from "./parts/page_collector.ts";
+import { PageCollector, STAGING_SIZE } from "./parts/page_collector.ts";
 import { dumpPosixTimers } from "./parts/posix_timers.ts";
 import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
 import { Process } from "./process.ts";
-import { PROCESS_META, type ProcessEntry } from "./schema.ts";
+import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
 
 /** Options of `checkpoint`. */
 export interface CheckpointOptions {
@@ -30,14 +30,21 @@ export interface CheckpointOptions {
   policy?: Policy;
   /** Called as page data is written. */
   onProgress?: (bytes: number) => void;
+  /**
+   * Dump only this process, not the processes it started. By default the whole tree below it
+   * is dumped (and ended) with it, as its children would otherwise be orphaned.
+   */
+  single?: boolean;
 }
 
 /** What a checkpoint wrote. */
 export interface CheckpointResult {
   /** The image directory. */
   dir: string;
-  /** The process dumped. */
+  /** The process dumped (the root of the tree). */
   pid: number;
+  /** Every process dumped, the root first, each after its parent. */
+  processes: number[];
   /** Threads dumped. */
   threads: number;
   /** Mappings recorded (special ones aside). */
@@ -76,47 +83,77 @@ async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
   }
 }
 
-/**
- * Dumps process `pid` into an image directory. By default the process is ended once the image
- * is complete; with `leaveRunning` it runs on unharmed.
- */
-export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<CheckpointResult> {
-  const policy = opts.policy ?? {};
-  const proc = await Process.open(pid);
-  await policy.beforeFreeze?.(proc);
-  await using writer = await ImageWriter.create(opts.dir);
-  // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
-  const unhook = onInterrupt(() => void writer.abort().catch(() => {}));
-  let pidfd = -1;
-  try {
-    pidfd = pidfdOpen(pid);
-  } catch (err) {
-    throw explain(err, pid, "pidfd");
+/** The live children of `pid` (zombies have nothing to dump). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(rest[1]) === pid && !"ZX".includes(rest[0])) out.push(Number(e.name));
+    } catch { /* exited meanwhile */ }
   }
-  let killed = false;
-  const started = performance.now();
-  let frozenMs = 0;
-  let result: CheckpointResult;
+  return out.sort((a, b) => a - b);
+}
+
+/**
+ * Freezes `pid` and, unless `single`, every process below it: each parent is frozen before its
+ * children are listed, so none can fork past the freeze. Parents come before their children.
+ */
+async function freezeTree(pid: number, single: boolean): Promise<FrozenProcess[]> {
+  const frozen: FrozenProcess[] = [];
   try {
-    await using frozen = await freeze(pid);
-    // The layout first, before the injector maps its scratch page.
-    const layout = listMappings(pid);
-    const decisions = new Map<bigint, MappingDecision>();
-    for (const m of layout) decisions.set(m.start, (await policy.mapping?.(m)) ?? "dump");
+    frozen.push(await freeze(pid));
+    for (let i = 0; !single && i < frozen.length; i++) {
+      for (const child of childrenOf(frozen[i].pid)) {
+        try {
+          frozen.push(await freeze(child));
+        } catch (err) {
+          if (!(err instanceof NoSuchProcess)) throw err; // it exited: nothing to dump
+        }
+      }
+    }
+    return frozen;
+  } catch (err) {
+    for (const f of frozen.reverse()) f.releaseSync();
+    throw err;
+  }
+}
 
-    const inj = frozen.injector;
-    const task = await dumpTask(proc, inj);
-    const posixTimers = dumpPosixTimers(pid, inj);
-    const threads = frozen.threads.map((t) =>
-      dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
-    );
+/** Everything one frozen process holds, its page data written through `sink`. */
+async function dumpProcess(
+  frozen: FrozenProcess,
+  policy: Policy,
+  files: FileTable,
+  sink: PageSink,
+  staging: Uint8Array,
+  scope: object,
+  onProgress?: (bytes: number) => void,
+): Promise<ProcessEntry> {
+  const pid = frozen.pid;
+  const proc = await Process.open(pid);
+  // The layout first, before the injector maps its scratch page.
+  const layout = listMappings(pid);
+  const decisions = new Map<bigint, MappingDecision>();
+  for (const m of layout) decisions.set(m.start, (await policy.mapping?.(m)) ?? "dump");
 
-    const pages = new PageCollector(writer.pages(), undefined, opts.onProgress);
-    const objects = new MemoryObjects(pages);
+  const inj = frozen.injector;
+  const task = await dumpTask(proc, inj);
+  const posixTimers = dumpPosixTimers(pid, inj);
+  const threads = frozen.threads.map((t) =>
+    dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
+  );
+
+  const pages = new PageCollector(sink, staging, onProgress);
+  const objects = new MemoryObjects(pages);
+  const pidfd = pidfdOpen(pid);
+  try {
     const fdCtx: FileDumpContext = {
       pid,
       frozen,
       pidfd,
+      scope,
       storeObject: (fd: Fd) =>
         objects.storeFile(
           `file:${fd.dev}:${fd.inode}`,
@@ -125,7 +162,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
           `/proc/${pid}/fd/${fd.fd}`,
         ),
     };
-    const { files, fds } = await dumpFdTable(fdCtx, policy);
+    const { files: fileEntries, fds } = await dumpFdTable(fdCtx, policy, files);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
     // tool be killed during the long copy, the process runs on without a page of ours.
     inj.release();
@@ -137,54 +174,100 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       objects,
     );
     pages.flush();
-
-    const entry: ProcessEntry = {
+    return {
       ...task,
       posixTimers,
       threads,
       mappings: memory.mappings,
       special: memory.special,
       objects: objects.entries,
-      files,
+      files: fileEntries,
       fds,
       extents: pages.extents,
     };
-    await writer.writeMeta(PROCESS_META, entry);
+  } finally {
+    close(pidfd);
+  }
+}
+
+/**
+ * Dumps process `pid`, and the processes below it, into an image directory. By default they are
+ * ended once the image is complete; with `leaveRunning` they run on unharmed.
+ */
+export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<CheckpointResult> {
+  const policy = opts.policy ?? {};
+  await policy.beforeFreeze?.(await Process.open(pid));
+  await using writer = await ImageWriter.create(opts.dir);
+  // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
+  const unhook = onInterrupt(() => void writer.abort().catch(() => {}));
+  let killed = false;
+  const started = performance.now();
+  let frozenMs = 0;
+  let tree: FrozenProcess[] = [];
+  const release = () => {
+    for (const f of [...tree].reverse()) f.releaseSync();
+  };
+  try {
+    tree = await freezeTree(pid, opts.single ?? false);
+    const files = new FileTable();
+    const sink = writer.pages();
+    const staging = new Uint8Array(STAGING_SIZE);
+    const entries: ProcessEntry[] = [];
+    let before = 0;
+    const scope = {}; // what spans the processes: a pipe's data is stored once
+    for (const frozen of tree) {
+      const entry = await dumpProcess(
+        frozen,
+        policy,
+        files,
+        sink,
+        staging,
+        scope,
+        (bytes: number) => opts.onProgress?.(before + bytes),
+      );
+      before = sink.bytesWritten;
+      entries.push(entry);
+    }
+    const [root, ...descendants] = entries;
+    root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
+    await writer.writeMeta(PROCESS_META, root);
+    for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);
     if (opts.leaveRunning) {
-      // Everything is captured: let it run while the image is checked and made durable.
-      await frozen.release();
+      // Everything is captured: let them run while the image is checked and made durable.
+      release();
       frozenMs = performance.now() - started;
     }
-    await policy.afterDump?.({ dir: opts.dir, process: entry, pageBytes: pages.bytes });
+    await policy.afterDump?.({ dir: opts.dir, process: root, pageBytes: sink.bytesWritten });
     await writer.commit();
     if (!opts.leaveRunning) {
-      // End it while still frozen (only once the image is safe), so it cannot run a single
-      // instruction past the image.
-      frozen.kill();
+      // End them while still frozen (only once the image is safe), so none runs a single
+      // instruction past the image; children first, so each parent is last to go.
+      for (const f of [...tree].reverse()) f.kill();
       killed = true;
       frozenMs = performance.now() - started;
     }
-    result = {
+    return {
       dir: opts.dir,
       pid,
-      threads: threads.length,
-      mappings: memory.mappings.length,
-      fds: fds.length,
-      pageBytes: pages.bytes,
+      processes: entries.map((e) => e.pid),
+      threads: entries.reduce((n, e) => n + e.threads.length, 0),
+      mappings: entries.reduce((n, e) => n + e.mappings.length, 0),
+      fds: entries.reduce((n, e) => n + e.fds.length, 0),
+      pageBytes: sink.bytesWritten,
       frozenMs,
       killed,
     };
   } catch (err) {
     if (err instanceof NoSuchProcess || err instanceof DumpError) throw err;
     // Whatever failed first (pagemap, /proc/PID/mem, an fd), the reason is that it ended.
-    if (!killed && !isRunning(pid)) {
-      throw new NoSuchProcess(pid, "it ended during the dump", { cause: err });
+    const gone = tree.find((f) => !isRunning(f.pid));
+    if (!killed && gone) {
+      throw new NoSuchProcess(gone.pid, "it ended during the dump", { cause: err });
     }
     throw explain(err, pid, "state");
   } finally {
+    release();
     unhook();
-    close(pidfd);
+    if (killed) { for (const f of tree) await waitGone(f.pid); }
   }
-  if (killed) await waitGone(pid);
-  return result;
 }

@@ -376,6 +376,14 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   const kind = fdKind(target, mode, rdev);
   const dev = BigInt(st.dev);
   const inode = BigInt(st.ino ?? kv.get("ino") ?? 0);
+  let fileId: number;
+  try {
+    fileId = files.idOf(pid, fd, dev, inode);
+  } catch (err) {
+    // The descriptor was closed while we looked at it: it is not there any more.
+    if (err instanceof SyscallError && err.errno === Errno.EBADF) return null;
+    throw err;
+  }
   return {
     pid,
     fd,
@@ -390,7 +398,7 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
     dev,
     rdev: BigInt(rdev),
     info: parseFdInfo(kind, infoText),
-    fileId: files.idOf(pid, fd, dev, inode),
+    fileId,
   };
 }
 

@@ -4,14 +4,15 @@
  * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
  * what it made: no half-restored process is left.
  */
-import { detach, kill, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
+import { detach, kill, type Regs, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
 import { ImageError, RestoreError } from "./errors.ts";
 import { handlerForEntry } from "./files/registry.ts";
 import { checksum } from "./image/checksum.ts";
 import { ImageReader } from "./image/mod.ts";
 import { Injector } from "./inject.ts";
-import { restoreFdTable } from "./parts/fdtable.ts";
-import { AddressSpaceBuilder } from "./parts/memory_restore.ts";
+import { releasePipes } from "./files/pipe.ts";
+import { restoreFdTable, type SharedFiles } from "./parts/fdtable.ts";
+import { AddressSpaceBuilder, type SharedObjects } from "./parts/memory_restore.ts";
 import { restorePosixTimers } from "./parts/posix_timers.ts";
 import { STAGING_SIZE } from "./parts/page_collector.ts";
 import {
@@ -26,8 +27,8 @@ import {
 import { cloneThread, finalRegs, restoreThreadState } from "./parts/threads.ts";
 import type { Policy } from "./policy.ts";
 import { RemoteMemory } from "./remote_memory.ts";
-import { PROCESS_META, type ProcessEntry } from "./schema.ts";
-import { Stub } from "./stub.ts";
+import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
+import { forkWithPid, Stub } from "./stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -39,8 +40,10 @@ export interface RestoreOptions {
 
 /** What a restore made. */
 export interface RestoreResult {
-  /** The restored process: the dumped pid. */
+  /** The restored process (the root of the tree): the dumped pid. */
   pid: number;
+  /** Every process restored, the root first. */
+  processes: number[];
   /** Threads restored. */
   threads: number;
   /** Bytes of page data written into it. */
@@ -158,117 +161,193 @@ function stagingBuffer(size: number): Uint8Array {
   return staging.subarray(0, size);
 }
 
+/** One process of the tree while it is being made. */
+interface Making {
+  entry: ProcessEntry;
+  pid: number;
+  mem: RemoteMemory;
+  inj: Injector;
+  asb?: AddressSpaceBuilder;
+  /** Injectors of its threads, once made. */
+  injectors?: Map<number, Injector>;
+  /** The registers each thread resumes with. */
+  regs?: Map<number, Regs>;
+}
+
+/** Reads the root entry and the entries of the rest of the tree, parents first. */
+async function readTree(reader: ImageReader): Promise<ProcessEntry[]> {
+  const root = await reader.readMeta<ProcessEntry>(PROCESS_META);
+  const entries = [root];
+  for (const t of root?.tree ?? []) {
+    entries.push(await reader.readMeta<ProcessEntry>(processMetaName(t.pid)));
+  }
+  return entries;
+}
+
+/** Memory, descriptors and process state of one process; threads are made but not resumed. */
+function build(
+  m: Making,
+  reader: ImageReader,
+  shares: { objects: SharedObjects; files: SharedFiles; scope: object },
+  stage: (name: string, p: ProcessEntry) => void,
+  progress: (bytes: number) => void,
+  made: number[],
+  warnings: string[],
+): number {
+  const { entry: p, inj, mem } = m;
+  stage("memory", p);
+  const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
+  asb.empty();
+  asb.moveSpecials();
+  asb.placeScratch();
+  asb.createObjects(shares.objects);
+  asb.createMappings();
+  const pageBytes = asb.fillPages(
+    reader,
+    stagingBuffer(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+    progress,
+  );
+  asb.finish();
+  asb.seal();
+
+  stage("files", p);
+  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope)();
+
+  stage("process", p);
+  restoreFsAndPersonality(inj, p);
+  restoreSigactions(inj, p.sigactions);
+  restoreItimers(inj, p.itimers);
+  restoreMm(inj, p);
+
+  stage("threads", p);
+  const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
+  for (const t of p.threads) if (t !== main) made.push(cloneThread(inj, t.tid));
+  const injectors = m.injectors = new Map(
+    p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(t.tid)]),
+  );
+  for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t);
+  // After the threads: a timer may notify one of them.
+  restorePosixTimers(inj, p.posixTimers ?? []);
+  for (const s of p.sharedPending) {
+    inj.call("rt_sigqueueinfo", m.pid, s.signo, inj.put(s.siginfo, 1024));
+  }
+  warnings.push(...restoreRlimits(inj, p.rlimits));
+  return pageBytes;
+}
+
+/** Last steps inside one process, once every process of the tree is built. */
+function seal(m: Making): void {
+  const { entry: p, inj } = m;
+  m.asb!.closeObjects();
+  restoreCreds(inj, p);
+  m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
+  const scratch = inj.scratchRange!;
+  inj.call("munmap", scratch.start, scratch.end - scratch.start);
+  inj.dropScratch();
+}
+
+/** Lets every thread of one process run from its dumped registers. */
+function resume(m: Making): void {
+  const p = m.entry;
+  for (const t of p.threads) {
+    setSigMask(t.tid, t.sigmask);
+    setRegs(t.tid, m.regs!.get(t.tid)!);
+  }
+  // A signal not blocked that arrived (or was queued) while we worked goes in on release.
+  for (const t of [...p.threads].reverse()) {
+    const sig = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP) ?? 0;
+    detach(t.tid, sig);
+  }
+  m.mem.close();
+}
+
 /**
- * Brings the process in image `dir` back: same pid and tids, running on from where it was
- * frozen. Returns once it runs; it lives on without the tool.
+ * Brings the processes in image `dir` back: the same pids and tids, each the child of the same
+ * parent, running on from where they were frozen. Returns once they run; they live on without
+ * the tool.
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   using reader = await ImageReader.open(dir);
-  const p = await reader.readMeta<ProcessEntry>(PROCESS_META);
-  await preflight(p);
+  const entries = await readTree(reader);
+  for (const p of entries) await preflight(p);
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
-    ? (m: string) => console.error(`[restore] ${m}`)
+    ? (msg: string) => console.error(`[restore] ${msg}`)
     : () => {};
-  const stage = (name: string) => {
-    debug(name);
+  const stage = (name: string, p: ProcessEntry) => {
+    debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
-  stage("preflight");
+  stage("preflight", entries[0]);
 
   const stub = await Stub.start();
-  let child = -1;
-  let asb: AddressSpaceBuilder | undefined;
-  let mem: RemoteMemory | undefined;
   const made: number[] = [];
+  const making: Making[] = [];
+  const shares = { objects: new Map(), files: new Map(), scope: {} } as {
+    objects: SharedObjects;
+    files: SharedFiles;
+    scope: object;
+  };
   const warnings: string[] = [];
   try {
-    child = stub.forkWithPid(p.pid);
-    made.push(child);
+    // Every process first, each forked by its parent so the tree is as it was; a session or
+    // group leader leads it again before its children are made, so they join it.
     const site = stub.injector.site;
+    for (const p of entries) {
+      const parent = making.find((m) => m.pid === p.ppid);
+      const pid = parent ? forkWithPid(parent.inj, p.pid) : stub.forkWithPid(p.pid);
+      made.push(pid);
+      const mem = new RemoteMemory(pid);
+      const m: Making = { entry: p, pid, mem, inj: new Injector(pid, pid, mem, site) };
+      making.push(m);
+      restoreSession(m.inj, p);
+    }
     stub.end();
-    mem = new RemoteMemory(child);
-    const inj = new Injector(child, child, mem, site);
 
-    stage("memory");
-    asb = new AddressSpaceBuilder(child, inj, p);
-    asb.empty();
-    debug("emptied");
-    asb.moveSpecials();
-    debug("specials moved");
-    asb.placeScratch();
-    asb.createObjects();
-    asb.createMappings();
-    debug("mappings made");
-    const total = p.extents.reduce((n, e) => n + e.length, 0);
-    const pageBytes = asb.fillPages(
-      reader,
-      stagingBuffer(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
-      (bytes) => opts.onProgress?.(bytes, total),
-    );
-    asb.finish();
-    asb.seal();
-
-    stage("files");
-    const releaseFiles = restoreFdTable(p, inj, mem, asb);
-    releaseFiles();
-    asb.closeObjects();
-
-    stage("process");
-    restoreFsAndPersonality(inj, p);
-    restoreSession(inj, p);
-    restoreSigactions(inj, p.sigactions);
-    restoreItimers(inj, p.itimers);
-    restoreMm(inj, p);
-
-    stage("threads");
-    const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
-    for (const t of p.threads) {
-      if (t === main) continue;
-      made.push(cloneThread(inj, t.tid));
+    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
+    let pageBytes = 0;
+    for (const m of making) {
+      const before = pageBytes;
+      pageBytes += build(
+        m,
+        reader,
+        shares,
+        stage,
+        (b) => opts.onProgress?.(before + b, total),
+        made,
+        warnings,
+      );
     }
-    const injectors = new Map(
-      p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(t.tid)]),
-    );
-    for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t);
-    // After the threads: a timer may notify one of them.
-    restorePosixTimers(inj, p.posixTimers ?? []);
-    for (const s of p.sharedPending) {
-      inj.call("rt_sigqueueinfo", child, s.signo, inj.put(s.siginfo, 1024));
-    }
-    warnings.push(...restoreRlimits(inj, p.rlimits));
-    restoreCreds(inj, p);
-    const regs = new Map(p.threads.map((t) => [t.tid, finalRegs(injectors.get(t.tid)!, t)]));
-    const scratch = inj.scratchRange!;
-    inj.call("munmap", scratch.start, scratch.end - scratch.start);
-    inj.dropScratch();
+    releasePipes(shares.scope);
+    for (const m of making) seal(m);
 
-    stage("resume");
-    for (const t of p.threads) {
-      setSigMask(t.tid, t.sigmask);
-      setRegs(t.tid, regs.get(t.tid)!);
-    }
-    // A signal not blocked that arrived (or was queued) while we worked goes in on release.
-    for (const t of [...p.threads].reverse()) {
-      const sig = injectors.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP) ?? 0;
-      detach(t.tid, sig);
-    }
-    mem.close();
-    return { pid: child, threads: p.threads.length, pageBytes, warnings };
+    stage("resume", entries[0]);
+    for (const m of [...making].reverse()) resume(m);
+    return {
+      pid: making[0].pid,
+      processes: making.map((m) => m.pid),
+      threads: entries.reduce((n, p) => n + p.threads.length, 0),
+      pageBytes,
+      warnings,
+    };
   } catch (err) {
+    releasePipes(shares.scope);
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
-    // zombie until we wait for it, and the leader cannot be reaped before its threads.
+    // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const tids = new Set(made);
-    if (child > 0) { for (const tid of taskIds(child)) tids.add(tid); }
+    for (const m of making) for (const tid of taskIds(m.pid)) tids.add(tid);
     for (const pid of [...made].reverse()) {
       try {
         kill(pid, SIG.SIGKILL);
       } catch { /* gone */ }
     }
     stub.end();
-    asb?.abort();
-    mem?.close();
-    for (const tid of [...tids].filter((t) => t !== child)) reap(tid);
-    if (child > 0) reap(child);
+    for (const m of making) {
+      m.asb?.abort();
+      m.mem.close();
+    }
+    const leaders = new Set(making.map((m) => m.pid));
+    for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
+    for (const m of [...making].reverse()) reap(m.pid);
     throw err;
   }
 }

@@ -4,8 +4,13 @@
  */
 import type { PageExtent } from "./image/mod.ts";
 
-/** Name of the metadata file holding the process entry. */
+/** Name of the metadata file holding the root process's entry. */
 export const PROCESS_META = "process";
+
+/** Name of the metadata file of another process of the tree. */
+export function processMetaName(pid: number): string {
+  return `process-${pid}`;
+}
 
 /** One range of page data: `length` bytes at `offset` inside extent number `extent`. */
 export interface PageRun {
@@ -58,6 +63,9 @@ export interface MappingEntry {
 export interface MemoryObjectEntry {
   /** Number by which mappings and files refer to it. */
   id: number;
+  /** Its identity across the processes of one image (device and inode): the same object
+   * in two processes is made once and shared at restore. */
+  key?: string;
   /** What the object is. */
   kind: "shmem" | "memfd" | "deleted-file";
   /** memfd name, or the deleted file's former path. */
@@ -226,6 +234,8 @@ export interface ProcessEntry {
   pid: number;
   /** Parent at dump time (for display: the restored process is reparented). */
   ppid: number;
+  /** The signal it gets when its parent dies (PR_SET_PDEATHSIG), 0 for none. */
+  pdeathsig?: number;
   /** Session and process group ids: a session or group leader leads them again. */
   sid: number;
   /** Process group id. */
@@ -281,4 +291,9 @@ export interface ProcessEntry {
   fds: FdEntry[];
   /** Where page data lives: each extent is one checksummed run of a page file. */
   extents: PageExtent[];
+  /**
+   * Root process only: the other processes of the dumped tree, each after its parent; each has
+   * its own entry in `process-PID.cbor`.
+   */
+  tree?: { pid: number; ppid: number }[];
 }

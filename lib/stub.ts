@@ -44,6 +44,28 @@ export function waitStopped(tid: number, what: string): void {
   if (st.exited || st.signaled) throw new RestoreError(`${what} (${tid}) ended unexpectedly`);
 }
 
+/**
+ * Makes the process running `inj` fork a child with exactly `pid` (clone3 with set_tid). The
+ * child is attached to us (PTRACE_O_TRACEFORK) and stopped, a copy of its parent.
+ */
+export function forkWithPid(inj: Injector, pid: number): number {
+  const tids = new Int32Array([pid]);
+  const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
+  const args = encodeCloneArgs({
+    flags: 0n,
+    exitSignal: SIG.SIGCHLD,
+    setTid: tidAddr,
+    setTidSize: 1,
+  });
+  const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
+  if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`pid ${pid} is in use`);
+  if (r < 0n) throw new SyscallError(`clone3 in ${inj.pid}`, [pid], Number(-r));
+  const fork = inj.events.findLast((e) => e.event === PTRACE_EVENT.FORK);
+  const child = fork ? Number(fork.message) : Number(r);
+  waitStopped(child, "restored process");
+  return child;
+}
+
 /** A seized stub, ready to fork the process that becomes the restored one. */
 export class Stub {
   #ended = false;
@@ -75,22 +97,7 @@ export class Stub {
    * stopped; it is a copy of the stub until the restorer empties it.
    */
   forkWithPid(pid: number): number {
-    const inj = this.injector;
-    const tids = new Int32Array([pid]);
-    const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
-    const args = encodeCloneArgs({
-      flags: 0n,
-      exitSignal: SIG.SIGCHLD,
-      setTid: tidAddr,
-      setTidSize: 1,
-    });
-    const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
-    if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`pid ${pid} is in use`);
-    if (r < 0n) throw new SyscallError(`clone3 in stub ${this.pid}`, [pid], Number(-r));
-    const fork = inj.events.find((e) => e.event === PTRACE_EVENT.FORK);
-    const child = fork ? Number(fork.message) : Number(r);
-    waitStopped(child, "restored process");
-    return child;
+    return forkWithPid(this.injector, pid);
   }
 
   /** Ends the stub. Its child, if any, is reparented and stays traced by us. */

@@ -250,6 +250,7 @@ Deno.test("cli: dump --json has a stable shape and a --policy file is loaded", a
       "mappings",
       "pageBytes",
       "pid",
+      "processes",
       "threads",
     ]);
     assert.equal(j.pid, t.pid);

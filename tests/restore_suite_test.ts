@@ -75,6 +75,7 @@ export const restoreCases: RestoreCase[] = [
   },
   { name: "r_flock" },
   { name: "r_posix_timer" },
+  { name: "r_tree" },
 ];
 
 /** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */

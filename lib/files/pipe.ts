@@ -94,11 +94,12 @@ export function peekPipe(pid: number, n: number): { data: Uint8Array; size: numb
 }
 
 // Pipes whose data is already in the image, per dump context.
-const dumped = new WeakMap<FileDumpContext, Set<bigint>>();
+const dumped = new WeakMap<object, Set<bigint>>();
 
 function takeData(ctx: FileDumpContext, inode: bigint): boolean {
-  let seen = dumped.get(ctx);
-  if (!seen) dumped.set(ctx, seen = new Set());
+  const scope = ctx.scope ?? ctx;
+  let seen = dumped.get(scope);
+  if (!seen) dumped.set(scope, seen = new Set());
   if (seen.has(inode)) return false;
   seen.add(inode);
   return true;
@@ -111,11 +112,12 @@ interface PipeState {
   closed: boolean;
 }
 
-const restoring = new WeakMap<FileRestoreContext, Map<string, PipeState>>();
+const restoring = new WeakMap<object, Map<string, PipeState>>();
 
 function stateOf(ctx: FileRestoreContext): Map<string, PipeState> {
-  let m = restoring.get(ctx);
-  if (!m) restoring.set(ctx, m = new Map());
+  const scope = ctx.scope ?? ctx;
+  let m = restoring.get(scope);
+  if (!m) restoring.set(scope, m = new Map());
   return m;
 }
 
@@ -130,9 +132,10 @@ function closeState(st: PipeState): void {
  * Closes every pipe or FIFO end the tool still holds for `ctx` (finish() does it per pipe; this
  * is for a restore that stops early).
  */
-export function releasePipes(ctx: FileRestoreContext): void {
-  for (const st of restoring.get(ctx)?.values() ?? []) closeState(st);
-  restoring.delete(ctx);
+export function releasePipes(ctx: FileRestoreContext | object): void {
+  const scope = (ctx as FileRestoreContext).scope ?? ctx;
+  for (const st of restoring.get(scope)?.values() ?? []) closeState(st);
+  restoring.delete(scope);
 }
 
 /** Sets the status flags the original had (O_NONBLOCK …) on a target fd. */
@@ -211,6 +214,8 @@ export const pipeHandler: FileHandler<PipeEntry> = {
   },
   open: openPipe,
   finish(e: PipeEntry, _fd: number, ctx: FileRestoreContext): void {
+    // Within a tree another process may still need the other end: the scope releases it.
+    if (ctx.scope) return;
     const st = stateOf(ctx).get(`pipe:${e.pipe}`);
     if (st) closeState(st);
   },
@@ -261,6 +266,7 @@ export const fifoHandler: FileHandler<FifoEntry> = {
   },
   open: openFifo,
   finish(e: FifoEntry, _fd: number, ctx: FileRestoreContext): void {
+    if (ctx.scope) return; // released with the scope, once every process has its end
     const st = stateOf(ctx).get(`fifo:${e.path}`);
     if (st) closeState(st);
   },

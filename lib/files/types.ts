@@ -17,6 +17,8 @@ export interface FileDumpContext {
   readonly pidfd: number;
   /** Stores the contents of a memfd or deleted file once; returns the memory object id. */
   storeObject(fd: Fd): number;
+  /** Shared by every process of one dump, for state that spans processes (a pipe's data). */
+  readonly scope?: object;
 }
 
 /** What a handler may use while restoring, inside the process being made. */
@@ -37,6 +39,11 @@ export interface FileRestoreContext {
   fdOfFile(id: number): number;
   /** Target fd numbers as they will be once every descriptor is in place (for epoll). */
   readonly finalFds: ReadonlyMap<number, number>;
+  /**
+   * Shared by every process of one restore, for state that spans processes (a pipe whose ends
+   * are in two processes); what a handler keeps there is released once the whole tree is made.
+   */
+  readonly scope?: object;
 }
 
 /** Dump and restore of one kind of open file. */

@@ -4,7 +4,7 @@
  */
 import { close, O, pidfdOpen } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import { assignFileIds, type Fd } from "../fds.ts";
+import { assignFileIds, type Fd, FileTable } from "../fds.ts";
 import { releasePipes } from "../files/pipe.ts";
 import { handlerForEntry, handlerForFd } from "../files/registry.ts";
 import type { RegularEntry } from "../files/regular.ts";
@@ -13,7 +13,10 @@ import { type Injector, SCRATCH_SIZE } from "../inject.ts";
 import type { Policy } from "../policy.ts";
 import type { RemoteMemory } from "../remote_memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../schema.ts";
-import type { AddressSpaceBuilder } from "./memory_restore.ts";
+import { type AddressSpaceBuilder, takeFd } from "./memory_restore.ts";
+
+/** Open files already restored in a process of the tree, by file id: where to take them from. */
+export type SharedFiles = Map<number, { pid: number; fd: number }>;
 
 const F_DUPFD = 0;
 const O_CLOEXEC = 0o2000000;
@@ -41,10 +44,14 @@ function reopenEntry(fd: Fd, path: string): RegularEntry {
 }
 
 /** Dumps every descriptor of the frozen process, asking the policy about each. */
-export async function dumpFdTable(ctx: FileDumpContext, policy: Policy): Promise<FdTableDump> {
+export async function dumpFdTable(
+  ctx: FileDumpContext,
+  policy: Policy,
+  table: FileTable = new FileTable(),
+): Promise<FdTableDump> {
   const files = new Map<number, FileEntry>();
   const fds: FdEntry[] = [];
-  for (const fd of assignFileIds([ctx.pid])) {
+  for (const fd of assignFileIds([ctx.pid], table)) {
     const decision = (await policy.fd?.(fd)) ?? "dump";
     if (decision === "skip") continue;
     if (!files.has(fd.fileId)) {
@@ -84,6 +91,8 @@ export function restoreFdTable(
   inj: Injector,
   mem: RemoteMemory,
   asb: AddressSpaceBuilder,
+  shared: SharedFiles = new Map(),
+  scope?: object,
 ): () => void {
   const put = scratchAllocator(inj);
   const pidfd = pidfdOpen(inj.pid);
@@ -103,9 +112,10 @@ export function restoreFdTable(
       return fd;
     },
     finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
+    scope,
   };
   const cleanup = () => {
-    releasePipes(ctx);
+    if (!scope) releasePipes(ctx); // else the whole tree's restore releases them at its end
     close(pidfd);
   };
   try {
@@ -113,9 +123,14 @@ export function restoreFdTable(
     const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
     asb.relocateObjectFds(high + p.files.length);
     const temp = new Map<number, number>();
+    const taken = new Set<number>();
     for (const f of p.files) {
       if (!firstFd.has(f.id)) continue;
-      const fd = handlerForEntry(f)!.open(f, ctx);
+      // An open file another process of the tree already has (shared since a fork): the same
+      // open file, not a second one.
+      const owner = shared.get(f.id);
+      if (owner) taken.add(f.id);
+      const fd = owner ? takeFd(inj, owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
       const moved = Number(inj.call("fcntl", fd, F_DUPFD, high));
       inj.call("close", fd);
       temp.set(f.id, moved);
@@ -126,7 +141,9 @@ export function restoreFdTable(
     for (const fd of temp.values()) inj.call("close", fd);
     for (const f of p.files) {
       const fd = firstFd.get(f.id);
-      if (fd !== undefined) handlerForEntry(f)!.finish?.(f, fd, ctx);
+      if (fd === undefined || taken.has(f.id)) continue;
+      handlerForEntry(f)!.finish?.(f, fd, ctx);
+      shared.set(f.id, { pid: inj.pid, fd });
     }
   } catch (err) {
     cleanup();

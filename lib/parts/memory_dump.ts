@@ -28,7 +28,7 @@ export class MemoryObjects {
   object(key: string, make: () => Omit<MemoryObjectEntry, "id" | "pages">): MemoryObjectEntry {
     let entry = this.#byKey.get(key);
     if (!entry) {
-      entry = { id: this.entries.length, pages: [], ...make() };
+      entry = { id: this.entries.length, key, pages: [], ...make() };
       this.entries.push(entry);
       this.#byKey.set(key, entry);
     }

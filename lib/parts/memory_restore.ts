@@ -58,6 +58,22 @@ class GapAllocator {
   }
 }
 
+/** Memory objects already made by a process of the tree being restored, by key. */
+export type SharedObjects = Map<string, { pid: number; builder: AddressSpaceBuilder; id: number }>;
+
+/**
+ * A duplicate, in the process `inj` runs in, of descriptor `fd` of process `pid`: the same open
+ * file (pidfd_getfd), as a fork would have shared it.
+ */
+export function takeFd(inj: Injector, pid: number, fd: number): number {
+  const pidfd = inj.call("pidfd_open", pid, 0);
+  try {
+    return Number(inj.call("pidfd_getfd", pidfd, fd, 0));
+  } finally {
+    inj.call("close", pidfd);
+  }
+}
+
 /** Builds the dumped address space inside a process made from the stub. */
 export class AddressSpaceBuilder {
   readonly #gaps: GapAllocator;
@@ -165,9 +181,19 @@ export class AddressSpaceBuilder {
     return Number(this.inj.call("openat", -100, this.#putString(path), flags, 0));
   }
 
-  /** Makes every stored memory object inside the target (contents are filled later). */
-  createObjects(): void {
+  /**
+   * Makes every stored memory object inside the target (contents are filled later). An object
+   * another process of the tree already made (`shared`, by key) is taken from it instead, so
+   * both map the very same memory.
+   */
+  createObjects(shared?: SharedObjects): void {
     for (const obj of this.image.objects) {
+      const owner = obj.key ? shared?.get(obj.key) : undefined;
+      if (owner) {
+        this.#objectFds.set(obj.id, takeFd(this.inj, owner.pid, owner.builder.objectFd(owner.id)));
+        continue;
+      }
+      if (obj.key) shared?.set(obj.key, { pid: this.pid, builder: this, id: obj.id });
       if (obj.kind === "shmem") {
         const size = BigInt(Math.max(obj.size, 4096) + 4095 & ~4095);
         const at = this.#gaps.take(size);
@@ -323,7 +349,8 @@ export class AddressSpaceBuilder {
       }
       for (const { run, object } of runs) {
         if (object === undefined) continue;
-        const fd = this.#objectWriters.get(object)!;
+        const fd = this.#objectWriters.get(object);
+        if (fd === undefined) continue; // made by another process of the tree, filled there
         pwrite(fd, data.subarray(run.offset, run.offset + run.length), run.start);
       }
       bytes += extent.length;

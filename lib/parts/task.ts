@@ -85,9 +85,13 @@ export async function dumpTask(
     }
   } catch { /* a kernel thread or an unreadable exe: restore without an exe link */ }
   const brk = inj.call("brk", 0);
+  // prctl(PR_GET_PDEATHSIG, &sig): the signal it gets when its parent dies.
+  inj.call("prctl", 2, inj.scratch());
+  const pdeathsig = new DataView(inj.get(0, 4).slice().buffer).getInt32(0, true);
   return {
     pid,
     ppid: stat.ppid,
+    pdeathsig,
     sid: stat.session,
     pgid: stat.pgrp,
     comm: stat.comm,
@@ -250,8 +254,9 @@ function sameFile(a: string, b: string): boolean {
   }
 }
 
-/** cwd, root, umask, personality. */
+/** cwd, root, umask, personality, parent-death signal. */
 export function restoreFsAndPersonality(inj: Injector, entry: ProcessEntry): void {
+  if (entry.pdeathsig) inj.call("prctl", 1, /* PR_SET_PDEATHSIG */ entry.pdeathsig);
   const path = (p: string) => inj.put(new TextEncoder().encode(p + "\0"), 0);
   if (entry.root !== "/") inj.call("chroot", path(entry.root));
   inj.call("chdir", path(entry.cwd));
