@@ -83,11 +83,11 @@ async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
   }
 }
 
-/** The live children of `pid` (zombies have nothing to dump). */
+/** The live children of `pid` (zombies have nothing to dump; the tool never dumps itself). */
 function childrenOf(pid: number): number[] {
   const out: number[] = [];
   for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
+    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
     try {
       const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
       const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -195,6 +195,7 @@ async function dumpProcess(
  * ended once the image is complete; with `leaveRunning` they run on unharmed.
  */
 export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<CheckpointResult> {
+  if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
   const policy = opts.policy ?? {};
   await policy.beforeFreeze?.(await Process.open(pid));
   await using writer = await ImageWriter.create(opts.dir);
