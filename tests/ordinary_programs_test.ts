@@ -23,3 +23,306 @@ Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", a
     Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
   }
 });
+
+// ---- Real runtimes and tools: each is dumped mid-work (and ended), restored, and must go on ----
+
+/** Whether `cmd` is on PATH. */
+function have(cmd: string): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      if (Deno.statSync(`${dir}/${cmd}`).isFile) return true;
+    } catch { /* not here */ }
+  }
+  return false;
+}
+
+/** A scratch directory for one test, removed at the end. */
+function scratch(): { dir: string; img: string; [Symbol.dispose](): void } {
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-ord-" });
+  return {
+    dir,
+    img: `${dir}/img`,
+    [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }),
+  };
+}
+
+/** Dumps `pid` (which ends it), makes sure it is gone, restores it: the same pid runs again. */
+async function dumpAndRestore(pid: number, img: string): Promise<void> {
+  await checkpoint(pid, { dir: img });
+  await killAndReap(pid);
+  const r = await restore(img);
+  assert.equal(r.pid, pid);
+  assert.ok(isAlive(pid));
+}
+
+/** Waits until `pid` has exited (reaping it when it is ours). */
+async function waitExit(pid: number, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (isAlive(pid)) {
+    if (Date.now() > deadline) throw new Error(`pid ${pid} still runs after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await killAndReap(pid);
+}
+
+/** `n` lines of text that sort and compress like ordinary data (same every run). */
+function textLines(n: number): Uint8Array {
+  let x = 12345;
+  const rnd = () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0);
+  const words = Array.from({ length: 4096 }, () => (rnd() >>> 8).toString(36).padStart(5, "q"));
+  const lines: string[] = [];
+  for (let i = 0; i < n; i++) lines.push(`${words[rnd() & 4095]} ${rnd() % 1000000} ${i}\n`);
+  return new TextEncoder().encode(lines.join(""));
+}
+
+/** Lines of `text` matching `re`, as numbers from the first group. */
+function numbers(text: string, re: RegExp): number[] {
+  return [...text.matchAll(re)].map((m) => Number(m[1]));
+}
+
+Deno.test({
+  name: "java (source launcher, thread pool, HashMap, a socketpair half) counts on",
+  ignore: !have("java"),
+  async fn() {
+    using s = scratch();
+    Deno.writeTextFileSync(
+      `${s.dir}/Counter.java`,
+      `import java.util.*;
+import java.util.concurrent.*;
+import java.util.concurrent.atomic.*;
+public class Counter {
+  public static void main(String[] a) throws Exception {
+    Map<Integer, String> map = new HashMap<>();
+    AtomicLong n = new AtomicLong();
+    ScheduledExecutorService pool = Executors.newScheduledThreadPool(4);
+    pool.scheduleWithFixedDelay(() -> {
+      long i = n.incrementAndGet();
+      synchronized (map) {
+        map.put((int) i, "v" + i);
+        boolean ok = true;
+        for (int k = 1; k <= i; k++) ok &= map.get(k).equals("v" + k);
+        System.out.println("tick " + i + " size " + map.size() + " " + (ok ? "ok" : "BAD"));
+      }
+    }, 0, 50, TimeUnit.MILLISECONDS);
+    Thread.sleep(Long.MAX_VALUE);
+  }
+}
+`,
+    );
+    const t = await spawnTarget("java", ["-Xmx64m", "-Xshare:auto", "Counter.java"], {
+      cwd: s.dir,
+      ready: /^tick 5 /m,
+    });
+    try {
+      // The source launcher's NIO keeps a UNIX socketpair half whose peer is closed.
+      const fds = [...Deno.readDirSync(`/proc/${t.pid}/fd`)].map((e) =>
+        Deno.readLinkSync(`/proc/${t.pid}/fd/${e.name}`)
+      );
+      assert.ok(fds.some((f) => f.startsWith("socket:")), fds.join(" "));
+      await dumpAndRestore(t.pid, s.img);
+      const last = Math.max(...numbers(t.output(), /^tick (\d+) /gm));
+      await t.waitFor(new RegExp(`^tick ${last + 5} size ${last + 5} ok$`, "m"));
+      const ticks = numbers(t.output(), /^tick (\d+) /gm);
+      assert.deepEqual(ticks, ticks.map((_, i) => i + 1));
+      assert.ok(!t.output().includes("BAD"));
+    } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test("python3 threads with a queue go on where they were", async () => {
+  using s = scratch();
+  Deno.writeTextFileSync(
+    `${s.dir}/q.py`,
+    `import threading, queue, time
+q = queue.Queue()
+def producer():
+    i = 0
+    while True:
+        i += 1
+        q.put(i)
+        time.sleep(0.02)
+def consumer(name):
+    while True:
+        print(name, q.get(), flush=True)
+threading.Thread(target=producer, daemon=True).start()
+for n in "ab":
+    threading.Thread(target=consumer, args=(n,), daemon=True).start()
+while True:
+    time.sleep(1)
+`,
+  );
+  const t = await spawnTarget("python3", ["q.py"], { cwd: s.dir, ready: /^[ab] 10$/m });
+  try {
+    await dumpAndRestore(t.pid, s.img);
+    const last = Math.max(...numbers(t.output(), /^[ab] (\d+)$/gm));
+    await t.waitFor(new RegExp(`^[ab] ${last + 10}$`, "m"));
+    const got = numbers(t.output(), /^[ab] (\d+)$/gm).sort((x, y) => x - y);
+    assert.deepEqual(got.slice(0, last + 10), got.slice(0, last + 10).map((_, i) => i + 1));
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test({
+  name: "node with a worker thread goes on passing messages",
+  ignore: !have("node"),
+  async fn() {
+    using s = scratch();
+    Deno.writeTextFileSync(
+      `${s.dir}/w.js`,
+      `const { Worker, isMainThread, parentPort } = require("node:worker_threads");
+if (isMainThread) {
+  let last = 0;
+  new Worker(__filename).on("message", (m) => {
+    console.log(m === last + 1 ? "got" : "BAD", m);
+    last = m;
+  });
+} else {
+  let i = 0;
+  setInterval(() => parentPort.postMessage(++i), 50);
+}
+`,
+    );
+    const t = await spawnTarget("node", ["w.js"], { cwd: s.dir, ready: /^got 5$/m });
+    try {
+      await dumpAndRestore(t.pid, s.img);
+      const last = Math.max(...numbers(t.output(), /^got (\d+)$/gm));
+      await t.waitFor(new RegExp(`^got ${last + 5}$`, "m"));
+      assert.ok(!t.output().includes("BAD"), t.output());
+    } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test("`tail -f` (inotify, waiting in poll) follows the file after a restore", async () => {
+  using s = scratch();
+  const file = `${s.dir}/log`;
+  Deno.writeTextFileSync(file, "one\n");
+  const t = await spawnTarget("tail", ["-f", file], { ready: /^one$/m });
+  try {
+    Deno.writeTextFileSync(file, "two\n", { append: true });
+    await t.waitFor(/^two$/m);
+    // Let it settle in poll(): cut short there, it must be made again, not fail with EINTR.
+    await new Promise((r) => setTimeout(r, 100));
+    await dumpAndRestore(t.pid, s.img);
+    Deno.writeTextFileSync(file, "three\n", { append: true });
+    await t.waitFor(/^three$/m);
+    assert.ok(isAlive(t.pid), t.output());
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test("`sort` dumped mid-way writes the same sorted output", async () => {
+  using s = scratch();
+  Deno.writeFileSync(`${s.dir}/in`, textLines(700_000));
+  const env = { LC_ALL: "C", TMPDIR: s.dir };
+  const ref = await new Deno.Command("sort", { args: [`${s.dir}/in`], env, stdout: "piped" })
+    .output();
+  const t = await spawnTarget("sort", ["-S", "2M", `${s.dir}/in`, "-o", `${s.dir}/out`], { env });
+  try {
+    await new Promise((r) => setTimeout(r, 150));
+    await dumpAndRestore(t.pid, s.img);
+    await waitExit(t.pid);
+    assert.equal(t.output(), "");
+    assert.ok(ref.stdout.length > 0);
+    assert.deepEqual(Deno.readFileSync(`${s.dir}/out`), ref.stdout);
+  } finally {
+    await t.kill();
+  }
+});
+
+Deno.test({
+  name: "`xz -T2` (two compressing threads) dumped mid-way writes a stream that decompresses",
+  ignore: !have("xz"),
+  async fn() {
+    using s = scratch();
+    const input = textLines(600_000);
+    Deno.writeFileSync(`${s.dir}/in`, input);
+    const t = await spawnTarget("sh", [
+      "-c",
+      `exec xz -T2 -2 --block-size=1MiB -c '${s.dir}/in' > '${s.dir}/in.xz'`,
+    ]);
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(Deno.readLinkSync(`/proc/${t.pid}/exe`), "/usr/bin/xz");
+      await dumpAndRestore(t.pid, s.img);
+      await waitExit(t.pid);
+      assert.equal(t.output(), "");
+      const un = await new Deno.Command("xz", { args: ["-dc", `${s.dir}/in.xz`], stdout: "piped" })
+        .output();
+      assert.ok(un.success);
+      assert.equal(un.stdout.length, input.length);
+      assert.deepEqual(un.stdout, input);
+    } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test({
+  name: "`sqlite3` dumped mid-insert (WAL: shared -shm mapping, POSIX locks) commits it all",
+  ignore: !have("sqlite3"),
+  async fn() {
+    using s = scratch();
+    Deno.writeTextFileSync(
+      `${s.dir}/q.sql`,
+      `PRAGMA journal_mode=WAL;
+CREATE TABLE t(x INTEGER, y TEXT);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<600000)
+  INSERT INTO t SELECT i, hex(randomblob(8)) FROM c;
+CREATE INDEX ty ON t(y);
+SELECT count(*), sum(x) FROM t;
+`,
+    );
+    const t = await spawnTarget("sqlite3", ["t.db", ".read q.sql"], { cwd: s.dir });
+    try {
+      await new Promise((r) => setTimeout(r, 250));
+      assert.ok(isAlive(t.pid));
+      await dumpAndRestore(t.pid, s.img);
+      await waitExit(t.pid);
+      assert.equal(t.output(), "wal\n600000|180000300000\n");
+      const check = await new Deno.Command("sqlite3", {
+        args: [`${s.dir}/t.db`, "PRAGMA integrity_check; SELECT count(*) FROM t;"],
+        stdout: "piped",
+      }).output();
+      assert.equal(new TextDecoder().decode(check.stdout), "ok\n600000\n");
+    } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test("a UNIX socketpair half whose peer was closed comes back at EOF, writes failing", async () => {
+  using s = scratch();
+  Deno.writeTextFileSync(
+    `${s.dir}/sp.py`,
+    `import socket, signal, time
+a, b = socket.socketpair()
+b.close()
+def check(*_):
+    got = a.recv(10)
+    try:
+        a.send(b"x")
+        w = "sent"
+    except BrokenPipeError:
+        w = "EPIPE"
+    print("recv", got, w, flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+`,
+  );
+  const t = await spawnTarget("python3", ["sp.py"], { cwd: s.dir, ready: /^ready$/m });
+  try {
+    await dumpAndRestore(t.pid, s.img);
+    Deno.kill(t.pid, "SIGUSR1");
+    await t.waitFor(/^recv b'' EPIPE$/m);
+  } finally {
+    await t.kill();
+  }
+});

@@ -20,7 +20,9 @@
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
  * connected or connecting TCP sockets (any state but LISTEN and CLOSE), connected UNIX stream and
- * seqpacket sockets and socketpairs, UNIX datagram sockets connected to an unnamed peer
+ * seqpacket sockets and socketpairs (but an unbound one whose peer was closed everywhere, with
+ * nothing queued, comes back as a socketpair with one end closed again: sock_diag shows such a
+ * socket with peer inode 0 and a full shutdown; the JVM holds one), UNIX datagram sockets connected to an unnamed peer
  * (socketpairs) or with datagrams queued, listeners with connections waiting in their accept
  * queue (they would be lost, as CRIU refuses them too), inet protocols other than TCP and UDP
  * (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …).
@@ -62,8 +64,9 @@ export interface SocketEntry extends FileEntry {
   /** SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 (SOCK_NONBLOCK comes from `flags`). */
   type: number;
   protocol: number;
-  /** "connected" only for a datagram socket connect()ed to a named address. */
-  state: "listening" | "unconnected" | "connected";
+  /** "connected" only for a datagram socket connect()ed to a named address; "peer-closed" for an
+   * unbound UNIX stream/seqpacket socket whose peer was closed (a socketpair half). */
+  state: "listening" | "unconnected" | "connected" | "peer-closed";
   /** The raw sockaddr getsockname gave; null when unbound. */
   address: Uint8Array | null;
   /** The raw sockaddr of a connected datagram socket's peer. */
@@ -103,6 +106,7 @@ const NR = {
   listen: 50,
   getsockname: 51,
   getpeername: 52,
+  socketpair: 53,
   setsockopt: 54,
   getsockopt: 55,
   ioctl: 16,
@@ -316,11 +320,22 @@ function protocolName(family: number, type: number, protocol: number): string {
 const NETLINK_SOCK_DIAG = 4, AF_NETLINK = 16, SOCK_DIAG_BY_FAMILY = 20, NLMSG_ERROR = 2;
 const UDIAG_SHOW_RQLEN = 0x10, UNIX_DIAG_RQLEN = 4, MSG_DONTWAIT = 0x40;
 
-/**
- * The accept queue (length, maximum) of a listening UNIX socket, asked of sock_diag by inode in
- * the tool's network namespace; null when it does not find it.
- */
-export function unixListenQueue(inode: bigint): { queued: number; max: number } | null {
+/** What sock_diag reports of one UNIX socket (in the tool's network namespace). */
+interface UnixDiag {
+  /** Receive queue: the accept queue's length of a listener, else bytes queued to read. */
+  rqueue: number;
+  /** Send queue: the accept queue's maximum of a listener, else bytes not yet read by the peer. */
+  wqueue: number;
+  /** The peer's inode (0: the peer was closed); null when not connected. */
+  peer: number | null;
+  /** sk_shutdown: RCV 1, SEND 2. */
+  shutdown: number;
+}
+
+const UNIX_DIAG_PEER = 2, UNIX_DIAG_SHUTDOWN = 6, UDIAG_SHOW_PEER = 0x4;
+
+/** sock_diag's view of the UNIX socket with this inode; null when it does not find it. */
+function unixDiag(inode: bigint): UnixDiag | null {
   const s = local(NR.socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   if (s < 0) return null;
   try {
@@ -333,7 +348,7 @@ export function unixListenQueue(inode: bigint): { queued: number; max: number } 
     req[16] = AF_UNIX;
     v.setUint32(20, 0xffffffff, true); // udiag_states: any
     v.setUint32(24, Number(inode & 0xffffffffn), true);
-    v.setUint32(28, UDIAG_SHOW_RQLEN, true);
+    v.setUint32(28, UDIAG_SHOW_RQLEN | UDIAG_SHOW_PEER, true);
     v.setUint32(32, 0xffffffff, true); // no cookie
     v.setUint32(36, 0xffffffff, true);
     if (local(NR.sendto, s, addressOf(req), req.length, 0, 0, 0) < 0) return null;
@@ -343,19 +358,37 @@ export function unixListenQueue(inode: bigint): { queued: number; max: number } 
     const r = new DataView(buf.buffer, 0, n);
     if (r.getUint16(4, true) === NLMSG_ERROR) return null;
     if (r.getUint32(20, true) !== Number(inode & 0xffffffffn)) return null;
+    const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0 };
+    let haveQueue = false;
     const end = Math.min(n, r.getUint32(0, true));
     for (let at = 32; at + 4 <= end;) {
       const len = r.getUint16(at, true);
       if (len < 4) break;
-      if (r.getUint16(at + 2, true) === UNIX_DIAG_RQLEN && len >= 12) {
-        return { queued: r.getUint32(at + 4, true), max: r.getUint32(at + 8, true) };
+      const type = r.getUint16(at + 2, true);
+      if (type === UNIX_DIAG_RQLEN && len >= 12) {
+        out.rqueue = r.getUint32(at + 4, true);
+        out.wqueue = r.getUint32(at + 8, true);
+        haveQueue = true;
+      } else if (type === UNIX_DIAG_PEER && len >= 8) {
+        out.peer = r.getUint32(at + 4, true);
+      } else if (type === UNIX_DIAG_SHUTDOWN && len >= 5) {
+        out.shutdown = r.getUint8(at + 4);
       }
       at += (len + 3) & ~3;
     }
-    return null;
+    return haveQueue ? out : null;
   } finally {
     local(NR.close, s);
   }
+}
+
+/**
+ * The accept queue (length, maximum) of a listening UNIX socket, asked of sock_diag by inode in
+ * the tool's network namespace; null when it does not find it.
+ */
+export function unixListenQueue(inode: bigint): { queued: number; max: number } | null {
+  const d = unixDiag(inode);
+  return d ? { queued: d.rqueue, max: d.wqueue } : null;
 }
 
 function somaxconn(): number {
@@ -431,6 +464,7 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
       ? "an unnamed peer (a socketpair, or a client that did not bind)"
       : formatAddress(p);
 
+  let peerClosed = false;
   let backlog = 0;
   let backlogSource: SocketEntry["backlogSource"] = "none";
   if (protocol === IPPROTO_TCP && inet) {
@@ -457,7 +491,18 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
       }
     }
   } else if (family === AF_UNIX) {
-    if (peer && (type !== SOCK_DGRAM || peer.length <= 2)) {
+    if (peer && type !== SOCK_DGRAM && peer.length <= 2 && !address) {
+      // A socketpair whose other end was closed everywhere (the JVM keeps one as the fd it dup2s
+      // over descriptors being closed): sock_diag shows a peer with no inode and a full shutdown.
+      const d = unixDiag(fd.inode);
+      if (d && d.peer === 0 && d.shutdown === 3) {
+        if (d.rqueue > 0) {
+          refuse(fd, what, `whose peer was closed, with ${d.rqueue} bytes queued to read`);
+        }
+        peerClosed = true;
+      }
+    }
+    if (peer && !peerClosed && (type !== SOCK_DGRAM || peer.length <= 2)) {
       refuse(fd, what, `connected to ${peerText(peer)}, ${at}`);
     }
     if (listening) {
@@ -493,12 +538,18 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
     options.push({ name: o.name, level: o.level, option: o.option, value });
   }
 
-  const state = listening ? "listening" : peer ? "connected" : "unconnected";
+  const state = listening
+    ? "listening"
+    : peerClosed
+    ? "peer-closed"
+    : peer
+    ? "connected"
+    : "unconnected";
   let cwd = "/";
   try {
     cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
   } catch { /* only needed for relative UNIX paths */ }
-  const to = peer ? ` to ${formatAddress(peer)}` : "";
+  const to = peer && !peerClosed ? ` to ${formatAddress(peer)}` : "";
   return {
     id: fd.fileId,
     kind: "socket",
@@ -508,7 +559,7 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
     protocol,
     state,
     address,
-    peer,
+    peer: peerClosed ? null : peer,
     backlog,
     backlogSource,
     cwd,
@@ -611,9 +662,20 @@ function setOption(ctx: FileRestoreContext, fd: number, o: SocketOption): void {
   injectRaw(ctx, `setsockopt(${o.name})`, NR.setsockopt, fd, o.level, o.option, addr, value.length);
 }
 
+/** A socketpair of which one end is closed again: a socket whose peer is gone. */
+function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
+  const sv = ctx.put(new Uint8Array(8));
+  injectRaw(ctx, "socketpair", NR.socketpair, e.family, type, e.protocol, sv);
+  const [fd, other] = new Int32Array(ctx.memory.read(sv, 8).buffer);
+  injectClose(ctx, other);
+  return fd;
+}
+
 function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const type = e.type | (e.flags & O.NONBLOCK ? SOCK_NONBLOCK : 0);
-  const fd = Number(injectRaw(ctx, "socket", NR.socket, e.family, type, e.protocol));
+  const fd = e.state === "peer-closed"
+    ? openPeerClosed(e, ctx, type)
+    : Number(injectRaw(ctx, "socket", NR.socket, e.family, type, e.protocol));
   try {
     for (const o of e.options) setOption(ctx, fd, o);
     if (e.address) {

@@ -36,6 +36,7 @@ const ERESTART_RESTARTBLOCK = -516n;
 const TIMER_ABSTIME = 1n;
 const NR_NANOSLEEP = 35n;
 const NR_CLOCK_NANOSLEEP = 230n;
+const NR_POLL = 7n;
 
 /** Reads a `struct timespec` from the target, in nanoseconds. */
 function readTimespecNs(inj: Injector, addr: bigint): bigint {
@@ -193,12 +194,22 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
  * The registers a thread resumes with. Each thread is left stopped inside the kernel's signal
  * path, so a syscall cut short by the freeze (-ERESTARTSYS and friends) is restarted by the kernel
  * itself on resume, or turned into EINTR if a handler runs first, exactly as it would have been.
- * Only a restart through `restart_syscall` needs care: its restart block must be made anew.
+ * Only a restart through `restart_syscall` needs care: its restart block must be made anew
+ * (a relative sleep), the call is made again (poll) or, as CRIU does, the program sees EINTR.
  */
 export function finalRegs(inj: Injector, t: ThreadEntry): Regs {
   const regs = { ...t.regs } as Regs;
   const inSyscall = BigInt.asIntN(64, regs.orig_rax) >= 0n;
   if (inSyscall && BigInt.asIntN(64, regs.rax) === ERESTART_RESTARTBLOCK) {
+    if (regs.orig_rax === NR_POLL) {
+      // poll() cut short always asks for restart_syscall, also with no timeout (GNU `tail -f`
+      // waits so and exits on EINTR). Its arguments are still in the registers: run it again.
+      // With a timeout it waits the whole timeout again: late rather than a spurious EINTR.
+      regs.rax = regs.orig_rax;
+      regs.rip -= 2n;
+      regs.orig_rax = -1n;
+      return regs;
+    }
     const primed = t.sleepRemainingNs !== undefined && primeSleep(inj, t, regs);
     if (!primed) {
       regs.rax = EINTR; // as CRIU does: the program sees EINTR
