@@ -59,6 +59,16 @@ export interface CheckpointResult {
   killed: boolean;
 }
 
+/** The state letter of /proc/PID/stat, or "" when it is gone. */
+function processState(pid: number): string {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2)[0];
+  } catch {
+    return "";
+  }
+}
+
 /** Whether `pid` exists and is neither a zombie nor dead. */
 function isRunning(pid: number): boolean {
   try {
@@ -101,14 +111,23 @@ function childrenOf(pid: number): number[] {
  * Freezes `pid` and, unless `single`, every process below it: each parent is frozen before its
  * children are listed, so none can fork past the freeze. Parents come before their children.
  */
-async function freezeTree(pid: number, single: boolean): Promise<FrozenProcess[]> {
+async function freezeTree(
+  pid: number,
+  single: boolean,
+  stopped: Set<number>,
+): Promise<FrozenProcess[]> {
   const frozen: FrozenProcess[] = [];
+  // Stopped by a signal (^Z, SIGSTOP) before we came: it is to come back stopped.
+  const note = (p: number) => {
+    if (processState(p) === "T") stopped.add(p);
+    return p;
+  };
   try {
-    frozen.push(await freeze(pid));
+    frozen.push(await freeze(note(pid)));
     for (let i = 0; !single && i < frozen.length; i++) {
       for (const child of childrenOf(frozen[i].pid)) {
         try {
-          frozen.push(await freeze(child));
+          frozen.push(await freeze(note(child)));
         } catch (err) {
           if (!(err instanceof NoSuchProcess)) throw err; // it exited: nothing to dump
         }
@@ -209,7 +228,8 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     for (const f of [...tree].reverse()) f.releaseSync();
   };
   try {
-    tree = await freezeTree(pid, opts.single ?? false);
+    const stopped = new Set<number>();
+    tree = await freezeTree(pid, opts.single ?? false, stopped);
     const files = new FileTable();
     const sink = writer.pages();
     const staging = new Uint8Array(STAGING_SIZE);
@@ -227,6 +247,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         (bytes: number) => opts.onProgress?.(before + bytes),
       );
       before = sink.bytesWritten;
+      if (stopped.has(entry.pid)) entry.stopped = true;
       entries.push(entry);
     }
     const [root, ...descendants] = entries;
@@ -261,7 +282,12 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
   } catch (err) {
     if (err instanceof NoSuchProcess || err instanceof DumpError) throw err;
     // Whatever failed first (pagemap, /proc/PID/mem, an fd), the reason is that it ended.
-    const gone = tree.find((f) => !isRunning(f.pid));
+    // A process killed a moment ago may still be on its way out: give it a little time.
+    let gone = tree.find((f) => !isRunning(f.pid));
+    for (let i = 0; !gone && i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      gone = tree.find((f) => !isRunning(f.pid));
+    }
     if (!killed && gone) {
       throw new NoSuchProcess(gone.pid, "it ended during the dump", { cause: err });
     }

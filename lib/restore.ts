@@ -4,7 +4,7 @@
  * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
  * what it made: no half-restored process is left.
  */
-import { detach, kill, type Regs, setRegs, setSigMask, SIG, waitpid } from "../ffi/mod.ts";
+import { detach, kill, type Regs, setRegs, setSigMask, SIG, tgkill, waitpid } from "../ffi/mod.ts";
 import { ImageError, RestoreError } from "./errors.ts";
 import { handlerForEntry } from "./files/registry.ts";
 import { checksum } from "./image/checksum.ts";
@@ -254,10 +254,15 @@ function resume(m: Making): void {
     setRegs(t.tid, m.regs!.get(t.tid)!);
   }
   // A signal not blocked that arrived (or was queued) while we worked goes in on release.
-  for (const t of [...p.threads].reverse()) {
-    const sig = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP) ?? 0;
-    detach(t.tid, sig);
+  // Signals are queued while every thread is still held (a signal given with PTRACE_DETACH is
+  // lost from an event stop): one that arrived while we worked, and SIGSTOP for a process that
+  // was stopped, which it takes on its way out of the stop.
+  for (const t of p.threads) {
+    const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
+    if (pending) tgkill(m.pid, t.tid, pending);
   }
+  if (p.stopped) kill(m.pid, SIG.SIGSTOP);
+  for (const t of [...p.threads].reverse()) detach(t.tid);
   m.mem.close();
 }
 

@@ -234,6 +234,8 @@ export interface ProcessEntry {
   pid: number;
   /** Parent at dump time (for display: the restored process is reparented). */
   ppid: number;
+  /** It was stopped (SIGSTOP, ^Z) when dumped: it comes back stopped. */
+  stopped?: boolean;
   /** The signal it gets when its parent dies (PR_SET_PDEATHSIG), 0 for none. */
   pdeathsig?: number;
   /** Session and process group ids: a session or group leader leads them again. */

@@ -24,6 +24,33 @@ Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", a
   }
 });
 
+Deno.test("a stopped process (^Z, SIGSTOP) comes back stopped, and SIGCONT lets it run", async () => {
+  const t = await spawnTarget("/bin/sleep", ["1000"]);
+  const dir = `${Deno.makeTempDirSync({ prefix: "tardigrade-ord-" })}/img`;
+  const state = () => {
+    const stat = Deno.readTextFileSync(`/proc/${t.pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2)[0];
+  };
+  try {
+    for (let i = 0; i < 200 && !Deno.readLinkSync(`/proc/${t.pid}/exe`).endsWith("sleep"); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    Deno.kill(t.pid, "SIGSTOP");
+    for (let i = 0; i < 100 && state() !== "T"; i++) await new Promise((r) => setTimeout(r, 10));
+    await checkpoint(t.pid, { dir });
+    await killAndReap(t.pid);
+    await restore(dir);
+    for (let i = 0; i < 100 && state() !== "T"; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(state(), "T");
+    Deno.kill(t.pid, "SIGCONT");
+    for (let i = 0; i < 100 && state() !== "S"; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(state(), "S");
+  } finally {
+    await t.kill();
+    Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
 // ---- Real runtimes and tools: each is dumped mid-work (and ended), restored, and must go on ----
 
 /** Whether `cmd` is on PATH. */
