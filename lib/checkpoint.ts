@@ -69,6 +69,18 @@ function processState(pid: number): string {
   }
 }
 
+/** Whether `pid` is gone, a zombie, or has a SIGKILL on its way (it cannot be stopped). */
+function dying(pid: number): boolean {
+  if (!isRunning(pid)) return true;
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const pending = [...status.matchAll(/^(?:SigPnd|ShdPnd):\s+([0-9a-f]+)/gm)];
+    return pending.some((m) => (BigInt(`0x${m[1]}`) & 0x100n) !== 0n); // SIGKILL is bit 8
+  } catch {
+    return true;
+  }
+}
+
 /** Whether `pid` exists and is neither a zombie nor dead. */
 function isRunning(pid: number): boolean {
   try {
@@ -249,6 +261,10 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       before = sink.bytesWritten;
       if (stopped.has(entry.pid)) entry.stopped = true;
       entries.push(entry);
+    }
+    // A process that ended while we read it (killed by someone else) has no image worth keeping.
+    for (const f of tree) {
+      if (dying(f.pid)) throw new NoSuchProcess(f.pid, "it ended during the dump");
     }
     const [root, ...descendants] = entries;
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
