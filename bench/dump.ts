@@ -5,7 +5,8 @@
  *   32 MiB buffer and writes them to a file on the same disk, in the same process. A checkpoint
  *   fsyncs its page files at commit, so the baseline is timed with fdatasync too (and without,
  *   for reference);
- * - how long the target stays frozen (`CheckpointResult.frozenMs`);
+ * - how long the target stays frozen (`CheckpointResult.frozenMs`), and with `preCopy` (the
+ *   memory copied while the target runs, only pages written meanwhile copied while frozen);
  * - the dumper's peak RSS (VmHWM of a subprocess that only runs the checkpoint) < 128 MiB for the
  *   2 GiB dump: the image is never buffered whole.
  *
@@ -64,9 +65,9 @@ function rawDump(pid: number, addr: bigint, size: number, path: string, sync: bo
   return ms;
 }
 
-async function timedCheckpoint(pid: number, dir: string) {
+async function timedCheckpoint(pid: number, dir: string, preCopy = false) {
   const t = performance.now();
-  const r = await checkpoint(pid, { dir, leaveRunning: true });
+  const r = await checkpoint(pid, { dir, leaveRunning: true, preCopy });
   const ms = performance.now() - t;
   await Deno.remove(dir, { recursive: true });
   return { ms, frozenMs: r.frozenMs, pageBytes: r.pageBytes };
@@ -86,7 +87,11 @@ async function benchSize(mib: number): Promise<void> {
     const raw: number[] = [], rawSync: number[] = [], dump: number[] = [], frozen: number[] = [];
     let pageBytes = 0;
     const rounds = mib >= 1024 ? 3 : 5;
+    const preFrozen: number[] = [], preDump: number[] = [];
     for (let i = 0; i < rounds; i++) {
+      const p = await timedCheckpoint(target.pid, `${scratch}/img`, true);
+      preFrozen.push(p.frozenMs);
+      preDump.push(p.ms);
       raw.push(rawDump(target.pid, target.addr, size, `${scratch}/raw`, false));
       rawSync.push(rawDump(target.pid, target.addr, size, `${scratch}/raw`, true));
       const c = await timedCheckpoint(target.pid, `${scratch}/img`);
@@ -109,6 +114,16 @@ async function benchSize(mib: number): Promise<void> {
     );
     row("  ratio vs raw without fsync", `${(dumpRate / rawRate).toFixed(2)}×`, "(reference)");
     row("  time frozen (best)", `${best(frozen).toFixed(0)} ms`);
+    row(
+      "  time frozen with preCopy (best / median)",
+      `${best(preFrozen).toFixed(1)} / ${median(preFrozen).toFixed(1)} ms`,
+      `${(best(frozen) / best(preFrozen)).toFixed(0)}× shorter`,
+    );
+    row(
+      "  checkpoint time with preCopy (best)",
+      `${best(preDump).toFixed(0)} ms`,
+      "(idle target: every page reused)",
+    );
     row(
       "  checkpoint time (best / median)",
       `${best(dump).toFixed(0)} / ${median(dump).toFixed(0)} ms`,

@@ -20,22 +20,28 @@ export const dump: Verb = {
   name: "dump",
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
-  usage: "tardigrade dump PID DIR [--leave-running] [--single] [--policy FILE.ts] [--json]",
+  usage:
+    "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--policy FILE.ts] [--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
 
 options:
   --leave-running   let the processes run on after the dump
   --single          dump PID alone, not its children
+  --pre-copy        copy private anonymous memory while the processes run (tracking writes
+                    with userfaultfd), then freeze and copy again only the pages written
+                    meanwhile: a much shorter freeze for large, mostly idle memory
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/
                     afterDump hooks), see examples/policies/
   --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
+                    (and preCopy: {armFrozenMs, copiedBytes, reusedBytes} with --pre-copy)
 
 A progress bar goes to stderr when it is a terminal.`,
   async run(args) {
     const p = parseVerb(this, args, {
       "leave-running": { type: "boolean" },
       single: { type: "boolean" },
+      "pre-copy": { type: "boolean" },
       policy: { type: "string" },
       json: { type: "boolean" },
     }, { min: 2, max: 2 });
@@ -50,6 +56,7 @@ A progress bar goes to stderr when it is a terminal.`,
       dir,
       leaveRunning: Boolean(p.values["leave-running"]),
       single: Boolean(p.values.single),
+      preCopy: Boolean(p.values["pre-copy"]),
       policy,
       onProgress: (bytes) => bar.update(bytes),
     });

@@ -12,6 +12,7 @@ import { readMemoryInto } from "../memory.ts";
 import { dumpableRanges, listPages } from "../pages.ts";
 import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema.ts";
 import type { Fill, PageCollector } from "./page_collector.ts";
+import type { PrecopiedPages, Segment } from "./precopy.ts";
 
 const PAGE = 4096n;
 
@@ -132,6 +133,7 @@ export async function dumpMemory(
   decide: (m: Mapping) => MappingDecision,
   pages: PageCollector,
   objects: MemoryObjects,
+  precopied?: PrecopiedPages,
 ): Promise<MemoryDump> {
   let lastYield = performance.now();
   const breathe = async () => {
@@ -195,11 +197,19 @@ export async function dumpMemory(
       };
     }
     if (keep && !m.shared) {
-      for (const r of privateRanges(pid, m)) {
-        for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
-          const n = Math.min(CHUNK, Number(r.end - at));
-          entry.pages.push(...pages.add(at, n, memFill));
-          await breathe();
+      for (const range of privateRanges(pid, m)) {
+        // Pre-copy hook: runs copied while the process ran and not written since are reused.
+        const parts: Segment[] = precopied ? precopied.split(range.start, range.end) : [range];
+        for (const r of parts) {
+          if (r.runs) {
+            entry.pages.push(...r.runs);
+            continue;
+          }
+          for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
+            const n = Math.min(CHUNK, Number(r.end - at));
+            entry.pages.push(...pages.add(at, n, memFill));
+            await breathe();
+          }
         }
       }
     }
