@@ -272,9 +272,6 @@ function resume(m: Making): void {
  * the tool.
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  using reader = await ImageReader.open(dir);
-  const entries = await readTree(reader);
-  for (const p of entries) await preflight(p);
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${msg}`)
     : () => {};
@@ -282,9 +279,24 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
-  stage("preflight", entries[0]);
+  // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
+  const starting = Stub.start();
+  const dropStub = async () => (await starting.catch(() => null))?.end();
+  let entries: ProcessEntry[];
+  using reader = await ImageReader.open(dir).catch(async (err) => {
+    await dropStub();
+    throw err;
+  });
+  try {
+    entries = await readTree(reader);
+    for (const p of entries) await preflight(p);
+    stage("preflight", entries[0]);
+  } catch (err) {
+    await dropStub();
+    throw err;
+  }
 
-  const stub = await Stub.start();
+  const stub = await starting;
   const made: number[] = [];
   const making: Making[] = [];
   const shares = { objects: new Map(), files: new Map(), scope: {} } as {
