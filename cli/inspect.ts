@@ -1,5 +1,5 @@
 /** `tardigrade inspect DIR`: what an image holds, optionally verifying every checksum. */
-import { ImageError, ImageReader, type ProcessEntry } from "../mod.ts";
+import { type FileEntry, ImageError, ImageReader, type ProcessEntry } from "../mod.ts";
 import {
   count,
   errorLine,
@@ -10,6 +10,14 @@ import {
   table,
   type Verb,
 } from "./common.ts";
+
+/** What to show for an open file that has no path: a pipe's end and inode, a socket's kind. */
+function describe(f: FileEntry | undefined): string | null {
+  if (!f) return null;
+  if (f.kind === "pipe") return `pipe:[${f.pipe}] ${f.end} end`;
+  if (f.kind === "socket") return `socket ${f.state ?? ""}`.trim();
+  return null;
+}
 
 /** A summary of one process of an image (the `processes[]` items of `inspect --json`). */
 export interface InspectedProcess {
@@ -71,7 +79,7 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
       fd: d.fd,
       file: d.file,
       kind: f?.kind ?? "?",
-      path: typeof f?.path === "string" ? f.path : null,
+      path: typeof f?.path === "string" ? f.path : describe(f),
       closeOnExec: d.closeOnExec,
     };
   });
