@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const hasRestore = "restore" in await import("../mod.ts");
 
 interface Run {
   code: number;
@@ -269,7 +268,6 @@ Deno.test("cli: dump --json has a stable shape and a --policy file is loaded", a
 
 Deno.test({
   name: "cli: dump ends the process, restore brings it back (--pidfile)",
-  ignore: !hasRestore,
   async fn() {
     const t = await hello();
     const dir = tempDir();
@@ -295,7 +293,6 @@ Deno.test({
 
 Deno.test({
   name: "cli: restore of something that is not an image fails with one line",
-  ignore: !hasRestore,
   async fn() {
     const r = await cli("restore", "/nonexistent");
     assert.equal(r.code, 1);

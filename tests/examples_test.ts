@@ -4,7 +4,6 @@ import { WAIT, waitpid } from "../ffi/mod.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const hasRestore = "restore" in await import("../mod.ts");
 
 async function run(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -49,7 +48,6 @@ function tempImage(): string {
 
 Deno.test({
   name: "examples: dump.ts then restore.ts",
-  ignore: !hasRestore,
   async fn() {
     const t = await hello();
     const dir = tempImage();
@@ -71,7 +69,6 @@ Deno.test({
 
 Deno.test({
   name: "examples: migrate.ts shows the process before and after",
-  ignore: !hasRestore,
   async fn() {
     const t = await hello();
     try {
@@ -173,7 +170,6 @@ function reapOrphans(keep: number): void {
 
 Deno.test({
   name: "examples: demo.ts counts on after the restore",
-  ignore: !hasRestore,
   async fn() {
     // The demo's counter is reparented to this test process (a subreaper) when the demo's shell
     // exits: reap it when the dump ends it, so the restore finds its pid free.
