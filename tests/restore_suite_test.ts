@@ -62,10 +62,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_dup_shared_pos" },
   { name: "r_pipe" },
   { name: "r_eventfd" },
-  {
-    name: "r_epoll",
-    unsupported: "a fired EPOLLONESHOT watch cannot be re-added disarmed (epoll_ctl adds ERR|HUP)",
-  },
+  { name: "r_epoll" },
   { name: "r_timerfd" },
   { name: "r_signalfd" },
   { name: "r_listen" },
