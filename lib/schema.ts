@@ -29,7 +29,7 @@ export type MappingSource =
   | { type: "anonymous" }
   /** A file reopened by path; size and mtime must not have changed. */
   | { type: "file"; path: string; size: number; mtimeMs: number; inode: bigint; dev: string }
-  /** Shared anonymous memory (`/dev/zero (deleted)`, SysV shm), one object per inode. */
+  /** Shared anonymous memory (`/dev/zero (deleted)`, System V shm), one object per inode. */
   | { type: "shmem"; object: number }
   /** A memfd or a deleted file whose contents are stored in the image. */
   | { type: "stored-file"; object: number };
@@ -67,7 +67,7 @@ export interface MemoryObjectEntry {
    * in two processes is made once and shared at restore. */
   key?: string;
   /** What the object is. */
-  kind: "shmem" | "memfd" | "deleted-file";
+  kind: "shmem" | "sysv-shm" | "memfd" | "deleted-file";
   /** memfd name, or the deleted file's former path. */
   name: string;
   /** Size in bytes. */
@@ -76,6 +76,8 @@ export interface MemoryObjectEntry {
   mode: number;
   /** memfd seals (F_GET_SEALS), 0 otherwise. */
   seals?: number;
+  /** A System V segment's identity, owner and removal mark (IPC_RMID). */
+  sysv?: { key: number; shmid: number; uid: number; gid: number; removed: boolean };
   /** Contents, at byte offsets within the object. */
   pages: PageRun[];
 }

@@ -7,7 +7,7 @@
  * `R_FIXTURES=r_pipe,r_epoll deno test -A tests/fixtures_selfcheck_test.ts` runs only those.
  */
 import assert from "node:assert/strict";
-import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
+import { fixture, removeAnnounced, spawnTarget, withTarget } from "./helpers.ts";
 
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -25,12 +25,6 @@ const allFixtures = [...Deno.readDirSync(fixtureDir)]
   .sort();
 const only = Deno.env.get("R_FIXTURES")?.split(",");
 const fixtures = only ? allFixtures.filter((name) => only.includes(name)) : allFixtures;
-
-/** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */
-function announcedTempPaths(t: Target): string[] {
-  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
-  return [...ready.matchAll(/\btmp=(\S+)/g)].map((m) => m[1]);
-}
 
 /** Waits until the process shows state `want` ("T" stopped, anything else running). */
 async function waitForState(pid: number, stopped: boolean): Promise<void> {
@@ -76,9 +70,7 @@ for (const name of fixtures) {
         assert.ok(t.alive(), "fixture died");
       });
     } finally {
-      for (const path of announcedTempPaths(t)) {
-        await Deno.remove(path, { recursive: true }).catch(() => {});
-      }
+      await removeAnnounced(t);
       await Deno.remove(t.outPath).catch(() => {});
     }
   });
@@ -110,9 +102,7 @@ for (const { name, command } of counters) {
         assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
       });
     } finally {
-      for (const path of announcedTempPaths(t)) {
-        await Deno.remove(path, { recursive: true }).catch(() => {});
-      }
+      await removeAnnounced(t);
       await Deno.remove(t.outPath).catch(() => {});
     }
   });

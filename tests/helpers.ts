@@ -137,3 +137,17 @@ export async function withTarget<T>(
     await target.kill();
   }
 }
+
+/**
+ * Removes what a fixture announced on its READY line as leftovers of its own: temporary paths
+ * (`tmp=PATH`) and System V shared memory segments (`shm=ID`, which outlive a killed process).
+ */
+export async function removeAnnounced(t: Target): Promise<void> {
+  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
+  for (const [, path] of ready.matchAll(/\btmp=(\S+)/g)) {
+    await Deno.remove(path, { recursive: true }).catch(() => {});
+  }
+  for (const [, id] of ready.matchAll(/\bshm=(\d+)/g)) {
+    await new Deno.Command("ipcrm", { args: ["-m", id], stderr: "null" }).output();
+  }
+}

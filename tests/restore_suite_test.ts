@@ -3,16 +3,15 @@
  * check it (sanity), checkpoint it (which kills it), restore it, and require that the restored
  * process has the same pid and that the same check, run again inside it, passes.
  *
- * Not named *_test.ts on purpose: `checkpoint` and `restore` do not exist yet. Rename it to
- * restore_suite_test.ts (or import it from a test file) once they land. Each fixture's top comment
- * says what state it holds and what its check proves; tests/fixtures_selfcheck_test.ts proves the
- * fixtures themselves (PASS twice, and after SIGSTOP/SIGCONT) without a restore.
+ * Each fixture's top comment says what state it holds and what its check proves;
+ * tests/fixtures_selfcheck_test.ts proves the fixtures themselves (PASS twice, and after
+ * SIGSTOP/SIGCONT) without a restore.
  *
  * `R_FIXTURES=r_pipe,r_epoll` runs only those.
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
 
 /** How a fixture is started. */
 export interface RestoreCase {
@@ -35,6 +34,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_memfd" },
   { name: "r_shared_anon" },
   { name: "r_heap_grow" },
+  { name: "r_sysv_shm" },
   { name: "r_vdso_clock" },
   // Threads, registers, syscalls in progress
   { name: "r_threads" },
@@ -75,12 +75,6 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_tree" },
 ];
 
-/** Paths a fixture announced as its own temporary files (`tmp=PATH` on its READY line). */
-function announcedTempPaths(t: Target): string[] {
-  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
-  return [...ready.matchAll(/\btmp=(\S+)/g)].map((m) => m[1]);
-}
-
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
 export const counterCases = [
   { name: "counter.py", command: "python3" },
@@ -115,9 +109,7 @@ for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
     } finally {
       await t.kill();
       if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
-      for (const path of announcedTempPaths(t)) {
-        await Deno.remove(path, { recursive: true }).catch(() => {});
-      }
+      await removeAnnounced(t);
       await Deno.remove(img, { recursive: true }).catch(() => {});
       await Deno.remove(t.outPath).catch(() => {});
     }
@@ -142,9 +134,7 @@ for (const { name, command } of counterCases) {
       assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
     } finally {
       await t.kill();
-      for (const path of announcedTempPaths(t)) {
-        await Deno.remove(path, { recursive: true }).catch(() => {});
-      }
+      await removeAnnounced(t);
       await Deno.remove(img, { recursive: true }).catch(() => {});
       await Deno.remove(t.outPath).catch(() => {});
     }

@@ -13,6 +13,7 @@ import { dumpableRanges, listPages } from "../pages.ts";
 import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema.ts";
 import type { Fill, PageCollector } from "./page_collector.ts";
 import type { PrecopiedPages, Segment } from "./precopy.ts";
+import { isSysvName, type SysvSegment, sysvSegments } from "./sysv_shm.ts";
 
 const PAGE = 4096n;
 
@@ -24,6 +25,12 @@ export class MemoryObjects {
   readonly #stored = new Map<number, Set<bigint>>();
 
   constructor(private readonly pages: PageCollector) {}
+
+  #sysv?: Map<number, SysvSegment>;
+  /** System V segments, read once per dump. */
+  #segments(): Map<number, SysvSegment> {
+    return this.#sysv ??= sysvSegments();
+  }
 
   /** The object for a key, made on first use. */
   object(key: string, make: () => Omit<MemoryObjectEntry, "id" | "pages">): MemoryObjectEntry {
@@ -57,15 +64,34 @@ export class MemoryObjects {
     }
   }
 
-  /** Stores the present pages of one mapping of shared anonymous memory, each page once. */
+  /**
+   * Stores the present pages of one mapping of shared anonymous memory, each page once. A System
+   * V segment (its inode is the shmid) is keyed and described as such when /proc lists it.
+   */
   storeShmem(pid: number, m: Mapping): number {
-    const entry = this.object(`shmem:${m.inode}`, () => ({
-      kind: "shmem",
-      name: m.path ?? "",
-      size: 0,
-      mode: 0o600,
-    }));
-    entry.size = Math.max(entry.size, Number(m.offset) + m.size);
+    const segment = isSysvName(m.path) ? this.#segments().get(Number(m.inode)) : undefined;
+    const entry = segment
+      ? this.object(`sysv:${segment.shmid}`, () => ({
+        kind: "sysv-shm",
+        name: m.path!.replace(/ \(deleted\)$/, ""),
+        size: segment.size,
+        mode: segment.mode,
+        sysv: {
+          key: segment.key,
+          shmid: segment.shmid,
+          uid: segment.uid,
+          gid: segment.gid,
+          removed: segment.removed,
+        },
+      }))
+      : this.object(`shmem:${m.inode}`, () => ({
+        kind: "shmem",
+        name: m.path ?? "",
+        size: 0,
+        mode: 0o600,
+      }));
+    // A segment has its own size; other shared memory is as large as its mappings reach.
+    if (!segment) entry.size = Math.max(entry.size, Number(m.offset) + m.size);
     let seen = this.#stored.get(entry.id);
     if (!seen) this.#stored.set(entry.id, seen = new Set());
     for (const r of dumpableRanges(pid, m.start, m.end)) {

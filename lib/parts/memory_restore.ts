@@ -16,10 +16,14 @@ import {
 import { RestoreError } from "../errors.ts";
 import type { ImageReader } from "../image/mod.ts";
 import { type Injector, SCRATCH_SIZE } from "../inject.ts";
-import type { MappingEntry, PageRun, ProcessEntry } from "../schema.ts";
+import type { MappingEntry, MemoryObjectEntry, PageRun, ProcessEntry } from "../schema.ts";
+import { ensureSegment, removeSegment } from "./sysv_shm.ts";
 
 const PROT_READ = 1;
 const PROT_WRITE = 2;
+const PROT_EXEC = 4;
+const SHM_RDONLY = 0o10000;
+const SHM_EXEC = 0o100000;
 const MAP_SHARED = 0x01;
 const MAP_PRIVATE = 0x02;
 const MAP_ANONYMOUS = 0x20;
@@ -28,6 +32,9 @@ const MAP_FIXED_NOREPLACE = 0x100000;
 const MREMAP_MAYMOVE = 1;
 const MREMAP_FIXED = 2;
 const RSEQ_FLAG_UNREGISTER = 1;
+
+/** A size rounded up to whole pages (at least one). */
+const pageAlign = (size: number): bigint => BigInt(Math.max(size, 4096) + 4095 & ~4095);
 const VSYSCALL = 0xffffffffff600000n;
 
 interface Range {
@@ -81,8 +88,16 @@ export class AddressSpaceBuilder {
   readonly #objectFds = new Map<number, number>();
   /** Temporary mappings of shared anonymous objects, to be unmapped at the end. */
   readonly #shmemTemps = new Map<number, Range>();
-  /** Local fds for writing object contents. */
-  readonly #objectWriters = new Map<number, number>();
+  /** Local fds for writing object contents, and where in them an object starts. */
+  readonly #objectWriters = new Map<number, { fd: number; base: bigint }>();
+  /** System V segments of this image, by object id. */
+  readonly #segments = new Map<number, { shmid: number; size: number }>();
+  /** Attaches made so far (`shmid@base`). */
+  readonly #attaches = new Set<string>();
+  /** System V segments made again by this restore: removed if it fails. */
+  readonly #madeSegments: number[] = [];
+  /** System V segments to mark for removal once mapped, as they were at dump. */
+  readonly #segmentsToRemove: number[] = [];
   readonly #fileFds = new Map<string, number>();
   /** Ghost files made for deleted files, removed once opened. */
   readonly ghosts: string[] = [];
@@ -188,6 +203,11 @@ export class AddressSpaceBuilder {
    */
   createObjects(shared?: SharedObjects): void {
     for (const obj of this.image.objects) {
+      // A System V segment is found by its id by every process: nothing to hand over.
+      if (obj.kind === "sysv-shm" && obj.sysv) {
+        this.#prepareSegment(obj, obj.sysv);
+        continue;
+      }
       const owner = obj.key ? shared?.get(obj.key) : undefined;
       if (owner) {
         this.#objectFds.set(obj.id, takeFd(this.inj, owner.pid, owner.builder.objectFd(owner.id)));
@@ -195,7 +215,7 @@ export class AddressSpaceBuilder {
       }
       if (obj.key) shared?.set(obj.key, { pid: this.pid, builder: this, id: obj.id });
       if (obj.kind === "shmem") {
-        const size = BigInt(Math.max(obj.size, 4096) + 4095 & ~4095);
+        const size = pageAlign(obj.size);
         const at = this.#gaps.take(size);
         this.inj.call(
           "mmap",
@@ -211,14 +231,20 @@ export class AddressSpaceBuilder {
         this.#shmemTemps.set(obj.id, range);
         const mapFile = `map_files/${at.toString(16)}-${range.end.toString(16)}`;
         this.#objectFds.set(obj.id, this.#openInTarget(`/proc/self/${mapFile}`, O.RDWR));
-        this.#objectWriters.set(obj.id, open(`/proc/${this.pid}/${mapFile}`, O.RDWR));
+        this.#objectWriters.set(obj.id, {
+          fd: open(`/proc/${this.pid}/${mapFile}`, O.RDWR),
+          base: 0n,
+        });
       } else if (obj.kind === "memfd") {
         const fd = Number(
           this.inj.call("memfd_create", this.#putString(obj.name), 0x2 /* ALLOW_SEALING */),
         );
         this.inj.call("ftruncate", fd, obj.size);
         this.#objectFds.set(obj.id, fd);
-        this.#objectWriters.set(obj.id, open(`/proc/${this.pid}/fd/${fd}`, O.RDWR));
+        this.#objectWriters.set(obj.id, {
+          fd: open(`/proc/${this.pid}/fd/${fd}`, O.RDWR),
+          base: 0n,
+        });
       } else {
         // A deleted file: make it again under its old name (or beside it), open it, unlink it.
         let path = obj.name;
@@ -234,11 +260,66 @@ export class AddressSpaceBuilder {
         this.ghosts.push(path);
         Deno.truncateSync(path, obj.size);
         this.#objectFds.set(obj.id, this.#openInTarget(path, O.RDWR));
-        this.#objectWriters.set(obj.id, open(path, O.RDWR));
+        this.#objectWriters.set(obj.id, { fd: open(path, O.RDWR), base: 0n });
         Deno.removeSync(path);
         this.ghosts.pop();
       }
     }
+  }
+
+  /**
+   * A System V segment: made again if it is gone (sysv_shm.ts). Only a segment made again is
+   * filled from the image, through an attach of its own for the time of the restore and
+   * /proc/PID/mem (the segment's file cannot be written); a live one keeps its contents.
+   */
+  #prepareSegment(obj: MemoryObjectEntry, sysv: NonNullable<MemoryObjectEntry["sysv"]>): void {
+    const { shmid, removed } = sysv;
+    this.#segments.set(obj.id, { shmid, size: obj.size });
+    const made = ensureSegment({ ...sysv, mode: obj.mode, size: obj.size });
+    if (removed) this.#segmentsToRemove.push(shmid);
+    if (!made) return;
+    this.#madeSegments.push(shmid);
+    const at = this.#gaps.take(pageAlign(obj.size));
+    this.#shmat(shmid, at, 0);
+    this.#shmemTemps.set(obj.id, { start: at, end: at + pageAlign(obj.size) });
+    this.#objectWriters.set(obj.id, { fd: open(`/proc/${this.pid}/mem`, O.RDWR), base: at });
+  }
+
+  #shmat(shmid: number, at: bigint, flags: number): void {
+    const got = this.inj.raw(SYS.shmat, shmid, at, flags);
+    if (got !== at) {
+      const why = got < 0n ? `errno ${-got}` : `got ${hex(got)}`;
+      throw new RestoreError(`cannot attach System V shared memory ${shmid} at ${hex(at)}: ${why}`);
+    }
+  }
+
+  /**
+   * One mapping of a System V segment. Mappings are attaches (shmat), not mmaps of its file: only
+   * an attach counts in shm_nattch and can be detached with shmdt. The first piece of an attach
+   * (pieces share `start - offset`) attaches the whole segment, read-only unless a piece is
+   * writable, and unmaps what the image lacks of it; each piece then gets its protection.
+   */
+  #attachPiece(m: MappingEntry, object: number, segment: { shmid: number; size: number }): void {
+    const base = m.start - m.offset;
+    const key = `${segment.shmid}@${base}`;
+    const pieces = this.image.mappings.filter((x) =>
+      x.source.type === "shmem" && x.source.object === object && x.start - x.offset === base
+    );
+    const write = pieces.some((x) => x.prot & PROT_WRITE);
+    const exec = pieces.some((x) => x.prot & PROT_EXEC);
+    const attachProt = PROT_READ | (write ? PROT_WRITE : 0) | (exec ? PROT_EXEC : 0);
+    if (!this.#attaches.has(key)) {
+      this.#attaches.add(key);
+      this.#shmat(segment.shmid, base, (write ? 0 : SHM_RDONLY) | (exec ? SHM_EXEC : 0));
+      let at = base;
+      const end = base + pageAlign(segment.size);
+      for (const piece of [...pieces].sort((a, b) => Number(a.start - b.start))) {
+        if (piece.start > at) this.inj.call("munmap", at, piece.start - at);
+        at = piece.end;
+      }
+      if (at < end) this.inj.call("munmap", at, end - at);
+    }
+    if (m.prot !== attachProt) this.inj.call("mprotect", m.start, m.end - m.start, m.prot);
   }
 
   /** Moves the objects' target fds to `base` and up, out of the way of the restored fds. */
@@ -282,6 +363,11 @@ export class AddressSpaceBuilder {
       if (m.growsDown) flags |= MAP_GROWSDOWN;
       let fd = -1;
       const src = m.source;
+      const segment = src.type === "shmem" ? this.#segments.get(src.object) : undefined;
+      if (segment) {
+        this.#attachPiece(m, (src as { object: number }).object, segment);
+        continue;
+      }
       if (src.type === "anonymous") flags |= MAP_ANONYMOUS;
       else if (src.type === "file") fd = this.#fileFd(m as MappingEntry & { source: typeof src });
       else fd = this.objectFd(src.object);
@@ -349,9 +435,13 @@ export class AddressSpaceBuilder {
       }
       for (const { run, object } of runs) {
         if (object === undefined) continue;
-        const fd = this.#objectWriters.get(object);
-        if (fd === undefined) continue; // made by another process of the tree, filled there
-        pwrite(fd, data.subarray(run.offset, run.offset + run.length), run.start);
+        const writer = this.#objectWriters.get(object);
+        if (!writer) continue; // made by another process of the tree (filled there), or live
+        pwrite(
+          writer.fd,
+          data.subarray(run.offset, run.offset + run.length),
+          writer.base + run.start,
+        );
       }
       bytes += extent.length;
       onProgress?.(bytes);
@@ -369,10 +459,12 @@ export class AddressSpaceBuilder {
     }
     for (const fd of this.#fileFds.values()) this.inj.call("close", fd);
     this.#fileFds.clear();
-    for (const fd of this.#objectWriters.values()) close(fd);
+    for (const { fd } of this.#objectWriters.values()) close(fd);
     this.#objectWriters.clear();
     for (const r of this.#shmemTemps.values()) this.inj.call("munmap", r.start, r.end - r.start);
     this.#shmemTemps.clear();
+    // Marked for removal only now that the mappings hold it: it goes with the last of them.
+    for (const shmid of this.#segmentsToRemove.splice(0)) removeSegment(shmid);
   }
 
   /** Seals memfds again, now that their contents are in (F_ADD_SEALS). */
@@ -392,11 +484,12 @@ export class AddressSpaceBuilder {
 
   /** Local cleanup after a failure (the target itself is killed by the caller). */
   abort(): void {
-    for (const fd of this.#objectWriters.values()) {
+    for (const { fd } of this.#objectWriters.values()) {
       try {
         close(fd);
       } catch { /* ignore */ }
     }
+    for (const shmid of this.#madeSegments) removeSegment(shmid);
     for (const path of this.ghosts) {
       try {
         Deno.removeSync(path);
