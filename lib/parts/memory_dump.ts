@@ -4,7 +4,7 @@
  * shared anonymous memory once per inode, memfd and deleted-file contents once per inode, and the
  * special mappings (the vdso is checked at restore; vvar is skipped).
  */
-import { close, fstat, O, open, pread, syscall } from "../../ffi/mod.ts";
+import { close, Errno, fstat, O, open, pread, syscall, SyscallError } from "../../ffi/mod.ts";
 import { checksum } from "../image/checksum.ts";
 import type { Mapping } from "../mappings.ts";
 import type { MappingDecision } from "../policy.ts";
@@ -15,14 +15,10 @@ import type { Fill, PageCollector } from "./page_collector.ts";
 import type { PrecopiedPages, Segment } from "./precopy.ts";
 import { isSysvName, type SysvSegment, sysvSegments } from "./sysv_shm.ts";
 
-const PAGE = 4096n;
-
 /** Memory objects (shared anonymous memory, memfd, deleted files) stored once each. */
 export class MemoryObjects {
   readonly entries: MemoryObjectEntry[] = [];
   readonly #byKey = new Map<string, MemoryObjectEntry>();
-  /** Object offsets (in pages) of shared anonymous memory already stored. */
-  readonly #stored = new Map<number, Set<bigint>>();
 
   constructor(private readonly pages: PageCollector) {}
 
@@ -56,8 +52,7 @@ export class MemoryObjects {
       // F_GET_SEALS (1034); a deleted regular file has none.
       const seals = kind === "memfd" ? Number(syscall("fcntl", fd, 1034, 0)) : 0;
       const entry = this.object(key, () => ({ kind, name, size, mode: mode & 0o7777, seals }));
-      const fill: Fill = (start, buf) => readFully(fd, start, buf);
-      if (size > 0) entry.pages.push(...this.pages.add(0n, size, fill));
+      this.#storeData(entry, fd, size);
       return entry.id;
     } finally {
       close(fd);
@@ -65,47 +60,72 @@ export class MemoryObjects {
   }
 
   /**
-   * Stores the present pages of one mapping of shared anonymous memory, each page once. A System
-   * V segment (its inode is the shmid) is keyed and described as such when /proc lists it.
+   * Stores shared memory (shared anonymous memory, a System V segment) once per inode, whole: its
+   * file (through map_files) holds pages no live process has mapped any more, such as those a
+   * PostgreSQL backend that has exited wrote into the shared buffers. A System V segment (its
+   * inode is the shmid) is keyed and described as such when /proc lists it.
    */
-  storeShmem(pid: number, m: Mapping): number {
+  storeShmem(m: Mapping): number {
     const segment = isSysvName(m.path) ? this.#segments().get(Number(m.inode)) : undefined;
-    const entry = segment
-      ? this.object(`sysv:${segment.shmid}`, () => ({
-        kind: "sysv-shm",
-        name: m.path!.replace(/ \(deleted\)$/, ""),
-        size: segment.size,
-        mode: segment.mode,
-        sysv: {
-          key: segment.key,
-          shmid: segment.shmid,
-          uid: segment.uid,
-          gid: segment.gid,
-          removed: segment.removed,
-        },
-      }))
-      : this.object(`shmem:${m.inode}`, () => ({
-        kind: "shmem",
-        name: m.path ?? "",
-        size: 0,
-        mode: 0o600,
-      }));
-    // A segment has its own size; other shared memory is as large as its mappings reach.
-    if (!segment) entry.size = Math.max(entry.size, Number(m.offset) + m.size);
-    let seen = this.#stored.get(entry.id);
-    if (!seen) this.#stored.set(entry.id, seen = new Set());
-    for (const r of dumpableRanges(pid, m.start, m.end)) {
-      for (let page = r.start; page < r.end; page += PAGE) {
-        const objOffset = page - m.start + m.offset;
-        if (seen.has(objOffset)) continue;
-        seen.add(objOffset);
-        entry.pages.push(
-          ...this.pages.add(objOffset, Number(PAGE), (_s, buf) => readMemoryInto(pid, page, buf)),
-        );
-      }
+    const key = segment ? `sysv:${segment.shmid}` : `shmem:${m.inode}`;
+    const existing = this.#byKey.get(key);
+    if (existing) return existing.id;
+    const fd = open(m.mapFile, O.RDONLY);
+    try {
+      const size = Number(fstat(fd).size);
+      const entry = this.object(key, () =>
+        segment
+          ? {
+            kind: "sysv-shm",
+            name: m.path!.replace(/ \(deleted\)$/, ""),
+            size: segment.size,
+            mode: segment.mode,
+            sysv: {
+              key: segment.key,
+              shmid: segment.shmid,
+              uid: segment.uid,
+              gid: segment.gid,
+              removed: segment.removed,
+            },
+          }
+          : { kind: "shmem", name: m.path ?? "", size, mode: 0o600 });
+      this.#storeData(entry, fd, size);
+      return entry.id;
+    } finally {
+      close(fd);
     }
-    return entry.id;
   }
+
+  /** Stores the parts of a file that hold data (SEEK_DATA/SEEK_HOLE): holes read as zeros. */
+  #storeData(entry: MemoryObjectEntry, fd: number, size: number): void {
+    const fill: Fill = (start, buf) => readFully(fd, start, buf);
+    for (const r of dataRanges(fd, size)) {
+      entry.pages.push(...this.pages.add(r.start, Number(r.end - r.start), fill));
+    }
+  }
+}
+
+const SEEK_DATA = 3, SEEK_HOLE = 4;
+
+/** The ranges of a file below `size` that hold data; all of it where lseek cannot tell. */
+function dataRanges(fd: number, size: number): { start: bigint; end: bigint }[] {
+  const end = BigInt(size);
+  const out: { start: bigint; end: bigint }[] = [];
+  for (let at = 0n; at < end;) {
+    let start: bigint;
+    try {
+      start = syscall("lseek", fd, at, SEEK_DATA);
+    } catch (err) {
+      if (err instanceof SyscallError && err.errno === Errno.ENXIO) break; // no data past `at`
+      return [{ start: 0n, end }];
+    }
+    if (start >= end) break;
+    const hole = syscall("lseek", fd, start, SEEK_HOLE);
+    const stop = hole < end ? hole : end;
+    out.push({ start, end: stop });
+    at = stop;
+  }
+  return out;
 }
 
 function readFully(fd: number, offset: bigint, buf: Uint8Array): number {
@@ -203,7 +223,7 @@ export async function dumpMemory(
     // The same key as an fd on the same file gets (st_dev encoding of major:minor).
     const key = `file:${(m.major << 8) | m.minor}:${m.inode}`;
     if (kind === "shared-anonymous") {
-      entry.source = { type: "shmem", object: keep ? objects.storeShmem(pid, m) : -1 };
+      entry.source = { type: "shmem", object: keep ? objects.storeShmem(m) : -1 };
       if (!keep) entry.source = { type: "anonymous" };
     } else if (kind === "memfd" || kind === "deleted-file") {
       const name = kind === "memfd"
