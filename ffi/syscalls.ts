@@ -51,6 +51,7 @@ export const SYS = {
   setresgid: 119,
   capset: 126,
   rt_sigpending: 127,
+  rt_sigtimedwait: 128,
   rt_sigqueueinfo: 129,
   sigaltstack: 131,
   personality: 135,

@@ -25,6 +25,7 @@ import {
   restoreSigactions,
 } from "./parts/task.ts";
 import { cloneThread, finalRegs, restoreThreadState } from "./parts/threads.ts";
+import { restoreZombies, zombiesReaped } from "./parts/zombies.ts";
 import type { Policy } from "./policy.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
@@ -290,6 +291,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   try {
     entries = await readTree(reader);
     for (const p of entries) await preflight(p);
+    await zombiesReaped(entries);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();
@@ -317,6 +319,7 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
       const m: Making = { entry: p, pid, mem, inj: new Injector(pid, pid, mem, site) };
       making.push(m);
       restoreSession(m.inj, p);
+      restoreZombies(m.inj, p);
     }
     stub.end();
 

@@ -92,6 +92,18 @@ export interface SpecialMappings {
   vvarVclock?: { start: bigint; end: bigint };
 }
 
+/** A child that exited and that its parent had not waited for. */
+export interface ZombieEntry {
+  pid: number;
+  /** Its name (comm). */
+  comm: string;
+  /** Its exit status as wait() reports it: code << 8, or the signal that ended it. */
+  status: number;
+  /** Process group and session, which it may have led. */
+  pgid: number;
+  sid: number;
+}
+
 /** A signal waiting to be delivered, as `PTRACE_PEEKSIGINFO` gave it. */
 export interface PendingSignal {
   /** Signal number. */
@@ -244,6 +256,8 @@ export interface ProcessEntry {
   sid: number;
   /** Process group id. */
   pgid: number;
+  /** Children that had exited and were not waited for yet: made again, to be waited for. */
+  zombies?: ZombieEntry[];
   /** Process name. */
   comm: string;
   /** Arguments (they live in the process's memory; kept for display). */

@@ -84,6 +84,31 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** The children of `pid` that are zombies (exited, not waited for). */
+export function zombieChildrenOf(pid: number): number[] {
+  let children: number[] = [];
+  try {
+    children = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/)
+      .filter(Boolean).map(Number);
+  } catch { /* gone */ }
+  return children.filter((c) => {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${c}/stat`);
+      return stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z";
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Reaps zombies that became ours (the test process is a subreaper) when their parent was
+ * dumped and ended, as init would on a real system, so their pids are free for a restore.
+ */
+export async function reapAdopted(pids: number[]): Promise<void> {
+  for (const pid of pids) await killAndReap(pid);
+}
+
 /** Kills a process and waits until its pid is free again (reaped by us or by init). */
 export async function killAndReap(pid: number): Promise<void> {
   try {

@@ -11,7 +11,14 @@
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
+import {
+  fixture,
+  reapAdopted,
+  removeAnnounced,
+  spawnTarget,
+  type Target,
+  zombieChildrenOf,
+} from "./helpers.ts";
 
 /** How a fixture is started. */
 export interface RestoreCase {
@@ -73,6 +80,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },
+  { name: "r_zombie" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
@@ -101,7 +109,9 @@ for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
     try {
       assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
       assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
+      const zombies = zombieChildrenOf(t.pid);
       await checkpoint(t.pid, { dir: img + "/image" });
+      await reapAdopted(zombies);
       const r = await restore(img + "/image");
       restoredPid = r.pid;
       assert.equal(r.pid, t.pid, "restored with another pid");

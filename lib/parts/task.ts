@@ -7,6 +7,7 @@ import { Errno, errnoName, errnoText, peekSigInfo, SYS, SyscallError } from "../
 import { RestoreError } from "../errors.ts";
 import type { Injector } from "../inject.ts";
 import type { Process } from "../process.ts";
+import { zombieChildren } from "./zombies.ts";
 import type { ProcessEntry, RlimitEntry, SigactionEntry } from "../schema.ts";
 
 const SIGKILL = 9;
@@ -94,6 +95,7 @@ export async function dumpTask(
     pdeathsig,
     sid: stat.session,
     pgid: stat.pgrp,
+    zombies: zombieChildren(pid),
     comm: stat.comm,
     cmdline,
     exe,
