@@ -131,6 +131,31 @@ function childrenOf(pid: number): number[] {
   return out.sort((a, b) => a - b);
 }
 
+/** Namespaces whose difference changes what a restore would make (pids, paths, sockets …). */
+const NAMESPACES = ["pid", "mnt", "net", "ipc", "user", "time"];
+
+/**
+ * Refuses a process that lives in other namespaces than the tool: a restore would bring it
+ * back in the tool's, with other pids, paths and network, and namespaces are not dumped. Run in
+ * its namespaces (`nsenter --target PID --all`) the tool sees it as one of its own.
+ */
+function checkNamespaces(pid: number): void {
+  const differ: string[] = [];
+  for (const ns of NAMESPACES) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/ns/${ns}`) !== Deno.readLinkSync(`/proc/self/ns/${ns}`)) {
+        differ.push(ns);
+      }
+    } catch { /* gone (the freeze says so) or a namespace this kernel lacks */ }
+  }
+  if (differ.length) {
+    throw new DumpError(
+      `process ${pid} lives in other namespaces than tardigrade (${differ.join(", ")}); ` +
+        `namespaces are not dumped: run tardigrade inside them (nsenter --target ${pid} --all)`,
+    );
+  }
+}
+
 /**
  * Freezes `pid` and, unless `single`, every process below it: each parent is frozen before its
  * children are listed, so none can fork past the freeze. Parents come before their children.
@@ -143,6 +168,7 @@ async function freezeTree(
   const frozen: FrozenProcess[] = [];
   // Stopped by a signal (^Z, SIGSTOP) before we came: it is to come back stopped.
   const note = (p: number) => {
+    checkNamespaces(p);
     if (processState(p) === "T") stopped.add(p);
     return p;
   };

@@ -83,6 +83,11 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
   if (err instanceof SyscallError && err.errno === Errno.EPERM) {
     try {
       const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+      if (/^State:\s+Z/m.test(status)) {
+        return new NoSuchProcess(pid, "it has exited: a zombie its parent has not waited for", {
+          cause: err,
+        });
+      }
       const tracer = Number(status.match(/^TracerPid:\s+(\d+)/m)?.[1] ?? 0);
       if (tracer > 0) {
         let comm = "";

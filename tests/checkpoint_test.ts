@@ -9,7 +9,7 @@ import { checkpoint, DumpError, ImageError, NoSuchProcess, restore } from "../mo
 import { ImageReader } from "../lib/image/mod.ts";
 import { loadPolicy, type Policy } from "../lib/policy.ts";
 import type { ProcessEntry } from "../lib/schema.ts";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const O_CLOEXEC = 0o2000000;
@@ -139,10 +139,7 @@ async function start(name: string, args: string[] = []): Promise<Target> {
 /** Kills the target and removes its output and announced temporary files. */
 async function cleanup(t: Target, ...dirs: string[]): Promise<void> {
   await t.kill();
-  const ready = t.output().match(/^READY .*$/m)?.[0] ?? "";
-  for (const m of ready.matchAll(/\btmp=(\S+)/g)) {
-    await Deno.remove(m[1], { recursive: true }).catch(() => {});
-  }
+  await removeAnnounced(t);
   for (const d of dirs) await Deno.remove(d, { recursive: true }).catch(() => {});
   await Deno.remove(t.outPath).catch(() => {});
 }
@@ -367,6 +364,27 @@ Deno.test("checkpoint: an fd kind it cannot dump is a DumpError naming fd and ki
     {},
     (err) => err instanceof DumpError && /\bfd 3\b/.test(err.message) && /socket/.test(err.message),
   );
+});
+
+Deno.test("checkpoint: a process in another mount namespace is refused, naming it", async () => {
+  // unshare execs the fixture in a new mount namespace: the pid is the fixture's.
+  const bin = await fixture("r_memory");
+  const t = await spawnTarget("unshare", ["--mount", "--propagation", "private", bin], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  const base = tempBase();
+  try {
+    const before = snapshot(t.pid);
+    await assert.rejects(
+      checkpoint(t.pid, { dir: `${base}/img` }),
+      (err) =>
+        err instanceof DumpError && /other namespaces than tardigrade \(mnt\)/.test(err.message),
+    );
+    assert.deepEqual(leftovers(base), []);
+    await assertUnharmed(t, before);
+  } finally {
+    await cleanup(t, base);
+  }
 });
 
 Deno.test("checkpoint: a policy that skips sockets dumps r_socketpair", async () => {
