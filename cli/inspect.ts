@@ -27,6 +27,8 @@ export interface InspectedProcess {
   cmdline: string[];
   exe: string | null;
   cwd: string;
+  /** Children that had exited and were not waited for: "exit N" or "signal N". */
+  zombies: { pid: number; comm: string; ended: string }[];
   threads: { tid: number; name: string; rip: string; rsp: string; regs?: Record<string, string> }[];
   mappings: {
     start: string;
@@ -90,6 +92,11 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
     cmdline: e.cmdline,
     exe: e.exe?.path ?? null,
     cwd: e.cwd,
+    zombies: (e.zombies ?? []).map((z) => ({
+      pid: z.pid,
+      comm: z.comm,
+      ended: z.status & 0x7f ? `signal ${z.status & 0x7f}` : `exit ${(z.status >> 8) & 0xff}`,
+    })),
     threads,
     mappings,
     fds,
@@ -131,7 +138,12 @@ function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean):
   );
   for (const p of r.processes) {
     console.log(`\nprocess ${p.pid} (${p.comm}) ppid ${p.ppid}: ${p.cmdline.join(" ")}`);
-    console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}\n`);
+    console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}`);
+    if (p.zombies.length) {
+      const list = p.zombies.map((z) => `${z.pid} (${z.comm}, ${z.ended})`).join(", ");
+      console.log(`  zombie children not waited for: ${list}`);
+    }
+    console.log("");
     console.log(table(
       [{ header: "TID", right: true }, { header: "RIP" }, { header: "RSP" }, { header: "NAME" }],
       p.threads.map((t) => [String(t.tid), t.rip, t.rsp, t.name]),
@@ -196,8 +208,9 @@ export const inspect: Verb = {
   --verify   check every checksum of the image; exit 1 with the reason if one fails
   --verbose  also show every register of every thread
   --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, verified?,
-             processes: [{pid, ppid, comm, cmdline, exe, cwd, threads: [{tid, name, rip, rsp,
-             regs?}], mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
+             processes: [{pid, ppid, comm, cmdline, exe, cwd, zombies: [{pid, comm, ended}],
+             threads: [{tid, name, rip, rsp, regs?}],
+             mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
              fds: [{fd, file, kind, path, closeOnExec}], totals: {threads, mappings,
              mappedBytes, pageBytes, fds}}]}`,
   async run(args) {
