@@ -94,6 +94,7 @@ export type {
   SigactionEntry,
   SpecialMappings,
   ThreadEntry,
+  ZombieEntry,
 } from "./lib/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";

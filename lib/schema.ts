@@ -94,13 +94,15 @@ export interface SpecialMappings {
 
 /** A child that exited and that its parent had not waited for. */
 export interface ZombieEntry {
+  /** Its pid, made again. */
   pid: number;
   /** Its name (comm). */
   comm: string;
   /** Its exit status as wait() reports it: code << 8, or the signal that ended it. */
   status: number;
-  /** Process group and session, which it may have led. */
+  /** Process group, which it may have led. */
   pgid: number;
+  /** Session, which it may have led. */
   sid: number;
 }
 
