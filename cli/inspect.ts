@@ -15,6 +15,8 @@ import {
 function describe(f: FileEntry | undefined): string | null {
   if (!f) return null;
   if (f.kind === "pipe") return `pipe:[${f.pipe}] ${f.end} end`;
+  // Sockets (listening, connected pairs, TCP connections) describe themselves.
+  if (typeof f.description === "string") return f.description;
   if (f.kind === "socket") return `socket ${f.state ?? ""}`.trim();
   return null;
 }
