@@ -190,6 +190,13 @@ async function freezeTree(
   }
 }
 
+/** How the dump ends, for file handlers that hold something in the processes until then. */
+interface DumpEnding {
+  leaveRunning: boolean;
+  /** What `FileDumpContext.atDumpEnd` registered, run once the dump is over. */
+  hooks: ((ok: boolean) => void)[];
+}
+
 /** Everything one frozen process holds, its page data written through `sink`. */
 async function dumpProcess(
   frozen: FrozenProcess,
@@ -198,6 +205,8 @@ async function dumpProcess(
   sink: PageSink,
   staging: Uint8Array,
   scope: object,
+  pids: readonly number[],
+  ending: DumpEnding,
   onProgress?: (bytes: number) => void,
   pre?: ProcessPreCopy,
 ): Promise<ProcessEntry> {
@@ -227,6 +236,9 @@ async function dumpProcess(
       frozen,
       pidfd,
       scope,
+      pids,
+      leaveRunning: ending.leaveRunning,
+      atDumpEnd: (fn) => void ending.hooks.push(fn),
       storeObject: (fd: Fd) =>
         objects.storeFile(
           `file:${fd.dev}:${fd.inode}`,
@@ -274,8 +286,19 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
   const policy = opts.policy ?? {};
   await policy.beforeFreeze?.(await Process.open(pid));
   await using writer = await ImageWriter.create(opts.dir);
+  const ending: DumpEnding = { leaveRunning: opts.leaveRunning ?? false, hooks: [] };
+  const endDump = (ok: boolean) => {
+    for (const fn of ending.hooks.splice(0)) {
+      try {
+        fn(ok);
+      } catch { /* each handler puts back what it can */ }
+    }
+  };
   // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
-  const unhook = onInterrupt(() => void writer.abort().catch(() => {}));
+  const unhook = onInterrupt(() => {
+    endDump(false);
+    void writer.abort().catch(() => {});
+  });
   let killed = false;
   let started = performance.now();
   let frozenMs = 0;
@@ -311,6 +334,8 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         sink,
         staging,
         scope,
+        tree.map((f) => f.pid),
+        ending,
         (bytes: number) => opts.onProgress?.(before + bytes),
         pre?.byPid.get(frozen.pid),
       );
@@ -328,6 +353,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);
     if (opts.leaveRunning) {
       // Everything is captured: let them run while the image is checked and made durable.
+      endDump(true);
       release();
       frozenMs = performance.now() - started;
     }
@@ -336,6 +362,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     if (!opts.leaveRunning) {
       // End them while still frozen (only once the image is safe), so none runs a single
       // instruction past the image; children first, so each parent is last to go.
+      endDump(true);
       for (const f of [...tree].reverse()) f.kill();
       killed = true;
       frozenMs = performance.now() - started;
@@ -374,6 +401,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     }
     throw explain(err, pid, "state");
   } finally {
+    endDump(false); // a failed dump: what handlers hold in the processes is put back first
     release();
     try {
       pre?.close(); // closing the uffds unregisters everything in the targets

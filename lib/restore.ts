@@ -11,6 +11,8 @@ import { checksum } from "./image/checksum.ts";
 import { ImageReader } from "./image/mod.ts";
 import { Injector } from "./inject.ts";
 import { releasePipes } from "./files/pipe.ts";
+import { releaseUnixPairs } from "./files/unix_pair.ts";
+import { dropTcpStreams, resumeTcpStreams } from "./files/tcp_stream.ts";
 import { restoreFdTable, type SharedFiles } from "./parts/fdtable.ts";
 import { AddressSpaceBuilder, type SharedObjects } from "./parts/memory_restore.ts";
 import { restorePosixTimers } from "./parts/posix_timers.ts";
@@ -338,6 +340,9 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
       );
     }
     releasePipes(shares.scope);
+    releaseUnixPairs(shares.scope);
+    // Every end of every TCP connection exists now: they may talk.
+    resumeTcpStreams(shares.scope);
     for (const m of making) seal(m);
 
     stage("resume", entries[0]);
@@ -351,6 +356,8 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     };
   } catch (err) {
     releasePipes(shares.scope);
+    releaseUnixPairs(shares.scope);
+    dropTcpStreams(shares.scope);
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const tids = new Set(made);

@@ -344,8 +344,9 @@ async function failingDump(
   name: string,
   opts: { policy?: Policy; leaveRunning?: boolean },
   expect: (err: Error) => boolean,
+  args: string[] = [],
 ): Promise<void> {
-  const t = await start(name);
+  const t = await start(name, args);
   const base = tempBase();
   try {
     assert.equal(await t.check(), "PASS");
@@ -358,12 +359,22 @@ async function failingDump(
   }
 }
 
-Deno.test("checkpoint: an fd kind it cannot dump is a DumpError naming fd and kind", async () => {
-  await failingDump(
-    "r_socketpair",
-    {},
-    (err) => err instanceof DumpError && /\bfd 3\b/.test(err.message) && /socket/.test(err.message),
-  );
+Deno.test("checkpoint: an fd it cannot dump is a DumpError naming the fd and its kind", async () => {
+  // A UNIX connection to this test process, which the dump cannot take along.
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-ck-" });
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/listener.sock` });
+  try {
+    await failingDump(
+      "unix_client",
+      {},
+      (err) =>
+        err instanceof DumpError && /\bfd 3\b/.test(err.message) && /socket/.test(err.message),
+      [`${dir}/listener.sock`],
+    );
+  } finally {
+    listener.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("checkpoint: a process in another mount namespace is refused, naming it", async () => {

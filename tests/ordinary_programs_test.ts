@@ -1,6 +1,8 @@
 /** Ordinary programs, not fixtures, through a dump and a restore. */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, ImageReader, restore } from "../mod.ts";
+import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
+import type { ProcessEntry } from "../lib/schema.ts";
 import { isAlive, killAndReap, spawnTarget } from "./helpers.ts";
 
 Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", async () => {
@@ -192,6 +194,66 @@ while True:
   }
 });
 
+Deno.test("python3 asyncio (a self-pipe socketpair woken from a thread) counts on", async () => {
+  using s = scratch();
+  Deno.writeTextFileSync(
+    `${s.dir}/a.py`,
+    `import asyncio, threading, time
+async def count():
+    n = 0
+    while True:
+        n += 1
+        with open("count", "a") as f:
+            f.write(f"n {n}\\n")
+        await asyncio.sleep(0.05)
+async def main():
+    loop = asyncio.get_running_loop()
+    fed = asyncio.Queue()
+    def feeder():
+        i = 0
+        while True:
+            i += 1
+            # Wakes the loop by writing to its self-pipe, a socketpair.
+            loop.call_soon_threadsafe(fed.put_nowait, i)
+            time.sleep(0.03)
+    threading.Thread(target=feeder, daemon=True).start()
+    asyncio.create_task(count())
+    while True:
+        print("fed", await fed.get(), flush=True)
+asyncio.run(main())
+`,
+  );
+  const counted = () => numbers(Deno.readTextFileSync(`${s.dir}/count`), /^n (\d+)$/gm);
+  const t = await spawnTarget("python3", ["a.py"], { cwd: s.dir, ready: /^fed 10$/m });
+  try {
+    await checkpoint(t.pid, { dir: s.img });
+    {
+      // The loop's self-pipe: both ends of one socketpair, each naming the other.
+      using image = await ImageReader.open(s.img);
+      const p = await image.readMeta<ProcessEntry>("process");
+      const pair = p.files.filter((f) => f.kind === "unix-pair") as UnixPairEntry[];
+      assert.equal(pair.length, 2, p.files.map((f) => f.kind).join(" "));
+      assert.equal(pair[0].peer, pair[1].inode);
+    }
+    await killAndReap(t.pid);
+    const countAtDump = Math.max(...counted());
+    const fedAtDump = Math.max(...numbers(t.output(), /^fed (\d+)$/gm));
+    const r = await restore(s.img);
+    assert.equal(r.pid, t.pid);
+    await t.waitFor(new RegExp(`^fed ${fedAtDump + 10}$`, "m"));
+    for (let i = 0; i < 250 && Math.max(...counted()) < countAtDump + 10; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const n = counted();
+    assert.ok(n.length >= countAtDump + 10, `counted ${n.length}, ${countAtDump} at the dump`);
+    assert.deepEqual(n, n.map((_, i) => i + 1));
+    const fed = numbers(t.output(), /^fed (\d+)$/gm);
+    assert.deepEqual(fed, fed.map((_, i) => i + 1));
+  } finally {
+    await t.kill();
+  }
+});
+
 Deno.test({
   name: "node with a worker thread goes on passing messages",
   ignore: !have("node"),
@@ -330,14 +392,19 @@ Deno.test("a UNIX socketpair half whose peer was closed comes back at EOF, write
     `import socket, signal, time
 a, b = socket.socketpair()
 b.close()
+# The same, with what the closed peer sent still to be read.
+c, d = socket.socketpair()
+d.sendall(b"last words")
+d.close()
 def check(*_):
-    got = a.recv(10)
-    try:
-        a.send(b"x")
-        w = "sent"
-    except BrokenPipeError:
-        w = "EPIPE"
-    print("recv", got, w, flush=True)
+    for name, sock in ("a", a), ("c", c):
+        got = sock.recv(100), sock.recv(100)
+        try:
+            sock.send(b"x")
+            w = "sent"
+        except BrokenPipeError:
+            w = "EPIPE"
+        print(name, "recv", *got, w, flush=True)
 signal.signal(signal.SIGUSR1, check)
 print("ready", flush=True)
 while True:
@@ -348,7 +415,8 @@ while True:
   try {
     await dumpAndRestore(t.pid, s.img);
     Deno.kill(t.pid, "SIGUSR1");
-    await t.waitFor(/^recv b'' EPIPE$/m);
+    await t.waitFor(/^c recv b'last words' b'' EPIPE$/m);
+    assert.match(t.output(), /^a recv b'' b'' EPIPE$/m);
   } finally {
     await t.kill();
   }

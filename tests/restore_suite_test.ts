@@ -73,10 +73,9 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_timerfd" },
   { name: "r_signalfd" },
   { name: "r_listen" },
-  {
-    name: "r_socketpair",
-    unsupported: "connected sockets and socketpairs are not dumped yet (the dump refuses them)",
-  },
+  { name: "r_tcp_loopback" },
+  { name: "r_socketpair" },
+  { name: "r_socketpair_tree" },
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },

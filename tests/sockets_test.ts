@@ -1,7 +1,8 @@
 /**
  * Sockets (lib/files/socket.ts): listening TCP/TCP6/UNIX and bound UDP/UNIX datagram sockets come
- * back at the same addresses with their options and keep serving; connected ones are refused at
- * dump with a message naming the fd.
+ * back at the same addresses with their options and keep serving; socketpairs between processes of
+ * the dump come back connected with their queues (lib/files/unix_pair.ts); a UNIX connection to a
+ * process outside the dump, and queues the tool cannot keep, are refused at dump naming the fd.
  */
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
@@ -9,6 +10,7 @@ import { checkpoint, restore } from "../mod.ts";
 import { DumpError, RestoreError } from "../lib/errors.ts";
 import { ImageReader } from "../lib/image/mod.ts";
 import type { SocketEntry } from "../lib/files/socket.ts";
+import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
 import type { ProcessEntry } from "../lib/schema.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
@@ -133,22 +135,186 @@ Deno.test("sockets: a restore is refused while the address is still in use", asy
   }
 });
 
-Deno.test("sockets: a connected socketpair is refused at dump, naming the fd", async () => {
-  const t = await start("r_socketpair");
+Deno.test("sockets: a UNIX stream connected to a listener outside the dump is refused, naming the fd", async () => {
   const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+  const listener = Deno.listen({ transport: "unix", path: `${base}/outside.sock` });
+  const t = await spawnTarget(await fixture("unix_client"), [`${base}/outside.sock`], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  let conn: Deno.Conn | undefined;
+  const refused = (where: RegExp) => (err: Error) => {
+    assert.ok(err instanceof DumpError, String(err));
+    assert.match(err.message, /^fd 3 of process \d+: UNIX stream socket /);
+    assert.match(err.message, where);
+    assert.match(err.message, /a policy can skip it/);
+    return true;
+  };
   try {
+    assert.match(t.output(), /^READY /m, t.output());
+    // Not accepted yet: the other end waits in the listener's queue, held by no process.
     await assert.rejects(
       checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
-      (err: Error) => {
-        assert.ok(err instanceof DumpError, String(err));
-        assert.match(err.message, /^fd 3 of process \d+: UNIX stream socket /);
-        assert.match(err.message, /connected to an unnamed peer/);
-        assert.match(err.message, /a policy can skip it/);
-        return true;
-      },
+      refused(/outside the dump, in its listener's queue of connections not accepted yet/),
     );
+    conn = await listener.accept();
+    await assert.rejects(
+      checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+      refused(/outside the dump: no process of this dump holds that end/),
+    );
+    // Left running as it was: the connection still carries its messages.
     assert.equal(await t.check(), "PASS", t.output());
+    const buf = new Uint8Array(64);
+    const n = await conn.read(buf);
+    assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "ping 1\n");
+  } finally {
+    conn?.close();
+    listener.close();
+    await cleanup(t, base);
+  }
+});
+
+Deno.test("sockets: a parent and child talking over socketpairs come back as a tree, queues and all", async () => {
+  const t = await start("r_socketpair_tree");
+  const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+  const child = Number(t.output().match(/^READY \d+ child (\d+)/m)![1]);
+  try {
+    assert.equal(await t.check(), "PASS", t.output());
+    const r = await checkpoint(t.pid, { dir: `${base}/img` });
+    assert.deepEqual(r.processes, [t.pid, child]);
+
+    using image = await ImageReader.open(`${base}/img`);
+    const ends: Record<number, UnixPairEntry[]> = {};
+    for (const [pid, meta] of [[t.pid, "process"], [child, `process-${child}`]] as const) {
+      const p = await image.readMeta<ProcessEntry>(meta);
+      ends[pid] = p.files.filter((f) => f.kind === "unix-pair") as UnixPairEntry[];
+    }
+    const queues = (pid: number) => ends[pid].map((e) => e.queue.map((m) => m.length));
+    assert.deepEqual(queues(t.pid), [[7000], [], [10, 0, 4000], [10]]);
+    assert.deepEqual(queues(child), [[5000], [1, 0, 500, 2000], [], []]);
+    // Each end names the other, across the two processes.
+    for (const [i, e] of ends[t.pid].entries()) {
+      assert.equal(e.peer, ends[child][i].inode);
+      assert.equal(ends[child][i].peer, e.inode);
+    }
+    assert.deepEqual(ends[t.pid].map((e) => e.shutdown), [0, 0, 0, 1]);
+    assert.deepEqual(ends[child].map((e) => e.shutdown), [0, 0, 0, 2]);
+
+    const back = await restore(`${base}/img`);
+    assert.deepEqual(back.processes, [t.pid, child]);
+    // Twice: the second check reads what the first one queued through the restored pairs.
+    assert.equal(await t.check(), "PASS", t.output());
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await cleanup(t, base); // the parent first: a killed child stays a zombie while it lives
+    await t.kill(child);
+  }
+});
+
+/** A server that accepted a connection from itself, with data queued both ways. */
+const ACCEPTED_PY = `import os, signal, socket, sys, time
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(4)
+client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+client.connect(path)
+conn, _ = srv.accept()
+client.sendall(b"request" * 1000)
+conn.sendall(b"reply")
+def check(*_):
+    got = conn.recv(100000, socket.MSG_DONTWAIT), client.recv(100, socket.MSG_DONTWAIT)
+    ok = got == (b"request" * 1000, b"reply")
+    client.sendall(b"request" * 1000)
+    conn.sendall(b"reply")
+    print("names", conn.getsockname() or "-", client.getpeername() or "-", flush=True)
+    print("PASS" if ok else f"FAIL {got}", flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("READY", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test("sockets: a connection accepted from a named listener comes back, queues and all (unnamed)", async () => {
+  const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+  const path = `${base}/server.sock`;
+  await Deno.writeTextFile(`${base}/s.py`, ACCEPTED_PY);
+  const t = await spawnTarget("python3", [`${base}/s.py`, path], { ready: /^READY \d+$/m });
+  try {
+    assert.equal(await t.check(), "PASS", t.output());
+    assert.match(t.output(), new RegExp(`^names ${path} ${path}$`, "m"));
+    await checkpoint(t.pid, { dir: `${base}/img` });
+    await restore(`${base}/img`);
+    // Both ends of the connection come back, each with its queue, but as a socketpair: unnamed.
+    assert.equal(await t.check(), "PASS", t.output());
+    assert.match(t.output(), /^names - -$/m);
+    assert.equal(await t.check(), "PASS", t.output());
+    // The listener itself is back at its path.
+    const conn = await Deno.connect({ transport: "unix", path });
+    conn.close();
   } finally {
     await cleanup(t, base);
   }
 });
+
+/** A socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on `b`. */
+const UNKEPT_QUEUE_PY = `import array, os, signal, socket, sys, time
+a, b = socket.socketpair()
+if sys.argv[1] == "fds":
+    r, w = os.pipe()
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+else:
+    a.send(b"abc")
+    a.send(b"X", socket.MSG_OOB)
+def check(*_):
+    peek_off = b.getsockopt(socket.SOL_SOCKET, 42)
+    if sys.argv[1] == "fds":
+        msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4))
+        got = f"{msg} with {len(anc)} fd message"
+    else:
+        got = f"{b.recv(10)} then {b.recv(1, socket.MSG_OOB)}"
+    print("peek_off", peek_off, "got", got, flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("READY", b.fileno(), flush=True)
+while True:
+    time.sleep(1)
+`;
+
+const UNKEPT_QUEUES = [
+  {
+    mode: "fds",
+    what: "a passed fd",
+    why: /1 file descriptor\(s\) queued in messages \(SCM_RIGHTS\)/,
+    got: "b'x' with 1 fd message",
+  },
+  {
+    mode: "oob",
+    what: "an out-of-band byte",
+    why: /has an out-of-band byte \(MSG_OOB\) queued/,
+    got: "b'abc' then b'X'",
+  },
+];
+
+for (const { mode, what, why, got } of UNKEPT_QUEUES) {
+  Deno.test(`sockets: a queue holding ${what} is refused, the process left as it was`, async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    await Deno.writeTextFile(`${base}/q.py`, UNKEPT_QUEUE_PY);
+    const t = await spawnTarget("python3", [`${base}/q.py`, mode], { ready: /^READY \d+$/m });
+    try {
+      const fd = t.output().match(/^READY (\d+)$/m)![1];
+      await assert.rejects(
+        checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(err.message, new RegExp(`^fd ${fd} of process ${t.pid}: `));
+          assert.match(err.message, why);
+          return true;
+        },
+      );
+      // SO_PEEK_OFF is back at -1 and the queue is whole.
+      Deno.kill(t.pid, "SIGUSR1");
+      await t.waitFor(new RegExp(`^peek_off -1 got ${got}$`, "m"));
+    } finally {
+      await cleanup(t, base);
+    }
+  });
+}

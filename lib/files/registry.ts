@@ -14,8 +14,10 @@ import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
 import { signalfdHandler } from "./signalfd.ts";
 import { socketHandler } from "./socket.ts";
+import { tcpStreamHandler } from "./tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
+import { unixPairHandler } from "./unix_pair.ts";
 
 /** All handlers, one per entry kind. */
 export const FILE_HANDLERS: readonly FileHandler[] = [
@@ -30,6 +32,8 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   inotifyHandler,
   memfdHandler,
   socketHandler,
+  unixPairHandler,
+  tcpStreamHandler,
 ] as FileHandler[];
 
 const byFdKind = new Map(FILE_HANDLERS.flatMap((h) => h.fdKinds.map((k) => [k, h] as const)));

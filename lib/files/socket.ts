@@ -2,6 +2,8 @@
  * Sockets a server typically holds, as CRIU does for the simple cases: listening TCP (IPv4 and
  * IPv6) and UNIX stream/seqpacket sockets, bound or unbound UDP and UNIX datagram sockets (also
  * ones connect()ed to a named address), and TCP/UNIX stream sockets that are not connected yet.
+ * Established TCP connections (and CLOSE_WAIT ones) go to tcp_stream.ts, which keeps them with
+ * their queues through TCP repair mode.
  *
  * Dump: everything is read inside the frozen process through its fd number, with injected
  * getsockopt/getsockname/getpeername (no pidfd_getfd: that would move the socket's net_cls and
@@ -19,13 +21,16 @@
  * IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, IPV6_V6ONLY, IPV6_UNICAST_HOPS, IPV6_FREEBIND.
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
- * connected or connecting TCP sockets (any state but LISTEN and CLOSE), connected UNIX stream and
- * seqpacket sockets and socketpairs (but an unbound one whose peer was closed everywhere, with
- * nothing queued, comes back as a socketpair with one end closed again: sock_diag shows such a
- * socket with peer inode 0 and a full shutdown; the JVM holds one), UNIX datagram sockets connected to an unnamed peer
- * (socketpairs) or with datagrams queued, listeners with connections waiting in their accept
- * queue (they would be lost, as CRIU refuses them too), inet protocols other than TCP and UDP
- * (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …).
+ * TCP sockets connecting or closing (SYN_SENT, SYN_RECV, FIN_WAIT1/2, CLOSING, LAST_ACK,
+ * TIME_WAIT: any state but LISTEN, CLOSE, ESTABLISHED and CLOSE_WAIT), connected UNIX stream and
+ * seqpacket sockets and socketpairs whose peer no process of the dump holds (those with their peer
+ * in the dump, or with a closed peer, go to unix_pair.ts, which keeps their queued data; but an
+ * unbound one whose peer was closed everywhere, with nothing queued, stays here and comes back as
+ * a socketpair with one end closed again: sock_diag shows such a socket with peer inode 0 and a
+ * full shutdown; the JVM holds one), UNIX datagram sockets connected to an unnamed peer outside
+ * the dump, other UNIX datagram sockets with datagrams queued, listeners with connections waiting
+ * in their accept queue (they would be lost, as CRIU refuses them too), inet protocols other than
+ * TCP and UDP (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …).
  * Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP socket in state
  * CLOSE (never connected, or its connect failed) comes back as a fresh socket: a pending SO_ERROR
  * is not kept (reading it would clear it in the dumped process).
@@ -45,6 +50,8 @@ import type { Fd } from "../fds.ts";
 import type { Injector } from "../inject.ts";
 import type { FileEntry } from "../schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
+import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
+import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
 import { injectClose, injectRaw } from "./util.ts";
 
 /** One socket option that differs from a fresh socket's, with its raw getsockopt value. */
@@ -156,7 +163,7 @@ const ipv6 = (f: number) => f === AF_INET6;
 const unix = (f: number) => f === AF_UNIX;
 
 /** The options kept, in the order they are set again (all before bind and listen). */
-const OPTIONS: OptionSpec[] = [
+export const OPTIONS: OptionSpec[] = [
   { name: "SO_REUSEADDR", level: SOL_SOCKET, option: SO_REUSEADDR, size: 4, applies: any },
   { name: "SO_REUSEPORT", level: SOL_SOCKET, option: SO_REUSEPORT, size: 4, applies: any },
   { name: "SO_KEEPALIVE", level: SOL_SOCKET, option: 9, size: 4, applies: any },
@@ -205,7 +212,7 @@ interface SocketReader {
 const SCRATCH_VALUE = 0xe000;
 const SCRATCH_LEN = SCRATCH_VALUE + 256;
 
-function injectedReader(inj: Injector, fd: number): SocketReader {
+export function injectedReader(inj: Injector, fd: number): SocketReader {
   const len32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
   const call = (nr: number, ...args: (number | bigint)[]) => Number(inj.raw(nr, fd, ...args));
   const readBack = (max: number): Uint8Array => {
@@ -235,7 +242,7 @@ function injectedReader(inj: Injector, fd: number): SocketReader {
 }
 
 /** A raw syscall in the tool: the result, or a negative errno. */
-function local(nr: number, ...args: (number | bigint)[]): number {
+export function local(nr: number, ...args: (number | bigint)[]): number {
   const a = [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6);
   const r = Number(libc.syscall(BigInt(nr), a[0], a[1], a[2], a[3], a[4], a[5]));
   return r === -1 ? -errno() : r;
@@ -255,7 +262,7 @@ function localSetsockopt(fd: number, level: number, option: number, value: Uint8
 const int32 = (b: Uint8Array): number => new DataView(b.buffer, b.byteOffset, 4).getInt32(0, true);
 const int32Bytes = (n: number) => new Uint8Array(new Int32Array([n]).buffer);
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
@@ -335,7 +342,7 @@ interface UnixDiag {
 const UNIX_DIAG_PEER = 2, UNIX_DIAG_SHUTDOWN = 6, UDIAG_SHOW_PEER = 0x4;
 
 /** sock_diag's view of the UNIX socket with this inode; null when it does not find it. */
-function unixDiag(inode: bigint): UnixDiag | null {
+export function unixDiag(inode: bigint): UnixDiag | null {
   const s = local(NR.socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   if (s < 0) return null;
   try {
@@ -402,7 +409,7 @@ function somaxconn(): number {
 // ---- Dump ----
 
 /** The options of a fresh socket of this kind made by the tool (null when it cannot make one). */
-function defaultOptions(family: number, type: number, protocol: number) {
+export function defaultOptions(family: number, type: number, protocol: number) {
   const fd = local(NR.socket, family, type | SOCK_CLOEXEC, protocol);
   if (fd < 0) return null;
   try {
@@ -422,11 +429,14 @@ function refuse(fd: Fd, what: string, why: string): never {
   throw new DumpError(
     `fd ${fd.fd} of process ${fd.pid}: ${what} socket (${fd.target}) ${why}; tardigrade ` +
       `dumps only listening, bound and unconnected TCP, UDP and UNIX sockets (and datagram ` +
-      `sockets connected to an address); a policy can skip it`,
+      `sockets connected to an address, established TCP connections); a policy can skip it`,
   );
 }
 
-function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
+function dumpSocket(
+  fd: Fd,
+  ctx: FileDumpContext,
+): SocketEntry | UnixPairEntry | TcpStreamEntry {
   const rd = injectedReader(ctx.frozen.injector, fd.fd);
   const intOpt = (level: number, option: number): number => {
     const v = rd.getsockopt(level, option, 4);
@@ -459,10 +469,6 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
   const listening = intOpt(SOL_SOCKET, SO_ACCEPTCONN) !== 0;
   const peer = listening ? null : nameOf("getpeername");
   const at = address ? `on ${formatAddress(address)}` : "unbound";
-  const peerText = (p: Uint8Array) =>
-    p.length <= 2
-      ? "an unnamed peer (a socketpair, or a client that did not bind)"
-      : formatAddress(p);
 
   let peerClosed = false;
   let backlog = 0;
@@ -473,6 +479,10 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
       throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: TCP_INFO failed (errno ${-info})`);
     }
     const state = info[0];
+    // A connection (also one whose peer closed its side): tcp_stream.ts keeps it, with TCP repair.
+    if (isTcpStreamState(state) && address && peer) {
+      return dumpTcpStream(fd, ctx, { what, family, address, peer });
+    }
     if (state !== TCP_LISTEN && state !== TCP_CLOSE) {
       const to = peer ? `, peer ${formatAddress(peer)}` : "";
       refuse(fd, what, `in state ${TCP_STATES[state] ?? state}, ${at}${to}`);
@@ -496,14 +506,14 @@ function dumpSocket(fd: Fd, ctx: FileDumpContext): SocketEntry {
       // over descriptors being closed): sock_diag shows a peer with no inode and a full shutdown.
       const d = unixDiag(fd.inode);
       if (d && d.peer === 0 && d.shutdown === 3) {
-        if (d.rqueue > 0) {
-          refuse(fd, what, `whose peer was closed, with ${d.rqueue} bytes queued to read`);
-        }
+        // With data still to read it is a pair whose peer is gone: unix_pair.ts keeps the data.
+        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer });
         peerClosed = true;
       }
     }
     if (peer && !peerClosed && (type !== SOCK_DGRAM || peer.length <= 2)) {
-      refuse(fd, what, `connected to ${peerText(peer)}, ${at}`);
+      // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
+      return dumpUnixPair(fd, ctx, { what, type, address, peer });
     }
     if (listening) {
       const q = unixListenQueue(fd.inode);
@@ -650,7 +660,7 @@ function checkSocket(e: SocketEntry): string | null {
   return null;
 }
 
-function setOption(ctx: FileRestoreContext, fd: number, o: SocketOption): void {
+export function setOption(ctx: FileRestoreContext, fd: number, o: SocketOption): void {
   let value = o.value;
   if (o.level === SOL_SOCKET && (o.option === SO_SNDBUF || o.option === SO_RCVBUF)) {
     // The kernel doubles what is set: set half. FORCE passes the sysctl maximum (privileged).
@@ -715,7 +725,10 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
 }
 
 /** Listening, bound and unconnected TCP, UDP and UNIX sockets. */
-export const socketHandler: FileHandler<SocketEntry> = {
+export const socketHandler: FileHandler<
+  SocketEntry,
+  SocketEntry | UnixPairEntry | TcpStreamEntry
+> = {
   kind: "socket",
   fdKinds: ["socket"],
   dump: dumpSocket,

@@ -19,6 +19,20 @@ export interface FileDumpContext {
   storeObject(fd: Fd): number;
   /** Shared by every process of one dump, for state that spans processes (a pipe's data). */
   readonly scope?: object;
+  /**
+   * Every process of this dump (the target alone when absent), so a handler can tell whether
+   * the other end of a connection is dumped too.
+   */
+  readonly pids?: readonly number[];
+  /** The processes run on after the dump (`leaveRunning`); else they are killed once it is safe. */
+  readonly leaveRunning?: boolean;
+  /**
+   * Registers `fn` to run once when the dump is over, while the processes are still frozen: with
+   * `ok` true once the image is complete, just before they are let go or killed; with `ok` false
+   * when the dump failed, to put back what the handler changed in them (a TCP connection held in
+   * repair mode). Absent: a handler must leave the process as it found it before returning.
+   */
+  readonly atDumpEnd?: (fn: (ok: boolean) => void) => void;
 }
 
 /** What a handler may use while restoring, inside the process being made. */
@@ -46,14 +60,17 @@ export interface FileRestoreContext {
   readonly scope?: object;
 }
 
-/** Dump and restore of one kind of open file. */
-export interface FileHandler<E extends FileEntry = FileEntry> {
+/**
+ * Dump and restore of one kind of open file. `D`, what `dump` returns, is wider than `E` where a
+ * handler hands some files to another kind's handler (a connected UNIX socket to unix_pair.ts).
+ */
+export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntry = E> {
   /** The `kind` of the entries this handler writes. */
   readonly kind: string;
   /** The inspection SDK kinds it dumps. */
   readonly fdKinds: readonly FdKind[];
   /** Describes the open file behind `fd` (called once per shared open file). */
-  dump(fd: Fd, ctx: FileDumpContext): E | Promise<E>;
+  dump(fd: Fd, ctx: FileDumpContext): D | Promise<D>;
   /** Before anything is made: a reason to refuse the restore, or null. */
   check?(entry: E): string | null;
   /** Makes the open file in the target; returns the target fd it got (any number). */

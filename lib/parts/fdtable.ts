@@ -6,6 +6,8 @@ import { close, O, pidfdOpen } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { assignFileIds, type Fd, FileTable } from "../fds.ts";
 import { releasePipes } from "../files/pipe.ts";
+import { releaseUnixPairs } from "../files/unix_pair.ts";
+import { dropTcpStreams } from "../files/tcp_stream.ts";
 import { handlerForEntry, handlerForFd } from "../files/registry.ts";
 import type { RegularEntry } from "../files/regular.ts";
 import type { FileDumpContext, FileRestoreContext } from "../files/types.ts";
@@ -115,7 +117,12 @@ export function restoreFdTable(
     scope,
   };
   const cleanup = () => {
-    if (!scope) releasePipes(ctx); // else the whole tree's restore releases them at its end
+    // Else the whole tree's restore releases them at its end.
+    if (!scope) {
+      releasePipes(ctx);
+      releaseUnixPairs(ctx);
+      dropTcpStreams(ctx); // finish() resumed them, unless the restore stopped early
+    }
     close(pidfd);
   };
   try {

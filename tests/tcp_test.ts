@@ -1,0 +1,348 @@
+/**
+ * Established TCP connections (lib/files/tcp_stream.ts), over real loopback TCP: a client whose
+ * server is this test process comes back with the bytes in flight both ways (received but unread,
+ * sent but unacknowledged, never sent) and the server sees every byte once, in order, and no
+ * reset; both ends of connections inside one process come back and keep talking; a dump that
+ * leaves the client running puts its connection back as it was; a refused socket after a held
+ * connection leaves the target running with that connection unharmed.
+ *
+ * The server end is a raw socket (FFI) so the test can hold back its acknowledgements: a drop-all
+ * socket filter on it makes the client's bytes stay sent but unacknowledged. It stays quiet while
+ * the client is dumped and restored (the header of tcp_stream.ts says why it must).
+ */
+import assert from "node:assert/strict";
+import { addressOf, errno, libc } from "../ffi/mod.ts";
+import { checkpoint, restore } from "../mod.ts";
+import { DumpError, RestoreError } from "../lib/errors.ts";
+import type { TcpStreamEntry } from "../lib/files/tcp_stream.ts";
+import { ImageReader } from "../lib/image/mod.ts";
+import type { ProcessEntry } from "../lib/schema.ts";
+import { fixture, spawnTarget, type Target } from "./helpers.ts";
+
+const NR = {
+  close: 3,
+  ioctl: 16,
+  socket: 41,
+  sendto: 44,
+  recvfrom: 45,
+  bind: 49,
+  listen: 50,
+  getsockname: 51,
+  setsockopt: 54,
+  getsockopt: 55,
+  accept4: 288,
+};
+const EAGAIN = 11, MSG_DONTWAIT = 0x40, SOCK_NONBLOCK = 0o4000, SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1, SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SOL_TCP = 6, TCP_INFO = 11;
+const SIOCOUTQ = 0x5411, TCP_ESTABLISHED = 1;
+
+/** A raw syscall: the result, or a negative errno. */
+function sys(nr: number, ...args: (number | bigint)[]): number {
+  const a = [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6);
+  const r = Number(libc.syscall(BigInt(nr), a[0], a[1], a[2], a[3], a[4], a[5]));
+  return r === -1 ? -errno() : r;
+}
+
+function must(r: number, what: string): number {
+  if (r < 0) throw new Error(`${what}: errno ${-r}`);
+  return r;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Byte `i` of stream `seed`, as tests/fixtures/tcp_client.c and r_tcp_loopback.c make them. */
+function streamByte(seed: number, i: number): number {
+  return ((Math.imul(i, 2654435761) >>> 24) ^ (i >>> 11) ^ (seed * 37)) & 0xff;
+}
+
+function stream(seed: number, from: number, length: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, k) => streamByte(seed, from + k));
+}
+
+/** A socket filter that drops every packet: sock_fprog at 0, its one insn `ret #0` at 16 (one
+ * buffer over V8's 64-byte in-heap limit, so it does not move and the pointer stays valid). */
+const dropAllProg = new Uint8Array(128);
+new DataView(dropAllProg.buffer).setUint16(0, 1, true);
+new DataView(dropAllProg.buffer).setBigUint64(8, addressOf(dropAllProg) + 16n, true);
+dropAllProg[16] = 0x06;
+
+/** The server's end of the connection: a non-blocking socket of this process. */
+class ServerConn {
+  constructor(readonly fd: number) {}
+
+  /** Holds back every packet of the client: nothing it sends is acknowledged meanwhile. */
+  dropIncoming(drop: boolean): void {
+    if (drop) {
+      must(
+        sys(NR.setsockopt, this.fd, SOL_SOCKET, SO_ATTACH_FILTER, addressOf(dropAllProg), 16),
+        "SO_ATTACH_FILTER",
+      );
+    } else {
+      const zero = new Uint8Array(4);
+      must(
+        sys(NR.setsockopt, this.fd, SOL_SOCKET, SO_DETACH_FILTER, addressOf(zero), 4),
+        "SO_DETACH_FILTER",
+      );
+    }
+  }
+
+  /** Bytes sent and not acknowledged by the client yet. */
+  unacknowledged(): number {
+    const n = new Int32Array(1);
+    must(sys(NR.ioctl, this.fd, SIOCOUTQ, addressOf(new Uint8Array(n.buffer))), "SIOCOUTQ");
+    return n[0];
+  }
+
+  state(): number {
+    const info = new Uint8Array(8);
+    const len = new Uint32Array([8]);
+    must(
+      sys(NR.getsockopt, this.fd, SOL_TCP, TCP_INFO, addressOf(info), addressOf(len)),
+      "TCP_INFO",
+    );
+    return info[0];
+  }
+
+  /**
+   * Sends `out` and reads `inLength` bytes, both at once as the connection allows; returns what
+   * was read. EOF or an error (a reset) fails the test.
+   */
+  async exchange(out: Uint8Array, inLength: number, timeoutMs = 30_000): Promise<Uint8Array> {
+    const got = new Uint8Array(inLength);
+    let sent = 0, read = 0;
+    const deadline = Date.now() + timeoutMs;
+    while (sent < out.length || read < inLength) {
+      if (Date.now() > deadline) {
+        throw new Error(`exchange timed out: sent ${sent}/${out.length}, read ${read}/${inLength}`);
+      }
+      let moved = false;
+      if (sent < out.length) {
+        const r = sys(
+          NR.sendto,
+          this.fd,
+          addressOf(out.subarray(sent)),
+          out.length - sent,
+          MSG_DONTWAIT,
+          0,
+          0,
+        );
+        if (r > 0) sent += r, moved = true;
+        else if (r !== -EAGAIN) throw new Error(`server send: errno ${-r} after ${sent} bytes`);
+      }
+      if (read < inLength) {
+        const r = sys(
+          NR.recvfrom,
+          this.fd,
+          addressOf(got.subarray(read)),
+          inLength - read,
+          MSG_DONTWAIT,
+          0,
+          0,
+        );
+        if (r > 0) read += r, moved = true;
+        else if (r === 0) throw new Error(`server: EOF after ${read} bytes read`);
+        else if (r !== -EAGAIN) throw new Error(`server recv: errno ${-r} after ${read} bytes`);
+      }
+      if (!moved) await sleep(2);
+    }
+    return got;
+  }
+
+  close(): void {
+    sys(NR.close, this.fd);
+  }
+}
+
+/** A listener on 127.0.0.1 (ephemeral port) owned by this process. */
+class Server {
+  readonly fd: number;
+  readonly port: number;
+
+  constructor() {
+    this.fd = must(sys(NR.socket, 2, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
+    const addr = new Uint8Array(16);
+    addr.set([2, 0, 0, 0, 127, 0, 0, 1]);
+    must(sys(NR.bind, this.fd, addressOf(addr), 16), "bind");
+    must(sys(NR.listen, this.fd, 4), "listen");
+    const len = new Uint32Array([16]);
+    must(sys(NR.getsockname, this.fd, addressOf(addr), addressOf(len)), "getsockname");
+    this.port = (addr[2] << 8) | addr[3];
+  }
+
+  async accept(): Promise<ServerConn> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const fd = sys(NR.accept4, this.fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd >= 0) return new ServerConn(fd);
+      if (fd !== -EAGAIN || Date.now() > deadline) throw new Error(`accept: errno ${-fd}`);
+      await sleep(5);
+    }
+  }
+
+  close(): void {
+    sys(NR.close, this.fd);
+  }
+}
+
+async function tcpStreams(dir: string): Promise<TcpStreamEntry[]> {
+  using image = await ImageReader.open(dir);
+  const p = await image.readMeta<ProcessEntry>("process");
+  return p.files.filter((f) => f.kind === "tcp-stream") as TcpStreamEntry[];
+}
+
+function assertStream(got: Uint8Array, seed: number, from: number, what: string): void {
+  for (let i = 0; i < got.length; i++) {
+    if (got[i] !== streamByte(seed, from + i)) {
+      assert.fail(`${what}: byte ${i} (stream offset ${from + i}) differs`);
+    }
+  }
+}
+
+const WRITE = 8 << 20; // the client's bytes: more than its send buffer holds
+const EARLY = 100_000; // the server's bytes before the dump, left unread in the client
+const LATE = 200_000; // the server's bytes after it
+
+/**
+ * A client (tests/fixtures/tcp_client.c) connected to a server of this process, with bytes in
+ * flight both ways: EARLY bytes from the server received but unread, and the client blocked in
+ * writing, its send queue full of bytes sent but unacknowledged (the server drops its packets
+ * from before the client writes) and bytes never sent. Runs `body`, then cleans up.
+ */
+async function withClient(
+  body: (t: Target, conn: ServerConn, dir: string) => Promise<void>,
+): Promise<void> {
+  const server = new Server();
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  let conn: ServerConn | undefined;
+  const t = await spawnTarget(
+    await fixture("tcp_client"),
+    [String(server.port), String(WRITE), String(EARLY + LATE)],
+    { ready: /^(READY|SETUP FAILED)/m },
+  );
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    conn = await server.accept();
+    await conn.exchange(stream(2, 0, EARLY), 0);
+    for (let i = 0; conn.unacknowledged() > 0; i++) {
+      assert.ok(i < 500, "the client never acknowledged the server's first bytes");
+      await sleep(10);
+    }
+    conn.dropIncoming(true);
+    Deno.kill(t.pid, "SIGUSR2"); // now the client writes
+    await t.waitFor(/^BLOCKED /m);
+    assert.equal(await t.check(), "PASS", t.output());
+    await body(t, conn, dir);
+  } finally {
+    await t.kill();
+    conn?.close();
+    server.close();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+}
+
+/** The server's side of the rest of the exchange: every byte of the client's once and in order. */
+async function finishExchange(t: Target, conn: ServerConn): Promise<void> {
+  conn.dropIncoming(false);
+  const got = await conn.exchange(stream(2, EARLY, LATE), WRITE);
+  assertStream(got, 1, 0, "the client's bytes as the server read them");
+  await t.waitFor(/^DONE /m, 30_000);
+  assert.equal(await t.check(), "PASS", t.output());
+  assert.equal(conn.state(), TCP_ESTABLISHED, "the server's end left ESTABLISHED");
+}
+
+Deno.test("tcp: a client comes back with every byte in flight, and the server sees no reset", async () => {
+  await withClient(async (t, conn, dir) => {
+    const written = Number(t.output().match(/^BLOCKED written=(\d+)/m)![1]);
+    await checkpoint(t.pid, { dir: `${dir}/img` });
+    assert.ok(!t.alive(), "the client still runs after the dump");
+
+    const [e, ...more] = await tcpStreams(`${dir}/img`);
+    assert.ok(e && more.length === 0, "one tcp-stream entry expected");
+    assert.equal(e.state, "established");
+    assert.equal(e.family, 2);
+    assert.match(e.description, /^IPv4 TCP 127\.0\.0\.1:\d+ connected to 127\.0\.0\.1:\d+$/);
+    assert.deepEqual(e.inQueue, stream(2, 0, EARLY), "receive queue");
+    assert.ok(e.unsent > 0, "no bytes never sent");
+    assert.ok(e.outQueue.length > e.unsent, "no bytes sent but unacknowledged");
+    assertStream(e.outQueue, 1, written - e.outQueue.length, "send queue");
+    assert.deepEqual(e.options.map((o) => o.name).sort().filter((n) => !n.endsWith("BUF")), [
+      "SO_KEEPALIVE",
+      "SO_REUSEADDR",
+      "TCP_NODELAY",
+    ]);
+
+    const r = await restore(`${dir}/img`);
+    assert.equal(r.pid, t.pid);
+    await finishExchange(t, conn);
+  });
+});
+
+Deno.test("tcp: a dump that leaves the client running puts its connection back", async () => {
+  await withClient(async (t, conn, dir) => {
+    await checkpoint(t.pid, { dir: `${dir}/img`, leaveRunning: true });
+    // Repair mode off, filter off, SO_REUSEADDR back: the fixture checks all three.
+    assert.equal(await t.check(), "PASS", t.output());
+    await assert.rejects(
+      restore(`${dir}/img`),
+      (err: Error) =>
+        err instanceof RestoreError && /has that connection already/.test(err.message),
+    );
+    await finishExchange(t, conn);
+  });
+});
+
+Deno.test("tcp: both ends of loopback connections in one process come back and keep talking", async () => {
+  const t = await spawnTarget(await fixture("r_tcp_loopback"), [], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    const v6 = t.output().includes("v6=1");
+    assert.equal(await t.check(), "PASS", t.output());
+    await checkpoint(t.pid, { dir: `${dir}/img` });
+
+    const entries = await tcpStreams(`${dir}/img`);
+    assert.equal(entries.length, v6 ? 5 : 3, entries.map((e) => e.description).join("\n"));
+    assert.equal(entries.filter((e) => e.family === 10).length, v6 ? 2 : 0);
+    const closing = entries.filter((e) => e.state === "close-wait");
+    assert.equal(closing.length, 1);
+    assert.deepEqual(closing[0].inQueue, stream(3, 0, 1000));
+    assert.ok(closing[0].readShutdown);
+    assert.match(closing[0].description, /its peer closed its side/);
+    const talking = entries.filter((e) => e.state === "established");
+    assert.ok(talking.every((e) => e.inQueue.length > 0 && e.outQueue.length > 0));
+
+    await restore(`${dir}/img`);
+    assert.equal(await t.check(), "PASS", t.output());
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
+
+Deno.test("tcp: a connecting socket is refused naming its fd; the held connection is put back", async () => {
+  const t = await spawnTarget(await fixture("tcp_refused"), [], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    assert.equal(await t.check(), "PASS", t.output());
+    await assert.rejects(checkpoint(t.pid, { dir: `${dir}/img` }), (err: Error) => {
+      assert.ok(err instanceof DumpError, String(err));
+      assert.match(err.message, /^fd 4 of process \d+: IPv4 TCP socket .*in state SYN_SENT/);
+      assert.match(err.message, /a policy can skip it/);
+      return true;
+    });
+    assert.ok(t.alive(), "the target was killed");
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
