@@ -52,7 +52,7 @@ import type { FileEntry } from "../schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
-import { injectClose, injectRaw } from "./util.ts";
+import { abandonFd, injectClose, injectRaw } from "./util.ts";
 
 /** One socket option that differs from a fresh socket's, with its raw getsockopt value. */
 export interface SocketOption {
@@ -715,11 +715,7 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
     if (e.peer) injectRaw(ctx, "connect", NR.connect, fd, ctx.put(e.peer), e.peer.length);
     if (e.state === "listening") injectRaw(ctx, "listen", NR.listen, fd, e.backlog);
   } catch (err) {
-    try {
-      injectClose(ctx, fd);
-    } catch { /* the error below says more */ }
-    if (err instanceof RestoreError) throw err;
-    throw new RestoreError(`${e.description}: ${(err as Error).message}`);
+    abandonFd(ctx, fd, e.description, err);
   }
   return fd;
 }

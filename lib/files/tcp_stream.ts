@@ -71,7 +71,7 @@ import {
   type SocketOption,
 } from "./socket.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
-import { F, injectClose } from "./util.ts";
+import { abandonFd, F } from "./util.ts";
 
 /** What TCP_REPAIR_WINDOW reads and sets (struct tcp_repair_window). */
 export interface TcpWindow {
@@ -612,13 +612,7 @@ function openTcpStream(e: TcpStreamEntry, ctx: FileRestoreContext): number {
     return fd;
   } catch (err) {
     close(s); // still in repair mode: it goes without a word to the peer
-    if (fd >= 0) {
-      try {
-        injectClose(ctx, fd);
-      } catch { /* the error below says more */ }
-    }
-    if (err instanceof RestoreError) throw err;
-    throw new RestoreError(`${e.description}: ${(err as Error).message}`);
+    abandonFd(ctx, fd, e.description, err);
   }
 }
 

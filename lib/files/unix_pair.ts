@@ -52,7 +52,7 @@ import {
   unixDiag,
 } from "./socket.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
-import { F, injectClose, injectRaw, SETFL_MASK } from "./util.ts";
+import { abandonFd, F, injectClose, injectRaw, SETFL_MASK } from "./util.ts";
 
 /** One end of a connected UNIX socket pair. */
 export interface UnixPairEntry extends FileEntry {
@@ -466,11 +466,7 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
     st.placed.push(e);
     if (!e.peer || st.placed.length === 2) settle(st);
   } catch (err) {
-    try {
-      injectClose(ctx, fd);
-    } catch { /* the error below says more */ }
-    if (err instanceof RestoreError) throw err;
-    throw new RestoreError(`${e.description}: ${(err as Error).message}`);
+    abandonFd(ctx, fd, e.description, err);
   }
   return fd;
 }

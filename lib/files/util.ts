@@ -1,5 +1,6 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
 import { libc, O, syscall, SyscallError, unwrap } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
 import type { FileRestoreContext } from "./types.ts";
 
 /** fcntl commands the handlers use. */
@@ -79,4 +80,18 @@ export function u64(value: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
   return b;
+}
+
+/**
+ * Gives up a half-made open file: closes target fd `fd` (if any) and throws `err` as a
+ * RestoreError about `what`.
+ */
+export function abandonFd(ctx: FileRestoreContext, fd: number, what: string, err: unknown): never {
+  if (fd >= 0) {
+    try {
+      injectClose(ctx, fd);
+    } catch { /* the error thrown says more */ }
+  }
+  if (err instanceof RestoreError) throw err;
+  throw new RestoreError(`${what}: ${(err as Error).message}`);
 }
