@@ -61,3 +61,58 @@ Deno.test("tree: a shell pipeline (bash, its subshell, cat, sleep) keeps countin
     await Deno.remove(img, { recursive: true }).catch(() => {});
   }
 });
+
+/** A parent and its forked child playing ping-pong over a loopback TCP connection; the parent
+ * prints every number it gets (the child sends even numbers, the parent answers n + 1). */
+const PING_PONG = `
+import os, socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+address = listener.getsockname()
+if os.fork() == 0:
+    listener.close()
+    c = socket.create_connection(address)
+    n = 0
+    while True:
+        c.sendall(b"%d\\n" % n)
+        reply = b""
+        while not reply.endswith(b"\\n"):
+            part = c.recv(64)
+            if not part:
+                os._exit(3)
+            reply += part
+        if int(reply) != n + 1:
+            os._exit(4)
+        n += 2
+        time.sleep(0.005)
+s, _ = listener.accept()
+f = s.makefile("rb")
+while True:
+    line = f.readline()
+    if not line:
+        sys.exit(5)
+    print("got", int(line), flush=True)
+    s.sendall(b"%d\\n" % (int(line) + 1))
+`;
+
+Deno.test("tree: a parent and child talking over loopback TCP go on talking after restore", async () => {
+  const t = await spawnTarget("python3", ["-c", PING_PONG], { ready: /^got 20$/m });
+  const img = await Deno.makeTempDir({ prefix: "tardigrade-tree-" });
+  let everyone: number[] = [];
+  try {
+    const r = await checkpoint(t.pid, { dir: `${img}/image` });
+    assert.equal(r.processes.length, 2, `processes dumped: ${r.processes}`);
+    const last = Math.max(...[...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1])));
+    const back = await restore(`${img}/image`);
+    everyone = back.processes;
+    await t.waitFor(new RegExp(`^got ${last + 40}$`, "m"));
+    // Every even number once, in order: nothing lost or repeated across the dump.
+    const got = [...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1]));
+    got.forEach((n, i) => assert.equal(n, 2 * i));
+  } finally {
+    for (const pid of [...descendants(t.pid), ...everyone]) await killAndReap(pid);
+    await t.kill();
+    await Deno.remove(img, { recursive: true }).catch(() => {});
+  }
+});
