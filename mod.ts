@@ -93,9 +93,16 @@ export type {
   RlimitEntry,
   SigactionEntry,
   SpecialMappings,
+  TerminalEntry,
   ThreadEntry,
   ZombieEntry,
 } from "./lib/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
+export {
+  ShellJob,
+  type ShellJobEnd,
+  type ShellJobStop,
+  type ToolTerminal,
+} from "./lib/parts/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
 export { type Feature, kernelFeatures } from "./lib/features.ts";

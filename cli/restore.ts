@@ -1,44 +1,125 @@
 /** `tardigrade restore DIR`: bring a checkpointed process back. */
-import { restore as sdkRestore } from "../mod.ts";
+import { restore as sdkRestore, type RestoreResult, type ShellJobEnd } from "../mod.ts";
 import { parseVerb, printJson, type Verb } from "./common.ts";
 import { ProgressBar } from "./progress.ts";
+
+/** Signal names for the line printed when a shell job stops. */
+const STOP_SIGNALS: Record<number, string> = {
+  19: "SIGSTOP",
+  20: "SIGTSTP",
+  21: "SIGTTIN",
+  22: "SIGTTOU",
+};
+
+/** Waits for a shell job like `fg`; resolves to how it ended. */
+async function waitForJob(result: RestoreResult): Promise<ShellJobEnd> {
+  const job = result.job!;
+  return await job.wait(({ signal, withTool }) => {
+    const how = STOP_SIGNALS[signal] ?? `signal ${signal}`;
+    console.error(
+      withTool
+        ? `[tardigrade] ${job.pid} stopped (${how}); tardigrade stops with it: fg or bg continues both`
+        : `[tardigrade] ${job.pid} stopped (${how}): \`kill -CONT ${job.pid}\` to resume`,
+    );
+  });
+}
+
+/** With --pid-namespace, for --json: the pids as the processes see them, and the init. */
+function namespaceJson(r: RestoreResult): Record<string, unknown> {
+  if (r.namespaceInit === undefined) return {};
+  return {
+    namespacePid: r.namespacePid,
+    namespaceInit: r.namespaceInit,
+    pidMap: Object.fromEntries(r.pidMap),
+  };
+}
 
 /** The verb. */
 export const restore: Verb = {
   name: "restore",
   summary: "Restore a process from an image directory; prints its pid and returns.",
-  usage: "tardigrade restore DIR [--pidfile FILE] [--json]",
+  usage: "tardigrade restore DIR [--shell-job] [--pid-namespace] [--pidfile FILE] [--json]",
   help: `The process gets its dumped pid back and runs detached from this tool. Things that
 could not be restored exactly are printed as warnings on stderr.
 
 options:
+  --shell-job     for a program run from an interactive shell: it comes back on this
+                  terminal (descriptors on its old terminal are opened on this one), in this
+                  shell's session, as a process group of its own. If it was the foreground
+                  job, it gets the terminal and restore waits for it like \`fg\` (^C and ^Z
+                  reach it, not this tool), then exits with its exit code (128 + signal when
+                  a signal ended it); when it stops, restore stops too, so the shell's fg and
+                  bg continue both. A background job stays in the background; restore
+                  prints its pid and returns.
+  --pid-namespace restore into a new pid namespace (with a mount namespace of its own for
+                  its /proc), where the processes get their dumped pids and tids whatever
+                  the host uses them for: a process dumped with --leave-running can be
+                  restored beside the original, as often as wanted. Its parent is the
+                  namespace's init (pid 1 inside); \`kill -9\` of the init ends the copy.
+                  The pid printed (and written to --pidfile) is the host's.
   --pidfile FILE  also write the pid (and a newline) to FILE
-  --json          {pid, threads, pageBytes, warnings[]}
+  --json          {pid, threads, pageBytes, warnings[]} (with a waited-for --shell-job also
+                  exitCode and signal, printed when it ends; with --pid-namespace also
+                  namespacePid: the dumped pid, namespaceInit: the init's host pid, and
+                  pidMap: {dumped pid or tid: host pid or tid})
 
 A progress bar goes to stderr when it is a terminal.`,
   async run(args) {
     const p = parseVerb(this, args, {
+      "shell-job": { type: "boolean" },
+      "pid-namespace": { type: "boolean" },
       pidfile: { type: "string" },
       json: { type: "boolean" },
     }, { min: 1, max: 1 });
     if (!p) return 0;
     let bar: ProgressBar | undefined;
+    // The bar ends before a shell job gets the terminal: nothing of ours is drawn over it.
+    const endBar = () => {
+      bar?.finish();
+      bar = undefined;
+    };
     const result = await sdkRestore(p.positionals[0], {
+      shellJob: Boolean(p.values["shell-job"]),
+      pidNamespace: Boolean(p.values["pid-namespace"]),
+      policy: {
+        restoreStage: (stage) => {
+          if (stage === "resume") endBar();
+        },
+      },
       onProgress: (bytes, total) => {
         bar ??= new ProgressBar("restore", total);
         bar.update(bytes);
       },
     });
-    bar?.finish();
+    endBar();
     if (typeof p.values.pidfile === "string") {
       await Deno.writeTextFile(p.values.pidfile, `${result.pid}\n`);
     }
+    const { pid, threads, pageBytes, warnings } = result;
+    if (result.job?.foreground) {
+      // The job has the terminal: say nothing until it is ours again.
+      const end = await waitForJob(result);
+      for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
+      if (p.values.json) {
+        printJson({
+          pid,
+          threads,
+          pageBytes,
+          warnings,
+          exitCode: end.exitCode,
+          signal: end.signal,
+        });
+      }
+      return end.status;
+    }
     if (p.values.json) {
-      const { pid, threads, pageBytes, warnings } = result;
-      printJson({ pid, threads, pageBytes, warnings });
+      printJson({ pid, ...namespaceJson(result), threads, pageBytes, warnings });
     } else {
-      for (const w of result.warnings) console.error(`tardigrade: warning: ${w}`);
-      console.log(result.pid);
+      for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
+      if (result.job) {
+        console.error(`tardigrade: ${pid} was a background job: it runs in the background`);
+      }
+      console.log(pid);
     }
     return 0;
   },

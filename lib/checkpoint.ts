@@ -15,6 +15,7 @@ import { dumpMemory, MemoryObjects } from "./parts/memory_dump.ts";
 import { PageCollector, STAGING_SIZE } from "./parts/page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./parts/precopy.ts";
 import { dumpPosixTimers } from "./parts/posix_timers.ts";
+import { dumpTerminal } from "./parts/shell_job.ts";
 import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
@@ -248,6 +249,8 @@ async function dumpProcess(
         ),
     };
     const { files: fileEntries, fds } = await dumpFdTable(fdCtx, policy, files);
+    // For a restore as a shell job: which descriptors were on its terminal, was it in front.
+    const tty = dumpTerminal(await proc.stat(), fileEntries);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
     // tool be killed during the long copy, the process runs on without a page of ours.
     inj.release();
@@ -263,6 +266,7 @@ async function dumpProcess(
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
     return {
       ...task,
+      ...(tty ? { tty } : {}),
       posixTimers,
       threads,
       mappings: memory.mappings,

@@ -15,7 +15,17 @@ import { releaseUnixPairs } from "./files/unix_pair.ts";
 import { dropTcpStreams, resumeTcpStreams } from "./files/tcp_stream.ts";
 import { restoreFdTable, type SharedFiles } from "./parts/fdtable.ts";
 import { AddressSpaceBuilder, type SharedObjects } from "./parts/memory_restore.ts";
+import { checkNamespacePids, PidMap, PidNamespace } from "./parts/pid_namespace.ts";
 import { restorePosixTimers } from "./parts/posix_timers.ts";
+import {
+  adoptOrphans,
+  joinAsJob,
+  moveToTerminal,
+  onControllingTerminal,
+  ShellJob,
+  type ToolTerminal,
+  toolTerminal,
+} from "./parts/shell_job.ts";
 import { STAGING_SIZE } from "./parts/page_collector.ts";
 import {
   restoreCreds,
@@ -39,20 +49,57 @@ export interface RestoreOptions {
   policy?: Policy & { restoreStage?(stage: string, process: ProcessEntry): void };
   /** Called as page data is written. */
   onProgress?: (bytes: number, total: number) => void;
+  /**
+   * Restore into a new pid namespace (and a new mount namespace with its own /proc), where every
+   * process and thread gets exactly its dumped pid and tid, however the host uses those numbers:
+   * an image dumped with `leaveRunning` can be restored beside its original, as often as wanted.
+   * The namespace's init (pid 1 inside) is the restored root's parent, not the original parent;
+   * it reaps orphans and exits once the tree is gone. Network, IPC and the rest stay shared: a
+   * listening address the original still holds is refused, a System V segment it still has is
+   * shared with the copy. An image with pid 1 is refused. Not with `shellJob`.
+   */
+  pidNamespace?: boolean;
+  /**
+   * Restore a program that was run from an interactive shell on this process's terminal (its
+   * stdin, which must be its controlling terminal, in the foreground), as CRIU's `--shell-job`:
+   * descriptors that were open on the dumped process's controlling terminal are opened on this
+   * one (the old one may be gone); the process stays in this process's session, even if it led
+   * its own, and leads a process group of its own, which gets the terminal if the process was
+   * the foreground job when dumped. It becomes this process's child: `RestoreResult.job.wait()`
+   * waits for it like a shell's `fg` and takes the terminal back.
+   */
+  shellJob?: boolean;
 }
 
 /** What a restore made. */
 export interface RestoreResult {
-  /** The restored process (the root of the tree): the dumped pid. */
+  /**
+   * The restored process (the root of the tree) as the tool sees it: the dumped pid, or with
+   * `pidNamespace` its pid on the host (what to signal or watch from outside).
+   */
   pid: number;
-  /** Every process restored, the root first. */
+  /** The root's pid as the restored processes see it: the dumped pid. */
+  namespacePid: number;
+  /** Every process restored (pids as the tool sees them, like `pid`), the root first. */
   processes: number[];
+  /**
+   * Dumped pid or tid of every process and thread restored → its pid or tid as the tool sees
+   * it; the identity without `pidNamespace`.
+   */
+  pidMap: Map<number, number>;
+  /**
+   * With `pidNamespace`: the host pid of the namespace's init, the root's parent. Killing it
+   * (SIGKILL) ends every process of the restored tree.
+   */
+  namespaceInit?: number;
   /** Threads restored. */
   threads: number;
   /** Bytes of page data written into it. */
   pageBytes: number;
   /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
   warnings: string[];
+  /** With `shellJob`: the restored process as a job of this terminal, to wait for. */
+  job?: ShellJob;
 }
 
 function pidState(pid: number): { state: string; ppid: number } | null {
@@ -114,7 +161,7 @@ function vdsoChecksum(): { size: number; checksum: number } | null {
 }
 
 /** Checks everything that can be checked before anything is made. */
-async function preflight(p: ProcessEntry): Promise<void> {
+async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
   }
@@ -150,8 +197,15 @@ async function preflight(p: ProcessEntry): Promise<void> {
     const handler = handlerForEntry(f);
     if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
     const why = handler.check?.(f);
+    if (why && onControllingTerminal(p, f)) {
+      throw new RestoreError(
+        `cannot restore: ${why} (the terminal of process ${p.pid}; restore it with ` +
+          `--shell-job from a terminal to bring it back there)`,
+      );
+    }
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
+  if (inNewPidNamespace) return; // every pid is free there
   await requireFreePid(p.pid, "pid");
   for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
 }
@@ -187,11 +241,22 @@ async function readTree(reader: ImageReader): Promise<ProcessEntry[]> {
   return entries;
 }
 
+/** What every process of one restore shares. */
+interface Shares {
+  objects: SharedObjects;
+  files: SharedFiles;
+  scope: object;
+  /** Dumped pid/tid → host pid/tid of everything made. */
+  pids: PidMap;
+  /** The new pid namespace the tree is made in, with `pidNamespace`. */
+  namespace?: PidNamespace;
+}
+
 /** Memory, descriptors and process state of one process; threads are made but not resumed. */
 function build(
   m: Making,
   reader: ImageReader,
-  shares: { objects: SharedObjects; files: SharedFiles; scope: object },
+  shares: Shares,
   stage: (name: string, p: ProcessEntry) => void,
   progress: (bytes: number) => void,
   made: number[],
@@ -214,7 +279,9 @@ function build(
   asb.seal();
 
   stage("files", p);
-  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope)();
+  const ns = shares.namespace;
+  const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
+  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
 
   stage("process", p);
   restoreFsAndPersonality(inj, p);
@@ -224,15 +291,20 @@ function build(
 
   stage("threads", p);
   const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
-  for (const t of p.threads) if (t !== main) made.push(cloneThread(inj, t.tid));
+  for (const t of p.threads) {
+    if (t === main) continue;
+    const tid = cloneThread(inj, t.tid);
+    made.push(tid);
+    shares.pids.set(t.tid, tid);
+  }
   const injectors = m.injectors = new Map(
-    p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(t.tid)]),
+    p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
   );
-  for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t);
+  for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
   for (const s of p.sharedPending) {
-    inj.call("rt_sigqueueinfo", m.pid, s.signo, inj.put(s.siginfo, 1024));
+    inj.call("rt_sigqueueinfo", p.pid, s.signo, inj.put(s.siginfo, 1024)); // its pid as it sees it
   }
   warnings.push(...restoreRlimits(inj, p.rlimits));
   return pageBytes;
@@ -252,9 +324,10 @@ function seal(m: Making): void {
 /** Lets every thread of one process run from its dumped registers. */
 function resume(m: Making): void {
   const p = m.entry;
+  const hostTid = (tid: number) => m.injectors!.get(tid)!.tid;
   for (const t of p.threads) {
-    setSigMask(t.tid, t.sigmask);
-    setRegs(t.tid, m.regs!.get(t.tid)!);
+    setSigMask(hostTid(t.tid), t.sigmask);
+    setRegs(hostTid(t.tid), m.regs!.get(t.tid)!);
   }
   // A signal not blocked that arrived (or was queued) while we worked goes in on release.
   // Signals are queued while every thread is still held (a signal given with PTRACE_DETACH is
@@ -262,19 +335,37 @@ function resume(m: Making): void {
   // was stopped, which it takes on its way out of the stop.
   for (const t of p.threads) {
     const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
-    if (pending) tgkill(m.pid, t.tid, pending);
+    if (pending) tgkill(m.pid, hostTid(t.tid), pending);
   }
   if (p.stopped) kill(m.pid, SIG.SIGSTOP);
-  for (const t of [...p.threads].reverse()) detach(t.tid);
+  for (const t of [...p.threads].reverse()) detach(hostTid(t.tid));
   m.mem.close();
 }
 
 /**
  * Brings the processes in image `dir` back: the same pids and tids, each the child of the same
  * parent, running on from where they were frozen. Returns once they run; they live on without
- * the tool.
+ * the tool. With `shellJob` the root comes back as a job of this process's terminal. With
+ * `pidNamespace` they get their pids and tids inside a new pid namespace, the root as the child of
+ * its init, beside whatever runs with those pids on the host.
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  if (!opts.shellJob) return await restoreTree(dir, opts);
+  const terminal = toolTerminal();
+  // Before the stub starts: the stub is reparented to us, and the job's root after it.
+  const stopAdopting = adoptOrphans();
+  try {
+    return await restoreTree(dir, opts, terminal);
+  } finally {
+    stopAdopting();
+  }
+}
+
+async function restoreTree(
+  dir: string,
+  opts: RestoreOptions,
+  terminal?: ToolTerminal,
+): Promise<RestoreResult> {
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${msg}`)
     : () => {};
@@ -292,8 +383,13 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   });
   try {
     entries = await readTree(reader);
-    for (const p of entries) await preflight(p);
-    await zombiesReaped(entries);
+    if (terminal) moveToTerminal(entries, terminal);
+    if (opts.pidNamespace && opts.shellJob) {
+      throw new RestoreError("a shell job cannot be restored into a new pid namespace");
+    }
+    for (const p of entries) await preflight(p, opts.pidNamespace === true);
+    if (opts.pidNamespace) checkNamespacePids(entries);
+    else await zombiesReaped(entries);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();
@@ -303,24 +399,30 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   const stub = await starting;
   const made: number[] = [];
   const making: Making[] = [];
-  const shares = { objects: new Map(), files: new Map(), scope: {} } as {
-    objects: SharedObjects;
-    files: SharedFiles;
-    scope: object;
-  };
+  const shares: Shares = { objects: new Map(), files: new Map(), scope: {}, pids: new PidMap() };
   const warnings: string[] = [];
+  let job: ShellJob | undefined;
   try {
     // Every process first, each forked by its parent so the tree is as it was; a session or
     // group leader leads it again before its children are made, so they join it.
     const site = stub.injector.site;
+    if (opts.pidNamespace) {
+      // Its init, made from the stub, forks the root.
+      shares.namespace = PidNamespace.create(stub.injector);
+      shares.namespace.mountProc();
+    }
     for (const p of entries) {
-      const parent = making.find((m) => m.pid === p.ppid);
-      const pid = parent ? forkWithPid(parent.inj, p.pid) : stub.forkWithPid(p.pid);
+      const parent = making.find((m) => m.entry.pid === p.ppid);
+      const pid = parent
+        ? forkWithPid(parent.inj, p.pid)
+        : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
+      shares.pids.set(p.pid, pid);
       const mem = new RemoteMemory(pid);
       const m: Making = { entry: p, pid, mem, inj: new Injector(pid, pid, mem, site) };
       making.push(m);
-      restoreSession(m.inj, p);
+      if (terminal && p === entries[0]) joinAsJob(m.inj);
+      else restoreSession(m.inj, p);
       restoreZombies(m.inj, p);
     }
     stub.end();
@@ -344,17 +446,29 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     // Every end of every TCP connection exists now: they may talk.
     resumeTcpStreams(shares.scope);
     for (const m of making) seal(m);
+    // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
+    shares.namespace?.release();
 
     stage("resume", entries[0]);
+    if (terminal) {
+      job = new ShellJob(making[0].pid, terminal, entries[0].tty?.foreground ?? false);
+      job.takeTerminal(); // before it runs: its first read must not stop it (SIGTTIN)
+    }
     for (const m of [...making].reverse()) resume(m);
+    job?.started();
     return {
       pid: making[0].pid,
+      namespacePid: entries[0].pid,
       processes: making.map((m) => m.pid),
+      pidMap: shares.pids.toMap(),
+      ...(shares.namespace ? { namespaceInit: shares.namespace.init } : {}),
       threads: entries.reduce((n, p) => n + p.threads.length, 0),
       pageBytes,
       warnings,
+      ...(job ? { job } : {}),
     };
   } catch (err) {
+    job?.giveBackTerminal();
     releasePipes(shares.scope);
     releaseUnixPairs(shares.scope);
     dropTcpStreams(shares.scope);
@@ -375,6 +489,8 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
     const leaders = new Set(making.map((m) => m.pid));
     for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
     for (const m of [...making].reverse()) reap(m.pid);
+    // Last: a namespace's init finishes exiting only once every other process in it is reaped.
+    await shares.namespace?.abort();
     throw err;
   }
 }

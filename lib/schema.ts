@@ -234,6 +234,16 @@ export interface FdEntry {
   closeOnExec: boolean;
 }
 
+/** The controlling terminal of a process, for restoring it as a shell job. */
+export interface TerminalEntry {
+  /** Its device number: `tty_nr` of /proc/PID/stat. */
+  dev: number;
+  /** Its path (`/dev/pts/N`) when a descriptor of the process is open on it, else null. */
+  path: string | null;
+  /** The process was in the terminal's foreground process group (`tpgid` == its pgid). */
+  foreground: boolean;
+}
+
 /** A resource limit; `RLIM_INFINITY` is 2^64-1. */
 export interface RlimitEntry {
   /** RLIMIT_* number. */
@@ -258,6 +268,8 @@ export interface ProcessEntry {
   sid: number;
   /** Process group id. */
   pgid: number;
+  /** Its controlling terminal; absent when it had none (and in images of older versions). */
+  tty?: TerminalEntry;
   /** Children that had exited and were not waited for yet: made again, to be waited for. */
   zombies?: ZombieEntry[];
   /** Process name. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { close, O, open, pidfdGetfd, pidfdOpen, pread, pwrite } from "../ffi/mod.ts";
+import { close, O, open, pidfdGetfd, pidfdOpen, pread, pwrite, SYS } from "../ffi/mod.ts";
 import { type Fd, FileTable, listFdNumbers, readFd } from "../lib/fds.ts";
 import { freeze, type FrozenProcess } from "../lib/freeze.ts";
 import type { EpollEntry } from "../lib/files/epoll.ts";
@@ -223,6 +223,7 @@ function restoreContext(
     pidfd,
     put,
     putString: (s) => put(new TextEncoder().encode(s + "\0")),
+    toolPidfd: () => inj.raw(SYS.pidfd_open, Deno.pid, 0),
     objectFd(id: number): number {
       const have = objectFds.get(id);
       if (have !== undefined) return have;

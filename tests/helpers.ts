@@ -130,17 +130,19 @@ export async function killAndReap(pid: number): Promise<void> {
 
 /**
  * Starts `bin args` detached through a shell (so Deno does not reap it), stdout and stderr into
- * a fresh file, stdin from /dev/null. Waits for `ready` in its output when given.
+ * a fresh file, stdin from /dev/null. Waits for `ready` in its output when given. With `append`
+ * the output file is opened with O_APPEND, so copies of the process restored beside it add their
+ * lines instead of writing over the original's at the same offsets.
  */
 export async function spawnTarget(
   bin: string,
   args: string[] = [],
-  opts: { ready?: RegExp; cwd?: string; env?: Record<string, string> } = {},
+  opts: { ready?: RegExp; cwd?: string; env?: Record<string, string>; append?: boolean } = {},
 ): Promise<Target> {
   const outPath = Deno.makeTempFileSync({ dir: buildDir, prefix: "out-" });
   const quoted = [bin, ...args].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
   const sh = await new Deno.Command("sh", {
-    args: ["-c", `${quoted} >'${outPath}' 2>&1 </dev/null & echo $!`],
+    args: ["-c", `${quoted} ${opts.append ? ">>" : ">"}'${outPath}' 2>&1 </dev/null & echo $!`],
     cwd: opts.cwd,
     env: opts.env,
     stdout: "piped",

@@ -155,7 +155,7 @@ function refill(write: number, size: number, data: Uint8Array): void {
  */
 function secondEnd(ctx: FileRestoreContext, mine: number, end: "read" | "write"): number {
   const inj = ctx.injector;
-  const toolPidfd = inj.raw(SYS.pidfd_open, Deno.pid, 0);
+  const toolPidfd = ctx.toolPidfd();
   if (toolPidfd >= 0n) {
     try {
       const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);

@@ -575,7 +575,7 @@ function repairConnection(e: TcpStreamEntry, s: number): void {
 /** Gives the target the tool's socket: the same open file, by an injected pidfd_getfd. */
 function handOver(ctx: FileRestoreContext, s: number): number {
   const inj = ctx.injector;
-  const toolPidfd = inj.raw(SYS.pidfd_open, Deno.pid, 0);
+  const toolPidfd = ctx.toolPidfd();
   if (toolPidfd < 0n) {
     throw new Error(`pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`);
   }

@@ -366,7 +366,7 @@ export function releaseUnixPairs(ctx: FileRestoreContext | object): void {
 /** The tool's socket `mine` as a new fd of the target (an injected pidfd_getfd on the tool). */
 function handOver(ctx: FileRestoreContext, mine: number, e: UnixPairEntry): number {
   const inj = ctx.injector;
-  const toolPidfd = inj.raw(SYS.pidfd_open, Deno.pid, 0);
+  const toolPidfd = ctx.toolPidfd();
   if (toolPidfd < 0n) {
     throw new RestoreError(`${e.description}: pidfd_open of the tool failed (errno ${-toolPidfd})`);
   }

@@ -2,7 +2,7 @@
  * The descriptor table: each open file stored once in an object table keyed by its file id and
  * referred to by every fd that shares it, as the Linux-CR object table did.
  */
-import { close, O, pidfdOpen } from "../../ffi/mod.ts";
+import { close, O, pidfdOpen, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { assignFileIds, type Fd, FileTable } from "../fds.ts";
 import { releasePipes } from "../files/pipe.ts";
@@ -87,7 +87,16 @@ function scratchAllocator(inj: Injector) {
   };
 }
 
-/** Restores every descriptor at its number, each open file made once. */
+/** Opens a pidfd of the tool inside the target, by the tool's pid (seen from the target). */
+function toolPidfdByPid(inj: Injector): bigint {
+  return inj.raw(SYS.pidfd_open, Deno.pid, 0);
+}
+
+/**
+ * Restores every descriptor at its number, each open file made once. `toolPidfd` opens a pidfd
+ * of the tool inside the target; by the tool's pid unless the target cannot see it (another pid
+ * namespace).
+ */
 export function restoreFdTable(
   p: ProcessEntry,
   inj: Injector,
@@ -95,6 +104,7 @@ export function restoreFdTable(
   asb: AddressSpaceBuilder,
   shared: SharedFiles = new Map(),
   scope?: object,
+  toolPidfd: (inj: Injector) => bigint = toolPidfdByPid,
 ): () => void {
   const put = scratchAllocator(inj);
   const pidfd = pidfdOpen(inj.pid);
@@ -107,6 +117,7 @@ export function restoreFdTable(
     pidfd,
     put,
     putString: (s) => put(new TextEncoder().encode(s + "\0")),
+    toolPidfd: () => toolPidfd(inj),
     objectFd: (id) => asb.objectFd(id),
     fdOfFile: (id) => {
       const fd = firstFd.get(id);

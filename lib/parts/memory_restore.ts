@@ -17,6 +17,7 @@ import { RestoreError } from "../errors.ts";
 import type { ImageReader } from "../image/mod.ts";
 import { type Injector, SCRATCH_SIZE } from "../inject.ts";
 import type { MappingEntry, MemoryObjectEntry, PageRun, ProcessEntry } from "../schema.ts";
+import { innermostPid } from "./pid_namespace.ts";
 import { ensureSegment, removeSegment } from "./sysv_shm.ts";
 
 const PROT_READ = 1;
@@ -73,7 +74,8 @@ export type SharedObjects = Map<string, { pid: number; builder: AddressSpaceBuil
  * file (pidfd_getfd), as a fork would have shared it.
  */
 export function takeFd(inj: Injector, pid: number, fd: number): number {
-  const pidfd = inj.call("pidfd_open", pid, 0);
+  // The owner's pid as the target names it: they share the innermost pid namespace.
+  const pidfd = inj.call("pidfd_open", innermostPid(pid), 0);
   try {
     return Number(inj.call("pidfd_getfd", pidfd, fd, 0));
   } finally {

@@ -109,7 +109,10 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
 const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
 const EINTR = -4n;
 
-/** Makes a thread with the dumped tid in the restored process; returns the tid. */
+/**
+ * Makes a thread with the dumped tid (as the process sees it) in the restored process; returns
+ * its tid on the host.
+ */
 export function cloneThread(inj: Injector, tid: number): number {
   const tids = new Int32Array([tid]);
   const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
@@ -128,10 +131,12 @@ export function cloneThread(inj: Injector, tid: number): number {
 /**
  * Gives a stopped thread of the restored process its per-thread kernel state (all but the
  * registers, which come last, and the mask, which the caller sets after queueing signals).
+ * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
+ * sees it (the image's), like `t.tid`, for what is written into it.
  */
-export function restoreThreadState(inj: Injector, t: ThreadEntry): void {
+export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): void {
   // The final mask first, so signals queued below stay pending while we work.
-  setSigMask(t.tid, t.sigmask);
+  setSigMask(inj.tid, t.sigmask);
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
@@ -152,9 +157,9 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry): void {
     inj.put(new TextEncoder().encode(t.name.slice(0, 15) + "\0"), 512),
   );
   for (const s of t.pending) {
-    inj.call("rt_tgsigqueueinfo", inj.pid, t.tid, s.signo, inj.put(s.siginfo, 1024));
+    inj.call("rt_tgsigqueueinfo", tgid, t.tid, s.signo, inj.put(s.siginfo, 1024));
   }
-  setRegset(t.tid, NT.X86_XSTATE, t.xstate);
+  setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
 }
 
 /**
@@ -167,8 +172,8 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
   const req = inj.put(new Uint8Array(ts.buffer), 2048);
   const clockid = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.rdi : 1n; // nanosleep: MONOTONIC
   const rem = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.r10 : base.rsi;
-  setSigMask(t.tid, ~0n);
-  setRegs(t.tid, {
+  setSigMask(inj.tid, ~0n);
+  setRegs(inj.tid, {
     ...base,
     rax: NR_CLOCK_NANOSLEEP,
     rdi: clockid,
@@ -178,16 +183,16 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
     rip: inj.site,
     orig_rax: -1n,
   });
-  cont(t.tid);
+  cont(inj.tid);
   // Wait until it sleeps in clock_nanosleep, then interrupt it there.
   const deadline = Date.now() + 2000;
   while (Date.now() < deadline) {
-    const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${t.tid}/syscall`);
+    const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${inj.tid}/syscall`);
     if (sc.startsWith(`${NR_CLOCK_NANOSLEEP} `)) break;
   }
-  interrupt(t.tid);
-  waitStopped(t.tid, "restored thread");
-  return BigInt.asIntN(64, getRegs(t.tid).rax) === ERESTART_RESTARTBLOCK;
+  interrupt(inj.tid);
+  waitStopped(inj.tid, "restored thread");
+  return BigInt.asIntN(64, getRegs(inj.tid).rax) === ERESTART_RESTARTBLOCK;
 }
 
 /**

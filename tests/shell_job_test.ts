@@ -1,0 +1,306 @@
+/**
+ * Shell jobs: a program started from a shell in one tmux window is dumped from outside, and
+ * `restore --shell-job` brings it back in another window, as that shell's foreground job.
+ * Real ptys and a real bash; skipped when tmux is missing.
+ */
+import assert from "node:assert/strict";
+import { fixture, isAlive, killAndReap } from "./helpers.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const deno = Deno.execPath();
+const PROMPT = "SJ$ ";
+
+function hasTmux(): boolean {
+  try {
+    return new Deno.Command("tmux", { args: ["-V"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+const ignore = !hasTmux();
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A tmux server of our own (its own socket), 100x30, windows running a plain bash. */
+class Tmux {
+  static #count = 0;
+  readonly socket = `tardigrade-sj-${Deno.pid}-${Tmux.#count++}`;
+
+  async tmux(...args: string[]): Promise<string> {
+    const out = await new Deno.Command("tmux", {
+      args: ["-L", this.socket, ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    if (!out.success) {
+      throw new Error(`tmux ${args.join(" ")}: ${dec.decode(out.stderr).trim()}`);
+    }
+    return dec.decode(out.stdout);
+  }
+
+  /** The shell of every window: no rc files, a prompt we can find, no history file. */
+  #shell = `env PS1='${PROMPT}' HISTFILE=/dev/null bash --norc --noprofile -i`;
+
+  #socketPath = "";
+
+  async start(): Promise<void> {
+    await this.tmux(
+      "new-session",
+      "-d",
+      "-x",
+      "100",
+      "-y",
+      "30",
+      "-s",
+      "t",
+      "-c",
+      root,
+      this.#shell,
+    );
+    await this.waitFor("t:0", /^SJ\$/m);
+    this.#socketPath = (await this.tmux("display", "-p", "#{socket_path}")).trim();
+  }
+
+  async newWindow(index: number): Promise<string> {
+    const target = `t:${index}`;
+    await this.tmux("new-window", "-d", "-t", target, "-c", root, this.#shell);
+    await this.waitFor(target, /^SJ\$/m);
+    return target;
+  }
+
+  /** Types `text` and Enter (or keys such as C-c with `enter` false). */
+  async type(target: string, text: string, enter = true): Promise<void> {
+    await this.tmux("send-keys", "-t", target, ...(enter ? ["-l", text] : [text]));
+    if (enter) await this.tmux("send-keys", "-t", target, "Enter");
+  }
+
+  /** The window's text, its scrollback included, wrapped lines joined. */
+  async screen(target: string): Promise<string> {
+    return await this.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", target);
+  }
+
+  async waitFor(target: string, re: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = await this.screen(target);
+      const m = text.match(re);
+      if (m) return m;
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${re} in ${target}; it shows:\n${text}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  async panePid(target: string): Promise<number> {
+    return Number((await this.tmux("display", "-p", "-t", target, "#{pane_pid}")).trim());
+  }
+
+  async paneTty(target: string): Promise<string> {
+    return (await this.tmux("display", "-p", "-t", target, "#{pane_tty}")).trim();
+  }
+
+  /** Ends the server (its shells and their jobs get SIGHUP) and removes its socket. */
+  async kill(): Promise<void> {
+    await this.tmux("kill-server").catch(() => {});
+    if (this.#socketPath) await Deno.remove(this.#socketPath).catch(() => {});
+  }
+}
+
+/** pgrp, session and the terminal's foreground group of `pid`. */
+function ids(pid: number): { ppid: number; pgrp: number; session: number; tpgid: number } {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+  return { ppid: f[1], pgrp: f[2], session: f[3], tpgid: f[5] };
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The highest `tick N` on a screen. */
+function lastTick(text: string): number {
+  return Math.max(0, ...[...text.matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1])));
+}
+
+async function cli(...args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(deno, {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: root,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/**
+ * Starts the fixture in window 0 of a fresh tmux server, lets it tick, and dumps it from
+ * outside (it ends). Returns its pid, its last tick, its old terminal and the image.
+ */
+async function startAndDump(tmux: Tmux): Promise<
+  { pid: number; tick: number; oldTty: string; dir: string }
+> {
+  await tmux.start();
+  const bin = await fixture("shell_job");
+  await tmux.type("t:0", bin);
+  const pid = Number((await tmux.waitFor("t:0", /^READY (\d+)$/m))[1]);
+  await tmux.waitFor("t:0", /^tick 3$/m);
+  const dir = `${Deno.makeTempDirSync({ prefix: "tardigrade-sj-" })}/img`;
+  const oldTty = await tmux.paneTty("t:0");
+  assert.equal(Deno.readLinkSync(`/proc/${pid}/fd/0`), oldTty);
+  const dump = await cli("dump", String(pid), dir);
+  assert.equal(dump.code, 0, dump.stderr);
+  const tick = lastTick(await tmux.screen("t:0"));
+  return { pid, tick, oldTty, dir };
+}
+
+/** Restores the image in a second window with --shell-job, its old window closed first. */
+async function restoreInWindow1(
+  tmux: Tmux,
+  job: { pid: number; tick: number; dir: string },
+): Promise<string> {
+  const win = await tmux.newWindow(1);
+  await tmux.tmux("kill-window", "-t", "t:0"); // its terminal is gone
+  await tmux.type(win, `${deno} run -A main.ts restore ${job.dir} --shell-job; echo EXIT=$?`);
+  await tmux.waitFor(win, new RegExp(`^tick ${job.tick + 3}$`, "m"));
+  // It goes on counting from where it was, not from the start.
+  const first = Number((await tmux.screen(win)).match(/^tick (\d+)$/m)![1]);
+  assert.ok(first === job.tick || first === job.tick + 1, `first tick ${first} after ${job.tick}`);
+  return win;
+}
+
+async function cleanup(tmux: Tmux, job?: { pid: number; dir: string }): Promise<void> {
+  await tmux.kill();
+  if (job) {
+    await killAndReap(job.pid);
+    await Deno.remove(job.dir.replace(/\/img$/, ""), { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "shell job: comes back in another window, reads it, and quit ends restore with its code",
+  ignore,
+  async fn() {
+    const tmux = new Tmux();
+    let job;
+    try {
+      job = await startAndDump(tmux);
+      const win = await restoreInWindow1(tmux, job);
+      // In the second window's session, leading its own group, which has the terminal.
+      const shell = await tmux.panePid(win);
+      const st = ids(job.pid);
+      assert.equal(st.session, shell);
+      assert.equal(st.pgrp, job.pid);
+      assert.equal(st.tpgid, job.pid);
+      assert.notEqual(ids(st.ppid).pgrp, job.pid); // the tool waits in a group of its own
+      const tty = await tmux.paneTty(win);
+      assert.notEqual(tty, job.oldTty);
+      for (const fd of [0, 1, 2]) assert.equal(Deno.readLinkSync(`/proc/${job.pid}/fd/${fd}`), tty);
+
+      await tmux.type(win, "hello there");
+      await tmux.waitFor(win, /^echo: HELLO THERE$/m);
+      await tmux.type(win, "quit");
+      await tmux.waitFor(win, /^EXIT=3\n+SJ\$/m);
+      assert.ok(!isAlive(job.pid));
+    } finally {
+      await cleanup(tmux, job);
+    }
+  },
+});
+
+Deno.test({
+  name: "shell job: Ctrl-C ends the restored program, and restore exits 130",
+  ignore,
+  async fn() {
+    const tmux = new Tmux();
+    let job;
+    try {
+      job = await startAndDump(tmux);
+      const win = await restoreInWindow1(tmux, job);
+      const tool = ids(job.pid).ppid;
+      await tmux.type(win, "C-c", false);
+      await tmux.waitFor(win, /EXIT=130\n+SJ\$/); // after the echoed ^C
+      assert.ok(!isAlive(job.pid));
+      assert.ok(!isAlive(tool));
+    } finally {
+      await cleanup(tmux, job);
+    }
+  },
+});
+
+Deno.test({
+  name: "shell job: ^Z stops it and restore with it; fg continues both",
+  ignore,
+  async fn() {
+    const tmux = new Tmux();
+    let job;
+    try {
+      job = await startAndDump(tmux);
+      const win = await restoreInWindow1(tmux, job);
+      const tool = ids(job.pid).ppid;
+      await tmux.type(win, "C-z", false);
+      await tmux.waitFor(
+        win,
+        new RegExp(`\\[tardigrade\\] ${job.pid} stopped \\(SIGTSTP\\)`),
+      );
+      await tmux.waitFor(win, /^EXIT=148\n+SJ\$/m); // the shell saw its job stop
+      assert.equal(ids(job.pid).tpgid, await tmux.panePid(win)); // the shell has the terminal
+      const stopped = lastTick(await tmux.screen(win));
+      await sleep(300);
+      assert.equal(lastTick(await tmux.screen(win)), stopped);
+      assert.ok(isAlive(job.pid) && isAlive(tool));
+
+      await tmux.type(win, "fg; echo FG=$?");
+      await tmux.waitFor(win, new RegExp(`^tick ${stopped + 3}$`, "m"));
+      assert.equal(ids(job.pid).tpgid, job.pid);
+      await tmux.type(win, "again");
+      await tmux.waitFor(win, /^echo: AGAIN$/m);
+      await tmux.type(win, "quit");
+      await tmux.waitFor(win, /^FG=3\n+SJ\$/m);
+    } finally {
+      await cleanup(tmux, job);
+    }
+  },
+});
+
+Deno.test({
+  name: "shell job: without --shell-job a closed terminal is refused, with the hint",
+  ignore,
+  async fn() {
+    const tmux = new Tmux();
+    let job;
+    try {
+      job = await startAndDump(tmux);
+      await tmux.kill(); // the pane and its pty are gone
+      let gone = false;
+      for (let i = 0; i < 50 && !gone; i++) {
+        gone = !exists(job.oldTty);
+        if (!gone) await sleep(20);
+      }
+      const r = await cli("restore", job.dir);
+      if (!gone) {
+        // Another terminal took the number meanwhile: the check cannot fail, nothing to see.
+        console.warn(`${job.oldTty} was reused; the refusal was not exercised`);
+        return;
+      }
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`${job.oldTty} no longer exists`));
+      assert.match(r.stderr, /--shell-job/);
+      // And --shell-job wants a terminal to come back to (stdin here is /dev/null).
+      const s = await cli("restore", job.dir, "--shell-job");
+      assert.equal(s.code, 1);
+      assert.match(s.stderr, /--shell-job needs a terminal: run restore from one/);
+    } finally {
+      await cleanup(tmux, job);
+    }
+  },
+});
