@@ -1,7 +1,7 @@
 /** Every example run as a subprocess against a real fixture. */
 import assert from "node:assert/strict";
 import { WAIT, waitpid } from "../ffi/mod.ts";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
@@ -80,6 +80,33 @@ Deno.test({
       assert.match(r.stdout, /\| READY/);
       assert.equal(await t.check(), "PASS");
     } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test({
+  name: "examples: clone.ts restores two copies beside the running original",
+  async fn() {
+    const t = await hello();
+    const hosts: number[] = [];
+    try {
+      const r = await run(["examples/clone.ts", String(t.pid), "2"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /the original runs on/);
+      for (
+        const m of r.stdout.matchAll(/^copy \d: host pid (\d+) \(pid (\d+) in its namespace\)/gm)
+      ) {
+        hosts.push(Number(m[1]));
+        assert.equal(Number(m[2]), t.pid);
+        const nspid = Deno.readTextFileSync(`/proc/${m[1]}/status`).match(/^NSpid:\s+(.*)$/m)?.[1];
+        assert.equal(nspid, `${m[1]}\t${t.pid}`);
+      }
+      assert.equal(hosts.length, 2, r.stdout);
+      assert.equal(await t.check(), "PASS");
+    } finally {
+      // Killing a copy's root ends its namespace (its init goes when it has no children left).
+      for (const pid of hosts) await killAndReap(pid);
       await t.kill();
     }
   },
