@@ -22,7 +22,8 @@ export const HELP: [string, string][] = [
   ["maps(pid)", "the mappings of a process, with resident bytes"],
   ["fds(pid)", "the open descriptors of a process"],
   ["dump(pid, dir, policy?, opts?)", "checkpoint pid into dir (ends it unless {leaveRunning})"],
-  ["restore(dir)", "restore the process in dir; resolves to {pid, threads, …}"],
+  ["restore(dir, opts?)", "restore the process in dir ({pidNamespace} for a copy); {pid, …}"],
+  ["clone(pid)", "a copy of a running process beside it, in its own pid namespace"],
   ["inspect(dir)", "what an image holds: threads, mappings, fds, totals"],
   ["help()", "this list"],
   ["sdk.*", "the whole SDK (also by name: Process, checkpoint, ImageReader, loadPolicy …)"],
@@ -56,7 +57,18 @@ export const helpers = {
     opts: { leaveRunning?: boolean } = {},
   ): Promise<CheckpointResult> => checkpoint(pid, { dir, policy, ...opts }),
   /** Restores the process of an image. */
-  restore: (dir: string): Promise<sdk.RestoreResult> => sdkRestore(dir),
+  restore: (dir: string, opts: sdk.RestoreOptions = {}): Promise<sdk.RestoreResult> =>
+    sdkRestore(dir, opts),
+  /** Dumps `pid` leaving it running and restores a copy of it in a new pid namespace. */
+  clone: async (pid: number): Promise<sdk.RestoreResult> => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-clone-" });
+    try {
+      await checkpoint(pid, { dir: `${base}/image`, leaveRunning: true });
+      return await sdkRestore(`${base}/image`, { pidNamespace: true });
+    } finally {
+      await Deno.remove(base, { recursive: true });
+    }
+  },
   /** Summarizes an image. */
   inspect: (dir: string): ReturnType<typeof inspectImage> => inspectImage(dir),
   help,
