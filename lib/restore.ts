@@ -161,6 +161,14 @@ function vdsoChecksum(): { size: number; checksum: number } | null {
 }
 
 /** Checks everything that can be checked before anything is made. */
+function existsAsFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
@@ -177,7 +185,12 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
   };
   for (const m of p.mappings) {
     if (m.source.type !== "file") continue;
-    const why = changed(m.source.path, m.source.size, m.source.mtimeMs);
+    // A private mapping is the process's own copy of the file: its pages not in the image come
+    // from the file, which must be as it was. A shared one is a window on a file others may
+    // write as well (a database's -shm, a cache): that it changed is what sharing means.
+    const why = m.shared
+      ? (existsAsFile(m.source.path) ? null : `${m.source.path} no longer exists`)
+      : changed(m.source.path, m.source.size, m.source.mtimeMs);
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
   if (p.exe) {

@@ -286,6 +286,41 @@ if (isMainThread) {
   },
 });
 
+Deno.test("deno (V8, its tokio threads, a code cache other denos write, mapped shared) counts on", async () => {
+  using s = scratch();
+  Deno.writeTextFileSync(
+    `${s.dir}/c.ts`,
+    `let last = 0;
+const worker = new Worker("data:text/javascript,let i = 0; setInterval(() => postMessage(++i), 40);", {
+  type: "module",
+});
+worker.onmessage = (e) => {
+  console.log(e.data === last + 1 ? "got" : "BAD", e.data);
+  last = e.data;
+};
+`,
+  );
+  const t = await spawnTarget(Deno.execPath(), ["run", "-A", "c.ts"], {
+    cwd: s.dir,
+    ready: /^got 5$/m,
+  });
+  try {
+    await checkpoint(t.pid, { dir: s.img });
+    await killAndReap(t.pid);
+    // Another deno compiles new code meanwhile: the shared code cache changes under the image.
+    await new Deno.Command(Deno.execPath(), {
+      args: ["eval", `console.log(${Math.random()} * 2)`],
+      stdout: "null",
+    }).output();
+    assert.equal((await restore(s.img)).pid, t.pid);
+    const last = Math.max(...numbers(t.output(), /^got (\d+)$/gm));
+    await t.waitFor(new RegExp(`^got ${last + 5}$`, "m"));
+    assert.ok(!t.output().includes("BAD"), t.output());
+  } finally {
+    await t.kill();
+  }
+});
+
 Deno.test("`tail -f` (inotify, waiting in poll) follows the file after a restore", async () => {
   using s = scratch();
   const file = `${s.dir}/log`;
