@@ -380,7 +380,7 @@ async function restoreTree(
   terminal?: ToolTerminal,
 ): Promise<RestoreResult> {
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
-    ? (msg: string) => console.error(`[restore] ${msg}`)
+    ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
     : () => {};
   const stage = (name: string, p: ProcessEntry) => {
     debug(`${name} ${p.pid}`);
