@@ -1,27 +1,6 @@
 /** The `tardigrade` CLI, run as a subprocess: every verb, human and --json output, exit codes. */
 import assert from "node:assert/strict";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
-
-const root = new URL("../", import.meta.url).pathname;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `deno run -A main.ts ...args` from the repository root. */
-async function cli(...args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: root,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { cli, fixture, spawnTarget, type Target } from "./helpers.ts";
 
 /** Runs the CLI with --json and parses stdout. */
 async function cliJson<T = unknown>(...args: string[]): Promise<T> {

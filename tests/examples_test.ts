@@ -1,22 +1,11 @@
 /** Every example run as a subprocess against a real fixture. */
 import assert from "node:assert/strict";
 import { WAIT, waitpid } from "../ffi/mod.ts";
-import { fixture, killAndReap, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, killAndReap, runDeno, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
-async function run(args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...args],
-    cwd: root,
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = runDeno;
 
 /** Runs `body` while reaping `pid` as soon as it dies (this test process is its subreaper), so
  * a restore in another process finds the pid free. */

@@ -178,3 +178,31 @@ export async function removeAnnounced(t: Target): Promise<void> {
     await new Deno.Command("ipcrm", { args: ["-m", id], stderr: "null" }).output();
   }
 }
+
+/** What a deno subprocess printed, and how it ended. */
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const repoRoot = new URL("../", import.meta.url).pathname;
+
+/** Runs `deno run -A ...args` from the repository root, stdin from /dev/null. */
+export async function runDeno(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...args],
+    cwd: repoRoot,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Runs the CLI, `deno run -A main.ts ...args`, from the repository root. */
+export function cli(...args: string[]): Promise<Run> {
+  return runDeno(["main.ts", ...args]);
+}

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { checkpoint, restore, type RestoreResult } from "../mod.ts";
 import {
+  cli,
   fixture,
   isAlive,
   killAndReap,
@@ -264,19 +265,6 @@ Deno.test("pid namespace: a listening address the original holds is refused clea
     assert.equal(await t.check(), "PASS", "the original is untouched");
   });
 });
-
-/** Runs `deno run -A main.ts ...args` from the repository root. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: new URL("../", import.meta.url).pathname,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("pid namespace: cli restore --pid-namespace prints the host pid, --json both", async () => {
   const t = await startFixture("r_pids")();
