@@ -20,6 +20,7 @@ import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
 import { Process } from "./process.ts";
+import { processState } from "./procfs.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
 
 /** Options of `checkpoint`. */
@@ -70,16 +71,6 @@ export interface CheckpointResult {
    * `frozenMs`), bytes copied while running, and how many of them the image reuses.
    */
   preCopy?: { armFrozenMs: number; copiedBytes: number; reusedBytes: number };
-}
-
-/** The state letter of /proc/PID/stat, or "" when it is gone. */
-function processState(pid: number): string {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2)[0];
-  } catch {
-    return "";
-  }
 }
 
 /** Whether `pid` is gone, a zombie, or has a SIGKILL on its way (it cannot be stopped). */

@@ -19,6 +19,16 @@ export function procExists(pid: number): boolean {
   }
 }
 
+/** The state letter of /proc/PID/stat (R, S, T, Z …), or "" when the process is gone. */
+export function processState(pid: number): string {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat[stat.lastIndexOf(")") + 2];
+  } catch {
+    return "";
+  }
+}
+
 /**
  * The process exists but has no address space: a kernel thread or a zombie. Listings of memory
  * give nothing for it; reading its memory throws this.

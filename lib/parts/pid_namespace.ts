@@ -35,6 +35,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../inject.ts";
+import { processState } from "../procfs.ts";
 import { RemoteMemory } from "../remote_memory.ts";
 import type { ProcessEntry } from "../schema.ts";
 import { forkWithPid } from "../stub.ts";
@@ -120,12 +121,8 @@ export function innermostPid(hostPid: number): number {
 
 /** Whether `pid` is gone or a zombie (its parent, not us, will reap it). */
 function goneOrZombie(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat[stat.lastIndexOf(")") + 2] === "Z";
-  } catch {
-    return true;
-  }
+  const state = processState(pid);
+  return state === "" || state === "Z";
 }
 
 /**

@@ -15,6 +15,7 @@
 import { cont, getRegs, kill, setRegs, setSigMask, SIG, SYS, waitpid } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../inject.ts";
+import { processState } from "../procfs.ts";
 import { RemoteMemory } from "../remote_memory.ts";
 import type { PendingSignal, ProcessEntry, ZombieEntry } from "../schema.ts";
 import { forkWithPid } from "../stub.ts";
@@ -106,14 +107,7 @@ function makeZombie(parent: Injector, z: ZombieEntry): void {
 }
 
 /** Whether `pid` is a zombie now. */
-function isZombie(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat[stat.lastIndexOf(")") + 2] === "Z";
-  } catch {
-    return false;
-  }
-}
+const isZombie = (pid: number): boolean => processState(pid) === "Z";
 
 /**
  * Waits (up to `ms`) for the zombies among the image's pids to be reaped: a dump that ended a
