@@ -36,6 +36,13 @@ export const symbols = {
   close: { parameters: ["i32"], result: "i32" },
   // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // The same pread on one of Deno's blocking threads: the call returns a promise.
+  pread_nonblocking: {
+    name: "pread",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
   // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset);
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // ssize_t read(int fd, void *buf, size_t count);

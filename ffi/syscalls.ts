@@ -194,6 +194,27 @@ export function close(fd: number): void {
   unwrap(libc.close(fd), "close", [fd]);
 }
 
+/**
+ * `pread` on another thread, so the caller works on meanwhile (the restore writes one extent
+ * into the process while the next is read). `buf` must be left alone until it resolves.
+ */
+export async function preadAsync(
+  fd: number,
+  buf: Uint8Array,
+  offset: bigint | number,
+): Promise<number> {
+  const n = Number(
+    await libc.pread_nonblocking(
+      fd,
+      buf as Uint8Array<ArrayBuffer>,
+      BigInt(buf.length),
+      BigInt(offset),
+    ),
+  );
+  // errno belongs to the thread that failed: ask again here to throw the right error.
+  return n >= 0 ? n : pread(fd, buf, offset);
+}
+
 /** Reads at an offset; returns the byte count (0 at end of file). */
 export function pread(fd: number, buf: Uint8Array, offset: bigint | number): number {
   return Number(

@@ -225,10 +225,13 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
 
 let staging: Uint8Array | undefined;
 
-/** One page-data buffer for every restore of this process: fresh memory is slow to touch. */
-function stagingBuffer(size: number): Uint8Array {
-  if (!staging || staging.length < size) staging = new Uint8Array(size);
-  return staging.subarray(0, size);
+/**
+ * Two page-data buffers of `size` bytes (one is read into while the other is written out), kept
+ * for every restore of this process: fresh memory is slow to touch.
+ */
+function stagingBuffers(size: number): [Uint8Array, Uint8Array] {
+  if (!staging || staging.length < 2 * size) staging = new Uint8Array(2 * size);
+  return [staging.subarray(0, size), staging.subarray(size, 2 * size)];
 }
 
 /** One process of the tree while it is being made. */
@@ -266,7 +269,7 @@ interface Shares {
 }
 
 /** Memory, descriptors and process state of one process; threads are made but not resumed. */
-function build(
+async function build(
   m: Making,
   reader: ImageReader,
   shares: Shares,
@@ -274,7 +277,7 @@ function build(
   progress: (bytes: number) => void,
   made: number[],
   warnings: string[],
-): number {
+): Promise<number> {
   const { entry: p, inj, mem } = m;
   stage("memory", p);
   const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
@@ -283,9 +286,9 @@ function build(
   asb.placeScratch();
   asb.createObjects(shares.objects);
   asb.createMappings();
-  const pageBytes = asb.fillPages(
+  const pageBytes = await asb.fillPages(
     reader,
-    stagingBuffer(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+    stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
     progress,
   );
   asb.finish();
@@ -444,7 +447,7 @@ async function restoreTree(
     let pageBytes = 0;
     for (const m of making) {
       const before = pageBytes;
-      pageBytes += build(
+      pageBytes += await build(
         m,
         reader,
         shares,

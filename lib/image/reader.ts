@@ -1,4 +1,5 @@
 /** Reads and verifies an image directory written by `ImageWriter`. */
+import { close, O, open, preadAsync } from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, checksumFile } from "./checksum.ts";
 import { decodePayload, unframe } from "./frame.ts";
@@ -39,6 +40,8 @@ export interface ReadExtentOptions {
 export class ImageReader implements Disposable {
   #entries: Map<string, ImageFileEntry>;
   #pageFiles = new Map<string, Deno.FsFile>();
+  /** Raw descriptors of page files, for reads on another thread (a FsFile has no fd). */
+  #pageFds = new Map<string, number>();
 
   private constructor(
     /** The image directory. */
@@ -116,6 +119,54 @@ export class ImageReader implements Disposable {
    * exactly `extent.length` bytes; checks the extent's checksum unless `verify` is false.
    */
   readExtent(extent: PageExtent, into?: Uint8Array, options: ReadExtentOptions = {}): Uint8Array {
+    const { name, offset, length, out } = this.#extentTarget(extent, into);
+    const file = this.#pageFile(name);
+    try {
+      file.seekSync(offset, Deno.SeekMode.Start);
+      for (let done = 0; done < length;) {
+        const n = file.readSync(out.subarray(done));
+        if (n === null) {
+          throw new ImageError(`${name}: truncated at offset ${offset + done}`);
+        }
+        done += n;
+      }
+    } catch (err) {
+      throw err instanceof ImageError ? err : fileError(name, err);
+    }
+    if (options.verify !== false) this.verifyExtent(extent, out);
+    return out;
+  }
+
+  /**
+   * Reads one extent on another thread, so the caller can work meanwhile; `into` must be left
+   * alone until it resolves. It does not verify: `verifyExtent` does, when the caller is ready.
+   */
+  async readExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
+    const { name, offset, length, out } = this.#extentTarget(extent, into);
+    const fd = this.#pageFd(name);
+    try {
+      for (let done = 0; done < length;) {
+        const n = await preadAsync(fd, out.subarray(done), offset + done);
+        if (n === 0) throw new ImageError(`${name}: truncated at offset ${offset + done}`);
+        done += n;
+      }
+    } catch (err) {
+      throw err instanceof ImageError ? err : fileError(name, err);
+    }
+    return out;
+  }
+
+  /** Throws an ImageError unless `data` has the extent's checksum. */
+  verifyExtent(extent: PageExtent, data: Uint8Array): void {
+    if (checksum(data) !== extent.checksum) {
+      throw new ImageError(
+        `${extent.file}: checksum mismatch at offset ${extent.offset} (${extent.length} bytes)`,
+      );
+    }
+  }
+
+  /** Checks an extent against the manifest and sizes the buffer it is read into. */
+  #extentTarget(extent: PageExtent, into?: Uint8Array) {
     const { file: name, offset, length } = extent;
     const entry = this.#entries.get(name);
     if (!entry || !isPageFileName(name)) {
@@ -135,23 +186,7 @@ export class ImageReader implements Disposable {
       throw new RangeError(`buffer of ${into.length} bytes is too small for ${length} bytes`);
     }
     const out = into ? into.subarray(0, length) : new Uint8Array(length);
-    const file = this.#pageFile(name);
-    try {
-      file.seekSync(offset, Deno.SeekMode.Start);
-      for (let done = 0; done < length;) {
-        const n = file.readSync(out.subarray(done));
-        if (n === null) {
-          throw new ImageError(`${name}: truncated at offset ${offset + done}`);
-        }
-        done += n;
-      }
-    } catch (err) {
-      throw err instanceof ImageError ? err : fileError(name, err);
-    }
-    if (options.verify !== false && checksum(out) !== extent.checksum) {
-      throw new ImageError(`${name}: checksum mismatch at offset ${offset} (${length} bytes)`);
-    }
-    return out;
+    return { name, offset, length, out };
   }
 
   /** Checks every file's size and checksum against the manifest (reads the whole image). */
@@ -170,10 +205,12 @@ export class ImageReader implements Disposable {
     }
   }
 
-  /** Closes the page files opened by `readExtent`. */
+  /** Closes the page files opened by `readExtent` and `readExtentAsync`. */
   close(): void {
     for (const f of this.#pageFiles.values()) f.close();
     this.#pageFiles.clear();
+    for (const fd of this.#pageFds.values()) close(fd);
+    this.#pageFds.clear();
   }
 
   /** Same as `close()`, for `using`. */
@@ -189,6 +226,19 @@ export class ImageReader implements Disposable {
       throw fileError(entry.name, err);
     }
     checkSize(entry, info.size);
+  }
+
+  #pageFd(name: string): number {
+    let fd = this.#pageFds.get(name);
+    if (fd === undefined) {
+      try {
+        fd = open(`${this.dir}/${name}`, O.RDONLY | O.CLOEXEC);
+      } catch (err) {
+        throw fileError(name, err);
+      }
+      this.#pageFds.set(name, fd);
+    }
+    return fd;
   }
 
   #pageFile(name: string): Deno.FsFile {

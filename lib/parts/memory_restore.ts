@@ -393,8 +393,17 @@ export class AddressSpaceBuilder {
     }
   }
 
-  /** Writes every page run from the image: process memory and memory objects. */
-  fillPages(reader: ImageReader, buffer: Uint8Array, onProgress?: (bytes: number) => void): number {
+  /**
+   * Writes every page run from the image: process memory and memory objects. Two buffers take
+   * turns: while one extent is written into the process, the next is read from the image on
+   * another thread (the read and the write are of about the same speed, so this nearly halves
+   * the time of a large restore).
+   */
+  async fillPages(
+    reader: ImageReader,
+    buffers: [Uint8Array, Uint8Array],
+    onProgress?: (bytes: number) => void,
+  ): Promise<number> {
     const byExtent = new Map<number, { run: PageRun; object?: number }[]>();
     const add = (run: PageRun, object?: number) => {
       let list = byExtent.get(run.extent);
@@ -403,52 +412,70 @@ export class AddressSpaceBuilder {
     };
     for (const m of this.image.mappings) for (const run of m.pages) add(run);
     for (const o of this.image.objects) for (const run of o.pages) add(run, o.id);
+    const order = [...byExtent].sort((a, b) => a[0] - b[0]);
+    const read = (k: number) => {
+      const extent = this.image.extents[order[k][0]];
+      return reader.readExtentAsync(extent, buffers[k % 2].subarray(0, extent.length));
+    };
     let bytes = 0;
-    for (const [index, runs] of [...byExtent].sort((a, b) => a[0] - b[0])) {
-      const extent = this.image.extents[index];
-      const data = reader.readExtent(extent, buffer.subarray(0, extent.length));
-      const vm = runs.filter((r) => r.object === undefined).map((r) => r.run);
-      // One process_vm_writev per batch of iovecs, scattering the extent over its addresses.
-      for (let i = 0; i < vm.length; i += 512) {
-        const batch = vm.slice(i, i + 512);
-        const first = batch[0].offset;
-        const last = batch[batch.length - 1];
-        const local = data.subarray(first, last.offset + last.length);
-        const contiguous = batch.every((r, k) =>
-          k === 0 || r.offset === batch[k - 1].offset + batch[k - 1].length
-        );
-        if (contiguous) {
-          const n = processVmWrite(
-            this.pid,
-            local,
-            batch.map((r) => ({ remote: r.start, len: r.length })),
-          );
-          if (n !== local.length) {
-            throw new RestoreError(`short write of pages at ${hex(batch[0].start)}`);
-          }
-        } else {
-          for (const r of batch) {
-            processVmWrite(this.pid, data.subarray(r.offset, r.offset + r.length), [{
-              remote: r.start,
-              len: r.length,
-            }]);
-          }
-        }
+    let next = order.length ? read(0) : undefined;
+    try {
+      for (let k = 0; k < order.length; k++) {
+        const data = await next!;
+        next = k + 1 < order.length ? read(k + 1) : undefined;
+        const extent = this.image.extents[order[k][0]];
+        reader.verifyExtent(extent, data);
+        this.#writeExtent(data, order[k][1]);
+        bytes += extent.length;
+        onProgress?.(bytes);
       }
-      for (const { run, object } of runs) {
-        if (object === undefined) continue;
-        const writer = this.#objectWriters.get(object);
-        if (!writer) continue; // made by another process of the tree (filled there), or live
-        pwrite(
-          writer.fd,
-          data.subarray(run.offset, run.offset + run.length),
-          writer.base + run.start,
-        );
-      }
-      bytes += extent.length;
-      onProgress?.(bytes);
+    } finally {
+      // A failure must not leave a read going into a buffer that is used again.
+      await next?.catch(() => {});
     }
     return bytes;
+  }
+
+  /** Scatters one extent's bytes over the process's addresses and its memory objects. */
+  #writeExtent(data: Uint8Array, runs: { run: PageRun; object?: number }[]): void {
+    const vm = runs.filter((r) => r.object === undefined).map((r) => r.run);
+    // One process_vm_writev per batch of iovecs.
+    for (let i = 0; i < vm.length; i += 512) {
+      const batch = vm.slice(i, i + 512);
+      const first = batch[0].offset;
+      const last = batch[batch.length - 1];
+      const local = data.subarray(first, last.offset + last.length);
+      const contiguous = batch.every((r, k) =>
+        k === 0 || r.offset === batch[k - 1].offset + batch[k - 1].length
+      );
+      if (contiguous) {
+        const n = processVmWrite(
+          this.pid,
+          local,
+          batch.map((r) => ({ remote: r.start, len: r.length })),
+        );
+        if (n !== local.length) {
+          throw new RestoreError(`short write of pages at ${hex(batch[0].start)}`);
+        }
+      } else {
+        for (const r of batch) {
+          processVmWrite(this.pid, data.subarray(r.offset, r.offset + r.length), [{
+            remote: r.start,
+            len: r.length,
+          }]);
+        }
+      }
+    }
+    for (const { run, object } of runs) {
+      if (object === undefined) continue;
+      const writer = this.#objectWriters.get(object);
+      if (!writer) continue; // made by another process of the tree (filled there), or live
+      pwrite(
+        writer.fd,
+        data.subarray(run.offset, run.offset + run.length),
+        writer.base + run.start,
+      );
+    }
   }
 
   /** Final protections, and the temporary fds and mappings gone. Object fds stay open until
