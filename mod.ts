@@ -94,7 +94,9 @@ export type {
   SigactionEntry,
   SpecialMappings,
   TerminalEntry,
+  TerminalModes,
   ThreadEntry,
+  WindowSize,
   ZombieEntry,
 } from "./lib/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";

@@ -29,6 +29,11 @@ export interface InspectedProcess {
   cmdline: string[];
   exe: string | null;
   cwd: string;
+  /**
+   * Its controlling terminal, absent when it had none: `size` is "COLSxROWS", `modes` the main
+   * local modes as `stty` spells them ("-icanon -echo" for a raw-mode editor).
+   */
+  terminal?: { path: string | null; foreground: boolean; size?: string; modes?: string };
   /** Children that had exited and were not waited for: "exit N" or "signal N". */
   zombies: { pid: number; comm: string; ended: string }[];
   threads: { tid: number; name: string; rip: string; rsp: string; regs?: Record<string, string> }[];
@@ -53,6 +58,21 @@ export interface InspectedProcess {
 }
 
 const PROT_NAMES = ["r", "w", "x"];
+/** `c_lflag` bits worth showing: what makes a terminal raw or cooked. */
+const LFLAG_NAMES: [string, number][] = [["isig", 0o1], ["icanon", 0o2], ["echo", 0o10]];
+
+function terminalOf(e: ProcessEntry): InspectedProcess["terminal"] {
+  const t = e.tty;
+  if (!t) return undefined;
+  return {
+    path: t.path,
+    foreground: t.foreground,
+    ...(t.winsize ? { size: `${t.winsize.cols}x${t.winsize.rows}` } : {}),
+    ...(t.modes
+      ? { modes: LFLAG_NAMES.map(([n, bit]) => (t.modes!.lflag & bit ? n : `-${n}`)).join(" ") }
+      : {}),
+  };
+}
 
 /** Summarizes a process entry; `regs` adds every register of every thread. */
 export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
@@ -94,6 +114,7 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
     cmdline: e.cmdline,
     exe: e.exe?.path ?? null,
     cwd: e.cwd,
+    ...(e.tty ? { terminal: terminalOf(e) } : {}),
     zombies: (e.zombies ?? []).map((z) => ({
       pid: z.pid,
       comm: z.comm,
@@ -141,6 +162,11 @@ function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean):
   for (const p of r.processes) {
     console.log(`\nprocess ${p.pid} (${p.comm}) ppid ${p.ppid}: ${p.cmdline.join(" ")}`);
     console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}`);
+    if (p.terminal) {
+      const t = p.terminal;
+      const what = [t.foreground ? "foreground" : "background", t.size, t.modes].filter(Boolean);
+      console.log(`  terminal ${t.path ?? "(no descriptor open on it)"}: ${what.join(", ")}`);
+    }
     if (p.zombies.length) {
       const list = p.zombies.map((z) => `${z.pid} (${z.comm}, ${z.ended})`).join(", ");
       console.log(`  zombie children not waited for: ${list}`);
@@ -210,7 +236,8 @@ export const inspect: Verb = {
   --verify   check every checksum of the image; exit 1 with the reason if one fails
   --verbose  also show every register of every thread
   --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, verified?,
-             processes: [{pid, ppid, comm, cmdline, exe, cwd, zombies: [{pid, comm, ended}],
+             processes: [{pid, ppid, comm, cmdline, exe, cwd, terminal?: {path, foreground,
+             size?, modes?}, zombies: [{pid, comm, ended}],
              threads: [{tid, name, rip, rsp, regs?}],
              mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
              fds: [{fd, file, kind, path, closeOnExec}], totals: {threads, mappings,

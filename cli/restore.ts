@@ -46,10 +46,11 @@ options:
   --shell-job     for a program run from an interactive shell: it comes back on this
                   terminal (descriptors on its old terminal are opened on this one), in this
                   shell's session, as a process group of its own. If it was the foreground
-                  job, it gets the terminal and restore waits for it like \`fg\` (^C and ^Z
-                  reach it, not this tool), then exits with its exit code (128 + signal when
-                  a signal ended it); when it stops, restore stops too, so the shell's fg and
-                  bg continue both. A background job stays in the background; restore
+                  job, it gets the terminal, in the modes it had (raw for an editor), and
+                  restore waits for it like \`fg\` (^C and ^Z reach it, not this tool), then
+                  puts this terminal's modes back and exits with its exit code (128 + signal
+                  when a signal ended it); when it stops, restore stops too, so the shell's fg
+                  and bg continue both. A background job stays in the background; restore
                   prints its pid and returns.
   --pid-namespace restore into a new pid namespace (with a mount namespace of its own for
                   its /proc), where the processes get their dumped pids and tids whatever

@@ -65,8 +65,9 @@ export interface RestoreOptions {
    * descriptors that were open on the dumped process's controlling terminal are opened on this
    * one (the old one may be gone); the process stays in this process's session, even if it led
    * its own, and leads a process group of its own, which gets the terminal if the process was
-   * the foreground job when dumped. It becomes this process's child: `RestoreResult.job.wait()`
-   * waits for it like a shell's `fg` and takes the terminal back.
+   * the foreground job when dumped, set to the modes it had then (the terminal's own come back
+   * when it is taken back). It becomes this process's child: `RestoreResult.job.wait()` waits
+   * for it like a shell's `fg` and takes the terminal back.
    */
   shellJob?: boolean;
 }
@@ -467,7 +468,8 @@ async function restoreTree(
 
     stage("resume", entries[0]);
     if (terminal) {
-      job = new ShellJob(making[0].pid, terminal, entries[0].tty?.foreground ?? false);
+      const tty = entries[0].tty;
+      job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
       job.takeTerminal(); // before it runs: its first read must not stop it (SIGTTIN)
     }
     for (const m of [...making].reverse()) resume(m);

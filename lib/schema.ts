@@ -242,6 +242,43 @@ export interface TerminalEntry {
   path: string | null;
   /** The process was in the terminal's foreground process group (`tpgid` == its pgid). */
   foreground: boolean;
+  /**
+   * The terminal's modes when dumped (read from `path`), set again on the restoring terminal while
+   * a foreground shell job has it; absent when no descriptor was open on it (and in older images).
+   */
+  modes?: TerminalModes;
+  /** Its window size when dumped (for display: a restored job gets the new terminal's size). */
+  winsize?: WindowSize;
+}
+
+/** A terminal's modes: the kernel's `struct termios` as TCGETS reads it. */
+export interface TerminalModes {
+  /** The 36 bytes of `struct termios` (x86_64): what the restore sets with TCSETSW. */
+  raw: Uint8Array;
+  /** `c_iflag`: input modes (ICRNL, IXON …). */
+  iflag: number;
+  /** `c_oflag`: output modes (OPOST, ONLCR …). */
+  oflag: number;
+  /** `c_cflag`: control modes (CS8, CREAD …). */
+  cflag: number;
+  /** `c_lflag`: local modes (ISIG, ICANON, ECHO …). */
+  lflag: number;
+  /** `c_line`: the line discipline. */
+  line: number;
+  /** `c_cc`: the 19 control characters (VINTR, VQUIT … VMIN at 6, VTIME at 5). */
+  cc: number[];
+}
+
+/** A terminal's window size (`struct winsize`, TIOCGWINSZ). */
+export interface WindowSize {
+  /** Rows. */
+  rows: number;
+  /** Columns. */
+  cols: number;
+  /** Width in pixels, 0 when unknown. */
+  xpixel: number;
+  /** Height in pixels, 0 when unknown. */
+  ypixel: number;
 }
 
 /** A resource limit; `RLIM_INFINITY` is 2^64-1. */

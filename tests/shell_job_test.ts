@@ -1,9 +1,10 @@
 /**
  * Shell jobs: a program started from a shell in one tmux window is dumped from outside, and
- * `restore --shell-job` brings it back in another window, as that shell's foreground job.
- * Real ptys and a real bash; skipped when tmux is missing.
+ * `restore --shell-job` brings it back in another window, as that shell's foreground job, with
+ * the terminal modes it had set. Real ptys and a real bash; skipped when tmux is missing.
  */
 import assert from "node:assert/strict";
+import { ImageReader, type ProcessEntry } from "../mod.ts";
 import { fixture, isAlive, killAndReap } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
@@ -19,6 +20,15 @@ function hasTmux(): boolean {
   }
 }
 const ignore = !hasTmux();
+
+function hasVim(): boolean {
+  try {
+    return new Deno.Command("vim", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -124,6 +134,53 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Polls `ok` every 20 ms until it holds; fails naming `what` after `timeoutMs`. */
+async function until(what: string, ok: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Waits until the group that `pid` leads is the foreground group of its terminal. */
+async function untilForeground(pid: number): Promise<void> {
+  await until(`${pid} has the terminal`, () => {
+    if (!exists(`/proc/${pid}`)) return false; // not restored yet
+    return ids(pid).tpgid === pid; // it leads its group, as the job
+  }, 20_000);
+}
+
+/** `c_lflag` bits the tests look at. */
+const ICANON = 0o2;
+const ECHO = 0o10;
+
+/** The local modes that make a terminal cooked or raw, as `stty -F TTY` sees them from outside. */
+async function sttyFrom(tty: string): Promise<string> {
+  const out = await new Deno.Command("stty", { args: ["-F", tty, "-a"], stdout: "piped" }).output();
+  return modeWords(new TextDecoder().decode(out.stdout));
+}
+
+/** "icanon echo" or "-icanon -echo" (or a mix) from `stty -a` output. */
+function modeWords(stty: string): string {
+  const words = stty.split(/[\s;]+/);
+  return ["icanon", "echo"].map((m) => words.find((w) => w === m || w === `-${m}`) ?? "?")
+    .join(" ");
+}
+
+/**
+ * The modes the window's shell runs its commands with: `stty -a` typed there (readline has its
+ * own while it reads a line, so a look from outside at the prompt would see those).
+ */
+async function sttyIn(tmux: Tmux, win: string, tag: string): Promise<string> {
+  await tmux.type(
+    win,
+    `stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo)' | sed 's/^/${tag}: /'`,
+  );
+  const found = await tmux.waitFor(win, new RegExp(`^${tag}: \\S+\\n${tag}: \\S+$`, "m"));
+  return modeWords(found[0].replaceAll(`${tag}: `, ""));
 }
 
 /** The highest `tick N` on a screen. */
@@ -301,6 +358,120 @@ Deno.test({
       assert.match(s.stderr, /--shell-job needs a terminal: run restore from one/);
     } finally {
       await cleanup(tmux, job);
+    }
+  },
+});
+
+Deno.test({
+  name: "shell job: a raw-mode program gets its terminal modes back; the shell's come back after",
+  ignore,
+  async fn() {
+    const tmux = new Tmux();
+    let job;
+    try {
+      await tmux.start();
+      await tmux.type("t:0", await fixture("raw_keys"));
+      const pid = Number((await tmux.waitFor("t:0", /^RAW (\d+)$/m))[1]);
+      const dir = `${Deno.makeTempDirSync({ prefix: "tardigrade-sj-" })}/img`;
+      job = { pid, dir };
+      const dump = await cli("dump", String(pid), dir);
+      assert.equal(dump.code, 0, dump.stderr);
+      {
+        // The dump read the modes and the size, and left them as they were.
+        using image = await ImageReader.open(dir);
+        const tty = (await image.readMeta<ProcessEntry>("process")).tty!;
+        assert.equal(tty.modes!.lflag & (ICANON | ECHO), 0);
+        assert.equal(tty.modes!.raw.length, 36);
+        assert.deepEqual([tty.winsize!.cols, tty.winsize!.rows], [100, 30]);
+      }
+
+      const win = await tmux.newWindow(1);
+      await tmux.tmux("kill-window", "-t", "t:0");
+      const tty = await tmux.paneTty(win);
+      const restore = `${deno} run -A main.ts restore ${dir} --shell-job`;
+      await tmux.type(win, `${restore}; echo EXIT=$?`);
+      await untilForeground(pid);
+      assert.equal(await sttyFrom(tty), "-icanon -echo");
+      // Each key arrives alone, without Enter, and is not echoed (an echo would precede "key").
+      await tmux.type(win, "x", false);
+      await tmux.waitFor(win, /^key 78$/m);
+      await tmux.tmux("send-keys", "-t", win, "-l", "ab");
+      await tmux.waitFor(win, /^key 61\nkey 62$/m);
+      // ^C (ISIG is on) ends it without it putting anything back: restore does. (bash keeps
+      // the modes a job that exits leaves, so this is restore's doing.)
+      await tmux.type(win, "C-c", false);
+      await tmux.waitFor(win, /^EXIT=130\n+SJ\$/m);
+      assert.ok(!isAlive(pid));
+      assert.equal(await sttyIn(tmux, win, "ENDED"), "icanon echo");
+
+      // Again from the same image: ^Z gives the shell its modes; fg gives the job its own again
+      // (bash's fg sets the modes the tool stopped with: the shell's).
+      await tmux.type(win, `clear; ${restore}; echo AGAIN=$?`);
+      await untilForeground(pid);
+      await tmux.type(win, "C-z", false);
+      await tmux.waitFor(win, /^AGAIN=148\n+SJ\$/m);
+      assert.equal(await sttyIn(tmux, win, "STOPPED"), "icanon echo");
+      await tmux.type(win, "fg; echo FG=$?");
+      await untilForeground(pid);
+      assert.equal(await sttyFrom(tty), "-icanon -echo");
+      await tmux.tmux("send-keys", "-t", win, "-l", "y");
+      await tmux.waitFor(win, /^key 79$/m);
+      await tmux.type(win, "C-c", false);
+      await tmux.waitFor(win, /^FG=130\n+SJ\$/m);
+    } finally {
+      await cleanup(tmux, job);
+    }
+  },
+});
+
+Deno.test({
+  name: "shell job: vim comes back in another window, in insert mode, and :wq writes the file",
+  ignore: ignore || !hasVim(),
+  async fn() {
+    const tmux = new Tmux();
+    const tmp = Deno.makeTempDirSync({ prefix: "tardigrade-sj-" });
+    const dir = `${tmp}/img`;
+    const file = `${tmp}/scratch.txt`;
+    let job;
+    try {
+      await tmux.start();
+      await tmux.type("t:0", `vim --clean ${file}`);
+      await tmux.waitFor("t:0", /"[^"]*scratch\.txt" \[New\]/);
+      const pid = ids(await tmux.panePid("t:0")).tpgid; // vim leads the foreground job
+      job = { pid, dir };
+      assert.match(Deno.readTextFileSync(`/proc/${pid}/comm`), /^vim/);
+      await tmux.type("t:0", "i", false);
+      await tmux.tmux("send-keys", "-t", "t:0", "-l", "typed before the dump");
+      await tmux.waitFor("t:0", /^typed before the dump/m);
+      await tmux.waitFor("t:0", /-- INSERT --/);
+      const dump = await cli("dump", String(pid), dir);
+      assert.equal(dump.code, 0, dump.stderr);
+
+      const win = await tmux.newWindow(1);
+      await tmux.tmux("kill-window", "-t", "t:0");
+      await tmux.type(win, `${deno} run -A main.ts restore ${dir} --shell-job; echo EXIT=$?`);
+      await untilForeground(pid);
+      // The SIGWINCH a job gets makes vim redraw: its text, still in insert mode.
+      await tmux.waitFor(win, /^typed before the dump/m);
+      await tmux.waitFor(win, /-- INSERT --/);
+      // Escape alone leaves insert mode at once (in cooked mode it would wait for an Enter).
+      await tmux.type(win, "Escape", false);
+      const visible = () => tmux.tmux("capture-pane", "-p", "-t", win);
+      const deadline = Date.now() + 10_000;
+      while (/-- INSERT --/.test(await visible())) {
+        if (Date.now() > deadline) {
+          throw new Error(`vim stayed in insert mode:\n${await visible()}`);
+        }
+        await sleep(50);
+      }
+      await tmux.tmux("send-keys", "-t", win, "-l", ":wq");
+      await tmux.type(win, "Enter", false);
+      await tmux.waitFor(win, /^EXIT=0\n+SJ\$/m);
+      assert.equal(Deno.readTextFileSync(file), "typed before the dump\n");
+      assert.ok(!isAlive(pid));
+    } finally {
+      await cleanup(tmux, job);
+      await Deno.remove(tmp, { recursive: true }).catch(() => {});
     }
   },
 });

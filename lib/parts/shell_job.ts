@@ -3,15 +3,20 @@
  * terminal of the tool that restores it. The dump records its controlling terminal and whether it
  * was the terminal's foreground job. The restore opens its descriptors on that terminal on the
  * tool's own instead, keeps it in the tool's session as the leader of its own process group, and
- * makes that group the terminal's foreground; `ShellJob.wait` is then the shell's `fg`.
+ * makes that group the terminal's foreground; `ShellJob.wait` is then the shell's `fg`. As a shell
+ * does around a foreground job, the terminal's modes (raw, no echo …) go with the job: the dumped
+ * ones are set while it has the terminal, and the tool's are put back whenever it takes it back.
  */
 import {
   addressOf,
+  close,
   Errno,
   fstat,
   ioctl,
   kill,
   libc,
+  O,
+  open,
   SIG,
   syscall,
   SyscallError,
@@ -22,10 +27,22 @@ import { RestoreError } from "../errors.ts";
 import type { DeviceEntry } from "../files/device.ts";
 import type { Injector } from "../inject.ts";
 import { parseStat, type ProcStat } from "../process.ts";
-import type { FileEntry, ProcessEntry, TerminalEntry } from "../schema.ts";
+import type {
+  FileEntry,
+  ProcessEntry,
+  TerminalEntry,
+  TerminalModes,
+  WindowSize,
+} from "../schema.ts";
 
+const TCGETS = 0x5401n;
+/** TCSETSW: set once the output written so far is sent, as a shell does (tcsetattr TCSADRAIN). */
+const TCSETSW = 0x5403n;
+const TIOCGWINSZ = 0x5413n;
 const TIOCGPGRP = 0x540fn;
 const TIOCSPGRP = 0x5410n;
+/** sizeof(struct termios) as the kernel's TCGETS/TCSETS* take it on x86_64 (NCCS 19). */
+const TERMIOS_SIZE = 36;
 /** makedev(5, 0): /dev/tty, "my controlling terminal". */
 const DEV_TTY = 0x500n;
 const PR_SET_CHILD_SUBREAPER = 36;
@@ -49,6 +66,86 @@ function isTtyFile(f: FileEntry): f is DeviceEntry {
   return f.kind === "device" && (f as DeviceEntry).tty;
 }
 
+/** The terminal's modes (TCGETS), or null when they cannot be read (hung up, not a tty). */
+function readModes(fd: number): Uint8Array | null {
+  const raw = new Uint8Array(TERMIOS_SIZE);
+  try {
+    ioctl(fd, TCGETS, raw, "ioctl(TCGETS)");
+    return raw;
+  } catch {
+    return null;
+  }
+}
+
+/** Runs `fn` with SIGTTOU blocked: a group not in the terminal's foreground may then change it. */
+function withoutTtou<T>(fn: () => T): T {
+  const ttou = new BigUint64Array([1n << BigInt(SIG.SIGTTOU - 1)]);
+  const old = new BigUint64Array(1);
+  syscall("rt_sigprocmask", SIG_BLOCK, addressOf(ttou), addressOf(old), 8);
+  try {
+    return fn();
+  } finally {
+    syscall("rt_sigprocmask", SIG_SETMASK, addressOf(old), 0, 8);
+  }
+}
+
+/**
+ * Sets the terminal's modes (TCSETSW). Failures are ignored, as a shell ignores them: a terminal
+ * hung up meanwhile has no modes to keep, and the job or the tool runs on either way.
+ */
+function setModes(fd: number, raw: Uint8Array): void {
+  if (raw.length !== TERMIOS_SIZE) return;
+  try {
+    withoutTtou(() => ioctl(fd, TCSETSW, raw, "ioctl(TCSETSW)"));
+  } catch { /* hung up */ }
+}
+
+/** `struct termios` decoded, for `inspect` and scripts; `raw` is what a restore sets. */
+function decodeModes(raw: Uint8Array): TerminalModes {
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  return {
+    raw,
+    iflag: dv.getUint32(0, true),
+    oflag: dv.getUint32(4, true),
+    cflag: dv.getUint32(8, true),
+    lflag: dv.getUint32(12, true),
+    line: raw[16],
+    cc: [...raw.subarray(17, TERMIOS_SIZE)],
+  };
+}
+
+function readWindowSize(fd: number): WindowSize | null {
+  const ws = new Uint16Array(4);
+  try {
+    ioctl(fd, TIOCGWINSZ, new Uint8Array(ws.buffer), "ioctl(TIOCGWINSZ)");
+  } catch {
+    return null;
+  }
+  return { rows: ws[0], cols: ws[1], xpixel: ws[2], ypixel: ws[3] };
+}
+
+/**
+ * The modes and window size of terminal `path`, only read: it is opened without becoming anyone's
+ * controlling terminal and without waiting. Empty when it cannot be opened or is not terminal
+ * `dev` any more (the name was reused).
+ */
+function terminalState(path: string, dev: number): Pick<TerminalEntry, "modes" | "winsize"> {
+  let fd;
+  try {
+    fd = open(path, O.RDONLY | O.NOCTTY | O.NONBLOCK);
+  } catch {
+    return {};
+  }
+  try {
+    if (!sameDevice(fstat(fd).rdev, dev)) return {};
+    const raw = readModes(fd);
+    const winsize = readWindowSize(fd);
+    return { ...(raw ? { modes: decodeModes(raw) } : {}), ...(winsize ? { winsize } : {}) };
+  } finally {
+    close(fd);
+  }
+}
+
 /** Dump side: the controlling terminal of a frozen process, or undefined when it has none. */
 export function dumpTerminal(stat: ProcStat, files: FileEntry[]): TerminalEntry | undefined {
   if (stat.ttyNr === 0) return undefined;
@@ -59,6 +156,8 @@ export function dumpTerminal(stat: ProcStat, files: FileEntry[]): TerminalEntry 
     dev: stat.ttyNr,
     path: open?.path ?? null,
     foreground: stat.tpgid > 0 && stat.tpgid === stat.pgrp,
+    // A raw-mode program (an editor, a pager) needs them back to read keys as it did.
+    ...(open?.path ? terminalState(open.path, stat.ttyNr) : {}),
   };
 }
 
@@ -100,14 +199,9 @@ function foregroundGroup(fd: number): number | null {
  * tool, once the job has the terminal) would otherwise be stopped for taking it back.
  */
 function setForegroundGroup(fd: number, pgrp: number): void {
-  const ttou = new BigUint64Array([1n << BigInt(SIG.SIGTTOU - 1)]);
-  const old = new BigUint64Array(1);
-  syscall("rt_sigprocmask", SIG_BLOCK, addressOf(ttou), addressOf(old), 8);
-  try {
-    ioctl(fd, TIOCSPGRP, new Uint8Array(new Int32Array([pgrp]).buffer), "ioctl(TIOCSPGRP)");
-  } finally {
-    syscall("rt_sigprocmask", SIG_SETMASK, addressOf(old), 0, 8);
-  }
+  withoutTtou(() =>
+    ioctl(fd, TIOCSPGRP, new Uint8Array(new Int32Array([pgrp]).buffer), "ioctl(TIOCSPGRP)")
+  );
 }
 
 /**
@@ -215,27 +309,45 @@ function groupOrphaned(pgrp: number): boolean {
 
 /**
  * A restored process brought back as a job of the tool's terminal. It is the tool's child and
- * leads its own process group, which has the terminal when `foreground`.
+ * leads its own process group, which has the terminal when `foreground`. Whenever it gets the
+ * terminal, the terminal gets the job's modes, and the tool's come back when the tool takes it
+ * back (the job ends or stops), as a shell keeps them for its jobs.
  */
 export class ShellJob {
   /** Its process group (it leads it). */
   readonly pgid: number;
+  /** The job's modes for its next turn: the dumped ones, then those it had when it stopped. */
+  #jobModes: Uint8Array | null;
+  /** The tool's modes while the job's are set, to put back; null while the tool's are set. */
+  #toolModes: Uint8Array | null = null;
 
   /**
    * `pid` is the restored process, `terminal` the tool's, `foreground` whether it was the
-   * terminal's foreground job when dumped (it gets the terminal then).
+   * terminal's foreground job when dumped (it gets the terminal then), `modes` its terminal's
+   * modes when dumped (`TerminalModes.raw`; without them the terminal keeps the tool's).
    */
   constructor(
     readonly pid: number,
     readonly terminal: ToolTerminal,
     readonly foreground: boolean,
+    modes?: Uint8Array,
   ) {
     this.pgid = pid;
+    this.#jobModes = modes ?? null;
   }
 
   /** Hands the terminal to the job (before it runs), when it was the foreground job. */
   takeTerminal(): void {
-    if (this.foreground) setForegroundGroup(this.terminal.fd, this.pgid);
+    if (!this.foreground) return;
+    this.#setJobModes();
+    setForegroundGroup(this.terminal.fd, this.pgid);
+  }
+
+  /** Just before the job gets the terminal: keep the tool's modes, set the job's. */
+  #setJobModes(): void {
+    const fd = this.terminal.fd;
+    this.#toolModes ??= readModes(fd);
+    if (this.#jobModes && this.#toolModes) setModes(fd, this.#jobModes);
   }
 
   /** After it runs: a full-screen program redraws for this terminal's size. */
@@ -245,16 +357,28 @@ export class ShellJob {
     } catch { /* already gone */ }
   }
 
-  /** Takes the terminal back for the tool, if the job has it. */
+  /**
+   * Takes the terminal back for the tool, if the job has it, keeping the job's modes for its next
+   * turn; then the tool's modes are set again.
+   */
   giveBackTerminal(): void {
-    this.#move(this.pgid, this.terminal.pgrp);
+    const fd = this.terminal.fd;
+    if (foregroundGroup(fd) === this.pgid) {
+      this.#jobModes = readModes(fd) ?? this.#jobModes;
+      try {
+        setForegroundGroup(fd, this.terminal.pgrp);
+      } catch { /* hung up */ }
+    }
+    if (this.#toolModes) setModes(fd, this.#toolModes);
+    this.#toolModes = null;
   }
 
-  /** Moves the terminal's foreground from group `from` to `to`, if `from` has it. */
-  #move(from: number, to: number): void {
-    if (foregroundGroup(this.terminal.fd) !== from) return;
+  /** Gives the terminal to the job, with its modes, if the tool's group has it. */
+  #give(): void {
+    if (foregroundGroup(this.terminal.fd) !== this.terminal.pgrp) return;
+    this.#setJobModes();
     try {
-      setForegroundGroup(this.terminal.fd, to);
+      setForegroundGroup(this.terminal.fd, this.pgid);
     } catch { /* hung up */ }
   }
 
@@ -282,7 +406,7 @@ export class ShellJob {
       }
       if (!st || st.raw === CONTINUED_STATUS) {
         if (st) stopped = false; // continued from elsewhere (kill -CONT)
-        if (!stopped) this.#move(this.terminal.pgrp, this.pgid);
+        if (!stopped) this.#give();
         if (!st) await new Promise((r) => setTimeout(r, POLL_MS));
       } else if (st.stopped) {
         stopped = !this.#stopped(st.stopSignal ?? SIG.SIGTSTP, onStop);
@@ -300,7 +424,7 @@ export class ShellJob {
     const ttyStop = signal === SIG.SIGTTIN || signal === SIG.SIGTTOU;
     if (ttyStop && foregroundGroup(this.terminal.fd) === this.terminal.pgrp) {
       // It used the terminal a moment before the tool passed it on (just after `fg`).
-      this.#move(this.terminal.pgrp, this.pgid);
+      this.#give();
       this.#continue();
       return true;
     }
@@ -310,7 +434,7 @@ export class ShellJob {
     if (!withTool) return false; // the job waits for a SIGCONT from elsewhere
     // Returns once the shell continues the tool: the stop is taken on the way out of kill.
     kill(Deno.pid, signal === SIG.SIGSTOP ? SIG.SIGTSTP : signal);
-    this.#move(this.terminal.pgrp, this.pgid); // `fg` gave the tool the terminal; `bg` did not
+    this.#give(); // `fg` gave the tool the terminal; `bg` did not
     this.#continue();
     return true;
   }
