@@ -37,7 +37,7 @@ import {
   restoreSigactions,
 } from "./parts/task.ts";
 import { cloneThread, finalRegs, restoreThreadState } from "./parts/threads.ts";
-import { restoreZombies, zombiesReaped } from "./parts/zombies.ts";
+import { restoreZombies } from "./parts/zombies.ts";
 import type { Policy } from "./policy.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
@@ -144,7 +144,10 @@ async function requireFreePid(pid: number, what: string): Promise<void> {
       waitpid(pid, 1 /* WNOHANG */); // our own zombie: reap it
     } catch { /* not ours */ }
     if (st.state !== "Z" || Date.now() > deadline) {
-      throw new RestoreError(`${what} ${pid} is in use`);
+      throw new RestoreError(
+        `${what} ${pid} is in use (is the dumped process still running? ` +
+          `--pid-namespace restores a copy beside it)`,
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -222,6 +225,7 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
   if (inNewPidNamespace) return; // every pid is free there
   await requireFreePid(p.pid, "pid");
   for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
+  for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child");
 }
 
 let staging: Uint8Array | undefined;
@@ -406,7 +410,6 @@ async function restoreTree(
     }
     for (const p of entries) await preflight(p, opts.pidNamespace === true);
     if (opts.pidNamespace) checkNamespacePids(entries);
-    else await zombiesReaped(entries);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();

@@ -205,7 +205,7 @@ Deno.test("restore refuses a pid in use before making anything", async () => {
     await restoresFine(d);
     const err = await refused(
       () => restore(d.image),
-      new RegExp(`^pid ${d.t.pid} is in use$`),
+      new RegExp(`^pid ${d.t.pid} is in use \\(.*--pid-namespace restores a copy beside it\\)$`),
       d.t.pid,
       { keepPid: true },
     );

@@ -15,7 +15,6 @@
 import { cont, getRegs, kill, setRegs, setSigMask, SIG, SYS, waitpid } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../inject.ts";
-import { processState } from "../procfs.ts";
 import { RemoteMemory } from "../remote_memory.ts";
 import type { PendingSignal, ProcessEntry, ZombieEntry } from "../schema.ts";
 import { forkWithPid } from "../stub.ts";
@@ -103,20 +102,5 @@ function makeZombie(parent: Injector, z: ZombieEntry): void {
     throw new RestoreError(`cannot make zombie child ${z.pid} again: ${(err as Error).message}`);
   } finally {
     mem.close();
-  }
-}
-
-/** Whether `pid` is a zombie now. */
-const isZombie = (pid: number): boolean => processState(pid) === "Z";
-
-/**
- * Waits (up to `ms`) for the zombies among the image's pids to be reaped: a dump that ended a
- * process leaves its zombie children to init, which may take its time to wait for them.
- */
-export async function zombiesReaped(entries: ProcessEntry[], ms = 3000): Promise<void> {
-  const pids = entries.flatMap((e) => [e.pid, ...(e.zombies ?? []).map((z) => z.pid)]);
-  const deadline = Date.now() + ms;
-  while (pids.some(isZombie) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 10));
   }
 }
