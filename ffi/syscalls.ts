@@ -31,6 +31,7 @@ export const SYS = {
   setitimer: 38,
   getpid: 39,
   socket: 41,
+  setsockopt: 54,
   clone: 56,
   fork: 57,
   exit: 60,

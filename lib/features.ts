@@ -144,6 +144,52 @@ function nsLastPid(): Feature {
   }
 }
 
+/** TCP repair mode on a fresh socket: needed to dump established connections. */
+function tcpRepair(): Feature {
+  const name = "TCP_REPAIR";
+  const AF_INET = 2, SOCK_STREAM = 1, SOL_TCP = 6, TCP_REPAIR = 19;
+  let fd = -1;
+  const e = errnoOf(() => {
+    fd = Number(syscall("socket", AF_INET, SOCK_STREAM | O.CLOEXEC, 0));
+    const on = new Int32Array([1]);
+    syscall("setsockopt", fd, SOL_TCP, TCP_REPAIR, addressOf(on), 4);
+  });
+  if (fd >= 0) close(fd);
+  return {
+    name,
+    required: false,
+    ok: e === 0,
+    detail: e === 0
+      ? "established TCP connections can be dumped"
+      : `errno ${e}${e === Errno.EPERM ? " (needs CAP_NET_ADMIN)" : ""}`,
+  };
+}
+
+/** What restore --pid-namespace needs: pid namespaces, and the right to make one (and mount). */
+function pidNamespaces(): Feature {
+  const name = "pid namespaces";
+  try {
+    const max = Number(Deno.readTextFileSync("/proc/sys/user/max_pid_namespaces").trim());
+    const capEff = BigInt(
+      "0x" + (Deno.readTextFileSync("/proc/self/status").match(/^CapEff:\s+(\S+)/m)?.[1] ?? "0"),
+    );
+    const sysAdmin = (capEff & (1n << 21n)) !== 0n; // CAP_SYS_ADMIN
+    const ok = max > 0 && sysAdmin;
+    return {
+      name,
+      required: false,
+      ok,
+      detail: ok
+        ? "restore --pid-namespace can make copies beside the original"
+        : max > 0
+        ? "needs CAP_SYS_ADMIN"
+        : "user.max_pid_namespaces is 0",
+    };
+  } catch (err) {
+    return { name, required: false, ok: false, detail: (err as Error).message };
+  }
+}
+
 /** Seizes and releases a short-lived `sleep` started detached (so Deno does not reap it). */
 async function ptraceSeize(): Promise<Feature> {
   const name = "ptrace";
@@ -176,5 +222,7 @@ export async function kernelFeatures(): Promise<Feature[]> {
     clone3SetTid(),
     userfaultfd(),
     nsLastPid(),
+    tcpRepair(),
+    pidNamespaces(),
   ];
 }

@@ -136,6 +136,8 @@ Deno.test("cli: check reports every feature as ok here", async () => {
     "clone3 set_tid",
     "userfaultfd",
     "ns_last_pid",
+    "TCP_REPAIR",
+    "pid namespaces",
   ]);
   for (const f of j.features) assert.ok(f.ok, f.name);
 });
