@@ -19,6 +19,7 @@ export {
   Unsupported,
 } from "./lib/errors.ts";
 export {
+  BASE_FORMAT_VERSION,
   CHECKSUM_ALGORITHM,
   DEFAULT_ROLL_SIZE,
   FORMAT_VERSION,
@@ -30,6 +31,7 @@ export {
   type ImageWriterOptions,
   type PageExtent,
   type PageSink,
+  type ParentLink,
   type ReadExtentOptions,
   TOOL_VERSION,
 } from "./lib/image/mod.ts";

@@ -20,8 +20,8 @@ export const dump: Verb = {
   name: "dump",
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
-  usage:
-    "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--policy FILE.ts] [--json]",
+  usage: "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--parent PREV] " +
+    "[--policy FILE.ts] [--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
 
@@ -31,10 +31,14 @@ options:
   --pre-copy        copy private anonymous memory while the processes run (tracking writes
                     with userfaultfd), then freeze and copy again only the pages written
                     meanwhile: a much shorter freeze for large, mostly idle memory
+  --parent PREV     an incremental dump: pages equal to those in the image PREV (an earlier
+                    dump of the same process) are not written again but refer to PREV, which
+                    must then stay, unchanged, as long as DIR is to be restored
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/
                     afterDump hooks), see examples/policies/
   --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
-                    (and preCopy: {armFrozenMs, copiedBytes, reusedBytes} with --pre-copy)
+                    (and preCopy: {armFrozenMs, copiedBytes, reusedBytes} with --pre-copy,
+                    incremental: {parent, reusedBytes} with --parent)
 
 A progress bar goes to stderr when it is a terminal.`,
   async run(args) {
@@ -42,6 +46,7 @@ A progress bar goes to stderr when it is a terminal.`,
       "leave-running": { type: "boolean" },
       single: { type: "boolean" },
       "pre-copy": { type: "boolean" },
+      parent: { type: "string" },
       policy: { type: "string" },
       json: { type: "boolean" },
     }, { min: 2, max: 2 });
@@ -57,6 +62,7 @@ A progress bar goes to stderr when it is a terminal.`,
       leaveRunning: Boolean(p.values["leave-running"]),
       single: Boolean(p.values.single),
       preCopy: Boolean(p.values["pre-copy"]),
+      parent: typeof p.values.parent === "string" ? p.values.parent : undefined,
       policy,
       onProgress: (bytes) => bar.update(bytes),
     });
@@ -73,7 +79,12 @@ A progress bar goes to stderr when it is a terminal.`,
           `${count(result.threads, "thread")}, ` +
           `${count(result.mappings, "mapping")}, ${count(result.fds, "fd")}, ` +
           `${formatBytes(result.pageBytes)} ` +
-          `of pages; frozen ${result.frozenMs.toFixed(1)} ms; ` +
+          `of pages` +
+          (result.incremental
+            ? ` (${formatBytes(result.incremental.reusedBytes)} unchanged, in ` +
+              `${result.incremental.parent})`
+            : "") +
+          `; frozen ${result.frozenMs.toFixed(1)} ms; ` +
           (result.killed ? "process ended" : "process left running"),
       );
     }

@@ -52,7 +52,10 @@ export interface InspectedProcess {
     threads: number;
     mappings: number;
     mappedBytes: number;
+    /** Page data in this image's own page files. */
     pageBytes: number;
+    /** Incremental images: page data its runs take from the parent chain. */
+    parentPageBytes?: number;
     fds: number;
   };
 }
@@ -127,10 +130,20 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
       threads: threads.length,
       mappings: mappings.length,
       mappedBytes: mappings.reduce((a, m) => a + m.size, 0),
-      pageBytes: e.extents.reduce((a, x) => a + x.length, 0),
+      pageBytes: e.extents.reduce((a, x) => a + (x.image ? 0 : x.length), 0),
+      ...(e.extents.some((x) => x.image) ? { parentPageBytes: inParents(e) } : {}),
       fds: fds.length,
     },
   };
+}
+
+/** Bytes of the runs of `e` whose extents are in a parent image. */
+function inParents(e: ProcessEntry): number {
+  let n = 0;
+  for (const owner of [...e.mappings, ...e.objects]) {
+    for (const r of owner.pages) if (e.extents[r.extent]?.image) n += r.length;
+  }
+  return n;
 }
 
 /** Reads the summary of every process in the image at `dir`. */
@@ -140,6 +153,9 @@ export async function inspectImage(
 ) {
   using image = await ImageReader.open(dir, { verify: opts.verify, checkArch: false });
   const { format, toolVersion, kernel, arch, createdAt } = image.manifest;
+  // An incremental image: its parents, nearest first (open and, with verify, verified).
+  const parents: string[] = [];
+  for (let p = image.parent; p; p = p.parent) parents.push(p.dir);
   const processes: InspectedProcess[] = [];
   for (const name of image.metaNames()) {
     if (name !== "process" && !name.startsWith("process-")) continue;
@@ -148,6 +164,7 @@ export async function inspectImage(
   return {
     dir,
     manifest: { format, toolVersion, kernel, arch, createdAt },
+    ...(parents.length ? { parents } : {}),
     ...(opts.verify ? { verified: true } : {}),
     processes,
   };
@@ -159,6 +176,7 @@ function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean):
     `image ${r.dir}: format ${m.format}, tardigrade ${m.toolVersion}, kernel ${m.kernel} ` +
       `${m.arch}, created ${m.createdAt}`,
   );
+  if (r.parents) console.log(`parents (nearest first): ${r.parents.join(", ")}`);
   for (const p of r.processes) {
     console.log(`\nprocess ${p.pid} (${p.comm}) ppid ${p.ppid}: ${p.cmdline.join(" ")}`);
     console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}`);
@@ -219,12 +237,17 @@ function printHuman(r: Awaited<ReturnType<typeof inspectImage>>, regs: boolean):
     const t = p.totals;
     console.log(
       `\ntotals: ${count(t.threads, "thread")}, ${count(t.mappings, "mapping")} ` +
-        `(${formatBytes(t.mappedBytes)}), ${formatBytes(t.pageBytes)} of pages, ${
-          count(t.fds, "fd")
-        }`,
+        `(${formatBytes(t.mappedBytes)}), ${formatBytes(t.pageBytes)} of pages` +
+        (t.parentPageBytes !== undefined
+          ? ` (and ${formatBytes(t.parentPageBytes)} in parent images)`
+          : "") +
+        `, ${count(t.fds, "fd")}`,
     );
   }
-  if (r.verified) console.log("\nverify: OK (every checksum matches)");
+  if (r.verified) {
+    const chain = r.parents ? ", in this image and every parent" : "";
+    console.log(`\nverify: OK (every checksum matches${chain})`);
+  }
 }
 
 /** The verb. */
@@ -233,15 +256,19 @@ export const inspect: Verb = {
   summary: "Show what an image holds: processes, threads, mappings, fds, totals.",
   usage: "tardigrade inspect DIR [--json] [--verify] [--verbose]",
   help: `options:
-  --verify   check every checksum of the image; exit 1 with the reason if one fails
+  --verify   check every checksum of the image (and of its parents, for an incremental
+             image); exit 1 with the reason if one fails
   --verbose  also show every register of every thread
-  --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, verified?,
+  --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, parents?,
+             verified?,
              processes: [{pid, ppid, comm, cmdline, exe, cwd, terminal?: {path, foreground,
              size?, modes?}, zombies: [{pid, comm, ended}],
              threads: [{tid, name, rip, rsp, regs?}],
              mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
              fds: [{fd, file, kind, path, closeOnExec}], totals: {threads, mappings,
-             mappedBytes, pageBytes, fds}}]}`,
+             mappedBytes, pageBytes, parentPageBytes?, fds}}]}
+             (parents: an incremental image's parent images, nearest first; pageBytes: in
+             this image's page files, parentPageBytes: in its parents')`,
   async run(args) {
     const p = parseVerb(this, args, {
       json: { type: "boolean" },

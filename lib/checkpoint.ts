@@ -11,6 +11,7 @@ import { freeze, type FrozenProcess, onInterrupt } from "./freeze.ts";
 import { ImageWriter, type PageSink } from "./image/mod.ts";
 import { listMappings } from "./mappings.ts";
 import { dumpFdTable } from "./parts/fdtable.ts";
+import { ParentImage } from "./parts/incremental.ts";
 import { dumpMemory, MemoryObjects } from "./parts/memory_dump.ts";
 import { PageCollector, STAGING_SIZE } from "./parts/page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./parts/precopy.ts";
@@ -44,6 +45,14 @@ export interface CheckpointOptions {
    * again only the pages written meanwhile. Cuts the time frozen; the image is the same kind.
    */
   preCopy?: boolean;
+  /**
+   * An earlier image of the same process to build on (an incremental dump): pages whose
+   * contents equal the parent's copy at the same address are not written again but refer to
+   * the parent (compared by a CRC-32 per page, then byte for byte). The image then needs its
+   * parent, unchanged, to be restored or verified, and the parent its own, if it has one. A
+   * parent of another process, or one whose memory moved, only finds fewer equal pages.
+   */
+  parent?: string;
 }
 
 /** What a checkpoint wrote. */
@@ -71,6 +80,8 @@ export interface CheckpointResult {
    * `frozenMs`), bytes copied while running, and how many of them the image reuses.
    */
   preCopy?: { armFrozenMs: number; copiedBytes: number; reusedBytes: number };
+  /** With `parent`: the parent as given, and the bytes of page data that refer to it. */
+  incremental?: { parent: string; reusedBytes: number };
 }
 
 /** Whether `pid` is gone, a zombie, or has a SIGKILL on its way (it cannot be stopped). */
@@ -201,6 +212,7 @@ async function dumpProcess(
   ending: DumpEnding,
   onProgress?: (bytes: number) => void,
   pre?: ProcessPreCopy,
+  parent?: ParentImage,
 ): Promise<ProcessEntry> {
   const pid = frozen.pid;
   const proc = await Process.open(pid);
@@ -220,7 +232,9 @@ async function dumpProcess(
   if (pre) pre.progress = onProgress;
   const pages = pre?.pages ?? new PageCollector(sink, staging, onProgress);
   const precopied = pre?.reusable();
-  const objects = new MemoryObjects(pages);
+  // Incremental hook: pages equal to the parent's refer to it instead of being written.
+  const incremental = await parent?.pagesFor(pid, pages);
+  const objects = new MemoryObjects(pages, incremental && ((key) => incremental.object(key)));
   const pidfd = pidfdOpen(pid);
   try {
     const fdCtx: FileDumpContext = {
@@ -249,7 +263,7 @@ async function dumpProcess(
       pid,
       layout,
       (m) => decisions.get(m.start) ?? "dump",
-      pages,
+      incremental?.memory() ?? pages,
       objects,
       precopied,
     );
@@ -280,7 +294,8 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
   if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
   const policy = opts.policy ?? {};
   await policy.beforeFreeze?.(await Process.open(pid));
-  await using writer = await ImageWriter.create(opts.dir);
+  using parent = opts.parent ? await ParentImage.open(opts.parent, opts.dir) : undefined;
+  await using writer = await ImageWriter.create(opts.dir, { parent: parent?.link });
   const ending: DumpEnding = { leaveRunning: opts.leaveRunning ?? false, hooks: [] };
   const endDump = (ok: boolean) => {
     for (const fn of ending.hooks.splice(0)) {
@@ -333,6 +348,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         ending,
         (bytes: number) => opts.onProgress?.(before + bytes),
         pre?.byPid.get(frozen.pid),
+        parent,
       );
       before = sink.bytesWritten;
       if (stopped.has(entry.pid)) entry.stopped = true;
@@ -380,6 +396,9 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
             reusedBytes: pre.reusedBytes(),
           },
         }
+        : {}),
+      ...(parent && opts.parent
+        ? { incremental: { parent: opts.parent, reusedBytes: parent.reusedBytes } }
         : {}),
     };
   } catch (err) {

@@ -22,6 +22,12 @@ export interface PageRun {
   extent: number;
   /** Byte offset inside that extent. */
   offset: number;
+  /**
+   * Incremental images only: CRC-32 of each 4 KiB block of the run (the last one may be
+   * shorter), as little-endian u32s, so the next incremental dump finds unchanged pages
+   * without reading them from this image.
+   */
+  checksums?: Uint8Array;
 }
 
 /** What a mapping is, as the restorer must recreate it. */

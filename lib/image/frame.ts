@@ -20,7 +20,7 @@ import "cbor-extract";
 import { Encoder } from "cbor-x";
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
-import { FORMAT_VERSION, MAGIC } from "./version.ts";
+import { BASE_FORMAT_VERSION, FORMAT_VERSION, MAGIC } from "./version.ts";
 
 /** Size of the header before the CBOR payload. */
 export const HEADER_SIZE = 24;
@@ -30,8 +30,11 @@ export const HEADER_SIZE = 24;
 // so decode as bigints again.
 const cbor = new Encoder({ useRecords: false, tagUint8Array: false });
 
-/** Encodes `value` as CBOR and frames it with the header. */
-export function frame(value: unknown, version = FORMAT_VERSION): Uint8Array {
+/**
+ * Encodes `value` as CBOR and frames it with the header, as format `version` (by default that of
+ * an image without a parent).
+ */
+export function frame(value: unknown, version = BASE_FORMAT_VERSION): Uint8Array {
   const payload = cbor.encode(value);
   const out = new Uint8Array(HEADER_SIZE + payload.length);
   const view = new DataView(out.buffer);

@@ -2,6 +2,7 @@
 import { ImageError } from "../errors.ts";
 import { CHECKSUM_ALGORITHM } from "./checksum.ts";
 import { checkVersion } from "./frame.ts";
+import { isParentLink, type ParentLink } from "./parent.ts";
 
 /** Name of the manifest file inside an image directory. */
 export const MANIFEST_NAME = "manifest.cbor";
@@ -32,6 +33,11 @@ export interface ImageManifest {
   checksum: string;
   /** Every file of the image except the manifest itself. */
   files: ImageFileEntry[];
+  /**
+   * An incremental image only (format 2): the image whose page data it reuses, which must be
+   * there, unchanged, to read it.
+   */
+  parent?: ParentLink;
 }
 
 /** Checks the shape and compatibility of a decoded manifest read with header version `version`. */
@@ -64,6 +70,9 @@ export function validateManifest(value: unknown, version: number): ImageManifest
     ) {
       bad(`entry ${i} of files is not {name, size, checksum}`);
     }
+  }
+  if (m.parent !== undefined && !isParentLink(m.parent)) {
+    bad("parent is not {path, manifestChecksum, createdAt}");
   }
   return m as unknown as ImageManifest;
 }

@@ -7,5 +7,6 @@ export { ImageWriter, type ImageWriterOptions } from "./writer.ts";
 export { ImageReader, type ImageReaderOptions, type ReadExtentOptions } from "./reader.ts";
 export { DEFAULT_ROLL_SIZE, type PageExtent, type PageSink } from "./pages.ts";
 export type { ImageFileEntry, ImageManifest } from "./manifest.ts";
+export type { ParentLink } from "./parent.ts";
 export { CHECKSUM_ALGORITHM } from "./checksum.ts";
-export { FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
+export { BASE_FORMAT_VERSION, FORMAT_VERSION, TOOL_VERSION } from "./version.ts";

@@ -13,6 +13,11 @@ export interface PageExtent {
   length: number;
   /** Checksum (CRC-32) of the run. */
   checksum: number;
+  /**
+   * Incremental images: the extent is in an earlier image of the chain, this many parent links
+   * up (1: the parent, 2: its parent …). Absent (or 0): in this image.
+   */
+  image?: number;
 }
 
 /**

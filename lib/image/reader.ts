@@ -1,5 +1,5 @@
 /** Reads and verifies an image directory written by `ImageWriter`. */
-import { close, O, open, preadAsync } from "../../ffi/mod.ts";
+import { close, O, open, pread, preadAsync } from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, checksumFile } from "./checksum.ts";
 import { decodePayload, unframe } from "./frame.ts";
@@ -10,6 +10,7 @@ import {
   validateManifest,
 } from "./manifest.ts";
 import { isPageFileName, type PageExtent } from "./pages.ts";
+import { parentDirOf, type ParentLink } from "./parent.ts";
 
 /** Options of `ImageReader.open`. */
 export interface ImageReaderOptions {
@@ -18,6 +19,9 @@ export interface ImageReaderOptions {
   /** Refuse an image written on another architecture (default true; false for inspection). */
   checkArch?: boolean;
 }
+
+/** Longest chain of parents followed: far beyond any real use, short of a loop's forever. */
+const MAX_CHAIN = 1000;
 
 /** Options of `ImageReader.readExtent`. */
 export interface ReadExtentOptions {
@@ -28,7 +32,9 @@ export interface ReadExtentOptions {
 /**
  * An open image. Opening checks the manifest (magic, format version, architecture) and that
  * every file it lists is there with its size; `verify` also checks every checksum. Every
- * refusal is an `ImageError` naming the file and the reason.
+ * refusal is an `ImageError` naming the file and the reason. An incremental image opens its
+ * parent too (and that one its own …), with the same options: extents that live in a parent are
+ * read from it, so callers never see the chain.
  *
  * ```ts
  * using image = await ImageReader.open("/var/lib/tardigrade/job-1");
@@ -42,18 +48,35 @@ export class ImageReader implements Disposable {
   #pageFiles = new Map<string, Deno.FsFile>();
   /** Raw descriptors of page files, for reads on another thread (a FsFile has no fd). */
   #pageFds = new Map<string, number>();
+  #parent: ImageReader | undefined;
 
   private constructor(
     /** The image directory. */
     readonly dir: string,
     /** The image's manifest, as read from `manifest.cbor`. */
     readonly manifest: ImageManifest,
+    /** CRC-32 of the whole `manifest.cbor`: what a child image records of its parent. */
+    readonly manifestChecksum: number,
   ) {
     this.#entries = new Map(manifest.files.map((f) => [f.name, f]));
   }
 
+  /** The open parent of an incremental image (whose own parent is `parent.parent` …). */
+  get parent(): ImageReader | undefined {
+    return this.#parent;
+  }
+
   /** Opens the image in `dir`, refusing a damaged, newer or foreign image. */
-  static async open(dir: string, options: ImageReaderOptions = {}): Promise<ImageReader> {
+  static open(dir: string, options: ImageReaderOptions = {}): Promise<ImageReader> {
+    return ImageReader.#open(dir, options, []);
+  }
+
+  /** `open`, with the images of the chain already open below it (to refuse a loop). */
+  static async #open(
+    dir: string,
+    options: ImageReaderOptions,
+    children: string[],
+  ): Promise<ImageReader> {
     dir = dir.length > 1 ? dir.replace(/\/+$/, "") : dir;
     let bytes: Uint8Array;
     try {
@@ -76,10 +99,53 @@ export class ImageReader implements Disposable {
     if ((options.checkArch ?? true) && manifest.arch !== Deno.build.arch) {
       throw new ImageError(`image is for ${manifest.arch}, this machine is ${Deno.build.arch}`);
     }
-    const reader = new ImageReader(dir, manifest);
+    const reader = new ImageReader(dir, manifest, checksum(bytes));
     for (const entry of manifest.files) await reader.#checkSize(entry);
-    if (options.verify) await reader.verify();
+    if (options.verify) await reader.#verifyOwn();
+    if (manifest.parent) {
+      reader.#parent = await ImageReader.#openParent(dir, manifest.parent, options, children);
+    }
     return reader;
+  }
+
+  /** Opens the parent `link` of the image `dir` and checks it is the one `dir` was made from. */
+  static async #openParent(
+    dir: string,
+    link: ParentLink,
+    options: ImageReaderOptions,
+    children: string[],
+  ): Promise<ImageReader> {
+    const parentDir = parentDirOf(dir, link);
+    const chain = [...children, realPath(dir)];
+    if (chain.includes(realPath(parentDir)) || chain.length > MAX_CHAIN) {
+      throw new ImageError(`image ${dir} has parent ${parentDir}, which is a loop in the chain`);
+    }
+    let parent: ImageReader;
+    try {
+      parent = await ImageReader.#open(parentDir, options, chain);
+    } catch (err) {
+      if (!(err instanceof ImageError)) throw err;
+      const missing = err.message.startsWith("not an image: ");
+      throw new ImageError(
+        missing
+          ? `image ${dir} needs its parent ${parentDir}, which is missing (${err.message})`
+          : `image ${dir} needs its parent ${parentDir}: ${err.message}`,
+        { cause: err },
+      );
+    }
+    if (
+      parent.manifestChecksum !== link.manifestChecksum ||
+      parent.manifest.createdAt !== link.createdAt
+    ) {
+      parent.close();
+      throw new ImageError(
+        `image ${dir} needs its parent ${parentDir} as it was when ${dir} was dumped ` +
+          `(created ${link.createdAt}, manifest checksum ${hex32(link.manifestChecksum)}), ` +
+          `but ${parentDir} was replaced or changed since (created ` +
+          `${parent.manifest.createdAt}, manifest checksum ${hex32(parent.manifestChecksum)})`,
+      );
+    }
+    return parent;
   }
 
   /** Names of the metadata files in the image, without `.cbor`, in the order written. */
@@ -119,6 +185,8 @@ export class ImageReader implements Disposable {
    * exactly `extent.length` bytes; checks the extent's checksum unless `verify` is false.
    */
   readExtent(extent: PageExtent, into?: Uint8Array, options: ReadExtentOptions = {}): Uint8Array {
+    const owner = this.#owner(extent);
+    if (owner !== this) return owner.readExtent(local(extent), into, options);
     const { name, offset, length, out } = this.#extentTarget(extent, into);
     const file = this.#pageFile(name);
     try {
@@ -141,7 +209,13 @@ export class ImageReader implements Disposable {
    * Reads one extent on another thread, so the caller can work meanwhile; `into` must be left
    * alone until it resolves. It does not verify: `verifyExtent` does, when the caller is ready.
    */
-  async readExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
+  readExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
+    const owner = this.#owner(extent);
+    if (owner !== this) return owner.readExtentAsync(local(extent), into);
+    return this.#readOwnExtentAsync(extent, into);
+  }
+
+  async #readOwnExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
     const { name, offset, length, out } = this.#extentTarget(extent, into);
     const fd = this.#pageFd(name);
     try {
@@ -156,13 +230,58 @@ export class ImageReader implements Disposable {
     return out;
   }
 
+  /**
+   * Reads `into.length` bytes from byte `at` of `extent` (for comparing a part of it; nothing is
+   * verified: the extent's checksum covers it whole).
+   */
+  readExtentPart(extent: PageExtent, at: number, into: Uint8Array): Uint8Array {
+    const owner = this.#owner(extent);
+    if (owner !== this) return owner.readExtentPart(local(extent), at, into);
+    const { name, offset, length } = this.#extentTarget(extent);
+    if (!Number.isSafeInteger(at) || at < 0 || at + into.length > length) {
+      throw new RangeError(`${into.length} bytes at ${at} are not inside an extent of ${length}`);
+    }
+    const fd = this.#pageFd(name);
+    try {
+      for (let done = 0; done < into.length;) {
+        const n = pread(fd, into.subarray(done), BigInt(offset + at + done));
+        if (n === 0) throw new ImageError(`${name}: truncated at offset ${offset + at + done}`);
+        done += n;
+      }
+    } catch (err) {
+      throw err instanceof ImageError ? err : fileError(name, err);
+    }
+    return into;
+  }
+
   /** Throws an ImageError unless `data` has the extent's checksum. */
   verifyExtent(extent: PageExtent, data: Uint8Array): void {
     if (checksum(data) !== extent.checksum) {
+      const owner = this.#owner(extent);
+      const where = owner === this ? "" : ` of parent image ${owner.dir}`;
       throw new ImageError(
-        `${extent.file}: checksum mismatch at offset ${extent.offset} (${extent.length} bytes)`,
+        `${extent.file}${where}: checksum mismatch at offset ${extent.offset} ` +
+          `(${extent.length} bytes)`,
       );
     }
+  }
+
+  /** The image of the chain that holds `extent` (its `image` counts the links up). */
+  #owner(extent: PageExtent): ImageReader {
+    const up = extent.image ?? 0;
+    if (!Number.isSafeInteger(up) || up < 0) {
+      throw new ImageError(`${extent.file}: invalid extent (image ${up})`);
+    }
+    if (up === 0) return this;
+    let owner = this.#parent;
+    for (let i = 1; owner && i < up; i++) owner = owner.#parent;
+    if (!owner) {
+      throw new ImageError(
+        `${extent.file}: extent in the image ${up} parents up from ${this.dir}, ` +
+          `but the chain is shorter`,
+      );
+    }
+    return owner;
   }
 
   /** Checks an extent against the manifest and sizes the buffer it is read into. */
@@ -189,8 +308,16 @@ export class ImageReader implements Disposable {
     return { name, offset, length, out };
   }
 
-  /** Checks every file's size and checksum against the manifest (reads the whole image). */
+  /**
+   * Checks every file's size and checksum against the manifest (reads the whole image), and
+   * then every parent's.
+   */
   async verify(): Promise<void> {
+    await this.#verifyOwn();
+    await this.#parent?.verify();
+  }
+
+  async #verifyOwn(): Promise<void> {
     for (const entry of this.manifest.files) {
       await this.#checkSize(entry);
       let sum: number;
@@ -211,6 +338,7 @@ export class ImageReader implements Disposable {
     this.#pageFiles.clear();
     for (const fd of this.#pageFds.values()) close(fd);
     this.#pageFds.clear();
+    this.#parent?.close();
   }
 
   /** Same as `close()`, for `using`. */
@@ -252,6 +380,24 @@ export class ImageReader implements Disposable {
       this.#pageFiles.set(name, file);
     }
     return file;
+  }
+}
+
+/** The extent as the image of the chain that holds it names it. */
+function local(extent: PageExtent): PageExtent {
+  return { ...extent, image: 0 };
+}
+
+function hex32(n: number): string {
+  return `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
+}
+
+/** The canonical path of `dir` (itself if it cannot be resolved), to tell a loop. */
+function realPath(dir: string): string {
+  try {
+    return Deno.realPathSync(dir);
+  } catch {
+    return dir;
   }
 }
 

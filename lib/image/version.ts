@@ -1,10 +1,18 @@
 /** Versions an image carries, and the magic that starts every framed file of an image. */
 
 /**
- * Version of the image layout this tool writes. A reader accepts images of this version and
- * older, and refuses newer ones: bump it for any change an older reader would misread.
+ * Newest version of the image layout this tool reads and writes. A reader accepts images of this
+ * version and older, and refuses newer ones: bump it for any change an older reader would
+ * misread. Version 2 added incremental images (a parent image, extents that live in it).
  */
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+
+/**
+ * Version written for an image without a parent: such an image is exactly what version 1 was, so
+ * a tool that knows only version 1 still reads it. An incremental image is written as
+ * `FORMAT_VERSION`, so such a tool refuses it instead of reading extents from the wrong image.
+ */
+export const BASE_FORMAT_VERSION = 1;
 
 /** Version of tardigrade that wrote an image, recorded in its manifest for diagnostics. */
 export const TOOL_VERSION = "0.1.0";

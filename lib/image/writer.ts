@@ -9,7 +9,8 @@ import {
   MANIFEST_NAME,
 } from "./manifest.ts";
 import { DEFAULT_ROLL_SIZE, PageFileSink, type PageSink } from "./pages.ts";
-import { FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
+import type { ParentLink } from "./parent.ts";
+import { BASE_FORMAT_VERSION, FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
 
 /** Options of `ImageWriter.create`. */
 export interface ImageWriterOptions {
@@ -17,6 +18,11 @@ export interface ImageWriterOptions {
   rollSize?: number;
   /** Flush files and directories to disk at commit (default true; benchmarks turn it off). */
   sync?: boolean;
+  /**
+   * Makes an incremental image: its extents may live in this parent (recorded in the manifest,
+   * written as format 2). Without it the image is format 1, as images have always been.
+   */
+  parent?: ParentLink;
 }
 
 /**
@@ -42,8 +48,14 @@ export class ImageWriter implements AsyncDisposable {
     readonly dir: string,
     /** The private directory the image is built in until commit. */
     readonly partialDir: string,
-    private readonly options: Required<ImageWriterOptions>,
+    private readonly options: Required<Omit<ImageWriterOptions, "parent">>,
+    private readonly parent: ParentLink | undefined,
   ) {}
+
+  /** Format version of the image being written: 2 only when it has a parent. */
+  get format(): number {
+    return this.parent ? FORMAT_VERSION : BASE_FORMAT_VERSION;
+  }
 
   /** Starts an image that will become `dir`; refuses if `dir` exists and is not empty. */
   static async create(dir: string, options: ImageWriterOptions = {}): Promise<ImageWriter> {
@@ -62,7 +74,7 @@ export class ImageWriter implements AsyncDisposable {
     return new ImageWriter(dir, partialDir, {
       rollSize: options.rollSize ?? DEFAULT_ROLL_SIZE,
       sync: options.sync ?? true,
-    });
+    }, options.parent);
   }
 
   /** Whether `commit()` has succeeded. */
@@ -88,7 +100,7 @@ export class ImageWriter implements AsyncDisposable {
     if (this.#metaFiles.some((f) => f.name === fileName)) {
       throw new ImageError(`${fileName}: written twice`);
     }
-    const bytes = frame(value);
+    const bytes = frame(value, this.format);
     this.#writeNewFile(fileName, bytes);
     this.#metaFiles.push({ name: fileName, size: bytes.length, checksum: checksum(bytes) });
   }
@@ -120,15 +132,16 @@ export class ImageWriter implements AsyncDisposable {
         for (const f of this.#metaFiles) syncPath(`${this.partialDir}/${f.name}`);
       }
       const manifest: ImageManifest = {
-        format: FORMAT_VERSION,
+        format: this.format,
         toolVersion: TOOL_VERSION,
         kernel: Deno.osRelease(),
         arch: Deno.build.arch,
         createdAt: new Date().toISOString(),
         checksum: CHECKSUM_ALGORITHM,
         files: [...this.#metaFiles, ...pageFiles],
+        ...(this.parent ? { parent: this.parent } : {}),
       };
-      this.#writeNewFile(MANIFEST_NAME, frame(manifest));
+      this.#writeNewFile(MANIFEST_NAME, frame(manifest, this.format));
       if (this.options.sync) {
         syncPath(`${this.partialDir}/${MANIFEST_NAME}`);
         syncPath(this.partialDir);

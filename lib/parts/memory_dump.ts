@@ -11,7 +11,7 @@ import type { MappingDecision } from "../policy.ts";
 import { readMemoryInto } from "../memory.ts";
 import { dumpableRanges, listPages } from "../pages.ts";
 import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema.ts";
-import type { Fill, PageCollector } from "./page_collector.ts";
+import type { Fill, PageStore } from "./page_collector.ts";
 import type { PrecopiedPages, Segment } from "./precopy.ts";
 import { isSysvName, type SysvSegment, sysvSegments } from "./sysv_shm.ts";
 
@@ -20,7 +20,14 @@ export class MemoryObjects {
   readonly entries: MemoryObjectEntry[] = [];
   readonly #byKey = new Map<string, MemoryObjectEntry>();
 
-  constructor(private readonly pages: PageCollector) {}
+  /**
+   * `pages` stores the objects' data, unless `storeFor` gives a store for an object's key (an
+   * incremental dump compares each object with the parent's object of the same key).
+   */
+  constructor(
+    private readonly pages: PageStore,
+    private readonly storeFor?: (key: string | undefined) => PageStore,
+  ) {}
 
   #sysv?: Map<number, SysvSegment>;
   /** System V segments, read once per dump. */
@@ -99,8 +106,9 @@ export class MemoryObjects {
   /** Stores the parts of a file that hold data (SEEK_DATA/SEEK_HOLE): holes read as zeros. */
   #storeData(entry: MemoryObjectEntry, fd: number, size: number): void {
     const fill: Fill = (start, buf) => readFully(fd, start, buf);
+    const store = this.storeFor?.(entry.key) ?? this.pages;
     for (const r of dataRanges(fd, size)) {
-      entry.pages.push(...this.pages.add(r.start, Number(r.end - r.start), fill));
+      entry.pages.push(...store.add(r.start, Number(r.end - r.start), fill));
     }
   }
 }
@@ -177,7 +185,7 @@ export async function dumpMemory(
   pid: number,
   mappings: Mapping[],
   decide: (m: Mapping) => MappingDecision,
-  pages: PageCollector,
+  pages: PageStore,
   objects: MemoryObjects,
   precopied?: PrecopiedPages,
 ): Promise<MemoryDump> {

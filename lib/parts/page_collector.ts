@@ -11,8 +11,14 @@ export const STAGING_SIZE = 32 * 1024 * 1024;
 /** Fills `buf` from a source at `start`; returns the bytes it could read. */
 export type Fill = (start: bigint, buf: Uint8Array) => number;
 
+/** Where page data goes: copied through `fill` and returned as the runs that hold it. */
+export interface PageStore {
+  /** Stores `length` bytes starting at `start`, read through `fill`; returns their runs. */
+  add(start: bigint, length: number, fill: Fill): PageRun[];
+}
+
 /** Collects page runs into extents. */
-export class PageCollector {
+export class PageCollector implements PageStore {
   readonly extents: PageExtent[] = [];
   #buf: Uint8Array;
   #used = 0;
