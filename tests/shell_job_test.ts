@@ -243,91 +243,84 @@ async function cleanup(tmux: Tmux, job?: { pid: number; dir: string }): Promise<
   }
 }
 
-Deno.test({
-  name: "shell job: comes back in another window, reads it, and quit ends restore with its code",
-  ignore,
-  async fn() {
-    const tmux = new Tmux();
-    let job;
-    try {
-      job = await startAndDump(tmux);
-      const win = await restoreInWindow1(tmux, job);
-      // In the second window's session, leading its own group, which has the terminal.
-      const shell = await tmux.panePid(win);
-      const st = ids(job.pid);
-      assert.equal(st.session, shell);
-      assert.equal(st.pgrp, job.pid);
-      assert.equal(st.tpgid, job.pid);
-      assert.notEqual(ids(st.ppid).pgrp, job.pid); // the tool waits in a group of its own
-      const tty = await tmux.paneTty(win);
-      assert.notEqual(tty, job.oldTty);
-      for (const fd of [0, 1, 2]) assert.equal(Deno.readLinkSync(`/proc/${job.pid}/fd/${fd}`), tty);
+type Job = Awaited<ReturnType<typeof startAndDump>>;
 
-      await tmux.type(win, "hello there");
-      await tmux.waitFor(win, /^echo: HELLO THERE$/m);
-      await tmux.type(win, "quit");
-      await tmux.waitFor(win, /^EXIT=3\n+SJ\$/m);
-      assert.ok(!isAlive(job.pid));
-    } finally {
-      await cleanup(tmux, job);
-    }
+/** A test of a job dumped in window 0 and restored with --shell-job in window 1. */
+function restoredJobTest(name: string, body: (tmux: Tmux, job: Job, win: string) => Promise<void>) {
+  Deno.test({
+    name,
+    ignore,
+    async fn() {
+      const tmux = new Tmux();
+      let job: Job | undefined;
+      try {
+        job = await startAndDump(tmux);
+        await body(tmux, job, await restoreInWindow1(tmux, job));
+      } finally {
+        await cleanup(tmux, job);
+      }
+    },
+  });
+}
+
+restoredJobTest(
+  "shell job: comes back in another window, reads it, and quit ends restore with its code",
+  async (tmux, job, win) => {
+    // In the second window's session, leading its own group, which has the terminal.
+    const shell = await tmux.panePid(win);
+    const st = ids(job.pid);
+    assert.equal(st.session, shell);
+    assert.equal(st.pgrp, job.pid);
+    assert.equal(st.tpgid, job.pid);
+    assert.notEqual(ids(st.ppid).pgrp, job.pid); // the tool waits in a group of its own
+    const tty = await tmux.paneTty(win);
+    assert.notEqual(tty, job.oldTty);
+    for (const fd of [0, 1, 2]) assert.equal(Deno.readLinkSync(`/proc/${job.pid}/fd/${fd}`), tty);
+
+    await tmux.type(win, "hello there");
+    await tmux.waitFor(win, /^echo: HELLO THERE$/m);
+    await tmux.type(win, "quit");
+    await tmux.waitFor(win, /^EXIT=3\n+SJ\$/m);
+    assert.ok(!isAlive(job.pid));
   },
-});
+);
 
-Deno.test({
-  name: "shell job: Ctrl-C ends the restored program, and restore exits 130",
-  ignore,
-  async fn() {
-    const tmux = new Tmux();
-    let job;
-    try {
-      job = await startAndDump(tmux);
-      const win = await restoreInWindow1(tmux, job);
-      const tool = ids(job.pid).ppid;
-      await tmux.type(win, "C-c", false);
-      await tmux.waitFor(win, /EXIT=130\n+SJ\$/); // after the echoed ^C
-      assert.ok(!isAlive(job.pid));
-      assert.ok(!isAlive(tool));
-    } finally {
-      await cleanup(tmux, job);
-    }
+restoredJobTest(
+  "shell job: Ctrl-C ends the restored program, and restore exits 130",
+  async (tmux, job, win) => {
+    const tool = ids(job.pid).ppid;
+    await tmux.type(win, "C-c", false);
+    await tmux.waitFor(win, /EXIT=130\n+SJ\$/); // after the echoed ^C
+    assert.ok(!isAlive(job.pid));
+    assert.ok(!isAlive(tool));
   },
-});
+);
 
-Deno.test({
-  name: "shell job: ^Z stops it and restore with it; fg continues both",
-  ignore,
-  async fn() {
-    const tmux = new Tmux();
-    let job;
-    try {
-      job = await startAndDump(tmux);
-      const win = await restoreInWindow1(tmux, job);
-      const tool = ids(job.pid).ppid;
-      await tmux.type(win, "C-z", false);
-      await tmux.waitFor(
-        win,
-        new RegExp(`\\[tardigrade\\] ${job.pid} stopped \\(SIGTSTP\\)`),
-      );
-      await tmux.waitFor(win, /^EXIT=148\n+SJ\$/m); // the shell saw its job stop
-      assert.equal(ids(job.pid).tpgid, await tmux.panePid(win)); // the shell has the terminal
-      const stopped = lastTick(await tmux.screen(win));
-      await sleep(300);
-      assert.equal(lastTick(await tmux.screen(win)), stopped);
-      assert.ok(isAlive(job.pid) && isAlive(tool));
+restoredJobTest(
+  "shell job: ^Z stops it and restore with it; fg continues both",
+  async (tmux, job, win) => {
+    const tool = ids(job.pid).ppid;
+    await tmux.type(win, "C-z", false);
+    await tmux.waitFor(
+      win,
+      new RegExp(`\\[tardigrade\\] ${job.pid} stopped \\(SIGTSTP\\)`),
+    );
+    await tmux.waitFor(win, /^EXIT=148\n+SJ\$/m); // the shell saw its job stop
+    assert.equal(ids(job.pid).tpgid, await tmux.panePid(win)); // the shell has the terminal
+    const stopped = lastTick(await tmux.screen(win));
+    await sleep(300);
+    assert.equal(lastTick(await tmux.screen(win)), stopped);
+    assert.ok(isAlive(job.pid) && isAlive(tool));
 
-      await tmux.type(win, "fg; echo FG=$?");
-      await tmux.waitFor(win, new RegExp(`^tick ${stopped + 3}$`, "m"));
-      assert.equal(ids(job.pid).tpgid, job.pid);
-      await tmux.type(win, "again");
-      await tmux.waitFor(win, /^echo: AGAIN$/m);
-      await tmux.type(win, "quit");
-      await tmux.waitFor(win, /^FG=3\n+SJ\$/m);
-    } finally {
-      await cleanup(tmux, job);
-    }
+    await tmux.type(win, "fg; echo FG=$?");
+    await tmux.waitFor(win, new RegExp(`^tick ${stopped + 3}$`, "m"));
+    assert.equal(ids(job.pid).tpgid, job.pid);
+    await tmux.type(win, "again");
+    await tmux.waitFor(win, /^echo: AGAIN$/m);
+    await tmux.type(win, "quit");
+    await tmux.waitFor(win, /^FG=3\n+SJ\$/m);
   },
-});
+);
 
 Deno.test({
   name: "shell job: without --shell-job a closed terminal is refused, with the hint",
