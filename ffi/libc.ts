@@ -45,6 +45,13 @@ export const symbols = {
   },
   // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset);
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // The same pwrite on one of Deno's blocking threads: the call returns a promise.
+  pwrite_nonblocking: {
+    name: "pwrite",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count);

@@ -39,6 +39,7 @@ export const SYS = {
   kill: 62,
   fcntl: 72,
   flock: 73,
+  fdatasync: 75,
   ftruncate: 77,
   chdir: 80,
   fchdir: 81,
@@ -214,6 +215,27 @@ export async function preadAsync(
   );
   // errno belongs to the thread that failed: ask again here to throw the right error.
   return n >= 0 ? n : pread(fd, buf, offset);
+}
+
+/**
+ * `pwrite` on another thread, so the caller works on meanwhile (the dump copies the next pages
+ * while the last are written). `buf` must be left alone until it resolves.
+ */
+export async function pwriteAsync(
+  fd: number,
+  buf: Uint8Array,
+  offset: bigint | number,
+): Promise<number> {
+  const n = Number(
+    await libc.pwrite_nonblocking(
+      fd,
+      buf as Uint8Array<ArrayBuffer>,
+      BigInt(buf.length),
+      BigInt(offset),
+    ),
+  );
+  // errno belongs to the thread that failed: ask again here to throw the right error.
+  return n >= 0 ? n : pwrite(fd, buf, offset);
 }
 
 /** Reads at an offset; returns the byte count (0 at end of file). */

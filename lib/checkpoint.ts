@@ -267,7 +267,7 @@ async function dumpProcess(
       objects,
       precopied,
     );
-    pages.flush();
+    await pages.drain();
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
     return {
       ...task,

@@ -364,7 +364,7 @@ Deno.test({
         error = err;
       }
       assert.ok(error instanceof ImageError, `expected ImageError, got ${error}`);
-      assert.match(error.message, /^pages-0\.img: write of .* No space left on device/);
+      assert.match(error.message, /^pages-0\.img: write of .* ENOSPC \(no space left on device\)/);
       assert.match(error.message, /discarded/);
       assert.deepEqual(list(mnt), []);
       await w.abort(); // still safe

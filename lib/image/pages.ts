@@ -1,4 +1,5 @@
 /** Page data: raw bytes appended to `pages-N.img` files, located by extents. */
+import { close, O, open, pwrite, pwriteAsync, syscall } from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, combineChecksums } from "./checksum.ts";
 import type { ImageFileEntry } from "./manifest.ts";
@@ -21,13 +22,18 @@ export interface PageExtent {
 }
 
 /**
- * Appends raw page data to an image. Every call writes the bytes through at once (large
+ * Appends raw page data to an image. `append` writes the bytes through at once (large
  * synchronous writes), so the caller may reuse its buffer right after; the image never holds
  * page data in memory. An extent never spans two files.
  */
 export interface PageSink {
   /** Appends `bytes` and returns where they went, with their checksum. */
   append(bytes: Uint8Array): PageExtent;
+  /**
+   * Appends `bytes` like `append`, but writes them on another thread: the caller works on and
+   * must leave `bytes` alone until `written` resolves (it rejects as `append` would throw).
+   */
+  appendLater?(bytes: Uint8Array): { extent: PageExtent; written: Promise<void> };
   /** Bytes appended so far, over all page files. */
   readonly bytesWritten: number;
 }
@@ -45,8 +51,11 @@ export function isPageFileName(name: string): boolean {
 
 interface OpenPageFile {
   name: string;
-  file: Deno.FsFile;
+  /** A raw descriptor: writes on another thread need one (a FsFile has none). */
+  fd: number;
   size: number;
+  /** Writes still going on another thread; the fd is closed only once they are done. */
+  inFlight: Set<Promise<void>>;
   /** Running checksum of the whole file, for the manifest (combined from the extents'). */
   checksum: number;
 }
@@ -56,6 +65,8 @@ export class PageFileSink implements PageSink {
   #files: OpenPageFile[] = [];
   #bytesWritten = 0;
   #closed = false;
+  /** The first failure of a write on another thread (the image was discarded then). */
+  #failure: Error | undefined;
 
   /**
    * `onError` turns a write failure into the error to throw (the writer aborts the image there);
@@ -74,6 +85,45 @@ export class PageFileSink implements PageSink {
   }
 
   append(bytes: Uint8Array): PageExtent {
+    const { file, offset, checksum: sum } = this.#reserve(bytes);
+    try {
+      for (let done = 0; done < bytes.length;) {
+        done += pwrite(file.fd, bytes.subarray(done), offset + done);
+      }
+    } catch (err) {
+      throw this.onError(err, `${file.name}: write of ${bytes.length} bytes at ${offset} failed`);
+    }
+    return { file: file.name, offset, length: bytes.length, checksum: sum };
+  }
+
+  appendLater(bytes: Uint8Array): { extent: PageExtent; written: Promise<void> } {
+    const { file, offset, checksum: sum } = this.#reserve(bytes);
+    const written = (async () => {
+      try {
+        for (let done = 0; done < bytes.length;) {
+          done += await pwriteAsync(file.fd, bytes.subarray(done), offset + done);
+        }
+      } catch (err) {
+        throw this.#failure ??= this.onError(
+          err,
+          `${file.name}: write of ${bytes.length} bytes at ${offset} failed`,
+        );
+      }
+    })();
+    file.inFlight.add(written);
+    const done = () => void file.inFlight.delete(written);
+    written.then(done, done);
+    return { extent: { file: file.name, offset, length: bytes.length, checksum: sum }, written };
+  }
+
+  /** Waits for every write going on another thread (the first failure rejects). */
+  async settle(): Promise<void> {
+    for (const f of this.#files) await Promise.all([...f.inFlight]);
+  }
+
+  /** Takes the place of `bytes` in the current page file (a new one past the roll size). */
+  #reserve(bytes: Uint8Array): { file: OpenPageFile; offset: number; checksum: number } {
+    if (this.#failure) throw this.#failure; // a write on another thread failed: that is why
     if (this.#closed) {
       throw new ImageError("page sink is closed: the image was committed or aborted");
     }
@@ -83,34 +133,20 @@ export class PageFileSink implements PageSink {
     }
     const sum = checksum(bytes);
     const offset = current.size;
-    try {
-      for (let done = 0; done < bytes.length;) {
-        done += current.file.writeSync(bytes.subarray(done));
-      }
-    } catch (err) {
-      throw this.onError(
-        err,
-        `${current.name}: write of ${bytes.length} bytes at ${offset} failed`,
-      );
-    }
     // Combining costs ≈ 1.6 µs, a second pass ≈ 0.03 ns a byte: combine only large extents.
     current.checksum = bytes.length >= COMBINE_THRESHOLD
       ? combineChecksums(current.checksum, sum, bytes.length)
       : checksum(bytes, current.checksum);
     current.size += bytes.length;
     this.#bytesWritten += bytes.length;
-    return { file: current.name, offset, length: bytes.length, checksum: sum };
+    return { file: current, offset, checksum: sum };
   }
 
   #openNext(): OpenPageFile {
     const name = `pages-${this.#files.length}.img`;
     try {
-      const file = Deno.openSync(`${this.dir}/${name}`, {
-        write: true,
-        createNew: true,
-        mode: 0o600,
-      });
-      const entry = { name, file, size: 0, checksum: 0 };
+      const fd = open(`${this.dir}/${name}`, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
+      const entry = { name, fd, size: 0, checksum: 0, inFlight: new Set<Promise<void>>() };
       this.#files.push(entry);
       return entry;
     } catch (err) {
@@ -128,12 +164,13 @@ export class PageFileSink implements PageSink {
     const entries: ImageFileEntry[] = [];
     let failure: { err: unknown; what: string } | undefined;
     for (const f of this.#files) {
+      if (f.inFlight.size) throw new ImageError(`${f.name}: closed while writes were going on`);
       try {
-        if (sync && !failure) f.file.syncDataSync();
+        if (sync && !failure) syscall("fdatasync", f.fd);
       } catch (err) {
         failure ??= { err, what: `${f.name}: fsync failed` };
       }
-      f.file.close();
+      close(f.fd);
       entries.push({ name: f.name, size: f.size, checksum: f.checksum });
     }
     if (failure) throw this.onError(failure.err, failure.what);
@@ -144,9 +181,14 @@ export class PageFileSink implements PageSink {
   discard(): void {
     this.#closed = true;
     for (const f of this.#files) {
-      try {
-        f.file.close();
-      } catch { /* already closed */ }
+      // Not under a write going on elsewhere: its fd number could be reused meanwhile.
+      const shut = () => {
+        try {
+          close(f.fd);
+        } catch { /* already closed */ }
+      };
+      if (f.inFlight.size) void Promise.allSettled([...f.inFlight]).then(shut);
+      else shut();
     }
   }
 }

@@ -120,8 +120,9 @@ export class ImageWriter implements AsyncDisposable {
    * Writes the manifest, flushes everything to disk and renames the partial directory to `dir`
    * in one step (replacing `dir` if it is an empty directory). Returns the manifest written.
    */
-  commit(): Promise<ImageManifest> {
-    return settle(() => this.#commit());
+  async commit(): Promise<ImageManifest> {
+    await this.#sink?.settle(); // page writes still going on another thread
+    return await settle(() => this.#commit());
   }
 
   #commit(): ImageManifest {

@@ -11,7 +11,7 @@ import type { MappingDecision } from "../policy.ts";
 import { readMemoryInto } from "../memory.ts";
 import { dumpableRanges, listPages } from "../pages.ts";
 import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema.ts";
-import type { Fill, PageStore } from "./page_collector.ts";
+import { type Fill, type PageStore, STAGING_SIZE } from "./page_collector.ts";
 import type { PrecopiedPages, Segment } from "./precopy.ts";
 import { isSysvName, type SysvSegment, sysvSegments } from "./sysv_shm.ts";
 
@@ -171,8 +171,9 @@ export interface MemoryDump {
   special: SpecialMappings;
 }
 
-/** Bytes copied between two chances for the event loop to turn. */
-const CHUNK = 32 * 1024 * 1024;
+/** Bytes copied between two chances for the event loop to turn: half the staging buffer, so
+ * each chunk is copied into one half while the other is written. */
+const CHUNK = STAGING_SIZE / 2;
 /** How long the copy may go on before it lets the event loop turn. */
 const YIELD_MS = 50;
 
@@ -261,6 +262,7 @@ export async function dumpMemory(
           }
           for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
             const n = Math.min(CHUNK, Number(r.end - at));
+            await pages.room?.(n); // the last chunk is written while this one is copied
             entry.pages.push(...pages.add(at, n, memFill));
             await breathe();
           }

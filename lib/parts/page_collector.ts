@@ -15,11 +15,25 @@ export type Fill = (start: bigint, buf: Uint8Array) => number;
 export interface PageStore {
   /** Stores `length` bytes starting at `start`, read through `fill`; returns their runs. */
   add(start: bigint, length: number, fill: Fill): PageRun[];
+  /**
+   * Makes room for `length` bytes before an `add`, letting what is staged be written on
+   * another thread meanwhile (stores that cannot leave it out).
+   */
+  room?(length: number): Promise<void>;
 }
 
-/** Collects page runs into extents. */
+/**
+ * Collects page runs into extents. Where the sink can write on another thread, the staging
+ * buffer is used as two halves that take turns: `room` hands a full half to the sink and goes
+ * on in the other while it is written, so copying pages and writing them overlap. `add` alone
+ * (without `room`) writes a full half synchronously, as before.
+ */
 export class PageCollector implements PageStore {
   readonly extents: PageExtent[] = [];
+  #halves: Uint8Array[];
+  #current = 0;
+  /** The write of each half still going on, if any. */
+  #writing: (Promise<void> | undefined)[] = [undefined, undefined];
   #buf: Uint8Array;
   #used = 0;
   #pending: PageRun[] = [];
@@ -32,7 +46,12 @@ export class PageCollector implements PageStore {
     buffer?: Uint8Array,
     private readonly onFlush?: (bytes: number) => void,
   ) {
-    this.#buf = buffer ?? new Uint8Array(STAGING_SIZE);
+    const whole = buffer ?? new Uint8Array(STAGING_SIZE);
+    const half = Math.floor(whole.length / 2 / 4096) * 4096;
+    this.#halves = sink.appendLater && half > 0
+      ? [whole.subarray(0, half), whole.subarray(half, 2 * half)]
+      : [whole];
+    this.#buf = this.#halves[0];
   }
 
   /**
@@ -58,10 +77,36 @@ export class PageCollector implements PageStore {
     return runs;
   }
 
-  /** Writes what is staged as one extent. */
+  async room(length: number): Promise<void> {
+    if (this.#halves.length < 2 || this.#used + length <= this.#buf.length) return;
+    if (this.#used > 0) {
+      const { extent, written } = this.sink.appendLater!(this.#buf.subarray(0, this.#used));
+      this.#record(extent);
+      this.#writing[this.#current] = written;
+      written.catch(() => {}); // seen by whoever waits for it (the next turn, drain)
+    }
+    this.#current = 1 - this.#current;
+    this.#buf = this.#halves[this.#current];
+    await this.#writing[this.#current]; // that half's last write must be done before reuse
+    this.#writing[this.#current] = undefined;
+  }
+
+  /** Writes what is staged as one extent (synchronously). */
   flush(): void {
     if (this.#used === 0) return;
-    const extent = this.sink.append(this.#buf.subarray(0, this.#used));
+    this.#record(this.sink.append(this.#buf.subarray(0, this.#used)));
+  }
+
+  /** Flushes, and waits for every write going on (the first failure rejects). */
+  async drain(): Promise<void> {
+    this.flush();
+    for (let i = 0; i < this.#writing.length; i++) {
+      await this.#writing[i];
+      this.#writing[i] = undefined;
+    }
+  }
+
+  #record(extent: PageExtent): void {
     const index = this.extents.push(extent) - 1;
     for (const run of this.#pending) run.extent = index;
     this.#pending = [];
