@@ -99,6 +99,12 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
           why: `it is already traced by ${tracer}${comm}`,
         });
       }
+      if (Deno.uid() !== 0) {
+        return new AccessDenied(pid, "threads", {
+          cause: err,
+          why: `tardigrade runs as uid ${Deno.uid()}: tracing it needs root (or CAP_SYS_PTRACE)`,
+        });
+      }
     } catch { /* the process is gone: explain() says so */ }
   }
   return explain(err, pid, "threads");

@@ -1,4 +1,5 @@
 // Run as an unprivileged user by inspect_process_test.ts: prints the error names it meets.
+import { freeze } from "../lib/freeze.ts";
 import { Process } from "../lib/process.ts";
 
 const p = await Process.open(1);
@@ -15,4 +16,10 @@ for (
   } catch (err) {
     console.log(`${what}: ${(err as Error).name}`);
   }
+}
+try {
+  await (await freeze(1)).release();
+  console.log("freeze: ok");
+} catch (err) {
+  console.log(`freeze: ${(err as Error).name}: ${(err as Error).message}`);
 }

@@ -100,7 +100,7 @@ Deno.test("processes: lists this process, skips one that exits meanwhile", async
   assert.equal(sawTarget, false);
 });
 
-Deno.test("access: pid 1's memory as an unprivileged user is AccessDenied", async () => {
+Deno.test("access: pid 1's memory and threads as an unprivileged user are AccessDenied", async () => {
   try {
     Deno.statSync("/usr/bin/setpriv");
   } catch {
@@ -131,6 +131,8 @@ Deno.test("access: pid 1's memory as an unprivileged user is AccessDenied", asyn
   assert.match(text, /^read: AccessDenied$/m, text + new TextDecoder().decode(out.stderr));
   assert.match(text, /^environ: AccessDenied$/m);
   assert.match(text, /^comm: \S+$/m); // comm of pid 1 is readable by anyone
+  // A freeze names the reason: not root.
+  assert.match(text, /^freeze: AccessDenied: .* runs as uid 65534: tracing it needs root/m);
 });
 
 Deno.test("process: a kernel thread has no address space, listings are empty", async () => {
