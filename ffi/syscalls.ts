@@ -94,6 +94,7 @@ export const SYS = {
   prlimit64: 302,
   kcmp: 312,
   memfd_create: 319,
+  mlock2: 325,
   userfaultfd: 323,
   rseq: 334,
   pidfd_send_signal: 424,

@@ -60,6 +60,9 @@ export interface MappingEntry {
   source: MappingSource;
   /** MAP_GROWSDOWN: the main stack. */
   growsDown: boolean;
+  /** madvise()/mlock() state as smaps' VmFlags names it (`dc`, `wf`, `dd`, `hg`, `nh`, `mg`,
+   * `lo`, `lf`): given again at restore. */
+  advice?: string[];
   /** Page data of private pages (anonymous or copied-on-write). */
   pages: PageRun[];
 }

@@ -41,6 +41,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_memfd" },
   { name: "r_shared_anon" },
   { name: "r_heap_grow" },
+  { name: "r_madvise" },
   { name: "r_sysv_shm" },
   { name: "r_vdso_clock" },
   // Threads, registers, syscalls in progress

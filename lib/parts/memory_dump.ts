@@ -14,6 +14,7 @@ import type { MappingEntry, MemoryObjectEntry, SpecialMappings } from "../schema
 import { type Fill, type PageStore, STAGING_SIZE } from "./page_collector.ts";
 import type { PrecopiedPages, Segment } from "./precopy.ts";
 import { isSysvName, type SysvSegment, sysvSegments } from "./sysv_shm.ts";
+import { vmaAdvice } from "./vma_advice.ts";
 
 /** Memory objects (shared anonymous memory, memfd, deleted files) stored once each. */
 export class MemoryObjects {
@@ -199,6 +200,7 @@ export async function dumpMemory(
   const out: MappingEntry[] = [];
   const special: SpecialMappings = {};
   const memFill = (addr: bigint, buf: Uint8Array) => readMemoryInto(pid, addr, buf);
+  const advice = vmaAdvice(pid);
   for (const m of mappings) {
     const kind = m.kind;
     if (kind === "vsyscall") continue;
@@ -227,6 +229,7 @@ export async function dumpMemory(
       name: m.path,
       source: { type: "anonymous" },
       growsDown: kind === "stack",
+      ...(advice.has(m.start) ? { advice: advice.get(m.start) } : {}),
       pages: [],
     };
     // The same key as an fd on the same file gets (st_dev encoding of major:minor).

@@ -19,6 +19,7 @@ import { type Injector, SCRATCH_SIZE } from "../inject.ts";
 import type { MappingEntry, MemoryObjectEntry, PageRun, ProcessEntry } from "../schema.ts";
 import { innermostPid } from "./pid_namespace.ts";
 import { ensureSegment, removeSegment } from "./sysv_shm.ts";
+import { restoreVmaAdvice } from "./vma_advice.ts";
 
 const PROT_READ = 1;
 const PROT_WRITE = 2;
@@ -486,6 +487,7 @@ export class AddressSpaceBuilder {
         this.inj.call("mprotect", m.start, m.end - m.start, m.prot);
       }
     }
+    restoreVmaAdvice(this.inj, this.image.mappings);
     for (const fd of this.#fileFds.values()) this.inj.call("close", fd);
     this.#fileFds.clear();
     for (const { fd } of this.#objectWriters.values()) close(fd);
