@@ -93,6 +93,7 @@ export type {
   PosixTimerEntry,
   ProcessEntry,
   RlimitEntry,
+  SeccompFilterEntry,
   SigactionEntry,
   SpecialMappings,
   TerminalEntry,

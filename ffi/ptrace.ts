@@ -1,4 +1,5 @@
 /** ptrace(2) and waitpid(2): requests, options, and typed wrappers that throw `SyscallError`. */
+import { Errno, SyscallError } from "./errno.ts";
 import { addressOf, libc, unwrap } from "./libc.ts";
 import {
   decodeRegs,
@@ -38,6 +39,7 @@ export const PTRACE = {
   GETSIGMASK: 0x420a,
   SETSIGMASK: 0x420b,
   SECCOMP_GET_FILTER: 0x420c,
+  SECCOMP_GET_METADATA: 0x420d,
   GET_RSEQ_CONFIGURATION: 0x420f,
 } as const;
 
@@ -216,6 +218,32 @@ export function getRseqConfig(tid: number): RseqConfig {
     signature: dv.getUint32(12, true),
     flags: dv.getUint32(16, true),
   };
+}
+
+/**
+ * The BPF program of seccomp filter `index` of a stopped thread (0 is the most recently
+ * installed), as `struct sock_filter` array bytes (8 each); null past the oldest. Needs
+ * CAP_SYS_ADMIN.
+ */
+export function getSeccompFilter(tid: number, index: number): Uint8Array | null {
+  let count: number;
+  try {
+    count = Number(ptrace(PTRACE.SECCOMP_GET_FILTER, tid, index, 0));
+  } catch (err) {
+    if (err instanceof SyscallError && err.errno === Errno.ENOENT) return null;
+    throw err;
+  }
+  const buf = new Uint8Array(count * 8);
+  ptrace(PTRACE.SECCOMP_GET_FILTER, tid, index, addressOf(buf));
+  return buf;
+}
+
+/** The flags seccomp filter `index` was installed with (only SECCOMP_FILTER_FLAG_LOG shows). */
+export function getSeccompFilterFlags(tid: number, index: number): number {
+  // struct seccomp_metadata { u64 filter_off; u64 flags; }
+  const buf = new BigUint64Array([BigInt(index), 0n]);
+  ptrace(PTRACE.SECCOMP_GET_METADATA, tid, 16, addressOf(buf));
+  return Number(buf[1]);
 }
 
 /** A decoded wait status. */

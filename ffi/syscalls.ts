@@ -93,6 +93,7 @@ export const SYS = {
   timerfd_gettime: 287,
   prlimit64: 302,
   kcmp: 312,
+  seccomp: 317,
   memfd_create: 319,
   mlock2: 325,
   userfaultfd: 323,
@@ -358,6 +359,7 @@ export const PR = {
   SET_MM: 35,
   SET_CHILD_SUBREAPER: 36,
   GET_TID_ADDRESS: 40,
+  SET_NO_NEW_PRIVS: 38,
 } as const;
 
 /** Makes this process a child subreaper: orphans below it are reparented to it. */

@@ -17,6 +17,7 @@ import { PageCollector, STAGING_SIZE } from "./parts/page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./parts/precopy.ts";
 import { dumpPosixTimers } from "./parts/posix_timers.ts";
 import { dumpTerminal } from "./parts/shell_job.ts";
+import { dumpSeccomp } from "./parts/seccomp.ts";
 import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
@@ -186,6 +187,10 @@ async function freezeTree(
         }
       }
     }
+    // Before a single syscall is injected into any of them: a seccomp filter we could not
+    // suspend could make an injected syscall kill the process or lie to us.
+    const refusal = frozen.find((f) => f.seccompRefusal)?.seccompRefusal;
+    if (refusal) throw new DumpError(refusal);
     return frozen;
   } catch (err) {
     for (const f of frozen.reverse()) f.releaseSync();
@@ -227,6 +232,7 @@ async function dumpProcess(
   const threads = frozen.threads.map((t) =>
     dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
   );
+  const seccompFilters = dumpSeccomp(pid, threads);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
   if (pre) pre.progress = onProgress;
@@ -274,6 +280,7 @@ async function dumpProcess(
       ...(tty ? { tty } : {}),
       posixTimers,
       threads,
+      ...(seccompFilters.length ? { seccompFilters } : {}),
       mappings: memory.mappings,
       special: memory.special,
       objects: objects.entries,

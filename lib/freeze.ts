@@ -10,13 +10,15 @@ import {
   interrupt,
   kill,
   PTRACE_EVENT,
+  PTRACE_O,
   type Regs,
   seize,
+  setOptions,
   SIG,
   SyscallError,
   waitpid,
 } from "../ffi/mod.ts";
-import { AccessDenied, explain, NoSuchProcess } from "./errors.ts";
+import { AccessDenied, DumpError, explain, NoSuchProcess } from "./errors.ts";
 import { Injector } from "./inject.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 
@@ -110,6 +112,12 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
   return explain(err, pid, "threads");
 }
 
+/** A thread's seccomp mode from /proc: 0 none, 1 strict, 2 filter. */
+export function seccompMode(pid: number, tid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
+  return Number(status.match(/^Seccomp:\s+(\d+)/m)?.[1] ?? 0);
+}
+
 function tidsOf(pid: number): number[] {
   try {
     return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
@@ -127,6 +135,7 @@ export class FrozenProcess implements AsyncDisposable {
   #mem?: RemoteMemory;
   #injector?: Injector;
   #released = false;
+  #seccompRefusal?: string;
 
   private constructor(readonly pid: number) {}
 
@@ -137,6 +146,7 @@ export class FrozenProcess implements AsyncDisposable {
     hookSignals(true);
     try {
       frozen.#stopAll();
+      frozen.#suspendSeccomp();
     } catch (err) {
       frozen.releaseSync();
       throw explainFreezeFailure(err, pid);
@@ -162,6 +172,44 @@ export class FrozenProcess implements AsyncDisposable {
       for (const tid of fresh) if (seized.has(tid)) this.#waitStop(tid);
     }
     if (this.#threads.size === 0) throw new NoSuchProcess(this.pid, "it exited while freezing");
+  }
+
+  /**
+   * Suspends the seccomp filters (or strict mode) of confined threads while we trace them: a
+   * filter may forbid, fail or even kill the process for the syscalls we inject. Done once every
+   * thread is stopped, so no thread can still gain a filter (TSYNC) behind our back. Only for
+   * confined threads: the option needs CAP_SYS_ADMIN and a tool not under seccomp itself (a
+   * container's default profile), which an ordinary process should not have to require.
+   */
+  #suspendSeccomp(): void {
+    for (const t of this.#threads.values()) {
+      let mode: number;
+      try {
+        mode = seccompMode(this.pid, t.tid);
+      } catch {
+        continue; // the thread ended (only SIGKILL can end a stopped one): it runs nothing
+      }
+      if (mode === 0) continue;
+      try {
+        setOptions(t.tid, PTRACE_O.SUSPEND_SECCOMP);
+      } catch (err) {
+        if (isEsrch(err)) continue;
+        if (!(err instanceof SyscallError)) throw err;
+        this.#seccompRefusal ??= `process ${this.pid} (thread ${t.tid}) is confined by seccomp ` +
+          `(${mode === 1 ? "strict mode" : "a filter"}): the syscalls tardigrade injects could ` +
+          `be refused or kill it, and suspending seccomp while traced ` +
+          `(PTRACE_O_SUSPEND_SECCOMP) was refused with ${err.code}: it needs CAP_SYS_ADMIN, ` +
+          `and tardigrade must not run under seccomp itself`;
+      }
+    }
+  }
+
+  /**
+   * Why syscalls must not be injected into this process: it is confined by seccomp and the
+   * filters could not be suspended. Undefined when injecting is safe.
+   */
+  get seccompRefusal(): string | undefined {
+    return this.#seccompRefusal;
   }
 
   #waitStop(tid: number): void {
@@ -193,6 +241,7 @@ export class FrozenProcess implements AsyncDisposable {
 
   /** Runs syscalls inside the process (in its main thread, or the first thread left). */
   get injector(): Injector {
+    if (this.#seccompRefusal) throw new DumpError(this.#seccompRefusal);
     if (!this.#injector) {
       const tid = this.#threads.has(this.pid) ? this.pid : this.threads[0].tid;
       this.#injector = new Injector(this.pid, tid, this.memory);

@@ -18,6 +18,12 @@ import { AddressSpaceBuilder, type SharedObjects } from "./parts/memory_restore.
 import { checkNamespacePids, PidMap, PidNamespace } from "./parts/pid_namespace.ts";
 import { restorePosixTimers } from "./parts/posix_timers.ts";
 import {
+  needsSeccompSuspended,
+  restoreSeccomp,
+  seccompBeforeCreds,
+  suspendSeccompFor,
+} from "./parts/seccomp.ts";
+import {
   adoptOrphans,
   joinAsJob,
   moveToTerminal,
@@ -41,7 +47,7 @@ import { restoreZombies } from "./parts/zombies.ts";
 import type { Policy } from "./policy.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
-import { forkWithPid, Stub } from "./stub.ts";
+import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "./stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -335,8 +341,21 @@ async function build(
 function seal(m: Making): void {
   const { entry: p, inj } = m;
   m.asb!.closeObjects();
+  const seccomp = (first: boolean) => {
+    for (const t of p.threads) {
+      if (seccompBeforeCreds(t) !== first) continue;
+      restoreSeccomp(m.injectors!.get(t.tid)!, t, p.seccompFilters ?? []);
+    }
+  };
+  seccomp(true);
+  // Credentials belong to each thread (a raw setresuid changes only its caller's): every thread,
+  // the main one last.
+  for (const t of p.threads) if (t.tid !== p.pid) restoreCreds(m.injectors!.get(t.tid)!, p);
   restoreCreds(inj, p);
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
+  // Last in each thread, the filters: they may forbid what came before. The munmap below (and
+  // anything else injected until the detach) still runs, as seccomp is suspended while traced.
+  seccomp(false);
   const scratch = inj.scratchRange!;
   inj.call("munmap", scratch.start, scratch.end - scratch.start);
   inj.dropScratch();
@@ -417,6 +436,15 @@ async function restoreTree(
   }
 
   const stub = await starting;
+  // Every process and thread made from the stub inherits its options: suspend their filters.
+  if (needsSeccompSuspended(entries)) {
+    try {
+      suspendSeccompFor(stub.pid, RESTORE_TRACE_OPTIONS);
+    } catch (err) {
+      stub.end();
+      throw err;
+    }
+  }
   const made: number[] = [];
   const making: Making[] = [];
   const shares: Shares = { objects: new Map(), files: new Map(), scope: {}, pids: new PidMap() };

@@ -147,6 +147,22 @@ export interface ThreadEntry {
   rseq: { abiPointer: bigint; length: number; flags: number; signature: number };
   /** For a thread stopped in clock_nanosleep: the time it still had to sleep (ns), if known. */
   sleepRemainingNs?: bigint;
+  /** no_new_privs was set (`NoNewPrivs: 1`); absent when not. Set again at restore. */
+  noNewPrivs?: boolean;
+  /**
+   * Seccomp confinement; absent when none. `mode` 1 is strict, 2 filter; `filters` are indexes
+   * into `ProcessEntry.seccompFilters`, the oldest first (the order they are installed again,
+   * last of all the thread's restore steps).
+   */
+  seccomp?: { mode: number; filters: number[] };
+}
+
+/** One seccomp filter, stored once per process however many threads carry it. */
+export interface SeccompFilterEntry {
+  /** The BPF program: `struct sock_filter` array, 8 bytes per instruction. */
+  bpf: Uint8Array;
+  /** SECCOMP_FILTER_FLAG_* it was installed with, as far as the kernel tells (LOG). */
+  flags: number;
 }
 
 /** One signal's disposition (`struct kernel_sigaction`). */
@@ -357,6 +373,8 @@ export interface ProcessEntry {
   posixTimers?: PosixTimerEntry[];
   /** Every thread. */
   threads: ThreadEntry[];
+  /** The seccomp filters its threads refer to (`ThreadEntry.seccomp`); absent when none. */
+  seccompFilters?: SeccompFilterEntry[];
   /** Every mapping but the special ones. */
   mappings: MappingEntry[];
   /** vdso and vvar addresses. */

@@ -19,6 +19,7 @@ import {
 } from "../ffi/mod.ts";
 import { RestoreError } from "./errors.ts";
 import { Injector } from "./inject.ts";
+import { procExists } from "./procfs.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 
 /** Options the restorer traces its processes with: fork and clone children are attached too,
@@ -57,7 +58,14 @@ export function forkWithPid(inj: Injector, pid: number): number {
     setTid: tidAddr,
     setTidSize: 1,
   });
-  const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
+  const argsAddr = inj.put(args, 0);
+  let r = inj.raw(SYS.clone3, argsAddr, args.length);
+  // A process just reaped leaves /proc a moment before its pid is free for reuse: wait for it,
+  // but only while nothing holds the pid.
+  for (let i = 0; r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(pid); i++) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    r = inj.raw(SYS.clone3, argsAddr, args.length);
+  }
   if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`pid ${pid} is in use`);
   if (r < 0n) throw new SyscallError(`clone3 in ${inj.pid}`, [pid], Number(-r));
   const fork = inj.events.findLast((e) => e.event === PTRACE_EVENT.FORK);

@@ -557,6 +557,93 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGKILL"] as const) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 3b. Seccomp: the filters are suspended while we inject, or the dump is refused
+
+/** Waits until `pid` is gone or a zombie. */
+async function waitDead(t: Target, pid = t.pid, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (t.alive(pid)) {
+    if (Date.now() > deadline) throw new Error(`${pid} still alive; output:\n${t.output()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+Deno.test("checkpoint: a process under a KILL-by-default seccomp filter survives a leaveRunning dump", async () => {
+  const t = await start("ck_seccomp");
+  const base = tempBase();
+  try {
+    assert.equal(await t.check(), "PASS");
+    const before = snapshot(t.pid);
+    // mmap, prctl, rt_sigaction, getitimer … would each kill it were its filter not suspended.
+    const r = await checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true });
+    assert.equal(r.killed, false);
+    await assertUnharmed(t, before);
+    // The filter is live again once we let go: a forbidden syscall still kills it.
+    Deno.kill(t.pid, "SIGUSR2");
+    await waitDead(t);
+  } finally {
+    await cleanup(t, base);
+  }
+});
+
+Deno.test("checkpoint: a process under a KILL-by-default seccomp filter comes back with it", async () => {
+  const t = await start("ck_seccomp");
+  const base = tempBase();
+  try {
+    assert.equal(await t.check(), "PASS");
+    await checkpoint(t.pid, { dir: `${base}/img` });
+    const p = await readImage(`${base}/img`);
+    assert.equal(p.seccompFilters?.length, 1);
+    assert.deepEqual(p.threads[0].seccomp, { mode: 2, filters: [0] });
+    assert.equal(p.threads[0].noNewPrivs, true);
+    // Everything the restore injects after the filter (munmap of its scratch page …) runs.
+    const r = await restore(`${base}/img`);
+    assert.equal(r.pid, t.pid);
+    assert.equal(await t.check(), "PASS", t.output());
+    assertDetached(t.pid);
+    // The KILL default is in force again once the restore lets go.
+    Deno.kill(t.pid, "SIGUSR2");
+    await waitDead(t);
+  } finally {
+    await cleanup(t, base);
+  }
+});
+
+Deno.test("checkpoint: without CAP_SYS_ADMIN a process under seccomp is refused before any injection", async () => {
+  const t = await start("ck_seccomp");
+  const base = tempBase();
+  try {
+    assert.equal(await t.check(), "PASS");
+    const before = snapshot(t.pid);
+    // The dumper runs as root without CAP_SYS_ADMIN: it may trace, not suspend seccomp.
+    const out = await new Deno.Command("setpriv", {
+      args: [
+        "--inh-caps=-sys_admin",
+        "--bounding-set=-sys_admin",
+        "--",
+        Deno.execPath(),
+        "run",
+        "-A",
+        `${root}main.ts`,
+        "dump",
+        String(t.pid),
+        `${base}/img`,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.ok(!out.success, `the dump went through: ${stderr}`);
+    assert.match(stderr, /confined by seccomp \(a filter\).*CAP_SYS_ADMIN/s);
+    assert.deepEqual(leftovers(base), []);
+    await assertUnharmed(t, before);
+  } finally {
+    await cleanup(t, base);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
 // 4. The example policies through checkpoint and restore
 
 const logDir = Deno.makeTempDirSync({ prefix: "tardigrade-ck-log-" });

@@ -194,6 +194,41 @@ while True:
   }
 });
 
+Deno.test("another user's threads all come back as that user, not as root", async () => {
+  using s = scratch();
+  Deno.chmodSync(s.dir, 0o755);
+  Deno.writeTextFileSync(
+    `${s.dir}/t.py`,
+    `import threading, time, os
+for i in range(3):
+    threading.Thread(target=lambda: time.sleep(1000), daemon=True).start()
+print("ready", os.getuid(), flush=True)
+time.sleep(1000)
+`,
+  );
+  const t = await spawnTarget("setpriv", [
+    "--reuid=nobody",
+    "--regid=nogroup",
+    "--clear-groups",
+    "/usr/bin/python3", // not a shim under /root, which nobody cannot enter
+    `${s.dir}/t.py`,
+  ], { ready: /^ready \d+$/m });
+  const uids = () =>
+    [...Deno.readDirSync(`/proc/${t.pid}/task`)].map((e) =>
+      Deno.readTextFileSync(`/proc/${t.pid}/task/${e.name}/status`).match(/^Uid:\s+(.*)$/m)![1]
+    );
+  try {
+    const before = uids();
+    assert.equal(before.length, 4);
+    await dumpAndRestore(t.pid, s.img);
+    const after = uids();
+    assert.equal(after.length, 4);
+    assert.deepEqual(after, before, "a thread's credentials changed");
+  } finally {
+    await t.kill();
+  }
+});
+
 Deno.test("python3 asyncio (a self-pipe socketpair woken from a thread) counts on", async () => {
   using s = scratch();
   Deno.writeTextFileSync(

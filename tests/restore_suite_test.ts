@@ -60,6 +60,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_umask" },
   { name: "r_cwd" },
   { name: "r_comm" },
+  { name: "r_seccomp" },
   {
     name: "r_cmdline",
     args: ["alpha", "two words", "", "ünïcödé", "--flag=x=y"],
