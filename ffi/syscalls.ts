@@ -198,46 +198,42 @@ export function close(fd: number): void {
   unwrap(libc.close(fd), "close", [fd]);
 }
 
-/**
- * `pread` on another thread, so the caller works on meanwhile (the restore writes one extent
- * into the process while the next is read). `buf` must be left alone until it resolves.
- */
-export async function preadAsync(
+type PositionalIo = (
+  fd: number,
+  buf: Uint8Array<ArrayBuffer>,
+  count: bigint,
+  offset: bigint,
+) => Promise<number | bigint>;
+
+/** One pread/pwrite on another thread; on failure it is asked again here, where errno is read
+ * (errno belongs to the thread that failed), to throw the right error. */
+async function onAnotherThread(
+  io: PositionalIo,
+  again: (fd: number, buf: Uint8Array, offset: bigint | number) => number,
   fd: number,
   buf: Uint8Array,
   offset: bigint | number,
 ): Promise<number> {
   const n = Number(
-    await libc.pread_nonblocking(
-      fd,
-      buf as Uint8Array<ArrayBuffer>,
-      BigInt(buf.length),
-      BigInt(offset),
-    ),
+    await io(fd, buf as Uint8Array<ArrayBuffer>, BigInt(buf.length), BigInt(offset)),
   );
-  // errno belongs to the thread that failed: ask again here to throw the right error.
-  return n >= 0 ? n : pread(fd, buf, offset);
+  return n >= 0 ? n : again(fd, buf, offset);
+}
+
+/**
+ * `pread` on another thread, so the caller works on meanwhile (the restore writes one extent
+ * into the process while the next is read). `buf` must be left alone until it resolves.
+ */
+export function preadAsync(fd: number, buf: Uint8Array, offset: bigint | number): Promise<number> {
+  return onAnotherThread(libc.pread_nonblocking, pread, fd, buf, offset);
 }
 
 /**
  * `pwrite` on another thread, so the caller works on meanwhile (the dump copies the next pages
  * while the last are written). `buf` must be left alone until it resolves.
  */
-export async function pwriteAsync(
-  fd: number,
-  buf: Uint8Array,
-  offset: bigint | number,
-): Promise<number> {
-  const n = Number(
-    await libc.pwrite_nonblocking(
-      fd,
-      buf as Uint8Array<ArrayBuffer>,
-      BigInt(buf.length),
-      BigInt(offset),
-    ),
-  );
-  // errno belongs to the thread that failed: ask again here to throw the right error.
-  return n >= 0 ? n : pwrite(fd, buf, offset);
+export function pwriteAsync(fd: number, buf: Uint8Array, offset: bigint | number): Promise<number> {
+  return onAnotherThread(libc.pwrite_nonblocking, pwrite, fd, buf, offset);
 }
 
 /** Reads at an offset; returns the byte count (0 at end of file). */
