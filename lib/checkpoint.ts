@@ -22,7 +22,7 @@ import { dumpTask } from "./parts/task.ts";
 import { dumpThread } from "./parts/threads.ts";
 import type { MappingDecision, Policy } from "./policy.ts";
 import { Process } from "./process.ts";
-import { processState } from "./procfs.ts";
+import { childrenOf, processState } from "./procfs.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "./schema.ts";
 
 /** Options of `checkpoint`. */
@@ -97,43 +97,20 @@ function dying(pid: number): boolean {
   }
 }
 
-/** Whether `pid` exists and is neither a zombie nor dead. */
-function isRunning(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !"ZX".includes(stat.slice(stat.lastIndexOf(")") + 2)[0]);
-  } catch {
-    return false;
-  }
-}
+/** Whether `pid` exists and is neither a zombie nor dead ("" when gone is in "ZX" too). */
+const isRunning = (pid: number): boolean => !"ZX".includes(processState(pid));
 
 /** Waits until `pid` is gone or a zombie. */
 async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      if (stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z") return;
-    } catch {
-      return;
-    }
+  while (Date.now() < deadline && isRunning(pid)) {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
 
 /** The live children of `pid` (zombies have nothing to dump; the tool never dumps itself). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
-      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(rest[1]) === pid && !"ZX".includes(rest[0])) out.push(Number(e.name));
-    } catch { /* exited meanwhile */ }
-  }
-  return out.sort((a, b) => a - b);
-}
+const liveChildrenOf = (pid: number): number[] =>
+  childrenOf(pid).filter((c) => c !== Deno.pid && isRunning(c));
 
 /** Namespaces whose difference changes what a restore would make (pids, paths, sockets …). */
 const NAMESPACES = ["pid", "mnt", "net", "ipc", "user", "time"];
@@ -179,7 +156,7 @@ async function freezeTree(
   try {
     frozen.push(await freeze(note(pid)));
     for (let i = 0; !single && i < frozen.length; i++) {
-      for (const child of childrenOf(frozen[i].pid)) {
+      for (const child of liveChildrenOf(frozen[i].pid)) {
         try {
           frozen.push(await freeze(note(child)));
         } catch (err) {

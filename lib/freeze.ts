@@ -20,6 +20,7 @@ import {
 } from "../ffi/mod.ts";
 import { AccessDenied, DumpError, explain, NoSuchProcess } from "./errors.ts";
 import { Injector } from "./inject.ts";
+import { statusField } from "./procfs.ts";
 import { RemoteMemory } from "./remote_memory.ts";
 
 /** One stopped thread of a frozen process. */
@@ -112,12 +113,6 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
   return explain(err, pid, "threads");
 }
 
-/** A thread's seccomp mode from /proc: 0 none, 1 strict, 2 filter. */
-export function seccompMode(pid: number, tid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
-  return Number(status.match(/^Seccomp:\s+(\d+)/m)?.[1] ?? 0);
-}
-
 function tidsOf(pid: number): number[] {
   try {
     return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
@@ -183,12 +178,9 @@ export class FrozenProcess implements AsyncDisposable {
    */
   #suspendSeccomp(): void {
     for (const t of this.#threads.values()) {
-      let mode: number;
-      try {
-        mode = seccompMode(this.pid, t.tid);
-      } catch {
-        continue; // the thread ended (only SIGKILL can end a stopped one): it runs nothing
-      }
+      // Seccomp: 0 none, 1 strict, 2 filter; undefined once the thread ended (only SIGKILL can
+      // end a stopped one): it runs nothing.
+      const mode = Number(statusField(this.pid, "Seccomp", t.tid) ?? 0);
       if (mode === 0) continue;
       try {
         setOptions(t.tid, PTRACE_O.SUSPEND_SECCOMP);

@@ -19,6 +19,30 @@ export function procExists(pid: number): boolean {
   }
 }
 
+/** The children of every thread of `pid`, in pid order (empty once it is gone). */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
+      try {
+        const text = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/children`).trim();
+        if (text) out.push(...text.split(/\s+/).map(Number));
+      } catch { /* the thread ended */ }
+    }
+  } catch { /* gone */ }
+  return out.sort((a, b) => a - b);
+}
+
+/** One field of /proc/PID/task/TID/status (`Seccomp`, `NSpid` …), or undefined. */
+export function statusField(pid: number, name: string, tid = pid): string | undefined {
+  try {
+    const text = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
+    return text.match(new RegExp(`^${name}:\\s*(.*)$`, "m"))?.[1].trim();
+  } catch {
+    return undefined;
+  }
+}
+
 /** The state letter of /proc/PID/stat (R, S, T, Z …), or "" when the process is gone. */
 export function processState(pid: number): string {
   try {

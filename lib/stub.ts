@@ -45,33 +45,41 @@ export function waitStopped(tid: number, what: string): void {
   if (st.exited || st.signaled) throw new RestoreError(`${what} (${tid}) ended unexpectedly`);
 }
 
+/** CLONE_VM | FS | FILES | SIGHAND | THREAD | SYSVSEM: a thread of the same process. */
+const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n;
+
 /**
- * Makes the process running `inj` fork a child with exactly `pid` (clone3 with set_tid). The
- * child is attached to us (PTRACE_O_TRACEFORK) and stopped, a copy of its parent.
+ * Injects clone3 with set_tid = `id` into the process `inj` runs in: a child process
+ * (`thread` false) or a thread of it. The new task is attached to us (PTRACE_O_TRACEFORK /
+ * TRACECLONE) and stopped; its id as we see it is returned.
  */
-export function forkWithPid(inj: Injector, pid: number): number {
-  const tids = new Int32Array([pid]);
-  const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
-  const args = encodeCloneArgs({
-    flags: 0n,
-    exitSignal: SIG.SIGCHLD,
-    setTid: tidAddr,
-    setTidSize: 1,
-  });
+export function cloneWithId(inj: Injector, id: number, thread: boolean): number {
+  const what = thread ? "thread id" : "pid";
+  const tidAddr = inj.put(new Uint8Array(new Int32Array([id]).buffer), 256);
+  const args = encodeCloneArgs(
+    thread
+      ? { flags: CLONE_THREAD_FLAGS, setTid: tidAddr, setTidSize: 1 }
+      : { flags: 0n, exitSignal: SIG.SIGCHLD, setTid: tidAddr, setTidSize: 1 },
+  );
   const argsAddr = inj.put(args, 0);
   let r = inj.raw(SYS.clone3, argsAddr, args.length);
   // A process just reaped leaves /proc a moment before its pid is free for reuse: wait for it,
-  // but only while nothing holds the pid.
-  for (let i = 0; r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(pid); i++) {
+  // but only while nothing holds the id.
+  for (let i = 0; r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(id); i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
     r = inj.raw(SYS.clone3, argsAddr, args.length);
   }
-  if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`pid ${pid} is in use`);
-  if (r < 0n) throw new SyscallError(`clone3 in ${inj.pid}`, [pid], Number(-r));
-  const fork = inj.events.findLast((e) => e.event === PTRACE_EVENT.FORK);
-  const child = fork ? Number(fork.message) : Number(r);
-  waitStopped(child, "restored process");
-  return child;
+  if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`${what} ${id} is in use`);
+  if (r < 0n) throw new SyscallError(`clone3 (${what} ${id}) in ${inj.pid}`, [id], Number(-r));
+  const event = thread ? PTRACE_EVENT.CLONE : PTRACE_EVENT.FORK;
+  const made = Number(inj.events.findLast((e) => e.event === event)?.message ?? r);
+  waitStopped(made, thread ? "restored thread" : "restored process");
+  return made;
+}
+
+/** A child process of the process `inj` runs in, with exactly `pid` (see `cloneWithId`). */
+export function forkWithPid(inj: Injector, pid: number): number {
+  return cloneWithId(inj, pid, false);
 }
 
 /** A seized stub, ready to fork the process that becomes the restored one. */

@@ -35,7 +35,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../inject.ts";
-import { processState } from "../procfs.ts";
+import { processState, statusField } from "../procfs.ts";
 import { RemoteMemory } from "../remote_memory.ts";
 import type { ProcessEntry } from "../schema.ts";
 import { forkWithPid } from "../stub.ts";
@@ -110,13 +110,8 @@ export function checkNamespacePids(entries: ProcessEntry[]): void {
  * another process of the same namespace names it. Without a new namespace it is `hostPid`.
  */
 export function innermostPid(hostPid: number): number {
-  try {
-    const status = Deno.readTextFileSync(`/proc/${hostPid}/status`);
-    const nspid = status.match(/^NSpid:(.*)$/m)?.[1].trim().split(/\s+/);
-    return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
-  } catch {
-    return hostPid;
-  }
+  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
+  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
 }
 
 /** Whether `pid` is gone or a zombie (its parent, not us, will reap it). */

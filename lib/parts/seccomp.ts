@@ -17,6 +17,7 @@ import {
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../inject.ts";
+import { statusField } from "../procfs.ts";
 import type { ProcessEntry, SeccompFilterEntry, ThreadEntry } from "../schema.ts";
 
 const SECCOMP_SET_MODE_STRICT = 0;
@@ -24,11 +25,12 @@ const SECCOMP_SET_MODE_FILTER = 1;
 /** Where the BPF program goes in the scratch region: room for the kernel's 4096 instructions. */
 const BPF_OFFSET = 16384;
 
-/** Reads a thread's `Seccomp:` mode and `NoNewPrivs:` from /proc. */
+/** A thread's `Seccomp:` mode and `NoNewPrivs:` from /proc. */
 function statusOf(pid: number, tid: number): { mode: number; noNewPrivs: boolean } {
-  const text = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
-  const field = (name: string) => Number(text.match(new RegExp(`^${name}:\\s+(\\d+)`, "m"))?.[1]);
-  return { mode: field("Seccomp") || 0, noNewPrivs: field("NoNewPrivs") === 1 };
+  return {
+    mode: Number(statusField(pid, "Seccomp", tid) ?? 0),
+    noNewPrivs: statusField(pid, "NoNewPrivs", tid) === "1",
+  };
 }
 
 /**

@@ -6,8 +6,6 @@
 import {
   addressOf,
   cont,
-  encodeCloneArgs,
-  Errno,
   getRegs,
   getRegset,
   getRseqConfig,
@@ -17,20 +15,16 @@ import {
   NT,
   peekSigInfo,
   PR,
-  PTRACE_EVENT,
   type Regs,
   setRegs,
   setRegset,
   setSigMask,
-  SYS,
   syscall,
-  SyscallError,
 } from "../../ffi/mod.ts";
-import { RestoreError } from "../errors.ts";
-import { waitStopped } from "../stub.ts";
 import type { FrozenThread } from "../freeze.ts";
 import type { Injector } from "../inject.ts";
 import type { PendingSignal, ThreadEntry } from "../schema.ts";
+import { cloneWithId, waitStopped } from "../stub.ts";
 
 const ERESTART_RESTARTBLOCK = -516n;
 const TIMER_ABSTIME = 1n;
@@ -106,7 +100,6 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   };
 }
 
-const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
 const EINTR = -4n;
 
 /**
@@ -114,18 +107,7 @@ const EINTR = -4n;
  * its tid on the host.
  */
 export function cloneThread(inj: Injector, tid: number): number {
-  const tids = new Int32Array([tid]);
-  const tidAddr = inj.put(new Uint8Array(tids.buffer), 256);
-  const args = encodeCloneArgs({ flags: CLONE_THREAD_FLAGS, setTid: tidAddr, setTidSize: 1 });
-  const r = inj.raw(SYS.clone3, inj.put(args, 0), args.length);
-  if (r < 0n) {
-    if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`thread id ${tid} is in use`);
-    throw new SyscallError(`clone3 (thread ${tid}) in ${inj.pid}`, [tid], Number(-r));
-  }
-  const clone = inj.events.findLast((e) => e.event === PTRACE_EVENT.CLONE);
-  const made = clone ? Number(clone.message) : Number(r);
-  waitStopped(made, "restored thread");
-  return made;
+  return cloneWithId(inj, tid, true);
 }
 
 /**

@@ -15,6 +15,7 @@
 import { cont, getRegs, kill, setRegs, setSigMask, SIG, SYS, waitpid } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../inject.ts";
+import { childrenOf } from "../procfs.ts";
 import { RemoteMemory } from "../remote_memory.ts";
 import type { PendingSignal, ProcessEntry, ZombieEntry } from "../schema.ts";
 import { forkWithPid } from "../stub.ts";
@@ -22,13 +23,7 @@ import { forkWithPid } from "../stub.ts";
 /** The children of `pid` that are zombies, in pid order. */
 export function zombieChildren(pid: number): ZombieEntry[] {
   const out: ZombieEntry[] = [];
-  let children: string[] = [];
-  try {
-    children = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/);
-  } catch {
-    return out;
-  }
-  for (const child of children.filter(Boolean).map(Number)) {
+  for (const child of childrenOf(pid)) {
     try {
       const stat = Deno.readTextFileSync(`/proc/${child}/stat`);
       const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
