@@ -49,10 +49,15 @@ export {
   type RlimitName,
   type SignalMasks,
   type ThreadInfo,
-} from "./lib/process.ts";
-export { Mapping, type MappingKind, type MappingOptions, type Prot } from "./lib/mappings.ts";
-export { type AddressRange, type DumpableOptions, type PageRegion } from "./lib/pages.ts";
-export { NoAddressSpace } from "./lib/procfs.ts";
+} from "./lib/inspect/process.ts";
+export {
+  Mapping,
+  type MappingKind,
+  type MappingOptions,
+  type Prot,
+} from "./lib/inspect/mappings.ts";
+export { type AddressRange, type DumpableOptions, type PageRegion } from "./lib/inspect/pages.ts";
+export { NoAddressSpace } from "./lib/inspect/procfs.ts";
 export {
   assignFileIds,
   type EpollInfo,
@@ -68,11 +73,15 @@ export {
   type SignalfdInfo,
   type TimerfdInfo,
   type TimeSpec,
-} from "./lib/fds.ts";
-export { freeze, type FrozenProcess, type FrozenThread } from "./lib/freeze.ts";
-export { type Arg, Injector, type SyscallName } from "./lib/inject.ts";
-export { RemoteMemory } from "./lib/remote_memory.ts";
-export { checkpoint, type CheckpointOptions, type CheckpointResult } from "./lib/checkpoint.ts";
+} from "./lib/inspect/fds.ts";
+export { freeze, type FrozenProcess, type FrozenThread } from "./lib/ptrace/freeze.ts";
+export { type Arg, Injector, type SyscallName } from "./lib/ptrace/inject.ts";
+export { RemoteMemory } from "./lib/inspect/remote_memory.ts";
+export {
+  checkpoint,
+  type CheckpointOptions,
+  type CheckpointResult,
+} from "./lib/dump/checkpoint.ts";
 export {
   type DumpedImage,
   type FdDecision,
@@ -101,13 +110,13 @@ export type {
   ThreadEntry,
   WindowSize,
   ZombieEntry,
-} from "./lib/schema.ts";
-export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
+} from "./lib/image/schema.ts";
+export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
 export {
   ShellJob,
   type ShellJobEnd,
   type ShellJobStop,
   type ToolTerminal,
-} from "./lib/parts/shell_job.ts";
+} from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
-export { type Feature, kernelFeatures } from "./lib/features.ts";
+export { type Feature, kernelFeatures } from "./lib/inspect/features.ts";

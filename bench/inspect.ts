@@ -7,8 +7,8 @@
  * Run: deno run -A bench/inspect.ts
  */
 import { addressOf, libc } from "../ffi/mod.ts";
-import { listMappings } from "../lib/mappings.ts";
-import { Process } from "../lib/process.ts";
+import { listMappings } from "../lib/inspect/mappings.ts";
+import { Process } from "../lib/inspect/process.ts";
 
 const fixtureDir = new URL("../tests/fixtures/", import.meta.url).pathname;
 const buildDir = Deno.makeTempDirSync({ prefix: "tardigrade-bench-" });

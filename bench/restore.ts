@@ -8,7 +8,7 @@
  * Run: deno run -A bench/restore.ts  (`--small` runs the 256 MiB image only)
  */
 import { checkpoint, restore } from "../mod.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import type { ProcessEntry } from "../lib/image/schema.ts";
 import { ImageReader } from "../lib/image/mod.ts";
 import {
   type BenchTarget,

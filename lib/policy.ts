@@ -2,10 +2,10 @@
  * Checkpoint policies: TypeScript hooks that decide what is dumped and how. The same object works
  * from the SDK (`checkpoint(pid, { policy })`), the CLI (`--policy FILE.ts`) and the REPL.
  */
-import type { Fd } from "./fds.ts";
-import type { Mapping } from "./mappings.ts";
-import type { Process } from "./process.ts";
-import type { ProcessEntry } from "./schema.ts";
+import type { Fd } from "./inspect/fds.ts";
+import type { Mapping } from "./inspect/mappings.ts";
+import type { Process } from "./inspect/process.ts";
+import type { ProcessEntry } from "./image/schema.ts";
 
 /** What to do with one descriptor: dump it, leave it out (closed after restore), or restore it
  * as the file at another path (opened with the same flags, at position 0 unless appending). */

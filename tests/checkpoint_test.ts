@@ -8,7 +8,7 @@ import { KCMP, kcmp } from "../ffi/mod.ts";
 import { checkpoint, DumpError, ImageError, NoSuchProcess, restore } from "../mod.ts";
 import { ImageReader } from "../lib/image/mod.ts";
 import { loadPolicy, type Policy } from "../lib/policy.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import type { ProcessEntry } from "../lib/image/schema.ts";
 import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;

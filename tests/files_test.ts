@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { close, O, open, pidfdGetfd, pidfdOpen, pread, pwrite, SYS } from "../ffi/mod.ts";
-import { type Fd, FileTable, listFdNumbers, readFd } from "../lib/fds.ts";
-import { freeze, type FrozenProcess } from "../lib/freeze.ts";
+import { type Fd, FileTable, listFdNumbers, readFd } from "../lib/inspect/fds.ts";
+import { freeze, type FrozenProcess } from "../lib/ptrace/freeze.ts";
 import type { EpollEntry } from "../lib/files/epoll.ts";
 import type { EventfdEntry } from "../lib/files/eventfd.ts";
 import type { InotifyEntry } from "../lib/files/inotify.ts";
@@ -15,7 +15,7 @@ import { bytesQueued } from "../lib/files/util.ts";
 import { deviceHandler } from "../lib/files/device.ts";
 import { regularHandler } from "../lib/files/regular.ts";
 import type { FileDumpContext, FileRestoreContext } from "../lib/files/types.ts";
-import type { FdEntry, FileEntry } from "../lib/schema.ts";
+import type { FdEntry, FileEntry } from "../lib/image/schema.ts";
 import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 // Descriptor numbers fixed by tests/fixtures/fd_zoo.c.

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freeze } from "../lib/freeze.ts";
+import { freeze } from "../lib/ptrace/freeze.ts";
 import { NoSuchProcess } from "../lib/errors.ts";
 import { fixture, killAndReap, spawnTarget, withTarget } from "./helpers.ts";
 

@@ -1,6 +1,6 @@
 // Run as an unprivileged user by inspect_process_test.ts: prints the error names it meets.
-import { freeze } from "../lib/freeze.ts";
-import { Process } from "../lib/process.ts";
+import { freeze } from "../lib/ptrace/freeze.ts";
+import { Process } from "../lib/inspect/process.ts";
 
 const p = await Process.open(1);
 console.log(`comm: ${await p.comm()}`);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { close, pread } from "../ffi/mod.ts";
 import { type Mapping, Process } from "../mod.ts";
-import { listMappings } from "../lib/mappings.ts";
+import { listMappings } from "../lib/inspect/mappings.ts";
 import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 /** Parses /proc/PID/maps independently of the SDK: whitespace-split columns. */

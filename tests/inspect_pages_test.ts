@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type PageRegion, Process } from "../mod.ts";
-import { pagesFromPagemap } from "../lib/pages.ts";
+import { pagesFromPagemap } from "../lib/inspect/pages.ts";
 import { fixture, spawnTarget, withTarget } from "./helpers.ts";
 
 const PAGE = 4096n;

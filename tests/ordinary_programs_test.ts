@@ -1,8 +1,8 @@
 /** Ordinary programs, not fixtures, through a dump and a restore. */
 import assert from "node:assert/strict";
 import { checkpoint, ImageReader, restore } from "../mod.ts";
-import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
+import type { ProcessEntry } from "../lib/image/schema.ts";
 import { isAlive, killAndReap, spawnTarget } from "./helpers.ts";
 
 Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", async () => {

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { PrecopiedPages } from "../lib/parts/precopy.ts";
+import { PrecopiedPages } from "../lib/dump/precopy.ts";
 import { fixture, spawnTarget } from "./helpers.ts";
 
 function fdsOf(pid: number): string[] {

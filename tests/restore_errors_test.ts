@@ -9,7 +9,7 @@ import { checkpoint, restore } from "../mod.ts";
 import { frame } from "../lib/image/frame.ts";
 import { FORMAT_VERSION } from "../lib/image/version.ts";
 import { decode } from "cbor-x";
-import { Stub } from "../lib/stub.ts";
+import { Stub } from "../lib/ptrace/stub.ts";
 import { fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 
 const STUB = "sleep 1000000";

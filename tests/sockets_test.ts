@@ -9,9 +9,9 @@ import dgram from "node:dgram";
 import { checkpoint, restore } from "../mod.ts";
 import { DumpError, RestoreError } from "../lib/errors.ts";
 import { ImageReader } from "../lib/image/mod.ts";
-import type { SocketEntry } from "../lib/files/socket.ts";
-import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import type { SocketEntry } from "../lib/files/socket/socket.ts";
+import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
+import type { ProcessEntry } from "../lib/image/schema.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
 async function start(name: string): Promise<Target> {

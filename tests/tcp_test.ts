@@ -14,9 +14,9 @@ import assert from "node:assert/strict";
 import { addressOf, errno, libc } from "../ffi/mod.ts";
 import { checkpoint, restore } from "../mod.ts";
 import { DumpError, RestoreError } from "../lib/errors.ts";
-import type { TcpStreamEntry } from "../lib/files/tcp_stream.ts";
+import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
 import { ImageReader } from "../lib/image/mod.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import type { ProcessEntry } from "../lib/image/schema.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
 const NR = {

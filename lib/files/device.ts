@@ -5,8 +5,8 @@
  */
 import { O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
-import type { Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
 

@@ -15,8 +15,8 @@
  * nothing cannot be fired: its watch comes back armed for errors and hangups only.
  */
 import { Errno, SYS, SyscallError } from "../../ffi/mod.ts";
-import type { EpollInfo, Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { EpollInfo, Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 
 /** One watched descriptor. */

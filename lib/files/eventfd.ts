@@ -1,7 +1,7 @@
 /** eventfd: its counter and semaphore mode, made again with an injected eventfd2. */
 import { O } from "../../ffi/mod.ts";
-import type { EventfdInfo, Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { EventfdInfo, Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { u64 } from "./util.ts";
 

@@ -13,8 +13,8 @@
  */
 import { close, libc, O, open } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { Fd, InotifyInfo, InotifyWatch } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd, InotifyInfo, InotifyWatch } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { F, injectRaw } from "./util.ts";
 

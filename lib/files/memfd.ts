@@ -4,8 +4,8 @@
  * id, the open flags and the position, and reopens the object through /proc/self/fd, which gives
  * an open file of its own (so flags and position are not shared with the object's fd).
  */
-import type { Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import { reopenObject } from "./regular.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 

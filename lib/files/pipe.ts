@@ -24,8 +24,8 @@
  */
 import { close, libc, O, open, pidfdGetfd, SYS, unwrap } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import type { Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import {
   bytesQueued,

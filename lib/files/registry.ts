@@ -3,8 +3,8 @@
  * Kinds with no handler (pidfds, userfaultfd, "other"): the dumper stops with an error
  * naming the fd and its kind, unless a policy skips it.
  */
-import type { Fd } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import { deviceHandler } from "./device.ts";
 import { epollHandler } from "./epoll.ts";
 import { eventfdHandler } from "./eventfd.ts";
@@ -13,11 +13,11 @@ import { memfdHandler } from "./memfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
 import { signalfdHandler } from "./signalfd.ts";
-import { socketHandler } from "./socket.ts";
-import { tcpStreamHandler } from "./tcp_stream.ts";
+import { socketHandler } from "./socket/socket.ts";
+import { tcpStreamHandler } from "./socket/tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
-import { unixPairHandler } from "./unix_pair.ts";
+import { unixPairHandler } from "./socket/unix_pair.ts";
 
 /** All handlers, one per entry kind. */
 export const FILE_HANDLERS: readonly FileHandler[] = [

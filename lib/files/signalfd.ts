@@ -1,7 +1,7 @@
 /** signalfd: the signal mask, made again with an injected signalfd4. */
 import { O } from "../../ffi/mod.ts";
-import type { Fd, SignalfdInfo } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd, SignalfdInfo } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { u64 } from "./util.ts";
 

@@ -10,8 +10,8 @@
  * restore fails rather than lose them.
  */
 import { O } from "../../ffi/mod.ts";
-import type { Fd, TimerfdInfo, TimeSpec } from "../fds.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd, TimerfdInfo, TimeSpec } from "../inspect/fds.ts";
+import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { injectRaw, u64 } from "./util.ts";
 

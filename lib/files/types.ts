@@ -3,11 +3,11 @@
  * per kind in this folder (regular files, pipes, eventfd …), each with its dump and restore side
  * and its image entry, as CRIU splits them.
  */
-import type { Fd, FdKind } from "../fds.ts";
-import type { FrozenProcess } from "../freeze.ts";
-import type { Injector } from "../inject.ts";
-import type { RemoteMemory } from "../remote_memory.ts";
-import type { FileEntry } from "../schema.ts";
+import type { Fd, FdKind } from "../inspect/fds.ts";
+import type { FrozenProcess } from "../ptrace/freeze.ts";
+import type { Injector } from "../ptrace/inject.ts";
+import type { RemoteMemory } from "../inspect/remote_memory.ts";
+import type { FileEntry } from "../image/schema.ts";
 
 /** What a handler may use while the target is frozen. */
 export interface FileDumpContext {

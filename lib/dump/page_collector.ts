@@ -1,0 +1,116 @@
+/**
+ * Gathers page data into one reused staging buffer and hands it to the image's page sink in
+ * large extents, so a dump makes few large writes and never holds the image in memory.
+ */
+import type { PageExtent, PageSink } from "../image/mod.ts";
+import type { PageRun } from "../image/schema.ts";
+
+/** Staging buffer size: large enough for ≥ 1 MiB iovecs, small enough for a low peak RSS. */
+export const STAGING_SIZE = 32 * 1024 * 1024;
+
+/** Fills `buf` from a source at `start`; returns the bytes it could read. */
+export type Fill = (start: bigint, buf: Uint8Array) => number;
+
+/** Where page data goes: copied through `fill` and returned as the runs that hold it. */
+export interface PageStore {
+  /** Stores `length` bytes starting at `start`, read through `fill`; returns their runs. */
+  add(start: bigint, length: number, fill: Fill): PageRun[];
+  /**
+   * Makes room for `length` bytes before an `add`, letting what is staged be written on
+   * another thread meanwhile (stores that cannot leave it out).
+   */
+  room?(length: number): Promise<void>;
+}
+
+/**
+ * Collects page runs into extents. Where the sink can write on another thread, the staging
+ * buffer is used as two halves that take turns: `room` hands a full half to the sink and goes
+ * on in the other while it is written, so copying pages and writing them overlap. `add` alone
+ * (without `room`) writes a full half synchronously, as before.
+ */
+export class PageCollector implements PageStore {
+  readonly extents: PageExtent[] = [];
+  #halves: Uint8Array[];
+  #current = 0;
+  /** The write of each half still going on, if any. */
+  #writing: (Promise<void> | undefined)[] = [undefined, undefined];
+  #buf: Uint8Array;
+  #used = 0;
+  #pending: PageRun[] = [];
+  /** Bytes collected so far. */
+  bytes = 0;
+
+  /** `onFlush` hears the bytes collected so far after each extent is written (progress). */
+  constructor(
+    private readonly sink: PageSink,
+    buffer?: Uint8Array,
+    private readonly onFlush?: (bytes: number) => void,
+  ) {
+    const whole = buffer ?? new Uint8Array(STAGING_SIZE);
+    const half = Math.floor(whole.length / 2 / 4096) * 4096;
+    this.#halves = sink.appendLater && half > 0
+      ? [whole.subarray(0, half), whole.subarray(half, 2 * half)]
+      : [whole];
+    this.#buf = this.#halves[0];
+  }
+
+  /**
+   * Copies `length` bytes starting at `start` through `fill` and returns the runs that now hold
+   * them (several when the range spans a flush).
+   */
+  add(start: bigint, length: number, fill: Fill): PageRun[] {
+    const runs: PageRun[] = [];
+    let done = 0;
+    while (done < length) {
+      if (this.#used === this.#buf.length) this.flush();
+      const n = Math.min(length - done, this.#buf.length - this.#used);
+      const at = start + BigInt(done);
+      const got = fill(at, this.#buf.subarray(this.#used, this.#used + n));
+      if (got !== n) throw new RangeError(`short read at 0x${at.toString(16)}: ${got} of ${n}`);
+      const run: PageRun = { start: at, length: n, extent: -1, offset: this.#used };
+      this.#pending.push(run);
+      runs.push(run);
+      this.#used += n;
+      done += n;
+      this.bytes += n;
+    }
+    return runs;
+  }
+
+  async room(length: number): Promise<void> {
+    if (this.#halves.length < 2 || this.#used + length <= this.#buf.length) return;
+    if (this.#used > 0) {
+      const { extent, written } = this.sink.appendLater!(this.#buf.subarray(0, this.#used));
+      this.#record(extent);
+      this.#writing[this.#current] = written;
+      written.catch(() => {}); // seen by whoever waits for it (the next turn, drain)
+    }
+    this.#current = 1 - this.#current;
+    this.#buf = this.#halves[this.#current];
+    await this.#writing[this.#current]; // that half's last write must be done before reuse
+    this.#writing[this.#current] = undefined;
+  }
+
+  /** Writes what is staged as one extent (synchronously). */
+  flush(): void {
+    if (this.#used === 0) return;
+    this.#record(this.sink.append(this.#buf.subarray(0, this.#used)));
+  }
+
+  /** Flushes, and waits for every write going on (the first failure rejects). */
+  async drain(): Promise<void> {
+    this.flush();
+    for (let i = 0; i < this.#writing.length; i++) {
+      await this.#writing[i];
+      this.#writing[i] = undefined;
+    }
+  }
+
+  #record(extent: PageExtent): void {
+    const index = this.extents.push(extent) - 1;
+    for (const run of this.#pending) run.extent = index;
+    this.#pending = [];
+    this.#used = 0;
+    this.onFlush?.(this.bytes);
+  }
+}

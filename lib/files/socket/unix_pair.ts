@@ -1,0 +1,488 @@
+/**
+ * Connected UNIX sockets whose peer is dumped too: socketpairs (asyncio's self-pipe, a parent and
+ * a child talking) and stream connections accepted from a listener, with the data queued in them.
+ *
+ * Dump: socket.ts hands over every connected UNIX stream or seqpacket socket and every datagram
+ * socket connected to an unnamed peer. sock_diag gives the peer's inode and the shutdown state;
+ * the peer is in the dump when a process of the dump holds `socket:[PEER]` among its fds.
+ * Otherwise the dump is refused, as for a connection its listener has not accepted yet: one end
+ * brought back alone would be cut off from a process that still runs. A socket whose peer was
+ * closed (no peer inode, and for a stream a full shutdown) is kept: it comes back as a socketpair
+ * half whose other half is closed again, after its data. The receive queue is read without
+ * consuming it, inside the frozen target: SO_PEEK_OFF set to 0 makes successive MSG_PEEK reads
+ * walk the queue, and is put back as it was afterwards, also on error. Stream bytes are kept as
+ * one run, datagram and seqpacket messages one by one (MSG_TRUNC says a message goes on in the
+ * next read). Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
+ * them, and peeking them would install copies in the target. No pidfd_getfd at dump (socket.ts
+ * says why).
+ *
+ * Restore, as pipe.ts restores a pipe: ends are keyed by the pair's two inodes within one restore
+ * context. The first end opened makes the pair with an injected socketpair() and takes both halves
+ * into the tool (pidfd_getfd); the other end, in the same or another process, is the tool's copy
+ * handed over with an injected pidfd_getfd on the tool, so both ends are the very sockets one
+ * socketpair() made. Each end gets its options, its receive queue refilled by sending from the
+ * tool's copy of its peer (the sender's SO_SNDBUF raised meanwhile, as the original may have filled
+ * the queue through a larger buffer), SO_PEEK_OFF and O_NONBLOCK. Once both ends are in place the
+ * shutdown states go on (not before: a shut-down end cannot be sent to) and the tool lets go of its
+ * copies; an end whose peer was closed, or whose peer a policy skipped, is left with a closed peer.
+ *
+ * Limits. Both ends come back unnamed: a connection accepted from a listener at /tmp/x.sock had
+ * that address on one side (getsockname of the accepted end, getpeername of the client), but
+ * socketpair() cannot give an address a listener holds, and connecting to the restored listener
+ * would need two processes to connect and accept in step. The addresses stay in the image for
+ * messages. Queued messages carry the tool's credentials after a restore (SO_PASSCRED). A
+ * zero-length message that was already peeked with SO_PEEK_OFF, or that ends the queue of a
+ * seqpacket socket shut down for reading, is not seen (the kernel skips or cannot tell it apart).
+ * An out-of-band byte (MSG_OOB) in a stream is refused.
+ */
+import { addressOf, close, pidfdGetfd, SYS } from "../../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../../errors.ts";
+import type { Fd } from "../../inspect/fds.ts";
+import type { Injector } from "../../ptrace/inject.ts";
+import type { FileEntry } from "../../image/schema.ts";
+import {
+  defaultOptions,
+  formatAddress,
+  injectedReader,
+  local,
+  OPTIONS,
+  sameBytes,
+  setOption,
+  type SocketOption,
+  unixDiag,
+} from "./socket.ts";
+import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
+import { abandonFd, F, injectClose, injectRaw, SETFL_MASK } from "../util.ts";
+
+/** One end of a connected UNIX socket pair. */
+export interface UnixPairEntry extends FileEntry {
+  kind: "unix-pair";
+  /** SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5. */
+  type: number;
+  /** This end's inode when dumped. */
+  inode: bigint;
+  /** The peer's inode when dumped (the two entries of a pair name each other); 0: peer closed. */
+  peer: bigint;
+  /** This end's raw sockaddr if it had one (accepted from a named listener), else null. */
+  address: Uint8Array | null;
+  /** The peer's raw sockaddr if it had one, else null. */
+  peerAddress: Uint8Array | null;
+  /** sk_shutdown: 1 receiving is shut down, 2 sending is. */
+  shutdown: number;
+  /** What this end had to read: a stream's bytes as one run; one item per message otherwise. */
+  queue: Uint8Array[];
+  /** SO_PEEK_OFF, -1 when not in use. */
+  peekOffset: number;
+  /** Options that differ from a fresh socket's, as socket.ts keeps them. */
+  options: SocketOption[];
+  /** "UNIX stream connected to socket:[123] (fd 4 of process 99)", for messages. */
+  description: string;
+}
+
+/** What socket.ts has read already of a connected UNIX socket. */
+export interface ConnectedUnix {
+  /** "UNIX stream" …, for messages. */
+  what: string;
+  type: number;
+  /** getsockname, null when unnamed. */
+  address: Uint8Array | null;
+  /** getpeername (two bytes for an unnamed peer). */
+  peer: Uint8Array;
+}
+
+const AF_UNIX = 1, SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_SEQPACKET = 5;
+const SOL_SOCKET = 1, SO_SNDBUF = 7, SO_SNDBUFFORCE = 32, SO_PEEK_OFF = 42;
+const MSG_OOB = 1, MSG_PEEK = 2, MSG_TRUNC = 0x20, MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
+const RCV_SHUTDOWN = 1, SEND_SHUTDOWN = 2;
+const FIONREAD = 0x541b;
+const EAGAIN = 11;
+const NR = {
+  ioctl: 16,
+  sendto: 44,
+  recvmsg: 47,
+  shutdown: 48,
+  socketpair: 53,
+  setsockopt: 54,
+  getsockopt: 55,
+} as const;
+
+// ---- Dump ----
+
+// Which process of a dump holds each socket inode; read once per dump, as every process is frozen.
+const holdersByDump = new WeakMap<object, Map<bigint, { pid: number; fd: number }>>();
+
+function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: number }> {
+  const key = ctx.scope ?? ctx;
+  let holders = holdersByDump.get(key);
+  if (holders) return holders;
+  holders = new Map();
+  for (const pid of ctx.pids ?? [ctx.pid]) {
+    for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`).match(/^socket:\[(\d+)\]$/);
+        if (m && !holders.has(BigInt(m[1]))) holders.set(BigInt(m[1]), { pid, fd: Number(e.name) });
+      } catch { /* closed meanwhile: cannot happen while frozen */ }
+    }
+  }
+  holdersByDump.set(key, holders);
+  return holders;
+}
+
+// Scratch layout while peeking (socket.ts's reader uses 0xe000 and up).
+const CHUNK = 0xc000;
+const MSGHDR_AT = 0xc000, IOV_AT = 0xc040, INT_AT = 0xc080;
+const MSG_FLAGS = 48; // offset of msg_flags in struct msghdr
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Reads the receive queue of target fd `n` with MSG_PEEK, walking it through SO_PEEK_OFF. */
+class QueuePeeker {
+  readonly #msghdr: bigint;
+
+  /** `name` describes the socket in messages. */
+  constructor(readonly inj: Injector, readonly n: number, readonly name: string) {
+    const iov = new BigUint64Array([inj.scratch(), BigInt(CHUNK)]); // the chunk at offset 0
+    const msghdr = new BigUint64Array(7); // name, namelen, iov, iovlen, control, controllen, flags
+    msghdr[2] = inj.put(new Uint8Array(iov.buffer), IOV_AT);
+    msghdr[3] = 1n;
+    this.#msghdr = inj.put(new Uint8Array(msghdr.buffer), MSGHDR_AT);
+  }
+
+  /** SO_PEEK_OFF, or an errno. */
+  setPeekOffset(value: number): number {
+    const v = this.inj.put(new Uint8Array(new Int32Array([value]).buffer), INT_AT);
+    return Number(this.inj.raw(NR.setsockopt, this.n, SOL_SOCKET, SO_PEEK_OFF, v, 4));
+  }
+
+  queued(): number {
+    const v = this.inj.put(new Uint8Array(4), INT_AT);
+    const r = this.inj.raw(NR.ioctl, this.n, FIONREAD, v);
+    if (r < 0n) throw new DumpError(`${this.name}: FIONREAD failed (errno ${-r})`);
+    return new DataView(this.inj.get(INT_AT, 4).slice().buffer).getInt32(0, true);
+  }
+
+  /** Whether an out-of-band byte waits (a peek with MSG_OOB gets it; EINVAL when there is none). */
+  hasOutOfBand(): boolean {
+    const r = this.inj.raw(NR.recvmsg, this.n, this.#msghdr, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
+    return r > 0n;
+  }
+
+  /** The next chunk, with whether its message goes on (MSG_TRUNC); null when nothing is left. */
+  next(): { data: Uint8Array; truncated: boolean } | null {
+    const r = Number(this.inj.raw(NR.recvmsg, this.n, this.#msghdr, MSG_PEEK | MSG_DONTWAIT));
+    if (r === -EAGAIN) return null;
+    if (r < 0) throw new DumpError(`${this.name}: peeking at its queue failed (errno ${-r})`);
+    const flags = new DataView(this.inj.get(MSGHDR_AT + MSG_FLAGS, 4).slice().buffer)
+      .getUint32(0, true);
+    return { data: this.inj.get(0, r).slice(), truncated: (flags & MSG_TRUNC) !== 0 };
+  }
+}
+
+/** The queue as stream bytes (one run) or messages; `shutRd`: receiving was shut down. */
+function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] {
+  const expected = p.queued(); // stream and seqpacket: every byte queued; datagram: the first
+  if (type === SOCK_STREAM) {
+    // A peek walks over an out-of-band byte as if it were inline: ask for it on its own.
+    if (p.hasOutOfBand()) {
+      throw new DumpError(
+        `${p.name} has an out-of-band byte (MSG_OOB) queued, which tardigrade cannot keep; ` +
+          `a policy can skip it`,
+      );
+    }
+    const parts: Uint8Array[] = [];
+    let total = 0;
+    while (total < expected) {
+      const chunk = p.next();
+      if (!chunk || chunk.data.length === 0) break; // 0: end, the peer shut down sending
+      parts.push(chunk.data);
+      total += chunk.data.length;
+    }
+    if (total !== expected) {
+      throw new DumpError(`${p.name}: ${expected} bytes are queued but ${total} could be peeked`);
+    }
+    return total ? [concat(parts)] : [];
+  }
+  const messages: Uint8Array[] = [];
+  let message: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const chunk = p.next();
+    if (!chunk) break;
+    // A shut-down seqpacket socket reads 0 at its end, as it reads an empty message.
+    const atEnd = type === SOCK_SEQPACKET && shutRd && total >= expected && !message.length;
+    if (chunk.data.length === 0 && atEnd) break;
+    message.push(chunk.data);
+    total += chunk.data.length;
+    if (!chunk.truncated) {
+      messages.push(concat(message));
+      message = [];
+    }
+  }
+  return messages;
+}
+
+/** The options that differ from a fresh socket's, as socket.ts picks them. */
+function changedOptions(inj: Injector, n: number, type: number): SocketOption[] {
+  const rd = injectedReader(inj, n);
+  const defaults = defaultOptions(AF_UNIX, type, 0);
+  const out: SocketOption[] = [];
+  for (const o of OPTIONS) {
+    if (!o.applies(AF_UNIX, type, 0)) continue;
+    const value = rd.getsockopt(o.level, o.option, o.size);
+    if (typeof value === "number") continue;
+    const fresh = defaults?.get(o.name);
+    if (fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
+    out.push({ name: o.name, level: o.level, option: o.option, value });
+  }
+  return out;
+}
+
+/**
+ * Dumps a connected UNIX socket whose peer is in this dump (or was closed), with its receive
+ * queue; refuses, naming the fd, one connected to a socket no process of the dump holds.
+ */
+export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): UnixPairEntry {
+  const on = s.address ? ` on ${formatAddress(s.address)}` : "";
+  const sock = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${fd.target}${on})`;
+  const peerName = s.peer.length > 2 ? formatAddress(s.peer) : "an unnamed peer";
+  const diag = unixDiag(fd.inode);
+  if (!diag || diag.peer === null) {
+    throw new DumpError(
+      `${sock} is connected to ${peerName}, but sock_diag does not show its peer (another ` +
+        `network namespace?); a policy can skip it`,
+    );
+  }
+  const peer = BigInt(diag.peer);
+  const holder = peer ? socketHolders(ctx).get(peer) : undefined;
+  // No peer inode: the peer was closed (which shuts a stream down both ways), or it is a
+  // connection still waiting in its listener's accept queue, held by no process yet.
+  const closed = !peer && (s.type === SOCK_DGRAM || diag.shutdown === RCV_SHUTDOWN + SEND_SHUTDOWN);
+  if (!holder && !closed) {
+    const where = peer
+      ? `(socket:[${peer}]) outside the dump: no process of this dump holds that end`
+      : `outside the dump, in its listener's queue of connections not accepted yet`;
+    throw new DumpError(
+      `${sock} is connected to ${peerName} ${where}, and tardigrade restores a connected ` +
+        `UNIX socket only together with its peer; a policy can skip it`,
+    );
+  }
+  if (holder && unixDiag(peer)?.peer !== Number(fd.inode)) {
+    throw new DumpError(
+      `${sock} is connected to socket:[${peer}] (fd ${holder.fd} of process ${holder.pid}), ` +
+        `which is connected elsewhere; a policy can skip it`,
+    );
+  }
+  const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
+  if (passed > 0) {
+    throw new DumpError(
+      `${sock} has ${passed} file descriptor(s) queued in messages (SCM_RIGHTS), which ` +
+        `tardigrade cannot keep; a policy can skip it`,
+    );
+  }
+
+  const inj = ctx.frozen.injector;
+  const offsetBytes = injectedReader(inj, fd.fd).getsockopt(SOL_SOCKET, SO_PEEK_OFF, 4);
+  if (typeof offsetBytes === "number") {
+    throw new DumpError(`${sock}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
+  }
+  const savedOffset = new DataView(offsetBytes.buffer).getInt32(0, true);
+  const peeker = new QueuePeeker(inj, fd.fd, sock);
+  let r = peeker.setPeekOffset(0);
+  if (r < 0) throw new DumpError(`${sock}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
+  let queue: Uint8Array[];
+  try {
+    queue = peekQueue(peeker, s.type, (diag.shutdown & RCV_SHUTDOWN) !== 0);
+  } finally {
+    // The process must find its socket as it was, whatever happened above.
+    r = peeker.setPeekOffset(savedOffset);
+  }
+  if (r < 0) throw new DumpError(`${sock}: could not put SO_PEEK_OFF back (errno ${-r})`);
+
+  const to = holder
+    ? `socket:[${peer}] (fd ${holder.fd} of process ${holder.pid})`
+    : "a closed peer";
+  return {
+    id: fd.fileId,
+    kind: "unix-pair",
+    flags: fd.flags,
+    type: s.type,
+    inode: fd.inode,
+    peer,
+    address: s.address,
+    peerAddress: s.peer.length > 2 ? s.peer : null,
+    shutdown: diag.shutdown,
+    queue,
+    peekOffset: savedOffset,
+    options: changedOptions(inj, fd.fd, s.type),
+    description: `${s.what}${on} connected to ${to}`,
+  };
+}
+
+// ---- Restore ----
+
+// A pair being restored: the tool's copy of each half (by dumped inode) until both are placed.
+interface PairState {
+  halves: Map<bigint, number>;
+  placed: UnixPairEntry[];
+  closed: boolean;
+}
+
+const restoring = new WeakMap<object, Map<string, PairState>>();
+
+function pairsOf(ctx: FileRestoreContext | object): Map<string, PairState> {
+  const scope = (ctx as FileRestoreContext).scope ?? ctx;
+  let m = restoring.get(scope);
+  if (!m) restoring.set(scope, m = new Map());
+  return m;
+}
+
+const pairKey = (e: UnixPairEntry): string =>
+  e.peer && e.peer < e.inode ? `${e.peer}:${e.inode}` : `${e.inode}:${e.peer}`;
+
+function closeState(st: PairState): void {
+  if (st.closed) return;
+  st.closed = true;
+  for (const fd of st.halves.values()) close(fd);
+}
+
+/**
+ * Closes every socket the tool still holds for `ctx` (each pair lets go of its own once both ends
+ * are placed; this is for a restore that stops early, or a peer a policy skipped).
+ */
+export function releaseUnixPairs(ctx: FileRestoreContext | object): void {
+  const scope = (ctx as FileRestoreContext).scope ?? ctx;
+  for (const st of restoring.get(scope)?.values() ?? []) closeState(st);
+  restoring.delete(scope);
+}
+
+/** The tool's socket `mine` as a new fd of the target (an injected pidfd_getfd on the tool). */
+function handOver(ctx: FileRestoreContext, mine: number, e: UnixPairEntry): number {
+  const inj = ctx.injector;
+  const toolPidfd = ctx.toolPidfd();
+  if (toolPidfd < 0n) {
+    throw new RestoreError(`${e.description}: pidfd_open of the tool failed (errno ${-toolPidfd})`);
+  }
+  try {
+    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
+    if (fd < 0n) {
+      throw new RestoreError(`${e.description}: pidfd_getfd from the tool failed (errno ${-fd})`);
+    }
+    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the orchestrator sets it
+    return Number(fd);
+  } finally {
+    inj.call("close", toolPidfd);
+  }
+}
+
+/** SO_SNDBUF of a tool fd, or a negative errno. */
+function sendBuffer(fd: number): number {
+  const size = new Int32Array(1);
+  const len = new Uint32Array([4]);
+  const r = local(NR.getsockopt, fd, SOL_SOCKET, SO_SNDBUF, addressOf(size), addressOf(len));
+  return r < 0 ? r : size[0];
+}
+
+/** Sets SO_SNDBUF of a tool fd to `bytes` through SO_SNDBUFFORCE (which doubles what it gets). */
+function forceSendBuffer(fd: number, bytes: number): void {
+  const half = new Int32Array([Math.min(Math.ceil(bytes / 2), 0x3fffffff)]);
+  local(NR.setsockopt, fd, SOL_SOCKET, SO_SNDBUFFORCE, addressOf(half), 4);
+}
+
+/** Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer. */
+function refill(e: UnixPairEntry, sender: number): void {
+  if (!e.queue.length) return;
+  const size = sendBuffer(sender);
+  if (size < 0) throw new RestoreError(`${e.description}: getsockopt(SO_SNDBUF): errno ${-size}`);
+  // Room for every message and its overhead at once: nothing waits for a reader.
+  forceSendBuffer(sender, 2 * e.queue.reduce((n, m) => n + m.length + 1024, 65536));
+  try {
+    for (const message of e.queue) {
+      // A stream's run may take several sends; a message goes in one.
+      let off = 0;
+      do {
+        const part = message.subarray(off);
+        const flags = MSG_DONTWAIT | MSG_NOSIGNAL;
+        const sent = local(NR.sendto, sender, addressOf(part), part.length, flags);
+        if (sent < 0) {
+          throw new RestoreError(`${e.description}: refilling its queue failed (errno ${-sent})`);
+        }
+        off += sent;
+      } while (off < message.length);
+    }
+  } finally {
+    forceSendBuffer(sender, size);
+  }
+}
+
+const SHUT_HOW: Record<number, number> = { 1: 0, 2: 1, 3: 2 }; // sk_shutdown → SHUT_RD/WR/RDWR
+
+/** Both ends are placed (or the peer never will be): shutdown states, then the tool lets go. */
+function settle(st: PairState): void {
+  for (const e of st.placed) {
+    const how = SHUT_HOW[e.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN)];
+    if (how === undefined) continue;
+    const r = local(NR.shutdown, st.halves.get(e.inode)!, how);
+    if (r < 0) throw new RestoreError(`${e.description}: shutdown failed (errno ${-r})`);
+  }
+  closeState(st);
+}
+
+function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
+  const pairs = pairsOf(ctx);
+  const key = pairKey(e);
+  let st = pairs.get(key);
+  let fd: number;
+  if (!st) {
+    const sv = ctx.put(new Uint8Array(8));
+    injectRaw(ctx, "socketpair", NR.socketpair, AF_UNIX, e.type, 0, sv);
+    const [mine, other] = new Int32Array(ctx.memory.read(sv, 8).slice().buffer);
+    st = { halves: new Map(), placed: [], closed: false };
+    pairs.set(key, st);
+    st.halves.set(e.inode, pidfdGetfd(ctx.pidfd, mine));
+    st.halves.set(e.peer, pidfdGetfd(ctx.pidfd, other));
+    // No spare descriptor in the target, where the orchestrator could dup2 over it.
+    injectClose(ctx, other);
+    fd = mine;
+  } else {
+    if (st.closed) throw new RestoreError(`${e.description}: opened after its pair was settled`);
+    fd = handOver(ctx, st.halves.get(e.inode)!, e);
+  }
+  try {
+    for (const o of e.options) setOption(ctx, fd, o);
+    refill(e, st.halves.get(e.peer)!);
+    if (e.peekOffset !== -1) {
+      const v = ctx.put(new Uint8Array(new Int32Array([e.peekOffset]).buffer));
+      injectRaw(ctx, "setsockopt(SO_PEEK_OFF)", NR.setsockopt, fd, SOL_SOCKET, SO_PEEK_OFF, v, 4);
+    }
+    ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
+    st.placed.push(e);
+    if (!e.peer || st.placed.length === 2) settle(st);
+  } catch (err) {
+    abandonFd(ctx, fd, e.description, err);
+  }
+  return fd;
+}
+
+/** Connected UNIX sockets with their peer: socketpairs and accepted connections. */
+export const unixPairHandler: FileHandler<UnixPairEntry> = {
+  kind: "unix-pair",
+  fdKinds: [], // socket.ts dumps them; found by entry kind at restore
+  dump(fd: Fd): UnixPairEntry {
+    throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: unix-pair entries come from socket.ts`);
+  },
+  open: openUnixPair,
+  finish(e: UnixPairEntry, _fd: number, ctx: FileRestoreContext): void {
+    // Within a tree the peer may come in a later process: the scope releases it then.
+    if (ctx.scope) return;
+    const st = pairsOf(ctx).get(pairKey(e));
+    if (st && !st.closed) settle(st);
+  },
+};

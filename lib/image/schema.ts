@@ -1,0 +1,395 @@
+/**
+ * The entries of a process image (`process.cbor`), as the dumper writes them and the restorer
+ * reads them. docs/IMAGE.md describes them for people; this file is the truth for code.
+ */
+import type { PageExtent } from "./mod.ts";
+
+/** Name of the metadata file holding the root process's entry. */
+export const PROCESS_META = "process";
+
+/** Name of the metadata file of another process of the tree. */
+export function processMetaName(pid: number): string {
+  return `process-${pid}`;
+}
+
+/** One range of page data: `length` bytes at `offset` inside extent number `extent`. */
+export interface PageRun {
+  /** Address the bytes belong at (for memory objects: byte offset in the object). */
+  start: bigint;
+  /** Bytes in the run. */
+  length: number;
+  /** Index into `ProcessEntry.extents`. */
+  extent: number;
+  /** Byte offset inside that extent. */
+  offset: number;
+  /**
+   * Incremental images only: CRC-32 of each 4 KiB block of the run (the last one may be
+   * shorter), as little-endian u32s, so the next incremental dump finds unchanged pages
+   * without reading them from this image.
+   */
+  checksums?: Uint8Array;
+}
+
+/** What a mapping is, as the restorer must recreate it. */
+export type MappingSource =
+  | { type: "anonymous" }
+  /** A file reopened by path; size and mtime must not have changed. */
+  | { type: "file"; path: string; size: number; mtimeMs: number; inode: bigint; dev: string }
+  /** Shared anonymous memory (`/dev/zero (deleted)`, System V shm), one object per inode. */
+  | { type: "shmem"; object: number }
+  /** A memfd or a deleted file whose contents are stored in the image. */
+  | { type: "stored-file"; object: number };
+
+/** One virtual memory area. */
+export interface MappingEntry {
+  /** First address. */
+  start: bigint;
+  /** Address just past the end. */
+  end: bigint;
+  /** PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4. */
+  prot: number;
+  /** MAP_SHARED (else MAP_PRIVATE). */
+  shared: boolean;
+  /** File offset (or offset in the shared object). */
+  offset: bigint;
+  /** heap, stack, anonymous, file … as the inspection SDK names it. */
+  kind: string;
+  /** The name /proc/PID/maps shows, for display. */
+  name: string | null;
+  /** Where the contents come from. */
+  source: MappingSource;
+  /** MAP_GROWSDOWN: the main stack. */
+  growsDown: boolean;
+  /** madvise()/mlock() state as smaps' VmFlags names it (`dc`, `wf`, `dd`, `hg`, `nh`, `mg`,
+   * `lo`, `lf`): given again at restore. */
+  advice?: string[];
+  /** Page data of private pages (anonymous or copied-on-write). */
+  pages: PageRun[];
+}
+
+/** Contents of a memory object that cannot be reopened: shared anonymous memory, memfd, a
+ * deleted file. Referred to by number from mappings and descriptors. */
+export interface MemoryObjectEntry {
+  /** Number by which mappings and files refer to it. */
+  id: number;
+  /** Its identity across the processes of one image (device and inode): the same object
+   * in two processes is made once and shared at restore. */
+  key?: string;
+  /** What the object is. */
+  kind: "shmem" | "sysv-shm" | "memfd" | "deleted-file";
+  /** memfd name, or the deleted file's former path. */
+  name: string;
+  /** Size in bytes. */
+  size: number;
+  /** st_mode permission bits. */
+  mode: number;
+  /** memfd seals (F_GET_SEALS), 0 otherwise. */
+  seals?: number;
+  /** A System V segment's identity, owner and removal mark (IPC_RMID). */
+  sysv?: { key: number; shmid: number; uid: number; gid: number; removed: boolean };
+  /** Contents, at byte offsets within the object. */
+  pages: PageRun[];
+}
+
+/** The x86 special mappings; restored by moving this kernel's copies to the same addresses. */
+export interface SpecialMappings {
+  /** The vdso, with a checksum of its code to compare with the restoring kernel's. */
+  vdso?: { start: bigint; end: bigint; checksum: number };
+  /** [vvar]. */
+  vvar?: { start: bigint; end: bigint };
+  /** [vvar_vclock]. */
+  vvarVclock?: { start: bigint; end: bigint };
+}
+
+/** A child that exited and that its parent had not waited for. */
+export interface ZombieEntry {
+  /** Its pid, made again. */
+  pid: number;
+  /** Its name (comm). */
+  comm: string;
+  /** Its exit status as wait() reports it: code << 8, or the signal that ended it. */
+  status: number;
+  /** Process group, which it may have led. */
+  pgid: number;
+  /** Session, which it may have led. */
+  sid: number;
+}
+
+/** A signal waiting to be delivered, as `PTRACE_PEEKSIGINFO` gave it. */
+export interface PendingSignal {
+  /** Signal number. */
+  signo: number;
+  /** The 128-byte siginfo_t. */
+  siginfo: Uint8Array;
+}
+
+/** One thread. */
+export interface ThreadEntry {
+  /** Thread id (the pid for the main thread). */
+  tid: number;
+  /** Thread name (comm). */
+  name: string;
+  /** user_regs_struct, field by field. */
+  regs: Record<string, bigint>;
+  /** The NT_X86_XSTATE register set (FPU, SSE, AVX …). */
+  xstate: Uint8Array;
+  /** Blocked signals. */
+  sigmask: bigint;
+  /** Signals pending for this thread only. */
+  pending: PendingSignal[];
+  /** The alternate signal stack (`stack_t`). */
+  sigaltstack: { sp: bigint; flags: number; size: bigint };
+  /** The address set_tid_address gave (cleared and woken at exit). */
+  clearChildTid: bigint;
+  /** The robust futex list head. */
+  robustList: { head: bigint; len: bigint };
+  /** The rseq registration (pointer 0: none). */
+  rseq: { abiPointer: bigint; length: number; flags: number; signature: number };
+  /** For a thread stopped in clock_nanosleep: the time it still had to sleep (ns), if known. */
+  sleepRemainingNs?: bigint;
+  /** no_new_privs was set (`NoNewPrivs: 1`); absent when not. Set again at restore. */
+  noNewPrivs?: boolean;
+  /**
+   * Seccomp confinement; absent when none. `mode` 1 is strict, 2 filter; `filters` are indexes
+   * into `ProcessEntry.seccompFilters`, the oldest first (the order they are installed again,
+   * last of all the thread's restore steps).
+   */
+  seccomp?: { mode: number; filters: number[] };
+}
+
+/** One seccomp filter, stored once per process however many threads carry it. */
+export interface SeccompFilterEntry {
+  /** The BPF program: `struct sock_filter` array, 8 bytes per instruction. */
+  bpf: Uint8Array;
+  /** SECCOMP_FILTER_FLAG_* it was installed with, as far as the kernel tells (LOG). */
+  flags: number;
+}
+
+/** One signal's disposition (`struct kernel_sigaction`). */
+export interface SigactionEntry {
+  /** Signal number. */
+  signo: number;
+  /** Handler address, or SIG_IGN (1). */
+  handler: bigint;
+  /** SA_* flags. */
+  flags: bigint;
+  /** The sa_restorer trampoline. */
+  restorer: bigint;
+  /** Signals blocked while the handler runs. */
+  mask: bigint;
+}
+
+/** An interval timer (`struct itimerval`) in microseconds. */
+export interface ItimerEntry {
+  /** ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2. */
+  which: number;
+  /** Reload interval. */
+  intervalUs: bigint;
+  /** Time left until it fires. */
+  valueUs: bigint;
+}
+
+/** A POSIX timer (`timer_create`). */
+export interface PosixTimerEntry {
+  /** The timer id the program holds. */
+  id: number;
+  /** Clock it counts on. */
+  clockid: number;
+  /** Signal it sends. */
+  signo: number;
+  /** sigev_value. */
+  sigval: bigint;
+  /** sigev_notify: SIGEV_SIGNAL 0, SIGEV_NONE 1, with SIGEV_THREAD_ID 4 for one thread. */
+  notify: number;
+  /** The thread (or process) it notifies. */
+  targetTid: number;
+  /** Reload interval. */
+  intervalNs: bigint;
+  /** Time left until it fires (0: disarmed). */
+  valueNs: bigint;
+}
+
+/** The mm fields `PR_SET_MM_MAP` takes. */
+export interface MmEntry {
+  /** Text segment start (start_code). */
+  startCode: bigint;
+  /** Text segment end. */
+  endCode: bigint;
+  /** Data segment start. */
+  startData: bigint;
+  /** Data segment end. */
+  endData: bigint;
+  /** Heap start. */
+  startBrk: bigint;
+  /** Current program break (brk(0) at dump). */
+  brk: bigint;
+  /** Main stack start. */
+  startStack: bigint;
+  /** argv area start. */
+  argStart: bigint;
+  /** argv area end. */
+  argEnd: bigint;
+  /** environ area start. */
+  envStart: bigint;
+  /** environ area end. */
+  envEnd: bigint;
+  /** /proc/PID/auxv: (type, value) pairs, flattened. */
+  auxv: bigint[];
+}
+
+/** An open file description, stored once and referred to by every fd that shares it. */
+export interface FileEntry {
+  /** `fileId` of the inspection SDK. */
+  id: number;
+  /** Handler kind: "regular", "pipe", "eventfd" … (see lib/files/). */
+  kind: string;
+  /** open(2) flags. */
+  flags: number;
+  /** The kind's own state. */
+  [key: string]: unknown;
+}
+
+/** One descriptor number pointing at an open file description. */
+export interface FdEntry {
+  /** The descriptor number. */
+  fd: number;
+  /** The `FileEntry.id` it points at. */
+  file: number;
+  /** FD_CLOEXEC. */
+  closeOnExec: boolean;
+}
+
+/** The controlling terminal of a process, for restoring it as a shell job. */
+export interface TerminalEntry {
+  /** Its device number: `tty_nr` of /proc/PID/stat. */
+  dev: number;
+  /** Its path (`/dev/pts/N`) when a descriptor of the process is open on it, else null. */
+  path: string | null;
+  /** The process was in the terminal's foreground process group (`tpgid` == its pgid). */
+  foreground: boolean;
+  /**
+   * The terminal's modes when dumped (read from `path`), set again on the restoring terminal while
+   * a foreground shell job has it; absent when no descriptor was open on it (and in older images).
+   */
+  modes?: TerminalModes;
+  /** Its window size when dumped (for display: a restored job gets the new terminal's size). */
+  winsize?: WindowSize;
+}
+
+/** A terminal's modes: the kernel's `struct termios` as TCGETS reads it. */
+export interface TerminalModes {
+  /** The 36 bytes of `struct termios` (x86_64): what the restore sets with TCSETSW. */
+  raw: Uint8Array;
+  /** `c_iflag`: input modes (ICRNL, IXON …). */
+  iflag: number;
+  /** `c_oflag`: output modes (OPOST, ONLCR …). */
+  oflag: number;
+  /** `c_cflag`: control modes (CS8, CREAD …). */
+  cflag: number;
+  /** `c_lflag`: local modes (ISIG, ICANON, ECHO …). */
+  lflag: number;
+  /** `c_line`: the line discipline. */
+  line: number;
+  /** `c_cc`: the 19 control characters (VINTR, VQUIT … VMIN at 6, VTIME at 5). */
+  cc: number[];
+}
+
+/** A terminal's window size (`struct winsize`, TIOCGWINSZ). */
+export interface WindowSize {
+  /** Rows. */
+  rows: number;
+  /** Columns. */
+  cols: number;
+  /** Width in pixels, 0 when unknown. */
+  xpixel: number;
+  /** Height in pixels, 0 when unknown. */
+  ypixel: number;
+}
+
+/** A resource limit; `RLIM_INFINITY` is 2^64-1. */
+export interface RlimitEntry {
+  /** RLIMIT_* number. */
+  resource: number;
+  /** Soft limit. */
+  soft: bigint;
+  /** Hard limit. */
+  hard: bigint;
+}
+
+/** Everything needed to bring one process back. */
+export interface ProcessEntry {
+  /** Process id, restored as it was. */
+  pid: number;
+  /** Parent at dump time (for display: the restored process is reparented). */
+  ppid: number;
+  /** It was stopped (SIGSTOP, ^Z) when dumped: it comes back stopped. */
+  stopped?: boolean;
+  /** The signal it gets when its parent dies (PR_SET_PDEATHSIG), 0 for none. */
+  pdeathsig?: number;
+  /** Session and process group ids: a session or group leader leads them again. */
+  sid: number;
+  /** Process group id. */
+  pgid: number;
+  /** Its controlling terminal; absent when it had none (and in images of older versions). */
+  tty?: TerminalEntry;
+  /** Children that had exited and were not waited for yet: made again, to be waited for. */
+  zombies?: ZombieEntry[];
+  /** Process name. */
+  comm: string;
+  /** Arguments (they live in the process's memory; kept for display). */
+  cmdline: string[];
+  /** The executable, restored as /proc/PID/exe. */
+  exe: { path: string; size: number; mtimeMs: number } | null;
+  /** Working directory. */
+  cwd: string;
+  /** Root directory. */
+  root: string;
+  /** File creation mask. */
+  umask: number;
+  /** personality(2) flags. */
+  personality: number;
+  /** Credentials and capabilities. */
+  creds: {
+    uids: number[];
+    gids: number[];
+    groups: number[];
+    capInh: bigint;
+    capPrm: bigint;
+    capEff: bigint;
+    capBnd: bigint;
+    capAmb: bigint;
+  };
+  /** Resource limits. */
+  rlimits: RlimitEntry[];
+  /** Memory layout fields of the mm. */
+  mm: MmEntry;
+  /** Signal dispositions other than the default. */
+  sigactions: SigactionEntry[];
+  /** Signals pending for the whole process. */
+  sharedPending: PendingSignal[];
+  /** Armed interval timers. */
+  itimers: ItimerEntry[];
+  /** POSIX timers (absent in images of older versions of the tool). */
+  posixTimers?: PosixTimerEntry[];
+  /** Every thread. */
+  threads: ThreadEntry[];
+  /** The seccomp filters its threads refer to (`ThreadEntry.seccomp`); absent when none. */
+  seccompFilters?: SeccompFilterEntry[];
+  /** Every mapping but the special ones. */
+  mappings: MappingEntry[];
+  /** vdso and vvar addresses. */
+  special: SpecialMappings;
+  /** Memory objects stored once (shared memory, memfd, deleted files). */
+  objects: MemoryObjectEntry[];
+  /** Open files, each once. */
+  files: FileEntry[];
+  /** Descriptor numbers. */
+  fds: FdEntry[];
+  /** Where page data lives: each extent is one checksummed run of a page file. */
+  extents: PageExtent[];
+  /**
+   * Root process only: the other processes of the dumped tree, each after its parent; each has
+   * its own entry in `process-PID.cbor`.
+   */
+  tree?: { pid: number; ppid: number }[];
+}

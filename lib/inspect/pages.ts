@@ -1,0 +1,277 @@
+/** Which pages of a process are there: PAGEMAP_SCAN ioctl, or 8-byte /proc/PID/pagemap entries. */
+import {
+  addressOf,
+  close,
+  Errno,
+  errno,
+  libc,
+  O,
+  open,
+  PAGE_IS,
+  PAGE_REGION_SIZE,
+  PAGEMAP_SCAN,
+  PM_SCAN_ARG_SIZE,
+  pread,
+  SyscallError,
+} from "../../ffi/mod.ts";
+import { listMappings } from "./mappings.ts";
+import { procError, procPath } from "./procfs.ts";
+
+/** A run of pages with the same state. Addresses are page aligned; `end` is exclusive. */
+export interface PageRegion {
+  /** First address. */
+  start: bigint;
+  /** Address just past the end. */
+  end: bigint;
+  /** In RAM. */
+  present: boolean;
+  /** Not write-protected by userfaultfd: true for all pages of memory nobody tracks. */
+  written: boolean;
+  /** In swap. */
+  swapped: boolean;
+  /** A page of a file, or shared anonymous memory (page cache). */
+  file: boolean;
+  /** The shared zero page (read but never written). Only the ioctl reports it. */
+  zero: boolean;
+  /** Part of a transparent huge page. Only the ioctl reports it. */
+  huge: boolean;
+}
+
+/** An address range; `end` exclusive. */
+export interface AddressRange {
+  /** First address. */
+  start: bigint;
+  /** Address just past the end. */
+  end: bigint;
+}
+
+const PAGE = 4096n;
+const TWO32 = 4294967296;
+/** The top of user address space that PAGEMAP_SCAN accepts (TASK_SIZE_MAX of x86_64). */
+export const USER_SPACE_END = 0x7ffffffff000n;
+
+const RETURN_MASK = PAGE_IS.WRITTEN | PAGE_IS.FILE | PAGE_IS.PRESENT | PAGE_IS.SWAPPED |
+  PAGE_IS.PFNZERO | PAGE_IS.HUGE;
+
+// Whether PAGEMAP_SCAN is known to be missing on this kernel.
+let scanMissing = false;
+
+// One argument buffer and one vector of page_region, reused by every scan (scans are synchronous).
+const VEC_LEN = 4096;
+const arg = new Uint8Array(PM_SCAN_ARG_SIZE);
+const arg32 = new Uint32Array(arg.buffer);
+const vec = new Uint8Array(VEC_LEN * PAGE_REGION_SIZE);
+const vec32 = new Uint32Array(vec.buffer);
+
+function setU64(words: Uint32Array, index: number, value: bigint): void {
+  words[index] = Number(value & 0xffffffffn);
+  words[index + 1] = Number(value >> 32n);
+}
+
+function big(lo: number, hi: number): bigint {
+  return BigInt(hi * TWO32 + lo);
+}
+
+function normalize(pid: number, range?: Partial<AddressRange>): AddressRange {
+  const start = (range?.start ?? 0n) & ~(PAGE - 1n);
+  let end = range?.end ?? USER_SPACE_END;
+  if (end > USER_SPACE_END) end = USER_SPACE_END;
+  end = (end + PAGE - 1n) & ~(PAGE - 1n);
+  if (end < start) throw new RangeError(`pages of process ${pid}: end before start`);
+  return { start, end };
+}
+
+/**
+ * Runs PAGEMAP_SCAN over [start, end) and hands each batch of regions (as raw u32 words of
+ * page_region) to `sink`, looping until `walk_end` reaches `end`. Returns false when the ioctl is
+ * missing (ENOTTY/EINVAL on the first call).
+ */
+function scan(
+  pid: number,
+  range: AddressRange,
+  masks: { anyof: number; ret: number; mask?: number; inverted?: number },
+  sink: (count: number) => void,
+): boolean {
+  const path = procPath(pid, "pagemap");
+  let fd: number;
+  try {
+    fd = open(path, O.RDONLY);
+  } catch (err) {
+    throw procError(err, pid, "pagemap");
+  }
+  try {
+    let start = range.start;
+    let first = true;
+    while (start < range.end) {
+      arg.fill(0);
+      arg32[0] = PM_SCAN_ARG_SIZE;
+      setU64(arg32, 4, start);
+      setU64(arg32, 6, range.end);
+      setU64(arg32, 10, addressOf(vec));
+      arg32[12] = VEC_LEN;
+      arg32[16] = masks.inverted ?? 0;
+      arg32[18] = masks.mask ?? 0;
+      arg32[20] = masks.anyof;
+      arg32[22] = masks.ret;
+      const n = libc.ioctl(fd, PAGEMAP_SCAN, arg);
+      if (n === -1) {
+        const e = errno();
+        if (first && (e === Errno.ENOTTY || e === Errno.EINVAL)) return false;
+        throw procError(new SyscallError("ioctl", [path, "PAGEMAP_SCAN"], e), pid, "pagemap");
+      }
+      first = false;
+      if (n > 0) sink(n);
+      const walkEnd = big(arg32[8], arg32[9]);
+      if (walkEnd <= start) break; // no progress: nothing more to walk
+      start = walkEnd;
+    }
+    return true;
+  } finally {
+    close(fd);
+  }
+}
+
+function regionFromScan(i: number): PageRegion {
+  const w = i * 6;
+  const c = vec32[w + 4];
+  return {
+    start: big(vec32[w], vec32[w + 1]),
+    end: big(vec32[w + 2], vec32[w + 3]),
+    present: (c & PAGE_IS.PRESENT) !== 0,
+    written: (c & PAGE_IS.WRITTEN) !== 0,
+    swapped: (c & PAGE_IS.SWAPPED) !== 0,
+    file: (c & PAGE_IS.FILE) !== 0,
+    zero: (c & PAGE_IS.PFNZERO) !== 0,
+    huge: (c & PAGE_IS.HUGE) !== 0,
+  };
+}
+
+/**
+ * The page regions of process `pid` inside `range` (default: all of user space), in address
+ * order, covering every mapped page (unmapped holes are left out). Runs of pages with the same
+ * state come as one region.
+ */
+export function listPages(pid: number, range?: Partial<AddressRange>): PageRegion[] {
+  const r = normalize(pid, range);
+  const out: PageRegion[] = [];
+  if (!scanMissing) {
+    const ok = scan(pid, r, { anyof: 0, ret: RETURN_MASK }, (n) => {
+      for (let i = 0; i < n; i++) {
+        const region = regionFromScan(i);
+        const prev = out[out.length - 1];
+        // A region split only by the vec limit or a VMA boundary with the same state: join it.
+        if (prev && prev.end === region.start && sameState(prev, region)) prev.end = region.end;
+        else out.push(region);
+      }
+    });
+    if (ok) return out;
+    scanMissing = true;
+  }
+  return pagesFromPagemap(pid, r);
+}
+
+function sameState(a: PageRegion, b: PageRegion): boolean {
+  return a.present === b.present && a.written === b.written && a.swapped === b.swapped &&
+    a.file === b.file && a.zero === b.zero && a.huge === b.huge;
+}
+
+const PM_PRESENT = 1 << 31; // bit 63, in the high word
+const PM_SWAPPED = 1 << 30; // bit 62
+const PM_FILE = 1 << 29; // bit 61
+const PM_UFFD_WP = 1 << 25; // bit 57: write-protected by userfaultfd
+const ENTRIES = 65536;
+
+/** The fallback: 8-byte entries of /proc/PID/pagemap, read over each mapping in the range. */
+export function pagesFromPagemap(pid: number, range?: Partial<AddressRange>): PageRegion[] {
+  const r = normalize(pid, range);
+  const path = procPath(pid, "pagemap");
+  const out: PageRegion[] = [];
+  let fd: number;
+  try {
+    fd = open(path, O.RDONLY);
+  } catch (err) {
+    throw procError(err, pid, "pagemap");
+  }
+  const buf = new Uint8Array(ENTRIES * 8);
+  const words = new Uint32Array(buf.buffer);
+  try {
+    for (const m of listMappings(pid)) {
+      const from = m.start > r.start ? m.start : r.start;
+      const to = m.end < r.end ? m.end : r.end;
+      if (from >= to || m.end > USER_SPACE_END) continue;
+      for (let addr = from; addr < to;) {
+        const pages = Math.min(ENTRIES, Number((to - addr) / PAGE));
+        let got: number;
+        try {
+          got = pread(fd, buf.subarray(0, pages * 8), (addr / PAGE) * 8n) / 8;
+        } catch (err) {
+          throw procError(err, pid, "pagemap");
+        }
+        if (got === 0) break;
+        for (let i = 0; i < got; i++) {
+          const hi = words[2 * i + 1];
+          const region: PageRegion = {
+            start: addr + BigInt(i) * PAGE,
+            end: addr + BigInt(i + 1) * PAGE,
+            present: (hi & PM_PRESENT) !== 0,
+            written: (hi & PM_UFFD_WP) === 0,
+            swapped: (hi & PM_SWAPPED) !== 0,
+            file: (hi & PM_FILE) !== 0,
+            zero: false,
+            huge: false,
+          };
+          const prev = out[out.length - 1];
+          if (prev && prev.end === region.start && sameState(prev, region)) prev.end = region.end;
+          else out.push(region);
+        }
+        addr += BigInt(got) * PAGE;
+      }
+    }
+  } finally {
+    close(fd);
+  }
+  return out;
+}
+
+/** Options of `dumpableRanges`. */
+export interface DumpableOptions {
+  /**
+   * Leave out pages mapped to the shared zero page (read, never written): they read as zeros.
+   * Only the ioctl can tell them; the pagemap fallback keeps them.
+   */
+  skipZero?: boolean;
+}
+
+/**
+ * The merged ranges of pages in [start, end) that are present or swapped: what a dump must copy.
+ * One PAGEMAP_SCAN per 4096 ranges; falls back to pagemap entries.
+ */
+export function dumpableRanges(
+  pid: number,
+  start: bigint,
+  end: bigint,
+  opts: DumpableOptions = {},
+): AddressRange[] {
+  const r = normalize(pid, { start, end });
+  const out: AddressRange[] = [];
+  const push = (s: bigint, e: bigint) => {
+    const prev = out[out.length - 1];
+    if (prev && prev.end === s) prev.end = e;
+    else out.push({ start: s, end: e });
+  };
+  if (!scanMissing) {
+    const any = PAGE_IS.PRESENT | PAGE_IS.SWAPPED;
+    // PFNZERO inverted and required: only pages that are not the zero page.
+    const zero = opts.skipZero ? PAGE_IS.PFNZERO : 0;
+    const ok = scan(pid, r, { anyof: any, ret: any, mask: zero, inverted: zero }, (n) => {
+      for (let i = 0; i < n; i++) {
+        const w = i * 6;
+        push(big(vec32[w], vec32[w + 1]), big(vec32[w + 2], vec32[w + 3]));
+      }
+    });
+    if (ok) return out;
+    scanMissing = true;
+  }
+  for (const p of pagesFromPagemap(pid, r)) if (p.present || p.swapped) push(p.start, p.end);
+  return out;
+}

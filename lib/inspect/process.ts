@@ -1,0 +1,630 @@
+/** A live process as an object, modelled on psutil: a pid plus lazy async accessors. */
+import { NoSuchProcess } from "../errors.ts";
+import { assignFileIds, type Fd, FileTable, listFdNumbers, readFd } from "./fds.ts";
+import { findMapping, listMappings, type Mapping, type MappingOptions } from "./mappings.ts";
+import { readMemory, readMemoryInto, writeMemory } from "./memory.ts";
+import {
+  type AddressRange,
+  type DumpableOptions,
+  dumpableRanges,
+  listPages,
+  type PageRegion,
+} from "./pages.ts";
+import {
+  bracketInode,
+  hexMask,
+  orEmpty,
+  parseKeyValues,
+  procError,
+  procPath,
+  readProcBytes,
+  readProcLink,
+  readProcText,
+  splitNul,
+  splitStat,
+} from "./procfs.ts";
+
+/**
+ * Scheduler state letter of /proc/PID/stat: R running, S sleeping, D disk sleep, T stopped,
+ * t tracing stop, Z zombie, X dead, I idle, P parked.
+ */
+export type ProcessState = "R" | "S" | "D" | "T" | "t" | "Z" | "X" | "I" | "P";
+
+/** Real, effective, saved and filesystem user or group ids. */
+export interface Ids {
+  /** Real id. */
+  real: number;
+  /** Effective id. */
+  effective: number;
+  /** Saved set id. */
+  saved: number;
+  /** Filesystem id. */
+  fs: number;
+}
+
+/** Capability sets as 64-bit masks. */
+export interface Capabilities {
+  /** Inheritable set. */
+  inheritable: bigint;
+  /** Permitted set. */
+  permitted: bigint;
+  /** Effective set. */
+  effective: bigint;
+  /** Bounding set. */
+  bounding: bigint;
+  /** Ambient set. */
+  ambient: bigint;
+}
+
+/** Signal masks of the process (bit n-1 is signal n). */
+export interface SignalMasks {
+  /** Pending for one thread (the thread group leader's, from /proc/PID/status). */
+  pending: bigint;
+  /** Pending for the whole process. */
+  shdPending: bigint;
+  /** Blocked (the leader thread's mask). */
+  blocked: bigint;
+  /** Set to SIG_IGN. */
+  ignored: bigint;
+  /** With a handler. */
+  caught: bigint;
+}
+
+/** One rlimit; `RLIM_INFINITY` (2⁶⁴−1) means unlimited. */
+export interface Rlimit {
+  /** The soft limit, the one enforced. */
+  soft: bigint;
+  /** The ceiling for the soft limit. */
+  hard: bigint;
+}
+
+/** `RLIM_INFINITY`, unlimited. */
+export const RLIM_INFINITY: bigint = 2n ** 64n - 1n;
+
+/** Resource numbers of setrlimit/prlimit by name. */
+export const RLIMIT = {
+  CPU: 0,
+  FSIZE: 1,
+  DATA: 2,
+  STACK: 3,
+  CORE: 4,
+  RSS: 5,
+  NPROC: 6,
+  NOFILE: 7,
+  MEMLOCK: 8,
+  AS: 9,
+  LOCKS: 10,
+  SIGPENDING: 11,
+  MSGQUEUE: 12,
+  NICE: 13,
+  RTPRIO: 14,
+  RTTIME: 15,
+} as const;
+
+/** A resource name of `RLIMIT`. */
+export type RlimitName = keyof typeof RLIMIT;
+
+const LIMIT_NAMES: Record<string, RlimitName> = {
+  "Max cpu time": "CPU",
+  "Max file size": "FSIZE",
+  "Max data size": "DATA",
+  "Max stack size": "STACK",
+  "Max core file size": "CORE",
+  "Max resident set": "RSS",
+  "Max processes": "NPROC",
+  "Max open files": "NOFILE",
+  "Max locked memory": "MEMLOCK",
+  "Max address space": "AS",
+  "Max file locks": "LOCKS",
+  "Max pending signals": "SIGPENDING",
+  "Max msgqueue size": "MSGQUEUE",
+  "Max nice priority": "NICE",
+  "Max realtime priority": "RTPRIO",
+  "Max realtime timeout": "RTTIME",
+};
+
+/** One thread of a process. */
+export interface ThreadInfo {
+  /** Thread id. */
+  tid: number;
+  /** Scheduler state. */
+  state: ProcessState;
+  /** The thread's comm. */
+  name: string;
+}
+
+/**
+ * The fields of /proc/PID/stat. Addresses (and counters that can pass 2⁵³) are bigints. The
+ * kernel shows the address fields as 0 to readers without ptrace access.
+ */
+export interface ProcStat {
+  /** Process id. */
+  pid: number;
+  /** Command name. */
+  comm: string;
+  /** Scheduler state. */
+  state: ProcessState;
+  /** Parent pid. */
+  ppid: number;
+  /** Process group. */
+  pgrp: number;
+  /** Session id. */
+  session: number;
+  /** Controlling terminal (device number). */
+  ttyNr: number;
+  /** Foreground process group of the terminal. */
+  tpgid: number;
+  /** PF_* flags of the task. */
+  flags: number;
+  /** Minor page faults. */
+  minflt: bigint;
+  /** Major page faults. */
+  majflt: bigint;
+  /** User and system time in clock ticks. */
+  utime: bigint;
+  /** System time in clock ticks. */
+  stime: bigint;
+  /** Kernel priority. */
+  priority: number;
+  /** Nice value. */
+  nice: number;
+  /** Thread count. */
+  numThreads: number;
+  /** Start time after boot in clock ticks: with the pid, identifies the process. */
+  starttime: bigint;
+  /** Virtual size in bytes. */
+  vsize: bigint;
+  /** Resident pages. */
+  rss: bigint;
+  /** RSS limit in bytes. */
+  rsslim: bigint;
+  /** Start of the program text. */
+  startCode: bigint;
+  /** End of the program text. */
+  endCode: bigint;
+  /** Bottom (start) of the main stack. */
+  startStack: bigint;
+  /** Signal sent to the parent at exit. */
+  exitSignal: number;
+  /** CPU last run on. */
+  processor: number;
+  /** Real-time priority. */
+  rtPriority: number;
+  /** Scheduling policy. */
+  policy: number;
+  /** Start of initialized and bss data. */
+  startData: bigint;
+  /** End of data. */
+  endData: bigint;
+  /** Start of the heap (brk). */
+  startBrk: bigint;
+  /** Start of the argument strings. */
+  argStart: bigint;
+  /** End of the argument strings. */
+  argEnd: bigint;
+  /** Start of the environment strings. */
+  envStart: bigint;
+  /** End of the environment strings. */
+  envEnd: bigint;
+  /** Exit status (as waitpid reports it). */
+  exitCode: number;
+}
+
+/** Parses /proc/PID/stat text. */
+export function parseStat(text: string): ProcStat {
+  const { comm, fields } = splitStat(text);
+  // fields[0] is field 3 (state) of proc(5); field n is fields[n - 3].
+  const n = (i: number) => Number(fields[i - 3] ?? 0);
+  const b = (i: number) => BigInt(fields[i - 3] ?? 0);
+  return {
+    pid: parseInt(text, 10),
+    comm,
+    state: fields[0] as ProcessState,
+    ppid: n(4),
+    pgrp: n(5),
+    session: n(6),
+    ttyNr: n(7),
+    tpgid: n(8),
+    flags: n(9),
+    minflt: b(10),
+    majflt: b(12),
+    utime: b(14),
+    stime: b(15),
+    priority: n(18),
+    nice: n(19),
+    numThreads: n(20),
+    starttime: b(22),
+    vsize: b(23),
+    rss: b(24),
+    rsslim: b(25),
+    startCode: b(26),
+    endCode: b(27),
+    startStack: b(28),
+    exitSignal: n(38),
+    processor: n(39),
+    rtPriority: n(40),
+    policy: n(41),
+    startData: b(45),
+    endData: b(46),
+    startBrk: b(47),
+    argStart: b(48),
+    argEnd: b(49),
+    envStart: b(50),
+    envEnd: b(51),
+    exitCode: n(52),
+  };
+}
+
+/** Builds an async iterable over a list computed (synchronously) on the first step. */
+function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
+  return {
+    [Symbol.asyncIterator](): AsyncIterator<T> {
+      let items: T[] | null = null;
+      let i = 0;
+      return {
+        next(): Promise<IteratorResult<T>> {
+          try {
+            items ??= produce();
+          } catch (err) {
+            return Promise.reject(err);
+          }
+          return Promise.resolve(
+            i < items.length
+              ? { value: items[i++], done: false }
+              : { value: undefined, done: true },
+          );
+        },
+      };
+    },
+  };
+}
+
+/**
+ * A live process. Every accessor is an async method that reads /proc (or asks the kernel) when it
+ * is called, so values are fresh; nothing but the pid and start time is kept. Listings
+ * (`mappings`, `pages`, `fds`, `threads`) are async iterables. Errors: `NoSuchProcess` once the
+ * process is gone, `AccessDenied` where the kernel refuses.
+ *
+ * ```ts
+ * const p = await Process.open(1234);
+ * console.log(await p.comm(), await p.cmdline());
+ * for await (const m of p.mappings()) console.log(m.perms, m.path);
+ * ```
+ */
+export class Process {
+  /** Use `Process.open`. */
+  protected constructor(
+    /** The process id. */
+    readonly pid: number,
+    /** Start time in clock ticks after boot (stat field 22), to tell a reused pid apart. */
+    readonly startTime: bigint,
+  ) {}
+
+  /** Opens process `pid`; `NoSuchProcess` if there is none. */
+  static open(pid: number): Promise<Process> {
+    try {
+      return Promise.resolve(Process.openSync(pid));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** The synchronous form of `open`. */
+  static openSync(pid: number): Process {
+    if (!Number.isInteger(pid) || pid <= 0) throw new NoSuchProcess(pid, "not a valid pid");
+    const stat = parseStat(readProcText(pid, "stat"));
+    return new Process(pid, stat.starttime);
+  }
+
+  /** Whether the process still runs (not a zombie) and its pid was not reused. */
+  async isRunning(): Promise<boolean> {
+    try {
+      const s = await this.stat();
+      return s.starttime === this.startTime && s.state !== "Z" && s.state !== "X";
+    } catch {
+      return false;
+    }
+  }
+
+  /** Parsed /proc/PID/stat. */
+  stat(): Promise<ProcStat> {
+    return this.#sync(() => parseStat(readProcText(this.pid, "stat")));
+  }
+
+  /** /proc/PID/status as key → value text. */
+  status(): Promise<Map<string, string>> {
+    return this.#sync(() => this.#status());
+  }
+
+  /** The parent's pid (0 for pid 1). */
+  async ppid(): Promise<number> {
+    return (await this.stat()).ppid;
+  }
+
+  /** The command name (up to 15 bytes). */
+  comm(): Promise<string> {
+    return this.#sync(() => readProcText(this.pid, "comm").replace(/\n$/, ""));
+  }
+
+  /** The arguments (empty for a kernel thread or a zombie). */
+  cmdline(): Promise<string[]> {
+    return this.#sync(() => orEmpty(() => splitNul(readProcBytes(this.pid, "cmdline")), []));
+  }
+
+  /** The environment as `NAME=value` strings. */
+  environ(): Promise<string[]> {
+    return this.#sync(() => orEmpty(() => splitNul(readProcBytes(this.pid, "environ")), []));
+  }
+
+  /**
+   * The executable's path (ends with ` (deleted)` when it was removed); empty for a kernel
+   * thread or a zombie.
+   */
+  exe(): Promise<string> {
+    return this.#sync(() => orEmpty(() => readProcLink(this.pid, "exe"), ""));
+  }
+
+  /** The working directory. */
+  cwd(): Promise<string> {
+    return this.#sync(() => readProcLink(this.pid, "cwd"));
+  }
+
+  /** The root directory (chroot). */
+  root(): Promise<string> {
+    return this.#sync(() => readProcLink(this.pid, "root"));
+  }
+
+  /** The scheduler state letter. */
+  async state(): Promise<ProcessState> {
+    return (await this.stat()).state;
+  }
+
+  /** User ids. */
+  uids(): Promise<Ids> {
+    return this.#sync(() => ids(this.#status().get("Uid")));
+  }
+
+  /** Group ids. */
+  gids(): Promise<Ids> {
+    return this.#sync(() => ids(this.#status().get("Gid")));
+  }
+
+  /** Supplementary groups. */
+  groups(): Promise<number[]> {
+    return this.#sync(() =>
+      (this.#status().get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number)
+    );
+  }
+
+  /** Capability sets. */
+  capabilities(): Promise<Capabilities> {
+    return this.#sync(() => {
+      const s = this.#status();
+      return {
+        inheritable: hexMask(s.get("CapInh")),
+        permitted: hexMask(s.get("CapPrm")),
+        effective: hexMask(s.get("CapEff")),
+        bounding: hexMask(s.get("CapBnd")),
+        ambient: hexMask(s.get("CapAmb")),
+      };
+    });
+  }
+
+  /** The file mode creation mask. */
+  umask(): Promise<number> {
+    return this.#sync(() => parseInt(this.#status().get("Umask") ?? "0", 8));
+  }
+
+  /** Pending, blocked, ignored and caught signals. */
+  signals(): Promise<SignalMasks> {
+    return this.#sync(() => {
+      const s = this.#status();
+      return {
+        pending: hexMask(s.get("SigPnd")),
+        shdPending: hexMask(s.get("ShdPnd")),
+        blocked: hexMask(s.get("SigBlk")),
+        ignored: hexMask(s.get("SigIgn")),
+        caught: hexMask(s.get("SigCgt")),
+      };
+    });
+  }
+
+  /**
+   * Resource limits from /proc/PID/limits (prlimit would need CAP_SYS_RESOURCE for a process of
+   * another uid). Unlimited is `RLIM_INFINITY`.
+   */
+  rlimits(): Promise<Record<RlimitName, Rlimit>> {
+    return this.#sync(() => {
+      const out = {} as Record<RlimitName, Rlimit>;
+      const value = (s: string) => s === "unlimited" ? RLIM_INFINITY : BigInt(s);
+      for (const line of readProcText(this.pid, "limits").split("\n").slice(1)) {
+        const name = LIMIT_NAMES[line.slice(0, 25).trim()];
+        if (!name) continue;
+        const [soft, hard] = line.slice(26).trim().split(/\s+/);
+        out[name] = { soft: value(soft), hard: value(hard) };
+      }
+      return out;
+    });
+  }
+
+  /** Namespace inode numbers by name (`mnt`, `net`, `pid`, `pid_for_children`, …). */
+  namespaces(): Promise<Record<string, bigint>> {
+    return this.#sync(() => {
+      const out: Record<string, bigint> = {};
+      let names: string[];
+      try {
+        names = [...Deno.readDirSync(procPath(this.pid, "ns"))].map((e) => e.name).sort();
+      } catch (err) {
+        throw procError(err, this.pid, "ns");
+      }
+      for (const name of names) {
+        const inode = bracketInode(readProcLink(this.pid, `ns/${name}`));
+        if (inode !== null) out[name] = inode;
+      }
+      return out;
+    });
+  }
+
+  /** The personality flags (/proc/PID/personality). */
+  personality(): Promise<number> {
+    return this.#sync(() => parseInt(readProcText(this.pid, "personality"), 16));
+  }
+
+  /** The ELF auxiliary vector as [type, value] pairs, without the final AT_NULL. */
+  auxv(): Promise<[bigint, bigint][]> {
+    return this.#sync(() => {
+      const bytes = orEmpty(() => readProcBytes(this.pid, "auxv"), new Uint8Array(0));
+      const words = new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.length >> 3);
+      const out: [bigint, bigint][] = [];
+      for (let i = 0; i + 1 < words.length && words[i] !== 0n; i += 2) {
+        out.push([words[i], words[i + 1]]);
+      }
+      return out;
+    });
+  }
+
+  /** The direct children (found by scanning /proc for this ppid). */
+  children(): Promise<Process[]> {
+    return this.#sync(() => {
+      const out: Process[] = [];
+      for (const pid of listPids()) {
+        try {
+          const s = parseStat(Deno.readTextFileSync(`/proc/${pid}/stat`));
+          if (s.ppid === this.pid) out.push(new Process(pid, s.starttime));
+        } catch { /* exited meanwhile */ }
+      }
+      return out;
+    });
+  }
+
+  /** The threads, each with its state and name. */
+  threads(): AsyncIterable<ThreadInfo> {
+    return lazyList(() => {
+      let tids: number[];
+      try {
+        tids = [...Deno.readDirSync(procPath(this.pid, "task"))].map((e) => Number(e.name));
+      } catch (err) {
+        throw procError(err, this.pid, "task");
+      }
+      const out: ThreadInfo[] = [];
+      for (const tid of tids.sort((a, b) => a - b)) {
+        try {
+          const s = parseStat(Deno.readTextFileSync(procPath(this.pid, `task/${tid}/stat`)));
+          out.push({ tid, state: s.state, name: s.comm });
+        } catch { /* the thread exited meanwhile */ }
+      }
+      return out;
+    });
+  }
+
+  /**
+   * The memory mappings in address order, equal to /proc/PID/maps. See `MappingOptions` for
+   * build ids and the listing method.
+   */
+  mappings(opts?: MappingOptions): AsyncIterable<Mapping> {
+    return lazyList(() => orEmpty(() => listMappings(this.pid, opts), []));
+  }
+
+  /** The mapping that covers `addr`, or null. */
+  findMapping(addr: bigint): Promise<Mapping | null> {
+    return this.#sync(() => findMapping(this.pid, addr));
+  }
+
+  /**
+   * Runs of pages with the same state (present, swapped, file, zero, huge, written) over the
+   * mapped part of `range` (default: all user space).
+   */
+  pages(range?: Partial<AddressRange>): AsyncIterable<PageRegion> {
+    return lazyList(() => orEmpty(() => listPages(this.pid, range), []));
+  }
+
+  /** Merged ranges of pages in [start, end) that are present or swapped: what a dump copies. */
+  dumpableRanges(
+    start: bigint,
+    end: bigint,
+    opts?: DumpableOptions,
+  ): Promise<AddressRange[]> {
+    return this.#sync(() => orEmpty(() => dumpableRanges(this.pid, start, end, opts), []));
+  }
+
+  /**
+   * The open descriptors in ascending order. Pass one `FileTable` to several processes' `fds()`
+   * to get `fileId`s comparable across them.
+   */
+  fds(opts: { files?: FileTable } = {}): AsyncIterable<Fd> {
+    const files = opts.files ?? new FileTable();
+    return lazyList(() => {
+      const out: Fd[] = [];
+      for (const n of listFdNumbers(this.pid)) {
+        const fd = readFd(this.pid, n, files);
+        if (fd) out.push(fd);
+      }
+      return out;
+    });
+  }
+
+  /** Reads `length` bytes at `addr`; throws when any of them cannot be read. */
+  read(addr: bigint, length: number): Promise<Uint8Array> {
+    return this.#sync(() => readMemory(this.pid, addr, length));
+  }
+
+  /**
+   * Reads `buf.length` bytes at `addr` into `buf` without allocating; returns the bytes read
+   * (short where the range runs into unmapped memory). For big copies into a reused buffer.
+   */
+  readInto(addr: bigint, buf: Uint8Array): Promise<number> {
+    return this.#sync(() => readMemoryInto(this.pid, addr, buf));
+  }
+
+  /** Writes `bytes` at `addr`, read-only mappings included (through /proc/PID/mem). */
+  write(addr: bigint, bytes: Uint8Array): Promise<void> {
+    return this.#sync(() => writeMemory(this.pid, addr, bytes));
+  }
+
+  #status(): Map<string, string> {
+    return parseKeyValues(readProcText(this.pid, "status"));
+  }
+
+  // Runs a synchronous reader, turning its throw into a rejected promise.
+  #sync<T>(body: () => T): Promise<T> {
+    try {
+      return Promise.resolve(body());
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+}
+
+function ids(line: string | undefined): Ids {
+  const [real, effective, saved, fs] = (line ?? "").split(/\s+/).map(Number);
+  return { real, effective, saved, fs };
+}
+
+function listPids(): number[] {
+  const out: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    const c = e.name.charCodeAt(0);
+    if (c >= 48 && c <= 57) out.push(Number(e.name));
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/** Every process in /proc, in pid order; one that exits before it is opened is skipped. */
+export async function* processes(): AsyncIterable<Process> {
+  for (const pid of listPids()) {
+    try {
+      yield await Process.open(pid);
+    } catch (err) {
+      if (!(err instanceof NoSuchProcess)) throw err;
+    }
+  }
+}
+
+/** Assigns file ids over the descriptors of several processes (see `FileTable`). */
+export function fdsOf(procs: Process[], files: FileTable = new FileTable()): Promise<Fd[]> {
+  try {
+    return Promise.resolve(assignFileIds(procs.map((p) => p.pid), files));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

@@ -1,0 +1,318 @@
+/**
+ * Freezing a process: every thread seized and interrupted (threads born meanwhile included), so
+ * its memory and registers hold still, and always resumed and detached afterwards, also when the
+ * body throws or the tool gets SIGINT or SIGTERM. The target sees no signal.
+ */
+import {
+  detach,
+  Errno,
+  getRegs,
+  interrupt,
+  kill,
+  PTRACE_EVENT,
+  PTRACE_O,
+  type Regs,
+  seize,
+  setOptions,
+  SIG,
+  SyscallError,
+  waitpid,
+} from "../../ffi/mod.ts";
+import { AccessDenied, DumpError, explain, NoSuchProcess } from "../errors.ts";
+import { Injector } from "./inject.ts";
+import { statusField } from "../inspect/procfs.ts";
+import { RemoteMemory } from "../inspect/remote_memory.ts";
+
+/** One stopped thread of a frozen process. */
+export interface FrozenThread {
+  /** Thread id. */
+  readonly tid: number;
+  /** Registers as the thread was stopped. */
+  readonly regs: Regs;
+  /** A signal the thread was about to take when it stopped; it is delivered on release. */
+  readonly stopSignal?: number;
+}
+
+const active = new Set<FrozenProcess>();
+const interruptCleanups = new Set<() => void>();
+let signalsHooked = false;
+
+function onTerminatingSignal(code: number) {
+  return () => {
+    for (const f of active) {
+      try {
+        f.releaseSync();
+      } catch { /* release the others all the same */ }
+    }
+    for (const fn of interruptCleanups) {
+      try {
+        fn();
+      } catch { /* exiting anyway */ }
+    }
+    Deno.exit(code);
+  };
+}
+
+/**
+ * Registers `fn` to run (synchronously) when SIGINT or SIGTERM ends the tool while a process is
+ * frozen, after every frozen process was released: for what must not outlive the tool, such as
+ * a partial image. Signal handlers run only when the event loop turns, so long synchronous work
+ * should yield now and then. Returns a function that unregisters `fn`.
+ */
+export function onInterrupt(fn: () => void): () => void {
+  interruptCleanups.add(fn);
+  return () => interruptCleanups.delete(fn);
+}
+const hooks: [Deno.Signal, () => void][] = [
+  ["SIGINT", onTerminatingSignal(130)],
+  ["SIGTERM", onTerminatingSignal(143)],
+];
+
+function hookSignals(on: boolean) {
+  if (on === signalsHooked) return;
+  signalsHooked = on;
+  for (const [sig, fn] of hooks) {
+    if (on) Deno.addSignalListener(sig, fn);
+    else Deno.removeSignalListener(sig, fn);
+  }
+}
+
+function isEsrch(err: unknown): boolean {
+  return err instanceof SyscallError && err.errno === Errno.ESRCH;
+}
+
+/** Why a freeze failed, in the user's terms: another tracer is the usual reason for EPERM. */
+function explainFreezeFailure(err: unknown, pid: number): unknown {
+  if (err instanceof SyscallError && err.errno === Errno.EPERM) {
+    try {
+      const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+      if (/^State:\s+Z/m.test(status)) {
+        return new NoSuchProcess(pid, "it has exited: a zombie its parent has not waited for", {
+          cause: err,
+        });
+      }
+      const tracer = Number(status.match(/^TracerPid:\s+(\d+)/m)?.[1] ?? 0);
+      if (tracer > 0) {
+        let comm = "";
+        try {
+          comm = ` (${Deno.readTextFileSync(`/proc/${tracer}/comm`).trim()})`;
+        } catch { /* it just went away */ }
+        return new AccessDenied(pid, "threads", {
+          cause: err,
+          why: `it is already traced by ${tracer}${comm}`,
+        });
+      }
+      if (Deno.uid() !== 0) {
+        return new AccessDenied(pid, "threads", {
+          cause: err,
+          why: `tardigrade runs as uid ${Deno.uid()}: tracing it needs root (or CAP_SYS_PTRACE)`,
+        });
+      }
+    } catch { /* the process is gone: explain() says so */ }
+  }
+  return explain(err, pid, "threads");
+}
+
+function tidsOf(pid: number): number[] {
+  try {
+    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
+  } catch (err) {
+    throw explain(err, pid, "thread list");
+  }
+}
+
+/**
+ * A process whose threads are all stopped under ptrace. Release it with `await using`, or call
+ * `release()`; it resumes every thread exactly where it was.
+ */
+export class FrozenProcess implements AsyncDisposable {
+  readonly #threads = new Map<number, FrozenThread>();
+  #mem?: RemoteMemory;
+  #injector?: Injector;
+  #released = false;
+  #seccompRefusal?: string;
+
+  private constructor(readonly pid: number) {}
+
+  /** Seizes and stops every thread of `pid`. */
+  static freeze(pid: number): FrozenProcess {
+    const frozen = new FrozenProcess(pid);
+    active.add(frozen);
+    hookSignals(true);
+    try {
+      frozen.#stopAll();
+      frozen.#suspendSeccomp();
+    } catch (err) {
+      frozen.releaseSync();
+      throw explainFreezeFailure(err, pid);
+    }
+    return frozen;
+  }
+
+  #stopAll(): void {
+    const seized = new Set<number>();
+    // Threads may be born while we seize: list again until a pass finds none new.
+    for (;;) {
+      const fresh = tidsOf(this.pid).filter((t) => !seized.has(t));
+      if (fresh.length === 0) break;
+      for (const tid of fresh) {
+        try {
+          seize(tid);
+          seized.add(tid);
+          interrupt(tid);
+        } catch (err) {
+          if (!isEsrch(err)) throw err; // the thread exited meanwhile
+        }
+      }
+      for (const tid of fresh) if (seized.has(tid)) this.#waitStop(tid);
+    }
+    if (this.#threads.size === 0) throw new NoSuchProcess(this.pid, "it exited while freezing");
+  }
+
+  /**
+   * Suspends the seccomp filters (or strict mode) of confined threads while we trace them: a
+   * filter may forbid, fail or even kill the process for the syscalls we inject. Done once every
+   * thread is stopped, so no thread can still gain a filter (TSYNC) behind our back. Only for
+   * confined threads: the option needs CAP_SYS_ADMIN and a tool not under seccomp itself (a
+   * container's default profile), which an ordinary process should not have to require.
+   */
+  #suspendSeccomp(): void {
+    for (const t of this.#threads.values()) {
+      // Seccomp: 0 none, 1 strict, 2 filter; undefined once the thread ended (only SIGKILL can
+      // end a stopped one): it runs nothing.
+      const mode = Number(statusField(this.pid, "Seccomp", t.tid) ?? 0);
+      if (mode === 0) continue;
+      try {
+        setOptions(t.tid, PTRACE_O.SUSPEND_SECCOMP);
+      } catch (err) {
+        if (isEsrch(err)) continue;
+        if (!(err instanceof SyscallError)) throw err;
+        this.#seccompRefusal ??= `process ${this.pid} (thread ${t.tid}) is confined by seccomp ` +
+          `(${mode === 1 ? "strict mode" : "a filter"}): the syscalls tardigrade injects could ` +
+          `be refused or kill it, and suspending seccomp while traced ` +
+          `(PTRACE_O_SUSPEND_SECCOMP) was refused with ${err.code}: it needs CAP_SYS_ADMIN, ` +
+          `and tardigrade must not run under seccomp itself`;
+      }
+    }
+  }
+
+  /**
+   * Why syscalls must not be injected into this process: it is confined by seccomp and the
+   * filters could not be suspended. Undefined when injecting is safe.
+   */
+  get seccompRefusal(): string | undefined {
+    return this.#seccompRefusal;
+  }
+
+  #waitStop(tid: number): void {
+    for (;;) {
+      const st = waitpid(tid)!;
+      if (st.exited || st.signaled) return; // the thread ended
+      if (st.event === PTRACE_EVENT.STOP || st.event !== 0) {
+        this.#threads.set(tid, { tid, regs: getRegs(tid) });
+        return;
+      }
+      // A signal-delivery stop came first: keep the signal to deliver it on release. The
+      // thread stays stopped here, which is as good a stop as the interrupt's.
+      this.#threads.set(tid, { tid, regs: getRegs(tid), stopSignal: st.stopSignal });
+      return;
+    }
+  }
+
+  /** The stopped threads, the thread-group leader first. */
+  get threads(): FrozenThread[] {
+    return [...this.#threads.values()].sort((a, b) =>
+      (a.tid === this.pid ? -1 : 0) - (b.tid === this.pid ? -1 : 0) || a.tid - b.tid
+    );
+  }
+
+  /** /proc/PID/mem of the frozen process. */
+  get memory(): RemoteMemory {
+    return this.#mem ??= new RemoteMemory(this.pid);
+  }
+
+  /** Runs syscalls inside the process (in its main thread, or the first thread left). */
+  get injector(): Injector {
+    if (this.#seccompRefusal) throw new DumpError(this.#seccompRefusal);
+    if (!this.#injector) {
+      const tid = this.#threads.has(this.pid) ? this.pid : this.threads[0].tid;
+      this.#injector = new Injector(this.pid, tid, this.memory);
+    }
+    return this.#injector;
+  }
+
+  /** Whether the process is still frozen. */
+  get frozen(): boolean {
+    return !this.#released;
+  }
+
+  /**
+   * Ends the process while it is still frozen (it runs no instruction more) and collects every
+   * thread's exit as its tracer, so the pid is free again once its parent has reaped it.
+   */
+  kill(): void {
+    if (this.#released) return;
+    this.#released = true;
+    active.delete(this);
+    if (active.size === 0) hookSignals(false);
+    this.#mem?.close();
+    kill(this.pid, SIG.SIGKILL);
+    // The leader's exit is reported only after every other thread's: collect it last.
+    for (const t of [...this.threads].reverse()) {
+      try {
+        for (;;) {
+          const st = waitpid(t.tid);
+          if (!st || st.exited || st.signaled) break;
+        }
+      } catch { /* already collected */ }
+    }
+  }
+
+  /** Resumes and detaches every thread, delivering signals that were held back. */
+  releaseSync(): void {
+    if (this.#released) return;
+    this.#released = true;
+    active.delete(this);
+    if (active.size === 0) hookSignals(false);
+    const errors: unknown[] = [];
+    try {
+      this.#injector?.release();
+    } catch (err) {
+      if (!isEsrch(err)) errors.push(err);
+    }
+    const deferred = this.#injector?.deferred ?? [];
+    for (const t of this.#threads.values()) {
+      const sig = t.stopSignal ?? (t.tid === this.#injector?.tid ? deferred.shift() : undefined);
+      try {
+        detach(t.tid, sig && sig !== SIG.SIGTRAP ? sig : 0);
+      } catch (err) {
+        if (!isEsrch(err)) errors.push(err);
+      }
+    }
+    this.#mem?.close();
+    if (errors.length) throw errors[0];
+  }
+
+  /** Same as `releaseSync`, for `await using`. */
+  release(): Promise<void> {
+    this.releaseSync();
+    return Promise.resolve();
+  }
+
+  /** Releases the process (`await using`). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
+  }
+}
+
+/**
+ * Freezes a process: `await using frozen = await freeze(pid)`. Every thread stops without a
+ * signal the process could see, and all run on when `frozen` is disposed.
+ */
+export function freeze(pid: number): Promise<FrozenProcess> {
+  try {
+    return Promise.resolve(FrozenProcess.freeze(pid));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * Runs system calls inside a stopped thread of another process, as CRIU's parasite does but with
+ * no code of our own: point the thread at a `syscall` instruction that is already mapped (the
+ * vdso has several), set the registers, single-step, read `rax`, put the registers back.
+ */
+import {
+  cont,
+  Errno,
+  getEventMsg,
+  getRegs,
+  getSigMask,
+  interrupt,
+  PTRACE_EVENT,
+  type Regs,
+  setRegs,
+  setSigMask,
+  SIG,
+  singlestep,
+  SYS,
+  SyscallError,
+  waitpid,
+} from "../../ffi/mod.ts";
+import { NoSuchProcess, TardigradeError } from "../errors.ts";
+import type { RemoteMemory } from "../inspect/remote_memory.ts";
+
+/** Name of an injectable syscall. */
+export type SyscallName = keyof typeof SYS;
+/** A syscall argument: a number, or bytes to place in the target's scratch memory. */
+export type Arg = bigint | number;
+
+/** Size of the scratch region mapped in the target for syscall arguments. */
+export const SCRATCH_SIZE = 64n * 1024n;
+
+/** Finds the address of a `syscall` instruction (0f 05) inside the process's [vdso]. */
+export function findSyscallSite(pid: number, mem: RemoteMemory): bigint {
+  const maps = Deno.readTextFileSync(`/proc/${pid}/maps`);
+  const line = maps.split("\n").find((l) => l.endsWith("[vdso]"));
+  if (!line) throw new TardigradeError(`process ${pid} has no [vdso] to run syscalls from`);
+  const [lo, hi] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
+  return lo + BigInt(syscallOffset(mem.read(lo, Number(hi - lo))));
+}
+
+/** Offset of the first `syscall` instruction bytes in a code image. */
+export function syscallOffset(code: Uint8Array): number {
+  for (let i = 0; i + 1 < code.length; i++) {
+    if (code[i] === 0x0f && code[i + 1] === 0x05) return i;
+  }
+  throw new TardigradeError("no syscall instruction found in the vdso");
+}
+
+/**
+ * Executes syscalls in one stopped, traced thread. Each call leaves the thread's registers and
+ * signal mask as they were. Signals that arrive during a call are collected in `deferred` so the
+ * caller can deliver them when it lets the thread go.
+ */
+export class Injector {
+  /** Address of the `syscall` instruction the thread is pointed at. */
+  site: bigint;
+  /** Signals the thread stopped for while injecting; deliver them on detach. */
+  readonly deferred: number[] = [];
+  /** ptrace events (fork, clone) the injected syscalls raised, with their messages (new tids). */
+  readonly events: { event: number; message: bigint }[] = [];
+  #scratch = 0n;
+
+  /** Injects into thread `tid` of process `pid`, through `mem`, at `site` (found if omitted). */
+  constructor(
+    readonly pid: number,
+    readonly tid: number,
+    readonly mem: RemoteMemory,
+    site?: bigint,
+  ) {
+    this.site = site ?? findSyscallSite(pid, mem);
+  }
+
+  /**
+   * Runs one syscall and returns the kernel's raw result (a negative errno on failure), with
+   * the thread's registers and mask put back afterwards.
+   */
+  raw(nr: number, ...args: Arg[]): bigint {
+    const saved = getRegs(this.tid);
+    const savedMask = getSigMask(this.tid);
+    try {
+      // Block every signal meanwhile so the step is not turned into a signal delivery.
+      setSigMask(this.tid, ~0n);
+      return this.#step(saved, nr, args);
+    } finally {
+      setRegs(this.tid, saved);
+      setSigMask(this.tid, savedMask);
+      this.settle();
+    }
+  }
+
+  /**
+   * Leaves the thread in an ordinary interrupt stop. After a single-step the kernel keeps the
+   * thread's step flag, and should the tracer die then, the thread would be killed by SIGTRAP at
+   * its next syscall; a `PTRACE_CONT` into a pending interrupt clears the flag without running
+   * any user code.
+   */
+  settle(): void {
+    interrupt(this.tid);
+    cont(this.tid);
+    for (;;) {
+      const st = waitpid(this.tid)!;
+      if (st.exited || st.signaled) throw new NoSuchProcess(this.tid, "it ended while frozen");
+      if (st.event !== 0) return;
+      // A signal arrived meanwhile: keep it for release and wait for the interrupt.
+      if (st.stopSignal !== undefined && st.stopSignal !== SIG.SIGTRAP) {
+        this.deferred.push(st.stopSignal);
+      }
+      cont(this.tid);
+    }
+  }
+
+  /** Runs a syscall with registers given by the caller as a base (used when restoring). */
+  #step(base: Regs, nr: number, args: Arg[]): bigint {
+    const a = args.map(BigInt);
+    setRegs(this.tid, {
+      ...base,
+      rax: BigInt(nr),
+      rdi: a[0] ?? 0n,
+      rsi: a[1] ?? 0n,
+      rdx: a[2] ?? 0n,
+      r10: a[3] ?? 0n,
+      r8: a[4] ?? 0n,
+      r9: a[5] ?? 0n,
+      rip: this.site,
+      // No syscall in progress: the kernel must not apply restart logic to our registers.
+      orig_rax: -1n,
+      eflags: base.eflags & ~0x100n,
+    });
+    for (;;) {
+      singlestep(this.tid);
+      const st = waitpid(this.tid)!;
+      if (st.exited || st.signaled) {
+        throw new NoSuchProcess(this.tid, `it ended while running syscall ${nr}`);
+      }
+      if (st.stopSignal === SIG.SIGTRAP && st.event === 0) break;
+      if (st.event !== 0) {
+        // fork/clone events stop inside the syscall: note the new pid, then step on.
+        if (st.event !== PTRACE_EVENT.STOP) {
+          this.events.push({ event: st.event, message: getEventMsg(this.tid) });
+        }
+        continue;
+      }
+      // A signal: keep it for release; step again unless the syscall already ran.
+      const atSite = getRegs(this.tid).rip === this.site;
+      if (atSite && (st.stopSignal === SIG.SIGSEGV || st.stopSignal === SIG.SIGBUS)) {
+        throw new TardigradeError(
+          `process ${this.pid}: no syscall instruction at 0x${
+            this.site.toString(16)
+          } to inject with`,
+        );
+      }
+      if (st.stopSignal !== undefined) this.deferred.push(st.stopSignal);
+      if (!atSite) break;
+    }
+    return BigInt.asIntN(64, getRegs(this.tid).rax);
+  }
+
+  /** Runs a syscall by name; a negative result becomes a `SyscallError` naming the process. */
+  call(name: SyscallName, ...args: Arg[]): bigint {
+    const r = this.raw(SYS[name], ...args);
+    if (r < 0n && r > -4096n) {
+      throw new SyscallError(`${name} in ${this.tid}`, args, Number(-r));
+    }
+    return r;
+  }
+
+  /** An injector for another thread of the same process, sharing this one's scratch region. */
+  forThread(tid: number): Injector {
+    const other = new Injector(this.pid, tid, this.mem, this.site);
+    other.#owner = this;
+    return other;
+  }
+
+  #owner?: Injector;
+
+  /** A private read-write region of the target for syscall arguments (mapped on first use). */
+  scratch(): bigint {
+    if (this.#owner) return this.#owner.scratch();
+    if (this.#scratch === 0n) {
+      // mmap(NULL, 64 KiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
+      this.#scratch = this.call("mmap", 0, SCRATCH_SIZE, 3, 0x22, -1, 0);
+    }
+    return this.#scratch;
+  }
+
+  /** Maps the scratch region at a chosen address (a gap the restored layout leaves free). */
+  scratchAt(addr: bigint): bigint {
+    if (this.#scratch !== 0n) throw new RangeError("scratch already mapped");
+    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+    this.#scratch = this.call("mmap", addr, SCRATCH_SIZE, 3, 0x100022, -1, 0);
+    return this.#scratch;
+  }
+
+  /** Forgets the scratch region without unmapping it (the restorer unmaps it itself). */
+  dropScratch(): void {
+    this.#scratch = 0n;
+  }
+
+  /** The scratch region's range, so a dump can leave it out. */
+  get scratchRange(): { start: bigint; end: bigint } | null {
+    if (this.#owner) return this.#owner.scratchRange;
+    return this.#scratch ? { start: this.#scratch, end: this.#scratch + SCRATCH_SIZE } : null;
+  }
+
+  /** Copies bytes into scratch memory at `offset` and returns their address in the target. */
+  put(data: Uint8Array, offset = 0): bigint {
+    if (BigInt(offset + data.length) > SCRATCH_SIZE) throw new RangeError("scratch overflow");
+    const addr = this.scratch() + BigInt(offset);
+    this.mem.write(addr, data);
+    return addr;
+  }
+
+  /** Reads bytes back from scratch memory. */
+  get(offset: number, length: number): Uint8Array {
+    return this.mem.read(this.scratch() + BigInt(offset), length);
+  }
+
+  /** Unmaps the scratch region. Safe to call when none was made. */
+  release(): void {
+    if (this.#owner || this.#scratch === 0n) return;
+    const addr = this.#scratch;
+    this.#scratch = 0n;
+    try {
+      this.call("munmap", addr, SCRATCH_SIZE);
+    } catch (err) {
+      if (!(err instanceof SyscallError && err.errno === Errno.ESRCH)) throw err;
+    }
+  }
+}

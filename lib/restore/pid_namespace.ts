@@ -1,0 +1,290 @@
+/**
+ * Restoring into a new pid namespace (`restore(dir, { pidNamespace: true })`): inside it the
+ * processes get exactly their dumped pids and tids whatever the host runs under those numbers, so
+ * an image dumped with `leaveRunning` can be restored beside its original, and as often as wanted.
+ *
+ * How: the stub (in the tool's namespaces) unshares CLONE_NEWPID and forks its next child, pid 1
+ * of the new namespace. That child, a copy of the stub, becomes the namespace's init: it unshares
+ * a mount namespace, makes every mount private (so nothing it mounts propagates to the host) and
+ * mounts a proc of its own on /proc, so /proc/self inside names the namespace pid. It then forks
+ * the restored root with clone3 set_tid = [dumped pid] (one level: the pid inside; the host's is
+ * any). The root's parent is therefore this init (getppid() says 1), not its original parent.
+ *
+ * The init must outlive the tree: when pid 1 of a namespace dies the kernel kills every process in
+ * it. Rather than exec a program (an exec under ptrace, and a binary to rely on), it runs a few
+ * instructions of ours from a private page: wait4(-1) in a loop, reaping orphans as an init
+ * should, then exit_group(0) once no child is left (ECHILD), so it never outlives the copy it
+ * guards. It blocks every signal (SIGKILL still ends it, and with it the whole copy), holds no
+ * descriptor, has "/" as its cwd and is not traced once the restore is done.
+ *
+ * Pids: the tool works from outside with host pids (ptrace, /proc/PID, pidfd_open, tgkill,
+ * process_vm_*); the image and everything written into the processes use the namespace pids
+ * (set_tid, the tgid of a queued signal). `PidMap` keeps the one to the other.
+ */
+import {
+  detach,
+  getRegs,
+  kill,
+  PR,
+  setRegs,
+  setSigMask,
+  SIG,
+  SYS,
+  WAIT,
+  waitpid,
+} from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import { Injector } from "../ptrace/inject.ts";
+import { processState, statusField } from "../inspect/procfs.ts";
+import { RemoteMemory } from "../inspect/remote_memory.ts";
+import type { ProcessEntry } from "../image/schema.ts";
+import { forkWithPid } from "../ptrace/stub.ts";
+
+const CLONE_NEWNS = 0x20000, CLONE_NEWPID = 0x20000000;
+const MS_NOSUID = 0x2, MS_NODEV = 0x4, MS_NOEXEC = 0x8, MS_REC = 0x4000, MS_PRIVATE = 0x40000;
+const PROT_READ = 1, PROT_EXEC = 4, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20;
+const PAGE = 4096;
+
+/**
+ * The init's whole program (x86_64):
+ * `loop: r = wait4(-1, NULL, __WALL, NULL); if (r != -ECHILD) goto loop; exit_group(0);`
+ */
+// deno-fmt-ignore
+const REAPER_LOOP = new Uint8Array([
+  0xb8, 0x3d, 0x00, 0x00, 0x00,             // mov eax, 61 (wait4)
+  0x48, 0xc7, 0xc7, 0xff, 0xff, 0xff, 0xff, // mov rdi, -1 (any child)
+  0x31, 0xf6,                               // xor esi, esi (no status)
+  0xba, 0x00, 0x00, 0x00, 0x40,             // mov edx, __WALL
+  0x45, 0x31, 0xd2,                         // xor r10d, r10d (no rusage)
+  0x0f, 0x05,                               // syscall
+  0x48, 0x83, 0xf8, 0xf6,                   // cmp rax, -10 (-ECHILD: no child left)
+  0x75, 0xe2,                               // jne loop
+  0xb8, 0xe7, 0x00, 0x00, 0x00,             // mov eax, 231 (exit_group)
+  0x31, 0xff,                               // xor edi, edi
+  0x0f, 0x05,                               // syscall
+]);
+
+/**
+ * Image pid or tid (what the restored processes see) → host pid or tid (what the tool uses from
+ * outside). Without a new pid namespace every entry is the identity.
+ */
+export class PidMap {
+  readonly #host = new Map<number, number>();
+
+  /** Records that the process or thread the image calls `image` is `host` on the host. */
+  set(image: number, host: number): void {
+    this.#host.set(image, host);
+  }
+
+  /** The host pid or tid of the image's `image`; throws if none was made for it. */
+  host(image: number): number {
+    const host = this.#host.get(image);
+    if (host === undefined) throw new RestoreError(`no process or thread made for pid ${image}`);
+    return host;
+  }
+
+  /** Every entry, image pid → host pid. */
+  toMap(): Map<number, number> {
+    return new Map(this.#host);
+  }
+}
+
+/**
+ * Refuses an image that cannot go into a new pid namespace: pid 1 there is the namespace's init,
+ * so no process, thread or zombie of the image may have it.
+ */
+export function checkNamespacePids(entries: ProcessEntry[]): void {
+  for (const p of entries) {
+    const ids = [p.pid, ...p.threads.map((t) => t.tid), ...(p.zombies ?? []).map((z) => z.pid)];
+    if (ids.includes(1)) {
+      throw new RestoreError(
+        `cannot restore into a new pid namespace: process ${p.pid} of the image has pid or tid 1, ` +
+          `which is the namespace's init there; restore it without a pid namespace`,
+      );
+    }
+  }
+}
+
+/**
+ * The pid `hostPid` has in the innermost pid namespace it lives in (the last field of NSpid): how
+ * another process of the same namespace names it. Without a new namespace it is `hostPid`.
+ */
+export function innermostPid(hostPid: number): number {
+  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
+  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
+}
+
+/** Whether `pid` is gone or a zombie (its parent, not us, will reap it). */
+function goneOrZombie(pid: number): boolean {
+  const state = processState(pid);
+  return state === "" || state === "Z";
+}
+
+/**
+ * Our tracees that exited and wait for us (their tracer): a namespace's init cannot finish
+ * exiting before every process of the namespace is reaped, also those we trace.
+ */
+function reapTracedZombies(): void {
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    let tasks: string[];
+    try {
+      tasks = [...Deno.readDirSync(`/proc/${e.name}/task`)].map((t) => t.name);
+    } catch {
+      continue;
+    }
+    for (const tid of tasks) {
+      try {
+        const status = Deno.readTextFileSync(`/proc/${e.name}/task/${tid}/status`);
+        if (!/^State:\s*Z/m.test(status)) continue;
+        if (status.match(/^TracerPid:\s*(\d+)/m)?.[1] !== String(Deno.pid)) continue;
+        waitpid(Number(tid), WAIT.WNOHANG);
+      } catch { /* gone, or not ours after all */ }
+    }
+  }
+}
+
+/** A new pid namespace (and mount namespace) with its init, traced by us until `release`. */
+export class PidNamespace {
+  #released = false;
+
+  private constructor(
+    /** Host pid of the namespace's init (pid 1 inside). */
+    readonly init: number,
+    /** Runs syscalls in the init. */
+    readonly injector: Injector,
+    /** The init's descriptor of a pidfd of the tool, until `release`. */
+    readonly toolPidfdFd: number,
+    /** The stub's scratch region, which the init has a copy of. */
+    readonly stubScratch: { start: bigint; end: bigint } | null,
+  ) {}
+
+  /**
+   * Makes the namespace and its init (traced, stopped) from the seized, stopped stub; `mountProc`
+   * comes next. The stub first opens a pidfd of the tool, which the init inherits: the tool has
+   * no pid inside the namespace, so a restored process takes it from the init (`toolPidfd`).
+   */
+  static create(stub: Injector): PidNamespace {
+    const toolPidfdFd = Number(stub.call("pidfd_open", Deno.pid, 0));
+    stub.call("unshare", CLONE_NEWPID);
+    const init = forkWithPid(stub, 1);
+    try {
+      const inj = new Injector(init, init, new RemoteMemory(init), stub.site);
+      return new PidNamespace(init, inj, toolPidfdFd, stub.scratchRange);
+    } catch (err) {
+      kill(init, SIG.SIGKILL);
+      waitpid(init); // as its tracer; the stub, its parent, is ended by the caller
+      throw err;
+    }
+  }
+
+  /**
+   * Gives the init a mount namespace of its own, every mount private, with a proc for the new
+   * pid namespace on /proc. Before `forkRoot`: the restored processes inherit it.
+   */
+  mountProc(): void {
+    try {
+      this.#mountProc();
+    } catch (err) {
+      throw new RestoreError(
+        `cannot set up the new pid namespace's init: ${(err as Error).message}`,
+      );
+    }
+  }
+
+  #mountProc(): void {
+    const inj = this.injector;
+    const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
+    inj.call("prctl", PR.SET_NAME, str("tardigrade-init", 0));
+    inj.call("unshare", CLONE_NEWNS);
+    // Private, recursively: a mount made here must not propagate to the host's namespace.
+    inj.call("mount", 0, str("/", 0), 0, MS_REC | MS_PRIVATE, 0);
+    inj.call(
+      "mount",
+      str("proc", 0),
+      str("/proc", 64),
+      str("proc", 128),
+      MS_NOSUID | MS_NODEV | MS_NOEXEC,
+      0,
+    );
+  }
+
+  /** Forks the restored root from the init: `pid` inside the namespace; returns its host pid. */
+  forkRoot(pid: number): number {
+    return forkWithPid(this.injector, pid);
+  }
+
+  /**
+   * Opens, inside `target` (a process of the namespace), a pidfd of the tool: the init's copy
+   * taken with pidfd_getfd, since the tool cannot be named by pid in there.
+   */
+  toolPidfd(target: Injector): bigint {
+    if (this.#released) throw new RestoreError("the namespace's init was already released");
+    const initPidfd = target.raw(SYS.pidfd_open, 1, 0); // pid 1 inside: the init
+    if (initPidfd < 0n) {
+      throw new RestoreError(`pidfd_open of the namespace's init failed (errno ${-initPidfd})`);
+    }
+    try {
+      const fd = target.raw(SYS.pidfd_getfd, initPidfd, this.toolPidfdFd, 0);
+      if (fd < 0n) {
+        throw new RestoreError(`pidfd_getfd from the namespace's init failed (errno ${-fd})`);
+      }
+      return fd;
+    } finally {
+      target.call("close", initPidfd);
+    }
+  }
+
+  /**
+   * Lets the init go: it closes every descriptor (the tool's pidfd too), moves to "/", and runs
+   * its reaper loop from a private page with every signal blocked, no longer traced.
+   */
+  release(): void {
+    const inj = this.injector;
+    inj.call("close_range", 0, 0xffffffff, 0);
+    inj.call("chdir", inj.put(new TextEncoder().encode("/\0")));
+    const code = inj.call(
+      "mmap",
+      0,
+      PAGE,
+      PROT_READ | PROT_EXEC,
+      MAP_PRIVATE | MAP_ANONYMOUS,
+      -1,
+      0,
+    );
+    inj.mem.write(code, REAPER_LOOP); // /proc/PID/mem writes through the page's protection
+    if (this.stubScratch) {
+      inj.call("munmap", this.stubScratch.start, this.stubScratch.end - this.stubScratch.start);
+    }
+    inj.release();
+    setSigMask(this.init, ~0n);
+    setRegs(this.init, { ...getRegs(this.init), rip: code, orig_rax: -1n });
+    detach(this.init);
+    inj.mem.close();
+    this.#released = true;
+  }
+
+  /**
+   * Kills the init, and with it every process of the namespace, and waits until it is gone.
+   * The init finishes exiting only once every other process of the namespace is reaped, those we
+   * trace by us: the caller reaps what it made first; strays are swept here.
+   */
+  async abort(): Promise<void> {
+    try {
+      kill(this.init, SIG.SIGKILL);
+    } catch { /* already gone */ }
+    this.injector.mem.close();
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      try {
+        const st = waitpid(this.init, WAIT.WNOHANG);
+        if (st && (st.exited || st.signaled)) return; // traced by us, or our child: reaped
+      } catch {
+        // Neither our tracee nor our child any more: its parent reaps it.
+        if (goneOrZombie(this.init)) return;
+      }
+      reapTracedZombies();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}

@@ -1,0 +1,554 @@
+/**
+ * Restore: bring a dumped process back with its pid, memory, threads, registers, descriptors and
+ * signals, with no kernel module and no compiled helper. A `sleep` stub forks the new process with
+ * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
+ * what it made: no half-restored process is left.
+ */
+import {
+  detach,
+  kill,
+  type Regs,
+  setRegs,
+  setSigMask,
+  SIG,
+  tgkill,
+  waitpid,
+} from "../../ffi/mod.ts";
+import { ImageError, RestoreError } from "../errors.ts";
+import { handlerForEntry } from "../files/registry.ts";
+import { checksum } from "../image/checksum.ts";
+import { ImageReader } from "../image/mod.ts";
+import { Injector } from "../ptrace/inject.ts";
+import { releasePipes } from "../files/pipe.ts";
+import { releaseUnixPairs } from "../files/socket/unix_pair.ts";
+import { dropTcpStreams, resumeTcpStreams } from "../files/socket/tcp_stream.ts";
+import { restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
+import { AddressSpaceBuilder, type SharedObjects } from "../memory/restore.ts";
+import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
+import { restorePosixTimers } from "../task/posix_timers.ts";
+import {
+  needsSeccompSuspended,
+  restoreSeccomp,
+  seccompBeforeCreds,
+  suspendSeccompFor,
+} from "../task/seccomp.ts";
+import {
+  adoptOrphans,
+  joinAsJob,
+  moveToTerminal,
+  onControllingTerminal,
+  ShellJob,
+  type ToolTerminal,
+  toolTerminal,
+} from "./shell_job.ts";
+import { STAGING_SIZE } from "../dump/page_collector.ts";
+import {
+  restoreCreds,
+  restoreFsAndPersonality,
+  restoreItimers,
+  restoreMm,
+  restoreRlimits,
+  restoreSession,
+  restoreSigactions,
+} from "../task/task.ts";
+import { cloneThread, finalRegs, restoreThreadState } from "../task/threads.ts";
+import { restoreZombies } from "../task/zombies.ts";
+import type { Policy } from "../policy.ts";
+import { RemoteMemory } from "../inspect/remote_memory.ts";
+import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
+import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
+
+/** Options of `restore`. */
+export interface RestoreOptions {
+  /** Hooks: `restoreStage` is told each stage and may throw to stop the restore. */
+  policy?: Policy & { restoreStage?(stage: string, process: ProcessEntry): void };
+  /** Called as page data is written. */
+  onProgress?: (bytes: number, total: number) => void;
+  /**
+   * Restore into a new pid namespace (and a new mount namespace with its own /proc), where every
+   * process and thread gets exactly its dumped pid and tid, however the host uses those numbers:
+   * an image dumped with `leaveRunning` can be restored beside its original, as often as wanted.
+   * The namespace's init (pid 1 inside) is the restored root's parent, not the original parent;
+   * it reaps orphans and exits once the tree is gone. Network, IPC and the rest stay shared: a
+   * listening address the original still holds is refused, a System V segment it still has is
+   * shared with the copy. An image with pid 1 is refused. Not with `shellJob`.
+   */
+  pidNamespace?: boolean;
+  /**
+   * Restore a program that was run from an interactive shell on this process's terminal (its
+   * stdin, which must be its controlling terminal, in the foreground), as CRIU's `--shell-job`:
+   * descriptors that were open on the dumped process's controlling terminal are opened on this
+   * one (the old one may be gone); the process stays in this process's session, even if it led
+   * its own, and leads a process group of its own, which gets the terminal if the process was
+   * the foreground job when dumped, set to the modes it had then (the terminal's own come back
+   * when it is taken back). It becomes this process's child: `RestoreResult.job.wait()` waits
+   * for it like a shell's `fg` and takes the terminal back.
+   */
+  shellJob?: boolean;
+}
+
+/** What a restore made. */
+export interface RestoreResult {
+  /**
+   * The restored process (the root of the tree) as the tool sees it: the dumped pid, or with
+   * `pidNamespace` its pid on the host (what to signal or watch from outside).
+   */
+  pid: number;
+  /** The root's pid as the restored processes see it: the dumped pid. */
+  namespacePid: number;
+  /** Every process restored (pids as the tool sees them, like `pid`), the root first. */
+  processes: number[];
+  /**
+   * Dumped pid or tid of every process and thread restored → its pid or tid as the tool sees
+   * it; the identity without `pidNamespace`.
+   */
+  pidMap: Map<number, number>;
+  /**
+   * With `pidNamespace`: the host pid of the namespace's init, the root's parent. Killing it
+   * (SIGKILL) ends every process of the restored tree.
+   */
+  namespaceInit?: number;
+  /** Threads restored. */
+  threads: number;
+  /** Bytes of page data written into it. */
+  pageBytes: number;
+  /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
+  warnings: string[];
+  /** With `shellJob`: the restored process as a job of this terminal, to wait for. */
+  job?: ShellJob;
+}
+
+function pidState(pid: number): { state: string; ppid: number } | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { state: rest[0], ppid: Number(rest[1]) };
+  } catch {
+    return null;
+  }
+}
+
+/** Thread ids of process `pid` (empty once it is gone). */
+function taskIds(pid: number): number[] {
+  try {
+    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
+  } catch {
+    return [];
+  }
+}
+
+/** Waits for a killed tracee until it is gone (not one of ours any more: nothing to do). */
+function reap(tid: number): void {
+  for (;;) {
+    try {
+      const st = waitpid(tid);
+      if (!st || st.exited || st.signaled) return;
+    } catch {
+      return; // ECHILD: reaped, or neither our child nor our tracee
+    }
+  }
+}
+
+/** Waits a little for a zombie that init will reap; a live pid or a kept zombie is "in use". */
+async function requireFreePid(pid: number, what: string): Promise<void> {
+  const deadline = Date.now() + 4000;
+  for (;;) {
+    const st = pidState(pid);
+    if (!st) return;
+    try {
+      waitpid(pid, 1 /* WNOHANG */); // our own zombie: reap it
+    } catch { /* not ours */ }
+    if (st.state !== "Z" || Date.now() > deadline) {
+      throw new RestoreError(
+        `${what} ${pid} is in use (is the dumped process still running? ` +
+          `--pid-namespace restores a copy beside it)`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function vdsoChecksum(): { size: number; checksum: number } | null {
+  const line = Deno.readTextFileSync("/proc/self/maps").split("\n").find((l) =>
+    l.endsWith("[vdso]")
+  );
+  if (!line) return null;
+  const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
+  using mem = new RemoteMemory(Deno.pid);
+  const code = mem.read(a, Number(b - a));
+  return { size: code.length, checksum: checksum(code) };
+}
+
+/** Checks everything that can be checked before anything is made. */
+function existsAsFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<void> {
+  if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
+    throw new ImageError("process.cbor: not a process entry");
+  }
+  const changed = (path: string, size: number, mtimeMs: number): string | null => {
+    try {
+      const st = Deno.statSync(path);
+      if (st.size !== size) return `${path} changed since the dump (size ${size} → ${st.size})`;
+      if ((st.mtime?.getTime() ?? 0) !== mtimeMs) return `${path} changed since the dump (mtime)`;
+      return null;
+    } catch {
+      return `${path} no longer exists`;
+    }
+  };
+  for (const m of p.mappings) {
+    if (m.source.type !== "file") continue;
+    // A private mapping is the process's own copy of the file: its pages not in the image come
+    // from the file, which must be as it was. A shared one is a window on a file others may
+    // write as well (a database's -shm, a cache): that it changed is what sharing means.
+    const why = m.shared
+      ? (existsAsFile(m.source.path) ? null : `${m.source.path} no longer exists`)
+      : changed(m.source.path, m.source.size, m.source.mtimeMs);
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  if (p.exe) {
+    const why = changed(p.exe.path, p.exe.size, p.exe.mtimeMs);
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  if (p.special.vdso) {
+    const here = vdsoChecksum();
+    const size = Number(p.special.vdso.end - p.special.vdso.start);
+    if (!here || here.size !== size || here.checksum !== p.special.vdso.checksum) {
+      throw new RestoreError(
+        "cannot restore: the image's vdso differs from this kernel's (dumped on another kernel?)",
+      );
+    }
+  }
+  for (const f of p.files) {
+    const handler = handlerForEntry(f);
+    if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
+    const why = handler.check?.(f);
+    if (why && onControllingTerminal(p, f)) {
+      throw new RestoreError(
+        `cannot restore: ${why} (the terminal of process ${p.pid}; restore it with ` +
+          `--shell-job from a terminal to bring it back there)`,
+      );
+    }
+    if (why) throw new RestoreError(`cannot restore: ${why}`);
+  }
+  if (inNewPidNamespace) return; // every pid is free there
+  await requireFreePid(p.pid, "pid");
+  for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
+  for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child");
+}
+
+let staging: Uint8Array | undefined;
+
+/**
+ * Two page-data buffers of `size` bytes (one is read into while the other is written out), kept
+ * for every restore of this process: fresh memory is slow to touch.
+ */
+function stagingBuffers(size: number): [Uint8Array, Uint8Array] {
+  if (!staging || staging.length < 2 * size) staging = new Uint8Array(2 * size);
+  return [staging.subarray(0, size), staging.subarray(size, 2 * size)];
+}
+
+/** One process of the tree while it is being made. */
+interface Making {
+  entry: ProcessEntry;
+  pid: number;
+  mem: RemoteMemory;
+  inj: Injector;
+  asb?: AddressSpaceBuilder;
+  /** Injectors of its threads, once made. */
+  injectors?: Map<number, Injector>;
+  /** The registers each thread resumes with. */
+  regs?: Map<number, Regs>;
+}
+
+/** Reads the root entry and the entries of the rest of the tree, parents first. */
+async function readTree(reader: ImageReader): Promise<ProcessEntry[]> {
+  const root = await reader.readMeta<ProcessEntry>(PROCESS_META);
+  const entries = [root];
+  for (const t of root?.tree ?? []) {
+    entries.push(await reader.readMeta<ProcessEntry>(processMetaName(t.pid)));
+  }
+  return entries;
+}
+
+/** What every process of one restore shares. */
+interface Shares {
+  objects: SharedObjects;
+  files: SharedFiles;
+  scope: object;
+  /** Dumped pid/tid → host pid/tid of everything made. */
+  pids: PidMap;
+  /** The new pid namespace the tree is made in, with `pidNamespace`. */
+  namespace?: PidNamespace;
+}
+
+/** Memory, descriptors and process state of one process; threads are made but not resumed. */
+async function build(
+  m: Making,
+  reader: ImageReader,
+  shares: Shares,
+  stage: (name: string, p: ProcessEntry) => void,
+  progress: (bytes: number) => void,
+  made: number[],
+  warnings: string[],
+): Promise<number> {
+  const { entry: p, inj, mem } = m;
+  stage("memory", p);
+  const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
+  asb.empty();
+  asb.moveSpecials();
+  asb.placeScratch();
+  asb.createObjects(shares.objects);
+  asb.createMappings();
+  const pageBytes = await asb.fillPages(
+    reader,
+    stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+    progress,
+  );
+  asb.finish();
+  asb.seal();
+
+  stage("files", p);
+  const ns = shares.namespace;
+  const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
+  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
+
+  stage("process", p);
+  restoreFsAndPersonality(inj, p);
+  restoreSigactions(inj, p.sigactions);
+  restoreItimers(inj, p.itimers);
+  restoreMm(inj, p);
+
+  stage("threads", p);
+  const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
+  for (const t of p.threads) {
+    if (t === main) continue;
+    const tid = cloneThread(inj, t.tid);
+    made.push(tid);
+    shares.pids.set(t.tid, tid);
+  }
+  const injectors = m.injectors = new Map(
+    p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
+  );
+  for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
+  // After the threads: a timer may notify one of them.
+  restorePosixTimers(inj, p.posixTimers ?? []);
+  for (const s of p.sharedPending) {
+    inj.call("rt_sigqueueinfo", p.pid, s.signo, inj.put(s.siginfo, 1024)); // its pid as it sees it
+  }
+  warnings.push(...restoreRlimits(inj, p.rlimits));
+  return pageBytes;
+}
+
+/** Last steps inside one process, once every process of the tree is built. */
+function seal(m: Making): void {
+  const { entry: p, inj } = m;
+  m.asb!.closeObjects();
+  const seccomp = (first: boolean) => {
+    for (const t of p.threads) {
+      if (seccompBeforeCreds(t) !== first) continue;
+      restoreSeccomp(m.injectors!.get(t.tid)!, t, p.seccompFilters ?? []);
+    }
+  };
+  seccomp(true);
+  // Credentials belong to each thread (a raw setresuid changes only its caller's): every thread,
+  // the main one last.
+  for (const t of p.threads) if (t.tid !== p.pid) restoreCreds(m.injectors!.get(t.tid)!, p);
+  restoreCreds(inj, p);
+  m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
+  // Last in each thread, the filters: they may forbid what came before. The munmap below (and
+  // anything else injected until the detach) still runs, as seccomp is suspended while traced.
+  seccomp(false);
+  const scratch = inj.scratchRange!;
+  inj.call("munmap", scratch.start, scratch.end - scratch.start);
+  inj.dropScratch();
+}
+
+/** Lets every thread of one process run from its dumped registers. */
+function resume(m: Making): void {
+  const p = m.entry;
+  const hostTid = (tid: number) => m.injectors!.get(tid)!.tid;
+  for (const t of p.threads) {
+    setSigMask(hostTid(t.tid), t.sigmask);
+    setRegs(hostTid(t.tid), m.regs!.get(t.tid)!);
+  }
+  // A signal not blocked that arrived (or was queued) while we worked goes in on release.
+  // Signals are queued while every thread is still held (a signal given with PTRACE_DETACH is
+  // lost from an event stop): one that arrived while we worked, and SIGSTOP for a process that
+  // was stopped, which it takes on its way out of the stop.
+  for (const t of p.threads) {
+    const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
+    if (pending) tgkill(m.pid, hostTid(t.tid), pending);
+  }
+  if (p.stopped) kill(m.pid, SIG.SIGSTOP);
+  for (const t of [...p.threads].reverse()) detach(hostTid(t.tid));
+  m.mem.close();
+}
+
+/**
+ * Brings the processes in image `dir` back: the same pids and tids, each the child of the same
+ * parent, running on from where they were frozen. Returns once they run; they live on without
+ * the tool. With `shellJob` the root comes back as a job of this process's terminal. With
+ * `pidNamespace` they get their pids and tids inside a new pid namespace, the root as the child of
+ * its init, beside whatever runs with those pids on the host.
+ */
+export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  if (!opts.shellJob) return await restoreTree(dir, opts);
+  const terminal = toolTerminal();
+  // Before the stub starts: the stub is reparented to us, and the job's root after it.
+  const stopAdopting = adoptOrphans();
+  try {
+    return await restoreTree(dir, opts, terminal);
+  } finally {
+    stopAdopting();
+  }
+}
+
+async function restoreTree(
+  dir: string,
+  opts: RestoreOptions,
+  terminal?: ToolTerminal,
+): Promise<RestoreResult> {
+  const debug = Deno.env.get("TARDIGRADE_DEBUG")
+    ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
+    : () => {};
+  const stage = (name: string, p: ProcessEntry) => {
+    debug(`${name} ${p.pid}`);
+    opts.policy?.restoreStage?.(name, p);
+  };
+  // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
+  const starting = Stub.start();
+  const dropStub = async () => (await starting.catch(() => null))?.end();
+  let entries: ProcessEntry[];
+  using reader = await ImageReader.open(dir).catch(async (err) => {
+    await dropStub();
+    throw err;
+  });
+  try {
+    entries = await readTree(reader);
+    if (terminal) moveToTerminal(entries, terminal);
+    if (opts.pidNamespace && opts.shellJob) {
+      throw new RestoreError("a shell job cannot be restored into a new pid namespace");
+    }
+    for (const p of entries) await preflight(p, opts.pidNamespace === true);
+    if (opts.pidNamespace) checkNamespacePids(entries);
+    stage("preflight", entries[0]);
+  } catch (err) {
+    await dropStub();
+    throw err;
+  }
+
+  const stub = await starting;
+  // Every process and thread made from the stub inherits its options: suspend their filters.
+  if (needsSeccompSuspended(entries)) {
+    try {
+      suspendSeccompFor(stub.pid, RESTORE_TRACE_OPTIONS);
+    } catch (err) {
+      stub.end();
+      throw err;
+    }
+  }
+  const made: number[] = [];
+  const making: Making[] = [];
+  const shares: Shares = { objects: new Map(), files: new Map(), scope: {}, pids: new PidMap() };
+  const warnings: string[] = [];
+  let job: ShellJob | undefined;
+  try {
+    // Every process first, each forked by its parent so the tree is as it was; a session or
+    // group leader leads it again before its children are made, so they join it.
+    const site = stub.injector.site;
+    if (opts.pidNamespace) {
+      // Its init, made from the stub, forks the root.
+      shares.namespace = PidNamespace.create(stub.injector);
+      shares.namespace.mountProc();
+    }
+    for (const p of entries) {
+      const parent = making.find((m) => m.entry.pid === p.ppid);
+      const pid = parent
+        ? forkWithPid(parent.inj, p.pid)
+        : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
+      made.push(pid);
+      shares.pids.set(p.pid, pid);
+      const mem = new RemoteMemory(pid);
+      const m: Making = { entry: p, pid, mem, inj: new Injector(pid, pid, mem, site) };
+      making.push(m);
+      if (terminal && p === entries[0]) joinAsJob(m.inj);
+      else restoreSession(m.inj, p);
+      restoreZombies(m.inj, p);
+    }
+    stub.end();
+
+    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
+    let pageBytes = 0;
+    for (const m of making) {
+      const before = pageBytes;
+      pageBytes += await build(
+        m,
+        reader,
+        shares,
+        stage,
+        (b) => opts.onProgress?.(before + b, total),
+        made,
+        warnings,
+      );
+    }
+    releasePipes(shares.scope);
+    releaseUnixPairs(shares.scope);
+    // Every end of every TCP connection exists now: they may talk.
+    resumeTcpStreams(shares.scope);
+    for (const m of making) seal(m);
+    // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
+    shares.namespace?.release();
+
+    stage("resume", entries[0]);
+    if (terminal) {
+      const tty = entries[0].tty;
+      job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
+      job.takeTerminal(); // before it runs: its first read must not stop it (SIGTTIN)
+    }
+    for (const m of [...making].reverse()) resume(m);
+    job?.started();
+    return {
+      pid: making[0].pid,
+      namespacePid: entries[0].pid,
+      processes: making.map((m) => m.pid),
+      pidMap: shares.pids.toMap(),
+      ...(shares.namespace ? { namespaceInit: shares.namespace.init } : {}),
+      threads: entries.reduce((n, p) => n + p.threads.length, 0),
+      pageBytes,
+      warnings,
+      ...(job ? { job } : {}),
+    };
+  } catch (err) {
+    job?.giveBackTerminal();
+    releasePipes(shares.scope);
+    releaseUnixPairs(shares.scope);
+    dropTcpStreams(shares.scope);
+    // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
+    // zombie until we wait for it, and a leader cannot be reaped before its threads.
+    const tids = new Set(made);
+    for (const m of making) for (const tid of taskIds(m.pid)) tids.add(tid);
+    for (const pid of [...made].reverse()) {
+      try {
+        kill(pid, SIG.SIGKILL);
+      } catch { /* gone */ }
+    }
+    stub.end();
+    for (const m of making) {
+      m.asb?.abort();
+      m.mem.close();
+    }
+    const leaders = new Set(making.map((m) => m.pid));
+    for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
+    for (const m of [...making].reverse()) reap(m.pid);
+    // Last: a namespace's init finishes exiting only once every other process in it is reaped.
+    await shares.namespace?.abort();
+    throw err;
+  }
+}

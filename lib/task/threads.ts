@@ -1,0 +1,207 @@
+/**
+ * Threads: general registers, FPU/xstate, fs/gs base, blocked mask, pending signals,
+ * sigaltstack, clear_child_tid, robust list, rseq and name. Dump reads them from a frozen
+ * thread; restore gives them to a thread made with clone3.
+ */
+import {
+  addressOf,
+  cont,
+  getRegs,
+  getRegset,
+  getRseqConfig,
+  getSigInfo,
+  getSigMask,
+  interrupt,
+  NT,
+  peekSigInfo,
+  PR,
+  type Regs,
+  setRegs,
+  setRegset,
+  setSigMask,
+  syscall,
+} from "../../ffi/mod.ts";
+import type { FrozenThread } from "../ptrace/freeze.ts";
+import type { Injector } from "../ptrace/inject.ts";
+import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
+import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
+
+const ERESTART_RESTARTBLOCK = -516n;
+const TIMER_ABSTIME = 1n;
+const NR_NANOSLEEP = 35n;
+const NR_CLOCK_NANOSLEEP = 230n;
+const NR_POLL = 7n;
+
+/** Reads a `struct timespec` from the target, in nanoseconds. */
+function readTimespecNs(inj: Injector, addr: bigint): bigint {
+  const v = new DataView(inj.mem.read(addr, 16).buffer);
+  return v.getBigInt64(0, true) * 1_000_000_000n + v.getBigInt64(8, true);
+}
+
+/**
+ * For a thread stopped inside a relative `nanosleep`: the time it still had to sleep. The
+ * kernel wrote it to the `rem` argument when our interrupt stopped the sleep; with no `rem` we
+ * fall back to the full request (sleeping longer is safer than returning early).
+ */
+function sleepRemaining(inj: Injector, regs: Record<string, bigint>): bigint | undefined {
+  if (BigInt.asIntN(64, regs.rax) !== ERESTART_RESTARTBLOCK) return undefined;
+  if (regs.orig_rax === NR_CLOCK_NANOSLEEP) {
+    if (regs.rsi & TIMER_ABSTIME) return undefined;
+    return readTimespecNs(inj, regs.r10 !== 0n ? regs.r10 : regs.rdx);
+  }
+  if (regs.orig_rax === NR_NANOSLEEP) {
+    return readTimespecNs(inj, regs.rsi !== 0n ? regs.rsi : regs.rdi);
+  }
+  return undefined;
+}
+
+function toPending(list: { signo: number; raw: Uint8Array }[]): PendingSignal[] {
+  return list.map((s) => ({ signo: s.signo, siginfo: s.raw }));
+}
+
+/** Dumps one frozen thread; `inj` runs syscalls in that thread. */
+export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): ThreadEntry {
+  const tid = thread.tid;
+  const pending = toPending(peekSigInfo(tid, false));
+  // A signal the thread was stopped for has left the queue: keep it as pending.
+  if (thread.stopSignal) {
+    pending.unshift({ signo: thread.stopSignal, siginfo: getSigInfo(tid).raw });
+  }
+
+  // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+  inj.call("sigaltstack", 0, inj.scratch());
+  const ss = new DataView(inj.get(0, 24).buffer);
+  // prctl(PR_GET_TID_ADDRESS, &addr)
+  inj.call("prctl", PR.GET_TID_ADDRESS, inj.scratch());
+  const clearChildTid = new DataView(inj.get(0, 8).buffer).getBigUint64(0, true);
+
+  const head = new BigUint64Array(1);
+  const len = new BigUint64Array(1);
+  syscall("get_robust_list", tid, addressOf(head), addressOf(len));
+
+  const regs = { ...thread.regs };
+  const name = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).replace(/\n$/, "");
+  return {
+    tid,
+    name,
+    regs,
+    xstate: getRegset(tid, NT.X86_XSTATE, 8192),
+    sigmask: getSigMask(tid),
+    pending,
+    sigaltstack: {
+      sp: ss.getBigUint64(0, true),
+      flags: ss.getInt32(8, true),
+      size: ss.getBigUint64(16, true),
+    },
+    clearChildTid,
+    robustList: { head: head[0], len: len[0] },
+    rseq: getRseqConfig(tid),
+    sleepRemainingNs: sleepRemaining(inj, regs),
+  };
+}
+
+const EINTR = -4n;
+
+/**
+ * Makes a thread with the dumped tid (as the process sees it) in the restored process; returns
+ * its tid on the host.
+ */
+export function cloneThread(inj: Injector, tid: number): number {
+  return cloneWithId(inj, tid, true);
+}
+
+/**
+ * Gives a stopped thread of the restored process its per-thread kernel state (all but the
+ * registers, which come last, and the mask, which the caller sets after queueing signals).
+ * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
+ * sees it (the image's), like `t.tid`, for what is written into it.
+ */
+export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): void {
+  // The final mask first, so signals queued below stay pending while we work.
+  setSigMask(inj.tid, t.sigmask);
+  const ss = new BigUint64Array([
+    t.sigaltstack.sp,
+    BigInt(t.sigaltstack.flags & ~1),
+    t.sigaltstack.size,
+  ]);
+  // SS_DISABLE (2) with no stack: nothing to set.
+  if (t.sigaltstack.sp !== 0n || t.sigaltstack.size !== 0n) {
+    inj.call("sigaltstack", inj.put(new Uint8Array(ss.buffer), 0), 0);
+  }
+  inj.call("set_tid_address", t.clearChildTid);
+  if (t.robustList.head !== 0n) inj.call("set_robust_list", t.robustList.head, t.robustList.len);
+  if (t.rseq.abiPointer !== 0n) {
+    inj.call("rseq", t.rseq.abiPointer, t.rseq.length, 0, t.rseq.signature);
+  }
+  inj.call(
+    "prctl",
+    PR.SET_NAME,
+    inj.put(new TextEncoder().encode(t.name.slice(0, 15) + "\0"), 512),
+  );
+  for (const s of t.pending) {
+    inj.call("rt_tgsigqueueinfo", tgid, t.tid, s.signo, inj.put(s.siginfo, 1024));
+  }
+  setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
+}
+
+/**
+ * A thread stopped in a relative nanosleep gets a true restart block: the same sleep for the
+ * remaining time is started and interrupted, so `restart_syscall` sleeps exactly what was left.
+ */
+function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
+  const ns = t.sleepRemainingNs!;
+  const ts = new BigInt64Array([ns / 1_000_000_000n, ns % 1_000_000_000n]);
+  const req = inj.put(new Uint8Array(ts.buffer), 2048);
+  const clockid = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.rdi : 1n; // nanosleep: MONOTONIC
+  const rem = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.r10 : base.rsi;
+  setSigMask(inj.tid, ~0n);
+  setRegs(inj.tid, {
+    ...base,
+    rax: NR_CLOCK_NANOSLEEP,
+    rdi: clockid,
+    rsi: 0n,
+    rdx: req,
+    r10: rem,
+    rip: inj.site,
+    orig_rax: -1n,
+  });
+  cont(inj.tid);
+  // Wait until it sleeps in clock_nanosleep, then interrupt it there.
+  const deadline = Date.now() + 2000;
+  while (Date.now() < deadline) {
+    const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${inj.tid}/syscall`);
+    if (sc.startsWith(`${NR_CLOCK_NANOSLEEP} `)) break;
+  }
+  interrupt(inj.tid);
+  waitStopped(inj.tid, "restored thread");
+  return BigInt.asIntN(64, getRegs(inj.tid).rax) === ERESTART_RESTARTBLOCK;
+}
+
+/**
+ * The registers a thread resumes with. Each thread is left stopped inside the kernel's signal
+ * path, so a syscall cut short by the freeze (-ERESTARTSYS and friends) is restarted by the kernel
+ * itself on resume, or turned into EINTR if a handler runs first, exactly as it would have been.
+ * Only a restart through `restart_syscall` needs care: its restart block must be made anew
+ * (a relative sleep), the call is made again (poll) or, as CRIU does, the program sees EINTR.
+ */
+export function finalRegs(inj: Injector, t: ThreadEntry): Regs {
+  const regs = { ...t.regs } as Regs;
+  const inSyscall = BigInt.asIntN(64, regs.orig_rax) >= 0n;
+  if (inSyscall && BigInt.asIntN(64, regs.rax) === ERESTART_RESTARTBLOCK) {
+    if (regs.orig_rax === NR_POLL) {
+      // poll() cut short always asks for restart_syscall, also with no timeout (GNU `tail -f`
+      // waits so and exits on EINTR). Its arguments are still in the registers: run it again.
+      // With a timeout it waits the whole timeout again: late rather than a spurious EINTR.
+      regs.rax = regs.orig_rax;
+      regs.rip -= 2n;
+      regs.orig_rax = -1n;
+      return regs;
+    }
+    const primed = t.sleepRemainingNs !== undefined && primeSleep(inj, t, regs);
+    if (!primed) {
+      regs.rax = EINTR; // as CRIU does: the program sees EINTR
+      regs.orig_rax = -1n;
+    }
+  }
+  return regs;
+}
