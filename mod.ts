@@ -76,7 +76,7 @@ export {
 } from "./lib/inspect/fds.ts";
 export { freeze, type FrozenProcess, type FrozenThread } from "./lib/ptrace/freeze.ts";
 export { type Arg, Injector, type SyscallName } from "./lib/ptrace/inject.ts";
-export { RemoteMemory } from "./lib/inspect/remote_memory.ts";
+export { RemoteMemory } from "./lib/inspect/memory.ts";
 export {
   checkpoint,
   type CheckpointOptions,
@@ -112,11 +112,6 @@ export type {
   ZombieEntry,
 } from "./lib/image/schema.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
-export {
-  ShellJob,
-  type ShellJobEnd,
-  type ShellJobStop,
-  type ToolTerminal,
-} from "./lib/restore/shell_job.ts";
+export { ShellJob, type ShellJobStatus, type ToolTerminal } from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
 export { type Feature, kernelFeatures } from "./lib/inspect/features.ts";

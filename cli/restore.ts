@@ -1,6 +1,7 @@
 /** `tardigrade restore DIR`: bring a checkpointed process back. */
-import { restore as sdkRestore, type RestoreResult, type ShellJobEnd } from "../mod.ts";
+import { restore as sdkRestore, type RestoreResult } from "../mod.ts";
 import { parseVerb, printJson, type Verb } from "./common.ts";
+import { type ShellJobEnd, waitLikeFg } from "./job_control.ts";
 import { ProgressBar } from "./progress.ts";
 
 /** Signal names for the line printed when a shell job stops. */
@@ -14,7 +15,7 @@ const STOP_SIGNALS: Record<number, string> = {
 /** Waits for a shell job like `fg`; resolves to how it ended. */
 async function waitForJob(result: RestoreResult): Promise<ShellJobEnd> {
   const job = result.job!;
-  return await job.wait(({ signal, withTool }) => {
+  return await waitLikeFg(job, ({ signal, withTool }) => {
     const how = STOP_SIGNALS[signal] ?? `signal ${signal}`;
     console.error(
       withTool

@@ -63,10 +63,22 @@ export function errnoText(errno: number): string {
 }
 
 /**
+ * Base of every error tardigrade raises on purpose, from the FFI layer up: one family for a user
+ * to catch. The SDK's errors (`NoSuchProcess`, `AccessDenied` …) extend it.
+ */
+export class TardigradeError extends Error {
+  /** An error with a message saying what happened and why. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/**
  * A system call or libc function failed. Carries the errno value and its name, the call and
  * its arguments: `ptrace(PTRACE_SEIZE, 4242): ESRCH (no such process)`.
  */
-export class SyscallError extends Error {
+export class SyscallError extends TardigradeError {
   /** The errno value the call set. */
   readonly errno: number;
   /** The errno's symbolic name, `ESRCH`. */
@@ -80,7 +92,6 @@ export class SyscallError extends Error {
   constructor(call: string, args: readonly unknown[], errno: number) {
     const shown = args.map((a) => typeof a === "bigint" ? `0x${a.toString(16)}` : String(a));
     super(`${call}(${shown.join(", ")}): ${errnoName(errno)} (${errnoText(errno)})`);
-    this.name = "SyscallError";
     this.errno = errno;
     this.code = errnoName(errno);
     this.call = call;

@@ -1,10 +1,22 @@
 /**
- * The FFI layer: libc bound through `Deno.dlopen`, kernel struct codecs, and typed wrappers that
- * turn errno into `SyscallError`. It knows nothing of the SDK in `lib/`.
+ * The FFI layer: libc bound through `Deno.dlopen`, the kernel's constants grouped by area, struct
+ * codecs, and typed wrappers that turn errno into `SyscallError`. It knows nothing of the SDK in
+ * `lib/`, and it is the only place that touches raw pointers or libc.
  * @module
  */
 export * from "./errno.ts";
 export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
-export * from "./structs.ts";
+export * from "./fcntl.ts";
+export * from "./mount.ts";
+export * from "./prctl.ts";
+export * from "./resource.ts";
 export * from "./ptrace.ts";
+export * from "./sched.ts";
+export * from "./seccomp.ts";
+export * from "./signal.ts";
+export * from "./stat.ts";
+export * from "./structs.ts";
 export * from "./syscalls.ts";
+export * from "./time.ts";
+export * from "./tty.ts";
+export * from "./userfaultfd.ts";

@@ -1,5 +1,6 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
 import { addressOf, cstring, libc, unwrap } from "./libc.ts";
+import { O } from "./fcntl.ts";
 import { encodeIovecs } from "./structs.ts";
 
 /** x86_64 syscall numbers used by tardigrade, both for local calls and injected ones. */
@@ -27,6 +28,7 @@ export const SYS = {
   shmctl: 31,
   dup: 32,
   dup2: 33,
+  nanosleep: 35,
   getitimer: 36,
   setitimer: 38,
   getpid: 39,
@@ -136,28 +138,6 @@ export function pidfdGetfd(pidfd: number, targetFd: number): number {
 export function tgkill(tgid: number, tid: number, sig: number): void {
   syscall("tgkill", tgid, tid, sig);
 }
-
-/** open(2) flags. */
-export const O = {
-  RDONLY: 0,
-  WRONLY: 1,
-  RDWR: 2,
-  ACCMODE: 3,
-  CREAT: 0o100,
-  EXCL: 0o200,
-  NOCTTY: 0o400,
-  TRUNC: 0o1000,
-  APPEND: 0o2000,
-  NONBLOCK: 0o4000,
-  DSYNC: 0o10000,
-  DIRECT: 0o40000,
-  LARGEFILE: 0o100000,
-  DIRECTORY: 0o200000,
-  NOFOLLOW: 0o400000,
-  NOATIME: 0o1000000,
-  CLOEXEC: 0o2000000,
-  PATH: 0o10000000,
-} as const;
 
 /** Opens a file through libc, giving a raw descriptor (for ioctl, pread, pidfd …). */
 export function open(path: string, flags: number, mode = 0): number {
@@ -310,55 +290,4 @@ export function processVmWrite(
 /** Sends a signal to a process. */
 export function kill(pid: number, sig: number): void {
   unwrap(libc.kill(pid, sig), "kill", [pid, sig]);
-}
-
-/** Signal numbers of x86_64 Linux. */
-export const SIG = {
-  SIGHUP: 1,
-  SIGINT: 2,
-  SIGQUIT: 3,
-  SIGILL: 4,
-  SIGTRAP: 5,
-  SIGABRT: 6,
-  SIGBUS: 7,
-  SIGFPE: 8,
-  SIGKILL: 9,
-  SIGUSR1: 10,
-  SIGSEGV: 11,
-  SIGUSR2: 12,
-  SIGPIPE: 13,
-  SIGALRM: 14,
-  SIGTERM: 15,
-  SIGSTKFLT: 16,
-  SIGCHLD: 17,
-  SIGCONT: 18,
-  SIGSTOP: 19,
-  SIGTSTP: 20,
-  SIGTTIN: 21,
-  SIGTTOU: 22,
-  SIGURG: 23,
-  SIGXCPU: 24,
-  SIGXFSZ: 25,
-  SIGVTALRM: 26,
-  SIGPROF: 27,
-  SIGWINCH: 28,
-  SIGIO: 29,
-  SIGPWR: 30,
-  SIGSYS: 31,
-} as const;
-
-/** prctl options tardigrade uses. */
-export const PR = {
-  SET_PDEATHSIG: 1,
-  SET_NAME: 15,
-  GET_NAME: 16,
-  SET_MM: 35,
-  SET_CHILD_SUBREAPER: 36,
-  GET_TID_ADDRESS: 40,
-  SET_NO_NEW_PRIVS: 38,
-} as const;
-
-/** Makes this process a child subreaper: orphans below it are reparented to it. */
-export function setChildSubreaper(): void {
-  unwrap(libc.prctl(PR.SET_CHILD_SUBREAPER, 1n, 0n, 0n, 0n), "prctl", ["PR_SET_CHILD_SUBREAPER"]);
 }

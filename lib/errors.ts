@@ -1,16 +1,7 @@
 /** Errors named for what happened, as psutil names them. */
-import { Errno, SyscallError } from "../ffi/mod.ts";
+import { Errno, SyscallError, TardigradeError } from "../ffi/mod.ts";
 
-export { SyscallError };
-
-/** Base of every error tardigrade raises on purpose. */
-export class TardigradeError extends Error {
-  /** An error with a message saying what happened and why. */
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+export { SyscallError, TardigradeError };
 
 /** The process (or thread) does not exist, or exited while it was being looked at. */
 export class NoSuchProcess extends TardigradeError {

@@ -16,7 +16,7 @@ import { dumpMemory, MemoryObjects } from "../memory/dump.ts";
 import { PageCollector, STAGING_SIZE } from "./page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
-import { dumpTerminal } from "../restore/shell_job.ts";
+import { dumpTerminal } from "../task/terminal.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";

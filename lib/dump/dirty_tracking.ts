@@ -12,9 +12,7 @@ import {
   close,
   encodePmScanArg,
   Errno,
-  errno,
   ioctl,
-  libc,
   O,
   open,
   PAGE_IS,
@@ -24,28 +22,12 @@ import {
   PM_SCAN_ARG_SIZE,
   pmScanWalkEnd,
   SyscallError,
+  UFFD,
 } from "../../ffi/mod.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import type { AddressRange } from "../inspect/pages.ts";
 import { procPath } from "../inspect/procfs.ts";
-
-/** userfaultfd constants (linux/userfaultfd.h). */
-export const UFFD = {
-  API: 0xaan,
-  FEATURE_WP_UNPOPULATED: 1n << 13n,
-  FEATURE_WP_ASYNC: 1n << 15n,
-  /** Faults from kernel mode are not handled: allowed without privilege. */
-  USER_MODE_ONLY: 1,
-  IOC_API: 0xc018aa3fn,
-  IOC_REGISTER: 0xc020aa00n,
-  IOC_WRITEPROTECT: 0xc018aa06n,
-  REGISTER_MODE_WP: 2n,
-  WRITEPROTECT_MODE_WP: 1n,
-} as const;
-
-const O_CLOEXEC = 0o2000000;
-const O_NONBLOCK = 0o4000;
 
 /** Whether a mapping is tracked: private anonymous writable memory (heap, stack, anon). */
 export function isTrackable(m: Mapping): boolean {
@@ -61,12 +43,12 @@ export function isTrackable(m: Mapping): boolean {
 export function takeUserfaultfd(inj: Injector, pidfd: number): number {
   let remote: bigint;
   try {
-    remote = inj.call("userfaultfd", O_CLOEXEC | O_NONBLOCK);
+    remote = inj.call("userfaultfd", O.CLOEXEC | O.NONBLOCK);
   } catch (err) {
     // vm.unprivileged_userfaultfd = 0 and no CAP_SYS_PTRACE in the target: user-mode faults
     // only, which is all async write-protection needs.
     if (!(err instanceof SyscallError && err.errno === Errno.EPERM)) throw err;
-    remote = inj.call("userfaultfd", O_CLOEXEC | O_NONBLOCK | UFFD.USER_MODE_ONLY);
+    remote = inj.call("userfaultfd", O.CLOEXEC | O.NONBLOCK | UFFD.USER_MODE_ONLY);
   }
   try {
     return pidfdGetfd(pidfd, Number(remote));
@@ -134,8 +116,7 @@ export class DirtyTracker implements Disposable {
             categoryInvertedMask: PAGE_IS.WRITTEN | PAGE_IS.PFNZERO,
             returnMask: PAGE_IS.WPALLOWED,
           });
-          const n = libc.ioctl(fd, PAGEMAP_SCAN, arg);
-          if (n === -1) throw new SyscallError("ioctl", [path, "PAGEMAP_SCAN"], errno());
+          const n = ioctl(fd, PAGEMAP_SCAN, arg, `ioctl(${path}, PAGEMAP_SCAN)`);
           for (let i = 0; i < n; i++) {
             const s = vec[i * 3], e = vec[i * 3 + 1];
             const last = out[out.length - 1];

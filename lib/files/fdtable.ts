@@ -13,7 +13,7 @@ import type { RegularEntry } from "./regular.ts";
 import type { FileDumpContext, FileRestoreContext } from "./types.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { Policy } from "../policy.ts";
-import type { RemoteMemory } from "../inspect/remote_memory.ts";
+import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
 import { type AddressSpaceBuilder, takeFd } from "../memory/restore.ts";
 

@@ -6,7 +6,7 @@
 import type { Fd, FdKind } from "../inspect/fds.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
-import type { RemoteMemory } from "../inspect/remote_memory.ts";
+import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FileEntry } from "../image/schema.ts";
 
 /** What a handler may use while the target is frozen. */

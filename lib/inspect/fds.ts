@@ -1,5 +1,5 @@
 /** The open file descriptors of a process, with kind, fdinfo and an id per shared open file. */
-import { Errno, KCMP, kcmp, O, SyscallError } from "../../ffi/mod.ts";
+import { Errno, KCMP, kcmp, major, O, S_IF, SyscallError } from "../../ffi/mod.ts";
 import { AccessDenied, NoSuchProcess, Unsupported } from "../errors.ts";
 import { hexMask, parseKeyValues, procError, procExists, procPath } from "./procfs.ts";
 
@@ -157,18 +157,6 @@ export interface Fd {
   fileId: number;
 }
 
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFCHR = 0o020000;
-const S_IFBLK = 0o060000;
-const S_IFREG = 0o100000;
-const S_IFIFO = 0o010000;
-const S_IFSOCK = 0o140000;
-
-function major(rdev: number): number {
-  return ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-}
-
 function isTtyMajor(m: number): boolean {
   return m === 4 || m === 5 || (m >= 136 && m <= 143);
 }
@@ -189,18 +177,18 @@ export function fdKind(target: string, mode: number, rdev: number): FdKind {
   if (target.startsWith("socket:[")) return "socket";
   if (target.startsWith("anon_inode:")) return ANON_KINDS[target.slice(11)] ?? "other";
   if (target.startsWith("pidfd:")) return "pidfd";
-  switch (mode & S_IFMT) {
-    case S_IFREG:
+  switch (mode & S_IF.MT) {
+    case S_IF.REG:
       return target.startsWith("/memfd:") ? "memfd" : "file";
-    case S_IFDIR:
+    case S_IF.DIR:
       return "directory";
-    case S_IFIFO:
+    case S_IF.IFO:
       return "fifo";
-    case S_IFSOCK:
+    case S_IF.SOCK:
       return "socket";
-    case S_IFCHR:
+    case S_IF.CHR:
       return isTtyMajor(major(rdev)) ? "tty" : "device";
-    case S_IFBLK:
+    case S_IF.BLK:
       return "device";
   }
   return "other";

@@ -1,8 +1,9 @@
 /** The memory mappings (VMAs) of a process: PROCMAP_QUERY ioctl walk or /proc/PID/maps text. */
 import {
+  addressOf,
+  close,
   Errno,
-  errno,
-  libc,
+  ioctl,
   O,
   open,
   PROCMAP_QUERY,
@@ -11,7 +12,6 @@ import {
   PROCMAP_VMA,
   SyscallError,
 } from "../../ffi/mod.ts";
-import { close } from "../../ffi/mod.ts";
 import { Unsupported } from "../errors.ts";
 import { procError, procPath } from "./procfs.ts";
 
@@ -232,7 +232,7 @@ const buildIdBuf = new Uint8Array(256); // off the V8 heap (> 64 bytes), so its 
 const utf8 = new TextDecoder();
 
 function addressBits(buf: Uint8Array): [number, number] {
-  const v = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)));
+  const v = addressOf(buf);
   return [Number(v & 0xffffffffn), Number(v >> 32n)];
 }
 
@@ -270,12 +270,14 @@ function queryMappings(pid: number, withBuildId: boolean, at?: bigint): Mapping[
     for (;;) {
       req32[20] = NAME_MAX;
       req32[21] = withBuildId ? buildIdBuf.length : 0;
-      if (libc.ioctl(fd, PROCMAP_QUERY, request) === -1) {
-        const e = errno();
+      try {
+        ioctl(fd, PROCMAP_QUERY, request, "ioctl(PROCMAP_QUERY)");
+      } catch (err) {
+        const e = err instanceof SyscallError ? err.errno : 0;
         if (e === Errno.ENOENT) break; // No VMA at or after the address: the walk is done.
         const missing = e === Errno.ENOTTY || (e === Errno.EINVAL && at === undefined);
         if (missing && out.length === 0) return null;
-        throw procError(new SyscallError("ioctl", [path, "PROCMAP_QUERY"], e), pid, "maps");
+        throw procError(err, pid, "maps");
       }
       const startLo = req32[6], startHi = req32[7], endLo = req32[8], endHi = req32[9];
       const nameSize = req32[20];

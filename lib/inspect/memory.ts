@@ -1,119 +1,167 @@
-/** Reading and writing another process's memory: process_vm_readv/writev, /proc/PID/mem fallback. */
-import { addressOf, close, Errno, errno, libc, O, open, SyscallError } from "../../ffi/mod.ts";
+/**
+ * Another process's memory: one reader and writer for the whole tool. `process_vm_readv/writev`
+ * is the fast path; where it may not go (PROT_NONE pages, read-only pages to write, a range
+ * running into a hole) `/proc/PID/mem` takes over, which goes through page protections
+ * (FOLL_FORCE) as a debugger does. Reading or writing a frozen process's code and read-only data
+ * (while restoring) works the same way.
+ */
+import {
+  close,
+  Errno,
+  O,
+  open,
+  pread,
+  processVmRead,
+  processVmWrite,
+  pwrite,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { procError, procPath } from "./procfs.ts";
 
-// One local and one remote iovec, reused by every call (calls are synchronous).
-const localIov = new BigUint64Array(2);
-const remoteIov = new BigUint64Array(2);
-const localIovBytes = new Uint8Array(localIov.buffer);
-const remoteIovBytes = new Uint8Array(remoteIov.buffer);
-
-type Direction = "process_vm_readv" | "process_vm_writev";
+type Direction = "read" | "write";
 
 /**
- * One process_vm_* call; returns the bytes moved, or -errno. A short count means the remote
- * range hit a page the call may not touch.
+ * The memory of process `pid`. Methods are synchronous; `/proc/PID/mem` is opened on first need
+ * and kept until `close()` (or `using`).
  */
-function vmCall(which: Direction, pid: number, local: Uint8Array, remote: bigint): number {
-  localIov[0] = addressOf(local);
-  localIov[1] = BigInt(local.length);
-  remoteIov[0] = remote;
-  remoteIov[1] = BigInt(local.length);
-  const n = libc[which](pid, localIovBytes, 1n, remoteIovBytes, 1n, 0n);
-  return n === -1n ? -errno() : Number(n);
-}
+export class RemoteMemory implements Disposable {
+  #memFd = -1;
+  #memWritable = false;
 
-/**
- * Moves bytes through /proc/PID/mem, which goes through page protections (FOLL_FORCE): it reads
- * PROT_NONE memory and writes read-only memory. Returns the bytes moved before the first failure.
- */
-function viaMem(which: Direction, pid: number, local: Uint8Array, remote: bigint): number {
-  const path = procPath(pid, "mem");
-  let fd: number;
-  try {
-    fd = open(path, which === "process_vm_readv" ? O.RDONLY : O.RDWR);
-  } catch (err) {
-    throw procError(err, pid, "mem");
+  /** The memory of process `pid`; nothing is opened yet. */
+  constructor(readonly pid: number) {}
+
+  /** Reads exactly `buf.length` bytes at `addr` into `buf`; throws when any cannot be read. */
+  readInto(addr: bigint, buf: Uint8Array): Uint8Array {
+    this.#exactly("read", addr, buf);
+    return buf;
   }
-  try {
-    let done = 0;
-    while (done < local.length) {
-      const part = local.subarray(done) as Uint8Array<ArrayBuffer>;
-      const off = remote + BigInt(done);
-      const n = which === "process_vm_readv"
-        ? libc.pread(fd, part, BigInt(part.length), off)
-        : libc.pwrite(fd, part, BigInt(part.length), off);
-      if (n === -1n) {
-        const e = errno();
-        if (e === Errno.EIO || e === Errno.EFAULT) break; // not mapped
-        if (e === Errno.EINTR) continue;
-        throw procError(
-          new SyscallError(which === "process_vm_readv" ? "pread" : "pwrite", [
-            path,
-            off,
-          ], e),
-          pid,
-          "mem",
-        );
-      }
-      if (n === 0n) break;
-      done += Number(n);
-    }
-    return done;
-  } finally {
+
+  /** Reads `length` bytes at `addr`; throws when any of them cannot be read. */
+  read(addr: bigint, length: number): Uint8Array {
+    return this.readInto(addr, new Uint8Array(length));
+  }
+
+  /**
+   * Reads up to `buf.length` bytes at `addr` into `buf` without allocating; returns the bytes
+   * read, short where the range runs into unmapped memory.
+   */
+  readAvailable(addr: bigint, buf: Uint8Array): number {
+    return this.#copy("read", addr, buf);
+  }
+
+  /** Writes all of `data` at `addr`, read-only mappings included; throws when it cannot. */
+  write(addr: bigint, data: Uint8Array): void {
+    this.#exactly("write", addr, data);
+  }
+
+  /** Closes `/proc/PID/mem` if it was opened. */
+  close(): void {
+    if (this.#memFd < 0) return;
+    const fd = this.#memFd;
+    this.#memFd = -1;
     close(fd);
   }
-}
 
-function copy(which: Direction, pid: number, local: Uint8Array, remote: bigint): number {
-  let done = 0;
-  while (done < local.length) {
-    const part = done === 0 ? local : local.subarray(done);
-    const n = vmCall(which, pid, part, remote + BigInt(done));
-    if (n > 0) {
-      done += n;
-      continue;
+  /** Closes it (`using`). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #exactly(which: Direction, addr: bigint, buf: Uint8Array): void {
+    const n = this.#copy(which, addr, buf);
+    if (n < buf.length) {
+      const call = which === "read" ? "process_vm_readv" : "process_vm_writev";
+      const err = new SyscallError(call, [this.pid, addr + BigInt(n)], Errno.EFAULT);
+      throw procError(err, this.pid, "memory");
     }
-    if (n === 0 || n === -Errno.EFAULT) {
-      // A page the call may not touch (read-only for a write, PROT_NONE) or not mapped.
-      const m = viaMem(which, pid, part, remote + BigInt(done));
+  }
+
+  #copy(which: Direction, addr: bigint, buf: Uint8Array): number {
+    let done = 0;
+    while (done < buf.length) {
+      const part = done === 0 ? buf : buf.subarray(done);
+      const at = addr + BigInt(done);
+      let n: number;
+      try {
+        const range = [{ remote: at, len: part.length }];
+        n = which === "read"
+          ? processVmRead(this.pid, part, range)
+          : processVmWrite(this.pid, part, range);
+      } catch (err) {
+        if (!(err instanceof SyscallError)) throw err;
+        if (err.errno === Errno.EINTR) continue;
+        if (err.errno !== Errno.EFAULT) throw procError(err, this.pid, "memory");
+        n = 0; // the first page may not be touched this way
+      }
+      if (n > 0) {
+        done += n;
+        continue;
+      }
+      // A page process_vm_* may not touch (read-only for a write, PROT_NONE) or not mapped.
+      const m = this.#viaMem(which, at, part);
       done += m;
       if (m === 0) break;
-      continue;
     }
-    if (n === -Errno.EINTR) continue;
-    const call = which;
-    throw procError(new SyscallError(call, [pid, remote + BigInt(done)], -n), pid, "memory");
+    return done;
   }
-  return done;
+
+  /** Moves bytes through /proc/PID/mem; returns the bytes moved before the first failure. */
+  #viaMem(which: Direction, addr: bigint, buf: Uint8Array): number {
+    const fd = this.#mem(which === "write");
+    let done = 0;
+    while (done < buf.length) {
+      const part = buf.subarray(done);
+      const off = addr + BigInt(done);
+      let n: number;
+      try {
+        n = which === "read" ? pread(fd, part, off) : pwrite(fd, part, off);
+      } catch (err) {
+        if (!(err instanceof SyscallError)) throw err;
+        if (err.errno === Errno.EIO || err.errno === Errno.EFAULT) break; // not mapped
+        if (err.errno === Errno.EINTR) continue;
+        throw procError(err, this.pid, "mem");
+      }
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+
+  #mem(writable: boolean): number {
+    if (this.#memFd >= 0 && (this.#memWritable || !writable)) return this.#memFd;
+    this.close();
+    try {
+      this.#memFd = open(procPath(this.pid, "mem"), writable ? O.RDWR : O.RDONLY);
+    } catch (err) {
+      throw procError(err, this.pid, "mem");
+    }
+    this.#memWritable = writable;
+    return this.#memFd;
+  }
 }
 
 /**
- * Reads `buf.length` bytes at `addr` of process `pid` into `buf` without allocating; returns the
- * bytes read, short when the range runs into unmapped memory.
+ * Reads up to `buf.length` bytes at `addr` of process `pid` without allocating; returns the bytes
+ * read, short when the range runs into unmapped memory.
  */
 export function readMemoryInto(pid: number, addr: bigint, buf: Uint8Array): number {
-  return copy("process_vm_readv", pid, buf, addr);
+  using mem = new RemoteMemory(pid);
+  return mem.readAvailable(addr, buf);
 }
 
-/** Reads `length` bytes at `addr`; throws when any of them cannot be read. */
+/** Reads `length` bytes at `addr` of process `pid`; throws when any of them cannot be read. */
 export function readMemory(pid: number, addr: bigint, length: number): Uint8Array {
-  const buf = new Uint8Array(length);
-  const n = readMemoryInto(pid, addr, buf);
-  if (n < length) {
-    throw new SyscallError("process_vm_readv", [pid, addr + BigInt(n)], Errno.EFAULT);
-  }
-  return buf;
+  using mem = new RemoteMemory(pid);
+  return mem.read(addr, length);
 }
 
 /**
- * Writes `bytes` at `addr` of process `pid`, also into read-only mappings (through
- * /proc/PID/mem); throws when any byte cannot be written. Writing into a file-backed page makes
- * that page a private anonymous copy in the target.
+ * Writes `bytes` at `addr` of process `pid`, also into read-only mappings; throws when any byte
+ * cannot be written. Writing into a file-backed page makes that page a private anonymous copy in
+ * the target.
  */
 export function writeMemory(pid: number, addr: bigint, bytes: Uint8Array): void {
-  const n = copy("process_vm_writev", pid, bytes, addr);
-  if (n < bytes.length) {
-    throw new SyscallError("process_vm_writev", [pid, addr + BigInt(n)], Errno.EFAULT);
-  }
+  using mem = new RemoteMemory(pid);
+  mem.write(addr, bytes);
 }

@@ -3,8 +3,7 @@ import {
   addressOf,
   close,
   Errno,
-  errno,
-  libc,
+  ioctl,
   O,
   open,
   PAGE_IS,
@@ -113,11 +112,13 @@ function scan(
       arg32[18] = masks.mask ?? 0;
       arg32[20] = masks.anyof;
       arg32[22] = masks.ret;
-      const n = libc.ioctl(fd, PAGEMAP_SCAN, arg);
-      if (n === -1) {
-        const e = errno();
+      let n: number;
+      try {
+        n = ioctl(fd, PAGEMAP_SCAN, arg, "ioctl(PAGEMAP_SCAN)");
+      } catch (err) {
+        const e = err instanceof SyscallError ? err.errno : 0;
         if (first && (e === Errno.ENOTTY || e === Errno.EINVAL)) return false;
-        throw procError(new SyscallError("ioctl", [path, "PAGEMAP_SCAN"], e), pid, "pagemap");
+        throw procError(err, pid, "pagemap");
       }
       first = false;
       if (n > 0) sink(n);

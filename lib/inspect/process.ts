@@ -1,4 +1,5 @@
 /** A live process as an object, modelled on psutil: a pid plus lazy async accessors. */
+import { RLIM_INFINITY, RLIMIT } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import { assignFileIds, type Fd, FileTable, listFdNumbers, readFd } from "./fds.ts";
 import { findMapping, listMappings, type Mapping, type MappingOptions } from "./mappings.ts";
@@ -78,28 +79,7 @@ export interface Rlimit {
   hard: bigint;
 }
 
-/** `RLIM_INFINITY`, unlimited. */
-export const RLIM_INFINITY: bigint = 2n ** 64n - 1n;
-
-/** Resource numbers of setrlimit/prlimit by name. */
-export const RLIMIT = {
-  CPU: 0,
-  FSIZE: 1,
-  DATA: 2,
-  STACK: 3,
-  CORE: 4,
-  RSS: 5,
-  NPROC: 6,
-  NOFILE: 7,
-  MEMLOCK: 8,
-  AS: 9,
-  LOCKS: 10,
-  SIGPENDING: 11,
-  MSGQUEUE: 12,
-  NICE: 13,
-  RTPRIO: 14,
-  RTTIME: 15,
-} as const;
+export { RLIM_INFINITY, RLIMIT };
 
 /** A resource name of `RLIMIT`. */
 export type RlimitName = keyof typeof RLIMIT;

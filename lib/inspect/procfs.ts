@@ -1,5 +1,5 @@
 /** Small readers and parsers of /proc/PID files, with errors named for the process. */
-import { Errno, SyscallError } from "../../ffi/mod.ts";
+import { Errno, PF, SyscallError } from "../../ffi/mod.ts";
 import { AccessDenied, explain, NoSuchProcess, Unsupported } from "../errors.ts";
 
 const decoder = new TextDecoder();
@@ -69,13 +69,11 @@ export class NoAddressSpace extends Unsupported {
   }
 }
 
-const PF_KTHREAD = 0x00200000;
-
 /** Whether process `pid` is a kernel thread or a zombie, so has no memory to look at. */
 export function hasNoAddressSpace(pid: number): boolean {
   try {
     const { fields } = splitStat(Deno.readTextFileSync(procPath(pid, "stat")));
-    return fields[0] === "Z" || fields[0] === "X" || (Number(fields[6]) & PF_KTHREAD) !== 0;
+    return fields[0] === "Z" || fields[0] === "X" || (Number(fields[6]) & PF.KTHREAD) !== 0;
   } catch {
     return false;
   }

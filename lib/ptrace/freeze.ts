@@ -12,6 +12,7 @@ import {
   PTRACE_EVENT,
   PTRACE_O,
   type Regs,
+  SECCOMP_MODE,
   seize,
   setOptions,
   SIG,
@@ -21,7 +22,7 @@ import {
 import { AccessDenied, DumpError, explain, NoSuchProcess } from "../errors.ts";
 import { Injector } from "./inject.ts";
 import { statusField } from "../inspect/procfs.ts";
-import { RemoteMemory } from "../inspect/remote_memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
 
 /** One stopped thread of a frozen process. */
 export interface FrozenThread {
@@ -178,17 +179,18 @@ export class FrozenProcess implements AsyncDisposable {
    */
   #suspendSeccomp(): void {
     for (const t of this.#threads.values()) {
-      // Seccomp: 0 none, 1 strict, 2 filter; undefined once the thread ended (only SIGKILL can
-      // end a stopped one): it runs nothing.
-      const mode = Number(statusField(this.pid, "Seccomp", t.tid) ?? 0);
-      if (mode === 0) continue;
+      // Undefined once the thread ended (only SIGKILL can end a stopped one): it runs nothing.
+      const mode = Number(statusField(this.pid, "Seccomp", t.tid) ?? SECCOMP_MODE.DISABLED);
+      if (mode === SECCOMP_MODE.DISABLED) continue;
       try {
         setOptions(t.tid, PTRACE_O.SUSPEND_SECCOMP);
       } catch (err) {
         if (isEsrch(err)) continue;
         if (!(err instanceof SyscallError)) throw err;
         this.#seccompRefusal ??= `process ${this.pid} (thread ${t.tid}) is confined by seccomp ` +
-          `(${mode === 1 ? "strict mode" : "a filter"}): the syscalls tardigrade injects could ` +
+          `(${
+            mode === SECCOMP_MODE.STRICT ? "strict mode" : "a filter"
+          }): the syscalls tardigrade injects could ` +
           `be refused or kill it, and suspending seccomp while traced ` +
           `(PTRACE_O_SUSPEND_SECCOMP) was refused with ${err.code}: it needs CAP_SYS_ADMIN, ` +
           `and tardigrade must not run under seccomp itself`;

@@ -21,7 +21,7 @@ import {
   waitpid,
 } from "../../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "../errors.ts";
-import type { RemoteMemory } from "../inspect/remote_memory.ts";
+import type { RemoteMemory } from "../inspect/memory.ts";
 
 /** Name of an injectable syscall. */
 export type SyscallName = keyof typeof SYS;

@@ -4,6 +4,7 @@
  * pid. No kernel module and no compiled helper: everything is injected syscalls.
  */
 import {
+  CLONE_THREAD_FLAGS,
   cont,
   encodeCloneArgs,
   Errno,
@@ -20,7 +21,7 @@ import {
 import { RestoreError } from "../errors.ts";
 import { Injector } from "./inject.ts";
 import { procExists } from "../inspect/procfs.ts";
-import { RemoteMemory } from "../inspect/remote_memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
 
 /** Options the restorer traces its processes with: fork and clone children are attached too,
  * and everything made dies with the tool if the tool dies midway. */
@@ -44,9 +45,6 @@ export function waitStopped(tid: number, what: string): void {
   const st = waitpid(tid)!;
   if (st.exited || st.signaled) throw new RestoreError(`${what} (${tid}) ended unexpectedly`);
 }
-
-/** CLONE_VM | FS | FILES | SIGHAND | THREAD | SYSVSEM: a thread of the same process. */
-const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n;
 
 /**
  * Injects clone3 with set_tid = `id` into the process `inj` runs in: a child process

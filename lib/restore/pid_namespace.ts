@@ -22,9 +22,11 @@
  * (set_tid, the tgid of a queued signal). `PidMap` keeps the one to the other.
  */
 import {
+  CLONE,
   detach,
   getRegs,
   kill,
+  MS,
   PR,
   setRegs,
   setSigMask,
@@ -36,12 +38,10 @@ import {
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { processState, statusField } from "../inspect/procfs.ts";
-import { RemoteMemory } from "../inspect/remote_memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
 
-const CLONE_NEWNS = 0x20000, CLONE_NEWPID = 0x20000000;
-const MS_NOSUID = 0x2, MS_NODEV = 0x4, MS_NOEXEC = 0x8, MS_REC = 0x4000, MS_PRIVATE = 0x40000;
 const PROT_READ = 1, PROT_EXEC = 4, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20;
 const PAGE = 4096;
 
@@ -166,7 +166,7 @@ export class PidNamespace {
    */
   static create(stub: Injector): PidNamespace {
     const toolPidfdFd = Number(stub.call("pidfd_open", Deno.pid, 0));
-    stub.call("unshare", CLONE_NEWPID);
+    stub.call("unshare", CLONE.NEWPID);
     const init = forkWithPid(stub, 1);
     try {
       const inj = new Injector(init, init, new RemoteMemory(init), stub.site);
@@ -196,15 +196,15 @@ export class PidNamespace {
     const inj = this.injector;
     const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
     inj.call("prctl", PR.SET_NAME, str("tardigrade-init", 0));
-    inj.call("unshare", CLONE_NEWNS);
+    inj.call("unshare", CLONE.NEWNS);
     // Private, recursively: a mount made here must not propagate to the host's namespace.
-    inj.call("mount", 0, str("/", 0), 0, MS_REC | MS_PRIVATE, 0);
+    inj.call("mount", 0, str("/", 0), 0, MS.REC | MS.PRIVATE, 0);
     inj.call(
       "mount",
       str("proc", 0),
       str("/proc", 64),
       str("proc", 128),
-      MS_NOSUID | MS_NODEV | MS_NOEXEC,
+      MS.NOSUID | MS.NODEV | MS.NOEXEC,
       0,
     );
   }

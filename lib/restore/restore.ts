@@ -36,25 +36,24 @@ import {
   adoptOrphans,
   joinAsJob,
   moveToTerminal,
-  onControllingTerminal,
   ShellJob,
   type ToolTerminal,
   toolTerminal,
 } from "./shell_job.ts";
+import { onControllingTerminal } from "../task/terminal.ts";
 import { STAGING_SIZE } from "../dump/page_collector.ts";
-import {
-  restoreCreds,
-  restoreFsAndPersonality,
-  restoreItimers,
-  restoreMm,
-  restoreRlimits,
-  restoreSession,
-  restoreSigactions,
-} from "../task/task.ts";
+import { restoreAttributes } from "../task/attributes.ts";
+import { restoreCredentials } from "../task/credentials.ts";
+import { restoreFsState } from "../task/fs_state.ts";
+import { restoreItimers } from "../task/itimers.ts";
+import { restoreMm } from "../task/mm.ts";
+import { restoreRlimits } from "../task/rlimits.ts";
+import { restoreSession } from "../task/session.ts";
+import { restoreSharedPending, restoreSigactions } from "../task/signals.ts";
 import { cloneThread, finalRegs, restoreThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
 import type { Policy } from "../policy.ts";
-import { RemoteMemory } from "../inspect/remote_memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
 import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
@@ -320,7 +319,8 @@ async function build(
   restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
 
   stage("process", p);
-  restoreFsAndPersonality(inj, p);
+  restoreFsState(inj, p);
+  restoreAttributes(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
@@ -339,9 +339,7 @@ async function build(
   for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
-  for (const s of p.sharedPending) {
-    inj.call("rt_sigqueueinfo", p.pid, s.signo, inj.put(s.siginfo, 1024)); // its pid as it sees it
-  }
+  restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
   warnings.push(...restoreRlimits(inj, p.rlimits));
   return pageBytes;
 }
@@ -359,8 +357,10 @@ function seal(m: Making): void {
   seccomp(true);
   // Credentials belong to each thread (a raw setresuid changes only its caller's): every thread,
   // the main one last.
-  for (const t of p.threads) if (t.tid !== p.pid) restoreCreds(m.injectors!.get(t.tid)!, p);
-  restoreCreds(inj, p);
+  for (const t of p.threads) {
+    if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
+  }
+  restoreCredentials(inj, p.creds);
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
   // Last in each thread, the filters: they may forbid what came before. The munmap below (and
   // anything else injected until the detach) still runs, as seccomp is suspended while traced.

@@ -3,12 +3,16 @@
  * the program's state (it holds them), so the restore asks the kernel for the same ids with
  * `PR_TIMER_CREATE_RESTORE_IDS`.
  */
+import { PR, SIGEV } from "../../ffi/mod.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PosixTimerEntry } from "../image/schema.ts";
 
-const SIGEV_THREAD_ID = 4;
-const NOTIFY_KINDS: Record<string, number> = { signal: 0, none: 1, thread: 2 };
-const PR_TIMER_CREATE_RESTORE_IDS = 77;
+/** /proc/PID/timers `notify:` kinds. */
+const NOTIFY_KINDS: Record<string, number> = {
+  signal: SIGEV.SIGNAL,
+  none: SIGEV.NONE,
+  thread: SIGEV.THREAD,
+};
 
 function ns(sec: bigint, nsec: bigint): bigint {
   return sec * 1_000_000_000n + nsec;
@@ -27,7 +31,7 @@ export function parseTimers(text: string): Omit<PosixTimerEntry, "intervalNs" | 
       id: Number(id[1]),
       signo: Number(sig[1]),
       sigval: BigInt(`0x${sig[2]}`),
-      notify: (NOTIFY_KINDS[notify[1]] ?? 0) | (notify[2] === "tid" ? SIGEV_THREAD_ID : 0),
+      notify: (NOTIFY_KINDS[notify[1]] ?? 0) | (notify[2] === "tid" ? SIGEV.THREAD_ID : 0),
       targetTid: Number(notify[3]),
       clockid: Number(clock[1]),
     });
@@ -60,7 +64,7 @@ function timespecPair(intervalNs: bigint, valueNs: bigint): Uint8Array {
 /** Makes the timers again with their ids and arms them with the time they had left. */
 export function restorePosixTimers(inj: Injector, timers: PosixTimerEntry[]): void {
   if (timers.length === 0) return;
-  inj.call("prctl", PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0);
+  inj.call("prctl", PR.TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0);
   try {
     for (const t of [...timers].sort((a, b) => a.id - b.id)) {
       // struct sigevent: sigev_value 0, sigev_signo 8, sigev_notify 12, _tid 16; 64 bytes.
@@ -77,6 +81,6 @@ export function restorePosixTimers(inj: Injector, timers: PosixTimerEntry[]): vo
       }
     }
   } finally {
-    inj.call("prctl", PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0);
+    inj.call("prctl", PR.TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0);
   }
 }

@@ -12,6 +12,8 @@ import {
   getSeccompFilterFlags,
   PR,
   PTRACE_O,
+  SECCOMP_MODE,
+  SECCOMP_SET_MODE,
   setOptions,
   SyscallError,
 } from "../../ffi/mod.ts";
@@ -20,8 +22,6 @@ import type { Injector } from "../ptrace/inject.ts";
 import { statusField } from "../inspect/procfs.ts";
 import type { ProcessEntry, SeccompFilterEntry, ThreadEntry } from "../image/schema.ts";
 
-const SECCOMP_SET_MODE_STRICT = 0;
-const SECCOMP_SET_MODE_FILTER = 1;
 /** Where the BPF program goes in the scratch region: room for the kernel's 4096 instructions. */
 const BPF_OFFSET = 16384;
 
@@ -43,9 +43,9 @@ export function dumpSeccomp(pid: number, threads: ThreadEntry[]): SeccompFilterE
   for (const t of threads) {
     const { mode, noNewPrivs } = statusOf(pid, t.tid);
     if (noNewPrivs) t.noNewPrivs = true;
-    if (mode === 0) continue;
+    if (mode === SECCOMP_MODE.DISABLED) continue;
     const filters: number[] = [];
-    for (let index = 0; mode === 2; index++) {
+    for (let index = 0; mode === SECCOMP_MODE.FILTER; index++) {
       const bpf = getSeccompFilter(t.tid, index);
       if (!bpf) break;
       const flags = getSeccompFilterFlags(t.tid, index);
@@ -58,7 +58,7 @@ export function dumpSeccomp(pid: number, threads: ThreadEntry[]): SeccompFilterE
       filters.unshift(at); // the kernel lists the newest first; we keep the install order
     }
     // A chain we could not read would come back as no filter at all: refuse instead.
-    if (mode === 2 && filters.length === 0) {
+    if (mode === SECCOMP_MODE.FILTER && filters.length === 0) {
       throw new DumpError(`thread ${t.tid} of ${pid} has seccomp filters that cannot be read`);
     }
     t.seccomp = { mode, filters };
@@ -68,7 +68,9 @@ export function dumpSeccomp(pid: number, threads: ThreadEntry[]): SeccompFilterE
 
 /** Whether the image holds a process that seccomp confines. */
 export function needsSeccompSuspended(entries: ProcessEntry[]): boolean {
-  return entries.some((p) => p.threads.some((t) => (t.seccomp?.mode ?? 0) !== 0));
+  return entries.some((p) =>
+    p.threads.some((t) => (t.seccomp?.mode ?? SECCOMP_MODE.DISABLED) !== SECCOMP_MODE.DISABLED)
+  );
 }
 
 /**
@@ -95,7 +97,7 @@ export function suspendSeccompFor(stubPid: number, options: number): void {
  * asks for CAP_SYS_ADMIN, which the restored credentials may drop.
  */
 export function seccompBeforeCreds(t: ThreadEntry): boolean {
-  return t.seccomp?.mode === 2 && !t.noNewPrivs;
+  return t.seccomp?.mode === SECCOMP_MODE.FILTER && !t.noNewPrivs;
 }
 
 /**
@@ -118,14 +120,14 @@ export function restoreSeccomp(
       fail("PR_SET_NO_NEW_PRIVS", err);
     }
   }
-  const mode = t.seccomp?.mode ?? 0;
-  if (mode === 1) {
+  const mode = t.seccomp?.mode ?? SECCOMP_MODE.DISABLED;
+  if (mode === SECCOMP_MODE.STRICT) {
     try {
-      inj.call("seccomp", SECCOMP_SET_MODE_STRICT, 0, 0);
+      inj.call("seccomp", SECCOMP_SET_MODE.STRICT, 0, 0);
     } catch (err) {
       fail("seccomp strict mode", err);
     }
-  } else if (mode === 2) {
+  } else if (mode === SECCOMP_MODE.FILTER) {
     for (const [i, n] of (t.seccomp?.filters ?? []).entries()) {
       const f = filters[n];
       if (!f) throw new RestoreError(`thread ${t.tid}: seccomp filter ${n} is not in the image`);
@@ -133,7 +135,7 @@ export function restoreSeccomp(
       prog.setUint16(0, f.bpf.length / 8, true);
       prog.setBigUint64(8, inj.put(f.bpf, BPF_OFFSET), true);
       try {
-        inj.call("seccomp", SECCOMP_SET_MODE_FILTER, f.flags, inj.put(new Uint8Array(prog.buffer)));
+        inj.call("seccomp", SECCOMP_SET_MODE.FILTER, f.flags, inj.put(new Uint8Array(prog.buffer)));
       } catch (err) {
         const hint = err instanceof SyscallError && err.errno === Errno.EACCES
           ? " (installed without no_new_privs: it needs CAP_SYS_ADMIN)"

@@ -5,7 +5,9 @@
  */
 import {
   addressOf,
+  CLOCK,
   cont,
+  Errno,
   getRegs,
   getRegset,
   getRseqConfig,
@@ -19,18 +21,20 @@ import {
   setRegs,
   setRegset,
   setSigMask,
+  SYS,
   syscall,
+  TIMER_ABSTIME,
 } from "../../ffi/mod.ts";
 import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
 import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
 
-const ERESTART_RESTARTBLOCK = -516n;
-const TIMER_ABSTIME = 1n;
-const NR_NANOSLEEP = 35n;
-const NR_CLOCK_NANOSLEEP = 230n;
-const NR_POLL = 7n;
+const ERESTART_RESTARTBLOCK = -BigInt(Errno.ERESTART_RESTARTBLOCK);
+const EINTR = -BigInt(Errno.EINTR);
+const NR_NANOSLEEP = BigInt(SYS.nanosleep);
+const NR_CLOCK_NANOSLEEP = BigInt(SYS.clock_nanosleep);
+const NR_POLL = BigInt(SYS.poll);
 
 /** Reads a `struct timespec` from the target, in nanoseconds. */
 function readTimespecNs(inj: Injector, addr: bigint): bigint {
@@ -46,7 +50,7 @@ function readTimespecNs(inj: Injector, addr: bigint): bigint {
 function sleepRemaining(inj: Injector, regs: Record<string, bigint>): bigint | undefined {
   if (BigInt.asIntN(64, regs.rax) !== ERESTART_RESTARTBLOCK) return undefined;
   if (regs.orig_rax === NR_CLOCK_NANOSLEEP) {
-    if (regs.rsi & TIMER_ABSTIME) return undefined;
+    if (regs.rsi & BigInt(TIMER_ABSTIME)) return undefined;
     return readTimespecNs(inj, regs.r10 !== 0n ? regs.r10 : regs.rdx);
   }
   if (regs.orig_rax === NR_NANOSLEEP) {
@@ -100,8 +104,6 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   };
 }
 
-const EINTR = -4n;
-
 /**
  * Makes a thread with the dumped tid (as the process sees it) in the restored process; returns
  * its tid on the host.
@@ -152,7 +154,7 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
   const ns = t.sleepRemainingNs!;
   const ts = new BigInt64Array([ns / 1_000_000_000n, ns % 1_000_000_000n]);
   const req = inj.put(new Uint8Array(ts.buffer), 2048);
-  const clockid = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.rdi : 1n; // nanosleep: MONOTONIC
+  const clockid = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.rdi : BigInt(CLOCK.MONOTONIC);
   const rem = base.orig_rax === NR_CLOCK_NANOSLEEP ? base.r10 : base.rsi;
   setSigMask(inj.tid, ~0n);
   setRegs(inj.tid, {

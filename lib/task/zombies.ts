@@ -12,12 +12,25 @@
  * to wait for. The SIGCHLD that exit sends the parent is taken back (an injected
  * rt_sigtimedwait) unless SIGCHLD was pending at dump: the original got its SIGCHLD long ago.
  */
-import { cont, getRegs, kill, setRegs, setSigMask, SIG, SYS, waitpid } from "../../ffi/mod.ts";
+import {
+  cont,
+  getRegs,
+  kill,
+  PR,
+  RLIMIT,
+  setRegs,
+  setSigMask,
+  SIG,
+  sigBit,
+  SYS,
+  waitpid,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { childrenOf } from "../inspect/procfs.ts";
-import { RemoteMemory } from "../inspect/remote_memory.ts";
-import type { PendingSignal, ProcessEntry, ZombieEntry } from "../image/schema.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
+import type { ProcessEntry, ZombieEntry } from "../image/schema.ts";
+import { wasPending } from "./signals.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
 
 /** The children of `pid` that are zombies, in pid order. */
@@ -41,15 +54,13 @@ export function zombieChildren(pid: number): ZombieEntry[] {
   return out.sort((a, b) => a.pid - b.pid);
 }
 
-const RLIMIT_CORE = 4, PR_SET_NAME = 15;
-
 /** Makes the zombie children of a process just made (`inj` runs in it) again. */
 export function restoreZombies(inj: Injector, entry: ProcessEntry): void {
   const zombies = entry.zombies ?? [];
   for (const z of zombies) makeZombie(inj, z);
-  if (zombies.length && !sigchldWasPending(entry)) {
+  if (zombies.length && !wasPending(entry, SIG.SIGCHLD)) {
     // SIGCHLD is not blocked in the stub: take back the one the exits sent (zero timeout).
-    const set = inj.put(new Uint8Array(new BigUint64Array([1n << BigInt(SIG.SIGCHLD - 1)]).buffer));
+    const set = inj.put(new Uint8Array(new BigUint64Array([sigBit(SIG.SIGCHLD)]).buffer));
     const zero = inj.put(new Uint8Array(16), 64);
     for (let i = 0; i < zombies.length; i++) {
       if (inj.raw(SYS.rt_sigtimedwait, set, 0, zero, 8) < 0n) break;
@@ -57,21 +68,16 @@ export function restoreZombies(inj: Injector, entry: ProcessEntry): void {
   }
 }
 
-function sigchldWasPending(entry: ProcessEntry): boolean {
-  const isChld = (s: PendingSignal) => s.signo === SIG.SIGCHLD;
-  return entry.sharedPending.some(isChld) || entry.threads.some((t) => t.pending.some(isChld));
-}
-
 function makeZombie(parent: Injector, z: ZombieEntry): void {
   const pid = forkWithPid(parent, z.pid);
   const mem = new RemoteMemory(pid);
   try {
     const inj = new Injector(pid, pid, mem, parent.site);
-    inj.call("prctl", PR_SET_NAME, inj.put(new TextEncoder().encode(z.comm.slice(0, 15) + "\0")));
+    inj.call("prctl", PR.SET_NAME, inj.put(new TextEncoder().encode(z.comm.slice(0, 15) + "\0")));
     if (z.sid === z.pid) inj.call("setsid");
     else if (z.pgid === z.pid) inj.call("setpgid", 0, 0);
     const limit = new BigUint64Array([0n, 0n]);
-    inj.call("prlimit64", 0, RLIMIT_CORE, inj.put(new Uint8Array(limit.buffer)), 0);
+    inj.call("prlimit64", 0, RLIMIT.CORE, inj.put(new Uint8Array(limit.buffer)), 0);
     // It runs exit_group(code) at a syscall instruction; one that died of a signal gets it
     // first, and the signal is delivered (signal-delivery-stop) before that instruction runs.
     const signal = z.status & 0x7f;

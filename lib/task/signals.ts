@@ -1,0 +1,56 @@
+/**
+ * Signal dispositions (`rt_sigaction`) and the signals pending for the whole process. Per-thread
+ * masks and pending signals belong to threads.ts.
+ */
+import { peekSigInfo, SIG, SIG_DISPOSITION } from "../../ffi/mod.ts";
+import type { PendingSignal, ProcessEntry, SigactionEntry } from "../image/schema.ts";
+import type { Injector } from "../ptrace/inject.ts";
+
+/** Signals 1..64 whose disposition can be read and set (all but SIGKILL and SIGSTOP). */
+export const SETTABLE_SIGNALS = Array.from({ length: 64 }, (_, i) => i + 1).filter((s) =>
+  s !== SIG.SIGKILL && s !== SIG.SIGSTOP
+);
+
+/** sizeof(sigset_t) as the kernel's rt_sig* calls take it. */
+const SIGSET_SIZE = 8;
+
+/** Every signal's disposition but the default ones: rt_sigaction(sig, NULL, &old) in the target. */
+export function dumpSigactions(inj: Injector): SigactionEntry[] {
+  const out: SigactionEntry[] = [];
+  const at = inj.scratch();
+  for (const signo of SETTABLE_SIGNALS) {
+    inj.call("rt_sigaction", signo, 0, at, SIGSET_SIZE);
+    const [handler, flags, restorer, mask] = new BigUint64Array(inj.get(0, 32).slice().buffer);
+    if (handler === SIG_DISPOSITION.DFL && flags === 0n && mask === 0n) continue;
+    out.push({ signo, handler, flags, restorer, mask });
+  }
+  return out;
+}
+
+/** Sets every signal's disposition: the dumped ones, the default for the rest. */
+export function restoreSigactions(inj: Injector, list: SigactionEntry[]): void {
+  const bySig = new Map(list.map((s) => [s.signo, s]));
+  for (const signo of SETTABLE_SIGNALS) {
+    const s = bySig.get(signo);
+    const act = new BigUint64Array(
+      s ? [s.handler, s.flags, s.restorer, s.mask] : [SIG_DISPOSITION.DFL, 0n, 0n, 0n],
+    );
+    inj.call("rt_sigaction", signo, inj.put(new Uint8Array(act.buffer), 0), 0, SIGSET_SIZE);
+  }
+}
+
+/** The signals queued for the whole process, with their siginfo (PTRACE_PEEKSIGINFO). */
+export function dumpSharedPending(pid: number): PendingSignal[] {
+  return peekSigInfo(pid, true).map((s) => ({ signo: s.signo, siginfo: s.raw }));
+}
+
+/** Queues the process-wide signals again; `pid` is the process's pid as it sees itself. */
+export function restoreSharedPending(inj: Injector, pid: number, list: PendingSignal[]): void {
+  for (const s of list) inj.call("rt_sigqueueinfo", pid, s.signo, inj.put(s.siginfo, 1024));
+}
+
+/** Whether `signo` was pending at dump, for the process or any of its threads. */
+export function wasPending(entry: ProcessEntry, signo: number): boolean {
+  const is = (s: PendingSignal) => s.signo === signo;
+  return entry.sharedPending.some(is) || entry.threads.some((t) => t.pending.some(is));
+}
