@@ -114,4 +114,4 @@ export type {
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
 export { ShellJob, type ShellJobStatus, type ToolTerminal } from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
-export { type Feature, kernelFeatures } from "./lib/inspect/features.ts";
+export { type Feature, kernelFeatures } from "./lib/features.ts";

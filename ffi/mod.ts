@@ -4,6 +4,7 @@
  * `lib/`, and it is the only place that touches raw pointers or libc.
  * @module
  */
+export * from "./capability.ts";
 export * from "./errno.ts";
 export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./fcntl.ts";

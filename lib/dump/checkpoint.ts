@@ -3,7 +3,7 @@
  * it (its life now lives in the image) or let it run on. Any failure removes the partial image
  * and leaves the target running as it was, detached.
  */
-import { close, pidfdOpen } from "../../ffi/mod.ts";
+import { close, pidfdOpen, SIG, sigBit } from "../../ffi/mod.ts";
 import { DumpError, explain, NoSuchProcess } from "../errors.ts";
 import { type Fd, FileTable } from "../inspect/fds.ts";
 import type { FileDumpContext } from "../files/types.ts";
@@ -22,7 +22,7 @@ import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
 import type { MappingDecision, Policy } from "../policy.ts";
 import { Process } from "../inspect/process.ts";
-import { childrenOf, processState } from "../inspect/procfs.ts";
+import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
 
 /** Options of `checkpoint`. */
@@ -89,9 +89,9 @@ export interface CheckpointResult {
 function dying(pid: number): boolean {
   if (!isRunning(pid)) return true;
   try {
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const pending = [...status.matchAll(/^(?:SigPnd|ShdPnd):\s+([0-9a-f]+)/gm)];
-    return pending.some((m) => (BigInt(`0x${m[1]}`) & 0x100n) !== 0n); // SIGKILL is bit 8
+    const status = readStatus(pid);
+    const pending = hexMask(status.get("SigPnd")) | hexMask(status.get("ShdPnd"));
+    return (pending & sigBit(SIG.SIGKILL)) !== 0n;
   } catch {
     return true;
   }
@@ -124,9 +124,7 @@ function checkNamespaces(pid: number): void {
   const differ: string[] = [];
   for (const ns of NAMESPACES) {
     try {
-      if (Deno.readLinkSync(`/proc/${pid}/ns/${ns}`) !== Deno.readLinkSync(`/proc/self/ns/${ns}`)) {
-        differ.push(ns);
-      }
+      if (readProcLink(pid, `ns/${ns}`) !== readProcLink(Deno.pid, `ns/${ns}`)) differ.push(ns);
     } catch { /* gone (the freeze says so) or a namespace this kernel lacks */ }
   }
   if (differ.length) {

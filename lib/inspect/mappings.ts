@@ -212,6 +212,44 @@ export function listMappings(pid: number, opts: MappingOptions = {}): Mapping[] 
   return parseMapsText(pid, readMapsText(pid));
 }
 
+/** auxv type of the vdso's address (AT_SYSINFO_EHDR). */
+const AT_SYSINFO_EHDR = 33n;
+
+/**
+ * The special mappings of process `pid` by kind (`vdso`, `vvar`, `vvar_vclock`, `vsyscall`):
+ * where a restore moves them, and where the injector finds its `syscall` instruction.
+ */
+export function specialMappings(pid: number): Map<MappingKind, Mapping> {
+  const out = new Map<MappingKind, Mapping>();
+  for (const m of listMappings(pid)) {
+    if (
+      m.kind === "vdso" || m.kind === "vvar" || m.kind === "vvar_vclock" || m.kind === "vsyscall"
+    ) {
+      out.set(m.kind, m);
+    }
+  }
+  return out;
+}
+
+/**
+ * The [vdso] of process `pid`, or null when it has none (unmapped): found from the address auxv
+ * gives it (one point lookup), or by listing when it is not there any more.
+ */
+export function findVdso(pid: number): Mapping | null {
+  let base: bigint | undefined;
+  try {
+    const words = new BigUint64Array(Deno.readFileSync(procPath(pid, "auxv")).slice().buffer);
+    for (let i = 0; i + 1 < words.length && words[i] !== 0n; i += 2) {
+      if (words[i] === AT_SYSINFO_EHDR) base = words[i + 1];
+    }
+  } catch (err) {
+    throw procError(err, pid, "auxv");
+  }
+  const at = base === undefined ? null : findMapping(pid, base);
+  if (at?.kind === "vdso") return at;
+  return specialMappings(pid).get("vdso") ?? null;
+}
+
 /** The mapping that covers `addr`, or null: one PROCMAP_QUERY, or a scan of the text. */
 export function findMapping(pid: number, addr: bigint, opts: { buildId?: boolean } = {}) {
   if (!ioctlMissing) {

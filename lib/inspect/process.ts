@@ -13,23 +13,23 @@ import {
 } from "./pages.ts";
 import {
   bracketInode,
+  childrenOf,
   hexMask,
   orEmpty,
-  parseKeyValues,
+  parseStat,
   procError,
+  type ProcessState,
   procPath,
+  type ProcStat,
   readProcBytes,
   readProcLink,
   readProcText,
+  readStatus,
   splitNul,
-  splitStat,
+  tryReadStat,
 } from "./procfs.ts";
 
-/**
- * Scheduler state letter of /proc/PID/stat: R running, S sleeping, D disk sleep, T stopped,
- * t tracing stop, Z zombie, X dead, I idle, P parked.
- */
-export type ProcessState = "R" | "S" | "D" | "T" | "t" | "Z" | "X" | "I" | "P";
+export { parseStat, type ProcessState, type ProcStat };
 
 /** Real, effective, saved and filesystem user or group ids. */
 export interface Ids {
@@ -111,128 +111,6 @@ export interface ThreadInfo {
   state: ProcessState;
   /** The thread's comm. */
   name: string;
-}
-
-/**
- * The fields of /proc/PID/stat. Addresses (and counters that can pass 2⁵³) are bigints. The
- * kernel shows the address fields as 0 to readers without ptrace access.
- */
-export interface ProcStat {
-  /** Process id. */
-  pid: number;
-  /** Command name. */
-  comm: string;
-  /** Scheduler state. */
-  state: ProcessState;
-  /** Parent pid. */
-  ppid: number;
-  /** Process group. */
-  pgrp: number;
-  /** Session id. */
-  session: number;
-  /** Controlling terminal (device number). */
-  ttyNr: number;
-  /** Foreground process group of the terminal. */
-  tpgid: number;
-  /** PF_* flags of the task. */
-  flags: number;
-  /** Minor page faults. */
-  minflt: bigint;
-  /** Major page faults. */
-  majflt: bigint;
-  /** User and system time in clock ticks. */
-  utime: bigint;
-  /** System time in clock ticks. */
-  stime: bigint;
-  /** Kernel priority. */
-  priority: number;
-  /** Nice value. */
-  nice: number;
-  /** Thread count. */
-  numThreads: number;
-  /** Start time after boot in clock ticks: with the pid, identifies the process. */
-  starttime: bigint;
-  /** Virtual size in bytes. */
-  vsize: bigint;
-  /** Resident pages. */
-  rss: bigint;
-  /** RSS limit in bytes. */
-  rsslim: bigint;
-  /** Start of the program text. */
-  startCode: bigint;
-  /** End of the program text. */
-  endCode: bigint;
-  /** Bottom (start) of the main stack. */
-  startStack: bigint;
-  /** Signal sent to the parent at exit. */
-  exitSignal: number;
-  /** CPU last run on. */
-  processor: number;
-  /** Real-time priority. */
-  rtPriority: number;
-  /** Scheduling policy. */
-  policy: number;
-  /** Start of initialized and bss data. */
-  startData: bigint;
-  /** End of data. */
-  endData: bigint;
-  /** Start of the heap (brk). */
-  startBrk: bigint;
-  /** Start of the argument strings. */
-  argStart: bigint;
-  /** End of the argument strings. */
-  argEnd: bigint;
-  /** Start of the environment strings. */
-  envStart: bigint;
-  /** End of the environment strings. */
-  envEnd: bigint;
-  /** Exit status (as waitpid reports it). */
-  exitCode: number;
-}
-
-/** Parses /proc/PID/stat text. */
-export function parseStat(text: string): ProcStat {
-  const { comm, fields } = splitStat(text);
-  // fields[0] is field 3 (state) of proc(5); field n is fields[n - 3].
-  const n = (i: number) => Number(fields[i - 3] ?? 0);
-  const b = (i: number) => BigInt(fields[i - 3] ?? 0);
-  return {
-    pid: parseInt(text, 10),
-    comm,
-    state: fields[0] as ProcessState,
-    ppid: n(4),
-    pgrp: n(5),
-    session: n(6),
-    ttyNr: n(7),
-    tpgid: n(8),
-    flags: n(9),
-    minflt: b(10),
-    majflt: b(12),
-    utime: b(14),
-    stime: b(15),
-    priority: n(18),
-    nice: n(19),
-    numThreads: n(20),
-    starttime: b(22),
-    vsize: b(23),
-    rss: b(24),
-    rsslim: b(25),
-    startCode: b(26),
-    endCode: b(27),
-    startStack: b(28),
-    exitSignal: n(38),
-    processor: n(39),
-    rtPriority: n(40),
-    policy: n(41),
-    startData: b(45),
-    endData: b(46),
-    startBrk: b(47),
-    argStart: b(48),
-    argEnd: b(49),
-    envStart: b(50),
-    envEnd: b(51),
-    exitCode: n(52),
-  };
 }
 
 /** Builds an async iterable over a list computed (synchronously) on the first step. */
@@ -463,15 +341,13 @@ export class Process {
     });
   }
 
-  /** The direct children (found by scanning /proc for this ppid). */
+  /** The direct children, of every thread, in pid order. */
   children(): Promise<Process[]> {
     return this.#sync(() => {
       const out: Process[] = [];
-      for (const pid of listPids()) {
-        try {
-          const s = parseStat(Deno.readTextFileSync(`/proc/${pid}/stat`));
-          if (s.ppid === this.pid) out.push(new Process(pid, s.starttime));
-        } catch { /* exited meanwhile */ }
+      for (const pid of childrenOf(this.pid)) {
+        const s = tryReadStat(pid); // null: it exited meanwhile
+        if (s) out.push(new Process(pid, s.starttime));
       }
       return out;
     });
@@ -562,7 +438,7 @@ export class Process {
   }
 
   #status(): Map<string, string> {
-    return parseKeyValues(readProcText(this.pid, "status"));
+    return readStatus(this.pid);
   }
 
   // Runs a synchronous reader, turning its throw into a rejected promise.

@@ -1,4 +1,7 @@
-/** Small readers and parsers of /proc/PID files, with errors named for the process. */
+/**
+ * The readers and parsers of /proc/PID files: every module that needs a process's stat, status,
+ * threads, children or comm reads them here, with errors named for the process.
+ */
 import { Errno, PF, SyscallError } from "../../ffi/mod.ts";
 import { AccessDenied, explain, NoSuchProcess, Unsupported } from "../errors.ts";
 
@@ -19,6 +22,36 @@ export function procExists(pid: number): boolean {
   }
 }
 
+/** The thread ids of process `pid`, in ascending order (empty once it is gone). */
+export function threadIds(pid: number): number[] {
+  try {
+    return [...Deno.readDirSync(procPath(pid, "task"))].map((e) => Number(e.name)).sort((a, b) =>
+      a - b
+    );
+  } catch {
+    return [];
+  }
+}
+
+/** The command name (comm) of process `pid`, or of its thread `tid`. */
+export function readComm(pid: number, tid = pid): string {
+  return readProcText(pid, `task/${tid}/comm`).replace(/\n$/, "");
+}
+
+/** /proc/PID/stat parsed, or null when the process is gone. */
+export function tryReadStat(pid: number): ProcStat | null {
+  try {
+    return parseStat(Deno.readTextFileSync(procPath(pid, "stat")));
+  } catch {
+    return null;
+  }
+}
+
+/** /proc/PID/status as key → value text (of thread `tid` when given). */
+export function readStatus(pid: number, tid = pid): Map<string, string> {
+  return parseKeyValues(readProcText(pid, tid === pid ? "status" : `task/${tid}/status`));
+}
+
 /** The children of every thread of `pid`, in pid order (empty once it is gone). */
 export function childrenOf(pid: number): number[] {
   const out: number[] = [];
@@ -33,11 +66,10 @@ export function childrenOf(pid: number): number[] {
   return out.sort((a, b) => a - b);
 }
 
-/** One field of /proc/PID/task/TID/status (`Seccomp`, `NSpid` …), or undefined. */
+/** One field of /proc/PID/task/TID/status (`Seccomp`, `NSpid` …), or undefined when gone. */
 export function statusField(pid: number, name: string, tid = pid): string | undefined {
   try {
-    const text = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
-    return text.match(new RegExp(`^${name}:\\s*(.*)$`, "m"))?.[1].trim();
+    return readStatus(pid, tid).get(name);
   } catch {
     return undefined;
   }
@@ -45,12 +77,7 @@ export function statusField(pid: number, name: string, tid = pid): string | unde
 
 /** The state letter of /proc/PID/stat (R, S, T, Z …), or "" when the process is gone. */
 export function processState(pid: number): string {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat[stat.lastIndexOf(")") + 2];
-  } catch {
-    return "";
-  }
+  return tryReadStat(pid)?.state ?? "";
 }
 
 /**
@@ -72,8 +99,8 @@ export class NoAddressSpace extends Unsupported {
 /** Whether process `pid` is a kernel thread or a zombie, so has no memory to look at. */
 export function hasNoAddressSpace(pid: number): boolean {
   try {
-    const { fields } = splitStat(Deno.readTextFileSync(procPath(pid, "stat")));
-    return fields[0] === "Z" || fields[0] === "X" || (Number(fields[6]) & PF.KTHREAD) !== 0;
+    const stat = parseStat(Deno.readTextFileSync(procPath(pid, "stat")));
+    return stat.state === "Z" || stat.state === "X" || (stat.flags & PF.KTHREAD) !== 0;
   } catch {
     return false;
   }
@@ -174,5 +201,133 @@ export function splitStat(text: string): { comm: string; fields: string[] } {
   return {
     comm: text.slice(open + 1, close),
     fields: text.slice(close + 2).trim().split(" "),
+  };
+}
+
+/**
+ * Scheduler state letter of /proc/PID/stat: R running, S sleeping, D disk sleep, T stopped,
+ * t tracing stop, Z zombie, X dead, I idle, P parked.
+ */
+export type ProcessState = "R" | "S" | "D" | "T" | "t" | "Z" | "X" | "I" | "P";
+
+/**
+ * The fields of /proc/PID/stat. Addresses (and counters that can pass 2⁵³) are bigints. The
+ * kernel shows the address fields as 0 to readers without ptrace access.
+ */
+export interface ProcStat {
+  /** Process id. */
+  pid: number;
+  /** Command name. */
+  comm: string;
+  /** Scheduler state. */
+  state: ProcessState;
+  /** Parent pid. */
+  ppid: number;
+  /** Process group. */
+  pgrp: number;
+  /** Session id. */
+  session: number;
+  /** Controlling terminal (device number). */
+  ttyNr: number;
+  /** Foreground process group of the terminal. */
+  tpgid: number;
+  /** PF_* flags of the task. */
+  flags: number;
+  /** Minor page faults. */
+  minflt: bigint;
+  /** Major page faults. */
+  majflt: bigint;
+  /** User and system time in clock ticks. */
+  utime: bigint;
+  /** System time in clock ticks. */
+  stime: bigint;
+  /** Kernel priority. */
+  priority: number;
+  /** Nice value. */
+  nice: number;
+  /** Thread count. */
+  numThreads: number;
+  /** Start time after boot in clock ticks: with the pid, identifies the process. */
+  starttime: bigint;
+  /** Virtual size in bytes. */
+  vsize: bigint;
+  /** Resident pages. */
+  rss: bigint;
+  /** RSS limit in bytes. */
+  rsslim: bigint;
+  /** Start of the program text. */
+  startCode: bigint;
+  /** End of the program text. */
+  endCode: bigint;
+  /** Bottom (start) of the main stack. */
+  startStack: bigint;
+  /** Signal sent to the parent at exit. */
+  exitSignal: number;
+  /** CPU last run on. */
+  processor: number;
+  /** Real-time priority. */
+  rtPriority: number;
+  /** Scheduling policy. */
+  policy: number;
+  /** Start of initialized and bss data. */
+  startData: bigint;
+  /** End of data. */
+  endData: bigint;
+  /** Start of the heap (brk). */
+  startBrk: bigint;
+  /** Start of the argument strings. */
+  argStart: bigint;
+  /** End of the argument strings. */
+  argEnd: bigint;
+  /** Start of the environment strings. */
+  envStart: bigint;
+  /** End of the environment strings. */
+  envEnd: bigint;
+  /** Exit status (as waitpid reports it). */
+  exitCode: number;
+}
+
+/** Parses /proc/PID/stat text. */
+export function parseStat(text: string): ProcStat {
+  const { comm, fields } = splitStat(text);
+  // fields[0] is field 3 (state) of proc(5); field n is fields[n - 3].
+  const n = (i: number) => Number(fields[i - 3] ?? 0);
+  const b = (i: number) => BigInt(fields[i - 3] ?? 0);
+  return {
+    pid: parseInt(text, 10),
+    comm,
+    state: fields[0] as ProcessState,
+    ppid: n(4),
+    pgrp: n(5),
+    session: n(6),
+    ttyNr: n(7),
+    tpgid: n(8),
+    flags: n(9),
+    minflt: b(10),
+    majflt: b(12),
+    utime: b(14),
+    stime: b(15),
+    priority: n(18),
+    nice: n(19),
+    numThreads: n(20),
+    starttime: b(22),
+    vsize: b(23),
+    rss: b(24),
+    rsslim: b(25),
+    startCode: b(26),
+    endCode: b(27),
+    startStack: b(28),
+    exitSignal: n(38),
+    processor: n(39),
+    rtPriority: n(40),
+    policy: n(41),
+    startData: b(45),
+    endData: b(46),
+    startBrk: b(47),
+    argStart: b(48),
+    argEnd: b(49),
+    envStart: b(50),
+    envEnd: b(51),
+    exitCode: n(52),
   };
 }

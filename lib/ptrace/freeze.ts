@@ -21,7 +21,7 @@ import {
 } from "../../ffi/mod.ts";
 import { AccessDenied, DumpError, explain, NoSuchProcess } from "../errors.ts";
 import { Injector } from "./inject.ts";
-import { statusField } from "../inspect/procfs.ts";
+import { readComm, readStatus, statusField, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 
 /** One stopped thread of a frozen process. */
@@ -86,17 +86,17 @@ function isEsrch(err: unknown): boolean {
 function explainFreezeFailure(err: unknown, pid: number): unknown {
   if (err instanceof SyscallError && err.errno === Errno.EPERM) {
     try {
-      const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-      if (/^State:\s+Z/m.test(status)) {
+      const status = readStatus(pid);
+      if (status.get("State")?.startsWith("Z")) {
         return new NoSuchProcess(pid, "it has exited: a zombie its parent has not waited for", {
           cause: err,
         });
       }
-      const tracer = Number(status.match(/^TracerPid:\s+(\d+)/m)?.[1] ?? 0);
+      const tracer = Number(status.get("TracerPid") ?? 0);
       if (tracer > 0) {
         let comm = "";
         try {
-          comm = ` (${Deno.readTextFileSync(`/proc/${tracer}/comm`).trim()})`;
+          comm = ` (${readComm(tracer)})`;
         } catch { /* it just went away */ }
         return new AccessDenied(pid, "threads", {
           cause: err,
@@ -114,12 +114,11 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
   return explain(err, pid, "threads");
 }
 
+/** The threads of `pid`; NoSuchProcess once it is gone. */
 function tidsOf(pid: number): number[] {
-  try {
-    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
-  } catch (err) {
-    throw explain(err, pid, "thread list");
-  }
+  const tids = threadIds(pid);
+  if (tids.length === 0) throw new NoSuchProcess(pid, "thread list");
+  return tids;
 }
 
 /**

@@ -21,6 +21,7 @@ import {
   waitpid,
 } from "../../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "../errors.ts";
+import { findVdso } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 
 /** Name of an injectable syscall. */
@@ -33,11 +34,9 @@ export const SCRATCH_SIZE = 64n * 1024n;
 
 /** Finds the address of a `syscall` instruction (0f 05) inside the process's [vdso]. */
 export function findSyscallSite(pid: number, mem: RemoteMemory): bigint {
-  const maps = Deno.readTextFileSync(`/proc/${pid}/maps`);
-  const line = maps.split("\n").find((l) => l.endsWith("[vdso]"));
-  if (!line) throw new TardigradeError(`process ${pid} has no [vdso] to run syscalls from`);
-  const [lo, hi] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
-  return lo + BigInt(syscallOffset(mem.read(lo, Number(hi - lo))));
+  const vdso = findVdso(pid);
+  if (!vdso) throw new TardigradeError(`process ${pid} has no [vdso] to run syscalls from`);
+  return vdso.start + BigInt(syscallOffset(mem.read(vdso.start, vdso.size)));
 }
 
 /** Offset of the first `syscall` instruction bytes in a code image. */

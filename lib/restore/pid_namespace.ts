@@ -37,7 +37,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { processState, statusField } from "../inspect/procfs.ts";
+import { processState, readStatus, statusField, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
@@ -127,18 +127,13 @@ function goneOrZombie(pid: number): boolean {
 function reapTracedZombies(): void {
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
-    let tasks: string[];
-    try {
-      tasks = [...Deno.readDirSync(`/proc/${e.name}/task`)].map((t) => t.name);
-    } catch {
-      continue;
-    }
-    for (const tid of tasks) {
+    const pid = Number(e.name);
+    for (const tid of threadIds(pid)) {
       try {
-        const status = Deno.readTextFileSync(`/proc/${e.name}/task/${tid}/status`);
-        if (!/^State:\s*Z/m.test(status)) continue;
-        if (status.match(/^TracerPid:\s*(\d+)/m)?.[1] !== String(Deno.pid)) continue;
-        waitpid(Number(tid), WAIT.WNOHANG);
+        const status = readStatus(pid, tid);
+        if (!status.get("State")?.startsWith("Z")) continue;
+        if (status.get("TracerPid") !== String(Deno.pid)) continue;
+        waitpid(tid, WAIT.WNOHANG);
       } catch { /* gone, or not ours after all */ }
     }
   }

@@ -54,6 +54,8 @@ import { cloneThread, finalRegs, restoreThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
 import type { Policy } from "../policy.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
+import { findVdso } from "../inspect/mappings.ts";
+import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
 import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
@@ -117,25 +119,6 @@ export interface RestoreResult {
   job?: ShellJob;
 }
 
-function pidState(pid: number): { state: string; ppid: number } | null {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { state: rest[0], ppid: Number(rest[1]) };
-  } catch {
-    return null;
-  }
-}
-
-/** Thread ids of process `pid` (empty once it is gone). */
-function taskIds(pid: number): number[] {
-  try {
-    return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
-  } catch {
-    return [];
-  }
-}
-
 /** Waits for a killed tracee until it is gone (not one of ours any more: nothing to do). */
 function reap(tid: number): void {
   for (;;) {
@@ -152,7 +135,7 @@ function reap(tid: number): void {
 async function requireFreePid(pid: number, what: string): Promise<void> {
   const deadline = Date.now() + 4000;
   for (;;) {
-    const st = pidState(pid);
+    const st = tryReadStat(pid);
     if (!st) return;
     try {
       waitpid(pid, 1 /* WNOHANG */); // our own zombie: reap it
@@ -167,14 +150,12 @@ async function requireFreePid(pid: number, what: string): Promise<void> {
   }
 }
 
+/** This kernel's vdso, as the tool's own process has it. */
 function vdsoChecksum(): { size: number; checksum: number } | null {
-  const line = Deno.readTextFileSync("/proc/self/maps").split("\n").find((l) =>
-    l.endsWith("[vdso]")
-  );
-  if (!line) return null;
-  const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
+  const vdso = findVdso(Deno.pid);
+  if (!vdso) return null;
   using mem = new RemoteMemory(Deno.pid);
-  const code = mem.read(a, Number(b - a));
+  const code = mem.read(vdso.start, vdso.size);
   return { size: code.length, checksum: checksum(code) };
 }
 
@@ -533,7 +514,7 @@ async function restoreTree(
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const tids = new Set(made);
-    for (const m of making) for (const tid of taskIds(m.pid)) tids.add(tid);
+    for (const m of making) for (const tid of threadIds(m.pid)) tids.add(tid);
     for (const pid of [...made].reverse()) {
       try {
         kill(pid, SIG.SIGKILL);

@@ -23,7 +23,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { ProcessEntry } from "../image/schema.ts";
-import { parseStat } from "../inspect/process.ts";
+import { tryReadStat } from "../inspect/procfs.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { onControllingTerminal, readModes, sameDevice } from "../task/terminal.ts";
 
@@ -86,7 +86,7 @@ export function toolTerminal(): ToolTerminal {
     throw new RestoreError("--shell-job needs a terminal: run restore from one");
   }
   const rdev = fstat(fd).rdev;
-  const self = parseStat(Deno.readTextFileSync("/proc/self/stat"));
+  const self = tryReadStat(Deno.pid)!;
   if (!sameDevice(rdev, self.ttyNr)) {
     throw new RestoreError(
       `--shell-job needs a terminal: run restore from one (stdin ${path} is not the ` +

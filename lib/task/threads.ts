@@ -25,6 +25,7 @@ import {
   syscall,
   TIMER_ABSTIME,
 } from "../../ffi/mod.ts";
+import { readComm } from "../inspect/procfs.ts";
 import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
@@ -84,7 +85,7 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   syscall("get_robust_list", tid, addressOf(head), addressOf(len));
 
   const regs = { ...thread.regs };
-  const name = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).replace(/\n$/, "");
+  const name = readComm(pid, tid);
   return {
     tid,
     name,

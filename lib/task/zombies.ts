@@ -27,7 +27,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { childrenOf } from "../inspect/procfs.ts";
+import { childrenOf, tryReadStat } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry, ZombieEntry } from "../image/schema.ts";
 import { wasPending } from "./signals.ts";
@@ -37,19 +37,15 @@ import { forkWithPid } from "../ptrace/stub.ts";
 export function zombieChildren(pid: number): ZombieEntry[] {
   const out: ZombieEntry[] = [];
   for (const child of childrenOf(pid)) {
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${child}/stat`);
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      // f[0] is field 3 (state): pgrp is field 5, session 6, exit_code 52.
-      if (f[0] !== "Z") continue;
-      out.push({
-        pid: child,
-        comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")),
-        status: Number(f[49]),
-        pgid: Number(f[2]),
-        sid: Number(f[3]),
-      });
-    } catch { /* reaped meanwhile */ }
+    const stat = tryReadStat(child); // null: reaped meanwhile
+    if (stat?.state !== "Z") continue;
+    out.push({
+      pid: child,
+      comm: stat.comm,
+      status: stat.exitCode,
+      pgid: stat.pgrp,
+      sid: stat.session,
+    });
   }
   return out.sort((a, b) => a.pid - b.pid);
 }

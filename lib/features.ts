@@ -5,11 +5,13 @@
  */
 import {
   addressOf,
+  CAP,
   close,
   encodeCloneArgs,
   encodePmScanArg,
   encodeProcmapQuery,
   Errno,
+  hasCap,
   ioctl,
   O,
   open,
@@ -22,8 +24,9 @@ import {
   SIG,
   syscall,
   SyscallError,
-} from "../../ffi/mod.ts";
-import { freeze } from "../ptrace/freeze.ts";
+} from "../ffi/mod.ts";
+import { freeze } from "./ptrace/freeze.ts";
+import { hexMask, statusField } from "./inspect/procfs.ts";
 
 /** The outcome of one probe. */
 export interface Feature {
@@ -170,10 +173,8 @@ function pidNamespaces(): Feature {
   const name = "pid namespaces";
   try {
     const max = Number(Deno.readTextFileSync("/proc/sys/user/max_pid_namespaces").trim());
-    const capEff = BigInt(
-      "0x" + (Deno.readTextFileSync("/proc/self/status").match(/^CapEff:\s+(\S+)/m)?.[1] ?? "0"),
-    );
-    const sysAdmin = (capEff & (1n << 21n)) !== 0n; // CAP_SYS_ADMIN
+    const capEff = hexMask(statusField(Deno.pid, "CapEff"));
+    const sysAdmin = hasCap(capEff, CAP.SYS_ADMIN);
     const ok = max > 0 && sysAdmin;
     return {
       name,
