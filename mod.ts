@@ -115,3 +115,14 @@ export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/
 export { ShellJob, type ShellJobStatus, type ToolTerminal } from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
 export { type Feature, kernelFeatures } from "./lib/features.ts";
+export {
+  type FdsRow,
+  fdsRows,
+  type ImageSummary,
+  type InspectedProcess,
+  inspectImage,
+  type MapsRow,
+  mapsRows,
+  type PsRow,
+  psRows,
+} from "./lib/views/mod.ts";

@@ -1,37 +1,6 @@
 /** `tardigrade fds PID`: the open descriptors of a process. */
-import { Process } from "../mod.ts";
+import { fdsRows } from "../mod.ts";
 import { parsePid, parseVerb, printJson, table, type Verb } from "./common.ts";
-
-/** One row of `fds --json`. */
-export interface FdsRow {
-  fd: number;
-  kind: string;
-  target: string;
-  /** open(2) flags as an octal string, as /proc/PID/fdinfo shows them. */
-  flags: string;
-  position: number;
-  closeOnExec: boolean;
-  /** Equal for descriptors that share one open file. */
-  fileId: number;
-}
-
-/** The descriptors of process `pid` as `fds --json` shows them. */
-export async function fdsRows(pid: number): Promise<FdsRow[]> {
-  const proc = await Process.open(pid);
-  const rows: FdsRow[] = [];
-  for await (const fd of proc.fds()) {
-    rows.push({
-      fd: fd.fd,
-      kind: fd.kind,
-      target: fd.target,
-      flags: `0${fd.flags.toString(8)}`,
-      position: Number(fd.position),
-      closeOnExec: fd.closeOnExec,
-      fileId: fd.fileId,
-    });
-  }
-  return rows;
-}
 
 /** The verb. */
 export const fds: Verb = {

@@ -1,43 +1,6 @@
 /** `tardigrade ps`: the processes of this machine. */
-import { NoSuchProcess, processes } from "../mod.ts";
+import { psRows } from "../mod.ts";
 import { formatBytes, parseVerb, printJson, table, type Verb } from "./common.ts";
-
-const PAGE = 4096;
-
-/** One row of `ps --json`. */
-export interface PsRow {
-  pid: number;
-  ppid: number;
-  uid: number;
-  state: string;
-  threads: number;
-  rssBytes: number;
-  comm: string;
-  cmdline: string[];
-}
-
-/** Lists every process with the fields `ps` shows (kernel threads included). */
-export async function psRows(): Promise<PsRow[]> {
-  const rows: PsRow[] = [];
-  for await (const p of processes()) {
-    try {
-      const [s, uids, cmdline] = await Promise.all([p.stat(), p.uids(), p.cmdline()]);
-      rows.push({
-        pid: p.pid,
-        ppid: s.ppid,
-        uid: uids.real,
-        state: s.state,
-        threads: s.numThreads,
-        rssBytes: Number(s.rss) * PAGE,
-        comm: s.comm,
-        cmdline,
-      });
-    } catch (err) {
-      if (!(err instanceof NoSuchProcess)) throw err; // exited while we looked
-    }
-  }
-  return rows;
-}
 
 /** The verb. */
 export const ps: Verb = {

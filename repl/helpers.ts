@@ -6,14 +6,18 @@ import * as sdk from "../mod.ts";
 import {
   checkpoint,
   type CheckpointResult,
+  type FdsRow,
+  fdsRows,
+  type ImageSummary,
+  inspectImage,
+  type MapsRow,
+  mapsRows,
   type Policy,
   Process,
+  type PsRow,
+  psRows,
   restore as sdkRestore,
 } from "../mod.ts";
-import { type FdsRow, fdsRows } from "../cli/fds.ts";
-import { inspectImage } from "../cli/inspect.ts";
-import { type MapsRow, mapsRows } from "../cli/maps.ts";
-import { type PsRow, psRows } from "../cli/ps.ts";
 
 /** One line of `help()`: a helper's call form and what it does. */
 export const HELP: [string, string][] = [
@@ -70,7 +74,7 @@ export const helpers = {
     }
   },
   /** Summarizes an image. */
-  inspect: (dir: string): ReturnType<typeof inspectImage> => inspectImage(dir),
+  inspect: (dir: string): Promise<ImageSummary> => inspectImage(dir),
   help,
 };
 

@@ -1,0 +1,49 @@
+/** The processes of this machine as rows: what `tardigrade ps` and the REPL's `ps()` show. */
+import { NoSuchProcess } from "../errors.ts";
+import { processes } from "../inspect/process.ts";
+
+/** Page size: stat counts RSS in pages. */
+const PAGE = 4096;
+
+/** One row of `ps --json`. */
+export interface PsRow {
+  /** Process id. */
+  pid: number;
+  /** Parent pid. */
+  ppid: number;
+  /** Real user id. */
+  uid: number;
+  /** Scheduler state letter (R, S, T, Z …). */
+  state: string;
+  /** Thread count. */
+  threads: number;
+  /** Resident memory in bytes. */
+  rssBytes: number;
+  /** Command name. */
+  comm: string;
+  /** Arguments (empty for a kernel thread). */
+  cmdline: string[];
+}
+
+/** Lists every process with the fields `ps` shows (kernel threads included). */
+export async function psRows(): Promise<PsRow[]> {
+  const rows: PsRow[] = [];
+  for await (const p of processes()) {
+    try {
+      const [s, uids, cmdline] = await Promise.all([p.stat(), p.uids(), p.cmdline()]);
+      rows.push({
+        pid: p.pid,
+        ppid: s.ppid,
+        uid: uids.real,
+        state: s.state,
+        threads: s.numThreads,
+        rssBytes: Number(s.rss) * PAGE,
+        comm: s.comm,
+        cmdline,
+      });
+    } catch (err) {
+      if (!(err instanceof NoSuchProcess)) throw err; // exited while we looked
+    }
+  }
+  return rows;
+}
