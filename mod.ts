@@ -18,26 +18,11 @@ export {
   TardigradeError,
   Unsupported,
 } from "./lib/errors.ts";
-export {
-  BASE_FORMAT_VERSION,
-  CHECKSUM_ALGORITHM,
-  DEFAULT_ROLL_SIZE,
-  FORMAT_VERSION,
-  type ImageFileEntry,
-  type ImageManifest,
-  ImageReader,
-  type ImageReaderOptions,
-  ImageWriter,
-  type ImageWriterOptions,
-  type PageExtent,
-  type PageSink,
-  type ParentLink,
-  type ReadExtentOptions,
-  TOOL_VERSION,
-} from "./lib/image/mod.ts";
+export { ImageReader, ImageWriter, TOOL_VERSION } from "./lib/image/mod.ts";
+/** The image format as data: manifest and `process.cbor` entry types (also `./image.ts`). */
+export * as image from "./image.ts";
 export {
   type Capabilities,
-  fdsOf,
   type Ids,
   Process,
   processes,
@@ -59,7 +44,6 @@ export {
 export { type AddressRange, type DumpableOptions, type PageRegion } from "./lib/inspect/pages.ts";
 export { NoAddressSpace } from "./lib/inspect/procfs.ts";
 export {
-  assignFileIds,
   type EpollInfo,
   type EpollTarget,
   type EventfdInfo,
@@ -88,29 +72,10 @@ export {
   loadPolicy,
   type MappingDecision,
   type Policy,
+  type RestorePolicy,
+  type RestoreStage,
 } from "./lib/policy.ts";
-export type {
-  FdEntry,
-  FileEntry,
-  ItimerEntry,
-  MappingEntry,
-  MappingSource,
-  MemoryObjectEntry,
-  MmEntry,
-  PageRun,
-  PendingSignal,
-  PosixTimerEntry,
-  ProcessEntry,
-  RlimitEntry,
-  SeccompFilterEntry,
-  SigactionEntry,
-  SpecialMappings,
-  TerminalEntry,
-  TerminalModes,
-  ThreadEntry,
-  WindowSize,
-  ZombieEntry,
-} from "./lib/image/schema.ts";
+export type { ProgressCallback } from "./lib/progress.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
 export { ShellJob, type ShellJobStatus, type ToolTerminal } from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";

@@ -37,6 +37,24 @@ export interface Policy {
   afterDump?(image: DumpedImage): void | Promise<void>;
 }
 
+/** The stages of a restore, in order, as `RestorePolicy.restoreStage` is told them. */
+export type RestoreStage =
+  | "preflight"
+  | "memory"
+  | "files"
+  | "process"
+  | "threads"
+  | "resume";
+
+/** Hooks a restore calls; every hook is optional. */
+export interface RestorePolicy {
+  /**
+   * Told each stage of each process (`preflight` and `resume` once, for the root) before it
+   * runs; throwing stops the restore, which kills what it made.
+   */
+  restoreStage?(stage: RestoreStage, process: ProcessEntry): void;
+}
+
 /** Loads a policy module (its default export) from a path or URL. */
 export async function loadPolicy(pathOrUrl: string): Promise<Policy> {
   const url = /^[a-z]+:/.test(pathOrUrl)

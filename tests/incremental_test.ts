@@ -5,14 +5,8 @@
  * missing or was replaced. A parent of another process works too, only with fewer equal pages.
  */
 import assert from "node:assert/strict";
-import {
-  checkpoint,
-  ImageError,
-  ImageReader,
-  Process,
-  type ProcessEntry,
-  restore,
-} from "../mod.ts";
+import { checkpoint, ImageError, ImageReader, Process, restore } from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
 import { parentDirOf, recordedParentPath } from "../lib/image/parent.ts";
 import { cli, fixture, isAlive, spawnTarget, type Target } from "./helpers.ts";
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { assignFileIds, type Fd, FileTable, Process } from "../mod.ts";
+import { type Fd, FileTable, Process } from "../mod.ts";
 import { fixture, spawnTarget, withTarget } from "./helpers.ts";
 
 // Files the fixtures map or hold stay until the module is done.
@@ -95,11 +95,5 @@ Deno.test("fds: fileId is shared by dup and fork, not by an independent open", a
     const ids = new Set(parent.map((f) => f.fileId));
     // all distinct but the dup, and stderr which the shell made a dup of stdout (2>&1)
     assert.equal(ids.size, parent.length - 2);
-
-    // the helper over several pids agrees
-    const together = assignFileIds([t.pid, child]);
-    const a = together.find((f) => f.pid === t.pid && f.fd === numbers.get("eventfd"))!;
-    const b = together.find((f) => f.pid === child && f.fd === numbers.get("eventfd"))!;
-    assert.equal(a.fileId, b.fileId);
   });
 });

@@ -4,7 +4,7 @@
  * the terminal modes it had set. Real ptys and a real bash; skipped when tmux is missing.
  */
 import assert from "node:assert/strict";
-import { ImageReader, type ProcessEntry } from "../mod.ts";
+import { ImageReader, type ProcessEntry } from "../image.ts";
 import { fixture, isAlive, killAndReap } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;

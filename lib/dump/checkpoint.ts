@@ -21,6 +21,7 @@ import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
 import type { MappingDecision, Policy } from "../policy.ts";
+import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
@@ -33,8 +34,8 @@ export interface CheckpointOptions {
   leaveRunning?: boolean;
   /** Hooks that decide what is dumped. */
   policy?: Policy;
-  /** Called as page data is written. */
-  onProgress?: (bytes: number) => void;
+  /** Called as page data is written (the total is not known in advance). */
+  onProgress?: ProgressCallback;
   /**
    * Dump only this process, not the processes it started. By default the whole tree below it
    * is dumped (and ended) with it, as its children would otherwise be orphaned.

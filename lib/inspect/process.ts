@@ -1,7 +1,7 @@
 /** A live process as an object, modelled on psutil: a pid plus lazy async accessors. */
 import { RLIM_INFINITY, RLIMIT } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
-import { assignFileIds, type Fd, FileTable, listFdNumbers, readFd } from "./fds.ts";
+import { type Fd, FileTable, listFdNumbers, readFd } from "./fds.ts";
 import { findMapping, listMappings, type Mapping, type MappingOptions } from "./mappings.ts";
 import { readMemory, readMemoryInto, writeMemory } from "./memory.ts";
 import {
@@ -473,14 +473,5 @@ export async function* processes(): AsyncIterable<Process> {
     } catch (err) {
       if (!(err instanceof NoSuchProcess)) throw err;
     }
-  }
-}
-
-/** Assigns file ids over the descriptors of several processes (see `FileTable`). */
-export function fdsOf(procs: Process[], files: FileTable = new FileTable()): Promise<Fd[]> {
-  try {
-    return Promise.resolve(assignFileIds(procs.map((p) => p.pid), files));
-  } catch (err) {
-    return Promise.reject(err);
   }
 }

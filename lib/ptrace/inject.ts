@@ -52,7 +52,7 @@ export function syscallOffset(code: Uint8Array): number {
  * signal mask as they were. Signals that arrive during a call are collected in `deferred` so the
  * caller can deliver them when it lets the thread go.
  */
-export class Injector {
+export class Injector implements Disposable {
   /** Address of the `syscall` instruction the thread is pointed at. */
   site: bigint;
   /** Signals the thread stopped for while injecting; deliver them on detach. */
@@ -226,5 +226,10 @@ export class Injector {
     } catch (err) {
       if (!(err instanceof SyscallError && err.errno === Errno.ESRCH)) throw err;
     }
+  }
+
+  /** Unmaps the scratch region (`using`). */
+  [Symbol.dispose](): void {
+    this.release();
   }
 }

@@ -52,7 +52,8 @@ import { restoreSession } from "../task/session.ts";
 import { restoreSharedPending, restoreSigactions } from "../task/signals.ts";
 import { cloneThread, finalRegs, restoreThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
-import type { Policy } from "../policy.ts";
+import type { RestorePolicy, RestoreStage } from "../policy.ts";
+import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { findVdso } from "../inspect/mappings.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
@@ -61,10 +62,10 @@ import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
-  /** Hooks: `restoreStage` is told each stage and may throw to stop the restore. */
-  policy?: Policy & { restoreStage?(stage: string, process: ProcessEntry): void };
-  /** Called as page data is written. */
-  onProgress?: (bytes: number, total: number) => void;
+  /** Hooks the restore calls (`restoreStage` is told each stage and may stop it). */
+  policy?: RestorePolicy;
+  /** Called as page data is written, with the total. */
+  onProgress?: ProgressCallback;
   /**
    * Restore into a new pid namespace (and a new mount namespace with its own /proc), where every
    * process and thread gets exactly its dumped pid and tid, however the host uses those numbers:
@@ -273,7 +274,7 @@ async function build(
   m: Making,
   reader: ImageReader,
   shares: Shares,
-  stage: (name: string, p: ProcessEntry) => void,
+  stage: (name: RestoreStage, p: ProcessEntry) => void,
   progress: (bytes: number) => void,
   made: number[],
   warnings: string[],
@@ -399,7 +400,7 @@ async function restoreTree(
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
     : () => {};
-  const stage = (name: string, p: ProcessEntry) => {
+  const stage = (name: RestoreStage, p: ProcessEntry) => {
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };

@@ -1,0 +1,54 @@
+/**
+ * The image format as data: the reader and writer, the manifest, and the entries of
+ * `process.cbor` (`ProcessEntry` and everything in it) that docs/IMAGE.md describes. Imported
+ * as `@tardigrade/tardigrade/image`, or as the `image` namespace of the main module.
+ *
+ * ```ts
+ * import { ImageReader, type ProcessEntry } from "./image.ts";
+ * using reader = await ImageReader.open("/tmp/img", { verify: true });
+ * const root = await reader.readMeta<ProcessEntry>("process");
+ * console.log(root.pid, root.mappings.length);
+ * ```
+ * @module
+ */
+export {
+  BASE_FORMAT_VERSION,
+  CHECKSUM_ALGORITHM,
+  DEFAULT_ROLL_SIZE,
+  FORMAT_VERSION,
+  type ImageFileEntry,
+  type ImageManifest,
+  ImageReader,
+  type ImageReaderOptions,
+  ImageWriter,
+  type ImageWriterOptions,
+  type PageExtent,
+  type PageSink,
+  type ParentLink,
+  type ReadExtentOptions,
+  TOOL_VERSION,
+} from "./lib/image/mod.ts";
+export {
+  type FdEntry,
+  type FileEntry,
+  type ItimerEntry,
+  type MappingEntry,
+  type MappingSource,
+  type MemoryObjectEntry,
+  type MmEntry,
+  type PageRun,
+  type PendingSignal,
+  type PosixTimerEntry,
+  PROCESS_META,
+  type ProcessEntry,
+  processMetaName,
+  type RlimitEntry,
+  type SeccompFilterEntry,
+  type SigactionEntry,
+  type SpecialMappings,
+  type TerminalEntry,
+  type TerminalModes,
+  type ThreadEntry,
+  type WindowSize,
+  type ZombieEntry,
+} from "./lib/image/schema.ts";
