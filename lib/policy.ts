@@ -6,6 +6,7 @@ import type { Fd } from "./inspect/fds.ts";
 import type { Mapping } from "./inspect/mappings.ts";
 import type { Process } from "./inspect/process.ts";
 import type { ProcessEntry } from "./image/schema.ts";
+import type { Difference } from "./restore/verify.ts";
 
 /** What to do with one descriptor: dump it, leave it out (closed after restore), or restore it
  * as the file at another path (opened with the same flags, at position 0 unless appending). */
@@ -44,15 +45,21 @@ export type RestoreStage =
   | "files"
   | "process"
   | "threads"
+  | "verify"
   | "resume";
 
 /** Hooks a restore calls; every hook is optional. */
 export interface RestorePolicy {
   /**
-   * Told each stage of each process (`preflight` and `resume` once, for the root) before it
-   * runs; throwing stops the restore, which kills what it made.
+   * Told each stage of each process (`preflight`, `verify` and `resume` once, for the root)
+   * before it runs; throwing stops the restore, which kills what it made.
    */
   restoreStage?(stage: RestoreStage, process: ProcessEntry): void;
+  /**
+   * Told each difference the restore's comparison finds between the image and the restored
+   * processes; true accepts it (the restore goes on), false or no hook fails the restore.
+   */
+  allowDifference?(difference: Difference): boolean;
 }
 
 /** Loads a policy module (its default export) from a path or URL. */

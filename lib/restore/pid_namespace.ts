@@ -83,6 +83,12 @@ export class PidMap {
     return host;
   }
 
+  /** The image's pid or tid of host pid or tid `host` (itself when not made by this restore). */
+  image(host: number): number {
+    for (const [image, h] of this.#host) if (h === host) return image;
+    return host;
+  }
+
   /** Every entry, image pid → host pid. */
   toMap(): Map<number, number> {
     return new Map(this.#host);

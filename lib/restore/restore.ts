@@ -57,6 +57,7 @@ import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { findVdso } from "../inspect/mappings.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
+import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
 import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
@@ -76,6 +77,12 @@ export interface RestoreOptions {
    * shared with the copy. An image with pid 1 is refused. Not with `shellJob`.
    */
   pidNamespace?: boolean;
+  /**
+   * Differences between the image and the restored processes that are accepted: `true` for all,
+   * or a function saying which. By default any difference the restore's own comparison finds
+   * (verify.ts) fails the restore, killing what it made.
+   */
+  allowDifferences?: boolean | ((difference: Difference) => boolean);
   /**
    * Restore a program that was run from an interactive shell on this process's terminal (its
    * stdin, which must be its controlling terminal, in the foreground), as CRIU's `--shell-job`:
@@ -116,6 +123,8 @@ export interface RestoreResult {
   pageBytes: number;
   /** Things that could not be restored exactly (a hard rlimit this machine cannot raise …). */
   warnings: string[];
+  /** Differences from the image that were allowed (`allowDifferences`); empty otherwise. */
+  differences: Difference[];
   /** With `shellJob`: the restored process as a job of this terminal, to wait for. */
   job?: ShellJob;
 }
@@ -302,7 +311,6 @@ async function build(
 
   stage("process", p);
   restoreFsState(inj, p);
-  restoreAttributes(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
@@ -343,13 +351,57 @@ function seal(m: Making): void {
     if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
   }
   restoreCredentials(inj, p.creds);
+  // After the credentials: changing them clears the parent-death signal.
+  restoreAttributes(inj, p);
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
-  // Last in each thread, the filters: they may forbid what came before. The munmap below (and
-  // anything else injected until the detach) still runs, as seccomp is suspended while traced.
+  // Last in each thread, the filters: they may forbid what came before. What is still injected
+  // until the detach (the comparison's reads, the scratch's munmap) runs all the same, as
+  // seccomp is suspended while traced.
   seccomp(false);
-  const scratch = inj.scratchRange!;
-  inj.call("munmap", scratch.start, scratch.end - scratch.start);
-  inj.dropScratch();
+}
+
+/** The last injected syscall: the restorer's scratch memory goes. */
+function unmapScratch(m: Making): void {
+  const scratch = m.inj.scratchRange!;
+  m.inj.call("munmap", scratch.start, scratch.end - scratch.start);
+  m.inj.dropScratch();
+}
+
+/**
+ * Reads every restored process back from the kernel and compares it with its image (verify.ts);
+ * throws naming the differences unless the options allow them.
+ */
+async function checkRestored(
+  making: Making[],
+  shares: Shares,
+  opts: RestoreOptions,
+  shellJob: boolean,
+): Promise<Difference[]> {
+  const diffs = await compareWithImage(making.map((m, i) => ({
+    entry: m.entry,
+    hostPid: m.pid,
+    injectors: m.injectors!,
+    hostId: (id: number) => shares.pids.host(id),
+    imageId: (id: number) => shares.pids.image(id),
+    ignore: m.inj.scratchRange ? [m.inj.scratchRange] : [],
+    sessionChosen: shellJob && i === 0,
+  })));
+  const allow = opts.allowDifferences;
+  const refused = diffs.filter((d) =>
+    !(allow === true || (typeof allow === "function" && allow(d)) ||
+      opts.policy?.allowDifference?.(d))
+  );
+  if (refused.length) {
+    const shown = refused.slice(0, 8).map(describeDifference);
+    const more = refused.length > shown.length
+      ? `\n(and ${refused.length - shown.length} more)`
+      : "";
+    throw new RestoreError(
+      `the restored process does not match its image:\n${shown.join("\n")}${more}\n` +
+        `(nothing was left running; allowDifferences (--allow-differences) restores it anyway)`,
+    );
+  }
+  return diffs;
 }
 
 /** Lets every thread of one process run from its dumped registers. */
@@ -485,6 +537,9 @@ async function restoreTree(
     // Every end of every TCP connection exists now: they may talk.
     resumeTcpStreams(shares.scope);
     for (const m of making) seal(m);
+    stage("verify", entries[0]);
+    const differences = await checkRestored(making, shares, opts, terminal !== undefined);
+    for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
 
@@ -505,6 +560,7 @@ async function restoreTree(
       threads: entries.reduce((n, p) => n + p.threads.length, 0),
       pageBytes,
       warnings,
+      differences,
       ...(job ? { job } : {}),
     };
   } catch (err) {

@@ -14,7 +14,7 @@ export async function dumpAttributes(proc: Process, inj: Injector): Promise<Attr
   return { personality: await proc.personality(), pdeathsig };
 }
 
-/** Sets them in the target. */
+/** Sets them in the target; after its credentials, as a change of uid clears the signal. */
 export function restoreAttributes(inj: Injector, a: Attributes): void {
   if (a.pdeathsig) inj.call("prctl", PR.SET_PDEATHSIG, a.pdeathsig);
   inj.call("personality", a.personality);

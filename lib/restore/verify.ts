@@ -1,0 +1,440 @@
+/**
+ * The restore checks itself: once a process is made, before it runs, everything the image says
+ * about it is read back from the kernel with the same readers the dump used (task state, threads,
+ * POSIX timers, seccomp, mappings and their advice, the descriptor table) and compared with the
+ * image. A difference names the process, the object, the field, the image's value and the
+ * kernel's; the restore then fails (killing what it made) unless the user allowed it.
+ *
+ * What is compared and how:
+ * - exactly: credentials and capability sets, umask, cwd, root, personality, parent-death signal,
+ *   comm and cmdline, the exe link, rlimits, mm fields and auxv, signal dispositions, pending
+ *   signals (by number), each thread's name, blocked mask, sigaltstack, clear_child_tid, robust
+ *   list, rseq, seccomp mode and filter count and no_new_privs, the threads themselves, zombie
+ *   children, session or group leadership;
+ * - timers: the interval exactly, the time left no more than the image's (time passes);
+ * - mappings: the address space as a sequence of ranges with their protection, sharing, kind,
+ *   file (path and offset for file mappings) and madvise/mlock state, after merging neighbours
+ *   the kernel may have merged (or kept apart) differently; the special mappings' addresses;
+ * - descriptors: the set of numbers, each one's close-on-exec, access mode and status flags,
+ *   kind, position (files) and path (files reopened by path), and which descriptors share one
+ *   open file, across the whole tree.
+ * Not compared: registers and the final signal mask (the restore sets them itself with ptrace
+ * right after), the parent (a restored root is a child of the tool or of a namespace's init),
+ * per-kind contents of files (queued bytes, socket options).
+ */
+import { getRegs, ITIMER, O, SETFL_MASK } from "../../ffi/mod.ts";
+import type { FileEntry, MappingEntry, ProcessEntry, ThreadEntry } from "../image/schema.ts";
+import { assignFileIds, type Fd, type FdKind, FileTable } from "../inspect/fds.ts";
+import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
+import { Process } from "../inspect/process.ts";
+import { threadIds } from "../inspect/procfs.ts";
+import { vmaAdvice } from "../memory/advice.ts";
+import type { Injector } from "../ptrace/inject.ts";
+import { dumpPosixTimers } from "../task/posix_timers.ts";
+import { dumpSeccomp } from "../task/seccomp.ts";
+import { dumpTask } from "../task/task.ts";
+import { dumpThread } from "../task/threads.ts";
+
+/** One way a restored process differs from its image. */
+export interface Difference {
+  /** The process, by its dumped pid. */
+  pid: number;
+  /** What in it: `process`, `thread 123`, `fd 4`, `mapping 0x7f00…-0x7f10…`, `timer 2` … */
+  object: string;
+  /** The field: `umask`, `flags`, `prot` … */
+  field: string;
+  /** The image's value, as text. */
+  image: string;
+  /** The kernel's value now, as text. */
+  kernel: string;
+}
+
+/** A restored process ready to be compared: made, stopped, its injectors still usable. */
+export interface RestoredProcess {
+  /** Its image entry (as the restore used it: a shell job's terminal already moved). */
+  entry: ProcessEntry;
+  /** Its pid as the tool sees it. */
+  hostPid: number;
+  /** Runs syscalls in each thread, by dumped tid (scratch memory mapped). */
+  injectors: ReadonlyMap<number, Injector>;
+  /** Dumped pid or tid → the tool's. */
+  hostId(id: number): number;
+  /** Tool's pid or tid → the dumped one. */
+  imageId(id: number): number;
+  /** Address ranges the restore still uses in it (its scratch memory): not compared. */
+  ignore: { start: bigint; end: bigint }[];
+  /** Its session and group were chosen by the restore (a shell job's root). */
+  sessionChosen?: boolean;
+}
+
+const hex = (n: bigint | number) => `0x${n.toString(16)}`;
+
+/** What setting a CPU-time interval timer may add to it (a tick, with room to spare). */
+const CPU_TIMER_SLACK_US = 10_000n;
+
+/** Text for values in messages: bigints in hex, arrays and objects as JSON. */
+function show(v: unknown): string {
+  if (typeof v === "bigint") return hex(v);
+  if (v === undefined) return "(none)";
+  return JSON.stringify(v, (_k, x) => typeof x === "bigint" ? hex(x) : x);
+}
+
+/** Collects differences for one process. */
+class Diff {
+  readonly list: Difference[] = [];
+  constructor(readonly pid: number) {}
+
+  /** Records a difference when `image` and `kernel` are not equal (deep, bigints by value). */
+  same(object: string, field: string, image: unknown, kernel: unknown): void {
+    if (show(image) !== show(kernel)) this.add(object, field, image, kernel);
+  }
+
+  add(object: string, field: string, image: unknown, kernel: unknown): void {
+    this.list.push({ pid: this.pid, object, field, image: show(image), kernel: show(kernel) });
+  }
+}
+
+/** Status flags that belong to an open file and that a restore must give back. */
+const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | 0o4000000; // __O_SYNC
+
+/** The inspection kinds each image file kind may show as. */
+const FD_KINDS: Record<string, FdKind[]> = {
+  regular: ["file", "directory", "memfd"],
+  device: ["device", "tty"],
+  pipe: ["pipe"],
+  fifo: ["fifo"],
+  eventfd: ["eventfd"],
+  epoll: ["epoll"],
+  signalfd: ["signalfd"],
+  timerfd: ["timerfd"],
+  inotify: ["inotify"],
+  memfd: ["memfd", "file"],
+  socket: ["socket"],
+  "unix-pair": ["socket"],
+  "tcp-stream": ["socket"],
+};
+
+/** Compares the process-wide state. */
+async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
+  const e = p.entry;
+  const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
+  const live = await dumpTask(await Process.open(p.hostPid), inj);
+  const at = "process";
+  d.same(at, "comm", e.comm, live.comm);
+  d.same(at, "cmdline", e.cmdline, live.cmdline);
+  if (e.exe) d.same(at, "exe", e.exe.path, live.exe?.path);
+  d.same(at, "cwd", e.cwd, live.cwd);
+  d.same(at, "root", e.root, live.root);
+  d.same(at, "umask", `0${e.umask.toString(8)}`, `0${live.umask.toString(8)}`);
+  d.same(at, "personality", hex(e.personality), hex(live.personality));
+  d.same(at, "pdeathsig", e.pdeathsig ?? 0, live.pdeathsig ?? 0);
+  for (const [k, v] of Object.entries(e.creds)) {
+    d.same(at, k, v, (live.creds as Record<string, unknown>)[k]);
+  }
+  const liveLimits = new Map(live.rlimits.map((r) => [r.resource, r]));
+  for (const r of e.rlimits) {
+    const now = liveLimits.get(r.resource);
+    d.same(at, `rlimit ${r.resource}`, [r.soft, r.hard], now && [now.soft, now.hard]);
+  }
+  for (const [k, v] of Object.entries(e.mm)) {
+    d.same(at, `mm.${k}`, v, (live.mm as unknown as Record<string, unknown>)[k]);
+  }
+  const liveActions = new Map(live.sigactions.map((s) => [s.signo, s]));
+  for (const s of e.sigactions) {
+    const now = liveActions.get(s.signo);
+    d.same(`signal ${s.signo}`, "sigaction", s, now);
+    liveActions.delete(s.signo);
+  }
+  for (const s of liveActions.values()) d.add(`signal ${s.signo}`, "sigaction", undefined, s);
+  d.same(at, "pending signals", signos(e.sharedPending), signos(live.sharedPending));
+  for (const which of [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF]) {
+    const want = e.itimers.find((t) => t.which === which);
+    const now = live.itimers.find((t) => t.which === which);
+    const what = `itimer ${which}`;
+    if (!want || !now) d.same(what, "armed", !!want, !!now);
+    else {
+      d.same(what, "interval (µs)", want.intervalUs, now.intervalUs);
+      // CPU-time timers are kept in ticks: setting one rounds it up by as much as one (4 ms).
+      const slack = which === ITIMER.REAL ? 0n : CPU_TIMER_SLACK_US;
+      if (now.valueUs > want.valueUs + slack) {
+        d.add(what, "time left (µs)", want.valueUs, now.valueUs);
+      }
+    }
+  }
+  const zombies = (z: ProcessEntry["zombies"]) => (z ?? []).map((x) => x.status).sort();
+  d.same(at, "zombie children (exit statuses)", zombies(e.zombies), zombies(live.zombies));
+  if (!p.sessionChosen) {
+    d.same(at, "leads its session", e.sid === e.pid, live.sid === live.pid);
+    d.same(at, "leads its process group", e.pgid === e.pid, live.pgid === live.pid);
+  }
+}
+
+const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
+
+/** Compares every thread: the set, and each one's kernel state but its registers. */
+function compareThreads(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const live = threadIds(p.hostPid).map((t) => p.imageId(t)).sort((a, b) => a - b);
+  d.same("process", "threads", e.threads.map((t) => t.tid).sort((a, b) => a - b), live);
+  const now: ThreadEntry[] = [];
+  for (const t of e.threads) {
+    const inj = p.injectors.get(t.tid);
+    if (!inj) continue;
+    const got = dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid) }, inj);
+    now.push({ ...got, tid: inj.tid });
+    const at = `thread ${t.tid}`;
+    d.same(at, "name", t.name, got.name);
+    d.same(at, "pending signals", signos(t.pending), signos(got.pending));
+    d.same(at, "sigaltstack", t.sigaltstack, got.sigaltstack);
+    d.same(at, "clear_child_tid", t.clearChildTid, got.clearChildTid);
+    d.same(at, "robust list", t.robustList, got.robustList);
+    d.same(at, "rseq", t.rseq, got.rseq);
+  }
+  dumpSeccomp(p.hostPid, now);
+  for (const [i, t] of e.threads.entries()) {
+    const got = now[i];
+    if (!got) continue;
+    const at = `thread ${t.tid}`;
+    d.same(at, "no_new_privs", t.noNewPrivs ?? false, got.noNewPrivs ?? false);
+    d.same(at, "seccomp mode", t.seccomp?.mode ?? 0, got.seccomp?.mode ?? 0);
+    d.same(at, "seccomp filters", t.seccomp?.filters.length ?? 0, got.seccomp?.filters.length ?? 0);
+  }
+}
+
+/** Compares the POSIX timers: ids, clocks, notification, interval; time left may only shrink. */
+function comparePosixTimers(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
+  const live = new Map(dumpPosixTimers(p.hostPid, inj).map((t) => [t.id, t]));
+  for (const t of e.posixTimers ?? []) {
+    const now = live.get(t.id);
+    live.delete(t.id);
+    const at = `timer ${t.id}`;
+    if (!now) {
+      d.add(at, "exists", true, false);
+      continue;
+    }
+    d.same(at, "clock", t.clockid, now.clockid);
+    d.same(at, "signal", t.signo, now.signo);
+    d.same(at, "sigval", t.sigval, now.sigval);
+    d.same(at, "notify", t.notify, now.notify);
+    d.same(at, "interval (ns)", t.intervalNs, now.intervalNs);
+    if ((t.valueNs === 0n) !== (now.valueNs === 0n) || now.valueNs > t.valueNs) {
+      d.add(at, "time left (ns)", t.valueNs, now.valueNs);
+    }
+  }
+  for (const id of live.keys()) d.add(`timer ${id}`, "exists", false, true);
+}
+
+/** What a range of the address space is, as far as the comparison goes. */
+interface Span {
+  start: bigint;
+  end: bigint;
+  prot: number;
+  shared: boolean;
+  kind: string;
+  /** The file of a file mapping, with the offset of `start` in it. */
+  file?: string;
+  offset?: bigint;
+  advice: string;
+}
+
+/** Neighbours that are one range to the comparison become one span. */
+function merged(spans: Span[]): Span[] {
+  const out: Span[] = [];
+  for (const s of spans) {
+    const last = out[out.length - 1];
+    const contiguous = last && last.end === s.start && last.prot === s.prot &&
+      last.shared === s.shared && last.kind === s.kind && last.file === s.file &&
+      last.advice === s.advice &&
+      (s.offset === undefined || last.offset! + (last.end - last.start) === s.offset);
+    if (contiguous) last.end = s.end;
+    else out.push({ ...s });
+  }
+  return out;
+}
+
+const protBits = (m: Mapping) =>
+  (m.prot.read ? 1 : 0) | (m.prot.write ? 2 : 0) | (m.prot.exec ? 4 : 0);
+
+function imageSpan(m: MappingEntry): Span {
+  const file = m.source.type === "file" ? m.source.path : undefined;
+  return {
+    start: m.start,
+    end: m.end,
+    prot: m.prot,
+    shared: m.shared,
+    kind: m.kind,
+    ...(file !== undefined ? { file, offset: m.offset } : {}),
+    advice: [...(m.advice ?? [])].sort().join(" "),
+  };
+}
+
+/** Compares the address space (special mappings by address, the rest as merged spans). */
+function compareMappings(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const live = listMappings(p.hostPid);
+  const advice = vmaAdvice(p.hostPid);
+  const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
+  const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
+  const spans: Span[] = [];
+  for (const m of live) {
+    if (special.has(m.kind) || ignored(m)) continue;
+    const file = m.kind === "file" ? m.path ?? undefined : undefined;
+    spans.push({
+      start: m.start,
+      end: m.end,
+      prot: protBits(m),
+      shared: m.shared,
+      kind: m.kind,
+      ...(file !== undefined ? { file, offset: m.offset } : {}),
+      advice: [...(advice.get(m.start) ?? [])].sort().join(" "),
+    });
+  }
+  const want = merged(e.mappings.map(imageSpan));
+  const got = merged(spans);
+  const byStart = new Map(got.map((s) => [s.start, s]));
+  for (const w of want) {
+    const g = byStart.get(w.start);
+    const at = `mapping ${hex(w.start)}-${hex(w.end)}${w.file ? ` ${w.file}` : ` (${w.kind})`}`;
+    byStart.delete(w.start);
+    if (!g) {
+      d.add(at, "exists", true, false);
+      continue;
+    }
+    d.same(at, "end", w.end, g.end);
+    d.same(at, "prot", w.prot, g.prot);
+    d.same(at, "shared", w.shared, g.shared);
+    d.same(at, "kind", w.kind, g.kind);
+    d.same(at, "file", w.file, g.file);
+    d.same(at, "offset", w.offset, g.offset);
+    d.same(at, "madvise/mlock", w.advice, g.advice);
+  }
+  for (const g of byStart.values()) {
+    d.add(`mapping ${hex(g.start)}-${hex(g.end)} (${g.kind})`, "exists", false, true);
+  }
+  const now = specialMappings(p.hostPid);
+  const where = (k: "vdso" | "vvar" | "vvar_vclock") => {
+    const m = now.get(k);
+    return m ? [m.start, m.end] : undefined;
+  };
+  const s = e.special;
+  if (s.vdso) d.same("[vdso]", "address", [s.vdso.start, s.vdso.end], where("vdso"));
+  if (s.vvar) d.same("[vvar]", "address", [s.vvar.start, s.vvar.end], where("vvar"));
+  if (s.vvarVclock) {
+    d.same(
+      "[vvar_vclock]",
+      "address",
+      [s.vvarVclock.start, s.vvarVclock.end],
+      where("vvar_vclock"),
+    );
+  }
+}
+
+/** Which image file and which live open file each descriptor of the tree has. */
+interface Sharing {
+  imageOf: Map<string, number>;
+  liveOf: Map<string, number>;
+}
+
+/** Compares the descriptor table; records who shares what in `sharing` for the tree check. */
+function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Sharing): void {
+  const e = p.entry;
+  const files = new Map<number, FileEntry>(e.files.map((f) => [f.id, f]));
+  const live = new Map<number, Fd>(assignFileIds([p.hostPid], table).map((f) => [f.fd, f]));
+  d.same("process", "fds", e.fds.map((f) => f.fd), [...live.keys()]);
+  for (const want of e.fds) {
+    const got = live.get(want.fd);
+    const f = files.get(want.file);
+    if (!got || !f) continue;
+    const at = `fd ${want.fd}`;
+    d.same(at, "close-on-exec", want.closeOnExec, got.closeOnExec);
+    d.same(at, "flags", flagText(f.flags), flagText(got.flags));
+    const kinds = FD_KINDS[f.kind];
+    if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
+    if (f.kind === "regular" && typeof f.position === "bigint") {
+      d.same(at, "position", f.position, got.position);
+      if (typeof f.path === "string" && f.object === undefined && !got.target.endsWith(")")) {
+        d.same(at, "path", f.path, got.target);
+      }
+    }
+    const key = `${e.pid}:${want.fd}`;
+    sharing.imageOf.set(key, want.file);
+    sharing.liveOf.set(key, got.fileId);
+  }
+}
+
+/** Descriptors that shared one open file must share one again, and only those. */
+function compareSharing(sharing: Sharing, diffs: Difference[]): void {
+  const pair = new Map<number, number>(); // image file id → live file id
+  const back = new Map<number, number>();
+  for (const [key, image] of sharing.imageOf) {
+    const live = sharing.liveOf.get(key)!;
+    const [pid, fd] = key.split(":").map(Number);
+    const was = pair.get(image);
+    const owner = back.get(live);
+    if (was !== undefined && was !== live) {
+      diffs.push({
+        pid,
+        object: `fd ${fd}`,
+        field: "open file",
+        image: `shares open file ${image} with another descriptor`,
+        kernel: "a separate open file",
+      });
+    } else if (owner !== undefined && owner !== image) {
+      diffs.push({
+        pid,
+        object: `fd ${fd}`,
+        field: "open file",
+        image: `open file ${image} of its own`,
+        kernel: "shares its open file with another descriptor",
+      });
+    }
+    pair.set(image, live);
+    back.set(live, image);
+  }
+}
+
+const FLAG_NAMES: [number, string][] = [
+  [O.APPEND, "O_APPEND"],
+  [O.NONBLOCK, "O_NONBLOCK"],
+  [O.DSYNC, "O_DSYNC"],
+  [O.ASYNC, "O_ASYNC"],
+  [O.DIRECT, "O_DIRECT"],
+  [O.NOATIME, "O_NOATIME"],
+  [O.PATH, "O_PATH"],
+  [0o4000000, "O_SYNC"],
+];
+
+/** The status flags that matter, spelled out (`O_RDWR|O_APPEND`). */
+function flagText(flags: number): string {
+  const f = flags & STATUS_FLAGS;
+  const mode = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"][f & O.ACCMODE];
+  return [mode, ...FLAG_NAMES.filter(([bit]) => (f & bit) === bit).map(([, n]) => n)].join("|");
+}
+
+/**
+ * Compares every restored process of a tree with its image; returns the differences, none when
+ * the kernel holds what the image says. The processes must still be stopped and traced.
+ */
+export async function compareWithImage(tree: RestoredProcess[]): Promise<Difference[]> {
+  const diffs: Difference[] = [];
+  const table = new FileTable();
+  const sharing: Sharing = { imageOf: new Map(), liveOf: new Map() };
+  for (const p of tree) {
+    const d = new Diff(p.entry.pid);
+    await compareTask(p, d);
+    compareThreads(p, d);
+    comparePosixTimers(p, d);
+    compareMappings(p, d);
+    compareFds(p, d, table, sharing);
+    diffs.push(...d.list);
+  }
+  compareSharing(sharing, diffs);
+  return diffs;
+}
+
+/** One line per difference: `process 123, fd 4: flags: image O_RDWR|O_APPEND, kernel O_RDWR`. */
+export function describeDifference(x: Difference): string {
+  return `process ${x.pid}, ${x.object}: ${x.field}: image ${x.image}, kernel ${x.kernel}`;
+}
