@@ -13,7 +13,7 @@ import { memfdHandler } from "./memfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
 import { signalfdHandler } from "./signalfd.ts";
-import { socketHandler } from "./socket/socket.ts";
+import { socketHandler } from "./socket/dispatch.ts";
 import { tcpStreamHandler } from "./socket/tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";

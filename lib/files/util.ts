@@ -1,5 +1,15 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
-import { libc, O, syscall, SyscallError, unwrap } from "../../ffi/mod.ts";
+import {
+  errnoName,
+  libc,
+  O,
+  SOCK_IOCTL,
+  SYS,
+  syscall,
+  SyscallError,
+  tryIoctlInt,
+  unwrap,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { FileRestoreContext } from "./types.ts";
 
@@ -35,9 +45,9 @@ export function fcntl(fd: number, cmd: number, arg = 0): number {
 
 /** Bytes waiting in a pipe or FIFO (FIONREAD), in this process. */
 export function bytesQueued(fd: number): number {
-  const n = new Int32Array(1);
-  unwrap(libc.ioctl(fd, 0x541bn, new Uint8Array(n.buffer)), "ioctl(FIONREAD)", [fd]);
-  return n[0];
+  const n = tryIoctlInt(fd, SOCK_IOCTL.FIONREAD);
+  if (n < 0) throw new SyscallError("ioctl(FIONREAD)", [fd], -n);
+  return n;
 }
 
 /** Runs a syscall in the target by number (for ones `SYS` does not name); throws on failure. */
@@ -80,6 +90,48 @@ export function u64(value: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
   return b;
+}
+
+/** Little-endian i32 bytes. */
+export function i32(value: number): Uint8Array {
+  return new Uint8Array(new Int32Array([value]).buffer);
+}
+
+/** The little-endian i32 at byte `at` of `bytes`. */
+export function readI32(bytes: Uint8Array, at = 0): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getInt32(at, true);
+}
+
+/** The little-endian u32 at byte `at` of `bytes`. */
+export function readU32(bytes: Uint8Array, at = 0): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(at, true);
+}
+
+/**
+ * Gives the target the tool's descriptor `mine`: the very open file, taken with an injected
+ * pidfd_getfd on the tool. Returns the target fd; throws a RestoreError about `what` when the
+ * target cannot take it.
+ */
+export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
+  const inj = ctx.injector;
+  const toolPidfd = ctx.toolPidfd();
+  if (toolPidfd < 0n) {
+    throw new RestoreError(
+      `${what}: pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`,
+    );
+  }
+  try {
+    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
+    if (fd < 0n) {
+      throw new RestoreError(
+        `${what}: pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`,
+      );
+    }
+    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
+    return Number(fd);
+  } finally {
+    inj.call("close", toolPidfd);
+  }
 }
 
 /**
