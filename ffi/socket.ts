@@ -206,7 +206,12 @@ export function tryGetsockopt(
 }
 
 /** setsockopt(2) with raw bytes: 0, or a negative errno. */
-export function trySetsockopt(fd: number, level: number, option: number, value: Uint8Array): number {
+export function trySetsockopt(
+  fd: number,
+  level: number,
+  option: number,
+  value: Uint8Array,
+): number {
   return attempt(SYS.setsockopt, fd, level, option, addressOf(value), value.length);
 }
 
