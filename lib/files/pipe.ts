@@ -129,8 +129,8 @@ function closeState(st: PipeState): void {
 }
 
 /**
- * Closes every pipe or FIFO end the tool still holds for `ctx` (finish() does it per pipe; this
- * is for a restore that stops early).
+ * Closes every pipe or FIFO end the tool still holds for `ctx` (finish() does it per pipe; within
+ * a tree, and for a restore that stops early, the scope hooks call this).
  */
 export function releasePipes(ctx: FileRestoreContext | object): void {
   const scope = (ctx as FileRestoreContext).scope ?? ctx;
@@ -219,6 +219,7 @@ export const pipeHandler: FileHandler<PipeEntry> = {
     const st = stateOf(ctx).get(`pipe:${e.pipe}`);
     if (st) closeState(st);
   },
+  release: releasePipes,
 };
 
 function openFifo(e: FifoEntry, ctx: FileRestoreContext): number {
@@ -270,4 +271,5 @@ export const fifoHandler: FileHandler<FifoEntry> = {
     const st = stateOf(ctx).get(`fifo:${e.path}`);
     if (st) closeState(st);
   },
+  release: releasePipes, // the pipes' state holds the FIFOs too
 };

@@ -48,3 +48,18 @@ export function handlerForFd(fd: Fd): FileHandler | undefined {
 export function handlerForEntry(entry: FileEntry): FileHandler | undefined {
   return byEntryKind.get(entry.kind);
 }
+
+/** Once every process of a restore is made: every handler lets go of what it holds for `scope`. */
+export function releaseScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.release?.(scope);
+}
+
+/** After `releaseScope`, once every process is made: what was held still may run (TCP). */
+export function resumeScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.resume?.(scope);
+}
+
+/** A restore that failed or stopped early: every handler drops what it holds for `scope`. */
+export function abortScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.abort ? h.abort(scope) : h.release?.(scope);
+}

@@ -33,7 +33,7 @@
  * ESTABLISHED), TCP_REPAIR_OPTIONS (mss, window scales, SACK, timestamps), TCP_TIMESTAMP, the
  * receive queue and the sent but unacknowledged bytes written back in repair mode, then
  * TCP_REPAIR_WINDOW. Every connection stays in repair mode until every process of the tree is
- * made (both ends of a loopback connection may be in the image); then `resumeTcpStreams` turns
+ * made (both ends of a loopback connection may be in the image); then the `resume` hook turns
  * repair off (a window probe tells the peer where we are; data still unacknowledged is sent again
  * on the retransmission timer), sets SO_REUSEADDR again, sends the bytes never sent as ordinary
  * writes, puts back SO_BUF_LOCK as dumped (buffer sizes the program never fixed autotune again)
@@ -502,7 +502,7 @@ function sendUnsent(e: TcpStreamEntry, s: number): void {
  * the bytes never sent, SO_BUF_LOCK as dumped, and the tool's copies closed. Called once every
  * process of the tree is made, so both ends of a connection inside the tree exist by then.
  */
-export function resumeTcpStreams(scope: object): void {
+function resumeTcpStreams(scope: object): void {
   const list = pending.get(scope) ?? [];
   pending.delete(scope);
   let at: TcpStreamEntry | undefined;
@@ -530,7 +530,7 @@ export function resumeTcpStreams(scope: object): void {
  * Lets go of the tool's copies of connections restored with `scope` without resuming them (a
  * restore that failed: in repair mode they close without a word to the peer).
  */
-export function dropTcpStreams(scope: object): void {
+function dropTcpStreams(scope: object): void {
   for (const { socket } of pending.get(scope) ?? []) close(socket);
   pending.delete(scope);
 }
@@ -550,4 +550,6 @@ export const tcpStreamHandler: FileHandler<TcpStreamEntry> = {
     // Within a tree the peer may be in a process not made yet: the restore resumes them all.
     if (!ctx.scope) resumeTcpStreams(ctx);
   },
+  resume: resumeTcpStreams,
+  abort: dropTcpStreams,
 };

@@ -352,7 +352,7 @@ function closeState(st: PairState): void {
  * Closes every socket the tool still holds for `scope` (each pair lets go of its own once both
  * ends are placed; this is for a restore that stops early, or a peer a policy skipped).
  */
-export function releaseUnixPairs(scope: object): void {
+function releaseUnixPairs(scope: object): void {
   for (const st of restoring.get(scope)?.values() ?? []) closeState(st);
   restoring.delete(scope);
 }
@@ -462,4 +462,5 @@ export const unixPairHandler: FileHandler<UnixPairEntry> = {
     const st = pairsOf(ctx).get(pairKey(e));
     if (st && !st.closed) settle(st);
   },
+  release: releaseUnixPairs,
 };
