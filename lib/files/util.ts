@@ -67,6 +67,19 @@ export function injectOpen(ctx: FileRestoreContext, path: string, flags: number)
   return Number(ctx.injector.call("openat", AT_FDCWD, ctx.putString(path), flags, 0));
 }
 
+/** socketpair() inside the target; returns its two fds. */
+export function injectSocketpair(
+  ctx: FileRestoreContext,
+  family: number,
+  type: number,
+  protocol: number,
+): [number, number] {
+  const sv = ctx.put(new Uint8Array(8));
+  injectRaw(ctx, "socketpair", SYS.socketpair, family, type, protocol, sv);
+  const [a, b] = new Int32Array(ctx.memory.read(sv, 8).slice().buffer);
+  return [a, b];
+}
+
 /** Closes an fd of the target. */
 export function injectClose(ctx: FileRestoreContext, fd: number): void {
   ctx.injector.call("close", fd);
@@ -109,29 +122,27 @@ export function readU32(bytes: Uint8Array, at = 0): number {
 
 /**
  * Gives the target the tool's descriptor `mine`: the very open file, taken with an injected
- * pidfd_getfd on the tool. Returns the target fd; throws a RestoreError about `what` when the
- * target cannot take it.
+ * pidfd_getfd on the tool. Returns the target fd, or why the target could not take it.
  */
-export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
+export function tryHandToTarget(ctx: FileRestoreContext, mine: number): number | string {
   const inj = ctx.injector;
   const toolPidfd = ctx.toolPidfd();
-  if (toolPidfd < 0n) {
-    throw new RestoreError(
-      `${what}: pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`,
-    );
-  }
+  if (toolPidfd < 0n) return `pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`;
   try {
     const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
-    if (fd < 0n) {
-      throw new RestoreError(
-        `${what}: pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`,
-      );
-    }
+    if (fd < 0n) return `pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`;
     inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
     return Number(fd);
   } finally {
     inj.call("close", toolPidfd);
   }
+}
+
+/** `tryHandToTarget`, throwing a RestoreError about `what` when the target cannot take it. */
+export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
+  const fd = tryHandToTarget(ctx, mine);
+  if (typeof fd === "string") throw new RestoreError(`${what}: ${fd}`);
+  return fd;
 }
 
 /**

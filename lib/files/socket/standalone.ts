@@ -45,7 +45,7 @@ import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, injectClose, injectRaw, readU32 } from "../util.ts";
+import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { unixListenQueue } from "./diag.ts";
 import { changedOptions, findOption, intOption, setOption, type SocketOption } from "./options.ts";
@@ -250,9 +250,7 @@ function checkSocket(e: SocketEntry): string | null {
 
 /** A socketpair of which one end is closed again: a socket whose peer is gone. */
 function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
-  const sv = ctx.put(new Uint8Array(8));
-  injectRaw(ctx, "socketpair", SYS.socketpair, e.family, type, e.protocol, sv);
-  const [fd, other] = new Int32Array(ctx.memory.read(sv, 8).buffer);
+  const [fd, other] = injectSocketpair(ctx, e.family, type, e.protocol);
   injectClose(ctx, other);
   return fd;
 }

@@ -65,6 +65,7 @@ import {
   i32,
   injectClose,
   injectRaw,
+  injectSocketpair,
   readI32,
   readU32,
   SETFL_MASK,
@@ -416,9 +417,7 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
   let st = pairs.get(key);
   let fd: number;
   if (!st) {
-    const sv = ctx.put(new Uint8Array(8));
-    injectRaw(ctx, "socketpair", SYS.socketpair, AF.UNIX, e.type, 0, sv);
-    const [mine, other] = new Int32Array(ctx.memory.read(sv, 8).slice().buffer);
+    const [mine, other] = injectSocketpair(ctx, AF.UNIX, e.type, 0);
     st = { halves: new Map(), placed: [], closed: false };
     pairs.set(key, st);
     st.halves.set(e.inode, pidfdGetfd(ctx.pidfd, mine));
