@@ -38,6 +38,7 @@ export interface SocketOption {
 
 /** Reads options of one socket: the bytes getsockopt gives, or a negative errno. */
 export interface OptionReader {
+  /** getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
   getsockopt(level: number, option: number, size: number): Uint8Array | number;
 }
 

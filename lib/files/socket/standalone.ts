@@ -84,6 +84,7 @@ export interface StandaloneSocket {
   socket: TargetSocket;
   /** "IPv4 TCP" …, for messages. */
   what: string;
+  /** SO_DOMAIN, SO_TYPE and SO_PROTOCOL. */
   family: number;
   type: number;
   protocol: number;
