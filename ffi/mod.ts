@@ -15,6 +15,7 @@ export * from "./ptrace.ts";
 export * from "./sched.ts";
 export * from "./seccomp.ts";
 export * from "./signal.ts";
+export * from "./socket.ts";
 export * from "./stat.ts";
 export * from "./structs.ts";
 export * from "./syscalls.ts";

@@ -105,6 +105,18 @@ export const SYS = {
   clone3: 435,
   close_range: 436,
   pidfd_getfd: 438,
+  // Socket calls, in the tool and injected.
+  connect: 42,
+  sendto: 44,
+  recvfrom: 45,
+  recvmsg: 47,
+  shutdown: 48,
+  bind: 49,
+  listen: 50,
+  getsockname: 51,
+  getpeername: 52,
+  socketpair: 53,
+  getsockopt: 55,
 } as const;
 
 /** Calls a raw syscall locally; returns the result, throws `SyscallError` on failure. */

@@ -9,7 +9,7 @@ import dgram from "node:dgram";
 import { checkpoint, restore } from "../mod.ts";
 import { DumpError, RestoreError } from "../lib/errors.ts";
 import { ImageReader } from "../lib/image/mod.ts";
-import type { SocketEntry } from "../lib/files/socket/socket.ts";
+import type { SocketEntry } from "../lib/files/socket/standalone.ts";
 import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
 import type { ProcessEntry } from "../lib/image/schema.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";

@@ -5,10 +5,7 @@
 import { close, O, pidfdOpen, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { assignFileIds, type Fd, FileTable } from "../inspect/fds.ts";
-import { releasePipes } from "./pipe.ts";
-import { releaseUnixPairs } from "./socket/unix_pair.ts";
-import { dropTcpStreams } from "./socket/tcp_stream.ts";
-import { handlerForEntry, handlerForFd } from "./registry.ts";
+import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
 import type { FileDumpContext, FileRestoreContext } from "./types.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
@@ -128,12 +125,9 @@ export function restoreFdTable(
     scope,
   };
   const cleanup = () => {
-    // Else the whole tree's restore releases them at its end.
-    if (!scope) {
-      releasePipes(ctx);
-      releaseUnixPairs(ctx);
-      dropTcpStreams(ctx); // finish() resumed them, unless the restore stopped early
-    }
+    // Else the whole tree's restore releases them at its end. Alone, finish() settled or
+    // resumed each file, unless the restore stopped early: what is left is dropped.
+    if (!scope) abortScope(ctx);
     close(pidfd);
   };
   try {

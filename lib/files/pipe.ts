@@ -22,7 +22,7 @@
  * O_NONBLOCK if the original was blocking. The data is written back only if the FIFO is empty:
  * when another process still holds it open, the bytes are still there.
  */
-import { close, libc, O, open, pidfdGetfd, SYS, unwrap } from "../../ffi/mod.ts";
+import { close, libc, O, open, pidfdGetfd, unwrap } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
@@ -35,6 +35,7 @@ import {
   injectOpen,
   reopenFlags,
   SETFL_MASK,
+  tryHandToTarget,
   writeAll,
 } from "./util.ts";
 
@@ -129,8 +130,8 @@ function closeState(st: PipeState): void {
 }
 
 /**
- * Closes every pipe or FIFO end the tool still holds for `ctx` (finish() does it per pipe; this
- * is for a restore that stops early).
+ * Closes every pipe or FIFO end the tool still holds for `ctx` (finish() does it per pipe; within
+ * a tree, and for a restore that stops early, the scope hooks call this).
  */
 export function releasePipes(ctx: FileRestoreContext | object): void {
   const scope = (ctx as FileRestoreContext).scope ?? ctx;
@@ -154,19 +155,8 @@ function refill(write: number, size: number, data: Uint8Array): void {
  * /proc/<tool>/fd/<end> instead: a new open file on the same pipe (which has O_LARGEFILE set).
  */
 function secondEnd(ctx: FileRestoreContext, mine: number, end: "read" | "write"): number {
-  const inj = ctx.injector;
-  const toolPidfd = ctx.toolPidfd();
-  if (toolPidfd >= 0n) {
-    try {
-      const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
-      if (fd >= 0n) {
-        inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; that is per-fd
-        return Number(fd);
-      }
-    } finally {
-      inj.call("close", toolPidfd);
-    }
-  }
+  const fd = tryHandToTarget(ctx, mine);
+  if (typeof fd === "number") return fd;
   const mode = end === "read" ? O.RDONLY : O.WRONLY;
   return injectOpen(ctx, `/proc/${Deno.pid}/fd/${mine}`, mode | O.NONBLOCK);
 }
@@ -219,6 +209,7 @@ export const pipeHandler: FileHandler<PipeEntry> = {
     const st = stateOf(ctx).get(`pipe:${e.pipe}`);
     if (st) closeState(st);
   },
+  release: releasePipes,
 };
 
 function openFifo(e: FifoEntry, ctx: FileRestoreContext): number {
@@ -270,4 +261,5 @@ export const fifoHandler: FileHandler<FifoEntry> = {
     const st = stateOf(ctx).get(`fifo:${e.path}`);
     if (st) closeState(st);
   },
+  release: releasePipes, // the pipes' state holds the FIFOs too
 };

@@ -13,7 +13,7 @@ import { memfdHandler } from "./memfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
 import { signalfdHandler } from "./signalfd.ts";
-import { socketHandler } from "./socket/socket.ts";
+import { socketHandler } from "./socket/dispatch.ts";
 import { tcpStreamHandler } from "./socket/tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
@@ -47,4 +47,19 @@ export function handlerForFd(fd: Fd): FileHandler | undefined {
 /** The handler that restores `entry`, or undefined for an unknown kind. */
 export function handlerForEntry(entry: FileEntry): FileHandler | undefined {
   return byEntryKind.get(entry.kind);
+}
+
+/** Once every process of a restore is made: every handler lets go of what it holds for `scope`. */
+export function releaseScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.release?.(scope);
+}
+
+/** After `releaseScope`, once every process is made: what was held still may run (TCP). */
+export function resumeScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.resume?.(scope);
+}
+
+/** A restore that failed or stopped early: every handler drops what it holds for `scope`. */
+export function abortScope(scope: object): void {
+  for (const h of FILE_HANDLERS) h.abort ? h.abort(scope) : h.release?.(scope);
 }

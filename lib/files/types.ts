@@ -63,7 +63,10 @@ export interface FileRestoreContext {
   readonly finalFds: ReadonlyMap<number, number>;
   /**
    * Shared by every process of one restore, for state that spans processes (a pipe whose ends
-   * are in two processes); what a handler keeps there is released once the whole tree is made.
+   * are in two processes). Each handler keeps its own state for a scope (in a WeakMap keyed by
+   * it) and lets go of it in its scope hooks (`release`, `resume`, `abort`). Absent when one
+   * process is restored alone: handlers then key their state by this context, settle each file
+   * in finish(), and the fd table aborts what is left with the context as the scope.
    */
   readonly scope?: object;
 }
@@ -71,6 +74,9 @@ export interface FileRestoreContext {
 /**
  * Dump and restore of one kind of open file. `D`, what `dump` returns, is wider than `E` where a
  * handler hands some files to another kind's handler (a connected UNIX socket to unix_pair.ts).
+ *
+ * The scope hooks run once per restore (registry.ts calls them for every handler), with the
+ * restore's scope (see `FileRestoreContext.scope`).
  */
 export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntry = E> {
   /** The `kind` of the entries this handler writes. */
@@ -85,4 +91,19 @@ export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntr
   open(entry: E, ctx: FileRestoreContext): number;
   /** After every fd is at its number: state that refers to other fds (epoll), buffered data. */
   finish?(entry: E, fd: number, ctx: FileRestoreContext): void;
+  /**
+   * Once every process of the tree is made: lets go of what the tool still holds for `scope` so
+   * that a later process could take it (pipe ends, socketpair halves).
+   */
+  release?(scope: object): void;
+  /**
+   * After every handler's `release`, once every end of every connection exists: lets what was
+   * held still run (TCP connections out of repair mode).
+   */
+  resume?(scope: object): void;
+  /**
+   * The restore failed or stopped early: lets go of everything still held for `scope` without
+   * letting it run. Where absent, `release` is called instead.
+   */
+  abort?(scope: object): void;
 }

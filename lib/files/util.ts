@@ -1,5 +1,15 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
-import { libc, O, syscall, SyscallError, unwrap } from "../../ffi/mod.ts";
+import {
+  errnoName,
+  libc,
+  O,
+  SOCK_IOCTL,
+  SYS,
+  syscall,
+  SyscallError,
+  tryIoctlInt,
+  unwrap,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { FileRestoreContext } from "./types.ts";
 
@@ -35,9 +45,9 @@ export function fcntl(fd: number, cmd: number, arg = 0): number {
 
 /** Bytes waiting in a pipe or FIFO (FIONREAD), in this process. */
 export function bytesQueued(fd: number): number {
-  const n = new Int32Array(1);
-  unwrap(libc.ioctl(fd, 0x541bn, new Uint8Array(n.buffer)), "ioctl(FIONREAD)", [fd]);
-  return n[0];
+  const n = tryIoctlInt(fd, SOCK_IOCTL.FIONREAD);
+  if (n < 0) throw new SyscallError("ioctl(FIONREAD)", [fd], -n);
+  return n;
 }
 
 /** Runs a syscall in the target by number (for ones `SYS` does not name); throws on failure. */
@@ -55,6 +65,19 @@ export function injectRaw(
 /** openat(AT_FDCWD, path, flags, 0) inside the target; returns the new fd. */
 export function injectOpen(ctx: FileRestoreContext, path: string, flags: number): number {
   return Number(ctx.injector.call("openat", AT_FDCWD, ctx.putString(path), flags, 0));
+}
+
+/** socketpair() inside the target; returns its two fds. */
+export function injectSocketpair(
+  ctx: FileRestoreContext,
+  family: number,
+  type: number,
+  protocol: number,
+): [number, number] {
+  const sv = ctx.put(new Uint8Array(8));
+  injectRaw(ctx, "socketpair", SYS.socketpair, family, type, protocol, sv);
+  const [a, b] = new Int32Array(ctx.memory.read(sv, 8).slice().buffer);
+  return [a, b];
 }
 
 /** Closes an fd of the target. */
@@ -80,6 +103,46 @@ export function u64(value: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
   return b;
+}
+
+/** Little-endian i32 bytes. */
+export function i32(value: number): Uint8Array {
+  return new Uint8Array(new Int32Array([value]).buffer);
+}
+
+/** The little-endian i32 at byte `at` of `bytes`. */
+export function readI32(bytes: Uint8Array, at = 0): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getInt32(at, true);
+}
+
+/** The little-endian u32 at byte `at` of `bytes`. */
+export function readU32(bytes: Uint8Array, at = 0): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(at, true);
+}
+
+/**
+ * Gives the target the tool's descriptor `mine`: the very open file, taken with an injected
+ * pidfd_getfd on the tool. Returns the target fd, or why the target could not take it.
+ */
+export function tryHandToTarget(ctx: FileRestoreContext, mine: number): number | string {
+  const inj = ctx.injector;
+  const toolPidfd = ctx.toolPidfd();
+  if (toolPidfd < 0n) return `pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`;
+  try {
+    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
+    if (fd < 0n) return `pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`;
+    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
+    return Number(fd);
+  } finally {
+    inj.call("close", toolPidfd);
+  }
+}
+
+/** `tryHandToTarget`, throwing a RestoreError about `what` when the target cannot take it. */
+export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
+  const fd = tryHandToTarget(ctx, mine);
+  if (typeof fd === "string") throw new RestoreError(`${what}: ${fd}`);
+  return fd;
 }
 
 /**

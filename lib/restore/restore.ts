@@ -15,13 +15,10 @@ import {
   waitpid,
 } from "../../ffi/mod.ts";
 import { ImageError, RestoreError } from "../errors.ts";
-import { handlerForEntry } from "../files/registry.ts";
+import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files/registry.ts";
 import { checksum } from "../image/checksum.ts";
 import { ImageReader } from "../image/mod.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { releasePipes } from "../files/pipe.ts";
-import { releaseUnixPairs } from "../files/socket/unix_pair.ts";
-import { dropTcpStreams, resumeTcpStreams } from "../files/socket/tcp_stream.ts";
 import { restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { AddressSpaceBuilder, type SharedObjects } from "../memory/restore.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
@@ -532,10 +529,9 @@ async function restoreTree(
         warnings,
       );
     }
-    releasePipes(shares.scope);
-    releaseUnixPairs(shares.scope);
+    releaseScope(shares.scope);
     // Every end of every TCP connection exists now: they may talk.
-    resumeTcpStreams(shares.scope);
+    resumeScope(shares.scope);
     for (const m of making) seal(m);
     stage("verify", entries[0]);
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
@@ -565,9 +561,7 @@ async function restoreTree(
     };
   } catch (err) {
     job?.giveBackTerminal();
-    releasePipes(shares.scope);
-    releaseUnixPairs(shares.scope);
-    dropTcpStreams(shares.scope);
+    abortScope(shares.scope);
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const tids = new Set(made);

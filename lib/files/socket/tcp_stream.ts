@@ -4,8 +4,8 @@
  * and negotiated options be read and set, connect() in it sends no SYN, and closing it sends
  * neither FIN nor RST.
  *
- * Dump (socket.ts hands over a TCP socket in state ESTABLISHED or CLOSE_WAIT): unlike socket.ts,
- * everything is done from the tool on a copy of the socket taken with pidfd_getfd, because
+ * Dump (dispatch.ts hands over a TCP socket in state ESTABLISHED or CLOSE_WAIT): unlike the other
+ * kinds, everything is done from the tool on a copy of the socket taken with pidfd_getfd, because
  * TCP_REPAIR needs CAP_NET_ADMIN in the caller and the target may not have it. (The copy moves the
  * socket's cgroup-v1 net_cls/net_prio tags to the tool's cgroup; that only matters where those
  * controllers are in use and the tool runs in another of their cgroups.) First a drop-all socket
@@ -17,7 +17,7 @@
  * clamp, in repair mode), TCP_TIMESTAMP, TCP_REPAIR_WINDOW, the queue lengths (SIOCINQ, SIOCOUTQ,
  * and SIOCOUTQNSD for the part never sent), for each queue TCP_REPAIR_QUEUE + TCP_QUEUE_SEQ and
  * its bytes with MSG_PEEK (repair mode lets the send queue be peeked), whether reading was shut
- * (POLLRDHUP), SO_BUF_LOCK (which buffer sizes the program fixed), and the options socket.ts keeps.
+ * (POLLRDHUP), SO_BUF_LOCK (which buffer sizes the program fixed), and the options options.ts keeps.
  *
  * Afterwards: when the dump kills the processes, the socket stays in repair mode behind its filter
  * and vanishes silently with them, so the peer sees nothing. When they run on, or the dump fails,
@@ -26,14 +26,14 @@
  * tool's copy is always closed.
  *
  * Restore: the tool makes the socket and hands it to the target (an injected pidfd_getfd on the
- * tool), which sets the options as socket.ts does (before repair mode: SO_REUSEADDR would undo the
+ * tool), which sets the options as options.ts does (before repair mode: SO_REUSEADDR would undo the
  * forced reuse repair mode gives). Then, from the tool: TCP_REPAIR on, bind to the local address
  * (repair mode binds even next to the listener that accepted the connection), both queues' first
  * sequence numbers (the dumped ends minus the queued bytes), connect (no SYN: the socket is at once
  * ESTABLISHED), TCP_REPAIR_OPTIONS (mss, window scales, SACK, timestamps), TCP_TIMESTAMP, the
  * receive queue and the sent but unacknowledged bytes written back in repair mode, then
  * TCP_REPAIR_WINDOW. Every connection stays in repair mode until every process of the tree is
- * made (both ends of a loopback connection may be in the image); then `resumeTcpStreams` turns
+ * made (both ends of a loopback connection may be in the image); then the `resume` hook turns
  * repair off (a window probe tells the peer where we are; data still unacknowledged is sent again
  * on the retransmission timer), sets SO_REUSEADDR again, sends the bytes never sent as ordinary
  * writes, puts back SO_BUF_LOCK as dumped (buffer sizes the program never fixed autotune again)
@@ -51,27 +51,62 @@
  * (data, a retransmission, a keepalive probe) gets a RST from this kernel and the connection is
  * lost (CRIU keeps a netfilter rule in place meanwhile; tardigrade does not touch netfilter), so
  * the peer must stay quiet until the restore. Other states (SYN_SENT, SYN_RECV, FIN_WAIT1/2,
- * CLOSING, LAST_ACK, TIME_WAIT) are refused by socket.ts. Not kept: ECN, urgent data, a
+ * CLOSING, LAST_ACK, TIME_WAIT) are refused by dispatch.ts. Not kept: ECN, urgent data, a
  * TCP_MAXSEG the program set, the congestion control algorithm, MD5/AO signatures, a buffer size
  * the program fixed below what the queues needed (it is grown). A tool killed with SIGKILL during
  * a dump leaves the connection in repair mode behind the filter. The restore happens in the tool's
  * network namespace.
  */
-import { addressOf, close, errnoName, O, pidfdGetfd, SYS } from "../../../ffi/mod.ts";
+import {
+  close,
+  DROP_ALL_FILTER,
+  Errno,
+  errnoName,
+  IPPROTO,
+  MSG,
+  O,
+  pidfdGetfd,
+  POLL,
+  SHUT,
+  SO,
+  SOCK,
+  SOCK_IOCTL,
+  SOL,
+  TCP,
+  TCP_QUEUE,
+  TCP_REPAIR,
+  TCP_STATE,
+  TCPI_OPT,
+  TCPOPT,
+  tcpStateName,
+  tryAttachFilter,
+  tryBind,
+  tryConnect,
+  tryFilterLength,
+  tryGetsockopt,
+  tryIoctlInt,
+  tryPoll,
+  tryRecv,
+  trySend,
+  trySetsockopt,
+  trySetsockoptInt,
+  tryShutdown,
+  trySocket,
+} from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
+import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
+import { abandonFd, handToTarget, readU32 } from "../util.ts";
+import { formatAddress } from "./address.ts";
+import { tcpSocketState } from "./diag.ts";
 import {
-  defaultOptions,
-  formatAddress,
-  local,
-  OPTIONS,
-  sameBytes,
+  changedOptions,
+  findOption,
   setOption,
   type SocketOption,
-} from "./socket.ts";
-import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, F } from "../util.ts";
+  toolSocketOptions,
+} from "./options.ts";
 
 /** What TCP_REPAIR_WINDOW reads and sets (struct tcp_repair_window). */
 export interface TcpWindow {
@@ -121,7 +156,7 @@ export interface TcpStreamEntry extends FileEntry, TcpConnectionState {
   address: Uint8Array;
   /** Raw sockaddr of the peer. */
   peer: Uint8Array;
-  /** Options that differ from a fresh socket's, as socket.ts keeps them. */
+  /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** The dumped socket's inode. */
   inode: bigint;
@@ -129,7 +164,7 @@ export interface TcpStreamEntry extends FileEntry, TcpConnectionState {
   description: string;
 }
 
-/** What socket.ts already knows of the connection it hands over. */
+/** What dispatch.ts already knows of the connection it hands over. */
 export interface TcpStreamBase {
   /** "IPv4 TCP" … */
   what: string;
@@ -138,114 +173,12 @@ export interface TcpStreamBase {
   peer: Uint8Array;
 }
 
-const AF_NETLINK = 16, SOCK_STREAM = 1, SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000, SOCK_CLOEXEC = 0o2000000;
-const IPPROTO_TCP = 6, SOL_TCP = 6, SOL_SOCKET = 1;
-const SO_SNDBUF = 7, SO_RCVBUF = 8, SO_SNDBUFFORCE = 32, SO_RCVBUFFORCE = 33;
-const SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SO_BUF_LOCK = 72;
-const TCP_INFO = 11, TCP_MAXSEG = 2, TCP_REPAIR = 19, TCP_REPAIR_QUEUE = 20, TCP_QUEUE_SEQ = 21;
-const TCP_REPAIR_OPTIONS = 22, TCP_TIMESTAMP = 24, TCP_REPAIR_WINDOW = 29, TCP_ULP = 31;
-const REPAIR_ON = 1, REPAIR_OFF = 0, REPAIR_OFF_NO_WP = -1;
-const NO_QUEUE = 0, RECV_QUEUE = 1, SEND_QUEUE = 2;
-const TCPI_OPT_TIMESTAMPS = 1, TCPI_OPT_SACK = 2, TCPI_OPT_WSCALE = 4;
-const TCPOPT_MAXSEG = 2, TCPOPT_WINDOW = 3, TCPOPT_SACK_PERM = 4, TCPOPT_TIMESTAMP = 8;
-const TCP_ESTABLISHED = 1, TCP_TIME_WAIT = 6, TCP_CLOSE_WAIT = 8, TCP_LISTEN = 10;
-const SIOCINQ = 0x541b, SIOCOUTQ = 0x5411, SIOCOUTQNSD = 0x894b;
-const MSG_PEEK = 2, MSG_DONTWAIT = 0x40, SHUT_RD = 0;
-const POLLRDHUP = 0x2000;
-const EAGAIN = 11, ENOMEM = 12, EPERM = 1, EADDRNOTAVAIL = 99;
-const NETLINK_SOCK_DIAG = 4, SOCK_DIAG_BY_FAMILY = 20, NLMSG_ERROR = 2, NLM_F_REQUEST = 1;
-
-const NR = {
-  poll: 7,
-  socket: 41,
-  connect: 42,
-  sendto: 44,
-  recvfrom: 45,
-  shutdown: 48,
-  bind: 49,
-  setsockopt: 54,
-  getsockopt: 55,
-  ioctl: 16,
-} as const;
-
-const STATE_NAMES: Record<number, string> = {
-  1: "ESTABLISHED",
-  2: "SYN_SENT",
-  3: "SYN_RECV",
-  4: "FIN_WAIT1",
-  5: "FIN_WAIT2",
-  6: "TIME_WAIT",
-  8: "CLOSE_WAIT",
-  9: "LAST_ACK",
-  11: "CLOSING",
-};
-
-/** Whether socket.ts should hand a TCP socket in this TCP_INFO state to `dumpTcpStream`. */
+/** Whether dispatch.ts should hand a TCP socket in this TCP_INFO state to `dumpTcpStream`. */
 export function isTcpStreamState(state: number): boolean {
-  return state === TCP_ESTABLISHED || state === TCP_CLOSE_WAIT;
-}
-
-// ---- Socket calls in the tool (the result, or a negative errno) ----
-
-const u32Bytes = (n: number) => new Uint8Array(new Uint32Array([n >>> 0]).buffer);
-
-function setBytes(s: number, level: number, option: number, value: Uint8Array): number {
-  return local(NR.setsockopt, s, level, option, addressOf(value), value.length);
-}
-
-const setInt = (s: number, level: number, option: number, value: number) =>
-  setBytes(s, level, option, u32Bytes(value));
-
-function getBytes(s: number, level: number, option: number, size: number): Uint8Array | number {
-  const value = new Uint8Array(Math.max(size, 1));
-  const len = new Uint32Array([size]);
-  const r = local(NR.getsockopt, s, level, option, addressOf(value), addressOf(len));
-  return r < 0 ? r : value.subarray(0, len[0]);
-}
-
-function ioctlInt(s: number, request: number): number {
-  const value = new Int32Array(1);
-  const r = local(NR.ioctl, s, request, addressOf(new Uint8Array(value.buffer)));
-  return r < 0 ? r : value[0];
-}
-
-/** poll() of one fd with no wait: its revents. */
-function pollNow(s: number, events: number): number {
-  const pfd = new Uint8Array(8);
-  const v = new DataView(pfd.buffer);
-  v.setInt32(0, s, true);
-  v.setInt16(4, events, true);
-  return local(NR.poll, addressOf(pfd), 1, 0) > 0 ? v.getUint16(6, true) : 0;
-}
-
-function uint32(b: Uint8Array, at = 0): number {
-  return new DataView(b.buffer, b.byteOffset, b.length).getUint32(at, true);
+  return state === TCP_STATE.ESTABLISHED || state === TCP_STATE.CLOSE_WAIT;
 }
 
 // ---- Dump ----
-
-/**
- * A socket filter that drops every packet: struct sock_fprog (len 1, pointer) at 0, pointing at
- * its one classic BPF instruction `ret #0` at 16. One buffer above V8's 64-byte limit for typed
- * arrays kept in the JS heap, so it lives outside it and the pointer inside stays valid.
- */
-const DROP_ALL_PROG = (() => {
-  const buf = new Uint8Array(128);
-  const v = new DataView(buf.buffer);
-  v.setUint16(0, 1, true);
-  v.setBigUint64(8, addressOf(buf) + 16n, true);
-  buf[16] = 0x06; // BPF_RET | BPF_K, k = 0
-  return buf;
-})();
-
-/** The length in instructions of the socket filter `s` has (SO_GET_FILTER with no room), or 0. */
-function filterLength(s: number): number {
-  const len = new Uint32Array(1);
-  return local(NR.getsockopt, s, SOL_SOCKET, SO_ATTACH_FILTER, 0, addressOf(len)) === 0
-    ? len[0]
-    : 0;
-}
 
 /**
  * The dumped connection, held still from the tool's copy: a drop-all filter, then repair mode.
@@ -259,21 +192,21 @@ class HeldConnection {
   constructor(readonly socket: number, readonly reuseAddress: SocketOption | undefined) {}
 
   hold(fail: (why: string) => never): void {
-    if (filterLength(this.socket) > 0) {
+    if (tryFilterLength(this.socket) > 0) {
       fail("it has a socket filter of its own (SO_ATTACH_FILTER), which tardigrade does not keep");
     }
-    const ulp = getBytes(this.socket, SOL_TCP, TCP_ULP, 16);
+    const ulp = tryGetsockopt(this.socket, SOL.TCP, TCP.ULP, 16);
     if (typeof ulp !== "number" && ulp.length > 0 && ulp[0] !== 0) {
       const name = new TextDecoder().decode(ulp).replace(/\0.*$/s, "");
       fail(`it carries the upper-layer protocol "${name}" (TCP_ULP), which tardigrade cannot dump`);
     }
-    let r = setBytes(this.socket, SOL_SOCKET, SO_ATTACH_FILTER, DROP_ALL_PROG.subarray(0, 16));
+    let r = tryAttachFilter(this.socket, DROP_ALL_FILTER);
     if (r < 0) fail(`cannot attach a filter to hold it still (${errnoName(-r)})`);
     this.#filtered = true;
-    r = setInt(this.socket, SOL_TCP, TCP_REPAIR, REPAIR_ON);
+    r = trySetsockoptInt(this.socket, SOL.TCP, TCP.REPAIR, TCP_REPAIR.ON);
     if (r < 0) {
       fail(
-        r === -EPERM
+        r === -Errno.EPERM
           ? "TCP_REPAIR needs CAP_NET_ADMIN, which the tool lacks"
           : `cannot enter TCP repair mode (${errnoName(-r)})`,
       );
@@ -284,14 +217,14 @@ class HeldConnection {
   /** Turns repair mode off without a window probe, takes the filter off, SO_REUSEADDR back. */
   putBack(): void {
     if (this.#repairing) {
-      setInt(this.socket, SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE);
-      setInt(this.socket, SOL_TCP, TCP_REPAIR, REPAIR_OFF_NO_WP);
+      trySetsockoptInt(this.socket, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE);
+      trySetsockoptInt(this.socket, SOL.TCP, TCP.REPAIR, TCP_REPAIR.OFF_NO_WP);
       this.#repairing = false;
       const reuse = this.reuseAddress;
-      if (reuse) setBytes(this.socket, reuse.level, reuse.option, reuse.value);
+      if (reuse) trySetsockopt(this.socket, reuse.level, reuse.option, reuse.value);
     }
     if (this.#filtered) {
-      setInt(this.socket, SOL_SOCKET, SO_DETACH_FILTER, 0);
+      trySetsockoptInt(this.socket, SOL.SOCKET, SO.DETACH_FILTER, 0);
       this.#filtered = false;
     }
   }
@@ -303,21 +236,6 @@ class HeldConnection {
   }
 }
 
-/** The options socket.ts keeps for a TCP socket of `family`, read from the tool's copy. */
-function changedOptions(s: number, family: number): SocketOption[] {
-  const defaults = defaultOptions(family, SOCK_STREAM, IPPROTO_TCP);
-  const out: SocketOption[] = [];
-  for (const o of OPTIONS) {
-    if (!o.applies(family, SOCK_STREAM, IPPROTO_TCP)) continue;
-    const value = getBytes(s, o.level, o.option, o.size);
-    if (typeof value === "number") continue; // not readable here: nothing to put back
-    const fresh = defaults?.get(o.name);
-    if (fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
-    out.push({ name: o.name, level: o.level, option: o.option, value });
-  }
-  return out;
-}
-
 /** Reads a queue in repair mode: its end sequence number and its bytes, without consuming them. */
 function readQueue(
   s: number,
@@ -325,24 +243,22 @@ function readQueue(
   length: number,
   fail: (why: string) => never,
 ): { seq: number; data: Uint8Array } {
-  const name = queue === RECV_QUEUE ? "receive" : "send";
-  let r = setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, queue);
+  const name = queue === TCP_QUEUE.RECV ? "receive" : "send";
+  let r = trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, queue);
   if (r < 0) fail(`cannot select its ${name} queue (${errnoName(-r)})`);
-  const seq = getBytes(s, SOL_TCP, TCP_QUEUE_SEQ, 4);
+  const seq = tryGetsockopt(s, SOL.TCP, TCP.QUEUE_SEQ, 4);
   if (typeof seq === "number") fail(`cannot read its ${name} sequence (${errnoName(-seq)})`);
   // One byte more than expected: a longer queue than the ioctl said would be caught.
   const data = new Uint8Array(length + 1);
-  r = length
-    ? local(NR.recvfrom, s, addressOf(data), data.length, MSG_PEEK | MSG_DONTWAIT, 0, 0)
-    : 0;
+  r = length ? tryRecv(s, data, MSG.PEEK | MSG.DONTWAIT) : 0;
   if (r !== length) {
     fail(`peeking its ${name} queue gave ${r < 0 ? errnoName(-r) : `${r} bytes`}, not ${length}`);
   }
-  return { seq: uint32(seq), data: data.subarray(0, length) };
+  return { seq: readU32(seq), data: data.subarray(0, length) };
 }
 
 /**
- * Dumps the connection behind `fd` (socket.ts found it ESTABLISHED or CLOSE_WAIT). Leaves it held
+ * Dumps the connection behind `fd` (dispatch.ts found it ESTABLISHED or CLOSE_WAIT). Leaves it held
  * still until the dump ends (see the header).
  */
 export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase): TcpStreamEntry {
@@ -358,8 +274,8 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
   let held: HeldConnection | undefined;
   try {
     // Before repair mode, which changes SO_REUSEADDR.
-    const options = changedOptions(s, base.family);
-    held = new HeldConnection(s, options.find((o) => o.name === "SO_REUSEADDR"));
+    const options = changedOptions(toolSocketOptions(s), base.family, SOCK.STREAM, IPPROTO.TCP);
+    held = new HeldConnection(s, findOption(options, "SO_REUSEADDR"));
     held.hold(fail);
     const entry = readConnection(s, fail);
     const hold = held;
@@ -397,46 +313,49 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
 }
 
 function readConnection(s: number, fail: (why: string) => never): TcpConnectionState {
-  const info = getBytes(s, SOL_TCP, TCP_INFO, 8);
+  const info = tryGetsockopt(s, SOL.TCP, TCP.INFO, 8);
   if (typeof info === "number") fail(`TCP_INFO failed (${errnoName(-info)})`);
   const tcpState = info[0];
   if (!isTcpStreamState(tcpState)) {
-    fail(`it went to state ${STATE_NAMES[tcpState] ?? tcpState} during the dump`);
+    fail(`it went to state ${tcpStateName(tcpState)} during the dump`);
   }
   const tcpOptions = info[5];
   const int = (level: number, option: number, what: string): number => {
-    const v = getBytes(s, level, option, 4);
+    const v = tryGetsockopt(s, level, option, 4);
     if (typeof v === "number") fail(`cannot read ${what} (${errnoName(-v)})`);
-    return uint32(v);
+    return readU32(v);
   };
-  const mss = int(SOL_TCP, TCP_MAXSEG, "TCP_MAXSEG");
-  const timestamp = tcpOptions & TCPI_OPT_TIMESTAMPS
-    ? int(SOL_TCP, TCP_TIMESTAMP, "its timestamp")
+  const mss = int(SOL.TCP, TCP.MAXSEG, "TCP_MAXSEG");
+  const timestamp = tcpOptions & TCPI_OPT.TIMESTAMPS
+    ? int(SOL.TCP, TCP.TIMESTAMP, "its timestamp")
     : 0;
-  const w = getBytes(s, SOL_TCP, TCP_REPAIR_WINDOW, 20);
+  const w = tryGetsockopt(s, SOL.TCP, TCP.REPAIR_WINDOW, 20);
   if (typeof w === "number") fail(`TCP_REPAIR_WINDOW failed (${errnoName(-w)})`);
   const window = {
-    sndWl1: uint32(w, 0),
-    sndWnd: uint32(w, 4),
-    maxWindow: uint32(w, 8),
-    rcvWnd: uint32(w, 12),
-    rcvWup: uint32(w, 16),
+    sndWl1: readU32(w, 0),
+    sndWnd: readU32(w, 4),
+    maxWindow: readU32(w, 8),
+    rcvWnd: readU32(w, 12),
+    rcvWup: readU32(w, 16),
   };
-  const lengths = [SIOCINQ, SIOCOUTQ, SIOCOUTQNSD].map((request) => {
-    const n = ioctlInt(s, request);
-    if (n < 0) fail(`cannot read its queue lengths (${errnoName(-n)})`);
-    return n;
-  });
-  const bufferLocks = getBytes(s, SOL_SOCKET, SO_BUF_LOCK, 4);
-  const incoming = readQueue(s, RECV_QUEUE, lengths[0], fail);
-  const outgoing = readQueue(s, SEND_QUEUE, lengths[1], fail);
+  const lengths = [SOCK_IOCTL.SIOCINQ, SOCK_IOCTL.SIOCOUTQ, SOCK_IOCTL.SIOCOUTQNSD].map(
+    (request) => {
+      const n = tryIoctlInt(s, request);
+      if (n < 0) fail(`cannot read its queue lengths (${errnoName(-n)})`);
+      return n;
+    },
+  );
+  const bufferLocks = tryGetsockopt(s, SOL.SOCKET, SO.BUF_LOCK, 4);
+  const incoming = readQueue(s, TCP_QUEUE.RECV, lengths[0], fail);
+  const outgoing = readQueue(s, TCP_QUEUE.SEND, lengths[1], fail);
   // No queue selected: in repair mode with the send queue selected, the kernel would count
   // unsent bytes as sent without sending them.
-  setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE);
+  trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE);
+  const revents = tryPoll(s, POLL.RDHUP);
   return {
-    state: tcpState === TCP_CLOSE_WAIT ? "close-wait" : "established",
-    readShutdown: (pollNow(s, POLLRDHUP) & POLLRDHUP) !== 0,
-    bufferLocks: typeof bufferLocks === "number" ? 0 : uint32(bufferLocks),
+    state: tcpState === TCP_STATE.CLOSE_WAIT ? "close-wait" : "established",
+    readShutdown: revents > 0 && (revents & POLL.RDHUP) !== 0,
+    bufferLocks: typeof bufferLocks === "number" ? 0 : readU32(bufferLocks),
     inSeq: incoming.seq,
     inQueue: incoming.data,
     outSeq: outgoing.seq,
@@ -453,56 +372,21 @@ function readConnection(s: number, fail: (why: string) => never): TcpConnectionS
 
 // ---- Restore ----
 
-/** The IP address bytes of an inet sockaddr, and its IPv6 scope id. */
-function ipOf(addr: Uint8Array): { bytes: Uint8Array; scope: number } {
-  const family = addr[0] | (addr[1] << 8);
-  if (family === 2) return { bytes: addr.subarray(4, 8), scope: 0 };
-  return { bytes: addr.subarray(8, 24), scope: addr.length >= 28 ? uint32(addr, 24) : 0 };
-}
-
 /**
- * The TCP state of a socket this kernel has now for the connection's address pair (sock_diag,
- * exact lookup), or null; a listener on the local port (the one that accepted it) does not count.
+ * The TCP state of a socket this kernel has now for the connection's address pair, or null; a
+ * listener on the local port (the one that accepted it) does not count.
  */
 function existingSocketState(e: TcpStreamEntry): number | null {
-  const nl = local(NR.socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return null;
-  try {
-    const req = new Uint8Array(72);
-    const v = new DataView(req.buffer);
-    v.setUint32(0, req.length, true); // nlmsg_len
-    v.setUint16(4, SOCK_DIAG_BY_FAMILY, true);
-    v.setUint16(6, NLM_F_REQUEST, true);
-    v.setUint32(8, 1, true); // seq
-    req[16] = e.family;
-    req[17] = IPPROTO_TCP;
-    v.setUint32(20, 0xffffffff, true); // any state
-    // inet_diag_sockid: ports as the sockaddrs hold them (network order), then the addresses.
-    req.set(e.address.subarray(2, 4), 24);
-    req.set(e.peer.subarray(2, 4), 26);
-    const own = ipOf(e.address);
-    req.set(own.bytes, 28);
-    req.set(ipOf(e.peer).bytes, 44);
-    v.setUint32(60, own.scope, true);
-    v.setUint32(64, 0xffffffff, true); // no cookie
-    v.setUint32(68, 0xffffffff, true);
-    if (local(NR.sendto, nl, addressOf(req), req.length, 0, 0, 0) < 0) return null;
-    const buf = new Uint8Array(4096);
-    const n = local(NR.recvfrom, nl, addressOf(buf), buf.length, MSG_DONTWAIT, 0, 0);
-    if (n < 18 || new DataView(buf.buffer).getUint16(4, true) === NLMSG_ERROR) return null;
-    const state = buf[17]; // inet_diag_msg.idiag_state
-    return state === TCP_LISTEN ? null : state;
-  } finally {
-    close(nl);
-  }
+  const state = tcpSocketState(e.family, e.address, e.peer);
+  return state === TCP_STATE.LISTEN ? null : state;
 }
 
 function checkTcpStream(e: TcpStreamEntry): string | null {
   const state = existingSocketState(e);
   if (state === null) return null;
-  const running = state === TCP_TIME_WAIT ? "" : "; is the dumped process still running?";
+  const running = state === TCP_STATE.TIME_WAIT ? "" : "; is the dumped process still running?";
   return `${e.description}: this machine has that connection already (a socket in state ` +
-    `${STATE_NAMES[state] ?? state}${running})`;
+    `${tcpStateName(state)}${running})`;
 }
 
 /**
@@ -510,18 +394,17 @@ function checkTcpStream(e: TcpStreamEntry): string | null {
  * the kernel has no room: the original may have held its queues in a larger buffer.
  */
 function writeBack(s: number, data: Uint8Array, force: number, what: string): void {
-  const bufferOption = force === SO_SNDBUFFORCE ? SO_SNDBUF : SO_RCVBUF;
+  const bufferOption = force === SO.SNDBUFFORCE ? SO.SNDBUF : SO.RCVBUF;
   for (let off = 0, grown = 0; off < data.length;) {
-    const rest = data.subarray(off);
-    const r = local(NR.sendto, s, addressOf(rest), rest.length, MSG_DONTWAIT, 0, 0);
+    const r = trySend(s, data.subarray(off), MSG.DONTWAIT);
     if (r > 0) {
       off += r;
       continue;
     }
-    const size = getBytes(s, SOL_SOCKET, bufferOption, 4);
-    if ((r === -EAGAIN || r === -ENOMEM) && typeof size !== "number" && grown++ < 12) {
+    const size = tryGetsockopt(s, SOL.SOCKET, bufferOption, 4);
+    if ((r === -Errno.EAGAIN || r === -Errno.ENOMEM) && typeof size !== "number" && grown++ < 12) {
       // The kernel doubles what is set: the new size is twice the old one.
-      setInt(s, SOL_SOCKET, force, uint32(size));
+      trySetsockoptInt(s, SOL.SOCKET, force, readU32(size));
       continue;
     }
     throw new Error(`${what}: ${off} of ${data.length} bytes written back (${errnoName(-r)})`);
@@ -535,58 +418,50 @@ function must(r: number, what: string): void {
 
 /** Makes the connection in repair mode on the tool's socket `s` (see the header for the order). */
 function repairConnection(e: TcpStreamEntry, s: number): void {
-  const r = setInt(s, SOL_TCP, TCP_REPAIR, REPAIR_ON);
-  if (r === -EPERM) throw new Error("TCP_REPAIR needs CAP_NET_ADMIN, which the tool lacks");
+  const r = trySetsockoptInt(s, SOL.TCP, TCP.REPAIR, TCP_REPAIR.ON);
+  if (r === -Errno.EPERM) throw new Error("TCP_REPAIR needs CAP_NET_ADMIN, which the tool lacks");
   must(r, "TCP_REPAIR");
-  must(local(NR.bind, s, addressOf(e.address), e.address.length), "bind");
-  must(setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE), "TCP_REPAIR_QUEUE");
-  must(setInt(s, SOL_TCP, TCP_QUEUE_SEQ, e.inSeq - e.inQueue.length), "TCP_QUEUE_SEQ (receive)");
-  must(setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE), "TCP_REPAIR_QUEUE");
-  must(setInt(s, SOL_TCP, TCP_QUEUE_SEQ, e.outSeq - e.outQueue.length), "TCP_QUEUE_SEQ (send)");
-  const c = local(NR.connect, s, addressOf(e.peer), e.peer.length);
-  if (c === -EADDRNOTAVAIL) {
+  must(tryBind(s, e.address), "bind");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  must(
+    trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, e.inSeq - e.inQueue.length),
+    "TCP_QUEUE_SEQ (receive)",
+  );
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  must(
+    trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, e.outSeq - e.outQueue.length),
+    "TCP_QUEUE_SEQ (send)",
+  );
+  const c = tryConnect(s, e.peer);
+  if (c === -Errno.EADDRNOTAVAIL) {
     throw new Error("the connection exists already (is the dumped process still running?)");
   }
   must(c, `connect to ${formatAddress(e.peer)}`);
 
-  const opts: number[] = [TCPOPT_MAXSEG, e.mss];
-  if (e.tcpOptions & TCPI_OPT_WSCALE) opts.push(TCPOPT_WINDOW, e.sndWscale | (e.rcvWscale << 16));
-  if (e.tcpOptions & TCPI_OPT_SACK) opts.push(TCPOPT_SACK_PERM, 0);
-  if (e.tcpOptions & TCPI_OPT_TIMESTAMPS) opts.push(TCPOPT_TIMESTAMP, 0);
+  const opts: number[] = [TCPOPT.MAXSEG, e.mss];
+  if (e.tcpOptions & TCPI_OPT.WSCALE) opts.push(TCPOPT.WINDOW, e.sndWscale | (e.rcvWscale << 16));
+  if (e.tcpOptions & TCPI_OPT.SACK) opts.push(TCPOPT.SACK_PERM, 0);
+  if (e.tcpOptions & TCPI_OPT.TIMESTAMPS) opts.push(TCPOPT.TIMESTAMP, 0);
   const repairOpts = new Uint8Array(new Uint32Array(opts).buffer);
-  must(setBytes(s, SOL_TCP, TCP_REPAIR_OPTIONS, repairOpts), "TCP_REPAIR_OPTIONS");
-  if (e.tcpOptions & TCPI_OPT_TIMESTAMPS) {
-    must(setInt(s, SOL_TCP, TCP_TIMESTAMP, e.timestamp), "TCP_TIMESTAMP");
+  must(trySetsockopt(s, SOL.TCP, TCP.REPAIR_OPTIONS, repairOpts), "TCP_REPAIR_OPTIONS");
+  if (e.tcpOptions & TCPI_OPT.TIMESTAMPS) {
+    must(trySetsockoptInt(s, SOL.TCP, TCP.TIMESTAMP, e.timestamp), "TCP_TIMESTAMP");
   }
 
-  must(setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE), "TCP_REPAIR_QUEUE");
-  writeBack(s, e.inQueue, SO_RCVBUFFORCE, "receive queue");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  writeBack(s, e.inQueue, SO.RCVBUFFORCE, "receive queue");
   // Bytes the peer may have seen: written back in repair mode, they count as sent.
-  must(setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE), "TCP_REPAIR_QUEUE");
-  writeBack(s, e.outQueue.subarray(0, e.outQueue.length - e.unsent), SO_SNDBUFFORCE, "send queue");
-  must(setInt(s, SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE), "TCP_REPAIR_QUEUE");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  writeBack(s, e.outQueue.subarray(0, e.outQueue.length - e.unsent), SO.SNDBUFFORCE, "send queue");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
 
   const w = e.window;
   const win = new Uint32Array([w.sndWl1, w.sndWnd, w.maxWindow, w.rcvWnd, w.rcvWup]);
-  must(setBytes(s, SOL_TCP, TCP_REPAIR_WINDOW, new Uint8Array(win.buffer)), "TCP_REPAIR_WINDOW");
-  if (e.readShutdown) must(local(NR.shutdown, s, SHUT_RD), "shutdown(SHUT_RD)");
-}
-
-/** Gives the target the tool's socket: the same open file, by an injected pidfd_getfd. */
-function handOver(ctx: FileRestoreContext, s: number): number {
-  const inj = ctx.injector;
-  const toolPidfd = ctx.toolPidfd();
-  if (toolPidfd < 0n) {
-    throw new Error(`pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`);
-  }
-  try {
-    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, s, 0);
-    if (fd < 0n) throw new Error(`pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`);
-    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
-    return Number(fd);
-  } finally {
-    inj.call("close", toolPidfd);
-  }
+  must(
+    trySetsockopt(s, SOL.TCP, TCP.REPAIR_WINDOW, new Uint8Array(win.buffer)),
+    "TCP_REPAIR_WINDOW",
+  );
+  if (e.readShutdown) must(tryShutdown(s, SHUT.RD), "shutdown(SHUT_RD)");
 }
 
 /** Connections made in repair mode and held by the tool, per restore context. */
@@ -600,12 +475,12 @@ function pendingOf(ctx: FileRestoreContext): { entry: TcpStreamEntry; socket: nu
 }
 
 function openTcpStream(e: TcpStreamEntry, ctx: FileRestoreContext): number {
-  const type = SOCK_STREAM | SOCK_CLOEXEC | (e.flags & O.NONBLOCK ? SOCK_NONBLOCK : 0);
-  const s = local(NR.socket, e.family, type, IPPROTO_TCP);
+  const type = SOCK.STREAM | SOCK.CLOEXEC | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
+  const s = trySocket(e.family, type, IPPROTO.TCP);
   if (s < 0) throw new RestoreError(`${e.description}: socket() failed (${errnoName(-s)})`);
   let fd = -1;
   try {
-    fd = handOver(ctx, s);
+    fd = handToTarget(ctx, s, e.description);
     for (const o of e.options) setOption(ctx, fd, o);
     repairConnection(e, s);
     pendingOf(ctx).push({ entry: e, socket: s });
@@ -619,7 +494,7 @@ function openTcpStream(e: TcpStreamEntry, ctx: FileRestoreContext): number {
 /** Sends what the program had written and the kernel never sent, as ordinary writes. */
 function sendUnsent(e: TcpStreamEntry, s: number): void {
   if (!e.unsent) return;
-  writeBack(s, e.outQueue.subarray(e.outQueue.length - e.unsent), SO_SNDBUFFORCE, "unsent bytes");
+  writeBack(s, e.outQueue.subarray(e.outQueue.length - e.unsent), SO.SNDBUFFORCE, "unsent bytes");
 }
 
 /**
@@ -627,7 +502,7 @@ function sendUnsent(e: TcpStreamEntry, s: number): void {
  * the bytes never sent, SO_BUF_LOCK as dumped, and the tool's copies closed. Called once every
  * process of the tree is made, so both ends of a connection inside the tree exist by then.
  */
-export function resumeTcpStreams(scope: object): void {
+function resumeTcpStreams(scope: object): void {
   const list = pending.get(scope) ?? [];
   pending.delete(scope);
   let at: TcpStreamEntry | undefined;
@@ -635,14 +510,14 @@ export function resumeTcpStreams(scope: object): void {
     // Every one out of repair mode before any sends: a peer in the tree must be there to answer.
     for (const { entry, socket } of list) {
       at = entry;
-      must(setInt(socket, SOL_TCP, TCP_REPAIR, REPAIR_OFF), "TCP_REPAIR off");
-      const reuse = entry.options.find((o) => o.name === "SO_REUSEADDR");
-      if (reuse) setBytes(socket, reuse.level, reuse.option, reuse.value);
+      must(trySetsockoptInt(socket, SOL.TCP, TCP.REPAIR, TCP_REPAIR.OFF), "TCP_REPAIR off");
+      const reuse = findOption(entry.options, "SO_REUSEADDR");
+      if (reuse) trySetsockopt(socket, reuse.level, reuse.option, reuse.value);
     }
     for (const { entry, socket } of list) {
       at = entry;
       sendUnsent(entry, socket);
-      setInt(socket, SOL_SOCKET, SO_BUF_LOCK, entry.bufferLocks);
+      trySetsockoptInt(socket, SOL.SOCKET, SO.BUF_LOCK, entry.bufferLocks);
     }
   } catch (err) {
     throw new RestoreError(`${at?.description}: cannot resume it: ${(err as Error).message}`);
@@ -655,18 +530,18 @@ export function resumeTcpStreams(scope: object): void {
  * Lets go of the tool's copies of connections restored with `scope` without resuming them (a
  * restore that failed: in repair mode they close without a word to the peer).
  */
-export function dropTcpStreams(scope: object): void {
+function dropTcpStreams(scope: object): void {
   for (const { socket } of pending.get(scope) ?? []) close(socket);
   pending.delete(scope);
 }
 
-/** Established TCP connections; socket.ts hands them over at dump (no fd kind of their own). */
+/** Established TCP connections; dispatch.ts hands them over at dump (no fd kind of their own). */
 export const tcpStreamHandler: FileHandler<TcpStreamEntry> = {
   kind: "tcp-stream",
   fdKinds: [],
   dump(fd: Fd): TcpStreamEntry {
     throw new DumpError(
-      `fd ${fd.fd} of process ${fd.pid}: TCP connections are dumped by socket.ts`,
+      `fd ${fd.fd} of process ${fd.pid}: TCP connections are dumped by dispatch.ts`,
     );
   },
   check: checkTcpStream,
@@ -675,4 +550,6 @@ export const tcpStreamHandler: FileHandler<TcpStreamEntry> = {
     // Within a tree the peer may be in a process not made yet: the restore resumes them all.
     if (!ctx.scope) resumeTcpStreams(ctx);
   },
+  resume: resumeTcpStreams,
+  abort: dropTcpStreams,
 };

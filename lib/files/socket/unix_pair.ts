@@ -2,7 +2,7 @@
  * Connected UNIX sockets whose peer is dumped too: socketpairs (asyncio's self-pipe, a parent and
  * a child talking) and stream connections accepted from a listener, with the data queued in them.
  *
- * Dump: socket.ts hands over every connected UNIX stream or seqpacket socket and every datagram
+ * Dump: dispatch.ts hands over every connected UNIX stream or seqpacket socket and every datagram
  * socket connected to an unnamed peer. sock_diag gives the peer's inode and the shutdown state;
  * the peer is in the dump when a process of the dump holds `socket:[PEER]` among its fds.
  * Otherwise the dump is refused, as for a connection its listener has not accepted yet: one end
@@ -13,8 +13,8 @@
  * walk the queue, and is put back as it was afterwards, also on error. Stream bytes are kept as
  * one run, datagram and seqpacket messages one by one (MSG_TRUNC says a message goes on in the
  * next read). Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
- * them, and peeking them would install copies in the target. No pidfd_getfd at dump (socket.ts
- * says why).
+ * them, and peeking them would install copies in the target. No pidfd_getfd at dump
+ * (target_socket.ts says why).
  *
  * Restore, as pipe.ts restores a pipe: ends are keyed by the pair's two inodes within one restore
  * context. The first end opened makes the pair with an injected socketpair() and takes both halves
@@ -35,24 +35,45 @@
  * seqpacket socket shut down for reading, is not seen (the kernel skips or cannot tell it apart).
  * An out-of-band byte (MSG_OOB) in a stream is refused.
  */
-import { addressOf, close, pidfdGetfd, SYS } from "../../../ffi/mod.ts";
+import {
+  AF,
+  close,
+  Errno,
+  MSG,
+  pidfdGetfd,
+  SHUT,
+  SK_SHUTDOWN,
+  SO,
+  SOCK,
+  SOCK_IOCTL,
+  SOL,
+  SYS,
+  tryGetsockopt,
+  trySend,
+  trySetsockoptInt,
+  tryShutdown,
+} from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { Injector } from "../../ptrace/inject.ts";
 import type { FileEntry } from "../../image/schema.ts";
-import {
-  defaultOptions,
-  formatAddress,
-  injectedReader,
-  local,
-  OPTIONS,
-  sameBytes,
-  setOption,
-  type SocketOption,
-  unixDiag,
-} from "./socket.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, F, injectClose, injectRaw, SETFL_MASK } from "../util.ts";
+import {
+  abandonFd,
+  F,
+  handToTarget,
+  i32,
+  injectClose,
+  injectRaw,
+  injectSocketpair,
+  readI32,
+  readU32,
+  SETFL_MASK,
+} from "../util.ts";
+import { formatAddress } from "./address.ts";
+import { unixDiag } from "./diag.ts";
+import { changedOptions, setOption, type SocketOption } from "./options.ts";
+import { TargetSocket } from "./target_socket.ts";
 
 /** One end of a connected UNIX socket pair. */
 export interface UnixPairEntry extends FileEntry {
@@ -73,13 +94,13 @@ export interface UnixPairEntry extends FileEntry {
   queue: Uint8Array[];
   /** SO_PEEK_OFF, -1 when not in use. */
   peekOffset: number;
-  /** Options that differ from a fresh socket's, as socket.ts keeps them. */
+  /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** "UNIX stream connected to socket:[123] (fd 4 of process 99)", for messages. */
   description: string;
 }
 
-/** What socket.ts has read already of a connected UNIX socket. */
+/** What dispatch.ts has read already of a connected UNIX socket. */
 export interface ConnectedUnix {
   /** "UNIX stream" …, for messages. */
   what: string;
@@ -89,22 +110,6 @@ export interface ConnectedUnix {
   /** getpeername (two bytes for an unnamed peer). */
   peer: Uint8Array;
 }
-
-const AF_UNIX = 1, SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_SEQPACKET = 5;
-const SOL_SOCKET = 1, SO_SNDBUF = 7, SO_SNDBUFFORCE = 32, SO_PEEK_OFF = 42;
-const MSG_OOB = 1, MSG_PEEK = 2, MSG_TRUNC = 0x20, MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
-const RCV_SHUTDOWN = 1, SEND_SHUTDOWN = 2;
-const FIONREAD = 0x541b;
-const EAGAIN = 11;
-const NR = {
-  ioctl: 16,
-  sendto: 44,
-  recvmsg: 47,
-  shutdown: 48,
-  socketpair: 53,
-  setsockopt: 54,
-  getsockopt: 55,
-} as const;
 
 // ---- Dump ----
 
@@ -128,9 +133,9 @@ function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: num
   return holders;
 }
 
-// Scratch layout while peeking (socket.ts's reader uses 0xe000 and up).
+// Scratch layout while peeking (TargetSocket uses 0xe000 and up).
 const CHUNK = 0xc000;
-const MSGHDR_AT = 0xc000, IOV_AT = 0xc040, INT_AT = 0xc080;
+const MSGHDR_AT = 0xc000, IOV_AT = 0xc040;
 const MSG_FLAGS = 48; // offset of msg_flags in struct msghdr
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -143,12 +148,14 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Reads the receive queue of target fd `n` with MSG_PEEK, walking it through SO_PEEK_OFF. */
+/** Reads the receive queue of a target socket with MSG_PEEK, walking it through SO_PEEK_OFF. */
 class QueuePeeker {
   readonly #msghdr: bigint;
+  readonly #inj: Injector;
 
   /** `name` describes the socket in messages. */
-  constructor(readonly inj: Injector, readonly n: number, readonly name: string) {
+  constructor(readonly socket: TargetSocket, readonly name: string) {
+    const inj = this.#inj = socket.inj;
     const iov = new BigUint64Array([inj.scratch(), BigInt(CHUNK)]); // the chunk at offset 0
     const msghdr = new BigUint64Array(7); // name, namelen, iov, iovlen, control, controllen, flags
     msghdr[2] = inj.put(new Uint8Array(iov.buffer), IOV_AT);
@@ -158,38 +165,42 @@ class QueuePeeker {
 
   /** SO_PEEK_OFF, or an errno. */
   setPeekOffset(value: number): number {
-    const v = this.inj.put(new Uint8Array(new Int32Array([value]).buffer), INT_AT);
-    return Number(this.inj.raw(NR.setsockopt, this.n, SOL_SOCKET, SO_PEEK_OFF, v, 4));
+    return this.socket.setsockopt(SOL.SOCKET, SO.PEEK_OFF, i32(value));
   }
 
   queued(): number {
-    const v = this.inj.put(new Uint8Array(4), INT_AT);
-    const r = this.inj.raw(NR.ioctl, this.n, FIONREAD, v);
-    if (r < 0n) throw new DumpError(`${this.name}: FIONREAD failed (errno ${-r})`);
-    return new DataView(this.inj.get(INT_AT, 4).slice().buffer).getInt32(0, true);
+    const n = this.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
+    if (n < 0) throw new DumpError(`${this.name}: FIONREAD failed (errno ${-n})`);
+    return n;
   }
 
   /** Whether an out-of-band byte waits (a peek with MSG_OOB gets it; EINVAL when there is none). */
   hasOutOfBand(): boolean {
-    const r = this.inj.raw(NR.recvmsg, this.n, this.#msghdr, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
+    const r = this.#inj.raw(
+      SYS.recvmsg,
+      this.socket.fd,
+      this.#msghdr,
+      MSG.OOB | MSG.PEEK | MSG.DONTWAIT,
+    );
     return r > 0n;
   }
 
   /** The next chunk, with whether its message goes on (MSG_TRUNC); null when nothing is left. */
   next(): { data: Uint8Array; truncated: boolean } | null {
-    const r = Number(this.inj.raw(NR.recvmsg, this.n, this.#msghdr, MSG_PEEK | MSG_DONTWAIT));
-    if (r === -EAGAIN) return null;
+    const r = Number(
+      this.#inj.raw(SYS.recvmsg, this.socket.fd, this.#msghdr, MSG.PEEK | MSG.DONTWAIT),
+    );
+    if (r === -Errno.EAGAIN) return null;
     if (r < 0) throw new DumpError(`${this.name}: peeking at its queue failed (errno ${-r})`);
-    const flags = new DataView(this.inj.get(MSGHDR_AT + MSG_FLAGS, 4).slice().buffer)
-      .getUint32(0, true);
-    return { data: this.inj.get(0, r).slice(), truncated: (flags & MSG_TRUNC) !== 0 };
+    const flags = readU32(this.#inj.get(MSGHDR_AT + MSG_FLAGS, 4).slice());
+    return { data: this.#inj.get(0, r).slice(), truncated: (flags & MSG.TRUNC) !== 0 };
   }
 }
 
 /** The queue as stream bytes (one run) or messages; `shutRd`: receiving was shut down. */
 function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] {
   const expected = p.queued(); // stream and seqpacket: every byte queued; datagram: the first
-  if (type === SOCK_STREAM) {
+  if (type === SOCK.STREAM) {
     // A peek walks over an out-of-band byte as if it were inline: ask for it on its own.
     if (p.hasOutOfBand()) {
       throw new DumpError(
@@ -217,7 +228,7 @@ function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] 
     const chunk = p.next();
     if (!chunk) break;
     // A shut-down seqpacket socket reads 0 at its end, as it reads an empty message.
-    const atEnd = type === SOCK_SEQPACKET && shutRd && total >= expected && !message.length;
+    const atEnd = type === SOCK.SEQPACKET && shutRd && total >= expected && !message.length;
     if (chunk.data.length === 0 && atEnd) break;
     message.push(chunk.data);
     total += chunk.data.length;
@@ -227,22 +238,6 @@ function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] 
     }
   }
   return messages;
-}
-
-/** The options that differ from a fresh socket's, as socket.ts picks them. */
-function changedOptions(inj: Injector, n: number, type: number): SocketOption[] {
-  const rd = injectedReader(inj, n);
-  const defaults = defaultOptions(AF_UNIX, type, 0);
-  const out: SocketOption[] = [];
-  for (const o of OPTIONS) {
-    if (!o.applies(AF_UNIX, type, 0)) continue;
-    const value = rd.getsockopt(o.level, o.option, o.size);
-    if (typeof value === "number") continue;
-    const fresh = defaults?.get(o.name);
-    if (fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
-    out.push({ name: o.name, level: o.level, option: o.option, value });
-  }
-  return out;
 }
 
 /**
@@ -264,7 +259,8 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
   const holder = peer ? socketHolders(ctx).get(peer) : undefined;
   // No peer inode: the peer was closed (which shuts a stream down both ways), or it is a
   // connection still waiting in its listener's accept queue, held by no process yet.
-  const closed = !peer && (s.type === SOCK_DGRAM || diag.shutdown === RCV_SHUTDOWN + SEND_SHUTDOWN);
+  const closed = !peer &&
+    (s.type === SOCK.DGRAM || diag.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND));
   if (!holder && !closed) {
     const where = peer
       ? `(socket:[${peer}]) outside the dump: no process of this dump holds that end`
@@ -288,18 +284,18 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     );
   }
 
-  const inj = ctx.frozen.injector;
-  const offsetBytes = injectedReader(inj, fd.fd).getsockopt(SOL_SOCKET, SO_PEEK_OFF, 4);
+  const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
+  const offsetBytes = socket.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
   if (typeof offsetBytes === "number") {
     throw new DumpError(`${sock}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
   }
-  const savedOffset = new DataView(offsetBytes.buffer).getInt32(0, true);
-  const peeker = new QueuePeeker(inj, fd.fd, sock);
+  const savedOffset = readI32(offsetBytes);
+  const peeker = new QueuePeeker(socket, sock);
   let r = peeker.setPeekOffset(0);
   if (r < 0) throw new DumpError(`${sock}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
   let queue: Uint8Array[];
   try {
-    queue = peekQueue(peeker, s.type, (diag.shutdown & RCV_SHUTDOWN) !== 0);
+    queue = peekQueue(peeker, s.type, (diag.shutdown & SK_SHUTDOWN.RCV) !== 0);
   } finally {
     // The process must find its socket as it was, whatever happened above.
     r = peeker.setPeekOffset(savedOffset);
@@ -321,7 +317,7 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     shutdown: diag.shutdown,
     queue,
     peekOffset: savedOffset,
-    options: changedOptions(inj, fd.fd, s.type),
+    options: changedOptions(socket, AF.UNIX, s.type, 0),
     description: `${s.what}${on} connected to ${to}`,
   };
 }
@@ -354,46 +350,23 @@ function closeState(st: PairState): void {
 }
 
 /**
- * Closes every socket the tool still holds for `ctx` (each pair lets go of its own once both ends
- * are placed; this is for a restore that stops early, or a peer a policy skipped).
+ * Closes every socket the tool still holds for `scope` (each pair lets go of its own once both
+ * ends are placed; this is for a restore that stops early, or a peer a policy skipped).
  */
-export function releaseUnixPairs(ctx: FileRestoreContext | object): void {
-  const scope = (ctx as FileRestoreContext).scope ?? ctx;
+function releaseUnixPairs(scope: object): void {
   for (const st of restoring.get(scope)?.values() ?? []) closeState(st);
   restoring.delete(scope);
 }
 
-/** The tool's socket `mine` as a new fd of the target (an injected pidfd_getfd on the tool). */
-function handOver(ctx: FileRestoreContext, mine: number, e: UnixPairEntry): number {
-  const inj = ctx.injector;
-  const toolPidfd = ctx.toolPidfd();
-  if (toolPidfd < 0n) {
-    throw new RestoreError(`${e.description}: pidfd_open of the tool failed (errno ${-toolPidfd})`);
-  }
-  try {
-    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
-    if (fd < 0n) {
-      throw new RestoreError(`${e.description}: pidfd_getfd from the tool failed (errno ${-fd})`);
-    }
-    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the orchestrator sets it
-    return Number(fd);
-  } finally {
-    inj.call("close", toolPidfd);
-  }
-}
-
 /** SO_SNDBUF of a tool fd, or a negative errno. */
 function sendBuffer(fd: number): number {
-  const size = new Int32Array(1);
-  const len = new Uint32Array([4]);
-  const r = local(NR.getsockopt, fd, SOL_SOCKET, SO_SNDBUF, addressOf(size), addressOf(len));
-  return r < 0 ? r : size[0];
+  const size = tryGetsockopt(fd, SOL.SOCKET, SO.SNDBUF, 4);
+  return typeof size === "number" ? size : readI32(size);
 }
 
 /** Sets SO_SNDBUF of a tool fd to `bytes` through SO_SNDBUFFORCE (which doubles what it gets). */
 function forceSendBuffer(fd: number, bytes: number): void {
-  const half = new Int32Array([Math.min(Math.ceil(bytes / 2), 0x3fffffff)]);
-  local(NR.setsockopt, fd, SOL_SOCKET, SO_SNDBUFFORCE, addressOf(half), 4);
+  trySetsockoptInt(fd, SOL.SOCKET, SO.SNDBUFFORCE, Math.min(Math.ceil(bytes / 2), 0x3fffffff));
 }
 
 /** Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer. */
@@ -408,9 +381,7 @@ function refill(e: UnixPairEntry, sender: number): void {
       // A stream's run may take several sends; a message goes in one.
       let off = 0;
       do {
-        const part = message.subarray(off);
-        const flags = MSG_DONTWAIT | MSG_NOSIGNAL;
-        const sent = local(NR.sendto, sender, addressOf(part), part.length, flags);
+        const sent = trySend(sender, message.subarray(off), MSG.DONTWAIT | MSG.NOSIGNAL);
         if (sent < 0) {
           throw new RestoreError(`${e.description}: refilling its queue failed (errno ${-sent})`);
         }
@@ -422,14 +393,19 @@ function refill(e: UnixPairEntry, sender: number): void {
   }
 }
 
-const SHUT_HOW: Record<number, number> = { 1: 0, 2: 1, 3: 2 }; // sk_shutdown → SHUT_RD/WR/RDWR
+/** sk_shutdown → how to shutdown() to get it. */
+const SHUT_HOW: Record<number, number> = {
+  [SK_SHUTDOWN.RCV]: SHUT.RD,
+  [SK_SHUTDOWN.SEND]: SHUT.WR,
+  [SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND]: SHUT.RDWR,
+};
 
 /** Both ends are placed (or the peer never will be): shutdown states, then the tool lets go. */
 function settle(st: PairState): void {
   for (const e of st.placed) {
-    const how = SHUT_HOW[e.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN)];
+    const how = SHUT_HOW[e.shutdown & (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)];
     if (how === undefined) continue;
-    const r = local(NR.shutdown, st.halves.get(e.inode)!, how);
+    const r = tryShutdown(st.halves.get(e.inode)!, how);
     if (r < 0) throw new RestoreError(`${e.description}: shutdown failed (errno ${-r})`);
   }
   closeState(st);
@@ -441,9 +417,7 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
   let st = pairs.get(key);
   let fd: number;
   if (!st) {
-    const sv = ctx.put(new Uint8Array(8));
-    injectRaw(ctx, "socketpair", NR.socketpair, AF_UNIX, e.type, 0, sv);
-    const [mine, other] = new Int32Array(ctx.memory.read(sv, 8).slice().buffer);
+    const [mine, other] = injectSocketpair(ctx, AF.UNIX, e.type, 0);
     st = { halves: new Map(), placed: [], closed: false };
     pairs.set(key, st);
     st.halves.set(e.inode, pidfdGetfd(ctx.pidfd, mine));
@@ -453,14 +427,14 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
     fd = mine;
   } else {
     if (st.closed) throw new RestoreError(`${e.description}: opened after its pair was settled`);
-    fd = handOver(ctx, st.halves.get(e.inode)!, e);
+    fd = handToTarget(ctx, st.halves.get(e.inode)!, e.description);
   }
   try {
     for (const o of e.options) setOption(ctx, fd, o);
     refill(e, st.halves.get(e.peer)!);
     if (e.peekOffset !== -1) {
-      const v = ctx.put(new Uint8Array(new Int32Array([e.peekOffset]).buffer));
-      injectRaw(ctx, "setsockopt(SO_PEEK_OFF)", NR.setsockopt, fd, SOL_SOCKET, SO_PEEK_OFF, v, 4);
+      const v = ctx.put(i32(e.peekOffset));
+      injectRaw(ctx, "setsockopt(SO_PEEK_OFF)", SYS.setsockopt, fd, SOL.SOCKET, SO.PEEK_OFF, v, 4);
     }
     ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
     st.placed.push(e);
@@ -474,9 +448,11 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
 /** Connected UNIX sockets with their peer: socketpairs and accepted connections. */
 export const unixPairHandler: FileHandler<UnixPairEntry> = {
   kind: "unix-pair",
-  fdKinds: [], // socket.ts dumps them; found by entry kind at restore
+  fdKinds: [], // dispatch.ts dumps them; found by entry kind at restore
   dump(fd: Fd): UnixPairEntry {
-    throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: unix-pair entries come from socket.ts`);
+    throw new DumpError(
+      `fd ${fd.fd} of process ${fd.pid}: unix-pair entries come from dispatch.ts`,
+    );
   },
   open: openUnixPair,
   finish(e: UnixPairEntry, _fd: number, ctx: FileRestoreContext): void {
@@ -485,4 +461,5 @@ export const unixPairHandler: FileHandler<UnixPairEntry> = {
     const st = pairsOf(ctx).get(pairKey(e));
     if (st && !st.closed) settle(st);
   },
+  release: releaseUnixPairs,
 };

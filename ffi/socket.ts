@@ -1,0 +1,279 @@
+/**
+ * Sockets: the kernel's constants (families, types, levels, options, TCP repair, sock_diag …) and
+ * the socket calls the tool makes on sockets of its own.
+ *
+ * The callers of these calls look at the errno (a probe that expects ECONNREFUSED, an option
+ * this kernel does not know, a failure named in a message of their own), so every wrapper here
+ * is a `try…` call that returns its result, or a negative errno, and never throws.
+ */
+import { addressOf, errno, libc } from "./libc.ts";
+import { SYS } from "./syscalls.ts";
+
+/** Address families (`AF_*`). */
+export const AF = {
+  UNIX: 1,
+  INET: 2,
+  INET6: 10,
+  NETLINK: 16,
+  PACKET: 17,
+  ALG: 38,
+  VSOCK: 40,
+  XDP: 44,
+} as const;
+
+/** Socket types (`SOCK_*`), and the flags socket() takes with them. */
+export const SOCK = {
+  STREAM: 1,
+  DGRAM: 2,
+  RAW: 3,
+  SEQPACKET: 5,
+  NONBLOCK: 0o4000,
+  CLOEXEC: 0o2000000,
+} as const;
+
+/** Protocols (`IPPROTO_*`). */
+export const IPPROTO = { IP: 0, TCP: 6, UDP: 17, IPV6: 41 } as const;
+
+/** Option levels of getsockopt/setsockopt (`SOL_*`). */
+export const SOL = { IP: 0, SOCKET: 1, TCP: 6, IPV6: 41 } as const;
+
+/** Options at `SOL.SOCKET` (`SO_*`). */
+export const SO = {
+  REUSEADDR: 2,
+  TYPE: 3,
+  BROADCAST: 6,
+  SNDBUF: 7,
+  RCVBUF: 8,
+  KEEPALIVE: 9,
+  OOBINLINE: 10,
+  PRIORITY: 12,
+  LINGER: 13,
+  REUSEPORT: 15,
+  PASSCRED: 16,
+  RCVLOWAT: 18,
+  RCVTIMEO: 20,
+  SNDTIMEO: 21,
+  /** Set: attach a classic BPF filter. Read (as SO_GET_FILTER): the filter attached. */
+  ATTACH_FILTER: 26,
+  DETACH_FILTER: 27,
+  ACCEPTCONN: 30,
+  SNDBUFFORCE: 32,
+  RCVBUFFORCE: 33,
+  PROTOCOL: 38,
+  DOMAIN: 39,
+  PEEK_OFF: 42,
+  BUF_LOCK: 72,
+} as const;
+
+/** Options at `SOL.TCP` (`TCP_*`), TCP repair ones included. */
+export const TCP = {
+  NODELAY: 1,
+  MAXSEG: 2,
+  KEEPIDLE: 4,
+  KEEPINTVL: 5,
+  KEEPCNT: 6,
+  DEFER_ACCEPT: 9,
+  INFO: 11,
+  USER_TIMEOUT: 18,
+  REPAIR: 19,
+  REPAIR_QUEUE: 20,
+  QUEUE_SEQ: 21,
+  REPAIR_OPTIONS: 22,
+  FASTOPEN: 23,
+  TIMESTAMP: 24,
+  REPAIR_WINDOW: 29,
+  ULP: 31,
+} as const;
+
+/** Values of `TCP.REPAIR`: on, off, and off without the window probe (`TCP_REPAIR_OFF_NO_WP`). */
+export const TCP_REPAIR = { ON: 1, OFF: 0, OFF_NO_WP: -1 } as const;
+
+/** Values of `TCP.REPAIR_QUEUE` (`TCP_NO_QUEUE`, `TCP_RECV_QUEUE`, `TCP_SEND_QUEUE`). */
+export const TCP_QUEUE = { NONE: 0, RECV: 1, SEND: 2 } as const;
+
+/** Bits of `tcpi_options` in `struct tcp_info` (`TCPI_OPT_*`). */
+export const TCPI_OPT = { TIMESTAMPS: 1, SACK: 2, WSCALE: 4, ECN: 8 } as const;
+
+/** TCP option kinds, as `TCP.REPAIR_OPTIONS` takes them (`TCPOPT_*`). */
+export const TCPOPT = { MAXSEG: 2, WINDOW: 3, SACK_PERM: 4, TIMESTAMP: 8 } as const;
+
+/** TCP states, as `tcpi_state` and sock_diag's `idiag_state` report them. */
+export const TCP_STATE = {
+  ESTABLISHED: 1,
+  SYN_SENT: 2,
+  SYN_RECV: 3,
+  FIN_WAIT1: 4,
+  FIN_WAIT2: 5,
+  TIME_WAIT: 6,
+  CLOSE: 7,
+  CLOSE_WAIT: 8,
+  LAST_ACK: 9,
+  LISTEN: 10,
+  CLOSING: 11,
+  NEW_SYN_RECV: 12,
+} as const;
+
+const TCP_STATE_NAMES = new Map(Object.entries(TCP_STATE).map(([name, n]) => [n as number, name]));
+
+/** The name of a TCP state (`8` → `"CLOSE_WAIT"`), or the number as text when unknown. */
+export function tcpStateName(state: number): string {
+  return TCP_STATE_NAMES.get(state) ?? String(state);
+}
+
+/** Options at `SOL.IP` (`IP_*`). */
+export const IP = { TOS: 1, TTL: 2, FREEBIND: 15, BIND_ADDRESS_NO_PORT: 24 } as const;
+
+/** Options at `SOL.IPV6` (`IPV6_*`). */
+export const IPV6 = { UNICAST_HOPS: 16, V6ONLY: 26, FREEBIND: 78 } as const;
+
+/** Flags of send/recv calls (`MSG_*`). */
+export const MSG = { OOB: 1, PEEK: 2, TRUNC: 0x20, DONTWAIT: 0x40, NOSIGNAL: 0x4000 } as const;
+
+/** How shutdown() shuts a socket (`SHUT_*`). */
+export const SHUT = { RD: 0, WR: 1, RDWR: 2 } as const;
+
+/** Bits of a socket's `sk_shutdown` (as sock_diag reports it): receiving or sending was shut. */
+export const SK_SHUTDOWN = { RCV: 1, SEND: 2 } as const;
+
+/** ioctl requests on sockets; `FIONREAD` also answers for pipes and FIFOs. */
+export const SOCK_IOCTL = {
+  FIONREAD: 0x541b,
+  /** Bytes in the receive queue (same request as FIONREAD). */
+  SIOCINQ: 0x541b,
+  /** Bytes in the send queue, sent or not. */
+  SIOCOUTQ: 0x5411,
+  /** Bytes in the send queue never sent. */
+  SIOCOUTQNSD: 0x894b,
+} as const;
+
+/** poll() events (`POLL*`). */
+export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, RDHUP: 0x2000 } as const;
+
+/** Netlink protocols (`NETLINK_*`). */
+export const NETLINK = { SOCK_DIAG: 4 } as const;
+
+/** Netlink message types (`NLMSG_*`). */
+export const NLMSG = { ERROR: 2 } as const;
+
+/** Netlink message flags (`NLM_F_*`). */
+export const NLM_F = { REQUEST: 1 } as const;
+
+/** The sock_diag request type (`SOCK_DIAG_BY_FAMILY`). */
+export const SOCK_DIAG = { BY_FAMILY: 20 } as const;
+
+/** What a UNIX sock_diag request asks to be shown (`UDIAG_SHOW_*`). */
+export const UDIAG_SHOW = { PEER: 0x4, RQLEN: 0x10 } as const;
+
+/** Attributes of a UNIX sock_diag reply (`UNIX_DIAG_*`). */
+export const UNIX_DIAG = { PEER: 2, RQLEN: 4, SHUTDOWN: 6 } as const;
+
+/** Classic BPF: a socket filter of one instruction, `ret #0`, that drops every packet. */
+export const DROP_ALL_FILTER: Uint8Array = new Uint8Array([0x06, 0, 0, 0, 0, 0, 0, 0]);
+
+/** A raw syscall in the tool: its result, or a negative errno. */
+function attempt(nr: number, ...args: (number | bigint)[]): number {
+  const a = [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6);
+  const r = Number(libc.syscall(BigInt(nr), a[0], a[1], a[2], a[3], a[4], a[5]));
+  return r === -1 ? -errno() : r;
+}
+
+/** socket(2): the new fd, or a negative errno. */
+export function trySocket(family: number, type: number, protocol: number): number {
+  return attempt(SYS.socket, family, type, protocol);
+}
+
+/** bind(2) to a raw sockaddr: 0, or a negative errno. */
+export function tryBind(fd: number, address: Uint8Array): number {
+  return attempt(SYS.bind, fd, addressOf(address), address.length);
+}
+
+/** connect(2) to a raw sockaddr: 0, or a negative errno. */
+export function tryConnect(fd: number, address: Uint8Array): number {
+  return attempt(SYS.connect, fd, addressOf(address), address.length);
+}
+
+/** getsockopt(2) with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
+export function tryGetsockopt(
+  fd: number,
+  level: number,
+  option: number,
+  size: number,
+): Uint8Array | number {
+  const value = new Uint8Array(Math.max(size, 1));
+  const len = new Uint32Array([size]);
+  const r = attempt(SYS.getsockopt, fd, level, option, addressOf(value), addressOf(len));
+  return r < 0 ? r : value.subarray(0, len[0]);
+}
+
+/** setsockopt(2) with raw bytes: 0, or a negative errno. */
+export function trySetsockopt(
+  fd: number,
+  level: number,
+  option: number,
+  value: Uint8Array,
+): number {
+  return attempt(SYS.setsockopt, fd, level, option, addressOf(value), value.length);
+}
+
+/** setsockopt(2) of a 32-bit int (taken modulo 2^32): 0, or a negative errno. */
+export function trySetsockoptInt(fd: number, level: number, option: number, value: number): number {
+  return trySetsockopt(fd, level, option, new Uint8Array(new Uint32Array([value >>> 0]).buffer));
+}
+
+/** send(2) (sendto with no address): the bytes sent, or a negative errno. */
+export function trySend(fd: number, data: Uint8Array, flags: number): number {
+  return attempt(SYS.sendto, fd, addressOf(data), data.length, flags, 0, 0);
+}
+
+/** recv(2) (recvfrom with no address) into `buf`: the bytes received, or a negative errno. */
+export function tryRecv(fd: number, buf: Uint8Array, flags: number): number {
+  return attempt(SYS.recvfrom, fd, addressOf(buf), buf.length, flags, 0, 0);
+}
+
+/** shutdown(2) with a `SHUT` value: 0, or a negative errno. */
+export function tryShutdown(fd: number, how: number): number {
+  return attempt(SYS.shutdown, fd, how);
+}
+
+/**
+ * An ioctl that fills an int (`SOCK_IOCTL.*`): the value, or a negative errno (for requests
+ * whose value is never negative, as queue lengths).
+ */
+export function tryIoctlInt(fd: number, request: number): number {
+  const value = new Int32Array(1);
+  const r = attempt(SYS.ioctl, fd, request, addressOf(value));
+  return r < 0 ? r : value[0];
+}
+
+/** poll(2) of one fd without waiting: its revents (0: none of `events`), or a negative errno. */
+export function tryPoll(fd: number, events: number): number {
+  const pfd = new Uint8Array(8);
+  const v = new DataView(pfd.buffer);
+  v.setInt32(0, fd, true);
+  v.setInt16(4, events, true);
+  const r = attempt(SYS.poll, addressOf(pfd), 1, 0);
+  return r > 0 ? v.getUint16(6, true) : r;
+}
+
+/**
+ * The length in instructions of the socket filter `fd` has (SO_GET_FILTER with no room, which
+ * reports only that; 0: none), or a negative errno.
+ */
+export function tryFilterLength(fd: number): number {
+  const len = new Uint32Array(1);
+  const r = attempt(SYS.getsockopt, fd, SOL.SOCKET, SO.ATTACH_FILTER, 0, addressOf(len));
+  return r < 0 ? r : len[0];
+}
+
+/** Attaches a classic BPF socket filter (8 bytes an instruction): 0, or a negative errno. */
+export function tryAttachFilter(fd: number, program: Uint8Array): number {
+  // struct sock_fprog (length, pointer) at 0, pointing at the instructions at 16. One buffer above
+  // V8's 64-byte limit for typed arrays kept in the JS heap, so it lives outside it and the
+  // pointer inside stays valid.
+  const buf = new Uint8Array(Math.max(128, 16 + program.length));
+  const v = new DataView(buf.buffer);
+  v.setUint16(0, program.length / 8, true);
+  v.setBigUint64(8, addressOf(buf) + 16n, true);
+  buf.set(program, 16);
+  return trySetsockopt(fd, SOL.SOCKET, SO.ATTACH_FILTER, buf.subarray(0, 16));
+}

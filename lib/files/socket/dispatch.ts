@@ -1,0 +1,186 @@
+/**
+ * The one file handler of fd kind "socket": it reads what a socket is and hands it to the module
+ * of its kind.
+ *
+ * Everything is read inside the frozen process through its fd number (target_socket.ts):
+ * SO_DOMAIN/SO_TYPE/SO_PROTOCOL give the kind; SO_ACCEPTCONN, getsockname, getpeername and (TCP)
+ * the state byte of TCP_INFO give the state. Then:
+ * - established TCP connections (and CLOSE_WAIT ones) go to tcp_stream.ts, which keeps them with
+ *   their queues through TCP repair mode;
+ * - connected UNIX stream and seqpacket sockets, and UNIX datagram sockets connected to an unnamed
+ *   peer, go to unix_pair.ts, which keeps them with their queued data when their peer is in the
+ *   dump too or was closed (sock_diag shows a closed peer with no inode and, for a stream, a full
+ *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
+ *   standalone.ts and comes back as a socketpair with one end closed again;
+ * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
+ *   connected to a named address) goes to standalone.ts, which makes it again from its address.
+ *
+ * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
+ * TCP sockets connecting or closing (SYN_SENT, SYN_RECV, FIN_WAIT1/2, CLOSING, LAST_ACK,
+ * TIME_WAIT: any state but LISTEN, CLOSE, ESTABLISHED and CLOSE_WAIT), inet protocols other than
+ * TCP and UDP (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …); the
+ * kinds' modules refuse more (a listener with connections waiting, a UNIX socket whose peer no
+ * process of the dump holds …).
+ *
+ * Entries of kind "socket" are restored by standalone.ts, those of kinds "unix-pair" and
+ * "tcp-stream" by their modules, found by entry kind.
+ */
+import {
+  AF,
+  Errno,
+  IPPROTO,
+  SK_SHUTDOWN,
+  SO,
+  SOCK,
+  SOL,
+  TCP,
+  TCP_STATE,
+  tcpStateName,
+} from "../../../ffi/mod.ts";
+import { DumpError } from "../../errors.ts";
+import type { Fd } from "../../inspect/fds.ts";
+import type { FileDumpContext, FileHandler } from "../types.ts";
+import { readI32 } from "../util.ts";
+import { formatAddress, isUnbound } from "./address.ts";
+import { unixDiag } from "./diag.ts";
+import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import { TargetSocket } from "./target_socket.ts";
+import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
+import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
+
+const FAMILIES: Record<number, string> = {
+  [AF.UNIX]: "UNIX",
+  [AF.INET]: "IPv4",
+  [AF.INET6]: "IPv6",
+  [AF.NETLINK]: "netlink",
+  [AF.PACKET]: "packet",
+  [AF.ALG]: "alg",
+  [AF.VSOCK]: "vsock",
+  [AF.XDP]: "XDP",
+};
+const TYPES: Record<number, string> = {
+  [SOCK.STREAM]: "stream",
+  [SOCK.DGRAM]: "datagram",
+  [SOCK.RAW]: "raw",
+  [SOCK.SEQPACKET]: "seqpacket",
+};
+
+const UNIX_TYPES: number[] = [SOCK.STREAM, SOCK.DGRAM, SOCK.SEQPACKET];
+
+/** "IPv4 TCP", "UNIX stream" …, for messages. */
+function protocolName(family: number, type: number, protocol: number): string {
+  if (family === AF.UNIX) return `UNIX ${TYPES[type] ?? `type ${type}`}`;
+  if (family === AF.INET || family === AF.INET6) {
+    if (protocol === IPPROTO.TCP) return `${FAMILIES[family]} TCP`;
+    if (protocol === IPPROTO.UDP) return `${FAMILIES[family]} UDP`;
+    return `${FAMILIES[family]} ${TYPES[type] ?? `type ${type}`} protocol ${protocol}`;
+  }
+  return `${FAMILIES[family] ?? `family ${family}`} ${TYPES[type] ?? `type ${type}`}`;
+}
+
+function refuse(fd: Fd, what: string, why: string): never {
+  throw new DumpError(
+    `fd ${fd.fd} of process ${fd.pid}: ${what} socket (${fd.target}) ${why}; tardigrade ` +
+      `dumps only listening, bound and unconnected TCP, UDP and UNIX sockets (and datagram ` +
+      `sockets connected to an address, established TCP connections); a policy can skip it`,
+  );
+}
+
+function dumpSocket(
+  fd: Fd,
+  ctx: FileDumpContext,
+): SocketEntry | UnixPairEntry | TcpStreamEntry {
+  const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
+  const intOpt = (level: number, option: number): number => {
+    const v = socket.getsockopt(level, option, 4);
+    if (typeof v === "number") {
+      throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: getsockopt failed (errno ${-v})`);
+    }
+    return readI32(v);
+  };
+  const family = intOpt(SOL.SOCKET, SO.DOMAIN);
+  const type = intOpt(SOL.SOCKET, SO.TYPE);
+  const protocol = intOpt(SOL.SOCKET, SO.PROTOCOL);
+  const what = protocolName(family, type, protocol);
+  const inet = family === AF.INET || family === AF.INET6;
+  if (family !== AF.UNIX && !inet) refuse(fd, what, "of an unsupported family");
+  if (inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && protocol !== IPPROTO.UDP) {
+    refuse(fd, what, "of an unsupported protocol");
+  }
+  if (family === AF.UNIX && !UNIX_TYPES.includes(type)) {
+    refuse(fd, what, "of an unsupported type");
+  }
+
+  const nameOf = (which: "getsockname" | "getpeername"): Uint8Array | null => {
+    const v = socket.name(which);
+    if (typeof v !== "number") return v;
+    if (which === "getpeername" && -v === Errno.ENOTCONN) return null;
+    throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: ${which} failed (errno ${-v})`);
+  };
+  const own = nameOf("getsockname");
+  const address = own && !isUnbound(own) ? own : null;
+  const listening = intOpt(SOL.SOCKET, SO.ACCEPTCONN) !== 0;
+  const peer = listening ? null : nameOf("getpeername");
+  const at = address ? `on ${formatAddress(address)}` : "unbound";
+
+  let peerClosed = false;
+  let tcpInfo: Uint8Array | null = null;
+  if (protocol === IPPROTO.TCP && inet) {
+    const info = socket.getsockopt(SOL.TCP, TCP.INFO, 32);
+    if (typeof info === "number") {
+      throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: TCP_INFO failed (errno ${-info})`);
+    }
+    const state = info[0];
+    // A connection (also one whose peer closed its side): tcp_stream.ts keeps it, with TCP repair.
+    if (isTcpStreamState(state) && address && peer) {
+      return dumpTcpStream(fd, ctx, { what, family, address, peer });
+    }
+    if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
+      const to = peer ? `, peer ${formatAddress(peer)}` : "";
+      refuse(fd, what, `in state ${tcpStateName(state)}, ${at}${to}`);
+    }
+    tcpInfo = info;
+  } else if (family === AF.UNIX) {
+    if (peer && type !== SOCK.DGRAM && peer.length <= 2 && !address) {
+      // A socketpair whose other end was closed everywhere (the JVM keeps one as the fd it dup2s
+      // over descriptors being closed): sock_diag shows a peer with no inode and a full shutdown.
+      const d = unixDiag(fd.inode);
+      if (d && d.peer === 0 && d.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)) {
+        // With data still to read it is a pair whose peer is gone: unix_pair.ts keeps the data.
+        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer });
+        peerClosed = true;
+      }
+    }
+    if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
+      // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
+      return dumpUnixPair(fd, ctx, { what, type, address, peer });
+    }
+  }
+  return dumpStandalone(fd, {
+    socket,
+    what,
+    family,
+    type,
+    protocol,
+    address,
+    peer,
+    listening,
+    peerClosed,
+    tcpInfo,
+    at,
+    refuse: (why) => refuse(fd, what, why),
+  });
+}
+
+/**
+ * Every socket: dumped by its kind's module (standalone.ts, unix_pair.ts, tcp_stream.ts);
+ * entries of kind "socket" restored by standalone.ts.
+ */
+export const socketHandler: FileHandler<
+  SocketEntry,
+  SocketEntry | UnixPairEntry | TcpStreamEntry
+> = {
+  ...standaloneSocketHandler,
+  fdKinds: ["socket"],
+  dump: dumpSocket,
+};

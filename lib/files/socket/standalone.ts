@@ -1,0 +1,310 @@
+/**
+ * Sockets that come back on their own (entry kind "socket"): made again from their family, type,
+ * address, options and backlog, with no peer and no queued data to carry. Listening TCP (IPv4 and
+ * IPv6) and UNIX stream/seqpacket sockets, bound or unbound UDP and UNIX datagram sockets (also
+ * ones connect()ed to a named address), TCP/UNIX stream sockets that are not connected yet, and an
+ * unbound UNIX stream/seqpacket socket whose peer was closed everywhere with nothing queued (it
+ * comes back as a socketpair with one end closed again; the JVM holds one). dispatch.ts decides
+ * which sockets these are.
+ *
+ * Dump, inside the frozen process (target_socket.ts): the listen backlog is exact. For TCP,
+ * TCP_INFO of a listener reports the accept queue's maximum (tcpi_sacked) and length
+ * (tcpi_unacked), as `ss` shows them; for UNIX, a sock_diag (NETLINK_SOCK_DIAG, UDIAG_SHOW_RQLEN)
+ * query by inode gives both. Only where sock_diag cannot see the socket (another network
+ * namespace) the backlog falls back to net.core.somaxconn (`backlogSource: "somaxconn"`). The
+ * options that differ from a fresh socket's are kept (options.ts). Refused (a DumpError naming fd,
+ * family, type and state; a policy can skip them): listeners with connections waiting in their
+ * accept queue (they would be lost, as CRIU refuses them too) and UNIX datagram sockets with
+ * datagrams queued. Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP
+ * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
+ * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
+ *
+ * Restore: socket() with SOCK_NONBLOCK as the file had O_NONBLOCK, the options (options.ts),
+ * bind() to the same address, connect() for a connected datagram socket, listen(backlog). A UNIX
+ * socket file left over from the dumped process is unlinked first, but only if it is a socket
+ * nobody is bound to (connect gives ECONNREFUSED). A relative UNIX path is bound after an injected
+ * chdir to the cwd the process had at dump (the restorer sets the final cwd later). check()
+ * refuses up front an address in use (a probe bind by the tool, unless SO_REUSEPORT is set) and a
+ * UNIX path that is not a stale socket.
+ */
+import {
+  AF,
+  close,
+  Errno,
+  O,
+  SOCK,
+  SOCK_IOCTL,
+  SYS,
+  TCP_STATE,
+  tryBind,
+  tryConnect,
+  trySetsockopt,
+  trySocket,
+} from "../../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../../errors.ts";
+import type { Fd } from "../../inspect/fds.ts";
+import type { FileEntry } from "../../image/schema.ts";
+import type { FileHandler, FileRestoreContext } from "../types.ts";
+import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
+import { formatAddress, unixAddress, unixPath } from "./address.ts";
+import { unixListenQueue } from "./diag.ts";
+import { changedOptions, findOption, intOption, setOption, type SocketOption } from "./options.ts";
+import type { TargetSocket } from "./target_socket.ts";
+
+/** A listening, bound or unconnected socket. */
+export interface SocketEntry extends FileEntry {
+  kind: "socket";
+  /** AF_UNIX 1, AF_INET 2, AF_INET6 10. */
+  family: number;
+  /** SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 (SOCK_NONBLOCK comes from `flags`). */
+  type: number;
+  protocol: number;
+  /** "connected" only for a datagram socket connect()ed to a named address; "peer-closed" for an
+   * unbound UNIX stream/seqpacket socket whose peer was closed (a socketpair half). */
+  state: "listening" | "unconnected" | "connected" | "peer-closed";
+  /** The raw sockaddr getsockname gave; null when unbound. */
+  address: Uint8Array | null;
+  /** The raw sockaddr of a connected datagram socket's peer. */
+  peer: Uint8Array | null;
+  /** listen() backlog: the accept queue's maximum when dumped. */
+  backlog: number;
+  backlogSource: "tcp_info" | "sock_diag" | "somaxconn" | "none";
+  /** The process's cwd at dump, for a relative UNIX path. */
+  cwd: string;
+  options: SocketOption[];
+  /** The dumped socket's inode. */
+  inode: bigint;
+  /** "IPv4 TCP 127.0.0.1:4000 listening", for messages. */
+  description: string;
+}
+
+/** What dispatch.ts has read of a socket it hands over here. */
+export interface StandaloneSocket {
+  /** The socket, inside the frozen process. */
+  socket: TargetSocket;
+  /** "IPv4 TCP" …, for messages. */
+  what: string;
+  /** SO_DOMAIN, SO_TYPE and SO_PROTOCOL. */
+  family: number;
+  type: number;
+  protocol: number;
+  /** getsockname, null when unbound. */
+  address: Uint8Array | null;
+  /** getpeername, null when not connected. */
+  peer: Uint8Array | null;
+  /** SO_ACCEPTCONN. */
+  listening: boolean;
+  /** A UNIX socketpair half whose peer was closed everywhere, with nothing queued. */
+  peerClosed: boolean;
+  /** TCP_INFO (its first 32 bytes) of a TCP socket; null for other protocols. */
+  tcpInfo: Uint8Array | null;
+  /** "on 127.0.0.1:80" or "unbound", for messages. */
+  at: string;
+  /** Refuses the dump of the socket, saying why. */
+  refuse(why: string): never;
+}
+
+// ---- Dump ----
+
+function somaxconn(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/sys/net/core/somaxconn").trim()) || 4096;
+  } catch {
+    return 4096;
+  }
+}
+
+/** listen()'s backlog: the accept queue's maximum, refusing a listener with connections waiting. */
+function backlogOf(
+  fd: Fd,
+  s: StandaloneSocket,
+): { backlog: number; backlogSource: SocketEntry["backlogSource"] } {
+  const waiting = (queued: number) =>
+    s.refuse(
+      `listening ${s.at} with ${queued} connection(s) not yet accepted (they would be lost)`,
+    );
+  if (s.tcpInfo) {
+    if (s.tcpInfo[0] !== TCP_STATE.LISTEN) return { backlog: 0, backlogSource: "none" };
+    const queued = readU32(s.tcpInfo, 24); // tcpi_unacked: sk_ack_backlog
+    const backlog = readU32(s.tcpInfo, 28); // tcpi_sacked: sk_max_ack_backlog
+    if (queued > 0) waiting(queued);
+    return { backlog, backlogSource: "tcp_info" };
+  }
+  if (s.family !== AF.UNIX || !s.listening) return { backlog: 0, backlogSource: "none" };
+  const q = unixListenQueue(fd.inode);
+  if (!q) return { backlog: somaxconn(), backlogSource: "somaxconn" };
+  if (q.queued > 0) waiting(q.queued);
+  return { backlog: q.max, backlogSource: "sock_diag" };
+}
+
+/** Dumps a socket dispatch.ts found to come back on its own. */
+export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
+  const { backlog, backlogSource } = backlogOf(fd, s);
+  if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
+    const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
+    if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
+  }
+  const options = changedOptions(s.socket, s.family, s.type, s.protocol);
+  const state = s.listening
+    ? "listening"
+    : s.peerClosed
+    ? "peer-closed"
+    : s.peer
+    ? "connected"
+    : "unconnected";
+  let cwd = "/";
+  try {
+    cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
+  } catch { /* only needed for relative UNIX paths */ }
+  const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
+  return {
+    id: fd.fileId,
+    kind: "socket",
+    flags: fd.flags,
+    family: s.family,
+    type: s.type,
+    protocol: s.protocol,
+    state,
+    address: s.address,
+    peer: s.peerClosed ? null : s.peer,
+    backlog,
+    backlogSource,
+    cwd,
+    options,
+    inode: fd.inode,
+    description: `${s.what} ${formatAddress(s.address)} ${state}${to}`,
+  };
+}
+
+// ---- Restore ----
+
+/** The absolute path of a UNIX socket address's file, or "" (abstract, unnamed). */
+function absoluteUnixPath(e: SocketEntry, addr: Uint8Array | null): string {
+  if (!addr || e.family !== AF.UNIX) return "";
+  const path = unixPath(addr);
+  if (!path) return "";
+  return path.startsWith("/") ? path : `${e.cwd.replace(/\/$/, "")}/${path}`;
+}
+
+/** What is at a UNIX socket path now: nothing, a socket file nobody is bound to, a socket some
+ * process is bound to, or something else. */
+function unixPathState(path: string, type: number): "free" | "stale" | "bound" | "other" {
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.lstatSync(path);
+  } catch {
+    return "free";
+  }
+  if (!st.isSocket) return "other";
+  const addr = unixAddress(path);
+  if (!addr) return "stale"; // too long to probe; bind will tell
+  const s = trySocket(AF.UNIX, type | SOCK.CLOEXEC | SOCK.NONBLOCK, 0);
+  if (s < 0) return "stale";
+  try {
+    // Only a socket file with no socket behind it refuses with ECONNREFUSED.
+    return tryConnect(s, addr) === -Errno.ECONNREFUSED ? "stale" : "bound";
+  } finally {
+    close(s);
+  }
+}
+
+const PATH_PROBLEM = {
+  bound: "is a socket another process is bound to",
+  other: "exists and is not a socket",
+} as const;
+
+/** Whether the tool can bind an inet address now, with the options that bear on it. */
+function inetAddressFree(e: SocketEntry): boolean {
+  const s = trySocket(e.family, e.type | SOCK.CLOEXEC, e.protocol);
+  if (s < 0) return true;
+  try {
+    for (const name of ["SO_REUSEADDR", "IPV6_V6ONLY", "IP_FREEBIND", "IPV6_FREEBIND"]) {
+      const o = findOption(e.options, name);
+      if (o) trySetsockopt(s, o.level, o.option, o.value);
+    }
+    return tryBind(s, e.address!) !== -Errno.EADDRINUSE;
+  } finally {
+    close(s);
+  }
+}
+
+function checkSocket(e: SocketEntry): string | null {
+  const path = absoluteUnixPath(e, e.address);
+  if (path) {
+    const st = unixPathState(path, e.type);
+    if (st === "bound" || st === "other") return `${e.description}: ${path} ${PATH_PROBLEM[st]}`;
+  }
+  if (e.address && e.family !== AF.UNIX && !intOption(e.options, "SO_REUSEPORT")) {
+    if (!inetAddressFree(e)) {
+      return `${e.description}: ${formatAddress(e.address)} is in use` +
+        (intOption(e.options, "SO_REUSEADDR")
+          ? ""
+          : " (connections in TIME_WAIT block it too: the socket had no SO_REUSEADDR)");
+    }
+  }
+  const peerPath = absoluteUnixPath(e, e.peer);
+  if (peerPath && unixPathState(peerPath, e.type) !== "bound") {
+    return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
+  }
+  return null;
+}
+
+/** A socketpair of which one end is closed again: a socket whose peer is gone. */
+function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
+  const [fd, other] = injectSocketpair(ctx, e.family, type, e.protocol);
+  injectClose(ctx, other);
+  return fd;
+}
+
+function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
+  const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
+  const fd = e.state === "peer-closed"
+    ? openPeerClosed(e, ctx, type)
+    : Number(injectRaw(ctx, "socket", SYS.socket, e.family, type, e.protocol));
+  try {
+    for (const o of e.options) setOption(ctx, fd, o);
+    if (e.address) {
+      const path = absoluteUnixPath(e, e.address);
+      if (path) {
+        const st = unixPathState(path, e.type);
+        if (st === "stale") Deno.removeSync(path);
+        else if (st !== "free") {
+          throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
+        }
+        // A relative path is bound from the cwd it had; the process's own cwd comes later.
+        if (!unixPath(e.address).startsWith("/")) {
+          injectRaw(ctx, "chdir", SYS.chdir, ctx.putString(e.cwd));
+        }
+      }
+      const r = ctx.injector.raw(SYS.bind, fd, ctx.put(e.address), e.address.length);
+      if (r < 0n) {
+        const code = Number(-r);
+        throw new RestoreError(
+          `${e.description}: cannot bind ${formatAddress(e.address)}: ` +
+            (code === Errno.EADDRINUSE
+              ? "address in use (is the dumped process still running?)"
+              : `errno ${code}`),
+        );
+      }
+    }
+    if (e.peer) injectRaw(ctx, "connect", SYS.connect, fd, ctx.put(e.peer), e.peer.length);
+    if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
+  } catch (err) {
+    abandonFd(ctx, fd, e.description, err);
+  }
+  return fd;
+}
+
+/**
+ * Listening, bound and unconnected TCP, UDP and UNIX sockets. dispatch.ts dumps them (it reads
+ * every socket first, to find its kind); this restores them.
+ */
+export const standaloneSocketHandler: FileHandler<SocketEntry> = {
+  kind: "socket",
+  fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
+  dump(fd: Fd): SocketEntry {
+    throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: sockets are dumped by dispatch.ts`);
+  },
+  check: checkSocket,
+  open: openSocket,
+};

@@ -1,0 +1,60 @@
+/**
+ * One socket of a frozen process, read (and, to peek at its queue, adjusted) where it is: injected
+ * getsockopt, setsockopt, getsockname, getpeername and ioctl on its fd number. The dump of
+ * listening, bound and UNIX sockets works this way rather than on a copy taken with pidfd_getfd,
+ * which would move the socket's net_cls and netprio to the tool's cgroup.
+ */
+import { SYS } from "../../../ffi/mod.ts";
+import type { Injector } from "../../ptrace/inject.ts";
+import type { OptionReader } from "./options.ts";
+import { readI32, readU32 } from "../util.ts";
+
+/** Scratch offsets used: a value buffer and its length word (unix_pair.ts peeks below them). */
+const SCRATCH_VALUE = 0xe000;
+const SCRATCH_LEN = SCRATCH_VALUE + 256;
+
+const len32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
+
+/** Socket calls on fd `fd` of the process `inj` runs syscalls in; each gives a negative errno on failure. */
+export class TargetSocket implements OptionReader {
+  /** The socket at fd `fd` of the process `inj` runs syscalls in. */
+  constructor(readonly inj: Injector, readonly fd: number) {}
+
+  #call(nr: number, ...args: (number | bigint)[]): number {
+    return Number(this.inj.raw(nr, this.fd, ...args));
+  }
+
+  #readBack(max: number): Uint8Array {
+    const len = readU32(this.inj.get(SCRATCH_LEN, 4).slice());
+    return this.inj.get(SCRATCH_VALUE, Math.min(len, max)).slice();
+  }
+
+  /** getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
+  getsockopt(level: number, option: number, size: number): Uint8Array | number {
+    const value = this.inj.put(new Uint8Array(size), SCRATCH_VALUE);
+    const len = this.inj.put(len32(size), SCRATCH_LEN);
+    const r = this.#call(SYS.getsockopt, level, option, value, len);
+    return r < 0 ? r : this.#readBack(size);
+  }
+
+  /** setsockopt with raw bytes: 0, or a negative errno. */
+  setsockopt(level: number, option: number, value: Uint8Array): number {
+    const addr = this.inj.put(value, SCRATCH_VALUE);
+    return this.#call(SYS.setsockopt, level, option, addr, value.length);
+  }
+
+  /** The raw sockaddr getsockname or getpeername gives, or a negative errno. */
+  name(which: "getsockname" | "getpeername"): Uint8Array | number {
+    const value = this.inj.put(new Uint8Array(128), SCRATCH_VALUE);
+    const len = this.inj.put(len32(128), SCRATCH_LEN);
+    const r = this.#call(SYS[which], value, len);
+    return r < 0 ? r : this.#readBack(128);
+  }
+
+  /** An ioctl that fills an int (a queue length): the value, or a negative errno. */
+  ioctlInt(request: number): number {
+    const value = this.inj.put(new Uint8Array(4), SCRATCH_VALUE);
+    const r = this.#call(SYS.ioctl, request, value);
+    return r < 0 ? r : readI32(this.inj.get(SCRATCH_VALUE, 4).slice());
+  }
+}
