@@ -62,3 +62,12 @@ export const SETFL_MASK = O.APPEND | O.NONBLOCK | O.NOATIME | O.ASYNC;
 
 /** lseek(2) whence values, SEEK_DATA and SEEK_HOLE included. */
 export const SEEK = { SET: 0, CUR: 1, END: 2, DATA: 3, HOLE: 4 } as const;
+
+/** Lock types of `struct flock` (l_type). */
+export const LOCK_TYPE = { RDLCK: 0, WRLCK: 1, UNLCK: 2 } as const;
+
+/** flock(2) operations. */
+export const LOCK = { SH: 1, EX: 2, NB: 4, UN: 8 } as const;
+
+/** splice/tee flags. */
+export const SPLICE_F = { MOVE: 1, NONBLOCK: 2, MORE: 4 } as const;

@@ -1,6 +1,7 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
 import { addressOf, cstring, libc, unwrap } from "./libc.ts";
 import { O } from "./fcntl.ts";
+import { SyscallError } from "./errno.ts";
 import { encodeIovecs } from "./structs.ts";
 
 /** x86_64 syscall numbers used by tardigrade, both for local calls and injected ones. */
@@ -78,6 +79,8 @@ export const SYS = {
   exit_group: 231,
   epoll_ctl: 233,
   tgkill: 234,
+  inotify_add_watch: 254,
+  inotify_rm_watch: 255,
   openat: 257,
   set_robust_list: 273,
   get_robust_list: 274,
@@ -94,6 +97,7 @@ export const SYS = {
   timerfd_settime: 286,
   timerfd_gettime: 287,
   prlimit64: 302,
+  open_by_handle_at: 304,
   kcmp: 312,
   seccomp: 317,
   memfd_create: 319,
@@ -302,4 +306,68 @@ export function processVmWrite(
 /** Sends a signal to a process. */
 export function kill(pid: number, sig: number): void {
   unwrap(libc.kill(pid, sig), "kill", [pid, sig]);
+}
+
+/** read(2); returns the byte count (0 at end of file). */
+export function read(fd: number, buf: Uint8Array): number {
+  const b = buf as Uint8Array<ArrayBuffer>;
+  return Number(unwrap(libc.read(fd, b, BigInt(b.length)), "read", [fd]));
+}
+
+/** write(2); returns the byte count written. */
+export function write(fd: number, buf: Uint8Array): number {
+  const b = buf as Uint8Array<ArrayBuffer>;
+  return Number(unwrap(libc.write(fd, b, BigInt(b.length)), "write", [fd]));
+}
+
+/** Writes all of `data` to `fd`. */
+export function writeAll(fd: number, data: Uint8Array): void {
+  for (let off = 0; off < data.length;) off += write(fd, data.subarray(off));
+}
+
+/** pipe2(2): a new pipe's read and write ends. */
+export function pipe2(flags: number): [number, number] {
+  const ends = new Int32Array(2);
+  unwrap(libc.pipe2(new Uint8Array(ends.buffer), flags), "pipe2", [flags]);
+  return [ends[0], ends[1]];
+}
+
+/** tee(2): copies up to `len` bytes from one pipe to another without consuming them. */
+export function tee(from: number, to: number, len: number, flags: number): number {
+  return Number(unwrap(libc.tee(from, to, BigInt(len), flags), "tee", [from, to, len]));
+}
+
+/** fcntl(2) with a struct argument (`struct flock`, `struct f_owner_ex` …), filled in place. */
+export function fcntlStruct(fd: number, cmd: number, arg: Uint8Array): number {
+  return Number(syscall("fcntl", fd, cmd, addressOf(arg)));
+}
+
+/**
+ * open_by_handle_at(2) relative to the mount of `mountFd`, with a `struct file_handle` (its
+ * size, type and bytes); the new fd, or null when the handle is stale or refused.
+ */
+export function openByHandle(
+  mountFd: number,
+  handle: { type: number; bytes: Uint8Array },
+  flags: number,
+): number | null {
+  const fh = new Uint8Array(8 + handle.bytes.length);
+  const v = new DataView(fh.buffer);
+  v.setUint32(0, handle.bytes.length, true);
+  v.setInt32(4, handle.type, true);
+  fh.set(handle.bytes, 8);
+  try {
+    return Number(syscall("open_by_handle_at", mountFd, addressOf(fh), flags | O.CLOEXEC));
+  } catch (err) {
+    if (err instanceof SyscallError) return null;
+    throw err;
+  }
+}
+
+/** The robust futex list of thread `tid` (get_robust_list). */
+export function getRobustList(tid: number): { head: bigint; len: bigint } {
+  const head = new BigUint64Array(1);
+  const len = new BigUint64Array(1);
+  syscall("get_robust_list", tid, addressOf(head), addressOf(len));
+  return { head: head[0], len: len[0] };
 }

@@ -11,12 +11,11 @@
  * IN_IGNORED events that leaves are read away. Watches with no path are burnt the same way (the
  * program keeps its wd, which gets no events). Events queued at dump time are not restored.
  */
-import { close, libc, O, open } from "../../ffi/mod.ts";
+import { close, Errno, F, O, open, openByHandle, SYS } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { Fd, InotifyInfo, InotifyWatch } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
-import { F, injectRaw } from "./util.ts";
 
 /** One inotify watch. */
 export interface InotifyWatchEntry {
@@ -35,12 +34,8 @@ export interface InotifyEntry extends FileEntry {
   watches: InotifyWatchEntry[];
 }
 
-const SYS_OPEN_BY_HANDLE_AT = 304;
-const SYS_INOTIFY_ADD_WATCH = 254;
-const SYS_INOTIFY_RM_WATCH = 255;
-const SYS_READ = 0;
+/** inotify event: the watched file itself was deleted (a mask that never fires here). */
 const IN_DELETE_SELF = 0x400;
-const EAGAIN = 11;
 
 /** A mount point (as seen in `pid`'s mount namespace) of the filesystem with kernel dev `sdev`. */
 function mountOf(pid: number, sdev: number): string | null {
@@ -61,24 +56,12 @@ export function watchPath(pid: number, w: InotifyWatch): string | null {
   const mnt = mountOf(pid, w.sdev);
   if (mnt === null) return null;
   const hex = w.fhandle.handle;
-  const fh = new Uint8Array(8 + hex.length / 2);
-  const v = new DataView(fh.buffer);
-  v.setUint32(0, hex.length / 2, true);
-  v.setInt32(4, w.fhandle.type, true);
-  for (let i = 0; i < hex.length / 2; i++) fh[8 + i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  const bytes = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
   const mfd = open(`/proc/${pid}/root${mnt}`, O.RDONLY | O.DIRECTORY);
   try {
-    const r = libc.syscall(
-      BigInt(SYS_OPEN_BY_HANDLE_AT),
-      BigInt(mfd),
-      BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(fh))),
-      BigInt(O.PATH | O.CLOEXEC),
-      0n,
-      0n,
-      0n,
-    );
-    if (r < 0n) return null; // ESTALE (deleted) and the like
-    const fd = Number(r);
+    const fd = openByHandle(mfd, { type: w.fhandle.type, bytes }, O.PATH);
+    if (fd === null) return null; // ESTALE (deleted) and the like
     try {
       const path = Deno.readLinkSync(`/proc/self/fd/${fd}`);
       if (path.endsWith(" (deleted)") || !path.startsWith("/")) return null;
@@ -93,7 +76,7 @@ export function watchPath(pid: number, w: InotifyWatch): string | null {
 
 function addWatch(ctx: FileRestoreContext, ifd: number, path: string, mask: number): number {
   return Number(
-    injectRaw(ctx, "inotify_add_watch", SYS_INOTIFY_ADD_WATCH, ifd, ctx.putString(path), mask),
+    ctx.injector.call("inotify_add_watch", ifd, ctx.putString(path), mask),
   );
 }
 
@@ -107,7 +90,7 @@ function restoreWatches(e: InotifyEntry, ifd: number, ctx: FileRestoreContext): 
       while (next <= upto) {
         burnDir ??= Deno.makeTempDirSync({ prefix: "tardigrade-inotify-" });
         const wd = addWatch(ctx, ifd, burnDir, IN_DELETE_SELF);
-        injectRaw(ctx, "inotify_rm_watch", SYS_INOTIFY_RM_WATCH, ifd, wd);
+        ctx.injector.call("inotify_rm_watch", ifd, wd);
         next = wd + 1;
       }
       if (w.path === null) continue;
@@ -126,8 +109,8 @@ function restoreWatches(e: InotifyEntry, ifd: number, ctx: FileRestoreContext): 
   // Events of real watches that arrived meanwhile go with them.
   const buf = ctx.put(new Uint8Array(4096));
   for (;;) {
-    const r = ctx.injector.raw(SYS_READ, ifd, buf, 4096);
-    if (r === BigInt(-EAGAIN) || r <= 0n) break;
+    const r = ctx.injector.raw(SYS.read, ifd, buf, 4096);
+    if (r === -BigInt(Errno.EAGAIN) || r <= 0n) break;
   }
 }
 

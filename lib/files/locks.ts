@@ -6,7 +6,18 @@
  * before the restore, so its locks were released; a lock someone else holds now makes the restore
  * fail with the file and the lock named.
  */
-import { addressOf, close, Errno, O, open, syscall, SyscallError } from "../../ffi/mod.ts";
+import {
+  close,
+  Errno,
+  F,
+  fcntlStruct,
+  LOCK,
+  LOCK_TYPE,
+  O,
+  open,
+  syscall,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { FileRestoreContext } from "./types.ts";
 
@@ -62,22 +73,11 @@ export function describeLock(l: FileLock): string {
   return `a ${l.type} ${l.access} lock on bytes ${l.start}-${end}`;
 }
 
-const F_RDLCK = 0;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const F_SETLK = 6;
-const F_OFD_GETLK = 36;
-const F_OFD_SETLK = 37;
-const LOCK_SH = 1;
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
-
 /** struct flock (x86_64, 32 bytes) for lock `l`, from SEEK_SET, pid 0. */
 export function flockStruct(l: FileLock): Uint8Array {
   const b = new Uint8Array(32);
   const v = new DataView(b.buffer);
-  v.setInt16(0, l.access === "WRITE" ? F_WRLCK : F_RDLCK, true);
+  v.setInt16(0, l.access === "WRITE" ? LOCK_TYPE.WRLCK : LOCK_TYPE.RDLCK, true);
   v.setInt16(2, 0, true); // SEEK_SET
   const start = BigInt(l.start);
   v.setBigInt64(8, start, true);
@@ -101,22 +101,22 @@ export function lockConflict(path: string, l: FileLock): string | null {
   try {
     if (l.type === "FLOCK") {
       try {
-        syscall("flock", fd, (l.access === "WRITE" ? LOCK_EX : LOCK_SH) | LOCK_NB);
+        syscall("flock", fd, (l.access === "WRITE" ? LOCK.EX : LOCK.SH) | LOCK.NB);
       } catch (err) {
         if (err instanceof SyscallError && err.errno === Errno.EAGAIN) {
           return "another open file holds a conflicting flock";
         }
         throw err;
       }
-      syscall("flock", fd, LOCK_UN);
+      syscall("flock", fd, LOCK.UN);
       return null;
     }
     const query = flockStruct(l);
-    syscall("fcntl", fd, F_OFD_GETLK, addressOf(query));
+    fcntlStruct(fd, F.OFD_GETLK, query);
     const v = new DataView(query.buffer);
-    if (v.getInt16(0, true) === F_UNLCK) return null;
+    if (v.getInt16(0, true) === LOCK_TYPE.UNLCK) return null;
     const pid = v.getInt32(24, true);
-    const kind = v.getInt16(0, true) === F_WRLCK ? "write" : "read";
+    const kind = v.getInt16(0, true) === LOCK_TYPE.WRLCK ? "write" : "read";
     return pid > 0
       ? `process ${pid} holds a conflicting ${kind} lock`
       : `another open file holds a conflicting ${kind} lock`;
@@ -144,9 +144,9 @@ export function restoreLocks(
   for (const l of locks ?? []) {
     try {
       if (l.type === "FLOCK") {
-        ctx.injector.call("flock", fd, (l.access === "WRITE" ? LOCK_EX : LOCK_SH) | LOCK_NB);
+        ctx.injector.call("flock", fd, (l.access === "WRITE" ? LOCK.EX : LOCK.SH) | LOCK.NB);
       } else {
-        const cmd = l.type === "POSIX" ? F_SETLK : F_OFD_SETLK;
+        const cmd = l.type === "POSIX" ? F.SETLK : F.OFD_SETLK;
         ctx.injector.call("fcntl", fd, cmd, ctx.put(flockStruct(l)));
       }
     } catch (err) {

@@ -22,21 +22,30 @@
  * O_NONBLOCK if the original was blocking. The data is written back only if the FIFO is empty:
  * when another process still holds it open, the bytes are still there.
  */
-import { close, libc, O, open, pidfdGetfd, unwrap } from "../../ffi/mod.ts";
+import {
+  close,
+  F,
+  O,
+  open,
+  pidfdGetfd,
+  pipe2,
+  read,
+  SETFL_MASK,
+  SPLICE_F,
+  tee,
+  writeAll,
+} from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import {
   bytesQueued,
-  F,
   fcntl,
   injectClose,
   injectOpen,
   reopenFlags,
-  SETFL_MASK,
   tryHandToTarget,
-  writeAll,
 } from "./util.ts";
 
 /** One end of a pipe. */
@@ -60,34 +69,27 @@ export interface FifoEntry extends FileEntry {
   data: Uint8Array;
 }
 
-const SPLICE_F_NONBLOCK = 2;
-
 /** Reads the bytes in the pipe behind fd `n` of `pid` without consuming them; with its size. */
 export function peekPipe(pid: number, n: number): { data: Uint8Array; size: number } {
   const src = open(`/proc/${pid}/fd/${n}`, O.RDONLY | O.NONBLOCK);
-  const ends = new Int32Array(2);
-  let made = false;
+  let ends: [number, number] | undefined;
   try {
     const size = fcntl(src, F.GETPIPE_SZ);
     const queued = bytesQueued(src);
     if (queued === 0) return { data: new Uint8Array(0), size };
-    unwrap(libc.pipe2(new Uint8Array(ends.buffer), O.CLOEXEC | O.NONBLOCK), "pipe2");
-    made = true;
+    ends = pipe2(O.CLOEXEC | O.NONBLOCK);
     // As many slots as the source, so one tee copies every buffer.
     fcntl(ends[1], F.SETPIPE_SZ, size);
-    const copied = Number(unwrap(libc.tee(src, ends[1], BigInt(queued), SPLICE_F_NONBLOCK), "tee"));
+    const copied = tee(src, ends[1], queued, SPLICE_F.NONBLOCK);
     if (copied !== queued) {
       throw new DumpError(`pipe of fd ${n} of ${pid}: tee copied ${copied} of ${queued} bytes`);
     }
     const data = new Uint8Array(queued);
-    for (let off = 0; off < queued;) {
-      const part = data.subarray(off);
-      off += Number(unwrap(libc.read(ends[0], part, BigInt(part.length)), "read"));
-    }
+    for (let off = 0; off < queued;) off += read(ends[0], data.subarray(off));
     return { data, size };
   } finally {
     close(src);
-    if (made) {
+    if (ends) {
       close(ends[0]);
       close(ends[1]);
     }

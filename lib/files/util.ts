@@ -1,30 +1,17 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
 import {
+  AT_FDCWD,
   errnoName,
-  libc,
+  F,
   O,
   SOCK_IOCTL,
   SYS,
   syscall,
   SyscallError,
   tryIoctlInt,
-  unwrap,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { FileRestoreContext } from "./types.ts";
-
-/** fcntl commands the handlers use. */
-export const F = {
-  SETFD: 2,
-  GETFL: 3,
-  SETFL: 4,
-  DUPFD_CLOEXEC: 1030,
-  SETPIPE_SZ: 1031,
-  GETPIPE_SZ: 1032,
-} as const;
-
-/** AT_FDCWD. */
-export const AT_FDCWD = -100;
 
 /** open(2) flags that only mean something at creation: never replayed. O_CLOEXEC is per-fd and
  * set by the orchestrator, so handlers make their fds without it. */
@@ -34,9 +21,6 @@ const CREATION_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.CLOEXEC;
 export function reopenFlags(flags: number): number {
   return flags & ~CREATION_ONLY;
 }
-
-/** Status flags F_SETFL can change afterwards. */
-export const SETFL_MASK = O.APPEND | O.NONBLOCK | O.NOATIME | 0o20000 /* O_ASYNC */;
 
 /** fcntl in this process. */
 export function fcntl(fd: number, cmd: number, arg = 0): number {
@@ -88,14 +72,6 @@ export function injectClose(ctx: FileRestoreContext, fd: number): void {
 /** Sets the file position of a target fd (SEEK_SET). */
 export function injectSeek(ctx: FileRestoreContext, fd: number, position: bigint): void {
   ctx.injector.call("lseek", fd, position, 0);
-}
-
-/** Writes all of `data` to a local fd. */
-export function writeAll(fd: number, data: Uint8Array): void {
-  for (let off = 0; off < data.length;) {
-    const chunk = data.subarray(off) as Uint8Array<ArrayBuffer>;
-    off += Number(unwrap(libc.write(fd, chunk, BigInt(chunk.length)), "write", [fd]));
-  }
 }
 
 /** Little-endian u64 bytes. */

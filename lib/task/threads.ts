@@ -4,11 +4,11 @@
  * thread; restore gives them to a thread made with clone3.
  */
 import {
-  addressOf,
   CLOCK,
   cont,
   Errno,
   getRegs,
+  getRobustList,
   getRegset,
   getRseqConfig,
   getSigInfo,
@@ -22,7 +22,6 @@ import {
   setRegset,
   setSigMask,
   SYS,
-  syscall,
   TIMER_ABSTIME,
 } from "../../ffi/mod.ts";
 import { readComm } from "../inspect/procfs.ts";
@@ -80,9 +79,6 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   inj.call("prctl", PR.GET_TID_ADDRESS, inj.scratch());
   const clearChildTid = new DataView(inj.get(0, 8).buffer).getBigUint64(0, true);
 
-  const head = new BigUint64Array(1);
-  const len = new BigUint64Array(1);
-  syscall("get_robust_list", tid, addressOf(head), addressOf(len));
 
   const regs = { ...thread.regs };
   const name = readComm(pid, tid);
@@ -99,7 +95,7 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
       size: ss.getBigUint64(16, true),
     },
     clearChildTid,
-    robustList: { head: head[0], len: len[0] },
+    robustList: getRobustList(tid),
     rseq: getRseqConfig(tid),
     sleepRemainingNs: sleepRemaining(inj, regs),
   };

@@ -39,8 +39,10 @@ import {
   AF,
   close,
   Errno,
+  F,
   MSG,
   pidfdGetfd,
+  SETFL_MASK,
   SHUT,
   SK_SHUTDOWN,
   SO,
@@ -60,7 +62,6 @@ import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import {
   abandonFd,
-  F,
   handToTarget,
   i32,
   injectClose,
@@ -68,7 +69,6 @@ import {
   injectSocketpair,
   readI32,
   readU32,
-  SETFL_MASK,
 } from "../util.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
