@@ -82,6 +82,156 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_posix_timer" },
   { name: "r_tree" },
   { name: "r_zombie" },
+  // Issue 10, "Nothing comes back different": task state
+  {
+    name: "r_caps",
+    unsupported:
+      "capabilities (inh/prm/eff/bnd/amb) and securebits are not restored: every thread comes back with the restorer's full root set",
+  },
+  {
+    name: "r_sched_policy",
+    unsupported:
+      "scheduling policy, RT priority and nice are not dumped nor set per thread (sched_getattr/sched_setattr)",
+  },
+  {
+    name: "r_affinity",
+    unsupported:
+      "CPU affinity is not dumped nor set per thread (sched_getaffinity/sched_setaffinity)",
+  },
+  {
+    name: "r_ioprio",
+    unsupported: "I/O priority is not dumped nor set per thread (ioprio_get/ioprio_set)",
+  },
+  {
+    name: "r_timerslack",
+    unsupported: "timer slack (PR_SET_TIMERSLACK, per thread) is not restored: back to 50000 ns",
+  },
+  { name: "r_oom_score_adj", unsupported: "oom_score_adj is not restored (back to 0)" },
+  {
+    name: "r_loginuid",
+    unsupported:
+      "the audit loginuid is not restored (back to unset; only the process itself may write it)",
+  },
+  { name: "r_thp_disable", unsupported: "PR_SET_THP_DISABLE is not restored" },
+  {
+    name: "r_subreaper",
+    unsupported:
+      "PR_SET_CHILD_SUBREAPER is not restored (the adopted orphan does come back as a child)",
+  },
+  {
+    name: "r_membarrier",
+    unsupported: "membarrier registrations are not restored (GET_REGISTRATIONS gives 0)",
+  },
+  { name: "r_dumpable", unsupported: "PR_SET_DUMPABLE 0 is not restored (it comes back dumpable)" },
+  { name: "r_thread_names" },
+  {
+    name: "r_stopped",
+    unsupported:
+      "a process stopped by SIGTSTP comes back stopped by SIGSTOP (its parent's waitid says SIGSTOP)",
+  },
+  {
+    name: "r_zombie_groups",
+    unsupported:
+      "a zombie in a process group led by another process comes back in its parent's group",
+  },
+  {
+    name: "r_zombie_kinds",
+    unsupported:
+      "restore fails for a zombie killed by SIGKILL: PTRACE_CONT ESRCH (the traced child dies at the kill)",
+  },
+  {
+    name: "r_zombie_thread",
+    unsupported: "a zombie child of a non-leader thread comes back as a child of the main thread",
+  },
+  { name: "r_other_uid" },
+  {
+    name: "r_thread_creds",
+    unsupported:
+      "threads with their own uids/gids/groups all come back with the process's (main thread's) credentials",
+  },
+  // Issue 10: memory
+  {
+    name: "r_vma_flags",
+    unsupported: "VmFlags sr/rr (MADV_SEQUENTIAL/MADV_RANDOM) and nr (MAP_NORESERVE) are not kept",
+  },
+  {
+    name: "r_mseal",
+    unsupported: "mseal (VmFlags sl) is not restored: the region can be unmapped after a restore",
+  },
+  {
+    name: "r_guard_pages",
+    unsupported:
+      "dump fails: reading a region with MADV_GUARD_INSTALL guard pages gives a short read (RangeError)",
+  },
+  { name: "r_file_map_prot" },
+  {
+    name: "r_cow_fork",
+    unsupported: "pages shared copy-on-write by a parent and its child come back as two copies",
+  },
+  {
+    name: "r_stack_grow",
+    unsupported:
+      "a MAP_GROWSDOWN mapping comes back without VM_GROWSDOWN: growing it faults (the main stack is fine)",
+  },
+  { name: "r_unreadable_maps" },
+  {
+    name: "r_hugetlb",
+    unsupported: "hugetlb mappings come back as ordinary 4 KiB pages (no ht, KernelPageSize 4 kB)",
+  },
+  {
+    name: "r_no_vdso",
+    unsupported: "dump refused: a process without [vdso] has no syscall site for injection",
+  },
+  {
+    name: "r_aio",
+    unsupported: "dump fails: the AIO ring's map_files entry cannot be opened (ENXIO)",
+  },
+  {
+    name: "r_memfd_attrs",
+    unsupported:
+      "memfd mode, owner and MFD_NOEXEC_SEAL are lost; F_SEAL_EXEC added to a 0777 memfd also seals writes",
+  },
+  {
+    name: "r_fexecve",
+    unsupported:
+      "a restored memfd cannot be executed: reopened O_RDWR through /proc/self/fd, execveat gives ETXTBSY",
+  },
+  // Issue 10: files
+  {
+    name: "r_fd_status_flags",
+    unsupported:
+      "fd owners and signals (F_SETOWN, F_SETOWN_EX, F_SETSIG) are lost, and O_ASYNC on a UDP socket",
+  },
+  {
+    name: "r_clone_files",
+    unsupported: "a descriptor table shared with CLONE_FILES comes back as two tables",
+  },
+  { name: "r_clone_fs", unsupported: "an fs context shared with CLONE_FS comes back as two" },
+  {
+    name: "r_ghost_file",
+    unsupported:
+      "a deleted file comes back owned by root with new atime and mtime (mode and contents are kept)",
+  },
+  { name: "r_ghost_fifo", unsupported: "dump refused: a deleted FIFO has no path to reopen" },
+  { name: "r_ghost_dir_fd", unsupported: "dump refused: an open directory that was removed" },
+  {
+    name: "r_deleted_cwd",
+    unsupported: "restore fails: chdir to the removed working directory (ENOENT)",
+  },
+  {
+    name: "r_chroot",
+    unsupported: "restore fails: after chroot the cwd is chdir'ed by its host path (ENOENT)",
+  },
+  {
+    name: "r_opath",
+    unsupported:
+      "dump refused: an O_PATH | O_NOFOLLOW fd of a symlink is kind other (O_PATH of files and directories works)",
+  },
+  { name: "r_proc_child_fd" },
+  { name: "r_pidfd", unsupported: "dump refused: pidfds are not handled" },
+  { name: "r_fanotify", unsupported: "dump refused: fanotify groups are not handled" },
+  { name: "r_lease", unsupported: "dump refused: file leases are not handled" },
+  { name: "r_inotify_wd" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
