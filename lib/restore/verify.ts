@@ -23,7 +23,15 @@
  * per-kind contents of files (queued bytes, socket options).
  */
 import { getRegs, ITIMER, O, SETFL_MASK } from "../../ffi/mod.ts";
-import type { FileEntry, MappingEntry, ProcessEntry, ThreadEntry } from "../image/schema.ts";
+import type {
+  FileEntry,
+  ItimerEntry,
+  MappingEntry,
+  PendingSignal,
+  ProcessEntry,
+  SigactionEntry,
+  ThreadEntry,
+} from "../image/schema.ts";
 import { assignFileIds, type Fd, type FdKind, FileTable } from "../inspect/fds.ts";
 import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
@@ -114,91 +122,143 @@ const FD_KINDS: Record<string, FdKind[]> = {
   "tcp-stream": ["socket"],
 };
 
-/** Compares the process-wide state. */
+/**
+ * How one field of an entry is compared; fields without a rule are compared exactly (deeply), so
+ * an attribute added to the dump is checked at restore without a line here.
+ */
+type Rule =
+  | "skip"
+  | ((d: Diff, at: string, field: string, image: unknown, kernel: unknown) => void);
+
+const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
+
+/** Signals compared by number (their siginfo holds the sender's pid and uid, the tool's now). */
+const bySigno: Rule = (d, at, field, image, kernel) =>
+  d.same(at, field, signos(image as PendingSignal[]), signos(kernel as PendingSignal[]));
+
+/** Interval timers: the interval exactly, the time left no more than the image's. */
+const itimerRule: Rule = (d, _at, _field, image, kernel) => {
+  const want = image as ItimerEntry[], now = kernel as ItimerEntry[];
+  for (const which of [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF]) {
+    const w = want.find((t) => t.which === which);
+    const n = now.find((t) => t.which === which);
+    const what = `itimer ${which}`;
+    if (!w || !n) {
+      d.same(what, "armed", !!w, !!n);
+      continue;
+    }
+    d.same(what, "interval (µs)", w.intervalUs, n.intervalUs);
+    // CPU-time timers are kept in ticks: setting one rounds it up by as much as one (4 ms).
+    const slack = which === ITIMER.REAL ? 0n : CPU_TIMER_SLACK_US;
+    if (n.valueUs > w.valueUs + slack) d.add(what, "time left (µs)", w.valueUs, n.valueUs);
+  }
+};
+
+/** Objects compared field by field, so a message names the field that differs. */
+const byField: Rule = (d, at, field, image, kernel) => {
+  const w = (image ?? {}) as Record<string, unknown>, n = (kernel ?? {}) as Record<string, unknown>;
+  for (const k of new Set([...Object.keys(w), ...Object.keys(n)])) {
+    d.same(at, `${field}.${k}`, w[k], n[k]);
+  }
+};
+
+/** Process-wide fields: how each is compared (the rest exactly). */
+const TASK_RULES: Record<string, Rule> = {
+  // Who the process is and where it hangs: the restore chooses these (its pid is the image's
+  // by construction, its parent the tool or a namespace's init), or they are compared below.
+  pid: "skip",
+  ppid: "skip",
+  sid: "skip",
+  pgid: "skip",
+  tty: "skip",
+  stopped: "skip",
+  zombies: (d, at, _f, image, kernel) => {
+    const statuses = (z: unknown) =>
+      ((z ?? []) as { status: number }[]).map((x) => x.status).sort();
+    d.same(at, "zombie children (exit statuses)", statuses(image), statuses(kernel));
+  },
+  exe: (d, at, field, image, kernel) => {
+    const path = (x: unknown) => (x as { path: string } | null)?.path;
+    if (image) d.same(at, field, path(image), path(kernel));
+  },
+  umask: (d, at, field, image, kernel) =>
+    d.same(at, field, `0${(image as number).toString(8)}`, `0${(kernel as number).toString(8)}`),
+  creds: byField,
+  mm: byField,
+  sharedPending: bySigno,
+  itimers: itimerRule,
+  sigactions: (d, _at, _field, image, kernel) => {
+    const now = new Map((kernel as SigactionEntry[]).map((s) => [s.signo, s]));
+    for (const s of image as SigactionEntry[]) {
+      d.same(`signal ${s.signo}`, "sigaction", s, now.get(s.signo));
+      now.delete(s.signo);
+    }
+    for (const s of now.values()) d.add(`signal ${s.signo}`, "sigaction", undefined, s);
+  },
+};
+
+/** Per-thread fields: how each is compared (the rest exactly). */
+const THREAD_RULES: Record<string, Rule> = {
+  // Set by the restore itself right before the threads run: registers and the final mask.
+  tid: "skip",
+  regs: "skip",
+  xstate: "skip",
+  sigmask: "skip",
+  sleepRemainingNs: "skip",
+  pending: bySigno,
+  seccomp: (d, at, _f, image, kernel) => {
+    type S = { mode: number; filters: number[] } | undefined;
+    const w = image as S, n = kernel as S;
+    d.same(at, "seccomp mode", w?.mode ?? 0, n?.mode ?? 0);
+    d.same(at, "seccomp filters", w?.filters.length ?? 0, n?.filters.length ?? 0);
+  },
+  noNewPrivs: (d, at, field, image, kernel) => d.same(at, field, image ?? false, kernel ?? false),
+};
+
+/** Compares every field of `image` with `kernel`'s by `rules`, exactly where there is none. */
+function compareFields(
+  d: Diff,
+  at: string,
+  image: object,
+  kernel: object,
+  rules: Record<string, Rule>,
+): void {
+  const w = image as Record<string, unknown>, n = kernel as Record<string, unknown>;
+  for (const field of new Set([...Object.keys(w), ...Object.keys(n)])) {
+    const rule = rules[field];
+    if (rule === "skip") continue;
+    if (rule) rule(d, at, field, w[field], n[field]);
+    else d.same(at, field, w[field], n[field]);
+  }
+}
+
+/** Compares the process-wide state (dumpTask's fields) and the leadership of session and group. */
 async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
   const e = p.entry;
   const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
   const live = await dumpTask(await Process.open(p.hostPid), inj);
-  const at = "process";
-  d.same(at, "comm", e.comm, live.comm);
-  d.same(at, "cmdline", e.cmdline, live.cmdline);
-  if (e.exe) d.same(at, "exe", e.exe.path, live.exe?.path);
-  d.same(at, "cwd", e.cwd, live.cwd);
-  d.same(at, "root", e.root, live.root);
-  d.same(at, "umask", `0${e.umask.toString(8)}`, `0${live.umask.toString(8)}`);
-  d.same(at, "personality", hex(e.personality), hex(live.personality));
-  d.same(at, "pdeathsig", e.pdeathsig ?? 0, live.pdeathsig ?? 0);
-  for (const [k, v] of Object.entries(e.creds)) {
-    d.same(at, k, v, (live.creds as Record<string, unknown>)[k]);
-  }
-  const liveLimits = new Map(live.rlimits.map((r) => [r.resource, r]));
-  for (const r of e.rlimits) {
-    const now = liveLimits.get(r.resource);
-    d.same(at, `rlimit ${r.resource}`, [r.soft, r.hard], now && [now.soft, now.hard]);
-  }
-  for (const [k, v] of Object.entries(e.mm)) {
-    d.same(at, `mm.${k}`, v, (live.mm as unknown as Record<string, unknown>)[k]);
-  }
-  const liveActions = new Map(live.sigactions.map((s) => [s.signo, s]));
-  for (const s of e.sigactions) {
-    const now = liveActions.get(s.signo);
-    d.same(`signal ${s.signo}`, "sigaction", s, now);
-    liveActions.delete(s.signo);
-  }
-  for (const s of liveActions.values()) d.add(`signal ${s.signo}`, "sigaction", undefined, s);
-  d.same(at, "pending signals", signos(e.sharedPending), signos(live.sharedPending));
-  for (const which of [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF]) {
-    const want = e.itimers.find((t) => t.which === which);
-    const now = live.itimers.find((t) => t.which === which);
-    const what = `itimer ${which}`;
-    if (!want || !now) d.same(what, "armed", !!want, !!now);
-    else {
-      d.same(what, "interval (µs)", want.intervalUs, now.intervalUs);
-      // CPU-time timers are kept in ticks: setting one rounds it up by as much as one (4 ms).
-      const slack = which === ITIMER.REAL ? 0n : CPU_TIMER_SLACK_US;
-      if (now.valueUs > want.valueUs + slack) {
-        d.add(what, "time left (µs)", want.valueUs, now.valueUs);
-      }
-    }
-  }
-  const zombies = (z: ProcessEntry["zombies"]) => (z ?? []).map((x) => x.status).sort();
-  d.same(at, "zombie children (exit statuses)", zombies(e.zombies), zombies(live.zombies));
+  const image = Object.fromEntries(Object.keys(live).map((k) => [k, e[k as keyof ProcessEntry]]));
+  compareFields(d, "process", image, live, TASK_RULES);
   if (!p.sessionChosen) {
-    d.same(at, "leads its session", e.sid === e.pid, live.sid === live.pid);
-    d.same(at, "leads its process group", e.pgid === e.pid, live.pgid === live.pid);
+    d.same("process", "leads its session", e.sid === e.pid, live.sid === live.pid);
+    d.same("process", "leads its process group", e.pgid === e.pid, live.pgid === live.pid);
   }
 }
-
-const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
 
 /** Compares every thread: the set, and each one's kernel state but its registers. */
 function compareThreads(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const live = threadIds(p.hostPid).map((t) => p.imageId(t)).sort((a, b) => a - b);
   d.same("process", "threads", e.threads.map((t) => t.tid).sort((a, b) => a - b), live);
-  const now: ThreadEntry[] = [];
+  const pairs: [ThreadEntry, ThreadEntry][] = [];
   for (const t of e.threads) {
     const inj = p.injectors.get(t.tid);
     if (!inj) continue;
     const got = dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid) }, inj);
-    now.push({ ...got, tid: inj.tid });
-    const at = `thread ${t.tid}`;
-    d.same(at, "name", t.name, got.name);
-    d.same(at, "pending signals", signos(t.pending), signos(got.pending));
-    d.same(at, "sigaltstack", t.sigaltstack, got.sigaltstack);
-    d.same(at, "clear_child_tid", t.clearChildTid, got.clearChildTid);
-    d.same(at, "robust list", t.robustList, got.robustList);
-    d.same(at, "rseq", t.rseq, got.rseq);
+    pairs.push([t, { ...got, tid: inj.tid }]);
   }
-  dumpSeccomp(p.hostPid, now);
-  for (const [i, t] of e.threads.entries()) {
-    const got = now[i];
-    if (!got) continue;
-    const at = `thread ${t.tid}`;
-    d.same(at, "no_new_privs", t.noNewPrivs ?? false, got.noNewPrivs ?? false);
-    d.same(at, "seccomp mode", t.seccomp?.mode ?? 0, got.seccomp?.mode ?? 0);
-    d.same(at, "seccomp filters", t.seccomp?.filters.length ?? 0, got.seccomp?.filters.length ?? 0);
-  }
+  dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
+  for (const [t, got] of pairs) compareFields(d, `thread ${t.tid}`, t, got, THREAD_RULES);
 }
 
 /** Compares the POSIX timers: ids, clocks, notification, interval; time left may only shrink. */
