@@ -10,6 +10,7 @@ import {
 } from "../lib/image/mod.ts";
 import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
+import { needs } from "./helpers.ts";
 
 /** A fresh scratch directory, removed with everything in it at the end of the `using` block. */
 function scratch(): { path: string } & Disposable {
@@ -342,8 +343,10 @@ Deno.test("commit is atomic and abort leaves nothing", async (t) => {
 });
 
 Deno.test({
-  name: "a full filesystem gives a clear error and leaves nothing behind",
-  ignore: Deno.uid() !== 0,
+  ...needs(
+    "a full filesystem gives a clear error and leaves nothing behind",
+    Deno.uid() === 0 ? undefined : "not root (it mounts a tiny tmpfs)",
+  ),
   async fn() {
     using tmp = scratch();
     const mnt = `${tmp.path}/tiny`;
