@@ -5,10 +5,17 @@
  */
 import assert from "node:assert/strict";
 import { KCMP, kcmp } from "../ffi/mod.ts";
-import { checkpoint, DumpError, ImageError, NoSuchProcess, restore } from "../mod.ts";
-import { ImageReader } from "../lib/image/mod.ts";
-import { loadPolicy, type Policy } from "../lib/policy.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
+import {
+  checkpoint,
+  DumpError,
+  ImageError,
+  ImageReader,
+  loadPolicy,
+  NoSuchProcess,
+  type Policy,
+  type ProcessEntry,
+  restore,
+} from "../mod.ts";
 import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;

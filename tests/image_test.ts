@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
-import { ImageError } from "../lib/errors.ts";
 import {
   BASE_FORMAT_VERSION,
   FORMAT_VERSION,
+  ImageError,
   ImageReader,
   ImageWriter,
   type PageExtent,
   TOOL_VERSION,
-} from "../lib/image/mod.ts";
+} from "../mod.ts";
 import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
 import { needs } from "./helpers.ts";

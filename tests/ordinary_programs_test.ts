@@ -1,8 +1,7 @@
 /** Ordinary programs, not fixtures, through a dump and a restore. */
 import assert from "node:assert/strict";
-import { checkpoint, ImageReader, restore } from "../mod.ts";
+import { checkpoint, ImageReader, type ProcessEntry, restore } from "../mod.ts";
 import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
 import {
   isAlive,
   killAndReap,

@@ -5,9 +5,8 @@
  * no ghost file. A restore that was stopped can be run again and succeeds.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, FORMAT_VERSION, restore } from "../mod.ts";
 import { frame } from "../lib/image/frame.ts";
-import { FORMAT_VERSION } from "../lib/image/version.ts";
 import { decode } from "cbor-x";
 import { fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 

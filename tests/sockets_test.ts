@@ -6,12 +6,16 @@
  */
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import { checkpoint, restore } from "../mod.ts";
-import { DumpError, RestoreError } from "../lib/errors.ts";
-import { ImageReader } from "../lib/image/mod.ts";
+import {
+  checkpoint,
+  DumpError,
+  ImageReader,
+  type ProcessEntry,
+  restore,
+  RestoreError,
+} from "../mod.ts";
 import type { SocketEntry } from "../lib/files/socket.ts";
 import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
 import { fixture, needs, notInstalled, spawnTarget, type Target } from "./helpers.ts";
 
 const python3 = notInstalled("python3");

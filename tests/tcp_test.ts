@@ -12,11 +12,15 @@
  */
 import assert from "node:assert/strict";
 import { addressOf, errno, libc } from "../ffi/mod.ts";
-import { checkpoint, restore } from "../mod.ts";
-import { DumpError, RestoreError } from "../lib/errors.ts";
+import {
+  checkpoint,
+  DumpError,
+  ImageReader,
+  type ProcessEntry,
+  restore,
+  RestoreError,
+} from "../mod.ts";
 import type { TcpStreamEntry } from "../lib/files/tcp_stream.ts";
-import { ImageReader } from "../lib/image/mod.ts";
-import type { ProcessEntry } from "../lib/schema.ts";
 import { fixture, spawnTarget, type Target } from "./helpers.ts";
 
 const NR = {
