@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Process, processes, RLIM_INFINITY } from "../mod.ts";
-import { fixture, needs, notInstalled, spawnTarget, withTarget } from "./helpers.ts";
+import { fixture, needs, notInstalled, spawnTarget, waitUntil, withTarget } from "./helpers.ts";
 
 async function startProcFixture() {
   const bin = await fixture("inspect_proc");
@@ -23,7 +23,9 @@ Deno.test("process: identity, credentials, limits and signals", async () => {
     assert.equal(await p.exe(), bin);
     assert.equal(await p.cwd(), "/tmp");
     assert.equal(await p.root(), "/");
-    assert.equal(await p.state(), "S");
+    // Asleep once it waits for checks, a moment after it printed READY.
+    let state = "";
+    await waitUntil(async () => (state = await p.state()) === "S", 2000, () => `S, not ${state}`);
     assert.equal(await p.umask(), 0o027);
     const uid = Deno.uid()!;
     assert.deepEqual(await p.uids(), { real: uid, effective: uid, saved: uid, fs: uid });

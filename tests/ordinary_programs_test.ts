@@ -87,11 +87,7 @@ async function dumpAndRestore(pid: number, img: string): Promise<void> {
 
 /** Waits until `pid` has exited (reaping it when it is ours). */
 async function waitExit(pid: number, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (isAlive(pid)) {
-    if (Date.now() > deadline) throw new Error(`pid ${pid} still runs after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await waitUntil(() => !isAlive(pid), timeoutMs, `pid ${pid} to exit`);
   await killAndReap(pid);
 }
 
