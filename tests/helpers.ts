@@ -126,6 +126,16 @@ export function needs(
     : { name: `${name} [${missing}]`, ignore: true };
 }
 
+/** Whether `path` exists (a link: what it points to). */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a pid is a live process (not a zombie). */
 export function isAlive(pid: number): boolean {
   try {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { checkpoint, ImageReader, type ProcessEntry, restore } from "../mod.ts";
 import type { UnixPairEntry } from "../lib/files/unix_pair.ts";
 import {
+  exists,
   isAlive,
   killAndReap,
   needs,
@@ -104,15 +105,6 @@ function textLines(n: number): Uint8Array {
 /** Lines of `text` matching `re`, as numbers from the first group. */
 function numbers(text: string, re: RegExp): number[] {
   return [...text.matchAll(re)].map((m) => Number(m[1]));
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** How many threads `pid` has. */

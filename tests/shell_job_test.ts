@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { close, O, open } from "../ffi/mod.ts";
 import { ImageReader, type ProcessEntry } from "../mod.ts";
-import { fixture, isAlive, killAndReap, needs, waitUntil } from "./helpers.ts";
+import { exists, fixture, isAlive, killAndReap, needs, waitUntil } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const deno = Deno.execPath();
@@ -118,15 +118,6 @@ function ids(pid: number): { ppid: number; pgrp: number; session: number; tpgid:
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
   return { ppid: f[1], pgrp: f[2], session: f[3], tpgid: f[5] };
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Waits until the group that `pid` leads is the foreground group of its terminal. */
