@@ -5,11 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { KCMP, kcmp } from "../ffi/mod.ts";
-import { checkpoint, DumpError, ImageError, NoSuchProcess, restore } from "../mod.ts";
-import { ImageReader } from "../lib/image/mod.ts";
-import { loadPolicy, type Policy } from "../lib/policy.ts";
-import type { ProcessEntry } from "../lib/image/schema.ts";
-import { fixture, removeAnnounced, spawnTarget, type Target } from "./helpers.ts";
+import {
+  checkpoint,
+  DumpError,
+  ImageError,
+  ImageReader,
+  loadPolicy,
+  NoSuchProcess,
+  type Policy,
+  restore,
+} from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
+import { fixture, removeAnnounced, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const O_CLOEXEC = 0o2000000;
@@ -560,12 +567,8 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGKILL"] as const) {
 // 3b. Seccomp: the filters are suspended while we inject, or the dump is refused
 
 /** Waits until `pid` is gone or a zombie. */
-async function waitDead(t: Target, pid = t.pid, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (t.alive(pid)) {
-    if (Date.now() > deadline) throw new Error(`${pid} still alive; output:\n${t.output()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+function waitDead(t: Target, pid = t.pid, timeoutMs = 5000): Promise<void> {
+  return waitUntil(() => !t.alive(pid), timeoutMs, () => `${pid} to end; output:\n${t.output()}`);
 }
 
 Deno.test("checkpoint: a process under a KILL-by-default seccomp filter survives a leaveRunning dump", async () => {

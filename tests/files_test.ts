@@ -1,12 +1,17 @@
+/**
+ * One descriptor of every kind the file handlers know (tests/fixtures/fd_zoo.c) through
+ * checkpoint() and restore(): the image holds what /proc shows, a dump that leaves the process
+ * running leaves its descriptors as they were, and the restored process has the same ones.
+ */
 import assert from "node:assert/strict";
-import { close, O, open, pidfdGetfd, pidfdOpen, pread, pwrite, SYS } from "../ffi/mod.ts";
-import { type Fd, FileTable, listFdNumbers, readFd } from "../lib/inspect/fds.ts";
-import { freeze, type FrozenProcess } from "../lib/ptrace/freeze.ts";
+import { close, O, open, pidfdGetfd, pidfdOpen, pread } from "../ffi/mod.ts";
+import { checkpoint, type Fd, ImageReader, Process, restore } from "../mod.ts";
+import type { FdEntry, FileEntry, ProcessEntry } from "../image.ts";
 import type { EpollEntry } from "../lib/files/epoll.ts";
 import type { EventfdEntry } from "../lib/files/eventfd.ts";
 import type { InotifyEntry } from "../lib/files/inotify.ts";
 import type { MemfdEntry } from "../lib/files/memfd.ts";
-import { type FifoEntry, peekPipe, type PipeEntry, releasePipes } from "../lib/files/pipe.ts";
+import { type FifoEntry, peekPipe, type PipeEntry } from "../lib/files/pipe.ts";
 import { handlerForEntry, handlerForFd } from "../lib/files/registry.ts";
 import type { RegularEntry } from "../lib/files/regular.ts";
 import type { SignalfdEntry } from "../lib/files/signalfd.ts";
@@ -14,9 +19,7 @@ import type { TimerfdEntry } from "../lib/files/timerfd.ts";
 import { bytesQueued } from "../lib/files/util.ts";
 import { deviceHandler } from "../lib/files/device.ts";
 import { regularHandler } from "../lib/files/regular.ts";
-import type { FileDumpContext, FileRestoreContext } from "../lib/files/types.ts";
-import type { FdEntry, FileEntry } from "../lib/image/schema.ts";
-import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
+import { fixture, killAndReap, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 // Descriptor numbers fixed by tests/fixtures/fd_zoo.c.
 const FD = {
@@ -43,10 +46,11 @@ const FD = {
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
-/** An image of the fds of one process, with memory objects kept in memory by the test. */
+/** What a checkpoint of the zoo wrote, with what /proc showed of its descriptors before. */
 interface Dumped {
   files: FileEntry[];
   fds: FdEntry[];
+  /** The contents of the image's memory objects (memfds, deleted files), by id. */
   objects: Map<number, Uint8Array>;
   byFd: Map<number, Fd>;
 }
@@ -67,46 +71,28 @@ function readContents(fd: number): Uint8Array {
   return out;
 }
 
-/** Dumps every fd of a frozen process through the handlers. */
-async function dumpFds(frozen: FrozenProcess): Promise<Dumped> {
-  const pid = frozen.pid;
-  const pidfd = pidfdOpen(pid);
-  const objects = new Map<number, Uint8Array>();
-  try {
-    const ctx: FileDumpContext = {
-      pid,
-      frozen,
-      pidfd,
-      storeObject(fd: Fd): number {
-        // Stands in for the lead's memory objects: the contents, through pidfd_getfd.
-        const mine = pidfdGetfd(pidfd, fd.fd);
-        try {
-          const id = objects.size + 1;
-          objects.set(id, readContents(mine));
-          return id;
-        } finally {
-          close(mine);
-        }
-      },
-    };
-    const table = new FileTable();
-    const files = new Map<number, FileEntry>();
-    const fds: FdEntry[] = [];
-    const byFd = new Map<number, Fd>();
-    for (const n of listFdNumbers(pid)) {
-      const fd = readFd(pid, n, table);
-      if (!fd) continue;
-      byFd.set(n, fd);
-      fds.push({ fd: n, file: fd.fileId, closeOnExec: fd.closeOnExec });
-      if (files.has(fd.fileId)) continue;
-      const handler = handlerForFd(fd);
-      assert.ok(handler, `no handler for fd ${n} (${fd.kind})`);
-      files.set(fd.fileId, await handler.dump(fd, ctx));
+/** The descriptors of `pid` as /proc shows them, by number. */
+async function fdsByNumber(pid: number): Promise<Map<number, Fd>> {
+  const fds = await Array.fromAsync((await Process.open(pid)).fds());
+  return new Map(fds.map((fd) => [fd.fd, fd]));
+}
+
+/** Checkpoints the zoo into `dir` (ending it unless `leaveRunning`) and reads the image back. */
+async function dumpZoo(t: Target, dir: string, leaveRunning: boolean): Promise<Dumped> {
+  const byFd = await fdsByNumber(t.pid);
+  await checkpoint(t.pid, { dir, leaveRunning });
+  using image = await ImageReader.open(dir, { verify: true });
+  const p = await image.readMeta<ProcessEntry>("process");
+  const objects = new Map(p.objects.map((o) => {
+    const bytes = new Uint8Array(o.size);
+    for (const run of o.pages) {
+      const data = image.readExtent(p.extents[run.extent]).subarray(run.offset);
+      const at = Number(run.start);
+      bytes.set(data.subarray(0, Math.min(run.length, o.size - at)), at);
     }
-    return { files: [...files.values()], fds, objects, byFd };
-  } finally {
-    close(pidfd);
-  }
+    return [o.id, bytes];
+  }));
+  return { files: p.files, fds: p.fds, objects, byFd };
 }
 
 function fileOf<E extends FileEntry>(d: Dumped, fd: number): E {
@@ -114,25 +100,22 @@ function fileOf<E extends FileEntry>(d: Dumped, fd: number): E {
   return d.files.find((f) => f.id === id)! as E;
 }
 
-async function startZoo(): Promise<{ t: Target; dir: string }> {
+/** The zoo on a scratch directory of its own (which it watches), and a directory for images. */
+async function startZoo(): Promise<{ t: Target; dir: string; img: string }> {
   const dir = Deno.makeTempDirSync({ prefix: "tardigrade-zoo-" });
+  const img = `${Deno.makeTempDirSync({ prefix: "tardigrade-zoo-img-" })}/img`;
   const t = await spawnTarget(await fixture("fd_zoo"), [dir], { ready: /READY/ });
-  return { t, dir };
+  return { t, dir, img };
 }
 
 Deno.test("files: dumping every kind matches /proc and leaves the process as it was", async () => {
-  const { t, dir } = await startZoo();
+  const { t, dir, img } = await startZoo();
   try {
     await withTarget(t, async (t) => {
       assert.equal(await t.check(), "PASS");
-      let d: Dumped;
-      {
-        await using frozen = await freeze(t.pid);
-        d = await dumpFds(frozen);
-      }
+      const d = await dumpZoo(t, img, true);
       // The pipe and FIFO data were peeked, not read; positions and counts untouched.
       assert.equal(await t.check(), "PASS");
-
       for (const fd of d.byFd.values()) {
         const e = fileOf(d, fd.fd);
         assert.equal(e.flags, fd.flags, `flags of fd ${fd.fd}`);
@@ -198,107 +181,38 @@ Deno.test("files: dumping every kind matches /proc and leaves the process as it 
     });
   } finally {
     Deno.removeSync(dir, { recursive: true });
+    Deno.removeSync(img.replace(/\/img$/, ""), { recursive: true });
   }
 });
 
-/** A restore context over a frozen stub: scratch puts in turn, memory objects as memfds. */
-function restoreContext(
-  stub: FrozenProcess,
-  pidfd: number,
-  d: Dumped,
-): FileRestoreContext {
-  const inj = stub.injector;
-  let off = 0;
-  const put = (data: Uint8Array) => {
-    if (off + data.length > 60 * 1024) off = 0;
-    const addr = inj.put(data, off);
-    off += (data.length + 15) & ~15;
-    return addr;
-  };
-  const objectFds = new Map<number, number>();
-  return {
-    pid: stub.pid,
-    injector: inj,
-    memory: stub.memory,
-    pidfd,
-    put,
-    putString: (s) => put(new TextEncoder().encode(s + "\0")),
-    toolPidfd: () => inj.raw(SYS.pidfd_open, Deno.pid, 0),
-    objectFd(id: number): number {
-      const have = objectFds.get(id);
-      if (have !== undefined) return have;
-      const low = Number(inj.call("memfd_create", put(new TextEncoder().encode("obj\0")), 0));
-      const mine = pidfdGetfd(pidfd, low);
-      pwrite(mine, d.objects.get(id)!, 0);
-      close(mine);
-      // Out of the way of the numbers the restore will dup2 to.
-      const fd = Number(inj.call("fcntl", low, 0, /* F_DUPFD */ 900));
-      inj.call("close", low);
-      objectFds.set(id, fd);
-      return fd;
-    },
-    fdOfFile: (id) => d.fds.find((f) => f.file === id)!.fd,
-    finalFds: new Map(d.fds.map((f) => [f.fd, f.fd])),
-  };
-}
-
-Deno.test("files: restoring every kind into a fresh stub gives the same descriptors", async () => {
-  const { t, dir } = await startZoo();
+Deno.test("files: every kind comes back through restore() with the same descriptors", async () => {
+  const { t, dir, img } = await startZoo();
   try {
     await withTarget(t, async (t) => {
-      let d: Dumped;
-      {
-        await using frozen = await freeze(t.pid);
-        d = await dumpFds(frozen);
-      }
-      await withTarget(await spawnTarget("/bin/sleep", ["1000"]), async (s) => {
-        {
-          await using stub = await freeze(s.pid);
-          const pidfd = pidfdOpen(s.pid);
-          const ctx = restoreContext(stub, pidfd, d);
-          try {
-            stub.injector.call("close_range", 3, 0xffffffff, 0);
-            const placed = new Map<number, number>();
-            for (const e of d.files) {
-              const h = handlerForEntry(e)!;
-              assert.equal(h.check?.(e) ?? null, null, `check of ${e.kind}`);
-              const tmp = h.open(e, ctx);
-              const mine = d.fds.filter((f) => f.file === e.id).map((f) => f.fd);
-              for (const n of mine) if (n !== tmp) stub.injector.call("dup2", tmp, n);
-              if (!mine.includes(tmp)) stub.injector.call("close", tmp);
-              placed.set(e.id, ctx.fdOfFile(e.id));
-            }
-            for (const e of d.files) handlerForEntry(e)!.finish?.(e, placed.get(e.id)!, ctx);
-          } finally {
-            releasePipes(ctx);
-            close(pidfd);
-          }
-        }
-        compare(d, s.pid);
-      });
-      // The original still has its pipe data, FIFO data, positions.
-      assert.equal(await t.check(), "PASS");
+      const d = await dumpZoo(t, img, false);
+      await killAndReap(t.pid);
+      const r = await restore(img);
+      assert.equal(r.pid, t.pid);
+      await compare(d, t.pid);
+      // Its pipe and FIFO data, positions, counts and ticks, as it checks them itself.
+      assert.equal(await t.check(), "PASS", t.output());
     });
   } finally {
     Deno.removeSync(dir, { recursive: true });
+    Deno.removeSync(img.replace(/\/img$/, ""), { recursive: true });
   }
 });
 
-function compare(d: Dumped, pid: number): void {
-  const table = new FileTable();
-  const got = new Map<number, Fd>();
-  for (const n of listFdNumbers(pid)) {
-    if (n >= 900) continue; // the test's memory objects
-    got.set(n, readFd(pid, n, table)!);
-  }
+/** Compares the descriptors of the restored `pid` with what /proc showed before the dump. */
+async function compare(d: Dumped, pid: number): Promise<void> {
+  const got = await fdsByNumber(pid);
   assert.deepEqual([...got.keys()], [...d.byFd.keys()]);
   for (const [n, was] of d.byFd) {
     const now = got.get(n)!;
-    // This test keeps memory objects as memfds, so a deleted file comes back as one.
-    assert.equal(now.kind, n === FD.DELETED ? "memfd" : was.kind, `kind of fd ${n}`);
+    assert.equal(now.kind, was.kind, `kind of fd ${n}`);
     assert.equal(now.flags & ~O.CLOEXEC, was.flags & ~O.CLOEXEC, `flags of fd ${n}`);
     assert.equal(now.position, was.position, `position of fd ${n}`);
-    if (["file", "directory", "device"].includes(was.kind) && n !== FD.DELETED) {
+    if (["file", "directory", "device"].includes(was.kind)) {
       assert.equal(now.target, was.target, `path of fd ${n}`);
     }
   }

@@ -7,7 +7,15 @@
  * `R_FIXTURES=r_pipe,r_epoll deno test -A tests/fixtures_selfcheck_test.ts` runs only those.
  */
 import assert from "node:assert/strict";
-import { fixture, removeAnnounced, spawnTarget, withTarget } from "./helpers.ts";
+import {
+  fixture,
+  needs,
+  notInstalled,
+  removeAnnounced,
+  spawnTarget,
+  waitUntil,
+  withTarget,
+} from "./helpers.ts";
 
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -26,16 +34,17 @@ const allFixtures = [...Deno.readDirSync(fixtureDir)]
 const only = Deno.env.get("R_FIXTURES")?.split(",");
 const fixtures = only ? allFixtures.filter((name) => only.includes(name)) : allFixtures;
 
-/** Waits until the process shows state `want` ("T" stopped, anything else running). */
-async function waitForState(pid: number, stopped: boolean): Promise<void> {
-  const deadline = Date.now() + 5000;
-  for (;;) {
+/** Waits until the process is stopped (state T), or runs again (any other state). */
+function waitForState(pid: number, stopped: boolean): Promise<void> {
+  const state = () => {
     const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const state = stat.slice(stat.lastIndexOf(")") + 2)[0];
-    if ((state === "T") === stopped) return;
-    if (Date.now() > deadline) throw new Error(`pid ${pid} stuck in state ${state}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+    return stat.slice(stat.lastIndexOf(")") + 2)[0];
+  };
+  return waitUntil(
+    () => (state() === "T") === stopped,
+    5000,
+    () => `pid ${pid} to ${stopped ? "stop" : "run again"}; it is in state ${state()}`,
+  );
 }
 
 Deno.test("selfcheck: there are at least 25 restore fixtures", () => {
@@ -83,22 +92,25 @@ const counters = [
 ].filter(({ name }) => !only || only.includes(name));
 
 for (const { name, command } of counters) {
-  Deno.test(`selfcheck: ${name}`, async () => {
+  Deno.test(needs(`selfcheck: ${name}`, notInstalled(command)), async () => {
     const script = `${fixtureDir}${name}`;
     const t = await spawnTarget(command, [script], { ready: /^READY /m });
     try {
       await withTarget(t, async () => {
         const file = t.output().match(/\bfile=(\S+)/)![1];
         const lastCount = () => Number(Deno.readTextFileSync(file).trimEnd().split("\n").at(-1));
-        await new Promise((r) => setTimeout(r, 300));
+        await waitUntil(() => lastCount() >= 5, 5000, () => `5 counts: ${lastCount()}`);
         assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
         Deno.kill(t.pid, "SIGSTOP");
         await waitForState(t.pid, true);
         Deno.kill(t.pid, "SIGCONT");
         await waitForState(t.pid, false);
         const before = lastCount();
-        await new Promise((r) => setTimeout(r, 300));
-        assert.ok(lastCount() > before, "stopped counting after SIGSTOP/SIGCONT");
+        await waitUntil(
+          () => lastCount() >= before + 3,
+          5000,
+          () => `counting after SIGSTOP/SIGCONT: ${lastCount()}, ${before} before`,
+        );
         assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
       });
     } finally {

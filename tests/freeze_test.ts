@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { freeze } from "../lib/ptrace/freeze.ts";
-import { NoSuchProcess } from "../lib/errors.ts";
+import { freeze, NoSuchProcess } from "../mod.ts";
 import { fixture, killAndReap, spawnTarget, withTarget } from "./helpers.ts";
 
 function threadStates(pid: number): string[] {

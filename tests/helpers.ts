@@ -74,6 +74,68 @@ export class Target {
   }
 }
 
+/**
+ * Waits until `cond` holds, polling every 20 ms; fails after `timeoutMs` naming `what` (a
+ * function is called then, to describe the state it timed out in). The wait for anything a
+ * test needs to have happened, instead of a fixed sleep.
+ */
+export async function waitUntil(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string | (() => string),
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) {
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${typeof what === "string" ? what : what()}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The path of `cmd` on PATH, or undefined. */
+export function onPath(cmd: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (!dir) continue;
+    try {
+      if (Deno.statSync(`${dir}/${cmd}`).isFile) return `${dir}/${cmd}`;
+    } catch { /* not here */ }
+  }
+  return undefined;
+}
+
+/** "not installed: a, b" for the commands of `cmds` missing from PATH; undefined if none is. */
+export function notInstalled(...cmds: string[]): string | undefined {
+  const missing = cmds.filter((c) => !onPath(c));
+  return missing.length ? `not installed: ${missing.join(", ")}` : undefined;
+}
+
+/**
+ * Name and `ignore` of a test that needs something a machine may lack. `missing` says what is
+ * missing, found before the test runs (undefined: all is there); the test is then ignored, not
+ * passed, and its name carries the reason: `NAME [REASON]`.
+ */
+export function needs(
+  name: string,
+  missing: string | undefined,
+): { name: string; ignore: boolean } {
+  return missing === undefined
+    ? { name, ignore: false }
+    : { name: `${name} [${missing}]`, ignore: true };
+}
+
+/** Whether `path` exists (a link: what it points to). */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a pid is a live process (not a zombie). */
 export function isAlive(pid: number): boolean {
   try {

@@ -6,9 +6,8 @@
  * itself). Once the holder lets go, the same image restores and passes its check.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, restore, RestoreError } from "../mod.ts";
 import { addressOf, close, O, open, syscall } from "../ffi/mod.ts";
-import { RestoreError } from "../lib/errors.ts";
 import { flockStruct, parseLocks } from "../lib/files/locks.ts";
 import { fixture, killAndReap, spawnTarget } from "./helpers.ts";
 

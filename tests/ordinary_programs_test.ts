@@ -1,18 +1,35 @@
 /** Ordinary programs, not fixtures, through a dump and a restore. */
 import assert from "node:assert/strict";
 import { checkpoint, ImageReader, restore } from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
 import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
-import type { ProcessEntry } from "../lib/image/schema.ts";
-import { isAlive, killAndReap, spawnTarget } from "./helpers.ts";
+import {
+  exists,
+  isAlive,
+  killAndReap,
+  needs,
+  notInstalled,
+  onPath,
+  spawnTarget,
+  waitUntil,
+} from "./helpers.ts";
+
+const python3 = notInstalled("python3");
+
+/** Waits until the shell `spawnTarget` started as `pid` has exec'd `program`. */
+function execed(pid: number, program: string): Promise<void> {
+  return waitUntil(
+    () => Deno.readLinkSync(`/proc/${pid}/exe`).endsWith(`/${program}`),
+    5000,
+    `${pid} to exec ${program}`,
+  );
+}
 
 Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", async () => {
   const t = await spawnTarget("/bin/sleep", ["1000"]);
   const dir = `${Deno.makeTempDirSync({ prefix: "tardigrade-ord-" })}/img`;
   try {
-    // Wait for the shell to exec sleep.
-    for (let i = 0; i < 200 && !Deno.readLinkSync(`/proc/${t.pid}/exe`).endsWith("sleep"); i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await execed(t.pid, "sleep");
     const exe = Deno.realPathSync(`/proc/${t.pid}/exe`);
     await checkpoint(t.pid, { dir });
     await killAndReap(t.pid);
@@ -34,19 +51,15 @@ Deno.test("a stopped process (^Z, SIGSTOP) comes back stopped, and SIGCONT lets 
     return stat.slice(stat.lastIndexOf(")") + 2)[0];
   };
   try {
-    for (let i = 0; i < 200 && !Deno.readLinkSync(`/proc/${t.pid}/exe`).endsWith("sleep"); i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await execed(t.pid, "sleep");
     Deno.kill(t.pid, "SIGSTOP");
-    for (let i = 0; i < 100 && state() !== "T"; i++) await new Promise((r) => setTimeout(r, 10));
+    await waitUntil(() => state() === "T", 2000, "the stopped state (T) before the dump");
     await checkpoint(t.pid, { dir });
     await killAndReap(t.pid);
     await restore(dir);
-    for (let i = 0; i < 100 && state() !== "T"; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.equal(state(), "T");
+    await waitUntil(() => state() === "T", 2000, () => `state T after the restore: ${state()}`);
     Deno.kill(t.pid, "SIGCONT");
-    for (let i = 0; i < 100 && state() !== "S"; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.equal(state(), "S");
+    await waitUntil(() => state() === "S", 2000, () => `state S after SIGCONT: ${state()}`);
   } finally {
     await t.kill();
     Deno.removeSync(dir.replace(/\/img$/, ""), { recursive: true });
@@ -54,16 +67,6 @@ Deno.test("a stopped process (^Z, SIGSTOP) comes back stopped, and SIGCONT lets 
 });
 
 // ---- Real runtimes and tools: each is dumped mid-work (and ended), restored, and must go on ----
-
-/** Whether `cmd` is on PATH. */
-function have(cmd: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    try {
-      if (Deno.statSync(`${dir}/${cmd}`).isFile) return true;
-    } catch { /* not here */ }
-  }
-  return false;
-}
 
 /** A scratch directory for one test, removed at the end. */
 function scratch(): { dir: string; img: string; [Symbol.dispose](): void } {
@@ -86,11 +89,7 @@ async function dumpAndRestore(pid: number, img: string): Promise<void> {
 
 /** Waits until `pid` has exited (reaping it when it is ours). */
 async function waitExit(pid: number, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (isAlive(pid)) {
-    if (Date.now() > deadline) throw new Error(`pid ${pid} still runs after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await waitUntil(() => !isAlive(pid), timeoutMs, `pid ${pid} to exit`);
   await killAndReap(pid);
 }
 
@@ -109,9 +108,34 @@ function numbers(text: string, re: RegExp): number[] {
   return [...text.matchAll(re)].map((m) => Number(m[1]));
 }
 
+/** How many threads `pid` has. */
+function threads(pid: number): number {
+  return [...Deno.readDirSync(`/proc/${pid}/task`)].length;
+}
+
+/** The file position of `pid`'s descriptor on `path` (0 while it has none). */
+function readPosition(pid: number, path: string): number {
+  for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`) !== path) continue;
+      const info = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`);
+      return Number(info.match(/^pos:\s+(\d+)/m)![1]);
+    } catch { /* closed meanwhile */ }
+  }
+  return 0;
+}
+
+/** Whether `pid` waits in poll, ppoll, select or pselect6 (the number in /proc/PID/syscall). */
+function inPoll(pid: number): boolean {
+  const nr = Deno.readTextFileSync(`/proc/${pid}/syscall`).split(" ")[0];
+  return ["7", "271", "23", "270"].includes(nr);
+}
+
 Deno.test({
-  name: "java (source launcher, thread pool, HashMap, a socketpair half) counts on",
-  ignore: !have("java"),
+  ...needs(
+    "java (source launcher, thread pool, HashMap, a socketpair half) counts on",
+    notInstalled("java"),
+  ),
   async fn() {
     using s = scratch();
     Deno.writeTextFileSync(
@@ -160,7 +184,7 @@ public class Counter {
   },
 });
 
-Deno.test("python3 threads with a queue go on where they were", async () => {
+Deno.test(needs("python3 threads with a queue go on where they were", python3), async () => {
   using s = scratch();
   Deno.writeTextFileSync(
     `${s.dir}/q.py`,
@@ -194,46 +218,57 @@ while True:
   }
 });
 
-Deno.test("another user's threads all come back as that user, not as root", async () => {
-  using s = scratch();
-  Deno.chmodSync(s.dir, 0o755);
-  Deno.writeTextFileSync(
-    `${s.dir}/t.py`,
-    `import threading, time, os
+// Not a shim under /root (pyenv), which nobody cannot enter.
+const systemPython = exists("/usr/bin/python3") ? undefined : "not installed: /usr/bin/python3";
+
+Deno.test(
+  needs(
+    "another user's threads all come back as that user, not as root",
+    systemPython ?? notInstalled("setpriv"),
+  ),
+  async () => {
+    using s = scratch();
+    Deno.chmodSync(s.dir, 0o755);
+    Deno.writeTextFileSync(
+      `${s.dir}/t.py`,
+      `import threading, time, os
 for i in range(3):
     threading.Thread(target=lambda: time.sleep(1000), daemon=True).start()
 print("ready", os.getuid(), flush=True)
 time.sleep(1000)
 `,
-  );
-  const t = await spawnTarget("setpriv", [
-    "--reuid=nobody",
-    "--regid=nogroup",
-    "--clear-groups",
-    "/usr/bin/python3", // not a shim under /root, which nobody cannot enter
-    `${s.dir}/t.py`,
-  ], { ready: /^ready \d+$/m });
-  const uids = () =>
-    [...Deno.readDirSync(`/proc/${t.pid}/task`)].map((e) =>
-      Deno.readTextFileSync(`/proc/${t.pid}/task/${e.name}/status`).match(/^Uid:\s+(.*)$/m)![1]
     );
-  try {
-    const before = uids();
-    assert.equal(before.length, 4);
-    await dumpAndRestore(t.pid, s.img);
-    const after = uids();
-    assert.equal(after.length, 4);
-    assert.deepEqual(after, before, "a thread's credentials changed");
-  } finally {
-    await t.kill();
-  }
-});
+    const t = await spawnTarget("setpriv", [
+      "--reuid=nobody",
+      "--regid=nogroup",
+      "--clear-groups",
+      "/usr/bin/python3", // not a shim under /root, which nobody cannot enter
+      `${s.dir}/t.py`,
+    ], { ready: /^ready \d+$/m });
+    const uids = () =>
+      [...Deno.readDirSync(`/proc/${t.pid}/task`)].map((e) =>
+        Deno.readTextFileSync(`/proc/${t.pid}/task/${e.name}/status`).match(/^Uid:\s+(.*)$/m)![1]
+      );
+    try {
+      const before = uids();
+      assert.equal(before.length, 4);
+      await dumpAndRestore(t.pid, s.img);
+      const after = uids();
+      assert.equal(after.length, 4);
+      assert.deepEqual(after, before, "a thread's credentials changed");
+    } finally {
+      await t.kill();
+    }
+  },
+);
 
-Deno.test("python3 asyncio (a self-pipe socketpair woken from a thread) counts on", async () => {
-  using s = scratch();
-  Deno.writeTextFileSync(
-    `${s.dir}/a.py`,
-    `import asyncio, threading, time
+Deno.test(
+  needs("python3 asyncio (a self-pipe socketpair woken from a thread) counts on", python3),
+  async () => {
+    using s = scratch();
+    Deno.writeTextFileSync(
+      `${s.dir}/a.py`,
+      `import asyncio, threading, time
 async def count():
     n = 0
     while True:
@@ -257,41 +292,43 @@ async def main():
         print("fed", await fed.get(), flush=True)
 asyncio.run(main())
 `,
-  );
-  const counted = () => numbers(Deno.readTextFileSync(`${s.dir}/count`), /^n (\d+)$/gm);
-  const t = await spawnTarget("python3", ["a.py"], { cwd: s.dir, ready: /^fed 10$/m });
-  try {
-    await checkpoint(t.pid, { dir: s.img });
-    {
-      // The loop's self-pipe: both ends of one socketpair, each naming the other.
-      using image = await ImageReader.open(s.img);
-      const p = await image.readMeta<ProcessEntry>("process");
-      const pair = p.files.filter((f) => f.kind === "unix-pair") as UnixPairEntry[];
-      assert.equal(pair.length, 2, p.files.map((f) => f.kind).join(" "));
-      assert.equal(pair[0].peer, pair[1].inode);
+    );
+    const counted = () => numbers(Deno.readTextFileSync(`${s.dir}/count`), /^n (\d+)$/gm);
+    const t = await spawnTarget("python3", ["a.py"], { cwd: s.dir, ready: /^fed 10$/m });
+    try {
+      await checkpoint(t.pid, { dir: s.img });
+      {
+        // The loop's self-pipe: both ends of one socketpair, each naming the other.
+        using image = await ImageReader.open(s.img);
+        const p = await image.readMeta<ProcessEntry>("process");
+        const pair = p.files.filter((f) => f.kind === "unix-pair") as UnixPairEntry[];
+        assert.equal(pair.length, 2, p.files.map((f) => f.kind).join(" "));
+        assert.equal(pair[0].peer, pair[1].inode);
+      }
+      await killAndReap(t.pid);
+      const countAtDump = Math.max(...counted());
+      const fedAtDump = Math.max(...numbers(t.output(), /^fed (\d+)$/gm));
+      const r = await restore(s.img);
+      assert.equal(r.pid, t.pid);
+      await t.waitFor(new RegExp(`^fed ${fedAtDump + 10}$`, "m"));
+      await waitUntil(
+        () => Math.max(...counted()) >= countAtDump + 10,
+        5000,
+        () => `10 more counts after ${countAtDump}: ${Math.max(...counted())}`,
+      );
+      const n = counted();
+      assert.ok(n.length >= countAtDump + 10, `counted ${n.length}, ${countAtDump} at the dump`);
+      assert.deepEqual(n, n.map((_, i) => i + 1));
+      const fed = numbers(t.output(), /^fed (\d+)$/gm);
+      assert.deepEqual(fed, fed.map((_, i) => i + 1));
+    } finally {
+      await t.kill();
     }
-    await killAndReap(t.pid);
-    const countAtDump = Math.max(...counted());
-    const fedAtDump = Math.max(...numbers(t.output(), /^fed (\d+)$/gm));
-    const r = await restore(s.img);
-    assert.equal(r.pid, t.pid);
-    await t.waitFor(new RegExp(`^fed ${fedAtDump + 10}$`, "m"));
-    for (let i = 0; i < 250 && Math.max(...counted()) < countAtDump + 10; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const n = counted();
-    assert.ok(n.length >= countAtDump + 10, `counted ${n.length}, ${countAtDump} at the dump`);
-    assert.deepEqual(n, n.map((_, i) => i + 1));
-    const fed = numbers(t.output(), /^fed (\d+)$/gm);
-    assert.deepEqual(fed, fed.map((_, i) => i + 1));
-  } finally {
-    await t.kill();
-  }
-});
+  },
+);
 
 Deno.test({
-  name: "node with a worker thread goes on passing messages",
-  ignore: !have("node"),
+  ...needs("node with a worker thread goes on passing messages", notInstalled("node")),
   async fn() {
     using s = scratch();
     Deno.writeTextFileSync(
@@ -364,8 +401,9 @@ Deno.test("`tail -f` (inotify, waiting in poll) follows the file after a restore
   try {
     Deno.writeTextFileSync(file, "two\n", { append: true });
     await t.waitFor(/^two$/m);
-    // Let it settle in poll(): cut short there, it must be made again, not fail with EINTR.
-    await new Promise((r) => setTimeout(r, 100));
+    // Dumped while it waits in poll(): cut short there, the call must be made again, not
+    // fail with EINTR.
+    await waitUntil(() => inPoll(t.pid), 5000, "tail to wait in poll()");
     await dumpAndRestore(t.pid, s.img);
     Deno.writeTextFileSync(file, "three\n", { append: true });
     await t.waitFor(/^three$/m);
@@ -383,7 +421,10 @@ Deno.test("`sort` dumped mid-way writes the same sorted output", async () => {
     .output();
   const t = await spawnTarget("sort", ["-S", "2M", `${s.dir}/in`, "-o", `${s.dir}/out`], { env });
   try {
-    await new Promise((r) => setTimeout(r, 150));
+    // Mid-way: it has sorted a first run into a temporary file and goes on.
+    const spilled = () => [...Deno.readDirSync(s.dir)].some((e) => e.name.startsWith("sort"));
+    await waitUntil(spilled, 10_000, "sort to write a temporary file");
+    assert.ok(isAlive(t.pid), "sort ended before the dump");
     await dumpAndRestore(t.pid, s.img);
     await waitExit(t.pid);
     assert.equal(t.output(), "");
@@ -395,8 +436,10 @@ Deno.test("`sort` dumped mid-way writes the same sorted output", async () => {
 });
 
 Deno.test({
-  name: "`xz -T2` (two compressing threads) dumped mid-way writes a stream that decompresses",
-  ignore: !have("xz"),
+  ...needs(
+    "`xz -T2` (two compressing threads) dumped mid-way writes a stream that decompresses",
+    notInstalled("xz"),
+  ),
   async fn() {
     using s = scratch();
     const input = textLines(600_000);
@@ -406,8 +449,15 @@ Deno.test({
       `exec xz -T2 -2 --block-size=1MiB -c '${s.dir}/in' > '${s.dir}/in.xz'`,
     ]);
     try {
-      await new Promise((r) => setTimeout(r, 300));
-      assert.equal(Deno.readLinkSync(`/proc/${t.pid}/exe`), "/usr/bin/xz");
+      await execed(t.pid, "xz");
+      assert.equal(Deno.realPathSync(`/proc/${t.pid}/exe`), Deno.realPathSync(onPath("xz")!));
+      // Mid-way: its compressing threads run and it has read part of the input.
+      await waitUntil(
+        () => threads(t.pid) >= 3 && readPosition(t.pid, `${s.dir}/in`) > 0,
+        10_000,
+        () => `xz to read with its threads (${threads(t.pid)} threads)`,
+      );
+      assert.ok(readPosition(t.pid, `${s.dir}/in`) < input.length, "xz read all its input");
       await dumpAndRestore(t.pid, s.img);
       await waitExit(t.pid);
       assert.equal(t.output(), "");
@@ -423,8 +473,10 @@ Deno.test({
 });
 
 Deno.test({
-  name: "`sqlite3` dumped mid-insert (WAL: shared -shm mapping, POSIX locks) commits it all",
-  ignore: !have("sqlite3"),
+  ...needs(
+    "`sqlite3` dumped mid-insert (WAL: shared -shm mapping, POSIX locks) commits it all",
+    notInstalled("sqlite3"),
+  ),
   async fn() {
     using s = scratch();
     Deno.writeTextFileSync(
@@ -439,8 +491,16 @@ SELECT count(*), sum(x) FROM t;
     );
     const t = await spawnTarget("sqlite3", ["t.db", ".read q.sql"], { cwd: s.dir });
     try {
-      await new Promise((r) => setTimeout(r, 250));
-      assert.ok(isAlive(t.pid));
+      // Mid-insert: the transaction has begun writing pages to the write-ahead log.
+      const wal = () => {
+        try {
+          return Deno.statSync(`${s.dir}/t.db-wal`).size;
+        } catch {
+          return 0;
+        }
+      };
+      await waitUntil(() => wal() > 0, 10_000, "sqlite3 to write its WAL");
+      assert.ok(isAlive(t.pid), "sqlite3 ended before the dump");
       await dumpAndRestore(t.pid, s.img);
       await waitExit(t.pid);
       assert.equal(t.output(), "wal\n600000|180000300000\n");
@@ -455,11 +515,13 @@ SELECT count(*), sum(x) FROM t;
   },
 });
 
-Deno.test("a UNIX socketpair half whose peer was closed comes back at EOF, writes failing", async () => {
-  using s = scratch();
-  Deno.writeTextFileSync(
-    `${s.dir}/sp.py`,
-    `import socket, signal, time
+Deno.test(
+  needs("a UNIX socketpair half whose peer was closed comes back at EOF, writes failing", python3),
+  async () => {
+    using s = scratch();
+    Deno.writeTextFileSync(
+      `${s.dir}/sp.py`,
+      `import socket, signal, time
 a, b = socket.socketpair()
 b.close()
 # The same, with what the closed peer sent still to be read.
@@ -480,14 +542,15 @@ print("ready", flush=True)
 while True:
     time.sleep(1)
 `,
-  );
-  const t = await spawnTarget("python3", ["sp.py"], { cwd: s.dir, ready: /^ready$/m });
-  try {
-    await dumpAndRestore(t.pid, s.img);
-    Deno.kill(t.pid, "SIGUSR1");
-    await t.waitFor(/^c recv b'last words' b'' EPIPE$/m);
-    assert.match(t.output(), /^a recv b'' b'' EPIPE$/m);
-  } finally {
-    await t.kill();
-  }
-});
+    );
+    const t = await spawnTarget("python3", ["sp.py"], { cwd: s.dir, ready: /^ready$/m });
+    try {
+      await dumpAndRestore(t.pid, s.img);
+      Deno.kill(t.pid, "SIGUSR1");
+      await t.waitFor(/^c recv b'last words' b'' EPIPE$/m);
+      assert.match(t.output(), /^a recv b'' b'' EPIPE$/m);
+    } finally {
+      await t.kill();
+    }
+  },
+);

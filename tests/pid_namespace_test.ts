@@ -13,9 +13,12 @@ import {
   fixture,
   isAlive,
   killAndReap,
+  needs,
+  notInstalled,
   removeAnnounced,
   spawnTarget,
   type Target,
+  waitUntil,
 } from "./helpers.ts";
 
 /** A field of /proc/…/status. */
@@ -103,9 +106,7 @@ for (const name of ["r_pids", "r_memory"]) {
         // The init goes once the tree it guards is gone: it reaps the root and finds no child.
         await killAndReap(copies[0].pid);
         const init = copies[0].namespaceInit!;
-        const deadline = Date.now() + 5000;
-        while (isAlive(init) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-        assert.ok(!isAlive(init), "the namespace's init outlived the restored process");
+        await waitUntil(() => !isAlive(init), 5000, "the namespace's init to end with its tree");
       } finally {
         for (const copy of copies) await endCopy(copy);
       }
@@ -118,66 +119,77 @@ function counts(file: string): number[] {
   return Deno.readTextFileSync(file).split("\n").filter(Boolean).map(Number);
 }
 
-Deno.test("pid namespace: a Python counter counts on beside its original, with its own /proc", async () => {
-  const script = new URL("./fixtures/counter.py", import.meta.url).pathname;
-  const copyFile = await Deno.makeTempFile({ prefix: "tardigrade-pidns-count-" });
-  let file = "";
-  const start = async () => {
-    const t = await spawnTarget("python3", [script], { ready: /^READY /m, append: true });
-    file = t.output().match(/\bfile=(\S+)/)![1];
-    return t;
-  };
-  try {
-    // The copy counts into a file of its own: the policy reopens the count file there.
-    const policy = {
-      fd: (fd: { target: string }) => fd.target === file ? { reopen: copyFile } : "dump" as const,
+Deno.test(
+  needs(
+    "pid namespace: a Python counter counts on beside its original, with its own /proc",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const script = new URL("./fixtures/counter.py", import.meta.url).pathname;
+    const copyFile = await Deno.makeTempFile({ prefix: "tardigrade-pidns-count-" });
+    let file = "";
+    const start = async () => {
+      const t = await spawnTarget("python3", [script], { ready: /^READY /m, append: true });
+      file = t.output().match(/\bfile=(\S+)/)![1];
+      return t;
     };
-    await withDumped(start, async (t, image) => {
-      const atRestore = counts(file).at(-1)!;
-      const copy = await restore(image, { pidNamespace: true });
-      try {
-        await new Promise((r) => setTimeout(r, 500));
-        const mine = counts(file), its = counts(copyFile);
-        assert.ok(mine.at(-1)! > atRestore + 3, `the original stopped counting at ${mine.at(-1)}`);
-        assert.ok(its.length > 3, `the copy counted ${its.length} times`);
-        // It went on from where the dump was, one by one.
-        assert.ok(its[0] > 1 && its[0] <= atRestore + 1, `the copy started at ${its[0]}`);
-        its.forEach((n, i) => assert.equal(n, its[0] + i));
-        assert.equal(await t.check(), "PASS", `the original; output:\n${t.output()}`);
+    try {
+      // The copy counts into a file of its own: the policy reopens the count file there.
+      const policy = {
+        fd: (fd: { target: string }) => fd.target === file ? { reopen: copyFile } : "dump" as const,
+      };
+      await withDumped(start, async (t, image) => {
+        const atRestore = counts(file).at(-1)!;
+        const copy = await restore(image, { pidNamespace: true });
+        try {
+          // Both count on: the original past where it was, the copy in its own file.
+          await waitUntil(
+            () => counts(file).at(-1)! > atRestore + 3 && counts(copyFile).length > 3,
+            5000,
+            () =>
+              `both to count: the original at ${counts(file).at(-1)} (${atRestore} at the ` +
+              `restore), the copy ${counts(copyFile).length} times`,
+          );
+          const its = counts(copyFile);
+          // It went on from where the dump was, one by one.
+          assert.ok(its[0] > 1 && its[0] <= atRestore + 1, `the copy started at ${its[0]}`);
+          its.forEach((n, i) => assert.equal(n, its[0] + i));
+          assert.equal(await t.check(), "PASS", `the original; output:\n${t.output()}`);
 
-        // In the copy's mount namespace /proc is its pid namespace's: the dumped pid there is
-        // the copy (not the original), and a process there sees one level of pids.
-        const inCopy = async (...args: string[]) => {
-          const out = await new Deno.Command("nsenter", {
-            args: ["-t", String(copy.pid), ...args],
-            stdout: "piped",
-          }).output();
-          assert.ok(out.success, `nsenter ${args.join(" ")} failed`);
-          return new TextDecoder().decode(out.stdout);
-        };
-        const statThere = await inCopy("-m", "cat", `/proc/${t.pid}/stat`);
-        assert.equal(
-          startTime(statThere),
-          startTime(Deno.readTextFileSync(`/proc/${copy.pid}/stat`)),
-        );
-        assert.notEqual(
-          startTime(statThere),
-          startTime(Deno.readTextFileSync(`/proc/${t.pid}/stat`)),
-        );
-        const nspidThere = await inCopy("-m", "-p", "--", "grep", "NSpid", "/proc/self/status");
-        assert.match(
-          nspidThere,
-          /^NSpid:\s+\d+\s*$/,
-          "/proc/self there is not a proc of the namespace",
-        );
-      } finally {
-        await endCopy(copy);
-      }
-    }, policy);
-  } finally {
-    await Deno.remove(copyFile).catch(() => {});
-  }
-});
+          // In the copy's mount namespace /proc is its pid namespace's: the dumped pid there is
+          // the copy (not the original), and a process there sees one level of pids.
+          const inCopy = async (...args: string[]) => {
+            const out = await new Deno.Command("nsenter", {
+              args: ["-t", String(copy.pid), ...args],
+              stdout: "piped",
+            }).output();
+            assert.ok(out.success, `nsenter ${args.join(" ")} failed`);
+            return new TextDecoder().decode(out.stdout);
+          };
+          const statThere = await inCopy("-m", "cat", `/proc/${t.pid}/stat`);
+          assert.equal(
+            startTime(statThere),
+            startTime(Deno.readTextFileSync(`/proc/${copy.pid}/stat`)),
+          );
+          assert.notEqual(
+            startTime(statThere),
+            startTime(Deno.readTextFileSync(`/proc/${t.pid}/stat`)),
+          );
+          const nspidThere = await inCopy("-m", "-p", "--", "grep", "NSpid", "/proc/self/status");
+          assert.match(
+            nspidThere,
+            /^NSpid:\s+\d+\s*$/,
+            "/proc/self there is not a proc of the namespace",
+          );
+        } finally {
+          await endCopy(copy);
+        }
+      }, policy);
+    } finally {
+      await Deno.remove(copyFile).catch(() => {});
+    }
+  },
+);
 
 Deno.test("pid namespace: a process tree restored beside its original passes its check", async () => {
   await withDumped(startFixture("r_tree"), async (t, image) => {

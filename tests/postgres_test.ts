@@ -3,26 +3,43 @@
  * shared anonymous memory, a System V interlock segment, listening TCP and UNIX sockets, the
  * postmaster-death pipe and latches. The restored server must answer queries with the rows it
  * had, take new ones, and shut down cleanly (which needs its children back as its children).
- * Skipped where PostgreSQL is not installed.
+ * Ignored, with the reason, where PostgreSQL is not installed.
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { isAlive, spawnTarget } from "./helpers.ts";
+import { isAlive, needs, notInstalled, onPath, spawnTarget, waitUntil } from "./helpers.ts";
 
-const BIN = "/usr/lib/postgresql/15/bin";
-const installed = ["postgres", "initdb"].every((b) => {
+/** `pg_config --bindir`, or undefined without a pg_config that answers. */
+function pgConfigBindir(): string | undefined {
   try {
-    return Deno.statSync(`${BIN}/${b}`).isFile;
+    const pgConfig = new Deno.Command("pg_config", { args: ["--bindir"], stderr: "null" });
+    const out = pgConfig.outputSync();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
   } catch {
-    return false;
+    return undefined;
   }
-}) && (() => {
-  try {
-    return Deno.statSync("/usr/bin/psql").isFile;
-  } catch {
-    return false;
-  }
-})();
+}
+
+/**
+ * The directory of the server's programs, `postgres` and `initdb`: where the `postgres` on PATH
+ * really is, else `pg_config --bindir` (Debian keeps them off PATH, in a directory per major
+ * version; its pg_config names the newest).
+ */
+function serverBindir(): string | undefined {
+  const onPATH = onPath("postgres");
+  const dirs = [onPATH && Deno.realPathSync(onPATH).replace(/\/[^/]*$/, ""), pgConfigBindir()];
+  return dirs.find((dir) =>
+    dir && ["postgres", "initdb"].every((p) => {
+      try {
+        return Deno.statSync(`${dir}/${p}`).isFile;
+      } catch {
+        return false;
+      }
+    })
+  );
+}
+
+const BIN = serverBindir();
 
 /** PostgreSQL refuses to run as root: it runs as nobody. */
 const asNobody = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
@@ -47,17 +64,21 @@ function childrenOf(pid: number): number[] {
 
 /** The server's own five children, once the backend that served the last query has gone. */
 async function serverChildren(pid: number): Promise<number[]> {
-  for (let i = 0; i < 300; i++) {
-    const children = childrenOf(pid);
-    if (children.length === 5) return children.sort();
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`postmaster ${pid} has children ${childrenOf(pid).join(" ")}, not five`);
+  await waitUntil(
+    () => childrenOf(pid).length === 5,
+    3000,
+    () => `five children of postmaster ${pid}, not ${childrenOf(pid).join(" ")}`,
+  );
+  return childrenOf(pid).sort();
 }
 
 Deno.test({
-  name: "postgres: a server with rows restores, takes more, and shuts down cleanly",
-  ignore: !installed,
+  ...needs(
+    "postgres: a server with rows restores, takes more, and shuts down cleanly",
+    BIN
+      ? notInstalled("psql", "setpriv", "ipcs", "ipcrm")
+      : "not installed: postgres, initdb (not on PATH nor in pg_config --bindir)",
+  ),
   async fn() {
     const dir = Deno.makeTempDirSync({ prefix: "tardigrade-pg-" });
     const nobody = Number(run("id", ["-u", "nobody"]));
@@ -108,8 +129,7 @@ Deno.test({
       );
       // A fast shutdown: the postmaster signals its children and waits for them.
       Deno.kill(pg.pid, "SIGINT");
-      for (let i = 0; i < 500 && isAlive(pg.pid); i++) await new Promise((r) => setTimeout(r, 10));
-      assert.ok(!isAlive(pg.pid), "the restored postmaster did not shut down");
+      await waitUntil(() => !isAlive(pg.pid), 5000, "the restored postmaster to shut down");
       assert.match(pg.output(), /database system is shut down/);
     } finally {
       for (const pid of [pg.pid, ...children]) {

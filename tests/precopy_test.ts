@@ -5,9 +5,9 @@
  * maps, same descriptors (no userfaultfd), not traced, and no longer write-protected.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, Process, restore } from "../mod.ts";
 import { PrecopiedPages } from "../lib/dump/precopy.ts";
-import { fixture, spawnTarget } from "./helpers.ts";
+import { fixture, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 function fdsOf(pid: number): string[] {
   return [...Deno.readDirSync(`/proc/${pid}/fd`)].map((e) => e.name).sort().map((fd) =>
@@ -20,6 +20,16 @@ function tracerOf(pid: number): string {
 }
 
 const MiB = 1024 * 1024;
+
+/** Page visits of the writer so far: the sum of the generations of its 1024 rolling pages. */
+async function rollingWrites(t: Target): Promise<bigint> {
+  const roll = BigInt(t.output().match(/\broll=(0x[0-9a-f]+)/)![1]);
+  const pages = await (await Process.open(t.pid)).read(roll, 1024 * 4096);
+  const view = new DataView(pages.buffer, pages.byteOffset, pages.byteLength);
+  let sum = 0n;
+  for (let at = 0; at < pages.length; at += 4096) sum += view.getBigUint64(at, true);
+  return sum;
+}
 
 Deno.test("precopy: a target writing while it is copied restores intact", async () => {
   const t = await spawnTarget(await fixture("precopy_writer"), [], {
@@ -40,8 +50,14 @@ Deno.test("precopy: a target writing while it is copied restores intact", async 
     restored = res.pid;
     assert.equal(res.pid, t.pid);
     assert.equal(await t.check(), "PASS", t.output());
-    // It runs on, writing, and stays consistent.
-    await new Promise((r) => setTimeout(r, 100));
+    // It runs on, writing (a few turns of its window), and stays consistent.
+    const atRestore = await rollingWrites(t);
+    let now = atRestore;
+    await waitUntil(
+      async () => (now = await rollingWrites(t)) >= atRestore + 64n,
+      5000,
+      () => `64 page writes after the restore: ${now - atRestore}`,
+    );
     assert.equal(await t.check(), "PASS", t.output());
   } finally {
     await t.kill();

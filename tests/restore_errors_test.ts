@@ -6,10 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
+import { FORMAT_VERSION } from "../image.ts";
 import { frame } from "../lib/image/frame.ts";
-import { FORMAT_VERSION } from "../lib/image/version.ts";
 import { decode } from "cbor-x";
-import { Stub } from "../lib/ptrace/stub.ts";
 import { fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 
 const STUB = "sleep 1000000";
@@ -344,18 +343,39 @@ function exists(path: string): boolean {
 // ---------------------------------------------------------------------------------------------
 // A stub that dies
 
-/** Runs `body` with `Stub.start` wrapped by `after` (which may kill the stub it is given). */
-async function withStubHook(after: (stub: Stub) => void, body: () => Promise<void>) {
-  const start = Stub.start;
-  Stub.start = async () => {
-    const stub = await start.call(Stub);
-    after(stub);
-    return stub;
-  };
+/** Parent pid of `pid`, 0 once it is gone. */
+function parentOf(pid: number): number {
   try {
-    await body();
-  } finally {
-    Stub.start = start;
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The restore's stub (`sleep 1000000`, started by a shell of this process and then adopted by it),
+ * waited for: a restoreStage hook runs synchronously, while the shell that starts the stub runs on
+ * its own. Returns its pid and whether the restore had seized it already.
+ */
+function awaitStub(): { pid: number; seized: boolean } {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    for (const e of Deno.readDirSync("/proc")) {
+      const pid = Number(e.name);
+      if (!(pid > 0)) continue;
+      try {
+        if (Deno.readTextFileSync(`/proc/${pid}/cmdline`) !== "/bin/sleep\x001000000\x00") continue;
+      } catch {
+        continue;
+      }
+      const ppid = parentOf(pid);
+      if (ppid !== Deno.pid && parentOf(ppid) !== Deno.pid) continue; // another test run's
+      const tracer = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^TracerPid:\s+(\d+)/m);
+      return { pid, seized: Number(tracer?.[1]) === Deno.pid };
+    }
+    if (Date.now() > deadline) throw new Error("the restore never started its stub");
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
   }
 }
 
@@ -363,25 +383,27 @@ Deno.test("restore with a dead stub fails cleanly and leaves no zombie", async (
   const d = await dumpFixture("r_threads");
   try {
     await ctx.step("stub killed before it forks", async () => {
-      await withStubHook(
-        (stub) => Deno.kill(stub.pid, "SIGKILL"),
-        () =>
-          refused(() => restore(d.image), /stub|ESRCH|no such process/i, d.t.pid).then(() => {}),
+      // Killed once the image is checked, before the stub makes the process: seized already
+      // (the image took longer to check than the stub to start) or about to be.
+      const policy = {
+        restoreStage(stage: string) {
+          if (stage === "preflight") Deno.kill(awaitStub().pid, "SIGKILL");
+        },
+      };
+      await refused(
+        () => restore(d.image, { policy }),
+        /stub|ESRCH|EPERM|no such process/i,
+        d.t.pid,
       );
     });
     await ctx.step("the restored process killed right after the fork", async () => {
-      // The stub's fork hook runs inside forkWithPid's caller: kill the child it made.
-      await withStubHook(
-        (stub) => {
-          const fork = stub.forkWithPid.bind(stub);
-          stub.forkWithPid = (pid: number) => {
-            const child = fork(pid);
-            Deno.kill(child, "SIGKILL");
-            return child;
-          };
+      // Made (with the dumped pid), not yet given its memory.
+      const policy = {
+        restoreStage(stage: string, p: { pid: number }) {
+          if (stage === "memory") Deno.kill(p.pid, "SIGKILL");
         },
-        () => refused(() => restore(d.image), /./, d.t.pid).then(() => {}),
-      );
+      };
+      await refused(() => restore(d.image, { policy }), /./, d.t.pid);
     });
     await ctx.step("then a restore succeeds", () => restoresFine(d));
   } finally {

@@ -13,10 +13,13 @@ import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
 import {
   fixture,
+  needs,
+  notInstalled,
   reapAdopted,
   removeAnnounced,
   spawnTarget,
   type Target,
+  waitUntil,
   zombieChildrenOf,
 } from "./helpers.ts";
 
@@ -26,7 +29,7 @@ export interface RestoreCase {
   args?: string[];
   env?: Record<string, string>;
   cwd?: string;
-  /** Why this piece of state is not restored yet: the test is skipped, the fixture kept. */
+  /** Why this piece of state is not restored yet: the test is ignored, the fixture kept. */
   unsupported?: string;
 }
 
@@ -252,7 +255,8 @@ const only = Deno.env.get("R_FIXTURES")?.split(",");
 
 for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
   if (only && !only.includes(name)) continue;
-  Deno.test({ name: `restore: ${name}`, ignore: unsupported !== undefined && !only }, async () => {
+  const why = only ? undefined : unsupported && `unsupported: ${unsupported}`;
+  Deno.test(needs(`restore: ${name}`, why), async () => {
     const bin = await fixture(name);
     const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
     const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
@@ -279,19 +283,22 @@ for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
 
 for (const { name, command } of counterCases) {
   if (only && !only.includes(name)) continue;
-  Deno.test(`restore: ${name} keeps counting`, async () => {
+  Deno.test(needs(`restore: ${name} keeps counting`, notInstalled(command)), async () => {
     const script = new URL(`./fixtures/${name}`, import.meta.url).pathname;
     const t = await spawnTarget(command, [script], { ready: /^READY /m });
     const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      await waitUntil(() => lastCount(t) >= 5, 5000, () => `5 counts: ${lastCount(t)}`);
       assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
       await checkpoint(t.pid, { dir: img + "/image" });
       const atDump = lastCount(t);
       const r = await restore(img + "/image");
       assert.equal(r.pid, t.pid, "restored with another pid");
-      await new Promise((r) => setTimeout(r, 500));
-      assert.ok(lastCount(t) > atDump, `count stuck at ${lastCount(t)} after restore`);
+      await waitUntil(
+        () => lastCount(t) >= atDump + 5,
+        5000,
+        () => `5 more counts after ${atDump}: stuck at ${lastCount(t)} after restore`,
+      );
       assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
     } finally {
       await t.kill();

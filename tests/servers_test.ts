@@ -1,19 +1,11 @@
 /**
  * Servers people run, through a dump and a restore: nginx (a master and its workers talking over
- * socketpairs) and Redis (with a client connection held open across the dump). Each is skipped
- * where it is not installed (.ci/run installs them when it can).
+ * socketpairs) and Redis (with a client connection held open across the dump). Each is ignored,
+ * with the reason, where it is not installed (.ci/run installs them when it can).
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { isAlive, spawnTarget } from "./helpers.ts";
-
-function installed(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
+import { isAlive, needs, notInstalled, onPath, spawnTarget, waitUntil } from "./helpers.ts";
 
 function childrenOf(pid: number): number[] {
   try {
@@ -25,19 +17,12 @@ function childrenOf(pid: number): number[] {
 }
 
 const port = () => 20000 + Math.floor(Math.random() * 20000);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (await ok()) return;
-    await sleep(10);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 Deno.test({
-  name: "nginx: master and workers restore, serve, reload their workers and quit",
-  ignore: !installed("/usr/sbin/nginx"),
+  ...needs(
+    "nginx: master and workers restore, serve, reload their workers and quit",
+    notInstalled("nginx"),
+  ),
   async fn() {
     const dir = Deno.makeTempDirSync({ prefix: "tardigrade-nginx-" });
     const p = port();
@@ -55,10 +40,10 @@ http {
 `,
     );
     const get = async () => (await (await fetch(`http://127.0.0.1:${p}/`)).text()).trim();
-    const nginx = await spawnTarget("/usr/sbin/nginx", ["-c", `${dir}/nginx.conf`, "-p", dir]);
+    const nginx = await spawnTarget(onPath("nginx")!, ["-c", `${dir}/nginx.conf`, "-p", dir]);
     try {
-      await waitFor("two workers", () => childrenOf(nginx.pid).length === 2);
-      await waitFor("nginx to answer", () => get().then(() => true, () => false));
+      await waitUntil(() => childrenOf(nginx.pid).length === 2, 5000, "two workers");
+      await waitUntil(() => get().then(() => true, () => false), 5000, "nginx to answer");
       const workers = childrenOf(nginx.pid);
       await checkpoint(nginx.pid, { dir: `${dir}/image` });
       assert.ok(!isAlive(nginx.pid));
@@ -69,13 +54,17 @@ http {
       // A reload: the master opens new workers and tells the old ones, over their socketpairs,
       // to finish.
       Deno.kill(nginx.pid, "SIGHUP");
-      await waitFor("new workers", () => {
-        const now = childrenOf(nginx.pid);
-        return now.length === 2 && now.every((w) => !workers.includes(w));
-      });
+      await waitUntil(
+        () => {
+          const now = childrenOf(nginx.pid);
+          return now.length === 2 && now.every((w) => !workers.includes(w));
+        },
+        5000,
+        "new workers",
+      );
       assert.match(await get(), /^hello \d+$/);
       Deno.kill(nginx.pid, "SIGQUIT");
-      await waitFor("nginx to quit", () => !isAlive(nginx.pid));
+      await waitUntil(() => !isAlive(nginx.pid), 5000, "nginx to quit");
       assert.match(Deno.readTextFileSync(`${dir}/error.log`), /exit/);
     } finally {
       for (const pid of [nginx.pid, ...childrenOf(nginx.pid)]) {
@@ -100,12 +89,14 @@ async function redis(conn: Deno.TcpConn, ...args: string[]): Promise<string> {
 }
 
 Deno.test({
-  name: "redis: a client's open connection survives the server's dump and restore",
-  ignore: !installed("/usr/bin/redis-server"),
+  ...needs(
+    "redis: a client's open connection survives the server's dump and restore",
+    notInstalled("redis-server"),
+  ),
   async fn() {
     const dir = Deno.makeTempDirSync({ prefix: "tardigrade-redis-" });
     const p = port();
-    const server = await spawnTarget("/usr/bin/redis-server", [
+    const server = await spawnTarget(onPath("redis-server")!, [
       "--port",
       String(p),
       "--bind",

@@ -1,34 +1,28 @@
 /**
  * Shell jobs: a program started from a shell in one tmux window is dumped from outside, and
  * `restore --shell-job` brings it back in another window, as that shell's foreground job, with
- * the terminal modes it had set. Real ptys and a real bash; skipped when tmux is missing.
+ * the terminal modes it had set. Real ptys and a real bash; ignored, with the reason, when tmux
+ * is missing.
  */
 import assert from "node:assert/strict";
-import { ImageReader, type ProcessEntry } from "../image.ts";
-import { fixture, isAlive, killAndReap } from "./helpers.ts";
+import { close, O, open } from "../ffi/mod.ts";
+import { ImageReader } from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
+import { exists, fixture, isAlive, killAndReap, needs, waitUntil } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const deno = Deno.execPath();
 const PROMPT = "SJ$ ";
 
-function hasTmux(): boolean {
+/** Undefined when `cmd arg` runs; else why the tests that need it are ignored. */
+function missing(cmd: string, arg: string): string | undefined {
   try {
-    return new Deno.Command("tmux", { args: ["-V"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
+    const ran = new Deno.Command(cmd, { args: [arg], stdout: "null", stderr: "null" }).outputSync();
+    if (ran.success) return undefined;
+  } catch { /* not installed */ }
+  return `not installed: ${cmd}`;
 }
-const ignore = !hasTmux();
-
-function hasVim(): boolean {
-  try {
-    return new Deno.Command("vim", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
+const noTmux = missing("tmux", "-V");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -127,30 +121,49 @@ function ids(pid: number): { ppid: number; pgrp: number; session: number; tpgid:
   return { ppid: f[1], pgrp: f[2], session: f[3], tpgid: f[5] };
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Polls `ok` every 20 ms until it holds; fails naming `what` after `timeoutMs`. */
-async function until(what: string, ok: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(20);
-  }
-}
-
 /** Waits until the group that `pid` leads is the foreground group of its terminal. */
 async function untilForeground(pid: number): Promise<void> {
-  await until(`${pid} has the terminal`, () => {
-    if (!exists(`/proc/${pid}`)) return false; // not restored yet
-    return ids(pid).tpgid === pid; // it leads its group, as the job
-  }, 20_000);
+  await waitUntil(
+    () => {
+      if (!exists(`/proc/${pid}`)) return false; // not restored yet
+      return ids(pid).tpgid === pid; // it leads its group, as the job
+    },
+    20_000,
+    `${pid} to have the terminal`,
+  );
+}
+
+/** The state letter of `pid` (R, S, T …). */
+function state(pid: number): string {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return stat[stat.lastIndexOf(")") + 2];
+}
+
+/**
+ * Ptys of this process, opened before a test's tmux makes its own, so theirs are the lower
+ * numbers, and closed just before that terminal goes: a pty opened meanwhile anywhere on the
+ * machine gets the lowest free number, one of these, and the closed terminal's number stays
+ * unused while the test looks at it.
+ */
+class PtyGuard {
+  readonly #fds: number[] = [];
+
+  constructor(count: number) {
+    for (let i = 0; i < count; i++) {
+      this.#fds.push(open("/dev/ptmx", O.RDWR | O.NOCTTY));
+    }
+  }
+
+  /** The pty numbers held. */
+  numbers(): number[] {
+    return this.#fds.map((fd) =>
+      Number(Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`).match(/^tty-index:\s+(\d+)/m)?.[1])
+    );
+  }
+
+  release(): void {
+    for (const fd of this.#fds.splice(0)) close(fd);
+  }
 }
 
 /** `c_lflag` bits the tests look at. */
@@ -248,8 +261,7 @@ type Job = Awaited<ReturnType<typeof startAndDump>>;
 /** A test of a job dumped in window 0 and restored with --shell-job in window 1. */
 function restoredJobTest(name: string, body: (tmux: Tmux, job: Job, win: string) => Promise<void>) {
   Deno.test({
-    name,
-    ignore,
+    ...needs(name, noTmux),
     async fn() {
       const tmux = new Tmux();
       let job: Job | undefined;
@@ -307,7 +319,13 @@ restoredJobTest(
     );
     await tmux.waitFor(win, /^EXIT=148\n+SJ\$/m); // the shell saw its job stop
     assert.equal(ids(job.pid).tpgid, await tmux.panePid(win)); // the shell has the terminal
+    await waitUntil(
+      () => state(job.pid) === "T",
+      5000,
+      () => `${job.pid} stopped: ${state(job.pid)}`,
+    );
     const stopped = lastTick(await tmux.screen(win));
+    // Three ticks' time (it ticks every 100 ms while it runs): stopped, it prints none.
     await sleep(300);
     assert.equal(lastTick(await tmux.screen(win)), stopped);
     assert.ok(isAlive(job.pid) && isAlive(tool));
@@ -323,26 +341,22 @@ restoredJobTest(
 );
 
 Deno.test({
-  name: "shell job: without --shell-job a closed terminal is refused, with the hint",
-  ignore,
+  ...needs("shell job: without --shell-job a closed terminal is refused, with the hint", noTmux),
   async fn() {
     const tmux = new Tmux();
+    const guard = new PtyGuard(8);
     let job;
     try {
       job = await startAndDump(tmux);
+      const number = Number(job.oldTty.match(/\/dev\/pts\/(\d+)$/)![1]);
+      const below = guard.numbers().filter((n) => n < number).length;
+      assert.ok(below > 0, `no guard pty below ${job.oldTty}: ${guard.numbers()}`);
+      guard.release();
       await tmux.kill(); // the pane and its pty are gone
-      let gone = false;
-      for (let i = 0; i < 50 && !gone; i++) {
-        gone = !exists(job.oldTty);
-        if (!gone) await sleep(20);
-      }
+      await waitUntil(() => !exists(job!.oldTty), 5000, `${job.oldTty} to go with tmux`);
       const r = await cli("restore", job.dir);
-      if (!gone) {
-        // Another terminal took the number meanwhile: the check cannot fail, nothing to see.
-        console.warn(`${job.oldTty} was reused; the refusal was not exercised`);
-        return;
-      }
-      assert.equal(r.code, 1, r.stderr);
+      const reused = exists(job.oldTty) ? ` (${job.oldTty} was reused meanwhile)` : "";
+      assert.equal(r.code, 1, r.stderr + reused);
       assert.match(r.stderr, new RegExp(`${job.oldTty} no longer exists`));
       assert.match(r.stderr, /--shell-job/);
       // And --shell-job wants a terminal to come back to (stdin here is /dev/null).
@@ -350,14 +364,17 @@ Deno.test({
       assert.equal(s.code, 1);
       assert.match(s.stderr, /--shell-job needs a terminal: run restore from one/);
     } finally {
+      guard.release();
       await cleanup(tmux, job);
     }
   },
 });
 
 Deno.test({
-  name: "shell job: a raw-mode program gets its terminal modes back; the shell's come back after",
-  ignore,
+  ...needs(
+    "shell job: a raw-mode program gets its terminal modes back; the shell's come back after",
+    noTmux,
+  ),
   async fn() {
     const tmux = new Tmux();
     let job;
@@ -418,8 +435,10 @@ Deno.test({
 });
 
 Deno.test({
-  name: "shell job: vim comes back in another window, in insert mode, and :wq writes the file",
-  ignore: ignore || !hasVim(),
+  ...needs(
+    "shell job: vim comes back in another window, in insert mode, and :wq writes the file",
+    noTmux ?? missing("vim", "--version"),
+  ),
   async fn() {
     const tmux = new Tmux();
     const tmp = Deno.makeTempDirSync({ prefix: "tardigrade-sj-" });
@@ -449,14 +468,13 @@ Deno.test({
       await tmux.waitFor(win, /-- INSERT --/);
       // Escape alone leaves insert mode at once (in cooked mode it would wait for an Enter).
       await tmux.type(win, "Escape", false);
-      const visible = () => tmux.tmux("capture-pane", "-p", "-t", win);
-      const deadline = Date.now() + 10_000;
-      while (/-- INSERT --/.test(await visible())) {
-        if (Date.now() > deadline) {
-          throw new Error(`vim stayed in insert mode:\n${await visible()}`);
-        }
-        await sleep(50);
-      }
+      let visible = "";
+      await waitUntil(
+        async () =>
+          !/-- INSERT --/.test(visible = await tmux.tmux("capture-pane", "-p", "-t", win)),
+        10_000,
+        () => `vim to leave insert mode:\n${visible}`,
+      );
       await tmux.tmux("send-keys", "-t", win, "-l", ":wq");
       await tmux.type(win, "Enter", false);
       await tmux.waitFor(win, /^EXIT=0\n+SJ\$/m);

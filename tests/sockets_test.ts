@@ -6,13 +6,13 @@
  */
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import { checkpoint, restore } from "../mod.ts";
-import { DumpError, RestoreError } from "../lib/errors.ts";
-import { ImageReader } from "../lib/image/mod.ts";
+import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
 import type { SocketEntry } from "../lib/files/socket/standalone.ts";
 import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
-import type { ProcessEntry } from "../lib/image/schema.ts";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, needs, notInstalled, spawnTarget, type Target } from "./helpers.ts";
+
+const python3 = notInstalled("python3");
 
 async function start(name: string): Promise<Target> {
   const t = await spawnTarget(await fixture(name), [], { ready: /^(READY|SETUP FAILED) /m });
@@ -234,27 +234,33 @@ while True:
     time.sleep(1)
 `;
 
-Deno.test("sockets: a connection accepted from a named listener comes back, queues and all (unnamed)", async () => {
-  const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
-  const path = `${base}/server.sock`;
-  await Deno.writeTextFile(`${base}/s.py`, ACCEPTED_PY);
-  const t = await spawnTarget("python3", [`${base}/s.py`, path], { ready: /^READY \d+$/m });
-  try {
-    assert.equal(await t.check(), "PASS", t.output());
-    assert.match(t.output(), new RegExp(`^names ${path} ${path}$`, "m"));
-    await checkpoint(t.pid, { dir: `${base}/img` });
-    await restore(`${base}/img`);
-    // Both ends of the connection come back, each with its queue, but as a socketpair: unnamed.
-    assert.equal(await t.check(), "PASS", t.output());
-    assert.match(t.output(), /^names - -$/m);
-    assert.equal(await t.check(), "PASS", t.output());
-    // The listener itself is back at its path.
-    const conn = await Deno.connect({ transport: "unix", path });
-    conn.close();
-  } finally {
-    await cleanup(t, base);
-  }
-});
+Deno.test(
+  needs(
+    "sockets: a connection accepted from a named listener comes back, queues and all (unnamed)",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path], { ready: /^READY \d+$/m });
+    try {
+      assert.equal(await t.check(), "PASS", t.output());
+      assert.match(t.output(), new RegExp(`^names ${path} ${path}$`, "m"));
+      await checkpoint(t.pid, { dir: `${base}/img` });
+      await restore(`${base}/img`);
+      // Both ends of the connection come back, each with its queue, but as a socketpair: unnamed.
+      assert.equal(await t.check(), "PASS", t.output());
+      assert.match(t.output(), /^names - -$/m);
+      assert.equal(await t.check(), "PASS", t.output());
+      // The listener itself is back at its path.
+      const conn = await Deno.connect({ transport: "unix", path });
+      conn.close();
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
 
 /** A socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on `b`. */
 const UNKEPT_QUEUE_PY = `import array, os, signal, socket, sys, time
@@ -295,26 +301,29 @@ const UNKEPT_QUEUES = [
 ];
 
 for (const { mode, what, why, got } of UNKEPT_QUEUES) {
-  Deno.test(`sockets: a queue holding ${what} is refused, the process left as it was`, async () => {
-    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
-    await Deno.writeTextFile(`${base}/q.py`, UNKEPT_QUEUE_PY);
-    const t = await spawnTarget("python3", [`${base}/q.py`, mode], { ready: /^READY \d+$/m });
-    try {
-      const fd = t.output().match(/^READY (\d+)$/m)![1];
-      await assert.rejects(
-        checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
-        (err: Error) => {
-          assert.ok(err instanceof DumpError, String(err));
-          assert.match(err.message, new RegExp(`^fd ${fd} of process ${t.pid}: `));
-          assert.match(err.message, why);
-          return true;
-        },
-      );
-      // SO_PEEK_OFF is back at -1 and the queue is whole.
-      Deno.kill(t.pid, "SIGUSR1");
-      await t.waitFor(new RegExp(`^peek_off -1 got ${got}$`, "m"));
-    } finally {
-      await cleanup(t, base);
-    }
-  });
+  Deno.test(
+    needs(`sockets: a queue holding ${what} is refused, the process left as it was`, python3),
+    async () => {
+      const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+      await Deno.writeTextFile(`${base}/q.py`, UNKEPT_QUEUE_PY);
+      const t = await spawnTarget("python3", [`${base}/q.py`, mode], { ready: /^READY \d+$/m });
+      try {
+        const fd = t.output().match(/^READY (\d+)$/m)![1];
+        await assert.rejects(
+          checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+          (err: Error) => {
+            assert.ok(err instanceof DumpError, String(err));
+            assert.match(err.message, new RegExp(`^fd ${fd} of process ${t.pid}: `));
+            assert.match(err.message, why);
+            return true;
+          },
+        );
+        // SO_PEEK_OFF is back at -1 and the queue is whole.
+        Deno.kill(t.pid, "SIGUSR1");
+        await t.waitFor(new RegExp(`^peek_off -1 got ${got}$`, "m"));
+      } finally {
+        await cleanup(t, base);
+      }
+    },
+  );
 }

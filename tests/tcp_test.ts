@@ -12,12 +12,10 @@
  */
 import assert from "node:assert/strict";
 import { addressOf, errno, libc } from "../ffi/mod.ts";
-import { checkpoint, restore } from "../mod.ts";
-import { DumpError, RestoreError } from "../lib/errors.ts";
+import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
+import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
-import { ImageReader } from "../lib/image/mod.ts";
-import type { ProcessEntry } from "../lib/image/schema.ts";
-import { fixture, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 const NR = {
   close: 3,
@@ -223,10 +221,11 @@ async function withClient(
     assert.match(t.output(), /^READY /m, t.output());
     conn = await server.accept();
     await conn.exchange(stream(2, 0, EARLY), 0);
-    for (let i = 0; conn.unacknowledged() > 0; i++) {
-      assert.ok(i < 500, "the client never acknowledged the server's first bytes");
-      await sleep(10);
-    }
+    await waitUntil(
+      () => conn!.unacknowledged() === 0,
+      5000,
+      "the client to acknowledge the server's first bytes",
+    );
     conn.dropIncoming(true);
     Deno.kill(t.pid, "SIGUSR2"); // now the client writes
     await t.waitFor(/^BLOCKED /m);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { killAndReap, spawnTarget, type Target } from "./helpers.ts";
+import { killAndReap, needs, notInstalled, spawnTarget, type Target } from "./helpers.ts";
 
 /** Every process below `pid`, deepest first. */
 function descendants(pid: number): number[] {
@@ -96,23 +96,29 @@ while True:
     s.sendall(b"%d\\n" % (int(line) + 1))
 `;
 
-Deno.test("tree: a parent and child talking over loopback TCP go on talking after restore", async () => {
-  const t = await spawnTarget("python3", ["-c", PING_PONG], { ready: /^got 20$/m });
-  const img = await Deno.makeTempDir({ prefix: "tardigrade-tree-" });
-  let everyone: number[] = [];
-  try {
-    const r = await checkpoint(t.pid, { dir: `${img}/image` });
-    assert.equal(r.processes.length, 2, `processes dumped: ${r.processes}`);
-    const last = Math.max(...[...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1])));
-    const back = await restore(`${img}/image`);
-    everyone = back.processes;
-    await t.waitFor(new RegExp(`^got ${last + 40}$`, "m"));
-    // Every even number once, in order: nothing lost or repeated across the dump.
-    const got = [...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1]));
-    got.forEach((n, i) => assert.equal(n, 2 * i));
-  } finally {
-    for (const pid of [...descendants(t.pid), ...everyone]) await killAndReap(pid);
-    await t.kill();
-    await Deno.remove(img, { recursive: true }).catch(() => {});
-  }
-});
+Deno.test(
+  needs(
+    "tree: a parent and child talking over loopback TCP go on talking after restore",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const t = await spawnTarget("python3", ["-c", PING_PONG], { ready: /^got 20$/m });
+    const img = await Deno.makeTempDir({ prefix: "tardigrade-tree-" });
+    let everyone: number[] = [];
+    try {
+      const r = await checkpoint(t.pid, { dir: `${img}/image` });
+      assert.equal(r.processes.length, 2, `processes dumped: ${r.processes}`);
+      const last = Math.max(...[...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1])));
+      const back = await restore(`${img}/image`);
+      everyone = back.processes;
+      await t.waitFor(new RegExp(`^got ${last + 40}$`, "m"));
+      // Every even number once, in order: nothing lost or repeated across the dump.
+      const got = [...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1]));
+      got.forEach((n, i) => assert.equal(n, 2 * i));
+    } finally {
+      for (const pid of [...descendants(t.pid), ...everyone]) await killAndReap(pid);
+      await t.kill();
+      await Deno.remove(img, { recursive: true }).catch(() => {});
+    }
+  },
+);

@@ -8,8 +8,8 @@ import {
   cont,
   Errno,
   getRegs,
-  getRobustList,
   getRegset,
+  getRobustList,
   getRseqConfig,
   getSigInfo,
   getSigMask,
@@ -78,7 +78,6 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   // prctl(PR_GET_TID_ADDRESS, &addr)
   inj.call("prctl", PR.GET_TID_ADDRESS, inj.scratch());
   const clearChildTid = new DataView(inj.get(0, 8).buffer).getBigUint64(0, true);
-
 
   const regs = { ...thread.regs };
   const name = readComm(pid, tid);
