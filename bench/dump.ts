@@ -39,7 +39,7 @@ if (Deno.args[0] === "--child") {
   const [pid, dir] = [Number(Deno.args[1]), Deno.args[2]];
   const before = hwmKiB();
   const t = performance.now();
-  const r = await checkpoint(pid, { dir, leaveRunning: true });
+  const r = await checkpoint(pid, dir, { leaveRunning: true });
   const ms = performance.now() - t;
   console.log(
     JSON.stringify({ ms, frozenMs: r.frozenMs, pageBytes: r.pageBytes, before, hwm: hwmKiB() }),
@@ -67,7 +67,7 @@ function rawDump(pid: number, addr: bigint, size: number, path: string, sync: bo
 
 async function timedCheckpoint(pid: number, dir: string, preCopy = false) {
   const t = performance.now();
-  const r = await checkpoint(pid, { dir, leaveRunning: true, preCopy });
+  const r = await checkpoint(pid, dir, { leaveRunning: true, preCopy });
   const ms = performance.now() - t;
   await Deno.remove(dir, { recursive: true });
   return { ms, frozenMs: r.frozenMs, pageBytes: r.pageBytes };

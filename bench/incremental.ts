@@ -38,7 +38,7 @@ function changePages(pid: number, addr: bigint, round: number): number {
 
 async function timed(pid: number, dir: string, parent?: string) {
   const t = performance.now();
-  const r = await checkpoint(pid, { dir, leaveRunning: true, parent });
+  const r = await checkpoint(pid, dir, { leaveRunning: true, parent });
   return { ms: performance.now() - t, pageBytes: r.pageBytes };
 }
 

@@ -67,7 +67,7 @@ async function benchSize(mib: number): Promise<void> {
   const target = await startTarget(bin, [String(mib)]);
   const dir = `${scratch}/img-${mib}`;
   try {
-    await checkpoint(target.pid, { dir });
+    await checkpoint(target.pid, dir);
     await killAndReap(target.pid);
     const file = await pageFile(dir);
 
@@ -149,7 +149,7 @@ async function benchSmall(): Promise<void> {
     for (let i = 0; i < 11; i++) {
       const dir = `${scratch}/small-${i}`;
       const t0 = performance.now();
-      const c = await checkpoint(pid, { dir });
+      const c = await checkpoint(pid, dir);
       const t1 = performance.now();
       const r = await restore(dir);
       const t2 = performance.now();

@@ -57,8 +57,7 @@ A progress bar goes to stderr when it is a terminal.`,
       ? await loadPolicy(p.values.policy)
       : undefined;
     const bar = new ProgressBar("dump", Deno.stderr.isTerminal() ? await estimateBytes(pid) : 0);
-    const result = await checkpoint(pid, {
-      dir,
+    const result = await checkpoint(pid, dir, {
       leaveRunning: Boolean(p.values["leave-running"]),
       single: Boolean(p.values.single),
       preCopy: Boolean(p.values["pre-copy"]),

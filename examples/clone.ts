@@ -20,7 +20,7 @@ if (!pid || !(copies >= 1)) {
 
 const base = await Deno.makeTempDir({ prefix: "tardigrade-clone-" });
 try {
-  const dumped = await checkpoint(pid, { dir: `${base}/image`, leaveRunning: true });
+  const dumped = await checkpoint(pid, `${base}/image`, { leaveRunning: true });
   console.log(
     `dumped ${dumped.processes.length} process(es) of ${pid}, frozen ${
       dumped.frozenMs.toFixed(1)

@@ -31,7 +31,7 @@ console.log(`pid ${pid} is counting: ${lastLine()}`);
 
 step("dump it (this ends the process)");
 const dir = `${work}/image`;
-const d = await checkpoint(pid, { dir });
+const d = await checkpoint(pid, dir);
 const atDump = lastLine();
 console.log(
   `image in ${dir}: ${d.pageBytes} bytes of pages, frozen ${d.frozenMs.toFixed(1)} ms; ` +

@@ -10,7 +10,7 @@ if (!/^\d+$/.test(pid ?? "") || !dir) {
   console.error("usage: deno run -A examples/dump.ts PID DIR");
   Deno.exit(2);
 }
-const r = await checkpoint(Number(pid), { dir });
+const r = await checkpoint(Number(pid), dir);
 console.log(
   `dumped ${r.pid} into ${r.dir}: ${r.threads} threads, ${r.mappings} mappings, ${r.fds} fds, ` +
     `${r.pageBytes} bytes of pages, frozen ${r.frozenMs.toFixed(1)} ms`,

@@ -36,7 +36,7 @@ const out = await stdoutFile(before);
 console.log(`before: ${await describe(before)}\n${tail(out)}`);
 
 const dir = `${await Deno.makeTempDir({ prefix: "tardigrade-migrate-" })}/image`;
-const dumped = await checkpoint(pid, { dir });
+const dumped = await checkpoint(pid, dir);
 console.log(`dumped ${dumped.pageBytes} bytes into ${dir}; process ended: ${dumped.killed}`);
 
 const restored = await restore(dir);

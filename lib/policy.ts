@@ -41,6 +41,7 @@ export interface Policy {
 /** The stages of a restore, in order, as `RestorePolicy.restoreStage` is told them. */
 export type RestoreStage =
   | "preflight"
+  | "stub"
   | "memory"
   | "files"
   | "process"
@@ -51,7 +52,8 @@ export type RestoreStage =
 /** Hooks a restore calls; every hook is optional. */
 export interface RestorePolicy {
   /**
-   * Told each stage of each process (`preflight`, `verify` and `resume` once, for the root)
+   * Told each stage of each process (`preflight`, `stub`, `verify` and `resume` once, for the
+   * root)
    * before it runs; throwing stops the restore, which kills what it made.
    */
   restoreStage?(stage: RestoreStage, process: ProcessEntry): void;

@@ -59,7 +59,7 @@ export const helpers = {
     dir: string,
     policy?: Policy,
     opts: { leaveRunning?: boolean } = {},
-  ): Promise<CheckpointResult> => checkpoint(pid, { dir, policy, ...opts }),
+  ): Promise<CheckpointResult> => checkpoint(pid, dir, { policy, ...opts }),
   /** Restores the process of an image. */
   restore: (dir: string, opts: sdk.RestoreOptions = {}): Promise<sdk.RestoreResult> =>
     sdkRestore(dir, opts),
@@ -67,7 +67,7 @@ export const helpers = {
   clone: async (pid: number): Promise<sdk.RestoreResult> => {
     const base = await Deno.makeTempDir({ prefix: "tardigrade-clone-" });
     try {
-      await checkpoint(pid, { dir: `${base}/image`, leaveRunning: true });
+      await checkpoint(pid, `${base}/image`, { leaveRunning: true });
       return await sdkRestore(`${base}/image`, { pidNamespace: true });
     } finally {
       await Deno.remove(base, { recursive: true });

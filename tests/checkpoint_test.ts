@@ -201,7 +201,7 @@ for (
         }
       }
 
-      const result = await checkpoint(pid, { dir: `${base}/img`, leaveRunning: true });
+      const result = await checkpoint(pid, `${base}/img`, { leaveRunning: true });
       assert.equal(result.killed, false);
       const p = await readImage(`${base}/img`);
 
@@ -310,7 +310,7 @@ Deno.test("checkpoint: leaveRunning leaves a large, busy process exactly as it w
     const region = BigInt(t.output().match(/region=(0x[0-9a-f]+)/)![1]);
     for (let i = 0; i < 3; i++) {
       const dir = `${base}/img${i}`;
-      const r = await checkpoint(t.pid, { dir, leaveRunning: true });
+      const r = await checkpoint(t.pid, dir, { leaveRunning: true });
       assert.equal(r.killed, false);
       assert.equal(r.threads, 2);
       assert.ok(r.pageBytes >= 64 << 20, `only ${r.pageBytes} bytes of pages`);
@@ -336,7 +336,7 @@ Deno.test("checkpoint: a dead pid is NoSuchProcess and leaves nothing behind", a
     const pid = t.pid;
     await t.kill();
     await assert.rejects(
-      checkpoint(pid, { dir: `${base}/img` }),
+      checkpoint(pid, `${base}/img`),
       (err: Error) =>
         err instanceof NoSuchProcess && new RegExp(`no such process ${pid}`).test(err.message),
     );
@@ -358,7 +358,7 @@ async function failingDump(
   try {
     assert.equal(await t.check(), "PASS");
     const before = snapshot(t.pid);
-    await assert.rejects(checkpoint(t.pid, { dir: `${base}/img`, ...opts }), expect);
+    await assert.rejects(checkpoint(t.pid, `${base}/img`, { ...opts }), expect);
     assert.deepEqual(leftovers(base), []);
     await assertUnharmed(t, before);
   } finally {
@@ -394,7 +394,7 @@ Deno.test("checkpoint: a process in another mount namespace is refused, naming i
   try {
     const before = snapshot(t.pid);
     await assert.rejects(
-      checkpoint(t.pid, { dir: `${base}/img` }),
+      checkpoint(t.pid, `${base}/img`),
       (err) =>
         err instanceof DumpError && /other namespaces than tardigrade \(mnt\)/.test(err.message),
     );
@@ -410,8 +410,7 @@ Deno.test("checkpoint: a policy that skips sockets dumps r_socketpair", async ()
   const base = tempBase();
   try {
     const before = snapshot(t.pid);
-    const r = await checkpoint(t.pid, {
-      dir: `${base}/img`,
+    const r = await checkpoint(t.pid, `${base}/img`, {
       leaveRunning: true,
       policy: { fd: (fd) => fd.kind === "socket" ? "skip" : "dump" },
     });
@@ -450,7 +449,7 @@ Deno.test("checkpoint: a full file system fails the dump cleanly", async () => {
     const before = snapshot(t.pid);
     for (const leaveRunning of [false, true]) {
       await assert.rejects(
-        checkpoint(t.pid, { dir: `${mnt}/img`, leaveRunning }),
+        checkpoint(t.pid, `${mnt}/img`, { leaveRunning }),
         (err: Error) =>
           err instanceof ImageError && /No space left|ENOSPC|space/i.test(err.message),
       );
@@ -481,11 +480,11 @@ Deno.test("checkpoint: a target that dies mid-dump fails the dump cleanly", asyn
       const started = Date.now();
       if (hook === "afterDump") {
         // Everything was read while it was frozen: the image is complete and good.
-        const r = await checkpoint(t.pid, { dir: `${base}/img`, policy });
+        const r = await checkpoint(t.pid, `${base}/img`, { policy });
         assert.equal((await readImage(r.dir)).pid, t.pid);
       } else {
         await assert.rejects(
-          checkpoint(t.pid, { dir: `${base}/img`, policy }),
+          checkpoint(t.pid, `${base}/img`, { policy }),
           (err: Error) =>
             err instanceof NoSuchProcess && err.message.includes(`no such process ${t.pid}`) ||
             (console.error(hook, err), false),
@@ -578,7 +577,7 @@ Deno.test("checkpoint: a process under a KILL-by-default seccomp filter survives
     assert.equal(await t.check(), "PASS");
     const before = snapshot(t.pid);
     // mmap, prctl, rt_sigaction, getitimer … would each kill it were its filter not suspended.
-    const r = await checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true });
+    const r = await checkpoint(t.pid, `${base}/img`, { leaveRunning: true });
     assert.equal(r.killed, false);
     await assertUnharmed(t, before);
     // The filter is live again once we let go: a forbidden syscall still kills it.
@@ -594,7 +593,7 @@ Deno.test("checkpoint: a process under a KILL-by-default seccomp filter comes ba
   const base = tempBase();
   try {
     assert.equal(await t.check(), "PASS");
-    await checkpoint(t.pid, { dir: `${base}/img` });
+    await checkpoint(t.pid, `${base}/img`);
     const p = await readImage(`${base}/img`);
     assert.equal(p.seccompFilters?.length, 1);
     assert.deepEqual(p.threads[0].seccomp, { mode: 2, filters: [0] });
@@ -667,7 +666,7 @@ async function policyCheck(t: Target): Promise<string> {
 }
 
 async function dumpAndRestore(t: Target, dir: string, policy: Policy): Promise<void> {
-  await checkpoint(t.pid, { dir, policy });
+  await checkpoint(t.pid, dir, { policy });
   const r = await restore(dir);
   assert.equal(r.pid, t.pid);
 }
@@ -710,8 +709,7 @@ Deno.test("policies: redact keeps the private key out of the image", async () =>
     const log = console.error;
     console.error = (...args: unknown[]) => said.push(args.join(" "));
     try {
-      await checkpoint(t.pid, {
-        dir: `${base}/first`,
+      await checkpoint(t.pid, `${base}/first`, {
         policy: policies.redact,
         leaveRunning: true,
       });

@@ -80,7 +80,7 @@ async function fdsByNumber(pid: number): Promise<Map<number, Fd>> {
 /** Checkpoints the zoo into `dir` (ending it unless `leaveRunning`) and reads the image back. */
 async function dumpZoo(t: Target, dir: string, leaveRunning: boolean): Promise<Dumped> {
   const byFd = await fdsByNumber(t.pid);
-  await checkpoint(t.pid, { dir, leaveRunning });
+  await checkpoint(t.pid, dir, { leaveRunning });
   using image = await ImageReader.open(dir, { verify: true });
   const p = await image.readMeta<ProcessEntry>("process");
   const objects = new Map(p.objects.map((o) => {

@@ -53,14 +53,14 @@ Deno.test("incremental: a chain of dumps writes only changed pages and restores 
   let restored: number | undefined;
   try {
     const region = BigInt(t.output().match(/^READY \d+ region=(0x[0-9a-f]+)/m)![1]);
-    const full = await checkpoint(t.pid, { dir: a, leaveRunning: true });
+    const full = await checkpoint(t.pid, a, { leaveRunning: true });
     assert.equal(full.incremental, undefined);
     const gen1 = await change(t, 1);
-    const second = await checkpoint(t.pid, { dir: b, parent: a, leaveRunning: true });
+    const second = await checkpoint(t.pid, b, { parent: a, leaveRunning: true });
     const gen2 = await change(t, 2);
-    const third = await checkpoint(t.pid, { dir: c, parent: b, leaveRunning: true });
+    const third = await checkpoint(t.pid, c, { parent: b, leaveRunning: true });
     // The same process dumped in full again: it will stand in for a replaced parent.
-    await checkpoint(t.pid, { dir: other, leaveRunning: true });
+    await checkpoint(t.pid, other, { leaveRunning: true });
 
     assert.ok(full.pageBytes >= 64 * MiB, `full dump wrote ${full.pageBytes}`);
     for (const r of [second, third]) {
@@ -139,7 +139,7 @@ Deno.test("incremental: a parent of another process works, finding fewer equal p
   const two = await spawnTarget(bin, ["8"], { ready: /^READY /m });
   const base = await Deno.makeTempDir({ prefix: "tardigrade-incr-" });
   try {
-    await checkpoint(one.pid, { dir: `${base}/one`, leaveRunning: true });
+    await checkpoint(one.pid, `${base}/one`, { leaveRunning: true });
     await change(two, 1);
     const r = await cli(
       "dump",

@@ -88,7 +88,7 @@ Deno.test("a lock held by another at restore time is a clear RestoreError", asyn
     assert.match(t.output(), /^READY/m, t.output());
     const path = `${dir}/locked`;
     const image = `${root}/image`;
-    await checkpoint(t.pid, { dir: image });
+    await checkpoint(t.pid, image);
     await killAndReap(t.pid);
 
     const refused = async (hold: () => number, re: RegExp, stage?: string) => {

@@ -31,7 +31,7 @@ Deno.test("a `sleep` (the restore stub's own program) restores and sleeps on", a
   try {
     await execed(t.pid, "sleep");
     const exe = Deno.realPathSync(`/proc/${t.pid}/exe`);
-    await checkpoint(t.pid, { dir });
+    await checkpoint(t.pid, dir);
     await killAndReap(t.pid);
     const r = await restore(dir);
     assert.equal(r.pid, t.pid);
@@ -54,7 +54,7 @@ Deno.test("a stopped process (^Z, SIGSTOP) comes back stopped, and SIGCONT lets 
     await execed(t.pid, "sleep");
     Deno.kill(t.pid, "SIGSTOP");
     await waitUntil(() => state() === "T", 2000, "the stopped state (T) before the dump");
-    await checkpoint(t.pid, { dir });
+    await checkpoint(t.pid, dir);
     await killAndReap(t.pid);
     await restore(dir);
     await waitUntil(() => state() === "T", 2000, () => `state T after the restore: ${state()}`);
@@ -80,7 +80,7 @@ function scratch(): { dir: string; img: string; [Symbol.dispose](): void } {
 
 /** Dumps `pid` (which ends it), makes sure it is gone, restores it: the same pid runs again. */
 async function dumpAndRestore(pid: number, img: string): Promise<void> {
-  await checkpoint(pid, { dir: img });
+  await checkpoint(pid, img);
   await killAndReap(pid);
   const r = await restore(img);
   assert.equal(r.pid, pid);
@@ -296,7 +296,7 @@ asyncio.run(main())
     const counted = () => numbers(Deno.readTextFileSync(`${s.dir}/count`), /^n (\d+)$/gm);
     const t = await spawnTarget("python3", ["a.py"], { cwd: s.dir, ready: /^fed 10$/m });
     try {
-      await checkpoint(t.pid, { dir: s.img });
+      await checkpoint(t.pid, s.img);
       {
         // The loop's self-pipe: both ends of one socketpair, each naming the other.
         using image = await ImageReader.open(s.img);
@@ -377,7 +377,7 @@ worker.onmessage = (e) => {
     ready: /^got 5$/m,
   });
   try {
-    await checkpoint(t.pid, { dir: s.img });
+    await checkpoint(t.pid, s.img);
     await killAndReap(t.pid);
     // Another deno compiles new code meanwhile: the shared code cache changes under the image.
     await new Deno.Command(Deno.execPath(), {

@@ -7,7 +7,7 @@
  * over): their checks are asked one at a time, each answer the next PASS/FAIL line.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore, type RestoreResult } from "../mod.ts";
+import { checkpoint, type Policy, restore, type RestoreResult } from "../mod.ts";
 import {
   cli,
   fixture,
@@ -63,13 +63,13 @@ function assertInitReleased(copy: RestoreResult): void {
 async function withDumped(
   start: () => Promise<Target>,
   body: (t: Target, image: string) => Promise<void>,
-  policy?: Parameters<typeof checkpoint>[1]["policy"],
+  policy?: Policy,
 ): Promise<void> {
   const t = await start();
   const root = await Deno.makeTempDir({ prefix: "tardigrade-pidns-" });
   try {
     assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
-    await checkpoint(t.pid, { dir: `${root}/image`, leaveRunning: true, policy });
+    await checkpoint(t.pid, `${root}/image`, { leaveRunning: true, policy });
     assert.ok(Deno.statSync(`/proc/${t.pid}`), "the original runs on");
     await body(t, `${root}/image`);
   } finally {

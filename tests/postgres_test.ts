@@ -105,7 +105,7 @@ Deno.test({
     try {
       sql("create table t (i int); insert into t select generate_series(1, 1000)");
       children = await serverChildren(pg.pid);
-      await checkpoint(pg.pid, { dir: img });
+      await checkpoint(pg.pid, img);
       assert.ok(!isAlive(pg.pid), "the dumped postmaster still runs");
       const r = await restore(img);
       assert.equal(r.pid, pg.pid);

@@ -40,7 +40,7 @@ Deno.test("precopy: a target writing while it is copied restores intact", async 
   try {
     assert.match(t.output(), /^READY /m, t.output());
     assert.equal(await t.check(), "PASS");
-    const r = await checkpoint(t.pid, { dir: img + "/image", preCopy: true });
+    const r = await checkpoint(t.pid, img + "/image", { preCopy: true });
     assert.ok(r.killed);
     assert.ok(r.preCopy, "pre-copy result");
     // The 8 MiB static block and most of the rolling region are reused; the window is not.
@@ -72,7 +72,7 @@ Deno.test("precopy: leaveRunning leaves maps, fds and tracer as they were", asyn
   try {
     const maps = Deno.readTextFileSync(`/proc/${t.pid}/maps`);
     const fds = fdsOf(t.pid);
-    const r = await checkpoint(t.pid, { dir: img + "/a", preCopy: true, leaveRunning: true });
+    const r = await checkpoint(t.pid, img + "/a", { preCopy: true, leaveRunning: true });
     assert.ok(!r.killed);
     assert.ok(r.preCopy && r.preCopy.reusedBytes > 0);
     assert.equal(Deno.readTextFileSync(`/proc/${t.pid}/maps`), maps);
@@ -81,7 +81,7 @@ Deno.test("precopy: leaveRunning leaves maps, fds and tracer as they were", asyn
     assert.equal(tracerOf(t.pid), "0");
     assert.equal(await t.check(), "PASS", t.output());
     // The image is an ordinary one: same processes and mappings as a plain dump.
-    const plain = await checkpoint(t.pid, { dir: img + "/b", leaveRunning: true });
+    const plain = await checkpoint(t.pid, img + "/b", { leaveRunning: true });
     assert.equal(r.mappings, plain.mappings);
     assert.equal(r.fds, plain.fds);
   } finally {

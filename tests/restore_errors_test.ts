@@ -78,7 +78,7 @@ async function dumpFixture(
   assert.match(t.output(), /^READY/m, `fixture ${name} setup failed:\n${t.output()}`);
   const root = await Deno.makeTempDir({ prefix: "tardigrade-errors-" });
   const image = `${root}/image`;
-  await checkpoint(t.pid, { dir: image });
+  await checkpoint(t.pid, image);
   await killAndReap(t.pid); // the zombie, if init has not reaped it yet
   return { t, root, image };
 }
@@ -383,11 +383,13 @@ Deno.test("restore with a dead stub fails cleanly and leaves no zombie", async (
   const d = await dumpFixture("r_threads");
   try {
     await ctx.step("stub killed before it forks", async () => {
-      // Killed once the image is checked, before the stub makes the process: seized already
-      // (the image took longer to check than the stub to start) or about to be.
+      // Killed once it is seized, before it makes the process.
       const policy = {
         restoreStage(stage: string) {
-          if (stage === "preflight") Deno.kill(awaitStub().pid, "SIGKILL");
+          if (stage !== "stub") return;
+          const stub = awaitStub();
+          assert.ok(stub.seized, "the stub is seized at the stub stage");
+          Deno.kill(stub.pid, "SIGKILL");
         },
       };
       await refused(

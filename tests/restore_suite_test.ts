@@ -265,7 +265,7 @@ for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
       assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
       assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
       const zombies = zombieChildrenOf(t.pid);
-      await checkpoint(t.pid, { dir: img + "/image" });
+      await checkpoint(t.pid, img + "/image");
       await reapAdopted(zombies);
       const r = await restore(img + "/image");
       restoredPid = r.pid;
@@ -290,7 +290,7 @@ for (const { name, command } of counterCases) {
     try {
       await waitUntil(() => lastCount(t) >= 5, 5000, () => `5 counts: ${lastCount(t)}`);
       assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
-      await checkpoint(t.pid, { dir: img + "/image" });
+      await checkpoint(t.pid, img + "/image");
       const atDump = lastCount(t);
       const r = await restore(img + "/image");
       assert.equal(r.pid, t.pid, "restored with another pid");

@@ -45,7 +45,7 @@ http {
       await waitUntil(() => childrenOf(nginx.pid).length === 2, 5000, "two workers");
       await waitUntil(() => get().then(() => true, () => false), 5000, "nginx to answer");
       const workers = childrenOf(nginx.pid);
-      await checkpoint(nginx.pid, { dir: `${dir}/image` });
+      await checkpoint(nginx.pid, `${dir}/image`);
       assert.ok(!isAlive(nginx.pid));
       const r = await restore(`${dir}/image`);
       assert.equal(r.pid, nginx.pid);
@@ -112,7 +112,7 @@ Deno.test({
     try {
       conn = await Deno.connect({ hostname: "127.0.0.1", port: p });
       assert.equal(await redis(conn, "SET", "greeting", "hello"), "+OK\r\n");
-      await checkpoint(server.pid, { dir: `${dir}/image` });
+      await checkpoint(server.pid, `${dir}/image`);
       assert.ok(!isAlive(server.pid));
       const r = await restore(`${dir}/image`);
       assert.equal(r.pid, server.pid);

@@ -74,7 +74,7 @@ Deno.test("sockets: a server's listening and bound sockets are restored and keep
   try {
     const r0 = ready(t);
     assert.equal(await t.check(), "PASS", t.output());
-    await checkpoint(t.pid, { dir: `${base}/img` });
+    await checkpoint(t.pid, `${base}/img`);
 
     const entries = await sockets(`${base}/img`);
     const byDesc = entries.map((e) => e.description);
@@ -123,7 +123,7 @@ Deno.test("sockets: a restore is refused while the address is still in use", asy
   const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
   try {
     const { tcp } = ready(t);
-    await checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true });
+    await checkpoint(t.pid, `${base}/img`, { leaveRunning: true });
     await assert.rejects(
       restore(`${base}/img`),
       (err: Error) =>
@@ -153,12 +153,12 @@ Deno.test("sockets: a UNIX stream connected to a listener outside the dump is re
     assert.match(t.output(), /^READY /m, t.output());
     // Not accepted yet: the other end waits in the listener's queue, held by no process.
     await assert.rejects(
-      checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+      checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
       refused(/outside the dump, in its listener's queue of connections not accepted yet/),
     );
     conn = await listener.accept();
     await assert.rejects(
-      checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+      checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
       refused(/outside the dump: no process of this dump holds that end/),
     );
     // Left running as it was: the connection still carries its messages.
@@ -179,7 +179,7 @@ Deno.test("sockets: a parent and child talking over socketpairs come back as a t
   const child = Number(t.output().match(/^READY \d+ child (\d+)/m)![1]);
   try {
     assert.equal(await t.check(), "PASS", t.output());
-    const r = await checkpoint(t.pid, { dir: `${base}/img` });
+    const r = await checkpoint(t.pid, `${base}/img`);
     assert.deepEqual(r.processes, [t.pid, child]);
 
     using image = await ImageReader.open(`${base}/img`);
@@ -247,7 +247,7 @@ Deno.test(
     try {
       assert.equal(await t.check(), "PASS", t.output());
       assert.match(t.output(), new RegExp(`^names ${path} ${path}$`, "m"));
-      await checkpoint(t.pid, { dir: `${base}/img` });
+      await checkpoint(t.pid, `${base}/img`);
       await restore(`${base}/img`);
       // Both ends of the connection come back, each with its queue, but as a socketpair: unnamed.
       assert.equal(await t.check(), "PASS", t.output());
@@ -310,7 +310,7 @@ for (const { mode, what, why, got } of UNKEPT_QUEUES) {
       try {
         const fd = t.output().match(/^READY (\d+)$/m)![1];
         await assert.rejects(
-          checkpoint(t.pid, { dir: `${base}/img`, leaveRunning: true }),
+          checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
           (err: Error) => {
             assert.ok(err instanceof DumpError, String(err));
             assert.match(err.message, new RegExp(`^fd ${fd} of process ${t.pid}: `));

@@ -253,7 +253,7 @@ async function finishExchange(t: Target, conn: ServerConn): Promise<void> {
 Deno.test("tcp: a client comes back with every byte in flight, and the server sees no reset", async () => {
   await withClient(async (t, conn, dir) => {
     const written = Number(t.output().match(/^BLOCKED written=(\d+)/m)![1]);
-    await checkpoint(t.pid, { dir: `${dir}/img` });
+    await checkpoint(t.pid, `${dir}/img`);
     assert.ok(!t.alive(), "the client still runs after the dump");
 
     const [e, ...more] = await tcpStreams(`${dir}/img`);
@@ -279,7 +279,7 @@ Deno.test("tcp: a client comes back with every byte in flight, and the server se
 
 Deno.test("tcp: a dump that leaves the client running puts its connection back", async () => {
   await withClient(async (t, conn, dir) => {
-    await checkpoint(t.pid, { dir: `${dir}/img`, leaveRunning: true });
+    await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
     // Repair mode off, filter off, SO_REUSEADDR back: the fixture checks all three.
     assert.equal(await t.check(), "PASS", t.output());
     await assert.rejects(
@@ -300,7 +300,7 @@ Deno.test("tcp: both ends of loopback connections in one process come back and k
     assert.match(t.output(), /^READY /m, t.output());
     const v6 = t.output().includes("v6=1");
     assert.equal(await t.check(), "PASS", t.output());
-    await checkpoint(t.pid, { dir: `${dir}/img` });
+    await checkpoint(t.pid, `${dir}/img`);
 
     const entries = await tcpStreams(`${dir}/img`);
     assert.equal(entries.length, v6 ? 5 : 3, entries.map((e) => e.description).join("\n"));
@@ -331,7 +331,7 @@ Deno.test("tcp: a connecting socket is refused naming its fd; the held connectio
   try {
     assert.match(t.output(), /^READY /m, t.output());
     assert.equal(await t.check(), "PASS", t.output());
-    await assert.rejects(checkpoint(t.pid, { dir: `${dir}/img` }), (err: Error) => {
+    await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
       assert.ok(err instanceof DumpError, String(err));
       assert.match(err.message, /^fd 4 of process \d+: IPv4 TCP socket .*in state SYN_SENT/);
       assert.match(err.message, /a policy can skip it/);

@@ -30,7 +30,7 @@ Deno.test("tree: a shell pipeline (bash, its subshell, cat, sleep) keeps countin
   try {
     const before = descendants(t.pid);
     assert.ok(before.length >= 2, "the pipeline has its subshell and cat");
-    const r = await checkpoint(t.pid, { dir: `${img}/image` });
+    const r = await checkpoint(t.pid, `${img}/image`);
     assert.equal(r.processes[0], t.pid);
     assert.ok(r.processes.length >= 3, `processes dumped: ${r.processes}`);
     const seen = numbered(t).length;
@@ -106,7 +106,7 @@ Deno.test(
     const img = await Deno.makeTempDir({ prefix: "tardigrade-tree-" });
     let everyone: number[] = [];
     try {
-      const r = await checkpoint(t.pid, { dir: `${img}/image` });
+      const r = await checkpoint(t.pid, `${img}/image`);
       assert.equal(r.processes.length, 2, `processes dumped: ${r.processes}`);
       const last = Math.max(...[...t.output().matchAll(/^got (\d+)$/gm)].map((m) => Number(m[1])));
       const back = await restore(`${img}/image`);

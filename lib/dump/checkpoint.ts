@@ -28,8 +28,6 @@ import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schem
 
 /** Options of `checkpoint`. */
 export interface CheckpointOptions {
-  /** Directory to write the image to (must not exist, or be empty). */
-  dir: string;
   /** Let the process run on after the dump instead of ending it. */
   leaveRunning?: boolean;
   /** Hooks that decide what is dumped. */
@@ -273,12 +271,16 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed.
  */
-export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<CheckpointResult> {
+export async function checkpoint(
+  pid: number,
+  dir: string,
+  opts: CheckpointOptions = {},
+): Promise<CheckpointResult> {
   if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
   const policy = opts.policy ?? {};
   await policy.beforeFreeze?.(await Process.open(pid));
-  using parent = opts.parent ? await ParentImage.open(opts.parent, opts.dir) : undefined;
-  await using writer = await ImageWriter.create(opts.dir, { parent: parent?.link });
+  using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
+  await using writer = await ImageWriter.create(dir, { parent: parent?.link });
   const ending: DumpEnding = { leaveRunning: opts.leaveRunning ?? false, hooks: [] };
   const endDump = (ok: boolean) => {
     for (const fn of ending.hooks.splice(0)) {
@@ -351,7 +353,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       release();
       frozenMs = performance.now() - started;
     }
-    await policy.afterDump?.({ dir: opts.dir, process: root, pageBytes: sink.bytesWritten });
+    await policy.afterDump?.({ dir, process: root, pageBytes: sink.bytesWritten });
     await writer.commit();
     if (!opts.leaveRunning) {
       // End them while still frozen (only once the image is safe), so none runs a single
@@ -362,7 +364,7 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
       frozenMs = performance.now() - started;
     }
     return {
-      dir: opts.dir,
+      dir,
       pid,
       processes: entries.map((e) => e.pid),
       threads: entries.reduce((n, e) => n + e.threads.length, 0),

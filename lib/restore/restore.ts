@@ -493,6 +493,7 @@ async function restoreTree(
   try {
     // Every process first, each forked by its parent so the tree is as it was; a session or
     // group leader leads it again before its children are made, so they join it.
+    stage("stub", entries[0]); // seized, about to fork the tree
     const site = stub.injector.site;
     if (opts.pidNamespace) {
       // Its init, made from the stub, forks the root.
