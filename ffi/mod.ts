@@ -8,3 +8,5 @@ export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./structs.ts";
 export * from "./ptrace.ts";
 export * from "./syscalls.ts";
+export * from "./mman.ts";
+export * from "./ipc.ts";

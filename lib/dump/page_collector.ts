@@ -2,6 +2,7 @@
  * Gathers page data into one reused staging buffer and hands it to the image's page sink in
  * large extents, so a dump makes few large writes and never holds the image in memory.
  */
+import { PAGE_SIZE } from "../../ffi/mod.ts";
 import type { PageExtent, PageSink } from "../image/mod.ts";
 import type { PageRun } from "../image/schema.ts";
 
@@ -47,7 +48,7 @@ export class PageCollector implements PageStore {
     private readonly onFlush?: (bytes: number) => void,
   ) {
     const whole = buffer ?? new Uint8Array(STAGING_SIZE);
-    const half = Math.floor(whole.length / 2 / 4096) * 4096;
+    const half = Math.floor(whole.length / 2 / PAGE_SIZE) * PAGE_SIZE;
     this.#halves = sink.appendLater && half > 0
       ? [whole.subarray(0, half), whole.subarray(half, 2 * half)]
       : [whole];

@@ -6,7 +6,7 @@
  * the process ran: the same extents of the image's page files, so the image format is unchanged.
  * Pre-copied bytes of pages written later stay in the page files, unreferenced.
  */
-import { close, pidfdOpen, syscall, SyscallError } from "../../ffi/mod.ts";
+import { close, pageDown, pidfdOpen, syscall, SyscallError } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { PageSink } from "../image/mod.ts";
@@ -17,7 +17,6 @@ import type { PageRun } from "../image/schema.ts";
 import { DirtyTracker, isTrackable, takeUserfaultfd } from "./dirty_tracking.ts";
 import { PageCollector } from "./page_collector.ts";
 
-const PAGE = 4096n;
 /** Bytes copied between two chances for the event loop to turn. */
 const CHUNK = 32 * 1024 * 1024;
 
@@ -164,7 +163,7 @@ export class ProcessPreCopy {
         // Unmapped meanwhile: the bytes are never reused, but keep the run whole.
         buf.fill(0, got);
         this.unread.push({
-          start: addr + (BigInt(got) & ~(PAGE - 1n)),
+          start: addr + pageDown(BigInt(got)),
           end: addr + BigInt(buf.length),
         });
       }
