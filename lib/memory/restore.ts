@@ -17,7 +17,7 @@ import { RestoreError } from "../errors.ts";
 import type { ImageReader } from "../image/mod.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { MappingEntry, MemoryObjectEntry, PageRun, ProcessEntry } from "../image/schema.ts";
-import { innermostPid } from "../restore/pid_namespace.ts";
+import { innermostPid } from "../inspect/procfs.ts";
 import { ensureSegment, removeSegment } from "./sysv_shm.ts";
 import { restoreVmaAdvice } from "./advice.ts";
 

@@ -35,7 +35,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { processState, statusField } from "../inspect/procfs.ts";
+import { processState } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/remote_memory.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
@@ -103,15 +103,6 @@ export function checkNamespacePids(entries: ProcessEntry[]): void {
       );
     }
   }
-}
-
-/**
- * The pid `hostPid` has in the innermost pid namespace it lives in (the last field of NSpid): how
- * another process of the same namespace names it. Without a new namespace it is `hostPid`.
- */
-export function innermostPid(hostPid: number): number {
-  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
-  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
 }
 
 /** Whether `pid` is gone or a zombie (its parent, not us, will reap it). */
