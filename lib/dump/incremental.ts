@@ -19,7 +19,8 @@ import { checksum } from "../image/checksum.ts";
 import { ImageReader, type PageExtent } from "../image/mod.ts";
 import { type ParentLink, recordedParentPath } from "../image/parent.ts";
 import { type PageRun, PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
-import type { Fill, PageCollector, PageStore } from "./page_collector.ts";
+import type { Fill, PageStore } from "../memory/page_data.ts";
+import type { PageCollector } from "./page_collector.ts";
 
 /**
  * Granularity of change detection and of the checksum tables: one page. The kernel hands out

@@ -16,22 +16,16 @@ import { type AddressRange, dumpableRanges } from "../inspect/pages.ts";
 import type { PageRun } from "../image/schema.ts";
 import { DirtyTracker, isTrackable, takeUserfaultfd } from "./dirty_tracking.ts";
 import { PageCollector } from "./page_collector.ts";
+import type { ReusablePages, Segment } from "../memory/page_data.ts";
 
 /** Bytes copied between two chances for the event loop to turn. */
 const CHUNK = 32 * 1024 * 1024;
-
-/** A piece of a range to dump: pre-copied runs to reuse, or (no `runs`) bytes to copy now. */
-export interface Segment {
-  start: bigint;
-  end: bigint;
-  runs?: PageRun[];
-}
 
 /**
  * Pre-copied runs still valid at the real dump: sorted, page aligned, not overlapping. Splits a
  * range to dump into what they cover and the gaps between.
  */
-export class PrecopiedPages {
+export class PrecopiedPages implements ReusablePages {
   /** Bytes handed out for reuse. */
   reusedBytes = 0;
 
@@ -183,7 +177,7 @@ export class ProcessPreCopy {
 
   /**
    * Called while frozen for the real dump: the pre-copied runs whose pages were not written
-   * since arming, ready for `dumpMemory`.
+   * since arming, ready for `dumpAddressSpace`.
    */
   reusable(): PrecopiedPages {
     if (!this.alive() || this.runs.length === 0) return new PrecopiedPages([]);
