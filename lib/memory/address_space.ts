@@ -13,7 +13,7 @@ import type {
   ProcessEntry,
   SpecialMappings,
 } from "../image/schema.ts";
-import type { Mapping } from "../inspect/mappings.ts";
+import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import { restoreVmaAdvice, vmaAdvice } from "./advice.ts";
 import { describeMapping, fileSource, MappingMaker } from "./mapping.ts";
@@ -29,10 +29,10 @@ import {
 import { makeSharedAnonymous, storeSharedAnonymous } from "./shmem.ts";
 import {
   currentSpecials,
+  isMovedSpecial,
   moveSpecials,
   recordSpecial,
   specialRanges,
-  VSYSCALL_ADDRESS,
 } from "./special.ts";
 import { makeStoredFile, sealMemfds, storeFile } from "./stored_file.ts";
 import {
@@ -155,12 +155,9 @@ export class AddressSpaceBuilder {
       this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
     }
     this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
-    const specials = currentSpecials(this.pid).map((s) => s.range);
-    for (const line of Deno.readTextFileSync(`/proc/${this.pid}/maps`).split("\n")) {
-      if (!line) continue;
-      const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
-      if (a === VSYSCALL_ADDRESS || specials.some((s) => s.start === a)) continue;
-      this.inj.call("munmap", a, b - a);
+    for (const m of listMappings(this.pid)) {
+      if (m.kind === "vsyscall" || isMovedSpecial(m)) continue;
+      this.inj.call("munmap", m.start, m.end - m.start);
     }
     this.inj.dropScratch();
   }

@@ -12,13 +12,15 @@ import { MREMAP } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { checksum } from "../image/checksum.ts";
 import type { SpecialMappings } from "../image/schema.ts";
-import type { Mapping } from "../inspect/mappings.ts";
+import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { readMemoryInto } from "../inspect/memory.ts";
 import { RemoteMemory } from "../inspect/remote_memory.ts";
 import type { Range, Target } from "./target.ts";
 
-/** Where [vsyscall] is, in every process. */
-export const VSYSCALL_ADDRESS = 0xffffffffff600000n;
+/** Whether `m` is one of the special mappings a restore moves: [vdso], [vvar], [vvar_vclock]. */
+export function isMovedSpecial(m: Mapping): boolean {
+  return m.kind === "vdso" || m.kind === "vvar" || m.kind === "vvar_vclock";
+}
 
 /**
  * Records mapping `m` in `special` if it is a special mapping (the vdso with a checksum of its
@@ -47,13 +49,10 @@ export function recordSpecial(special: SpecialMappings, m: Mapping): boolean {
 
 /** The size and checksum of this kernel's vdso (the tool's own). */
 function vdsoChecksum(): { size: number; checksum: number } | null {
-  const line = Deno.readTextFileSync("/proc/self/maps").split("\n").find((l) =>
-    l.endsWith("[vdso]")
-  );
-  if (!line) return null;
-  const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
+  const vdso = listMappings(Deno.pid).find((m) => m.kind === "vdso");
+  if (!vdso) return null;
   using mem = new RemoteMemory(Deno.pid);
-  const code = mem.read(a, Number(b - a));
+  const code = mem.read(vdso.start, vdso.size);
   return { size: code.length, checksum: checksum(code) };
 }
 
@@ -75,16 +74,12 @@ export function specialRanges(special: SpecialMappings): Range[] {
   return out;
 }
 
-/** This kernel's special mappings in process `pid` now ([vsyscall] aside). */
+/** This kernel's special mappings in process `pid` now, but [vsyscall]. */
 export function currentSpecials(pid: number): { name: string; range: Range }[] {
-  const out: { name: string; range: Range }[] = [];
-  for (const line of Deno.readTextFileSync(`/proc/${pid}/maps`).split("\n")) {
-    const name = line.match(/\[(vdso|vvar|vvar_vclock)\]$/)?.[1];
-    if (!name) continue;
-    const [a, b] = line.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`));
-    out.push({ name, range: { start: a, end: b } });
-  }
-  return out;
+  return listMappings(pid).filter(isMovedSpecial).map((m) => ({
+    name: m.kind,
+    range: { start: m.start, end: m.end },
+  }));
 }
 
 /** Moves this kernel's vvar, vvar_vclock and vdso in the target to where `special` had them. */
