@@ -34,7 +34,7 @@ import {
   recordSpecial,
   specialRanges,
 } from "./special.ts";
-import { makeStoredFile, sealMemfds, storeFile } from "./stored_file.ts";
+import { makeStoredFile, removeGhosts, sealMemfds, storeFile } from "./stored_file.ts";
 import {
   isSysvName,
   storeSysvSegment,
@@ -127,8 +127,8 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
 export class AddressSpaceBuilder {
   /** The memory objects made in the process (the descriptor table reopens some). */
   readonly objects: MadeObjects;
-  /** Ghost files made for deleted files, removed once opened. */
-  readonly ghosts: string[] = [];
+  /** Ghost files made for deleted files, while they exist (stored_file.ts). */
+  readonly #ghosts: string[] = [];
   readonly #target: Target;
   readonly #sysv: SysvAttaches;
   readonly #mappings: MappingMaker;
@@ -194,7 +194,7 @@ export class AddressSpaceBuilder {
         obj.id,
         obj.kind === "shmem"
           ? makeSharedAnonymous(this.#target, obj)
-          : makeStoredFile(this.#target, obj, this.ghosts),
+          : makeStoredFile(this.#target, obj, this.#ghosts),
       );
     }
   }
@@ -232,7 +232,7 @@ export class AddressSpaceBuilder {
     this.#mappings.closeFiles();
     this.objects.closeWriters();
     this.objects.unmapTemps();
-    this.#sysv.removeMarked();
+    this.#sysv.removeMarked(); // only now do mappings hold the segments
   }
 
   /** Seals memfds again, now that their contents are in. */
@@ -249,10 +249,6 @@ export class AddressSpaceBuilder {
   abort(): void {
     this.objects.abort();
     this.#sysv.abort();
-    for (const path of this.ghosts) {
-      try {
-        Deno.removeSync(path);
-      } catch { /* ignore */ }
-    }
+    removeGhosts(this.#ghosts);
   }
 }

@@ -90,6 +90,15 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
   return made;
 }
 
+/** Removes the ghost files a failed restore left (`makeStoredFile`'s `ghosts`). */
+export function removeGhosts(ghosts: string[]): void {
+  for (const path of ghosts) {
+    try {
+      Deno.removeSync(path);
+    } catch { /* ignore */ }
+  }
+}
+
 /** Seals the memfds among `objects` again, now that their contents are in (F_ADD_SEALS). */
 export function sealMemfds(
   inj: Injector,
