@@ -52,7 +52,7 @@ Deno.test("freeze: the tool getting SIGTERM or SIGKILL mid-freeze leaves the tar
   for (const signal of ["SIGTERM", "SIGINT", "SIGKILL"] as const) {
     await withTarget(await spawnTarget(bin, [], { ready: /READY/ }), async (t) => {
       const script = `
-        import { freeze } from "${new URL("../lib/freeze.ts", import.meta.url)}";
+        import { freeze } from "${new URL("../lib/ptrace/freeze.ts", import.meta.url)}";
         const f = await freeze(${t.pid});
         f.injector.scratch();
         console.log("FROZEN");
