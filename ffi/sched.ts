@@ -31,3 +31,6 @@ export const CLONE_THREAD_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGH
 
 /** Task flags (`flags`, field 9 of /proc/PID/stat). */
 export const PF = { KTHREAD: 0x00200000 } as const;
+
+/** `rseq` flags: a restore drops the registration a new process inherits from the stub. */
+export const RSEQ_FLAG = { UNREGISTER: 1 } as const;

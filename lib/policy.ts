@@ -4,6 +4,7 @@
  */
 import type { Fd } from "./inspect/fds.ts";
 import type { Mapping } from "./inspect/mappings.ts";
+import type { MappingDecision } from "./memory/address_space.ts";
 import type { Process } from "./inspect/process.ts";
 import type { ProcessEntry } from "./image/schema.ts";
 import type { Difference } from "./restore/verify.ts";
@@ -12,9 +13,7 @@ import type { Difference } from "./restore/verify.ts";
  * as the file at another path (opened with the same flags, at position 0 unless appending). */
 export type FdDecision = "dump" | "skip" | { reopen: string };
 
-/** What to do with one mapping's contents: dump them, or skip them (restored as zeroes, or as
- * the file's own pages for a file mapping). The mapping itself is always recreated. */
-export type MappingDecision = "dump" | "skip";
+export type { MappingDecision };
 
 /** A finished image, as `afterDump` sees it before the image is committed. */
 export interface DumpedImage {

@@ -12,15 +12,18 @@ import { ImageWriter, type PageSink } from "../image/mod.ts";
 import { listMappings } from "../inspect/mappings.ts";
 import { dumpFdTable } from "../files/fdtable.ts";
 import { ParentImage } from "./incremental.ts";
-import { dumpMemory, MemoryObjects } from "../memory/dump.ts";
-import { PageCollector, STAGING_SIZE } from "./page_collector.ts";
+import { dumpAddressSpace, type MappingDecision } from "../memory/address_space.ts";
+import { MemoryObjects } from "../memory/objects.ts";
+import { STAGING_SIZE } from "../memory/page_data.ts";
+import { storeFile } from "../memory/stored_file.ts";
+import { PageCollector } from "./page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
-import type { MappingDecision, Policy } from "../policy.ts";
+import type { Policy } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
@@ -226,10 +229,10 @@ async function dumpProcess(
       leaveRunning: ending.leaveRunning,
       atDumpEnd: (fn) => void ending.hooks.push(fn),
       storeObject: (fd: Fd) =>
-        objects.storeFile(
-          `file:${fd.dev}:${fd.inode}`,
+        storeFile(
+          objects,
           fd.kind === "memfd" ? "memfd" : "deleted-file",
-          fd.target.replace(/^\/memfd:/, "").replace(/ \(deleted\)$/, ""),
+          fd.target,
           `/proc/${pid}/fd/${fd.fd}`,
         ),
     };
@@ -239,14 +242,14 @@ async function dumpProcess(
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
     // tool be killed during the long copy, the process runs on without a page of ours.
     inj.release();
-    const memory = await dumpMemory(
+    const memory = await dumpAddressSpace({
       pid,
-      layout,
-      (m) => decisions.get(m.start) ?? "dump",
-      incremental?.memory() ?? pages,
+      mappings: layout,
+      decide: (m) => decisions.get(m.start) ?? "dump",
+      pages: incremental?.memory() ?? pages,
       objects,
       precopied,
-    );
+    });
     await pages.drain();
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
     return {

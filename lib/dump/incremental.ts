@@ -13,19 +13,21 @@
  * without tables (a full image) are compared by their bytes alone.
  */
 import { Buffer } from "node:buffer";
+import { PAGE_SIZE } from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum } from "../image/checksum.ts";
 import { ImageReader, type PageExtent } from "../image/mod.ts";
 import { type ParentLink, recordedParentPath } from "../image/parent.ts";
 import { type PageRun, PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
-import type { Fill, PageCollector, PageStore } from "./page_collector.ts";
+import type { Fill, PageStore } from "../memory/page_data.ts";
+import type { PageCollector } from "./page_collector.ts";
 
 /**
  * Granularity of change detection and of the checksum tables: one page. The kernel hands out
  * and dirties memory a page at a time, so a scattered write costs one page, not a larger block
  * around it; the table costs 4 bytes a page (0.1 % of the page data) in the metadata.
  */
-export const BLOCK = 4096;
+export const BLOCK = PAGE_SIZE;
 /** Bytes read from the process and compared with the parent at a time. */
 const CHUNK = 8 << 20;
 

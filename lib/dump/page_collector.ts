@@ -2,25 +2,10 @@
  * Gathers page data into one reused staging buffer and hands it to the image's page sink in
  * large extents, so a dump makes few large writes and never holds the image in memory.
  */
+import { PAGE_SIZE } from "../../ffi/mod.ts";
 import type { PageExtent, PageSink } from "../image/mod.ts";
 import type { PageRun } from "../image/schema.ts";
-
-/** Staging buffer size: large enough for ≥ 1 MiB iovecs, small enough for a low peak RSS. */
-export const STAGING_SIZE = 32 * 1024 * 1024;
-
-/** Fills `buf` from a source at `start`; returns the bytes it could read. */
-export type Fill = (start: bigint, buf: Uint8Array) => number;
-
-/** Where page data goes: copied through `fill` and returned as the runs that hold it. */
-export interface PageStore {
-  /** Stores `length` bytes starting at `start`, read through `fill`; returns their runs. */
-  add(start: bigint, length: number, fill: Fill): PageRun[];
-  /**
-   * Makes room for `length` bytes before an `add`, letting what is staged be written on
-   * another thread meanwhile (stores that cannot leave it out).
-   */
-  room?(length: number): Promise<void>;
-}
+import { type Fill, type PageStore, STAGING_SIZE } from "../memory/page_data.ts";
 
 /**
  * Collects page runs into extents. Where the sink can write on another thread, the staging
@@ -47,7 +32,7 @@ export class PageCollector implements PageStore {
     private readonly onFlush?: (bytes: number) => void,
   ) {
     const whole = buffer ?? new Uint8Array(STAGING_SIZE);
-    const half = Math.floor(whole.length / 2 / 4096) * 4096;
+    const half = Math.floor(whole.length / 2 / PAGE_SIZE) * PAGE_SIZE;
     this.#halves = sink.appendLater && half > 0
       ? [whole.subarray(0, half), whole.subarray(half, 2 * half)]
       : [whole];

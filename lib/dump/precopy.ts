@@ -6,7 +6,7 @@
  * the process ran: the same extents of the image's page files, so the image format is unchanged.
  * Pre-copied bytes of pages written later stay in the page files, unreferenced.
  */
-import { close, pidfdOpen, syscall, SyscallError } from "../../ffi/mod.ts";
+import { close, pageDown, pidfdOpen, syscall, SyscallError } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { PageSink } from "../image/mod.ts";
@@ -16,23 +16,16 @@ import { type AddressRange, dumpableRanges } from "../inspect/pages.ts";
 import type { PageRun } from "../image/schema.ts";
 import { DirtyTracker, isTrackable, takeUserfaultfd } from "./dirty_tracking.ts";
 import { PageCollector } from "./page_collector.ts";
+import type { ReusablePages, Segment } from "../memory/page_data.ts";
 
-const PAGE = 4096n;
 /** Bytes copied between two chances for the event loop to turn. */
 const CHUNK = 32 * 1024 * 1024;
-
-/** A piece of a range to dump: pre-copied runs to reuse, or (no `runs`) bytes to copy now. */
-export interface Segment {
-  start: bigint;
-  end: bigint;
-  runs?: PageRun[];
-}
 
 /**
  * Pre-copied runs still valid at the real dump: sorted, page aligned, not overlapping. Splits a
  * range to dump into what they cover and the gaps between.
  */
-export class PrecopiedPages {
+export class PrecopiedPages implements ReusablePages {
   /** Bytes handed out for reuse. */
   reusedBytes = 0;
 
@@ -164,7 +157,7 @@ export class ProcessPreCopy {
         // Unmapped meanwhile: the bytes are never reused, but keep the run whole.
         buf.fill(0, got);
         this.unread.push({
-          start: addr + (BigInt(got) & ~(PAGE - 1n)),
+          start: addr + pageDown(BigInt(got)),
           end: addr + BigInt(buf.length),
         });
       }
@@ -184,7 +177,7 @@ export class ProcessPreCopy {
 
   /**
    * Called while frozen for the real dump: the pre-copied runs whose pages were not written
-   * since arming, ready for `dumpMemory`.
+   * since arming, ready for `dumpAddressSpace`.
    */
   reusable(): PrecopiedPages {
     if (!this.alive() || this.runs.length === 0) return new PrecopiedPages([]);

@@ -12,7 +12,7 @@ import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { Policy } from "../policy.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
-import { type AddressSpaceBuilder, takeFd } from "../memory/restore.ts";
+import { type MadeObjects, takeFd } from "../memory/objects.ts";
 
 /** Open files already restored in a process of the tree, by file id: where to take them from. */
 export type SharedFiles = Map<number, { pid: number; fd: number }>;
@@ -98,7 +98,7 @@ export function restoreFdTable(
   p: ProcessEntry,
   inj: Injector,
   mem: RemoteMemory,
-  asb: AddressSpaceBuilder,
+  objects: MadeObjects,
   shared: SharedFiles = new Map(),
   scope?: object,
   toolPidfd: (inj: Injector) => bigint = toolPidfdByPid,
@@ -115,7 +115,7 @@ export function restoreFdTable(
     put,
     putString: (s) => put(new TextEncoder().encode(s + "\0")),
     toolPidfd: () => toolPidfd(inj),
-    objectFd: (id) => asb.objectFd(id),
+    objectFd: (id) => objects.fd(id),
     fdOfFile: (id) => {
       const fd = firstFd.get(id);
       if (fd === undefined) throw new RestoreError(`no descriptor refers to open file ${id}`);
@@ -133,7 +133,7 @@ export function restoreFdTable(
   try {
     // Work above every final number so no dup2 lands on an fd still in use.
     const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
-    asb.relocateObjectFds(high + p.files.length);
+    objects.relocateFds(high + p.files.length);
     const temp = new Map<number, number>();
     const taken = new Set<number>();
     for (const f of p.files) {

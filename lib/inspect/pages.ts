@@ -8,7 +8,10 @@ import {
   open,
   PAGE_IS,
   PAGE_REGION_SIZE,
+  PAGE_SIZE,
+  pageDown,
   PAGEMAP_SCAN,
+  pageUp,
   PM_SCAN_ARG_SIZE,
   pread,
   SyscallError,
@@ -44,7 +47,7 @@ export interface AddressRange {
   end: bigint;
 }
 
-const PAGE = 4096n;
+const PAGE = BigInt(PAGE_SIZE);
 const TWO32 = 4294967296;
 /** The top of user address space that PAGEMAP_SCAN accepts (TASK_SIZE_MAX of x86_64). */
 export const USER_SPACE_END = 0x7ffffffff000n;
@@ -72,10 +75,10 @@ function big(lo: number, hi: number): bigint {
 }
 
 function normalize(pid: number, range?: Partial<AddressRange>): AddressRange {
-  const start = (range?.start ?? 0n) & ~(PAGE - 1n);
+  const start = pageDown(range?.start ?? 0n);
   let end = range?.end ?? USER_SPACE_END;
   if (end > USER_SPACE_END) end = USER_SPACE_END;
-  end = (end + PAGE - 1n) & ~(PAGE - 1n);
+  end = pageUp(end);
   if (end < start) throw new RangeError(`pages of process ${pid}: end before start`);
   return { start, end };
 }

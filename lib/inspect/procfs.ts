@@ -75,6 +75,15 @@ export function statusField(pid: number, name: string, tid = pid): string | unde
   }
 }
 
+/**
+ * The pid `hostPid` has in the innermost pid namespace it lives in (the last field of NSpid): how
+ * another process of the same namespace names it. Without a new namespace it is `hostPid`.
+ */
+export function innermostPid(hostPid: number): number {
+  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
+  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
+}
+
 /** The state letter of /proc/PID/stat (R, S, T, Z …), or "" when the process is gone. */
 export function processState(pid: number): string {
   return tryReadStat(pid)?.state ?? "";

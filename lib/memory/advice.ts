@@ -8,20 +8,20 @@
  * `mg` MADV_MERGEABLE (KSM), `lo` mlock() and `lf` mlock(MLOCK_ONFAULT) (kept in memory: key
  * material). Locks are applied last, once the pages are in.
  */
+import { MADV, MLOCK } from "../../ffi/mod.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MappingEntry } from "../image/schema.ts";
 
 /** VmFlags name → the madvise() advice that sets it. */
 const ADVICE: Record<string, number> = {
-  dc: 10, // MADV_DONTFORK
-  mg: 12, // MADV_MERGEABLE
-  hg: 14, // MADV_HUGEPAGE
-  nh: 15, // MADV_NOHUGEPAGE
-  dd: 16, // MADV_DONTDUMP
-  wf: 18, // MADV_WIPEONFORK
+  dc: MADV.DONTFORK,
+  mg: MADV.MERGEABLE,
+  hg: MADV.HUGEPAGE,
+  nh: MADV.NOHUGEPAGE,
+  dd: MADV.DONTDUMP,
+  wf: MADV.WIPEONFORK,
 };
 const LOCKS = ["lo", "lf"];
-const MLOCK_ONFAULT = 1;
 
 /** The kept VmFlags of every mapping of `pid`, by start address (empty where smaps is not readable). */
 export function vmaAdvice(pid: number): Map<bigint, string[]> {
@@ -56,7 +56,7 @@ export function restoreVmaAdvice(inj: Injector, mappings: MappingEntry[]): void 
   }
   for (const m of mappings) {
     const advice = m.advice ?? [];
-    if (advice.includes("lf")) inj.call("mlock2", m.start, m.end - m.start, MLOCK_ONFAULT);
+    if (advice.includes("lf")) inj.call("mlock2", m.start, m.end - m.start, MLOCK.ONFAULT);
     else if (advice.includes("lo")) inj.call("mlock2", m.start, m.end - m.start, 0);
   }
 }

@@ -6,36 +6,51 @@
  * `/SYSV<key> (deleted)` and the mapping's inode is the shmid.
  *
  * Dump: the segment's key, id, size, mode, owner and removal mark come from /proc/sysvipc/shm;
- * its present pages are stored as for other shared memory.
+ * its data is stored once, whole, as for other shared memory.
  *
  * Restore: a segment that still exists with the same id, key and size is attached again as it is
  * (its contents are the live ones, which other processes may share). One that is gone is made
- * again with the same id (kernel.shm_next_id), key, owner and mode, filled from the image, and
- * marked for removal again if it was. Either way the target gets an fd on the segment's file
- * (through an attach and /proc/self/map_files) and its mappings are mmap()ed from that fd: the
- * kernel's shm_mmap makes each one a real attach (shmdt works, nattch counts it).
+ * again with the same id (kernel.shm_next_id), key, owner and mode, filled from the image through
+ * an attach of its own, and marked for removal again if it was. Every mapping of a segment is an
+ * attach (shmat), never an mmap of its file: only an attach counts in shm_nattch and can be
+ * detached with shmdt.
  */
-import { addressOf, Errno, syscall, SyscallError } from "../../ffi/mod.ts";
+import {
+  Errno,
+  fstat,
+  IPC,
+  O,
+  open,
+  PROT,
+  SHM,
+  shmSetPerm,
+  SYS,
+  syscall,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
+import type { MappingEntry, MemoryObjectEntry } from "../image/schema.ts";
+import type { Mapping } from "../inspect/mappings.ts";
+import { type MadeObject, type MemoryObjects, objectSpan, withOpenFile } from "./objects.ts";
+import { hex, type Target } from "./target.ts";
 
 /** A segment as /proc/sysvipc/shm lists it. */
 export interface SysvSegment {
   /** The IPC key (0: IPC_PRIVATE). */
   key: number;
+  /** Its id. */
   shmid: number;
   /** Permission bits. */
   mode: number;
+  /** Size in bytes. */
   size: number;
+  /** Owner. */
   uid: number;
+  /** Owner's group. */
   gid: number;
   /** Marked for removal (IPC_RMID): it goes with its last attach. */
   removed: boolean;
 }
-
-/** SHM_DEST in the mode /proc shows. */
-const SHM_DEST = 0o1000;
-const IPC_CREAT = 0o1000, IPC_EXCL = 0o2000, IPC_RMID = 0, IPC_SET = 1, IPC_STAT = 2;
-const SHMID_DS_SIZE = 112;
 
 /** Every segment of the tool's IPC namespace, by shmid. */
 export function sysvSegments(): Map<number, SysvSegment> {
@@ -57,7 +72,7 @@ export function sysvSegments(): Map<number, SysvSegment> {
       size: Number(f[3]),
       uid: Number(f[7]),
       gid: Number(f[8]),
-      removed: (mode & SHM_DEST) !== 0,
+      removed: (mode & SHM.DEST) !== 0,
     });
   }
   return out;
@@ -66,6 +81,29 @@ export function sysvSegments(): Map<number, SysvSegment> {
 /** Whether a mapping's /proc name is a System V segment's. */
 export function isSysvName(name: string | null | undefined): boolean {
   return !!name?.startsWith("/SYSV");
+}
+
+/**
+ * Stores segment `segment`, which mapping `m` attaches, once per shmid; returns its object id.
+ * Its data is read through /proc/PID/map_files, whole.
+ */
+export function storeSysvSegment(objects: MemoryObjects, m: Mapping, segment: SysvSegment): number {
+  const key = `sysv:${segment.shmid}`;
+  return objects.idOf(key) ??
+    withOpenFile(m.mapFile, (fd) =>
+      objects.store(key, fd, Number(fstat(fd).size), {
+        kind: "sysv-shm",
+        name: m.path!.replace(/ \(deleted\)$/, ""),
+        size: segment.size,
+        mode: segment.mode,
+        sysv: {
+          key: segment.key,
+          shmid: segment.shmid,
+          uid: segment.uid,
+          gid: segment.gid,
+          removed: segment.removed,
+        },
+      }));
 }
 
 /**
@@ -85,7 +123,7 @@ export function ensureSegment(want: SysvSegment): boolean {
   Deno.writeTextFileSync("/proc/sys/kernel/shm_next_id", String(want.shmid));
   let id: number;
   try {
-    id = Number(syscall("shmget", want.key, want.size, IPC_CREAT | IPC_EXCL | want.mode));
+    id = Number(syscall("shmget", want.key, want.size, IPC.CREAT | IPC.EXCL | want.mode));
   } catch (err) {
     Deno.writeTextFileSync("/proc/sys/kernel/shm_next_id", "-1");
     if (err instanceof SyscallError && err.errno === Errno.EEXIST) {
@@ -102,24 +140,103 @@ export function ensureSegment(want: SysvSegment): boolean {
       `System V shared memory ${want.shmid} could not be made again with its id (got ${id})`,
     );
   }
-  setOwner(id, want);
+  // It was made by the tool, as root: the owner and mode it had.
+  shmSetPerm(id, want);
   return true;
-}
-
-/** Gives a segment the owner and mode it had (it was made by the tool, as root). */
-function setOwner(shmid: number, want: SysvSegment): void {
-  const ds = new Uint8Array(SHMID_DS_SIZE);
-  syscall("shmctl", shmid, IPC_STAT, addressOf(ds));
-  const v = new DataView(ds.buffer);
-  v.setUint32(4, want.uid, true); // shm_perm.uid
-  v.setUint32(8, want.gid, true); // shm_perm.gid
-  v.setUint16(20, want.mode, true); // shm_perm.mode
-  syscall("shmctl", shmid, IPC_SET, addressOf(ds));
 }
 
 /** IPC_RMID: the segment goes once nothing has it attached. */
 export function removeSegment(shmid: number): void {
   try {
-    syscall("shmctl", shmid, IPC_RMID, 0);
+    syscall("shmctl", shmid, IPC.RMID, 0);
   } catch { /* already gone */ }
+}
+
+/** The System V segments of one process being restored, and its attaches of them. */
+export class SysvAttaches {
+  /** The segments of this image, by object id. */
+  readonly #segments = new Map<number, { shmid: number; size: number }>();
+  /** Attaches made so far (`shmid@base`). */
+  readonly #attaches = new Set<string>();
+  /** Segments made again by this restore: removed if it fails. */
+  readonly #made: number[] = [];
+  /** Segments to mark for removal once mapped, as they were at dump. */
+  readonly #toRemove: number[] = [];
+
+  /** `mappings`: the process's mappings, of which an attach's pieces are. */
+  constructor(private readonly t: Target, private readonly mappings: MappingEntry[]) {}
+
+  /**
+   * Object `obj`'s segment: made again if it is gone (`ensureSegment`). Only a segment made again
+   * is filled from the image, through an attach of its own for the time of the restore and
+   * /proc/PID/mem (the segment's file cannot be written); a live one keeps its contents.
+   */
+  prepare(obj: MemoryObjectEntry, sysv: NonNullable<MemoryObjectEntry["sysv"]>): MadeObject {
+    const { shmid, removed } = sysv;
+    this.#segments.set(obj.id, { shmid, size: obj.size });
+    const made = ensureSegment({ ...sysv, mode: obj.mode, size: obj.size });
+    if (removed) this.#toRemove.push(shmid);
+    if (!made) return {};
+    this.#made.push(shmid);
+    const at = this.t.gaps.take(objectSpan(obj.size));
+    this.#shmat(shmid, at, 0);
+    return {
+      temp: { start: at, end: at + objectSpan(obj.size) },
+      writer: { fd: open(`/proc/${this.t.pid}/mem`, O.RDWR), base: at },
+    };
+  }
+
+  /** Whether memory object `object` is a System V segment. */
+  has(object: number): boolean {
+    return this.#segments.has(object);
+  }
+
+  #shmat(shmid: number, at: bigint, flags: number): void {
+    const got = this.t.inj.raw(SYS.shmat, shmid, at, flags);
+    if (got !== at) {
+      const why = got < 0n ? `errno ${-got}` : `got ${hex(got)}`;
+      throw new RestoreError(`cannot attach System V shared memory ${shmid} at ${hex(at)}: ${why}`);
+    }
+  }
+
+  /**
+   * One mapping of segment object `object`. The first piece of an attach (pieces share
+   * `start - offset`) attaches the whole segment, read-only unless a piece is writable, and
+   * unmaps what the image lacks of it; each piece then gets its protection.
+   */
+  attach(m: MappingEntry, object: number): void {
+    const segment = this.#segments.get(object)!;
+    const inj = this.t.inj;
+    const base = m.start - m.offset;
+    const key = `${segment.shmid}@${base}`;
+    const pieces = this.mappings.filter((x) =>
+      x.source.type === "shmem" && x.source.object === object && x.start - x.offset === base
+    );
+    const write = pieces.some((x) => x.prot & PROT.WRITE);
+    const exec = pieces.some((x) => x.prot & PROT.EXEC);
+    const attachProt = PROT.READ | (write ? PROT.WRITE : 0) | (exec ? PROT.EXEC : 0);
+    if (!this.#attaches.has(key)) {
+      this.#attaches.add(key);
+      this.#shmat(segment.shmid, base, (write ? 0 : SHM.RDONLY) | (exec ? SHM.EXEC : 0));
+      let at = base;
+      const end = base + objectSpan(segment.size);
+      for (const piece of [...pieces].sort((a, b) => Number(a.start - b.start))) {
+        if (piece.start > at) inj.call("munmap", at, piece.start - at);
+        at = piece.end;
+      }
+      if (at < end) inj.call("munmap", at, end - at);
+    }
+    if (m.prot !== attachProt) inj.call("mprotect", m.start, m.end - m.start, m.prot);
+  }
+
+  /** Marks for removal the segments that were, now that the mappings hold them: each goes with
+   * the last of its attaches. */
+  removeMarked(): void {
+    for (const shmid of this.#toRemove.splice(0)) removeSegment(shmid);
+  }
+
+  /** After a failure: removes the segments this restore made. */
+  abort(): void {
+    for (const shmid of this.#made) removeSegment(shmid);
+  }
 }

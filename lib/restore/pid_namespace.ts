@@ -111,15 +111,6 @@ export function checkNamespacePids(entries: ProcessEntry[]): void {
   }
 }
 
-/**
- * The pid `hostPid` has in the innermost pid namespace it lives in (the last field of NSpid): how
- * another process of the same namespace names it. Without a new namespace it is `hostPid`.
- */
-export function innermostPid(hostPid: number): number {
-  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
-  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
-}
-
 /** Whether `pid` is gone or a zombie (its parent, not us, will reap it). */
 function goneOrZombie(pid: number): boolean {
   const state = processState(pid);

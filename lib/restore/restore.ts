@@ -16,11 +16,14 @@ import {
 } from "../../ffi/mod.ts";
 import { ImageError, RestoreError } from "../errors.ts";
 import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files/registry.ts";
-import { checksum } from "../image/checksum.ts";
 import { ImageReader } from "../image/mod.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
-import { AddressSpaceBuilder, type SharedObjects } from "../memory/restore.ts";
+import { AddressSpaceBuilder } from "../memory/address_space.ts";
+import { fileChanged, mappedFileProblem } from "../memory/mapping.ts";
+import { SharedObjects } from "../memory/objects.ts";
+import { STAGING_SIZE } from "../memory/page_data.ts";
+import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
@@ -38,7 +41,6 @@ import {
   toolTerminal,
 } from "./shell_job.ts";
 import { onControllingTerminal } from "../task/terminal.ts";
-import { STAGING_SIZE } from "../dump/page_collector.ts";
 import { restoreAttributes } from "../task/attributes.ts";
 import { restoreCredentials } from "../task/credentials.ts";
 import { restoreFsState } from "../task/fs_state.ts";
@@ -157,61 +159,19 @@ async function requireFreePid(pid: number, what: string): Promise<void> {
   }
 }
 
-/** This kernel's vdso, as the tool's own process has it. */
-function vdsoChecksum(): { size: number; checksum: number } | null {
-  const vdso = findVdso(Deno.pid);
-  if (!vdso) return null;
-  using mem = new RemoteMemory(Deno.pid);
-  const code = mem.read(vdso.start, vdso.size);
-  return { size: code.length, checksum: checksum(code) };
-}
-
 /** Checks everything that can be checked before anything is made. */
-function existsAsFile(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
 async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
   }
-  const changed = (path: string, size: number, mtimeMs: number): string | null => {
-    try {
-      const st = Deno.statSync(path);
-      if (st.size !== size) return `${path} changed since the dump (size ${size} → ${st.size})`;
-      if ((st.mtime?.getTime() ?? 0) !== mtimeMs) return `${path} changed since the dump (mtime)`;
-      return null;
-    } catch {
-      return `${path} no longer exists`;
-    }
-  };
-  for (const m of p.mappings) {
-    if (m.source.type !== "file") continue;
-    // A private mapping is the process's own copy of the file: its pages not in the image come
-    // from the file, which must be as it was. A shared one is a window on a file others may
-    // write as well (a database's -shm, a cache): that it changed is what sharing means.
-    const why = m.shared
-      ? (existsAsFile(m.source.path) ? null : `${m.source.path} no longer exists`)
-      : changed(m.source.path, m.source.size, m.source.mtimeMs);
-    if (why) throw new RestoreError(`cannot restore: ${why}`);
-  }
+  const mapped = mappedFileProblem(p.mappings);
+  if (mapped) throw new RestoreError(`cannot restore: ${mapped}`);
   if (p.exe) {
-    const why = changed(p.exe.path, p.exe.size, p.exe.mtimeMs);
+    const why = fileChanged(p.exe.path, p.exe.size, p.exe.mtimeMs);
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
-  if (p.special.vdso) {
-    const here = vdsoChecksum();
-    const size = Number(p.special.vdso.end - p.special.vdso.start);
-    if (!here || here.size !== size || here.checksum !== p.special.vdso.checksum) {
-      throw new RestoreError(
-        "cannot restore: the image's vdso differs from this kernel's (dumped on another kernel?)",
-      );
-    }
-  }
+  const vdso = vdsoMismatch(p.special);
+  if (vdso) throw new RestoreError(`cannot restore: ${vdso}`);
   for (const f of p.files) {
     const handler = handlerForEntry(f);
     if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
@@ -304,7 +264,7 @@ async function build(
   stage("files", p);
   const ns = shares.namespace;
   const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
-  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
+  restoreFdTable(p, inj, mem, asb.objects, shares.files, shares.scope, toolPidfd)();
 
   stage("process", p);
   restoreFsState(inj, p);
@@ -487,7 +447,12 @@ async function restoreTree(
   }
   const made: number[] = [];
   const making: Making[] = [];
-  const shares: Shares = { objects: new Map(), files: new Map(), scope: {}, pids: new PidMap() };
+  const shares: Shares = {
+    objects: new SharedObjects(),
+    files: new Map(),
+    scope: {},
+    pids: new PidMap(),
+  };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
   try {

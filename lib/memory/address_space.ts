@@ -1,0 +1,254 @@
+/**
+ * A process's address space as a whole: in what order its kinds of memory are dumped, and made
+ * again inside a process forked from the stub. Each kind holds its own dump and restore:
+ * special.ts (vdso, vvar), mapping.ts (anonymous and file mappings), shmem.ts, sysv_shm.ts,
+ * stored_file.ts (memfd, deleted files), advice.ts (madvise, mlock) and page_data.ts; the
+ * tables of memory objects are in objects.ts. This file only calls them.
+ */
+import { getRseqConfig, RSEQ_FLAG } from "../../ffi/mod.ts";
+import type { ImageReader } from "../image/mod.ts";
+import type {
+  MappingEntry,
+  MappingSource,
+  ProcessEntry,
+  SpecialMappings,
+} from "../image/schema.ts";
+import { listMappings, type Mapping } from "../inspect/mappings.ts";
+import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
+import { restoreVmaAdvice, vmaAdvice } from "./advice.ts";
+import { describeMapping, fileSource, MappingMaker } from "./mapping.ts";
+import { MadeObjects, type MemoryObjects, type SharedObjects } from "./objects.ts";
+import {
+  breather,
+  copyPrivatePages,
+  type PageCopyContext,
+  type PageStore,
+  type ReusablePages,
+  writePages,
+} from "./page_data.ts";
+import { makeSharedAnonymous, storeSharedAnonymous } from "./shmem.ts";
+import {
+  currentSpecials,
+  isMovedSpecial,
+  moveSpecials,
+  recordSpecial,
+  specialRanges,
+} from "./special.ts";
+import { makeStoredFile, removeGhosts, sealMemfds, storeFile } from "./stored_file.ts";
+import {
+  isSysvName,
+  storeSysvSegment,
+  SysvAttaches,
+  type SysvSegment,
+  sysvSegments,
+} from "./sysv_shm.ts";
+import { GapAllocator, type Range, type Target } from "./target.ts";
+
+/** What to do with one mapping's contents: dump them, or skip them (restored as zeroes, or as
+ * the file's own pages for a file mapping). The mapping itself is always recreated. */
+export type MappingDecision = "dump" | "skip";
+
+/** What `dumpAddressSpace` dumps, and where to. */
+export interface AddressSpaceDumpContext {
+  /** The frozen process. */
+  pid: number;
+  /** Its mappings, listed before anything of the tool's was mapped into it. */
+  mappings: Mapping[];
+  /** Whether a mapping's contents are dumped. */
+  decide(m: Mapping): MappingDecision;
+  /** Where private pages go. */
+  pages: PageStore;
+  /** Where memory objects go (shared memory, memfds, deleted files). */
+  objects: MemoryObjects;
+  /** Pre-copy: runs already in the image that are still the memory's contents. */
+  precopied?: ReusablePages;
+}
+
+/** What `dumpAddressSpace` returns. */
+export interface AddressSpaceDump {
+  /** Every mapping but the special ones, in address order. */
+  mappings: MappingEntry[];
+  /** Where the special mappings were. */
+  special: SpecialMappings;
+}
+
+/**
+ * Describes every mapping of a frozen process and copies the pages it alone holds; shared
+ * memory, memfds and deleted files go to `ctx.objects`. The event loop turns now and then during
+ * a long copy (`breather`).
+ */
+export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<AddressSpaceDump> {
+  const { pid, objects } = ctx;
+  const mappings: MappingEntry[] = [];
+  const special: SpecialMappings = {};
+  const advice = vmaAdvice(pid);
+  const copy: PageCopyContext = {
+    pid,
+    pages: ctx.pages,
+    precopied: ctx.precopied,
+    breathe: breather(),
+  };
+  let segments: Map<number, SysvSegment> | undefined; // read once, when first needed
+  const source = (m: Mapping, keep: boolean): MappingSource => {
+    switch (m.kind) {
+      case "shared-anonymous": {
+        if (!keep) return { type: "anonymous" };
+        const segment = isSysvName(m.path)
+          ? (segments ??= sysvSegments()).get(Number(m.inode))
+          : undefined;
+        const object = segment
+          ? storeSysvSegment(objects, m, segment)
+          : storeSharedAnonymous(objects, m);
+        return { type: "shmem", object };
+      }
+      case "memfd":
+      case "deleted-file":
+        return { type: "stored-file", object: storeFile(objects, m.kind, m.path!, m.mapFile) };
+      default:
+        return fileSource(m);
+    }
+  };
+  for (const m of ctx.mappings) {
+    if (recordSpecial(special, m)) continue;
+    const keep = ctx.decide(m) === "dump";
+    const entry = describeMapping(m, advice.get(m.start));
+    entry.source = source(m, keep);
+    if (keep && !m.shared) await copyPrivatePages(copy, m, entry.pages);
+    mappings.push(entry);
+  }
+  return { mappings, special };
+}
+
+/**
+ * Builds the dumped address space inside a process made from the stub. `AddressSpaceBuilder`'s
+ * steps run in this order: `empty`, `moveSpecials`, `placeScratch`, `createObjects`,
+ * `createMappings`, `fillPages`, `finish`, `seal`; after the descriptors, `closeObjects`.
+ */
+export class AddressSpaceBuilder {
+  /** The memory objects made in the process (the descriptor table reopens some). */
+  readonly objects: MadeObjects;
+  /** Ghost files made for deleted files, while they exist (stored_file.ts). */
+  readonly #ghosts: string[] = [];
+  readonly #target: Target;
+  readonly #sysv: SysvAttaches;
+  readonly #mappings: MappingMaker;
+
+  /** `pid` is being made from the stub through `inj`, to hold what `image` describes. */
+  constructor(
+    private readonly pid: number,
+    private readonly inj: Injector,
+    private readonly image: ProcessEntry,
+  ) {
+    const taken: Range[] = image.mappings.map((m) => ({ start: m.start, end: m.end }));
+    taken.push(...specialRanges(image.special));
+    taken.push(...currentSpecials(pid).map((s) => s.range));
+    this.#target = { pid, inj, gaps: new GapAllocator(taken) };
+    this.objects = new MadeObjects(inj);
+    this.#sysv = new SysvAttaches(this.#target, image.mappings);
+    this.#mappings = new MappingMaker(this.#target);
+  }
+
+  /** Drops the stub's rseq registration, descriptors and every mapping but the special ones. */
+  empty(): void {
+    const rseq = getRseqConfig(this.inj.tid);
+    if (rseq.abiPointer !== 0n) {
+      this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
+    }
+    this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
+    for (const m of listMappings(this.pid)) {
+      if (m.kind === "vsyscall" || isMovedSpecial(m)) continue;
+      this.inj.call("munmap", m.start, m.end - m.start);
+    }
+    this.inj.dropScratch();
+  }
+
+  /** Moves this kernel's vvar, vvar_vclock and vdso to where the dumped process had them. */
+  moveSpecials(): void {
+    moveSpecials(this.#target, this.image.special);
+  }
+
+  /** Maps the injector's scratch region in a gap of the dumped layout. */
+  placeScratch(): void {
+    this.inj.scratchAt(this.#target.gaps.take(SCRATCH_SIZE));
+  }
+
+  /**
+   * Makes every stored memory object inside the target (contents are filled later). An object
+   * another process of the tree already made (`shared`, by key) is taken from it instead, so
+   * both map the very same memory.
+   */
+  createObjects(shared?: SharedObjects): void {
+    for (const obj of this.image.objects) {
+      // A System V segment is found by its id by every process: nothing to hand over.
+      if (obj.kind === "sysv-shm" && obj.sysv) {
+        this.objects.add(obj.id, this.#sysv.prepare(obj, obj.sysv));
+        continue;
+      }
+      const fd = obj.key ? shared?.take(this.inj, obj.key) : undefined;
+      if (fd !== undefined) {
+        this.objects.add(obj.id, { fd });
+        continue;
+      }
+      if (obj.key) shared?.add(obj.key, this.pid, this.objects, obj.id);
+      this.objects.add(
+        obj.id,
+        obj.kind === "shmem"
+          ? makeSharedAnonymous(this.#target, obj)
+          : makeStoredFile(this.#target, obj, this.#ghosts),
+      );
+    }
+  }
+
+  /** Recreates every mapping at its address; private ones writable until pages are in. */
+  createMappings(): void {
+    for (const m of this.image.mappings) {
+      const src = m.source;
+      if (src.type === "shmem" && this.#sysv.has(src.object)) this.#sysv.attach(m, src.object);
+      else this.#mappings.create(m, (id) => this.objects.fd(id));
+    }
+  }
+
+  /** Writes every page run from the image into the process and its memory objects. */
+  fillPages(
+    reader: ImageReader,
+    buffers: [Uint8Array, Uint8Array],
+    onProgress?: (bytes: number) => void,
+  ): Promise<number> {
+    return writePages({
+      pid: this.pid,
+      image: this.image,
+      reader,
+      buffers,
+      writerOf: (id) => this.objects.writer(id),
+      onProgress,
+    });
+  }
+
+  /** Final protections and advice, and the temporary fds and mappings gone. Object fds stay open
+   * until the descriptors are restored (they may be reopened); `closeObjects` closes them. */
+  finish(): void {
+    this.#mappings.protectFinal(this.image.mappings);
+    restoreVmaAdvice(this.inj, this.image.mappings);
+    this.#mappings.closeFiles();
+    this.objects.closeWriters();
+    this.objects.unmapTemps();
+    this.#sysv.removeMarked(); // only now do mappings hold the segments
+  }
+
+  /** Seals memfds again, now that their contents are in. */
+  seal(): void {
+    sealMemfds(this.inj, this.image.objects, (id) => this.objects.fd(id));
+  }
+
+  /** Closes the target fds of memory objects. */
+  closeObjects(): void {
+    this.objects.closeFds();
+  }
+
+  /** Local cleanup after a failure (the target itself is killed by the caller). */
+  abort(): void {
+    this.objects.abort();
+    this.#sysv.abort();
+    removeGhosts(this.#ghosts);
+  }
+}

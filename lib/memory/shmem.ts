@@ -1,0 +1,49 @@
+/**
+ * Shared anonymous memory (`mmap(MAP_SHARED | MAP_ANONYMOUS)`, shown as `/dev/zero (deleted)`):
+ * one object per inode, which every process sharing it (since a fork) maps.
+ *
+ * Dump: stored once per inode, whole, through /proc/PID/map_files: its file also holds pages no
+ * live process maps any more, such as those a PostgreSQL backend that has exited wrote into the
+ * shared buffers.
+ *
+ * Restore: made as a temporary shared mapping in a gap of the layout, which the target opens
+ * through /proc/self/map_files (the fd its mappings are mmap()ed from, and that other processes
+ * of the tree take) and the tool through /proc/PID/map_files to write the contents into; the
+ * temporary mapping goes once the pages are in.
+ */
+import { fstat, MAP, O, open, PROT } from "../../ffi/mod.ts";
+import type { MemoryObjectEntry } from "../image/schema.ts";
+import type { Mapping } from "../inspect/mappings.ts";
+import { type MadeObject, type MemoryObjects, objectSpan, withOpenFile } from "./objects.ts";
+import { openInTarget, type Target } from "./target.ts";
+
+/** Stores the shared anonymous memory behind mapping `m` once per inode; returns its object id. */
+export function storeSharedAnonymous(objects: MemoryObjects, m: Mapping): number {
+  const key = `shmem:${m.inode}`;
+  return objects.idOf(key) ?? withOpenFile(m.mapFile, (fd) => {
+    const size = Number(fstat(fd).size);
+    return objects.store(key, fd, size, { kind: "shmem", name: m.path ?? "", size, mode: 0o600 });
+  });
+}
+
+/** Makes shared anonymous memory object `obj` inside the target (its contents come later). */
+export function makeSharedAnonymous(t: Target, obj: MemoryObjectEntry): MadeObject {
+  const size = objectSpan(obj.size);
+  const at = t.gaps.take(size);
+  t.inj.call(
+    "mmap",
+    at,
+    size,
+    PROT.READ | PROT.WRITE,
+    MAP.SHARED | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE,
+    -1,
+    0,
+  );
+  const temp = { start: at, end: at + size };
+  const mapFile = `map_files/${at.toString(16)}-${temp.end.toString(16)}`;
+  return {
+    temp,
+    fd: openInTarget(t.inj, `/proc/self/${mapFile}`, O.RDWR),
+    writer: { fd: open(`/proc/${t.pid}/${mapFile}`, O.RDWR), base: 0n },
+  };
+}

@@ -1,0 +1,119 @@
+/**
+ * The special mappings the kernel gives every process: [vdso] (code glibc calls, keeping a
+ * pointer into it), [vvar] and [vvar_vclock] (its data, which cannot be read), and [vsyscall]
+ * (at the same address in every process).
+ *
+ * Dump: only where they were, and a checksum of the vdso's code.
+ *
+ * Restore: the image's vdso must be this kernel's (the same size and code); this kernel's three
+ * mappings then move together (mremap) to the dumped addresses, keeping their relative offsets.
+ */
+import { MREMAP } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import { checksum } from "../image/checksum.ts";
+import type { SpecialMappings } from "../image/schema.ts";
+import { listMappings, type Mapping } from "../inspect/mappings.ts";
+import { readMemoryInto } from "../inspect/memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
+import type { Range, Target } from "./target.ts";
+
+/** Whether `m` is one of the special mappings a restore moves: [vdso], [vvar], [vvar_vclock]. */
+export function isMovedSpecial(m: Mapping): boolean {
+  return m.kind === "vdso" || m.kind === "vvar" || m.kind === "vvar_vclock";
+}
+
+/**
+ * Records mapping `m` in `special` if it is a special mapping (the vdso with a checksum of its
+ * code); returns whether it was one. [vsyscall] is left out: it is the same everywhere.
+ */
+export function recordSpecial(special: SpecialMappings, m: Mapping): boolean {
+  switch (m.kind) {
+    case "vsyscall":
+      return true;
+    case "vvar":
+      special.vvar = { start: m.start, end: m.end };
+      return true;
+    case "vvar_vclock":
+      special.vvarVclock = { start: m.start, end: m.end };
+      return true;
+    case "vdso": {
+      const code = new Uint8Array(m.size);
+      readMemoryInto(m.pid, m.start, code);
+      special.vdso = { start: m.start, end: m.end, checksum: checksum(code) };
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+/** The size and checksum of this kernel's vdso (the tool's own). */
+function vdsoChecksum(): { size: number; checksum: number } | null {
+  const vdso = listMappings(Deno.pid).find((m) => m.kind === "vdso");
+  if (!vdso) return null;
+  using mem = new RemoteMemory(Deno.pid);
+  const code = mem.read(vdso.start, vdso.size);
+  return { size: code.length, checksum: checksum(code) };
+}
+
+/** Why the image's vdso cannot be used on this kernel (another kernel's code), or null. */
+export function vdsoMismatch(special: SpecialMappings): string | null {
+  if (!special.vdso) return null;
+  const here = vdsoChecksum();
+  const size = Number(special.vdso.end - special.vdso.start);
+  if (!here || here.size !== size || here.checksum !== special.vdso.checksum) {
+    return "the image's vdso differs from this kernel's (dumped on another kernel?)";
+  }
+  return null;
+}
+
+/** The ranges the image's special mappings are to take. */
+export function specialRanges(special: SpecialMappings): Range[] {
+  const out: Range[] = [];
+  for (const s of [special.vdso, special.vvar, special.vvarVclock]) if (s) out.push(s);
+  return out;
+}
+
+/** This kernel's special mappings in process `pid` now, but [vsyscall]. */
+export function currentSpecials(pid: number): { name: string; range: Range }[] {
+  return listMappings(pid).filter(isMovedSpecial).map((m) => ({
+    name: m.kind,
+    range: { start: m.start, end: m.end },
+  }));
+}
+
+/** Moves this kernel's vvar, vvar_vclock and vdso in the target to where `special` had them. */
+export function moveSpecials(t: Target, special: SpecialMappings): void {
+  const want: Record<string, Range | undefined> = {
+    vdso: special.vdso,
+    vvar: special.vvar,
+    vvar_vclock: special.vvarVclock,
+  };
+  const now = currentSpecials(t.pid);
+  const vdsoNow = now.find((s) => s.name === "vdso")!.range;
+  const siteOffset = t.inj.site - vdsoNow.start;
+  // The injector runs from the vdso: follow it wherever it moves.
+  const move = (name: string, from: Range, to: bigint) => {
+    const size = from.end - from.start;
+    t.inj.call("mremap", from.start, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, to);
+    if (name === "vdso") t.inj.site = to + siteOffset;
+  };
+  // Through a free area first, so no move lands on another special mapping.
+  const parked = new Map<string, bigint>();
+  for (const s of now) {
+    if (!want[s.name]) continue;
+    const to = t.gaps.take(s.range.end - s.range.start);
+    move(s.name, s.range, to);
+    parked.set(s.name, to);
+  }
+  for (const s of now) {
+    const target = want[s.name];
+    const from = parked.get(s.name);
+    if (!target || from === undefined) continue;
+    const size = s.range.end - s.range.start;
+    if (target.end - target.start !== size) {
+      throw new RestoreError(`[${s.name}] of the image has another size than this kernel's`);
+    }
+    move(s.name, { start: from, end: from + size }, target.start);
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * Stored files: a memfd, or a file deleted while mapped or open. Neither can be reopened by
+ * path, so its contents go into the image as a memory object, which its mappings and its
+ * descriptors (lib/files/memfd.ts, lib/files/regular.ts) refer to.
+ *
+ * Dump: stored once per file, under the key `storedFileKey` computes from the file's own stat
+ * (whether it was reached through a mapping or a descriptor), with a memfd's seals.
+ *
+ * Restore: a memfd is made again (memfd_create, sized); a deleted file is made again under its
+ * old name (or beside it, should that be taken), opened in the target and by the tool, then
+ * unlinked: a "ghost" that exists only while it is being opened. Seals go on last, once the
+ * contents are in.
+ */
+import { F, fstat, MFD, O, open, type Stat, syscall } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import type { MemoryObjectEntry } from "../image/schema.ts";
+import type { Injector } from "../ptrace/inject.ts";
+import { type MadeObject, type MemoryObjects, withOpenFile } from "./objects.ts";
+import { openInTarget, putString, type Target } from "./target.ts";
+
+/** What a stored file is. */
+export type StoredFileKind = "memfd" | "deleted-file";
+
+/**
+ * The object key of a file: its device and inode as stat gives them, so that a mapping of it and
+ * a descriptor on it name the same object.
+ */
+export function storedFileKey(st: Pick<Stat, "dev" | "ino">): string {
+  return `file:${st.dev}:${st.ino}`;
+}
+
+/** A memfd's name, or a deleted file's former path, from the name /proc shows for it. */
+function storedFileName(procName: string): string {
+  return procName.replace(/^\/memfd:/, "").replace(/ \(deleted\)$/, "");
+}
+
+/**
+ * Stores the file at `path` (an entry of /proc/PID/map_files or /proc/PID/fd) once; `procName`
+ * is the name /proc shows for it. Returns its object id.
+ */
+export function storeFile(
+  objects: MemoryObjects,
+  kind: StoredFileKind,
+  procName: string,
+  path: string,
+): number {
+  return withOpenFile(path, (fd) => {
+    const st = fstat(fd);
+    const key = storedFileKey(st);
+    return objects.idOf(key) ?? objects.store(key, fd, st.size, {
+      kind,
+      name: storedFileName(procName),
+      size: st.size,
+      mode: st.mode & 0o7777,
+      // A deleted regular file has no seals.
+      seals: kind === "memfd" ? Number(syscall("fcntl", fd, F.GET_SEALS, 0)) : 0,
+    });
+  });
+}
+
+/**
+ * Makes stored file `obj` inside the target (its contents come later). A ghost file on disk is
+ * listed in `ghosts` for as long as it exists, so that a failed restore removes it.
+ */
+export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string[]): MadeObject {
+  if (obj.kind === "memfd") {
+    const fd = Number(t.inj.call("memfd_create", putString(t.inj, obj.name), MFD.ALLOW_SEALING));
+    t.inj.call("ftruncate", fd, obj.size);
+    return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n } };
+  }
+  // A deleted file: make it again under its old name (or beside it), open it, unlink it.
+  let path = obj.name;
+  try {
+    Deno.lstatSync(path);
+    path = `${obj.name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
+  } catch { /* the old name is free */ }
+  try {
+    Deno.writeFileSync(path, new Uint8Array(0), { mode: obj.mode || 0o600 });
+  } catch (err) {
+    throw new RestoreError(`cannot recreate deleted file ${obj.name}: ${err}`);
+  }
+  ghosts.push(path);
+  Deno.truncateSync(path, obj.size);
+  const made = {
+    fd: openInTarget(t.inj, path, O.RDWR),
+    writer: { fd: open(path, O.RDWR), base: 0n },
+  };
+  Deno.removeSync(path);
+  ghosts.pop();
+  return made;
+}
+
+/** Removes the ghost files a failed restore left (`makeStoredFile`'s `ghosts`). */
+export function removeGhosts(ghosts: string[]): void {
+  for (const path of ghosts) {
+    try {
+      Deno.removeSync(path);
+    } catch { /* ignore */ }
+  }
+}
+
+/** Seals the memfds among `objects` again, now that their contents are in (F_ADD_SEALS). */
+export function sealMemfds(
+  inj: Injector,
+  objects: MemoryObjectEntry[],
+  fdOf: (id: number) => number,
+): void {
+  for (const obj of objects) {
+    if (obj.kind === "memfd" && obj.seals) {
+      inj.call("fcntl", fdOf(obj.id), F.ADD_SEALS, obj.seals);
+    }
+  }
+}
