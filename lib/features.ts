@@ -5,6 +5,7 @@
  */
 import {
   addressOf,
+  AF,
   CAP,
   close,
   encodeCloneArgs,
@@ -16,14 +17,22 @@ import {
   O,
   open,
   PAGE_IS,
+  PAGE_SIZE,
+  pageDown,
   PAGEMAP_SCAN,
   PM_SCAN_ARG_SIZE,
   PROCMAP_QUERY,
   PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
   PROCMAP_QUERY_SIZE,
   SIG,
+  SOCK,
+  SOL,
   syscall,
   SyscallError,
+  TCP,
+  TCP_REPAIR,
+  trySetsockoptInt,
+  trySocket,
 } from "../ffi/mod.ts";
 import { freeze } from "./ptrace/freeze.ts";
 import { hexMask, statusField } from "./inspect/procfs.ts";
@@ -73,11 +82,11 @@ function procmapQuery(): Feature {
 
 function pagemapScan(): Feature {
   const vec = new Uint8Array(24 * 4);
-  const page = addressOf(vec) & ~4095n;
+  const page = pageDown(addressOf(vec));
   const arg = new Uint8Array(PM_SCAN_ARG_SIZE);
   encodePmScanArg(arg, {
     start: page,
-    end: page + 4096n,
+    end: page + BigInt(PAGE_SIZE),
     vec: addressOf(vec),
     vecLen: 4,
     returnMask: PAGE_IS.PRESENT,
@@ -150,13 +159,9 @@ function nsLastPid(): Feature {
 /** TCP repair mode on a fresh socket: needed to dump established connections. */
 function tcpRepair(): Feature {
   const name = "TCP_REPAIR";
-  const AF_INET = 2, SOCK_STREAM = 1, SOL_TCP = 6, TCP_REPAIR = 19;
-  let fd = -1;
-  const e = errnoOf(() => {
-    fd = Number(syscall("socket", AF_INET, SOCK_STREAM | O.CLOEXEC, 0));
-    const on = new Int32Array([1]);
-    syscall("setsockopt", fd, SOL_TCP, TCP_REPAIR, addressOf(on), 4);
-  });
+  const fd = trySocket(AF.INET, SOCK.STREAM | SOCK.CLOEXEC, 0);
+  const r = fd < 0 ? fd : trySetsockoptInt(fd, SOL.TCP, TCP.REPAIR, TCP_REPAIR.ON);
+  const e = -Math.min(r, 0);
   if (fd >= 0) close(fd);
   return {
     name,

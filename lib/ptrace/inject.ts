@@ -10,6 +10,8 @@ import {
   getRegs,
   getSigMask,
   interrupt,
+  MAP,
+  PROT,
   PTRACE_EVENT,
   type Regs,
   setRegs,
@@ -28,6 +30,9 @@ import type { RemoteMemory } from "../inspect/memory.ts";
 export type SyscallName = keyof typeof SYS;
 /** A syscall argument: a number, or bytes to place in the target's scratch memory. */
 export type Arg = bigint | number;
+
+/** The scratch region is plain read-write memory. */
+const RW = PROT.READ | PROT.WRITE;
 
 /** Size of the scratch region mapped in the target for syscall arguments. */
 export const SCRATCH_SIZE = 64n * 1024n;
@@ -178,8 +183,7 @@ export class Injector implements Disposable {
   scratch(): bigint {
     if (this.#owner) return this.#owner.scratch();
     if (this.#scratch === 0n) {
-      // mmap(NULL, 64 KiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
-      this.#scratch = this.call("mmap", 0, SCRATCH_SIZE, 3, 0x22, -1, 0);
+      this.#scratch = this.call("mmap", 0, SCRATCH_SIZE, RW, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
     }
     return this.#scratch;
   }
@@ -187,8 +191,8 @@ export class Injector implements Disposable {
   /** Maps the scratch region at a chosen address (a gap the restored layout leaves free). */
   scratchAt(addr: bigint): bigint {
     if (this.#scratch !== 0n) throw new RangeError("scratch already mapped");
-    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
-    this.#scratch = this.call("mmap", addr, SCRATCH_SIZE, 3, 0x100022, -1, 0);
+    const flags = MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE;
+    this.#scratch = this.call("mmap", addr, SCRATCH_SIZE, RW, flags, -1, 0);
     return this.#scratch;
   }
 

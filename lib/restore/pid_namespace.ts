@@ -26,8 +26,11 @@ import {
   detach,
   getRegs,
   kill,
+  MAP,
   MS,
+  PAGE_SIZE,
   PR,
+  PROT,
   setRegs,
   setSigMask,
   SIG,
@@ -37,13 +40,10 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { processState, readStatus, statusField, threadIds } from "../inspect/procfs.ts";
+import { processState, readStatus, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
-
-const PROT_READ = 1, PROT_EXEC = 4, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20;
-const PAGE = 4096;
 
 /**
  * The init's whole program (x86_64):
@@ -238,9 +238,9 @@ export class PidNamespace {
     const code = inj.call(
       "mmap",
       0,
-      PAGE,
-      PROT_READ | PROT_EXEC,
-      MAP_PRIVATE | MAP_ANONYMOUS,
+      PAGE_SIZE,
+      PROT.READ | PROT.EXEC,
+      MAP.PRIVATE | MAP.ANONYMOUS,
       -1,
       0,
     );

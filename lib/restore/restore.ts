@@ -54,7 +54,6 @@ import { restoreZombies } from "../task/zombies.ts";
 import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
-import { findVdso } from "../inspect/mappings.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
