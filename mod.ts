@@ -77,7 +77,14 @@ export {
 } from "./lib/policy.ts";
 export type { ProgressCallback } from "./lib/progress.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
-export { compareWithImage, type Difference, type RestoredProcess } from "./lib/restore/verify.ts";
+export {
+  compareWithImage,
+  describeDifference,
+  type Difference,
+  type RestoredProcess,
+  type VerifyOptions,
+  verifyRestored,
+} from "./lib/restore/verify.ts";
 export { ShellJob, type ShellJobStatus, type ToolTerminal } from "./lib/restore/shell_job.ts";
 export { Errno, REG_NAMES, type RegName, type Regs, type SigInfo, SYS } from "./ffi/mod.ts";
 export { type Feature, kernelFeatures } from "./lib/features.ts";

@@ -1,5 +1,11 @@
 /** `tardigrade inspect DIR`: what an image holds, optionally verifying every checksum. */
-import { ImageError, type ImageSummary, inspectImage } from "../mod.ts";
+import {
+  describeDifference,
+  ImageError,
+  type ImageSummary,
+  inspectImage,
+  verifyRestored,
+} from "../mod.ts";
 import { count, errorLine, formatBytes, parseVerb, printJson, table, type Verb } from "./common.ts";
 
 function printHuman(r: ImageSummary, regs: boolean): void {
@@ -86,8 +92,13 @@ function printHuman(r: ImageSummary, regs: boolean): void {
 export const inspect: Verb = {
   name: "inspect",
   summary: "Show what an image holds: processes, threads, mappings, fds, totals.",
-  usage: "tardigrade inspect DIR [--json] [--verify] [--verbose]",
+  usage: "tardigrade inspect DIR [--json] [--verify] [--verbose] [--compare]",
   help: `options:
+  --compare  compare the image with the live processes that have its pids now (a restored
+             tree, or the original of an image dumped with --leave-running): each is frozen
+             a moment, read back as a restore reads what it made, and every difference is
+             printed (process, object, field, image's value, kernel's); exit 1 if any.
+             With --json: {dir, differences: [{pid, object, field, image, kernel}]}
   --verify   check every checksum of the image (and of its parents, for an incremental
              image); exit 1 with the reason if one fails
   --verbose  also show every register of every thread
@@ -105,8 +116,16 @@ export const inspect: Verb = {
     const p = parseVerb(this, args, {
       json: { type: "boolean" },
       verify: { type: "boolean" },
+      compare: { type: "boolean" },
     }, { min: 1, max: 1 });
     if (!p) return 0;
+    if (p.values.compare) {
+      const differences = await verifyRestored(p.positionals[0]);
+      if (p.values.json) printJson({ dir: p.positionals[0], differences });
+      else if (differences.length === 0) console.log("the processes match their image");
+      else for (const d of differences) console.log(describeDifference(d));
+      return differences.length ? 1 : 0;
+    }
     const regs = Boolean(p.values.verbose);
     let r;
     try {

@@ -1,5 +1,5 @@
 /** `tardigrade restore DIR`: bring a checkpointed process back. */
-import { restore as sdkRestore, type RestoreResult } from "../mod.ts";
+import { describeDifference, restore as sdkRestore, type RestoreResult } from "../mod.ts";
 import { parseVerb, printJson, type Verb } from "./common.ts";
 import { type ShellJobEnd, waitLikeFg } from "./job_control.ts";
 import { ProgressBar } from "./progress.ts";
@@ -39,7 +39,8 @@ function namespaceJson(r: RestoreResult): Record<string, unknown> {
 export const restore: Verb = {
   name: "restore",
   summary: "Restore a process from an image directory; prints its pid and returns.",
-  usage: "tardigrade restore DIR [--shell-job] [--pid-namespace] [--pidfile FILE] [--json]",
+  usage:
+    "tardigrade restore DIR [--shell-job] [--pid-namespace] [--allow-differences] [--pidfile FILE] [--json]",
   help: `The process gets its dumped pid back and runs detached from this tool. Things that
 could not be restored exactly are printed as warnings on stderr.
 
@@ -59,8 +60,13 @@ options:
                   restored beside the original, as often as wanted. Its parent is the
                   namespace's init (pid 1 inside); \`kill -9\` of the init ends the copy.
                   The pid printed (and written to --pidfile) is the host's.
+  --allow-differences
+                  restore even when the restored processes, read back from the kernel
+                  before they run, differ from the image (each difference is printed as a
+                  warning); without it such a restore fails, naming the difference, and
+                  leaves nothing behind
   --pidfile FILE  also write the pid (and a newline) to FILE
-  --json          {pid, threads, pageBytes, warnings[]} (with a waited-for --shell-job also
+  --json          {pid, threads, pageBytes, warnings[], differences[]} (with a waited-for --shell-job also
                   exitCode and signal, printed when it ends; with --pid-namespace also
                   namespacePid: the dumped pid, namespaceInit: the init's host pid, and
                   pidMap: {dumped pid or tid: host pid or tid})
@@ -70,6 +76,7 @@ A progress bar goes to stderr when it is a terminal.`,
     const p = parseVerb(this, args, {
       "shell-job": { type: "boolean" },
       "pid-namespace": { type: "boolean" },
+      "allow-differences": { type: "boolean" },
       pidfile: { type: "string" },
       json: { type: "boolean" },
     }, { min: 1, max: 1 });
@@ -83,6 +90,7 @@ A progress bar goes to stderr when it is a terminal.`,
     const result = await sdkRestore(p.positionals[0], {
       shellJob: Boolean(p.values["shell-job"]),
       pidNamespace: Boolean(p.values["pid-namespace"]),
+      allowDifferences: Boolean(p.values["allow-differences"]),
       policy: {
         restoreStage: (stage) => {
           if (stage === "resume") endBar();
@@ -97,7 +105,9 @@ A progress bar goes to stderr when it is a terminal.`,
     if (typeof p.values.pidfile === "string") {
       await Deno.writeTextFile(p.values.pidfile, `${result.pid}\n`);
     }
-    const { pid, threads, pageBytes, warnings } = result;
+    const { pid, threads, pageBytes, differences } = result;
+    // Allowed differences are said, as warnings are: the process is not exactly its image.
+    const warnings = [...result.warnings, ...differences.map(describeDifference)];
     if (result.job?.foreground) {
       // The job has the terminal: say nothing until it is ours again.
       const end = await waitForJob(result);
@@ -107,7 +117,8 @@ A progress bar goes to stderr when it is a terminal.`,
           pid,
           threads,
           pageBytes,
-          warnings,
+          warnings: result.warnings,
+          differences,
           exitCode: end.exitCode,
           signal: end.signal,
         });
@@ -115,7 +126,14 @@ A progress bar goes to stderr when it is a terminal.`,
       return end.status;
     }
     if (p.values.json) {
-      printJson({ pid, ...namespaceJson(result), threads, pageBytes, warnings });
+      printJson({
+        pid,
+        ...namespaceJson(result),
+        threads,
+        pageBytes,
+        warnings: result.warnings,
+        differences,
+      });
     } else {
       for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
       if (result.job) {

@@ -237,27 +237,27 @@ export class Process {
     return (await this.stat()).state;
   }
 
-  /** User ids. */
-  uids(): Promise<Ids> {
-    return this.#sync(() => ids(this.#status().get("Uid")));
+  /** User ids; from `status` when given (one read of /proc/PID/status for several accessors). */
+  uids(status?: Map<string, string>): Promise<Ids> {
+    return this.#sync(() => ids((status ?? this.#status()).get("Uid")));
   }
 
-  /** Group ids. */
-  gids(): Promise<Ids> {
-    return this.#sync(() => ids(this.#status().get("Gid")));
+  /** Group ids; from `status` when given. */
+  gids(status?: Map<string, string>): Promise<Ids> {
+    return this.#sync(() => ids((status ?? this.#status()).get("Gid")));
   }
 
-  /** Supplementary groups. */
-  groups(): Promise<number[]> {
+  /** Supplementary groups; from `status` when given. */
+  groups(status?: Map<string, string>): Promise<number[]> {
     return this.#sync(() =>
-      (this.#status().get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number)
+      ((status ?? this.#status()).get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number)
     );
   }
 
-  /** Capability sets. */
-  capabilities(): Promise<Capabilities> {
+  /** Capability sets; from `status` when given. */
+  capabilities(status?: Map<string, string>): Promise<Capabilities> {
     return this.#sync(() => {
-      const s = this.#status();
+      const s = status ?? this.#status();
       return {
         inheritable: hexMask(s.get("CapInh")),
         permitted: hexMask(s.get("CapPrm")),

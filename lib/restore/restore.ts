@@ -341,6 +341,7 @@ async function checkRestored(
     imageId: (id: number) => shares.pids.image(id),
     ignore: m.inj.scratchRange ? [m.inj.scratchRange] : [],
     sessionChosen: shellJob && i === 0,
+    diesWithTool: true,
   })));
   const allow = opts.allowDifferences;
   const refused = diffs.filter((d) =>

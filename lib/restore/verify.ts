@@ -22,13 +22,14 @@
  * right after), the parent (a restored root is a child of the tool or of a namespace's init),
  * per-kind contents of files (queued bytes, socket options).
  */
-import { getRegs, ITIMER, O, SETFL_MASK } from "../../ffi/mod.ts";
+import { getRegs, ITIMER, O, RLIMIT, SETFL_MASK } from "../../ffi/mod.ts";
 import type {
   FileEntry,
   ItimerEntry,
   MappingEntry,
   PendingSignal,
   ProcessEntry,
+  RlimitEntry,
   SigactionEntry,
   ThreadEntry,
 } from "../image/schema.ts";
@@ -37,6 +38,9 @@ import { listMappings, type Mapping, specialMappings } from "../inspect/mappings
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
 import { vmaAdvice } from "../memory/advice.ts";
+import { ImageReader } from "../image/mod.ts";
+import { PROCESS_META, processMetaName } from "../image/schema.ts";
+import { freeze, type FrozenProcess } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
@@ -73,6 +77,11 @@ export interface RestoredProcess {
   ignore: { start: bigint; end: bigint }[];
   /** Its session and group were chosen by the restore (a shell job's root). */
   sessionChosen?: boolean;
+  /**
+   * It dies with the tool (a restore's, traced with PTRACE_O_EXITKILL): its injected reads may
+   * be batched (`Injector.batch`), which a live process must not be exposed to.
+   */
+  diesWithTool?: boolean;
 }
 
 const hex = (n: bigint | number) => `0x${n.toString(16)}`;
@@ -80,11 +89,24 @@ const hex = (n: bigint | number) => `0x${n.toString(16)}`;
 /** What setting a CPU-time interval timer may add to it (a tick, with room to spare). */
 const CPU_TIMER_SLACK_US = 10_000n;
 
-/** Text for values in messages: bigints in hex, arrays and objects as JSON. */
+/** Text for values in messages: small numbers in decimal, addresses and masks in hex. */
 function show(v: unknown): string {
-  if (typeof v === "bigint") return hex(v);
   if (v === undefined) return "(none)";
-  return JSON.stringify(v, (_k, x) => typeof x === "bigint" ? hex(x) : x);
+  if (typeof v === "bigint") return v < 1_000_000_000n ? String(v) : hex(v);
+  if (typeof v === "string") return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(show).join(", ")}]`;
+  if (v instanceof Uint8Array) return `${v.length} bytes ${hex(BigInt(fingerprint(v)))}`;
+  if (v && typeof v === "object") {
+    return `{${Object.entries(v).map(([k, x]) => `${k}: ${show(x)}`).join(", ")}}`;
+  }
+  return String(v);
+}
+
+/** A short fingerprint of bytes, for messages. */
+function fingerprint(b: Uint8Array): number {
+  let h = 0;
+  for (const x of b) h = (h * 31 + x) >>> 0;
+  return h;
 }
 
 /** Collects differences for one process. */
@@ -162,6 +184,8 @@ const byField: Rule = (d, at, field, image, kernel) => {
   }
 };
 
+const RLIMIT_NAMES = Object.fromEntries(Object.entries(RLIMIT).map(([k, v]) => [v, k]));
+
 /** Process-wide fields: how each is compared (the rest exactly). */
 const TASK_RULES: Record<string, Rule> = {
   // Who the process is and where it hangs: the restore chooses these (its pid is the image's
@@ -187,6 +211,14 @@ const TASK_RULES: Record<string, Rule> = {
   mm: byField,
   sharedPending: bySigno,
   itimers: itimerRule,
+  rlimits: (d, at, _field, image, kernel) => {
+    const now = new Map((kernel as RlimitEntry[]).map((r) => [r.resource, r]));
+    for (const r of image as RlimitEntry[]) {
+      const n = now.get(r.resource);
+      const name = RLIMIT_NAMES[r.resource] ?? String(r.resource);
+      d.same(at, `rlimit ${name} (soft, hard)`, [r.soft, r.hard], n && [n.soft, n.hard]);
+    }
+  },
   sigactions: (d, _at, _field, image, kernel) => {
     const now = new Map((kernel as SigactionEntry[]).map((s) => [s.signo, s]));
     for (const s of image as SigactionEntry[]) {
@@ -246,7 +278,7 @@ async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
 }
 
 /** Compares every thread: the set, and each one's kernel state but its registers. */
-function compareThreads(p: RestoredProcess, d: Diff): void {
+function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
   const e = p.entry;
   const live = threadIds(p.hostPid).map((t) => p.imageId(t)).sort((a, b) => a - b);
   d.same("process", "threads", e.threads.map((t) => t.tid).sort((a, b) => a - b), live);
@@ -254,7 +286,8 @@ function compareThreads(p: RestoredProcess, d: Diff): void {
   for (const t of e.threads) {
     const inj = p.injectors.get(t.tid);
     if (!inj) continue;
-    const got = dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid) }, inj);
+    const read = () => dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid) }, inj);
+    const got = batched ? inj.batch(read) : read();
     pairs.push([t, { ...got, tid: inj.tid }]);
   }
   dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
@@ -483,9 +516,13 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
   const sharing: Sharing = { imageOf: new Map(), liveOf: new Map() };
   for (const p of tree) {
     const d = new Diff(p.entry.pid);
-    await compareTask(p, d);
-    compareThreads(p, d);
-    comparePosixTimers(p, d);
+    const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
+    const batched = <T>(body: () => T): T => p.diesWithTool ? main.batch(body) : body();
+    await batched(async () => {
+      await compareTask(p, d);
+      comparePosixTimers(p, d);
+    });
+    compareThreads(p, d, p.diesWithTool ?? false);
     compareMappings(p, d);
     compareFds(p, d, table, sharing);
     diffs.push(...d.list);
@@ -497,4 +534,58 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
 /** One line per difference: `process 123, fd 4: flags: image O_RDWR|O_APPEND, kernel O_RDWR`. */
 export function describeDifference(x: Difference): string {
   return `process ${x.pid}, ${x.object}: ${x.field}: image ${x.image}, kernel ${x.kernel}`;
+}
+
+/** Options of `verifyRestored`. */
+export interface VerifyOptions {
+  /**
+   * Dumped pid or tid → the pid or tid it has now (a copy restored with `pidNamespace` gives it
+   * as `RestoreResult.pidMap`); the identity by default.
+   */
+  pidMap?: ReadonlyMap<number, number>;
+}
+
+/**
+ * Compares the processes of image `dir` with the live processes that have their pids now (a
+ * restored tree, or the original of an image dumped with `leaveRunning`): each is frozen for
+ * the time of the comparison, as the restore compares them before they run, and released. What
+ * ran meanwhile differs, of course (timers run down, a program changes its own state).
+ */
+export async function verifyRestored(dir: string, opts: VerifyOptions = {}): Promise<Difference[]> {
+  using reader = await ImageReader.open(dir);
+  const root = await reader.readMeta<ProcessEntry>(PROCESS_META);
+  const entries = [root];
+  for (const t of root.tree ?? []) {
+    entries.push(await reader.readMeta<ProcessEntry>(processMetaName(t.pid)));
+  }
+  const hostId = (id: number) => opts.pidMap?.get(id) ?? id;
+  const imageId = (id: number) => {
+    for (const [image, host] of opts.pidMap ?? []) if (host === id) return image;
+    return id;
+  };
+  const frozen: FrozenProcess[] = [];
+  try {
+    const tree: RestoredProcess[] = [];
+    for (const entry of entries) {
+      const f = await freeze(hostId(entry.pid));
+      frozen.push(f);
+      const inj = f.injector;
+      const injectors = new Map<number, Injector>();
+      for (const t of f.threads) {
+        injectors.set(imageId(t.tid), t.tid === inj.tid ? inj : inj.forThread(t.tid));
+      }
+      inj.scratch(); // mapped now, so the listing sees it and leaves it out
+      tree.push({
+        entry,
+        hostPid: f.pid,
+        injectors,
+        hostId,
+        imageId,
+        ignore: inj.scratchRange ? [inj.scratchRange] : [],
+      });
+    }
+    return await compareWithImage(tree);
+  } finally {
+    for (const f of frozen.reverse()) f.releaseSync();
+  }
 }

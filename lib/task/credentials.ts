@@ -8,11 +8,12 @@ import type { Injector } from "../ptrace/inject.ts";
 
 /** The credentials of a process, from /proc/PID/status. */
 export async function dumpCredentials(proc: Process): Promise<ProcessEntry["creds"]> {
+  const status = await proc.status(); // read once: the four below are its lines
   const [uids, gids, groups, caps] = await Promise.all([
-    proc.uids(),
-    proc.gids(),
-    proc.groups(),
-    proc.capabilities(),
+    proc.uids(status),
+    proc.gids(status),
+    proc.groups(status),
+    proc.capabilities(status),
   ]);
   return {
     uids: [uids.real, uids.effective, uids.saved, uids.fs],

@@ -1,18 +1,23 @@
 /** Resource limits, as the process itself sees them. */
 import { Errno, errnoName, errnoText, RLIMIT, SYS } from "../../ffi/mod.ts";
 import type { RlimitEntry } from "../image/schema.ts";
+import type { Process } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
 /** RLIMIT_CPU .. RLIMIT_RTTIME. */
 export const RESOURCES: number[] = Object.values(RLIMIT);
 
-/** Every limit: prlimit64(0, res, NULL, &old) in the target. */
-export function dumpRlimits(inj: Injector): RlimitEntry[] {
-  return RESOURCES.map((resource) => {
-    inj.call("prlimit64", 0, resource, 0, inj.scratch());
-    const [soft, hard] = new BigUint64Array(inj.get(0, 16).slice().buffer);
-    return { resource, soft, hard };
-  });
+/**
+ * Every limit, from /proc/PID/limits (the exact values, "unlimited" for RLIM_INFINITY): no
+ * syscall in the process, and no CAP_SYS_RESOURCE as prlimit of another uid would need.
+ */
+export async function dumpRlimits(proc: Process): Promise<RlimitEntry[]> {
+  const limits = await proc.rlimits();
+  return (Object.keys(RLIMIT) as (keyof typeof RLIMIT)[]).map((name) => ({
+    resource: RLIMIT[name],
+    soft: limits[name].soft,
+    hard: limits[name].hard,
+  }));
 }
 
 /**

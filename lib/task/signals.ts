@@ -2,7 +2,8 @@
  * Signal dispositions (`rt_sigaction`) and the signals pending for the whole process. Per-thread
  * masks and pending signals belong to threads.ts.
  */
-import { peekSigInfo, SIG, SIG_DISPOSITION } from "../../ffi/mod.ts";
+import { peekSigInfo, SIG, SIG_DISPOSITION, sigBit } from "../../ffi/mod.ts";
+import { hexMask, readStatus } from "../inspect/procfs.ts";
 import type { PendingSignal, ProcessEntry, SigactionEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -14,11 +15,22 @@ export const SETTABLE_SIGNALS = Array.from({ length: 64 }, (_, i) => i + 1).filt
 /** sizeof(sigset_t) as the kernel's rt_sig* calls take it. */
 const SIGSET_SIZE = 8;
 
+/**
+ * The signals whose disposition may not be the default one: those /proc says are caught or
+ * ignored, and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT flags count even with SIG_DFL. Only
+ * these are asked of the process (an injected call each), not all 62.
+ */
+function nonDefault(pid: number): number[] {
+  const s = readStatus(pid);
+  const set = hexMask(s.get("SigCgt")) | hexMask(s.get("SigIgn")) | sigBit(SIG.SIGCHLD);
+  return SETTABLE_SIGNALS.filter((signo) => (set & sigBit(signo)) !== 0n);
+}
+
 /** Every signal's disposition but the default ones: rt_sigaction(sig, NULL, &old) in the target. */
 export function dumpSigactions(inj: Injector): SigactionEntry[] {
   const out: SigactionEntry[] = [];
   const at = inj.scratch();
-  for (const signo of SETTABLE_SIGNALS) {
+  for (const signo of nonDefault(inj.pid)) {
     inj.call("rt_sigaction", signo, 0, at, SIGSET_SIZE);
     const [handler, flags, restorer, mask] = new BigUint64Array(inj.get(0, 32).slice().buffer);
     if (handler === SIG_DISPOSITION.DFL && flags === 0n && mask === 0n) continue;
@@ -27,10 +39,13 @@ export function dumpSigactions(inj: Injector): SigactionEntry[] {
   return out;
 }
 
-/** Sets every signal's disposition: the dumped ones, the default for the rest. */
+/**
+ * Sets every signal's disposition: the dumped ones, and the default for the others the new
+ * process (a fork of the stub) does not have at their default already.
+ */
 export function restoreSigactions(inj: Injector, list: SigactionEntry[]): void {
   const bySig = new Map(list.map((s) => [s.signo, s]));
-  for (const signo of SETTABLE_SIGNALS) {
+  for (const signo of new Set([...bySig.keys(), ...nonDefault(inj.pid)])) {
     const s = bySig.get(signo);
     const act = new BigUint64Array(
       s ? [s.handler, s.flags, s.restorer, s.mask] : [SIG_DISPOSITION.DFL, 0n, 0n, 0n],

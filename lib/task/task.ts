@@ -38,7 +38,7 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     ...await dumpFsState(proc),
     ...await dumpAttributes(proc, inj),
     creds: await dumpCredentials(proc),
-    rlimits: dumpRlimits(inj),
+    rlimits: await dumpRlimits(proc),
     mm: await dumpMm(proc, stat, inj),
     sigactions: dumpSigactions(inj),
     sharedPending: dumpSharedPending(pid),

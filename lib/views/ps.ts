@@ -1,9 +1,7 @@
 /** The processes of this machine as rows: what `tardigrade ps` and the REPL's `ps()` show. */
+import { PAGE_SIZE } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import { processes } from "../inspect/process.ts";
-
-/** Page size: stat counts RSS in pages. */
-const PAGE = 4096;
 
 /** One row of `ps --json`. */
 export interface PsRow {
@@ -37,7 +35,7 @@ export async function psRows(): Promise<PsRow[]> {
         uid: uids.real,
         state: s.state,
         threads: s.numThreads,
-        rssBytes: Number(s.rss) * PAGE,
+        rssBytes: Number(s.rss) * PAGE_SIZE, // stat counts pages
         comm: s.comm,
         cmdline,
       });

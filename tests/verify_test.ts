@@ -1,0 +1,103 @@
+/**
+ * The restore checks itself (lib/restore/verify.ts): a restored process is read back from the
+ * kernel before it runs and compared with its image. A difference made on purpose between the
+ * making and the comparison (through the `verify` restore stage) fails the restore, naming the
+ * process, the field and both values, and leaves nothing behind; allowed, it is reported instead.
+ * The comparison of an image with its live processes (`verifyRestored`, `inspect --compare`)
+ * finds nothing after a plain restore.
+ */
+import assert from "node:assert/strict";
+import { addressOf, RLIMIT, syscall } from "../ffi/mod.ts";
+import { checkpoint, type Difference, restore, RestoreError, verifyRestored } from "../mod.ts";
+import { cli, fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
+
+/** Lowers the soft RLIMIT_NOFILE of `pid` from outside (prlimit of another process). */
+function lowerOpenFiles(pid: number, soft: bigint): void {
+  const now = new BigUint64Array(2);
+  syscall("prlimit64", pid, RLIMIT.NOFILE, 0, addressOf(now));
+  const want = new BigUint64Array([soft, now[1]]);
+  syscall("prlimit64", pid, RLIMIT.NOFILE, addressOf(want), 0);
+}
+
+async function dumped(): Promise<{ t: Target; dir: string; image: string }> {
+  const t = await spawnTarget(await fixture("r_umask"), [], { ready: /^READY /m });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-verify-" });
+  await checkpoint(t.pid, `${dir}/image`);
+  await killAndReap(t.pid);
+  return { t, dir, image: `${dir}/image` };
+}
+
+async function cleanup(t: Target, dir: string): Promise<void> {
+  await t.kill();
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  await Deno.remove(t.outPath).catch(() => {});
+}
+
+/** A policy that changes the restored process's NOFILE limit just before the comparison. */
+function tamper(pid: number) {
+  return {
+    restoreStage(stage: string) {
+      if (stage === "verify") lowerOpenFiles(pid, 17n);
+    },
+  };
+}
+
+Deno.test("verify: a difference made before the comparison fails the restore, naming it", async () => {
+  const { t, dir, image } = await dumped();
+  try {
+    await assert.rejects(
+      restore(image, { policy: tamper(t.pid) }),
+      (err: Error) => {
+        assert.ok(err instanceof RestoreError, String(err));
+        assert.match(err.message, new RegExp(`process ${t.pid}, process: rlimit NOFILE`));
+        assert.match(err.message, /kernel \[17, /); // as the tamper set it
+        assert.match(err.message, /--allow-differences/);
+        return true;
+      },
+    );
+    assert.ok(!isAlive(t.pid), "the refused restore left the process behind");
+    // The image is as good as before: a plain restore works and the process checks itself.
+    const r = await restore(image);
+    assert.equal(r.pid, t.pid);
+    assert.deepEqual(r.differences, []);
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await cleanup(t, dir);
+  }
+});
+
+Deno.test("verify: an allowed difference is restored and reported", async () => {
+  const { t, dir, image } = await dumped();
+  try {
+    const seen: Difference[] = [];
+    const r = await restore(image, {
+      policy: { ...tamper(t.pid), allowDifference: (d) => (seen.push(d), true) },
+    });
+    assert.equal(r.pid, t.pid);
+    assert.equal(seen.length, 1);
+    assert.equal(r.differences.length, 1);
+    assert.equal(r.differences[0].field, "rlimit NOFILE (soft, hard)");
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await cleanup(t, dir);
+  }
+});
+
+Deno.test("verify: a restored process matches its image (SDK and inspect --compare)", async () => {
+  const { t, dir, image } = await dumped();
+  try {
+    await restore(image);
+    assert.deepEqual(await verifyRestored(image), []);
+    const out = await cli("inspect", image, "--compare", "--json");
+    assert.equal(out.code, 0, out.stderr);
+    assert.deepEqual(JSON.parse(out.stdout).differences, []);
+    // Changed afterwards: the comparison says what, and the verb exits 1.
+    lowerOpenFiles(t.pid, 19n);
+    const again = await cli("inspect", image, "--compare");
+    assert.equal(again.code, 1);
+    assert.match(again.stdout, /rlimit NOFILE \(soft, hard\): image \[.*\], kernel \[19, /);
+    assert.equal(await t.check(), "PASS", "the comparison left the process as it was");
+  } finally {
+    await cleanup(t, dir);
+  }
+});
