@@ -13,6 +13,7 @@ export {
   DumpError,
   ImageError,
   NoSuchProcess,
+  PolicyError,
   RestoreError,
   SyscallError,
   TardigradeError,
@@ -67,6 +68,7 @@ export {
   type CheckpointResult,
 } from "./lib/dump/checkpoint.ts";
 export {
+  checkPolicy,
   type DumpedImage,
   type FdDecision,
   loadPolicy,

@@ -31,6 +31,9 @@ export class RestoreError extends TardigradeError {}
 /** A dump cannot go on: an fd kind not handled, a policy that threw, … */
 export class DumpError extends TardigradeError {}
 
+/** A policy is not one: a file that does not load, a misspelt hook, an answer it may not give. */
+export class PolicyError extends TardigradeError {}
+
 /** Something the tool does not handle (yet), named precisely. */
 export class Unsupported extends TardigradeError {}
 

@@ -4,16 +4,22 @@
  */
 import type { Fd } from "./inspect/fds.ts";
 import type { Mapping } from "./inspect/mappings.ts";
-import type { MappingDecision } from "./memory/address_space.ts";
+import type { FdDecision } from "./files/types.ts";
+import type { ContentsDecision } from "./memory/address_space.ts";
 import type { Process } from "./inspect/process.ts";
 import type { ProcessEntry } from "./image/schema.ts";
+import { PolicyError } from "./errors.ts";
 import type { Difference } from "./restore/verify.ts";
 
-/** What to do with one descriptor: dump it, leave it out (closed after restore), or restore it
- * as the file at another path (opened with the same flags, at position 0 unless appending). */
-export type FdDecision = "dump" | "skip" | { reopen: string };
+export type { FdDecision };
 
-export type { MappingDecision };
+/**
+ * What to do with one mapping's contents: dump them, or skip them (restored as zeroes, or as the
+ * file's own pages for a file mapping; the mapping itself is always made again). Memory the
+ * process uses (its stack, its heap, its code) is skipped only with `{ skip: true, evenIfUsed:
+ * true }`. Any other answer stops the dump.
+ */
+export type MappingDecision = ContentsDecision | { skip: true; evenIfUsed: true };
 
 /** A finished image, as `afterDump` sees it before the image is committed. */
 export interface DumpedImage {
@@ -63,15 +69,57 @@ export interface RestorePolicy {
   allowDifference?(difference: Difference): boolean;
 }
 
-/** Loads a policy module (its default export) from a path or URL. */
-export async function loadPolicy(pathOrUrl: string): Promise<Policy> {
+/** The hooks a policy may have: those of a dump and those of a restore. */
+const HOOKS = [
+  "beforeFreeze",
+  "mapping",
+  "fd",
+  "afterDump",
+  "restoreStage",
+  "allowDifference",
+] as const;
+
+/**
+ * Checks that `policy` is a policy: an object whose every property is one of the hooks, as a
+ * function. A misspelt hook (`mappings`) would otherwise be silently never called. `where` names
+ * it in the message (a file, "the SDK's policy option").
+ */
+export function checkPolicy(policy: unknown, where: string): Policy & RestorePolicy {
+  if (typeof policy !== "object" || policy === null || Array.isArray(policy)) {
+    throw new PolicyError(`${where}: a policy is an object of hooks, not ${typeof policy}`);
+  }
+  for (const [key, value] of Object.entries(policy)) {
+    if (!(HOOKS as readonly string[]).includes(key)) {
+      throw new PolicyError(
+        `${where}: "${key}" is not a policy hook (the hooks are ${HOOKS.join(", ")})`,
+      );
+    }
+    if (typeof value !== "function") {
+      throw new PolicyError(`${where}: hook "${key}" is a ${typeof value}, not a function`);
+    }
+  }
+  return policy as Policy & RestorePolicy;
+}
+
+/**
+ * Loads a policy module (its default export) from a path or URL and checks it. A module that
+ * cannot be loaded, throws while it loads, has no default export or exports something else than
+ * a policy is refused with a `PolicyError` saying which.
+ */
+export async function loadPolicy(pathOrUrl: string): Promise<Policy & RestorePolicy> {
   const url = /^[a-z]+:/.test(pathOrUrl)
     ? pathOrUrl
     : new URL(pathOrUrl, `file://${Deno.cwd()}/`).href;
-  const mod = await import(url);
-  const policy = mod.default ?? mod.policy;
-  if (!policy || typeof policy !== "object") {
-    throw new TypeError(`${pathOrUrl} has no default export of a policy object`);
+  let mod: Record<string, unknown>;
+  try {
+    mod = await import(url);
+  } catch (err) {
+    throw new PolicyError(`policy ${pathOrUrl} cannot be loaded: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
-  return policy as Policy;
+  if (!("default" in mod)) {
+    throw new PolicyError(`policy ${pathOrUrl} has no default export (export default { … })`);
+  }
+  return checkPolicy(mod.default, `policy ${pathOrUrl}`);
 }

@@ -211,7 +211,7 @@ Deno.test("cli: dump --json has a stable shape and a --policy file is loaded", a
   const policyFile = Deno.makeTempFileSync({ suffix: ".ts" });
   Deno.writeTextFileSync(
     policyFile,
-    `export default { mapping: (m: { kind: string }) => m.kind === "stack" ? "skip" : "dump" };\n`,
+    `export default { mapping: (m: { kind: string }) => m.kind === "stack" ? { skip: true, evenIfUsed: true } : "dump" };\n`,
   );
   try {
     const j = await cliJson<Record<string, unknown>>(

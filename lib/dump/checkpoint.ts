@@ -4,26 +4,27 @@
  * and leaves the target running as it was, detached.
  */
 import { close, pidfdOpen, SIG, sigBit } from "../../ffi/mod.ts";
-import { DumpError, explain, NoSuchProcess } from "../errors.ts";
-import { type Fd, FileTable } from "../inspect/fds.ts";
+import { DumpError, explain, NoSuchProcess, PolicyError, SyscallError } from "../errors.ts";
+import { assignFileIds, type Fd, FileTable } from "../inspect/fds.ts";
 import type { FileDumpContext } from "../files/types.ts";
 import { freeze, type FrozenProcess, onInterrupt } from "../ptrace/freeze.ts";
 import { ImageWriter, type PageSink } from "../image/mod.ts";
-import { listMappings } from "../inspect/mappings.ts";
+import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { dumpFdTable } from "../files/fdtable.ts";
 import { ParentImage } from "./incremental.ts";
-import { dumpAddressSpace, type MappingDecision } from "../memory/address_space.ts";
+import { type ContentsDecision, dumpAddressSpace } from "../memory/address_space.ts";
 import { MemoryObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
 import { PageCollector } from "./page_collector.ts";
-import { type PreCopy, preCopy, type ProcessPreCopy } from "./precopy.ts";
+import { type PreCopy, preCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
-import type { Policy } from "../policy.ts";
+import { checkPolicy, type Policy } from "../policy.ts";
+import { type DecidedFd, decideFds, decideMappings } from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
@@ -182,27 +183,55 @@ interface DumpEnding {
   hooks: ((ok: boolean) => void)[];
 }
 
-/** Everything one frozen process holds, its page data written through `sink`. */
-async function dumpProcess(
-  frozen: FrozenProcess,
-  policy: Policy,
-  files: FileTable,
-  sink: PageSink,
-  staging: Uint8Array,
-  scope: object,
-  pids: readonly number[],
-  ending: DumpEnding,
-  onProgress?: (bytes: number) => void,
-  pre?: ProcessPreCopy,
-  parent?: ParentImage,
-): Promise<ProcessEntry> {
+/** What every process of one dump shares. */
+interface DumpRun {
+  policy: Policy;
+  /** Open files by identity across the tree: each is stored once. */
+  files: FileTable;
+  /** Where page data goes, through `staging`. */
+  sink: PageSink;
+  staging: Uint8Array;
+  /** What spans the processes (a pipe's data is stored once). */
+  scope: object;
+  /** Every process of the dump. */
+  pids: readonly number[];
+  ending: DumpEnding;
+  /** Incremental dump: the parent image. */
+  parent?: ParentImage;
+  /** Pre-copy: what was copied while the processes ran. */
+  pre?: PreCopy;
+  /** Told the bytes written so far for the process being dumped. */
+  onProgress?: (bytes: number) => void;
+}
+
+/**
+ * What the policy decided for one frozen process, asked and checked for every process of the
+ * tree before anything is dumped (a wrong answer changes nothing).
+ */
+interface ProcessPlan {
+  frozen: FrozenProcess;
+  /** Its mappings, listed before the injector maps its scratch page. */
+  layout: Mapping[];
+  contents: Map<bigint, ContentsDecision>;
+  fds: DecidedFd[];
+}
+
+async function planProcess(frozen: FrozenProcess, run: DumpRun): Promise<ProcessPlan> {
+  const pid = frozen.pid;
+  const layout = listMappings(pid);
+  return {
+    frozen,
+    layout,
+    contents: await decideMappings(run.policy, pid, layout, frozen.threads),
+    fds: await decideFds(run.policy, pid, assignFileIds([pid], run.files)),
+  };
+}
+
+/** Everything one frozen process holds, its page data written through the run's sink. */
+async function dumpProcess(plan: ProcessPlan, run: DumpRun): Promise<ProcessEntry> {
+  const { frozen, layout } = plan;
   const pid = frozen.pid;
   const proc = await Process.open(pid);
-  // The layout first, before the injector maps its scratch page.
-  const layout = listMappings(pid);
-  const decisions = new Map<bigint, MappingDecision>();
-  for (const m of layout) decisions.set(m.start, (await policy.mapping?.(m)) ?? "dump");
-
   const inj = frozen.injector;
   const task = await dumpTask(proc, inj);
   const posixTimers = dumpPosixTimers(pid, inj);
@@ -212,11 +241,12 @@ async function dumpProcess(
   const seccompFilters = dumpSeccomp(pid, threads);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
-  if (pre) pre.progress = onProgress;
-  const pages = pre?.pages ?? new PageCollector(sink, staging, onProgress);
+  const pre = run.pre?.byPid.get(pid);
+  if (pre) pre.progress = run.onProgress;
+  const pages = pre?.pages ?? new PageCollector(run.sink, run.staging, run.onProgress);
   const precopied = pre?.reusable();
   // Incremental hook: pages equal to the parent's refer to it instead of being written.
-  const incremental = await parent?.pagesFor(pid, pages);
+  const incremental = await run.parent?.pagesFor(pid, pages);
   const objects = new MemoryObjects(pages, incremental && ((key) => incremental.object(key)));
   const pidfd = pidfdOpen(pid);
   try {
@@ -224,10 +254,10 @@ async function dumpProcess(
       pid,
       frozen,
       pidfd,
-      scope,
-      pids,
-      leaveRunning: ending.leaveRunning,
-      atDumpEnd: (fn) => void ending.hooks.push(fn),
+      scope: run.scope,
+      pids: run.pids,
+      leaveRunning: run.ending.leaveRunning,
+      atDumpEnd: (fn) => void run.ending.hooks.push(fn),
       storeObject: (fd: Fd) =>
         storeFile(
           objects,
@@ -236,7 +266,7 @@ async function dumpProcess(
           `/proc/${pid}/fd/${fd.fd}`,
         ),
     };
-    const { files: fileEntries, fds } = await dumpFdTable(fdCtx, policy, files);
+    const { files: fileEntries, fds } = await dumpFdTable(fdCtx, plan.fds);
     // For a restore as a shell job: which descriptors were on its terminal, was it in front.
     const tty = dumpTerminal(await proc.stat(), fileEntries);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
@@ -245,7 +275,7 @@ async function dumpProcess(
     const memory = await dumpAddressSpace({
       pid,
       mappings: layout,
-      decide: (m) => decisions.get(m.start) ?? "dump",
+      decide: (m) => plan.contents.get(m.start) ?? "dump",
       pages: incremental?.memory() ?? pages,
       objects,
       precopied,
@@ -280,7 +310,7 @@ export async function checkpoint(
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
   if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
-  const policy = opts.policy ?? {};
+  const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
   await using writer = await ImageWriter.create(dir, { parent: parent?.link });
@@ -320,25 +350,25 @@ export async function checkpoint(
     }
     const stopped = new Set<number>();
     tree = await freezeTree(pid, opts.single ?? false, stopped);
-    const files = new FileTable();
+    const run: DumpRun = {
+      policy,
+      files: new FileTable(),
+      sink,
+      staging,
+      scope: {},
+      pids: tree.map((f) => f.pid),
+      ending,
+      parent,
+      pre,
+    };
+    // Every answer of the policy, for every process, before anything is dumped.
+    const plans: ProcessPlan[] = [];
+    for (const frozen of tree) plans.push(await planProcess(frozen, run));
     const entries: ProcessEntry[] = [];
-    let before = 0;
-    const scope = {}; // what spans the processes: a pipe's data is stored once
-    for (const frozen of tree) {
-      const entry = await dumpProcess(
-        frozen,
-        policy,
-        files,
-        sink,
-        staging,
-        scope,
-        tree.map((f) => f.pid),
-        ending,
-        (bytes: number) => opts.onProgress?.(before + bytes),
-        pre?.byPid.get(frozen.pid),
-        parent,
-      );
-      before = sink.bytesWritten;
+    for (const plan of plans) {
+      const before = sink.bytesWritten;
+      run.onProgress = (bytes: number) => opts.onProgress?.(before + bytes);
+      const entry = await dumpProcess(plan, run);
       if (stopped.has(entry.pid)) entry.stopped = true;
       entries.push(entry);
     }
@@ -390,9 +420,10 @@ export async function checkpoint(
         : {}),
     };
   } catch (err) {
-    if (err instanceof NoSuchProcess || err instanceof DumpError) throw err;
-    // Whatever failed first (pagemap, /proc/PID/mem, an fd), the reason is that it ended.
-    // A process killed a moment ago may still be on its way out: give it a little time.
+    // A refusal says what happened: it is reported as itself.
+    if (err instanceof DumpError || err instanceof PolicyError) throw err;
+    // Anything else (pagemap, /proc/PID/mem, an fd) may fail because a process ended: then that
+    // is the reason. One killed a moment ago may still be on its way out: give it a little time.
     let gone = tree.find((f) => !isRunning(f.pid));
     for (let i = 0; !gone && i < 20; i++) {
       await new Promise((r) => setTimeout(r, 10));
@@ -401,7 +432,7 @@ export async function checkpoint(
     if (!killed && gone) {
       throw new NoSuchProcess(gone.pid, "it ended during the dump", { cause: err });
     }
-    throw explain(err, pid, "state");
+    throw err instanceof SyscallError ? explain(err, pid, "state") : err;
   } finally {
     endDump(false); // a failed dump: what handlers hold in the processes is put back first
     release();

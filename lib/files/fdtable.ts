@@ -4,12 +4,11 @@
  */
 import { close, O, pidfdOpen, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import { assignFileIds, type Fd, FileTable } from "../inspect/fds.ts";
+import type { Fd } from "../inspect/fds.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
-import type { FileDumpContext, FileRestoreContext } from "./types.ts";
+import type { FdDecision, FileDumpContext, FileRestoreContext } from "./types.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
-import type { Policy } from "../policy.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
 import { type MadeObjects, takeFd } from "../memory/objects.ts";
@@ -42,16 +41,14 @@ function reopenEntry(fd: Fd, path: string): RegularEntry {
   };
 }
 
-/** Dumps every descriptor of the frozen process, asking the policy about each. */
+/** Dumps every descriptor of the frozen process, each as decided (the policy's checked answers). */
 export async function dumpFdTable(
   ctx: FileDumpContext,
-  policy: Policy,
-  table: FileTable = new FileTable(),
+  decided: readonly { fd: Fd; decision: FdDecision }[],
 ): Promise<FdTableDump> {
   const files = new Map<number, FileEntry>();
   const fds: FdEntry[] = [];
-  for (const fd of assignFileIds([ctx.pid], table)) {
-    const decision = (await policy.fd?.(fd)) ?? "dump";
+  for (const { fd, decision } of decided) {
     if (decision === "skip") continue;
     if (!files.has(fd.fileId)) {
       if (typeof decision === "object") {

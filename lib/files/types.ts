@@ -9,6 +9,12 @@ import type { Injector } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FileEntry } from "../image/schema.ts";
 
+/**
+ * What to do with one descriptor: dump it, leave it out (closed after restore), or restore it as
+ * the file at another path (opened with the same flags, at position 0 unless appending).
+ */
+export type FdDecision = "dump" | "skip" | { reopen: string };
+
 /** What a handler may use while the target is frozen. */
 export interface FileDumpContext {
   readonly pid: number;

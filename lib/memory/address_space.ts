@@ -46,7 +46,7 @@ import { GapAllocator, type Range, type Target } from "./target.ts";
 
 /** What to do with one mapping's contents: dump them, or skip them (restored as zeroes, or as
  * the file's own pages for a file mapping). The mapping itself is always recreated. */
-export type MappingDecision = "dump" | "skip";
+export type ContentsDecision = "dump" | "skip";
 
 /** What `dumpAddressSpace` dumps, and where to. */
 export interface AddressSpaceDumpContext {
@@ -55,7 +55,7 @@ export interface AddressSpaceDumpContext {
   /** Its mappings, listed before anything of the tool's was mapped into it. */
   mappings: Mapping[];
   /** Whether a mapping's contents are dumped. */
-  decide(m: Mapping): MappingDecision;
+  decide(m: Mapping): ContentsDecision;
   /** Where private pages go. */
   pages: PageStore;
   /** Where memory objects go (shared memory, memfds, deleted files). */

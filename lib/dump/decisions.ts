@@ -1,0 +1,142 @@
+/**
+ * The policy's answers, asked once per object right after the freeze and checked before anything
+ * is dumped: an answer that is not one of the documented ones stops the dump, naming the hook,
+ * the object and the value (a typo such as `"sk1p"` must never drop memory). Skipping memory
+ * the process is using (its stack, its heap, its code) needs `{ skip: true, evenIfUsed: true }`:
+ * the restored process could not run without it.
+ */
+import { PolicyError } from "../errors.ts";
+import type { FdDecision } from "../files/types.ts";
+import type { Fd } from "../inspect/fds.ts";
+import type { Mapping } from "../inspect/mappings.ts";
+import type { ContentsDecision } from "../memory/address_space.ts";
+import type { MappingDecision, Policy } from "../policy.ts";
+import type { FrozenThread } from "../ptrace/freeze.ts";
+
+/** A value as the message shows it: strings quoted, objects as JSON. */
+function shown(v: unknown): string {
+  if (v === undefined) return "undefined";
+  if (typeof v === "function") return "a function";
+  try {
+    return JSON.stringify(v, (_k, x) => typeof x === "bigint" ? String(x) : x);
+  } catch {
+    return String(v);
+  }
+}
+
+const hex = (n: bigint) => `0x${n.toString(16)}`;
+
+function describe(m: Mapping): string {
+  return `${hex(m.start)}-${hex(m.end)} ${m.perms} ${m.path ?? `(${m.kind})`}`;
+}
+
+/** Why the process cannot run without the contents of `m`, or null when it can. */
+function inUse(m: Mapping, threads: readonly FrozenThread[]): string | null {
+  if (m.kind === "stack") return "its stack";
+  if (m.kind === "heap") return "its heap";
+  const inside = (addr: bigint) => m.start <= addr && addr < m.end;
+  const rip = threads.find((t) => inside(t.regs.rip));
+  if (rip) return `the code thread ${rip.tid} runs`;
+  const rsp = threads.find((t) => inside(t.regs.rsp));
+  if (rsp) return `the stack of thread ${rsp.tid}`;
+  if (m.prot.exec) return "its code";
+  return null;
+}
+
+/**
+ * The policy's mapping answers for every mapping of a frozen process, checked: by start address,
+ * whether its contents are dumped.
+ */
+export async function decideMappings(
+  policy: Policy,
+  pid: number,
+  layout: readonly Mapping[],
+  threads: readonly FrozenThread[],
+): Promise<Map<bigint, ContentsDecision>> {
+  const out = new Map<bigint, ContentsDecision>();
+  for (const m of layout) {
+    const answer: unknown = policy.mapping ? await policy.mapping(m) : "dump";
+    out.set(m.start, mappingContents(answer, m, pid, threads));
+  }
+  return out;
+}
+
+const MAPPING_ANSWERS = `"dump", "skip" or { skip: true, evenIfUsed: true }`;
+
+function mappingContents(
+  answer: unknown,
+  m: Mapping,
+  pid: number,
+  threads: readonly FrozenThread[],
+): ContentsDecision {
+  const what = `the policy's mapping hook answered ${shown(answer)} for mapping ${
+    describe(m)
+  } of process ${pid}`;
+  if (answer === "dump") return "dump";
+  const forced = isForcedSkip(answer);
+  if (answer !== "skip" && !forced) {
+    throw new PolicyError(`${what}, which is none of ${MAPPING_ANSWERS}; nothing was dumped`);
+  }
+  const used = forced ? null : inUse(m, threads);
+  if (used) {
+    throw new PolicyError(
+      `${what}, but it holds ${used}: the restored process could not run without it; answer ` +
+        `{ skip: true, evenIfUsed: true } to skip it anyway`,
+    );
+  }
+  return "skip";
+}
+
+function isForcedSkip(answer: unknown): answer is Extract<MappingDecision, object> {
+  if (typeof answer !== "object" || answer === null) return false;
+  const keys = Object.keys(answer).sort().join(",");
+  const a = answer as Record<string, unknown>;
+  return keys === "evenIfUsed,skip" && a.skip === true && a.evenIfUsed === true;
+}
+
+/** One descriptor with the policy's checked answer for it. */
+export interface DecidedFd {
+  fd: Fd;
+  decision: FdDecision;
+}
+
+/** The policy's fd answers for every descriptor, checked (a reopen path must be a file). */
+export async function decideFds(
+  policy: Policy,
+  pid: number,
+  fds: readonly Fd[],
+): Promise<DecidedFd[]> {
+  const out: DecidedFd[] = [];
+  for (const fd of fds) {
+    const answer: unknown = policy.fd ? await policy.fd(fd) : "dump";
+    out.push({ fd, decision: fdDecision(answer, fd, pid) });
+  }
+  return out;
+}
+
+function fdDecision(answer: unknown, fd: Fd, pid: number): FdDecision {
+  const what = `the policy's fd hook answered ${shown(answer)} for fd ${fd.fd} of process ${pid} ` +
+    `(${fd.target})`;
+  if (answer === "dump" || answer === "skip") return answer;
+  const a = answer as Record<string, unknown> | null;
+  if (
+    typeof a !== "object" || a === null || Object.keys(a).join(",") !== "reopen" ||
+    typeof a.reopen !== "string"
+  ) {
+    throw new PolicyError(
+      `${what}, which is none of "dump", "skip" or { reopen: "/path" }; nothing was dumped`,
+    );
+  }
+  const path = a.reopen;
+  if (!path.startsWith("/")) throw new PolicyError(`${what}: the path to reopen must be absolute`);
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(path);
+  } catch (err) {
+    throw new PolicyError(`${what}: ${path} cannot be reopened (${(err as Error).message})`);
+  }
+  if (!st.isFile && !st.isDirectory) {
+    throw new PolicyError(`${what}: ${path} is not a regular file or a directory`);
+  }
+  return { reopen: path };
+}
