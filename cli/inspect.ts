@@ -82,7 +82,11 @@ function printHuman(r: ImageSummary, regs: boolean): void {
         `, ${count(t.fds, "fd")}`,
     );
   }
-  if (r.verified) {
+  if (!r.verified) {
+    console.log(
+      "\npage data not verified: its checksums were not checked (inspect --verify checks them)",
+    );
+  } else {
     const chain = r.parents ? ", in this image and every parent" : "";
     console.log(`\nverify: OK (every checksum matches${chain})`);
   }
@@ -103,7 +107,7 @@ export const inspect: Verb = {
              image); exit 1 with the reason if one fails
   --verbose  also show every register of every thread
   --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, parents?,
-             verified?,
+             verified (false: the page data's checksums were not checked),
              processes: [{pid, ppid, comm, cmdline, exe, cwd, terminal?: {path, foreground,
              size?, modes?}, zombies: [{pid, comm, ended}],
              threads: [{tid, name, rip, rsp, regs?}],

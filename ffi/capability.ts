@@ -49,3 +49,8 @@ export const CAP = {
 export function hasCap(set: bigint, cap: number): boolean {
   return (set & (1n << BigInt(cap))) !== 0n;
 }
+
+/** The names of the capabilities in set `set` (`CAP_SYS_RESOURCE` …), lowest first. */
+export function capNames(set: bigint): string[] {
+  return Object.entries(CAP).filter(([, n]) => hasCap(set, n)).map(([name]) => `CAP_${name}`);
+}

@@ -17,6 +17,7 @@ import { MemoryObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
 import { PageCollector } from "./page_collector.ts";
+import { DumpLock } from "./dump_lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
@@ -310,6 +311,8 @@ export async function checkpoint(
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
   if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
+  // Before anything else: a second dump of the same process is refused, naming the first.
+  using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;

@@ -78,7 +78,10 @@ export function unframe(name: string, bytes: Uint8Array): Unframed {
   }
   const payload = bytes.subarray(HEADER_SIZE);
   if (checksum(payload) !== view.getUint32(12, true)) {
-    throw new ImageError(`${name}: checksum mismatch in the payload at offset ${HEADER_SIZE}`);
+    throw new ImageError(
+      `${name}: checksum mismatch in bytes ${HEADER_SIZE}-${bytes.length - 1} (its payload): ` +
+        `the image is damaged`,
+    );
   }
   return { version, payload };
 }

@@ -259,9 +259,10 @@ export class ImageReader implements Disposable {
     if (checksum(data) !== extent.checksum) {
       const owner = this.#owner(extent);
       const where = owner === this ? "" : ` of parent image ${owner.dir}`;
+      const last = extent.offset + extent.length - 1;
       throw new ImageError(
-        `${extent.file}${where}: checksum mismatch at offset ${extent.offset} ` +
-          `(${extent.length} bytes)`,
+        `${extent.file}${where}: checksum mismatch in bytes ${extent.offset}-${last} ` +
+          `(${extent.length} bytes of page data): the image is damaged`,
       );
     }
   }

@@ -101,8 +101,22 @@ export class NoAddressSpace extends Unsupported {
     what: string,
     options?: ErrorOptions,
   ) {
-    super(`process ${pid} has no address space (kernel thread or zombie): no ${what}`, options);
+    super(`process ${pid} ${whyNoAddressSpace(pid)}: it has no ${what}`, options);
   }
+}
+
+/** What a process without an address space is, for messages. */
+function whyNoAddressSpace(pid: number): string {
+  const stat = tryReadStat(pid);
+  if (!stat) return "has no address space (kernel thread or zombie)";
+  if ((stat.flags & PF.KTHREAD) !== 0) return `(${stat.comm}) is a kernel thread`;
+  return `(${stat.comm}) has exited (a zombie its parent has not waited for)`;
+}
+
+/** Whether process `pid` is a kernel thread (false once it is gone). */
+export function isKernelThread(pid: number): boolean {
+  const stat = tryReadStat(pid);
+  return stat !== null && (stat.flags & PF.KTHREAD) !== 0;
 }
 
 /** Whether process `pid` is a kernel thread or a zombie, so has no memory to look at. */

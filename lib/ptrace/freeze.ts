@@ -4,6 +4,7 @@
  * body throws or the tool gets SIGINT or SIGTERM. The target sees no signal.
  */
 import {
+  capNames,
   detach,
   Errno,
   getRegs,
@@ -19,9 +20,16 @@ import {
   SyscallError,
   waitpid,
 } from "../../ffi/mod.ts";
-import { AccessDenied, DumpError, explain, NoSuchProcess } from "../errors.ts";
+import { AccessDenied, DumpError, explain, NoSuchProcess, Unsupported } from "../errors.ts";
 import { Injector } from "./inject.ts";
-import { readComm, readStatus, statusField, threadIds } from "../inspect/procfs.ts";
+import {
+  hexMask,
+  isKernelThread,
+  readComm,
+  readStatus,
+  statusField,
+  threadIds,
+} from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 
 /** One stopped thread of a frozen process. */
@@ -86,6 +94,13 @@ function isEsrch(err: unknown): boolean {
 function explainFreezeFailure(err: unknown, pid: number): unknown {
   if (err instanceof SyscallError && err.errno === Errno.EPERM) {
     try {
+      if (isKernelThread(pid)) {
+        return new Unsupported(
+          `process ${pid} (${readComm(pid)}) is a kernel thread: it has no user space to freeze ` +
+            `or dump`,
+          { cause: err },
+        );
+      }
       const status = readStatus(pid);
       if (status.get("State")?.startsWith("Z")) {
         return new NoSuchProcess(pid, "it has exited: a zombie its parent has not waited for", {
@@ -109,6 +124,17 @@ function explainFreezeFailure(err: unknown, pid: number): unknown {
           why: `tardigrade runs as uid ${Deno.uid()}: tracing it needs root (or CAP_SYS_PTRACE)`,
         });
       }
+      // A process with capabilities the tracer lacks is the usual case (pid 1 here holds
+      // CAP_SYS_RESOURCE, which root's processes do not have on these machines).
+      const missing = hexMask(status.get("CapPrm")) & ~hexMask(statusField(Deno.pid, "CapEff"));
+      const init = pid === 1 ? ", the init of this machine," : "";
+      return new AccessDenied(pid, "threads", {
+        cause: err,
+        why: `the kernel refused to let it be traced (EPERM)` +
+          (missing !== 0n
+            ? `: it${init} holds capabilities tardigrade lacks (${capNames(missing).join(", ")})`
+            : ""),
+      });
     } catch { /* the process is gone: explain() says so */ }
   }
   return explain(err, pid, "threads");

@@ -159,8 +159,11 @@ export interface ImageSummary {
   manifest: Pick<ImageManifest, "format" | "toolVersion" | "kernel" | "arch" | "createdAt">;
   /** An incremental image's parents, nearest first. */
   parents?: string[];
-  /** Set when every checksum was verified. */
-  verified?: true;
+  /**
+   * Whether every checksum of the page data was checked (`verify`); false: only the metadata's
+   * were, and damaged page data would go unnoticed until it is read.
+   */
+  verified: boolean;
   /** Every process of the image, the root first. */
   processes: InspectedProcess[];
 }
@@ -184,7 +187,7 @@ export async function inspectImage(
     dir,
     manifest: { format, toolVersion, kernel, arch, createdAt },
     ...(parents.length ? { parents } : {}),
-    ...(opts.verify ? { verified: true as const } : {}),
+    verified: opts.verify === true,
     processes,
   };
 }

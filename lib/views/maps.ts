@@ -1,6 +1,7 @@
 /** The mappings of a process as rows: what `tardigrade maps` and the REPL's `maps()` show. */
 import type { Mapping } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
+import { hasNoAddressSpace, NoAddressSpace } from "../inspect/procfs.ts";
 import { hex } from "./format.ts";
 
 /** One row of `maps --json`. */
@@ -47,6 +48,8 @@ async function residentBytes(proc: Process, maps: Mapping[]): Promise<number[]> 
 /** The mappings of process `pid` as `maps --json` shows them. */
 export async function mapsRows(pid: number): Promise<MapsRow[]> {
   const proc = await Process.open(pid);
+  // A listing of nothing would read as a process with no memory: say what it is instead.
+  if (hasNoAddressSpace(pid)) throw new NoAddressSpace(pid, "mappings");
   const list: Mapping[] = [];
   for await (const m of proc.mappings()) list.push(m);
   const resident = await residentBytes(proc, list);
