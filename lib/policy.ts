@@ -5,7 +5,6 @@
 import type { Fd } from "./inspect/fds.ts";
 import type { Mapping } from "./inspect/mappings.ts";
 import type { FdDecision } from "./files/types.ts";
-import type { ContentsDecision } from "./memory/address_space.ts";
 import type { Process } from "./inspect/process.ts";
 import type { ProcessEntry } from "./image/schema.ts";
 import { PolicyError } from "./errors.ts";
@@ -19,7 +18,7 @@ export type { FdDecision };
  * process uses (its stack, its heap, its code) is skipped only with `{ skip: true, evenIfUsed:
  * true }`. Any other answer stops the dump.
  */
-export type MappingDecision = ContentsDecision | { skip: true; evenIfUsed: true };
+export type MappingDecision = "dump" | "skip" | { skip: true; evenIfUsed: true };
 
 /** A finished image, as `afterDump` sees it before the image is committed. */
 export interface DumpedImage {
