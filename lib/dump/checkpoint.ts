@@ -29,7 +29,12 @@ import { type DecidedFd, decideFds, decideMappings } from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
-import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
+import {
+  type FileEntry,
+  PROCESS_META,
+  type ProcessEntry,
+  processMetaName,
+} from "../image/schema.ts";
 
 /** Options of `checkpoint`. */
 export interface CheckpointOptions {
@@ -194,6 +199,8 @@ interface DumpRun {
   staging: Uint8Array;
   /** What spans the processes (a pipe's data is stored once). */
   scope: object;
+  /** Open files dumped so far, by file id: one shared by several processes is dumped once. */
+  dumpedFiles: Map<number, FileEntry>;
   /** Every process of the dump. */
   pids: readonly number[];
   ending: DumpEnding;
@@ -256,6 +263,7 @@ async function dumpProcess(plan: ProcessPlan, run: DumpRun): Promise<ProcessEntr
       frozen,
       pidfd,
       scope: run.scope,
+      dumpedFiles: run.dumpedFiles,
       pids: run.pids,
       leaveRunning: run.ending.leaveRunning,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
@@ -359,6 +367,7 @@ export async function checkpoint(
       sink,
       staging,
       scope: {},
+      dumpedFiles: new Map(),
       pids: tree.map((f) => f.pid),
       ending,
       parent,

@@ -50,6 +50,8 @@ export async function dumpFdTable(
   const fds: FdEntry[] = [];
   for (const { fd, decision } of decided) {
     if (decision === "skip") continue;
+    const known = decision === "dump" ? ctx.dumpedFiles?.get(fd.fileId) : undefined;
+    if (known) files.set(fd.fileId, known);
     if (!files.has(fd.fileId)) {
       if (typeof decision === "object") {
         files.set(fd.fileId, reopenEntry(fd, decision.reopen));
@@ -61,7 +63,9 @@ export async function dumpFdTable(
               `cannot dump yet; a policy can skip it`,
           );
         }
-        files.set(fd.fileId, { ...(await handler.dump(fd, ctx)), id: fd.fileId });
+        const entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
+        files.set(fd.fileId, entry);
+        ctx.dumpedFiles?.set(fd.fileId, entry);
       }
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });

@@ -26,6 +26,11 @@ export interface FileDumpContext {
   /** Shared by every process of one dump, for state that spans processes (a pipe's data). */
   readonly scope?: object;
   /**
+   * Open files already dumped by a process of this dump, by file id: an open file shared since a
+   * fork (a socket, a pipe, a file) is dumped once and its entry reused, not read again.
+   */
+  readonly dumpedFiles?: Map<number, FileEntry>;
+  /**
    * Every process of this dump (the target alone when absent), so a handler can tell whether
    * the other end of a connection is dumped too.
    */
