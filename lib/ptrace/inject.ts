@@ -116,18 +116,27 @@ export class Injector implements Disposable {
       setSigMask(this.tid, saved.mask);
       this.settle();
     };
+    // After a failure the thread may be gone: the failure is what to report, not the cleanup's.
+    const endAfter = (err: unknown): never => {
+      try {
+        end();
+      } catch { /* the error below says more */ }
+      throw err;
+    };
     let result: T;
     try {
       result = body();
     } catch (err) {
-      end();
-      throw err;
+      endAfter(err);
     }
-    if (result instanceof Promise) {
-      return result.finally(end) as T;
+    if (result! instanceof Promise) {
+      return result.then((value) => {
+        end();
+        return value;
+      }, endAfter) as T;
     }
     end();
-    return result;
+    return result!;
   }
 
   /**

@@ -234,16 +234,32 @@ interface Shares {
   namespace?: PidNamespace;
 }
 
-/** Memory, descriptors and process state of one process; threads are made but not resumed. */
-async function build(
+/** What building each process of one restore uses. */
+interface RestoreRun {
+  reader: ImageReader;
+  shares: Shares;
+  /** Tells the policy (and the debug log) which stage of which process begins. */
+  stage: (name: RestoreStage, p: ProcessEntry) => void;
+  /** Every process and thread made so far, to kill if the restore fails. */
+  made: number[];
+  warnings: string[];
+}
+
+/**
+ * Memory, descriptors and process state of one process; threads are made but not resumed. One
+ * save and settle of the main thread serve the hundreds of syscalls: the process dies with the
+ * tool (PTRACE_O_EXITKILL), so injected registers left behind cannot harm it.
+ */
+function build(m: Making, run: RestoreRun, progress: (bytes: number) => void): Promise<number> {
+  return m.inj.batch(() => buildProcess(m, run, progress));
+}
+
+async function buildProcess(
   m: Making,
-  reader: ImageReader,
-  shares: Shares,
-  stage: (name: RestoreStage, p: ProcessEntry) => void,
+  run: RestoreRun,
   progress: (bytes: number) => void,
-  made: number[],
-  warnings: string[],
 ): Promise<number> {
+  const { reader, shares, stage, made, warnings } = run;
   const { entry: p, inj, mem } = m;
   stage("memory", p);
   const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
@@ -482,18 +498,11 @@ async function restoreTree(
     stub.end();
 
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
+    const run: RestoreRun = { reader, shares, stage, made, warnings };
     let pageBytes = 0;
     for (const m of making) {
       const before = pageBytes;
-      pageBytes += await build(
-        m,
-        reader,
-        shares,
-        stage,
-        (b) => opts.onProgress?.(before + b, total),
-        made,
-        warnings,
-      );
+      pageBytes += await build(m, run, (b) => opts.onProgress?.(before + b, total));
     }
     releaseScope(shares.scope);
     // Every end of every TCP connection exists now: they may talk.
