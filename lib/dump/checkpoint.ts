@@ -10,7 +10,7 @@ import type { FileDumpContext } from "../files/types.ts";
 import { freeze, type FrozenProcess, onInterrupt } from "../ptrace/freeze.ts";
 import { ImageWriter, type PageSink } from "../image/mod.ts";
 import { listMappings } from "../inspect/mappings.ts";
-import { dumpFdTable } from "../files/fdtable.ts";
+import { dumpFdTable, type FdTableDump } from "../files/fdtable.ts";
 import { ParentImage } from "./incremental.ts";
 import { dumpMemory, MemoryObjects } from "../memory/dump.ts";
 import { PageCollector, STAGING_SIZE } from "./page_collector.ts";
@@ -23,7 +23,15 @@ import { dumpThread } from "../task/threads.ts";
 import type { MappingDecision, Policy } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
-import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
+import {
+  childrenOf,
+  hexMask,
+  processState,
+  readProcLink,
+  readStatus,
+  tryReadStat,
+} from "../inspect/procfs.ts";
+import { treeSharing } from "../ptrace/stub.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
 
 /** Options of `checkpoint`. */
@@ -174,6 +182,12 @@ async function freezeTree(
   }
 }
 
+/** The descriptor table of the entry of process `pid` among `entries`, if any. */
+function tableOf(entries: ProcessEntry[], pid: number | undefined): FdTableDump | undefined {
+  const e = pid === undefined ? undefined : entries.find((x) => x.pid === pid);
+  return e && { files: e.files, fds: e.fds };
+}
+
 /** How the dump ends, for file handlers that hold something in the processes until then. */
 interface DumpEnding {
   leaveRunning: boolean;
@@ -194,6 +208,7 @@ async function dumpProcess(
   onProgress?: (bytes: number) => void,
   pre?: ProcessPreCopy,
   parent?: ParentImage,
+  sharedTable?: FdTableDump,
 ): Promise<ProcessEntry> {
   const pid = frozen.pid;
   const proc = await Process.open(pid);
@@ -235,7 +250,8 @@ async function dumpProcess(
           `/proc/${pid}/fd/${fd.fd}`,
         ),
     };
-    const { files: fileEntries, fds } = await dumpFdTable(fdCtx, policy, files);
+    // A table shared with a process dumped before (CLONE_FILES) is that process's, dumped once.
+    const { files: fileEntries, fds } = sharedTable ?? await dumpFdTable(fdCtx, policy, files);
     // For a restore as a shell job: which descriptors were on its terminal, was it in front.
     const tty = dumpTerminal(await proc.stat(), fileEntries);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
@@ -316,6 +332,10 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
     const stopped = new Set<number>();
     tree = await freezeTree(pid, opts.single ?? false, stopped);
     const files = new FileTable();
+    // Descriptor tables and fs contexts shared between processes (CLONE_FILES, CLONE_FS).
+    const sharing = treeSharing(
+      tree.map((f) => ({ pid: f.pid, ppid: tryReadStat(f.pid)?.ppid ?? 0 })),
+    );
     const entries: ProcessEntry[] = [];
     let before = 0;
     const scope = {}; // what spans the processes: a pipe's data is stored once
@@ -332,7 +352,9 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         (bytes: number) => opts.onProgress?.(before + bytes),
         pre?.byPid.get(frozen.pid),
         parent,
+        tableOf(entries, sharing.get(frozen.pid)?.sharesFilesWith),
       );
+      Object.assign(entry, sharing.get(entry.pid));
       before = sink.bytesWritten;
       if (stopped.has(entry.pid)) entry.stopped = true;
       entries.push(entry);

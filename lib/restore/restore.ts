@@ -19,7 +19,8 @@ import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files
 import { checksum } from "../image/checksum.ts";
 import { ImageReader } from "../image/mod.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
+import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
+import type { RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder, type SharedObjects } from "../memory/restore.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
@@ -56,7 +57,7 @@ import { findVdso } from "../inspect/mappings.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
-import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
+import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -248,6 +249,8 @@ interface Making {
   mem: RemoteMemory;
   inj: Injector;
   asb?: AddressSpaceBuilder;
+  /** Its descriptor table, until its last steps are done (absent when it shares another's). */
+  files?: RestoredFdTable;
   /** Injectors of its threads, once made. */
   injectors?: Map<number, Injector>;
   /** The registers each thread resumes with. */
@@ -273,6 +276,19 @@ interface Shares {
   pids: PidMap;
   /** The new pid namespace the tree is made in, with `pidNamespace`. */
   namespace?: PidNamespace;
+  /** Every process, thread and zombie of the image, for descriptors that name them. */
+  tasks: RestoredTasks;
+}
+
+/** The processes, threads and zombies `entries` make. */
+function tasksOf(entries: ProcessEntry[], ownNamespace: boolean): RestoredTasks {
+  const ids = new Set<number>();
+  for (const p of entries) {
+    ids.add(p.pid);
+    for (const t of p.threads) ids.add(t.tid);
+    for (const z of p.zombies ?? []) ids.add(z.pid);
+  }
+  return { restored: (id) => ids.has(id), ownNamespace };
 }
 
 /** Memory, descriptors and process state of one process; threads are made but not resumed. */
@@ -287,8 +303,7 @@ async function build(
 ): Promise<number> {
   const { entry: p, inj, mem } = m;
   stage("memory", p);
-  const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
-  asb.empty();
+  const asb = m.asb!; // emptied already
   asb.moveSpecials();
   asb.placeScratch();
   asb.createObjects(shares.objects);
@@ -304,10 +319,12 @@ async function build(
   stage("files", p);
   const ns = shares.namespace;
   const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
-  restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
+  // A table shared with a process made before (CLONE_FILES) is restored once, by that one.
+  if (p.sharesFilesWith === undefined) {
+    m.files = restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd, shares.tasks);
+  }
 
   stage("process", p);
-  restoreFsState(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
@@ -329,6 +346,21 @@ async function build(
   restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
   warnings.push(...restoreRlimits(inj, p.rlimits));
   return pageBytes;
+}
+
+/**
+ * Once every process and thread of the tree exists: what names them in descriptors (pidfds,
+ * owners of I/O signals), then the fs state (a chroot would hide the host paths descriptors are
+ * opened by, and a shared fs context is set once).
+ */
+function afterTasks(making: Making[], shares: Shares, warnings: string[]): void {
+  for (const m of making) m.files?.afterTasks();
+  for (const m of making) {
+    if (m.entry.sharesFsWith !== undefined) continue;
+    for (const w of restoreFsState(m.inj, m.entry, shares.scope)) {
+      warnings.push(`process ${m.entry.pid}: ${w}`);
+    }
+  }
 }
 
 /** Last steps inside one process, once every process of the tree is built. */
@@ -487,7 +519,13 @@ async function restoreTree(
   }
   const made: number[] = [];
   const making: Making[] = [];
-  const shares: Shares = { objects: new Map(), files: new Map(), scope: {}, pids: new PidMap() };
+  const shares: Shares = {
+    objects: new Map(),
+    files: new Map(),
+    scope: {},
+    pids: new PidMap(),
+    tasks: tasksOf(entries, opts.pidNamespace === true),
+  };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
   try {
@@ -499,10 +537,14 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     }
+    const ppidOf = (pid: number) => entries.find((e) => e.pid === pid)?.ppid;
     for (const p of entries) {
-      const parent = making.find((m) => m.entry.pid === p.ppid);
-      const pid = parent
-        ? forkWithPid(parent.inj, p.pid)
+      // Made by its parent, or by the process it shares its descriptor table or fs context with.
+      const plan = clonePlan(p, ppidOf);
+      if (typeof plan === "string") throw new RestoreError(`cannot restore: ${plan}`);
+      const maker = making.find((m) => m.entry.pid === plan.from);
+      const pid = maker
+        ? forkWithPid(maker.inj, p.pid, plan.opts)
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
       shares.pids.set(p.pid, pid);
@@ -514,6 +556,12 @@ async function restoreTree(
       restoreZombies(m.inj, p);
     }
     stub.end();
+    // Every address space emptied before any is filled: emptying closes every descriptor, and a
+    // descriptor table may be shared (CLONE_FILES) with a process built before.
+    for (const m of making) {
+      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+      m.asb.empty();
+    }
 
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
     let pageBytes = 0;
@@ -529,6 +577,8 @@ async function restoreTree(
         warnings,
       );
     }
+    afterTasks(making, shares, warnings);
+    for (const m of making) m.files?.close();
     releaseScope(shares.scope);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
@@ -573,6 +623,7 @@ async function restoreTree(
     }
     stub.end();
     for (const m of making) {
+      m.files?.close();
       m.asb?.abort();
       m.mem.close();
     }
