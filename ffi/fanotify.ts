@@ -23,3 +23,9 @@ export const FAN_MARK = {
 
 /** The fanotify_init(2) flags that are not the descriptor's own (FAN_CLOEXEC, FAN_NONBLOCK). */
 export const FAN_INIT = { CLOEXEC: 0x1, NONBLOCK: 0x2 } as const;
+
+/**
+ * The events a listener must answer before the access goes on (FAN_OPEN_PERM, FAN_ACCESS_PERM,
+ * FAN_OPEN_EXEC_PERM, FAN_PRE_ACCESS).
+ */
+export const FAN_PERMISSION_EVENTS = 0x10000 | 0x20000 | 0x40000 | 0x100000;

@@ -5,15 +5,20 @@
  * Dump finds each mark's path again from the tool: an inode through its file handle (as inotify
  * watches are), a mount by its id in the process's mountinfo, a filesystem by its device. A mark
  * whose path cannot be found is refused, naming it; so is a group with events queued (FIONREAD):
- * they hold descriptors of the files they report and cannot be queued again.
+ * they hold descriptors of the files they report and cannot be queued again; and a mark for
+ * permission events (FAN_OPEN_PERM …): every access it covers would wait for an answer from a
+ * process the restore still holds stopped.
  *
  * Restore makes the group with fanotify_init and adds the marks with fanotify_mark, the oldest
- * first (the kernel lists the newest first), the inode ones without following a symlink.
+ * first (the kernel lists the newest first), the inode ones without following a symlink; once
+ * every other file of every process is open (`deferred`), so that its marks see none of the
+ * restore's own opens.
  */
 import {
   AT_FDCWD,
   close,
   FAN_MARK,
+  FAN_PERMISSION_EVENTS,
   pidfdGetfd,
   SOCK_IOCTL,
   SYS,
@@ -76,6 +81,12 @@ function dump(fd: Fd, ctx: FileDumpContext): FanotifyEntry {
     throw new DumpError(`${what} has ${queued} bytes of events queued, which cannot be restored`);
   }
   const marks = info.marks.map((m): FanotifyMarkEntry => {
+    if (m.mask & FAN_PERMISSION_EVENTS) {
+      throw new DumpError(
+        `${what}: the mark on ${describeMark(m)} asks for permission events, which would hold ` +
+          `the restore's own accesses until the stopped process answered`,
+      );
+    }
     const path = markPath(fd.pid, m);
     if (path === null) {
       throw new DumpError(`${what}: the mark on ${describeMark(m)} has no path to make it again`);
@@ -138,6 +149,7 @@ function check(e: FanotifyEntry): string | null {
 export const fanotifyHandler: FileHandler<FanotifyEntry> = {
   kind: "fanotify",
   fdKinds: ["fanotify"],
+  deferred: true,
   dump,
   check,
   open,

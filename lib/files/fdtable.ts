@@ -4,7 +4,8 @@
  *
  * What every kind of open file has besides its kind's state, its status flags, owner and signal
  * (owner.ts), is dumped and restored here for all of them: the flags a handler's open left
- * different are set with F_SETFL, the owner and signal once every process and thread exists.
+ * different are set with F_SETFL once every process and thread exists, the owner and signal once
+ * the process has its credentials too.
  */
 import { close, F, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
@@ -96,10 +97,15 @@ function toolPidfdByPid(inj: Injector): bigint {
 export interface RestoredFdTable {
   /**
    * Once every process and thread of the restore exists: the files of deferred handlers (pidfds)
-   * in place of their placeholders, then the status flags, owner and signal of every open file
-   * this process made.
+   * in place of their placeholders, then the status flags of every open file this process made.
    */
   afterTasks(): void;
+  /**
+   * After `afterTasks`, once the process has its credentials: the owner and signal of the I/O
+   * signals of every open file it made. The kernel records the credentials of whoever sets an
+   * owner and signals only the processes those may signal, so they must be the process's own.
+   */
+  restoreOwners(): void;
   /** Lets go of what the tool holds for it (alone, without a scope: what handlers hold too). */
   close(): void;
 }
@@ -212,10 +218,14 @@ export function restoreFdTable(
       }
       for (const f of p.files) {
         const fd = firstFd.get(f.id);
+        if (fd !== undefined && !taken.has(f.id)) restoreStatusFlags(inj, fd, f.flags);
+      }
+    },
+    restoreOwners(): void {
+      for (const f of p.files) {
+        const fd = firstFd.get(f.id);
         if (fd === undefined || taken.has(f.id)) continue;
-        const what = `fd ${fd} of process ${p.pid}`;
-        restoreStatusFlags(inj, fd, f.flags);
-        restoreOwner(inj, fd, f, tasks, what);
+        restoreOwner(inj, fd, f, tasks, `fd ${fd} of process ${p.pid}`);
       }
     },
     close: cleanup,
@@ -224,10 +234,11 @@ export function restoreFdTable(
 
 /**
  * Sets the status flags F_SETFL can change (O_APPEND, O_NONBLOCK, O_ASYNC, O_NOATIME) where the
- * file's open left them other than `flags`. O_ASYNC is armed again at `fd` even where a handler
- * set it: the kernel keeps the number it was armed at and names it in each signal (si_fd), so
- * it must be the descriptor's, not a number it had while being made. O_PATH descriptors have no
- * flags to set.
+ * file's open left them other than `flags`. O_ASYNC is armed again at `fd`, the file's lowest
+ * number in the process that makes it, even where a handler set it: the kernel keeps the number
+ * it was armed at and names it in each signal (si_fd), so it must be a descriptor's, not one the
+ * file had while being made. (Which of several numbers the program armed it through, the kernel
+ * does not tell.) O_PATH descriptors have no flags to set.
  */
 function restoreStatusFlags(inj: Injector, fd: number, flags: number): void {
   if (flags & O.PATH) return;

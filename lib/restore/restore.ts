@@ -349,9 +349,9 @@ async function build(
 }
 
 /**
- * Once every process and thread of the tree exists: what names them in descriptors (pidfds,
- * owners of I/O signals), then the fs state (a chroot would hide the host paths descriptors are
- * opened by, and a shared fs context is set once).
+ * Once every process and thread of the tree exists: what names them in descriptors (pidfds),
+ * then the fs state (a chroot would hide the host paths descriptors are opened by, and a shared
+ * fs context is set once).
  */
 function afterTasks(making: Making[], shares: Shares, warnings: string[]): void {
   for (const m of making) m.files?.afterTasks();
@@ -380,6 +380,8 @@ function seal(m: Making): void {
     if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
   }
   restoreCredentials(inj, p.creds);
+  // After the credentials: the kernel signals a file's owner as whoever set it may.
+  m.files?.restoreOwners();
   // After the credentials: changing them clears the parent-death signal.
   restoreAttributes(inj, p);
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
@@ -578,11 +580,11 @@ async function restoreTree(
       );
     }
     afterTasks(making, shares, warnings);
-    for (const m of making) m.files?.close();
     releaseScope(shares.scope);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
     for (const m of making) seal(m);
+    for (const m of making) m.files?.close();
     stage("verify", entries[0]);
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     for (const m of making) unmapScratch(m);
