@@ -19,7 +19,7 @@
  * gives ESRCH to signals and the same exit status, as before. What differs: the dead process's
  * cgroup id (PIDFD_INFO_CGROUPID), which is the restored process's.
  */
-import { close, PIDFD, pidfdExitStatus, pidfdGetfd, SYS, WAIT } from "../../ffi/mod.ts";
+import { close, errnoName, PIDFD, pidfdExitStatus, pidfdGetfd, SYS, WAIT } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd, PidfdInfo } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
@@ -105,9 +105,8 @@ function deadPidfd(e: PidfdEntry, ctx: FileRestoreContext): number {
 
 function open(e: PidfdEntry, ctx: FileRestoreContext): number {
   if (e.pid < 0) return deadPidfd(e, ctx);
-  const tasks = ctx.tasks;
-  const what = `pidfd of process ${e.pid} (process ${ctx.pid})`;
-  if (!tasks) throw new RestoreError(`${what}: opened before every process exists`);
+  const tasks = ctx.tasks ?? { restored: (id: number) => id === ctx.pid, ownNamespace: false };
+  const what = `fd ${ctx.fdOfFile(e.id)} of process ${ctx.pid} (a pidfd of process ${e.pid})`;
   if (!tasks.restored(e.pid)) {
     if (tasks.ownNamespace) {
       throw new RestoreError(
@@ -120,7 +119,7 @@ function open(e: PidfdEntry, ctx: FileRestoreContext): number {
     }
   }
   const r = ctx.injector.raw(SYS.pidfd_open, e.pid, openFlags(e));
-  if (r < 0n) throw new RestoreError(`${what}: pidfd_open failed (errno ${-r})`);
+  if (r < 0n) throw new RestoreError(`${what}: pidfd_open failed (${errnoName(Number(-r))})`);
   return Number(r);
 }
 

@@ -157,7 +157,7 @@ function checkFile(e: RegularEntry): string | null {
 function checkProcess(e: RegularEntry & { proc: { pid: number } }, ctx: FileRestoreContext): void {
   const { pid, startTime } = e.proc;
   if (startTime === undefined) return; // a process of the image: made before its files
-  const what = `${e.path} (process ${ctx.pid})`;
+  const what = `fd ${ctx.fdOfFile(e.id)} of process ${ctx.pid} (${e.path})`;
   if (ctx.tasks?.ownNamespace) {
     throw new RestoreError(
       `${what}: process ${pid} is not in the image; restored in a new pid namespace, its /proc ` +
