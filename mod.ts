@@ -48,6 +48,8 @@ export {
   type EpollInfo,
   type EpollTarget,
   type EventfdInfo,
+  type FanotifyInfo,
+  type FanotifyMark,
   type Fd,
   type FdInfo,
   type FdKind,

@@ -51,6 +51,31 @@ export const F = {
   GET_SEALS: 1034,
 } as const;
 
+/** Who receives an open file's I/O signals (`struct f_owner_ex` type, F_GETOWN_EX/F_SETOWN_EX). */
+export const F_OWNER = { TID: 0, PID: 1, PGRP: 2 } as const;
+
+/** The owner of an open file's I/O signals: a thread, a process or a process group, by id. */
+export interface FileOwner {
+  /** `F_OWNER.TID`, `F_OWNER.PID` or `F_OWNER.PGRP`. */
+  type: number;
+  /** The thread, process or group id as the process sees it; 0 for none (or one that is gone). */
+  pid: number;
+}
+
+/** Size of `struct f_owner_ex`. */
+export const F_OWNER_EX_SIZE = 8;
+
+/** Encodes `struct f_owner_ex` (int type; pid_t pid). */
+export function encodeFileOwner(owner: FileOwner): Uint8Array {
+  return new Uint8Array(new Int32Array([owner.type, owner.pid]).buffer);
+}
+
+/** Decodes `struct f_owner_ex`. */
+export function decodeFileOwner(bytes: Uint8Array): FileOwner {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, F_OWNER_EX_SIZE);
+  return { type: v.getInt32(0, true), pid: v.getInt32(4, true) };
+}
+
 /** FD_CLOEXEC, the one descriptor flag (F_GETFD/F_SETFD). */
 export const FD_CLOEXEC = 1;
 
@@ -63,7 +88,10 @@ export const SETFL_MASK = O.APPEND | O.NONBLOCK | O.NOATIME | O.ASYNC;
 /** lseek(2) whence values, SEEK_DATA and SEEK_HOLE included. */
 export const SEEK = { SET: 0, CUR: 1, END: 2, DATA: 3, HOLE: 4 } as const;
 
-/** Lock types of `struct flock` (l_type). */
+/** __O_SYNC, the bit O_SYNC adds to O_DSYNC. */
+export const O_SYNC_BIT = 0o4000000;
+
+/** Lock types of `struct flock` (l_type), also the lease types of F_SETLEASE/F_GETLEASE. */
 export const LOCK_TYPE = { RDLCK: 0, WRLCK: 1, UNLCK: 2 } as const;
 
 /** flock(2) operations. */

@@ -7,10 +7,12 @@
 export * from "./capability.ts";
 export * from "./errno.ts";
 export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
+export * from "./fanotify.ts";
 export * from "./fcntl.ts";
 export * from "./ipc.ts";
 export * from "./mman.ts";
 export * from "./mount.ts";
+export * from "./pidfd.ts";
 export * from "./prctl.ts";
 export * from "./resource.ts";
 export * from "./ptrace.ts";

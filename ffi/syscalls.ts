@@ -1,6 +1,7 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
 import { addressOf, cstring, libc, unwrap } from "./libc.ts";
-import { O } from "./fcntl.ts";
+import { AT_FDCWD, O } from "./fcntl.ts";
+import { S_IF } from "./stat.ts";
 import { SyscallError } from "./errno.ts";
 import { encodeIovecs } from "./structs.ts";
 
@@ -46,6 +47,11 @@ export const SYS = {
   ftruncate: 77,
   chdir: 80,
   fchdir: 81,
+  mkdir: 83,
+  rmdir: 84,
+  unlink: 87,
+  fchmod: 91,
+  fchown: 93,
   umask: 95,
   getrlimit: 97,
   setuid: 105,
@@ -60,6 +66,7 @@ export const SYS = {
   rt_sigtimedwait: 128,
   rt_sigqueueinfo: 129,
   sigaltstack: 131,
+  mknod: 133,
   personality: 135,
   prctl: 157,
   arch_prctl: 158,
@@ -96,6 +103,9 @@ export const SYS = {
   rt_tgsigqueueinfo: 297,
   timerfd_settime: 286,
   timerfd_gettime: 287,
+  utimensat: 280,
+  fanotify_init: 300,
+  fanotify_mark: 301,
   prlimit64: 302,
   open_by_handle_at: 304,
   kcmp: 312,
@@ -160,6 +170,12 @@ export function open(path: string, flags: number, mode = 0): number {
   return unwrap(libc.open(cstring(path), flags | O.CLOEXEC, mode), "open", [path]);
 }
 
+/** mknod(2) of a FIFO at `path` with permission bits `mode` (less the umask). */
+export function mkfifo(path: string, mode: number): void {
+  const p = cstring(path);
+  syscall("mknod", addressOf(p), S_IF.IFO | mode, 0);
+}
+
 /** The fields of `struct stat` tardigrade uses. */
 export interface Stat {
   dev: bigint;
@@ -169,6 +185,7 @@ export interface Stat {
   gid: number;
   rdev: bigint;
   size: number;
+  atimeNs: bigint;
   mtimeNs: bigint;
 }
 
@@ -185,8 +202,31 @@ export function fstat(fd: number): Stat {
     gid: dv.getUint32(32, true),
     rdev: dv.getBigUint64(40, true),
     size: Number(dv.getBigInt64(48, true)),
+    atimeNs: dv.getBigInt64(72, true) * 1_000_000_000n + dv.getBigInt64(80, true),
     mtimeNs: dv.getBigInt64(88, true) * 1_000_000_000n + dv.getBigInt64(96, true),
   };
+}
+
+/** stat(2) of a path (following a symlink, or /proc's magic links to open files). */
+export function stat(path: string): Stat {
+  const fd = open(path, O.PATH);
+  try {
+    return fstat(fd);
+  } finally {
+    close(fd);
+  }
+}
+
+/** utimensat(2): sets the access and modification times (ns since the epoch) of `path`. */
+export function setFileTimes(path: string, atimeNs: bigint, mtimeNs: bigint): void {
+  const ts = new BigInt64Array(4);
+  for (const [i, ns] of [atimeNs, mtimeNs].entries()) {
+    const rem = ((ns % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n; // before 1970 too
+    ts[2 * i] = (ns - rem) / 1_000_000_000n;
+    ts[2 * i + 1] = rem;
+  }
+  const p = cstring(path);
+  syscall("utimensat", AT_FDCWD, addressOf(p), addressOf(ts), 0);
 }
 
 /** Closes a raw descriptor. */

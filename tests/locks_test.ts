@@ -11,7 +11,7 @@ import { addressOf, close, O, open, syscall } from "../ffi/mod.ts";
 import { flockStruct, parseLocks } from "../lib/files/locks.ts";
 import { fixture, killAndReap, spawnTarget } from "./helpers.ts";
 
-Deno.test("parseLocks reads FLOCK, POSIX and OFD lock lines", () => {
+Deno.test("parseLocks reads FLOCK, POSIX and OFD lock lines and leases", () => {
   const text = [
     "pos:\t0",
     "flags:\t0100002",
@@ -20,16 +20,19 @@ Deno.test("parseLocks reads FLOCK, POSIX and OFD lock lines", () => {
     "lock:\t1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF",
     "lock:\t2: POSIX  ADVISORY  READ 1234 fd:01:5678 100 149",
     "lock:\t3: OFDLCK ADVISORY  WRITE -1 fd:01:5678 10 EOF",
+    "lock:\t4: LEASE  ACTIVE    READ 1234 fd:01:5678 0 EOF",
     "",
   ].join("\n");
   assert.deepEqual(parseLocks(text), [
     { type: "FLOCK", access: "WRITE", start: 0n, end: null },
     { type: "POSIX", access: "READ", start: 100n, end: 149n },
     { type: "OFDLCK", access: "WRITE", start: 10n, end: null },
+    { type: "LEASE", access: "READ", start: 0n, end: null },
   ]);
   assert.deepEqual(parseLocks("pos:\t0\nflags:\t02\n"), []);
+  // A lease being broken cannot be taken again as it was.
   assert.throws(
-    () => parseLocks("lock:\t1: LEASE  ACTIVE    READ 1234 fd:01:5678 0 EOF\n", "fd 3 of 7"),
+    () => parseLocks("lock:\t1: LEASE  BREAKING  READ 1234 fd:01:5678 0 EOF\n", "fd 3 of 7"),
     /fd 3 of 7: cannot dump the lock "1: LEASE/,
   );
   const s = new DataView(

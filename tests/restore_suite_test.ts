@@ -200,40 +200,19 @@ export const restoreCases: RestoreCase[] = [
       "a restored memfd cannot be executed: reopened O_RDWR through /proc/self/fd, execveat gives ETXTBSY",
   },
   // Issue 10: files
-  {
-    name: "r_fd_status_flags",
-    unsupported:
-      "fd owners and signals (F_SETOWN, F_SETOWN_EX, F_SETSIG) are lost, and O_ASYNC on a UDP socket",
-  },
-  {
-    name: "r_clone_files",
-    unsupported: "a descriptor table shared with CLONE_FILES comes back as two tables",
-  },
-  { name: "r_clone_fs", unsupported: "an fs context shared with CLONE_FS comes back as two" },
-  {
-    name: "r_ghost_file",
-    unsupported:
-      "a deleted file comes back owned by root with new atime and mtime (mode and contents are kept)",
-  },
-  { name: "r_ghost_fifo", unsupported: "dump refused: a deleted FIFO has no path to reopen" },
-  { name: "r_ghost_dir_fd", unsupported: "dump refused: an open directory that was removed" },
-  {
-    name: "r_deleted_cwd",
-    unsupported: "restore fails: chdir to the removed working directory (ENOENT)",
-  },
-  {
-    name: "r_chroot",
-    unsupported: "restore fails: after chroot the cwd is chdir'ed by its host path (ENOENT)",
-  },
-  {
-    name: "r_opath",
-    unsupported:
-      "dump refused: an O_PATH | O_NOFOLLOW fd of a symlink is kind other (O_PATH of files and directories works)",
-  },
+  { name: "r_fd_status_flags" },
+  { name: "r_clone_files" },
+  { name: "r_clone_fs" },
+  { name: "r_ghost_file" },
+  { name: "r_ghost_fifo" },
+  { name: "r_ghost_dir_fd" },
+  { name: "r_deleted_cwd" },
+  { name: "r_chroot" },
+  { name: "r_opath" },
   { name: "r_proc_child_fd" },
-  { name: "r_pidfd", unsupported: "dump refused: pidfds are not handled" },
-  { name: "r_fanotify", unsupported: "dump refused: fanotify groups are not handled" },
-  { name: "r_lease", unsupported: "dump refused: file leases are not handled" },
+  { name: "r_pidfd" },
+  { name: "r_fanotify" },
+  { name: "r_lease" },
   { name: "r_inotify_wd" },
 ];
 

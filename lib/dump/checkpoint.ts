@@ -10,7 +10,7 @@ import type { FileDumpContext } from "../files/types.ts";
 import { freeze, type FrozenProcess, onInterrupt } from "../ptrace/freeze.ts";
 import { ImageWriter, type PageSink } from "../image/mod.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
-import { dumpFdTable } from "../files/fdtable.ts";
+import { dumpFdTable, type FdTableDump } from "../files/fdtable.ts";
 import { ParentImage } from "./incremental.ts";
 import { type ContentsDecision, dumpAddressSpace } from "../memory/address_space.ts";
 import { MemoryObjects } from "../memory/objects.ts";
@@ -28,7 +28,15 @@ import { checkPolicy, type Policy } from "../policy.ts";
 import { type DecidedFd, decideFds, decideMappings } from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
-import { childrenOf, hexMask, processState, readProcLink, readStatus } from "../inspect/procfs.ts";
+import {
+  childrenOf,
+  hexMask,
+  processState,
+  readProcLink,
+  readStatus,
+  tryReadStat,
+} from "../inspect/procfs.ts";
+import { treeSharing } from "../ptrace/stub.ts";
 import {
   type FileEntry,
   PROCESS_META,
@@ -182,6 +190,12 @@ async function freezeTree(
   }
 }
 
+/** The descriptor table of the entry of process `pid` among `entries`, if any. */
+function tableOf(entries: ProcessEntry[], pid: number | undefined): FdTableDump | undefined {
+  const e = pid === undefined ? undefined : entries.find((x) => x.pid === pid);
+  return e && { files: e.files, fds: e.fds };
+}
+
 /** How the dump ends, for file handlers that hold something in the processes until then. */
 interface DumpEnding {
   leaveRunning: boolean;
@@ -236,7 +250,11 @@ async function planProcess(frozen: FrozenProcess, run: DumpRun): Promise<Process
 }
 
 /** Everything one frozen process holds, its page data written through the run's sink. */
-async function dumpProcess(plan: ProcessPlan, run: DumpRun): Promise<ProcessEntry> {
+async function dumpProcess(
+  plan: ProcessPlan,
+  run: DumpRun,
+  sharedTable?: FdTableDump,
+): Promise<ProcessEntry> {
   const { frozen, layout } = plan;
   const pid = frozen.pid;
   const proc = await Process.open(pid);
@@ -275,7 +293,8 @@ async function dumpProcess(plan: ProcessPlan, run: DumpRun): Promise<ProcessEntr
           `/proc/${pid}/fd/${fd.fd}`,
         ),
     };
-    const { files: fileEntries, fds } = await dumpFdTable(fdCtx, plan.fds);
+    // A table shared with a process dumped before (CLONE_FILES) is that process's, dumped once.
+    const { files: fileEntries, fds } = sharedTable ?? await dumpFdTable(fdCtx, plan.fds);
     // For a restore as a shell job: which descriptors were on its terminal, was it in front.
     const tty = dumpTerminal(await proc.stat(), fileEntries);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
@@ -373,14 +392,24 @@ export async function checkpoint(
       parent,
       pre,
     };
+    // Descriptor tables and fs contexts shared between processes (CLONE_FILES, CLONE_FS).
+    const sharing = treeSharing(
+      tree.map((f) => ({ pid: f.pid, ppid: tryReadStat(f.pid)?.ppid ?? 0 })),
+    );
     // Every answer of the policy, for every process, before anything is dumped.
     const plans: ProcessPlan[] = [];
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
     const entries: ProcessEntry[] = [];
     for (const plan of plans) {
+      const pid = plan.frozen.pid;
       const before = sink.bytesWritten;
       run.onProgress = (bytes: number) => opts.onProgress?.(before + bytes);
-      const entry = await dumpProcess(plan, run);
+      const entry = await dumpProcess(
+        plan,
+        run,
+        tableOf(entries, sharing.get(pid)?.sharesFilesWith),
+      );
+      Object.assign(entry, sharing.get(entry.pid));
       if (stopped.has(entry.pid)) entry.stopped = true;
       entries.push(entry);
     }

@@ -1,6 +1,8 @@
 /**
  * epoll instances: the watched descriptors (tfd, events, data) from fdinfo. open() makes an empty
- * instance; finish(), once every descriptor has its final number, adds the watches again.
+ * instance; finish(), once every descriptor has its final number, adds the watches again. Both
+ * are deferred until every process and thread of the restore exists, so that the pidfds it may
+ * watch are in place (`FileHandler.deferred`).
  *
  * Limits: a watch is keyed by the fd number it was added with. If that number was closed (the
  * file kept alive by a dup elsewhere) or now names another file, the watch cannot be found again
@@ -108,6 +110,7 @@ function inodeOf(pid: number, fd: number): bigint | null {
 export const epollHandler: FileHandler<EpollEntry> = {
   kind: "epoll",
   fdKinds: ["epoll"],
+  deferred: true,
   dump(fd: Fd): EpollEntry {
     const watches = (fd.info as EpollInfo).targets.map((t): EpollWatch => {
       const w: EpollWatch = { tfd: t.tfd, events: t.events, data: t.data };

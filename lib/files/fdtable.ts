@@ -1,13 +1,19 @@
 /**
  * The descriptor table: each open file stored once in an object table keyed by its file id and
  * referred to by every fd that shares it, as the Linux-CR object table did.
+ *
+ * What every kind of open file has besides its kind's state, its status flags, owner and signal
+ * (owner.ts), is dumped and restored here for all of them: the flags a handler's open left
+ * different are set with F_SETFL once every process and thread exists, the owner and signal once
+ * the process has its credentials too.
  */
-import { close, O, pidfdOpen, SYS } from "../../ffi/mod.ts";
+import { close, F, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
+import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
-import type { FdDecision, FileDumpContext, FileRestoreContext } from "./types.ts";
+import type { FdDecision, FileDumpContext, FileRestoreContext, RestoredTasks } from "./types.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
@@ -15,9 +21,6 @@ import { type MadeObjects, takeFd } from "../memory/objects.ts";
 
 /** Open files already restored in a process of the tree, by file id: where to take them from. */
 export type SharedFiles = Map<number, { pid: number; fd: number }>;
-
-const F_DUPFD = 0;
-const O_CLOEXEC = 0o2000000;
 
 /** The dumped descriptor table. */
 export interface FdTableDump {
@@ -67,6 +70,7 @@ export async function dumpFdTable(
         files.set(fd.fileId, entry);
         ctx.dumpedFiles?.set(fd.fileId, entry);
       }
+      Object.assign(files.get(fd.fileId)!, readOwner(ctx.frozen.injector, fd.fd, fd.flags));
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
@@ -90,10 +94,28 @@ function toolPidfdByPid(inj: Injector): bigint {
   return inj.raw(SYS.pidfd_open, Deno.pid, 0);
 }
 
+/** A restored descriptor table whose last steps wait until every process and thread exists. */
+export interface RestoredFdTable {
+  /**
+   * Once every process and thread of the restore exists: the files of deferred handlers (pidfds)
+   * in place of their placeholders, then the status flags of every open file this process made.
+   */
+  afterTasks(): void;
+  /**
+   * After `afterTasks`, once the process has its credentials: the owner and signal of the I/O
+   * signals of every open file it made. The kernel records the credentials of whoever sets an
+   * owner and signals only the processes those may signal, so they must be the process's own.
+   */
+  restoreOwners(): void;
+  /** Lets go of what the tool holds for it (alone, without a scope: what handlers hold too). */
+  close(): void;
+}
+
 /**
  * Restores every descriptor at its number, each open file made once. `toolPidfd` opens a pidfd
  * of the tool inside the target; by the tool's pid unless the target cannot see it (another pid
- * namespace).
+ * namespace). `tasks` are the processes and threads of the restore (alone: this one, in the
+ * tool's pid namespace). Files of deferred handlers get a placeholder until `afterTasks`.
  */
 export function restoreFdTable(
   p: ProcessEntry,
@@ -103,7 +125,8 @@ export function restoreFdTable(
   shared: SharedFiles = new Map(),
   scope?: object,
   toolPidfd: (inj: Injector) => bigint = toolPidfdByPid,
-): () => void {
+  tasks: RestoredTasks = { restored: (id) => id === p.pid, ownNamespace: false },
+): RestoredFdTable {
   const put = scratchAllocator(inj);
   const pidfd = pidfdOpen(inj.pid);
   const firstFd = new Map<number, number>();
@@ -124,37 +147,53 @@ export function restoreFdTable(
     },
     finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
     scope,
+    tasks,
   };
+  let closed = false;
   const cleanup = () => {
+    if (closed) return;
+    closed = true;
     // Else the whole tree's restore releases them at its end. Alone, finish() settled or
     // resumed each file, unless the restore stopped early: what is left is dropped.
     if (!scope) abortScope(ctx);
     close(pidfd);
+  };
+  // Open files another process of the tree made first (shared since a fork): taken from it.
+  const taken = new Set<number>();
+  const deferred: FileEntry[] = [];
+  const placeAt = (file: number, fd: number) => {
+    for (const f of p.fds) {
+      if (f.file === file) inj.call("dup3", fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0);
+    }
   };
   try {
     // Work above every final number so no dup2 lands on an fd still in use.
     const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
     objects.relocateFds(high + p.files.length);
     const temp = new Map<number, number>();
-    const taken = new Set<number>();
     for (const f of p.files) {
       if (!firstFd.has(f.id)) continue;
-      // An open file another process of the tree already has (shared since a fork): the same
-      // open file, not a second one.
+      const handler = handlerForEntry(f)!;
       const owner = shared.get(f.id);
-      if (owner) taken.add(f.id);
-      const fd = owner ? takeFd(inj, owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
-      const moved = Number(inj.call("fcntl", fd, F_DUPFD, high));
+      let fd: number;
+      if (handler.deferred) {
+        deferred.push(f);
+        fd = Number(inj.call("eventfd2", 0, 0)); // holds the numbers until afterTasks
+      } else if (owner) {
+        taken.add(f.id);
+        fd = takeFd(inj, owner.pid, owner.fd);
+      } else {
+        fd = handler.open(f, ctx);
+      }
+      const moved = Number(inj.call("fcntl", fd, F.DUPFD, high));
       inj.call("close", fd);
       temp.set(f.id, moved);
     }
-    for (const f of p.fds) {
-      inj.call("dup3", temp.get(f.file)!, f.fd, f.closeOnExec ? O_CLOEXEC : 0);
-    }
+    for (const [file, fd] of temp) placeAt(file, fd);
     for (const fd of temp.values()) inj.call("close", fd);
     for (const f of p.files) {
       const fd = firstFd.get(f.id);
-      if (fd === undefined || taken.has(f.id)) continue;
+      if (fd === undefined || taken.has(f.id) || deferred.includes(f)) continue;
       handlerForEntry(f)!.finish?.(f, fd, ctx);
       shared.set(f.id, { pid: inj.pid, fd });
     }
@@ -162,5 +201,53 @@ export function restoreFdTable(
     cleanup();
     throw err;
   }
-  return cleanup;
+  return {
+    afterTasks(): void {
+      for (const f of deferred) {
+        const owner = shared.get(f.id);
+        if (owner) taken.add(f.id);
+        const fd = owner ? takeFd(inj, owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
+        placeAt(f.id, fd);
+        inj.call("close", fd);
+      }
+      // Every deferred file at its numbers, then their finish (an epoll may watch a pidfd).
+      for (const f of deferred) {
+        if (taken.has(f.id)) continue;
+        const fd = firstFd.get(f.id)!;
+        handlerForEntry(f)!.finish?.(f, fd, ctx);
+        shared.set(f.id, { pid: inj.pid, fd });
+      }
+      for (const f of p.files) {
+        const fd = firstFd.get(f.id);
+        if (fd !== undefined && !taken.has(f.id)) restoreStatusFlags(inj, fd, f.flags);
+      }
+    },
+    restoreOwners(): void {
+      for (const f of p.files) {
+        const fd = firstFd.get(f.id);
+        if (fd === undefined || taken.has(f.id)) continue;
+        restoreOwner(inj, fd, f, tasks, `fd ${fd} of process ${p.pid}`);
+      }
+    },
+    close: cleanup,
+  };
+}
+
+/**
+ * Sets the status flags F_SETFL can change (O_APPEND, O_NONBLOCK, O_ASYNC, O_NOATIME) where the
+ * file's open left them other than `flags`. O_ASYNC is armed again at `fd`, the file's lowest
+ * number in the process that makes it, even where a handler set it: the kernel keeps the number
+ * it was armed at and names it in each signal (si_fd), so it must be a descriptor's, not one the
+ * file had while being made. (Which of several numbers the program armed it through, the kernel
+ * does not tell.) O_PATH descriptors have no flags to set.
+ */
+function restoreStatusFlags(inj: Injector, fd: number, flags: number): void {
+  if (flags & O.PATH) return;
+  let now = Number(inj.call("fcntl", fd, F.GETFL));
+  if (flags & now & O.ASYNC) {
+    now &= ~O.ASYNC;
+    inj.call("fcntl", fd, F.SETFL, now & SETFL_MASK);
+  }
+  if ((now & SETFL_MASK) === (flags & SETFL_MASK)) return;
+  inj.call("fcntl", fd, F.SETFL, flags & SETFL_MASK);
 }

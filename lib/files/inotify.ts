@@ -11,10 +11,11 @@
  * IN_IGNORED events that leaves are read away. Watches with no path are burnt the same way (the
  * program keeps its wd, which gets no events). Events queued at dump time are not restored.
  */
-import { close, Errno, F, O, open, openByHandle, SYS } from "../../ffi/mod.ts";
+import { Errno, F, O, SYS } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { Fd, InotifyInfo, InotifyWatch } from "../inspect/fds.ts";
+import type { Fd, InotifyInfo } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
+import { pathOfHandle } from "./handle_path.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 
 /** One inotify watch. */
@@ -36,43 +37,6 @@ export interface InotifyEntry extends FileEntry {
 
 /** inotify event: the watched file itself was deleted (a mask that never fires here). */
 const IN_DELETE_SELF = 0x400;
-
-/** A mount point (as seen in `pid`'s mount namespace) of the filesystem with kernel dev `sdev`. */
-function mountOf(pid: number, sdev: number): string | null {
-  const want = `${sdev >>> 20}:${sdev & 0xfffff}`;
-  let best: string | null = null;
-  for (const line of Deno.readTextFileSync(`/proc/${pid}/mountinfo`).split("\n")) {
-    const f = line.split(" ");
-    if (f[2] !== want) continue;
-    if (f[3] === "/") return f[4]; // a mount of the filesystem's root resolves every handle
-    best ??= f[4];
-  }
-  return best;
-}
-
-/** The path of a watched inode, found again through its file handle; null if none. */
-export function watchPath(pid: number, w: InotifyWatch): string | null {
-  if (!w.fhandle) return null;
-  const mnt = mountOf(pid, w.sdev);
-  if (mnt === null) return null;
-  const hex = w.fhandle.handle;
-  const bytes = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  const mfd = open(`/proc/${pid}/root${mnt}`, O.RDONLY | O.DIRECTORY);
-  try {
-    const fd = openByHandle(mfd, { type: w.fhandle.type, bytes }, O.PATH);
-    if (fd === null) return null; // ESTALE (deleted) and the like
-    try {
-      const path = Deno.readLinkSync(`/proc/self/fd/${fd}`);
-      if (path.endsWith(" (deleted)") || !path.startsWith("/")) return null;
-      return BigInt(Deno.statSync(path).ino ?? -1) === w.ino ? path : null;
-    } finally {
-      close(fd);
-    }
-  } finally {
-    close(mfd);
-  }
-}
 
 function addWatch(ctx: FileRestoreContext, ifd: number, path: string, mask: number): number {
   return Number(
@@ -124,7 +88,7 @@ export const inotifyHandler: FileHandler<InotifyEntry> = {
       mask: w.mask,
       ino: w.ino,
       sdev: w.sdev,
-      path: watchPath(fd.pid, w),
+      path: pathOfHandle(fd.pid, w),
     }));
     return { id: fd.fileId, kind: "inotify", flags: fd.flags, watches };
   },

@@ -1,10 +1,12 @@
 /**
- * File locks held through an open file: flock and OFD locks belong to the open file description,
- * POSIX (fcntl) locks to the process, on the inode. The fdinfo of a descriptor lists the locks
- * taken through its open file (`lock:` lines in /proc/locks format); the restore takes them again
- * from inside the restored process once every fd is at its number. The dumped process was killed
- * before the restore, so its locks were released; a lock someone else holds now makes the restore
- * fail with the file and the lock named.
+ * File locks held through an open file: flock and OFD locks and leases belong to the open file
+ * description, POSIX (fcntl) locks to the process, on the inode. The fdinfo of a descriptor lists
+ * the locks taken through its open file (`lock:` lines in /proc/locks format); the restore takes
+ * them again from inside the restored process once every fd is at its number (a lease with
+ * F_SETLEASE; the signal that announces its break is the file's F_SETSIG, set with its owner by
+ * fdtable.ts). The dumped process was killed before the restore, so its locks were released; a
+ * lock someone else holds now makes the restore fail with the file and the lock named. A lease
+ * being broken (BREAKING) cannot be taken again as it was: refused at dump.
  */
 import {
   close,
@@ -23,8 +25,11 @@ import type { FileRestoreContext } from "./types.ts";
 
 /** One lock taken through an open file. */
 export interface FileLock {
-  /** flock(2), a process's fcntl lock, or an open file description's (OFD) fcntl lock. */
-  type: "FLOCK" | "POSIX" | "OFDLCK";
+  /**
+   * flock(2), a process's fcntl lock, an open file description's (OFD) fcntl lock, or a lease
+   * (F_SETLEASE; READ or WRITE, on the whole file).
+   */
+  type: "FLOCK" | "POSIX" | "OFDLCK" | "LEASE";
   access: "READ" | "WRITE";
   /** First byte locked (0 for FLOCK). */
   start: bigint;
@@ -32,7 +37,7 @@ export interface FileLock {
   end: bigint | null;
 }
 
-const TYPES = new Set(["FLOCK", "POSIX", "OFDLCK"]);
+const TYPES = new Set(["FLOCK", "POSIX", "OFDLCK", "LEASE"]);
 
 /**
  * The locks in the `lock:` lines of an fdinfo text. Throws `DumpError` (naming `what`) for a lock
@@ -45,7 +50,9 @@ export function parseLocks(text: string, what = "fdinfo"): FileLock[] {
     // lock:\t1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 10 19
     const f = line.slice(5).trim().split(/\s+/);
     const [, type, mode, access, , , start, end] = f;
-    if (!TYPES.has(type) || mode !== "ADVISORY" || (access !== "READ" && access !== "WRITE")) {
+    // A lease in force shows ACTIVE; one being broken BREAKING (or BREAKER).
+    const kept = type === "LEASE" ? mode === "ACTIVE" : mode === "ADVISORY";
+    if (!TYPES.has(type) || !kept || (access !== "READ" && access !== "WRITE")) {
       throw new DumpError(`${what}: cannot dump the lock "${line.slice(5).trim()}"`);
     }
     if (!/^\d+$/.test(start ?? "") || !/^(\d+|EOF)$/.test(end ?? "")) {
@@ -69,6 +76,7 @@ export function readLocks(pid: number, fd: number): FileLock[] {
 /** "a POSIX WRITE lock on bytes 10-19", "a FLOCK READ lock". */
 export function describeLock(l: FileLock): string {
   if (l.type === "FLOCK") return `a FLOCK ${l.access} lock`;
+  if (l.type === "LEASE") return `a ${l.access} lease`;
   const end = l.end === null ? "EOF" : String(l.end);
   return `a ${l.type} ${l.access} lock on bytes ${l.start}-${end}`;
 }
@@ -99,6 +107,7 @@ export function lockConflict(path: string, l: FileLock): string | null {
     return null; // the file's own check reports a missing file
   }
   try {
+    if (l.type === "LEASE") return null; // taken or refused at restore, naming who opened it
     if (l.type === "FLOCK") {
       try {
         syscall("flock", fd, (l.access === "WRITE" ? LOCK.EX : LOCK.SH) | LOCK.NB);
@@ -145,6 +154,9 @@ export function restoreLocks(
     try {
       if (l.type === "FLOCK") {
         ctx.injector.call("flock", fd, (l.access === "WRITE" ? LOCK.EX : LOCK.SH) | LOCK.NB);
+      } else if (l.type === "LEASE") {
+        const type = l.access === "WRITE" ? LOCK_TYPE.WRLCK : LOCK_TYPE.RDLCK;
+        ctx.injector.call("fcntl", fd, F.SETLEASE, type);
       } else {
         const cmd = l.type === "POSIX" ? F.SETLK : F.OFD_SETLK;
         ctx.injector.call("fcntl", fd, cmd, ctx.put(flockStruct(l)));
@@ -154,8 +166,11 @@ export function restoreLocks(
         err instanceof SyscallError &&
         (err.errno === Errno.EAGAIN || err.errno === Errno.EACCES)
       ) {
+        const why = l.type === "LEASE"
+          ? "the file is open elsewhere in a way the lease does not allow"
+          : "it is held elsewhere";
         throw new RestoreError(
-          `cannot restore: ${path}: cannot take ${describeLock(l)} again: it is held elsewhere`,
+          `cannot restore: ${path}: cannot take ${describeLock(l)} again: ${why}`,
           { cause: err },
         );
       }

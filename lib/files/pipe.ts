@@ -20,7 +20,9 @@
  * FIFOs are reopened by path. The tool first opens the FIFO O_RDWR itself, so the target's open
  * never blocks and never fails with ENXIO, and the target opens it non-blocking, then clears
  * O_NONBLOCK if the original was blocking. The data is written back only if the FIFO is empty:
- * when another process still holds it open, the bytes are still there.
+ * when another process still holds it open, the bytes are still there. A FIFO that had been
+ * removed from the filesystem is made again at its path with its mode and owner, opened, and
+ * removed again once every process of the restore has it (removed.ts).
  */
 import {
   close,
@@ -38,6 +40,7 @@ import {
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
+import { recreate, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import {
   bytesQueued,
@@ -63,10 +66,13 @@ export interface PipeEntry extends FileEntry {
 /** An open FIFO. */
 export interface FifoEntry extends FileEntry {
   kind: "fifo";
+  /** Its path (without " (deleted)"). */
   path: string;
   inode: bigint;
   size: number;
   data: Uint8Array;
+  /** It had been removed (unlinked): its mode and owner, to make it again alike. */
+  removed?: RemovedAttributes;
 }
 
 /** Reads the bytes in the pipe behind fd `n` of `pid` without consuming them; with its size. */
@@ -95,6 +101,9 @@ export function peekPipe(pid: number, n: number): { data: Uint8Array; size: numb
     }
   }
 }
+
+/** What readlink of a removed FIFO ends with. */
+const DELETED = " (deleted)";
 
 // Pipes whose data is already in the image, per dump context.
 const dumped = new WeakMap<object, Set<bigint>>();
@@ -219,6 +228,7 @@ function openFifo(e: FifoEntry, ctx: FileRestoreContext): number {
   const key = `fifo:${e.path}`;
   let st = fifos.get(key);
   if (!st) {
+    if (e.removed) recreate(ctx.scope ?? ctx, e.path, "fifo", e.removed, `fifo ${e.path}`);
     // The tool's own reader and writer: keeps the FIFO open (and its data alive) meanwhile.
     const rw = open(e.path, O.RDWR | O.NONBLOCK);
     st = { read: rw, write: rw, closed: false };
@@ -236,21 +246,29 @@ export const fifoHandler: FileHandler<FifoEntry> = {
   kind: "fifo",
   fdKinds: ["fifo"],
   dump(fd: Fd, ctx: FileDumpContext): FifoEntry {
-    if (!fd.target.startsWith("/") || fd.target.endsWith(" (deleted)")) {
+    const removed = fd.target.endsWith(DELETED);
+    const path = removed ? fd.target.slice(0, -DELETED.length) : fd.target;
+    if (!path.startsWith("/")) {
       throw new DumpError(`fd ${fd.fd} of ${fd.pid}: FIFO ${fd.target} has no path to reopen`);
     }
     const { data, size } = peekPipe(fd.pid, fd.fd);
-    return {
+    const entry: FifoEntry = {
       id: fd.fileId,
       kind: "fifo",
       flags: fd.flags,
-      path: fd.target,
+      path,
       inode: fd.inode,
       size,
       data: takeData(ctx, fd.inode) ? data : new Uint8Array(0),
     };
+    if (removed) {
+      const st = Deno.statSync(`/proc/${fd.pid}/fd/${fd.fd}`);
+      entry.removed = { mode: (st.mode ?? 0) & 0o7777, uid: st.uid ?? 0, gid: st.gid ?? 0 };
+    }
+    return entry;
   },
   check(e: FifoEntry): string | null {
+    if (e.removed) return whyNotRecreatable(e.path, "fifo");
     try {
       return Deno.statSync(e.path).isFifo ? null : `${e.path} is no longer a FIFO`;
     } catch {

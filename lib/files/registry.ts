@@ -1,6 +1,6 @@
 /**
  * Every file handler, and lookups by inspection kind (dump) and by entry kind (restore).
- * Kinds with no handler (pidfds, userfaultfd, "other"): the dumper stops with an error
+ * Kinds with no handler (userfaultfd, "other"): the dumper stops with an error
  * naming the fd and its kind, unless a policy skips it.
  */
 import type { Fd } from "../inspect/fds.ts";
@@ -8,10 +8,13 @@ import type { FileEntry } from "../image/schema.ts";
 import { deviceHandler } from "./device.ts";
 import { epollHandler } from "./epoll.ts";
 import { eventfdHandler } from "./eventfd.ts";
+import { fanotifyHandler } from "./fanotify.ts";
 import { inotifyHandler } from "./inotify.ts";
 import { memfdHandler } from "./memfd.ts";
+import { pidfdHandler } from "./pidfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { regularHandler } from "./regular.ts";
+import { removeRecreated } from "./removed.ts";
 import { signalfdHandler } from "./signalfd.ts";
 import { socketHandler } from "./socket/dispatch.ts";
 import { tcpStreamHandler } from "./socket/tcp_stream.ts";
@@ -30,6 +33,8 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   signalfdHandler,
   timerfdHandler,
   inotifyHandler,
+  fanotifyHandler,
+  pidfdHandler,
   memfdHandler,
   socketHandler,
   unixPairHandler,
@@ -52,6 +57,7 @@ export function handlerForEntry(entry: FileEntry): FileHandler | undefined {
 /** Once every process of a restore is made: every handler lets go of what it holds for `scope`. */
 export function releaseScope(scope: object): void {
   for (const h of FILE_HANDLERS) h.release?.(scope);
+  removeRecreated(scope); // every process has the removed files and directories it had
 }
 
 /** After `releaseScope`, once every process is made: what was held still may run (TCP). */
@@ -62,4 +68,5 @@ export function resumeScope(scope: object): void {
 /** A restore that failed or stopped early: every handler drops what it holds for `scope`. */
 export function abortScope(scope: object): void {
   for (const h of FILE_HANDLERS) h.abort ? h.abort(scope) : h.release?.(scope);
+  removeRecreated(scope);
 }

@@ -1,13 +1,24 @@
 /**
- * Regular files and directories, reopened by path at the dumped position. A file deleted since
- * it was opened cannot be reopened by path: its contents go into the image as a memory object
- * and the restore reopens that object through /proc/self/fd.
+ * Regular files, directories and O_PATH descriptors of symlinks, reopened by path at the dumped
+ * position. A file deleted since it was opened cannot be reopened by path: its contents go into
+ * the image as a memory object and the restore reopens that object through /proc/self/fd. A
+ * directory removed since it was opened is made again as an empty directory of the same path,
+ * mode and owner, opened, and removed again (removed.ts). Both get back their mode, owner and
+ * access and modification times (to the nanosecond), set by the tool through the restored
+ * descriptor; their inode number is a new one.
+ *
+ * Files of /proc/PID/… describe a process: reopened by path, inside the restored process, so
+ * /proc/PID is its /proc (in a new pid namespace as well, where the image's pids are the restored
+ * processes'). One of a process outside the image is reopened only in the same pid namespace, and
+ * only if that process is still the one it was (the same start time).
  */
-import { O } from "../../ffi/mod.ts";
-import { DumpError } from "../errors.ts";
+import { O, setFileTimes, stat } from "../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../errors.ts";
+import { tryReadStat } from "../inspect/procfs.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
 import { checkLocks, type FileLock, readLocks, restoreLocks } from "./locks.ts";
+import { recreate, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
 
@@ -25,8 +36,20 @@ export interface RegularEntry extends FileEntry {
   dev: bigint;
   /** Set when the file was deleted: the memory object holding its contents. */
   object?: number;
-  /** flock, OFD and POSIX locks taken through this open file; absent when none. */
+  /** flock, OFD and POSIX locks and leases taken through this open file; absent when none. */
   locks?: FileLock[];
+  /** An O_PATH | O_NOFOLLOW descriptor of the symlink itself; absent otherwise. */
+  symlink?: boolean;
+  /**
+   * A deleted file or removed directory: its mode and owner, and its access and modification
+   * times (ns since the epoch), to make it again alike.
+   */
+  removed?: RemovedAttributes & { atimeNs: bigint; mtimeNs: bigint };
+  /**
+   * A file of /proc/PID/… (`path` names it): that pid; with `startTime` (stat field 22) when the
+   * process was not in the dump, to tell at restore that it is still the same one.
+   */
+  proc?: { pid: number; startTime?: bigint };
 }
 
 const DELETED = " (deleted)";
@@ -70,13 +93,32 @@ function dump(fd: Fd, ctx: FileDumpContext): RegularEntry {
   };
   const locks = readLocks(fd.pid, fd.fd);
   if (locks.length) entry.locks = locks;
+  if (fd.kind === "symlink") entry.symlink = true;
   if (deleted) {
-    if (entry.directory) {
-      throw new DumpError(`fd ${fd.fd} of ${fd.pid}: directory ${path} was deleted`);
+    // Before its contents are read into the image, which may touch its access time.
+    const now = stat(`/proc/${fd.pid}/fd/${fd.fd}`);
+    const { uid, gid, atimeNs, mtimeNs } = now;
+    entry.removed = { mode: now.mode & 0o7777, uid, gid, atimeNs, mtimeNs };
+    if (!entry.directory) entry.object = ctx.storeObject(fd);
+  }
+  const proc = procPid(path);
+  if (proc !== null) {
+    entry.proc = { pid: proc };
+    if (!(ctx.pids ?? [ctx.pid]).includes(proc)) {
+      const start = tryReadStat(proc)?.starttime;
+      if (start === undefined) {
+        throw new DumpError(`fd ${fd.fd} of ${fd.pid}: ${path}: process ${proc} ended meanwhile`);
+      }
+      entry.proc.startTime = start;
     }
-    entry.object = ctx.storeObject(fd);
   }
   return entry;
+}
+
+/** The pid of a /proc/PID/… path, or null for any other path. */
+function procPid(path: string): number | null {
+  const m = /^\/proc\/(\d+)(\/|$)/.exec(path);
+  return m ? Number(m[1]) : null;
 }
 
 function check(e: RegularEntry): string | null {
@@ -87,12 +129,16 @@ function check(e: RegularEntry): string | null {
 
 function checkFile(e: RegularEntry): string | null {
   if (e.object !== undefined) return null;
+  if (e.removed) return whyNotRecreatable(e.path, "directory");
+  // A file of a process's /proc entry: the process is made by the restore (or checked then).
+  if (e.proc) return null;
   let st: Deno.FileInfo;
   try {
-    st = Deno.statSync(e.path);
+    st = e.symlink ? Deno.lstatSync(e.path) : Deno.statSync(e.path);
   } catch {
     return `${e.path} no longer exists`;
   }
+  if (e.symlink) return st.isSymlink ? null : `${e.path} is no longer a symlink`;
   if (e.directory) return st.isDirectory ? null : `${e.path} is no longer a directory`;
   if (!st.isFile) return `${e.path} is no longer a regular file`;
   if ((e.flags & O.ACCMODE) === O.RDONLY) {
@@ -107,9 +153,45 @@ function checkFile(e: RegularEntry): string | null {
   return null;
 }
 
+/** Refuses a /proc/PID/… file of a process that is not the one it described. */
+function checkProcess(e: RegularEntry & { proc: { pid: number } }, ctx: FileRestoreContext): void {
+  const { pid, startTime } = e.proc;
+  if (startTime === undefined) return; // a process of the image: made before its files
+  const what = `fd ${ctx.fdOfFile(e.id)} of process ${ctx.pid} (${e.path})`;
+  if (ctx.tasks?.ownNamespace) {
+    throw new RestoreError(
+      `${what}: process ${pid} is not in the image; restored in a new pid namespace, its /proc ` +
+        `entry names another process or none there`,
+    );
+  }
+  if (tryReadStat(pid)?.starttime !== startTime) {
+    throw new RestoreError(`${what}: process ${pid} (not in the image) has ended`);
+  }
+}
+
+/** Mode, owner and times of a deleted file or removed directory, through target fd `fd`. */
+function restoreRemoved(e: RegularEntry, ctx: FileRestoreContext, fd: number): void {
+  if (!e.removed) return;
+  const through = `/proc/${ctx.pid}/fd/${fd}`;
+  const { mode, uid, gid, atimeNs, mtimeNs } = e.removed;
+  Deno.chownSync(through, uid, gid);
+  Deno.chmodSync(through, mode); // after chown, which clears set-id bits
+  setFileTimes(through, atimeNs, mtimeNs);
+}
+
 function open(e: RegularEntry, ctx: FileRestoreContext): number {
-  if (e.object !== undefined) return reopenObject(ctx, e.object, e.flags, e.position);
+  if (e.object !== undefined) {
+    const fd = reopenObject(ctx, e.object, e.flags, e.position);
+    restoreRemoved(e, ctx, fd);
+    return fd;
+  }
+  if (e.proc) checkProcess(e as RegularEntry & { proc: { pid: number } }, ctx);
+  if (e.removed) {
+    // Removed again once every process of the restore has opened it.
+    recreate(ctx.scope ?? ctx, e.path, "directory", e.removed, `fd of process ${ctx.pid}`);
+  }
   const fd = injectOpen(ctx, e.path, reopenFlags(e.flags));
+  if (e.removed) restoreRemoved(e, ctx, fd);
   // O_PATH descriptors have no position.
   if (e.position !== 0n && !(e.flags & O.PATH)) injectSeek(ctx, fd, e.position);
   return fd;
@@ -123,7 +205,7 @@ function finish(e: RegularEntry, fd: number, ctx: FileRestoreContext): void {
 /** Regular files and directories. */
 export const regularHandler: FileHandler<RegularEntry> = {
   kind: "regular",
-  fdKinds: ["file", "directory"],
+  fdKinds: ["file", "directory", "symlink"],
   dump,
   check,
   open,

@@ -46,6 +46,20 @@ export interface FileDumpContext {
   readonly atDumpEnd?: (fn: (ok: boolean) => void) => void;
 }
 
+/**
+ * The processes and threads of a restore. Every process exists before any descriptor is made,
+ * its threads once it is built, and all of them when deferred handlers open their files.
+ */
+export interface RestoredTasks {
+  /** Whether `id`, a pid or tid as the image has it, is a process or thread the restore makes. */
+  restored(id: number): boolean;
+  /**
+   * The restore is in a new pid namespace: the image's ids are those of the restored processes
+   * there, and an id from outside the image names nothing (or another process) there.
+   */
+  readonly ownNamespace: boolean;
+}
+
 /** What a handler may use while restoring, inside the process being made. */
 export interface FileRestoreContext {
   readonly pid: number;
@@ -80,6 +94,8 @@ export interface FileRestoreContext {
    * in finish(), and the fd table aborts what is left with the context as the scope.
    */
   readonly scope?: object;
+  /** The processes and threads of the restore (absent when restoring a table alone). */
+  readonly tasks?: RestoredTasks;
 }
 
 /**
@@ -98,6 +114,12 @@ export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntr
   dump(fd: Fd, ctx: FileDumpContext): D | Promise<D>;
   /** Before anything is made: a reason to refuse the restore, or null. */
   check?(entry: E): string | null;
+  /**
+   * Its files are made only once every process and thread of the restore exists (a pidfd names
+   * one of them): `open` then runs with `tasks` in its context, and `finish` once every deferred
+   * file is at its numbers (an epoll watches them). Meanwhile a placeholder holds the numbers.
+   */
+  readonly deferred?: boolean;
   /** Makes the open file in the target; returns the target fd it got (any number). */
   open(entry: E, ctx: FileRestoreContext): number;
   /** After every fd is at its number: state that refers to other fds (epoll), buffered data. */

@@ -245,6 +245,14 @@ export interface FileEntry {
   kind: string;
   /** open(2) flags. */
   flags: number;
+  /**
+   * Who gets its I/O signals (F_GETOWN_EX): `type` F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2,
+   * `pid` the thread, process or group as the process saw it (0: none, or one that is gone).
+   * Absent when never set (type 0, pid 0), for files that have none (O_PATH) and in older images.
+   */
+  owner?: { type: number; pid: number };
+  /** The signal it sends for I/O and lease breaks (F_SETSIG); absent when 0 (SIGIO). */
+  signal?: number;
   /** The kind's own state. */
   [key: string]: unknown;
 }
@@ -340,8 +348,13 @@ export interface ProcessEntry {
   cmdline: string[];
   /** The executable, restored as /proc/PID/exe. */
   exe: { path: string; size: number; mtimeMs: number } | null;
-  /** Working directory. */
+  /** Working directory (ending in " (deleted)" when it had been removed). */
   cwd: string;
+  /**
+   * The working directory had been removed (rmdir): its permission bits and owner, made again
+   * as an empty removed directory of the same path. Absent otherwise and in older images.
+   */
+  removedCwd?: { mode: number; uid: number; gid: number };
   /** Root directory. */
   root: string;
   /** File creation mask. */
@@ -385,6 +398,18 @@ export interface ProcessEntry {
   files: FileEntry[];
   /** Descriptor numbers. */
   fds: FdEntry[];
+  /**
+   * It shares its descriptor table with this process of the image (clone with CLONE_FILES):
+   * its parent, or a sibling (then it is made with CLONE_PARENT). Its `files` and `fds` are that
+   * process's; the restore makes it with CLONE_FILES and restores the table once. Absent: a
+   * table of its own (and in older images).
+   */
+  sharesFilesWith?: number;
+  /**
+   * It shares its fs context (cwd, root, umask) with this process of the image (CLONE_FS),
+   * which is the same one as `sharesFilesWith` when both are present.
+   */
+  sharesFsWith?: number;
   /** Where page data lives: each extent is one checksummed run of a page file. */
   extents: PageExtent[];
   /**

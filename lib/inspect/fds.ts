@@ -15,9 +15,11 @@ export type FdKind =
   | "signalfd"
   | "timerfd"
   | "inotify"
+  | "fanotify"
   | "memfd"
   | "tty"
   | "device"
+  | "symlink"
   | "pidfd"
   | "userfaultfd"
   | "other";
@@ -104,6 +106,36 @@ export interface InotifyInfo {
   watches: InotifyWatch[];
 }
 
+/** One mark of a fanotify group (a `fanotify ino:`, `fanotify mnt_id:` or `fanotify sdev:` line). */
+export interface FanotifyMark {
+  /** What is marked: one inode, every file of one mount, or of one filesystem. */
+  type: "inode" | "mount" | "filesystem";
+  /** The marked inode (inode marks). */
+  ino?: bigint;
+  /** Kernel dev_t of the marked inode's or filesystem's superblock (inode and filesystem marks). */
+  sdev?: number;
+  /** The marked mount's id, as in /proc/PID/mountinfo (mount marks). */
+  mntId?: number;
+  /** FAN_MARK_* flags of the mark the kernel reports (IGNORED_SURV_MODIFY, EVICTABLE, IGNORE). */
+  mflags: number;
+  /** The events marked. */
+  mask: number;
+  /** The events ignored. */
+  ignoredMask: number;
+  /** The file handle of the marked inode as hex, with its type (inode marks). */
+  fhandle?: { type: number; handle: string };
+}
+
+/** fdinfo of a fanotify group. */
+export interface FanotifyInfo {
+  /** fanotify_init(2) flags (FAN_CLASS_*, FAN_REPORT_*, FAN_CLOEXEC, FAN_NONBLOCK …). */
+  flags: number;
+  /** open(2) flags of the event descriptors the group hands out. */
+  eventFlags: number;
+  /** The marks, as the kernel lists them (the newest first). */
+  marks: FanotifyMark[];
+}
+
 /** fdinfo of a pidfd. */
 export interface PidfdInfo {
   /** The pid in the reader's namespace; -1 once the process is gone. */
@@ -119,6 +151,7 @@ export type FdInfo =
   | SignalfdInfo
   | TimerfdInfo
   | InotifyInfo
+  | FanotifyInfo
   | PidfdInfo
   | Record<string, string>;
 
@@ -167,6 +200,7 @@ const ANON_KINDS: Record<string, FdKind> = {
   "[signalfd]": "signalfd",
   "[timerfd]": "timerfd",
   "inotify": "inotify",
+  "[fanotify]": "fanotify",
   "[pidfd]": "pidfd",
   "[userfaultfd]": "userfaultfd",
 };
@@ -182,6 +216,8 @@ export function fdKind(target: string, mode: number, rdev: number): FdKind {
       return target.startsWith("/memfd:") ? "memfd" : "file";
     case S_IF.DIR:
       return "directory";
+    case S_IF.LNK:
+      return "symlink"; // an O_PATH | O_NOFOLLOW descriptor of the link itself
     case S_IF.IFO:
       return "fifo";
     case S_IF.SOCK:
@@ -199,6 +235,46 @@ const COMMON_KEYS = new Set(["pos", "flags", "mnt_id", "ino"]);
 function timeSpec(s: string | undefined): TimeSpec {
   const m = /\((\d+),\s*(\d+)\)/.exec(s ?? "");
   return m ? { sec: BigInt(m[1]), nsec: BigInt(m[2]) } : { sec: 0n, nsec: 0n };
+}
+
+/** The `key:value` fields of one fdinfo line after its prefix (`wd:1 ino:2 …`). */
+function lineFields(rest: string): Record<string, string> {
+  return Object.fromEntries(
+    rest.trim().split(/\s+/).map((p) => {
+      const c = p.indexOf(":");
+      return [p.slice(0, c), p.slice(c + 1)];
+    }),
+  );
+}
+
+const hexField = (v: string | undefined) => parseInt(v ?? "0", 16);
+
+/** The marks of a fanotify group's fdinfo. */
+function fanotifyMarks(text: string): FanotifyMark[] {
+  const marks: FanotifyMark[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("fanotify ") || line.startsWith("fanotify flags:")) continue;
+    const f = lineFields(line.slice(9));
+    const common = {
+      mflags: hexField(f.mflags),
+      mask: hexField(f.mask),
+      ignoredMask: hexField(f.ignored_mask),
+    };
+    if (f.ino !== undefined) {
+      marks.push({
+        type: "inode",
+        ino: BigInt(`0x${f.ino}`),
+        sdev: hexField(f.sdev),
+        ...common,
+        fhandle: f.f_handle ? { type: Number(f["fhandle-type"]), handle: f.f_handle } : undefined,
+      });
+    } else if (f.mnt_id !== undefined) {
+      marks.push({ type: "mount", mntId: hexField(f.mnt_id), ...common });
+    } else if (f.sdev !== undefined) {
+      marks.push({ type: "filesystem", sdev: hexField(f.sdev), ...common });
+    }
+  }
+  return marks;
 }
 
 /** Parses the kind-specific part of an fdinfo file. */
@@ -241,12 +317,7 @@ export function parseFdInfo(kind: FdKind, text: string): FdInfo {
       const watches: InotifyWatch[] = [];
       for (const line of text.split("\n")) {
         if (!line.startsWith("inotify wd:")) continue;
-        const f = Object.fromEntries(
-          line.slice(8).trim().split(/\s+/).map((p) => {
-            const c = p.indexOf(":");
-            return [p.slice(0, c), p.slice(c + 1)];
-          }),
-        );
+        const f = lineFields(line.slice(8));
         watches.push({
           wd: Number(f.wd),
           ino: BigInt(`0x${f.ino}`),
@@ -257,6 +328,14 @@ export function parseFdInfo(kind: FdKind, text: string): FdInfo {
         });
       }
       return { watches };
+    }
+    case "fanotify": {
+      const group = lineFields(/^fanotify flags:.*$/m.exec(text)?.[0].slice(9) ?? "");
+      return {
+        flags: hexField(group.flags),
+        eventFlags: hexField(group["event-flags"]),
+        marks: fanotifyMarks(text),
+      };
     }
     case "pidfd":
       return {

@@ -4,23 +4,30 @@
  * pid. No kernel module and no compiled helper: everything is injected syscalls.
  */
 import {
+  CLONE,
   CLONE_THREAD_FLAGS,
   cont,
   encodeCloneArgs,
   Errno,
+  getRegs,
   interrupt,
+  KCMP,
+  kcmp,
   kill,
   PTRACE_EVENT,
   PTRACE_O,
   seize,
+  setRegs,
+  setSigMask,
   SIG,
   SYS,
   SyscallError,
   waitpid,
 } from "../../ffi/mod.ts";
-import { RestoreError } from "../errors.ts";
+import { DumpError, RestoreError } from "../errors.ts";
+import type { ProcessEntry } from "../image/schema.ts";
 import { Injector } from "./inject.ts";
-import { procExists } from "../inspect/procfs.ts";
+import { childrenOf, procExists, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 
 /** Options the restorer traces its processes with: fork and clone children are attached too,
@@ -46,38 +53,248 @@ export function waitStopped(tid: number, what: string): void {
   if (st.exited || st.signaled) throw new RestoreError(`${what} (${tid}) ended unexpectedly`);
 }
 
-/**
- * Injects clone3 with set_tid = `id` into the process `inj` runs in: a child process
- * (`thread` false) or a thread of it. The new task is attached to us (PTRACE_O_TRACEFORK /
- * TRACECLONE) and stopped; its id as we see it is returned.
- */
-export function cloneWithId(inj: Injector, id: number, thread: boolean): number {
+/** How a process made with `cloneWithId` or `cloneChild` relates to the one that makes it. */
+export interface CloneOptions {
+  /** What it shares with its maker: `CLONE.FILES` (the descriptor table), `CLONE.FS` … */
+  share?: bigint;
+  /** It becomes its maker's sibling (CLONE_PARENT), not its child. */
+  sibling?: boolean;
+  /** Its parent gets no signal when it ends (exit_signal 0; wait for it with __WALL). */
+  quiet?: boolean;
+}
+
+/** A task made by an injected clone3: its id as the tool sees it, and as its maker does. */
+interface Made {
+  host: number;
+  inTarget: number;
+}
+
+function injectClone3(inj: Injector, id: number | null, thread: boolean, o: CloneOptions): Made {
   const what = thread ? "thread id" : "pid";
-  const tidAddr = inj.put(new Uint8Array(new Int32Array([id]).buffer), 256);
-  const args = encodeCloneArgs(
-    thread
-      ? { flags: CLONE_THREAD_FLAGS, setTid: tidAddr, setTidSize: 1 }
-      : { flags: 0n, exitSignal: SIG.SIGCHLD, setTid: tidAddr, setTidSize: 1 },
-  );
+  const tidAddr = id === null ? 0n : inj.put(new Uint8Array(new Int32Array([id]).buffer), 256);
+  const setTid = id === null ? {} : { setTid: tidAddr, setTidSize: 1 };
+  // CLONE_PARENT takes its maker's exit signal: clone3 wants none given.
+  const exitSignal = thread || o.sibling || o.quiet ? 0 : SIG.SIGCHLD;
+  const flags = thread ? CLONE_THREAD_FLAGS : (o.share ?? 0n) | (o.sibling ? CLONE.PARENT : 0n);
+  const args = encodeCloneArgs({ flags, exitSignal, ...setTid });
   const argsAddr = inj.put(args, 0);
   let r = inj.raw(SYS.clone3, argsAddr, args.length);
   // A process just reaped leaves /proc a moment before its pid is free for reuse: wait for it,
   // but only while nothing holds the id.
-  for (let i = 0; r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(id); i++) {
+  for (let i = 0; id !== null && r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(id); i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
     r = inj.raw(SYS.clone3, argsAddr, args.length);
   }
   if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`${what} ${id} is in use`);
-  if (r < 0n) throw new SyscallError(`clone3 (${what} ${id}) in ${inj.pid}`, [id], Number(-r));
-  const event = thread ? PTRACE_EVENT.CLONE : PTRACE_EVENT.FORK;
+  if (r < 0n) {
+    throw new SyscallError(`clone3 (${what} ${id ?? "any"}) in ${inj.pid}`, [id ?? 0], Number(-r));
+  }
+  // exit_signal SIGCHLD raises a FORK event, any other a CLONE event.
+  const event = exitSignal === SIG.SIGCHLD ? PTRACE_EVENT.FORK : PTRACE_EVENT.CLONE;
   const made = Number(inj.events.findLast((e) => e.event === event)?.message ?? r);
   waitStopped(made, thread ? "restored thread" : "restored process");
-  return made;
+  return { host: made, inTarget: Number(r) };
+}
+
+/**
+ * Injects clone3 with set_tid = `id` into the process `inj` runs in: a child process
+ * (`thread` false, sharing with it what `opts` says) or a thread of it. The new task is attached
+ * to us (PTRACE_O_TRACEFORK / TRACECLONE) and stopped; its id as we see it is returned.
+ */
+export function cloneWithId(
+  inj: Injector,
+  id: number,
+  thread: boolean,
+  opts: CloneOptions = {},
+): number {
+  return injectClone3(inj, id, thread, opts).host;
 }
 
 /** A child process of the process `inj` runs in, with exactly `pid` (see `cloneWithId`). */
-export function forkWithPid(inj: Injector, pid: number): number {
-  return cloneWithId(inj, pid, false);
+export function forkWithPid(inj: Injector, pid: number, opts: CloneOptions = {}): number {
+  return cloneWithId(inj, pid, false, opts);
+}
+
+/**
+ * A child process of the process `inj` runs in, with whatever pid comes next, attached and
+ * stopped: its pid as the tool sees it and as its parent does.
+ */
+export function cloneChild(inj: Injector, opts: CloneOptions = {}): Made {
+  return injectClone3(inj, null, false, opts);
+}
+
+/**
+ * Ends the stopped tracee `pid` (a process made by `cloneChild`, a copy of one whose `syscall`
+ * instruction is at `site`) with wait status `status`: it runs exit_group(code), or dies of the
+ * signal, which it gets first. Returns once it has ended; its parent may then reap it.
+ */
+export function endWithStatus(pid: number, site: bigint, status: number): void {
+  const signal = status & 0x7f;
+  const code = BigInt((status >> 8) & 0xff);
+  setRegs(pid, {
+    ...getRegs(pid),
+    rip: site,
+    rax: BigInt(SYS.exit_group),
+    orig_rax: -1n,
+    rdi: code,
+  });
+  if (signal) {
+    setSigMask(pid, 0n); // its maker's copy may block it
+    kill(pid, signal);
+  }
+  let deliver = 0;
+  for (let stops = 0;; stops++) {
+    try {
+      cont(pid, deliver);
+    } catch (err) {
+      if (!(err instanceof SyscallError && err.errno === Errno.ESRCH)) throw err; // died already
+    }
+    const st = waitpid(pid);
+    if (!st || st.exited || st.signaled) return;
+    if (stops > 16) throw new RestoreError(`process ${pid} does not end (${st.raw.toString(16)})`);
+    deliver = signal && st.stopSignal === signal ? signal : 0;
+  }
+}
+
+/** What a process of a tree shares with others, as the image keeps it. */
+type Sharing = Pick<ProcessEntry, "pid" | "ppid" | "sharesFilesWith" | "sharesFsWith">;
+
+/** Which process of the tree makes a process again, and what it shares with it. */
+export interface ClonePlan {
+  /** The maker: the parent, or for a process sharing with a sibling, that sibling. */
+  from: number;
+  opts: CloneOptions;
+}
+
+/**
+ * How process `p` of a tree is made again so that it shares what it shared (CLONE_FILES,
+ * CLONE_FS): by its parent, or by a sibling with CLONE_PARENT; `ppidOf` gives the parent of a
+ * process of the tree. A reason instead when it cannot be made so.
+ */
+export function clonePlan(
+  p: Sharing,
+  ppidOf: (pid: number) => number | undefined,
+): ClonePlan | string {
+  const files = p.sharesFilesWith, fs = p.sharesFsWith;
+  if (files !== undefined && fs !== undefined && files !== fs) {
+    return `process ${p.pid} shares its descriptor table with process ${files} and its fs ` +
+      `context with process ${fs}: one clone cannot make both`;
+  }
+  const from = files ?? fs ?? p.ppid;
+  const sibling = from !== p.ppid;
+  if (sibling && ppidOf(from) !== p.ppid) {
+    return `process ${p.pid} shares its ${
+      files !== undefined ? "descriptor table" : "fs context"
+    } ` +
+      `with process ${from}, which is neither its parent nor a sibling`;
+  }
+  const share = (files !== undefined ? CLONE.FILES : 0n) | (fs !== undefined ? CLONE.FS : 0n);
+  return { from, opts: { share, sibling } };
+}
+
+/** What `kcmp` compares for each kind of sharing a tree's processes may have. */
+const SHARED = {
+  files: { type: KCMP.FILES, what: "a descriptor table", flag: "CLONE_FILES" },
+  fs: { type: KCMP.FS, what: "an fs context (cwd, root, umask)", flag: "CLONE_FS" },
+} as const;
+
+/**
+ * For processes listed parents first: for each one that shares `kind` with earlier ones, their
+ * pids. Threads share their process's (pthreads do): one made without the clone flag is refused
+ * with a `DumpError`, as the restore would not keep it.
+ */
+function sharers(procs: readonly { pid: number }[], kind: keyof typeof SHARED) {
+  const { type, what, flag } = SHARED[kind];
+  const out = new Map<number, number[]>();
+  for (const [i, p] of procs.entries()) {
+    for (const tid of threadIds(p.pid)) {
+      if (tid !== p.pid && kcmp(p.pid, tid, type) !== 0) {
+        throw new DumpError(
+          `thread ${tid} of process ${p.pid} has ${what} of its own (made without ${flag}), ` +
+            `which tardigrade cannot restore`,
+        );
+      }
+    }
+    const with_ = procs.slice(0, i).filter((q) => kcmp(q.pid, p.pid, type) === 0);
+    if (with_.length) out.set(p.pid, with_.map((q) => q.pid));
+  }
+  return out;
+}
+
+/** Whether `a` and `b` share what kcmp `type` compares; false when they cannot be compared. */
+function same(a: number, b: number, type: number): boolean {
+  try {
+    return kcmp(a, b, type) === 0;
+  } catch {
+    return false; // gone, or not ours to compare
+  }
+}
+
+/**
+ * Refuses a tree one of whose processes shares `kind` with its parent or a child outside it
+ * (`--single`, or the root's parent): the restore would give it one of its own.
+ */
+function refuseSharingOutside(
+  procs: readonly { pid: number; ppid: number }[],
+  kind: keyof typeof SHARED,
+): void {
+  const { type, what, flag } = SHARED[kind];
+  const inTree = new Set(procs.map((p) => p.pid));
+  for (const p of procs) {
+    const near = [p.ppid, ...childrenOf(p.pid)].filter((q) => q > 0 && !inTree.has(q));
+    const other = near.find((q) => q !== Deno.pid && same(p.pid, q, type));
+    if (other !== undefined) {
+      throw new DumpError(
+        `process ${p.pid} shares ${what} with process ${other} (${flag}), which is not in the ` +
+          `dump: a restore could not share it again (dump the tree they are both in)`,
+      );
+    }
+  }
+}
+
+/**
+ * What each process of a frozen tree (listed parents first) shares with another, as its image
+ * entry says it: the process to make it from, which shares its descriptor table or fs context or
+ * both. Throws a `DumpError` for sharing the restore could not make again.
+ */
+export function treeSharing(
+  procs: readonly { pid: number; ppid: number }[],
+): Map<number, Pick<ProcessEntry, "sharesFilesWith" | "sharesFsWith">> {
+  refuseSharingOutside(procs, "files");
+  refuseSharingOutside(procs, "fs");
+  return cloneSources(procs, sharers(procs, "files"), sharers(procs, "fs"));
+}
+
+/**
+ * For processes listed parents first and, for each, the earlier processes it shares its
+ * descriptor table (`files`) and fs context (`fs`) with: the one to make it from, its parent if
+ * that shares all it shares, else such a sibling. Throws a `DumpError` naming the process when
+ * there is none (it could not be made again sharing what it shares).
+ */
+function cloneSources(
+  procs: readonly { pid: number; ppid: number }[],
+  files: ReadonlyMap<number, number[]>,
+  fs: ReadonlyMap<number, number[]>,
+): Map<number, Pick<ProcessEntry, "sharesFilesWith" | "sharesFsWith">> {
+  const out = new Map<number, Pick<ProcessEntry, "sharesFilesWith" | "sharesFsWith">>();
+  for (const p of procs) {
+    const f = files.get(p.pid), s = fs.get(p.pid);
+    if (!f && !s) continue;
+    const makers = [p.ppid, ...procs.filter((q) => q.ppid === p.ppid && q !== p).map((q) => q.pid)];
+    const from = makers.find((m) => (!f || f.includes(m)) && (!s || s.includes(m)));
+    if (from === undefined) {
+      const what = f ? `its descriptor table with process ${f[0]}` : `its fs context with ${s![0]}`;
+      throw new DumpError(
+        `process ${p.pid} shares ${what}, and no process it could be made from (its parent ` +
+          `or a sibling) shares all it shares: tardigrade could not make it again so`,
+      );
+    }
+    out.set(p.pid, {
+      ...(f ? { sharesFilesWith: from } : {}),
+      ...(s ? { sharesFsWith: from } : {}),
+    });
+  }
+  return out;
 }
 
 /** A seized stub, ready to fork the process that becomes the restored one. */

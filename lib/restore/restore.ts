@@ -18,7 +18,8 @@ import { ImageError, RestoreError } from "../errors.ts";
 import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files/registry.ts";
 import { ImageReader } from "../image/mod.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
+import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
+import type { RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
 import { fileChanged, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
@@ -57,7 +58,7 @@ import { RemoteMemory } from "../inspect/memory.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
-import { forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
+import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -207,6 +208,8 @@ interface Making {
   mem: RemoteMemory;
   inj: Injector;
   asb?: AddressSpaceBuilder;
+  /** Its descriptor table, until its last steps are done (absent when it shares another's). */
+  files?: RestoredFdTable;
   /** Injectors of its threads, once made. */
   injectors?: Map<number, Injector>;
   /** The registers each thread resumes with. */
@@ -232,6 +235,19 @@ interface Shares {
   pids: PidMap;
   /** The new pid namespace the tree is made in, with `pidNamespace`. */
   namespace?: PidNamespace;
+  /** Every process, thread and zombie of the image, for descriptors that name them. */
+  tasks: RestoredTasks;
+}
+
+/** The processes, threads and zombies `entries` make. */
+function tasksOf(entries: ProcessEntry[], ownNamespace: boolean): RestoredTasks {
+  const ids = new Set<number>();
+  for (const p of entries) {
+    ids.add(p.pid);
+    for (const t of p.threads) ids.add(t.tid);
+    for (const z of p.zombies ?? []) ids.add(z.pid);
+  }
+  return { restored: (id) => ids.has(id), ownNamespace };
 }
 
 /** What building each process of one restore uses. */
@@ -262,8 +278,7 @@ async function buildProcess(
   const { reader, shares, stage, made, warnings } = run;
   const { entry: p, inj, mem } = m;
   stage("memory", p);
-  const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
-  asb.empty();
+  const asb = m.asb!; // emptied already
   asb.moveSpecials();
   asb.placeScratch();
   asb.createObjects(shares.objects);
@@ -279,10 +294,21 @@ async function buildProcess(
   stage("files", p);
   const ns = shares.namespace;
   const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
-  restoreFdTable(p, inj, mem, asb.objects, shares.files, shares.scope, toolPidfd)();
+  // A table shared with a process made before (CLONE_FILES) is restored once, by that one.
+  if (p.sharesFilesWith === undefined) {
+    m.files = restoreFdTable(
+      p,
+      inj,
+      mem,
+      asb.objects,
+      shares.files,
+      shares.scope,
+      toolPidfd,
+      shares.tasks,
+    );
+  }
 
   stage("process", p);
-  restoreFsState(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
@@ -306,6 +332,21 @@ async function buildProcess(
   return pageBytes;
 }
 
+/**
+ * Once every process and thread of the tree exists: what names them in descriptors (pidfds),
+ * then the fs state (a chroot would hide the host paths descriptors are opened by, and a shared
+ * fs context is set once).
+ */
+function afterTasks(making: Making[], shares: Shares, warnings: string[]): void {
+  for (const m of making) m.files?.afterTasks();
+  for (const m of making) {
+    if (m.entry.sharesFsWith !== undefined) continue;
+    for (const w of restoreFsState(m.inj, m.entry, shares.scope)) {
+      warnings.push(`process ${m.entry.pid}: ${w}`);
+    }
+  }
+}
+
 /** Last steps inside one process, once every process of the tree is built. */
 function seal(m: Making): void {
   const { entry: p, inj } = m;
@@ -323,6 +364,8 @@ function seal(m: Making): void {
     if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
   }
   restoreCredentials(inj, p.creds);
+  // After the credentials: the kernel signals a file's owner as whoever set it may.
+  m.files?.restoreOwners();
   // After the credentials: changing them clears the parent-death signal.
   restoreAttributes(inj, p);
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
@@ -468,6 +511,7 @@ async function restoreTree(
     files: new Map(),
     scope: {},
     pids: new PidMap(),
+    tasks: tasksOf(entries, opts.pidNamespace === true),
   };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
@@ -481,10 +525,14 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     }
+    const ppidOf = (pid: number) => entries.find((e) => e.pid === pid)?.ppid;
     for (const p of entries) {
-      const parent = making.find((m) => m.entry.pid === p.ppid);
-      const pid = parent
-        ? forkWithPid(parent.inj, p.pid)
+      // Made by its parent, or by the process it shares its descriptor table or fs context with.
+      const plan = clonePlan(p, ppidOf);
+      if (typeof plan === "string") throw new RestoreError(`cannot restore: ${plan}`);
+      const maker = making.find((m) => m.entry.pid === plan.from);
+      const pid = maker
+        ? forkWithPid(maker.inj, p.pid, plan.opts)
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
       shares.pids.set(p.pid, pid);
@@ -496,6 +544,12 @@ async function restoreTree(
       restoreZombies(m.inj, p);
     }
     stub.end();
+    // Every address space emptied before any is filled: emptying closes every descriptor, and a
+    // descriptor table may be shared (CLONE_FILES) with a process built before.
+    for (const m of making) {
+      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+      m.asb.empty();
+    }
 
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
     const run: RestoreRun = { reader, shares, stage, made, warnings };
@@ -504,10 +558,12 @@ async function restoreTree(
       const before = pageBytes;
       pageBytes += await build(m, run, (b) => opts.onProgress?.(before + b, total));
     }
+    afterTasks(making, shares, warnings);
     releaseScope(shares.scope);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
     for (const m of making) seal(m);
+    for (const m of making) m.files?.close();
     stage("verify", entries[0]);
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     for (const m of making) unmapScratch(m);
@@ -548,6 +604,7 @@ async function restoreTree(
     }
     stub.end();
     for (const m of making) {
+      m.files?.close();
       m.asb?.abort();
       m.mem.close();
     }

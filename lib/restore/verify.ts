@@ -16,13 +16,27 @@
  *   file (path and offset for file mappings) and madvise/mlock state, after merging neighbours
  *   the kernel may have merged (or kept apart) differently; the special mappings' addresses;
  * - descriptors: the set of numbers, each one's close-on-exec, access mode and status flags,
- *   kind, position (files) and path (files reopened by path), and which descriptors share one
- *   open file, across the whole tree.
+ *   kind, owner and signal of its I/O signals (F_GETOWN_EX, F_GETSIG), position (files), path
+ *   (files reopened by path, FIFOs; " (deleted)" for removed ones) and locks and leases, the
+ *   process a pidfd names, a fanotify group's flags and marks; which descriptors share one open
+ *   file, and which processes share one descriptor table or fs context, across the whole tree.
  * Not compared: registers and the final signal mask (the restore sets them itself with ptrace
  * right after), the parent (a restored root is a child of the tool or of a namespace's init),
  * per-kind contents of files (queued bytes, socket options).
  */
-import { getRegs, ITIMER, O, RLIMIT, SETFL_MASK } from "../../ffi/mod.ts";
+import {
+  getRegs,
+  ITIMER,
+  KCMP,
+  kcmp,
+  O,
+  O_SYNC_BIT,
+  RLIMIT,
+  SETFL_MASK,
+  stat,
+} from "../../ffi/mod.ts";
+import { readLocks } from "../files/locks.ts";
+import { readOwner } from "../files/owner.ts";
 import type {
   FileEntry,
   ItimerEntry,
@@ -33,7 +47,14 @@ import type {
   SigactionEntry,
   ThreadEntry,
 } from "../image/schema.ts";
-import { assignFileIds, type Fd, type FdKind, FileTable } from "../inspect/fds.ts";
+import {
+  assignFileIds,
+  type FanotifyInfo,
+  type Fd,
+  type FdKind,
+  FileTable,
+  type PidfdInfo,
+} from "../inspect/fds.ts";
 import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
@@ -125,11 +146,11 @@ class Diff {
 }
 
 /** Status flags that belong to an open file and that a restore must give back. */
-const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | 0o4000000; // __O_SYNC
+const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | O_SYNC_BIT;
 
 /** The inspection kinds each image file kind may show as. */
 const FD_KINDS: Record<string, FdKind[]> = {
-  regular: ["file", "directory", "memfd"],
+  regular: ["file", "directory", "symlink", "memfd"],
   device: ["device", "tty"],
   pipe: ["pipe"],
   fifo: ["fifo"],
@@ -138,6 +159,8 @@ const FD_KINDS: Record<string, FdKind[]> = {
   signalfd: ["signalfd"],
   timerfd: ["timerfd"],
   inotify: ["inotify"],
+  fanotify: ["fanotify"],
+  pidfd: ["pidfd"],
   memfd: ["memfd", "file"],
   socket: ["socket"],
   "unix-pair": ["socket"],
@@ -428,11 +451,14 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
 interface Sharing {
   imageOf: Map<string, number>;
   liveOf: Map<string, number>;
+  /** Live open files whose owner and signal were compared already. */
+  ownersSeen: Set<number>;
 }
 
 /** Compares the descriptor table; records who shares what in `sharing` for the tree check. */
 function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Sharing): void {
   const e = p.entry;
+  const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
   const files = new Map<number, FileEntry>(e.files.map((f) => [f.id, f]));
   const live = new Map<number, Fd>(assignFileIds([p.hostPid], table).map((f) => [f.fd, f]));
   d.same("process", "fds", e.fds.map((f) => f.fd), [...live.keys()]);
@@ -445,15 +471,95 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
     d.same(at, "flags", flagText(f.flags), flagText(got.flags));
     const kinds = FD_KINDS[f.kind];
     if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
-    if (f.kind === "regular" && typeof f.position === "bigint") {
-      d.same(at, "position", f.position, got.position);
-      if (typeof f.path === "string" && f.object === undefined && !got.target.endsWith(")")) {
-        d.same(at, "path", f.path, got.target);
-      }
+    if (!sharing.ownersSeen.has(got.fileId)) {
+      sharing.ownersSeen.add(got.fileId);
+      const live = readOwner(inj, got.fd, got.flags);
+      d.same(at, "owner (F_GETOWN_EX)", f.owner, live.owner);
+      d.same(at, "signal (F_GETSIG)", f.signal, live.signal);
     }
+    compareKind(p, d, at, f, got);
     const key = `${e.pid}:${want.fd}`;
     sharing.imageOf.set(key, want.file);
     sharing.liveOf.set(key, got.fileId);
+  }
+}
+
+/** What a descriptor's own kind says that the kernel shows of it. */
+function compareKind(p: RestoredProcess, d: Diff, at: string, f: FileEntry, got: Fd): void {
+  const removed = f.removed !== undefined;
+  // Deleted files (older images say so by their object alone) are made again under their name.
+  const deleted = removed || (f.kind === "regular" && f.object !== undefined);
+  const path = typeof f.path === "string" ? f.path + (deleted ? " (deleted)" : "") : undefined;
+  switch (f.kind) {
+    case "regular":
+      if (typeof f.position === "bigint") d.same(at, "position", f.position, got.position);
+      if (path && (deleted || !got.target.endsWith(")"))) d.same(at, "path", path, got.target);
+      if (f.object === undefined) {
+        d.same(at, "locks", f.locks ?? [], readLocks(p.hostPid, got.fd));
+      }
+      if (removed) {
+        const st = stat(`/proc/${p.hostPid}/fd/${got.fd}`);
+        const { uid, gid, atimeNs, mtimeNs } = st;
+        d.same(at, "removed file", f.removed, {
+          mode: st.mode & 0o7777,
+          uid,
+          gid,
+          atimeNs,
+          mtimeNs,
+        });
+      }
+      break;
+    case "fifo":
+      d.same(at, "path", path, got.target);
+      break;
+    case "pidfd": {
+      const live = (got.info as PidfdInfo).pid;
+      d.same(at, "pid", f.pid, live > 0 ? p.imageId(live) : live);
+      break;
+    }
+    case "fanotify": {
+      const live = got.info as FanotifyInfo;
+      d.same(at, "fanotify flags", [f.initFlags, f.eventFlags], [live.flags, live.eventFlags]);
+      const marks = (list: unknown) =>
+        (list as Record<string, unknown>[]).map((m) =>
+          [m.type, m.ino, m.sdev, m.mntId, m.mflags, m.mask, m.ignoredMask].join(" ")
+        );
+      d.same(at, "fanotify marks", marks(f.marks), marks(live.marks));
+      break;
+    }
+  }
+}
+
+/**
+ * Processes that shared one descriptor table (CLONE_FILES) or fs context (CLONE_FS) must share
+ * one again, and only those: compared pair by pair with kcmp.
+ */
+function compareContexts(tree: RestoredProcess[], diffs: Difference[]): void {
+  const kinds = [
+    { type: KCMP.FILES, what: "descriptor table", key: "sharesFilesWith" },
+    { type: KCMP.FS, what: "fs context", key: "sharesFsWith" },
+  ] as const;
+  for (const { type, what, key } of kinds) {
+    // The image's groups: each process with the one it shares with, which came before it.
+    const group = new Map<number, number>();
+    for (const p of tree) {
+      const w = p.entry[key];
+      group.set(p.entry.pid, w === undefined ? p.entry.pid : group.get(w) ?? w);
+    }
+    for (const [i, a] of tree.entries()) {
+      for (const b of tree.slice(0, i)) {
+        const want = group.get(a.entry.pid) === group.get(b.entry.pid);
+        const got = kcmp(a.hostPid, b.hostPid, type) === 0;
+        if (want === got) continue;
+        diffs.push({
+          pid: a.entry.pid,
+          object: "process",
+          field: what,
+          image: want ? `shared with process ${b.entry.pid}` : "its own",
+          kernel: got ? `shared with process ${b.entry.pid}` : "its own",
+        });
+      }
+    }
   }
 }
 
@@ -496,7 +602,7 @@ const FLAG_NAMES: [number, string][] = [
   [O.DIRECT, "O_DIRECT"],
   [O.NOATIME, "O_NOATIME"],
   [O.PATH, "O_PATH"],
-  [0o4000000, "O_SYNC"],
+  [O_SYNC_BIT, "O_SYNC"],
 ];
 
 /** The status flags that matter, spelled out (`O_RDWR|O_APPEND`). */
@@ -513,7 +619,7 @@ function flagText(flags: number): string {
 export async function compareWithImage(tree: RestoredProcess[]): Promise<Difference[]> {
   const diffs: Difference[] = [];
   const table = new FileTable();
-  const sharing: Sharing = { imageOf: new Map(), liveOf: new Map() };
+  const sharing: Sharing = { imageOf: new Map(), liveOf: new Map(), ownersSeen: new Set() };
   for (const p of tree) {
     const d = new Diff(p.entry.pid);
     const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
@@ -528,6 +634,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
     diffs.push(...d.list);
   }
   compareSharing(sharing, diffs);
+  compareContexts(tree, diffs);
   return diffs;
 }
 
