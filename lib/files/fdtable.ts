@@ -7,7 +7,7 @@
  * different are set with F_SETFL once every process and thread exists, the owner and signal once
  * the process has its credentials too.
  */
-import { close, F, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
+import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
@@ -17,7 +17,8 @@ import type { FdDecision, FileDumpContext, FileRestoreContext, RestoredTasks } f
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
-import { type MadeObjects, takeFd } from "../memory/objects.ts";
+import type { MadeObjects } from "../memory/objects.ts";
+import { FdTaker } from "../ptrace/fd_taker.ts";
 
 /** Open files already restored in a process of the tree, by file id: where to take them from. */
 export type SharedFiles = Map<number, { pid: number; fd: number }>;
@@ -111,22 +112,34 @@ export interface RestoredFdTable {
   close(): void;
 }
 
+/** What restoring one process's descriptor table works with. */
+export interface FdTableRestore {
+  /** Runs syscalls in the process (its main thread). */
+  inj: Injector;
+  mem: RemoteMemory;
+  /** Its memory objects (memfds, deleted files), which some files are reopened from. */
+  objects: MadeObjects;
+  /** Open files other processes of the tree made already (shared since a fork): taken from them. */
+  shared?: SharedFiles;
+  /** Shared by every process of the restore: what handlers keep until the tree is made. */
+  scope?: object;
+  /** Opens a pidfd of the tool inside the target (another pid namespace cannot name the tool). */
+  toolPidfd?: (inj: Injector) => bigint;
+  /** The processes and threads of the restore (alone: this one, in the tool's pid namespace). */
+  tasks?: RestoredTasks;
+}
+
 /**
- * Restores every descriptor at its number, each open file made once. `toolPidfd` opens a pidfd
- * of the tool inside the target; by the tool's pid unless the target cannot see it (another pid
- * namespace). `tasks` are the processes and threads of the restore (alone: this one, in the
- * tool's pid namespace). Files of deferred handlers get a placeholder until `afterTasks`.
+ * Restores every descriptor at its number, each open file made once. Files are made in the order
+ * of their lowest number: a new descriptor takes the lowest free number, which is then its own
+ * (nothing to move) unless the table has a hole below it. Files of deferred handlers get a
+ * placeholder until `afterTasks`.
  */
-export function restoreFdTable(
-  p: ProcessEntry,
-  inj: Injector,
-  mem: RemoteMemory,
-  objects: MadeObjects,
-  shared: SharedFiles = new Map(),
-  scope?: object,
-  toolPidfd: (inj: Injector) => bigint = toolPidfdByPid,
-  tasks: RestoredTasks = { restored: (id) => id === p.pid, ownNamespace: false },
-): RestoredFdTable {
+export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFdTable {
+  const { inj, mem, objects, scope } = env;
+  const shared = env.shared ?? new Map();
+  const tasks = env.tasks ?? { restored: (id: number) => id === p.pid, ownNamespace: false };
+  const toolPidfd = env.toolPidfd ?? toolPidfdByPid;
   const put = scratchAllocator(inj);
   const pidfd = pidfdOpen(inj.pid);
   const firstFd = new Map<number, number>();
@@ -158,42 +171,51 @@ export function restoreFdTable(
     if (!scope) abortScope(ctx);
     close(pidfd);
   };
-  // Open files another process of the tree made first (shared since a fork): taken from it.
   const taken = new Set<number>();
   const deferred: FileEntry[] = [];
-  const placeAt = (file: number, fd: number) => {
+  /**
+   * Puts the open file at `fd` at each of its numbers; `fd` itself goes unless it is one of
+   * them. `cloexec` is what `fd` has (pidfd_getfd sets it), undefined when not known.
+   */
+  const placeAt = (file: number, fd: number, cloexec?: boolean) => {
+    let kept = false;
     for (const f of p.fds) {
-      if (f.file === file) inj.call("dup3", fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0);
+      if (f.file !== file) continue;
+      if (f.fd !== fd) {
+        inj.call("dup3", fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0);
+      } else {
+        kept = true;
+        if (cloexec !== f.closeOnExec) {
+          inj.call("fcntl", fd, F.SETFD, f.closeOnExec ? FD_CLOEXEC : 0);
+        }
+      }
     }
+    if (!kept) inj.call("close", fd);
   };
+  // Above every number of the table: the owners' pidfds, then the memory objects' fds.
+  const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
   try {
-    // Work above every final number so no dup2 lands on an fd still in use.
-    const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
-    objects.relocateFds(high + p.files.length);
-    const temp = new Map<number, number>();
-    for (const f of p.files) {
-      if (!firstFd.has(f.id)) continue;
+    using taker = new FdTaker(inj, high);
+    objects.relocateFds(high + p.files.length + 1);
+    const order = p.files.filter((f) => firstFd.has(f.id))
+      .sort((a, b) => firstFd.get(a.id)! - firstFd.get(b.id)!);
+    for (const f of order) {
       const handler = handlerForEntry(f)!;
       const owner = shared.get(f.id);
-      let fd: number;
       if (handler.deferred) {
         deferred.push(f);
-        fd = Number(inj.call("eventfd2", 0, 0)); // holds the numbers until afterTasks
+        placeAt(f.id, Number(inj.call("eventfd2", 0, 0)), false); // holds the numbers till afterTasks
       } else if (owner) {
+        // Shared since a fork with a process made already: the same open file, taken from it.
         taken.add(f.id);
-        fd = takeFd(inj, owner.pid, owner.fd);
+        placeAt(f.id, taker.take(owner.pid, owner.fd), true);
       } else {
-        fd = handler.open(f, ctx);
+        placeAt(f.id, handler.open(f, ctx));
       }
-      const moved = Number(inj.call("fcntl", fd, F.DUPFD, high));
-      inj.call("close", fd);
-      temp.set(f.id, moved);
     }
-    for (const [file, fd] of temp) placeAt(file, fd);
-    for (const fd of temp.values()) inj.call("close", fd);
-    for (const f of p.files) {
-      const fd = firstFd.get(f.id);
-      if (fd === undefined || taken.has(f.id) || deferred.includes(f)) continue;
+    for (const f of order) {
+      if (taken.has(f.id) || deferred.includes(f)) continue;
+      const fd = firstFd.get(f.id)!;
       handlerForEntry(f)!.finish?.(f, fd, ctx);
       shared.set(f.id, { pid: inj.pid, fd });
     }
@@ -203,11 +225,15 @@ export function restoreFdTable(
   }
   return {
     afterTasks(): void {
+      using late = new FdTaker(inj, high);
       for (const f of deferred) {
         const owner = shared.get(f.id);
         if (owner) taken.add(f.id);
-        const fd = owner ? takeFd(inj, owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
-        placeAt(f.id, fd);
+        const fd = owner ? late.take(owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
+        // Over the placeholders: every number of the file gets it.
+        for (const d of p.fds) {
+          if (d.file === f.id) inj.call("dup3", fd, d.fd, d.closeOnExec ? O.CLOEXEC : 0);
+        }
         inj.call("close", fd);
       }
       // Every deferred file at its numbers, then their finish (an epoll may watch a pidfd).

@@ -14,7 +14,7 @@
 import { close, F, O, open, PAGE_SIZE, pageUp } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
-import { innermostPid } from "../inspect/procfs.ts";
+import { takeFd } from "../ptrace/fd_taker.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { type ObjectWriter, type PageStore, storeFileData } from "./page_data.ts";
 import type { Range } from "./target.ts";
@@ -144,20 +144,6 @@ export class MadeObjects {
         close(fd);
       } catch { /* ignore */ }
     }
-  }
-}
-
-/**
- * A duplicate, in the process `inj` runs in, of descriptor `fd` of process `pid`: the same open
- * file (pidfd_getfd), as a fork would have shared it.
- */
-export function takeFd(inj: Injector, pid: number, fd: number): number {
-  // The owner's pid as the target names it: they share the innermost pid namespace.
-  const pidfd = inj.call("pidfd_open", innermostPid(pid), 0);
-  try {
-    return Number(inj.call("pidfd_getfd", pidfd, fd, 0));
-  } finally {
-    inj.call("close", pidfd);
   }
 }
 

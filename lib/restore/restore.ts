@@ -296,16 +296,15 @@ async function buildProcess(
   const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
   // A table shared with a process made before (CLONE_FILES) is restored once, by that one.
   if (p.sharesFilesWith === undefined) {
-    m.files = restoreFdTable(
-      p,
+    m.files = restoreFdTable(p, {
       inj,
       mem,
-      asb.objects,
-      shares.files,
-      shares.scope,
+      objects: asb.objects,
+      shared: shares.files,
+      scope: shares.scope,
       toolPidfd,
-      shares.tasks,
-    );
+      tasks: shares.tasks,
+    });
   }
 
   stage("process", p);
