@@ -14,16 +14,16 @@
  * Magic and version stay at these offsets in every format version, so any reader can tell
  * "newer than me" from "damaged".
  */
-import { Encoder } from "cbor-x/encode";
+// Named first so every resolver (also a script outside this checkout, and `deno install -g`, which
+// ignores package.json overrides) settles on cbor-extract 2.2.2, the version the registry here
+// serves for every platform, for cbor-x's optional dependency. Only its package.json is read:
+// loading the module (a native string extractor) would cost tens of milliseconds at every start,
+// and cbor-x's plain decoder is fast enough for image metadata.
+import "npm:cbor-extract@2.2.2/package.json" with { type: "json" };
+import { Encoder } from "npm:cbor-x@1.6.8/encode";
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { BASE_FORMAT_VERSION, FORMAT_VERSION, MAGIC } from "./version.ts";
-
-// Named, never loaded, so every resolver (also `deno install -g`, which ignores package.json
-// overrides) settles on cbor-extract 2.2.2, the version the registry here serves for every
-// platform. Loading it (a native string extractor for cbor-x) costs tens of milliseconds at every
-// start of the tool; the plain decoder is fast enough for image metadata.
-const _pinCborExtract = () => import("cbor-extract");
 
 /** Size of the header before the CBOR payload. */
 export const HEADER_SIZE = 24;
