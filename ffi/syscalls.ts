@@ -109,6 +109,12 @@ export const SYS = {
   clone3: 435,
   close_range: 436,
   pidfd_getfd: 438,
+  mseal: 462,
+  io_setup: 206,
+  io_destroy: 207,
+  fchmod: 91,
+  fchown: 93,
+  utimensat: 280,
   // Socket calls, in the tool and injected.
   connect: 42,
   sendto: 44,

@@ -37,7 +37,8 @@ import { assignFileIds, type Fd, type FdKind, FileTable } from "../inspect/fds.t
 import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
-import { vmaAdvice } from "../memory/advice.ts";
+import { keptFlags, vmaStates } from "../memory/advice.ts";
+import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
 import { PROCESS_META, processMetaName } from "../image/schema.ts";
 import { freeze, type FrozenProcess } from "../ptrace/freeze.ts";
@@ -329,7 +330,10 @@ interface Span {
   /** The file of a file mapping, with the offset of `start` in it. */
   file?: string;
   offset?: bigint;
+  /** The kept VmFlags (`MappingEntry.advice`), `gd` (growsDown) and the page size, as text. */
   advice: string;
+  /** Guard pages, as text. */
+  guards: string;
 }
 
 /** Neighbours that are one range to the comparison become one span. */
@@ -339,7 +343,7 @@ function merged(spans: Span[]): Span[] {
     const last = out[out.length - 1];
     const contiguous = last && last.end === s.start && last.prot === s.prot &&
       last.shared === s.shared && last.kind === s.kind && last.file === s.file &&
-      last.advice === s.advice &&
+      last.advice === s.advice && last.guards === "" && s.guards === "" &&
       (s.offset === undefined || last.offset! + (last.end - last.start) === s.offset);
     if (contiguous) last.end = s.end;
     else out.push({ ...s });
@@ -350,6 +354,16 @@ function merged(spans: Span[]): Span[] {
 const protBits = (m: Mapping) =>
   (m.prot.read ? 1 : 0) | (m.prot.write ? 2 : 0) | (m.prot.exec ? 4 : 0);
 
+/** The flags compared, as text: kept flags, `gd`, and a page size other than 4 KiB. */
+function vmFlagText(kept: string[], growsDown: boolean, pageSize: number | undefined): string {
+  const flags = [...kept, ...(growsDown ? ["gd"] : [])].sort();
+  if (pageSize && pageSize !== 4096) flags.push(`${pageSize / 1024}kB pages`);
+  return flags.join(" ");
+}
+
+const rangesText = (rs: { start: bigint; end: bigint }[] | undefined) =>
+  (rs ?? []).map((r) => `${hex(r.start)}-${hex(r.end)}`).join(" ");
+
 function imageSpan(m: MappingEntry): Span {
   const file = m.source.type === "file" ? m.source.path : undefined;
   return {
@@ -359,7 +373,8 @@ function imageSpan(m: MappingEntry): Span {
     shared: m.shared,
     kind: m.kind,
     ...(file !== undefined ? { file, offset: m.offset } : {}),
-    advice: [...(m.advice ?? [])].sort().join(" "),
+    advice: vmFlagText(m.advice ?? [], m.growsDown, m.pageSize),
+    guards: rangesText(m.guards),
   };
 }
 
@@ -367,13 +382,16 @@ function imageSpan(m: MappingEntry): Span {
 function compareMappings(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const live = listMappings(p.hostPid);
-  const advice = vmaAdvice(p.hostPid);
+  const states = vmaStates(p.hostPid);
   const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
   const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
   const spans: Span[] = [];
   for (const m of live) {
     if (special.has(m.kind) || ignored(m)) continue;
     const file = m.kind === "file" ? m.path ?? undefined : undefined;
+    const state = states.get(m.start);
+    const flags = state?.flags ?? [];
+    const kept = keptFlags(flags, { shared: m.shared, writable: m.prot.write });
     spans.push({
       start: m.start,
       end: m.end,
@@ -381,7 +399,8 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
       shared: m.shared,
       kind: m.kind,
       ...(file !== undefined ? { file, offset: m.offset } : {}),
-      advice: [...(advice.get(m.start) ?? [])].sort().join(" "),
+      advice: vmFlagText(kept, flags.includes("gd"), state?.pageSize),
+      guards: flags.includes("gu") ? rangesText(guardRanges(p.hostPid, m.start, m.end)) : "",
     });
   }
   const want = merged(e.mappings.map(imageSpan));
@@ -401,7 +420,8 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     d.same(at, "kind", w.kind, g.kind);
     d.same(at, "file", w.file, g.file);
     d.same(at, "offset", w.offset, g.offset);
-    d.same(at, "madvise/mlock", w.advice, g.advice);
+    d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
+    d.same(at, "guard pages", w.guards, g.guards);
   }
   for (const g of byStart.values()) {
     d.add(`mapping ${hex(g.start)}-${hex(g.end)} (${g.kind})`, "exists", false, true);
@@ -412,16 +432,15 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     return m ? [m.start, m.end] : undefined;
   };
   const s = e.special;
-  if (s.vdso) d.same("[vdso]", "address", [s.vdso.start, s.vdso.end], where("vdso"));
-  if (s.vvar) d.same("[vvar]", "address", [s.vvar.start, s.vvar.end], where("vvar"));
-  if (s.vvarVclock) {
-    d.same(
-      "[vvar_vclock]",
-      "address",
-      [s.vvarVclock.start, s.vvarVclock.end],
-      where("vvar_vclock"),
-    );
-  }
+  // One the process had unmapped must not be there either (the restorer's own, left behind).
+  d.same("[vdso]", "address", s.vdso && [s.vdso.start, s.vdso.end], where("vdso"));
+  d.same("[vvar]", "address", s.vvar && [s.vvar.start, s.vvar.end], where("vvar"));
+  d.same(
+    "[vvar_vclock]",
+    "address",
+    s.vvarVclock && [s.vvarVclock.start, s.vvarVclock.end],
+    where("vvar_vclock"),
+  );
 }
 
 /** Which image file and which live open file each descriptor of the tree has. */
