@@ -164,10 +164,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_stack_grow" },
   { name: "r_unreadable_maps" },
   { name: "r_hugetlb" },
-  {
-    name: "r_no_vdso",
-    unsupported: "dump refused: a process without [vdso] has no syscall site for injection",
-  },
+  { name: "r_no_vdso" },
   { name: "r_aio" },
   {
     name: "r_memfd_attrs",

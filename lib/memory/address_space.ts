@@ -32,6 +32,7 @@ import {
 import { makeSharedAnonymous, storeSharedAnonymous } from "./shmem.ts";
 import {
   currentSpecials,
+  dropCodePage,
   isMovedSpecial,
   moveSpecials,
   recordSpecial,
@@ -149,6 +150,8 @@ export class AddressSpaceBuilder {
   readonly #target: Target;
   readonly #sysv: SysvAttaches;
   readonly #mappings: MappingMaker;
+  /** The injector's own code page while the process has no vdso to run it from. */
+  #codePage: Range | null = null;
 
   /** `pid` is being made from the stub through `inj`, to hold what `image` describes. */
   constructor(
@@ -179,9 +182,12 @@ export class AddressSpaceBuilder {
     this.inj.dropScratch();
   }
 
-  /** Moves this kernel's vvar, vvar_vclock and vdso to where the dumped process had them. */
+  /**
+   * Moves this kernel's vvar, vvar_vclock and vdso to where the dumped process had them (or
+   * unmaps those it had unmapped).
+   */
   moveSpecials(): void {
-    moveSpecials(this.#target, this.image.special);
+    this.#codePage = moveSpecials(this.#target, this.image.special);
   }
 
   /** Maps the injector's scratch region in a gap of the dumped layout. */
@@ -251,6 +257,8 @@ export class AddressSpaceBuilder {
     this.#mappings.closeFiles();
     this.objects.closeWriters();
     this.objects.unmapTemps();
+    if (this.#codePage) dropCodePage(this.#target, this.#codePage);
+    this.#codePage = null;
     this.#sysv.removeMarked(); // only now do mappings hold the segments
   }
 
