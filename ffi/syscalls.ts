@@ -175,6 +175,9 @@ export interface Stat {
   gid: number;
   rdev: bigint;
   size: number;
+  /** Last access, ns since the epoch. */
+  atimeNs: bigint;
+  /** Last modification, ns since the epoch. */
   mtimeNs: bigint;
 }
 
@@ -191,6 +194,7 @@ export function fstat(fd: number): Stat {
     gid: dv.getUint32(32, true),
     rdev: dv.getBigUint64(40, true),
     size: Number(dv.getBigInt64(48, true)),
+    atimeNs: dv.getBigInt64(72, true) * 1_000_000_000n + dv.getBigInt64(80, true),
     mtimeNs: dv.getBigInt64(88, true) * 1_000_000_000n + dv.getBigInt64(96, true),
   };
 }

@@ -166,16 +166,8 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_hugetlb" },
   { name: "r_no_vdso" },
   { name: "r_aio" },
-  {
-    name: "r_memfd_attrs",
-    unsupported:
-      "memfd mode, owner and MFD_NOEXEC_SEAL are lost; F_SEAL_EXEC added to a 0777 memfd also seals writes",
-  },
-  {
-    name: "r_fexecve",
-    unsupported:
-      "a restored memfd cannot be executed: reopened O_RDWR through /proc/self/fd, execveat gives ETXTBSY",
-  },
+  { name: "r_memfd_attrs" },
+  { name: "r_fexecve" },
   // Issue 10: files
   {
     name: "r_fd_status_flags",
@@ -187,11 +179,7 @@ export const restoreCases: RestoreCase[] = [
     unsupported: "a descriptor table shared with CLONE_FILES comes back as two tables",
   },
   { name: "r_clone_fs", unsupported: "an fs context shared with CLONE_FS comes back as two" },
-  {
-    name: "r_ghost_file",
-    unsupported:
-      "a deleted file comes back owned by root with new atime and mtime (mode and contents are kept)",
-  },
+  { name: "r_ghost_file" },
   { name: "r_ghost_fifo", unsupported: "dump refused: a deleted FIFO has no path to reopen" },
   { name: "r_ghost_dir_fd", unsupported: "dump refused: an open directory that was removed" },
   {

@@ -38,7 +38,13 @@ import {
   recordSpecial,
   specialRanges,
 } from "./special.ts";
-import { makeStoredFile, removeGhosts, sealMemfds, storeFile } from "./stored_file.ts";
+import {
+  makeStoredFile,
+  removeGhosts,
+  restoreFileTimes,
+  sealMemfds,
+  storeFile,
+} from "./stored_file.ts";
 import {
   isSysvName,
   storeSysvSegment,
@@ -262,9 +268,11 @@ export class AddressSpaceBuilder {
     this.#sysv.removeMarked(); // only now do mappings hold the segments
   }
 
-  /** Seals memfds again, now that their contents are in. */
+  /** Seals memfds again and gives deleted files their times, now that their contents are in. */
   seal(): void {
-    sealMemfds(this.inj, this.image.objects, (id) => this.objects.fd(id));
+    const fdOf = (id: number) => this.objects.fd(id);
+    sealMemfds(this.inj, this.image.objects, fdOf);
+    restoreFileTimes(this.inj, this.image.objects, fdOf);
   }
 
   /**

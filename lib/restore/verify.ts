@@ -13,8 +13,11 @@
  *   children, session or group leadership;
  * - timers: the interval exactly, the time left no more than the image's (time passes);
  * - mappings: the address space as a sequence of ranges with their protection, sharing, kind,
- *   file (path and offset for file mappings) and madvise/mlock state, after merging neighbours
- *   the kernel may have merged (or kept apart) differently; the special mappings' addresses;
+ *   file (path and offset for file mappings), the VmFlags a restore gives again (madvise, mlock,
+ *   mmap flags, mseal, grows-down), page size and guard pages, after merging neighbours the
+ *   kernel may have merged (or kept apart) differently; the special mappings' addresses (and that
+ *   those the process had unmapped are not there);
+ * - memfds and deleted files: size, mode, owner, seals, a deleted file's atime and mtime;
  * - descriptors: the set of numbers, each one's close-on-exec, access mode and status flags,
  *   kind, position (files) and path (files reopened by path), and which descriptors share one
  *   open file, across the whole tree.
@@ -22,7 +25,18 @@
  * right after), the parent (a restored root is a child of the tool or of a namespace's init),
  * per-kind contents of files (queued bytes, socket options).
  */
-import { getRegs, ITIMER, O, RLIMIT, SETFL_MASK } from "../../ffi/mod.ts";
+import {
+  close,
+  F,
+  fstat,
+  getRegs,
+  ITIMER,
+  O,
+  open,
+  RLIMIT,
+  SETFL_MASK,
+  syscall,
+} from "../../ffi/mod.ts";
 import type {
   FileEntry,
   ItimerEntry,
@@ -443,6 +457,58 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
   );
 }
 
+/**
+ * Compares each memfd and deleted file with its image: size, mode, owner, seals, and a deleted
+ * file's access and modification times (fields older images lack are not compared). Each is
+ * reached through a mapping of it (map_files) or a descriptor on it.
+ */
+function compareStoredFiles(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const paths = new Map<number, string>();
+  for (const m of e.mappings) {
+    if (m.source.type !== "stored-file" || paths.has(m.source.object)) continue;
+    paths.set(
+      m.source.object,
+      `/proc/${p.hostPid}/map_files/${hex(m.start).slice(2)}-${hex(m.end).slice(2)}`,
+    );
+  }
+  const files = new Map(e.files.map((f) => [f.id, f]));
+  for (const fd of e.fds) {
+    const object = files.get(fd.file)?.object;
+    if (typeof object === "number" && !paths.has(object)) {
+      paths.set(object, `/proc/${p.hostPid}/fd/${fd.fd}`);
+    }
+  }
+  for (const obj of e.objects) {
+    if (obj.kind !== "memfd" && obj.kind !== "deleted-file") continue;
+    const path = paths.get(obj.id);
+    if (!path) continue;
+    const at = `${obj.kind} ${JSON.stringify(obj.name)}`;
+    let fd: number;
+    try {
+      fd = open(path, O.RDONLY); // no read: its access time stays
+    } catch {
+      d.add(at, "exists", true, false);
+      continue;
+    }
+    try {
+      const st = fstat(fd);
+      d.same(at, "size", obj.size, st.size);
+      d.same(at, "mode", `0${obj.mode.toString(8)}`, `0${(st.mode & 0o7777).toString(8)}`);
+      if (obj.uid !== undefined) {
+        d.same(at, "owner (uid, gid)", [obj.uid, obj.gid], [st.uid, st.gid]);
+      }
+      if (obj.kind === "memfd") {
+        d.same(at, "seals", obj.seals ?? 0, Number(syscall("fcntl", fd, F.GET_SEALS, 0)));
+      }
+      if (obj.atimeNs !== undefined) d.same(at, "access time (ns)", obj.atimeNs, st.atimeNs);
+      if (obj.mtimeNs !== undefined) d.same(at, "modification time (ns)", obj.mtimeNs, st.mtimeNs);
+    } finally {
+      close(fd);
+    }
+  }
+}
+
 /** Which image file and which live open file each descriptor of the tree has. */
 interface Sharing {
   imageOf: Map<string, number>;
@@ -543,6 +609,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
     });
     compareThreads(p, d, p.diesWithTool ?? false);
     compareMappings(p, d);
+    compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);
     diffs.push(...d.list);
   }
