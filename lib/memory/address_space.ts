@@ -4,6 +4,10 @@
  * special.ts (vdso, vvar), mapping.ts (anonymous and file mappings), shmem.ts, sysv_shm.ts,
  * stored_file.ts (memfd, deleted files), advice.ts (madvise, mlock) and page_data.ts; the
  * tables of memory objects are in objects.ts. This file only calls them.
+ *
+ * Each process of a tree is built by itself, after the whole tree is forked: pages a process and
+ * its child still shared copy-on-write come back as a copy in each (the same contents, private to
+ * each as before; only memory use and physical pages differ). docs/IMAGE.md says more.
  */
 import { getRseqConfig, RSEQ_FLAG } from "../../ffi/mod.ts";
 import type { ImageReader } from "../image/mod.ts";
