@@ -119,6 +119,9 @@ export const SYS = {
   clone3: 435,
   close_range: 436,
   pidfd_getfd: 438,
+  mseal: 462,
+  io_setup: 206,
+  io_destroy: 207,
   // Socket calls, in the tool and injected.
   connect: 42,
   sendto: 44,
@@ -185,7 +188,9 @@ export interface Stat {
   gid: number;
   rdev: bigint;
   size: number;
+  /** Last access, ns since the epoch. */
   atimeNs: bigint;
+  /** Last modification, ns since the epoch. */
   mtimeNs: bigint;
 }
 

@@ -153,52 +153,22 @@ export const restoreCases: RestoreCase[] = [
       "threads with their own uids/gids/groups all come back with the process's (main thread's) credentials",
   },
   // Issue 10: memory
-  {
-    name: "r_vma_flags",
-    unsupported: "VmFlags sr/rr (MADV_SEQUENTIAL/MADV_RANDOM) and nr (MAP_NORESERVE) are not kept",
-  },
-  {
-    name: "r_mseal",
-    unsupported: "mseal (VmFlags sl) is not restored: the region can be unmapped after a restore",
-  },
-  {
-    name: "r_guard_pages",
-    unsupported:
-      "dump fails: reading a region with MADV_GUARD_INSTALL guard pages gives a short read (RangeError)",
-  },
+  { name: "r_vma_flags" },
+  { name: "r_mseal" },
+  { name: "r_guard_pages" },
   { name: "r_file_map_prot" },
   {
     name: "r_cow_fork",
-    unsupported: "pages shared copy-on-write by a parent and its child come back as two copies",
-  },
-  {
-    name: "r_stack_grow",
     unsupported:
-      "a MAP_GROWSDOWN mapping comes back without VM_GROWSDOWN: growing it faults (the main stack is fine)",
+      "pages a parent and its forked child shared copy-on-write come back as two copies (same contents, still private to each; double memory use, other PFNs): each process is filled by itself after the tree is forked (docs/IMAGE.md)",
   },
+  { name: "r_stack_grow" },
   { name: "r_unreadable_maps" },
-  {
-    name: "r_hugetlb",
-    unsupported: "hugetlb mappings come back as ordinary 4 KiB pages (no ht, KernelPageSize 4 kB)",
-  },
-  {
-    name: "r_no_vdso",
-    unsupported: "dump refused: a process without [vdso] has no syscall site for injection",
-  },
-  {
-    name: "r_aio",
-    unsupported: "dump fails: the AIO ring's map_files entry cannot be opened (ENXIO)",
-  },
-  {
-    name: "r_memfd_attrs",
-    unsupported:
-      "memfd mode, owner and MFD_NOEXEC_SEAL are lost; F_SEAL_EXEC added to a 0777 memfd also seals writes",
-  },
-  {
-    name: "r_fexecve",
-    unsupported:
-      "a restored memfd cannot be executed: reopened O_RDWR through /proc/self/fd, execveat gives ETXTBSY",
-  },
+  { name: "r_hugetlb" },
+  { name: "r_no_vdso" },
+  { name: "r_aio" },
+  { name: "r_memfd_attrs" },
+  { name: "r_fexecve" },
   // Issue 10: files
   { name: "r_fd_status_flags" },
   { name: "r_clone_files" },

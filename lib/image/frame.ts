@@ -19,7 +19,10 @@
 // serves for every platform, for cbor-x's optional dependency. Only its package.json is read:
 // loading the module (a native string extractor) would cost tens of milliseconds at every start,
 // and cbor-x's plain decoder is fast enough for image metadata.
+// Versions in the specifiers, so mod.ts is importable from a script anywhere (no deno.json).
+// deno-lint-ignore no-import-prefix
 import "npm:cbor-extract@2.2.2/package.json" with { type: "json" };
+// deno-lint-ignore no-import-prefix
 import { Encoder } from "npm:cbor-x@1.6.8/encode";
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";

@@ -38,7 +38,13 @@ export type MappingSource =
   /** Shared anonymous memory (`/dev/zero (deleted)`, System V shm), one object per inode. */
   | { type: "shmem"; object: number }
   /** A memfd or a deleted file whose contents are stored in the image. */
-  | { type: "stored-file"; object: number };
+  | { type: "stored-file"; object: number }
+  /**
+   * The ring of a Linux AIO context (`io_setup`, `/[aio] (deleted)`): made again with io_setup
+   * for `events` (the ring's `nr`, its capacity) and moved to its address, which is the context
+   * id the program holds.
+   */
+  | { type: "aio"; events: number };
 
 /** One virtual memory area. */
 export interface MappingEntry {
@@ -58,11 +64,19 @@ export interface MappingEntry {
   name: string | null;
   /** Where the contents come from. */
   source: MappingSource;
-  /** MAP_GROWSDOWN: the main stack. */
+  /** MAP_GROWSDOWN (VmFlags `gd`): the main stack, or another mapping made so. */
   growsDown: boolean;
-  /** madvise()/mlock() state as smaps' VmFlags names it (`dc`, `wf`, `dd`, `hg`, `nh`, `mg`,
-   * `lo`, `lf`): given again at restore. */
+  /**
+   * The VmFlags a restore gives again, as smaps names them: madvise() advice (`sr`, `rr`, `dc`,
+   * `wf`, `dd`, `hg`, `nh`, `mg`), locks (`lo`, `lf`), mmap() flags (`nr` MAP_NORESERVE, `ht`
+   * MAP_HUGETLB, `dp` MAP_DROPPABLE), `mw` on a shared mapping that is not writable but may be
+   * made so, and `sl` (mseal). lib/memory/advice.ts has the table of every flag.
+   */
   advice?: string[];
+  /** The page size when it is not 4096: a hugetlb mapping's (KernelPageSize). */
+  pageSize?: number;
+  /** Guard pages (MADV_GUARD_INSTALL) inside the mapping, as address ranges: installed again. */
+  guards?: { start: bigint; end: bigint }[];
   /** Page data of private pages (anonymous or copied-on-write). */
   pages: PageRun[];
 }
@@ -85,6 +99,16 @@ export interface MemoryObjectEntry {
   mode: number;
   /** memfd seals (F_GET_SEALS), 0 otherwise. */
   seals?: number;
+  /** Owner of a memfd or deleted file (absent in older images: root's). */
+  uid?: number;
+  /** Group of a memfd or deleted file. */
+  gid?: number;
+  /** A deleted file's access and modification times, ns since the epoch (its ctime is new). */
+  atimeNs?: bigint;
+  /** See `atimeNs`. */
+  mtimeNs?: bigint;
+  /** Shared hugetlb memory: its huge page size in bytes. */
+  hugePageSize?: number;
   /** A System V segment's identity, owner and removal mark (IPC_RMID). */
   sysv?: { key: number; shmid: number; uid: number; gid: number; removed: boolean };
   /** Contents, at byte offsets within the object. */

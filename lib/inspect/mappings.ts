@@ -27,7 +27,8 @@ export type MappingKind =
   | "vvar_vclock"
   | "vsyscall"
   | "deleted-file"
-  | "memfd";
+  | "memfd"
+  | "aio";
 
 /** Page protection of a mapping. */
 export interface Prot {
@@ -173,6 +174,9 @@ export function mappingKind(path: string | null, inode: bigint, shared: boolean)
   }
   if (path.endsWith(" (deleted)")) {
     if (path.startsWith("/memfd:")) return "memfd";
+    // The memory of MAP_HUGETLB without a file (hugetlbfs's own), and an AIO context's ring.
+    if (path === "/anon_hugepage (deleted)") return shared ? "shared-anonymous" : "anonymous";
+    if (path.startsWith("/[aio]")) return "aio";
     if (path === "/dev/zero (deleted)" || path.startsWith("/SYSV")) return "shared-anonymous";
     return "deleted-file";
   }

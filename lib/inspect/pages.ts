@@ -37,6 +37,11 @@ export interface PageRegion {
   zero: boolean;
   /** Part of a transparent huge page. Only the ioctl reports it. */
   huge: boolean;
+  /**
+   * A guard page (MADV_GUARD_INSTALL): a touch faults, it holds no data. Only the pagemap entries
+   * tell (the ioctl counts it as swapped): `guardRanges` reads them.
+   */
+  guard: boolean;
 }
 
 /** An address range; `end` exclusive. */
@@ -147,6 +152,7 @@ function regionFromScan(i: number): PageRegion {
     file: (c & PAGE_IS.FILE) !== 0,
     zero: (c & PAGE_IS.PFNZERO) !== 0,
     huge: (c & PAGE_IS.HUGE) !== 0,
+    guard: false, // PAGEMAP_SCAN of 6.18 does not tell: counted as swapped
   };
 }
 
@@ -176,12 +182,13 @@ export function listPages(pid: number, range?: Partial<AddressRange>): PageRegio
 
 function sameState(a: PageRegion, b: PageRegion): boolean {
   return a.present === b.present && a.written === b.written && a.swapped === b.swapped &&
-    a.file === b.file && a.zero === b.zero && a.huge === b.huge;
+    a.file === b.file && a.zero === b.zero && a.huge === b.huge && a.guard === b.guard;
 }
 
 const PM_PRESENT = 1 << 31; // bit 63, in the high word
 const PM_SWAPPED = 1 << 30; // bit 62
 const PM_FILE = 1 << 29; // bit 61
+const PM_GUARD = 1 << 26; // bit 58: a guard page
 const PM_UFFD_WP = 1 << 25; // bit 57: write-protected by userfaultfd
 const ENTRIES = 65536;
 
@@ -214,15 +221,18 @@ export function pagesFromPagemap(pid: number, range?: Partial<AddressRange>): Pa
         if (got === 0) break;
         for (let i = 0; i < got; i++) {
           const hi = words[2 * i + 1];
+          const guard = (hi & PM_GUARD) !== 0;
           const region: PageRegion = {
             start: addr + BigInt(i) * PAGE,
             end: addr + BigInt(i + 1) * PAGE,
             present: (hi & PM_PRESENT) !== 0,
             written: (hi & PM_UFFD_WP) === 0,
-            swapped: (hi & PM_SWAPPED) !== 0,
+            // The ioctl counts a guard page as swapped (a marker in the page table); so do we.
+            swapped: (hi & PM_SWAPPED) !== 0 || guard,
             file: (hi & PM_FILE) !== 0,
             zero: false,
             huge: false,
+            guard,
           };
           const prev = out[out.length - 1];
           if (prev && prev.end === region.start && sameState(prev, region)) prev.end = region.end;
@@ -247,7 +257,23 @@ export interface DumpableOptions {
 }
 
 /**
+ * The merged ranges of guard pages (MADV_GUARD_INSTALL) in [start, end): none before Linux 6.13.
+ */
+export function guardRanges(pid: number, start: bigint, end: bigint): AddressRange[] {
+  const out: AddressRange[] = [];
+  for (const p of pagesFromPagemap(pid, { start, end })) {
+    if (!p.guard) continue;
+    const prev = out[out.length - 1];
+    if (prev && prev.end === p.start) prev.end = p.end;
+    else out.push({ start: p.start, end: p.end });
+  }
+  return out;
+}
+
+/**
  * The merged ranges of pages in [start, end) that are present or swapped: what a dump must copy.
+ * Guard pages (also counted as swapped, and unreadable) are not left out here: `ranges minus
+ * guardRanges` does that for the mappings that may have some (VmFlags `gu`).
  * One PAGEMAP_SCAN per 4096 ranges; falls back to pagemap entries.
  */
 export function dumpableRanges(

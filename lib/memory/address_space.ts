@@ -4,6 +4,10 @@
  * special.ts (vdso, vvar), mapping.ts (anonymous and file mappings), shmem.ts, sysv_shm.ts,
  * stored_file.ts (memfd, deleted files), advice.ts (madvise, mlock) and page_data.ts; the
  * tables of memory objects are in objects.ts. This file only calls them.
+ *
+ * Each process of a tree is built by itself, after the whole tree is forked: pages a process and
+ * its child still shared copy-on-write come back as a copy in each (the same contents, private to
+ * each as before; only memory use and physical pages differ). docs/IMAGE.md says more.
  */
 import { getRseqConfig, RSEQ_FLAG } from "../../ffi/mod.ts";
 import type { ImageReader } from "../image/mod.ts";
@@ -13,9 +17,12 @@ import type {
   ProcessEntry,
   SpecialMappings,
 } from "../image/schema.ts";
+import { Unsupported } from "../errors.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
+import { guardRanges } from "../inspect/pages.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
-import { restoreVmaAdvice, vmaAdvice } from "./advice.ts";
+import { installGuards, refusedFlag, restoreVmaAdvice, sealMappings, vmaStates } from "./advice.ts";
+import { aioSource, makeAioRing } from "./aio.ts";
 import { describeMapping, fileSource, MappingMaker } from "./mapping.ts";
 import { MadeObjects, type MemoryObjects, type SharedObjects } from "./objects.ts";
 import {
@@ -29,12 +36,19 @@ import {
 import { makeSharedAnonymous, storeSharedAnonymous } from "./shmem.ts";
 import {
   currentSpecials,
+  dropCodePage,
   isMovedSpecial,
   moveSpecials,
   recordSpecial,
   specialRanges,
 } from "./special.ts";
-import { makeStoredFile, removeGhosts, sealMemfds, storeFile } from "./stored_file.ts";
+import {
+  makeStoredFile,
+  removeGhosts,
+  restoreFileTimes,
+  sealMemfds,
+  storeFile,
+} from "./stored_file.ts";
 import {
   isSysvName,
   storeSysvSegment,
@@ -81,7 +95,7 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
   const { pid, objects } = ctx;
   const mappings: MappingEntry[] = [];
   const special: SpecialMappings = {};
-  const advice = vmaAdvice(pid);
+  const states = vmaStates(pid);
   const copy: PageCopyContext = {
     pid,
     pages: ctx.pages,
@@ -98,22 +112,35 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
           : undefined;
         const object = segment
           ? storeSysvSegment(objects, m, segment)
-          : storeSharedAnonymous(objects, m);
+          : storeSharedAnonymous(objects, m, states.get(m.start)?.pageSize);
         return { type: "shmem", object };
       }
       case "memfd":
       case "deleted-file":
         return { type: "stored-file", object: storeFile(objects, m.kind, m.path!, m.mapFile) };
+      case "aio":
+        return aioSource(m);
       default:
         return fileSource(m);
     }
   };
   for (const m of ctx.mappings) {
     if (recordSpecial(special, m)) continue;
+    const state = states.get(m.start);
+    const refused = refusedFlag(state?.flags ?? [], m.kind, ctx.precopied !== undefined);
+    if (refused) {
+      throw new Unsupported(
+        `process ${pid}: mapping ${m.start.toString(16)}-${m.end.toString(16)} ` +
+          `${m.path ?? `(${m.kind})`} cannot be restored as it is: ${refused}`,
+      );
+    }
     const keep = ctx.decide(m) === "dump";
-    const entry = describeMapping(m, advice.get(m.start));
+    const entry = describeMapping(m, state);
     entry.source = source(m, keep);
-    if (keep && !m.shared) await copyPrivatePages(copy, m, entry.pages);
+    // Guard pages hold no data (and cannot be read): left out of the copy, installed again.
+    const guards = state?.flags.includes("gu") ? guardRanges(pid, m.start, m.end) : [];
+    if (guards.length) entry.guards = guards;
+    if (keep && !m.shared) await copyPrivatePages(copy, m, entry.pages, guards);
     mappings.push(entry);
   }
   return { mappings, special };
@@ -122,7 +149,8 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
 /**
  * Builds the dumped address space inside a process made from the stub. `AddressSpaceBuilder`'s
  * steps run in this order: `empty`, `moveSpecials`, `placeScratch`, `createObjects`,
- * `createMappings`, `fillPages`, `finish`, `seal`; after the descriptors, `closeObjects`.
+ * `createMappings`, `fillPages`, `finish`, `seal`; after the descriptors, `closeObjects`; last of
+ * all, once nothing else changes mappings, `sealMappings`.
  */
 export class AddressSpaceBuilder {
   /** The memory objects made in the process (the descriptor table reopens some). */
@@ -132,6 +160,8 @@ export class AddressSpaceBuilder {
   readonly #target: Target;
   readonly #sysv: SysvAttaches;
   readonly #mappings: MappingMaker;
+  /** The injector's own code page while the process has no vdso to run it from. */
+  #codePage: Range | null = null;
 
   /** `pid` is being made from the stub through `inj`, to hold what `image` describes. */
   constructor(
@@ -162,9 +192,12 @@ export class AddressSpaceBuilder {
     this.inj.dropScratch();
   }
 
-  /** Moves this kernel's vvar, vvar_vclock and vdso to where the dumped process had them. */
+  /**
+   * Moves this kernel's vvar, vvar_vclock and vdso to where the dumped process had them (or
+   * unmaps those it had unmapped).
+   */
   moveSpecials(): void {
-    moveSpecials(this.#target, this.image.special);
+    this.#codePage = moveSpecials(this.#target, this.image.special);
   }
 
   /** Maps the injector's scratch region in a gap of the dumped layout. */
@@ -204,6 +237,7 @@ export class AddressSpaceBuilder {
     for (const m of this.image.mappings) {
       const src = m.source;
       if (src.type === "shmem" && this.#sysv.has(src.object)) this.#sysv.attach(m, src.object);
+      else if (src.type === "aio") makeAioRing(this.#target, { ...m, source: src });
       else this.#mappings.create(m, (id) => this.objects.fd(id));
     }
   }
@@ -228,16 +262,29 @@ export class AddressSpaceBuilder {
    * until the descriptors are restored (they may be reopened); `closeObjects` closes them. */
   finish(): void {
     this.#mappings.protectFinal(this.image.mappings);
+    installGuards(this.inj, this.image.mappings);
     restoreVmaAdvice(this.inj, this.image.mappings);
     this.#mappings.closeFiles();
     this.objects.closeWriters();
     this.objects.unmapTemps();
+    if (this.#codePage) dropCodePage(this.#target, this.#codePage);
+    this.#codePage = null;
     this.#sysv.removeMarked(); // only now do mappings hold the segments
   }
 
-  /** Seals memfds again, now that their contents are in. */
+  /** Seals memfds again and gives deleted files their times, now that their contents are in. */
   seal(): void {
-    sealMemfds(this.inj, this.image.objects, (id) => this.objects.fd(id));
+    const fdOf = (id: number) => this.objects.fd(id);
+    sealMemfds(this.inj, this.image.objects, fdOf);
+    restoreFileTimes(this.inj, this.image.objects, fdOf);
+  }
+
+  /**
+   * Seals the mappings that were sealed (mseal): after every other change to the address space
+   * of the restore, as they can no longer be unmapped, moved or made writable.
+   */
+  sealMappings(): void {
+    sealMappings(this.inj, this.image.mappings);
   }
 
   /** Closes the target fds of memory objects. */

@@ -1,19 +1,102 @@
 /**
- * What a program told the kernel about its mappings with madvise() and mlock(), which a restore
- * must tell it again: /proc/PID/smaps shows it per mapping on its `VmFlags:` line.
+ * What the kernel keeps about a mapping besides its range, protection and file: the flags smaps
+ * shows on its `VmFlags:` line (madvise(), mlock(), mmap() flags, mseal()). Every flag the
+ * kernel can show is accounted for in `VM_FLAGS`: carried (kept in `MappingEntry.advice` and given
+ * again at restore), derived (it follows from what is restored anyway), or refused (the dump
+ * fails naming the process, the mapping and the flag, rather than bring the mapping back without
+ * it). A flag this table does not know (a newer kernel's) is refused too.
  *
- * Kept: `dc` MADV_DONTFORK (not inherited by a fork: RDMA buffers), `wf` MADV_WIPEONFORK (zeroed
- * in a child: a random generator's state, so a forked child cannot repeat its parent's numbers),
- * `dd` MADV_DONTDUMP (left out of core dumps: secrets), `hg`/`nh` MADV_HUGEPAGE/NOHUGEPAGE,
- * `mg` MADV_MERGEABLE (KSM), `lo` mlock() and `lf` mlock(MLOCK_ONFAULT) (kept in memory: key
- * material). Locks are applied last, once the pages are in.
+ * Restore: madvise() advice once the pages are in, locks after it, seals (`sl`) last of all,
+ * once nothing of the restore changes mappings any more (`sealMappings`). `nr`, `ht`, `dp` are
+ * mmap() flags (mapping.ts), `gd` is `MappingEntry.growsDown`, `mw` on a shared mapping is the
+ * access mode its file is opened with (mapping.ts).
  */
 import { MADV, MLOCK } from "../../ffi/mod.ts";
-import type { Injector } from "../ptrace/inject.ts";
 import type { MappingEntry } from "../image/schema.ts";
+import type { Injector } from "../ptrace/inject.ts";
+
+/** How a restore treats one VmFlags mnemonic. */
+type Treatment =
+  /** Kept in `MappingEntry.advice` and given again. */
+  | { carried: string }
+  /** Needs nothing: it follows from what is restored anyway. */
+  | { derived: string }
+  /** The dump is refused. */
+  | { refused: string };
+
+/**
+ * Every VmFlags mnemonic of Linux 6.18 (`show_smap_vma_flags`, `man 5 proc`), and what a restore
+ * does with it. `mw` is carried only where it does not follow from the protection (below).
+ */
+export const VM_FLAGS: Record<string, Treatment> = {
+  rd: { derived: "PROT_READ: the protection" },
+  wr: { derived: "PROT_WRITE: the protection" },
+  ex: { derived: "PROT_EXEC: the protection" },
+  sh: { derived: "MAP_SHARED with a file open for writing: sharing and mw" },
+  mr: { derived: "may read: every mapping but a file opened write-only (never mappable)" },
+  mw: { carried: "may write: on a shared read-only mapping, the file is opened for writing" },
+  me: { derived: "may execute: the file's mount (noexec), the same file is mapped" },
+  ms: { derived: "may share: MAP_SHARED" },
+  gd: { carried: "MAP_GROWSDOWN (MappingEntry.growsDown)" },
+  pf: { refused: "a PFN mapping of a device: its driver's state cannot be rebuilt" },
+  lo: { carried: "mlock()" },
+  io: { refused: "a mapping of device I/O memory" },
+  sr: { carried: "MADV_SEQUENTIAL" },
+  rr: { carried: "MADV_RANDOM" },
+  dc: { carried: "MADV_DONTFORK" },
+  de: { derived: "not expandable: the kernel's for hugetlb and the AIO ring (refused elsewhere)" },
+  lf: { carried: "mlock2(MLOCK_ONFAULT)" },
+  ac: { derived: "commit accounting of private writable memory: no behaviour of its own" },
+  nr: { carried: "MAP_NORESERVE" },
+  ht: { carried: "MAP_HUGETLB with its page size (MappingEntry.pageSize)" },
+  sf: { refused: "MAP_SYNC on a DAX file" },
+  ar: { refused: "an architecture flag (x86: PAT of a device mapping)" },
+  wf: { carried: "MADV_WIPEONFORK" },
+  dd: { carried: "MADV_DONTDUMP" },
+  sd: {
+    derived: "soft-dirty: set on every new mapping; dirty tracking's state, not the program's",
+  },
+  mm: { refused: "a mixed PFN/page mapping of a device" },
+  hg: { carried: "MADV_HUGEPAGE" },
+  nh: { carried: "MADV_NOHUGEPAGE" },
+  mg: { carried: "MADV_MERGEABLE (KSM)" },
+  um: { refused: "registered with a userfaultfd for missing pages (the handler's fd is not kept)" },
+  uw: { refused: "registered with a userfaultfd for write protection (not the tool's tracking)" },
+  ui: { refused: "registered with a userfaultfd for minor faults (the handler's fd is not kept)" },
+  ss: { refused: "a shadow stack (CET): it cannot be made by mmap()" },
+  dp: { carried: "MAP_DROPPABLE" },
+  sl: { carried: "mseal(), given last" },
+  gu: {
+    derived: "may hold guard pages: MADV_GUARD_INSTALL of the guard pages (MappingEntry.guards)",
+  },
+  bt: { refused: "arm64 BTI" },
+  mt: { refused: "arm64 MTE" },
+  nl: { derived: "a non-linear mapping: gone since Linux 4.0, never shown" },
+};
+
+/** Flags kept in `MappingEntry.advice`: madvise() advice, locks, mmap() flags and seals. */
+const KEPT = new Set([
+  "lo",
+  "lf",
+  "sr",
+  "rr",
+  "dc",
+  "nr",
+  "ht",
+  "wf",
+  "dd",
+  "hg",
+  "nh",
+  "mg",
+  "dp",
+  "sl",
+  "mw",
+]);
 
 /** VmFlags name → the madvise() advice that sets it. */
 const ADVICE: Record<string, number> = {
+  sr: MADV.SEQUENTIAL,
+  rr: MADV.RANDOM,
   dc: MADV.DONTFORK,
   mg: MADV.MERGEABLE,
   hg: MADV.HUGEPAGE,
@@ -21,30 +104,72 @@ const ADVICE: Record<string, number> = {
   dd: MADV.DONTDUMP,
   wf: MADV.WIPEONFORK,
 };
-const LOCKS = ["lo", "lf"];
 
-/** The kept VmFlags of every mapping of `pid`, by start address (empty where smaps is not readable). */
-export function vmaAdvice(pid: number): Map<bigint, string[]> {
-  const out = new Map<bigint, string[]>();
+/** What smaps says of one mapping, beyond /proc/PID/maps. */
+export interface VmaState {
+  /** Its VmFlags mnemonics. */
+  flags: string[];
+  /** KernelPageSize in bytes (4096 but for hugetlb). */
+  pageSize: number;
+}
+
+/** VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is unreadable). */
+export function vmaStates(pid: number): Map<bigint, VmaState> {
+  const out = new Map<bigint, VmaState>();
   let text = "";
   try {
     text = Deno.readTextFileSync(`/proc/${pid}/smaps`);
   } catch {
     return out;
   }
-  let start: bigint | undefined;
+  let state: VmaState | undefined;
   for (const line of text.split("\n")) {
     const range = line.match(/^([0-9a-f]+)-[0-9a-f]+ /);
     if (range) {
-      start = BigInt(`0x${range[1]}`);
-    } else if (start !== undefined && line.startsWith("VmFlags:")) {
-      const kept = line.slice(8).trim().split(/\s+/).filter((f) =>
-        f in ADVICE || LOCKS.includes(f)
-      );
-      if (kept.length) out.set(start, kept);
+      state = { flags: [], pageSize: 4096 };
+      out.set(BigInt(`0x${range[1]}`), state);
+    } else if (state && line.startsWith("VmFlags:")) {
+      state.flags = line.slice(8).trim().split(/\s+/).filter((f) => f !== "");
+    } else if (state && line.startsWith("KernelPageSize:")) {
+      state.pageSize = parseInt(line.slice(15)) * 1024;
     }
   }
   return out;
+}
+
+/** What a mapping is, as far as its flags go. */
+interface FlagsOf {
+  shared: boolean;
+  /** PROT_WRITE now. */
+  writable: boolean;
+}
+
+/**
+ * The flags of a mapping that its image entry keeps (`MappingEntry.advice`), sorted. `mw` only
+ * where it says more than the protection: a shared mapping, not writable now, that may be made
+ * writable (its file was opened for writing).
+ */
+export function keptFlags(flags: string[], m: FlagsOf): string[] {
+  return flags.filter((f) => KEPT.has(f) && (f !== "mw" || (m.shared && !m.writable))).sort();
+}
+
+/**
+ * Why a mapping of `kind` with `flags` cannot be dumped (a refused or unknown flag), or null.
+ * `ownTracking`: the tool itself registered the process's memory for write-protection
+ * (pre-copy's dirty tracking), so `uw` is the tool's.
+ */
+export function refusedFlag(flags: string[], kind: string, ownTracking: boolean): string | null {
+  for (const f of flags) {
+    if (f === "uw" && ownTracking) continue;
+    // Not expandable: the kernel's own mark on hugetlb and the AIO ring; elsewhere a driver's.
+    if (f === "de" && !flags.includes("ht") && kind !== "aio") {
+      return `VmFlags "de": a mapping a driver made not expandable`;
+    }
+    const t = VM_FLAGS[f];
+    if (!t) return `VmFlags "${f}", unknown to this version of the tool`;
+    if ("refused" in t) return `VmFlags "${f}": ${t.refused}`;
+  }
+  return null;
 }
 
 /** Gives the restored mappings their advice again; locks last, once their pages are in. */
@@ -58,5 +183,27 @@ export function restoreVmaAdvice(inj: Injector, mappings: MappingEntry[]): void 
     const advice = m.advice ?? [];
     if (advice.includes("lf")) inj.call("mlock2", m.start, m.end - m.start, MLOCK.ONFAULT);
     else if (advice.includes("lo")) inj.call("mlock2", m.start, m.end - m.start, 0);
+  }
+}
+
+/**
+ * Installs the guard pages again (MADV_GUARD_INSTALL), once the pages are in (installing one drops
+ * what the page held) and before the locks (a locked range takes none).
+ */
+export function installGuards(inj: Injector, mappings: MappingEntry[]): void {
+  for (const m of mappings) {
+    for (const g of m.guards ?? []) {
+      inj.call("madvise", g.start, g.end - g.start, MADV.GUARD_INSTALL);
+    }
+  }
+}
+
+/**
+ * Seals the mappings that were sealed (mseal): the last change to the address space, as a sealed
+ * mapping can no longer be unmapped, moved or have its protection changed.
+ */
+export function sealMappings(inj: Injector, mappings: MappingEntry[]): void {
+  for (const m of mappings) {
+    if (m.advice?.includes("sl")) inj.call("mseal", m.start, m.end - m.start, 0);
   }
 }

@@ -11,14 +11,21 @@
  * again at its address with MAP_FIXED_NOREPLACE, writable while its pages go in, and gives it
  * its final protection after.
  */
-import { Errno, MAP, O, PROT, SYS } from "../../ffi/mod.ts";
+import { Errno, hugePageSizeFlag, MAP, O, PAGE_SIZE, PROT, SYS } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { MappingEntry, MappingSource } from "../image/schema.ts";
+import type { MappingEntry, MappingSource, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
+import { keptFlags, type VmaState } from "./advice.ts";
 import { hex, openInTarget, type Target } from "./target.ts";
 
-/** The entry of mapping `m` (`advice`: its kept VmFlags), its source anonymous and no pages yet. */
-export function describeMapping(m: Mapping, advice: string[] | undefined): MappingEntry {
+/**
+ * The entry of mapping `m` (`state`: what smaps says of it), its source anonymous and no pages
+ * yet.
+ */
+export function describeMapping(m: Mapping, state: VmaState | undefined): MappingEntry {
+  const flags = state?.flags ?? [];
+  const advice = keptFlags(flags, { shared: m.shared, writable: m.prot.write });
+  const pageSize = state?.pageSize ?? PAGE_SIZE;
   return {
     start: m.start,
     end: m.end,
@@ -29,15 +36,18 @@ export function describeMapping(m: Mapping, advice: string[] | undefined): Mappi
     kind: m.kind,
     name: m.path,
     source: { type: "anonymous" },
-    growsDown: m.kind === "stack",
-    ...(advice ? { advice } : {}),
+    growsDown: m.kind === "stack" || flags.includes("gd"),
+    ...(advice.length ? { advice } : {}),
+    ...(pageSize !== PAGE_SIZE ? { pageSize } : {}),
     pages: [],
   };
 }
 
 /** The source of a mapping that is neither shared memory nor a stored file: its file, if any. */
 export function fileSource(m: Mapping): MappingSource {
-  if (m.inode === 0n || !m.path?.startsWith("/")) return { type: "anonymous" };
+  if (m.kind !== "file" || m.inode === 0n || !m.path?.startsWith("/")) {
+    return { type: "anonymous" };
+  }
   const st = Deno.statSync(m.path);
   return {
     type: "file",
@@ -84,6 +94,47 @@ export function mappedFileProblem(mappings: MappingEntry[]): string | null {
   return null;
 }
 
+/**
+ * Whether the mapping may be made writable (VmFlags `mw`): it is, or its image says so. Of
+ * interest for a shared mapping, whose file must be open for writing for that.
+ */
+function mayWrite(m: MappingEntry): boolean {
+  return (m.prot & PROT.WRITE) !== 0 || (m.advice ?? []).includes("mw");
+}
+
+/**
+ * Why the hugetlb mappings of process `p` cannot be made on this machine (too few free huge pages
+ * of their size: vm.nr_hugepages), or null.
+ */
+export function hugePageProblem(p: ProcessEntry): string | null {
+  const need = new Map<number, { pages: number; first: MappingEntry }>();
+  const objects = new Set<number>();
+  for (const m of p.mappings) {
+    if (!m.advice?.includes("ht") || !m.pageSize) continue;
+    const src = m.source;
+    if (src.type === "shmem" || src.type === "stored-file") {
+      if (objects.has(src.object)) continue;
+      objects.add(src.object);
+    }
+    const n = need.get(m.pageSize) ?? { pages: 0, first: m };
+    n.pages += Math.ceil(Number(m.end - m.start) / m.pageSize);
+    need.set(m.pageSize, n);
+  }
+  for (const [size, { pages, first }] of need) {
+    const dir = `/sys/kernel/mm/hugepages/hugepages-${size / 1024}kB`;
+    let free = 0;
+    try {
+      free = parseInt(Deno.readTextFileSync(`${dir}/free_hugepages`));
+    } catch { /* no pool of that size */ }
+    if (free < pages) {
+      return `process ${p.pid} needs ${pages} free huge pages of ${size / 1024} kB for its ` +
+        `hugetlb mappings (the first at ${hex(first.start)}-${hex(first.end)}), this machine has ` +
+        `${free} (${dir}/nr_hugepages)`;
+    }
+  }
+  return null;
+}
+
 /** Whether pages are written into the mapping at restore (it is private and has some). */
 function needsWrite(m: MappingEntry): boolean {
   return !m.shared && m.pages.length > 0;
@@ -91,18 +142,32 @@ function needsWrite(m: MappingEntry): boolean {
 
 /** Maps the mappings of one process again, each at its address. */
 export class MappingMaker {
-  /** Target fds of mapped files, by access and path. */
+  /** Target fds of mapped files, by access and path (or object). */
   readonly #fileFds = new Map<string, number>();
 
   /** `t`: the process being made. */
   constructor(private readonly t: Target) {}
 
   #fileFd(m: MappingEntry & { source: { type: "file" } }): number {
-    const writable = m.shared && (m.prot & PROT.WRITE) !== 0;
+    const writable = m.shared && mayWrite(m);
     const key = `${writable ? "w" : "r"}:${m.source.path}`;
     let fd = this.#fileFds.get(key);
     if (fd === undefined) {
       fd = openInTarget(this.t.inj, m.source.path, writable ? O.RDWR : O.RDONLY);
+      this.#fileFds.set(key, fd);
+    }
+    return fd;
+  }
+
+  /**
+   * A read-only descriptor, in the target, on object `id` (a shared mapping of it that may never
+   * be made writable: the kernel clears may-write for a file opened read-only).
+   */
+  #readOnlyObjectFd(id: number, objectFd: (id: number) => number): number {
+    const key = `object:${id}`;
+    let fd = this.#fileFds.get(key);
+    if (fd === undefined) {
+      fd = openInTarget(this.t.inj, `/proc/self/fd/${objectFd(id)}`, O.RDONLY);
       this.#fileFds.set(key, fd);
     }
     return fd;
@@ -116,12 +181,21 @@ export class MappingMaker {
     const size = m.end - m.start;
     // Writable only while its pages go in: an extra PROT_WRITE would change how VMAs merge.
     const prot = needsWrite(m) ? m.prot | PROT.READ | PROT.WRITE : m.prot;
-    let flags = (m.shared ? MAP.SHARED : MAP.PRIVATE) | MAP.FIXED_NOREPLACE;
+    const advice = m.advice ?? [];
+    const type = m.shared ? MAP.SHARED : advice.includes("dp") ? MAP.DROPPABLE : MAP.PRIVATE;
+    let flags = type | MAP.FIXED_NOREPLACE;
     if (m.growsDown) flags |= MAP.GROWSDOWN;
+    if (advice.includes("nr")) flags |= MAP.NORESERVE;
     let fd = -1;
     const src = m.source;
-    if (src.type === "anonymous") flags |= MAP.ANONYMOUS;
-    else if (src.type === "file") fd = this.#fileFd(m as MappingEntry & { source: typeof src });
+    if (src.type === "anonymous") {
+      flags |= MAP.ANONYMOUS;
+      if (advice.includes("ht")) flags |= MAP.HUGETLB | hugePageSizeFlag(m.pageSize ?? PAGE_SIZE);
+    } else if (src.type === "file") {
+      fd = this.#fileFd(m as MappingEntry & { source: typeof src });
+    } else if (src.type === "aio") {
+      throw new RestoreError(`AIO ring ${hex(m.start)} is made by io_setup, not mmap`);
+    } else if (m.shared && !mayWrite(m)) fd = this.#readOnlyObjectFd(src.object, objectFd);
     else fd = objectFd(src.object);
     const r = this.t.inj.raw(
       SYS.mmap,

@@ -24,7 +24,7 @@ import type { PageRun, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import { readMemoryInto } from "../inspect/memory.ts";
 import { dumpableRanges, listPages } from "../inspect/pages.ts";
-import { hex } from "./target.ts";
+import { hex, type Range } from "./target.ts";
 
 /** Staging buffer size: large enough for ≥ 1 MiB iovecs, small enough for a low peak RSS. */
 export const STAGING_SIZE = 32 * 1024 * 1024;
@@ -91,13 +91,30 @@ export interface PageCopyContext {
   breathe: () => Promise<void>;
 }
 
+/** Ranges `ranges` less those of `holes` (both in address order). */
+function without(ranges: Range[], holes: Range[]): Range[] {
+  if (!holes.length) return ranges;
+  const out: Range[] = [];
+  for (const r of ranges) {
+    let at = r.start;
+    for (const h of holes) {
+      if (h.end <= at || h.start >= r.end) continue;
+      if (h.start > at) out.push({ start: at, end: h.start });
+      at = h.end;
+    }
+    if (at < r.end) out.push({ start: at, end: r.end });
+  }
+  return out;
+}
+
 /** The pages of a private mapping that a dump must copy. */
-function privateRanges(pid: number, m: Mapping): { start: bigint; end: bigint }[] {
-  if (m.inode === 0n) return dumpableRanges(pid, m.start, m.end);
+function privateRanges(pid: number, m: Mapping): Range[] {
+  // Anonymous memory (hugetlb's too, which has an inode of hugetlbfs's).
+  if (m.inode === 0n || m.kind === "anonymous") return dumpableRanges(pid, m.start, m.end);
   // Over a file: only pages that are no longer the file's (written, copied on write).
-  const out: { start: bigint; end: bigint }[] = [];
+  const out: Range[] = [];
   for (const p of listPages(pid, { start: m.start, end: m.end })) {
-    if (!((p.present && !p.file) || p.swapped)) continue;
+    if (p.guard || !((p.present && !p.file) || p.swapped)) continue;
     const last = out[out.length - 1];
     if (last && last.end === p.start) last.end = p.end;
     else out.push({ start: p.start, end: p.end });
@@ -105,15 +122,19 @@ function privateRanges(pid: number, m: Mapping): { start: bigint; end: bigint }[
   return out;
 }
 
-/** Copies the pages only this process holds of private mapping `m`, appending their runs to `into`. */
+/**
+ * Copies the pages only this process holds of private mapping `m`, appending their runs to
+ * `into`; `guards` (guard pages, which cannot be read) are left out.
+ */
 export async function copyPrivatePages(
   ctx: PageCopyContext,
   m: Mapping,
   into: PageRun[],
+  guards: Range[] = [],
 ): Promise<void> {
   const { pid, pages, precopied } = ctx;
   const fill: Fill = (addr, buf) => readMemoryInto(pid, addr, buf);
-  for (const range of privateRanges(pid, m)) {
+  for (const range of without(privateRanges(pid, m), guards)) {
     // Pre-copy hook: runs copied while the process ran and not written since are reused.
     const parts: Segment[] = precopied ? precopied.split(range.start, range.end) : [range];
     for (const r of parts) {

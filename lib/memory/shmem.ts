@@ -11,39 +11,53 @@
  * of the tree take) and the tool through /proc/PID/map_files to write the contents into; the
  * temporary mapping goes once the pages are in.
  */
-import { fstat, MAP, O, open, PROT } from "../../ffi/mod.ts";
+import { fstat, hugePageSizeFlag, MAP, O, open, PAGE_SIZE, PROT } from "../../ffi/mod.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import { type MadeObject, type MemoryObjects, objectSpan, withOpenFile } from "./objects.ts";
 import { openInTarget, type Target } from "./target.ts";
 
-/** Stores the shared anonymous memory behind mapping `m` once per inode; returns its object id. */
-export function storeSharedAnonymous(objects: MemoryObjects, m: Mapping): number {
+/**
+ * Stores the shared anonymous memory behind mapping `m` once per inode; returns its object id.
+ * `pageSize`: the mapping's (a hugetlb one's is larger than 4096).
+ */
+export function storeSharedAnonymous(
+  objects: MemoryObjects,
+  m: Mapping,
+  pageSize?: number,
+): number {
   const key = `shmem:${m.inode}`;
+  const huge = pageSize && pageSize > PAGE_SIZE ? { hugePageSize: pageSize } : {};
   return objects.idOf(key) ?? withOpenFile(m.mapFile, (fd) => {
     const size = Number(fstat(fd).size);
-    return objects.store(key, fd, size, { kind: "shmem", name: m.path ?? "", size, mode: 0o600 });
+    return objects.store(key, fd, size, {
+      kind: "shmem",
+      name: m.path ?? "",
+      size,
+      mode: 0o600,
+      ...huge,
+    });
   });
 }
 
 /** Makes shared anonymous memory object `obj` inside the target (its contents come later). */
 export function makeSharedAnonymous(t: Target, obj: MemoryObjectEntry): MadeObject {
-  const size = objectSpan(obj.size);
-  const at = t.gaps.take(size);
-  t.inj.call(
-    "mmap",
-    at,
-    size,
-    PROT.READ | PROT.WRITE,
-    MAP.SHARED | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE,
-    -1,
-    0,
-  );
-  const temp = { start: at, end: at + size };
-  const mapFile = `map_files/${at.toString(16)}-${temp.end.toString(16)}`;
+  const huge = obj.hugePageSize ?? 0;
+  const unit = BigInt(huge || PAGE_SIZE);
+  const size = (objectSpan(obj.size) + unit - 1n) / unit * unit;
+  const at = t.gaps.take(size + unit); // room to align a huge page
+  const start = (at + unit - 1n) / unit * unit;
+  let flags = MAP.SHARED | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE;
+  if (huge) flags |= MAP.HUGETLB | hugePageSizeFlag(huge);
+  t.inj.call("mmap", start, size, PROT.READ | PROT.WRITE, flags, -1, 0);
+  const temp = { start, end: start + size };
+  const mapFile = `map_files/${start.toString(16)}-${temp.end.toString(16)}`;
   return {
     temp,
     fd: openInTarget(t.inj, `/proc/self/${mapFile}`, O.RDWR),
-    writer: { fd: open(`/proc/${t.pid}/${mapFile}`, O.RDWR), base: 0n },
+    // hugetlbfs has no write(): its contents go in through the temporary mapping.
+    writer: huge
+      ? { fd: open(`/proc/${t.pid}/mem`, O.RDWR), base: start }
+      : { fd: open(`/proc/${t.pid}/${mapFile}`, O.RDWR), base: 0n },
   };
 }

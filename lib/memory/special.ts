@@ -8,13 +8,14 @@
  * Restore: the image's vdso must be this kernel's (the same size and code); this kernel's three
  * mappings then move together (mremap) to the dumped addresses, keeping their relative offsets.
  */
-import { MREMAP } from "../../ffi/mod.ts";
+import { MAP, MREMAP, PAGE_SIZE, PROT } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { checksum } from "../image/checksum.ts";
 import type { SpecialMappings } from "../image/schema.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { readMemoryInto } from "../inspect/memory.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
+import { SYSCALL_PAGE_CODE, syscallSiteInCode } from "../ptrace/inject.ts";
 import type { Range, Target } from "./target.ts";
 
 /** Whether `m` is one of the special mappings a restore moves: [vdso], [vvar], [vvar_vclock]. */
@@ -82,19 +83,34 @@ export function currentSpecials(pid: number): { name: string; range: Range }[] {
   }));
 }
 
-/** Moves this kernel's vvar, vvar_vclock and vdso in the target to where `special` had them. */
-export function moveSpecials(t: Target, special: SpecialMappings): void {
+/**
+ * Moves this kernel's vvar, vvar_vclock and vdso in the target to where `special` had them, and
+ * unmaps those the dumped process had unmapped. When the vdso the injector runs from goes, the
+ * injector gets a page of code of its own first: returned, for `dropCodePage` once the process's
+ * own code is in; null otherwise.
+ */
+export function moveSpecials(t: Target, special: SpecialMappings): Range | null {
   const want: Record<string, Range | undefined> = {
     vdso: special.vdso,
     vvar: special.vvar,
     vvar_vclock: special.vvarVclock,
   };
   const now = currentSpecials(t.pid);
-  const vdsoNow = now.find((s) => s.name === "vdso")!.range;
-  const siteOffset = t.inj.site - vdsoNow.start;
+  const gone = now.filter((s) => !want[s.name]);
+  let codePage: Range | null = null;
+  if (gone.some((s) => s.name === "vdso")) {
+    const page = t.gaps.take(BigInt(PAGE_SIZE));
+    const flags = MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE;
+    t.inj.call("mmap", page, PAGE_SIZE, PROT.READ | PROT.EXEC, flags, -1, 0);
+    t.inj.mem.write(page, SYSCALL_PAGE_CODE); // /proc/PID/mem writes through the protection
+    t.inj.site = page;
+    codePage = { start: page, end: page + BigInt(PAGE_SIZE) };
+  }
+  for (const s of gone) t.inj.call("munmap", s.range.start, s.range.end - s.range.start);
   // The injector runs from the vdso: follow it wherever it moves.
   const move = (name: string, from: Range, to: bigint) => {
     const size = from.end - from.start;
+    const siteOffset = t.inj.site - from.start;
     t.inj.call("mremap", from.start, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, to);
     if (name === "vdso") t.inj.site = to + siteOffset;
   };
@@ -116,4 +132,20 @@ export function moveSpecials(t: Target, special: SpecialMappings): void {
     }
     move(s.name, { start: from, end: from + size }, target.start);
   }
+  return codePage;
+}
+
+/**
+ * Points the injector at a `syscall` of the restored process's own code (its pages are in) and
+ * unmaps the code page `moveSpecials` made: the process keeps no page of the restorer's.
+ */
+export function dropCodePage(t: Target, codePage: Range): void {
+  const site = syscallSiteInCode(t.pid, t.inj.mem, codePage);
+  if (site === null) {
+    throw new RestoreError(
+      `process ${t.pid} has no [vdso] and no syscall instruction in its code to finish with`,
+    );
+  }
+  t.inj.site = site;
+  t.inj.call("munmap", codePage.start, codePage.end - codePage.start);
 }

@@ -6,12 +6,24 @@
  * Dump: stored once per file, under the key `storedFileKey` computes from the file's own stat
  * (whether it was reached through a mapping or a descriptor), with a memfd's seals.
  *
- * Restore: a memfd is made again (memfd_create, sized); a deleted file is made again under its
- * old name (or beside it, should that be taken), opened in the target and by the tool, then
- * unlinked: a "ghost" that exists only while it is being opened. Seals go on last, once the
- * contents are in.
+ * Restore: a memfd is made again (memfd_create, sized, with its owner and mode; MFD_NOEXEC_SEAL
+ * for one made so); a deleted file is made again under its old name (or beside it, should that
+ * be taken) with its owner and mode, opened in the target and by the tool, then unlinked: a
+ * "ghost" that exists only while it is being opened. Once the contents are in, seals go on
+ * (after the mode: F_SEAL_EXEC on a mode with x bits would seal writes too) and a deleted file
+ * gets its access and modification times back (its ctime is the restore's: no call sets it).
  */
-import { F, fstat, MFD, O, open, type Stat, syscall } from "../../ffi/mod.ts";
+import {
+  encodeFileTimes,
+  F,
+  fstat,
+  MFD,
+  O,
+  open,
+  SEAL,
+  type Stat,
+  syscall,
+} from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
@@ -52,8 +64,12 @@ export function storeFile(
       name: storedFileName(procName),
       size: st.size,
       mode: st.mode & 0o7777,
-      // A deleted regular file has no seals.
-      seals: kind === "memfd" ? Number(syscall("fcntl", fd, F.GET_SEALS, 0)) : 0,
+      uid: st.uid,
+      gid: st.gid,
+      // A deleted regular file has no seals; its times are read before its contents are.
+      ...(kind === "memfd"
+        ? { seals: Number(syscall("fcntl", fd, F.GET_SEALS, 0)) }
+        : { seals: 0, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs }),
     });
   });
 }
@@ -64,8 +80,9 @@ export function storeFile(
  */
 export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string[]): MadeObject {
   if (obj.kind === "memfd") {
-    const fd = Number(t.inj.call("memfd_create", putString(t.inj, obj.name), MFD.ALLOW_SEALING));
+    const fd = Number(t.inj.call("memfd_create", putString(t.inj, obj.name), memfdFlags(obj)));
     t.inj.call("ftruncate", fd, obj.size);
+    setOwnerAndMode(t.inj, fd, obj);
     return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n } };
   }
   // A deleted file: make it again under its old name (or beside it), open it, unlink it.
@@ -87,7 +104,44 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
   };
   Deno.removeSync(path);
   ghosts.pop();
+  setOwnerAndMode(t.inj, made.fd, obj);
   return made;
+}
+
+const EXEC_BITS = 0o111;
+
+/**
+ * memfd_create flags for `obj`: sealing allowed (its seals go on later), and executable or not
+ * as it was: MFD_NOEXEC_SEAL for one without x bits sealed F_SEAL_EXEC (what that flag makes),
+ * MFD_EXEC otherwise (said, so vm.memfd_noexec does not decide). Older images have no owner:
+ * the plain call, as before.
+ */
+function memfdFlags(obj: MemoryObjectEntry): number {
+  if (obj.uid === undefined) return MFD.ALLOW_SEALING;
+  const noExec = (obj.mode & EXEC_BITS) === 0 && ((obj.seals ?? 0) & SEAL.EXEC) !== 0;
+  return MFD.ALLOW_SEALING | (noExec ? MFD.NOEXEC_SEAL : MFD.EXEC);
+}
+
+/** Gives a stored file made again its owner, then its mode (a chown clears set-id bits). */
+function setOwnerAndMode(inj: Injector, fd: number, obj: MemoryObjectEntry): void {
+  if (obj.uid !== undefined) inj.call("fchown", fd, obj.uid, obj.gid ?? 0);
+  if (obj.uid !== undefined || obj.kind === "memfd") inj.call("fchmod", fd, obj.mode);
+}
+
+/**
+ * Gives the deleted files among `objects` their access and modification times again, now that
+ * their contents are written (which set the modification time).
+ */
+export function restoreFileTimes(
+  inj: Injector,
+  objects: MemoryObjectEntry[],
+  fdOf: (id: number) => number,
+): void {
+  for (const obj of objects) {
+    if (obj.atimeNs === undefined || obj.mtimeNs === undefined) continue;
+    const times = inj.put(encodeFileTimes(obj.atimeNs, obj.mtimeNs));
+    inj.call("utimensat", fdOf(obj.id), 0, times, 0); // futimens
+  }
 }
 
 /** Removes the ghost files a failed restore left (`makeStoredFile`'s `ghosts`). */

@@ -212,7 +212,8 @@ export class SysvAttaches {
     const pieces = this.mappings.filter((x) =>
       x.source.type === "shmem" && x.source.object === object && x.start - x.offset === base
     );
-    const write = pieces.some((x) => x.prot & PROT.WRITE);
+    // Attached writable also where it may only be made so (VmFlags mw), then mprotected.
+    const write = pieces.some((x) => x.prot & PROT.WRITE || x.advice?.includes("mw"));
     const exec = pieces.some((x) => x.prot & PROT.EXEC);
     const attachProt = PROT.READ | (write ? PROT.WRITE : 0) | (exec ? PROT.EXEC : 0);
     if (!this.#attaches.has(key)) {

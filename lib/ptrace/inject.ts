@@ -23,7 +23,7 @@ import {
   waitpid,
 } from "../../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "../errors.ts";
-import { findVdso } from "../inspect/mappings.ts";
+import { findVdso, listMappings } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 
 /** Name of an injectable syscall. */
@@ -37,20 +37,67 @@ const RW = PROT.READ | PROT.WRITE;
 /** Size of the scratch region mapped in the target for syscall arguments. */
 export const SCRATCH_SIZE = 64n * 1024n;
 
-/** Finds the address of a `syscall` instruction (0f 05) inside the process's [vdso]. */
-export function findSyscallSite(pid: number, mem: RemoteMemory): bigint {
+/** The bytes of the `syscall` instruction. */
+const SYSCALL_INSN = [0x0f, 0x05];
+
+/**
+ * Finds the address of a `syscall` instruction (0f 05) in process `pid`: in its [vdso]; without
+ * one (a process may unmap it), the one thread `tid` is stopped in (`rip - 2`), else one in the
+ * process's own code (`syscallSiteInCode`).
+ */
+export function findSyscallSite(pid: number, mem: RemoteMemory, tid = pid): bigint {
   const vdso = findVdso(pid);
-  if (!vdso) throw new TardigradeError(`process ${pid} has no [vdso] to run syscalls from`);
-  return vdso.start + BigInt(syscallOffset(mem.read(vdso.start, vdso.size)));
+  if (vdso) return vdso.start + BigInt(syscallOffset(mem.read(vdso.start, vdso.size)));
+  try {
+    const at = getRegs(tid).rip - 2n;
+    const code = mem.read(at, 2);
+    if (code[0] === SYSCALL_INSN[0] && code[1] === SYSCALL_INSN[1]) return at;
+  } catch { /* not stopped where its registers can be read, or no code there */ }
+  const site = syscallSiteInCode(pid, mem);
+  if (site === null) {
+    throw new TardigradeError(`process ${pid} has no [vdso] nor other code to run syscalls from`);
+  }
+  return site;
+}
+
+/** How much of each executable mapping is searched for a `syscall` instruction. */
+const CODE_SEARCH = 64 * 1024;
+
+/**
+ * A `syscall` instruction in an executable mapping of process `pid` (libc's text has many), but
+ * [vdso], [vsyscall] (emulated, not to jump into) and `except`; null when there is none.
+ */
+export function syscallSiteInCode(
+  pid: number,
+  mem: RemoteMemory,
+  except?: { start: bigint; end: bigint },
+): bigint | null {
+  for (const m of listMappings(pid)) {
+    if (!m.prot.exec || m.kind === "vsyscall" || m.kind === "vdso") continue;
+    if (except && m.start < except.end && except.start < m.end) continue;
+    const code = mem.read(m.start, Math.min(m.size, CODE_SEARCH));
+    const at = indexOfSyscall(code);
+    if (at >= 0) return m.start + BigInt(at);
+  }
+  return null;
+}
+
+function indexOfSyscall(code: Uint8Array): number {
+  for (let i = 0; i + 1 < code.length; i++) {
+    if (code[i] === SYSCALL_INSN[0] && code[i + 1] === SYSCALL_INSN[1]) return i;
+  }
+  return -1;
 }
 
 /** Offset of the first `syscall` instruction bytes in a code image. */
 export function syscallOffset(code: Uint8Array): number {
-  for (let i = 0; i + 1 < code.length; i++) {
-    if (code[i] === 0x0f && code[i + 1] === 0x05) return i;
-  }
-  throw new TardigradeError("no syscall instruction found in the vdso");
+  const at = indexOfSyscall(code);
+  if (at < 0) throw new TardigradeError("no syscall instruction found in the vdso");
+  return at;
 }
+
+/** A page of code made for the injector: `syscall` then `int3`. */
+export const SYSCALL_PAGE_CODE = new Uint8Array([...SYSCALL_INSN, 0xcc]);
 
 /**
  * Executes syscalls in one stopped, traced thread. Each call leaves the thread's registers and
@@ -73,7 +120,7 @@ export class Injector implements Disposable {
     readonly mem: RemoteMemory,
     site?: bigint,
   ) {
-    this.site = site ?? findSyscallSite(pid, mem);
+    this.site = site ?? findSyscallSite(pid, mem, tid);
   }
 
   /**

@@ -21,7 +21,7 @@ import { Injector } from "../ptrace/inject.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import type { RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
-import { fileChanged, mappedFileProblem } from "../memory/mapping.ts";
+import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { vdsoMismatch } from "../memory/special.ts";
@@ -164,7 +164,7 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
   }
-  const mapped = mappedFileProblem(p.mappings);
+  const mapped = mappedFileProblem(p.mappings) ?? hugePageProblem(p);
   if (mapped) throw new RestoreError(`cannot restore: ${mapped}`);
   if (p.exe) {
     const why = fileChanged(p.exe.path, p.exe.size, p.exe.mtimeMs);
@@ -372,6 +372,8 @@ function seal(m: Making): void {
   // until the detach (the comparison's reads, the scratch's munmap) runs all the same, as
   // seccomp is suspended while traced.
   seccomp(false);
+  // Nothing changes mappings after this but the scratch's munmap, of another range.
+  m.asb!.sealMappings();
 }
 
 /** The last injected syscall: the restorer's scratch memory goes. */

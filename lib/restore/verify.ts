@@ -13,8 +13,11 @@
  *   children, session or group leadership;
  * - timers: the interval exactly, the time left no more than the image's (time passes);
  * - mappings: the address space as a sequence of ranges with their protection, sharing, kind,
- *   file (path and offset for file mappings) and madvise/mlock state, after merging neighbours
- *   the kernel may have merged (or kept apart) differently; the special mappings' addresses;
+ *   file (path and offset for file mappings), the VmFlags a restore gives again (madvise, mlock,
+ *   mmap flags, mseal, grows-down), page size and guard pages, after merging neighbours the
+ *   kernel may have merged (or kept apart) differently; the special mappings' addresses (and that
+ *   those the process had unmapped are not there);
+ * - memfds and deleted files: size, mode, owner, seals, a deleted file's atime and mtime;
  * - descriptors: the set of numbers, each one's close-on-exec, access mode and status flags,
  *   kind, owner and signal of its I/O signals (F_GETOWN_EX, F_GETSIG), position (files), path
  *   (files reopened by path, FIFOs; " (deleted)" for removed ones) and locks and leases, the
@@ -25,15 +28,20 @@
  * per-kind contents of files (queued bytes, socket options).
  */
 import {
+  close,
+  F,
+  fstat,
   getRegs,
   ITIMER,
   KCMP,
   kcmp,
   O,
   O_SYNC_BIT,
+  open,
   RLIMIT,
   SETFL_MASK,
   stat,
+  syscall,
 } from "../../ffi/mod.ts";
 import { readLocks } from "../files/locks.ts";
 import { readOwner } from "../files/owner.ts";
@@ -58,7 +66,8 @@ import {
 import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
-import { vmaAdvice } from "../memory/advice.ts";
+import { keptFlags, vmaStates } from "../memory/advice.ts";
+import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
 import { PROCESS_META, processMetaName } from "../image/schema.ts";
 import { freeze, type FrozenProcess } from "../ptrace/freeze.ts";
@@ -352,7 +361,10 @@ interface Span {
   /** The file of a file mapping, with the offset of `start` in it. */
   file?: string;
   offset?: bigint;
+  /** The kept VmFlags (`MappingEntry.advice`), `gd` (growsDown) and the page size, as text. */
   advice: string;
+  /** Guard pages, as text. */
+  guards: string;
 }
 
 /** Neighbours that are one range to the comparison become one span. */
@@ -362,7 +374,7 @@ function merged(spans: Span[]): Span[] {
     const last = out[out.length - 1];
     const contiguous = last && last.end === s.start && last.prot === s.prot &&
       last.shared === s.shared && last.kind === s.kind && last.file === s.file &&
-      last.advice === s.advice &&
+      last.advice === s.advice && last.guards === "" && s.guards === "" &&
       (s.offset === undefined || last.offset! + (last.end - last.start) === s.offset);
     if (contiguous) last.end = s.end;
     else out.push({ ...s });
@@ -373,6 +385,16 @@ function merged(spans: Span[]): Span[] {
 const protBits = (m: Mapping) =>
   (m.prot.read ? 1 : 0) | (m.prot.write ? 2 : 0) | (m.prot.exec ? 4 : 0);
 
+/** The flags compared, as text: kept flags, `gd`, and a page size other than 4 KiB. */
+function vmFlagText(kept: string[], growsDown: boolean, pageSize: number | undefined): string {
+  const flags = [...kept, ...(growsDown ? ["gd"] : [])].sort();
+  if (pageSize && pageSize !== 4096) flags.push(`${pageSize / 1024}kB pages`);
+  return flags.join(" ");
+}
+
+const rangesText = (rs: { start: bigint; end: bigint }[] | undefined) =>
+  (rs ?? []).map((r) => `${hex(r.start)}-${hex(r.end)}`).join(" ");
+
 function imageSpan(m: MappingEntry): Span {
   const file = m.source.type === "file" ? m.source.path : undefined;
   return {
@@ -382,7 +404,8 @@ function imageSpan(m: MappingEntry): Span {
     shared: m.shared,
     kind: m.kind,
     ...(file !== undefined ? { file, offset: m.offset } : {}),
-    advice: [...(m.advice ?? [])].sort().join(" "),
+    advice: vmFlagText(m.advice ?? [], m.growsDown, m.pageSize),
+    guards: rangesText(m.guards),
   };
 }
 
@@ -390,13 +413,16 @@ function imageSpan(m: MappingEntry): Span {
 function compareMappings(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const live = listMappings(p.hostPid);
-  const advice = vmaAdvice(p.hostPid);
+  const states = vmaStates(p.hostPid);
   const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
   const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
   const spans: Span[] = [];
   for (const m of live) {
     if (special.has(m.kind) || ignored(m)) continue;
     const file = m.kind === "file" ? m.path ?? undefined : undefined;
+    const state = states.get(m.start);
+    const flags = state?.flags ?? [];
+    const kept = keptFlags(flags, { shared: m.shared, writable: m.prot.write });
     spans.push({
       start: m.start,
       end: m.end,
@@ -404,7 +430,8 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
       shared: m.shared,
       kind: m.kind,
       ...(file !== undefined ? { file, offset: m.offset } : {}),
-      advice: [...(advice.get(m.start) ?? [])].sort().join(" "),
+      advice: vmFlagText(kept, flags.includes("gd"), state?.pageSize),
+      guards: flags.includes("gu") ? rangesText(guardRanges(p.hostPid, m.start, m.end)) : "",
     });
   }
   const want = merged(e.mappings.map(imageSpan));
@@ -424,7 +451,8 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     d.same(at, "kind", w.kind, g.kind);
     d.same(at, "file", w.file, g.file);
     d.same(at, "offset", w.offset, g.offset);
-    d.same(at, "madvise/mlock", w.advice, g.advice);
+    d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
+    d.same(at, "guard pages", w.guards, g.guards);
   }
   for (const g of byStart.values()) {
     d.add(`mapping ${hex(g.start)}-${hex(g.end)} (${g.kind})`, "exists", false, true);
@@ -435,15 +463,66 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     return m ? [m.start, m.end] : undefined;
   };
   const s = e.special;
-  if (s.vdso) d.same("[vdso]", "address", [s.vdso.start, s.vdso.end], where("vdso"));
-  if (s.vvar) d.same("[vvar]", "address", [s.vvar.start, s.vvar.end], where("vvar"));
-  if (s.vvarVclock) {
-    d.same(
-      "[vvar_vclock]",
-      "address",
-      [s.vvarVclock.start, s.vvarVclock.end],
-      where("vvar_vclock"),
+  // One the process had unmapped must not be there either (the restorer's own, left behind).
+  d.same("[vdso]", "address", s.vdso && [s.vdso.start, s.vdso.end], where("vdso"));
+  d.same("[vvar]", "address", s.vvar && [s.vvar.start, s.vvar.end], where("vvar"));
+  d.same(
+    "[vvar_vclock]",
+    "address",
+    s.vvarVclock && [s.vvarVclock.start, s.vvarVclock.end],
+    where("vvar_vclock"),
+  );
+}
+
+/**
+ * Compares each memfd and deleted file with its image: size, mode, owner, seals, and a deleted
+ * file's access and modification times (fields older images lack are not compared). Each is
+ * reached through a mapping of it (map_files) or a descriptor on it.
+ */
+function compareStoredFiles(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const paths = new Map<number, string>();
+  for (const m of e.mappings) {
+    if (m.source.type !== "stored-file" || paths.has(m.source.object)) continue;
+    paths.set(
+      m.source.object,
+      `/proc/${p.hostPid}/map_files/${hex(m.start).slice(2)}-${hex(m.end).slice(2)}`,
     );
+  }
+  const files = new Map(e.files.map((f) => [f.id, f]));
+  for (const fd of e.fds) {
+    const object = files.get(fd.file)?.object;
+    if (typeof object === "number" && !paths.has(object)) {
+      paths.set(object, `/proc/${p.hostPid}/fd/${fd.fd}`);
+    }
+  }
+  for (const obj of e.objects) {
+    if (obj.kind !== "memfd" && obj.kind !== "deleted-file") continue;
+    const path = paths.get(obj.id);
+    if (!path) continue;
+    const at = `${obj.kind} ${JSON.stringify(obj.name)}`;
+    let fd: number;
+    try {
+      fd = open(path, O.RDONLY); // no read: its access time stays
+    } catch {
+      d.add(at, "exists", true, false);
+      continue;
+    }
+    try {
+      const st = fstat(fd);
+      d.same(at, "size", obj.size, st.size);
+      d.same(at, "mode", `0${obj.mode.toString(8)}`, `0${(st.mode & 0o7777).toString(8)}`);
+      if (obj.uid !== undefined) {
+        d.same(at, "owner (uid, gid)", [obj.uid, obj.gid], [st.uid, st.gid]);
+      }
+      if (obj.kind === "memfd") {
+        d.same(at, "seals", obj.seals ?? 0, Number(syscall("fcntl", fd, F.GET_SEALS, 0)));
+      }
+      if (obj.atimeNs !== undefined) d.same(at, "access time (ns)", obj.atimeNs, st.atimeNs);
+      if (obj.mtimeNs !== undefined) d.same(at, "modification time (ns)", obj.mtimeNs, st.mtimeNs);
+    } finally {
+      close(fd);
+    }
   }
 }
 
@@ -630,6 +709,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
     });
     compareThreads(p, d, p.diesWithTool ?? false);
     compareMappings(p, d);
+    compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);
     diffs.push(...d.list);
   }
