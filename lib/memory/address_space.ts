@@ -185,9 +185,14 @@ export class AddressSpaceBuilder {
       this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
     }
     this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
-    for (const m of listMappings(this.pid)) {
-      if (m.kind === "vsyscall" || isMovedSpecial(m)) continue;
-      this.inj.call("munmap", m.start, m.end - m.start);
+    // Everything around the special mappings, a few ranges at a time: munmap skips the holes.
+    const listed = listMappings(this.pid).filter((m) => m.kind !== "vsyscall");
+    const keep = listed.filter(isMovedSpecial).sort((a, b) => Number(a.start - b.start));
+    let at = listed.reduce((lo, m) => m.start < lo ? m.start : lo, keep[0]?.start ?? 0n);
+    const end = listed.reduce((hi, m) => m.end > hi ? m.end : hi, 0n);
+    for (const k of [...keep, { start: end, end }]) {
+      if (k.start > at) this.inj.call("munmap", at, k.start - at);
+      if (k.end > at) at = k.end;
     }
     this.inj.dropScratch();
   }

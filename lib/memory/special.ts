@@ -114,23 +114,28 @@ export function moveSpecials(t: Target, special: SpecialMappings): Range | null 
     t.inj.call("mremap", from.start, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, to);
     if (name === "vdso") t.inj.site = to + siteOffset;
   };
-  // Through a free area first, so no move lands on another special mapping.
-  const parked = new Map<string, bigint>();
-  for (const s of now) {
-    if (!want[s.name]) continue;
-    const to = t.gaps.take(s.range.end - s.range.start);
-    move(s.name, s.range, to);
-    parked.set(s.name, to);
-  }
-  for (const s of now) {
-    const target = want[s.name];
-    const from = parked.get(s.name);
-    if (!target || from === undefined) continue;
-    const size = s.range.end - s.range.start;
-    if (target.end - target.start !== size) {
+  const kept = now.filter((s) => want[s.name]);
+  for (const s of kept) {
+    const target = want[s.name]!;
+    if (target.end - target.start !== s.range.end - s.range.start) {
       throw new RestoreError(`[${s.name}] of the image has another size than this kernel's`);
     }
-    move(s.name, { start: from, end: from + size }, target.start);
+  }
+  const overlaps = (a: Range, b: Range) => a.start < b.end && b.start < a.end;
+  const clash = kept.some((s) => kept.some((o) => o !== s && overlaps(want[s.name]!, o.range)));
+  // Where a move could land on another special mapping, through a free area first.
+  const from = new Map<string, Range>(kept.map((s) => [s.name, s.range]));
+  if (clash) {
+    for (const s of kept) {
+      const size = s.range.end - s.range.start;
+      const to = t.gaps.take(size);
+      move(s.name, s.range, to);
+      from.set(s.name, { start: to, end: to + size });
+    }
+  }
+  for (const s of kept) {
+    const at = from.get(s.name)!;
+    if (at.start !== want[s.name]!.start) move(s.name, at, want[s.name]!.start);
   }
   return codePage;
 }
