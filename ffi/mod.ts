@@ -8,6 +8,8 @@ export * from "./capability.ts";
 export * from "./errno.ts";
 export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./fcntl.ts";
+export * from "./ioprio.ts";
+export * from "./membarrier.ts";
 export * from "./mount.ts";
 export * from "./prctl.ts";
 export * from "./resource.ts";
