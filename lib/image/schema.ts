@@ -113,6 +113,11 @@ export interface ZombieEntry {
   pgid: number;
   /** Session, which it may have led. */
   sid: number;
+  /**
+   * The thread of the parent that forked it (and whose child it is: `__WNOTHREAD` waits see it
+   * there only), when not the main thread; absent for the main thread and in older images.
+   */
+  thread?: number;
 }
 
 /** A signal waiting to be delivered, as `PTRACE_PEEKSIGINFO` gave it. */

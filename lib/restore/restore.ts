@@ -323,6 +323,10 @@ async function build(
   const injectors = m.injectors = new Map(
     p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
   );
+  // Zombie children of the other threads, forked by their thread.
+  for (const t of p.threads) {
+    if (t !== main) restoreZombies(injectors.get(t.tid)!, p, t.tid);
+  }
   for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
@@ -511,8 +515,9 @@ async function restoreTree(
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else restoreSession(m.inj, p);
-      restoreZombies(m.inj, p);
     }
+    // Once every process exists: a zombie may be in the process group of another.
+    for (const m of making) restoreZombies(m.inj, m.entry);
     stub.end();
 
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);

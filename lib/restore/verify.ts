@@ -31,6 +31,7 @@ import type {
   ProcessEntry,
   SigactionEntry,
   ThreadEntry,
+  ZombieEntry,
 } from "../image/schema.ts";
 import { assignFileIds, type Fd, type FdKind, FileTable } from "../inspect/fds.ts";
 import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
@@ -172,10 +173,17 @@ const TASK_RULES: Record<string, Rule> = {
   pgid: "skip",
   tty: "skip",
   stopped: "skip",
-  zombies: (d, at, _f, image, kernel) => {
-    const statuses = (z: unknown) =>
-      ((z ?? []) as { status: number }[]).map((x) => x.status).sort();
-    d.same(at, "zombie children (exit statuses)", statuses(image), statuses(kernel));
+  zombies: (d, _at, _f, image, kernel) => {
+    // Both sides as zombieView made them.
+    const now = new Map((kernel as ZombieView[]).map((z) => [z.pid, z]));
+    for (const z of image as ZombieView[]) {
+      const at = `zombie child ${z.pid}`;
+      const n = now.get(z.pid);
+      now.delete(z.pid);
+      if (!n) d.add(at, "exists", true, false);
+      else compareFields(d, at, z, n, {});
+    }
+    for (const n of now.values()) d.add(`zombie child ${n.pid}`, "exists", false, true);
   },
   exe: (d, at, field, image, kernel) => {
     const path = (x: unknown) => (x as { path: string } | null)?.path;
@@ -232,13 +240,48 @@ function compareFields(
   }
 }
 
+/** A zombie child as compared: by the image's ids, its group and session told relative to its
+ * parent's (which the restore may choose: a shell job's). */
+interface ZombieView {
+  pid: number;
+  comm: string;
+  status: number;
+  group: string;
+  session: string;
+  thread: string;
+}
+
+function zombieView(
+  z: ZombieEntry,
+  parent: { pgid: number; sid: number },
+  imageId: (id: number) => number,
+): ZombieView {
+  const relative = (id: number, parentsId: number) =>
+    id === z.pid ? "its own" : id === parentsId ? "its parent's" : `${imageId(id)}`;
+  return {
+    pid: imageId(z.pid),
+    comm: z.comm,
+    status: z.status,
+    group: relative(z.pgid, parent.pgid),
+    session: relative(z.sid, parent.sid),
+    thread: z.thread === undefined ? "main" : `${imageId(z.thread)}`,
+  };
+}
+
 /** Compares the process-wide state (dumpTask's fields) and the leadership of session and group. */
 async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
   const e = p.entry;
   const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
   const live = await dumpTask(await Process.open(p.hostPid), inj);
-  const image = Object.fromEntries(Object.keys(live).map((k) => [k, e[k as keyof ProcessEntry]]));
-  compareFields(d, "process", image, live, TASK_RULES);
+  const image: Record<string, unknown> = Object.fromEntries(
+    Object.keys(live).map((k) => [k, e[k as keyof ProcessEntry]]),
+  );
+  image.zombies = (e.zombies ?? []).map((z) => zombieView(z, e, (id) => id));
+  const kernel = {
+    ...live,
+    zombies: (live.zombies ?? []).map((z) => zombieView(z, live, p.imageId)),
+  };
+  compareFields(d, "process", image, kernel, TASK_RULES);
   if (!p.sessionChosen) {
     d.same("process", "leads its session", e.sid === e.pid, live.sid === live.pid);
     d.same("process", "leads its process group", e.pgid === e.pid, live.pgid === live.pid);
