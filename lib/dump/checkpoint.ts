@@ -334,7 +334,10 @@ export async function checkpoint(pid: number, opts: CheckpointOptions): Promise<
         parent,
       );
       before = sink.bytesWritten;
-      if (stopped.has(entry.pid)) entry.stopped = true;
+      if (stopped.has(entry.pid)) {
+        entry.stopped = true;
+        entry.stopSignal = frozen.stopSignal ?? SIG.SIGSTOP;
+      }
       entries.push(entry);
     }
     // A process that ended while we read it (killed by someone else) has no image worth keeping.

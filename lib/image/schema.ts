@@ -329,6 +329,11 @@ export interface ProcessEntry {
   ppid: number;
   /** It was stopped (SIGSTOP, ^Z) when dumped: it comes back stopped. */
   stopped?: boolean;
+  /**
+   * The signal that stopped it (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), as its parent's wait reports
+   * it; absent when not stopped and in older images (SIGSTOP then).
+   */
+  stopSignal?: number;
   /** The signal it gets when its parent dies (PR_SET_PDEATHSIG), 0 for none. */
   pdeathsig?: number;
   /** Session and process group ids: a session or group leader leads them again. */

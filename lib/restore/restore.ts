@@ -41,6 +41,7 @@ import { onControllingTerminal } from "../task/terminal.ts";
 import { STAGING_SIZE } from "../dump/page_collector.ts";
 import { restoreAttributes } from "../task/attributes.ts";
 import { restoreCredentials } from "../task/credentials.ts";
+import { restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
 import { restoreFsState } from "../task/fs_state.ts";
 import { restoreItimers } from "../task/itimers.ts";
 import { restoreMm } from "../task/mm.ts";
@@ -421,7 +422,7 @@ function resume(m: Making): void {
     const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
     if (pending) tgkill(m.pid, hostTid(t.tid), pending);
   }
-  if (p.stopped) kill(m.pid, SIG.SIGSTOP);
+  restoreStop(p, m.pid);
   for (const t of [...p.threads].reverse()) detach(hostTid(t.tid));
   m.mem.close();
 }
@@ -540,6 +541,10 @@ async function restoreTree(
     for (const m of making) seal(m);
     stage("verify", entries[0]);
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
+    for (const m of making) {
+      const lost = stopWouldBeLost(m.entry, m.pid);
+      if (lost) throw new RestoreError(`cannot restore: ${lost}`);
+    }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
