@@ -86,29 +86,11 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_tree" },
   { name: "r_zombie" },
   // Issue 10, "Nothing comes back different": task state
-  {
-    name: "r_caps",
-    unsupported:
-      "capabilities (inh/prm/eff/bnd/amb) and securebits are not restored: every thread comes back with the restorer's full root set",
-  },
-  {
-    name: "r_sched_policy",
-    unsupported:
-      "scheduling policy, RT priority and nice are not dumped nor set per thread (sched_getattr/sched_setattr)",
-  },
-  {
-    name: "r_affinity",
-    unsupported:
-      "CPU affinity is not dumped nor set per thread (sched_getaffinity/sched_setaffinity)",
-  },
-  {
-    name: "r_ioprio",
-    unsupported: "I/O priority is not dumped nor set per thread (ioprio_get/ioprio_set)",
-  },
-  {
-    name: "r_timerslack",
-    unsupported: "timer slack (PR_SET_TIMERSLACK, per thread) is not restored: back to 50000 ns",
-  },
+  { name: "r_caps" },
+  { name: "r_sched_policy" },
+  { name: "r_affinity" },
+  { name: "r_ioprio" },
+  { name: "r_timerslack" },
   { name: "r_oom_score_adj", unsupported: "oom_score_adj is not restored (back to 0)" },
   {
     name: "r_loginuid",
@@ -147,11 +129,7 @@ export const restoreCases: RestoreCase[] = [
     unsupported: "a zombie child of a non-leader thread comes back as a child of the main thread",
   },
   { name: "r_other_uid" },
-  {
-    name: "r_thread_creds",
-    unsupported:
-      "threads with their own uids/gids/groups all come back with the process's (main thread's) credentials",
-  },
+  { name: "r_thread_creds" },
   // Issue 10: memory
   {
     name: "r_vma_flags",

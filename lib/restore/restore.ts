@@ -40,8 +40,10 @@ import {
 import { onControllingTerminal } from "../task/terminal.ts";
 import { STAGING_SIZE } from "../dump/page_collector.ts";
 import { restoreAttributes } from "../task/attributes.ts";
+import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
 import { restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
+import { restoreScheduling } from "../task/scheduler.ts";
 import { restoreFsState } from "../task/fs_state.ts";
 import { restoreItimers } from "../task/itimers.ts";
 import { restoreMm } from "../task/mm.ts";
@@ -204,6 +206,12 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
     const why = changed(p.exe.path, p.exe.size, p.exe.mtimeMs);
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
+  // Old images have the process's credentials only: they serve every thread.
+  const caps = unattainableCapabilities(
+    p.pid,
+    p.threads.map((t) => ({ ...t, creds: t.creds ?? p.creds })),
+  );
+  if (caps) throw new RestoreError(`cannot restore: ${caps}`);
   if (p.special.vdso) {
     const here = vdsoChecksum();
     const size = Number(p.special.vdso.end - p.special.vdso.start);
@@ -348,13 +356,20 @@ function seal(m: Making): void {
   };
   seccomp(true);
   // Credentials belong to each thread (a raw setresuid changes only its caller's): every thread,
-  // the main one last.
-  for (const t of p.threads) {
-    if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
+  // the main one last. Images of older versions have the process's only.
+  const threadsMainLast = [
+    ...p.threads.filter((t) => t.tid !== p.pid),
+    ...p.threads.filter((t) => t.tid === p.pid),
+  ];
+  for (const t of threadsMainLast) {
+    restoreCredentials(m.injectors!.get(t.tid)!, t.creds ?? p.creds, t.securebits);
   }
-  restoreCredentials(inj, p.creds);
   // After the credentials: changing them clears the parent-death signal.
   restoreAttributes(inj, p);
+  // Late: an idle or pinned thread would make the steps before it slow.
+  for (const t of p.threads) {
+    if (t.scheduling) restoreScheduling(m.injectors!.get(t.tid)!, t.scheduling);
+  }
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
   // Last in each thread, the filters: they may forbid what came before. What is still injected
   // until the detach (the comparison's reads, the scratch's munmap) runs all the same, as

@@ -7,10 +7,12 @@
  *
  * What is compared and how:
  * - exactly: credentials and capability sets, umask, cwd, root, personality, parent-death signal,
- *   comm and cmdline, the exe link, rlimits, mm fields and auxv, signal dispositions, pending
- *   signals (by number), each thread's name, blocked mask, sigaltstack, clear_child_tid, robust
- *   list, rseq, seccomp mode and filter count and no_new_privs, the threads themselves, zombie
- *   children, session or group leadership;
+ *   comm and cmdline, the exe link, rlimits, mm fields and auxv, signal dispositions, pending signals (by number), each thread's name, credentials and securebits,
+ *   scheduling (policy, priorities, nice, affinity, I/O priority, timer slack), blocked mask,
+ *   sigaltstack, clear_child_tid, robust list, rseq, seccomp mode and filter count and
+ *   no_new_privs, the threads themselves, zombie children (exit status, name, the thread that
+ *   forked them, their group and session relative to their parent's), session or group
+ *   leadership; fields that images of older versions lack are compared where the image has them;
  * - timers: the interval exactly, the time left no more than the image's (time passes);
  * - mappings: the address space as a sequence of ranges with their protection, sharing, kind,
  *   file (path and offset for file mappings) and madvise/mlock state, after merging neighbours
@@ -131,6 +133,13 @@ type Rule =
   | "skip"
   | ((d: Diff, at: string, field: string, image: unknown, kernel: unknown) => void);
 
+/** A field images of older versions lack: compared (by `rule`, else exactly) where it is there. */
+const added = (rule?: Exclude<Rule, "skip">): Rule => (d, at, field, image, kernel) => {
+  if (image === undefined) return;
+  if (rule) rule(d, at, field, image, kernel);
+  else d.same(at, field, image, kernel);
+};
+
 const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
 
 /** Signals compared by number (their siginfo holds the sender's pid and uid, the tool's now). */
@@ -221,6 +230,9 @@ const THREAD_RULES: Record<string, Rule> = {
     d.same(at, "seccomp filters", w?.filters.length ?? 0, n?.filters.length ?? 0);
   },
   noNewPrivs: (d, at, field, image, kernel) => d.same(at, field, image ?? false, kernel ?? false),
+  creds: added(byField),
+  securebits: added(),
+  scheduling: added(byField),
 };
 
 /** Compares every field of `image` with `kernel`'s by `rules`, exactly where there is none. */

@@ -1,6 +1,6 @@
 /**
  * Process-wide state, assembled from the modules of this folder: identity and tree position,
- * credentials, fs state, attributes, mm, signal dispositions and pending signals, interval
+ * credentials (the main thread's), fs state, attributes, mm, signal dispositions and pending signals, interval
  * timers, resource limits, zombie children. What only the process can tell is asked by injecting
  * the syscall into it.
  */
@@ -37,7 +37,7 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     exe: await dumpExe(proc),
     ...await dumpFsState(proc),
     ...await dumpAttributes(proc, inj),
-    creds: await dumpCredentials(proc),
+    creds: dumpCredentials(pid),
     rlimits: dumpRlimits(inj),
     mm: await dumpMm(proc, stat, inj),
     sigactions: dumpSigactions(inj),
