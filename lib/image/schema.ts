@@ -425,6 +425,21 @@ export interface ProcessEntry {
   personality: number;
   /** Credentials and capabilities of the main thread (each thread has its own: `ThreadEntry`). */
   creds: Credentials;
+  /** /proc/PID/oom_score_adj (-1000..1000); absent in older images. */
+  oomScoreAdj?: number;
+  /**
+   * The audit login uid (4294967295: unset) and session id of /proc/PID/loginuid and sessionid;
+   * absent in older images.
+   */
+  audit?: { loginuid: number; sessionid: number };
+  /** PR_GET_THP_DISABLE: 0, or 1 with the flags it was set with; absent in older images. */
+  thpDisable?: number;
+  /** It is a child subreaper (PR_SET_CHILD_SUBREAPER); absent in older images. */
+  childSubreaper?: boolean;
+  /** Its membarrier registrations (MEMBARRIER_CMD_GET_REGISTRATIONS); absent in older images. */
+  membarrier?: number;
+  /** PR_GET_DUMPABLE: 0, 1, or 2 (suid_dumpable); absent in older images. */
+  dumpable?: number;
   /** Resource limits. */
   rlimits: RlimitEntry[];
   /** Memory layout fields of the mm. */

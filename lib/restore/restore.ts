@@ -39,7 +39,12 @@ import {
 } from "./shell_job.ts";
 import { onControllingTerminal } from "../task/terminal.ts";
 import { STAGING_SIZE } from "../dump/page_collector.ts";
-import { restoreAttributes } from "../task/attributes.ts";
+import {
+  restoreAttributes,
+  restoreAttributesAfterCredentials,
+  restoreThpDisable,
+} from "../task/attributes.ts";
+import { restoreAudit } from "../task/audit.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
 import { restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
@@ -296,6 +301,7 @@ async function build(
 ): Promise<number> {
   const { entry: p, inj, mem } = m;
   stage("memory", p);
+  restoreThpDisable(inj, p); // decides how the pages written next are backed
   const asb = m.asb = new AddressSpaceBuilder(m.pid, inj, p);
   asb.empty();
   asb.moveSpecials();
@@ -316,6 +322,9 @@ async function build(
   restoreFdTable(p, inj, mem, asb, shares.files, shares.scope, toolPidfd)();
 
   stage("process", p);
+  // Before the threads, which inherit them, and the credentials (CAP_AUDIT_CONTROL).
+  restoreAudit(inj, p.audit);
+  restoreAttributes(inj, p);
   restoreFsState(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
@@ -364,8 +373,9 @@ function seal(m: Making): void {
   for (const t of threadsMainLast) {
     restoreCredentials(m.injectors!.get(t.tid)!, t.creds ?? p.creds, t.securebits);
   }
-  // After the credentials: changing them clears the parent-death signal.
-  restoreAttributes(inj, p);
+  // After every thread's credentials: a change of uid clears the parent-death signal and resets
+  // the dumpable flag.
+  restoreAttributesAfterCredentials(inj, p);
   // Late: an idle or pinned thread would make the steps before it slow.
   for (const t of p.threads) {
     if (t.scheduling) restoreScheduling(m.injectors!.get(t.tid)!, t.scheduling);

@@ -7,7 +7,9 @@
  *
  * What is compared and how:
  * - exactly: credentials and capability sets, umask, cwd, root, personality, parent-death signal,
- *   comm and cmdline, the exe link, rlimits, mm fields and auxv, signal dispositions, pending signals (by number), each thread's name, credentials and securebits,
+ *   dumpable, THP disable, child subreaper, membarrier registrations, oom_score_adj, audit login
+ *   uid and session id, comm and cmdline, the exe link, rlimits, mm fields and auxv, signal
+ *   dispositions, pending signals (by number), each thread's name, credentials and securebits,
  *   scheduling (policy, priorities, nice, affinity, I/O priority, timer slack), blocked mask,
  *   sigaltstack, clear_child_tid, robust list, rseq, seccomp mode and filter count and
  *   no_new_privs, the threads themselves, zombie children (exit status, name, the thread that
@@ -204,6 +206,23 @@ const TASK_RULES: Record<string, Rule> = {
   mm: byField,
   sharedPending: bySigno,
   itimers: itimerRule,
+  oomScoreAdj: added(),
+  thpDisable: added(),
+  childSubreaper: added(),
+  membarrier: added(),
+  dumpable: added(),
+  audit: added((d, at, _f, image, kernel) => {
+    type Audit = { loginuid: number; sessionid: number } | undefined;
+    const w = image as Audit, n = kernel as Audit;
+    d.same(at, "audit login uid", w?.loginuid, n?.loginuid);
+    d.same(
+      at,
+      "audit session id (the kernel makes a new one whenever it sets a login uid: it comes back " +
+        "only when restored from the same login session)",
+      w?.sessionid,
+      n?.sessionid,
+    );
+  }),
   sigactions: (d, _at, _field, image, kernel) => {
     const now = new Map((kernel as SigactionEntry[]).map((s) => [s.signo, s]));
     for (const s of image as SigactionEntry[]) {
