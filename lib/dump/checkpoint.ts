@@ -17,6 +17,7 @@ import { PageCollector, STAGING_SIZE } from "./page_collector.ts";
 import { type PreCopy, preCopy, type ProcessPreCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
+import { unattainableCapabilities } from "../task/capabilities.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
@@ -209,6 +210,9 @@ async function dumpProcess(
     dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
   );
   const seccompFilters = dumpSeccomp(pid, threads);
+  // No restore by this tool could give them back: say so now, not at restore.
+  const caps = unattainableCapabilities(pid, threads);
+  if (caps) throw new DumpError(caps);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
   if (pre) pre.progress = onProgress;

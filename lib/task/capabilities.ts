@@ -5,15 +5,9 @@
  * them in order); these are the steps.
  */
 import { capName, capsIn, encodeCapset, PR, PR_CAP_AMBIENT, SECBIT } from "../../ffi/mod.ts";
-import type { Credentials, ThreadEntry } from "../image/schema.ts";
+import type { ThreadEntry } from "../image/schema.ts";
 import { hexMask, statusField } from "../inspect/procfs.ts";
 import type { Injector } from "../ptrace/inject.ts";
-
-/** The capability sets of a credentials entry. */
-export type CapabilitySets = Pick<
-  Credentials,
-  "capInh" | "capPrm" | "capEff" | "capBnd" | "capAmb"
->;
 
 /** A thread's securebits, asked in the thread (`inj` runs in it). */
 export function dumpSecurebits(inj: Injector): number {

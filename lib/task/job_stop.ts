@@ -52,7 +52,8 @@ export function stopWouldBeLost(entry: ProcessEntry, pid: number): string | unde
   if (pgid !== undefined && orphanedGroup(pgid)) {
     return `${what}, and restored here its process group ${pgid} has no member with a parent ` +
       `in another group of its session (an orphaned group): the kernel drops that signal, and ` +
-      `it would run instead of staying stopped`;
+      `it would run instead of staying stopped (a job stopped with ^Z comes back stopped as a ` +
+      `job of the restoring shell with --shell-job)`;
   }
   return undefined;
 }
