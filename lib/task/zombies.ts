@@ -101,8 +101,8 @@ function joinGroup(inj: Injector, parent: ProcessEntry, z: ZombieEntry): void {
   }
   if (z.sid !== parent.sid) {
     throw new RestoreError(
-      `it was in session ${z.sid}, which neither it nor its parent ${parent.pid} (session ` +
-        `${parent.sid}) led: no process can join another session`,
+      `it was in session ${z.sid}, neither one it led nor its parent's (${parent.pid} is in ` +
+        `session ${parent.sid}): no process can join another session`,
     );
   }
   if (z.pgid === z.pid) inj.call("setpgid", 0, 0);
