@@ -47,7 +47,7 @@ import {
 import { restoreAudit } from "../task/audit.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
-import { restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
+import { awaitStop, restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
 import { restoreScheduling } from "../task/scheduler.ts";
 import { restoreFsState } from "../task/fs_state.ts";
 import { restoreItimers } from "../task/itimers.ts";
@@ -580,7 +580,11 @@ async function restoreTree(
       job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
       job.takeTerminal(); // before it runs: its first read must not stop it (SIGTTIN)
     }
-    for (const m of [...making].reverse()) resume(m);
+    // Children first; one stopped by job control has stopped before its parent runs.
+    for (const m of [...making].reverse()) {
+      resume(m);
+      await awaitStop(m.entry, m.pid);
+    }
     job?.started();
     return {
       pid: making[0].pid,
