@@ -29,6 +29,7 @@ export {
   TOOL_VERSION,
 } from "./lib/image/mod.ts";
 export {
+  type Credentials,
   type FdEntry,
   type FileEntry,
   type ItimerEntry,
@@ -43,6 +44,7 @@ export {
   type ProcessEntry,
   processMetaName,
   type RlimitEntry,
+  type SchedulingEntry,
   type SeccompFilterEntry,
   type SigactionEntry,
   type SpecialMappings,

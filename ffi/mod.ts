@@ -4,18 +4,20 @@
  * `lib/`, and it is the only place that touches raw pointers or libc.
  * @module
  */
+export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./capability.ts";
 export * from "./errno.ts";
-export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./fanotify.ts";
 export * from "./fcntl.ts";
+export * from "./ioprio.ts";
 export * from "./ipc.ts";
+export * from "./membarrier.ts";
 export * from "./mman.ts";
 export * from "./mount.ts";
 export * from "./pidfd.ts";
 export * from "./prctl.ts";
-export * from "./resource.ts";
 export * from "./ptrace.ts";
+export * from "./resource.ts";
 export * from "./sched.ts";
 export * from "./seccomp.ts";
 export * from "./signal.ts";

@@ -48,3 +48,8 @@ export const SIGEV = { SIGNAL: 0, NONE: 1, THREAD: 2, THREAD_ID: 4 } as const;
 export function sigBit(signo: number): bigint {
   return 1n << BigInt(signo - 1);
 }
+
+/** The name of signal `signo` (`SIGTSTP`), or `signal <n>` for a real-time one. */
+export function signalName(signo: number): string {
+  return Object.entries(SIG).find(([, n]) => n === signo)?.[0] ?? `signal ${signo}`;
+}

@@ -86,72 +86,28 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_tree" },
   { name: "r_zombie" },
   // Issue 10, "Nothing comes back different": task state
-  {
-    name: "r_caps",
-    unsupported:
-      "capabilities (inh/prm/eff/bnd/amb) and securebits are not restored: every thread comes back with the restorer's full root set",
-  },
-  {
-    name: "r_sched_policy",
-    unsupported:
-      "scheduling policy, RT priority and nice are not dumped nor set per thread (sched_getattr/sched_setattr)",
-  },
-  {
-    name: "r_affinity",
-    unsupported:
-      "CPU affinity is not dumped nor set per thread (sched_getaffinity/sched_setaffinity)",
-  },
-  {
-    name: "r_ioprio",
-    unsupported: "I/O priority is not dumped nor set per thread (ioprio_get/ioprio_set)",
-  },
-  {
-    name: "r_timerslack",
-    unsupported: "timer slack (PR_SET_TIMERSLACK, per thread) is not restored: back to 50000 ns",
-  },
-  { name: "r_oom_score_adj", unsupported: "oom_score_adj is not restored (back to 0)" },
+  { name: "r_caps" },
+  { name: "r_sched_policy" },
+  { name: "r_affinity" },
+  { name: "r_ioprio" },
+  { name: "r_timerslack" },
+  { name: "r_oom_score_adj" },
   {
     name: "r_loginuid",
     unsupported:
-      "the audit loginuid is not restored (back to unset; only the process itself may write it)",
+      "restore refused: the login uid comes back, but the audit session id cannot (the kernel makes a new one whenever it sets a login uid; a process restored from its own login session keeps both)",
   },
-  { name: "r_thp_disable", unsupported: "PR_SET_THP_DISABLE is not restored" },
-  {
-    name: "r_subreaper",
-    unsupported:
-      "PR_SET_CHILD_SUBREAPER is not restored (the adopted orphan does come back as a child)",
-  },
-  {
-    name: "r_membarrier",
-    unsupported: "membarrier registrations are not restored (GET_REGISTRATIONS gives 0)",
-  },
-  { name: "r_dumpable", unsupported: "PR_SET_DUMPABLE 0 is not restored (it comes back dumpable)" },
+  { name: "r_thp_disable" },
+  { name: "r_subreaper" },
+  { name: "r_membarrier" },
+  { name: "r_dumpable" },
   { name: "r_thread_names" },
-  {
-    name: "r_stopped",
-    unsupported:
-      "a process stopped by SIGTSTP comes back stopped by SIGSTOP (its parent's waitid says SIGSTOP)",
-  },
-  {
-    name: "r_zombie_groups",
-    unsupported:
-      "a zombie in a process group led by another process comes back in its parent's group",
-  },
-  {
-    name: "r_zombie_kinds",
-    unsupported:
-      "restore fails for a zombie killed by SIGKILL: PTRACE_CONT ESRCH (the traced child dies at the kill)",
-  },
-  {
-    name: "r_zombie_thread",
-    unsupported: "a zombie child of a non-leader thread comes back as a child of the main thread",
-  },
+  { name: "r_stopped" },
+  { name: "r_zombie_groups" },
+  { name: "r_zombie_kinds" },
+  { name: "r_zombie_thread" },
   { name: "r_other_uid" },
-  {
-    name: "r_thread_creds",
-    unsupported:
-      "threads with their own uids/gids/groups all come back with the process's (main thread's) credentials",
-  },
+  { name: "r_thread_creds" },
   // Issue 10: memory
   { name: "r_vma_flags" },
   { name: "r_mseal" },

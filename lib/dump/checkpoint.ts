@@ -21,6 +21,7 @@ import { DumpLock } from "./dump_lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
+import { unattainableCapabilities } from "../task/capabilities.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
@@ -265,6 +266,9 @@ async function dumpProcess(
     dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
   );
   const seccompFilters = dumpSeccomp(pid, threads);
+  // No restore by this tool could give them back: say so now, not at restore.
+  const caps = unattainableCapabilities(pid, threads);
+  if (caps) throw new DumpError(caps);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
   const pre = run.pre?.byPid.get(pid);
@@ -410,7 +414,10 @@ export async function checkpoint(
         tableOf(entries, sharing.get(pid)?.sharesFilesWith),
       );
       Object.assign(entry, sharing.get(entry.pid));
-      if (stopped.has(entry.pid)) entry.stopped = true;
+      if (stopped.has(entry.pid)) {
+        entry.stopped = true;
+        entry.stopSignal = plan.frozen.stopSignal ?? SIG.SIGSTOP;
+      }
       entries.push(entry);
     }
     // A process that ended while we read it (killed by someone else) has no image worth keeping.

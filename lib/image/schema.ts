@@ -137,6 +137,11 @@ export interface ZombieEntry {
   pgid: number;
   /** Session, which it may have led. */
   sid: number;
+  /**
+   * The thread of the parent that forked it (and whose child it is: `__WNOTHREAD` waits see it
+   * there only), when not the main thread; absent for the main thread and in older images.
+   */
+  thread?: number;
 }
 
 /** A signal waiting to be delivered, as `PTRACE_PEEKSIGINFO` gave it. */
@@ -145,6 +150,62 @@ export interface PendingSignal {
   signo: number;
   /** The 128-byte siginfo_t. */
   siginfo: Uint8Array;
+}
+
+/**
+ * User and group ids, supplementary groups and capability sets: those of one thread, or for
+ * `ProcessEntry.creds` those of the main thread.
+ */
+export interface Credentials {
+  /** Real, effective, saved and filesystem user ids. */
+  uids: number[];
+  /** Real, effective, saved and filesystem group ids. */
+  gids: number[];
+  /** Supplementary groups. */
+  groups: number[];
+  /** Inheritable capabilities (bit n: capability n). */
+  capInh: bigint;
+  /** Permitted capabilities. */
+  capPrm: bigint;
+  /** Effective capabilities. */
+  capEff: bigint;
+  /** The capability bounding set. */
+  capBnd: bigint;
+  /** Ambient capabilities. */
+  capAmb: bigint;
+}
+
+/** How a thread is scheduled: CPU policy and priorities, CPU affinity, I/O priority, slack. */
+export interface SchedulingEntry {
+  /** SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6. */
+  policy: number;
+  /** SCHED_FLAG_* as sched_getattr reports them (RESET_ON_FORK 1; deadline flags). */
+  flags: number;
+  /** Its nice value (getpriority), kept underneath a real-time policy too. */
+  nice: number;
+  /** Real-time priority (1..99), 0 for other policies. */
+  rtPriority: number;
+  /**
+   * The kernel's priority as /proc/PID/task/TID/stat shows it (field 18): under SCHED_IDLE it
+   * keeps the nice value sched_setattr was given (20 + nice) while getpriority says otherwise.
+   */
+  priority: number;
+  /** SCHED_DEADLINE runtime, or the time slice a fair thread asks for (ns). */
+  runtime: bigint;
+  /** SCHED_DEADLINE deadline (ns). */
+  deadline: bigint;
+  /** SCHED_DEADLINE period (ns). */
+  period: bigint;
+  /** Utilization clamps (0..1024; both 0 where the kernel has none). */
+  utilMin: number;
+  /** Utilization clamp, maximum. */
+  utilMax: number;
+  /** The CPUs it may run on (sched_getaffinity). */
+  cpus: number[];
+  /** I/O priority: class << 13 | level (ioprio_get; 0: none set). */
+  ioprio: number;
+  /** Timer slack in ns (PR_GET_TIMERSLACK; 0 under a real-time policy). */
+  timerSlackNs: number;
 }
 
 /** One thread. */
@@ -179,6 +240,15 @@ export interface ThreadEntry {
    * last of all the thread's restore steps).
    */
   seccomp?: { mode: number; filters: number[] };
+  /**
+   * Its own credentials (a raw setresuid or capset changes its caller's only); absent in older
+   * images, where the process's `creds` serve every thread.
+   */
+  creds?: Credentials;
+  /** Its securebits (PR_GET_SECUREBITS); absent in older images. */
+  securebits?: number;
+  /** How it is scheduled; absent in older images. */
+  scheduling?: SchedulingEntry;
 }
 
 /** One seccomp filter, stored once per process however many threads carry it. */
@@ -356,6 +426,11 @@ export interface ProcessEntry {
   ppid: number;
   /** It was stopped (SIGSTOP, ^Z) when dumped: it comes back stopped. */
   stopped?: boolean;
+  /**
+   * The signal that stopped it (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), as its parent's wait reports
+   * it; absent when not stopped and in older images (SIGSTOP then).
+   */
+  stopSignal?: number;
   /** The signal it gets when its parent dies (PR_SET_PDEATHSIG), 0 for none. */
   pdeathsig?: number;
   /** Session and process group ids: a session or group leader leads them again. */
@@ -385,17 +460,23 @@ export interface ProcessEntry {
   umask: number;
   /** personality(2) flags. */
   personality: number;
-  /** Credentials and capabilities. */
-  creds: {
-    uids: number[];
-    gids: number[];
-    groups: number[];
-    capInh: bigint;
-    capPrm: bigint;
-    capEff: bigint;
-    capBnd: bigint;
-    capAmb: bigint;
-  };
+  /** Credentials and capabilities of the main thread (each thread has its own: `ThreadEntry`). */
+  creds: Credentials;
+  /** /proc/PID/oom_score_adj (-1000..1000); absent in older images. */
+  oomScoreAdj?: number;
+  /**
+   * The audit login uid (4294967295: unset) and session id of /proc/PID/loginuid and sessionid;
+   * absent in older images.
+   */
+  audit?: { loginuid: number; sessionid: number };
+  /** PR_GET_THP_DISABLE: 0, or 1 with the flags it was set with; absent in older images. */
+  thpDisable?: number;
+  /** It is a child subreaper (PR_SET_CHILD_SUBREAPER); absent in older images. */
+  childSubreaper?: boolean;
+  /** Its membarrier registrations (MEMBARRIER_CMD_GET_REGISTRATIONS); absent in older images. */
+  membarrier?: number;
+  /** PR_GET_DUMPABLE: 0, 1, or 2 (suid_dumpable); absent in older images. */
+  dumpable?: number;
   /** Resource limits. */
   rlimits: RlimitEntry[];
   /** Memory layout fields of the mm. */

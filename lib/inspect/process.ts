@@ -237,27 +237,27 @@ export class Process {
     return (await this.stat()).state;
   }
 
-  /** User ids; from `status` when given (one read of /proc/PID/status for several accessors). */
-  uids(status?: Map<string, string>): Promise<Ids> {
-    return this.#sync(() => ids((status ?? this.#status()).get("Uid")));
+  /** User ids. */
+  uids(): Promise<Ids> {
+    return this.#sync(() => ids(this.#status().get("Uid")));
   }
 
-  /** Group ids; from `status` when given. */
-  gids(status?: Map<string, string>): Promise<Ids> {
-    return this.#sync(() => ids((status ?? this.#status()).get("Gid")));
+  /** Group ids. */
+  gids(): Promise<Ids> {
+    return this.#sync(() => ids(this.#status().get("Gid")));
   }
 
-  /** Supplementary groups; from `status` when given. */
-  groups(status?: Map<string, string>): Promise<number[]> {
+  /** Supplementary groups. */
+  groups(): Promise<number[]> {
     return this.#sync(() =>
-      ((status ?? this.#status()).get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number)
+      (this.#status().get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number)
     );
   }
 
-  /** Capability sets; from `status` when given. */
-  capabilities(status?: Map<string, string>): Promise<Capabilities> {
+  /** Capability sets. */
+  capabilities(): Promise<Capabilities> {
     return this.#sync(() => {
-      const s = status ?? this.#status();
+      const s = this.#status();
       return {
         inheritable: hexMask(s.get("CapInh")),
         permitted: hexMask(s.get("CapPrm")),

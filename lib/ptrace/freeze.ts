@@ -40,7 +40,15 @@ export interface FrozenThread {
   readonly regs: Regs;
   /** A signal the thread was about to take when it stopped; it is delivered on release. */
   readonly stopSignal?: number;
+  /**
+   * The signal of the group stop (job control: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the thread
+   * was in when seized; undefined when it was running.
+   */
+  readonly groupStop?: number;
 }
+
+/** The signals whose default action stops the process. */
+const STOP_SIGNALS: number[] = [SIG.SIGSTOP, SIG.SIGTSTP, SIG.SIGTTIN, SIG.SIGTTOU];
 
 const active = new Set<FrozenProcess>();
 const interruptCleanups = new Set<() => void>();
@@ -236,7 +244,14 @@ export class FrozenProcess implements AsyncDisposable {
       const st = waitpid(tid)!;
       if (st.exited || st.signaled) return; // the thread ended
       if (st.event === PTRACE_EVENT.STOP || st.event !== 0) {
-        this.#threads.set(tid, { tid, regs: getRegs(tid) });
+        // A thread seized in a group stop reports it with the signal that stopped the group
+        // (an interrupt of a running one with SIGTRAP).
+        const stop = st.event === PTRACE_EVENT.STOP && STOP_SIGNALS.includes(st.stopSignal!);
+        this.#threads.set(tid, {
+          tid,
+          regs: getRegs(tid),
+          groupStop: stop ? st.stopSignal : undefined,
+        });
         return;
       }
       // A signal-delivery stop came first: keep the signal to deliver it on release. The
@@ -251,6 +266,14 @@ export class FrozenProcess implements AsyncDisposable {
     return [...this.#threads.values()].sort((a, b) =>
       (a.tid === this.pid ? -1 : 0) - (b.tid === this.pid ? -1 : 0) || a.tid - b.tid
     );
+  }
+
+  /**
+   * The signal that stopped the process (job control) before it was frozen, as its parent's wait
+   * reports it; undefined when it was running.
+   */
+  get stopSignal(): number | undefined {
+    return this.threads.find((t) => t.groupStop !== undefined)?.groupStop;
   }
 
   /** /proc/PID/mem of the frozen process. */

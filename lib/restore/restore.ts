@@ -42,8 +42,16 @@ import {
   toolTerminal,
 } from "./shell_job.ts";
 import { onControllingTerminal } from "../task/terminal.ts";
-import { restoreAttributes } from "../task/attributes.ts";
+import {
+  restoreAttributes,
+  restoreAttributesAfterCredentials,
+  restoreThpDisable,
+} from "../task/attributes.ts";
+import { restoreAudit } from "../task/audit.ts";
+import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
+import { awaitStop, restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
+import { restoreScheduling } from "../task/scheduler.ts";
 import { restoreFsState } from "../task/fs_state.ts";
 import { restoreItimers } from "../task/itimers.ts";
 import { restoreMm } from "../task/mm.ts";
@@ -170,6 +178,12 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
     const why = fileChanged(p.exe.path, p.exe.size, p.exe.mtimeMs);
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
+  // Old images have the process's credentials only: they serve every thread.
+  const caps = unattainableCapabilities(
+    p.pid,
+    p.threads.map((t) => ({ ...t, creds: t.creds ?? p.creds })),
+  );
+  if (caps) throw new RestoreError(`cannot restore: ${caps}`);
   const vdso = vdsoMismatch(p.special);
   if (vdso) throw new RestoreError(`cannot restore: ${vdso}`);
   for (const f of p.files) {
@@ -278,6 +292,7 @@ async function buildProcess(
   const { reader, shares, stage, made, warnings } = run;
   const { entry: p, inj, mem } = m;
   stage("memory", p);
+  restoreThpDisable(inj, p); // decides how the pages written next are backed
   const asb = m.asb!; // emptied already
   asb.moveSpecials();
   asb.placeScratch();
@@ -308,6 +323,9 @@ async function buildProcess(
   }
 
   stage("process", p);
+  // Before the threads, which inherit them, and the credentials (CAP_AUDIT_CONTROL).
+  restoreAudit(inj, p.audit);
+  restoreAttributes(inj, p);
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
@@ -323,6 +341,10 @@ async function buildProcess(
   const injectors = m.injectors = new Map(
     p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
   );
+  // Zombie children of the other threads, forked by their thread.
+  for (const t of p.threads) {
+    if (t !== main) restoreZombies(injectors.get(t.tid)!, p, t.tid);
+  }
   for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
@@ -358,15 +380,22 @@ function seal(m: Making): void {
   };
   seccomp(true);
   // Credentials belong to each thread (a raw setresuid changes only its caller's): every thread,
-  // the main one last.
-  for (const t of p.threads) {
-    if (t.tid !== p.pid) restoreCredentials(m.injectors!.get(t.tid)!, p.creds);
+  // the main one last. Images of older versions have the process's only.
+  const threadsMainLast = [
+    ...p.threads.filter((t) => t.tid !== p.pid),
+    ...p.threads.filter((t) => t.tid === p.pid),
+  ];
+  for (const t of threadsMainLast) {
+    restoreCredentials(m.injectors!.get(t.tid)!, t.creds ?? p.creds, t.securebits);
   }
-  restoreCredentials(inj, p.creds);
-  // After the credentials: the kernel signals a file's owner as whoever set it may.
+  // After every thread's credentials: a change of uid clears the parent-death signal and resets
+  // the dumpable flag, and the kernel signals a file's owner as whoever set it may.
+  restoreAttributesAfterCredentials(inj, p);
   m.files?.restoreOwners();
-  // After the credentials: changing them clears the parent-death signal.
-  restoreAttributes(inj, p);
+  // Late: an idle or pinned thread would make the steps before it slow.
+  for (const t of p.threads) {
+    if (t.scheduling) restoreScheduling(m.injectors!.get(t.tid)!, t.scheduling);
+  }
   m.regs = new Map(p.threads.map((t) => [t.tid, finalRegs(m.injectors!.get(t.tid)!, t)]));
   // Last in each thread, the filters: they may forbid what came before. What is still injected
   // until the detach (the comparison's reads, the scratch's munmap) runs all the same, as
@@ -437,7 +466,7 @@ function resume(m: Making): void {
     const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
     if (pending) tgkill(m.pid, hostTid(t.tid), pending);
   }
-  if (p.stopped) kill(m.pid, SIG.SIGSTOP);
+  restoreStop(p, m.pid);
   for (const t of [...p.threads].reverse()) detach(hostTid(t.tid));
   m.mem.close();
 }
@@ -542,8 +571,9 @@ async function restoreTree(
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else restoreSession(m.inj, p);
-      restoreZombies(m.inj, p);
     }
+    // Once every process exists: a zombie may be in the process group of another.
+    for (const m of making) restoreZombies(m.inj, m.entry);
     stub.end();
     // Every address space emptied before any is filled: emptying closes every descriptor, and a
     // descriptor table may be shared (CLONE_FILES) with a process built before.
@@ -567,6 +597,10 @@ async function restoreTree(
     for (const m of making) m.files?.close();
     stage("verify", entries[0]);
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
+    for (const m of making) {
+      const lost = stopWouldBeLost(m.entry, m.pid);
+      if (lost) throw new RestoreError(`cannot restore: ${lost}`);
+    }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
@@ -577,7 +611,11 @@ async function restoreTree(
       job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
       job.takeTerminal(); // before it runs: its first read must not stop it (SIGTTIN)
     }
-    for (const m of [...making].reverse()) resume(m);
+    // Children first; one stopped by job control has stopped before its parent runs.
+    for (const m of [...making].reverse()) {
+      resume(m);
+      await awaitStop(m.entry, m.pid);
+    }
     job?.started();
     return {
       pid: making[0].pid,

@@ -7,10 +7,14 @@
  *
  * What is compared and how:
  * - exactly: credentials and capability sets, umask, cwd, root, personality, parent-death signal,
- *   comm and cmdline, the exe link, rlimits, mm fields and auxv, signal dispositions, pending
- *   signals (by number), each thread's name, blocked mask, sigaltstack, clear_child_tid, robust
- *   list, rseq, seccomp mode and filter count and no_new_privs, the threads themselves, zombie
- *   children, session or group leadership;
+ *   dumpable, THP disable, child subreaper, membarrier registrations, oom_score_adj, audit login
+ *   uid and session id, comm and cmdline, the exe link, rlimits, mm fields and auxv, signal
+ *   dispositions, pending signals (by number), each thread's name, credentials and securebits,
+ *   scheduling (policy, priorities, nice, affinity, I/O priority, timer slack), blocked mask,
+ *   sigaltstack, clear_child_tid, robust list, rseq, seccomp mode and filter count and
+ *   no_new_privs, the threads themselves, zombie children (exit status, name, the thread that
+ *   forked them, their group and session relative to their parent's), session or group
+ *   leadership; fields that images of older versions lack are compared where the image has them;
  * - timers: the interval exactly, the time left no more than the image's (time passes);
  * - mappings: the address space as a sequence of ranges with their protection, sharing, kind,
  *   file (path and offset for file mappings), the VmFlags a restore gives again (madvise, mlock,
@@ -54,6 +58,7 @@ import type {
   RlimitEntry,
   SigactionEntry,
   ThreadEntry,
+  ZombieEntry,
 } from "../image/schema.ts";
 import {
   assignFileIds,
@@ -184,6 +189,13 @@ type Rule =
   | "skip"
   | ((d: Diff, at: string, field: string, image: unknown, kernel: unknown) => void);
 
+/** A field images of older versions lack: compared (by `rule`, else exactly) where it is there. */
+const added = (rule?: Exclude<Rule, "skip">): Rule => (d, at, field, image, kernel) => {
+  if (image === undefined) return;
+  if (rule) rule(d, at, field, image, kernel);
+  else d.same(at, field, image, kernel);
+};
+
 const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
 
 /** Signals compared by number (their siginfo holds the sender's pid and uid, the tool's now). */
@@ -228,10 +240,17 @@ const TASK_RULES: Record<string, Rule> = {
   pgid: "skip",
   tty: "skip",
   stopped: "skip",
-  zombies: (d, at, _f, image, kernel) => {
-    const statuses = (z: unknown) =>
-      ((z ?? []) as { status: number }[]).map((x) => x.status).sort();
-    d.same(at, "zombie children (exit statuses)", statuses(image), statuses(kernel));
+  zombies: (d, _at, _f, image, kernel) => {
+    // Both sides as zombieView made them.
+    const now = new Map((kernel as ZombieView[]).map((z) => [z.pid, z]));
+    for (const z of image as ZombieView[]) {
+      const at = `zombie child ${z.pid}`;
+      const n = now.get(z.pid);
+      now.delete(z.pid);
+      if (!n) d.add(at, "exists", true, false);
+      else compareFields(d, at, z, n, {});
+    }
+    for (const n of now.values()) d.add(`zombie child ${n.pid}`, "exists", false, true);
   },
   exe: (d, at, field, image, kernel) => {
     const path = (x: unknown) => (x as { path: string } | null)?.path;
@@ -251,6 +270,23 @@ const TASK_RULES: Record<string, Rule> = {
       d.same(at, `rlimit ${name} (soft, hard)`, [r.soft, r.hard], n && [n.soft, n.hard]);
     }
   },
+  oomScoreAdj: added(),
+  thpDisable: added(),
+  childSubreaper: added(),
+  membarrier: added(),
+  dumpable: added(),
+  audit: added((d, at, _f, image, kernel) => {
+    type Audit = { loginuid: number; sessionid: number } | undefined;
+    const w = image as Audit, n = kernel as Audit;
+    d.same(at, "audit login uid", w?.loginuid, n?.loginuid);
+    d.same(
+      at,
+      "audit session id (the kernel makes a new one whenever it sets a login uid: it comes back " +
+        "only when restored from the same login session)",
+      w?.sessionid,
+      n?.sessionid,
+    );
+  }),
   sigactions: (d, _at, _field, image, kernel) => {
     const now = new Map((kernel as SigactionEntry[]).map((s) => [s.signo, s]));
     for (const s of image as SigactionEntry[]) {
@@ -277,6 +313,9 @@ const THREAD_RULES: Record<string, Rule> = {
     d.same(at, "seccomp filters", w?.filters.length ?? 0, n?.filters.length ?? 0);
   },
   noNewPrivs: (d, at, field, image, kernel) => d.same(at, field, image ?? false, kernel ?? false),
+  creds: added(byField),
+  securebits: added(),
+  scheduling: added(byField),
 };
 
 /** Compares every field of `image` with `kernel`'s by `rules`, exactly where there is none. */
@@ -296,13 +335,48 @@ function compareFields(
   }
 }
 
+/** A zombie child as compared: by the image's ids, its group and session told relative to its
+ * parent's (which the restore may choose: a shell job's). */
+interface ZombieView {
+  pid: number;
+  comm: string;
+  status: number;
+  group: string;
+  session: string;
+  thread: string;
+}
+
+function zombieView(
+  z: ZombieEntry,
+  parent: { pgid: number; sid: number },
+  imageId: (id: number) => number,
+): ZombieView {
+  const relative = (id: number, parentsId: number) =>
+    id === z.pid ? "its own" : id === parentsId ? "its parent's" : `${imageId(id)}`;
+  return {
+    pid: imageId(z.pid),
+    comm: z.comm,
+    status: z.status,
+    group: relative(z.pgid, parent.pgid),
+    session: relative(z.sid, parent.sid),
+    thread: z.thread === undefined ? "main" : `${imageId(z.thread)}`,
+  };
+}
+
 /** Compares the process-wide state (dumpTask's fields) and the leadership of session and group. */
 async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
   const e = p.entry;
   const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
   const live = await dumpTask(await Process.open(p.hostPid), inj);
-  const image = Object.fromEntries(Object.keys(live).map((k) => [k, e[k as keyof ProcessEntry]]));
-  compareFields(d, "process", image, live, TASK_RULES);
+  const image: Record<string, unknown> = Object.fromEntries(
+    Object.keys(live).map((k) => [k, e[k as keyof ProcessEntry]]),
+  );
+  image.zombies = (e.zombies ?? []).map((z) => zombieView(z, e, (id) => id));
+  const kernel = {
+    ...live,
+    zombies: (live.zombies ?? []).map((z) => zombieView(z, live, p.imageId)),
+  };
+  compareFields(d, "process", image, kernel, TASK_RULES);
   if (!p.sessionChosen) {
     d.same("process", "leads its session", e.sid === e.pid, live.sid === live.pid);
     d.same("process", "leads its process group", e.pgid === e.pid, live.pgid === live.pid);

@@ -1,41 +1,59 @@
 /**
  * Credentials: user and group ids (real, effective, saved, filesystem), supplementary groups and
- * capability sets. Restored last in each thread: once they drop, the rest could not be set.
+ * capability sets, per thread (a raw setresuid or capset changes its caller's only). Restored
+ * late in each thread: once they drop, the rest could not be set.
  */
-import type { ProcessEntry } from "../image/schema.ts";
-import type { Process } from "../inspect/process.ts";
+import type { Credentials } from "../image/schema.ts";
+import { hexMask, readStatus } from "../inspect/procfs.ts";
 import type { Injector } from "../ptrace/inject.ts";
+import {
+  currentCapabilities,
+  KEEP_CAPABILITIES_ACROSS_SETUID,
+  limitBoundingSet,
+  raiseAmbient,
+  setCapabilitySets,
+  setSecurebits,
+} from "./capabilities.ts";
 
-/** The credentials of a process, from /proc/PID/status. */
-export async function dumpCredentials(proc: Process): Promise<ProcessEntry["creds"]> {
-  const status = await proc.status(); // read once: the four below are its lines
-  const [uids, gids, groups, caps] = await Promise.all([
-    proc.uids(status),
-    proc.gids(status),
-    proc.groups(status),
-    proc.capabilities(status),
-  ]);
+/** The credentials of thread `tid` of process `pid` (the main thread by default), from /proc. */
+export function dumpCredentials(pid: number, tid = pid): Credentials {
+  const status = readStatus(pid, tid);
+  const ids = (name: string) => (status.get(name) ?? "").split(/\s+/).map(Number);
   return {
-    uids: [uids.real, uids.effective, uids.saved, uids.fs],
-    gids: [gids.real, gids.effective, gids.saved, gids.fs],
-    groups,
-    capInh: caps.inheritable,
-    capPrm: caps.permitted,
-    capEff: caps.effective,
-    capBnd: caps.bounding,
-    capAmb: caps.ambient,
+    uids: ids("Uid"),
+    gids: ids("Gid"),
+    groups: (status.get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number),
+    capInh: hexMask(status.get("CapInh")),
+    capPrm: hexMask(status.get("CapPrm")),
+    capEff: hexMask(status.get("CapEff")),
+    capBnd: hexMask(status.get("CapBnd")),
+    capAmb: hexMask(status.get("CapAmb")),
   };
 }
 
 /**
- * Gives the thread `inj` runs in its credentials. A raw setresuid changes only its caller's, so
- * every thread gets them, the main one last.
+ * Gives the thread `inj` runs in its credentials and securebits. It starts as the tool's root
+ * with every capability the tool has, and each step needs what a later one takes away:
+ * - groups and gids first (CAP_SETGID);
+ * - the inheritable set, then the ambient set (a capability is raised only while permitted and
+ *   inheritable), then the bounding set (CAP_SETPCAP; no new inheritable outside it after);
+ * - the uids under SECBIT_NO_SETUID_FIXUP, so leaving uid 0 clears no capability yet;
+ * - the securebits (CAP_SETPCAP), then the three sets, which only shrink (ambient follows them).
  */
-export function restoreCredentials(inj: Injector, creds: ProcessEntry["creds"]): void {
-  const c = creds;
-  if ([...c.uids, ...c.gids].every((id) => id === 0) && c.groups.length === 0) return;
+export function restoreCredentials(inj: Injector, c: Credentials, securebits = 0): void {
   const groups = new Uint32Array(c.groups);
   inj.call("setgroups", groups.length, inj.put(new Uint8Array(groups.buffer), 0));
   inj.call("setresgid", c.gids[0], c.gids[1], c.gids[2]);
+  inj.call("setfsgid", c.gids[3]);
+
+  setCapabilitySets(inj, { ...currentCapabilities(inj), inheritable: c.capInh });
+  raiseAmbient(inj, c.capAmb);
+  limitBoundingSet(inj, c.capBnd);
+
+  setSecurebits(inj, KEEP_CAPABILITIES_ACROSS_SETUID);
   inj.call("setresuid", c.uids[0], c.uids[1], c.uids[2]);
+  inj.call("setfsuid", c.uids[3]);
+
+  setSecurebits(inj, securebits);
+  setCapabilitySets(inj, { effective: c.capEff, permitted: c.capPrm, inheritable: c.capInh });
 }

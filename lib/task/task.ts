@@ -1,13 +1,14 @@
 /**
  * Process-wide state, assembled from the modules of this folder: identity and tree position,
- * credentials, fs state, attributes, mm, signal dispositions and pending signals, interval
- * timers, resource limits, zombie children. What only the process can tell is asked by injecting
- * the syscall into it.
+ * credentials (the main thread's), audit identity, fs state, attributes, mm, signal dispositions
+ * and pending signals, interval timers, resource limits, zombie children. What only the process
+ * can tell is asked by injecting the syscall into it.
  */
 import type { ProcessEntry } from "../image/schema.ts";
 import type { Process } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { dumpAttributes } from "./attributes.ts";
+import { dumpAudit } from "./audit.ts";
 import { dumpCredentials } from "./credentials.ts";
 import { dumpFsState } from "./fs_state.ts";
 import { dumpItimers } from "./itimers.ts";
@@ -37,7 +38,8 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     exe: await dumpExe(proc),
     ...await dumpFsState(proc),
     ...await dumpAttributes(proc, inj),
-    creds: await dumpCredentials(proc),
+    creds: dumpCredentials(pid),
+    audit: dumpAudit(pid),
     rlimits: await dumpRlimits(proc),
     mm: await dumpMm(proc, stat, inj),
     sigactions: dumpSigactions(inj),

@@ -1,6 +1,7 @@
 /**
  * Threads: general registers, FPU/xstate, fs/gs base, blocked mask, pending signals,
- * sigaltstack, clear_child_tid, robust list, rseq and name. Dump reads them from a frozen
+ * sigaltstack, clear_child_tid, robust list, rseq and name, and what the modules of their own
+ * concepts read per thread (credentials, securebits, scheduling). Dump reads them from a frozen
  * thread; restore gives them to a thread made with clone3.
  */
 import {
@@ -29,6 +30,9 @@ import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
 import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
+import { dumpSecurebits } from "./capabilities.ts";
+import { dumpCredentials } from "./credentials.ts";
+import { dumpScheduling } from "./scheduler.ts";
 
 const ERESTART_RESTARTBLOCK = -BigInt(Errno.ERESTART_RESTARTBLOCK);
 const EINTR = -BigInt(Errno.EINTR);
@@ -97,6 +101,9 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
     robustList: getRobustList(tid),
     rseq: getRseqConfig(tid),
     sleepRemainingNs: sleepRemaining(inj, regs),
+    creds: dumpCredentials(pid, tid),
+    securebits: dumpSecurebits(inj),
+    scheduling: dumpScheduling(pid, tid, inj),
   };
 }
 

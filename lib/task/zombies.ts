@@ -3,17 +3,21 @@
  * of them is left to dump but their pid, their exit status and their group, yet the parent's
  * next wait() expects them: a restore without them would answer ECHILD.
  *
- * Dump: the parent's children in state Z, with the exit status /proc/PID/stat gives (field 52,
- * in the form wait() reports it).
- * Restore: the restored parent forks a child with the zombie's pid (clone3 set_tid); the child
- * takes its name and leads its group again if it did, then exits with the same status: exit_group(code) run at a
- * syscall instruction, or the same signal (no core is written: RLIMIT_CORE 0, so the status
- * lacks the core flag). Once the tool, its tracer, has seen it exit, the zombie is its parent's
- * to wait for. The SIGCHLD that exit sends the parent is taken back (an injected
- * rt_sigtimedwait) unless SIGCHLD was pending at dump: the original got its SIGCHLD long ago.
+ * Dump: the children of each of the parent's threads in state Z, with the exit status
+ * /proc/PID/stat gives (field 52, in the form wait() reports it), their group and session, and
+ * the thread that forked them.
+ * Restore: once every process of the tree exists (a zombie may be in the group of another), the
+ * restored parent's thread that forked it forks a child with the zombie's pid (clone3 set_tid);
+ * the child takes its name, leads its session or group again if it did or joins the group it was
+ * in, then exits with the same status: exit_group(code) run at a syscall instruction, or the same
+ * signal (no core is written: RLIMIT_CORE 0, so the status lacks the core flag). Once the tool,
+ * its tracer, has seen it exit, the zombie is its parent's to wait for. The SIGCHLD that exit
+ * sends the parent is taken back (an injected rt_sigtimedwait) unless SIGCHLD was pending at
+ * dump: the original got its SIGCHLD long ago.
  */
 import {
   cont,
+  errnoText,
   getRegs,
   kill,
   PR,
@@ -23,37 +27,58 @@ import {
   SIG,
   sigBit,
   SYS,
+  SyscallError,
   waitpid,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { childrenOf, tryReadStat } from "../inspect/procfs.ts";
+import { readProcText, threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry, ZombieEntry } from "../image/schema.ts";
 import { wasPending } from "./signals.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
 
-/** The children of `pid` that are zombies, in pid order. */
+/** The children of thread `tid` of process `pid` (empty once it is gone). */
+function childrenOfThread(pid: number, tid: number): number[] {
+  try {
+    return readProcText(pid, `task/${tid}/children`).split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** The children of `pid` that are zombies, in pid order, with the thread that forked each. */
 export function zombieChildren(pid: number): ZombieEntry[] {
   const out: ZombieEntry[] = [];
-  for (const child of childrenOf(pid)) {
-    const stat = tryReadStat(child); // null: reaped meanwhile
-    if (stat?.state !== "Z") continue;
-    out.push({
-      pid: child,
-      comm: stat.comm,
-      status: stat.exitCode,
-      pgid: stat.pgrp,
-      sid: stat.session,
-    });
+  for (const tid of threadIds(pid)) {
+    for (const child of childrenOfThread(pid, tid)) {
+      const stat = tryReadStat(child); // null: reaped meanwhile
+      if (stat?.state !== "Z") continue;
+      out.push({
+        pid: child,
+        comm: stat.comm,
+        status: stat.exitCode,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        ...(tid !== pid ? { thread: tid } : {}),
+      });
+    }
   }
   return out.sort((a, b) => a.pid - b.pid);
 }
 
-/** Makes the zombie children of a process just made (`inj` runs in it) again. */
-export function restoreZombies(inj: Injector, entry: ProcessEntry): void {
-  const zombies = entry.zombies ?? [];
-  for (const z of zombies) makeZombie(inj, z);
+/** Leaders of a session or group first: the others may join their group. */
+const leadersFirst = (a: ZombieEntry, b: ZombieEntry) =>
+  Number(b.pgid === b.pid) - Number(a.pgid === a.pid) || a.pid - b.pid;
+
+/**
+ * Makes again the zombie children that one thread of a process just made had forked: `thread`
+ * is that thread's dumped tid (undefined: the main thread), `inj` runs in it. Every process of
+ * the tree must exist already: a zombie may be in another one's process group.
+ */
+export function restoreZombies(inj: Injector, entry: ProcessEntry, thread?: number): void {
+  const zombies = (entry.zombies ?? []).filter((z) => z.thread === thread).sort(leadersFirst);
+  for (const z of zombies) makeZombie(inj, entry, z);
   if (zombies.length && !wasPending(entry, SIG.SIGCHLD)) {
     // SIGCHLD is not blocked in the stub: take back the one the exits sent (zero timeout).
     const set = inj.put(new Uint8Array(new BigUint64Array([sigBit(SIG.SIGCHLD)]).buffer));
@@ -64,14 +89,43 @@ export function restoreZombies(inj: Injector, entry: ProcessEntry): void {
   }
 }
 
-function makeZombie(parent: Injector, z: ZombieEntry): void {
+/**
+ * Puts the zombie-to-be (`inj` runs in it) in the session and group the zombie was in, relative to
+ * its parent: its own, its parent's (inherited), or the group of another process of the session.
+ * Ids are the image's: they are the ones the process sees, in a new pid namespace too.
+ */
+function joinGroup(inj: Injector, parent: ProcessEntry, z: ZombieEntry): void {
+  if (z.sid === z.pid) {
+    inj.call("setsid");
+    return;
+  }
+  if (z.sid !== parent.sid) {
+    throw new RestoreError(
+      `it was in session ${z.sid}, neither one it led nor its parent's (${parent.pid} is in ` +
+        `session ${parent.sid}): no process can join another session`,
+    );
+  }
+  if (z.pgid === z.pid) inj.call("setpgid", 0, 0);
+  else if (z.pgid !== parent.pgid) {
+    try {
+      inj.call("setpgid", 0, z.pgid);
+    } catch (err) {
+      if (!(err instanceof SyscallError)) throw err;
+      throw new RestoreError(
+        `joining process group ${z.pgid} failed: ${err.code} (${errnoText(err.errno)}; its ` +
+          `leader or a member must be in the image, in the same session)`,
+      );
+    }
+  }
+}
+
+function makeZombie(parent: Injector, entry: ProcessEntry, z: ZombieEntry): void {
   const pid = forkWithPid(parent, z.pid);
   const mem = new RemoteMemory(pid);
   try {
     const inj = new Injector(pid, pid, mem, parent.site);
     inj.call("prctl", PR.SET_NAME, inj.put(new TextEncoder().encode(z.comm.slice(0, 15) + "\0")));
-    if (z.sid === z.pid) inj.call("setsid");
-    else if (z.pgid === z.pid) inj.call("setpgid", 0, 0);
+    joinGroup(inj, entry, z);
     const limit = new BigUint64Array([0n, 0n]);
     inj.call("prlimit64", 0, RLIMIT.CORE, inj.put(new Uint8Array(limit.buffer)), 0);
     // It runs exit_group(code) at a syscall instruction; one that died of a signal gets it
@@ -88,7 +142,8 @@ function makeZombie(parent: Injector, z: ZombieEntry): void {
       setSigMask(pid, 0n); // the stub's copy may block it
       kill(pid, signal);
     }
-    cont(pid);
+    // SIGKILL ends even a stopped tracee at once: there is nothing to resume.
+    if (signal !== SIG.SIGKILL) cont(pid);
     for (let stops = 0;; stops++) {
       const st = waitpid(pid);
       if (!st || st.exited || st.signaled) break;
@@ -96,7 +151,10 @@ function makeZombie(parent: Injector, z: ZombieEntry): void {
       cont(pid, st.stopSignal === signal ? signal : 0);
     }
   } catch (err) {
-    throw new RestoreError(`cannot make zombie child ${z.pid} again: ${(err as Error).message}`);
+    throw new RestoreError(
+      `process ${entry.pid}: cannot make zombie child ${z.pid} again: ${(err as Error).message}`,
+      { cause: err },
+    );
   } finally {
     mem.close();
   }
