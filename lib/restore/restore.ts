@@ -349,7 +349,7 @@ async function buildProcess(
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
   restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
-  warnings.push(...restoreRlimits(inj, p.rlimits));
+  warnings.push(...await restoreRlimits(inj, p.rlimits));
   return pageBytes;
 }
 

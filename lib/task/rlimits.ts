@@ -1,7 +1,7 @@
 /** Resource limits, as the process itself sees them. */
 import { Errno, errnoName, errnoText, RLIMIT, SYS } from "../../ffi/mod.ts";
 import type { RlimitEntry } from "../image/schema.ts";
-import type { Process } from "../inspect/process.ts";
+import { Process } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
 /** RLIMIT_CPU .. RLIMIT_RTTIME. */
@@ -24,9 +24,15 @@ export async function dumpRlimits(proc: Process): Promise<RlimitEntry[]> {
  * Sets the limits where this machine allows; returns a warning for each it refused (no process
  * may raise a hard limit here: root lacks CAP_SYS_RESOURCE).
  */
-export function restoreRlimits(inj: Injector, list: RlimitEntry[]): string[] {
+export async function restoreRlimits(inj: Injector, list: RlimitEntry[]): Promise<string[]> {
   const warnings: string[] = [];
+  // Only those that differ from what the new process (a fork of the stub) has already.
+  const now = new Map(
+    (await dumpRlimits(await Process.open(inj.pid))).map((r) => [r.resource, r]),
+  );
   for (const r of list) {
+    const have = now.get(r.resource);
+    if (have?.soft === r.soft && have.hard === r.hard) continue;
     const limits = inj.put(new Uint8Array(new BigUint64Array([r.soft, r.hard]).buffer), 0);
     const res = inj.raw(SYS.prlimit64, 0, r.resource, limits, 0);
     if (res < 0n) {
