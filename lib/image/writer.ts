@@ -122,6 +122,10 @@ export class ImageWriter implements AsyncDisposable {
    */
   async commit(): Promise<ImageManifest> {
     await this.#sink?.settle(); // page writes still going on another thread
+    if (this.options.sync && this.#state === "open") {
+      // All at once on Deno's blocking threads: one journal commit serves many small files.
+      await Promise.all(this.#metaFiles.map((f) => syncPathAsync(`${this.partialDir}/${f.name}`)));
+    }
     return await settle(() => this.#commit());
   }
 
@@ -129,9 +133,6 @@ export class ImageWriter implements AsyncDisposable {
     this.#checkOpen("commit");
     try {
       const pageFiles = this.#sink?.close(this.options.sync) ?? [];
-      if (this.options.sync) {
-        for (const f of this.#metaFiles) syncPath(`${this.partialDir}/${f.name}`);
-      }
       const manifest: ImageManifest = {
         format: this.format,
         toolVersion: TOOL_VERSION,
@@ -242,6 +243,12 @@ async function refuseOccupied(dir: string): Promise<void> {
   for await (const _ of Deno.readDir(dir)) {
     throw new ImageError(`${dir} exists and is not empty; refusing to write an image there`);
   }
+}
+
+/** fsync of a file by path, on another thread. */
+async function syncPathAsync(path: string): Promise<void> {
+  using f = await Deno.open(path, { read: true });
+  await f.sync();
 }
 
 /** fsync of a file or directory by path. */
