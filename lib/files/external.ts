@@ -81,7 +81,9 @@ export function checkInherited(
     const arg = `--inherit-fd fd[${fd}]:${key}`;
     const entry = needed.get(key);
     if (!entry) {
-      const have = needed.size ? `its outside files: ${[...needed.keys()].join(", ")}` : "none";
+      const have = needed.size
+        ? `its outside files: ${[...needed.keys()].join(", ")}`
+        : "it has none";
       throw new RestoreError(`${arg}: the image has no outside file ${key} (${have})`);
     }
     if (!Number.isInteger(fd) || fd < 0) throw new RestoreError(`${arg}: not a descriptor number`);
