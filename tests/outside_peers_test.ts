@@ -303,6 +303,12 @@ Deno.test("outside peers: a FIFO its reader holds outside, declared as fd:N, han
       checkpoint(p.writer, dir, { policy: { fd: () => ({ external: "" }) } }),
       (err: Error) => err instanceof PolicyError && /a name on one line/.test(err.message),
     );
+    await assert.rejects(
+      checkpoint(p.writer, dir, { policy: { fd: () => ({ external: 3 }) as never } }),
+      (err: Error) =>
+        err instanceof PolicyError &&
+        err.message.includes(`none of "dump", "skip", { reopen: "/path" } or { external: "KEY" }`),
+    );
     assert.ok(!exists(dir));
     await unharmed(p);
 
