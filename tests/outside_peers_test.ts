@@ -85,6 +85,16 @@ function escape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
+/** Restores `dir`, handing in `path` (opened here with `flags`) as its external file `path`. */
+async function restoreHandingIn(dir: string, path: string, flags: number): Promise<void> {
+  const mine = open(path, flags | O.CLOEXEC);
+  try {
+    await restore(dir, { inheritFds: { [path]: mine } });
+  } finally {
+    close(mine); // the restored process has it now
+  }
+}
+
 /** Reads `stream` until its text matches `re`; returns the text read. */
 async function readUntil(
   reader: ReadableStreamDefaultReader<Uint8Array>,
@@ -318,12 +328,7 @@ Deno.test("outside peers: a FIFO its reader holds outside, declared as fd:N, han
     await gone(p.writer);
     // This test's own writer of the FIFO, handed in: the outside reader, still there, gets the
     // restored writer's lines again.
-    const mine = open(path, O.WRONLY | O.NONBLOCK | O.CLOEXEC);
-    try {
-      await restore(dir, { inheritFds: { [path]: mine } });
-    } finally {
-      close(mine);
-    }
+    await restoreHandingIn(dir, path, O.WRONLY | O.NONBLOCK);
     // The dumped flags, not the handed-in ones.
     const flags = Deno.readTextFileSync(`/proc/${p.writer}/fdinfo/3`).match(/^flags:\s+(\d+)/m)!;
     assert.equal(parseInt(flags[1], 8) & O.NONBLOCK, 0);
@@ -354,12 +359,7 @@ Deno.test("outside peers: a pseudo-terminal whose session is outside, refused, d
 
     await checkpoint(p.writer, dir, { external: [path] });
     await gone(p.writer);
-    const mine = open(path, O.RDWR | O.NOCTTY | O.CLOEXEC);
-    try {
-      await restore(dir, { inheritFds: { [path]: mine } });
-    } finally {
-      close(mine);
-    }
+    await restoreHandingIn(dir, path, O.RDWR | O.NOCTTY);
     await checkViaPeer(p); // through the terminal to its master, held by the reader
   } finally {
     await cleanup(p, base);
