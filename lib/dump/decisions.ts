@@ -172,8 +172,8 @@ export function settleExternal(decided: DecidedFd[]): void {
 
 /**
  * The policy's fd answers for every descriptor, checked (a reopen path must be a file); a
- * descriptor the user declared external (`external`) is external whatever the policy says, as
- * long as it says "dump".
+ * descriptor the user declared external (`external`) is external, where the policy answers
+ * "dump" for it (any other answer is refused: the two would disagree).
  */
 export async function decideFds(
   policy: Policy,

@@ -15,7 +15,7 @@ import { F, O } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry, ProcessEntry } from "../image/schema.ts";
-import { outsidePeer, type OutsideProcesses } from "./outside_peers.ts";
+import { ACCESS_WORDS, outsidePeer, type OutsideProcesses } from "./outside_peers.ts";
 import type { FileHandler, FileRestoreContext } from "./types.ts";
 import { fcntl, handToTarget } from "./util.ts";
 
@@ -46,12 +46,6 @@ export function externalEntry(fd: Fd, key: string, outside?: OutsideProcesses): 
     description: `${key}, handed in at restore (--inherit-fd)`,
   };
 }
-
-const ACCESS_WORDS: Record<number, string> = {
-  [O.RDONLY]: "reading",
-  [O.WRONLY]: "writing",
-  [O.RDWR]: "reading and writing",
-};
 
 /** `fd[N]:KEY` for each key, the way to hand them in. */
 function inheritArgs(keys: string[]): string {

@@ -158,7 +158,8 @@ function talk(a: number, b: number): boolean {
   return a === O.RDWR || b === O.RDWR || a !== b;
 }
 
-const MODE_WORDS: Record<number, string> = {
+/** An access mode in words, for messages: "reading", "writing", "reading and writing". */
+export const ACCESS_WORDS: Readonly<Record<number, string>> = {
   [O.RDONLY]: "reading",
   [O.WRONLY]: "writing",
   [O.RDWR]: "reading and writing",
@@ -199,7 +200,7 @@ export function outsidePeer(fd: Fd, outside: OutsideProcesses): string | null {
     for (const h of outside.holders(fd.target)) {
       const mode = h.tool ? null : accessMode(h);
       if (mode === null || !talk(mine, mode) || !sameFile(h, fd)) continue;
-      return `it is open for ${MODE_WORDS[mode]} by ${describeHolder(h)}`;
+      return `it is open for ${ACCESS_WORDS[mode]} by ${describeHolder(h)}`;
     }
     return null;
   }
@@ -231,7 +232,7 @@ function objectOf(fd: Fd): string {
     return `the ${mode === O.WRONLY ? "write" : mode === O.RDONLY ? "read" : "read-write"} end ` +
       `of ${fd.target}`;
   }
-  if (fd.kind === "fifo") return `FIFO ${fd.target}, open for ${MODE_WORDS[mode]}`;
+  if (fd.kind === "fifo") return `FIFO ${fd.target}, open for ${ACCESS_WORDS[mode]}`;
   return `terminal ${fd.target}`;
 }
 
