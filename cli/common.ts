@@ -36,7 +36,7 @@ type Options = NonNullable<ParseArgsConfig["options"]>;
 
 /** Parsed arguments of a verb: its option values and positionals. */
 export interface Parsed {
-  values: Record<string, string | boolean | undefined>;
+  values: Record<string, string | boolean | string[] | undefined>;
   positionals: string[];
 }
 

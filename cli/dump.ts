@@ -21,7 +21,7 @@ export const dump: Verb = {
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
   usage: "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--parent PREV] " +
-    "[--policy FILE.ts] [--json]",
+    "[--external KEY]... [--policy FILE.ts] [--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
 
@@ -34,6 +34,12 @@ options:
   --parent PREV     an incremental dump: pages equal to those in the image PREV (an earlier
                     dump of the same process) are not written again but refer to PREV, which
                     must then stay, unchanged, as long as DIR is to be restored
+  --external KEY    leave an open file outside the image, to be handed in at restore
+                    (restore --inherit-fd fd[N]:KEY); KEY is pipe:[12345], socket:[6789],
+                    a FIFO's or terminal's path (as \`tardigrade fds PID\` shows it), or fd:N
+                    for fd N of PID; repeatable. A pipe, FIFO, pseudo-terminal or connected
+                    UNIX socket whose other side a process outside the dump holds (\`prog |
+                    tee log\`, dumping prog) is refused unless declared so
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/
                     afterDump hooks), see examples/policies/
   --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
@@ -47,6 +53,7 @@ A progress bar goes to stderr when it is a terminal.`,
       single: { type: "boolean" },
       "pre-copy": { type: "boolean" },
       parent: { type: "string" },
+      external: { type: "string", multiple: true },
       policy: { type: "string" },
       json: { type: "boolean" },
     }, { min: 2, max: 2 });
@@ -62,6 +69,7 @@ A progress bar goes to stderr when it is a terminal.`,
       single: Boolean(p.values.single),
       preCopy: Boolean(p.values["pre-copy"]),
       parent: typeof p.values.parent === "string" ? p.values.parent : undefined,
+      external: p.values.external as string[] | undefined,
       policy,
       onProgress: (bytes) => bar.update(bytes),
     });

@@ -1,6 +1,6 @@
 /** `tardigrade restore DIR`: bring a checkpointed process back. */
 import { describeDifference, restore as sdkRestore, type RestoreResult } from "../mod.ts";
-import { parseVerb, printJson, type Verb } from "./common.ts";
+import { parseVerb, toJson, UsageError, type Verb } from "./common.ts";
 import { type ShellJobEnd, waitLikeFg } from "./job_control.ts";
 import { ProgressBar } from "./progress.ts";
 
@@ -35,12 +35,27 @@ function namespaceJson(r: RestoreResult): Record<string, unknown> {
   };
 }
 
+/**
+ * `--inherit-fd` arguments as key → fd: CRIU's `fd[N]:KEY`, or `N=KEY`. A key given twice is a
+ * usage error: one file is handed in per key.
+ */
+function inheritFds(args: string[], usage: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const arg of args) {
+    const m = /^fd\[(\d+)\]:(.+)$/.exec(arg) ?? /^(\d+)=(.+)$/.exec(arg);
+    if (!m) throw new UsageError(`--inherit-fd '${arg}' is not fd[N]:KEY (or N=KEY)`, usage);
+    if (m[2] in out) throw new UsageError(`--inherit-fd: ${m[2]} is handed in twice`, usage);
+    out[m[2]] = Number(m[1]);
+  }
+  return out;
+}
+
 /** The verb. */
 export const restore: Verb = {
   name: "restore",
   summary: "Restore a process from an image directory; prints its pid and returns.",
-  usage:
-    "tardigrade restore DIR [--shell-job] [--pid-namespace] [--allow-differences] [--pidfile FILE] [--json]",
+  usage: "tardigrade restore DIR [--shell-job] [--pid-namespace] [--allow-differences] " +
+    "[--inherit-fd fd[N]:KEY]... [--pidfile FILE] [--json]",
   help: `The process gets its dumped pid back and runs detached from this tool. Things that
 could not be restored exactly are printed as warnings on stderr.
 
@@ -65,6 +80,15 @@ options:
                   before they run, differ from the image (each difference is printed as a
                   warning); without it such a restore fails, naming the difference, and
                   leaves nothing behind
+  --inherit-fd fd[N]:KEY
+                  hand in this process's fd N for the image's external file KEY (dumped
+                  with --external KEY), as CRIU's --inherit-fd (N=KEY works too); every
+                  descriptor of that file gets this very open file, with its dumped status
+                  flags: \`restore DIR --inherit-fd 'fd[1]:pipe:[12345]' | tee log\` gives
+                  the restored writer the pipe to this tee. An external file not handed in,
+                  or a KEY the image does not have, is refused before anything is made.
+                  With fd 1 handed in, what restore prints goes to stderr: stdout is the
+                  restored process's
   --pidfile FILE  also write the pid (and a newline) to FILE
   --json          {pid, threads, pageBytes, warnings[], differences[]} (with a waited-for --shell-job also
                   exitCode and signal, printed when it ends; with --pid-namespace also
@@ -77,10 +101,16 @@ A progress bar goes to stderr when it is a terminal.`,
       "shell-job": { type: "boolean" },
       "pid-namespace": { type: "boolean" },
       "allow-differences": { type: "boolean" },
+      "inherit-fd": { type: "string", multiple: true },
       pidfile: { type: "string" },
       json: { type: "boolean" },
     }, { min: 1, max: 1 });
     if (!p) return 0;
+    const inherit = inheritFds((p.values["inherit-fd"] as string[] | undefined) ?? [], this.usage);
+    // Stdout handed in is the restored process's: nothing of ours goes into its stream.
+    const say = Object.values(inherit).includes(1)
+      ? (text: string) => console.error(text)
+      : (text: string) => console.log(text);
     let bar: ProgressBar | undefined;
     // The bar ends before a shell job gets the terminal: nothing of ours is drawn over it.
     const endBar = () => {
@@ -91,6 +121,7 @@ A progress bar goes to stderr when it is a terminal.`,
       shellJob: Boolean(p.values["shell-job"]),
       pidNamespace: Boolean(p.values["pid-namespace"]),
       allowDifferences: Boolean(p.values["allow-differences"]),
+      inheritFds: inherit,
       policy: {
         restoreStage: (stage) => {
           if (stage === "resume") endBar();
@@ -113,7 +144,7 @@ A progress bar goes to stderr when it is a terminal.`,
       const end = await waitForJob(result);
       for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
       if (p.values.json) {
-        printJson({
+        say(toJson({
           pid,
           threads,
           pageBytes,
@@ -121,25 +152,25 @@ A progress bar goes to stderr when it is a terminal.`,
           differences,
           exitCode: end.exitCode,
           signal: end.signal,
-        });
+        }));
       }
       return end.status;
     }
     if (p.values.json) {
-      printJson({
+      say(toJson({
         pid,
         ...namespaceJson(result),
         threads,
         pageBytes,
         warnings: result.warnings,
         differences,
-      });
+      }));
     } else {
       for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
       if (result.job) {
         console.error(`tardigrade: ${pid} was a background job: it runs in the background`);
       }
-      console.log(pid);
+      say(String(pid));
     }
     return 0;
   },

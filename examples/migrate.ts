@@ -27,7 +27,8 @@ function tail(path: string | null, lines = 3): string {
 
 async function describe(p: Process): Promise<string> {
   const s = await p.stat();
-  return `pid ${p.pid} ${s.comm} state ${s.state}, ${s.numThreads} threads, ` +
+  const threads = `${s.numThreads} thread${s.numThreads === 1 ? "" : "s"}`;
+  return `pid ${p.pid} ${s.comm} state ${s.state}, ${threads}, ` +
     `${Number(s.rss) * 4} KiB resident`;
 }
 

@@ -36,7 +36,13 @@ export interface Policy {
   beforeFreeze?(proc: Process): void | Promise<void>;
   /** For each mapping, while frozen. */
   mapping?(m: Mapping): MappingDecision | Promise<MappingDecision>;
-  /** For each descriptor, while frozen. */
+  /**
+   * For each descriptor, while frozen: `"dump"`, `"skip"`, `{ reopen: "/path" }`, or
+   * `{ external: KEY }` to leave its open file outside the image, handed in at restore as
+   * `inheritFds: { KEY: N }` (`--inherit-fd fd[N]:KEY`); KEY is usually `fd.target`
+   * (`pipe:[12345]`). A pipe, FIFO, pseudo-terminal or connected UNIX socket whose other side a
+   * process outside the dump holds is refused unless skipped or external.
+   */
   fd?(fd: Fd): FdDecision | Promise<FdDecision>;
   /** After everything is written, before the image is committed (throw to discard it). */
   afterDump?(image: DumpedImage): void | Promise<void>;

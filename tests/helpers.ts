@@ -1,8 +1,19 @@
 /** Test harness: compiles C fixtures, starts them detached, and talks to them through files. */
-import { setChildSubreaper, WAIT, waitpid } from "../ffi/mod.ts";
+import { F, FD_CLOEXEC, setChildSubreaper, syscall, WAIT, waitpid } from "../ffi/mod.ts";
 
 // Orphaned fixtures are reparented to the test process, so they are reaped at once.
 setChildSubreaper();
+
+// Descriptors the test run inherited from whatever started it (a job runner's pipes) are not
+// passed on to fixtures: holding one end of a pipe whose other end is out there, a fixture would
+// have a peer outside its dump, which a dump refuses.
+for (const e of [...Deno.readDirSync("/proc/self/fd")]) {
+  const fd = Number(e.name);
+  if (fd <= 2) continue;
+  try {
+    syscall("fcntl", fd, F.SETFD, FD_CLOEXEC);
+  } catch { /* the directory's own descriptor, closed by now */ }
+}
 
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 const buildDir = Deno.makeTempDirSync({ prefix: "tardigrade-fixtures-" });

@@ -11,6 +11,7 @@ import { freeze, type FrozenProcess, onInterrupt } from "../ptrace/freeze.ts";
 import { ImageWriter, type PageSink } from "../image/mod.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { dumpFdTable, type FdTableDump } from "../files/fdtable.ts";
+import { OutsideProcesses, refuseOutsidePeers } from "../files/outside_peers.ts";
 import { ParentImage } from "./incremental.ts";
 import { type ContentsDecision, dumpAddressSpace } from "../memory/address_space.ts";
 import { MemoryObjects } from "../memory/objects.ts";
@@ -26,7 +27,13 @@ import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
 import { dumpThread } from "../task/threads.ts";
 import { checkPolicy, type Policy } from "../policy.ts";
-import { type DecidedFd, decideFds, decideMappings } from "./decisions.ts";
+import {
+  type DecidedFd,
+  decideFds,
+  decideMappings,
+  ExternalDeclarations,
+  settleExternal,
+} from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
 import {
@@ -72,6 +79,14 @@ export interface CheckpointOptions {
    * parent of another process, or one whose memory moved, only finds fewer equal pages.
    */
   parent?: string;
+  /**
+   * Open files to leave outside the image, to be handed in at restore (`inheritFds`): each a key,
+   * `pipe:[12345]`, `socket:[6789]`, a FIFO's or terminal's path (as `fd.target` reads), or `fd:N`
+   * for fd N of `pid`. A pipe, FIFO, pseudo-terminal or connected UNIX socket whose other side a
+   * process outside the dump holds is refused unless declared so (or skipped by a policy); a key
+   * that names no descriptor is refused too.
+   */
+  external?: string[];
 }
 
 /** What a checkpoint wrote. */
@@ -218,6 +233,10 @@ interface DumpRun {
   dumpedFiles: Map<number, FileEntry>;
   /** Every process of the dump. */
   pids: readonly number[];
+  /** The processes outside the dump, for the other ends of its connections. */
+  outside: OutsideProcesses;
+  /** The descriptors declared external (`external`). */
+  external: ExternalDeclarations;
   ending: DumpEnding;
   /** Incremental dump: the parent image. */
   parent?: ParentImage;
@@ -246,8 +265,26 @@ async function planProcess(frozen: FrozenProcess, run: DumpRun): Promise<Process
     frozen,
     layout,
     contents: await decideMappings(run.policy, pid, layout, frozen.threads),
-    fds: await decideFds(run.policy, pid, assignFileIds([pid], run.files)),
+    fds: await decideFds(run.policy, pid, assignFileIds([pid], run.files), run.external),
   };
+}
+
+/**
+ * Once every process is planned: the external files checked and spread to every descriptor of
+ * theirs, then the dump refused if a file it would dump has a peer outside it (outside_peers.ts).
+ */
+function checkPeers(plans: readonly ProcessPlan[], run: DumpRun): void {
+  const decided = plans.flatMap((p) => p.fds);
+  run.external.checkAllMatched(decided);
+  settleExternal(decided);
+  refuseOutsidePeers(
+    plans.map((p) => ({
+      pid: p.frozen.pid,
+      ctty: tryReadStat(p.frozen.pid)?.ttyNr ?? 0,
+      fds: p.fds.filter((d) => d.decision === "dump").map((d) => d.fd),
+    })),
+    run.outside,
+  );
 }
 
 /** Everything one frozen process holds, its page data written through the run's sink. */
@@ -287,6 +324,7 @@ async function dumpProcess(
       scope: run.scope,
       dumpedFiles: run.dumpedFiles,
       pids: run.pids,
+      outside: run.outside,
       leaveRunning: run.ending.leaveRunning,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
       storeObject: (fd: Fd) =>
@@ -345,6 +383,7 @@ export async function checkpoint(
   // Before anything else: a second dump of the same process is refused, naming the first.
   using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
+  const external = new ExternalDeclarations(opts.external ?? [], pid);
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
   await using writer = await ImageWriter.create(dir, { parent: parent?.link });
@@ -392,6 +431,8 @@ export async function checkpoint(
       scope: {},
       dumpedFiles: new Map(),
       pids: tree.map((f) => f.pid),
+      outside: new OutsideProcesses(tree.map((f) => f.pid)),
+      external,
       ending,
       parent,
       pre,
@@ -403,6 +444,7 @@ export async function checkpoint(
     // Every answer of the policy, for every process, before anything is dumped.
     const plans: ProcessPlan[] = [];
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
+    checkPeers(plans, run);
     const entries: ProcessEntry[] = [];
     for (const plan of plans) {
       const pid = plan.frozen.pid;

@@ -10,6 +10,7 @@
 import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
+import { externalEntry } from "./external.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
@@ -45,7 +46,10 @@ function reopenEntry(fd: Fd, path: string): RegularEntry {
   };
 }
 
-/** Dumps every descriptor of the frozen process, each as decided (the policy's checked answers). */
+/**
+ * Dumps every descriptor of the frozen process, each as decided (the policy's checked answers):
+ * an external one as its key alone.
+ */
 export async function dumpFdTable(
   ctx: FileDumpContext,
   decided: readonly { fd: Fd; decision: FdDecision }[],
@@ -54,11 +58,15 @@ export async function dumpFdTable(
   const fds: FdEntry[] = [];
   for (const { fd, decision } of decided) {
     if (decision === "skip") continue;
-    const known = decision === "dump" ? ctx.dumpedFiles?.get(fd.fileId) : undefined;
+    const reopen = typeof decision === "object" && "reopen" in decision;
+    const known = reopen ? undefined : ctx.dumpedFiles?.get(fd.fileId);
     if (known) files.set(fd.fileId, known);
     if (!files.has(fd.fileId)) {
-      if (typeof decision === "object") {
-        files.set(fd.fileId, reopenEntry(fd, decision.reopen));
+      let entry: FileEntry;
+      if (typeof decision === "object" && "reopen" in decision) {
+        entry = reopenEntry(fd, decision.reopen);
+      } else if (typeof decision === "object") {
+        entry = externalEntry(fd, decision.external, ctx.outside);
       } else {
         const handler = handlerForFd(fd);
         if (!handler) {
@@ -67,11 +75,11 @@ export async function dumpFdTable(
               `cannot dump yet; a policy can skip it`,
           );
         }
-        const entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
-        files.set(fd.fileId, entry);
-        ctx.dumpedFiles?.set(fd.fileId, entry);
+        entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
       }
-      Object.assign(files.get(fd.fileId)!, readOwner(ctx.frozen.injector, fd.fd, fd.flags));
+      files.set(fd.fileId, entry);
+      if (!reopen) ctx.dumpedFiles?.set(fd.fileId, entry);
+      Object.assign(entry, readOwner(ctx.frozen.injector, fd.fd, fd.flags));
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
@@ -127,6 +135,8 @@ export interface FdTableRestore {
   toolPidfd?: (inj: Injector) => bigint;
   /** The processes and threads of the restore (alone: this one, in the tool's pid namespace). */
   tasks?: RestoredTasks;
+  /** The tool's descriptors handed in for external files, by key (checked: external.ts). */
+  inherited?: ReadonlyMap<string, number>;
 }
 
 /**
@@ -161,6 +171,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     finalFds: new Map(p.fds.map((f) => [f.fd, f.fd])),
     scope,
     tasks,
+    inherited: env.inherited,
   };
   let closed = false;
   const cleanup = () => {

@@ -8,6 +8,7 @@ import type { FileEntry } from "../image/schema.ts";
 import { deviceHandler } from "./device.ts";
 import { epollHandler } from "./epoll.ts";
 import { eventfdHandler } from "./eventfd.ts";
+import { externalHandler } from "./external.ts";
 import { fanotifyHandler } from "./fanotify.ts";
 import { inotifyHandler } from "./inotify.ts";
 import { memfdHandler } from "./memfd.ts";
@@ -39,6 +40,7 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   socketHandler,
   unixPairHandler,
   tcpStreamHandler,
+  externalHandler,
 ] as FileHandler[];
 
 const byFdKind = new Map(FILE_HANDLERS.flatMap((h) => h.fdKinds.map((k) => [k, h] as const)));

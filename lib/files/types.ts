@@ -8,12 +8,15 @@ import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FileEntry } from "../image/schema.ts";
+import type { OutsideProcesses } from "./outside_peers.ts";
 
 /**
- * What to do with one descriptor: dump it, leave it out (closed after restore), or restore it as
- * the file at another path (opened with the same flags, at position 0 unless appending).
+ * What to do with one descriptor: dump it, leave it out (closed after restore), restore it as the
+ * file at another path (opened with the same flags, at position 0 unless appending), or leave it
+ * outside the image as external file `external` (a name such as `pipe:[12345]`, `fd.target`),
+ * which the restore then needs handed in (`--inherit-fd fd[N]:KEY`, external.ts).
  */
-export type FdDecision = "dump" | "skip" | { reopen: string };
+export type FdDecision = "dump" | "skip" | { reopen: string } | { external: string };
 
 /** What a handler may use while the target is frozen. */
 export interface FileDumpContext {
@@ -35,6 +38,11 @@ export interface FileDumpContext {
    * the other end of a connection is dumped too.
    */
   readonly pids?: readonly number[];
+  /**
+   * The processes outside this dump and what they hold, read once when first asked: who holds
+   * the other end of a connection (outside_peers.ts).
+   */
+  readonly outside?: OutsideProcesses;
   /** The processes run on after the dump (`leaveRunning`); else they are killed once it is safe. */
   readonly leaveRunning?: boolean;
   /**
@@ -96,6 +104,11 @@ export interface FileRestoreContext {
   readonly scope?: object;
   /** The processes and threads of the restore (absent when restoring a table alone). */
   readonly tasks?: RestoredTasks;
+  /**
+   * The tool's descriptors handed in for the image's external files, by key (`--inherit-fd
+   * fd[N]:KEY`; external.ts), checked before anything was made.
+   */
+  readonly inherited?: ReadonlyMap<string, number>;
 }
 
 /**

@@ -18,6 +18,7 @@ import { ImageError, RestoreError } from "../errors.ts";
 import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files/registry.ts";
 import { ImageReader } from "../image/mod.ts";
 import { Injector } from "../ptrace/inject.ts";
+import { checkInherited } from "../files/external.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import type { RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
@@ -101,6 +102,15 @@ export interface RestoreOptions {
    * for it like a shell's `fg` and takes the terminal back.
    */
   shellJob?: boolean;
+  /**
+   * The image's external files (dumped with `external`, or a policy's `{ external: KEY }`), each
+   * handed in as one of this process's descriptors: key → fd number, as CRIU's `--inherit-fd`.
+   * Every descriptor of the file gets that very open file (and the dumped status flags): so
+   * `{ "pipe:[12345]": 1 }` gives the restored writer this process's stdout. An external file
+   * not handed in, a key the image has no external file of, and an fd not open with the file's
+   * access mode are refused before anything is made.
+   */
+  inheritFds?: Readonly<Record<string, number>>;
 }
 
 /** What a restore made. */
@@ -251,6 +261,8 @@ interface Shares {
   namespace?: PidNamespace;
   /** Every process, thread and zombie of the image, for descriptors that name them. */
   tasks: RestoredTasks;
+  /** The tool's descriptors handed in for external files, by key. */
+  inherited: ReadonlyMap<string, number>;
 }
 
 /** The processes, threads and zombies `entries` make. */
@@ -319,6 +331,7 @@ async function buildProcess(
       scope: shares.scope,
       toolPidfd,
       tasks: shares.tasks,
+      inherited: shares.inherited,
     });
   }
 
@@ -506,6 +519,7 @@ async function restoreTree(
   const starting = Stub.start();
   const dropStub = async () => (await starting.catch(() => null))?.end();
   let entries: ProcessEntry[];
+  let inherited: ReadonlyMap<string, number>;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
@@ -516,6 +530,7 @@ async function restoreTree(
     if (opts.pidNamespace && opts.shellJob) {
       throw new RestoreError("a shell job cannot be restored into a new pid namespace");
     }
+    inherited = checkInherited(entries, opts.inheritFds ?? {});
     for (const p of entries) await preflight(p, opts.pidNamespace === true);
     if (opts.pidNamespace) checkNamespacePids(entries);
     stage("preflight", entries[0]);
@@ -542,6 +557,7 @@ async function restoreTree(
     scope: {},
     pids: new PidMap(),
     tasks: tasksOf(entries, opts.pidNamespace === true),
+    inherited,
   };
   const warnings: string[] = [];
   let job: ShellJob | undefined;

@@ -27,6 +27,9 @@
  *   (files reopened by path, FIFOs; " (deleted)" for removed ones) and locks and leases, the
  *   process a pidfd names, a fanotify group's flags and marks; which descriptors share one open
  *   file, and which processes share one descriptor table or fs context, across the whole tree.
+ *   An external file is whatever open file the restoring tool handed in (`inheritFds`): another
+ *   object than the dumped one, maybe of another kind, so only its numbers, close-on-exec, flags,
+ *   owner and sharing are compared.
  * Not compared: registers and the final signal mask (the restore sets them itself with ptrace
  * right after), the parent (a restored root is a child of the tool or of a namespace's init),
  * per-kind contents of files (queued bytes, socket options).
@@ -162,7 +165,10 @@ class Diff {
 /** Status flags that belong to an open file and that a restore must give back. */
 const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | O_SYNC_BIT;
 
-/** The inspection kinds each image file kind may show as. */
+/**
+ * The inspection kinds each image file kind may show as. Not `external`: the file handed in for
+ * it may be of any kind (a pipe dumped, a file handed in).
+ */
 const FD_KINDS: Record<string, FdKind[]> = {
   regular: ["file", "directory", "symlink", "memfd"],
   device: ["device", "tty"],

@@ -5,8 +5,9 @@
  * Dump: dispatch.ts hands over every connected UNIX stream or seqpacket socket and every datagram
  * socket connected to an unnamed peer. sock_diag gives the peer's inode and the shutdown state;
  * the peer is in the dump when a process of the dump holds `socket:[PEER]` among its fds.
- * Otherwise the dump is refused, as for a connection its listener has not accepted yet: one end
- * brought back alone would be cut off from a process that still runs. A socket whose peer was
+ * Otherwise the dump is refused, naming the process outside that holds the peer (outside_peers.ts),
+ * as for a connection its listener has not accepted yet: one end brought back alone would be cut
+ * off from a process that still runs; declared external, it is handed in at restore instead. A socket whose peer was
  * closed (no peer inode, and for a stream a full shutdown) is kept: it comes back as a socketpair
  * half whose other half is closed again, after its data. The receive queue is read without
  * consuming it, inside the frozen target: SO_PEEK_OFF set to 0 makes successive MSG_PEEK reads
@@ -70,6 +71,7 @@ import {
   readI32,
   readU32,
 } from "../util.ts";
+import { describeHolder, externalHint } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { changedOptions, setOption, type SocketOption } from "./options.ts";
@@ -131,6 +133,13 @@ function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: num
   }
   holdersByDump.set(key, holders);
   return holders;
+}
+
+/** ` (cat 456 (fd 3) does)`: who outside the dump holds socket `peer`, when the scan finds one. */
+function outsideHolderOf(peer: bigint, ctx: FileDumpContext): string {
+  const h = ctx.outside?.holders(`socket:[${peer}]`)[0];
+  if (!h) return "";
+  return h.tool ? ` (tardigrade itself, pid ${h.pid}, does)` : ` (${describeHolder(h)} does)`;
 }
 
 // Scratch layout while peeking (TargetSocket uses 0xe000 and up).
@@ -263,11 +272,13 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     (s.type === SOCK.DGRAM || diag.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND));
   if (!holder && !closed) {
     const where = peer
-      ? `(socket:[${peer}]) outside the dump: no process of this dump holds that end`
+      ? `(socket:[${peer}]) outside the dump: no process of this dump holds that end` +
+        outsideHolderOf(peer, ctx)
       : `outside the dump, in its listener's queue of connections not accepted yet`;
     throw new DumpError(
       `${sock} is connected to ${peerName} ${where}, and tardigrade restores a connected ` +
-        `UNIX socket only together with its peer; a policy can skip it`,
+        `UNIX socket only together with its peer; a policy can skip it, or ` +
+        externalHint(fd.target),
     );
   }
   if (holder && unixDiag(peer)?.peer !== Number(fd.inode)) {

@@ -1,0 +1,125 @@
+/**
+ * Trees of processes (issue 12): a parent with N children (each with a socketpair to the parent,
+ * its own process group, every third its own session), dumped and restored from the CLI, as
+ * `tardigrade dump` and `restore` run; time per process should stay flat as N grows. With CRIU
+ * built (`CRIU=/path/to/criu`, or ../shared/peers/build-criu.sh's default /tmp/criu-4.2), the
+ * same tree is dumped and restored by it in the same run, and the ratios are printed.
+ *
+ * Run: deno run -A bench/tree.ts [N …]   (default 10 100 400; `--short`: 10 40)
+ */
+import { cleanupScratch, killAndReap, reapOrphans, scratch, startTarget } from "./common.ts";
+
+const repo = new URL("../", import.meta.url).pathname;
+const short = Deno.args.includes("--short");
+const sizes = Deno.args.filter((a) => /^\d+$/.test(a)).map(Number);
+const ns = sizes.length ? sizes : short ? [10, 40] : [10, 100, 400];
+
+async function build(): Promise<string> {
+  const out = `${scratch}/tree`;
+  const src = new URL("./fixtures/tree.c", import.meta.url).pathname;
+  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src] }).output();
+  if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
+  return out;
+}
+
+function criuPath(): string | null {
+  for (const p of [Deno.env.get("CRIU"), "/tmp/criu-4.2/criu/criu", "/work/criu-4.2/criu/criu"]) {
+    if (!p) continue;
+    try {
+      if (Deno.statSync(p).isFile) return p;
+    } catch { /* not there */ }
+  }
+  return null;
+}
+
+/** Runs a command; returns seconds, throws with its stderr on failure. */
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "null", stderr: "piped" })
+    .output();
+  const s = (performance.now() - start) / 1000;
+  if (!r.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  return s;
+}
+
+/** The children of `pid` (every thread's). */
+function childrenOf(pid: number): number[] {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/)
+      .filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+async function endTree(pid: number): Promise<void> {
+  const kids = childrenOf(pid);
+  for (const k of kids) await killAndReap(k);
+  await killAndReap(pid);
+}
+
+/** The pids of the tree are free again (dumped and ended, reaped by us as their subreaper). */
+async function waitFree(pids: number[]): Promise<void> {
+  for (const pid of pids) await killAndReap(pid);
+}
+
+interface Run {
+  dump: number;
+  restore: number;
+}
+
+async function once(bin: string, n: number, tool: "tardigrade" | "criu", criu?: string) {
+  const t = await startTarget(bin, [String(n)]);
+  const pids = [t.pid, ...childrenOf(t.pid)];
+  const dir = `${scratch}/${tool}-${n}`;
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  try {
+    let run: Run;
+    if (tool === "tardigrade") {
+      const dump = await timed(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
+      await waitFree(pids);
+      const restore = await timed(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir]);
+      run = { dump, restore };
+    } else {
+      Deno.mkdirSync(dir, { recursive: true });
+      const log = ["-o", "log", "-v0"];
+      const dump = await timed(criu!, ["dump", "-t", `${t.pid}`, "-D", dir, "--shell-job", ...log]);
+      await waitFree(pids);
+      const restore = await timed(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log]);
+      run = { dump, restore };
+    }
+    return run;
+  } finally {
+    await endTree(t.pid);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+reapOrphans();
+const bin = await build();
+const criu = criuPath();
+console.log(`trees: a parent and N children${criu ? `, beside CRIU (${criu})` : ""}`);
+console.log(
+  "N".padStart(5) + "  dump s  restore s  ms/process" +
+    (criu ? "   criu dump  criu restore  ratio (tardigrade/criu)" : ""),
+);
+try {
+  for (const n of ns) {
+    const ours = await once(bin, n, "tardigrade");
+    const per = ((ours.dump + ours.restore) * 1000) / (n + 1);
+    let line = `${String(n).padStart(5)}  ${ours.dump.toFixed(2).padStart(6)}  ` +
+      `${ours.restore.toFixed(2).padStart(9)}  ${per.toFixed(1).padStart(10)}`;
+    if (criu) {
+      const theirs = await once(bin, n, "criu", criu);
+      const ratio = (ours.dump + ours.restore) / (theirs.dump + theirs.restore);
+      line +=
+        `   ${theirs.dump.toFixed(2).padStart(9)}  ${theirs.restore.toFixed(2).padStart(12)}` +
+        `  ${ratio.toFixed(2).padStart(6)}×`;
+    }
+    console.log(line);
+  }
+} finally {
+  await cleanupScratch();
+}
