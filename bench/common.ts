@@ -35,28 +35,43 @@ export interface BenchTarget {
   out: string;
 }
 
-/** Starts `bin args` detached (a double fork, so Deno does not reap it); waits for READY. */
-export async function startTarget(bin: string, args: string[]): Promise<BenchTarget> {
+/**
+ * Starts `bin args` detached (a double fork, so Deno does not reap it); waits for READY. With
+ * `append` its output file is opened O_APPEND, so that processes restored from one image add
+ * their lines instead of writing over each other's at the offset the image recorded.
+ */
+export async function startTarget(
+  bin: string,
+  args: string[],
+  opts: { append?: boolean } = {},
+): Promise<BenchTarget> {
   const out = Deno.makeTempFileSync({ dir: scratch, prefix: "out-" });
+  const redirect = opts.append ? ">>" : ">";
   const sh = await new Deno.Command("sh", {
-    args: ["-c", `'${bin}' ${args.join(" ")} >'${out}' 2>&1 </dev/null & echo $!`],
+    args: ["-c", `'${bin}' ${args.join(" ")} ${redirect}'${out}' 2>&1 </dev/null & echo $!`],
     stdout: "piped",
   }).output();
   const pid = Number(new TextDecoder().decode(sh.stdout).trim());
   const deadline = Date.now() + 120_000;
   for (;;) {
-    const m = Deno.readTextFileSync(out).match(/READY (\d+) (0x[0-9a-f]+)/);
+    const text = Deno.readTextFileSync(out);
+    const m = text.match(/READY (\d+) (0x[0-9a-f]+)/);
     if (m) return { pid, addr: BigInt(m[2]), out };
+    if (/SETUP FAILED/.test(text)) throw new Error(`${bin} did not start: ${text.trim()}`);
     if (Date.now() > deadline) throw new Error(`${bin} did not start`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
 /** Asks a bigmem target to check its memory; returns its PASS/FAIL line. */
-export async function checkTarget(t: BenchTarget): Promise<string> {
+export async function checkTarget(t: BenchTarget, timeoutMs = 30_000): Promise<string> {
   const from = Deno.readTextFileSync(t.out).length;
-  Deno.kill(t.pid, "SIGUSR1");
-  const deadline = Date.now() + 30_000;
+  try {
+    Deno.kill(t.pid, "SIGUSR1");
+  } catch (err) {
+    return `no process (${(err as Error).message})`;
+  }
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
     const m = Deno.readTextFileSync(t.out).slice(from).match(/^(PASS|FAIL.*)$/m);
     if (m) return m[1];

@@ -11,6 +11,7 @@ import {
 } from "./manifest.ts";
 import { isPageFileName, type PageExtent } from "./pages.ts";
 import { parentDirOf, type ParentLink } from "./parent.ts";
+import { isProcessEntryFile, validateProcessEntry } from "./validate.ts";
 
 /** Options of `ImageReader.open`. */
 export interface ImageReaderOptions {
@@ -161,7 +162,8 @@ export class ImageReader implements Disposable {
 
   /**
    * Reads and decodes the metadata file `name` (`.cbor` optional), checking its size and
-   * checksum against the manifest and its header.
+   * checksum against the manifest and its header; a process entry (`process`, `process-PID`)
+   * is also checked field by field (validate.ts).
    */
   async readMeta<T = unknown>(name: string): Promise<T> {
     const fileName = metaFileName(name);
@@ -177,7 +179,10 @@ export class ImageReader implements Disposable {
     if (checksum(bytes) !== entry.checksum) {
       throw new ImageError(`${fileName}: checksum mismatch (file of ${bytes.length} bytes)`);
     }
-    return decodePayload(fileName, unframe(fileName, bytes).payload) as T;
+    const value = decodePayload(fileName, unframe(fileName, bytes).payload);
+    // A process entry is checked field by field: its bytes may be intact and still not one.
+    if (isProcessEntryFile(fileName)) validateProcessEntry(fileName, value);
+    return value as T;
   }
 
   /**

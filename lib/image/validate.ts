@@ -1,0 +1,424 @@
+/**
+ * Checks a decoded process entry (`process.cbor`, `process-PID.cbor`) before anyone uses it: every
+ * field schema.ts describes has its type, integers that count, size, index or number something are
+ * whole and not negative, and references inside the entry (a page run's extent, a descriptor's
+ * file, a mapping's memory object, a thread's seccomp filters) point at something that is there.
+ * A checksum only says the bytes are those written; this says they are a process entry, so a
+ * damaged or forged image is refused with an `ImageError` naming the file and the field instead of
+ * failing somewhere in the restore (or worse, restoring something else).
+ *
+ * Fields it does not know (those a later version adds, the kind-specific state of open files,
+ * which their handlers in lib/files check) are left alone. The kinds of memory objects and of
+ * mapping sources are closed lists, as the restore dispatches on them (an unknown object kind would
+ * be made as a deleted file): a new one is added here with the code that restores it.
+ */
+import { REG_NAMES } from "../../ffi/mod.ts";
+import { ImageError } from "../errors.ts";
+import { isPlainFileName } from "./manifest.ts";
+
+/** Whether the metadata file `name` (with `.cbor`) holds a process entry. */
+export function isProcessEntryFile(name: string): boolean {
+  return /^process(-\d+)?\.cbor$/.test(name);
+}
+
+class Malformed extends Error {}
+
+type Obj = Record<string, unknown>;
+
+const U64_END = 1n << 64n;
+
+function show(v: unknown): string {
+  if (v instanceof Uint8Array) return `a byte string`;
+  if (Array.isArray(v)) return `a list`;
+  if (v === null) return "null";
+  if (v === undefined) return "missing";
+  if (typeof v === "object") return "a map";
+  if (typeof v === "string") return `text ${JSON.stringify(v.slice(0, 40))}`;
+  return `${typeof v} ${String(v)}`;
+}
+
+function bad(at: string, v: unknown, want: string): never {
+  throw new Malformed(`${at} is ${show(v)}, not ${want}`);
+}
+
+function obj(v: unknown, at: string): Obj {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Uint8Array) {
+    bad(at, v, "a map");
+  }
+  return v as Obj;
+}
+
+function list(v: unknown, at: string): unknown[] {
+  if (!Array.isArray(v)) bad(at, v, "a list");
+  return v;
+}
+
+/** A whole number in [min, max]. */
+function int(v: unknown, at: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
+    bad(at, v, `a whole number in [${min}, ${max === Number.MAX_SAFE_INTEGER ? "2^53" : max}]`);
+  }
+  return v;
+}
+
+/** An unsigned 64-bit value (addresses, registers, masks). */
+function u64(v: unknown, at: string): bigint {
+  if (typeof v !== "bigint" || v < 0n || v >= U64_END) bad(at, v, "a 64-bit unsigned integer");
+  return v;
+}
+
+function finite(v: unknown, at: string): number {
+  if (typeof v !== "number" || !Number.isFinite(v)) bad(at, v, "a number");
+  return v;
+}
+
+function text(v: unknown, at: string): string {
+  if (typeof v !== "string") bad(at, v, "text");
+  return v;
+}
+
+function bool(v: unknown, at: string): boolean {
+  if (typeof v !== "boolean") bad(at, v, "true or false");
+  return v;
+}
+
+function bytes(v: unknown, at: string): Uint8Array {
+  if (!(v instanceof Uint8Array)) bad(at, v, "a byte string");
+  return v;
+}
+
+/** Checks `check` on each element of the list `v` (`at[i]`). */
+function each<T>(v: unknown, at: string, check: (x: unknown, at: string) => T): T[] {
+  return list(v, at).map((x, i) => check(x, `${at}[${i}]`));
+}
+
+/** Checks `o[key]` with `check` when it is there (`at` is the path of `o`, "" at the top). */
+function optional<T>(o: Obj, key: string, at: string, check: (x: unknown, at: string) => T) {
+  if (o[key] !== undefined) check(o[key], at ? `${at}.${key}` : key);
+}
+
+/** Ids must be unique: returns the set. */
+function unique(ids: number[], at: string, what: string): Set<number> {
+  const set = new Set<number>();
+  for (const id of ids) {
+    if (set.has(id)) throw new Malformed(`${at}: ${what} ${id} appears twice`);
+    set.add(id);
+  }
+  return set;
+}
+
+/** A page run inside `[0, limit)` (byte offsets, or addresses from `base`). */
+function pageRuns(
+  v: unknown,
+  at: string,
+  extents: { length: number }[],
+  range: { start: bigint; end: bigint },
+): void {
+  each(v, at, (r, a) => {
+    const run = obj(r, a);
+    const start = u64(run.start, `${a}.start`);
+    const length = int(run.length, `${a}.length`);
+    const extent = int(run.extent, `${a}.extent`, 0, extents.length - 1);
+    const offset = int(run.offset, `${a}.offset`);
+    if (offset + length > extents[extent].length) {
+      throw new Malformed(
+        `${a}: ${length} bytes at offset ${offset} run past the end of extent ${extent} ` +
+          `(${extents[extent].length} bytes)`,
+      );
+    }
+    if (start < range.start || start + BigInt(length) > range.end) {
+      throw new Malformed(
+        `${a}: ${length} bytes at 0x${start.toString(16)} are outside ` +
+          `0x${range.start.toString(16)}-0x${range.end.toString(16)}`,
+      );
+    }
+    optional(run, "checksums", a, bytes);
+  });
+}
+
+const PAGE = 4096n;
+const roundUp = (n: bigint) => (n + PAGE - 1n) / PAGE * PAGE;
+
+function pending(v: unknown, at: string): void {
+  each(v, at, (s, a) => {
+    const o = obj(s, a);
+    int(o.signo, `${a}.signo`, 1, 64);
+    bytes(o.siginfo, `${a}.siginfo`);
+  });
+}
+
+function range(v: unknown, at: string): { start: bigint; end: bigint } {
+  const o = obj(v, at);
+  const start = u64(o.start, `${at}.start`);
+  const end = u64(o.end, `${at}.end`);
+  if (end <= start) throw new Malformed(`${at}: end 0x${end.toString(16)} is not past its start`);
+  return { start, end };
+}
+
+function checkEntry(v: unknown): void {
+  const p = obj(v, "the entry");
+  int(p.pid, "pid", 1);
+  int(p.ppid, "ppid");
+  optional(p, "stopped", "", bool);
+  optional(p, "pdeathsig", "", (x, a) => int(x, a, 0, 64));
+  int(p.sid, "sid");
+  int(p.pgid, "pgid");
+  if (p.tty !== undefined) {
+    const t = obj(p.tty, "tty");
+    int(t.dev, "tty.dev");
+    if (t.path !== null) text(t.path, "tty.path");
+    bool(t.foreground, "tty.foreground");
+    if (t.modes !== undefined) {
+      const m = obj(t.modes, "tty.modes");
+      bytes(m.raw, "tty.modes.raw");
+      for (const k of ["iflag", "oflag", "cflag", "lflag", "line"]) {
+        int(m[k], `tty.modes.${k}`, 0, 2 ** 32 - 1);
+      }
+      each(m.cc, "tty.modes.cc", (x, a) => int(x, a, 0, 255));
+    }
+    if (t.winsize !== undefined) {
+      const w = obj(t.winsize, "tty.winsize");
+      for (const k of ["rows", "cols", "xpixel", "ypixel"]) int(w[k], `tty.winsize.${k}`, 0, 65535);
+    }
+  }
+  if (p.zombies !== undefined) {
+    each(p.zombies, "zombies", (z, a) => {
+      const o = obj(z, a);
+      int(o.pid, `${a}.pid`, 1);
+      text(o.comm, `${a}.comm`);
+      int(o.status, `${a}.status`);
+      int(o.pgid, `${a}.pgid`);
+      int(o.sid, `${a}.sid`);
+    });
+  }
+  text(p.comm, "comm");
+  each(p.cmdline, "cmdline", text);
+  if (p.exe !== null) {
+    const e = obj(p.exe, "exe");
+    text(e.path, "exe.path");
+    int(e.size, "exe.size");
+    finite(e.mtimeMs, "exe.mtimeMs");
+  }
+  text(p.cwd, "cwd");
+  text(p.root, "root");
+  int(p.umask, "umask", 0, 0o777);
+  int(p.personality, "personality", 0, 2 ** 32 - 1);
+  const creds = obj(p.creds, "creds");
+  for (const k of ["uids", "gids"]) {
+    const ids = each(creds[k], `creds.${k}`, (x, a) => int(x, a, 0, 2 ** 32 - 1));
+    if (ids.length !== 4) {
+      throw new Malformed(`creds.${k} has ${ids.length} ids, not 4 (real, effective, saved, fs)`);
+    }
+  }
+  each(creds.groups, "creds.groups", (x, a) => int(x, a, 0, 2 ** 32 - 1));
+  for (const k of ["capInh", "capPrm", "capEff", "capBnd", "capAmb"]) u64(creds[k], `creds.${k}`);
+  each(p.rlimits, "rlimits", (r, a) => {
+    const o = obj(r, a);
+    int(o.resource, `${a}.resource`, 0, 63);
+    u64(o.soft, `${a}.soft`);
+    u64(o.hard, `${a}.hard`);
+  });
+  const mm = obj(p.mm, "mm");
+  for (
+    const k of [
+      "startCode",
+      "endCode",
+      "startData",
+      "endData",
+      "startBrk",
+      "brk",
+      "startStack",
+      "argStart",
+      "argEnd",
+      "envStart",
+      "envEnd",
+    ]
+  ) u64(mm[k], `mm.${k}`);
+  each(mm.auxv, "mm.auxv", u64);
+  each(p.sigactions, "sigactions", (s, a) => {
+    const o = obj(s, a);
+    int(o.signo, `${a}.signo`, 1, 64);
+    for (const k of ["handler", "flags", "restorer", "mask"]) u64(o[k], `${a}.${k}`);
+  });
+  pending(p.sharedPending, "sharedPending");
+  each(p.itimers, "itimers", (t, a) => {
+    const o = obj(t, a);
+    int(o.which, `${a}.which`, 0, 2);
+    u64(o.intervalUs, `${a}.intervalUs`);
+    u64(o.valueUs, `${a}.valueUs`);
+  });
+  if (p.posixTimers !== undefined) {
+    each(p.posixTimers, "posixTimers", (t, a) => {
+      const o = obj(t, a);
+      int(o.id, `${a}.id`, 0, 2 ** 31 - 1);
+      int(o.clockid, `${a}.clockid`, -(2 ** 31), 2 ** 31 - 1); // CPU-time clocks are negative
+      int(o.signo, `${a}.signo`, 0, 64);
+      u64(o.sigval, `${a}.sigval`);
+      int(o.notify, `${a}.notify`);
+      int(o.targetTid, `${a}.targetTid`);
+      u64(o.intervalNs, `${a}.intervalNs`);
+      u64(o.valueNs, `${a}.valueNs`);
+    });
+  }
+  const filters = p.seccompFilters === undefined
+    ? []
+    : each(p.seccompFilters, "seccompFilters", (f, a) => {
+      const o = obj(f, a);
+      bytes(o.bpf, `${a}.bpf`);
+      int(o.flags, `${a}.flags`);
+    });
+  const tids = each(p.threads, "threads", (t, a) => {
+    const o = obj(t, a);
+    const tid = int(o.tid, `${a}.tid`, 1);
+    text(o.name, `${a}.name`);
+    const regs = obj(o.regs, `${a}.regs`);
+    for (const r of REG_NAMES) u64(regs[r], `${a}.regs.${r}`);
+    bytes(o.xstate, `${a}.xstate`);
+    u64(o.sigmask, `${a}.sigmask`);
+    pending(o.pending, `${a}.pending`);
+    const ss = obj(o.sigaltstack, `${a}.sigaltstack`);
+    u64(ss.sp, `${a}.sigaltstack.sp`);
+    int(ss.flags, `${a}.sigaltstack.flags`);
+    u64(ss.size, `${a}.sigaltstack.size`);
+    u64(o.clearChildTid, `${a}.clearChildTid`);
+    const rl = obj(o.robustList, `${a}.robustList`);
+    u64(rl.head, `${a}.robustList.head`);
+    u64(rl.len, `${a}.robustList.len`);
+    const rseq = obj(o.rseq, `${a}.rseq`);
+    u64(rseq.abiPointer, `${a}.rseq.abiPointer`);
+    int(rseq.length, `${a}.rseq.length`);
+    int(rseq.flags, `${a}.rseq.flags`);
+    int(rseq.signature, `${a}.rseq.signature`, 0, 2 ** 32 - 1);
+    optional(o, "sleepRemainingNs", a, u64);
+    optional(o, "noNewPrivs", a, bool);
+    if (o.seccomp !== undefined) {
+      const sc = obj(o.seccomp, `${a}.seccomp`);
+      int(sc.mode, `${a}.seccomp.mode`, 0, 2);
+      each(sc.filters, `${a}.seccomp.filters`, (x, b) => int(x, b, 0, filters.length - 1));
+    }
+    return tid;
+  });
+  if (!tids.length) throw new Malformed("threads is empty");
+  unique(tids, "threads", "thread id");
+
+  // Page data first: runs refer to extents.
+  const extents = each(p.extents, "extents", (e, a) => {
+    const o = obj(e, a);
+    const file = text(o.file, `${a}.file`);
+    if (!isPlainFileName(file)) bad(`${a}.file`, file, "a file name of the image");
+    int(o.offset, `${a}.offset`);
+    const length = int(o.length, `${a}.length`);
+    int(o.checksum, `${a}.checksum`, 0, 2 ** 32 - 1);
+    optional(o, "image", a, int);
+    return { length };
+  });
+  const objectIds = unique(
+    each(p.objects, "objects", (m, a) => {
+      const o = obj(m, a);
+      const id = int(o.id, `${a}.id`);
+      optional(o, "key", a, text);
+      if (!["shmem", "sysv-shm", "memfd", "deleted-file"].includes(o.kind as string)) {
+        bad(`${a}.kind`, o.kind, "shmem, sysv-shm, memfd or deleted-file");
+      }
+      text(o.name, `${a}.name`);
+      const size = int(o.size, `${a}.size`);
+      int(o.mode, `${a}.mode`, 0, 0o177777);
+      optional(o, "seals", a, int);
+      if (o.sysv !== undefined) {
+        const s = obj(o.sysv, `${a}.sysv`);
+        int(s.key, `${a}.sysv.key`, -(2 ** 31), 2 ** 32 - 1);
+        int(s.shmid, `${a}.sysv.shmid`);
+        int(s.uid, `${a}.sysv.uid`, 0, 2 ** 32 - 1);
+        int(s.gid, `${a}.sysv.gid`, 0, 2 ** 32 - 1);
+        bool(s.removed, `${a}.sysv.removed`);
+      }
+      pageRuns(o.pages, `${a}.pages`, extents, { start: 0n, end: roundUp(BigInt(size)) });
+      return id;
+    }),
+    "objects",
+    "object id",
+  );
+  const objectRef = (x: unknown, at: string) => {
+    if (!objectIds.has(int(x, at))) throw new Malformed(`${at}: no memory object ${x}`);
+  };
+  each(p.mappings, "mappings", (m, a) => {
+    const o = obj(m, a);
+    const r = range(o, a);
+    int(o.prot, `${a}.prot`, 0, 7);
+    bool(o.shared, `${a}.shared`);
+    u64(o.offset, `${a}.offset`);
+    text(o.kind, `${a}.kind`);
+    if (o.name !== null) text(o.name, `${a}.name`);
+    const src = obj(o.source, `${a}.source`);
+    switch (src.type) {
+      case "anonymous":
+        break;
+      case "file":
+        text(src.path, `${a}.source.path`);
+        int(src.size, `${a}.source.size`);
+        finite(src.mtimeMs, `${a}.source.mtimeMs`);
+        u64(src.inode, `${a}.source.inode`);
+        text(src.dev, `${a}.source.dev`);
+        break;
+      case "shmem":
+      case "stored-file":
+        objectRef(src.object, `${a}.source.object`);
+        break;
+      default:
+        bad(`${a}.source.type`, src.type, "anonymous, file, shmem or stored-file");
+    }
+    bool(o.growsDown, `${a}.growsDown`);
+    optional(o, "advice", a, (x, b) => each(x, b, text));
+    pageRuns(o.pages, `${a}.pages`, extents, r);
+  });
+  const special = obj(p.special, "special");
+  if (special.vdso !== undefined) {
+    range(special.vdso, "special.vdso");
+    int(obj(special.vdso, "special.vdso").checksum, "special.vdso.checksum", 0, 2 ** 32 - 1);
+  }
+  if (special.vvar !== undefined) range(special.vvar, "special.vvar");
+  if (special.vvarVclock !== undefined) range(special.vvarVclock, "special.vvarVclock");
+  const fileIds = unique(
+    each(p.files, "files", (f, a) => {
+      const o = obj(f, a);
+      text(o.kind, `${a}.kind`);
+      int(o.flags, `${a}.flags`, 0, 2 ** 32 - 1);
+      // Stored contents (deleted files, memfds) are memory objects of this entry.
+      if (o.object !== undefined) objectRef(o.object, `${a}.object`);
+      return int(o.id, `${a}.id`);
+    }),
+    "files",
+    "file id",
+  );
+  unique(
+    each(p.fds, "fds", (d, a) => {
+      const o = obj(d, a);
+      const file = int(o.file, `${a}.file`);
+      if (!fileIds.has(file)) throw new Malformed(`${a}.file: no open file ${file}`);
+      bool(o.closeOnExec, `${a}.closeOnExec`);
+      return int(o.fd, `${a}.fd`, 0, 2 ** 31 - 1);
+    }),
+    "fds",
+    "descriptor",
+  );
+  if (p.tree !== undefined) {
+    each(p.tree, "tree", (t, a) => {
+      const o = obj(t, a);
+      int(o.pid, `${a}.pid`, 1);
+      int(o.ppid, `${a}.ppid`);
+    });
+  }
+}
+
+/**
+ * Throws an `ImageError` naming `file` and the first field that is not what a process entry
+ * holds; returns quietly for a well-formed entry.
+ */
+export function validateProcessEntry(file: string, value: unknown): void {
+  try {
+    checkEntry(value);
+  } catch (err) {
+    if (!(err instanceof Malformed)) throw err;
+    throw new ImageError(`${file}: malformed process entry (${err.message})`);
+  }
+}
