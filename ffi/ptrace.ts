@@ -156,6 +156,11 @@ export function getSigInfo(tid: number): SigInfo {
   return decodeSigInfo(buf);
 }
 
+/** Replaces the signal information of the current signal-delivery stop (to replay a signal). */
+export function setSigInfo(tid: number, info: SigInfo): void {
+  ptrace(PTRACE.SETSIGINFO, tid, 0, addressOf(info.raw.slice(0, SIGINFO_SIZE)));
+}
+
 /** The message of the last ptrace event (new tid of a CLONE event, …). */
 export function getEventMsg(tid: number): bigint {
   const buf = new BigUint64Array(1);

@@ -1,5 +1,6 @@
 /** Test harness: compiles C fixtures, starts them detached, and talks to them through files. */
 import { F, FD_CLOEXEC, setChildSubreaper, syscall, WAIT, waitpid } from "../ffi/mod.ts";
+import { STUB_SECONDS } from "../lib/ptrace/stub.ts";
 
 // Orphaned fixtures are reparented to the test process, so they are reaped at once.
 setChildSubreaper();
@@ -157,14 +158,51 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** Whether `pid` runs a restore's stub (`/bin/sleep 59`). */
+export function isRestoreStub(pid: number): boolean {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`) === `/bin/sleep\0${STUB_SECONDS}\0`;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * How many restore stubs are children of this process: a stub is orphaned at start and
+ * reparented to this process (a child subreaper), so other test runs do not disturb the count.
+ */
+export function ourStubCount(): number {
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc")) {
+    const pid = Number(e.name);
+    if (pid > 0 && isRestoreStub(pid) && parentOf(pid) === Deno.pid) n++;
+  }
+  return n;
+}
+
+/** The parent of `pid` (0 once it is gone). */
+export function parentOf(pid: number): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return 0;
+  }
+}
+
+/** The children of `pid` (its leader thread's), none once it is gone. */
+export function childrenOf(pid: number): number[] {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/)
+      .filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** The children of `pid` that are zombies (exited, not waited for). */
 export function zombieChildrenOf(pid: number): number[] {
-  let children: number[] = [];
-  try {
-    children = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/)
-      .filter(Boolean).map(Number);
-  } catch { /* gone */ }
-  return children.filter((c) => {
+  return childrenOf(pid).filter((c) => {
     try {
       const stat = Deno.readTextFileSync(`/proc/${c}/stat`);
       return stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z";

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { checkpoint, restore, RestoreError } from "../mod.ts";
 import { addressOf, close, O, open, syscall } from "../ffi/mod.ts";
 import { flockStruct, parseLocks } from "../lib/files/locks.ts";
-import { fixture, killAndReap, spawnTarget } from "./helpers.ts";
+import { fixture, killAndReap, ourStubCount, spawnTarget } from "./helpers.ts";
 
 Deno.test("parseLocks reads FLOCK, POSIX and OFD lock lines and leases", () => {
   const text = [
@@ -55,15 +55,6 @@ function pidExists(pid: number): boolean {
   }
 }
 
-/** Children of this process running `sleep 1000000` (restore stubs). */
-async function stubCount(): Promise<number> {
-  const out = await new Deno.Command("pgrep", {
-    args: ["-P", String(Deno.pid), "-f", "sleep 1000000"],
-    stdout: "piped",
-  }).output();
-  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.trim()).length;
-}
-
 const F_OFD_SETLK = 37;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -95,7 +86,7 @@ Deno.test("a lock held by another at restore time is a clear RestoreError", asyn
     await killAndReap(t.pid);
 
     const refused = async (hold: () => number, re: RegExp, stage?: string) => {
-      const stubs = await stubCount();
+      const stubs = ourStubCount();
       let held = -1;
       if (!stage) held = hold();
       const policy = {
@@ -112,7 +103,7 @@ Deno.test("a lock held by another at restore time is a clear RestoreError", asyn
         if (held >= 0) close(held);
       }
       assert.ok(!pidExists(t.pid), `pid ${t.pid} exists after a refused restore`);
-      assert.equal(await stubCount(), stubs, "a stub was left behind");
+      assert.equal(ourStubCount(), stubs, "a stub was left behind");
     };
 
     await ctx.step("a flock held before the restore: refused by the check", () =>

@@ -12,6 +12,7 @@ import {
   cli,
   fixture,
   isAlive,
+  isRestoreStub,
   killAndReap,
   needs,
   notInstalled,
@@ -223,11 +224,10 @@ function leftovers(imagePids: number[]): Set<string> {
       const status = Deno.readTextFileSync(`/proc/${e.name}/status`);
       const ours = Number(status.match(/^PPid:\s*(\d+)/m)?.[1]) === Deno.pid;
       const ids = status.match(/^NSpid:(.*)$/m)?.[1].trim().split(/\s+/).map(Number) ?? [];
-      const cmdline = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
       if (
         stat.includes("(tardigrade-init)") ||
         (ids.length > 1 && imagePids.includes(ids[ids.length - 1])) ||
-        (ours && (/^State:\s*Z/m.test(status) || cmdline.startsWith("/bin/sleep\0" + "1000000")))
+        (ours && (/^State:\s*Z/m.test(status) || isRestoreStub(Number(e.name))))
       ) out.add(`${e.name} ${startTime(stat)}`);
     } catch { /* gone */ }
   }

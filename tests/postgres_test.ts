@@ -7,7 +7,15 @@
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
-import { isAlive, needs, notInstalled, onPath, spawnTarget, waitUntil } from "./helpers.ts";
+import {
+  childrenOf,
+  isAlive,
+  needs,
+  notInstalled,
+  onPath,
+  spawnTarget,
+  waitUntil,
+} from "./helpers.ts";
 
 /** `pg_config --bindir`, or undefined without a pg_config that answers. */
 function pgConfigBindir(): string | undefined {
@@ -51,15 +59,6 @@ function run(cmd: string, args: string[]): string {
     throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}${text}`);
   }
   return text.trim();
-}
-
-function childrenOf(pid: number): number[] {
-  try {
-    return Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/)
-      .filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
 }
 
 /** The server's own five children, once the backend that served the last query has gone. */

@@ -1,7 +1,7 @@
 /**
  * Restore refuses and cleans up (issue 5): a damaged image, a pid in use, a file changed since the
  * dump, a policy that stops the restore midway and a stub that dies are refused with the reason,
- * and leave nothing behind: no process with the dumped pid, no `sleep 1000000` stub, no zombie,
+ * and leave nothing behind: no process with the dumped pid, no `sleep 59` stub, no zombie,
  * no ghost file. A restore that was stopped can be run again and succeeds.
  */
 import assert from "node:assert/strict";
@@ -9,22 +9,16 @@ import { checkpoint, restore } from "../mod.ts";
 import { FORMAT_VERSION } from "../image.ts";
 import { frame } from "../lib/image/frame.ts";
 import { decode } from "cbor-x";
-import { fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
-
-const STUB = "sleep 1000000";
-
-/**
- * How many stub processes exist (`pgrep -f "sleep 1000000"`), counting only ours: a stub is
- * orphaned at start and reparented to this process (a child subreaper), so other test runs on
- * the machine do not disturb the count.
- */
-async function stubCount(): Promise<number> {
-  const out = await new Deno.Command("pgrep", {
-    args: ["-P", String(Deno.pid), "-f", STUB],
-    stdout: "piped",
-  }).output();
-  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.trim()).length;
-}
+import {
+  fixture,
+  isAlive,
+  isRestoreStub,
+  killAndReap,
+  ourStubCount,
+  parentOf,
+  spawnTarget,
+  type Target,
+} from "./helpers.ts";
 
 /** Zombie children of this test process (it is a child subreaper: orphans come here). */
 function ourZombies(): number[] {
@@ -101,7 +95,7 @@ async function refused(
   pid: number,
   opts: { keepPid?: boolean } = {},
 ): Promise<Error> {
-  const stubsBefore = await stubCount();
+  const stubsBefore = ourStubCount();
   const zombiesBefore = new Set(ourZombies());
   let err: Error | undefined;
   try {
@@ -112,7 +106,7 @@ async function refused(
   assert.ok(err, `restore succeeded, expected ${re}`);
   assert.match(err.message, re);
   if (!opts.keepPid) assert.ok(!pidExists(pid), `pid ${pid} exists after a refused restore`);
-  assert.equal(await stubCount(), stubsBefore, "a stub was left behind");
+  assert.equal(ourStubCount(), stubsBefore, "a stub was left behind");
   const zombies = ourZombies().filter((z) => !zombiesBefore.has(z));
   assert.deepEqual(zombies, [], "zombies were left behind");
   return err;
@@ -343,18 +337,8 @@ function exists(path: string): boolean {
 // ---------------------------------------------------------------------------------------------
 // A stub that dies
 
-/** Parent pid of `pid`, 0 once it is gone. */
-function parentOf(pid: number): number {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-  } catch {
-    return 0;
-  }
-}
-
 /**
- * The restore's stub (`sleep 1000000`, started by a shell of this process and then adopted by it),
+ * The restore's stub (`sleep 59`, started by a shell of this process and then adopted by it),
  * waited for: a restoreStage hook runs synchronously, while the shell that starts the stub runs on
  * its own. Returns its pid and whether the restore had seized it already.
  */
@@ -365,7 +349,7 @@ function awaitStub(): { pid: number; seized: boolean } {
       const pid = Number(e.name);
       if (!(pid > 0)) continue;
       try {
-        if (Deno.readTextFileSync(`/proc/${pid}/cmdline`) !== "/bin/sleep\x001000000\x00") continue;
+        if (!isRestoreStub(pid)) continue;
       } catch {
         continue;
       }

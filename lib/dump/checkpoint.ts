@@ -25,7 +25,8 @@ import { dumpTerminal } from "../task/terminal.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
-import { dumpThread } from "../task/threads.ts";
+import { dumpThread, threadPending } from "../task/threads.ts";
+import { dumpSharedPending } from "../task/signals.ts";
 import { checkPolicy, type Policy } from "../policy.ts";
 import {
   type DecidedFd,
@@ -299,9 +300,8 @@ async function dumpProcess(
   const inj = frozen.injector;
   const task = await dumpTask(proc, inj);
   const posixTimers = dumpPosixTimers(pid, inj);
-  const threads = frozen.threads.map((t) =>
-    dumpThread(pid, t, t.tid === inj.tid ? inj : inj.forThread(t.tid))
-  );
+  const frozenThreads = frozen.threads;
+  const threads = frozenThreads.map((t) => dumpThread(pid, t, frozen.injectorFor(t.tid)));
   const seccompFilters = dumpSeccomp(pid, threads);
   // No restore by this tool could give them back: say so now, not at restore.
   const caps = unattainableCapabilities(pid, threads);
@@ -342,6 +342,10 @@ async function dumpProcess(
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
     // tool be killed during the long copy, the process runs on without a page of ours.
     inj.release();
+    // Pending signals once more, now that no syscall runs in the process any more: a signal
+    // that arrived meanwhile was taken from its queue into a thread's held signals.
+    const sharedPending = dumpSharedPending(pid);
+    frozenThreads.forEach((t, i) => threads[i].pending = threadPending(t));
     const memory = await dumpAddressSpace({
       pid,
       mappings: layout,
@@ -354,6 +358,7 @@ async function dumpProcess(
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
     return {
       ...task,
+      sharedPending,
       ...(tty ? { tty } : {}),
       posixTimers,
       threads,

@@ -222,7 +222,9 @@ export function outsidePeer(fd: Fd, outside: OutsideProcesses): string | null {
 /** How to declare the open file `key` external, for the end of a refusal. */
 export function externalHint(key: string): string {
   return `declare it external (dump --external ${key}, or a policy's fd answer ` +
-    `{ external: "${key}" }) and hand it in at restore (--inherit-fd fd[N]:${key})`;
+    `{ external: "${key}" }) and hand it in at restore (--inherit-fd fd[N]:${key}), or, if the ` +
+    `program never uses it (a descriptor inherited by accident), leave it out (a policy's fd ` +
+    `answer "skip")`;
 }
 
 /** What the open file behind `fd` is, for messages: "the write end of pipe:[12]". */

@@ -364,8 +364,11 @@ function checkEntry(v: unknown): void {
       case "stored-file":
         objectRef(src.object, `${a}.source.object`);
         break;
+      case "aio":
+        int(src.events, `${a}.source.events`, 1, 0x7fffffff);
+        break;
       default:
-        bad(`${a}.source.type`, src.type, "anonymous, file, shmem or stored-file");
+        bad(`${a}.source.type`, src.type, "anonymous, file, shmem, stored-file or aio");
     }
     bool(o.growsDown, `${a}.growsDown`);
     optional(o, "advice", a, (x, b) => each(x, b, text));

@@ -200,6 +200,8 @@ export interface ObjectWriter {
   fd: number;
   /** Where the object's first byte is in that file. */
   base: bigint;
+  /** What the object is, for errors ("deleted file /tmp/x"). */
+  what: string;
 }
 
 /** What `writePages` reads and where it writes. */
@@ -294,10 +296,16 @@ function writeExtent(ctx: PageWriteContext, data: Uint8Array, runs: Placed[]): v
     if (object === undefined) continue;
     const writer = ctx.writerOf(object);
     if (!writer) continue; // made by another process of the tree (filled there), or live
-    pwrite(
-      writer.fd,
-      data.subarray(run.offset, run.offset + run.length),
-      writer.base + run.start,
-    );
+    try {
+      pwrite(
+        writer.fd,
+        data.subarray(run.offset, run.offset + run.length),
+        writer.base + run.start,
+      );
+    } catch (err) {
+      // "pwrite(21, 0x0): ENOSPC" says nothing of which file filled its filesystem.
+      const why = err instanceof Error ? err.message : String(err);
+      throw new RestoreError(`cannot write the contents of ${writer.what}: ${why}`, { cause: err });
+    }
   }
 }

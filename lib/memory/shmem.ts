@@ -51,13 +51,14 @@ export function makeSharedAnonymous(t: Target, obj: MemoryObjectEntry): MadeObje
   if (huge) flags |= MAP.HUGETLB | hugePageSizeFlag(huge);
   t.inj.call("mmap", start, size, PROT.READ | PROT.WRITE, flags, -1, 0);
   const temp = { start, end: start + size };
+  const what = `shared memory object ${obj.id}${huge ? " (huge pages)" : ""}`;
   const mapFile = `map_files/${start.toString(16)}-${temp.end.toString(16)}`;
   return {
     temp,
     fd: openInTarget(t.inj, `/proc/self/${mapFile}`, O.RDWR),
     // hugetlbfs has no write(): its contents go in through the temporary mapping.
     writer: huge
-      ? { fd: open(`/proc/${t.pid}/mem`, O.RDWR), base: start }
-      : { fd: open(`/proc/${t.pid}/${mapFile}`, O.RDWR), base: 0n },
+      ? { fd: open(`/proc/${t.pid}/mem`, O.RDWR), base: start, what }
+      : { fd: open(`/proc/${t.pid}/${mapFile}`, O.RDWR), base: 0n, what },
   };
 }

@@ -83,7 +83,8 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
     const fd = Number(t.inj.call("memfd_create", putString(t.inj, obj.name), memfdFlags(obj)));
     t.inj.call("ftruncate", fd, obj.size);
     setOwnerAndMode(t.inj, fd, obj);
-    return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n } };
+    const what = `memfd ${obj.name}`;
+    return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n, what } };
   }
   // A deleted file: make it again under its old name (or beside it), open it, unlink it.
   let path = obj.name;
@@ -100,7 +101,11 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
   Deno.truncateSync(path, obj.size);
   const made = {
     fd: openInTarget(t.inj, path, O.RDWR),
-    writer: { fd: open(path, O.RDWR), base: 0n },
+    writer: {
+      fd: open(path, O.RDWR),
+      base: 0n,
+      what: `deleted file ${obj.name}` + (path === obj.name ? "" : ` (made again as ${path})`),
+    },
   };
   Deno.removeSync(path);
   ghosts.pop();

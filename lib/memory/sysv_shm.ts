@@ -182,7 +182,11 @@ export class SysvAttaches {
     this.#shmat(shmid, at, 0);
     return {
       temp: { start: at, end: at + objectSpan(obj.size) },
-      writer: { fd: open(`/proc/${this.t.pid}/mem`, O.RDWR), base: at },
+      writer: {
+        fd: open(`/proc/${this.t.pid}/mem`, O.RDWR),
+        base: at,
+        what: `System V shared memory segment ${shmid}`,
+      },
     };
   }
 

@@ -5,9 +5,10 @@
  */
 import {
   capNames,
-  detach,
+  cont,
   Errno,
   getRegs,
+  getSigInfo,
   interrupt,
   kill,
   PTRACE_EVENT,
@@ -17,11 +18,12 @@ import {
   seize,
   setOptions,
   SIG,
+  type SigInfo,
   SyscallError,
   waitpid,
 } from "../../ffi/mod.ts";
 import { AccessDenied, DumpError, explain, NoSuchProcess, Unsupported } from "../errors.ts";
-import { Injector } from "./inject.ts";
+import { awaitInterrupt, detachDelivering, Injector } from "./inject.ts";
 import {
   hexMask,
   isKernelThread,
@@ -38,8 +40,12 @@ export interface FrozenThread {
   readonly tid: number;
   /** Registers as the thread was stopped. */
   readonly regs: Regs;
-  /** A signal the thread was about to take when it stopped; it is delivered on release. */
-  readonly stopSignal?: number;
+  /**
+   * Signals taken from the thread while frozen, with their information: the one it was about to
+   * take when it stopped, those that arrived while syscalls ran in it. They are still the
+   * thread's pending signals (a dump records them so) and are handed back on release.
+   */
+  readonly held: SigInfo[];
   /**
    * The signal of the group stop (job control: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the thread
    * was in when seized; undefined when it was running.
@@ -240,25 +246,25 @@ export class FrozenProcess implements AsyncDisposable {
   }
 
   #waitStop(tid: number): void {
-    for (;;) {
-      const st = waitpid(tid)!;
-      if (st.exited || st.signaled) return; // the thread ended
-      if (st.event === PTRACE_EVENT.STOP || st.event !== 0) {
-        // A thread seized in a group stop reports it with the signal that stopped the group
-        // (an interrupt of a running one with SIGTRAP).
-        const stop = st.event === PTRACE_EVENT.STOP && STOP_SIGNALS.includes(st.stopSignal!);
-        this.#threads.set(tid, {
-          tid,
-          regs: getRegs(tid),
-          groupStop: stop ? st.stopSignal : undefined,
-        });
-        return;
-      }
-      // A signal-delivery stop came first: keep the signal to deliver it on release. The
-      // thread stays stopped here, which is as good a stop as the interrupt's.
-      this.#threads.set(tid, { tid, regs: getRegs(tid), stopSignal: st.stopSignal });
-      return;
+    const st = waitpid(tid)!;
+    if (st.exited || st.signaled) return; // the thread ended
+    const held: SigInfo[] = [];
+    if (st.event === 0) {
+      // A signal-delivery stop came before the interrupt: hold the signal (it stays pending for
+      // a dump, and is handed back on release), so every thread sits in the same kind of stop.
+      held.push(getSigInfo(tid));
+      cont(tid);
+      if (!awaitInterrupt(tid, held)) return;
     }
+    // A thread seized in a group stop reports it with the signal that stopped the group (an
+    // interrupt of a running one with SIGTRAP).
+    const stop = st.event === PTRACE_EVENT.STOP && STOP_SIGNALS.includes(st.stopSignal!);
+    this.#threads.set(tid, {
+      tid,
+      regs: getRegs(tid),
+      held,
+      groupStop: stop ? st.stopSignal : undefined,
+    });
   }
 
   /** The stopped threads, the thread-group leader first. */
@@ -285,10 +291,25 @@ export class FrozenProcess implements AsyncDisposable {
   get injector(): Injector {
     if (this.#seccompRefusal) throw new DumpError(this.#seccompRefusal);
     if (!this.#injector) {
-      const tid = this.#threads.has(this.pid) ? this.pid : this.threads[0].tid;
-      this.#injector = new Injector(this.pid, tid, this.memory);
+      const main = this.threads[0];
+      this.#injector = new Injector(this.pid, main.tid, this.memory, undefined, {
+        held: main.held,
+      });
+      this.#injectors.set(main.tid, this.#injector);
     }
     return this.#injector;
+  }
+
+  readonly #injectors = new Map<number, Injector>();
+
+  /** Runs syscalls in one given thread of the process (sharing the main injector's scratch). */
+  injectorFor(tid: number): Injector {
+    const main = this.injector;
+    const thread = this.#threads.get(tid);
+    if (!thread) throw new NoSuchProcess(tid, `no frozen thread of process ${this.pid}`);
+    let inj = this.#injectors.get(tid);
+    if (!inj) this.#injectors.set(tid, inj = main.forThread(tid, thread.held));
+    return inj;
   }
 
   /** Whether the process is still frozen. */
@@ -330,11 +351,10 @@ export class FrozenProcess implements AsyncDisposable {
     } catch (err) {
       if (!isEsrch(err)) errors.push(err);
     }
-    const deferred = this.#injector?.deferred ?? [];
+    const stopped = this.stopSignal !== undefined;
     for (const t of this.#threads.values()) {
-      const sig = t.stopSignal ?? (t.tid === this.#injector?.tid ? deferred.shift() : undefined);
       try {
-        detach(t.tid, sig && sig !== SIG.SIGTRAP ? sig : 0);
+        detachDelivering(this.pid, t.tid, t.held, stopped);
       } catch (err) {
         if (!isEsrch(err)) errors.push(err);
       }

@@ -5,9 +5,11 @@
  */
 import {
   cont,
+  detach,
   Errno,
   getEventMsg,
   getRegs,
+  getSigInfo,
   getSigMask,
   interrupt,
   MAP,
@@ -15,11 +17,15 @@ import {
   PTRACE_EVENT,
   type Regs,
   setRegs,
+  setSigInfo,
   setSigMask,
   SIG,
+  sigBit,
+  type SigInfo,
   singlestep,
   SYS,
   SyscallError,
+  tgkill,
   waitpid,
 } from "../../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "../errors.ts";
@@ -100,15 +106,87 @@ export function syscallOffset(code: Uint8Array): number {
 export const SYSCALL_PAGE_CODE = new Uint8Array([...SYSCALL_INSN, 0xcc]);
 
 /**
+ * Waits for a thread's interrupt stop (one asked for with PTRACE_INTERRUPT); signals reported
+ * first are taken from it, with their information, into `held`. False when the thread ended.
+ */
+export function awaitInterrupt(tid: number, held: SigInfo[]): boolean {
+  for (;;) {
+    const st = waitpid(tid)!;
+    if (st.exited || st.signaled) return false;
+    if (st.event !== 0) return true;
+    // The trap of a single-step that ended just before is no signal of the process's own.
+    if (st.stopSignal !== undefined && st.stopSignal !== SIG.SIGTRAP) held.push(getSigInfo(tid));
+    cont(tid);
+  }
+}
+
+/**
+ * Detaches a thread that sits in an interrupt stop, handing it back the signals taken from it
+ * while traced, each with its own information (sender, value): raised again, caught at its
+ * delivery stop, given its saved `siginfo` and delivered, the last one by the detach itself.
+ * A signal the thread blocks meanwhile is left queued for when it unblocks it, and so are all of
+ * them for a process stopped by job control (`stopped`), which takes them once continued; those
+ * are raised again by number only (their sender and value are lost: nothing but a delivery stop
+ * takes a siginfo, and a stopped process must not run its handlers now).
+ */
+export function detachDelivering(
+  pid: number,
+  tid: number,
+  held: readonly SigInfo[],
+  stopped = false,
+): void {
+  const queue = [...held];
+  for (;;) {
+    const info = queue.shift();
+    if (!info) return detach(tid);
+    tgkill(pid, tid, info.signo);
+    if (stopped || getSigMask(tid) & sigBit(info.signo)) continue;
+    // Run into its delivery stop; signals reported before it join the queue.
+    let st;
+    for (;;) {
+      cont(tid);
+      st = waitpid(tid)!;
+      if (st.exited || st.signaled) return;
+      if (st.event === 0 && st.stopSignal === info.signo) break;
+      if (st.event === 0 && st.stopSignal !== undefined) queue.push(getSigInfo(tid));
+    }
+    setSigInfo(tid, info);
+    if (queue.length === 0) return detach(tid, info.signo);
+    cont(tid, info.signo);
+    interrupt(tid);
+    if (!awaitInterrupt(tid, queue)) return;
+  }
+}
+
+/** Every signal, as a 64-bit mask. */
+const ALL_SIGNALS = (1n << 64n) - 1n;
+
+/** How an injector treats its thread. */
+export interface InjectorOptions {
+  /**
+   * The process dies with the tool (one being restored, traced with PTRACE_O_EXITKILL). Its
+   * signals are then blocked while a syscall runs, so that pending signals set up by the restore
+   * stay pending, and `batch` may keep injected registers across calls. Not for a dump's target:
+   * should the tool be killed in between, that thread would be left deaf to signals or holding
+   * injected registers.
+   */
+  diesWithTool?: boolean;
+  /** Where the signals taken from the thread go (`deferred`); a fresh list if omitted. */
+  held?: SigInfo[];
+}
+
+/**
  * Executes syscalls in one stopped, traced thread. Each call leaves the thread's registers and
- * signal mask as they were. Signals that arrive during a call are collected in `deferred` so the
- * caller can deliver them when it lets the thread go.
+ * signal mask as they were. Signals that arrive during a call are collected in `deferred`, with
+ * their full information, so the caller can hand them over when it lets the thread go
+ * (`detachDelivering`).
  */
 export class Injector implements Disposable {
   /** Address of the `syscall` instruction the thread is pointed at. */
   site: bigint;
   /** Signals the thread stopped for while injecting; deliver them on detach. */
-  readonly deferred: number[] = [];
+  readonly deferred: SigInfo[];
+  readonly #diesWithTool: boolean;
   /** ptrace events (fork, clone) the injected syscalls raised, with their messages (new tids). */
   readonly events: { event: number; message: bigint }[] = [];
   #scratch = 0n;
@@ -119,8 +197,11 @@ export class Injector implements Disposable {
     readonly tid: number,
     readonly mem: RemoteMemory,
     site?: bigint,
+    options: InjectorOptions = {},
   ) {
     this.site = site ?? findSyscallSite(pid, mem, tid);
+    this.#diesWithTool = options.diesWithTool ?? false;
+    this.deferred = options.held ?? [];
   }
 
   /**
@@ -131,15 +212,27 @@ export class Injector implements Disposable {
     if (this.#batch) return this.#step(this.#batch.regs, nr, args);
     const saved = getRegs(this.tid);
     const savedMask = getSigMask(this.tid);
+    const mask = this.#stepMask(savedMask);
     try {
-      // Block every signal meanwhile so the step is not turned into a signal delivery.
-      setSigMask(this.tid, ~0n);
+      if (mask !== savedMask) setSigMask(this.tid, mask);
       return this.#step(saved, nr, args);
     } finally {
       setRegs(this.tid, saved);
-      setSigMask(this.tid, savedMask);
+      // Settled before the mask is back: a signal queued by the restore stays in its queue.
       this.settle();
+      if (mask !== savedMask) setSigMask(this.tid, savedMask);
     }
+  }
+
+  /**
+   * The mask a syscall is stepped with. Never with SIGTRAP blocked: the kernel forces the trap of
+   * a single-step, and a forced signal that is blocked has its handler reset to SIG_DFL (a
+   * program's SIGTRAP handler would be lost). Every other signal is blocked in a process that
+   * dies with the tool; a dump's target keeps its own mask, so a killed tool leaves nothing
+   * blocked (a signal that arrives is held back by #step and handed over at release).
+   */
+  #stepMask(mask: bigint): bigint {
+    return (this.#diesWithTool ? ALL_SIGNALS : mask) & ~sigBit(SIG.SIGTRAP);
   }
 
   /** Registers and mask saved for a batch of syscalls (`batch`), while it runs. */
@@ -147,21 +240,22 @@ export class Injector implements Disposable {
 
   /**
    * Runs `body`, whose syscalls in this thread share one save of the registers and mask and one
-   * settle at the end: a third of the ptrace round trips per syscall. Only for a process that
-   * dies with the tool (one being restored, traced with PTRACE_O_EXITKILL): in between, the
-   * thread holds injected registers, which a dump's target must never be left with should the
-   * tool die. Nothing but injected syscalls may touch the thread's registers inside `body`.
+   * settle at the end: a third of the ptrace round trips per syscall. Only when the process dies
+   * with the tool (`diesWithTool`); otherwise each syscall saves and puts back on its own, as in
+   * between the thread holds injected registers, which a dump's target must never be left with
+   * should the tool die. Nothing but injected syscalls may touch the thread's registers inside
+   * `body`.
    */
   batch<T>(body: () => T): T {
-    if (this.#batch) return body();
+    if (this.#batch || !this.#diesWithTool) return body();
     this.#batch = { regs: getRegs(this.tid), mask: getSigMask(this.tid) };
-    setSigMask(this.tid, ~0n);
+    setSigMask(this.tid, this.#stepMask(this.#batch.mask));
     const end = () => {
       const saved = this.#batch!;
       this.#batch = undefined;
       setRegs(this.tid, saved.regs);
-      setSigMask(this.tid, saved.mask);
       this.settle();
+      setSigMask(this.tid, saved.mask);
     };
     // After a failure the thread may be gone: the failure is what to report, not the cleanup's.
     const endAfter = (err: unknown): never => {
@@ -195,15 +289,8 @@ export class Injector implements Disposable {
   settle(): void {
     interrupt(this.tid);
     cont(this.tid);
-    for (;;) {
-      const st = waitpid(this.tid)!;
-      if (st.exited || st.signaled) throw new NoSuchProcess(this.tid, "it ended while frozen");
-      if (st.event !== 0) return;
-      // A signal arrived meanwhile: keep it for release and wait for the interrupt.
-      if (st.stopSignal !== undefined && st.stopSignal !== SIG.SIGTRAP) {
-        this.deferred.push(st.stopSignal);
-      }
-      cont(this.tid);
+    if (!awaitInterrupt(this.tid, this.deferred)) {
+      throw new NoSuchProcess(this.tid, "it ended while frozen");
     }
   }
 
@@ -247,7 +334,7 @@ export class Injector implements Disposable {
           } to inject with`,
         );
       }
-      if (st.stopSignal !== undefined) this.deferred.push(st.stopSignal);
+      if (st.stopSignal !== undefined) this.deferred.push(getSigInfo(this.tid));
       if (!atSite) break;
     }
     return BigInt.asIntN(64, getRegs(this.tid).rax);
@@ -262,9 +349,15 @@ export class Injector implements Disposable {
     return r;
   }
 
-  /** An injector for another thread of the same process, sharing this one's scratch region. */
-  forThread(tid: number): Injector {
-    const other = new Injector(this.pid, tid, this.mem, this.site);
+  /**
+   * An injector for another thread of the same process, sharing this one's scratch region;
+   * `held` as in `InjectorOptions`.
+   */
+  forThread(tid: number, held?: SigInfo[]): Injector {
+    const other = new Injector(this.pid, tid, this.mem, this.site, {
+      diesWithTool: this.#diesWithTool,
+      held,
+    });
     other.#owner = this;
     return other;
   }

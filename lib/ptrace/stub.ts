@@ -34,10 +34,15 @@ import { RemoteMemory } from "../inspect/memory.ts";
  * and everything made dies with the tool if the tool dies midway. */
 export const RESTORE_TRACE_OPTIONS = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.EXITKILL;
 
+/** How long the stub lives untraced, in seconds. */
+export const STUB_SECONDS = 59;
+
 /** Starts `sleep` detached from this process (so Deno does not reap it) and returns its pid. */
 async function startSleeper(): Promise<number> {
   const out = await new Deno.Command("/bin/sh", {
-    args: ["-c", "/bin/sleep 1000000 </dev/null >/dev/null 2>&1 & echo $!"],
+    // A minute is plenty to seize it (from then on it dies with the tool): should the tool be
+    // killed before that, it does not linger.
+    args: ["-c", `/bin/sleep ${STUB_SECONDS} </dev/null >/dev/null 2>&1 & echo $!`],
     stdout: "piped",
     stderr: "null",
     stdin: "null",
@@ -310,7 +315,10 @@ export class Stub {
       seize(pid, RESTORE_TRACE_OPTIONS);
       interrupt(pid);
       waitStopped(pid, "stub");
-      return new Stub(pid, new Injector(pid, pid, new RemoteMemory(pid)));
+      return new Stub(
+        pid,
+        new Injector(pid, pid, new RemoteMemory(pid), undefined, { diesWithTool: true }),
+      );
     } catch (err) {
       try {
         kill(pid, SIG.SIGKILL);

@@ -161,7 +161,9 @@ export class PidNamespace {
     stub.call("unshare", CLONE.NEWPID);
     const init = forkWithPid(stub, 1);
     try {
-      const inj = new Injector(init, init, new RemoteMemory(init), stub.site);
+      const inj = new Injector(init, init, new RemoteMemory(init), stub.site, {
+        diesWithTool: true,
+      });
       return new PidNamespace(init, inj, toolPidfdFd, stub.scratchRange);
     } catch (err) {
       kill(init, SIG.SIGKILL);

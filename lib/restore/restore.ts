@@ -476,8 +476,7 @@ function resume(m: Making): void {
   // lost from an event stop): one that arrived while we worked, and SIGSTOP for a process that
   // was stopped, which it takes on its way out of the stop.
   for (const t of p.threads) {
-    const pending = m.injectors!.get(t.tid)!.deferred.find((s) => s !== SIG.SIGTRAP);
-    if (pending) tgkill(m.pid, hostTid(t.tid), pending);
+    for (const s of m.injectors!.get(t.tid)!.deferred) tgkill(m.pid, hostTid(t.tid), s.signo);
   }
   restoreStop(p, m.pid);
   for (const t of [...p.threads].reverse()) detach(hostTid(t.tid));
@@ -517,6 +516,7 @@ async function restoreTree(
   };
   // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
   const starting = Stub.start();
+  starting.catch(() => {}); // its failure is reported where it is awaited, not as unhandled
   const dropStub = async () => (await starting.catch(() => null))?.end();
   let entries: ProcessEntry[];
   let inherited: ReadonlyMap<string, number>;
@@ -583,7 +583,12 @@ async function restoreTree(
       made.push(pid);
       shares.pids.set(p.pid, pid);
       const mem = new RemoteMemory(pid);
-      const m: Making = { entry: p, pid, mem, inj: new Injector(pid, pid, mem, site) };
+      const m: Making = {
+        entry: p,
+        pid,
+        mem,
+        inj: new Injector(pid, pid, mem, site, { diesWithTool: true }),
+      };
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else restoreSession(m.inj, p);

@@ -160,6 +160,27 @@ class Diff {
   add(object: string, field: string, image: unknown, kernel: unknown): void {
     this.list.push({ pid: this.pid, object, field, image: show(image), kernel: show(kernel) });
   }
+
+  /**
+   * Pairs the image's objects with the kernel's by `key`: one on a side only is a difference
+   * ("exists"), and `compare` gets each pair, named by `name`.
+   */
+  pair<T>(
+    image: Iterable<T>,
+    kernel: Iterable<T>,
+    key: (x: T) => unknown,
+    name: (x: T) => string,
+    compare: (at: string, image: T, kernel: T) => void,
+  ): void {
+    const left = new Map([...kernel].map((x) => [key(x), x]));
+    for (const want of image) {
+      const got = left.get(key(want));
+      left.delete(key(want));
+      if (got === undefined) this.add(name(want), "exists", true, false);
+      else compare(name(want), want, got);
+    }
+    for (const got of left.values()) this.add(name(got), "exists", false, true);
+  }
 }
 
 /** Status flags that belong to an open file and that a restore must give back. */
@@ -248,15 +269,13 @@ const TASK_RULES: Record<string, Rule> = {
   stopped: "skip",
   zombies: (d, _at, _f, image, kernel) => {
     // Both sides as zombieView made them.
-    const now = new Map((kernel as ZombieView[]).map((z) => [z.pid, z]));
-    for (const z of image as ZombieView[]) {
-      const at = `zombie child ${z.pid}`;
-      const n = now.get(z.pid);
-      now.delete(z.pid);
-      if (!n) d.add(at, "exists", true, false);
-      else compareFields(d, at, z, n, {});
-    }
-    for (const n of now.values()) d.add(`zombie child ${n.pid}`, "exists", false, true);
+    d.pair(
+      image as ZombieView[],
+      kernel as ZombieView[],
+      (z) => z.pid,
+      (z) => `zombie child ${z.pid}`,
+      (at, z, n) => compareFields(d, at, z, n, {}),
+    );
   },
   exe: (d, at, field, image, kernel) => {
     const path = (x: unknown) => (x as { path: string } | null)?.path;
@@ -398,7 +417,8 @@ function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
   for (const t of e.threads) {
     const inj = p.injectors.get(t.tid);
     if (!inj) continue;
-    const read = () => dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid) }, inj);
+    const read = () =>
+      dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid), held: inj.deferred }, inj);
     const got = batched ? inj.batch(read) : read();
     pairs.push([t, { ...got, tid: inj.tid }]);
   }
@@ -410,15 +430,8 @@ function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
 function comparePosixTimers(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
-  const live = new Map(dumpPosixTimers(p.hostPid, inj).map((t) => [t.id, t]));
-  for (const t of e.posixTimers ?? []) {
-    const now = live.get(t.id);
-    live.delete(t.id);
-    const at = `timer ${t.id}`;
-    if (!now) {
-      d.add(at, "exists", true, false);
-      continue;
-    }
+  const live = dumpPosixTimers(p.hostPid, inj);
+  d.pair(e.posixTimers ?? [], live, (t) => t.id, (t) => `timer ${t.id}`, (at, t, now) => {
     d.same(at, "clock", t.clockid, now.clockid);
     d.same(at, "signal", t.signo, now.signo);
     d.same(at, "sigval", t.sigval, now.sigval);
@@ -427,8 +440,7 @@ function comparePosixTimers(p: RestoredProcess, d: Diff): void {
     if ((t.valueNs === 0n) !== (now.valueNs === 0n) || now.valueNs > t.valueNs) {
       d.add(at, "time left (ns)", t.valueNs, now.valueNs);
     }
-  }
-  for (const id of live.keys()) d.add(`timer ${id}`, "exists", false, true);
+  });
 }
 
 /** What a range of the address space is, as far as the comparison goes. */
@@ -516,15 +528,9 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
   }
   const want = merged(e.mappings.map(imageSpan));
   const got = merged(spans);
-  const byStart = new Map(got.map((s) => [s.start, s]));
-  for (const w of want) {
-    const g = byStart.get(w.start);
-    const at = `mapping ${hex(w.start)}-${hex(w.end)}${w.file ? ` ${w.file}` : ` (${w.kind})`}`;
-    byStart.delete(w.start);
-    if (!g) {
-      d.add(at, "exists", true, false);
-      continue;
-    }
+  const name = (s: Span) =>
+    `mapping ${hex(s.start)}-${hex(s.end)}${s.file ? ` ${s.file}` : ` (${s.kind})`}`;
+  d.pair(want, got, (s) => s.start, name, (at, w, g) => {
     d.same(at, "end", w.end, g.end);
     d.same(at, "prot", w.prot, g.prot);
     d.same(at, "shared", w.shared, g.shared);
@@ -533,10 +539,7 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     d.same(at, "offset", w.offset, g.offset);
     d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
     d.same(at, "guard pages", w.guards, g.guards);
-  }
-  for (const g of byStart.values()) {
-    d.add(`mapping ${hex(g.start)}-${hex(g.end)} (${g.kind})`, "exists", false, true);
-  }
+  });
   const now = specialMappings(p.hostPid);
   const where = (k: "vdso" | "vvar" | "vvar_vclock") => {
     const m = now.get(k);
@@ -651,7 +654,10 @@ function compareKind(p: RestoredProcess, d: Diff, at: string, f: FileEntry, got:
   const path = typeof f.path === "string" ? f.path + (deleted ? " (deleted)" : "") : undefined;
   switch (f.kind) {
     case "regular":
-      if (typeof f.position === "bigint") d.same(at, "position", f.position, got.position);
+      // Older images (and small values, as CBOR gives them back) hold a number.
+      if (typeof f.position === "bigint" || typeof f.position === "number") {
+        d.same(at, "position", BigInt(f.position), got.position);
+      }
       if (path && (deleted || !got.target.endsWith(")"))) d.same(at, "path", path, got.target);
       if (f.object === undefined) {
         d.same(at, "locks", f.locks ?? [], readLocks(p.hostPid, got.fd));
@@ -839,7 +845,7 @@ export async function verifyRestored(dir: string, opts: VerifyOptions = {}): Pro
       const inj = f.injector;
       const injectors = new Map<number, Injector>();
       for (const t of f.threads) {
-        injectors.set(imageId(t.tid), t.tid === inj.tid ? inj : inj.forThread(t.tid));
+        injectors.set(imageId(t.tid), f.injectorFor(t.tid));
       }
       inj.scratch(); // mapped now, so the listing sees it and leaves it out
       tree.push({

@@ -12,7 +12,6 @@ import {
   getRegset,
   getRobustList,
   getRseqConfig,
-  getSigInfo,
   getSigMask,
   interrupt,
   NT,
@@ -67,14 +66,18 @@ function toPending(list: { signo: number; raw: Uint8Array }[]): PendingSignal[] 
   return list.map((s) => ({ signo: s.signo, siginfo: s.raw }));
 }
 
+/**
+ * The signals pending for one frozen thread. Those the freeze took from it came out of its queue
+ * first: they lead.
+ */
+export function threadPending(thread: FrozenThread): PendingSignal[] {
+  return toPending([...thread.held, ...peekSigInfo(thread.tid, false)]);
+}
+
 /** Dumps one frozen thread; `inj` runs syscalls in that thread. */
 export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): ThreadEntry {
   const tid = thread.tid;
-  const pending = toPending(peekSigInfo(tid, false));
-  // A signal the thread was stopped for has left the queue: keep it as pending.
-  if (thread.stopSignal) {
-    pending.unshift({ signo: thread.stopSignal, siginfo: getSigInfo(tid).raw });
-  }
+  const pending = threadPending(thread);
 
   // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
   inj.call("sigaltstack", 0, inj.scratch());
@@ -117,13 +120,12 @@ export function cloneThread(inj: Injector, tid: number): number {
 
 /**
  * Gives a stopped thread of the restored process its per-thread kernel state (all but the
- * registers, which come last, and the mask, which the caller sets after queueing signals).
+ * registers and the mask, which the caller sets last: until then the injector keeps every signal
+ * blocked, so the signals queued here stay pending with their information).
  * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
  * sees it (the image's), like `t.tid`, for what is written into it.
  */
 export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): void {
-  // The final mask first, so signals queued below stay pending while we work.
-  setSigMask(inj.tid, t.sigmask);
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),

@@ -123,7 +123,7 @@ function makeZombie(parent: Injector, entry: ProcessEntry, z: ZombieEntry): void
   const pid = forkWithPid(parent, z.pid);
   const mem = new RemoteMemory(pid);
   try {
-    const inj = new Injector(pid, pid, mem, parent.site);
+    const inj = new Injector(pid, pid, mem, parent.site, { diesWithTool: true });
     inj.call("prctl", PR.SET_NAME, inj.put(new TextEncoder().encode(z.comm.slice(0, 15) + "\0")));
     joinGroup(inj, entry, z);
     const limit = new BigUint64Array([0n, 0n]);
