@@ -75,7 +75,10 @@ export async function checkTarget(t: BenchTarget, timeoutMs = 30_000): Promise<s
   for (;;) {
     const m = Deno.readTextFileSync(t.out).slice(from).match(/^(PASS|FAIL.*)$/m);
     if (m) return m[1];
-    if (Date.now() > deadline) return "no answer";
+    if (Date.now() > deadline) {
+      // A target that reports its own crash (a fault handler): say where.
+      return Deno.readTextFileSync(t.out).match(/^CRASH .*$/m)?.[0] ?? "no answer";
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -39,7 +39,8 @@ import type { ImageManifest } from "../lib/image/manifest.ts";
 import type { ProcessEntry } from "../lib/image/schema.ts";
 import { WAIT, waitpid } from "../ffi/mod.ts";
 import { SCRATCH_SIZE } from "../lib/ptrace/inject.ts";
-import { STUB_SECONDS } from "../lib/ptrace/stub.ts";
+import { FRAME_STRIDE } from "../lib/ptrace/way_back.ts";
+import { STUB_PROGRAM } from "../lib/ptrace/stub.ts";
 import {
   type BenchTarget,
   checkTarget,
@@ -139,7 +140,7 @@ const fig = {
   pidCases: 0,
   pidRefused: 0,
   leftovers: 0,
-  /** Targets left with nothing but the injector's scratch region (see `Condition`). */
+  /** Targets left with nothing but the scratch region or the userfaultfd (see `Condition`). */
   scratchLeft: 0,
   /** Steps skipped because another program of the machine took a pid we needed. */
   skipped: 0,
@@ -210,6 +211,15 @@ static size_t ghost_size;
 static char path[4096];
 
 static void on_usr1(int sig) { (void)sig; check_requested = 1; }
+/* A fault is reported with where it happened, for the miss line, then the process ends. */
+static void on_fault(int sig, siginfo_t *si, void *uc) {
+  char buf[160];
+  int n = snprintf(buf, sizeof buf, "CRASH signal %d code %d addr %p ip %p sp %p\n", sig, si->si_code,
+                   si->si_addr, (void *)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP],
+                   (void *)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RSP]);
+  (void)!write(1, buf, n);
+  _exit(3);
+}
 static uint64_t pat(size_t i) { return i * 0x9e3779b97f4a7c15ull ^ 0x5bd1e995ull; }
 static uint64_t hotpat(uint64_t g, size_t j) { return g * 0xff51afd7ed558ccdull ^ j; }
 static void nap(long ns) { struct timespec t = {0, ns}; nanosleep(&t, NULL); }
@@ -283,6 +293,11 @@ int main(int argc, char **argv) {
   struct sigaction sa = {0};
   sa.sa_handler = on_usr1;
   sigaction(SIGUSR1, &sa, NULL);
+  struct sigaction fault = {0};
+  fault.sa_sigaction = on_fault;
+  fault.sa_flags = SA_SIGINFO;
+  sigaction(SIGBUS, &fault, NULL);
+  sigaction(SIGSEGV, &fault, NULL);
   printf("READY %d %p\n", getpid(), (void *)mem);
   for (;;) {
     nap(2000000);
@@ -431,9 +446,9 @@ interface Condition {
   /** What a dumper left in it that does not harm it (a mapping, a descriptor). */
   leftover?: string;
   /**
-   * Only the injector's scratch region is left in it (anonymous memory, nothing else changed):
-   * the dumper was killed while it ran syscalls in the process, where nobody can unmap it.
-   * Counted apart, not a miss: the process runs on unharmed with 64 KiB more.
+   * Only the injector's scratch region, or the dirty tracking's userfaultfd, is left in it: the
+   * dumper was killed while it ran syscalls in the process, where nobody can take them back.
+   * Counted apart, not a miss: the process runs on unharmed with them.
    */
   scratchLeft?: string;
 }
@@ -458,29 +473,41 @@ async function conditionOf(t: BenchTarget, before?: Snapshot): Promise<Condition
   }
   const now = before && snapshot(t.pid);
   if (before && now && now.threads !== before.threads) {
-    return { harm: `threads or signal masks changed: ${diffLines(before.threads, now.threads)}` };
+    const crash = readText(t.out)?.match(/^CRASH .*$/m)?.[0];
+    return {
+      harm: `threads or signal masks changed: ${diffLines(before.threads, now.threads)}` +
+        (crash ? ` (${crash})` : ""),
+    };
   }
   const check = await selfCheck(t);
   if (check !== "PASS") return { harm: `its self-check says ${check}` };
+  if (!before || !now) return {};
+  // What a dumper killed while it ran syscalls in the process cannot take back, and that does
+  // not harm it: the injector's scratch region (its argument area and a frame per thread for the
+  // ways back) and the dirty tracking's userfaultfd (pre-copy) between its making and its
+  // closing. Anything else is a leftover.
+  const more = mappedBytes(now.maps) - mappedBytes(before.maps);
+  const mapsChanged = diffLines(before.maps, now.maps, Infinity);
+  const scratch = now.maps !== before.maps && more >= SCRATCH_SIZE &&
+    (more - SCRATCH_SIZE) % BigInt(FRAME_STRIDE) === 0n &&
+    mapsChanged.split("; ").every((l) => /^[-+][0-9a-f]+-[0-9a-f]+ rw-p 0+ 00:00 0$/.test(l));
+  const fdsChanged = diffLines(before.fds, now.fds, Infinity);
+  const uffd = now.fds !== before.fds &&
+    fdsChanged.split("; ").every((l) => /^\+\d+ -> anon_inode:\[userfaultfd\]$/.test(l));
   const left: string[] = [];
-  if (before && now && now.maps !== before.maps) {
-    const more = mappedBytes(now.maps) - mappedBytes(before.maps);
-    const changed = diffLines(before.maps, now.maps, Infinity).split("; ");
-    // Anonymous lines only: the region itself, or a neighbour it merged with.
-    const anonymous = changed.every((l) => /^[-+][0-9a-f]+-[0-9a-f]+ rw-p 0+ 00:00 0$/.test(l));
-    if (more === SCRATCH_SIZE && anonymous && now.fds === before.fds) {
-      return { scratchLeft: diffLines(before.maps, now.maps) };
-    }
-    left.push(
+  const untaken: string[] = [];
+  if (now.maps !== before.maps) {
+    (scratch ? untaken : left).push(
       `its address space changed (${more >= 0n ? "+" : ""}${more / 1024n} KiB` +
-        (more === SCRATCH_SIZE ? `, the size of the injector's scratch region` : "") +
+        (scratch ? `, the injector's scratch region` : "") +
         `): ${diffLines(before.maps, now.maps)}`,
     );
   }
-  if (before && now && now.fds !== before.fds) {
-    left.push(`its descriptors changed: ${diffLines(before.fds, now.fds)}`);
+  if (now.fds !== before.fds) {
+    (uffd ? untaken : left).push(`its descriptors changed: ${diffLines(before.fds, now.fds)}`);
   }
-  return left.length ? { leftover: left.join("; ") } : {};
+  if (left.length) return { leftover: [...left, ...untaken].join("; ") };
+  return untaken.length ? { scratchLeft: untaken.join("; ") } : {};
 }
 
 /** Whether a SIGKILL is on its way to `pid` (what EXITKILL sends as the tracer dies). */
@@ -501,13 +528,13 @@ function isOurs(pid: number): boolean {
   return false;
 }
 
-/** Stub processes of restores (`/bin/sleep 59`) below this process, live or zombies. */
+/** Stub processes of restores (`/bin/cat`) below this process, live or zombies. */
 function ourStubs(): { pid: number; state: string; tracer: string }[] {
   const out: { pid: number; state: string; tracer: string }[] = [];
   for (const e of Deno.readDirSync("/proc")) {
     const pid = Number(e.name);
     if (!(pid > 0)) continue;
-    if (readText(`/proc/${pid}/cmdline`) !== `/bin/sleep\x00${STUB_SECONDS}\x00`) continue;
+    if (readText(`/proc/${pid}/cmdline`) !== `${STUB_PROGRAM}\x00`) continue;
     if (!isOurs(pid)) continue;
     const state = stat(pid)?.state ?? "?";
     const tracer = statusField(`/proc/${pid}/status`, "TracerPid") ?? "?";
@@ -1750,8 +1777,8 @@ function summary(seconds: number): string {
           ? ` (+${fig.dumpedFirstGood}/${fig.dumpedFirst} dumps done before the kill, image good)`
           : "") +
         (fig.scratchLeft
-          ? ` (${fig.scratchLeft} of them keep the injector's 64 KiB scratch region: killed ` +
-            `while running syscalls in it)`
+          ? ` (${fig.scratchLeft} of them keep the injector's scratch region or the dirty ` +
+            `tracking's userfaultfd: killed while running syscalls in it)`
           : ""),
     );
   }

@@ -111,6 +111,11 @@ export function singlestep(tid: number, signal = 0): void {
   ptrace(PTRACE.SINGLESTEP, tid, 0, signal);
 }
 
+/** Resumes a stopped thread until the entry or exit of its next syscall (`PTRACE_SYSCALL`). */
+export function syscallStep(tid: number, signal = 0): void {
+  ptrace(PTRACE.SYSCALL, tid, 0, signal);
+}
+
 /** Detaches, letting the thread run on (delivering `signal`, 0 for none). */
 export function detach(tid: number, signal = 0): void {
   ptrace(PTRACE.DETACH, tid, 0, signal);

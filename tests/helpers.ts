@@ -1,6 +1,6 @@
 /** Test harness: compiles C fixtures, starts them detached, and talks to them through files. */
 import { F, FD_CLOEXEC, setChildSubreaper, syscall, WAIT, waitpid } from "../ffi/mod.ts";
-import { STUB_SECONDS } from "../lib/ptrace/stub.ts";
+import { STUB_PROGRAM } from "../lib/ptrace/stub.ts";
 
 // Orphaned fixtures are reparented to the test process, so they are reaped at once.
 setChildSubreaper();
@@ -158,10 +158,10 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-/** Whether `pid` runs a restore's stub (`/bin/sleep 59`). */
+/** Whether `pid` runs a restore's stub (`/bin/cat`). */
 export function isRestoreStub(pid: number): boolean {
   try {
-    return Deno.readTextFileSync(`/proc/${pid}/cmdline`) === `/bin/sleep\0${STUB_SECONDS}\0`;
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`) === `${STUB_PROGRAM}\0`;
   } catch {
     return false;
   }

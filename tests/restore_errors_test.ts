@@ -1,7 +1,7 @@
 /**
  * Restore refuses and cleans up (issue 5): a damaged image, a pid in use, a file changed since the
  * dump, a policy that stops the restore midway and a stub that dies are refused with the reason,
- * and leave nothing behind: no process with the dumped pid, no `sleep 59` stub, no zombie,
+ * and leave nothing behind: no process with the dumped pid, no `cat` stub, no zombie,
  * no ghost file. A restore that was stopped can be run again and succeeds.
  */
 import assert from "node:assert/strict";
@@ -338,7 +338,7 @@ function exists(path: string): boolean {
 // A stub that dies
 
 /**
- * The restore's stub (`sleep 59`, started by a shell of this process and then adopted by it),
+ * The restore's stub (`cat`, started by a shell of this process and then adopted by it),
  * waited for: a restoreStage hook runs synchronously, while the shell that starts the stub runs on
  * its own. Returns its pid and whether the restore had seized it already.
  */

@@ -197,7 +197,8 @@ export class FrozenProcess implements AsyncDisposable {
       if (fresh.length === 0) break;
       for (const tid of fresh) {
         try {
-          seize(tid);
+          // Syscall stops told apart from SIGTRAP: the injector runs syscalls stop to stop.
+          seize(tid, PTRACE_O.TRACESYSGOOD);
           seized.add(tid);
           interrupt(tid);
         } catch (err) {
@@ -222,7 +223,7 @@ export class FrozenProcess implements AsyncDisposable {
       const mode = Number(statusField(this.pid, "Seccomp", t.tid) ?? SECCOMP_MODE.DISABLED);
       if (mode === SECCOMP_MODE.DISABLED) continue;
       try {
-        setOptions(t.tid, PTRACE_O.SUSPEND_SECCOMP);
+        setOptions(t.tid, PTRACE_O.TRACESYSGOOD | PTRACE_O.SUSPEND_SECCOMP);
       } catch (err) {
         if (isEsrch(err)) continue;
         if (!(err instanceof SyscallError)) throw err;
@@ -294,6 +295,7 @@ export class FrozenProcess implements AsyncDisposable {
       const main = this.threads[0];
       this.#injector = new Injector(this.pid, main.tid, this.memory, undefined, {
         held: main.held,
+        threads: this.#threads.size,
       });
       this.#injectors.set(main.tid, this.#injector);
     }

@@ -9,10 +9,12 @@ import {
   Errno,
   getEventMsg,
   getRegs,
+  getRegset,
   getSigInfo,
   getSigMask,
   interrupt,
   MAP,
+  NT,
   PROT,
   PTRACE_EVENT,
   type Regs,
@@ -25,10 +27,21 @@ import {
   singlestep,
   SYS,
   SyscallError,
+  syscallStep,
   tgkill,
   waitpid,
 } from "../../ffi/mod.ts";
 import { NoSuchProcess, TardigradeError } from "../errors.ts";
+import {
+  EFLAGS_TF,
+  findWayBackCode,
+  FRAME_STRIDE,
+  MAX_XSTATE,
+  SYSCALL_STOP,
+  type WayBackCode,
+  wayBackFrame,
+  wayBackFrameSize,
+} from "./way_back.ts";
 import { findVdso, listMappings } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 
@@ -158,6 +171,16 @@ export function detachDelivering(
   }
 }
 
+/** A thread's way back (way_back.ts): its frame at `slot`, in the scratch region at `base`. */
+interface WayBack {
+  base: bigint;
+  gadget: bigint;
+  slot: bigint;
+}
+
+/** The bytes below the stack pointer a function may use without moving it (x86-64 ABI). */
+const RED_ZONE = 128n;
+
 /** Every signal, as a 64-bit mask. */
 const ALL_SIGNALS = (1n << 64n) - 1n;
 
@@ -173,6 +196,11 @@ export interface InjectorOptions {
   diesWithTool?: boolean;
   /** Where the signals taken from the thread go (`deferred`); a fresh list if omitted. */
   held?: SigInfo[];
+  /**
+   * How many threads of a dump's target will run syscalls through this injector and those made
+   * from it (`forThread`): each gets room for its way back in the scratch region.
+   */
+  threads?: number;
 }
 
 /**
@@ -202,6 +230,7 @@ export class Injector implements Disposable {
     this.site = site ?? findSyscallSite(pid, mem, tid);
     this.#diesWithTool = options.diesWithTool ?? false;
     this.deferred = options.held ?? [];
+    this.#frames = this.#diesWithTool ? 0 : options.threads ?? 1;
   }
 
   /**
@@ -210,6 +239,12 @@ export class Injector implements Disposable {
    */
   raw(nr: number, ...args: Arg[]): bigint {
     if (this.#batch) return this.#step(this.#batch.regs, nr, args);
+    if (this.#diesWithTool) return this.#rawStepped(nr, args);
+    return this.#rawAtSyscallStops(nr, args, this.#wayBack());
+  }
+
+  /** `raw` by a single step (a process that dies with the tool). */
+  #rawStepped(nr: number, args: Arg[]): bigint {
     const saved = getRegs(this.tid);
     const savedMask = getSigMask(this.tid);
     const mask = this.#stepMask(savedMask);
@@ -225,11 +260,12 @@ export class Injector implements Disposable {
   }
 
   /**
-   * The mask a syscall is stepped with. Never with SIGTRAP blocked: the kernel forces the trap of
-   * a single-step, and a forced signal that is blocked has its handler reset to SIG_DFL (a
-   * program's SIGTRAP handler would be lost). Every other signal is blocked in a process that
-   * dies with the tool; a dump's target keeps its own mask, so a killed tool leaves nothing
-   * blocked (a signal that arrives is held back by #step and handed over at release).
+   * The mask a syscall is single-stepped with in a process that dies with the tool: every signal
+   * blocked, so that signals queued by the restore stay queued, but SIGTRAP: the kernel forces
+   * the trap of a single-step, and a forced signal that is blocked has its handler reset to
+   * SIG_DFL (a program's SIGTRAP handler would be lost). A dump's target keeps its own mask
+   * (nothing is left blocked should the tool die; a signal that arrives is held back and handed
+   * over at release).
    */
   #stepMask(mask: bigint): bigint {
     return (this.#diesWithTool ? ALL_SIGNALS : mask) & ~sigBit(SIG.SIGTRAP);
@@ -294,6 +330,145 @@ export class Injector implements Disposable {
     }
   }
 
+  /** Whether this thread's syscalls run with a way back (way_back.ts) now. */
+  get hasWayBack(): boolean {
+    return this.#back != null && this.#back.base === (this.#owner ?? this).#scratch;
+  }
+
+  /** Frames the scratch region has room for (ways back), and how many are given out. */
+  readonly #frames: number;
+  #framesUsed = 0;
+  /** The code ways back use, looked for once (null: the process has none). */
+  #code?: WayBackCode | null;
+  /** This thread's way back, in the scratch region at `base`: undefined until tried, null when none. */
+  #back?: WayBack | null;
+
+  /**
+   * The way back of a dump target's thread (see way_back.ts), made on its first syscall after
+   * the scratch region (which the first syscall of the process maps, without one). Null for a
+   * process that dies with the tool, without the code for it, or once the scratch goes.
+   */
+  #wayBack(): WayBack | null {
+    const owner = this.#owner ?? this;
+    if (this.#diesWithTool) return null;
+    // Made for a scratch region since unmapped: a new one gets new frames.
+    if (this.#back === null || (this.#back && this.#back.base === owner.#scratch)) {
+      return this.#back;
+    }
+    this.#back = null; // the syscalls below run without
+    try {
+      const base = owner.scratch();
+      if (owner.#framesUsed >= owner.#frames) return null;
+      const slot = base + SCRATCH_SIZE + BigInt(owner.#framesUsed++ * FRAME_STRIDE);
+      const frame = this.#frameAt(() => slot);
+      if (!frame) return null;
+      this.mem.write(slot, frame);
+      this.#back = { base, gadget: owner.#code!.gadget, slot };
+    } catch (err) {
+      if (err instanceof NoSuchProcess) throw err;
+      // Without a way back the syscalls still run; only a killed tool could then harm the thread.
+    }
+    return this.#back;
+  }
+
+  /**
+   * The bytes of this thread's way-back frame for the slot `place` picks given the frame's size;
+   * null when the process has no code for a way back or the FPU state does not fit a frame.
+   */
+  #frameAt(place: (size: number) => bigint): Uint8Array | null {
+    const owner = this.#owner ?? this;
+    owner.#code ??= findWayBackCode(this.pid, this.mem);
+    if (!owner.#code) return null;
+    // As large as a frame holds: a full buffer may be a cut one.
+    const xstate = getRegset(this.tid, NT.X86_XSTATE, MAX_XSTATE);
+    if (xstate.length >= MAX_XSTATE) return null;
+    const regs = getRegs(this.tid);
+    const slot = place(wayBackFrameSize(xstate));
+    return wayBackFrame(regs, getSigMask(this.tid), xstate, owner.#code.restorer, slot);
+  }
+
+  /**
+   * Runs `body` with a way back whose frame lies on the thread's own stack below its red zone (the
+   * syscalls that map and unmap the scratch region, where the other frames live), the bytes there
+   * put back afterwards: every thread is stopped meanwhile, and the ABI leaves them free. Without
+   * the code or the room, `body` gets none.
+   */
+  #withStackWayBack<T>(body: (back: WayBack | null) => T): T {
+    let kept: { at: bigint; bytes: Uint8Array } | undefined;
+    let back: WayBack | null = null;
+    try {
+      let slot = 0n;
+      const frame = this.#frameAt((size) => {
+        slot = (getRegs(this.tid).rsp - RED_ZONE - BigInt(size)) & ~63n;
+        return slot;
+      });
+      if (frame) {
+        const bytes = this.mem.read(slot, frame.length);
+        this.mem.write(slot, frame);
+        kept = { at: slot, bytes };
+        back = { base: 0n, gadget: (this.#owner ?? this).#code!.gadget, slot };
+      }
+    } catch (err) {
+      if (err instanceof NoSuchProcess) throw err;
+      // No stack below it (a small thread stack): these two syscalls run without a way back.
+    }
+    try {
+      return body(back);
+    } finally {
+      if (kept) this.mem.write(kept.at, kept.bytes);
+    }
+  }
+
+  /**
+   * `raw` for a dump's target: the syscall runs from registers that lead back by themselves (the
+   * way back, when it has one), stopping at its entry and its exit (PTRACE_SYSCALL: no
+   * single-step flag to leave behind, which would kill the thread with SIGTRAP at its next
+   * syscall should the tool die). The thread is left in the syscall-exit stop with its own
+   * registers: a tracer's death from there restarts what it was in as its freeze would have.
+   */
+  #rawAtSyscallStops(nr: number, args: Arg[], back: WayBack | null): bigint {
+    const saved = getRegs(this.tid);
+    const a = args.map(BigInt);
+    setRegs(this.tid, {
+      ...saved,
+      rax: BigInt(nr),
+      rdi: a[0] ?? 0n,
+      rsi: a[1] ?? 0n,
+      rdx: a[2] ?? 0n,
+      r10: a[3] ?? 0n,
+      r8: a[4] ?? 0n,
+      r9: a[5] ?? 0n,
+      rip: back?.gadget ?? this.site,
+      rsp: back?.slot ?? saved.rsp,
+      orig_rax: -1n,
+      eflags: saved.eflags & ~EFLAGS_TF,
+    });
+    try {
+      let entered = false;
+      for (;;) {
+        syscallStep(this.tid);
+        const st = waitpid(this.tid)!;
+        if (st.exited || st.signaled) {
+          throw new NoSuchProcess(this.tid, `it ended while running syscall ${nr}`);
+        }
+        if (st.stopSignal === SYSCALL_STOP) {
+          if (entered) break;
+          entered = true;
+        } else if (st.event !== 0) {
+          if (st.event !== PTRACE_EVENT.STOP) {
+            this.events.push({ event: st.event, message: getEventMsg(this.tid) });
+          }
+        } else if (st.stopSignal !== undefined) {
+          // A signal on the way: held for release, the syscall goes on.
+          this.deferred.push(getSigInfo(this.tid));
+        }
+      }
+      return BigInt.asIntN(64, getRegs(this.tid).rax);
+    } finally {
+      setRegs(this.tid, saved);
+    }
+  }
+
   /** Runs a syscall with registers given by the caller as a base (used when restoring). */
   #step(base: Regs, nr: number, args: Arg[]): bigint {
     const a = args.map(BigInt);
@@ -342,7 +517,19 @@ export class Injector implements Disposable {
 
   /** Runs a syscall by name; a negative result becomes a `SyscallError` naming the process. */
   call(name: SyscallName, ...args: Arg[]): bigint {
-    const r = this.raw(SYS[name], ...args);
+    return this.#checked(name, args, this.raw(SYS[name], ...args));
+  }
+
+  /** `call` without a way back: for the syscalls that map and unmap the region it lives in. */
+  #callStepped(name: SyscallName, ...args: Arg[]): bigint {
+    const nr = SYS[name];
+    const r = this.#diesWithTool
+      ? this.#rawStepped(nr, args)
+      : this.#withStackWayBack((back) => this.#rawAtSyscallStops(nr, args, back));
+    return this.#checked(name, args, r);
+  }
+
+  #checked(name: SyscallName, args: Arg[], r: bigint): bigint {
     if (r < 0n && r > -4096n) {
       throw new SyscallError(`${name} in ${this.tid}`, args, Number(-r));
     }
@@ -368,7 +555,9 @@ export class Injector implements Disposable {
   scratch(): bigint {
     if (this.#owner) return this.#owner.scratch();
     if (this.#scratch === 0n) {
-      this.#scratch = this.call("mmap", 0, SCRATCH_SIZE, RW, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
+      const flags = MAP.PRIVATE | MAP.ANONYMOUS;
+      this.#scratch = this.#callStepped("mmap", 0, this.#scratchSize, RW, flags, -1, 0);
+      this.#framesUsed = 0;
     }
     return this.#scratch;
   }
@@ -389,7 +578,12 @@ export class Injector implements Disposable {
   /** The scratch region's range, so a dump can leave it out. */
   get scratchRange(): { start: bigint; end: bigint } | null {
     if (this.#owner) return this.#owner.scratchRange;
-    return this.#scratch ? { start: this.#scratch, end: this.#scratch + SCRATCH_SIZE } : null;
+    return this.#scratch ? { start: this.#scratch, end: this.#scratch + this.#scratchSize } : null;
+  }
+
+  /** The scratch region's size: the argument area, then the ways back. */
+  get #scratchSize(): bigint {
+    return SCRATCH_SIZE + BigInt(this.#frames * FRAME_STRIDE);
   }
 
   /** Copies bytes into scratch memory at `offset` and returns their address in the target. */
@@ -411,7 +605,7 @@ export class Injector implements Disposable {
     const addr = this.#scratch;
     this.#scratch = 0n;
     try {
-      this.call("munmap", addr, SCRATCH_SIZE);
+      this.#callStepped("munmap", addr, this.#scratchSize); // the ways back go with it
     } catch (err) {
       if (!(err instanceof SyscallError && err.errno === Errno.ESRCH)) throw err;
     }

@@ -1,7 +1,7 @@
 /**
- * The process a restore turns into the dumped one: an ordinary program (`sleep`) started
- * detached, seized, and made to fork with `clone3` and `set_tid` so the child gets the dumped
- * pid. No kernel module and no compiled helper: everything is injected syscalls.
+ * The process a restore turns into the dumped one: an ordinary program (`cat`, reading a pipe the
+ * tool holds) started detached, seized, and made to fork with `clone3` and `set_tid` so the child
+ * gets the dumped pid. No kernel module and no compiled helper: everything is injected syscalls.
  */
 import {
   CLONE,
@@ -34,22 +34,29 @@ import { RemoteMemory } from "../inspect/memory.ts";
  * and everything made dies with the tool if the tool dies midway. */
 export const RESTORE_TRACE_OPTIONS = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.EXITKILL;
 
-/** How long the stub lives untraced, in seconds. */
-export const STUB_SECONDS = 59;
+/** The stub's program: it blocks reading its stdin, a pipe whose other end the tool holds. */
+export const STUB_PROGRAM = "/bin/cat";
 
-/** Starts `sleep` detached from this process (so Deno does not reap it) and returns its pid. */
-async function startSleeper(): Promise<number> {
-  const out = await new Deno.Command("/bin/sh", {
-    // A minute is plenty to seize it (from then on it dies with the tool): should the tool be
-    // killed before that, it does not linger.
-    args: ["-c", `/bin/sleep ${STUB_SECONDS} </dev/null >/dev/null 2>&1 & echo $!`],
+/**
+ * Starts the stub detached from this process (so Deno does not reap it). Returns its pid and its
+ * leash, the writing end of its stdin: should the tool die before the stub is seized (from then on
+ * it dies with the tool), the stub reads the end of its input and exits.
+ */
+async function startStubProcess(): Promise<{ pid: number; leash: WritableStream<Uint8Array> }> {
+  const sh = new Deno.Command("/bin/sh", {
+    // A background command's stdin would be /dev/null: it gets the pipe through fd 3.
+    args: ["-c", `exec 3<&0; ${STUB_PROGRAM} <&3 >/dev/null 2>&1 3<&- & echo $!`],
+    stdin: "piped",
     stdout: "piped",
     stderr: "null",
-    stdin: "null",
-  }).output();
-  const pid = Number(new TextDecoder().decode(out.stdout).trim());
-  if (!out.success || !(pid > 0)) throw new RestoreError("could not start the /bin/sleep stub");
-  return pid;
+  }).spawn();
+  const [text, status] = await Promise.all([new Response(sh.stdout).text(), sh.status]);
+  const pid = Number(text.trim());
+  if (!status.success || !(pid > 0)) {
+    await sh.stdin.close().catch(() => {});
+    throw new RestoreError(`could not start the ${STUB_PROGRAM} stub`);
+  }
+  return { pid, leash: sh.stdin };
 }
 
 /** Waits for a ptrace stop of `tid`; throws if it ended instead. */
@@ -306,11 +313,15 @@ function cloneSources(
 export class Stub {
   #ended = false;
 
-  private constructor(readonly pid: number, readonly injector: Injector) {}
+  private constructor(
+    readonly pid: number,
+    readonly injector: Injector,
+    readonly leash: WritableStream<Uint8Array>,
+  ) {}
 
   /** Starts and seizes a stub. */
   static async start(): Promise<Stub> {
-    const pid = await startSleeper();
+    const { pid, leash } = await startStubProcess();
     try {
       seize(pid, RESTORE_TRACE_OPTIONS);
       interrupt(pid);
@@ -318,8 +329,10 @@ export class Stub {
       return new Stub(
         pid,
         new Injector(pid, pid, new RemoteMemory(pid), undefined, { diesWithTool: true }),
+        leash,
       );
     } catch (err) {
+      void leash.close().catch(() => {});
       try {
         kill(pid, SIG.SIGKILL);
       } catch { /* gone */ }
@@ -351,5 +364,6 @@ export class Stub {
     try {
       waitpid(this.pid);
     } catch { /* reaped elsewhere */ }
+    void this.leash.close().catch(() => {});
   }
 }

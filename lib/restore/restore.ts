@@ -1,6 +1,6 @@
 /**
  * Restore: bring a dumped process back with its pid, memory, threads, registers, descriptors and
- * signals, with no kernel module and no compiled helper. A `sleep` stub forks the new process with
+ * signals, with no kernel module and no compiled helper. A stub (`cat`) forks the new process with
  * clone3/set_tid; every step inside it is an injected syscall. A restore that fails midway kills
  * what it made: no half-restored process is left.
  */
