@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
 import { FORMAT_VERSION } from "../image.ts";
-import { frame } from "../lib/image/frame.ts";
+import { frame, unframe } from "../lib/image/frame.ts";
+import { checksum } from "../lib/image/checksum.ts";
+import type { ImageManifest } from "../lib/image/manifest.ts";
 import { decode } from "cbor-x";
 import {
   fixture,
@@ -180,6 +182,29 @@ Deno.test("restore refuses a damaged image and makes nothing", async (ctx) => {
       await refused(
         () => restore(dir),
         new RegExp(`manifest\\.cbor: format version ${newer} is newer than this tool's`),
+        pid,
+      );
+    });
+    await ctx.step("a field renamed, checksums made to agree: refused naming it", async () => {
+      const dir = await copy("renamed-field");
+      const { version, payload } = unframe(
+        "process.cbor",
+        await Deno.readFile(`${dir}/process.cbor`),
+      );
+      const entry = decode(payload) as { special: Record<string, unknown> };
+      entry.special.vvarClock = entry.special.vvar;
+      delete entry.special.vvar;
+      const bytes = frame(entry, version);
+      await Deno.writeFile(`${dir}/process.cbor`, bytes);
+      const m = unframe("manifest.cbor", await Deno.readFile(`${dir}/manifest.cbor`));
+      const manifest = decode(m.payload) as ImageManifest;
+      const file = manifest.files.find((f) => f.name === "process.cbor")!;
+      file.size = bytes.length;
+      file.checksum = checksum(bytes);
+      await Deno.writeFile(`${dir}/manifest.cbor`, frame(manifest, m.version));
+      await refused(
+        () => restore(dir),
+        /process\.cbor: malformed process entry \(special\."vvarClock" is not a field of special\)/,
         pid,
       );
     });

@@ -7,10 +7,12 @@
  * damaged or forged image is refused with an `ImageError` naming the file and the field instead of
  * failing somewhere in the restore (or worse, restoring something else).
  *
- * Fields it does not know (those a later version adds, the kind-specific state of open files,
- * which their handlers in lib/files check) are left alone. The kinds of memory objects and of
- * mapping sources are closed lists, as the restore dispatches on them (an unknown object kind would
- * be made as a deleted file): a new one is added here with the code that restores it.
+ * Every map schema.ts describes is closed: a key it does not name is refused, as a renamed key is
+ * one the restore would silently go without (a fuzzed `special.vvarVclock` left the vvar clock
+ * page unmapped). A later version that adds a field adds it here, with its format version. The
+ * kind-specific state of open files is open here; their handlers in lib/files check it. The kinds
+ * of memory objects and of mapping sources are closed lists too, as the restore dispatches on them
+ * (an unknown object kind would be made as a deleted file).
  */
 import { REG_NAMES } from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
@@ -41,7 +43,23 @@ function bad(at: string, v: unknown, want: string): never {
   throw new Malformed(`${at} is ${show(v)}, not ${want}`);
 }
 
-function obj(v: unknown, at: string): Obj {
+/** A map whose keys are all in `known` (the fields schema.ts gives it). */
+function obj(v: unknown, at: string, known: readonly string[]): Obj {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Uint8Array) {
+    bad(at, v, "a map");
+  }
+  for (const key of Object.keys(v)) {
+    if (!known.includes(key)) {
+      throw new Malformed(
+        `${at ? `${at}.` : ""}${JSON.stringify(key)} is not a field of ${at || "a process entry"}`,
+      );
+    }
+  }
+  return v as Obj;
+}
+
+/** A map of unknown keys (an open file's, whose handler checks the kind-specific ones). */
+function openObj(v: unknown, at: string): Obj {
   if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Uint8Array) {
     bad(at, v, "a map");
   }
@@ -115,7 +133,7 @@ function pageRuns(
   range: { start: bigint; end: bigint },
 ): void {
   each(v, at, (r, a) => {
-    const run = obj(r, a);
+    const run = obj(r, a, ["start", "length", "extent", "offset", "checksums"]);
     const start = u64(run.start, `${a}.start`);
     const length = int(run.length, `${a}.length`);
     const extent = int(run.extent, `${a}.extent`, 0, extents.length - 1);
@@ -136,27 +154,173 @@ function pageRuns(
   });
 }
 
+// The fields of each map of schema.ts (see the note at the top).
+const ENTRY_FIELDS = [
+  "pid",
+  "ppid",
+  "stopped",
+  "stopSignal",
+  "pdeathsig",
+  "sid",
+  "pgid",
+  "tty",
+  "zombies",
+  "comm",
+  "cmdline",
+  "exe",
+  "cwd",
+  "removedCwd",
+  "root",
+  "umask",
+  "personality",
+  "creds",
+  "oomScoreAdj",
+  "audit",
+  "thpDisable",
+  "childSubreaper",
+  "membarrier",
+  "dumpable",
+  "rlimits",
+  "mm",
+  "sigactions",
+  "sharedPending",
+  "itimers",
+  "posixTimers",
+  "threads",
+  "seccompFilters",
+  "mappings",
+  "special",
+  "objects",
+  "files",
+  "fds",
+  "sharesFilesWith",
+  "sharesFsWith",
+  "extents",
+  "tree",
+] as const;
+const THREAD_FIELDS = [
+  "tid",
+  "name",
+  "regs",
+  "xstate",
+  "sigmask",
+  "pending",
+  "sigaltstack",
+  "clearChildTid",
+  "robustList",
+  "rseq",
+  "sleepRemainingNs",
+  "noNewPrivs",
+  "seccomp",
+  "creds",
+  "securebits",
+  "scheduling",
+] as const;
+const SCHEDULING_FIELDS = [
+  "policy",
+  "flags",
+  "nice",
+  "rtPriority",
+  "priority",
+  "runtime",
+  "deadline",
+  "period",
+  "utilMin",
+  "utilMax",
+  "cpus",
+  "ioprio",
+  "timerSlackNs",
+] as const;
+const CAPABILITY_SETS = ["capInh", "capPrm", "capEff", "capBnd", "capAmb"] as const;
+const MM_ADDRESSES = [
+  "startCode",
+  "endCode",
+  "startData",
+  "endData",
+  "startBrk",
+  "brk",
+  "startStack",
+  "argStart",
+  "argEnd",
+  "envStart",
+  "envEnd",
+] as const;
+const MAPPING_FIELDS = [
+  "start",
+  "end",
+  "prot",
+  "shared",
+  "offset",
+  "kind",
+  "name",
+  "source",
+  "growsDown",
+  "advice",
+  "pageSize",
+  "guards",
+  "pages",
+] as const;
+const SOURCE_FIELDS: Record<string, readonly string[]> = {
+  anonymous: [],
+  file: ["path", "size", "mtimeMs", "inode", "dev"],
+  shmem: ["object"],
+  "stored-file": ["object"],
+  aio: ["events"],
+};
+const OBJECT_FIELDS = [
+  "id",
+  "key",
+  "kind",
+  "name",
+  "size",
+  "mode",
+  "seals",
+  "uid",
+  "gid",
+  "atimeNs",
+  "mtimeNs",
+  "hugePageSize",
+  "sysv",
+  "pages",
+] as const;
+
 const PAGE = 4096n;
 const roundUp = (n: bigint) => (n + PAGE - 1n) / PAGE * PAGE;
 
 function pending(v: unknown, at: string): void {
   each(v, at, (s, a) => {
-    const o = obj(s, a);
+    const o = obj(s, a, ["signo", "siginfo"]);
     int(o.signo, `${a}.signo`, 1, 64);
     bytes(o.siginfo, `${a}.siginfo`);
   });
 }
 
-function range(v: unknown, at: string): { start: bigint; end: bigint } {
-  const o = obj(v, at);
+function range(
+  v: unknown,
+  at: string,
+  known: readonly string[] = ["start", "end"],
+): { start: bigint; end: bigint } {
+  const o = obj(v, at, known);
   const start = u64(o.start, `${at}.start`);
   const end = u64(o.end, `${at}.end`);
   if (end <= start) throw new Malformed(`${at}: end 0x${end.toString(16)} is not past its start`);
   return { start, end };
 }
 
+function credentials(v: unknown, at: string): void {
+  const creds = obj(v, at, ["uids", "gids", "groups", ...CAPABILITY_SETS]);
+  for (const k of ["uids", "gids"]) {
+    const ids = each(creds[k], `${at}.${k}`, (x, a) => int(x, a, 0, 2 ** 32 - 1));
+    if (ids.length !== 4) {
+      throw new Malformed(`${at}.${k} has ${ids.length} ids, not 4 (real, effective, saved, fs)`);
+    }
+  }
+  each(creds.groups, `${at}.groups`, (x, a) => int(x, a, 0, 2 ** 32 - 1));
+  for (const k of CAPABILITY_SETS) u64(creds[k], `${at}.${k}`);
+}
+
 function checkEntry(v: unknown): void {
-  const p = obj(v, "the entry");
+  const p = obj(v, "", ENTRY_FIELDS);
   int(p.pid, "pid", 1);
   int(p.ppid, "ppid");
   optional(p, "stopped", "", bool);
@@ -164,12 +328,20 @@ function checkEntry(v: unknown): void {
   int(p.sid, "sid");
   int(p.pgid, "pgid");
   if (p.tty !== undefined) {
-    const t = obj(p.tty, "tty");
+    const t = obj(p.tty, "tty", ["dev", "path", "foreground", "modes", "winsize"]);
     int(t.dev, "tty.dev");
     if (t.path !== null) text(t.path, "tty.path");
     bool(t.foreground, "tty.foreground");
     if (t.modes !== undefined) {
-      const m = obj(t.modes, "tty.modes");
+      const m = obj(t.modes, "tty.modes", [
+        "raw",
+        "iflag",
+        "oflag",
+        "cflag",
+        "lflag",
+        "line",
+        "cc",
+      ]);
       bytes(m.raw, "tty.modes.raw");
       for (const k of ["iflag", "oflag", "cflag", "lflag", "line"]) {
         int(m[k], `tty.modes.${k}`, 0, 2 ** 32 - 1);
@@ -177,13 +349,13 @@ function checkEntry(v: unknown): void {
       each(m.cc, "tty.modes.cc", (x, a) => int(x, a, 0, 255));
     }
     if (t.winsize !== undefined) {
-      const w = obj(t.winsize, "tty.winsize");
+      const w = obj(t.winsize, "tty.winsize", ["rows", "cols", "xpixel", "ypixel"]);
       for (const k of ["rows", "cols", "xpixel", "ypixel"]) int(w[k], `tty.winsize.${k}`, 0, 65535);
     }
   }
   if (p.zombies !== undefined) {
     each(p.zombies, "zombies", (z, a) => {
-      const o = obj(z, a);
+      const o = obj(z, a, ["pid", "comm", "status", "pgid", "sid", "thread"]);
       int(o.pid, `${a}.pid`, 1);
       text(o.comm, `${a}.comm`);
       int(o.status, `${a}.status`);
@@ -194,7 +366,7 @@ function checkEntry(v: unknown): void {
   text(p.comm, "comm");
   each(p.cmdline, "cmdline", text);
   if (p.exe !== null) {
-    const e = obj(p.exe, "exe");
+    const e = obj(p.exe, "exe", ["path", "size", "mtimeMs"]);
     text(e.path, "exe.path");
     int(e.size, "exe.size");
     finite(e.mtimeMs, "exe.mtimeMs");
@@ -203,53 +375,40 @@ function checkEntry(v: unknown): void {
   text(p.root, "root");
   int(p.umask, "umask", 0, 0o777);
   int(p.personality, "personality", 0, 2 ** 32 - 1);
-  const creds = obj(p.creds, "creds");
-  for (const k of ["uids", "gids"]) {
-    const ids = each(creds[k], `creds.${k}`, (x, a) => int(x, a, 0, 2 ** 32 - 1));
-    if (ids.length !== 4) {
-      throw new Malformed(`creds.${k} has ${ids.length} ids, not 4 (real, effective, saved, fs)`);
-    }
-  }
-  each(creds.groups, "creds.groups", (x, a) => int(x, a, 0, 2 ** 32 - 1));
-  for (const k of ["capInh", "capPrm", "capEff", "capBnd", "capAmb"]) u64(creds[k], `creds.${k}`);
+  credentials(p.creds, "creds");
   each(p.rlimits, "rlimits", (r, a) => {
-    const o = obj(r, a);
+    const o = obj(r, a, ["resource", "soft", "hard"]);
     int(o.resource, `${a}.resource`, 0, 63);
     u64(o.soft, `${a}.soft`);
     u64(o.hard, `${a}.hard`);
   });
-  const mm = obj(p.mm, "mm");
-  for (
-    const k of [
-      "startCode",
-      "endCode",
-      "startData",
-      "endData",
-      "startBrk",
-      "brk",
-      "startStack",
-      "argStart",
-      "argEnd",
-      "envStart",
-      "envEnd",
-    ]
-  ) u64(mm[k], `mm.${k}`);
+  const mm = obj(p.mm, "mm", [...MM_ADDRESSES, "auxv"]);
+  for (const k of MM_ADDRESSES) u64(mm[k], `mm.${k}`);
   each(mm.auxv, "mm.auxv", u64);
   each(p.sigactions, "sigactions", (s, a) => {
-    const o = obj(s, a);
+    const o = obj(s, a, ["signo", "handler", "flags", "restorer", "mask"]);
     int(o.signo, `${a}.signo`, 1, 64);
     for (const k of ["handler", "flags", "restorer", "mask"]) u64(o[k], `${a}.${k}`);
   });
   pending(p.sharedPending, "sharedPending");
   each(p.itimers, "itimers", (t, a) => {
-    const o = obj(t, a);
+    const o = obj(t, a, ["which", "intervalUs", "valueUs"]);
     int(o.which, `${a}.which`, 0, 2);
     u64(o.intervalUs, `${a}.intervalUs`);
     u64(o.valueUs, `${a}.valueUs`);
   });
   if (p.posixTimers !== undefined) {
     each(p.posixTimers, "posixTimers", (t, a) => {
-      const o = obj(t, a);
+      const o = obj(t, a, [
+        "id",
+        "clockid",
+        "signo",
+        "sigval",
+        "notify",
+        "targetTid",
+        "intervalNs",
+        "valueNs",
+      ]);
       int(o.id, `${a}.id`, 0, 2 ** 31 - 1);
       int(o.clockid, `${a}.clockid`, -(2 ** 31), 2 ** 31 - 1); // CPU-time clocks are negative
       int(o.signo, `${a}.signo`, 0, 64);
@@ -263,28 +422,28 @@ function checkEntry(v: unknown): void {
   const filters = p.seccompFilters === undefined
     ? []
     : each(p.seccompFilters, "seccompFilters", (f, a) => {
-      const o = obj(f, a);
+      const o = obj(f, a, ["bpf", "flags"]);
       bytes(o.bpf, `${a}.bpf`);
       int(o.flags, `${a}.flags`);
     });
   const tids = each(p.threads, "threads", (t, a) => {
-    const o = obj(t, a);
+    const o = obj(t, a, THREAD_FIELDS);
     const tid = int(o.tid, `${a}.tid`, 1);
     text(o.name, `${a}.name`);
-    const regs = obj(o.regs, `${a}.regs`);
+    const regs = obj(o.regs, `${a}.regs`, REG_NAMES);
     for (const r of REG_NAMES) u64(regs[r], `${a}.regs.${r}`);
     bytes(o.xstate, `${a}.xstate`);
     u64(o.sigmask, `${a}.sigmask`);
     pending(o.pending, `${a}.pending`);
-    const ss = obj(o.sigaltstack, `${a}.sigaltstack`);
+    const ss = obj(o.sigaltstack, `${a}.sigaltstack`, ["sp", "flags", "size"]);
     u64(ss.sp, `${a}.sigaltstack.sp`);
     int(ss.flags, `${a}.sigaltstack.flags`);
     u64(ss.size, `${a}.sigaltstack.size`);
     u64(o.clearChildTid, `${a}.clearChildTid`);
-    const rl = obj(o.robustList, `${a}.robustList`);
+    const rl = obj(o.robustList, `${a}.robustList`, ["head", "len"]);
     u64(rl.head, `${a}.robustList.head`);
     u64(rl.len, `${a}.robustList.len`);
-    const rseq = obj(o.rseq, `${a}.rseq`);
+    const rseq = obj(o.rseq, `${a}.rseq`, ["abiPointer", "length", "flags", "signature"]);
     u64(rseq.abiPointer, `${a}.rseq.abiPointer`);
     int(rseq.length, `${a}.rseq.length`);
     int(rseq.flags, `${a}.rseq.flags`);
@@ -292,10 +451,13 @@ function checkEntry(v: unknown): void {
     optional(o, "sleepRemainingNs", a, u64);
     optional(o, "noNewPrivs", a, bool);
     if (o.seccomp !== undefined) {
-      const sc = obj(o.seccomp, `${a}.seccomp`);
+      const sc = obj(o.seccomp, `${a}.seccomp`, ["mode", "filters"]);
       int(sc.mode, `${a}.seccomp.mode`, 0, 2);
       each(sc.filters, `${a}.seccomp.filters`, (x, b) => int(x, b, 0, filters.length - 1));
     }
+    if (o.creds !== undefined) credentials(o.creds, `${a}.creds`);
+    optional(o, "securebits", a, int);
+    if (o.scheduling !== undefined) obj(o.scheduling, `${a}.scheduling`, SCHEDULING_FIELDS);
     return tid;
   });
   if (!tids.length) throw new Malformed("threads is empty");
@@ -303,7 +465,7 @@ function checkEntry(v: unknown): void {
 
   // Page data first: runs refer to extents.
   const extents = each(p.extents, "extents", (e, a) => {
-    const o = obj(e, a);
+    const o = obj(e, a, ["file", "offset", "length", "checksum", "image"]);
     const file = text(o.file, `${a}.file`);
     if (!isPlainFileName(file)) bad(`${a}.file`, file, "a file name of the image");
     int(o.offset, `${a}.offset`);
@@ -314,7 +476,7 @@ function checkEntry(v: unknown): void {
   });
   const objectIds = unique(
     each(p.objects, "objects", (m, a) => {
-      const o = obj(m, a);
+      const o = obj(m, a, OBJECT_FIELDS);
       const id = int(o.id, `${a}.id`);
       optional(o, "key", a, text);
       if (!["shmem", "sysv-shm", "memfd", "deleted-file"].includes(o.kind as string)) {
@@ -325,7 +487,7 @@ function checkEntry(v: unknown): void {
       int(o.mode, `${a}.mode`, 0, 0o177777);
       optional(o, "seals", a, int);
       if (o.sysv !== undefined) {
-        const s = obj(o.sysv, `${a}.sysv`);
+        const s = obj(o.sysv, `${a}.sysv`, ["key", "shmid", "uid", "gid", "removed"]);
         int(s.key, `${a}.sysv.key`, -(2 ** 31), 2 ** 32 - 1);
         int(s.shmid, `${a}.sysv.shmid`);
         int(s.uid, `${a}.sysv.uid`, 0, 2 ** 32 - 1);
@@ -342,14 +504,19 @@ function checkEntry(v: unknown): void {
     if (!objectIds.has(int(x, at))) throw new Malformed(`${at}: no memory object ${x}`);
   };
   each(p.mappings, "mappings", (m, a) => {
-    const o = obj(m, a);
-    const r = range(o, a);
+    const o = obj(m, a, MAPPING_FIELDS);
+    const r = range(o, a, MAPPING_FIELDS);
     int(o.prot, `${a}.prot`, 0, 7);
     bool(o.shared, `${a}.shared`);
     u64(o.offset, `${a}.offset`);
     text(o.kind, `${a}.kind`);
     if (o.name !== null) text(o.name, `${a}.name`);
-    const src = obj(o.source, `${a}.source`);
+    const src = openObj(o.source, `${a}.source`);
+    const fields = Object.hasOwn(SOURCE_FIELDS, src.type as string)
+      ? SOURCE_FIELDS[src.type as string]
+      : undefined;
+    if (!fields) bad(`${a}.source.type`, src.type, "anonymous, file, shmem, stored-file or aio");
+    obj(src, `${a}.source`, ["type", ...fields]);
     switch (src.type) {
       case "anonymous":
         break;
@@ -374,16 +541,16 @@ function checkEntry(v: unknown): void {
     optional(o, "advice", a, (x, b) => each(x, b, text));
     pageRuns(o.pages, `${a}.pages`, extents, r);
   });
-  const special = obj(p.special, "special");
+  const special = obj(p.special, "special", ["vdso", "vvar", "vvarVclock"]);
   if (special.vdso !== undefined) {
-    range(special.vdso, "special.vdso");
-    int(obj(special.vdso, "special.vdso").checksum, "special.vdso.checksum", 0, 2 ** 32 - 1);
+    range(special.vdso, "special.vdso", ["start", "end", "checksum"]);
+    int((special.vdso as Obj).checksum, "special.vdso.checksum", 0, 2 ** 32 - 1);
   }
   if (special.vvar !== undefined) range(special.vvar, "special.vvar");
   if (special.vvarVclock !== undefined) range(special.vvarVclock, "special.vvarVclock");
   const fileIds = unique(
     each(p.files, "files", (f, a) => {
-      const o = obj(f, a);
+      const o = openObj(f, a);
       text(o.kind, `${a}.kind`);
       int(o.flags, `${a}.flags`, 0, 2 ** 32 - 1);
       // Stored contents (deleted files, memfds) are memory objects of this entry.
@@ -395,7 +562,7 @@ function checkEntry(v: unknown): void {
   );
   unique(
     each(p.fds, "fds", (d, a) => {
-      const o = obj(d, a);
+      const o = obj(d, a, ["fd", "file", "closeOnExec"]);
       const file = int(o.file, `${a}.file`);
       if (!fileIds.has(file)) throw new Malformed(`${a}.file: no open file ${file}`);
       bool(o.closeOnExec, `${a}.closeOnExec`);
@@ -406,7 +573,7 @@ function checkEntry(v: unknown): void {
   );
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
-      const o = obj(t, a);
+      const o = obj(t, a, ["pid", "ppid"]);
       int(o.pid, `${a}.pid`, 1);
       int(o.ppid, `${a}.ppid`);
     });
