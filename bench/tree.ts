@@ -54,10 +54,11 @@ function childrenOf(pid: number): number[] {
   }
 }
 
+/** Ends a tree root first: its children, which it never reaps, are then reparented to us. */
 async function endTree(pid: number): Promise<void> {
   const kids = childrenOf(pid);
-  for (const k of kids) await killAndReap(k);
   await killAndReap(pid);
+  for (const k of kids) await killAndReap(k);
 }
 
 /** The pids of the tree are free again (dumped and ended, reaped by us as their subreaper). */
