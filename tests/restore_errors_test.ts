@@ -185,15 +185,15 @@ Deno.test("restore refuses a damaged image and makes nothing", async (ctx) => {
         pid,
       );
     });
-    await ctx.step("a field renamed, checksums made to agree: refused naming it", async () => {
-      const dir = await copy("renamed-field");
+    /** A copy whose process.cbor `change` edits, re-framed with checksums that agree. */
+    const forged = async (name: string, change: (entry: Record<string, unknown>) => void) => {
+      const dir = await copy(name);
       const { version, payload } = unframe(
         "process.cbor",
         await Deno.readFile(`${dir}/process.cbor`),
       );
-      const entry = decode(payload) as { special: Record<string, unknown> };
-      entry.special.vvarClock = entry.special.vvar;
-      delete entry.special.vvar;
+      const entry = decode(payload) as Record<string, unknown>;
+      change(entry);
       const bytes = frame(entry, version);
       await Deno.writeFile(`${dir}/process.cbor`, bytes);
       const m = unframe("manifest.cbor", await Deno.readFile(`${dir}/manifest.cbor`));
@@ -202,9 +202,36 @@ Deno.test("restore refuses a damaged image and makes nothing", async (ctx) => {
       file.size = bytes.length;
       file.checksum = checksum(bytes);
       await Deno.writeFile(`${dir}/manifest.cbor`, frame(manifest, m.version));
+      return dir;
+    };
+    const rename = (o: Record<string, unknown>, from: string, to: string) => {
+      o[to] = o[from];
+      delete o[from];
+    };
+    await ctx.step("a field renamed, checksums made to agree: refused naming it", async () => {
+      let dir = await forged("renamed-field", (e) => {
+        rename(e.special as Record<string, unknown>, "vvar", "vvarClock");
+      });
       await refused(
         () => restore(dir),
         /process\.cbor: malformed process entry \(special\."vvarClock" is not a field of special\)/,
+        pid,
+      );
+      // An open file's own fields too, checked by its kind's handler.
+      dir = await forged("renamed-file-field", (e) => {
+        rename((e.files as Record<string, unknown>[])[0], "path", "pth");
+      });
+      await refused(
+        () => restore(dir),
+        /process\.cbor: malformed process entry \(files\[0\]\."pth" is not a field of files\[0\]\)/,
+        pid,
+      );
+      dir = await forged("missing-file-field", (e) => {
+        delete (e.files as Record<string, unknown>[])[0].path;
+      });
+      await refused(
+        () => restore(dir),
+        /process\.cbor: malformed process entry \(files\[0\]\.path is missing, not text\)/,
         pid,
       );
     });

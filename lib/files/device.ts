@@ -25,6 +25,7 @@ const PTMX_RDEV = (5n << 8n) | 2n;
 /** Character devices and ttys. */
 export const deviceHandler: FileHandler<DeviceEntry> = {
   kind: "device",
+  fields: { path: "text", rdev: "whole", tty: "bool", position: "whole" },
   fdKinds: ["device", "tty"],
   dump(fd: Fd): DeviceEntry {
     const where = `fd ${fd.fd} of ${fd.pid} (${fd.target})`;

@@ -109,6 +109,11 @@ function inodeOf(pid: number, fd: number): bigint | null {
 /** epoll instances. */
 export const epollHandler: FileHandler<EpollEntry> = {
   kind: "epoll",
+  fields: {
+    watches: {
+      list: { map: { tfd: "whole", events: "whole", data: "whole", stale: { optional: "bool" } } },
+    },
+  },
   fdKinds: ["epoll"],
   deferred: true,
   dump(fd: Fd): EpollEntry {

@@ -18,6 +18,7 @@ const EFD_SEMAPHORE = 1;
 /** eventfds. */
 export const eventfdHandler: FileHandler<EventfdEntry> = {
   kind: "eventfd",
+  fields: { count: "whole", semaphore: "bool" },
   fdKinds: ["eventfd"],
   dump(fd: Fd): EventfdEntry {
     const info = fd.info as EventfdInfo;

@@ -109,6 +109,7 @@ export function checkInherited(
 /** External files: made of the tool's descriptor handed in for their key. */
 export const externalHandler: FileHandler<ExternalEntry> = {
   kind: "external",
+  fields: { key: "text", was: "text", origin: "text", description: "text" },
   fdKinds: [], // the fd table makes their entries, as decided
   dump(fd: Fd): ExternalEntry {
     throw new DumpError(

@@ -148,6 +148,24 @@ function check(e: FanotifyEntry): string | null {
 /** fanotify groups. */
 export const fanotifyHandler: FileHandler<FanotifyEntry> = {
   kind: "fanotify",
+  fields: {
+    initFlags: "whole",
+    eventFlags: "whole",
+    marks: {
+      list: {
+        map: {
+          type: { oneOf: ["inode", "mount", "filesystem"] },
+          ino: { optional: "whole" },
+          sdev: { optional: "whole" },
+          mntId: { optional: "whole" },
+          mflags: "whole",
+          mask: "whole",
+          ignoredMask: "whole",
+          path: "text",
+        },
+      },
+    },
+  },
   fdKinds: ["fanotify"],
   deferred: true,
   dump,

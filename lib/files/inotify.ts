@@ -81,6 +81,19 @@ function restoreWatches(e: InotifyEntry, ifd: number, ctx: FileRestoreContext): 
 /** inotify instances. */
 export const inotifyHandler: FileHandler<InotifyEntry> = {
   kind: "inotify",
+  fields: {
+    watches: {
+      list: {
+        map: {
+          wd: "whole",
+          mask: "whole",
+          ino: "whole",
+          sdev: "whole",
+          path: { nullable: "text" },
+        },
+      },
+    },
+  },
   fdKinds: ["inotify"],
   dump(fd: Fd): InotifyEntry {
     const watches = (fd.info as InotifyInfo).watches.map((w): InotifyWatchEntry => ({

@@ -21,6 +21,7 @@ import {
   SyscallError,
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
+import type { FieldType } from "../image/validate.ts";
 import type { FileRestoreContext } from "./types.ts";
 
 /** One lock taken through an open file. */
@@ -36,6 +37,16 @@ export interface FileLock {
   /** Last byte locked, inclusive; null to the end of the file (always for FLOCK). */
   end: bigint | null;
 }
+
+/** The image fields of a `FileLock`. */
+export const FILE_LOCK: FieldType = {
+  map: {
+    type: { oneOf: ["FLOCK", "POSIX", "OFDLCK", "LEASE"] },
+    access: { oneOf: ["READ", "WRITE"] },
+    start: "whole",
+    end: { nullable: "whole" },
+  },
+};
 
 const TYPES = new Set(["FLOCK", "POSIX", "OFDLCK", "LEASE"]);
 

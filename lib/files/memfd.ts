@@ -29,6 +29,7 @@ export interface MemfdEntry extends FileEntry {
 /** memfd descriptors. */
 export const memfdHandler: FileHandler<MemfdEntry> = {
   kind: "memfd",
+  fields: { name: "text", object: "whole", position: "whole" },
   fdKinds: ["memfd"],
   dump(fd: Fd, ctx: FileDumpContext): MemfdEntry {
     return {

@@ -126,6 +126,7 @@ function open(e: PidfdEntry, ctx: FileRestoreContext): number {
 /** pidfds. */
 export const pidfdHandler: FileHandler<PidfdEntry> = {
   kind: "pidfd",
+  fields: { pid: "whole", startTime: { optional: "whole" }, exitStatus: { optional: "whole" } },
   fdKinds: ["pidfd"],
   deferred: true,
   dump,

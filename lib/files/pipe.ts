@@ -40,7 +40,7 @@ import {
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
-import { recreate, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
+import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import {
   bytesQueued,
@@ -200,6 +200,12 @@ function openPipe(e: PipeEntry, ctx: FileRestoreContext): number {
 /** Pipe ends. */
 export const pipeHandler: FileHandler<PipeEntry> = {
   kind: "pipe",
+  fields: {
+    pipe: "whole",
+    end: { oneOf: ["read", "write"] },
+    size: "whole",
+    data: "bytes",
+  },
   fdKinds: ["pipe"],
   dump(fd: Fd, ctx: FileDumpContext): PipeEntry {
     const { data, size } = peekPipe(fd.pid, fd.fd);
@@ -244,6 +250,13 @@ function openFifo(e: FifoEntry, ctx: FileRestoreContext): number {
 /** FIFOs (named pipes). */
 export const fifoHandler: FileHandler<FifoEntry> = {
   kind: "fifo",
+  fields: {
+    path: "text",
+    inode: "whole",
+    size: "whole",
+    data: "bytes",
+    removed: { optional: { map: REMOVED_FIELDS } },
+  },
   fdKinds: ["fifo"],
   dump(fd: Fd, ctx: FileDumpContext): FifoEntry {
     const removed = fd.target.endsWith(DELETED);

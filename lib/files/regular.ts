@@ -17,8 +17,8 @@ import { DumpError, RestoreError } from "../errors.ts";
 import { tryReadStat } from "../inspect/procfs.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
-import { checkLocks, type FileLock, readLocks, restoreLocks } from "./locks.ts";
-import { recreate, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
+import { checkLocks, FILE_LOCK, type FileLock, readLocks, restoreLocks } from "./locks.ts";
+import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
 
@@ -205,6 +205,24 @@ function finish(e: RegularEntry, fd: number, ctx: FileRestoreContext): void {
 /** Regular files and directories. */
 export const regularHandler: FileHandler<RegularEntry> = {
   kind: "regular",
+  fields: {
+    path: "text",
+    directory: "bool",
+    position: "whole",
+    size: "whole",
+    mtimeMs: "number",
+    inode: "whole",
+    dev: "whole",
+    object: { optional: "whole" },
+    locks: { optional: { list: FILE_LOCK } },
+    symlink: { optional: "bool" },
+    removed: {
+      optional: {
+        map: { ...REMOVED_FIELDS, atimeNs: "whole", mtimeNs: "whole" },
+      },
+    },
+    proc: { optional: { map: { pid: "whole", startTime: { optional: "whole" } } } },
+  },
   fdKinds: ["file", "directory", "symlink"],
   dump,
   check,

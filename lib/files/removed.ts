@@ -12,6 +12,7 @@
  */
 import { mkfifo } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
+import type { Fields } from "../image/validate.ts";
 
 /** Permission bits and owner of something removed, to make it again alike. */
 export interface RemovedAttributes {
@@ -20,6 +21,9 @@ export interface RemovedAttributes {
   uid: number;
   gid: number;
 }
+
+/** The image fields of `RemovedAttributes`. */
+export const REMOVED_FIELDS: Fields = { mode: "whole", uid: "whole", gid: "whole" };
 
 /** The kinds `recreate` makes. */
 export type RemovedKind = "fifo" | "directory";

@@ -15,6 +15,7 @@ export interface SignalfdEntry extends FileEntry {
 /** signalfds. */
 export const signalfdHandler: FileHandler<SignalfdEntry> = {
   kind: "signalfd",
+  fields: { sigmask: "whole" },
   fdKinds: ["signalfd"],
   dump(fd: Fd): SignalfdEntry {
     return {

@@ -56,6 +56,13 @@ function clockNow(ctx: FileRestoreContext, clockid: number): bigint {
 /** timerfds. */
 export const timerfdHandler: FileHandler<TimerfdEntry> = {
   kind: "timerfd",
+  fields: {
+    clockid: "whole",
+    settimeFlags: "whole",
+    value: { map: { sec: "whole", nsec: "whole" } },
+    interval: { map: { sec: "whole", nsec: "whole" } },
+    ticks: "whole",
+  },
   fdKinds: ["timerfd"],
   dump(fd: Fd): TimerfdEntry {
     const info = fd.info as TimerfdInfo;

@@ -8,6 +8,7 @@ import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FileEntry } from "../image/schema.ts";
+import type { Fields } from "../image/validate.ts";
 import type { OutsideProcesses } from "./outside_peers.ts";
 
 /**
@@ -111,6 +112,15 @@ export interface FileRestoreContext {
   readonly inherited?: ReadonlyMap<string, number>;
 }
 
+/** The fields every open file's entry has (`FileEntry`), with those of its kind. */
+export const FILE_ENTRY_FIELDS: Fields = {
+  id: "whole",
+  kind: "text",
+  flags: "whole",
+  owner: { optional: { map: { type: "whole", pid: "whole" } } },
+  signal: { optional: "whole" },
+};
+
 /**
  * Dump and restore of one kind of open file. `D`, what `dump` returns, is wider than `E` where a
  * handler hands some files to another kind's handler (a connected UNIX socket to unix_pair.ts).
@@ -121,6 +131,11 @@ export interface FileRestoreContext {
 export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntry = E> {
   /** The `kind` of the entries this handler writes. */
   readonly kind: string;
+  /**
+   * The fields of its entries besides those every open file has (`FILE_ENTRY_FIELDS`): checked,
+   * closed, before a restore makes anything, so a damaged entry is refused naming the field.
+   */
+  readonly fields: Fields;
   /** The inspection SDK kinds it dumps. */
   readonly fdKinds: readonly FdKind[];
   /** Describes the open file behind `fd` (called once per shared open file). */

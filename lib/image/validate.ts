@@ -10,7 +10,8 @@
  * Every map schema.ts describes is closed: a key it does not name is refused, as a renamed key is
  * one the restore would silently go without (a fuzzed `special.vvarVclock` left the vvar clock
  * page unmapped). A later version that adds a field adds it here, with its format version. The
- * kind-specific state of open files is open here; their handlers in lib/files check it. The kinds
+ * kind-specific fields of open files are left to their handlers in lib/files, which declare them
+ * for `validateFields` (the restore's preflight checks them before anything is made). The kinds
  * of memory objects and of mapping sources are closed lists too, as the restore dispatches on them
  * (an unknown object kind would be made as a deleted file).
  */
@@ -577,6 +578,79 @@ function checkEntry(v: unknown): void {
       int(o.pid, `${a}.pid`, 1);
       int(o.ppid, `${a}.ppid`);
     });
+  }
+}
+
+/**
+ * The type of one field of a map an image holds, for `validateFields`: a whole number (as a
+ * number or a bigint), any finite number, text, true or false, a byte string, anything; or one of
+ * the texts listed, a field that may be absent, null, a list, or a closed map of its own.
+ */
+export type FieldType =
+  | "whole"
+  | "number"
+  | "text"
+  | "bool"
+  | "bytes"
+  | "any"
+  | { readonly oneOf: readonly string[] }
+  | { readonly optional: FieldType }
+  | { readonly nullable: FieldType }
+  | { readonly list: FieldType }
+  | { readonly map: Fields };
+
+/** The fields of a closed map: every key it may have, with its type. */
+export type Fields = Readonly<Record<string, FieldType>>;
+
+function field(v: unknown, at: string, type: FieldType): void {
+  if (typeof type === "object") {
+    if ("optional" in type) {
+      if (v !== undefined) field(v, at, type.optional);
+    } else if ("nullable" in type) {
+      if (v !== null) field(v, at, type.nullable);
+    } else if ("list" in type) each(v, at, (x, a) => field(x, a, type.list));
+    else if ("map" in type) fields(v, at, type.map);
+    else if (!type.oneOf.includes(v as string)) bad(at, v, type.oneOf.join(" or "));
+    return;
+  }
+  switch (type) {
+    case "whole":
+      if (typeof v === "bigint") return;
+      if (typeof v !== "number" || !Number.isSafeInteger(v)) bad(at, v, "a whole number");
+      return;
+    case "number":
+      finite(v, at);
+      return;
+    case "text":
+      text(v, at);
+      return;
+    case "bool":
+      bool(v, at);
+      return;
+    case "bytes":
+      bytes(v, at);
+      return;
+    case "any":
+      return;
+  }
+}
+
+function fields(v: unknown, at: string, spec: Fields): void {
+  const o = obj(v, at, Object.keys(spec));
+  for (const [key, type] of Object.entries(spec)) field(o[key], `${at}.${key}`, type);
+}
+
+/**
+ * Checks that `value`, at `at` in the metadata file `file`, is a map with the fields `spec`
+ * gives and no others (an open file's kind-specific state, which its handler describes); throws
+ * an `ImageError` naming the first field that is not.
+ */
+export function validateFields(file: string, value: unknown, at: string, spec: Fields): void {
+  try {
+    fields(value, at, spec);
+  } catch (err) {
+    if (!(err instanceof Malformed)) throw err;
+    throw new ImageError(`${file}: malformed process entry (${err.message})`);
   }
 }
 

@@ -17,10 +17,11 @@ import {
 import { ImageError, RestoreError } from "../errors.ts";
 import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files/registry.ts";
 import { ImageReader } from "../image/mod.ts";
+import { validateFields } from "../image/validate.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { checkInherited } from "../files/external.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
-import type { RestoredTasks } from "../files/types.ts";
+import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
 import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
@@ -178,7 +179,11 @@ async function requireFreePid(pid: number, what: string): Promise<void> {
 }
 
 /** Checks everything that can be checked before anything is made. */
-async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<void> {
+async function preflight(
+  p: ProcessEntry,
+  file: string,
+  inNewPidNamespace: boolean,
+): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
   }
@@ -196,9 +201,10 @@ async function preflight(p: ProcessEntry, inNewPidNamespace: boolean): Promise<v
   if (caps) throw new RestoreError(`cannot restore: ${caps}`);
   const vdso = vdsoMismatch(p.special);
   if (vdso) throw new RestoreError(`cannot restore: ${vdso}`);
-  for (const f of p.files) {
+  for (const [i, f] of p.files.entries()) {
     const handler = handlerForEntry(f);
     if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
+    validateFields(file, f, `files[${i}]`, { ...FILE_ENTRY_FIELDS, ...handler.fields });
     const why = handler.check?.(f);
     if (why && onControllingTerminal(p, f)) {
       throw new RestoreError(
@@ -531,7 +537,10 @@ async function restoreTree(
       throw new RestoreError("a shell job cannot be restored into a new pid namespace");
     }
     inherited = checkInherited(entries, opts.inheritFds ?? {});
-    for (const p of entries) await preflight(p, opts.pidNamespace === true);
+    for (const [i, p] of entries.entries()) {
+      const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
+      await preflight(p, file, opts.pidNamespace === true);
+    }
     if (opts.pidNamespace) checkNamespacePids(entries);
     stage("preflight", entries[0]);
   } catch (err) {

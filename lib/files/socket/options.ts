@@ -24,6 +24,7 @@ import {
   tryGetsockopt,
   trySocket,
 } from "../../../ffi/mod.ts";
+import type { FieldType } from "../../image/validate.ts";
 import type { FileRestoreContext } from "../types.ts";
 import { i32, injectRaw, readI32 } from "../util.ts";
 
@@ -35,6 +36,11 @@ export interface SocketOption {
   option: number;
   value: Uint8Array;
 }
+
+/** The image fields of a socket's options (`SocketOption[]`). */
+export const SOCKET_OPTIONS: FieldType = {
+  list: { map: { name: "text", level: "whole", option: "whole", value: "bytes" } },
+};
 
 /** Reads options of one socket: the bytes getsockopt gives, or a negative errno. */
 export interface OptionReader {

@@ -48,7 +48,14 @@ import type { FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { unixListenQueue } from "./diag.ts";
-import { changedOptions, findOption, intOption, setOption, type SocketOption } from "./options.ts";
+import {
+  changedOptions,
+  findOption,
+  intOption,
+  setOption,
+  SOCKET_OPTIONS,
+  type SocketOption,
+} from "./options.ts";
 import type { TargetSocket } from "./target_socket.ts";
 
 /** A listening, bound or unconnected socket. */
@@ -301,6 +308,20 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
  */
 export const standaloneSocketHandler: FileHandler<SocketEntry> = {
   kind: "socket",
+  fields: {
+    family: "whole",
+    type: "whole",
+    protocol: "whole",
+    state: { oneOf: ["listening", "unconnected", "connected", "peer-closed"] },
+    address: { nullable: "bytes" },
+    peer: { nullable: "bytes" },
+    backlog: "whole",
+    backlogSource: { oneOf: ["tcp_info", "sock_diag", "somaxconn", "none"] },
+    cwd: "text",
+    options: SOCKET_OPTIONS,
+    inode: "whole",
+    description: "text",
+  },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
     throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: sockets are dumped by dispatch.ts`);

@@ -104,6 +104,7 @@ import {
   changedOptions,
   findOption,
   setOption,
+  SOCKET_OPTIONS,
   type SocketOption,
   toolSocketOptions,
 } from "./options.ts";
@@ -538,6 +539,36 @@ function dropTcpStreams(scope: object): void {
 /** Established TCP connections; dispatch.ts hands them over at dump (no fd kind of their own). */
 export const tcpStreamHandler: FileHandler<TcpStreamEntry> = {
   kind: "tcp-stream",
+  fields: {
+    state: { oneOf: ["established", "close-wait"] },
+    readShutdown: "bool",
+    bufferLocks: "whole",
+    inSeq: "whole",
+    inQueue: "bytes",
+    outSeq: "whole",
+    outQueue: "bytes",
+    unsent: "whole",
+    mss: "whole",
+    tcpOptions: "whole",
+    sndWscale: "whole",
+    rcvWscale: "whole",
+    timestamp: "whole",
+    window: {
+      map: {
+        sndWl1: "whole",
+        sndWnd: "whole",
+        maxWindow: "whole",
+        rcvWnd: "whole",
+        rcvWup: "whole",
+      },
+    },
+    family: "whole",
+    address: "bytes",
+    peer: "bytes",
+    options: SOCKET_OPTIONS,
+    inode: "whole",
+    description: "text",
+  },
   fdKinds: [],
   dump(fd: Fd): TcpStreamEntry {
     throw new DumpError(

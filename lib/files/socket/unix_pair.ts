@@ -74,7 +74,7 @@ import {
 import { describeHolder, externalHint } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
-import { changedOptions, setOption, type SocketOption } from "./options.ts";
+import { changedOptions, setOption, SOCKET_OPTIONS, type SocketOption } from "./options.ts";
 import { TargetSocket } from "./target_socket.ts";
 
 /** One end of a connected UNIX socket pair. */
@@ -459,6 +459,18 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
 /** Connected UNIX sockets with their peer: socketpairs and accepted connections. */
 export const unixPairHandler: FileHandler<UnixPairEntry> = {
   kind: "unix-pair",
+  fields: {
+    type: "whole",
+    inode: "whole",
+    peer: "whole",
+    address: { nullable: "bytes" },
+    peerAddress: { nullable: "bytes" },
+    shutdown: "whole",
+    queue: { list: "bytes" },
+    peekOffset: "whole",
+    options: SOCKET_OPTIONS,
+    description: "text",
+  },
   fdKinds: [], // dispatch.ts dumps them; found by entry kind at restore
   dump(fd: Fd): UnixPairEntry {
     throw new DumpError(
