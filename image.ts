@@ -22,10 +22,12 @@ export {
   type ImageReaderOptions,
   ImageWriter,
   type ImageWriterOptions,
+  INCREMENTAL_FORMAT_VERSION,
   type PageExtent,
   type PageSink,
   type ParentLink,
   type ReadExtentOptions,
+  SHARED_PAGES_FORMAT_VERSION,
   TOOL_VERSION,
 } from "./lib/image/mod.ts";
 export {

@@ -54,6 +54,8 @@ export const MREMAP = { MAYMOVE: 1, FIXED: 2 } as const;
 export const MADV = {
   RANDOM: 1,
   SEQUENTIAL: 2,
+  /** Drops the pages: private anonymous memory reads as zeroes again. */
+  DONTNEED: 4,
   DONTFORK: 10,
   MERGEABLE: 12,
   HUGEPAGE: 14,

@@ -326,6 +326,31 @@ Deno.test("checkpoint: leaveRunning leaves a large, busy process exactly as it w
   }
 });
 
+Deno.test("checkpoint: pages a child shares copy-on-write stay shared, in the live tree and the image", async () => {
+  const t = await start("r_cow_fork");
+  const base = tempBase();
+  try {
+    const region = BigInt(t.output().match(/region=(0x[0-9a-f]+)/)![1]);
+    const child = Number(t.output().match(/child=(\d+)/)![1]);
+    await checkpoint(t.pid, `${base}/img`, { leaveRunning: true });
+    // Its check compares the page frames of parent and child: reading them did not un-share them.
+    assert.equal(await t.check(), "PASS");
+    using image = await ImageReader.open(`${base}/img`);
+    assert.equal(image.manifest.format, 3);
+    const mine = await image.readMeta<ProcessEntry>("process");
+    const its = await image.readMeta<ProcessEntry>(`process-${child}`);
+    const at = (p: ProcessEntry) => p.mappings.find((m) => m.start <= region && region < m.end)!;
+    const runBytes = (m: { pages: { length: number }[] }) =>
+      m.pages.reduce((n, x) => n + x.length, 0);
+    assert.ok(runBytes(at(mine)) >= 34 * 4096, "the parent's entry holds the region");
+    // The child's holds only what it does not share: not the 32 shared pages.
+    assert.deepEqual(at(its).sharedWithParent?.[0].start, region);
+    assert.ok(runBytes(at(its)) <= 2 * 4096, `child stores ${runBytes(at(its))} bytes`);
+  } finally {
+    await cleanup(t, base);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // 3. Never harm the target
 

@@ -113,11 +113,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_mseal" },
   { name: "r_guard_pages" },
   { name: "r_file_map_prot" },
-  {
-    name: "r_cow_fork",
-    unsupported:
-      "pages a parent and its forked child shared copy-on-write come back as two copies (same contents, still private to each; double memory use, other PFNs): each process is filled by itself after the tree is forked (docs/IMAGE.md)",
-  },
+  { name: "r_cow_fork" },
   { name: "r_stack_grow" },
   { name: "r_unreadable_maps" },
   { name: "r_hugetlb" },

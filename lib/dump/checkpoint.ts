@@ -8,12 +8,13 @@ import { DumpError, explain, NoSuchProcess, PolicyError, SyscallError } from "..
 import { assignFileIds, type Fd, FileTable } from "../inspect/fds.ts";
 import type { FileDumpContext } from "../files/types.ts";
 import { freeze, type FrozenProcess, onInterrupt } from "../ptrace/freeze.ts";
-import { ImageWriter, type PageSink } from "../image/mod.ts";
+import { ImageWriter, type PageSink, SHARED_PAGES_FORMAT_VERSION } from "../image/mod.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { dumpFdTable, type FdTableDump } from "../files/fdtable.ts";
 import { OutsideProcesses, refuseOutsidePeers } from "../files/outside_peers.ts";
 import { ParentImage } from "./incremental.ts";
 import { type ContentsDecision, dumpAddressSpace } from "../memory/address_space.ts";
+import { inheritsMemory, type ParentMemory } from "../memory/cow.ts";
 import { MemoryObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
@@ -288,11 +289,33 @@ function checkPeers(plans: readonly ProcessPlan[], run: DumpRun): void {
   );
 }
 
+/**
+ * The parent of `pid` in the dump, dumped before it, if the restore forks `pid` from it (not from
+ * the sibling it shares a descriptor table or fs context with): the memory they share is then
+ * stored once (memory/cow.ts).
+ */
+function parentMemory(
+  pid: number,
+  sharing: { sharesFilesWith?: number; sharesFsWith?: number } | undefined,
+  entries: readonly ProcessEntry[],
+  plans: readonly ProcessPlan[],
+): ParentMemory | undefined {
+  const ppid = tryReadStat(pid)?.ppid;
+  const maker = sharing?.sharesFilesWith ?? sharing?.sharesFsWith ?? ppid;
+  const entry = entries.find((e) => e.pid === ppid);
+  const plan = plans.find((p) => p.frozen.pid === ppid);
+  // Its injector, inherited, runs from the vdso: a parent without one keeps its pages apart.
+  if (!entry || !plan || maker !== ppid || !entry.special.vdso) return undefined;
+  const dumped = entry.mappings.filter((m) => (plan.contents.get(m.start) ?? "dump") === "dump");
+  return { pid: entry.pid, dumped: new Map(dumped.map((m) => [m.start, m])) };
+}
+
 /** Everything one frozen process holds, its page data written through the run's sink. */
 async function dumpProcess(
   plan: ProcessPlan,
   run: DumpRun,
   sharedTable?: FdTableDump,
+  parent?: ParentMemory,
 ): Promise<ProcessEntry> {
   const { frozen, layout } = plan;
   const pid = frozen.pid;
@@ -353,6 +376,7 @@ async function dumpProcess(
       pages: incremental?.memory() ?? pages,
       objects,
       precopied,
+      parent,
     });
     await pages.drain();
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
@@ -459,6 +483,7 @@ export async function checkpoint(
         plan,
         run,
         tableOf(entries, sharing.get(pid)?.sharesFilesWith),
+        parentMemory(pid, sharing.get(pid), entries, plans),
       );
       Object.assign(entry, sharing.get(entry.pid));
       if (stopped.has(entry.pid)) {
@@ -473,6 +498,7 @@ export async function checkpoint(
     }
     const [root, ...descendants] = entries;
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
+    if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);
     for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);
     if (opts.leaveRunning) {

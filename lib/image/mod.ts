@@ -9,4 +9,10 @@ export { DEFAULT_ROLL_SIZE, type PageExtent, type PageSink } from "./pages.ts";
 export type { ImageFileEntry, ImageManifest } from "./manifest.ts";
 export type { ParentLink } from "./parent.ts";
 export { CHECKSUM_ALGORITHM } from "./checksum.ts";
-export { BASE_FORMAT_VERSION, FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
+export {
+  BASE_FORMAT_VERSION,
+  FORMAT_VERSION,
+  INCREMENTAL_FORMAT_VERSION,
+  SHARED_PAGES_FORMAT_VERSION,
+  TOOL_VERSION,
+} from "./version.ts";

@@ -79,6 +79,13 @@ export interface MappingEntry {
   guards?: { start: bigint; end: bigint }[];
   /** Page data of private pages (anonymous or copied-on-write). */
   pages: PageRun[];
+  /**
+   * Private anonymous memory it shares copy-on-write with its parent process (forked, neither has
+   * written the pages since): the page ranges, whose contents are in the parent's entry, not in
+   * `pages`. The restore forks the process from its parent once the parent's memory is in and
+   * keeps this mapping as inherited (lib/memory/cow.ts). Absent: none (and in older images).
+   */
+  sharedWithParent?: { start: bigint; end: bigint }[];
 }
 
 /** Contents of a memory object that cannot be reopened: shared anonymous memory, memfd, a

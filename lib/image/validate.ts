@@ -260,6 +260,7 @@ const MAPPING_FIELDS = [
   "pageSize",
   "guards",
   "pages",
+  "sharedWithParent",
 ] as const;
 const SOURCE_FIELDS: Record<string, readonly string[]> = {
   anonymous: [],
@@ -541,6 +542,19 @@ function checkEntry(v: unknown): void {
     bool(o.growsDown, `${a}.growsDown`);
     optional(o, "advice", a, (x, b) => each(x, b, text));
     pageRuns(o.pages, `${a}.pages`, extents, r);
+    if (o.sharedWithParent !== undefined) {
+      if (o.shared || src.type !== "anonymous") {
+        throw new Malformed(`${a}.sharedWithParent: only private anonymous memory is inherited`);
+      }
+      let at = r.start;
+      each(o.sharedWithParent, `${a}.sharedWithParent`, (s, b) => {
+        const pages = range(s, b);
+        if (pages.start < at || pages.end > r.end || pages.start % PAGE || pages.end % PAGE) {
+          throw new Malformed(`${b}: not page-aligned, in order and inside the mapping`);
+        }
+        at = pages.end;
+      });
+    }
   });
   const special = obj(p.special, "special", ["vdso", "vvar", "vvarVclock"]);
   if (special.vdso !== undefined) {

@@ -10,7 +10,7 @@ import {
 } from "./manifest.ts";
 import { DEFAULT_ROLL_SIZE, PageFileSink, type PageSink } from "./pages.ts";
 import type { ParentLink } from "./parent.ts";
-import { BASE_FORMAT_VERSION, FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
+import { BASE_FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
 
 /** Options of `ImageWriter.create`. */
 export interface ImageWriterOptions {
@@ -52,9 +52,25 @@ export class ImageWriter implements AsyncDisposable {
     private readonly parent: ParentLink | undefined,
   ) {}
 
-  /** Format version of the image being written: 2 only when it has a parent. */
+  #needed = BASE_FORMAT_VERSION;
+
+  /**
+   * Format version of the image being written: the lowest whose readers understand it, 1 unless
+   * it has a parent (2) or uses what `needsFormat` said.
+   */
   get format(): number {
-    return this.parent ? FORMAT_VERSION : BASE_FORMAT_VERSION;
+    return Math.max(this.parent ? INCREMENTAL_FORMAT_VERSION : BASE_FORMAT_VERSION, this.#needed);
+  }
+
+  /**
+   * The image holds something readers older than `version` would misread: it is written as that
+   * version at least. Called before the metadata files are written (each carries the version).
+   */
+  needsFormat(version: number): void {
+    if (this.#metaFiles.length) {
+      throw new ImageError(`format ${version} asked for after metadata files were written`);
+    }
+    if (version > this.#needed) this.#needed = version;
   }
 
   /** Starts an image that will become `dir`; refuses if `dir` exists and is not empty. */

@@ -10,15 +10,21 @@ import {
   Errno,
   O,
   open,
+  pageDown,
+  pageUp,
   pread,
   processVmRead,
   processVmWrite,
   pwrite,
   SyscallError,
 } from "../../ffi/mod.ts";
+import { sharedPageRanges } from "./pages.ts";
 import { procError, procPath } from "./procfs.ts";
 
 type Direction = "read" | "write";
+
+/** Reads up to this size go through /proc/PID/mem alone (see `#read`). */
+const SMALL_READ = 65536;
 
 /**
  * The memory of process `pid`. Methods are synchronous; `/proc/PID/mem` is opened on first need
@@ -47,7 +53,7 @@ export class RemoteMemory implements Disposable {
    * read, short where the range runs into unmapped memory.
    */
   readAvailable(addr: bigint, buf: Uint8Array): number {
-    return this.#copy("read", addr, buf);
+    return this.#read(addr, buf);
   }
 
   /** Writes all of `data` at `addr`, read-only mappings included; throws when it cannot. */
@@ -69,7 +75,7 @@ export class RemoteMemory implements Disposable {
   }
 
   #exactly(which: Direction, addr: bigint, buf: Uint8Array): void {
-    const n = this.#copy(which, addr, buf);
+    const n = which === "read" ? this.#read(addr, buf) : this.#copy(which, addr, buf);
     if (n < buf.length) {
       const call = which === "read" ? "process_vm_readv" : "process_vm_writev";
       const err = new SyscallError(call, [this.pid, addr + BigInt(n)], Errno.EFAULT);
@@ -102,6 +108,37 @@ export class RemoteMemory implements Disposable {
       const m = this.#viaMem(which, at, part);
       done += m;
       if (m === 0) break;
+    }
+    return done;
+  }
+
+  /**
+   * Reads without taking the process a copy of the pages it shares. process_vm_readv pins what it
+   * reads, and pinning a page shared copy-on-write (since a fork, or merged by KSM) gives the
+   * process a private copy of it (a forked server's workers would each grow by what they share
+   * with their master); /proc/PID/mem does not pin. So small reads, and the shared pages of large
+   * ones (pagemap tells them), go through /proc/PID/mem; the rest through the faster
+   * process_vm_readv.
+   */
+  #read(addr: bigint, buf: Uint8Array): number {
+    if (buf.length <= SMALL_READ) {
+      const n = this.#viaMem("read", addr, buf);
+      return n === buf.length ? n : n + this.#copy("read", addr + BigInt(n), buf.subarray(n));
+    }
+    const end = addr + BigInt(buf.length);
+    const shared = sharedPageRanges(this.pid, pageDown(addr), pageUp(end));
+    let done = 0;
+    for (const s of [...shared, { start: end, end }]) {
+      const from = s.start > addr ? s.start : addr;
+      const to = s.end < end ? s.end : end;
+      for (const [how, stop] of [["copy", from], ["mem", to]] as const) {
+        const at = addr + BigInt(done);
+        if (stop <= at) continue;
+        const part = buf.subarray(done, Number(stop - addr));
+        const n = how === "copy" ? this.#copy("read", at, part) : this.#viaMem("read", at, part);
+        done += n;
+        if (n < part.length) return done;
+      }
     }
     return done;
   }

@@ -270,6 +270,71 @@ export function guardRanges(pid: number, start: bigint, end: bigint): AddressRan
   return out;
 }
 
+/** Bits 0-54 of a pagemap entry: the page frame number (zero unless the reader has CAP_SYS_ADMIN). */
+const PFN_MASK = (1n << 55n) - 1n;
+const PM_EXCLUSIVE = 1 << 24; // bit 56: mapped by this page table only
+
+/** The raw /proc/PID/pagemap entries of the pages of [start, end) (page aligned). */
+function pagemapEntries(pid: number, start: bigint, end: bigint): BigUint64Array {
+  const out = new BigUint64Array(Number((end - start) / PAGE));
+  let fd: number;
+  try {
+    fd = open(procPath(pid, "pagemap"), O.RDONLY);
+  } catch (err) {
+    throw procError(err, pid, "pagemap");
+  }
+  try {
+    const bytes = new Uint8Array(out.buffer);
+    for (let done = 0; done < bytes.length;) {
+      const n = pread(fd, bytes.subarray(done), (start / PAGE) * 8n + BigInt(done));
+      if (n === 0) break;
+      done += n;
+    }
+  } catch (err) {
+    throw procError(err, pid, "pagemap");
+  } finally {
+    close(fd);
+  }
+  return out;
+}
+
+/**
+ * The page frame of each page of [start, end) of `pid` that is in RAM, 0n for the others (one
+ * entry per page, from /proc/PID/pagemap). Two processes whose pages have the same frame share
+ * that memory (copy-on-write since a fork, the zero page, a KSM merge).
+ */
+export function pageFrames(pid: number, start: bigint, end: bigint): BigUint64Array {
+  const out = pagemapEntries(pid, start, end);
+  for (let i = 0; i < out.length; i++) out[i] = out[i] >> 63n ? out[i] & PFN_MASK : 0n;
+  return out;
+}
+
+/**
+ * The pages of [start, end) (page aligned) of `pid` that may be mapped by another page table too:
+ * in RAM but not exclusively `pid`'s (shared copy-on-write since a fork, merged by KSM), or in
+ * swap (the swap entry may be shared). Empty when pagemap cannot be read.
+ */
+export function sharedPageRanges(pid: number, start: bigint, end: bigint): AddressRange[] {
+  let entries: BigUint64Array;
+  try {
+    entries = pagemapEntries(pid, start, end);
+  } catch {
+    return [];
+  }
+  const words = new Uint32Array(entries.buffer);
+  const out: AddressRange[] = [];
+  for (let i = 0; i < entries.length; i++) {
+    const hi = words[2 * i + 1];
+    const present = (hi & PM_PRESENT) !== 0;
+    if (present ? (hi & PM_EXCLUSIVE) !== 0 : (hi & PM_SWAPPED) === 0) continue;
+    const at = start + BigInt(i) * PAGE;
+    const last = out[out.length - 1];
+    if (last && last.end === at) last.end = at + PAGE;
+    else out.push({ start: at, end: at + PAGE });
+  }
+  return out;
+}
+
 /**
  * The merged ranges of pages in [start, end) that are present or swapped: what a dump must copy.
  * Guard pages (also counted as swapped, and unreadable) are not left out here: `ranges minus

@@ -5,9 +5,9 @@
  * stored_file.ts (memfd, deleted files), advice.ts (madvise, mlock) and page_data.ts; the
  * tables of memory objects are in objects.ts. This file only calls them.
  *
- * Each process of a tree is built by itself, after the whole tree is forked: pages a process and
- * its child still shared copy-on-write come back as a copy in each (the same contents, private to
- * each as before; only memory use and physical pages differ). docs/IMAGE.md says more.
+ * Each process of a tree is built by itself, after the whole tree is forked, but a child that
+ * still shares pages copy-on-write with its parent: forked once the parent's memory is in, it keeps
+ * the mappings it inherits (cow.ts). docs/IMAGE.md says more.
  */
 import { getRseqConfig, RSEQ_FLAG } from "../../ffi/mod.ts";
 import type { ImageReader } from "../image/mod.ts";
@@ -23,6 +23,7 @@ import { guardRanges } from "../inspect/pages.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import { installGuards, refusedFlag, restoreVmaAdvice, sealMappings, vmaStates } from "./advice.ts";
 import { aioSource, makeAioRing } from "./aio.ts";
+import { inheritable, inheritedMappings, type ParentMemory, prepareInherited } from "./cow.ts";
 import { describeMapping, fileSource, MappingMaker } from "./mapping.ts";
 import { MadeObjects, type MemoryObjects, type SharedObjects } from "./objects.ts";
 import {
@@ -76,6 +77,8 @@ export interface AddressSpaceDumpContext {
   objects: MemoryObjects;
   /** Pre-copy: runs already in the image that are still the memory's contents. */
   precopied?: ReusablePages;
+  /** Its parent in the dump, dumped before it: pages they share are stored once (cow.ts). */
+  parent?: ParentMemory;
 }
 
 /** What `dumpAddressSpace` returns. */
@@ -140,7 +143,11 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
     // Guard pages hold no data (and cannot be read): left out of the copy, installed again.
     const guards = state?.flags.includes("gu") ? guardRanges(pid, m.start, m.end) : [];
     if (guards.length) entry.guards = guards;
-    if (keep && !m.shared) await copyPrivatePages(copy, m, entry.pages, guards);
+    if (keep && !m.shared) {
+      const parent = ctx.parent && inheritable(ctx.parent, entry) ? ctx.parent.pid : undefined;
+      const shared = await copyPrivatePages(copy, m, entry.pages, guards, parent);
+      if (shared.length) entry.sharedWithParent = shared;
+    }
     mappings.push(entry);
   }
   return { mappings, special };
@@ -178,16 +185,23 @@ export class AddressSpaceBuilder {
     this.#mappings = new MappingMaker(this.#target);
   }
 
-  /** Drops the stub's rseq registration, descriptors and every mapping but the special ones. */
+  /**
+   * Drops the stub's rseq registration, descriptors and every mapping but the special ones and
+   * those inherited from the parent (cow.ts). A process sharing its maker's descriptor table
+   * (CLONE_FILES) leaves it alone: the maker empties it, and may hold its memory objects in it.
+   */
   empty(): void {
     const rseq = getRseqConfig(this.inj.tid);
     if (rseq.abiPointer !== 0n) {
       this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
     }
-    this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
-    // Everything around the special mappings, a few ranges at a time: munmap skips the holes.
+    if (this.image.sharesFilesWith === undefined) {
+      this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
+    }
+    // Everything around the kept mappings, a few ranges at a time: munmap skips the holes.
     const listed = listMappings(this.pid).filter((m) => m.kind !== "vsyscall");
-    const keep = listed.filter(isMovedSpecial).sort((a, b) => Number(a.start - b.start));
+    const keep: Range[] = [...listed.filter(isMovedSpecial), ...inheritedMappings(this.image)]
+      .sort((a, b) => Number(a.start - b.start));
     let at = listed.reduce((lo, m) => m.start < lo ? m.start : lo, keep[0]?.start ?? 0n);
     const end = listed.reduce((hi, m) => m.end > hi ? m.end : hi, 0n);
     for (const k of [...keep, { start: end, end }]) {
@@ -241,7 +255,8 @@ export class AddressSpaceBuilder {
   createMappings(): void {
     for (const m of this.image.mappings) {
       const src = m.source;
-      if (src.type === "shmem" && this.#sysv.has(src.object)) this.#sysv.attach(m, src.object);
+      if (m.sharedWithParent?.length) prepareInherited(this.inj, m);
+      else if (src.type === "shmem" && this.#sysv.has(src.object)) this.#sysv.attach(m, src.object);
       else if (src.type === "aio") makeAioRing(this.#target, { ...m, source: src });
       else this.#mappings.create(m, (id) => this.objects.fd(id));
     }

@@ -136,7 +136,7 @@ export function hugePageProblem(p: ProcessEntry): string | null {
 }
 
 /** Whether pages are written into the mapping at restore (it is private and has some). */
-function needsWrite(m: MappingEntry): boolean {
+export function needsWrite(m: MappingEntry): boolean {
   return !m.shared && m.pages.length > 0;
 }
 

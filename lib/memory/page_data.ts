@@ -24,6 +24,7 @@ import type { PageRun, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import { readMemoryInto } from "../inspect/memory.ts";
 import { dumpableRanges, listPages } from "../inspect/pages.ts";
+import { sharedRanges } from "./cow.ts";
 import { hex, type Range } from "./target.ts";
 
 /** Staging buffer size: large enough for ≥ 1 MiB iovecs, small enough for a low peak RSS. */
@@ -124,17 +125,22 @@ function privateRanges(pid: number, m: Mapping): Range[] {
 
 /**
  * Copies the pages only this process holds of private mapping `m`, appending their runs to
- * `into`; `guards` (guard pages, which cannot be read) are left out.
+ * `into`; `guards` (guard pages, which cannot be read) are left out, and so are the pages it
+ * shares with process `parent` when given (cow.ts): those are returned.
  */
 export async function copyPrivatePages(
   ctx: PageCopyContext,
   m: Mapping,
   into: PageRun[],
   guards: Range[] = [],
-): Promise<void> {
+  parent?: number,
+): Promise<Range[]> {
   const { pid, pages, precopied } = ctx;
   const fill: Fill = (addr, buf) => readMemoryInto(pid, addr, buf);
-  for (const range of without(privateRanges(pid, m), guards)) {
+  let ranges = without(privateRanges(pid, m), guards);
+  const shared = parent === undefined ? [] : sharedRanges(pid, parent, ranges);
+  ranges = without(ranges, shared);
+  for (const range of ranges) {
     // Pre-copy hook: runs copied while the process ran and not written since are reused.
     const parts: Segment[] = precopied ? precopied.split(range.start, range.end) : [range];
     for (const r of parts) {
@@ -150,6 +156,7 @@ export async function copyPrivatePages(
       }
     }
   }
+  return shared;
 }
 
 /** The ranges of a file below `size` that hold data; all of it where lseek cannot tell. */

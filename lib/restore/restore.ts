@@ -23,6 +23,7 @@ import { checkInherited } from "../files/external.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
+import { inheritsMemory } from "../memory/cow.ts";
 import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
@@ -238,6 +239,8 @@ interface Making {
   mem: RemoteMemory;
   inj: Injector;
   asb?: AddressSpaceBuilder;
+  /** Bytes of page data written into it, once its memory is in. */
+  pageBytes?: number;
   /** Its descriptor table, until its last steps are done (absent when it shares another's). */
   files?: RestoredFdTable;
   /** Injectors of its threads, once made. */
@@ -294,21 +297,29 @@ interface RestoreRun {
 }
 
 /**
- * Memory, descriptors and process state of one process; threads are made but not resumed. One
- * save and settle of the main thread serve the hundreds of syscalls: the process dies with the
- * tool (PTRACE_O_EXITKILL), so injected registers left behind cannot harm it.
+ * The address space of one process, emptied first unless it was; returns the bytes of page data
+ * written. One save and settle of the main thread serve the hundreds of syscalls (`batch`): the
+ * process dies with the tool (PTRACE_O_EXITKILL), so injected registers left behind cannot harm it.
  */
-function build(m: Making, run: RestoreRun, progress: (bytes: number) => void): Promise<number> {
-  return m.inj.batch(() => buildProcess(m, run, progress));
-}
-
-async function buildProcess(
+function buildMemory(
   m: Making,
   run: RestoreRun,
   progress: (bytes: number) => void,
 ): Promise<number> {
-  const { reader, shares, stage, made, warnings } = run;
-  const { entry: p, inj, mem } = m;
+  if (!m.asb) {
+    m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+    m.asb.empty();
+  }
+  return m.inj.batch(() => buildAddressSpace(m, run, progress));
+}
+
+async function buildAddressSpace(
+  m: Making,
+  run: RestoreRun,
+  progress: (bytes: number) => void,
+): Promise<number> {
+  const { reader, shares, stage } = run;
+  const { entry: p, inj } = m;
   stage("memory", p);
   restoreThpDisable(inj, p); // decides how the pages written next are backed
   const asb = m.asb!; // emptied already
@@ -323,7 +334,18 @@ async function buildProcess(
   );
   asb.finish();
   asb.seal();
+  return pageBytes;
+}
 
+/** Descriptors and process state of one process whose memory is in; threads are made, not resumed. */
+function buildRest(m: Making, run: RestoreRun): Promise<void> {
+  return m.inj.batch(() => buildTask(m, run));
+}
+
+async function buildTask(m: Making, run: RestoreRun): Promise<void> {
+  const { shares, stage, made, warnings } = run;
+  const { entry: p, inj, mem } = m;
+  const asb = m.asb!;
   stage("files", p);
   const ns = shares.namespace;
   const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
@@ -369,7 +391,6 @@ async function buildProcess(
   restorePosixTimers(inj, p.posixTimers ?? []);
   restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
   warnings.push(...await restoreRlimits(inj, p.rlimits));
-  return pageBytes;
 }
 
 /**
@@ -580,12 +601,30 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     }
+    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
+    const run: RestoreRun = { reader, shares, stage, made, warnings };
+    let pageBytes = 0;
+    const memoryOf = async (m: Making) => {
+      if (m.pageBytes !== undefined) return;
+      const before = pageBytes;
+      m.pageBytes = await buildMemory(m, run, (b) => opts.onProgress?.(before + b, total));
+      pageBytes += m.pageBytes;
+    };
     const ppidOf = (pid: number) => entries.find((e) => e.pid === pid)?.ppid;
     for (const p of entries) {
       // Made by its parent, or by the process it shares its descriptor table or fs context with.
       const plan = clonePlan(p, ppidOf);
       if (typeof plan === "string") throw new RestoreError(`cannot restore: ${plan}`);
       const maker = making.find((m) => m.entry.pid === plan.from);
+      // It inherits memory it shares with its parent: forked once the parent's is in (cow.ts).
+      if (inheritsMemory(p)) {
+        if (!maker || maker.entry.pid !== p.ppid) {
+          throw new ImageError(
+            `process-${p.pid}.cbor: it shares memory with process ${p.ppid}, which does not make it`,
+          );
+        }
+        await memoryOf(maker);
+      }
       const pid = maker
         ? forkWithPid(maker.inj, p.pid, plan.opts)
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
@@ -596,7 +635,8 @@ async function restoreTree(
         entry: p,
         pid,
         mem,
-        inj: new Injector(pid, pid, mem, site, { diesWithTool: true }),
+        // Its maker's layout: the stub's, or the parent's own once its memory is in.
+        inj: new Injector(pid, pid, mem, maker?.inj.site ?? site, { diesWithTool: true }),
       };
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
@@ -605,19 +645,16 @@ async function restoreTree(
     // Once every process exists: a zombie may be in the process group of another.
     for (const m of making) restoreZombies(m.inj, m.entry);
     stub.end();
-    // Every address space emptied before any is filled: emptying closes every descriptor, and a
-    // descriptor table may be shared (CLONE_FILES) with a process built before.
+    // Every address space emptied before any other is filled (but those filled already, for a
+    // child to inherit their memory): a process holds copies of its maker's mappings and fds.
     for (const m of making) {
+      if (m.asb) continue;
       m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
       m.asb.empty();
     }
-
-    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
-    const run: RestoreRun = { reader, shares, stage, made, warnings };
-    let pageBytes = 0;
     for (const m of making) {
-      const before = pageBytes;
-      pageBytes += await build(m, run, (b) => opts.onProgress?.(before + b, total));
+      await memoryOf(m);
+      await buildRest(m, run);
     }
     afterTasks(making, shares, warnings);
     releaseScope(shares.scope);
