@@ -205,6 +205,17 @@ export function tryGetsockopt(
   return r < 0 ? r : value.subarray(0, len[0]);
 }
 
+/**
+ * getsockname(2) or getpeername(2): the raw sockaddr (at most 128 bytes, a sockaddr_storage), or
+ * a negative errno.
+ */
+export function tryGetName(fd: number, which: "getsockname" | "getpeername"): Uint8Array | number {
+  const value = new Uint8Array(128);
+  const len = new Uint32Array([128]);
+  const r = attempt(SYS[which], fd, addressOf(value), addressOf(len));
+  return r < 0 ? r : value.slice(0, Math.min(len[0], 128));
+}
+
 /** setsockopt(2) with raw bytes: 0, or a negative errno. */
 export function trySetsockopt(
   fd: number,

@@ -75,6 +75,24 @@ function gadgetIn(code: Uint8Array): number {
   return -1;
 }
 
+/**
+ * Where a trampoline was found in a mapped file (by device, inode and file offset of the mapping):
+ * its offset in the mapping, or -1 when it has none. The processes of a tree map the same C
+ * library: one search serves them all, each checking the bytes at the place found.
+ */
+const foundIn = new Map<string, number>();
+
+/** Whether a trampoline is at `at`. */
+function matchesAt(mem: RemoteMemory, at: bigint): boolean {
+  for (const pattern of RESTORERS) {
+    try {
+      const bytes = mem.read(at, pattern.length);
+      if (pattern.every((b, i) => bytes[i] === b)) return true;
+    } catch { /* not readable */ }
+  }
+  return false;
+}
+
 /** The first trampoline in the executable mappings, the C library's first. */
 function findRestorer(pid: number, mem: RemoteMemory): bigint | null {
   const code = listMappings(pid).filter((m) =>
@@ -89,6 +107,12 @@ function findRestorer(pid: number, mem: RemoteMemory): bigint | null {
     if (budget <= 0) break;
     const size = Math.min(m.size, budget);
     budget -= size;
+    const key = m.inode ? `${m.device}:${m.inode}:${m.offset}:${size}` : undefined;
+    const known = key === undefined ? undefined : foundIn.get(key);
+    if (known === -1) continue;
+    if (known !== undefined && matchesAt(mem, m.start + BigInt(known))) {
+      return m.start + BigInt(known);
+    }
     let bytes: Uint8Array;
     try {
       bytes = mem.read(m.start, size);
@@ -97,8 +121,11 @@ function findRestorer(pid: number, mem: RemoteMemory): bigint | null {
     }
     for (const pattern of RESTORERS) {
       const at = indexOf(bytes, pattern);
-      if (at >= 0) return m.start + BigInt(at);
+      if (at < 0) continue;
+      if (key) foundIn.set(key, at);
+      return m.start + BigInt(at);
     }
+    if (key) foundIn.set(key, -1);
   }
   return null;
 }

@@ -44,6 +44,7 @@ import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
@@ -91,8 +92,9 @@ function dumpSocket(
   ctx: FileDumpContext,
 ): SocketEntry | UnixPairEntry | TcpStreamEntry {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
+  using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
-    const v = socket.getsockopt(level, option, 4);
+    const v = reader.getsockopt(level, option, 4);
     if (typeof v === "number") {
       throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: getsockopt failed (errno ${-v})`);
     }
@@ -112,7 +114,7 @@ function dumpSocket(
   }
 
   const nameOf = (which: "getsockname" | "getpeername"): Uint8Array | null => {
-    const v = socket.name(which);
+    const v = reader.name(which);
     if (typeof v !== "number") return v;
     if (which === "getpeername" && -v === Errno.ENOTCONN) return null;
     throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: ${which} failed (errno ${-v})`);
@@ -126,7 +128,7 @@ function dumpSocket(
   let peerClosed = false;
   let tcpInfo: Uint8Array | null = null;
   if (protocol === IPPROTO.TCP && inet) {
-    const info = socket.getsockopt(SOL.TCP, TCP.INFO, 32);
+    const info = reader.getsockopt(SOL.TCP, TCP.INFO, 32);
     if (typeof info === "number") {
       throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: TCP_INFO failed (errno ${-info})`);
     }
@@ -147,17 +149,18 @@ function dumpSocket(
       const d = unixDiag(fd.inode);
       if (d && d.peer === 0 && d.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)) {
         // With data still to read it is a pair whose peer is gone: unix_pair.ts keeps the data.
-        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer });
+        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
         peerClosed = true;
       }
     }
     if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
       // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
-      return dumpUnixPair(fd, ctx, { what, type, address, peer });
+      return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
     }
   }
   return dumpStandalone(fd, {
     socket,
+    reader,
     what,
     family,
     type,

@@ -56,6 +56,7 @@ import {
   SOCKET_OPTIONS,
   type SocketOption,
 } from "./options.ts";
+import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 
 /** A listening, bound or unconnected socket. */
@@ -89,6 +90,8 @@ export interface SocketEntry extends FileEntry {
 export interface StandaloneSocket {
   /** The socket, inside the frozen process. */
   socket: TargetSocket;
+  /** Its options and names, read where it is or from a copy (socket_copy.ts). */
+  reader: SocketReader;
   /** "IPv4 TCP" …, for messages. */
   what: string;
   /** SO_DOMAIN, SO_TYPE and SO_PROTOCOL. */
@@ -151,7 +154,7 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
     if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
   }
-  const options = changedOptions(s.socket, s.family, s.type, s.protocol);
+  const options = changedOptions(s.reader, s.family, s.type, s.protocol);
   const state = s.listening
     ? "listening"
     : s.peerClosed

@@ -74,7 +74,13 @@ import {
 import { describeHolder, externalHint } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
-import { changedOptions, setOption, SOCKET_OPTIONS, type SocketOption } from "./options.ts";
+import {
+  changedOptions,
+  type OptionReader,
+  setOption,
+  SOCKET_OPTIONS,
+  type SocketOption,
+} from "./options.ts";
 import { TargetSocket } from "./target_socket.ts";
 
 /** One end of a connected UNIX socket pair. */
@@ -111,6 +117,8 @@ export interface ConnectedUnix {
   address: Uint8Array | null;
   /** getpeername (two bytes for an unnamed peer). */
   peer: Uint8Array;
+  /** Its options, read where it is or from a copy (socket_copy.ts). */
+  reader: OptionReader;
 }
 
 // ---- Dump ----
@@ -296,7 +304,7 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
   }
 
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
-  const offsetBytes = socket.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
+  const offsetBytes = s.reader.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
   if (typeof offsetBytes === "number") {
     throw new DumpError(`${sock}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
   }
@@ -328,7 +336,7 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     shutdown: diag.shutdown,
     queue,
     peekOffset: savedOffset,
-    options: changedOptions(socket, AF.UNIX, s.type, 0),
+    options: changedOptions(s.reader, AF.UNIX, s.type, 0),
     description: `${s.what}${on} connected to ${to}`,
   };
 }

@@ -1,0 +1,56 @@
+/**
+ * Reading a frozen process's socket from a copy the tool takes with pidfd_getfd: its options and
+ * names with a syscall of the tool's each, not an injected one (a socket has some thirty options
+ * to read, and an injected syscall costs two ptrace stops).
+ *
+ * Receiving a socket makes the kernel set its net_cls class id and net_prio index to the
+ * receiver's (cgroup v1): the copy is taken only when the tool's cgroups have neither controller,
+ * when the values it would set are those of the root, which every socket has there. Elsewhere the
+ * socket is read where it is (`TargetSocket`), as it is peeked at and adjusted anyway.
+ */
+import { close, pidfdGetfd, tryGetName, tryGetsockopt } from "../../../ffi/mod.ts";
+import { readProcText } from "../../inspect/procfs.ts";
+import type { OptionReader } from "./options.ts";
+import type { TargetSocket } from "./target_socket.ts";
+
+/** What a dump reads of a socket: options and names; each gives a negative errno on failure. */
+export interface SocketReader extends OptionReader, Disposable {
+  /** The raw sockaddr getsockname or getpeername gives, or a negative errno. */
+  name(which: "getsockname" | "getpeername"): Uint8Array | number;
+}
+
+let copiesHarmless: boolean | undefined;
+
+/** Whether no cgroup v1 hierarchy of the tool has net_cls or net_prio (see the top). */
+function copiesAreHarmless(): boolean {
+  if (copiesHarmless === undefined) {
+    const lines = readProcText(Deno.pid, "cgroup").split("\n");
+    copiesHarmless = !lines.some((l) => /^\d+:[^:]*\bnet_(cls|prio)\b/.test(l));
+  }
+  return copiesHarmless;
+}
+
+/**
+ * A reader of the socket `socket` is on: a copy in the tool (closed on dispose) where taking one
+ * changes nothing, else `socket` itself.
+ */
+export function socketReader(pidfd: number, socket: TargetSocket): SocketReader {
+  let fd = -1;
+  if (copiesAreHarmless()) {
+    try {
+      fd = pidfdGetfd(pidfd, socket.fd);
+    } catch { /* read it where it is */ }
+  }
+  if (fd < 0) {
+    return {
+      getsockopt: (level, option, size) => socket.getsockopt(level, option, size),
+      name: (which) => socket.name(which),
+      [Symbol.dispose]: () => {},
+    };
+  }
+  return {
+    getsockopt: (level, option, size) => tryGetsockopt(fd, level, option, size),
+    name: (which) => tryGetName(fd, which),
+    [Symbol.dispose]: () => close(fd),
+  };
+}
