@@ -83,6 +83,20 @@ export async function checkTarget(t: BenchTarget, timeoutMs = 30_000): Promise<s
   }
 }
 
+/**
+ * The CRIU binary to compare with: `$CRIU`, or where ../shared/peers/build-criu.sh builds it;
+ * null when it is not built.
+ */
+export function criuPath(): string | null {
+  for (const p of [Deno.env.get("CRIU"), "/tmp/criu-4.2/criu/criu", "/work/criu-4.2/criu/criu"]) {
+    if (!p) continue;
+    try {
+      if (Deno.statSync(p).isFile) return p;
+    } catch { /* not there */ }
+  }
+  return null;
+}
+
 /** Kills `pid` and waits until the pid is free. */
 export async function killAndReap(pid: number): Promise<void> {
   try {

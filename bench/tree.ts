@@ -7,7 +7,14 @@
  *
  * Run: deno run -A bench/tree.ts [N …]   (default 10 100 400; `--short`: 10 40)
  */
-import { cleanupScratch, killAndReap, reapOrphans, scratch, startTarget } from "./common.ts";
+import {
+  cleanupScratch,
+  criuPath,
+  killAndReap,
+  reapOrphans,
+  scratch,
+  startTarget,
+} from "./common.ts";
 
 const repo = new URL("../", import.meta.url).pathname;
 const short = Deno.args.includes("--short");
@@ -20,16 +27,6 @@ async function build(): Promise<string> {
   const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src] }).output();
   if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
   return out;
-}
-
-function criuPath(): string | null {
-  for (const p of [Deno.env.get("CRIU"), "/tmp/criu-4.2/criu/criu", "/work/criu-4.2/criu/criu"]) {
-    if (!p) continue;
-    try {
-      if (Deno.statSync(p).isFile) return p;
-    } catch { /* not there */ }
-  }
-  return null;
 }
 
 /** Runs a command; returns seconds, throws with its stderr on failure. */

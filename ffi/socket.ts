@@ -288,3 +288,68 @@ export function tryAttachFilter(fd: number, program: Uint8Array): number {
   buf.set(program, 16);
   return trySetsockopt(fd, SOL.SOCKET, SO.ATTACH_FILTER, buf.subarray(0, 16));
 }
+
+/** `SCM_RIGHTS`: a control message carrying descriptors. */
+export const SCM_RIGHTS = 1;
+
+/** The most descriptors one SCM_RIGHTS message carries (SCM_MAX_FD). */
+export const SCM_MAX_FD = 253;
+
+/** Bytes of a control buffer for `count` descriptors (CMSG_SPACE of `count` ints). */
+export function rightsSpace(count: number): number {
+  return 16 + ((count * 4 + 7) & ~7);
+}
+
+/**
+ * A `struct msghdr` (56 bytes) with one iovec at `iov` and a control buffer of `controlLen`
+ * bytes at `control`: addresses in whichever process it is used in.
+ */
+export function encodeMsghdr(iov: bigint, control: bigint, controlLen: number): Uint8Array {
+  const m = new BigUint64Array(7); // name, namelen, iov, iovlen, control, controllen, flags
+  m[2] = iov;
+  m[3] = 1n;
+  m[4] = control;
+  m[5] = BigInt(controlLen);
+  return new Uint8Array(m.buffer);
+}
+
+/** The descriptors of the SCM_RIGHTS message that starts `control` (empty when there is none). */
+export function decodeRights(control: Uint8Array): number[] {
+  const v = new DataView(control.buffer, control.byteOffset, control.byteLength);
+  if (control.length < 16 || v.getInt32(8, true) !== SOL.SOCKET) return [];
+  if (v.getInt32(12, true) !== SCM_RIGHTS) return [];
+  const len = Number(v.getBigUint64(0, true));
+  const out: number[] = [];
+  for (let at = 16; at + 4 <= Math.min(len, control.length); at += 4) {
+    out.push(v.getInt32(at, true));
+  }
+  return out;
+}
+
+/**
+ * sendmsg(2) of one byte with `fds` (at most `SCM_MAX_FD`) as SCM_RIGHTS on `sock`: the bytes
+ * sent (1), or a negative errno. The message holds its own references: the fds may be closed.
+ */
+export function trySendFds(sock: number, fds: number[]): number {
+  // One buffer above V8's 64-byte limit for typed arrays in the JS heap (see tryAttachFilter):
+  // the byte at 0, the iovec at 8, the msghdr at 32, the control message at 96.
+  const space = rightsSpace(fds.length);
+  const buf = new Uint8Array(96 + space);
+  const base = BigInt(addressOf(buf));
+  const v = new DataView(buf.buffer);
+  v.setBigUint64(8, base, true);
+  v.setBigUint64(16, 1n, true);
+  buf.set(encodeMsghdr(base + 8n, base + 96n, space), 32);
+  v.setBigUint64(96, BigInt(16 + fds.length * 4), true);
+  v.setInt32(104, SOL.SOCKET, true);
+  v.setInt32(108, SCM_RIGHTS, true);
+  fds.forEach((fd, i) => v.setInt32(112 + i * 4, fd, true));
+  return attempt(SYS.sendmsg, sock, base + 32n, MSG.NOSIGNAL);
+}
+
+/** socketpair(2): the two fds, or a negative errno. */
+export function trySocketpair(family: number, type: number): [number, number] | number {
+  const fds = new Int32Array(2);
+  const r = attempt(SYS.socketpair, family, type, 0, addressOf(fds));
+  return r < 0 ? r : [fds[0], fds[1]];
+}

@@ -138,6 +138,7 @@ export const SYS = {
   connect: 42,
   sendto: 44,
   recvfrom: 45,
+  sendmsg: 46,
   recvmsg: 47,
   shutdown: 48,
   bind: 49,

@@ -11,6 +11,7 @@ import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/m
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
+import { FdBatch } from "./fd_batch.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
@@ -98,6 +99,9 @@ function scratchAllocator(inj: Injector) {
   };
 }
 
+/** Fewer shared files than this are taken one by one: a batch first hands the target a socket. */
+const MIN_BATCH = 4;
+
 /** Opens a pidfd of the tool inside the target, by the tool's pid (seen from the target). */
 function toolPidfdByPid(inj: Injector): bigint {
   return inj.raw(SYS.pidfd_open, Deno.pid, 0);
@@ -184,12 +188,17 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   };
   const taken = new Set<number>();
   const deferred: FileEntry[] = [];
+  /** Numbers below `high` that hold a file already. */
+  const placed = new Set<number>();
+  const numbersOf = new Map<number, number[]>();
+  for (const f of p.fds) numbersOf.set(f.file, [...numbersOf.get(f.file) ?? [], f.fd]);
   /**
    * Puts the open file at `fd` at each of its numbers; `fd` itself goes unless it is one of
    * them. `cloexec` is what `fd` has (pidfd_getfd sets it), undefined when not known.
    */
   const placeAt = (file: number, fd: number, cloexec?: boolean) => {
     let kept = false;
+    for (const n of numbersOf.get(file) ?? []) placed.add(n);
     for (const f of p.fds) {
       if (f.file !== file) continue;
       if (f.fd !== fd) {
@@ -205,15 +214,50 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   };
   // Above every number of the table: the owners' pidfds, then the memory objects' fds.
   const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
+  /**
+   * The files from `order[i]` on that a batch can move (fd_batch.ts): shared with a process made
+   * before, not deferred, each with one number, the lowest free one when it arrives.
+   */
+  const sharedRun = (order: FileEntry[], i: number): FileEntry[] => {
+    const run: FileEntry[] = [];
+    let next = 0;
+    while (placed.has(next)) next++;
+    for (let k = i; k < order.length && run.length < FdBatch.MAX; k++) {
+      const g = order[k];
+      const numbers = numbersOf.get(g.id)!;
+      if (!shared.has(g.id) || handlerForEntry(g)!.deferred) break;
+      if (numbers.length !== 1 || numbers[0] !== next) break;
+      run.push(g);
+      next++;
+      while (placed.has(next)) next++;
+    }
+    return run;
+  };
   try {
     using taker = new FdTaker(inj, high);
+    using batch = new FdBatch(inj, high, () => toolPidfd(inj), put);
     objects.relocateFds(high + p.files.length + 1);
     const order = p.files.filter((f) => firstFd.has(f.id))
       .sort((a, b) => firstFd.get(a.id)! - firstFd.get(b.id)!);
-    for (const f of order) {
+    for (let i = 0; i < order.length; i++) {
+      const f = order[i];
       const handler = handlerForEntry(f)!;
       const owner = shared.get(f.id);
-      if (handler.deferred) {
+      const run = handler.deferred ? [] : sharedRun(order, i);
+      if (run.length >= MIN_BATCH) {
+        // Files shared with processes made before, each at the next free number: one message.
+        const got = batch.take(run.map((g) => shared.get(g.id)!));
+        run.forEach((g, k) => {
+          if (got[k] !== firstFd.get(g.id)) {
+            throw new RestoreError(
+              `open file ${g.id} arrived at fd ${got[k]}, not ${firstFd.get(g.id)}`,
+            );
+          }
+          taken.add(g.id);
+          placeAt(g.id, got[k], false);
+        });
+        i += run.length - 1;
+      } else if (handler.deferred) {
         deferred.push(f);
         placeAt(f.id, Number(inj.call("eventfd2", 0, 0)), false); // holds the numbers till afterTasks
       } else if (owner) {
