@@ -2,7 +2,14 @@
  * Runs every benchmark, one after the other, each in its own process: `deno task bench`.
  * Arguments are passed on (`--small` skips the 2 GiB targets of dump and restore).
  */
-const benches = ["inspect.ts", "checksum.ts", "dump.ts", "incremental.ts", "restore.ts"];
+const benches = [
+  "inspect.ts",
+  "checksum.ts",
+  "dump.ts",
+  "incremental.ts",
+  "restore.ts",
+  "criu.ts",
+];
 
 let failed = 0;
 for (const name of benches) {
