@@ -660,8 +660,13 @@ function fields(v: unknown, at: string, spec: Fields): void {
  * an `ImageError` naming the first field that is not.
  */
 export function validateFields(file: string, value: unknown, at: string, spec: Fields): void {
+  refusing(file, () => fields(value, at, spec));
+}
+
+/** Runs `check`, turning what it finds malformed into an `ImageError` naming `file`. */
+function refusing(file: string, check: () => void): void {
   try {
-    fields(value, at, spec);
+    check();
   } catch (err) {
     if (!(err instanceof Malformed)) throw err;
     throw new ImageError(`${file}: malformed process entry (${err.message})`);
@@ -673,10 +678,5 @@ export function validateFields(file: string, value: unknown, at: string, spec: F
  * holds; returns quietly for a well-formed entry.
  */
 export function validateProcessEntry(file: string, value: unknown): void {
-  try {
-    checkEntry(value);
-  } catch (err) {
-    if (!(err instanceof Malformed)) throw err;
-    throw new ImageError(`${file}: malformed process entry (${err.message})`);
-  }
+  refusing(file, () => checkEntry(value));
 }
