@@ -28,3 +28,4 @@ export * from "./syscalls.ts";
 export * from "./time.ts";
 export * from "./tty.ts";
 export * from "./userfaultfd.ts";
+export * from "./zlib.ts";

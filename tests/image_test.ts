@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { ImageError, ImageReader, ImageWriter, TOOL_VERSION } from "../mod.ts";
 import { BASE_FORMAT_VERSION, FORMAT_VERSION, type PageExtent } from "../image.ts";
 import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
+import { crc32 } from "node:zlib";
+import { libzCrc32 } from "../ffi/mod.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
 import { needs } from "./helpers.ts";
 
@@ -150,6 +152,13 @@ Deno.test("checksums are CRC-32 and combine like the bytes they cover", () => {
     const [a, b] = [bytes.subarray(0, cut), bytes.subarray(cut)];
     assert.equal(combineChecksums(checksum(a), checksum(b), b.length), checksum(bytes));
   }
+  // Small inputs go to libz, large ones to node:zlib: the same CRC, also continued across both.
+  const large = pattern(new Uint8Array(9 * MiB + 5), 4);
+  for (const [at, end, previous] of [[0, 9, 0], [1, MiB, 0xcbf43926], [MiB, large.length, 7]]) {
+    const part = large.subarray(at, end);
+    assert.equal(libzCrc32(part, previous), crc32(part, previous));
+  }
+  assert.equal(checksum(large.subarray(MiB), checksum(large.subarray(0, MiB))), checksum(large));
 });
 
 Deno.test("files are mode 0600 and the partial directory 0700", async () => {
