@@ -41,6 +41,7 @@ export const SOL = { IP: 0, SOCKET: 1, TCP: 6, IPV6: 41 } as const;
 export const SO = {
   REUSEADDR: 2,
   TYPE: 3,
+  DONTROUTE: 5,
   BROADCAST: 6,
   SNDBUF: 7,
   RCVBUF: 8,
@@ -53,27 +54,43 @@ export const SO = {
   RCVLOWAT: 18,
   RCVTIMEO: 20,
   SNDTIMEO: 21,
+  BINDTODEVICE: 25,
   /** Set: attach a classic BPF filter. Read (as SO_GET_FILTER): the filter attached. */
   ATTACH_FILTER: 26,
   DETACH_FILTER: 27,
+  TIMESTAMP: 29,
   ACCEPTCONN: 30,
   SNDBUFFORCE: 32,
   RCVBUFFORCE: 33,
+  PASSSEC: 34,
+  TIMESTAMPNS: 35,
+  MARK: 36,
+  TIMESTAMPING: 37,
   PROTOCOL: 38,
   DOMAIN: 39,
   PEEK_OFF: 42,
+  BUSY_POLL: 46,
+  ZEROCOPY: 60,
+  PREFER_BUSY_POLL: 69,
+  BUSY_POLL_BUDGET: 70,
   BUF_LOCK: 72,
+  RCVMARK: 75,
 } as const;
 
 /** Options at `SOL.TCP` (`TCP_*`), TCP repair ones included. */
 export const TCP = {
   NODELAY: 1,
   MAXSEG: 2,
+  CORK: 3,
   KEEPIDLE: 4,
   KEEPINTVL: 5,
   KEEPCNT: 6,
+  SYNCNT: 7,
+  LINGER2: 8,
   DEFER_ACCEPT: 9,
   INFO: 11,
+  CONGESTION: 13,
+  THIN_LINEAR_TIMEOUTS: 16,
   USER_TIMEOUT: 18,
   REPAIR: 19,
   REPAIR_QUEUE: 20,
@@ -81,6 +98,7 @@ export const TCP = {
   REPAIR_OPTIONS: 22,
   FASTOPEN: 23,
   TIMESTAMP: 24,
+  NOTSENT_LOWAT: 25,
   REPAIR_WINDOW: 29,
   ULP: 31,
 } as const;
@@ -121,10 +139,38 @@ export function tcpStateName(state: number): string {
 }
 
 /** Options at `SOL.IP` (`IP_*`). */
-export const IP = { TOS: 1, TTL: 2, FREEBIND: 15, BIND_ADDRESS_NO_PORT: 24 } as const;
+export const IP = {
+  TOS: 1,
+  TTL: 2,
+  PKTINFO: 8,
+  MTU_DISCOVER: 10,
+  RECVERR: 11,
+  RECVTTL: 12,
+  RECVTOS: 13,
+  FREEBIND: 15,
+  TRANSPARENT: 19,
+  RECVORIGDSTADDR: 20,
+  NODEFRAG: 22,
+  BIND_ADDRESS_NO_PORT: 24,
+  MULTICAST_TTL: 33,
+  MULTICAST_LOOP: 34,
+  MULTICAST_ALL: 49,
+} as const;
 
 /** Options at `SOL.IPV6` (`IPV6_*`). */
-export const IPV6 = { UNICAST_HOPS: 16, V6ONLY: 26, FREEBIND: 78 } as const;
+export const IPV6 = {
+  UNICAST_HOPS: 16,
+  MULTICAST_HOPS: 18,
+  MULTICAST_LOOP: 19,
+  MTU_DISCOVER: 23,
+  RECVERR: 25,
+  V6ONLY: 26,
+  RECVPKTINFO: 49,
+  RECVTCLASS: 66,
+  TCLASS: 67,
+  TRANSPARENT: 75,
+  FREEBIND: 78,
+} as const;
 
 /** Flags of send/recv calls (`MSG_*`). */
 export const MSG = { OOB: 1, PEEK: 2, TRUNC: 0x20, DONTWAIT: 0x40, NOSIGNAL: 0x4000 } as const;

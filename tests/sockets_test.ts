@@ -85,7 +85,7 @@ Deno.test("sockets: a server's listening and bound sockets are restored and keep
     assert.equal(tcp.backlogSource, "tcp_info");
     assert.deepEqual(
       tcp.options.map((o) => o.name).sort(),
-      ["SO_KEEPALIVE", "SO_RCVBUF", "SO_REUSEADDR", "TCP_NODELAY"],
+      ["SO_BUF_LOCK", "SO_KEEPALIVE", "SO_RCVBUF", "SO_REUSEADDR", "TCP_NODELAY"],
     );
     const unixListener = entries.find((e) => e.description === `UNIX stream ${r0.unix} listening`);
     assert.ok(unixListener, byDesc.join("\n"));

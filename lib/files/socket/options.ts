@@ -61,42 +61,92 @@ const tcp = (_f: number, _t: number, p: number) => p === IPPROTO.TCP;
 const ipv4 = (f: number) => f === AF.INET;
 const ipv6 = (f: number) => f === AF.INET6;
 const unix = (f: number) => f === AF.UNIX;
+const inet = (f: number) => f === AF.INET || f === AF.INET6;
+/** Multicast options mean something on datagram sockets only (a TCP socket reads odd values). */
+const dgram4 = (f: number, t: number) => f === AF.INET && t === SOCK.DGRAM;
+const dgram6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.DGRAM;
 
-/** The options kept, in the order they are set again (all before bind and listen). */
+/** An option of `size` bytes (4: an int) at `level`, kept where `applies`. */
+const opt = (
+  name: string,
+  level: number,
+  option: number,
+  applies: OptionSpec["applies"],
+  size = 4,
+): OptionSpec => ({ name, level, option, size, applies });
+
+/**
+ * The options kept, in the order they are set again (all before bind and listen). SO_BUF_LOCK
+ * follows the buffer sizes, as setting one locks it (see `changedOptions`); IP_TOS precedes
+ * SO_PRIORITY, which it sets.
+ */
 const OPTIONS: OptionSpec[] = [
-  { name: "SO_REUSEADDR", level: SOL.SOCKET, option: SO.REUSEADDR, size: 4, applies: any },
-  { name: "SO_REUSEPORT", level: SOL.SOCKET, option: SO.REUSEPORT, size: 4, applies: any },
-  { name: "SO_KEEPALIVE", level: SOL.SOCKET, option: SO.KEEPALIVE, size: 4, applies: any },
-  { name: "SO_BROADCAST", level: SOL.SOCKET, option: SO.BROADCAST, size: 4, applies: any },
-  { name: "SO_OOBINLINE", level: SOL.SOCKET, option: SO.OOBINLINE, size: 4, applies: any },
-  { name: "SO_PRIORITY", level: SOL.SOCKET, option: SO.PRIORITY, size: 4, applies: any },
-  { name: "SO_LINGER", level: SOL.SOCKET, option: SO.LINGER, size: 8, applies: any },
-  { name: "SO_PASSCRED", level: SOL.SOCKET, option: SO.PASSCRED, size: 4, applies: unix },
-  { name: "SO_RCVLOWAT", level: SOL.SOCKET, option: SO.RCVLOWAT, size: 4, applies: any },
-  { name: "SO_RCVTIMEO", level: SOL.SOCKET, option: SO.RCVTIMEO, size: 16, applies: any },
-  { name: "SO_SNDTIMEO", level: SOL.SOCKET, option: SO.SNDTIMEO, size: 16, applies: any },
-  { name: "SO_SNDBUF", level: SOL.SOCKET, option: SO.SNDBUF, size: 4, applies: any },
-  { name: "SO_RCVBUF", level: SOL.SOCKET, option: SO.RCVBUF, size: 4, applies: any },
-  { name: "TCP_NODELAY", level: SOL.TCP, option: TCP.NODELAY, size: 4, applies: tcp },
-  { name: "TCP_KEEPIDLE", level: SOL.TCP, option: TCP.KEEPIDLE, size: 4, applies: tcp },
-  { name: "TCP_KEEPINTVL", level: SOL.TCP, option: TCP.KEEPINTVL, size: 4, applies: tcp },
-  { name: "TCP_KEEPCNT", level: SOL.TCP, option: TCP.KEEPCNT, size: 4, applies: tcp },
-  { name: "TCP_DEFER_ACCEPT", level: SOL.TCP, option: TCP.DEFER_ACCEPT, size: 4, applies: tcp },
-  { name: "TCP_USER_TIMEOUT", level: SOL.TCP, option: TCP.USER_TIMEOUT, size: 4, applies: tcp },
-  { name: "TCP_FASTOPEN", level: SOL.TCP, option: TCP.FASTOPEN, size: 4, applies: tcp },
-  { name: "IP_TOS", level: SOL.IP, option: IP.TOS, size: 4, applies: ipv4 },
-  { name: "IP_TTL", level: SOL.IP, option: IP.TTL, size: 4, applies: ipv4 },
-  { name: "IP_FREEBIND", level: SOL.IP, option: IP.FREEBIND, size: 4, applies: ipv4 },
-  {
-    name: "IP_BIND_ADDRESS_NO_PORT",
-    level: SOL.IP,
-    option: IP.BIND_ADDRESS_NO_PORT,
-    size: 4,
-    applies: ipv4,
-  },
-  { name: "IPV6_V6ONLY", level: SOL.IPV6, option: IPV6.V6ONLY, size: 4, applies: ipv6 },
-  { name: "IPV6_UNICAST_HOPS", level: SOL.IPV6, option: IPV6.UNICAST_HOPS, size: 4, applies: ipv6 },
-  { name: "IPV6_FREEBIND", level: SOL.IPV6, option: IPV6.FREEBIND, size: 4, applies: ipv6 },
+  // Setting IP_TOS sets the priority from it: first, so that SO_PRIORITY has the last word.
+  opt("IP_TOS", SOL.IP, IP.TOS, ipv4),
+  opt("SO_REUSEADDR", SOL.SOCKET, SO.REUSEADDR, any),
+  opt("SO_REUSEPORT", SOL.SOCKET, SO.REUSEPORT, any),
+  opt("SO_KEEPALIVE", SOL.SOCKET, SO.KEEPALIVE, any),
+  opt("SO_BROADCAST", SOL.SOCKET, SO.BROADCAST, any),
+  opt("SO_DONTROUTE", SOL.SOCKET, SO.DONTROUTE, any),
+  opt("SO_OOBINLINE", SOL.SOCKET, SO.OOBINLINE, any),
+  opt("SO_PRIORITY", SOL.SOCKET, SO.PRIORITY, any),
+  opt("SO_MARK", SOL.SOCKET, SO.MARK, any),
+  opt("SO_RCVMARK", SOL.SOCKET, SO.RCVMARK, any),
+  opt("SO_BINDTODEVICE", SOL.SOCKET, SO.BINDTODEVICE, inet, 16),
+  opt("SO_LINGER", SOL.SOCKET, SO.LINGER, any, 8),
+  opt("SO_PASSCRED", SOL.SOCKET, SO.PASSCRED, unix),
+  opt("SO_PASSSEC", SOL.SOCKET, SO.PASSSEC, unix),
+  opt("SO_TIMESTAMP", SOL.SOCKET, SO.TIMESTAMP, any),
+  opt("SO_TIMESTAMPNS", SOL.SOCKET, SO.TIMESTAMPNS, any),
+  opt("SO_TIMESTAMPING", SOL.SOCKET, SO.TIMESTAMPING, any),
+  opt("SO_BUSY_POLL", SOL.SOCKET, SO.BUSY_POLL, inet),
+  opt("SO_PREFER_BUSY_POLL", SOL.SOCKET, SO.PREFER_BUSY_POLL, inet),
+  opt("SO_BUSY_POLL_BUDGET", SOL.SOCKET, SO.BUSY_POLL_BUDGET, inet),
+  opt("SO_ZEROCOPY", SOL.SOCKET, SO.ZEROCOPY, inet),
+  opt("SO_RCVLOWAT", SOL.SOCKET, SO.RCVLOWAT, any),
+  opt("SO_RCVTIMEO", SOL.SOCKET, SO.RCVTIMEO, any, 16),
+  opt("SO_SNDTIMEO", SOL.SOCKET, SO.SNDTIMEO, any, 16),
+  opt("SO_SNDBUF", SOL.SOCKET, SO.SNDBUF, any),
+  opt("SO_RCVBUF", SOL.SOCKET, SO.RCVBUF, any),
+  opt("SO_BUF_LOCK", SOL.SOCKET, SO.BUF_LOCK, any),
+  opt("TCP_NODELAY", SOL.TCP, TCP.NODELAY, tcp),
+  opt("TCP_CORK", SOL.TCP, TCP.CORK, tcp),
+  opt("TCP_KEEPIDLE", SOL.TCP, TCP.KEEPIDLE, tcp),
+  opt("TCP_KEEPINTVL", SOL.TCP, TCP.KEEPINTVL, tcp),
+  opt("TCP_KEEPCNT", SOL.TCP, TCP.KEEPCNT, tcp),
+  opt("TCP_SYNCNT", SOL.TCP, TCP.SYNCNT, tcp),
+  opt("TCP_LINGER2", SOL.TCP, TCP.LINGER2, tcp),
+  opt("TCP_DEFER_ACCEPT", SOL.TCP, TCP.DEFER_ACCEPT, tcp),
+  opt("TCP_CONGESTION", SOL.TCP, TCP.CONGESTION, tcp, 16),
+  opt("TCP_THIN_LINEAR_TIMEOUTS", SOL.TCP, TCP.THIN_LINEAR_TIMEOUTS, tcp),
+  opt("TCP_USER_TIMEOUT", SOL.TCP, TCP.USER_TIMEOUT, tcp),
+  opt("TCP_FASTOPEN", SOL.TCP, TCP.FASTOPEN, tcp),
+  opt("TCP_NOTSENT_LOWAT", SOL.TCP, TCP.NOTSENT_LOWAT, tcp),
+  opt("IP_TTL", SOL.IP, IP.TTL, ipv4),
+  opt("IP_PKTINFO", SOL.IP, IP.PKTINFO, ipv4),
+  opt("IP_MTU_DISCOVER", SOL.IP, IP.MTU_DISCOVER, ipv4),
+  opt("IP_RECVERR", SOL.IP, IP.RECVERR, ipv4),
+  opt("IP_RECVTTL", SOL.IP, IP.RECVTTL, ipv4),
+  opt("IP_RECVTOS", SOL.IP, IP.RECVTOS, ipv4),
+  opt("IP_FREEBIND", SOL.IP, IP.FREEBIND, ipv4),
+  opt("IP_TRANSPARENT", SOL.IP, IP.TRANSPARENT, ipv4),
+  opt("IP_RECVORIGDSTADDR", SOL.IP, IP.RECVORIGDSTADDR, ipv4),
+  opt("IP_NODEFRAG", SOL.IP, IP.NODEFRAG, ipv4),
+  opt("IP_BIND_ADDRESS_NO_PORT", SOL.IP, IP.BIND_ADDRESS_NO_PORT, ipv4),
+  opt("IP_MULTICAST_TTL", SOL.IP, IP.MULTICAST_TTL, dgram4),
+  opt("IP_MULTICAST_LOOP", SOL.IP, IP.MULTICAST_LOOP, dgram4),
+  opt("IP_MULTICAST_ALL", SOL.IP, IP.MULTICAST_ALL, dgram4),
+  opt("IPV6_V6ONLY", SOL.IPV6, IPV6.V6ONLY, ipv6),
+  opt("IPV6_UNICAST_HOPS", SOL.IPV6, IPV6.UNICAST_HOPS, ipv6),
+  opt("IPV6_MULTICAST_HOPS", SOL.IPV6, IPV6.MULTICAST_HOPS, dgram6),
+  opt("IPV6_MULTICAST_LOOP", SOL.IPV6, IPV6.MULTICAST_LOOP, dgram6),
+  opt("IPV6_MTU_DISCOVER", SOL.IPV6, IPV6.MTU_DISCOVER, ipv6),
+  opt("IPV6_RECVERR", SOL.IPV6, IPV6.RECVERR, ipv6),
+  opt("IPV6_RECVPKTINFO", SOL.IPV6, IPV6.RECVPKTINFO, ipv6),
+  opt("IPV6_RECVTCLASS", SOL.IPV6, IPV6.RECVTCLASS, ipv6),
+  opt("IPV6_TCLASS", SOL.IPV6, IPV6.TCLASS, ipv6),
+  opt("IPV6_TRANSPARENT", SOL.IPV6, IPV6.TRANSPARENT, ipv6),
+  opt("IPV6_FREEBIND", SOL.IPV6, IPV6.FREEBIND, ipv6),
 ];
 
 /** Reads the options of a socket of the tool's own, through its fd. */
@@ -147,7 +197,10 @@ export function changedOptions(
     const value = socket.getsockopt(o.level, o.option, o.size);
     if (typeof value === "number") continue; // not readable here: nothing to put back
     const fresh = defaults?.get(o.name);
-    if (fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
+    // Setting a buffer size locks it (no autotuning since): the lock is kept with either size.
+    const sized = o.option === SO.BUF_LOCK && o.level === SOL.SOCKET &&
+      out.some((x) => x.level === SOL.SOCKET && (x.option === SO.SNDBUF || x.option === SO.RCVBUF));
+    if (!sized && fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
     out.push({ name: o.name, level: o.level, option: o.option, value });
   }
   return out;

@@ -274,8 +274,10 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
   const s = pidfdGetfd(ctx.pidfd, fd.fd);
   let held: HeldConnection | undefined;
   try {
-    // Before repair mode, which changes SO_REUSEADDR.
-    const options = changedOptions(toolSocketOptions(s), base.family, SOCK.STREAM, IPPROTO.TCP);
+    // Before repair mode, which changes SO_REUSEADDR. SO_BUF_LOCK is kept as `bufferLocks`, given
+    // back once the queues are in.
+    const options = changedOptions(toolSocketOptions(s), base.family, SOCK.STREAM, IPPROTO.TCP)
+      .filter((o) => o.name !== "SO_BUF_LOCK");
     held = new HeldConnection(s, findOption(options, "SO_REUSEADDR"));
     held.hold(fail);
     const entry = readConnection(s, fail);
