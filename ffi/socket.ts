@@ -69,6 +69,8 @@ export const SO = {
   PROTOCOL: 38,
   DOMAIN: 39,
   PEEK_OFF: 42,
+  /** The attached filter can no longer be changed or removed. */
+  LOCK_FILTER: 44,
   BUSY_POLL: 46,
   ZEROCOPY: 60,
   PREFER_BUSY_POLL: 69,
@@ -320,6 +322,35 @@ export function tryFilterLength(fd: number): number {
   const len = new Uint32Array(1);
   const r = attempt(SYS.getsockopt, fd, SOL.SOCKET, SO.ATTACH_FILTER, 0, addressOf(len));
   return r < 0 ? r : len[0];
+}
+
+/**
+ * The classic BPF socket filter `fd` has (8 bytes an instruction; empty: none), or a negative
+ * errno (EACCES for an eBPF program attached with SO_ATTACH_BPF, which cannot be read back).
+ */
+export function tryGetFilter(fd: number): Uint8Array | number {
+  const count = tryFilterLength(fd);
+  if (count <= 0) return count < 0 ? count : new Uint8Array(0);
+  const program = new Uint8Array(count * 8);
+  const len = new Uint32Array([count]); // SO_GET_FILTER counts instructions, not bytes
+  const r = attempt(
+    SYS.getsockopt,
+    fd,
+    SOL.SOCKET,
+    SO.ATTACH_FILTER,
+    addressOf(program),
+    addressOf(len),
+  );
+  return r < 0 ? r : program.subarray(0, len[0] * 8);
+}
+
+/** A `struct sock_fprog` (16 bytes) for the `count` instructions at `at` (in whichever process). */
+export function encodeFprog(count: number, at: bigint): Uint8Array {
+  const buf = new Uint8Array(16);
+  const v = new DataView(buf.buffer);
+  v.setUint16(0, count, true);
+  v.setBigUint64(8, at, true);
+  return buf;
 }
 
 /** Attaches a classic BPF socket filter (8 bytes an instruction): 0, or a negative errno. */

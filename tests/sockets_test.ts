@@ -11,6 +11,10 @@ import type { ProcessEntry } from "../image.ts";
 import type { SocketEntry } from "../lib/files/socket/standalone.ts";
 import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
 import { fixture, needs, notInstalled, spawnTarget, type Target } from "./helpers.ts";
+import { close, pidfdGetfd, pidfdOpen } from "../ffi/mod.ts";
+import { freeze } from "../mod.ts";
+import { changedOptions, toolSocketOptions } from "../lib/files/socket/options.ts";
+import { TargetSocket } from "../lib/files/socket/target_socket.ts";
 
 const python3 = notInstalled("python3");
 
@@ -327,3 +331,40 @@ for (const { mode, what, why, got } of UNKEPT_QUEUES) {
     },
   );
 }
+
+Deno.test("sockets: read in place or from a copy, a socket's options and filter are the same", async () => {
+  const t = await spawnTarget(await fixture("r_socket_options"), [], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await using frozen = await freeze(t.pid);
+    const pidfd = pidfdOpen(t.pid);
+    try {
+      // In place (injected, where a copy would change net_cls) and from the tool's copy.
+      for (const fd of [3, 4, 5, 7]) {
+        const inPlace = new TargetSocket(frozen.injector, fd);
+        const copy = pidfdGetfd(pidfd, fd);
+        try {
+          const kind = [inPlace.getsockopt(1, 39, 4), inPlace.getsockopt(1, 3, 4)] as Uint8Array[];
+          const family = new DataView(kind[0].buffer).getInt32(0, true);
+          const type = new DataView(kind[1].buffer).getInt32(0, true);
+          const protocol = fd === 4 ? 6 : 17;
+          assert.deepEqual(
+            changedOptions(inPlace, family, type, protocol),
+            changedOptions(toolSocketOptions(copy, true), family, type, protocol),
+            `fd ${fd}`,
+          );
+        } finally {
+          close(copy);
+        }
+      }
+      const filter = new TargetSocket(frozen.injector, 7).filter();
+      assert.ok(filter instanceof Uint8Array && filter.length === 16, `filter ${filter}`);
+    } finally {
+      close(pidfd);
+    }
+  } finally {
+    await t.kill();
+  }
+});

@@ -13,6 +13,7 @@
 import {
   AF,
   close,
+  encodeFprog,
   IP,
   IPPROTO,
   IPV6,
@@ -21,9 +22,11 @@ import {
   SOL,
   SYS,
   TCP,
+  tryGetFilter,
   tryGetsockopt,
   trySocket,
 } from "../../../ffi/mod.ts";
+import { DumpError } from "../../errors.ts";
 import type { FieldType } from "../../image/validate.ts";
 import type { FileRestoreContext } from "../types.ts";
 import { i32, injectRaw, readI32 } from "../util.ts";
@@ -46,6 +49,11 @@ export const SOCKET_OPTIONS: FieldType = {
 export interface OptionReader {
   /** getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
   getsockopt(level: number, option: number, size: number): Uint8Array | number;
+  /**
+   * The classic BPF filter attached (SO_GET_FILTER; empty: none), or a negative errno; absent
+   * where the caller keeps filters its own way.
+   */
+  filter?(): Uint8Array | number;
 }
 
 interface OptionSpec {
@@ -149,9 +157,12 @@ const OPTIONS: OptionSpec[] = [
   opt("IPV6_FREEBIND", SOL.IPV6, IPV6.FREEBIND, ipv6),
 ];
 
-/** Reads the options of a socket of the tool's own, through its fd. */
-export function toolSocketOptions(fd: number): OptionReader {
-  return { getsockopt: (level, option, size) => tryGetsockopt(fd, level, option, size) };
+/** Reads the options of a socket of the tool's own, through its fd; its filter with `filter`. */
+export function toolSocketOptions(fd: number, filter = false): OptionReader {
+  return {
+    getsockopt: (level, option, size) => tryGetsockopt(fd, level, option, size),
+    ...(filter ? { filter: () => tryGetFilter(fd) } : {}),
+  };
 }
 
 /** The options of a fresh socket of this kind made by the tool (null when it cannot make one). */
@@ -182,13 +193,14 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 /**
  * The kept options of a socket of this family, type and protocol, read through `socket`, that
- * differ from a fresh socket's.
+ * differ from a fresh socket's; `what` names the socket in a refusal.
  */
 export function changedOptions(
   socket: OptionReader,
   family: number,
   type: number,
   protocol: number,
+  what = "the socket",
 ): SocketOption[] {
   const defaults = defaultOptions(family, type, protocol);
   const out: SocketOption[] = [];
@@ -202,6 +214,31 @@ export function changedOptions(
       out.some((x) => x.level === SOL.SOCKET && (x.option === SO.SNDBUF || x.option === SO.RCVBUF));
     if (!sized && fresh instanceof Uint8Array && sameBytes(fresh, value)) continue;
     out.push({ name: o.name, level: o.level, option: o.option, value });
+  }
+  // Last, as it is set last: a filter (SO_ATTACH_FILTER) and its lock.
+  const program = socket.filter?.();
+  if (typeof program === "number") {
+    throw new DumpError(
+      `${what} has a socket filter that cannot be read back (errno ${-program}: an eBPF ` +
+        `program, SO_ATTACH_BPF), which tardigrade cannot keep; a policy can skip it`,
+    );
+  }
+  if (program?.length) {
+    out.push({
+      name: "SO_ATTACH_FILTER",
+      level: SOL.SOCKET,
+      option: SO.ATTACH_FILTER,
+      value: program,
+    });
+    const locked = socket.getsockopt(SOL.SOCKET, SO.LOCK_FILTER, 4);
+    if (locked instanceof Uint8Array && readI32(locked) !== 0) {
+      out.push({
+        name: "SO_LOCK_FILTER",
+        level: SOL.SOCKET,
+        option: SO.LOCK_FILTER,
+        value: locked,
+      });
+    }
   }
   return out;
 }
@@ -223,6 +260,10 @@ export function intOption(options: readonly SocketOption[], name: string): numbe
 /** Sets a kept option again on target fd `fd`. */
 export function setOption(ctx: FileRestoreContext, fd: number, o: SocketOption): void {
   let value = o.value;
+  if (o.level === SOL.SOCKET && o.option === SO.ATTACH_FILTER) {
+    // The value is the program: a struct sock_fprog pointing at it goes to setsockopt.
+    value = encodeFprog(o.value.length / 8, ctx.put(o.value));
+  }
   if (o.level === SOL.SOCKET && (o.option === SO.SNDBUF || o.option === SO.RCVBUF)) {
     // The kernel doubles what is set: set half. FORCE passes the sysctl maximum (privileged).
     value = i32(Math.floor(readI32(o.value) / 2));

@@ -8,9 +8,9 @@
  * when the values it would set are those of the root, which every socket has there. Elsewhere the
  * socket is read where it is (`TargetSocket`), as it is peeked at and adjusted anyway.
  */
-import { close, pidfdGetfd, tryGetName, tryGetsockopt } from "../../../ffi/mod.ts";
+import { close, pidfdGetfd, tryGetName } from "../../../ffi/mod.ts";
 import { readProcText } from "../../inspect/procfs.ts";
-import type { OptionReader } from "./options.ts";
+import { type OptionReader, toolSocketOptions } from "./options.ts";
 import type { TargetSocket } from "./target_socket.ts";
 
 /** What a dump reads of a socket: options and names; each gives a negative errno on failure. */
@@ -44,12 +44,13 @@ export function socketReader(pidfd: number, socket: TargetSocket): SocketReader 
   if (fd < 0) {
     return {
       getsockopt: (level, option, size) => socket.getsockopt(level, option, size),
+      filter: () => socket.filter(),
       name: (which) => socket.name(which),
       [Symbol.dispose]: () => {},
     };
   }
   return {
-    getsockopt: (level, option, size) => tryGetsockopt(fd, level, option, size),
+    ...toolSocketOptions(fd, true),
     name: (which) => tryGetName(fd, which),
     [Symbol.dispose]: () => close(fd),
   };

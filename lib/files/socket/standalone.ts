@@ -154,7 +154,13 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
     if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
   }
-  const options = changedOptions(s.reader, s.family, s.type, s.protocol);
+  const options = changedOptions(
+    s.reader,
+    s.family,
+    s.type,
+    s.protocol,
+    `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
+  );
   const state = s.listening
     ? "listening"
     : s.peerClosed

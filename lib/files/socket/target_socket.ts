@@ -4,7 +4,7 @@
  * listening, bound and UNIX sockets works this way rather than on a copy taken with pidfd_getfd,
  * which would move the socket's net_cls and netprio to the tool's cgroup.
  */
-import { SYS } from "../../../ffi/mod.ts";
+import { Errno, SO, SOL, SYS } from "../../../ffi/mod.ts";
 import type { Injector } from "../../ptrace/inject.ts";
 import type { OptionReader } from "./options.ts";
 import { readI32, readU32 } from "../util.ts";
@@ -35,6 +35,22 @@ export class TargetSocket implements OptionReader {
     const len = this.inj.put(len32(size), SCRATCH_LEN);
     const r = this.#call(SYS.getsockopt, level, option, value, len);
     return r < 0 ? r : this.#readBack(size);
+  }
+
+  /** The classic BPF filter attached (empty: none), or a negative errno (see ffi's tryGetFilter). */
+  filter(): Uint8Array | number {
+    // SO_GET_FILTER counts instructions: first how many, with no room, then them.
+    const len = this.inj.put(len32(0), SCRATCH_LEN);
+    let r = this.#call(SYS.getsockopt, SOL.SOCKET, SO.ATTACH_FILTER, 0, len);
+    if (r < 0) return r;
+    const count = readU32(this.inj.get(SCRATCH_LEN, 4).slice());
+    if (count === 0) return new Uint8Array(0);
+    const at = SCRATCH_VALUE - count * 8; // below the value buffer: a filter has at most 4096
+    if (at < 0) return -Errno.E2BIG;
+    const value = this.inj.put(new Uint8Array(count * 8), at);
+    this.inj.put(len32(count), SCRATCH_LEN);
+    r = this.#call(SYS.getsockopt, SOL.SOCKET, SO.ATTACH_FILTER, value, len);
+    return r < 0 ? r : this.inj.get(at, count * 8).slice();
   }
 
   /** setsockopt with raw bytes: 0, or a negative errno. */

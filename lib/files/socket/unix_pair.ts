@@ -336,7 +336,7 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     shutdown: diag.shutdown,
     queue,
     peekOffset: savedOffset,
-    options: changedOptions(s.reader, AF.UNIX, s.type, 0),
+    options: changedOptions(s.reader, AF.UNIX, s.type, 0, sock),
     description: `${s.what}${on} connected to ${to}`,
   };
 }
