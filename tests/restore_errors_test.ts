@@ -343,7 +343,7 @@ function siblings(paths: string[]): string[] {
   return out.sort();
 }
 
-for (const name of ["r_deleted_map", "r_threads", "r_memfd"]) {
+for (const name of ["r_deleted_map", "r_threads", "r_memfd", "r_cow_fork"]) {
   Deno.test(`restore of ${name} stopped at each stage leaves nothing behind`, async (ctx) => {
     const d = await dumpFixture(name);
     try {

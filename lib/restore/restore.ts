@@ -12,6 +12,7 @@ import {
   setSigMask,
   SIG,
   tgkill,
+  WAIT,
   waitpid,
 } from "../../ffi/mod.ts";
 import { ImageError, RestoreError } from "../errors.ts";
@@ -717,6 +718,13 @@ async function restoreTree(
     const leaders = new Set(making.map((m) => m.pid));
     for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
     for (const m of [...making].reverse()) reap(m.pid);
+    // A child its tracer (us) reaped before its parent died stays a zombie of that parent, then of
+    // whoever adopts it: of us, when we are a subreaper (as a test or a script may be).
+    for (const pid of made) {
+      try {
+        waitpid(pid, WAIT.WNOHANG);
+      } catch { /* not ours */ }
+    }
     // Last: a namespace's init finishes exiting only once every other process in it is reaped.
     await shares.namespace?.abort();
     throw err;
