@@ -9,9 +9,10 @@
  */
 import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import type { Fd } from "../inspect/fds.ts";
+import { type Fd, fdFlags } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
 import { FdBatch } from "./fd_batch.ts";
+import { copiesAreHarmless } from "./socket/socket_copy.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
@@ -80,7 +81,12 @@ export async function dumpFdTable(
       }
       files.set(fd.fileId, entry);
       if (!reopen) ctx.dumpedFiles?.set(fd.fileId, entry);
-      Object.assign(entry, readOwner(ctx.frozen.injector, fd.fd, fd.flags));
+      // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
+      const copyOk = fd.kind !== "socket" || copiesAreHarmless();
+      Object.assign(
+        entry,
+        readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
+      );
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
@@ -205,6 +211,8 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
         inj.call("dup3", fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0);
       } else {
         kept = true;
+        // Not known: fdinfo tells, read from outside (an injected F_GETFD costs far more).
+        cloexec ??= (fdFlags(inj.pid, fd) & O.CLOEXEC) !== 0;
         if (cloexec !== f.closeOnExec) {
           inj.call("fcntl", fd, F.SETFD, f.closeOnExec ? FD_CLOEXEC : 0);
         }
@@ -324,7 +332,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
  */
 function restoreStatusFlags(inj: Injector, fd: number, flags: number): void {
   if (flags & O.PATH) return;
-  let now = Number(inj.call("fcntl", fd, F.GETFL));
+  let now = fdFlags(inj.pid, fd) & ~O.CLOEXEC; // as F_GETFL gives them, read from outside
   if (flags & now & O.ASYNC) {
     now &= ~O.ASYNC;
     inj.call("fcntl", fd, F.SETFL, now & SETFL_MASK);

@@ -469,6 +469,21 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   };
 }
 
+/**
+ * The `flags:` fdinfo shows for descriptor `fd` of `pid`: the open file's status flags and access
+ * mode, with O_CLOEXEC when the descriptor has FD_CLOEXEC. Read from outside: no syscall is run in
+ * the process for it.
+ */
+export function fdFlags(pid: number, fd: number): number {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(procPath(pid, `fdinfo/${fd}`));
+  } catch (err) {
+    throw procError(err, pid, `fd ${fd}`);
+  }
+  return parseInt(parseKeyValues(text).get("flags") ?? "0", 8);
+}
+
 /** The descriptor numbers of process `pid`, in ascending order. */
 export function listFdNumbers(pid: number): number[] {
   const out: number[] = [];

@@ -45,6 +45,7 @@ import {
   O,
   O_SYNC_BIT,
   open,
+  pidfdOpen,
   RLIMIT,
   SETFL_MASK,
   stat,
@@ -52,6 +53,7 @@ import {
 } from "../../ffi/mod.ts";
 import { readLocks } from "../files/locks.ts";
 import { readOwner } from "../files/owner.ts";
+import { copiesAreHarmless } from "../files/socket/socket_copy.ts";
 import type {
   FileEntry,
   ItimerEntry,
@@ -624,6 +626,25 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
   const files = new Map<number, FileEntry>(e.files.map((f) => [f.id, f]));
   const live = new Map<number, Fd>(assignFileIds([p.hostPid], table).map((f) => [f.fd, f]));
   d.same("process", "fds", e.fds.map((f) => f.fd), [...live.keys()]);
+  const pidfd = pidfdOpen(p.hostPid);
+  try {
+    compareEachFd(p, d, sharing, inj, files, live, pidfd);
+  } finally {
+    close(pidfd);
+  }
+}
+
+/** The descriptors of `compareFds`, one by one (`pidfd`: of the process, to copy its files). */
+function compareEachFd(
+  p: RestoredProcess,
+  d: Diff,
+  sharing: Sharing,
+  inj: Injector,
+  files: Map<number, FileEntry>,
+  live: Map<number, Fd>,
+  pidfd: number,
+): void {
+  const e = p.entry;
   for (const want of e.fds) {
     const got = live.get(want.fd);
     const f = files.get(want.file);
@@ -635,7 +656,12 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
     if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
     if (!sharing.ownersSeen.has(got.fileId)) {
       sharing.ownersSeen.add(got.fileId);
-      const live = readOwner(inj, got.fd, got.flags);
+      // From a copy (but of a socket where that changes it), its owner's pid translated back.
+      const copyOk = got.kind !== "socket" || copiesAreHarmless();
+      const live = readOwner(inj, got.fd, got.flags, copyOk ? pidfd : undefined);
+      if (copyOk && live.owner && live.owner.pid > 0) {
+        live.owner = { ...live.owner, pid: p.imageId(live.owner.pid) };
+      }
       d.same(at, "owner (F_GETOWN_EX)", f.owner, live.owner);
       d.same(at, "signal (F_GETSIG)", f.signal, live.signal);
     }

@@ -21,8 +21,11 @@ export interface SocketReader extends OptionReader, Disposable {
 
 let copiesHarmless: boolean | undefined;
 
-/** Whether no cgroup v1 hierarchy of the tool has net_cls or net_prio (see the top). */
-function copiesAreHarmless(): boolean {
+/**
+ * Whether taking a copy of a socket changes nothing of it: no cgroup v1 hierarchy of the tool has
+ * net_cls or net_prio (see the top).
+ */
+export function copiesAreHarmless(): boolean {
   if (copiesHarmless === undefined) {
     const lines = readProcText(Deno.pid, "cgroup").split("\n");
     copiesHarmless = !lines.some((l) => /^\d+:[^:]*\bnet_(cls|prio)\b/.test(l));
