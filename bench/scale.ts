@@ -1,0 +1,83 @@
+/**
+ * One process with very many of one thing (issue 12): 10,000 descriptors, 50,000 mappings, 500
+ * threads; dumped and restored from the command line, beside CRIU when it is built (`$CRIU` or
+ * ../shared/peers/build-criu.sh's /tmp/criu-4.2), with tardigrade's time over CRIU's.
+ *
+ * Run: deno run -A bench/scale.ts [--short]   (`--short`: a tenth of each)
+ */
+import {
+  cleanupScratch,
+  criuPath,
+  killAndReap,
+  reapOrphans,
+  scratch,
+  startTarget,
+} from "./common.ts";
+
+const repo = new URL("../", import.meta.url).pathname;
+const short = Deno.args.includes("--short");
+const criu = criuPath();
+
+async function build(): Promise<string> {
+  const out = `${scratch}/many`;
+  const src = new URL("./fixtures/many.c", import.meta.url).pathname;
+  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src, "-lpthread"] }).output();
+  if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
+  return out;
+}
+
+/** Runs a command; returns milliseconds, throws with its output on failure. */
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "piped", stderr: "piped" })
+    .output();
+  const ms = performance.now() - start;
+  if (!r.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  return ms;
+}
+
+/** Dump and restore of a fresh target by `tool`: [dump ms, restore ms]. */
+async function once(tool: "tardigrade" | "criu", bin: string, args: string[]) {
+  const t = await startTarget(bin, args);
+  const dir = `${scratch}/${tool}-${args.join("-")}`;
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  try {
+    if (tool === "tardigrade") {
+      const dump = await timed(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
+      await killAndReap(t.pid);
+      return [dump, await timed(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir])];
+    }
+    Deno.mkdirSync(dir, { recursive: true });
+    const log = ["-o", "log", "-v0"];
+    const dump = await timed(criu!, ["dump", "-t", `${t.pid}`, "-D", dir, "--shell-job", ...log]);
+    await killAndReap(t.pid);
+    return [dump, await timed(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log])];
+  } finally {
+    await killAndReap(t.pid);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+reapOrphans();
+const bin = await build();
+const scale = short ? 10 : 1;
+const cases = [["fds", 10_000], ["maps", 25_000], ["threads", 500]] as const;
+console.log(`one process with many of one thing${criu ? `, beside CRIU (${criu})` : ""}`);
+const ms = (x: number) => `${x.toFixed(0).padStart(6)} ms`;
+try {
+  for (const [what, n] of cases) {
+    const args = [what, String(Math.floor(n / scale))];
+    const [d, r] = await once("tardigrade", bin, args);
+    let line = `${args.join(" ").padEnd(14)} dump ${ms(d)}  restore ${ms(r)}`;
+    if (criu) {
+      const [cd, cr] = await once("criu", bin, args);
+      line += `   criu dump ${ms(cd)}  restore ${ms(cr)}   ratio ${(d / cd).toFixed(1)} / ` +
+        `${(r / cr).toFixed(1)}×`;
+    }
+    console.log(line);
+  }
+} finally {
+  await cleanupScratch();
+}
