@@ -15,17 +15,37 @@ export function reapOrphans(): void {
   subreaper = true;
 }
 
-/** Compiles bench/fixtures/bigmem.c once. */
-export async function bigmemBinary(): Promise<string> {
-  const out = `${scratch}/bigmem`;
+/** Compiles bench/fixtures/NAME.c once (with `libs`); returns the binary. */
+export async function fixtureBinary(name: string, libs: string[] = []): Promise<string> {
+  const out = `${scratch}/${name}`;
   try {
     Deno.statSync(out);
     return out;
   } catch { /* build it */ }
-  const src = new URL("./fixtures/bigmem.c", import.meta.url).pathname;
-  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src] }).output();
+  const src = new URL(`./fixtures/${name}.c`, import.meta.url).pathname;
+  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src, ...libs] }).output();
   if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
   return out;
+}
+
+/** Compiles bench/fixtures/bigmem.c once. */
+export function bigmemBinary(): Promise<string> {
+  return fixtureBinary("bigmem");
+}
+
+const repo = new URL("../", import.meta.url).pathname;
+
+/** Runs a command from the checkout; returns milliseconds, throws with its output on failure. */
+export async function timedCommand(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "piped", stderr: "piped" })
+    .output();
+  const ms = performance.now() - start;
+  if (!r.success) {
+    const out = new TextDecoder().decode(r.stderr) + new TextDecoder().decode(r.stdout);
+    throw new Error(`${cmd} ${args.join(" ")}: ${out.trim()}`);
+  }
+  return ms;
 }
 
 /** A detached target process with its output file. */

@@ -19,6 +19,7 @@ import {
   reapOrphans,
   scratch,
   startTarget,
+  timedCommand,
 } from "./common.ts";
 
 const { values: flags } = parseArgs({
@@ -26,24 +27,10 @@ const { values: flags } = parseArgs({
   // --small (from deno task bench) is this bench's default.
   options: { big: { type: "boolean" }, small: { type: "boolean" }, rounds: { type: "string" } },
 });
-const repo = new URL("../", import.meta.url).pathname;
 const criu = criuPath();
 if (!criu) {
   console.log("CRIU is not built (../shared/peers/build-criu.sh): nothing to compare with");
   Deno.exit(0);
-}
-
-/** Runs a command; returns milliseconds, throws with its output on failure. */
-async function timed(cmd: string, args: string[]): Promise<number> {
-  const start = performance.now();
-  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "piped", stderr: "piped" })
-    .output();
-  const ms = performance.now() - start;
-  if (!r.success) {
-    const out = new TextDecoder().decode(r.stderr) + new TextDecoder().decode(r.stdout);
-    throw new Error(`${cmd} ${args.join(" ")}: ${out.trim()}`);
-  }
-  return ms;
 }
 
 type Tool = "tardigrade" | "criu";
@@ -56,15 +43,23 @@ async function round(tool: Tool, bin: string, mib: number): Promise<[number, num
   try {
     let dump: number, restore: number;
     if (tool === "tardigrade") {
-      dump = await timed(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
+      dump = await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
       await killAndReap(t.pid); // ended by the dump: its pid free again
-      restore = await timed(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir]);
+      restore = await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir]);
     } else {
       Deno.mkdirSync(dir, { recursive: true });
       const log = ["-o", "log", "-v0"];
-      dump = await timed(criu!, ["dump", "-t", `${t.pid}`, "-D", dir, "--shell-job", ...log]);
+      dump = await timedCommand(criu!, [
+        "dump",
+        "-t",
+        `${t.pid}`,
+        "-D",
+        dir,
+        "--shell-job",
+        ...log,
+      ]);
       await killAndReap(t.pid);
-      restore = await timed(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log]);
+      restore = await timedCommand(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log]);
     }
     const check = await checkTarget(t);
     if (check !== "PASS") throw new Error(`${tool}: the restored ${mib} MiB process says ${check}`);

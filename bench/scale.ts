@@ -8,35 +8,16 @@
 import {
   cleanupScratch,
   criuPath,
+  fixtureBinary,
   killAndReap,
   reapOrphans,
   scratch,
   startTarget,
+  timedCommand,
 } from "./common.ts";
 
-const repo = new URL("../", import.meta.url).pathname;
 const short = Deno.args.includes("--short");
 const criu = criuPath();
-
-async function build(): Promise<string> {
-  const out = `${scratch}/many`;
-  const src = new URL("./fixtures/many.c", import.meta.url).pathname;
-  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src, "-lpthread"] }).output();
-  if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
-  return out;
-}
-
-/** Runs a command; returns milliseconds, throws with its output on failure. */
-async function timed(cmd: string, args: string[]): Promise<number> {
-  const start = performance.now();
-  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "piped", stderr: "piped" })
-    .output();
-  const ms = performance.now() - start;
-  if (!r.success) {
-    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-  }
-  return ms;
-}
 
 /** Dump and restore of a fresh target by `tool`: [dump ms, restore ms]. */
 async function once(tool: "tardigrade" | "criu", bin: string, args: string[]) {
@@ -45,15 +26,30 @@ async function once(tool: "tardigrade" | "criu", bin: string, args: string[]) {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
   try {
     if (tool === "tardigrade") {
-      const dump = await timed(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
+      const dump = await timedCommand(Deno.execPath(), [
+        "run",
+        "-A",
+        "main.ts",
+        "dump",
+        `${t.pid}`,
+        dir,
+      ]);
       await killAndReap(t.pid);
-      return [dump, await timed(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir])];
+      return [dump, await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir])];
     }
     Deno.mkdirSync(dir, { recursive: true });
     const log = ["-o", "log", "-v0"];
-    const dump = await timed(criu!, ["dump", "-t", `${t.pid}`, "-D", dir, "--shell-job", ...log]);
+    const dump = await timedCommand(criu!, [
+      "dump",
+      "-t",
+      `${t.pid}`,
+      "-D",
+      dir,
+      "--shell-job",
+      ...log,
+    ]);
     await killAndReap(t.pid);
-    return [dump, await timed(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log])];
+    return [dump, await timedCommand(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log])];
   } finally {
     await killAndReap(t.pid);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -61,7 +57,7 @@ async function once(tool: "tardigrade" | "criu", bin: string, args: string[]) {
 }
 
 reapOrphans();
-const bin = await build();
+const bin = await fixtureBinary("many", ["-lpthread"]);
 const scale = short ? 10 : 1;
 const cases = [["fds", 10_000], ["maps", 25_000], ["threads", 500]] as const;
 console.log(`one process with many of one thing${criu ? `, beside CRIU (${criu})` : ""}`);

@@ -10,36 +10,20 @@
 import {
   cleanupScratch,
   criuPath,
+  fixtureBinary,
   killAndReap,
   reapOrphans,
   scratch,
   startTarget,
+  timedCommand,
 } from "./common.ts";
 
-const repo = new URL("../", import.meta.url).pathname;
 const short = Deno.args.includes("--short");
 const sizes = Deno.args.filter((a) => /^\d+$/.test(a)).map(Number);
 const ns = sizes.length ? sizes : short ? [10, 40] : [10, 100, 400];
 
-async function build(): Promise<string> {
-  const out = `${scratch}/tree`;
-  const src = new URL("./fixtures/tree.c", import.meta.url).pathname;
-  const cc = await new Deno.Command("cc", { args: ["-O2", "-o", out, src] }).output();
-  if (!cc.success) throw new Error(new TextDecoder().decode(cc.stderr));
-  return out;
-}
-
-/** Runs a command; returns seconds, throws with its stderr on failure. */
-async function timed(cmd: string, args: string[]): Promise<number> {
-  const start = performance.now();
-  const r = await new Deno.Command(cmd, { args, cwd: repo, stdout: "null", stderr: "piped" })
-    .output();
-  const s = (performance.now() - start) / 1000;
-  if (!r.success) {
-    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-  }
-  return s;
-}
+/** Runs a command; returns seconds. */
+const timed = async (cmd: string, args: string[]) => (await timedCommand(cmd, args)) / 1000;
 
 /** The children of `pid` (every thread's). */
 function childrenOf(pid: number): number[] {
@@ -96,7 +80,7 @@ async function once(bin: string, n: number, tool: "tardigrade" | "criu", criu?: 
 }
 
 reapOrphans();
-const bin = await build();
+const bin = await fixtureBinary("tree");
 const criu = criuPath();
 console.log(`trees: a parent and N children${criu ? `, beside CRIU (${criu})` : ""}`);
 console.log(
