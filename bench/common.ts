@@ -117,6 +117,36 @@ export function criuPath(): string | null {
   return null;
 }
 
+/** The tools a bench compares. */
+export type Tool = "tardigrade" | "criu";
+
+/**
+ * Dumps process `pid` into `dir` with `tool`'s command line (the process ends), waits for
+ * `freed` (by default: `pid` free again), and restores it: [dump ms, restore ms].
+ */
+export async function dumpAndRestore(
+  tool: Tool,
+  pid: number,
+  dir: string,
+  freed: () => Promise<void> = () => killAndReap(pid),
+): Promise<[number, number]> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  if (tool === "tardigrade") {
+    const run = (...args: string[]) =>
+      timedCommand(Deno.execPath(), ["run", "-A", "main.ts", ...args]);
+    const dump = await run("dump", `${pid}`, dir);
+    await freed();
+    return [dump, await run("restore", dir)];
+  }
+  const criu = criuPath();
+  if (!criu) throw new Error("CRIU is not built");
+  Deno.mkdirSync(dir, { recursive: true });
+  const log = ["-o", "log", "-v0"];
+  const dump = await timedCommand(criu, ["dump", "-t", `${pid}`, "-D", dir, "--shell-job", ...log]);
+  await freed();
+  return [dump, await timedCommand(criu, ["restore", "-D", dir, "--shell-job", "-d", ...log])];
+}
+
 /** Kills `pid` and waits until the pid is free. */
 export async function killAndReap(pid: number): Promise<void> {
   try {

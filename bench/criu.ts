@@ -14,12 +14,13 @@ import {
   checkTarget,
   cleanupScratch,
   criuPath,
+  dumpAndRestore,
   killAndReap,
   median,
   reapOrphans,
   scratch,
   startTarget,
-  timedCommand,
+  type Tool,
 } from "./common.ts";
 
 const { values: flags } = parseArgs({
@@ -33,34 +34,12 @@ if (!criu) {
   Deno.exit(0);
 }
 
-type Tool = "tardigrade" | "criu";
-
 /** One dump and restore of a fresh `mib` MiB target; the restored one checked, then ended. */
 async function round(tool: Tool, bin: string, mib: number): Promise<[number, number]> {
   const t = await startTarget(bin, [String(mib)], { append: true });
   const dir = `${scratch}/${tool}-${mib}`;
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
   try {
-    let dump: number, restore: number;
-    if (tool === "tardigrade") {
-      dump = await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
-      await killAndReap(t.pid); // ended by the dump: its pid free again
-      restore = await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir]);
-    } else {
-      Deno.mkdirSync(dir, { recursive: true });
-      const log = ["-o", "log", "-v0"];
-      dump = await timedCommand(criu!, [
-        "dump",
-        "-t",
-        `${t.pid}`,
-        "-D",
-        dir,
-        "--shell-job",
-        ...log,
-      ]);
-      await killAndReap(t.pid);
-      restore = await timedCommand(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log]);
-    }
+    const [dump, restore] = await dumpAndRestore(tool, t.pid, dir);
     const check = await checkTarget(t);
     if (check !== "PASS") throw new Error(`${tool}: the restored ${mib} MiB process says ${check}`);
     return [dump, restore];

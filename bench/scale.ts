@@ -8,48 +8,24 @@
 import {
   cleanupScratch,
   criuPath,
+  dumpAndRestore,
   fixtureBinary,
   killAndReap,
   reapOrphans,
   scratch,
   startTarget,
-  timedCommand,
+  type Tool,
 } from "./common.ts";
 
 const short = Deno.args.includes("--short");
 const criu = criuPath();
 
 /** Dump and restore of a fresh target by `tool`: [dump ms, restore ms]. */
-async function once(tool: "tardigrade" | "criu", bin: string, args: string[]) {
+async function once(tool: Tool, bin: string, args: string[]) {
   const t = await startTarget(bin, args);
   const dir = `${scratch}/${tool}-${args.join("-")}`;
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
   try {
-    if (tool === "tardigrade") {
-      const dump = await timedCommand(Deno.execPath(), [
-        "run",
-        "-A",
-        "main.ts",
-        "dump",
-        `${t.pid}`,
-        dir,
-      ]);
-      await killAndReap(t.pid);
-      return [dump, await timedCommand(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir])];
-    }
-    Deno.mkdirSync(dir, { recursive: true });
-    const log = ["-o", "log", "-v0"];
-    const dump = await timedCommand(criu!, [
-      "dump",
-      "-t",
-      `${t.pid}`,
-      "-D",
-      dir,
-      "--shell-job",
-      ...log,
-    ]);
-    await killAndReap(t.pid);
-    return [dump, await timedCommand(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log])];
+    return await dumpAndRestore(tool, t.pid, dir);
   } finally {
     await killAndReap(t.pid);
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -10,20 +10,18 @@
 import {
   cleanupScratch,
   criuPath,
+  dumpAndRestore,
   fixtureBinary,
   killAndReap,
   reapOrphans,
   scratch,
   startTarget,
-  timedCommand,
+  type Tool,
 } from "./common.ts";
 
 const short = Deno.args.includes("--short");
 const sizes = Deno.args.filter((a) => /^\d+$/.test(a)).map(Number);
 const ns = sizes.length ? sizes : short ? [10, 40] : [10, 100, 400];
-
-/** Runs a command; returns seconds. */
-const timed = async (cmd: string, args: string[]) => (await timedCommand(cmd, args)) / 1000;
 
 /** The children of `pid` (every thread's). */
 function childrenOf(pid: number): number[] {
@@ -52,27 +50,13 @@ interface Run {
   restore: number;
 }
 
-async function once(bin: string, n: number, tool: "tardigrade" | "criu", criu?: string) {
+async function once(bin: string, n: number, tool: Tool): Promise<Run> {
   const t = await startTarget(bin, [String(n)]);
   const pids = [t.pid, ...childrenOf(t.pid)];
   const dir = `${scratch}/${tool}-${n}`;
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
   try {
-    let run: Run;
-    if (tool === "tardigrade") {
-      const dump = await timed(Deno.execPath(), ["run", "-A", "main.ts", "dump", `${t.pid}`, dir]);
-      await waitFree(pids);
-      const restore = await timed(Deno.execPath(), ["run", "-A", "main.ts", "restore", dir]);
-      run = { dump, restore };
-    } else {
-      Deno.mkdirSync(dir, { recursive: true });
-      const log = ["-o", "log", "-v0"];
-      const dump = await timed(criu!, ["dump", "-t", `${t.pid}`, "-D", dir, "--shell-job", ...log]);
-      await waitFree(pids);
-      const restore = await timed(criu!, ["restore", "-D", dir, "--shell-job", "-d", ...log]);
-      run = { dump, restore };
-    }
-    return run;
+    const [dump, restore] = await dumpAndRestore(tool, t.pid, dir, () => waitFree(pids));
+    return { dump: dump / 1000, restore: restore / 1000 };
   } finally {
     await endTree(t.pid);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -94,7 +78,7 @@ try {
     let line = `${String(n).padStart(5)}  ${ours.dump.toFixed(2).padStart(6)}  ` +
       `${ours.restore.toFixed(2).padStart(9)}  ${per.toFixed(1).padStart(10)}`;
     if (criu) {
-      const theirs = await once(bin, n, "criu", criu);
+      const theirs = await once(bin, n, "criu");
       const ratio = (ours.dump + ours.restore) / (theirs.dump + theirs.restore);
       line +=
         `   ${theirs.dump.toFixed(2).padStart(9)}  ${theirs.restore.toFixed(2).padStart(12)}` +
