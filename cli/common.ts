@@ -107,9 +107,11 @@ export function hex(n: bigint): string {
 
 /** JSON text with bigints as `"0x..."` strings and byte arrays as their length, 2-space indent. */
 export function toJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v) => {
+  return JSON.stringify(value, (key, v) => {
     if (typeof v === "bigint") return hex(v);
     if (v instanceof Uint8Array) return { bytes: v.length };
+    // Times (frozenMs …) to a tenth of a millisecond: more digits only say the clock's noise.
+    if (typeof v === "number" && key.endsWith("Ms")) return Math.round(v * 10) / 10;
     return v;
   }, 2);
 }

@@ -7,8 +7,9 @@ export const repl: Verb = {
   summary: "Start an interactive TypeScript shell with the SDK and helpers in scope.",
   usage: "tardigrade repl",
   help: `Helpers: ps(), proc(pid), maps(pid), fds(pid), dump(pid, dir, policy?, {leaveRunning}?),
-restore(dir), inspect(dir), help(); the SDK as sdk.* and as named exports. Dot-commands: .help,
-.ps, .maps PID, .fds PID, .inspect DIR. History in ~/.tardigrade_history (on a terminal).`,
+restore(dir), clone(pid) (a copy beside it, in its own pid namespace), inspect(dir), help(); the
+SDK as sdk.* and as named exports. Dot-commands: .help, .ps, .maps PID, .fds PID, .inspect DIR.
+History in ~/.tardigrade_history (on a terminal).`,
   async run(args) {
     const p = parseVerb(this, args, {}, { min: 0, max: 0 });
     if (!p) return 0;

@@ -12,6 +12,7 @@ if (!/^\d+$/.test(pid ?? "") || !dir) {
 }
 const r = await checkpoint(Number(pid), dir);
 console.log(
-  `dumped ${r.pid} into ${r.dir}: ${r.threads} threads, ${r.mappings} mappings, ${r.fds} fds, ` +
+  `dumped ${r.pid} into ${r.dir}: ${r.threads} thread${r.threads === 1 ? "" : "s"}, ` +
+    `${r.mappings} mappings, ${r.fds} fds, ` +
     `${r.pageBytes} bytes of pages, frozen ${r.frozenMs.toFixed(1)} ms`,
 );

@@ -12,4 +12,7 @@ if (!dir) {
 }
 const r = await restore(dir);
 for (const w of r.warnings) console.error(`warning: ${w}`);
-console.log(`restored pid ${r.pid} (${r.threads} threads, ${r.pageBytes} bytes of pages)`);
+console.log(
+  `restored pid ${r.pid} (${r.threads} thread${r.threads === 1 ? "" : "s"}, ` +
+    `${r.pageBytes} bytes of pages)`,
+);

@@ -178,13 +178,15 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       },
     });
   };
-  const pid = (arg: string) => {
-    if (!/^\d+$/.test(arg)) throw new Error(`not a pid: '${arg}'`);
+  /** The PID argument of `.name`, or a usage error that says it wants one. */
+  const pid = (name: string, arg: string) => {
+    if (!arg) throw new Error(`usage: .${name} PID`);
+    if (!/^\d+$/.test(arg)) throw new Error(`not a pid: '${arg}' (usage: .${name} PID)`);
     return Number(arg);
   };
   command("ps", "List processes", () => helpers.ps());
-  command("maps", "Show the mappings of PID", (a) => helpers.maps(pid(a)));
-  command("fds", "Show the descriptors of PID", (a) => helpers.fds(pid(a)));
+  command("maps", "Show the mappings of PID", (a) => helpers.maps(pid("maps", a)));
+  command("fds", "Show the descriptors of PID", (a) => helpers.fds(pid("fds", a)));
   command("inspect", "Show what the image in DIR holds", async (a) => {
     if (!a) throw new Error("usage: .inspect DIR");
     const r = await helpers.inspect(a);

@@ -235,6 +235,8 @@ Deno.test("cli: dump --json has a stable shape and a --policy file is loaded", a
     ]);
     assert.equal(j.pid, t.pid);
     assert.equal(j.killed, false);
+    // A time to a tenth of a millisecond, not to the clock's last digit.
+    assert.equal(j.frozenMs, Math.round((j.frozenMs as number) * 10) / 10);
     const img = await cliJson<{ processes: { mappings: { kind: string; pageBytes: number }[] }[] }>(
       "inspect",
       dir,
