@@ -26,6 +26,7 @@ try {
       dumped.frozenMs.toFixed(1)
     } ms; the original runs on`,
   );
+  const inits: number[] = [];
   for (let i = 0; i < copies; i++) {
     const copy = await restore(`${base}/image`, { pidNamespace: true });
     const { comm, state } = await (await Process.open(copy.pid)).stat();
@@ -33,7 +34,10 @@ try {
       `copy ${i + 1}: host pid ${copy.pid} (pid ${copy.namespacePid} in its namespace), ` +
         `${comm} state ${state}`,
     );
+    if (copy.namespaceInit) inits.push(copy.namespaceInit);
   }
+  // Ending a namespace's init ends every process in it: the whole copy, and nothing else.
+  if (inits.length) console.log(`to stop the copies: kill -9 ${inits.join(" ")}`);
 } finally {
   await Deno.remove(base, { recursive: true });
 }
