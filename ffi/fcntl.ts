@@ -21,6 +21,8 @@ export const O = {
   ASYNC: 0o20000,
   CLOEXEC: 0o2000000,
   PATH: 0o10000000,
+  /** An unnamed regular file in the directory given (with O_DIRECTORY, as the kernel wants). */
+  TMPFILE: 0o20200000,
 } as const;
 
 /** fcntl(2) commands. */

@@ -50,6 +50,7 @@ export const SYS = {
   mkdir: 83,
   rmdir: 84,
   unlink: 87,
+  linkat: 265,
   fchmod: 91,
   fchown: 93,
   umask: 95,
@@ -184,6 +185,17 @@ export function tgkill(tgid: number, tid: number, sig: number): void {
 /** Opens a file through libc, giving a raw descriptor (for ioctl, pread, pidfd …). */
 export function open(path: string, flags: number, mode = 0): number {
   return unwrap(libc.open(cstring(path), flags | O.CLOEXEC, mode), "open", [path]);
+}
+
+/**
+ * Gives the open file `fd` of the tool (an O_TMPFILE one) the name `path`: linkat(2) through
+ * /proc/self/fd, following it. Throws a `SyscallError` (EEXIST when `path` is taken).
+ */
+export function linkOpenFile(fd: number, path: string): void {
+  const from = cstring(`/proc/self/fd/${fd}`);
+  const to = cstring(path);
+  const AT_SYMLINK_FOLLOW = 0x400;
+  syscall("linkat", AT_FDCWD, addressOf(from), AT_FDCWD, addressOf(to), AT_SYMLINK_FOLLOW);
 }
 
 /** mknod(2) of a FIFO at `path` with permission bits `mode` (less the umask). */

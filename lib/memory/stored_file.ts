@@ -13,16 +13,21 @@
  * (after the mode: F_SEAL_EXEC on a mode with x bits would seal writes too) and a deleted file
  * gets its access and modification times back (its ctime is the restore's: no call sets it).
  */
+import { dirname } from "node:path";
 import {
+  close,
   encodeFileTimes,
+  Errno,
   F,
   fstat,
+  linkOpenFile,
   MFD,
   O,
   open,
   SEAL,
   type Stat,
   syscall,
+  SyscallError,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
@@ -86,31 +91,62 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
     const what = `memfd ${obj.name}`;
     return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n, what } };
   }
-  // A deleted file: make it again under its old name (or beside it), open it, unlink it.
+  // A deleted file: made unnamed (O_TMPFILE), named under its old name (or beside it) only while
+  // the target opens it, as that name is what its (deleted) link shows, then unlinked. A restore
+  // killed meanwhile leaves a name behind for that one syscall only, not for the whole making.
+  let mine: number | undefined;
+  try {
+    mine = open(dirname(obj.name), O.TMPFILE | O.RDWR, obj.mode || 0o600);
+  } catch { /* a filesystem without O_TMPFILE: a named file from the start */ }
   let path = obj.name;
   try {
-    Deno.lstatSync(path);
-    path = `${obj.name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
-  } catch { /* the old name is free */ }
-  try {
-    Deno.writeFileSync(path, new Uint8Array(0), { mode: obj.mode || 0o600 });
+    if (mine !== undefined) {
+      syscall("ftruncate", mine, obj.size);
+      path = nameFile(obj.name, (p) => linkOpenFile(mine!, p));
+    } else {
+      path = nameFile(obj.name, (p) =>
+        Deno.writeFileSync(p, new Uint8Array(0), {
+          mode: obj.mode || 0o600,
+          createNew: true,
+        }));
+      mine = open(path, O.RDWR);
+      syscall("ftruncate", mine, obj.size);
+    }
   } catch (err) {
+    if (mine !== undefined) close(mine);
     throw new RestoreError(`cannot recreate deleted file ${obj.name}: ${err}`);
   }
   ghosts.push(path);
-  Deno.truncateSync(path, obj.size);
-  const made = {
-    fd: openInTarget(t.inj, path, O.RDWR),
-    writer: {
-      fd: open(path, O.RDWR),
-      base: 0n,
-      what: `deleted file ${obj.name}` + (path === obj.name ? "" : ` (made again as ${path})`),
-    },
-  };
+  let fd: number;
+  try {
+    fd = openInTarget(t.inj, path, O.RDWR);
+  } catch (err) {
+    close(mine);
+    throw err;
+  }
   Deno.removeSync(path);
   ghosts.pop();
-  setOwnerAndMode(t.inj, made.fd, obj);
-  return made;
+  const what = `deleted file ${obj.name}` + (path === obj.name ? "" : ` (made again as ${path})`);
+  setOwnerAndMode(t.inj, fd, obj);
+  return { fd, writer: { fd: mine, base: 0n, what } };
+}
+
+/**
+ * Names a new file `name` with `make`, or beside it (`name.tardigrade-XXXXXXXX`) when the name is
+ * taken; returns the name it got.
+ */
+function nameFile(name: string, make: (path: string) => void): string {
+  try {
+    make(name);
+    return name;
+  } catch (err) {
+    const taken = (err instanceof SyscallError && err.errno === Errno.EEXIST) ||
+      err instanceof Deno.errors.AlreadyExists;
+    if (!taken) throw err;
+  }
+  const beside = `${name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
+  make(beside);
+  return beside;
 }
 
 const EXEC_BITS = 0o111;
