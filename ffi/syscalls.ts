@@ -2,7 +2,7 @@
 import { addressOf, cstring, libc, unwrap } from "./libc.ts";
 import { AT_FDCWD, O } from "./fcntl.ts";
 import { S_IF } from "./stat.ts";
-import { SyscallError } from "./errno.ts";
+import { Errno, SyscallError } from "./errno.ts";
 import { encodeIovecs } from "./structs.ts";
 
 /** x86_64 syscall numbers used by tardigrade, both for local calls and injected ones. */
@@ -51,6 +51,7 @@ export const SYS = {
   rmdir: 84,
   unlink: 87,
   linkat: 265,
+  renameat2: 316,
   fchmod: 91,
   fchown: 93,
   umask: 95,
@@ -196,6 +197,23 @@ export function linkOpenFile(fd: number, path: string): void {
   const to = cstring(path);
   const AT_SYMLINK_FOLLOW = 0x400;
   syscall("linkat", AT_FDCWD, addressOf(from), AT_FDCWD, addressOf(to), AT_SYMLINK_FOLLOW);
+}
+
+/**
+ * renameat2(2) with RENAME_NOREPLACE: renames `from` to `to` unless `to` exists; whether it did.
+ * Throws a `SyscallError` for any other failure.
+ */
+export function renameNoReplace(from: string, to: string): boolean {
+  const a = cstring(from);
+  const b = cstring(to);
+  const RENAME_NOREPLACE = 1;
+  try {
+    syscall("renameat2", AT_FDCWD, addressOf(a), AT_FDCWD, addressOf(b), RENAME_NOREPLACE);
+    return true;
+  } catch (err) {
+    if (err instanceof SyscallError && err.errno === Errno.EEXIST) return false;
+    throw err;
+  }
 }
 
 /** mknod(2) of a FIFO at `path` with permission bits `mode` (less the umask). */

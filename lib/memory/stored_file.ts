@@ -17,17 +17,16 @@ import { dirname } from "node:path";
 import {
   close,
   encodeFileTimes,
-  Errno,
   F,
   fstat,
   linkOpenFile,
   MFD,
   O,
   open,
+  renameNoReplace,
   SEAL,
   type Stat,
   syscall,
-  SyscallError,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
@@ -91,62 +90,42 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
     const what = `memfd ${obj.name}`;
     return { fd, writer: { fd: open(`/proc/${t.pid}/fd/${fd}`, O.RDWR), base: 0n, what } };
   }
-  // A deleted file: made unnamed (O_TMPFILE), named under its old name (or beside it) only while
-  // the target opens it, as that name is what its (deleted) link shows, then unlinked. A restore
-  // killed meanwhile leaves a name behind for that one syscall only, not for the whole making.
+  // A deleted file: made unnamed (O_TMPFILE) and named beside its old name while the target opens
+  // it; renamed to the old name, which its (deleted) link shows, and unlinked at once. A restore
+  // killed meanwhile leaves the name beside it, which no later restore needs; the old name for two
+  // consecutive syscalls at most. Should the old name be taken, the one beside it is kept.
+  const beside = `${obj.name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
   let mine: number | undefined;
   try {
-    mine = open(dirname(obj.name), O.TMPFILE | O.RDWR, obj.mode || 0o600);
-  } catch { /* a filesystem without O_TMPFILE: a named file from the start */ }
-  let path = obj.name;
-  try {
-    if (mine !== undefined) {
-      syscall("ftruncate", mine, obj.size);
-      path = nameFile(obj.name, (p) => linkOpenFile(mine!, p));
-    } else {
-      path = nameFile(obj.name, (p) =>
-        Deno.writeFileSync(p, new Uint8Array(0), {
-          mode: obj.mode || 0o600,
-          createNew: true,
-        }));
-      mine = open(path, O.RDWR);
-      syscall("ftruncate", mine, obj.size);
+    try {
+      mine = open(dirname(obj.name), O.TMPFILE | O.RDWR, obj.mode || 0o600);
+      linkOpenFile(mine, beside);
+    } catch {
+      // A filesystem without O_TMPFILE: a named file from the start.
+      if (mine !== undefined) close(mine);
+      Deno.writeFileSync(beside, new Uint8Array(0), { mode: obj.mode || 0o600, createNew: true });
+      mine = open(beside, O.RDWR);
     }
+    syscall("ftruncate", mine, obj.size);
   } catch (err) {
     if (mine !== undefined) close(mine);
     throw new RestoreError(`cannot recreate deleted file ${obj.name}: ${err}`);
   }
-  ghosts.push(path);
+  ghosts.push(beside);
   let fd: number;
   try {
-    fd = openInTarget(t.inj, path, O.RDWR);
+    fd = openInTarget(t.inj, beside, O.RDWR);
   } catch (err) {
     close(mine);
     throw err;
   }
+  const path = renameNoReplace(beside, obj.name) ? obj.name : beside;
+  ghosts[ghosts.length - 1] = path;
   Deno.removeSync(path);
   ghosts.pop();
   const what = `deleted file ${obj.name}` + (path === obj.name ? "" : ` (made again as ${path})`);
   setOwnerAndMode(t.inj, fd, obj);
   return { fd, writer: { fd: mine, base: 0n, what } };
-}
-
-/**
- * Names a new file `name` with `make`, or beside it (`name.tardigrade-XXXXXXXX`) when the name is
- * taken; returns the name it got.
- */
-function nameFile(name: string, make: (path: string) => void): string {
-  try {
-    make(name);
-    return name;
-  } catch (err) {
-    const taken = (err instanceof SyscallError && err.errno === Errno.EEXIST) ||
-      err instanceof Deno.errors.AlreadyExists;
-    if (!taken) throw err;
-  }
-  const beside = `${name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
-  make(beside);
-  return beside;
 }
 
 const EXEC_BITS = 0o111;
