@@ -11,7 +11,7 @@ import { NoSuchProcess } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
 import type { PageSink } from "../image/mod.ts";
 import { listMappings } from "../inspect/mappings.ts";
-import { readMemoryInto } from "../inspect/memory.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
 import { type AddressRange, dumpableRanges } from "../inspect/pages.ts";
 import type { PageRun } from "../image/schema.ts";
 import { DirtyTracker, isTrackable, takeUserfaultfd } from "./dirty_tracking.ts";
@@ -151,8 +151,9 @@ export class ProcessPreCopy {
   /** Copies the dumpable pages of the tracked ranges (the process runs meanwhile). */
   async copy(breathe: () => Promise<void>): Promise<void> {
     const pid = this.pid;
+    using memory = new RemoteMemory(pid);
     const fill = (addr: bigint, buf: Uint8Array) => {
-      const got = readMemoryInto(pid, addr, buf);
+      const got = memory.readAvailable(addr, buf);
       if (got < buf.length) {
         // Unmapped meanwhile: the bytes are never reused, but keep the run whole.
         buf.fill(0, got);

@@ -19,7 +19,8 @@ import type {
 } from "../image/schema.ts";
 import { Unsupported } from "../errors.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
-import { guardRanges } from "../inspect/pages.ts";
+import { RemoteMemory } from "../inspect/memory.ts";
+import { dumpableRanges, guardRanges, USER_SPACE_END } from "../inspect/pages.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import { installGuards, refusedFlag, restoreVmaAdvice, sealMappings, vmaStates } from "./advice.ts";
 import { aioSource, makeAioRing } from "./aio.ts";
@@ -99,8 +100,14 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
   const mappings: MappingEntry[] = [];
   const special: SpecialMappings = {};
   const states = vmaStates(pid);
+  using memory = new RemoteMemory(pid);
+  // Every page present or swapped, in one scan (below the top of user space: not [vsyscall]).
+  const user = ctx.mappings.filter((m) => m.end <= USER_SPACE_END);
+  const present = user.length ? dumpableRanges(pid, user[0].start, user.at(-1)!.end) : [];
   const copy: PageCopyContext = {
     pid,
+    memory,
+    present,
     pages: ctx.pages,
     precopied: ctx.precopied,
     breathe: breather(),

@@ -22,7 +22,7 @@ import { RestoreError } from "../errors.ts";
 import type { ImageReader } from "../image/mod.ts";
 import type { PageRun, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
-import { readMemoryInto } from "../inspect/memory.ts";
+import type { RemoteMemory } from "../inspect/memory.ts";
 import { dumpableRanges, listPages } from "../inspect/pages.ts";
 import { sharedRanges } from "./cow.ts";
 import { hex, type Range } from "./target.ts";
@@ -84,6 +84,13 @@ export function breather(): () => Promise<void> {
 export interface PageCopyContext {
   /** The frozen process. */
   pid: number;
+  /** Its memory, open for the whole copy (a small read opens /proc/PID/mem once, not each time). */
+  memory: RemoteMemory;
+  /**
+   * The pages present or swapped in all of its address space (`dumpableRanges` once, in address
+   * order), which anonymous mappings take theirs from: one scan, not one a mapping.
+   */
+  present?: Range[];
   /** Where the pages go. */
   pages: PageStore;
   /** Pre-copy: runs copied while the process ran and not written since, reused. */
@@ -108,10 +115,29 @@ function without(ranges: Range[], holes: Range[]): Range[] {
   return out;
 }
 
+/** The parts of `ranges` (in address order, not overlapping) inside [start, end). */
+function clip(ranges: Range[], start: bigint, end: bigint): Range[] {
+  let lo = 0, hi = ranges.length; // the first range ending after `start`
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (ranges[mid].end <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  const out: Range[] = [];
+  for (let i = lo; i < ranges.length && ranges[i].start < end; i++) {
+    const r = ranges[i];
+    out.push({ start: r.start > start ? r.start : start, end: r.end < end ? r.end : end });
+  }
+  return out;
+}
+
 /** The pages of a private mapping that a dump must copy. */
-function privateRanges(pid: number, m: Mapping): Range[] {
+function privateRanges(ctx: PageCopyContext, m: Mapping): Range[] {
+  const pid = ctx.pid;
   // Anonymous memory (hugetlb's too, which has an inode of hugetlbfs's).
-  if (m.inode === 0n || m.kind === "anonymous") return dumpableRanges(pid, m.start, m.end);
+  if (m.inode === 0n || m.kind === "anonymous") {
+    return ctx.present ? clip(ctx.present, m.start, m.end) : dumpableRanges(pid, m.start, m.end);
+  }
   // Over a file: only pages that are no longer the file's (written, copied on write).
   const out: Range[] = [];
   for (const p of listPages(pid, { start: m.start, end: m.end })) {
@@ -136,8 +162,8 @@ export async function copyPrivatePages(
   parent?: number,
 ): Promise<Range[]> {
   const { pid, pages, precopied } = ctx;
-  const fill: Fill = (addr, buf) => readMemoryInto(pid, addr, buf);
-  let ranges = without(privateRanges(pid, m), guards);
+  const fill: Fill = (addr, buf) => ctx.memory.readAvailable(addr, buf);
+  let ranges = without(privateRanges(ctx, m), guards);
   const shared = parent === undefined ? [] : sharedRanges(pid, parent, ranges);
   ranges = without(ranges, shared);
   for (const range of ranges) {
