@@ -11,8 +11,8 @@ import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/m
 import { DumpError, RestoreError } from "../errors.ts";
 import { type Fd, fdFlags } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
-import { FdBatch } from "./fd_batch.ts";
-import { copiesAreHarmless } from "./socket/socket_copy.ts";
+import { FdBatch } from "../ptrace/fd_batch.ts";
+import { copyIsHarmless } from "./socket/socket_copy.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
@@ -82,7 +82,7 @@ export async function dumpFdTable(
       files.set(fd.fileId, entry);
       if (!reopen) ctx.dumpedFiles?.set(fd.fileId, entry);
       // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
-      const copyOk = fd.kind !== "socket" || copiesAreHarmless();
+      const copyOk = copyIsHarmless(fd.kind);
       Object.assign(
         entry,
         readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),

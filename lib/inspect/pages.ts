@@ -262,16 +262,20 @@ export interface DumpableOptions {
 export function guardRanges(pid: number, start: bigint, end: bigint): AddressRange[] {
   const out: AddressRange[] = [];
   for (const p of pagesFromPagemap(pid, { start, end })) {
-    if (!p.guard) continue;
-    const prev = out[out.length - 1];
-    if (prev && prev.end === p.start) prev.end = p.end;
-    else out.push({ start: p.start, end: p.end });
+    if (p.guard) appendRange(out, p.start, p.end);
   }
   return out;
 }
 
-/** Bits 0-54 of a pagemap entry: the page frame number (zero unless the reader has CAP_SYS_ADMIN). */
-const PFN_MASK = (1n << 55n) - 1n;
+/** Appends [start, end) to ranges `out` in address order, joined to the last one when they meet. */
+export function appendRange(out: AddressRange[], start: bigint, end: bigint): void {
+  const last = out[out.length - 1];
+  if (last && last.end === start) last.end = end;
+  else out.push({ start, end });
+}
+
+/** Bits 23-31 of a pagemap entry's high word are flags; bits 0-22 the top of the frame number. */
+const PFN_HIGH_MASK = (1 << 23) - 1;
 const PM_EXCLUSIVE = 1 << 24; // bit 56: mapped by this page table only
 
 /** The raw /proc/PID/pagemap entries of the pages of [start, end) (page aligned). */
@@ -299,14 +303,18 @@ function pagemapEntries(pid: number, start: bigint, end: bigint): BigUint64Array
 }
 
 /**
- * The page frame of each page of [start, end) of `pid` that is in RAM, 0n for the others (one
- * entry per page, from /proc/PID/pagemap). Two processes whose pages have the same frame share
- * that memory (copy-on-write since a fork, the zero page, a KSM merge).
+ * The page frame of each page of [start, end) of `pid` that is in RAM, 0 for the others: two
+ * 32-bit words a page (low, high; from /proc/PID/pagemap, read without a bigint a page). Two
+ * processes whose pages have the same frame share that memory (copy-on-write since a fork, the
+ * zero page, a KSM merge). Frames read 0 without CAP_SYS_ADMIN.
  */
-export function pageFrames(pid: number, start: bigint, end: bigint): BigUint64Array {
-  const out = pagemapEntries(pid, start, end);
-  for (let i = 0; i < out.length; i++) out[i] = out[i] >> 63n ? out[i] & PFN_MASK : 0n;
-  return out;
+export function pageFrames(pid: number, start: bigint, end: bigint): Uint32Array {
+  const words = new Uint32Array(pagemapEntries(pid, start, end).buffer);
+  for (let i = 0; i < words.length; i += 2) {
+    if (words[i + 1] & PM_PRESENT) words[i + 1] &= PFN_HIGH_MASK;
+    else words[i] = words[i + 1] = 0;
+  }
+  return words;
 }
 
 /**
@@ -328,9 +336,7 @@ export function sharedPageRanges(pid: number, start: bigint, end: bigint): Addre
     const present = (hi & PM_PRESENT) !== 0;
     if (present ? (hi & PM_EXCLUSIVE) !== 0 : (hi & PM_SWAPPED) === 0) continue;
     const at = start + BigInt(i) * PAGE;
-    const last = out[out.length - 1];
-    if (last && last.end === at) last.end = at + PAGE;
-    else out.push({ start: at, end: at + PAGE });
+    appendRange(out, at, at + PAGE);
   }
   return out;
 }
@@ -349,11 +355,7 @@ export function dumpableRanges(
 ): AddressRange[] {
   const r = normalize(pid, { start, end });
   const out: AddressRange[] = [];
-  const push = (s: bigint, e: bigint) => {
-    const prev = out[out.length - 1];
-    if (prev && prev.end === s) prev.end = e;
-    else out.push({ start: s, end: e });
-  };
+  const push = (s: bigint, e: bigint) => appendRange(out, s, e);
   if (!scanMissing) {
     const any = PAGE_IS.PRESENT | PAGE_IS.SWAPPED;
     // PFNZERO inverted and required: only pages that are not the zero page.

@@ -11,7 +11,7 @@
  */
 import { MADV, PAGE_SIZE, PROT } from "../../ffi/mod.ts";
 import type { MappingEntry, ProcessEntry } from "../image/schema.ts";
-import { type AddressRange, pageFrames } from "../inspect/pages.ts";
+import { type AddressRange, appendRange, pageFrames } from "../inspect/pages.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { needsWrite } from "./mapping.ts";
 
@@ -53,12 +53,11 @@ export function sharedRanges(
       const end = at + CHUNK_PAGES * PAGE < r.end ? at + CHUNK_PAGES * PAGE : r.end;
       const mine = pageFrames(child, at, end);
       const theirs = pageFrames(parent, at, end);
-      for (let i = 0; i < mine.length; i++) {
-        if (mine[i] === 0n || mine[i] !== theirs[i]) continue;
-        const start = at + BigInt(i) * PAGE;
-        const last = out[out.length - 1];
-        if (last && last.end === start) last.end = start + PAGE;
-        else out.push({ start, end: start + PAGE });
+      for (let i = 0; i < mine.length; i += 2) {
+        if (mine[i] !== theirs[i] || mine[i + 1] !== theirs[i + 1]) continue;
+        if (mine[i] === 0 && mine[i + 1] === 0) continue; // not in RAM (or no frames to see)
+        const start = at + BigInt(i / 2) * PAGE;
+        appendRange(out, start, start + PAGE);
       }
     }
   }

@@ -23,7 +23,7 @@ import type { ImageReader } from "../image/mod.ts";
 import type { PageRun, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
-import { dumpableRanges, listPages } from "../inspect/pages.ts";
+import { appendRange, dumpableRanges, listPages } from "../inspect/pages.ts";
 import { sharedRanges } from "./cow.ts";
 import { hex, type Range } from "./target.ts";
 
@@ -141,10 +141,7 @@ function privateRanges(ctx: PageCopyContext, m: Mapping): Range[] {
   // Over a file: only pages that are no longer the file's (written, copied on write).
   const out: Range[] = [];
   for (const p of listPages(pid, { start: m.start, end: m.end })) {
-    if (p.guard || !((p.present && !p.file) || p.swapped)) continue;
-    const last = out[out.length - 1];
-    if (last && last.end === p.start) last.end = p.end;
-    else out.push({ start: p.start, end: p.end });
+    if (!p.guard && ((p.present && !p.file) || p.swapped)) appendRange(out, p.start, p.end);
   }
   return out;
 }

@@ -621,7 +621,8 @@ async function restoreTree(
       if (inheritsMemory(p)) {
         if (!maker || maker.entry.pid !== p.ppid) {
           throw new ImageError(
-            `process-${p.pid}.cbor: it shares memory with process ${p.ppid}, which does not make it`,
+            `${processMetaName(p.pid)}.cbor: it shares memory with process ${p.ppid}, ` +
+              `which does not make it`,
           );
         }
         await memoryOf(maker);

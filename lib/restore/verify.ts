@@ -53,7 +53,7 @@ import {
 } from "../../ffi/mod.ts";
 import { readLocks } from "../files/locks.ts";
 import { readOwner } from "../files/owner.ts";
-import { copiesAreHarmless } from "../files/socket/socket_copy.ts";
+import { copyIsHarmless } from "../files/socket/socket_copy.ts";
 import type {
   FileEntry,
   ItimerEntry,
@@ -626,49 +626,36 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
   const files = new Map<number, FileEntry>(e.files.map((f) => [f.id, f]));
   const live = new Map<number, Fd>(assignFileIds([p.hostPid], table).map((f) => [f.fd, f]));
   d.same("process", "fds", e.fds.map((f) => f.fd), [...live.keys()]);
+  // Owners are read from a copy of each file (readOwner), through a pidfd of the process.
   const pidfd = pidfdOpen(p.hostPid);
   try {
-    compareEachFd(p, d, sharing, inj, files, live, pidfd);
+    for (const want of e.fds) {
+      const got = live.get(want.fd);
+      const f = files.get(want.file);
+      if (!got || !f) continue;
+      const at = `fd ${want.fd}`;
+      d.same(at, "close-on-exec", want.closeOnExec, got.closeOnExec);
+      d.same(at, "flags", flagText(f.flags), flagText(got.flags));
+      const kinds = FD_KINDS[f.kind];
+      if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
+      if (!sharing.ownersSeen.has(got.fileId)) {
+        sharing.ownersSeen.add(got.fileId);
+        // From a copy (but of a socket where that changes it), its owner's pid translated back.
+        const copyOk = copyIsHarmless(got.kind);
+        const live = readOwner(inj, got.fd, got.flags, copyOk ? pidfd : undefined);
+        if (copyOk && live.owner && live.owner.pid > 0) {
+          live.owner = { ...live.owner, pid: p.imageId(live.owner.pid) };
+        }
+        d.same(at, "owner (F_GETOWN_EX)", f.owner, live.owner);
+        d.same(at, "signal (F_GETSIG)", f.signal, live.signal);
+      }
+      compareKind(p, d, at, f, got);
+      const key = `${e.pid}:${want.fd}`;
+      sharing.imageOf.set(key, want.file);
+      sharing.liveOf.set(key, got.fileId);
+    }
   } finally {
     close(pidfd);
-  }
-}
-
-/** The descriptors of `compareFds`, one by one (`pidfd`: of the process, to copy its files). */
-function compareEachFd(
-  p: RestoredProcess,
-  d: Diff,
-  sharing: Sharing,
-  inj: Injector,
-  files: Map<number, FileEntry>,
-  live: Map<number, Fd>,
-  pidfd: number,
-): void {
-  const e = p.entry;
-  for (const want of e.fds) {
-    const got = live.get(want.fd);
-    const f = files.get(want.file);
-    if (!got || !f) continue;
-    const at = `fd ${want.fd}`;
-    d.same(at, "close-on-exec", want.closeOnExec, got.closeOnExec);
-    d.same(at, "flags", flagText(f.flags), flagText(got.flags));
-    const kinds = FD_KINDS[f.kind];
-    if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
-    if (!sharing.ownersSeen.has(got.fileId)) {
-      sharing.ownersSeen.add(got.fileId);
-      // From a copy (but of a socket where that changes it), its owner's pid translated back.
-      const copyOk = got.kind !== "socket" || copiesAreHarmless();
-      const live = readOwner(inj, got.fd, got.flags, copyOk ? pidfd : undefined);
-      if (copyOk && live.owner && live.owner.pid > 0) {
-        live.owner = { ...live.owner, pid: p.imageId(live.owner.pid) };
-      }
-      d.same(at, "owner (F_GETOWN_EX)", f.owner, live.owner);
-      d.same(at, "signal (F_GETSIG)", f.signal, live.signal);
-    }
-    compareKind(p, d, at, f, got);
-    const key = `${e.pid}:${want.fd}`;
-    sharing.imageOf.set(key, want.file);
-    sharing.liveOf.set(key, got.fileId);
   }
 }
 

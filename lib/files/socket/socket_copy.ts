@@ -33,6 +33,11 @@ export function copiesAreHarmless(): boolean {
   return copiesHarmless;
 }
 
+/** Whether a copy of an open file of this kind, taken with pidfd_getfd, changes nothing of it. */
+export function copyIsHarmless(kind: string): boolean {
+  return kind !== "socket" || copiesAreHarmless();
+}
+
 /**
  * A reader of the socket `socket` is on: a copy in the tool (closed on dispose) where taking one
  * changes nothing, else `socket` itself.

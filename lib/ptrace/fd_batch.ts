@@ -22,7 +22,7 @@ import {
   trySocketpair,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { Injector } from "../ptrace/inject.ts";
+import type { Injector } from "./inject.ts";
 
 /** One open file to move: descriptor `fd` of process `pid` (a pid of the tool's). */
 export interface HeldFile {
