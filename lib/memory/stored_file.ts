@@ -103,12 +103,16 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
     } catch {
       // A filesystem without O_TMPFILE: a named file from the start.
       if (mine !== undefined) close(mine);
+      mine = undefined;
       Deno.writeFileSync(beside, new Uint8Array(0), { mode: obj.mode || 0o600, createNew: true });
       mine = open(beside, O.RDWR);
     }
     syscall("ftruncate", mine, obj.size);
   } catch (err) {
     if (mine !== undefined) close(mine);
+    try {
+      Deno.removeSync(beside);
+    } catch { /* never named */ }
     throw new RestoreError(`cannot recreate deleted file ${obj.name}: ${err}`);
   }
   ghosts.push(beside);
