@@ -7,8 +7,16 @@ export const check: Verb = {
   name: "check",
   summary: "Check the kernel features tardigrade needs; exit 1 if a required one is missing.",
   usage: "tardigrade check [--json]",
-  help: `Probes: ptrace (seizes a child sleep), PROCMAP_QUERY, PAGEMAP_SCAN, /proc/PID/map_files,
-clone3 with set_tid (asked for pid 1: EEXIST proves it), userfaultfd, /proc/sys/kernel/ns_last_pid.
+  help: `Probes, in order:
+  ptrace               seizes and interrupts a child sleep (required)
+  PROCMAP_QUERY        the ioctl on /proc/PID/maps
+  PAGEMAP_SCAN         the ioctl on /proc/PID/pagemap
+  /proc/PID/map_files  readable (required)
+  clone3 set_tid       asked for pid 1: EEXIST proves it (required)
+  userfaultfd          for pre-copy's dirty page tracking
+  ns_last_pid          /proc/sys/kernel/ns_last_pid
+  TCP_REPAIR           for dumping established TCP connections
+  pid namespaces       for restore --pid-namespace
 
 options:
   --json   {ok, features: [{name, required, ok, detail}]}; ok is false when a required
