@@ -11,6 +11,7 @@
 export {
   AccessDenied,
   DumpError,
+  FreezeTimeout,
   ImageError,
   NoSuchProcess,
   PolicyError,
@@ -61,7 +62,12 @@ export {
   type TimerfdInfo,
   type TimeSpec,
 } from "./lib/inspect/fds.ts";
-export { freeze, type FrozenProcess, type FrozenThread } from "./lib/ptrace/freeze.ts";
+export {
+  freeze,
+  type FreezeOptions,
+  type FrozenProcess,
+  type FrozenThread,
+} from "./lib/ptrace/freeze.ts";
 export { type Arg, Injector, type SyscallName } from "./lib/ptrace/inject.ts";
 export { RemoteMemory } from "./lib/inspect/memory.ts";
 export {

@@ -100,6 +100,15 @@ export function parsePid(text: string, verb: Verb): number {
   return Number(text);
 }
 
+/** A positive whole number of milliseconds given as `flag`, or undefined when not given. */
+export function parseMs(text: unknown, flag: string, verb: Verb): number | undefined {
+  if (text === undefined) return undefined;
+  if (typeof text !== "string" || !/^[1-9][0-9]*$/.test(text)) {
+    throw new UsageError(`${flag} wants a whole number of milliseconds, not '${text}'`, verb.usage);
+  }
+  return Number(text);
+}
+
 /** `0x` + lowercase hex of a bigint (the JSON form of every bigint). */
 export function hex(n: bigint): string {
   return `0x${n.toString(16)}`;

@@ -1,6 +1,14 @@
 /** `tardigrade dump PID DIR`: checkpoint a process into an image directory. */
 import { checkpoint, loadPolicy, type Policy, Process } from "../mod.ts";
-import { count, formatBytes, parsePid, parseVerb, printJson, type Verb } from "./common.ts";
+import {
+  count,
+  formatBytes,
+  parseMs,
+  parsePid,
+  parseVerb,
+  printJson,
+  type Verb,
+} from "./common.ts";
 import { ProgressBar } from "./progress.ts";
 
 /** Bytes a dump will copy at most: private pages present or swapped (for the progress bar). */
@@ -21,7 +29,7 @@ export const dump: Verb = {
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
   usage: "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--parent PREV] " +
-    "[--external KEY]... [--policy FILE.ts] [--json]",
+    "[--external KEY]... [--policy FILE.ts] [--freeze-timeout MS] [--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
 
@@ -42,6 +50,10 @@ options:
                     tee log\`, dumping prog) is refused unless declared so
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/
                     afterDump hooks), see examples/policies/
+  --freeze-timeout MS
+                    how long each thread may take to stop (default 10000): one asleep
+                    where no signal reaches it (a vfork parent, uninterruptible I/O) fails
+                    the dump, naming it, and the processes run on as they were
   --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
                     (and preCopy: {armFrozenMs, copiedBytes, reusedBytes} with --pre-copy,
                     incremental: {parent, reusedBytes} with --parent)
@@ -55,6 +67,7 @@ A progress bar goes to stderr when it is a terminal.`,
       parent: { type: "string" },
       external: { type: "string", multiple: true },
       policy: { type: "string" },
+      "freeze-timeout": { type: "string" },
       json: { type: "boolean" },
     }, { min: 2, max: 2 });
     if (!p) return 0;
@@ -71,6 +84,7 @@ A progress bar goes to stderr when it is a terminal.`,
       parent: typeof p.values.parent === "string" ? p.values.parent : undefined,
       external: p.values.external as string[] | undefined,
       policy,
+      freezeTimeoutMs: parseMs(p.values["freeze-timeout"], "--freeze-timeout", this),
       onProgress: (bytes) => bar.update(bytes),
     });
     bar.update(result.pageBytes);

@@ -38,6 +38,18 @@ export class PolicyError extends TardigradeError {}
 export class Unsupported extends TardigradeError {}
 
 /**
+ * A thread did not stop within the freeze's time limit: it sleeps in the kernel where no signal
+ * reaches it (a vfork waiting for its child, I/O that cannot be interrupted …). The process was
+ * left running as it was.
+ */
+export class FreezeTimeout extends TardigradeError {
+  /** Thread `tid` of process `pid` did not stop within `ms`; `why` says where it waits. */
+  constructor(readonly pid: number, readonly tid: number, ms: number, why: string) {
+    super(`thread ${tid} of process ${pid} did not stop within ${ms} ms: ${why}`);
+  }
+}
+
+/**
  * Turns a `SyscallError` about process `pid` into `NoSuchProcess` or `AccessDenied` where that is
  * what it means; other errors pass through unchanged.
  */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { freeze, NoSuchProcess } from "../mod.ts";
-import { fixture, killAndReap, spawnTarget, withTarget } from "./helpers.ts";
+import { freeze, FreezeTimeout, NoSuchProcess } from "../mod.ts";
+import { fixture, killAndReap, spawnTarget, waitUntil, withTarget } from "./helpers.ts";
 
 function threadStates(pid: number): string[] {
   return [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => {
@@ -81,4 +81,23 @@ Deno.test("freeze: a dead pid is NoSuchProcess", async () => {
   const t = await spawnTarget(bin, [], { ready: /READY/ });
   await killAndReap(t.pid);
   await assert.rejects(() => freeze(t.pid), NoSuchProcess);
+});
+
+Deno.test("freeze: a thread that cannot stop (a vfork parent) fails in time, and runs on untraced", async () => {
+  const bin = await fixture("vfork_wait");
+  await withTarget(await spawnTarget(bin, ["1500"], { ready: /IN VFORK/ }), async (t) => {
+    const started = performance.now();
+    await assert.rejects(
+      () => freeze(t.pid, { timeoutMs: 300 }),
+      (err) => err instanceof FreezeTimeout && err.tid === t.pid && /vfork/.test(err.message),
+    );
+    assert.ok(performance.now() - started < 1200, "the freeze gave up after its time limit");
+    // Its child exits; the parent stops for the interrupt it was sent, and is let go at once,
+    // while this process (its tracer) still runs.
+    await waitUntil(() => t.output().includes("BACK"), 5000, "the vfork to end");
+    const tracer = () =>
+      Deno.readTextFileSync(`/proc/${t.pid}/status`).match(/TracerPid:\s+(\d+)/)![1];
+    await waitUntil(() => tracer() === "0", 2000, "the late stopper to be let go");
+    assert.equal(await t.check(), "PASS");
+  });
 });

@@ -89,6 +89,12 @@ export interface CheckpointOptions {
    * that names no descriptor is refused too.
    */
   external?: string[];
+  /**
+   * How long each thread may take to stop, in ms (default 10 s, as CRIU's `--timeout`): a
+   * thread asleep where no signal reaches it (a vfork parent waiting for its child,
+   * uninterruptible I/O) fails the dump with `FreezeTimeout`, and the processes run on.
+   */
+  freezeTimeoutMs?: number;
 }
 
 /** What a checkpoint wrote. */
@@ -176,9 +182,11 @@ function checkNamespaces(pid: number): void {
  */
 async function freezeTree(
   pid: number,
-  single: boolean,
+  opts: CheckpointOptions,
   stopped: Set<number>,
 ): Promise<FrozenProcess[]> {
+  const single = opts.single ?? false;
+  const options = { timeoutMs: opts.freezeTimeoutMs };
   const frozen: FrozenProcess[] = [];
   // Stopped by a signal (^Z, SIGSTOP) before we came: it is to come back stopped.
   const note = (p: number) => {
@@ -187,11 +195,11 @@ async function freezeTree(
     return p;
   };
   try {
-    frozen.push(await freeze(note(pid)));
+    frozen.push(await freeze(note(pid), options));
     for (let i = 0; !single && i < frozen.length; i++) {
       for (const child of liveChildrenOf(frozen[i].pid)) {
         try {
-          frozen.push(await freeze(note(child)));
+          frozen.push(await freeze(note(child), options));
         } catch (err) {
           if (!(err instanceof NoSuchProcess)) throw err; // it exited: nothing to dump
         }
@@ -443,7 +451,7 @@ export async function checkpoint(
     if (opts.preCopy) {
       // Pre-copy hook: a brief freeze to arm tracking, then a copy while the processes run.
       pre = await preCopy(
-        () => freezeTree(pid, opts.single ?? false, new Set()),
+        () => freezeTree(pid, opts, new Set()),
         sink,
         staging,
         () => new Promise((r) => setTimeout(r, 0)),
@@ -451,7 +459,7 @@ export async function checkpoint(
       started = performance.now() - pre.frozenMs; // frozenMs counts both freezes
     }
     const stopped = new Set<number>();
-    tree = await freezeTree(pid, opts.single ?? false, stopped);
+    tree = await freezeTree(pid, opts, stopped);
     const run: DumpRun = {
       policy,
       files: new FileTable(),

@@ -22,8 +22,16 @@ import {
   SyscallError,
   waitpid,
 } from "../../ffi/mod.ts";
-import { AccessDenied, DumpError, explain, NoSuchProcess, Unsupported } from "../errors.ts";
+import {
+  AccessDenied,
+  DumpError,
+  explain,
+  FreezeTimeout,
+  NoSuchProcess,
+  Unsupported,
+} from "../errors.ts";
 import { awaitInterrupt, detachDelivering, Injector } from "./inject.ts";
+import { releaseWhenStopped, waitWithin, whereItWaits } from "./bounded_wait.ts";
 import {
   hexMask,
   isKernelThread,
@@ -51,6 +59,19 @@ export interface FrozenThread {
    * was in when seized; undefined when it was running.
    */
   readonly groupStop?: number;
+}
+
+/** How long a thread may take to stop before a freeze gives up, as CRIU's `--timeout`. */
+export const FREEZE_TIMEOUT_MS = 10_000;
+
+/** How to freeze. */
+export interface FreezeOptions {
+  /**
+   * How long each thread may take to stop, in ms (default 10 s). A thread that sleeps where no
+   * signal reaches it (a vfork parent, uninterruptible I/O) fails the freeze with
+   * `FreezeTimeout`, and the process runs on as it was.
+   */
+  timeoutMs?: number;
 }
 
 /** The signals whose default action stops the process. */
@@ -174,13 +195,13 @@ export class FrozenProcess implements AsyncDisposable {
 
   private constructor(readonly pid: number) {}
 
-  /** Seizes and stops every thread of `pid`. */
-  static freeze(pid: number): FrozenProcess {
+  /** Seizes and stops every thread of `pid`, each within `options.timeoutMs`. */
+  static freeze(pid: number, options: FreezeOptions = {}): FrozenProcess {
     const frozen = new FrozenProcess(pid);
     active.add(frozen);
     hookSignals(true);
     try {
-      frozen.#stopAll();
+      frozen.#stopAll(options.timeoutMs ?? FREEZE_TIMEOUT_MS);
       frozen.#suspendSeccomp();
     } catch (err) {
       frozen.releaseSync();
@@ -189,8 +210,9 @@ export class FrozenProcess implements AsyncDisposable {
     return frozen;
   }
 
-  #stopAll(): void {
+  #stopAll(timeoutMs: number): void {
     const seized = new Set<number>();
+    let stuck: FreezeTimeout | undefined;
     // Threads may be born while we seize: list again until a pass finds none new.
     for (;;) {
       const fresh = tidsOf(this.pid).filter((t) => !seized.has(t));
@@ -205,7 +227,14 @@ export class FrozenProcess implements AsyncDisposable {
           if (!isEsrch(err)) throw err; // the thread exited meanwhile
         }
       }
-      for (const tid of fresh) if (seized.has(tid)) this.#waitStop(tid);
+      for (const tid of fresh) {
+        if (seized.has(tid) && !this.#waitStop(tid, timeoutMs)) {
+          // The others stop all the same, so that the release lets every one go.
+          releaseWhenStopped(tid);
+          stuck ??= new FreezeTimeout(this.pid, tid, timeoutMs, whereItWaits(this.pid, tid));
+        }
+      }
+      if (stuck) throw stuck;
     }
     if (this.#threads.size === 0) throw new NoSuchProcess(this.pid, "it exited while freezing");
   }
@@ -246,16 +275,18 @@ export class FrozenProcess implements AsyncDisposable {
     return this.#seccompRefusal;
   }
 
-  #waitStop(tid: number): void {
-    const st = waitpid(tid)!;
-    if (st.exited || st.signaled) return; // the thread ended
+  /** Records `tid` once it stops; false when it did not stop within `timeoutMs`. */
+  #waitStop(tid: number, timeoutMs: number): boolean {
+    const st = waitWithin(tid, timeoutMs);
+    if (!st) return false;
+    if (st.exited || st.signaled) return true; // the thread ended
     const held: SigInfo[] = [];
     if (st.event === 0) {
       // A signal-delivery stop came before the interrupt: hold the signal (it stays pending for
       // a dump, and is handed back on release), so every thread sits in the same kind of stop.
       held.push(getSigInfo(tid));
       cont(tid);
-      if (!awaitInterrupt(tid, held)) return;
+      if (!awaitInterrupt(tid, held)) return true;
     }
     // A thread seized in a group stop reports it with the signal that stopped the group (an
     // interrupt of a running one with SIGTRAP).
@@ -266,6 +297,7 @@ export class FrozenProcess implements AsyncDisposable {
       held,
       groupStop: stop ? st.stopSignal : undefined,
     });
+    return true;
   }
 
   /** The stopped threads, the thread-group leader first. */
@@ -381,9 +413,9 @@ export class FrozenProcess implements AsyncDisposable {
  * Freezes a process: `await using frozen = await freeze(pid)`. Every thread stops without a
  * signal the process could see, and all run on when `frozen` is disposed.
  */
-export function freeze(pid: number): Promise<FrozenProcess> {
+export function freeze(pid: number, options: FreezeOptions = {}): Promise<FrozenProcess> {
   try {
-    return Promise.resolve(FrozenProcess.freeze(pid));
+    return Promise.resolve(FrozenProcess.freeze(pid, options));
   } catch (err) {
     return Promise.reject(err);
   }
