@@ -142,7 +142,7 @@ Deno.test("cli: check reports every feature as ok here", async () => {
   for (const f of j.features) assert.ok(f.ok, f.name);
   // check --help names every probe it runs, in order.
   const help = (await cli("check", "--help")).stdout;
-  const named = [...help.matchAll(/^  (\S+(?: \S+)?) {2,}/gm)].map((m) => m[1]);
+  const named = [...help.matchAll(/^ {2}(\S+(?: \S+)?) {2,}/gm)].map((m) => m[1]);
   assert.deepEqual(named.slice(0, j.features.length), j.features.map((f) => f.name));
 });
 
