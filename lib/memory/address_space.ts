@@ -21,7 +21,7 @@ import { Unsupported } from "../errors.ts";
 import { listMappings, type Mapping } from "../inspect/mappings.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { dumpableRanges, guardRanges, USER_SPACE_END } from "../inspect/pages.ts";
-import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
+import type { Injector } from "../ptrace/inject.ts";
 import { installGuards, refusedFlag, restoreVmaAdvice, sealMappings, vmaStates } from "./advice.ts";
 import { aioSource, makeAioRing } from "./aio.ts";
 import { inheritable, inheritedMappings, type ParentMemory, prepareInherited } from "./cow.ts";
@@ -228,7 +228,7 @@ export class AddressSpaceBuilder {
 
   /** Maps the injector's scratch region in a gap of the dumped layout. */
   placeScratch(): void {
-    this.inj.scratchAt(this.#target.gaps.take(SCRATCH_SIZE));
+    this.inj.scratchAt(this.#target.gaps.take(this.inj.scratchBytes));
   }
 
   /**
@@ -267,6 +267,7 @@ export class AddressSpaceBuilder {
       else if (src.type === "aio") makeAioRing(this.#target, { ...m, source: src });
       else this.#mappings.create(m, (id) => this.objects.fd(id));
     }
+    this.inj.flush(); // their pages go in next, from outside
   }
 
   /** Writes every page run from the image into the process and its memory objects. */
@@ -297,6 +298,7 @@ export class AddressSpaceBuilder {
     if (this.#codePage) dropCodePage(this.#target, this.#codePage);
     this.#codePage = null;
     this.#sysv.removeMarked(); // only now do mappings hold the segments
+    this.inj.flush();
   }
 
   /** Seals memfds again and gives deleted files their times, now that their contents are in. */
@@ -312,6 +314,7 @@ export class AddressSpaceBuilder {
    */
   sealMappings(): void {
     sealMappings(this.inj, this.image.mappings);
+    this.inj.flush();
   }
 
   /** Closes the target fds of memory objects. */

@@ -176,13 +176,13 @@ export function refusedFlag(flags: string[], kind: string, ownTracking: boolean)
 export function restoreVmaAdvice(inj: Injector, mappings: MappingEntry[]): void {
   for (const m of mappings) {
     for (const flag of m.advice ?? []) {
-      if (flag in ADVICE) inj.call("madvise", m.start, m.end - m.start, ADVICE[flag]);
+      if (flag in ADVICE) inj.queue("madvise", [m.start, m.end - m.start, ADVICE[flag]]);
     }
   }
   for (const m of mappings) {
     const advice = m.advice ?? [];
-    if (advice.includes("lf")) inj.call("mlock2", m.start, m.end - m.start, MLOCK.ONFAULT);
-    else if (advice.includes("lo")) inj.call("mlock2", m.start, m.end - m.start, 0);
+    if (advice.includes("lf")) inj.queue("mlock2", [m.start, m.end - m.start, MLOCK.ONFAULT]);
+    else if (advice.includes("lo")) inj.queue("mlock2", [m.start, m.end - m.start, 0]);
   }
 }
 
@@ -193,7 +193,7 @@ export function restoreVmaAdvice(inj: Injector, mappings: MappingEntry[]): void 
 export function installGuards(inj: Injector, mappings: MappingEntry[]): void {
   for (const m of mappings) {
     for (const g of m.guards ?? []) {
-      inj.call("madvise", g.start, g.end - g.start, MADV.GUARD_INSTALL);
+      inj.queue("madvise", [g.start, g.end - g.start, MADV.GUARD_INSTALL]);
     }
   }
 }
@@ -204,6 +204,6 @@ export function installGuards(inj: Injector, mappings: MappingEntry[]): void {
  */
 export function sealMappings(inj: Injector, mappings: MappingEntry[]): void {
   for (const m of mappings) {
-    if (m.advice?.includes("sl")) inj.call("mseal", m.start, m.end - m.start, 0);
+    if (m.advice?.includes("sl")) inj.queue("mseal", [m.start, m.end - m.start, 0]);
   }
 }

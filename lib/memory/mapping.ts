@@ -11,7 +11,7 @@
  * again at its address with MAP_FIXED_NOREPLACE, writable while its pages go in, and gives it
  * its final protection after.
  */
-import { Errno, hugePageSizeFlag, MAP, O, PAGE_SIZE, PROT, SYS } from "../../ffi/mod.ts";
+import { Errno, hugePageSizeFlag, MAP, O, PAGE_SIZE, PROT } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MappingEntry, MappingSource, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
@@ -197,37 +197,31 @@ export class MappingMaker {
       throw new RestoreError(`AIO ring ${hex(m.start)} is made by io_setup, not mmap`);
     } else if (m.shared && !mayWrite(m)) fd = this.#readOnlyObjectFd(src.object, objectFd);
     else fd = objectFd(src.object);
-    const r = this.t.inj.raw(
-      SYS.mmap,
-      m.start,
-      size,
-      prot,
-      flags,
-      fd,
-      src.type === "anonymous" ? 0 : m.offset,
-    );
-    if (r !== m.start) {
+    // Queued: thousands of mappings are made in a few runs (the address space's `flush`).
+    const offset = src.type === "anonymous" ? 0 : m.offset;
+    this.t.inj.queue("mmap", [m.start, size, prot, flags, fd, offset], (r) => {
+      if (r === m.start) return;
       const why = r < 0n
         ? `errno ${-r}${-r === BigInt(Errno.EEXIST) ? " (address taken)" : ""}`
         : `got ${hex(r)}`;
       throw new RestoreError(
         `cannot recreate mapping ${hex(m.start)}-${hex(m.end)} ${m.name ?? ""}: ${why}`,
       );
-    }
+    });
   }
 
   /** Gives the mappings that were writable only for their pages their own protection. */
   protectFinal(mappings: MappingEntry[]): void {
     for (const m of mappings) {
       if (needsWrite(m) && m.prot !== (m.prot | PROT.READ | PROT.WRITE)) {
-        this.t.inj.call("mprotect", m.start, m.end - m.start, m.prot);
+        this.t.inj.queue("mprotect", [m.start, m.end - m.start, m.prot]);
       }
     }
   }
 
   /** Closes the target's fds of mapped files. */
   closeFiles(): void {
-    for (const fd of this.#fileFds.values()) this.t.inj.call("close", fd);
+    for (const fd of this.#fileFds.values()) this.t.inj.queue("close", [fd]);
     this.#fileFds.clear();
   }
 }

@@ -44,6 +44,16 @@ import {
 } from "./way_back.ts";
 import { findVdso, listMappings } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
+import {
+  encodeRecords,
+  MAX_RECORDS,
+  type QueuedCall,
+  RECORD_SIZE,
+  resultOf,
+  RUNNER_BYTES,
+  RUNNER_CODE,
+  RUNNER_END,
+} from "./syscall_runner.ts";
 
 /** Name of an injectable syscall. */
 export type SyscallName = keyof typeof SYS;
@@ -52,6 +62,12 @@ export type Arg = bigint | number;
 
 /** The scratch region is plain read-write memory. */
 const RW = PROT.READ | PROT.WRITE;
+
+/** In a process being restored it also holds the syscall runner's code. */
+const RWX = RW | PROT.EXEC;
+
+/** The signals of a fault in the runner's code. */
+const FAULTS: number[] = [SIG.SIGSEGV, SIG.SIGBUS, SIG.SIGILL];
 
 /** Size of the scratch region mapped in the target for syscall arguments. */
 export const SCRATCH_SIZE = 64n * 1024n;
@@ -238,6 +254,7 @@ export class Injector implements Disposable {
    * the thread's registers and mask put back afterwards.
    */
   raw(nr: number, ...args: Arg[]): bigint {
+    this.flush(); // what was queued comes first
     if (this.#batch) return this.#step(this.#batch.regs, nr, args);
     if (this.#diesWithTool) return this.#rawStepped(nr, args);
     return this.#rawAtSyscallStops(nr, args, this.#wayBack());
@@ -269,6 +286,112 @@ export class Injector implements Disposable {
    */
   #stepMask(mask: bigint): bigint {
     return (this.#diesWithTool ? ALL_SIGNALS : mask) & ~sigBit(SIG.SIGTRAP);
+  }
+
+  /** Syscalls queued (`queue`), not made yet. */
+  #pending: QueuedCall[] = [];
+
+  /**
+   * Queues a syscall whose result nothing needs at once: in a process that dies with the tool,
+   * queued syscalls are made together, in order, in one ptrace round trip (syscall_runner.ts),
+   * before the next `raw`, `call` or `put`, or at `flush`. `onResult` is told the result (a
+   * negative errno on failure) and throws to fail; without it a failure throws `SyscallError`.
+   * In a dump's target the syscall is made at once. Arguments pointing into the scratch region
+   * stay valid until it is made (`put` makes what is queued first).
+   */
+  queue(name: SyscallName, args: Arg[], onResult?: (result: bigint) => void): void {
+    const call: QueuedCall = { nr: SYS[name], args: args.map(BigInt), name, onResult };
+    if (!this.#diesWithTool) return this.#settleQueued(call, this.raw(call.nr, ...call.args));
+    this.#pending.push(call);
+    if (this.#pending.length === MAX_RECORDS) this.flush();
+  }
+
+  /** Makes every queued syscall now. */
+  flush(): void {
+    while (this.#pending.length) {
+      const calls = this.#pending.splice(0, MAX_RECORDS);
+      let done = 0;
+      try {
+        while (done < calls.length) done += this.#runQueued(calls.slice(done));
+      } catch (err) {
+        this.#pending = []; // the restore fails: the rest would only fail after it
+        throw err;
+      }
+    }
+  }
+
+  #settleQueued(call: QueuedCall, result: bigint): void {
+    if (call.onResult) return call.onResult(result);
+    this.#checked(call.name as SyscallName, call.args, result);
+  }
+
+  /** Whether the runner's code is in the scratch region (of the owner, which holds it). */
+  #runnerWritten = false;
+
+  /**
+   * Runs `calls` through the runner; returns how many were made, up to and with the first that
+   * failed (whose `onResult` let it pass).
+   */
+  #runQueued(calls: QueuedCall[]): number {
+    const owner = this.#owner ?? this;
+    const code = this.scratch() + SCRATCH_SIZE;
+    if (!owner.#runnerWritten) {
+      this.mem.write(code, RUNNER_CODE);
+      owner.#runnerWritten = true;
+    }
+    const records = code + 4096n;
+    this.mem.write(records, encodeRecords(calls));
+    const base = this.#batch?.regs ?? getRegs(this.tid);
+    const savedMask = this.#batch ? undefined : getSigMask(this.tid);
+    let left: bigint;
+    try {
+      if (savedMask !== undefined) setSigMask(this.tid, this.#stepMask(savedMask));
+      setRegs(this.tid, {
+        ...base,
+        rip: code,
+        r12: records,
+        r13: BigInt(calls.length),
+        orig_rax: -1n,
+        eflags: base.eflags & ~EFLAGS_TF,
+      });
+      left = this.#runToTrap(code);
+    } finally {
+      setRegs(this.tid, base);
+      if (savedMask !== undefined) setSigMask(this.tid, savedMask);
+    }
+    const made = calls.length - Number(left) + (left > 0n ? 1 : 0);
+    const results = this.mem.read(records, made * RECORD_SIZE);
+    for (let i = 0; i < made; i++) this.#settleQueued(calls[i], resultOf(results, i));
+    return made;
+  }
+
+  /** Lets the thread run the runner at `code` until its `int3`; returns its r13 then. */
+  #runToTrap(code: bigint): bigint {
+    cont(this.tid);
+    for (;;) {
+      const st = waitpid(this.tid)!;
+      if (st.exited || st.signaled) {
+        throw new NoSuchProcess(this.tid, "it ended while running queued syscalls");
+      }
+      if (st.event !== 0) {
+        if (st.event !== PTRACE_EVENT.STOP) {
+          this.events.push({ event: st.event, message: getEventMsg(this.tid) });
+        }
+      } else if (st.stopSignal === SIG.SIGTRAP) {
+        const regs = getRegs(this.tid);
+        if (regs.rip === code + RUNNER_END) return regs.r13;
+        throw new TardigradeError(
+          `process ${this.pid}: the syscall runner stopped at 0x${regs.rip.toString(16)}`,
+        );
+      } else if (st.stopSignal !== undefined && FAULTS.includes(st.stopSignal)) {
+        throw new TardigradeError(
+          `process ${this.pid}: the syscall runner faulted (signal ${st.stopSignal})`,
+        );
+      } else if (st.stopSignal !== undefined) {
+        this.deferred.push(getSigInfo(this.tid));
+      }
+      cont(this.tid);
+    }
   }
 
   /** Registers and mask saved for a batch of syscalls (`batch`), while it runs. */
@@ -522,6 +645,7 @@ export class Injector implements Disposable {
 
   /** `call` without a way back: for the syscalls that map and unmap the region it lives in. */
   #callStepped(name: SyscallName, ...args: Arg[]): bigint {
+    this.flush();
     const nr = SYS[name];
     const r = this.#diesWithTool
       ? this.#rawStepped(nr, args)
@@ -556,7 +680,9 @@ export class Injector implements Disposable {
     if (this.#owner) return this.#owner.scratch();
     if (this.#scratch === 0n) {
       const flags = MAP.PRIVATE | MAP.ANONYMOUS;
-      this.#scratch = this.#callStepped("mmap", 0, this.#scratchSize, RW, flags, -1, 0);
+      const prot = this.#diesWithTool ? RWX : RW;
+      this.#scratch = this.#callStepped("mmap", 0, this.#scratchSize, prot, flags, -1, 0);
+      this.#runnerWritten = false;
       this.#framesUsed = 0;
     }
     return this.#scratch;
@@ -566,13 +692,22 @@ export class Injector implements Disposable {
   scratchAt(addr: bigint): bigint {
     if (this.#scratch !== 0n) throw new RangeError("scratch already mapped");
     const flags = MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE;
-    this.#scratch = this.call("mmap", addr, SCRATCH_SIZE, RW, flags, -1, 0);
+    const prot = this.#diesWithTool ? RWX : RW;
+    this.#scratch = this.call("mmap", addr, this.#scratchSize, prot, flags, -1, 0);
+    this.#runnerWritten = false;
     return this.#scratch;
+  }
+
+  /** How many bytes `scratchAt` maps. */
+  get scratchBytes(): bigint {
+    return this.#scratchSize;
   }
 
   /** Forgets the scratch region without unmapping it (the restorer unmaps it itself). */
   dropScratch(): void {
+    this.flush();
     this.#scratch = 0n;
+    this.#runnerWritten = false;
   }
 
   /** The scratch region's range, so a dump can leave it out. */
@@ -583,12 +718,14 @@ export class Injector implements Disposable {
 
   /** The scratch region's size: the argument area, then the ways back. */
   get #scratchSize(): bigint {
-    return SCRATCH_SIZE + BigInt(this.#frames * FRAME_STRIDE);
+    const runner = this.#diesWithTool ? RUNNER_BYTES : 0;
+    return SCRATCH_SIZE + BigInt(this.#frames * FRAME_STRIDE + runner);
   }
 
   /** Copies bytes into scratch memory at `offset` and returns their address in the target. */
   put(data: Uint8Array, offset = 0): bigint {
     if (BigInt(offset + data.length) > SCRATCH_SIZE) throw new RangeError("scratch overflow");
+    this.flush(); // a queued syscall may still read what is there
     const addr = this.scratch() + BigInt(offset);
     this.mem.write(addr, data);
     return addr;
