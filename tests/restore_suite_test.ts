@@ -72,6 +72,7 @@ export const restoreCases: RestoreCase[] = [
   // File descriptors
   { name: "r_file_flags" },
   { name: "r_dup_shared_pos" },
+  { name: "r_many_files" },
   { name: "r_pipe" },
   { name: "r_eventfd" },
   { name: "r_epoll" },

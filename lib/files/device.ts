@@ -7,8 +7,8 @@ import { O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
-import type { FileHandler, FileRestoreContext } from "./types.ts";
-import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
+import type { FileHandler, FileRestoreContext, PathOpen } from "./types.ts";
+import { openPath, reopenFlags } from "./util.ts";
 
 /** An open device file. */
 export interface DeviceEntry extends FileEntry {
@@ -21,6 +21,18 @@ export interface DeviceEntry extends FileEntry {
 }
 
 const PTMX_RDEV = (5n << 8n) | 2n;
+
+/** A device is its path opened again. */
+function deviceOpen(e: DeviceEntry): PathOpen {
+  return {
+    path: e.path,
+    // O_NOCTTY: reopening a tty must not make it the controlling terminal as a side effect.
+    flags: reopenFlags(e.flags) | (e.tty ? O.NOCTTY : 0),
+    position: e.position,
+    // Most character devices have no position (ESPIPE): nothing to restore.
+    seekMayFail: true,
+  };
+}
 
 /** Character devices and ttys. */
 export const deviceHandler: FileHandler<DeviceEntry> = {
@@ -60,14 +72,6 @@ export const deviceHandler: FileHandler<DeviceEntry> = {
     }
     return null;
   },
-  open(e: DeviceEntry, ctx: FileRestoreContext): number {
-    // O_NOCTTY: reopening a tty must not make it the controlling terminal as a side effect.
-    const fd = injectOpen(ctx, e.path, reopenFlags(e.flags) | (e.tty ? O.NOCTTY : 0));
-    if (e.position !== 0n) {
-      try {
-        injectSeek(ctx, fd, e.position);
-      } catch { /* most character devices have no position (ESPIPE): nothing to restore */ }
-    }
-    return fd;
-  },
+  open: (e: DeviceEntry, ctx: FileRestoreContext) => openPath(ctx, deviceOpen(e)),
+  openByPath: deviceOpen,
 };

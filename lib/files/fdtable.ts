@@ -7,7 +7,17 @@
  * different are set with F_SETFL once every process and thread exists, the owner and signal once
  * the process has its credentials too.
  */
-import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
+import {
+  AT_FDCWD,
+  close,
+  F,
+  FD_CLOEXEC,
+  O,
+  pidfdOpen,
+  SETFL_MASK,
+  SYS,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { type Fd, fdFlags } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
@@ -16,7 +26,13 @@ import { copyIsHarmless } from "./socket/socket_copy.ts";
 import { readOwner, restoreOwner } from "./owner.ts";
 import { abortScope, handlerForEntry, handlerForFd } from "./registry.ts";
 import type { RegularEntry } from "./regular.ts";
-import type { FdDecision, FileDumpContext, FileRestoreContext, RestoredTasks } from "./types.ts";
+import type {
+  FdDecision,
+  FileDumpContext,
+  FileRestoreContext,
+  PathOpen,
+  RestoredTasks,
+} from "./types.ts";
 import { type Injector, SCRATCH_SIZE } from "../ptrace/inject.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import type { FdEntry, FileEntry, ProcessEntry } from "../image/schema.ts";
@@ -107,6 +123,23 @@ function scratchAllocator(inj: Injector) {
 
 /** Fewer shared files than this are taken one by one: a batch first hands the target a socket. */
 const MIN_BATCH = 4;
+
+/** Fewer files opened by path than this are made one by one: a run first lists the table. */
+const MIN_PATH_RUN = 8;
+
+/**
+ * Queues the open of a file that is only its path opened again (`openByPath`), which lands at
+ * `fd`, the lowest free number then, and its seek.
+ */
+function queuePathOpen(inj: Injector, how: PathOpen, fd: number): void {
+  const path = inj.queueData(new TextEncoder().encode(how.path + "\0"));
+  inj.queue("openat", [AT_FDCWD, path, how.flags, 0], (r) => {
+    if (r < 0n) throw new SyscallError(`openat(${how.path}) in ${inj.pid}`, [], Number(-r));
+    if (r !== BigInt(fd)) throw new RestoreError(`${how.path} opened at fd ${r}, not ${fd}`);
+  });
+  if (how.position === 0n) return;
+  inj.queue("lseek", [fd, how.position, 0], how.seekMayFail ? () => {} : undefined);
+}
 
 /** Opens a pidfd of the tool inside the target, by the tool's pid (seen from the target). */
 function toolPidfdByPid(inj: Injector): bigint {
@@ -208,17 +241,52 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     for (const f of p.fds) {
       if (f.file !== file) continue;
       if (f.fd !== fd) {
-        inj.call("dup3", fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0);
+        inj.queue("dup3", [fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0]);
       } else {
         kept = true;
         // Not known: fdinfo tells, read from outside (an injected F_GETFD costs far more).
         cloexec ??= (fdFlags(inj.pid, fd) & O.CLOEXEC) !== 0;
         if (cloexec !== f.closeOnExec) {
-          inj.call("fcntl", fd, F.SETFD, f.closeOnExec ? FD_CLOEXEC : 0);
+          inj.queue("fcntl", [fd, F.SETFD, f.closeOnExec ? FD_CLOEXEC : 0]);
         }
       }
     }
-    if (!kept) inj.call("close", fd);
+    if (!kept) inj.queue("close", [fd]);
+  };
+  /** Whether `n` holds a file, or will once `more` are placed. */
+  const holds = (n: number, more: Set<number>) => placed.has(n) || more.has(n);
+  /**
+   * The files from `order[i]` on that are only a path opened again, made by no process before,
+   * each with the number its open will get (the lowest free one then): queued, they are made
+   * together.
+   */
+  const pathRun = (order: FileEntry[], i: number): [FileEntry, PathOpen, number][] => {
+    const run: [FileEntry, PathOpen, number][] = [];
+    const more = new Set<number>();
+    let next = 0;
+    for (let k = i; k < order.length; k++) {
+      const g = order[k];
+      const handler = handlerForEntry(g)!;
+      if (shared.has(g.id) || handler.deferred) break;
+      const how = handler.openByPath?.(g);
+      if (!how) break;
+      while (holds(next, more)) next++;
+      run.push([g, how, next]);
+      for (const n of numbersOf.get(g.id)!) more.add(n);
+    }
+    return run;
+  };
+  /**
+   * Whether every descriptor below `high` the process has holds a placed file: then an open
+   * takes the lowest number `placed` leaves free, as a path run counts on.
+   */
+  const onlyPlaced = (): boolean => {
+    inj.flush();
+    for (const e of Deno.readDirSync(`/proc/${inj.pid}/fd`)) {
+      const n = Number(e.name);
+      if (n < high && !placed.has(n)) return false;
+    }
+    return true;
   };
   // Above every number of the table: the owners' pidfds, then the memory objects' fds.
   const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
@@ -273,9 +341,19 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
         taken.add(f.id);
         placeAt(f.id, taker.take(owner.pid, owner.fd), true);
       } else {
-        placeAt(f.id, handler.open(f, ctx));
+        const paths = handler.openByPath?.(f) ? pathRun(order, i) : [];
+        if (paths.length >= MIN_PATH_RUN && onlyPlaced()) {
+          for (const [g, how, fd] of paths) {
+            queuePathOpen(inj, how, fd);
+            placeAt(g.id, fd, (how.flags & O.CLOEXEC) !== 0);
+          }
+          i += paths.length - 1;
+        } else {
+          placeAt(f.id, handler.open(f, ctx));
+        }
       }
     }
+    inj.flush(); // the files' finish reads some of them from outside
     for (const f of order) {
       if (taken.has(f.id) || deferred.includes(f)) continue;
       const fd = firstFd.get(f.id)!;
@@ -306,10 +384,12 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
         handlerForEntry(f)!.finish?.(f, fd, ctx);
         shared.set(f.id, { pid: inj.pid, fd });
       }
+      inj.flush(); // the flags are read from outside
       for (const f of p.files) {
         const fd = firstFd.get(f.id);
         if (fd !== undefined && !taken.has(f.id)) restoreStatusFlags(inj, fd, f.flags);
       }
+      inj.flush();
     },
     restoreOwners(): void {
       for (const f of p.files) {
@@ -335,8 +415,8 @@ function restoreStatusFlags(inj: Injector, fd: number, flags: number): void {
   let now = fdFlags(inj.pid, fd) & ~O.CLOEXEC; // as F_GETFL gives them, read from outside
   if (flags & now & O.ASYNC) {
     now &= ~O.ASYNC;
-    inj.call("fcntl", fd, F.SETFL, now & SETFL_MASK);
+    inj.queue("fcntl", [fd, F.SETFL, now & SETFL_MASK]);
   }
   if ((now & SETFL_MASK) === (flags & SETFL_MASK)) return;
-  inj.call("fcntl", fd, F.SETFL, flags & SETFL_MASK);
+  inj.queue("fcntl", [fd, F.SETFL, flags & SETFL_MASK]);
 }

@@ -19,8 +19,8 @@ import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
 import { checkLocks, FILE_LOCK, type FileLock, readLocks, restoreLocks } from "./locks.ts";
 import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
-import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
-import { injectOpen, injectSeek, reopenFlags } from "./util.ts";
+import type { FileDumpContext, FileHandler, FileRestoreContext, PathOpen } from "./types.ts";
+import { injectOpen, injectSeek, openPath, reopenFlags } from "./util.ts";
 
 /** An open regular file or directory. */
 export interface RegularEntry extends FileEntry {
@@ -190,11 +190,24 @@ function open(e: RegularEntry, ctx: FileRestoreContext): number {
     // Removed again once every process of the restore has opened it.
     recreate(ctx.scope ?? ctx, e.path, "directory", e.removed, `fd of process ${ctx.pid}`);
   }
-  const fd = injectOpen(ctx, e.path, reopenFlags(e.flags));
+  const fd = openPath(ctx, pathOpen(e));
   if (e.removed) restoreRemoved(e, ctx, fd);
-  // O_PATH descriptors have no position.
-  if (e.position !== 0n && !(e.flags & O.PATH)) injectSeek(ctx, fd, e.position);
   return fd;
+}
+
+/** The path and flags a regular file is opened again with. */
+function pathOpen(e: RegularEntry): PathOpen {
+  // O_PATH descriptors have no position.
+  return {
+    path: e.path,
+    flags: reopenFlags(e.flags),
+    position: e.flags & O.PATH ? 0n : e.position,
+  };
+}
+
+/** A file that is only its path opened again: not a memory object, removed, nor under /proc. */
+function openByPath(e: RegularEntry): PathOpen | null {
+  return e.object !== undefined || e.removed || e.proc ? null : pathOpen(e);
 }
 
 /** After every fd is in place: the file's locks, taken again by the restored process. */
@@ -227,5 +240,6 @@ export const regularHandler: FileHandler<RegularEntry> = {
   dump,
   check,
   open,
+  openByPath,
   finish,
 };

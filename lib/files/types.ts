@@ -121,6 +121,17 @@ export const FILE_ENTRY_FIELDS: Fields = {
   signal: { optional: "whole" },
 };
 
+/** How to make an open file that is only a path opened again (`FileHandler.openByPath`). */
+export interface PathOpen {
+  path: string;
+  /** openat's flags. */
+  flags: number;
+  /** The file position to seek to (0: none). */
+  position: bigint;
+  /** A failed seek is no error (a character device without a position). */
+  seekMayFail?: boolean;
+}
+
 /**
  * Dump and restore of one kind of open file. `D`, what `dump` returns, is wider than `E` where a
  * handler hands some files to another kind's handler (a connected UNIX socket to unix_pair.ts).
@@ -150,6 +161,12 @@ export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntr
   readonly deferred?: boolean;
   /** Makes the open file in the target; returns the target fd it got (any number). */
   open(entry: E, ctx: FileRestoreContext): number;
+  /**
+   * When making this file is no more than an `openat` of a path and an `lseek`: those, so that
+   * the descriptor table makes runs of such files together (queued syscalls, one ptrace round
+   * trip for hundreds); null when `open` must do it.
+   */
+  openByPath?(entry: E): PathOpen | null;
   /** After every fd is at its number: state that refers to other fds (epoll), buffered data. */
   finish?(entry: E, fd: number, ctx: FileRestoreContext): void;
   /**

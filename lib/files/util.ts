@@ -11,7 +11,7 @@ import {
   tryIoctlInt,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { FileRestoreContext } from "./types.ts";
+import type { FileRestoreContext, PathOpen } from "./types.ts";
 
 /** open(2) flags that only mean something at creation: never replayed. O_CLOEXEC is per-fd and
  * set by the orchestrator, so handlers make their fds without it. */
@@ -49,6 +49,18 @@ export function injectRaw(
 /** openat(AT_FDCWD, path, flags, 0) inside the target; returns the new fd. */
 export function injectOpen(ctx: FileRestoreContext, path: string, flags: number): number {
   return Number(ctx.injector.call("openat", AT_FDCWD, ctx.putString(path), flags, 0));
+}
+
+/** A file that is a path opened again (`PathOpen`), opened in the target; returns its fd. */
+export function openPath(ctx: FileRestoreContext, how: PathOpen): number {
+  const fd = injectOpen(ctx, how.path, how.flags);
+  if (how.position === 0n) return fd;
+  try {
+    injectSeek(ctx, fd, how.position);
+  } catch (err) {
+    if (!how.seekMayFail) throw err;
+  }
+  return fd;
 }
 
 /** socketpair() inside the target; returns its two fds. */

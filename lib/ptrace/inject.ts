@@ -45,10 +45,13 @@ import {
 import { findVdso, listMappings } from "../inspect/mappings.ts";
 import type { RemoteMemory } from "../inspect/memory.ts";
 import {
+  DATA_AT,
+  DATA_BYTES,
   encodeRecords,
   MAX_RECORDS,
   type QueuedCall,
   RECORD_SIZE,
+  RECORDS_AT,
   resultOf,
   RUNNER_BYTES,
   RUNNER_CODE,
@@ -315,9 +318,28 @@ export class Injector implements Disposable {
         while (done < calls.length) done += this.#runQueued(calls.slice(done));
       } catch (err) {
         this.#pending = []; // the restore fails: the rest would only fail after it
+        this.#dataUsed = 0;
         throw err;
       }
     }
+    this.#dataUsed = 0;
+  }
+
+  /** Bytes of the queued syscalls' data area in use. */
+  #dataUsed = 0;
+
+  /**
+   * Places `data` where a queued syscall can point at it, until it is made; returns its address
+   * in the target. Only in a process that dies with the tool.
+   */
+  queueData(data: Uint8Array): bigint {
+    if (!this.#diesWithTool) throw new TardigradeError("queueData: only while restoring");
+    if (data.length > DATA_BYTES) throw new RangeError("queued data too large");
+    if (this.#dataUsed + data.length > DATA_BYTES) this.flush();
+    const addr = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataUsed);
+    this.mem.write(addr, data);
+    this.#dataUsed += (data.length + 7) & ~7;
+    return addr;
   }
 
   #settleQueued(call: QueuedCall, result: bigint): void {
@@ -339,7 +361,7 @@ export class Injector implements Disposable {
       this.mem.write(code, RUNNER_CODE);
       owner.#runnerWritten = true;
     }
-    const records = code + 4096n;
+    const records = code + BigInt(RECORDS_AT);
     this.mem.write(records, encodeRecords(calls));
     const base = this.#batch?.regs ?? getRegs(this.tid);
     const savedMask = this.#batch ? undefined : getSigMask(this.tid);

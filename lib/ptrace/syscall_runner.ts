@@ -96,11 +96,20 @@ export const RUNNER_CODE = new Uint8Array([
 /** Where `int3` leaves the instruction pointer: just past the loop's last byte. */
 export const RUNNER_END = BigInt(RUNNER_CODE.length);
 
-/** The runner's part of a scratch region: a page of code, then the records. */
+/** How many records one run takes. */
+export const MAX_RECORDS = 512;
+
+/** Where the records start in the runner's part of the scratch region, after a page of code. */
+export const RECORDS_AT = 4096;
+
+/** Where the data queued syscalls point at starts (paths …), after the records. */
+export const DATA_AT = RECORDS_AT + MAX_RECORDS * RECORD_SIZE;
+
+/** The runner's part of a scratch region: code, records, data. */
 export const RUNNER_BYTES = 64 * 1024;
 
-/** How many records one run takes. */
-export const MAX_RECORDS = (RUNNER_BYTES - 4096) / RECORD_SIZE;
+/** Bytes of data the queued syscalls of one run may point at. */
+export const DATA_BYTES = RUNNER_BYTES - DATA_AT;
 
 /** One syscall waiting to be made. */
 export interface QueuedCall {
