@@ -305,6 +305,7 @@ export class Injector implements Disposable {
   queue(name: SyscallName, args: Arg[], onResult?: (result: bigint) => void): void {
     const call: QueuedCall = { nr: SYS[name], args: args.map(BigInt), name, onResult };
     if (!this.#diesWithTool) return this.#settleQueued(call, this.raw(call.nr, ...call.args));
+    this.#takeQueue();
     this.#pending.push(call);
     if (this.#pending.length === MAX_RECORDS) this.flush();
   }
@@ -328,6 +329,19 @@ export class Injector implements Disposable {
   /** Bytes of the queued syscalls' data area in use. */
   #dataUsed = 0;
 
+  /** Of the injectors sharing this one's scratch region (`forThread`), the one with a queue. */
+  #queueHolder?: Injector;
+
+  /**
+   * Makes this injector the one whose queue the shared records and data area serve: another
+   * thread's queue is made first.
+   */
+  #takeQueue(): void {
+    const owner = this.#owner ?? this;
+    if (owner.#queueHolder !== this) owner.#queueHolder?.flush();
+    owner.#queueHolder = this;
+  }
+
   /**
    * Places `data` where a queued syscall can point at it, until it is made; returns its address
    * in the target. Only in a process that dies with the tool.
@@ -335,6 +349,7 @@ export class Injector implements Disposable {
   queueData(data: Uint8Array): bigint {
     if (!this.#diesWithTool) throw new TardigradeError("queueData: only while restoring");
     if (data.length > DATA_BYTES) throw new RangeError("queued data too large");
+    this.#takeQueue();
     if (this.#dataUsed + data.length > DATA_BYTES) this.flush();
     const addr = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataUsed);
     this.mem.write(addr, data);
@@ -755,6 +770,7 @@ export class Injector implements Disposable {
 
   /** Reads bytes back from scratch memory. */
   get(offset: number, length: number): Uint8Array {
+    this.flush(); // what a queued syscall writes there
     return this.mem.read(this.scratch() + BigInt(offset), length);
   }
 

@@ -79,12 +79,14 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   const tid = thread.tid;
   const pending = threadPending(thread);
 
-  // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-  inj.call("sigaltstack", 0, inj.scratch());
-  const ss = new DataView(inj.get(0, 24).buffer);
-  // prctl(PR_GET_TID_ADDRESS, &addr)
-  inj.call("prctl", PR.GET_TID_ADDRESS, inj.scratch());
-  const clearChildTid = new DataView(inj.get(0, 8).buffer).getBigUint64(0, true);
+  // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }, and
+  // prctl(PR_GET_TID_ADDRESS, &addr) beside it: queued, one round trip in a restored process.
+  inj.queue("sigaltstack", [0, inj.scratch()]);
+  inj.queue("prctl", [PR.GET_TID_ADDRESS, inj.scratch() + 32n]);
+  inj.flush();
+  const out = inj.get(0, 40);
+  const ss = new DataView(out.buffer);
+  const clearChildTid = ss.getBigUint64(32, true);
 
   const regs = { ...thread.regs };
   const name = readComm(pid, tid);
@@ -131,23 +133,22 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number):
     BigInt(t.sigaltstack.flags & ~1),
     t.sigaltstack.size,
   ]);
+  // Queued: a thread's state is made in one ptrace round trip.
   // SS_DISABLE (2) with no stack: nothing to set.
   if (t.sigaltstack.sp !== 0n || t.sigaltstack.size !== 0n) {
-    inj.call("sigaltstack", inj.put(new Uint8Array(ss.buffer), 0), 0);
+    inj.queue("sigaltstack", [inj.queueData(new Uint8Array(ss.buffer)), 0]);
   }
-  inj.call("set_tid_address", t.clearChildTid);
-  if (t.robustList.head !== 0n) inj.call("set_robust_list", t.robustList.head, t.robustList.len);
+  inj.queue("set_tid_address", [t.clearChildTid]);
+  if (t.robustList.head !== 0n) inj.queue("set_robust_list", [t.robustList.head, t.robustList.len]);
   if (t.rseq.abiPointer !== 0n) {
-    inj.call("rseq", t.rseq.abiPointer, t.rseq.length, 0, t.rseq.signature);
+    inj.queue("rseq", [t.rseq.abiPointer, t.rseq.length, 0, t.rseq.signature]);
   }
-  inj.call(
-    "prctl",
-    PR.SET_NAME,
-    inj.put(new TextEncoder().encode(t.name.slice(0, 15) + "\0"), 512),
-  );
+  const name = inj.queueData(new TextEncoder().encode(t.name.slice(0, 15) + "\0"));
+  inj.queue("prctl", [PR.SET_NAME, name]);
   for (const s of t.pending) {
-    inj.call("rt_tgsigqueueinfo", tgid, t.tid, s.signo, inj.put(s.siginfo, 1024));
+    inj.queue("rt_tgsigqueueinfo", [tgid, t.tid, s.signo, inj.queueData(s.siginfo)]);
   }
+  inj.flush();
   setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
 }
 
