@@ -13,6 +13,8 @@ import { checkpoint, ImageReader, restore, unlockNetwork } from "../mod.ts";
 import type { ProcessEntry } from "../image.ts";
 import { lockNameFor } from "../lib/network/lock.ts";
 import {
+  cli,
+  exists,
   fixture,
   needs,
   notInstalled,
@@ -185,5 +187,71 @@ Deno.test(
     } finally {
       await Deno.remove(bin, { recursive: true });
     }
+  },
+);
+
+Deno.test(
+  needs(
+    "network lock: a dumper killed with SIGKILL before its image leaves its lock to `unlock DIR`",
+    notInstalled("nft"),
+  ),
+  async () => {
+    await withClient(async (t, _peer, dir) => {
+      const mark = `${dir}/after-dump`;
+      const policy = `${dir}/policy.ts`;
+      // The dump stops where everything is read but the image is not yet written.
+      Deno.writeTextFileSync(
+        policy,
+        `export default { afterDump() { Deno.writeTextFileSync(${JSON.stringify(mark)}, ""); ` +
+          `return new Promise((r) => setTimeout(r, 600_000)); } };\n`,
+      );
+      const dumper = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "main.ts", "dump", String(t.pid), `${dir}/img`, "--policy", policy],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      try {
+        await waitUntil(() => exists(mark), 30_000, "the dump to reach its policy's afterDump");
+        const name = lockNameFor(`${dir}/img`);
+        assert.ok(await nftHas(name), "no nft table during the dump");
+        dumper.kill("SIGKILL");
+        await dumper.status;
+        assert.ok(await nftHas(name), "the killed dumper's table is gone: nothing to test");
+
+        const run = await cli("unlock", `${dir}/img`);
+        assert.equal(run.code, 0, run.stderr);
+        assert.equal(run.stdout, `removed the network lock ${name} (nftables)\n`);
+        assert.ok(!(await nftHas(name)), "the nft table outlived unlock");
+        const again = await cli("unlock", `${dir}/img`);
+        assert.equal(again.stdout, `no network lock of ${dir}/img\n`);
+      } finally {
+        try {
+          dumper.kill("SIGKILL");
+        } catch { /* ended */ }
+        await dumper.status;
+      }
+    });
+  },
+);
+
+Deno.test(
+  needs(
+    "network lock: unlockNetwork frees a dumped image's connections, whose peer then gets a reset",
+    notInstalled("nft"),
+  ),
+  async () => {
+    await withClient(async (t, peer, dir) => {
+      await checkpoint(t.pid, `${dir}/img`);
+      const name = (await lockOf(`${dir}/img`))!.name;
+      await sleep(500);
+      assert.equal(peer.error, undefined, "the peer's side failed while locked");
+      assert.deepEqual(await unlockNetwork(`${dir}/img`), { removed: [`${name} (nftables)`] });
+      assert.ok(!(await nftHas(name)), "the nft table outlived unlockNetwork");
+      // What the lock held back: no socket has the connection any more.
+      await waitUntil(() => peer.error !== undefined, 30_000, "the peer to get a reset");
+      assert.match(String(peer.error), /ConnectionReset|reset/i);
+    });
   },
 );
