@@ -63,7 +63,7 @@ const NFT_FAMILIES = [
   { set: "conns6", addr: "ipv6_addr", match: "ip6" },
 ];
 
-/** One nft transaction (commands joined by ";" in one invocation are applied all or none). */
+/** The table of the lock `name`: one table for IPv4 and IPv6. */
 const nftTable = (name: string) => `inet ${name}`;
 
 const nftables: Netfilter = {
@@ -85,6 +85,7 @@ const nftables: Netfilter = {
         );
       }
     }
+    // One invocation is one transaction: all of it is made, or nothing.
     must("nft", [commands.join("; ")]);
   },
   add(name, c) {
