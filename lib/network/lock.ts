@@ -81,7 +81,8 @@ export class NetworkLock {
   add(local: Uint8Array, peer: Uint8Array, fail: (why: string) => never): void {
     const l = endpoint(local), p = endpoint(peer);
     const connection: LockedConnection = { family: l.family, local: l, peer: p };
-    const key = `${formatAddress(local)} ${formatAddress(peer)}`;
+    // Both ends of a loopback connection in the dump are one connection: locked once.
+    const key = [formatAddress(local), formatAddress(peer)].sort().join(" ");
     if (this.#connections.has(key)) return;
     try {
       if (!this.#netfilter) {
