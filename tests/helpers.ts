@@ -317,3 +317,14 @@ export async function runDeno(args: string[], env: Record<string, string> = {}):
 export function cli(...args: string[]): Promise<Run> {
   return runDeno(["main.ts", ...args]);
 }
+
+/**
+ * `length` bytes of stream `seed` from offset `from`, as tests/fixtures/tcp_client.c makes and
+ * checks them: each depends on its offset, so a lost, doubled or moved byte shows.
+ */
+export function streamBytes(seed: number, from: number, length: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, k) => {
+    const i = from + k;
+    return ((Math.imul(i, 2654435761) >>> 24) ^ (i >>> 11) ^ (seed * 37)) & 0xff;
+  });
+}

@@ -20,6 +20,7 @@ import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
 import { PageCollector } from "./page_collector.ts";
 import { DumpLock } from "./dump_lock.ts";
+import { NetworkLock } from "../network/lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
@@ -248,6 +249,8 @@ interface DumpRun {
   /** The descriptors declared external (`external`). */
   external: ExternalDeclarations;
   ending: DumpEnding;
+  /** Drops the packets of its TCP connections until their restore. */
+  networkLock: NetworkLock;
   /** Incremental dump: the parent image. */
   parent?: ParentImage;
   /** Pre-copy: what was copied while the processes ran. */
@@ -358,6 +361,7 @@ async function dumpProcess(
       outside: run.outside,
       leaveRunning: run.ending.leaveRunning,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
+      networkLock: run.networkLock,
       storeObject: (fd: Fd) =>
         storeFile(
           objects,
@@ -432,9 +436,14 @@ export async function checkpoint(
       } catch { /* each handler puts back what it can */ }
     }
   };
+  const networkLock = new NetworkLock(dir);
+  // Once the image is safe and the processes are to end, their connections stay locked; once
+  // they run on, the lock was removed (or said why not).
+  let lockSettled = false;
   // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
   const unhook = onInterrupt(() => {
     endDump(false);
+    networkLock.remove();
     void writer.abort().catch(() => {});
   });
   let killed = false;
@@ -471,6 +480,7 @@ export async function checkpoint(
       outside: new OutsideProcesses(tree.map((f) => f.pid)),
       external,
       ending,
+      networkLock,
       parent,
       pre,
     };
@@ -506,6 +516,7 @@ export async function checkpoint(
     }
     const [root, ...descendants] = entries;
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
+    if (networkLock.entry && !opts.leaveRunning) root.networkLock = networkLock.entry;
     if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);
     for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);
@@ -514,10 +525,15 @@ export async function checkpoint(
       endDump(true);
       release();
       frozenMs = performance.now() - started;
+      // Their connections are theirs again: nothing of the lock may stay.
+      lockSettled = true;
+      const left = networkLock.remove();
+      if (left) throw new DumpError(left);
     }
     await policy.afterDump?.({ dir, process: root, pageBytes: sink.bytesWritten });
     await writer.commit();
     if (!opts.leaveRunning) {
+      lockSettled = true;
       // End them while still frozen (only once the image is safe), so none runs a single
       // instruction past the image; children first, so each parent is last to go.
       endDump(true);
@@ -549,19 +565,11 @@ export async function checkpoint(
         : {}),
     };
   } catch (err) {
-    // A refusal says what happened: it is reported as itself.
-    if (err instanceof DumpError || err instanceof PolicyError) throw err;
-    // Anything else (pagemap, /proc/PID/mem, an fd) may fail because a process ended: then that
-    // is the reason. One killed a moment ago may still be on its way out: give it a little time.
-    let gone = tree.find((f) => !isRunning(f.pid));
-    for (let i = 0; !gone && i < 20; i++) {
-      await new Promise((r) => setTimeout(r, 10));
-      gone = tree.find((f) => !isRunning(f.pid));
-    }
-    if (!killed && gone) {
-      throw new NoSuchProcess(gone.pid, "it ended during the dump", { cause: err });
-    }
-    throw err instanceof SyscallError ? explain(err, pid, "state") : err;
+    const reported = await failureOf(err);
+    // A failed dump leaves its processes as they were: their connections unlocked too.
+    const left = lockSettled ? null : networkLock.remove();
+    if (!left) throw reported;
+    throw new DumpError(`${(reported as Error).message}; and ${left}`, { cause: reported });
   } finally {
     endDump(false); // a failed dump: what handlers hold in the processes is put back first
     release();
@@ -570,5 +578,22 @@ export async function checkpoint(
     } catch { /* each uffd was closed all the same */ }
     unhook();
     if (killed) { for (const f of tree) await waitGone(f.pid); }
+  }
+
+  /** What a failure of the dump is reported as. */
+  async function failureOf(err: unknown): Promise<unknown> {
+    // A refusal says what happened: it is reported as itself.
+    if (err instanceof DumpError || err instanceof PolicyError) return err;
+    // Anything else (pagemap, /proc/PID/mem, an fd) may fail because a process ended: then that
+    // is the reason. One killed a moment ago may still be on its way out: give it a little time.
+    let gone = tree.find((f) => !isRunning(f.pid));
+    for (let i = 0; !gone && i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      gone = tree.find((f) => !isRunning(f.pid));
+    }
+    if (!killed && gone) {
+      return new NoSuchProcess(gone.pid, "it ended during the dump", { cause: err });
+    }
+    return err instanceof SyscallError ? explain(err, pid, "state") : err;
   }
 }

@@ -53,6 +53,14 @@ export interface FileDumpContext {
    * repair mode). Absent: a handler must leave the process as it found it before returning.
    */
   readonly atDumpEnd?: (fn: (ok: boolean) => void) => void;
+  /**
+   * The dump's network lock (lib/network/lock.ts): `add` has netfilter drop the packets of the
+   * TCP connection between the raw sockaddrs `local` and `peer` from now until its restore, or
+   * calls `fail` with the reason it cannot. Absent: nothing is locked.
+   */
+  readonly networkLock?: {
+    add(local: Uint8Array, peer: Uint8Array, fail: (why: string) => never): void;
+  };
 }
 
 /**

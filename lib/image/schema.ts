@@ -529,4 +529,20 @@ export interface ProcessEntry {
    * its own entry in `process-PID.cbor`.
    */
   tree?: { pid: number; ppid: number }[];
+  /**
+   * Root process only, when the dump held TCP connections: the netfilter lock that drops their
+   * packets until the restore has made them again (lib/network/lock.ts). Absent in images of
+   * older versions and of dumps that locked nothing.
+   */
+  networkLock?: NetworkLockEntry;
+}
+
+/** The network lock of an image: what the restore (or `unlock`) removes. */
+export interface NetworkLockEntry {
+  /** How it was made: an nft table `inet NAME`, or an iptables/ip6tables chain NAME. */
+  method: "nftables" | "iptables";
+  /** The table's or chain's name, `tardigrade-` and 16 hex digits. */
+  name: string;
+  /** The connections it drops the packets of, both ways, as `{local, peer}` addresses. */
+  connections: { local: string; peer: string }[];
 }

@@ -198,6 +198,7 @@ const ENTRY_FIELDS = [
   "sharesFsWith",
   "extents",
   "tree",
+  "networkLock",
 ] as const;
 const THREAD_FIELDS = [
   "tid",
@@ -593,7 +594,22 @@ function checkEntry(v: unknown): void {
       int(o.ppid, `${a}.ppid`);
     });
   }
+  if (p.networkLock !== undefined) {
+    fields(p.networkLock, "networkLock", NETWORK_LOCK_FIELDS);
+    // Handed to nft and iptables: nothing but a name the tool gives.
+    const name = (p.networkLock as Obj).name;
+    if (!/^tardigrade-[0-9a-f]{16}$/.test(name as string)) {
+      bad("networkLock.name", name, "tardigrade- and 16 hex digits");
+    }
+  }
 }
+
+/** The network lock of the root entry (schema.ts `NetworkLockEntry`). */
+const NETWORK_LOCK_FIELDS: Fields = {
+  method: { oneOf: ["nftables", "iptables"] },
+  name: "text",
+  connections: { list: { map: { local: "text", peer: "text" } } },
+};
 
 /**
  * The type of one field of a map an image holds, for `validateFields`: a whole number (as a

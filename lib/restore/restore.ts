@@ -20,6 +20,7 @@ import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files
 import { ImageReader } from "../image/mod.ts";
 import { validateFields } from "../image/validate.ts";
 import { Injector } from "../ptrace/inject.ts";
+import { releaseNetworkLock } from "../network/lock.ts";
 import { checkInherited } from "../files/external.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
@@ -660,6 +661,12 @@ async function restoreTree(
     }
     afterTasks(making, shares, warnings);
     releaseScope(shares.scope);
+    // As CRIU: the network lock goes just before the connections leave repair mode, so their
+    // window probes reach the peers. A restore that fails before this point leaves it in place
+    // for the next try.
+    const lock = entries[0].networkLock;
+    const unlocked = lock && releaseNetworkLock(lock, dir);
+    if (unlocked) warnings.push(unlocked);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
     for (const m of making) seal(m);

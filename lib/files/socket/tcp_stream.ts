@@ -48,9 +48,8 @@
  * socket the program shut for reading comes back shut too.
  *
  * Limits. Between the kill and the restore no socket has the connection: a packet from the peer
- * (data, a retransmission, a keepalive probe) gets a RST from this kernel and the connection is
- * lost (CRIU keeps a netfilter rule in place meanwhile; tardigrade does not touch netfilter), so
- * the peer must stay quiet until the restore. Other states (SYN_SENT, SYN_RECV, FIN_WAIT1/2,
+ * (data, a retransmission, a keepalive probe) would get a RST from this kernel, so the dump's
+ * network lock (lib/network/lock.ts) drops them until the restore. Other states (SYN_SENT, SYN_RECV, FIN_WAIT1/2,
  * CLOSING, LAST_ACK, TIME_WAIT) are refused by dispatch.ts. Not kept: ECN, urgent data, a
  * TCP_MAXSEG the program set, the congestion control algorithm, MD5/AO signatures, a buffer size
  * the program fixed below what the queues needed (it is grown). A tool killed with SIGKILL during
@@ -279,6 +278,8 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
     const options = changedOptions(toolSocketOptions(s), base.family, SOCK.STREAM, IPPROTO.TCP)
       .filter((o) => o.name !== "SO_BUF_LOCK");
     held = new HeldConnection(s, findOption(options, "SO_REUSEADDR"));
+    // Before anything is read: netfilter drops its packets from now until its restore.
+    ctx.networkLock?.add(base.address, base.peer, fail);
     held.hold(fail);
     const entry = readConnection(s, fail);
     const hold = held;
