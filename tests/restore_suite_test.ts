@@ -138,6 +138,8 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_fanotify" },
   { name: "r_lease" },
   { name: "r_inotify_wd" },
+  // Issue 13: terminals
+  { name: "r_pty" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
