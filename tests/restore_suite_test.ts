@@ -140,6 +140,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_inotify_wd" },
   // Issue 13: terminals
   { name: "r_pty" },
+  { name: "r_pty_session" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
