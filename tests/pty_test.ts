@@ -4,7 +4,7 @@
  * programs that own a pty (`script`, a tmux server) run on after a restore.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, DumpError, restore } from "../mod.ts";
 import {
   fixture,
   isAlive,
@@ -26,6 +26,30 @@ Deno.test("pty: a dump that leaves r_pty running leaves both queues as they were
     assert.equal(await t.check(), "PASS", t.output());
     await checkpoint(t.pid, `${dir}/again`, { leaveRunning: true });
     assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("pty: a master whose slave was never opened is refused, and left running", async () => {
+  const t = await spawnTarget(await fixture("pty_unopened"), [], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-pty-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await assert.rejects(checkpoint(t.pid, `${dir}/image`), (err: Error) => {
+      assert.ok(err instanceof DumpError, String(err));
+      assert.match(
+        err.message,
+        /fd 3 of \d+ \(\/dev\/ptmx\): the slave of pty \d+ was never opened/,
+      );
+      return true;
+    });
+    const status = Deno.readTextFileSync(`/proc/${t.pid}/status`);
+    assert.match(status, /^TracerPid:\s+0$/m, "still traced");
+    assert.match(status, /^State:\s+S/m, "not waiting as it was");
   } finally {
     await t.kill();
     await Deno.remove(dir, { recursive: true }).catch(() => {});

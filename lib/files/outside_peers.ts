@@ -257,6 +257,7 @@ function objectOf(fd: Fd): string {
       `of ${fd.target}`;
   }
   if (fd.kind === "fifo") return `FIFO ${fd.target}, open for ${ACCESS_WORDS[mode]}`;
+  if (isPtyMaster(fd)) return `the master of pty ${ptyIndex(fd)} (${fd.target})`;
   return `terminal ${fd.target}`;
 }
 
