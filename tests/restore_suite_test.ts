@@ -141,6 +141,8 @@ export const restoreCases: RestoreCase[] = [
   // Issue 13: terminals
   { name: "r_pty" },
   { name: "r_pty_session" },
+  { name: "r_pty_raw" },
+  { name: "r_pty_hup" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
