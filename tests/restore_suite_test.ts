@@ -143,6 +143,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_pty_session" },
   { name: "r_pty_raw" },
   { name: "r_pty_hup" },
+  { name: "r_console" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */
