@@ -20,6 +20,9 @@ export const TTY_IOCTL = {
   /** Pushes one byte into the terminal's input, as if it had been typed (needs CAP_SYS_ADMIN). */
   TIOCSTI: 0x5412n,
   TIOCPKT: 0x5420n,
+  /** Exclusive mode: no further open of the terminal (but with CAP_SYS_ADMIN). */
+  TIOCEXCL: 0x540cn,
+  TIOCGEXCL: 0x80045440n,
   TIOCGSID: 0x5429n,
   TIOCGPTN: 0x80045430n,
   TIOCSPTLCK: 0x40045431n,

@@ -22,7 +22,8 @@
  * pushes the master's queue, sets packet mode. A session leader takes it as its controlling
  * terminal right after it is forked (lib/task/terminal.ts), so the processes it forks inherit
  * it. Each open file is then handed to its process: the master itself, a slave as a new open
- * file from TIOCGPTPEER. Once every process is made the lock is set again and the tool's copies
+ * file from TIOCGPTPEER. Once every process is made the lock and exclusive mode are set again
+ * and the tool's copies
  * are closed: a pair whose slave had been closed everywhere is left so (the master reads EIO).
  */
 import {
@@ -39,6 +40,7 @@ import {
   POLL,
   pushInput,
   read,
+  syscall,
   SyscallError,
   tcgetattr,
   tcgetpgrp,
@@ -84,6 +86,8 @@ export interface PtyPairState {
   locked: boolean;
   /** Its slave had been opened and then closed everywhere (the master reads EIO). */
   slaveClosed: boolean;
+  /** The slave is in exclusive mode (TIOCEXCL); absent when not, and in older images. */
+  exclusive?: boolean;
   /** The session it is the controlling terminal of (its leader's pid), 0 for none. */
   session: number;
   /** Its foreground process group, 0 for none. */
@@ -102,6 +106,7 @@ const PAIR_FIELDS = {
   packet: "bool",
   locked: "bool",
   slaveClosed: "bool",
+  exclusive: { optional: "bool" },
   session: "whole",
   foregroundGroup: "whole",
   input: { list: "bytes" },
@@ -377,6 +382,7 @@ function dumpPair(master: number, index: number, where: string, slaveOpen: boole
         locked,
         () => openPtyPeer(master, O.RDWR | O.NOCTTY | O.NONBLOCK | O.CLOEXEC),
       );
+      if (ioctlGetInt(slave, TTY_IOCTL.TIOCGEXCL, "ioctl(TIOCGEXCL)")) state.exclusive = true;
       Object.assign(state, readInput(slave, termios));
     }
     state.output = readOutput(master);
@@ -452,6 +458,7 @@ export const ptyHandler: FileHandler<PtyEntry, PtyEntry | DeviceEntry> = {
       if (pair.state.locked) {
         ioctlSetInt(pair.master, TTY_IOCTL.TIOCSPTLCK, 1, "ioctl(TIOCSPTLCK)");
       }
+      if (pair.state.exclusive) syscall("ioctl", pair.slave, TTY_IOCTL.TIOCEXCL, 0);
     }
     closePairs(scope);
   },
