@@ -21,7 +21,7 @@ import { makedev, O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import { parseKeyValues, tryReadStat } from "../inspect/procfs.ts";
-import { isPtyMaster, ptyIndex, ptySlavePath } from "./pty.ts";
+import { isPtyMaster, PTY_SLAVE, ptyIndex, ptySlavePath } from "./pty_names.ts";
 
 /** One descriptor of a process outside the dump. */
 export interface OutsideHolder {
@@ -32,9 +32,6 @@ export interface OutsideHolder {
   /** The tool itself (never a peer of a pipe, FIFO or terminal). */
   tool: boolean;
 }
-
-/** What a pty slave's path is: `/dev/pts/N`. */
-const PTY_SLAVE = /^\/dev\/pts\/(\d+)$/;
 
 /** The major number of every pty slave (UNIX98_PTY_SLAVE_MAJOR; the index is the minor). */
 const PTY_SLAVE_MAJOR = 136;

@@ -60,6 +60,7 @@ import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry, ProcessEntry } from "../image/schema.ts";
 import { parseKeyValues } from "../inspect/procfs.ts";
 import { type DeviceEntry, dumpDevice } from "./device.ts";
+import { isPtyMaster, PTY_SLAVE, ptyIndex } from "./pty_names.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
 import { fcntl, handToTarget, reopenFlags } from "./util.ts";
 
@@ -113,29 +114,6 @@ const PAIR_FIELDS = {
   pendingInput: "bytes",
   output: "bytes",
 } as const;
-
-/** A pty slave's path. */
-const PTY_SLAVE = /^\/dev\/pts\/(\d+)$/;
-
-/** Whether `fd` is a pty master (an open file of /dev/ptmx). */
-export function isPtyMaster(fd: Pick<Fd, "target">): boolean {
-  return fd.target === "/dev/ptmx" || fd.target === "/dev/pts/ptmx";
-}
-
-/** The index of the pty behind a master or slave descriptor, or null for another terminal. */
-export function ptyIndex(fd: Pick<Fd, "target" | "info">): number | null {
-  if (isPtyMaster(fd)) {
-    const index = (fd.info as Record<string, string>)["tty-index"];
-    return index === undefined ? null : Number(index);
-  }
-  const m = PTY_SLAVE.exec(fd.target);
-  return m ? Number(m[1]) : null;
-}
-
-/** The path of pty `index`'s slave. */
-export function ptySlavePath(index: number): string {
-  return `/dev/pts/${index}`;
-}
 
 // ---- Dump ----
 

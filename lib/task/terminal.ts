@@ -15,7 +15,8 @@ import {
   TTY_IOCTL,
 } from "../../ffi/mod.ts";
 import type { DeviceEntry } from "../files/device.ts";
-import { foregroundOf, ptyOfSession, ptySlavePath } from "../files/pty.ts";
+import { foregroundOf, ptyOfSession } from "../files/pty.ts";
+import { ptySlavePath } from "../files/pty_names.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type {
   FileEntry,
