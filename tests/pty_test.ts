@@ -57,6 +57,30 @@ Deno.test("pty: a master whose slave was never opened is refused, and left runni
   }
 });
 
+Deno.test("pty: a pty whose output is stopped (^S) is refused, and left stopped", async () => {
+  const t = await spawnTarget(await fixture("pty_stopped"), [], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-pty-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    assert.equal(await t.check(), "PASS", t.output());
+    await assert.rejects(checkpoint(t.pid, `${dir}/image`), (err: Error) => {
+      assert.ok(err instanceof DumpError, String(err));
+      assert.match(
+        err.message,
+        /fd 3 of \d+ \(\/dev\/ptmx\): the output of pty \d+ does not run \(stopped by \^S/,
+      );
+      return true;
+    });
+    // Still stopped, and the byte the dump wrote to find out did not stay behind.
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
 /** The numbers of the `tick N` lines in `file`, in order. */
 function ticks(file: string): number[] {
   if (!exists(file)) return []; // script has not made it yet

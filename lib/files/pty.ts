@@ -13,7 +13,9 @@
  * read from a slave the tool opens (TIOCGPTPEER) non-blocking: in canonical mode one read per
  * line, so the line boundaries are kept, then the unfinished line with ICANON off for the
  * moment. The master's queue (what the slave wrote) is read from the copy after poll() says it
- * is there (poll pushes the bytes still in flight), packet mode off meanwhile.
+ * is there (poll pushes the bytes still in flight), packet mode off meanwhile. Before either, a
+ * NUL written to the slave tells whether its output runs (a pty stopped by ^S is refused: a new
+ * one would run); it is taken off the end of the master's queue again.
  *
  * Restore: before any process is made (`makePtys`), the tool opens /dev/ptmx until it gets the
  * index the image has (devpts gives the lowest free one), unlocks it, opens the slave, sets the
@@ -54,6 +56,7 @@ import {
   TTY_IOCTL,
   VCC,
   type WinSize,
+  write,
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
@@ -360,16 +363,45 @@ function dumpPair(master: number, index: number, where: string, slaveOpen: boole
         locked,
         () => openPtyPeer(master, O.RDWR | O.NOCTTY | O.NONBLOCK | O.CLOEXEC),
       );
+      // First, before anything is read: putting the input back would start it again.
+      if (!probeOutput(slave)) {
+        throw new DumpError(
+          `${where}: the output of pty ${index} does not run (stopped by ^S or tcflow, which a ` +
+            `new pty would not be, or its master's queue is full); dump again once it runs (^Q)`,
+        );
+      }
       if (ioctlGetInt(slave, TTY_IOCTL.TIOCGEXCL, "ioctl(TIOCGEXCL)")) state.exclusive = true;
       Object.assign(state, readInput(slave, termios));
     }
-    state.output = readOutput(master);
+    const output = readOutput(master);
+    // The probe's byte came last: it is not the program's.
+    const probed = slave === null || output[output.length - 1] === 0;
+    state.output = slave !== null && probed ? output.subarray(0, -1) : output;
     refill(master, slave, state);
+    if (!probed) {
+      throw new DumpError(`${where}: the byte written to see whether pty ${index} runs was lost`);
+    }
   } finally {
     if (slave !== null) close(slave);
     if (packet) ioctlSetInt(master, TTY_IOCTL.TIOCPKT, 1, "ioctl(TIOCPKT)");
   }
   return state;
+}
+
+/**
+ * Whether the slave's output runs, which no ioctl shows (^S with IXON, or tcflow TCOOFF, stop
+ * it): a NUL written to the slave, non-blocking, is refused when it is stopped. Else it is the
+ * last byte of the master's queue now (a control character: output processing leaves it as it
+ * is, and the column where the next character goes too).
+ */
+function probeOutput(slave: number): boolean {
+  try {
+    write(slave, new Uint8Array(1));
+    return true;
+  } catch (err) {
+    if (err instanceof SyscallError && err.errno === Errno.EAGAIN) return false;
+    throw err;
+  }
 }
 
 /** Terminals: pty pairs with their master in the dump here, every other one as a device. */
