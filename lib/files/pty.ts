@@ -29,10 +29,12 @@
  * are closed: a pair whose slave had been closed everywhere is left so (the master reads EIO).
  */
 import {
+  CAP,
   close,
   Errno,
   F,
   FD_CLOEXEC,
+  hasCap,
   ioctlGetInt,
   ioctlSetInt,
   O,
@@ -61,7 +63,7 @@ import {
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry, ProcessEntry } from "../image/schema.ts";
-import { parseKeyValues } from "../inspect/procfs.ts";
+import { hexMask, parseKeyValues, statusField } from "../inspect/procfs.ts";
 import { type DeviceEntry, dumpDevice } from "./device.ts";
 import { isPtyMaster, PTY_SLAVE, ptyIndex } from "./pty_names.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
@@ -324,8 +326,19 @@ function sessionOf(master: number): number {
   }
 }
 
+/** Whether this process may push bytes into a terminal's input (TIOCSTI, not its own terminal). */
+function mayPushInput(): boolean {
+  return hasCap(hexMask(statusField(Deno.pid, "CapEff")), CAP.SYS_ADMIN);
+}
+
 /** Reads a pair through `master`, the tool's copy of its master, and puts its queues back. */
 function dumpPair(master: number, index: number, where: string, slaveOpen: boolean) {
+  if (!mayPushInput()) {
+    throw new DumpError(
+      `${where}: the queues of pty ${index} cannot be read without being put back, which needs ` +
+        `CAP_SYS_ADMIN (TIOCSTI); tardigrade lacks it`,
+    );
+  }
   const termios = tcgetattr(master);
   const packet = ioctlGetInt(master, TTY_IOCTL.TIOCGPKT, "ioctl(TIOCGPKT)") !== 0;
   const locked = ioctlGetInt(master, TTY_IOCTL.TIOCGPTLCK, "ioctl(TIOCGPTLCK)") !== 0;
