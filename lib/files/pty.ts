@@ -531,9 +531,9 @@ async function openAtIndex(path: string, flags: number, index: number): Promise<
     try {
       for (;;) {
         const fd = open(path, reopenFlags(flags) | O.NOCTTY | O.CLOEXEC);
-        const got = ioctlGetInt(fd, TTY_IOCTL.TIOCGPTN, "ioctl(TIOCGPTN)");
-        if (got === index) return fd;
         held.push(fd);
+        const got = ioctlGetInt(fd, TTY_IOCTL.TIOCGPTN, "ioctl(TIOCGPTN)");
+        if (got === index) return held.pop()!;
         if (got > index) break;
       }
     } finally {
