@@ -377,3 +377,27 @@ Deno.test("outside peers: a pipe whose reader is gone is no outside peer (it com
     await cleanup(p, base);
   }
 });
+
+Deno.test("outside peers: a pty master whose slave is the terminal of a session outside is refused", async () => {
+  const p = await startPeer("tty");
+  const base = await Deno.makeTempDir({ prefix: "tardigrade-peers-" });
+  try {
+    const [, session, path] = p.t.output().match(/^SESSION (\d+) (\S+)$/m)!;
+    const index = path.slice("/dev/pts/".length);
+    // The relay alone holds the master; the writer and the session's leader stay outside.
+    await assert.rejects(checkpoint(p.t.pid, `${base}/img`, { single: true }), (err: Error) => {
+      assert.ok(err instanceof DumpError, String(err));
+      assert.match(
+        err.message,
+        new RegExp(
+          `fd 3 of process ${p.t.pid}, the master of pty ${index} \\(/dev/ptmx\\): its slave ` +
+            `is the terminal of peer_session ${session}, outside the dump;`,
+        ),
+      );
+      return true;
+    });
+    await unharmed(p);
+  } finally {
+    await cleanup(p, base);
+  }
+});

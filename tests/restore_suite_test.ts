@@ -139,6 +139,12 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_fanotify" },
   { name: "r_lease" },
   { name: "r_inotify_wd" },
+  // Issue 13: terminals
+  { name: "r_pty" },
+  { name: "r_pty_session" },
+  { name: "r_pty_raw" },
+  { name: "r_pty_hup" },
+  { name: "r_console" },
 ];
 
 /** Interpreted programs that append a count to a file every 50 ms (tests/fixtures/counter.*). */

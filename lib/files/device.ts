@@ -1,7 +1,8 @@
 /**
  * Character devices and terminals reopened by path: /dev/null, /dev/zero, /dev/urandom, ttys,
- * pty slaves. A pty master (/dev/ptmx) is refused: opening it again makes a new pty, not the
- * old one. Terminal state (termios, foreground group, controlling tty) is not handled here.
+ * /dev/tty, /dev/console, pty slaves whose master is not in the dump. A pty master, and its
+ * slaves, are pty.ts's (which hands the other terminals here); a master it does not take (no
+ * pty index) is refused: opening /dev/ptmx again makes a new pty, not the old one.
  */
 import { O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
@@ -34,32 +35,35 @@ function deviceOpen(e: DeviceEntry): PathOpen {
   };
 }
 
+/** Describes a device or terminal reopened by path (refusing what cannot be). */
+export function dumpDevice(fd: Fd): DeviceEntry {
+  const where = `fd ${fd.fd} of ${fd.pid} (${fd.target})`;
+  if (!fd.target.startsWith("/") || fd.target.endsWith(" (deleted)")) {
+    throw new DumpError(`${where}: device has no path to reopen`);
+  }
+  if (fd.rdev === PTMX_RDEV || fd.target.endsWith("/ptmx")) {
+    throw new DumpError(`${where}: a pty master cannot be reopened (it would be a new pty)`);
+  }
+  if ((fd.mode & 0o170000) === 0o060000) {
+    throw new DumpError(`${where}: block devices are not handled`);
+  }
+  return {
+    id: fd.fileId,
+    kind: "device",
+    flags: fd.flags,
+    path: fd.target,
+    rdev: fd.rdev,
+    tty: fd.kind === "tty",
+    position: fd.position,
+  };
+}
+
 /** Character devices and ttys. */
 export const deviceHandler: FileHandler<DeviceEntry> = {
   kind: "device",
   fields: { path: "text", rdev: "whole", tty: "bool", position: "whole" },
-  fdKinds: ["device", "tty"],
-  dump(fd: Fd): DeviceEntry {
-    const where = `fd ${fd.fd} of ${fd.pid} (${fd.target})`;
-    if (!fd.target.startsWith("/") || fd.target.endsWith(" (deleted)")) {
-      throw new DumpError(`${where}: device has no path to reopen`);
-    }
-    if (fd.rdev === PTMX_RDEV || fd.target.endsWith("/ptmx")) {
-      throw new DumpError(`${where}: a pty master cannot be reopened (it would be a new pty)`);
-    }
-    if ((fd.mode & 0o170000) === 0o060000) {
-      throw new DumpError(`${where}: block devices are not handled`);
-    }
-    return {
-      id: fd.fileId,
-      kind: "device",
-      flags: fd.flags,
-      path: fd.target,
-      rdev: fd.rdev,
-      tty: fd.kind === "tty",
-      position: fd.position,
-    };
-  },
+  fdKinds: ["device"], // and the terminals pty.ts hands on
+  dump: dumpDevice,
   check(e: DeviceEntry): string | null {
     let st: Deno.FileInfo;
     try {

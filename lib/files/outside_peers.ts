@@ -17,10 +17,11 @@
  * reopens it by path, where it must still be the same device), and terminals other than
  * pseudo-terminals (consoles, virtual and serial terminals are reopened by path).
  */
-import { O } from "../../ffi/mod.ts";
+import { makedev, O } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
 import { parseKeyValues, tryReadStat } from "../inspect/procfs.ts";
+import { isPtyMaster, PTY_SLAVE, ptyIndex, ptySlavePath } from "./pty_names.ts";
 
 /** One descriptor of a process outside the dump. */
 export interface OutsideHolder {
@@ -32,8 +33,8 @@ export interface OutsideHolder {
   tool: boolean;
 }
 
-/** What a pty slave's path is: `/dev/pts/N`. */
-const PTY_SLAVE = /^\/dev\/pts\/(\d+)$/;
+/** The major number of every pty slave (UNIX98_PTY_SLAVE_MAJOR; the index is the minor). */
+const PTY_SLAVE_MAJOR = 136;
 
 /** The processes outside one dump, with what they hold; /proc is read once, when first asked. */
 export class OutsideProcesses {
@@ -204,6 +205,7 @@ export function outsidePeer(fd: Fd, outside: OutsideProcesses): string | null {
     }
     return null;
   }
+  if (fd.kind === "tty" && isPtyMaster(fd)) return slaveOutside(fd, outside);
   const pty = fd.kind === "tty" ? PTY_SLAVE.exec(fd.target) : null;
   if (pty) {
     const session = outside.onTerminal(fd.rdev)[0];
@@ -217,6 +219,23 @@ export function outsidePeer(fd: Fd, outside: OutsideProcesses): string | null {
     if (other) return `it is open in ${describeHolder(other)} too`;
   }
   return null;
+}
+
+/** Who outside the dump holds the slave of pty master `fd`, or has it as its terminal. */
+function slaveOutside(fd: Fd, outside: OutsideProcesses): string | null {
+  const index = ptyIndex(fd);
+  if (index === null) return null;
+  const rdev = makedev(PTY_SLAVE_MAJOR, index);
+  const session = outside.onTerminal(rdev)[0];
+  if (session) return `its slave is the terminal of ${describeHolder(session)}`;
+  const slave = outside.holders(ptySlavePath(index)).find((h) => {
+    try {
+      return !h.tool && BigInt(Deno.statSync(`/proc/${h.pid}/fd/${h.fd}`).rdev ?? 0) === rdev;
+    } catch {
+      return false;
+    }
+  });
+  return slave ? `its slave ${ptySlavePath(index)} is held by ${describeHolder(slave)}` : null;
 }
 
 /** How to declare the open file `key` external, for the end of a refusal. */
@@ -235,6 +254,7 @@ function objectOf(fd: Fd): string {
       `of ${fd.target}`;
   }
   if (fd.kind === "fifo") return `FIFO ${fd.target}, open for ${ACCESS_WORDS[mode]}`;
+  if (isPtyMaster(fd)) return `the master of pty ${ptyIndex(fd)} (${fd.target})`;
   return `terminal ${fd.target}`;
 }
 
@@ -257,7 +277,8 @@ export function refuseOutsidePeers(processes: readonly DumpedFds[], outside: Out
   for (const p of processes) {
     for (const fd of p.fds) {
       if (fd.kind !== "pipe" && fd.kind !== "fifo" && fd.kind !== "tty") continue;
-      if (fd.kind === "tty" && (BigInt(p.ctty) === fd.rdev || !PTY_SLAVE.test(fd.target))) {
+      const pty = PTY_SLAVE.test(fd.target) || isPtyMaster(fd);
+      if (fd.kind === "tty" && (BigInt(p.ctty) === fd.rdev || !pty)) {
         continue;
       }
       const peer = outsidePeer(fd, outside);

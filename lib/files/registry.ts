@@ -14,6 +14,7 @@ import { inotifyHandler } from "./inotify.ts";
 import { memfdHandler } from "./memfd.ts";
 import { pidfdHandler } from "./pidfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
+import { ptyHandler } from "./pty.ts";
 import { regularHandler } from "./regular.ts";
 import { removeRecreated } from "./removed.ts";
 import { signalfdHandler } from "./signalfd.ts";
@@ -27,6 +28,7 @@ import { unixPairHandler } from "./socket/unix_pair.ts";
 export const FILE_HANDLERS: readonly FileHandler[] = [
   regularHandler,
   deviceHandler,
+  ptyHandler,
   pipeHandler,
   fifoHandler,
   eventfdHandler,

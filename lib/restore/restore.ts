@@ -22,6 +22,7 @@ import { validateFields } from "../image/validate.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { releaseNetworkLock } from "../network/lock.ts";
 import { checkInherited } from "../files/external.ts";
+import { makePtys } from "../files/pty.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
@@ -46,7 +47,11 @@ import {
   type ToolTerminal,
   toolTerminal,
 } from "./shell_job.ts";
-import { onControllingTerminal } from "../task/terminal.ts";
+import {
+  onControllingTerminal,
+  restoreForegroundGroup,
+  takeControllingPty,
+} from "../task/terminal.ts";
 import {
   restoreAttributes,
   restoreAttributesAfterCredentials,
@@ -598,6 +603,8 @@ async function restoreTree(
     // group leader leads it again before its children are made, so they join it.
     stage("stub", entries[0]); // seized, about to fork the tree
     const site = stub.injector.site;
+    // Pseudo-terminals at their indexes, before a session leader takes one as its terminal.
+    await makePtys(shares.scope, entries);
     if (opts.pidNamespace) {
       // Its init, made from the stub, forks the root.
       shares.namespace = PidNamespace.create(stub.injector);
@@ -643,7 +650,11 @@ async function restoreTree(
       };
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
-      else restoreSession(m.inj, p);
+      else {
+        restoreSession(m.inj, p);
+        // Before it forks the rest of its session, which inherits its controlling terminal.
+        takeControllingPty(m.inj, p, shares.scope);
+      }
     }
     // Once every process exists: a zombie may be in the process group of another.
     for (const m of making) restoreZombies(m.inj, m.entry);
@@ -660,6 +671,7 @@ async function restoreTree(
       await buildRest(m, run);
     }
     afterTasks(making, shares, warnings);
+    for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
     // As CRIU: the network lock goes just before the connections leave repair mode, so their
     // window probes reach the peers. A restore that fails before this point leaves it in place

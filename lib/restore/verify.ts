@@ -195,6 +195,7 @@ const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | O_SY
 const FD_KINDS: Record<string, FdKind[]> = {
   regular: ["file", "directory", "symlink", "memfd"],
   device: ["device", "tty"],
+  pty: ["tty"],
   pipe: ["pipe"],
   fifo: ["fifo"],
   eventfd: ["eventfd"],
@@ -688,6 +689,7 @@ function compareKind(p: RestoredProcess, d: Diff, at: string, f: FileEntry, got:
       }
       break;
     case "fifo":
+    case "pty": // the same index: the program may have its name (ttyname, ptsname)
       d.same(at, "path", path, got.target);
       break;
     case "pidfd": {

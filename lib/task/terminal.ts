@@ -3,8 +3,21 @@
  * foreground job, and the terminal's modes and window size, for a restore as a shell job
  * (lib/restore/shell_job.ts). The descriptors open on it are device files (lib/files/device.ts).
  */
-import { close, DEV_TTY, fstat, O, open, tcgetattr, tcgetwinsize } from "../../ffi/mod.ts";
+import {
+  AT_FDCWD,
+  close,
+  DEV_TTY,
+  fstat,
+  O,
+  open,
+  tcgetattr,
+  tcgetwinsize,
+  TTY_IOCTL,
+} from "../../ffi/mod.ts";
 import type { DeviceEntry } from "../files/device.ts";
+import { foregroundOf, ptyOfSession } from "../files/pty.ts";
+import { ptySlavePath } from "../files/pty_names.ts";
+import type { Injector } from "../ptrace/inject.ts";
 import type {
   FileEntry,
   ProcessEntry,
@@ -98,4 +111,44 @@ export function dumpTerminal(stat: ProcStat, files: FileEntry[]): TerminalEntry 
 export function onControllingTerminal(p: ProcessEntry, f: FileEntry): boolean {
   if (!isTtyFile(f) || !p.tty) return false;
   return sameDevice(f.rdev, p.tty.dev) || f.rdev === DEV_TTY || f.path === "/dev/tty";
+}
+
+/** Runs `fn` with `path` open in the process being restored (no new controlling terminal). */
+function withOpen(inj: Injector, path: string, fn: (fd: number) => void): void {
+  const name = inj.put(new TextEncoder().encode(path + "\0"), 0);
+  const fd = Number(inj.call("openat", AT_FDCWD, name, O.RDWR | O.NOCTTY, 0));
+  try {
+    fn(fd);
+  } finally {
+    inj.call("close", fd);
+  }
+}
+
+/**
+ * Right after a session leader is forked and leads its session again: it takes the pty its
+ * session had as controlling terminal (made by lib/files/pty.ts for the restore `scope`), before
+ * it forks the processes of its session, which inherit it.
+ */
+export function takeControllingPty(inj: Injector, p: ProcessEntry, scope: object): void {
+  if (p.sid !== p.pid) return;
+  const index = ptyOfSession(scope, p.pid);
+  if (index === undefined) return;
+  withOpen(inj, ptySlavePath(index), (fd) => inj.call("ioctl", fd, TTY_IOCTL.TIOCSCTTY, 0));
+}
+
+/**
+ * Once every process of the restore exists: a session leader gives its pty to the foreground
+ * process group it had (through /dev/tty, its controlling terminal now; its own group is in the
+ * foreground until then, so the change raises no SIGTTOU).
+ */
+export function restoreForegroundGroup(inj: Injector, p: ProcessEntry, scope: object): void {
+  if (p.sid !== p.pid) return;
+  const index = ptyOfSession(scope, p.pid);
+  if (index === undefined) return;
+  const group = foregroundOf(scope, index);
+  if (group === 0 || group === p.pgid) return;
+  withOpen(inj, "/dev/tty", (fd) => {
+    const arg = inj.put(new Uint8Array(new Int32Array([group]).buffer), 64);
+    inj.call("ioctl", fd, TTY_IOCTL.TIOCSPGRP, arg);
+  });
 }
