@@ -249,6 +249,9 @@ export interface PageWriteContext {
   onProgress?: (bytes: number) => void;
 }
 
+/** Extents up to this size are read on the restore's own thread. */
+const SYNC_READ_MAX = 1 << 20;
+
 /** A run, and the memory object it belongs to (none: the process's own memory). */
 type Placed = { run: PageRun; object?: number };
 
@@ -271,7 +274,12 @@ export async function writePages(ctx: PageWriteContext): Promise<number> {
   const order = [...byExtent].sort((a, b) => a[0] - b[0]);
   const read = (k: number) => {
     const extent = image.extents[order[k][0]];
-    return reader.readExtentAsync(extent, buffers[k % 2].subarray(0, extent.length));
+    const into = buffers[k % 2].subarray(0, extent.length);
+    // A small extent is read at once: another thread's read costs more in hand-offs than it saves.
+    if (extent.length <= SYNC_READ_MAX) {
+      return Promise.resolve(reader.readExtent(extent, into, { verify: false }));
+    }
+    return reader.readExtentAsync(extent, into);
   };
   let bytes = 0;
   let next = order.length ? read(0) : undefined;

@@ -29,13 +29,18 @@ function nonDefault(pid: number): number[] {
 /** Every signal's disposition but the default ones: rt_sigaction(sig, NULL, &old) in the target. */
 export function dumpSigactions(inj: Injector): SigactionEntry[] {
   const out: SigactionEntry[] = [];
+  const signals = nonDefault(inj.pid);
+  // Each answer in its own 32 bytes of scratch, queued: one round trip in a restored process.
   const at = inj.scratch();
-  for (const signo of nonDefault(inj.pid)) {
-    inj.call("rt_sigaction", signo, 0, at, SIGSET_SIZE);
-    const [handler, flags, restorer, mask] = new BigUint64Array(inj.get(0, 32).slice().buffer);
-    if (handler === SIG_DISPOSITION.DFL && flags === 0n && mask === 0n) continue;
+  signals.forEach((signo, k) => {
+    inj.queue("rt_sigaction", [signo, 0, at + BigInt(32 * k), SIGSET_SIZE]);
+  });
+  const all = new BigUint64Array(inj.get(0, 32 * signals.length).slice().buffer);
+  signals.forEach((signo, k) => {
+    const [handler, flags, restorer, mask] = all.subarray(4 * k, 4 * k + 4);
+    if (handler === SIG_DISPOSITION.DFL && flags === 0n && mask === 0n) return;
     out.push({ signo, handler, flags, restorer, mask });
-  }
+  });
   return out;
 }
 
@@ -50,7 +55,7 @@ export function restoreSigactions(inj: Injector, list: SigactionEntry[]): void {
     const act = new BigUint64Array(
       s ? [s.handler, s.flags, s.restorer, s.mask] : [SIG_DISPOSITION.DFL, 0n, 0n, 0n],
     );
-    inj.call("rt_sigaction", signo, inj.put(new Uint8Array(act.buffer), 0), 0, SIGSET_SIZE);
+    inj.queue("rt_sigaction", [signo, inj.queueData(new Uint8Array(act.buffer)), 0, SIGSET_SIZE]);
   }
 }
 
@@ -61,7 +66,8 @@ export function dumpSharedPending(pid: number): PendingSignal[] {
 
 /** Queues the process-wide signals again; `pid` is the process's pid as it sees itself. */
 export function restoreSharedPending(inj: Injector, pid: number, list: PendingSignal[]): void {
-  for (const s of list) inj.call("rt_sigqueueinfo", pid, s.signo, inj.put(s.siginfo, 1024));
+  for (const s of list) inj.queue("rt_sigqueueinfo", [pid, s.signo, inj.queueData(s.siginfo)]);
+  inj.flush();
 }
 
 /** Whether `signo` was pending at dump, for the process or any of its threads. */
