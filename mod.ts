@@ -36,6 +36,19 @@ export {
   type SignalMasks,
   type ThreadInfo,
 } from "./lib/inspect/process.ts";
+export type { FdView, ProcessView, ThreadView } from "./lib/inspect/view.ts";
+export {
+  type ImageProcess,
+  type ImageThread,
+  ProcessImage,
+  type ProcessImageOptions,
+} from "./lib/inspect/image_process.ts";
+export {
+  isPidTarget,
+  type OpenedTarget,
+  openTarget,
+  type OpenTargetOptions,
+} from "./lib/inspect/open_target.ts";
 export {
   Mapping,
   type MappingKind,

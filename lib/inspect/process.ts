@@ -28,6 +28,7 @@ import {
   splitNul,
   tryReadStat,
 } from "./procfs.ts";
+import type { ProcessView } from "./view.ts";
 
 export { parseStat, type ProcessState, type ProcStat };
 
@@ -149,7 +150,7 @@ function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
  * for await (const m of p.mappings()) console.log(m.perms, m.path);
  * ```
  */
-export class Process {
+export class Process implements ProcessView {
   /** Use `Process.open`. */
   protected constructor(
     /** The process id. */
@@ -197,6 +198,16 @@ export class Process {
   /** The parent's pid (0 for pid 1). */
   async ppid(): Promise<number> {
     return (await this.stat()).ppid;
+  }
+
+  /** The process group id. */
+  async pgid(): Promise<number> {
+    return (await this.stat()).pgrp;
+  }
+
+  /** The session id. */
+  async sid(): Promise<number> {
+    return (await this.stat()).session;
   }
 
   /** The command name (up to 15 bytes). */

@@ -1,0 +1,131 @@
+/**
+ * A process in an image looks like a live one: the same script, written against `ProcessView`,
+ * gives the same answers on a running fixture and on its image (memory read at a virtual
+ * address from the page files included), also as a script outside the checkout importing mod.ts.
+ */
+import assert from "node:assert/strict";
+import { checkpoint, Process, ProcessImage, type ProcessView } from "../mod.ts";
+import { fixture, runDeno, spawnTarget, type Target } from "./helpers.ts";
+
+const NEEDLE = "tardigrade-needle-7f3a";
+
+/** Starts image_view.c; returns it with the address of its needle and of its region. */
+export async function imageView(): Promise<{ t: Target; needle: bigint; region: bigint }> {
+  const t = await spawnTarget(await fixture("image_view"), [], {
+    ready: /^(READY|SETUP FAILED)/m,
+    env: { IMAGE_VIEW: "needle-env" },
+  });
+  const m = t.output().match(/^READY \d+ region=(0x[0-9a-f]+) needle=(0x[0-9a-f]+)/m);
+  assert.ok(m, t.output());
+  return { t, region: BigInt(m[1]), needle: BigInt(m[2]) };
+}
+
+/** What a user's script would print about a process: the same for a pid and its image. */
+async function describe(p: ProcessView, needle: bigint) {
+  const mappings: string[] = [];
+  for await (const m of p.mappings()) {
+    // The kernel's [vsyscall] is every process's: an image does not record it.
+    if (m.kind !== "vsyscall") {
+      mappings.push(`${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} ${m.kind} ${m.path}`);
+    }
+  }
+  const fds: string[] = [];
+  for await (const f of p.fds()) {
+    fds.push(`${f.fd} ${f.kind} ${f.target} ${f.flags} ${f.closeOnExec}`);
+  }
+  const threads: string[] = [];
+  for await (const t of p.threads()) threads.push(`${t.tid} ${t.name}`);
+  const heap = mappings.find((m) => m.endsWith("[heap]"))!;
+  const found = await p.findMapping(needle);
+  return {
+    pid: p.pid,
+    ppid: await p.ppid(),
+    pgid: await p.pgid(),
+    sid: await p.sid(),
+    comm: await p.comm(),
+    cmdline: await p.cmdline(),
+    exe: await p.exe(),
+    cwd: await p.cwd(),
+    root: await p.root(),
+    umask: await p.umask(),
+    environ: (await p.environ()).filter((e) => e.startsWith("IMAGE_VIEW=")),
+    uids: await p.uids(),
+    gids: await p.gids(),
+    groups: await p.groups(),
+    capabilities: await p.capabilities(),
+    signals: await p.signals(),
+    rlimits: await p.rlimits(),
+    auxv: await p.auxv(),
+    personality: await p.personality(),
+    mappings,
+    heap,
+    fds,
+    threads,
+    needle: new TextDecoder().decode(await p.read(needle, NEEDLE.length)),
+    needleMapping: found ? `${found.start.toString(16)} ${found.perms}` : null,
+    children: (await p.children()).map((c) => c.pid),
+  };
+}
+
+Deno.test("image process: a script gives the same answers on a pid and on its image", async () => {
+  const { t, needle, region } = await imageView();
+  const dir = `${await Deno.makeTempDir({ prefix: "tardigrade-view-" })}/img`;
+  try {
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    const live = await describe(await Process.open(t.pid), needle);
+    using image = await ProcessImage.open(dir);
+    const offline = await describe(image.root, needle);
+    assert.deepEqual(offline, live);
+    assert.equal(offline.needle, NEEDLE);
+    assert.deepEqual(offline.environ, ["IMAGE_VIEW=needle-env"]);
+    assert.equal(offline.rlimits.NOFILE.soft, 123n);
+    assert.ok(offline.fds.includes("7 device /dev/null 32768 false"), offline.fds.join("\n"));
+    assert.ok(offline.signals.ignored & (1n << 11n), "SIGUSR2 ignored");
+    // An image's threads carry their registers; the instruction pointer is in a mapping.
+    for await (const th of image.root.threads()) {
+      assert.equal(th.tid, t.pid);
+      assert.ok(await image.root.findMapping(th.regs.rip), `rip ${th.regs.rip}`);
+    }
+    // Every page of the region as the process has it (pattern bytes, needle), from the image.
+    const bytes = await image.root.read(region, 32 * 4096);
+    assert.deepEqual(bytes, await (await Process.open(t.pid)).read(region, 32 * 4096));
+    // Memory the image has no bytes of is refused with the reason, not made up.
+    const vdso = (await Array.fromAsync(image.root.mappings())).find((m) => m.kind === "vdso")!;
+    await assert.rejects(() => image.root.read(vdso.start, 8), /\[vdso\] is the kernel's/);
+    await assert.rejects(() => image.root.read(8n, 8), /no mapping there/);
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await t.kill();
+    await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
+Deno.test("image process: a script outside the checkout runs unchanged on a pid and an image", async () => {
+  const { t, needle } = await imageView();
+  const tmp = await Deno.makeTempDir({ prefix: "tardigrade-script-" });
+  try {
+    const dir = `${tmp}/img`;
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    const mod = new URL("../mod.ts", import.meta.url).href;
+    await Deno.writeTextFile(
+      `${tmp}/heap.ts`,
+      `import { openTarget } from "${mod}";
+using target = await openTarget(Deno.args[0]);
+const p = target.processes[0];
+let heap = "";
+for await (const m of p.mappings()) if (m.kind === "heap") heap = m.start.toString(16);
+const text = new TextDecoder().decode(await p.read(BigInt(Deno.args[1]), ${NEEDLE.length}));
+console.log(JSON.stringify({ pid: p.pid, comm: await p.comm(), heap, text }));
+`,
+    );
+    const onPid = await runDeno([`${tmp}/heap.ts`, String(t.pid), `0x${needle.toString(16)}`]);
+    const onImage = await runDeno([`${tmp}/heap.ts`, dir, `0x${needle.toString(16)}`]);
+    assert.equal(onPid.code, 0, onPid.stderr);
+    assert.equal(onImage.code, 0, onImage.stderr);
+    assert.equal(onImage.stdout, onPid.stdout);
+    assert.equal(JSON.parse(onImage.stdout).text, NEEDLE);
+  } finally {
+    await t.kill();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
