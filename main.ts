@@ -13,9 +13,10 @@ import { maps } from "./cli/maps.ts";
 import { ps } from "./cli/ps.ts";
 import { repl } from "./cli/repl.ts";
 import { restore } from "./cli/restore.ts";
+import { search } from "./cli/search.ts";
 import { TOOL_VERSION } from "./mod.ts";
 
-const VERBS: Verb[] = [ps, maps, fds, check, dump, restore, inspect, repl];
+const VERBS: Verb[] = [ps, maps, fds, search, check, dump, restore, inspect, repl];
 const USAGE = "tardigrade [--help] [--version] VERB [ARGS] (tardigrade VERB --help)";
 
 function toolHelp(): string {

@@ -50,6 +50,13 @@ export {
   type OpenTargetOptions,
 } from "./lib/inspect/open_target.ts";
 export {
+  type MemoryMatch,
+  REGEX_REACH,
+  searchMemory,
+  type SearchOptions,
+  type SearchPattern,
+} from "./lib/inspect/search.ts";
+export {
   Mapping,
   type MappingKind,
   type MappingOptions,

@@ -4,8 +4,8 @@
  * address from the page files included), also as a script outside the checkout importing mod.ts.
  */
 import assert from "node:assert/strict";
-import { checkpoint, Process, ProcessImage, type ProcessView } from "../mod.ts";
-import { fixture, runDeno, spawnTarget, type Target } from "./helpers.ts";
+import { checkpoint, Process, ProcessImage, type ProcessView, searchMemory } from "../mod.ts";
+import { cli, fixture, runDeno, spawnTarget, type Target } from "./helpers.ts";
 
 const NEEDLE = "tardigrade-needle-7f3a";
 
@@ -127,5 +127,55 @@ console.log(JSON.stringify({ pid: p.pid, comm: await p.comm(), heap, text }));
   } finally {
     await t.kill();
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("search: a string at a known address is found there, live and in the image", async () => {
+  const { t, needle } = await imageView();
+  const dir = `${await Deno.makeTempDir({ prefix: "tardigrade-search-" })}/img`;
+  try {
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    const bytes = new TextEncoder().encode(NEEDLE);
+    // The SDK: the needle in the anonymous region, with its mapping and context.
+    using image = await ProcessImage.open(dir);
+    for (const p of [await Process.open(t.pid), image.root]) {
+      const hits = (await Array.fromAsync(searchMemory(p, bytes)))
+        .filter((h) => h.mapping.kind === "anonymous");
+      assert.deepEqual(hits.map((h) => h.address), [needle], `pid ${p.pid}`);
+      const h = hits[0];
+      assert.ok(h.mapping.start <= needle && needle < h.mapping.end);
+      assert.equal(h.mapping.perms, "rw-p");
+      assert.deepEqual(h.context.subarray(h.contextOffset, h.contextOffset + bytes.length), bytes);
+    }
+    // The CLI: text, --hex and --regex, live and in the image, --json.
+    const at = `0x${needle.toString(16)}`;
+    const hexBytes = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ");
+    for (const target of [String(t.pid), dir]) {
+      for (
+        const [args, address] of [
+          [[NEEDLE], at],
+          [["--hex", hexBytes], at],
+          [["--regex", "needle-[0-9a-f]{4}"], `0x${(needle + 11n).toString(16)}`],
+        ] as const
+      ) {
+        const r = await cli("search", target, ...args, "--json");
+        assert.equal(r.code, 0, r.stderr);
+        const rows = JSON.parse(r.stdout) as Record<string, unknown>[];
+        const anon = rows.filter((x) => (x.mapping as { kind: string }).kind === "anonymous");
+        assert.deepEqual(anon.map((x) => [x.pid, x.address]), [[t.pid, address]], r.stdout);
+      }
+      const table = await cli("search", target, NEEDLE);
+      assert.equal(table.code, 0, table.stderr);
+      assert.match(table.stdout, /^\s*PID\s+ADDRESS\s+PERMS\s+KIND\s+CONTEXT\s+PATH$/m);
+      assert.match(
+        table.stdout,
+        new RegExp(`^\\s*${t.pid}\\s+${at}\\s+rw-p\\s+anonymous\\s+.*${NEEDLE}`, "m"),
+      );
+      assert.match(table.stdout, /^\d+ match(es)? in 1 process$/m);
+    }
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await t.kill();
+    await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
   }
 });
