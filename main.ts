@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import { check } from "./cli/check.ts";
 import { errorLine, EXIT, UsageError, type Verb } from "./cli/common.ts";
+import { diff } from "./cli/diff.ts";
 import { dump } from "./cli/dump.ts";
 import { fds } from "./cli/fds.ts";
 import { inspect } from "./cli/inspect.ts";
@@ -16,7 +17,7 @@ import { restore } from "./cli/restore.ts";
 import { search } from "./cli/search.ts";
 import { TOOL_VERSION } from "./mod.ts";
 
-const VERBS: Verb[] = [ps, maps, fds, search, check, dump, restore, inspect, repl];
+const VERBS: Verb[] = [ps, maps, fds, search, check, dump, restore, inspect, diff, repl];
 const USAGE = "tardigrade [--help] [--version] VERB [ARGS] (tardigrade VERB --help)";
 
 function toolHelp(): string {

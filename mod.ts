@@ -57,6 +57,18 @@ export {
   type SearchPattern,
 } from "./lib/inspect/search.ts";
 export {
+  type Change,
+  diffProcesses,
+  diffSeries,
+  diffTargets,
+  type FdSummary,
+  imageChain,
+  type MappingPages,
+  type MappingSummary,
+  type ProcessDiff,
+  type TargetDiff,
+} from "./lib/inspect/diff.ts";
+export {
   Mapping,
   type MappingKind,
   type MappingOptions,

@@ -18,7 +18,18 @@ function tempDir(): string {
   return `${Deno.makeTempDirSync({ prefix: "tardigrade-cli-" })}/img`;
 }
 
-const VERBS = ["ps", "maps", "fds", "search", "check", "dump", "restore", "inspect", "repl"];
+const VERBS = [
+  "ps",
+  "maps",
+  "fds",
+  "search",
+  "check",
+  "dump",
+  "restore",
+  "inspect",
+  "diff",
+  "repl",
+];
 
 Deno.test("cli: --help lists every verb, each verb has --help", async () => {
   const r = await cli("--help");

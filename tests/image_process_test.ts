@@ -4,7 +4,17 @@
  * address from the page files included), also as a script outside the checkout importing mod.ts.
  */
 import assert from "node:assert/strict";
-import { checkpoint, Process, ProcessImage, type ProcessView, searchMemory } from "../mod.ts";
+import {
+  checkpoint,
+  diffSeries,
+  diffTargets,
+  imageChain,
+  Process,
+  ProcessImage,
+  type ProcessView,
+  searchMemory,
+  type TargetDiff,
+} from "../mod.ts";
 import { cli, fixture, runDeno, spawnTarget, type Target } from "./helpers.ts";
 
 const NEEDLE = "tardigrade-needle-7f3a";
@@ -177,5 +187,85 @@ Deno.test("search: a string at a known address is found there, live and in the i
   } finally {
     await t.kill();
     await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
+/** The region's page numbers that `diff` lists as changed. */
+function regionPages(d: TargetDiff, region: bigint): number[] {
+  const out: number[] = [];
+  for (const m of d.processes[0].pages) {
+    for (const r of m.changed) {
+      for (let a = r.start; a < r.end; a += 4096n) {
+        if (a >= region && a < region + 32n * 4096n) out.push(Number((a - region) / 4096n));
+      }
+    }
+  }
+  return out;
+}
+
+/** Asks image_view.c for generation `gen` of writes; returns the pages it wrote. */
+async function write(t: Target, gen: number): Promise<number[]> {
+  const from = t.output().length;
+  Deno.kill(t.pid, "SIGHUP");
+  const m = await t.waitFor(
+    new RegExp(`^CHANGED gen=${gen} pages=(\\d+),(\\d+)$`, "m"),
+    10_000,
+    from,
+  );
+  return [Number(m[1]), Number(m[2])];
+}
+
+Deno.test("diff: the pages written between two dumps are exactly those listed", async () => {
+  const { t, region } = await imageView();
+  const base = await Deno.makeTempDir({ prefix: "tardigrade-diff-" });
+  const [a, b, c] = ["a", "b", "c"].map((n) => `${base}/${n}`);
+  try {
+    await checkpoint(t.pid, a, { leaveRunning: true });
+    const gen1 = await write(t, 1);
+    await checkpoint(t.pid, b, { leaveRunning: true, parent: a }); // per-page checksums
+    const gen2 = await write(t, 2);
+    await checkpoint(t.pid, c, { leaveRunning: true }); // a separate image: bytes compared
+    const sorted = (x: number[]) => [...new Set(x)].sort((p, q) => p - q);
+    assert.deepEqual(regionPages(await diffTargets(a, b), region), sorted(gen1));
+    assert.deepEqual(regionPages(await diffTargets(b, c), region), sorted(gen2));
+    assert.deepEqual(regionPages(await diffTargets(a, c), region), sorted([...gen1, ...gen2]));
+    // An image and the process as it runs now.
+    assert.deepEqual(regionPages(await diffTargets(c, t.pid), region), []);
+    const gen3 = await write(t, 3);
+    const live = await diffTargets(c, t.pid);
+    assert.deepEqual(regionPages(live, region), sorted(gen3));
+    assert.equal(live.processes[0].threads.registersCompared, false);
+    // Walking the chain: b's parent a, then b.
+    const chain = await imageChain(b);
+    assert.deepEqual(chain.map((d) => d.split("/").pop()), ["a", "b"]);
+    const series = await Array.fromAsync(diffSeries([...chain, c]));
+    assert.deepEqual(series.map((d) => regionPages(d, region)), [sorted(gen1), sorted(gen2)]);
+    const one = series[0].processes[0];
+    assert.deepEqual(one.mappings, { added: [], removed: [], changed: [] });
+    assert.deepEqual(one.limits, []);
+    assert.deepEqual(one.creds, []);
+    // The CLI: the same pages in --json, and a summary.
+    const r = await cli("diff", a, b, "--json");
+    assert.equal(r.code, 0, r.stderr);
+    const json = JSON.parse(r.stdout);
+    const pages = (json.processes[0].pages as { changed: { start: string; end: string }[] }[])
+      .flatMap((m) => m.changed)
+      .map(({ start, end }) => ({ start: BigInt(start), end: BigInt(end) }));
+    assert.deepEqual(
+      regionPages({ ...json, processes: [{ pages: [{ changed: pages }] }] }, region),
+      sorted(gen1),
+    );
+    const summary = await cli("diff", "--chain", b);
+    assert.equal(summary.code, 0, summary.stderr);
+    assert.match(
+      summary.stdout,
+      new RegExp(`^  process ${t.pid} \\(image_view\\): \\d+ pages? changed`, "m"),
+    );
+    const at = `0x${(region + BigInt(gen1[0]) * 4096n).toString(16)}`;
+    assert.match(summary.stdout, new RegExp(`${at}-`));
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await t.kill();
+    await Deno.remove(base, { recursive: true });
   }
 });

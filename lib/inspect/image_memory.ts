@@ -71,13 +71,7 @@ export class ImageMemory {
 
   /** The area covering `addr`, or undefined. */
   areaAt(addr: bigint): MappedArea | undefined {
-    let lo = 0, hi = this.areas.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.areas[mid].end <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    const a = this.areas[lo];
+    const a = this.areas[firstEndingAfter(this.areas, addr)];
     return a && a.start <= addr ? a : undefined;
   }
 
@@ -150,12 +144,34 @@ export class ImageMemory {
 
   /** The stored pieces that overlap [start, end), in address order. */
   *piecesIn(start: bigint, end: bigint): Iterable<StoredPiece> {
-    for (const area of this.areas) {
-      if (area.end <= start) continue;
+    for (let i = firstEndingAfter(this.areas, start); i < this.areas.length; i++) {
+      const area = this.areas[i];
       if (area.start >= end) break;
-      for (const p of area.pieces) if (p.end > start && p.start < end) yield p;
+      const pieces = area.pieces;
+      for (let j = firstEndingAfter(pieces, start); j < pieces.length; j++) {
+        if (pieces[j].start >= end) break;
+        yield pieces[j];
+      }
     }
   }
+
+  /** The stored piece holding the byte at `addr`, or undefined. */
+  pieceAt(addr: bigint): StoredPiece | undefined {
+    const pieces = this.areaAt(addr)?.pieces ?? [];
+    const p = pieces[firstEndingAfter(pieces, addr)];
+    return p && p.start <= addr ? p : undefined;
+  }
+}
+
+/** The index of the first of the sorted, disjoint `ranges` that ends after `addr`. */
+function firstEndingAfter(ranges: { end: bigint }[], addr: bigint): number {
+  let lo = 0, hi = ranges.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (ranges[mid].end <= addr) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Reads a file mapping's bytes from its file, if the file is still the one dumped. */
