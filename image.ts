@@ -39,6 +39,7 @@ export {
   type MappingSource,
   type MemoryObjectEntry,
   type MmEntry,
+  type NamespaceEntry,
   type PageRun,
   type PendingSignal,
   type PosixTimerEntry,

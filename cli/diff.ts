@@ -25,7 +25,7 @@ options:
   --chain    A is an image: walk its 'dump --parent' chain, oldest first, ending with A
   --pid PID  of images, only the process PID
   --json     the full diff: {a, b, processes: [{pid, comm, attributes, creds, limits, signals,
-             threads, mappings, fds, pages: [{mapping, changed: [{start, end}], changedPages,
+             namespaces, threads, mappings, fds, pages: [{mapping, changed: [{start, end}], changedPages,
              unreadable?}], changedPages}], added, removed}; an array of them for a series`,
   async run(args) {
     const p = parseVerb(this, args, {
@@ -98,7 +98,7 @@ function describeProcess(p: ProcessDiff): string[] {
       ? []
       : ["(registers not compared: a live process's are not read)"]),
   ]);
-  for (const name of ["attributes", "creds", "limits", "signals"] as const) {
+  for (const name of ["attributes", "creds", "limits", "namespaces", "signals"] as const) {
     section(name, p[name].length ? [changeList(p[name])] : []);
   }
   return out;

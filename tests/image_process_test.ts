@@ -66,6 +66,7 @@ async function describe(p: ProcessView, needle: bigint) {
     signals: await p.signals(),
     rlimits: await p.rlimits(),
     auxv: await p.auxv(),
+    namespaces: await p.namespaces(),
     personality: await p.personality(),
     mappings,
     heap,

@@ -6,6 +6,7 @@
  * one; only the others are read, a window at a time, and compared byte for byte.
  */
 import { PAGE_SIZE } from "../../ffi/mod.ts";
+import { Unsupported } from "../errors.ts";
 import { ImageReader } from "../image/reader.ts";
 import type { Mapping } from "./mappings.ts";
 import { isPidTarget, openTarget } from "./open_target.ts";
@@ -70,6 +71,8 @@ export interface ProcessDiff {
   creds: Change[];
   /** Resource limits (`NOFILE.soft` …). */
   limits: Change[];
+  /** Namespace inodes by name, where both sides tell them. */
+  namespaces: Change[];
   /** Process signal masks (pending, shdPending, blocked, ignored, caught). */
   signals: Change[];
   /** Threads by tid: their name, registers, blocked mask and pending signals. */
@@ -126,6 +129,7 @@ export async function diffProcesses(a: ProcessView, b: ProcessView): Promise<Pro
     attributes: await diffAttributes(a, b),
     creds: await diffCreds(a, b),
     limits: changes(flatten(await a.rlimits()), flatten(await b.rlimits())),
+    namespaces: changes(await namespacesOf(a), await namespacesOf(b)),
     signals: changes(flatten(await a.signals()), flatten(await b.signals())),
     threads: diffThreads(await Array.fromAsync(a.threads()), await Array.fromAsync(b.threads())),
     mappings: diffMappings(ma, mb),
@@ -185,6 +189,16 @@ export async function imageChain(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (let r: ImageReader | undefined = image; r; r = r.parent) out.unshift(r.dir);
   return out;
+}
+
+/** The namespaces of `p`, none where an older image did not record them. */
+async function namespacesOf(p: ProcessView): Promise<Record<string, bigint>> {
+  try {
+    return await p.namespaces();
+  } catch (err) {
+    if (err instanceof Unsupported) return {};
+    throw err;
+  }
 }
 
 async function listMappings(p: ProcessView): Promise<Mapping[]> {

@@ -259,6 +259,23 @@ export class ImageProcess implements ProcessView {
     return Promise.resolve(out);
   }
 
+  /**
+   * Namespace inode numbers by name, as /proc/PID/ns showed them at dump (a restored process is
+   * in the restorer's namespaces, or a new pid namespace). `Unsupported` for an image written
+   * before tardigrade recorded them.
+   */
+  namespaces(): Promise<Record<string, bigint>> {
+    const ns = this.entry.namespaces;
+    if (!ns) {
+      return Promise.reject(
+        new Unsupported(
+          `the image ${this.image.dir} was written by a tardigrade that did not record namespaces`,
+        ),
+      );
+    }
+    return Promise.resolve(Object.fromEntries(ns.map((n) => [n.name, n.inode])));
+  }
+
   /** The ELF auxiliary vector as [type, value] pairs, without the final AT_NULL. */
   auxv(): Promise<[bigint, bigint][]> {
     const words = this.entry.mm.auxv;

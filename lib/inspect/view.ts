@@ -78,6 +78,8 @@ export interface ProcessView {
   signals(): Promise<SignalMasks>;
   /** Resource limits; unlimited is `RLIM_INFINITY`. */
   rlimits(): Promise<Record<RlimitName, Rlimit>>;
+  /** Namespace inode numbers by name (`mnt`, `net`, `pid`, `pid_for_children`, …). */
+  namespaces(): Promise<Record<string, bigint>>;
   /** The ELF auxiliary vector as [type, value] pairs. */
   auxv(): Promise<[bigint, bigint][]>;
   /** The direct children, in pid order (in an image: those dumped with it). */
