@@ -270,3 +270,54 @@ Deno.test("diff: the pages written between two dumps are exactly those listed", 
     await Deno.remove(base, { recursive: true });
   }
 });
+
+Deno.test("image process: a child reads the pages it shared with its parent from the parent's", async () => {
+  const t = await spawnTarget(await fixture("r_cow_fork"), [], { ready: /^(READY|SETUP FAILED)/m });
+  const dir = `${await Deno.makeTempDir({ prefix: "tardigrade-cow-" })}/img`;
+  try {
+    const m = t.output().match(/^READY \d+ child=(\d+) region=(0x[0-9a-f]+)/m);
+    assert.ok(m, t.output());
+    const [child, region] = [Number(m[1]), BigInt(m[2])];
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    using image = await ProcessImage.open(dir);
+    const entry = image.process(child).entry;
+    assert.ok(entry.mappings.some((x) => x.sharedWithParent?.length), "the image shares pages");
+    assert.deepEqual((await image.root.children()).map((c) => c.pid), [child]);
+    const live = await (await Process.open(child)).read(region, 34 * 4096);
+    assert.deepEqual(await image.process(child).read(region, 34 * 4096), live);
+    assert.equal(await t.check(), "PASS");
+  } finally {
+    await t.kill();
+    await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});
+
+Deno.test("image process: reading memory does not load the page files", async () => {
+  const t = await spawnTarget(await fixture("incr_writer"), ["64"], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  const dir = `${await Deno.makeTempDir({ prefix: "tardigrade-read-" })}/img`;
+  try {
+    const region = BigInt(t.output().match(/^READY \d+ region=(0x[0-9a-f]+)/m)![1]);
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    const live = await Process.open(t.pid);
+    using image = await ProcessImage.open(dir);
+    const before = Deno.memoryUsage().external;
+    const [a, b] = [new Uint8Array(1 << 20), new Uint8Array(1 << 20)];
+    for (let at = 0n; at < 64n << 20n; at += 1n << 20n) {
+      assert.equal(await image.root.readInto(region + at, a), a.length);
+      assert.equal(await live.readInto(region + at, b), b.length);
+      assert.ok(a.every((x, i) => x === b[i]), `MiB ${at >> 20n} differs`);
+    }
+    // 64 MiB read a megabyte at a time: far less than the page file stays allocated.
+    const grown = Deno.memoryUsage().external - before;
+    assert.ok(grown < 16 << 20, `${grown} bytes of buffers after reading`);
+    const hits = await Array.fromAsync(
+      searchMemory(image.root, new TextEncoder().encode("zz-none")),
+    );
+    assert.deepEqual(hits, []);
+  } finally {
+    await t.kill();
+    await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
+  }
+});

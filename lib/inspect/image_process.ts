@@ -37,8 +37,9 @@ export interface ProcessImageOptions {
 
 /**
  * An image opened to look at its processes. Opening reads the metadata (small) and checks it;
- * page data is read only where memory is asked for. Close it (or `using`) to close the page
- * files.
+ * page data is read only where memory is asked for, and not checked against its checksums then
+ * (they cover whole extents, up to 32 MiB): open with `verify` to check every byte first. Close
+ * it (or `using`) to close the page files.
  *
  * ```ts
  * using image = await ProcessImage.open("/tmp/img");
