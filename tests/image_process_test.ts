@@ -321,3 +321,58 @@ Deno.test("image process: reading memory does not load the page files", async ()
     await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
   }
 });
+
+/** Bytes this process has read so far (rchar of /proc/self/io: every read, cached or not). */
+function bytesRead(): number {
+  return Number(Deno.readTextFileSync("/proc/self/io").match(/^rchar: (\d+)$/m)![1]);
+}
+
+Deno.test("diff: a dump --parent chain is compared from its checksums, not its page data", async () => {
+  const t = await spawnTarget(await fixture("incr_writer"), ["64"], {
+    ready: /^(READY|SETUP FAILED) /m,
+  });
+  const base = await Deno.makeTempDir({ prefix: "tardigrade-diffsum-" });
+  const [a, b, c, d] = ["a", "b", "c", "d"].map((n) => `${base}/${n}`);
+  try {
+    const region = BigInt(t.output().match(/^READY \d+ region=(0x[0-9a-f]+)/m)![1]);
+    const change = async (gen: number) => {
+      const from = t.output().length;
+      Deno.kill(t.pid, "SIGUSR2");
+      const m = await t.waitFor(
+        new RegExp(`^CHANGED gen=${gen} pages=([\\d,]+)$`, "m"),
+        10_000,
+        from,
+      );
+      return m[1].split(",").map(Number);
+    };
+    await checkpoint(t.pid, a, { leaveRunning: true });
+    await change(1);
+    await checkpoint(t.pid, b, { leaveRunning: true, parent: a });
+    const gen2 = await change(2);
+    await checkpoint(t.pid, c, { leaveRunning: true, parent: b });
+    await checkpoint(t.pid, d, { leaveRunning: true }); // the same memory, in an image of its own
+    const inRegion = (x: TargetDiff) =>
+      x.processes[0].pages.flatMap((m) => m.changed).filter((r) =>
+        r.start >= region && r.start < region + (64n << 20n)
+      ).flatMap((r) => {
+        const out: number[] = [];
+        for (let p = r.start; p < r.end; p += 4096n) out.push(Number((p - region) / 4096n));
+        return out;
+      });
+    // b → c: both have per-page checksums; unchanged pages are the same bytes of a's or b's
+    // page file: the 64 MiB region is compared without reading it.
+    let from = bytesRead();
+    const chained = await diffTargets(b, c);
+    const readChained = bytesRead() - from;
+    assert.deepEqual(inRegion(chained), [...new Set(gen2)].sort((x, y) => x - y));
+    assert.ok(readChained < 8 << 20, `${readChained} bytes read for a chain`);
+    // c → d: d has its own copy of every page: they are read and compared, and found equal.
+    from = bytesRead();
+    const separate = await diffTargets(c, d);
+    assert.ok(bytesRead() - from > 64 << 20, "separate images are compared by their bytes");
+    assert.deepEqual(inRegion(separate), []);
+  } finally {
+    await t.kill();
+    await Deno.remove(base, { recursive: true });
+  }
+});
