@@ -405,8 +405,8 @@ function hex32(n: number): string {
   return `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
 }
 
-/** The canonical path of `dir` (itself if it cannot be resolved), to tell a loop. */
-function realPath(dir: string): string {
+/** The canonical path of `dir` (itself if it cannot be resolved): to tell a loop, or one image. */
+export function realPath(dir: string): string {
   try {
     return Deno.realPathSync(dir);
   } catch {

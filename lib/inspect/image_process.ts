@@ -3,7 +3,7 @@
  * (`ProcessView`): what a script asks of a pid it can ask of an image directory. Page data is
  * read a part at a time where asked (`ImageMemory`), never loaded whole.
  */
-import { major, minor, PROCMAP_VMA, RLIMIT } from "../../ffi/mod.ts";
+import { major, minor, PROCMAP_VMA, RLIMIT, sigBit } from "../../ffi/mod.ts";
 import { ImageError, NoSuchProcess, Unsupported } from "../errors.ts";
 import { ImageReader } from "../image/reader.ts";
 import {
@@ -18,7 +18,14 @@ import { type FdKind, isTtyMajor } from "./fds.ts";
 import { ImageMemory, type MappedArea } from "./image_memory.ts";
 import { Mapping } from "./mappings.ts";
 import { type AddressRange, appendRange, type PageRegion, USER_SPACE_END } from "./pages.ts";
-import type { Capabilities, Ids, Rlimit, RlimitName, SignalMasks } from "./process.ts";
+import {
+  type Capabilities,
+  type Ids,
+  lazyList,
+  type Rlimit,
+  type RlimitName,
+  type SignalMasks,
+} from "./process.ts";
 import { splitNul } from "./procfs.ts";
 import type { FdView, ProcessView, ThreadView } from "./view.ts";
 
@@ -237,8 +244,8 @@ export class ImageProcess implements ProcessView {
     const main = e.threads[0];
     let ignored = 0n, caught = 0n;
     for (const a of e.sigactions) {
-      if (a.handler === 1n) ignored |= signalBit(a.signo);
-      else if (a.handler > 1n) caught |= signalBit(a.signo);
+      if (a.handler === 1n) ignored |= sigBit(a.signo);
+      else if (a.handler > 1n) caught |= sigBit(a.signo);
     }
     return Promise.resolve({
       pending: maskOf((main?.pending ?? []).map((s) => s.signo)),
@@ -297,7 +304,7 @@ export class ImageProcess implements ProcessView {
 
   /** The threads with their registers, the main one first. */
   threads(): AsyncIterable<ImageThread> {
-    return listOf(() =>
+    return lazyList(() =>
       this.entry.threads.map((t) => ({
         tid: t.tid,
         name: t.name,
@@ -310,7 +317,7 @@ export class ImageProcess implements ProcessView {
 
   /** The mappings in address order, the vdso and vvar included, as /proc/PID/maps listed them. */
   mappings(): AsyncIterable<Mapping> {
-    return listOf(() => this.#memory.areas.map((a) => this.#mapping(a)));
+    return lazyList(() => this.#memory.areas.map((a) => this.#mapping(a)));
   }
 
   /** The mapping that covers `addr`, or null. */
@@ -325,7 +332,7 @@ export class ImageProcess implements ProcessView {
    */
   pages(range: Partial<AddressRange> = {}): AsyncIterable<PageRegion> {
     const start = range.start ?? 0n, end = range.end ?? USER_SPACE_END;
-    return listOf(() => {
+    return lazyList(() => {
       const out: PageRegion[] = [];
       for (const area of this.#memory.areas) {
         if (area.end <= start || area.start >= end) continue;
@@ -347,7 +354,7 @@ export class ImageProcess implements ProcessView {
 
   /** The descriptors in ascending order; `fileId` is the image's file id (shared ones equal). */
   fds(): AsyncIterable<FdView> {
-    return listOf(() => {
+    return lazyList(() => {
       const files = new Map(this.entry.files.map((f) => [f.id, f]));
       return [...this.entry.fds].sort((a, b) => a.fd - b.fd).map((d) => {
         const f = files.get(d.file);
@@ -519,19 +526,6 @@ function capabilitiesOf(c: Credentials): Capabilities {
   };
 }
 
-function signalBit(signo: number): bigint {
-  return 1n << BigInt(signo - 1);
-}
-
 function maskOf(signals: number[]): bigint {
-  return signals.reduce((m, s) => m | signalBit(s), 0n);
-}
-
-/** An async iterable over a list made on the first step. */
-function listOf<T>(produce: () => T[]): AsyncIterable<T> {
-  return {
-    async *[Symbol.asyncIterator]() {
-      yield* produce();
-    },
-  };
+  return signals.reduce((m, s) => m | sigBit(s), 0n);
 }

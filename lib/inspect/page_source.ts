@@ -4,6 +4,7 @@
  * process knows only the first and the last; an image all three, so a comparison of two images
  * reads only the pages it cannot tell apart otherwise.
  */
+import { realPath } from "../image/reader.ts";
 import { ImageProcess, memoryOf } from "./image_process.ts";
 import { type ImageMemory, recordedPageChecksum } from "./image_memory.ts";
 import { type AddressRange, appendRange } from "./pages.ts";
@@ -96,12 +97,4 @@ function clip(ranges: AddressRange[], start: bigint, end: bigint): AddressRange[
     if (e > s) out.push({ start: s, end: e });
   }
   return out;
-}
-
-function realPath(dir: string): string {
-  try {
-    return Deno.realPathSync(dir);
-  } catch {
-    return dir;
-  }
 }

@@ -115,7 +115,7 @@ export interface ThreadInfo {
 }
 
 /** Builds an async iterable over a list computed (synchronously) on the first step. */
-function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
+export function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
   return {
     [Symbol.asyncIterator](): AsyncIterator<T> {
       let items: T[] | null = null;
