@@ -18,8 +18,9 @@ export const diff: Verb = {
 pair their processes by pid; a pid pairs with the image's root (or --pid), whatever its own pid.
 Shown: pages whose contents differ (per mapping, merged into ranges), mappings added, removed or
 changed, descriptors added, removed, moved or changed, threads (registers where both sides know
-them: a live process's are not read), credentials, limits, signal masks. Pages two images of a
-'dump --parent' chain share, or whose recorded checksums differ, are told without being read.
+them: a live process's are not read, and it runs on while it is compared), credentials,
+limits, namespaces, signal masks. Pages two images of a 'dump --parent' chain share, or whose
+recorded checksums differ, are told apart without being read.
 
 options:
   --chain    A is an image: walk its 'dump --parent' chain, oldest first, ending with A

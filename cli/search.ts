@@ -9,8 +9,8 @@ export const search: Verb = {
   usage: "tardigrade search TARGET [TEXT] [--hex BYTES] [--regex] [--pid PID] [--json]",
   help: `TARGET is a pid, or an image directory (every process of it, or the one --pid names).
 Searched: the readable mappings' pages present or swapped (of an image, the pages it holds),
-read a megabyte at a time. Each match prints as it is found: pid, address, the mapping and the
-bytes around it (non-printable ones as '.').
+read a megabyte at a time (a live process runs on meanwhile: it is not stopped). Each match
+prints as it is found: pid, address, the mapping and the bytes around it (non-printable as '.').
 
 options:
   --hex BYTES  search these bytes instead of TEXT ("de ad be ef" or "deadbeef")

@@ -18,16 +18,18 @@ import { type FdKind, isTtyMajor } from "./fds.ts";
 import { ImageMemory, type MappedArea } from "./image_memory.ts";
 import { Mapping } from "./mappings.ts";
 import { type AddressRange, appendRange, type PageRegion, USER_SPACE_END } from "./pages.ts";
-import {
-  type Capabilities,
-  type Ids,
-  lazyList,
-  type Rlimit,
-  type RlimitName,
-  type SignalMasks,
-} from "./process.ts";
+import { lazyList } from "./process.ts";
 import { splitNul } from "./procfs.ts";
-import type { FdView, ProcessView, ThreadView } from "./view.ts";
+import type {
+  Capabilities,
+  FdView,
+  Ids,
+  ProcessView,
+  Rlimit,
+  RlimitName,
+  SignalMasks,
+  ThreadView,
+} from "./view.ts";
 
 const memories = new WeakMap<ImageProcess, ImageMemory>();
 

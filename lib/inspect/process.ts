@@ -28,62 +28,12 @@ import {
   splitNul,
   tryReadStat,
 } from "./procfs.ts";
-import type { ProcessView } from "./view.ts";
+import type { Capabilities, Ids, ProcessView, Rlimit, RlimitName, SignalMasks } from "./view.ts";
 
 export { parseStat, type ProcessState, type ProcStat };
 
-/** Real, effective, saved and filesystem user or group ids. */
-export interface Ids {
-  /** Real id. */
-  real: number;
-  /** Effective id. */
-  effective: number;
-  /** Saved set id. */
-  saved: number;
-  /** Filesystem id. */
-  fs: number;
-}
-
-/** Capability sets as 64-bit masks. */
-export interface Capabilities {
-  /** Inheritable set. */
-  inheritable: bigint;
-  /** Permitted set. */
-  permitted: bigint;
-  /** Effective set. */
-  effective: bigint;
-  /** Bounding set. */
-  bounding: bigint;
-  /** Ambient set. */
-  ambient: bigint;
-}
-
-/** Signal masks of the process (bit n-1 is signal n). */
-export interface SignalMasks {
-  /** Pending for one thread (the thread group leader's, from /proc/PID/status). */
-  pending: bigint;
-  /** Pending for the whole process. */
-  shdPending: bigint;
-  /** Blocked (the leader thread's mask). */
-  blocked: bigint;
-  /** Set to SIG_IGN. */
-  ignored: bigint;
-  /** With a handler. */
-  caught: bigint;
-}
-
-/** One rlimit; `RLIM_INFINITY` (2⁶⁴−1) means unlimited. */
-export interface Rlimit {
-  /** The soft limit, the one enforced. */
-  soft: bigint;
-  /** The ceiling for the soft limit. */
-  hard: bigint;
-}
-
 export { RLIM_INFINITY, RLIMIT };
-
-/** A resource name of `RLIMIT`. */
-export type RlimitName = keyof typeof RLIMIT;
+export type { Capabilities, Ids, Rlimit, RlimitName, SignalMasks };
 
 const LIMIT_NAMES: Record<string, RlimitName> = {
   "Max cpu time": "CPU",

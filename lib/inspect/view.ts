@@ -6,7 +6,58 @@
 import type { Fd } from "./fds.ts";
 import type { Mapping } from "./mappings.ts";
 import type { AddressRange, PageRegion } from "./pages.ts";
-import type { Capabilities, Ids, Rlimit, RlimitName, SignalMasks } from "./process.ts";
+import type { RLIMIT } from "../../ffi/mod.ts";
+
+/** Real, effective, saved and filesystem user or group ids. */
+export interface Ids {
+  /** Real id. */
+  real: number;
+  /** Effective id. */
+  effective: number;
+  /** Saved set id. */
+  saved: number;
+  /** Filesystem id. */
+  fs: number;
+}
+
+/** Capability sets as 64-bit masks. */
+export interface Capabilities {
+  /** Inheritable set. */
+  inheritable: bigint;
+  /** Permitted set. */
+  permitted: bigint;
+  /** Effective set. */
+  effective: bigint;
+  /** Bounding set. */
+  bounding: bigint;
+  /** Ambient set. */
+  ambient: bigint;
+}
+
+/** Signal masks of the process (bit n-1 is signal n). */
+export interface SignalMasks {
+  /** Pending for one thread (the thread group leader's, from /proc/PID/status). */
+  pending: bigint;
+  /** Pending for the whole process. */
+  shdPending: bigint;
+  /** Blocked (the leader thread's mask). */
+  blocked: bigint;
+  /** Set to SIG_IGN. */
+  ignored: bigint;
+  /** With a handler. */
+  caught: bigint;
+}
+
+/** One rlimit; `RLIM_INFINITY` (2⁶⁴−1) means unlimited. */
+export interface Rlimit {
+  /** The soft limit, the one enforced. */
+  soft: bigint;
+  /** The ceiling for the soft limit. */
+  hard: bigint;
+}
+
+/** A resource name of `RLIMIT`. */
+export type RlimitName = keyof typeof RLIMIT;
 
 /** A thread as both a live process and an image tell it. */
 export interface ThreadView {
