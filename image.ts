@@ -39,6 +39,7 @@ export {
   type MappingSource,
   type MemoryObjectEntry,
   type MmEntry,
+  type NamespaceEntry,
   type NetworkLockEntry,
   type PageRun,
   type PendingSignal,

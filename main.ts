@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import { check } from "./cli/check.ts";
 import { errorLine, EXIT, UsageError, type Verb } from "./cli/common.ts";
+import { diff } from "./cli/diff.ts";
 import { dump } from "./cli/dump.ts";
 import { fds } from "./cli/fds.ts";
 import { inspect } from "./cli/inspect.ts";
@@ -14,9 +15,10 @@ import { ps } from "./cli/ps.ts";
 import { repl } from "./cli/repl.ts";
 import { restore } from "./cli/restore.ts";
 import { unlock } from "./cli/unlock.ts";
+import { search } from "./cli/search.ts";
 import { TOOL_VERSION } from "./mod.ts";
 
-const VERBS: Verb[] = [ps, maps, fds, check, dump, restore, unlock, inspect, repl];
+const VERBS: Verb[] = [ps, maps, fds, search, check, dump, restore, unlock, inspect, diff, repl];
 const USAGE = "tardigrade [--help] [--version] VERB [ARGS] (tardigrade VERB --help)";
 
 function toolHelp(): string {

@@ -37,6 +37,38 @@ export {
   type SignalMasks,
   type ThreadInfo,
 } from "./lib/inspect/process.ts";
+export type { FdView, ProcessView, ThreadView } from "./lib/inspect/view.ts";
+export {
+  type ImageProcess,
+  type ImageThread,
+  ProcessImage,
+  type ProcessImageOptions,
+} from "./lib/inspect/image_process.ts";
+export {
+  isPidTarget,
+  type OpenedTarget,
+  openTarget,
+  type OpenTargetOptions,
+} from "./lib/inspect/open_target.ts";
+export {
+  type MemoryMatch,
+  REGEX_REACH,
+  searchMemory,
+  type SearchOptions,
+  type SearchPattern,
+} from "./lib/inspect/search.ts";
+export {
+  type Change,
+  diffProcesses,
+  diffSeries,
+  diffTargets,
+  type FdSummary,
+  imageChain,
+  type MappingPages,
+  type MappingSummary,
+  type ProcessDiff,
+  type TargetDiff,
+} from "./lib/inspect/diff.ts";
 export {
   Mapping,
   type MappingKind,

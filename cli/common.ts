@@ -1,5 +1,6 @@
 /** What every verb shares: the verb contract, argument parsing, errors, JSON and tables. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { isPidTarget } from "../mod.ts";
 
 /** One CLI verb: its names, help text and implementation. */
 export interface Verb {
@@ -107,6 +108,28 @@ export function parseMs(text: unknown, flag: string, verb: Verb): number | undef
     throw new UsageError(`${flag} wants a whole number of milliseconds, not '${text}'`, verb.usage);
   }
   return Number(text);
+}
+
+/**
+ * Parses a TARGET argument, a pid or an image directory, or throws a `UsageError`. `pid`, the
+ * `--pid` option's text, picks one process of an image.
+ */
+export function parseTarget(
+  text: string,
+  verb: Verb,
+  pid?: string,
+): { target: number | string; pid?: number } {
+  const chosen = pid === undefined ? undefined : parsePid(pid, verb);
+  if (isPidTarget(text)) {
+    if (chosen !== undefined) throw new UsageError("--pid is for an image directory", verb.usage);
+    return { target: parsePid(text, verb) };
+  }
+  try {
+    Deno.statSync(text);
+  } catch {
+    throw new UsageError(`not a pid or an image directory: '${text}'`, verb.usage);
+  }
+  return { target: text, pid: chosen };
 }
 
 /** `0x` + lowercase hex of a bigint (the JSON form of every bigint). */

@@ -1,19 +1,37 @@
-/** `tardigrade maps PID`: the memory mappings of a process, with resident bytes. */
-import { mapsRows } from "../mod.ts";
-import { count, formatBytes, parsePid, parseVerb, printJson, table, type Verb } from "./common.ts";
+/** `tardigrade maps TARGET`: the mappings of a process, live or in an image, with resident bytes. */
+import { mapsRows, openTarget } from "../mod.ts";
+import {
+  count,
+  formatBytes,
+  parseTarget,
+  parseVerb,
+  printJson,
+  table,
+  type Verb,
+} from "./common.ts";
 
 /** The verb. */
 export const maps: Verb = {
   name: "maps",
   summary: "Show the memory mappings of a process, with their sizes and resident bytes.",
-  usage: "tardigrade maps PID [--json]",
-  help: `options:
-  --json   one object per mapping: {start, end (hex strings), size, perms, offset (hex),
-           device, inode, kind, path, residentBytes}`,
+  usage: "tardigrade maps TARGET [--pid PID] [--json]",
+  help: `TARGET is a pid, or an image directory (its root process, or the one --pid names).
+
+options:
+  --pid PID  of an image, the process PID
+  --json     one object per mapping: {start, end (hex strings), size, perms, offset (hex),
+             device, inode, kind, path, residentBytes}; of an image, residentBytes
+             counts the bytes of the pages it holds, device and inode are 00:00 and 0 for
+             what is not a file`,
   async run(args) {
-    const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 1, max: 1 });
+    const p = parseVerb(this, args, { json: { type: "boolean" }, pid: { type: "string" } }, {
+      min: 1,
+      max: 1,
+    });
     if (!p) return 0;
-    const rows = await mapsRows(parsePid(p.positionals[0], this));
+    const { target, pid } = parseTarget(p.positionals[0], this, p.values.pid as string | undefined);
+    using opened = await openTarget(target, { pid });
+    const rows = await mapsRows(opened.processes[0]);
     if (p.values.json) {
       printJson(rows);
       return 0;

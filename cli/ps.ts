@@ -1,18 +1,23 @@
-/** `tardigrade ps`: the processes of this machine. */
-import { psRows } from "../mod.ts";
+/** `tardigrade ps [DIR]`: the processes of this machine, or of an image. */
+import { ProcessImage, psRows } from "../mod.ts";
 import { formatBytes, parseVerb, printJson, table, type Verb } from "./common.ts";
 
 /** The verb. */
 export const ps: Verb = {
   name: "ps",
   summary: "List processes: pid, parent, uid, state, threads, resident memory, command.",
-  usage: "tardigrade ps [--json]",
-  help: `options:
+  usage: "tardigrade ps [DIR] [--json]",
+  help: `DIR: the processes of that image instead (its tree, parents first; state T for a process
+stopped by job control, - otherwise: an image does not record it; RSS the bytes of its pages).
+
+options:
   --json   one object per process: {pid, ppid, uid, state, threads, rssBytes, comm, cmdline[]}`,
   async run(args) {
-    const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 0, max: 0 });
+    const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 0, max: 1 });
     if (!p) return 0;
-    const rows = await psRows();
+    const dir = p.positionals[0];
+    using image = dir === undefined ? undefined : await ProcessImage.open(dir);
+    const rows = await psRows(image);
     if (p.values.json) {
       printJson(rows);
       return 0;

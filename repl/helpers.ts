@@ -12,6 +12,7 @@ import {
   inspectImage,
   type MapsRow,
   mapsRows,
+  openTarget,
   type Policy,
   Process,
   type PsRow,
@@ -23,8 +24,8 @@ import {
 export const HELP: [string, string][] = [
   ["ps()", "every process: pid, ppid, uid, state, threads, rssBytes, comm, cmdline"],
   ["proc(pid)", "a Process object: await p.comm(), p.cmdline(), p.stat(), p.read(addr, n) …"],
-  ["maps(pid)", "the mappings of a process, with resident bytes"],
-  ["fds(pid)", "the open descriptors of a process"],
+  ["maps(pid | dir)", "the mappings of a process or of an image's root, with resident bytes"],
+  ["fds(pid | dir)", "the open descriptors of a process or of an image's root"],
   ["dump(pid, dir, policy?, opts?)", "checkpoint pid into dir (ends it unless {leaveRunning})"],
   ["restore(dir, opts?)", "restore the process in dir ({pidNamespace} for a copy); {pid, …}"],
   ["clone(pid)", "a copy of a running process beside it, in its own pid namespace"],
@@ -49,10 +50,16 @@ export const helpers = {
   ps: (): Promise<PsRow[]> => psRows(),
   /** Opens a process. */
   proc: (pid: number): Promise<Process> => Process.open(pid),
-  /** The mappings of a process. */
-  maps: (pid: number): Promise<MapsRow[]> => mapsRows(pid),
-  /** The descriptors of a process. */
-  fds: (pid: number): Promise<FdsRow[]> => fdsRows(pid),
+  /** The mappings of a process, or of the root process of an image. */
+  maps: async (target: number | string): Promise<MapsRow[]> => {
+    using opened = await openTarget(target);
+    return await mapsRows(opened.processes[0]);
+  },
+  /** The descriptors of a process, or of the root process of an image. */
+  fds: async (target: number | string): Promise<FdsRow[]> => {
+    using opened = await openTarget(target);
+    return await fdsRows(opened.processes[0]);
+  },
   /** Checkpoints `pid` into `dir`, with an optional policy. */
   dump: (
     pid: number,

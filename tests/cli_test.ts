@@ -1,5 +1,6 @@
 /** The `tardigrade` CLI, run as a subprocess: every verb, human and --json output, exit codes. */
 import assert from "node:assert/strict";
+import { checkpoint } from "../mod.ts";
 import { cli, fixture, spawnTarget, type Target } from "./helpers.ts";
 
 /** Runs the CLI with --json and parses stdout. */
@@ -17,7 +18,18 @@ function tempDir(): string {
   return `${Deno.makeTempDirSync({ prefix: "tardigrade-cli-" })}/img`;
 }
 
-const VERBS = ["ps", "maps", "fds", "check", "dump", "restore", "inspect", "repl"];
+const VERBS = [
+  "ps",
+  "maps",
+  "fds",
+  "search",
+  "check",
+  "dump",
+  "restore",
+  "inspect",
+  "diff",
+  "repl",
+];
 
 Deno.test("cli: --help lists every verb, each verb has --help", async () => {
   const r = await cli("--help");
@@ -34,15 +46,16 @@ Deno.test("cli: bad arguments exit 2 with an error line and a usage line", async
   const cases: [string[], RegExp][] = [
     [[], /no verb/],
     [["frob"], /unknown verb 'frob'/],
-    [["maps"], /missing argument PID$/],
-    [["maps", "abc"], /not a pid: 'abc'/],
+    [["maps"], /missing argument TARGET$/],
+    [["maps", "abc"], /not a pid or an image directory: 'abc'/],
+    [["maps", "1", "--pid", "2"], /--pid is for an image directory/],
     [["maps", "1", "2"], /unexpected argument '2'/],
     [["fds", "1", "--bogus"], /unknown option '--bogus'/],
     [["dump", "1"], /missing argument DIR$/],
     [["dump", "1", "/tmp/x", "--policy"], /argument missing/],
     [["restore"], /missing argument/],
     [["inspect"], /missing argument/],
-    [["ps", "extra"], /unexpected argument/],
+    [["ps", "a", "b"], /unexpected argument 'b'/],
   ];
   for (const [args, re] of cases) {
     const r = await cli(...args);
@@ -119,6 +132,60 @@ Deno.test("cli: maps and fds of the fixture", async () => {
     assert.equal(fds[1].fileId, fds[2].fileId); // 2>&1 shares the open file
   } finally {
     await t.kill();
+  }
+});
+
+Deno.test("cli: maps, fds and ps take an image directory, same columns and JSON shape", async () => {
+  const t = await hello();
+  const dir = tempDir();
+  try {
+    await checkpoint(t.pid, dir, { leaveRunning: true });
+    const liveMaps = await cliJson<Record<string, unknown>[]>("maps", String(t.pid));
+    const imageMaps = await cliJson<Record<string, unknown>[]>("maps", dir);
+    const same = (rows: Record<string, unknown>[]) =>
+      rows.filter((m) => m.kind !== "vsyscall") // every process's, an image does not record it
+        .map(({ start, end, size, perms, offset, kind, path }) =>
+          JSON.stringify({ start, end, size, perms, offset, kind, path })
+        );
+    assert.deepEqual(same(imageMaps), same(liveMaps));
+    assert.deepEqual(Object.keys(imageMaps[0]), Object.keys(liveMaps[0]));
+    const heap = imageMaps.find((m) => m.kind === "heap")!;
+    assert.ok((heap.residentBytes as number) >= 4096, "the heap's pages are in the image");
+    const table = await cli("maps", dir);
+    assert.match(table.stdout, /^START\s+END\s+PERMS\s+SIZE\s+RESIDENT\s+KIND\s+PATH$/m);
+
+    const liveFds = await cliJson<Record<string, unknown>[]>("fds", String(t.pid));
+    const imageFds = await cliJson<Record<string, unknown>[]>("fds", dir, "--pid", String(t.pid));
+    const noId = (rows: Record<string, unknown>[]) => rows.map(({ fileId: _, ...r }) => r);
+    assert.deepEqual(noId(imageFds), noId(liveFds));
+    assert.equal(imageFds[1].fileId, imageFds[2].fileId); // 2>&1 still one open file
+
+    const ps = await cliJson<Record<string, unknown>[]>("ps", dir);
+    assert.equal(ps.length, 1);
+    assert.equal(ps[0].pid, t.pid);
+    assert.equal(ps[0].comm, "hello");
+    assert.deepEqual(Object.keys(ps[0]), [
+      "pid",
+      "ppid",
+      "uid",
+      "state",
+      "threads",
+      "rssBytes",
+      "comm",
+      "cmdline",
+    ]);
+    const psTable = await cli("ps", dir);
+    assert.match(
+      psTable.stdout,
+      new RegExp(`^\\s*${t.pid}\\s+\\d+\\s+0\\s+-\\s+1\\s+.*hello$`, "m"),
+    );
+
+    const other = await cli("maps", dir, "--pid", "999999999");
+    assert.equal(other.code, 1);
+    assert.match(other.stderr, /not in the image .* \(it holds \d+\)/);
+  } finally {
+    await t.kill();
+    await Deno.remove(dir.replace(/\/img$/, ""), { recursive: true });
   }
 });
 

@@ -242,7 +242,8 @@ export class ImageReader implements Disposable {
   readExtentPart(extent: PageExtent, at: number, into: Uint8Array): Uint8Array {
     const owner = this.#owner(extent);
     if (owner !== this) return owner.readExtentPart(local(extent), at, into);
-    const { name, offset, length } = this.#extentTarget(extent);
+    // Only the part is read: no buffer of the whole extent.
+    const { name, offset, length } = this.#checkExtent(extent);
     if (!Number.isSafeInteger(at) || at < 0 || at + into.length > length) {
       throw new RangeError(`${into.length} bytes at ${at} are not inside an extent of ${length}`);
     }
@@ -292,6 +293,16 @@ export class ImageReader implements Disposable {
 
   /** Checks an extent against the manifest and sizes the buffer it is read into. */
   #extentTarget(extent: PageExtent, into?: Uint8Array) {
+    const { name, offset, length } = this.#checkExtent(extent);
+    if (into && into.length < length) {
+      throw new RangeError(`buffer of ${into.length} bytes is too small for ${length} bytes`);
+    }
+    const out = into ? into.subarray(0, length) : new Uint8Array(length);
+    return { name, offset, length, out };
+  }
+
+  /** Checks an extent against the manifest. */
+  #checkExtent(extent: PageExtent): { name: string; offset: number; length: number } {
     const { file: name, offset, length } = extent;
     const entry = this.#entries.get(name);
     if (!entry || !isPageFileName(name)) {
@@ -307,11 +318,7 @@ export class ImageReader implements Disposable {
         `${name}: extent at offset ${offset} of ${length} bytes runs past the end (${entry.size})`,
       );
     }
-    if (into && into.length < length) {
-      throw new RangeError(`buffer of ${into.length} bytes is too small for ${length} bytes`);
-    }
-    const out = into ? into.subarray(0, length) : new Uint8Array(length);
-    return { name, offset, length, out };
+    return { name, offset, length };
   }
 
   /**
@@ -398,8 +405,8 @@ function hex32(n: number): string {
   return `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
 }
 
-/** The canonical path of `dir` (itself if it cannot be resolved), to tell a loop. */
-function realPath(dir: string): string {
+/** The canonical path of `dir` (itself if it cannot be resolved): to tell a loop, or one image. */
+export function realPath(dir: string): string {
   try {
     return Deno.realPathSync(dir);
   } catch {

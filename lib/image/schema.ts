@@ -415,6 +415,14 @@ export interface WindowSize {
   ypixel: number;
 }
 
+/** A namespace of a process: its name in /proc/PID/ns and its inode number. */
+export interface NamespaceEntry {
+  /** `mnt`, `net`, `pid`, `pid_for_children`, `user`, `uts`, `ipc`, `cgroup`, `time` … */
+  name: string;
+  /** The inode of /proc/PID/ns/NAME: equal for processes in the same namespace. */
+  inode: bigint;
+}
+
 /** A resource limit; `RLIM_INFINITY` is 2^64-1. */
 export interface RlimitEntry {
   /** RLIMIT_* number. */
@@ -469,6 +477,11 @@ export interface ProcessEntry {
   personality: number;
   /** Credentials and capabilities of the main thread (each thread has its own: `ThreadEntry`). */
   creds: Credentials;
+  /**
+   * The namespaces it was in, by name (`mnt`, `net`, `pid` …) with the inode of /proc/PID/ns/NAME:
+   * for inspection and comparison; a restore does not make them again. Absent in older images.
+   */
+  namespaces?: NamespaceEntry[];
   /** /proc/PID/oom_score_adj (-1000..1000); absent in older images. */
   oomScoreAdj?: number;
   /**

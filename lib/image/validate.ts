@@ -175,6 +175,7 @@ const ENTRY_FIELDS = [
   "umask",
   "personality",
   "creds",
+  "namespaces",
   "oomScoreAdj",
   "audit",
   "thpDisable",
@@ -379,6 +380,12 @@ function checkEntry(v: unknown): void {
   int(p.umask, "umask", 0, 0o777);
   int(p.personality, "personality", 0, 2 ** 32 - 1);
   credentials(p.creds, "creds");
+  optional(p, "namespaces", "", (v, at) =>
+    each(v, at, (n, a) => {
+      const o = obj(n, a, ["name", "inode"]);
+      text(o.name, `${a}.name`);
+      u64(o.inode, `${a}.inode`);
+    }));
   each(p.rlimits, "rlimits", (r, a) => {
     const o = obj(r, a, ["resource", "soft", "hard"]);
     int(o.resource, `${a}.resource`, 0, 63);

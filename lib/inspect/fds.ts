@@ -190,7 +190,8 @@ export interface Fd {
   fileId: number;
 }
 
-function isTtyMajor(m: number): boolean {
+/** Whether a device major number is a terminal's. */
+export function isTtyMajor(m: number): boolean {
   return m === 4 || m === 5 || (m >= 136 && m <= 143);
 }
 

@@ -28,61 +28,12 @@ import {
   splitNul,
   tryReadStat,
 } from "./procfs.ts";
+import type { Capabilities, Ids, ProcessView, Rlimit, RlimitName, SignalMasks } from "./view.ts";
 
 export { parseStat, type ProcessState, type ProcStat };
 
-/** Real, effective, saved and filesystem user or group ids. */
-export interface Ids {
-  /** Real id. */
-  real: number;
-  /** Effective id. */
-  effective: number;
-  /** Saved set id. */
-  saved: number;
-  /** Filesystem id. */
-  fs: number;
-}
-
-/** Capability sets as 64-bit masks. */
-export interface Capabilities {
-  /** Inheritable set. */
-  inheritable: bigint;
-  /** Permitted set. */
-  permitted: bigint;
-  /** Effective set. */
-  effective: bigint;
-  /** Bounding set. */
-  bounding: bigint;
-  /** Ambient set. */
-  ambient: bigint;
-}
-
-/** Signal masks of the process (bit n-1 is signal n). */
-export interface SignalMasks {
-  /** Pending for one thread (the thread group leader's, from /proc/PID/status). */
-  pending: bigint;
-  /** Pending for the whole process. */
-  shdPending: bigint;
-  /** Blocked (the leader thread's mask). */
-  blocked: bigint;
-  /** Set to SIG_IGN. */
-  ignored: bigint;
-  /** With a handler. */
-  caught: bigint;
-}
-
-/** One rlimit; `RLIM_INFINITY` (2⁶⁴−1) means unlimited. */
-export interface Rlimit {
-  /** The soft limit, the one enforced. */
-  soft: bigint;
-  /** The ceiling for the soft limit. */
-  hard: bigint;
-}
-
 export { RLIM_INFINITY, RLIMIT };
-
-/** A resource name of `RLIMIT`. */
-export type RlimitName = keyof typeof RLIMIT;
+export type { Capabilities, Ids, Rlimit, RlimitName, SignalMasks };
 
 const LIMIT_NAMES: Record<string, RlimitName> = {
   "Max cpu time": "CPU",
@@ -114,7 +65,7 @@ export interface ThreadInfo {
 }
 
 /** Builds an async iterable over a list computed (synchronously) on the first step. */
-function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
+export function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
   return {
     [Symbol.asyncIterator](): AsyncIterator<T> {
       let items: T[] | null = null;
@@ -149,7 +100,7 @@ function lazyList<T>(produce: () => T[]): AsyncIterable<T> {
  * for await (const m of p.mappings()) console.log(m.perms, m.path);
  * ```
  */
-export class Process {
+export class Process implements ProcessView {
   /** Use `Process.open`. */
   protected constructor(
     /** The process id. */
@@ -197,6 +148,16 @@ export class Process {
   /** The parent's pid (0 for pid 1). */
   async ppid(): Promise<number> {
     return (await this.stat()).ppid;
+  }
+
+  /** The process group id. */
+  async pgid(): Promise<number> {
+    return (await this.stat()).pgrp;
+  }
+
+  /** The session id. */
+  async sid(): Promise<number> {
+    return (await this.stat()).session;
   }
 
   /** The command name (up to 15 bytes). */

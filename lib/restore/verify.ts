@@ -270,6 +270,8 @@ const TASK_RULES: Record<string, Rule> = {
   pgid: "skip",
   tty: "skip",
   stopped: "skip",
+  // Recorded for inspection: a restore does not make namespaces again.
+  namespaces: "skip",
   zombies: (d, _at, _f, image, kernel) => {
     // Both sides as zombieView made them.
     d.pair(

@@ -1,6 +1,6 @@
 /**
  * Process-wide state, assembled from the modules of this folder: identity and tree position,
- * credentials (the main thread's), audit identity, fs state, attributes, mm, signal dispositions
+ * credentials (the main thread's), namespaces (for inspection only), audit identity, fs state, attributes, mm, signal dispositions
  * and pending signals, interval timers, resource limits, zombie children. What only the process
  * can tell is asked by injecting the syscall into it.
  */
@@ -13,6 +13,7 @@ import { dumpCredentials } from "./credentials.ts";
 import { dumpFsState } from "./fs_state.ts";
 import { dumpItimers } from "./itimers.ts";
 import { dumpExe, dumpMm } from "./mm.ts";
+import { dumpNamespaces } from "./namespaces.ts";
 import { dumpRlimits } from "./rlimits.ts";
 import { dumpSharedPending, dumpSigactions } from "./signals.ts";
 import { zombieChildren } from "./zombies.ts";
@@ -39,6 +40,7 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     ...await dumpFsState(proc),
     ...await dumpAttributes(proc, inj),
     creds: dumpCredentials(pid),
+    namespaces: await dumpNamespaces(proc),
     audit: dumpAudit(pid),
     rlimits: await dumpRlimits(proc),
     mm: await dumpMm(proc, stat, inj),

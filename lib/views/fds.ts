@@ -1,5 +1,6 @@
 /** The descriptors of a process as rows: what `tardigrade fds` and the REPL's `fds()` show. */
 import { Process } from "../inspect/process.ts";
+import type { ProcessView } from "../inspect/view.ts";
 
 /** One row of `fds --json`. */
 export interface FdsRow {
@@ -15,13 +16,16 @@ export interface FdsRow {
   position: number;
   /** FD_CLOEXEC is set. */
   closeOnExec: boolean;
-  /** Equal for descriptors that share one open file. */
+  /** Equal for descriptors that share one open file (in an image: the image's file id). */
   fileId: number;
 }
 
-/** The descriptors of process `pid` as `fds --json` shows them. */
-export async function fdsRows(pid: number): Promise<FdsRow[]> {
-  const proc = await Process.open(pid);
+/**
+ * The descriptors of process `pid` (or of a process of an image, `ImageProcess`) as `fds --json`
+ * shows them.
+ */
+export async function fdsRows(pid: number | ProcessView): Promise<FdsRow[]> {
+  const proc = typeof pid === "number" ? await Process.open(pid) : pid;
   const rows: FdsRow[] = [];
   for await (const fd of proc.fds()) {
     rows.push({

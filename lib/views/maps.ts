@@ -2,6 +2,7 @@
 import type { Mapping } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { hasNoAddressSpace, NoAddressSpace } from "../inspect/procfs.ts";
+import type { ProcessView } from "../inspect/view.ts";
 import { hex } from "./format.ts";
 
 /** One row of `maps --json`. */
@@ -24,12 +25,15 @@ export interface MapsRow {
   kind: string;
   /** The mapped path or [name], null for anonymous memory. */
   path: string | null;
-  /** Bytes of pages present in RAM or swapped (what a dump would copy at most). */
+  /**
+   * Bytes of pages present in RAM or swapped (what a dump would copy at most); of a process in
+   * an image, the bytes of pages it holds.
+   */
   residentBytes: number;
 }
 
 /** Sums the present or swapped bytes of each mapping from one page scan. */
-async function residentBytes(proc: Process, maps: Mapping[]): Promise<number[]> {
+async function residentBytes(proc: ProcessView, maps: Mapping[]): Promise<number[]> {
   const out = maps.map(() => 0);
   let i = 0;
   for await (const r of proc.pages()) {
@@ -45,11 +49,16 @@ async function residentBytes(proc: Process, maps: Mapping[]): Promise<number[]> 
   return out;
 }
 
-/** The mappings of process `pid` as `maps --json` shows them. */
-export async function mapsRows(pid: number): Promise<MapsRow[]> {
-  const proc = await Process.open(pid);
+/**
+ * The mappings of process `pid` (or of a process of an image, `ImageProcess`) as `maps --json`
+ * shows them.
+ */
+export async function mapsRows(pid: number | ProcessView): Promise<MapsRow[]> {
+  const proc = typeof pid === "number" ? await Process.open(pid) : pid;
   // A listing of nothing would read as a process with no memory: say what it is instead.
-  if (hasNoAddressSpace(pid)) throw new NoAddressSpace(pid, "mappings");
+  if (proc instanceof Process && hasNoAddressSpace(proc.pid)) {
+    throw new NoAddressSpace(proc.pid, "mappings");
+  }
   const list: Mapping[] = [];
   for await (const m of proc.mappings()) list.push(m);
   const resident = await residentBytes(proc, list);

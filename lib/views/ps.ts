@@ -1,6 +1,7 @@
 /** The processes of this machine as rows: what `tardigrade ps` and the REPL's `ps()` show. */
 import { PAGE_SIZE } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
+import { type ImageProcess, memoryOf, type ProcessImage } from "../inspect/image_process.ts";
 import { processes } from "../inspect/process.ts";
 
 /** One row of `ps --json`. */
@@ -11,11 +12,14 @@ export interface PsRow {
   ppid: number;
   /** Real user id. */
   uid: number;
-  /** Scheduler state letter (R, S, T, Z …). */
+  /**
+   * Scheduler state letter (R, S, T, Z …). An image records only whether a process was stopped
+   * by job control: `T` then, else `-`.
+   */
   state: string;
   /** Thread count. */
   threads: number;
-  /** Resident memory in bytes. */
+  /** Resident memory in bytes (of a process in an image: the bytes of the pages it holds). */
   rssBytes: number;
   /** Command name. */
   comm: string;
@@ -23,8 +27,12 @@ export interface PsRow {
   cmdline: string[];
 }
 
-/** Lists every process with the fields `ps` shows (kernel threads included). */
-export async function psRows(): Promise<PsRow[]> {
+/**
+ * Lists every process with the fields `ps` shows (kernel threads included), or with `image`
+ * every process of that image (its tree, parents first).
+ */
+export async function psRows(image?: ProcessImage): Promise<PsRow[]> {
+  if (image) return image.processes().map(imagePsRow);
   const rows: PsRow[] = [];
   for await (const p of processes()) {
     try {
@@ -44,4 +52,23 @@ export async function psRows(): Promise<PsRow[]> {
     }
   }
   return rows;
+}
+
+/** The `ps` row of a process of an image. */
+function imagePsRow(p: ImageProcess): PsRow {
+  const e = p.entry;
+  let stored = 0;
+  for (const a of memoryOf(p).areas) {
+    for (const piece of a.pieces) stored += Number(piece.end - piece.start);
+  }
+  return {
+    pid: e.pid,
+    ppid: e.ppid,
+    uid: e.creds.uids[0],
+    state: e.stopped ? "T" : "-",
+    threads: e.threads.length,
+    rssBytes: stored,
+    comm: e.comm,
+    cmdline: e.cmdline,
+  };
 }
