@@ -156,6 +156,23 @@ Deno.test("lazy: a damaged pages file gets the process killed with the reason lo
   }
 });
 
+Deno.test("lazy: an incremental image serves the pages it takes from its parent", async () => {
+  const bin = await fixture("lazy_memory");
+  const t = await spawnTarget(bin, ["plain", "32"], { ready: /^(READY|SETUP FAILED) /m });
+  const tmp = await Deno.makeTempDir({ prefix: "tardigrade-lazy-" });
+  let r: RestoreResult | undefined;
+  try {
+    await checkpoint(t.pid, `${tmp}/full`, { leaveRunning: true });
+    await checkpoint(t.pid, `${tmp}/incr`, { parent: `${tmp}/full` });
+    r = await restore(`${tmp}/incr`, { lazy: true, lazyLog: `${tmp}/lazy.log` });
+    assert.ok(r.lazy!.bytes > 30 * 1048576, `served lazily: ${r.lazy!.bytes} bytes`);
+    assert.equal(await t.check(), "PASS", t.output());
+    assert.match(await serverDone(`${tmp}/lazy.log`), /done in/);
+  } finally {
+    await cleanUp(t, tmp, r?.lazy?.server);
+  }
+});
+
 Deno.test("lazy: a tree of processes is refused before anything is made", async () => {
   const bin = await fixture("r_cow_fork");
   const t = await spawnTarget(bin, [], { ready: /^(READY|SETUP FAILED) /m });

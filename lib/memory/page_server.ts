@@ -2,7 +2,9 @@
  * The page server of a lazy restore: it holds the userfaultfd of a restored process (and of every
  * child it forks while pages are missing) and fills the missing pages from the image. A fault is
  * served first, from the faulting page on (`UFFDIO_COPY`), or with the zero page where the image
- * has nothing (`UFFDIO_ZEROPAGE`); between faults the rest is filled in address order. It
+ * has nothing (`UFFDIO_ZEROPAGE`); between faults the rest is filled in address order, the most
+ * recently written pages first: those of the image itself before those an incremental image
+ * takes from its parents (not written since the parent was dumped), nearest parent first. It
  * follows the process's own changes to its memory: a fork gives the child a userfaultfd of its
  * own and the parent's missing pages, mremap moves them, madvise(DONTNEED) and munmap drop them.
  * A process is done once every page is in or it is gone; the server ends when all are.
@@ -46,6 +48,8 @@ interface Served {
   pending: PendingPages;
   /** What the log calls it. */
   name: string;
+  /** The image (0: this one, 1: its parent …) whose pages the background fill is at. */
+  age: number;
 }
 
 /** The outcome of filling pieces into one process. */
@@ -71,6 +75,8 @@ export class PageServer {
   /** Faults to serve again once the events that held them up are read. */
   #retry: { p: Served; addr: number }[] = [];
   #forks = 0;
+  /** The highest age of an extent (see `#age`). */
+  readonly #oldest: number;
   readonly stats: PageServerStats = { faults: 0, bytes: 0, processes: 1, dropped: 0 };
 
   /**
@@ -85,7 +91,8 @@ export class PageServer {
     private readonly extents: PageExtent[],
     private readonly log: (line: string) => void,
   ) {
-    this.#served.push({ uffd, pending: new PendingPages(pending), name: `process ${pid}` });
+    this.#served.push({ uffd, pending: new PendingPages(pending), name: `process ${pid}`, age: 0 });
+    this.#oldest = Math.max(0, ...extents.map((e) => e.image ?? 0));
   }
 
   /**
@@ -155,7 +162,7 @@ export class PageServer {
       this.#serveFault(p, Number(msg.address));
     } else if ("ufd" in msg) {
       const name = `child ${++this.#forks} of ${p.name}`;
-      this.#served.push({ uffd: msg.ufd, pending: p.pending.clone(), name });
+      this.#served.push({ uffd: msg.ufd, pending: p.pending.clone(), name, age: p.age });
       this.stats.processes++;
     } else if ("from" in msg) {
       p.pending.move(Number(msg.from), Number(msg.to), Number(msg.len));
@@ -202,7 +209,12 @@ export class PageServer {
     const p = this.#served.find((s) => !s.pending.empty);
     if (!p) return;
     this.#served.push(...this.#served.splice(this.#served.indexOf(p), 1));
-    const first = p.pending.first()!;
+    let first: PendingRun | undefined;
+    // Pages only ever leave an age (a moved or put back piece keeps its own): count up.
+    while (!(first = p.pending.first((r) => this.#age(r) === p.age)) && p.age < this.#oldest) {
+      p.age++;
+    }
+    first ??= p.pending.first()!;
     const pieces = p.pending.take(first.start, Math.min(first.end, first.start + BACKGROUND_CHUNK));
     if (this.#fill(p, pieces) === "gone") this.#drop(p);
   }
@@ -240,6 +252,11 @@ export class PageServer {
       }
     }
     return "done";
+  }
+
+  /** How many images up from the restored one the bytes of `r` are (0: in it). */
+  #age(r: PendingRun): number {
+    return this.extents[r.extent].image ?? 0;
   }
 
   /** The bytes of extent `index`, read and checked once while cached. */

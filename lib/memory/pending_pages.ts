@@ -53,9 +53,9 @@ export class PendingPages {
     return this.#runs.reduce((n, r) => n + r.end - r.start, 0);
   }
 
-  /** The first piece left, in address order. */
-  first(): PendingRun | undefined {
-    return this.#runs[0];
+  /** The first piece left in address order, of those `which` accepts (all by default). */
+  first(which?: (r: PendingRun) => boolean): PendingRun | undefined {
+    return which ? this.#runs.find(which) : this.#runs[0];
   }
 
   /** The piece holding `addr`, if it is still missing. */
