@@ -173,6 +173,62 @@ Deno.test("lazy: an incremental image serves the pages it takes from its parent"
   }
 });
 
+Deno.test("lazy: the page server ends when the process exits before its pages are in", async () => {
+  const d = await dumped("plain", 256, false);
+  let r: RestoreResult | undefined;
+  try {
+    r = await restore(d.image, { lazy: true, lazyLog: d.log });
+    await d.t.kill();
+    const log = await serverDone(d.log);
+    assert.match(log, /done in .* MiB dropped or not needed/);
+    const server = r.lazy!.server;
+    await waitUntil(() => !isAlive(server), 30_000, () => `page server ${server} to end`);
+  } finally {
+    await cleanUp(d.t, d.tmp, r?.lazy?.server);
+  }
+});
+
+/** Fixtures of the restore suite (tests/fixtures/r_*.c) that check themselves restored lazily. */
+const suiteFixtures = [
+  "r_memory",
+  "r_threads",
+  "r_heap_grow",
+  "r_stack_grow",
+  "r_mprotect",
+  "r_madvise",
+  "r_vma_flags",
+  "r_private_file_map",
+  "r_shared_anon",
+  "r_guard_pages",
+  "r_mseal",
+  "r_rseq",
+  "r_nanosleep",
+  "r_sigaltstack",
+  "r_fpu",
+  "r_other_uid",
+  "r_seccomp",
+];
+
+for (const name of suiteFixtures) {
+  Deno.test(`lazy: ${name} restored lazily checks itself`, async () => {
+    const bin = await fixture(name);
+    const t = await spawnTarget(bin, [], { ready: /^(READY|SETUP FAILED) /m });
+    const tmp = await Deno.makeTempDir({ prefix: "tardigrade-lazy-" });
+    let r: RestoreResult | undefined;
+    try {
+      assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+      assert.equal(await t.check(), "PASS", `before the dump:\n${t.output()}`);
+      await checkpoint(t.pid, `${tmp}/image`);
+      r = await restore(`${tmp}/image`, { lazy: true, lazyLog: `${tmp}/lazy.log` });
+      assert.equal(await t.check(), "PASS", `restored lazily:\n${t.output()}`);
+      assert.match(await serverDone(`${tmp}/lazy.log`), /done in/);
+      assert.equal(await t.check(), "PASS", `every page in:\n${t.output()}`);
+    } finally {
+      await cleanUp(t, tmp, r?.lazy?.server);
+    }
+  });
+}
+
 Deno.test("lazy: a tree of processes is refused before anything is made", async () => {
   const bin = await fixture("r_cow_fork");
   const t = await spawnTarget(bin, [], { ready: /^(READY|SETUP FAILED) /m });

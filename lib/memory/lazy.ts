@@ -7,14 +7,17 @@
  * image. Everything else is written before the process runs, as in a plain restore: shared
  * memory and memfds (one object, several mappings), pages written over a private file mapping
  * (userfaultfd does not serve file-backed private memory), and what the restore changes after
- * the pages are in: hugetlb, droppable, mlocked (populated at once), guarded and sealed mappings.
+ * the pages are in: hugetlb, droppable, mlocked (populated at once), guarded and sealed mappings;
+ * and memory the process cannot read (PROT_NONE): it can reach it only through /proc/PID/mem,
+ * whose reads of a missing page fail (EIO) instead of waiting for the page server, as
+ * ptrace(PEEKDATA) does.
  * So are the few pages the kernel or the restore touch before the process runs (rseq areas, the
- * argument strings).
+ * pages the registers point at, the argument strings).
  */
-import { pageDown, pageUp, UFFD, uffdApi, uffdRegister } from "../../ffi/mod.ts";
+import { pageDown, pageUp, PROT, UFFD, uffdApi, uffdRegister } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MappingEntry, PageRun, ProcessEntry } from "../image/schema.ts";
-import { listPages } from "../inspect/pages.ts";
+import { listPages, USER_SPACE_END } from "../inspect/pages.ts";
 import { PendingPages, type PendingRun } from "./pending_pages.ts";
 import { hex, type Range } from "./target.ts";
 
@@ -28,6 +31,7 @@ export const LAZY_FEATURES = UFFD.FEATURE_EVENT_FORK | UFFD.FEATURE_EVENT_REMAP 
 /** Whether the pages of mapping `m` are served lazily. */
 export function servedLazily(m: MappingEntry): boolean {
   return !m.shared && m.source.type === "anonymous" && m.pages.length > 0 &&
+    (m.prot & PROT.READ) !== 0 &&
     !m.sharedWithParent?.length && !m.guards?.length &&
     !(m.advice ?? []).some((a) => EAGER_ADVICE.includes(a));
 }
@@ -45,22 +49,37 @@ export interface LazyPlan {
 }
 
 /**
- * The pages touched before the process runs: each thread's rseq area (the kernel writes it on
- * the thread's return to user mode, as the restore drives it) and the argument and environment
- * strings (the restore's comparison reads /proc/PID/cmdline and environ).
+ * The pages touched before the process runs, sorted and merged: each thread's rseq area (the
+ * kernel writes it on the thread's return to user mode, as the restore drives it), the pages its
+ * registers point at (a sleep cut short by the dump is started again with the thread's own
+ * pointers, and the kernel writes the time left there) and the argument and environment strings
+ * (the restore's comparison reads /proc/PID/cmdline and environ).
  */
 function touchedBeforeRunning(p: ProcessEntry): Range[] {
   const pages = (start: bigint, end: bigint) => ({ start: pageDown(start), end: pageUp(end) });
-  const out = p.threads.filter((t) => t.rseq?.abiPointer).map((t) =>
-    pages(t.rseq.abiPointer, t.rseq.abiPointer + BigInt(t.rseq.length))
-  );
+  const all: Range[] = [];
+  for (const t of p.threads) {
+    if (t.rseq?.abiPointer) {
+      all.push(pages(t.rseq.abiPointer, t.rseq.abiPointer + BigInt(t.rseq.length)));
+    }
+    for (const v of Object.values(t.regs)) {
+      if (v > 0n && v < USER_SPACE_END) all.push(pages(v, v + 1n));
+    }
+  }
   const mm = p.mm;
-  if (mm.argEnd > mm.argStart) out.push(pages(mm.argStart, mm.argEnd));
-  if (mm.envEnd > mm.envStart) out.push(pages(mm.envStart, mm.envEnd));
+  if (mm.argEnd > mm.argStart) all.push(pages(mm.argStart, mm.argEnd));
+  if (mm.envEnd > mm.envStart) all.push(pages(mm.envStart, mm.envEnd));
+  all.sort((a, b) => Number(a.start - b.start));
+  const out: Range[] = [];
+  for (const r of all) {
+    const last = out[out.length - 1];
+    if (last && r.start <= last.end) last.end = r.end > last.end ? r.end : last.end;
+    else out.push({ ...r });
+  }
   return out;
 }
 
-/** Splits `run` into its parts inside `ranges` and those outside. */
+/** Splits `run` into its parts inside `ranges` (sorted, not overlapping) and those outside. */
 function splitRun(run: PageRun, ranges: Range[]): { inside: PageRun[]; outside: PageRun[] } {
   const inside: PageRun[] = [], outside: PageRun[] = [];
   const end = run.start + BigInt(run.length);
@@ -71,7 +90,7 @@ function splitRun(run: PageRun, ranges: Range[]): { inside: PageRun[]; outside: 
     offset: run.offset + Number(s - run.start),
   });
   let at = run.start;
-  for (const r of [...ranges].sort((a, b) => Number(a.start - b.start))) {
+  for (const r of ranges) {
     if (r.end <= at || r.start >= end) continue;
     if (r.start > at) outside.push(piece(at, r.start));
     const e = r.end < end ? r.end : end;
