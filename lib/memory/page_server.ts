@@ -50,6 +50,8 @@ interface Served {
   name: string;
   /** The image (0: this one, 1: its parent …) whose pages the background fill is at. */
   age: number;
+  /** Done with: its userfaultfd is closed (its number may already be another's). */
+  closed?: boolean;
 }
 
 /** The outcome of filling pieces into one process. */
@@ -128,6 +130,7 @@ export class PageServer {
   }
 
   #drop(p: Served): void {
+    p.closed = true;
     close(p.uffd);
     this.#served.splice(this.#served.indexOf(p), 1);
     this.#retry = this.#retry.filter((r) => r.p !== p);
@@ -139,7 +142,7 @@ export class PageServer {
     const buf = new Uint8Array(64 * UFFD.MSG_SIZE);
     for (const [i, p] of [...this.#served].entries()) {
       if (!ready[i]) continue;
-      for (;;) {
+      while (!p.closed) {
         let n: number;
         try {
           n = read(p.uffd, buf);
@@ -147,7 +150,7 @@ export class PageServer {
           if (err instanceof SyscallError && err.errno === Errno.EAGAIN) break;
           throw err;
         }
-        for (let at = 0; at + UFFD.MSG_SIZE <= n; at += UFFD.MSG_SIZE) {
+        for (let at = 0; at + UFFD.MSG_SIZE <= n && !p.closed; at += UFFD.MSG_SIZE) {
           this.#onMessage(p, buf, at);
         }
         if (n < buf.length) break;
@@ -181,6 +184,7 @@ export class PageServer {
       const got = this.#fill(p, pieces);
       if (got === "again") this.#retry.push({ p, addr });
       else if (got === "gone") this.#drop(p);
+      else this.#wake(p, page); // filled, or not fillable (no longer mapped): let it retry
       return;
     }
     // Not in the image (or discarded since): it reads as zeros.
@@ -200,7 +204,7 @@ export class PageServer {
     const retry = this.#retry;
     this.#retry = [];
     for (const { p, addr } of retry) {
-      if (this.#served.includes(p)) this.#serveFault(p, addr);
+      if (!p.closed) this.#serveFault(p, addr);
     }
   }
 

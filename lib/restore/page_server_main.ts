@@ -3,7 +3,7 @@
  * stdin, takes the userfaultfd from the restoring tool, says "ready" on its stdout and serves
  * until every page is in or the process is gone. It logs to the file it is given; SIGINT,
  * SIGTERM and SIGHUP are logged and ignored while pages are missing (ending now would leave the
- * process reading zeros where its data was).
+ * process reading zeros where its data was), and the OOM killer is asked to spare it.
  */
 import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
 import { ImageReader } from "../image/mod.ts";
@@ -55,6 +55,10 @@ async function main(): Promise<number> {
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     Deno.addSignalListener(sig, () => log(`${sig} ignored: pages are still missing`));
   }
+  // Killed by the OOM killer, it would leave the process reading zeros where its data was.
+  try {
+    Deno.writeTextFileSync("/proc/self/oom_score_adj", "-1000");
+  } catch { /* not privileged: as it is */ }
   say("ready");
   const started = performance.now();
   const server = new PageServer(spec.pid, uffd, runs, reader, spec.extents, log);
