@@ -150,6 +150,8 @@ Deno.test("lazy: a damaged pages file gets the process killed with the reason lo
     const log = await serverDone(d.log);
     assert.match(log, /checksum mismatch/);
     assert.match(log, new RegExp(`killed ${d.t.pid}`));
+    // And the process's own stderr (its output file here) says so.
+    assert.match(d.t.output(), /tardigrade: lazy restore: .*checksum mismatch.*: killed/);
     assert.doesNotMatch(d.t.output().split("READY")[1] ?? "", /FAIL/);
   } finally {
     await cleanUp(d.t, d.tmp, r?.lazy?.server);

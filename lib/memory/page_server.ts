@@ -18,6 +18,8 @@ import {
   decodeUffdMessage,
   Errno,
   kill,
+  O,
+  open,
   POLL,
   pollFds,
   read,
@@ -27,6 +29,7 @@ import {
   uffdCopy,
   uffdWake,
   uffdZeropage,
+  write,
 } from "../../ffi/mod.ts";
 import type { ImageReader, PageExtent } from "../image/mod.ts";
 import { childrenOf } from "../inspect/procfs.ts";
@@ -113,7 +116,7 @@ export class PageServer {
         await breathe();
       }
     } catch (err) {
-      this.#killAll();
+      this.#killAll(err instanceof Error ? err.message : String(err));
       throw err;
     } finally {
       for (const p of this.#served) close(p.uffd);
@@ -286,14 +289,26 @@ export class PageServer {
     return data;
   }
 
-  /** Kills the restored process and every process below it. */
-  #killAll(): void {
+  /**
+   * Kills the restored process and every process below it, telling it why on its stderr first
+   * (where its own output goes, a terminal or a log: as a shell says "Killed").
+   */
+  #killAll(why: string): void {
     const all: number[] = [];
     const walk = (pid: number) => {
       all.push(pid);
       for (const c of childrenOf(pid)) walk(c);
     };
     walk(this.pid);
+    try {
+      // Appended, never blocking: a full pipe or a file it writes at an offset stays as it is.
+      const fd = open(`/proc/${this.pid}/fd/2`, O.WRONLY | O.APPEND | O.NONBLOCK | O.NOCTTY);
+      try {
+        write(fd, new TextEncoder().encode(`tardigrade: lazy restore: ${why}: killed\n`));
+      } finally {
+        close(fd);
+      }
+    } catch { /* no stderr, or a socket: the log says it */ }
     for (const pid of all) {
       try {
         kill(pid, SIG.SIGKILL);
