@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { checkpoint, ImageReader, restore, type RestoreResult } from "../mod.ts";
 import type { ProcessEntry } from "../lib/image/schema.ts";
 import {
+  childrenOf,
   cli,
   fixture,
   isAlive,
@@ -46,6 +47,17 @@ function logOf(path: string): string {
 async function serverDone(log: string): Promise<string> {
   await waitUntil(() => /done in|cannot serve/.test(logOf(log)), 60_000, () => logOf(log));
   return logOf(log);
+}
+
+/** The page servers this test process started that still run. */
+function pageServers(): number[] {
+  return childrenOf(Deno.pid).filter((pid) => {
+    try {
+      return Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes("page_server_main");
+    } catch {
+      return false;
+    }
+  });
 }
 
 async function cleanUp(t: Target, tmp: string, server?: number): Promise<void> {
@@ -231,7 +243,7 @@ for (const name of suiteFixtures) {
   });
 }
 
-Deno.test("lazy: a tree of processes is refused before anything is made", async () => {
+Deno.test("lazy: a tree of processes is refused before anything is made, no page server left", async () => {
   const bin = await fixture("r_cow_fork");
   const t = await spawnTarget(bin, [], { ready: /^(READY|SETUP FAILED) /m });
   const tmp = await Deno.makeTempDir({ prefix: "tardigrade-lazy-" });
@@ -242,6 +254,7 @@ Deno.test("lazy: a tree of processes is refused before anything is made", async 
       /cannot restore lazily: the image holds a tree of 2 processes/,
     );
     assert.ok(!isAlive(t.pid), "a process was left behind");
+    await waitUntil(() => pageServers().length === 0, 10_000, () => `servers ${pageServers()}`);
   } finally {
     await cleanUp(t, tmp);
   }

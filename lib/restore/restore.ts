@@ -634,13 +634,17 @@ async function restoreTree(
     throw err;
   }
 
-  const stub = await starting;
+  const stub = await starting.catch((err) => {
+    server?.abort();
+    throw err;
+  });
   // Every process and thread made from the stub inherits its options: suspend their filters.
   if (needsSeccompSuspended(entries)) {
     try {
       suspendSeccompFor(stub.pid, RESTORE_TRACE_OPTIONS);
     } catch (err) {
       stub.end();
+      server?.abort();
       throw err;
     }
   }
