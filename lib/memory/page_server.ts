@@ -37,6 +37,7 @@ import { breather } from "./page_data.ts";
 import { PendingPages, type PendingRun } from "./pending_pages.ts";
 
 const PAGE = 4096;
+const hex = (n: number) => `0x${n.toString(16)}`;
 /** Bytes filled for one fault, from the faulting page on: a reader in address order faults once
  * a chunk, not once a page. */
 const FAULT_CHUNK = 1 << 20;
@@ -76,7 +77,6 @@ export interface PageServerStats {
 export class PageServer {
   readonly #served: Served[] = [];
   readonly #cache = new Map<number, Uint8Array>();
-  readonly #buffers: Uint8Array[] = [];
   /** Faults to serve again once the events that held them up are read. */
   #retry: { p: Served; addr: number }[] = [];
   #forks = 0;
@@ -97,7 +97,7 @@ export class PageServer {
     private readonly log: (line: string) => void,
   ) {
     this.#served.push({ uffd, pending: new PendingPages(pending), name: `process ${pid}`, age: 0 });
-    this.#oldest = Math.max(0, ...extents.map((e) => e.image ?? 0));
+    this.#oldest = extents.reduce((n, e) => Math.max(n, e.image ?? 0), 0);
   }
 
   /**
@@ -168,8 +168,12 @@ export class PageServer {
       this.#serveFault(p, Number(msg.address));
     } else if ("ufd" in msg) {
       const name = `child ${++this.#forks} of ${p.name}`;
-      this.#served.push({ uffd: msg.ufd, pending: p.pending.clone(), name, age: p.age });
+      const pending = p.pending.clone();
+      this.#served.push({ uffd: msg.ufd, pending, name, age: p.age });
       this.stats.processes++;
+      this.log(
+        `${p.name} forked (${name}) with ${(pending.bytes / 1048576).toFixed(1)} MiB missing`,
+      );
     } else if ("from" in msg) {
       p.pending.move(Number(msg.from), Number(msg.to), Number(msg.len));
     } else if ("start" in msg) {
@@ -190,11 +194,13 @@ export class PageServer {
       else this.#wake(p, page); // filled, or not fillable (no longer mapped): let it retry
       return;
     }
-    // Not in the image (or discarded since): it reads as zeros.
+    // Not in the image (or discarded since): it reads as zeros. There already, or no longer
+    // registered: the thread is woken to fault again.
     const z = uffdZeropage(p.uffd, BigInt(page), BigInt(PAGE));
     if (z.errno === Errno.EAGAIN) this.#retry.push({ p, addr });
     else if (z.errno === Errno.ESRCH) this.#drop(p);
-    else if (z.errno) this.#wake(p, page); // there already, or no longer registered: let it retry
+    else if (z.errno === Errno.EEXIST || z.errno === Errno.ENOENT) this.#wake(p, page);
+    else if (z.errno) throw new SyscallError("ioctl(UFFDIO_ZEROPAGE)", [hex(page)], z.errno);
   }
 
   #wake(p: Served, page: number): void {
@@ -253,7 +259,11 @@ export class PageServer {
           at += PAGE; // the page is there already (nothing fills a pending page but us)
           continue;
         }
-        // ENOENT and the like: no longer a registered mapping there (events will tell).
+        if (r.errno !== Errno.ENOENT) {
+          // ENOMEM and the like: the page would read as zeros if it were let go.
+          throw new SyscallError("ioctl(UFFDIO_COPY)", [hex(piece.start + at)], r.errno);
+        }
+        // No longer a registered mapping there (unmapped meanwhile: events will tell).
         this.stats.dropped += len - at;
         break;
       }
