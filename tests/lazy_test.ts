@@ -170,6 +170,29 @@ Deno.test("lazy: a damaged pages file gets the process killed with the reason lo
   }
 });
 
+Deno.test("lazy: a pages file cut short while pages are missing gets the process killed, not left hanging", async () => {
+  const d = await dumped("plain", 256, false);
+  let r: RestoreResult | undefined;
+  try {
+    r = await restore(d.image, { lazy: true, lazyLog: d.log });
+    const server = r.lazy!.server;
+    Deno.kill(server, "SIGSTOP"); // held while the image goes: most of the region is still missing
+    const files = [...Deno.readDirSync(d.image)].filter((e) => /^pages-/.test(e.name));
+    for (const f of files) {
+      const path = `${d.image}/${f.name}`;
+      await Deno.truncate(path, Math.floor(Deno.statSync(path).size / 4));
+    }
+    Deno.kill(server, "SIGCONT");
+    await waitUntil(() => !isAlive(d.t.pid), 60_000, () => `pid ${d.t.pid} to be killed`);
+    const log = await serverDone(d.log);
+    assert.match(log, /truncated/);
+    assert.match(log, new RegExp(`killed ${d.t.pid}`));
+    assert.match(d.t.output(), /tardigrade: lazy restore: .*truncated.*: killed/);
+  } finally {
+    await cleanUp(d.t, d.tmp, r?.lazy?.server);
+  }
+});
+
 Deno.test("lazy: an incremental image serves the pages it takes from its parent", async () => {
   const bin = await fixture("lazy_memory");
   const t = await spawnTarget(bin, ["plain", "32"], { ready: /^(READY|SETUP FAILED) /m });
