@@ -100,11 +100,13 @@ Deno.test(
       server = r.lazy.server;
       assert.equal(r.pid, d.t.pid);
       assert.ok(r.lazy.bytes > 50 * 1048576, `served lazily: ${r.lazy.bytes} bytes`);
-      assert.ok(r.pageBytes < 1048576, `written before it ran: ${r.pageBytes} bytes`);
       assert.equal(await d.t.check(), "PASS", d.t.output());
       const log = await serverDone(d.log);
       assert.match(log, /done in .* 1 process\(es\)/);
       assert.equal(await d.t.check(), "PASS", d.t.output());
+      const usage = await cli("restore", d.image, "--lazy-log", d.log);
+      assert.match(usage.stderr, /--lazy-log goes with --lazy/);
+      assert.notEqual(usage.code, 0);
     } finally {
       await cleanUp(d.t, d.tmp, server);
     }
