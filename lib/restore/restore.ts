@@ -127,8 +127,8 @@ export interface RestoreOptions {
    * page is in or the process is gone (it follows forks, mremap, madvise(DONTNEED) and munmap).
    * Other memory is written before the process runs, as without `lazy`. The image must stay
    * readable until the server ends: one it cannot read gets the process (and whatever it
-   * forked) killed, with the reason in the log. A single process only (not a tree), not with
-   * `pidNamespace` or `shellJob`.
+   * forked) killed, with the reason in the log and on the process's stderr. A single process
+   * only (not a tree), not with `pidNamespace` or `shellJob`.
    */
   lazy?: boolean;
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
