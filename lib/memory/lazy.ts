@@ -25,7 +25,7 @@ import { hex, type Range } from "./target.ts";
 const EAGER_ADVICE = ["ht", "dp", "lo", "sl"];
 
 /** The userfaultfd features a page server needs: it follows forks, mremap, discards and unmaps. */
-export const LAZY_FEATURES = UFFD.FEATURE_EVENT_FORK | UFFD.FEATURE_EVENT_REMAP |
+const LAZY_FEATURES = UFFD.FEATURE_EVENT_FORK | UFFD.FEATURE_EVENT_REMAP |
   UFFD.FEATURE_EVENT_REMOVE | UFFD.FEATURE_EVENT_UNMAP;
 
 /** Whether the pages of mapping `m` are served lazily. */
