@@ -118,7 +118,12 @@ export {
   type RestoreStage,
 } from "./lib/policy.ts";
 export type { ProgressCallback } from "./lib/progress.ts";
-export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore/restore.ts";
+export {
+  type LazyPages,
+  restore,
+  type RestoreOptions,
+  type RestoreResult,
+} from "./lib/restore/restore.ts";
 export { unlockNetwork, type UnlockResult } from "./lib/network/lock.ts";
 export type { ExternalEntry } from "./lib/files/external.ts";
 export {

@@ -8,6 +8,7 @@ const benches = [
   "dump.ts",
   "incremental.ts",
   "restore.ts",
+  "lazy_restore.ts",
   "criu.ts",
 ];
 

@@ -55,7 +55,7 @@ export const restore: Verb = {
   name: "restore",
   summary: "Restore a process from an image directory; prints its pid and returns.",
   usage: "tardigrade restore DIR [--shell-job] [--pid-namespace] [--allow-differences] " +
-    "[--inherit-fd fd[N]:KEY]... [--pidfile FILE] [--json]",
+    "[--inherit-fd fd[N]:KEY]... [--lazy [--lazy-log FILE]] [--pidfile FILE] [--json]",
   help: `The process gets its dumped pid back and runs detached from this tool. Things that
 could not be restored exactly are printed as warnings on stderr.
 
@@ -89,11 +89,20 @@ options:
                   or a KEY the image does not have, is refused before anything is made.
                   With fd 1 handed in, what restore prints goes to stderr: stdout is the
                   restored process's
+  --lazy          post-copy: the process runs as soon as it is made, its private anonymous
+                  memory (heap, stacks, anonymous mappings) filled as it touches it and in
+                  the background by a detached page server, which ends once every page is
+                  in (or the process is gone); the rest of its memory is written first. The
+                  image must stay readable until then: if it cannot be read, the process is
+                  killed and the log says why. One process only (it may fork meanwhile);
+                  not with --shell-job or --pid-namespace
+  --lazy-log FILE the page server's log (default $TMPDIR/tardigrade-lazy-PID.log)
   --pidfile FILE  also write the pid (and a newline) to FILE
   --json          {pid, threads, pageBytes, warnings[], differences[]} (with a waited-for --shell-job also
                   exitCode and signal, printed when it ends; with --pid-namespace also
                   namespacePid: the dumped pid, namespaceInit: the init's host pid, and
-                  pidMap: {dumped pid or tid: host pid or tid})
+                  pidMap: {dumped pid or tid: host pid or tid}; with --lazy also lazy:
+                  {server: its pid, log, bytes: bytes it serves})
 
 A progress bar goes to stderr when it is a terminal.`,
   async run(args) {
@@ -104,8 +113,13 @@ A progress bar goes to stderr when it is a terminal.`,
       "inherit-fd": { type: "string", multiple: true },
       pidfile: { type: "string" },
       json: { type: "boolean" },
+      lazy: { type: "boolean" },
+      "lazy-log": { type: "string" },
     }, { min: 1, max: 1 });
     if (!p) return 0;
+    if (p.values["lazy-log"] !== undefined && !p.values.lazy) {
+      throw new UsageError("--lazy-log goes with --lazy", this.usage);
+    }
     const inherit = inheritFds((p.values["inherit-fd"] as string[] | undefined) ?? [], this.usage);
     // Stdout handed in is the restored process's: nothing of ours goes into its stream.
     const say = Object.values(inherit).includes(1)
@@ -122,6 +136,8 @@ A progress bar goes to stderr when it is a terminal.`,
       pidNamespace: Boolean(p.values["pid-namespace"]),
       allowDifferences: Boolean(p.values["allow-differences"]),
       inheritFds: inherit,
+      lazy: Boolean(p.values.lazy),
+      ...(typeof p.values["lazy-log"] === "string" ? { lazyLog: p.values["lazy-log"] } : {}),
       policy: {
         restoreStage: (stage) => {
           if (stage === "resume") endBar();
@@ -164,11 +180,21 @@ A progress bar goes to stderr when it is a terminal.`,
         pageBytes,
         warnings: result.warnings,
         differences,
+        ...(result.lazy ? { lazy: result.lazy } : {}),
       }));
     } else {
       for (const w of warnings) console.error(`tardigrade: warning: ${w}`);
       if (result.job) {
         console.error(`tardigrade: ${pid} was a background job: it runs in the background`);
+      }
+      if (result.lazy) {
+        const { server, log, bytes } = result.lazy;
+        console.error(
+          `tardigrade: ${
+            (bytes / 1048576).toFixed(1)
+          } MiB served lazily by page server ${server} ` +
+            `(log: ${log})`,
+        );
       }
       say(String(pid));
     }

@@ -1,5 +1,5 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
-import { addressOf, cstring, libc, unwrap } from "./libc.ts";
+import { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
 import { AT_FDCWD, O } from "./fcntl.ts";
 import { S_IF } from "./stat.ts";
 import { Errno, SyscallError } from "./errno.ts";
@@ -411,6 +411,25 @@ export function write(fd: number, buf: Uint8Array): number {
 /** Writes all of `data` to `fd`. */
 export function writeAll(fd: number, data: Uint8Array): void {
   for (let off = 0; off < data.length;) off += write(fd, data.subarray(off));
+}
+
+/**
+ * poll(2) of several descriptors for `events`, waiting up to `timeoutMs` (-1: until one is
+ * ready); the revents of each, all 0 when the wait ran out or a signal interrupted it.
+ */
+export function pollFds(fds: readonly number[], events: number, timeoutMs: number): number[] {
+  const pfds = new Uint8Array(8 * fds.length);
+  const v = new DataView(pfds.buffer);
+  fds.forEach((fd, i) => {
+    v.setInt32(8 * i, fd, true);
+    v.setInt16(8 * i + 4, events, true);
+  });
+  const n = BigInt(fds.length);
+  const r = Number(
+    libc.syscall(BigInt(SYS.poll), addressOf(pfds), n, BigInt(timeoutMs), 0n, 0n, 0n),
+  );
+  if (r === -1 && errno() !== Errno.EINTR) throw new SyscallError("poll", [fds], errno());
+  return fds.map((_, i) => r > 0 ? v.getUint16(8 * i + 6, true) : 0);
 }
 
 /** pipe2(2): a new pipe's read and write ends. */

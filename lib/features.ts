@@ -142,7 +142,11 @@ function userfaultfd(): Feature {
     name: "userfaultfd",
     required: false,
     ok,
-    detail: e === 0 ? "available (dirty page tracking)" : `errno ${e}`,
+    detail: e === 0
+      ? "available (dirty page tracking, lazy restore)"
+      : e === Errno.EPERM
+      ? "for faults in user mode only (dirty page tracking; not lazy restore)"
+      : `errno ${e}`,
   };
 }
 

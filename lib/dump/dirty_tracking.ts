@@ -11,20 +11,18 @@ import {
   addressOf,
   close,
   encodePmScanArg,
-  Errno,
   ioctl,
   O,
   open,
   PAGE_IS,
   PAGE_REGION_SIZE,
   PAGEMAP_SCAN,
-  pidfdGetfd,
   PM_SCAN_ARG_SIZE,
   pmScanWalkEnd,
-  SyscallError,
   UFFD,
+  uffdApi,
+  uffdRegister,
 } from "../../ffi/mod.ts";
-import type { Injector } from "../ptrace/inject.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import type { AddressRange } from "../inspect/pages.ts";
 import { procPath } from "../inspect/procfs.ts";
@@ -34,27 +32,6 @@ export function isTrackable(m: Mapping): boolean {
   const kind = m.kind;
   return !m.shared && m.inode === 0n && m.prot.write &&
     (kind === "anonymous" || kind === "heap" || kind === "stack");
-}
-
-/**
- * Makes a userfaultfd inside the frozen process that `inj` drives and returns a descriptor of it
- * in the tool. The target's own descriptor is closed again before this returns, also on failure.
- */
-export function takeUserfaultfd(inj: Injector, pidfd: number): number {
-  let remote: bigint;
-  try {
-    remote = inj.call("userfaultfd", O.CLOEXEC | O.NONBLOCK);
-  } catch (err) {
-    // vm.unprivileged_userfaultfd = 0 and no CAP_SYS_PTRACE in the target: user-mode faults
-    // only, which is all async write-protection needs.
-    if (!(err instanceof SyscallError && err.errno === Errno.EPERM)) throw err;
-    remote = inj.call("userfaultfd", O.CLOEXEC | O.NONBLOCK | UFFD.USER_MODE_ONLY);
-  }
-  try {
-    return pidfdGetfd(pidfd, Number(remote));
-  } finally {
-    inj.call("close", remote);
-  }
 }
 
 /** The write-protection of a set of ranges of one process, held through a uffd in the tool. */
@@ -69,18 +46,9 @@ export class DirtyTracker implements Disposable {
   constructor(readonly pid: number, uffd: number, readonly ranges: AddressRange[]) {
     this.#uffd = uffd;
     try {
-      const api = new BigUint64Array([
-        UFFD.API,
-        UFFD.FEATURE_WP_ASYNC | UFFD.FEATURE_WP_UNPOPULATED,
-        0n,
-      ]);
-      ioctl(uffd, UFFD.IOC_API, new Uint8Array(api.buffer), "ioctl(UFFDIO_API)");
-      const reg = new BigUint64Array(4);
+      uffdApi(uffd, UFFD.FEATURE_WP_ASYNC | UFFD.FEATURE_WP_UNPOPULATED);
       const wp = new BigUint64Array(3);
-      for (const r of ranges) {
-        reg.set([r.start, r.end - r.start, UFFD.REGISTER_MODE_WP, 0n]);
-        ioctl(uffd, UFFD.IOC_REGISTER, new Uint8Array(reg.buffer), "ioctl(UFFDIO_REGISTER)");
-      }
+      for (const r of ranges) uffdRegister(uffd, r.start, r.end - r.start, UFFD.REGISTER_MODE_WP);
       for (const r of ranges) {
         wp.set([r.start, r.end - r.start, UFFD.WRITEPROTECT_MODE_WP]);
         ioctl(uffd, UFFD.IOC_WRITEPROTECT, new Uint8Array(wp.buffer), "ioctl(UFFDIO_WRITEPROTECT)");

@@ -14,7 +14,8 @@ import { listMappings } from "../inspect/mappings.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { type AddressRange, dumpableRanges } from "../inspect/pages.ts";
 import type { PageRun } from "../image/schema.ts";
-import { DirtyTracker, isTrackable, takeUserfaultfd } from "./dirty_tracking.ts";
+import { DirtyTracker, isTrackable } from "./dirty_tracking.ts";
+import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { PageCollector } from "./page_collector.ts";
 import type { ReusablePages, Segment } from "../memory/page_data.ts";
 

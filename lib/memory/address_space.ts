@@ -270,15 +270,19 @@ export class AddressSpaceBuilder {
     this.inj.flush(); // their pages go in next, from outside
   }
 
-  /** Writes every page run from the image into the process and its memory objects. */
+  /**
+   * Writes every page run of `entry` (by default the image's; a lazy restore's holds those
+   * written before the process runs) into the process and its memory objects.
+   */
   fillPages(
     reader: ImageReader,
     buffers: [Uint8Array, Uint8Array],
     onProgress?: (bytes: number) => void,
+    entry: ProcessEntry = this.image,
   ): Promise<number> {
     return writePages({
       pid: this.pid,
-      image: this.image,
+      image: entry,
       reader,
       buffers,
       writerOf: (id) => this.objects.writer(id),

@@ -60,7 +60,10 @@ export const VM_FLAGS: Record<string, Treatment> = {
   hg: { carried: "MADV_HUGEPAGE" },
   nh: { carried: "MADV_NOHUGEPAGE" },
   mg: { carried: "MADV_MERGEABLE (KSM)" },
-  um: { refused: "registered with a userfaultfd for missing pages (the handler's fd is not kept)" },
+  um: {
+    refused: "registered with a userfaultfd for missing pages (the handler's fd is not kept; " +
+      "after a lazy restore, dump once its page server is done)",
+  },
   uw: { refused: "registered with a userfaultfd for write protection (not the tool's tracking)" },
   ui: { refused: "registered with a userfaultfd for minor faults (the handler's fd is not kept)" },
   ss: { refused: "a shadow stack (CET): it cannot be made by mmap()" },

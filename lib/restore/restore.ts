@@ -5,8 +5,10 @@
  * what it made: no half-restored process is left.
  */
 import {
+  close,
   detach,
   kill,
+  pidfdOpen,
   type Regs,
   setRegs,
   setSigMask,
@@ -30,6 +32,9 @@ import { inheritsMemory } from "../memory/cow.ts";
 import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
+import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
+import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
+import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
@@ -120,6 +125,30 @@ export interface RestoreOptions {
    * access mode are refused before anything is made.
    */
   inheritFds?: Readonly<Record<string, number>>;
+  /**
+   * Lazy (post-copy) restore: the process runs as soon as it is made, before its memory is in.
+   * Its private anonymous memory (heap, stacks, anonymous mappings) is registered with a
+   * userfaultfd that a detached page server of the tool holds: a page the process touches is
+   * filled from the image at once, the rest in the background, and the server ends once every
+   * page is in or the process is gone (it follows forks, mremap, madvise(DONTNEED) and munmap).
+   * Other memory is written before the process runs, as without `lazy`. The image must stay
+   * readable until the server ends: one it cannot read gets the process (and whatever it
+   * forked) killed, with the reason in the log and on the process's stderr. A single process
+   * only (not a tree), not with `pidNamespace` or `shellJob`.
+   */
+  lazy?: boolean;
+  /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
+  lazyLog?: string;
+}
+
+/** With `lazy`: the page server left running. */
+export interface LazyPages {
+  /** The page server's pid. */
+  server: number;
+  /** Its log file. */
+  log: string;
+  /** Bytes it serves (the rest was written before the process ran). */
+  bytes: number;
 }
 
 /** What a restore made. */
@@ -153,6 +182,8 @@ export interface RestoreResult {
   differences: Difference[];
   /** With `shellJob`: the restored process as a job of this terminal, to wait for. */
   job?: ShellJob;
+  /** With `lazy`: the page server that fills the rest of the memory. */
+  lazy?: LazyPages;
 }
 
 /** Waits for a killed tracee until it is gone (not one of ours any more: nothing to do). */
@@ -228,6 +259,20 @@ async function preflight(
   for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child");
 }
 
+/** Why `entries` cannot be restored lazily with `opts`: refused before anything is made. */
+function checkLazy(entries: ProcessEntry[], opts: RestoreOptions): void {
+  const why = entries.length > 1
+    ? `the image holds a tree of ${entries.length} processes (${
+      entries.map((p) => p.pid).join(", ")
+    }); a lazy restore serves one process (it may fork once running)`
+    : opts.pidNamespace
+    ? "not into a new pid namespace"
+    : opts.shellJob
+    ? "not as a shell job"
+    : null;
+  if (why) throw new RestoreError(`cannot restore lazily: ${why}`);
+}
+
 let staging: Uint8Array | undefined;
 
 /**
@@ -254,6 +299,8 @@ interface Making {
   injectors?: Map<number, Injector>;
   /** The registers each thread resumes with. */
   regs?: Map<number, Regs>;
+  /** With `lazy`: what is served later, and the userfaultfd (in the tool) it is served through. */
+  lazy?: { plan: LazyPlan; uffd?: number };
 }
 
 /** Reads the root entry and the entries of the rest of the tree, parents first. */
@@ -334,10 +381,21 @@ async function buildAddressSpace(
   asb.placeScratch();
   asb.createObjects(shares.objects);
   asb.createMappings();
+  if (m.lazy) {
+    // While the process still has the stub's credentials: a userfaultfd that serves faults from
+    // kernel mode too (a read(2) into a missing page) needs privilege.
+    const pidfd = pidfdOpen(m.pid);
+    try {
+      m.lazy.uffd = takeUserfaultfd(inj, pidfd, "never");
+    } finally {
+      close(pidfd);
+    }
+  }
   const pageBytes = await asb.fillPages(
     reader,
     stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
     progress,
+    m.lazy?.plan.eager,
   );
   asb.finish();
   asb.seal();
@@ -551,7 +609,12 @@ async function restoreTree(
   // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
   const starting = Stub.start();
   starting.catch(() => {}); // its failure is reported where it is awaited, not as unhandled
-  const dropStub = async () => (await starting.catch(() => null))?.end();
+  // The page server starts meanwhile as well: a Deno takes longer still.
+  const server = opts.lazy ? PageServerProcess.start() : undefined;
+  const dropStub = async () => {
+    server?.abort();
+    (await starting.catch(() => null))?.end();
+  };
   let entries: ProcessEntry[];
   let inherited: ReadonlyMap<string, number>;
   using reader = await ImageReader.open(dir).catch(async (err) => {
@@ -570,19 +633,24 @@ async function restoreTree(
       await preflight(p, file, opts.pidNamespace === true);
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
+    if (opts.lazy) checkLazy(entries, opts);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();
     throw err;
   }
 
-  const stub = await starting;
+  const stub = await starting.catch((err) => {
+    server?.abort();
+    throw err;
+  });
   // Every process and thread made from the stub inherits its options: suspend their filters.
   if (needsSeccompSuspended(entries)) {
     try {
       suspendSeccompFor(stub.pid, RESTORE_TRACE_OPTIONS);
     } catch (err) {
       stub.end();
+      server?.abort();
       throw err;
     }
   }
@@ -610,7 +678,10 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     }
-    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
+    const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
+    const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
+    const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
+      lazyBytes;
     const run: RestoreRun = { reader, shares, stage, made, warnings };
     let pageBytes = 0;
     const memoryOf = async (m: Making) => {
@@ -647,6 +718,7 @@ async function restoreTree(
         mem,
         // Its maker's layout: the stub's, or the parent's own once its memory is in.
         inj: new Injector(pid, pid, mem, maker?.inj.site ?? site, { diesWithTool: true }),
+        ...(plans.has(p.pid) ? { lazy: { plan: plans.get(p.pid)! } } : {}),
       };
       making.push(m);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
@@ -689,6 +761,21 @@ async function restoreTree(
       const lost = stopWouldBeLost(m.entry, m.pid);
       if (lost) throw new RestoreError(`cannot restore: ${lost}`);
     }
+    // Armed last, once nothing of the restore touches memory: the server takes over from here.
+    const log = opts.lazyLog ??
+      `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
+    for (const m of making) {
+      if (!m.lazy) continue;
+      armLazyPages(m.pid, m.lazy.uffd!, m.lazy.plan);
+      await server!.handOver({
+        dir,
+        pid: m.pid,
+        from: { pid: Deno.pid, fd: m.lazy.uffd! },
+        pending: m.lazy.plan.pending.map((r) => [r.start, r.end, r.extent, r.offset]),
+        extents: m.entry.extents,
+        log,
+      });
+    }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
@@ -705,6 +792,10 @@ async function restoreTree(
       await awaitStop(m.entry, m.pid);
     }
     job?.started();
+    for (const m of making) {
+      if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
+    }
+    server?.release();
     return {
       pid: making[0].pid,
       namespacePid: entries[0].pid,
@@ -716,6 +807,7 @@ async function restoreTree(
       warnings,
       differences,
       ...(job ? { job } : {}),
+      ...(server ? { lazy: { server: server.pid, log, bytes: lazyBytes } } : {}),
     };
   } catch (err) {
     job?.giveBackTerminal();
@@ -734,7 +826,9 @@ async function restoreTree(
       m.files?.close();
       m.asb?.abort();
       m.mem.close();
+      if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }
+    server?.abort();
     const leaders = new Set(making.map((m) => m.pid));
     for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
     for (const m of [...making].reverse()) reap(m.pid);

@@ -1,0 +1,82 @@
+/**
+ * The page server's process (started by page_server_process.ts): reads what to serve from its
+ * stdin, takes the userfaultfd from the restoring tool, says "ready" on its stdout and serves
+ * until every page is in or the process is gone. It logs to the file it is given; SIGINT,
+ * SIGTERM and SIGHUP are logged and ignored while pages are missing (ending now would leave the
+ * process reading zeros where its data was), and the OOM killer is asked to spare it.
+ */
+import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
+import { ImageReader } from "../image/mod.ts";
+import { PageServer } from "../memory/page_server.ts";
+import { type PageServerSpec, specRuns } from "./page_server_process.ts";
+
+const MiB = 1024 * 1024;
+
+async function readSpec(): Promise<PageServerSpec> {
+  let text = "";
+  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
+    text += chunk;
+    if (text.includes("\n")) break;
+  }
+  return JSON.parse(text.split("\n")[0]);
+}
+
+function logger(path: string): (line: string) => void {
+  const file = Deno.openSync(path, { write: true, create: true, append: true });
+  const enc = new TextEncoder();
+  return (line) => {
+    file.writeSync(enc.encode(`${new Date().toISOString()} lazy-pages[${Deno.pid}]: ${line}\n`));
+  };
+}
+
+async function main(): Promise<number> {
+  const say = (line: string) => Deno.stdout.writeSync(new TextEncoder().encode(line + "\n"));
+  let spec: PageServerSpec;
+  let log: (line: string) => void;
+  let uffd: number;
+  let reader: ImageReader;
+  try {
+    spec = await readSpec();
+    log = logger(spec.log);
+    reader = await ImageReader.open(spec.dir);
+    const pidfd = pidfdOpen(spec.from.pid);
+    try {
+      uffd = pidfdGetfd(pidfd, spec.from.fd);
+    } finally {
+      close(pidfd);
+    }
+  } catch (err) {
+    say(err instanceof Error ? err.message : String(err));
+    return 1;
+  }
+  const runs = specRuns(spec);
+  const bytes = runs.reduce((n, r) => n + r.end - r.start, 0);
+  log(`serving ${(bytes / MiB).toFixed(1)} MiB of process ${spec.pid} from ${spec.dir}`);
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    Deno.addSignalListener(sig, () => log(`${sig} ignored: pages are still missing`));
+  }
+  // Killed by the OOM killer, it would leave the process reading zeros where its data was.
+  try {
+    Deno.writeTextFileSync("/proc/self/oom_score_adj", "-1000");
+  } catch { /* not privileged: as it is */ }
+  say("ready");
+  const started = performance.now();
+  const server = new PageServer(spec.pid, uffd, runs, reader, spec.extents, log);
+  try {
+    const s = await server.run();
+    const secs = ((performance.now() - started) / 1000).toFixed(2);
+    log(
+      `done in ${secs} s: ${(s.bytes / MiB).toFixed(1)} MiB filled, ${s.faults} faults, ` +
+        `${s.processes} process(es), ${(s.dropped / MiB).toFixed(1)} MiB dropped or not needed`,
+    );
+    return 0;
+  } catch (err) {
+    log(
+      `cannot serve the pages of process ${spec.pid}, so it was killed: ` +
+        (err instanceof Error ? err.message : String(err)),
+    );
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main());

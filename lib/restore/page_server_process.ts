@@ -1,0 +1,118 @@
+/**
+ * The page server of a lazy restore as a process of its own (page_server_main.ts runs it): started
+ * detached at the beginning of the restore, so its start-up overlaps the restore's work, handed
+ * what it serves once the process is armed, and left running alone when the restore returns.
+ * It takes the userfaultfd from the restoring tool with pidfd_getfd, and answers "ready" once it
+ * holds it: only then may the process run, and the tool close its copy.
+ */
+import { RestoreError } from "../errors.ts";
+import type { PageExtent } from "../image/mod.ts";
+import type { PendingRun } from "../memory/pending_pages.ts";
+
+/** What the page server is told to serve (a line of JSON on its stdin). */
+export interface PageServerSpec {
+  /** The image directory. */
+  dir: string;
+  /** The restored process (host pid). */
+  pid: number;
+  /** The process holding the userfaultfd, and the descriptor number there. */
+  from: { pid: number; fd: number };
+  /** Missing pages as [start, end, extent, offset]. */
+  pending: [number, number, number, number][];
+  /** The extents of the process's entry. */
+  extents: PageExtent[];
+  /** The file the server logs to. */
+  log: string;
+}
+
+/** The pending pages of a spec, as the server takes them back. */
+export function specRuns(spec: PageServerSpec): PendingRun[] {
+  return spec.pending.map(([start, end, extent, offset]) => ({ start, end, extent, offset }));
+}
+
+/** How long the server may take to start and take the userfaultfd, under a loaded machine. */
+const START_TIMEOUT_MS = 60_000;
+
+/** A detached page-server process, from its start to the hand-over. */
+export class PageServerProcess {
+  readonly #child: Deno.ChildProcess;
+  readonly #lines: ReadableStreamDefaultReader<string>;
+
+  private constructor(child: Deno.ChildProcess) {
+    this.#child = child;
+    this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  /** Its pid. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** Starts a page server (in a session of its own: the terminal's signals are not for it). */
+  static start(): PageServerProcess {
+    const main = new URL("./page_server_main.ts", import.meta.url);
+    const config = new URL("../../deno.json", import.meta.url);
+    const args = ["run", "-A", "--quiet"];
+    try {
+      if (Deno.statSync(config).isFile) args.push("--config", config.pathname);
+    } catch { /* used as a package: its own imports only */ }
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [...args, main.href],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+      detached: true,
+    }).spawn();
+    child.status.catch(() => {});
+    return new PageServerProcess(child);
+  }
+
+  /**
+   * Tells the server what to serve and waits until it holds the userfaultfd; throws with the
+   * server's own reason when it cannot serve.
+   */
+  async handOver(spec: PageServerSpec): Promise<void> {
+    const writer = this.#child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(JSON.stringify(spec) + "\n"));
+    await writer.close();
+    let text = "";
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new RestoreError("the page server did not answer")),
+        START_TIMEOUT_MS,
+      );
+    });
+    try {
+      while (!text.includes("\n")) {
+        const { value, done } = await Promise.race([this.#lines.read(), timeout]);
+        if (done) break;
+        text += value;
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    const line = text.split("\n")[0];
+    if (line !== "ready") {
+      throw new RestoreError(
+        `the page server cannot serve the pages: ${line || "it exited"} (log: ${spec.log})`,
+      );
+    }
+  }
+
+  /** Lets it run on alone: this process may exit. */
+  release(): void {
+    this.#lines.cancel().catch(() => {});
+    this.#child.unref();
+  }
+
+  /** Ends it (the restore failed). */
+  abort(): void {
+    try {
+      this.#child.kill("SIGKILL");
+    } catch { /* gone */ }
+    this.#lines.cancel().catch(() => {});
+    this.#child.stdin.close().catch(() => {});
+    this.#child.unref();
+  }
+}
