@@ -21,6 +21,7 @@ const NR = {
   close: 3,
   ioctl: 16,
   socket: 41,
+  connect: 42,
   sendto: 44,
   recvfrom: 45,
   bind: 49,
@@ -30,7 +31,11 @@ const NR = {
   getsockopt: 55,
   accept4: 288,
 };
-const EAGAIN = 11, MSG_DONTWAIT = 0x40, SOCK_NONBLOCK = 0o4000, SOCK_CLOEXEC = 0o2000000;
+const EAGAIN = 11,
+  EINPROGRESS = 115,
+  MSG_DONTWAIT = 0x40,
+  SOCK_NONBLOCK = 0o4000,
+  SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1, SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SOL_TCP = 6, TCP_INFO = 11;
 const SIOCOUTQ = 0x5411, TCP_ESTABLISHED = 1;
 
@@ -146,25 +151,41 @@ class ServerConn {
     return got;
   }
 
+  #closed = false;
+
   close(): void {
-    sys(NR.close, this.fd);
+    if (!this.#closed) sys(NR.close, this.fd);
+    this.#closed = true;
   }
 }
 
-/** A listener on 127.0.0.1 (ephemeral port) owned by this process. */
+/** A listener on 127.0.0.1 or [::1] (ephemeral port) owned by this process. */
 class Server {
   readonly fd: number;
   readonly port: number;
+  readonly address: Uint8Array;
 
-  constructor() {
-    this.fd = must(sys(NR.socket, 2, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
-    const addr = new Uint8Array(16);
-    addr.set([2, 0, 0, 0, 127, 0, 0, 1]);
-    must(sys(NR.bind, this.fd, addressOf(addr), 16), "bind");
-    must(sys(NR.listen, this.fd, 4), "listen");
-    const len = new Uint32Array([16]);
+  constructor(family: 2 | 10 = 2, backlog = 4) {
+    this.fd = must(sys(NR.socket, family, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
+    const addr = new Uint8Array(family === 2 ? 16 : 28);
+    addr[0] = family;
+    if (family === 2) addr.set([127, 0, 0, 1], 4);
+    else addr[23] = 1;
+    must(sys(NR.bind, this.fd, addressOf(addr), addr.length), "bind");
+    must(sys(NR.listen, this.fd, backlog), "listen");
+    const len = new Uint32Array([addr.length]);
     must(sys(NR.getsockname, this.fd, addressOf(addr), addressOf(len)), "getsockname");
     this.port = (addr[2] << 8) | addr[3];
+    this.address = addr;
+  }
+
+  /** A connection of this process to the listener, left unaccepted in its queue. */
+  connect(): ServerConn {
+    const family = this.address[0];
+    const fd = must(sys(NR.socket, family, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
+    const r = sys(NR.connect, fd, addressOf(this.address), this.address.length);
+    if (r < 0 && r !== -EINPROGRESS) throw new Error(`connect: errno ${-r}`);
+    return new ServerConn(fd);
   }
 
   async accept(): Promise<ServerConn> {
@@ -323,7 +344,7 @@ Deno.test("tcp: both ends of loopback connections in one process come back and k
   }
 });
 
-Deno.test("tcp: a connecting socket is refused naming its fd; the held connection is put back", async () => {
+Deno.test("tcp: a refused listener names its fd; the connections held before it are put back", async () => {
   const t = await spawnTarget(await fixture("tcp_refused"), [], {
     ready: /^(READY|SETUP FAILED)/m,
   });
@@ -333,7 +354,7 @@ Deno.test("tcp: a connecting socket is refused naming its fd; the held connectio
     assert.equal(await t.check(), "PASS", t.output());
     await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
       assert.ok(err instanceof DumpError, String(err));
-      assert.match(err.message, /^fd 4 of process \d+: IPv4 TCP socket .*in state SYN_SENT/);
+      assert.match(err.message, /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted/);
       assert.match(err.message, /a policy can skip it/);
       return true;
     });
@@ -345,3 +366,75 @@ Deno.test("tcp: a connecting socket is refused naming its fd; the held connectio
     await Deno.remove(t.outPath).catch(() => {});
   }
 });
+
+/** Whether this machine has [::1]. */
+function hasIpv6Loopback(): boolean {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+for (const family of ["4", "6", "mapped"]) {
+  Deno.test({
+    name: `tcp: connections in every state come back in it and close as they would (${family})`,
+    ignore: family === "6" && !hasIpv6Loopback(),
+    async fn() {
+      // A listener whose accept queue is full (backlog 0, one connection waiting): the fixture's
+      // SYNs are dropped, so its connect() stays in SYN_SENT until the test accepts.
+      const server = new Server(family === "6" ? 10 : 2, 0);
+      const waiting = server.connect();
+      const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+      const t = await spawnTarget(await fixture("tcp_states"), [family, String(server.port)], {
+        ready: /^(READY|SETUP FAILED)/m,
+      });
+      try {
+        assert.match(t.output(), /^READY /m, t.output());
+        assert.equal(await t.check(), "PASS", t.output());
+        await checkpoint(t.pid, `${dir}/img`);
+        assert.ok(!t.alive(), "the fixture still runs after the dump");
+
+        const entries = await tcpStreams(`${dir}/img`);
+        assert.deepEqual(entries.map((e) => e.state).sort(), [
+          "close-wait",
+          "closing",
+          "established",
+          "fin-wait1",
+          "fin-wait2",
+          "fin-wait2",
+          "fin-wait2",
+          "last-ack",
+          "syn-sent",
+        ]);
+        assert.ok(entries.every((e) => e.family === (family === "4" ? 2 : 10)));
+        const mapped = entries.every((e) => /\[::ffff:7f00:1\]/.test(e.description));
+        assert.equal(mapped, family === "mapped", entries[0].description);
+
+        await restore(`${dir}/img`);
+        // Every state as it was, C still connecting: the accept queue is still full.
+        assert.equal(await t.check(), "PASS", t.output());
+        (await server.accept()).close();
+        waiting.close();
+        const conn = await server.accept();
+        try {
+          assert.deepEqual(
+            await conn.exchange(new Uint8Array(0), 5),
+            new TextEncoder().encode("hello"),
+          );
+        } finally {
+          conn.close();
+        }
+        // Every conversation finishes: all bytes read, EOF, every socket in CLOSE.
+        assert.equal(await t.check(), "PASS", t.output());
+      } finally {
+        await t.kill();
+        waiting.close();
+        server.close();
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    },
+  });
+}

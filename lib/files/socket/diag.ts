@@ -1,7 +1,8 @@
 /**
  * The netlink sock_diag client (NETLINK_SOCK_DIAG): what the socket calls cannot tell. Of a UNIX
  * socket, by inode: its peer's inode, its queue lengths (a listener's accept queue) and its
- * shutdown state. Of TCP: whether this kernel has a socket for a given address pair. It sees the
+ * shutdown state. Of TCP: whether this kernel has a socket for a given address pair, and where a
+ * connecting socket (whose getpeername says ENOTCONN) connects to. It sees the
  * tool's network namespace only; every query gives null where it finds nothing or fails.
  */
 import {
@@ -14,6 +15,7 @@ import {
   NLMSG,
   SOCK,
   SOCK_DIAG,
+  TCP_STATE,
   tryRecv,
   trySend,
   trySocket,
@@ -47,6 +49,42 @@ function ask(body: Uint8Array): DataView | null {
     if (n < NLMSG_HEADER) return null;
     const reply = new DataView(buf.buffer, 0, n);
     return reply.getUint16(4, true) === NLMSG.ERROR ? null : reply;
+  } finally {
+    close(s);
+  }
+}
+
+/**
+ * Sends one SOCK_DIAG_BY_FAMILY dump request (`body` as for `ask`) and hands every reply message
+ * (its netlink header included) to `visit` until it returns a value, which is returned; null when
+ * none does or the request fails.
+ */
+function askAll<T>(body: Uint8Array, visit: (message: DataView) => T | null): T | null {
+  const s = trySocket(AF.NETLINK, SOCK.DGRAM | SOCK.CLOEXEC, NETLINK.SOCK_DIAG);
+  if (s < 0) return null;
+  try {
+    const req = new Uint8Array(NLMSG_HEADER + body.length);
+    const v = new DataView(req.buffer);
+    v.setUint32(0, req.length, true); // nlmsg_len
+    v.setUint16(4, SOCK_DIAG.BY_FAMILY, true);
+    v.setUint16(6, NLM_F.REQUEST | NLM_F.DUMP, true);
+    v.setUint32(8, 1, true); // seq
+    req.set(body, NLMSG_HEADER);
+    if (trySend(s, req, 0) < 0) return null;
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = tryRecv(s, buf, 0);
+      if (n < NLMSG_HEADER) return null;
+      for (let at = 0; at + NLMSG_HEADER <= n;) {
+        const m = new DataView(buf.buffer, at, Math.min(n - at, buf[at] | (buf[at + 1] << 8)));
+        const type = m.getUint16(4, true);
+        if (type === NLMSG.DONE || type === NLMSG.ERROR) return null;
+        const found = visit(m);
+        if (found !== null) return found;
+        at += (m.getUint32(0, true) + 3) & ~3;
+        if (m.getUint32(0, true) < NLMSG_HEADER) return null;
+      }
+    }
   } finally {
     close(s);
   }
@@ -138,4 +176,33 @@ export function tcpSocketState(
   // The netlink header, then struct inet_diag_msg (idiag_state at 1).
   if (!r || r.byteLength < 18) return null;
   return r.getUint8(17);
+}
+
+/**
+ * The raw sockaddr a TCP socket in SYN_SENT connects to, found by its inode among this kernel's
+ * connecting sockets of `family`; null when sock_diag does not show it.
+ */
+export function connectingPeer(family: number, inode: bigint): Uint8Array | null {
+  const ino = Number(inode & 0xffffffffn);
+  const req = new Uint8Array(56); // struct inet_diag_req_v2, every socket in SYN_SENT
+  req[0] = family;
+  req[1] = IPPROTO.TCP;
+  new DataView(req.buffer).setUint32(4, 1 << TCP_STATE.SYN_SENT, true);
+  return askAll(req, (m) => {
+    // struct inet_diag_msg after the netlink header: id (dport at 6, dst at 24, if at 40) at 4,
+    // idiag_inode at 68.
+    if (m.byteLength < NLMSG_HEADER + 72 || m.getUint32(NLMSG_HEADER + 68, true) !== ino) {
+      return null;
+    }
+    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
+    const addr = new Uint8Array(family === AF.INET ? 16 : 28);
+    addr[0] = family;
+    addr.set(msg.subarray(6, 8), 2);
+    if (family === AF.INET) addr.set(msg.subarray(24, 28), 4);
+    else {
+      addr.set(msg.subarray(24, 40), 8);
+      addr.set(msg.subarray(40, 44), 24); // scope: the interface
+    }
+    return addr;
+  });
 }
