@@ -76,7 +76,8 @@ function askAll<T>(body: Uint8Array, visit: (message: DataView) => T | null): T 
       const n = tryRecv(s, buf, 0);
       if (n < NLMSG_HEADER) return null;
       for (let at = 0; at + NLMSG_HEADER <= n;) {
-        const m = new DataView(buf.buffer, at, Math.min(n - at, buf[at] | (buf[at + 1] << 8)));
+        const length = new DataView(buf.buffer, at, 4).getUint32(0, true);
+        const m = new DataView(buf.buffer, at, Math.min(n - at, length));
         const type = m.getUint16(4, true);
         if (type === NLMSG.DONE || type === NLMSG.ERROR) return null;
         const found = visit(m);
@@ -204,5 +205,31 @@ export function connectingPeer(family: number, inode: bigint): Uint8Array | null
       addr.set(msg.subarray(40, 44), 24); // scope: the interface
     }
     return addr;
+  });
+}
+
+/** The `INET_DIAG_SHUTDOWN` attribute of an inet sock_diag reply: sk_shutdown. */
+const INET_DIAG_SHUTDOWN = 8;
+
+/**
+ * sk_shutdown (`SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2) of the UDP socket of `family` with this
+ * inode, as sock_diag shows it; null when it does not list it (an unbound socket is in no table).
+ */
+export function udpShutdown(family: number, inode: bigint): number | null {
+  const ino = Number(inode & 0xffffffffn);
+  const req = new Uint8Array(56); // struct inet_diag_req_v2, every state
+  req[0] = family;
+  req[1] = IPPROTO.UDP;
+  new DataView(req.buffer).setUint32(4, 0xffffffff, true);
+  return askAll(req, (m) => {
+    const msgEnd = NLMSG_HEADER + 72; // struct inet_diag_msg, then attributes
+    if (m.byteLength < msgEnd || m.getUint32(NLMSG_HEADER + 68, true) !== ino) return null;
+    for (let at = msgEnd; at + 4 <= m.byteLength;) {
+      const len = m.getUint16(at, true);
+      if (len < 4) break;
+      if (m.getUint16(at + 2, true) === INET_DIAG_SHUTDOWN && len >= 5) return m.getUint8(at + 4);
+      at += (len + 3) & ~3;
+    }
+    return 0;
   });
 }
