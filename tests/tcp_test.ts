@@ -398,6 +398,8 @@ for (const family of ["4", "6", "mapped"]) {
 
         const entries = await tcpStreams(`${dir}/img`);
         assert.deepEqual(entries.map((e) => e.state).sort(), [
+          "close",
+          "close",
           "close-wait",
           "closing",
           "established",
@@ -410,6 +412,11 @@ for (const family of ["4", "6", "mapped"]) {
         ]);
         assert.ok(entries.every((e) => e.family === (family === "4" ? 2 : 10)));
         const mapped = entries.every((e) => /\[::ffff:7f00:1\]/.test(e.description));
+        assert.equal(
+          entries.filter((e) => /whose connection ended$/.test(e.description)).length,
+          2,
+          entries.map((e) => e.description).join("\n"),
+        );
         assert.equal(mapped, family === "mapped", entries[0].description);
 
         await restore(`${dir}/img`);

@@ -6,8 +6,9 @@
  * SO_DOMAIN/SO_TYPE/SO_PROTOCOL give the kind; SO_ACCEPTCONN, getsockname, getpeername and (TCP)
  * the state byte of TCP_INFO give the state. Then:
  * - TCP connections, established, connecting (SYN_SENT: sock_diag tells where to) or closing
- *   (FIN_WAIT1/2, CLOSING, CLOSE_WAIT, LAST_ACK), go to tcp_stream.ts, which keeps them with their
- *   queues through TCP repair mode;
+ *   (FIN_WAIT1/2, CLOSING, CLOSE_WAIT, LAST_ACK), or ended (CLOSE, shut for reading: through
+ *   TIME_WAIT or LAST_ACK; one with a reset not yet read is refused), go to tcp_stream.ts, which
+ *   keeps them with their queues through TCP repair mode;
  * - connected UNIX stream and seqpacket sockets, and UNIX datagram sockets connected to an unnamed
  *   peer, go to unix_pair.ts, which keeps them with their queued data when their peer is in the
  *   dump too or was closed (sock_diag shows a closed peer with no inode and, for a stream, a full
@@ -30,6 +31,7 @@ import {
   AF,
   Errno,
   IPPROTO,
+  POLL,
   SK_SHUTDOWN,
   SO,
   SOCK,
@@ -137,7 +139,22 @@ function dumpSocket(
     // A connection, also one connecting or closing: tcp_stream.ts keeps it, with TCP repair.
     // getpeername does not tell where a connecting socket connects to; sock_diag does.
     const to = peer ?? (state === TCP_STATE.SYN_SENT ? connectingPeer(family, fd.inode) : null);
-    if (isTcpStreamState(state) && address && to) {
+    if (state === TCP_STATE.CLOSE && address) {
+      // Shut for reading in CLOSE: its connection ended (through TIME_WAIT, LAST_ACK or a
+      // reset), which a read tells from a fresh socket (bytes left, then EOF, not ENOTCONN).
+      const revents = socket.poll(POLL.RDHUP);
+      if (revents > 0 && revents & POLL.ERR) {
+        refuse(
+          fd,
+          what,
+          `${at}: its connection ended with an error not yet read (SO_ERROR: ` +
+            `a reset or a refused connect), which tardigrade cannot give again`,
+        );
+      }
+      if (revents > 0 && revents & POLL.RDHUP) {
+        return dumpTcpStream(fd, ctx, { what, family, address, peer: address });
+      }
+    } else if (isTcpStreamState(state) && address && to) {
       return dumpTcpStream(fd, ctx, { what, family, address, peer: to });
     }
     if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {

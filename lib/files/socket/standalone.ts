@@ -16,8 +16,8 @@
  * family, type and state; a policy can skip them): listeners with connections waiting in their
  * accept queue (they would be lost, as CRIU refuses them too) and UNIX datagram sockets with
  * datagrams queued. Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP
- * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
- * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
+ * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
+ * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
  *
  * A UDP socket shut down one way or both (shutdown() shuts even an unconnected one, saying
  * ENOTCONN) keeps it: sock_diag shows its sk_shutdown (INET_DIAG_SHUTDOWN), which a reader of

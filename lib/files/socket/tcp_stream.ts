@@ -51,7 +51,11 @@
  * so the kernel's own state machine takes the socket to its state. FIN_WAIT2's FIN, acknowledged,
  * is counted as sent in repair mode (shutdown with the send queue selected) and the peer's
  * acknowledgement is a segment too. An established socket the program shut for reading comes
- * back shut too. TIME_WAIT and SYN_RECV belong to the kernel, never to a descriptor.
+ * back shut too. TIME_WAIT and SYN_RECV belong to the kernel, never to a descriptor: a socket
+ * whose connection went through TIME_WAIT (or LAST_ACK, or a reset already read) is in CLOSE,
+ * shut both ways, with the bytes it did not read, then EOF; it comes back so (`repairEnded`),
+ * on its address, with no peer (which no call shows). Its port stays bound while the program
+ * holds it, also where the original, bound by connect(), let it go when its connection ended.
  *
  * Limits. Between the kill and the restore no socket has the connection: a packet from the peer
  * (data, a retransmission, a keepalive probe) gets a RST from this kernel and the connection is
@@ -133,7 +137,8 @@ export type TcpStreamState =
   | "fin-wait2"
   | "closing"
   | "close-wait"
-  | "last-ack";
+  | "last-ack"
+  | "close";
 
 const STREAM_STATES: Record<number, TcpStreamState> = {
   [TCP_STATE.ESTABLISHED]: "established",
@@ -143,6 +148,7 @@ const STREAM_STATES: Record<number, TcpStreamState> = {
   [TCP_STATE.CLOSING]: "closing",
   [TCP_STATE.CLOSE_WAIT]: "close-wait",
   [TCP_STATE.LAST_ACK]: "last-ack",
+  [TCP_STATE.CLOSE]: "close",
 };
 
 /**
@@ -159,9 +165,10 @@ export interface Fins {
 
 /** The FINs of `state` (see `Fins`). */
 export function finsOf(state: TcpStreamState): Fins {
-  const sent = ["fin-wait1", "fin-wait2", "closing", "last-ack"].includes(state);
-  const received = ["closing", "close-wait", "last-ack"].includes(state);
-  return { sent, acked: state === "fin-wait2", received, receivedFirst: state === "last-ack" };
+  const sent = ["fin-wait1", "fin-wait2", "closing", "last-ack", "close"].includes(state);
+  const received = ["closing", "close-wait", "last-ack", "close"].includes(state);
+  const acked = state === "fin-wait2" || state === "close";
+  return { sent, acked, received, receivedFirst: state === "last-ack" };
 }
 
 /** The kernel's state of a connection, as TCP repair reads and sets it. */
@@ -234,6 +241,7 @@ const STATE_NOTES: Record<TcpStreamState, string> = {
   "closing": ", closed on both sides at once (CLOSING)",
   "close-wait": ", its peer closed its side",
   "last-ack": ", closed on both sides, its peer first (LAST_ACK)",
+  "close": "",
 };
 
 // ---- Dump ----
@@ -320,9 +328,10 @@ function readQueue(
  * still until the dump ends (see the header).
  */
 export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase): TcpStreamEntry {
-  const description = `${base.what} ${formatAddress(base.address)} connected to ${
-    formatAddress(base.peer)
-  }`;
+  // An ended connection (CLOSE) has no peer to tell: dispatch.ts gives its own address.
+  const ended = base.peer === base.address;
+  const description = `${base.what} ${formatAddress(base.address)} ` +
+    (ended ? "whose connection ended" : `connected to ${formatAddress(base.peer)}`);
   const fail = (why: string): never => {
     throw new DumpError(
       `fd ${fd.fd} of process ${fd.pid}: ${description}: ${why}; a policy can skip it`,
@@ -407,7 +416,10 @@ function readConnection(s: number, fail: (why: string) => never): TcpConnectionS
   );
   const state = STREAM_STATES[tcpState];
   const fins = finsOf(state);
-  if (fins.sent && !fins.acked) {
+  if (state === "close") {
+    // Nothing more goes out of an ended connection: a reset one may count bytes it dropped.
+    lengths[1] = lengths[2] = 0;
+  } else if (fins.sent && !fins.acked) {
     // Our FIN counts in the send queue's lengths but holds no byte: it is last, and unsent when
     // anything is.
     lengths[1] = Math.max(0, lengths[1] - 1);
@@ -415,7 +427,9 @@ function readConnection(s: number, fail: (why: string) => never): TcpConnectionS
   }
   const bufferLocks = tryGetsockopt(s, SOL.SOCKET, SO.BUF_LOCK, 4);
   const incoming = readQueue(s, TCP_QUEUE.RECV, lengths[0], fail);
-  const outgoing = readQueue(s, TCP_QUEUE.SEND, lengths[1], fail);
+  const outgoing = state === "close"
+    ? { seq: 0, data: new Uint8Array(0) }
+    : readQueue(s, TCP_QUEUE.SEND, lengths[1], fail);
   // No queue selected: in repair mode with the send queue selected, the kernel would count
   // unsent bytes as sent without sending them.
   trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE);
@@ -528,6 +542,10 @@ function repairConnection(e: TcpStreamEntry, s: number): void {
   must(r, "TCP_REPAIR");
   must(tryBind(s, e.address), "bind");
   const fins = finsOf(e.state);
+  if (e.state === "close") {
+    repairEnded(e, s);
+    return;
+  }
   if (e.state === "syn-sent") {
     // The SYN's sequence number (the dumped one is past it); connect() comes at resume, out of
     // repair mode, so that a SYN goes out again.
@@ -601,11 +619,38 @@ function repairConnection(e: TcpStreamEntry, s: number): void {
 }
 
 /**
+ * An ended connection (CLOSE, its bytes still to read, then EOF): made in repair mode as a
+ * connection to itself, with sequence numbers of its own that make its own segments acceptable
+ * to it (its peer is gone and no call shows one), the bytes written back, then the peer's FIN
+ * (CLOSE_WAIT), ours counted as sent (LAST_ACK) and its acknowledgement: the kernel ends it as
+ * it ended the original (CLOSE, shut both ways, SOCK_DONE), and nothing goes out.
+ */
+function repairEnded(e: TcpStreamEntry, s: number): void {
+  const fin = e.inSeq; // the peer's FIN, just past the bytes; ours comes right after it
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, fin - e.inQueue.length), "TCP_QUEUE_SEQ");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, fin + 1), "TCP_QUEUE_SEQ");
+  must(tryConnect(s, e.address), "connect to itself");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  writeBack(s, e.inQueue, SO.RCVBUFFORCE, "receive queue");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+  fromPeer(e, fin, fin + 1, TCP_FLAG.FIN | TCP_FLAG.ACK);
+  expectState(s, TCP_STATE.CLOSE_WAIT, "its peer's FIN");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  must(tryShutdown(s, SHUT.WR), "shutdown(SHUT_WR)");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+  fromPeer(e, fin + 1, fin + 2, TCP_FLAG.ACK);
+  expectState(s, TCP_STATE.CLOSE, "the acknowledgement of its FIN");
+}
+
+/**
  * The rest of the connection once out of repair mode, in its sequence order: a connecting socket
  * connects; the bytes never sent go out as ordinary writes; then the FINs of a closing one, ours
  * by shutdown(SHUT_WR) after those bytes, the peer's by a segment as from it (see the header).
  */
 function finishConnection(e: TcpStreamEntry, s: number): void {
+  if (e.state === "close") return;
   if (e.state === "syn-sent") {
     connectAgain(e, s);
     return;
