@@ -1,10 +1,15 @@
 /**
- * Established TCP connections (lib/files/tcp_stream.ts), over real loopback TCP: a client whose
+ * TCP connections (lib/files/socket/tcp_stream.ts), over real loopback TCP: a client whose
  * server is this test process comes back with the bytes in flight both ways (received but unread,
  * sent but unacknowledged, never sent) and the server sees every byte once, in order, and no
  * reset; both ends of connections inside one process come back and keep talking; a dump that
- * leaves the client running puts its connection back as it was; a refused socket after a held
- * connection leaves the target running with that connection unharmed.
+ * leaves the client running puts its connection back as it was; a refused socket after held
+ * connections leaves the target running with those connections unharmed; connections in every
+ * state a socket stays in (tcp_states.c: connecting, closing, ended) come back in it over IPv4,
+ * IPv6 and v4-mapped IPv6 and close as they would have, or are put back by a dump that leaves
+ * them running; curl dumped while connecting connects after restore and gets its page; a python
+ * client whose server closed its side reads the rest, answers and closes, the server seeing no
+ * reset.
  *
  * The server end is a raw socket (FFI) so the test can hold back its acknowledgements: a drop-all
  * socket filter on it makes the client's bytes stay sent but unacknowledged. It stays quiet while
@@ -15,7 +20,7 @@ import { addressOf, errno, libc } from "../ffi/mod.ts";
 import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
 import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
-import { fixture, spawnTarget, type Target, waitUntil } from "./helpers.ts";
+import { fixture, needs, notInstalled, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 const NR = {
   close: 3,
@@ -24,6 +29,7 @@ const NR = {
   connect: 42,
   sendto: 44,
   recvfrom: 45,
+  shutdown: 48,
   bind: 49,
   listen: 50,
   getsockname: 51,
@@ -149,6 +155,26 @@ class ServerConn {
       if (!moved) await sleep(2);
     }
     return got;
+  }
+
+  /** Reads until EOF (a reset or another error fails the test); returns what was read. */
+  async readToEnd(timeoutMs = 30_000): Promise<Uint8Array> {
+    const chunks: number[] = [];
+    const buf = new Uint8Array(65536);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = sys(NR.recvfrom, this.fd, addressOf(buf), buf.length, MSG_DONTWAIT, 0, 0);
+      if (r === 0) return Uint8Array.from(chunks);
+      if (r > 0) chunks.push(...buf.subarray(0, r));
+      else if (r !== -EAGAIN) throw new Error(`server recv: errno ${-r} after ${chunks.length}`);
+      else if (Date.now() > deadline) throw new Error(`no EOF after ${chunks.length} bytes`);
+      else await sleep(5);
+    }
+  }
+
+  /** Shuts the server's side for writing: the client gets its FIN. */
+  shutWrite(): void {
+    must(sys(NR.shutdown, this.fd, 1), "shutdown");
   }
 
   #closed = false;
@@ -445,3 +471,138 @@ for (const family of ["4", "6", "mapped"]) {
     },
   });
 }
+
+/** Whether /proc/net/tcp has a socket in SYN_SENT towards 127.0.0.1:`port`. */
+function connectingTo(port: number): boolean {
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  return Deno.readTextFileSync("/proc/net/tcp").split("\n").some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[2] === remote && f[3] === "02";
+  });
+}
+
+Deno.test(
+  needs(
+    "tcp: curl dumped while connecting (SYN_SENT) connects after restore",
+    notInstalled("curl"),
+  ),
+  async () => {
+    const server = new Server(2, 0); // its accept queue full: curl's SYNs are dropped
+    const waiting = server.connect();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await waitUntil(() => waiting.state() === TCP_ESTABLISHED, 5000, "the queue to fill");
+    const t = await spawnTarget("curl", ["-sS", `http://127.0.0.1:${server.port}/page`]);
+    try {
+      await waitUntil(() => connectingTo(server.port), 10_000, "curl to be connecting");
+      await checkpoint(t.pid, `${dir}/img`);
+      assert.deepEqual((await tcpStreams(`${dir}/img`)).map((e) => e.state), ["syn-sent"]);
+      await restore(`${dir}/img`);
+      (await server.accept()).close();
+      waiting.close();
+      const conn = await server.accept(); // curl's SYN, sent again, got through
+      try {
+        let request = "";
+        while (!request.includes("\r\n\r\n")) {
+          request += new TextDecoder().decode(await conn.exchange(new Uint8Array(0), 1));
+        }
+        assert.match(request, /^GET \/page HTTP/);
+        const page = "HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n";
+        await conn.exchange(new TextEncoder().encode(page), 0);
+      } finally {
+        conn.close();
+      }
+      await t.waitFor(/^hello$/m, 30_000);
+      await waitUntil(() => !t.alive(), 10_000, "curl to exit");
+    } finally {
+      await t.kill();
+      waiting.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: a python client whose server closed its side (CLOSE_WAIT) reads on, answers and closes",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    const flag = `${dir}/go`;
+    const script = `
+import os, socket, time
+s = socket.create_connection(("127.0.0.1", ${server.port}))
+print("READY", flush=True)
+while not os.path.exists(${JSON.stringify(flag)}):
+    time.sleep(0.02)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+s.sendall(b"got %d" % len(data))
+s.close()
+print("DONE", len(data), flush=True)
+`;
+    const t = await spawnTarget("python3", ["-c", script], { ready: /^READY/m });
+    let conn: ServerConn | undefined;
+    try {
+      conn = await server.accept();
+      await conn.exchange(stream(4, 0, 5000), 0);
+      conn.shutWrite();
+      await waitUntil(() => conn!.state() === 5, 5000, "the server's end to be in FIN_WAIT2");
+      await checkpoint(t.pid, `${dir}/img`);
+      const [e] = await tcpStreams(`${dir}/img`);
+      assert.equal(e.state, "close-wait");
+      assert.deepEqual(e.inQueue, stream(4, 0, 5000));
+      await restore(`${dir}/img`);
+      Deno.writeTextFileSync(flag, "");
+      // The answer, then EOF: no reset on the server's side.
+      assert.equal(new TextDecoder().decode(await conn.readToEnd()), "got 5000");
+      await t.waitFor(/^DONE 5000$/m, 10_000);
+    } finally {
+      await t.kill();
+      conn?.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test("tcp: a dump that leaves them running puts connections in every state back", async () => {
+  const server = new Server(2, 0);
+  const waiting = server.connect();
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  const t = await spawnTarget(await fixture("tcp_states"), ["4", String(server.port)], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
+    // Each in its state, out of repair mode, with no filter; then each conversation finishes.
+    assert.equal(await t.check(), "PASS", t.output());
+    (await server.accept()).close();
+    waiting.close();
+    const conn = await server.accept();
+    try {
+      assert.deepEqual(
+        await conn.exchange(new Uint8Array(0), 5),
+        new TextEncoder().encode("hello"),
+      );
+    } finally {
+      conn.close();
+    }
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    waiting.close();
+    server.close();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
