@@ -9,7 +9,8 @@
  * IPv6 and v4-mapped IPv6 and close as they would have, or are put back by a dump that leaves
  * them running; curl dumped while connecting connects after restore and gets its page; a python
  * client whose server closed its side reads the rest, answers and closes, the server seeing no
- * reset.
+ * reset; a refused connect whose error the program has not read is refused, and once read comes
+ * back ended (EOF).
  *
  * The server end is a raw socket (FFI) so the test can hold back its acknowledgements: a drop-all
  * socket filter on it makes the client's bytes stay sent but unacknowledged. It stays quiet while
@@ -606,3 +607,52 @@ Deno.test("tcp: a dump that leaves them running puts connections in every state 
     await Deno.remove(t.outPath).catch(() => {});
   }
 });
+
+Deno.test(
+  needs(
+    "tcp: a refused connect whose error is not read yet is refused; once read, it comes back ended",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server();
+    const port = server.port;
+    server.close(); // nobody listens there now: a connect gets a reset
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    const script = `
+import errno, os, socket, sys, time
+s = socket.socket()
+s.setblocking(False)
+s.connect_ex(("127.0.0.1", ${port}))
+print("READY", flush=True)
+sys.stdin.readline()
+print("ERROR", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), flush=True)
+sys.stdin.readline()
+print("READ", s.recv(10), flush=True)
+`;
+    const fifo = `${dir}/in`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const t = await spawnTarget("sh", ["-c", `exec python3 -c '${script}' <${fifo}`]);
+    const input = await Deno.open(fifo, { write: true });
+    try {
+      await t.waitFor(/^READY/m);
+      await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+        assert.ok(err instanceof DumpError, String(err));
+        assert.match(err.message, /error not yet read \(SO_ERROR/);
+        return true;
+      });
+      await input.write(new TextEncoder().encode("\n"));
+      await t.waitFor(/^ERROR 111$/m); // ECONNREFUSED, read by the program itself
+      await checkpoint(t.pid, `${dir}/img`);
+      const [e] = await tcpStreams(`${dir}/img`);
+      assert.equal(e.state, "close");
+      await restore(`${dir}/img`);
+      await input.write(new TextEncoder().encode("\n"));
+      await t.waitFor(/^READ b''$/m); // EOF, as the original would have read, not ENOTCONN
+    } finally {
+      input.close();
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);

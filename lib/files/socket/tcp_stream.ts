@@ -425,6 +425,14 @@ function readConnection(s: number, fail: (why: string) => never): TcpConnectionS
     lengths[1] = Math.max(0, lengths[1] - 1);
     lengths[2] = Math.max(0, lengths[2] - 1);
   }
+  if (state === "syn-sent") {
+    // The queue lengths say nothing while connecting: a SYN that carries data (TCP Fast Open)
+    // shows in the send queue itself.
+    trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND);
+    if (tryRecv(s, new Uint8Array(1), MSG.PEEK | MSG.DONTWAIT) !== 0) {
+      fail("its SYN carries data (TCP Fast Open), which tardigrade does not keep");
+    }
+  }
   const bufferLocks = tryGetsockopt(s, SOL.SOCKET, SO.BUF_LOCK, 4);
   const incoming = readQueue(s, TCP_QUEUE.RECV, lengths[0], fail);
   const outgoing = state === "close"
