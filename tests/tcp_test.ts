@@ -10,7 +10,7 @@
  * them running; curl dumped while connecting connects after restore and gets its page; a python
  * client whose server closed its side reads the rest, answers and closes, the server seeing no
  * reset; a refused connect whose error the program has not read is refused, and once read comes
- * back ended (EOF).
+ * back ended (EOF); a connect whose SYN carries data (TCP Fast Open) is refused and put back.
  *
  * The server end is a raw socket (FFI) so the test can hold back its acknowledgements: a drop-all
  * socket filter on it makes the client's bytes stay sent but unacknowledged. It stays quiet while
@@ -651,6 +651,45 @@ print("READ", s.recv(10), flush=True)
     } finally {
       input.close();
       await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: a connect whose SYN carries data (TCP Fast Open) is refused",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server(2, 0); // its accept queue full: the SYN stays unanswered
+    const waiting = server.connect();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await waitUntil(() => waiting.state() === TCP_ESTABLISHED, 5000, "the queue to fill");
+    const script = `
+import socket, time
+s = socket.socket()
+s.setblocking(False)
+s.setsockopt(socket.IPPROTO_TCP, 34, 1)  # TCP_FASTOPEN_NO_COOKIE: the data goes in the SYN
+sent = s.sendto(b"early data", socket.MSG_FASTOPEN, ("127.0.0.1", ${server.port}))
+print("READY", sent, flush=True)
+time.sleep(600)
+`;
+    const t = await spawnTarget("python3", ["-c", script], { ready: /^READY/m });
+    try {
+      await waitUntil(() => connectingTo(server.port), 10_000, "python to be connecting");
+      await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+        assert.ok(err instanceof DumpError, String(err));
+        assert.match(err.message, /its SYN carries data \(TCP Fast Open\)/);
+        return true;
+      });
+      assert.ok(t.alive(), "the target was killed");
+      assert.ok(connectingTo(server.port), "the connect was not put back");
+    } finally {
+      await t.kill();
+      waiting.close();
+      server.close();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       await Deno.remove(t.outPath).catch(() => {});
     }
