@@ -55,7 +55,9 @@
  * whose connection went through TIME_WAIT (or LAST_ACK, or a reset already read) is in CLOSE,
  * shut both ways, with the bytes it did not read, then EOF; it comes back so (`repairEnded`),
  * on its address, with no peer (which no call shows). Its port stays bound while the program
- * holds it, also where the original, bound by connect(), let it go when its connection ended.
+ * holds it, also where the original, bound by connect(), let it go when its connection ended;
+ * and a connect() on it says EISCONN, also where the original's own connect had failed (a
+ * refused connect whose error was read), on which a second connect() tries again.
  *
  * Limits. Between the kill and the restore no socket has the connection: a packet from the peer
  * (data, a retransmission, a keepalive probe) gets a RST from this kernel and the connection is
