@@ -139,11 +139,12 @@ function dumpSocket(
     // A connection, also one connecting or closing: tcp_stream.ts keeps it, with TCP repair.
     // getpeername does not tell where a connecting socket connects to; sock_diag does.
     const to = peer ?? (state === TCP_STATE.SYN_SENT ? connectingPeer(family, fd.inode) : null);
-    if (state === TCP_STATE.CLOSE && address) {
+    if (state === TCP_STATE.CLOSE) {
       // Shut for reading in CLOSE: its connection ended (through TIME_WAIT, LAST_ACK or a
       // reset), which a read tells from a fresh socket (bytes left, then EOF, not ENOTCONN).
       const revents = socket.poll(POLL.RDHUP);
-      if (revents > 0 && revents & POLL.ERR) {
+      const ended = revents > 0 && (revents & POLL.RDHUP) !== 0;
+      if (ended && revents & POLL.ERR) {
         refuse(
           fd,
           what,
@@ -151,7 +152,7 @@ function dumpSocket(
             `a reset or a refused connect), which tardigrade cannot give again`,
         );
       }
-      if (revents > 0 && revents & POLL.RDHUP) {
+      if (ended && address) {
         return dumpTcpStream(fd, ctx, { what, family, address, peer: address });
       }
     } else if (isTcpStreamState(state) && address && to) {

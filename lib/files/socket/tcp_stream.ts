@@ -237,7 +237,7 @@ export function isTcpStreamState(state: number): boolean {
 /** What the description of a connection says of its state. */
 const STATE_NOTES: Record<TcpStreamState, string> = {
   "established": "",
-  "syn-sent": ", connecting (SYN_SENT)",
+  "syn-sent": ", its SYN not answered yet (SYN_SENT)",
   "fin-wait1": ", closed on its side (FIN_WAIT1)",
   "fin-wait2": ", closed on its side (FIN_WAIT2)",
   "closing": ", closed on both sides at once (CLOSING)",
