@@ -42,6 +42,7 @@ const TABLE: [number, string, string][] = [
   [107, "ENOTCONN", "transport endpoint is not connected"],
   [110, "ETIMEDOUT", "connection timed out"],
   [111, "ECONNREFUSED", "connection refused"],
+  [115, "EINPROGRESS", "operation now in progress"],
   [512, "ERESTARTSYS", "interrupted, restart the system call"],
   [513, "ERESTARTNOINTR", "interrupted, restart the system call without EINTR"],
   [514, "ERESTARTNOHAND", "interrupted, restart if no handler"],

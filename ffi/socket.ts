@@ -32,7 +32,7 @@ export const SOCK = {
 } as const;
 
 /** Protocols (`IPPROTO_*`). */
-export const IPPROTO = { IP: 0, TCP: 6, UDP: 17, IPV6: 41 } as const;
+export const IPPROTO = { IP: 0, TCP: 6, UDP: 17, IPV6: 41, RAW: 255 } as const;
 
 /** Option levels of getsockopt/setsockopt (`SOL_*`). */
 export const SOL = { IP: 0, SOCKET: 1, TCP: 6, IPV6: 41 } as const;
@@ -201,10 +201,10 @@ export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, RDHUP: 0
 export const NETLINK = { SOCK_DIAG: 4 } as const;
 
 /** Netlink message types (`NLMSG_*`). */
-export const NLMSG = { ERROR: 2 } as const;
+export const NLMSG = { ERROR: 2, DONE: 3 } as const;
 
 /** Netlink message flags (`NLM_F_*`). */
-export const NLM_F = { REQUEST: 1 } as const;
+export const NLM_F = { REQUEST: 1, DUMP: 0x300 } as const;
 
 /** The sock_diag request type (`SOCK_DIAG_BY_FAMILY`). */
 export const SOCK_DIAG = { BY_FAMILY: 20 } as const;
@@ -282,6 +282,11 @@ export function trySetsockoptInt(fd: number, level: number, option: number, valu
 /** send(2) (sendto with no address): the bytes sent, or a negative errno. */
 export function trySend(fd: number, data: Uint8Array, flags: number): number {
   return attempt(SYS.sendto, fd, addressOf(data), data.length, flags, 0, 0);
+}
+
+/** sendto(2) to a raw sockaddr: the bytes sent, or a negative errno. */
+export function trySendTo(fd: number, data: Uint8Array, flags: number, to: Uint8Array): number {
+  return attempt(SYS.sendto, fd, addressOf(data), data.length, flags, addressOf(to), to.length);
 }
 
 /** recv(2) (recvfrom with no address) into `buf`: the bytes received, or a negative errno. */

@@ -1,10 +1,16 @@
 /**
- * Established TCP connections (lib/files/tcp_stream.ts), over real loopback TCP: a client whose
+ * TCP connections (lib/files/socket/tcp_stream.ts), over real loopback TCP: a client whose
  * server is this test process comes back with the bytes in flight both ways (received but unread,
  * sent but unacknowledged, never sent) and the server sees every byte once, in order, and no
  * reset; both ends of connections inside one process come back and keep talking; a dump that
- * leaves the client running puts its connection back as it was; a refused socket after a held
- * connection leaves the target running with that connection unharmed.
+ * leaves the client running puts its connection back as it was; a refused socket after held
+ * connections leaves the target running with those connections unharmed; connections in every
+ * state a socket stays in (tcp_states.c: connecting, closing, ended) come back in it over IPv4,
+ * IPv6 and v4-mapped IPv6 and close as they would have, or are put back by a dump that leaves
+ * them running; curl dumped while connecting connects after restore and gets its page; a python
+ * client whose server closed its side reads the rest, answers and closes, the server seeing no
+ * reset; a refused connect whose error the program has not read is refused, and once read comes
+ * back ended (EOF); a connect whose SYN carries data (TCP Fast Open) is refused and put back.
  *
  * The server end is a raw socket (FFI) so the test can hold back its acknowledgements: a drop-all
  * socket filter on it makes the client's bytes stay sent but unacknowledged. It stays quiet while
@@ -15,14 +21,16 @@ import { addressOf, errno, libc } from "../ffi/mod.ts";
 import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
 import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
-import { fixture, spawnTarget, type Target, waitUntil } from "./helpers.ts";
+import { fixture, needs, notInstalled, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 const NR = {
   close: 3,
   ioctl: 16,
   socket: 41,
+  connect: 42,
   sendto: 44,
   recvfrom: 45,
+  shutdown: 48,
   bind: 49,
   listen: 50,
   getsockname: 51,
@@ -30,7 +38,11 @@ const NR = {
   getsockopt: 55,
   accept4: 288,
 };
-const EAGAIN = 11, MSG_DONTWAIT = 0x40, SOCK_NONBLOCK = 0o4000, SOCK_CLOEXEC = 0o2000000;
+const EAGAIN = 11,
+  EINPROGRESS = 115,
+  MSG_DONTWAIT = 0x40,
+  SOCK_NONBLOCK = 0o4000,
+  SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1, SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SOL_TCP = 6, TCP_INFO = 11;
 const SIOCOUTQ = 0x5411, TCP_ESTABLISHED = 1;
 
@@ -146,25 +158,61 @@ class ServerConn {
     return got;
   }
 
+  /** Reads until EOF (a reset or another error fails the test); returns what was read. */
+  async readToEnd(timeoutMs = 30_000): Promise<Uint8Array> {
+    const chunks: number[] = [];
+    const buf = new Uint8Array(65536);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = sys(NR.recvfrom, this.fd, addressOf(buf), buf.length, MSG_DONTWAIT, 0, 0);
+      if (r === 0) return Uint8Array.from(chunks);
+      if (r > 0) chunks.push(...buf.subarray(0, r));
+      else if (r !== -EAGAIN) throw new Error(`server recv: errno ${-r} after ${chunks.length}`);
+      else if (Date.now() > deadline) throw new Error(`no EOF after ${chunks.length} bytes`);
+      else await sleep(5);
+    }
+  }
+
+  /** Shuts the server's side for writing: the client gets its FIN. */
+  shutWrite(): void {
+    must(sys(NR.shutdown, this.fd, 1), "shutdown");
+  }
+
+  #closed = false;
+
   close(): void {
-    sys(NR.close, this.fd);
+    if (!this.#closed) sys(NR.close, this.fd);
+    this.#closed = true;
   }
 }
 
-/** A listener on 127.0.0.1 (ephemeral port) owned by this process. */
+/** A listener on 127.0.0.1 or [::1] (ephemeral port) owned by this process. */
 class Server {
   readonly fd: number;
   readonly port: number;
+  readonly address: Uint8Array;
 
-  constructor() {
-    this.fd = must(sys(NR.socket, 2, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
-    const addr = new Uint8Array(16);
-    addr.set([2, 0, 0, 0, 127, 0, 0, 1]);
-    must(sys(NR.bind, this.fd, addressOf(addr), 16), "bind");
-    must(sys(NR.listen, this.fd, 4), "listen");
-    const len = new Uint32Array([16]);
+  constructor(family: 2 | 10 = 2, backlog = 4) {
+    this.fd = must(sys(NR.socket, family, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
+    const addr = new Uint8Array(family === 2 ? 16 : 28);
+    addr[0] = family;
+    if (family === 2) addr.set([127, 0, 0, 1], 4);
+    else addr[23] = 1;
+    must(sys(NR.bind, this.fd, addressOf(addr), addr.length), "bind");
+    must(sys(NR.listen, this.fd, backlog), "listen");
+    const len = new Uint32Array([addr.length]);
     must(sys(NR.getsockname, this.fd, addressOf(addr), addressOf(len)), "getsockname");
     this.port = (addr[2] << 8) | addr[3];
+    this.address = addr;
+  }
+
+  /** A connection of this process to the listener, left unaccepted in its queue. */
+  connect(): ServerConn {
+    const family = this.address[0];
+    const fd = must(sys(NR.socket, family, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket");
+    const r = sys(NR.connect, fd, addressOf(this.address), this.address.length);
+    if (r < 0 && r !== -EINPROGRESS) throw new Error(`connect: errno ${-r}`);
+    return new ServerConn(fd);
   }
 
   async accept(): Promise<ServerConn> {
@@ -323,7 +371,7 @@ Deno.test("tcp: both ends of loopback connections in one process come back and k
   }
 });
 
-Deno.test("tcp: a connecting socket is refused naming its fd; the held connection is put back", async () => {
+Deno.test("tcp: a refused listener names its fd; the connections held before it are put back", async () => {
   const t = await spawnTarget(await fixture("tcp_refused"), [], {
     ready: /^(READY|SETUP FAILED)/m,
   });
@@ -333,7 +381,7 @@ Deno.test("tcp: a connecting socket is refused naming its fd; the held connectio
     assert.equal(await t.check(), "PASS", t.output());
     await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
       assert.ok(err instanceof DumpError, String(err));
-      assert.match(err.message, /^fd 4 of process \d+: IPv4 TCP socket .*in state SYN_SENT/);
+      assert.match(err.message, /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted/);
       assert.match(err.message, /a policy can skip it/);
       return true;
     });
@@ -345,3 +393,305 @@ Deno.test("tcp: a connecting socket is refused naming its fd; the held connectio
     await Deno.remove(t.outPath).catch(() => {});
   }
 });
+
+/** Whether this machine has [::1]. */
+function hasIpv6Loopback(): boolean {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+for (const family of ["4", "6", "mapped"]) {
+  Deno.test({
+    name: `tcp: connections in every state come back in it and close as they would (${family})`,
+    ignore: family === "6" && !hasIpv6Loopback(),
+    async fn() {
+      // A listener whose accept queue is full (backlog 0, one connection waiting): the fixture's
+      // SYNs are dropped, so its connect() stays in SYN_SENT until the test accepts.
+      const server = new Server(family === "6" ? 10 : 2, 0);
+      const waiting = server.connect();
+      const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+      const t = await spawnTarget(await fixture("tcp_states"), [family, String(server.port)], {
+        ready: /^(READY|SETUP FAILED)/m,
+      });
+      try {
+        assert.match(t.output(), /^READY /m, t.output());
+        assert.equal(await t.check(), "PASS", t.output());
+        await checkpoint(t.pid, `${dir}/img`);
+        assert.ok(!t.alive(), "the fixture still runs after the dump");
+
+        const entries = await tcpStreams(`${dir}/img`);
+        assert.deepEqual(entries.map((e) => e.state).sort(), [
+          "close",
+          "close",
+          "close-wait",
+          "closing",
+          "established",
+          "fin-wait1",
+          "fin-wait2",
+          "fin-wait2",
+          "fin-wait2",
+          "last-ack",
+          "syn-sent",
+        ]);
+        assert.ok(entries.every((e) => e.family === (family === "4" ? 2 : 10)));
+        const mapped = entries.every((e) => /\[::ffff:7f00:1\]/.test(e.description));
+        assert.equal(
+          entries.filter((e) => /whose connection ended$/.test(e.description)).length,
+          2,
+          entries.map((e) => e.description).join("\n"),
+        );
+        assert.equal(mapped, family === "mapped", entries[0].description);
+
+        await restore(`${dir}/img`);
+        // Every state as it was, C still connecting: the accept queue is still full.
+        assert.equal(await t.check(), "PASS", t.output());
+        (await server.accept()).close();
+        waiting.close();
+        const conn = await server.accept();
+        try {
+          assert.deepEqual(
+            await conn.exchange(new Uint8Array(0), 5),
+            new TextEncoder().encode("hello"),
+          );
+        } finally {
+          conn.close();
+        }
+        // Every conversation finishes: all bytes read, EOF, every socket in CLOSE.
+        assert.equal(await t.check(), "PASS", t.output());
+      } finally {
+        await t.kill();
+        waiting.close();
+        server.close();
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    },
+  });
+}
+
+/** Whether /proc/net/tcp has a socket in SYN_SENT towards 127.0.0.1:`port`. */
+function connectingTo(port: number): boolean {
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  return Deno.readTextFileSync("/proc/net/tcp").split("\n").some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[2] === remote && f[3] === "02";
+  });
+}
+
+Deno.test(
+  needs(
+    "tcp: curl dumped while connecting (SYN_SENT) connects after restore",
+    notInstalled("curl"),
+  ),
+  async () => {
+    const server = new Server(2, 0); // its accept queue full: curl's SYNs are dropped
+    const waiting = server.connect();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await waitUntil(() => waiting.state() === TCP_ESTABLISHED, 5000, "the queue to fill");
+    const t = await spawnTarget("curl", ["-sS", `http://127.0.0.1:${server.port}/page`]);
+    try {
+      await waitUntil(() => connectingTo(server.port), 10_000, "curl to be connecting");
+      await checkpoint(t.pid, `${dir}/img`);
+      assert.deepEqual((await tcpStreams(`${dir}/img`)).map((e) => e.state), ["syn-sent"]);
+      await restore(`${dir}/img`);
+      (await server.accept()).close();
+      waiting.close();
+      const conn = await server.accept(); // curl's SYN, sent again, got through
+      try {
+        let request = "";
+        while (!request.includes("\r\n\r\n")) {
+          request += new TextDecoder().decode(await conn.exchange(new Uint8Array(0), 1));
+        }
+        assert.match(request, /^GET \/page HTTP/);
+        const page = "HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n";
+        await conn.exchange(new TextEncoder().encode(page), 0);
+      } finally {
+        conn.close();
+      }
+      await t.waitFor(/^hello$/m, 30_000);
+      await waitUntil(() => !t.alive(), 10_000, "curl to exit");
+    } finally {
+      await t.kill();
+      waiting.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: a python client whose server closed its side (CLOSE_WAIT) reads on, answers and closes",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    const flag = `${dir}/go`;
+    const script = `
+import os, socket, time
+s = socket.create_connection(("127.0.0.1", ${server.port}))
+print("READY", flush=True)
+while not os.path.exists(${JSON.stringify(flag)}):
+    time.sleep(0.02)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+s.sendall(b"got %d" % len(data))
+s.close()
+print("DONE", len(data), flush=True)
+`;
+    const t = await spawnTarget("python3", ["-c", script], { ready: /^READY/m });
+    let conn: ServerConn | undefined;
+    try {
+      conn = await server.accept();
+      await conn.exchange(stream(4, 0, 5000), 0);
+      conn.shutWrite();
+      await waitUntil(() => conn!.state() === 5, 5000, "the server's end to be in FIN_WAIT2");
+      await checkpoint(t.pid, `${dir}/img`);
+      const [e] = await tcpStreams(`${dir}/img`);
+      assert.equal(e.state, "close-wait");
+      assert.deepEqual(e.inQueue, stream(4, 0, 5000));
+      await restore(`${dir}/img`);
+      Deno.writeTextFileSync(flag, "");
+      // The answer, then EOF: no reset on the server's side.
+      assert.equal(new TextDecoder().decode(await conn.readToEnd()), "got 5000");
+      await t.waitFor(/^DONE 5000$/m, 10_000);
+    } finally {
+      await t.kill();
+      conn?.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test("tcp: a dump that leaves them running puts connections in every state back", async () => {
+  const server = new Server(2, 0);
+  const waiting = server.connect();
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  const t = await spawnTarget(await fixture("tcp_states"), ["4", String(server.port)], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
+    // Each in its state, out of repair mode, with no filter; then each conversation finishes.
+    assert.equal(await t.check(), "PASS", t.output());
+    (await server.accept()).close();
+    waiting.close();
+    const conn = await server.accept();
+    try {
+      assert.deepEqual(
+        await conn.exchange(new Uint8Array(0), 5),
+        new TextEncoder().encode("hello"),
+      );
+    } finally {
+      conn.close();
+    }
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    waiting.close();
+    server.close();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
+
+Deno.test(
+  needs(
+    "tcp: a refused connect whose error is not read yet is refused; once read, it comes back ended",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server();
+    const port = server.port;
+    server.close(); // nobody listens there now: a connect gets a reset
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    const script = `
+import errno, os, socket, sys, time
+s = socket.socket()
+s.setblocking(False)
+s.connect_ex(("127.0.0.1", ${port}))
+print("READY", flush=True)
+sys.stdin.readline()
+print("ERROR", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), flush=True)
+sys.stdin.readline()
+print("READ", s.recv(10), flush=True)
+`;
+    const fifo = `${dir}/in`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const t = await spawnTarget("sh", ["-c", `exec python3 -c '${script}' <${fifo}`]);
+    const input = await Deno.open(fifo, { write: true });
+    try {
+      await t.waitFor(/^READY/m);
+      await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+        assert.ok(err instanceof DumpError, String(err));
+        assert.match(err.message, /error not yet read \(SO_ERROR/);
+        return true;
+      });
+      await input.write(new TextEncoder().encode("\n"));
+      await t.waitFor(/^ERROR 111$/m); // ECONNREFUSED, read by the program itself
+      await checkpoint(t.pid, `${dir}/img`);
+      const [e] = await tcpStreams(`${dir}/img`);
+      assert.equal(e.state, "close");
+      await restore(`${dir}/img`);
+      await input.write(new TextEncoder().encode("\n"));
+      await t.waitFor(/^READ b''$/m); // EOF, as the original would have read, not ENOTCONN
+    } finally {
+      input.close();
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: a connect whose SYN carries data (TCP Fast Open) is refused",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const server = new Server(2, 0); // its accept queue full: the SYN stays unanswered
+    const waiting = server.connect();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await waitUntil(() => waiting.state() === TCP_ESTABLISHED, 5000, "the queue to fill");
+    const script = `
+import socket, time
+s = socket.socket()
+s.setblocking(False)
+s.setsockopt(socket.IPPROTO_TCP, 34, 1)  # TCP_FASTOPEN_NO_COOKIE: the data goes in the SYN
+sent = s.sendto(b"early data", socket.MSG_FASTOPEN, ("127.0.0.1", ${server.port}))
+print("READY", sent, flush=True)
+time.sleep(600)
+`;
+    const t = await spawnTarget("python3", ["-c", script], { ready: /^READY/m });
+    try {
+      await waitUntil(() => connectingTo(server.port), 10_000, "python to be connecting");
+      await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+        assert.ok(err instanceof DumpError, String(err));
+        assert.match(err.message, /its SYN carries data \(TCP Fast Open\)/);
+        return true;
+      });
+      assert.ok(t.alive(), "the target was killed");
+      assert.ok(connectingTo(server.port), "the connect was not put back");
+    } finally {
+      await t.kill();
+      waiting.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);

@@ -4,8 +4,10 @@
  * (`iptables`/`ip6tables`). Each lock is one object of the tool's own, named by the lock: an nft
  * table `inet NAME`, or a chain NAME in the filter table with one jump to it from INPUT and one
  * from OUTPUT. Nothing else is ever changed: removing a lock deletes that table, or those two jumps
- * and that chain.
+ * and that chain. Packets carrying the mark of the segments a restore forges for a closing
+ * connection's peer (tcp_segment.ts) pass.
  */
+import { SEGMENT_MARK } from "../files/socket/tcp_segment.ts";
 
 /** One end of a connection as netfilter matches it. */
 export interface Endpoint {
@@ -73,6 +75,8 @@ const nftables: Netfilter = {
     const commands = [`create table ${t}`];
     for (const chain of ["input", "output"]) {
       commands.push(`add chain ${t} ${chain} { type filter hook ${chain} priority 0; }`);
+      // The segments a restore forges for a closing connection's peer go through (tcp_segment.ts).
+      commands.push(`add rule ${t} ${chain} meta mark ${SEGMENT_MARK} accept`);
     }
     for (const f of NFT_FAMILIES) {
       commands.push(
@@ -127,6 +131,11 @@ const iptables: Netfilter = {
     const program = IPTABLES[c.family];
     if (!hasChain(program, name)) {
       must(program, ["-w", "-t", "filter", "-N", name]);
+      // The segments a restore forges for a closing connection's peer go through (tcp_segment.ts).
+      must(program, [
+        ...["-w", "-t", "filter", "-A", name, "-m", "mark", "--mark", `${SEGMENT_MARK}`],
+        ...["-j", "RETURN"],
+      ]);
       for (const hook of ["INPUT", "OUTPUT"]) {
         must(program, ["-w", "-t", "filter", "-I", hook, "-j", name]);
       }

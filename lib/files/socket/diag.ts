@@ -1,7 +1,8 @@
 /**
  * The netlink sock_diag client (NETLINK_SOCK_DIAG): what the socket calls cannot tell. Of a UNIX
  * socket, by inode: its peer's inode, its queue lengths (a listener's accept queue) and its
- * shutdown state. Of TCP: whether this kernel has a socket for a given address pair. It sees the
+ * shutdown state. Of TCP: whether this kernel has a socket for a given address pair, and where a
+ * connecting socket (whose getpeername says ENOTCONN) connects to. It sees the
  * tool's network namespace only; every query gives null where it finds nothing or fails.
  */
 import {
@@ -14,6 +15,7 @@ import {
   NLMSG,
   SOCK,
   SOCK_DIAG,
+  TCP_STATE,
   tryRecv,
   trySend,
   trySocket,
@@ -26,22 +28,32 @@ import { ipOf } from "./address.ts";
 const NLMSG_HEADER = 16;
 
 /**
- * Sends one SOCK_DIAG_BY_FAMILY request, `body` being what follows the netlink header, and
- * returns the first reply (its netlink header included), or null when there is none or it is
- * an error.
+ * Opens a sock_diag socket and sends it one SOCK_DIAG_BY_FAMILY request with `flags` (`NLM_F`),
+ * `body` being what follows the netlink header; the socket, or null when either fails.
  */
-function ask(body: Uint8Array): DataView | null {
+function request(body: Uint8Array, flags: number): number | null {
   const s = trySocket(AF.NETLINK, SOCK.DGRAM | SOCK.CLOEXEC, NETLINK.SOCK_DIAG);
   if (s < 0) return null;
+  const req = new Uint8Array(NLMSG_HEADER + body.length);
+  const v = new DataView(req.buffer);
+  v.setUint32(0, req.length, true); // nlmsg_len
+  v.setUint16(4, SOCK_DIAG.BY_FAMILY, true);
+  v.setUint16(6, flags, true);
+  v.setUint32(8, 1, true); // seq
+  req.set(body, NLMSG_HEADER);
+  if (trySend(s, req, 0) >= 0) return s;
+  close(s);
+  return null;
+}
+
+/**
+ * Sends one request (see `request`) and returns the first reply (its netlink header included),
+ * or null when there is none or it is an error.
+ */
+function ask(body: Uint8Array): DataView | null {
+  const s = request(body, NLM_F.REQUEST);
+  if (s === null) return null;
   try {
-    const req = new Uint8Array(NLMSG_HEADER + body.length);
-    const v = new DataView(req.buffer);
-    v.setUint32(0, req.length, true); // nlmsg_len
-    v.setUint16(4, SOCK_DIAG.BY_FAMILY, true);
-    v.setUint16(6, NLM_F.REQUEST, true);
-    v.setUint32(8, 1, true); // seq
-    req.set(body, NLMSG_HEADER);
-    if (trySend(s, req, 0) < 0) return null;
     const buf = new Uint8Array(8192);
     const n = tryRecv(s, buf, MSG.DONTWAIT);
     if (n < NLMSG_HEADER) return null;
@@ -50,6 +62,44 @@ function ask(body: Uint8Array): DataView | null {
   } finally {
     close(s);
   }
+}
+
+/**
+ * Sends one dump request (see `request`) and hands every reply message (its netlink header
+ * included) to `visit` until it returns a value, which is returned; null when none does or the
+ * request fails.
+ */
+function askAll<T>(body: Uint8Array, visit: (message: DataView) => T | null): T | null {
+  const s = request(body, NLM_F.REQUEST | NLM_F.DUMP);
+  if (s === null) return null;
+  try {
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = tryRecv(s, buf, 0);
+      if (n < NLMSG_HEADER) return null;
+      for (let at = 0; at + NLMSG_HEADER <= n;) {
+        const length = new DataView(buf.buffer, at, 4).getUint32(0, true);
+        if (length < NLMSG_HEADER) return null;
+        const m = new DataView(buf.buffer, at, Math.min(n - at, length));
+        const type = m.getUint16(4, true);
+        if (type === NLMSG.DONE || type === NLMSG.ERROR) return null;
+        const found = visit(m);
+        if (found !== null) return found;
+        at += (length + 3) & ~3;
+      }
+    }
+  } finally {
+    close(s);
+  }
+}
+
+/** Where `struct inet_diag_msg` ends in a reply (its attributes follow), and its idiag_inode. */
+const INET_DIAG_MSG_END = NLMSG_HEADER + 72;
+const INET_DIAG_INODE = NLMSG_HEADER + 68;
+
+/** Whether reply `m` is the inet socket with inode `ino`. */
+function isInode(m: DataView, ino: number): boolean {
+  return m.byteLength >= INET_DIAG_MSG_END && m.getUint32(INET_DIAG_INODE, true) === ino;
 }
 
 /** What sock_diag reports of one UNIX socket (in the tool's network namespace). */
@@ -138,4 +188,55 @@ export function tcpSocketState(
   // The netlink header, then struct inet_diag_msg (idiag_state at 1).
   if (!r || r.byteLength < 18) return null;
   return r.getUint8(17);
+}
+
+/**
+ * The raw sockaddr a TCP socket in SYN_SENT connects to, found by its inode among this kernel's
+ * connecting sockets of `family`; null when sock_diag does not show it.
+ */
+export function connectingPeer(family: number, inode: bigint): Uint8Array | null {
+  const ino = Number(inode & 0xffffffffn);
+  const req = new Uint8Array(56); // struct inet_diag_req_v2, every socket in SYN_SENT
+  req[0] = family;
+  req[1] = IPPROTO.TCP;
+  new DataView(req.buffer).setUint32(4, 1 << TCP_STATE.SYN_SENT, true);
+  return askAll(req, (m) => {
+    if (!isInode(m, ino)) return null;
+    // struct inet_diag_msg after the netlink header: its id (dport at 6, dst at 24, if at 40).
+    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
+    const addr = new Uint8Array(family === AF.INET ? 16 : 28);
+    addr[0] = family;
+    addr.set(msg.subarray(6, 8), 2);
+    if (family === AF.INET) addr.set(msg.subarray(24, 28), 4);
+    else {
+      addr.set(msg.subarray(24, 40), 8);
+      addr.set(msg.subarray(40, 44), 24); // scope: the interface
+    }
+    return addr;
+  });
+}
+
+/** The `INET_DIAG_SHUTDOWN` attribute of an inet sock_diag reply: sk_shutdown. */
+const INET_DIAG_SHUTDOWN = 8;
+
+/**
+ * sk_shutdown (`SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2) of the UDP socket of `family` with this
+ * inode, as sock_diag shows it; null when it does not list it (an unbound socket is in no table).
+ */
+export function udpShutdown(family: number, inode: bigint): number | null {
+  const ino = Number(inode & 0xffffffffn);
+  const req = new Uint8Array(56); // struct inet_diag_req_v2, every state
+  req[0] = family;
+  req[1] = IPPROTO.UDP;
+  new DataView(req.buffer).setUint32(4, 0xffffffff, true);
+  return askAll(req, (m) => {
+    if (!isInode(m, ino)) return null;
+    for (let at = INET_DIAG_MSG_END; at + 4 <= m.byteLength;) {
+      const len = m.getUint16(at, true);
+      if (len < 4) break;
+      if (m.getUint16(at + 2, true) === INET_DIAG_SHUTDOWN && len >= 5) return m.getUint8(at + 4);
+      at += (len + 3) & ~3;
+    }
+    return 0;
+  });
 }

@@ -5,8 +5,10 @@
  * Everything is read inside the frozen process through its fd number (target_socket.ts):
  * SO_DOMAIN/SO_TYPE/SO_PROTOCOL give the kind; SO_ACCEPTCONN, getsockname, getpeername and (TCP)
  * the state byte of TCP_INFO give the state. Then:
- * - established TCP connections (and CLOSE_WAIT ones) go to tcp_stream.ts, which keeps them with
- *   their queues through TCP repair mode;
+ * - TCP connections, established, connecting (SYN_SENT: sock_diag tells where to) or closing
+ *   (FIN_WAIT1/2, CLOSING, CLOSE_WAIT, LAST_ACK), or ended (CLOSE, shut for reading: through
+ *   TIME_WAIT or LAST_ACK; one with a reset not yet read is refused), go to tcp_stream.ts, which
+ *   keeps them with their queues through TCP repair mode;
  * - connected UNIX stream and seqpacket sockets, and UNIX datagram sockets connected to an unnamed
  *   peer, go to unix_pair.ts, which keeps them with their queued data when their peer is in the
  *   dump too or was closed (sock_diag shows a closed peer with no inode and, for a stream, a full
@@ -16,8 +18,8 @@
  *   connected to a named address) goes to standalone.ts, which makes it again from its address.
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
- * TCP sockets connecting or closing (SYN_SENT, SYN_RECV, FIN_WAIT1/2, CLOSING, LAST_ACK,
- * TIME_WAIT: any state but LISTEN, CLOSE, ESTABLISHED and CLOSE_WAIT), inet protocols other than
+ * TCP sockets in a state no socket of a program stays in (SYN_RECV, TIME_WAIT: those belong to
+ * the kernel, not to a descriptor), inet protocols other than
  * TCP and UDP (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …); the
  * kinds' modules refuse more (a listener with connections waiting, a UNIX socket whose peer no
  * process of the dump holds …).
@@ -29,6 +31,7 @@ import {
   AF,
   Errno,
   IPPROTO,
+  POLL,
   SK_SHUTDOWN,
   SO,
   SOCK,
@@ -42,7 +45,7 @@ import type { Fd } from "../../inspect/fds.ts";
 import type { FileDumpContext, FileHandler } from "../types.ts";
 import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
-import { unixDiag } from "./diag.ts";
+import { connectingPeer, unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
@@ -83,7 +86,7 @@ function refuse(fd: Fd, what: string, why: string): never {
   throw new DumpError(
     `fd ${fd.fd} of process ${fd.pid}: ${what} socket (${fd.target}) ${why}; tardigrade ` +
       `dumps only listening, bound and unconnected TCP, UDP and UNIX sockets (and datagram ` +
-      `sockets connected to an address, established TCP connections); a policy can skip it`,
+      `sockets connected to an address, TCP connections); a policy can skip it`,
   );
 }
 
@@ -133,9 +136,27 @@ function dumpSocket(
       throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: TCP_INFO failed (errno ${-info})`);
     }
     const state = info[0];
-    // A connection (also one whose peer closed its side): tcp_stream.ts keeps it, with TCP repair.
-    if (isTcpStreamState(state) && address && peer) {
-      return dumpTcpStream(fd, ctx, { what, family, address, peer });
+    // A connection, also one connecting or closing: tcp_stream.ts keeps it, with TCP repair.
+    // getpeername does not tell where a connecting socket connects to; sock_diag does.
+    const to = peer ?? (state === TCP_STATE.SYN_SENT ? connectingPeer(family, fd.inode) : null);
+    if (state === TCP_STATE.CLOSE) {
+      // Shut for reading in CLOSE: its connection ended (through TIME_WAIT, LAST_ACK or a
+      // reset), which a read tells from a fresh socket (bytes left, then EOF, not ENOTCONN).
+      const revents = socket.poll(POLL.RDHUP);
+      const ended = revents > 0 && (revents & POLL.RDHUP) !== 0;
+      if (ended && revents & POLL.ERR) {
+        refuse(
+          fd,
+          what,
+          `${at}: its connection ended with an error not yet read (SO_ERROR: ` +
+            `a reset or a refused connect), which tardigrade cannot give again`,
+        );
+      }
+      if (ended && address) {
+        return dumpTcpStream(fd, ctx, { what, family, address, peer: address });
+      }
+    } else if (isTcpStreamState(state) && address && to) {
+      return dumpTcpStream(fd, ctx, { what, family, address, peer: to });
     }
     if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
       const to = peer ? `, peer ${formatAddress(peer)}` : "";

@@ -9,6 +9,9 @@
  * socket is: inside the frozen target, or from the tool's copy of it. At restore they are set
  * inside the target in the table's order, SO_SNDBUF and SO_RCVBUF with half the value, as the
  * kernel doubles it (the *FORCE variants first, so a size above the sysctl maximum comes back too).
+ * Sockets of a SO_REUSEPORT group join it again as each binds with SO_REUSEPORT set, in the order
+ * they are made; a BPF program that steers the group (SO_ATTACH_REUSEPORT_CBPF/EBPF) cannot be
+ * read back and is not kept.
  */
 import {
   AF,

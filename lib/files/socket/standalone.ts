@@ -16,11 +16,18 @@
  * family, type and state; a policy can skip them): listeners with connections waiting in their
  * accept queue (they would be lost, as CRIU refuses them too) and UNIX datagram sockets with
  * datagrams queued. Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP
- * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
- * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
+ * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
+ * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
+ *
+ * A UDP socket shut down one way or both (shutdown() shuts even an unconnected one, saying
+ * ENOTCONN) keeps it: sock_diag shows its sk_shutdown (INET_DIAG_SHUTDOWN), which a reader of
+ * the socket cannot see (poll shows no shut writing). An unbound, unconnected one is in no table
+ * sock_diag lists: its shutdown is not seen.
  *
  * Restore: socket() with SOCK_NONBLOCK as the file had O_NONBLOCK, the options (options.ts),
- * bind() to the same address, connect() for a connected datagram socket, listen(backlog). A UNIX
+ * bind() to the same address (IP_FREEBIND or IP_TRANSPARENT, set before, bind an address this
+ * host does not have), connect() for a connected datagram socket, shutdown() of a UDP socket
+ * that was shut, listen(backlog). A UNIX
  * socket file left over from the dumped process is unlinked first, but only if it is a socket
  * nobody is bound to (connect gives ECONNREFUSED). A relative UNIX path is bound after an injected
  * chdir to the cwd the process had at dump (the restorer sets the final cwd later). check()
@@ -31,7 +38,11 @@ import {
   AF,
   close,
   Errno,
+  errnoName,
+  IPPROTO,
   O,
+  SHUT,
+  SK_SHUTDOWN,
   SOCK,
   SOCK_IOCTL,
   SYS,
@@ -47,7 +58,7 @@ import type { FileEntry } from "../../image/schema.ts";
 import type { FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
-import { unixListenQueue } from "./diag.ts";
+import { udpShutdown, unixListenQueue } from "./diag.ts";
 import {
   changedOptions,
   findOption,
@@ -80,6 +91,11 @@ export interface SocketEntry extends FileEntry {
   /** The process's cwd at dump, for a relative UNIX path. */
   cwd: string;
   options: SocketOption[];
+  /**
+   * A UDP socket's sk_shutdown (`SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2) when it was shut down
+   * one way or both; absent: not shut (and in images of older versions).
+   */
+  shutdown?: number;
   /** The dumped socket's inode. */
   inode: bigint;
   /** "IPv4 TCP 127.0.0.1:4000 listening", for messages. */
@@ -113,6 +129,18 @@ export interface StandaloneSocket {
   /** Refuses the dump of the socket, saying why. */
   refuse(why: string): never;
 }
+
+/** What a socket's sk_shutdown shut, for messages; and the shutdown() call that shuts it so. */
+const SHUT_NAMES: Record<number, string> = {
+  [SK_SHUTDOWN.RCV]: "reading",
+  [SK_SHUTDOWN.SEND]: "writing",
+  [SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND]: "reading and writing",
+};
+const SHUT_HOW: Record<number, number> = {
+  [SK_SHUTDOWN.RCV]: SHUT.RD,
+  [SK_SHUTDOWN.SEND]: SHUT.WR,
+  [SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND]: SHUT.RDWR,
+};
 
 // ---- Dump ----
 
@@ -173,6 +201,8 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
   } catch { /* only needed for relative UNIX paths */ }
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
+  // shutdown() of a UDP socket, connected or not, shuts it (an unconnected one says ENOTCONN).
+  const shutdown = s.protocol === IPPROTO.UDP ? udpShutdown(s.family, fd.inode) ?? 0 : 0;
   return {
     id: fd.fileId,
     kind: "socket",
@@ -187,8 +217,10 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     backlogSource,
     cwd,
     options,
+    ...(shutdown ? { shutdown } : {}),
     inode: fd.inode,
-    description: `${s.what} ${formatAddress(s.address)} ${state}${to}`,
+    description: `${s.what} ${formatAddress(s.address)} ${state}${to}` +
+      (shutdown ? `, shut for ${SHUT_NAMES[shutdown]}` : ""),
   };
 }
 
@@ -245,6 +277,9 @@ function inetAddressFree(e: SocketEntry): boolean {
 }
 
 function checkSocket(e: SocketEntry): string | null {
+  if (e.shutdown !== undefined && !(e.shutdown in SHUT_HOW)) {
+    return `${e.description}: shutdown ${e.shutdown} is not 1, 2 or 3 (sk_shutdown)`;
+  }
   const path = absoluteUnixPath(e, e.address);
   if (path) {
     const st = unixPathState(path, e.type);
@@ -304,6 +339,12 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
       }
     }
     if (e.peer) injectRaw(ctx, "connect", SYS.connect, fd, ctx.put(e.peer), e.peer.length);
+    if (e.shutdown) {
+      const r = ctx.injector.raw(SYS.shutdown, fd, SHUT_HOW[e.shutdown]);
+      if (r < 0n && r !== BigInt(-Errno.ENOTCONN)) {
+        throw new RestoreError(`${e.description}: shutdown failed (${errnoName(Number(-r))})`);
+      }
+    }
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
@@ -328,6 +369,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     backlogSource: { oneOf: ["tcp_info", "sock_diag", "somaxconn", "none"] },
     cwd: "text",
     options: SOCKET_OPTIONS,
+    shutdown: { optional: "whole" },
     inode: "whole",
     description: "text",
   },

@@ -67,6 +67,18 @@ export class TargetSocket implements OptionReader {
     return r < 0 ? r : this.#readBack(128);
   }
 
+  /** poll() of the socket without waiting: its revents (0: none of `events`), or a negative errno. */
+  poll(events: number): number {
+    const pfd = new Uint8Array(8);
+    const v = new DataView(pfd.buffer);
+    v.setInt32(0, this.fd, true);
+    v.setInt16(4, events, true);
+    const addr = this.inj.put(pfd, SCRATCH_VALUE);
+    const r = Number(this.inj.raw(SYS.poll, addr, 1, 0));
+    if (r <= 0) return r;
+    return new DataView(this.inj.get(SCRATCH_VALUE, 8).slice().buffer).getUint16(6, true);
+  }
+
   /** An ioctl that fills an int (a queue length): the value, or a negative errno. */
   ioctlInt(request: number): number {
     const value = this.inj.put(new Uint8Array(4), SCRATCH_VALUE);

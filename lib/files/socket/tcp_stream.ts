@@ -1,10 +1,10 @@
 /**
- * Established TCP connections (IPv4 and IPv6), dumped and made again with the kernel's TCP repair
+ * TCP connections (IPv4, IPv6 and v4-mapped), dumped and made again with the kernel's TCP repair
  * mode, as CRIU's libsoccr does: a socket in repair mode lets its sequence numbers, queues, window
  * and negotiated options be read and set, connect() in it sends no SYN, and closing it sends
  * neither FIN nor RST.
  *
- * Dump (dispatch.ts hands over a TCP socket in state ESTABLISHED or CLOSE_WAIT): unlike the other
+ * Dump (dispatch.ts hands over a TCP socket connected, connecting or closing): unlike the other
  * kinds, everything is done from the tool on a copy of the socket taken with pidfd_getfd, because
  * TCP_REPAIR needs CAP_NET_ADMIN in the caller and the target may not have it. (The copy moves the
  * socket's cgroup-v1 net_cls/net_prio tags to the tool's cgroup; that only matters where those
@@ -41,19 +41,31 @@
  * refuses up front when this kernel has a socket for the same address pair (sock_diag): the
  * original was not killed, or the connection lingers in TIME_WAIT.
  *
- * CLOSE_WAIT (the peer closed its side, this one did not yet) comes back ESTABLISHED with reading
- * shut down (shutdown SHUT_RD) and its receive sequence past the peer's FIN: reads give the queued
- * bytes then EOF, writes go on, our ACKs acknowledge the FIN as before. Only TCP_INFO shows the
- * difference, and a close then passes through FIN_WAIT rather than LAST_ACK. An established
- * socket the program shut for reading comes back shut too.
+ * States. A connecting socket (SYN_SENT) is bound in repair mode with its SYN's sequence number,
+ * and at resume connects again out of repair mode: a SYN goes out (the file made non-blocking for
+ * the call), and a program blocked in connect() waits on in its restarted call. A closing
+ * connection's FINs are not in its queues (the dumped lengths and sequence numbers lose them, as
+ * libsoccr's): it is made established, then, once out of repair mode and after the bytes never
+ * sent, our FIN comes back by shutdown(SHUT_WR) (FIN_WAIT1, CLOSING; LAST_ACK after the peer's)
+ * and the peer's by a segment as from the peer (tcp_segment.ts: CLOSE_WAIT, CLOSING, LAST_ACK),
+ * so the kernel's own state machine takes the socket to its state. FIN_WAIT2's FIN, acknowledged,
+ * is counted as sent in repair mode (shutdown with the send queue selected) and the peer's
+ * acknowledgement is a segment too. An established socket the program shut for reading comes
+ * back shut too. TIME_WAIT and SYN_RECV belong to the kernel, never to a descriptor: a socket
+ * whose connection went through TIME_WAIT (or LAST_ACK, or a reset already read) is in CLOSE,
+ * shut both ways, with the bytes it did not read, then EOF; it comes back so (`repairEnded`),
+ * on its address, with no peer (which no call shows). Its port stays bound while the program
+ * holds it, also where the original, bound by connect(), let it go when its connection ended;
+ * and a connect() on it says EISCONN, also where the original's own connect had failed (a
+ * refused connect whose error was read), on which a second connect() tries again.
  *
  * Limits. Between the kill and the restore no socket has the connection: a packet from the peer
  * (data, a retransmission, a keepalive probe) would get a RST from this kernel, so the dump's
- * network lock (lib/network/lock.ts) drops them until the restore. Other states (SYN_SENT, SYN_RECV, FIN_WAIT1/2,
- * CLOSING, LAST_ACK, TIME_WAIT) are refused by dispatch.ts. Not kept: ECN, urgent data, a
- * TCP_MAXSEG the program set, the congestion control algorithm, MD5/AO signatures, a buffer size
- * the program fixed below what the queues needed (it is grown). A tool killed with SIGKILL during
- * a dump leaves the connection in repair mode behind the filter. The restore happens in the tool's
+ * network lock (lib/network/lock.ts) drops them until the restore; the segments a restore forges
+ * for closing states carry a mark the lock lets through. Not kept: ECN, urgent data, a TCP_MAXSEG
+ * the program set, data sent in a SYN (TCP Fast Open), MD5/AO signatures, a buffer size the
+ * program fixed below what the queues needed (it is grown). A tool killed with SIGKILL during a
+ * dump leaves the connection in repair mode behind the filter. The restore happens in the tool's
  * network namespace.
  */
 import {
@@ -61,6 +73,7 @@ import {
   DROP_ALL_FILTER,
   Errno,
   errnoName,
+  F,
   IPPROTO,
   MSG,
   O,
@@ -71,6 +84,7 @@ import {
   SOCK,
   SOCK_IOCTL,
   SOL,
+  syscall,
   TCP,
   TCP_QUEUE,
   TCP_REPAIR,
@@ -98,6 +112,7 @@ import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, handToTarget, readU32 } from "../util.ts";
 import { formatAddress } from "./address.ts";
+import { sendSegment, TCP_FLAG } from "./tcp_segment.ts";
 import { tcpSocketState } from "./diag.ts";
 import {
   changedOptions,
@@ -117,10 +132,52 @@ export interface TcpWindow {
   rcvWup: number;
 }
 
+/** The TCP states a dumped connection can be in (SYN_SENT: connecting). */
+export type TcpStreamState =
+  | "established"
+  | "syn-sent"
+  | "fin-wait1"
+  | "fin-wait2"
+  | "closing"
+  | "close-wait"
+  | "last-ack"
+  | "close";
+
+const STREAM_STATES: Record<number, TcpStreamState> = {
+  [TCP_STATE.ESTABLISHED]: "established",
+  [TCP_STATE.SYN_SENT]: "syn-sent",
+  [TCP_STATE.FIN_WAIT1]: "fin-wait1",
+  [TCP_STATE.FIN_WAIT2]: "fin-wait2",
+  [TCP_STATE.CLOSING]: "closing",
+  [TCP_STATE.CLOSE_WAIT]: "close-wait",
+  [TCP_STATE.LAST_ACK]: "last-ack",
+  [TCP_STATE.CLOSE]: "close",
+};
+
+/**
+ * Where a connection's FINs are in a state: `sent` (ours is in the send sequence, shutdown
+ * SHUT_WR), `acked` (the peer acknowledged it), `received` (the peer's is in the receive
+ * sequence), `receivedFirst` (the peer's came before ours: LAST_ACK).
+ */
+export interface Fins {
+  sent: boolean;
+  acked: boolean;
+  received: boolean;
+  receivedFirst: boolean;
+}
+
+/** The FINs of `state` (see `Fins`). */
+export function finsOf(state: TcpStreamState): Fins {
+  const sent = ["fin-wait1", "fin-wait2", "closing", "last-ack", "close"].includes(state);
+  const received = ["closing", "close-wait", "last-ack", "close"].includes(state);
+  const acked = state === "fin-wait2" || state === "close";
+  return { sent, acked, received, receivedFirst: state === "last-ack" };
+}
+
 /** The kernel's state of a connection, as TCP repair reads and sets it. */
 export interface TcpConnectionState {
-  /** "close-wait": the peer had closed its side (comes back established, shut for reading). */
-  state: "established" | "close-wait";
+  /** The TCP state (see the header for how each comes back). */
+  state: TcpStreamState;
   /** Reading was shut (the peer's FIN, or shutdown(SHUT_RD)): EOF after the queued bytes. */
   readShutdown: boolean;
   /** SO_BUF_LOCK: 1 SO_SNDBUF and 2 SO_RCVBUF were fixed by the program (no autotuning). */
@@ -147,7 +204,7 @@ export interface TcpConnectionState {
   window: TcpWindow;
 }
 
-/** An established TCP connection with the bytes in flight both ways. */
+/** A TCP connection with the bytes in flight both ways. */
 export interface TcpStreamEntry extends FileEntry, TcpConnectionState {
   kind: "tcp-stream";
   /** AF_INET 2, AF_INET6 10. */
@@ -175,8 +232,20 @@ export interface TcpStreamBase {
 
 /** Whether dispatch.ts should hand a TCP socket in this TCP_INFO state to `dumpTcpStream`. */
 export function isTcpStreamState(state: number): boolean {
-  return state === TCP_STATE.ESTABLISHED || state === TCP_STATE.CLOSE_WAIT;
+  return state in STREAM_STATES;
 }
+
+/** What the description of a connection says of its state. */
+const STATE_NOTES: Record<TcpStreamState, string> = {
+  "established": "",
+  "syn-sent": ", its SYN not answered yet (SYN_SENT)",
+  "fin-wait1": ", closed on its side (FIN_WAIT1)",
+  "fin-wait2": ", closed on its side (FIN_WAIT2)",
+  "closing": ", closed on both sides at once (CLOSING)",
+  "close-wait": ", its peer closed its side",
+  "last-ack": ", closed on both sides, its peer first (LAST_ACK)",
+  "close": "",
+};
 
 // ---- Dump ----
 
@@ -262,9 +331,10 @@ function readQueue(
  * still until the dump ends (see the header).
  */
 export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase): TcpStreamEntry {
-  const description = `${base.what} ${formatAddress(base.address)} connected to ${
-    formatAddress(base.peer)
-  }`;
+  // An ended connection (CLOSE) has no peer to tell: dispatch.ts gives its own address.
+  const ended = base.peer === base.address;
+  const description = `${base.what} ${formatAddress(base.address)} ` +
+    (ended ? "whose connection ended" : `connected to ${formatAddress(base.peer)}`);
   const fail = (why: string): never => {
     throw new DumpError(
       `fd ${fd.fd} of process ${fd.pid}: ${description}: ${why}; a policy can skip it`,
@@ -293,7 +363,7 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
     // With nowhere to wait for the end of the dump, the connection is put back at once.
     if (ctx.atDumpEnd) ctx.atDumpEnd(end);
     else end(false);
-    const closing = entry.state === "close-wait" ? ", its peer closed its side" : "";
+    const closing = entry.state === "established" ? "" : STATE_NOTES[entry.state];
     return {
       id: fd.fileId,
       kind: "tcp-stream",
@@ -349,15 +419,36 @@ function readConnection(s: number, fail: (why: string) => never): TcpConnectionS
       return n;
     },
   );
+  const state = STREAM_STATES[tcpState];
+  const fins = finsOf(state);
+  if (state === "close") {
+    // Nothing more goes out of an ended connection: a reset one may count bytes it dropped.
+    lengths[1] = lengths[2] = 0;
+  } else if (fins.sent && !fins.acked) {
+    // Our FIN counts in the send queue's lengths but holds no byte: it is last, and unsent when
+    // anything is.
+    lengths[1] = Math.max(0, lengths[1] - 1);
+    lengths[2] = Math.max(0, lengths[2] - 1);
+  }
+  if (state === "syn-sent") {
+    // The queue lengths say nothing while connecting: a SYN that carries data (TCP Fast Open)
+    // shows in the send queue itself.
+    trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND);
+    if (tryRecv(s, new Uint8Array(1), MSG.PEEK | MSG.DONTWAIT) !== 0) {
+      fail("its SYN carries data (TCP Fast Open), which tardigrade does not keep");
+    }
+  }
   const bufferLocks = tryGetsockopt(s, SOL.SOCKET, SO.BUF_LOCK, 4);
   const incoming = readQueue(s, TCP_QUEUE.RECV, lengths[0], fail);
-  const outgoing = readQueue(s, TCP_QUEUE.SEND, lengths[1], fail);
+  const outgoing = state === "close"
+    ? { seq: 0, data: new Uint8Array(0) }
+    : readQueue(s, TCP_QUEUE.SEND, lengths[1], fail);
   // No queue selected: in repair mode with the send queue selected, the kernel would count
   // unsent bytes as sent without sending them.
   trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE);
   const revents = tryPoll(s, POLL.RDHUP);
   return {
-    state: tcpState === TCP_STATE.CLOSE_WAIT ? "close-wait" : "established",
+    state,
     readShutdown: revents > 0 && (revents & POLL.RDHUP) !== 0,
     bufferLocks: typeof bufferLocks === "number" ? 0 : readU32(bufferLocks),
     inSeq: incoming.seq,
@@ -420,20 +511,86 @@ function must(r: number, what: string): void {
   if (r < 0) throw new Error(`${what} failed (${errnoName(-r)})`);
 }
 
+/** The first unacknowledged sequence number of the dumped connection (snd_una). */
+function sndUna(e: TcpStreamEntry, fins: Fins): number {
+  return (e.outSeq - e.outQueue.length - (fins.sent && !fins.acked ? 1 : 0)) >>> 0;
+}
+
+/** Sends `e`'s socket a segment as from its peer (tcp_segment.ts), with the dumped window. */
+function fromPeer(e: TcpStreamEntry, seq: number, ack: number, flags: number): void {
+  const window = Math.min(
+    0xffff,
+    e.window.sndWnd >>> (e.tcpOptions & TCPI_OPT.WSCALE ? e.sndWscale : 0),
+  );
+  sendSegment({ from: e.peer, to: e.address, seq: seq >>> 0, ack: ack >>> 0, flags, window });
+}
+
+/** The TCP state of the tool's socket `s`, or a negative errno. */
+function stateOf(s: number): number {
+  const info = tryGetsockopt(s, SOL.TCP, TCP.INFO, 8);
+  return typeof info === "number" ? info : info[0];
+}
+
+/**
+ * Whether `done()` holds within 5 s: a segment as from the peer comes in through loopback
+ * at once, but maybe on another CPU.
+ */
+function soon(done: () => boolean): boolean {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (let tries = 0; !done(); tries++) {
+    if (tries >= 1000) return false;
+    Atomics.wait(nap, 0, 0, 5);
+  }
+  return true;
+}
+
+/** Waits until `s` is in `state` (see `soon`); throws naming the step when it is not. */
+function expectState(s: number, state: number, step: string): void {
+  if (!soon(() => stateOf(s) === state)) {
+    throw new Error(
+      `${step}: the socket is in state ${tcpStateName(stateOf(s))}, not ${tcpStateName(state)}`,
+    );
+  }
+}
+
 /** Makes the connection in repair mode on the tool's socket `s` (see the header for the order). */
 function repairConnection(e: TcpStreamEntry, s: number): void {
   const r = trySetsockoptInt(s, SOL.TCP, TCP.REPAIR, TCP_REPAIR.ON);
   if (r === -Errno.EPERM) throw new Error("TCP_REPAIR needs CAP_NET_ADMIN, which the tool lacks");
   must(r, "TCP_REPAIR");
   must(tryBind(s, e.address), "bind");
+  const fins = finsOf(e.state);
+  if (e.state === "close") {
+    repairEnded(e, s);
+    return;
+  }
+  if (e.state === "syn-sent") {
+    // The SYN's sequence number (the dumped one is past it); connect() comes at resume, out of
+    // repair mode, so that a SYN goes out again.
+    must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+    must(trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, e.outSeq - 1), "TCP_QUEUE_SEQ (send)");
+    must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+    return;
+  }
+  // The FINs are not in the queues: they come back at the end, by shutdown and by segment.
   must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
   must(
-    trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, e.inSeq - e.inQueue.length),
+    trySetsockoptInt(
+      s,
+      SOL.TCP,
+      TCP.QUEUE_SEQ,
+      e.inSeq - (fins.received ? 1 : 0) - e.inQueue.length,
+    ),
     "TCP_QUEUE_SEQ (receive)",
   );
   must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
   must(
-    trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, e.outSeq - e.outQueue.length),
+    trySetsockoptInt(
+      s,
+      SOL.TCP,
+      TCP.QUEUE_SEQ,
+      e.outSeq - (fins.sent ? 1 : 0) - e.outQueue.length,
+    ),
     "TCP_QUEUE_SEQ (send)",
   );
   const c = tryConnect(s, e.peer);
@@ -460,12 +617,90 @@ function repairConnection(e: TcpStreamEntry, s: number): void {
   must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
 
   const w = e.window;
-  const win = new Uint32Array([w.sndWl1, w.sndWnd, w.maxWindow, w.rcvWnd, w.rcvWup]);
+  // The peer's FIN, not in the receive sequence yet, takes one from the window (as libsoccr).
+  const fin = fins.received ? 1 : 0;
+  const win = new Uint32Array([w.sndWl1, w.sndWnd, w.maxWindow, w.rcvWnd + fin, w.rcvWup - fin]);
   must(
     trySetsockopt(s, SOL.TCP, TCP.REPAIR_WINDOW, new Uint8Array(win.buffer)),
     "TCP_REPAIR_WINDOW",
   );
-  if (e.readShutdown) must(tryShutdown(s, SHUT.RD), "shutdown(SHUT_RD)");
+  if (e.readShutdown && !fins.received) must(tryShutdown(s, SHUT.RD), "shutdown(SHUT_RD)");
+  if (fins.acked) {
+    // FIN_WAIT2: our FIN counted as sent (the send queue selected, it is not transmitted), then
+    // the peer's acknowledgement of it.
+    must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+    must(tryShutdown(s, SHUT.WR), "shutdown(SHUT_WR)");
+    must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+    fromPeer(e, e.inSeq, e.outSeq, TCP_FLAG.ACK);
+    expectState(s, TCP_STATE.FIN_WAIT2, "the acknowledgement of its FIN");
+  }
+}
+
+/**
+ * An ended connection (CLOSE, its bytes still to read, then EOF): made in repair mode as a
+ * connection to itself, with sequence numbers of its own that make its own segments acceptable
+ * to it (its peer is gone and no call shows one), the bytes written back, then the peer's FIN
+ * (CLOSE_WAIT), ours counted as sent (LAST_ACK) and its acknowledgement: the kernel ends it as
+ * it ended the original (CLOSE, shut both ways, SOCK_DONE), and nothing goes out.
+ */
+function repairEnded(e: TcpStreamEntry, s: number): void {
+  const fin = e.inSeq; // the peer's FIN, just past the bytes; ours comes right after it
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, fin - e.inQueue.length), "TCP_QUEUE_SEQ");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.QUEUE_SEQ, fin + 1), "TCP_QUEUE_SEQ");
+  must(tryConnect(s, e.address), "connect to itself");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.RECV), "TCP_REPAIR_QUEUE");
+  writeBack(s, e.inQueue, SO.RCVBUFFORCE, "receive queue");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+  fromPeer(e, fin, fin + 1, TCP_FLAG.FIN | TCP_FLAG.ACK);
+  expectState(s, TCP_STATE.CLOSE_WAIT, "its peer's FIN");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.SEND), "TCP_REPAIR_QUEUE");
+  must(tryShutdown(s, SHUT.WR), "shutdown(SHUT_WR)");
+  must(trySetsockoptInt(s, SOL.TCP, TCP.REPAIR_QUEUE, TCP_QUEUE.NONE), "TCP_REPAIR_QUEUE");
+  fromPeer(e, fin + 1, fin + 2, TCP_FLAG.ACK);
+  expectState(s, TCP_STATE.CLOSE, "the acknowledgement of its FIN");
+}
+
+/**
+ * The rest of the connection once out of repair mode, in its sequence order: a connecting socket
+ * connects; the bytes never sent go out as ordinary writes; then the FINs of a closing one, ours
+ * by shutdown(SHUT_WR) after those bytes, the peer's by a segment as from it (see the header).
+ */
+function finishConnection(e: TcpStreamEntry, s: number): void {
+  if (e.state === "close") return;
+  if (e.state === "syn-sent") {
+    connectAgain(e, s);
+    return;
+  }
+  sendUnsent(e, s);
+  const fins = finsOf(e.state);
+  if (fins.sent && !fins.acked && !fins.receivedFirst) {
+    must(tryShutdown(s, SHUT.WR), "shutdown(SHUT_WR)");
+  }
+  if (fins.received) {
+    fromPeer(e, e.inSeq - 1, sndUna(e, fins), TCP_FLAG.FIN | TCP_FLAG.ACK);
+    if (!soon(() => (tryPoll(s, POLL.RDHUP) & POLL.RDHUP) !== 0)) {
+      throw new Error("the socket did not take its peer's FIN");
+    }
+  }
+  if (fins.receivedFirst) must(tryShutdown(s, SHUT.WR), "shutdown(SHUT_WR)");
+}
+
+/**
+ * connect() again for a socket that was connecting: a SYN goes out with the dumped sequence
+ * number. Non-blocking for the while (the file is the target's too): a program that was blocked
+ * in connect() waits on in its restarted call.
+ */
+function connectAgain(e: TcpStreamEntry, s: number): void {
+  const flags = Number(syscall("fcntl", s, F.GETFL, 0));
+  if (!(flags & O.NONBLOCK)) syscall("fcntl", s, F.SETFL, flags | O.NONBLOCK);
+  try {
+    const c = tryConnect(s, e.peer);
+    if (c < 0 && c !== -Errno.EINPROGRESS) must(c, `connect to ${formatAddress(e.peer)}`);
+  } finally {
+    if (!(flags & O.NONBLOCK)) syscall("fcntl", s, F.SETFL, flags);
+  }
 }
 
 /** Connections made in repair mode and held by the tool, per restore context. */
@@ -520,7 +755,7 @@ function resumeTcpStreams(scope: object): void {
     }
     for (const { entry, socket } of list) {
       at = entry;
-      sendUnsent(entry, socket);
+      finishConnection(entry, socket);
       trySetsockoptInt(socket, SOL.SOCKET, SO.BUF_LOCK, entry.bufferLocks);
     }
   } catch (err) {
@@ -539,11 +774,11 @@ function dropTcpStreams(scope: object): void {
   pending.delete(scope);
 }
 
-/** Established TCP connections; dispatch.ts hands them over at dump (no fd kind of their own). */
+/** TCP connections; dispatch.ts hands them over at dump (no fd kind of their own). */
 export const tcpStreamHandler: FileHandler<TcpStreamEntry> = {
   kind: "tcp-stream",
   fields: {
-    state: { oneOf: ["established", "close-wait"] },
+    state: { oneOf: Object.values(STREAM_STATES) },
     readShutdown: "bool",
     bufferLocks: "whole",
     inSeq: "whole",
