@@ -6,8 +6,9 @@
 import process from "node:process";
 import repl from "node:repl";
 import { PassThrough } from "node:stream";
-import { evaluate, Incomplete, isIncomplete, type Scope } from "./evaluate.ts";
-import { helpers, initialScope } from "./helpers.ts";
+import { evaluate, Incomplete, isIncomplete } from "./evaluate.ts";
+import { helpers, initialScope, RESULT_SHAPES } from "./helpers.ts";
+import { complete, watchPromises } from "./completion.ts";
 import { TOOL_VERSION } from "../mod.ts";
 
 type Callback = (err: Error | null, value?: unknown) => void;
@@ -52,42 +53,6 @@ function show(v: unknown): unknown {
   if (!isRows(v)) return v;
   console.table(cells(v));
   return undefined;
-}
-
-/** Property names of `obj` and its prototypes (not Object.prototype's). */
-function propertyNames(obj: unknown): string[] {
-  const out = new Set<string>();
-  let o = obj;
-  if (typeof o !== "object" && typeof o !== "function") o = Object(o);
-  while (o && o !== Object.prototype && o !== Function.prototype) {
-    for (const k of Object.getOwnPropertyNames(o)) out.add(k);
-    o = Object.getPrototypeOf(o);
-  }
-  return [...out].filter((k) => /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor");
-}
-
-/** Completes the identifier or `a.b.c` property path at the end of `line`. */
-export function complete(line: string, scope: Scope): [string[], string] {
-  const token = line.match(/[\w$]+(?:\.[\w$]*)*$|$/)![0];
-  const dot = token.lastIndexOf(".");
-  if (dot < 0) {
-    const names = new Set([...Object.keys(scope), ...Object.getOwnPropertyNames(globalThis)]);
-    return [[...names].filter((n) => n.startsWith(token)).sort(), token];
-  }
-  const path = token.slice(0, dot).split(".");
-  const partial = token.slice(dot + 1);
-  let obj: unknown = path[0] in scope ? scope[path[0]] : (globalThis as Scope)[path[0]];
-  try {
-    for (const p of path.slice(1)) obj = (obj as Scope)?.[p];
-  } catch {
-    return [[], token];
-  }
-  if (obj === undefined || obj === null) return [[], token];
-  const base = token.slice(0, dot + 1);
-  return [
-    propertyNames(obj).filter((n) => n.startsWith(partial)).sort().map((n) => base + n),
-    token,
-  ];
 }
 
 /** Options of `startRepl`. */
@@ -149,10 +114,14 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
         } catch (err) {
           if (err instanceof Incomplete) cb(new repl.Recoverable(err));
           else cb(err instanceof Error ? err : new Error(String(err)));
+        } finally {
+          watchPromises(scope);
         }
       });
     },
-    completer: (line: string) => complete(line, scope),
+    // No inline preview: it runs the input in a context without the session's names.
+    preview: false,
+    completer: (line: string) => complete(line, scope, Object.keys(server.commands), RESULT_SHAPES),
   });
 
   const displayPrompt = server.displayPrompt.bind(server);
