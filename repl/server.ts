@@ -9,6 +9,8 @@ import { PassThrough } from "node:stream";
 import { evaluate, Incomplete, isIncomplete } from "./evaluate.ts";
 import { helpers, initialScope, RESULT_SHAPES } from "./helpers.ts";
 import { complete, watchPromises } from "./completion.ts";
+import { HISTORY_SIZE, type HistoryHolder, keepHistory } from "./history.ts";
+import { installReverseSearch, type SearchableEditor } from "./reverse_search.ts";
 import { TOOL_VERSION } from "../mod.ts";
 
 type Callback = (err: Error | null, value?: unknown) => void;
@@ -59,11 +61,14 @@ function show(v: unknown): unknown {
 export interface ReplOptions {
   /** Where history is kept (default ~/.tardigrade_history; only for a terminal). */
   historyPath?: string;
+  /** How many lines of history are kept, in the file and in the session (default 1000). */
+  historySize?: number;
 }
 
 /** Runs a REPL on stdin/stdout until it ends; resolves to the exit code. */
 export function startRepl(opts: ReplOptions = {}): Promise<number> {
   const scope = initialScope();
+  const historySize = opts.historySize ?? HISTORY_SIZE;
   // Inputs run one after another even when lines arrive faster (piped stdin).
   let queue: Promise<unknown> = Promise.resolve();
   const enqueue = (job: () => Promise<void>) => {
@@ -178,7 +183,10 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
 
   if (terminal) {
     const home = Deno.env.get("HOME") ?? ".";
-    server.setupHistory(opts.historyPath ?? `${home}/.tardigrade_history`, () => {});
+    const path = opts.historyPath ?? `${home}/.tardigrade_history`;
+    Object.assign(server, { historySize });
+    keepHistory(server as unknown as HistoryHolder, path, historySize);
+    installReverseSearch(server as unknown as SearchableEditor);
   }
   return new Promise((resolve) => {
     server.on("exit", () => {

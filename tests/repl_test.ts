@@ -2,7 +2,10 @@
 import assert from "node:assert/strict";
 import { complete, watchPromises } from "../repl/completion.ts";
 import { initialScope, RESULT_SHAPES } from "../repl/helpers.ts";
+import { keepHistory, readHistory } from "../repl/history.ts";
+import { findInHistory } from "../repl/reverse_search.ts";
 import { Process } from "../mod.ts";
+import { EventEmitter } from "node:events";
 import { declaredNames, evaluate } from "../repl/evaluate.ts";
 import { fixture, spawnTarget } from "./helpers.ts";
 
@@ -116,4 +119,29 @@ Deno.test("repl: completion lists the members of the object before the dot", asy
   assert.deepEqual(complete("nosuch.x", scope), [[], "x"]);
   // Dot-commands at the start of a line.
   assert.deepEqual(complete(".i", scope, ["inspect", "help", "ps"]), [[".inspect"], ".i"]);
+});
+
+Deno.test("repl: history is appended to its file (0600) and cut back to its size", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-history-" });
+  try {
+    const path = `${dir}/history`;
+    await Deno.writeTextFile(path, ["one", "two", "three", "four"].join("\n") + "\n");
+    const rl = Object.assign(new EventEmitter(), { history: [] as string[] });
+    keepHistory(rl, path, 3);
+    // The session starts with the last three lines, newest first; the file is cut to them.
+    assert.deepEqual(rl.history, ["four", "three", "two"]);
+    assert.deepEqual(readHistory(path, 100), ["two", "three", "four"]);
+    for (const line of ["five", "five", "six"]) {
+      rl.history.unshift(line);
+      rl.emit("history", rl.history);
+    }
+    // A line repeated at once is kept once; the file never holds more than three lines.
+    assert.deepEqual(readHistory(path, 100), ["four", "five", "six"]);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    assert.deepEqual(findInHistory(["six", "five", "four"], "f", 0), 1);
+    assert.deepEqual(findInHistory(["six", "five", "four"], "f", 2), 2);
+    assert.deepEqual(findInHistory(["six"], "x", 1), -1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
