@@ -61,7 +61,12 @@ export {
   type TimerfdInfo,
   type TimeSpec,
 } from "./lib/inspect/fds.ts";
-export { freeze, type FrozenProcess, type FrozenThread } from "./lib/ptrace/freeze.ts";
+export {
+  freeze,
+  type FrozenProcess,
+  type FrozenThread,
+  interruptFrozen,
+} from "./lib/ptrace/freeze.ts";
 export { type Arg, Injector, type SyscallName } from "./lib/ptrace/inject.ts";
 export { RemoteMemory } from "./lib/inspect/memory.ts";
 export {
