@@ -10,6 +10,8 @@ import { evaluate, Incomplete, isIncomplete } from "./evaluate.ts";
 import { helpers, initialScope, RESULT_SHAPES } from "./helpers.ts";
 import { complete, watchPromises } from "./completion.ts";
 import { HISTORY_SIZE, type HistoryHolder, keepHistory } from "./history.ts";
+import { errorSummary, fullStack } from "./errors.ts";
+import { Interrupted, Waiting } from "./interrupt.ts";
 import { installReverseSearch, type SearchableEditor } from "./reverse_search.ts";
 import { TOOL_VERSION } from "../mod.ts";
 
@@ -76,6 +78,21 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     return queue;
   };
   const terminal = Deno.stdin.isTerminal();
+  const waiting = new Waiting();
+  let lastError: unknown = undefined;
+  /** Shows an error in a line or two; `.stack` shows all of it. */
+  const report = (err: unknown) => {
+    lastError = err;
+    console.log(errorSummary(err));
+  };
+  // A promise rejected with no one to hear it ends a Deno program: here it is only reported.
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    lastError = e.reason;
+    console.log(`\n(in a promise) ${errorSummary(e.reason)}`);
+    // Between inputs on a terminal the prompt is drawn again, with what was being typed.
+    if (terminal && !waiting.busy) server.displayPrompt(true);
+  });
   // Piped input is fed one line at a time, each once the previous one is done (the REPL shows
   // its prompt again): node:repl reads ahead otherwise, and async evaluation would interleave.
   let release = () => {};
@@ -115,10 +132,11 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       if (isIncomplete(code)) return cb(new repl.Recoverable(new Incomplete("more input")));
       enqueue(async () => {
         try {
-          cb(null, show(await evaluate(code, scope)));
+          cb(null, show(await waiting.until(evaluate(code, scope))));
         } catch (err) {
-          if (err instanceof Incomplete) cb(new repl.Recoverable(err));
-          else cb(err instanceof Error ? err : new Error(String(err)));
+          if (err instanceof Incomplete) return cb(new repl.Recoverable(err));
+          report(err);
+          cb(null);
         } finally {
           watchPromises(scope);
         }
@@ -142,10 +160,11 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       action(arg: string) {
         enqueue(async () => {
           try {
-            const v = show(await body(arg.trim()));
+            const v = show(await waiting.until(body(arg.trim())));
             if (v !== undefined) console.log(v);
           } catch (err) {
-            console.error(`tardigrade: ${(err as Error).message}`);
+            if (err instanceof Interrupted) report(err);
+            else console.error(`tardigrade: ${(err as Error).message}`);
           }
           server.displayPrompt();
         });
@@ -172,6 +191,10 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       console.log(p.totals);
     }
   });
+  command("stack", "Show the whole last error: its stack and causes", () => {
+    console.log(lastError === undefined ? "no error yet" : fullStack(lastError));
+    return Promise.resolve();
+  });
   command("help", "Show the helpers and these commands", () => {
     helpers.help();
     console.log("\ncommands:");
@@ -179,6 +202,15 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       console.log(`  .${name.padEnd(8)} ${(c as { help?: string }).help ?? ""}`);
     }
     return Promise.resolve();
+  });
+
+  // Ctrl-C while an input runs interrupts it; else it clears the line being typed (or the lines
+  // of an unfinished input), as node:repl does.
+  const clearInput = server.listeners("SIGINT");
+  server.removeAllListeners("SIGINT");
+  server.on("SIGINT", () => {
+    if (waiting.interrupt()) return;
+    for (const fn of clearInput) fn.call(server);
   });
 
   if (terminal) {
