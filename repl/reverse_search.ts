@@ -10,6 +10,7 @@ export interface Key {
   name?: string;
   ctrl?: boolean;
   meta?: boolean;
+  shift?: boolean;
   sequence?: string;
 }
 

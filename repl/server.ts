@@ -12,6 +12,7 @@ import { complete, watchPromises } from "./completion.ts";
 import { HISTORY_SIZE, type HistoryHolder, keepHistory } from "./history.ts";
 import { errorSummary, fullStack } from "./errors.ts";
 import { Interrupted, Waiting } from "./interrupt.ts";
+import { type CompletingEditor, installTabCompletion } from "./tab_key.ts";
 import { installReverseSearch, type SearchableEditor } from "./reverse_search.ts";
 import { TOOL_VERSION } from "../mod.ts";
 
@@ -144,7 +145,6 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     },
     // No inline preview: it runs the input in a context without the session's names.
     preview: false,
-    completer: (line: string) => complete(line, scope, Object.keys(server.commands), RESULT_SHAPES),
   });
 
   const displayPrompt = server.displayPrompt.bind(server);
@@ -218,6 +218,11 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     const path = opts.historyPath ?? `${home}/.tardigrade_history`;
     Object.assign(server, { historySize });
     keepHistory(server as unknown as HistoryHolder, path, historySize);
+    installTabCompletion(
+      server as unknown as CompletingEditor,
+      (line) => complete(line, scope, Object.keys(server.commands), RESULT_SHAPES),
+      process.stdout,
+    );
     installReverseSearch(server as unknown as SearchableEditor);
   }
   return new Promise((resolve) => {

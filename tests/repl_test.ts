@@ -4,6 +4,7 @@ import { complete, watchPromises } from "../repl/completion.ts";
 import { initialScope, RESULT_SHAPES } from "../repl/helpers.ts";
 import { keepHistory, readHistory } from "../repl/history.ts";
 import { findInHistory } from "../repl/reverse_search.ts";
+import { commonPrefix, inColumns } from "../repl/tab_key.ts";
 import { Process } from "../mod.ts";
 import { EventEmitter } from "node:events";
 import { declaredNames, evaluate } from "../repl/evaluate.ts";
@@ -144,4 +145,10 @@ Deno.test("repl: history is appended to its file (0600) and cut back to its size
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("repl: Tab lists in columns what it cannot complete", () => {
+  assert.equal(commonPrefix(["PolicyError", "Process"]), "P");
+  assert.equal(commonPrefix(["open", "openSync"]), "open");
+  assert.equal(inColumns(["a", "bb", "ccc", "d"], 10), "a    bb\r\nccc  d");
 });
