@@ -17,33 +17,51 @@ export class Interrupted extends Error {
   }
 }
 
-/** The work the REPL is waiting for, if any, and the way to stop waiting for it. */
-export class Waiting {
-  #stop: ((err: Interrupted) => void) | null = null;
+/** Runs an input's work, or rejects with `Interrupted` as soon as Ctrl-C comes. */
+export type Interruptible = <T>(work: () => Promise<T>) => Promise<T>;
 
-  /** Whether an input is being waited for. */
+/** The inputs the REPL is waiting for, and the way to stop waiting for them. */
+export class Waiting {
+  readonly #pending = new Set<(err: Interrupted) => void>();
+
+  /** Whether an input is entered and not finished. */
   get busy(): boolean {
-    return this.#stop !== null;
+    return this.#pending.size > 0;
   }
 
-  /** `work`, or an `Interrupted` rejection as soon as `interrupt()` is called. */
-  async until<T>(work: Promise<T>): Promise<T> {
-    // Once given up, the work's own failure concerns no one: it must not end the REPL.
-    work.catch(() => {});
-    try {
-      return await Promise.race([
-        work,
-        new Promise<never>((_, reject) => this.#stop = reject),
-      ]);
-    } finally {
-      this.#stop = null;
-    }
+  /**
+   * Registers an input at once, when it is entered, so that a Ctrl-C that follows the Enter
+   * closely interrupts it even before it starts (its turn comes after the inputs before it).
+   */
+  begin(): Interruptible {
+    let stopped = false;
+    let stop = (_: Interrupted) => {};
+    const interrupted = new Promise<never>((_, reject) => stop = reject);
+    interrupted.catch(() => {}); // an input that already ended no longer listens
+    const entry = (err: Interrupted) => {
+      stopped = true;
+      stop(err);
+    };
+    this.#pending.add(entry);
+    return async <T>(work: () => Promise<T>): Promise<T> => {
+      try {
+        if (stopped) return await interrupted; // interrupted before its turn: never started
+        const running = work();
+        // Once given up, the work's own failure concerns no one: it must not end the REPL.
+        running.catch(() => {});
+        return await Promise.race([running, interrupted]);
+      } finally {
+        this.#pending.delete(entry);
+      }
+    };
   }
 
   /** Stops waiting (releasing frozen processes first); false if nothing was waited for. */
   interrupt(): boolean {
-    if (!this.#stop) return false;
-    this.#stop(new Interrupted(interruptFrozen()));
+    if (!this.busy) return false;
+    const err = new Interrupted(interruptFrozen());
+    for (const stop of this.#pending) stop(err);
+    this.#pending.clear();
     return true;
   }
 }

@@ -131,9 +131,10 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     eval: (code: string, _ctx: unknown, _file: string, cb: Callback) => {
       // Decided at once, before the next line is read, so the REPL buffers it with this one.
       if (isIncomplete(code)) return cb(new repl.Recoverable(new Incomplete("more input")));
+      const run = waiting.begin();
       enqueue(async () => {
         try {
-          cb(null, show(await waiting.until(evaluate(code, scope))));
+          cb(null, show(await run(() => evaluate(code, scope))));
         } catch (err) {
           if (err instanceof Incomplete) return cb(new repl.Recoverable(err));
           report(err);
@@ -158,9 +159,10 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     server.defineCommand(name, {
       help,
       action(arg: string) {
+        const run = waiting.begin();
         enqueue(async () => {
           try {
-            const v = show(await waiting.until(body(arg.trim())));
+            const v = show(await run(() => body(arg.trim())));
             if (v !== undefined) console.log(v);
           } catch (err) {
             if (err instanceof Interrupted) report(err);
