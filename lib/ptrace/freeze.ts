@@ -63,8 +63,9 @@ let signalsHooked = false;
 /**
  * Does what SIGINT does to the tool, but leaves the tool running: every process it holds frozen
  * is released (it runs on as it was, with the signals held back handed back) and the cleanups
- * registered with `onInterrupt` run, so a dump under way fails and leaves no partial image. For
- * interactive tools, where Ctrl-C ends one command and the session goes on. Returns the pids
+ * registered with `onInterrupt` run, so a dump under way fails and leaves no partial image, and
+ * a restore under way stops at its next stage before it resumes anything, killing what it made.
+ * For interactive tools, where Ctrl-C ends one command and the session goes on. Returns the pids
  * released.
  */
 export function interruptFrozen(): number[] {

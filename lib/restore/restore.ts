@@ -20,6 +20,7 @@ import { abortScope, handlerForEntry, releaseScope, resumeScope } from "../files
 import { ImageReader } from "../image/mod.ts";
 import { validateFields } from "../image/validate.ts";
 import { Injector } from "../ptrace/inject.ts";
+import { onInterrupt } from "../ptrace/freeze.ts";
 import { checkInherited } from "../files/external.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
@@ -538,7 +539,14 @@ async function restoreTree(
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
     : () => {};
+  // An interruption (interruptFrozen: Ctrl-C in the REPL) ends the restore at its next stage,
+  // before anything is resumed: what was made is killed as on any failure.
+  let interrupted = false;
+  using _interruption = { [Symbol.dispose]: onInterrupt(() => interrupted = true) };
   const stage = (name: RestoreStage, p: ProcessEntry) => {
+    if (interrupted) {
+      throw new RestoreError(`interrupted before the ${name} stage of process ${p.pid}`);
+    }
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
