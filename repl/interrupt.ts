@@ -1,8 +1,9 @@
 /**
  * Ctrl-C while an input is being evaluated: the REPL stops waiting for it and takes the next
  * one. Processes a dump holds frozen are released, as SIGINT does to the command line tool, so
- * the dump fails and leaves no image; other work the input started cannot be stopped from
- * outside and may end in the background (its result or error is then dropped).
+ * the dump fails and leaves no image; a restore stops at its next stage, before it resumes
+ * anything, and kills what it made. Other work the input started cannot be stopped from outside
+ * and may end in the background (its result or error is then dropped).
  */
 import { interruptFrozen } from "../mod.ts";
 
@@ -12,7 +13,10 @@ export class Interrupted extends Error {
   constructor(released: number[]) {
     const freed = released.length === 0 ? "" : `; released process ${released.join(", ")} ` +
       "from its freeze (the dump under way fails and leaves no image)";
-    super(`stopped waiting for the input; what it started may go on in the background${freed}`);
+    super(
+      "stopped waiting for the input (a dump or restore under way fails; other work it " +
+        `started may end in the background)${freed}`,
+    );
     this.name = "Interrupted";
   }
 }

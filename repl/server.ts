@@ -1,7 +1,9 @@
 /**
  * The REPL on `node:repl`, with an evaluator of its own (TypeScript, top-level await, names kept
- * between inputs), completion from the session's names and object properties, history, and
- * dot-commands for the common listings.
+ * between inputs) and dot-commands for the common listings; on a terminal, Tab completion
+ * (`tab_key.ts`, `completion.ts`), history across sessions (`history.ts`) with Ctrl-R
+ * (`reverse_search.ts`), Ctrl-C that interrupts an input (`interrupt.ts`); errors in a line or
+ * two (`errors.ts`).
  */
 import process from "node:process";
 import repl from "node:repl";
