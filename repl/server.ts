@@ -89,13 +89,14 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     console.log(errorSummary(err));
   };
   // A promise rejected with no one to hear it ends a Deno program: here it is only reported.
-  globalThis.addEventListener("unhandledrejection", (e) => {
+  const onUnhandled = (e: PromiseRejectionEvent) => {
     e.preventDefault();
     lastError = e.reason;
     console.log(`\n(in a promise) ${errorSummary(e.reason)}`);
     // Between inputs on a terminal the prompt is drawn again, with what was being typed.
     if (terminal && !waiting.busy) server.displayPrompt(true);
-  });
+  };
+  globalThis.addEventListener("unhandledrejection", onUnhandled);
   // Piped input is fed one line at a time, each once the previous one is done (the REPL shows
   // its prompt again): node:repl reads ahead otherwise, and async evaluation would interleave.
   let release = () => {};
@@ -231,6 +232,7 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
   }
   return new Promise((resolve) => {
     server.on("exit", () => {
+      globalThis.removeEventListener("unhandledrejection", onUnhandled);
       queue.then(() => resolve(0), () => resolve(0));
     });
   });
