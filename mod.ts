@@ -99,6 +99,7 @@ export {
   type FreezeOptions,
   type FrozenProcess,
   type FrozenThread,
+  interruptFrozen,
 } from "./lib/ptrace/freeze.ts";
 export { type Arg, Injector, type SyscallName } from "./lib/ptrace/inject.ts";
 export { RemoteMemory } from "./lib/inspect/memory.ts";

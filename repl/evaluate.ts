@@ -6,6 +6,8 @@
  * the end, so `const x = 1` on one line is `x` on the next.
  */
 
+import { LINES_BEFORE_INPUT, withoutModuleUrls } from "./errors.ts";
+
 /** The session's names, shared by every evaluated module. */
 export type Scope = Record<string, unknown>;
 
@@ -120,12 +122,15 @@ function moduleSource(scope: Scope, declared: string[], head: string, tail: stri
   const own = new Set(declared);
   const names = Object.keys(scope).filter((n) => IDENT.test(n) && !RESERVED.has(n) && !own.has(n));
   const all = [...names, ...declared];
+  // The input starts on line LINES_BEFORE_INPUT + 1, so errors can name the input's own lines.
+  const value = tail === null
+    ? "\n;const __value = undefined;" // on a line of its own: the input may end in a comment
+    : `;const __value = (${tail}\n);`;
   return [
     `// repl input ${++counter}`,
     `const __scope = (globalThis as any)[Symbol.for("tardigrade.repl.scope")];`,
     names.length ? `let { ${names.join(", ")} } = __scope;` : "",
-    head,
-    `;const __value = ${tail === null ? "undefined" : `(${tail}\n)`};`,
+    head + value,
     `Object.assign(__scope, { ${all.join(", ")} });`,
     `export default __value;`,
   ].join("\n");
@@ -148,21 +153,34 @@ export function isIncomplete(code: string): boolean {
   return topLevel(code, () => {});
 }
 
-/** Removes the long `data:` URLs from an error message; a parse error becomes a SyntaxError. */
+/** Where a parse error is: the module's line and column, from Deno's `at URL:LINE:COL`. */
+function parseErrorAt(err: unknown): { line: number; column: number } | null {
+  const m = (err as Error).message.match(/:(\d+):(\d+)\s*$/);
+  return m ? { line: Number(m[1]), column: Number(m[2]) } : null;
+}
+
+/**
+ * Whether a parse error lies after the input's last line, in the evaluator's own code: the
+ * input stopped too early (`const a =`, `class A`) and goes on on the next line.
+ */
+function endsEarly(err: unknown, code: string): boolean {
+  const at = parseErrorAt(err);
+  return at !== null && at.line > LINES_BEFORE_INPUT + code.trimEnd().split("\n").length;
+}
+
+/** A parse error as a SyntaxError naming the input's line and column, without the module's code. */
+function syntaxError(err: unknown): SyntaxError {
+  const first = (err as Error).message.replace(/^(TypeError: )?SyntaxError: /, "").split("\n")[0];
+  const at = parseErrorAt(err);
+  const where = at ? ` (line ${at.line - LINES_BEFORE_INPUT}, column ${at.column})` : "";
+  return new SyntaxError(`${first}${where}`);
+}
+
+/** Shortens the evaluator's module URLs in an error's message and stack. */
 function tidy(err: unknown): unknown {
-  if (isParseError(err)) {
-    const msg = (err as Error).message.replace(/^(TypeError: )?SyntaxError: /, "")
-      .replace(/\n\s*at data:.*$/s, "");
-    return new SyntaxError(msg);
-  }
   if (err instanceof Error) {
-    err.message = err.message.replace(
-      /data:application\/typescript;base64,[A-Za-z0-9+/=]+/g,
-      "repl",
-    );
-    if (err.stack) {
-      err.stack = err.stack.replace(/data:application\/typescript;base64,[A-Za-z0-9+/=]+/g, "repl");
-    }
+    err.message = withoutModuleUrls(err.message);
+    if (err.stack) err.stack = withoutModuleUrls(err.stack);
   }
   return err;
 }
@@ -193,6 +211,8 @@ export async function evaluate(code: string, scope: Scope): Promise<unknown> {
       lastErr = err;
     }
   }
-  if (isIncomplete(code)) throw new Incomplete("input continues on the next line");
-  throw tidy(lastErr);
+  if (isIncomplete(code) || endsEarly(lastErr, code)) {
+    throw new Incomplete("input continues on the next line");
+  }
+  throw syntaxError(lastErr);
 }

@@ -89,3 +89,18 @@ export const helpers = {
 export function initialScope(): Record<string, unknown> {
   return { ...sdk, sdk, ...helpers };
 }
+
+/**
+ * What the helpers resolve to, so that `(await proc(1)).` completes with the members of a
+ * Process without running anything.
+ */
+export const RESULT_SHAPES: Map<unknown, object> = new Map<unknown, object>([
+  [helpers.proc, Process.prototype],
+  [Process.open, Process.prototype],
+  [helpers.ps, Array.prototype],
+  [helpers.maps, Array.prototype],
+  [helpers.fds, Array.prototype],
+  [psRows, Array.prototype],
+  [mapsRows, Array.prototype],
+  [fdsRows, Array.prototype],
+]);

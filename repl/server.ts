@@ -1,13 +1,21 @@
 /**
  * The REPL on `node:repl`, with an evaluator of its own (TypeScript, top-level await, names kept
- * between inputs), completion from the session's names and object properties, history, and
- * dot-commands for the common listings.
+ * between inputs) and dot-commands for the common listings; on a terminal, Tab completion
+ * (`tab_key.ts`, `completion.ts`), history across sessions (`history.ts`) with Ctrl-R
+ * (`reverse_search.ts`), Ctrl-C that interrupts an input (`interrupt.ts`); errors in a line or
+ * two (`errors.ts`).
  */
 import process from "node:process";
 import repl from "node:repl";
 import { PassThrough } from "node:stream";
-import { evaluate, Incomplete, isIncomplete, type Scope } from "./evaluate.ts";
-import { helpers, initialScope } from "./helpers.ts";
+import { evaluate, Incomplete, isIncomplete } from "./evaluate.ts";
+import { helpers, initialScope, RESULT_SHAPES } from "./helpers.ts";
+import { complete, watchPromises } from "./completion.ts";
+import { HISTORY_SIZE, type HistoryHolder, keepHistory } from "./history.ts";
+import { errorSummary, fullStack } from "./errors.ts";
+import { Interrupted, Waiting } from "./interrupt.ts";
+import { type CompletingEditor, installTabCompletion } from "./tab_key.ts";
+import { installReverseSearch, type SearchableEditor } from "./reverse_search.ts";
 import { TOOL_VERSION } from "../mod.ts";
 
 type Callback = (err: Error | null, value?: unknown) => void;
@@ -54,51 +62,18 @@ function show(v: unknown): unknown {
   return undefined;
 }
 
-/** Property names of `obj` and its prototypes (not Object.prototype's). */
-function propertyNames(obj: unknown): string[] {
-  const out = new Set<string>();
-  let o = obj;
-  if (typeof o !== "object" && typeof o !== "function") o = Object(o);
-  while (o && o !== Object.prototype && o !== Function.prototype) {
-    for (const k of Object.getOwnPropertyNames(o)) out.add(k);
-    o = Object.getPrototypeOf(o);
-  }
-  return [...out].filter((k) => /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor");
-}
-
-/** Completes the identifier or `a.b.c` property path at the end of `line`. */
-export function complete(line: string, scope: Scope): [string[], string] {
-  const token = line.match(/[\w$]+(?:\.[\w$]*)*$|$/)![0];
-  const dot = token.lastIndexOf(".");
-  if (dot < 0) {
-    const names = new Set([...Object.keys(scope), ...Object.getOwnPropertyNames(globalThis)]);
-    return [[...names].filter((n) => n.startsWith(token)).sort(), token];
-  }
-  const path = token.slice(0, dot).split(".");
-  const partial = token.slice(dot + 1);
-  let obj: unknown = path[0] in scope ? scope[path[0]] : (globalThis as Scope)[path[0]];
-  try {
-    for (const p of path.slice(1)) obj = (obj as Scope)?.[p];
-  } catch {
-    return [[], token];
-  }
-  if (obj === undefined || obj === null) return [[], token];
-  const base = token.slice(0, dot + 1);
-  return [
-    propertyNames(obj).filter((n) => n.startsWith(partial)).sort().map((n) => base + n),
-    token,
-  ];
-}
-
 /** Options of `startRepl`. */
 export interface ReplOptions {
   /** Where history is kept (default ~/.tardigrade_history; only for a terminal). */
   historyPath?: string;
+  /** How many lines of history are kept, in the file and in the session (default 1000). */
+  historySize?: number;
 }
 
 /** Runs a REPL on stdin/stdout until it ends; resolves to the exit code. */
 export function startRepl(opts: ReplOptions = {}): Promise<number> {
   const scope = initialScope();
+  const historySize = opts.historySize ?? HISTORY_SIZE;
   // Inputs run one after another even when lines arrive faster (piped stdin).
   let queue: Promise<unknown> = Promise.resolve();
   const enqueue = (job: () => Promise<void>) => {
@@ -106,6 +81,22 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     return queue;
   };
   const terminal = Deno.stdin.isTerminal();
+  const waiting = new Waiting();
+  let lastError: unknown = undefined;
+  /** Shows an error in a line or two; `.stack` shows all of it. */
+  const report = (err: unknown) => {
+    lastError = err;
+    console.log(errorSummary(err));
+  };
+  // A promise rejected with no one to hear it ends a Deno program: here it is only reported.
+  const onUnhandled = (e: PromiseRejectionEvent) => {
+    e.preventDefault();
+    lastError = e.reason;
+    console.log(`\n(in a promise) ${errorSummary(e.reason)}`);
+    // Between inputs on a terminal the prompt is drawn again, with what was being typed.
+    if (terminal && !waiting.busy) server.displayPrompt(true);
+  };
+  globalThis.addEventListener("unhandledrejection", onUnhandled);
   // Piped input is fed one line at a time, each once the previous one is done (the REPL shows
   // its prompt again): node:repl reads ahead otherwise, and async evaluation would interleave.
   let release = () => {};
@@ -143,16 +134,21 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     eval: (code: string, _ctx: unknown, _file: string, cb: Callback) => {
       // Decided at once, before the next line is read, so the REPL buffers it with this one.
       if (isIncomplete(code)) return cb(new repl.Recoverable(new Incomplete("more input")));
+      const run = waiting.begin();
       enqueue(async () => {
         try {
-          cb(null, show(await evaluate(code, scope)));
+          cb(null, show(await run(() => evaluate(code, scope))));
         } catch (err) {
-          if (err instanceof Incomplete) cb(new repl.Recoverable(err));
-          else cb(err instanceof Error ? err : new Error(String(err)));
+          if (err instanceof Incomplete) return cb(new repl.Recoverable(err));
+          report(err);
+          cb(null);
+        } finally {
+          watchPromises(scope);
         }
       });
     },
-    completer: (line: string) => complete(line, scope),
+    // No inline preview: it runs the input in a context without the session's names.
+    preview: false,
   });
 
   const displayPrompt = server.displayPrompt.bind(server);
@@ -166,12 +162,14 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     server.defineCommand(name, {
       help,
       action(arg: string) {
+        const run = waiting.begin();
         enqueue(async () => {
           try {
-            const v = show(await body(arg.trim()));
+            const v = show(await run(() => body(arg.trim())));
             if (v !== undefined) console.log(v);
           } catch (err) {
-            console.error(`tardigrade: ${(err as Error).message}`);
+            if (err instanceof Interrupted) report(err);
+            else console.error(`tardigrade: ${(err as Error).message}`);
           }
           server.displayPrompt();
         });
@@ -198,6 +196,10 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
       console.log(p.totals);
     }
   });
+  command("stack", "Show the whole last error: its stack and causes", () => {
+    console.log(lastError === undefined ? "no error yet" : fullStack(lastError));
+    return Promise.resolve();
+  });
   command("help", "Show the helpers and these commands", () => {
     helpers.help();
     console.log("\ncommands:");
@@ -207,12 +209,30 @@ export function startRepl(opts: ReplOptions = {}): Promise<number> {
     return Promise.resolve();
   });
 
+  // Ctrl-C while an input runs interrupts it; else it clears the line being typed (or the lines
+  // of an unfinished input), as node:repl does.
+  const clearInput = server.listeners("SIGINT");
+  server.removeAllListeners("SIGINT");
+  server.on("SIGINT", () => {
+    if (waiting.interrupt()) return;
+    for (const fn of clearInput) fn.call(server);
+  });
+
   if (terminal) {
     const home = Deno.env.get("HOME") ?? ".";
-    server.setupHistory(opts.historyPath ?? `${home}/.tardigrade_history`, () => {});
+    const path = opts.historyPath ?? `${home}/.tardigrade_history`;
+    Object.assign(server, { historySize });
+    keepHistory(server as unknown as HistoryHolder, path, historySize);
+    installTabCompletion(
+      server as unknown as CompletingEditor,
+      (line) => complete(line, scope, Object.keys(server.commands), RESULT_SHAPES),
+      process.stdout,
+    );
+    installReverseSearch(server as unknown as SearchableEditor);
   }
   return new Promise((resolve) => {
     server.on("exit", () => {
+      globalThis.removeEventListener("unhandledrejection", onUnhandled);
       queue.then(() => resolve(0), () => resolve(0));
     });
   });

@@ -1,6 +1,12 @@
 /** The REPL driven through piped stdin: helpers, tables, dot-commands, TypeScript, await. */
 import assert from "node:assert/strict";
-import { complete } from "../repl/server.ts";
+import { complete, watchPromises } from "../repl/completion.ts";
+import { initialScope, RESULT_SHAPES } from "../repl/helpers.ts";
+import { keepHistory, readHistory } from "../repl/history.ts";
+import { findInHistory } from "../repl/reverse_search.ts";
+import { commonPrefix, inColumns } from "../repl/tab_key.ts";
+import { Process } from "../mod.ts";
+import { EventEmitter } from "node:events";
 import { declaredNames, evaluate } from "../repl/evaluate.ts";
 import { fixture, spawnTarget } from "./helpers.ts";
 
@@ -81,9 +87,68 @@ Deno.test("repl: declarations persist, destructuring and functions included", as
   ]);
 });
 
-Deno.test("repl: completion of names and properties", () => {
-  const scope = { ps: () => [], sdk: { Process: class {}, processes: () => {} } };
-  assert.deepEqual(complete("await p", scope)[0].includes("ps"), true);
-  assert.deepEqual(complete("sdk.pro", scope), [["sdk.processes"], "sdk.pro"]);
-  assert.ok(complete("Math.ma", scope)[0].includes("Math.max"));
+Deno.test("repl: completion lists the members of the object before the dot", async () => {
+  const scope = initialScope();
+  assert.deepEqual(complete("sdk.P", scope), [["PolicyError", "Process"], "P"]);
+  assert.deepEqual(complete("x = Math.ma", scope), [["max"], "ma"]);
+  // A bare name: the session's names and the globals, not members of anything.
+  const [names, token] = complete("await pr", scope);
+  assert.equal(token, "pr");
+  assert.ok(names.includes("proc") && names.includes("processes") && names.includes("prompt"));
+  // A Process and its class: methods of the prototype, statics of the class; none of Object's.
+  scope.p = await Process.open(Deno.pid);
+  const [methods] = complete("p.", scope);
+  assert.ok(
+    ["comm", "cmdline", "mappings", "read"].every((m) => methods.includes(m)),
+    `${methods}`,
+  );
+  assert.ok(!methods.includes("hasOwnProperty") && !methods.includes("constructor"));
+  assert.deepEqual(complete("sdk.Process.op", scope)[0], ["open", "openSync"]);
+  // Awaited values: a settled promise of the session, a helper whose result is known.
+  scope.pending = Process.open(Deno.pid);
+  watchPromises(scope);
+  await scope.pending;
+  await Promise.resolve(); // the watcher's own callback runs after the awaiter's
+  assert.deepEqual(complete("(await pending).cm", scope)[0], ["cmdline"]);
+  assert.deepEqual(complete("(await proc(1)).en", scope, [], RESULT_SHAPES)[0], ["environ"]);
+  assert.ok(complete("(await ps()).fil", scope, [], RESULT_SHAPES)[0].includes("filter"));
+  // Never runs code: after a call, or a still-pending promise, nothing is offered.
+  assert.deepEqual(complete("ps().", scope), [[], ""]);
+  scope.never = new Promise(() => {});
+  watchPromises(scope);
+  assert.deepEqual(complete("(await never).", scope), [[], ""]);
+  assert.deepEqual(complete("nosuch.x", scope), [[], "x"]);
+  // Dot-commands at the start of a line.
+  assert.deepEqual(complete(".i", scope, ["inspect", "help", "ps"]), [[".inspect"], ".i"]);
+});
+
+Deno.test("repl: history is appended to its file (0600) and cut back to its size", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-history-" });
+  try {
+    const path = `${dir}/history`;
+    await Deno.writeTextFile(path, ["one", "two", "three", "four"].join("\n") + "\n");
+    const rl = Object.assign(new EventEmitter(), { history: [] as string[] });
+    keepHistory(rl, path, 3);
+    // The session starts with the last three lines, newest first; the file is cut to them.
+    assert.deepEqual(rl.history, ["four", "three", "two"]);
+    assert.deepEqual(readHistory(path, 100), ["two", "three", "four"]);
+    for (const line of ["five", "five", "six"]) {
+      rl.history.unshift(line);
+      rl.emit("history", rl.history);
+    }
+    // A line repeated at once is kept once; the file never holds more than three lines.
+    assert.deepEqual(readHistory(path, 100), ["four", "five", "six"]);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    assert.deepEqual(findInHistory(["six", "five", "four"], "f", 0), 1);
+    assert.deepEqual(findInHistory(["six", "five", "four"], "f", 2), 2);
+    assert.deepEqual(findInHistory(["six"], "x", 1), -1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("repl: Tab lists in columns what it cannot complete", () => {
+  assert.equal(commonPrefix(["PolicyError", "Process"]), "P");
+  assert.equal(commonPrefix(["open", "openSync"]), "open");
+  assert.equal(inColumns(["a", "bb", "ccc", "d"], 10), "a    bb\r\nccc  d");
 });

@@ -1,11 +1,11 @@
 /**
  * Restore refuses and cleans up (issue 5): a damaged image, a pid in use, a file changed since the
- * dump, a policy that stops the restore midway and a stub that dies are refused with the reason,
- * and leave nothing behind: no process with the dumped pid, no `cat` stub, no zombie,
- * no ghost file. A restore that was stopped can be run again and succeeds.
+ * dump, a policy that stops the restore midway, an interruption and a stub that dies are refused
+ * with the reason, and leave nothing behind: no process with the dumped pid, no `cat` stub, no
+ * zombie, no ghost file. A restore that was stopped can be run again and succeeds.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint, interruptFrozen, restore } from "../mod.ts";
 import { FORMAT_VERSION } from "../image.ts";
 import { frame, unframe } from "../lib/image/frame.ts";
 import { checksum } from "../lib/image/checksum.ts";
@@ -376,6 +376,29 @@ for (const name of ["r_deleted_map", "r_threads", "r_memfd", "r_cow_fork"]) {
     }
   });
 }
+
+Deno.test("restore interrupted (the REPL's Ctrl-C) stops at its next stage, leaves nothing", async () => {
+  const d = await dumpFixture("r_threads");
+  try {
+    const seen: string[] = [];
+    // interruptFrozen() is what Ctrl-C calls in the REPL; here it comes while memory is made.
+    const policy = {
+      restoreStage(s: string) {
+        seen.push(s);
+        if (s === "memory") interruptFrozen();
+      },
+    };
+    await refused(
+      () => restore(d.image, { policy }),
+      new RegExp(`^interrupted before the files stage of process ${d.t.pid}$`),
+      d.t.pid,
+    );
+    assert.equal(seen.at(-1), "memory");
+    await restoresFine(d);
+  } finally {
+    await cleanup(d);
+  }
+});
 
 function exists(path: string): boolean {
   try {

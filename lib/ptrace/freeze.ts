@@ -81,18 +81,33 @@ const active = new Set<FrozenProcess>();
 const interruptCleanups = new Set<() => void>();
 let signalsHooked = false;
 
+/**
+ * Does what SIGINT does to the tool, but leaves the tool running: every process it holds frozen
+ * is released (it runs on as it was, with the signals held back handed back) and the cleanups
+ * registered with `onInterrupt` run, so a dump under way fails and leaves no partial image, and
+ * a restore under way stops at its next stage before it resumes anything, killing what it made.
+ * For interactive tools, where Ctrl-C ends one command and the session goes on. Returns the pids
+ * released.
+ */
+export function interruptFrozen(): number[] {
+  const released: number[] = [];
+  for (const f of [...active]) {
+    try {
+      f.releaseSync();
+      released.push(f.pid);
+    } catch { /* release the others all the same */ }
+  }
+  for (const fn of interruptCleanups) {
+    try {
+      fn();
+    } catch { /* the others all the same */ }
+  }
+  return released;
+}
+
 function onTerminatingSignal(code: number) {
   return () => {
-    for (const f of active) {
-      try {
-        f.releaseSync();
-      } catch { /* release the others all the same */ }
-    }
-    for (const fn of interruptCleanups) {
-      try {
-        fn();
-      } catch { /* exiting anyway */ }
-    }
+    interruptFrozen();
     Deno.exit(code);
   };
 }

@@ -23,6 +23,7 @@ import { ImageReader } from "../image/mod.ts";
 import { validateFields } from "../image/validate.ts";
 import { Injector } from "../ptrace/inject.ts";
 import { releaseNetworkLock } from "../network/lock.ts";
+import { onInterrupt } from "../ptrace/freeze.ts";
 import { checkInherited } from "../files/external.ts";
 import { makePtys } from "../files/pty.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
@@ -602,7 +603,14 @@ async function restoreTree(
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
     : () => {};
+  // An interruption (interruptFrozen: Ctrl-C in the REPL) ends the restore at its next stage,
+  // before anything is resumed: what was made is killed as on any failure.
+  let interrupted = false;
+  using _interruption = { [Symbol.dispose]: onInterrupt(() => interrupted = true) };
   const stage = (name: RestoreStage, p: ProcessEntry) => {
+    if (interrupted) {
+      throw new RestoreError(`interrupted before the ${name} stage of process ${p.pid}`);
+    }
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
