@@ -5,6 +5,7 @@ import { initialScope, RESULT_SHAPES } from "../repl/helpers.ts";
 import { keepHistory, readHistory } from "../repl/history.ts";
 import { findInHistory } from "../repl/reverse_search.ts";
 import { commonPrefix, inColumns } from "../repl/tab_key.ts";
+import * as sdk from "../mod.ts";
 import { Process } from "../mod.ts";
 import { EventEmitter } from "node:events";
 import { declaredNames, evaluate } from "../repl/evaluate.ts";
@@ -89,7 +90,9 @@ Deno.test("repl: declarations persist, destructuring and functions included", as
 
 Deno.test("repl: completion lists the members of the object before the dot", async () => {
   const scope = initialScope();
-  assert.deepEqual(complete("sdk.P", scope), [["PolicyError", "Process"], "P"]);
+  const members = Object.keys(sdk).filter((k) => k.startsWith("P")).sort();
+  assert.ok(members.includes("Process") && members.includes("PolicyError"));
+  assert.deepEqual(complete("sdk.P", scope), [members, "P"]);
   assert.deepEqual(complete("x = Math.ma", scope), [["max"], "ma"]);
   // A bare name: the session's names and the globals, not members of anything.
   const [names, token] = complete("await pr", scope);
