@@ -15,10 +15,26 @@ import { ps } from "./cli/ps.ts";
 import { repl } from "./cli/repl.ts";
 import { restore } from "./cli/restore.ts";
 import { unlock } from "./cli/unlock.ts";
+import { serve } from "./cli/serve.ts";
+import { migrate } from "./cli/migrate.ts";
 import { search } from "./cli/search.ts";
 import { TOOL_VERSION } from "./mod.ts";
 
-const VERBS: Verb[] = [ps, maps, fds, search, check, dump, restore, unlock, inspect, diff, repl];
+const VERBS: Verb[] = [
+  ps,
+  maps,
+  fds,
+  search,
+  check,
+  dump,
+  restore,
+  unlock,
+  migrate,
+  serve,
+  inspect,
+  diff,
+  repl,
+];
 const USAGE = "tardigrade [--help] [--version] VERB [ARGS] (tardigrade VERB --help)";
 
 function toolHelp(): string {

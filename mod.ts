@@ -107,6 +107,7 @@ export {
   checkpoint,
   type CheckpointOptions,
   type CheckpointResult,
+  type HandOver,
 } from "./lib/dump/checkpoint.ts";
 export {
   checkPolicy,
@@ -126,6 +127,16 @@ export {
   type RestoreResult,
 } from "./lib/restore/restore.ts";
 export { unlockNetwork, type UnlockResult } from "./lib/network/lock.ts";
+export { MigrationError } from "./lib/migrate/channel.ts";
+export {
+  migrate,
+  type MigrateOptions,
+  type MigrateResult,
+  type SendOptions,
+  streamImage,
+  type StreamResult,
+} from "./lib/migrate/sender.ts";
+export { type Received, serve, type ServeOptions } from "./lib/migrate/receiver.ts";
 export type { ExternalEntry } from "./lib/files/external.ts";
 export {
   compareWithImage,

@@ -1,5 +1,6 @@
 /** `tardigrade dump PID DIR`: checkpoint a process into an image directory. */
-import { checkpoint, loadPolicy, type Policy, Process } from "../mod.ts";
+import { checkpoint, loadPolicy, type Policy, Process, streamImage } from "../mod.ts";
+import { parseAddress, readKey } from "./migrate_args.ts";
 import {
   count,
   formatBytes,
@@ -7,6 +8,7 @@ import {
   parsePid,
   parseVerb,
   printJson,
+  UsageError,
   type Verb,
 } from "./common.ts";
 import { ProgressBar } from "./progress.ts";
@@ -23,15 +25,34 @@ async function estimateBytes(pid: number): Promise<number> {
   return total;
 }
 
+/** `dump PID --to ADDR:PORT`: the image goes to a receiver, which stores it. */
+async function streamTo(
+  verb: Verb,
+  pid: number,
+  to: string,
+  key: unknown,
+  single: boolean,
+): Promise<number> {
+  const r = await streamImage(pid, { ...parseAddress(to, verb), key: readKey(key, verb), single });
+  console.log(
+    `dumped pid ${pid} to ${to}: ${formatBytes(r.bytesSent)} sent, stored there in ` +
+      `${r.remoteDir}; frozen ${r.dump.frozenMs.toFixed(1)} ms; process ended`,
+  );
+  return 0;
+}
+
 /** The verb. */
 export const dump: Verb = {
   name: "dump",
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
   usage: "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--parent PREV] " +
-    "[--external KEY]... [--policy FILE.ts] [--freeze-timeout MS] [--json]",
+    "[--external KEY]... [--policy FILE.ts] [--freeze-timeout MS] [--json]\n" +
+    "       tardigrade dump PID --to ADDR:PORT --key FILE [--single]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
+With --to, the image streams to a receiver (tardigrade serve), which stores it; the
+processes end once it holds the whole image, and run on if the sending fails.
 
 options:
   --leave-running   let the processes run on after the dump
@@ -54,6 +75,8 @@ options:
                     how long each thread may take to stop (default 10000): one asleep
                     where no signal reaches it (a vfork parent, uninterruptible I/O) fails
                     the dump, naming it, and the processes run on as they were
+  --to ADDR:PORT    send the image to a receiver instead of writing DIR here
+  --key FILE        with --to: the secret the receiver holds too
   --json            {dir, pid, processes, threads, mappings, fds, pageBytes, frozenMs, killed}
                     (and preCopy: {armFrozenMs, copiedBytes, reusedBytes} with --pre-copy,
                     incremental: {parent, reusedBytes} with --parent)
@@ -68,11 +91,23 @@ A progress bar goes to stderr when it is a terminal.`,
       external: { type: "string", multiple: true },
       policy: { type: "string" },
       "freeze-timeout": { type: "string" },
+      to: { type: "string" },
+      key: { type: "string" },
       json: { type: "boolean" },
-    }, { min: 2, max: 2 });
+    }, { min: 1, max: 2 });
     if (!p) return 0;
     const pid = parsePid(p.positionals[0], this);
+    if (typeof p.values.to === "string") {
+      if (p.positionals.length > 1) {
+        throw new UsageError(
+          "DIR and --to exclude each other: --to keeps no image here",
+          this.usage,
+        );
+      }
+      return await streamTo(this, pid, p.values.to, p.values.key, Boolean(p.values.single));
+    }
     const dir = p.positionals[1];
+    if (dir === undefined) throw new UsageError("missing argument DIR", this.usage);
     const policy: Policy | undefined = typeof p.values.policy === "string"
       ? await loadPolicy(p.values.policy)
       : undefined;

@@ -1,26 +1,11 @@
 /** Every example run as a subprocess against a real fixture. */
 import assert from "node:assert/strict";
 import { WAIT, waitpid } from "../ffi/mod.ts";
-import { fixture, killAndReap, runDeno, spawnTarget, type Target } from "./helpers.ts";
+import { fixture, killAndReap, reaping, runDeno, spawnTarget, type Target } from "./helpers.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
 const run = runDeno;
-
-/** Runs `body` while reaping `pid` as soon as it dies (this test process is its subreaper), so
- * a restore in another process finds the pid free. */
-async function reaping<T>(pid: number, body: () => Promise<T>): Promise<T> {
-  const timer = setInterval(() => {
-    try {
-      waitpid(pid, WAIT.WNOHANG);
-    } catch { /* not ours (any more) */ }
-  }, 10);
-  try {
-    return await body();
-  } finally {
-    clearInterval(timer);
-  }
-}
 
 const NEEDLE = "tardigrade-needle-4711";
 

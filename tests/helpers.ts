@@ -297,7 +297,8 @@ export interface Run {
   stderr: string;
 }
 
-const repoRoot = new URL("../", import.meta.url).pathname;
+/** The checkout this test suite runs from. */
+export const repoRoot = new URL("../", import.meta.url).pathname;
 
 /** Runs `deno run -A ...args` from the repository root, stdin from /dev/null. */
 export async function runDeno(args: string[], env: Record<string, string> = {}): Promise<Run> {
@@ -327,4 +328,19 @@ export function streamBytes(seed: number, from: number, length: number): Uint8Ar
     const i = from + k;
     return ((Math.imul(i, 2654435761) >>> 24) ^ (i >>> 11) ^ (seed * 37)) & 0xff;
   });
+}
+
+/** Runs `body` while reaping `pid` as soon as it dies (this test process is its subreaper), so
+ * a restore in another process finds the pid free. */
+export async function reaping<T>(pid: number, body: () => Promise<T>): Promise<T> {
+  const timer = setInterval(() => {
+    try {
+      waitpid(pid, WAIT.WNOHANG);
+    } catch { /* not ours (any more) */ }
+  }, 10);
+  try {
+    return await body();
+  } finally {
+    clearInterval(timer);
+  }
 }

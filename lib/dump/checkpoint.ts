@@ -96,6 +96,22 @@ export interface CheckpointOptions {
    * uninterruptible I/O) fails the dump with `FreezeTimeout`, and the processes run on.
    */
   freezeTimeoutMs?: number;
+  /**
+   * Called once the image is committed while the processes are still frozen (not with
+   * `leaveRunning`): a migration hands the image over here. When it returns, the processes end
+   * as usual; when it throws, they run on as they were (the image stays) and the checkpoint
+   * fails with its error. `end()` ends them at once, as a receiver on the same machine needs
+   * their pids; after it the processes are gone whatever the hook does.
+   */
+  handOver?: (image: HandOver) => Promise<void>;
+}
+
+/** What `CheckpointOptions.handOver` is given. */
+export interface HandOver {
+  /** The committed image. */
+  dir: string;
+  /** Ends the frozen processes now and waits until they are gone. */
+  end(): Promise<void>;
 }
 
 /** What a checkpoint wrote. */
@@ -447,6 +463,8 @@ export async function checkpoint(
     void writer.abort().catch(() => {});
   });
   let killed = false;
+  /** Whether the ended processes were seen gone (`handOver`'s `end`). */
+  let gone = false;
   let started = performance.now();
   let frozenMs = 0;
   let tree: FrozenProcess[] = [];
@@ -532,14 +550,26 @@ export async function checkpoint(
     }
     await policy.afterDump?.({ dir, process: root, pageBytes: sink.bytesWritten });
     await writer.commit();
-    if (!opts.leaveRunning) {
+    /** Ends them while still frozen, so none runs a single instruction past the image. */
+    const end = () => {
+      if (killed) return;
       lockSettled = true;
-      // End them while still frozen (only once the image is safe), so none runs a single
-      // instruction past the image; children first, so each parent is last to go.
+      // Children first, so each parent is last to go.
       endDump(true);
       for (const f of [...tree].reverse()) f.kill();
       killed = true;
       frozenMs = performance.now() - started;
+    };
+    if (!opts.leaveRunning) {
+      await opts.handOver?.({
+        dir,
+        end: async () => {
+          end();
+          for (const f of tree) await waitGone(f.pid);
+          gone = true; // their pids may be a restored copy's from now on
+        },
+      });
+      end(); // only once the image is safe (and handed over)
     }
     return {
       dir,
@@ -577,7 +607,7 @@ export async function checkpoint(
       pre?.close(); // closing the uffds unregisters everything in the targets
     } catch { /* each uffd was closed all the same */ }
     unhook();
-    if (killed) { for (const f of tree) await waitGone(f.pid); }
+    if (killed && !gone) { for (const f of tree) await waitGone(f.pid); }
   }
 
   /** What a failure of the dump is reported as. */

@@ -1,0 +1,52 @@
+/** `tardigrade migrate PID --to ADDR:PORT`: move a process to a `tardigrade serve`. */
+import { formatBytes, parsePid, parseVerb, printJson, type Verb } from "./common.ts";
+import { parseAddress, readKey } from "./migrate_args.ts";
+import { migrate as migrateProcess } from "../mod.ts";
+
+/** The verb. */
+export const migrate: Verb = {
+  name: "migrate",
+  summary: "Move a process (and its children) to a receiver while it runs, frozen only briefly.",
+  usage: "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy] [--single] [--json]",
+  help: `Streams the process's memory to the receiver (tardigrade serve) while it runs,
+tracking what it writes meanwhile, then freezes it for the rest and the receiver restores
+it; the process here ends only once the receiver says it runs. If anything fails before,
+it runs on here untouched. On one machine (the tests) the receiver needs its pids: the
+process ends here once the receiver holds the whole image, and is restored here again if
+the receiver's restore fails. TCP connections move with it only if the address moves too
+(the receiver must own the local addresses; peers see a delay, not a reset).
+
+options:
+  --to ADDR:PORT   the receiver
+  --key FILE       the secret the receiver holds too
+  --lazy           the receiver restores lazily (the process runs before its memory is in)
+  --single         PID alone, not its children
+  --json           {pid, remoteDir, sameMachine, bytesSent, dump: {...}}`,
+  async run(args) {
+    const p = parseVerb(this, args, {
+      to: { type: "string" },
+      key: { type: "string" },
+      lazy: { type: "boolean" },
+      single: { type: "boolean" },
+      json: { type: "boolean" },
+    }, { min: 1, max: 1 });
+    if (!p) return 0;
+    const pid = parsePid(p.positionals[0], this);
+    const key = readKey(p.values.key, this);
+    const to = parseAddress(String(p.values.to ?? ""), this);
+    const r = await migrateProcess(pid, {
+      ...to,
+      key,
+      lazy: Boolean(p.values.lazy),
+      single: Boolean(p.values.single),
+    });
+    if (p.values.json) printJson(r);
+    else {
+      console.log(
+        `migrated pid ${pid} to ${to.hostname}:${to.port}: running there as pid ${r.pid}; ` +
+          `${formatBytes(r.bytesSent)} sent, frozen ${r.dump.frozenMs.toFixed(1)} ms here`,
+      );
+    }
+    return 0;
+  },
+};

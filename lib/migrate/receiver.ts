@@ -1,0 +1,157 @@
+/**
+ * The receiving side of a migration (`tardigrade serve`): takes authenticated connections, writes
+ * the image each sends into a directory of its own (built as `DIR.partial-*` and renamed when
+ * whole, as the image writer does), and, when asked, restores it and says how it went.
+ */
+import { Channel, decodeFilePiece, FRAME, MigrationError } from "./channel.ts";
+import { restore } from "../restore/restore.ts";
+
+/** How `serve` works. */
+export interface ServeOptions {
+  /** The address to listen on. */
+  hostname: string;
+  /** The port to listen on (0: any free one). */
+  port: number;
+  /** The shared secret both sides hold. */
+  key: Uint8Array;
+  /** Where received images go (a fresh directory in it each); a temporary directory if omitted. */
+  dir?: string;
+  /** Serve one sender, then return. */
+  once?: boolean;
+  /**
+   * Restores a received image and returns the pid; `restore()` in this process if omitted (the
+   * CLI runs `tardigrade restore` in a process of its own, so that what it restores is not this
+   * server's child).
+   */
+  restorer?: (dir: string, lazy: boolean) => Promise<number>;
+  /** Told what happens, a line at a time. */
+  log?: (line: string) => void;
+  /** Told the address once listening (port 0 picks one). */
+  onListening?: (addr: Deno.NetAddr) => void;
+  /** Stops the server when aborted. */
+  signal?: AbortSignal;
+}
+
+/** What one sender's session ended with. */
+export interface Received {
+  /** The image directory, once whole. */
+  dir?: string;
+  /** The restored process, when asked to restore and it did. */
+  pid?: number;
+  /** Why the session failed. */
+  error?: string;
+}
+
+/**
+ * Serves migrations: each authenticated sender's image is received, stored and, when asked,
+ * restored. Returns after the first session with `once`, else when `signal` aborts.
+ */
+export async function serve(opts: ServeOptions): Promise<Received[]> {
+  const listener = Deno.listen({ hostname: opts.hostname, port: opts.port });
+  opts.onListening?.(listener.addr as Deno.NetAddr);
+  opts.signal?.addEventListener("abort", () => listener.close(), { once: true });
+  const log = opts.log ?? (() => {});
+  const out: Received[] = [];
+  const root = opts.dir ?? await Deno.makeTempDir({ prefix: "tardigrade-received-" });
+  try {
+    for await (const conn of listener) {
+      const r = await session(conn, root, opts, log);
+      out.push(r);
+      if (opts.once) break;
+    }
+  } catch (err) {
+    if (!opts.signal?.aborted) throw err;
+  } finally {
+    try {
+      listener.close();
+    } catch { /* closed by the signal */ }
+  }
+  return out;
+}
+
+/** One sender: handshake, files, commit, and a restore if asked. */
+async function session(
+  conn: Deno.Conn,
+  root: string,
+  opts: ServeOptions,
+  log: (line: string) => void,
+): Promise<Received> {
+  const from = conn.remoteAddr as Deno.NetAddr;
+  let channel: Channel;
+  try {
+    channel = await Channel.accept(conn, opts.key);
+  } catch (err) {
+    log(`refused ${from.hostname}:${from.port}: ${(err as Error).message}`);
+    return { error: (err as Error).message };
+  }
+  const dir = `${root}/image-${Date.now()}-${crypto.randomUUID().slice(0, 8)}`;
+  const partial = `${dir}.partial-receiving`;
+  Deno.mkdirSync(partial, { mode: 0o700 });
+  const files = new Map<string, Deno.FsFile>();
+  let received: Received = {};
+  try {
+    for (;;) {
+      const f = await channel.receive();
+      if (f.type === FRAME.FILE) {
+        const piece = decodeFilePiece(f.payload);
+        if (!/^[A-Za-z0-9._-]+$/.test(piece.name)) {
+          throw new MigrationError(`a file named ${JSON.stringify(piece.name)}: refused`);
+        }
+        let file = files.get(piece.name);
+        if (!file) {
+          file = Deno.openSync(`${partial}/${piece.name}`, {
+            write: true,
+            create: true,
+            mode: 0o600,
+          });
+          files.set(piece.name, file);
+        }
+        file.seekSync(piece.offset, Deno.SeekMode.Start);
+        for (let at = 0; at < piece.data.length;) at += file.writeSync(piece.data.subarray(at));
+      } else if (f.type === FRAME.COMMIT) {
+        const { files: sizes } = JSON.parse(new TextDecoder().decode(f.payload));
+        for (const file of files.values()) file.close();
+        files.clear();
+        for (const [name, size] of Object.entries(sizes as Record<string, number>)) {
+          const have = Deno.statSync(`${partial}/${name}`).size;
+          if (have !== size) {
+            throw new MigrationError(`${name}: ${have} bytes received of ${size}`);
+          }
+        }
+        Deno.renameSync(partial, dir);
+        received = { dir };
+        log(`received an image into ${dir}`);
+        await channel.sendJson(FRAME.STORED, { dir });
+      } else if (f.type === FRAME.RESTORE && received.dir) {
+        const { lazy } = JSON.parse(new TextDecoder().decode(f.payload));
+        try {
+          const pid = opts.restorer
+            ? await opts.restorer(dir, lazy === true)
+            : (await restore(dir, { lazy: lazy === true })).pid;
+          received.pid = pid;
+          log(`restored pid ${pid} from ${dir}`);
+          await channel.sendJson(FRAME.RESULT, { ok: true, pid });
+        } catch (err) {
+          received.error = (err as Error).message;
+          log(`restore of ${dir} failed: ${received.error}`);
+          await channel.sendJson(FRAME.RESULT, { ok: false, error: received.error });
+        }
+        return received;
+      } else if (f.type === FRAME.ABORT) {
+        throw new MigrationError(`the sender gave up: ${new TextDecoder().decode(f.payload)}`);
+      } else {
+        throw new MigrationError(`unexpected frame ${f.type}`);
+      }
+    }
+  } catch (err) {
+    // The stream ended: a store-only sender closes after STORED; anything else is a failure.
+    if (received.dir && !received.error) return received;
+    received.error = (err as Error).message;
+    log(`session from ${from.hostname}:${from.port} failed: ${received.error}`);
+    return received;
+  } finally {
+    for (const file of files.values()) file.close();
+    if (!received.dir) Deno.removeSync(partial, { recursive: true });
+    channel.close();
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * The sending side of a migration. The process is checkpointed with pre-copy into a local image
+ * while the shipper streams each file's bytes to the receiver as they are written: memory goes
+ * while the process runs. Frozen for the last part, the rest is sent and the image committed on
+ * both sides; the receiver restores it (lazily if asked) and only when it says the process runs
+ * does the original end. Anything that fails before lets the original run on, untouched.
+ *
+ * On one machine (the receiver's boot id is ours) the restored process needs the original's pids:
+ * the original ends once the receiver holds the whole image, and should the receiver's restore
+ * then fail, the image kept here is restored here, so the process is never lost.
+ */
+import { checkpoint, type CheckpointResult } from "../dump/checkpoint.ts";
+import { restore } from "../restore/restore.ts";
+import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
+import { Shipper } from "./shipper.ts";
+
+/** Where and how to send. */
+export interface SendOptions {
+  /** The receiver's address (`tardigrade serve`). */
+  hostname: string;
+  /** The receiver's port. */
+  port: number;
+  /** The shared secret both sides hold. */
+  key: Uint8Array;
+  /** Single process, not the tree below it (as `checkpoint`'s `single`). */
+  single?: boolean;
+}
+
+/** What `migrate` did. */
+export interface MigrateResult {
+  /** The process as the receiver restored it. */
+  pid: number;
+  /** Where the receiver keeps the image. */
+  remoteDir: string;
+  /** Whether sender and receiver are one machine (the original ended before the restore). */
+  sameMachine: boolean;
+  /** Bytes of image sent. */
+  bytesSent: number;
+  /** The dump's own figures. */
+  dump: CheckpointResult;
+}
+
+/** Options of `migrate`. */
+export interface MigrateOptions extends SendOptions {
+  /** The receiver restores lazily: the process runs before all its memory is in. */
+  lazy?: boolean;
+}
+
+/** Connects and authenticates. */
+async function open(opts: SendOptions): Promise<{ channel: Channel; bootId: string }> {
+  let conn: Deno.Conn;
+  try {
+    conn = await Deno.connect({ hostname: opts.hostname, port: opts.port });
+  } catch (err) {
+    throw new MigrationError(
+      `cannot reach ${opts.hostname}:${opts.port}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return await Channel.connect(conn, opts.key);
+}
+
+/** A local directory for the image the shipper streams from. */
+async function stagingDir(): Promise<{ dir: string; drop: () => void }> {
+  const root = await Deno.makeTempDir({ prefix: "tardigrade-send-" });
+  return {
+    dir: `${root}/image`,
+    drop: () => Deno.removeSync(root, { recursive: true }),
+  };
+}
+
+/**
+ * Moves process `pid` (and the processes below it) to the receiver at `hostname:port`: memory is
+ * streamed while it runs, then a short freeze sends the rest; the receiver restores it and the
+ * original ends only once the receiver says it runs. On a failure before that, the original runs
+ * on (on one machine, where it had to end first, it is restored here again).
+ */
+export async function migrate(pid: number, opts: MigrateOptions): Promise<MigrateResult> {
+  const { channel, bootId: theirBoot } = await open(opts);
+  const sameMachine = theirBoot === bootId();
+  const staging = await stagingDir();
+  const shipper = new Shipper(channel, staging.dir);
+  let restored: { pid: number; remoteDir: string } | undefined;
+  let keepImage = false;
+  try {
+    shipper.start();
+    const dump = await checkpoint(pid, staging.dir, {
+      preCopy: true,
+      single: opts.single,
+      handOver: async ({ end }) => {
+        await shipper.finish();
+        const stored = await channel.receiveJson(FRAME.STORED);
+        if (sameMachine) await end(); // the receiver's restore needs the pids
+        try {
+          await channel.sendJson(FRAME.RESTORE, { lazy: opts.lazy === true });
+          const result = await channel.receiveJson(FRAME.RESULT);
+          if (result.ok !== true) {
+            throw new MigrationError(`the receiver's restore failed: ${result.error}`);
+          }
+          restored = { pid: Number(result.pid), remoteDir: String(stored.dir) };
+        } catch (err) {
+          if (!sameMachine) throw err; // the original runs on
+          keepImage = true;
+          throw await restoredHere(staging.dir, err);
+        }
+      },
+    });
+    return {
+      pid: restored!.pid,
+      remoteDir: restored!.remoteDir,
+      sameMachine,
+      bytesSent: shipper.bytes,
+      dump,
+    };
+  } finally {
+    await shipper.stop();
+    channel.close();
+    if (!keepImage) staging.drop();
+  }
+}
+
+/** On one machine, after the original ended: the image restored here, and the error to report. */
+async function restoredHere(dir: string, cause: unknown): Promise<MigrationError> {
+  const why = (cause as Error).message;
+  try {
+    const back = await restore(dir);
+    return new MigrationError(`${why}; the process was restored here again as pid ${back.pid}`, {
+      cause,
+    });
+  } catch (err) {
+    return new MigrationError(
+      `${why}; restoring it here failed too (${(err as Error).message}): the image is in ${dir}`,
+      { cause },
+    );
+  }
+}
+
+/** What `streamImage` did. */
+export interface StreamResult {
+  /** Where the receiver keeps the image. */
+  remoteDir: string;
+  /** Bytes of image sent. */
+  bytesSent: number;
+  /** The dump's own figures (the processes end, as with `checkpoint`). */
+  dump: CheckpointResult;
+}
+
+/**
+ * Dumps `pid` straight to a receiver (`dump PID --to ADDR:PORT`), which stores the image without
+ * restoring it. The processes end once the receiver holds the image; on a failure before, they
+ * run on.
+ */
+export async function streamImage(pid: number, opts: SendOptions): Promise<StreamResult> {
+  const { channel } = await open(opts);
+  const staging = await stagingDir();
+  const shipper = new Shipper(channel, staging.dir);
+  let remoteDir = "";
+  try {
+    shipper.start();
+    const dump = await checkpoint(pid, staging.dir, {
+      single: opts.single,
+      handOver: async () => {
+        await shipper.finish();
+        remoteDir = String((await channel.receiveJson(FRAME.STORED)).dir);
+      },
+    });
+    return { remoteDir, bytesSent: shipper.bytes, dump };
+  } finally {
+    await shipper.stop();
+    channel.close();
+    staging.drop();
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * Ships an image while it is being written: the image writer builds `DIR.partial-*` and appends
+ * to its files (page data first, copied while the processes still run with pre-copy, metadata
+ * last), and the shipper sends each file's new bytes as they appear, so that when the image is
+ * committed only its last bytes are left to send. The receiver writes the same files: the stream
+ * is the image format in motion.
+ */
+import { basename, dirname } from "node:path";
+import { type Channel, encodeFilePiece, FRAME, MAX_PAYLOAD } from "./channel.ts";
+
+/** Bytes of one FILE frame's data. */
+const PIECE = MAX_PAYLOAD - 4096;
+
+/** Sends the files of an image directory as they grow. */
+export class Shipper {
+  /** Bytes sent of each file, by name. */
+  readonly #sent = new Map<string, number>();
+  #stopped = false;
+  #loop?: Promise<void>;
+  /** Why the background loop stopped early (the stream broke): `finish` reports it. */
+  #failure?: unknown;
+  #buffer = new Uint8Array(PIECE);
+  /** Bytes sent in all. */
+  bytes = 0;
+
+  constructor(readonly channel: Channel, readonly dir: string) {}
+
+  /** Starts sending the partial directory's files as the writer appends to them. */
+  start(): void {
+    this.#loop = (async () => {
+      while (!this.#stopped) {
+        const partial = this.#partialDir();
+        const sent = partial ? await this.#sendNew(partial) : 0;
+        if (sent === 0) await new Promise((r) => setTimeout(r, 5));
+      }
+    })().catch((err) => {
+      this.#failure = err;
+    });
+  }
+
+  /**
+   * Once the image is committed (`DIR` is whole): sends what is left of every file and the
+   * COMMIT with each file's size.
+   */
+  async finish(): Promise<void> {
+    this.#stopped = true;
+    await this.#loop;
+    if (this.#failure) throw this.#failure;
+    while (await this.#sendNew(this.dir) > 0) { /* until every file is sent whole */ }
+    const files: Record<string, number> = {};
+    for (const e of Deno.readDirSync(this.dir)) {
+      if (e.isFile) files[e.name] = Deno.statSync(`${this.dir}/${e.name}`).size;
+    }
+    await this.channel.sendJson(FRAME.COMMIT, { files });
+  }
+
+  /** Stops the background loop (a failed migration). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#loop;
+  }
+
+  /** The writer's `DIR.partial-*`, once it exists. */
+  #partialDir(): string | null {
+    const prefix = `${basename(this.dir)}.partial-`;
+    try {
+      for (const e of Deno.readDirSync(dirname(this.dir))) {
+        if (e.isDirectory && e.name.startsWith(prefix)) return `${dirname(this.dir)}/${e.name}`;
+      }
+    } catch { /* not there yet */ }
+    return null;
+  }
+
+  /** Sends every file's bytes beyond what was sent; returns how many. */
+  async #sendNew(from: string): Promise<number> {
+    let total = 0;
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(from)];
+    } catch {
+      return 0; // renamed meanwhile: finish() sends the rest from the committed directory
+    }
+    for (const e of entries) {
+      if (!e.isFile) continue;
+      let file: Deno.FsFile;
+      try {
+        file = Deno.openSync(`${from}/${e.name}`);
+      } catch {
+        continue;
+      }
+      try {
+        let at = this.#sent.get(e.name) ?? 0;
+        file.seekSync(at, Deno.SeekMode.Start);
+        for (;;) {
+          const n = file.readSync(this.#buffer);
+          if (!n) break;
+          await this.channel.send(
+            FRAME.FILE,
+            encodeFilePiece(e.name, at, this.#buffer.subarray(0, n)),
+          );
+          at += n;
+          total += n;
+        }
+        this.#sent.set(e.name, at);
+      } finally {
+        file.close();
+      }
+    }
+    this.bytes += total;
+    return total;
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * Live migration between two tool processes on one machine (sender `migrate`, receiver `serve`,
+ * talking over loopback): the process comes back with its pid and checks itself; a wrong key is
+ * refused; a sender or a receiver killed mid-way leaves the original running, untraced; `dump
+ * --to` leaves an image the receiver can restore.
+ */
+import assert from "node:assert/strict";
+import {
+  cli,
+  fixture,
+  reaping,
+  repoRoot,
+  spawnTarget,
+  type Target,
+  waitUntil,
+  withTarget,
+} from "./helpers.ts";
+
+/** A receiver: `tardigrade serve --once` in a process of its own. */
+interface Receiver {
+  port: number;
+  dir: string;
+  process: Deno.ChildProcess;
+  /** What it printed so far. */
+  output(): string;
+  /** Its exit code. */
+  done: Promise<number>;
+}
+
+async function startReceiver(key: string): Promise<Receiver> {
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "serve", "--listen", "127.0.0.1:0", "--key", key, "--once"]
+      .concat(["--dir", dir]),
+    cwd: repoRoot,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const reader = (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of process.stdout) text += dec.decode(chunk);
+  })();
+  const stderr = new Response(process.stderr).text();
+  const done = process.status.then(async (s) => {
+    await reader;
+    text += await stderr;
+    return s.code;
+  });
+  await waitUntil(() => /listening on /.test(text), 30_000, () => `serve to listen: ${text}`);
+  const port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(text)![1]);
+  return { port, dir, process, output: () => text, done };
+}
+
+function keyFile(): string {
+  const path = Deno.makeTempFileSync({ prefix: "tardigrade-key-" });
+  Deno.writeFileSync(path, crypto.getRandomValues(new Uint8Array(32)));
+  return path;
+}
+
+const tracer = (pid: number) =>
+  Deno.readTextFileSync(`/proc/${pid}/status`).match(/TracerPid:\s+(\d+)/)![1];
+
+async function bigTarget(): Promise<Target> {
+  return await spawnTarget(await fixture("ck_big"), ["64"], { ready: /READY/ });
+}
+
+/** Waits until the receiver is writing an image (the migration is under way). */
+async function receiving(r: Receiver): Promise<void> {
+  await waitUntil(
+    () => [...Deno.readDirSync(r.dir)].some((e) => e.name.includes(".partial-")),
+    30_000,
+    "the receiver to start receiving",
+  );
+}
+
+for (const lazy of [false, true]) {
+  Deno.test(`migrate: the process runs on at the receiver with its pid${lazy ? " (lazy)" : ""}`, async () => {
+    const key = keyFile();
+    const r = await startReceiver(key);
+    await withTarget(await bigTarget(), async (t) => {
+      assert.equal(await t.check(), "PASS");
+      const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
+      const m = await reaping(t.pid, () => cli(...args, ...(lazy ? ["--lazy"] : [])));
+      assert.equal(m.code, 0, m.stderr);
+      assert.match(m.stdout, new RegExp(`running there as pid ${t.pid};`));
+      assert.equal(await r.done, 0, r.output());
+      assert.match(r.output(), new RegExp(`restored pid ${t.pid} from `));
+      assert.equal(await t.check(), "PASS");
+      assert.equal(await t.check(), "PASS"); // its worker thread counts on
+    });
+    Deno.removeSync(r.dir, { recursive: true });
+  });
+}
+
+Deno.test("migrate: a receiver refuses a sender with another key; the process runs on", async () => {
+  const r = await startReceiver(keyFile());
+  await withTarget(await bigTarget(), async (t) => {
+    const m = await cli(
+      "migrate",
+      String(t.pid),
+      "--to",
+      `127.0.0.1:${r.port}`,
+      "--key",
+      keyFile(),
+    );
+    assert.equal(m.code, 1);
+    assert.match(m.stderr, /key/);
+    assert.equal(await r.done, 1);
+    assert.match(r.output(), /refused .*did not prove it knows the key/);
+    assert.equal(tracer(t.pid), "0");
+    assert.equal(await t.check(), "PASS");
+  });
+  Deno.removeSync(r.dir, { recursive: true });
+});
+
+for (const victim of ["sender", "receiver"] as const) {
+  Deno.test(`migrate: a ${victim} killed mid-way leaves the original running, untraced`, async () => {
+    const key = keyFile();
+    const r = await startReceiver(key);
+    await withTarget(await bigTarget(), async (t) => {
+      const sender = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "main.ts", "migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`]
+          .concat(["--key", key]),
+        cwd: repoRoot,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      await receiving(r);
+      (victim === "sender" ? sender : r.process).kill("SIGKILL");
+      const out = await sender.output();
+      if (victim === "receiver") {
+        assert.equal(out.code, 1);
+        assert.match(new TextDecoder().decode(out.stderr), /connection|stream|receiver/i);
+      }
+      await r.done;
+      await waitUntil(() => tracer(t.pid) === "0", 10_000, "the original to be let go");
+      assert.equal(await t.check(), "PASS");
+      assert.equal(await t.check(), "PASS");
+    });
+    Deno.removeSync(r.dir, { recursive: true });
+  });
+}
+
+Deno.test("dump --to: the receiver stores an image that restores", async () => {
+  const key = keyFile();
+  const r = await startReceiver(key);
+  await withTarget(await bigTarget(), async (t) => {
+    const d = await reaping(
+      t.pid,
+      () => cli("dump", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key),
+    );
+    assert.equal(d.code, 0, d.stderr);
+    const stored = /stored there in (\S+);/.exec(d.stdout)![1];
+    assert.equal(await r.done, 0, r.output());
+    assert.ok(Deno.statSync(`${stored}/manifest.cbor`).isFile);
+    const back = await reaping(t.pid, () => cli("restore", stored));
+    assert.equal(back.code, 0, back.stderr);
+    assert.equal(await t.check(), "PASS");
+  });
+  Deno.removeSync(r.dir, { recursive: true });
+});
