@@ -33,7 +33,8 @@ export function bigmemBinary(): Promise<string> {
   return fixtureBinary("bigmem");
 }
 
-const repo = new URL("../", import.meta.url).pathname;
+/** The checkout the benches run from. */
+export const repo = new URL("../", import.meta.url).pathname;
 
 /** Runs a command from the checkout; returns milliseconds, throws with its output on failure. */
 export async function timedCommand(cmd: string, args: string[]): Promise<number> {

@@ -3,22 +3,6 @@ import { parseVerb, type Verb } from "./common.ts";
 import { parseAddress, readKey } from "./migrate_args.ts";
 import { serve as serveMigrations } from "../mod.ts";
 
-/** Restores in a `tardigrade restore` of its own, so the process is not this server's child. */
-async function restoreApart(dir: string, lazy: boolean): Promise<number> {
-  const main = new URL("../main.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", main, "restore", dir, ...(lazy ? ["--lazy"] : [])],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  if (!out.success || !/^\d+/.test(text)) {
-    throw new Error(new TextDecoder().decode(out.stderr).trim().replace(/^tardigrade: /, ""));
-  }
-  return Number(text.split(/\s/)[0]);
-}
-
 /** The verb. */
 export const serve: Verb = {
   name: "serve",
@@ -53,7 +37,6 @@ options:
       key,
       dir,
       once: Boolean(p.values.once),
-      restorer: restoreApart,
       log: (line) => console.log(line),
       onListening: (a) => console.log(`listening on ${a.hostname}:${a.port}`),
     });

@@ -104,6 +104,17 @@ export interface CheckpointOptions {
    * their pids; after it the processes are gone whatever the hook does.
    */
   handOver?: (image: HandOver) => Promise<void>;
+  /**
+   * With `preCopy`: called once memory is copied, while the processes still run, before the
+   * freeze for the rest (a migration waits here until its stream has caught up with the copy).
+   */
+  afterPreCopy?: () => Promise<void>;
+  /**
+   * Whether the image is flushed to disk before the processes end (default true). A migration's
+   * local image, a copy on its way to a receiver, skips it: the flush of a large image would
+   * lengthen the freeze.
+   */
+  durable?: boolean;
 }
 
 /** What `CheckpointOptions.handOver` is given. */
@@ -443,7 +454,10 @@ export async function checkpoint(
   const external = new ExternalDeclarations(opts.external ?? [], pid);
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
-  await using writer = await ImageWriter.create(dir, { parent: parent?.link });
+  await using writer = await ImageWriter.create(dir, {
+    parent: parent?.link,
+    sync: opts.durable ?? true,
+  });
   const ending: DumpEnding = { leaveRunning: opts.leaveRunning ?? false, hooks: [] };
   const endDump = (ok: boolean) => {
     for (const fn of ending.hooks.splice(0)) {
@@ -483,6 +497,8 @@ export async function checkpoint(
         staging,
         () => new Promise((r) => setTimeout(r, 0)),
       );
+      // The processes still run: whatever waits for the copy (a migration's stream) goes first.
+      await opts.afterPreCopy?.();
       started = performance.now() - pre.frozenMs; // frozenMs counts both freezes
     }
     const stopped = new Set<number>();

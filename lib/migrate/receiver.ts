@@ -5,6 +5,7 @@
  */
 import { Channel, decodeFilePiece, FRAME, MigrationError } from "./channel.ts";
 import { restore } from "../restore/restore.ts";
+import { WAIT, waitpid } from "../../ffi/mod.ts";
 
 /** How `serve` works. */
 export interface ServeOptions {
@@ -19,9 +20,8 @@ export interface ServeOptions {
   /** Serve one sender, then return. */
   once?: boolean;
   /**
-   * Restores a received image and returns the pid; `restore()` in this process if omitted (the
-   * CLI runs `tardigrade restore` in a process of its own, so that what it restores is not this
-   * server's child).
+   * Restores a received image and returns the pid; `restore()` in this process if omitted, whose
+   * restored processes are this server's children: it reaps them when they end.
    */
   restorer?: (dir: string, lazy: boolean) => Promise<number>;
   /** Told what happens, a line at a time. */
@@ -69,6 +69,26 @@ export async function serve(opts: ServeOptions): Promise<Received[]> {
   return out;
 }
 
+/** Children this server restored, reaped once they end (nobody else can wait for them). */
+const restoredChildren = new Set<number>();
+let reaper: ReturnType<typeof setInterval> | undefined;
+
+/** Reaps `pid` once it ends; returns it. */
+function reapWhenDone(pid: number): number {
+  restoredChildren.add(pid);
+  reaper ??= setInterval(() => {
+    for (const p of restoredChildren) {
+      try {
+        if (waitpid(p, WAIT.WNOHANG)) restoredChildren.delete(p);
+      } catch {
+        restoredChildren.delete(p); // not ours (adopted elsewhere) or gone
+      }
+    }
+  }, 1000);
+  Deno.unrefTimer(reaper);
+  return pid;
+}
+
 /** One sender: handshake, files, commit, and a restore if asked. */
 async function session(
   conn: Deno.Conn,
@@ -109,8 +129,11 @@ async function session(
         file.seekSync(piece.offset, Deno.SeekMode.Start);
         for (let at = 0; at < piece.data.length;) at += file.writeSync(piece.data.subarray(at));
       } else if (f.type === FRAME.COMMIT) {
-        const { files: sizes } = JSON.parse(new TextDecoder().decode(f.payload));
-        for (const file of files.values()) file.close();
+        const { files: sizes, durable } = JSON.parse(new TextDecoder().decode(f.payload));
+        for (const file of files.values()) {
+          if (durable === true) file.syncSync();
+          file.close();
+        }
         files.clear();
         for (const [name, size] of Object.entries(sizes as Record<string, number>)) {
           const have = Deno.statSync(`${partial}/${name}`).size;
@@ -127,7 +150,7 @@ async function session(
         try {
           const pid = opts.restorer
             ? await opts.restorer(dir, lazy === true)
-            : (await restore(dir, { lazy: lazy === true })).pid;
+            : reapWhenDone((await restore(dir, { lazy: lazy === true })).pid);
           received.pid = pid;
           log(`restored pid ${pid} from ${dir}`);
           await channel.sendJson(FRAME.RESULT, { ok: true, pid });

@@ -87,6 +87,8 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,
       single: opts.single,
+      durable: false, // a copy on its way: the receiver's is what counts
+      afterPreCopy: () => shipper.catchUp(),
       handOver: async ({ end }) => {
         await shipper.finish();
         const stored = await channel.receiveJson(FRAME.STORED);
@@ -159,8 +161,9 @@ export async function streamImage(pid: number, opts: SendOptions): Promise<Strea
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       single: opts.single,
+      durable: false, // a copy on its way: the receiver flushes its own
       handOver: async () => {
-        await shipper.finish();
+        await shipper.finish({ durable: true });
         remoteDir = String((await channel.receiveJson(FRAME.STORED)).dir);
       },
     });

@@ -40,9 +40,10 @@ export class Shipper {
 
   /**
    * Once the image is committed (`DIR` is whole): sends what is left of every file and the
-   * COMMIT with each file's size.
+   * COMMIT with each file's size; `durable` asks the receiver to flush the image to its disk
+   * before it says it has it (an image to keep, not one restored at once).
    */
-  async finish(): Promise<void> {
+  async finish(options: { durable?: boolean } = {}): Promise<void> {
     this.#stopped = true;
     await this.#loop;
     if (this.#failure) throw this.#failure;
@@ -51,7 +52,25 @@ export class Shipper {
     for (const e of Deno.readDirSync(this.dir)) {
       if (e.isFile) files[e.name] = Deno.statSync(`${this.dir}/${e.name}`).size;
     }
-    await this.channel.sendJson(FRAME.COMMIT, { files });
+    await this.channel.sendJson(FRAME.COMMIT, { files, durable: options.durable === true });
+  }
+
+  /**
+   * Waits until every byte the partial directory holds now is sent (while the processes run,
+   * so that the freeze that follows has only what is written after to send).
+   */
+  async catchUp(): Promise<void> {
+    const partial = this.#partialDir();
+    if (!partial) return;
+    const due = new Map<string, number>();
+    for (const e of Deno.readDirSync(partial)) {
+      if (e.isFile) due.set(e.name, Deno.statSync(`${partial}/${e.name}`).size);
+    }
+    const behind = () => [...due].some(([name, size]) => (this.#sent.get(name) ?? 0) < size);
+    while (behind() && !this.#failure && !this.#stopped) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    if (this.#failure) throw this.#failure;
   }
 
   /** Stops the background loop (a failed migration). */

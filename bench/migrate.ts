@@ -1,0 +1,112 @@
+/**
+ * Live migration's downtime (issue 16), on one machine: a process of 1 GiB (256 MiB with
+ * `--short`) that rewrites 5% of its memory a second measures the largest gap in its own loop
+ * while it is migrated (`migrate --lazy` to a `serve` over loopback), then while it is dumped and
+ * restored (CRIU's only way on this kernel). Prints the gaps, the bytes sent against the memory
+ * size and the time to complete.
+ *
+ * Run: deno run -A bench/migrate.ts [--short]
+ */
+import { type BenchTarget, fixtureBinary, MiB, repo, scratch, startTarget } from "./common.ts";
+
+const mib = Deno.args.includes("--short") ? 256 : 1024;
+const key = `${scratch}/key`;
+Deno.writeFileSync(key, crypto.getRandomValues(new Uint8Array(32)));
+
+/** Runs the CLI; returns its stdout, or throws with its stderr. */
+async function tool(...args: string[]): Promise<string> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: repo,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr).trim());
+  return new TextDecoder().decode(r.stdout);
+}
+
+/** The target's largest gap since the last ask, in ms. */
+async function gap(t: BenchTarget): Promise<number> {
+  const from = Deno.readTextFileSync(t.out).length;
+  Deno.kill(t.pid, "SIGUSR1");
+  for (let i = 0; i < 500; i++) {
+    const m = Deno.readTextFileSync(t.out).slice(from).match(/GAP ([\d.]+)/);
+    if (m) return Number(m[1]);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error("the writer did not answer");
+}
+
+/** Waits until `pid` is free (reaped by whoever adopted it). */
+async function free(pid: number): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    try {
+      Deno.statSync(`/proc/${pid}`);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const bin = await fixtureBinary("migrate_writer");
+const t = await startTarget(bin, [String(mib), "5"], { append: true });
+await new Promise((r) => setTimeout(r, 1000));
+await gap(t); // from here on
+
+// Migration: a receiver in a process of its own.
+const serve = new Deno.Command(Deno.execPath(), {
+  args: ["run", "-A", "main.ts", "serve", "--listen", "127.0.0.1:0", "--key", key, "--once"],
+  cwd: repo,
+  stdout: "piped",
+  stderr: "inherit",
+}).spawn();
+const reader = serve.stdout.getReader();
+let banner = "";
+while (!/listening on/.test(banner)) {
+  banner += new TextDecoder().decode((await reader.read()).value);
+}
+const port = /:(\d+)/.exec(banner)![1];
+const started = performance.now();
+const out = JSON.parse(
+  await tool(
+    "migrate",
+    String(t.pid),
+    "--to",
+    `127.0.0.1:${port}`,
+    "--key",
+    key,
+    "--lazy",
+    "--json",
+  ),
+);
+const migrateMs = performance.now() - started;
+reader.releaseLock();
+await serve.status;
+await new Promise((r) => setTimeout(r, 500));
+const migrated = await gap(t);
+
+// Plain dump and restore of the same process.
+const dir = `${scratch}/plain`;
+const t0 = performance.now();
+await tool("dump", String(t.pid), dir);
+await free(t.pid);
+await tool("restore", dir);
+const plainMs = performance.now() - t0;
+await new Promise((r) => setTimeout(r, 500));
+const plain = await gap(t);
+Deno.kill(t.pid, "SIGKILL");
+
+console.log(`live migration of ${mib} MiB rewriting 5% a second, one machine over loopback`);
+console.log(
+  `migrate --lazy   downtime ${migrated.toFixed(0).padStart(5)} ms   sent ${
+    (out.bytesSent / MiB).toFixed(0)
+  } MiB of ${mib} (${(out.bytesSent / (mib * MiB)).toFixed(2)}×)   frozen at the sender ${
+    out.dump.frozenMs.toFixed(0)
+  } ms   done in ${(migrateMs / 1000).toFixed(2)} s`,
+);
+console.log(
+  `dump + restore   downtime ${plain.toFixed(0).padStart(5)} ms   done in ${
+    (plainMs / 1000).toFixed(2)
+  } s   ratio ${(plain / migrated).toFixed(1)}×`,
+);
