@@ -108,6 +108,7 @@ export {
   type CheckpointOptions,
   type CheckpointResult,
   type HandOver,
+  type PreCopyPass,
 } from "./lib/dump/checkpoint.ts";
 export {
   checkPolicy,

@@ -75,11 +75,22 @@ async function receiving(r: Receiver): Promise<void> {
   );
 }
 
-for (const lazy of [false, true]) {
-  Deno.test(`migrate: the process runs on at the receiver with its pid${lazy ? " (lazy)" : ""}`, async () => {
+/** Memory that keeps changing while it is copied, rounds after rounds (precopy_writer.c). */
+async function busyTarget(): Promise<Target> {
+  return await spawnTarget(await fixture("precopy_writer"), [], { ready: /^READY /m });
+}
+
+for (
+  const [what, lazy, target] of [
+    ["", false, bigTarget],
+    [" (lazy)", true, bigTarget],
+    [", its memory written all along", false, busyTarget],
+  ] as const
+) {
+  Deno.test(`migrate: the process runs on at the receiver with its pid${what}`, async () => {
     const key = keyFile();
     const r = await startReceiver(key);
-    await withTarget(await bigTarget(), async (t) => {
+    await withTarget(await target(), async (t) => {
       assert.equal(await t.check(), "PASS");
       const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
       const m = await reaping(t.pid, () => cli(...args, ...(lazy ? ["--lazy"] : [])));

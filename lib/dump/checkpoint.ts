@@ -106,15 +106,22 @@ export interface CheckpointOptions {
   handOver?: (image: HandOver) => Promise<void>;
   /**
    * With `preCopy`: called once memory is copied, while the processes still run, before the
-   * freeze for the rest (a migration waits here until its stream has caught up with the copy).
+   * freeze for the rest (a migration waits here until its stream has caught up with the copy,
+   * and copies again what was written meanwhile, `again`, until little is left).
    */
-  afterPreCopy?: () => Promise<void>;
+  afterPreCopy?: (copy: PreCopyPass) => Promise<void>;
   /**
    * Whether the image is flushed to disk before the processes end (default true). A migration's
    * local image, a copy on its way to a receiver, skips it: the flush of a large image would
    * lengthen the freeze.
    */
   durable?: boolean;
+}
+
+/** What `CheckpointOptions.afterPreCopy` is given. */
+export interface PreCopyPass {
+  /** Copies again the pages written since their last copy; resolves to the bytes copied. */
+  again(): Promise<number>;
 }
 
 /** What `CheckpointOptions.handOver` is given. */
@@ -491,14 +498,11 @@ export async function checkpoint(
     const staging = new Uint8Array(STAGING_SIZE);
     if (opts.preCopy) {
       // Pre-copy hook: a brief freeze to arm tracking, then a copy while the processes run.
-      pre = await preCopy(
-        () => freezeTree(pid, opts, new Set()),
-        sink,
-        staging,
-        () => new Promise((r) => setTimeout(r, 0)),
-      );
+      const breathe = () => new Promise<void>((r) => setTimeout(r, 0));
+      pre = await preCopy(() => freezeTree(pid, opts, new Set()), sink, staging, breathe);
       // The processes still run: whatever waits for the copy (a migration's stream) goes first.
-      await opts.afterPreCopy?.();
+      const copy = pre;
+      await opts.afterPreCopy?.({ again: () => copy.again(breathe) });
       started = performance.now() - pre.frozenMs; // frozenMs counts both freezes
     }
     const stopped = new Set<number>();

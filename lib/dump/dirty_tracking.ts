@@ -17,6 +17,7 @@ import {
   PAGE_IS,
   PAGE_REGION_SIZE,
   PAGEMAP_SCAN,
+  PM_SCAN,
   PM_SCAN_ARG_SIZE,
   pmScanWalkEnd,
   UFFD,
@@ -65,6 +66,31 @@ export class DirtyTracker implements Disposable {
    * the shared zero page (a page dropped and read again). Sorted, merged.
    */
   cleanRanges(): AddressRange[] {
+    return this.#scan({
+      categoryMask: PAGE_IS.WPALLOWED | PAGE_IS.WRITTEN | PAGE_IS.PFNZERO,
+      categoryInvertedMask: PAGE_IS.WRITTEN | PAGE_IS.PFNZERO,
+      returnMask: PAGE_IS.WPALLOWED,
+    });
+  }
+
+  /**
+   * The pages written since they were last protected, protected again in the same step (the
+   * kernel does both at once: a write that comes after is caught next time). For copying them
+   * again while the process runs. Sorted, merged.
+   */
+  takeWritten(): AddressRange[] {
+    return this.#scan({
+      // Not CHECK_WPASYNC: a mapping replaced since arming is skipped (the freeze copies it).
+      flags: PM_SCAN.WP_MATCHING,
+      categoryMask: PAGE_IS.WPALLOWED | PAGE_IS.WRITTEN,
+      returnMask: PAGE_IS.WRITTEN,
+    });
+  }
+
+  /** One PAGEMAP_SCAN over the tracked ranges, the ranges it reports merged. */
+  #scan(
+    q: { flags?: number; categoryMask: number; categoryInvertedMask?: number; returnMask: number },
+  ): AddressRange[] {
     const out: AddressRange[] = [];
     const path = procPath(this.pid, "pagemap");
     const fd = open(path, O.RDONLY);
@@ -75,15 +101,7 @@ export class DirtyTracker implements Disposable {
       for (const r of this.ranges) {
         let start = r.start;
         while (start < r.end) {
-          encodePmScanArg(arg, {
-            start,
-            end: r.end,
-            vec: addressOf(vec),
-            vecLen: VEC,
-            categoryMask: PAGE_IS.WPALLOWED | PAGE_IS.WRITTEN | PAGE_IS.PFNZERO,
-            categoryInvertedMask: PAGE_IS.WRITTEN | PAGE_IS.PFNZERO,
-            returnMask: PAGE_IS.WPALLOWED,
-          });
+          encodePmScanArg(arg, { ...q, start, end: r.end, vec: addressOf(vec), vecLen: VEC });
           const n = ioctl(fd, PAGEMAP_SCAN, arg, `ioctl(${path}, PAGEMAP_SCAN)`);
           for (let i = 0; i < n; i++) {
             const s = vec[i * 3], e = vec[i * 3 + 1];

@@ -102,6 +102,17 @@ export function intersectRuns(
   return out;
 }
 
+/** Two sorted lists of runs that do not overlap, as one sorted list. */
+function mergeRuns(a: PageRun[], b: PageRun[]): PageRun[] {
+  const out: PageRun[] = [];
+  let i = 0, j = 0;
+  while (i < a.length || j < b.length) {
+    const next = j >= b.length || (i < a.length && a[i].start < b[j].start) ? a[i++] : b[j++];
+    appendRun(out, { ...next });
+  }
+  return out;
+}
+
 function subtract(a: bigint, b: bigint, drop: AddressRange[]): [bigint, bigint][] {
   let parts: [bigint, bigint][] = [[a, b]];
   for (const d of drop) {
@@ -149,22 +160,24 @@ export class ProcessPreCopy {
     }
   }
 
-  /** Copies the dumpable pages of the tracked ranges (the process runs meanwhile). */
-  async copy(breathe: () => Promise<void>): Promise<void> {
-    const pid = this.pid;
-    using memory = new RemoteMemory(pid);
-    const fill = (addr: bigint, buf: Uint8Array) => {
+  /** Reads pages for the collector; what was unmapped meanwhile is zeros, never reused. */
+  #filler(memory: RemoteMemory): (addr: bigint, buf: Uint8Array) => number {
+    return (addr, buf) => {
       const got = memory.readAvailable(addr, buf);
       if (got < buf.length) {
         // Unmapped meanwhile: the bytes are never reused, but keep the run whole.
         buf.fill(0, got);
-        this.unread.push({
-          start: addr + pageDown(BigInt(got)),
-          end: addr + BigInt(buf.length),
-        });
+        this.unread.push({ start: addr + pageDown(BigInt(got)), end: addr + BigInt(buf.length) });
       }
       return buf.length;
     };
+  }
+
+  /** Copies the dumpable pages of the tracked ranges (the process runs meanwhile). */
+  async copy(breathe: () => Promise<void>): Promise<void> {
+    const pid = this.pid;
+    using memory = new RemoteMemory(pid);
+    const fill = this.#filler(memory);
     for (const range of this.tracker.ranges) {
       for (const r of dumpableRanges(pid, range.start, range.end)) {
         for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
@@ -175,6 +188,31 @@ export class ProcessPreCopy {
       }
     }
     this.pages.flush();
+  }
+
+  /**
+   * Copies again, while the process runs, the pages written since they were last copied (the
+   * tracker protects them again first, so a write during the copy is caught next time); their
+   * new runs replace the old ones. Returns the bytes copied.
+   */
+  async recopy(breathe: () => Promise<void>): Promise<number> {
+    const before = this.pages.bytes;
+    const written = this.tracker.takeWritten();
+    if (written.length === 0) return 0;
+    using memory = new RemoteMemory(this.pid);
+    const fresh: PageRun[] = [];
+    const fill = this.#filler(memory);
+    for (const r of written) {
+      for (let at = r.start; at < r.end; at += BigInt(CHUNK)) {
+        const n = Math.min(CHUNK, Number(r.end - at));
+        for (const run of this.pages.add(at, n, fill)) appendRun(fresh, run);
+        await breathe();
+      }
+    }
+    this.pages.flush();
+    const stale = intersectRuns(this.runs, [{ start: 0n, end: 1n << 64n }], written);
+    this.runs.splice(0, this.runs.length, ...mergeRuns(stale, fresh));
+    return this.pages.bytes - before;
   }
 
   /**
@@ -204,6 +242,19 @@ export class PreCopy {
   copiedBytes = 0;
   readonly byPid = new Map<number, ProcessPreCopy>();
   #reused = 0;
+
+  /**
+   * Another pass while the processes run: the pages written since their last copy, copied
+   * again. Returns the bytes copied (what the freeze would otherwise have had to copy).
+   */
+  async again(breathe: () => Promise<void>): Promise<number> {
+    let bytes = 0;
+    for (const p of this.byPid.values()) {
+      if (p.alive()) bytes += await p.recopy(breathe);
+    }
+    this.copiedBytes += bytes;
+    return bytes;
+  }
 
   /** Pre-copied bytes the real dump reused, over all processes. */
   reusedBytes(): number {

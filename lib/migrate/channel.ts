@@ -35,6 +35,8 @@ export const FRAME = {
 export class MigrationError extends TardigradeError {}
 
 const MAC_SIZE = 32;
+/** Reads smaller than this go through a buffer that keeps what follows. */
+const READ_AHEAD = 64 * 1024;
 const HEADER = 5;
 /** The largest payload a frame may carry (a FILE frame's data is sent in pieces below it). */
 export const MAX_PAYLOAD = 4 << 20;
@@ -213,23 +215,31 @@ export class Channel {
     }
   }
 
+  /** Reads exactly `n` bytes: what is buffered first, then straight into the result. */
   async #read(n: number): Promise<Uint8Array> {
-    while (this.#buffer.length < n) {
-      const chunk = new Uint8Array(Math.max(65536, n - this.#buffer.length));
+    const out = new Uint8Array(n);
+    let have = Math.min(n, this.#buffer.length);
+    out.set(this.#buffer.subarray(0, have));
+    this.#buffer = this.#buffer.subarray(have);
+    while (have < n) {
+      // Small reads (headers, MACs) read ahead into a buffer; large ones into `out` itself.
+      const into = n - have >= READ_AHEAD ? out.subarray(have) : new Uint8Array(READ_AHEAD);
       let got: number | null;
       try {
-        got = await this.conn.read(chunk);
+        got = await this.conn.read(into);
       } catch (err) {
         throw new MigrationError(`the connection broke: ${(err as Error).message}`, { cause: err });
       }
       if (got === null) throw new MigrationError("the connection closed mid-stream");
-      const joined = new Uint8Array(this.#buffer.length + got);
-      joined.set(this.#buffer);
-      joined.set(chunk.subarray(0, got), this.#buffer.length);
-      this.#buffer = joined;
+      if (into.buffer === out.buffer) {
+        have += got;
+        continue;
+      }
+      const take = Math.min(got, n - have);
+      out.set(into.subarray(0, take), have);
+      have += take;
+      this.#buffer = into.subarray(take, got);
     }
-    const out = this.#buffer.slice(0, n);
-    this.#buffer = this.#buffer.subarray(n);
     return out;
   }
 }

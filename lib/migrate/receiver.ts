@@ -69,6 +69,9 @@ export async function serve(opts: ServeOptions): Promise<Received[]> {
   return out;
 }
 
+/** Frames received but not yet written, at most (4 MiB each). */
+const MAX_WRITES_IN_FLIGHT = 4;
+
 /** Children this server restored, reaped once they end (nobody else can wait for them). */
 const restoredChildren = new Set<number>();
 let reaper: ReturnType<typeof setInterval> | undefined;
@@ -109,6 +112,9 @@ async function session(
   Deno.mkdirSync(partial, { mode: 0o700 });
   const files = new Map<string, Deno.FsFile>();
   let received: Received = {};
+  // Writes go on in order on Deno's blocking threads while the next frame is read and checked.
+  let writing: Promise<void> = Promise.resolve();
+  let inFlight = 0;
   try {
     for (;;) {
       const f = await channel.receive();
@@ -126,9 +132,16 @@ async function session(
           });
           files.set(piece.name, file);
         }
-        file.seekSync(piece.offset, Deno.SeekMode.Start);
-        for (let at = 0; at < piece.data.length;) at += file.writeSync(piece.data.subarray(at));
+        const into = file;
+        inFlight++;
+        writing = writing.then(async () => {
+          await into.seek(piece.offset, Deno.SeekMode.Start);
+          for (let at = 0; at < piece.data.length;) at += await into.write(piece.data.subarray(at));
+          inFlight--;
+        });
+        if (inFlight >= MAX_WRITES_IN_FLIGHT) await writing;
       } else if (f.type === FRAME.COMMIT) {
+        await writing;
         const { files: sizes, durable } = JSON.parse(new TextDecoder().decode(f.payload));
         for (const file of files.values()) {
           if (durable === true) file.syncSync();
@@ -173,6 +186,7 @@ async function session(
     log(`session from ${from.hostname}:${from.port} failed: ${received.error}`);
     return received;
   } finally {
+    await writing.catch(() => {});
     for (const file of files.values()) file.close();
     if (!received.dir) Deno.removeSync(partial, { recursive: true });
     channel.close();

@@ -14,6 +14,12 @@ import { restore } from "../restore/restore.ts";
 import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
 import { Shipper } from "./shipper.ts";
 
+/** Pre-copy rounds at most before the freeze. */
+const MAX_ROUNDS = 8;
+
+/** A round that copied less than this is the last: the freeze sends the rest. */
+const ENOUGH = 4 << 20;
+
 /** Where and how to send. */
 export interface SendOptions {
   /** The receiver's address (`tardigrade serve`). */
@@ -60,9 +66,17 @@ async function open(opts: SendOptions): Promise<{ channel: Channel; bootId: stri
   return await Channel.connect(conn, opts.key);
 }
 
-/** A local directory for the image the shipper streams from. */
+/**
+ * A local directory for the image the shipper streams from: in memory (/dev/shm) where there is
+ * one, as the copy is read back at once and dropped after (a disk's write speed would bound the
+ * stream); it holds as much as the image for the time of the migration.
+ */
 async function stagingDir(): Promise<{ dir: string; drop: () => void }> {
-  const root = await Deno.makeTempDir({ prefix: "tardigrade-send-" });
+  let inMemory: string | undefined;
+  try {
+    if (Deno.statSync("/dev/shm").isDirectory) inMemory = "/dev/shm";
+  } catch { /* none: the temporary directory */ }
+  const root = await Deno.makeTempDir({ dir: inMemory, prefix: "tardigrade-send-" });
   return {
     dir: `${root}/image`,
     drop: () => Deno.removeSync(root, { recursive: true }),
@@ -88,7 +102,15 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       preCopy: true,
       single: opts.single,
       durable: false, // a copy on its way: the receiver's is what counts
-      afterPreCopy: () => shipper.catchUp(),
+      afterPreCopy: async (copy) => {
+        // Rounds while it runs: each sends what the last one left, until little is left.
+        await shipper.catchUp();
+        for (let round = 0; round < MAX_ROUNDS; round++) {
+          const bytes = await copy.again();
+          await shipper.catchUp();
+          if (bytes < ENOUGH) break;
+        }
+      },
       handOver: async ({ end }) => {
         await shipper.finish();
         const stored = await channel.receiveJson(FRAME.STORED);
