@@ -46,9 +46,9 @@ export const dump: Verb = {
   name: "dump",
   summary:
     "Checkpoint a process and its children into an image (they end, unless --leave-running).",
-  usage: "tardigrade dump PID DIR [--leave-running] [--single] [--pre-copy] [--parent PREV] " +
-    "[--external KEY]... [--policy FILE.ts] [--freeze-timeout MS] [--json]\n" +
-    "       tardigrade dump PID --to ADDR:PORT --key FILE [--single]",
+  usage: "tardigrade dump PID (DIR | --to ADDR:PORT --key FILE) [--leave-running] [--single] " +
+    "[--pre-copy] [--parent PREV] [--external KEY]... [--policy FILE.ts] [--freeze-timeout MS] " +
+    "[--json]",
   help: `DIR must not exist or be empty; it appears complete or not at all. The processes PID
 started (its children, theirs …) are dumped with it and restored as its children.
 With --to, the image streams to a receiver (tardigrade serve), which stores it; the
