@@ -6,6 +6,20 @@ import { syscall } from "./syscalls.ts";
 export const IPC = { CREAT: 0o1000, EXCL: 0o2000, RMID: 0, SET: 1, STAT: 2 } as const;
 
 /**
+ * The `*_INFO` commands of shmctl, msgctl and semctl, which say how many objects an IPC namespace
+ * holds (asked inside a process of it), and where the count is in the struct each fills:
+ * `shm_info.used_ids`, `msginfo.msgpool` and `seminfo.semusz` (ints).
+ */
+export const IPC_INFO = {
+  shm: { cmd: 14, countAt: 0 },
+  msg: { cmd: 12, countAt: 0 },
+  sem: { cmd: 19, countAt: 28 },
+} as const;
+
+/** The largest of `struct shm_info`, `struct msginfo` and `struct seminfo` (x86_64). */
+export const IPC_INFO_SIZE = 48;
+
+/**
  * `shmat` flags (`RDONLY`, `EXEC`), and `DEST`: the mode bit /proc/sysvipc/shm shows for a
  * segment marked for removal.
  */
