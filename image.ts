@@ -39,6 +39,8 @@ export {
   type MappingSource,
   type MemoryObjectEntry,
   type MmEntry,
+  type MountEntry,
+  type NamespacesEntry,
   type PageRun,
   type PendingSignal,
   type PosixTimerEntry,
@@ -53,6 +55,7 @@ export {
   type TerminalEntry,
   type TerminalModes,
   type ThreadEntry,
+  type UtsEntry,
   type WindowSize,
   type ZombieEntry,
 } from "./lib/image/schema.ts";

@@ -425,6 +425,45 @@ export interface RlimitEntry {
   hard: bigint;
 }
 
+/** A mount a container made over the tool's mounts (its own /proc), made again at restore. */
+export interface MountEntry {
+  /** Where it is mounted, as the container sees it. */
+  mountPoint: string;
+  /** Its file system type (only `proc` for now). */
+  fsType: string;
+  /** Its source (`proc`). */
+  source: string;
+  /** Its per-mount options, as mountinfo shows them (`rw,nosuid,nodev,noexec,relatime`). */
+  options: string;
+  /** Its superblock options, as mountinfo shows them (`rw`, `rw,hidepid=2`). */
+  superOptions: string;
+}
+
+/** The names of a UTS namespace. */
+export interface UtsEntry {
+  /** Its host name (sethostname). */
+  hostname: string;
+  /** Its NIS domain name (setdomainname). */
+  domainname: string;
+}
+
+/**
+ * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
+ * which the restore makes anew, the tree inside them.
+ */
+export interface NamespacesEntry {
+  /**
+   * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
+   * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
+   * `mounts` on it), `uts` (with `uts`), `ipc` (empty).
+   */
+  kinds: ("pid" | "mnt" | "uts" | "ipc")[];
+  /** With `mnt`: the mounts the container had made over a copy of the tool's. */
+  mounts?: MountEntry[];
+  /** With `uts`: its names. */
+  uts?: UtsEntry;
+}
+
 /** Everything needed to bring one process back. */
 export interface ProcessEntry {
   /** Process id, restored as it was. */
@@ -529,4 +568,9 @@ export interface ProcessEntry {
    * its own entry in `process-PID.cbor`.
    */
   tree?: { pid: number; ppid: number }[];
+  /**
+   * Root process only, of a container: the namespaces made anew around the tree. Absent for a
+   * tree that lived in the tool's namespaces (and in older images).
+   */
+  namespaces?: NamespacesEntry;
 }

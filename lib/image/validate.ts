@@ -198,6 +198,7 @@ const ENTRY_FIELDS = [
   "sharesFsWith",
   "extents",
   "tree",
+  "namespaces",
 ] as const;
 const THREAD_FIELDS = [
   "tid",
@@ -586,6 +587,7 @@ function checkEntry(v: unknown): void {
     "fds",
     "descriptor",
   );
+  optional(p, "namespaces", "", (v, a) => fields(v, a, NAMESPACES_FIELDS));
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
       const o = obj(t, a, ["pid", "ppid"]);
@@ -615,6 +617,25 @@ export type FieldType =
 
 /** The fields of a closed map: every key it may have, with its type. */
 export type Fields = Readonly<Record<string, FieldType>>;
+
+/** `ProcessEntry.namespaces`: a container's namespaces. */
+const NAMESPACES_FIELDS: Fields = {
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc"] } },
+  mounts: {
+    optional: {
+      list: {
+        map: {
+          mountPoint: "text",
+          fsType: "text",
+          source: "text",
+          options: "text",
+          superOptions: "text",
+        },
+      },
+    },
+  },
+  uts: { optional: { map: { hostname: "text", domainname: "text" } } },
+};
 
 function field(v: unknown, at: string, type: FieldType): void {
   if (typeof type === "object") {

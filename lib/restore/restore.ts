@@ -30,6 +30,7 @@ import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
+import { makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -69,7 +70,12 @@ import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
-import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
+import {
+  type NamespacesEntry,
+  PROCESS_META,
+  type ProcessEntry,
+  processMetaName,
+} from "../image/schema.ts";
 import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
@@ -309,7 +315,7 @@ function buildMemory(
 ): Promise<number> {
   if (!m.asb) {
     m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
-    m.asb.empty();
+    m.asb.empty(run.shares.namespace?.keptFd(m.pid));
   }
   return m.inj.batch(() => buildAddressSpace(m, run, progress));
 }
@@ -548,20 +554,37 @@ async function restoreTree(
   const dropStub = async () => (await starting.catch(() => null))?.end();
   let entries: ProcessEntry[];
   let inherited: ReadonlyMap<string, number>;
+  let container: NamespacesEntry | undefined;
+  let containerPid = false;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
   });
   try {
     entries = await readTree(reader);
+    container = entries[0]?.namespaces;
+    containerPid = container?.kinds.includes("pid") ?? false;
     if (terminal) moveToTerminal(entries, terminal);
     if (opts.pidNamespace && opts.shellJob) {
       throw new RestoreError("a shell job cannot be restored into a new pid namespace");
     }
+    if (container && (opts.pidNamespace || opts.shellJob)) {
+      throw new RestoreError(
+        `the image is of a container (${container.kinds.join(", ")} namespaces of its own), ` +
+          `restored in fresh namespaces: not with ${
+            opts.pidNamespace ? "a pid namespace of the restore's" : "a shell job"
+          }`,
+      );
+    }
+    if (containerPid && entries[0].pid !== 1) {
+      throw new ImageError(
+        `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
+      );
+    }
     inherited = checkInherited(entries, opts.inheritFds ?? {});
     for (const [i, p] of entries.entries()) {
       const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
-      await preflight(p, file, opts.pidNamespace === true);
+      await preflight(p, file, opts.pidNamespace === true || containerPid);
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
     stage("preflight", entries[0]);
@@ -587,7 +610,7 @@ async function restoreTree(
     files: new Map(),
     scope: {},
     pids: new PidMap(),
-    tasks: tasksOf(entries, opts.pidNamespace === true),
+    tasks: tasksOf(entries, opts.pidNamespace === true || containerPid),
     inherited,
   };
   const warnings: string[] = [];
@@ -601,6 +624,9 @@ async function restoreTree(
       // Its init, made from the stub, forks the root.
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
+    } else if (containerPid) {
+      // A container's init is the restored root: pid 1 of the namespace the stub makes.
+      shares.namespace = PidNamespace.createForContainer(stub.injector, entries[0]);
     }
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0);
     const run: RestoreRun = { reader, shares, stage, made, warnings };
@@ -641,6 +667,8 @@ async function restoreTree(
         inj: new Injector(pid, pid, mem, maker?.inj.site ?? site, { diesWithTool: true }),
       };
       making.push(m);
+      // Before it forks the rest of the tree, which inherits them.
+      if (container && p === entries[0]) makeNamespaces(m.inj, container);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else restoreSession(m.inj, p);
     }
@@ -652,7 +680,7 @@ async function restoreTree(
     for (const m of making) {
       if (m.asb) continue;
       m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
-      m.asb.empty();
+      m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {
       await memoryOf(m);
@@ -664,7 +692,13 @@ async function restoreTree(
     resumeScope(shares.scope);
     for (const m of making) seal(m);
     for (const m of making) m.files?.close();
+    // Every descriptor table is made: a container's init lets go of the tool's pidfd.
+    shares.namespace?.dropToolPidfd(making[0].inj);
     stage("verify", entries[0]);
+    const nsDiffer = container && namespacesDiffer(making[0].pid, making[0].inj, container);
+    if (nsDiffer) {
+      throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
+    }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     for (const m of making) {
       const lost = stopWouldBeLost(m.entry, m.pid);

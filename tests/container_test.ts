@@ -1,0 +1,209 @@
+/**
+ * Containers made by `unshare`: the init of a container (pid 1 of its pid namespace, with its own
+ * /proc, host name and IPC namespace) and its child are dumped and restored into fresh namespaces
+ * of the same kinds, where they check themselves (container_init.c). What is not carried yet (a
+ * net namespace, a process that is not the init, a namespace held from outside, IPC objects, a
+ * mount the container made) is refused at dump time, naming it, and the container runs on.
+ */
+import assert from "node:assert/strict";
+import { checkpoint, restore, type RestoreResult } from "../mod.ts";
+import {
+  childrenOf,
+  fixture,
+  isAlive,
+  killAndReap,
+  needs,
+  notInstalled,
+  spawnTarget,
+  type Target,
+  waitUntil,
+} from "./helpers.ts";
+
+const UNSHARE = ["--pid", "--fork", "--mount-proc", "--uts", "--ipc"];
+
+/** NSpid of a process: its pid in each pid namespace, the host's first. */
+function nspid(pid: number): number[] {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return status.match(/^NSpid:\s*(.*)$/m)![1].trim().split(/\s+/).map(Number);
+}
+
+/** The namespace of kind `kind` process `pid` lives in. */
+const ns = (pid: number, kind: string) => Deno.readLinkSync(`/proc/${pid}/ns/${kind}`);
+
+/** A container running container_init.c, made by `unshare` with `flags`; and its init's host pid. */
+interface Container {
+  unshare: Target;
+  init: number;
+  countFile: string;
+}
+
+async function startContainer(flags = UNSHARE, shell?: string): Promise<Container> {
+  const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
+  const bin = await fixture("container_init");
+  const args = shell
+    ? [...flags, "sh", "-c", `${shell}; exec '${bin}' '${countFile}'`]
+    : [...flags, bin, countFile];
+  const unshare = await spawnTarget("unshare", args, {
+    ready: /^(READY|SETUP FAILED).*$/m,
+    append: true, // the restored init writes after what unshare adds when its child dies
+  });
+  assert.match(unshare.output(), /^READY /m, `container setup failed:\n${unshare.output()}`);
+  const [init] = childrenOf(unshare.pid);
+  return { unshare, init, countFile };
+}
+
+async function stopContainer(c: Container, restored?: RestoreResult): Promise<void> {
+  if (restored) await killAndReap(restored.pid);
+  await killAndReap(c.init);
+  await killAndReap(c.unshare.pid);
+  await Deno.remove(c.countFile).catch(() => {});
+}
+
+/** The processes running `bin`. */
+function runningFixtures(bin: string): number[] {
+  return [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).filter((pid) => {
+    try {
+      return pid > 0 && isAlive(pid) && Deno.readLinkSync(`/proc/${pid}/exe`) === bin;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const missing = notInstalled("unshare", "cc");
+
+Deno.test(
+  needs("container: init and child come back as pid 1 and 2 of fresh namespaces", missing),
+  async () => {
+    const c = await startContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      const dumped = await checkpoint(c.init, `${dir}/image`);
+      assert.equal(dumped.processes.length, 2, "the init and its child are dumped");
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+
+      // A restore that fails late leaves nothing: no process, so no namespace it made.
+      await assert.rejects(
+        () =>
+          restore(`${dir}/image`, {
+            policy: {
+              restoreStage: (stage) => {
+                if (stage === "resume") throw new Error("stopped at resume");
+              },
+            },
+          }),
+        /stopped at resume/,
+      );
+      assert.deepEqual(runningFixtures(bin), [], "a process of the failed restore is left");
+
+      restored = await restore(`${dir}/image`);
+      const init = restored.pid;
+      assert.deepEqual(nspid(init).slice(1), [1], "the init is pid 1 inside");
+      assert.equal(restored.namespacePid, 1);
+      const [child] = childrenOf(init);
+      assert.deepEqual(nspid(child).slice(1), [2], "its child is pid 2 inside");
+      for (const kind of ["pid", "mnt", "uts", "ipc"]) {
+        assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a fresh ${kind} namespace`);
+        assert.equal(ns(child, kind), ns(init, kind), `the child shares its ${kind} namespace`);
+      }
+      for (const kind of ["net", "user", "cgroup"]) {
+        assert.equal(ns(init, kind), ns(Deno.pid, kind));
+      }
+      // The fixture checks its pids, its /proc, its names, its child's socket and its count.
+      assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
+      assert.equal(await c.unshare.check(init), "PASS", "and it runs on");
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/** Dumps container `c` expecting a refusal matching `reason`; the container runs on unharmed. */
+async function assertRefused(c: Container, pid: number, reason: RegExp): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+  try {
+    await assert.rejects(() => checkpoint(pid, `${dir}/image`), reason);
+    assert.equal(await c.unshare.check(c.init), "PASS", `it runs on:\n${c.unshare.output()}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "cc");
+
+Deno.test(
+  needs("container: what is not carried is refused, naming it", refusalsMissing),
+  async (t) => {
+    await t.step("a net namespace", async () => {
+      const c = await startContainer([...UNSHARE, "--net"]);
+      try {
+        await assertRefused(
+          c,
+          c.init,
+          new RegExp(`process ${c.init} lives in a namespace of its own \\(net\\)`),
+        );
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a process that is not the container's init", async () => {
+      const c = await startContainer();
+      try {
+        const [child] = childrenOf(c.init);
+        await assertRefused(c, child, new RegExp(`process ${child} is pid 2 of its pid namespace`));
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a namespace a process outside the dump holds", async () => {
+      const c = await startContainer();
+      const holder = new Deno.Command("nsenter", {
+        args: ["--target", String(c.init), "--uts", "sleep", "60"],
+      }).spawn();
+      try {
+        await waitUntil(
+          () => {
+            try {
+              return childrenOf(holder.pid).some((p) => ns(p, "uts") === ns(c.init, "uts")) ||
+                ns(holder.pid, "uts") === ns(c.init, "uts");
+            } catch {
+              return false;
+            }
+          },
+          5000,
+          "nsenter to enter the container's uts namespace",
+        );
+        await assertRefused(
+          c,
+          c.init,
+          /the uts namespace of container \d+ is also held by process/,
+        );
+      } finally {
+        holder.kill("SIGKILL");
+        await holder.status;
+        await stopContainer(c);
+      }
+    });
+    await t.step("System V objects in its IPC namespace", async () => {
+      const c = await startContainer(UNSHARE, "ipcmk -Q >/dev/null");
+      try {
+        await assertRefused(c, c.init, /holds 1 System V message queues/);
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a mount the container made", async () => {
+      const c = await startContainer(UNSHARE, "mount -t tmpfs scratch /mnt");
+      try {
+        await assertRefused(c, c.init, /mounted tmpfs scratch on \/mnt/);
+      } finally {
+        await stopContainer(c);
+      }
+    });
+  },
+);
