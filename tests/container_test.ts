@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { checkpoint, restore, type RestoreResult } from "../mod.ts";
 import {
   childrenOf,
+  cli,
   fixture,
   isAlive,
   killAndReap,
@@ -85,6 +86,12 @@ Deno.test(
       assert.equal(dumped.processes.length, 2, "the init and its child are dumped");
       await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
       await killAndReap(c.unshare.pid);
+
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(
+        shown.stdout,
+        /container namespaces: pid, mnt \+proc on \/proc, uts tardibox \(tardinet\), ipc/,
+      );
 
       // A restore that fails late leaves nothing: no process, so no namespace it made.
       await assert.rejects(
