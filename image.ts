@@ -31,6 +31,8 @@ export {
   TOOL_VERSION,
 } from "./lib/image/mod.ts";
 export {
+  type CgroupEntry,
+  type CgroupMembership,
   type Credentials,
   type FdEntry,
   type FileEntry,

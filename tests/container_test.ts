@@ -10,6 +10,7 @@ import { checkpoint, restore, type RestoreResult } from "../mod.ts";
 import {
   childrenOf,
   cli,
+  exists,
   fixture,
   isAlive,
   killAndReap,
@@ -212,5 +213,98 @@ Deno.test(
         await stopContainer(c);
       }
     });
+  },
+);
+
+/** A cgroup made for a test in hierarchy directory `root`, removed after. */
+function makeGroup(root: string, name: string, settings: Record<string, string> = {}): string {
+  const dir = `${root}/${name}`;
+  Deno.mkdirSync(dir);
+  for (const [file, value] of Object.entries(settings)) {
+    Deno.writeTextFileSync(`${dir}/${file}`, value);
+  }
+  return dir;
+}
+
+/** Removes a test's cgroup once the processes in it are gone. */
+async function removeGroup(dir: string): Promise<void> {
+  await waitUntil(
+    () => {
+      try {
+        Deno.removeSync(dir);
+        return true;
+      } catch (err) {
+        return err instanceof Deno.errors.NotFound;
+      }
+    },
+    5000,
+    `cgroup ${dir} to be empty and removed`,
+  );
+}
+
+/** The group of `pid` in the hierarchy `hierarchy` names in /proc/PID/cgroup. */
+function groupOf(pid: number, hierarchy: string): string | undefined {
+  return Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n")
+    .map((l) => l.split(":")).find((f) => f[1] === hierarchy)?.[2];
+}
+
+const PIDS = "/sys/fs/cgroup/pids", UNIFIED = "/sys/fs/cgroup/unified";
+
+Deno.test(
+  needs(
+    "container: its cgroups (v1 pids, v2) are made again with their limits, checked, removed on failure",
+    missing ??
+      (exists(`${PIDS}/cgroup.procs`) && exists(`${UNIFIED}/cgroup.procs`)
+        ? undefined
+        : "no v1 pids hierarchy and v2 at /sys/fs/cgroup/unified"),
+  ),
+  async () => {
+    const name = `tardigrade-test-${Deno.pid}-${Date.now()}`;
+    const groups = [makeGroup(PIDS, name, { "pids.max": "64" }), makeGroup(UNIFIED, name)];
+    const c = await startContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      for (const pid of [c.init, ...childrenOf(c.init)]) {
+        for (const g of groups) Deno.writeTextFileSync(`${g}/cgroup.procs`, String(pid));
+      }
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      for (const g of groups) await removeGroup(g);
+
+      // A group of the tree that is there with other limits: refused, naming the limit.
+      makeGroup(PIDS, name, { "pids.max": "32" });
+      await assert.rejects(() => restore(`${dir}/image`), /pids\.max is 32 now, not 64/);
+      assert.deepEqual(runningFixtures(bin), []);
+      await removeGroup(groups[0]);
+
+      // A restore that fails late removes the groups it made.
+      await assert.rejects(
+        () =>
+          restore(`${dir}/image`, {
+            policy: {
+              restoreStage: (stage) => {
+                if (stage === "resume") throw new Error("stopped at resume");
+              },
+            },
+          }),
+        /stopped at resume/,
+      );
+      assert.deepEqual(runningFixtures(bin), []);
+      for (const g of groups) assert.ok(!exists(g), `${g} was left behind`);
+
+      restored = await restore(`${dir}/image`);
+      assert.equal(Deno.readTextFileSync(`${groups[0]}/pids.max`).trim(), "64");
+      for (const pid of [restored.pid, ...childrenOf(restored.pid)]) {
+        assert.equal(groupOf(pid, "pids"), `/${name}`);
+        assert.equal(groupOf(pid, ""), `/${name}`);
+      }
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      for (const g of groups) await removeGroup(g).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
   },
 );

@@ -41,6 +41,7 @@ import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readStatus, tryReadStat } from "../inspect/procfs.ts";
 import { treeSharing } from "../ptrace/stub.ts";
 import { zombieChildren } from "../task/zombies.ts";
+import { dumpCgroupGroups } from "../task/cgroups.ts";
 import { checkSameNamespaces, containerKinds, refuseOutsideHolders } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
@@ -483,6 +484,8 @@ export async function checkpoint(
     const [root, ...descendants] = entries;
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
     if (namespaces) root.namespaces = namespaces;
+    const cgroupGroups = dumpCgroupGroups(entries.map((e) => e.cgroups ?? []));
+    if (cgroupGroups.length) root.cgroupGroups = cgroupGroups;
     if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);
     for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);

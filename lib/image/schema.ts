@@ -425,6 +425,23 @@ export interface RlimitEntry {
   hard: bigint;
 }
 
+/** A process's group in one cgroup hierarchy, as /proc/PID/cgroup names it. */
+export interface CgroupMembership {
+  /** The hierarchy's controllers (`pids`, `cpu,cpuacct`, `name=systemd`); "" for cgroup v2. */
+  hierarchy: string;
+  /** The group's path in it (`/`, `/mygroup`). */
+  path: string;
+}
+
+/** A group the tree lived in and the dumping tool did not, with its limits. */
+export interface CgroupEntry extends CgroupMembership {
+  /**
+   * Its limits, file → content as read (`pids.max`, `memory.limit_in_bytes`, `memory.max`,
+   * `cpu.shares`, `cpu.weight`, `cpuset.cpus`, `cpuset.mems`: those it has).
+   */
+  settings: Record<string, string>;
+}
+
 /** A mount a container made over the tool's mounts (its own /proc), made again at restore. */
 export interface MountEntry {
   /** Where it is mounted, as the container sees it. */
@@ -568,6 +585,13 @@ export interface ProcessEntry {
    * its own entry in `process-PID.cbor`.
    */
   tree?: { pid: number; ppid: number }[];
+  /** Its group in every cgroup hierarchy (every thread is in its process's); absent in older images. */
+  cgroups?: CgroupMembership[];
+  /**
+   * Root process only: the cgroups processes of the tree lived in that the dumping tool did not,
+   * made again with their limits when missing; absent when none (and in older images).
+   */
+  cgroupGroups?: CgroupEntry[];
   /**
    * Root process only, of a container: the namespaces made anew around the tree. Absent for a
    * tree that lived in the tool's namespaces (and in older images).

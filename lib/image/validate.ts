@@ -199,6 +199,8 @@ const ENTRY_FIELDS = [
   "extents",
   "tree",
   "namespaces",
+  "cgroups",
+  "cgroupGroups",
 ] as const;
 const THREAD_FIELDS = [
   "tid",
@@ -588,6 +590,16 @@ function checkEntry(v: unknown): void {
     "descriptor",
   );
   optional(p, "namespaces", "", (v, a) => fields(v, a, NAMESPACES_FIELDS));
+  optional(p, "cgroups", "", (v, a) => field(v, a, { list: { map: CGROUP_FIELDS } }));
+  optional(p, "cgroupGroups", "", (v, a) =>
+    each(v, a, (g, b) => {
+      const o = obj(g, b, [...Object.keys(CGROUP_FIELDS), "settings"]);
+      fields({ hierarchy: o.hierarchy, path: o.path }, b, CGROUP_FIELDS);
+      for (const [k, x] of Object.entries(openObj(o.settings, `${b}.settings`))) {
+        if (!/^[a-z_]+\.[a-z_]+$/.test(k)) throw new Malformed(`${b}.settings: no file ${k}`);
+        text(x, `${b}.settings.${k}`);
+      }
+    }));
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
       const o = obj(t, a, ["pid", "ppid"]);
@@ -617,6 +629,9 @@ export type FieldType =
 
 /** The fields of a closed map: every key it may have, with its type. */
 export type Fields = Readonly<Record<string, FieldType>>;
+
+/** `CgroupMembership`: a group of one hierarchy. */
+const CGROUP_FIELDS: Fields = { hierarchy: "text", path: "text" };
 
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {

@@ -53,6 +53,7 @@ import {
   restoreThpDisable,
 } from "../task/attributes.ts";
 import { restoreAudit } from "../task/audit.ts";
+import { CgroupRestore } from "../task/cgroups.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
 import { awaitStop, restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
@@ -555,6 +556,7 @@ async function restoreTree(
   let entries: ProcessEntry[];
   let inherited: ReadonlyMap<string, number>;
   let container: NamespacesEntry | undefined;
+  let cgroups: CgroupRestore;
   let containerPid = false;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
@@ -587,6 +589,8 @@ async function restoreTree(
       await preflight(p, file, opts.pidNamespace === true || containerPid);
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
+    cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
+    cgroups.check(entries);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();
@@ -658,6 +662,8 @@ async function restoreTree(
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
       shares.pids.set(p.pid, pid);
+      // Before it forks its children, which start in its groups.
+      cgroups.join(p.pid, pid, p.cgroups);
       const mem = new RemoteMemory(pid);
       const m: Making = {
         entry: p,
@@ -762,6 +768,7 @@ async function restoreTree(
     }
     // Last: a namespace's init finishes exiting only once every other process in it is reaped.
     await shares.namespace?.abort();
+    cgroups.abort(); // once every process it put in them is gone
     throw err;
   }
 }

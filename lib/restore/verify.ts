@@ -298,6 +298,7 @@ const TASK_RULES: Record<string, Rule> = {
     }
   },
   oomScoreAdj: added(),
+  cgroups: added(),
   thpDisable: added(),
   childSubreaper: added(),
   membarrier: added(),

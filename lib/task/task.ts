@@ -9,6 +9,7 @@ import type { Process } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { dumpAttributes } from "./attributes.ts";
 import { dumpAudit } from "./audit.ts";
+import { dumpCgroups } from "./cgroups.ts";
 import { dumpCredentials } from "./credentials.ts";
 import { dumpFsState } from "./fs_state.ts";
 import { dumpItimers } from "./itimers.ts";
@@ -45,5 +46,6 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     sigactions: dumpSigactions(inj),
     sharedPending: dumpSharedPending(pid),
     itimers: dumpItimers(inj),
+    cgroups: dumpCgroups(pid),
   };
 }
