@@ -464,6 +464,34 @@ export interface UtsEntry {
   domainname: string;
 }
 
+/** The owner and permissions of a System V IPC object (`ipc64_perm`), and its identity. */
+export interface SysvObjectEntry {
+  /** Its id, made again (through `msg_next_id`/`sem_next_id`). */
+  id: number;
+  /** Its key (0: IPC_PRIVATE). */
+  key: number;
+  /** Owner. */
+  uid: number;
+  /** Owner's group. */
+  gid: number;
+  /** Permission bits. */
+  mode: number;
+}
+
+/** A System V message queue of a container's IPC namespace, with its messages. */
+export interface MsgQueueEntry extends SysvObjectEntry {
+  /** Its capacity in bytes (`msg_qbytes`). */
+  qbytes: number;
+  /** Its messages, oldest first: type and text. */
+  messages: { type: bigint; data: Uint8Array }[];
+}
+
+/** A System V semaphore set of a container's IPC namespace. */
+export interface SemSetEntry extends SysvObjectEntry {
+  /** The value of each semaphore. */
+  values: number[];
+}
+
 /**
  * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
  * which the restore makes anew, the tree inside them.
@@ -472,13 +500,15 @@ export interface NamespacesEntry {
   /**
    * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
-   * `mounts` on it), `uts` (with `uts`), `ipc` (empty).
+   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`).
    */
   kinds: ("pid" | "mnt" | "uts" | "ipc")[];
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
   /** With `uts`: its names. */
   uts?: UtsEntry;
+  /** With `ipc`: its System V message queues and semaphore sets (absent: none). */
+  ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
 }
 
 /** Everything needed to bring one process back. */

@@ -633,6 +633,18 @@ export type Fields = Readonly<Record<string, FieldType>>;
 /** `CgroupMembership`: a group of one hierarchy. */
 const CGROUP_FIELDS: Fields = { hierarchy: "text", path: "text" };
 
+/** A System V object's identity and owner (`SysvObjectEntry`). */
+const SYSV_OBJECT_FIELDS: Fields = {
+  id: "whole",
+  key: "whole",
+  uid: "whole",
+  gid: "whole",
+  mode: "whole",
+};
+
+/** A message queue's messages. */
+const MESSAGES: FieldType = { list: { map: { type: "whole", data: "bytes" } } };
+
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
   kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc"] } },
@@ -650,6 +662,14 @@ const NAMESPACES_FIELDS: Fields = {
     },
   },
   uts: { optional: { map: { hostname: "text", domainname: "text" } } },
+  ipc: {
+    optional: {
+      map: {
+        msg: { list: { map: { ...SYSV_OBJECT_FIELDS, qbytes: "whole", messages: MESSAGES } } },
+        sem: { list: { map: { ...SYSV_OBJECT_FIELDS, values: { list: "whole" } } } },
+      },
+    },
+  },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

@@ -11,7 +11,8 @@ import type { NamespacesEntry } from "../image/schema.ts";
 import type { CarriedKind } from "./kinds.ts";
 import { dumpMounts, makeMounts, mountsDiffer } from "./mounts.ts";
 import { dumpUts, makeUts } from "./uts.ts";
-import { checkIpcEmpty, makeIpc } from "./ipc.ts";
+import { checkIpcCarried, makeIpc } from "./ipc.ts";
+import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
@@ -21,7 +22,11 @@ export function dumpNamespaces(pid: number, inj: Injector, kinds: CarriedKind[])
   const entry: NamespacesEntry = { kinds: [...kinds] };
   if (kinds.includes("mnt")) entry.mounts = dumpMounts(pid);
   if (kinds.includes("uts")) entry.uts = dumpUts(inj);
-  if (kinds.includes("ipc")) checkIpcEmpty(inj, pid);
+  if (kinds.includes("ipc")) {
+    checkIpcCarried(inj, pid);
+    const ipc = dumpSysvIpc(inj);
+    if (ipc.msg.length || ipc.sem.length) entry.ipc = ipc;
+  }
   return entry;
 }
 
@@ -34,10 +39,24 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry): void {
     if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
     if (entry.uts) makeUts(inj, entry.uts);
     if (entry.kinds.includes("ipc")) makeIpc(inj);
+    if (entry.ipc) {
+      makeSysvIpc(inj, entry.ipc);
+      // Read back as the dump read them: ids, owners, messages and values.
+      if (sysvText(dumpSysvIpc(inj)) !== sysvText(entry.ipc)) {
+        throw new RestoreError("its System V objects did not come back as dumped");
+      }
+    }
   } catch (err) {
     throw new RestoreError(`cannot make the container's namespaces: ${(err as Error).message}`);
   }
 }
+
+/** The System V objects of an entry as comparable text (message types are bigints). */
+const sysvText = (ipc: NonNullable<NamespacesEntry["ipc"]>) =>
+  JSON.stringify(
+    ipc,
+    (_k, v) => typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? [...v] : v,
+  );
 
 /**
  * How the namespaces of the restored container `pid` (its init, `inj` running in it) differ

@@ -1,31 +1,19 @@
 /**
- * A container's IPC namespace. The restore gives the container a fresh, empty one; the objects
- * one may hold (System V shared memory segments, semaphore sets and message queues, POSIX message
- * queues) are not carried yet, so the dump refuses a namespace that holds any, naming what it
- * holds. They are counted inside the container's init: `*_INFO` of shmctl, semctl and msgctl, and
- * a listing of a mqueue file system made in its namespace (fsopen, never mounted anywhere).
+ * A container's IPC namespace. The restore gives the container a fresh one, with its System V
+ * message queues and semaphore sets made again (sysv_ipc.ts); the objects not carried yet (System
+ * V shared memory segments, POSIX message queues) are refused at dump time, naming what it holds.
+ * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of a mqueue
+ * file system made in its namespace (fsopen, never mounted anywhere).
  */
 import { CLONE, FSCONFIG, IPC_INFO, IPC_INFO_SIZE, O, SYS } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
-/** What `*_INFO` counts, as the refusal names it. */
-const OBJECT_NAMES = {
-  shm: "System V shared memory segments",
-  sem: "System V semaphore sets",
-  msg: "System V message queues",
-} as const;
-
-/** The number of objects of each System V kind the IPC namespace of `inj`'s process holds. */
-function sysvCounts(inj: Injector): Record<keyof typeof IPC_INFO, number> {
+/** The number of System V shared memory segments of the IPC namespace of `inj`'s process. */
+function shmCount(inj: Injector): number {
   const at = inj.put(new Uint8Array(IPC_INFO_SIZE), 0);
-  const count = (kind: keyof typeof IPC_INFO) => {
-    const { cmd, countAt } = IPC_INFO[kind];
-    if (kind === "sem") inj.call("semctl", 0, 0, cmd, at);
-    else inj.call(kind === "shm" ? "shmctl" : "msgctl", 0, cmd, at);
-    return new DataView(inj.get(countAt, 4).buffer.slice(0)).getInt32(0, true);
-  };
-  return { shm: count("shm"), sem: count("sem"), msg: count("msg") };
+  inj.call("shmctl", 0, IPC_INFO.shm.cmd, at);
+  return new DataView(inj.get(IPC_INFO.shm.countAt, 4).buffer.slice(0)).getInt32(0, true);
 }
 
 /** The POSIX message queues of the IPC namespace of `inj`'s process, by name. */
@@ -62,20 +50,19 @@ function mqueueNames(inj: Injector): string[] {
 }
 
 /**
- * Refuses the IPC namespace of container `pid` (whose init `inj` runs in) when it holds objects,
- * which the restore would not make again.
+ * Refuses the IPC namespace of container `pid` (whose init `inj` runs in) when it holds objects
+ * the restore would not make again.
  */
-export function checkIpcEmpty(inj: Injector, pid: number): void {
-  const counts = sysvCounts(inj);
-  const held = (Object.keys(counts) as (keyof typeof counts)[])
-    .filter((k) => counts[k] > 0)
-    .map((k) => `${counts[k]} ${OBJECT_NAMES[k]}`);
+export function checkIpcCarried(inj: Injector, pid: number): void {
+  const held: string[] = [];
+  const segments = shmCount(inj);
+  if (segments) held.push(`${segments} System V shared memory segments`);
   const queues = mqueueNames(inj);
   if (queues.length) held.push(`POSIX message queues (${queues.join(", ")})`);
   if (held.length) {
     throw new DumpError(
-      `the IPC namespace of container ${pid} holds ${held.join(", ")}: IPC objects of a ` +
-        `container are not dumped yet`,
+      `the IPC namespace of container ${pid} holds ${held.join(" and ")}, which tardigrade ` +
+        `does not dump yet inside a container`,
     );
   }
 }

@@ -155,6 +155,11 @@ function namespacesOf(ns: NamespacesEntry): string[] {
     if (k === "mnt" && ns.mounts?.length) {
       return `mnt ${ns.mounts.map((m) => `+${m.fsType} on ${m.mountPoint}`).join(" ")}`;
     }
+    if (k === "ipc" && ns.ipc) {
+      const messages = ns.ipc.msg.reduce((n, q) => n + q.messages.length, 0);
+      return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
+        `${ns.ipc.sem.length} semaphore sets`;
+    }
     return k;
   });
 }
