@@ -16,6 +16,7 @@ import {
   killAndReap,
   needs,
   notInstalled,
+  runDeno,
   spawnTarget,
   type Target,
   waitUntil,
@@ -308,6 +309,33 @@ Deno.test(
       await stopContainer(c, restored);
       for (const g of groups) await removeGroup(g).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("container: examples/container.ts dumps and restores a container", missing),
+  async () => {
+    const c = await startContainer();
+    let restoredPid = 0;
+    try {
+      const r = await runDeno(["examples/container.ts", String(c.init)]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(
+        r.stdout,
+        new RegExp(`container ${c.init} lives in namespaces of its own: .*pid:\\[`),
+      );
+      const m = r.stdout.match(/restored container: host pid (\d+), pid 1 inside, 2 process\(es\)/);
+      assert.ok(m, r.stdout);
+      restoredPid = Number(m[1]);
+      assert.match(
+        r.stdout,
+        /in fresh namespaces: .*ipc:\[\d+\].*mnt:\[\d+\].*pid:\[\d+\].*uts:\[/,
+      );
+      assert.equal(await c.unshare.check(restoredPid), "PASS", c.unshare.output());
+    } finally {
+      if (restoredPid) await killAndReap(restoredPid);
+      await stopContainer(c);
     }
   },
 );
