@@ -5,10 +5,13 @@ import { formatBytes, parseVerb, printJson, table, type Verb } from "./common.ts
 /** The verb. */
 export const ps: Verb = {
   name: "ps",
-  summary: "List processes: pid, parent, uid, state, threads, resident memory, command.",
+  summary:
+    "List processes: pid, parent, uid, state, threads, resident memory, namespaces, command.",
   usage: "tardigrade ps [--json]",
   help: `options:
-  --json   one object per process: {pid, ppid, uid, state, threads, rssBytes, comm, cmdline[]}`,
+  --json   one object per process: {pid, ppid, uid, state, threads, rssBytes, comm, cmdline[],
+           namespaces[] (kinds it lives in apart from tardigrade), cgroups[{hierarchy, path}]}
+NS lists the kinds of namespace a process lives in apart from tardigrade (a container's).`,
   async run(args) {
     const p = parseVerb(this, args, { json: { type: "boolean" } }, { min: 0, max: 0 });
     if (!p) return 0;
@@ -25,6 +28,7 @@ export const ps: Verb = {
         { header: "S" },
         { header: "THR", right: true },
         { header: "RSS", right: true },
+        { header: "NS" },
         { header: "COMMAND" },
       ],
       rows.map((r) => [
@@ -34,6 +38,7 @@ export const ps: Verb = {
         r.state,
         String(r.threads),
         formatBytes(r.rssBytes),
+        r.namespaces.join(",") || "-",
         r.cmdline.length ? r.cmdline.join(" ") : `[${r.comm}]`,
       ]),
     ));

@@ -6,7 +6,7 @@
  * mount the container made) is refused at dump time, naming it, and the container runs on.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore, type RestoreResult } from "../mod.ts";
+import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
 import {
   childrenOf,
   cli,
@@ -84,6 +84,11 @@ Deno.test(
     let restored: RestoreResult | undefined;
     try {
       assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      // ps shows the namespaces it lives in apart from the tool, and its cgroups.
+      const rows = JSON.parse((await cli("ps", "--json")).stdout) as PsRow[];
+      const row = rows.find((r) => r.pid === c.init);
+      assert.deepEqual(row?.namespaces, ["pid", "mnt", "uts", "ipc"]);
+      assert.ok(row?.cgroups.some((g) => g.hierarchy === "" && g.path.startsWith("/")));
       const dumped = await checkpoint(c.init, `${dir}/image`);
       assert.equal(dumped.processes.length, 2, "the init and its child are dumped");
       await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");

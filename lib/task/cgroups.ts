@@ -33,6 +33,15 @@ function membership(pid: number | "self", tid?: number): CgroupMembership[] {
   });
 }
 
+/** The groups of process `pid` in every hierarchy; none once it is gone. */
+export function cgroupsOf(pid: number): CgroupMembership[] {
+  try {
+    return membership(pid);
+  } catch {
+    return [];
+  }
+}
+
 /** How the tool names a hierarchy: its controllers (`pids`, `name=systemd`), cgroup2 for v2. */
 const hierarchyName = (h: string) => h === "" ? "cgroup2" : h;
 

@@ -2,6 +2,9 @@
 import { PAGE_SIZE } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import { processes } from "../inspect/process.ts";
+import { foreignKinds } from "../namespaces/kinds.ts";
+import { cgroupsOf } from "../task/cgroups.ts";
+import type { CgroupMembership } from "../image/schema.ts";
 
 /** One row of `ps --json`. */
 export interface PsRow {
@@ -21,6 +24,10 @@ export interface PsRow {
   comm: string;
   /** Arguments (empty for a kernel thread). */
   cmdline: string[];
+  /** The kinds of namespace it lives in apart from the tool (a container's: pid, mnt …). */
+  namespaces: string[];
+  /** Its group in every cgroup hierarchy (`hierarchy` "" for cgroup v2); empty when gone. */
+  cgroups: CgroupMembership[];
 }
 
 /** Lists every process with the fields `ps` shows (kernel threads included). */
@@ -38,6 +45,8 @@ export async function psRows(): Promise<PsRow[]> {
         rssBytes: Number(s.rss) * PAGE_SIZE, // stat counts pages
         comm: s.comm,
         cmdline,
+        namespaces: foreignKinds(p.pid),
+        cgroups: cgroupsOf(p.pid),
       });
     } catch (err) {
       if (!(err instanceof NoSuchProcess)) throw err; // exited while we looked
