@@ -16,6 +16,7 @@ import {
   killAndReap,
   needs,
   notInstalled,
+  onPath,
   runDeno,
   spawnTarget,
   type Target,
@@ -341,6 +342,62 @@ Deno.test(
     } finally {
       if (restoredPid) await killAndReap(restoredPid);
       await stopContainer(c);
+    }
+  },
+);
+
+/** A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp. */
+async function runcBundle(dir: string): Promise<void> {
+  for (const d of ["bin", "proc", "dev", "sys", "tmp"]) {
+    await Deno.mkdir(`${dir}/rootfs/${d}`, { recursive: true });
+  }
+  await Deno.copyFile(onPath("busybox")!, `${dir}/rootfs/bin/busybox`);
+  for (const tool of ["sh", "sleep"]) await Deno.symlink("busybox", `${dir}/rootfs/bin/${tool}`);
+  const spec = await new Deno.Command("runc", { args: ["spec"], cwd: dir }).output();
+  assert.ok(spec.success, "runc spec");
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  config.process.terminal = false;
+  config.process.args = ["sh", "-c", "while :; do date > /tmp/now; sleep 0.1; done"];
+  config.root.readonly = true;
+  config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+}
+
+Deno.test(
+  needs(
+    "container: a runc container (its own net namespace) is refused, naming it, and runs on",
+    notInstalled("runc", "busybox"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-runc-" });
+    const name = `tardigrade-${Deno.pid}-${Date.now()}`;
+    const runc = (...args: string[]) =>
+      new Deno.Command("runc", { args, cwd: dir, stdin: "null", stdout: "piped", stderr: "piped" })
+        .output();
+    try {
+      await runcBundle(dir);
+      // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
+      const run = await new Deno.Command("runc", {
+        args: ["run", "-d", name],
+        cwd: dir,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert.ok(run.success, "runc run -d");
+      const state = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
+      const init: number = state.pid;
+      await assert.rejects(
+        () => checkpoint(init, `${dir}/image`),
+        new RegExp(`process ${init} lives in (a namespace|namespaces) of its own \\([^)]*net`),
+      );
+      assert.ok(isAlive(init), "the container's init runs on");
+      const after = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
+      assert.equal(after.status, "running");
+      assert.ok(!exists(`${dir}/image`), "no image is left");
+    } finally {
+      await runc("delete", "--force", name);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
 );
