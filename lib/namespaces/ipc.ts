@@ -5,7 +5,7 @@
  * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of a mqueue
  * file system made in its namespace (fsopen, never mounted anywhere).
  */
-import { CLONE, FSCONFIG, IPC_INFO, IPC_INFO_SIZE, O, SYS } from "../../ffi/mod.ts";
+import { CLONE, errnoName, FSCONFIG, IPC_INFO, IPC_INFO_SIZE, O, SYS } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -20,7 +20,12 @@ function shmCount(inj: Injector): number {
 function mqueueNames(inj: Injector): string[] {
   const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
   const ctx = inj.raw(SYS.fsopen, str("mqueue", 0), 0);
-  if (ctx < 0n) throw new DumpError(`cannot list its POSIX message queues (fsopen: ${-ctx})`);
+  if (ctx < 0n) {
+    throw new DumpError(
+      `cannot list the POSIX message queues of its IPC namespace (fsopen: ` +
+        `${errnoName(Number(-ctx))})`,
+    );
+  }
   const fds = [ctx];
   try {
     inj.call("fsconfig", ctx, FSCONFIG.CMD_CREATE, 0, 0, 0);

@@ -8,7 +8,7 @@
  * Not carried, and so refused: objects whose creator is not root (the creator cannot be given);
  * semaphore undo adjustments (SEM_UNDO) are not visible from outside and are lost (README).
  */
-import { IPC, IPC_INFO, IPC_INFO_SIZE, O, SYS, SYSV, SYSV_DS } from "../../ffi/mod.ts";
+import { errnoName, IPC, IPC_INFO, IPC_INFO_SIZE, O, SYS, SYSV, SYSV_DS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MsgQueueEntry, SemSetEntry, SysvObjectEntry } from "../image/schema.ts";
@@ -66,7 +66,9 @@ export function dumpSysvIpc(inj: Injector): { msg: MsgQueueEntry[]; sem: SemSetE
       const flags = SYSV.IPC_NOWAIT | SYSV.MSG_COPY;
       const len = inj.raw(SYS.msgrcv, id, at, MAX_MESSAGE - 8, n, flags);
       if (len < 0n) {
-        throw new DumpError(`cannot copy message ${n} of System V queue ${id} (errno ${-len})`);
+        throw new DumpError(
+          `cannot copy message ${n} of System V queue ${id} (${errnoName(Number(-len))})`,
+        );
       }
       const b = inj.get(DATA_AT, 8 + Number(len));
       const type = new DataView(b.buffer, b.byteOffset, 8).getBigInt64(0, true);

@@ -175,7 +175,8 @@ export class PidNamespace {
    * image gives it (`keptFd`), for the processes of the namespace, until `dropToolPidfd`.
    */
   static createForContainer(stub: Injector, image: ProcessEntry): PidNamespace {
-    const kept = nofileLimit(stub.pid) - 1;
+    // High, for the image's descriptors are below it, but not so high the table grows large.
+    const kept = Math.min(nofileLimit(stub.pid), 65536) - 1;
     if (image.fds.some((f) => f.fd >= kept)) {
       throw new RestoreError(
         `cannot restore container: its init has a descriptor at or above ${kept}, where the ` +

@@ -743,8 +743,8 @@ async function restoreTree(
     abortScope(shares.scope);
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
-    const tids = new Set(made);
-    for (const m of making) for (const tid of threadIds(m.pid)) tids.add(tid);
+    const threadsOf = new Map(making.map((m) => [m.pid, threadIds(m.pid)]));
+    const tids = new Set([...made, ...[...threadsOf.values()].flat()]);
     for (const pid of [...made].reverse()) {
       try {
         kill(pid, SIG.SIGKILL);
@@ -756,9 +756,15 @@ async function restoreTree(
       m.asb?.abort();
       m.mem.close();
     }
-    const leaders = new Set(making.map((m) => m.pid));
-    for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
-    for (const m of [...making].reverse()) reap(m.pid);
+    // Threads of no process first, then each process, children first, its threads before it: a
+    // container's init (the root) ends only once every other process of its namespace is reaped,
+    // and the last of its threads to go waits for that.
+    const known = new Set([...threadsOf.values()].flat());
+    for (const tid of tids) if (!known.has(tid)) reap(tid);
+    for (const m of [...making].reverse()) {
+      for (const tid of threadsOf.get(m.pid)!) if (tid !== m.pid) reap(tid);
+      reap(m.pid);
+    }
     // A child its tracer (us) reaped before its parent died stays a zombie of that parent, then of
     // whoever adopts it: of us, when we are a subreaper (as a test or a script may be).
     for (const pid of made) {
