@@ -95,7 +95,7 @@ export interface CheckpointResult {
   dir: string;
   /** The process dumped (the root of the tree). */
   pid: number;
-  /** Every process dumped, the root first, each after its parent. */
+  /** Every process dumped (as the tool sees them), the root first, each after its parent. */
   processes: number[];
   /** Threads dumped. */
   threads: number;
@@ -376,7 +376,10 @@ async function dumpProcess(
 
 /**
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
- * ended once the image is complete; with `leaveRunning` they run on unharmed.
+ * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
+ * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
+ * and its pid, mount, UTS and IPC namespaces are dumped with it (other kinds are refused, naming
+ * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
   pid: number,

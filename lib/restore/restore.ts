@@ -140,8 +140,9 @@ export interface RestoreResult {
    */
   pidMap: Map<number, number>;
   /**
-   * With `pidNamespace`: the host pid of the namespace's init, the root's parent. Killing it
-   * (SIGKILL) ends every process of the restored tree.
+   * With `pidNamespace`: the host pid of the namespace's init, the root's parent; for a
+   * container's image, the root itself (pid 1 of its fresh pid namespace). Killing it (SIGKILL)
+   * ends every process of the restored tree.
    */
   namespaceInit?: number;
   /** Threads restored. */
@@ -523,7 +524,9 @@ function resume(m: Making): void {
  * parent, running on from where they were frozen. Returns once they run; they live on without
  * the tool. With `shellJob` the root comes back as a job of this process's terminal. With
  * `pidNamespace` they get their pids and tids inside a new pid namespace, the root as the child of
- * its init, beside whatever runs with those pids on the host.
+ * its init, beside whatever runs with those pids on the host. The image of a container (dumped
+ * from its init) comes back in fresh namespaces of the kinds it had, its init pid 1 again, in
+ * its cgroups (made again with their limits when missing).
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   if (!opts.shellJob) return await restoreTree(dir, opts);
