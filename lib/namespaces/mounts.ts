@@ -11,31 +11,18 @@ import { CLONE, MS } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MountEntry } from "../image/schema.ts";
+import { type MountInfo, readMountInfo } from "../inspect/procfs.ts";
 
-/** One line of /proc/PID/mountinfo. */
-interface MountLine extends MountEntry {
-  /** Device, root inside the file system, and everything but the ids: what two lines compare. */
+/** A mount with what two mounts compare: everything but the ids (the copy has its own). */
+interface MountLine extends MountInfo {
   key: string;
-  /** Optional fields (`shared:1`, `master:2`): the mount's propagation. */
-  propagation: string;
 }
 
 function mountLines(pid: number | "self"): MountLine[] {
-  return Deno.readTextFileSync(`/proc/${pid}/mountinfo`).split("\n").filter(Boolean).map((l) => {
-    const f = l.split(" ");
-    const dash = f.indexOf("-");
-    const [dev, root, mountPoint, options] = f.slice(2, 6);
-    const [fsType, source, superOptions] = f.slice(dash + 1, dash + 4);
-    return {
-      key: [dev, root, mountPoint, options, fsType, source, superOptions].join(" "),
-      propagation: f.slice(6, dash).join(" "),
-      mountPoint,
-      fsType,
-      source,
-      options,
-      superOptions,
-    };
-  });
+  return readMountInfo(pid).map((m) => ({
+    ...m,
+    key: [m.dev, m.root, m.mountPoint, m.options, m.fsType, m.source, m.superOptions].join(" "),
+  }));
 }
 
 /** The lines of `a` not in `b`, each line of `b` matching one of `a` at most. */

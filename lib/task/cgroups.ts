@@ -11,7 +11,7 @@
  */
 import { DumpError, RestoreError } from "../errors.ts";
 import type { CgroupEntry, CgroupMembership } from "../image/schema.ts";
-import { threadIds } from "../inspect/procfs.ts";
+import { readMountInfo, threadIds } from "../inspect/procfs.ts";
 
 /** The limits recorded of a group, cpuset first (a cpuset group takes no task without them). */
 const SETTING_FILES = [
@@ -48,11 +48,9 @@ const hierarchyName = (h: string) => h === "" ? "cgroup2" : h;
 /** Where each hierarchy the tool sees is mounted (/proc/self/mountinfo), by its name in /proc. */
 function hierarchyMounts(): Map<string, string> {
   const mounts = new Map<string, string>();
-  const lines = Deno.readTextFileSync("/proc/self/mountinfo").split("\n").filter(Boolean);
-  const cgroupMounts = lines.map((l) => l.split(" ")).map((f) => {
-    const dash = f.indexOf("-");
-    return { point: f[4], fsType: f[dash + 1], options: f[dash + 3].split(",") };
-  }).filter((m) => m.fsType === "cgroup" || m.fsType === "cgroup2");
+  const cgroupMounts = readMountInfo("self")
+    .filter((m) => m.fsType === "cgroup" || m.fsType === "cgroup2")
+    .map((m) => ({ point: m.mountPoint, fsType: m.fsType, options: m.superOptions.split(",") }));
   for (const { hierarchy } of membership("self")) {
     const tokens = hierarchy.split(",");
     const m = cgroupMounts.find((m) =>
