@@ -5,7 +5,16 @@
  * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of a mqueue
  * file system made in its namespace (fsopen, never mounted anywhere).
  */
-import { CLONE, errnoName, FSCONFIG, IPC_INFO, IPC_INFO_SIZE, O, SYS } from "../../ffi/mod.ts";
+import {
+  CLONE,
+  cstring,
+  errnoName,
+  FSCONFIG,
+  IPC_INFO,
+  IPC_INFO_SIZE,
+  O,
+  SYS,
+} from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -18,7 +27,7 @@ function shmCount(inj: Injector): number {
 
 /** The POSIX message queues of the IPC namespace of `inj`'s process, by name. */
 function mqueueNames(inj: Injector): string[] {
-  const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
+  const str = (s: string, at: number) => inj.put(cstring(s), at);
   const ctx = inj.raw(SYS.fsopen, str("mqueue", 0), 0);
   if (ctx < 0n) {
     throw new DumpError(

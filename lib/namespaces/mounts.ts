@@ -7,7 +7,7 @@
  * restore makes a namespace of its own in the container's init, every mount private, and mounts
  * the recorded ones again; the restore's check compares the result the same way.
  */
-import { CLONE, MS } from "../../ffi/mod.ts";
+import { CLONE, cstring, MS } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MountEntry } from "../image/schema.ts";
@@ -98,7 +98,7 @@ const OPTION_FLAGS: Record<string, number> = {
  * and mounts `mounts` in it again.
  */
 export function makeMounts(inj: Injector, mounts: readonly MountEntry[]): void {
-  const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
+  const str = (s: string, at: number) => inj.put(cstring(s), at);
   inj.call("unshare", CLONE.NEWNS);
   inj.call("mount", 0, str("/", 0), 0, MS.REC | MS.PRIVATE, 0);
   for (const m of mounts) {

@@ -8,7 +8,17 @@
  * Not carried, and so refused: objects whose creator is not root (the creator cannot be given);
  * semaphore undo adjustments (SEM_UNDO) are not visible from outside and are lost (README).
  */
-import { errnoName, IPC, IPC_INFO, IPC_INFO_SIZE, O, SYS, SYSV, SYSV_DS } from "../../ffi/mod.ts";
+import {
+  cstring,
+  errnoName,
+  IPC,
+  IPC_INFO,
+  IPC_INFO_SIZE,
+  O,
+  SYS,
+  SYSV,
+  SYSV_DS,
+} from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MsgQueueEntry, SemSetEntry, SysvObjectEntry } from "../image/schema.ts";
@@ -92,7 +102,7 @@ export function dumpSysvIpc(inj: Injector): { msg: MsgQueueEntry[]; sem: SemSetE
 
 /** Writes `id` to /proc/sys/kernel/`file` inside `inj`'s process: the next object gets it. */
 function nextId(inj: Injector, file: string, id: number): void {
-  const path = inj.put(new TextEncoder().encode(`/proc/sys/kernel/${file}\0`), DATA_AT);
+  const path = inj.put(cstring(`/proc/sys/kernel/${file}`), DATA_AT);
   const fd = inj.call("openat", -100, path, O.WRONLY | O.CLOEXEC, 0);
   try {
     const text = new TextEncoder().encode(String(id));

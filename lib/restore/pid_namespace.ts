@@ -23,6 +23,7 @@
  */
 import {
   CLONE,
+  cstring,
   detach,
   getRegs,
   kill,
@@ -240,7 +241,7 @@ export class PidNamespace {
 
   #mountProc(): void {
     const inj = this.injector!;
-    inj.call("prctl", PR.SET_NAME, inj.put(new TextEncoder().encode("tardigrade-init\0")));
+    inj.call("prctl", PR.SET_NAME, inj.put(cstring("tardigrade-init")));
     makeMounts(inj, [NAMESPACE_PROC]);
   }
 
