@@ -6,7 +6,13 @@
  * namespace that a process outside the dump also lives in are refused, naming them.
  */
 import { DumpError } from "../errors.ts";
-import { innermostPid, readComm, readProcLink, statusField } from "../inspect/procfs.ts";
+import {
+  innermostPid,
+  processState,
+  readComm,
+  readProcLink,
+  statusField,
+} from "../inspect/procfs.ts";
 
 /** Every kind of namespace a process lives in (the names of /proc/PID/ns). */
 export const NAMESPACE_KINDS = [
@@ -114,7 +120,8 @@ export function refuseOutsideHolders(root: number, tree: readonly number[], kind
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     const pid = Number(e.name);
-    if (inTree.has(pid) || pid === Deno.pid) continue;
+    // A zombie holds nothing but its pid: the dump's are zombie children of the tree.
+    if (inTree.has(pid) || pid === Deno.pid || processState(pid) === "Z") continue;
     for (const [k, ns] of wanted) {
       if (k !== "pid" && pid === parent) continue;
       if (namespaceOf(pid, k) !== ns) continue;

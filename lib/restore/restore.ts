@@ -393,7 +393,8 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   );
   // Zombie children of the other threads, forked by their thread.
   for (const t of p.threads) {
-    if (t !== main) restoreZombies(injectors.get(t.tid)!, p, t.tid);
+    if (t === main) continue;
+    restoreZombies(injectors.get(t.tid)!, p, t.tid, shares.pids);
   }
   for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
@@ -682,7 +683,7 @@ async function restoreTree(
       else restoreSession(m.inj, p);
     }
     // Once every process exists: a zombie may be in the process group of another.
-    for (const m of making) restoreZombies(m.inj, m.entry);
+    for (const m of making) restoreZombies(m.inj, m.entry, undefined, shares.pids);
     stub.end();
     // Every address space emptied before any other is filled (but those filled already, for a
     // child to inherit their memory): a process holds copies of its maker's mappings and fds.
