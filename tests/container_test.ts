@@ -401,3 +401,40 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  needs(
+    "cgroups: a group the process shared with the dumping tool follows the restoring tool",
+    exists(`${PIDS}/cgroup.procs`) ? undefined : "no v1 pids hierarchy",
+  ),
+  async () => {
+    const name = `tardigrade-test-${Deno.pid}-${Date.now()}`;
+    const restorers = makeGroup(PIDS, name); // where the restoring tool runs
+    const t = await spawnTarget(await fixture("r_memory"), [], { ready: /^READY /m });
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    try {
+      assert.equal(groupOf(t.pid, "pids"), groupOf(Deno.pid, "pids"), "it starts in ours");
+      await checkpoint(t.pid, `${dir}/image`);
+      await killAndReap(t.pid);
+      // The restoring tool runs in another group: the process comes back in that one, not ours.
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `echo $$ > '${restorers}/cgroup.procs' && exec '${Deno.execPath()}' run -A main.ts ` +
+          `restore '${dir}/image'`,
+        ],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(r.success, new TextDecoder().decode(r.stderr));
+      assert.equal(groupOf(t.pid, "pids"), `/${name}`);
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      await removeGroup(restorers);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

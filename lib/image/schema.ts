@@ -431,6 +431,11 @@ export interface CgroupMembership {
   hierarchy: string;
   /** The group's path in it (`/`, `/mygroup`). */
   path: string;
+  /**
+   * The dumping tool was in this group too: the environment's, not the tree's. The restored
+   * process stays in the restoring tool's group of the hierarchy instead.
+   */
+  tool?: boolean;
 }
 
 /** A group the tree lived in and the dumping tool did not, with its limits. */

@@ -595,6 +595,9 @@ function checkEntry(v: unknown): void {
     each(v, a, (g, b) => {
       const o = obj(g, b, [...Object.keys(CGROUP_FIELDS), "settings"]);
       fields({ hierarchy: o.hierarchy, path: o.path }, b, CGROUP_FIELDS);
+      if (o.tool !== undefined) {
+        throw new Malformed(`${b}.tool: a group of its own is not the tool's`);
+      }
       for (const [k, x] of Object.entries(openObj(o.settings, `${b}.settings`))) {
         if (!/^[a-z_]+\.[a-z_]+$/.test(k)) throw new Malformed(`${b}.settings: no file ${k}`);
         text(x, `${b}.settings.${k}`);
@@ -631,7 +634,7 @@ export type FieldType =
 export type Fields = Readonly<Record<string, FieldType>>;
 
 /** `CgroupMembership`: a group of one hierarchy. */
-const CGROUP_FIELDS: Fields = { hierarchy: "text", path: "text" };
+const CGROUP_FIELDS: Fields = { hierarchy: "text", path: "text", tool: { optional: "bool" } };
 
 /** A System V object's identity and owner (`SysvObjectEntry`). */
 const SYSV_OBJECT_FIELDS: Fields = {

@@ -3,11 +3,12 @@
  * group in every hierarchy, as /proc/PID/cgroup names it (threads in other groups than their
  * process are refused). The groups the tree lives in that the dumping tool does not are its own:
  * the dump records their limits (pids.max, memory.limit_in_bytes or memory.max, cpu.shares or
- * cpu.weight, cpuset.cpus and cpuset.mems, those each group has). The restore puts each process
- * back in its groups: one of its own is made again with those limits when missing (its parent
- * must exist) and checked when present; a group it shared with the dumping tool is joined when it
- * exists and refused when gone. Nothing else is touched: no group the tree does not live in is
- * made, changed or joined, and a failed restore removes the groups it made.
+ * cpu.weight, cpuset.cpus and cpuset.mems, those each group has). A group it shares with the
+ * dumping tool is the environment's (the session's, the machine's): marked so, it is not put
+ * back, as the restored process starts in the restoring tool's groups, which stand for it. The
+ * restore puts each process back in its own groups: made again with their limits when missing
+ * (the parent must exist) and checked when present. Nothing else is touched: no group the tree
+ * does not live in is made, changed or joined, and a failed restore removes the groups it made.
  */
 import { DumpError, RestoreError } from "../errors.ts";
 import type { CgroupEntry, CgroupMembership } from "../image/schema.ts";
@@ -77,7 +78,18 @@ export function dumpCgroups(pid: number): CgroupMembership[] {
       );
     }
   }
-  return own;
+  const tool = membership("self");
+  return own.map((m) =>
+    tool.some((t) => t.hierarchy === m.hierarchy && t.path === m.path) ? { ...m, tool: true } : m
+  );
+}
+
+/**
+ * A membership as the restore's comparison sees it: a group of the tool's is the tool's, on
+ * either side (the restored process is in the restoring tool's, as it was in the dumping tool's).
+ */
+export function cgroupView(m: CgroupMembership): string {
+  return `${hierarchyName(m.hierarchy)}:${m.tool ? "(the tool's)" : m.path}`;
 }
 
 /** The path of group `g` on this machine, or null when its hierarchy is not mounted. */
@@ -100,11 +112,10 @@ function readSettings(dir: string): Record<string, string> {
  * The groups processes of `memberships` live in that the dumping tool does not, with their limits.
  */
 export function dumpCgroupGroups(memberships: CgroupMembership[][]): CgroupEntry[] {
-  const tool = membership("self");
   const mounts = hierarchyMounts();
   const out: CgroupEntry[] = [];
-  for (const m of memberships.flat()) {
-    if (tool.some((t) => t.hierarchy === m.hierarchy && t.path === m.path)) continue;
+  for (const { tool, ...m } of memberships.flat()) {
+    if (tool) continue;
     if (out.some((g) => g.hierarchy === m.hierarchy && g.path === m.path)) continue;
     const dir = groupDir(mounts, m);
     if (dir === null) {
@@ -134,6 +145,7 @@ export class CgroupRestore {
    * throws a RestoreError naming a group it cannot put it back in.
    */
   #plan(pid: number, m: CgroupMembership): Step {
+    if (m.tool) return null; // the tool's, then and now: the stub's, which it inherits
     const where = `process ${pid} was in cgroup ${m.path} of ${hierarchyName(m.hierarchy)}`;
     const now = membership("self").find((t) => t.hierarchy === m.hierarchy);
     if (now?.path === m.path) return null; // the stub's, which it inherits
@@ -150,8 +162,7 @@ export class CgroupRestore {
     }
     if (!exists && !own) {
       throw new RestoreError(
-        `cannot restore: ${where}, which is gone (a group it shared with the dumping tool: ` +
-          `tardigrade does not make it)`,
+        `cannot restore: ${where}, which is gone, and the image has not its limits to make it`,
       );
     }
     if (exists && own) {
