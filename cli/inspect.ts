@@ -18,6 +18,7 @@ function printHuman(r: ImageSummary, regs: boolean): void {
   for (const p of r.processes) {
     console.log(`\nprocess ${p.pid} (${p.comm}) ppid ${p.ppid}: ${p.cmdline.join(" ")}`);
     console.log(`  exe ${p.exe ?? "-"}  cwd ${p.cwd}`);
+    if (p.namespaces) console.log(`  container namespaces: ${p.namespaces.join(", ")}`);
     if (p.terminal) {
       const t = p.terminal;
       const what = [t.foreground ? "foreground" : "background", t.size, t.modes].filter(Boolean);
@@ -109,7 +110,8 @@ export const inspect: Verb = {
   --json     {dir, manifest: {format, toolVersion, kernel, arch, createdAt}, parents?,
              verified (false: the page data's checksums were not checked),
              processes: [{pid, ppid, comm, cmdline, exe, cwd, terminal?: {path, foreground,
-             size?, modes?}, zombies: [{pid, comm, ended}],
+             size?, modes?}, namespaces? (a container's: "pid", "uts NAME (DOMAIN)" …),
+             zombies: [{pid, comm, ended}],
              threads: [{tid, name, rip, rsp, regs?}],
              mappings: [{start, end, size, perms, kind, name, source, pageBytes}],
              fds: [{fd, file, kind, path, closeOnExec}], totals: {threads, mappings,

@@ -6,6 +6,52 @@ import { syscall } from "./syscalls.ts";
 export const IPC = { CREAT: 0o1000, EXCL: 0o2000, RMID: 0, SET: 1, STAT: 2 } as const;
 
 /**
+ * The `*_INFO` commands of shmctl, msgctl and semctl, which say how many objects an IPC namespace
+ * holds (asked inside a process of it), and where the count is in the struct each fills:
+ * `shm_info.used_ids`, `msginfo.msgpool` and `seminfo.semusz` (ints).
+ */
+export const IPC_INFO = {
+  shm: { cmd: 14, countAt: 0 },
+  msg: { cmd: 12, countAt: 0 },
+  sem: { cmd: 19, countAt: 28 },
+} as const;
+
+/** The largest of `struct shm_info`, `struct msginfo` and `struct seminfo` (x86_64). */
+export const IPC_INFO_SIZE = 48;
+
+/**
+ * Commands and flags for reading and making System V message queues and semaphore sets:
+ * `*_STAT_ANY` take an index (0 up to what `*_INFO` returns) and return the object's id;
+ * `MSG_COPY` reads message number `msgtyp` without taking it (with `IPC_NOWAIT`).
+ */
+export const SYSV = {
+  MSG_STAT_ANY: 13,
+  SEM_STAT_ANY: 20,
+  GETALL: 13,
+  SETALL: 17,
+  IPC_NOWAIT: 0o4000,
+  MSG_COPY: 0o40000,
+} as const;
+
+/** `struct msqid64_ds` and `struct semid64_ds` (x86_64), with the offsets the tool reads. */
+export const SYSV_DS = {
+  size: 120,
+  /** `ipc64_perm`: key (i32), uid, gid, cuid, cgid (u32), mode (u16). */
+  key: 0,
+  uid: 4,
+  gid: 8,
+  cuid: 12,
+  cgid: 16,
+  mode: 20,
+  /** msqid64_ds: bytes queued, messages queued, the queue's capacity (u64). */
+  msgCbytes: 72,
+  msgQnum: 80,
+  msgQbytes: 88,
+  /** semid64_ds: semaphores in the set (u64). */
+  semNsems: 80,
+} as const;
+
+/**
  * `shmat` flags (`RDONLY`, `EXEC`), and `DEST`: the mode bit /proc/sysvipc/shm shows for a
  * segment marked for removal.
  */

@@ -7,7 +7,14 @@ export const MS = {
   REMOUNT: 0x20,
   BIND: 0x1000,
   REC: 0x4000,
+  NOATIME: 0x400,
+  NODIRATIME: 0x800,
+  RELATIME: 0x200000,
+  STRICTATIME: 0x1000000,
   PRIVATE: 0x40000,
   SLAVE: 0x80000,
   SHARED: 0x100000,
 } as const;
+
+/** `fsconfig` commands: `CREATE` makes the superblock of an `fsopen` context. */
+export const FSCONFIG = { CMD_CREATE: 6 } as const;

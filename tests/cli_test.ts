@@ -85,7 +85,7 @@ Deno.test("cli: ps shows the fixture, as a table and as JSON", async () => {
   try {
     const r = await cli("ps");
     assert.equal(r.code, 0);
-    assert.match(r.stdout, /^\s*PID\s+PPID\s+UID\s+S\s+THR\s+RSS\s+COMMAND$/m);
+    assert.match(r.stdout, /^\s*PID\s+PPID\s+UID\s+S\s+THR\s+RSS\s+NS\s+COMMAND$/m);
     assert.match(r.stdout, new RegExp(`^\\s*${t.pid}\\s+\\d+\\s+0\\s+S\\s+1\\s+.*hello$`, "m"));
     const rows = await cliJson<Record<string, unknown>[]>("ps");
     const me = rows.find((x) => x.pid === t.pid)!;
@@ -98,8 +98,11 @@ Deno.test("cli: ps shows the fixture, as a table and as JSON", async () => {
       "rssBytes",
       "comm",
       "cmdline",
+      "namespaces",
+      "cgroups",
     ]);
     assert.equal(me.comm, "hello");
+    assert.deepEqual(me.namespaces, [], "it lives in tardigrade's namespaces");
     assert.equal(me.threads, 1);
   } finally {
     await t.kill();

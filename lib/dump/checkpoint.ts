@@ -39,15 +39,13 @@ import {
 } from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { Process } from "../inspect/process.ts";
-import {
-  childrenOf,
-  hexMask,
-  processState,
-  readProcLink,
-  readStatus,
-  tryReadStat,
-} from "../inspect/procfs.ts";
+import { childrenOf, hexMask, processState, readStatus, tryReadStat } from "../inspect/procfs.ts";
 import { treeSharing } from "../ptrace/stub.ts";
+import { zombieChildren } from "../task/zombies.ts";
+import { dumpCgroupGroups } from "../task/cgroups.ts";
+import { checkSameNamespaces, containerKinds, refuseOutsideHolders } from "../namespaces/kinds.ts";
+import { InnerPids } from "../namespaces/pids.ts";
+import { dumpNamespaces } from "../namespaces/container.ts";
 import {
   type FileEntry,
   PROCESS_META,
@@ -138,7 +136,7 @@ export interface CheckpointResult {
   dir: string;
   /** The process dumped (the root of the tree). */
   pid: number;
-  /** Every process dumped, the root first, each after its parent. */
+  /** Every process dumped (as the tool sees them), the root first, each after its parent. */
   processes: number[];
   /** Threads dumped. */
   threads: number;
@@ -188,29 +186,6 @@ async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
 const liveChildrenOf = (pid: number): number[] =>
   childrenOf(pid).filter((c) => c !== Deno.pid && isRunning(c));
 
-/** Namespaces whose difference changes what a restore would make (pids, paths, sockets …). */
-const NAMESPACES = ["pid", "mnt", "net", "ipc", "user", "time"];
-
-/**
- * Refuses a process that lives in other namespaces than the tool: a restore would bring it
- * back in the tool's, with other pids, paths and network, and namespaces are not dumped. Run in
- * its namespaces (`nsenter --target PID --all`) the tool sees it as one of its own.
- */
-function checkNamespaces(pid: number): void {
-  const differ: string[] = [];
-  for (const ns of NAMESPACES) {
-    try {
-      if (readProcLink(pid, `ns/${ns}`) !== readProcLink(Deno.pid, `ns/${ns}`)) differ.push(ns);
-    } catch { /* gone (the freeze says so) or a namespace this kernel lacks */ }
-  }
-  if (differ.length) {
-    throw new DumpError(
-      `process ${pid} lives in other namespaces than tardigrade (${differ.join(", ")}); ` +
-        `namespaces are not dumped: run tardigrade inside them (nsenter --target ${pid} --all)`,
-    );
-  }
-}
-
 /**
  * Freezes `pid` and, unless `single`, every process below it: each parent is frozen before its
  * children are listed, so none can fork past the freeze. Parents come before their children.
@@ -225,7 +200,7 @@ async function freezeTree(
   const frozen: FrozenProcess[] = [];
   // Stopped by a signal (^Z, SIGSTOP) before we came: it is to come back stopped.
   const note = (p: number) => {
-    checkNamespaces(p);
+    checkSameNamespaces(p, pid);
     if (processState(p) === "T") stopped.add(p);
     return p;
   };
@@ -447,7 +422,10 @@ async function dumpProcess(
 
 /**
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
- * ended once the image is complete; with `leaveRunning` they run on unharmed.
+ * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
+ * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
+ * and its pid, mount, UTS and IPC namespaces are dumped with it (other kinds are refused, naming
+ * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
   pid: number,
@@ -459,6 +437,8 @@ export async function checkpoint(
   using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
   const external = new ExternalDeclarations(opts.external ?? [], pid);
+  // A container: the namespaces its init lives in are dumped with it (or refused, named).
+  const kinds = containerKinds(pid);
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
   await using writer = await ImageWriter.create(dir, {
@@ -507,6 +487,7 @@ export async function checkpoint(
     }
     const stopped = new Set<number>();
     tree = await freezeTree(pid, opts, stopped);
+    refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
     const run: DumpRun = {
       policy,
       files: new FileTable(),
@@ -530,6 +511,11 @@ export async function checkpoint(
     const plans: ProcessPlan[] = [];
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
     checkPeers(plans, run);
+    // Inside a container, asked of its processes before the long copy.
+    const namespaces = kinds.length ? dumpNamespaces(pid, tree[0].injector, kinds) : undefined;
+    const innerPids = kinds.includes("pid")
+      ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))
+      : undefined;
     const entries: ProcessEntry[] = [];
     for (const plan of plans) {
       const pid = plan.frozen.pid;
@@ -552,9 +538,14 @@ export async function checkpoint(
     for (const f of tree) {
       if (dying(f.pid)) throw new NoSuchProcess(f.pid, "it ended during the dump");
     }
+    // The image keeps the pids the processes see (the container's init is 1).
+    entries.forEach((e, i) => innerPids?.translate(e, i === 0));
     const [root, ...descendants] = entries;
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
     if (networkLock.entry && !opts.leaveRunning) root.networkLock = networkLock.entry;
+    if (namespaces) root.namespaces = namespaces;
+    const cgroupGroups = dumpCgroupGroups(entries.map((e) => e.cgroups ?? []));
+    if (cgroupGroups.length) root.cgroupGroups = cgroupGroups;
     if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);
     for (const e of descendants) await writer.writeMeta(processMetaName(e.pid), e);
@@ -594,7 +585,7 @@ export async function checkpoint(
     return {
       dir,
       pid,
-      processes: entries.map((e) => e.pid),
+      processes: tree.map((f) => f.pid),
       threads: entries.reduce((n, e) => n + e.threads.length, 0),
       mappings: entries.reduce((n, e) => n + e.mappings.length, 0),
       fds: entries.reduce((n, e) => n + e.fds.length, 0),

@@ -4,6 +4,7 @@
  * tool, in the mount namespace of the process (through /proc/PID/root and its mountinfo).
  */
 import { close, O, open, openByHandle } from "../../ffi/mod.ts";
+import { readMountInfo } from "../inspect/procfs.ts";
 
 /** An inode as fdinfo shows it: its number, its filesystem (kernel dev_t) and file handle. */
 export interface HandledInode {
@@ -14,28 +15,21 @@ export interface HandledInode {
   fhandle?: { type: number; handle: string };
 }
 
-/** The fields of each line of /proc/PID/mountinfo. */
-function mountinfo(pid: number): string[][] {
-  return Deno.readTextFileSync(`/proc/${pid}/mountinfo`).split("\n").filter(Boolean).map((l) =>
-    l.split(" ")
-  );
-}
-
 /** A mount point (as seen in `pid`'s mount namespace) of the filesystem with kernel dev `sdev`. */
 export function mountOfDevice(pid: number, sdev: number): string | null {
   const want = `${sdev >>> 20}:${sdev & 0xfffff}`;
   let best: string | null = null;
-  for (const f of mountinfo(pid)) {
-    if (f[2] !== want) continue;
-    if (f[3] === "/") return f[4]; // a mount of the filesystem's root resolves every handle
-    best ??= f[4];
+  for (const m of readMountInfo(pid)) {
+    if (m.dev !== want) continue;
+    if (m.root === "/") return m.mountPoint; // a mount of the filesystem's root resolves every handle
+    best ??= m.mountPoint;
   }
   return best;
 }
 
 /** The mount point (as seen in `pid`'s mount namespace) of the mount with id `mntId`. */
 export function mountPointOf(pid: number, mntId: number): string | null {
-  return mountinfo(pid).find((f) => Number(f[0]) === mntId)?.[4] ?? null;
+  return readMountInfo(pid).find((m) => m.id === mntId)?.mountPoint ?? null;
 }
 
 /** The path of an inode, found again through its file handle; null if it has none now. */

@@ -433,6 +433,97 @@ export interface RlimitEntry {
   hard: bigint;
 }
 
+/** A process's group in one cgroup hierarchy, as /proc/PID/cgroup names it. */
+export interface CgroupMembership {
+  /** The hierarchy's controllers (`pids`, `cpu,cpuacct`, `name=systemd`); "" for cgroup v2. */
+  hierarchy: string;
+  /** The group's path in it (`/`, `/mygroup`). */
+  path: string;
+  /**
+   * The dumping tool was in this group too: the environment's, not the tree's. The restored
+   * process stays in the restoring tool's group of the hierarchy instead.
+   */
+  tool?: boolean;
+}
+
+/** A group the tree lived in and the dumping tool did not, with its limits. */
+export interface CgroupEntry extends CgroupMembership {
+  /**
+   * Its limits, file → content as read (`pids.max`, `memory.limit_in_bytes`, `memory.max`,
+   * `cpu.shares`, `cpu.weight`, `cpuset.cpus`, `cpuset.mems`: those it has).
+   */
+  settings: Record<string, string>;
+}
+
+/** A mount a container made over the tool's mounts (its own /proc), made again at restore. */
+export interface MountEntry {
+  /** Where it is mounted, as the container sees it. */
+  mountPoint: string;
+  /** Its file system type (only `proc` for now). */
+  fsType: string;
+  /** Its source (`proc`). */
+  source: string;
+  /** Its per-mount options, as mountinfo shows them (`rw,nosuid,nodev,noexec,relatime`). */
+  options: string;
+  /** Its superblock options, as mountinfo shows them (`rw`, `rw,hidepid=2`). */
+  superOptions: string;
+}
+
+/** The names of a UTS namespace. */
+export interface UtsEntry {
+  /** Its host name (sethostname). */
+  hostname: string;
+  /** Its NIS domain name (setdomainname). */
+  domainname: string;
+}
+
+/** The owner and permissions of a System V IPC object (`ipc64_perm`), and its identity. */
+export interface SysvObjectEntry {
+  /** Its id, made again (through `msg_next_id`/`sem_next_id`). */
+  id: number;
+  /** Its key (0: IPC_PRIVATE). */
+  key: number;
+  /** Owner. */
+  uid: number;
+  /** Owner's group. */
+  gid: number;
+  /** Permission bits. */
+  mode: number;
+}
+
+/** A System V message queue of a container's IPC namespace, with its messages. */
+export interface MsgQueueEntry extends SysvObjectEntry {
+  /** Its capacity in bytes (`msg_qbytes`). */
+  qbytes: number;
+  /** Its messages, oldest first: type and text. */
+  messages: { type: bigint; data: Uint8Array }[];
+}
+
+/** A System V semaphore set of a container's IPC namespace. */
+export interface SemSetEntry extends SysvObjectEntry {
+  /** The value of each semaphore. */
+  values: number[];
+}
+
+/**
+ * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
+ * which the restore makes anew, the tree inside them.
+ */
+export interface NamespacesEntry {
+  /**
+   * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
+   * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
+   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`).
+   */
+  kinds: ("pid" | "mnt" | "uts" | "ipc")[];
+  /** With `mnt`: the mounts the container had made over a copy of the tool's. */
+  mounts?: MountEntry[];
+  /** With `uts`: its names. */
+  uts?: UtsEntry;
+  /** With `ipc`: its System V message queues and semaphore sets (absent: none). */
+  ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
+}
+
 /** Everything needed to bring one process back. */
 export interface ProcessEntry {
   /** Process id, restored as it was. */
@@ -481,7 +572,7 @@ export interface ProcessEntry {
    * The namespaces it was in, by name (`mnt`, `net`, `pid` …) with the inode of /proc/PID/ns/NAME:
    * for inspection and comparison; a restore does not make them again. Absent in older images.
    */
-  namespaces?: NamespaceEntry[];
+  namespaceInodes?: NamespaceEntry[];
   /** /proc/PID/oom_score_adj (-1000..1000); absent in older images. */
   oomScoreAdj?: number;
   /**
@@ -542,6 +633,18 @@ export interface ProcessEntry {
    * its own entry in `process-PID.cbor`.
    */
   tree?: { pid: number; ppid: number }[];
+  /** Its group in every cgroup hierarchy (every thread is in its process's); absent in older images. */
+  cgroups?: CgroupMembership[];
+  /**
+   * Root process only: the cgroups processes of the tree lived in that the dumping tool did not,
+   * made again with their limits when missing; absent when none (and in older images).
+   */
+  cgroupGroups?: CgroupEntry[];
+  /**
+   * Root process only, of a container: the namespaces made anew around the tree. Absent for a
+   * tree that lived in the tool's namespaces (and in older images).
+   */
+  namespaces?: NamespacesEntry;
   /**
    * Root process only, when the dump held TCP connections: the netfilter lock that drops their
    * packets until the restore has made them again (lib/network/lock.ts). Absent in images of

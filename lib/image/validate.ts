@@ -175,7 +175,7 @@ const ENTRY_FIELDS = [
   "umask",
   "personality",
   "creds",
-  "namespaces",
+  "namespaceInodes",
   "oomScoreAdj",
   "audit",
   "thpDisable",
@@ -200,6 +200,9 @@ const ENTRY_FIELDS = [
   "extents",
   "tree",
   "networkLock",
+  "namespaces",
+  "cgroups",
+  "cgroupGroups",
 ] as const;
 const THREAD_FIELDS = [
   "tid",
@@ -380,7 +383,7 @@ function checkEntry(v: unknown): void {
   int(p.umask, "umask", 0, 0o777);
   int(p.personality, "personality", 0, 2 ** 32 - 1);
   credentials(p.creds, "creds");
-  optional(p, "namespaces", "", (v, at) =>
+  optional(p, "namespaceInodes", "", (v, at) =>
     each(v, at, (n, a) => {
       const o = obj(n, a, ["name", "inode"]);
       text(o.name, `${a}.name`);
@@ -594,6 +597,20 @@ function checkEntry(v: unknown): void {
     "fds",
     "descriptor",
   );
+  optional(p, "namespaces", "", (v, a) => fields(v, a, NAMESPACES_FIELDS));
+  optional(p, "cgroups", "", (v, a) => field(v, a, { list: { map: CGROUP_FIELDS } }));
+  optional(p, "cgroupGroups", "", (v, a) =>
+    each(v, a, (g, b) => {
+      const o = obj(g, b, [...Object.keys(CGROUP_FIELDS), "settings"]);
+      fields({ hierarchy: o.hierarchy, path: o.path }, b, CGROUP_FIELDS);
+      if (o.tool !== undefined) {
+        throw new Malformed(`${b}.tool: a group of its own is not the tool's`);
+      }
+      for (const [k, x] of Object.entries(openObj(o.settings, `${b}.settings`))) {
+        if (!/^[a-z_]+\.[a-z_]+$/.test(k)) throw new Malformed(`${b}.settings: no file ${k}`);
+        text(x, `${b}.settings.${k}`);
+      }
+    }));
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
       const o = obj(t, a, ["pid", "ppid"]);
@@ -638,6 +655,48 @@ export type FieldType =
 
 /** The fields of a closed map: every key it may have, with its type. */
 export type Fields = Readonly<Record<string, FieldType>>;
+
+/** `CgroupMembership`: a group of one hierarchy. */
+const CGROUP_FIELDS: Fields = { hierarchy: "text", path: "text", tool: { optional: "bool" } };
+
+/** A System V object's identity and owner (`SysvObjectEntry`). */
+const SYSV_OBJECT_FIELDS: Fields = {
+  id: "whole",
+  key: "whole",
+  uid: "whole",
+  gid: "whole",
+  mode: "whole",
+};
+
+/** A message queue's messages. */
+const MESSAGES: FieldType = { list: { map: { type: "whole", data: "bytes" } } };
+
+/** `ProcessEntry.namespaces`: a container's namespaces. */
+const NAMESPACES_FIELDS: Fields = {
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc"] } },
+  mounts: {
+    optional: {
+      list: {
+        map: {
+          mountPoint: "text",
+          fsType: "text",
+          source: "text",
+          options: "text",
+          superOptions: "text",
+        },
+      },
+    },
+  },
+  uts: { optional: { map: { hostname: "text", domainname: "text" } } },
+  ipc: {
+    optional: {
+      map: {
+        msg: { list: { map: { ...SYSV_OBJECT_FIELDS, qbytes: "whole", messages: MESSAGES } } },
+        sem: { list: { map: { ...SYSV_OBJECT_FIELDS, values: { list: "whole" } } } },
+      },
+    },
+  },
+};
 
 function field(v: unknown, at: string, type: FieldType): void {
   if (typeof type === "object") {

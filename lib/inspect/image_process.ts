@@ -275,7 +275,7 @@ export class ImageProcess implements ProcessView {
    * before tardigrade recorded them.
    */
   namespaces(): Promise<Record<string, bigint>> {
-    const ns = this.entry.namespaces;
+    const ns = this.entry.namespaceInodes;
     if (!ns) {
       return Promise.reject(
         new Unsupported(

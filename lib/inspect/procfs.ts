@@ -84,6 +84,47 @@ export function innermostPid(hostPid: number): number {
   return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
 }
 
+/** One line of /proc/PID/mountinfo. */
+export interface MountInfo {
+  /** Mount id. */
+  id: number;
+  /** Device (`major:minor`) of its file system. */
+  dev: string;
+  /** The directory of the file system mounted there (`/` for its root). */
+  root: string;
+  /** Where it is mounted, as the process sees it. */
+  mountPoint: string;
+  /** Per-mount options (`rw,nosuid,relatime`). */
+  options: string;
+  /** Optional fields, its propagation (`shared:1 master:2`), "" when private. */
+  propagation: string;
+  /** File system type. */
+  fsType: string;
+  /** Source (a device, or the type's name). */
+  source: string;
+  /** Superblock options. */
+  superOptions: string;
+}
+
+/** The mounts of the mount namespace process `pid` (or the tool, "self") lives in. */
+export function readMountInfo(pid: number | "self"): MountInfo[] {
+  return Deno.readTextFileSync(`/proc/${pid}/mountinfo`).split("\n").filter(Boolean).map((l) => {
+    const f = l.split(" ");
+    const dash = f.indexOf("-");
+    return {
+      id: Number(f[0]),
+      dev: f[2],
+      root: f[3],
+      mountPoint: f[4],
+      options: f[5],
+      propagation: f.slice(6, dash).join(" "),
+      fsType: f[dash + 1],
+      source: f[dash + 2],
+      superOptions: f[dash + 3],
+    };
+  });
+}
+
 /** The state letter of /proc/PID/stat (R, S, T, Z …), or "" when the process is gone. */
 export function processState(pid: number): string {
   return tryReadStat(pid)?.state ?? "";

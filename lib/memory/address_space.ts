@@ -196,14 +196,19 @@ export class AddressSpaceBuilder {
    * Drops the stub's rseq registration, descriptors and every mapping but the special ones and
    * those inherited from the parent (cow.ts). A process sharing its maker's descriptor table
    * (CLONE_FILES) leaves it alone: the maker empties it, and may hold its memory objects in it.
+   * `keepFd` stays open (what the restore still needs in it, closed by the restore).
    */
-  empty(): void {
+  empty(keepFd?: number): void {
     const rseq = getRseqConfig(this.inj.tid);
     if (rseq.abiPointer !== 0n) {
       this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
     }
     if (this.image.sharesFilesWith === undefined) {
-      this.inj.call("close_range", 0, 0xffffffff, 0); // every fd: 0 to ~0U
+      if (keepFd === undefined) this.inj.call("close_range", 0, 0xffffffff, 0); // every fd
+      else {
+        if (keepFd > 0) this.inj.call("close_range", 0, keepFd - 1, 0);
+        this.inj.call("close_range", keepFd + 1, 0xffffffff, 0);
+      }
     }
     // Everything around the kept mappings, a few ranges at a time: munmap skips the holes.
     const listed = listMappings(this.pid).filter((m) => m.kind !== "vsyscall");

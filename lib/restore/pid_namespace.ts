@@ -23,11 +23,12 @@
  */
 import {
   CLONE,
+  cstring,
   detach,
   getRegs,
   kill,
   MAP,
-  MS,
+  O,
   PAGE_SIZE,
   PR,
   PROT,
@@ -40,10 +41,27 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { Injector } from "../ptrace/inject.ts";
-import { processState, readStatus, threadIds } from "../inspect/procfs.ts";
+import { processState, readProcText, readStatus, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
+import { makeMounts } from "../namespaces/mounts.ts";
+import type { MountEntry } from "../image/schema.ts";
+
+/** The proc the init of a copy's namespace mounts on /proc, as `mount -t proc` would. */
+const NAMESPACE_PROC: MountEntry = {
+  mountPoint: "/proc",
+  fsType: "proc",
+  source: "proc",
+  options: "rw,nosuid,nodev,noexec",
+  superOptions: "rw",
+};
+
+/** The soft limit on descriptors of process `pid` (/proc/PID/limits). */
+function nofileLimit(pid: number): number {
+  const line = readProcText(pid, "limits").split("\n").find((l) => l.startsWith("Max open files"));
+  return Number(line?.split(/\s+/)[3] ?? 1024);
+}
 
 /**
  * The init's whole program (x86_64):
@@ -143,13 +161,48 @@ export class PidNamespace {
   private constructor(
     /** Host pid of the namespace's init (pid 1 inside). */
     readonly init: number,
-    /** Runs syscalls in the init. */
-    readonly injector: Injector,
+    /** Runs syscalls in the init; null when the init is the restored root (a container's). */
+    readonly injector: Injector | null,
     /** The init's descriptor of a pidfd of the tool, until `release`. */
     readonly toolPidfdFd: number,
     /** The stub's scratch region, which the init has a copy of. */
     readonly stubScratch: { start: bigint; end: bigint } | null,
   ) {}
+
+  /**
+   * Makes the namespace of a container's restored root, which is its init (pid 1): forked from
+   * the seized, stopped stub, traced and stopped, a copy of the stub until the restore builds it
+   * (as `forkRoot` would give). It keeps the tool's pidfd at a descriptor above every one the
+   * image gives it (`keptFd`), for the processes of the namespace, until `dropToolPidfd`.
+   */
+  static createForContainer(stub: Injector, image: ProcessEntry): PidNamespace {
+    // High, for the image's descriptors are below it, but not so high the table grows large.
+    const kept = Math.min(nofileLimit(stub.pid), 65536) - 1;
+    if (image.fds.some((f) => f.fd >= kept)) {
+      throw new RestoreError(
+        `cannot restore container: its init has a descriptor at or above ${kept}, where the ` +
+          `restore keeps its own until the tree is made`,
+      );
+    }
+    const pidfd = stub.call("pidfd_open", Deno.pid, 0);
+    stub.call("dup3", pidfd, kept, O.CLOEXEC);
+    stub.call("close", pidfd);
+    stub.call("unshare", CLONE.NEWPID);
+    const init = forkWithPid(stub, 1);
+    return new PidNamespace(init, null, kept, stub.scratchRange);
+  }
+
+  /** The descriptor the restored root keeps through its emptying, when it is the init. */
+  keptFd(pid: number): number | undefined {
+    return this.injector === null && pid === this.init ? this.toolPidfdFd : undefined;
+  }
+
+  /** A container's init, restored: closes the tool's pidfd it kept (see `createForContainer`). */
+  dropToolPidfd(root: Injector): void {
+    if (this.injector !== null || this.#released) return;
+    root.call("close", this.toolPidfdFd);
+    this.#released = true;
+  }
 
   /**
    * Makes the namespace and its init (traced, stopped) from the seized, stopped stub; `mountProc`
@@ -187,24 +240,14 @@ export class PidNamespace {
   }
 
   #mountProc(): void {
-    const inj = this.injector;
-    const str = (s: string, at: number) => inj.put(new TextEncoder().encode(s + "\0"), at);
-    inj.call("prctl", PR.SET_NAME, str("tardigrade-init", 0));
-    inj.call("unshare", CLONE.NEWNS);
-    // Private, recursively: a mount made here must not propagate to the host's namespace.
-    inj.call("mount", 0, str("/", 0), 0, MS.REC | MS.PRIVATE, 0);
-    inj.call(
-      "mount",
-      str("proc", 0),
-      str("/proc", 64),
-      str("proc", 128),
-      MS.NOSUID | MS.NODEV | MS.NOEXEC,
-      0,
-    );
+    const inj = this.injector!;
+    inj.call("prctl", PR.SET_NAME, inj.put(cstring("tardigrade-init")));
+    makeMounts(inj, [NAMESPACE_PROC]);
   }
 
   /** Forks the restored root from the init: `pid` inside the namespace; returns its host pid. */
   forkRoot(pid: number): number {
+    if (this.injector === null) return this.init; // a container's: the root is the init
     return forkWithPid(this.injector, pid);
   }
 
@@ -235,6 +278,7 @@ export class PidNamespace {
    */
   release(): void {
     const inj = this.injector;
+    if (inj === null) return; // a container's init is the restored root, resumed as such
     inj.call("close_range", 0, 0xffffffff, 0);
     inj.call("chdir", inj.put(new TextEncoder().encode("/\0")));
     const code = inj.call(
@@ -267,7 +311,7 @@ export class PidNamespace {
     try {
       kill(this.init, SIG.SIGKILL);
     } catch { /* already gone */ }
-    this.injector.mem.close();
+    this.injector?.mem.close();
     const deadline = Date.now() + 5000;
     while (Date.now() < deadline) {
       try {

@@ -38,6 +38,7 @@ import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
+import { makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -64,6 +65,7 @@ import {
   restoreThpDisable,
 } from "../task/attributes.ts";
 import { restoreAudit } from "../task/audit.ts";
+import { CgroupRestore } from "../task/cgroups.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
 import { restoreCredentials } from "../task/credentials.ts";
 import { awaitStop, restoreStop, stopWouldBeLost } from "../task/job_stop.ts";
@@ -81,7 +83,12 @@ import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
-import { PROCESS_META, type ProcessEntry, processMetaName } from "../image/schema.ts";
+import {
+  type NamespacesEntry,
+  PROCESS_META,
+  type ProcessEntry,
+  processMetaName,
+} from "../image/schema.ts";
 import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
@@ -169,8 +176,9 @@ export interface RestoreResult {
    */
   pidMap: Map<number, number>;
   /**
-   * With `pidNamespace`: the host pid of the namespace's init, the root's parent. Killing it
-   * (SIGKILL) ends every process of the restored tree.
+   * With `pidNamespace`: the host pid of the namespace's init, the root's parent; for a
+   * container's image, the root itself (pid 1 of its fresh pid namespace). Killing it (SIGKILL)
+   * ends every process of the restored tree.
    */
   namespaceInit?: number;
   /** Threads restored. */
@@ -363,7 +371,7 @@ function buildMemory(
 ): Promise<number> {
   if (!m.asb) {
     m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
-    m.asb.empty();
+    m.asb.empty(run.shares.namespace?.keptFd(m.pid));
   }
   return m.inj.batch(() => buildAddressSpace(m, run, progress));
 }
@@ -450,7 +458,8 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   );
   // Zombie children of the other threads, forked by their thread.
   for (const t of p.threads) {
-    if (t !== main) restoreZombies(injectors.get(t.tid)!, p, t.tid);
+    if (t === main) continue;
+    restoreZombies(injectors.get(t.tid)!, p, t.tid, shares.pids);
   }
   for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
   // After the threads: a timer may notify one of them.
@@ -581,7 +590,9 @@ function resume(m: Making): void {
  * parent, running on from where they were frozen. Returns once they run; they live on without
  * the tool. With `shellJob` the root comes back as a job of this process's terminal. With
  * `pidNamespace` they get their pids and tids inside a new pid namespace, the root as the child of
- * its init, beside whatever runs with those pids on the host.
+ * its init, beside whatever runs with those pids on the host. The image of a container (dumped
+ * from its init) comes back in fresh namespaces of the kinds it had, its init pid 1 again, in
+ * its cgroups (made again with their limits when missing).
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   if (!opts.shellJob) return await restoreTree(dir, opts);
@@ -625,23 +636,43 @@ async function restoreTree(
   };
   let entries: ProcessEntry[];
   let inherited: ReadonlyMap<string, number>;
+  let container: NamespacesEntry | undefined;
+  let cgroups: CgroupRestore;
+  let containerPid = false;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
   });
   try {
     entries = await readTree(reader);
+    container = entries[0]?.namespaces;
+    containerPid = container?.kinds.includes("pid") ?? false;
     if (terminal) moveToTerminal(entries, terminal);
     if (opts.pidNamespace && opts.shellJob) {
       throw new RestoreError("a shell job cannot be restored into a new pid namespace");
     }
+    if (container && (opts.pidNamespace || opts.shellJob)) {
+      throw new RestoreError(
+        `the image is of a container (${container.kinds.join(", ")} namespaces of its own), ` +
+          `restored in fresh namespaces: not with ${
+            opts.pidNamespace ? "a pid namespace of the restore's" : "a shell job"
+          }`,
+      );
+    }
+    if (containerPid && entries[0].pid !== 1) {
+      throw new ImageError(
+        `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
+      );
+    }
     inherited = checkInherited(entries, opts.inheritFds ?? {});
     for (const [i, p] of entries.entries()) {
       const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
-      await preflight(p, file, opts.pidNamespace === true);
+      await preflight(p, file, opts.pidNamespace === true || containerPid);
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
     if (opts.lazy) checkLazy(entries, opts);
+    cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
+    cgroups.check(entries);
     stage("preflight", entries[0]);
   } catch (err) {
     await dropStub();
@@ -669,7 +700,7 @@ async function restoreTree(
     files: new Map(),
     scope: {},
     pids: new PidMap(),
-    tasks: tasksOf(entries, opts.pidNamespace === true),
+    tasks: tasksOf(entries, opts.pidNamespace === true || containerPid),
     inherited,
   };
   const warnings: string[] = [];
@@ -685,6 +716,9 @@ async function restoreTree(
       // Its init, made from the stub, forks the root.
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
+    } else if (containerPid) {
+      // A container's init is the restored root: pid 1 of the namespace the stub makes.
+      shares.namespace = PidNamespace.createForContainer(stub.injector, entries[0]);
     }
     const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
@@ -719,6 +753,8 @@ async function restoreTree(
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
       shares.pids.set(p.pid, pid);
+      // Before it forks its children, which start in its groups.
+      cgroups.join(p.pid, pid, p.cgroups);
       const mem = new RemoteMemory(pid);
       const m: Making = {
         entry: p,
@@ -729,6 +765,8 @@ async function restoreTree(
         ...(plans.has(p.pid) ? { lazy: { plan: plans.get(p.pid)! } } : {}),
       };
       making.push(m);
+      // Before it forks the rest of the tree, which inherits them.
+      if (container && p === entries[0]) makeNamespaces(m.inj, container);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else {
         restoreSession(m.inj, p);
@@ -737,14 +775,14 @@ async function restoreTree(
       }
     }
     // Once every process exists: a zombie may be in the process group of another.
-    for (const m of making) restoreZombies(m.inj, m.entry);
+    for (const m of making) restoreZombies(m.inj, m.entry, undefined, shares.pids);
     stub.end();
     // Every address space emptied before any other is filled (but those filled already, for a
     // child to inherit their memory): a process holds copies of its maker's mappings and fds.
     for (const m of making) {
       if (m.asb) continue;
       m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
-      m.asb.empty();
+      m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {
       await memoryOf(m);
@@ -763,7 +801,13 @@ async function restoreTree(
     resumeScope(shares.scope);
     for (const m of making) seal(m);
     for (const m of making) m.files?.close();
+    // Every descriptor table is made: a container's init lets go of the tool's pidfd.
+    shares.namespace?.dropToolPidfd(making[0].inj);
     stage("verify", entries[0]);
+    const nsDiffer = container && namespacesDiffer(making[0].pid, making[0].inj, container);
+    if (nsDiffer) {
+      throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
+    }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     for (const m of making) {
       const lost = stopWouldBeLost(m.entry, m.pid);
@@ -822,8 +866,8 @@ async function restoreTree(
     abortScope(shares.scope);
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
-    const tids = new Set(made);
-    for (const m of making) for (const tid of threadIds(m.pid)) tids.add(tid);
+    const threadsOf = new Map(making.map((m) => [m.pid, threadIds(m.pid)]));
+    const tids = new Set([...made, ...[...threadsOf.values()].flat()]);
     for (const pid of [...made].reverse()) {
       try {
         kill(pid, SIG.SIGKILL);
@@ -837,9 +881,15 @@ async function restoreTree(
       if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }
     server?.abort();
-    const leaders = new Set(making.map((m) => m.pid));
-    for (const tid of [...tids].filter((t) => !leaders.has(t))) reap(tid);
-    for (const m of [...making].reverse()) reap(m.pid);
+    // Threads of no process first, then each process, children first, its threads before it: a
+    // container's init (the root) ends only once every other process of its namespace is reaped,
+    // and the last of its threads to go waits for that.
+    const known = new Set([...threadsOf.values()].flat());
+    for (const tid of tids) if (!known.has(tid)) reap(tid);
+    for (const m of [...making].reverse()) {
+      for (const tid of threadsOf.get(m.pid)!) if (tid !== m.pid) reap(tid);
+      reap(m.pid);
+    }
     // A child its tracer (us) reaped before its parent died stays a zombie of that parent, then of
     // whoever adopts it: of us, when we are a subreaper (as a test or a script may be).
     for (const pid of made) {
@@ -849,6 +899,7 @@ async function restoreTree(
     }
     // Last: a namespace's init finishes exiting only once every other process in it is reaped.
     await shares.namespace?.abort();
+    cgroups.abort(); // once every process it put in them is gone
     throw err;
   }
 }

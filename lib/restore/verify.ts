@@ -55,6 +55,7 @@ import { readLocks } from "../files/locks.ts";
 import { readOwner } from "../files/owner.ts";
 import { copyIsHarmless } from "../files/socket/socket_copy.ts";
 import type {
+  CgroupMembership,
   FileEntry,
   ItimerEntry,
   MappingEntry,
@@ -85,6 +86,7 @@ import type { Injector } from "../ptrace/inject.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpSeccomp } from "../task/seccomp.ts";
 import { dumpTask } from "../task/task.ts";
+import { cgroupView } from "../task/cgroups.ts";
 import { dumpThread } from "../task/threads.ts";
 
 /** One way a restored process differs from its image. */
@@ -270,7 +272,9 @@ const TASK_RULES: Record<string, Rule> = {
   pgid: "skip",
   tty: "skip",
   stopped: "skip",
-  // Recorded for inspection: a restore does not make namespaces again.
+  // Recorded for inspection: a restore does not make them again.
+  namespaceInodes: "skip",
+  // A container's, made by the restore before anything else (lib/namespaces/), root only.
   namespaces: "skip",
   zombies: (d, _at, _f, image, kernel) => {
     // Both sides as zombieView made them.
@@ -301,6 +305,14 @@ const TASK_RULES: Record<string, Rule> = {
     }
   },
   oomScoreAdj: added(),
+  cgroups: added((d, at, field, image, kernel) =>
+    d.same(
+      at,
+      field,
+      (image as CgroupMembership[]).map(cgroupView),
+      (kernel as CgroupMembership[]).map(cgroupView),
+    )
+  ),
   thpDisable: added(),
   childSubreaper: added(),
   membarrier: added(),

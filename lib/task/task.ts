@@ -9,6 +9,7 @@ import type { Process } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { dumpAttributes } from "./attributes.ts";
 import { dumpAudit } from "./audit.ts";
+import { dumpCgroups } from "./cgroups.ts";
 import { dumpCredentials } from "./credentials.ts";
 import { dumpFsState } from "./fs_state.ts";
 import { dumpItimers } from "./itimers.ts";
@@ -40,12 +41,13 @@ export async function dumpTask(proc: Process, inj: Injector): Promise<TaskDump> 
     ...await dumpFsState(proc),
     ...await dumpAttributes(proc, inj),
     creds: dumpCredentials(pid),
-    namespaces: await dumpNamespaces(proc),
+    namespaceInodes: await dumpNamespaces(proc),
     audit: dumpAudit(pid),
     rlimits: await dumpRlimits(proc),
     mm: await dumpMm(proc, stat, inj),
     sigactions: dumpSigactions(inj),
     sharedPending: dumpSharedPending(pid),
     itimers: dumpItimers(inj),
+    cgroups: dumpCgroups(pid),
   };
 }

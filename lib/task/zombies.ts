@@ -74,11 +74,17 @@ const leadersFirst = (a: ZombieEntry, b: ZombieEntry) =>
 /**
  * Makes again the zombie children that one thread of a process just made had forked: `thread`
  * is that thread's dumped tid (undefined: the main thread), `inj` runs in it. Every process of
- * the tree must exist already: a zombie may be in another one's process group.
+ * the tree must exist already: a zombie may be in another one's process group. `made` is told the
+ * pid the tool sees each by (another in a new pid namespace): image pid → host pid.
  */
-export function restoreZombies(inj: Injector, entry: ProcessEntry, thread?: number): void {
+export function restoreZombies(
+  inj: Injector,
+  entry: ProcessEntry,
+  thread?: number,
+  made?: { set(pid: number, hostPid: number): void },
+): void {
   const zombies = (entry.zombies ?? []).filter((z) => z.thread === thread).sort(leadersFirst);
-  for (const z of zombies) makeZombie(inj, entry, z);
+  for (const z of zombies) made?.set(z.pid, makeZombie(inj, entry, z));
   if (zombies.length && !wasPending(entry, SIG.SIGCHLD)) {
     // SIGCHLD is not blocked in the stub: take back the one the exits sent (zero timeout).
     const set = inj.put(new Uint8Array(new BigUint64Array([sigBit(SIG.SIGCHLD)]).buffer));
@@ -119,7 +125,8 @@ function joinGroup(inj: Injector, parent: ProcessEntry, z: ZombieEntry): void {
   }
 }
 
-function makeZombie(parent: Injector, entry: ProcessEntry, z: ZombieEntry): void {
+/** Makes zombie `z` of the process `parent` runs in; returns its pid as the tool sees it. */
+function makeZombie(parent: Injector, entry: ProcessEntry, z: ZombieEntry): number {
   const pid = forkWithPid(parent, z.pid);
   const mem = new RemoteMemory(pid);
   try {
@@ -150,6 +157,7 @@ function makeZombie(parent: Injector, entry: ProcessEntry, z: ZombieEntry): void
       if (stops > 16) throw new RestoreError(`it keeps stopping (${st.raw.toString(16)})`);
       cont(pid, st.stopSignal === signal ? signal : 0);
     }
+    return pid;
   } catch (err) {
     throw new RestoreError(
       `process ${entry.pid}: cannot make zombie child ${z.pid} again: ${(err as Error).message}`,

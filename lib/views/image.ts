@@ -2,7 +2,7 @@
  * What an image holds, summarized per process: threads, mappings, descriptors, totals. What
  * `tardigrade inspect` and the REPL's `inspect()` show.
  */
-import type { FileEntry, ProcessEntry } from "../image/schema.ts";
+import type { FileEntry, NamespacesEntry, ProcessEntry } from "../image/schema.ts";
 import { type ImageManifest, ImageReader } from "../image/mod.ts";
 import { hex } from "./format.ts";
 
@@ -35,6 +35,11 @@ export interface InspectedProcess {
    * local modes as `stty` spells them ("-icanon -echo" for a raw-mode editor).
    */
   terminal?: { path: string | null; foreground: boolean; size?: string; modes?: string };
+  /**
+   * The root of a container's image: the namespaces a restore makes anew, each kind with what
+   * it holds ("uts tardibox (tardinet)", "mnt +proc on /proc").
+   */
+  namespaces?: string[];
   /** Children that had exited and were not waited for: "exit N" or "signal N". */
   zombies: { pid: number; comm: string; ended: string }[];
   /** Threads with their instruction and stack pointers (every register with `regs`). */
@@ -123,6 +128,7 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
     exe: e.exe?.path ?? null,
     cwd: e.cwd,
     ...(e.tty ? { terminal: terminalOf(e) } : {}),
+    ...(e.namespaces ? { namespaces: namespacesOf(e.namespaces) } : {}),
     zombies: (e.zombies ?? []).map((z) => ({
       pid: z.pid,
       comm: z.comm,
@@ -140,6 +146,22 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
       fds: fds.length,
     },
   };
+}
+
+/** Each kind of a container's namespaces, with what the image records of it. */
+function namespacesOf(ns: NamespacesEntry): string[] {
+  return ns.kinds.map((k) => {
+    if (k === "uts" && ns.uts) return `uts ${ns.uts.hostname} (${ns.uts.domainname})`;
+    if (k === "mnt" && ns.mounts?.length) {
+      return `mnt ${ns.mounts.map((m) => `+${m.fsType} on ${m.mountPoint}`).join(" ")}`;
+    }
+    if (k === "ipc" && ns.ipc) {
+      const messages = ns.ipc.msg.reduce((n, q) => n + q.messages.length, 0);
+      return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
+        `${ns.ipc.sem.length} semaphore sets`;
+    }
+    return k;
+  });
 }
 
 /** Bytes of the runs of `e` whose extents are in a parent image. */

@@ -3,6 +3,9 @@ import { PAGE_SIZE } from "../../ffi/mod.ts";
 import { NoSuchProcess } from "../errors.ts";
 import { type ImageProcess, memoryOf, type ProcessImage } from "../inspect/image_process.ts";
 import { processes } from "../inspect/process.ts";
+import { foreignKinds } from "../namespaces/kinds.ts";
+import { cgroupsOf } from "../task/cgroups.ts";
+import type { CgroupMembership } from "../image/schema.ts";
 
 /** One row of `ps --json`. */
 export interface PsRow {
@@ -25,6 +28,10 @@ export interface PsRow {
   comm: string;
   /** Arguments (empty for a kernel thread). */
   cmdline: string[];
+  /** The kinds of namespace it lives in apart from the tool (a container's: pid, mnt …). */
+  namespaces: string[];
+  /** Its group in every cgroup hierarchy (`hierarchy` "" for cgroup v2); empty when gone. */
+  cgroups: CgroupMembership[];
 }
 
 /**
@@ -32,7 +39,11 @@ export interface PsRow {
  * every process of that image (its tree, parents first).
  */
 export async function psRows(image?: ProcessImage): Promise<PsRow[]> {
-  if (image) return image.processes().map(imagePsRow);
+  if (image) {
+    // A container's namespaces are every process's of it: the root's entry records them.
+    const kinds = image.root.entry.namespaces?.kinds ?? [];
+    return image.processes().map((p) => imagePsRow(p, kinds));
+  }
   const rows: PsRow[] = [];
   for await (const p of processes()) {
     try {
@@ -46,6 +57,8 @@ export async function psRows(image?: ProcessImage): Promise<PsRow[]> {
         rssBytes: Number(s.rss) * PAGE_SIZE, // stat counts pages
         comm: s.comm,
         cmdline,
+        namespaces: foreignKinds(p.pid),
+        cgroups: cgroupsOf(p.pid),
       });
     } catch (err) {
       if (!(err instanceof NoSuchProcess)) throw err; // exited while we looked
@@ -54,8 +67,8 @@ export async function psRows(image?: ProcessImage): Promise<PsRow[]> {
   return rows;
 }
 
-/** The `ps` row of a process of an image. */
-function imagePsRow(p: ImageProcess): PsRow {
+/** The `ps` row of a process of an image whose container namespaces are `kinds`. */
+function imagePsRow(p: ImageProcess, kinds: string[]): PsRow {
   const e = p.entry;
   let stored = 0;
   for (const a of memoryOf(p).areas) {
@@ -70,5 +83,7 @@ function imagePsRow(p: ImageProcess): PsRow {
     rssBytes: stored,
     comm: e.comm,
     cmdline: e.cmdline,
+    namespaces: [...kinds],
+    cgroups: e.cgroups ?? [],
   };
 }

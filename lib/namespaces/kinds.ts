@@ -1,0 +1,138 @@
+/**
+ * Which namespaces a process lives in, and which of them a dump carries. A process whose
+ * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS
+ * and IPC namespaces with it, and the restore makes fresh ones of the same kinds. Every other
+ * kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
+ * namespace that a process outside the dump also lives in are refused, naming them.
+ */
+import { DumpError } from "../errors.ts";
+import {
+  innermostPid,
+  processState,
+  readComm,
+  readProcLink,
+  statusField,
+} from "../inspect/procfs.ts";
+
+/** Every kind of namespace a process lives in (the names of /proc/PID/ns). */
+export const NAMESPACE_KINDS = [
+  "pid",
+  "mnt",
+  "uts",
+  "ipc",
+  "net",
+  "user",
+  "time",
+  "cgroup",
+] as const;
+
+/** A kind of namespace. */
+export type NamespaceKind = typeof NAMESPACE_KINDS[number];
+
+/** The kinds a dump takes and a restore makes anew. */
+export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc"] as const;
+
+/** A kind of namespace a dump takes. */
+export type CarriedKind = typeof CARRIED_KINDS[number];
+
+/** The namespace of kind `kind` process `pid` lives in (`uts:[4026532183]`), null if unknown. */
+export function namespaceOf(pid: number, kind: NamespaceKind): string | null {
+  try {
+    return readProcLink(pid, `ns/${kind}`);
+  } catch {
+    return null; // gone (the freeze says so) or a kind this kernel lacks
+  }
+}
+
+/** The kinds in which process `pid` lives in other namespaces than the tool. */
+export function foreignKinds(pid: number): NamespaceKind[] {
+  return NAMESPACE_KINDS.filter((k) => {
+    const ns = namespaceOf(pid, k);
+    return ns !== null && ns !== namespaceOf(Deno.pid, k);
+  });
+}
+
+const isCarried = (k: NamespaceKind): k is CarriedKind =>
+  (CARRIED_KINDS as readonly string[]).includes(k);
+
+/**
+ * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's).
+ * Refuses a kind not carried, and a pid namespace whose init is not `root`: the restore makes the
+ * root pid 1 of a fresh one, which only the container's init may be.
+ */
+export function containerKinds(root: number): CarriedKind[] {
+  const kinds = foreignKinds(root);
+  const refused = kinds.filter((k) => !isCarried(k));
+  if (refused.length) {
+    throw new DumpError(
+      `process ${root} lives in ${refused.length > 1 ? "namespaces" : "a namespace"} of its ` +
+        `own (${refused.join(", ")}), which tardigrade does not dump yet (it carries pid, mnt, ` +
+        `uts and ipc namespaces); run tardigrade ` +
+        `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
+    );
+  }
+  if (kinds.includes("pid")) {
+    const inner = innermostPid(root);
+    const depth = (pid: number) => statusField(pid, "NSpid")?.split(/\s+/).length ?? 1;
+    if (depth(root) !== depth(Deno.pid) + 1) {
+      throw new DumpError(
+        `process ${root} lives in a pid namespace nested in another one than tardigrade's: ` +
+          `nested pid namespaces are not dumped yet`,
+      );
+    }
+    if (inner !== 1) {
+      throw new DumpError(
+        `process ${root} is pid ${inner} of its pid namespace, not its init: a container is ` +
+          `dumped from its init (pid 1 inside), which a restore makes again first`,
+      );
+    }
+  }
+  return kinds.filter(isCarried);
+}
+
+/**
+ * Refuses process `pid` of the tree when one of its namespaces is not the root's: it made a
+ * namespace of its own inside the container (or joined another one), which is not carried yet.
+ */
+export function checkSameNamespaces(pid: number, root: number): void {
+  if (pid === root) return;
+  for (const k of NAMESPACE_KINDS) {
+    const ns = namespaceOf(pid, k);
+    if (ns !== null && ns !== namespaceOf(root, k)) {
+      throw new DumpError(
+        `process ${pid} lives in another ${k} namespace than the root of the dump (${root}): ` +
+          `namespaces made inside a container are not dumped yet`,
+      );
+    }
+  }
+}
+
+/**
+ * Refuses a container whose namespaces (of `kinds`) a process outside the dump (`tree`) lives in
+ * too: the restore would part them. The root's parent may share those other than pid: it is what
+ * made the container (`unshare --fork`), waiting for its child; it keeps the originals.
+ */
+export function refuseOutsideHolders(root: number, tree: readonly number[], kinds: CarriedKind[]) {
+  if (!kinds.length) return;
+  const inTree = new Set(tree);
+  const parent = Number(statusField(root, "PPid") ?? 0);
+  const wanted = new Map(kinds.map((k) => [k, namespaceOf(root, k)]));
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const pid = Number(e.name);
+    // A zombie holds nothing but its pid: the dump's are zombie children of the tree.
+    if (inTree.has(pid) || pid === Deno.pid || processState(pid) === "Z") continue;
+    for (const [k, ns] of wanted) {
+      if (k !== "pid" && pid === parent) continue;
+      if (namespaceOf(pid, k) !== ns) continue;
+      let comm = "?";
+      try {
+        comm = readComm(pid);
+      } catch { /* gone meanwhile */ }
+      throw new DumpError(
+        `the ${k} namespace of container ${root} is also held by process ${pid} (${comm}), ` +
+          `which is not in the dump: a restore would part them`,
+      );
+    }
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Pids inside a container's pid namespace. The tool reads the processes from outside, by their
+ * host pids; the image keeps the ids the processes see (the container's init is 1), which the
+ * restore gives them again inside a fresh pid namespace. Sessions and process groups are asked
+ * of each process itself (getsid, getpgid injected): one led by a process outside the namespace
+ * is 0 there, as the kernel says.
+ */
+import { DumpError } from "../errors.ts";
+import type { FrozenProcess } from "../ptrace/freeze.ts";
+import { innermostPid } from "../inspect/procfs.ts";
+import type { ProcessEntry } from "../image/schema.ts";
+
+/** Host pid or tid → the id the container's processes see. */
+export class InnerPids {
+  readonly #inner = new Map<number, number>();
+  /** Host pid → its session and process group as it sees them (and its zombies theirs). */
+  readonly #groups = new Map<number, { sid: number; pgid: number }>();
+
+  /**
+   * Reads the inner id of every process, thread and zombie child of the frozen `tree`, and asks
+   * each process its session and group, and those of its zombie children.
+   */
+  static read(tree: readonly FrozenProcess[], zombiesOf: (pid: number) => number[]): InnerPids {
+    const ids = new InnerPids();
+    for (const f of tree) {
+      for (const t of f.threads) ids.#inner.set(t.tid, innermostPid(t.tid));
+      const inj = f.injector;
+      const ask = (hostPid: number) => {
+        const inner = innermostPid(hostPid);
+        ids.#inner.set(hostPid, inner);
+        const self = hostPid === f.pid ? 0 : inner;
+        ids.#groups.set(hostPid, {
+          sid: Number(inj.call("getsid", self)),
+          pgid: Number(inj.call("getpgid", self)),
+        });
+      };
+      ask(f.pid);
+      for (const z of zombiesOf(f.pid)) ask(z);
+    }
+    return ids;
+  }
+
+  /** The inner id of host pid or tid `host`; `what` names it in the refusal when unknown. */
+  of(host: number, what: string): number {
+    const inner = this.#inner.get(host);
+    if (inner === undefined) {
+      throw new DumpError(`${what} ${host} is not in the container's pid namespace`);
+    }
+    return inner;
+  }
+
+  /** Rewrites the ids of `e` (read by host pid) into the ids its processes see. */
+  translate(e: ProcessEntry, isRoot: boolean): void {
+    const where = `process ${e.pid}`;
+    const pid = (id: number, what: string) => this.of(id, `${what} of ${where}`);
+    const groupsOf = (id: number, what: string) => {
+      const g = this.#groups.get(id);
+      if (!g) throw new DumpError(`${what} ${id} of ${where} was not asked its session`);
+      return g;
+    };
+    const groups = groupsOf(e.pid, "process");
+    e.ppid = isRoot ? 0 : pid(e.ppid, "the parent");
+    for (const t of e.threads) t.tid = pid(t.tid, "thread");
+    for (const z of e.zombies ?? []) {
+      const g = groupsOf(z.pid, "zombie child");
+      z.pid = pid(z.pid, "zombie child");
+      z.sid = g.sid;
+      z.pgid = g.pgid;
+      if (z.thread !== undefined) z.thread = pid(z.thread, "the thread forking a zombie");
+    }
+    for (const t of e.posixTimers ?? []) t.targetTid = pid(t.targetTid, "a timer's thread");
+    if (e.sharesFilesWith !== undefined) e.sharesFilesWith = pid(e.sharesFilesWith, "a sharer");
+    if (e.sharesFsWith !== undefined) e.sharesFsWith = pid(e.sharesFsWith, "a sharer");
+    for (const f of e.files) {
+      // Read by the tool in its own pid namespace: not translated yet, so refused.
+      if (f.kind === "pidfd" || (f.owner && f.owner.pid !== 0)) {
+        throw new DumpError(
+          `${where} has ${f.kind === "pidfd" ? "a pidfd" : "an open file with an I/O owner"} ` +
+            `(file ${f.id}) inside a pid namespace, which tardigrade does not dump yet`,
+        );
+      }
+    }
+    e.sid = groups.sid;
+    e.pgid = groups.pgid;
+    e.pid = pid(e.pid, "process");
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * cgroup membership, v1 hierarchies and v2 alike (a hybrid machine has both): each process's
+ * group in every hierarchy, as /proc/PID/cgroup names it (threads in other groups than their
+ * process are refused). The groups the tree lives in that the dumping tool does not are its own:
+ * the dump records their limits (pids.max, memory.limit_in_bytes or memory.max, cpu.shares or
+ * cpu.weight, cpuset.cpus and cpuset.mems, those each group has). A group it shares with the
+ * dumping tool is the environment's (the session's, the machine's): marked so, it is not put
+ * back, as the restored process starts in the restoring tool's groups, which stand for it. The
+ * restore puts each process back in its own groups: made again with their limits when missing
+ * (the parent must exist) and checked when present. Nothing else is touched: no group the tree
+ * does not live in is made, changed or joined, and a failed restore removes the groups it made.
+ */
+import { DumpError, RestoreError } from "../errors.ts";
+import type { CgroupEntry, CgroupMembership } from "../image/schema.ts";
+import { readMountInfo, threadIds } from "../inspect/procfs.ts";
+
+/** The limits recorded of a group, cpuset first (a cpuset group takes no task without them). */
+const SETTING_FILES = [
+  "cpuset.cpus",
+  "cpuset.mems",
+  "pids.max",
+  "memory.limit_in_bytes",
+  "memory.max",
+  "cpu.shares",
+  "cpu.weight",
+];
+
+/** The membership /proc/PID/cgroup (of thread `tid`, or of the tool with "self") shows. */
+function membership(pid: number | "self", tid?: number): CgroupMembership[] {
+  const file = tid === undefined ? `/proc/${pid}/cgroup` : `/proc/${pid}/task/${tid}/cgroup`;
+  return Deno.readTextFileSync(file).split("\n").filter(Boolean).map((line) => {
+    const [, hierarchy, ...path] = line.split(":");
+    return { hierarchy, path: path.join(":") };
+  });
+}
+
+/** The groups of process `pid` in every hierarchy; none once it is gone. */
+export function cgroupsOf(pid: number): CgroupMembership[] {
+  try {
+    return membership(pid);
+  } catch {
+    return [];
+  }
+}
+
+/** How the tool names a hierarchy: its controllers (`pids`, `name=systemd`), cgroup2 for v2. */
+const hierarchyName = (h: string) => h === "" ? "cgroup2" : h;
+
+/** Where each hierarchy the tool sees is mounted (/proc/self/mountinfo), by its name in /proc. */
+function hierarchyMounts(): Map<string, string> {
+  const mounts = new Map<string, string>();
+  const cgroupMounts = readMountInfo("self")
+    .filter((m) => m.fsType === "cgroup" || m.fsType === "cgroup2")
+    .map((m) => ({ point: m.mountPoint, fsType: m.fsType, options: m.superOptions.split(",") }));
+  for (const { hierarchy } of membership("self")) {
+    const tokens = hierarchy.split(",");
+    const m = cgroupMounts.find((m) =>
+      hierarchy === ""
+        ? m.fsType === "cgroup2"
+        : m.fsType === "cgroup" && tokens.every((t) => m.options.includes(t))
+    );
+    if (m) mounts.set(hierarchy, m.point);
+  }
+  return mounts;
+}
+
+const same = (a: CgroupMembership[], b: CgroupMembership[]) =>
+  JSON.stringify(a) === JSON.stringify(b);
+
+/** The groups of process `pid`; refuses one whose threads are not all in them. */
+export function dumpCgroups(pid: number): CgroupMembership[] {
+  const own = membership(pid);
+  for (const tid of threadIds(pid)) {
+    if (tid !== pid && !same(membership(pid, tid), own)) {
+      throw new DumpError(
+        `thread ${tid} of process ${pid} is in other cgroups than its process, which ` +
+          `tardigrade does not dump yet`,
+      );
+    }
+  }
+  const tool = membership("self");
+  return own.map((m) =>
+    tool.some((t) => t.hierarchy === m.hierarchy && t.path === m.path) ? { ...m, tool: true } : m
+  );
+}
+
+/**
+ * A membership as the restore's comparison sees it: a group of the tool's is the tool's, on
+ * either side (the restored process is in the restoring tool's, as it was in the dumping tool's).
+ */
+export function cgroupView(m: CgroupMembership): string {
+  return `${hierarchyName(m.hierarchy)}:${m.tool ? "(the tool's)" : m.path}`;
+}
+
+/** The path of group `g` on this machine, or null when its hierarchy is not mounted. */
+function groupDir(mounts: Map<string, string>, g: CgroupMembership): string | null {
+  const point = mounts.get(g.hierarchy);
+  return point === undefined ? null : `${point}${g.path === "/" ? "" : g.path}`;
+}
+
+function readSettings(dir: string): Record<string, string> {
+  const settings: Record<string, string> = {};
+  for (const file of SETTING_FILES) {
+    try {
+      settings[file] = Deno.readTextFileSync(`${dir}/${file}`).trim();
+    } catch { /* not a file of this hierarchy */ }
+  }
+  return settings;
+}
+
+/**
+ * The groups processes of `memberships` live in that the dumping tool does not, with their limits.
+ */
+export function dumpCgroupGroups(memberships: CgroupMembership[][]): CgroupEntry[] {
+  const mounts = hierarchyMounts();
+  const out: CgroupEntry[] = [];
+  for (const { tool, ...m } of memberships.flat()) {
+    if (tool) continue;
+    if (out.some((g) => g.hierarchy === m.hierarchy && g.path === m.path)) continue;
+    const dir = groupDir(mounts, m);
+    if (dir === null) {
+      throw new DumpError(
+        `the tree lives in cgroup ${m.path} of hierarchy ${hierarchyName(m.hierarchy)}, ` +
+          `which is not mounted here: its limits cannot be read`,
+      );
+    }
+    out.push({ ...m, settings: readSettings(dir) });
+  }
+  return out;
+}
+
+/** What the restore does to put a process back in one of its groups. */
+type Step = { dir: string; make?: CgroupEntry } | null;
+
+/** Puts restored processes back in their cgroups; removes the groups it made if asked. */
+export class CgroupRestore {
+  readonly #mounts = hierarchyMounts();
+  readonly #made: string[] = [];
+
+  /** `groups`: the root entry's `cgroupGroups` (absent in older images). */
+  constructor(readonly groups: readonly CgroupEntry[]) {}
+
+  /**
+   * What to do for group `m` of process `pid` whose restored copy starts where the tool is;
+   * throws a RestoreError naming a group it cannot put it back in.
+   */
+  #plan(pid: number, m: CgroupMembership): Step {
+    if (m.tool) return null; // the tool's, then and now: the stub's, which it inherits
+    const where = `process ${pid} was in cgroup ${m.path} of ${hierarchyName(m.hierarchy)}`;
+    const now = membership("self").find((t) => t.hierarchy === m.hierarchy);
+    if (now?.path === m.path) return null; // the stub's, which it inherits
+    const dir = groupDir(this.#mounts, m);
+    if (dir === null || now === undefined) {
+      throw new RestoreError(`cannot restore: ${where}, a hierarchy this machine does not mount`);
+    }
+    const own = this.groups.find((g) => g.hierarchy === m.hierarchy && g.path === m.path);
+    let exists = true;
+    try {
+      Deno.statSync(dir);
+    } catch {
+      exists = false;
+    }
+    if (!exists && !own) {
+      throw new RestoreError(
+        `cannot restore: ${where}, which is gone, and the image has not its limits to make it`,
+      );
+    }
+    if (exists && own) {
+      const now = readSettings(dir);
+      for (const [file, value] of Object.entries(own.settings)) {
+        if (now[file] !== value) {
+          throw new RestoreError(
+            `cannot restore: ${where}, whose ${file} is ${now[file] ?? "missing"} now, not ` +
+              `${value} as dumped (the tree would run under other limits)`,
+          );
+        }
+      }
+    }
+    return { dir, ...(exists ? {} : { make: own }) };
+  }
+
+  /** Refuses, before anything is made, a group a process of `entries` cannot be put back in. */
+  check(entries: readonly { pid: number; cgroups?: CgroupMembership[] }[]): void {
+    for (const e of entries) for (const m of e.cgroups ?? []) this.#plan(e.pid, m);
+  }
+
+  /** Puts the restored process `hostPid` (the image's `pid`) into `cgroups`. */
+  join(pid: number, hostPid: number, cgroups: readonly CgroupMembership[] | undefined): void {
+    for (const m of cgroups ?? []) {
+      const step = this.#plan(pid, m);
+      if (!step) continue;
+      if (step.make) this.#make(step.dir, step.make);
+      try {
+        Deno.writeTextFileSync(`${step.dir}/cgroup.procs`, String(hostPid));
+      } catch (err) {
+        throw new RestoreError(
+          `cannot put process ${pid} back in cgroup ${step.dir}: ${(err as Error).message}`,
+        );
+      }
+    }
+  }
+
+  /** Makes group `dir` with the limits of `g` (its parent must exist). */
+  #make(dir: string, g: CgroupEntry): void {
+    try {
+      Deno.mkdirSync(dir);
+      this.#made.push(dir);
+      for (const file of SETTING_FILES) {
+        const value = g.settings[file];
+        if (value !== undefined) Deno.writeTextFileSync(`${dir}/${file}`, value);
+      }
+    } catch (err) {
+      throw new RestoreError(`cannot make cgroup ${dir} again: ${(err as Error).message}`);
+    }
+  }
+
+  /** Removes the groups this restore made (once the processes it put there are gone). */
+  abort(): void {
+    for (const dir of this.#made.splice(0).reverse()) {
+      try {
+        Deno.removeSync(dir);
+      } catch { /* still used, or gone */ }
+    }
+  }
+}

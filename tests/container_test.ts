@@ -1,0 +1,440 @@
+/**
+ * Containers made by `unshare`: the init of a container (pid 1 of its pid namespace, with its own
+ * /proc, host name and IPC namespace) and its child are dumped and restored into fresh namespaces
+ * of the same kinds, where they check themselves (container_init.c). What is not carried yet (a
+ * net namespace, a process that is not the init, a namespace held from outside, IPC objects, a
+ * mount the container made) is refused at dump time, naming it, and the container runs on.
+ */
+import assert from "node:assert/strict";
+import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
+import {
+  childrenOf,
+  cli,
+  exists,
+  fixture,
+  isAlive,
+  killAndReap,
+  needs,
+  notInstalled,
+  onPath,
+  runDeno,
+  spawnTarget,
+  type Target,
+  waitUntil,
+} from "./helpers.ts";
+
+const UNSHARE = ["--pid", "--fork", "--mount-proc", "--uts", "--ipc"];
+
+/** NSpid of a process: its pid in each pid namespace, the host's first. */
+function nspid(pid: number): number[] {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return status.match(/^NSpid:\s*(.*)$/m)![1].trim().split(/\s+/).map(Number);
+}
+
+/** The namespace of kind `kind` process `pid` lives in. */
+const ns = (pid: number, kind: string) => Deno.readLinkSync(`/proc/${pid}/ns/${kind}`);
+
+/** A container running container_init.c, made by `unshare` with `flags`; and its init's host pid. */
+interface Container {
+  unshare: Target;
+  init: number;
+  countFile: string;
+}
+
+async function startContainer(flags = UNSHARE, shell?: string): Promise<Container> {
+  const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
+  const bin = await fixture("container_init");
+  const args = shell
+    ? [...flags, "sh", "-c", `${shell}; exec '${bin}' '${countFile}'`]
+    : [...flags, bin, countFile];
+  const unshare = await spawnTarget("unshare", args, {
+    ready: /^(READY|SETUP FAILED).*$/m,
+    append: true, // the restored init writes after what unshare adds when its child dies
+  });
+  assert.match(unshare.output(), /^READY /m, `container setup failed:\n${unshare.output()}`);
+  const [init] = childrenOf(unshare.pid);
+  return { unshare, init, countFile };
+}
+
+async function stopContainer(c: Container, restored?: RestoreResult): Promise<void> {
+  if (restored) await killAndReap(restored.pid);
+  await killAndReap(c.init);
+  await killAndReap(c.unshare.pid);
+  await Deno.remove(c.countFile).catch(() => {});
+}
+
+/** The processes running `bin`. */
+function runningFixtures(bin: string): number[] {
+  return [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).filter((pid) => {
+    try {
+      return pid > 0 && isAlive(pid) && Deno.readLinkSync(`/proc/${pid}/exe`) === bin;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const missing = notInstalled("unshare", "cc");
+
+Deno.test(
+  needs("container: init and child come back as pid 1 and 2 of fresh namespaces", missing),
+  async () => {
+    const c = await startContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      // ps shows the namespaces it lives in apart from the tool, and its cgroups.
+      const rows = JSON.parse((await cli("ps", "--json")).stdout) as PsRow[];
+      const row = rows.find((r) => r.pid === c.init);
+      assert.deepEqual(row?.namespaces, ["pid", "mnt", "uts", "ipc"]);
+      assert.ok(row?.cgroups.some((g) => g.hierarchy === "" && g.path.startsWith("/")));
+      const dumped = await checkpoint(c.init, `${dir}/image`);
+      assert.equal(dumped.processes.length, 2, "the init and its child are dumped");
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(
+        shown.stdout,
+        new RegExp(
+          "container namespaces: pid, mnt \\+proc on /proc, uts tardibox \\(tardinet\\), " +
+            "ipc 1 message queues \\(2 messages\\), 1 semaphore sets",
+        ),
+      );
+
+      // A restore that fails late leaves nothing: no process, so no namespace it made.
+      await assert.rejects(
+        () =>
+          restore(`${dir}/image`, {
+            policy: {
+              restoreStage: (stage) => {
+                if (stage === "resume") throw new Error("stopped at resume");
+              },
+            },
+          }),
+        /stopped at resume/,
+      );
+      assert.deepEqual(runningFixtures(bin), [], "a process of the failed restore is left");
+
+      restored = await restore(`${dir}/image`);
+      const init = restored.pid;
+      assert.deepEqual(nspid(init).slice(1), [1], "the init is pid 1 inside");
+      assert.equal(restored.namespacePid, 1);
+      const [child] = childrenOf(init);
+      assert.deepEqual(nspid(child).slice(1), [2], "its child is pid 2 inside");
+      for (const kind of ["pid", "mnt", "uts", "ipc"]) {
+        assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a fresh ${kind} namespace`);
+        assert.equal(ns(child, kind), ns(init, kind), `the child shares its ${kind} namespace`);
+      }
+      for (const kind of ["net", "user", "cgroup"]) {
+        assert.equal(ns(init, kind), ns(Deno.pid, kind));
+      }
+      // The fixture checks its pids, its /proc, its names, its child's socket and its count.
+      assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
+      assert.equal(await c.unshare.check(init), "PASS", "and it runs on");
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/** Dumps container `c` expecting a refusal matching `reason`; the container runs on unharmed. */
+async function assertRefused(c: Container, pid: number, reason: RegExp): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+  try {
+    await assert.rejects(() => checkpoint(pid, `${dir}/image`), reason);
+    assert.equal(await c.unshare.check(c.init), "PASS", `it runs on:\n${c.unshare.output()}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "cc");
+
+Deno.test(
+  needs("container: what is not carried is refused, naming it", refusalsMissing),
+  async (t) => {
+    await t.step("a net namespace", async () => {
+      const c = await startContainer([...UNSHARE, "--net"]);
+      try {
+        await assertRefused(
+          c,
+          c.init,
+          new RegExp(`process ${c.init} lives in a namespace of its own \\(net\\)`),
+        );
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a process that is not the container's init", async () => {
+      const c = await startContainer();
+      try {
+        const [child] = childrenOf(c.init);
+        await assertRefused(c, child, new RegExp(`process ${child} is pid 2 of its pid namespace`));
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a namespace a process outside the dump holds", async () => {
+      const c = await startContainer();
+      const holder = new Deno.Command("nsenter", {
+        args: ["--target", String(c.init), "--uts", "sleep", "60"],
+      }).spawn();
+      try {
+        await waitUntil(
+          () => {
+            try {
+              return childrenOf(holder.pid).some((p) => ns(p, "uts") === ns(c.init, "uts")) ||
+                ns(holder.pid, "uts") === ns(c.init, "uts");
+            } catch {
+              return false;
+            }
+          },
+          5000,
+          "nsenter to enter the container's uts namespace",
+        );
+        await assertRefused(
+          c,
+          c.init,
+          /the uts namespace of container \d+ is also held by process/,
+        );
+      } finally {
+        holder.kill("SIGKILL");
+        await holder.status;
+        await stopContainer(c);
+      }
+    });
+    await t.step("System V shared memory in its IPC namespace", async () => {
+      const c = await startContainer(UNSHARE, "ipcmk -M 4096 >/dev/null");
+      try {
+        await assertRefused(c, c.init, /holds 1 System V shared memory segments/);
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a mount the container made", async () => {
+      const c = await startContainer(UNSHARE, "mount -t tmpfs scratch /mnt");
+      try {
+        await assertRefused(c, c.init, /mounted tmpfs scratch on \/mnt/);
+      } finally {
+        await stopContainer(c);
+      }
+    });
+  },
+);
+
+/** A cgroup made for a test in hierarchy directory `root`, removed after. */
+function makeGroup(root: string, name: string, settings: Record<string, string> = {}): string {
+  const dir = `${root}/${name}`;
+  Deno.mkdirSync(dir);
+  for (const [file, value] of Object.entries(settings)) {
+    Deno.writeTextFileSync(`${dir}/${file}`, value);
+  }
+  return dir;
+}
+
+/** Removes a test's cgroup once the processes in it are gone. */
+async function removeGroup(dir: string): Promise<void> {
+  await waitUntil(
+    () => {
+      try {
+        Deno.removeSync(dir);
+        return true;
+      } catch (err) {
+        return err instanceof Deno.errors.NotFound;
+      }
+    },
+    5000,
+    `cgroup ${dir} to be empty and removed`,
+  );
+}
+
+/** The group of `pid` in the hierarchy `hierarchy` names in /proc/PID/cgroup. */
+function groupOf(pid: number, hierarchy: string): string | undefined {
+  return Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n")
+    .map((l) => l.split(":")).find((f) => f[1] === hierarchy)?.[2];
+}
+
+const PIDS = "/sys/fs/cgroup/pids", UNIFIED = "/sys/fs/cgroup/unified";
+
+Deno.test(
+  needs(
+    "container: its cgroups (v1 pids, v2) are made again with their limits, checked, removed on failure",
+    missing ??
+      (exists(`${PIDS}/cgroup.procs`) && exists(`${UNIFIED}/cgroup.procs`)
+        ? undefined
+        : "no v1 pids hierarchy and v2 at /sys/fs/cgroup/unified"),
+  ),
+  async () => {
+    const name = `tardigrade-test-${Deno.pid}-${Date.now()}`;
+    const groups = [makeGroup(PIDS, name, { "pids.max": "64" }), makeGroup(UNIFIED, name)];
+    const c = await startContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      for (const pid of [c.init, ...childrenOf(c.init)].filter(isAlive)) {
+        for (const g of groups) Deno.writeTextFileSync(`${g}/cgroup.procs`, String(pid));
+      }
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      for (const g of groups) await removeGroup(g);
+
+      // A group of the tree that is there with other limits: refused, naming the limit.
+      makeGroup(PIDS, name, { "pids.max": "32" });
+      await assert.rejects(() => restore(`${dir}/image`), /pids\.max is 32 now, not 64/);
+      assert.deepEqual(runningFixtures(bin), []);
+      await removeGroup(groups[0]);
+
+      // A restore that fails late removes the groups it made.
+      await assert.rejects(
+        () =>
+          restore(`${dir}/image`, {
+            policy: {
+              restoreStage: (stage) => {
+                if (stage === "resume") throw new Error("stopped at resume");
+              },
+            },
+          }),
+        /stopped at resume/,
+      );
+      assert.deepEqual(runningFixtures(bin), []);
+      for (const g of groups) assert.ok(!exists(g), `${g} was left behind`);
+
+      restored = await restore(`${dir}/image`);
+      assert.equal(Deno.readTextFileSync(`${groups[0]}/pids.max`).trim(), "64");
+      for (const pid of [restored.pid, ...childrenOf(restored.pid)].filter(isAlive)) {
+        assert.equal(groupOf(pid, "pids"), `/${name}`);
+        assert.equal(groupOf(pid, ""), `/${name}`);
+      }
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      for (const g of groups) await removeGroup(g).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("container: examples/container.ts dumps and restores a container", missing),
+  async () => {
+    const c = await startContainer();
+    let restoredPid = 0;
+    try {
+      const r = await runDeno(["examples/container.ts", String(c.init)]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(
+        r.stdout,
+        new RegExp(`container ${c.init} lives in namespaces of its own: .*pid:\\[`),
+      );
+      const m = r.stdout.match(/restored container: host pid (\d+), pid 1 inside, 2 process\(es\)/);
+      assert.ok(m, r.stdout);
+      restoredPid = Number(m[1]);
+      assert.match(
+        r.stdout,
+        /in fresh namespaces: .*ipc:\[\d+\].*mnt:\[\d+\].*pid:\[\d+\].*uts:\[/,
+      );
+      assert.equal(await c.unshare.check(restoredPid), "PASS", c.unshare.output());
+    } finally {
+      if (restoredPid) await killAndReap(restoredPid);
+      await stopContainer(c);
+    }
+  },
+);
+
+/** A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp. */
+async function runcBundle(dir: string): Promise<void> {
+  for (const d of ["bin", "proc", "dev", "sys", "tmp"]) {
+    await Deno.mkdir(`${dir}/rootfs/${d}`, { recursive: true });
+  }
+  await Deno.copyFile(onPath("busybox")!, `${dir}/rootfs/bin/busybox`);
+  for (const tool of ["sh", "sleep"]) await Deno.symlink("busybox", `${dir}/rootfs/bin/${tool}`);
+  const spec = await new Deno.Command("runc", { args: ["spec"], cwd: dir }).output();
+  assert.ok(spec.success, "runc spec");
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  config.process.terminal = false;
+  config.process.args = ["sh", "-c", "while :; do date > /tmp/now; sleep 0.1; done"];
+  config.root.readonly = true;
+  config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+}
+
+Deno.test(
+  needs(
+    "container: a runc container (its own net namespace) is refused, naming it, and runs on",
+    notInstalled("runc", "busybox"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-runc-" });
+    const name = `tardigrade-${Deno.pid}-${Date.now()}`;
+    const runc = (...args: string[]) =>
+      new Deno.Command("runc", { args, cwd: dir, stdin: "null", stdout: "piped", stderr: "piped" })
+        .output();
+    try {
+      await runcBundle(dir);
+      // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
+      const run = await new Deno.Command("runc", {
+        args: ["run", "-d", name],
+        cwd: dir,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert.ok(run.success, "runc run -d");
+      const state = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
+      const init: number = state.pid;
+      await assert.rejects(
+        () => checkpoint(init, `${dir}/image`),
+        new RegExp(`process ${init} lives in (a namespace|namespaces) of its own \\([^)]*net`),
+      );
+      assert.ok(isAlive(init), "the container's init runs on");
+      const after = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
+      assert.equal(after.status, "running");
+      assert.ok(!exists(`${dir}/image`), "no image is left");
+    } finally {
+      await runc("delete", "--force", name);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "cgroups: a group the process shared with the dumping tool follows the restoring tool",
+    exists(`${PIDS}/cgroup.procs`) ? undefined : "no v1 pids hierarchy",
+  ),
+  async () => {
+    const name = `tardigrade-test-${Deno.pid}-${Date.now()}`;
+    const restorers = makeGroup(PIDS, name); // where the restoring tool runs
+    const t = await spawnTarget(await fixture("r_memory"), [], { ready: /^READY /m });
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    try {
+      assert.equal(groupOf(t.pid, "pids"), groupOf(Deno.pid, "pids"), "it starts in ours");
+      await checkpoint(t.pid, `${dir}/image`);
+      await killAndReap(t.pid);
+      // The restoring tool runs in another group: the process comes back in that one, not ours.
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `echo $$ > '${restorers}/cgroup.procs' && exec '${Deno.execPath()}' run -A main.ts ` +
+          `restore '${dir}/image'`,
+        ],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(r.success, new TextDecoder().decode(r.stderr));
+      assert.equal(groupOf(t.pid, "pids"), `/${name}`);
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      await removeGroup(restorers);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
