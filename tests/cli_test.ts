@@ -176,6 +176,8 @@ Deno.test("cli: maps, fds and ps take an image directory, same columns and JSON 
       "rssBytes",
       "comm",
       "cmdline",
+      "namespaces",
+      "cgroups",
     ]);
     const psTable = await cli("ps", dir);
     assert.match(
