@@ -424,6 +424,73 @@ export function trySendFds(sock: number, fds: number[]): number {
   return attempt(SYS.sendmsg, sock, base + 32n, MSG.NOSIGNAL);
 }
 
+/** `SCM_CREDENTIALS`: a control message carrying a sender's pid, uid and gid. */
+export const SCM_CREDENTIALS = 2;
+
+/** A sender's `struct ucred` as SCM_CREDENTIALS carries it. */
+export interface Ucred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** The SCM_CREDENTIALS of a control buffer (received with SO_PASSCRED), or null. */
+export function decodeCredentials(control: Uint8Array): Ucred | null {
+  const v = new DataView(control.buffer, control.byteOffset, control.byteLength);
+  for (let at = 0; at + 16 <= control.length;) {
+    const len = Number(v.getBigUint64(at, true));
+    if (len < 16) break;
+    if (v.getInt32(at + 8, true) === SOL.SOCKET && v.getInt32(at + 12, true) === SCM_CREDENTIALS) {
+      if (len < 28) return null;
+      return {
+        pid: v.getInt32(at + 16, true),
+        uid: v.getUint32(at + 20, true),
+        gid: v.getUint32(at + 24, true),
+      };
+    }
+    at += (len + 7) & ~7;
+  }
+  return null;
+}
+
+/**
+ * sendmsg(2) of `data` to the raw sockaddr `to` (null: the connected peer), with `credentials`
+ * as SCM_CREDENTIALS when given: the bytes sent, or a negative errno.
+ */
+export function trySendMessage(
+  fd: number,
+  data: Uint8Array,
+  to: Uint8Array | null,
+  credentials: Ucred | null,
+  flags: number,
+): number {
+  // One buffer above V8's 64-byte limit (see tryAttachFilter), so the pointers inside stay valid:
+  // the msghdr at 0, the iovec at 56, the control message at 72 (32 bytes), the address at 104
+  // (at most 128 bytes), the data at 232.
+  const buf = new Uint8Array(232 + Math.max(data.length, 64));
+  const base = BigInt(addressOf(buf));
+  const v = new DataView(buf.buffer);
+  const control = credentials ? 32 : 0;
+  buf.set(encodeMsghdr(base + 56n, control ? base + 72n : 0n, control), 0);
+  if (to) {
+    buf.set(to.subarray(0, 128), 104);
+    v.setBigUint64(0, base + 104n, true); // msg_name
+    v.setUint32(8, Math.min(to.length, 128), true); // msg_namelen
+  }
+  buf.set(data, 232);
+  v.setBigUint64(56, base + 232n, true);
+  v.setBigUint64(64, BigInt(data.length), true);
+  if (credentials) {
+    v.setBigUint64(72, 28n, true); // CMSG_LEN(sizeof(struct ucred))
+    v.setInt32(80, SOL.SOCKET, true);
+    v.setInt32(84, SCM_CREDENTIALS, true);
+    v.setInt32(88, credentials.pid, true);
+    v.setUint32(92, credentials.uid, true);
+    v.setUint32(96, credentials.gid, true);
+  }
+  return attempt(SYS.sendmsg, fd, base, flags);
+}
+
 /** socketpair(2): the two fds, or a negative errno. */
 export function trySocketpair(family: number, type: number): [number, number] | number {
   const fds = new Int32Array(2);

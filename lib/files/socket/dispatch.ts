@@ -172,6 +172,7 @@ function dumpSocket(
     tcpInfo,
     at,
     refuse: (why) => refuse(fd, what, why),
+    ctx,
   });
 }
 

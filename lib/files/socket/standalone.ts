@@ -44,7 +44,7 @@ import {
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
-import type { FileHandler, FileRestoreContext } from "../types.ts";
+import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { unixListenQueue } from "./diag.ts";
@@ -58,6 +58,14 @@ import {
 } from "./options.ts";
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
+import {
+  dumpDatagramQueue,
+  forgetSenders,
+  QUEUED_DATAGRAMS,
+  type QueuedDatagram,
+  refillDatagrams,
+  rememberSender,
+} from "./unix_datagrams.ts";
 
 /** A listening, bound or unconnected socket. */
 export interface SocketEntry extends FileEntry {
@@ -84,6 +92,8 @@ export interface SocketEntry extends FileEntry {
   inode: bigint;
   /** "IPv4 TCP 127.0.0.1:4000 listening", for messages. */
   description: string;
+  /** A named UNIX datagram socket's queued datagrams (unix_datagrams.ts); absent when empty. */
+  queue?: QueuedDatagram[];
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -112,6 +122,8 @@ export interface StandaloneSocket {
   at: string;
   /** Refuses the dump of the socket, saying why. */
   refuse(why: string): never;
+  /** The dump it is part of. */
+  ctx: FileDumpContext;
 }
 
 // ---- Dump ----
@@ -150,9 +162,16 @@ function backlogOf(
 /** Dumps a socket dispatch.ts found to come back on its own. */
 export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
   const { backlog, backlogSource } = backlogOf(fd, s);
+  let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
-    const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
-    if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
+    if (s.address) {
+      const name = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`;
+      queue = dumpDatagramQueue(fd, s.ctx, s.socket, s.reader, name);
+    } else {
+      // Only a socketpair half (unix_pair.ts) receives without an address.
+      const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
+      if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
+    }
   }
   const options = changedOptions(
     s.reader,
@@ -173,7 +192,7 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
   } catch { /* only needed for relative UNIX paths */ }
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
-  return {
+  const entry: SocketEntry = {
     id: fd.fileId,
     kind: "socket",
     flags: fd.flags,
@@ -190,6 +209,8 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     inode: fd.inode,
     description: `${s.what} ${formatAddress(s.address)} ${state}${to}`,
   };
+  if (queue.length) entry.queue = queue;
+  return entry;
 }
 
 // ---- Restore ----
@@ -272,13 +293,29 @@ function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): 
   return fd;
 }
 
+// Set once the queue is in: a filter could drop what the tool sends, and with SO_PASSCRED on
+// the receiver a datagram that carried no credentials would get the tool's.
+const AFTER_QUEUE = ["SO_ATTACH_FILTER", "SO_LOCK_FILTER", "SO_PASSCRED"];
+
+/** Queues a named UNIX datagram socket's datagrams again (before it connects: see the top). */
+function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
+  if (e.family !== AF.UNIX || e.type !== SOCK.DGRAM || !e.address) return;
+  rememberSender(ctx, fd, e.address);
+  if (!e.queue?.length) return;
+  const path = absoluteUnixPath(e, e.address);
+  const to = path ? unixAddress(path) : e.address;
+  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to send its queue to`);
+  refillDatagrams(ctx, e.queue, to, e.cwd, e.description);
+}
+
 function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
   const fd = e.state === "peer-closed"
     ? openPeerClosed(e, ctx, type)
     : Number(injectRaw(ctx, "socket", SYS.socket, e.family, type, e.protocol));
+  const late = (o: SocketOption) => e.queue?.length && AFTER_QUEUE.includes(o.name);
   try {
-    for (const o of e.options) setOption(ctx, fd, o);
+    for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
     if (e.address) {
       const path = absoluteUnixPath(e, e.address);
       if (path) {
@@ -303,6 +340,8 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
         );
       }
     }
+    refill(e, ctx, fd);
+    for (const o of e.options) if (late(o)) setOption(ctx, fd, o);
     if (e.peer) injectRaw(ctx, "connect", SYS.connect, fd, ctx.put(e.peer), e.peer.length);
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
   } catch (err) {
@@ -330,6 +369,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     options: SOCKET_OPTIONS,
     inode: "whole",
     description: "text",
+    queue: { optional: QUEUED_DATAGRAMS },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
@@ -337,4 +377,5 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
   },
   check: checkSocket,
   open: openSocket,
+  release: forgetSenders,
 };

@@ -39,7 +39,6 @@
 import {
   AF,
   close,
-  Errno,
   F,
   MSG,
   pidfdGetfd,
@@ -48,32 +47,20 @@ import {
   SK_SHUTDOWN,
   SO,
   SOCK,
-  SOCK_IOCTL,
   SOL,
   SYS,
-  tryGetsockopt,
   trySend,
-  trySetsockoptInt,
   tryShutdown,
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
-import type { Injector } from "../../ptrace/inject.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import {
-  abandonFd,
-  handToTarget,
-  i32,
-  injectClose,
-  injectRaw,
-  injectSocketpair,
-  readI32,
-  readU32,
-} from "../util.ts";
+import { abandonFd, handToTarget, i32, injectClose, injectRaw, injectSocketpair } from "../util.ts";
 import { describeHolder, externalHint } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
+import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
 import {
   changedOptions,
   type OptionReader,
@@ -150,113 +137,6 @@ function outsideHolderOf(peer: bigint, ctx: FileDumpContext): string {
   return h.tool ? ` (tardigrade itself, pid ${h.pid}, does)` : ` (${describeHolder(h)} does)`;
 }
 
-// Scratch layout while peeking (TargetSocket uses 0xe000 and up).
-const CHUNK = 0xc000;
-const MSGHDR_AT = 0xc000, IOV_AT = 0xc040;
-const MSG_FLAGS = 48; // offset of msg_flags in struct msghdr
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** Reads the receive queue of a target socket with MSG_PEEK, walking it through SO_PEEK_OFF. */
-class QueuePeeker {
-  readonly #msghdr: bigint;
-  readonly #inj: Injector;
-
-  /** `name` describes the socket in messages. */
-  constructor(readonly socket: TargetSocket, readonly name: string) {
-    const inj = this.#inj = socket.inj;
-    const iov = new BigUint64Array([inj.scratch(), BigInt(CHUNK)]); // the chunk at offset 0
-    const msghdr = new BigUint64Array(7); // name, namelen, iov, iovlen, control, controllen, flags
-    msghdr[2] = inj.put(new Uint8Array(iov.buffer), IOV_AT);
-    msghdr[3] = 1n;
-    this.#msghdr = inj.put(new Uint8Array(msghdr.buffer), MSGHDR_AT);
-  }
-
-  /** SO_PEEK_OFF, or an errno. */
-  setPeekOffset(value: number): number {
-    return this.socket.setsockopt(SOL.SOCKET, SO.PEEK_OFF, i32(value));
-  }
-
-  queued(): number {
-    const n = this.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
-    if (n < 0) throw new DumpError(`${this.name}: FIONREAD failed (errno ${-n})`);
-    return n;
-  }
-
-  /** Whether an out-of-band byte waits (a peek with MSG_OOB gets it; EINVAL when there is none). */
-  hasOutOfBand(): boolean {
-    const r = this.#inj.raw(
-      SYS.recvmsg,
-      this.socket.fd,
-      this.#msghdr,
-      MSG.OOB | MSG.PEEK | MSG.DONTWAIT,
-    );
-    return r > 0n;
-  }
-
-  /** The next chunk, with whether its message goes on (MSG_TRUNC); null when nothing is left. */
-  next(): { data: Uint8Array; truncated: boolean } | null {
-    const r = Number(
-      this.#inj.raw(SYS.recvmsg, this.socket.fd, this.#msghdr, MSG.PEEK | MSG.DONTWAIT),
-    );
-    if (r === -Errno.EAGAIN) return null;
-    if (r < 0) throw new DumpError(`${this.name}: peeking at its queue failed (errno ${-r})`);
-    const flags = readU32(this.#inj.get(MSGHDR_AT + MSG_FLAGS, 4).slice());
-    return { data: this.#inj.get(0, r).slice(), truncated: (flags & MSG.TRUNC) !== 0 };
-  }
-}
-
-/** The queue as stream bytes (one run) or messages; `shutRd`: receiving was shut down. */
-function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] {
-  const expected = p.queued(); // stream and seqpacket: every byte queued; datagram: the first
-  if (type === SOCK.STREAM) {
-    // A peek walks over an out-of-band byte as if it were inline: ask for it on its own.
-    if (p.hasOutOfBand()) {
-      throw new DumpError(
-        `${p.name} has an out-of-band byte (MSG_OOB) queued, which tardigrade cannot keep; ` +
-          `a policy can skip it`,
-      );
-    }
-    const parts: Uint8Array[] = [];
-    let total = 0;
-    while (total < expected) {
-      const chunk = p.next();
-      if (!chunk || chunk.data.length === 0) break; // 0: end, the peer shut down sending
-      parts.push(chunk.data);
-      total += chunk.data.length;
-    }
-    if (total !== expected) {
-      throw new DumpError(`${p.name}: ${expected} bytes are queued but ${total} could be peeked`);
-    }
-    return total ? [concat(parts)] : [];
-  }
-  const messages: Uint8Array[] = [];
-  let message: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const chunk = p.next();
-    if (!chunk) break;
-    // A shut-down seqpacket socket reads 0 at its end, as it reads an empty message.
-    const atEnd = type === SOCK.SEQPACKET && shutRd && total >= expected && !message.length;
-    if (chunk.data.length === 0 && atEnd) break;
-    message.push(chunk.data);
-    total += chunk.data.length;
-    if (!chunk.truncated) {
-      messages.push(concat(message));
-      message = [];
-    }
-  }
-  return messages;
-}
-
 /**
  * Dumps a connected UNIX socket whose peer is in this dump (or was closed), with its receive
  * queue; refuses, naming the fd, one connected to a socket no process of the dump holds.
@@ -303,23 +183,10 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     );
   }
 
-  const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
-  const offsetBytes = s.reader.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
-  if (typeof offsetBytes === "number") {
-    throw new DumpError(`${sock}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
-  }
-  const savedOffset = readI32(offsetBytes);
-  const peeker = new QueuePeeker(socket, sock);
-  let r = peeker.setPeekOffset(0);
-  if (r < 0) throw new DumpError(`${sock}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
-  let queue: Uint8Array[];
-  try {
-    queue = peekQueue(peeker, s.type, (diag.shutdown & SK_SHUTDOWN.RCV) !== 0);
-  } finally {
-    // The process must find its socket as it was, whatever happened above.
-    r = peeker.setPeekOffset(savedOffset);
-  }
-  if (r < 0) throw new DumpError(`${sock}: could not put SO_PEEK_OFF back (errno ${-r})`);
+  const peeker = new QueuePeeker(new TargetSocket(ctx.frozen.injector, fd.fd), sock);
+  const shutRd = (diag.shutdown & SK_SHUTDOWN.RCV) !== 0;
+  const { result, savedOffset } = peeker.walk(s.reader, () => peekQueue(peeker, s.type, shutRd));
+  const queue = result.map((m) => m.data);
 
   const to = holder
     ? `socket:[${peer}] (fd ${holder.fd} of process ${holder.pid})`
@@ -377,25 +244,10 @@ function releaseUnixPairs(scope: object): void {
   restoring.delete(scope);
 }
 
-/** SO_SNDBUF of a tool fd, or a negative errno. */
-function sendBuffer(fd: number): number {
-  const size = tryGetsockopt(fd, SOL.SOCKET, SO.SNDBUF, 4);
-  return typeof size === "number" ? size : readI32(size);
-}
-
-/** Sets SO_SNDBUF of a tool fd to `bytes` through SO_SNDBUFFORCE (which doubles what it gets). */
-function forceSendBuffer(fd: number, bytes: number): void {
-  trySetsockoptInt(fd, SOL.SOCKET, SO.SNDBUFFORCE, Math.min(Math.ceil(bytes / 2), 0x3fffffff));
-}
-
 /** Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer. */
 function refill(e: UnixPairEntry, sender: number): void {
   if (!e.queue.length) return;
-  const size = sendBuffer(sender);
-  if (size < 0) throw new RestoreError(`${e.description}: getsockopt(SO_SNDBUF): errno ${-size}`);
-  // Room for every message and its overhead at once: nothing waits for a reader.
-  forceSendBuffer(sender, 2 * e.queue.reduce((n, m) => n + m.length + 1024, 65536));
-  try {
+  withRoomFor(sender, e.queue, e.description, () => {
     for (const message of e.queue) {
       // A stream's run may take several sends; a message goes in one.
       let off = 0;
@@ -407,9 +259,7 @@ function refill(e: UnixPairEntry, sender: number): void {
         off += sent;
       } while (off < message.length);
     }
-  } finally {
-    forceSendBuffer(sender, size);
-  }
+  });
 }
 
 /** sk_shutdown → how to shutdown() to get it. */

@@ -1,0 +1,314 @@
+/**
+ * Datagrams queued on a named UNIX datagram socket (one that comes back on its own,
+ * standalone.ts), each with its sender's address and credentials.
+ *
+ * Dump, inside the frozen target (queue.ts): the queue is walked with MSG_PEEK, each datagram with
+ * its sender's address (msg_name: unnamed, a path or an abstract name) and, while SO_PASSCRED is
+ * turned on for the walk (then put back), the SCM_CREDENTIALS it carries: pid 0 with the overflow
+ * ids means it carries none (no side had SO_PASSCRED when it was sent). A sender pid outside the
+ * dump is kept with its start time, so that a restore can tell it is still the same process.
+ * Refused: descriptors in flight (SCM_RIGHTS: fdinfo's scm_fds counts them, and peeking them would
+ * install copies in the target), and credentials whose pid this namespace cannot see or that
+ * ended.
+ *
+ * Restore, after the socket is bound and before it connects (a connected datagram socket takes
+ * datagrams from its peer only): the tool sends each datagram to the socket's address again from a
+ * socket of its own, so the program reads the same sender: unnamed, a socket the restore made at
+ * that address already (its copy, taken when it was bound), or a socket the tool binds there for
+ * the while (a path it made is unlinked again). Credentials go with SCM_CREDENTIALS (root may give
+ * any pid, uid and gid). Refused: a sender address some process outside the image is bound to, a
+ * relative sender path that no socket of the image holds, credentials of a process outside the
+ * image that ended, and credentials at all in a new pid namespace (the tool would name the pid as
+ * its own namespace sees it).
+ */
+import {
+  AF,
+  close,
+  Errno,
+  MSG,
+  pidfdGetfd,
+  SO,
+  SOCK,
+  SOL,
+  tryBind,
+  trySendMessage,
+  trySocket,
+  type Ucred,
+} from "../../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../../errors.ts";
+import type { Fd } from "../../inspect/fds.ts";
+import { readStatus, tryReadStat } from "../../inspect/procfs.ts";
+import type { FieldType } from "../../image/validate.ts";
+import type { FileDumpContext, FileRestoreContext } from "../types.ts";
+import { i32, readI32 } from "../util.ts";
+import { formatAddress, unixAddress, unixPath } from "./address.ts";
+import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
+import type { SocketReader } from "./socket_copy.ts";
+import type { TargetSocket } from "./target_socket.ts";
+
+/** One datagram waiting to be read. */
+export interface QueuedDatagram {
+  data: Uint8Array;
+  /** The sender's raw address (two bytes for an unnamed sender). */
+  sender: Uint8Array;
+  /**
+   * The SCM_CREDENTIALS it carries, absent when it carries none; `startTime` (stat field 22) of
+   * a sender process outside the dump.
+   */
+  credentials?: Ucred & { startTime?: bigint };
+}
+
+/** The image fields of a queue of datagrams. */
+export const QUEUED_DATAGRAMS: FieldType = {
+  list: {
+    map: {
+      data: "bytes",
+      sender: "bytes",
+      credentials: {
+        optional: {
+          map: { pid: "whole", uid: "whole", gid: "whole", startTime: { optional: "whole" } },
+        },
+      },
+    },
+  },
+};
+
+// What credentials read as when a datagram carries none: no pid, the overflow uid and gid.
+const OVERFLOW_ID = 65534;
+
+function inDump(pid: number, ctx: FileDumpContext): boolean {
+  const pids = ctx.pids ?? [ctx.pid];
+  if (pids.includes(pid)) return true;
+  try {
+    return pids.includes(Number(readStatus(pid).get("Tgid")));
+  } catch {
+    return false;
+  }
+}
+
+function credentialsOf(
+  c: Ucred | null,
+  ctx: FileDumpContext,
+  name: string,
+): QueuedDatagram["credentials"] {
+  if (!c || (c.pid === 0 && c.uid === OVERFLOW_ID && c.gid === OVERFLOW_ID)) return undefined;
+  if (c.pid === 0) {
+    throw new DumpError(
+      `${name} has a datagram queued whose credentials name a process this pid namespace ` +
+        `cannot see; they could not be given again; a policy can skip it`,
+    );
+  }
+  if (inDump(c.pid, ctx)) return { pid: c.pid, uid: c.uid, gid: c.gid };
+  const st = tryReadStat(c.pid);
+  if (!st) {
+    throw new DumpError(
+      `${name} has a datagram queued with the credentials of process ${c.pid}, which has ` +
+        `ended: they could not be given again; a policy can skip it`,
+    );
+  }
+  return { pid: c.pid, uid: c.uid, gid: c.gid, startTime: st.starttime };
+}
+
+/**
+ * The datagrams queued on the named UNIX datagram socket `socket` (fd `fd`), read without
+ * taking them; `name` describes it in messages.
+ */
+export function dumpDatagramQueue(
+  fd: Fd,
+  ctx: FileDumpContext,
+  socket: TargetSocket,
+  reader: SocketReader,
+  name: string,
+): QueuedDatagram[] {
+  const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
+  if (passed > 0) {
+    throw new DumpError(
+      `${name} has ${passed} file descriptor(s) queued in datagrams (SCM_RIGHTS), which ` +
+        `tardigrade cannot keep; a policy can skip it`,
+    );
+  }
+  const peeker = new QueuePeeker(socket, name, true);
+  const passcred = reader.getsockopt(SOL.SOCKET, SO.PASSCRED, 4);
+  if (typeof passcred === "number") {
+    throw new DumpError(`${name}: getsockopt(SO_PASSCRED) failed (errno ${-passcred})`);
+  }
+  const hadPasscred = readI32(passcred) !== 0;
+  let r = hadPasscred ? 0 : socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(1));
+  if (r < 0) throw new DumpError(`${name}: setsockopt(SO_PASSCRED) failed (errno ${-r})`);
+  let messages;
+  try {
+    messages = peeker.walk(reader, () => peekQueue(peeker, SOCK.DGRAM, false)).result;
+  } finally {
+    if (!hadPasscred) r = socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(0));
+  }
+  if (r < 0) throw new DumpError(`${name}: could not put SO_PASSCRED back (errno ${-r})`);
+  return messages.map((m) => {
+    const datagram: QueuedDatagram = {
+      data: m.data,
+      sender: m.sender ?? new Uint8Array([AF.UNIX, 0]),
+    };
+    const credentials = credentialsOf(m.credentials, ctx, name);
+    if (credentials) datagram.credentials = credentials;
+    return datagram;
+  });
+}
+
+// ---- Restore ----
+
+// The tool's copies of the named UNIX datagram sockets a restore has made, by address.
+const senders = new WeakMap<object, Map<string, number>>();
+
+const addressKey = (a: Uint8Array): string => [...a].join(",");
+
+function sendersOf(ctx: FileRestoreContext): Map<string, number> {
+  const scope = ctx.scope ?? ctx;
+  let m = senders.get(scope);
+  if (!m) senders.set(scope, m = new Map());
+  return m;
+}
+
+/**
+ * Keeps a copy of the restored socket at target fd `fd`, bound to `address`, so that datagrams
+ * it had sent and that wait in another socket's queue can be sent from it again.
+ */
+export function rememberSender(ctx: FileRestoreContext, fd: number, address: Uint8Array): void {
+  const m = sendersOf(ctx);
+  const key = addressKey(address);
+  if (!m.has(key)) m.set(key, pidfdGetfd(ctx.pidfd, fd));
+}
+
+/** Closes the copies a restore kept (`scope` as the hooks of registry.ts give it). */
+export function forgetSenders(scope: object): void {
+  for (const fd of senders.get(scope)?.values() ?? []) close(fd);
+  senders.delete(scope);
+}
+
+/** Whether `credentials` can be given again: a reason not to, or null. */
+function credentialsProblem(
+  c: QueuedDatagram["credentials"],
+  ctx: FileRestoreContext,
+): string | null {
+  if (!c) return null;
+  if (ctx.tasks?.ownNamespace) {
+    return `a queued datagram carries the credentials of process ${c.pid}, which a restore in ` +
+      `a new pid namespace cannot give again`;
+  }
+  const restored = ctx.tasks ? ctx.tasks.restored(c.pid) : c.pid === ctx.pid;
+  if (restored || c.startTime === undefined) return null;
+  if (tryReadStat(c.pid)?.starttime !== c.startTime) {
+    return `a queued datagram carries the credentials of process ${c.pid} (not in the image), ` +
+      `which has ended`;
+  }
+  return null;
+}
+
+/** A socket of the tool's sending from `sender`, and how to let go of it. */
+function senderSocket(
+  ctx: FileRestoreContext,
+  sender: Uint8Array,
+  cwd: string,
+  what: string,
+): { fd: number; done(): void } {
+  const kept = sendersOf(ctx).get(addressKey(sender));
+  if (kept !== undefined) return { fd: kept, done: () => {} };
+  const s = trySocket(AF.UNIX, SOCK.DGRAM | SOCK.CLOEXEC, 0);
+  if (s < 0) throw new RestoreError(`${what}: socket failed (errno ${-s})`);
+  if (sender.length <= 2) return { fd: s, done: () => close(s) };
+  let path = unixPath(sender);
+  let bindTo = sender;
+  if (path && !path.startsWith("/")) {
+    close(s);
+    throw new RestoreError(
+      `${what}: a queued datagram came from ${path}, a relative path no socket of the image is ` +
+        `bound to (relative to ${cwd}?), which tardigrade cannot bind again`,
+    );
+  }
+  if (path) {
+    const at = unixAddress(path);
+    if (at) bindTo = at;
+    try {
+      // A socket file nobody is bound to any more (a dead sender's) is in the way.
+      if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
+    } catch { /* nothing there */ }
+  }
+  const r = tryBind(s, bindTo);
+  if (r < 0) {
+    close(s);
+    throw new RestoreError(
+      `${what}: a queued datagram came from ${formatAddress(sender)}, which tardigrade cannot ` +
+        (r === -Errno.EADDRINUSE
+          ? `bind to send it again: a process outside the image is bound to it`
+          : `bind to send it again (errno ${-r})`),
+    );
+  }
+  return {
+    fd: s,
+    done: () => {
+      close(s);
+      if (path) {
+        try {
+          Deno.removeSync(path);
+        } catch { /* already gone */ }
+        path = "";
+      }
+    },
+  };
+}
+
+/** Whether datagrams can be queued again: a reason not to, or null (checked before any is sent). */
+export function datagramsProblem(
+  queue: readonly QueuedDatagram[],
+  ctx: FileRestoreContext,
+): string | null {
+  for (const d of queue) {
+    const why = credentialsProblem(d.credentials, ctx);
+    if (why) return why;
+  }
+  return null;
+}
+
+/**
+ * Queues `queue` again on the restored socket bound to `address` (an absolute or abstract UNIX
+ * address the tool can send to), each from its sender; `what` names the socket in messages.
+ */
+export function refillDatagrams(
+  ctx: FileRestoreContext,
+  queue: readonly QueuedDatagram[],
+  address: Uint8Array,
+  cwd: string,
+  what: string,
+): void {
+  const why = datagramsProblem(queue, ctx);
+  if (why) throw new RestoreError(`${what}: ${why}`);
+  // Each sender once, with room for every datagram at once (they stay charged to it until read).
+  const from = new Map<string, { fd: number; done(): void }>();
+  const all = queue.map((d) => d.data);
+  const sendAll = (rest: string[]): void => {
+    if (rest.length) {
+      withRoomFor(from.get(rest[0])!.fd, all, what, () => sendAll(rest.slice(1)));
+      return;
+    }
+    for (const d of queue) {
+      const { pid, uid, gid } = d.credentials ?? { pid: 0, uid: 0, gid: 0 };
+      const credentials = d.credentials ? { pid, uid, gid } : null;
+      const fd = from.get(addressKey(d.sender))!.fd;
+      const sent = trySendMessage(fd, d.data, address, credentials, MSG.DONTWAIT | MSG.NOSIGNAL);
+      if (sent !== d.data.length) {
+        throw new RestoreError(
+          `${what}: queueing a datagram of ${d.data.length} bytes from ` +
+            `${formatAddress(d.sender)} again failed (` +
+            (sent < 0 ? `errno ${-sent})` : `${sent} sent)`),
+        );
+      }
+    }
+  };
+  try {
+    for (const d of queue) {
+      const key = addressKey(d.sender);
+      if (!from.has(key)) from.set(key, senderSocket(ctx, d.sender, cwd, what));
+    }
+    sendAll([...from.keys()]);
+  } finally {
+    for (const s of from.values()) s.done();
+  }
+}
