@@ -84,6 +84,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_inherited_fds" },
   { name: "r_socket_options" },
   { name: "r_unix_dgram_queue" },
+  { name: "r_unix_ghost" },
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },

@@ -62,6 +62,12 @@ export interface UnixDiag {
   peer: number | null;
   /** sk_shutdown: `SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2. */
   shutdown: number;
+  /**
+   * The file a socket bound to a path made (its inode, and its device as major and minor), as
+   * the kernel holds it: also when the path was removed or now names another file; null when
+   * it is not bound to a path.
+   */
+  file: { inode: number; major: number; minor: number } | null;
 }
 
 /** sock_diag's view of the UNIX socket with this inode; null when it does not find it. */
@@ -73,14 +79,14 @@ export function unixDiag(inode: bigint): UnixDiag | null {
   req[0] = AF.UNIX; // sdiag_family
   v.setUint32(4, 0xffffffff, true); // udiag_states: any
   v.setUint32(8, ino, true);
-  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER, true);
+  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER | UDIAG_SHOW.VFS, true);
   v.setUint32(16, 0xffffffff, true); // no cookie
   v.setUint32(20, 0xffffffff, true);
   const r = ask(req);
   // The netlink header, then struct unix_diag_msg (16 bytes: udiag_ino at 4), then attributes.
   if (!r || r.byteLength < 32) return null;
   if (r.getUint32(20, true) !== ino) return null;
-  const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0 };
+  const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0, file: null };
   let haveQueue = false;
   const end = Math.min(r.byteLength, r.getUint32(0, true));
   for (let at = 32; at + 4 <= end;) {
@@ -93,6 +99,9 @@ export function unixDiag(inode: bigint): UnixDiag | null {
       haveQueue = true;
     } else if (type === UNIX_DIAG.PEER && len >= 8) {
       out.peer = r.getUint32(at + 4, true);
+    } else if (type === UNIX_DIAG.VFS && len >= 12) {
+      const dev = r.getUint32(at + 8, true); // the kernel's dev_t: major above 20 bits of minor
+      out.file = { inode: r.getUint32(at + 4, true), major: dev >>> 20, minor: dev & 0xfffff };
     } else if (type === UNIX_DIAG.SHUTDOWN && len >= 5) {
       out.shutdown = r.getUint8(at + 4);
     }

@@ -12,18 +12,22 @@
  * (tcpi_unacked), as `ss` shows them; for UNIX, a sock_diag (NETLINK_SOCK_DIAG, UDIAG_SHOW_RQLEN)
  * query by inode gives both. Only where sock_diag cannot see the socket (another network
  * namespace) the backlog falls back to net.core.somaxconn (`backlogSource: "somaxconn"`). The
- * options that differ from a fresh socket's are kept (options.ts). Refused (a DumpError naming fd,
- * family, type and state; a policy can skip them): listeners with connections waiting in their
- * accept queue (they would be lost, as CRIU refuses them too) and UNIX datagram sockets with
- * datagrams queued. Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP
+ * options that differ from a fresh socket's are kept (options.ts). A named UNIX datagram socket's
+ * queued datagrams are kept with their senders (unix_datagrams.ts); a UNIX path is found where it
+ * was bound, also from another directory than the cwd, or removed or replaced since (unix_path.ts).
+ * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
+ * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
+ * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
+ * kept (UDP may lose them anyway). A TCP
  * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
  * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
  *
  * Restore: socket() with SOCK_NONBLOCK as the file had O_NONBLOCK, the options (options.ts),
- * bind() to the same address, connect() for a connected datagram socket, listen(backlog). A UNIX
- * socket file left over from the dumped process is unlinked first, but only if it is a socket
- * nobody is bound to (connect gives ECONNREFUSED). A relative UNIX path is bound after an injected
- * chdir to the cwd the process had at dump (the restorer sets the final cwd later). check()
+ * bind() to the same address, the queued datagrams, connect() for a connected datagram socket,
+ * listen(backlog). A UNIX socket file left over from the dumped process is unlinked first, but
+ * only if it is a socket nobody is bound to (connect gives ECONNREFUSED); a ghost's path is bound
+ * and unlinked again (unix_path.ts). A relative UNIX path is bound after an injected chdir to the
+ * directory it was found in at dump (the restorer sets the final cwd later). check()
  * refuses up front an address in use (a probe bind by the tool, unless SO_REUSEPORT is set) and a
  * UNIX path that is not a stale socket.
  */
@@ -58,6 +62,7 @@ import {
 } from "./options.ts";
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
+import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
 import {
   dumpDatagramQueue,
   forgetSenders,
@@ -85,8 +90,13 @@ export interface SocketEntry extends FileEntry {
   /** listen() backlog: the accept queue's maximum when dumped. */
   backlog: number;
   backlogSource: "tcp_info" | "sock_diag" | "somaxconn" | "none";
-  /** The process's cwd at dump, for a relative UNIX path. */
+  /** The directory a relative UNIX path resolves from (the process's cwd at dump, unless it
+   * was bound from another: unix_path.ts). */
   cwd: string;
+  /** A UNIX path removed or replaced since bind(): bound again, then unlinked (unix_path.ts). */
+  pathFate?: PathFate;
+  /** "removed": connected to a ghost UNIX socket of the image, whose path was removed. */
+  peerFate?: "removed";
   options: SocketOption[];
   /** The dumped socket's inode. */
   inode: bigint;
@@ -165,8 +175,13 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
   let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
     if (s.address) {
-      const name = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`;
-      queue = dumpDatagramQueue(fd, s.ctx, s.socket, s.reader, name);
+      queue = dumpDatagramQueue(
+        fd,
+        s.ctx,
+        s.socket,
+        s.reader,
+        `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
+      );
     } else {
       // Only a socketpair half (unix_pair.ts) receives without an address.
       const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
@@ -187,10 +202,10 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     : s.peer
     ? "connected"
     : "unconnected";
-  let cwd = "/";
-  try {
-    cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
-  } catch { /* only needed for relative UNIX paths */ }
+  const name = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`;
+  const paths = s.family === AF.UNIX
+    ? dumpUnixPaths(fd, s.ctx, s.address, s.peerClosed ? null : s.peer, name)
+    : { cwd: "/" };
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
   const entry: SocketEntry = {
     id: fd.fileId,
@@ -204,7 +219,7 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     peer: s.peerClosed ? null : s.peer,
     backlog,
     backlogSource,
-    cwd,
+    ...paths,
     options,
     inode: fd.inode,
     description: `${s.what} ${formatAddress(s.address)} ${state}${to}`,
@@ -267,7 +282,7 @@ function inetAddressFree(e: SocketEntry): boolean {
 
 function checkSocket(e: SocketEntry): string | null {
   const path = absoluteUnixPath(e, e.address);
-  if (path) {
+  if (path && !e.pathFate) {
     const st = unixPathState(path, e.type);
     if (st === "bound" || st === "other") return `${e.description}: ${path} ${PATH_PROBLEM[st]}`;
   }
@@ -280,7 +295,7 @@ function checkSocket(e: SocketEntry): string | null {
     }
   }
   const peerPath = absoluteUnixPath(e, e.peer);
-  if (peerPath && unixPathState(peerPath, e.type) !== "bound") {
+  if (peerPath && !e.peerFate && unixPathState(peerPath, e.type) !== "bound") {
     return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
   }
   return null;
@@ -308,6 +323,45 @@ function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
   refillDatagrams(ctx, e.queue, to, e.cwd, e.description);
 }
 
+/** Binds target fd `fd` to the entry's address (`path`: its file's absolute path, or ""). */
+function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: string): void {
+  const address = e.address!;
+  if (path && !e.pathFate) {
+    const st = unixPathState(path, e.type);
+    if (st === "stale") Deno.removeSync(path);
+    else if (st !== "free") throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
+  }
+  // A relative path is bound from the directory it resolved from; the process's own cwd comes
+  // later.
+  if (path && !unixPath(address).startsWith("/")) {
+    injectRaw(ctx, "chdir", SYS.chdir, ctx.putString(e.cwd));
+  }
+  const r = ctx.injector.raw(SYS.bind, fd, ctx.put(address), address.length);
+  if (r < 0n) {
+    const code = Number(-r);
+    throw new RestoreError(
+      `${e.description}: cannot bind ${formatAddress(address)}: ` +
+        (code === Errno.EADDRINUSE
+          ? "address in use (is the dumped process still running?)"
+          : `errno ${code}`),
+    );
+  }
+}
+
+/** Connects target fd `fd` to the entry's peer (a datagram socket's). */
+function connectPeer(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
+  const peer = e.peer!;
+  const r = ctx.injector.raw(SYS.connect, fd, ctx.put(peer), peer.length);
+  if (r >= 0n) return;
+  throw new RestoreError(
+    `${e.description}: cannot connect to ${formatAddress(peer)} (errno ${-r})` +
+      (e.peerFate
+        ? `: its peer, a socket whose path was removed, must be made before it (a lower fd, ` +
+          `or an earlier process of the tree)`
+        : ""),
+  );
+}
+
 function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
   const fd = e.state === "peer-closed"
@@ -318,31 +372,13 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
     for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
     if (e.address) {
       const path = absoluteUnixPath(e, e.address);
-      if (path) {
-        const st = unixPathState(path, e.type);
-        if (st === "stale") Deno.removeSync(path);
-        else if (st !== "free") {
-          throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
-        }
-        // A relative path is bound from the cwd it had; the process's own cwd comes later.
-        if (!unixPath(e.address).startsWith("/")) {
-          injectRaw(ctx, "chdir", SYS.chdir, ctx.putString(e.cwd));
-        }
-      }
-      const r = ctx.injector.raw(SYS.bind, fd, ctx.put(e.address), e.address.length);
-      if (r < 0n) {
-        const code = Number(-r);
-        throw new RestoreError(
-          `${e.description}: cannot bind ${formatAddress(e.address)}: ` +
-            (code === Errno.EADDRINUSE
-              ? "address in use (is the dumped process still running?)"
-              : `errno ${code}`),
-        );
-      }
+      const bind = () => bindAddress(e, ctx, fd, path);
+      if (path && e.pathFate) bindGhost(path, e.pathFate, ctx.scope ?? ctx, e.description, bind);
+      else bind();
     }
     refill(e, ctx, fd);
     for (const o of e.options) if (late(o)) setOption(ctx, fd, o);
-    if (e.peer) injectRaw(ctx, "connect", SYS.connect, fd, ctx.put(e.peer), e.peer.length);
+    if (e.peer) connectPeer(e, ctx, fd);
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
@@ -370,6 +406,8 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     inode: "whole",
     description: "text",
     queue: { optional: QUEUED_DATAGRAMS },
+    pathFate: { optional: { oneOf: ["removed", "replaced"] } },
+    peerFate: { optional: { oneOf: ["removed"] } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
@@ -377,5 +415,8 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
   },
   check: checkSocket,
   open: openSocket,
-  release: forgetSenders,
+  release(scope: object): void {
+    forgetSenders(scope);
+    unlinkGhosts(scope);
+  },
 };

@@ -113,7 +113,8 @@ export interface ConnectedUnix {
 // Which process of a dump holds each socket inode; read once per dump, as every process is frozen.
 const holdersByDump = new WeakMap<object, Map<bigint, { pid: number; fd: number }>>();
 
-function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: number }> {
+/** Which process of the dump holds each socket inode (one fd of it), read once a dump. */
+export function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: number }> {
   const key = ctx.scope ?? ctx;
   let holders = holdersByDump.get(key);
   if (holders) return holders;
