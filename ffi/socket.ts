@@ -32,10 +32,38 @@ export const SOCK = {
 } as const;
 
 /** Protocols (`IPPROTO_*`). */
-export const IPPROTO = { IP: 0, TCP: 6, UDP: 17, IPV6: 41 } as const;
+export const IPPROTO = {
+  IP: 0,
+  ICMP: 1,
+  TCP: 6,
+  UDP: 17,
+  IPV6: 41,
+  ICMPV6: 58,
+  UDPLITE: 136,
+  RAW: 255,
+} as const;
 
 /** Option levels of getsockopt/setsockopt (`SOL_*`). */
-export const SOL = { IP: 0, SOCKET: 1, TCP: 6, IPV6: 41 } as const;
+export const SOL = {
+  IP: 0,
+  SOCKET: 1,
+  TCP: 6,
+  IPV6: 41,
+  ICMPV6: 58,
+  UDPLITE: 136,
+  RAW: 255,
+  PACKET: 263,
+  NETLINK: 270,
+} as const;
+
+/** Options at `SOL.UDPLITE` (`UDPLITE_*`): the checksum coverage of sent and received datagrams. */
+export const UDPLITE = { SEND_CSCOV: 10, RECV_CSCOV: 11 } as const;
+
+/** The option at `SOL.RAW` of a raw ICMP socket: which ICMP types it does not receive. */
+export const ICMP_FILTER = 1;
+
+/** The option at `SOL.ICMPV6` of a raw ICMPv6 socket: which ICMPv6 types it receives (32 bytes). */
+export const ICMPV6_FILTER = 1;
 
 /** Options at `SOL.SOCKET` (`SO_*`). */
 export const SO = {
@@ -144,6 +172,7 @@ export function tcpStateName(state: number): string {
 export const IP = {
   TOS: 1,
   TTL: 2,
+  HDRINCL: 3,
   PKTINFO: 8,
   MTU_DISCOVER: 10,
   RECVERR: 11,
@@ -161,6 +190,7 @@ export const IP = {
 
 /** Options at `SOL.IPV6` (`IPV6_*`). */
 export const IPV6 = {
+  CHECKSUM: 7,
   UNICAST_HOPS: 16,
   MULTICAST_HOPS: 18,
   MULTICAST_LOOP: 19,

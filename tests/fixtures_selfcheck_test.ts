@@ -11,16 +11,22 @@ import {
   fixture,
   needs,
   notInstalled,
+  PING_GROUPS,
   removeAnnounced,
   spawnTarget,
   waitUntil,
+  withSysctls,
   withTarget,
 } from "./helpers.ts";
 
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 
 /** How fixtures are started; fixtures not named here start with no arguments. */
-const launchOptions: Record<string, { args?: string[]; env?: Record<string, string> }> = {
+const launchOptions: Record<
+  string,
+  { args?: string[]; env?: Record<string, string>; sysctls?: Record<string, string> }
+> = {
+  r_ping_socket: { sysctls: PING_GROUPS },
   r_cmdline: {
     args: ["alpha", "two words", "", "ünïcödé", "--flag=x=y"],
     env: { TG_CMDLINE_VAR: "value with spaces=and equals" },
@@ -58,31 +64,32 @@ Deno.test("selfcheck: every restore fixture is in the restore suite's table", ()
 });
 
 for (const name of fixtures) {
-  Deno.test(`selfcheck: ${name}`, async () => {
-    const bin = await fixture(name);
-    const { args = [], env } = launchOptions[name] ?? {};
-    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
-    try {
-      await withTarget(t, async () => {
-        assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
-        assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
-        assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
-        Deno.kill(t.pid, "SIGSTOP");
-        await waitForState(t.pid, true);
-        Deno.kill(t.pid, "SIGCONT");
-        await waitForState(t.pid, false);
-        assert.equal(
-          await t.check(),
-          "PASS",
-          `check after SIGSTOP/SIGCONT; output:\n${t.output()}`,
-        );
-        assert.ok(t.alive(), "fixture died");
-      });
-    } finally {
-      await removeAnnounced(t);
-      await Deno.remove(t.outPath).catch(() => {});
-    }
-  });
+  const { args = [], env, sysctls } = launchOptions[name] ?? {};
+  Deno.test(`selfcheck: ${name}`, () =>
+    withSysctls(sysctls, async () => {
+      const bin = await fixture(name);
+      const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
+      try {
+        await withTarget(t, async () => {
+          assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+          assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
+          assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
+          Deno.kill(t.pid, "SIGSTOP");
+          await waitForState(t.pid, true);
+          Deno.kill(t.pid, "SIGCONT");
+          await waitForState(t.pid, false);
+          assert.equal(
+            await t.check(),
+            "PASS",
+            `check after SIGSTOP/SIGCONT; output:\n${t.output()}`,
+          );
+          assert.ok(t.alive(), "fixture died");
+        });
+      } finally {
+        await removeAnnounced(t);
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    }));
 }
 
 /** The interpreted counters (tests/fixtures/counter.py, counter.js) answer checks and count. */

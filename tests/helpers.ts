@@ -317,3 +317,28 @@ export async function runDeno(args: string[], env: Record<string, string> = {}):
 export function cli(...args: string[]): Promise<Run> {
   return runDeno(["main.ts", ...args]);
 }
+
+/** Lets gid 0 make ICMP "ping" sockets, which a default machine allows nobody. */
+export const PING_GROUPS = { "net/ipv4/ping_group_range": "0 0" };
+
+/**
+ * Runs `body` with the sysctls `values` (paths under /proc/sys/, as "net/ipv4/ping_group_range")
+ * set, and puts back what they were however it ends: for a fixture that needs the machine to
+ * allow something (ping sockets for gid 0).
+ */
+export async function withSysctls<T>(
+  values: Record<string, string> | undefined,
+  body: () => Promise<T>,
+): Promise<T> {
+  const saved: [string, string][] = [];
+  try {
+    for (const [name, value] of Object.entries(values ?? {})) {
+      const path = `/proc/sys/${name}`;
+      saved.push([path, Deno.readTextFileSync(path)]);
+      Deno.writeTextFileSync(path, value);
+    }
+    return await body();
+  } finally {
+    for (const [path, value] of saved.reverse()) Deno.writeTextFileSync(path, value);
+  }
+}

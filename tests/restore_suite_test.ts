@@ -15,11 +15,13 @@ import {
   fixture,
   needs,
   notInstalled,
+  PING_GROUPS,
   reapAdopted,
   removeAnnounced,
   spawnTarget,
   type Target,
   waitUntil,
+  withSysctls,
   zombieChildrenOf,
 } from "./helpers.ts";
 
@@ -31,6 +33,8 @@ export interface RestoreCase {
   cwd?: string;
   /** Why this piece of state is not restored yet: the test is ignored, the fixture kept. */
   unsupported?: string;
+  /** Sysctls set while it runs (helpers.ts `withSysctls`), put back after. */
+  sysctls?: Record<string, string>;
 }
 
 /** One row per fixture; tests/fixtures_selfcheck_test.ts checks that no fixture is missing. */
@@ -85,6 +89,8 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_socket_options" },
   { name: "r_unix_dgram_queue" },
   { name: "r_unix_ghost" },
+  { name: "r_ping_socket", sysctls: PING_GROUPS },
+  { name: "r_inet_kinds" },
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },
@@ -158,32 +164,33 @@ function lastCount(t: Target): number {
 
 const only = Deno.env.get("R_FIXTURES")?.split(",");
 
-for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
+for (const { name, args = [], env, cwd, unsupported, sysctls } of restoreCases) {
   if (only && !only.includes(name)) continue;
   const why = only ? undefined : unsupported && `unsupported: ${unsupported}`;
-  Deno.test(needs(`restore: ${name}`, why), async () => {
-    const bin = await fixture(name);
-    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
-    const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
-    let restoredPid: number | undefined;
-    try {
-      assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
-      assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
-      const zombies = zombieChildrenOf(t.pid);
-      await checkpoint(t.pid, img + "/image");
-      await reapAdopted(zombies);
-      const r = await restore(img + "/image");
-      restoredPid = r.pid;
-      assert.equal(r.pid, t.pid, "restored with another pid");
-      assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
-    } finally {
-      await t.kill();
-      if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
-      await removeAnnounced(t);
-      await Deno.remove(img, { recursive: true }).catch(() => {});
-      await Deno.remove(t.outPath).catch(() => {});
-    }
-  });
+  Deno.test(needs(`restore: ${name}`, why), () =>
+    withSysctls(sysctls, async () => {
+      const bin = await fixture(name);
+      const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
+      const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
+      let restoredPid: number | undefined;
+      try {
+        assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+        assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
+        const zombies = zombieChildrenOf(t.pid);
+        await checkpoint(t.pid, img + "/image");
+        await reapAdopted(zombies);
+        const r = await restore(img + "/image");
+        restoredPid = r.pid;
+        assert.equal(r.pid, t.pid, "restored with another pid");
+        assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
+      } finally {
+        await t.kill();
+        if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
+        await removeAnnounced(t);
+        await Deno.remove(img, { recursive: true }).catch(() => {});
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    }));
 }
 
 for (const { name, command } of counterCases) {

@@ -13,12 +13,13 @@
  *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
  *   standalone.ts and comes back as a socketpair with one end closed again;
  * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
- *   connected to a named address) goes to standalone.ts, which makes it again from its address.
+ *   connected to a named address), and UDP-Lite, ping and raw sockets, go to standalone.ts, which
+ *   makes it again from its address.
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
  * TCP sockets connecting or closing (SYN_SENT, SYN_RECV, FIN_WAIT1/2, CLOSING, LAST_ACK,
  * TIME_WAIT: any state but LISTEN, CLOSE, ESTABLISHED and CLOSE_WAIT), inet protocols other than
- * TCP and UDP (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …); the
+ * TCP, UDP, UDP-Lite, ICMP (ping) and raw (SCTP, MPTCP …) and every other family (vsock …); the
  * kinds' modules refuse more (a listener with connections waiting, a UNIX socket whose peer no
  * process of the dump holds …).
  *
@@ -44,6 +45,7 @@ import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
@@ -68,12 +70,37 @@ const TYPES: Record<number, string> = {
 
 const UNIX_TYPES: number[] = [SOCK.STREAM, SOCK.DGRAM, SOCK.SEQPACKET];
 
-/** "IPv4 TCP", "UNIX stream" …, for messages. */
+/** An ICMP "ping" socket (net.ipv4.ping_group_range). */
+const isPing = (type: number, protocol: number) =>
+  type === SOCK.DGRAM && (protocol === IPPROTO.ICMP || protocol === IPPROTO.ICMPV6);
+
+/**
+ * The inet sockets standalone.ts makes again from their address and options: besides TCP, UDP,
+ * UDP-Lite and ping datagram sockets and raw sockets of any protocol (what they had queued to read
+ * is let go, as a network may drop it).
+ */
+function standaloneInet(type: number, protocol: number): boolean {
+  if (type === SOCK.RAW) return true;
+  return type === SOCK.DGRAM &&
+    (protocol === IPPROTO.UDP || protocol === IPPROTO.UDPLITE || isPing(type, protocol));
+}
+
+const INET_PROTOCOLS: Record<number, string> = {
+  [IPPROTO.TCP]: "TCP",
+  [IPPROTO.UDP]: "UDP",
+  [IPPROTO.UDPLITE]: "UDP-Lite",
+  [IPPROTO.ICMP]: "ICMP",
+  [IPPROTO.ICMPV6]: "ICMPv6",
+};
+
+/** "IPv4 TCP", "UNIX stream", "IPv4 ICMP datagram (ping)", "IPv6 raw protocol 17" …, for messages. */
 function protocolName(family: number, type: number, protocol: number): string {
   if (family === AF.UNIX) return `UNIX ${TYPES[type] ?? `type ${type}`}`;
   if (family === AF.INET || family === AF.INET6) {
-    if (protocol === IPPROTO.TCP) return `${FAMILIES[family]} TCP`;
-    if (protocol === IPPROTO.UDP) return `${FAMILIES[family]} UDP`;
+    const name = INET_PROTOCOLS[protocol];
+    if (type === SOCK.RAW) return `${FAMILIES[family]} raw ${name ?? `protocol ${protocol}`}`;
+    if (name && isPing(type, protocol)) return `${FAMILIES[family]} ${name} datagram (ping)`;
+    if (name) return `${FAMILIES[family]} ${name}`;
     return `${FAMILIES[family]} ${TYPES[type] ?? `type ${type}`} protocol ${protocol}`;
   }
   return `${FAMILIES[family] ?? `family ${family}`} ${TYPES[type] ?? `type ${type}`}`;
@@ -106,7 +133,9 @@ function dumpSocket(
   const what = protocolName(family, type, protocol);
   const inet = family === AF.INET || family === AF.INET6;
   if (family !== AF.UNIX && !inet) refuse(fd, what, "of an unsupported family");
-  if (inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && protocol !== IPPROTO.UDP) {
+  if (
+    inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && !standaloneInet(type, protocol)
+  ) {
     refuse(fd, what, "of an unsupported protocol");
   }
   if (family === AF.UNIX && !UNIX_TYPES.includes(type)) {
@@ -122,7 +151,10 @@ function dumpSocket(
   const own = nameOf("getsockname");
   const address = own && !isUnbound(own) ? own : null;
   const listening = intOpt(SOL.SOCKET, SO.ACCEPTCONN) !== 0;
-  const peer = listening ? null : nameOf("getpeername");
+  let peer = listening ? null : nameOf("getpeername");
+  if (!peer && inet && (type === SOCK.RAW || isPing(type, protocol))) {
+    peer = procNetPeer(fd.pid, family, type, fd.inode); // getpeername wants a port
+  }
   const at = address ? `on ${formatAddress(address)}` : "unbound";
 
   let peerClosed = false;

@@ -14,6 +14,8 @@ import {
   AF,
   close,
   encodeFprog,
+  ICMP_FILTER,
+  ICMPV6_FILTER,
   IP,
   IPPROTO,
   IPV6,
@@ -25,6 +27,7 @@ import {
   tryGetFilter,
   tryGetsockopt,
   trySocket,
+  UDPLITE,
 } from "../../../ffi/mod.ts";
 import { DumpError } from "../../errors.ts";
 import type { FieldType } from "../../image/validate.ts";
@@ -71,8 +74,13 @@ const ipv6 = (f: number) => f === AF.INET6;
 const unix = (f: number) => f === AF.UNIX;
 const inet = (f: number) => f === AF.INET || f === AF.INET6;
 /** Multicast options mean something on datagram sockets only (a TCP socket reads odd values). */
-const dgram4 = (f: number, t: number) => f === AF.INET && t === SOCK.DGRAM;
-const dgram6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.DGRAM;
+const dgram4 = (f: number, t: number) => f === AF.INET && (t === SOCK.DGRAM || t === SOCK.RAW);
+const dgram6 = (f: number, t: number) => f === AF.INET6 && (t === SOCK.DGRAM || t === SOCK.RAW);
+const udplite = (_f: number, _t: number, p: number) => p === IPPROTO.UDPLITE;
+const raw4 = (f: number, t: number) => f === AF.INET && t === SOCK.RAW;
+const raw6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.RAW;
+const rawIcmp = (f: number, t: number, p: number) => raw4(f, t) && p === IPPROTO.ICMP;
+const rawIcmp6 = (f: number, t: number, p: number) => raw6(f, t) && p === IPPROTO.ICMPV6;
 
 /** An option of `size` bytes (4: an int) at `level`, kept where `applies`. */
 const opt = (
@@ -155,6 +163,13 @@ const OPTIONS: OptionSpec[] = [
   opt("IPV6_TCLASS", SOL.IPV6, IPV6.TCLASS, ipv6),
   opt("IPV6_TRANSPARENT", SOL.IPV6, IPV6.TRANSPARENT, ipv6),
   opt("IPV6_FREEBIND", SOL.IPV6, IPV6.FREEBIND, ipv6),
+  opt("UDPLITE_SEND_CSCOV", SOL.UDPLITE, UDPLITE.SEND_CSCOV, udplite),
+  opt("UDPLITE_RECV_CSCOV", SOL.UDPLITE, UDPLITE.RECV_CSCOV, udplite),
+  opt("IP_HDRINCL", SOL.IP, IP.HDRINCL, raw4),
+  opt("ICMP_FILTER", SOL.RAW, ICMP_FILTER, rawIcmp),
+  // A raw IPv6 socket of a protocol other than ICMPv6 (which always checksums) may ask for one.
+  opt("IPV6_CHECKSUM", SOL.IPV6, IPV6.CHECKSUM, (f, t, p) => raw6(f, t) && p !== IPPROTO.ICMPV6),
+  opt("ICMPV6_FILTER", SOL.ICMPV6, ICMPV6_FILTER, rawIcmp6, 32),
 ];
 
 /** Reads the options of a socket of the tool's own, through its fd; its filter with `filter`. */

@@ -1,8 +1,9 @@
 /**
  * Sockets that come back on their own (entry kind "socket"): made again from their family, type,
- * address, options and backlog, with no peer and no queued data to carry. Listening TCP (IPv4 and
- * IPv6) and UNIX stream/seqpacket sockets, bound or unbound UDP and UNIX datagram sockets (also
- * ones connect()ed to a named address), TCP/UNIX stream sockets that are not connected yet, and an
+ * address, options and backlog, with no peer to carry. Listening TCP (IPv4 and IPv6) and UNIX
+ * stream/seqpacket sockets, bound or unbound UDP, UDP-Lite, ICMP "ping", raw IP and UNIX datagram
+ * sockets (also ones connect()ed to an address; a ping or raw socket's peer is read from
+ * /proc/PID/net, proc_net.ts), TCP/UNIX stream sockets that are not connected yet, and an
  * unbound UNIX stream/seqpacket socket whose peer was closed everywhere with nothing queued (it
  * comes back as a socketpair with one end closed again; the JVM holds one). dispatch.ts decides
  * which sockets these are.
@@ -18,7 +19,7 @@
  * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
  * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
  * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
- * kept (UDP may lose them anyway). A TCP
+ * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping or raw socket. A TCP
  * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
  * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
  *
@@ -35,6 +36,8 @@ import {
   AF,
   close,
   Errno,
+  errnoName,
+  IPPROTO,
   O,
   SOCK,
   SOCK_IOCTL,
@@ -362,11 +365,24 @@ function connectPeer(e: SocketEntry, ctx: FileRestoreContext, fd: number): void 
   );
 }
 
+/** socket() in the target, saying why where the machine does not let it make this kind. */
+function makeSocket(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
+  const r = ctx.injector.raw(SYS.socket, e.family, type, e.protocol);
+  if (r >= 0n) return Number(r);
+  const ping = e.type === SOCK.DGRAM &&
+    (e.protocol === IPPROTO.ICMP || e.protocol === IPPROTO.ICMPV6);
+  throw new RestoreError(
+    `${e.description}: socket() failed (${errnoName(Number(-r))})` +
+      (ping && -r === BigInt(Errno.EACCES)
+        ? `: net.ipv4.ping_group_range does not let the restoring process's group (root's) ` +
+          `make ping sockets`
+        : ""),
+  );
+}
+
 function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
-  const fd = e.state === "peer-closed"
-    ? openPeerClosed(e, ctx, type)
-    : Number(injectRaw(ctx, "socket", SYS.socket, e.family, type, e.protocol));
+  const fd = e.state === "peer-closed" ? openPeerClosed(e, ctx, type) : makeSocket(e, ctx, type);
   const late = (o: SocketOption) => e.queue?.length && AFTER_QUEUE.includes(o.name);
   try {
     for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
