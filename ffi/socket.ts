@@ -228,13 +228,67 @@ export const SOCK_IOCTL = {
 export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, RDHUP: 0x2000 } as const;
 
 /** Netlink protocols (`NETLINK_*`). */
-export const NETLINK = { SOCK_DIAG: 4 } as const;
+export const NETLINK = { ROUTE: 0, SOCK_DIAG: 4, AUDIT: 9, GENERIC: 16 } as const;
+
+/** Options at `SOL.NETLINK` (`NETLINK_*`). */
+export const NETLINK_OPT = {
+  ADD_MEMBERSHIP: 1,
+  PKTINFO: 3,
+  BROADCAST_ERROR: 4,
+  NO_ENOBUFS: 5,
+  LISTEN_ALL_NSID: 8,
+  /** Read: the bitmap of the multicast groups the socket is in (u32 words). */
+  LIST_MEMBERSHIPS: 9,
+  CAP_ACK: 10,
+  EXT_ACK: 11,
+  GET_STRICT_CHK: 12,
+} as const;
 
 /** Netlink message types (`NLMSG_*`). */
-export const NLMSG = { ERROR: 2 } as const;
+export const NLMSG = { ERROR: 2, DONE: 3 } as const;
 
-/** Netlink message flags (`NLM_F_*`). */
-export const NLM_F = { REQUEST: 1 } as const;
+/** Netlink message flags (`NLM_F_*`): DUMP asks for every object. */
+export const NLM_F = { REQUEST: 1, DUMP: 0x300 } as const;
+
+/** Options at `SOL.PACKET` (`PACKET_*`). */
+export const PACKET = {
+  ADD_MEMBERSHIP: 1,
+  AUXDATA: 8,
+  ORIGDEV: 9,
+  VERSION: 10,
+  RESERVE: 12,
+  LOSS: 14,
+  VNET_HDR: 15,
+  TIMESTAMP: 17,
+  FANOUT: 18,
+  QDISC_BYPASS: 20,
+  IGNORE_OUTGOING: 23,
+} as const;
+
+/** What a packet sock_diag request shows (`PACKET_SHOW_*`) and its reply's attributes. */
+export const PACKET_DIAG = {
+  SHOW_INFO: 1,
+  SHOW_MCLIST: 2,
+  SHOW_RING_CFG: 4,
+  SHOW_FANOUT: 8,
+  INFO: 0,
+  MCLIST: 1,
+  RX_RING: 2,
+  TX_RING: 3,
+  FANOUT: 4,
+} as const;
+
+/** What a netlink sock_diag request shows (`NDIAG_SHOW_*`) and its reply's attributes. */
+export const NETLINK_DIAG = {
+  SHOW_MEMINFO: 1,
+  SHOW_FLAGS: 8,
+  MEMINFO: 0,
+  FLAGS: 4,
+  /** NDIAG_FLAG_CB_RUNNING: a dump the socket asked for is under way. */
+  FLAG_CB_RUNNING: 1,
+  /** sdiag_protocol that asks for every netlink protocol. */
+  PROTO_ALL: 255,
+} as const;
 
 /** The sock_diag request type (`SOCK_DIAG_BY_FAMILY`). */
 export const SOCK_DIAG = { BY_FAMILY: 20 } as const;

@@ -91,6 +91,8 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_unix_ghost" },
   { name: "r_ping_socket", sysctls: PING_GROUPS },
   { name: "r_inet_kinds" },
+  { name: "r_netlink_socket" },
+  { name: "r_packet_socket" },
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },

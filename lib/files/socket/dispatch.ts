@@ -13,13 +13,14 @@
  *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
  *   standalone.ts and comes back as a socketpair with one end closed again;
  * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
- *   connected to a named address), and UDP-Lite, ping and raw sockets, go to standalone.ts, which
- *   makes it again from its address.
+ *   connected to a named address), and UDP-Lite, ping, raw, packet (packet.ts) and netlink
+ *   (netlink.ts) sockets, go to standalone.ts, which makes it again from its address.
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
  * TCP sockets connecting or closing (SYN_SENT, SYN_RECV, FIN_WAIT1/2, CLOSING, LAST_ACK,
  * TIME_WAIT: any state but LISTEN, CLOSE, ESTABLISHED and CLOSE_WAIT), inet protocols other than
- * TCP, UDP, UDP-Lite, ICMP (ping) and raw (SCTP, MPTCP …) and every other family (vsock …); the
+ * TCP, UDP, UDP-Lite, ICMP (ping) and raw (SCTP, MPTCP …), packet and netlink sockets of other
+ * types than raw and datagram, and every other family (vsock, alg, XDP …); the
  * kinds' modules refuse more (a listener with connections waiting, a UNIX socket whose peer no
  * process of the dump holds …).
  *
@@ -30,6 +31,7 @@ import {
   AF,
   Errno,
   IPPROTO,
+  NETLINK,
   SK_SHUTDOWN,
   SO,
   SOCK,
@@ -45,6 +47,7 @@ import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import { isKernelPeer } from "./netlink.ts";
 import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
@@ -103,14 +106,28 @@ function protocolName(family: number, type: number, protocol: number): string {
     if (name) return `${FAMILIES[family]} ${name}`;
     return `${FAMILIES[family]} ${TYPES[type] ?? `type ${type}`} protocol ${protocol}`;
   }
+  if (family === AF.NETLINK) {
+    return `netlink ${NETLINK_PROTOCOLS[protocol] ?? `protocol ${protocol}`}`;
+  }
   return `${FAMILIES[family] ?? `family ${family}`} ${TYPES[type] ?? `type ${type}`}`;
 }
+
+const NETLINK_PROTOCOLS: Record<number, string> = {
+  [NETLINK.ROUTE]: "route",
+  [NETLINK.SOCK_DIAG]: "sock_diag",
+  [NETLINK.AUDIT]: "audit",
+  [NETLINK.GENERIC]: "generic",
+};
+
+/** Packet and netlink sockets of these types come back on their own (standalone.ts). */
+const RAW_OR_DATAGRAM: number[] = [SOCK.RAW, SOCK.DGRAM];
 
 function refuse(fd: Fd, what: string, why: string): never {
   throw new DumpError(
     `fd ${fd.fd} of process ${fd.pid}: ${what} socket (${fd.target}) ${why}; tardigrade ` +
-      `dumps only listening, bound and unconnected TCP, UDP and UNIX sockets (and datagram ` +
-      `sockets connected to an address, established TCP connections); a policy can skip it`,
+      `dumps only listening, bound and unconnected TCP, UDP, UDP-Lite, ping, raw, packet, ` +
+      `netlink and UNIX sockets (and datagram sockets connected to an address, established ` +
+      `TCP connections, connected UNIX sockets); a policy can skip it`,
   );
 }
 
@@ -132,7 +149,9 @@ function dumpSocket(
   const protocol = intOpt(SOL.SOCKET, SO.PROTOCOL);
   const what = protocolName(family, type, protocol);
   const inet = family === AF.INET || family === AF.INET6;
-  if (family !== AF.UNIX && !inet) refuse(fd, what, "of an unsupported family");
+  const linkLevel = family === AF.PACKET || family === AF.NETLINK;
+  if (family !== AF.UNIX && !inet && !linkLevel) refuse(fd, what, "of an unsupported family");
+  if (linkLevel && !RAW_OR_DATAGRAM.includes(type)) refuse(fd, what, "of an unsupported type");
   if (
     inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && !standaloneInet(type, protocol)
   ) {
@@ -145,7 +164,8 @@ function dumpSocket(
   const nameOf = (which: "getsockname" | "getpeername"): Uint8Array | null => {
     const v = reader.name(which);
     if (typeof v !== "number") return v;
-    if (which === "getpeername" && -v === Errno.ENOTCONN) return null;
+    // Packet sockets have no peers at all.
+    if (which === "getpeername" && (-v === Errno.ENOTCONN || -v === Errno.EOPNOTSUPP)) return null;
     throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: ${which} failed (errno ${-v})`);
   };
   const own = nameOf("getsockname");
@@ -155,6 +175,7 @@ function dumpSocket(
   if (!peer && inet && (type === SOCK.RAW || isPing(type, protocol))) {
     peer = procNetPeer(fd.pid, family, type, fd.inode); // getpeername wants a port
   }
+  if (peer && family === AF.NETLINK && isKernelPeer(peer)) peer = null; // as a fresh socket's
   const at = address ? `on ${formatAddress(address)}` : "unbound";
 
   let peerClosed = false;

@@ -19,6 +19,8 @@ import {
   IP,
   IPPROTO,
   IPV6,
+  NETLINK_OPT,
+  PACKET,
   SO,
   SOCK,
   SOL,
@@ -80,6 +82,8 @@ const udplite = (_f: number, _t: number, p: number) => p === IPPROTO.UDPLITE;
 const raw4 = (f: number, t: number) => f === AF.INET && t === SOCK.RAW;
 const raw6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.RAW;
 const rawIcmp = (f: number, t: number, p: number) => raw4(f, t) && p === IPPROTO.ICMP;
+const packet = (f: number) => f === AF.PACKET;
+const netlink = (f: number) => f === AF.NETLINK;
 const rawIcmp6 = (f: number, t: number, p: number) => raw6(f, t) && p === IPPROTO.ICMPV6;
 
 /** An option of `size` bytes (4: an int) at `level`, kept where `applies`. */
@@ -170,6 +174,23 @@ const OPTIONS: OptionSpec[] = [
   // A raw IPv6 socket of a protocol other than ICMPv6 (which always checksums) may ask for one.
   opt("IPV6_CHECKSUM", SOL.IPV6, IPV6.CHECKSUM, (f, t, p) => raw6(f, t) && p !== IPPROTO.ICMPV6),
   opt("ICMPV6_FILTER", SOL.ICMPV6, ICMPV6_FILTER, rawIcmp6, 32),
+  // The version first: the others may depend on it.
+  opt("PACKET_VERSION", SOL.PACKET, PACKET.VERSION, packet),
+  opt("PACKET_RESERVE", SOL.PACKET, PACKET.RESERVE, packet),
+  opt("PACKET_AUXDATA", SOL.PACKET, PACKET.AUXDATA, packet),
+  opt("PACKET_ORIGDEV", SOL.PACKET, PACKET.ORIGDEV, packet),
+  opt("PACKET_LOSS", SOL.PACKET, PACKET.LOSS, packet),
+  opt("PACKET_VNET_HDR", SOL.PACKET, PACKET.VNET_HDR, packet),
+  opt("PACKET_TIMESTAMP", SOL.PACKET, PACKET.TIMESTAMP, packet),
+  opt("PACKET_QDISC_BYPASS", SOL.PACKET, PACKET.QDISC_BYPASS, packet),
+  opt("PACKET_IGNORE_OUTGOING", SOL.PACKET, PACKET.IGNORE_OUTGOING, packet),
+  opt("NETLINK_PKTINFO", SOL.NETLINK, NETLINK_OPT.PKTINFO, netlink),
+  opt("NETLINK_BROADCAST_ERROR", SOL.NETLINK, NETLINK_OPT.BROADCAST_ERROR, netlink),
+  opt("NETLINK_NO_ENOBUFS", SOL.NETLINK, NETLINK_OPT.NO_ENOBUFS, netlink),
+  opt("NETLINK_LISTEN_ALL_NSID", SOL.NETLINK, NETLINK_OPT.LISTEN_ALL_NSID, netlink),
+  opt("NETLINK_CAP_ACK", SOL.NETLINK, NETLINK_OPT.CAP_ACK, netlink),
+  opt("NETLINK_EXT_ACK", SOL.NETLINK, NETLINK_OPT.EXT_ACK, netlink),
+  opt("NETLINK_GET_STRICT_CHK", SOL.NETLINK, NETLINK_OPT.GET_STRICT_CHK, netlink),
 ];
 
 /** Reads the options of a socket of the tool's own, through its fd; its filter with `filter`. */

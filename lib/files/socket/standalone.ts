@@ -67,6 +67,21 @@ import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
 import {
+  dumpNetlink,
+  NETLINK_STATE,
+  netlinkBindAddress,
+  type NetlinkState,
+  restoreNetlink,
+} from "./netlink.ts";
+import {
+  dumpPacket,
+  PACKET_STATE,
+  packetBindAddress,
+  packetProblem,
+  type PacketState,
+  restorePacket,
+} from "./packet.ts";
+import {
   dumpDatagramQueue,
   forgetSenders,
   QUEUED_DATAGRAMS,
@@ -107,6 +122,10 @@ export interface SocketEntry extends FileEntry {
   description: string;
   /** A named UNIX datagram socket's queued datagrams (unix_datagrams.ts); absent when empty. */
   queue?: QueuedDatagram[];
+  /** A packet socket's memberships and fanout group (packet.ts). */
+  packet?: PacketState;
+  /** A netlink socket's multicast groups (netlink.ts). */
+  netlink?: NetlinkState;
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -228,6 +247,8 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     description: `${s.what} ${formatAddress(s.address)} ${state}${to}`,
   };
   if (queue.length) entry.queue = queue;
+  if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
+  if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
   return entry;
 }
 
@@ -289,7 +310,8 @@ function checkSocket(e: SocketEntry): string | null {
     const st = unixPathState(path, e.type);
     if (st === "bound" || st === "other") return `${e.description}: ${path} ${PATH_PROBLEM[st]}`;
   }
-  if (e.address && e.family !== AF.UNIX && !intOption(e.options, "SO_REUSEPORT")) {
+  const inet = e.family === AF.INET || e.family === AF.INET6;
+  if (e.address && inet && !intOption(e.options, "SO_REUSEPORT")) {
     if (!inetAddressFree(e)) {
       return `${e.description}: ${formatAddress(e.address)} is in use` +
         (intOption(e.options, "SO_REUSEADDR")
@@ -297,6 +319,8 @@ function checkSocket(e: SocketEntry): string | null {
           : " (connections in TIME_WAIT block it too: the socket had no SO_REUSEADDR)");
     }
   }
+  const packetWhy = e.packet && packetProblem(e.packet, e.address);
+  if (packetWhy) return `${e.description}: ${packetWhy}`;
   const peerPath = absoluteUnixPath(e, e.peer);
   if (peerPath && !e.peerFate && unixPathState(peerPath, e.type) !== "bound") {
     return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
@@ -328,7 +352,12 @@ function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
 
 /** Binds target fd `fd` to the entry's address (`path`: its file's absolute path, or ""). */
 function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: string): void {
-  const address = e.address!;
+  // A netlink socket binds its port id alone: its groups are joined one by one (netlink.ts).
+  const address = e.family === AF.NETLINK
+    ? netlinkBindAddress(e.address!)!
+    : e.family === AF.PACKET
+    ? packetBindAddress(e.address!)
+    : e.address!;
   if (path && !e.pathFate) {
     const st = unixPathState(path, e.type);
     if (st === "stale") Deno.removeSync(path);
@@ -386,13 +415,15 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const late = (o: SocketOption) => e.queue?.length && AFTER_QUEUE.includes(o.name);
   try {
     for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
-    if (e.address) {
+    if (e.address && (e.family !== AF.NETLINK || netlinkBindAddress(e.address))) {
       const path = absoluteUnixPath(e, e.address);
       const bind = () => bindAddress(e, ctx, fd, path);
       if (path && e.pathFate) bindGhost(path, e.pathFate, ctx.scope ?? ctx, e.description, bind);
       else bind();
     }
     refill(e, ctx, fd);
+    if (e.packet) restorePacket(ctx, fd, e.packet);
+    if (e.netlink) restoreNetlink(ctx, fd, e.netlink);
     for (const o of e.options) if (late(o)) setOption(ctx, fd, o);
     if (e.peer) connectPeer(e, ctx, fd);
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
@@ -423,6 +454,8 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     description: "text",
     queue: { optional: QUEUED_DATAGRAMS },
     pathFate: { optional: { oneOf: ["removed", "replaced"] } },
+    packet: PACKET_STATE,
+    netlink: NETLINK_STATE,
     peerFate: { optional: { oneOf: ["removed"] } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
