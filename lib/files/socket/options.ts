@@ -26,8 +26,10 @@ import {
   SOL,
   SYS,
   TCP,
+  tryAttachFilter,
   tryGetFilter,
   tryGetsockopt,
+  trySetsockopt,
   trySocket,
   UDPLITE,
 } from "../../../ffi/mod.ts";
@@ -291,6 +293,21 @@ export function findOption(
 export function intOption(options: readonly SocketOption[], name: string): number | undefined {
   const o = findOption(options, name);
   return o ? readI32(o.value) : undefined;
+}
+
+/**
+ * Options set only once a socket's queue is in again: a filter could drop what the tool sends,
+ * and with SO_PASSCRED on either end a message that carried no credentials would get the tool's.
+ */
+export function isAfterQueue(o: SocketOption): boolean {
+  return o.level === SOL.SOCKET &&
+    (o.option === SO.ATTACH_FILTER || o.option === SO.LOCK_FILTER || o.option === SO.PASSCRED);
+}
+
+/** Sets a kept option again through the tool's copy `fd` of the socket: 0, or a negative errno. */
+export function setToolOption(fd: number, o: SocketOption): number {
+  if (o.level === SOL.SOCKET && o.option === SO.ATTACH_FILTER) return tryAttachFilter(fd, o.value);
+  return trySetsockopt(fd, o.level, o.option, o.value);
 }
 
 /** Sets a kept option again on target fd `fd`. */

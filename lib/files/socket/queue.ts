@@ -42,6 +42,10 @@ export interface PeekedMessage {
   credentials: Ucred | null;
 }
 
+function sameCredentials(a: Ucred | null, b: Ucred | null): boolean {
+  return a === b || (!!a && !!b && a.pid === b.pid && a.uid === b.uid && a.gid === b.gid);
+}
+
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
@@ -129,25 +133,33 @@ export class QueuePeeker {
   }
 
   /**
-   * Runs `peek` with SO_PEEK_OFF at 0, and puts the offset back (read through `reader`) however
-   * it ends; returns what `peek` gave and the offset the process had.
+   * Runs `peek` with SO_PEEK_OFF at 0 and, when the peeker takes senders, SO_PASSCRED on (so each
+   * message shows its credentials), and puts both back (read through `reader`) however it ends;
+   * returns what `peek` gave and the offset the process had.
    */
   walk<T>(reader: OptionReader, peek: () => T): { result: T; savedOffset: number } {
-    const offsetBytes = reader.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
-    if (typeof offsetBytes === "number") {
-      throw new DumpError(`${this.name}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
-    }
-    const savedOffset = readI32(offsetBytes);
+    const read = (option: number, name: string): number => {
+      const v = reader.getsockopt(SOL.SOCKET, option, 4);
+      if (typeof v === "number") {
+        throw new DumpError(`${this.name}: getsockopt(${name}) failed (errno ${-v})`);
+      }
+      return readI32(v);
+    };
+    const savedOffset = read(SO.PEEK_OFF, "SO_PEEK_OFF");
+    const passcred = this.withSender && read(SO.PASSCRED, "SO_PASSCRED") === 0;
     let r = this.setPeekOffset(0);
-    if (r < 0) throw new DumpError(`${this.name}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
+    if (r >= 0 && passcred) r = this.socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(1));
     let result: T;
     try {
+      if (r < 0) throw new DumpError(`${this.name}: setsockopt failed (errno ${-r})`);
       result = peek();
     } finally {
       // The process must find its socket as it was, whatever happened above.
       r = this.setPeekOffset(savedOffset);
+      const p = passcred ? this.socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(0)) : 0;
+      if (r >= 0) r = p;
     }
-    if (r < 0) throw new DumpError(`${this.name}: could not put SO_PEEK_OFF back (errno ${-r})`);
+    if (r < 0) throw new DumpError(`${this.name}: could not put its options back (errno ${-r})`);
     return { result, savedOffset };
   }
 }
@@ -166,18 +178,23 @@ export function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Peeked
           `a policy can skip it`,
       );
     }
-    const parts: Uint8Array[] = [];
+    // One run of bytes for each writer's credentials (a peek with SO_PASSCRED on stops where they
+    // change), one run in all without them.
+    const runs: PeekedMessage[][] = [];
     let total = 0;
     while (total < expected) {
       const chunk = p.next();
       if (!chunk || chunk.message.data.length === 0) break; // 0: end, the peer shut down sending
-      parts.push(chunk.message.data);
+      const last = runs.at(-1);
+      if (last && sameCredentials(last[0].credentials, chunk.message.credentials)) {
+        last.push(chunk.message);
+      } else runs.push([chunk.message]);
       total += chunk.message.data.length;
     }
     if (total !== expected) {
       throw new DumpError(`${p.name}: ${expected} bytes are queued but ${total} could be peeked`);
     }
-    return total ? [{ data: concat(parts), sender: null, credentials: null }] : [];
+    return runs.map((run) => ({ ...run[0], data: concat(run.map((m) => m.data)) }));
   }
   const messages: PeekedMessage[] = [];
   let message: PeekedMessage[] = [];

@@ -59,6 +59,7 @@ import {
   changedOptions,
   findOption,
   intOption,
+  isAfterQueue,
   setOption,
   SOCKET_OPTIONS,
   type SocketOption,
@@ -335,10 +336,6 @@ function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): 
   return fd;
 }
 
-// Set once the queue is in: a filter could drop what the tool sends, and with SO_PASSCRED on
-// the receiver a datagram that carried no credentials would get the tool's.
-const AFTER_QUEUE = ["SO_ATTACH_FILTER", "SO_LOCK_FILTER", "SO_PASSCRED"];
-
 /** Queues a named UNIX datagram socket's datagrams again (before it connects: see the top). */
 function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
   if (e.family !== AF.UNIX || e.type !== SOCK.DGRAM || !e.address) return;
@@ -412,7 +409,7 @@ function makeSocket(e: SocketEntry, ctx: FileRestoreContext, type: number): numb
 function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
   const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
   const fd = e.state === "peer-closed" ? openPeerClosed(e, ctx, type) : makeSocket(e, ctx, type);
-  const late = (o: SocketOption) => e.queue?.length && AFTER_QUEUE.includes(o.name);
+  const late = (o: SocketOption) => !!e.queue?.length && isAfterQueue(o);
   try {
     for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
     if (e.address && (e.family !== AF.NETLINK || netlinkBindAddress(e.address))) {

@@ -27,9 +27,7 @@ import {
   Errno,
   MSG,
   pidfdGetfd,
-  SO,
   SOCK,
-  SOL,
   tryBind,
   trySendMessage,
   trySocket,
@@ -40,7 +38,6 @@ import type { Fd } from "../../inspect/fds.ts";
 import { readStatus, tryReadStat } from "../../inspect/procfs.ts";
 import type { FieldType } from "../../image/validate.ts";
 import type { FileDumpContext, FileRestoreContext } from "../types.ts";
-import { i32, readI32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
 import type { SocketReader } from "./socket_copy.ts";
@@ -51,12 +48,17 @@ export interface QueuedDatagram {
   data: Uint8Array;
   /** The sender's raw address (two bytes for an unnamed sender). */
   sender: Uint8Array;
-  /**
-   * The SCM_CREDENTIALS it carries, absent when it carries none; `startTime` (stat field 22) of
-   * a sender process outside the dump.
-   */
-  credentials?: Ucred & { startTime?: bigint };
+  /** The SCM_CREDENTIALS it carries, absent when it carries none. */
+  credentials?: Credentials;
 }
+
+/** SCM_CREDENTIALS of a queued message; `startTime` (stat field 22) of a sender outside the dump. */
+export type Credentials = Ucred & { startTime?: bigint };
+
+/** The image fields of `Credentials`. */
+export const CREDENTIALS: FieldType = {
+  map: { pid: "whole", uid: "whole", gid: "whole", startTime: { optional: "whole" } },
+};
 
 /** The image fields of a queue of datagrams. */
 export const QUEUED_DATAGRAMS: FieldType = {
@@ -64,11 +66,7 @@ export const QUEUED_DATAGRAMS: FieldType = {
     map: {
       data: "bytes",
       sender: "bytes",
-      credentials: {
-        optional: {
-          map: { pid: "whole", uid: "whole", gid: "whole", startTime: { optional: "whole" } },
-        },
-      },
+      credentials: { optional: CREDENTIALS },
     },
   },
 };
@@ -86,15 +84,19 @@ function inDump(pid: number, ctx: FileDumpContext): boolean {
   }
 }
 
-function credentialsOf(
+/**
+ * What the image keeps of the credentials a queued message shows (undefined: it carries none);
+ * refuses those that could not be given again. `name` describes the socket.
+ */
+export function credentialsOf(
   c: Ucred | null,
   ctx: FileDumpContext,
   name: string,
-): QueuedDatagram["credentials"] {
+): Credentials | undefined {
   if (!c || (c.pid === 0 && c.uid === OVERFLOW_ID && c.gid === OVERFLOW_ID)) return undefined;
   if (c.pid === 0) {
     throw new DumpError(
-      `${name} has a datagram queued whose credentials name a process this pid namespace ` +
+      `${name} has a message queued whose credentials name a process this pid namespace ` +
         `cannot see; they could not be given again; a policy can skip it`,
     );
   }
@@ -102,7 +104,7 @@ function credentialsOf(
   const st = tryReadStat(c.pid);
   if (!st) {
     throw new DumpError(
-      `${name} has a datagram queued with the credentials of process ${c.pid}, which has ` +
+      `${name} has a message queued with the credentials of process ${c.pid}, which has ` +
         `ended: they could not be given again; a policy can skip it`,
     );
   }
@@ -128,20 +130,7 @@ export function dumpDatagramQueue(
     );
   }
   const peeker = new QueuePeeker(socket, name, true);
-  const passcred = reader.getsockopt(SOL.SOCKET, SO.PASSCRED, 4);
-  if (typeof passcred === "number") {
-    throw new DumpError(`${name}: getsockopt(SO_PASSCRED) failed (errno ${-passcred})`);
-  }
-  const hadPasscred = readI32(passcred) !== 0;
-  let r = hadPasscred ? 0 : socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(1));
-  if (r < 0) throw new DumpError(`${name}: setsockopt(SO_PASSCRED) failed (errno ${-r})`);
-  let messages;
-  try {
-    messages = peeker.walk(reader, () => peekQueue(peeker, SOCK.DGRAM, false)).result;
-  } finally {
-    if (!hadPasscred) r = socket.setsockopt(SOL.SOCKET, SO.PASSCRED, i32(0));
-  }
-  if (r < 0) throw new DumpError(`${name}: could not put SO_PASSCRED back (errno ${-r})`);
+  const messages = peeker.walk(reader, () => peekQueue(peeker, SOCK.DGRAM, false)).result;
   return messages.map((m) => {
     const datagram: QueuedDatagram = {
       data: m.data,
@@ -183,20 +172,20 @@ export function forgetSenders(scope: object): void {
   senders.delete(scope);
 }
 
-/** Whether `credentials` can be given again: a reason not to, or null. */
-function credentialsProblem(
-  c: QueuedDatagram["credentials"],
+/** Whether credentials can be given again by the tool: a reason not to, or null. */
+export function credentialsProblem(
+  c: Credentials | null | undefined,
   ctx: FileRestoreContext,
 ): string | null {
   if (!c) return null;
   if (ctx.tasks?.ownNamespace) {
-    return `a queued datagram carries the credentials of process ${c.pid}, which a restore in ` +
+    return `a queued message carries the credentials of process ${c.pid}, which a restore in ` +
       `a new pid namespace cannot give again`;
   }
   const restored = ctx.tasks ? ctx.tasks.restored(c.pid) : c.pid === ctx.pid;
   if (restored || c.startTime === undefined) return null;
   if (tryReadStat(c.pid)?.starttime !== c.startTime) {
-    return `a queued datagram carries the credentials of process ${c.pid} (not in the image), ` +
+    return `a queued message carries the credentials of process ${c.pid} (not in the image), ` +
       `which has ended`;
   }
   return null;

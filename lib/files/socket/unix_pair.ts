@@ -12,8 +12,10 @@
  * half whose other half is closed again, after its data. The receive queue is read without
  * consuming it, inside the frozen target: SO_PEEK_OFF set to 0 makes successive MSG_PEEK reads
  * walk the queue, and is put back as it was afterwards, also on error. Stream bytes are kept as
- * one run, datagram and seqpacket messages one by one (MSG_TRUNC says a message goes on in the
- * next read). Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
+ * one run (one for each writer's credentials), datagram and seqpacket messages one by one
+ * (MSG_TRUNC says a message goes on in the next read), each with the SCM_CREDENTIALS it carries
+ * (SO_PASSCRED is on for the walk; unix_datagrams.ts keeps them), sent with it again at restore;
+ * SO_PASSCRED and a filter go on again only once no more is sent through either end. Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
  * them, and peeking them would install copies in the target. No pidfd_getfd at dump
  * (target_socket.ts says why).
  *
@@ -31,7 +33,7 @@
  * that address on one side (getsockname of the accepted end, getpeername of the client), but
  * socketpair() cannot give an address a listener holds, and connecting to the restored listener
  * would need two processes to connect and accept in step. The addresses stay in the image for
- * messages. Queued messages carry the tool's credentials after a restore (SO_PASSCRED). A
+ * messages. A
  * zero-length message that was already peeked with SO_PEEK_OFF, or that ends the queue of a
  * seqpacket socket shut down for reading, is not seen (the kernel skips or cannot tell it apart).
  * An out-of-band byte (MSG_OOB) in a stream is refused.
@@ -49,7 +51,7 @@ import {
   SOCK,
   SOL,
   SYS,
-  trySend,
+  trySendMessage,
   tryShutdown,
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
@@ -62,9 +64,17 @@ import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
 import {
+  CREDENTIALS,
+  type Credentials,
+  credentialsOf,
+  credentialsProblem,
+} from "./unix_datagrams.ts";
+import {
   changedOptions,
+  isAfterQueue,
   type OptionReader,
   setOption,
+  setToolOption,
   SOCKET_OPTIONS,
   type SocketOption,
 } from "./options.ts";
@@ -89,6 +99,11 @@ export interface UnixPairEntry extends FileEntry {
   queue: Uint8Array[];
   /** SO_PEEK_OFF, -1 when not in use. */
   peekOffset: number;
+  /**
+   * The SCM_CREDENTIALS each item of `queue` carries (null: none; a stream's run is split where
+   * its writers' differ); absent when none carries any.
+   */
+  credentials?: (Credentials | null)[];
   /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** "UNIX stream connected to socket:[123] (fd 4 of process 99)", for messages. */
@@ -184,15 +199,17 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     );
   }
 
-  const peeker = new QueuePeeker(new TargetSocket(ctx.frozen.injector, fd.fd), sock);
+  // With each message's credentials (SO_PASSCRED on for the walk).
+  const peeker = new QueuePeeker(new TargetSocket(ctx.frozen.injector, fd.fd), sock, true);
   const shutRd = (diag.shutdown & SK_SHUTDOWN.RCV) !== 0;
   const { result, savedOffset } = peeker.walk(s.reader, () => peekQueue(peeker, s.type, shutRd));
   const queue = result.map((m) => m.data);
+  const credentials = result.map((m) => credentialsOf(m.credentials, ctx, sock) ?? null);
 
   const to = holder
     ? `socket:[${peer}] (fd ${holder.fd} of process ${holder.pid})`
     : "a closed peer";
-  return {
+  const entry: UnixPairEntry = {
     id: fd.fileId,
     kind: "unix-pair",
     flags: fd.flags,
@@ -207,6 +224,8 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     options: changedOptions(s.reader, AF.UNIX, s.type, 0, sock),
     description: `${s.what}${on} connected to ${to}`,
   };
+  if (credentials.some((c) => c)) entry.credentials = credentials;
+  return entry;
 }
 
 // ---- Restore ----
@@ -233,6 +252,14 @@ const pairKey = (e: UnixPairEntry): string =>
 function closeState(st: PairState): void {
   if (st.closed) return;
   st.closed = true;
+  // No more sends through either half: the options that would have changed them go on now.
+  for (const e of st.placed) {
+    for (const o of e.options) {
+      if (!isAfterQueue(o)) continue;
+      const r = setToolOption(st.halves.get(e.inode)!, o);
+      if (r < 0) throw new RestoreError(`${e.description}: setsockopt(${o.name}): errno ${-r}`);
+    }
+  }
   for (const fd of st.halves.values()) close(fd);
 }
 
@@ -245,15 +272,25 @@ function releaseUnixPairs(scope: object): void {
   restoring.delete(scope);
 }
 
-/** Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer. */
-function refill(e: UnixPairEntry, sender: number): void {
+/**
+ * Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer, each message
+ * with the credentials it carried.
+ */
+function refill(e: UnixPairEntry, sender: number, ctx: FileRestoreContext): void {
   if (!e.queue.length) return;
+  for (const c of e.credentials ?? []) {
+    const why = credentialsProblem(c, ctx);
+    if (why) throw new RestoreError(`${e.description}: ${why}`);
+  }
   withRoomFor(sender, e.queue, e.description, () => {
-    for (const message of e.queue) {
+    for (const [i, message] of e.queue.entries()) {
+      const c = e.credentials?.[i];
+      const credentials = c ? { pid: c.pid, uid: c.uid, gid: c.gid } : null;
       // A stream's run may take several sends; a message goes in one.
       let off = 0;
       do {
-        const sent = trySend(sender, message.subarray(off), MSG.DONTWAIT | MSG.NOSIGNAL);
+        const part = message.subarray(off);
+        const sent = trySendMessage(sender, part, null, credentials, MSG.DONTWAIT | MSG.NOSIGNAL);
         if (sent < 0) {
           throw new RestoreError(`${e.description}: refilling its queue failed (errno ${-sent})`);
         }
@@ -300,8 +337,8 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
     fd = handToTarget(ctx, st.halves.get(e.inode)!, e.description);
   }
   try {
-    for (const o of e.options) setOption(ctx, fd, o);
-    refill(e, st.halves.get(e.peer)!);
+    for (const o of e.options) if (!isAfterQueue(o)) setOption(ctx, fd, o);
+    refill(e, st.halves.get(e.peer)!, ctx);
     if (e.peekOffset !== -1) {
       const v = ctx.put(i32(e.peekOffset));
       injectRaw(ctx, "setsockopt(SO_PEEK_OFF)", SYS.setsockopt, fd, SOL.SOCKET, SO.PEEK_OFF, v, 4);
@@ -327,6 +364,7 @@ export const unixPairHandler: FileHandler<UnixPairEntry> = {
     shutdown: "whole",
     queue: { list: "bytes" },
     peekOffset: "whole",
+    credentials: { optional: { list: { nullable: CREDENTIALS } } },
     options: SOCKET_OPTIONS,
     description: "text",
   },
