@@ -518,28 +518,45 @@ export interface Ucred {
   gid: number;
 }
 
-/** The SCM_CREDENTIALS of a control buffer (received with SO_PASSCRED), or null. */
-export function decodeCredentials(control: Uint8Array): Ucred | null {
+/** What the control messages of a received message carry: credentials and descriptors. */
+export interface Control {
+  /** SCM_CREDENTIALS (received with SO_PASSCRED), or null. */
+  credentials: Ucred | null;
+  /** SCM_RIGHTS: the descriptors installed in the receiver. */
+  fds: number[];
+}
+
+/** Decodes a control buffer a recvmsg filled (`control`, as long as msg_controllen said). */
+export function decodeControl(control: Uint8Array): Control {
   const v = new DataView(control.buffer, control.byteOffset, control.byteLength);
+  const out: Control = { credentials: null, fds: [] };
   for (let at = 0; at + 16 <= control.length;) {
     const len = Number(v.getBigUint64(at, true));
-    if (len < 16) break;
-    if (v.getInt32(at + 8, true) === SOL.SOCKET && v.getInt32(at + 12, true) === SCM_CREDENTIALS) {
-      if (len < 28) return null;
-      return {
-        pid: v.getInt32(at + 16, true),
-        uid: v.getUint32(at + 20, true),
-        gid: v.getUint32(at + 24, true),
-      };
+    if (len < 16 || at + len > control.length) break;
+    if (v.getInt32(at + 8, true) === SOL.SOCKET) {
+      const type = v.getInt32(at + 12, true);
+      if (type === SCM_CREDENTIALS && len >= 28) {
+        out.credentials = {
+          pid: v.getInt32(at + 16, true),
+          uid: v.getUint32(at + 20, true),
+          gid: v.getUint32(at + 24, true),
+        };
+      } else if (type === SCM_RIGHTS) {
+        for (let i = at + 16; i + 4 <= at + len; i += 4) out.fds.push(v.getInt32(i, true));
+      }
     }
     at += (len + 7) & ~7;
   }
-  return null;
+  return out;
 }
+
+/** Bytes of a control buffer that receives credentials and up to `SCM_MAX_FD` descriptors. */
+export const CONTROL_ROOM = 32 + 16 + SCM_MAX_FD * 4 + 8;
 
 /**
  * sendmsg(2) of `data` to the raw sockaddr `to` (null: the connected peer), with `credentials`
- * as SCM_CREDENTIALS when given: the bytes sent, or a negative errno.
+ * as SCM_CREDENTIALS and `fds` (at most `SCM_MAX_FD`) as SCM_RIGHTS when given: the bytes sent,
+ * or a negative errno.
  */
 export function trySendMessage(
   fd: number,
@@ -547,30 +564,41 @@ export function trySendMessage(
   to: Uint8Array | null,
   credentials: Ucred | null,
   flags: number,
+  fds: readonly number[] = [],
 ): number {
   // One buffer above V8's 64-byte limit (see tryAttachFilter), so the pointers inside stay valid:
-  // the msghdr at 0, the iovec at 56, the control message at 72 (32 bytes), the address at 104
-  // (at most 128 bytes), the data at 232.
-  const buf = new Uint8Array(232 + Math.max(data.length, 64));
+  // the msghdr at 0, the iovec at 56, the address at 72 (at most 128 bytes), the control messages
+  // at 200, the data after them.
+  const rights = fds.length ? rightsSpace(fds.length) : 0;
+  const controlLen = (credentials ? 32 : 0) + rights;
+  const dataAt = 200 + controlLen;
+  const buf = new Uint8Array(dataAt + Math.max(data.length, 64));
   const base = BigInt(addressOf(buf));
   const v = new DataView(buf.buffer);
-  const control = credentials ? 32 : 0;
-  buf.set(encodeMsghdr(base + 56n, control ? base + 72n : 0n, control), 0);
+  buf.set(encodeMsghdr(base + 56n, controlLen ? base + 200n : 0n, controlLen), 0);
   if (to) {
-    buf.set(to.subarray(0, 128), 104);
-    v.setBigUint64(0, base + 104n, true); // msg_name
+    buf.set(to.subarray(0, 128), 72);
+    v.setBigUint64(0, base + 72n, true); // msg_name
     v.setUint32(8, Math.min(to.length, 128), true); // msg_namelen
   }
-  buf.set(data, 232);
-  v.setBigUint64(56, base + 232n, true);
+  buf.set(data, dataAt);
+  v.setBigUint64(56, base + BigInt(dataAt), true);
   v.setBigUint64(64, BigInt(data.length), true);
+  let at = 200;
   if (credentials) {
-    v.setBigUint64(72, 28n, true); // CMSG_LEN(sizeof(struct ucred))
-    v.setInt32(80, SOL.SOCKET, true);
-    v.setInt32(84, SCM_CREDENTIALS, true);
-    v.setInt32(88, credentials.pid, true);
-    v.setUint32(92, credentials.uid, true);
-    v.setUint32(96, credentials.gid, true);
+    v.setBigUint64(at, 28n, true); // CMSG_LEN(sizeof(struct ucred))
+    v.setInt32(at + 8, SOL.SOCKET, true);
+    v.setInt32(at + 12, SCM_CREDENTIALS, true);
+    v.setInt32(at + 16, credentials.pid, true);
+    v.setUint32(at + 20, credentials.uid, true);
+    v.setUint32(at + 24, credentials.gid, true);
+    at += 32;
+  }
+  if (fds.length) {
+    v.setBigUint64(at, BigInt(16 + fds.length * 4), true);
+    v.setInt32(at + 8, SOL.SOCKET, true);
+    v.setInt32(at + 12, SCM_RIGHTS, true);
+    fds.forEach((n, i) => v.setInt32(at + 16 + i * 4, n, true));
   }
   return attempt(SYS.sendmsg, fd, base, flags);
 }

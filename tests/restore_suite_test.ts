@@ -86,6 +86,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_socketpair" },
   { name: "r_socketpair_tree" },
   { name: "r_socketpair_creds" },
+  { name: "r_scm_rights" },
   { name: "r_inherited_fds" },
   { name: "r_socket_options" },
   { name: "r_unix_dgram_queue" },

@@ -266,10 +266,13 @@ Deno.test(
   },
 );
 
-/** A socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on `b`. */
+/**
+ * A stream socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on \`b\`, or
+ * a seqpacket one with a passed fd the process holds too ("shared").
+ */
 const UNKEPT_QUEUE_PY = `import array, os, signal, socket, sys, time
-a, b = socket.socketpair()
-if sys.argv[1] == "fds":
+a, b = socket.socketpair(type=socket.SOCK_SEQPACKET if sys.argv[1] == "shared" else socket.SOCK_STREAM)
+if sys.argv[1] in ("fds", "shared"):
     r, w = os.pipe()
     a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
 else:
@@ -277,7 +280,7 @@ else:
     a.send(b"X", socket.MSG_OOB)
 def check(*_):
     peek_off = b.getsockopt(socket.SOL_SOCKET, 42)
-    if sys.argv[1] == "fds":
+    if sys.argv[1] in ("fds", "shared"):
         msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4))
         got = f"{msg} with {len(anc)} fd message"
     else:
@@ -293,7 +296,13 @@ const UNKEPT_QUEUES = [
   {
     mode: "fds",
     what: "a passed fd",
-    why: /1 file descriptor\(s\) queued in messages \(SCM_RIGHTS\)/,
+    why: /1 file descriptor\(s\) queued in a stream \(SCM_RIGHTS\)/,
+    got: "b'x' with 1 fd message",
+  },
+  {
+    mode: "shared",
+    what: "a passed fd the process holds too",
+    why: /has a pipe in flight \(pipe:\[\d+\]\) that is also open at fd \d+ of process \d+/,
     got: "b'x' with 1 fd message",
   },
   {

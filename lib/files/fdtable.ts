@@ -9,7 +9,7 @@
  */
 import { close, F, FD_CLOEXEC, O, pidfdOpen, SETFL_MASK, SYS } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import { type Fd, fdFlags } from "../inspect/fds.ts";
+import { assignFileIds, type Fd, fdFlags, type FileTable, readFd } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
 import { FdBatch } from "../ptrace/fd_batch.ts";
 import { copyIsHarmless } from "./socket/socket_copy.ts";
@@ -48,16 +48,87 @@ function reopenEntry(fd: Fd, path: string): RegularEntry {
   };
 }
 
+/** The entry of the open file behind `fd`, by its kind's handler, with its owner and signal. */
+async function dumpFile(fd: Fd, ctx: FileDumpContext): Promise<FileEntry> {
+  const handler = handlerForFd(fd);
+  if (!handler) {
+    throw new DumpError(
+      `fd ${fd.fd} of process ${ctx.pid} is a ${fd.kind} (${fd.target}), which tardigrade ` +
+        `cannot dump yet; a policy can skip it`,
+    );
+  }
+  const entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
+  // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
+  const copyOk = copyIsHarmless(fd.kind);
+  return Object.assign(
+    entry,
+    readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
+  );
+}
+
+// File ids of the descriptors in flight a dump kept (by its scope): each may be kept once.
+const inFlightByDump = new WeakMap<object, Set<number>>();
+
+/**
+ * `FileDumpContext.dumpInFlight` for one process's table: dumps the file at target fd `n` into
+ * `files`, refusing one that is also open at a descriptor of the dump or was kept before.
+ */
+async function dumpInFlight(
+  ctx: FileDumpContext,
+  table: FileTable,
+  files: Map<number, FileEntry>,
+  n: number,
+  installed: readonly number[],
+  carrier: string,
+): Promise<number> {
+  const pids = [...(ctx.pids ?? [ctx.pid])];
+  const others = assignFileIds(pids, table)
+    .filter((f) => !(f.pid === ctx.pid && installed.includes(f.fd)));
+  const fd = readFd(ctx.pid, n, table);
+  if (!fd) throw new DumpError(`${carrier}: a descriptor in flight vanished while read`);
+  const what = `${carrier} has a ${fd.kind} in flight (${fd.target})`;
+  const open = others.find((f) => f.fileId === fd.fileId);
+  const kept = inFlightByDump.get(ctx.scope ?? ctx) ?? new Set<number>();
+  inFlightByDump.set(ctx.scope ?? ctx, kept);
+  if (open || kept.has(fd.fileId)) {
+    throw new DumpError(
+      `${what} that is ${
+        open ? `also open at fd ${open.fd} of process ${open.pid}` : "in flight twice"
+      }` +
+        `, and tardigrade keeps a descriptor in flight only as an open file of its own; a ` +
+        `policy can skip the socket`,
+    );
+  }
+  if (handlerForFd(fd)?.deferred) {
+    throw new DumpError(
+      `${what}: a ${fd.kind} is made once every process exists, after the socket's queue; a ` +
+        `policy can skip the socket`,
+    );
+  }
+  kept.add(fd.fileId);
+  files.set(fd.fileId, await dumpFile(fd, ctx));
+  return fd.fileId;
+}
+
 /**
  * Dumps every descriptor of the frozen process, each as decided (the policy's checked answers):
- * an external one as its key alone.
+ * an external one as its key alone. `table` (the dump's ids of open files) lets the handlers keep
+ * descriptors in flight in socket queues.
  */
 export async function dumpFdTable(
-  ctx: FileDumpContext,
+  outer: FileDumpContext,
   decided: readonly { fd: Fd; decision: FdDecision }[],
+  table?: FileTable,
 ): Promise<FdTableDump> {
   const files = new Map<number, FileEntry>();
   const fds: FdEntry[] = [];
+  const ctx: FileDumpContext = table
+    ? {
+      ...outer,
+      dumpInFlight: (n, installed, carrier) =>
+        dumpInFlight(outer, table, files, n, installed, carrier),
+    }
+    : outer;
   for (const { fd, decision } of decided) {
     if (decision === "skip") continue;
     const reopen = typeof decision === "object" && "reopen" in decision;
@@ -70,23 +141,18 @@ export async function dumpFdTable(
       } else if (typeof decision === "object") {
         entry = externalEntry(fd, decision.external, ctx.outside);
       } else {
-        const handler = handlerForFd(fd);
-        if (!handler) {
-          throw new DumpError(
-            `fd ${fd.fd} of process ${ctx.pid} is a ${fd.kind} (${fd.target}), which tardigrade ` +
-              `cannot dump yet; a policy can skip it`,
-          );
-        }
-        entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
+        entry = await dumpFile(fd, ctx);
       }
       files.set(fd.fileId, entry);
       if (!reopen) ctx.dumpedFiles?.set(fd.fileId, entry);
-      // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
-      const copyOk = copyIsHarmless(fd.kind);
-      Object.assign(
-        entry,
-        readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
-      );
+      if (typeof decision === "object") {
+        // From a copy but for a socket where taking one would change its net_cls.
+        const copyOk = copyIsHarmless(fd.kind);
+        Object.assign(
+          entry,
+          readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
+        );
+      }
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
@@ -182,6 +248,17 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     scope,
     tasks,
     inherited: env.inherited,
+    openInFlight: (id) => {
+      const entry = p.files.find((f) => f.id === id);
+      if (!entry || firstFd.has(id)) {
+        throw new RestoreError(`process ${p.pid}: no open file ${id} is in flight`);
+      }
+      const handler = handlerForEntry(entry)!;
+      const fd = handler.open(entry, ctx);
+      handler.finish?.(entry, fd, ctx);
+      restoreStatusFlags(inj, fd, entry.flags);
+      return fd;
+    },
   };
   let closed = false;
   const cleanup = () => {

@@ -131,10 +131,11 @@ function refuse(fd: Fd, what: string, why: string): never {
   );
 }
 
-function dumpSocket(
+// Async: the reader (a copy of the socket) must stay open until every part is read.
+async function dumpSocket(
   fd: Fd,
   ctx: FileDumpContext,
-): SocketEntry | UnixPairEntry | TcpStreamEntry {
+): Promise<SocketEntry | UnixPairEntry | TcpStreamEntry> {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
   using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
@@ -202,16 +203,16 @@ function dumpSocket(
       const d = unixDiag(fd.inode);
       if (d && d.peer === 0 && d.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)) {
         // With data still to read it is a pair whose peer is gone: unix_pair.ts keeps the data.
-        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
+        if (d.rqueue > 0) return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
         peerClosed = true;
       }
     }
     if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
       // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
-      return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
+      return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
     }
   }
-  return dumpStandalone(fd, {
+  return await dumpStandalone(fd, {
     socket,
     reader,
     what,

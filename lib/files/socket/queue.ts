@@ -9,7 +9,8 @@
  * enough for all of them at once, so nothing waits for a reader.
  */
 import {
-  decodeCredentials,
+  CONTROL_ROOM,
+  decodeControl,
   Errno,
   MSG,
   SO,
@@ -30,7 +31,7 @@ import type { TargetSocket } from "./target_socket.ts";
 // Scratch layout while peeking (TargetSocket uses 0xe000 and up).
 const CHUNK = 0xc000;
 const MSGHDR_AT = 0xc000, IOV_AT = 0xc040, NAME_AT = 0xc080, CONTROL_AT = 0xc100;
-const NAME_SIZE = 128, CONTROL_SIZE = 256;
+const NAME_SIZE = 128, CONTROL_SIZE = CONTROL_ROOM;
 const MSG_NAMELEN = 8, MSG_CONTROLLEN = 40, MSG_FLAGS = 48; // offsets in struct msghdr
 
 /** One message of a queue, as a peek saw it. */
@@ -40,6 +41,11 @@ export interface PeekedMessage {
   sender: Uint8Array | null;
   /** SCM_CREDENTIALS, when SO_PASSCRED was on while peeking. */
   credentials: Ucred | null;
+  /**
+   * SCM_RIGHTS: the descriptors it carries, as the peek installed copies of them in the target
+   * (numbers there, closed again by `closeInstalled`).
+   */
+  fds: number[];
 }
 
 function sameCredentials(a: Ucred | null, b: Ucred | null): boolean {
@@ -60,6 +66,7 @@ function concat(parts: Uint8Array[]): Uint8Array {
 export class QueuePeeker {
   readonly #msghdr: bigint;
   readonly #inj: Injector;
+  readonly #installed: number[] = [];
 
   /** `name` describes the socket in messages; `withSender`: take each sender's address and
    * control messages too. */
@@ -74,6 +81,16 @@ export class QueuePeeker {
       msghdr[4] = inj.scratch() + BigInt(CONTROL_AT);
     }
     this.#msghdr = inj.put(new Uint8Array(msghdr.buffer), MSGHDR_AT);
+  }
+
+  /** The descriptors the peeks installed in the target so far (SCM_RIGHTS). */
+  get installed(): readonly number[] {
+    return this.#installed;
+  }
+
+  /** Closes in the target every descriptor a peek installed there (SCM_RIGHTS). */
+  closeInstalled(): void {
+    for (const fd of this.#installed.splice(0)) this.#inj.raw(SYS.close, fd);
   }
 
   /** SO_PEEK_OFF, or an errno. */
@@ -122,12 +139,16 @@ export class QueuePeeker {
       data: this.#inj.get(0, r).slice(),
       sender: null,
       credentials: null,
+      fds: [],
     };
     if (this.withSender) {
       const nameLen = Math.min(readU32(header, MSG_NAMELEN), NAME_SIZE);
       message.sender = this.#inj.get(NAME_AT, nameLen).slice();
       const controlLen = Math.min(readU32(header, MSG_CONTROLLEN), CONTROL_SIZE);
-      message.credentials = decodeCredentials(this.#inj.get(CONTROL_AT, controlLen).slice());
+      const control = decodeControl(this.#inj.get(CONTROL_AT, controlLen).slice());
+      message.credentials = control.credentials;
+      message.fds = control.fds;
+      this.#installed.push(...control.fds);
     }
     return { message, truncated: (flags & MSG.TRUNC) !== 0 };
   }

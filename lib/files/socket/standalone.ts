@@ -193,12 +193,12 @@ function backlogOf(
 }
 
 /** Dumps a socket dispatch.ts found to come back on its own. */
-export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
+export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
   let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
     if (s.address) {
-      queue = dumpDatagramQueue(
+      queue = await dumpDatagramQueue(
         fd,
         s.ctx,
         s.socket,

@@ -7,16 +7,20 @@
  * turned on for the walk (then put back), the SCM_CREDENTIALS it carries: pid 0 with the overflow
  * ids means it carries none (no side had SO_PASSCRED when it was sent). A sender pid outside the
  * dump is kept with its start time, so that a restore can tell it is still the same process.
- * Refused: descriptors in flight (SCM_RIGHTS: fdinfo's scm_fds counts them, and peeking them would
- * install copies in the target), and credentials whose pid this namespace cannot see or that
- * ended.
+ * Descriptors in flight (SCM_RIGHTS): the peek installs copies of them in the target; each is
+ * dumped by the fd table as an open file of the process that no descriptor refers to
+ * (`FileDumpContext.dumpInFlight`, by its kind's handler) and the message keeps its file ids; the
+ * copies are closed again whatever happens. Refused: a file in flight also open at a descriptor
+ * of the dump, or in flight twice (it would come back as two open files), and credentials whose
+ * pid this namespace cannot see or that ended.
  *
  * Restore, after the socket is bound and before it connects (a connected datagram socket takes
  * datagrams from its peer only): the tool sends each datagram to the socket's address again from a
  * socket of its own, so the program reads the same sender: unnamed, a socket the restore made at
  * that address already (its copy, taken when it was bound), or a socket the tool binds there for
  * the while (a path it made is unlinked again). Credentials go with SCM_CREDENTIALS (root may give
- * any pid, uid and gid). Refused: a sender address some process outside the image is bound to, a
+ * any pid, uid and gid), files in flight with SCM_RIGHTS (each made again by its handler in the
+ * target, `FileRestoreContext.openInFlight`, and handed to the tool). Refused: a sender address some process outside the image is bound to, a
  * relative sender path that no socket of the image holds, credentials of a process outside the
  * image that ended, and credentials at all in a new pid namespace (the tool would name the pid as
  * its own namespace sees it).
@@ -38,6 +42,7 @@ import type { Fd } from "../../inspect/fds.ts";
 import { readStatus, tryReadStat } from "../../inspect/procfs.ts";
 import type { FieldType } from "../../image/validate.ts";
 import type { FileDumpContext, FileRestoreContext } from "../types.ts";
+import { injectClose } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
 import type { SocketReader } from "./socket_copy.ts";
@@ -50,6 +55,8 @@ export interface QueuedDatagram {
   sender: Uint8Array;
   /** The SCM_CREDENTIALS it carries, absent when it carries none. */
   credentials?: Credentials;
+  /** The open files of the process it carries (SCM_RIGHTS), by id; absent when none. */
+  files?: number[];
 }
 
 /** SCM_CREDENTIALS of a queued message; `startTime` (stat field 22) of a sender outside the dump. */
@@ -67,6 +74,7 @@ export const QUEUED_DATAGRAMS: FieldType = {
       data: "bytes",
       sender: "bytes",
       credentials: { optional: CREDENTIALS },
+      files: { optional: { list: "whole" } },
     },
   },
 };
@@ -115,31 +123,84 @@ export function credentialsOf(
  * The datagrams queued on the named UNIX datagram socket `socket` (fd `fd`), read without
  * taking them; `name` describes it in messages.
  */
-export function dumpDatagramQueue(
+export async function dumpDatagramQueue(
   fd: Fd,
   ctx: FileDumpContext,
   socket: TargetSocket,
   reader: SocketReader,
   name: string,
-): QueuedDatagram[] {
+): Promise<QueuedDatagram[]> {
+  refuseUnkeptInFlight(fd, ctx, name);
+  const peeker = new QueuePeeker(socket, name, true);
+  try {
+    const messages = peeker.walk(reader, () => peekQueue(peeker, SOCK.DGRAM, false)).result;
+    const out: QueuedDatagram[] = [];
+    for (const m of messages) {
+      const datagram: QueuedDatagram = {
+        data: m.data,
+        sender: m.sender ?? new Uint8Array([AF.UNIX, 0]),
+      };
+      const credentials = credentialsOf(m.credentials, ctx, name);
+      if (credentials) datagram.credentials = credentials;
+      if (m.fds.length) datagram.files = await dumpInFlight(ctx, m.fds, peeker);
+      out.push(datagram);
+    }
+    return out;
+  } finally {
+    // The copies the peeks installed go, whatever happened: the process finds its table as it was.
+    peeker.closeInstalled();
+  }
+}
+
+/** Refuses a queue with descriptors in flight where the dump cannot keep them. */
+export function refuseUnkeptInFlight(fd: Fd, ctx: FileDumpContext, name: string): void {
   const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
-  if (passed > 0) {
+  if (passed > 0 && !ctx.dumpInFlight) {
     throw new DumpError(
-      `${name} has ${passed} file descriptor(s) queued in datagrams (SCM_RIGHTS), which ` +
-        `tardigrade cannot keep; a policy can skip it`,
+      `${name} has ${passed} file descriptor(s) queued in messages (SCM_RIGHTS), which ` +
+        `tardigrade cannot keep here; a policy can skip it`,
     );
   }
-  const peeker = new QueuePeeker(socket, name, true);
-  const messages = peeker.walk(reader, () => peekQueue(peeker, SOCK.DGRAM, false)).result;
-  return messages.map((m) => {
-    const datagram: QueuedDatagram = {
-      data: m.data,
-      sender: m.sender ?? new Uint8Array([AF.UNIX, 0]),
-    };
-    const credentials = credentialsOf(m.credentials, ctx, name);
-    if (credentials) datagram.credentials = credentials;
-    return datagram;
-  });
+}
+
+/** The file ids of the descriptors in flight a peek installed at `fds` (dumped by the table). */
+export async function dumpInFlight(
+  ctx: FileDumpContext,
+  fds: readonly number[],
+  peeker: QueuePeeker,
+): Promise<number[]> {
+  const ids: number[] = [];
+  for (const n of fds) ids.push(await ctx.dumpInFlight!(n, peeker.installed, peeker.name));
+  return ids;
+}
+
+/**
+ * Makes the open files `ids` in flight again and hands the tool a copy of each (the target's
+ * descriptor closed again), to send with a message; the caller closes the copies.
+ */
+export function takeInFlight(
+  ctx: FileRestoreContext,
+  ids: readonly number[],
+  what: string,
+): number[] {
+  const copies: number[] = [];
+  try {
+    for (const id of ids) {
+      if (!ctx.openInFlight) {
+        throw new RestoreError(`${what}: descriptors in flight cannot be made here`);
+      }
+      const fd = ctx.openInFlight(id);
+      try {
+        copies.push(pidfdGetfd(ctx.pidfd, fd));
+      } finally {
+        injectClose(ctx, fd);
+      }
+    }
+  } catch (err) {
+    for (const c of copies) close(c);
+    throw err;
+  }
+  return copies;
 }
 
 // ---- Restore ----
@@ -281,7 +342,13 @@ export function refillDatagrams(
       const { pid, uid, gid } = d.credentials ?? { pid: 0, uid: 0, gid: 0 };
       const credentials = d.credentials ? { pid, uid, gid } : null;
       const fd = from.get(addressKey(d.sender))!.fd;
-      const sent = trySendMessage(fd, d.data, address, credentials, MSG.DONTWAIT | MSG.NOSIGNAL);
+      const files = takeInFlight(ctx, d.files ?? [], what);
+      let sent: number;
+      try {
+        sent = trySendMessage(fd, d.data, address, credentials, MSG.DONTWAIT | MSG.NOSIGNAL, files);
+      } finally {
+        for (const c of files) close(c);
+      }
       if (sent !== d.data.length) {
         throw new RestoreError(
           `${what}: queueing a datagram of ${d.data.length} bytes from ` +

@@ -15,8 +15,9 @@
  * one run (one for each writer's credentials), datagram and seqpacket messages one by one
  * (MSG_TRUNC says a message goes on in the next read), each with the SCM_CREDENTIALS it carries
  * (SO_PASSCRED is on for the walk; unix_datagrams.ts keeps them), sent with it again at restore;
- * SO_PASSCRED and a filter go on again only once no more is sent through either end. Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
- * them, and peeking them would install copies in the target. No pidfd_getfd at dump
+ * SO_PASSCRED and a filter go on again only once no more is sent through either end. Descriptors
+ * in flight (SCM_RIGHTS) in datagram and seqpacket messages are kept as unix_datagrams.ts keeps
+ * them; in a stream (fdinfo's scm_fds counts them) they are refused. No pidfd_getfd at dump
  * (target_socket.ts says why).
  *
  * Restore, as pipe.ts restores a pipe: ends are keyed by the pair's two inodes within one restore
@@ -68,6 +69,9 @@ import {
   type Credentials,
   credentialsOf,
   credentialsProblem,
+  dumpInFlight,
+  refuseUnkeptInFlight,
+  takeInFlight,
 } from "./unix_datagrams.ts";
 import {
   changedOptions,
@@ -104,6 +108,8 @@ export interface UnixPairEntry extends FileEntry {
    * its writers' differ); absent when none carries any.
    */
   credentials?: (Credentials | null)[];
+  /** The open files of the process each message of `queue` carries (SCM_RIGHTS), by id. */
+  files?: number[][];
   /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** "UNIX stream connected to socket:[123] (fd 4 of process 99)", for messages. */
@@ -157,7 +163,11 @@ function outsideHolderOf(peer: bigint, ctx: FileDumpContext): string {
  * Dumps a connected UNIX socket whose peer is in this dump (or was closed), with its receive
  * queue; refuses, naming the fd, one connected to a socket no process of the dump holds.
  */
-export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): UnixPairEntry {
+export async function dumpUnixPair(
+  fd: Fd,
+  ctx: FileDumpContext,
+  s: ConnectedUnix,
+): Promise<UnixPairEntry> {
   const on = s.address ? ` on ${formatAddress(s.address)}` : "";
   const sock = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${fd.target}${on})`;
   const peerName = s.peer.length > 2 ? formatAddress(s.peer) : "an unnamed peer";
@@ -192,19 +202,30 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     );
   }
   const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
-  if (passed > 0) {
+  if (passed > 0 && s.type === SOCK.STREAM) {
     throw new DumpError(
-      `${sock} has ${passed} file descriptor(s) queued in messages (SCM_RIGHTS), which ` +
-        `tardigrade cannot keep; a policy can skip it`,
+      `${sock} has ${passed} file descriptor(s) queued in a stream (SCM_RIGHTS), which ` +
+        `tardigrade cannot keep (it keeps them in datagram and seqpacket messages); a policy ` +
+        `can skip it`,
     );
   }
+  refuseUnkeptInFlight(fd, ctx, sock);
 
   // With each message's credentials (SO_PASSCRED on for the walk).
   const peeker = new QueuePeeker(new TargetSocket(ctx.frozen.injector, fd.fd), sock, true);
   const shutRd = (diag.shutdown & SK_SHUTDOWN.RCV) !== 0;
-  const { result, savedOffset } = peeker.walk(s.reader, () => peekQueue(peeker, s.type, shutRd));
-  const queue = result.map((m) => m.data);
-  const credentials = result.map((m) => credentialsOf(m.credentials, ctx, sock) ?? null);
+  let queue: Uint8Array[], credentials: (Credentials | null)[], savedOffset: number;
+  const files: number[][] = [];
+  try {
+    const walked = peeker.walk(s.reader, () => peekQueue(peeker, s.type, shutRd));
+    savedOffset = walked.savedOffset;
+    queue = walked.result.map((m) => m.data);
+    credentials = walked.result.map((m) => credentialsOf(m.credentials, ctx, sock) ?? null);
+    for (const m of walked.result) files.push(await dumpInFlight(ctx, m.fds, peeker));
+  } finally {
+    // The copies the peeks installed go, whatever happened: the process finds its table as it was.
+    peeker.closeInstalled();
+  }
 
   const to = holder
     ? `socket:[${peer}] (fd ${holder.fd} of process ${holder.pid})`
@@ -225,6 +246,7 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     description: `${s.what}${on} connected to ${to}`,
   };
   if (credentials.some((c) => c)) entry.credentials = credentials;
+  if (files.some((f) => f.length)) entry.files = files;
   return entry;
 }
 
@@ -286,11 +308,24 @@ function refill(e: UnixPairEntry, sender: number, ctx: FileRestoreContext): void
     for (const [i, message] of e.queue.entries()) {
       const c = e.credentials?.[i];
       const credentials = c ? { pid: c.pid, uid: c.uid, gid: c.gid } : null;
+      const files = takeInFlight(ctx, e.files?.[i] ?? [], e.description);
       // A stream's run may take several sends; a message goes in one.
       let off = 0;
       do {
         const part = message.subarray(off);
-        const sent = trySendMessage(sender, part, null, credentials, MSG.DONTWAIT | MSG.NOSIGNAL);
+        let sent: number;
+        try {
+          sent = trySendMessage(
+            sender,
+            part,
+            null,
+            credentials,
+            MSG.DONTWAIT | MSG.NOSIGNAL,
+            files,
+          );
+        } finally {
+          for (const c of files.splice(0)) close(c);
+        }
         if (sent < 0) {
           throw new RestoreError(`${e.description}: refilling its queue failed (errno ${-sent})`);
         }
@@ -365,6 +400,7 @@ export const unixPairHandler: FileHandler<UnixPairEntry> = {
     queue: { list: "bytes" },
     peekOffset: "whole",
     credentials: { optional: { list: { nullable: CREDENTIALS } } },
+    files: { optional: { list: { list: "whole" } } },
     options: SOCKET_OPTIONS,
     description: "text",
   },
