@@ -377,3 +377,52 @@ Deno.test("sockets: read in place or from a copy, a socket's options and filter 
     await t.kill();
   }
 });
+
+/** A datagram socket bound to a relative path deep in one directory, the process then elsewhere. */
+const LOST_RELATIVE_PY = `import os, socket, sys, time
+os.chdir(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("lost.sock")
+os.chdir(sys.argv[2])
+print("READY", s.fileno(), flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs(
+    "sockets: a relative UNIX path bound where no cwd of the dump leads is refused, naming it",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const deep = `${base}/a/b/c/d/e`;
+    await Deno.mkdir(deep, { recursive: true });
+    await Deno.mkdir(`${base}/elsewhere`);
+    await Deno.writeTextFile(`${base}/r.py`, LOST_RELATIVE_PY);
+    const t = await spawnTarget("python3", [`${base}/r.py`, deep, `${base}/elsewhere`], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      const fd = t.output().match(/^READY (\d+)$/m)![1];
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            new RegExp(`^fd ${fd} of process ${t.pid}: UNIX datagram socket`),
+          );
+          assert.match(
+            err.message,
+            /bound to the relative path lost\.sock, whose file is neither in/,
+          );
+          return true;
+        },
+      );
+      assert.ok(t.alive());
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
