@@ -39,10 +39,10 @@ import {
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
-import { readStatus, tryReadStat } from "../../inspect/procfs.ts";
+import { tryReadStat } from "../../inspect/procfs.ts";
 import type { FieldType } from "../../image/validate.ts";
 import type { FileDumpContext, FileRestoreContext } from "../types.ts";
-import { injectClose } from "../util.ts";
+import { inDump, injectClose } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
 import type { SocketReader } from "./socket_copy.ts";
@@ -81,16 +81,6 @@ export const QUEUED_DATAGRAMS: FieldType = {
 
 // What credentials read as when a datagram carries none: no pid, the overflow uid and gid.
 const OVERFLOW_ID = 65534;
-
-function inDump(pid: number, ctx: FileDumpContext): boolean {
-  const pids = ctx.pids ?? [ctx.pid];
-  if (pids.includes(pid)) return true;
-  try {
-    return pids.includes(Number(readStatus(pid).get("Tgid")));
-  } catch {
-    return false;
-  }
-}
 
 /**
  * What the image keeps of the credentials a queued message shows (undefined: it carries none);
