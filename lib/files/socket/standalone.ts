@@ -39,6 +39,7 @@ import {
   errnoName,
   IPPROTO,
   O,
+  pidfdGetfd,
   SOCK,
   SOCK_IOCTL,
   SYS,
@@ -116,6 +117,11 @@ export interface SocketEntry extends FileEntry {
   pathFate?: PathFate;
   /** "removed": connected to a ghost UNIX socket of the image, whose path was removed. */
   peerFate?: "removed";
+  /**
+   * Its UNIX peer is a socket of the image: connected as soon as that exists (it may be made
+   * later: then from the tool's copy once every process is made).
+   */
+  peerInImage?: boolean;
   options: SocketOption[];
   /** The dumped socket's inode. */
   inode: bigint;
@@ -323,7 +329,7 @@ function checkSocket(e: SocketEntry): string | null {
   const packetWhy = e.packet && packetProblem(e.packet, e.address);
   if (packetWhy) return `${e.description}: ${packetWhy}`;
   const peerPath = absoluteUnixPath(e, e.peer);
-  if (peerPath && !e.peerFate && unixPathState(peerPath, e.type) !== "bound") {
+  if (peerPath && !e.peerInImage && unixPathState(peerPath, e.type) !== "bound") {
     return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
   }
   return null;
@@ -377,18 +383,48 @@ function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: 
   }
 }
 
-/** Connects target fd `fd` to the entry's peer (a datagram socket's). */
+// Datagram sockets whose peer in the image was not made yet when they were: the tool's copy of
+// each, connected once every process is made (release), by restore scope.
+const laterConnects = new WeakMap<object, { copy: number; e: SocketEntry }[]>();
+
+/** Connects target fd `fd` to the entry's peer (a datagram socket's), or later (see above). */
 function connectPeer(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
   const peer = e.peer!;
   const r = ctx.injector.raw(SYS.connect, fd, ctx.put(peer), peer.length);
   if (r >= 0n) return;
-  throw new RestoreError(
-    `${e.description}: cannot connect to ${formatAddress(peer)} (errno ${-r})` +
-      (e.peerFate
-        ? `: its peer, a socket whose path was removed, must be made before it (a lower fd, ` +
-          `or an earlier process of the tree)`
-        : ""),
-  );
+  const notYet = -r === BigInt(Errno.ECONNREFUSED) || -r === BigInt(Errno.ENOENT);
+  if (!e.peerInImage || !notYet) {
+    throw new RestoreError(
+      `${e.description}: cannot connect to ${formatAddress(peer)} (errno ${-r})`,
+    );
+  }
+  const scope = ctx.scope ?? ctx;
+  const list = laterConnects.get(scope) ?? [];
+  laterConnects.set(scope, list);
+  list.push({ copy: pidfdGetfd(ctx.pidfd, fd), e });
+}
+
+/** Connects the sockets whose peer was made after them, from the tool's copies, then lets go. */
+function connectLater(scope: object, connect: boolean): void {
+  const list = laterConnects.get(scope) ?? [];
+  laterConnects.delete(scope);
+  let failed: RestoreError | null = null;
+  for (const { copy, e } of list) {
+    try {
+      if (!connect || failed) continue;
+      const path = absoluteUnixPath(e, e.peer);
+      const to = path ? unixAddress(path) : e.peer;
+      const r: number = to ? tryConnect(copy, to) : -Errno.ENAMETOOLONG;
+      if (r < 0) {
+        failed = new RestoreError(
+          `${e.description}: cannot connect to its peer ${formatAddress(e.peer)} (errno ${-r})`,
+        );
+      }
+    } finally {
+      close(copy);
+    }
+  }
+  if (failed) throw failed;
 }
 
 /** socket() in the target, saying why where the machine does not let it make this kind. */
@@ -454,6 +490,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     packet: PACKET_STATE,
     netlink: NETLINK_STATE,
     peerFate: { optional: { oneOf: ["removed"] } },
+    peerInImage: { optional: "bool" },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
@@ -462,6 +499,15 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
   check: checkSocket,
   open: openSocket,
   release(scope: object): void {
+    try {
+      connectLater(scope, true); // before a ghost's path goes
+    } finally {
+      forgetSenders(scope);
+      unlinkGhosts(scope);
+    }
+  },
+  abort(scope: object): void {
+    connectLater(scope, false);
     forgetSenders(scope);
     unlinkGhosts(scope);
   },

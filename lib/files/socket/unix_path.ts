@@ -14,9 +14,9 @@
  * Restore of a ghost: the socket is bound at its path again (the missing directories made for the
  * while, a file now at the path moved aside in its directory for the while and put back), then
  * its file is unlinked: the socket has its address, and the path is as it was. A removed path is
- * unlinked only once the restore's processes are all made (the scope's release), so that a
- * datagram socket connected to the ghost can connect to it meanwhile; a replaced one at once,
- * to put back what is there.
+ * unlinked only once the restore's processes are all made (the scope's release), after the
+ * datagram sockets connected to the ghost have connected to it (standalone.ts); a replaced one at
+ * once, to put back what is there.
  */
 import { major, minor } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
@@ -132,6 +132,8 @@ export interface UnixPaths {
   pathFate?: PathFate;
   /** "removed": it is connected to a ghost of the dump, whose path was removed. */
   peerFate?: "removed";
+  /** Its peer is a socket of the dump: connected once that is made again (standalone.ts). */
+  peerInImage?: boolean;
 }
 
 /**
@@ -174,6 +176,9 @@ export function dumpUnixPaths(
       }
       out.peerFate = "removed";
     }
+  }
+  if (peer && peer.length > 2 && diag?.peer && socketHolders(ctx).has(BigInt(diag.peer))) {
+    out.peerInImage = true;
   }
   return out;
 }
