@@ -3,7 +3,8 @@
  * address, options and backlog, with no peer to carry. Listening TCP (IPv4 and IPv6) and UNIX
  * stream/seqpacket sockets, bound or unbound UDP, UDP-Lite, ICMP "ping", raw IP and UNIX datagram
  * sockets (also ones connect()ed to an address; a ping or raw socket's peer is read from
- * /proc/PID/net, proc_net.ts), TCP/UNIX stream sockets that are not connected yet, and an
+ * /proc/PID/net, proc_net.ts), packet and netlink sockets (packet.ts, netlink.ts), TCP/UNIX
+ * stream sockets that are not connected yet, and an
  * unbound UNIX stream/seqpacket socket whose peer was closed everywhere with nothing queued (it
  * comes back as a socketpair with one end closed again; the JVM holds one). dispatch.ts decides
  * which sockets these are.
@@ -19,13 +20,14 @@
  * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
  * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
  * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
- * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping or raw socket. A TCP
+ * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE (never connected, or its connect failed) comes back as a fresh socket: a
  * pending SO_ERROR is not kept (reading it would clear it in the dumped process).
  *
  * Restore: socket() with SOCK_NONBLOCK as the file had O_NONBLOCK, the options (options.ts),
- * bind() to the same address, the queued datagrams, connect() for a connected datagram socket,
- * listen(backlog). A UNIX socket file left over from the dumped process is unlinked first, but
+ * bind() to the same address, what packet and netlink sockets join, the queued datagrams,
+ * connect() for a connected datagram socket (to a UNIX peer of the image made later: from the
+ * tool's copy once every process is made), listen(backlog). A UNIX socket file left over from the dumped process is unlinked first, but
  * only if it is a socket nobody is bound to (connect gives ECONNREFUSED); a ghost's path is bound
  * and unlinked again (unix_path.ts). A relative UNIX path is bound after an injected chdir to the
  * directory it was found in at dump (the restorer sets the final cwd later). check()
