@@ -13,9 +13,9 @@ import {
   notInstalled,
   PING_GROUPS,
   removeAnnounced,
+  setSysctls,
   spawnTarget,
   waitUntil,
-  withSysctls,
   withTarget,
 } from "./helpers.ts";
 
@@ -64,32 +64,32 @@ Deno.test("selfcheck: every restore fixture is in the restore suite's table", ()
 });
 
 for (const name of fixtures) {
-  const { args = [], env, sysctls } = launchOptions[name] ?? {};
-  Deno.test(`selfcheck: ${name}`, () =>
-    withSysctls(sysctls, async () => {
-      const bin = await fixture(name);
-      const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
-      try {
-        await withTarget(t, async () => {
-          assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
-          assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
-          assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
-          Deno.kill(t.pid, "SIGSTOP");
-          await waitForState(t.pid, true);
-          Deno.kill(t.pid, "SIGCONT");
-          await waitForState(t.pid, false);
-          assert.equal(
-            await t.check(),
-            "PASS",
-            `check after SIGSTOP/SIGCONT; output:\n${t.output()}`,
-          );
-          assert.ok(t.alive(), "fixture died");
-        });
-      } finally {
-        await removeAnnounced(t);
-        await Deno.remove(t.outPath).catch(() => {});
-      }
-    }));
+  Deno.test(`selfcheck: ${name}`, async () => {
+    const bin = await fixture(name);
+    const { args = [], env, sysctls } = launchOptions[name] ?? {};
+    using _sysctls = setSysctls(sysctls);
+    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
+    try {
+      await withTarget(t, async () => {
+        assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+        assert.equal(await t.check(), "PASS", `first check; output:\n${t.output()}`);
+        assert.equal(await t.check(), "PASS", `second check; output:\n${t.output()}`);
+        Deno.kill(t.pid, "SIGSTOP");
+        await waitForState(t.pid, true);
+        Deno.kill(t.pid, "SIGCONT");
+        await waitForState(t.pid, false);
+        assert.equal(
+          await t.check(),
+          "PASS",
+          `check after SIGSTOP/SIGCONT; output:\n${t.output()}`,
+        );
+        assert.ok(t.alive(), "fixture died");
+      });
+    } finally {
+      await removeAnnounced(t);
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
 }
 
 /** The interpreted counters (tests/fixtures/counter.py, counter.js) answer checks and count. */

@@ -322,23 +322,25 @@ export function cli(...args: string[]): Promise<Run> {
 export const PING_GROUPS = { "net/ipv4/ping_group_range": "0 0" };
 
 /**
- * Runs `body` with the sysctls `values` (paths under /proc/sys/, as "net/ipv4/ping_group_range")
- * set, and puts back what they were however it ends: for a fixture that needs the machine to
- * allow something (ping sockets for gid 0).
+ * Sets the sysctls `values` (paths under /proc/sys/, as "net/ipv4/ping_group_range") until the
+ * returned handle is disposed (`using`), which puts back what they were: for a fixture that needs
+ * the machine to allow something (ping sockets for gid 0).
  */
-export async function withSysctls<T>(
-  values: Record<string, string> | undefined,
-  body: () => Promise<T>,
-): Promise<T> {
+export function setSysctls(values: Record<string, string> | undefined): Disposable {
   const saved: [string, string][] = [];
+  const putBack = () => {
+    for (const [path, value] of saved.reverse()) Deno.writeTextFileSync(path, value);
+    saved.length = 0;
+  };
   try {
     for (const [name, value] of Object.entries(values ?? {})) {
       const path = `/proc/sys/${name}`;
       saved.push([path, Deno.readTextFileSync(path)]);
       Deno.writeTextFileSync(path, value);
     }
-    return await body();
-  } finally {
-    for (const [path, value] of saved.reverse()) Deno.writeTextFileSync(path, value);
+  } catch (err) {
+    putBack();
+    throw err;
   }
+  return { [Symbol.dispose]: putBack };
 }

@@ -18,10 +18,10 @@ import {
   PING_GROUPS,
   reapAdopted,
   removeAnnounced,
+  setSysctls,
   spawnTarget,
   type Target,
   waitUntil,
-  withSysctls,
   zombieChildrenOf,
 } from "./helpers.ts";
 
@@ -33,7 +33,7 @@ export interface RestoreCase {
   cwd?: string;
   /** Why this piece of state is not restored yet: the test is ignored, the fixture kept. */
   unsupported?: string;
-  /** Sysctls set while it runs (helpers.ts `withSysctls`), put back after. */
+  /** Sysctls set while it runs (helpers.ts `setSysctls`), put back after. */
   sysctls?: Record<string, string>;
 }
 
@@ -171,30 +171,30 @@ const only = Deno.env.get("R_FIXTURES")?.split(",");
 for (const { name, args = [], env, cwd, unsupported, sysctls } of restoreCases) {
   if (only && !only.includes(name)) continue;
   const why = only ? undefined : unsupported && `unsupported: ${unsupported}`;
-  Deno.test(needs(`restore: ${name}`, why), () =>
-    withSysctls(sysctls, async () => {
-      const bin = await fixture(name);
-      const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
-      const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
-      let restoredPid: number | undefined;
-      try {
-        assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
-        assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
-        const zombies = zombieChildrenOf(t.pid);
-        await checkpoint(t.pid, img + "/image");
-        await reapAdopted(zombies);
-        const r = await restore(img + "/image");
-        restoredPid = r.pid;
-        assert.equal(r.pid, t.pid, "restored with another pid");
-        assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
-      } finally {
-        await t.kill();
-        if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
-        await removeAnnounced(t);
-        await Deno.remove(img, { recursive: true }).catch(() => {});
-        await Deno.remove(t.outPath).catch(() => {});
-      }
-    }));
+  Deno.test(needs(`restore: ${name}`, why), async () => {
+    using _sysctls = setSysctls(sysctls);
+    const bin = await fixture(name);
+    const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
+    const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });
+    let restoredPid: number | undefined;
+    try {
+      assert.match(t.output(), /^READY /m, `fixture setup failed:\n${t.output()}`);
+      assert.equal(await t.check(), "PASS", `check before checkpoint; output:\n${t.output()}`);
+      const zombies = zombieChildrenOf(t.pid);
+      await checkpoint(t.pid, img + "/image");
+      await reapAdopted(zombies);
+      const r = await restore(img + "/image");
+      restoredPid = r.pid;
+      assert.equal(r.pid, t.pid, "restored with another pid");
+      assert.equal(await t.check(), "PASS", `check after restore; output:\n${t.output()}`);
+    } finally {
+      await t.kill();
+      if (restoredPid !== undefined && restoredPid !== t.pid) await t.kill(restoredPid);
+      await removeAnnounced(t);
+      await Deno.remove(img, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  });
 }
 
 for (const { name, command } of counterCases) {

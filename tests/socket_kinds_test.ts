@@ -10,10 +10,10 @@ import {
   needs,
   notInstalled,
   PING_GROUPS,
+  setSysctls,
   spawnTarget,
   type Target,
   waitUntil,
-  withSysctls,
 } from "./helpers.ts";
 
 /** The inodes of the sockets process `pid` holds. */
@@ -63,12 +63,18 @@ async function pingGoesOn(table: string): Promise<void> {
 
 Deno.test(
   needs("socket kinds: ping over a ping socket goes on after a restore", notInstalled("ping")),
-  () => withSysctls(PING_GROUPS, () => pingGoesOn("icmp")),
+  async () => {
+    using _sysctls = setSysctls(PING_GROUPS);
+    await pingGoesOn("icmp");
+  },
 );
 
 Deno.test(
   needs("socket kinds: ping over a raw socket goes on after a restore", notInstalled("ping")),
-  () => withSysctls({ "net/ipv4/ping_group_range": "1 0" }, () => pingGoesOn("raw")),
+  async () => {
+    using _sysctls = setSysctls({ "net/ipv4/ping_group_range": "1 0" });
+    await pingGoesOn("raw");
+  },
 );
 
 Deno.test(
