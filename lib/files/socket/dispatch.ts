@@ -31,7 +31,6 @@ import {
   AF,
   Errno,
   IPPROTO,
-  NETLINK,
   SK_SHUTDOWN,
   SO,
   SOCK,
@@ -47,6 +46,13 @@ import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
 import { unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import {
+  INET_PROTOCOLS,
+  isPing,
+  LINK_LEVEL_TYPES,
+  NETLINK_PROTOCOLS,
+  standaloneInet,
+} from "./kinds.ts";
 import { isKernelPeer } from "./netlink.ts";
 import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
@@ -73,29 +79,6 @@ const TYPES: Record<number, string> = {
 
 const UNIX_TYPES: number[] = [SOCK.STREAM, SOCK.DGRAM, SOCK.SEQPACKET];
 
-/** An ICMP "ping" socket (net.ipv4.ping_group_range). */
-const isPing = (type: number, protocol: number) =>
-  type === SOCK.DGRAM && (protocol === IPPROTO.ICMP || protocol === IPPROTO.ICMPV6);
-
-/**
- * The inet sockets standalone.ts makes again from their address and options: besides TCP, UDP,
- * UDP-Lite and ping datagram sockets and raw sockets of any protocol (what they had queued to read
- * is let go, as a network may drop it).
- */
-function standaloneInet(type: number, protocol: number): boolean {
-  if (type === SOCK.RAW) return true;
-  return type === SOCK.DGRAM &&
-    (protocol === IPPROTO.UDP || protocol === IPPROTO.UDPLITE || isPing(type, protocol));
-}
-
-const INET_PROTOCOLS: Record<number, string> = {
-  [IPPROTO.TCP]: "TCP",
-  [IPPROTO.UDP]: "UDP",
-  [IPPROTO.UDPLITE]: "UDP-Lite",
-  [IPPROTO.ICMP]: "ICMP",
-  [IPPROTO.ICMPV6]: "ICMPv6",
-};
-
 /** "IPv4 TCP", "UNIX stream", "IPv4 ICMP datagram (ping)", "IPv6 raw protocol 17" …, for messages. */
 function protocolName(family: number, type: number, protocol: number): string {
   if (family === AF.UNIX) return `UNIX ${TYPES[type] ?? `type ${type}`}`;
@@ -111,16 +94,6 @@ function protocolName(family: number, type: number, protocol: number): string {
   }
   return `${FAMILIES[family] ?? `family ${family}`} ${TYPES[type] ?? `type ${type}`}`;
 }
-
-const NETLINK_PROTOCOLS: Record<number, string> = {
-  [NETLINK.ROUTE]: "route",
-  [NETLINK.SOCK_DIAG]: "sock_diag",
-  [NETLINK.AUDIT]: "audit",
-  [NETLINK.GENERIC]: "generic",
-};
-
-/** Packet and netlink sockets of these types come back on their own (standalone.ts). */
-const RAW_OR_DATAGRAM: number[] = [SOCK.RAW, SOCK.DGRAM];
 
 function refuse(fd: Fd, what: string, why: string): never {
   throw new DumpError(
@@ -152,7 +125,7 @@ async function dumpSocket(
   const inet = family === AF.INET || family === AF.INET6;
   const linkLevel = family === AF.PACKET || family === AF.NETLINK;
   if (family !== AF.UNIX && !inet && !linkLevel) refuse(fd, what, "of an unsupported family");
-  if (linkLevel && !RAW_OR_DATAGRAM.includes(type)) refuse(fd, what, "of an unsupported type");
+  if (linkLevel && !LINK_LEVEL_TYPES.includes(type)) refuse(fd, what, "of an unsupported type");
   if (
     inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && !standaloneInet(type, protocol)
   ) {

@@ -39,7 +39,6 @@ import {
   close,
   Errno,
   errnoName,
-  IPPROTO,
   O,
   pidfdGetfd,
   SOCK,
@@ -69,6 +68,7 @@ import {
 } from "./options.ts";
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
+import { isPing } from "./kinds.ts";
 import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
 import {
   dumpNetlink,
@@ -433,8 +433,7 @@ function connectLater(scope: object, connect: boolean): void {
 function makeSocket(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
   const r = ctx.injector.raw(SYS.socket, e.family, type, e.protocol);
   if (r >= 0n) return Number(r);
-  const ping = e.type === SOCK.DGRAM &&
-    (e.protocol === IPPROTO.ICMP || e.protocol === IPPROTO.ICMPV6);
+  const ping = isPing(e.type, e.protocol);
   throw new RestoreError(
     `${e.description}: socket() failed (${errnoName(Number(-r))})` +
       (ping && -r === BigInt(Errno.EACCES)
