@@ -426,3 +426,48 @@ Deno.test(
     }
   },
 );
+
+/** A parent that sent its child a pipe's read end and closed it; the child has not read it yet. */
+const IN_FLIGHT_TREE_PY = `import array, os, signal, socket, sys, time
+a, b = socket.socketpair(type=socket.SOCK_SEQPACKET)
+child = os.fork()
+if child == 0:
+    a.close()
+    def check(*_):
+        msg, anc, _, _ = b.recvmsg(16, socket.CMSG_SPACE(4))
+        fd = array.array("i", anc[0][2])[0]
+        print("child got", msg, os.read(fd, 100), os.read(fd, 100), flush=True)
+    signal.signal(signal.SIGUSR1, check)
+    while True:
+        time.sleep(1)
+b.close()
+r, w = os.pipe()
+os.write(w, b"from the parent")
+os.close(w)
+a.sendmsg([b"take this"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+os.close(r)
+print("READY", os.getpid(), "child", child, flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs("sockets: a pipe a parent sent its child, not yet received, comes back in flight", python3),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    await Deno.writeTextFile(`${base}/f.py`, IN_FLIGHT_TREE_PY);
+    const t = await spawnTarget("python3", [`${base}/f.py`], { ready: /^READY \d+ child \d+$/m });
+    const child = Number(t.output().match(/^READY \d+ child (\d+)$/m)![1]);
+    try {
+      const r = await checkpoint(t.pid, `${base}/img`);
+      assert.deepEqual(r.processes, [t.pid, child]);
+      const back = await restore(`${base}/img`);
+      assert.deepEqual(back.processes, [t.pid, child]);
+      Deno.kill(child, "SIGUSR1");
+      await t.waitFor(/^child got b'take this' b'from the parent' b''$/m);
+    } finally {
+      await cleanup(t, base);
+      await t.kill(child);
+    }
+  },
+);
