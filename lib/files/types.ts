@@ -55,9 +55,9 @@ export interface FileDumpContext {
   readonly atDumpEnd?: (fn: (ok: boolean) => void) => void;
   /**
    * Dumps the open file at target fd `fd`, a copy a peek installed of a descriptor in flight in
-   * a socket's queue (SCM_RIGHTS), as an open file of this process that no descriptor refers to,
-   * and returns its file id; refuses one also open at a descriptor of the dump, or in flight twice
-   * (it would come back as two open files). `installed`: every copy the peeks installed, which
+   * a socket's queue (SCM_RIGHTS), as an open file of this process (one that no descriptor refers
+   * to, or the same entry as the descriptor's where it is open too), and returns its file id;
+   * refuses one that a process dumped later has too. `installed`: every copy the peeks installed, which
    * are no descriptors of the process; `carrier` names the socket in refusals. Absent where files
    * in flight cannot be kept.
    */

@@ -8,19 +8,21 @@
  * ids means it carries none (no side had SO_PASSCRED when it was sent). A sender pid outside the
  * dump is kept with its start time, so that a restore can tell it is still the same process.
  * Descriptors in flight (SCM_RIGHTS): the peek installs copies of them in the target; each is
- * dumped by the fd table as an open file of the process that no descriptor refers to
- * (`FileDumpContext.dumpInFlight`, by its kind's handler) and the message keeps its file ids; the
- * copies are closed again whatever happens. Refused: a file in flight also open at a descriptor
- * of the dump, or in flight twice (it would come back as two open files), and credentials whose
- * pid this namespace cannot see or that ended.
+ * dumped by the fd table as an open file of the process (`FileDumpContext.dumpInFlight`, by its
+ * kind's handler): one entry for one open file, also where a descriptor of the process, or of one
+ * dumped before, has it too, or a message carries it twice; the message keeps the file ids, and
+ * the copies are closed again whatever happens. Refused: a file in flight that a process dumped
+ * after this one holds too (the restore would make it there, after this process needs it), and
+ * credentials whose pid this namespace cannot see or that ended.
  *
  * Restore, after the socket is bound and before it connects (a connected datagram socket takes
  * datagrams from its peer only): the tool sends each datagram to the socket's address again from a
  * socket of its own, so the program reads the same sender: unnamed, a socket the restore made at
  * that address already (its copy, taken when it was bound), or a socket the tool binds there for
  * the while (a path it made is unlinked again). Credentials go with SCM_CREDENTIALS (root may give
- * any pid, uid and gid), files in flight with SCM_RIGHTS (each made again by its handler in the
- * target, `FileRestoreContext.openInFlight`, and handed to the tool). Refused: a sender address some process outside the image is bound to, a
+ * any pid, uid and gid), files in flight with SCM_RIGHTS (each one the fd table has at a
+ * descriptor, takes from a process made before, or makes once by its handler:
+ * `FileRestoreContext.openInFlight`; the tool sends a copy). Refused: a sender address some process outside the image is bound to, a
  * relative sender path that no socket of the image holds, credentials of a process outside the
  * image that ended, and credentials at all in a new pid namespace (the tool would name the pid as
  * its own namespace sees it).
