@@ -32,10 +32,38 @@ export const SOCK = {
 } as const;
 
 /** Protocols (`IPPROTO_*`). */
-export const IPPROTO = { IP: 0, TCP: 6, UDP: 17, IPV6: 41, RAW: 255 } as const;
+export const IPPROTO = {
+  IP: 0,
+  ICMP: 1,
+  TCP: 6,
+  UDP: 17,
+  IPV6: 41,
+  ICMPV6: 58,
+  UDPLITE: 136,
+  RAW: 255,
+} as const;
 
 /** Option levels of getsockopt/setsockopt (`SOL_*`). */
-export const SOL = { IP: 0, SOCKET: 1, TCP: 6, IPV6: 41 } as const;
+export const SOL = {
+  IP: 0,
+  SOCKET: 1,
+  TCP: 6,
+  IPV6: 41,
+  ICMPV6: 58,
+  UDPLITE: 136,
+  RAW: 255,
+  PACKET: 263,
+  NETLINK: 270,
+} as const;
+
+/** Options at `SOL.UDPLITE` (`UDPLITE_*`): the checksum coverage of sent and received datagrams. */
+export const UDPLITE = { SEND_CSCOV: 10, RECV_CSCOV: 11 } as const;
+
+/** The option at `SOL.RAW` of a raw ICMP socket: which ICMP types it does not receive. */
+export const ICMP_FILTER = 1;
+
+/** The option at `SOL.ICMPV6` of a raw ICMPv6 socket: which ICMPv6 types it receives (32 bytes). */
+export const ICMPV6_FILTER = 1;
 
 /** Options at `SOL.SOCKET` (`SO_*`). */
 export const SO = {
@@ -144,6 +172,7 @@ export function tcpStateName(state: number): string {
 export const IP = {
   TOS: 1,
   TTL: 2,
+  HDRINCL: 3,
   PKTINFO: 8,
   MTU_DISCOVER: 10,
   RECVERR: 11,
@@ -161,6 +190,7 @@ export const IP = {
 
 /** Options at `SOL.IPV6` (`IPV6_*`). */
 export const IPV6 = {
+  CHECKSUM: 7,
   UNICAST_HOPS: 16,
   MULTICAST_HOPS: 18,
   MULTICAST_LOOP: 19,
@@ -198,22 +228,76 @@ export const SOCK_IOCTL = {
 export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, RDHUP: 0x2000 } as const;
 
 /** Netlink protocols (`NETLINK_*`). */
-export const NETLINK = { SOCK_DIAG: 4 } as const;
+export const NETLINK = { ROUTE: 0, SOCK_DIAG: 4, AUDIT: 9, GENERIC: 16 } as const;
+
+/** Options at `SOL.NETLINK` (`NETLINK_*`). */
+export const NETLINK_OPT = {
+  ADD_MEMBERSHIP: 1,
+  PKTINFO: 3,
+  BROADCAST_ERROR: 4,
+  NO_ENOBUFS: 5,
+  LISTEN_ALL_NSID: 8,
+  /** Read: the bitmap of the multicast groups the socket is in (u32 words). */
+  LIST_MEMBERSHIPS: 9,
+  CAP_ACK: 10,
+  EXT_ACK: 11,
+  GET_STRICT_CHK: 12,
+} as const;
 
 /** Netlink message types (`NLMSG_*`). */
 export const NLMSG = { ERROR: 2, DONE: 3 } as const;
 
-/** Netlink message flags (`NLM_F_*`). */
+/** Netlink message flags (`NLM_F_*`): DUMP asks for every object. */
 export const NLM_F = { REQUEST: 1, DUMP: 0x300 } as const;
+
+/** Options at `SOL.PACKET` (`PACKET_*`). */
+export const PACKET = {
+  ADD_MEMBERSHIP: 1,
+  AUXDATA: 8,
+  ORIGDEV: 9,
+  VERSION: 10,
+  RESERVE: 12,
+  LOSS: 14,
+  VNET_HDR: 15,
+  TIMESTAMP: 17,
+  FANOUT: 18,
+  QDISC_BYPASS: 20,
+  IGNORE_OUTGOING: 23,
+} as const;
+
+/** What a packet sock_diag request shows (`PACKET_SHOW_*`) and its reply's attributes. */
+export const PACKET_DIAG = {
+  SHOW_INFO: 1,
+  SHOW_MCLIST: 2,
+  SHOW_RING_CFG: 4,
+  SHOW_FANOUT: 8,
+  INFO: 0,
+  MCLIST: 1,
+  RX_RING: 2,
+  TX_RING: 3,
+  FANOUT: 4,
+} as const;
+
+/** What a netlink sock_diag request shows (`NDIAG_SHOW_*`) and its reply's attributes. */
+export const NETLINK_DIAG = {
+  SHOW_MEMINFO: 1,
+  SHOW_FLAGS: 8,
+  MEMINFO: 0,
+  FLAGS: 4,
+  /** NDIAG_FLAG_CB_RUNNING: a dump the socket asked for is under way. */
+  FLAG_CB_RUNNING: 1,
+  /** sdiag_protocol that asks for every netlink protocol. */
+  PROTO_ALL: 255,
+} as const;
 
 /** The sock_diag request type (`SOCK_DIAG_BY_FAMILY`). */
 export const SOCK_DIAG = { BY_FAMILY: 20 } as const;
 
 /** What a UNIX sock_diag request asks to be shown (`UDIAG_SHOW_*`). */
-export const UDIAG_SHOW = { PEER: 0x4, RQLEN: 0x10 } as const;
+export const UDIAG_SHOW = { VFS: 0x2, PEER: 0x4, RQLEN: 0x10 } as const;
 
 /** Attributes of a UNIX sock_diag reply (`UNIX_DIAG_*`). */
-export const UNIX_DIAG = { PEER: 2, RQLEN: 4, SHUTDOWN: 6 } as const;
+export const UNIX_DIAG = { VFS: 1, PEER: 2, RQLEN: 4, SHUTDOWN: 6 } as const;
 
 /** Classic BPF: a socket filter of one instruction, `ret #0`, that drops every packet. */
 export const DROP_ALL_FILTER: Uint8Array = new Uint8Array([0x06, 0, 0, 0, 0, 0, 0, 0]);
@@ -427,6 +511,101 @@ export function trySendFds(sock: number, fds: number[]): number {
   v.setInt32(108, SCM_RIGHTS, true);
   fds.forEach((fd, i) => v.setInt32(112 + i * 4, fd, true));
   return attempt(SYS.sendmsg, sock, base + 32n, MSG.NOSIGNAL);
+}
+
+/** `SCM_CREDENTIALS`: a control message carrying a sender's pid, uid and gid. */
+export const SCM_CREDENTIALS = 2;
+
+/** A sender's `struct ucred` as SCM_CREDENTIALS carries it. */
+export interface Ucred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** What the control messages of a received message carry: credentials and descriptors. */
+export interface Control {
+  /** SCM_CREDENTIALS (received with SO_PASSCRED), or null. */
+  credentials: Ucred | null;
+  /** SCM_RIGHTS: the descriptors installed in the receiver. */
+  fds: number[];
+}
+
+/** Decodes a control buffer a recvmsg filled (`control`, as long as msg_controllen said). */
+export function decodeControl(control: Uint8Array): Control {
+  const v = new DataView(control.buffer, control.byteOffset, control.byteLength);
+  const out: Control = { credentials: null, fds: [] };
+  for (let at = 0; at + 16 <= control.length;) {
+    const len = Number(v.getBigUint64(at, true));
+    if (len < 16 || at + len > control.length) break;
+    if (v.getInt32(at + 8, true) === SOL.SOCKET) {
+      const type = v.getInt32(at + 12, true);
+      if (type === SCM_CREDENTIALS && len >= 28) {
+        out.credentials = {
+          pid: v.getInt32(at + 16, true),
+          uid: v.getUint32(at + 20, true),
+          gid: v.getUint32(at + 24, true),
+        };
+      } else if (type === SCM_RIGHTS) {
+        for (let i = at + 16; i + 4 <= at + len; i += 4) out.fds.push(v.getInt32(i, true));
+      }
+    }
+    at += (len + 7) & ~7;
+  }
+  return out;
+}
+
+/** Bytes of a control buffer that receives credentials and up to `SCM_MAX_FD` descriptors. */
+export const CONTROL_ROOM = 32 + 16 + SCM_MAX_FD * 4 + 8;
+
+/**
+ * sendmsg(2) of `data` to the raw sockaddr `to` (null: the connected peer), with `credentials`
+ * as SCM_CREDENTIALS and `fds` (at most `SCM_MAX_FD`) as SCM_RIGHTS when given: the bytes sent,
+ * or a negative errno.
+ */
+export function trySendMessage(
+  fd: number,
+  data: Uint8Array,
+  to: Uint8Array | null,
+  credentials: Ucred | null,
+  flags: number,
+  fds: readonly number[] = [],
+): number {
+  // One buffer above V8's 64-byte limit (see tryAttachFilter), so the pointers inside stay valid:
+  // the msghdr at 0, the iovec at 56, the address at 72 (at most 128 bytes), the control messages
+  // at 200, the data after them.
+  const rights = fds.length ? rightsSpace(fds.length) : 0;
+  const controlLen = (credentials ? 32 : 0) + rights;
+  const dataAt = 200 + controlLen;
+  const buf = new Uint8Array(dataAt + Math.max(data.length, 64));
+  const base = BigInt(addressOf(buf));
+  const v = new DataView(buf.buffer);
+  buf.set(encodeMsghdr(base + 56n, controlLen ? base + 200n : 0n, controlLen), 0);
+  if (to) {
+    buf.set(to.subarray(0, 128), 72);
+    v.setBigUint64(0, base + 72n, true); // msg_name
+    v.setUint32(8, Math.min(to.length, 128), true); // msg_namelen
+  }
+  buf.set(data, dataAt);
+  v.setBigUint64(56, base + BigInt(dataAt), true);
+  v.setBigUint64(64, BigInt(data.length), true);
+  let at = 200;
+  if (credentials) {
+    v.setBigUint64(at, 28n, true); // CMSG_LEN(sizeof(struct ucred))
+    v.setInt32(at + 8, SOL.SOCKET, true);
+    v.setInt32(at + 12, SCM_CREDENTIALS, true);
+    v.setInt32(at + 16, credentials.pid, true);
+    v.setUint32(at + 20, credentials.uid, true);
+    v.setUint32(at + 24, credentials.gid, true);
+    at += 32;
+  }
+  if (fds.length) {
+    v.setBigUint64(at, BigInt(16 + fds.length * 4), true);
+    v.setInt32(at + 8, SOL.SOCKET, true);
+    v.setInt32(at + 12, SCM_RIGHTS, true);
+    fds.forEach((n, i) => v.setInt32(at + 16 + i * 4, n, true));
+  }
+  return attempt(SYS.sendmsg, fd, base, flags);
 }
 
 /** socketpair(2): the two fds, or a negative errno. */

@@ -11,7 +11,9 @@ import {
   fixture,
   needs,
   notInstalled,
+  PING_GROUPS,
   removeAnnounced,
+  setSysctls,
   spawnTarget,
   waitUntil,
   withTarget,
@@ -20,7 +22,11 @@ import {
 const fixtureDir = new URL("./fixtures/", import.meta.url).pathname;
 
 /** How fixtures are started; fixtures not named here start with no arguments. */
-const launchOptions: Record<string, { args?: string[]; env?: Record<string, string> }> = {
+const launchOptions: Record<
+  string,
+  { args?: string[]; env?: Record<string, string>; sysctls?: Record<string, string> }
+> = {
+  r_ping_socket: { sysctls: PING_GROUPS },
   r_cmdline: {
     args: ["alpha", "two words", "", "ünïcödé", "--flag=x=y"],
     env: { TG_CMDLINE_VAR: "value with spaces=and equals" },
@@ -60,7 +66,8 @@ Deno.test("selfcheck: every restore fixture is in the restore suite's table", ()
 for (const name of fixtures) {
   Deno.test(`selfcheck: ${name}`, async () => {
     const bin = await fixture(name);
-    const { args = [], env } = launchOptions[name] ?? {};
+    const { args = [], env, sysctls } = launchOptions[name] ?? {};
+    using _sysctls = setSysctls(sysctls);
     const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, env });
     try {
       await withTarget(t, async () => {

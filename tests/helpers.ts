@@ -344,3 +344,30 @@ export async function reaping<T>(pid: number, body: () => Promise<T>): Promise<T
     clearInterval(timer);
   }
 }
+
+/** Lets gid 0 make ICMP "ping" sockets, which a default machine allows nobody. */
+export const PING_GROUPS = { "net/ipv4/ping_group_range": "0 0" };
+
+/**
+ * Sets the sysctls `values` (paths under /proc/sys/, as "net/ipv4/ping_group_range") until the
+ * returned handle is disposed (`using`), which puts back what they were: for a fixture that needs
+ * the machine to allow something (ping sockets for gid 0).
+ */
+export function setSysctls(values: Record<string, string> | undefined): Disposable {
+  const saved: [string, string][] = [];
+  const putBack = () => {
+    for (const [path, value] of saved.reverse()) Deno.writeTextFileSync(path, value);
+    saved.length = 0;
+  };
+  try {
+    for (const [name, value] of Object.entries(values ?? {})) {
+      const path = `/proc/sys/${name}`;
+      saved.push([path, Deno.readTextFileSync(path)]);
+      Deno.writeTextFileSync(path, value);
+    }
+  } catch (err) {
+    putBack();
+    throw err;
+  }
+  return { [Symbol.dispose]: putBack };
+}

@@ -15,8 +15,10 @@ import {
   fixture,
   needs,
   notInstalled,
+  PING_GROUPS,
   reapAdopted,
   removeAnnounced,
+  setSysctls,
   spawnTarget,
   type Target,
   waitUntil,
@@ -31,6 +33,8 @@ export interface RestoreCase {
   cwd?: string;
   /** Why this piece of state is not restored yet: the test is ignored, the fixture kept. */
   unsupported?: string;
+  /** Sysctls set while it runs (helpers.ts `setSysctls`), put back after. */
+  sysctls?: Record<string, string>;
 }
 
 /** One row per fixture; tests/fixtures_selfcheck_test.ts checks that no fixture is missing. */
@@ -82,9 +86,17 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_tcp_loopback" },
   { name: "r_socketpair" },
   { name: "r_socketpair_tree" },
+  { name: "r_socketpair_creds" },
+  { name: "r_scm_rights" },
   { name: "r_inherited_fds" },
   { name: "r_socket_options" },
   { name: "r_inet_options" },
+  { name: "r_unix_dgram_queue" },
+  { name: "r_unix_ghost" },
+  { name: "r_ping_socket", sysctls: PING_GROUPS },
+  { name: "r_inet_kinds" },
+  { name: "r_netlink_socket" },
+  { name: "r_packet_socket" },
   { name: "r_flock" },
   { name: "r_posix_timer" },
   { name: "r_tree" },
@@ -164,10 +176,11 @@ function lastCount(t: Target): number {
 
 const only = Deno.env.get("R_FIXTURES")?.split(",");
 
-for (const { name, args = [], env, cwd, unsupported } of restoreCases) {
+for (const { name, args = [], env, cwd, unsupported, sysctls } of restoreCases) {
   if (only && !only.includes(name)) continue;
   const why = only ? undefined : unsupported && `unsupported: ${unsupported}`;
   Deno.test(needs(`restore: ${name}`, why), async () => {
+    using _sysctls = setSysctls(sysctls);
     const bin = await fixture(name);
     const t = await spawnTarget(bin, args, { ready: /^(READY|SETUP FAILED) /m, cwd, env });
     const img = await Deno.makeTempDir({ prefix: "tardigrade-restore-" });

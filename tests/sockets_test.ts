@@ -266,18 +266,28 @@ Deno.test(
   },
 );
 
-/** A socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on `b`. */
+/**
+ * A stream socketpair with a passed fd ("fds") or an out-of-band byte ("oob") queued on \`b\`, or
+ * a seqpacket one with a passed fd that a child holds too ("shared"; it ends with its parent).
+ */
 const UNKEPT_QUEUE_PY = `import array, os, signal, socket, sys, time
-a, b = socket.socketpair()
-if sys.argv[1] == "fds":
+a, b = socket.socketpair(type=socket.SOCK_SEQPACKET if sys.argv[1] == "shared" else socket.SOCK_STREAM)
+if sys.argv[1] in ("fds", "shared"):
     r, w = os.pipe()
+    if sys.argv[1] == "shared" and os.fork() == 0:
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
     a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+    if sys.argv[1] == "shared":
+        os.close(r)
 else:
     a.send(b"abc")
     a.send(b"X", socket.MSG_OOB)
 def check(*_):
     peek_off = b.getsockopt(socket.SOL_SOCKET, 42)
-    if sys.argv[1] == "fds":
+    if sys.argv[1] in ("fds", "shared"):
         msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4))
         got = f"{msg} with {len(anc)} fd message"
     else:
@@ -293,7 +303,14 @@ const UNKEPT_QUEUES = [
   {
     mode: "fds",
     what: "a passed fd",
-    why: /1 file descriptor\(s\) queued in messages \(SCM_RIGHTS\)/,
+    why: /1 file descriptor\(s\) queued in a stream \(SCM_RIGHTS\)/,
+    got: "b'x' with 1 fd message",
+  },
+  {
+    mode: "shared",
+    what: "a passed fd a child holds too",
+    why:
+      /has a pipe in flight \(pipe:\[\d+\]\) that is also open at fd \d+ of process \d+, which this dump reaches after/,
     got: "b'x' with 1 fd message",
   },
   {
@@ -368,3 +385,99 @@ Deno.test("sockets: read in place or from a copy, a socket's options and filter 
     await t.kill();
   }
 });
+
+/** A datagram socket bound to a relative path deep in one directory, the process then elsewhere. */
+const LOST_RELATIVE_PY = `import os, socket, sys, time
+os.chdir(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("lost.sock")
+os.chdir(sys.argv[2])
+print("READY", s.fileno(), flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs(
+    "sockets: a relative UNIX path bound where no cwd of the dump leads is refused, naming it",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const deep = `${base}/a/b/c/d/e`;
+    await Deno.mkdir(deep, { recursive: true });
+    await Deno.mkdir(`${base}/elsewhere`);
+    await Deno.writeTextFile(`${base}/r.py`, LOST_RELATIVE_PY);
+    const t = await spawnTarget("python3", [`${base}/r.py`, deep, `${base}/elsewhere`], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      const fd = t.output().match(/^READY (\d+)$/m)![1];
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            new RegExp(`^fd ${fd} of process ${t.pid}: UNIX datagram socket`),
+          );
+          assert.match(
+            err.message,
+            /bound to the relative path lost\.sock, whose file is neither in/,
+          );
+          return true;
+        },
+      );
+      assert.ok(t.alive());
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+/** A parent that sent its child a pipe's read end, which it keeps too; the child has not read it. */
+const IN_FLIGHT_TREE_PY = `import array, os, signal, socket, sys, time
+a, b = socket.socketpair(type=socket.SOCK_SEQPACKET)
+child = os.fork()
+if child == 0:
+    a.close()
+    def check(*_):
+        msg, anc, _, _ = b.recvmsg(16, socket.CMSG_SPACE(4))
+        fd = array.array("i", anc[0][2])[0]
+        print("child got", msg, os.read(fd, 100), os.read(fd, 100), flush=True)
+    signal.signal(signal.SIGUSR1, check)
+    while True:
+        time.sleep(1)
+b.close()
+r, w = os.pipe()
+os.write(w, b"from the parent")
+os.close(w)
+a.sendmsg([b"take this"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+print("READY", os.getpid(), "child", child, flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs(
+    "sockets: a pipe a parent sent its child and keeps, not yet received, comes back in flight",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    await Deno.writeTextFile(`${base}/f.py`, IN_FLIGHT_TREE_PY);
+    const t = await spawnTarget("python3", [`${base}/f.py`], { ready: /^READY \d+ child \d+$/m });
+    const child = Number(t.output().match(/^READY \d+ child (\d+)$/m)![1]);
+    try {
+      const r = await checkpoint(t.pid, `${base}/img`);
+      assert.deepEqual(r.processes, [t.pid, child]);
+      const back = await restore(`${base}/img`);
+      assert.deepEqual(back.processes, [t.pid, child]);
+      Deno.kill(child, "SIGUSR1");
+      await t.waitFor(/^child got b'take this' b'from the parent' b''$/m);
+    } finally {
+      await cleanup(t, base);
+      await t.kill(child);
+    }
+  },
+);

@@ -380,7 +380,8 @@ async function dumpProcess(
         ),
     };
     // A table shared with a process dumped before (CLONE_FILES) is that process's, dumped once.
-    const { files: fileEntries, fds } = sharedTable ?? await dumpFdTable(fdCtx, plan.fds);
+    const { files: fileEntries, fds } = sharedTable ??
+      await dumpFdTable(fdCtx, plan.fds, run.files);
     // For a restore as a shell job: which descriptors were on its terminal, was it in front.
     const tty = dumpTerminal(await proc.stat(), fileEntries);
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the

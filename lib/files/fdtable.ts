@@ -19,7 +19,7 @@ import {
   SyscallError,
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
-import { type Fd, fdFlags } from "../inspect/fds.ts";
+import { assignFileIds, type Fd, fdFlags, type FileTable, readFd } from "../inspect/fds.ts";
 import { externalEntry } from "./external.ts";
 import { FdBatch } from "../ptrace/fd_batch.ts";
 import { copyIsHarmless } from "./socket/socket_copy.ts";
@@ -64,16 +64,100 @@ function reopenEntry(fd: Fd, path: string): RegularEntry {
   };
 }
 
+/** The entry of the open file behind `fd`, by its kind's handler, with its owner and signal. */
+async function dumpFile(fd: Fd, ctx: FileDumpContext): Promise<FileEntry> {
+  const handler = handlerForFd(fd);
+  if (!handler) {
+    throw new DumpError(
+      `fd ${fd.fd} of process ${ctx.pid} is a ${fd.kind} (${fd.target}), which tardigrade ` +
+        `cannot dump yet; a policy can skip it`,
+    );
+  }
+  const entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
+  // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
+  const copyOk = copyIsHarmless(fd.kind);
+  return Object.assign(
+    entry,
+    readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
+  );
+}
+
+// File ids of the descriptors in flight a dump kept (by its scope): each may be kept once.
+const inFlightByDump = new WeakMap<object, Set<number>>();
+
+/**
+ * `FileDumpContext.dumpInFlight` for one process's table: the file at target fd `n` in `files`,
+ * dumped once (an open file also at a descriptor, or carried twice, has one entry), refusing one
+ * that a process dumped after this one has too (the restore would make it there, too late).
+ */
+async function dumpInFlight(
+  ctx: FileDumpContext,
+  table: FileTable,
+  files: Map<number, FileEntry>,
+  n: number,
+  installed: readonly number[],
+  carrier: string,
+): Promise<number> {
+  const pids = [...(ctx.pids ?? [ctx.pid])];
+  const others = assignFileIds(pids, table)
+    .filter((f) => !(f.pid === ctx.pid && installed.includes(f.fd)));
+  const fd = readFd(ctx.pid, n, table);
+  if (!fd) throw new DumpError(`${carrier}: a descriptor in flight vanished while read`);
+  const what = `${carrier} has a ${fd.kind} in flight (${fd.target})`;
+  const id = fd.fileId;
+  if (handlerForFd(fd)?.deferred) {
+    throw new DumpError(
+      `${what}: a ${fd.kind} is made once every process exists, after the socket's queue; a ` +
+        `policy can skip the socket`,
+    );
+  }
+  // One open file, one entry: a file this process or one dumped before has already.
+  const known = files.get(id) ?? ctx.dumpedFiles?.get(id);
+  if (known) {
+    files.set(id, known);
+    return id;
+  }
+  const open = others.find((f) => f.fileId === id && f.pid === ctx.pid) ??
+    others.find((f) => f.fileId === id);
+  const kept = inFlightByDump.get(ctx.scope ?? ctx) ?? new Set<number>();
+  inFlightByDump.set(ctx.scope ?? ctx, kept);
+  // The restore makes processes in this order: the file must be made here, or before.
+  if ((open && open.pid !== ctx.pid) || kept.has(id)) {
+    throw new DumpError(
+      `${what} that is ${
+        open ? `also open at fd ${open.fd} of process ${open.pid}` : "in flight in another process"
+      }, which this dump reaches after process ${ctx.pid}; tardigrade keeps a descriptor in ` +
+        `flight that other processes share only where it is made first; a policy can skip the ` +
+        `socket`,
+    );
+  }
+  kept.add(id);
+  const entry = await dumpFile(fd, ctx);
+  files.set(id, entry);
+  // Open at a descriptor of this process too: its own turn finds it dumped.
+  if (open) ctx.dumpedFiles?.set(id, entry);
+  return fd.fileId;
+}
+
 /**
  * Dumps every descriptor of the frozen process, each as decided (the policy's checked answers):
- * an external one as its key alone.
+ * an external one as its key alone. `table` (the dump's ids of open files) lets the handlers keep
+ * descriptors in flight in socket queues.
  */
 export async function dumpFdTable(
-  ctx: FileDumpContext,
+  outer: FileDumpContext,
   decided: readonly { fd: Fd; decision: FdDecision }[],
+  table?: FileTable,
 ): Promise<FdTableDump> {
   const files = new Map<number, FileEntry>();
   const fds: FdEntry[] = [];
+  const ctx: FileDumpContext = table
+    ? {
+      ...outer,
+      dumpInFlight: (n, installed, carrier) =>
+        dumpInFlight(outer, table, files, n, installed, carrier),
+    }
+    : outer;
   for (const { fd, decision } of decided) {
     if (decision === "skip") continue;
     const reopen = typeof decision === "object" && "reopen" in decision;
@@ -86,23 +170,18 @@ export async function dumpFdTable(
       } else if (typeof decision === "object") {
         entry = externalEntry(fd, decision.external, ctx.outside);
       } else {
-        const handler = handlerForFd(fd);
-        if (!handler) {
-          throw new DumpError(
-            `fd ${fd.fd} of process ${ctx.pid} is a ${fd.kind} (${fd.target}), which tardigrade ` +
-              `cannot dump yet; a policy can skip it`,
-          );
-        }
-        entry = { ...(await handler.dump(fd, ctx)), id: fd.fileId };
+        entry = await dumpFile(fd, ctx);
       }
       files.set(fd.fileId, entry);
       if (!reopen) ctx.dumpedFiles?.set(fd.fileId, entry);
-      // From a copy but for a socket where taking one would change its net_cls (socket_copy.ts).
-      const copyOk = copyIsHarmless(fd.kind);
-      Object.assign(
-        entry,
-        readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
-      );
+      if (typeof decision === "object") {
+        // From a copy but for a socket where taking one would change its net_cls.
+        const copyOk = copyIsHarmless(fd.kind);
+        Object.assign(
+          entry,
+          readOwner(ctx.frozen.injector, fd.fd, fd.flags, copyOk ? ctx.pidfd : undefined),
+        );
+      }
     }
     fds.push({ fd: fd.fd, file: fd.fileId, closeOnExec: fd.closeOnExec });
   }
@@ -215,6 +294,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     scope,
     tasks,
     inherited: env.inherited,
+    openInFlight: (id) => openInFlight(id),
   };
   let closed = false;
   const cleanup = () => {
@@ -227,6 +307,13 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   };
   const taken = new Set<number>();
   const deferred: FileEntry[] = [];
+  /** Files at their numbers already (the main loop's, and those made early for a message). */
+  const made = new Set<number>();
+  /** Files made ahead of their turn, for a message in flight that carries them. */
+  const early = new Set<number>();
+  /** Files only in flight (no descriptor), made once: their target fd until the table is done. */
+  const inFlightOnly = new Map<number, number>();
+  let takerNow: FdTaker | undefined;
   /** Numbers below `high` that hold a file already. */
   const placed = new Set<number>();
   const numbersOf = new Map<number, number[]>();
@@ -236,6 +323,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
    * them. `cloexec` is what `fd` has (pidfd_getfd sets it), undefined when not known.
    */
   const placeAt = (file: number, fd: number, cloexec?: boolean) => {
+    made.add(file);
     let kept = false;
     for (const n of numbersOf.get(file) ?? []) placed.add(n);
     for (const f of p.fds) {
@@ -267,7 +355,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     for (let k = i; k < order.length; k++) {
       const g = order[k];
       const handler = handlerForEntry(g)!;
-      if (shared.has(g.id) || handler.deferred) break;
+      if (shared.has(g.id) || early.has(g.id) || handler.deferred) break;
       const how = handler.openByPath?.(g);
       if (!how) break;
       while (holds(next, more)) next++;
@@ -309,8 +397,53 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     }
     return run;
   };
+  /** Makes one file at its numbers: taken from the process of the tree that made it, or opened. */
+  const makeOne = (f: FileEntry, owner: { pid: number; fd: number } | undefined) => {
+    if (owner) {
+      // Shared since a fork with a process made already: the same open file, taken from it.
+      taken.add(f.id);
+      placeAt(f.id, takerNow!.take(owner.pid, owner.fd), true);
+    } else {
+      placeAt(f.id, handlerForEntry(f)!.open(f, ctx));
+    }
+  };
+  /**
+   * A target fd on open file `id`, carried by a message in flight, which the caller closes: the
+   * file at its descriptor (made now if its turn has not come), taken from the process of the
+   * tree that made it, or, only in flight, made once.
+   */
+  const openInFlight = (id: number): number => {
+    const entry = p.files.find((f) => f.id === id);
+    if (!entry) throw new RestoreError(`process ${p.pid}: no open file ${id} is in flight`);
+    const handler = handlerForEntry(entry)!;
+    if (handler.deferred) {
+      throw new RestoreError(`process ${p.pid}: a ${entry.kind} in flight cannot be made yet`);
+    }
+    const at = firstFd.get(id);
+    if (at !== undefined) {
+      if (!made.has(id)) {
+        early.add(id);
+        makeOne(entry, shared.get(id));
+      }
+      return Number(inj.call("dup", at));
+    }
+    const owner = shared.get(id);
+    if (owner) return takerNow!.take(owner.pid, owner.fd);
+    let fd = inFlightOnly.get(id);
+    if (fd === undefined) {
+      const opened = handler.open(entry, ctx);
+      handler.finish?.(entry, opened, ctx);
+      restoreStatusFlags(inj, opened, entry.flags);
+      // Kept above the table's numbers, which later files are put at (dup3 would close it).
+      fd = Number(inj.call("fcntl", opened, F.DUPFD_CLOEXEC, high));
+      inj.call("close", opened);
+      inFlightOnly.set(id, fd);
+    }
+    return Number(inj.call("dup", fd));
+  };
   try {
     using taker = new FdTaker(inj, high);
+    takerNow = taker;
     using batch = new FdBatch(inj, high, () => toolPidfd(inj), put);
     objects.relocateFds(high + p.files.length + 1);
     const order = p.files.filter((f) => firstFd.has(f.id))
@@ -336,12 +469,8 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
       } else if (handler.deferred) {
         deferred.push(f);
         placeAt(f.id, Number(inj.call("eventfd2", 0, 0)), false); // holds the numbers till afterTasks
-      } else if (owner) {
-        // Shared since a fork with a process made already: the same open file, taken from it.
-        taken.add(f.id);
-        placeAt(f.id, taker.take(owner.pid, owner.fd), true);
-      } else {
-        const paths = handler.openByPath?.(f) ? pathRun(order, i) : [];
+      } else if (!early.has(f.id)) {
+        const paths = !owner && handler.openByPath?.(f) ? pathRun(order, i) : [];
         if (paths.length >= MIN_PATH_RUN && onlyPlaced()) {
           for (const [g, how, fd] of paths) {
             queuePathOpen(inj, how, fd);
@@ -349,7 +478,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
           }
           i += paths.length - 1;
         } else {
-          placeAt(f.id, handler.open(f, ctx));
+          makeOne(f, owner);
         }
       }
     }
@@ -360,6 +489,9 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
       handlerForEntry(f)!.finish?.(f, fd, ctx);
       shared.set(f.id, { pid: inj.pid, fd });
     }
+    // Every message in flight is in its queue again: the files only they carry go from the table.
+    for (const fd of inFlightOnly.values()) inj.call("close", fd);
+    inFlightOnly.clear();
   } catch (err) {
     cleanup();
     throw err;

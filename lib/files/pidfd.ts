@@ -23,10 +23,10 @@ import { close, errnoName, PIDFD, pidfdExitStatus, pidfdGetfd, SYS, WAIT } from 
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd, PidfdInfo } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
-import { readStatus, tryReadStat } from "../inspect/procfs.ts";
+import { tryReadStat } from "../inspect/procfs.ts";
 import { cloneChild, endWithStatus } from "../ptrace/stub.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
-import { injectRaw } from "./util.ts";
+import { inDump, injectRaw } from "./util.ts";
 
 /** A pidfd. */
 export interface PidfdEntry extends FileEntry {
@@ -41,17 +41,6 @@ export interface PidfdEntry extends FileEntry {
 
 /** Wait-status bit of a process that dumped core. */
 const CORE_DUMPED = 0x80;
-
-/** Whether task `id` (a pid, or a tid whose process is) is one of the dumped processes. */
-function inDump(id: number, ctx: FileDumpContext): boolean {
-  const pids = ctx.pids ?? [ctx.pid];
-  if (pids.includes(id)) return true;
-  try {
-    return pids.includes(Number(readStatus(id).get("Tgid")));
-  } catch {
-    return false;
-  }
-}
 
 function dump(fd: Fd, ctx: FileDumpContext): PidfdEntry {
   const { pid } = fd.info as PidfdInfo;

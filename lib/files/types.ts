@@ -61,6 +61,19 @@ export interface FileDumpContext {
   readonly networkLock?: {
     add(local: Uint8Array, peer: Uint8Array, fail: (why: string) => never): void;
   };
+  /**
+   * Dumps the open file at target fd `fd`, a copy a peek installed of a descriptor in flight in
+   * a socket's queue (SCM_RIGHTS), as an open file of this process (one that no descriptor refers
+   * to, or the same entry as the descriptor's where it is open too), and returns its file id;
+   * refuses one that a process dumped later has too. `installed`: every copy the peeks installed, which
+   * are no descriptors of the process; `carrier` names the socket in refusals. Absent where files
+   * in flight cannot be kept.
+   */
+  readonly dumpInFlight?: (
+    fd: number,
+    installed: readonly number[],
+    carrier: string,
+  ) => Promise<number>;
 }
 
 /**
@@ -118,6 +131,12 @@ export interface FileRestoreContext {
    * fd[N]:KEY`; external.ts), checked before anything was made.
    */
   readonly inherited?: ReadonlyMap<string, number>;
+  /**
+   * Makes open file `id` of this process, which no descriptor refers to (one in flight in a
+   * socket's queue: `FileDumpContext.dumpInFlight`), and returns a target fd on it, which the
+   * caller closes once it has sent it.
+   */
+  readonly openInFlight?: (id: number) => number;
 }
 
 /** The fields every open file's entry has (`FileEntry`), with those of its kind. */

@@ -11,7 +11,8 @@ import {
   tryIoctlInt,
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
-import type { FileRestoreContext, PathOpen } from "./types.ts";
+import { readStatus } from "../inspect/procfs.ts";
+import type { FileDumpContext, FileRestoreContext, PathOpen } from "./types.ts";
 
 /** open(2) flags that only mean something at creation: never replayed. O_CLOEXEC is per-fd and
  * set by the orchestrator, so handlers make their fds without it. */
@@ -145,4 +146,15 @@ export function abandonFd(ctx: FileRestoreContext, fd: number, what: string, err
   }
   if (err instanceof RestoreError) throw err;
   throw new RestoreError(`${what}: ${(err as Error).message}`);
+}
+
+/** Whether task `id` (a pid, or a tid whose process is) is one of the dumped processes. */
+export function inDump(id: number, ctx: FileDumpContext): boolean {
+  const pids = ctx.pids ?? [ctx.pid];
+  if (pids.includes(id)) return true;
+  try {
+    return pids.includes(Number(readStatus(id).get("Tgid")));
+  } catch {
+    return false;
+  }
 }

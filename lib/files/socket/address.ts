@@ -43,7 +43,10 @@ export function ipOf(addr: Uint8Array): { bytes: Uint8Array; scope: number } {
   return { bytes: addr.subarray(8, 24), scope: addr.length >= 28 ? readU32(addr, 24) : 0 };
 }
 
-/** A sockaddr as text: 127.0.0.1:80, [::1]:80, /path, @abstract, "unnamed". */
+/**
+ * A sockaddr as text: 127.0.0.1:80, [::1]:80, /path, @abstract, "unnamed", "netlink port 42",
+ * "interface 1, protocol 0x0003".
+ */
 export function formatAddress(addr: Uint8Array | null): string {
   if (!addr || addr.length < 2) return "unbound";
   const family = familyOf(addr);
@@ -66,6 +69,12 @@ export function formatAddress(addr: Uint8Array | null): string {
       return "@" + new TextDecoder().decode(addr.subarray(3)).replace(/\0/g, "@");
     }
     return unixPath(addr);
+  }
+  if (family === AF.NETLINK && addr.length >= 12) return `netlink port ${readU32(addr, 4)}`;
+  if (family === AF.PACKET && addr.length >= 8) {
+    const ifindex = readU32(addr, 4);
+    return `${ifindex ? `interface ${ifindex}` : "every interface"}, protocol 0x` +
+      ((addr[2] << 8) | addr[3]).toString(16).padStart(4, "0");
   }
   return `family ${family}`;
 }

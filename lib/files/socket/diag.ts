@@ -1,9 +1,11 @@
 /**
  * The netlink sock_diag client (NETLINK_SOCK_DIAG): what the socket calls cannot tell. Of a UNIX
- * socket, by inode: its peer's inode, its queue lengths (a listener's accept queue) and its
- * shutdown state. Of TCP: whether this kernel has a socket for a given address pair, and where a
- * connecting socket (whose getpeername says ENOTCONN) connects to. It sees the
- * tool's network namespace only; every query gives null where it finds nothing or fails.
+ * socket, by inode: its peer's inode, its queue lengths (a listener's accept queue), its shutdown
+ * state and the file it bound. Of TCP: whether this kernel has a socket for a given address pair,
+ * and where a connecting socket (whose getpeername says ENOTCONN) connects to. Of a packet socket:
+ * its memberships and rings; of a netlink socket: its queue and whether a dump is under way (both
+ * answer only dumps of every socket, searched by inode). It sees the tool's network namespace
+ * only; every query gives null where it finds nothing or fails.
  */
 import {
   AF,
@@ -11,8 +13,10 @@ import {
   IPPROTO,
   MSG,
   NETLINK,
+  NETLINK_DIAG,
   NLM_F,
   NLMSG,
+  PACKET_DIAG,
   SOCK,
   SOCK_DIAG,
   TCP_STATE,
@@ -93,6 +97,21 @@ function askAll<T>(body: Uint8Array, visit: (message: DataView) => T | null): T 
   }
 }
 
+/**
+ * The reply to a dump request (the families that answer only dumps: packet, netlink) whose
+ * `inodeAt` (the offset of its inode) holds `inode`, copied out; null when none does.
+ */
+function askDump(body: Uint8Array, inodeAt: number, inode: bigint): DataView | null {
+  const ino = Number(inode & 0xffffffffn);
+  return askAll(
+    body,
+    (m) =>
+      m.byteLength >= inodeAt + 4 && m.getUint32(inodeAt, true) === ino
+        ? new DataView(m.buffer.slice(m.byteOffset, m.byteOffset + m.byteLength))
+        : null,
+  );
+}
+
 /** Where `struct inet_diag_msg` ends in a reply (its attributes follow), and its idiag_inode. */
 const INET_DIAG_MSG_END = NLMSG_HEADER + 72;
 const INET_DIAG_INODE = NLMSG_HEADER + 68;
@@ -100,6 +119,89 @@ const INET_DIAG_INODE = NLMSG_HEADER + 68;
 /** Whether reply `m` is the inet socket with inode `ino`. */
 function isInode(m: DataView, ino: number): boolean {
   return m.byteLength >= INET_DIAG_MSG_END && m.getUint32(INET_DIAG_INODE, true) === ino;
+}
+
+/** The netlink attributes (type, value) of a reply, from byte `from` on. */
+function* attributes(r: DataView, from: number): Generator<[number, DataView]> {
+  const end = Math.min(r.byteLength, r.getUint32(0, true));
+  for (let at = from; at + 4 <= end;) {
+    const len = r.getUint16(at, true);
+    if (len < 4 || at + len > end) return;
+    yield [
+      r.getUint16(at + 2, true) & 0x3fff,
+      new DataView(r.buffer, r.byteOffset + at + 4, len - 4),
+    ];
+    at += (len + 3) & ~3;
+  }
+}
+
+/** What sock_diag reports of a packet socket. */
+export interface PacketDiag {
+  /** Memberships (PACKET_ADD_MEMBERSHIP): interface, PACKET_MR_* type, hardware address. */
+  memberships: { ifindex: number; type: number; address: Uint8Array }[];
+  /** Whether it has a receive or a transmit ring (PACKET_RX_RING, PACKET_TX_RING). */
+  rings: string[];
+}
+
+/** sock_diag's view of the packet socket with this inode; null when it does not find it. */
+export function packetDiag(inode: bigint): PacketDiag | null {
+  // struct packet_diag_req: family, protocol, pad, inode, show, cookie
+  const req = new Uint8Array(20);
+  const v = new DataView(req.buffer);
+  req[0] = AF.PACKET;
+  v.setUint32(8, PACKET_DIAG.SHOW_MCLIST | PACKET_DIAG.SHOW_RING_CFG, true);
+  // The netlink header, then struct packet_diag_msg (16 bytes: pdiag_ino at 4).
+  const r = askDump(req, NLMSG_HEADER + 4, inode);
+  if (!r) return null;
+  const out: PacketDiag = { memberships: [], rings: [] };
+  for (const [type, a] of attributes(r, NLMSG_HEADER + 16)) {
+    if (type === PACKET_DIAG.RX_RING) out.rings.push("PACKET_RX_RING");
+    if (type === PACKET_DIAG.TX_RING) out.rings.push("PACKET_TX_RING");
+    if (type !== PACKET_DIAG.MCLIST) continue;
+    // struct packet_diag_mclist: index, count, type (u16), alen (u16), addr[32]
+    for (let at = 0; at + 44 <= a.byteLength; at += 44) {
+      const alen = Math.min(a.getUint16(at + 10, true), 32);
+      const count = a.getUint32(at + 4, true);
+      const m = {
+        ifindex: a.getUint32(at, true),
+        type: a.getUint16(at + 8, true),
+        address: new Uint8Array(
+          a.buffer.slice(a.byteOffset + at + 12, a.byteOffset + at + 12 + alen),
+        ),
+      };
+      for (let i = 0; i < count; i++) out.memberships.push(m);
+    }
+  }
+  return out;
+}
+
+/** What sock_diag reports of a netlink socket. */
+export interface NetlinkDiag {
+  /** Bytes of messages waiting to be read. */
+  queued: number;
+  /** A dump it asked for is under way (NDIAG_FLAG_CB_RUNNING). */
+  dumping: boolean;
+}
+
+/** sock_diag's view of the netlink socket with this inode; null when it does not find it. */
+export function netlinkDiag(inode: bigint): NetlinkDiag | null {
+  // struct netlink_diag_req: family, protocol, pad, inode, show, cookie
+  const req = new Uint8Array(20);
+  const v = new DataView(req.buffer);
+  req[0] = AF.NETLINK;
+  req[1] = NETLINK_DIAG.PROTO_ALL;
+  v.setUint32(8, NETLINK_DIAG.SHOW_MEMINFO | NETLINK_DIAG.SHOW_FLAGS, true);
+  // The netlink header, then struct netlink_diag_msg (28 bytes: ndiag_ino at 16).
+  const r = askDump(req, NLMSG_HEADER + 16, inode);
+  if (!r) return null;
+  const out: NetlinkDiag = { queued: 0, dumping: false };
+  for (const [type, a] of attributes(r, NLMSG_HEADER + 28)) {
+    if (type === NETLINK_DIAG.MEMINFO && a.byteLength >= 4) out.queued = a.getUint32(0, true);
+    if (type === NETLINK_DIAG.FLAGS && a.byteLength >= 4) {
+      out.dumping = (a.getUint32(0, true) & NETLINK_DIAG.FLAG_CB_RUNNING) !== 0;
+    }
+  }
+  return out;
 }
 
 /** What sock_diag reports of one UNIX socket (in the tool's network namespace). */
@@ -112,6 +214,12 @@ export interface UnixDiag {
   peer: number | null;
   /** sk_shutdown: `SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2. */
   shutdown: number;
+  /**
+   * The file a socket bound to a path made (its inode, and its device as major and minor), as
+   * the kernel holds it: also when the path was removed or now names another file; null when
+   * it is not bound to a path.
+   */
+  file: { inode: number; major: number; minor: number } | null;
 }
 
 /** sock_diag's view of the UNIX socket with this inode; null when it does not find it. */
@@ -123,14 +231,14 @@ export function unixDiag(inode: bigint): UnixDiag | null {
   req[0] = AF.UNIX; // sdiag_family
   v.setUint32(4, 0xffffffff, true); // udiag_states: any
   v.setUint32(8, ino, true);
-  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER, true);
+  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER | UDIAG_SHOW.VFS, true);
   v.setUint32(16, 0xffffffff, true); // no cookie
   v.setUint32(20, 0xffffffff, true);
   const r = ask(req);
   // The netlink header, then struct unix_diag_msg (16 bytes: udiag_ino at 4), then attributes.
   if (!r || r.byteLength < 32) return null;
   if (r.getUint32(20, true) !== ino) return null;
-  const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0 };
+  const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0, file: null };
   let haveQueue = false;
   const end = Math.min(r.byteLength, r.getUint32(0, true));
   for (let at = 32; at + 4 <= end;) {
@@ -143,6 +251,9 @@ export function unixDiag(inode: bigint): UnixDiag | null {
       haveQueue = true;
     } else if (type === UNIX_DIAG.PEER && len >= 8) {
       out.peer = r.getUint32(at + 4, true);
+    } else if (type === UNIX_DIAG.VFS && len >= 12) {
+      const dev = r.getUint32(at + 8, true); // the kernel's dev_t: major above 20 bits of minor
+      out.file = { inode: r.getUint32(at + 4, true), major: dev >>> 20, minor: dev & 0xfffff };
     } else if (type === UNIX_DIAG.SHUTDOWN && len >= 5) {
       out.shutdown = r.getUint8(at + 4);
     }

@@ -15,12 +15,14 @@
  *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
  *   standalone.ts and comes back as a socketpair with one end closed again;
  * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
- *   connected to a named address) goes to standalone.ts, which makes it again from its address.
+ *   connected to a named address), and UDP-Lite, ping, raw, packet (packet.ts) and netlink
+ *   (netlink.ts) sockets, go to standalone.ts, which makes it again from its address.
  *
  * Refused at dump (a DumpError naming fd, family, type and state; a policy can skip them):
  * TCP sockets in a state no socket of a program stays in (SYN_RECV, TIME_WAIT: those belong to
- * the kernel, not to a descriptor), inet protocols other than
- * TCP and UDP (raw, ICMP, SCTP, UDP-Lite …) and every other family (netlink, packet, vsock …); the
+ * the kernel, not to a descriptor), inet protocols other than TCP, UDP, UDP-Lite, ICMP (ping) and
+ * raw (SCTP, MPTCP …), packet and netlink sockets of other types than raw and datagram, and every
+ * other family (vsock, alg, XDP …); the
  * kinds' modules refuse more (a listener with connections waiting, a UNIX socket whose peer no
  * process of the dump holds …).
  *
@@ -47,6 +49,15 @@ import { readI32 } from "../util.ts";
 import { formatAddress, isUnbound } from "./address.ts";
 import { connectingPeer, unixDiag } from "./diag.ts";
 import { dumpStandalone, type SocketEntry, standaloneSocketHandler } from "./standalone.ts";
+import {
+  INET_PROTOCOLS,
+  isPing,
+  LINK_LEVEL_TYPES,
+  NETLINK_PROTOCOLS,
+  standaloneInet,
+} from "./kinds.ts";
+import { isKernelPeer } from "./netlink.ts";
+import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
@@ -71,13 +82,18 @@ const TYPES: Record<number, string> = {
 
 const UNIX_TYPES: number[] = [SOCK.STREAM, SOCK.DGRAM, SOCK.SEQPACKET];
 
-/** "IPv4 TCP", "UNIX stream" …, for messages. */
+/** "IPv4 TCP", "UNIX stream", "IPv4 ICMP datagram (ping)", "IPv6 raw protocol 17" …, for messages. */
 function protocolName(family: number, type: number, protocol: number): string {
   if (family === AF.UNIX) return `UNIX ${TYPES[type] ?? `type ${type}`}`;
   if (family === AF.INET || family === AF.INET6) {
-    if (protocol === IPPROTO.TCP) return `${FAMILIES[family]} TCP`;
-    if (protocol === IPPROTO.UDP) return `${FAMILIES[family]} UDP`;
+    const name = INET_PROTOCOLS[protocol];
+    if (type === SOCK.RAW) return `${FAMILIES[family]} raw ${name ?? `protocol ${protocol}`}`;
+    if (name && isPing(type, protocol)) return `${FAMILIES[family]} ${name} datagram (ping)`;
+    if (name) return `${FAMILIES[family]} ${name}`;
     return `${FAMILIES[family]} ${TYPES[type] ?? `type ${type}`} protocol ${protocol}`;
+  }
+  if (family === AF.NETLINK) {
+    return `netlink ${NETLINK_PROTOCOLS[protocol] ?? `protocol ${protocol}`}`;
   }
   return `${FAMILIES[family] ?? `family ${family}`} ${TYPES[type] ?? `type ${type}`}`;
 }
@@ -85,15 +101,17 @@ function protocolName(family: number, type: number, protocol: number): string {
 function refuse(fd: Fd, what: string, why: string): never {
   throw new DumpError(
     `fd ${fd.fd} of process ${fd.pid}: ${what} socket (${fd.target}) ${why}; tardigrade ` +
-      `dumps only listening, bound and unconnected TCP, UDP and UNIX sockets (and datagram ` +
-      `sockets connected to an address, TCP connections); a policy can skip it`,
+      `dumps only listening, bound and unconnected TCP, UDP, UDP-Lite, ping, raw, packet, ` +
+      `netlink and UNIX sockets (and datagram sockets connected to an address, TCP ` +
+      `connections, connected UNIX sockets); a policy can skip it`,
   );
 }
 
-function dumpSocket(
+// Async: the reader (a copy of the socket) must stay open until every part is read.
+async function dumpSocket(
   fd: Fd,
   ctx: FileDumpContext,
-): SocketEntry | UnixPairEntry | TcpStreamEntry {
+): Promise<SocketEntry | UnixPairEntry | TcpStreamEntry> {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
   using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
@@ -108,8 +126,12 @@ function dumpSocket(
   const protocol = intOpt(SOL.SOCKET, SO.PROTOCOL);
   const what = protocolName(family, type, protocol);
   const inet = family === AF.INET || family === AF.INET6;
-  if (family !== AF.UNIX && !inet) refuse(fd, what, "of an unsupported family");
-  if (inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && protocol !== IPPROTO.UDP) {
+  const linkLevel = family === AF.PACKET || family === AF.NETLINK;
+  if (family !== AF.UNIX && !inet && !linkLevel) refuse(fd, what, "of an unsupported family");
+  if (linkLevel && !LINK_LEVEL_TYPES.includes(type)) refuse(fd, what, "of an unsupported type");
+  if (
+    inet && !(protocol === IPPROTO.TCP && type === SOCK.STREAM) && !standaloneInet(type, protocol)
+  ) {
     refuse(fd, what, "of an unsupported protocol");
   }
   if (family === AF.UNIX && !UNIX_TYPES.includes(type)) {
@@ -119,13 +141,18 @@ function dumpSocket(
   const nameOf = (which: "getsockname" | "getpeername"): Uint8Array | null => {
     const v = reader.name(which);
     if (typeof v !== "number") return v;
-    if (which === "getpeername" && -v === Errno.ENOTCONN) return null;
+    // Packet sockets have no peers at all.
+    if (which === "getpeername" && (-v === Errno.ENOTCONN || -v === Errno.EOPNOTSUPP)) return null;
     throw new DumpError(`fd ${fd.fd} of process ${fd.pid}: ${which} failed (errno ${-v})`);
   };
   const own = nameOf("getsockname");
   const address = own && !isUnbound(own) ? own : null;
   const listening = intOpt(SOL.SOCKET, SO.ACCEPTCONN) !== 0;
-  const peer = listening ? null : nameOf("getpeername");
+  let peer = listening ? null : nameOf("getpeername");
+  if (!peer && inet && (type === SOCK.RAW || isPing(type, protocol))) {
+    peer = procNetPeer(fd.pid, family, type, fd.inode); // getpeername wants a port
+  }
+  if (peer && family === AF.NETLINK && isKernelPeer(peer)) peer = null; // as a fresh socket's
   const at = address ? `on ${formatAddress(address)}` : "unbound";
 
   let peerClosed = false;
@@ -170,16 +197,16 @@ function dumpSocket(
       const d = unixDiag(fd.inode);
       if (d && d.peer === 0 && d.shutdown === (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)) {
         // With data still to read it is a pair whose peer is gone: unix_pair.ts keeps the data.
-        if (d.rqueue > 0) return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
+        if (d.rqueue > 0) return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
         peerClosed = true;
       }
     }
     if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
       // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
-      return dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
+      return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
     }
   }
-  return dumpStandalone(fd, {
+  return await dumpStandalone(fd, {
     socket,
     reader,
     what,
@@ -193,6 +220,7 @@ function dumpSocket(
     tcpInfo,
     at,
     refuse: (why) => refuse(fd, what, why),
+    ctx,
   });
 }
 

@@ -17,17 +17,24 @@ import {
   AF,
   close,
   encodeFprog,
+  ICMP_FILTER,
+  ICMPV6_FILTER,
   IP,
   IPPROTO,
   IPV6,
+  NETLINK_OPT,
+  PACKET,
   SO,
   SOCK,
   SOL,
   SYS,
   TCP,
+  tryAttachFilter,
   tryGetFilter,
   tryGetsockopt,
+  trySetsockopt,
   trySocket,
+  UDPLITE,
 } from "../../../ffi/mod.ts";
 import { DumpError } from "../../errors.ts";
 import type { FieldType } from "../../image/validate.ts";
@@ -74,8 +81,15 @@ const ipv6 = (f: number) => f === AF.INET6;
 const unix = (f: number) => f === AF.UNIX;
 const inet = (f: number) => f === AF.INET || f === AF.INET6;
 /** Multicast options mean something on datagram sockets only (a TCP socket reads odd values). */
-const dgram4 = (f: number, t: number) => f === AF.INET && t === SOCK.DGRAM;
-const dgram6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.DGRAM;
+const dgram4 = (f: number, t: number) => f === AF.INET && (t === SOCK.DGRAM || t === SOCK.RAW);
+const dgram6 = (f: number, t: number) => f === AF.INET6 && (t === SOCK.DGRAM || t === SOCK.RAW);
+const udplite = (_f: number, _t: number, p: number) => p === IPPROTO.UDPLITE;
+const raw4 = (f: number, t: number) => f === AF.INET && t === SOCK.RAW;
+const raw6 = (f: number, t: number) => f === AF.INET6 && t === SOCK.RAW;
+const rawIcmp = (f: number, t: number, p: number) => raw4(f, t) && p === IPPROTO.ICMP;
+const packet = (f: number) => f === AF.PACKET;
+const netlink = (f: number) => f === AF.NETLINK;
+const rawIcmp6 = (f: number, t: number, p: number) => raw6(f, t) && p === IPPROTO.ICMPV6;
 
 /** An option of `size` bytes (4: an int) at `level`, kept where `applies`. */
 const opt = (
@@ -158,6 +172,30 @@ const OPTIONS: OptionSpec[] = [
   opt("IPV6_TCLASS", SOL.IPV6, IPV6.TCLASS, ipv6),
   opt("IPV6_TRANSPARENT", SOL.IPV6, IPV6.TRANSPARENT, ipv6),
   opt("IPV6_FREEBIND", SOL.IPV6, IPV6.FREEBIND, ipv6),
+  opt("UDPLITE_SEND_CSCOV", SOL.UDPLITE, UDPLITE.SEND_CSCOV, udplite),
+  opt("UDPLITE_RECV_CSCOV", SOL.UDPLITE, UDPLITE.RECV_CSCOV, udplite),
+  opt("IP_HDRINCL", SOL.IP, IP.HDRINCL, raw4),
+  opt("ICMP_FILTER", SOL.RAW, ICMP_FILTER, rawIcmp),
+  // A raw IPv6 socket of a protocol other than ICMPv6 (which always checksums) may ask for one.
+  opt("IPV6_CHECKSUM", SOL.IPV6, IPV6.CHECKSUM, (f, t, p) => raw6(f, t) && p !== IPPROTO.ICMPV6),
+  opt("ICMPV6_FILTER", SOL.ICMPV6, ICMPV6_FILTER, rawIcmp6, 32),
+  // The version first: the others may depend on it.
+  opt("PACKET_VERSION", SOL.PACKET, PACKET.VERSION, packet),
+  opt("PACKET_RESERVE", SOL.PACKET, PACKET.RESERVE, packet),
+  opt("PACKET_AUXDATA", SOL.PACKET, PACKET.AUXDATA, packet),
+  opt("PACKET_ORIGDEV", SOL.PACKET, PACKET.ORIGDEV, packet),
+  opt("PACKET_LOSS", SOL.PACKET, PACKET.LOSS, packet),
+  opt("PACKET_VNET_HDR", SOL.PACKET, PACKET.VNET_HDR, packet),
+  opt("PACKET_TIMESTAMP", SOL.PACKET, PACKET.TIMESTAMP, packet),
+  opt("PACKET_QDISC_BYPASS", SOL.PACKET, PACKET.QDISC_BYPASS, packet),
+  opt("PACKET_IGNORE_OUTGOING", SOL.PACKET, PACKET.IGNORE_OUTGOING, packet),
+  opt("NETLINK_PKTINFO", SOL.NETLINK, NETLINK_OPT.PKTINFO, netlink),
+  opt("NETLINK_BROADCAST_ERROR", SOL.NETLINK, NETLINK_OPT.BROADCAST_ERROR, netlink),
+  opt("NETLINK_NO_ENOBUFS", SOL.NETLINK, NETLINK_OPT.NO_ENOBUFS, netlink),
+  opt("NETLINK_LISTEN_ALL_NSID", SOL.NETLINK, NETLINK_OPT.LISTEN_ALL_NSID, netlink),
+  opt("NETLINK_CAP_ACK", SOL.NETLINK, NETLINK_OPT.CAP_ACK, netlink),
+  opt("NETLINK_EXT_ACK", SOL.NETLINK, NETLINK_OPT.EXT_ACK, netlink),
+  opt("NETLINK_GET_STRICT_CHK", SOL.NETLINK, NETLINK_OPT.GET_STRICT_CHK, netlink),
 ];
 
 /** Reads the options of a socket of the tool's own, through its fd; its filter with `filter`. */
@@ -258,6 +296,21 @@ export function findOption(
 export function intOption(options: readonly SocketOption[], name: string): number | undefined {
   const o = findOption(options, name);
   return o ? readI32(o.value) : undefined;
+}
+
+/**
+ * Options set only once a socket's queue is in again: a filter could drop what the tool sends,
+ * and with SO_PASSCRED on either end a message that carried no credentials would get the tool's.
+ */
+export function isAfterQueue(o: SocketOption): boolean {
+  return o.level === SOL.SOCKET &&
+    (o.option === SO.ATTACH_FILTER || o.option === SO.LOCK_FILTER || o.option === SO.PASSCRED);
+}
+
+/** Sets a kept option again through the tool's copy `fd` of the socket: 0, or a negative errno. */
+export function setToolOption(fd: number, o: SocketOption): number {
+  if (o.level === SOL.SOCKET && o.option === SO.ATTACH_FILTER) return tryAttachFilter(fd, o.value);
+  return trySetsockopt(fd, o.level, o.option, o.value);
 }
 
 /** Sets a kept option again on target fd `fd`. */

@@ -1,8 +1,10 @@
 /**
  * Sockets that come back on their own (entry kind "socket"): made again from their family, type,
- * address, options and backlog, with no peer and no queued data to carry. Listening TCP (IPv4 and
- * IPv6) and UNIX stream/seqpacket sockets, bound or unbound UDP and UNIX datagram sockets (also
- * ones connect()ed to a named address), TCP/UNIX stream sockets that are not connected yet, and an
+ * address, options and backlog, with no peer to carry. Listening TCP (IPv4 and IPv6) and UNIX
+ * stream/seqpacket sockets, bound or unbound UDP, UDP-Lite, ICMP "ping", raw IP and UNIX datagram
+ * sockets (also ones connect()ed to an address; a ping or raw socket's peer is read from
+ * /proc/PID/net, proc_net.ts), packet and netlink sockets (packet.ts, netlink.ts), TCP/UNIX
+ * stream sockets that are not connected yet, and an
  * unbound UNIX stream/seqpacket socket whose peer was closed everywhere with nothing queued (it
  * comes back as a socketpair with one end closed again; the JVM holds one). dispatch.ts decides
  * which sockets these are.
@@ -12,10 +14,13 @@
  * (tcpi_unacked), as `ss` shows them; for UNIX, a sock_diag (NETLINK_SOCK_DIAG, UDIAG_SHOW_RQLEN)
  * query by inode gives both. Only where sock_diag cannot see the socket (another network
  * namespace) the backlog falls back to net.core.somaxconn (`backlogSource: "somaxconn"`). The
- * options that differ from a fresh socket's are kept (options.ts). Refused (a DumpError naming fd,
- * family, type and state; a policy can skip them): listeners with connections waiting in their
- * accept queue (they would be lost, as CRIU refuses them too) and UNIX datagram sockets with
- * datagrams queued. Datagrams queued on a UDP socket are not kept (UDP may lose them anyway). A TCP
+ * options that differ from a fresh socket's are kept (options.ts). A named UNIX datagram socket's
+ * queued datagrams are kept with their senders (unix_datagrams.ts); a UNIX path is found where it
+ * was bound, also from another directory than the cwd, or removed or replaced since (unix_path.ts).
+ * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
+ * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
+ * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
+ * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
  * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
  *
@@ -26,11 +31,13 @@
  *
  * Restore: socket() with SOCK_NONBLOCK as the file had O_NONBLOCK, the options (options.ts),
  * bind() to the same address (IP_FREEBIND or IP_TRANSPARENT, set before, bind an address this
- * host does not have), connect() for a connected datagram socket, shutdown() of a UDP socket
- * that was shut, listen(backlog). A UNIX
+ * host does not have), what packet and netlink sockets join, the queued datagrams, connect() for
+ * a connected datagram socket (to a UNIX peer of the image made later: from the tool's copy once
+ * every process is made), shutdown() of a UDP socket that was shut, listen(backlog). A UNIX
  * socket file left over from the dumped process is unlinked first, but only if it is a socket
- * nobody is bound to (connect gives ECONNREFUSED). A relative UNIX path is bound after an injected
- * chdir to the cwd the process had at dump (the restorer sets the final cwd later). check()
+ * nobody is bound to (connect gives ECONNREFUSED); a ghost's path is bound and unlinked again
+ * (unix_path.ts). A relative UNIX path is bound after an injected chdir to the directory it was
+ * found in at dump (the restorer sets the final cwd later). check()
  * refuses up front an address in use (a probe bind by the tool, unless SO_REUSEPORT is set) and a
  * UNIX path that is not a stale socket.
  */
@@ -41,6 +48,7 @@ import {
   errnoName,
   IPPROTO,
   O,
+  pidfdGetfd,
   SHUT,
   SK_SHUTDOWN,
   SOCK,
@@ -55,7 +63,7 @@ import {
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
-import type { FileHandler, FileRestoreContext } from "../types.ts";
+import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { udpShutdown, unixListenQueue } from "./diag.ts";
@@ -63,12 +71,38 @@ import {
   changedOptions,
   findOption,
   intOption,
+  isAfterQueue,
   setOption,
   SOCKET_OPTIONS,
   type SocketOption,
 } from "./options.ts";
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
+import { isPing } from "./kinds.ts";
+import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
+import {
+  dumpNetlink,
+  NETLINK_STATE,
+  netlinkBindAddress,
+  type NetlinkState,
+  restoreNetlink,
+} from "./netlink.ts";
+import {
+  dumpPacket,
+  PACKET_STATE,
+  packetBindAddress,
+  packetProblem,
+  type PacketState,
+  restorePacket,
+} from "./packet.ts";
+import {
+  dumpDatagramQueue,
+  forgetSenders,
+  QUEUED_DATAGRAMS,
+  type QueuedDatagram,
+  refillDatagrams,
+  rememberSender,
+} from "./unix_datagrams.ts";
 
 /** A listening, bound or unconnected socket. */
 export interface SocketEntry extends FileEntry {
@@ -88,8 +122,18 @@ export interface SocketEntry extends FileEntry {
   /** listen() backlog: the accept queue's maximum when dumped. */
   backlog: number;
   backlogSource: "tcp_info" | "sock_diag" | "somaxconn" | "none";
-  /** The process's cwd at dump, for a relative UNIX path. */
+  /** The directory a relative UNIX path resolves from (the process's cwd at dump, unless it
+   * was bound from another: unix_path.ts). */
   cwd: string;
+  /** A UNIX path removed or replaced since bind(): bound again, then unlinked (unix_path.ts). */
+  pathFate?: PathFate;
+  /** "removed": connected to a ghost UNIX socket of the image, whose path was removed. */
+  peerFate?: "removed";
+  /**
+   * Its UNIX peer is a socket of the image: connected as soon as that exists (it may be made
+   * later: then from the tool's copy once every process is made).
+   */
+  peerInImage?: boolean;
   options: SocketOption[];
   /**
    * A UDP socket's sk_shutdown (`SK_SHUTDOWN.RCV` 1, `SK_SHUTDOWN.SEND` 2) when it was shut down
@@ -100,6 +144,12 @@ export interface SocketEntry extends FileEntry {
   inode: bigint;
   /** "IPv4 TCP 127.0.0.1:4000 listening", for messages. */
   description: string;
+  /** A named UNIX datagram socket's queued datagrams (unix_datagrams.ts); absent when empty. */
+  queue?: QueuedDatagram[];
+  /** A packet socket's memberships and fanout group (packet.ts). */
+  packet?: PacketState;
+  /** A netlink socket's multicast groups (netlink.ts). */
+  netlink?: NetlinkState;
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -128,6 +178,8 @@ export interface StandaloneSocket {
   at: string;
   /** Refuses the dump of the socket, saying why. */
   refuse(why: string): never;
+  /** The dump it is part of. */
+  ctx: FileDumpContext;
 }
 
 /** What a socket's sk_shutdown shut, for messages; and the shutdown() call that shuts it so. */
@@ -176,11 +228,23 @@ function backlogOf(
 }
 
 /** Dumps a socket dispatch.ts found to come back on its own. */
-export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
+export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
+  let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
-    const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
-    if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
+    if (s.address) {
+      queue = await dumpDatagramQueue(
+        fd,
+        s.ctx,
+        s.socket,
+        s.reader,
+        `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
+      );
+    } else {
+      // Only a socketpair half (unix_pair.ts) receives without an address.
+      const queued = s.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
+      if (queued > 0) s.refuse(`${s.at}, with datagrams queued (${queued} bytes)`);
+    }
   }
   const options = changedOptions(
     s.reader,
@@ -196,14 +260,14 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     : s.peer
     ? "connected"
     : "unconnected";
-  let cwd = "/";
-  try {
-    cwd = Deno.readLinkSync(`/proc/${fd.pid}/cwd`);
-  } catch { /* only needed for relative UNIX paths */ }
+  const name = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`;
+  const paths = s.family === AF.UNIX
+    ? dumpUnixPaths(fd, s.ctx, s.address, s.peerClosed ? null : s.peer, name)
+    : { cwd: "/" };
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
   // shutdown() of a UDP socket, connected or not, shuts it (an unconnected one says ENOTCONN).
   const shutdown = s.protocol === IPPROTO.UDP ? udpShutdown(s.family, fd.inode) ?? 0 : 0;
-  return {
+  const entry: SocketEntry = {
     id: fd.fileId,
     kind: "socket",
     flags: fd.flags,
@@ -215,13 +279,17 @@ export function dumpStandalone(fd: Fd, s: StandaloneSocket): SocketEntry {
     peer: s.peerClosed ? null : s.peer,
     backlog,
     backlogSource,
-    cwd,
+    ...paths,
     options,
     ...(shutdown ? { shutdown } : {}),
     inode: fd.inode,
     description: `${s.what} ${formatAddress(s.address)} ${state}${to}` +
       (shutdown ? `, shut for ${SHUT_NAMES[shutdown]}` : ""),
   };
+  if (queue.length) entry.queue = queue;
+  if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
+  if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
+  return entry;
 }
 
 // ---- Restore ----
@@ -281,11 +349,12 @@ function checkSocket(e: SocketEntry): string | null {
     return `${e.description}: shutdown ${e.shutdown} is not 1, 2 or 3 (sk_shutdown)`;
   }
   const path = absoluteUnixPath(e, e.address);
-  if (path) {
+  if (path && !e.pathFate) {
     const st = unixPathState(path, e.type);
     if (st === "bound" || st === "other") return `${e.description}: ${path} ${PATH_PROBLEM[st]}`;
   }
-  if (e.address && e.family !== AF.UNIX && !intOption(e.options, "SO_REUSEPORT")) {
+  const inet = e.family === AF.INET || e.family === AF.INET6;
+  if (e.address && inet && !intOption(e.options, "SO_REUSEPORT")) {
     if (!inetAddressFree(e)) {
       return `${e.description}: ${formatAddress(e.address)} is in use` +
         (intOption(e.options, "SO_REUSEADDR")
@@ -293,8 +362,10 @@ function checkSocket(e: SocketEntry): string | null {
           : " (connections in TIME_WAIT block it too: the socket had no SO_REUSEADDR)");
     }
   }
+  const packetWhy = e.packet && packetProblem(e.packet, e.address);
+  if (packetWhy) return `${e.description}: ${packetWhy}`;
   const peerPath = absoluteUnixPath(e, e.peer);
-  if (peerPath && unixPathState(peerPath, e.type) !== "bound") {
+  if (peerPath && !e.peerInImage && unixPathState(peerPath, e.type) !== "bound") {
     return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
   }
   return null;
@@ -307,38 +378,122 @@ function openPeerClosed(e: SocketEntry, ctx: FileRestoreContext, type: number): 
   return fd;
 }
 
-function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
-  const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
-  const fd = e.state === "peer-closed"
-    ? openPeerClosed(e, ctx, type)
-    : Number(injectRaw(ctx, "socket", SYS.socket, e.family, type, e.protocol));
-  try {
-    for (const o of e.options) setOption(ctx, fd, o);
-    if (e.address) {
-      const path = absoluteUnixPath(e, e.address);
-      if (path) {
-        const st = unixPathState(path, e.type);
-        if (st === "stale") Deno.removeSync(path);
-        else if (st !== "free") {
-          throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
-        }
-        // A relative path is bound from the cwd it had; the process's own cwd comes later.
-        if (!unixPath(e.address).startsWith("/")) {
-          injectRaw(ctx, "chdir", SYS.chdir, ctx.putString(e.cwd));
-        }
-      }
-      const r = ctx.injector.raw(SYS.bind, fd, ctx.put(e.address), e.address.length);
-      if (r < 0n) {
-        const code = Number(-r);
-        throw new RestoreError(
-          `${e.description}: cannot bind ${formatAddress(e.address)}: ` +
-            (code === Errno.EADDRINUSE
-              ? "address in use (is the dumped process still running?)"
-              : `errno ${code}`),
+/** Queues a named UNIX datagram socket's datagrams again (before it connects: see the top). */
+function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
+  if (e.family !== AF.UNIX || e.type !== SOCK.DGRAM || !e.address) return;
+  rememberSender(ctx, fd, e.address);
+  if (!e.queue?.length) return;
+  const path = absoluteUnixPath(e, e.address);
+  const to = path ? unixAddress(path) : e.address;
+  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to send its queue to`);
+  refillDatagrams(ctx, e.queue, to, e.cwd, e.description);
+}
+
+/** Binds target fd `fd` to the entry's address (`path`: its file's absolute path, or ""). */
+function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: string): void {
+  // A netlink socket binds its port id alone: its groups are joined one by one (netlink.ts).
+  const address = e.family === AF.NETLINK
+    ? netlinkBindAddress(e.address!)!
+    : e.family === AF.PACKET
+    ? packetBindAddress(e.address!)
+    : e.address!;
+  if (path && !e.pathFate) {
+    const st = unixPathState(path, e.type);
+    if (st === "stale") Deno.removeSync(path);
+    else if (st !== "free") throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
+  }
+  // A relative path is bound from the directory it resolved from; the process's own cwd comes
+  // later.
+  if (path && !unixPath(address).startsWith("/")) {
+    injectRaw(ctx, "chdir", SYS.chdir, ctx.putString(e.cwd));
+  }
+  const r = ctx.injector.raw(SYS.bind, fd, ctx.put(address), address.length);
+  if (r < 0n) {
+    const code = Number(-r);
+    throw new RestoreError(
+      `${e.description}: cannot bind ${formatAddress(address)}: ` +
+        (code === Errno.EADDRINUSE
+          ? "address in use (is the dumped process still running?)"
+          : `errno ${code}`),
+    );
+  }
+}
+
+// Datagram sockets whose peer in the image was not made yet when they were: the tool's copy of
+// each, connected once every process is made (release), by restore scope.
+const laterConnects = new WeakMap<object, { copy: number; e: SocketEntry }[]>();
+
+/** Connects target fd `fd` to the entry's peer (a datagram socket's), or later (see above). */
+function connectPeer(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
+  const peer = e.peer!;
+  const r = ctx.injector.raw(SYS.connect, fd, ctx.put(peer), peer.length);
+  if (r >= 0n) return;
+  const notYet = -r === BigInt(Errno.ECONNREFUSED) || -r === BigInt(Errno.ENOENT);
+  if (!e.peerInImage || !notYet) {
+    throw new RestoreError(
+      `${e.description}: cannot connect to ${formatAddress(peer)} (errno ${-r})`,
+    );
+  }
+  const scope = ctx.scope ?? ctx;
+  const list = laterConnects.get(scope) ?? [];
+  laterConnects.set(scope, list);
+  list.push({ copy: pidfdGetfd(ctx.pidfd, fd), e });
+}
+
+/** Connects the sockets whose peer was made after them, from the tool's copies, then lets go. */
+function connectLater(scope: object, connect: boolean): void {
+  const list = laterConnects.get(scope) ?? [];
+  laterConnects.delete(scope);
+  let failed: RestoreError | null = null;
+  for (const { copy, e } of list) {
+    try {
+      if (!connect || failed) continue;
+      const path = absoluteUnixPath(e, e.peer);
+      const to = path ? unixAddress(path) : e.peer;
+      const r: number = to ? tryConnect(copy, to) : -Errno.ENAMETOOLONG;
+      if (r < 0) {
+        failed = new RestoreError(
+          `${e.description}: cannot connect to its peer ${formatAddress(e.peer)} (errno ${-r})`,
         );
       }
+    } finally {
+      close(copy);
     }
-    if (e.peer) injectRaw(ctx, "connect", SYS.connect, fd, ctx.put(e.peer), e.peer.length);
+  }
+  if (failed) throw failed;
+}
+
+/** socket() in the target, saying why where the machine does not let it make this kind. */
+function makeSocket(e: SocketEntry, ctx: FileRestoreContext, type: number): number {
+  const r = ctx.injector.raw(SYS.socket, e.family, type, e.protocol);
+  if (r >= 0n) return Number(r);
+  const ping = isPing(e.type, e.protocol);
+  throw new RestoreError(
+    `${e.description}: socket() failed (${errnoName(Number(-r))})` +
+      (ping && -r === BigInt(Errno.EACCES)
+        ? `: net.ipv4.ping_group_range does not let the restoring process's group (root's) ` +
+          `make ping sockets`
+        : ""),
+  );
+}
+
+function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
+  const type = e.type | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
+  const fd = e.state === "peer-closed" ? openPeerClosed(e, ctx, type) : makeSocket(e, ctx, type);
+  const late = (o: SocketOption) => !!e.queue?.length && isAfterQueue(o);
+  try {
+    for (const o of e.options) if (!late(o)) setOption(ctx, fd, o);
+    if (e.address && (e.family !== AF.NETLINK || netlinkBindAddress(e.address))) {
+      const path = absoluteUnixPath(e, e.address);
+      const bind = () => bindAddress(e, ctx, fd, path);
+      if (path && e.pathFate) bindGhost(path, e.pathFate, ctx.scope ?? ctx, e.description, bind);
+      else bind();
+    }
+    refill(e, ctx, fd);
+    if (e.packet) restorePacket(ctx, fd, e.packet);
+    if (e.netlink) restoreNetlink(ctx, fd, e.netlink);
+    for (const o of e.options) if (late(o)) setOption(ctx, fd, o);
+    if (e.peer) connectPeer(e, ctx, fd);
     if (e.shutdown) {
       const r = ctx.injector.raw(SYS.shutdown, fd, SHUT_HOW[e.shutdown]);
       if (r < 0n && r !== BigInt(-Errno.ENOTCONN)) {
@@ -372,6 +527,12 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     shutdown: { optional: "whole" },
     inode: "whole",
     description: "text",
+    queue: { optional: QUEUED_DATAGRAMS },
+    pathFate: { optional: { oneOf: ["removed", "replaced"] } },
+    packet: PACKET_STATE,
+    netlink: NETLINK_STATE,
+    peerFate: { optional: { oneOf: ["removed"] } },
+    peerInImage: { optional: "bool" },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
@@ -379,4 +540,17 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
   },
   check: checkSocket,
   open: openSocket,
+  release(scope: object): void {
+    try {
+      connectLater(scope, true); // before a ghost's path goes
+    } finally {
+      forgetSenders(scope);
+      unlinkGhosts(scope);
+    }
+  },
+  abort(scope: object): void {
+    connectLater(scope, false);
+    forgetSenders(scope);
+    unlinkGhosts(scope);
+  },
 };

@@ -12,9 +12,12 @@
  * half whose other half is closed again, after its data. The receive queue is read without
  * consuming it, inside the frozen target: SO_PEEK_OFF set to 0 makes successive MSG_PEEK reads
  * walk the queue, and is put back as it was afterwards, also on error. Stream bytes are kept as
- * one run, datagram and seqpacket messages one by one (MSG_TRUNC says a message goes on in the
- * next read). Passed descriptors (SCM_RIGHTS) in the queue are refused: fdinfo's scm_fds counts
- * them, and peeking them would install copies in the target. No pidfd_getfd at dump
+ * one run (one for each writer's credentials), datagram and seqpacket messages one by one
+ * (MSG_TRUNC says a message goes on in the next read), each with the SCM_CREDENTIALS it carries
+ * (SO_PASSCRED is on for the walk; unix_datagrams.ts keeps them), sent with it again at restore;
+ * SO_PASSCRED and a filter go on again only once no more is sent through either end. Descriptors
+ * in flight (SCM_RIGHTS) in datagram and seqpacket messages are kept as unix_datagrams.ts keeps
+ * them; in a stream (fdinfo's scm_fds counts them) they are refused. No pidfd_getfd at dump
  * (target_socket.ts says why).
  *
  * Restore, as pipe.ts restores a pipe: ends are keyed by the pair's two inodes within one restore
@@ -31,7 +34,7 @@
  * that address on one side (getsockname of the accepted end, getpeername of the client), but
  * socketpair() cannot give an address a listener holds, and connecting to the restored listener
  * would need two processes to connect and accept in step. The addresses stay in the image for
- * messages. Queued messages carry the tool's credentials after a restore (SO_PASSCRED). A
+ * messages. A
  * zero-length message that was already peeked with SO_PEEK_OFF, or that ends the queue of a
  * seqpacket socket shut down for reading, is not seen (the kernel skips or cannot tell it apart).
  * An out-of-band byte (MSG_OOB) in a stream is refused.
@@ -39,7 +42,6 @@
 import {
   AF,
   close,
-  Errno,
   F,
   MSG,
   pidfdGetfd,
@@ -48,36 +50,35 @@ import {
   SK_SHUTDOWN,
   SO,
   SOCK,
-  SOCK_IOCTL,
   SOL,
   SYS,
-  tryGetsockopt,
-  trySend,
-  trySetsockoptInt,
+  trySendMessage,
   tryShutdown,
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
-import type { Injector } from "../../ptrace/inject.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import {
-  abandonFd,
-  handToTarget,
-  i32,
-  injectClose,
-  injectRaw,
-  injectSocketpair,
-  readI32,
-  readU32,
-} from "../util.ts";
+import { abandonFd, handToTarget, i32, injectClose, injectRaw, injectSocketpair } from "../util.ts";
 import { describeHolder, externalHint } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { unixDiag } from "./diag.ts";
+import { peekQueue, QueuePeeker, withRoomFor } from "./queue.ts";
+import {
+  CREDENTIALS,
+  type Credentials,
+  credentialsOf,
+  credentialsProblem,
+  dumpInFlight,
+  refuseUnkeptInFlight,
+  takeInFlight,
+} from "./unix_datagrams.ts";
 import {
   changedOptions,
+  isAfterQueue,
   type OptionReader,
   setOption,
+  setToolOption,
   SOCKET_OPTIONS,
   type SocketOption,
 } from "./options.ts";
@@ -102,6 +103,13 @@ export interface UnixPairEntry extends FileEntry {
   queue: Uint8Array[];
   /** SO_PEEK_OFF, -1 when not in use. */
   peekOffset: number;
+  /**
+   * The SCM_CREDENTIALS each item of `queue` carries (null: none; a stream's run is split where
+   * its writers' differ); absent when none carries any.
+   */
+  credentials?: (Credentials | null)[];
+  /** The open files of the process each message of `queue` carries (SCM_RIGHTS), by id. */
+  files?: number[][];
   /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** "UNIX stream connected to socket:[123] (fd 4 of process 99)", for messages. */
@@ -126,7 +134,8 @@ export interface ConnectedUnix {
 // Which process of a dump holds each socket inode; read once per dump, as every process is frozen.
 const holdersByDump = new WeakMap<object, Map<bigint, { pid: number; fd: number }>>();
 
-function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: number }> {
+/** Which process of the dump holds each socket inode (one fd of it), read once a dump. */
+export function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; fd: number }> {
   const key = ctx.scope ?? ctx;
   let holders = holdersByDump.get(key);
   if (holders) return holders;
@@ -150,118 +159,15 @@ function outsideHolderOf(peer: bigint, ctx: FileDumpContext): string {
   return h.tool ? ` (tardigrade itself, pid ${h.pid}, does)` : ` (${describeHolder(h)} does)`;
 }
 
-// Scratch layout while peeking (TargetSocket uses 0xe000 and up).
-const CHUNK = 0xc000;
-const MSGHDR_AT = 0xc000, IOV_AT = 0xc040;
-const MSG_FLAGS = 48; // offset of msg_flags in struct msghdr
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** Reads the receive queue of a target socket with MSG_PEEK, walking it through SO_PEEK_OFF. */
-class QueuePeeker {
-  readonly #msghdr: bigint;
-  readonly #inj: Injector;
-
-  /** `name` describes the socket in messages. */
-  constructor(readonly socket: TargetSocket, readonly name: string) {
-    const inj = this.#inj = socket.inj;
-    const iov = new BigUint64Array([inj.scratch(), BigInt(CHUNK)]); // the chunk at offset 0
-    const msghdr = new BigUint64Array(7); // name, namelen, iov, iovlen, control, controllen, flags
-    msghdr[2] = inj.put(new Uint8Array(iov.buffer), IOV_AT);
-    msghdr[3] = 1n;
-    this.#msghdr = inj.put(new Uint8Array(msghdr.buffer), MSGHDR_AT);
-  }
-
-  /** SO_PEEK_OFF, or an errno. */
-  setPeekOffset(value: number): number {
-    return this.socket.setsockopt(SOL.SOCKET, SO.PEEK_OFF, i32(value));
-  }
-
-  queued(): number {
-    const n = this.socket.ioctlInt(SOCK_IOCTL.FIONREAD);
-    if (n < 0) throw new DumpError(`${this.name}: FIONREAD failed (errno ${-n})`);
-    return n;
-  }
-
-  /** Whether an out-of-band byte waits (a peek with MSG_OOB gets it; EINVAL when there is none). */
-  hasOutOfBand(): boolean {
-    const r = this.#inj.raw(
-      SYS.recvmsg,
-      this.socket.fd,
-      this.#msghdr,
-      MSG.OOB | MSG.PEEK | MSG.DONTWAIT,
-    );
-    return r > 0n;
-  }
-
-  /** The next chunk, with whether its message goes on (MSG_TRUNC); null when nothing is left. */
-  next(): { data: Uint8Array; truncated: boolean } | null {
-    const r = Number(
-      this.#inj.raw(SYS.recvmsg, this.socket.fd, this.#msghdr, MSG.PEEK | MSG.DONTWAIT),
-    );
-    if (r === -Errno.EAGAIN) return null;
-    if (r < 0) throw new DumpError(`${this.name}: peeking at its queue failed (errno ${-r})`);
-    const flags = readU32(this.#inj.get(MSGHDR_AT + MSG_FLAGS, 4).slice());
-    return { data: this.#inj.get(0, r).slice(), truncated: (flags & MSG.TRUNC) !== 0 };
-  }
-}
-
-/** The queue as stream bytes (one run) or messages; `shutRd`: receiving was shut down. */
-function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Uint8Array[] {
-  const expected = p.queued(); // stream and seqpacket: every byte queued; datagram: the first
-  if (type === SOCK.STREAM) {
-    // A peek walks over an out-of-band byte as if it were inline: ask for it on its own.
-    if (p.hasOutOfBand()) {
-      throw new DumpError(
-        `${p.name} has an out-of-band byte (MSG_OOB) queued, which tardigrade cannot keep; ` +
-          `a policy can skip it`,
-      );
-    }
-    const parts: Uint8Array[] = [];
-    let total = 0;
-    while (total < expected) {
-      const chunk = p.next();
-      if (!chunk || chunk.data.length === 0) break; // 0: end, the peer shut down sending
-      parts.push(chunk.data);
-      total += chunk.data.length;
-    }
-    if (total !== expected) {
-      throw new DumpError(`${p.name}: ${expected} bytes are queued but ${total} could be peeked`);
-    }
-    return total ? [concat(parts)] : [];
-  }
-  const messages: Uint8Array[] = [];
-  let message: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const chunk = p.next();
-    if (!chunk) break;
-    // A shut-down seqpacket socket reads 0 at its end, as it reads an empty message.
-    const atEnd = type === SOCK.SEQPACKET && shutRd && total >= expected && !message.length;
-    if (chunk.data.length === 0 && atEnd) break;
-    message.push(chunk.data);
-    total += chunk.data.length;
-    if (!chunk.truncated) {
-      messages.push(concat(message));
-      message = [];
-    }
-  }
-  return messages;
-}
-
 /**
  * Dumps a connected UNIX socket whose peer is in this dump (or was closed), with its receive
  * queue; refuses, naming the fd, one connected to a socket no process of the dump holds.
  */
-export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): UnixPairEntry {
+export async function dumpUnixPair(
+  fd: Fd,
+  ctx: FileDumpContext,
+  s: ConnectedUnix,
+): Promise<UnixPairEntry> {
   const on = s.address ? ` on ${formatAddress(s.address)}` : "";
   const sock = `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${fd.target}${on})`;
   const peerName = s.peer.length > 2 ? formatAddress(s.peer) : "an unnamed peer";
@@ -296,35 +202,35 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     );
   }
   const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
-  if (passed > 0) {
+  if (passed > 0 && s.type === SOCK.STREAM) {
     throw new DumpError(
-      `${sock} has ${passed} file descriptor(s) queued in messages (SCM_RIGHTS), which ` +
-        `tardigrade cannot keep; a policy can skip it`,
+      `${sock} has ${passed} file descriptor(s) queued in a stream (SCM_RIGHTS), which ` +
+        `tardigrade cannot keep (it keeps them in datagram and seqpacket messages); a policy ` +
+        `can skip it`,
     );
   }
+  refuseUnkeptInFlight(fd, ctx, sock);
 
-  const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
-  const offsetBytes = s.reader.getsockopt(SOL.SOCKET, SO.PEEK_OFF, 4);
-  if (typeof offsetBytes === "number") {
-    throw new DumpError(`${sock}: getsockopt(SO_PEEK_OFF) failed (errno ${-offsetBytes})`);
-  }
-  const savedOffset = readI32(offsetBytes);
-  const peeker = new QueuePeeker(socket, sock);
-  let r = peeker.setPeekOffset(0);
-  if (r < 0) throw new DumpError(`${sock}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
-  let queue: Uint8Array[];
+  // With each message's credentials (SO_PASSCRED on for the walk).
+  const peeker = new QueuePeeker(new TargetSocket(ctx.frozen.injector, fd.fd), sock, true);
+  const shutRd = (diag.shutdown & SK_SHUTDOWN.RCV) !== 0;
+  let queue: Uint8Array[], credentials: (Credentials | null)[], savedOffset: number;
+  const files: number[][] = [];
   try {
-    queue = peekQueue(peeker, s.type, (diag.shutdown & SK_SHUTDOWN.RCV) !== 0);
+    const walked = peeker.walk(s.reader, () => peekQueue(peeker, s.type, shutRd));
+    savedOffset = walked.savedOffset;
+    queue = walked.result.map((m) => m.data);
+    credentials = walked.result.map((m) => credentialsOf(m.credentials, ctx, sock) ?? null);
+    for (const m of walked.result) files.push(await dumpInFlight(ctx, m.fds, peeker));
   } finally {
-    // The process must find its socket as it was, whatever happened above.
-    r = peeker.setPeekOffset(savedOffset);
+    // The copies the peeks installed go, whatever happened: the process finds its table as it was.
+    peeker.closeInstalled();
   }
-  if (r < 0) throw new DumpError(`${sock}: could not put SO_PEEK_OFF back (errno ${-r})`);
 
   const to = holder
     ? `socket:[${peer}] (fd ${holder.fd} of process ${holder.pid})`
     : "a closed peer";
-  return {
+  const entry: UnixPairEntry = {
     id: fd.fileId,
     kind: "unix-pair",
     flags: fd.flags,
@@ -339,6 +245,9 @@ export function dumpUnixPair(fd: Fd, ctx: FileDumpContext, s: ConnectedUnix): Un
     options: changedOptions(s.reader, AF.UNIX, s.type, 0, sock),
     description: `${s.what}${on} connected to ${to}`,
   };
+  if (credentials.some((c) => c)) entry.credentials = credentials;
+  if (files.some((f) => f.length)) entry.files = files;
+  return entry;
 }
 
 // ---- Restore ----
@@ -365,6 +274,14 @@ const pairKey = (e: UnixPairEntry): string =>
 function closeState(st: PairState): void {
   if (st.closed) return;
   st.closed = true;
+  // No more sends through either half: the options that would have changed them go on now.
+  for (const e of st.placed) {
+    for (const o of e.options) {
+      if (!isAfterQueue(o)) continue;
+      const r = setToolOption(st.halves.get(e.inode)!, o);
+      if (r < 0) throw new RestoreError(`${e.description}: setsockopt(${o.name}): errno ${-r}`);
+    }
+  }
   for (const fd of st.halves.values()) close(fd);
 }
 
@@ -377,39 +294,45 @@ function releaseUnixPairs(scope: object): void {
   restoring.delete(scope);
 }
 
-/** SO_SNDBUF of a tool fd, or a negative errno. */
-function sendBuffer(fd: number): number {
-  const size = tryGetsockopt(fd, SOL.SOCKET, SO.SNDBUF, 4);
-  return typeof size === "number" ? size : readI32(size);
-}
-
-/** Sets SO_SNDBUF of a tool fd to `bytes` through SO_SNDBUFFORCE (which doubles what it gets). */
-function forceSendBuffer(fd: number, bytes: number): void {
-  trySetsockoptInt(fd, SOL.SOCKET, SO.SNDBUFFORCE, Math.min(Math.ceil(bytes / 2), 0x3fffffff));
-}
-
-/** Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer. */
-function refill(e: UnixPairEntry, sender: number): void {
+/**
+ * Puts `e.queue` back into e's receive queue, sent from the tool's copy of its peer, each message
+ * with the credentials it carried.
+ */
+function refill(e: UnixPairEntry, sender: number, ctx: FileRestoreContext): void {
   if (!e.queue.length) return;
-  const size = sendBuffer(sender);
-  if (size < 0) throw new RestoreError(`${e.description}: getsockopt(SO_SNDBUF): errno ${-size}`);
-  // Room for every message and its overhead at once: nothing waits for a reader.
-  forceSendBuffer(sender, 2 * e.queue.reduce((n, m) => n + m.length + 1024, 65536));
-  try {
-    for (const message of e.queue) {
+  for (const c of e.credentials ?? []) {
+    const why = credentialsProblem(c, ctx);
+    if (why) throw new RestoreError(`${e.description}: ${why}`);
+  }
+  withRoomFor(sender, e.queue, e.description, () => {
+    for (const [i, message] of e.queue.entries()) {
+      const c = e.credentials?.[i];
+      const credentials = c ? { pid: c.pid, uid: c.uid, gid: c.gid } : null;
+      const files = takeInFlight(ctx, e.files?.[i] ?? [], e.description);
       // A stream's run may take several sends; a message goes in one.
       let off = 0;
       do {
-        const sent = trySend(sender, message.subarray(off), MSG.DONTWAIT | MSG.NOSIGNAL);
+        const part = message.subarray(off);
+        let sent: number;
+        try {
+          sent = trySendMessage(
+            sender,
+            part,
+            null,
+            credentials,
+            MSG.DONTWAIT | MSG.NOSIGNAL,
+            files,
+          );
+        } finally {
+          for (const c of files.splice(0)) close(c);
+        }
         if (sent < 0) {
           throw new RestoreError(`${e.description}: refilling its queue failed (errno ${-sent})`);
         }
         off += sent;
       } while (off < message.length);
     }
-  } finally {
-    forceSendBuffer(sender, size);
-  }
+  });
 }
 
 /** sk_shutdown → how to shutdown() to get it. */
@@ -449,8 +372,8 @@ function openUnixPair(e: UnixPairEntry, ctx: FileRestoreContext): number {
     fd = handToTarget(ctx, st.halves.get(e.inode)!, e.description);
   }
   try {
-    for (const o of e.options) setOption(ctx, fd, o);
-    refill(e, st.halves.get(e.peer)!);
+    for (const o of e.options) if (!isAfterQueue(o)) setOption(ctx, fd, o);
+    refill(e, st.halves.get(e.peer)!, ctx);
     if (e.peekOffset !== -1) {
       const v = ctx.put(i32(e.peekOffset));
       injectRaw(ctx, "setsockopt(SO_PEEK_OFF)", SYS.setsockopt, fd, SOL.SOCKET, SO.PEEK_OFF, v, 4);
@@ -476,6 +399,8 @@ export const unixPairHandler: FileHandler<UnixPairEntry> = {
     shutdown: "whole",
     queue: { list: "bytes" },
     peekOffset: "whole",
+    credentials: { optional: { list: { nullable: CREDENTIALS } } },
+    files: { optional: { list: { list: "whole" } } },
     options: SOCKET_OPTIONS,
     description: "text",
   },
