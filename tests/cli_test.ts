@@ -31,6 +31,20 @@ const VERBS = [
   "repl",
 ];
 
+/** The keys of a `ps --json` row, live or of an image, in order. */
+const PS_KEYS = [
+  "pid",
+  "ppid",
+  "uid",
+  "state",
+  "threads",
+  "rssBytes",
+  "comm",
+  "cmdline",
+  "namespaces",
+  "cgroups",
+];
+
 Deno.test("cli: --help lists every verb, each verb has --help", async () => {
   const r = await cli("--help");
   assert.equal(r.code, 0);
@@ -89,18 +103,7 @@ Deno.test("cli: ps shows the fixture, as a table and as JSON", async () => {
     assert.match(r.stdout, new RegExp(`^\\s*${t.pid}\\s+\\d+\\s+0\\s+S\\s+1\\s+.*hello$`, "m"));
     const rows = await cliJson<Record<string, unknown>[]>("ps");
     const me = rows.find((x) => x.pid === t.pid)!;
-    assert.deepEqual(Object.keys(me), [
-      "pid",
-      "ppid",
-      "uid",
-      "state",
-      "threads",
-      "rssBytes",
-      "comm",
-      "cmdline",
-      "namespaces",
-      "cgroups",
-    ]);
+    assert.deepEqual(Object.keys(me), PS_KEYS);
     assert.equal(me.comm, "hello");
     assert.deepEqual(me.namespaces, [], "it lives in tardigrade's namespaces");
     assert.equal(me.threads, 1);
@@ -167,18 +170,7 @@ Deno.test("cli: maps, fds and ps take an image directory, same columns and JSON 
     assert.equal(ps.length, 1);
     assert.equal(ps[0].pid, t.pid);
     assert.equal(ps[0].comm, "hello");
-    assert.deepEqual(Object.keys(ps[0]), [
-      "pid",
-      "ppid",
-      "uid",
-      "state",
-      "threads",
-      "rssBytes",
-      "comm",
-      "cmdline",
-      "namespaces",
-      "cgroups",
-    ]);
+    assert.deepEqual(Object.keys(ps[0]), PS_KEYS);
     const psTable = await cli("ps", dir);
     assert.match(
       psTable.stdout,

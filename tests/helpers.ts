@@ -300,11 +300,15 @@ export interface Run {
 /** The checkout this test suite runs from. */
 export const repoRoot = new URL("../", import.meta.url).pathname;
 
-/** Runs `deno run -A ...args` from the repository root, stdin from /dev/null. */
-export async function runDeno(args: string[], env: Record<string, string> = {}): Promise<Run> {
+/** Runs `deno run -A ...args` from the repository root (or `cwd`), stdin from /dev/null. */
+export async function runDeno(
+  args: string[],
+  env: Record<string, string> = {},
+  cwd = repoRoot,
+): Promise<Run> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", ...args],
-    cwd: repoRoot,
+    cwd,
     env,
     stdin: "null",
     stdout: "piped",

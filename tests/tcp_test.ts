@@ -394,6 +394,24 @@ Deno.test("tcp: a refused listener names its fd; the connections held before it 
   }
 });
 
+/**
+ * tcp_states.c's conversations finish: it checks each socket is in its state, the test frees the
+ * full accept queue (`waiting` holds it) so the connecting one gets through and says hello, and
+ * every conversation ends (all bytes read, EOF, every socket in CLOSE).
+ */
+async function finishConversations(t: Target, server: Server, waiting: ServerConn): Promise<void> {
+  assert.equal(await t.check(), "PASS", t.output());
+  (await server.accept()).close();
+  waiting.close();
+  const conn = await server.accept();
+  try {
+    assert.deepEqual(await conn.exchange(new Uint8Array(0), 5), new TextEncoder().encode("hello"));
+  } finally {
+    conn.close();
+  }
+  assert.equal(await t.check(), "PASS", t.output());
+}
+
 /** Whether this machine has [::1]. */
 function hasIpv6Loopback(): boolean {
   try {
@@ -448,20 +466,7 @@ for (const family of ["4", "6", "mapped"]) {
 
         await restore(`${dir}/img`);
         // Every state as it was, C still connecting: the accept queue is still full.
-        assert.equal(await t.check(), "PASS", t.output());
-        (await server.accept()).close();
-        waiting.close();
-        const conn = await server.accept();
-        try {
-          assert.deepEqual(
-            await conn.exchange(new Uint8Array(0), 5),
-            new TextEncoder().encode("hello"),
-          );
-        } finally {
-          conn.close();
-        }
-        // Every conversation finishes: all bytes read, EOF, every socket in CLOSE.
-        assert.equal(await t.check(), "PASS", t.output());
+        await finishConversations(t, server, waiting);
       } finally {
         await t.kill();
         waiting.close();
@@ -586,19 +591,7 @@ Deno.test("tcp: a dump that leaves them running puts connections in every state 
     assert.match(t.output(), /^READY /m, t.output());
     await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
     // Each in its state, out of repair mode, with no filter; then each conversation finishes.
-    assert.equal(await t.check(), "PASS", t.output());
-    (await server.accept()).close();
-    waiting.close();
-    const conn = await server.accept();
-    try {
-      assert.deepEqual(
-        await conn.exchange(new Uint8Array(0), 5),
-        new TextEncoder().encode("hello"),
-      );
-    } finally {
-      conn.close();
-    }
-    assert.equal(await t.check(), "PASS", t.output());
+    await finishConversations(t, server, waiting);
   } finally {
     await t.kill();
     waiting.close();

@@ -13,6 +13,7 @@
 import { mkfifo } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { Fields } from "../image/validate.ts";
+import { entryExists } from "./util.ts";
 
 /** Permission bits and owner of something removed, to make it again alike. */
 export interface RemovedAttributes {
@@ -37,22 +38,13 @@ interface Made {
 // What each restore (scope) made, by path.
 const made = new WeakMap<object, Map<string, Made>>();
 
-function lexists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Why `path` cannot be made again as a removed `kind` now (something else has its name), or
  * null. For the checks before anything is made.
  */
 export function whyNotRecreatable(path: string, kind: RemovedKind): string | null {
   if (!path.startsWith("/")) return `the removed ${kind} "${path}" has no absolute path`;
-  return lexists(path)
+  return entryExists(path)
     ? `the removed ${kind} ${path} cannot be made again: something else has its name now`
     : null;
 }
@@ -81,7 +73,7 @@ export function recreate(
   const parts = path.split("/").filter(Boolean);
   for (let i = 1; i < parts.length; i++) {
     const parent = "/" + parts.slice(0, i).join("/");
-    if (lexists(parent)) continue;
+    if (entryExists(parent)) continue;
     Deno.mkdirSync(parent, { mode: 0o700 });
     entry.paths.push(parent);
   }

@@ -64,6 +64,16 @@ export function openPath(ctx: FileRestoreContext, how: PathOpen): number {
   return fd;
 }
 
+/** Whether something is at `path` (a dangling symlink counts: lstat). */
+export function entryExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** socketpair() inside the target; returns its two fds. */
 export function injectSocketpair(
   ctx: FileRestoreContext,

@@ -25,6 +25,7 @@ import type { FileDumpContext } from "../types.ts";
 import { unixPath } from "./address.ts";
 import { type UnixDiag, unixDiag } from "./diag.ts";
 import { socketHolders } from "./unix_pair.ts";
+import { entryExists } from "../util.ts";
 
 /** What became of a UNIX socket's path since bind(). */
 export type PathFate = "removed" | "replaced";
@@ -199,15 +200,15 @@ export function bindGhost(
 ): void {
   const made: string[] = [];
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-  for (let d = dir; d !== "/" && !exists(d); d = d.slice(0, d.lastIndexOf("/")) || "/") {
+  for (let d = dir; d !== "/" && !entryExists(d); d = d.slice(0, d.lastIndexOf("/")) || "/") {
     made.unshift(d);
   }
   let aside: string | null = null;
   try {
     for (const d of made) Deno.mkdirSync(d, { mode: 0o700 });
-    if (exists(path)) {
+    if (entryExists(path)) {
       aside = `${path}.tardigrade-aside-${Deno.pid}`;
-      if (exists(aside)) throw new RestoreError(`${what}: ${aside} is in the way`);
+      if (entryExists(aside)) throw new RestoreError(`${what}: ${aside} is in the way`);
       Deno.renameSync(path, aside);
     }
     bind();
@@ -239,13 +240,4 @@ export function unlinkGhosts(scope: object): void {
     } catch { /* gone already */ }
   }
   ghosts.delete(scope);
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
