@@ -69,6 +69,9 @@ export async function serve(opts: ServeOptions): Promise<Received[]> {
   return out;
 }
 
+/** How long a restore waits for the pids of an original that ends as it starts (one machine). */
+const PIDS_FREED_WITHIN_MS = 10_000;
+
 /** Frames received but not yet written, at most (4 MiB each). */
 const MAX_WRITES_IN_FLIGHT = 4;
 
@@ -159,11 +162,15 @@ async function session(
         log(`received an image into ${dir}`);
         await channel.sendJson(FRAME.STORED, { dir });
       } else if (f.type === FRAME.RESTORE && received.dir) {
-        const { lazy } = JSON.parse(new TextDecoder().decode(f.payload));
+        const { lazy, ending } = JSON.parse(new TextDecoder().decode(f.payload));
         try {
-          const pid = opts.restorer
-            ? await opts.restorer(dir, lazy === true)
-            : reapWhenDone((await restore(dir, { lazy: lazy === true })).pid);
+          // `ending`: on one machine the original ends meanwhile; its pids are waited for.
+          const pid = opts.restorer ? await opts.restorer(dir, lazy === true) : reapWhenDone(
+            (await restore(dir, {
+              lazy: lazy === true,
+              pidsFreedWithinMs: ending === true ? PIDS_FREED_WITHIN_MS : 0,
+            })).pid,
+          );
           received.pid = pid;
           log(`restored pid ${pid} from ${dir}`);
           await channel.sendJson(FRAME.RESULT, { ok: true, pid });

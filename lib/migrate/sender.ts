@@ -114,16 +114,22 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       handOver: async ({ end }) => {
         await shipper.finish();
         const stored = await channel.receiveJson(FRAME.STORED);
-        if (sameMachine) await end(); // the receiver's restore needs the pids
+        let ended = false;
         try {
-          await channel.sendJson(FRAME.RESTORE, { lazy: opts.lazy === true });
+          // On one machine the receiver's restore needs the pids: the original ends while the
+          // restore starts (it waits for them).
+          await channel.sendJson(FRAME.RESTORE, { lazy: opts.lazy === true, ending: sameMachine });
+          if (sameMachine) {
+            await end();
+            ended = true;
+          }
           const result = await channel.receiveJson(FRAME.RESULT);
           if (result.ok !== true) {
             throw new MigrationError(`the receiver's restore failed: ${result.error}`);
           }
           restored = { pid: Number(result.pid), remoteDir: String(stored.dir) };
         } catch (err) {
-          if (!sameMachine) throw err; // the original runs on
+          if (!ended) throw err; // the original runs on
           keepImage = true;
           throw await restoredHere(staging.dir, err);
         }

@@ -147,6 +147,11 @@ export interface RestoreOptions {
   lazy?: boolean;
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
   lazyLog?: string;
+  /**
+   * The image's processes are ending as the restore starts (a migration on one machine): their
+   * pids are waited for up to this long, in ms, instead of being refused as in use at once.
+   */
+  pidsFreedWithinMs?: number;
 }
 
 /** With `lazy`: the page server left running. */
@@ -207,22 +212,27 @@ function reap(tid: number): void {
   }
 }
 
-/** Waits a little for a zombie that init will reap; a live pid or a kept zombie is "in use". */
-async function requireFreePid(pid: number, what: string): Promise<void> {
-  const deadline = Date.now() + 4000;
+/**
+ * Waits a little for a zombie that init will reap; a live pid or a kept zombie is "in use". A
+ * live one is waited for too, up to `liveMs`, when the caller knows it is ending (a migration on
+ * one machine hands over while the original exits).
+ */
+async function requireFreePid(pid: number, what: string, liveMs = 0): Promise<void> {
+  const started = Date.now();
   for (;;) {
     const st = tryReadStat(pid);
     if (!st) return;
     try {
       waitpid(pid, 1 /* WNOHANG */); // our own zombie: reap it
     } catch { /* not ours */ }
-    if (st.state !== "Z" || Date.now() > deadline) {
+    const waited = Date.now() - started;
+    if (st.state === "Z" ? waited > 4000 : waited >= liveMs) {
       throw new RestoreError(
         `${what} ${pid} is in use (is the dumped process still running? ` +
           `--pid-namespace restores a copy beside it)`,
       );
     }
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 2));
   }
 }
 
@@ -231,6 +241,7 @@ async function preflight(
   p: ProcessEntry,
   file: string,
   inNewPidNamespace: boolean,
+  liveMs = 0,
 ): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
@@ -263,9 +274,11 @@ async function preflight(
     if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
   if (inNewPidNamespace) return; // every pid is free there
-  await requireFreePid(p.pid, "pid");
-  for (const t of p.threads) if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id");
-  for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child");
+  await requireFreePid(p.pid, "pid", liveMs);
+  for (const t of p.threads) {
+    if (t.tid !== p.pid) await requireFreePid(t.tid, "thread id", liveMs);
+  }
+  for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child", liveMs);
 }
 
 /** Why `entries` cannot be restored lazily with `opts`: refused before anything is made. */
@@ -667,7 +680,12 @@ async function restoreTree(
     inherited = checkInherited(entries, opts.inheritFds ?? {});
     for (const [i, p] of entries.entries()) {
       const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
-      await preflight(p, file, opts.pidNamespace === true || containerPid);
+      await preflight(
+        p,
+        file,
+        opts.pidNamespace === true || containerPid,
+        opts.pidsFreedWithinMs,
+      );
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
     if (opts.lazy) checkLazy(entries, opts);
