@@ -324,14 +324,19 @@ export function tryConnect(fd: number, address: Uint8Array): number {
   return attempt(SYS.connect, fd, addressOf(address), address.length);
 }
 
-/** getsockopt(2) with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
+/**
+ * getsockopt(2) with room for `size` bytes: the bytes the kernel gave, or a negative errno.
+ * `input` is put in the buffer first, for the options that read a request from it.
+ */
 export function tryGetsockopt(
   fd: number,
   level: number,
   option: number,
   size: number,
+  input?: Uint8Array,
 ): Uint8Array | number {
   const value = new Uint8Array(Math.max(size, 1));
+  if (input) value.set(input.subarray(0, value.length));
   const len = new Uint32Array([size]);
   const r = attempt(SYS.getsockopt, fd, level, option, addressOf(value), addressOf(len));
   return r < 0 ? r : value.subarray(0, len[0]);

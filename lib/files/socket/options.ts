@@ -57,8 +57,11 @@ export const SOCKET_OPTIONS: FieldType = {
 
 /** Reads options of one socket: the bytes getsockopt gives, or a negative errno. */
 export interface OptionReader {
-  /** getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
-  getsockopt(level: number, option: number, size: number): Uint8Array | number;
+  /**
+   * getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno.
+   * `input`: what the buffer holds before the call, for the options that read a request from it.
+   */
+  getsockopt(level: number, option: number, size: number, input?: Uint8Array): Uint8Array | number;
   /**
    * The classic BPF filter attached (SO_GET_FILTER; empty: none), or a negative errno; absent
    * where the caller keeps filters its own way.
@@ -201,7 +204,7 @@ const OPTIONS: OptionSpec[] = [
 /** Reads the options of a socket of the tool's own, through its fd; its filter with `filter`. */
 export function toolSocketOptions(fd: number, filter = false): OptionReader {
   return {
-    getsockopt: (level, option, size) => tryGetsockopt(fd, level, option, size),
+    getsockopt: (level, option, size, input) => tryGetsockopt(fd, level, option, size, input),
     ...(filter ? { filter: () => tryGetFilter(fd) } : {}),
   };
 }

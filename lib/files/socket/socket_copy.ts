@@ -51,7 +51,7 @@ export function socketReader(pidfd: number, socket: TargetSocket): SocketReader 
   }
   if (fd < 0) {
     return {
-      getsockopt: (level, option, size) => socket.getsockopt(level, option, size),
+      getsockopt: (level, option, size, input) => socket.getsockopt(level, option, size, input),
       filter: () => socket.filter(),
       name: (which) => socket.name(which),
       [Symbol.dispose]: () => {},

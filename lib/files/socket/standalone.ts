@@ -96,6 +96,13 @@ import {
   restorePacket,
 } from "./packet.ts";
 import {
+  dumpMulticast,
+  MULTICAST_STATE,
+  type MulticastMembership,
+  multicastProblem,
+  restoreMulticast,
+} from "./multicast.ts";
+import {
   dumpDatagramQueue,
   forgetSenders,
   QUEUED_DATAGRAMS,
@@ -150,6 +157,8 @@ export interface SocketEntry extends FileEntry {
   packet?: PacketState;
   /** A netlink socket's multicast groups (netlink.ts). */
   netlink?: NetlinkState;
+  /** The IP multicast groups it joined (multicast.ts); absent: none (and in older images). */
+  multicast?: MulticastMembership[];
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -289,6 +298,10 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   if (queue.length) entry.queue = queue;
   if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
   if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
+  if ((s.family === AF.INET || s.family === AF.INET6) && s.type !== SOCK.STREAM) {
+    const groups = dumpMulticast(s.reader, s.family);
+    if (groups.length) entry.multicast = groups;
+  }
   return entry;
 }
 
@@ -362,7 +375,8 @@ function checkSocket(e: SocketEntry): string | null {
           : " (connections in TIME_WAIT block it too: the socket had no SO_REUSEADDR)");
     }
   }
-  const packetWhy = e.packet && packetProblem(e.packet, e.address);
+  const packetWhy = (e.packet && packetProblem(e.packet, e.address)) ??
+    (e.multicast && multicastProblem(e.multicast));
   if (packetWhy) return `${e.description}: ${packetWhy}`;
   const peerPath = absoluteUnixPath(e, e.peer);
   if (peerPath && !e.peerInImage && unixPathState(peerPath, e.type) !== "bound") {
@@ -491,6 +505,7 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
     }
     refill(e, ctx, fd);
     if (e.packet) restorePacket(ctx, fd, e.packet);
+    if (e.multicast) restoreMulticast(ctx, fd, e.family, e.multicast);
     if (e.netlink) restoreNetlink(ctx, fd, e.netlink);
     for (const o of e.options) if (late(o)) setOption(ctx, fd, o);
     if (e.peer) connectPeer(e, ctx, fd);
@@ -530,6 +545,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     queue: { optional: QUEUED_DATAGRAMS },
     pathFate: { optional: { oneOf: ["removed", "replaced"] } },
     packet: PACKET_STATE,
+    multicast: MULTICAST_STATE,
     netlink: NETLINK_STATE,
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },

@@ -29,9 +29,11 @@ export class TargetSocket implements OptionReader {
     return this.inj.get(SCRATCH_VALUE, Math.min(len, max)).slice();
   }
 
-  /** getsockopt with room for `size` bytes: the bytes the kernel gave, or a negative errno. */
-  getsockopt(level: number, option: number, size: number): Uint8Array | number {
-    const value = this.inj.put(new Uint8Array(size), SCRATCH_VALUE);
+  /** getsockopt with room for `size` bytes (holding `input` first): the bytes, or a negative errno. */
+  getsockopt(level: number, option: number, size: number, input?: Uint8Array): Uint8Array | number {
+    const buf = new Uint8Array(size);
+    if (input) buf.set(input.subarray(0, size));
+    const value = this.inj.put(buf, SCRATCH_VALUE);
     const len = this.inj.put(len32(size), SCRATCH_LEN);
     const r = this.#call(SYS.getsockopt, level, option, value, len);
     return r < 0 ? r : this.#readBack(size);
