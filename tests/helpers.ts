@@ -334,13 +334,15 @@ export function streamBytes(seed: number, from: number, length: number): Uint8Ar
   });
 }
 
-/** Runs `body` while reaping `pid` as soon as it dies (this test process is its subreaper), so
- * a restore in another process finds the pid free. */
-export async function reaping<T>(pid: number, body: () => Promise<T>): Promise<T> {
+/** Runs `body` while reaping `pid` (or each of `pid`) as soon as it dies (this test process is
+ * its subreaper), so a restore in another process finds the pid free. */
+export async function reaping<T>(pid: number | number[], body: () => Promise<T>): Promise<T> {
   const timer = setInterval(() => {
-    try {
-      waitpid(pid, WAIT.WNOHANG);
-    } catch { /* not ours (any more) */ }
+    for (const p of [pid].flat()) {
+      try {
+        waitpid(p, WAIT.WNOHANG);
+      } catch { /* not ours (any more) */ }
+    }
   }, 10);
   try {
     return await body();

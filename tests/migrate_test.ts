@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  childrenOf,
   cli,
   fixture,
   reaping,
@@ -75,6 +76,11 @@ async function receiving(r: Receiver): Promise<void> {
   );
 }
 
+/** A parent and two children sharing a pipe and memory (r_tree.c). */
+async function treeTarget(): Promise<Target> {
+  return await spawnTarget(await fixture("r_tree"), [], { ready: /^READY /m });
+}
+
 /** Memory that keeps changing while it is copied, rounds after rounds (precopy_writer.c). */
 async function busyTarget(): Promise<Target> {
   return await spawnTarget(await fixture("precopy_writer"), [], { ready: /^READY /m });
@@ -85,6 +91,7 @@ for (
     ["", false, bigTarget],
     [" (lazy)", true, bigTarget],
     [", its memory written all along", false, busyTarget],
+    [", a tree asked --lazy (restored whole)", true, treeTarget],
   ] as const
 ) {
   Deno.test(`migrate: the process runs on at the receiver with its pid${what}`, async () => {
@@ -93,7 +100,9 @@ for (
     await withTarget(await target(), async (t) => {
       assert.equal(await t.check(), "PASS");
       const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
-      const m = await reaping(t.pid, () => cli(...args, ...(lazy ? ["--lazy"] : [])));
+      // The whole tree: its children are this test's to reap once their parent is gone.
+      const pids = [t.pid, ...childrenOf(t.pid)];
+      const m = await reaping(pids, () => cli(...args, ...(lazy ? ["--lazy"] : [])));
       assert.equal(m.code, 0, m.stderr);
       assert.match(m.stdout, new RegExp(`running there as pid ${t.pid};`));
       assert.equal(await r.done, 0, r.output());

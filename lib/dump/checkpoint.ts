@@ -126,6 +126,8 @@ export interface PreCopyPass {
 export interface HandOver {
   /** The committed image. */
   dir: string;
+  /** Every process dumped, the root first. */
+  processes: number[];
   /** Ends the frozen processes now and waits until they are gone. */
   end(): Promise<void>;
 }
@@ -575,6 +577,7 @@ export async function checkpoint(
     if (!opts.leaveRunning) {
       await opts.handOver?.({
         dir,
+        processes: entries.map((e) => e.pid),
         end: async () => {
           end();
           for (const f of tree) await waitGone(f.pid);

@@ -48,7 +48,10 @@ export interface MigrateResult {
 
 /** Options of `migrate`. */
 export interface MigrateOptions extends SendOptions {
-  /** The receiver restores lazily: the process runs before all its memory is in. */
+  /**
+   * The receiver restores lazily: the process runs before all its memory is in (one process; a
+   * tree is restored whole before it runs).
+   */
   lazy?: boolean;
 }
 
@@ -111,14 +114,16 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
           if (bytes < ENOUGH) break;
         }
       },
-      handOver: async ({ end }) => {
+      handOver: async ({ end, processes }) => {
         await shipper.finish();
+        // A lazy restore takes one process: a tree is restored whole before it runs.
+        const lazy = opts.lazy === true && processes.length === 1;
         const stored = await channel.receiveJson(FRAME.STORED);
         let ended = false;
         try {
           // On one machine the receiver's restore needs the pids: the original ends while the
           // restore starts (it waits for them).
-          await channel.sendJson(FRAME.RESTORE, { lazy: opts.lazy === true, ending: sameMachine });
+          await channel.sendJson(FRAME.RESTORE, { lazy, ending: sameMachine });
           if (sameMachine) {
             await end();
             ended = true;
