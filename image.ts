@@ -62,6 +62,7 @@ export {
   type TerminalEntry,
   type TerminalModes,
   type ThreadEntry,
+  type TimeEntry,
   type UtsEntry,
   type WindowSize,
   type ZombieEntry,

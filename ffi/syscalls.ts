@@ -115,6 +115,8 @@ export const SYS = {
   set_robust_list: 273,
   get_robust_list: 274,
   unshare: 272,
+  setns: 308,
+  clock_gettime: 228,
   tee: 276,
   signalfd4: 289,
   timerfd_create: 283,

@@ -128,12 +128,47 @@ Deno.test(
         assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a fresh ${kind} namespace`);
         assert.equal(ns(child, kind), ns(init, kind), `the child shares its ${kind} namespace`);
       }
-      for (const kind of ["net", "user", "cgroup"]) {
+      for (const kind of ["net", "user", "cgroup", "time"]) {
         assert.equal(ns(init, kind), ns(Deno.pid, kind));
       }
       // The fixture checks its pids, its /proc, its names, its child's socket and its count.
       assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
       assert.equal(await c.unshare.check(init), "PASS", "and it runs on");
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("container: a time namespace comes back with its clock offsets", missing),
+  async () => {
+    // Ten days ahead on CLOCK_MONOTONIC, twenty on CLOCK_BOOTTIME: a restore into the host's
+    // clocks would run them backwards, which the fixture sees.
+    const offsets = ["--time", "--monotonic", "864000", "--boottime", "1728000"];
+    const c = await startContainer([...UNSHARE, ...offsets]);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, /container namespaces: .*time \+864000 s monotonic, \+1728000 s/);
+
+      restored = await restore(`${dir}/image`);
+      const [child] = childrenOf(restored.pid);
+      assert.notEqual(ns(restored.pid, "time"), ns(Deno.pid, "time"), "a fresh time namespace");
+      assert.equal(ns(child, "time"), ns(restored.pid, "time"));
+      assert.match(
+        Deno.readTextFileSync(`/proc/${restored.pid}/timens_offsets`),
+        /monotonic\s+864000\s+0\s+boottime\s+1728000\s+0/,
+      );
+      // The fixture checks its offsets and that its clocks did not run backwards.
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+      assert.equal(await c.unshare.check(restored.pid), "PASS", "and it runs on");
     } finally {
       await stopContainer(c, restored);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -223,6 +258,44 @@ Deno.test(
         await stopContainer(c);
       }
     });
+  },
+);
+
+Deno.test(
+  needs("container: a time namespace without a pid namespace", notInstalled("unshare", "cc")),
+  async (t) => {
+    // unshare --fork --time: unshare runs in the host's clocks, its child in the new ones.
+    const args = ["--fork", "--time", "--monotonic", "864000", await fixture("r_memory")];
+    const u = await spawnTarget("unshare", args, { ready: /^READY /m, append: true });
+    const [child] = childrenOf(u.pid);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      await t.step("a process that made it for its children only is refused", async () => {
+        await assert.rejects(
+          () => checkpoint(u.pid, `${dir}/refused`),
+          new RegExp(`process ${u.pid} made a time namespace for its children`),
+        );
+        assert.equal(await u.check(child), "PASS", u.output());
+      });
+      await t.step("the process inside it comes back in one with its offsets", async () => {
+        await checkpoint(child, `${dir}/image`);
+        await waitUntil(() => !isAlive(child), 5000, "the dumped process to end");
+        restored = await restore(`${dir}/image`);
+        assert.equal(restored.pid, child);
+        assert.notEqual(ns(child, "time"), ns(Deno.pid, "time"));
+        assert.match(
+          Deno.readTextFileSync(`/proc/${child}/timens_offsets`),
+          /monotonic\s+864000\s/,
+        );
+        assert.equal(await u.check(child), "PASS", u.output());
+      });
+    } finally {
+      if (restored) await killAndReap(restored.pid);
+      await killAndReap(child).catch(() => {});
+      await killAndReap(u.pid);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
   },
 );
 

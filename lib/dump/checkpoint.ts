@@ -425,7 +425,7 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
- * and its pid, mount, UTS and IPC namespaces are dumped with it (other kinds are refused, naming
+ * and its pid, mount, UTS, IPC and time namespaces are dumped with it (other kinds are refused, naming
  * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(

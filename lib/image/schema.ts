@@ -505,6 +505,18 @@ export interface SemSetEntry extends SysvObjectEntry {
   values: number[];
 }
 
+/** A container's time namespace: its clock offsets, and what its clocks read at the dump. */
+export interface TimeEntry {
+  /** What it adds to CLOCK_MONOTONIC, in ns (/proc/PID/timens_offsets). */
+  monotonic: bigint;
+  /** What it adds to CLOCK_BOOTTIME, in ns. */
+  boottime: bigint;
+  /** The boot of the dumping machine (/proc/sys/kernel/random/boot_id). */
+  bootId: string;
+  /** Its CLOCK_MONOTONIC and CLOCK_BOOTTIME as the container read them at the dump, in ns. */
+  clocks: { monotonic: bigint; boottime: bigint };
+}
+
 /**
  * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
  * which the restore makes anew, the tree inside them.
@@ -513,15 +525,18 @@ export interface NamespacesEntry {
   /**
    * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
-   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`).
+   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`), `time` (with
+   * `time`).
    */
-  kinds: ("pid" | "mnt" | "uts" | "ipc")[];
+  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time")[];
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
   /** With `uts`: its names. */
   uts?: UtsEntry;
   /** With `ipc`: its System V message queues and semaphore sets (absent: none). */
   ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
+  /** With `time`: its clock offsets. */
+  time?: TimeEntry;
 }
 
 /** Everything needed to bring one process back. */

@@ -673,7 +673,7 @@ const MESSAGES: FieldType = { list: { map: { type: "whole", data: "bytes" } } };
 
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
-  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc"] } },
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time"] } },
   mounts: {
     optional: {
       list: {
@@ -693,6 +693,16 @@ const NAMESPACES_FIELDS: Fields = {
       map: {
         msg: { list: { map: { ...SYSV_OBJECT_FIELDS, qbytes: "whole", messages: MESSAGES } } },
         sem: { list: { map: { ...SYSV_OBJECT_FIELDS, values: { list: "whole" } } } },
+      },
+    },
+  },
+  time: {
+    optional: {
+      map: {
+        monotonic: "whole",
+        boottime: "whole",
+        bootId: "text",
+        clocks: { map: { monotonic: "whole", boottime: "whole" } },
       },
     },
   },

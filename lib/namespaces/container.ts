@@ -13,6 +13,7 @@ import { dumpMounts, makeMounts, mountsDiffer } from "./mounts.ts";
 import { dumpUts, makeUts } from "./uts.ts";
 import { checkIpcCarried, makeIpc } from "./ipc.ts";
 import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
+import { dumpTime, makeTime, timeDiffers } from "./time.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
@@ -27,6 +28,7 @@ export function dumpNamespaces(pid: number, inj: Injector, kinds: CarriedKind[])
     const ipc = dumpSysvIpc(inj);
     if (ipc.msg.length || ipc.sem.length) entry.ipc = ipc;
   }
+  if (kinds.includes("time")) entry.time = dumpTime(pid, inj);
   return entry;
 }
 
@@ -36,6 +38,7 @@ export function dumpNamespaces(pid: number, inj: Injector, kinds: CarriedKind[])
  */
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry): void {
   try {
+    if (entry.time) makeTime(inj, entry.time);
     if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
     if (entry.uts) makeUts(inj, entry.uts);
     if (entry.kinds.includes("ipc")) makeIpc(inj);
@@ -78,5 +81,7 @@ export function namespacesDiffer(
         `${entry.uts.hostname} (${entry.uts.domainname})`;
     }
   }
+  const time = entry.time && timeDiffers(pid, entry.time);
+  if (time) return `its time namespace differs: ${time}`;
   return null;
 }

@@ -1,7 +1,7 @@
 /**
  * Which namespaces a process lives in, and which of them a dump carries. A process whose
- * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS
- * and IPC namespaces with it, and the restore makes fresh ones of the same kinds. Every other
+ * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
+ * IPC and time namespaces with it, and the restore makes fresh ones of the same kinds. Every other
  * kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
  * namespace that a process outside the dump also lives in are refused, naming them.
  */
@@ -30,13 +30,16 @@ export const NAMESPACE_KINDS = [
 export type NamespaceKind = typeof NAMESPACE_KINDS[number];
 
 /** The kinds a dump takes and a restore makes anew. */
-export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc"] as const;
+export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc", "time"] as const;
 
 /** A kind of namespace a dump takes. */
 export type CarriedKind = typeof CARRIED_KINDS[number];
 
 /** The namespace of kind `kind` process `pid` lives in (`uts:[4026532183]`), null if unknown. */
-export function namespaceOf(pid: number, kind: NamespaceKind): string | null {
+export function namespaceOf(
+  pid: number,
+  kind: NamespaceKind | "time_for_children",
+): string | null {
   try {
     return readProcLink(pid, `ns/${kind}`);
   } catch {
@@ -67,7 +70,7 @@ export function containerKinds(root: number): CarriedKind[] {
     throw new DumpError(
       `process ${root} lives in ${refused.length > 1 ? "namespaces" : "a namespace"} of its ` +
         `own (${refused.join(", ")}), which tardigrade does not dump yet (it carries pid, mnt, ` +
-        `uts and ipc namespaces); run tardigrade ` +
+        `uts, ipc and time namespaces); run tardigrade ` +
         `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
     );
   }
@@ -95,6 +98,13 @@ export function containerKinds(root: number): CarriedKind[] {
  * namespace of its own inside the container (or joined another one), which is not carried yet.
  */
 export function checkSameNamespaces(pid: number, root: number): void {
+  const forChildren = namespaceOf(pid, "time_for_children");
+  if (forChildren !== null && forChildren !== namespaceOf(pid, "time")) {
+    throw new DumpError(
+      `process ${pid} made a time namespace for its children (unshare --time without ` +
+        `entering it), which tardigrade does not dump`,
+    );
+  }
   if (pid === root) return;
   for (const k of NAMESPACE_KINDS) {
     const ns = namespaceOf(pid, k);

@@ -160,6 +160,12 @@ function namespacesOf(ns: NamespacesEntry): string[] {
       return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
         `${ns.ipc.sem.length} semaphore sets`;
     }
+    if (k === "time" && ns.time) {
+      const s = (offset: bigint) => `${offset < 0n ? "" : "+"}${Number(offset) / 1e9} s`;
+      return `time ${s(BigInt(ns.time.monotonic))} monotonic, ${
+        s(BigInt(ns.time.boottime))
+      } boottime`;
+    }
     return k;
   });
 }
