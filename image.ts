@@ -45,6 +45,10 @@ export {
   type MsgQueueEntry,
   type NamespaceEntry,
   type NamespacesEntry,
+  type NetAddressEntry,
+  type NetEntry,
+  type NetLinkEntry,
+  type NetRouteEntry,
   type NetworkLockEntry,
   type PageRun,
   type PendingSignal,
@@ -64,6 +68,7 @@ export {
   type ThreadEntry,
   type TimeEntry,
   type UtsEntry,
+  type VethPeerEntry,
   type WindowSize,
   type ZombieEntry,
 } from "./lib/image/schema.ts";

@@ -41,7 +41,11 @@ interface Container {
   countFile: string;
 }
 
-async function startContainer(flags = UNSHARE, shell?: string): Promise<Container> {
+async function startContainer(
+  flags = UNSHARE,
+  shell?: string,
+  env?: Record<string, string>,
+): Promise<Container> {
   const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
   const bin = await fixture("container_init");
   const args = shell
@@ -50,6 +54,7 @@ async function startContainer(flags = UNSHARE, shell?: string): Promise<Containe
   const unshare = await spawnTarget("unshare", args, {
     ready: /^(READY|SETUP FAILED).*$/m,
     append: true, // the restored init writes after what unshare adds when its child dies
+    env,
   });
   assert.match(unshare.output(), /^READY /m, `container setup failed:\n${unshare.output()}`);
   const [init] = childrenOf(unshare.pid);
@@ -176,6 +181,139 @@ Deno.test(
   },
 );
 
+/** Runs `ip` (or another program) with `args`; its output, failing the test when it fails. */
+async function run(program: string, ...args: string[]): Promise<string> {
+  const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  assert.ok(out.success, `${program} ${args.join(" ")}: ${text(out.stderr)}`);
+  return text(out.stdout);
+}
+
+/** The answer of the container's counter on its TCP listener at `host`: its count. */
+async function askCounter(host: string): Promise<number> {
+  const conn = await Deno.connect({ hostname: host, port: LISTEN_PORT });
+  const answer = new TextDecoder().decode(await new Response(conn.readable).arrayBuffer());
+  const m = answer.match(/^count (\d+)$/m);
+  assert.ok(m, `the counter answered ${JSON.stringify(answer)}`);
+  return Number(m[1]);
+}
+
+const LISTEN_PORT = 7777;
+
+/**
+ * A container with a net namespace of its own, wired to a bridge of the host through a veth:
+ * its loopback up, eth0 with an MTU, IPv4 and IPv6 addresses, routes and sysctls of its own.
+ */
+async function startNetContainer(): Promise<
+  Container & { bridge: string; peer: string; ip: string }
+> {
+  const c = await startContainer([...UNSHARE, "--net"], undefined, {
+    LISTEN_PORT: String(LISTEN_PORT),
+  });
+  const net = c.init % 250 + 1;
+  const bridge = `tdgb${c.init}`, peer = `tdgh${c.init}`, ip = `10.231.${net}.2`;
+  await makeBridge(bridge, `10.231.${net}.1/24`);
+  await run(
+    "ip",
+    "link",
+    "add",
+    peer,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "eth0",
+    "netns",
+    `${c.init}`,
+  );
+  await run("ip", "link", "set", peer, "master", bridge, "up");
+  const inside = [
+    "ip link set lo up",
+    "ip link set eth0 mtu 1400 up",
+    `ip addr add ${ip}/24 dev eth0`,
+    `ip addr add fd00:231:${net}::2/64 dev eth0 nodad`,
+    `ip route add default via 10.231.${net}.1`,
+    `ip route add 10.99.0.0/16 via 10.231.${net}.1 metric 7`,
+    "echo 2 > /proc/sys/net/ipv4/conf/eth0/rp_filter",
+    "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore",
+    "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra",
+  ];
+  await run("nsenter", `--net=/proc/${c.init}/ns/net`, "sh", "-ec", inside.join("\n"));
+  return { ...c, bridge, peer, ip };
+}
+
+/** A bridge of the host with address `address`, up. */
+async function makeBridge(bridge: string, address: string): Promise<void> {
+  await run("ip", "link", "add", bridge, "type", "bridge");
+  await run("ip", "addr", "add", address, "dev", bridge);
+  await run("ip", "link", "set", bridge, "up");
+}
+
+/** Reads a sysctl of the net namespace of `pid`. */
+const sysctlOf = (pid: number, path: string) =>
+  run("nsenter", `--net=/proc/${pid}/ns/net`, "cat", `/proc/sys/net/${path}`).then((s) => s.trim());
+
+const netMissing = notInstalled("unshare", "nsenter", "ip", "cc");
+
+Deno.test(
+  needs(
+    "container: a net namespace comes back with its devices, veth, routes and sockets",
+    netMissing,
+  ),
+  async () => {
+    const c = await startNetContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      const before = await askCounter(c.ip);
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid); // it held the namespace too
+
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, new RegExp(`net lo, eth0 \\(veth to ${c.peer} on ${c.bridge}\\)`));
+
+      // The bridge the outside end was a port of is gone: refused, naming it, nothing left.
+      const bridgeAddress = `${c.ip.replace(/\.2$/, ".1")}/24`;
+      await run("ip", "link", "del", c.bridge);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`was a port of ${c.bridge}, which tardigrade's network namespace no longer has`),
+      );
+      assert.deepEqual(runningFixtures(bin), [], "a process of the failed restore is left");
+      await makeBridge(c.bridge, bridgeAddress);
+
+      restored = await restore(`${dir}/image`);
+      const init = restored.pid;
+      assert.notEqual(ns(init, "net"), ns(Deno.pid, "net"), "a fresh net namespace");
+      const [child] = childrenOf(init);
+      assert.equal(ns(child, "net"), ns(init, "net"));
+      // Through the veth and the bridge, its listener answers, counting on.
+      assert.ok(await askCounter(c.ip) > before, "the counter counts on");
+      const link = JSON.parse(await run("ip", "-j", "-d", "link", "show", c.peer))[0];
+      assert.equal(link.master, c.bridge);
+      assert.equal(await sysctlOf(init, "ipv4/conf/eth0/rp_filter"), "2");
+      assert.equal(await sysctlOf(init, "ipv4/conf/all/arp_ignore"), "1");
+      assert.equal(await sysctlOf(init, "ipv6/conf/eth0/accept_ra"), "0");
+      const routes = await run("nsenter", `--net=/proc/${init}/ns/net`, "ip", "route");
+      assert.match(routes, /default via 10\.231\.\d+\.1 dev eth0/);
+      assert.match(routes, /10\.99\.0\.0\/16 via 10\.231\.\d+\.1 dev eth0 metric 7/);
+      const eth0 = JSON.parse(
+        await run("nsenter", `--net=/proc/${init}/ns/net`, "ip", "-j", "addr", "show", "eth0"),
+      )[0];
+      assert.equal(eth0.mtu, 1400);
+      assert.ok(eth0.addr_info.some((a: { local: string }) => a.local === c.ip));
+      assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await run("ip", "link", "del", c.bridge).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 /** Dumps container `c` expecting a refusal matching `reason`; the container runs on unharmed. */
 async function assertRefused(c: Container, pid: number, reason: RegExp): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
@@ -187,18 +325,30 @@ async function assertRefused(c: Container, pid: number, reason: RegExp): Promise
   }
 }
 
-const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "cc");
+const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "ip", "nft", "cc");
 
 Deno.test(
   needs("container: what is not carried is refused, naming it", refusalsMissing),
   async (t) => {
-    await t.step("a net namespace", async () => {
-      const c = await startContainer([...UNSHARE, "--net"]);
+    await t.step("a network device of a kind not carried", async () => {
+      const c = await startContainer([...UNSHARE, "--net"], "ip link add tdg0 type bridge");
       try {
         await assertRefused(
           c,
           c.init,
-          new RegExp(`process ${c.init} lives in a namespace of its own \\(net\\)`),
+          new RegExp(`the net namespace of container ${c.init} has a bridge device tdg0`),
+        );
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a firewall ruleset in its net namespace", async () => {
+      const c = await startContainer([...UNSHARE, "--net"], "nft add table inet tardigrade");
+      try {
+        await assertRefused(
+          c,
+          c.init,
+          new RegExp(`the net namespace of container ${c.init} has a firewall ruleset \\(table`),
         );
       } finally {
         await stopContainer(c);
@@ -438,7 +588,7 @@ async function runcBundle(dir: string): Promise<void> {
 
 Deno.test(
   needs(
-    "container: a runc container (its own net namespace) is refused, naming it, and runs on",
+    "container: a runc container (its own mount tree) is refused, naming it, and runs on",
     notInstalled("runc", "busybox"),
   ),
   async () => {
@@ -462,7 +612,7 @@ Deno.test(
       const init: number = state.pid;
       await assert.rejects(
         () => checkpoint(init, `${dir}/image`),
-        new RegExp(`process ${init} lives in (a namespace|namespaces) of its own \\([^)]*net`),
+        new RegExp(`the mount namespace of container ${init} lacks`),
       );
       assert.ok(isAlive(init), "the container's init runs on");
       const after = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));

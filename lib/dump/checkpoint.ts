@@ -46,6 +46,7 @@ import { dumpCgroupGroups } from "../task/cgroups.ts";
 import { checkSameNamespaces, containerKinds, refuseOutsideHolders } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
+import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
   type FileEntry,
   PROCESS_META,
@@ -425,7 +426,7 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
- * and its pid, mount, UTS, IPC and time namespaces are dumped with it (other kinds are refused, naming
+ * and its pid, mount, UTS, IPC, time and net namespaces are dumped with it (other kinds are refused, naming
  * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
@@ -489,6 +490,8 @@ export async function checkpoint(
     const stopped = new Set<number>();
     tree = await freezeTree(pid, opts, stopped);
     refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
+    // A container's sockets are asked of its own net namespace.
+    using _diag = kinds.includes("net") ? diagInNamespaceOf(tree[0].injector) : undefined;
     const run: DumpRun = {
       policy,
       files: new FileTable(),

@@ -517,6 +517,92 @@ export interface TimeEntry {
   clocks: { monotonic: bigint; boottime: bigint };
 }
 
+/** An address of a network device, as `ip -j addr` shows it. */
+export interface NetAddressEntry {
+  /** `inet` or `inet6`. */
+  family: string;
+  /** The address. */
+  local: string;
+  /** Its prefix length. */
+  prefixlen: number;
+  /** Its scope (`global`, `link`, `host`). */
+  scope: string;
+  /** Its broadcast address (IPv4), when it has one. */
+  broadcast?: string;
+  /** Its label (IPv4), when it is not the device's name. */
+  label?: string;
+}
+
+/** A route a network namespace was given (not one the kernel makes itself), as `ip -j route`. */
+export interface NetRouteEntry {
+  /** `inet` or `inet6`. */
+  family: string;
+  /** Its destination (`default`, `10.0.0.0/8`). */
+  dst: string;
+  /** Its type when not unicast (`blackhole`, `unreachable` …). */
+  type?: string;
+  /** Its gateway. */
+  gateway?: string;
+  /** Its device. */
+  dev?: string;
+  /** Its table when not main. */
+  table?: string;
+  /** Its metric. */
+  metric?: number;
+  /** Who made it when not boot (`static`, `dhcp` …). */
+  protocol?: string;
+  /** Its scope when not universe. */
+  scope?: string;
+  /** Its preferred source address. */
+  prefsrc?: string;
+}
+
+/** The end of a veth pair outside the container, in the dumping tool's network namespace. */
+export interface VethPeerEntry {
+  /** Its name. */
+  name: string;
+  /** Its MTU. */
+  mtu: number;
+  /** Its hardware address. */
+  mac: string;
+  /** Whether it was up. */
+  up: boolean;
+  /** The bridge it was a port of, reconnected to at restore (which must exist). */
+  master?: string;
+  /** Its addresses. */
+  addresses: NetAddressEntry[];
+  /** The routes through it the tool's namespace had been given. */
+  routes: NetRouteEntry[];
+}
+
+/** A network device of a container's net namespace: its loopback or a veth. */
+export interface NetLinkEntry {
+  /** Its name. */
+  name: string;
+  /** `loopback` or `veth`. */
+  kind: string;
+  /** Its MTU. */
+  mtu: number;
+  /** Its hardware address. */
+  mac: string;
+  /** Whether it was up. */
+  up: boolean;
+  /** Its addresses. */
+  addresses: NetAddressEntry[];
+  /** A veth's other end, outside the container. */
+  peer?: VethPeerEntry;
+}
+
+/** A container's network namespace. */
+export interface NetEntry {
+  /** Its devices. */
+  links: NetLinkEntry[];
+  /** The routes it was given. */
+  routes: NetRouteEntry[];
+  /** Its sysctls under net.ipv4.conf and net.ipv6.conf: path below /proc/sys/net, and value. */
+  sysctls: { path: string; value: string }[];
+}
+
 /**
  * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
  * which the restore makes anew, the tree inside them.
@@ -526,9 +612,9 @@ export interface NamespacesEntry {
    * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
    * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`), `time` (with
-   * `time`).
+   * `time`), `net` (with `net`).
    */
-  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time")[];
+  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net")[];
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
   /** With `uts`: its names. */
@@ -537,6 +623,8 @@ export interface NamespacesEntry {
   ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
   /** With `time`: its clock offsets. */
   time?: TimeEntry;
+  /** With `net`: its devices, addresses, routes and sysctls. */
+  net?: NetEntry;
 }
 
 /** Everything needed to bring one process back. */

@@ -671,9 +671,68 @@ const SYSV_OBJECT_FIELDS: Fields = {
 /** A message queue's messages. */
 const MESSAGES: FieldType = { list: { map: { type: "whole", data: "bytes" } } };
 
+/** `NetAddressEntry`. */
+const NET_ADDRESS: FieldType = {
+  map: {
+    family: { oneOf: ["inet", "inet6"] },
+    local: "text",
+    prefixlen: "whole",
+    scope: "text",
+    broadcast: { optional: "text" },
+    label: { optional: "text" },
+  },
+};
+
+/** `NetRouteEntry`. */
+const NET_ROUTE: FieldType = {
+  map: {
+    family: { oneOf: ["inet", "inet6"] },
+    dst: "text",
+    type: { optional: "text" },
+    gateway: { optional: "text" },
+    dev: { optional: "text" },
+    table: { optional: "text" },
+    metric: { optional: "whole" },
+    protocol: { optional: "text" },
+    scope: { optional: "text" },
+    prefsrc: { optional: "text" },
+  },
+};
+
+/** `NetEntry`: a container's network namespace. */
+const NET_FIELDS: Fields = {
+  links: {
+    list: {
+      map: {
+        name: "text",
+        kind: { oneOf: ["loopback", "veth"] },
+        mtu: "whole",
+        mac: "text",
+        up: "bool",
+        addresses: { list: NET_ADDRESS },
+        peer: {
+          optional: {
+            map: {
+              name: "text",
+              mtu: "whole",
+              mac: "text",
+              up: "bool",
+              master: { optional: "text" },
+              addresses: { list: NET_ADDRESS },
+              routes: { list: NET_ROUTE },
+            },
+          },
+        },
+      },
+    },
+  },
+  routes: { list: NET_ROUTE },
+  sysctls: { list: { map: { path: "text", value: "text" } } },
+};
+
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
-  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time"] } },
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net"] } },
   mounts: {
     optional: {
       list: {
@@ -706,6 +765,7 @@ const NAMESPACES_FIELDS: Fields = {
       },
     },
   },
+  net: { optional: { map: NET_FIELDS } },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

@@ -14,6 +14,7 @@ import { dumpUts, makeUts } from "./uts.ts";
 import { checkIpcCarried, makeIpc } from "./ipc.ts";
 import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
+import { dumpNet, makeNet, netDiffers } from "./net.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
@@ -29,6 +30,7 @@ export function dumpNamespaces(pid: number, inj: Injector, kinds: CarriedKind[])
     if (ipc.msg.length || ipc.sem.length) entry.ipc = ipc;
   }
   if (kinds.includes("time")) entry.time = dumpTime(pid, inj);
+  if (kinds.includes("net")) entry.net = dumpNet(pid);
   return entry;
 }
 
@@ -39,6 +41,7 @@ export function dumpNamespaces(pid: number, inj: Injector, kinds: CarriedKind[])
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry): void {
   try {
     if (entry.time) makeTime(inj, entry.time);
+    if (entry.net) makeNet(inj, entry.net);
     if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
     if (entry.uts) makeUts(inj, entry.uts);
     if (entry.kinds.includes("ipc")) makeIpc(inj);
@@ -81,6 +84,8 @@ export function namespacesDiffer(
         `${entry.uts.hostname} (${entry.uts.domainname})`;
     }
   }
+  const net = entry.net && netDiffers(pid, entry.net);
+  if (net) return `its net namespace differs: ${net}`;
   const time = entry.time && timeDiffers(pid, entry.time);
   if (time) return `its time namespace differs: ${time}`;
   return null;

@@ -160,6 +160,14 @@ function namespacesOf(ns: NamespacesEntry): string[] {
       return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
         `${ns.ipc.sem.length} semaphore sets`;
     }
+    if (k === "net" && ns.net) {
+      const links = ns.net.links.map((l) =>
+        l.peer
+          ? `${l.name} (veth to ${l.peer.name}${l.peer.master ? ` on ${l.peer.master}` : ""})`
+          : l.name
+      );
+      return `net ${links.join(", ")}, ${ns.net.routes.length} routes`;
+    }
     if (k === "time" && ns.time) {
       const s = (offset: bigint) => `${offset < 0n ? "" : "+"}${Number(offset) / 1e9} s`;
       return `time ${s(BigInt(ns.time.monotonic))} monotonic, ${
