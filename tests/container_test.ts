@@ -314,6 +314,60 @@ Deno.test(
   },
 );
 
+Deno.test(
+  needs(
+    "container: --external net leaves a named net namespace out, joined at restore",
+    netMissing,
+  ),
+  async () => {
+    const name = `tdg-${Deno.pid}-${Date.now() % 100000}`;
+    const netns = `/run/netns/${name}`;
+    await run("ip", "netns", "add", name);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
+    // The container runs in the named namespace, which a mount holds, not a process.
+    const unshare = await spawnTarget(
+      "nsenter",
+      [`--net=${netns}`, "unshare", ...UNSHARE, await fixture("container_init"), countFile],
+      { ready: /^(READY|SETUP FAILED).*$/m, append: true },
+    );
+    const [init] = childrenOf(unshare.pid);
+    const c: Container = { unshare, init, countFile };
+    let restoredPid = 0;
+    try {
+      assert.match(unshare.output(), /^READY /m, unshare.output());
+      await assertRefused(c, init, new RegExp(`also held by a mount on ${netns}`));
+      await checkpoint(init, `${dir}/image`, { external: ["net"] });
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await killAndReap(unshare.pid);
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, /net joined at restore \(--external net\)/);
+      // Not handed in: refused, naming what to hand in.
+      await assert.rejects(() => restore(`${dir}/image`), /hand in the net namespace it joins/);
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `exec '${Deno.execPath()}' run -A main.ts restore '${dir}/image' --json ` +
+          `--inherit-fd 'fd[3]:net' 3<'${netns}'`,
+        ],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(r.success, new TextDecoder().decode(r.stderr));
+      restoredPid = JSON.parse(new TextDecoder().decode(r.stdout)).pid;
+      assert.equal(ns(restoredPid, "net"), `net:[${Deno.statSync(netns).ino}]`);
+      assert.equal(await unshare.check(restoredPid), "PASS", unshare.output());
+    } finally {
+      if (restoredPid) await killAndReap(restoredPid);
+      await stopContainer(c);
+      await run("ip", "netns", "del", name).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 /** Dumps container `c` expecting a refusal matching `reason`; the container runs on unharmed. */
 async function assertRefused(c: Container, pid: number, reason: RegExp): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });

@@ -625,6 +625,8 @@ export interface NamespacesEntry {
   time?: TimeEntry;
   /** With `net`: its devices, addresses, routes and sysctls. */
   net?: NetEntry;
+  /** Kinds left out at dump (`--external net`): the restore joins a namespace handed in. */
+  joined?: "net"[];
 }
 
 /** Everything needed to bring one process back. */

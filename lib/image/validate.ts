@@ -766,6 +766,7 @@ const NAMESPACES_FIELDS: Fields = {
     },
   },
   net: { optional: { map: NET_FIELDS } },
+  joined: { optional: { list: { oneOf: ["net"] } } },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

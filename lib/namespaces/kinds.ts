@@ -10,6 +10,7 @@ import {
   innermostPid,
   processState,
   readComm,
+  readMountInfo,
   readProcLink,
   statusField,
 } from "../inspect/procfs.ts";
@@ -59,12 +60,22 @@ const isCarried = (k: NamespaceKind): k is CarriedKind =>
   (CARRIED_KINDS as readonly string[]).includes(k);
 
 /**
- * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's).
- * Refuses a kind not carried, and a pid namespace whose init is not `root`: the restore makes the
+ * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's);
+ * with `externalNet` its net namespace is left out, to be joined at restore. Refuses a kind not
+ * carried, and a pid namespace whose init is not `root`: the restore makes the
  * root pid 1 of a fresh one, which only the container's init may be.
  */
-export function containerKinds(root: number): CarriedKind[] {
-  const kinds = foreignKinds(root);
+export function containerKinds(root: number, externalNet = false): CarriedKind[] {
+  let kinds = foreignKinds(root);
+  if (externalNet) {
+    if (!kinds.includes("net")) {
+      throw new DumpError(
+        `--external net: process ${root} lives in tardigrade's own net namespace, which a ` +
+          `restore is in anyway`,
+      );
+    }
+    kinds = kinds.filter((k) => k !== "net"); // joined at restore, not made
+  }
   const refused = kinds.filter((k) => !isCarried(k));
   if (refused.length) {
     throw new DumpError(
@@ -142,6 +153,26 @@ export function refuseOutsideHolders(root: number, tree: readonly number[], kind
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by process ${pid} (${comm}), ` +
           `which is not in the dump: a restore would part them`,
+      );
+    }
+  }
+}
+
+/**
+ * Refuses a container namespace of `kinds` (those of `root`) that a mount in the tool's mount
+ * namespace holds (`ip netns add` binds one on /run/netns/NAME): a restore would part them.
+ */
+export function refuseMountedHolders(root: number, kinds: CarriedKind[]): void {
+  const nsfs = readMountInfo("self").filter((m) => m.fsType === "nsfs");
+  for (const k of kinds) {
+    const ns = namespaceOf(root, k);
+    const held = nsfs.find((m) => m.root === ns);
+    if (held) {
+      throw new DumpError(
+        `the ${k} namespace of container ${root} is also held by a mount on ${held.mountPoint}, ` +
+          `outside the dump: a restore would part them${
+            k === "net" ? " (--external net leaves it out, to be joined at restore)" : ""
+          }`,
       );
     }
   }

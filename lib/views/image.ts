@@ -150,7 +150,8 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
 
 /** Each kind of a container's namespaces, with what the image records of it. */
 function namespacesOf(ns: NamespacesEntry): string[] {
-  return ns.kinds.map((k) => {
+  const joined = (ns.joined ?? []).map((k) => `${k} joined at restore (--external ${k})`);
+  return [...ns.kinds, ...joined].map((k) => {
     if (k === "uts" && ns.uts) return `uts ${ns.uts.hostname} (${ns.uts.domainname})`;
     if (k === "mnt" && ns.mounts?.length) {
       return `mnt ${ns.mounts.map((m) => `+${m.fsType} on ${m.mountPoint}`).join(" ")}`;
