@@ -67,6 +67,7 @@ export {
   type TerminalModes,
   type ThreadEntry,
   type TimeEntry,
+  type TmpfsFileEntry,
   type UtsEntry,
   type VethPeerEntry,
   type WindowSize,

@@ -81,6 +81,8 @@ export const SYS = {
   rt_sigqueueinfo: 129,
   sigaltstack: 131,
   mknod: 133,
+  pivot_root: 155,
+  umount2: 166,
   personality: 135,
   getpriority: 140,
   setpriority: 141,

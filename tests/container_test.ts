@@ -483,10 +483,13 @@ Deno.test(
         await stopContainer(c);
       }
     });
-    await t.step("a mount the container made", async () => {
-      const c = await startContainer(UNSHARE, "mount -t tmpfs scratch /mnt");
+    await t.step("a mount that propagates", async () => {
+      const c = await startContainer(
+        UNSHARE,
+        "mount -t tmpfs scratch /mnt && mount --make-shared /mnt",
+      );
       try {
-        await assertRefused(c, c.init, /mounted tmpfs scratch on \/mnt/);
+        await assertRefused(c, c.init, /mount \/mnt of container \d+ propagates \(shared:/);
       } finally {
         await stopContainer(c);
       }
@@ -652,7 +655,39 @@ Deno.test(
   },
 );
 
-/** A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp. */
+Deno.test(
+  needs("container: mounts it made (a tmpfs with files, a read-only bind) come back", missing),
+  async () => {
+    const made = "mount -t tmpfs -o size=1m scratch /mnt && echo hello > /mnt/greeting && " +
+      "mkdir /mnt/a /mnt/b && ln -s greeting /mnt/link && mount --bind /mnt/a /mnt/b && " +
+      "mount -o remount,bind,ro /mnt/b";
+    const c = await startContainer(UNSHARE, made);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      restored = await restore(`${dir}/image`);
+      const root = `/proc/${restored.pid}/root`;
+      assert.equal(Deno.readTextFileSync(`${root}/mnt/greeting`), "hello\n");
+      assert.equal(Deno.readLinkSync(`${root}/mnt/link`), "greeting");
+      const mounts = Deno.readTextFileSync(`/proc/${restored.pid}/mountinfo`);
+      assert.match(mounts, / \/mnt rw,relatime - tmpfs scratch rw,size=1024k/);
+      assert.match(mounts, / \/a \/mnt\/b ro,relatime - tmpfs scratch /);
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/**
+ * A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp: its
+ * shell counts into /tmp/count every 0.1 s and busybox httpd serves /tmp on port 7777 of its net
+ * namespace.
+ */
 async function runcBundle(dir: string): Promise<void> {
   for (const d of ["bin", "proc", "dev", "sys", "tmp"]) {
     await Deno.mkdir(`${dir}/rootfs/${d}`, { recursive: true });
@@ -663,16 +698,38 @@ async function runcBundle(dir: string): Promise<void> {
   assert.ok(spec.success, "runc spec");
   const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   config.process.terminal = false;
-  config.process.args = ["sh", "-c", "while :; do date > /tmp/now; sleep 0.1; done"];
+  config.process.args = [
+    "sh",
+    "-c",
+    "busybox httpd -f -p 7777 -h /tmp & i=0; " +
+    "while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+  ];
   config.root.readonly = true;
   config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
 }
 
+/** The count a runc container's httpd serves from its tmpfs, asked inside its net namespace. */
+async function servedCount(pid: number): Promise<number> {
+  const got = await run(
+    "nsenter",
+    `--net=/proc/${pid}/ns/net`,
+    "busybox",
+    "wget",
+    "-qO-",
+    "http://127.0.0.1:7777/count",
+  );
+  return Number(got.trim());
+}
+
+/** The count a runc container wrote to its tmpfs, read through its root. */
+const writtenCount = (pid: number) =>
+  Number(Deno.readTextFileSync(`/proc/${pid}/root/tmp/count`).trim());
+
 Deno.test(
   needs(
-    "container: a runc container (its own mount tree) is refused, naming it, and runs on",
-    notInstalled("runc", "busybox"),
+    "container: a runc busybox container (read-only pivot_root'ed root, tmpfs, net) round-trips",
+    notInstalled("runc", "busybox", "nsenter", "ip"),
   ),
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "tardigrade-runc-" });
@@ -680,29 +737,66 @@ Deno.test(
     const runc = (...args: string[]) =>
       new Deno.Command("runc", { args, cwd: dir, stdin: "null", stdout: "piped", stderr: "piped" })
         .output();
+    let restored: RestoreResult | undefined;
+    let groups: string[] = [];
     try {
       await runcBundle(dir);
       // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
-      const run = await new Deno.Command("runc", {
+      const ran = await new Deno.Command("runc", {
         args: ["run", "-d", name],
         cwd: dir,
         stdin: "null",
         stdout: "null",
         stderr: "null",
       }).output();
-      assert.ok(run.success, "runc run -d");
+      assert.ok(ran.success, "runc run -d");
       const state = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
       const init: number = state.pid;
-      await assert.rejects(
-        () => checkpoint(init, `${dir}/image`),
-        new RegExp(`the mount namespace of container ${init} lacks`),
+      await waitUntil(
+        () => {
+          try {
+            return writtenCount(init) > 2;
+          } catch {
+            return false;
+          }
+        },
+        10000,
+        "the container to count",
       );
-      assert.ok(isAlive(init), "the container's init runs on");
-      const after = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
-      assert.equal(after.status, "running");
-      assert.ok(!exists(`${dir}/image`), "no image is left");
+      const before = await servedCount(init);
+      const mounts = Deno.readTextFileSync(`/proc/${init}/mountinfo`);
+
+      await checkpoint(init, `${dir}/image`);
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await runc("delete", "--force", name); // its cgroups go: the restore makes them again
+
+      // Its rootfs is the host's, bound, not made: gone, the restore is refused, naming it.
+      await Deno.rename(`${dir}/rootfs`, `${dir}/moved`);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`cannot mount ext4 \\S+ on / \\([^)]*\\) \\(bound from ${dir}/rootfs of`),
+      );
+      await Deno.rename(`${dir}/moved`, `${dir}/rootfs`);
+
+      restored = await restore(`${dir}/image`);
+      const pid = restored.pid;
+      assert.deepEqual(nspid(pid).slice(1), [1], "its init is pid 1 again");
+      // The same mount tree, its read-only root, its tmpfs, masked paths, cgroups and all.
+      const strip = (text: string) =>
+        text.split("\n").map((l) => l.split(" ").slice(3).join(" ")).sort().join("\n");
+      assert.equal(strip(Deno.readTextFileSync(`/proc/${pid}/mountinfo`)), strip(mounts));
+      groups = Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n").filter(Boolean)
+        .map((l) => l.split(":")).filter((f) => f[2].includes(name))
+        .map((f) => `/sys/fs/cgroup/${f[1] ? f[1].replace("name=", "") : "unified"}${f[2]}`);
+      // It counts on into its tmpfs, and answers on its socket.
+      const after = writtenCount(pid);
+      assert.ok(after > before - 1, `it counts from ${after}, was at ${before}`);
+      await waitUntil(() => writtenCount(pid) > after, 10000, "it to count on");
+      assert.ok(await servedCount(pid) > after, "its httpd serves the count");
     } finally {
+      if (restored) await killAndReap(restored.pid);
       await runc("delete", "--force", name);
+      for (const g of groups) await removeGroup(g).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

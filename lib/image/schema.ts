@@ -455,11 +455,33 @@ export interface CgroupEntry extends CgroupMembership {
   settings: Record<string, string>;
 }
 
-/** A mount a container made over the tool's mounts (its own /proc), made again at restore. */
+/** A file of a tmpfs a container mounted, made again in the fresh tmpfs. */
+export interface TmpfsFileEntry {
+  /** Its path below the tmpfs's root. */
+  path: string;
+  /** `dir`, `file`, `symlink`, `link` (a hard link to `target`), `char`, `block` or `fifo`. */
+  type: "dir" | "file" | "symlink" | "link" | "char" | "block" | "fifo";
+  /** Its permission bits. */
+  mode: number;
+  /** Owner. */
+  uid: number;
+  /** Owner's group. */
+  gid: number;
+  /** Its modification time, ms since the epoch. */
+  mtimeMs?: number;
+  /** A regular file's bytes. */
+  data?: Uint8Array;
+  /** A symbolic link's target, or the path (below the tmpfs) a hard link shares its inode with. */
+  target?: string;
+  /** A device node's device number (st_rdev). */
+  rdev?: number;
+}
+
+/** A mount of a container, made again at restore. */
 export interface MountEntry {
   /** Where it is mounted, as the container sees it. */
   mountPoint: string;
-  /** Its file system type (only `proc` for now). */
+  /** Its file system type. */
   fsType: string;
   /** Its source (`proc`). */
   source: string;
@@ -467,6 +489,17 @@ export interface MountEntry {
   options: string;
   /** Its superblock options, as mountinfo shows them (`rw`, `rw,hidepid=2`). */
   superOptions: string;
+  /** The directory of its file system it shows, when not the root (a bind mount's). */
+  root?: string;
+  /**
+   * A bind mount: the path it is bound from, as the container sees it (a mount of the container
+   * made before it), or with `bindHost` as the tool sees it (a file system of the host).
+   */
+  bindFrom?: string;
+  /** `bindFrom` is a path of the tool's. */
+  bindHost?: boolean;
+  /** A fresh tmpfs's files. */
+  files?: TmpfsFileEntry[];
 }
 
 /** The names of a UTS namespace. */

@@ -742,6 +742,26 @@ const NAMESPACES_FIELDS: Fields = {
           source: "text",
           options: "text",
           superOptions: "text",
+          root: { optional: "text" },
+          bindFrom: { optional: "text" },
+          bindHost: { optional: "bool" },
+          files: {
+            optional: {
+              list: {
+                map: {
+                  path: "text",
+                  type: { oneOf: ["dir", "file", "symlink", "link", "char", "block", "fifo"] },
+                  mode: "whole",
+                  uid: "whole",
+                  gid: "whole",
+                  mtimeMs: { optional: "number" },
+                  data: { optional: "bytes" },
+                  target: { optional: "text" },
+                  rdev: { optional: "whole" },
+                },
+              },
+            },
+          },
         },
       },
     },

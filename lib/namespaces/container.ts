@@ -114,7 +114,6 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: J
     if (joined) joinNet(inj, joined);
     if (entry.time) makeTime(inj, entry.time);
     if (entry.net) makeNet(inj, entry.net);
-    if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
     if (entry.uts) makeUts(inj, entry.uts);
     if (entry.kinds.includes("ipc")) makeIpc(inj);
     if (entry.ipc) {
@@ -124,6 +123,8 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: J
         throw new RestoreError("its System V objects did not come back as dumped");
       }
     }
+    // Last: a sysfs or mqueue it mounts shows the namespaces made above.
+    if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
   } catch (err) {
     throw new RestoreError(`cannot make the container's namespaces: ${(err as Error).message}`);
   }
