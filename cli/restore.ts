@@ -87,6 +87,8 @@ options:
                   flags: \`restore DIR --inherit-fd 'fd[1]:pipe:[12345]' | tee log\` gives
                   the restored writer the pipe to this tee. An external file not handed in,
                   or a KEY the image does not have, is refused before anything is made.
+                  fd[N]:net hands in the net namespace a container dumped with --external
+                  net joins (\`restore DIR --inherit-fd fd[3]:net 3</run/netns/NAME\`).
                   With fd 1 handed in, what restore prints goes to stderr: stdout is the
                   restored process's
   --lazy          post-copy: the process runs as soon as it is made, its private anonymous

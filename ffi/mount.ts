@@ -16,5 +16,8 @@ export const MS = {
   SHARED: 0x100000,
 } as const;
 
+/** umount2 flags: `DETACH` unmounts lazily, once the mount is no longer busy. */
+export const MNT = { DETACH: 2 } as const;
+
 /** `fsconfig` commands: `CREATE` makes the superblock of an `fsopen` context. */
 export const FSCONFIG = { CMD_CREATE: 6 } as const;

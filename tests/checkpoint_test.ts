@@ -409,10 +409,10 @@ Deno.test("checkpoint: an fd it cannot dump is a DumpError naming the fd and its
   }
 });
 
-Deno.test("checkpoint: a process in another net namespace is refused, naming it", async () => {
-  // unshare execs the fixture in a new net namespace: the pid is the fixture's.
+Deno.test("checkpoint: a process in another user namespace is refused, naming it", async () => {
+  // unshare execs the fixture in a new user namespace: the pid is the fixture's.
   const bin = await fixture("r_memory");
-  const t = await spawnTarget("unshare", ["--net", bin], {
+  const t = await spawnTarget("unshare", ["--user", bin], {
     ready: /^(READY|SETUP FAILED) /m,
   });
   const base = tempBase();
@@ -420,7 +420,7 @@ Deno.test("checkpoint: a process in another net namespace is refused, naming it"
     const before = snapshot(t.pid);
     await assert.rejects(
       checkpoint(t.pid, `${base}/img`),
-      (err) => err instanceof DumpError && /a namespace of its own \(net\)/.test(err.message),
+      (err) => err instanceof DumpError && /a namespace of its own \(user\)/.test(err.message),
     );
     assert.deepEqual(leftovers(base), []);
     await assertUnharmed(t, before);

@@ -1,9 +1,12 @@
 /**
  * Containers made by `unshare`: the init of a container (pid 1 of its pid namespace, with its own
- * /proc, host name and IPC namespace) and its child are dumped and restored into fresh namespaces
- * of the same kinds, where they check themselves (container_init.c). What is not carried yet (a
- * net namespace, a process that is not the init, a namespace held from outside, IPC objects, a
- * mount the container made) is refused at dump time, naming it, and the container runs on.
+ * /proc, host name and IPC namespace, maybe a time namespace and a net namespace wired to a host
+ * bridge through a veth) and its child are dumped and restored into fresh namespaces of the same
+ * kinds, where they check themselves (container_init.c) and answer on their sockets. What is not
+ * carried yet (a process that is not the init, a namespace held from outside, IPC objects, a mount
+ * the container made, network devices other than lo and veths, firewall rules and TCP
+ * connections inside) is refused at dump time, naming it, and the container runs on; a net
+ * namespace held by a mount is left out with `--external net` and joined at restore.
  */
 import assert from "node:assert/strict";
 import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
@@ -41,7 +44,11 @@ interface Container {
   countFile: string;
 }
 
-async function startContainer(flags = UNSHARE, shell?: string): Promise<Container> {
+async function startContainer(
+  flags = UNSHARE,
+  shell?: string,
+  env?: Record<string, string>,
+): Promise<Container> {
   const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
   const bin = await fixture("container_init");
   const args = shell
@@ -50,6 +57,7 @@ async function startContainer(flags = UNSHARE, shell?: string): Promise<Containe
   const unshare = await spawnTarget("unshare", args, {
     ready: /^(READY|SETUP FAILED).*$/m,
     append: true, // the restored init writes after what unshare adds when its child dies
+    env,
   });
   assert.match(unshare.output(), /^READY /m, `container setup failed:\n${unshare.output()}`);
   const [init] = childrenOf(unshare.pid);
@@ -128,7 +136,7 @@ Deno.test(
         assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a fresh ${kind} namespace`);
         assert.equal(ns(child, kind), ns(init, kind), `the child shares its ${kind} namespace`);
       }
-      for (const kind of ["net", "user", "cgroup"]) {
+      for (const kind of ["net", "user", "cgroup", "time"]) {
         assert.equal(ns(init, kind), ns(Deno.pid, kind));
       }
       // The fixture checks its pids, its /proc, its names, its child's socket and its count.
@@ -136,6 +144,228 @@ Deno.test(
       assert.equal(await c.unshare.check(init), "PASS", "and it runs on");
     } finally {
       await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("container: a time namespace comes back with its clock offsets", missing),
+  async () => {
+    // Ten days ahead on CLOCK_MONOTONIC, twenty on CLOCK_BOOTTIME: a restore into the host's
+    // clocks would run them backwards, which the fixture sees.
+    const offsets = ["--time", "--monotonic", "864000", "--boottime", "1728000"];
+    const c = await startContainer([...UNSHARE, ...offsets]);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, /container namespaces: .*time \+864000 s monotonic, \+1728000 s/);
+
+      restored = await restore(`${dir}/image`);
+      const [child] = childrenOf(restored.pid);
+      assert.notEqual(ns(restored.pid, "time"), ns(Deno.pid, "time"), "a fresh time namespace");
+      assert.equal(ns(child, "time"), ns(restored.pid, "time"));
+      assert.match(
+        Deno.readTextFileSync(`/proc/${restored.pid}/timens_offsets`),
+        /monotonic\s+864000\s+0\s+boottime\s+1728000\s+0/,
+      );
+      // The fixture checks its offsets and that its clocks did not run backwards.
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+      assert.equal(await c.unshare.check(restored.pid), "PASS", "and it runs on");
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/** Runs `ip` (or another program) with `args`; its output, failing the test when it fails. */
+async function run(program: string, ...args: string[]): Promise<string> {
+  const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  assert.ok(out.success, `${program} ${args.join(" ")}: ${text(out.stderr)}`);
+  return text(out.stdout);
+}
+
+/** The answer of the container's counter on its TCP listener at `host`: its count. */
+async function askCounter(host: string): Promise<number> {
+  const conn = await Deno.connect({ hostname: host, port: LISTEN_PORT });
+  const answer = new TextDecoder().decode(await new Response(conn.readable).arrayBuffer());
+  const m = answer.match(/^count (\d+)$/m);
+  assert.ok(m, `the counter answered ${JSON.stringify(answer)}`);
+  return Number(m[1]);
+}
+
+const LISTEN_PORT = 7777;
+
+/**
+ * A container with a net namespace of its own, wired to a bridge of the host through a veth:
+ * its loopback up, eth0 with an MTU, IPv4 and IPv6 addresses, routes and sysctls of its own.
+ */
+async function startNetContainer(): Promise<
+  Container & { bridge: string; peer: string; ip: string }
+> {
+  const c = await startContainer([...UNSHARE, "--net"], undefined, {
+    LISTEN_PORT: String(LISTEN_PORT),
+  });
+  const net = c.init % 250 + 1;
+  const bridge = `tdgb${c.init}`, peer = `tdgh${c.init}`, ip = `10.231.${net}.2`;
+  await makeBridge(bridge, `10.231.${net}.1/24`);
+  await run(
+    "ip",
+    "link",
+    "add",
+    peer,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "eth0",
+    "netns",
+    `${c.init}`,
+  );
+  await run("ip", "link", "set", peer, "master", bridge, "up");
+  const inside = [
+    "ip link set lo up",
+    "ip link set eth0 mtu 1400 up",
+    `ip addr add ${ip}/24 dev eth0`,
+    `ip addr add fd00:231:${net}::2/64 dev eth0 nodad`,
+    `ip route add default via 10.231.${net}.1`,
+    `ip route add 10.99.0.0/16 via 10.231.${net}.1 metric 7`,
+    "echo 2 > /proc/sys/net/ipv4/conf/eth0/rp_filter",
+    "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore",
+    "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra",
+  ];
+  await run("nsenter", `--net=/proc/${c.init}/ns/net`, "sh", "-ec", inside.join("\n"));
+  return { ...c, bridge, peer, ip };
+}
+
+/** A bridge of the host with address `address`, up. */
+async function makeBridge(bridge: string, address: string): Promise<void> {
+  await run("ip", "link", "add", bridge, "type", "bridge");
+  await run("ip", "addr", "add", address, "dev", bridge);
+  await run("ip", "link", "set", bridge, "up");
+}
+
+/** Reads a sysctl of the net namespace of `pid`. */
+const sysctlOf = (pid: number, path: string) =>
+  run("nsenter", `--net=/proc/${pid}/ns/net`, "cat", `/proc/sys/net/${path}`).then((s) => s.trim());
+
+const netMissing = notInstalled("unshare", "nsenter", "ip", "cc");
+
+Deno.test(
+  needs(
+    "container: a net namespace comes back with its devices, veth, routes and sockets",
+    netMissing,
+  ),
+  async () => {
+    const c = await startNetContainer();
+    const bin = await fixture("container_init");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      const before = await askCounter(c.ip);
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid); // it held the namespace too
+
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, new RegExp(`net lo, eth0 \\(veth to ${c.peer} on ${c.bridge}\\)`));
+
+      // The bridge the outside end was a port of is gone: refused, naming it, nothing left.
+      const bridgeAddress = `${c.ip.replace(/\.2$/, ".1")}/24`;
+      await run("ip", "link", "del", c.bridge);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`was a port of ${c.bridge}, which tardigrade's network namespace no longer has`),
+      );
+      assert.deepEqual(runningFixtures(bin), [], "a process of the failed restore is left");
+      await makeBridge(c.bridge, bridgeAddress);
+
+      restored = await restore(`${dir}/image`);
+      const init = restored.pid;
+      assert.notEqual(ns(init, "net"), ns(Deno.pid, "net"), "a fresh net namespace");
+      const [child] = childrenOf(init);
+      assert.equal(ns(child, "net"), ns(init, "net"));
+      // Through the veth and the bridge, its listener answers, counting on.
+      assert.ok(await askCounter(c.ip) > before, "the counter counts on");
+      const link = JSON.parse(await run("ip", "-j", "-d", "link", "show", c.peer))[0];
+      assert.equal(link.master, c.bridge);
+      assert.equal(await sysctlOf(init, "ipv4/conf/eth0/rp_filter"), "2");
+      assert.equal(await sysctlOf(init, "ipv4/conf/all/arp_ignore"), "1");
+      assert.equal(await sysctlOf(init, "ipv6/conf/eth0/accept_ra"), "0");
+      const routes = await run("nsenter", `--net=/proc/${init}/ns/net`, "ip", "route");
+      assert.match(routes, /default via 10\.231\.\d+\.1 dev eth0/);
+      assert.match(routes, /10\.99\.0\.0\/16 via 10\.231\.\d+\.1 dev eth0 metric 7/);
+      const eth0 = JSON.parse(
+        await run("nsenter", `--net=/proc/${init}/ns/net`, "ip", "-j", "addr", "show", "eth0"),
+      )[0];
+      assert.equal(eth0.mtu, 1400);
+      assert.ok(eth0.addr_info.some((a: { local: string }) => a.local === c.ip));
+      assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await run("ip", "link", "del", c.bridge).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "container: --external net leaves a named net namespace out, joined at restore",
+    netMissing,
+  ),
+  async () => {
+    const name = `tdg-${Deno.pid}-${Date.now() % 100000}`;
+    const netns = `/run/netns/${name}`;
+    await run("ip", "netns", "add", name);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
+    // The container runs in the named namespace, which a mount holds, not a process.
+    const unshare = await spawnTarget(
+      "nsenter",
+      [`--net=${netns}`, "unshare", ...UNSHARE, await fixture("container_init"), countFile],
+      { ready: /^(READY|SETUP FAILED).*$/m, append: true },
+    );
+    const [init] = childrenOf(unshare.pid);
+    const c: Container = { unshare, init, countFile };
+    let restoredPid = 0;
+    try {
+      assert.match(unshare.output(), /^READY /m, unshare.output());
+      await assertRefused(c, init, new RegExp(`also held by a mount on ${netns}`));
+      await checkpoint(init, `${dir}/image`, { external: ["net"] });
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await killAndReap(unshare.pid);
+      const shown = await cli("inspect", `${dir}/image`);
+      assert.match(shown.stdout, /net joined at restore \(--external net\)/);
+      // Not handed in: refused, naming what to hand in.
+      await assert.rejects(() => restore(`${dir}/image`), /hand in the net namespace it joins/);
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `exec '${Deno.execPath()}' run -A main.ts restore '${dir}/image' --json ` +
+          `--inherit-fd 'fd[3]:net' 3<'${netns}'`,
+        ],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(r.success, new TextDecoder().decode(r.stderr));
+      restoredPid = JSON.parse(new TextDecoder().decode(r.stdout)).pid;
+      assert.equal(ns(restoredPid, "net"), `net:[${Deno.statSync(netns).ino}]`);
+      assert.equal(await unshare.check(restoredPid), "PASS", unshare.output());
+    } finally {
+      if (restoredPid) await killAndReap(restoredPid);
+      await stopContainer(c);
+      await run("ip", "netns", "del", name).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
@@ -152,18 +382,56 @@ async function assertRefused(c: Container, pid: number, reason: RegExp): Promise
   }
 }
 
-const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "cc");
+const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "ip", "nft", "busybox", "cc");
 
 Deno.test(
   needs("container: what is not carried is refused, naming it", refusalsMissing),
   async (t) => {
-    await t.step("a net namespace", async () => {
-      const c = await startContainer([...UNSHARE, "--net"]);
+    await t.step("a network device of a kind not carried", async () => {
+      const c = await startContainer([...UNSHARE, "--net"], "ip link add tdg0 type bridge");
       try {
         await assertRefused(
           c,
           c.init,
-          new RegExp(`process ${c.init} lives in a namespace of its own \\(net\\)`),
+          new RegExp(`the net namespace of container ${c.init} has a bridge device tdg0`),
+        );
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a firewall ruleset in its net namespace", async () => {
+      const c = await startContainer([...UNSHARE, "--net"], "nft add table inet tardigrade");
+      try {
+        await assertRefused(
+          c,
+          c.init,
+          new RegExp(`the net namespace of container ${c.init} has a firewall ruleset \\(table`),
+        );
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a veth pair with both ends inside", async () => {
+      const c = await startContainer(
+        [...UNSHARE, "--net"],
+        "ip link add v0 type veth peer name v1",
+      );
+      try {
+        await assertRefused(c, c.init, /the other end of veth v[01] of container \d+ is not in/);
+      } finally {
+        await stopContainer(c);
+      }
+    });
+    await t.step("a TCP connection inside its net namespace", async () => {
+      // A listener and a client, children of the init (the shell execs it), connected over lo.
+      const connect = "ip link set lo up; (sleep 600 | busybox nc -l -p 9000 &); sleep 0.3; " +
+        "(sleep 600 | busybox nc 127.0.0.1 9000 &); sleep 0.3";
+      const c = await startContainer([...UNSHARE, "--net"], connect);
+      try {
+        await assertRefused(
+          c,
+          c.init,
+          /a TCP connection inside a container's own net namespace is not dumped yet/,
         );
       } finally {
         await stopContainer(c);
@@ -215,14 +483,55 @@ Deno.test(
         await stopContainer(c);
       }
     });
-    await t.step("a mount the container made", async () => {
-      const c = await startContainer(UNSHARE, "mount -t tmpfs scratch /mnt");
+    await t.step("a mount that propagates", async () => {
+      const c = await startContainer(
+        UNSHARE,
+        "mount -t tmpfs scratch /mnt && mount --make-shared /mnt",
+      );
       try {
-        await assertRefused(c, c.init, /mounted tmpfs scratch on \/mnt/);
+        await assertRefused(c, c.init, /mount \/mnt of container \d+ propagates \(shared:/);
       } finally {
         await stopContainer(c);
       }
     });
+  },
+);
+
+Deno.test(
+  needs("container: a time namespace without a pid namespace", notInstalled("unshare", "cc")),
+  async (t) => {
+    // unshare --fork --time: unshare runs in the host's clocks, its child in the new ones.
+    const args = ["--fork", "--time", "--monotonic", "864000", await fixture("r_memory")];
+    const u = await spawnTarget("unshare", args, { ready: /^READY /m, append: true });
+    const [child] = childrenOf(u.pid);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      await t.step("a process that made it for its children only is refused", async () => {
+        await assert.rejects(
+          () => checkpoint(u.pid, `${dir}/refused`),
+          new RegExp(`process ${u.pid} made a time namespace for its children`),
+        );
+        assert.equal(await u.check(child), "PASS", u.output());
+      });
+      await t.step("the process inside it comes back in one with its offsets", async () => {
+        await checkpoint(child, `${dir}/image`);
+        await waitUntil(() => !isAlive(child), 5000, "the dumped process to end");
+        restored = await restore(`${dir}/image`);
+        assert.equal(restored.pid, child);
+        assert.notEqual(ns(child, "time"), ns(Deno.pid, "time"));
+        assert.match(
+          Deno.readTextFileSync(`/proc/${child}/timens_offsets`),
+          /monotonic\s+864000\s/,
+        );
+        assert.equal(await u.check(child), "PASS", u.output());
+      });
+    } finally {
+      if (restored) await killAndReap(restored.pid);
+      await killAndReap(child).catch(() => {});
+      await killAndReap(u.pid);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
   },
 );
 
@@ -346,7 +655,39 @@ Deno.test(
   },
 );
 
-/** A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp. */
+Deno.test(
+  needs("container: mounts it made (a tmpfs with files, a read-only bind) come back", missing),
+  async () => {
+    const made = "mount -t tmpfs -o size=1m scratch /mnt && echo hello > /mnt/greeting && " +
+      "mkdir /mnt/a /mnt/b && ln -s greeting /mnt/link && mount --bind /mnt/a /mnt/b && " +
+      "mount -o remount,bind,ro /mnt/b";
+    const c = await startContainer(UNSHARE, made);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      restored = await restore(`${dir}/image`);
+      const root = `/proc/${restored.pid}/root`;
+      assert.equal(Deno.readTextFileSync(`${root}/mnt/greeting`), "hello\n");
+      assert.equal(Deno.readLinkSync(`${root}/mnt/link`), "greeting");
+      const mounts = Deno.readTextFileSync(`/proc/${restored.pid}/mountinfo`);
+      assert.match(mounts, / \/mnt rw,relatime - tmpfs scratch rw,size=1024k/);
+      assert.match(mounts, / \/a \/mnt\/b ro,relatime - tmpfs scratch /);
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/**
+ * A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp: its
+ * shell counts into /tmp/count every 0.1 s and busybox httpd serves /tmp on port 7777 of its net
+ * namespace.
+ */
 async function runcBundle(dir: string): Promise<void> {
   for (const d of ["bin", "proc", "dev", "sys", "tmp"]) {
     await Deno.mkdir(`${dir}/rootfs/${d}`, { recursive: true });
@@ -357,16 +698,38 @@ async function runcBundle(dir: string): Promise<void> {
   assert.ok(spec.success, "runc spec");
   const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   config.process.terminal = false;
-  config.process.args = ["sh", "-c", "while :; do date > /tmp/now; sleep 0.1; done"];
+  config.process.args = [
+    "sh",
+    "-c",
+    "busybox httpd -f -p 7777 -h /tmp & i=0; " +
+    "while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+  ];
   config.root.readonly = true;
   config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
 }
 
+/** The count a runc container's httpd serves from its tmpfs, asked inside its net namespace. */
+async function servedCount(pid: number): Promise<number> {
+  const got = await run(
+    "nsenter",
+    `--net=/proc/${pid}/ns/net`,
+    "busybox",
+    "wget",
+    "-qO-",
+    "http://127.0.0.1:7777/count",
+  );
+  return Number(got.trim());
+}
+
+/** The count a runc container wrote to its tmpfs, read through its root. */
+const writtenCount = (pid: number) =>
+  Number(Deno.readTextFileSync(`/proc/${pid}/root/tmp/count`).trim());
+
 Deno.test(
   needs(
-    "container: a runc container (its own net namespace) is refused, naming it, and runs on",
-    notInstalled("runc", "busybox"),
+    "container: a runc busybox container (read-only pivot_root'ed root, tmpfs, net) round-trips",
+    notInstalled("runc", "busybox", "nsenter", "ip"),
   ),
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "tardigrade-runc-" });
@@ -374,29 +737,66 @@ Deno.test(
     const runc = (...args: string[]) =>
       new Deno.Command("runc", { args, cwd: dir, stdin: "null", stdout: "piped", stderr: "piped" })
         .output();
+    let restored: RestoreResult | undefined;
+    let groups: string[] = [];
     try {
       await runcBundle(dir);
       // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
-      const run = await new Deno.Command("runc", {
+      const ran = await new Deno.Command("runc", {
         args: ["run", "-d", name],
         cwd: dir,
         stdin: "null",
         stdout: "null",
         stderr: "null",
       }).output();
-      assert.ok(run.success, "runc run -d");
+      assert.ok(ran.success, "runc run -d");
       const state = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
       const init: number = state.pid;
-      await assert.rejects(
-        () => checkpoint(init, `${dir}/image`),
-        new RegExp(`process ${init} lives in (a namespace|namespaces) of its own \\([^)]*net`),
+      await waitUntil(
+        () => {
+          try {
+            return writtenCount(init) > 2;
+          } catch {
+            return false;
+          }
+        },
+        10000,
+        "the container to count",
       );
-      assert.ok(isAlive(init), "the container's init runs on");
-      const after = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
-      assert.equal(after.status, "running");
-      assert.ok(!exists(`${dir}/image`), "no image is left");
+      const before = await servedCount(init);
+      const mounts = Deno.readTextFileSync(`/proc/${init}/mountinfo`);
+
+      await checkpoint(init, `${dir}/image`);
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await runc("delete", "--force", name); // its cgroups go: the restore makes them again
+
+      // Its rootfs is the host's, bound, not made: gone, the restore is refused, naming it.
+      await Deno.rename(`${dir}/rootfs`, `${dir}/moved`);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`cannot mount ext4 \\S+ on / \\([^)]*\\) \\(bound from ${dir}/rootfs of`),
+      );
+      await Deno.rename(`${dir}/moved`, `${dir}/rootfs`);
+
+      restored = await restore(`${dir}/image`);
+      const pid = restored.pid;
+      assert.deepEqual(nspid(pid).slice(1), [1], "its init is pid 1 again");
+      // The same mount tree, its read-only root, its tmpfs, masked paths, cgroups and all.
+      const strip = (text: string) =>
+        text.split("\n").map((l) => l.split(" ").slice(3).join(" ")).sort().join("\n");
+      assert.equal(strip(Deno.readTextFileSync(`/proc/${pid}/mountinfo`)), strip(mounts));
+      groups = Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n").filter(Boolean)
+        .map((l) => l.split(":")).filter((f) => f[2].includes(name))
+        .map((f) => `/sys/fs/cgroup/${f[1] ? f[1].replace("name=", "") : "unified"}${f[2]}`);
+      // It counts on into its tmpfs, and answers on its socket.
+      const after = writtenCount(pid);
+      assert.ok(after > before - 1, `it counts from ${after}, was at ${before}`);
+      await waitUntil(() => writtenCount(pid) > after, 10000, "it to count on");
+      assert.ok(await servedCount(pid) > after, "its httpd serves the count");
     } finally {
+      if (restored) await killAndReap(restored.pid);
       await runc("delete", "--force", name);
+      for (const g of groups) await removeGroup(g).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

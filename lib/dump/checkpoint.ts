@@ -43,9 +43,15 @@ import { childrenOf, hexMask, processState, readStatus, tryReadStat } from "../i
 import { treeSharing } from "../ptrace/stub.ts";
 import { zombieChildren } from "../task/zombies.ts";
 import { dumpCgroupGroups } from "../task/cgroups.ts";
-import { checkSameNamespaces, containerKinds, refuseOutsideHolders } from "../namespaces/kinds.ts";
+import {
+  checkSameNamespaces,
+  containerKinds,
+  refuseMountedHolders,
+  refuseOutsideHolders,
+} from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
+import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
   type FileEntry,
   PROCESS_META,
@@ -85,7 +91,8 @@ export interface CheckpointOptions {
    * `pipe:[12345]`, `socket:[6789]`, a FIFO's or terminal's path (as `fd.target` reads), or `fd:N`
    * for fd N of `pid`. A pipe, FIFO, pseudo-terminal or connected UNIX socket whose other side a
    * process outside the dump holds is refused unless declared so (or skipped by a policy); a key
-   * that names no descriptor is refused too.
+   * that names no descriptor is refused too. `net` leaves a container's net namespace out: the
+   * restore joins one handed in (`inheritFds: { net: N }`, N open on a net namespace).
    */
   external?: string[];
   /**
@@ -427,7 +434,7 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
- * and its pid, mount, UTS and IPC namespaces are dumped with it (other kinds are refused, naming
+ * and its pid, mount, UTS, IPC, time and net namespaces are dumped with it (other kinds are refused, naming
  * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
@@ -439,9 +446,15 @@ export async function checkpoint(
   // Before anything else: a second dump of the same process is refused, naming the first.
   using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
-  const external = new ExternalDeclarations(opts.external ?? [], pid);
+  // `net` names no file: the container's net namespace, left out and joined at restore.
+  const externalNet = opts.external?.includes("net") ?? false;
+  const external = new ExternalDeclarations(
+    (opts.external ?? []).filter((k) => k !== "net"),
+    pid,
+  );
   // A container: the namespaces its init lives in are dumped with it (or refused, named).
-  const kinds = containerKinds(pid);
+  const kinds = containerKinds(pid, externalNet);
+  refuseMountedHolders(pid, kinds);
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
   await using writer = await ImageWriter.create(dir, {
@@ -491,6 +504,10 @@ export async function checkpoint(
     const stopped = new Set<number>();
     tree = await freezeTree(pid, opts, stopped);
     refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
+    // A container's sockets are asked of its own net namespace.
+    using _diag = kinds.includes("net") || externalNet
+      ? diagInNamespaceOf(tree[0].injector)
+      : undefined;
     const run: DumpRun = {
       policy,
       files: new FileTable(),
@@ -515,7 +532,9 @@ export async function checkpoint(
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
     checkPeers(plans, run);
     // Inside a container, asked of its processes before the long copy.
-    const namespaces = kinds.length ? dumpNamespaces(pid, tree[0].injector, kinds) : undefined;
+    const namespaces = kinds.length || externalNet
+      ? dumpNamespaces(pid, tree[0].injector, kinds, externalNet)
+      : undefined;
     const innerPids = kinds.includes("pid")
       ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))
       : undefined;

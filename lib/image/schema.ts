@@ -455,11 +455,33 @@ export interface CgroupEntry extends CgroupMembership {
   settings: Record<string, string>;
 }
 
-/** A mount a container made over the tool's mounts (its own /proc), made again at restore. */
+/** A file of a tmpfs a container mounted, made again in the fresh tmpfs. */
+export interface TmpfsFileEntry {
+  /** Its path below the tmpfs's root. */
+  path: string;
+  /** `dir`, `file`, `symlink`, `link` (a hard link to `target`), `char`, `block` or `fifo`. */
+  type: "dir" | "file" | "symlink" | "link" | "char" | "block" | "fifo";
+  /** Its permission bits. */
+  mode: number;
+  /** Owner. */
+  uid: number;
+  /** Owner's group. */
+  gid: number;
+  /** Its modification time, ms since the epoch. */
+  mtimeMs?: number;
+  /** A regular file's bytes. */
+  data?: Uint8Array;
+  /** A symbolic link's target, or the path (below the tmpfs) a hard link shares its inode with. */
+  target?: string;
+  /** A device node's device number (st_rdev). */
+  rdev?: number;
+}
+
+/** A mount of a container, made again at restore. */
 export interface MountEntry {
   /** Where it is mounted, as the container sees it. */
   mountPoint: string;
-  /** Its file system type (only `proc` for now). */
+  /** Its file system type. */
   fsType: string;
   /** Its source (`proc`). */
   source: string;
@@ -467,6 +489,17 @@ export interface MountEntry {
   options: string;
   /** Its superblock options, as mountinfo shows them (`rw`, `rw,hidepid=2`). */
   superOptions: string;
+  /** The directory of its file system it shows, when not the root (a bind mount's). */
+  root?: string;
+  /**
+   * A bind mount: the path it is bound from, as the container sees it (a mount of the container
+   * made before it), or with `bindHost` as the tool sees it (a file system of the host).
+   */
+  bindFrom?: string;
+  /** `bindFrom` is a path of the tool's. */
+  bindHost?: boolean;
+  /** A fresh tmpfs's files. */
+  files?: TmpfsFileEntry[];
 }
 
 /** The names of a UTS namespace. */
@@ -505,6 +538,104 @@ export interface SemSetEntry extends SysvObjectEntry {
   values: number[];
 }
 
+/** A container's time namespace: its clock offsets, and what its clocks read at the dump. */
+export interface TimeEntry {
+  /** What it adds to CLOCK_MONOTONIC, in ns (/proc/PID/timens_offsets). */
+  monotonic: bigint;
+  /** What it adds to CLOCK_BOOTTIME, in ns. */
+  boottime: bigint;
+  /** The boot of the dumping machine (/proc/sys/kernel/random/boot_id). */
+  bootId: string;
+  /** Its CLOCK_MONOTONIC and CLOCK_BOOTTIME as the container read them at the dump, in ns. */
+  clocks: { monotonic: bigint; boottime: bigint };
+}
+
+/** An address of a network device, as `ip -j addr` shows it. */
+export interface NetAddressEntry {
+  /** `inet` or `inet6`. */
+  family: string;
+  /** The address. */
+  local: string;
+  /** Its prefix length. */
+  prefixlen: number;
+  /** Its scope (`global`, `link`, `host`). */
+  scope: string;
+  /** Its broadcast address (IPv4), when it has one. */
+  broadcast?: string;
+  /** Its label (IPv4), when it is not the device's name. */
+  label?: string;
+}
+
+/** A route a network namespace was given (not one the kernel makes itself), as `ip -j route`. */
+export interface NetRouteEntry {
+  /** `inet` or `inet6`. */
+  family: string;
+  /** Its destination (`default`, `10.0.0.0/8`). */
+  dst: string;
+  /** Its type when not unicast (`blackhole`, `unreachable` …). */
+  type?: string;
+  /** Its gateway. */
+  gateway?: string;
+  /** Its device. */
+  dev?: string;
+  /** Its table when not main. */
+  table?: string;
+  /** Its metric. */
+  metric?: number;
+  /** Who made it when not boot (`static`, `dhcp` …). */
+  protocol?: string;
+  /** Its scope when not universe. */
+  scope?: string;
+  /** Its preferred source address. */
+  prefsrc?: string;
+}
+
+/** The end of a veth pair outside the container, in the dumping tool's network namespace. */
+export interface VethPeerEntry {
+  /** Its name. */
+  name: string;
+  /** Its MTU. */
+  mtu: number;
+  /** Its hardware address. */
+  mac: string;
+  /** Whether it was up. */
+  up: boolean;
+  /** The bridge it was a port of, reconnected to at restore (which must exist). */
+  master?: string;
+  /** Its addresses. */
+  addresses: NetAddressEntry[];
+  /** The routes through it the tool's namespace had been given. */
+  routes: NetRouteEntry[];
+}
+
+/** A network device of a container's net namespace: its loopback or a veth. */
+export interface NetLinkEntry {
+  /** Its name. */
+  name: string;
+  /** `loopback` or `veth`. */
+  kind: string;
+  /** Its MTU. */
+  mtu: number;
+  /** Its hardware address. */
+  mac: string;
+  /** Whether it was up. */
+  up: boolean;
+  /** Its addresses. */
+  addresses: NetAddressEntry[];
+  /** A veth's other end, outside the container. */
+  peer?: VethPeerEntry;
+}
+
+/** A container's network namespace. */
+export interface NetEntry {
+  /** Its devices. */
+  links: NetLinkEntry[];
+  /** The routes it was given. */
+  routes: NetRouteEntry[];
+  /** Its sysctls under net.ipv4.conf and net.ipv6.conf: path below /proc/sys/net, and value. */
+  sysctls: { path: string; value: string }[];
+}
+
 /**
  * The namespaces of a container (a dump whose root lived in other namespaces than the tool),
  * which the restore makes anew, the tree inside them.
@@ -513,15 +644,22 @@ export interface NamespacesEntry {
   /**
    * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
-   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`).
+   * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`), `time` (with
+   * `time`), `net` (with `net`).
    */
-  kinds: ("pid" | "mnt" | "uts" | "ipc")[];
+  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net")[];
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
   /** With `uts`: its names. */
   uts?: UtsEntry;
   /** With `ipc`: its System V message queues and semaphore sets (absent: none). */
   ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
+  /** With `time`: its clock offsets. */
+  time?: TimeEntry;
+  /** With `net`: its devices, addresses, routes and sysctls. */
+  net?: NetEntry;
+  /** Kinds left out at dump (`--external net`): the restore joins a namespace handed in. */
+  joined?: "net"[];
 }
 
 /** Everything needed to bring one process back. */

@@ -671,9 +671,68 @@ const SYSV_OBJECT_FIELDS: Fields = {
 /** A message queue's messages. */
 const MESSAGES: FieldType = { list: { map: { type: "whole", data: "bytes" } } };
 
+/** `NetAddressEntry`. */
+const NET_ADDRESS: FieldType = {
+  map: {
+    family: { oneOf: ["inet", "inet6"] },
+    local: "text",
+    prefixlen: "whole",
+    scope: "text",
+    broadcast: { optional: "text" },
+    label: { optional: "text" },
+  },
+};
+
+/** `NetRouteEntry`. */
+const NET_ROUTE: FieldType = {
+  map: {
+    family: { oneOf: ["inet", "inet6"] },
+    dst: "text",
+    type: { optional: "text" },
+    gateway: { optional: "text" },
+    dev: { optional: "text" },
+    table: { optional: "text" },
+    metric: { optional: "whole" },
+    protocol: { optional: "text" },
+    scope: { optional: "text" },
+    prefsrc: { optional: "text" },
+  },
+};
+
+/** `NetEntry`: a container's network namespace. */
+const NET_FIELDS: Fields = {
+  links: {
+    list: {
+      map: {
+        name: "text",
+        kind: { oneOf: ["loopback", "veth"] },
+        mtu: "whole",
+        mac: "text",
+        up: "bool",
+        addresses: { list: NET_ADDRESS },
+        peer: {
+          optional: {
+            map: {
+              name: "text",
+              mtu: "whole",
+              mac: "text",
+              up: "bool",
+              master: { optional: "text" },
+              addresses: { list: NET_ADDRESS },
+              routes: { list: NET_ROUTE },
+            },
+          },
+        },
+      },
+    },
+  },
+  routes: { list: NET_ROUTE },
+  sysctls: { list: { map: { path: "text", value: "text" } } },
+};
+
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
-  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc"] } },
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net"] } },
   mounts: {
     optional: {
       list: {
@@ -683,6 +742,26 @@ const NAMESPACES_FIELDS: Fields = {
           source: "text",
           options: "text",
           superOptions: "text",
+          root: { optional: "text" },
+          bindFrom: { optional: "text" },
+          bindHost: { optional: "bool" },
+          files: {
+            optional: {
+              list: {
+                map: {
+                  path: "text",
+                  type: { oneOf: ["dir", "file", "symlink", "link", "char", "block", "fifo"] },
+                  mode: "whole",
+                  uid: "whole",
+                  gid: "whole",
+                  mtimeMs: { optional: "number" },
+                  data: { optional: "bytes" },
+                  target: { optional: "text" },
+                  rdev: { optional: "whole" },
+                },
+              },
+            },
+          },
         },
       },
     },
@@ -696,6 +775,18 @@ const NAMESPACES_FIELDS: Fields = {
       },
     },
   },
+  time: {
+    optional: {
+      map: {
+        monotonic: "whole",
+        boottime: "whole",
+        bootId: "text",
+        clocks: { map: { monotonic: "whole", boottime: "whole" } },
+      },
+    },
+  },
+  net: { optional: { map: NET_FIELDS } },
+  joined: { optional: { list: { oneOf: ["net"] } } },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

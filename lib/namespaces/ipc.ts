@@ -2,8 +2,8 @@
  * A container's IPC namespace. The restore gives the container a fresh one, with its System V
  * message queues and semaphore sets made again (sysv_ipc.ts); the objects not carried yet (System
  * V shared memory segments, POSIX message queues) are refused at dump time, naming what it holds.
- * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of a mqueue
- * file system made in its namespace (fsopen, never mounted anywhere).
+ * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of the mqueue
+ * file system it mounted, or of one made in its namespace (fsopen, never mounted anywhere).
  */
 import {
   CLONE,
@@ -17,6 +17,7 @@ import {
 } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
+import { readMountInfo } from "../inspect/procfs.ts";
 
 /** The number of System V shared memory segments of the IPC namespace of `inj`'s process. */
 function shmCount(inj: Injector): number {
@@ -25,8 +26,21 @@ function shmCount(inj: Injector): number {
   return new DataView(inj.get(IPC_INFO.shm.countAt, 4).buffer.slice(0)).getInt32(0, true);
 }
 
-/** The POSIX message queues of the IPC namespace of `inj`'s process, by name. */
-function mqueueNames(inj: Injector): string[] {
+/**
+ * The POSIX message queues of the IPC namespace of container `pid` (whose init `inj` runs in),
+ * by name: read where the container mounted its mqueue file system, else in one made in it.
+ */
+function mqueueNames(inj: Injector, pid: number): string[] {
+  const mounted = readMountInfo(pid).find((m) => m.fsType === "mqueue");
+  if (mounted) {
+    // Read by the tool: the init may lack the capability fsopen needs (an OCI runtime's).
+    return [...Deno.readDirSync(`/proc/${pid}/root${mounted.mountPoint}`)].map((e) => e.name);
+  }
+  return madeMqueueNames(inj);
+}
+
+/** The POSIX message queues of the IPC namespace of `inj`'s process, in an mqueue made there. */
+function madeMqueueNames(inj: Injector): string[] {
   const str = (s: string, at: number) => inj.put(cstring(s), at);
   const ctx = inj.raw(SYS.fsopen, str("mqueue", 0), 0);
   if (ctx < 0n) {
@@ -71,7 +85,7 @@ export function checkIpcCarried(inj: Injector, pid: number): void {
   const held: string[] = [];
   const segments = shmCount(inj);
   if (segments) held.push(`${segments} System V shared memory segments`);
-  const queues = mqueueNames(inj);
+  const queues = mqueueNames(inj, pid);
   if (queues.length) held.push(`POSIX message queues (${queues.join(", ")})`);
   if (held.length) {
     throw new DumpError(

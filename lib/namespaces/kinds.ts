@@ -1,7 +1,7 @@
 /**
  * Which namespaces a process lives in, and which of them a dump carries. A process whose
- * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS
- * and IPC namespaces with it, and the restore makes fresh ones of the same kinds. Every other
+ * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
+ * IPC, time and net namespaces with it, and the restore makes fresh ones of the same kinds. Every other
  * kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
  * namespace that a process outside the dump also lives in are refused, naming them.
  */
@@ -10,6 +10,7 @@ import {
   innermostPid,
   processState,
   readComm,
+  readMountInfo,
   readProcLink,
   statusField,
 } from "../inspect/procfs.ts";
@@ -30,13 +31,16 @@ export const NAMESPACE_KINDS = [
 export type NamespaceKind = typeof NAMESPACE_KINDS[number];
 
 /** The kinds a dump takes and a restore makes anew. */
-export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc"] as const;
+export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc", "time", "net"] as const;
 
 /** A kind of namespace a dump takes. */
 export type CarriedKind = typeof CARRIED_KINDS[number];
 
 /** The namespace of kind `kind` process `pid` lives in (`uts:[4026532183]`), null if unknown. */
-export function namespaceOf(pid: number, kind: NamespaceKind): string | null {
+export function namespaceOf(
+  pid: number,
+  kind: NamespaceKind | "time_for_children",
+): string | null {
   try {
     return readProcLink(pid, `ns/${kind}`);
   } catch {
@@ -56,18 +60,28 @@ const isCarried = (k: NamespaceKind): k is CarriedKind =>
   (CARRIED_KINDS as readonly string[]).includes(k);
 
 /**
- * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's).
- * Refuses a kind not carried, and a pid namespace whose init is not `root`: the restore makes the
+ * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's);
+ * with `externalNet` its net namespace is left out, to be joined at restore. Refuses a kind not
+ * carried, and a pid namespace whose init is not `root`: the restore makes the
  * root pid 1 of a fresh one, which only the container's init may be.
  */
-export function containerKinds(root: number): CarriedKind[] {
-  const kinds = foreignKinds(root);
+export function containerKinds(root: number, externalNet = false): CarriedKind[] {
+  let kinds = foreignKinds(root);
+  if (externalNet) {
+    if (!kinds.includes("net")) {
+      throw new DumpError(
+        `--external net: process ${root} lives in tardigrade's own net namespace, which a ` +
+          `restore is in anyway`,
+      );
+    }
+    kinds = kinds.filter((k) => k !== "net"); // joined at restore, not made
+  }
   const refused = kinds.filter((k) => !isCarried(k));
   if (refused.length) {
     throw new DumpError(
       `process ${root} lives in ${refused.length > 1 ? "namespaces" : "a namespace"} of its ` +
         `own (${refused.join(", ")}), which tardigrade does not dump yet (it carries pid, mnt, ` +
-        `uts and ipc namespaces); run tardigrade ` +
+        `uts, ipc, time and net namespaces); run tardigrade ` +
         `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
     );
   }
@@ -95,6 +109,13 @@ export function containerKinds(root: number): CarriedKind[] {
  * namespace of its own inside the container (or joined another one), which is not carried yet.
  */
 export function checkSameNamespaces(pid: number, root: number): void {
+  const forChildren = namespaceOf(pid, "time_for_children");
+  if (forChildren !== null && forChildren !== namespaceOf(pid, "time")) {
+    throw new DumpError(
+      `process ${pid} made a time namespace for its children (unshare --time without ` +
+        `entering it), which tardigrade does not dump`,
+    );
+  }
   if (pid === root) return;
   for (const k of NAMESPACE_KINDS) {
     const ns = namespaceOf(pid, k);
@@ -132,6 +153,26 @@ export function refuseOutsideHolders(root: number, tree: readonly number[], kind
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by process ${pid} (${comm}), ` +
           `which is not in the dump: a restore would part them`,
+      );
+    }
+  }
+}
+
+/**
+ * Refuses a container namespace of `kinds` (those of `root`) that a mount in the tool's mount
+ * namespace holds (`ip netns add` binds one on /run/netns/NAME): a restore would part them.
+ */
+export function refuseMountedHolders(root: number, kinds: CarriedKind[]): void {
+  const nsfs = readMountInfo("self").filter((m) => m.fsType === "nsfs");
+  for (const k of kinds) {
+    const ns = namespaceOf(root, k);
+    const held = nsfs.find((m) => m.root === ns);
+    if (held) {
+      throw new DumpError(
+        `the ${k} namespace of container ${root} is also held by a mount on ${held.mountPoint}, ` +
+          `outside the dump: a restore would part them${
+            k === "net" ? " (--external net leaves it out, to be joined at restore)" : ""
+          }`,
       );
     }
   }

@@ -1,17 +1,24 @@
 /**
- * The mount namespace of a container, as far as it is carried: a copy of the tool's namespace in
- * which the container mounted a proc of its own on /proc (`unshare --mount-proc`). The dump
+ * The mount namespace of a container. Either a copy of the tool's mount namespace with mounts the
+ * container added on it (`unshare --mount-proc`: its own /proc; a tmpfs, a bind mount): the dump
  * compares the container's mounts with the tool's (as multisets of mountinfo lines without their
- * ids) and records those the container added; any other difference (a mount it removed, moved or
- * made otherwise, another file system, shared propagation) is refused, naming the mount. The
- * restore makes a namespace of its own in the container's init, every mount private, and mounts
- * the recorded ones again; the restore's check compares the result the same way.
+ * ids) and records those it added, refusing one it removed or changed; or a root of its own
+ * (pivot_root'ed, as an OCI runtime makes it): every mount of it is recorded, the root first.
+ * How each is made again is mount_tree.ts's. Shared or slave propagation is refused, naming the
+ * mount: the restore makes every mount of the container private.
+ *
+ * The restore gives the container's init (after its other namespaces: a sysfs shows its net
+ * namespace, an mqueue its IPC namespace) a mount namespace of its own, a copy of the tool's with
+ * every mount private. It mounts the added ones on it; or builds the container's tree on a
+ * directory of the tool's /tmp, moves the init's root there (pivot_root) and lets go of the old
+ * one. The restore's check compares the result the same way as the dump.
  */
-import { CLONE, cstring, MS } from "../../ffi/mod.ts";
-import { DumpError } from "../errors.ts";
+import { CLONE, cstring, MNT, MS } from "../../ffi/mod.ts";
+import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MountEntry } from "../image/schema.ts";
 import { type MountInfo, readMountInfo } from "../inspect/procfs.ts";
+import { makeMount, mountEntries, mountName } from "./mount_tree.ts";
 
 /** A mount with what two mounts compare: everything but the ids (the copy has its own). */
 interface MountLine extends MountInfo {
@@ -42,29 +49,14 @@ function difference(pid: number): { added: MountLine[]; missing: MountLine[] } {
   return { added: minus(theirs, ours), missing: minus(ours, theirs) };
 }
 
-const isProcMount = (m: MountEntry) =>
-  m.fsType === "proc" && m.source === "proc" && m.mountPoint === "/proc";
+/** Whether the root of `pid`'s mount namespace is another than the tool's (pivot_root'ed). */
+function ownRoot(pid: number): boolean {
+  const rootOf = (p: number | "self") => mountLines(p).find((m) => m.mountPoint === "/")?.key;
+  return rootOf(pid) !== rootOf("self");
+}
 
-/**
- * The mounts container `pid` added to a copy of the tool's mount namespace, to make again; refuses
- * a difference the restore would not make again, naming the mount.
- */
+/** The mounts of container `pid` to make again; refuses what the restore would not make. */
 export function dumpMounts(pid: number): MountEntry[] {
-  const { added, missing } = difference(pid);
-  const name = (m: MountLine) => `${m.fsType} ${m.source} on ${m.mountPoint} (${m.options})`;
-  if (missing.length) {
-    throw new DumpError(
-      `the mount namespace of container ${pid} lacks ${name(missing[0])}, which tardigrade's ` +
-        `has: a container's mounts other than its own /proc are not dumped yet`,
-    );
-  }
-  const other = added.find((m) => !isProcMount(m));
-  if (other) {
-    throw new DumpError(
-      `container ${pid} mounted ${name(other)}: a container's mounts other than its own ` +
-        `/proc are not dumped yet`,
-    );
-  }
   const propagated = mountLines(pid).find((m) => m.propagation !== "");
   if (propagated) {
     throw new DumpError(
@@ -72,60 +64,72 @@ export function dumpMounts(pid: number): MountEntry[] {
         `a restore makes every mount of the container private`,
     );
   }
-  return added.map(({ mountPoint, fsType, source, options, superOptions }) => ({
-    mountPoint,
-    fsType,
-    source,
-    options,
-    superOptions,
-  }));
+  const host = readMountInfo("self");
+  if (ownRoot(pid)) return mountEntries(pid, readMountInfo(pid), [], host);
+  const { added, missing } = difference(pid);
+  if (missing.length) {
+    throw new DumpError(
+      `the mount namespace of container ${pid} lacks ${mountName(missing[0])}, which ` +
+        `tardigrade's has: a container's mounts are a copy of the tool's with mounts added, or ` +
+        `a root of its own`,
+    );
+  }
+  return mountEntries(pid, added, [], host);
 }
-
-/** mount(2) flags of per-mount options as mountinfo shows them. */
-const OPTION_FLAGS: Record<string, number> = {
-  ro: MS.RDONLY,
-  nosuid: MS.NOSUID,
-  nodev: MS.NODEV,
-  noexec: MS.NOEXEC,
-  noatime: MS.NOATIME,
-  nodiratime: MS.NODIRATIME,
-  relatime: MS.RELATIME,
-};
 
 /**
  * Gives the process `inj` runs in (the container's init, before it forks) a mount namespace of
  * its own, a copy of the tool's with every mount private (nothing it mounts reaches the host),
- * and mounts `mounts` in it again.
+ * and makes `mounts` in it again: on the copy, or as a root of its own.
  */
 export function makeMounts(inj: Injector, mounts: readonly MountEntry[]): void {
   const str = (s: string, at: number) => inj.put(cstring(s), at);
   inj.call("unshare", CLONE.NEWNS);
   inj.call("mount", 0, str("/", 0), 0, MS.REC | MS.PRIVATE, 0);
-  for (const m of mounts) {
-    const flags = m.options.split(",").reduce((f, o) => f | (OPTION_FLAGS[o] ?? 0), 0);
-    const data = m.superOptions.split(",").filter((o) => o !== "rw" && o !== "ro").join(",");
-    inj.call(
-      "mount",
-      str(m.source, 0),
-      str(m.mountPoint, 1024),
-      str(m.fsType, 2048),
-      flags,
-      data ? str(data, 2304) : 0,
-    );
+  const make = (m: MountEntry, prefix: string) => {
+    try {
+      makeMount(inj, m, prefix, `/proc/${inj.pid}/root`);
+    } catch (err) {
+      const from = m.bindHost ? ` (bound from ${m.bindFrom} of tardigrade's)` : "";
+      throw new RestoreError(
+        `cannot mount ${mountName(m)}${from} again: ${(err as Error).message}`,
+      );
+    }
+  };
+  if (mounts[0]?.mountPoint !== "/") {
+    for (const m of mounts) make(m, "");
+    return;
+  }
+  // Its own root, built where the init sees the tool's /tmp, then made its root.
+  const staging = Deno.makeTempDirSync({ prefix: "tardigrade-root-" });
+  try {
+    for (const m of mounts) make(m, staging);
+    inj.call("chdir", str(staging, 0));
+    inj.call("pivot_root", str(".", 0), str(".", 0));
+    inj.call("umount2", str(".", 0), MNT.DETACH); // the old root, stacked below the new one
+    inj.call("chdir", str("/", 0));
+  } finally {
+    Deno.removeSync(staging);
   }
 }
+
+/** A mount as the restore's check compares it: as mountinfo shows it, but its ids and device. */
+const shown = (m: MountEntry | MountInfo) =>
+  [m.mountPoint, m.fsType, m.source, m.options, m.superOptions, m.root ?? "/"].join(" ");
 
 /**
  * How the mounts of restored container `pid` differ from what its image recorded, or null when
  * they do not: compared as the dump compared them.
  */
 export function mountsDiffer(pid: number, mounts: readonly MountEntry[]): string | null {
-  const { added, missing } = difference(pid);
-  if (missing.length) return `it lacks the mount on ${missing[0].mountPoint}`;
-  const want = mounts.map((m) => JSON.stringify(m));
-  const have = added.map(({ mountPoint, fsType, source, options, superOptions }) =>
-    JSON.stringify({ mountPoint, fsType, source, options, superOptions })
-  );
+  let have: string[];
+  if (mounts[0]?.mountPoint === "/") have = readMountInfo(pid).map(shown);
+  else {
+    const { added, missing } = difference(pid);
+    if (missing.length) return `it lacks the mount on ${missing[0].mountPoint}`;
+    have = added.map(shown);
+  }
+  const want = mounts.map(shown);
   const extra = have.find((h) => !want.includes(h));
   if (extra) return `it has a mount its image does not: ${extra}`;
   const lacking = want.find((w) => !have.includes(w));

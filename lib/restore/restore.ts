@@ -38,7 +38,7 @@ import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
-import { makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
+import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -130,7 +130,8 @@ export interface RestoreOptions {
    * Every descriptor of the file gets that very open file (and the dumped status flags): so
    * `{ "pipe:[12345]": 1 }` gives the restored writer this process's stdout. An external file
    * not handed in, a key the image has no external file of, and an fd not open with the file's
-   * access mode are refused before anything is made.
+   * access mode are refused before anything is made. `net` hands in the net namespace a
+   * container dumped with `external: ["net"]` joins (an fd open on it, as /run/netns/NAME).
    */
   inheritFds?: Readonly<Record<string, number>>;
   /**
@@ -652,6 +653,7 @@ async function restoreTree(
   let container: NamespacesEntry | undefined;
   let cgroups: CgroupRestore;
   let containerPid = false;
+  let joinedNetFd: number | undefined;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
@@ -677,7 +679,9 @@ async function restoreTree(
         `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
       );
     }
-    inherited = checkInherited(entries, opts.inheritFds ?? {});
+    const given = checkJoined(container, opts.inheritFds ?? {});
+    joinedNetFd = given.net;
+    inherited = checkInherited(entries, given.files);
     for (const [i, p] of entries.entries()) {
       const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
       await preflight(
@@ -738,6 +742,10 @@ async function restoreTree(
       // A container's init is the restored root: pid 1 of the namespace the stub makes.
       shares.namespace = PidNamespace.createForContainer(stub.injector, entries[0]);
     }
+    // The net namespace handed in, taken by the init through its pidfd of the tool.
+    const joined = joinedNetFd === undefined
+      ? undefined
+      : { fd: joinedNetFd, toolPidfd: shares.namespace?.toolPidfdFd };
     const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
@@ -784,7 +792,7 @@ async function restoreTree(
       };
       making.push(m);
       // Before it forks the rest of the tree, which inherits them.
-      if (container && p === entries[0]) makeNamespaces(m.inj, container);
+      if (container && p === entries[0]) makeNamespaces(m.inj, container, joined);
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else {
         restoreSession(m.inj, p);
@@ -822,7 +830,8 @@ async function restoreTree(
     // Every descriptor table is made: a container's init lets go of the tool's pidfd.
     shares.namespace?.dropToolPidfd(making[0].inj);
     stage("verify", entries[0]);
-    const nsDiffer = container && namespacesDiffer(making[0].pid, making[0].inj, container);
+    const nsDiffer = container &&
+      namespacesDiffer(making[0].pid, making[0].inj, container, joined);
     if (nsDiffer) {
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
     }

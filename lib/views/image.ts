@@ -150,7 +150,8 @@ export function summarize(e: ProcessEntry, regs = false): InspectedProcess {
 
 /** Each kind of a container's namespaces, with what the image records of it. */
 function namespacesOf(ns: NamespacesEntry): string[] {
-  return ns.kinds.map((k) => {
+  const joined = (ns.joined ?? []).map((k) => `${k} joined at restore (--external ${k})`);
+  return [...ns.kinds, ...joined].map((k) => {
     if (k === "uts" && ns.uts) return `uts ${ns.uts.hostname} (${ns.uts.domainname})`;
     if (k === "mnt" && ns.mounts?.length) {
       return `mnt ${ns.mounts.map((m) => `+${m.fsType} on ${m.mountPoint}`).join(" ")}`;
@@ -159,6 +160,20 @@ function namespacesOf(ns: NamespacesEntry): string[] {
       const messages = ns.ipc.msg.reduce((n, q) => n + q.messages.length, 0);
       return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
         `${ns.ipc.sem.length} semaphore sets`;
+    }
+    if (k === "net" && ns.net) {
+      const links = ns.net.links.map((l) =>
+        l.peer
+          ? `${l.name} (veth to ${l.peer.name}${l.peer.master ? ` on ${l.peer.master}` : ""})`
+          : l.name
+      );
+      return `net ${links.join(", ")}, ${ns.net.routes.length} routes`;
+    }
+    if (k === "time" && ns.time) {
+      const s = (offset: bigint) => `${offset < 0n ? "" : "+"}${Number(offset) / 1e9} s`;
+      return `time ${s(BigInt(ns.time.monotonic))} monotonic, ${
+        s(BigInt(ns.time.boottime))
+      } boottime`;
     }
     return k;
   });

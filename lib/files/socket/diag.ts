@@ -4,8 +4,9 @@
  * state and the file it bound. Of TCP: whether this kernel has a socket for a given address pair,
  * and where a connecting socket (whose getpeername says ENOTCONN) connects to. Of a packet socket:
  * its memberships and rings; of a netlink socket: its queue and whether a dump is under way (both
- * answer only dumps of every socket, searched by inode). It sees the tool's network namespace
- * only; every query gives null where it finds nothing or fails.
+ * answer only dumps of every socket, searched by inode). It sees the tool's network namespace,
+ * or during the dump of a container with a net namespace of its own that one (`diagSocketsFrom`:
+ * its sockets made inside the container); every query gives null where it finds nothing or fails.
  */
 import {
   AF,
@@ -28,6 +29,21 @@ import {
 } from "../../../ffi/mod.ts";
 import { ipOf } from "./address.ts";
 
+/** Opens a sock_diag socket in the network namespace the queries are about, or gives -errno. */
+let openDiagSocket: (() => number) | null = null;
+
+/**
+ * Makes every query until disposed ask the network namespace in which `open` makes its sock_diag
+ * sockets (a container's); one such namespace at a time in the tool.
+ */
+export function diagSocketsFrom(open: () => number): Disposable {
+  if (openDiagSocket) {
+    throw new Error("the sockets of another container's net namespace are being dumped");
+  }
+  openDiagSocket = open;
+  return { [Symbol.dispose]: () => void (openDiagSocket = null) };
+}
+
 /** Size of `struct nlmsghdr`, before every request and reply. */
 const NLMSG_HEADER = 16;
 
@@ -36,7 +52,8 @@ const NLMSG_HEADER = 16;
  * `body` being what follows the netlink header; the socket, or null when either fails.
  */
 function request(body: Uint8Array, flags: number): number | null {
-  const s = trySocket(AF.NETLINK, SOCK.DGRAM | SOCK.CLOEXEC, NETLINK.SOCK_DIAG);
+  const s = openDiagSocket?.() ??
+    trySocket(AF.NETLINK, SOCK.DGRAM | SOCK.CLOEXEC, NETLINK.SOCK_DIAG);
   if (s < 0) return null;
   const req = new Uint8Array(NLMSG_HEADER + body.length);
   const v = new DataView(req.buffer);

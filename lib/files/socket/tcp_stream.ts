@@ -114,6 +114,7 @@ import { abandonFd, handToTarget, readU32 } from "../util.ts";
 import { formatAddress } from "./address.ts";
 import { sendSegment, TCP_FLAG } from "./tcp_segment.ts";
 import { tcpSocketState } from "./diag.ts";
+import { namespaceOf } from "../../namespaces/kinds.ts";
 import {
   changedOptions,
   findOption,
@@ -340,6 +341,12 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
       `fd ${fd.fd} of process ${fd.pid}: ${description}: ${why}; a policy can skip it`,
     );
   };
+  if (namespaceOf(fd.pid, "net") !== namespaceOf(Deno.pid, "net")) {
+    fail(
+      "a TCP connection inside a container's own net namespace is not dumped yet (the network " +
+        "lock works in tardigrade's)",
+    );
+  }
   const s = pidfdGetfd(ctx.pidfd, fd.fd);
   let held: HeldConnection | undefined;
   try {

@@ -1,0 +1,155 @@
+/**
+ * How each mount of a container is made again. Of a container's mounts, in the order its
+ * mountinfo lists them (a parent before what is mounted on it), one whose file system an earlier
+ * mount of the container shows is a bind mount of that one (a masked path, a read-only /proc/sys);
+ * one whose file system a mount of the tool's shows is a bind mount of the host's path (a
+ * pivot_root'ed rootfs, a cgroup directory): checked at restore, never made; a proc, sysfs,
+ * tmpfs (with its files), devpts or mqueue of its own is mounted afresh by the container's init,
+ * which gives it the init's namespaces. Anything else (a file system mounted nowhere the tool
+ * sees, an overlay of its own) is refused at dump time, naming it. Per-mount flags (read-only,
+ * nosuid, nodev, noexec, atime) are given again by a remount.
+ */
+import { cstring, MS } from "../../ffi/mod.ts";
+import { DumpError } from "../errors.ts";
+import type { Injector } from "../ptrace/inject.ts";
+import type { MountEntry } from "../image/schema.ts";
+import type { MountInfo } from "../inspect/procfs.ts";
+import { dumpTmpfsFiles, makeTmpfsFiles } from "./tmpfs_files.ts";
+
+/** File systems a container's init mounts afresh: their contents are its namespaces'. */
+const FRESH = ["proc", "sysfs", "tmpfs", "devpts", "mqueue"];
+
+/** `inner` below `outer` (both absolute), as a path relative to `outer`, or null. */
+function below(inner: string, outer: string): string | null {
+  if (outer === "/") return inner.slice(1);
+  if (inner === outer) return "";
+  return inner.startsWith(`${outer}/`) ? inner.slice(outer.length + 1) : null;
+}
+
+const join = (dir: string, rel: string) => rel ? `${dir === "/" ? "" : dir}/${rel}` : dir;
+
+/** "tmpfs scratch on /mnt (rw,relatime)", for messages. */
+export const mountName = (
+  m: { fsType: string; source: string; mountPoint: string; options: string },
+) => `${m.fsType} ${m.source} on ${m.mountPoint} (${m.options})`;
+
+/**
+ * The entries of `mounts`, mounts of container `pid` in mountinfo order; `earlier` are those of
+ * its mounts made before them (they may be bound from), `host` the tool's mounts.
+ */
+export function mountEntries(
+  pid: number,
+  mounts: readonly MountInfo[],
+  earlier: readonly MountInfo[],
+  host: readonly MountInfo[],
+): MountEntry[] {
+  const made = [...earlier];
+  return mounts.map((m) => {
+    const entry: MountEntry = {
+      mountPoint: m.mountPoint,
+      fsType: m.fsType,
+      source: m.source,
+      options: m.options,
+      superOptions: m.superOptions,
+      ...(m.root !== "/" ? { root: m.root } : {}),
+    };
+    const inContainer = made.map((e) => ({
+      e,
+      rel: e.dev === m.dev ? below(m.root, e.root) : null,
+    }))
+      .find((x) => x.rel !== null);
+    made.push(m);
+    if (inContainer) {
+      entry.bindFrom = join(inContainer.e.mountPoint, inContainer.rel!);
+      return entry;
+    }
+    const onHost = host.map((h) => ({ h, rel: h.dev === m.dev ? below(m.root, h.root) : null }))
+      .find((x) => x.rel !== null);
+    if (onHost) {
+      entry.bindFrom = join(onHost.h.mountPoint, onHost.rel!);
+      entry.bindHost = true;
+      return entry;
+    }
+    if (!FRESH.includes(m.fsType) || m.root !== "/") {
+      throw new DumpError(
+        `container ${pid} mounted ${mountName(m)}, whose file system tardigrade cannot make ` +
+          `again (it is mounted nowhere tardigrade sees, and is not one a container mounts ` +
+          `afresh: ${FRESH.join(", ")})`,
+      );
+    }
+    if (m.fsType === "tmpfs") {
+      entry.files = dumpTmpfsFiles(`/proc/${pid}/root${m.mountPoint}`, `tmpfs ${m.mountPoint}`);
+    }
+    if (m.fsType === "devpts") refuseUsedDevpts(pid, m);
+    return entry;
+  });
+}
+
+/** Refuses a devpts of the container with terminals in it: they are not made again in it. */
+function refuseUsedDevpts(pid: number, m: MountInfo): void {
+  const ptys = [...Deno.readDirSync(`/proc/${pid}/root${m.mountPoint}`)]
+    .filter((e) => e.name !== "ptmx");
+  if (ptys.length) {
+    throw new DumpError(
+      `container ${pid} has pseudo-terminals in its devpts on ${m.mountPoint} ` +
+        `(${ptys.map((e) => e.name).join(", ")}), which tardigrade does not make again there`,
+    );
+  }
+}
+
+/** mount(2) flags of per-mount options as mountinfo shows them. */
+const OPTION_FLAGS: Record<string, number> = {
+  ro: MS.RDONLY,
+  nosuid: MS.NOSUID,
+  nodev: MS.NODEV,
+  noexec: MS.NOEXEC,
+  noatime: MS.NOATIME,
+  nodiratime: MS.NODIRATIME,
+  relatime: MS.RELATIME,
+};
+
+/** The per-mount flags of `options`; without relatime or noatime, strictatime. */
+export function mountFlags(options: string): number {
+  const words = options.split(",");
+  const flags = words.reduce((f, o) => f | (OPTION_FLAGS[o] ?? 0), 0);
+  return words.includes("relatime") || words.includes("noatime") ? flags : flags | MS.STRICTATIME;
+}
+
+/**
+ * Mounts `m` again in the process `inj` runs in (the container's init, in its namespaces), at
+ * `prefix` + its mount point (`prefix` "" or where its new root is being built); `toolPath` is
+ * where the tool reaches what the init sees at "/" (/proc/INIT/root).
+ */
+export function makeMount(inj: Injector, m: MountEntry, prefix: string, toolPath: string): void {
+  const str = (s: string, at: number) => inj.put(cstring(s), at);
+  const target = `${prefix}${m.mountPoint === "/" ? "" : m.mountPoint}` || "/";
+  const flags = mountFlags(m.options);
+  const remount = (extra: number, data: string) =>
+    inj.call(
+      "mount",
+      0,
+      str(target, 1024),
+      0,
+      MS.REMOUNT | extra | flags,
+      data ? str(data, 2304) : 0,
+    );
+  if (m.bindFrom !== undefined) {
+    const from = m.bindHost ? m.bindFrom : `${prefix}${m.bindFrom}`;
+    inj.call("mount", str(from, 0), str(target, 1024), 0, MS.BIND, 0);
+    remount(MS.BIND, ""); // a bind takes its source's flags: its own
+    return;
+  }
+  const data = m.superOptions.split(",").filter((o) => o !== "rw" && o !== "ro").join(",");
+  // Writable until its files are in.
+  inj.call(
+    "mount",
+    str(m.source, 0),
+    str(target, 1024),
+    str(m.fsType, 2048),
+    flags & ~MS.RDONLY,
+    data ? str(data, 2304) : 0,
+  );
+  if (m.files) makeTmpfsFiles(inj, `${toolPath}${target}`, target, m.files);
+  if (m.superOptions.split(",").includes("ro")) remount(MS.RDONLY, data); // the superblock too
+  else if (flags & MS.RDONLY) remount(MS.BIND, "");
+}
