@@ -319,15 +319,19 @@ export class Injector implements Disposable {
         while (done < calls.length) done += this.#runQueued(calls.slice(done));
       } catch (err) {
         this.#pending = []; // the restore fails: the rest would only fail after it
-        this.#dataUsed = 0;
+        this.#dataUsed = this.#dataWritten = 0;
         throw err;
       }
     }
-    this.#dataUsed = 0;
+    this.#dataUsed = this.#dataWritten = 0;
   }
 
   /** Bytes of the queued syscalls' data area in use. */
   #dataUsed = 0;
+  /** Bytes of it already in the target: the rest is in `#data` only, written before a run. */
+  #dataWritten = 0;
+  /** The data area as queued, written into the target in one piece when the calls are made. */
+  #data?: Uint8Array;
 
   /** Of the injectors sharing this one's scratch region (`forThread`), the one with a queue. */
   #queueHolder?: Injector;
@@ -352,9 +356,18 @@ export class Injector implements Disposable {
     this.#takeQueue();
     if (this.#dataUsed + data.length > DATA_BYTES) this.flush();
     const addr = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataUsed);
-    this.mem.write(addr, data);
+    this.#data ??= new Uint8Array(DATA_BYTES);
+    this.#data.set(data, this.#dataUsed);
     this.#dataUsed += (data.length + 7) & ~7;
     return addr;
+  }
+
+  /** Writes the queued data not yet in the target (one write for a whole run's paths …). */
+  #writeQueuedData(): void {
+    if (this.#dataUsed <= this.#dataWritten) return;
+    const at = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataWritten);
+    this.mem.write(at, this.#data!.subarray(this.#dataWritten, this.#dataUsed));
+    this.#dataWritten = this.#dataUsed;
   }
 
   #settleQueued(call: QueuedCall, result: bigint): void {
@@ -377,6 +390,7 @@ export class Injector implements Disposable {
       owner.#runnerWritten = true;
     }
     const records = code + BigInt(RECORDS_AT);
+    this.#writeQueuedData();
     this.mem.write(records, encodeRecords(calls));
     const base = this.#batch?.regs ?? getRegs(this.tid);
     const savedMask = this.#batch ? undefined : getSigMask(this.tid);
@@ -488,6 +502,14 @@ export class Injector implements Disposable {
     if (!awaitInterrupt(this.tid, this.deferred)) {
       throw new NoSuchProcess(this.tid, "it ended while frozen");
     }
+  }
+
+  /**
+   * Whether queued syscalls (`queue`) are made together in one round trip (a process that dies
+   * with the tool), so that many small injected reads cost less than reading from outside.
+   */
+  get queues(): boolean {
+    return this.#diesWithTool;
   }
 
   /** Whether this thread's syscalls run with a way back (way_back.ts) now. */
