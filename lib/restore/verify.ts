@@ -74,7 +74,7 @@ import {
   FileTable,
   type PidfdInfo,
 } from "../inspect/fds.ts";
-import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
+import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
 import { keptFlags, vmaStates } from "../memory/advice.ts";
@@ -557,7 +557,7 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
     d.same(at, "guard pages", w.guards, g.guards);
   });
-  const now = specialMappings(p.hostPid);
+  const now = specialOf(live);
   const where = (k: "vdso" | "vvar" | "vvar_vclock") => {
     const m = now.get(k);
     return m ? [m.start, m.end] : undefined;
