@@ -310,6 +310,20 @@ export class Injector implements Disposable {
     if (this.#pending.length === MAX_RECORDS) this.flush();
   }
 
+  /**
+   * Queues a syscall whose result is wanted (`queue`): the function returned gives it once made
+   * (making what is queued first if need be), a failure thrown as by `call`. Reads of a thread's
+   * state are so made together, in one round trip, where a process dies with the tool.
+   */
+  queueCall(name: SyscallName, args: Arg[]): () => bigint {
+    let result: bigint | undefined;
+    this.queue(name, args, (r) => (result = this.#checked(name, args, r)));
+    return () => {
+      if (result === undefined) this.flush();
+      return result!;
+    };
+  }
+
   /** Makes every queued syscall now. */
   flush(): void {
     while (this.#pending.length) {

@@ -426,7 +426,7 @@ async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
 }
 
 /** Compares every thread: the set, and each one's kernel state but its registers. */
-function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
+function compareThreads(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const live = threadIds(p.hostPid).map((t) => p.imageId(t)).sort((a, b) => a - b);
   d.same("process", "threads", e.threads.map((t) => t.tid).sort((a, b) => a - b), live);
@@ -434,9 +434,12 @@ function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
   for (const t of e.threads) {
     const inj = p.injectors.get(t.tid);
     if (!inj) continue;
-    const read = () =>
-      dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid), held: inj.deferred }, inj);
-    const got = batched ? inj.batch(read) : read();
+    // Its injected reads are one run of queued calls (a batch would only add a save and settle).
+    const got = dumpThread(
+      p.hostPid,
+      { tid: inj.tid, regs: getRegs(inj.tid), held: inj.deferred },
+      inj,
+    );
     pairs.push([t, { ...got, tid: inj.tid }]);
   }
   dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
@@ -822,7 +825,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
       await compareTask(p, d);
       comparePosixTimers(p, d);
     });
-    compareThreads(p, d, p.diesWithTool ?? false);
+    compareThreads(p, d);
     compareMappings(p, d);
     compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);

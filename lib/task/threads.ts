@@ -29,9 +29,9 @@ import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
 import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
-import { dumpSecurebits } from "./capabilities.ts";
+import { queueSecurebits } from "./capabilities.ts";
 import { dumpCredentials } from "./credentials.ts";
-import { dumpScheduling } from "./scheduler.ts";
+import { dumpScheduling, queueTimerSlack, queueTimerSlackRestore } from "./scheduler.ts";
 
 const ERESTART_RESTARTBLOCK = -BigInt(Errno.ERESTART_RESTARTBLOCK);
 const EINTR = -BigInt(Errno.EINTR);
@@ -80,9 +80,12 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   const pending = threadPending(thread);
 
   // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }, and
-  // prctl(PR_GET_TID_ADDRESS, &addr) beside it: queued, one round trip in a restored process.
+  // prctl(PR_GET_TID_ADDRESS, &addr), the securebits and the timer slack beside it: queued, one
+  // round trip in a restored process.
   inj.queue("sigaltstack", [0, inj.scratch()]);
   inj.queue("prctl", [PR.GET_TID_ADDRESS, inj.scratch() + 32n]);
+  const securebits = queueSecurebits(inj);
+  const timerSlack = queueTimerSlack(inj);
   inj.flush();
   const out = inj.get(0, 40);
   const ss = new DataView(out.buffer);
@@ -107,8 +110,8 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
     rseq: getRseqConfig(tid),
     sleepRemainingNs: sleepRemaining(inj, regs),
     creds: dumpCredentials(pid, tid),
-    securebits: dumpSecurebits(inj),
-    scheduling: dumpScheduling(pid, tid, inj),
+    securebits: securebits(),
+    scheduling: dumpScheduling(pid, tid, timerSlack()),
   };
 }
 
@@ -148,6 +151,7 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number):
   for (const s of t.pending) {
     inj.queue("rt_tgsigqueueinfo", [tgid, t.tid, s.signo, inj.queueData(s.siginfo)]);
   }
+  if (t.scheduling) queueTimerSlackRestore(inj, t.scheduling);
   inj.flush();
   setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
 }
