@@ -444,6 +444,7 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
+  inj.flush(); // what the steps above queued, made together
 
   stage("threads", p);
   const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
@@ -480,6 +481,7 @@ function afterTasks(making: Making[], shares: Shares, warnings: string[]): void 
     for (const w of restoreFsState(m.inj, m.entry, shares.scope)) {
       warnings.push(`process ${m.entry.pid}: ${w}`);
     }
+    m.inj.flush(); // queued: made before anything reads it from outside
   }
 }
 
