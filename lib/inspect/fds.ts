@@ -349,6 +349,9 @@ export function parseFdInfo(kind: FdKind, text: string): FdInfo {
   return rest;
 }
 
+/** A descriptor link that names an inode of sockfs or pipefs. */
+const INODE_LINK = /^(socket|pipe):\[\d+\]$/;
+
 interface Representative {
   pid: number;
   fd: number;
@@ -365,6 +368,19 @@ interface Representative {
 export class FileTable {
   #buckets = new Map<string, Representative[]>();
   #next = 1;
+  /** stat of the sockets and pipes seen, by link: a tree holds each one many times over. */
+  #inodes = new Map<string, Deno.FileInfo>();
+
+  /**
+   * stat of the file descriptor link `link` names, whose target is `target`: `read` once per
+   * socket or pipe (`socket:[ino]` names one inode of one file system), every time for the rest.
+   */
+  statOf(target: string, read: () => Deno.FileInfo): Deno.FileInfo {
+    if (!INODE_LINK.test(target)) return read();
+    let st = this.#inodes.get(target);
+    if (!st) this.#inodes.set(target, st = read());
+    return st;
+  }
 
   /** The id of the open file behind `fd` of process `pid`, whose file has (dev, inode). */
   idOf(pid: number, fd: number, dev: bigint, inode: bigint): number {
@@ -432,7 +448,7 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   try {
     target = Deno.readLinkSync(link);
     infoText = Deno.readTextFileSync(procPath(pid, `fdinfo/${fd}`));
-    st = Deno.statSync(link);
+    st = files.statOf(target, () => Deno.statSync(link));
   } catch (err) {
     if (err instanceof Deno.errors.NotFound && procExists(pid)) return null;
     throw procError(err, pid, `fd ${fd}`);

@@ -41,7 +41,6 @@ import {
   getRegs,
   ITIMER,
   KCMP,
-  kcmp,
   O,
   O_SYNC_BIT,
   open,
@@ -74,6 +73,7 @@ import {
   FileTable,
   type PidfdInfo,
 } from "../inspect/fds.ts";
+import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
@@ -729,7 +729,7 @@ function compareKind(p: RestoredProcess, d: Diff, at: string, f: FileEntry, got:
 
 /**
  * Processes that shared one descriptor table (CLONE_FILES) or fs context (CLONE_FS) must share
- * one again, and only those: compared pair by pair with kcmp.
+ * one again, and only those: compared pair by pair, each process's object found by kcmp.
  */
 function compareContexts(tree: RestoredProcess[], diffs: Difference[]): void {
   const kinds = [
@@ -743,10 +743,11 @@ function compareContexts(tree: RestoredProcess[], diffs: Difference[]): void {
       const w = p.entry[key];
       group.set(p.entry.pid, w === undefined ? p.entry.pid : group.get(w) ?? w);
     }
+    const live = kcmpGroups(tree.map((p) => p.hostPid), type);
     for (const [i, a] of tree.entries()) {
-      for (const b of tree.slice(0, i)) {
+      for (const [j, b] of tree.slice(0, i).entries()) {
         const want = group.get(a.entry.pid) === group.get(b.entry.pid);
-        const got = kcmp(a.hostPid, b.hostPid, type) === 0;
+        const got = live[i] === live[j];
         if (want === got) continue;
         diffs.push({
           pid: a.entry.pid,
