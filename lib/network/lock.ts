@@ -15,7 +15,6 @@
  * SIGKILL before its image was written; a dump into a directory whose lock is still in place is
  * refused (that lock holds another dump's connections).
  */
-import { createHash } from "node:crypto";
 import { basename, dirname, resolve } from "node:path";
 import { AF } from "../../ffi/mod.ts";
 import { ImageError, RestoreError } from "../errors.ts";
@@ -39,6 +38,8 @@ export function lockNameFor(dir: string): string {
   try {
     parent = Deno.realPathSync(parent);
   } catch { /* gone: its path as given */ }
+  // Loaded when needed: node:crypto costs some 10 ms at every start of the tool otherwise.
+  const { createHash } = process.getBuiltinModule("node:crypto") as typeof import("node:crypto");
   const hash = createHash("sha256").update(`${parent}/${basename(path)}`).digest("hex");
   return `tardigrade-${hash.slice(0, 16)}`;
 }
