@@ -68,11 +68,14 @@ function cannotRemove(name: string, method: LockMethod, err: unknown, dir: strin
 export class NetworkLock {
   #netfilter: Netfilter | undefined;
   readonly #connections = new Map<string, { local: string; peer: string }>();
-  readonly name: string;
+  #name?: string;
 
   /** The lock of a dump into the image directory `dir`. */
-  constructor(readonly dir: string) {
-    this.name = lockNameFor(dir);
+  constructor(readonly dir: string) {}
+
+  /** Its name (`lockNameFor`), worked out when first needed: most dumps lock nothing. */
+  get name(): string {
+    return this.#name ??= lockNameFor(this.dir);
   }
 
   /**
