@@ -128,9 +128,11 @@ export function cloneThread(inj: Injector, tid: number): number {
  * registers and the mask, which the caller sets last: until then the injector keeps every signal
  * blocked, so the signals queued here stay pending with their information).
  * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
- * sees it (the image's), like `t.tid`, for what is written into it.
+ * sees it (the image's), like `t.tid`, for what is written into it. Returns the thread's
+ * securebits as they are (read in the same run: restoreCredentials needs them, and only it
+ * changes them).
  */
-export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): void {
+export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): number {
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
@@ -152,8 +154,10 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number):
     inj.queue("rt_tgsigqueueinfo", [tgid, t.tid, s.signo, inj.queueData(s.siginfo)]);
   }
   if (t.scheduling) queueTimerSlackRestore(inj, t.scheduling);
+  const securebits = queueSecurebits(inj);
   inj.flush();
   setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
+  return securebits();
 }
 
 /**
