@@ -223,6 +223,33 @@ export interface InjectorOptions {
 }
 
 /**
+ * Syscalls `raw` may make in the syscall runner, after the queued calls, instead of by a step of
+ * their own: calls on descriptors and process attributes, none of which maps memory (the runner's
+ * code is in the scratch region), makes a process or thread (which would start inside the runner)
+ * or leaves the thread.
+ */
+const JOINS_QUEUE = new Set<number>(
+  ([
+    "close",
+    "fcntl",
+    "openat",
+    "pidfd_open",
+    "pidfd_getfd",
+    "dup",
+    "dup3",
+    "lseek",
+    "socketpair",
+    "recvmsg",
+    "sendmsg",
+    "prctl",
+    "ioctl",
+    "setsockopt",
+    "getsockopt",
+    "eventfd2",
+  ] as const).map((name) => SYS[name]),
+);
+
+/**
  * Executes syscalls in one stopped, traced thread. Each call leaves the thread's registers and
  * signal mask as they were. Signals that arrive during a call are collected in `deferred`, with
  * their full information, so the caller can hand them over when it lets the thread go
@@ -257,6 +284,18 @@ export class Injector implements Disposable {
    * the thread's registers and mask put back afterwards.
    */
   raw(nr: number, ...args: Arg[]): bigint {
+    if (this.#pending.length && JOINS_QUEUE.has(nr)) {
+      // Made in the same run as what was queued, last: one round trip for both.
+      let result = 0n;
+      this.#pending.push({
+        nr,
+        args: args.map(BigInt),
+        name: `syscall ${nr}`,
+        onResult: (r) => (result = r),
+      });
+      this.flush();
+      return result;
+    }
     this.flush(); // what was queued comes first
     if (this.#batch) return this.#step(this.#batch.regs, nr, args);
     if (this.#diesWithTool) return this.#rawStepped(nr, args);
