@@ -181,8 +181,21 @@ export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSE
  * `KCMP.FILE` compares the open files behind two descriptors.
  */
 export function kcmp(pid1: number, pid2: number, type: number, idx1 = 0, idx2 = 0): number {
-  return Number(syscall("kcmp", pid1, pid2, type, idx1, idx2));
+  // Called directly, the arguments listed only for an error: a big comparison makes 100,000s.
+  const r = libc.syscall(
+    KCMP_NR,
+    BigInt(pid1),
+    BigInt(pid2),
+    BigInt(type),
+    BigInt(idx1),
+    BigInt(idx2),
+    0n,
+  );
+  if (r === -1n) throw new SyscallError("kcmp", [pid1, pid2, type, idx1, idx2], errno());
+  return Number(r);
 }
+
+const KCMP_NR = BigInt(SYS.kcmp);
 
 /** A pidfd for a process. */
 export function pidfdOpen(pid: number, flags = 0): number {
