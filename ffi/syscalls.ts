@@ -31,6 +31,7 @@ export const SYS = {
   dup: 32,
   dup2: 33,
   nanosleep: 35,
+  sched_yield: 24,
   getitimer: 36,
   setitimer: 38,
   getpid: 39,

@@ -22,6 +22,7 @@ import {
   setRegset,
   setSigMask,
   SYS,
+  syscall,
   TIMER_ABSTIME,
 } from "../../ffi/mod.ts";
 import { readComm } from "../inspect/procfs.ts";
@@ -187,6 +188,7 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
   while (Date.now() < deadline) {
     const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${inj.tid}/syscall`);
     if (sc.startsWith(`${NR_CLOCK_NANOSLEEP} `)) break;
+    syscall("sched_yield"); // the thread needs a CPU to get there: not spun away from it
   }
   interrupt(inj.tid);
   waitStopped(inj.tid, "restored thread");
