@@ -158,6 +158,7 @@ class Diff {
 
   /** Records a difference when `image` and `kernel` are not equal (deep, bigints by value). */
   same(object: string, field: string, image: unknown, kernel: unknown): void {
+    if (image === kernel) return; // the common case, without making text of either
     if (show(image) !== show(kernel)) this.add(object, field, image, kernel);
   }
 
