@@ -382,14 +382,19 @@ export class FileTable {
     return st;
   }
 
-  /** The id of the open file behind `fd` of process `pid`, whose file has (dev, inode). */
-  idOf(pid: number, fd: number, dev: bigint, inode: bigint): number {
+  /**
+   * The id of the open file behind `fd` of process `pid`, whose file has (dev, inode).
+   * `single`: the inode has one open file at most (a socket of sockfs: the kernel's socket points
+   * to its one file, and it cannot be opened again), so a descriptor on it needs no kcmp.
+   */
+  idOf(pid: number, fd: number, dev: bigint, inode: bigint, single = false): number {
     const key = `${dev}:${inode}`;
     let bucket = this.#buckets.get(key);
     if (!bucket) {
       bucket = [];
       this.#buckets.set(key, bucket);
     }
+    if (single && bucket.length) return bucket[0].id;
     for (;;) {
       let lo = 0, hi = bucket.length;
       let stale = -1;
@@ -462,7 +467,8 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   const inode = BigInt(st.ino ?? kv.get("ino") ?? 0);
   let fileId: number;
   try {
-    fileId = files.idOf(pid, fd, dev, inode);
+    // sockfs's (not a socket file on disk, which O_PATH opens many times).
+    fileId = files.idOf(pid, fd, dev, inode, target.startsWith("socket:["));
   } catch (err) {
     // The descriptor was closed while we looked at it: it is not there any more.
     if (err instanceof SyscallError && err.errno === Errno.EBADF) return null;
