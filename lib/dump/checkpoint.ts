@@ -262,6 +262,8 @@ interface DumpRun {
   dumpedFiles: Map<number, FileEntry>;
   /** Every process of the dump. */
   pids: readonly number[];
+  /** Every descriptor of every process, as planned (in the order of `pids`). */
+  heldFds?: readonly Fd[];
   /** The processes outside the dump, for the other ends of its connections. */
   outside: OutsideProcesses;
   /** The descriptors declared external (`external`). */
@@ -376,6 +378,7 @@ async function dumpProcess(
       scope: run.scope,
       dumpedFiles: run.dumpedFiles,
       pids: run.pids,
+      heldFds: run.heldFds,
       outside: run.outside,
       leaveRunning: run.ending.leaveRunning,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
@@ -530,6 +533,7 @@ export async function checkpoint(
     // Every answer of the policy, for every process, before anything is dumped.
     const plans: ProcessPlan[] = [];
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
+    run.heldFds = plans.flatMap((p) => p.fds.map((d) => d.fd));
     checkPeers(plans, run);
     // Inside a container, asked of its processes before the long copy.
     const namespaces = kinds.length || externalNet

@@ -316,8 +316,14 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   let takerNow: FdTaker | undefined;
   /** Numbers below `high` that hold a file already. */
   const placed = new Set<number>();
-  const numbersOf = new Map<number, number[]>();
-  for (const f of p.fds) numbersOf.set(f.file, [...numbersOf.get(f.file) ?? [], f.fd]);
+  /** Each open file's descriptors, in the table's order (one pass: a table may hold 10,000s). */
+  const fdsOf = new Map<number, FdEntry[]>();
+  for (const f of p.fds) {
+    const list = fdsOf.get(f.file);
+    if (list) list.push(f);
+    else fdsOf.set(f.file, [f]);
+  }
+  const numbersOf = new Map([...fdsOf].map(([file, list]) => [file, list.map((f) => f.fd)]));
   /**
    * Puts the open file at `fd` at each of its numbers; `fd` itself goes unless it is one of
    * them. `cloexec` is what `fd` has (pidfd_getfd sets it), undefined when not known.
@@ -326,8 +332,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     made.add(file);
     let kept = false;
     for (const n of numbersOf.get(file) ?? []) placed.add(n);
-    for (const f of p.fds) {
-      if (f.file !== file) continue;
+    for (const f of fdsOf.get(file) ?? []) {
       if (f.fd !== fd) {
         inj.queue("dup3", [fd, f.fd, f.closeOnExec ? O.CLOEXEC : 0]);
       } else {
@@ -504,8 +509,8 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
         if (owner) taken.add(f.id);
         const fd = owner ? late.take(owner.pid, owner.fd) : handlerForEntry(f)!.open(f, ctx);
         // Over the placeholders: every number of the file gets it.
-        for (const d of p.fds) {
-          if (d.file === f.id) inj.call("dup3", fd, d.fd, d.closeOnExec ? O.CLOEXEC : 0);
+        for (const d of fdsOf.get(f.id) ?? []) {
+          inj.call("dup3", fd, d.fd, d.closeOnExec ? O.CLOEXEC : 0);
         }
         inj.call("close", fd);
       }
@@ -516,11 +521,9 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
         handlerForEntry(f)!.finish?.(f, fd, ctx);
         shared.set(f.id, { pid: inj.pid, fd });
       }
-      inj.flush(); // the flags are read from outside
-      for (const f of p.files) {
-        const fd = firstFd.get(f.id);
-        if (fd !== undefined && !taken.has(f.id)) restoreStatusFlags(inj, fd, f.flags);
-      }
+      const made = p.files.filter((f) => firstFd.has(f.id) && !taken.has(f.id));
+      const now = statusFlags(inj, made.map((f) => firstFd.get(f.id)!));
+      made.forEach((f, i) => restoreStatusFlags(inj, firstFd.get(f.id)!, f.flags, now[i]));
       inj.flush();
     },
     restoreOwners(): void {
@@ -542,13 +545,42 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
  * file had while being made. (Which of several numbers the program armed it through, the kernel
  * does not tell.) O_PATH descriptors have no flags to set.
  */
-function restoreStatusFlags(inj: Injector, fd: number, flags: number): void {
+function restoreStatusFlags(
+  inj: Injector,
+  fd: number,
+  flags: number,
+  now = statusFlags(inj, [fd])[0],
+): void {
   if (flags & O.PATH) return;
-  let now = fdFlags(inj.pid, fd) & ~O.CLOEXEC; // as F_GETFL gives them, read from outside
   if (flags & now & O.ASYNC) {
     now &= ~O.ASYNC;
     inj.queue("fcntl", [fd, F.SETFL, now & SETFL_MASK]);
   }
   if ((now & SETFL_MASK) === (flags & SETFL_MASK)) return;
   inj.queue("fcntl", [fd, F.SETFL, flags & SETFL_MASK]);
+}
+
+/**
+ * The status flags of descriptors `fds` of the process, as F_GETFL gives them: one injected
+ * F_GETFL each, all in one run, where syscalls are queued (a process being restored: 10,000
+ * descriptors cost one round trip); else read from outside (fdinfo), as an injected call each
+ * would cost far more. What was queued before is made first.
+ */
+function statusFlags(inj: Injector, fds: number[]): number[] {
+  const out: number[] = [];
+  if (!inj.queues) {
+    inj.flush();
+    return fds.map((fd) => fdFlags(inj.pid, fd) & ~O.CLOEXEC);
+  }
+  fds.forEach((fd, i) =>
+    inj.queue("fcntl", [fd, F.GETFL, 0], (r) => (out[i] = checkedFlags(r, fd)))
+  );
+  inj.flush();
+  return out;
+}
+
+/** An F_GETFL result, or the failure it is. */
+function checkedFlags(result: bigint, fd: number): number {
+  if (result < 0n) throw new SyscallError(`fcntl(${fd}, F_GETFL)`, [], Number(-result));
+  return Number(result);
 }

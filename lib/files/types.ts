@@ -40,6 +40,11 @@ export interface FileDumpContext {
    */
   readonly pids?: readonly number[];
   /**
+   * Every descriptor of every process of this dump, as read before anything was dumped (the
+   * processes frozen), in the order of `pids` and of their numbers; absent: read when needed.
+   */
+  readonly heldFds?: readonly Fd[];
+  /**
    * The processes outside this dump and what they hold, read once when first asked: who holds
    * the other end of a connection (outside_peers.ts).
    */

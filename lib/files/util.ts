@@ -133,7 +133,7 @@ export function tryHandToTarget(ctx: FileRestoreContext, mine: number): number |
     inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
     return Number(fd);
   } finally {
-    inj.call("close", toolPidfd);
+    inj.queue("close", [toolPidfd]); // made with the next call
   }
 }
 

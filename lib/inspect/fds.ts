@@ -349,6 +349,9 @@ export function parseFdInfo(kind: FdKind, text: string): FdInfo {
   return rest;
 }
 
+/** A descriptor link that names an inode of sockfs or pipefs. */
+const INODE_LINK = /^(socket|pipe):\[\d+\]$/;
+
 interface Representative {
   pid: number;
   fd: number;
@@ -365,15 +368,33 @@ interface Representative {
 export class FileTable {
   #buckets = new Map<string, Representative[]>();
   #next = 1;
+  /** stat of the sockets and pipes seen, by link: a tree holds each one many times over. */
+  #inodes = new Map<string, Deno.FileInfo>();
 
-  /** The id of the open file behind `fd` of process `pid`, whose file has (dev, inode). */
-  idOf(pid: number, fd: number, dev: bigint, inode: bigint): number {
+  /**
+   * stat of the file descriptor link `link` names, whose target is `target`: `read` once per
+   * socket or pipe (`socket:[ino]` names one inode of one file system), every time for the rest.
+   */
+  statOf(target: string, read: () => Deno.FileInfo): Deno.FileInfo {
+    if (!INODE_LINK.test(target)) return read();
+    let st = this.#inodes.get(target);
+    if (!st) this.#inodes.set(target, st = read());
+    return st;
+  }
+
+  /**
+   * The id of the open file behind `fd` of process `pid`, whose file has (dev, inode).
+   * `single`: the inode has one open file at most (a socket of sockfs: the kernel's socket points
+   * to its one file, and it cannot be opened again), so a descriptor on it needs no kcmp.
+   */
+  idOf(pid: number, fd: number, dev: bigint, inode: bigint, single = false): number {
     const key = `${dev}:${inode}`;
     let bucket = this.#buckets.get(key);
     if (!bucket) {
       bucket = [];
       this.#buckets.set(key, bucket);
     }
+    if (single && bucket.length) return bucket[0].id;
     for (;;) {
       let lo = 0, hi = bucket.length;
       let stale = -1;
@@ -432,7 +453,7 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   try {
     target = Deno.readLinkSync(link);
     infoText = Deno.readTextFileSync(procPath(pid, `fdinfo/${fd}`));
-    st = Deno.statSync(link);
+    st = files.statOf(target, () => Deno.statSync(link));
   } catch (err) {
     if (err instanceof Deno.errors.NotFound && procExists(pid)) return null;
     throw procError(err, pid, `fd ${fd}`);
@@ -446,7 +467,8 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   const inode = BigInt(st.ino ?? kv.get("ino") ?? 0);
   let fileId: number;
   try {
-    fileId = files.idOf(pid, fd, dev, inode);
+    // sockfs's (not a socket file on disk, which O_PATH opens many times).
+    fileId = files.idOf(pid, fd, dev, inode, target.startsWith("socket:["));
   } catch (err) {
     // The descriptor was closed while we looked at it: it is not there any more.
     if (err instanceof SyscallError && err.errno === Errno.EBADF) return null;

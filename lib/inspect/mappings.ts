@@ -224,8 +224,13 @@ const AT_SYSINFO_EHDR = 33n;
  * where a restore moves them, and where the injector finds its `syscall` instruction.
  */
 export function specialMappings(pid: number): Map<MappingKind, Mapping> {
+  return specialOf(listMappings(pid));
+}
+
+/** The special mappings among `list` (a listing of one process), by kind. */
+export function specialOf(list: Iterable<Mapping>): Map<MappingKind, Mapping> {
   const out = new Map<MappingKind, Mapping>();
-  for (const m of listMappings(pid)) {
+  for (const m of list) {
     if (
       m.kind === "vdso" || m.kind === "vvar" || m.kind === "vvar_vclock" || m.kind === "vsyscall"
     ) {

@@ -116,28 +116,49 @@ export interface VmaState {
   pageSize: number;
 }
 
-/** VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is unreadable). */
+/**
+ * VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is
+ * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes and
+ * only the lines wanted are decoded.
+ */
 export function vmaStates(pid: number): Map<bigint, VmaState> {
   const out = new Map<bigint, VmaState>();
-  let text = "";
+  let bytes: Uint8Array;
   try {
-    text = Deno.readTextFileSync(`/proc/${pid}/smaps`);
+    bytes = Deno.readFileSync(`/proc/${pid}/smaps`);
   } catch {
     return out;
   }
+  const text = (from: number, to: number) => latin1.decode(bytes.subarray(from, to));
   let state: VmaState | undefined;
-  for (const line of text.split("\n")) {
-    const range = line.match(/^([0-9a-f]+)-[0-9a-f]+ /);
-    if (range) {
+  for (let at = 0; at < bytes.length;) {
+    let end = bytes.indexOf(NEWLINE, at);
+    if (end < 0) end = bytes.length;
+    const c = bytes[at];
+    if ((c >= DIGIT_0 && c <= DIGIT_9) || (c >= LOWER_A && c <= LOWER_F)) {
+      // A mapping's first line, as in maps: `start-end perms …`.
       state = { flags: [], pageSize: 4096 };
-      out.set(BigInt(`0x${range[1]}`), state);
-    } else if (state && line.startsWith("VmFlags:")) {
-      state.flags = line.slice(8).trim().split(/\s+/).filter((f) => f !== "");
-    } else if (state && line.startsWith("KernelPageSize:")) {
-      state.pageSize = parseInt(line.slice(15)) * 1024;
+      out.set(BigInt(`0x${text(at, bytes.indexOf(DASH, at))}`), state);
+    } else if (state && startsWith(bytes, at, VMFLAGS)) {
+      state.flags = text(at + VMFLAGS.length, end).trim().split(/\s+/).filter((f) => f !== "");
+    } else if (state && startsWith(bytes, at, PAGE_SIZE)) {
+      state.pageSize = parseInt(text(at + PAGE_SIZE.length, end)) * 1024;
     }
+    at = end + 1;
   }
   return out;
+}
+
+const latin1 = new TextDecoder("latin1");
+const ascii = (s: string) => new TextEncoder().encode(s);
+const VMFLAGS = ascii("VmFlags:");
+const PAGE_SIZE = ascii("KernelPageSize:");
+const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F] = ascii("\n-09af");
+
+/** Whether `bytes` has `prefix` at `at`. */
+function startsWith(bytes: Uint8Array, at: number, prefix: Uint8Array): boolean {
+  for (let i = 0; i < prefix.length; i++) if (bytes[at + i] !== prefix[i]) return false;
+  return true;
 }
 
 /** What a mapping is, as far as its flags go. */

@@ -81,10 +81,11 @@ export function inheritsMemory(p: ProcessEntry): boolean {
 export function prepareInherited(inj: Injector, m: MappingEntry): void {
   // Writable while its own pages go in, as a mapping made anew (MappingMaker.protectFinal).
   const prot = m.prot | PROT.READ | PROT.WRITE;
-  if (needsWrite(m) && prot !== m.prot) inj.call("mprotect", m.start, m.end - m.start, prot);
+  // Queued: made together with the next mappings' calls.
+  if (needsWrite(m) && prot !== m.prot) inj.queue("mprotect", [m.start, m.end - m.start, prot]);
   let at = m.start;
   for (const s of [...m.sharedWithParent!, { start: m.end, end: m.end }]) {
-    if (s.start > at) inj.call("madvise", at, s.start - at, MADV.DONTNEED);
+    if (s.start > at) inj.queue("madvise", [at, s.start - at, MADV.DONTNEED]);
     at = s.end;
   }
 }

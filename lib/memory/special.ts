@@ -48,8 +48,16 @@ export function recordSpecial(special: SpecialMappings, m: Mapping): boolean {
   }
 }
 
+/** This kernel's vdso, once read (it is the same for every process of a restore). */
+let ownVdso: { size: number; checksum: number } | null | undefined;
+
 /** The size and checksum of this kernel's vdso (the tool's own). */
 function vdsoChecksum(): { size: number; checksum: number } | null {
+  if (ownVdso === undefined) ownVdso = readOwnVdso();
+  return ownVdso;
+}
+
+function readOwnVdso(): { size: number; checksum: number } | null {
   const vdso = listMappings(Deno.pid).find((m) => m.kind === "vdso");
   if (!vdso) return null;
   using mem = new RemoteMemory(Deno.pid);

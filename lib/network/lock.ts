@@ -15,7 +15,6 @@
  * SIGKILL before its image was written; a dump into a directory whose lock is still in place is
  * refused (that lock holds another dump's connections).
  */
-import { createHash } from "node:crypto";
 import { basename, dirname, resolve } from "node:path";
 import { AF } from "../../ffi/mod.ts";
 import { ImageError, RestoreError } from "../errors.ts";
@@ -39,6 +38,8 @@ export function lockNameFor(dir: string): string {
   try {
     parent = Deno.realPathSync(parent);
   } catch { /* gone: its path as given */ }
+  // Loaded when needed: node:crypto costs some 10 ms at every start of the tool otherwise.
+  const { createHash } = process.getBuiltinModule("node:crypto") as typeof import("node:crypto");
   const hash = createHash("sha256").update(`${parent}/${basename(path)}`).digest("hex");
   return `tardigrade-${hash.slice(0, 16)}`;
 }
@@ -67,11 +68,14 @@ function cannotRemove(name: string, method: LockMethod, err: unknown, dir: strin
 export class NetworkLock {
   #netfilter: Netfilter | undefined;
   readonly #connections = new Map<string, { local: string; peer: string }>();
-  readonly name: string;
+  #name?: string;
 
   /** The lock of a dump into the image directory `dir`. */
-  constructor(readonly dir: string) {
-    this.name = lockNameFor(dir);
+  constructor(readonly dir: string) {}
+
+  /** Its name (`lockNameFor`), worked out when first needed: most dumps lock nothing. */
+  get name(): string {
+    return this.#name ??= lockNameFor(this.dir);
   }
 
   /**

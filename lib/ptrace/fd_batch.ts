@@ -94,10 +94,10 @@ export class FdBatch implements Disposable {
       try {
         end = Number(this.inj.call("pidfd_getfd", tool, pair[1], 0));
       } finally {
-        this.inj.call("close", tool);
+        this.inj.queue("close", [tool]); // made with the next call
       }
       this.#theirs = Number(this.inj.call("fcntl", end, F.DUPFD_CLOEXEC, this.floor));
-      this.inj.call("close", end);
+      this.inj.queue("close", [end]);
     } finally {
       close(pair[1]);
     }

@@ -26,7 +26,7 @@ export class FdTaker implements Disposable {
       pidfd = Number(this.inj.call("pidfd_open", innermostPid(pid), 0));
       if (pidfd < this.floor) {
         const moved = Number(this.inj.call("fcntl", pidfd, F.DUPFD_CLOEXEC, this.floor));
-        this.inj.call("close", pidfd);
+        this.inj.queue("close", [pidfd]); // made with the next call
         pidfd = moved;
       }
       this.#pidfds.set(pid, pidfd);

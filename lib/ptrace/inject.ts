@@ -223,6 +223,33 @@ export interface InjectorOptions {
 }
 
 /**
+ * Syscalls `raw` may make in the syscall runner, after the queued calls, instead of by a step of
+ * their own: calls on descriptors and process attributes, none of which maps memory (the runner's
+ * code is in the scratch region), makes a process or thread (which would start inside the runner)
+ * or leaves the thread.
+ */
+const JOINS_QUEUE = new Set<number>(
+  ([
+    "close",
+    "fcntl",
+    "openat",
+    "pidfd_open",
+    "pidfd_getfd",
+    "dup",
+    "dup3",
+    "lseek",
+    "socketpair",
+    "recvmsg",
+    "sendmsg",
+    "prctl",
+    "ioctl",
+    "setsockopt",
+    "getsockopt",
+    "eventfd2",
+  ] as const).map((name) => SYS[name]),
+);
+
+/**
  * Executes syscalls in one stopped, traced thread. Each call leaves the thread's registers and
  * signal mask as they were. Signals that arrive during a call are collected in `deferred`, with
  * their full information, so the caller can hand them over when it lets the thread go
@@ -257,6 +284,18 @@ export class Injector implements Disposable {
    * the thread's registers and mask put back afterwards.
    */
   raw(nr: number, ...args: Arg[]): bigint {
+    if (this.#pending.length && JOINS_QUEUE.has(nr)) {
+      // Made in the same run as what was queued, last: one round trip for both.
+      let result = 0n;
+      this.#pending.push({
+        nr,
+        args: args.map(BigInt),
+        name: `syscall ${nr}`,
+        onResult: (r) => (result = r),
+      });
+      this.flush();
+      return result;
+    }
     this.flush(); // what was queued comes first
     if (this.#batch) return this.#step(this.#batch.regs, nr, args);
     if (this.#diesWithTool) return this.#rawStepped(nr, args);
@@ -310,6 +349,20 @@ export class Injector implements Disposable {
     if (this.#pending.length === MAX_RECORDS) this.flush();
   }
 
+  /**
+   * Queues a syscall whose result is wanted (`queue`): the function returned gives it once made
+   * (making what is queued first if need be), a failure thrown as by `call`. Reads of a thread's
+   * state are so made together, in one round trip, where a process dies with the tool.
+   */
+  queueCall(name: SyscallName, args: Arg[]): () => bigint {
+    let result: bigint | undefined;
+    this.queue(name, args, (r) => (result = this.#checked(name, args, r)));
+    return () => {
+      if (result === undefined) this.flush();
+      return result!;
+    };
+  }
+
   /** Makes every queued syscall now. */
   flush(): void {
     while (this.#pending.length) {
@@ -319,15 +372,19 @@ export class Injector implements Disposable {
         while (done < calls.length) done += this.#runQueued(calls.slice(done));
       } catch (err) {
         this.#pending = []; // the restore fails: the rest would only fail after it
-        this.#dataUsed = 0;
+        this.#dataUsed = this.#dataWritten = 0;
         throw err;
       }
     }
-    this.#dataUsed = 0;
+    this.#dataUsed = this.#dataWritten = 0;
   }
 
   /** Bytes of the queued syscalls' data area in use. */
   #dataUsed = 0;
+  /** Bytes of it already in the target: the rest is in `#data` only, written before a run. */
+  #dataWritten = 0;
+  /** The data area as queued, written into the target in one piece when the calls are made. */
+  #data?: Uint8Array;
 
   /** Of the injectors sharing this one's scratch region (`forThread`), the one with a queue. */
   #queueHolder?: Injector;
@@ -352,9 +409,18 @@ export class Injector implements Disposable {
     this.#takeQueue();
     if (this.#dataUsed + data.length > DATA_BYTES) this.flush();
     const addr = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataUsed);
-    this.mem.write(addr, data);
+    this.#data ??= new Uint8Array(DATA_BYTES);
+    this.#data.set(data, this.#dataUsed);
     this.#dataUsed += (data.length + 7) & ~7;
     return addr;
+  }
+
+  /** Writes the queued data not yet in the target (one write for a whole run's paths …). */
+  #writeQueuedData(): void {
+    if (this.#dataUsed <= this.#dataWritten) return;
+    const at = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataWritten);
+    this.mem.write(at, this.#data!.subarray(this.#dataWritten, this.#dataUsed));
+    this.#dataWritten = this.#dataUsed;
   }
 
   #settleQueued(call: QueuedCall, result: bigint): void {
@@ -377,6 +443,7 @@ export class Injector implements Disposable {
       owner.#runnerWritten = true;
     }
     const records = code + BigInt(RECORDS_AT);
+    this.#writeQueuedData();
     this.mem.write(records, encodeRecords(calls));
     const base = this.#batch?.regs ?? getRegs(this.tid);
     const savedMask = this.#batch ? undefined : getSigMask(this.tid);
@@ -488,6 +555,14 @@ export class Injector implements Disposable {
     if (!awaitInterrupt(this.tid, this.deferred)) {
       throw new NoSuchProcess(this.tid, "it ended while frozen");
     }
+  }
+
+  /**
+   * Whether queued syscalls (`queue`) are made together in one round trip (a process that dies
+   * with the tool), so that many small injected reads cost less than reading from outside.
+   */
+  get queues(): boolean {
+    return this.#diesWithTool;
   }
 
   /** Whether this thread's syscalls run with a way back (way_back.ts) now. */

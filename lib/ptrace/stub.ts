@@ -27,6 +27,7 @@ import {
 import { DumpError, RestoreError } from "../errors.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { Injector } from "./inject.ts";
+import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { childrenOf, procExists, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 
@@ -218,6 +219,8 @@ const SHARED = {
 function sharers(procs: readonly { pid: number }[], kind: keyof typeof SHARED) {
   const { type, what, flag } = SHARED[kind];
   const out = new Map<number, number[]>();
+  const groups = kcmpGroups(procs.map((p) => p.pid), type);
+  const members = new Map<number, number[]>(); // group → the processes so far that have it
   for (const [i, p] of procs.entries()) {
     for (const tid of threadIds(p.pid)) {
       if (tid !== p.pid && kcmp(p.pid, tid, type) !== 0) {
@@ -227,8 +230,10 @@ function sharers(procs: readonly { pid: number }[], kind: keyof typeof SHARED) {
         );
       }
     }
-    const with_ = procs.slice(0, i).filter((q) => kcmp(q.pid, p.pid, type) === 0);
-    if (with_.length) out.set(p.pid, with_.map((q) => q.pid));
+    const group = groups[i];
+    const with_ = members.get(group);
+    if (with_) out.set(p.pid, [...with_]);
+    members.set(group, [...with_ ?? [], p.pid]);
   }
   return out;
 }

@@ -322,6 +322,8 @@ interface Making {
   injectors?: Map<number, Injector>;
   /** The registers each thread resumes with. */
   regs?: Map<number, Regs>;
+  /** Each thread's securebits once made (the tool's), by dumped tid. */
+  securebits?: Map<number, number>;
   /** With `lazy`: what is served later, and the userfaultfd (in the tool) it is served through. */
   lazy?: { plan: LazyPlan; uffd?: number };
 }
@@ -458,6 +460,7 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   restoreSigactions(inj, p.sigactions);
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
+  inj.flush(); // what the steps above queued, made together
 
   stage("threads", p);
   const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
@@ -475,7 +478,9 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
     if (t === main) continue;
     restoreZombies(injectors.get(t.tid)!, p, t.tid, shares.pids);
   }
-  for (const t of p.threads) restoreThreadState(injectors.get(t.tid)!, t, p.pid);
+  m.securebits = new Map(
+    p.threads.map((t) => [t.tid, restoreThreadState(injectors.get(t.tid)!, t, p.pid)]),
+  );
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
   restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
@@ -494,6 +499,7 @@ function afterTasks(making: Making[], shares: Shares, warnings: string[]): void 
     for (const w of restoreFsState(m.inj, m.entry, shares.scope)) {
       warnings.push(`process ${m.entry.pid}: ${w}`);
     }
+    m.inj.flush(); // queued: made before anything reads it from outside
   }
 }
 
@@ -515,7 +521,8 @@ function seal(m: Making): void {
     ...p.threads.filter((t) => t.tid === p.pid),
   ];
   for (const t of threadsMainLast) {
-    restoreCredentials(m.injectors!.get(t.tid)!, t.creds ?? p.creds, t.securebits);
+    const threadInj = m.injectors!.get(t.tid)!;
+    restoreCredentials(threadInj, t.creds ?? p.creds, t.securebits, m.securebits?.get(t.tid));
   }
   // After every thread's credentials: a change of uid clears the parent-death signal and resets
   // the dumpable flag, and the kernel signals a file's owner as whoever set it may.

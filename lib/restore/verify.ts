@@ -41,7 +41,6 @@ import {
   getRegs,
   ITIMER,
   KCMP,
-  kcmp,
   O,
   O_SYNC_BIT,
   open,
@@ -74,7 +73,8 @@ import {
   FileTable,
   type PidfdInfo,
 } from "../inspect/fds.ts";
-import { listMappings, type Mapping, specialMappings } from "../inspect/mappings.ts";
+import { kcmpGroups } from "../inspect/kcmp_groups.ts";
+import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
 import { keptFlags, vmaStates } from "../memory/advice.ts";
@@ -158,6 +158,7 @@ class Diff {
 
   /** Records a difference when `image` and `kernel` are not equal (deep, bigints by value). */
   same(object: string, field: string, image: unknown, kernel: unknown): void {
+    if (image === kernel) return; // the common case, without making text of either
     if (show(image) !== show(kernel)) this.add(object, field, image, kernel);
   }
 
@@ -426,7 +427,7 @@ async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
 }
 
 /** Compares every thread: the set, and each one's kernel state but its registers. */
-function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
+function compareThreads(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
   const live = threadIds(p.hostPid).map((t) => p.imageId(t)).sort((a, b) => a - b);
   d.same("process", "threads", e.threads.map((t) => t.tid).sort((a, b) => a - b), live);
@@ -434,9 +435,12 @@ function compareThreads(p: RestoredProcess, d: Diff, batched: boolean): void {
   for (const t of e.threads) {
     const inj = p.injectors.get(t.tid);
     if (!inj) continue;
-    const read = () =>
-      dumpThread(p.hostPid, { tid: inj.tid, regs: getRegs(inj.tid), held: inj.deferred }, inj);
-    const got = batched ? inj.batch(read) : read();
+    // Its injected reads are one run of queued calls (a batch would only add a save and settle).
+    const got = dumpThread(
+      p.hostPid,
+      { tid: inj.tid, regs: getRegs(inj.tid), held: inj.deferred },
+      inj,
+    );
     pairs.push([t, { ...got, tid: inj.tid }]);
   }
   dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
@@ -557,7 +561,7 @@ function compareMappings(p: RestoredProcess, d: Diff): void {
     d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
     d.same(at, "guard pages", w.guards, g.guards);
   });
-  const now = specialMappings(p.hostPid);
+  const now = specialOf(live);
   const where = (k: "vdso" | "vvar" | "vvar_vclock") => {
     const m = now.get(k);
     return m ? [m.start, m.end] : undefined;
@@ -726,7 +730,7 @@ function compareKind(p: RestoredProcess, d: Diff, at: string, f: FileEntry, got:
 
 /**
  * Processes that shared one descriptor table (CLONE_FILES) or fs context (CLONE_FS) must share
- * one again, and only those: compared pair by pair with kcmp.
+ * one again, and only those: compared pair by pair, each process's object found by kcmp.
  */
 function compareContexts(tree: RestoredProcess[], diffs: Difference[]): void {
   const kinds = [
@@ -740,10 +744,11 @@ function compareContexts(tree: RestoredProcess[], diffs: Difference[]): void {
       const w = p.entry[key];
       group.set(p.entry.pid, w === undefined ? p.entry.pid : group.get(w) ?? w);
     }
+    const live = kcmpGroups(tree.map((p) => p.hostPid), type);
     for (const [i, a] of tree.entries()) {
-      for (const b of tree.slice(0, i)) {
+      for (const [j, b] of tree.slice(0, i).entries()) {
         const want = group.get(a.entry.pid) === group.get(b.entry.pid);
-        const got = kcmp(a.hostPid, b.hostPid, type) === 0;
+        const got = live[i] === live[j];
         if (want === got) continue;
         diffs.push({
           pid: a.entry.pid,
@@ -822,7 +827,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
       await compareTask(p, d);
       comparePosixTimers(p, d);
     });
-    compareThreads(p, d, p.diesWithTool ?? false);
+    compareThreads(p, d);
     compareMappings(p, d);
     compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);

@@ -14,7 +14,6 @@ import {
   O,
   open,
   PR,
-  SYS,
   SyscallError,
   writeAll,
 } from "../../ffi/mod.ts";
@@ -38,23 +37,28 @@ export type Attributes = Pick<
 /** PR_SET_DUMPABLE takes these only; 2 (suid_dumpable) comes from a change of credentials. */
 const SETTABLE_DUMPABLE = [0, 1];
 
-/** Reads them: the OOM score adjustment from /proc, the rest asked in the target. */
+/**
+ * Reads them: the OOM score adjustment from /proc, the rest asked in the target (queued: one run
+ * in a restored process).
+ */
 export async function dumpAttributes(proc: Process, inj: Injector): Promise<Attributes> {
-  const int32At = () => new DataView(inj.get(0, 4).slice().buffer).getInt32(0, true);
-  inj.call("prctl", PR.GET_PDEATHSIG, inj.scratch());
-  const pdeathsig = int32At();
-  inj.call("prctl", PR.GET_CHILD_SUBREAPER, inj.scratch());
-  const childSubreaper = int32At() !== 0;
+  inj.queue("prctl", [PR.GET_PDEATHSIG, inj.scratch()]);
+  inj.queue("prctl", [PR.GET_CHILD_SUBREAPER, inj.scratch() + 8n]);
   // Before Linux 6.3 the kernel cannot tell: absent then (not restored, not compared).
-  const membarrier = inj.raw(SYS.membarrier, MEMBARRIER_CMD.GET_REGISTRATIONS, 0, 0);
+  let membarrier = -1n;
+  inj.queue("membarrier", [MEMBARRIER_CMD.GET_REGISTRATIONS, 0, 0], (r) => (membarrier = r));
+  const thpDisable = inj.queueCall("prctl", [PR.GET_THP_DISABLE, 0, 0, 0, 0]);
+  const dumpable = inj.queueCall("prctl", [PR.GET_DUMPABLE, 0, 0, 0, 0]);
+  inj.flush();
+  const ints = new DataView(inj.get(0, 12).slice().buffer);
   return {
     personality: await proc.personality(),
-    pdeathsig,
+    pdeathsig: ints.getInt32(0, true),
     oomScoreAdj: Number(Deno.readTextFileSync(`/proc/${proc.pid}/oom_score_adj`).trim()),
-    thpDisable: Number(inj.call("prctl", PR.GET_THP_DISABLE, 0, 0, 0, 0)),
-    childSubreaper,
+    thpDisable: Number(thpDisable()),
+    childSubreaper: ints.getInt32(8, true) !== 0,
     ...(membarrier >= 0n ? { membarrier: Number(membarrier) } : {}),
-    dumpable: Number(inj.call("prctl", PR.GET_DUMPABLE, 0, 0, 0, 0)),
+    dumpable: Number(dumpable()),
   };
 }
 
@@ -69,14 +73,15 @@ export function restoreThpDisable(inj: Injector, a: Attributes): void {
 
 /**
  * Before the threads are made (the personality is per thread, and they inherit it): the
- * personality, child subreaper, membarrier registrations and the OOM score adjustment.
+ * personality, child subreaper, membarrier registrations and the OOM score adjustment. Queued:
+ * made with what follows.
  */
 export function restoreAttributes(inj: Injector, a: Attributes): void {
-  inj.call("personality", a.personality);
-  if (a.childSubreaper) inj.call("prctl", PR.SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  inj.queue("personality", [a.personality]);
+  if (a.childSubreaper) inj.queue("prctl", [PR.SET_CHILD_SUBREAPER, 1, 0, 0, 0]);
   // Each registration bit is the command that registers it.
   for (let bit = 1; bit <= (a.membarrier ?? 0); bit <<= 1) {
-    if (a.membarrier! & bit) inj.call("membarrier", bit, 0, 0);
+    if (a.membarrier! & bit) inj.queue("membarrier", [bit, 0, 0]);
   }
   if (a.oomScoreAdj !== undefined) restoreOomScoreAdj(inj.pid, a.oomScoreAdj);
 }

@@ -11,7 +11,13 @@ import type { Injector } from "../ptrace/inject.ts";
 
 /** A thread's securebits, asked in the thread (`inj` runs in it). */
 export function dumpSecurebits(inj: Injector): number {
-  return Number(inj.call("prctl", PR.GET_SECUREBITS, 0, 0, 0, 0));
+  return queueSecurebits(inj)();
+}
+
+/** `dumpSecurebits` queued (`Injector.queueCall`): made with the calls queued beside it. */
+export function queueSecurebits(inj: Injector): () => number {
+  const bits = inj.queueCall("prctl", [PR.GET_SECUREBITS, 0, 0, 0, 0]);
+  return () => Number(bits());
 }
 
 /**

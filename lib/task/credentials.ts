@@ -50,10 +50,15 @@ function sameCredentials(a: Credentials, b: Credentials): boolean {
  * - the uids under SECBIT_NO_SETUID_FIXUP, so leaving uid 0 clears no capability yet;
  * - the securebits (CAP_SETPCAP), then the three sets, which only shrink (ambient follows them).
  */
-export function restoreCredentials(inj: Injector, c: Credentials, securebits = 0): void {
+export function restoreCredentials(
+  inj: Injector,
+  c: Credentials,
+  securebits = 0,
+  securebitsNow = dumpSecurebits(inj),
+): void {
   // Often what the thread has already (a root program's are the tool's): read from outside, and
-  // one injected prctl for the securebits, instead of the fifteen or more calls of the steps.
-  if (sameCredentials(dumpCredentials(inj.pid, inj.tid), c) && dumpSecurebits(inj) === securebits) {
+  // the securebits (`securebitsNow`, asked in the thread), instead of the fifteen or more calls.
+  if (sameCredentials(dumpCredentials(inj.pid, inj.tid), c) && securebitsNow === securebits) {
     return;
   }
   const groups = new Uint32Array(c.groups);

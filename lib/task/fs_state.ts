@@ -6,6 +6,7 @@
  * that was removed comes back as a removed directory of the same path, mode and owner
  * (lib/files/removed.ts): a new inode, which the restore says in a warning.
  */
+import { SyscallError } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { recreate, type RemovedAttributes } from "../files/removed.ts";
 import type { ProcessEntry } from "../image/schema.ts";
@@ -41,7 +42,8 @@ function removedAttributes(fs: FsState): RemovedAttributes {
  * made again for `scope` (and removed when the scope is released). Returns warnings.
  */
 export function restoreFsState(inj: Injector, fs: FsState, scope: object): string[] {
-  const path = (p: string) => inj.put(new TextEncoder().encode(p + "\0"), 0);
+  // Queued, the paths beside the calls: one run with what follows.
+  const path = (p: string) => inj.queueData(new TextEncoder().encode(p + "\0"));
   const warnings: string[] = [];
   let cwd = fs.cwd;
   if (cwd.endsWith(DELETED)) {
@@ -52,14 +54,14 @@ export function restoreFsState(inj: Injector, fs: FsState, scope: object): strin
         `directory of that path, mode and owner, with another inode number`,
     );
   }
-  try {
-    inj.call("chdir", path(cwd));
-  } catch (err) {
-    throw new RestoreError(`cannot enter the working directory ${cwd}: ${(err as Error).message}`, {
+  inj.queue("chdir", [path(cwd)], (r) => {
+    if (r >= 0n) return;
+    const err = new SyscallError(`chdir in ${inj.tid}`, [cwd], Number(-r));
+    throw new RestoreError(`cannot enter the working directory ${cwd}: ${err.message}`, {
       cause: err,
     });
-  }
-  if (fs.root !== "/") inj.call("chroot", path(fs.root));
-  inj.call("umask", fs.umask);
+  });
+  if (fs.root !== "/") inj.queue("chroot", [path(fs.root)]);
+  inj.queue("umask", [fs.umask]);
   return warnings;
 }

@@ -28,8 +28,20 @@ import type { Injector } from "../ptrace/inject.ts";
 /** The kernel's priority of a nice value under a fair policy, as /proc's stat shows it. */
 const NICE_TO_PRIORITY = 20;
 
-/** How thread `tid` of process `pid` is scheduled; `inj` runs in it. */
-export function dumpScheduling(pid: number, tid: number, inj: Injector): SchedulingEntry {
+/**
+ * The timer slack of the thread `inj` runs in, asked in it: queued (`Injector.queueCall`), made
+ * with the calls queued beside it.
+ */
+export function queueTimerSlack(inj: Injector): () => number {
+  const slack = inj.queueCall("prctl", [PR.GET_TIMERSLACK, 0, 0, 0, 0]);
+  return () => Number(slack());
+}
+
+/**
+ * How thread `tid` of process `pid` is scheduled; `timerSlackNs` as the thread gave it
+ * (`queueTimerSlack`).
+ */
+export function dumpScheduling(pid: number, tid: number, timerSlackNs: number): SchedulingEntry {
   const attr = schedGetattr(tid);
   const stat = parseStat(Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`));
   return {
@@ -45,14 +57,38 @@ export function dumpScheduling(pid: number, tid: number, inj: Injector): Schedul
     utilMax: attr.utilMax,
     cpus: getAffinity(tid),
     ioprio: ioprioGet(tid),
-    timerSlackNs: Number(inj.call("prctl", PR.GET_TIMERSLACK, 0, 0, 0, 0)),
+    timerSlackNs,
   };
 }
 
 /**
- * Schedules the thread `inj` runs in (`inj.tid` is the host's) as `s` says. Last of its steps but
- * the seccomp filters: an idle or pinned thread would make the injected steps before slow. The
- * slack goes first: a real-time policy sets it to 0 and ignores PR_SET_TIMERSLACK.
+ * Queues the timer slack `s` gives the thread `inj` runs in (made with the thread's other state,
+ * restoreThreadState): before `restoreScheduling`, as a real-time policy sets it to 0 and ignores
+ * PR_SET_TIMERSLACK.
+ */
+export function queueTimerSlackRestore(inj: Injector, s: SchedulingEntry): void {
+  // PR_SET_TIMERSLACK 0 means "back to the default": a real-time thread's 0 comes with its policy.
+  if (s.timerSlackNs === 0) return;
+  const args = [PR.SET_TIMERSLACK, s.timerSlackNs, 0, 0, 0];
+  inj.queue("prctl", args, (r) => {
+    if (r < 0n) {
+      failed(inj, `timer slack ${s.timerSlackNs} ns`, new SyscallError("prctl", args, Number(-r)));
+    }
+  });
+}
+
+/** A step of scheduling a thread failed: the restore fails, naming the step and the reason. */
+function failed(inj: Injector, what: string, err: SyscallError): never {
+  throw new RestoreError(
+    `thread ${inj.tid} of ${inj.pid}: ${what} failed: ${err.code} (${errnoText(err.errno)})`,
+    { cause: err },
+  );
+}
+
+/**
+ * Schedules the thread `inj` runs in (`inj.tid` is the host's) as `s` says, but the timer slack
+ * (`queueTimerSlackRestore`, given before). Last of its steps but the seccomp filters: an idle or
+ * pinned thread would make the injected steps before slow.
  */
 export function restoreScheduling(inj: Injector, s: SchedulingEntry): void {
   const tid = inj.tid;
@@ -61,18 +97,9 @@ export function restoreScheduling(inj: Injector, s: SchedulingEntry): void {
       fn();
     } catch (err) {
       if (!(err instanceof SyscallError)) throw err;
-      throw new RestoreError(
-        `thread ${tid} of ${inj.pid}: ${what} failed: ${err.code} (${errnoText(err.errno)})`,
-        { cause: err },
-      );
+      failed(inj, what, err);
     }
   };
-  // PR_SET_TIMERSLACK 0 means "back to the default": a real-time thread's 0 comes with its policy.
-  if (s.timerSlackNs !== 0) {
-    step(`timer slack ${s.timerSlackNs} ns`, () => {
-      inj.call("prctl", PR.SET_TIMERSLACK, s.timerSlackNs, 0, 0, 0);
-    });
-  }
   if (ioprioGet(tid) !== s.ioprio) step(`I/O priority ${s.ioprio}`, () => ioprioSet(tid, s.ioprio));
   step(`CPU affinity ${s.cpus.join(",")}`, () => setAffinity(tid, s.cpus));
   // The nice value first: under a real-time policy sched_setattr leaves it as it is.

@@ -19,17 +19,21 @@ import {
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
-import { statusField } from "../inspect/procfs.ts";
+import { readStatus } from "../inspect/procfs.ts";
 import type { ProcessEntry, SeccompFilterEntry, ThreadEntry } from "../image/schema.ts";
 
 /** Where the BPF program goes in the scratch region: room for the kernel's 4096 instructions. */
 const BPF_OFFSET = 16384;
 
-/** A thread's `Seccomp:` mode and `NoNewPrivs:` from /proc. */
+/** A thread's `Seccomp:` mode and `NoNewPrivs:` from /proc (one read of its status). */
 function statusOf(pid: number, tid: number): { mode: number; noNewPrivs: boolean } {
+  let status = new Map<string, string>();
+  try {
+    status = readStatus(pid, tid);
+  } catch { /* gone: as statusField, no fields */ }
   return {
-    mode: Number(statusField(pid, "Seccomp", tid) ?? 0),
-    noNewPrivs: statusField(pid, "NoNewPrivs", tid) === "1",
+    mode: Number(status.get("Seccomp") ?? 0),
+    noNewPrivs: status.get("NoNewPrivs") === "1",
   };
 }
 

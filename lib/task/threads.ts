@@ -22,6 +22,7 @@ import {
   setRegset,
   setSigMask,
   SYS,
+  syscall,
   TIMER_ABSTIME,
 } from "../../ffi/mod.ts";
 import { readComm } from "../inspect/procfs.ts";
@@ -29,9 +30,9 @@ import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
 import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
-import { dumpSecurebits } from "./capabilities.ts";
+import { queueSecurebits } from "./capabilities.ts";
 import { dumpCredentials } from "./credentials.ts";
-import { dumpScheduling } from "./scheduler.ts";
+import { dumpScheduling, queueTimerSlack, queueTimerSlackRestore } from "./scheduler.ts";
 
 const ERESTART_RESTARTBLOCK = -BigInt(Errno.ERESTART_RESTARTBLOCK);
 const EINTR = -BigInt(Errno.EINTR);
@@ -80,9 +81,12 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
   const pending = threadPending(thread);
 
   // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }, and
-  // prctl(PR_GET_TID_ADDRESS, &addr) beside it: queued, one round trip in a restored process.
+  // prctl(PR_GET_TID_ADDRESS, &addr), the securebits and the timer slack beside it: queued, one
+  // round trip in a restored process.
   inj.queue("sigaltstack", [0, inj.scratch()]);
   inj.queue("prctl", [PR.GET_TID_ADDRESS, inj.scratch() + 32n]);
+  const securebits = queueSecurebits(inj);
+  const timerSlack = queueTimerSlack(inj);
   inj.flush();
   const out = inj.get(0, 40);
   const ss = new DataView(out.buffer);
@@ -107,8 +111,8 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
     rseq: getRseqConfig(tid),
     sleepRemainingNs: sleepRemaining(inj, regs),
     creds: dumpCredentials(pid, tid),
-    securebits: dumpSecurebits(inj),
-    scheduling: dumpScheduling(pid, tid, inj),
+    securebits: securebits(),
+    scheduling: dumpScheduling(pid, tid, timerSlack()),
   };
 }
 
@@ -125,9 +129,11 @@ export function cloneThread(inj: Injector, tid: number): number {
  * registers and the mask, which the caller sets last: until then the injector keeps every signal
  * blocked, so the signals queued here stay pending with their information).
  * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
- * sees it (the image's), like `t.tid`, for what is written into it.
+ * sees it (the image's), like `t.tid`, for what is written into it. Returns the thread's
+ * securebits as they are (read in the same run: restoreCredentials needs them, and only it
+ * changes them).
  */
-export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): void {
+export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): number {
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
@@ -148,8 +154,11 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number):
   for (const s of t.pending) {
     inj.queue("rt_tgsigqueueinfo", [tgid, t.tid, s.signo, inj.queueData(s.siginfo)]);
   }
+  if (t.scheduling) queueTimerSlackRestore(inj, t.scheduling);
+  const securebits = queueSecurebits(inj);
   inj.flush();
   setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
+  return securebits();
 }
 
 /**
@@ -179,6 +188,7 @@ function primeSleep(inj: Injector, t: ThreadEntry, base: Regs): boolean {
   while (Date.now() < deadline) {
     const sc = Deno.readTextFileSync(`/proc/${inj.pid}/task/${inj.tid}/syscall`);
     if (sc.startsWith(`${NR_CLOCK_NANOSLEEP} `)) break;
+    syscall("sched_yield"); // the thread needs a CPU to get there: not spun away from it
   }
   interrupt(inj.tid);
   waitStopped(inj.tid, "restored thread");

@@ -140,6 +140,15 @@ export function socketHolders(ctx: FileDumpContext): Map<bigint, { pid: number; 
   let holders = holdersByDump.get(key);
   if (holders) return holders;
   holders = new Map();
+  if (ctx.heldFds) {
+    // Read already for the dump's plan: 80,000 links are not read again.
+    for (const fd of ctx.heldFds) {
+      const m = fd.target.match(/^socket:\[(\d+)\]$/);
+      if (m && !holders.has(BigInt(m[1]))) holders.set(BigInt(m[1]), { pid: fd.pid, fd: fd.fd });
+    }
+    holdersByDump.set(key, holders);
+    return holders;
+  }
   for (const pid of ctx.pids ?? [ctx.pid]) {
     for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
       try {
