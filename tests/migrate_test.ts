@@ -5,6 +5,7 @@
  * --to` leaves an image the receiver can restore.
  */
 import assert from "node:assert/strict";
+import { serve } from "../mod.ts";
 import {
   childrenOf,
   cli,
@@ -181,4 +182,26 @@ Deno.test("dump --to: the receiver stores an image that restores", async () => {
     assert.equal(await t.check(), "PASS");
   });
   Deno.removeSync(r.dir, { recursive: true });
+});
+
+Deno.test("serve: a peer that connects and says nothing is dropped after the handshake's time", async () => {
+  let port = 0;
+  const started = performance.now();
+  const sessions = serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    key: crypto.getRandomValues(new Uint8Array(32)),
+    once: true,
+    handshakeMs: 300,
+    onListening: (a) => port = a.port,
+  });
+  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const [r] = await sessions;
+    assert.ok(r.error, "the silent peer's session failed");
+    assert.ok(performance.now() - started < 5000, "dropped in time");
+  } finally {
+    silent.close();
+  }
 });

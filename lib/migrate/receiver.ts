@@ -19,6 +19,8 @@ export interface ServeOptions {
   dir?: string;
   /** Serve one sender, then return. */
   once?: boolean;
+  /** How long a sender has to prove it holds the key, in ms (default 10 s); then it is dropped. */
+  handshakeMs?: number;
   /**
    * Restores a received image and returns the pid; `restore()` in this process if omitted, whose
    * restored processes are this server's children: it reaps them when they end.
@@ -72,6 +74,9 @@ export async function serve(opts: ServeOptions): Promise<Received[]> {
 /** How long a restore waits for the pids of an original that ends as it starts (one machine). */
 const PIDS_FREED_WITHIN_MS = 10_000;
 
+/** How long a sender has to prove it holds the key. */
+const HANDSHAKE_MS = 10_000;
+
 /** Frames received but not yet written, at most (4 MiB each). */
 const MAX_WRITES_IN_FLIGHT = 4;
 
@@ -104,11 +109,15 @@ async function session(
 ): Promise<Received> {
   const from = conn.remoteAddr as Deno.NetAddr;
   let channel: Channel;
+  // A peer that connects and says nothing must not hold the server: the handshake is bounded.
+  const silent = setTimeout(() => conn.close(), opts.handshakeMs ?? HANDSHAKE_MS);
   try {
     channel = await Channel.accept(conn, opts.key);
   } catch (err) {
     log(`refused ${from.hostname}:${from.port}: ${(err as Error).message}`);
     return { error: (err as Error).message };
+  } finally {
+    clearTimeout(silent);
   }
   const dir = `${root}/image-${Date.now()}-${crypto.randomUUID().slice(0, 8)}`;
   const partial = `${dir}.partial-receiving`;
