@@ -205,3 +205,32 @@ Deno.test("serve: a peer that connects and says nothing is dropped after the han
     silent.close();
   }
 });
+
+Deno.test("migrate: when the receiver's restore fails on one machine, the process comes back here", async () => {
+  const key = keyFile();
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  let port = 0;
+  const sessions = serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    key: Deno.readFileSync(key),
+    dir,
+    once: true,
+    restorer: () => Promise.reject(new Error("no room here")),
+    onListening: (a) => port = a.port,
+  });
+  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  await withTarget(await bigTarget(), async (t) => {
+    const m = await reaping(
+      t.pid,
+      () => cli("migrate", String(t.pid), "--to", `127.0.0.1:${port}`, "--key", key),
+    );
+    assert.equal(m.code, 1);
+    assert.match(m.stderr, new RegExp(`no room here.*restored here again as pid ${t.pid}`));
+    const [r] = await sessions;
+    assert.match(r.error ?? "", /no room here/);
+    assert.equal(await t.check(), "PASS");
+    assert.equal(await t.check(), "PASS");
+  });
+  Deno.removeSync(dir, { recursive: true });
+});

@@ -135,8 +135,9 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
           restored = { pid: Number(result.pid), remoteDir: String(stored.dir) };
         } catch (err) {
           if (!ended) throw err; // the original runs on
-          keepImage = true;
-          throw await restoredHere(staging.dir, err);
+          const back = await restoredHere(staging.dir, err);
+          keepImage = !back.restored; // the user's last copy, named in the error
+          throw back.error;
         }
       },
     });
@@ -154,19 +155,30 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   }
 }
 
-/** On one machine, after the original ended: the image restored here, and the error to report. */
-async function restoredHere(dir: string, cause: unknown): Promise<MigrationError> {
+/**
+ * On one machine, after the original ended: the image restored here again, and the error to
+ * report. Should the receiver have restored it after all (its answer lost), the pids are taken
+ * and the error says where it may run.
+ */
+async function restoredHere(
+  dir: string,
+  cause: unknown,
+): Promise<{ restored: boolean; error: MigrationError }> {
   const why = (cause as Error).message;
   try {
     const back = await restore(dir);
-    return new MigrationError(`${why}; the process was restored here again as pid ${back.pid}`, {
-      cause,
-    });
-  } catch (err) {
-    return new MigrationError(
-      `${why}; restoring it here failed too (${(err as Error).message}): the image is in ${dir}`,
+    const error = new MigrationError(
+      `${why}; the process was restored here again as pid ${back.pid}`,
       { cause },
     );
+    return { restored: true, error };
+  } catch (err) {
+    const error = new MigrationError(
+      `${why}; restoring it here failed too (${(err as Error).message}; if its pids are in ` +
+        `use, the receiver may run it): the image is in ${dir}`,
+      { cause },
+    );
+    return { restored: false, error };
   }
 }
 
