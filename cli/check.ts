@@ -17,6 +17,7 @@ export const check: Verb = {
   ns_last_pid          /proc/sys/kernel/ns_last_pid
   TCP_REPAIR           for dumping established TCP connections
   pid namespaces       for restore --pid-namespace
+  network lock         nft, or iptables, to hold a dump's TCP connections until their restore
 
 options:
   --json   {ok, features: [{name, required, ok, detail}]}; ok is false when a required

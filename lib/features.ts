@@ -34,6 +34,7 @@ import {
   trySetsockoptInt,
   trySocket,
 } from "../ffi/mod.ts";
+import { availableNetfilter } from "./network/netfilter.ts";
 import { freeze } from "./ptrace/freeze.ts";
 import { hexMask, statusField } from "./inspect/procfs.ts";
 
@@ -222,7 +223,20 @@ async function ptraceSeize(): Promise<Feature> {
   }
 }
 
-/** Probes every kernel feature tardigrade uses. */
+/** What locks the network while TCP connections are dumped (lib/network/): nft, else iptables. */
+function networkLock(): Feature {
+  const nf = availableNetfilter();
+  return {
+    name: "network lock",
+    required: false,
+    ok: nf !== null,
+    detail: nf
+      ? `${nf.method} (a dump's TCP connections stay locked until their restore)`
+      : "neither nft nor iptables runs here: a dump with TCP connections is refused",
+  };
+}
+
+/** Probes every kernel feature tardigrade uses, and what locks the network. */
 export async function kernelFeatures(): Promise<Feature[]> {
   return [
     await ptraceSeize(),
@@ -234,5 +248,6 @@ export async function kernelFeatures(): Promise<Feature[]> {
     nsLastPid(),
     tcpRepair(),
     pidNamespaces(),
+    networkLock(),
   ];
 }
