@@ -1,13 +1,14 @@
 /** `tardigrade migrate PID --to ADDR:PORT`: move a process to a `tardigrade serve`. */
 import { formatBytes, parsePid, parseVerb, printJson, type Verb } from "./common.ts";
 import { parseAddress, readKey } from "./migrate_args.ts";
-import { migrate as migrateProcess } from "../mod.ts";
+import { loadPolicy, migrate as migrateProcess } from "../mod.ts";
 
 /** The verb. */
 export const migrate: Verb = {
   name: "migrate",
   summary: "Move a process (and its children) to a receiver while it runs, frozen only briefly.",
-  usage: "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy] [--single] [--json]",
+  usage:
+    "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy] [--single] [--policy FILE.ts] [--json]",
   help: `Streams the process's memory to the receiver (tardigrade serve) while it runs,
 tracking what it writes meanwhile, then freezes it for the rest and the receiver restores
 it; the process here ends only once the receiver says it runs. If anything fails before,
@@ -21,6 +22,8 @@ options:
   --key FILE       the secret the receiver holds too
   --lazy           the receiver restores lazily (the process runs before its memory is in)
   --single         PID alone, not its children
+  --policy FILE.ts a module whose default export is a Policy (as for dump), e.g. an fd answer
+                   "skip" for a descriptor inherited by accident
   --json           {pid, remoteDir, sameMachine, bytesSent, dump: {...}}`,
   async run(args) {
     const p = parseVerb(this, args, {
@@ -28,6 +31,7 @@ options:
       key: { type: "string" },
       lazy: { type: "boolean" },
       single: { type: "boolean" },
+      policy: { type: "string" },
       json: { type: "boolean" },
     }, { min: 1, max: 1 });
     if (!p) return 0;
@@ -39,6 +43,7 @@ options:
       key,
       lazy: Boolean(p.values.lazy),
       single: Boolean(p.values.single),
+      policy: typeof p.values.policy === "string" ? await loadPolicy(p.values.policy) : undefined,
     });
     if (p.values.json) printJson(r);
     else {

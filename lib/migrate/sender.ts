@@ -10,6 +10,7 @@
  * then fail, the image kept here is restored here, so the process is never lost.
  */
 import { checkpoint, type CheckpointResult } from "../dump/checkpoint.ts";
+import type { Policy } from "../policy.ts";
 import { restore } from "../restore/restore.ts";
 import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
 import { Shipper } from "./shipper.ts";
@@ -30,6 +31,8 @@ export interface SendOptions {
   key: Uint8Array;
   /** Single process, not the tree below it (as `checkpoint`'s `single`). */
   single?: boolean;
+  /** Hooks that decide what is dumped (as `checkpoint`'s), e.g. descriptors to leave out. */
+  policy?: Policy;
 }
 
 /** What `migrate` did. */
@@ -104,6 +107,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,
       single: opts.single,
+      policy: opts.policy,
       durable: false, // a copy on its way: the receiver's is what counts
       afterPreCopy: async (copy) => {
         // Rounds while it runs: each sends what the last one left, until little is left.
@@ -206,6 +210,7 @@ export async function streamImage(pid: number, opts: SendOptions): Promise<Strea
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       single: opts.single,
+      policy: opts.policy,
       durable: false, // a copy on its way: the receiver flushes its own
       handOver: async () => {
         await shipper.finish({ durable: true });
