@@ -12,6 +12,9 @@ import { DEFAULT_ROLL_SIZE, PageFileSink, type PageSink } from "./pages.ts";
 import type { ParentLink } from "./parent.ts";
 import { BASE_FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION, TOOL_VERSION } from "./version.ts";
 
+/** What follows an image directory's name in the name of the directory it is built in. */
+export const PARTIAL = ".partial-";
+
 /** Options of `ImageWriter.create`. */
 export interface ImageWriterOptions {
   /** Size in bytes past which page data goes on in a new `pages-N.img` file (default 4 GiB). */
@@ -79,7 +82,7 @@ export class ImageWriter implements AsyncDisposable {
     await refuseOccupied(dir);
     const suffix = Array.from(crypto.getRandomValues(new Uint8Array(6)))
       .map((b) => b.toString(16).padStart(2, "0")).join("");
-    const partialDir = `${dir}.partial-${suffix}`;
+    const partialDir = `${dir}${PARTIAL}${suffix}`;
     try {
       await Deno.mkdir(partialDir, { mode: 0o700 });
     } catch (err) {

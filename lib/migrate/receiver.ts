@@ -5,6 +5,7 @@
  */
 import { Channel, decodeFilePiece, FRAME, MigrationError } from "./channel.ts";
 import { restore } from "../restore/restore.ts";
+import { PARTIAL } from "../image/writer.ts";
 import { WAIT, waitpid } from "../../ffi/mod.ts";
 
 /** How `serve` works. */
@@ -120,7 +121,7 @@ async function session(
     clearTimeout(silent);
   }
   const dir = `${root}/image-${Date.now()}-${crypto.randomUUID().slice(0, 8)}`;
-  const partial = `${dir}.partial-receiving`;
+  const partial = `${dir}${PARTIAL}receiving`;
   Deno.mkdirSync(partial, { mode: 0o700 });
   const files = new Map<string, Deno.FsFile>();
   let received: Received = {};

@@ -7,6 +7,7 @@
  */
 import { basename, dirname } from "node:path";
 import { type Channel, encodeFilePiece, FRAME, MAX_PAYLOAD } from "./channel.ts";
+import { PARTIAL } from "../image/writer.ts";
 
 /** Bytes of one FILE frame's data. */
 const PIECE = MAX_PAYLOAD - 4096;
@@ -81,7 +82,7 @@ export class Shipper {
 
   /** The writer's `DIR.partial-*`, once it exists. */
   #partialDir(): string | null {
-    const prefix = `${basename(this.dir)}.partial-`;
+    const prefix = `${basename(this.dir)}${PARTIAL}`;
     try {
       for (const e of Deno.readDirSync(dirname(this.dir))) {
         if (e.isDirectory && e.name.startsWith(prefix)) return `${dirname(this.dir)}/${e.name}`;

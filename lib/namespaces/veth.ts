@@ -12,6 +12,7 @@
 import { DumpError, RestoreError } from "../errors.ts";
 import type { NetLinkEntry, NetRouteEntry, VethPeerEntry } from "../image/schema.ts";
 import { runInNetns } from "./netns_command.ts";
+import { pauseThread } from "../ptrace/bounded_wait.ts";
 import {
   addressArgs,
   addressKey,
@@ -81,7 +82,7 @@ export function makePeer(pid: number, link: NetLinkEntry): void {
           `namespace has already (is the dumped container still running?)`,
       );
     }
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    pauseThread(50);
   }
   const master = peer.master && word(peer.master, "bridge");
   if (master && !hostLink(master)) {

@@ -7,8 +7,11 @@
 import { detach, SyscallError, WAIT, waitpid, type WaitStatus } from "../../ffi/mod.ts";
 import { readProcText } from "../inspect/procfs.ts";
 
-/** Sleeps the thread (the tool's) for `ms`, which may be a fraction of a millisecond. */
-function pause(ms: number): void {
+/**
+ * Sleeps the tool's thread for `ms`, which may be a fraction of a millisecond: for the short
+ * waits of synchronous code (a tracee's stop, a pid or a device being freed).
+ */
+export function pauseThread(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
@@ -23,7 +26,7 @@ export function waitWithin(tid: number, ms: number): WaitStatus | null {
     if (st) return st;
     const left = deadline - performance.now();
     if (left <= 0) return null;
-    pause(Math.min(nap, left));
+    pauseThread(Math.min(nap, left));
   }
 }
 

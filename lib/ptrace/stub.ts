@@ -27,6 +27,7 @@ import {
 import { DumpError, RestoreError } from "../errors.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import { Injector } from "./inject.ts";
+import { pauseThread } from "./bounded_wait.ts";
 import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { childrenOf, procExists, threadIds } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
@@ -95,7 +96,7 @@ function injectClone3(inj: Injector, id: number | null, thread: boolean, o: Clon
   // A process just reaped leaves /proc a moment before its pid is free for reuse: wait for it,
   // but only while nothing holds the id.
   for (let i = 0; id !== null && r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(id); i++) {
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    pauseThread(2);
     r = inj.raw(SYS.clone3, argsAddr, args.length);
   }
   if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`${what} ${id} is in use`);

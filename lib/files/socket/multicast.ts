@@ -12,7 +12,7 @@ import { AF, SOL, SYS } from "../../../ffi/mod.ts";
 import type { FieldType } from "../../image/validate.ts";
 import type { FileRestoreContext } from "../types.ts";
 import { injectRaw } from "../util.ts";
-import { interfaceName } from "./packet.ts";
+import { interfaceIndex, interfaceName } from "./packet.ts";
 import type { SocketReader } from "./socket_copy.ts";
 
 /** One group a socket joined, with its filter. */
@@ -124,18 +124,9 @@ export function dumpMulticast(reader: SocketReader, family: number): MulticastMe
   return out;
 }
 
-/** The index of the interface named `name` in the tool's network namespace, or 0. */
-function ifindexOfName(name: string): number {
-  try {
-    return Number(Deno.readTextFileSync(`/sys/class/net/${name}/ifindex`).trim());
-  } catch {
-    return 0;
-  }
-}
-
 /** A reason the memberships cannot come back here, or null. */
 export function multicastProblem(list: MulticastMembership[]): string | null {
-  const gone = list.find((m) => !ifindexOfName(m.interface));
+  const gone = list.find((m) => !interfaceIndex(m.interface));
   return gone ? `joined a multicast group on ${gone.interface}, which this machine lacks` : null;
 }
 
@@ -148,7 +139,7 @@ export function restoreMulticast(
 ): void {
   const level = family === AF.INET ? SOL.IP : SOL.IPV6;
   for (const m of list) {
-    const ifindex = ifindexOfName(m.interface);
+    const ifindex = interfaceIndex(m.interface);
     // struct group_req: interface (u32, then 4 bytes of padding), the group's sockaddr_storage.
     const req = new Uint8Array(GF.GROUP + STORAGE);
     new DataView(req.buffer).setUint32(0, ifindex, true);

@@ -66,6 +66,15 @@ export function interfaceName(ifindex: number): string | null {
   return null;
 }
 
+/** The index of the interface named `name` in the tool's network namespace, or 0. */
+export function interfaceIndex(name: string): number {
+  try {
+    return Number(Deno.readTextFileSync(`/sys/class/net/${name}/ifindex`).trim());
+  } catch {
+    return 0;
+  }
+}
+
 /** Reads a packet socket's state; `refuse` says why it cannot be kept. */
 export function dumpPacket(
   fd: Fd,
