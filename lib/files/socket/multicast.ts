@@ -39,8 +39,8 @@ export const MULTICAST_STATE: FieldType = {
 /** `MCAST_*` socket options (RFC 3678), at SOL_IP or SOL_IPV6 as the socket's family. */
 const MCAST = { JOIN_GROUP: 42, MSFILTER: 48 } as const;
 
-/** Sources a filter is read with at most. */
-const MAX_SOURCES = 64;
+/** Sources a filter is read with at most (the request fits where the target reads options). */
+const MAX_SOURCES = 32;
 
 /** sizeof(struct sockaddr_storage). */
 const STORAGE = 128;
@@ -97,8 +97,15 @@ function groupFilter(ifindex: number, group: Uint8Array, sources: Uint8Array[] =
   return out;
 }
 
-/** The groups socket `reader` (of `family`: AF_INET or AF_INET6) joined, with their filters. */
-export function dumpMulticast(reader: SocketReader, family: number): MulticastMembership[] {
+/**
+ * The groups socket `reader` (of `family`: AF_INET or AF_INET6) joined, with their filters;
+ * `refuse` says why they cannot be kept.
+ */
+export function dumpMulticast(
+  reader: SocketReader,
+  family: number,
+  refuse: (why: string) => never,
+): MulticastMembership[] {
   const level = family === AF.INET ? SOL.IP : SOL.IPV6;
   const sockLen = family === AF.INET ? 16 : 28;
   const out: MulticastMembership[] = [];
@@ -108,7 +115,12 @@ export function dumpMulticast(reader: SocketReader, family: number): MulticastMe
     const got = reader.getsockopt(level, MCAST.MSFILTER, req.length, req);
     if (typeof got === "number") continue; // EADDRNOTAVAIL: not a member there
     const v = new DataView(got.buffer, got.byteOffset, got.byteLength);
-    const count = Math.min(v.getUint32(GF.NUMSRC, true), MAX_SOURCES);
+    const count = v.getUint32(GF.NUMSRC, true);
+    if (count > MAX_SOURCES) {
+      refuse(
+        `with a multicast source filter of ${count} sources (${MAX_SOURCES} are kept at most)`,
+      );
+    }
     const name = interfaceName(ifindex);
     if (!name) continue; // gone since /proc listed it
     out.push({

@@ -299,7 +299,7 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
   if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
   if ((s.family === AF.INET || s.family === AF.INET6) && s.type !== SOCK.STREAM) {
-    const groups = dumpMulticast(s.reader, s.family);
+    const groups = dumpMulticast(s.reader, s.family, s.refuse);
     if (groups.length) entry.multicast = groups;
   }
   return entry;

@@ -11,7 +11,11 @@ import { readI32, readU32 } from "../util.ts";
 
 /** Scratch offsets used: a value buffer and its length word (unix_pair.ts peeks below them). */
 const SCRATCH_VALUE = 0xe000;
-const SCRATCH_LEN = SCRATCH_VALUE + 256;
+/** The length word, in the scratch region's last bytes: a value may take all before it. */
+const SCRATCH_LEN = 0xfff0;
+
+/** The largest value an option read here may have. */
+const MAX_VALUE = SCRATCH_LEN - SCRATCH_VALUE;
 
 const len32 = (n: number) => new Uint8Array(new Uint32Array([n]).buffer);
 
@@ -31,6 +35,7 @@ export class TargetSocket implements OptionReader {
 
   /** getsockopt with room for `size` bytes (holding `input` first): the bytes, or a negative errno. */
   getsockopt(level: number, option: number, size: number, input?: Uint8Array): Uint8Array | number {
+    if (size > MAX_VALUE) throw new RangeError(`getsockopt value of ${size} bytes: too large`);
     const buf = new Uint8Array(size);
     if (input) buf.set(input.subarray(0, size));
     const value = this.inj.put(buf, SCRATCH_VALUE);
