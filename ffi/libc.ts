@@ -80,10 +80,15 @@ export const symbols = {
 /** The bound libc functions. */
 export const libc = Deno.dlopen("libc.so.6", symbols).symbols;
 
+// Every call here runs on the one JS thread, so its errno lives at one address: found once, at
+// load, so that reading it after a failed call runs no other foreign call that could set it first
+// (a first call of __errno_location right after a failed ptrace once read ENOENT on a fresh machine).
+const errnoLocation = libc.__errno_location();
+const errnoView = errnoLocation === null ? null : new Deno.UnsafePointerView(errnoLocation);
+
 /** The calling thread's errno, read right after a failed call. */
 export function errno(): number {
-  const ptr = libc.__errno_location();
-  return ptr === null ? 0 : new Deno.UnsafePointerView(ptr).getInt32();
+  return errnoView === null ? 0 : errnoView.getInt32();
 }
 
 /**

@@ -1,6 +1,6 @@
 /** ptrace(2) and waitpid(2): requests, options, and typed wrappers that throw `SyscallError`. */
 import { Errno, SyscallError } from "./errno.ts";
-import { addressOf, libc, unwrap } from "./libc.ts";
+import { addressOf, errno, libc, unwrap } from "./libc.ts";
 import {
   decodeRegs,
   decodeSigInfo,
@@ -298,8 +298,7 @@ export function waitpid(pid: number, options = 0): WaitStatus | null {
     const r = libc.waitpid(pid, new Uint8Array(status.buffer), opts);
     if (r === 0) return null;
     if (r > 0) return decodeWaitStatus(r, status[0]);
-    const e = new Deno.UnsafePointerView(libc.__errno_location()!).getInt32();
-    if (e === 4) continue; // EINTR
+    if (errno() === Errno.EINTR) continue;
     unwrap(r, "waitpid", [pid]);
   }
 }
