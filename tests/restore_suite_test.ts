@@ -92,6 +92,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_socket_options" },
   { name: "r_inet_options" },
   { name: "r_multicast" },
+  { name: "r_multicast6" },
   { name: "r_unix_dgram_queue" },
   { name: "r_unix_ghost" },
   { name: "r_ping_socket", sysctls: PING_GROUPS },
