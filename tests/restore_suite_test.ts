@@ -88,6 +88,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_socketpair_tree" },
   { name: "r_socketpair_creds" },
   { name: "r_scm_rights" },
+  { name: "r_scm_rights_stream" },
   { name: "r_inherited_fds" },
   { name: "r_socket_options" },
   { name: "r_inet_options" },

@@ -299,13 +299,27 @@ while True:
     time.sleep(1)
 `;
 
-const UNKEPT_QUEUES = [
-  {
-    mode: "fds",
-    what: "a passed fd",
-    why: /1 file descriptor\(s\) queued in a stream \(SCM_RIGHTS\)/,
-    got: "b'x' with 1 fd message",
+Deno.test(
+  needs(
+    "sockets: a fd passed through a stream (SCM_RIGHTS) and not received yet comes back",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    await Deno.writeTextFile(`${base}/q.py`, UNKEPT_QUEUE_PY);
+    const t = await spawnTarget("python3", [`${base}/q.py`, "fds"], { ready: /^READY \d+$/m });
+    try {
+      await checkpoint(t.pid, `${base}/img`);
+      await restore(`${base}/img`);
+      Deno.kill(t.pid, "SIGUSR1");
+      await t.waitFor(/^peek_off -1 got b'x' with 1 fd message$/m);
+    } finally {
+      await cleanup(t, base);
+    }
   },
+);
+
+const UNKEPT_QUEUES = [
   {
     mode: "shared",
     what: "a passed fd a child holds too",

@@ -307,10 +307,14 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   };
   const taken = new Set<number>();
   const deferred: FileEntry[] = [];
-  /** Files at their numbers already (the main loop's, and those made early for a message). */
+  /** Files at their numbers already. */
   const made = new Set<number>();
-  /** Files made ahead of their turn, for a message in flight that carries them. */
-  const early = new Set<number>();
+  /**
+   * Files made ahead of their turn, for a message in flight that carries them: held above the
+   * table's numbers till their turn, as their numbers may be what the file being made holds for
+   * the while (a socket whose queue is being filled).
+   */
+  const early = new Map<number, number>();
   /** Files only in flight (no descriptor), made once: their target fd until the table is done. */
   const inFlightOnly = new Map<number, number>();
   let takerNow: FdTaker | undefined;
@@ -424,13 +428,16 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     if (handler.deferred) {
       throw new RestoreError(`process ${p.pid}: a ${entry.kind} in flight cannot be made yet`);
     }
-    const at = firstFd.get(id);
-    if (at !== undefined) {
-      if (!made.has(id)) {
-        early.add(id);
-        makeOne(entry, shared.get(id));
+    if (firstFd.has(id)) {
+      let held = made.has(id) ? firstFd.get(id)! : early.get(id);
+      if (held === undefined) {
+        const owner = shared.get(id);
+        const fd = owner ? takerNow!.take(owner.pid, owner.fd) : handler.open(entry, ctx);
+        held = Number(inj.call("fcntl", fd, F.DUPFD_CLOEXEC, high));
+        inj.call("close", fd);
+        early.set(id, held);
       }
-      return Number(inj.call("dup", at));
+      return Number(inj.call("dup", held));
     }
     const owner = shared.get(id);
     if (owner) return takerNow!.take(owner.pid, owner.fd);
@@ -474,7 +481,11 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
       } else if (handler.deferred) {
         deferred.push(f);
         placeAt(f.id, Number(inj.call("eventfd2", 0, 0)), false); // holds the numbers till afterTasks
-      } else if (!early.has(f.id)) {
+      } else if (early.has(f.id)) {
+        if (owner) taken.add(f.id);
+        placeAt(f.id, early.get(f.id)!);
+        early.delete(f.id);
+      } else {
         const paths = !owner && handler.openByPath?.(f) ? pathRun(order, i) : [];
         if (paths.length >= MIN_PATH_RUN && onlyPlaced()) {
           for (const [g, how, fd] of paths) {

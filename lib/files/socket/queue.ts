@@ -28,8 +28,11 @@ import { i32, readI32, readU32 } from "../util.ts";
 import type { OptionReader } from "./options.ts";
 import type { TargetSocket } from "./target_socket.ts";
 
-// Scratch layout while peeking (TargetSocket uses 0xe000 and up).
+// Scratch layout while peeking (TargetSocket uses 0xe000 and up). A span's iovecs sit in the
+// chunk they point at: the kernel has copied them in before it writes any data there.
 const CHUNK = 0xc000;
+const SPAN_IOVECS = 1024; // UIO_MAXIOV
+const SPAN_LIMIT = SPAN_IOVECS * CHUNK;
 const MSGHDR_AT = 0xc000, IOV_AT = 0xc040, NAME_AT = 0xc080, CONTROL_AT = 0xc100;
 const NAME_SIZE = 128, CONTROL_SIZE = CONTROL_ROOM;
 const MSG_NAMELEN = 8, MSG_CONTROLLEN = 40, MSG_FLAGS = 48; // offsets in struct msghdr
@@ -115,8 +118,45 @@ export class QueuePeeker {
     return r > 0n;
   }
 
-  /** The next chunk, with whether its message goes on (MSG_TRUNC); null when nothing is left. */
-  next(): { message: PeekedMessage; truncated: boolean } | null {
+  /** The next chunk of at most `size` bytes (up to CHUNK), with whether its message goes on
+   * (MSG_TRUNC); null when nothing is left. */
+  next(size = CHUNK): { message: PeekedMessage; truncated: boolean } | null {
+    const iov = new BigUint64Array([this.#inj.scratch(), BigInt(size)]);
+    return this.#peek(this.#inj.put(new Uint8Array(iov.buffer), IOV_AT), 1, size);
+  }
+
+  /**
+   * How far the stream reads from the peek offset on, up to `limit` bytes, in one read: a peek
+   * asking for all of it stops after a write that carried descriptors (with them) or before a
+   * writer with other credentials. The bytes land over each other in the chunk: read them with
+   * `next`. Null when nothing is left.
+   */
+  span(limit: number): { length: number; message: PeekedMessage } | null {
+    const count = Math.ceil(Math.min(limit, SPAN_LIMIT) / CHUNK);
+    const iovs = new BigUint64Array(2 * count);
+    for (let i = 0; i < count; i++) {
+      iovs[2 * i] = this.#inj.scratch();
+      iovs[2 * i + 1] = BigInt(i < count - 1 ? CHUNK : limit - (count - 1) * CHUNK);
+    }
+    const peeked = this.#peek(this.#inj.put(new Uint8Array(iovs.buffer), 0), count, 0);
+    return peeked && { length: peeked.length, message: peeked.message };
+  }
+
+  /** Lets go at once of the copies a peek installed (a span's descriptors seen again). */
+  drop(fds: readonly number[]): void {
+    for (const fd of fds) {
+      this.#inj.raw(SYS.close, fd);
+      this.#installed.splice(this.#installed.indexOf(fd), 1);
+    }
+  }
+
+  /** One MSG_PEEK into `count` iovecs at `iov`; `keep` bytes of the chunk are returned as data. */
+  #peek(
+    iov: bigint,
+    count: number,
+    keep: number,
+  ): { message: PeekedMessage; truncated: boolean; length: number } | null {
+    this.#inj.put(new Uint8Array(new BigUint64Array([iov, BigInt(count)]).buffer), MSGHDR_AT + 16);
     if (this.withSender) {
       // The kernel writes back how much of each it used: give the whole room again.
       this.#inj.put(
@@ -136,7 +176,7 @@ export class QueuePeeker {
     const header = this.#inj.get(MSGHDR_AT, 56).slice();
     const flags = readU32(header, MSG_FLAGS);
     const message: PeekedMessage = {
-      data: this.#inj.get(0, r).slice(),
+      data: this.#inj.get(0, Math.min(r, keep)).slice(),
       sender: null,
       credentials: null,
       fds: [],
@@ -150,7 +190,7 @@ export class QueuePeeker {
       message.fds = control.fds;
       this.#installed.push(...control.fds);
     }
-    return { message, truncated: (flags & MSG.TRUNC) !== 0 };
+    return { message, truncated: (flags & MSG.TRUNC) !== 0, length: r };
   }
 
   /**
@@ -199,18 +239,43 @@ export function peekQueue(p: QueuePeeker, type: number, shutRd: boolean): Peeked
           `a policy can skip it`,
       );
     }
-    // One run of bytes for each writer's credentials (a peek with SO_PASSCRED on stops where they
-    // change), one run in all without them.
+    // One run of bytes for each writer's credentials, one in all without them, and a run up to
+    // each write that carried descriptors, with them: a peek stops after such a write, or before
+    // a writer with other credentials, but not between writes otherwise, so where a run of
+    // several writes ends in one with descriptors, the copy is one write carrying them (as CRIU
+    // keeps it too): a reader reading less than the run may get them a read earlier.
     const runs: PeekedMessage[][] = [];
     let total = 0;
     while (total < expected) {
-      const chunk = p.next();
-      if (!chunk || chunk.message.data.length === 0) break; // 0: end, the peer shut down sending
+      const asked = Math.min(expected - total, SPAN_LIMIT);
+      const span = p.span(asked);
+      if (!span || span.length === 0) break; // 0: end, the peer shut down sending
+      if (span.message.fds.length && span.length === asked && total + asked < expected) {
+        // A peek that fills its room goes on to take the descriptors of a later write.
+        throw new DumpError(
+          `${p.name} has more than ${SPAN_LIMIT} bytes queued before descriptors in flight`,
+        );
+      }
+      const parts: Uint8Array[] = [];
+      const r = p.setPeekOffset(total);
+      if (r < 0) throw new DumpError(`${p.name}: setsockopt(SO_PEEK_OFF) failed (errno ${-r})`);
+      for (let got = 0; got < span.length;) {
+        const chunk = p.next(Math.min(CHUNK, span.length - got));
+        if (!chunk?.message.data.length) break;
+        p.drop(chunk.message.fds); // the span's, seen again
+        parts.push(chunk.message.data);
+        got += chunk.message.data.length;
+      }
+      const m = { ...span.message, data: concat(parts) };
+      if (m.data.length !== span.length) {
+        throw new DumpError(`${p.name}: its queue changed while it was read`);
+      }
       const last = runs.at(-1);
-      if (last && sameCredentials(last[0].credentials, chunk.message.credentials)) {
-        last.push(chunk.message);
-      } else runs.push([chunk.message]);
-      total += chunk.message.data.length;
+      const joins = last && !last[0].fds.length && !m.fds.length &&
+        sameCredentials(last[0].credentials, m.credentials);
+      if (joins) last.push(m);
+      else runs.push([m]);
+      total += m.data.length;
     }
     if (total !== expected) {
       throw new DumpError(`${p.name}: ${expected} bytes are queued but ${total} could be peeked`);

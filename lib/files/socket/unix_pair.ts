@@ -16,8 +16,9 @@
  * (MSG_TRUNC says a message goes on in the next read), each with the SCM_CREDENTIALS it carries
  * (SO_PASSCRED is on for the walk; unix_datagrams.ts keeps them), sent with it again at restore;
  * SO_PASSCRED and a filter go on again only once no more is sent through either end. Descriptors
- * in flight (SCM_RIGHTS) in datagram and seqpacket messages are kept as unix_datagrams.ts keeps
- * them; in a stream (fdinfo's scm_fds counts them) they are refused. No pidfd_getfd at dump
+ * in flight (SCM_RIGHTS) are kept as unix_datagrams.ts keeps them: with their message, or in a
+ * stream with the write that carried them, its bytes found exactly (queue.ts), so that a reader
+ * gets them with the same byte as before. No pidfd_getfd at dump
  * (target_socket.ts says why).
  *
  * Restore, as pipe.ts restores a pipe: ends are keyed by the pair's two inodes within one restore
@@ -208,14 +209,6 @@ export async function dumpUnixPair(
     throw new DumpError(
       `${sock} is connected to socket:[${peer}] (fd ${holder.fd} of process ${holder.pid}), ` +
         `which is connected elsewhere; a policy can skip it`,
-    );
-  }
-  const passed = Number((fd.info as Record<string, string>)["scm_fds"] ?? 0);
-  if (passed > 0 && s.type === SOCK.STREAM) {
-    throw new DumpError(
-      `${sock} has ${passed} file descriptor(s) queued in a stream (SCM_RIGHTS), which ` +
-        `tardigrade cannot keep (it keeps them in datagram and seqpacket messages); a policy ` +
-        `can skip it`,
     );
   }
   refuseUnkeptInFlight(fd, ctx, sock);
