@@ -437,8 +437,6 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   const { entry: p, inj, mem } = m;
   const asb = m.asb!;
   stage("files", p);
-  const ns = shares.namespace;
-  const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
   // A table shared with a process made before (CLONE_FILES) is restored once, by that one.
   if (p.sharesFilesWith === undefined) {
     m.files = restoreFdTable(p, {
@@ -447,7 +445,6 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
       objects: asb.objects,
       shared: shares.files,
       scope: shares.scope,
-      toolPidfd,
       tasks: shares.tasks,
       inherited: shares.inherited,
     });
