@@ -50,6 +50,7 @@ import {
   refuseOutsideHolders,
 } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
+import { inOwnUserNamespace } from "../namespaces/user.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
 import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
@@ -358,7 +359,7 @@ async function dumpProcess(
   const threads = frozenThreads.map((t) => dumpThread(pid, t, frozen.injectorFor(t.tid)));
   const seccompFilters = dumpSeccomp(pid, threads);
   // No restore by this tool could give them back: say so now, not at restore.
-  const caps = unattainableCapabilities(pid, threads);
+  const caps = unattainableCapabilities(pid, threads, inOwnUserNamespace(pid));
   if (caps) throw new DumpError(caps);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
@@ -537,7 +538,7 @@ export async function checkpoint(
     checkPeers(plans, run);
     // Inside a container, asked of its processes before the long copy.
     const namespaces = kinds.length || externalNet
-      ? dumpNamespaces(pid, tree[0].injector, kinds, externalNet)
+      ? dumpNamespaces(pid, tree[0].injector, kinds, externalNet, run.pids)
       : undefined;
     const innerPids = kinds.includes("pid")
       ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))

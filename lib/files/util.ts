@@ -1,13 +1,5 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
-import {
-  AT_FDCWD,
-  O,
-  SOCK_IOCTL,
-  SYS,
-  syscall,
-  SyscallError,
-  tryIoctlInt,
-} from "../../ffi/mod.ts";
+import { AT_FDCWD, O, SOCK_IOCTL, SYS, syscall, SyscallError, tryIoctlInt } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { readStatus } from "../inspect/procfs.ts";
 import type { FileDumpContext, FileRestoreContext, PathOpen } from "./types.ts";

@@ -3,7 +3,8 @@
  * dump reads of each kind it carries, made anew by the restore inside the container's init (the
  * restored root) before it forks the rest of the tree, which inherits them; then checked. The
  * tool itself never enters them: everything inside runs as syscalls injected into the init.
- * The pid namespace itself is made by the restore's stub (pid_namespace.ts).
+ * The user namespace (user.ts) and the pid namespace (pid_namespace.ts) are made by the
+ * restore's stub, in this order, so that the user namespace owns every other one.
  */
 import { CLONE } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
@@ -16,19 +17,22 @@ import { checkIpcCarried, makeIpc } from "./ipc.ts";
 import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
 import { dumpNet, makeNet, netDiffers } from "./net.ts";
+import { dumpUser, userDiffers } from "./user.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
- * `kinds`; refuses what a restore would not make again.
+ * `kinds`, with the processes `tree`; refuses what a restore would not make again.
  */
 export function dumpNamespaces(
   pid: number,
   inj: Injector,
   kinds: CarriedKind[],
   externalNet = false,
+  tree: readonly number[] = [pid],
 ): NamespacesEntry {
   const entry: NamespacesEntry = { kinds: [...kinds] };
   if (externalNet) entry.joined = ["net"];
+  if (kinds.includes("user")) entry.user = dumpUser(pid, tree);
   if (kinds.includes("mnt")) entry.mounts = dumpMounts(pid);
   if (kinds.includes("uts")) entry.uts = dumpUts(inj);
   if (kinds.includes("ipc")) {
@@ -106,7 +110,7 @@ function joinNet(inj: Injector, joined: JoinedNet): void {
 }
 
 /**
- * Makes the namespaces of `entry` but pid (made already) in the restored init `inj` runs in,
+ * Makes the namespaces of `entry` but user and pid (made already) in the restored init `inj` runs in,
  * before it forks the rest of the tree; joins the net namespace handed in (`joined`).
  */
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: JoinedNet): void {
@@ -150,6 +154,8 @@ export function namespacesDiffer(
   if (joined && Deno.readLinkSync(`/proc/${pid}/ns/net`) !== netnsOfFd(joined.fd)) {
     return "it is not in the net namespace handed in";
   }
+  const user = entry.user && userDiffers(pid, entry.user);
+  if (user) return `its user namespace differs: ${user}`;
   if (entry.kinds.includes("mnt")) {
     const why = mountsDiffer(pid, entry.mounts ?? []);
     if (why) return `its mount namespace differs: ${why}`;

@@ -39,6 +39,7 @@ import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
+import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -242,6 +243,7 @@ async function preflight(
   p: ProcessEntry,
   file: string,
   inNewPidNamespace: boolean,
+  ownUserNamespace: boolean,
   liveMs = 0,
 ): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
@@ -257,6 +259,7 @@ async function preflight(
   const caps = unattainableCapabilities(
     p.pid,
     p.threads.map((t) => ({ ...t, creds: t.creds ?? p.creds })),
+    ownUserNamespace,
   );
   if (caps) throw new RestoreError(`cannot restore: ${caps}`);
   const vdso = vdsoMismatch(p.special);
@@ -683,6 +686,8 @@ async function restoreTree(
         `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
       );
     }
+    const groups = container?.user && groupsProblem(container.user, entries);
+    if (groups) throw new RestoreError(`cannot restore: ${groups}`);
     const given = checkJoined(container, opts.inheritFds ?? {});
     joinedNetFd = given.net;
     inherited = checkInherited(entries, given.files);
@@ -692,6 +697,7 @@ async function restoreTree(
         p,
         file,
         opts.pidNamespace === true || containerPid,
+        container?.user !== undefined,
         opts.pidsFreedWithinMs,
       );
     }
@@ -743,6 +749,10 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     } else if (containerPid) {
+      // Its user namespace first, which then owns the others, made inside it.
+      if (container?.user) {
+        enterUserNamespace(stub.injector, container.user, entries[0].creds.groups);
+      }
       // A container's init is the restored root: pid 1 of the namespace the stub makes.
       shares.namespace = PidNamespace.createForContainer(stub.injector, entries[0]);
     }
