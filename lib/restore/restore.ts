@@ -686,6 +686,12 @@ async function restoreTree(
         `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
       );
     }
+    const userKind = container?.kinds.includes("user") ?? false;
+    if (userKind !== (container?.user !== undefined) || (userKind && !containerPid)) {
+      throw new ImageError(
+        `${PROCESS_META}.cbor: a container's user namespace comes with its maps and a pid namespace`,
+      );
+    }
     const groups = container?.user && groupsProblem(container.user, entries);
     if (groups) throw new RestoreError(`cannot restore: ${groups}`);
     const given = checkJoined(container, opts.inheritFds ?? {});
