@@ -11,15 +11,20 @@
 import assert from "node:assert/strict";
 import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
 import {
+  CGROUP_PIDS as PIDS,
+  CGROUP_UNIFIED as UNIFIED,
   childrenOf,
   cli,
   exists,
   fixture,
+  groupOf,
   isAlive,
   killAndReap,
+  makeGroup,
   needs,
   notInstalled,
   onPath,
+  removeGroup,
   runDeno,
   spawnTarget,
   type Target,
@@ -534,40 +539,6 @@ Deno.test(
     }
   },
 );
-
-/** A cgroup made for a test in hierarchy directory `root`, removed after. */
-function makeGroup(root: string, name: string, settings: Record<string, string> = {}): string {
-  const dir = `${root}/${name}`;
-  Deno.mkdirSync(dir);
-  for (const [file, value] of Object.entries(settings)) {
-    Deno.writeTextFileSync(`${dir}/${file}`, value);
-  }
-  return dir;
-}
-
-/** Removes a test's cgroup once the processes in it are gone. */
-async function removeGroup(dir: string): Promise<void> {
-  await waitUntil(
-    () => {
-      try {
-        Deno.removeSync(dir);
-        return true;
-      } catch (err) {
-        return err instanceof Deno.errors.NotFound;
-      }
-    },
-    5000,
-    `cgroup ${dir} to be empty and removed`,
-  );
-}
-
-/** The group of `pid` in the hierarchy `hierarchy` names in /proc/PID/cgroup. */
-function groupOf(pid: number, hierarchy: string): string | undefined {
-  return Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n")
-    .map((l) => l.split(":")).find((f) => f[1] === hierarchy)?.[2];
-}
-
-const PIDS = "/sys/fs/cgroup/pids", UNIFIED = "/sys/fs/cgroup/unified";
 
 Deno.test(
   needs(

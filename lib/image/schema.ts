@@ -666,9 +666,10 @@ export interface NamespacesEntry {
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
    * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`), `time` (with
    * `time`), `net` (with `net`), `user` (with `user`: made first, owning every other one; the
-   * credentials of every process and thread are then the ids it sees inside).
+   * credentials of every process and thread are then the ids it sees inside), `cgroup` (rooted at
+   * the groups the root is put back in).
    */
-  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net" | "user")[];
+  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net" | "user" | "cgroup")[];
   /** With `user`: its id maps. */
   user?: UserEntry;
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */

@@ -735,7 +735,7 @@ const ID_RANGE: Fields = { inside: "whole", outside: "whole", count: "whole" };
 
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
-  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net", "user"] } },
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net", "user", "cgroup"] } },
   user: {
     optional: {
       map: {

@@ -18,6 +18,7 @@ import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
 import { dumpNet, makeNet, netDiffers } from "./net.ts";
 import { dumpUser, userDiffers } from "./user.ts";
+import { cgroupDiffers, checkCgroupRoot, makeCgroup } from "./cgroup.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
@@ -33,6 +34,7 @@ export function dumpNamespaces(
   const entry: NamespacesEntry = { kinds: [...kinds] };
   if (externalNet) entry.joined = ["net"];
   if (kinds.includes("user")) entry.user = dumpUser(pid, tree);
+  if (kinds.includes("cgroup")) checkCgroupRoot(pid, inj);
   if (kinds.includes("mnt")) entry.mounts = dumpMounts(pid);
   if (kinds.includes("uts")) entry.uts = dumpUts(inj);
   if (kinds.includes("ipc")) {
@@ -115,6 +117,8 @@ function joinNet(inj: Injector, joined: JoinedNet): void {
  */
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: JoinedNet): void {
   try {
+    // Once it is back in its groups (the restore puts it there first): they are its root.
+    if (entry.kinds.includes("cgroup")) makeCgroup(inj);
     if (joined) joinNet(inj, joined);
     if (entry.time) makeTime(inj, entry.time);
     if (entry.net) makeNet(inj, entry.net);
@@ -156,6 +160,8 @@ export function namespacesDiffer(
   }
   const user = entry.user && userDiffers(pid, entry.user);
   if (user) return `its user namespace differs: ${user}`;
+  const cgroup = entry.kinds.includes("cgroup") && cgroupDiffers(inj);
+  if (cgroup) return `its cgroup namespace differs: ${cgroup}`;
   if (entry.kinds.includes("mnt")) {
     const why = mountsDiffer(pid, entry.mounts ?? []);
     if (why) return `its mount namespace differs: ${why}`;

@@ -1,8 +1,8 @@
 /**
  * Which namespaces a process lives in, and which of them a dump carries. A process whose
  * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
- * IPC, time, net and user namespaces with it, and the restore makes fresh ones of the same kinds.
- * Every other kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
+ * IPC, time, net, user and cgroup namespaces with it, and the restore makes fresh ones of the
+ * same kinds. Every other kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
  * namespace that a process outside the dump also lives in are refused, naming them.
  */
 import { DumpError } from "../errors.ts";
@@ -31,7 +31,16 @@ export const NAMESPACE_KINDS = [
 export type NamespaceKind = typeof NAMESPACE_KINDS[number];
 
 /** The kinds a dump takes and a restore makes anew. */
-export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc", "time", "net", "user"] as const;
+export const CARRIED_KINDS = [
+  "pid",
+  "mnt",
+  "uts",
+  "ipc",
+  "time",
+  "net",
+  "user",
+  "cgroup",
+] as const;
 
 /** A kind of namespace a dump takes. */
 export type CarriedKind = typeof CARRIED_KINDS[number];
@@ -81,7 +90,7 @@ export function containerKinds(root: number, externalNet = false): CarriedKind[]
     throw new DumpError(
       `process ${root} lives in ${refused.length > 1 ? "namespaces" : "a namespace"} of its ` +
         `own (${refused.join(", ")}), which tardigrade does not dump yet (it carries pid, mnt, ` +
-        `uts, ipc, time, net and user namespaces); run tardigrade ` +
+        `uts, ipc, time, net, user and cgroup namespaces); run tardigrade ` +
         `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
     );
   }

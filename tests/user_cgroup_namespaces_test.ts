@@ -1,21 +1,30 @@
 /**
- * Containers in a user namespace of their own, made by `unshare --user --map-root-user` (one
+ * Containers in a user namespace of their own, and in a cgroup namespace of their own. User
+ * namespaces made by `unshare --user --map-root-user` (one
  * range, setgroups denied) and by userns_launch.c (several ranges, setgroups allowed, as
  * newuidmap writes them): dumped with their maps and restored in a fresh user namespace that owns
  * the container's other namespaces, every process with the credentials it sees inside
  * (userns_init.c checks its own and its child's; the test compares /proc/PID/status read from
- * outside). What cannot be carried is refused at dump, naming it, and the container runs on.
+ * outside). A cgroup namespace made by `unshare --cgroup` in a group of the test's comes back
+ * rooted at that group, made again: /proc/self/cgroup inside reads the same. What cannot be
+ * carried is refused at dump, naming it, and the container runs on.
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore, type RestoreResult } from "../mod.ts";
 import {
+  CGROUP_PIDS,
+  CGROUP_UNIFIED,
   childrenOf,
   cli,
+  exists,
   fixture,
+  groupOf,
   isAlive,
   killAndReap,
+  makeGroup,
   needs,
   notInstalled,
+  removeGroup,
   spawnTarget,
   type Target,
   waitUntil,
@@ -82,11 +91,14 @@ async function stopContainer(c: Container, restored?: RestoreResult): Promise<vo
 }
 
 /**
- * Dumps container `c`, restores it and checks it: a fresh user namespace with the same maps,
- * owning its other namespaces, the init and its child with the same credentials from outside
+ * Dumps container `c`, restores it and checks it: a fresh namespace of `kind`, the same maps
+ * (those of the tool's own user namespace unless `kind` is user), the init and its child with the same credentials from outside
  * and in (the fixture's check). Returns what `inspect` said of the image.
  */
-async function roundTrip(c: Container): Promise<{ restored: RestoreResult; shown: string }> {
+async function roundTrip(
+  c: Container,
+  kind: "user" | "cgroup",
+): Promise<{ restored: RestoreResult; shown: string }> {
   assert.equal(await c.maker.check(c.init), "PASS", c.maker.output());
   const [child] = childrenOf(c.init);
   const before = [credLines(c.init), credLines(child)];
@@ -110,8 +122,8 @@ async function roundTrip(c: Container): Promise<{ restored: RestoreResult; shown
   const restored = await restore(`${c.dir}/image`);
   const init = restored.pid;
   const [restoredChild] = childrenOf(init);
-  assert.notEqual(ns(init, "user"), ns(Deno.pid, "user"), "a user namespace of its own");
-  assert.equal(ns(restoredChild, "user"), ns(init, "user"));
+  assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a ${kind} namespace of its own`);
+  assert.equal(ns(restoredChild, kind), ns(init, kind));
   assert.deepEqual(
     ["uid_map", "gid_map", "setgroups"].map((f) => Deno.readTextFileSync(`/proc/${init}/${f}`)),
     maps,
@@ -138,7 +150,7 @@ Deno.test(
     ]);
     let restored: RestoreResult | undefined;
     try {
-      const trip = await roundTrip(c);
+      const trip = await roundTrip(c, "user");
       restored = trip.restored;
       assert.match(
         trip.shown,
@@ -164,7 +176,7 @@ Deno.test(
       // Root inside is 100000 outside; the child is 1000 inside, 200000 outside.
       assert.match(credLines(c.init), /^Uid:\t100000\t/m);
       assert.match(credLines(childrenOf(c.init)[0]), /^Uid:\t200000\t200001\t200002\t/m);
-      const trip = await roundTrip(c);
+      const trip = await roundTrip(c, "user");
       restored = trip.restored;
       assert.match(
         trip.shown,
@@ -276,3 +288,91 @@ function comm(pid: number): string {
     return "";
   }
 }
+
+const cgroupsMissing = notInstalled("unshare", "nsenter", "cc") ??
+  (exists(`${CGROUP_PIDS}/cgroup.procs`) && exists(`${CGROUP_UNIFIED}/cgroup.procs`)
+    ? undefined
+    : "no v1 pids hierarchy and v2 at /sys/fs/cgroup/unified");
+
+/** What process `pid` sees in its /proc/self/cgroup (read from inside its cgroup namespace). */
+async function cgroupsSeen(pid: number): Promise<string> {
+  const out = await new Deno.Command("nsenter", {
+    args: [`--target=${pid}`, "--cgroup", "cat", `/proc/${pid}/cgroup`],
+    stdout: "piped",
+  }).output();
+  assert.ok(out.success, `nsenter --cgroup into ${pid}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+Deno.test(
+  needs(
+    "cgroup namespace: rooted at its groups (v1 pids, v2), back rooted there, reads the same",
+    cgroupsMissing,
+  ),
+  async () => {
+    const name = `tardigrade-cgns-${Deno.pid}-${Date.now()}`;
+    const groups = [
+      makeGroup(CGROUP_PIDS, name, { "pids.max": "64" }),
+      makeGroup(CGROUP_UNIFIED, name),
+    ];
+    const join = groups.map((g) => `echo $$ > ${g}/cgroup.procs`).join("; ");
+    const c = await startContainer([
+      "sh",
+      "-c",
+      `${join}; exec unshare --cgroup --pid --fork --mount-proc "$0" "$1"`,
+    ]);
+    let restored: RestoreResult | undefined;
+    try {
+      const seen = await cgroupsSeen(c.init);
+      assert.match(seen, /^\d+:pids:\/$/m, "the pids group is the root inside");
+      assert.match(seen, /^0::\/$/m, "the v2 group is the root inside");
+      const trip = await roundTrip(c, "cgroup");
+      restored = trip.restored;
+      assert.match(trip.shown, /container namespaces: pid, mnt \+proc on \/proc, cgroup/);
+      for (const pid of [restored.pid, ...childrenOf(restored.pid)]) {
+        assert.notEqual(ns(pid, "cgroup"), ns(Deno.pid, "cgroup"), "a cgroup namespace of its own");
+        assert.equal(groupOf(pid, "pids"), `/${name}`);
+        assert.equal(groupOf(pid, ""), `/${name}`);
+      }
+      assert.equal(await cgroupsSeen(restored.pid), seen);
+    } finally {
+      await stopContainer(c, restored);
+      for (const g of groups) await removeGroup(g).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("cgroup namespace: an init below the root of its namespace is refused", cgroupsMissing),
+  async () => {
+    const name = `tardigrade-cgns-${Deno.pid}-${Date.now()}`;
+    const group = makeGroup(CGROUP_UNIFIED, name);
+    const sub = `${group}/sub`;
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-userns-" });
+    // Made in the group, then moved into a group below it: it sees /sub.
+    const t = await spawnTarget("sh", [
+      "-c",
+      `echo $$ > ${group}/cgroup.procs; exec unshare --cgroup --pid --fork --mount-proc ` +
+      `sh -c 'mkdir ${sub}; echo $$ > ${sub}/cgroup.procs; exec sleep 1000'`,
+    ]);
+    try {
+      await waitUntil(
+        () => childrenOf(t.pid).some((p) => comm(p) === "sleep"),
+        5000,
+        "the container's sleep",
+      );
+      const init = childrenOf(t.pid)[0];
+      await assertRefused(
+        init,
+        dir,
+        /is not at the root of its cgroup namespace \(in hierarchy cgroup2 it is in group \/sub/,
+      );
+    } finally {
+      for (const p of childrenOf(t.pid)) await killAndReap(p);
+      await killAndReap(t.pid);
+      await removeGroup(sub).catch(() => {});
+      await removeGroup(group).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
