@@ -438,8 +438,8 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
- * and its pid, mount, UTS, IPC, time and net namespaces are dumped with it (other kinds are refused, naming
- * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
+ * and its pid, mount, UTS, IPC, time, net, user and cgroup namespaces are dumped with it (what
+ * cannot be carried is refused, naming it). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
   pid: number,
