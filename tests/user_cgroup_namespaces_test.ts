@@ -188,6 +188,67 @@ Deno.test(
   },
 );
 
+Deno.test(
+  needs(
+    "user namespace: --external user leaves one held outside out, joined at restore",
+    notInstalled("unshare", "nsenter", "cc"),
+  ),
+  async () => {
+    const c = await startContainer([
+      "unshare",
+      "--user",
+      "--map-root-user",
+      "--pid",
+      "--fork",
+      "--mount-proc",
+    ]);
+    const holder = await spawnTarget("nsenter", [
+      `--user=/proc/${c.init}/ns/user`,
+      "--preserve-credentials",
+      "sleep",
+      "1000",
+    ]);
+    let restoredPid = 0;
+    try {
+      await waitUntil(() => comm(holder.pid) === "sleep", 5000, "the holder to sleep");
+      await assert.rejects(
+        () => checkpoint(c.init, `${c.dir}/image`),
+        /also held by process \d+ \(sleep\).*--external user leaves it out/,
+      );
+      await checkpoint(c.init, `${c.dir}/image`, { external: ["user"] });
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.maker.pid);
+      const shown = await cli("inspect", `${c.dir}/image`);
+      assert.match(shown.stdout, /user joined at restore \(--external user\)/);
+      // Not handed in: refused, naming what to hand in.
+      await assert.rejects(
+        () => restore(`${c.dir}/image`),
+        /hand in the user namespace it joins/,
+      );
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `exec '${Deno.execPath()}' run -A main.ts restore '${c.dir}/image' --json ` +
+          `--inherit-fd 'fd[3]:user' 3</proc/${holder.pid}/ns/user`,
+        ],
+        cwd: new URL("../", import.meta.url).pathname,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(r.success, new TextDecoder().decode(r.stderr));
+      restoredPid = JSON.parse(new TextDecoder().decode(r.stdout)).pid;
+      assert.equal(ns(restoredPid, "user"), ns(holder.pid, "user"), "the one handed in");
+      assert.notEqual(ns(restoredPid, "pid"), ns(Deno.pid, "pid"));
+      assert.equal(await c.maker.check(restoredPid), "PASS", c.maker.output());
+    } finally {
+      if (restoredPid) await killAndReap(restoredPid);
+      await killAndReap(holder.pid);
+      await stopContainer(c);
+    }
+  },
+);
+
 /** Dumping `pid` is refused with `reason`, and it runs on (still checking itself when `c`). */
 async function assertRefused(pid: number, dir: string, reason: RegExp): Promise<void> {
   await assert.rejects(() => checkpoint(pid, `${dir}/image`), reason);

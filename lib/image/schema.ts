@@ -670,7 +670,7 @@ export interface NamespacesEntry {
    * the groups the root is put back in).
    */
   kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net" | "user" | "cgroup")[];
-  /** With `user`: its id maps. */
+  /** With `user`, or `user` joined: its id maps. */
   user?: UserEntry;
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
@@ -683,7 +683,7 @@ export interface NamespacesEntry {
   /** With `net`: its devices, addresses, routes and sysctls. */
   net?: NetEntry;
   /** Kinds left out at dump (`--external net`): the restore joins a namespace handed in. */
-  joined?: "net"[];
+  joined?: ("net" | "user")[];
 }
 
 /** Everything needed to bring one process back. */

@@ -798,7 +798,7 @@ const NAMESPACES_FIELDS: Fields = {
     },
   },
   net: { optional: { map: NET_FIELDS } },
-  joined: { optional: { list: { oneOf: ["net"] } } },
+  joined: { optional: { list: { oneOf: ["net", "user"] } } },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

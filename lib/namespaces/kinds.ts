@@ -6,6 +6,7 @@
  * namespace that a process outside the dump also lives in are refused, naming them.
  */
 import { DumpError } from "../errors.ts";
+import type { JoinableKind } from "./joined.ts";
 import {
   innermostPid,
   processState,
@@ -70,21 +71,22 @@ const isCarried = (k: NamespaceKind): k is CarriedKind =>
 
 /**
  * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's);
- * with `externalNet` its net namespace is left out, to be joined at restore. Refuses a kind not
- * carried, and a pid namespace whose init is not `root`: the restore makes the
+ * those of `joined` (`--external net`, `--external user`) are left out, to be joined at restore.
+ * Refuses a kind not carried, and a pid namespace whose init is not `root`: the restore makes the
  * root pid 1 of a fresh one, which only the container's init may be.
  */
-export function containerKinds(root: number, externalNet = false): CarriedKind[] {
+export function containerKinds(root: number, joined: readonly JoinableKind[] = []): CarriedKind[] {
   let kinds = foreignKinds(root);
-  if (externalNet) {
-    if (!kinds.includes("net")) {
+  for (const kind of joined) {
+    if (!kinds.includes(kind)) {
       throw new DumpError(
-        `--external net: process ${root} lives in tardigrade's own net namespace, which a ` +
-          `restore is in anyway`,
+        `--external ${kind}: process ${root} lives in tardigrade's own ${kind} namespace, which ` +
+          `a restore is in anyway`,
       );
     }
-    kinds = kinds.filter((k) => k !== "net"); // joined at restore, not made
   }
+  const userns = kinds.includes("user");
+  kinds = kinds.filter((k) => !(joined as readonly string[]).includes(k)); // joined, not made
   const refused = kinds.filter((k) => !isCarried(k));
   if (refused.length) {
     throw new DumpError(
@@ -94,14 +96,14 @@ export function containerKinds(root: number, externalNet = false): CarriedKind[]
         `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
     );
   }
-  if (kinds.includes("user") && !kinds.includes("pid")) {
+  if (userns && !kinds.includes("pid")) {
     throw new DumpError(
       `process ${root} lives in a user namespace of its own but in tardigrade's pid namespace: ` +
         `a user namespace is carried with the container's pid namespace (unshare --user --pid ` +
         `--fork), whose processes the restore makes inside it`,
     );
   }
-  if (kinds.includes("user") && externalNet) {
+  if (userns && joined.includes("net")) {
     throw new DumpError(
       `--external net: process ${root} lives in a user namespace of its own, from which a ` +
         `restore cannot join a net namespace of tardigrade's`,
@@ -174,7 +176,11 @@ export function refuseOutsideHolders(root: number, tree: readonly number[], kind
       } catch { /* gone meanwhile */ }
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by process ${pid} (${comm}), ` +
-          `which is not in the dump: a restore would part them`,
+          `which is not in the dump: a restore would part them${
+            k === "net" || k === "user"
+              ? ` (--external ${k} leaves it out, to be joined at restore)`
+              : ""
+          }`,
       );
     }
   }
@@ -193,7 +199,9 @@ export function refuseMountedHolders(root: number, kinds: CarriedKind[]): void {
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by a mount on ${held.mountPoint}, ` +
           `outside the dump: a restore would part them${
-            k === "net" ? " (--external net leaves it out, to be joined at restore)" : ""
+            k === "net" || k === "user"
+              ? ` (--external ${k} leaves it out, to be joined at restore)`
+              : ""
           }`,
       );
     }

@@ -15,6 +15,7 @@ import { readProcText, readStatus, threadIds } from "../inspect/procfs.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { IdRange, ProcessEntry, UserEntry } from "../image/schema.ts";
 import { namespaceOf } from "./kinds.ts";
+import { joinHandedIn } from "./joined.ts";
 
 /** The id a process sees for one its user namespace does not map (/proc/sys/kernel/overflowuid). */
 const OVERFLOW_ID = 65534;
@@ -102,25 +103,37 @@ const mapText = (map: readonly IdRange[]) =>
   map.map((r) => `${r.inside} ${r.outside} ${r.count}\n`).join("");
 
 /**
- * Moves the seized, stopped stub `stub` into a fresh user namespace with the maps of `user`,
- * before it makes the container's pid namespace. `groups` are the supplementary groups (as seen
- * inside) of the container's processes: set first, from outside, when the namespace denies
- * setgroups. The stub then becomes root inside (when root is mapped), as a runtime starts a
- * container, so what its init makes (System V objects) is root's.
+ * Moves the seized, stopped stub `stub` into a fresh user namespace with the maps of `user`, or
+ * into the one the tool's descriptor `joinFd` is open on (`--external user`: it must have those
+ * maps), before it makes the container's pid namespace. `groups` are the supplementary groups
+ * (as seen inside) of the container's processes: set first, from outside, when the namespace
+ * denies setgroups. The stub then becomes root inside (when root is mapped), as a runtime starts
+ * a container, so what its init makes (System V objects) is root's.
  */
-export function enterUserNamespace(stub: Injector, user: UserEntry, groups: number[]): void {
+export function enterUserNamespace(
+  stub: Injector,
+  user: UserEntry,
+  groups: number[],
+  joinFd?: number,
+): void {
   try {
     if (user.setgroups === "deny") {
       const outside = groups.map((g) => across(user.gidMap, g, "inside")!);
       const list = new Uint32Array(outside);
       stub.call("setgroups", list.length, stub.put(new Uint8Array(list.buffer), 0));
     }
-    stub.call("unshare", CLONE.NEWUSER);
-    const write = (file: string, text: string) =>
-      Deno.writeTextFileSync(`/proc/${stub.pid}/${file}`, text);
-    write("setgroups", user.setgroups); // before gid_map, which it decides
-    write("uid_map", mapText(user.uidMap));
-    write("gid_map", mapText(user.gidMap));
+    if (joinFd === undefined) {
+      stub.call("unshare", CLONE.NEWUSER);
+      const write = (file: string, text: string) =>
+        Deno.writeTextFileSync(`/proc/${stub.pid}/${file}`, text);
+      write("setgroups", user.setgroups); // before gid_map, which it decides
+      write("uid_map", mapText(user.uidMap));
+      write("gid_map", mapText(user.gidMap));
+    } else {
+      joinHandedIn(stub, joinFd, "user");
+      const why = userDiffers(stub.pid, user);
+      if (why) throw new RestoreError(`the one handed in is not the image's: ${why}`);
+    }
     if (across(user.gidMap, 0, "inside") !== null) stub.call("setresgid", 0, 0, 0);
     if (across(user.uidMap, 0, "inside") !== null) stub.call("setresuid", 0, 0, 0);
     // A change of uid made it undumpable: its copies could not take each other's files.
