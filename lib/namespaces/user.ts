@@ -58,6 +58,21 @@ export function insideId(map: readonly IdRange[], id: number): number {
   return across(map, id, "outside") ?? OVERFLOW_ID;
 }
 
+/**
+ * Mount options as the tool reads them in mountinfo (`uid=100000`), as process `pid` names them
+ * inside its user namespace (`uid=0`): a mount it makes takes the ids it sees.
+ */
+export function optionsInside(pid: number, options: string[]): string[] {
+  const maps = idMapsOf(pid);
+  if (!maps) return options;
+  return options.map((o) => {
+    const owner = o.match(/^(uid|gid)=(\d+)$/);
+    if (!owner) return o;
+    const kind = owner[1] as "uid" | "gid";
+    return `${kind}=${insideId(maps[kind], Number(owner[2]))}`;
+  });
+}
+
 /** The host ids of thread `tid` of `pid` no range of `maps` covers, named ("uid 1000"). */
 function unmappedIds(pid: number, tid: number, maps: IdMaps): string[] {
   const status = readStatus(pid, tid);
