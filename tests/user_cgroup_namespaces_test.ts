@@ -55,6 +55,8 @@ interface Container {
   maker: Target;
   init: number;
   dir: string;
+  /** Its restored init's host pid, once restored (killed by `stopContainer`). */
+  restored?: number;
 }
 
 /**
@@ -83,8 +85,8 @@ async function startContainer(command: string[]): Promise<Container> {
   return { maker, init, dir };
 }
 
-async function stopContainer(c: Container, restored?: RestoreResult): Promise<void> {
-  if (restored) await killAndReap(restored.pid);
+async function stopContainer(c: Container): Promise<void> {
+  if (c.restored) await killAndReap(c.restored);
   await killAndReap(c.init);
   await killAndReap(c.maker.pid);
   await Deno.remove(c.dir, { recursive: true }).catch(() => {});
@@ -120,7 +122,7 @@ async function roundTrip(
   assert.deepEqual(running(`${c.dir}/userns_init`), [], "a process of the failed restore is left");
 
   const restored = await restore(`${c.dir}/image`);
-  const init = restored.pid;
+  const init = c.restored = restored.pid;
   const [restoredChild] = childrenOf(init);
   assert.notEqual(ns(init, kind), ns(Deno.pid, kind), `a ${kind} namespace of its own`);
   assert.equal(ns(restoredChild, kind), ns(init, kind));
@@ -148,16 +150,14 @@ Deno.test(
       "--fork",
       "--mount-proc",
     ]);
-    let restored: RestoreResult | undefined;
     try {
       const trip = await roundTrip(c, "user");
-      restored = trip.restored;
       assert.match(
         trip.shown,
         /container namespaces: pid, mnt \+proc on \/proc, user uids 0:0:1 gids 0:0:1 \(setgroups deny\)/,
       );
     } finally {
-      await stopContainer(c, restored);
+      await stopContainer(c);
     }
   },
 );
@@ -171,19 +171,17 @@ Deno.test(
       "0 100000 1000,1000 200000 1000",
       "0 100000 2000,2000 300000 2000",
     ]);
-    let restored: RestoreResult | undefined;
     try {
       // Root inside is 100000 outside; the child is 1000 inside, 200000 outside.
       assert.match(credLines(c.init), /^Uid:\t100000\t/m);
       assert.match(credLines(childrenOf(c.init)[0]), /^Uid:\t200000\t200001\t200002\t/m);
       const trip = await roundTrip(c, "user");
-      restored = trip.restored;
       assert.match(
         trip.shown,
         /user uids 0:100000:1000,1000:200000:1000 gids 0:100000:2000,2000:300000:2000 \(setgroups allow\)/,
       );
     } finally {
-      await stopContainer(c, restored);
+      await stopContainer(c);
     }
   },
 );
@@ -208,7 +206,6 @@ Deno.test(
       "sleep",
       "1000",
     ]);
-    let restoredPid = 0;
     try {
       await waitUntil(() => comm(holder.pid) === "sleep", 5000, "the holder to sleep");
       await assert.rejects(
@@ -237,12 +234,11 @@ Deno.test(
         stderr: "piped",
       }).output();
       assert.ok(r.success, new TextDecoder().decode(r.stderr));
-      restoredPid = JSON.parse(new TextDecoder().decode(r.stdout)).pid;
-      assert.equal(ns(restoredPid, "user"), ns(holder.pid, "user"), "the one handed in");
-      assert.notEqual(ns(restoredPid, "pid"), ns(Deno.pid, "pid"));
-      assert.equal(await c.maker.check(restoredPid), "PASS", c.maker.output());
+      const restored = c.restored = JSON.parse(new TextDecoder().decode(r.stdout)).pid as number;
+      assert.equal(ns(restored, "user"), ns(holder.pid, "user"), "the one handed in");
+      assert.notEqual(ns(restored, "pid"), ns(Deno.pid, "pid"));
+      assert.equal(await c.maker.check(restored), "PASS", c.maker.output());
     } finally {
-      if (restoredPid) await killAndReap(restoredPid);
       await killAndReap(holder.pid);
       await stopContainer(c);
     }
@@ -382,13 +378,12 @@ Deno.test(
       "-c",
       `${join}; exec unshare --cgroup --pid --fork --mount-proc "$0" "$1"`,
     ]);
-    let restored: RestoreResult | undefined;
     try {
       const seen = await cgroupsSeen(c.init);
       assert.match(seen, /^\d+:pids:\/$/m, "the pids group is the root inside");
       assert.match(seen, /^0::\/$/m, "the v2 group is the root inside");
       const trip = await roundTrip(c, "cgroup");
-      restored = trip.restored;
+      const restored = trip.restored;
       assert.match(trip.shown, /container namespaces: pid, mnt \+proc on \/proc, cgroup/);
       for (const pid of [restored.pid, ...childrenOf(restored.pid)]) {
         assert.notEqual(ns(pid, "cgroup"), ns(Deno.pid, "cgroup"), "a cgroup namespace of its own");
@@ -397,7 +392,7 @@ Deno.test(
       }
       assert.equal(await cgroupsSeen(restored.pid), seen);
     } finally {
-      await stopContainer(c, restored);
+      await stopContainer(c);
       for (const g of groups) await removeGroup(g).catch(() => {});
     }
   },
