@@ -266,7 +266,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   const put = scratchAllocator(inj);
   // Above every number of the table: the owners' pidfds, then the memory objects' fds.
   const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
-  // The files the tool hands in and those shared with processes made before: till the table is made.
+  // The files the tool hands in, and those shared with processes made before, till it is made.
   const batch = new FdBatch(inj, high, put);
   const pidfd = pidfdOpen(inj.pid);
   const firstFd = new Map<number, number>();

@@ -109,7 +109,7 @@ export function readU32(bytes: Uint8Array, at = 0): number {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(at, true);
 }
 
-/** `FileRestoreContext.handIn`, throwing a RestoreError about `what` when the target cannot take it. */
+/** `FileRestoreContext.handIn`, throwing a RestoreError about `what` when the target cannot. */
 export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
   const fd = ctx.handIn(mine);
   if (typeof fd === "string") throw new RestoreError(`${what}: ${fd}`);

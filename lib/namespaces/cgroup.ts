@@ -14,7 +14,7 @@ import type { Injector } from "../ptrace/inject.ts";
 /** More than /proc/self/cgroup holds on a machine with every v1 controller mounted apart. */
 const CGROUP_TEXT_MAX = 8192;
 
-/** Each hierarchy's group (`hierarchy:path`) the process `inj` runs in sees in /proc/self/cgroup. */
+/** Each hierarchy's group the process `inj` runs in sees in its /proc/self/cgroup. */
 function cgroupsSeen(inj: Injector): { hierarchy: string; path: string }[] {
   const fd = inj.call(
     "openat",

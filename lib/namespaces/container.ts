@@ -100,8 +100,8 @@ export function checkJoined(
 }
 
 /**
- * Makes the namespaces of `entry` but user and pid (made already) in the restored init `inj` runs in,
- * before it forks the rest of the tree; joins the net namespace handed in (`joined`).
+ * Makes the namespaces of `entry` but user and pid (made already) in the restored init `inj`
+ * runs in, before it forks the rest of the tree; joins the net namespace handed in (`joined`).
  */
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: JoinedNet): void {
   try {

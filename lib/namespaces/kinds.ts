@@ -2,8 +2,9 @@
  * Which namespaces a process lives in, and which of them a dump carries. A process whose
  * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
  * IPC, time, net, user and cgroup namespaces with it, and the restore makes fresh ones of the
- * same kinds. Every other kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
- * namespace that a process outside the dump also lives in are refused, naming them.
+ * same kinds. Every other kind, a process of the tree in a namespace of its own below the root's
+ * (a nested one), and a namespace that a process outside the dump also lives in are refused,
+ * naming them.
  */
 import { DumpError } from "../errors.ts";
 import type { JoinableKind } from "./joined.ts";

@@ -47,7 +47,7 @@ export function inOwnUserNamespace(pid: number): boolean {
   return ns !== null && ns !== namespaceOf(Deno.pid, "user");
 }
 
-/** The maps through which process `pid` sees ids, null when it lives in the tool's user namespace. */
+/** The maps through which process `pid` sees ids; null in the tool's user namespace. */
 export function idMapsOf(pid: number): IdMaps | null {
   if (!inOwnUserNamespace(pid)) return null;
   return { uid: readIdMap(pid, "uid_map"), gid: readIdMap(pid, "gid_map") };

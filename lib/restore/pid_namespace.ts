@@ -172,7 +172,8 @@ export class PidNamespace {
    * Makes the namespace of a container's restored root, which is its init (pid 1): forked from
    * the seized, stopped stub, traced and stopped, a copy of the stub until the restore builds it
    * (as `forkRoot` would give). It keeps the tool's pidfd at a descriptor above every one the
-   * image gives it (`keptFd`), for a net namespace handed in (`joinNet`), until `dropToolPidfd`.
+   * image gives it (`keptFd`), for a net namespace handed in (`joinHandedIn`), until
+   * `dropToolPidfd`.
    */
   static createForContainer(stub: Injector, image: ProcessEntry): PidNamespace {
     // High, for the image's descriptors are below it, but not so high the table grows large.

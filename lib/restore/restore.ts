@@ -696,7 +696,8 @@ async function restoreTree(
       false;
     if (userKind !== (container?.user !== undefined) || (userKind && !containerPid)) {
       throw new ImageError(
-        `${PROCESS_META}.cbor: a container's user namespace comes with its maps and a pid namespace`,
+        `${PROCESS_META}.cbor: a container's user namespace comes with its maps and a pid ` +
+          `namespace`,
       );
     }
     const groups = container?.user && groupsProblem(container.user, entries);
