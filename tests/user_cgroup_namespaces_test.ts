@@ -10,7 +10,7 @@
  * carried is refused at dump, naming it, and the container runs on.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore, type RestoreResult } from "../mod.ts";
+import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
 import {
   CGROUP_PIDS,
   CGROUP_UNIFIED,
@@ -102,6 +102,9 @@ async function roundTrip(
   kind: "user" | "cgroup",
 ): Promise<{ restored: RestoreResult; shown: string }> {
   assert.equal(await c.maker.check(c.init), "PASS", c.maker.output());
+  // ps shows the namespaces it lives in apart from the tool.
+  const rows = JSON.parse((await cli("ps", "--json")).stdout) as PsRow[];
+  assert.ok(rows.find((r) => r.pid === c.init)?.namespaces.includes(kind), `ps shows ${kind}`);
   const [child] = childrenOf(c.init);
   const before = [credLines(c.init), credLines(child)];
   const maps = ["uid_map", "gid_map", "setgroups"].map((f) =>
