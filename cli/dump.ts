@@ -67,7 +67,9 @@ options:
                     (restore --inherit-fd fd[N]:KEY); KEY is pipe:[12345], socket:[6789],
                     a FIFO's or terminal's path (as \`tardigrade fds PID\` shows it), or fd:N
                     for fd N of PID; repeatable. KEY net leaves a container's net namespace
-                    out: restore joins the one handed in (--inherit-fd fd[N]:net). A pipe, FIFO, pseudo-terminal or connected
+                    out: restore joins the one handed in (--inherit-fd fd[N]:net); KEY user
+                    its user namespace, held outside the dump (--inherit-fd fd[N]:user,
+                    one with the same maps). A pipe, FIFO, pseudo-terminal or connected
                     UNIX socket whose other side a process outside the dump holds (\`prog |
                     tee log\`, dumping prog) is refused unless declared so
   --policy FILE.ts  a module whose default export is a Policy (mapping/fd/beforeFreeze/

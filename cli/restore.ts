@@ -88,7 +88,9 @@ options:
                   the restored writer the pipe to this tee. An external file not handed in,
                   or a KEY the image does not have, is refused before anything is made.
                   fd[N]:net hands in the net namespace a container dumped with --external
-                  net joins (\`restore DIR --inherit-fd fd[3]:net 3</run/netns/NAME\`).
+                  net joins (\`restore DIR --inherit-fd fd[3]:net 3</run/netns/NAME\`),
+                  fd[N]:user the user namespace one dumped with --external user joins
+                  (N open on /proc/PID/ns/user of a process in it).
                   With fd 1 handed in, what restore prints goes to stderr: stdout is the
                   restored process's
   --lazy          post-copy: the process runs as soon as it is made, its private anonymous

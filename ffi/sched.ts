@@ -4,7 +4,8 @@
  * the tool reads and sets on any thread by its tid.
  */
 import { addressOf } from "./libc.ts";
-import { syscall } from "./syscalls.ts";
+import { close, fstat, ioctl, open, syscall } from "./syscalls.ts";
+import { O } from "./fcntl.ts";
 
 /** clone(2)/clone3 flags. */
 export const CLONE = {
@@ -30,6 +31,27 @@ export const CLONE = {
   NEWNET: 0x40000000n,
   NEWTIME: 0x80n,
 } as const;
+
+/** ioctl_ns(2): the namespace a user or pid namespace was made in, as a new descriptor. */
+export const NS_GET_PARENT = 0xb702n;
+
+/**
+ * The inode of the namespace the user or pid namespace at `path` (/proc/PID/ns/user) was made
+ * in (NS_GET_PARENT).
+ */
+export function parentNamespaceInode(path: string): bigint {
+  const fd = open(path, O.RDONLY | O.CLOEXEC);
+  try {
+    const parent = ioctl(fd, NS_GET_PARENT, new Uint8Array(8), "ioctl(NS_GET_PARENT)");
+    try {
+      return fstat(parent).ino;
+    } finally {
+      close(parent);
+    }
+  } finally {
+    close(fd);
+  }
+}
 
 /** What pthread_create passes: a thread sharing everything with its process. */
 export const CLONE_THREAD_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD |

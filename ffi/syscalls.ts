@@ -56,6 +56,8 @@ export const SYS = {
   chdir: 80,
   fchdir: 81,
   mkdir: 83,
+  link: 86,
+  symlink: 88,
   rmdir: 84,
   unlink: 87,
   linkat: 265,

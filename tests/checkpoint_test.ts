@@ -409,8 +409,9 @@ Deno.test("checkpoint: an fd it cannot dump is a DumpError naming the fd and its
   }
 });
 
-Deno.test("checkpoint: a process in another user namespace is refused, naming it", async () => {
-  // unshare execs the fixture in a new user namespace: the pid is the fixture's.
+Deno.test("checkpoint: a process in another user namespace only is refused, naming it", async () => {
+  // unshare execs the fixture in a new user namespace: the pid is the fixture's. A user namespace
+  // is carried with a pid namespace of the container's own, which this one lacks.
   const bin = await fixture("r_memory");
   const t = await spawnTarget("unshare", ["--user", bin], {
     ready: /^(READY|SETUP FAILED) /m,
@@ -420,7 +421,9 @@ Deno.test("checkpoint: a process in another user namespace is refused, naming it
     const before = snapshot(t.pid);
     await assert.rejects(
       checkpoint(t.pid, `${base}/img`),
-      (err) => err instanceof DumpError && /a namespace of its own \(user\)/.test(err.message),
+      (err) =>
+        err instanceof DumpError &&
+        /a user namespace of its own but in tardigrade's pid namespace/.test(err.message),
     );
     assert.deepEqual(leftovers(base), []);
     await assertUnharmed(t, before);

@@ -11,15 +11,20 @@
 import assert from "node:assert/strict";
 import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
 import {
+  CGROUP_PIDS as PIDS,
+  CGROUP_UNIFIED as UNIFIED,
   childrenOf,
   cli,
   exists,
   fixture,
+  groupOf,
   isAlive,
   killAndReap,
+  makeGroup,
   needs,
   notInstalled,
   onPath,
+  removeGroup,
   runDeno,
   spawnTarget,
   type Target,
@@ -535,40 +540,6 @@ Deno.test(
   },
 );
 
-/** A cgroup made for a test in hierarchy directory `root`, removed after. */
-function makeGroup(root: string, name: string, settings: Record<string, string> = {}): string {
-  const dir = `${root}/${name}`;
-  Deno.mkdirSync(dir);
-  for (const [file, value] of Object.entries(settings)) {
-    Deno.writeTextFileSync(`${dir}/${file}`, value);
-  }
-  return dir;
-}
-
-/** Removes a test's cgroup once the processes in it are gone. */
-async function removeGroup(dir: string): Promise<void> {
-  await waitUntil(
-    () => {
-      try {
-        Deno.removeSync(dir);
-        return true;
-      } catch (err) {
-        return err instanceof Deno.errors.NotFound;
-      }
-    },
-    5000,
-    `cgroup ${dir} to be empty and removed`,
-  );
-}
-
-/** The group of `pid` in the hierarchy `hierarchy` names in /proc/PID/cgroup. */
-function groupOf(pid: number, hierarchy: string): string | undefined {
-  return Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n")
-    .map((l) => l.split(":")).find((f) => f[1] === hierarchy)?.[2];
-}
-
-const PIDS = "/sys/fs/cgroup/pids", UNIFIED = "/sys/fs/cgroup/unified";
-
 Deno.test(
   needs(
     "container: its cgroups (v1 pids, v2) are made again with their limits, checked, removed on failure",
@@ -686,9 +657,10 @@ Deno.test(
 /**
  * A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp: its
  * shell counts into /tmp/count every 0.1 s and busybox httpd serves /tmp on port 7777 of its net
- * namespace.
+ * namespace. With `userMap`, in a user namespace of its own mapping uids and gids 0-65535 to
+ * `userMap` and on (the bundle is then open to everyone: root inside is another uid outside).
  */
-async function runcBundle(dir: string): Promise<void> {
+async function runcBundle(dir: string, userMap?: number): Promise<void> {
   for (const d of ["bin", "proc", "dev", "sys", "tmp"]) {
     await Deno.mkdir(`${dir}/rootfs/${d}`, { recursive: true });
   }
@@ -706,7 +678,47 @@ async function runcBundle(dir: string): Promise<void> {
   ];
   config.root.readonly = true;
   config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
+  if (userMap !== undefined) {
+    config.linux.namespaces.push({ type: "user" });
+    const map = [{ containerID: 0, hostID: userMap, size: 65536 }];
+    config.linux.uidMappings = map;
+    config.linux.gidMappings = map;
+    await Deno.chmod(dir, 0o755);
+  }
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+}
+
+/** The directories of the cgroups of runc container `name` process `pid` is in (made again). */
+const runcGroups = (pid: number, name: string) =>
+  Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n").filter(Boolean)
+    .map((l) => l.split(":")).filter((f) => f[2].includes(name))
+    .map((f) => `/sys/fs/cgroup/${f[1] ? f[1].replace("name=", "") : "unified"}${f[2]}`);
+
+/** Runs the bundle in `dir` as container `name`, detached: its init's pid, once it counts. */
+async function startRunc(dir: string, name: string): Promise<number> {
+  // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
+  const ran = await new Deno.Command("runc", {
+    args: ["run", "-d", name],
+    cwd: dir,
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  assert.ok(ran.success, "runc run -d");
+  const state = await new Deno.Command("runc", { args: ["state", name], stdout: "piped" }).output();
+  const init: number = JSON.parse(new TextDecoder().decode(state.stdout)).pid;
+  await waitUntil(
+    () => {
+      try {
+        return writtenCount(init) > 2;
+      } catch {
+        return false;
+      }
+    },
+    10000,
+    "the container to count",
+  );
+  return init;
 }
 
 /** The count a runc container's httpd serves from its tmpfs, asked inside its net namespace. */
@@ -741,28 +753,7 @@ Deno.test(
     let groups: string[] = [];
     try {
       await runcBundle(dir);
-      // Detached: the container keeps what it inherits open, so nothing of ours is piped to it.
-      const ran = await new Deno.Command("runc", {
-        args: ["run", "-d", name],
-        cwd: dir,
-        stdin: "null",
-        stdout: "null",
-        stderr: "null",
-      }).output();
-      assert.ok(ran.success, "runc run -d");
-      const state = JSON.parse(new TextDecoder().decode((await runc("state", name)).stdout));
-      const init: number = state.pid;
-      await waitUntil(
-        () => {
-          try {
-            return writtenCount(init) > 2;
-          } catch {
-            return false;
-          }
-        },
-        10000,
-        "the container to count",
-      );
+      const init = await startRunc(dir, name);
       const before = await servedCount(init);
       const mounts = Deno.readTextFileSync(`/proc/${init}/mountinfo`);
 
@@ -785,14 +776,58 @@ Deno.test(
       const strip = (text: string) =>
         text.split("\n").map((l) => l.split(" ").slice(3).join(" ")).sort().join("\n");
       assert.equal(strip(Deno.readTextFileSync(`/proc/${pid}/mountinfo`)), strip(mounts));
-      groups = Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n").filter(Boolean)
-        .map((l) => l.split(":")).filter((f) => f[2].includes(name))
-        .map((f) => `/sys/fs/cgroup/${f[1] ? f[1].replace("name=", "") : "unified"}${f[2]}`);
+      groups = runcGroups(pid, name);
       // It counts on into its tmpfs, and answers on its socket.
       const after = writtenCount(pid);
       assert.ok(after > before - 1, `it counts from ${after}, was at ${before}`);
       await waitUntil(() => writtenCount(pid) > after, 10000, "it to count on");
       assert.ok(await servedCount(pid) > after, "its httpd serves the count");
+    } finally {
+      if (restored) await killAndReap(restored.pid);
+      await runc("delete", "--force", name);
+      for (const g of groups) await removeGroup(g).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "container: a runc busybox container in a user namespace (0-65535 → 100000-) round-trips",
+    notInstalled("runc", "busybox", "nsenter", "ip"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-runc-" });
+    const name = `tardigrade-${Deno.pid}-${Date.now()}`;
+    const runc = (...args: string[]) =>
+      new Deno.Command("runc", { args, cwd: dir, stdin: "null", stdout: "null", stderr: "null" })
+        .output();
+    let restored: RestoreResult | undefined;
+    let groups: string[] = [];
+    try {
+      await runcBundle(dir, 100000);
+      const init = await startRunc(dir, name);
+      const creds = (pid: number) =>
+        Deno.readTextFileSync(`/proc/${pid}/status`).split("\n").filter((l) =>
+          /^(Uid|Gid|Groups|Cap\w+):/.test(l)
+        );
+      const before = { map: Deno.readTextFileSync(`/proc/${init}/uid_map`), creds: creds(init) };
+      assert.match(before.creds[0], /^Uid:\t100000\t/, "root inside is 100000 outside");
+      const count = await servedCount(init);
+
+      await checkpoint(init, `${dir}/image`);
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await runc("delete", "--force", name);
+
+      restored = await restore(`${dir}/image`);
+      const pid = restored.pid;
+      groups = runcGroups(pid, name);
+      assert.notEqual(ns(pid, "user"), ns(Deno.pid, "user"), "a user namespace of its own");
+      assert.equal(Deno.readTextFileSync(`/proc/${pid}/uid_map`), before.map);
+      assert.deepEqual(creds(pid), before.creds, "root inside, with the container's capabilities");
+      const after = writtenCount(pid);
+      await waitUntil(() => writtenCount(pid) > after, 10000, "it to count on into its tmpfs");
+      assert.ok(await servedCount(pid) >= count, "its httpd serves the count");
     } finally {
       if (restored) await killAndReap(restored.pid);
       await runc("delete", "--force", name);

@@ -377,3 +377,42 @@ export function setSysctls(values: Record<string, string> | undefined): Disposab
   }
   return { [Symbol.dispose]: putBack };
 }
+
+/** A cgroup made for a test in hierarchy directory `root`, removed after. */
+export function makeGroup(
+  root: string,
+  name: string,
+  settings: Record<string, string> = {},
+): string {
+  const dir = `${root}/${name}`;
+  Deno.mkdirSync(dir);
+  for (const [file, value] of Object.entries(settings)) {
+    Deno.writeTextFileSync(`${dir}/${file}`, value);
+  }
+  return dir;
+}
+
+/** Removes a test's cgroup once the processes in it are gone. */
+export async function removeGroup(dir: string): Promise<void> {
+  await waitUntil(
+    () => {
+      try {
+        Deno.removeSync(dir);
+        return true;
+      } catch (err) {
+        return err instanceof Deno.errors.NotFound;
+      }
+    },
+    5000,
+    `cgroup ${dir} to be empty and removed`,
+  );
+}
+
+/** The group of `pid` in the hierarchy `hierarchy` names in /proc/PID/cgroup. */
+export function groupOf(pid: number, hierarchy: string): string | undefined {
+  return Deno.readTextFileSync(`/proc/${pid}/cgroup`).split("\n")
+    .map((l) => l.split(":")).find((f) => f[1] === hierarchy)?.[2];
+}
+
+/** The v1 pids hierarchy and the v2 one of this machine. */
+export const CGROUP_PIDS = "/sys/fs/cgroup/pids", CGROUP_UNIFIED = "/sys/fs/cgroup/unified";

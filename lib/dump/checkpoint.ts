@@ -50,7 +50,9 @@ import {
   refuseOutsideHolders,
 } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
+import { inOwnUserNamespace } from "../namespaces/user.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
+import { JOINABLE_KINDS } from "../namespaces/joined.ts";
 import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
   type FileEntry,
@@ -92,7 +94,8 @@ export interface CheckpointOptions {
    * for fd N of `pid`. A pipe, FIFO, pseudo-terminal or connected UNIX socket whose other side a
    * process outside the dump holds is refused unless declared so (or skipped by a policy); a key
    * that names no descriptor is refused too. `net` leaves a container's net namespace out: the
-   * restore joins one handed in (`inheritFds: { net: N }`, N open on a net namespace).
+   * restore joins one handed in (`inheritFds: { net: N }`, N open on a net namespace); `user`
+   * its user namespace (`inheritFds: { user: N }`, one with the same maps).
    */
   external?: string[];
   /**
@@ -358,7 +361,7 @@ async function dumpProcess(
   const threads = frozenThreads.map((t) => dumpThread(pid, t, frozen.injectorFor(t.tid)));
   const seccompFilters = dumpSeccomp(pid, threads);
   // No restore by this tool could give them back: say so now, not at restore.
-  const caps = unattainableCapabilities(pid, threads);
+  const caps = unattainableCapabilities(pid, threads, inOwnUserNamespace(pid));
   if (caps) throw new DumpError(caps);
 
   // Pre-copy hook: the collector that holds the pre-copied runs, and those still clean.
@@ -437,8 +440,8 @@ async function dumpProcess(
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
- * and its pid, mount, UTS, IPC, time and net namespaces are dumped with it (other kinds are refused, naming
- * them). Every process's cgroups are recorded, and the limits of those the tool is not in.
+ * and its pid, mount, UTS, IPC, time, net, user and cgroup namespaces are dumped with it (what
+ * cannot be carried is refused, naming it). Every process's cgroups are recorded, and the limits of those the tool is not in.
  */
 export async function checkpoint(
   pid: number,
@@ -449,14 +452,14 @@ export async function checkpoint(
   // Before anything else: a second dump of the same process is refused, naming the first.
   using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
-  // `net` names no file: the container's net namespace, left out and joined at restore.
-  const externalNet = opts.external?.includes("net") ?? false;
+  // `net` and `user` name no file: the container's namespaces, left out and joined at restore.
+  const joined = JOINABLE_KINDS.filter((k) => opts.external?.includes(k));
   const external = new ExternalDeclarations(
-    (opts.external ?? []).filter((k) => k !== "net"),
+    (opts.external ?? []).filter((k) => !(joined as string[]).includes(k)),
     pid,
   );
   // A container: the namespaces its init lives in are dumped with it (or refused, named).
-  const kinds = containerKinds(pid, externalNet);
+  const kinds = containerKinds(pid, joined);
   refuseMountedHolders(pid, kinds);
   await policy.beforeFreeze?.(await Process.open(pid));
   using parent = opts.parent ? await ParentImage.open(opts.parent, dir) : undefined;
@@ -508,7 +511,7 @@ export async function checkpoint(
     tree = await freezeTree(pid, opts, stopped);
     refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
     // A container's sockets are asked of its own net namespace.
-    using _diag = kinds.includes("net") || externalNet
+    using _diag = kinds.includes("net") || joined.includes("net")
       ? diagInNamespaceOf(tree[0].injector)
       : undefined;
     const run: DumpRun = {
@@ -536,8 +539,8 @@ export async function checkpoint(
     run.heldFds = plans.flatMap((p) => p.fds.map((d) => d.fd));
     checkPeers(plans, run);
     // Inside a container, asked of its processes before the long copy.
-    const namespaces = kinds.length || externalNet
-      ? dumpNamespaces(pid, tree[0].injector, kinds, externalNet)
+    const namespaces = kinds.length || joined.length
+      ? dumpNamespaces(pid, tree[0].injector, kinds, joined, run.pids)
       : undefined;
     const innerPids = kinds.includes("pid")
       ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))

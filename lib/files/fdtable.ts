@@ -15,7 +15,6 @@ import {
   O,
   pidfdOpen,
   SETFL_MASK,
-  SYS,
   SyscallError,
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
@@ -220,11 +219,6 @@ function queuePathOpen(inj: Injector, how: PathOpen, fd: number): void {
   inj.queue("lseek", [fd, how.position, 0], how.seekMayFail ? () => {} : undefined);
 }
 
-/** Opens a pidfd of the tool inside the target, by the tool's pid (seen from the target). */
-function toolPidfdByPid(inj: Injector): bigint {
-  return inj.raw(SYS.pidfd_open, Deno.pid, 0);
-}
-
 /** A restored descriptor table whose last steps wait until every process and thread exists. */
 export interface RestoredFdTable {
   /**
@@ -253,8 +247,6 @@ export interface FdTableRestore {
   shared?: SharedFiles;
   /** Shared by every process of the restore: what handlers keep until the tree is made. */
   scope?: object;
-  /** Opens a pidfd of the tool inside the target (another pid namespace cannot name the tool). */
-  toolPidfd?: (inj: Injector) => bigint;
   /** The processes and threads of the restore (alone: this one, in the tool's pid namespace). */
   tasks?: RestoredTasks;
   /** The tool's descriptors handed in for external files, by key (checked: external.ts). */
@@ -271,8 +263,11 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   const { inj, mem, objects, scope } = env;
   const shared = env.shared ?? new Map();
   const tasks = env.tasks ?? { restored: (id: number) => id === p.pid, ownNamespace: false };
-  const toolPidfd = env.toolPidfd ?? toolPidfdByPid;
   const put = scratchAllocator(inj);
+  // Above every number of the table: the owners' pidfds, then the memory objects' fds.
+  const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
+  // The files the tool hands in, and those shared with processes made before, till it is made.
+  const batch = new FdBatch(inj, high, put);
   const pidfd = pidfdOpen(inj.pid);
   const firstFd = new Map<number, number>();
   for (const f of p.fds) if (!firstFd.has(f.file)) firstFd.set(f.file, f.fd);
@@ -283,7 +278,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     pidfd,
     put,
     putString: (s) => put(new TextEncoder().encode(s + "\0")),
-    toolPidfd: () => toolPidfd(inj),
+    handIn: (mine) => batch.handIn(mine),
     objectFd: (id) => objects.fd(id),
     fdOfFile: (id) => {
       const fd = firstFd.get(id);
@@ -385,8 +380,6 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
     }
     return true;
   };
-  // Above every number of the table: the owners' pidfds, then the memory objects' fds.
-  const high = Math.max(2, ...p.fds.map((f) => f.fd)) + 1;
   /**
    * The files from `order[i]` on that a batch can move (fd_batch.ts): shared with a process made
    * before, not deferred, each with one number, the lowest free one when it arrives.
@@ -456,7 +449,7 @@ export function restoreFdTable(p: ProcessEntry, env: FdTableRestore): RestoredFd
   try {
     using taker = new FdTaker(inj, high);
     takerNow = taker;
-    using batch = new FdBatch(inj, high, () => toolPidfd(inj), put);
+    using _batch = batch;
     objects.relocateFds(high + p.files.length + 1);
     const order = p.files.filter((f) => firstFd.has(f.id))
       .sort((a, b) => firstFd.get(a.id)! - firstFd.get(b.id)!);

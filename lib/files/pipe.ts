@@ -42,14 +42,7 @@ import type { Fd } from "../inspect/fds.ts";
 import type { FileEntry } from "../image/schema.ts";
 import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
-import {
-  bytesQueued,
-  fcntl,
-  injectClose,
-  injectOpen,
-  reopenFlags,
-  tryHandToTarget,
-} from "./util.ts";
+import { bytesQueued, fcntl, injectClose, injectOpen, reopenFlags } from "./util.ts";
 
 /** One end of a pipe. */
 export interface PipeEntry extends FileEntry {
@@ -166,7 +159,7 @@ function refill(write: number, size: number, data: Uint8Array): void {
  * /proc/<tool>/fd/<end> instead: a new open file on the same pipe (which has O_LARGEFILE set).
  */
 function secondEnd(ctx: FileRestoreContext, mine: number, end: "read" | "write"): number {
-  const fd = tryHandToTarget(ctx, mine);
+  const fd = ctx.handIn(mine);
   if (typeof fd === "number") return fd;
   const mode = end === "read" ? O.RDONLY : O.WRONLY;
   return injectOpen(ctx, `/proc/${Deno.pid}/fd/${mine}`, mode | O.NONBLOCK);

@@ -110,13 +110,11 @@ export interface FileRestoreContext {
   /** An fd in the target opened on a stored memory object (memfd, deleted file). */
   objectFd(id: number): number;
   /**
-   * Opens a pidfd of the tool inside the target, to take the tool's copy of a file with an
-   * injected pidfd_getfd; a negative errno on failure. Handlers must not name the tool by pid
-   * themselves: restored into a new pid namespace (`pidNamespace`), the target cannot see it;
-   * this then takes the pidfd from the namespace's init and throws if it cannot (so a fallback
-   * to /proc/<tool pid>, which would be another process in there, is never reached).
+   * Gives the target the tool's descriptor `mine`, the very open file, at the lowest free number
+   * without FD_CLOEXEC (sent over a socketpair the target made: a target in a user namespace of
+   * its own may not take it from the tool): that number, or why the target could not take it.
    */
-  toolPidfd(): bigint;
+  handIn(mine: number): number | string;
   /** The target fd number that a restored open file (by FileEntry id) now has. */
   fdOfFile(id: number): number;
   /** Target fd numbers as they will be once every descriptor is in place (for epoll). */

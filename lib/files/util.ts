@@ -1,15 +1,5 @@
 /** Small pieces the file handlers share: flag masks, fcntl, and opening files inside the target. */
-import {
-  AT_FDCWD,
-  errnoName,
-  F,
-  O,
-  SOCK_IOCTL,
-  SYS,
-  syscall,
-  SyscallError,
-  tryIoctlInt,
-} from "../../ffi/mod.ts";
+import { AT_FDCWD, O, SOCK_IOCTL, SYS, syscall, SyscallError, tryIoctlInt } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import { readStatus } from "../inspect/procfs.ts";
 import type { FileDumpContext, FileRestoreContext, PathOpen } from "./types.ts";
@@ -119,27 +109,9 @@ export function readU32(bytes: Uint8Array, at = 0): number {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(at, true);
 }
 
-/**
- * Gives the target the tool's descriptor `mine`: the very open file, taken with an injected
- * pidfd_getfd on the tool. Returns the target fd, or why the target could not take it.
- */
-export function tryHandToTarget(ctx: FileRestoreContext, mine: number): number | string {
-  const inj = ctx.injector;
-  const toolPidfd = ctx.toolPidfd();
-  if (toolPidfd < 0n) return `pidfd_open of the tool failed (${errnoName(Number(-toolPidfd))})`;
-  try {
-    const fd = inj.raw(SYS.pidfd_getfd, toolPidfd, mine, 0);
-    if (fd < 0n) return `pidfd_getfd from the tool failed (${errnoName(Number(-fd))})`;
-    inj.call("fcntl", fd, F.SETFD, 0); // pidfd_getfd sets FD_CLOEXEC; the fd table sets its own
-    return Number(fd);
-  } finally {
-    inj.queue("close", [toolPidfd]); // made with the next call
-  }
-}
-
-/** `tryHandToTarget`, throwing a RestoreError about `what` when the target cannot take it. */
+/** `FileRestoreContext.handIn`, throwing a RestoreError about `what` when the target cannot. */
 export function handToTarget(ctx: FileRestoreContext, mine: number, what: string): number {
-  const fd = tryHandToTarget(ctx, mine);
+  const fd = ctx.handIn(mine);
   if (typeof fd === "string") throw new RestoreError(`${what}: ${fd}`);
   return fd;
 }

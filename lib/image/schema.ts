@@ -502,6 +502,26 @@ export interface MountEntry {
   files?: TmpfsFileEntry[];
 }
 
+/** One range of a user namespace's uid or gid map, as /proc/PID/uid_map lists it. */
+export interface IdRange {
+  /** The first id of the range inside the namespace. */
+  inside: number;
+  /** The id it is outside (in the dumping tool's user namespace). */
+  outside: number;
+  /** How many ids the range holds. */
+  count: number;
+}
+
+/** A user namespace: its id maps and whether its processes may call setgroups. */
+export interface UserEntry {
+  /** Its uid map. */
+  uidMap: IdRange[];
+  /** Its gid map. */
+  gidMap: IdRange[];
+  /** /proc/PID/setgroups: `deny` (as `unshare --map-root-user` writes) forbids setgroups inside. */
+  setgroups: "allow" | "deny";
+}
+
 /** The names of a UTS namespace. */
 export interface UtsEntry {
   /** Its host name (sethostname). */
@@ -645,9 +665,13 @@ export interface NamespacesEntry {
    * The kinds made anew: `pid` (the root is pid 1 of a fresh pid namespace, every pid of the
    * image is the one inside), `mnt` (a copy of the restoring tool's mounts, private, with
    * `mounts` on it), `uts` (with `uts`), `ipc` (with the objects of `ipc`), `time` (with
-   * `time`), `net` (with `net`).
+   * `time`), `net` (with `net`), `user` (with `user`: made first, owning every other one; the
+   * credentials of every process and thread are then the ids it sees inside), `cgroup` (rooted at
+   * the groups the root is put back in).
    */
-  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net")[];
+  kinds: ("pid" | "mnt" | "uts" | "ipc" | "time" | "net" | "user" | "cgroup")[];
+  /** With `user`, or `user` joined: its id maps. */
+  user?: UserEntry;
   /** With `mnt`: the mounts the container had made over a copy of the tool's. */
   mounts?: MountEntry[];
   /** With `uts`: its names. */
@@ -659,7 +683,7 @@ export interface NamespacesEntry {
   /** With `net`: its devices, addresses, routes and sysctls. */
   net?: NetEntry;
   /** Kinds left out at dump (`--external net`): the restore joins a namespace handed in. */
-  joined?: "net"[];
+  joined?: ("net" | "user")[];
 }
 
 /** Everything needed to bring one process back. */

@@ -730,9 +730,21 @@ const NET_FIELDS: Fields = {
   sysctls: { list: { map: { path: "text", value: "text" } } },
 };
 
+/** One range of a user namespace's id map. */
+const ID_RANGE: Fields = { inside: "whole", outside: "whole", count: "whole" };
+
 /** `ProcessEntry.namespaces`: a container's namespaces. */
 const NAMESPACES_FIELDS: Fields = {
-  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net"] } },
+  kinds: { list: { oneOf: ["pid", "mnt", "uts", "ipc", "time", "net", "user", "cgroup"] } },
+  user: {
+    optional: {
+      map: {
+        uidMap: { list: { map: ID_RANGE } },
+        gidMap: { list: { map: ID_RANGE } },
+        setgroups: { oneOf: ["allow", "deny"] },
+      },
+    },
+  },
   mounts: {
     optional: {
       list: {
@@ -786,7 +798,7 @@ const NAMESPACES_FIELDS: Fields = {
     },
   },
   net: { optional: { map: NET_FIELDS } },
-  joined: { optional: { list: { oneOf: ["net"] } } },
+  joined: { optional: { list: { oneOf: ["net", "user"] } } },
 };
 
 function field(v: unknown, at: string, type: FieldType): void {

@@ -3,9 +3,9 @@
  * dump reads of each kind it carries, made anew by the restore inside the container's init (the
  * restored root) before it forks the rest of the tree, which inherits them; then checked. The
  * tool itself never enters them: everything inside runs as syscalls injected into the init.
- * The pid namespace itself is made by the restore's stub (pid_namespace.ts).
+ * The user namespace (user.ts) and the pid namespace (pid_namespace.ts) are made by the
+ * restore's stub, in this order, so that the user namespace owns every other one.
  */
-import { CLONE } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { NamespacesEntry } from "../image/schema.ts";
@@ -16,19 +16,27 @@ import { checkIpcCarried, makeIpc } from "./ipc.ts";
 import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
 import { dumpNet, makeNet, netDiffers } from "./net.ts";
+import { dumpUser, userDiffers } from "./user.ts";
+import { JOINABLE_KINDS, type JoinableKind, joinHandedIn, namespaceOfFd } from "./joined.ts";
+import { cgroupDiffers, checkCgroupRoot, makeCgroup } from "./cgroup.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
- * `kinds`; refuses what a restore would not make again.
+ * `kinds`, with the processes `tree`, leaving out those of `joined` (`--external`); refuses what
+ * a restore would not make again.
  */
 export function dumpNamespaces(
   pid: number,
   inj: Injector,
   kinds: CarriedKind[],
-  externalNet = false,
+  joined: readonly JoinableKind[] = [],
+  tree: readonly number[] = [pid],
 ): NamespacesEntry {
   const entry: NamespacesEntry = { kinds: [...kinds] };
-  if (externalNet) entry.joined = ["net"];
+  if (joined.length) entry.joined = [...joined];
+  // Joined or made, its maps say what the ids of the image mean.
+  if (kinds.includes("user") || joined.includes("user")) entry.user = dumpUser(pid, tree);
+  if (kinds.includes("cgroup")) checkCgroupRoot(pid, inj);
   if (kinds.includes("mnt")) entry.mounts = dumpMounts(pid);
   if (kinds.includes("uts")) entry.uts = dumpUts(inj);
   if (kinds.includes("ipc")) {
@@ -49,69 +57,57 @@ export interface JoinedNet {
   toolPidfd?: number;
 }
 
+/** The namespaces of kinds an image's container joins, handed in: the tool's descriptors. */
+export type JoinedFds = Partial<Record<JoinableKind, number>>;
+
 /**
- * Splits the descriptors handed in (`inheritFds`) into the net namespace a container of the
- * image joins (`net`) and the external files; refuses one missing, given for nothing, or not a
- * net namespace.
+ * Splits the descriptors handed in (`inheritFds`) into the namespaces a container of the image
+ * joins (`net`, `user`) and the external files; refuses one missing, given for nothing, or not a
+ * namespace.
  */
 export function checkJoined(
   entry: NamespacesEntry | undefined,
   given: Readonly<Record<string, number>>,
-): { net?: number; files: Record<string, number> } {
-  const { net, ...files } = given;
-  const joins = entry?.joined?.includes("net") ?? false;
-  if (net === undefined) {
-    if (!joins) return { files };
-    throw new RestoreError(
-      `the image's container was dumped with --external net: hand in the net namespace it ` +
-        `joins (--inherit-fd fd[N]:net, N open on /run/netns/NAME or /proc/PID/ns/net)`,
-    );
-  }
-  if (!joins) {
-    throw new RestoreError(`--inherit-fd fd[${net}]:net: the image joins no net namespace`);
-  }
-  if (!netnsOfFd(net)) {
-    throw new RestoreError(`--inherit-fd fd[${net}]:net: fd ${net} is not open on a net namespace`);
-  }
-  return { net, files };
-}
-
-/**
- * The namespace (`net:[N]`) tool descriptor `fd` is open on (through /proc/PID/ns/net or a bind
- * mount of it, as /run/netns/NAME), or null when it is not a namespace; setns then refuses one of
- * another kind.
- */
-function netnsOfFd(fd: number): string | null {
-  try {
-    const st = Deno.statSync(`/proc/self/fd/${fd}`);
-    return st.dev === Deno.statSync("/proc/self/ns/net").dev ? `net:[${st.ino}]` : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Moves the process `inj` runs in into the net namespace handed in as `joined`. */
-function joinNet(inj: Injector, joined: JoinedNet): void {
-  const pidfd = joined.toolPidfd ?? inj.call("pidfd_open", Deno.pid, 0);
-  try {
-    const fd = inj.call("pidfd_getfd", pidfd, joined.fd, 0);
-    try {
-      inj.call("setns", fd, CLONE.NEWNET);
-    } finally {
-      inj.call("close", fd);
+): { joined: JoinedFds; files: Record<string, number> } {
+  const files = { ...given };
+  const joined: JoinedFds = {};
+  for (const kind of JOINABLE_KINDS) {
+    const fd = files[kind];
+    delete files[kind];
+    const joins = entry?.joined?.includes(kind) ?? false;
+    if (fd === undefined) {
+      if (!joins) continue;
+      throw new RestoreError(
+        `the image's container was dumped with --external ${kind}: hand in the ${kind} ` +
+          `namespace it joins (--inherit-fd fd[N]:${kind}, N open on ${
+            kind === "net" ? "/run/netns/NAME or " : ""
+          }/proc/PID/ns/${kind})`,
+      );
     }
-  } finally {
-    if (joined.toolPidfd === undefined) inj.call("close", pidfd);
+    if (!joins) {
+      throw new RestoreError(
+        `--inherit-fd fd[${fd}]:${kind}: the image joins no ${kind} namespace`,
+      );
+    }
+    if (!namespaceOfFd(fd, kind)) {
+      throw new RestoreError(
+        `--inherit-fd fd[${fd}]:${kind}: fd ${fd} is not open on a ${kind} namespace`,
+      );
+    }
+    joined[kind] = fd;
   }
+  return { joined, files };
 }
 
 /**
- * Makes the namespaces of `entry` but pid (made already) in the restored init `inj` runs in,
- * before it forks the rest of the tree; joins the net namespace handed in (`joined`).
+ * Makes the namespaces of `entry` but user and pid (made already) in the restored init `inj`
+ * runs in, before it forks the rest of the tree; joins the net namespace handed in (`joined`).
  */
 export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: JoinedNet): void {
   try {
-    if (joined) joinNet(inj, joined);
+    // Once it is back in its groups (the restore puts it there first): they are its root.
+    if (entry.kinds.includes("cgroup")) makeCgroup(inj);
+    if (joined) joinHandedIn(inj, joined.fd, "net", joined.toolPidfd);
     if (entry.time) makeTime(inj, entry.time);
     if (entry.net) makeNet(inj, entry.net);
     if (entry.uts) makeUts(inj, entry.uts);
@@ -146,10 +142,19 @@ export function namespacesDiffer(
   inj: Injector,
   entry: NamespacesEntry,
   joined?: JoinedNet,
+  joinedUser?: number,
 ): string | null {
-  if (joined && Deno.readLinkSync(`/proc/${pid}/ns/net`) !== netnsOfFd(joined.fd)) {
+  if (joined && Deno.readLinkSync(`/proc/${pid}/ns/net`) !== namespaceOfFd(joined.fd, "net")) {
     return "it is not in the net namespace handed in";
   }
+  const user = joinedUser !== undefined && namespaceOfFd(joinedUser, "user");
+  if (user && Deno.readLinkSync(`/proc/${pid}/ns/user`) !== user) {
+    return "it is not in the user namespace handed in";
+  }
+  const maps = entry.user && userDiffers(pid, entry.user);
+  if (maps) return `its user namespace differs: ${maps}`;
+  const cgroup = entry.kinds.includes("cgroup") && cgroupDiffers(inj);
+  if (cgroup) return `its cgroup namespace differs: ${cgroup}`;
   if (entry.kinds.includes("mnt")) {
     const why = mountsDiffer(pid, entry.mounts ?? []);
     if (why) return `its mount namespace differs: ${why}`;

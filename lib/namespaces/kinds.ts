@@ -1,11 +1,13 @@
 /**
  * Which namespaces a process lives in, and which of them a dump carries. A process whose
  * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
- * IPC, time and net namespaces with it, and the restore makes fresh ones of the same kinds. Every other
- * kind, a process of the tree in a namespace of its own below the root's (a nested one), and a
- * namespace that a process outside the dump also lives in are refused, naming them.
+ * IPC, time, net, user and cgroup namespaces with it, and the restore makes fresh ones of the
+ * same kinds. Every other kind, a process of the tree in a namespace of its own below the root's
+ * (a nested one), and a namespace that a process outside the dump also lives in are refused,
+ * naming them.
  */
 import { DumpError } from "../errors.ts";
+import type { JoinableKind } from "./joined.ts";
 import {
   innermostPid,
   processState,
@@ -31,7 +33,16 @@ export const NAMESPACE_KINDS = [
 export type NamespaceKind = typeof NAMESPACE_KINDS[number];
 
 /** The kinds a dump takes and a restore makes anew. */
-export const CARRIED_KINDS = ["pid", "mnt", "uts", "ipc", "time", "net"] as const;
+export const CARRIED_KINDS = [
+  "pid",
+  "mnt",
+  "uts",
+  "ipc",
+  "time",
+  "net",
+  "user",
+  "cgroup",
+] as const;
 
 /** A kind of namespace a dump takes. */
 export type CarriedKind = typeof CARRIED_KINDS[number];
@@ -61,28 +72,42 @@ const isCarried = (k: NamespaceKind): k is CarriedKind =>
 
 /**
  * The namespaces the dump of the tree rooted at `root` makes anew (empty: it lives in the tool's);
- * with `externalNet` its net namespace is left out, to be joined at restore. Refuses a kind not
- * carried, and a pid namespace whose init is not `root`: the restore makes the
+ * those of `joined` (`--external net`, `--external user`) are left out, to be joined at restore.
+ * Refuses a kind not carried, and a pid namespace whose init is not `root`: the restore makes the
  * root pid 1 of a fresh one, which only the container's init may be.
  */
-export function containerKinds(root: number, externalNet = false): CarriedKind[] {
+export function containerKinds(root: number, joined: readonly JoinableKind[] = []): CarriedKind[] {
   let kinds = foreignKinds(root);
-  if (externalNet) {
-    if (!kinds.includes("net")) {
+  for (const kind of joined) {
+    if (!kinds.includes(kind)) {
       throw new DumpError(
-        `--external net: process ${root} lives in tardigrade's own net namespace, which a ` +
-          `restore is in anyway`,
+        `--external ${kind}: process ${root} lives in tardigrade's own ${kind} namespace, which ` +
+          `a restore is in anyway`,
       );
     }
-    kinds = kinds.filter((k) => k !== "net"); // joined at restore, not made
   }
+  const userns = kinds.includes("user");
+  kinds = kinds.filter((k) => !(joined as readonly string[]).includes(k)); // joined, not made
   const refused = kinds.filter((k) => !isCarried(k));
   if (refused.length) {
     throw new DumpError(
       `process ${root} lives in ${refused.length > 1 ? "namespaces" : "a namespace"} of its ` +
         `own (${refused.join(", ")}), which tardigrade does not dump yet (it carries pid, mnt, ` +
-        `uts, ipc, time and net namespaces); run tardigrade ` +
+        `uts, ipc, time, net, user and cgroup namespaces); run tardigrade ` +
         `inside them (nsenter --target ${root} --all) to dump it as a plain process`,
+    );
+  }
+  if (userns && !kinds.includes("pid")) {
+    throw new DumpError(
+      `process ${root} lives in a user namespace of its own but in tardigrade's pid namespace: ` +
+        `a user namespace is carried with the container's pid namespace (unshare --user --pid ` +
+        `--fork), whose processes the restore makes inside it`,
+    );
+  }
+  if (userns && joined.includes("net")) {
+    throw new DumpError(
+      `--external net: process ${root} lives in a user namespace of its own, from which a ` +
+        `restore cannot join a net namespace of tardigrade's`,
     );
   }
   if (kinds.includes("pid")) {
@@ -152,7 +177,11 @@ export function refuseOutsideHolders(root: number, tree: readonly number[], kind
       } catch { /* gone meanwhile */ }
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by process ${pid} (${comm}), ` +
-          `which is not in the dump: a restore would part them`,
+          `which is not in the dump: a restore would part them${
+            k === "net" || k === "user"
+              ? ` (--external ${k} leaves it out, to be joined at restore)`
+              : ""
+          }`,
       );
     }
   }
@@ -171,7 +200,9 @@ export function refuseMountedHolders(root: number, kinds: CarriedKind[]): void {
       throw new DumpError(
         `the ${k} namespace of container ${root} is also held by a mount on ${held.mountPoint}, ` +
           `outside the dump: a restore would part them${
-            k === "net" ? " (--external net leaves it out, to be joined at restore)" : ""
+            k === "net" || k === "user"
+              ? ` (--external ${k} leaves it out, to be joined at restore)`
+              : ""
           }`,
       );
     }

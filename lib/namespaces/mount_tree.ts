@@ -15,6 +15,7 @@ import type { Injector } from "../ptrace/inject.ts";
 import type { MountEntry } from "../image/schema.ts";
 import type { MountInfo } from "../inspect/procfs.ts";
 import { dumpTmpfsFiles, makeTmpfsFiles } from "./tmpfs_files.ts";
+import { optionsInside } from "./user.ts";
 
 /** File systems a container's init mounts afresh: their contents are its namespaces'. */
 const FRESH = ["proc", "sysfs", "tmpfs", "devpts", "mqueue"];
@@ -139,17 +140,26 @@ export function makeMount(inj: Injector, m: MountEntry, prefix: string, toolPath
     remount(MS.BIND, ""); // a bind takes its source's flags: its own
     return;
   }
-  const data = m.superOptions.split(",").filter((o) => o !== "rw" && o !== "ro").join(",");
-  // Writable until its files are in.
+  // Owners (tmpfs uid=, devpts gid=) as the init names them in its user namespace.
+  const data = optionsInside(
+    inj.pid,
+    m.superOptions.split(",").filter((o) => o !== "rw" && o !== "ro"),
+  )
+    .join(",");
+  // Writable until its files are in; else read-only at once when its superblock is: a
+  // superblock of another user namespace than the mounter's (sysfs's is the machine's) cannot be
+  // made read-only by a remount from inside a container's.
+  const readOnlySuper = m.superOptions.split(",").includes("ro");
+  const first = m.files || !readOnlySuper ? flags & ~MS.RDONLY : flags | MS.RDONLY;
   inj.call(
     "mount",
     str(m.source, 0),
     str(target, 1024),
     str(m.fsType, 2048),
-    flags & ~MS.RDONLY,
+    first,
     data ? str(data, 2304) : 0,
   );
   if (m.files) makeTmpfsFiles(inj, `${toolPath}${target}`, target, m.files);
-  if (m.superOptions.split(",").includes("ro")) remount(MS.RDONLY, data); // the superblock too
-  else if (flags & MS.RDONLY) remount(MS.BIND, "");
+  if (readOnlySuper && m.files) remount(MS.RDONLY, data); // the superblock too
+  else if (flags & MS.RDONLY && !(first & MS.RDONLY)) remount(MS.BIND, "");
 }

@@ -4,12 +4,13 @@
  * and FIFOs; owner, permissions and modification time; hard links as links) and the restore
  * writes them into the fresh tmpfs before anything is mounted on it. The tool reads and writes
  * them through /proc/PID/root of the container's init, which walks the init's mounts without the
- * tool entering its namespace; device nodes and FIFOs are made by an injected mknod in the init.
+ * tool entering its namespace; the init makes each (injected mkdir, open, symlink, link, mknod),
+ * which in a user namespace of the container's only a process inside may.
  * A mount point inside the tmpfs (a directory or file another mount covers) is recorded as an
  * empty directory or file. UNIX socket files are the socket code's (a bound socket makes its
  * own); extended attributes are not carried.
  */
-import { cstring } from "../../ffi/mod.ts";
+import { AT_FDCWD, cstring, O } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { TmpfsFileEntry } from "../image/schema.ts";
@@ -93,18 +94,25 @@ export function makeTmpfsFiles(
       );
     }
     const full = `${dir}/${f.path}`;
+    // Made by the init, which may create files in a tmpfs of its user namespace (the tool, whose
+    // ids that namespace does not map, may not); their bytes, owners and modes are the tool's.
+    const inside = (path: string, at: number) => inj.put(cstring(`${inDir}/${path}`), at);
     switch (f.type) {
       case "dir":
-        Deno.mkdirSync(full);
+        inj.call("mkdir", inside(f.path, 0), 0o700);
         break;
-      case "file":
-        Deno.writeFileSync(full, f.data ?? new Uint8Array());
+      case "file": {
+        const flags = O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC;
+        inj.call("close", inj.call("openat", AT_FDCWD, inside(f.path, 0), flags, 0o600));
+        // Without O_CREAT: a file of another owner in a sticky directory may be written.
+        Deno.writeFileSync(full, f.data ?? new Uint8Array(), { create: false });
         break;
+      }
       case "symlink":
-        Deno.symlinkSync(f.target!, full);
+        inj.call("symlink", inj.put(cstring(f.target!), 0), inside(f.path, 4096));
         continue; // its owner and times are not set (no lchown here)
       case "link":
-        Deno.linkSync(`${dir}/${f.target}`, full);
+        inj.call("link", inside(f.target!, 0), inside(f.path, 4096));
         continue;
       default:
         inj.call(

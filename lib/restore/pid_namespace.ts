@@ -35,7 +35,6 @@ import {
   setRegs,
   setSigMask,
   SIG,
-  SYS,
   WAIT,
   waitpid,
 } from "../../ffi/mod.ts";
@@ -163,7 +162,7 @@ export class PidNamespace {
     readonly init: number,
     /** Runs syscalls in the init; null when the init is the restored root (a container's). */
     readonly injector: Injector | null,
-    /** The init's descriptor of a pidfd of the tool, until `release`. */
+    /** A container's init's descriptor of a pidfd of the tool, until `dropToolPidfd` (else -1). */
     readonly toolPidfdFd: number,
     /** The stub's scratch region, which the init has a copy of. */
     readonly stubScratch: { start: bigint; end: bigint } | null,
@@ -173,7 +172,8 @@ export class PidNamespace {
    * Makes the namespace of a container's restored root, which is its init (pid 1): forked from
    * the seized, stopped stub, traced and stopped, a copy of the stub until the restore builds it
    * (as `forkRoot` would give). It keeps the tool's pidfd at a descriptor above every one the
-   * image gives it (`keptFd`), for the processes of the namespace, until `dropToolPidfd`.
+   * image gives it (`keptFd`), for a net namespace handed in (`joinHandedIn`), until
+   * `dropToolPidfd`.
    */
   static createForContainer(stub: Injector, image: ProcessEntry): PidNamespace {
     // High, for the image's descriptors are below it, but not so high the table grows large.
@@ -206,18 +206,16 @@ export class PidNamespace {
 
   /**
    * Makes the namespace and its init (traced, stopped) from the seized, stopped stub; `mountProc`
-   * comes next. The stub first opens a pidfd of the tool, which the init inherits: the tool has
-   * no pid inside the namespace, so a restored process takes it from the init (`toolPidfd`).
+   * comes next.
    */
   static create(stub: Injector): PidNamespace {
-    const toolPidfdFd = Number(stub.call("pidfd_open", Deno.pid, 0));
     stub.call("unshare", CLONE.NEWPID);
     const init = forkWithPid(stub, 1);
     try {
       const inj = new Injector(init, init, new RemoteMemory(init), stub.site, {
         diesWithTool: true,
       });
-      return new PidNamespace(init, inj, toolPidfdFd, stub.scratchRange);
+      return new PidNamespace(init, inj, -1, stub.scratchRange);
     } catch (err) {
       kill(init, SIG.SIGKILL);
       waitpid(init); // as its tracer; the stub, its parent, is ended by the caller
@@ -252,28 +250,7 @@ export class PidNamespace {
   }
 
   /**
-   * Opens, inside `target` (a process of the namespace), a pidfd of the tool: the init's copy
-   * taken with pidfd_getfd, since the tool cannot be named by pid in there.
-   */
-  toolPidfd(target: Injector): bigint {
-    if (this.#released) throw new RestoreError("the namespace's init was already released");
-    const initPidfd = target.raw(SYS.pidfd_open, 1, 0); // pid 1 inside: the init
-    if (initPidfd < 0n) {
-      throw new RestoreError(`pidfd_open of the namespace's init failed (errno ${-initPidfd})`);
-    }
-    try {
-      const fd = target.raw(SYS.pidfd_getfd, initPidfd, this.toolPidfdFd, 0);
-      if (fd < 0n) {
-        throw new RestoreError(`pidfd_getfd from the namespace's init failed (errno ${-fd})`);
-      }
-      return fd;
-    } finally {
-      target.call("close", initPidfd);
-    }
-  }
-
-  /**
-   * Lets the init go: it closes every descriptor (the tool's pidfd too), moves to "/", and runs
+   * Lets the init go: it closes every descriptor, moves to "/", and runs
    * its reaper loop from a private page with every signal blocked, no longer traced.
    */
   release(): void {

@@ -38,7 +38,13 @@ import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
-import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
+import {
+  checkJoined,
+  type JoinedFds,
+  makeNamespaces,
+  namespacesDiffer,
+} from "../namespaces/container.ts";
+import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -131,7 +137,8 @@ export interface RestoreOptions {
    * `{ "pipe:[12345]": 1 }` gives the restored writer this process's stdout. An external file
    * not handed in, a key the image has no external file of, and an fd not open with the file's
    * access mode are refused before anything is made. `net` hands in the net namespace a
-   * container dumped with `external: ["net"]` joins (an fd open on it, as /run/netns/NAME).
+   * container dumped with `external: ["net"]` joins (an fd open on it, as /run/netns/NAME), `user`
+   * the user namespace one dumped with `external: ["user"]` joins (open on /proc/PID/ns/user).
    */
   inheritFds?: Readonly<Record<string, number>>;
   /**
@@ -242,6 +249,7 @@ async function preflight(
   p: ProcessEntry,
   file: string,
   inNewPidNamespace: boolean,
+  ownUserNamespace: boolean,
   liveMs = 0,
 ): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
@@ -257,6 +265,7 @@ async function preflight(
   const caps = unattainableCapabilities(
     p.pid,
     p.threads.map((t) => ({ ...t, creds: t.creds ?? p.creds })),
+    ownUserNamespace,
   );
   if (caps) throw new RestoreError(`cannot restore: ${caps}`);
   const vdso = vdsoMismatch(p.special);
@@ -437,8 +446,6 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   const { entry: p, inj, mem } = m;
   const asb = m.asb!;
   stage("files", p);
-  const ns = shares.namespace;
-  const toolPidfd = ns ? (target: Injector) => ns.toolPidfd(target) : undefined;
   // A table shared with a process made before (CLONE_FILES) is restored once, by that one.
   if (p.sharesFilesWith === undefined) {
     m.files = restoreFdTable(p, {
@@ -447,7 +454,6 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
       objects: asb.objects,
       shared: shares.files,
       scope: shares.scope,
-      toolPidfd,
       tasks: shares.tasks,
       inherited: shares.inherited,
     });
@@ -660,7 +666,7 @@ async function restoreTree(
   let container: NamespacesEntry | undefined;
   let cgroups: CgroupRestore;
   let containerPid = false;
-  let joinedNetFd: number | undefined;
+  let joinedFds: JoinedFds = {};
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
@@ -686,8 +692,18 @@ async function restoreTree(
         `${PROCESS_META}.cbor: a container's root is not pid 1 of its namespace`,
       );
     }
+    const userKind = (container?.kinds.includes("user") || container?.joined?.includes("user")) ??
+      false;
+    if (userKind !== (container?.user !== undefined) || (userKind && !containerPid)) {
+      throw new ImageError(
+        `${PROCESS_META}.cbor: a container's user namespace comes with its maps and a pid ` +
+          `namespace`,
+      );
+    }
+    const groups = container?.user && groupsProblem(container.user, entries);
+    if (groups) throw new RestoreError(`cannot restore: ${groups}`);
     const given = checkJoined(container, opts.inheritFds ?? {});
-    joinedNetFd = given.net;
+    joinedFds = given.joined;
     inherited = checkInherited(entries, given.files);
     for (const [i, p] of entries.entries()) {
       const file = `${i === 0 ? PROCESS_META : processMetaName(p.pid)}.cbor`;
@@ -695,6 +711,7 @@ async function restoreTree(
         p,
         file,
         opts.pidNamespace === true || containerPid,
+        container?.user !== undefined,
         opts.pidsFreedWithinMs,
       );
     }
@@ -746,13 +763,17 @@ async function restoreTree(
       shares.namespace = PidNamespace.create(stub.injector);
       shares.namespace.mountProc();
     } else if (containerPid) {
+      // Its user namespace first, which then owns the others, made inside it.
+      if (container?.user) {
+        enterUserNamespace(stub.injector, container.user, entries[0].creds.groups, joinedFds.user);
+      }
       // A container's init is the restored root: pid 1 of the namespace the stub makes.
       shares.namespace = PidNamespace.createForContainer(stub.injector, entries[0]);
     }
     // The net namespace handed in, taken by the init through its pidfd of the tool.
-    const joined = joinedNetFd === undefined
+    const joined = joinedFds.net === undefined
       ? undefined
-      : { fd: joinedNetFd, toolPidfd: shares.namespace?.toolPidfdFd };
+      : { fd: joinedFds.net, toolPidfd: shares.namespace?.toolPidfdFd };
     const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
@@ -838,7 +859,7 @@ async function restoreTree(
     shares.namespace?.dropToolPidfd(making[0].inj);
     stage("verify", entries[0]);
     const nsDiffer = container &&
-      namespacesDiffer(making[0].pid, making[0].inj, container, joined);
+      namespacesDiffer(making[0].pid, making[0].inj, container, joined, joinedFds.user);
     if (nsDiffer) {
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
     }

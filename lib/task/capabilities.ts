@@ -31,9 +31,16 @@ function attainable(): bigint {
 /**
  * Why the threads' capabilities could not be given back by this tool, naming the process, the
  * thread, the set and the capabilities; undefined when they all can. A restore that let them go
- * would run the program with fewer privileges than it had (or refuse it: verify.ts).
+ * would run the program with fewer privileges than it had (or refuse it: verify.ts). In a user
+ * namespace of its own (`ownUserNamespace`) every one can: they are the namespace's, and its
+ * maker has them all there.
  */
-export function unattainableCapabilities(pid: number, threads: ThreadEntry[]): string | undefined {
+export function unattainableCapabilities(
+  pid: number,
+  threads: ThreadEntry[],
+  ownUserNamespace = false,
+): string | undefined {
+  if (ownUserNamespace) return undefined;
   const have = attainable();
   for (const t of threads) {
     if (!t.creds) continue;

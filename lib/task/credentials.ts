@@ -6,6 +6,7 @@
 import type { Credentials } from "../image/schema.ts";
 import { hexMask, readStatus } from "../inspect/procfs.ts";
 import type { Injector } from "../ptrace/inject.ts";
+import { idMapsOf, insideId } from "../namespaces/user.ts";
 import {
   currentCapabilities,
   dumpSecurebits,
@@ -16,14 +17,20 @@ import {
   setSecurebits,
 } from "./capabilities.ts";
 
-/** The credentials of thread `tid` of process `pid` (the main thread by default), from /proc. */
+/**
+ * The credentials of thread `tid` of process `pid` (the main thread by default), from /proc: the
+ * ids it sees, translated through the maps of its user namespace when that is not the tool's.
+ */
 export function dumpCredentials(pid: number, tid = pid): Credentials {
   const status = readStatus(pid, tid);
-  const ids = (name: string) => (status.get(name) ?? "").split(/\s+/).map(Number);
+  const maps = idMapsOf(pid);
+  const ids = (name: string, kind: "uid" | "gid") =>
+    (status.get(name) ?? "").split(/\s+/).filter(Boolean).map(Number)
+      .map((id) => maps ? insideId(maps[kind], id) : id);
   return {
-    uids: ids("Uid"),
-    gids: ids("Gid"),
-    groups: (status.get("Groups") ?? "").split(/\s+/).filter(Boolean).map(Number),
+    uids: ids("Uid", "uid"),
+    gids: ids("Gid", "gid"),
+    groups: ids("Groups", "gid"),
     capInh: hexMask(status.get("CapInh")),
     capPrm: hexMask(status.get("CapPrm")),
     capEff: hexMask(status.get("CapEff")),
@@ -32,11 +39,14 @@ export function dumpCredentials(pid: number, tid = pid): Credentials {
   };
 }
 
+const same = (x: readonly number[], y: readonly number[]) =>
+  x.length === y.length && x.every((v, i) => v === y[i]);
+
+const sameGroups = (a: readonly number[], b: readonly number[]) =>
+  same([...a].sort((x, y) => x - y), [...b].sort((x, y) => x - y));
+
 function sameCredentials(a: Credentials, b: Credentials): boolean {
-  const same = (x: readonly number[], y: readonly number[]) =>
-    x.length === y.length && x.every((v, i) => v === y[i]);
-  return same(a.uids, b.uids) && same(a.gids, b.gids) &&
-    same([...a.groups].sort((x, y) => x - y), [...b.groups].sort((x, y) => x - y)) &&
+  return same(a.uids, b.uids) && same(a.gids, b.gids) && sameGroups(a.groups, b.groups) &&
     a.capInh === b.capInh && a.capPrm === b.capPrm && a.capEff === b.capEff &&
     a.capBnd === b.capBnd && a.capAmb === b.capAmb;
 }
@@ -44,7 +54,8 @@ function sameCredentials(a: Credentials, b: Credentials): boolean {
 /**
  * Gives the thread `inj` runs in its credentials and securebits. It starts as the tool's root
  * with every capability the tool has, and each step needs what a later one takes away:
- * - groups and gids first (CAP_SETGID);
+ * - groups (unless they are the thread's already: a user namespace may deny setgroups) and gids
+ *   first (CAP_SETGID);
  * - the inheritable set, then the ambient set (a capability is raised only while permitted and
  *   inheritable), then the bounding set (CAP_SETPCAP; no new inheritable outside it after);
  * - the uids under SECBIT_NO_SETUID_FIXUP, so leaving uid 0 clears no capability yet;
@@ -58,11 +69,12 @@ export function restoreCredentials(
 ): void {
   // Often what the thread has already (a root program's are the tool's): read from outside, and
   // the securebits (`securebitsNow`, asked in the thread), instead of the fifteen or more calls.
-  if (sameCredentials(dumpCredentials(inj.pid, inj.tid), c) && securebitsNow === securebits) {
-    return;
+  const now = dumpCredentials(inj.pid, inj.tid);
+  if (sameCredentials(now, c) && securebitsNow === securebits) return;
+  if (!sameGroups(now.groups, c.groups)) {
+    const groups = new Uint32Array(c.groups);
+    inj.call("setgroups", groups.length, inj.put(new Uint8Array(groups.buffer), 0));
   }
-  const groups = new Uint32Array(c.groups);
-  inj.call("setgroups", groups.length, inj.put(new Uint8Array(groups.buffer), 0));
   inj.call("setresgid", c.gids[0], c.gids[1], c.gids[2]);
   inj.call("setfsgid", c.gids[3]);
 

@@ -2,7 +2,7 @@
  * What an image holds, summarized per process: threads, mappings, descriptors, totals. What
  * `tardigrade inspect` and the REPL's `inspect()` show.
  */
-import type { FileEntry, NamespacesEntry, ProcessEntry } from "../image/schema.ts";
+import type { FileEntry, IdRange, NamespacesEntry, ProcessEntry } from "../image/schema.ts";
 import { type ImageManifest, ImageReader } from "../image/mod.ts";
 import { hex } from "./format.ts";
 
@@ -174,6 +174,11 @@ function namespacesOf(ns: NamespacesEntry): string[] {
       return `time ${s(BigInt(ns.time.monotonic))} monotonic, ${
         s(BigInt(ns.time.boottime))
       } boottime`;
+    }
+    if (k === "user" && ns.user) {
+      const map = (m: IdRange[]) => m.map((r) => `${r.inside}:${r.outside}:${r.count}`).join(",");
+      return `user uids ${map(ns.user.uidMap)} gids ${map(ns.user.gidMap)} ` +
+        `(setgroups ${ns.user.setgroups})`;
     }
     return k;
   });
