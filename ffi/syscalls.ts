@@ -28,6 +28,7 @@ export const SYS = {
   shmget: 29,
   shmat: 30,
   shmctl: 31,
+  shmdt: 67,
   dup: 32,
   dup2: 33,
   nanosleep: 35,
@@ -49,6 +50,10 @@ export const SYS = {
   msgsnd: 69,
   msgrcv: 70,
   msgctl: 71,
+  mq_open: 240,
+  mq_timedsend: 242,
+  mq_timedreceive: 243,
+  mq_getsetattr: 245,
   fcntl: 72,
   flock: 73,
   fdatasync: 75,
@@ -273,9 +278,17 @@ export interface Stat {
 
 /** fstat(2) of a raw descriptor (`struct stat` is 144 bytes on x86_64). */
 export function fstat(fd: number): Stat {
-  const buf = new Uint8Array(144);
+  const buf = new Uint8Array(STAT_SIZE);
   syscall("fstat", fd, addressOf(buf));
-  const dv = new DataView(buf.buffer);
+  return decodeStat(buf);
+}
+
+/** The size of `struct stat` (x86_64). */
+export const STAT_SIZE = 144;
+
+/** A `struct stat` as fstat(2) wrote it (here or, injected, in another process). */
+export function decodeStat(buf: Uint8Array): Stat {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
   return {
     dev: dv.getBigUint64(0, true),
     ino: dv.getBigUint64(8, true),

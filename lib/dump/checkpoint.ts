@@ -18,6 +18,7 @@ import { inheritsMemory, type ParentMemory } from "../memory/cow.ts";
 import { MemoryObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
+import type { SysvSegment } from "../memory/sysv_shm.ts";
 import { PageCollector } from "./page_collector.ts";
 import { DumpLock } from "./dump_lock.ts";
 import { NetworkLock } from "../network/lock.ts";
@@ -51,6 +52,7 @@ import {
 } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
+import { segmentTable } from "../namespaces/shm_segments.ts";
 import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
   type FileEntry,
@@ -277,6 +279,8 @@ interface DumpRun {
   pre?: PreCopy;
   /** Told the bytes written so far for the process being dumped. */
   onProgress?: (bytes: number) => void;
+  /** A container's System V segments, by id, when it has an IPC namespace of its own. */
+  segments?: Map<number, SysvSegment>;
 }
 
 /**
@@ -411,6 +415,7 @@ async function dumpProcess(
       objects,
       precopied,
       parent,
+      segments: run.segments,
     });
     await pages.drain();
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
@@ -539,6 +544,8 @@ export async function checkpoint(
     const namespaces = kinds.length || externalNet
       ? dumpNamespaces(pid, tree[0].injector, kinds, externalNet)
       : undefined;
+    // Its processes attach the segments of its IPC namespace, not of the tool's.
+    if (kinds.includes("ipc")) run.segments = segmentTable(namespaces?.ipc?.shm ?? []);
     const innerPids = kinds.includes("pid")
       ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))
       : undefined;

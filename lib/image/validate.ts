@@ -772,6 +772,44 @@ const NAMESPACES_FIELDS: Fields = {
       map: {
         msg: { list: { map: { ...SYSV_OBJECT_FIELDS, qbytes: "whole", messages: MESSAGES } } },
         sem: { list: { map: { ...SYSV_OBJECT_FIELDS, values: { list: "whole" } } } },
+        shm: {
+          optional: {
+            list: {
+              map: {
+                ...SYSV_OBJECT_FIELDS,
+                size: "whole",
+                removed: "bool",
+                data: { optional: "bytes" },
+              },
+            },
+          },
+        },
+        mqueues: {
+          optional: {
+            list: {
+              map: {
+                name: "text",
+                uid: "whole",
+                gid: "whole",
+                mode: "whole",
+                maxmsg: "whole",
+                msgsize: "whole",
+                messages: { list: { map: { priority: "whole", data: "bytes" } } },
+              },
+            },
+          },
+        },
+        mqueueLimits: {
+          optional: {
+            map: {
+              msgMax: "whole",
+              msgsizeMax: "whole",
+              msgDefault: "whole",
+              msgsizeDefault: "whole",
+              queuesMax: "whole",
+            },
+          },
+        },
       },
     },
   },

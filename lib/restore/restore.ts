@@ -351,6 +351,8 @@ interface Shares {
   tasks: RestoredTasks;
   /** The tool's descriptors handed in for external files, by key. */
   inherited: ReadonlyMap<string, number>;
+  /** In a container's IPC namespace: its init made the System V segments, each process attaches. */
+  containerIpc: boolean;
 }
 
 /** The processes, threads and zombies `entries` make. */
@@ -386,7 +388,7 @@ function buildMemory(
   progress: (bytes: number) => void,
 ): Promise<number> {
   if (!m.asb) {
-    m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+    m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry, run.shares.containerIpc);
     m.asb.empty(run.shares.namespace?.keptFd(m.pid));
   }
   return m.inj.batch(() => buildAddressSpace(m, run, progress));
@@ -731,6 +733,7 @@ async function restoreTree(
     pids: new PidMap(),
     tasks: tasksOf(entries, opts.pidNamespace === true || containerPid),
     inherited,
+    containerIpc: container?.kinds.includes("ipc") ?? false,
   };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
@@ -814,7 +817,7 @@ async function restoreTree(
     // child to inherit their memory): a process holds copies of its maker's mappings and fds.
     for (const m of making) {
       if (m.asb) continue;
-      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry, shares.containerIpc);
       m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {

@@ -158,8 +158,16 @@ function namespacesOf(ns: NamespacesEntry): string[] {
     }
     if (k === "ipc" && ns.ipc) {
       const messages = ns.ipc.msg.reduce((n, q) => n + q.messages.length, 0);
+      const shm = ns.ipc.shm ?? [];
+      const mqueues = ns.ipc.mqueues ?? [];
+      const posted = mqueues.reduce((n, q) => n + q.messages.length, 0);
       return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
-        `${ns.ipc.sem.length} semaphore sets`;
+        `${ns.ipc.sem.length} semaphore sets` +
+        (shm.length ? `, ${shm.length} shared memory segments` : "") +
+        (mqueues.length
+          ? `, POSIX message queues ${mqueues.map((q) => `/${q.name}`).join(" ")} ` +
+            `(${posted} messages)`
+          : "");
     }
     if (k === "net" && ns.net) {
       const links = ns.net.links.map((l) =>
