@@ -67,6 +67,9 @@ export const SHM = { RDONLY: 0o10000, EXEC: 0o100000, DEST: 0o1000, LOCKED: 0o20
  */
 export const MQ_ATTR = { size: 64, maxmsg: 8, msgsize: 16, curmsgs: 24 } as const;
 
+/** The statfs type of the mqueue file system, which a POSIX message queue's descriptor is open on. */
+export const MQUEUE_MAGIC = 0x19800202;
+
 /** `struct shmid64_ds` (x86_64). */
 const SHMID_DS_SIZE = 112;
 

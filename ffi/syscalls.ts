@@ -22,6 +22,7 @@ export const SYS = {
   rt_sigprocmask: 14,
   ioctl: 16,
   pread64: 17,
+  statfs: 137,
   pipe: 22,
   mremap: 25,
   madvise: 28,
@@ -300,6 +301,13 @@ export function decodeStat(buf: Uint8Array): Stat {
     atimeNs: dv.getBigInt64(72, true) * 1_000_000_000n + dv.getBigInt64(80, true),
     mtimeNs: dv.getBigInt64(88, true) * 1_000_000_000n + dv.getBigInt64(96, true),
   };
+}
+
+/** The file system type (statfs(2) `f_type`) of `path` (through /proc's links: an open file's). */
+export function fsMagic(path: string): number {
+  const buf = new Uint8Array(120); // struct statfs (x86_64), f_type first
+  syscall("statfs", addressOf(cstring(path)), addressOf(buf));
+  return Number(new DataView(buf.buffer).getBigInt64(0, true));
 }
 
 /** stat(2) of a path (following a symlink, or /proc's magic links to open files). */
