@@ -36,6 +36,7 @@ export {
   type Credentials,
   type FdEntry,
   type FileEntry,
+  type FirewallEntry,
   type IpcEntry,
   type ItimerEntry,
   type MappingEntry,

@@ -693,6 +693,18 @@ export interface NetEntry {
   routes: NetRouteEntry[];
   /** Its sysctls under net.ipv4.conf and net.ipv6.conf: path below /proc/sys/net, and value. */
   sysctls: { path: string; value: string }[];
+  /** Its firewall (absent: none, and in older images). */
+  firewall?: FirewallEntry;
+}
+
+/** The firewall of a container's net namespace. */
+export interface FirewallEntry {
+  /** Its whole ruleset as `nft list ruleset` prints it, counters included. */
+  ruleset: string;
+  /** `iptables-save -c` of its IPv4 tables, which `iptables-restore -c` makes (not nft). */
+  iptables?: string;
+  /** `ip6tables-save -c` of its IPv6 tables, which `ip6tables-restore -c` makes. */
+  ip6tables?: string;
 }
 
 /**

@@ -728,6 +728,11 @@ const NET_FIELDS: Fields = {
   },
   routes: { list: NET_ROUTE },
   sysctls: { list: { map: { path: "text", value: "text" } } },
+  firewall: {
+    optional: {
+      map: { ruleset: "text", iptables: { optional: "text" }, ip6tables: { optional: "text" } },
+    },
+  },
 };
 
 /** `ProcessEntry.namespaces`: a container's namespaces. */

@@ -175,7 +175,10 @@ function namespacesOf(ns: NamespacesEntry): string[] {
           ? `${l.name} (veth to ${l.peer.name}${l.peer.master ? ` on ${l.peer.master}` : ""})`
           : l.name
       );
-      return `net ${links.join(", ")}, ${ns.net.routes.length} routes`;
+      const firewall = ns.net.firewall
+        ? `, firewall of ${ns.net.firewall.ruleset.match(/^table /gm)?.length ?? 0} tables`
+        : "";
+      return `net ${links.join(", ")}, ${ns.net.routes.length} routes${firewall}`;
     }
     if (k === "time" && ns.time) {
       const s = (offset: bigint) => `${offset < 0n ? "" : "+"}${Number(offset) / 1e9} s`;
