@@ -281,6 +281,8 @@ interface DumpRun {
   onProgress?: (bytes: number) => void;
   /** A container's System V segments, by id, when it has an IPC namespace of its own. */
   segments?: Map<number, SysvSegment>;
+  /** A container's net namespace: its own, or one joined at restore (`--external net`). */
+  containerNet?: "own" | "joined";
 }
 
 /**
@@ -385,6 +387,7 @@ async function dumpProcess(
       heldFds: run.heldFds,
       outside: run.outside,
       leaveRunning: run.ending.leaveRunning,
+      containerNet: run.containerNet,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
       networkLock: run.networkLock,
       storeObject: (fd: Fd) =>
@@ -530,6 +533,7 @@ export async function checkpoint(
       networkLock,
       parent,
       pre,
+      containerNet: kinds.includes("net") ? "own" : externalNet ? "joined" : undefined,
     };
     // Descriptor tables and fs contexts shared between processes (CLONE_FILES, CLONE_FS).
     const sharing = treeSharing(

@@ -14,7 +14,7 @@ import { dumpMounts, makeMounts, mountsDiffer } from "./mounts.ts";
 import { dumpUts, makeUts } from "./uts.ts";
 import { dumpIpc, ipcDiffers, makeIpc } from "./ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
-import { dumpNet, makeNet, netDiffers } from "./net.ts";
+import { dumpNet, makeNet, netDiffers, openNet } from "./net.ts";
 
 /**
  * The entry of container `pid` (its init, frozen; `inj` runs in it) that lives in namespaces of
@@ -119,6 +119,14 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: J
   } catch (err) {
     throw new RestoreError(`cannot make the container's namespaces: ${(err as Error).message}`);
   }
+}
+
+/**
+ * Opens the namespaces of `entry` made by `makeNamespaces` to the outside once the restored tree's
+ * connections run again: the outside ends of its veths come up.
+ */
+export function openNamespaces(entry: NamespacesEntry): void {
+  if (entry.net) openNet(entry.net);
 }
 
 /**

@@ -6,7 +6,8 @@
  * outside the container is veth.ts's, its firewall firewall.ts's. What is not carried is
  * refused at dump time, naming it: other kinds of device. Neighbour caches, qdiscs and queue lengths
  * are the fresh namespace's. The restore gives the container's init a fresh namespace (an
- * injected unshare), sets its `all` and `default` sysctls, makes the veth pairs, then gives
+ * injected unshare), sets its `all` and `default` sysctls, makes the veth pairs (their outside
+ * ends down until `openNet`, once its connections run again), then gives
  * every device its state, addresses and sysctls, then the routes, then the firewall; the restore's check reads the
  * namespace again as the dump did.
  */
@@ -28,7 +29,7 @@ import {
   setDiffers,
   word,
 } from "./ip.ts";
-import { dumpPeer, makePeer, peerDiffers } from "./veth.ts";
+import { dumpPeer, makePeer, peerDiffers, raisePeer } from "./veth.ts";
 
 /** The sysctls carried: those under these directories of /proc/sys/net. */
 const SYSCTL_DIRS = ["ipv4/conf", "ipv6/conf"];
@@ -131,6 +132,23 @@ export function makeNet(inj: Injector, net: NetEntry): void {
   } catch (err) {
     if (err instanceof NetnsCommandError) {
       throw new RestoreError(`cannot make its net namespace: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Opens the network namespace made by `makeNet` to the outside, once the restored connections
+ * run: the outside ends of its veths come up with their routes (veth.ts).
+ */
+export function openNet(net: NetEntry): void {
+  try {
+    for (const l of net.links) {
+      if (l.peer) raisePeer(l);
+    }
+  } catch (err) {
+    if (err instanceof NetnsCommandError) {
+      throw new RestoreError(`cannot bring up its veths: ${err.message}`);
     }
     throw err;
   }

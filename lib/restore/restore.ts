@@ -38,7 +38,12 @@ import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { PageServerProcess } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
-import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
+import {
+  checkJoined,
+  makeNamespaces,
+  namespacesDiffer,
+  openNamespaces,
+} from "../namespaces/container.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -835,6 +840,7 @@ async function restoreTree(
     if (unlocked) warnings.push(unlocked);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
+    if (container) openNamespaces(container); // a container's veths were down until now
     for (const m of making) seal(m);
     for (const m of making) m.files?.close();
     // Every descriptor table is made: a container's init lets go of the tool's pidfd.
