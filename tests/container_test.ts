@@ -827,6 +827,49 @@ Deno.test(
   },
 );
 
+Deno.test(
+  needs("container: an overlay it mounted comes back on the same directories", missing),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    for (const d of ["lower", "upper", "work", "merged"]) await Deno.mkdir(`${dir}/${d}`);
+    await Deno.writeTextFile(`${dir}/lower/greeting`, "from below\n");
+    const overlay = `mount -t overlay layered -o lowerdir=${dir}/lower,upperdir=${dir}/upper,` +
+      `workdir=${dir}/work ${dir}/merged && echo made inside > ${dir}/merged/inside`;
+    const c = await startContainer(UNSHARE, overlay);
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+
+      // Its directories must be there at restore: one gone is named, and nothing is left.
+      await Deno.rename(`${dir}/work`, `${dir}/work.away`);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`its workdir ${dir}/work is not a directory here any more`),
+      );
+      await Deno.rename(`${dir}/work.away`, `${dir}/work`);
+
+      restored = await restore(`${dir}/image`);
+      const root = `/proc/${restored.pid}/root`;
+      assert.equal(Deno.readTextFileSync(`${root}${dir}/merged/greeting`), "from below\n");
+      assert.equal(Deno.readTextFileSync(`${root}${dir}/merged/inside`), "made inside\n");
+      assert.match(
+        Deno.readTextFileSync(`/proc/${restored.pid}/mountinfo`),
+        new RegExp(` ${dir}/merged rw,relatime - overlay layered rw,lowerdir=${dir}/lower,`),
+      );
+      // Written as the container sees it, it lands in the same upper directory.
+      Deno.writeTextFileSync(`${root}${dir}/merged/after`, "written after\n");
+      assert.equal(Deno.readTextFileSync(`${dir}/upper/after`), "written after\n");
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 /**
  * A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp: its
  * shell counts into /tmp/count every 0.1 s and busybox httpd serves /tmp on port 7777 of its net
