@@ -97,10 +97,27 @@ function saveIptables(pid: number, family: keyof typeof IPTABLES): string {
   return saved;
 }
 
+/** Without nft: refuses iptables-nft tables in the namespace of `pid`, which nft alone reads. */
+function refuseUnread(pid: number): void {
+  for (const program of Object.values(IPTABLES)) {
+    if (!hasProgram(`${program}-save`)) continue;
+    const table = savedTables(runInNetns(pid, `${program}-save`, []))[0];
+    if (table) {
+      throw new DumpError(
+        `the net namespace of container ${pid} has ${program} table ${table}, and nft, which ` +
+          `tardigrade reads a firewall with, is not installed`,
+      );
+    }
+  }
+}
+
 /** The firewall of the net namespace of container `pid` (frozen); undefined: none. */
 export function dumpFirewall(pid: number): FirewallEntry | undefined {
   refuseLegacyTables(pid);
-  if (!hasProgram("nft")) return undefined; // iptables here is nft's: without nft there is none
+  if (!hasProgram("nft")) {
+    refuseUnread(pid);
+    return undefined;
+  }
   const ruleset = runInNetns(pid, "nft", ["list", "ruleset"]);
   const tables = tablesOf(ruleset);
   if (!tables.length) return undefined;

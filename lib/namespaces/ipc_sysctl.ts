@@ -4,6 +4,7 @@
  * written by syscalls injected into a process of the container, never by the tool.
  */
 import { cstring, O } from "../../ffi/mod.ts";
+import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
 /** Where in the scratch region the path and the value go (clear of the callers' structs). */
@@ -22,12 +23,20 @@ function withSysctl<T>(inj: Injector, name: string, flags: number, body: (fd: bi
   }
 }
 
-/** /proc/sys/`name` as `inj`'s process reads it, trimmed. */
+/** /proc/sys/`name` as `inj`'s process reads it, trimmed; refuses the dump when it cannot. */
 export function readIpcSysctl(inj: Injector, name: string): string {
-  return withSysctl(inj, name, O.RDONLY, (fd) => {
-    const n = Number(inj.call("read", fd, inj.put(new Uint8Array(VALUE_MAX), VALUE_AT), VALUE_MAX));
-    return new TextDecoder().decode(inj.get(VALUE_AT, n)).trim();
-  });
+  try {
+    return withSysctl(inj, name, O.RDONLY, (fd) => {
+      const at = inj.put(new Uint8Array(VALUE_MAX), VALUE_AT);
+      const n = Number(inj.call("read", fd, at, VALUE_MAX));
+      return new TextDecoder().decode(inj.get(VALUE_AT, n)).trim();
+    });
+  } catch (err) {
+    throw new DumpError(
+      `cannot read ${name.replaceAll("/", ".")} of its IPC namespace inside the container (a ` +
+        `/proc is needed there): ${(err as Error).message}`,
+    );
+  }
 }
 
 /** Writes `value` to /proc/sys/`name` inside `inj`'s process. */
