@@ -26,6 +26,7 @@ export const IPC_INFO_SIZE = 48;
  */
 export const SYSV = {
   MSG_STAT_ANY: 13,
+  SHM_STAT_ANY: 15,
   SEM_STAT_ANY: 20,
   GETALL: 13,
   SETALL: 17,
@@ -49,13 +50,25 @@ export const SYSV_DS = {
   msgQbytes: 88,
   /** semid64_ds: semaphores in the set (u64). */
   semNsems: 80,
+  /** shmid64_ds: the segment's size and its number of attaches (u64). */
+  shmSegsz: 48,
+  shmNattch: 88,
 } as const;
 
 /**
- * `shmat` flags (`RDONLY`, `EXEC`), and `DEST`: the mode bit /proc/sysvipc/shm shows for a
- * segment marked for removal.
+ * `shmat` flags (`RDONLY`, `EXEC`), and the mode bits /proc/sysvipc/shm and `SHM_STAT_ANY` show:
+ * `DEST` for a segment marked for removal, `LOCKED` for one locked in memory (SHM_LOCK).
  */
-export const SHM = { RDONLY: 0o10000, EXEC: 0o100000, DEST: 0o1000 } as const;
+export const SHM = { RDONLY: 0o10000, EXEC: 0o100000, DEST: 0o1000, LOCKED: 0o2000 } as const;
+
+/**
+ * `struct mq_attr` of mq_getsetattr and mq_open (x86_64): the queue's capacity in messages, the
+ * largest message, the messages queued (longs); 64 bytes with the reserved words.
+ */
+export const MQ_ATTR = { size: 64, maxmsg: 8, msgsize: 16, curmsgs: 24 } as const;
+
+/** The statfs type of the mqueue file system, which a POSIX message queue's descriptor is open on. */
+export const MQUEUE_MAGIC = 0x19800202;
 
 /** `struct shmid64_ds` (x86_64). */
 const SHMID_DS_SIZE = 112;

@@ -22,12 +22,14 @@ export const SYS = {
   rt_sigprocmask: 14,
   ioctl: 16,
   pread64: 17,
+  statfs: 137,
   pipe: 22,
   mremap: 25,
   madvise: 28,
   shmget: 29,
   shmat: 30,
   shmctl: 31,
+  shmdt: 67,
   dup: 32,
   dup2: 33,
   nanosleep: 35,
@@ -49,6 +51,10 @@ export const SYS = {
   msgsnd: 69,
   msgrcv: 70,
   msgctl: 71,
+  mq_open: 240,
+  mq_timedsend: 242,
+  mq_timedreceive: 243,
+  mq_getsetattr: 245,
   fcntl: 72,
   flock: 73,
   fdatasync: 75,
@@ -275,9 +281,17 @@ export interface Stat {
 
 /** fstat(2) of a raw descriptor (`struct stat` is 144 bytes on x86_64). */
 export function fstat(fd: number): Stat {
-  const buf = new Uint8Array(144);
+  const buf = new Uint8Array(STAT_SIZE);
   syscall("fstat", fd, addressOf(buf));
-  const dv = new DataView(buf.buffer);
+  return decodeStat(buf);
+}
+
+/** The size of `struct stat` (x86_64). */
+export const STAT_SIZE = 144;
+
+/** A `struct stat` as fstat(2) wrote it (here or, injected, in another process). */
+export function decodeStat(buf: Uint8Array): Stat {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
   return {
     dev: dv.getBigUint64(0, true),
     ino: dv.getBigUint64(8, true),
@@ -289,6 +303,13 @@ export function fstat(fd: number): Stat {
     atimeNs: dv.getBigInt64(72, true) * 1_000_000_000n + dv.getBigInt64(80, true),
     mtimeNs: dv.getBigInt64(88, true) * 1_000_000_000n + dv.getBigInt64(96, true),
   };
+}
+
+/** The file system type (statfs(2) `f_type`) of `path` (through /proc's links: an open file's). */
+export function fsMagic(path: string): number {
+  const buf = new Uint8Array(120); // struct statfs (x86_64), f_type first
+  syscall("statfs", addressOf(cstring(path)), addressOf(buf));
+  return Number(new DataView(buf.buffer).getBigInt64(0, true));
 }
 
 /** stat(2) of a path (following a symlink, or /proc's magic links to open files). */

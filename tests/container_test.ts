@@ -2,11 +2,12 @@
  * Containers made by `unshare`: the init of a container (pid 1 of its pid namespace, with its own
  * /proc, host name and IPC namespace, maybe a time namespace and a net namespace wired to a host
  * bridge through a veth) and its child are dumped and restored into fresh namespaces of the same
- * kinds, where they check themselves (container_init.c) and answer on their sockets. What is not
- * carried yet (a process that is not the init, a namespace held from outside, IPC objects, a mount
- * the container made, network devices other than lo and veths, firewall rules and TCP
- * connections inside) is refused at dump time, naming it, and the container runs on; a net
- * namespace held by a mount is left out with `--external net` and joined at restore.
+ * kinds, where they check themselves (container_init.c, container_ipc.c) and answer on their
+ * sockets. What is not carried yet (a process that is not the init, a namespace held from outside,
+ * a POSIX message queue someone waits to be notified of, a mount that propagates, network devices
+ * other than lo and veths, TCP connections inside) is refused at dump time, naming it, and the
+ * container runs on; a net namespace held by a mount is left out with `--external net` and
+ * joined at restore.
  */
 import assert from "node:assert/strict";
 import { checkpoint, type PsRow, restore, type RestoreResult } from "../mod.ts";
@@ -53,9 +54,10 @@ async function startContainer(
   flags = UNSHARE,
   shell?: string,
   env?: Record<string, string>,
+  program = "container_init",
 ): Promise<Container> {
   const countFile = await Deno.makeTempFile({ prefix: "tardigrade-count-" });
-  const bin = await fixture("container_init");
+  const bin = await fixture(program);
   const args = shell
     ? [...flags, "sh", "-c", `${shell}; exec '${bin}' '${countFile}'`]
     : [...flags, bin, countFile];
@@ -212,10 +214,10 @@ const LISTEN_PORT = 7777;
  * A container with a net namespace of its own, wired to a bridge of the host through a veth:
  * its loopback up, eth0 with an MTU, IPv4 and IPv6 addresses, routes and sysctls of its own.
  */
-async function startNetContainer(): Promise<
+async function startNetContainer(shell?: string): Promise<
   Container & { bridge: string; peer: string; ip: string }
 > {
-  const c = await startContainer([...UNSHARE, "--net"], undefined, {
+  const c = await startContainer([...UNSHARE, "--net"], shell, {
     LISTEN_PORT: String(LISTEN_PORT),
   });
   const net = c.init % 250 + 1;
@@ -322,6 +324,136 @@ Deno.test(
   },
 );
 
+/** Reads from `conn` until what it read ends with `line`; all it read. */
+async function readLine(conn: Deno.Conn, line: string): Promise<string> {
+  let text = "";
+  const buf = new Uint8Array(256);
+  while (!text.endsWith(line)) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    text += new TextDecoder().decode(buf.subarray(0, n));
+  }
+  return text;
+}
+
+Deno.test(
+  needs(
+    "container: TCP connections inside its net namespace come back, over lo and to outside",
+    notInstalled("unshare", "nsenter", "ip", "busybox", "cc"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    const fifo = `${dir}/to-client`;
+    await run("mkfifo", fifo);
+    // Children of the init (the shell execs it): an echo server for a peer outside, and a
+    // connection over lo whose client sends what is written into the FIFO (held read-write) to
+    // a server that prints it.
+    const shell = [
+      "ip link set lo up",
+      "(busybox nc -l -p 9002 -e cat &)",
+      "(sleep 600 | busybox nc -l -p 9000 &)",
+      "sleep 0.3",
+      `(busybox nc 127.0.0.1 9000 <> '${fifo}' &)`,
+      "sleep 0.3",
+    ].join("; ");
+    const c = await startNetContainer(shell);
+    let restored: RestoreResult | undefined;
+    let outside: Deno.Conn | undefined;
+    try {
+      outside = await Deno.connect({ hostname: c.ip, port: 9002 });
+      await outside.write(new TextEncoder().encode("before\n"));
+      assert.equal(await readLine(outside, "before\n"), "before\n");
+      await Deno.writeTextFile(fifo, "over lo before\n");
+      await c.unshare.waitFor(/^over lo before$/m);
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+
+      restored = await restore(`${dir}/image`);
+      // The connection from outside goes on: the echo server answers on it.
+      await outside.write(new TextEncoder().encode("after\n"));
+      assert.equal(await readLine(outside, "after\n"), "after\n");
+      // And the one over its loopback.
+      await Deno.writeTextFile(fifo, "over lo after\n");
+      await c.unshare.waitFor(/^over lo after$/m);
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      outside?.close();
+      await stopContainer(c, restored);
+      await run("ip", "link", "del", c.bridge).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+/** The packets the rule of the nft ruleset `ruleset` for TCP port `port` counted. */
+function countedFor(ruleset: string, port: number): number {
+  const m = ruleset.match(new RegExp(`tcp dport ${port} counter packets (\\d+)`));
+  assert.ok(m, `no counting rule for port ${port} in:\n${ruleset}`);
+  return Number(m[1]);
+}
+
+/** A ruleset without its counters' values. */
+const withoutCounts = (ruleset: string) => ruleset.replace(/ packets \d+ bytes \d+/g, "");
+
+Deno.test(
+  needs(
+    "container: its firewall ruleset (nft, iptables-nft) comes back with its counters",
+    notInstalled("unshare", "nsenter", "ip", "nft", "iptables", "cc"),
+  ),
+  async () => {
+    const c = await startNetContainer();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    const rules = [
+      "nft add table inet tdg",
+      "nft add chain inet tdg input '{ type filter hook input priority 0; policy accept; }'",
+      `nft add rule inet tdg input tcp dport ${LISTEN_PORT} counter accept`,
+      `nft add rule inet tdg input tcp dport ${LISTEN_PORT + 1} counter reject with tcp reset`,
+      `iptables -A INPUT -p tcp --dport ${LISTEN_PORT + 2} -j REJECT --reject-with tcp-reset`,
+    ];
+    const inside = (pid: number, ...args: string[]) =>
+      run("nsenter", `--net=/proc/${pid}/ns/net`, ...args);
+    /** Whether a connection to `port` of the container is refused (reset by a rule). */
+    const refused = async (port: number) => {
+      try {
+        (await Deno.connect({ hostname: c.ip, port })).close();
+        return false;
+      } catch (err) {
+        return err instanceof Deno.errors.ConnectionRefused;
+      }
+    };
+    try {
+      await inside(c.init, "sh", "-ec", rules.join("\n"));
+      await askCounter(c.ip);
+      const before = await inside(c.init, "nft", "list", "ruleset");
+      const counted = countedFor(before, LISTEN_PORT);
+      assert.ok(counted > 0, "the rule counted the counter's connection");
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      assert.match((await cli("inspect", `${dir}/image`)).stdout, /routes, firewall of 2 tables/);
+
+      restored = await restore(`${dir}/image`);
+      const init = restored.pid;
+      const after = await inside(init, "nft", "list", "ruleset");
+      assert.equal(withoutCounts(after), withoutCounts(before), "the same ruleset");
+      assert.ok(countedFor(after, LISTEN_PORT) >= counted, "its counter kept its count");
+      assert.match(await inside(init, "iptables", "-S", "INPUT"), /--dport 7779 .*-j REJECT/);
+      // The rules act: the counter answers through the one, the others reset connections.
+      await askCounter(c.ip);
+      assert.ok(countedFor(await inside(init, "nft", "list", "ruleset"), LISTEN_PORT) > counted);
+      assert.ok(await refused(LISTEN_PORT + 1), `port ${LISTEN_PORT + 1} is reset by nft's rule`);
+      assert.ok(await refused(LISTEN_PORT + 2), `port ${LISTEN_PORT + 2} by iptables'`);
+      assert.equal(await c.unshare.check(init), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await run("ip", "link", "del", c.bridge).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 Deno.test(
   needs(
     "container: --external net leaves a named net namespace out, joined at restore",
@@ -387,7 +519,7 @@ async function assertRefused(c: Container, pid: number, reason: RegExp): Promise
   }
 }
 
-const refusalsMissing = notInstalled("unshare", "nsenter", "ipcmk", "ip", "nft", "busybox", "cc");
+const refusalsMissing = notInstalled("unshare", "nsenter", "ip", "nft", "busybox", "cc");
 
 Deno.test(
   needs("container: what is not carried is refused, naming it", refusalsMissing),
@@ -404,18 +536,6 @@ Deno.test(
         await stopContainer(c);
       }
     });
-    await t.step("a firewall ruleset in its net namespace", async () => {
-      const c = await startContainer([...UNSHARE, "--net"], "nft add table inet tardigrade");
-      try {
-        await assertRefused(
-          c,
-          c.init,
-          new RegExp(`the net namespace of container ${c.init} has a firewall ruleset \\(table`),
-        );
-      } finally {
-        await stopContainer(c);
-      }
-    });
     await t.step("a veth pair with both ends inside", async () => {
       const c = await startContainer(
         [...UNSHARE, "--net"],
@@ -423,21 +543,6 @@ Deno.test(
       );
       try {
         await assertRefused(c, c.init, /the other end of veth v[01] of container \d+ is not in/);
-      } finally {
-        await stopContainer(c);
-      }
-    });
-    await t.step("a TCP connection inside its net namespace", async () => {
-      // A listener and a client, children of the init (the shell execs it), connected over lo.
-      const connect = "ip link set lo up; (sleep 600 | busybox nc -l -p 9000 &); sleep 0.3; " +
-        "(sleep 600 | busybox nc 127.0.0.1 9000 &); sleep 0.3";
-      const c = await startContainer([...UNSHARE, "--net"], connect);
-      try {
-        await assertRefused(
-          c,
-          c.init,
-          /a TCP connection inside a container's own net namespace is not dumped yet/,
-        );
       } finally {
         await stopContainer(c);
       }
@@ -480,10 +585,15 @@ Deno.test(
         await stopContainer(c);
       }
     });
-    await t.step("System V shared memory in its IPC namespace", async () => {
-      const c = await startContainer(UNSHARE, "ipcmk -M 4096 >/dev/null");
+    await t.step("a POSIX message queue a process waits to be notified of", async () => {
+      const c = await startContainer(IPC_UNSHARE, undefined, { NOTIFY: "1" }, "container_ipc");
       try {
-        await assertRefused(c, c.init, /holds 1 System V shared memory segments/);
+        // The queue read before it (/tardiq) is left as it was: the fixture checks its messages.
+        await assertRefused(
+          c,
+          c.init,
+          /process 1 waits to be notified of POSIX message queue \/tardiq2 \(mq_notify\)/,
+        );
       } finally {
         await stopContainer(c);
       }
@@ -499,6 +609,40 @@ Deno.test(
         await stopContainer(c);
       }
     });
+  },
+);
+
+/** A container with an IPC namespace of its own, and no other but pid and mnt. */
+const IPC_UNSHARE = ["--pid", "--fork", "--mount-proc", "--ipc"];
+
+Deno.test(
+  needs("container: its shared memory and POSIX message queues come back", missing),
+  async () => {
+    const c = await startContainer(IPC_UNSHARE, undefined, undefined, "container_ipc");
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+      assert.match(
+        (await cli("inspect", `${dir}/image`)).stdout,
+        /ipc .*, 3 shared memory segments, POSIX message queues \/tardiq \/tardiq2 \(5 messages\)/,
+      );
+
+      restored = await restore(`${dir}/image`);
+      const [child] = childrenOf(restored.pid);
+      assert.notEqual(ns(restored.pid, "ipc"), ns(Deno.pid, "ipc"), "a fresh ipc namespace");
+      assert.equal(ns(child, "ipc"), ns(restored.pid, "ipc"));
+      // The fixture checks its segments (attached, unattached, removed), its child's count in
+      // one, its queues, their messages in priority order, and its namespace's msg_max.
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+      assert.equal(await c.unshare.check(restored.pid), "PASS", "and it runs on");
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
   },
 );
 
@@ -646,6 +790,49 @@ Deno.test(
       const mounts = Deno.readTextFileSync(`/proc/${restored.pid}/mountinfo`);
       assert.match(mounts, / \/mnt rw,relatime - tmpfs scratch rw,size=1024k/);
       assert.match(mounts, / \/a \/mnt\/b ro,relatime - tmpfs scratch /);
+      assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
+    } finally {
+      await stopContainer(c, restored);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs("container: an overlay it mounted comes back on the same directories", missing),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    for (const d of ["lower", "upper", "work", "merged"]) await Deno.mkdir(`${dir}/${d}`);
+    await Deno.writeTextFile(`${dir}/lower/greeting`, "from below\n");
+    const overlay = `mount -t overlay layered -o lowerdir=${dir}/lower,upperdir=${dir}/upper,` +
+      `workdir=${dir}/work ${dir}/merged && echo made inside > ${dir}/merged/inside`;
+    const c = await startContainer(UNSHARE, overlay);
+    let restored: RestoreResult | undefined;
+    try {
+      assert.equal(await c.unshare.check(c.init), "PASS", c.unshare.output());
+      await checkpoint(c.init, `${dir}/image`);
+      await waitUntil(() => !isAlive(c.init), 5000, "the dumped container to end");
+      await killAndReap(c.unshare.pid);
+
+      // Its directories must be there at restore: one gone is named, and nothing is left.
+      await Deno.rename(`${dir}/work`, `${dir}/work.away`);
+      await assert.rejects(
+        () => restore(`${dir}/image`),
+        new RegExp(`its workdir ${dir}/work is not a directory here any more`),
+      );
+      await Deno.rename(`${dir}/work.away`, `${dir}/work`);
+
+      restored = await restore(`${dir}/image`);
+      const root = `/proc/${restored.pid}/root`;
+      assert.equal(Deno.readTextFileSync(`${root}${dir}/merged/greeting`), "from below\n");
+      assert.equal(Deno.readTextFileSync(`${root}${dir}/merged/inside`), "made inside\n");
+      assert.match(
+        Deno.readTextFileSync(`/proc/${restored.pid}/mountinfo`),
+        new RegExp(` ${dir}/merged rw,relatime - overlay layered rw,lowerdir=${dir}/lower,`),
+      );
+      // Written as the container sees it, it lands in the same upper directory.
+      Deno.writeTextFileSync(`${root}${dir}/merged/after`, "written after\n");
+      assert.equal(Deno.readTextFileSync(`${dir}/upper/after`), "written after\n");
       assert.equal(await c.unshare.check(restored.pid), "PASS", c.unshare.output());
     } finally {
       await stopContainer(c, restored);

@@ -18,6 +18,7 @@ import { inheritsMemory, type ParentMemory } from "../memory/cow.ts";
 import { MemoryObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { storeFile } from "../memory/stored_file.ts";
+import type { SysvSegment } from "../memory/sysv_shm.ts";
 import { PageCollector } from "./page_collector.ts";
 import { DumpLock } from "./dump_lock.ts";
 import { NetworkLock } from "../network/lock.ts";
@@ -53,6 +54,7 @@ import { InnerPids } from "../namespaces/pids.ts";
 import { inOwnUserNamespace } from "../namespaces/user.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
 import { JOINABLE_KINDS } from "../namespaces/joined.ts";
+import { segmentTable } from "../namespaces/shm_segments.ts";
 import { diagInNamespaceOf } from "../namespaces/net_diag.ts";
 import {
   type FileEntry,
@@ -280,6 +282,10 @@ interface DumpRun {
   pre?: PreCopy;
   /** Told the bytes written so far for the process being dumped. */
   onProgress?: (bytes: number) => void;
+  /** A container's System V segments, by id, when it has an IPC namespace of its own. */
+  segments?: Map<number, SysvSegment>;
+  /** A container's net namespace: its own, or one joined at restore (`--external net`). */
+  containerNet?: "own" | "joined";
 }
 
 /**
@@ -384,6 +390,7 @@ async function dumpProcess(
       heldFds: run.heldFds,
       outside: run.outside,
       leaveRunning: run.ending.leaveRunning,
+      containerNet: run.containerNet,
       atDumpEnd: (fn) => void run.ending.hooks.push(fn),
       networkLock: run.networkLock,
       storeObject: (fd: Fd) =>
@@ -414,6 +421,7 @@ async function dumpProcess(
       objects,
       precopied,
       parent,
+      segments: run.segments,
     });
     await pages.drain();
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
@@ -528,6 +536,7 @@ export async function checkpoint(
       networkLock,
       parent,
       pre,
+      containerNet: kinds.includes("net") ? "own" : joined.includes("net") ? "joined" : undefined,
     };
     // Descriptor tables and fs contexts shared between processes (CLONE_FILES, CLONE_FS).
     const sharing = treeSharing(
@@ -542,6 +551,8 @@ export async function checkpoint(
     const namespaces = kinds.length || joined.length
       ? dumpNamespaces(pid, tree[0].injector, kinds, joined, run.pids)
       : undefined;
+    // Its processes attach the segments of its IPC namespace, not of the tool's.
+    if (kinds.includes("ipc")) run.segments = segmentTable(namespaces?.ipc?.shm ?? []);
     const innerPids = kinds.includes("pid")
       ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))
       : undefined;

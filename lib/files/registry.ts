@@ -12,6 +12,7 @@ import { externalHandler } from "./external.ts";
 import { fanotifyHandler } from "./fanotify.ts";
 import { inotifyHandler } from "./inotify.ts";
 import { memfdHandler } from "./memfd.ts";
+import { mqueueHandler } from "./mqueue.ts";
 import { pidfdHandler } from "./pidfd.ts";
 import { fifoHandler, pipeHandler } from "./pipe.ts";
 import { ptyHandler } from "./pty.ts";
@@ -39,6 +40,7 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   fanotifyHandler,
   pidfdHandler,
   memfdHandler,
+  mqueueHandler,
   socketHandler,
   unixPairHandler,
   tcpStreamHandler,

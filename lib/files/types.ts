@@ -67,6 +67,12 @@ export interface FileDumpContext {
     add(local: Uint8Array, peer: Uint8Array, fail: (why: string) => never): void;
   };
   /**
+   * The dumped container's net namespace, when the tree lives in another than the tool's: `own`,
+   * made again at restore (it ends with the dumped processes, its packets with it), or `joined`,
+   * left out and joined at restore (`--external net`: it outlives the dump).
+   */
+  readonly containerNet?: "own" | "joined";
+  /**
    * Dumps the open file at target fd `fd`, a copy a peek installed of a descriptor in flight in
    * a socket's queue (SCM_RIGHTS), as an open file of this process (one that no descriptor refers
    * to, or the same entry as the descriptor's where it is open too), and returns its file id;

@@ -558,6 +558,65 @@ export interface SemSetEntry extends SysvObjectEntry {
   values: number[];
 }
 
+/** A System V shared memory segment of a container's IPC namespace. */
+export interface ShmSegmentEntry extends SysvObjectEntry {
+  /** Its size in bytes. */
+  size: number;
+  /** Marked for removal (IPC_RMID): it goes with the last of its attaches. */
+  removed: boolean;
+  /**
+   * Its contents up to its last non-zero byte, when no process of the dump attaches it; absent
+   * for an attached one, whose contents are the attaching processes' memory object `sysv:ID`.
+   */
+  data?: Uint8Array;
+}
+
+/** A POSIX message queue of a container's IPC namespace, with its messages. */
+export interface MqueueEntry {
+  /** Its name, without the leading slash. */
+  name: string;
+  /** Owner. */
+  uid: number;
+  /** Owner's group. */
+  gid: number;
+  /** Permission bits. */
+  mode: number;
+  /** Its capacity in messages (`mq_maxmsg`). */
+  maxmsg: number;
+  /** Its largest message in bytes (`mq_msgsize`). */
+  msgsize: number;
+  /** Its messages in the order a receiver takes them: highest priority first, then oldest. */
+  messages: { priority: number; data: Uint8Array }[];
+}
+
+/** The POSIX message queue limits of an IPC namespace (/proc/sys/fs/mqueue). */
+export interface MqueueLimitsEntry {
+  /** `msg_max`: the largest capacity a queue may be given without CAP_SYS_RESOURCE. */
+  msgMax: number;
+  /** `msgsize_max`: the largest message size a queue may be given. */
+  msgsizeMax: number;
+  /** `msg_default`: the capacity of a queue made without attributes. */
+  msgDefault: number;
+  /** `msgsize_default`: the message size of a queue made without attributes. */
+  msgsizeDefault: number;
+  /** `queues_max`: how many queues the namespace may hold. */
+  queuesMax: number;
+}
+
+/** A container's IPC namespace: the objects it holds. */
+export interface IpcEntry {
+  /** Its System V message queues. */
+  msg: MsgQueueEntry[];
+  /** Its System V semaphore sets. */
+  sem: SemSetEntry[];
+  /** Its System V shared memory segments (absent: none, and in older images). */
+  shm?: ShmSegmentEntry[];
+  /** Its POSIX message queues (absent: none, and in older images). */
+  mqueues?: MqueueEntry[];
+  /** With `mqueues`: the namespace's limits, given before the queues are made. */
+  mqueueLimits?: MqueueLimitsEntry;
+}
+
 /** A container's time namespace: its clock offsets, and what its clocks read at the dump. */
 export interface TimeEntry {
   /** What it adds to CLOCK_MONOTONIC, in ns (/proc/PID/timens_offsets). */
@@ -654,6 +713,18 @@ export interface NetEntry {
   routes: NetRouteEntry[];
   /** Its sysctls under net.ipv4.conf and net.ipv6.conf: path below /proc/sys/net, and value. */
   sysctls: { path: string; value: string }[];
+  /** Its firewall (absent: none, and in older images). */
+  firewall?: FirewallEntry;
+}
+
+/** The firewall of a container's net namespace. */
+export interface FirewallEntry {
+  /** Its whole ruleset as `nft list ruleset` prints it, counters included. */
+  ruleset: string;
+  /** `iptables-save -c` of its IPv4 tables, which `iptables-restore -c` makes (not nft). */
+  iptables?: string;
+  /** `ip6tables-save -c` of its IPv6 tables, which `ip6tables-restore -c` makes. */
+  ip6tables?: string;
 }
 
 /**
@@ -676,8 +747,8 @@ export interface NamespacesEntry {
   mounts?: MountEntry[];
   /** With `uts`: its names. */
   uts?: UtsEntry;
-  /** With `ipc`: its System V message queues and semaphore sets (absent: none). */
-  ipc?: { msg: MsgQueueEntry[]; sem: SemSetEntry[] };
+  /** With `ipc`: its System V objects and POSIX message queues (absent: none). */
+  ipc?: IpcEntry;
   /** With `time`: its clock offsets. */
   time?: TimeEntry;
   /** With `net`: its devices, addresses, routes and sysctls. */

@@ -728,6 +728,11 @@ const NET_FIELDS: Fields = {
   },
   routes: { list: NET_ROUTE },
   sysctls: { list: { map: { path: "text", value: "text" } } },
+  firewall: {
+    optional: {
+      map: { ruleset: "text", iptables: { optional: "text" }, ip6tables: { optional: "text" } },
+    },
+  },
 };
 
 /** One range of a user namespace's id map. */
@@ -784,6 +789,44 @@ const NAMESPACES_FIELDS: Fields = {
       map: {
         msg: { list: { map: { ...SYSV_OBJECT_FIELDS, qbytes: "whole", messages: MESSAGES } } },
         sem: { list: { map: { ...SYSV_OBJECT_FIELDS, values: { list: "whole" } } } },
+        shm: {
+          optional: {
+            list: {
+              map: {
+                ...SYSV_OBJECT_FIELDS,
+                size: "whole",
+                removed: "bool",
+                data: { optional: "bytes" },
+              },
+            },
+          },
+        },
+        mqueues: {
+          optional: {
+            list: {
+              map: {
+                name: "text",
+                uid: "whole",
+                gid: "whole",
+                mode: "whole",
+                maxmsg: "whole",
+                msgsize: "whole",
+                messages: { list: { map: { priority: "whole", data: "bytes" } } },
+              },
+            },
+          },
+        },
+        mqueueLimits: {
+          optional: {
+            map: {
+              msgMax: "whole",
+              msgsizeMax: "whole",
+              msgDefault: "whole",
+              msgsizeDefault: "whole",
+              queuesMax: "whole",
+            },
+          },
+        },
       },
     },
   },

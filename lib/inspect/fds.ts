@@ -1,11 +1,22 @@
 /** The open file descriptors of a process, with kind, fdinfo and an id per shared open file. */
-import { Errno, KCMP, kcmp, major, O, S_IF, SyscallError } from "../../ffi/mod.ts";
+import {
+  Errno,
+  fsMagic,
+  KCMP,
+  kcmp,
+  major,
+  MQUEUE_MAGIC,
+  O,
+  S_IF,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { AccessDenied, NoSuchProcess, Unsupported } from "../errors.ts";
 import { hexMask, parseKeyValues, procError, procExists, procPath } from "./procfs.ts";
 
 /** What a descriptor refers to. */
 export type FdKind =
   | "file"
+  | "mqueue"
   | "directory"
   | "pipe"
   | "fifo"
@@ -229,6 +240,19 @@ export function fdKind(target: string, mode: number, rdev: number): FdKind {
       return "device";
   }
   return "other";
+}
+
+/**
+ * Whether descriptor `link` (its target `target`, its st_mode `mode`) is a POSIX message queue's:
+ * a file at the root of the mqueue file system (`/NAME`), asked of its file system only then.
+ */
+function isMqueue(target: string, mode: number, link: string): boolean {
+  if ((mode & S_IF.MT) !== S_IF.REG || !/^\/[^/]+$/.test(target)) return false;
+  try {
+    return fsMagic(link) === MQUEUE_MAGIC;
+  } catch {
+    return false; // closed meanwhile: the caller finds out
+  }
 }
 
 const COMMON_KEYS = new Set(["pos", "flags", "mnt_id", "ino"]);
@@ -462,7 +486,7 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   const flags = parseInt(kv.get("flags") ?? "0", 8);
   const mode = st.mode ?? 0;
   const rdev = st.rdev ?? 0;
-  const kind = fdKind(target, mode, rdev);
+  const kind = isMqueue(target, mode, link) ? "mqueue" : fdKind(target, mode, rdev);
   const dev = BigInt(st.dev);
   const inode = BigInt(st.ino ?? kv.get("ino") ?? 0);
   let fileId: number;

@@ -80,6 +80,8 @@ export interface AddressSpaceDumpContext {
   precopied?: ReusablePages;
   /** Its parent in the dump, dumped before it: pages they share are stored once (cow.ts). */
   parent?: ParentMemory;
+  /** The System V segments of its IPC namespace when not the tool's (a container's), by id. */
+  segments?: Map<number, SysvSegment>;
 }
 
 /** What `dumpAddressSpace` returns. */
@@ -112,7 +114,7 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
     precopied: ctx.precopied,
     breathe: breather(),
   };
-  let segments: Map<number, SysvSegment> | undefined; // read once, when first needed
+  let segments = ctx.segments; // else the tool's, read once when first needed
   const source = (m: Mapping, keep: boolean): MappingSource => {
     switch (m.kind) {
       case "shared-anonymous": {
@@ -177,18 +179,22 @@ export class AddressSpaceBuilder {
   /** The injector's own code page while the process has no vdso to run it from. */
   #codePage: Range | null = null;
 
-  /** `pid` is being made from the stub through `inj`, to hold what `image` describes. */
+  /**
+   * `pid` is being made from the stub through `inj`, to hold what `image` describes;
+   * `inContainerIpc`: in a container's IPC namespace, whose init made its System V segments.
+   */
   constructor(
     private readonly pid: number,
     private readonly inj: Injector,
     private readonly image: ProcessEntry,
+    inContainerIpc = false,
   ) {
     const taken: Range[] = image.mappings.map((m) => ({ start: m.start, end: m.end }));
     taken.push(...specialRanges(image.special));
     taken.push(...currentSpecials(pid).map((s) => s.range));
     this.#target = { pid, inj, gaps: new GapAllocator(taken) };
     this.objects = new MadeObjects(inj);
-    this.#sysv = new SysvAttaches(this.#target, image.mappings);
+    this.#sysv = new SysvAttaches(this.#target, image.mappings, inContainerIpc);
     this.#mappings = new MappingMaker(this.#target);
   }
 

@@ -14,6 +14,10 @@
  * an attach of its own, and marked for removal again if it was. Every mapping of a segment is an
  * attach (shmat), never an mmap of its file: only an attach counts in shm_nattch and can be
  * detached with shmdt.
+ *
+ * Inside a container's IPC namespace the segments are listed and made again by its init
+ * (lib/namespaces/shm_segments.ts): each process fills those it attaches, and marks them removed
+ * again, by syscalls of its own.
  */
 import {
   Errno,
@@ -163,21 +167,29 @@ export class SysvAttaches {
   /** Segments to mark for removal once mapped, as they were at dump. */
   readonly #toRemove: number[] = [];
 
-  /** `mappings`: the process's mappings, of which an attach's pieces are. */
-  constructor(private readonly t: Target, private readonly mappings: MappingEntry[]) {}
+  /**
+   * `mappings`: the process's mappings, of which an attach's pieces are; `inContainer`: the
+   * process lives in a container's IPC namespace, whose init made every segment, empty.
+   */
+  constructor(
+    private readonly t: Target,
+    private readonly mappings: MappingEntry[],
+    private readonly inContainer = false,
+  ) {}
 
   /**
    * Object `obj`'s segment: made again if it is gone (`ensureSegment`). Only a segment made again
-   * is filled from the image, through an attach of its own for the time of the restore and
+   * (in a container: by its init, empty) is filled from the image, through an attach of its own for the time of the restore and
    * /proc/PID/mem (the segment's file cannot be written); a live one keeps its contents.
    */
   prepare(obj: MemoryObjectEntry, sysv: NonNullable<MemoryObjectEntry["sysv"]>): MadeObject {
     const { shmid, removed } = sysv;
     this.#segments.set(obj.id, { shmid, size: obj.size });
-    const made = ensureSegment({ ...sysv, mode: obj.mode, size: obj.size });
     if (removed) this.#toRemove.push(shmid);
-    if (!made) return {};
-    this.#made.push(shmid);
+    if (!this.inContainer) {
+      if (!ensureSegment({ ...sysv, mode: obj.mode, size: obj.size })) return {};
+      this.#made.push(shmid);
+    }
     const at = this.t.gaps.take(objectSpan(obj.size));
     this.#shmat(shmid, at, 0);
     return {
@@ -237,7 +249,11 @@ export class SysvAttaches {
   /** Marks for removal the segments that were, now that the mappings hold them: each goes with
    * the last of its attaches. */
   removeMarked(): void {
-    for (const shmid of this.#toRemove.splice(0)) removeSegment(shmid);
+    for (const shmid of this.#toRemove.splice(0)) {
+      // In its namespace; another process of the tree may have marked it already.
+      if (this.inContainer) this.t.inj.raw(SYS.shmctl, shmid, IPC.RMID, 0);
+      else removeSegment(shmid);
+    }
   }
 
   /** After a failure: removes the segments this restore made. */

@@ -12,10 +12,9 @@ import type { NamespacesEntry } from "../image/schema.ts";
 import type { CarriedKind } from "./kinds.ts";
 import { dumpMounts, makeMounts, mountsDiffer } from "./mounts.ts";
 import { dumpUts, makeUts } from "./uts.ts";
-import { checkIpcCarried, makeIpc } from "./ipc.ts";
-import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
+import { dumpIpc, ipcDiffers, makeIpc } from "./ipc.ts";
 import { dumpTime, makeTime, timeDiffers } from "./time.ts";
-import { dumpNet, makeNet, netDiffers } from "./net.ts";
+import { dumpNet, makeNet, netDiffers, openNet } from "./net.ts";
 import { dumpUser, userDiffers } from "./user.ts";
 import { JOINABLE_KINDS, type JoinableKind, joinHandedIn, namespaceOfFd } from "./joined.ts";
 import { cgroupDiffers, checkCgroupRoot, makeCgroup } from "./cgroup.ts";
@@ -40,9 +39,8 @@ export function dumpNamespaces(
   if (kinds.includes("mnt")) entry.mounts = dumpMounts(pid);
   if (kinds.includes("uts")) entry.uts = dumpUts(inj);
   if (kinds.includes("ipc")) {
-    checkIpcCarried(inj, pid);
-    const ipc = dumpSysvIpc(inj);
-    if (ipc.msg.length || ipc.sem.length) entry.ipc = ipc;
+    const ipc = dumpIpc(inj);
+    if (ipc) entry.ipc = ipc;
   }
   if (kinds.includes("time")) entry.time = dumpTime(pid, inj);
   if (kinds.includes("net")) entry.net = dumpNet(pid);
@@ -111,14 +109,7 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: J
     if (entry.time) makeTime(inj, entry.time);
     if (entry.net) makeNet(inj, entry.net);
     if (entry.uts) makeUts(inj, entry.uts);
-    if (entry.kinds.includes("ipc")) makeIpc(inj);
-    if (entry.ipc) {
-      makeSysvIpc(inj, entry.ipc);
-      // Read back as the dump read them: ids, owners, messages and values.
-      if (sysvText(dumpSysvIpc(inj)) !== sysvText(entry.ipc)) {
-        throw new RestoreError("its System V objects did not come back as dumped");
-      }
-    }
+    if (entry.kinds.includes("ipc")) makeIpc(inj, entry.ipc);
     // Last: a sysfs or mqueue it mounts shows the namespaces made above.
     if (entry.kinds.includes("mnt")) makeMounts(inj, entry.mounts ?? []);
   } catch (err) {
@@ -126,12 +117,13 @@ export function makeNamespaces(inj: Injector, entry: NamespacesEntry, joined?: J
   }
 }
 
-/** The System V objects of an entry as comparable text (message types are bigints). */
-const sysvText = (ipc: NonNullable<NamespacesEntry["ipc"]>) =>
-  JSON.stringify(
-    ipc,
-    (_k, v) => typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? [...v] : v,
-  );
+/**
+ * Opens the namespaces of `entry` made by `makeNamespaces` to the outside once the restored tree's
+ * connections run again: the outside ends of its veths come up.
+ */
+export function openNamespaces(entry: NamespacesEntry): void {
+  if (entry.net) openNet(entry.net);
+}
 
 /**
  * How the namespaces of the restored container `pid` (its init, `inj` running in it) differ
@@ -166,6 +158,8 @@ export function namespacesDiffer(
         `${entry.uts.hostname} (${entry.uts.domainname})`;
     }
   }
+  const ipc = entry.kinds.includes("ipc") && ipcDiffers(inj, entry.ipc);
+  if (ipc) return `its IPC namespace differs: ${ipc}`;
   const net = entry.net && netDiffers(pid, entry.net);
   if (net) return `its net namespace differs: ${net}`;
   const time = entry.time && timeDiffers(pid, entry.time);

@@ -1,101 +1,60 @@
 /**
- * A container's IPC namespace. The restore gives the container a fresh one, with its System V
- * message queues and semaphore sets made again (sysv_ipc.ts); the objects not carried yet (System
- * V shared memory segments, POSIX message queues) are refused at dump time, naming what it holds.
- * They are counted inside the container's init: `SHM_INFO` of shmctl, and a listing of the mqueue
- * file system it mounted, or of one made in its namespace (fsopen, never mounted anywhere).
+ * A container's IPC namespace as a whole. The restore gives the container a fresh one and makes
+ * its objects again in it: System V message queues and semaphore sets (sysv_ipc.ts), shared
+ * memory segments (shm_segments.ts) and POSIX message queues (mqueues.ts). Everything is read and
+ * made by syscalls injected into the container's init: the tool never enters the namespace.
  */
-import {
-  CLONE,
-  cstring,
-  errnoName,
-  FSCONFIG,
-  IPC_INFO,
-  IPC_INFO_SIZE,
-  O,
-  SYS,
-} from "../../ffi/mod.ts";
-import { DumpError } from "../errors.ts";
+import { CLONE } from "../../ffi/mod.ts";
+import { RestoreError } from "../errors.ts";
+import type { IpcEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
-import { readMountInfo } from "../inspect/procfs.ts";
+import { dumpMqueues, makeMqueues, mqueuesDiffer } from "./mqueues.ts";
+import { dumpShmSegments, makeShmSegments, shmSegmentsDiffer } from "./shm_segments.ts";
+import { dumpSysvIpc, makeSysvIpc } from "./sysv_ipc.ts";
 
-/** The number of System V shared memory segments of the IPC namespace of `inj`'s process. */
-function shmCount(inj: Injector): number {
-  const at = inj.put(new Uint8Array(IPC_INFO_SIZE), 0);
-  inj.call("shmctl", 0, IPC_INFO.shm.cmd, at);
-  return new DataView(inj.get(IPC_INFO.shm.countAt, 4).buffer.slice(0)).getInt32(0, true);
+/**
+ * The objects of the IPC namespace of a container (its init frozen, `inj` running in it);
+ * undefined when it holds none.
+ */
+export function dumpIpc(inj: Injector): IpcEntry | undefined {
+  const entry: IpcEntry = dumpSysvIpc(inj);
+  const shm = dumpShmSegments(inj);
+  if (shm.length) entry.shm = shm;
+  const { mqueues, limits } = dumpMqueues(inj);
+  if (mqueues.length) Object.assign(entry, { mqueues, mqueueLimits: limits });
+  const empty = !entry.msg.length && !entry.sem.length && !entry.shm && !entry.mqueues;
+  return empty ? undefined : entry;
 }
 
 /**
- * The POSIX message queues of the IPC namespace of container `pid` (whose init `inj` runs in),
- * by name: read where the container mounted its mqueue file system, else in one made in it.
+ * Gives the process `inj` runs in (a container's restored init) a fresh IPC namespace with
+ * the objects of `entry`, checked as the dump read them (System V segments only by their ids,
+ * owners and sizes until the tree attaches them: `ipcDiffers`).
  */
-function mqueueNames(inj: Injector, pid: number): string[] {
-  const mounted = readMountInfo(pid).find((m) => m.fsType === "mqueue");
-  if (mounted) {
-    // Read by the tool: the init may lack the capability fsopen needs (an OCI runtime's).
-    return [...Deno.readDirSync(`/proc/${pid}/root${mounted.mountPoint}`)].map((e) => e.name);
-  }
-  return madeMqueueNames(inj);
-}
-
-/** The POSIX message queues of the IPC namespace of `inj`'s process, in an mqueue made there. */
-function madeMqueueNames(inj: Injector): string[] {
-  const str = (s: string, at: number) => inj.put(cstring(s), at);
-  const ctx = inj.raw(SYS.fsopen, str("mqueue", 0), 0);
-  if (ctx < 0n) {
-    throw new DumpError(
-      `cannot list the POSIX message queues of its IPC namespace (fsopen: ` +
-        `${errnoName(Number(-ctx))})`,
-    );
-  }
-  const fds = [ctx];
-  try {
-    inj.call("fsconfig", ctx, FSCONFIG.CMD_CREATE, 0, 0, 0);
-    const mount = inj.call("fsmount", ctx, 0, 0);
-    fds.push(mount);
-    // The mount's descriptor is a path only: its root opened to be read.
-    const root = inj.call("openat", mount, str(".", 0), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0);
-    fds.push(root);
-    const names: string[] = [];
-    const size = 4096;
-    for (;;) {
-      const n = Number(inj.call("getdents64", root, inj.put(new Uint8Array(size), 0), size));
-      if (n === 0) return names;
-      const buf = inj.get(0, n);
-      const v = new DataView(buf.buffer, buf.byteOffset, n);
-      for (let off = 0; off < n;) {
-        const reclen = v.getUint16(off + 16, true);
-        const raw = buf.subarray(off + 19, off + reclen);
-        const name = new TextDecoder().decode(raw.subarray(0, raw.indexOf(0)));
-        if (name !== "." && name !== "..") names.push(name);
-        off += reclen;
-      }
-    }
-  } finally {
-    for (const fd of fds) inj.call("close", fd);
-  }
-}
-
-/**
- * Refuses the IPC namespace of container `pid` (whose init `inj` runs in) when it holds objects
- * the restore would not make again.
- */
-export function checkIpcCarried(inj: Injector, pid: number): void {
-  const held: string[] = [];
-  const segments = shmCount(inj);
-  if (segments) held.push(`${segments} System V shared memory segments`);
-  const queues = mqueueNames(inj, pid);
-  if (queues.length) held.push(`POSIX message queues (${queues.join(", ")})`);
-  if (held.length) {
-    throw new DumpError(
-      `the IPC namespace of container ${pid} holds ${held.join(" and ")}, which tardigrade ` +
-        `does not dump yet inside a container`,
-    );
-  }
-}
-
-/** Gives the process `inj` runs in a fresh, empty IPC namespace. */
-export function makeIpc(inj: Injector): void {
+export function makeIpc(inj: Injector, entry?: IpcEntry): void {
   inj.call("unshare", CLONE.NEWIPC);
+  if (!entry) return;
+  makeSysvIpc(inj, entry);
+  if (sysvText(dumpSysvIpc(inj)) !== sysvText(entry)) {
+    throw new RestoreError("its System V objects did not come back as dumped");
+  }
+  makeShmSegments(inj, entry.shm ?? []);
+  makeMqueues(inj, entry.mqueues ?? [], entry.mqueueLimits);
+  const why = mqueuesDiffer(inj, entry.mqueues ?? []);
+  if (why) throw new RestoreError(why);
+}
+
+/** The System V queues and sets of an entry as comparable text (message types are bigints). */
+const sysvText = (ipc: Pick<IpcEntry, "msg" | "sem">) =>
+  JSON.stringify(
+    { msg: ipc.msg, sem: ipc.sem },
+    (_k, v) => typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? [...v] : v,
+  );
+
+/**
+ * How the IPC namespace of the restored container (its init `inj`, the tree made) differs from
+ * `entry`, or null: its shared memory segments, now attached as they were.
+ */
+export function ipcDiffers(inj: Injector, entry?: IpcEntry): string | null {
+  return shmSegmentsDiffer(inj, entry?.shm ?? []);
 }

@@ -5,9 +5,11 @@
  * one whose file system a mount of the tool's shows is a bind mount of the host's path (a
  * pivot_root'ed rootfs, a cgroup directory): checked at restore, never made; a proc, sysfs,
  * tmpfs (with its files), devpts or mqueue of its own is mounted afresh by the container's init,
- * which gives it the init's namespaces. Anything else (a file system mounted nowhere the tool
- * sees, an overlay of its own) is refused at dump time, naming it. Per-mount flags (read-only,
- * nosuid, nodev, noexec, atime) are given again by a remount.
+ * which gives it the init's namespaces. An overlay of its own is mounted afresh on the same
+ * lower, upper and work directories (its contents are theirs), which must exist at restore; in
+ * a pivot_root'ed tree of its own it is refused (its directories' paths were the container's at
+ * the time). Anything else (a file system mounted nowhere the tool sees) is refused at dump time,
+ * naming it. Per-mount flags (read-only, nosuid, nodev, noexec, atime) are given again by a remount.
  */
 import { cstring, MS } from "../../ffi/mod.ts";
 import { DumpError } from "../errors.ts";
@@ -19,6 +21,32 @@ import { optionsInside } from "./user.ts";
 
 /** File systems a container's init mounts afresh: their contents are its namespaces'. */
 const FRESH = ["proc", "sysfs", "tmpfs", "devpts", "mqueue"];
+
+/** The options of an overlay that name its directories (lowerdir: layers joined by ":"). */
+const OVERLAY_DIRS = ["lowerdir", "upperdir", "workdir"];
+
+/** The directories the superblock options of an overlay name, each with its option. */
+function overlayDirs(superOptions: string): { option: string; dir: string }[] {
+  return superOptions.split(",").flatMap((o) => {
+    const [option, value] = [o.slice(0, o.indexOf("=")), o.slice(o.indexOf("=") + 1)];
+    if (!OVERLAY_DIRS.includes(option)) return [];
+    return value.split(":").filter(Boolean).map((dir) => ({ option, dir }));
+  });
+}
+
+/** Why overlay `m` of container `pid` cannot be mounted again, or null. */
+function overlayRefused(m: MountInfo, pivoted: boolean): string | null {
+  if (pivoted) return "in a root of its own, its directories' paths are no longer the same";
+  if (m.root !== "/") return "it shows part of the overlay only";
+  // Escaped characters (mountinfo's, overlay's) and the layer-by-layer syntax are not read here.
+  if (m.superOptions.includes("\\") || /(^|,)(lowerdir|datadir)\+=/.test(m.superOptions)) {
+    return "its options name directories in a form tardigrade does not read";
+  }
+  if (!overlayDirs(m.superOptions).some((d) => d.option === "lowerdir")) {
+    return "its options name no lower directory";
+  }
+  return null;
+}
 
 /** `inner` below `outer` (both absolute), as a path relative to `outer`, or null. */
 function below(inner: string, outer: string): string | null {
@@ -36,13 +64,15 @@ export const mountName = (
 
 /**
  * The entries of `mounts`, mounts of container `pid` in mountinfo order; `earlier` are those of
- * its mounts made before them (they may be bound from), `host` the tool's mounts.
+ * its mounts made before them (they may be bound from), `host` the tool's mounts; `pivoted`: they
+ * are a root of the container's own.
  */
 export function mountEntries(
   pid: number,
   mounts: readonly MountInfo[],
   earlier: readonly MountInfo[],
   host: readonly MountInfo[],
+  pivoted = false,
 ): MountEntry[] {
   const made = [...earlier];
   return mounts.map((m) => {
@@ -69,6 +99,15 @@ export function mountEntries(
     if (onHost) {
       entry.bindFrom = join(onHost.h.mountPoint, onHost.rel!);
       entry.bindHost = true;
+      return entry;
+    }
+    if (m.fsType === "overlay") {
+      const why = overlayRefused(m, pivoted);
+      if (why) {
+        throw new DumpError(
+          `container ${pid} mounted ${mountName(m)}, which tardigrade cannot mount again: ${why}`,
+        );
+      }
       return entry;
     }
     if (!FRESH.includes(m.fsType) || m.root !== "/") {
@@ -146,6 +185,16 @@ export function makeMount(inj: Injector, m: MountEntry, prefix: string, toolPath
     m.superOptions.split(",").filter((o) => o !== "rw" && o !== "ro"),
   )
     .join(",");
+  if (m.fsType === "overlay") {
+    const gone = overlayDirs(m.superOptions).find((d) => {
+      try {
+        return !Deno.statSync(`${toolPath}${prefix}${d.dir}`).isDirectory;
+      } catch {
+        return true;
+      }
+    });
+    if (gone) throw new Error(`its ${gone.option} ${gone.dir} is not a directory here any more`);
+  }
   // Writable until its files are in; else read-only at once when its superblock is: a
   // superblock of another user namespace than the mounter's (sysfs's is the machine's) cannot be
   // made read-only by a remount from inside a container's.

@@ -65,7 +65,7 @@ export function dumpMounts(pid: number): MountEntry[] {
     );
   }
   const host = readMountInfo("self");
-  if (ownRoot(pid)) return mountEntries(pid, readMountInfo(pid), [], host);
+  if (ownRoot(pid)) return mountEntries(pid, readMountInfo(pid), [], host, true);
   const { added, missing } = difference(pid);
   if (missing.length) {
     throw new DumpError(

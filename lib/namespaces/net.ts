@@ -3,18 +3,20 @@
  * address, up state and addresses), the routes it was given and its sysctls under
  * net.ipv4.conf and net.ipv6.conf. Read and made with `ip` and a shell run in the namespace
  * (netns_command.ts: short-lived children of the tool, which never enters it); a veth's end
- * outside the container is veth.ts's. What is not carried is refused at dump time, naming it:
- * other kinds of device, a firewall ruleset inside. Neighbour caches, qdiscs and queue lengths
+ * outside the container is veth.ts's, its firewall firewall.ts's. What is not carried is
+ * refused at dump time, naming it: other kinds of device. Neighbour caches, qdiscs and queue lengths
  * are the fresh namespace's. The restore gives the container's init a fresh namespace (an
- * injected unshare), sets its `all` and `default` sysctls, makes the veth pairs, then gives
- * every device its state, addresses and sysctls, then the routes; the restore's check reads the
+ * injected unshare), sets its `all` and `default` sysctls, makes the veth pairs (their outside
+ * ends down until `openNet`, once its connections run again), then gives
+ * every device its state, addresses and sysctls, then the routes, then the firewall; the restore's check reads the
  * namespace again as the dump did.
  */
 import { CLONE } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { NetEntry, NetLinkEntry } from "../image/schema.ts";
-import { hasProgram, NetnsCommandError, runInNetns } from "./netns_command.ts";
+import { NetnsCommandError, runInNetns } from "./netns_command.ts";
+import { dumpFirewall, firewallDiffers, makeFirewall } from "./firewall.ts";
 import {
   addressArgs,
   addressKey,
@@ -27,7 +29,7 @@ import {
   setDiffers,
   word,
 } from "./ip.ts";
-import { dumpPeer, makePeer, peerDiffers } from "./veth.ts";
+import { dumpPeer, makePeer, peerDiffers, raisePeer } from "./veth.ts";
 
 /** The sysctls carried: those under these directories of /proc/sys/net. */
 const SYSCTL_DIRS = ["ipv4/conf", "ipv6/conf"];
@@ -47,19 +49,6 @@ function readSysctls(pid: number): { path: string; value: string }[] {
   }).sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
 }
 
-/** Refuses a firewall ruleset inside the namespace of `pid`, which is not carried. */
-function refuseRuleset(pid: number): void {
-  if (!hasProgram("nft")) return; // iptables here is nft's: without nft there is none to read
-  const rules = runInNetns(pid, "nft", ["list", "ruleset"]).trim();
-  if (rules) {
-    const first = rules.split("\n")[0];
-    throw new DumpError(
-      `the net namespace of container ${pid} has a firewall ruleset (${first} …), which ` +
-        `tardigrade does not dump yet`,
-    );
-  }
-}
-
 /** Its entry of a device as read. */
 function linkEntry(l: ReadLink): NetLinkEntry {
   return { name: l.name, kind: l.kind, mtu: l.mtu, mac: l.mac, up: l.up, addresses: l.addresses };
@@ -68,7 +57,7 @@ function linkEntry(l: ReadLink): NetLinkEntry {
 /** The network namespace of container `pid` (frozen); refuses what a restore would not make. */
 export function dumpNet(pid: number): NetEntry {
   try {
-    refuseRuleset(pid);
+    const firewall = dumpFirewall(pid);
     const links = readLinks(pid);
     const kinds = links.find((l) => l.kind !== "loopback" && l.kind !== "veth");
     if (kinds) {
@@ -87,6 +76,7 @@ export function dumpNet(pid: number): NetEntry {
       }),
       routes: readRoutes(pid),
       sysctls: readSysctls(pid),
+      ...(firewall ? { firewall } : {}),
     };
   } catch (err) {
     if (err instanceof NetnsCommandError) {
@@ -137,9 +127,28 @@ export function makeNet(inj: Injector, net: NetEntry): void {
     }
     writeSysctls(pid, net.sysctls.filter((s) => !isAllOrDefault(s)));
     for (const r of inAddOrder(net.routes)) runInNetns(pid, "ip", routeArgs(r));
+    // Last: a rule may name a device or an address.
+    if (net.firewall) makeFirewall(pid, net.firewall);
   } catch (err) {
     if (err instanceof NetnsCommandError) {
       throw new RestoreError(`cannot make its net namespace: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Opens the network namespace made by `makeNet` to the outside, once the restored connections
+ * run: the outside ends of its veths come up with their routes (veth.ts).
+ */
+export function openNet(net: NetEntry): void {
+  try {
+    for (const l of net.links) {
+      if (l.peer) raisePeer(l);
+    }
+  } catch (err) {
+    if (err instanceof NetnsCommandError) {
+      throw new RestoreError(`cannot bring up its veths: ${err.message}`);
     }
     throw err;
   }
@@ -184,5 +193,5 @@ export function netDiffers(pid: number, net: NetEntry): string | null {
       return `its sysctl net.${s.path.replaceAll("/", ".")} is ${now.get(s.path)}, not ${s.value}`;
     }
   }
-  return null;
+  return firewallDiffers(pid, net.firewall);
 }

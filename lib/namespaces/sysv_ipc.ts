@@ -7,30 +7,38 @@
  * namespace), key, owner, mode and capacity, its messages sent again in order, its values set.
  * Not carried, and so refused: objects whose creator is not root (the creator cannot be given);
  * semaphore undo adjustments (SEM_UNDO) are not visible from outside and are lost (README).
+ * Its shared memory segments use the same reading and making of an object (shm_segments.ts).
  */
 import {
-  cstring,
   errnoName,
   IPC,
   IPC_INFO,
   IPC_INFO_SIZE,
-  O,
   SYS,
+  SyscallError,
   SYSV,
   SYSV_DS,
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
+import { writeIpcSysctl } from "./ipc_sysctl.ts";
 import type { MsgQueueEntry, SemSetEntry, SysvObjectEntry } from "../image/schema.ts";
 
+/** The three kinds of System V object. */
+export type SysvKind = "msg" | "sem" | "shm";
+
 /** Scratch offsets: the ds struct, then message text or semaphore values. */
-const DS_AT = 0;
+export const DS_AT = 0;
 const DATA_AT = 256;
 /** The largest message (type and text) the scratch region holds. */
 const MAX_MESSAGE = 60 * 1024;
 
 /** The object `*_STAT_ANY` wrote at DS_AT, with id `id`; refuses one root did not create. */
-function objectOf(inj: Injector, id: number, what: string): SysvObjectEntry & { ds: DataView } {
+export function objectOf(
+  inj: Injector,
+  id: number,
+  what: string,
+): SysvObjectEntry & { ds: DataView } {
   const b = inj.get(DS_AT, SYSV_DS.size);
   const ds = new DataView(b.buffer, b.byteOffset, b.length);
   if (ds.getUint32(SYSV_DS.cuid, true) !== 0 || ds.getUint32(SYSV_DS.cgid, true) !== 0) {
@@ -49,20 +57,36 @@ function objectOf(inj: Injector, id: number, what: string): SysvObjectEntry & { 
   };
 }
 
-/** Ids of the objects of one kind: `*_STAT_ANY` of every index up to what `*_INFO` says. */
-function eachObject(inj: Injector, kind: "msg" | "sem", body: (id: number) => void): void {
+/** `{msg,sem,shm}ctl` of object (or index) `id` with command `cmd` and struct `at`: the raw result. */
+function ctl(inj: Injector, kind: SysvKind, id: number, cmd: number, at: bigint): bigint {
+  if (kind === "sem") return inj.raw(SYS.semctl, id, 0, cmd, at);
+  return inj.raw(kind === "msg" ? SYS.msgctl : SYS.shmctl, id, cmd, at);
+}
+
+/** `ctl` that throws on failure. */
+function ctlChecked(inj: Injector, kind: SysvKind, id: number, cmd: number, at: bigint): bigint {
+  const r = ctl(inj, kind, id, cmd, at);
+  if (r < 0n) throw new SyscallError(`${kind}ctl in ${inj.tid}`, [id, cmd, at], Number(-r));
+  return r;
+}
+
+const STAT_ANY = { msg: SYSV.MSG_STAT_ANY, sem: SYSV.SEM_STAT_ANY, shm: SYSV.SHM_STAT_ANY };
+
+/**
+ * Ids of the objects of one kind: `*_STAT_ANY` of every index up to what `*_INFO` says; each
+ * object's ds is at DS_AT while `body` runs.
+ */
+export function eachObject(inj: Injector, kind: SysvKind, body: (id: number) => void): void {
   const ds = inj.put(new Uint8Array(IPC_INFO_SIZE), DS_AT);
-  const info = IPC_INFO[kind].cmd;
-  const maxIndex = Number(
-    kind === "sem" ? inj.call("semctl", 0, 0, info, ds) : inj.call("msgctl", 0, info, ds),
-  );
+  const maxIndex = Number(ctlChecked(inj, kind, 0, IPC_INFO[kind].cmd, ds));
   for (let index = 0; index <= maxIndex; index++) {
-    const r = kind === "sem"
-      ? inj.raw(SYS.semctl, index, 0, SYSV.SEM_STAT_ANY, ds)
-      : inj.raw(SYS.msgctl, index, SYSV.MSG_STAT_ANY, ds);
+    const r = ctl(inj, kind, index, STAT_ANY[kind], ds);
     if (r >= 0n) body(Number(r)); // an unused index: EINVAL
   }
 }
+
+/** `*get` flags that make an object of key `key` (IPC_PRIVATE always makes one), owner-only. */
+export const createFlags = (key: number) => (key === 0 ? 0 : IPC.CREAT | IPC.EXCL) | 0o600;
 
 /** The message queues and semaphore sets of the IPC namespace `inj`'s process lives in. */
 export function dumpSysvIpc(inj: Injector): { msg: MsgQueueEntry[]; sem: SemSetEntry[] } {
@@ -100,24 +124,10 @@ export function dumpSysvIpc(inj: Injector): { msg: MsgQueueEntry[]; sem: SemSetE
   return { msg, sem };
 }
 
-/** Writes `id` to /proc/sys/kernel/`file` inside `inj`'s process: the next object gets it. */
-function nextId(inj: Injector, file: string, id: number): void {
-  const path = inj.put(cstring(`/proc/sys/kernel/${file}`), DATA_AT);
-  const fd = inj.call("openat", -100, path, O.WRONLY | O.CLOEXEC, 0);
-  try {
-    const text = new TextEncoder().encode(String(id));
-    inj.call("write", fd, inj.put(text, DATA_AT), text.length);
-  } finally {
-    inj.call("close", fd);
-  }
-}
-
 /** Sets the owner and mode (and a queue's capacity) of a made object with IPC_STAT then IPC_SET. */
-function setOwner(inj: Injector, o: SysvObjectEntry, kind: "msg" | "sem", qbytes?: number) {
+export function setOwner(inj: Injector, o: SysvObjectEntry, kind: SysvKind, qbytes?: number) {
   const at = inj.put(new Uint8Array(SYSV_DS.size), DS_AT);
-  const stat = (cmd: number) =>
-    kind === "sem" ? inj.call("semctl", o.id, 0, cmd, at) : inj.call("msgctl", o.id, cmd, at);
-  stat(IPC.STAT);
+  ctlChecked(inj, kind, o.id, IPC.STAT, at);
   const b = inj.get(DS_AT, SYSV_DS.size);
   const ds = new DataView(b.buffer, b.byteOffset, b.length);
   ds.setUint32(SYSV_DS.uid, o.uid, true);
@@ -125,12 +135,17 @@ function setOwner(inj: Injector, o: SysvObjectEntry, kind: "msg" | "sem", qbytes
   ds.setUint16(SYSV_DS.mode, o.mode, true);
   if (qbytes !== undefined) ds.setBigUint64(SYSV_DS.msgQbytes, BigInt(qbytes), true);
   inj.put(b, DS_AT);
-  stat(IPC.SET);
+  ctlChecked(inj, kind, o.id, IPC.SET, at);
 }
 
 /** Makes object `o` with its id: `get` creates it (after next_id is set) and returns its id. */
-function makeWithId(inj: Injector, o: SysvObjectEntry, file: string, get: () => bigint): void {
-  nextId(inj, file, o.id);
+export function makeWithId(
+  inj: Injector,
+  o: SysvObjectEntry,
+  file: string,
+  get: () => bigint,
+): void {
+  writeIpcSysctl(inj, `kernel/${file}`, o.id);
   const id = Number(get());
   if (id !== o.id) throw new RestoreError(`System V object ${o.id} came back as ${id}`);
 }
@@ -140,9 +155,8 @@ function makeWithId(inj: Injector, o: SysvObjectEntry, file: string, get: () => 
  * `inj`'s process, with their ids, owners, messages and values.
  */
 export function makeSysvIpc(inj: Injector, ipc: { msg: MsgQueueEntry[]; sem: SemSetEntry[] }) {
-  const create = (key: number) => (key === 0 ? 0 : IPC.CREAT | IPC.EXCL) | 0o600;
   for (const q of ipc.msg) {
-    makeWithId(inj, q, "msg_next_id", () => inj.call("msgget", q.key, create(q.key)));
+    makeWithId(inj, q, "msg_next_id", () => inj.call("msgget", q.key, createFlags(q.key)));
     setOwner(inj, q, "msg", q.qbytes);
     for (const m of q.messages) {
       const b = new Uint8Array(8 + m.data.length);
@@ -156,7 +170,7 @@ export function makeSysvIpc(inj: Injector, ipc: { msg: MsgQueueEntry[]; sem: Sem
       inj,
       s,
       "sem_next_id",
-      () => inj.call("semget", s.key, s.values.length, create(s.key)),
+      () => inj.call("semget", s.key, s.values.length, createFlags(s.key)),
     );
     const values = new Uint16Array(s.values);
     inj.call("semctl", s.id, 0, SYSV.SETALL, inj.put(new Uint8Array(values.buffer), DATA_AT));

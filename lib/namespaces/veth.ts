@@ -112,8 +112,19 @@ export function makePeer(pid: number, link: NetLinkEntry): void {
     String(pid),
   ]);
   if (master) runInNetns(null, "ip", ["link", "set", name, "master", master]);
-  if (peer.up) runInNetns(null, "ip", ["link", "set", name, "up"]);
   for (const a of peer.addresses) runInNetns(null, "ip", addressArgs(a, name));
+}
+
+/**
+ * Brings up the outside end of veth `link` made by `makePeer` (if it was up) and gives it its
+ * routes (which a device that is down cannot take). Once the container's TCP connections are
+ * made again and resumed: until then no packet from outside reaches the namespace, where one for
+ * a connection not made yet would be answered with a reset.
+ */
+export function raisePeer(link: NetLinkEntry): void {
+  const peer = link.peer!;
+  const name = word(peer.name, "veth peer");
+  if (peer.up) runInNetns(null, "ip", ["link", "set", name, "up"]);
   for (const r of inAddOrder(peer.routes)) runInNetns(null, "ip", routeArgs(r));
 }
 

@@ -43,6 +43,7 @@ import {
   type JoinedFds,
   makeNamespaces,
   namespacesDiffer,
+  openNamespaces,
 } from "../namespaces/container.ts";
 import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
@@ -360,6 +361,8 @@ interface Shares {
   tasks: RestoredTasks;
   /** The tool's descriptors handed in for external files, by key. */
   inherited: ReadonlyMap<string, number>;
+  /** In a container's IPC namespace: its init made the System V segments, each process attaches. */
+  containerIpc: boolean;
 }
 
 /** The processes, threads and zombies `entries` make. */
@@ -395,7 +398,7 @@ function buildMemory(
   progress: (bytes: number) => void,
 ): Promise<number> {
   if (!m.asb) {
-    m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+    m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry, run.shares.containerIpc);
     m.asb.empty(run.shares.namespace?.keptFd(m.pid));
   }
   return m.inj.batch(() => buildAddressSpace(m, run, progress));
@@ -748,6 +751,7 @@ async function restoreTree(
     pids: new PidMap(),
     tasks: tasksOf(entries, opts.pidNamespace === true || containerPid),
     inherited,
+    containerIpc: container?.kinds.includes("ipc") ?? false,
   };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
@@ -835,7 +839,7 @@ async function restoreTree(
     // child to inherit their memory): a process holds copies of its maker's mappings and fds.
     for (const m of making) {
       if (m.asb) continue;
-      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry);
+      m.asb = new AddressSpaceBuilder(m.pid, m.inj, m.entry, shares.containerIpc);
       m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {
@@ -853,6 +857,7 @@ async function restoreTree(
     if (unlocked) warnings.push(unlocked);
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
+    if (container) openNamespaces(container); // a container's veths were down until now
     for (const m of making) seal(m);
     for (const m of making) m.files?.close();
     // Every descriptor table is made: a container's init lets go of the tool's pidfd.

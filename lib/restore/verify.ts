@@ -209,6 +209,7 @@ const FD_KINDS: Record<string, FdKind[]> = {
   fanotify: ["fanotify"],
   pidfd: ["pidfd"],
   memfd: ["memfd", "file"],
+  mqueue: ["mqueue"],
   socket: ["socket"],
   "unix-pair": ["socket"],
   "tcp-stream": ["socket"],

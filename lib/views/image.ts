@@ -158,8 +158,16 @@ function namespacesOf(ns: NamespacesEntry): string[] {
     }
     if (k === "ipc" && ns.ipc) {
       const messages = ns.ipc.msg.reduce((n, q) => n + q.messages.length, 0);
+      const shm = ns.ipc.shm ?? [];
+      const mqueues = ns.ipc.mqueues ?? [];
+      const posted = mqueues.reduce((n, q) => n + q.messages.length, 0);
       return `ipc ${ns.ipc.msg.length} message queues (${messages} messages), ` +
-        `${ns.ipc.sem.length} semaphore sets`;
+        `${ns.ipc.sem.length} semaphore sets` +
+        (shm.length ? `, ${shm.length} shared memory segments` : "") +
+        (mqueues.length
+          ? `, POSIX message queues ${mqueues.map((q) => `/${q.name}`).join(" ")} ` +
+            `(${posted} messages)`
+          : "");
     }
     if (k === "net" && ns.net) {
       const links = ns.net.links.map((l) =>
@@ -167,7 +175,10 @@ function namespacesOf(ns: NamespacesEntry): string[] {
           ? `${l.name} (veth to ${l.peer.name}${l.peer.master ? ` on ${l.peer.master}` : ""})`
           : l.name
       );
-      return `net ${links.join(", ")}, ${ns.net.routes.length} routes`;
+      const firewall = ns.net.firewall
+        ? `, firewall of ${ns.net.firewall.ruleset.match(/^table /gm)?.length ?? 0} tables`
+        : "";
+      return `net ${links.join(", ")}, ${ns.net.routes.length} routes${firewall}`;
     }
     if (k === "time" && ns.time) {
       const s = (offset: bigint) => `${offset < 0n ? "" : "+"}${Number(offset) / 1e9} s`;

@@ -19,14 +19,21 @@
  * its bytes with MSG_PEEK (repair mode lets the send queue be peeked), whether reading was shut
  * (POLLRDHUP), SO_BUF_LOCK (which buffer sizes the program fixed), and the options options.ts keeps.
  *
+ * Inside a container's own net namespace (one the dump takes) no netfilter lock is made: the
+ * namespace ends with the dumped processes, and the restore keeps the outside ends of its veths
+ * down until its connections are resumed (veth.ts). Such a connection must be established (the
+ * FINs of a closing one would come back through segments forged in the tool's namespace); one in
+ * a namespace left running (--external net) is refused.
+ *
  * Afterwards: when the dump kills the processes, the socket stays in repair mode behind its filter
  * and vanishes silently with them, so the peer sees nothing. When they run on, or the dump fails,
  * the filter comes off, repair mode goes off with TCP_REPAIR_OFF_NO_WP (no window probe) and
  * SO_REUSEADDR is set again (leaving repair mode clears it): the connection is as it was. The
  * tool's copy is always closed.
  *
- * Restore: the tool makes the socket and hands it to the target (an injected pidfd_getfd on the
- * tool), which sets the options as options.ts does (before repair mode: SO_REUSEADDR would undo the
+ * Restore: the tool makes the socket (in a container's net namespace, the target makes it and the
+ * tool takes it: the tool never enters the namespace) and hands it to the target (an injected
+ * pidfd_getfd on the tool), which sets the options as options.ts does (before repair mode: SO_REUSEADDR would undo the
  * forced reuse repair mode gives). Then, from the tool: TCP_REPAIR on, bind to the local address
  * (repair mode binds even next to the listener that accepted the connection), both queues' first
  * sequence numbers (the dumped ends minus the queued bytes), connect (no SYN: the socket is at once
@@ -84,6 +91,7 @@ import {
   SOCK,
   SOCK_IOCTL,
   SOL,
+  SYS,
   syscall,
   TCP,
   TCP_QUEUE,
@@ -110,7 +118,7 @@ import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, handToTarget, readU32 } from "../util.ts";
+import { abandonFd, handToTarget, injectClose, readU32 } from "../util.ts";
 import { formatAddress } from "./address.ts";
 import { sendSegment, TCP_FLAG } from "./tcp_segment.ts";
 import { tcpSocketState } from "./diag.ts";
@@ -341,10 +349,12 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
       `fd ${fd.fd} of process ${fd.pid}: ${description}: ${why}; a policy can skip it`,
     );
   };
-  if (namespaceOf(fd.pid, "net") !== namespaceOf(Deno.pid, "net")) {
+  // In a container's own net namespace, which ends with the dump: nothing outside it to lock.
+  const inContainer = namespaceOf(fd.pid, "net") !== namespaceOf(Deno.pid, "net");
+  if (inContainer && ctx.containerNet !== "own") {
     fail(
-      "a TCP connection inside a container's own net namespace is not dumped yet (the network " +
-        "lock works in tardigrade's)",
+      "a TCP connection in a net namespace the dump leaves running (--external net) is not " +
+        "dumped: nothing would hold its packets there until the restore",
     );
   }
   const s = pidfdGetfd(ctx.pidfd, fd.fd);
@@ -356,9 +366,13 @@ export function dumpTcpStream(fd: Fd, ctx: FileDumpContext, base: TcpStreamBase)
       .filter((o) => o.name !== "SO_BUF_LOCK");
     held = new HeldConnection(s, findOption(options, "SO_REUSEADDR"));
     // Before anything is read: netfilter drops its packets from now until its restore.
-    ctx.networkLock?.add(base.address, base.peer, fail);
+    if (!inContainer) ctx.networkLock?.add(base.address, base.peer, fail);
     held.hold(fail);
     const entry = readConnection(s, fail);
+    if (inContainer && entry.state !== "established") {
+      // Its FINs would come back through segments forged in the tool's net namespace.
+      fail(`a ${entry.state} TCP connection inside a container is not dumped yet`);
+    }
     const hold = held;
     const end = (ok: boolean) => {
       try {
@@ -720,9 +734,27 @@ function pendingOf(ctx: FileRestoreContext): { entry: TcpStreamEntry; socket: nu
   return list;
 }
 
+/**
+ * A new TCP socket of the tool's, in the net namespace of the process being restored: made by
+ * the process itself (an injected socket(), taken with pidfd_getfd) when it lives in another
+ * than the tool's (a container's), else by the tool. A negative errno on failure.
+ */
+function socketFor(ctx: FileRestoreContext, family: number, type: number): number {
+  if (namespaceOf(ctx.pid, "net") === namespaceOf(Deno.pid, "net")) {
+    return trySocket(family, type, IPPROTO.TCP);
+  }
+  const theirs = Number(ctx.injector.raw(SYS.socket, family, type, IPPROTO.TCP));
+  if (theirs < 0) return theirs;
+  try {
+    return pidfdGetfd(ctx.pidfd, theirs);
+  } finally {
+    injectClose(ctx, theirs); // handed back below, as a socket of the tool's is
+  }
+}
+
 function openTcpStream(e: TcpStreamEntry, ctx: FileRestoreContext): number {
   const type = SOCK.STREAM | SOCK.CLOEXEC | (e.flags & O.NONBLOCK ? SOCK.NONBLOCK : 0);
-  const s = trySocket(e.family, type, IPPROTO.TCP);
+  const s = socketFor(ctx, e.family, type);
   if (s < 0) throw new RestoreError(`${e.description}: socket() failed (${errnoName(-s)})`);
   let fd = -1;
   try {
