@@ -94,6 +94,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_multicast" },
   { name: "r_unix_dgram_queue" },
   { name: "r_unix_ghost" },
+  { name: "r_unix_accept_queue" },
   { name: "r_ping_socket", sysctls: PING_GROUPS },
   { name: "r_inet_kinds" },
   { name: "r_netlink_socket" },

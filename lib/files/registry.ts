@@ -23,6 +23,7 @@ import { tcpStreamHandler } from "./socket/tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
 import { unixPairHandler } from "./socket/unix_pair.ts";
+import { unixPendingHandler } from "./socket/unix_pending.ts";
 
 /** All handlers, one per entry kind. */
 export const FILE_HANDLERS: readonly FileHandler[] = [
@@ -39,6 +40,8 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   fanotifyHandler,
   pidfdHandler,
   memfdHandler,
+  // Before socketHandler: its clients connect on release, before a ghost listener's path goes.
+  unixPendingHandler,
   socketHandler,
   unixPairHandler,
   tcpStreamHandler,

@@ -211,6 +211,7 @@ const FD_KINDS: Record<string, FdKind[]> = {
   memfd: ["memfd", "file"],
   socket: ["socket"],
   "unix-pair": ["socket"],
+  "unix-pending": ["socket"],
   "tcp-stream": ["socket"],
 };
 

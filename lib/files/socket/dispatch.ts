@@ -13,7 +13,8 @@
  *   peer, go to unix_pair.ts, which keeps them with their queued data when their peer is in the
  *   dump too or was closed (sock_diag shows a closed peer with no inode and, for a stream, a full
  *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
- *   standalone.ts and comes back as a socketpair with one end closed again;
+ *   standalone.ts and comes back as a socketpair with one end closed again; a stream or seqpacket
+ *   client whose connection waits in a listener's queue, not accepted yet, goes to unix_pending.ts;
  * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
  *   connected to a named address), and UDP-Lite, ping, raw, packet (packet.ts) and netlink
  *   (netlink.ts) sockets, go to standalone.ts, which makes it again from its address.
@@ -62,6 +63,7 @@ import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
+import { dumpUnixPending, pendingPlace, type UnixPendingEntry } from "./unix_pending.ts";
 
 const FAMILIES: Record<number, string> = {
   [AF.UNIX]: "UNIX",
@@ -111,7 +113,7 @@ function refuse(fd: Fd, what: string, why: string): never {
 async function dumpSocket(
   fd: Fd,
   ctx: FileDumpContext,
-): Promise<SocketEntry | UnixPairEntry | TcpStreamEntry> {
+): Promise<SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry> {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
   using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
@@ -201,6 +203,11 @@ async function dumpSocket(
         peerClosed = true;
       }
     }
+    // Its peer not accepted yet: waiting in a listener's queue, which it comes back to.
+    const place = peer && type !== SOCK.DGRAM ? pendingPlace(fd.inode, ctx) : undefined;
+    if (peer && place) {
+      return dumpUnixPending(fd, ctx, { what, type, address, peer, reader }, place);
+    }
     if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
       // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
       return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
@@ -225,12 +232,13 @@ async function dumpSocket(
 }
 
 /**
- * Every socket: dumped by its kind's module (standalone.ts, unix_pair.ts, tcp_stream.ts);
+ * Every socket: dumped by its kind's module (standalone.ts, unix_pair.ts, unix_pending.ts,
+ * tcp_stream.ts);
  * entries of kind "socket" restored by standalone.ts.
  */
 export const socketHandler: FileHandler<
   SocketEntry,
-  SocketEntry | UnixPairEntry | TcpStreamEntry
+  SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry
 > = {
   ...standaloneSocketHandler,
   fdKinds: ["socket"],

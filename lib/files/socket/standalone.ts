@@ -17,9 +17,12 @@
  * options that differ from a fresh socket's are kept (options.ts). A named UNIX datagram socket's
  * queued datagrams are kept with their senders (unix_datagrams.ts); a UNIX path is found where it
  * was bound, also from another directory than the cwd, or removed or replaced since (unix_path.ts).
- * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
- * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
- * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
+ * A UNIX listener's connections not accepted yet are kept with their clients, in order
+ * (`pending`, unix_pending.ts, which refuses those it cannot keep). The file a UNIX socket's bind()
+ * made keeps its permissions and owner (`boundFile`, unix_path.ts).
+ * Refused (a DumpError naming fd, family, type and state; a policy can skip them): TCP listeners
+ * with connections waiting in their accept queue (they would be lost, as CRIU refuses them too)
+ * and an unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
  * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
  * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
@@ -79,7 +82,16 @@ import {
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
-import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
+import { awaitPendingClients, listenerPending } from "./unix_pending.ts";
+import {
+  bindGhost,
+  BOUND_FILE,
+  type BoundFile,
+  dumpUnixPaths,
+  type PathFate,
+  restoreBoundFile,
+  unlinkGhosts,
+} from "./unix_path.ts";
 import {
   dumpNetlink,
   NETLINK_STATE,
@@ -134,6 +146,11 @@ export interface SocketEntry extends FileEntry {
   cwd: string;
   /** A UNIX path removed or replaced since bind(): bound again, then unlinked (unix_path.ts). */
   pathFate?: PathFate;
+  /**
+   * A UNIX socket's file at its path: its permissions and owner, given again after bind()
+   * (unix_path.ts); absent in older images (the file gets the restoring process's).
+   */
+  boundFile?: BoundFile;
   /** "removed": connected to a ghost UNIX socket of the image, whose path was removed. */
   peerFate?: "removed";
   /**
@@ -159,6 +176,11 @@ export interface SocketEntry extends FileEntry {
   netlink?: NetlinkState;
   /** The IP multicast groups it joined (multicast.ts); absent: none (and in older images). */
   multicast?: MulticastMembership[];
+  /**
+   * A UNIX listener's connections not accepted yet: the inodes of their clients (entries of kind
+   * "unix-pending"), in the order accept() takes them; absent: none (and in older images).
+   */
+  pending?: bigint[];
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -232,13 +254,16 @@ function backlogOf(
   if (s.family !== AF.UNIX || !s.listening) return { backlog: 0, backlogSource: "none" };
   const q = unixListenQueue(fd.inode);
   if (!q) return { backlog: somaxconn(), backlogSource: "somaxconn" };
-  if (q.queued > 0) waiting(q.queued);
   return { backlog: q.max, backlogSource: "sock_diag" };
 }
 
 /** Dumps a socket dispatch.ts found to come back on its own. */
 export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
+  // A UNIX listener's connections not accepted yet come back with their clients (unix_pending.ts).
+  const pending = s.family === AF.UNIX && s.listening
+    ? listenerPending(fd, s.ctx, (why) => s.refuse(`listening ${s.at} ${why}`))
+    : [];
   let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
     if (s.address) {
@@ -296,6 +321,7 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
       (shutdown ? `, shut for ${SHUT_NAMES[shutdown]}` : ""),
   };
   if (queue.length) entry.queue = queue;
+  if (pending.length) entry.pending = pending;
   if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
   if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
   if ((s.family === AF.INET || s.family === AF.INET6) && s.type !== SOCK.STREAM) {
@@ -397,10 +423,15 @@ function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
   if (e.family !== AF.UNIX || e.type !== SOCK.DGRAM || !e.address) return;
   rememberSender(ctx, fd, e.address);
   if (!e.queue?.length) return;
+  refillDatagrams(ctx, e.queue, connectAddress(e), e.cwd, e.description);
+}
+
+/** The address a client connects to a UNIX socket at: its absolute path, or its abstract name. */
+function connectAddress(e: SocketEntry): Uint8Array {
   const path = absoluteUnixPath(e, e.address);
   const to = path ? unixAddress(path) : e.address;
-  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to send its queue to`);
-  refillDatagrams(ctx, e.queue, to, e.cwd, e.description);
+  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to connect to`);
+  return to;
 }
 
 /** Binds target fd `fd` to the entry's address (`path`: its file's absolute path, or ""). */
@@ -431,6 +462,7 @@ function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: 
           : `errno ${code}`),
     );
   }
+  if (path && e.boundFile && !e.pathFate) restoreBoundFile(path, e.boundFile);
 }
 
 // Datagram sockets whose peer in the image was not made yet when they were: the tool's copy of
@@ -516,6 +548,9 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
       }
     }
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
+    if (e.pending?.length) {
+      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e), e.description);
+    }
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
   }
@@ -544,11 +579,13 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     description: "text",
     queue: { optional: QUEUED_DATAGRAMS },
     pathFate: { optional: { oneOf: ["removed", "replaced"] } },
+    boundFile: BOUND_FILE,
     packet: PACKET_STATE,
     multicast: MULTICAST_STATE,
     netlink: NETLINK_STATE,
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },
+    pending: { optional: { list: "whole" } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {
