@@ -82,7 +82,8 @@ import {
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
-import { awaitPendingClients, listenerPending } from "./unix_pending.ts";
+import { listenerPending } from "./unix_pending.ts";
+import { awaitPendingClients } from "./pending_queue.ts";
 import {
   bindGhost,
   BOUND_FILE,
@@ -549,7 +550,7 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
     }
     if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
     if (e.pending?.length) {
-      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e), e.description);
+      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e));
     }
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);

@@ -18,25 +18,25 @@
  *
  * Restore. The client is a fresh socket (O_NONBLOCK while it connects); once every process is
  * made (release, before the ghosts' paths go), each listener's clients connect again in their
- * order, each from inside its own process (SO_PEERCRED names that pid) with the dumped effective
- * uid and gid put on the connecting thread for the call, to the listener's absolute path or
- * abstract name. The connection then waits in the restored listener's queue as it did; the
- * client's options, shutdown and file status flags go on after the connect (SO_PASSCRED set
- * before it would bind the client to an abstract name). A client left out by the dump's policy
- * is left out of the queue; a client whose listener is not in the image fails the restore.
+ * order (pending_queue.ts), each from inside its own process (SO_PEERCRED names that pid) with
+ * the dumped effective uid and gid put on the connecting thread for the call, to the listener's
+ * absolute path or abstract name. The connection then waits in the restored listener's queue as
+ * it did; the client's options, shutdown and file status flags go on after the connect
+ * (SO_PASSCRED set before it would bind the client to an abstract name).
  */
-import { AF, close, F, pidfdGetfd, SETFL_MASK, SK_SHUTDOWN, SOCK, SYS } from "../../../ffi/mod.ts";
+import { AF, F, SETFL_MASK, SK_SHUTDOWN, SOCK, SYS } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import { statusField } from "../../inspect/procfs.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, handToTarget, injectClose, injectRaw } from "../util.ts";
+import { injectRaw } from "../util.ts";
 import { describeHolder } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { type PendingPlace, unixDiag, unixPendingPlaces } from "./diag.ts";
 import { changedOptions, setOption, SOCKET_OPTIONS, type SocketOption } from "./options.ts";
 import { type ConnectedUnix, SHUT_HOW, socketHolders } from "./unix_pair.ts";
+import { awaitConnect, settlePending } from "./pending_queue.ts";
 
 /** The client end of a UNIX connection waiting in its listener's queue. */
 export interface UnixPendingEntry extends FileEntry {
@@ -177,55 +177,12 @@ export function dumpUnixPending(
 
 // ---- Restore ----
 
-/** A client made, waiting to connect: the tool's copy of it and where it lives. */
-interface MadeClient {
-  e: UnixPendingEntry;
-  ctx: FileRestoreContext;
-  copy: number;
-}
-
-/** A listener made, with its clients' inodes in order and the address they connect to. */
-interface MadeListener {
-  pending: readonly bigint[];
-  address: Uint8Array;
-  description: string;
-}
-
-interface Made {
-  clients: Map<bigint, MadeClient>;
-  listeners: Map<bigint, MadeListener>;
-}
-
-const madeByScope = new WeakMap<object, Made>();
-
-function madeIn(scope: object): Made {
-  let made = madeByScope.get(scope);
-  if (!made) madeByScope.set(scope, made = { clients: new Map(), listeners: new Map() });
-  return made;
-}
-
-/**
- * A listener of the image was made at target fd `fd`'s socket (inode `inode` when dumped) with
- * clients waiting (`pending`): they connect to `address` (an absolute path, or an abstract name)
- * once every process is made.
- */
-export function awaitPendingClients(
-  ctx: FileRestoreContext,
-  inode: bigint,
-  pending: readonly bigint[],
-  address: Uint8Array,
-  description: string,
-): void {
-  madeIn(ctx.scope ?? ctx).listeners.set(inode, { pending, address, description });
-}
-
 /**
  * Runs `body` in the client's process with its dumped effective uid and gid (the restored
  * process still has the stub's, root's: a raw setres[ug]id changes the calling thread only, and
  * its saved ids stay 0, so it can take root's back).
  */
-function asClient<T>(c: MadeClient, body: () => T): T {
-  const { e, ctx } = c;
+function asClient<T>(e: UnixPendingEntry, ctx: FileRestoreContext, body: () => T): T {
   if (!e.uid && !e.gid) return body();
   injectRaw(ctx, "setresgid", SYS.setresgid, -1, e.gid, -1);
   injectRaw(ctx, "setresuid", SYS.setresuid, -1, e.uid, -1);
@@ -237,63 +194,36 @@ function asClient<T>(c: MadeClient, body: () => T): T {
   }
 }
 
-/** Connects one client to its listener's queue, from inside its process, then settles it. */
-function connectClient(c: MadeClient, l: MadeListener): void {
-  const { e, ctx } = c;
-  const fd = handToTarget(ctx, c.copy, e.description);
-  try {
-    const r = asClient(
-      c,
-      () => ctx.injector.raw(SYS.connect, fd, ctx.put(l.address), l.address.length),
+/** Connects client `fd` to the listener at `address`, then gives it its options and state. */
+function connectClient(
+  e: UnixPendingEntry,
+  ctx: FileRestoreContext,
+  fd: number,
+  address: Uint8Array,
+): void {
+  const r = asClient(
+    e,
+    ctx,
+    () => ctx.injector.raw(SYS.connect, fd, ctx.put(address), address.length),
+  );
+  if (r < 0n) {
+    throw new RestoreError(
+      `${e.description}: cannot connect to ${formatAddress(address)} again (errno ${-r})`,
     );
-    if (r < 0n) {
-      throw new RestoreError(
-        `${e.description}: cannot connect to ${l.description} again (errno ${-r})`,
-      );
-    }
-    for (const o of e.options) setOption(ctx, fd, o);
-    const how = SHUT_HOW[e.shutdown & (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)];
-    if (how !== undefined) injectRaw(ctx, "shutdown", SYS.shutdown, fd, how);
-    ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
-  } finally {
-    injectClose(ctx, fd);
   }
-}
-
-/** Lets go of what the tool holds for `scope`; with `connect`, connects every client first. */
-function settle(scope: object, connect: boolean): void {
-  const made = madeByScope.get(scope);
-  madeByScope.delete(scope);
-  if (!made) return;
-  try {
-    if (!connect) return;
-    for (const c of made.clients.values()) {
-      if (!made.listeners.has(c.e.listener)) {
-        throw new RestoreError(
-          `${c.e.description}: its listener socket:[${c.e.listener}] is not in the image`,
-        );
-      }
-    }
-    // In each listener's order (a client the dump's policy left out is not in the queue).
-    for (const l of made.listeners.values()) {
-      for (const inode of l.pending) {
-        const c = made.clients.get(inode);
-        if (c) connectClient(c, l);
-      }
-    }
-  } finally {
-    for (const c of made.clients.values()) close(c.copy);
-  }
+  for (const o of e.options) setOption(ctx, fd, o);
+  const how = SHUT_HOW[e.shutdown & (SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND)];
+  if (how !== undefined) injectRaw(ctx, "shutdown", SYS.shutdown, fd, how);
+  ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
 }
 
 function openPending(e: UnixPendingEntry, ctx: FileRestoreContext): number {
   const fd = Number(injectRaw(ctx, "socket", SYS.socket, AF.UNIX, e.type | SOCK.NONBLOCK, 0));
-  try {
-    const copy = pidfdGetfd(ctx.pidfd, fd);
-    madeIn(ctx.scope ?? ctx).clients.set(e.inode, { e, ctx, copy });
-  } catch (err) {
-    abandonFd(ctx, fd, e.description, err);
-  }
+  awaitConnect(ctx, fd, e.inode, {
+    listener: e.listener,
+    description: e.description,
+    connect: (at, address) => connectClient(e, ctx, at, address),
+  });
   return fd;
 }
 
@@ -325,8 +255,8 @@ export const unixPendingHandler: FileHandler<UnixPendingEntry> = {
   open: openPending,
   finish(_e: UnixPendingEntry, _fd: number, ctx: FileRestoreContext): void {
     // Restored alone (no scope): its listener is in this process, made by now.
-    if (!ctx.scope) settle(ctx, true);
+    if (!ctx.scope) settlePending(ctx, true);
   },
-  release: (scope) => settle(scope, true),
-  abort: (scope) => settle(scope, false),
+  release: (scope) => settlePending(scope, true),
+  abort: (scope) => settlePending(scope, false),
 };
