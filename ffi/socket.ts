@@ -69,6 +69,7 @@ export const ICMPV6_FILTER = 1;
 export const SO = {
   REUSEADDR: 2,
   TYPE: 3,
+  ERROR: 4,
   DONTROUTE: 5,
   BROADCAST: 6,
   SNDBUF: 7,

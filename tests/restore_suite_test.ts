@@ -84,6 +84,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_signalfd" },
   { name: "r_listen" },
   { name: "r_tcp_loopback" },
+  { name: "r_tcp_accept_queue" },
   { name: "r_socketpair" },
   { name: "r_socketpair_tree" },
   { name: "r_socketpair_creds" },

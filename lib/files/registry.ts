@@ -24,6 +24,7 @@ import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
 import { unixPairHandler } from "./socket/unix_pair.ts";
 import { unixPendingHandler } from "./socket/unix_pending.ts";
+import { tcpPendingHandler } from "./socket/tcp_pending.ts";
 
 /** All handlers, one per entry kind. */
 export const FILE_HANDLERS: readonly FileHandler[] = [
@@ -45,6 +46,7 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   socketHandler,
   unixPairHandler,
   tcpStreamHandler,
+  tcpPendingHandler,
   externalHandler,
 ] as FileHandler[];
 

@@ -213,6 +213,7 @@ const FD_KINDS: Record<string, FdKind[]> = {
   "unix-pair": ["socket"],
   "unix-pending": ["socket"],
   "tcp-stream": ["socket"],
+  "tcp-pending": ["socket"],
 };
 
 /**

@@ -372,30 +372,84 @@ export function tcpSocketState(
   return r.getUint8(17);
 }
 
+/** One TCP socket as sock_diag lists it. */
+export interface TcpDiag {
+  /** `TCP_STATE.*`. */
+  state: number;
+  /** 0 for a socket no file holds (one in a listener's queue, not accepted yet). */
+  inode: bigint;
+  /** Its own and its peer's raw sockaddrs. */
+  address: Uint8Array;
+  peer: Uint8Array;
+  /** Bytes received and not read; bytes sent and not acknowledged. */
+  rqueue: number;
+  wqueue: number;
+  /** TCP_INFO's tcpi_last_data_recv: milliseconds since it last received data (or was made). */
+  sinceReceived: number;
+}
+
+/** Where `struct inet_diag_msg` has its id's ports and addresses, and its queues. */
+const SPORT = 4, DPORT = 6, SRC = 8, DST = 24, IFACE = 40, RQUEUE = 56, WQUEUE = 60;
+/** `INET_DIAG_INFO`, the attribute with struct tcp_info, and the request bit that asks for it. */
+const INET_DIAG_INFO = 2;
+/** tcpi_last_data_recv in struct tcp_info. */
+const TCPI_LAST_DATA_RECV = 52;
+
+/** The raw sockaddr of `family` at the port and address offsets of a struct inet_diag_msg. */
+function diagSockaddr(family: number, msg: Uint8Array, port: number, addr: number): Uint8Array {
+  const out = new Uint8Array(family === AF.INET ? 16 : 28);
+  new DataView(out.buffer).setUint16(0, family, true);
+  out.set(msg.subarray(port, port + 2), 2);
+  if (family === AF.INET) out.set(msg.subarray(addr, addr + 4), 4);
+  else {
+    out.set(msg.subarray(addr, addr + 16), 8);
+    out.set(msg.subarray(IFACE, IFACE + 4), 24); // scope: the interface
+  }
+  return out;
+}
+
+/**
+ * Every TCP socket of `family` in one of `states` (a mask of `1 << TCP_STATE.*`), as sock_diag
+ * lists them; empty when it does not answer.
+ */
+export function tcpSockets(family: number, states: number): TcpDiag[] {
+  const req = new Uint8Array(56); // struct inet_diag_req_v2
+  req[0] = family;
+  req[1] = IPPROTO.TCP;
+  req[2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext
+  new DataView(req.buffer).setUint32(4, states, true);
+  const out: TcpDiag[] = [];
+  askAll(req, (m) => {
+    if (m.byteLength < INET_DIAG_MSG_END) return null;
+    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
+    const v = new DataView(msg.buffer, msg.byteOffset, 72);
+    let sinceReceived = 0;
+    for (const [type, a] of attributes(m, INET_DIAG_MSG_END)) {
+      if (type === INET_DIAG_INFO && a.byteLength >= TCPI_LAST_DATA_RECV + 4) {
+        sinceReceived = a.getUint32(TCPI_LAST_DATA_RECV, true);
+      }
+    }
+    out.push({
+      state: msg[1],
+      inode: BigInt(m.getUint32(INET_DIAG_INODE, true)),
+      address: diagSockaddr(family, msg, SPORT, SRC),
+      peer: diagSockaddr(family, msg, DPORT, DST),
+      rqueue: v.getUint32(RQUEUE, true),
+      wqueue: v.getUint32(WQUEUE, true),
+      sinceReceived,
+    });
+    return null;
+  });
+  return out;
+}
+
 /**
  * The raw sockaddr a TCP socket in SYN_SENT connects to, found by its inode among this kernel's
  * connecting sockets of `family`; null when sock_diag does not show it.
  */
 export function connectingPeer(family: number, inode: bigint): Uint8Array | null {
-  const ino = Number(inode & 0xffffffffn);
-  const req = new Uint8Array(56); // struct inet_diag_req_v2, every socket in SYN_SENT
-  req[0] = family;
-  req[1] = IPPROTO.TCP;
-  new DataView(req.buffer).setUint32(4, 1 << TCP_STATE.SYN_SENT, true);
-  return askAll(req, (m) => {
-    if (!isInode(m, ino)) return null;
-    // struct inet_diag_msg after the netlink header: its id (dport at 6, dst at 24, if at 40).
-    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
-    const addr = new Uint8Array(family === AF.INET ? 16 : 28);
-    addr[0] = family;
-    addr.set(msg.subarray(6, 8), 2);
-    if (family === AF.INET) addr.set(msg.subarray(24, 28), 4);
-    else {
-      addr.set(msg.subarray(24, 40), 8);
-      addr.set(msg.subarray(40, 44), 24); // scope: the interface
-    }
-    return addr;
-  });
+  const ino = inode & 0xffffffffn;
+  return tcpSockets(family, 1 << TCP_STATE.SYN_SENT).find((s) => s.inode === ino)?.peer ?? null;
 }
 
 /** The `INET_DIAG_SHUTDOWN` attribute of an inet sock_diag reply: sk_shutdown. */

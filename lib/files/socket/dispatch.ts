@@ -5,6 +5,8 @@
  * Everything is read inside the frozen process through its fd number (target_socket.ts):
  * SO_DOMAIN/SO_TYPE/SO_PROTOCOL give the kind; SO_ACCEPTCONN, getsockname, getpeername and (TCP)
  * the state byte of TCP_INFO give the state. Then:
+ * - a TCP client whose connection waits, not accepted yet, in the queue of a listener of the dump
+ *   goes to tcp_pending.ts;
  * - TCP connections, established, connecting (SYN_SENT: sock_diag tells where to) or closing
  *   (FIN_WAIT1/2, CLOSING, CLOSE_WAIT, LAST_ACK), or ended (CLOSE, shut for reading: through
  *   TIME_WAIT or LAST_ACK; one with a reset not yet read is refused), go to tcp_stream.ts, which
@@ -62,6 +64,7 @@ import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
+import { dumpTcpPending, type TcpPendingEntry, tcpPendingPlace } from "./tcp_pending.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
 import { dumpUnixPending, pendingPlace, type UnixPendingEntry } from "./unix_pending.ts";
 
@@ -113,7 +116,7 @@ function refuse(fd: Fd, what: string, why: string): never {
 async function dumpSocket(
   fd: Fd,
   ctx: FileDumpContext,
-): Promise<SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry> {
+): Promise<SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry | TcpPendingEntry> {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
   using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
@@ -185,6 +188,13 @@ async function dumpSocket(
         return dumpTcpStream(fd, ctx, { what, family, address, peer: address });
       }
     } else if (isTcpStreamState(state) && address && to) {
+      // Its peer not accepted yet by a listener of the dump: it comes back waiting there.
+      const place = state === TCP_STATE.ESTABLISHED && peer
+        ? tcpPendingPlace(ctx, address, peer)
+        : undefined;
+      if (place && peer) {
+        return dumpTcpPending(fd, ctx, { what, family, address, peer, reader }, place);
+      }
       return dumpTcpStream(fd, ctx, { what, family, address, peer: to });
     }
     if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
@@ -238,7 +248,7 @@ async function dumpSocket(
  */
 export const socketHandler: FileHandler<
   SocketEntry,
-  SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry
+  SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry | TcpPendingEntry
 > = {
   ...standaloneSocketHandler,
   fdKinds: ["socket"],

@@ -18,8 +18,11 @@ export interface WaitingClient {
   listener: bigint;
   /** The client, for messages. */
   description: string;
-  /** Connects it, at target fd `fd` of its process, to the listener at `address`. */
-  connect(fd: number, address: Uint8Array): void;
+  /**
+   * Connects it, at target fd `fd` of its process, to the listener at `address`; `copy` is the
+   * tool's descriptor of the same socket.
+   */
+  connect(fd: number, address: Uint8Array, copy: number): void;
 }
 
 /** A client made, with where it lives and the tool's copy of it. */
@@ -83,7 +86,7 @@ export function awaitConnect(
 function connectClient(c: MadeClient, l: MadeListener): void {
   const fd = handToTarget(c.ctx, c.copy, c.description);
   try {
-    c.connect(fd, l.address);
+    c.connect(fd, l.address, c.copy);
   } finally {
     injectClose(c.ctx, fd);
   }

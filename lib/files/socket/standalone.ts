@@ -20,9 +20,10 @@
  * A UNIX listener's connections not accepted yet are kept with their clients, in order
  * (`pending`, unix_pending.ts, which refuses those it cannot keep). The file a UNIX socket's bind()
  * made keeps its permissions and owner (`boundFile`, unix_path.ts).
- * Refused (a DumpError naming fd, family, type and state; a policy can skip them): TCP listeners
- * with connections waiting in their accept queue (they would be lost, as CRIU refuses them too)
- * and an unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
+ * A TCP listener's too, where their clients are in the dump (tcp_pending.ts, which refuses the
+ * others: from another host, as CRIU refuses them).
+ * Refused (a DumpError naming fd, family, type and state; a policy can skip them): an unnamed UNIX
+ * datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
  * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
  * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
@@ -83,6 +84,7 @@ import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
 import { listenerPending } from "./unix_pending.ts";
+import { tcpListenerPending } from "./tcp_pending.ts";
 import { awaitPendingClients } from "./pending_queue.ts";
 import {
   bindGhost,
@@ -236,20 +238,14 @@ function somaxconn(): number {
   }
 }
 
-/** listen()'s backlog: the accept queue's maximum, refusing a listener with connections waiting. */
+/** listen()'s backlog: the accept queue's maximum. */
 function backlogOf(
   fd: Fd,
   s: StandaloneSocket,
 ): { backlog: number; backlogSource: SocketEntry["backlogSource"] } {
-  const waiting = (queued: number) =>
-    s.refuse(
-      `listening ${s.at} with ${queued} connection(s) not yet accepted (they would be lost)`,
-    );
   if (s.tcpInfo) {
     if (s.tcpInfo[0] !== TCP_STATE.LISTEN) return { backlog: 0, backlogSource: "none" };
-    const queued = readU32(s.tcpInfo, 24); // tcpi_unacked: sk_ack_backlog
     const backlog = readU32(s.tcpInfo, 28); // tcpi_sacked: sk_max_ack_backlog
-    if (queued > 0) waiting(queued);
     return { backlog, backlogSource: "tcp_info" };
   }
   if (s.family !== AF.UNIX || !s.listening) return { backlog: 0, backlogSource: "none" };
@@ -261,9 +257,14 @@ function backlogOf(
 /** Dumps a socket dispatch.ts found to come back on its own. */
 export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
-  // A UNIX listener's connections not accepted yet come back with their clients (unix_pending.ts).
+  // A listener's connections not accepted yet come back with their clients (unix_pending.ts,
+  // tcp_pending.ts).
+  const refuseListening = (why: string) => s.refuse(`listening ${s.at} ${why}`);
+  const queued = s.tcpInfo?.[0] === TCP_STATE.LISTEN ? readU32(s.tcpInfo, 24) : 0; // tcpi_unacked
   const pending = s.family === AF.UNIX && s.listening
-    ? listenerPending(fd, s.ctx, (why) => s.refuse(`listening ${s.at} ${why}`))
+    ? listenerPending(fd, s.ctx, refuseListening)
+    : queued
+    ? tcpListenerPending(fd, s.ctx, queued, refuseListening)
     : [];
   let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
