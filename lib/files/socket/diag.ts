@@ -295,7 +295,7 @@ export function unixDiag(inode: bigint): UnixDiag | null {
   return haveQueue ? out : null;
 }
 
-/** Where a UNIX connection not accepted yet waits: its listener's inode and its place there. */
+/** Where a connection not accepted yet waits: its listener's inode and its place there. */
 export interface PendingPlace {
   listener: bigint;
   /** 0 for the connection accept() takes first. */

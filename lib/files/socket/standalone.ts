@@ -17,14 +17,12 @@
  * options that differ from a fresh socket's are kept (options.ts). A named UNIX datagram socket's
  * queued datagrams are kept with their senders (unix_datagrams.ts); a UNIX path is found where it
  * was bound, also from another directory than the cwd, or removed or replaced since (unix_path.ts).
- * A UNIX listener's connections not accepted yet are kept with their clients, in order
- * (`pending`, unix_pending.ts, which refuses those it cannot keep). The file a UNIX socket's bind()
- * made keeps its permissions and owner (`boundFile`, unix_path.ts).
- * A TCP listener's too, where their clients are in the dump (tcp_pending.ts, which refuses the
- * others: from another host, as CRIU refuses them).
- * Refused (a DumpError naming fd, family, type and state; a policy can skip them): an unnamed UNIX
- * datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
- * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
+ * A listener's connections not accepted yet are kept with their clients, in order (`pending`:
+ * unix_pending.ts, tcp_pending.ts, which refuse those they cannot keep, such as a TCP client on
+ * another host, as CRIU refuses them). The file a UNIX socket's bind() made keeps its permissions
+ * and owner (`boundFile`, unix_path.ts). Refused (a DumpError naming fd, family, type and state;
+ * a policy can skip them): an unnamed UNIX datagram socket with datagrams queued. Datagrams queued
+ * on a UDP socket are not kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
  * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
  *
@@ -180,8 +178,9 @@ export interface SocketEntry extends FileEntry {
   /** The IP multicast groups it joined (multicast.ts); absent: none (and in older images). */
   multicast?: MulticastMembership[];
   /**
-   * A UNIX listener's connections not accepted yet: the inodes of their clients (entries of kind
-   * "unix-pending"), in the order accept() takes them; absent: none (and in older images).
+   * A listener's connections not accepted yet: the inodes of their clients (entries of kind
+   * "unix-pending" or "tcp-pending"), in the order accept() takes them; absent: none (and in
+   * older images).
    */
   pending?: bigint[];
 }

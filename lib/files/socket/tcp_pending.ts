@@ -46,7 +46,7 @@ import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, injectRaw, readI32 } from "../util.ts";
-import { formatAddress, ipOf } from "./address.ts";
+import { familyOf, formatAddress, ipOf } from "./address.ts";
 import { type PendingPlace, type TcpDiag, tcpSockets } from "./diag.ts";
 import {
   changedOptions,
@@ -114,12 +114,10 @@ function sockets(ctx: FileDumpContext): TcpDiag[] {
   return all;
 }
 
-const familyOfDiag = (s: TcpDiag) => new DataView(s.address.buffer).getUint16(0, true);
-
 /** The listeners of the kernel that would take connections to the server side `embryo`. */
 function listenersOf(embryo: TcpDiag, all: TcpDiag[]): TcpDiag[] {
   return all.filter((l) =>
-    l.state === TCP_STATE.LISTEN && familyOfDiag(l) === familyOfDiag(embryo) &&
+    l.state === TCP_STATE.LISTEN && familyOf(l.address) === familyOf(embryo.address) &&
     listensAt(l.address, embryo.address)
   );
 }
@@ -183,7 +181,8 @@ export function tcpListenerPending(
   const lost = `with ${queued} connection(s) not yet accepted`;
   if (!listener) refuse(`${lost}, which sock_diag does not show (another network namespace?)`);
   const shared = all.filter((l) =>
-    l !== listener && l.state === TCP_STATE.LISTEN && familyOfDiag(l) === familyOfDiag(listener) &&
+    l !== listener && l.state === TCP_STATE.LISTEN &&
+    familyOf(l.address) === familyOf(listener.address) &&
     (listensAt(l.address, listener.address) || listensAt(listener.address, l.address))
   );
   if (shared.length) {
