@@ -80,6 +80,7 @@ export const SO = {
   LINGER: 13,
   REUSEPORT: 15,
   PASSCRED: 16,
+  PEERCRED: 17,
   RCVLOWAT: 18,
   RCVTIMEO: 20,
   SNDTIMEO: 21,

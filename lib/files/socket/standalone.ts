@@ -53,8 +53,10 @@ import {
   pidfdGetfd,
   SHUT,
   SK_SHUTDOWN,
+  SO,
   SOCK,
   SOCK_IOCTL,
+  SOL,
   SYS,
   TCP_STATE,
   tryBind,
@@ -66,7 +68,7 @@ import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
+import { abandonFd, asIds, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { udpShutdown, unixListenQueue } from "./diag.ts";
 import {
@@ -178,6 +180,12 @@ export interface SocketEntry extends FileEntry {
   /** The IP multicast groups it joined (multicast.ts); absent: none (and in older images). */
   multicast?: MulticastMembership[];
   /**
+   * A UNIX listener's SO_PEERCRED ids (the effective ids of whoever called listen(), which its
+   * clients see as their peer's), when not root's; listen() is called with them again. Absent:
+   * root's (and in older images).
+   */
+  listenIds?: { uid: number; gid: number };
+  /**
    * A listener's connections not accepted yet: the inodes of their clients (entries of kind
    * "unix-pending" or "tcp-pending"), in the order accept() takes them; absent: none (and in
    * older images).
@@ -253,6 +261,13 @@ function backlogOf(
   return { backlog: q.max, backlogSource: "sock_diag" };
 }
 
+/** A UNIX listener's SO_PEERCRED ids: those its clients see as their peer's. */
+function listenIds(s: StandaloneSocket): { uid: number; gid: number } {
+  const v = s.reader.getsockopt(SOL.SOCKET, SO.PEERCRED, 12); // struct ucred: pid, uid, gid
+  if (typeof v === "number") s.refuse(`${s.at}: getsockopt(SO_PEERCRED) failed (errno ${-v})`);
+  return { uid: readU32(v, 4), gid: readU32(v, 8) };
+}
+
 /** Dumps a socket dispatch.ts found to come back on its own. */
 export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
@@ -323,6 +338,10 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   };
   if (queue.length) entry.queue = queue;
   if (pending.length) entry.pending = pending;
+  if (s.family === AF.UNIX && s.listening) {
+    const ids = listenIds(s);
+    if (ids.uid || ids.gid) entry.listenIds = ids;
+  }
   if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
   if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
   if ((s.family === AF.INET || s.family === AF.INET6) && s.type !== SOCK.STREAM) {
@@ -548,7 +567,11 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
         throw new RestoreError(`${e.description}: shutdown failed (${errnoName(Number(-r))})`);
       }
     }
-    if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
+    if (e.state === "listening") {
+      // With the ids its clients see as their peer's (SO_PEERCRED).
+      const { uid, gid } = e.listenIds ?? { uid: 0, gid: 0 };
+      asIds(ctx, uid, gid, () => injectRaw(ctx, "listen", SYS.listen, fd, e.backlog));
+    }
     if (e.pending?.length) {
       awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e));
     }
@@ -587,6 +610,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },
     pending: { optional: { list: "whole" } },
+    listenIds: { optional: { map: { uid: "whole", gid: "whole" } } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {

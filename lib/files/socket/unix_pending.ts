@@ -30,7 +30,7 @@ import type { Fd } from "../../inspect/fds.ts";
 import { statusField } from "../../inspect/procfs.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { injectRaw } from "../util.ts";
+import { asIds, injectRaw } from "../util.ts";
 import { describeHolder } from "../outside_peers.ts";
 import { formatAddress } from "./address.ts";
 import { type PendingPlace, unixDiag, unixPendingPlaces } from "./diag.ts";
@@ -177,23 +177,6 @@ export function dumpUnixPending(
 
 // ---- Restore ----
 
-/**
- * Runs `body` in the client's process with its dumped effective uid and gid (the restored
- * process still has the stub's, root's: a raw setres[ug]id changes the calling thread only, and
- * its saved ids stay 0, so it can take root's back).
- */
-function asClient<T>(e: UnixPendingEntry, ctx: FileRestoreContext, body: () => T): T {
-  if (!e.uid && !e.gid) return body();
-  injectRaw(ctx, "setresgid", SYS.setresgid, -1, e.gid, -1);
-  injectRaw(ctx, "setresuid", SYS.setresuid, -1, e.uid, -1);
-  try {
-    return body();
-  } finally {
-    injectRaw(ctx, "setresuid", SYS.setresuid, -1, 0, -1);
-    injectRaw(ctx, "setresgid", SYS.setresgid, -1, 0, -1);
-  }
-}
-
 /** Connects client `fd` to the listener at `address`, then gives it its options and state. */
 function connectClient(
   e: UnixPendingEntry,
@@ -201,9 +184,11 @@ function connectClient(
   fd: number,
   address: Uint8Array,
 ): void {
-  const r = asClient(
-    e,
+  // In its own process, with the ids it had: the accepted end's SO_PEERCRED.
+  const r = asIds(
     ctx,
+    e.uid,
+    e.gid,
     () => ctx.injector.raw(SYS.connect, fd, ctx.put(address), address.length),
   );
   if (r < 0n) {
