@@ -269,23 +269,31 @@ Deno.test(
 
 /**
  * A socketserver that has not called accept() yet, with a client of its own waiting in its queue
- * (argv[2] "data": the client sent a line already). Each check serves one request (the waiting
- * client's line, echoed) and connects a new client.
+ * (argv[2] "data": the client sent a line already; "outside": no client of its own, whoever
+ * connects is served). Each check serves one request (the waiting client's line, echoed) and
+ * connects a new client.
  */
 const NOT_ACCEPTED_PY = `import os, signal, socket, socketserver, sys, time
-path, early = sys.argv[1], sys.argv[2] == "data"
+path, mode = sys.argv[1], sys.argv[2]
+early = mode == "data"
 class Echo(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(b"echo " + self.rfile.readline())
 server = socketserver.UnixStreamServer(path, Echo)
 def connect():
     global client
+    if mode == "outside":
+        return
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(path)
     if early:
         client.sendall(b"early\\n")
 connect()
 def check(*_):
+    if mode == "outside":
+        server.handle_request()
+        print("PASS", flush=True)
+        return
     if not early:
         client.sendall(b"late\\n")
     server.handle_request()
@@ -321,6 +329,44 @@ Deno.test(
       assert.equal(await t.check(), "PASS", t.output());
       assert.equal(await t.check(), "PASS", t.output());
     } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "sockets: a connection not accepted yet from a client outside the dump is refused, and left as it was",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "outside"], {
+      ready: /^READY \d+$/m,
+    });
+    const conn = await Deno.connect({ transport: "unix", path });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            /^fd 3 of process \d+: UNIX stream socket .*listening on .*server\.sock with its connection #1 not yet accepted from socket:\[\d+\] outside the dump \(held by deno \d+/,
+          );
+          return true;
+        },
+      );
+      // Left as it was: the server serves the connection that waited.
+      await conn.write(new TextEncoder().encode("hi\n"));
+      assert.equal(await t.check(), "PASS", t.output());
+      const buf = new Uint8Array(64);
+      const n = await conn.read(buf);
+      assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "echo hi\n");
+    } finally {
+      conn.close();
       await cleanup(t, base);
     }
   },
