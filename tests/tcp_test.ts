@@ -18,7 +18,7 @@
  */
 import assert from "node:assert/strict";
 import { addressOf, errno, libc } from "../ffi/mod.ts";
-import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
+import { checkpoint, DumpError, ImageReader, ProcessImage, restore, RestoreError } from "../mod.ts";
 import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
 import type { TcpPendingEntry } from "../lib/files/socket/tcp_pending.ts";
@@ -451,6 +451,10 @@ Deno.test(
         files.filter((f) => f.kind === "socket").map((f) => (f as SocketEntry).pending),
         [[client.inode]],
       );
+      // The image shows it as the process did: a socket.
+      using view = await ProcessImage.open(`${dir}/img`);
+      const fds = (await Array.fromAsync(view.root.fds())).map((f) => `${f.kind} ${f.target}`);
+      assert.ok(fds.includes(`socket socket:[${client.inode}]`), fds.join("\n"));
       await restore(`${dir}/img`);
       assert.equal(await t.check(), "PASS", t.output());
       assert.equal(await t.check(), "PASS", t.output());
@@ -461,6 +465,26 @@ Deno.test(
     }
   },
 );
+
+Deno.test("tcp: a restored queue of connections not accepted yet is dumped and restored again in order", async () => {
+  const t = await spawnTarget(await fixture("r_tcp_accept_queue"), [], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await checkpoint(t.pid, `${dir}/one`);
+    await restore(`${dir}/one`);
+    // At once: the restore made the queue's connections a clock tick apart, so their order shows.
+    await checkpoint(t.pid, `${dir}/two`);
+    await restore(`${dir}/two`);
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
 
 Deno.test(
   needs(

@@ -24,7 +24,8 @@
  * was); once every process is made, each listener's clients connect in their order
  * (pending_queue.ts), from inside their own process, to the address they had connected to, each
  * waited for until the handshake is done (a new one: the sequence numbers are new, as nothing was
- * sent yet), so the connection waits in the restored listener's queue as it did.
+ * sent yet) and a clock tick more (so that a dump of the restored queue tells its order again),
+ * so the connection waits in the restored listener's queue as it did.
  */
 import {
   AF,
@@ -56,6 +57,7 @@ import {
   type SocketOption,
 } from "./options.ts";
 import { awaitConnect, settlePending } from "./pending_queue.ts";
+import { pauseThread } from "../../ptrace/bounded_wait.ts";
 import { socketHolders } from "./unix_pair.ts";
 
 /** The client end of a TCP connection waiting in its listener's queue. */
@@ -269,6 +271,8 @@ export function dumpTcpPending(
 
 /** How long a restored client's handshake with its restored listener may take. */
 const HANDSHAKE_MS = 10_000;
+/** More than a clock tick (4 ms at HZ=250, 10 ms at HZ=100): what the queue's order is told by. */
+const TICK_MS = 12;
 
 /** Connects client `fd` (the tool's `copy`) again and waits until its handshake is done. */
 function connectClient(e: TcpPendingEntry, ctx: FileRestoreContext, fd: number, copy: number) {
@@ -288,6 +292,8 @@ function connectClient(e: TcpPendingEntry, ctx: FileRestoreContext, fd: number, 
     );
   }
   ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
+  // The next one a clock tick later: a dump of the restored queue tells their order again.
+  pauseThread(TICK_MS);
 }
 
 function openPending(e: TcpPendingEntry, ctx: FileRestoreContext): number {
