@@ -270,7 +270,8 @@ Deno.test(
 /**
  * A socketserver that has not called accept() yet, with a client of its own waiting in its queue
  * (argv[2] "data": the client sent a line already; "outside": no client of its own, whoever
- * connects is served). Each check serves one request (the waiting client's line, echoed) and
+ * connects is served; "removed": its path was removed, so only the first check connects no new
+ * client; "replaced": a regular file is at its path now). Each check serves one request (the waiting client's line, echoed) and
  * connects a new client.
  */
 const NOT_ACCEPTED_PY = `import os, signal, socket, socketserver, sys, time
@@ -289,6 +290,10 @@ def connect():
     if early:
         client.sendall(b"early\\n")
 connect()
+if mode in ("replaced", "removed"):
+    os.unlink(path)
+if mode == "replaced":
+    open(path, "w").close()
 def check(*_):
     if mode == "outside":
         server.handle_request()
@@ -299,7 +304,8 @@ def check(*_):
     server.handle_request()
     got = client.recv(100)
     want = b"echo early\\n" if early else b"echo late\\n"
-    connect()
+    if mode != "removed":
+        connect()
     print("PASS" if got == want else f"FAIL {got}", flush=True)
 signal.signal(signal.SIGUSR1, check)
 print("READY", os.getpid(), flush=True)
@@ -367,6 +373,55 @@ Deno.test(
       assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "echo hi\n");
     } finally {
       conn.close();
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs("sockets: a ghost listener's connection not accepted yet comes back in its queue", python3),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "removed"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await checkpoint(t.pid, `${base}/img`);
+      await restore(`${base}/img`);
+      assert.equal(await t.check(), "PASS", t.output());
+      await assert.rejects(Deno.lstat(path), Deno.errors.NotFound, `${path} is back`);
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "sockets: a listener with connections not accepted yet whose path names another file now is refused",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "replaced"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(err.message, /^fd 3 of process \d+: UNIX stream socket .*listening on /);
+          assert.match(err.message, /its path now names another file: its clients could not/);
+          return true;
+        },
+      );
+      assert.ok(t.alive(), "the target was killed");
+    } finally {
       await cleanup(t, base);
     }
   },

@@ -314,6 +314,13 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   const paths = s.family === AF.UNIX
     ? dumpUnixPaths(fd, s.ctx, s.address, s.peerClosed ? null : s.peer, name)
     : { cwd: "/" };
+  if (pending.length && paths.pathFate === "replaced") {
+    // Its clients connect by path again, which now names another file.
+    refuseListening(
+      `with connection(s) not yet accepted, and its path now names another file: its clients ` +
+        `could not connect to it again`,
+    );
+  }
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
   // shutdown() of a UDP socket, connected or not, shuts it (an unconnected one says ENOTCONN).
   const shutdown = s.protocol === IPPROTO.UDP ? udpShutdown(s.family, fd.inode) ?? 0 : 0;

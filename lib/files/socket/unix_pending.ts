@@ -8,7 +8,9 @@
  * UNIX_DIAG_ICONS lists its clients' inodes in the order accept() takes them
  * (diag.ts `unixPendingPlaces`). The client is kept with its options, its shutdown state and the
  * credentials its process had when dumped (the accepted end's SO_PEERCRED is its connecter's);
- * the listener with its clients' inodes in order. Refused, naming the fd: a client whose listener
+ * the listener with its clients' inodes in order (a ghost listener whose path was removed too:
+ * its clients connect before the path goes again). Refused, naming the fd: a listener whose path
+ * now names another file (its clients could not connect to it), a client whose listener
  * no process of the dump holds (or the other way round), a client closed since it connected
  * (inode 0: what it sent cannot be told), a client that had bound an address of its own, and a
  * client that has sent data not read yet: it waits in the embryo's queue, which only accept()
