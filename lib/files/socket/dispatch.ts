@@ -66,7 +66,7 @@ import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
 import { dumpTcpPending, type TcpPendingEntry, tcpPendingPlace } from "./tcp_pending.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
-import { dumpUnixPending, pendingPlace, type UnixPendingEntry } from "./unix_pending.ts";
+import { dumpUnixPending, type UnixPendingEntry, unixPendingPlace } from "./unix_pending.ts";
 
 const FAMILIES: Record<number, string> = {
   [AF.UNIX]: "UNIX",
@@ -214,7 +214,7 @@ async function dumpSocket(
       }
     }
     // Its peer not accepted yet: waiting in a listener's queue, which it comes back to.
-    const place = peer && type !== SOCK.DGRAM ? pendingPlace(fd.inode, ctx) : undefined;
+    const place = peer && type !== SOCK.DGRAM ? unixPendingPlace(fd.inode, ctx) : undefined;
     if (peer && place) {
       return dumpUnixPending(fd, ctx, { what, type, address, peer, reader }, place);
     }

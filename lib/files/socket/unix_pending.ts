@@ -68,7 +68,7 @@ export interface UnixPendingEntry extends FileEntry {
 const placesByDump = new WeakMap<object, Map<bigint, PendingPlace>>();
 
 /** Where the client socket with this inode waits, not accepted yet; undefined: it does not. */
-export function pendingPlace(inode: bigint, ctx: FileDumpContext): PendingPlace | undefined {
+export function unixPendingPlace(inode: bigint, ctx: FileDumpContext): PendingPlace | undefined {
   const key = ctx.scope ?? ctx;
   let places = placesByDump.get(key);
   if (!places) placesByDump.set(key, places = unixPendingPlaces());
