@@ -189,11 +189,10 @@ async function dumpSocket(
       }
     } else if (isTcpStreamState(state) && address && to) {
       // Its peer not accepted yet by a listener of the dump: it comes back waiting there.
-      const place = state === TCP_STATE.ESTABLISHED && peer
-        ? tcpPendingPlace(ctx, address, peer)
-        : undefined;
+      const waits = state === TCP_STATE.ESTABLISHED || state === TCP_STATE.FIN_WAIT2;
+      const place = waits && peer ? tcpPendingPlace(ctx, address, peer) : undefined;
       if (place && peer) {
-        return dumpTcpPending(fd, ctx, { what, family, address, peer, reader }, place);
+        return dumpTcpPending(fd, ctx, { what, family, address, peer, state, reader }, place);
       }
       return dumpTcpStream(fd, ctx, { what, family, address, peer: to });
     }

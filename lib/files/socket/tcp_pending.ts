@@ -16,9 +16,10 @@
  * the image and cannot be made again; a client alone, whose listener is outside, is an ordinary
  * connection, tcp_stream.ts), one with data sent and not read either way (only accept() could
  * read the server's side, which would take the connection out of the queue for good), a client
- * not established (it shut down already), a listener whose connections sock_diag does not all
+ * in another state, a listener whose connections sock_diag does not all
  * show established, or that shares its address with other listeners (SO_REUSEPORT: which queue a
- * connection waits in cannot be told).
+ * connection waits in cannot be told). A client that shut down sending (FIN_WAIT2, its server
+ * side in CLOSE_WAIT) is kept so and shut down again after its handshake.
  *
  * Restore. The client is a fresh socket with its options, bound to its address (its port as it
  * was); once every process is made, each listener's clients connect in their order
@@ -35,12 +36,15 @@ import {
   POLL,
   pollFds,
   SETFL_MASK,
+  SHUT,
   SO,
   SOCK,
   SOL,
   SYS,
   TCP_STATE,
+  tcpStateName,
   tryGetsockopt,
+  tryShutdown,
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
@@ -73,6 +77,8 @@ export interface TcpPendingEntry extends FileEntry {
   address: Uint8Array;
   /** The raw sockaddr it connected to (the listener's port; its address, or one of the host's). */
   peer: Uint8Array;
+  /** It had shut down sending (FIN_WAIT2, its server side in CLOSE_WAIT); absent: it had not. */
+  shutWrite?: boolean;
   /** Options that differ from a fresh socket's, as options.ts keeps them. */
   options: SocketOption[];
   /** "IPv4 TCP 127.0.0.1:5000 waiting in the queue of 127.0.0.1:80 …", for messages. */
@@ -125,7 +131,15 @@ function listenersOf(embryo: TcpDiag, all: TcpDiag[]): TcpDiag[] {
 }
 
 /** A connection's server side not accepted yet: established, with no file. */
-const isEmbryo = (s: TcpDiag) => s.inode === 0n && s.state === TCP_STATE.ESTABLISHED;
+const isEmbryo = (s: TcpDiag) =>
+  s.inode === 0n && (s.state === TCP_STATE.ESTABLISHED || s.state === TCP_STATE.CLOSE_WAIT);
+
+/** The state a client is in whose server side, not accepted yet, is in `embryoState`. */
+const CLIENT_STATE: Record<number, number> = {
+  [TCP_STATE.ESTABLISHED]: TCP_STATE.ESTABLISHED,
+  // The client shut down sending and its FIN was acknowledged.
+  [TCP_STATE.CLOSE_WAIT]: TCP_STATE.FIN_WAIT2,
+};
 
 /** The socket with the reversed address pair of `s` (its other end on this host), if any. */
 function otherEnd(s: TcpDiag, all: TcpDiag[], embryo: boolean): TcpDiag | undefined {
@@ -200,14 +214,17 @@ export function tcpListenerPending(
     ));
   if (queue.length !== queued) {
     refuse(
-      `${lost}, of which sock_diag shows ${queue.length} established and still open by their ` +
-        `client (a connection half-closed before it was accepted is not kept)`,
+      `${lost}, of which sock_diag shows ${queue.length} waiting (established, or shut down ` +
+        `by their client): the others cannot be told`,
     );
   }
   const holders = socketHolders(ctx);
   return queue.map((embryo, i) => {
     const which = `${lost}: #${i + 1} from ${formatAddress(embryo.peer)}`;
     const client = otherEnd(embryo, all, false);
+    if (client?.inode === 0n) {
+      refuse(`${which}, whose client closed its socket already (it would be lost)`);
+    }
     const holder = client && holders.get(client.inode);
     if (!client || !holder) {
       refuse(
@@ -216,15 +233,21 @@ export function tcpListenerPending(
           `refuses it too)`,
       );
     }
-    if (embryo.rqueue || embryo.wqueue || client.rqueue || client.wqueue) {
+    // A server side in CLOSE_WAIT counts its client's FIN as a byte not read.
+    const unread = embryo.rqueue - (embryo.state === TCP_STATE.CLOSE_WAIT ? 1 : 0);
+    if (unread || embryo.wqueue || client.rqueue || client.wqueue) {
       refuse(
         `${which} (fd ${holder.fd} of process ${holder.pid}), which has sent data the server has ` +
           `not read: only accept() can read it, and accepting it would take it out of the ` +
           `listener's queue for good (the dump must leave the process as it was if it fails)`,
       );
     }
-    if (client.state !== TCP_STATE.ESTABLISHED) {
-      refuse(`${which} (fd ${holder.fd} of process ${holder.pid}), which is shut down already`);
+    if (client.state !== CLIENT_STATE[embryo.state]) {
+      refuse(
+        `${which} (fd ${holder.fd} of process ${holder.pid}), which is in state ` +
+          `${tcpStateName(client.state)} (kept: established, or shut for sending once its FIN ` +
+          `was acknowledged)`,
+      );
     }
     return client.inode;
   });
@@ -237,6 +260,8 @@ export interface WaitingTcp {
   family: number;
   address: Uint8Array;
   peer: Uint8Array;
+  /** `TCP_STATE.ESTABLISHED`, or `FIN_WAIT2` once it shut down sending. */
+  state: number;
   /** Its options, read where it is or from a copy (socket_copy.ts). */
   reader: OptionReader;
 }
@@ -260,6 +285,7 @@ export function dumpTcpPending(
     listener: place.listener,
     address: s.address,
     peer: s.peer,
+    ...(s.state === TCP_STATE.FIN_WAIT2 ? { shutWrite: true } : {}),
     options: changedOptions(s.reader, s.family, SOCK.STREAM, IPPROTO.TCP, sock),
     description: `${s.what} ${formatAddress(s.address)} waiting in the queue of ` +
       `${formatAddress(s.peer)} (socket:[${place.listener}], fd ${listener.fd} of process ` +
@@ -290,6 +316,10 @@ function connectClient(e: TcpPendingEntry, ctx: FileRestoreContext, fd: number, 
       `${e.description}: connecting to ${formatAddress(e.peer)} again ` +
         (code ? `failed (errno ${code})` : `did not finish within ${HANDSHAKE_MS / 1000} s`),
     );
+  }
+  if (e.shutWrite) {
+    const r = tryShutdown(copy, SHUT.WR);
+    if (r < 0) throw new RestoreError(`${e.description}: shutdown failed (errno ${-r})`);
   }
   ctx.injector.call("fcntl", fd, F.SETFL, e.flags & SETFL_MASK);
   // The next one a clock tick later: a dump of the restored queue tells their order again.
@@ -328,6 +358,7 @@ export const tcpPendingHandler: FileHandler<TcpPendingEntry> = {
     listener: "whole",
     address: "bytes",
     peer: "bytes",
+    shutWrite: { optional: "bool" },
     options: SOCKET_OPTIONS,
     description: "text",
   },
