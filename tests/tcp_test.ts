@@ -504,7 +504,7 @@ Deno.test(
           assert.ok(err instanceof DumpError, String(err));
           assert.match(
             err.message,
-            /^fd 3 of process \d+: IPv4 TCP socket .*listening on 127\.0\.0\.1:\d+ with 1 connection\(s\) not yet accepted: #1 from 127\.0\.0\.1:\d+, a peer outside the dump \(another process\)/,
+            /^fd 3 of process \d+: IPv4 TCP socket .*listening on 127\.0\.0\.1:\d+ with 1 connection\(s\) not yet accepted: #1 from 127\.0\.0\.1:\d+, a peer outside the dump \(a process not dumped\)/,
           );
           return true;
         },

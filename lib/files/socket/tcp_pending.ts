@@ -228,7 +228,9 @@ export function tcpListenerPending(
     const holder = client && holders.get(client.inode);
     if (!client || !holder) {
       refuse(
-        `${which}, a peer outside the dump (${client ? "another process" : "another host"}): ` +
+        `${which}, a peer outside the dump (${
+          client ? "a process not dumped" : "another host or network namespace"
+        }): ` +
           `its side of the handshake is not in the image and cannot be made again (CRIU ` +
           `refuses it too)`,
       );
