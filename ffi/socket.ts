@@ -69,6 +69,7 @@ export const ICMPV6_FILTER = 1;
 export const SO = {
   REUSEADDR: 2,
   TYPE: 3,
+  ERROR: 4,
   DONTROUTE: 5,
   BROADCAST: 6,
   SNDBUF: 7,
@@ -79,6 +80,7 @@ export const SO = {
   LINGER: 13,
   REUSEPORT: 15,
   PASSCRED: 16,
+  PEERCRED: 17,
   RCVLOWAT: 18,
   RCVTIMEO: 20,
   SNDTIMEO: 21,
@@ -294,10 +296,10 @@ export const NETLINK_DIAG = {
 export const SOCK_DIAG = { BY_FAMILY: 20 } as const;
 
 /** What a UNIX sock_diag request asks to be shown (`UDIAG_SHOW_*`). */
-export const UDIAG_SHOW = { VFS: 0x2, PEER: 0x4, RQLEN: 0x10 } as const;
+export const UDIAG_SHOW = { VFS: 0x2, PEER: 0x4, ICONS: 0x8, RQLEN: 0x10 } as const;
 
 /** Attributes of a UNIX sock_diag reply (`UNIX_DIAG_*`). */
-export const UNIX_DIAG = { VFS: 1, PEER: 2, RQLEN: 4, SHUTDOWN: 6 } as const;
+export const UNIX_DIAG = { VFS: 1, PEER: 2, ICONS: 3, RQLEN: 4, SHUTDOWN: 6 } as const;
 
 /** Classic BPF: a socket filter of one instruction, `ret #0`, that drops every packet. */
 export const DROP_ALL_FILTER: Uint8Array = new Uint8Array([0x06, 0, 0, 0, 0, 0, 0, 0]);

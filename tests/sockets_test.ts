@@ -10,6 +10,7 @@ import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mo
 import type { ProcessEntry } from "../image.ts";
 import type { SocketEntry } from "../lib/files/socket/standalone.ts";
 import type { UnixPairEntry } from "../lib/files/socket/unix_pair.ts";
+import type { UnixPendingEntry } from "../lib/files/socket/unix_pending.ts";
 import { fixture, needs, notInstalled, spawnTarget, type Target } from "./helpers.ts";
 import { close, pidfdGetfd, pidfdOpen } from "../ffi/mod.ts";
 import { freeze } from "../mod.ts";
@@ -158,7 +159,7 @@ Deno.test("sockets: a UNIX stream connected to a listener outside the dump is re
     // Not accepted yet: the other end waits in the listener's queue, held by no process.
     await assert.rejects(
       checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
-      refused(/outside the dump, in its listener's queue of connections not accepted yet/),
+      refused(/not yet accepted, waits in the queue of a listener outside the dump \(held by /),
     );
     conn = await listener.accept();
     await assert.rejects(
@@ -260,6 +261,197 @@ Deno.test(
       // The listener itself is back at its path.
       const conn = await Deno.connect({ transport: "unix", path });
       conn.close();
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+/**
+ * A socketserver that has not called accept() yet, with a client of its own waiting in its queue
+ * (argv[2] "data": the client sent a line already; "outside": no client of its own, whoever
+ * connects is served; "removed": its path was removed, so only the first check connects no new
+ * client; "replaced": a regular file is at its path now). Each check serves one request (the waiting client's line, echoed) and
+ * connects a new client.
+ */
+const NOT_ACCEPTED_PY = `import os, signal, socket, socketserver, sys, time
+path, mode = sys.argv[1], sys.argv[2]
+early = mode == "data"
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"echo " + self.rfile.readline())
+server = socketserver.UnixStreamServer(path, Echo)
+def connect():
+    global client
+    if mode == "outside":
+        return
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    if early:
+        client.sendall(b"early\\n")
+connect()
+if mode in ("replaced", "removed"):
+    os.unlink(path)
+if mode == "replaced":
+    open(path, "w").close()
+def check(*_):
+    if mode == "outside":
+        server.handle_request()
+        print("PASS", flush=True)
+        return
+    if not early:
+        client.sendall(b"late\\n")
+    server.handle_request()
+    got = client.recv(100)
+    want = b"echo early\\n" if early else b"echo late\\n"
+    if mode != "removed":
+        connect()
+    print("PASS" if got == want else f"FAIL {got}", flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("READY", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs("sockets: a socketserver's connection not accepted yet comes back in its queue", python3),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "-"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await checkpoint(t.pid, `${base}/img`);
+      using image = await ImageReader.open(`${base}/img`);
+      const files = (await image.readMeta<ProcessEntry>("process")).files;
+      const listener = files.find((f) => f.kind === "socket") as SocketEntry;
+      const client = files.find((f) => f.kind === "unix-pending") as UnixPendingEntry;
+      assert.deepEqual(listener.pending, [client.inode]);
+      assert.equal(client.listener, listener.inode);
+      await restore(`${base}/img`);
+      // The server accepts the client that waited, which then talks; and serves the next one.
+      assert.equal(await t.check(), "PASS", t.output());
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "sockets: a connection not accepted yet from a client outside the dump is refused, and left as it was",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "outside"], {
+      ready: /^READY \d+$/m,
+    });
+    const conn = await Deno.connect({ transport: "unix", path });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            /^fd 3 of process \d+: UNIX stream socket .*listening on .*server\.sock with its connection #1 not yet accepted from socket:\[\d+\] outside the dump \(held by deno \d+/,
+          );
+          return true;
+        },
+      );
+      // Left as it was: the server serves the connection that waited.
+      await conn.write(new TextEncoder().encode("hi\n"));
+      assert.equal(await t.check(), "PASS", t.output());
+      const buf = new Uint8Array(64);
+      const n = await conn.read(buf);
+      assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "echo hi\n");
+    } finally {
+      conn.close();
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs("sockets: a ghost listener's connection not accepted yet comes back in its queue", python3),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "removed"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await checkpoint(t.pid, `${base}/img`);
+      await restore(`${base}/img`);
+      assert.equal(await t.check(), "PASS", t.output());
+      await assert.rejects(Deno.lstat(path), Deno.errors.NotFound, `${path} is back`);
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "sockets: a listener with connections not accepted yet whose path names another file now is refused",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "replaced"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(err.message, /^fd 3 of process \d+: UNIX stream socket .*listening on /);
+          assert.match(err.message, /its path now names another file: its clients could not/);
+          return true;
+        },
+      );
+      assert.ok(t.alive(), "the target was killed");
+    } finally {
+      await cleanup(t, base);
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "sockets: a connection not accepted yet whose client sent data is refused, and left as it was",
+    python3,
+  ),
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "tardigrade-sockets-" });
+    const path = `${base}/server.sock`;
+    await Deno.writeTextFile(`${base}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${base}/s.py`, path, "data"], {
+      ready: /^READY \d+$/m,
+    });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${base}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            /UNIX stream socket .* not yet accepted.* has sent data the server has not read/,
+          );
+          return true;
+        },
+      );
+      assert.equal(await t.check(), "PASS", t.output());
     } finally {
       await cleanup(t, base);
     }

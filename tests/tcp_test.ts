@@ -18,9 +18,11 @@
  */
 import assert from "node:assert/strict";
 import { addressOf, errno, libc } from "../ffi/mod.ts";
-import { checkpoint, DumpError, ImageReader, restore, RestoreError } from "../mod.ts";
+import { checkpoint, DumpError, ImageReader, ProcessImage, restore, RestoreError } from "../mod.ts";
 import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
+import type { TcpPendingEntry } from "../lib/files/socket/tcp_pending.ts";
+import type { SocketEntry } from "../lib/files/socket/standalone.ts";
 import { fixture, needs, notInstalled, spawnTarget, type Target, waitUntil } from "./helpers.ts";
 
 const NR = {
@@ -381,7 +383,10 @@ Deno.test("tcp: a refused listener names its fd; the connections held before it 
     assert.equal(await t.check(), "PASS", t.output());
     await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
       assert.ok(err instanceof DumpError, String(err));
-      assert.match(err.message, /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted/);
+      assert.match(
+        err.message,
+        /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted: #1 from 127\.0\.0\.1:\d+ \(fd 7 of process \d+\), which has sent data the server has not read/,
+      );
       assert.match(err.message, /a policy can skip it/);
       return true;
     });
@@ -393,6 +398,131 @@ Deno.test("tcp: a refused listener names its fd; the connections held before it 
     await Deno.remove(t.outPath).catch(() => {});
   }
 });
+
+/**
+ * A TCP socketserver that has not called accept() yet: with argv[1] "self" a client of its own
+ * waits in its queue (each check sends a line on it, serves one request and connects a new
+ * client); otherwise each check serves one request of whoever connected.
+ */
+const NOT_ACCEPTED_PY = `import os, signal, socket, socketserver, sys, time
+own = sys.argv[1] == "self"
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"echo " + self.rfile.readline())
+server = socketserver.TCPServer(("127.0.0.1", 0), Echo)
+port = server.server_address[1]
+def connect():
+    global client
+    if own:
+        client = socket.create_connection(("127.0.0.1", port))
+connect()
+def check(*_):
+    got = b"echo late\\n"
+    if own:
+        client.sendall(b"late\\n")
+    server.handle_request()
+    if own:
+        got = client.recv(100)
+        client.close()
+    connect()
+    print("PASS" if got == b"echo late\\n" else f"FAIL {got}", flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("READY", os.getpid(), "port", port, flush=True)
+while True:
+    time.sleep(1)
+`;
+
+Deno.test(
+  needs(
+    "tcp: a socketserver's own connection not accepted yet comes back in its queue",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await Deno.writeTextFile(`${dir}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${dir}/s.py`, "self"], { ready: /^READY /m });
+    try {
+      await checkpoint(t.pid, `${dir}/img`);
+      using image = await ImageReader.open(`${dir}/img`);
+      const files = (await image.readMeta<ProcessEntry>("process")).files;
+      const client = files.find((f) => f.kind === "tcp-pending") as TcpPendingEntry;
+      assert.ok(client, files.map((f) => f.kind).join(" "));
+      assert.deepEqual(
+        files.filter((f) => f.kind === "socket").map((f) => (f as SocketEntry).pending),
+        [[client.inode]],
+      );
+      // The image shows it as the process did: a socket.
+      using view = await ProcessImage.open(`${dir}/img`);
+      const fds = (await Array.fromAsync(view.root.fds())).map((f) => `${f.kind} ${f.target}`);
+      assert.ok(fds.includes(`socket socket:[${client.inode}]`), fds.join("\n"));
+      await restore(`${dir}/img`);
+      assert.equal(await t.check(), "PASS", t.output());
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test("tcp: a restored queue of connections not accepted yet is dumped and restored again in order", async () => {
+  const t = await spawnTarget(await fixture("r_tcp_accept_queue"), [], {
+    ready: /^(READY|SETUP FAILED)/m,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+  try {
+    assert.match(t.output(), /^READY /m, t.output());
+    await checkpoint(t.pid, `${dir}/one`);
+    await restore(`${dir}/one`);
+    // At once: the restore made the queue's connections a clock tick apart, so their order shows.
+    await checkpoint(t.pid, `${dir}/two`);
+    await restore(`${dir}/two`);
+    assert.equal(await t.check(), "PASS", t.output());
+  } finally {
+    await t.kill();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(t.outPath).catch(() => {});
+  }
+});
+
+Deno.test(
+  needs(
+    "tcp: a connection not accepted yet from a peer outside the dump is refused, and left as it was",
+    notInstalled("python3"),
+  ),
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    await Deno.writeTextFile(`${dir}/s.py`, NOT_ACCEPTED_PY);
+    const t = await spawnTarget("python3", [`${dir}/s.py`, "-"], { ready: /^READY /m });
+    const port = Number(t.output().match(/^READY \d+ port (\d+)/m)![1]);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    try {
+      await assert.rejects(
+        checkpoint(t.pid, `${dir}/img`, { leaveRunning: true }),
+        (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            /^fd 3 of process \d+: IPv4 TCP socket .*listening on 127\.0\.0\.1:\d+ with 1 connection\(s\) not yet accepted: #1 from 127\.0\.0\.1:\d+, a peer outside the dump \(a process not dumped\)/,
+          );
+          return true;
+        },
+      );
+      // Left as it was: the connection waits on, and the server serves it.
+      await conn.write(new TextEncoder().encode("late\n"));
+      assert.equal(await t.check(), "PASS", t.output());
+      const buf = new Uint8Array(64);
+      const n = await conn.read(buf);
+      assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "echo late\n");
+    } finally {
+      conn.close();
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
 
 /**
  * tcp_states.c's conversations finish: it checks each socket is in its state, the test frees the

@@ -24,6 +24,8 @@ import { tcpStreamHandler } from "./socket/tcp_stream.ts";
 import { timerfdHandler } from "./timerfd.ts";
 import type { FileHandler } from "./types.ts";
 import { unixPairHandler } from "./socket/unix_pair.ts";
+import { unixPendingHandler } from "./socket/unix_pending.ts";
+import { tcpPendingHandler } from "./socket/tcp_pending.ts";
 
 /** All handlers, one per entry kind. */
 export const FILE_HANDLERS: readonly FileHandler[] = [
@@ -41,9 +43,12 @@ export const FILE_HANDLERS: readonly FileHandler[] = [
   pidfdHandler,
   memfdHandler,
   mqueueHandler,
+  // Before socketHandler: its clients connect on release, before a ghost listener's path goes.
+  unixPendingHandler,
   socketHandler,
   unixPairHandler,
   tcpStreamHandler,
+  tcpPendingHandler,
   externalHandler,
 ] as FileHandler[];
 

@@ -37,6 +37,25 @@ export function injectRaw(
   return r;
 }
 
+/**
+ * Runs `body` (syscalls injected into the target's main thread) with effective uid `uid` and gid
+ * `gid` on that thread, where the kernel records who made a call (the peer credentials a UNIX
+ * connect() or listen() leaves). The process being restored still has the stub's ids, root's: a
+ * raw setres[ug]id changes the calling thread only, and its saved ids stay 0, so it takes root's
+ * back after.
+ */
+export function asIds<T>(ctx: FileRestoreContext, uid: number, gid: number, body: () => T): T {
+  if (!uid && !gid) return body();
+  injectRaw(ctx, "setresgid", SYS.setresgid, -1, gid, -1);
+  injectRaw(ctx, "setresuid", SYS.setresuid, -1, uid, -1);
+  try {
+    return body();
+  } finally {
+    injectRaw(ctx, "setresuid", SYS.setresuid, -1, 0, -1);
+    injectRaw(ctx, "setresgid", SYS.setresgid, -1, 0, -1);
+  }
+}
+
 /** openat(AT_FDCWD, path, flags, 0) inside the target; returns the new fd. */
 export function injectOpen(ctx: FileRestoreContext, path: string, flags: number): number {
   return Number(ctx.injector.call("openat", AT_FDCWD, ctx.putString(path), flags, 0));

@@ -477,7 +477,9 @@ function fdKindOf(f: FileEntry): FdKind {
     case "device":
       return f.tty || isTtyMajor(major(BigInt(f.rdev as number))) ? "tty" : "device";
     case "unix-pair":
+    case "unix-pending":
     case "tcp-stream":
+    case "tcp-pending":
       return "socket";
     case "external":
       return (typeof f.was === "string" ? f.was : "other") as FdKind;
@@ -504,7 +506,9 @@ function targetOf(f: FileEntry): string {
       return `pipe:[${f.pipe}]`;
     case "socket":
     case "unix-pair":
+    case "unix-pending":
     case "tcp-stream":
+    case "tcp-pending":
       return `socket:[${f.inode}]`;
     case "memfd":
       return String(f.name);

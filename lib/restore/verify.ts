@@ -212,7 +212,9 @@ const FD_KINDS: Record<string, FdKind[]> = {
   mqueue: ["mqueue"],
   socket: ["socket"],
   "unix-pair": ["socket"],
+  "unix-pending": ["socket"],
   "tcp-stream": ["socket"],
+  "tcp-pending": ["socket"],
 };
 
 /**

@@ -237,6 +237,18 @@ export interface UnixDiag {
    * it is not bound to a path.
    */
   file: { inode: number; major: number; minor: number } | null;
+  /**
+   * A listener's connections not accepted yet, in the order accept() takes them: the inode of
+   * each one's client (0 for a client closed since); empty for other sockets.
+   */
+  icons: number[];
+}
+
+/** UNIX_DIAG_ICONS: the client inodes (u32 each) of a listener's queue, in order. */
+function iconsOf(a: DataView): number[] {
+  const out: number[] = [];
+  for (let at = 0; at + 4 <= a.byteLength; at += 4) out.push(a.getUint32(at, true));
+  return out;
 }
 
 /** sock_diag's view of the UNIX socket with this inode; null when it does not find it. */
@@ -248,35 +260,77 @@ export function unixDiag(inode: bigint): UnixDiag | null {
   req[0] = AF.UNIX; // sdiag_family
   v.setUint32(4, 0xffffffff, true); // udiag_states: any
   v.setUint32(8, ino, true);
-  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER | UDIAG_SHOW.VFS, true);
+  v.setUint32(12, UDIAG_SHOW.RQLEN | UDIAG_SHOW.PEER | UDIAG_SHOW.VFS | UDIAG_SHOW.ICONS, true);
   v.setUint32(16, 0xffffffff, true); // no cookie
   v.setUint32(20, 0xffffffff, true);
   const r = ask(req);
   // The netlink header, then struct unix_diag_msg (16 bytes: udiag_ino at 4), then attributes.
   if (!r || r.byteLength < 32) return null;
   if (r.getUint32(20, true) !== ino) return null;
-  const out: UnixDiag = { rqueue: 0, wqueue: 0, peer: null, shutdown: 0, file: null };
+  const out: UnixDiag = {
+    rqueue: 0,
+    wqueue: 0,
+    peer: null,
+    shutdown: 0,
+    file: null,
+    icons: [],
+  };
   let haveQueue = false;
-  const end = Math.min(r.byteLength, r.getUint32(0, true));
-  for (let at = 32; at + 4 <= end;) {
-    const len = r.getUint16(at, true);
-    if (len < 4) break;
-    const type = r.getUint16(at + 2, true);
-    if (type === UNIX_DIAG.RQLEN && len >= 12) {
-      out.rqueue = r.getUint32(at + 4, true);
-      out.wqueue = r.getUint32(at + 8, true);
+  for (const [type, a] of attributes(r, 32)) {
+    if (type === UNIX_DIAG.RQLEN && a.byteLength >= 8) {
+      out.rqueue = a.getUint32(0, true);
+      out.wqueue = a.getUint32(4, true);
       haveQueue = true;
-    } else if (type === UNIX_DIAG.PEER && len >= 8) {
-      out.peer = r.getUint32(at + 4, true);
-    } else if (type === UNIX_DIAG.VFS && len >= 12) {
-      const dev = r.getUint32(at + 8, true); // the kernel's dev_t: major above 20 bits of minor
-      out.file = { inode: r.getUint32(at + 4, true), major: dev >>> 20, minor: dev & 0xfffff };
-    } else if (type === UNIX_DIAG.SHUTDOWN && len >= 5) {
-      out.shutdown = r.getUint8(at + 4);
+    } else if (type === UNIX_DIAG.PEER && a.byteLength >= 4) {
+      out.peer = a.getUint32(0, true);
+    } else if (type === UNIX_DIAG.VFS && a.byteLength >= 8) {
+      const dev = a.getUint32(4, true); // the kernel's dev_t: major above 20 bits of minor
+      out.file = { inode: a.getUint32(0, true), major: dev >>> 20, minor: dev & 0xfffff };
+    } else if (type === UNIX_DIAG.SHUTDOWN && a.byteLength >= 1) {
+      out.shutdown = a.getUint8(0);
+    } else if (type === UNIX_DIAG.ICONS) {
+      out.icons = iconsOf(a);
     }
-    at += (len + 3) & ~3;
   }
   return haveQueue ? out : null;
+}
+
+/** Where a connection not accepted yet waits: its listener's inode and its place there. */
+export interface PendingPlace {
+  listener: bigint;
+  /** 0 for the connection accept() takes first. */
+  position: number;
+}
+
+/**
+ * Every UNIX connection waiting in a listener's queue (in the tool's network namespace, or the
+ * container's), by its client's inode: a client's peer has no inode of its own until accepted,
+ * so only the listeners' lists (UNIX_DIAG_ICONS) tell which queue it waits in. Empty when
+ * sock_diag does not answer.
+ */
+export function unixPendingPlaces(): Map<bigint, PendingPlace> {
+  // struct unix_diag_req for a dump of every listening socket
+  const req = new Uint8Array(24);
+  const v = new DataView(req.buffer);
+  req[0] = AF.UNIX;
+  v.setUint32(4, 1 << TCP_STATE.LISTEN, true);
+  v.setUint32(12, UDIAG_SHOW.ICONS, true);
+  v.setUint32(16, 0xffffffff, true);
+  v.setUint32(20, 0xffffffff, true);
+  const places = new Map<bigint, PendingPlace>();
+  // The walk ends at NLMSG_DONE once every listener was visited.
+  askAll(req, (m) => {
+    if (m.byteLength < NLMSG_HEADER + 16) return null;
+    const listener = BigInt(m.getUint32(NLMSG_HEADER + 4, true));
+    for (const [type, a] of attributes(m, NLMSG_HEADER + 16)) {
+      if (type !== UNIX_DIAG.ICONS) continue;
+      for (const [position, client] of iconsOf(a).entries()) {
+        if (client) places.set(BigInt(client), { listener, position });
+      }
+    }
+    return null;
+  });
+  return places;
 }
 
 /**
@@ -318,30 +372,84 @@ export function tcpSocketState(
   return r.getUint8(17);
 }
 
+/** One TCP socket as sock_diag lists it. */
+export interface TcpDiag {
+  /** `TCP_STATE.*`. */
+  state: number;
+  /** 0 for a socket no file holds (one in a listener's queue, not accepted yet). */
+  inode: bigint;
+  /** Its own and its peer's raw sockaddrs. */
+  address: Uint8Array;
+  peer: Uint8Array;
+  /** Bytes received and not read; bytes sent and not acknowledged. */
+  rqueue: number;
+  wqueue: number;
+  /** TCP_INFO's tcpi_last_data_recv: milliseconds since it last received data (or was made). */
+  sinceReceived: number;
+}
+
+/** Where `struct inet_diag_msg` has its id's ports and addresses, and its queues. */
+const SPORT = 4, DPORT = 6, SRC = 8, DST = 24, IFACE = 40, RQUEUE = 56, WQUEUE = 60;
+/** `INET_DIAG_INFO`, the attribute with struct tcp_info, and the request bit that asks for it. */
+const INET_DIAG_INFO = 2;
+/** tcpi_last_data_recv in struct tcp_info. */
+const TCPI_LAST_DATA_RECV = 52;
+
+/** The raw sockaddr of `family` at the port and address offsets of a struct inet_diag_msg. */
+function diagSockaddr(family: number, msg: Uint8Array, port: number, addr: number): Uint8Array {
+  const out = new Uint8Array(family === AF.INET ? 16 : 28);
+  new DataView(out.buffer).setUint16(0, family, true);
+  out.set(msg.subarray(port, port + 2), 2);
+  if (family === AF.INET) out.set(msg.subarray(addr, addr + 4), 4);
+  else {
+    out.set(msg.subarray(addr, addr + 16), 8);
+    out.set(msg.subarray(IFACE, IFACE + 4), 24); // scope: the interface
+  }
+  return out;
+}
+
+/**
+ * Every TCP socket of `family` in one of `states` (a mask of `1 << TCP_STATE.*`), as sock_diag
+ * lists them; empty when it does not answer.
+ */
+export function tcpSockets(family: number, states: number): TcpDiag[] {
+  const req = new Uint8Array(56); // struct inet_diag_req_v2
+  req[0] = family;
+  req[1] = IPPROTO.TCP;
+  req[2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext
+  new DataView(req.buffer).setUint32(4, states, true);
+  const out: TcpDiag[] = [];
+  askAll(req, (m) => {
+    if (m.byteLength < INET_DIAG_MSG_END) return null;
+    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
+    const v = new DataView(msg.buffer, msg.byteOffset, 72);
+    let sinceReceived = 0;
+    for (const [type, a] of attributes(m, INET_DIAG_MSG_END)) {
+      if (type === INET_DIAG_INFO && a.byteLength >= TCPI_LAST_DATA_RECV + 4) {
+        sinceReceived = a.getUint32(TCPI_LAST_DATA_RECV, true);
+      }
+    }
+    out.push({
+      state: msg[1],
+      inode: BigInt(m.getUint32(INET_DIAG_INODE, true)),
+      address: diagSockaddr(family, msg, SPORT, SRC),
+      peer: diagSockaddr(family, msg, DPORT, DST),
+      rqueue: v.getUint32(RQUEUE, true),
+      wqueue: v.getUint32(WQUEUE, true),
+      sinceReceived,
+    });
+    return null;
+  });
+  return out;
+}
+
 /**
  * The raw sockaddr a TCP socket in SYN_SENT connects to, found by its inode among this kernel's
  * connecting sockets of `family`; null when sock_diag does not show it.
  */
 export function connectingPeer(family: number, inode: bigint): Uint8Array | null {
-  const ino = Number(inode & 0xffffffffn);
-  const req = new Uint8Array(56); // struct inet_diag_req_v2, every socket in SYN_SENT
-  req[0] = family;
-  req[1] = IPPROTO.TCP;
-  new DataView(req.buffer).setUint32(4, 1 << TCP_STATE.SYN_SENT, true);
-  return askAll(req, (m) => {
-    if (!isInode(m, ino)) return null;
-    // struct inet_diag_msg after the netlink header: its id (dport at 6, dst at 24, if at 40).
-    const msg = new Uint8Array(m.buffer, m.byteOffset + NLMSG_HEADER, 72);
-    const addr = new Uint8Array(family === AF.INET ? 16 : 28);
-    addr[0] = family;
-    addr.set(msg.subarray(6, 8), 2);
-    if (family === AF.INET) addr.set(msg.subarray(24, 28), 4);
-    else {
-      addr.set(msg.subarray(24, 40), 8);
-      addr.set(msg.subarray(40, 44), 24); // scope: the interface
-    }
-    return addr;
-  });
+  const ino = inode & 0xffffffffn;
+  return tcpSockets(family, 1 << TCP_STATE.SYN_SENT).find((s) => s.inode === ino)?.peer ?? null;
 }
 
 /** The `INET_DIAG_SHUTDOWN` attribute of an inet sock_diag reply: sk_shutdown. */

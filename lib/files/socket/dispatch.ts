@@ -5,6 +5,8 @@
  * Everything is read inside the frozen process through its fd number (target_socket.ts):
  * SO_DOMAIN/SO_TYPE/SO_PROTOCOL give the kind; SO_ACCEPTCONN, getsockname, getpeername and (TCP)
  * the state byte of TCP_INFO give the state. Then:
+ * - a TCP client whose connection waits, not accepted yet, in the queue of a listener of the dump
+ *   goes to tcp_pending.ts;
  * - TCP connections, established, connecting (SYN_SENT: sock_diag tells where to) or closing
  *   (FIN_WAIT1/2, CLOSING, CLOSE_WAIT, LAST_ACK), or ended (CLOSE, shut for reading: through
  *   TIME_WAIT or LAST_ACK; one with a reset not yet read is refused), go to tcp_stream.ts, which
@@ -13,7 +15,8 @@
  *   peer, go to unix_pair.ts, which keeps them with their queued data when their peer is in the
  *   dump too or was closed (sock_diag shows a closed peer with no inode and, for a stream, a full
  *   shutdown); but an unbound one whose peer was closed everywhere, with nothing queued, goes to
- *   standalone.ts and comes back as a socketpair with one end closed again;
+ *   standalone.ts and comes back as a socketpair with one end closed again; a stream or seqpacket
+ *   client whose connection waits in a listener's queue, not accepted yet, goes to unix_pending.ts;
  * - every other TCP, UDP or UNIX socket (listening, bound, unconnected, a datagram socket
  *   connected to a named address), and UDP-Lite, ping, raw, packet (packet.ts) and netlink
  *   (netlink.ts) sockets, go to standalone.ts, which makes it again from its address.
@@ -61,7 +64,9 @@ import { procNetPeer } from "./proc_net.ts";
 import { socketReader } from "./socket_copy.ts";
 import { TargetSocket } from "./target_socket.ts";
 import { dumpTcpStream, isTcpStreamState, type TcpStreamEntry } from "./tcp_stream.ts";
+import { dumpTcpPending, type TcpPendingEntry, tcpPendingPlace } from "./tcp_pending.ts";
 import { dumpUnixPair, type UnixPairEntry } from "./unix_pair.ts";
+import { dumpUnixPending, type UnixPendingEntry, unixPendingPlace } from "./unix_pending.ts";
 
 const FAMILIES: Record<number, string> = {
   [AF.UNIX]: "UNIX",
@@ -111,7 +116,7 @@ function refuse(fd: Fd, what: string, why: string): never {
 async function dumpSocket(
   fd: Fd,
   ctx: FileDumpContext,
-): Promise<SocketEntry | UnixPairEntry | TcpStreamEntry> {
+): Promise<SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry | TcpPendingEntry> {
   const socket = new TargetSocket(ctx.frozen.injector, fd.fd);
   using reader = socketReader(ctx.pidfd, socket);
   const intOpt = (level: number, option: number): number => {
@@ -183,6 +188,12 @@ async function dumpSocket(
         return dumpTcpStream(fd, ctx, { what, family, address, peer: address });
       }
     } else if (isTcpStreamState(state) && address && to) {
+      // Its peer not accepted yet by a listener of the dump: it comes back waiting there.
+      const waits = state === TCP_STATE.ESTABLISHED || state === TCP_STATE.FIN_WAIT2;
+      const place = waits && peer ? tcpPendingPlace(ctx, address, peer) : undefined;
+      if (place && peer) {
+        return dumpTcpPending(fd, ctx, { what, family, address, peer, state, reader }, place);
+      }
       return dumpTcpStream(fd, ctx, { what, family, address, peer: to });
     }
     if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
@@ -200,6 +211,11 @@ async function dumpSocket(
         if (d.rqueue > 0) return await dumpUnixPair(fd, ctx, { what, type, address, peer, reader });
         peerClosed = true;
       }
+    }
+    // Its peer not accepted yet: waiting in a listener's queue, which it comes back to.
+    const place = peer && type !== SOCK.DGRAM ? unixPendingPlace(fd.inode, ctx) : undefined;
+    if (peer && place) {
+      return dumpUnixPending(fd, ctx, { what, type, address, peer, reader }, place);
     }
     if (peer && !peerClosed && (type !== SOCK.DGRAM || peer.length <= 2)) {
       // Kept with its peer when that is in the dump too; refused, naming the fd, otherwise.
@@ -225,12 +241,13 @@ async function dumpSocket(
 }
 
 /**
- * Every socket: dumped by its kind's module (standalone.ts, unix_pair.ts, tcp_stream.ts);
+ * Every socket: dumped by its kind's module (standalone.ts, unix_pair.ts, unix_pending.ts,
+ * tcp_stream.ts);
  * entries of kind "socket" restored by standalone.ts.
  */
 export const socketHandler: FileHandler<
   SocketEntry,
-  SocketEntry | UnixPairEntry | TcpStreamEntry
+  SocketEntry | UnixPairEntry | UnixPendingEntry | TcpStreamEntry | TcpPendingEntry
 > = {
   ...standaloneSocketHandler,
   fdKinds: ["socket"],

@@ -17,10 +17,12 @@
  * options that differ from a fresh socket's are kept (options.ts). A named UNIX datagram socket's
  * queued datagrams are kept with their senders (unix_datagrams.ts); a UNIX path is found where it
  * was bound, also from another directory than the cwd, or removed or replaced since (unix_path.ts).
- * Refused (a DumpError naming fd, family, type and state; a policy can skip them): listeners with
- * connections waiting in their accept queue (they would be lost, as CRIU refuses them too) and an
- * unnamed UNIX datagram socket with datagrams queued. Datagrams queued on a UDP socket are not
- * kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
+ * A listener's connections not accepted yet are kept with their clients, in order (`pending`:
+ * unix_pending.ts, tcp_pending.ts, which refuse those they cannot keep, such as a TCP client on
+ * another host, as CRIU refuses them). The file a UNIX socket's bind() made keeps its permissions
+ * and owner (`boundFile`, unix_path.ts). Refused (a DumpError naming fd, family, type and state;
+ * a policy can skip them): an unnamed UNIX datagram socket with datagrams queued. Datagrams queued
+ * on a UDP socket are not kept (UDP may lose them anyway), nor those of a UDP-Lite, ping, raw or packet socket. A TCP
  * socket in state CLOSE that never connected comes back as a fresh socket (one whose connection
  * ended goes to tcp_stream.ts, one with an error not yet read is refused: dispatch.ts).
  *
@@ -51,8 +53,10 @@ import {
   pidfdGetfd,
   SHUT,
   SK_SHUTDOWN,
+  SO,
   SOCK,
   SOCK_IOCTL,
+  SOL,
   SYS,
   TCP_STATE,
   tryBind,
@@ -64,7 +68,7 @@ import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
-import { abandonFd, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
+import { abandonFd, asIds, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
 import { formatAddress, unixAddress, unixPath } from "./address.ts";
 import { udpShutdown, unixListenQueue } from "./diag.ts";
 import {
@@ -79,7 +83,18 @@ import {
 import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
-import { bindGhost, dumpUnixPaths, type PathFate, unlinkGhosts } from "./unix_path.ts";
+import { listenerPending } from "./unix_pending.ts";
+import { tcpListenerPending } from "./tcp_pending.ts";
+import { awaitPendingClients } from "./pending_queue.ts";
+import {
+  bindGhost,
+  BOUND_FILE,
+  type BoundFile,
+  dumpUnixPaths,
+  type PathFate,
+  restoreBoundFile,
+  unlinkGhosts,
+} from "./unix_path.ts";
 import {
   dumpNetlink,
   NETLINK_STATE,
@@ -134,6 +149,11 @@ export interface SocketEntry extends FileEntry {
   cwd: string;
   /** A UNIX path removed or replaced since bind(): bound again, then unlinked (unix_path.ts). */
   pathFate?: PathFate;
+  /**
+   * A UNIX socket's file at its path: its permissions and owner, given again after bind()
+   * (unix_path.ts); absent in older images (the file gets the restoring process's).
+   */
+  boundFile?: BoundFile;
   /** "removed": connected to a ghost UNIX socket of the image, whose path was removed. */
   peerFate?: "removed";
   /**
@@ -159,6 +179,18 @@ export interface SocketEntry extends FileEntry {
   netlink?: NetlinkState;
   /** The IP multicast groups it joined (multicast.ts); absent: none (and in older images). */
   multicast?: MulticastMembership[];
+  /**
+   * A UNIX listener's SO_PEERCRED ids (the effective ids of whoever called listen(), which its
+   * clients see as their peer's), when not root's; listen() is called with them again. Absent:
+   * root's (and in older images).
+   */
+  listenIds?: { uid: number; gid: number };
+  /**
+   * A listener's connections not accepted yet: the inodes of their clients (entries of kind
+   * "unix-pending" or "tcp-pending"), in the order accept() takes them; absent: none (and in
+   * older images).
+   */
+  pending?: bigint[];
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -213,32 +245,41 @@ function somaxconn(): number {
   }
 }
 
-/** listen()'s backlog: the accept queue's maximum, refusing a listener with connections waiting. */
+/** listen()'s backlog: the accept queue's maximum. */
 function backlogOf(
   fd: Fd,
   s: StandaloneSocket,
 ): { backlog: number; backlogSource: SocketEntry["backlogSource"] } {
-  const waiting = (queued: number) =>
-    s.refuse(
-      `listening ${s.at} with ${queued} connection(s) not yet accepted (they would be lost)`,
-    );
   if (s.tcpInfo) {
     if (s.tcpInfo[0] !== TCP_STATE.LISTEN) return { backlog: 0, backlogSource: "none" };
-    const queued = readU32(s.tcpInfo, 24); // tcpi_unacked: sk_ack_backlog
     const backlog = readU32(s.tcpInfo, 28); // tcpi_sacked: sk_max_ack_backlog
-    if (queued > 0) waiting(queued);
     return { backlog, backlogSource: "tcp_info" };
   }
   if (s.family !== AF.UNIX || !s.listening) return { backlog: 0, backlogSource: "none" };
   const q = unixListenQueue(fd.inode);
   if (!q) return { backlog: somaxconn(), backlogSource: "somaxconn" };
-  if (q.queued > 0) waiting(q.queued);
   return { backlog: q.max, backlogSource: "sock_diag" };
+}
+
+/** A UNIX listener's SO_PEERCRED ids: those its clients see as their peer's. */
+function listenIds(s: StandaloneSocket): { uid: number; gid: number } {
+  const v = s.reader.getsockopt(SOL.SOCKET, SO.PEERCRED, 12); // struct ucred: pid, uid, gid
+  if (typeof v === "number") s.refuse(`${s.at}: getsockopt(SO_PEERCRED) failed (errno ${-v})`);
+  return { uid: readU32(v, 4), gid: readU32(v, 8) };
 }
 
 /** Dumps a socket dispatch.ts found to come back on its own. */
 export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<SocketEntry> {
   const { backlog, backlogSource } = backlogOf(fd, s);
+  // A listener's connections not accepted yet come back with their clients (unix_pending.ts,
+  // tcp_pending.ts).
+  const refuseListening = (why: string) => s.refuse(`listening ${s.at} ${why}`);
+  const queued = s.tcpInfo?.[0] === TCP_STATE.LISTEN ? readU32(s.tcpInfo, 24) : 0; // tcpi_unacked
+  const pending = s.family === AF.UNIX && s.listening
+    ? listenerPending(fd, s.ctx, refuseListening)
+    : queued
+    ? tcpListenerPending(fd, s.ctx, queued, refuseListening)
+    : [];
   let queue: QueuedDatagram[] = [];
   if (s.family === AF.UNIX && !s.listening && s.type === SOCK.DGRAM) {
     if (s.address) {
@@ -273,6 +314,13 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   const paths = s.family === AF.UNIX
     ? dumpUnixPaths(fd, s.ctx, s.address, s.peerClosed ? null : s.peer, name)
     : { cwd: "/" };
+  if (pending.length && paths.pathFate === "replaced") {
+    // Its clients connect by path again, which now names another file.
+    refuseListening(
+      `with connection(s) not yet accepted, and its path now names another file: its clients ` +
+        `could not connect to it again`,
+    );
+  }
   const to = s.peer && !s.peerClosed ? ` to ${formatAddress(s.peer)}` : "";
   // shutdown() of a UDP socket, connected or not, shuts it (an unconnected one says ENOTCONN).
   const shutdown = s.protocol === IPPROTO.UDP ? udpShutdown(s.family, fd.inode) ?? 0 : 0;
@@ -296,6 +344,11 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
       (shutdown ? `, shut for ${SHUT_NAMES[shutdown]}` : ""),
   };
   if (queue.length) entry.queue = queue;
+  if (pending.length) entry.pending = pending;
+  if (s.family === AF.UNIX && s.listening) {
+    const ids = listenIds(s);
+    if (ids.uid || ids.gid) entry.listenIds = ids;
+  }
   if (s.family === AF.PACKET) entry.packet = dumpPacket(fd, s.reader, s.address, s.refuse);
   if (s.family === AF.NETLINK) entry.netlink = dumpNetlink(fd, s.reader, s.address, s.refuse);
   if ((s.family === AF.INET || s.family === AF.INET6) && s.type !== SOCK.STREAM) {
@@ -397,10 +450,15 @@ function refill(e: SocketEntry, ctx: FileRestoreContext, fd: number): void {
   if (e.family !== AF.UNIX || e.type !== SOCK.DGRAM || !e.address) return;
   rememberSender(ctx, fd, e.address);
   if (!e.queue?.length) return;
+  refillDatagrams(ctx, e.queue, connectAddress(e), e.cwd, e.description);
+}
+
+/** The address a client connects to a UNIX socket at: its absolute path, or its abstract name. */
+function connectAddress(e: SocketEntry): Uint8Array {
   const path = absoluteUnixPath(e, e.address);
   const to = path ? unixAddress(path) : e.address;
-  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to send its queue to`);
-  refillDatagrams(ctx, e.queue, to, e.cwd, e.description);
+  if (!to) throw new RestoreError(`${e.description}: ${path} is too long to connect to`);
+  return to;
 }
 
 /** Binds target fd `fd` to the entry's address (`path`: its file's absolute path, or ""). */
@@ -431,6 +489,7 @@ function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: 
           : `errno ${code}`),
     );
   }
+  if (path && e.boundFile && !e.pathFate) restoreBoundFile(path, e.boundFile);
 }
 
 // Datagram sockets whose peer in the image was not made yet when they were: the tool's copy of
@@ -515,7 +574,14 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
         throw new RestoreError(`${e.description}: shutdown failed (${errnoName(Number(-r))})`);
       }
     }
-    if (e.state === "listening") injectRaw(ctx, "listen", SYS.listen, fd, e.backlog);
+    if (e.state === "listening") {
+      // With the ids its clients see as their peer's (SO_PEERCRED).
+      const { uid, gid } = e.listenIds ?? { uid: 0, gid: 0 };
+      asIds(ctx, uid, gid, () => injectRaw(ctx, "listen", SYS.listen, fd, e.backlog));
+    }
+    if (e.pending?.length) {
+      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e));
+    }
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
   }
@@ -544,11 +610,14 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     description: "text",
     queue: { optional: QUEUED_DATAGRAMS },
     pathFate: { optional: { oneOf: ["removed", "replaced"] } },
+    boundFile: BOUND_FILE,
     packet: PACKET_STATE,
     multicast: MULTICAST_STATE,
     netlink: NETLINK_STATE,
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },
+    pending: { optional: { list: "whole" } },
+    listenIds: { optional: { map: { uid: "whole", gid: "whole" } } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
   dump(fd: Fd): SocketEntry {

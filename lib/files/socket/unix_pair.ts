@@ -338,7 +338,7 @@ function refill(e: UnixPairEntry, sender: number, ctx: FileRestoreContext): void
 }
 
 /** sk_shutdown → how to shutdown() to get it. */
-const SHUT_HOW: Record<number, number> = {
+export const SHUT_HOW: Record<number, number> = {
   [SK_SHUTDOWN.RCV]: SHUT.RD,
   [SK_SHUTDOWN.SEND]: SHUT.WR,
   [SK_SHUTDOWN.RCV | SK_SHUTDOWN.SEND]: SHUT.RDWR,

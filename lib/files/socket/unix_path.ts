@@ -135,6 +135,30 @@ export interface UnixPaths {
   peerFate?: "removed";
   /** Its peer is a socket of the dump: connected once that is made again (standalone.ts). */
   peerInImage?: boolean;
+  /**
+   * The permissions and owner of the file its bind() made, where it still is at its path: given
+   * again to the file a restore's bind() makes (with the restoring process's umask and ids), as
+   * they decide who may connect.
+   */
+  boundFile?: BoundFile;
+}
+
+/** A bound UNIX socket's file: its permission bits and owner. */
+export interface BoundFile {
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** The image fields of `BoundFile`. */
+export const BOUND_FILE = {
+  optional: { map: { mode: "whole", uid: "whole", gid: "whole" } },
+} as const;
+
+/** Gives the file a restore's bind() made at `path` the permissions and owner it had. */
+export function restoreBoundFile(path: string, file: BoundFile): void {
+  Deno.chownSync(path, file.uid, file.gid);
+  Deno.chmodSync(path, file.mode);
 }
 
 /**
@@ -157,6 +181,10 @@ export function dumpUnixPaths(
     const { cwd, fate } = locateBoundPath(own, diag?.file ?? null, cwds, name);
     out.cwd = cwd;
     if (fate) out.pathFate = fate;
+    else if (diag?.file) {
+      const st = Deno.lstatSync(own.startsWith("/") ? own : join(cwd, own));
+      out.boundFile = { mode: (st.mode ?? 0) & 0o7777, uid: st.uid ?? 0, gid: st.gid ?? 0 };
+    }
   }
   const peerPath = peer ? unixPath(peer) : "";
   if (peerPath.startsWith("/") && diag?.peer) {
