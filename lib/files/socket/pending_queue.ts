@@ -10,7 +10,7 @@
 import { close, pidfdGetfd } from "../../../ffi/mod.ts";
 import { RestoreError } from "../../errors.ts";
 import type { FileRestoreContext } from "../types.ts";
-import { abandonFd, handToTarget, injectClose } from "../util.ts";
+import { abandonFd } from "../util.ts";
 
 /** A client made, waiting to connect. */
 export interface WaitingClient {
@@ -25,9 +25,10 @@ export interface WaitingClient {
   connect(fd: number, address: Uint8Array, copy: number): void;
 }
 
-/** A client made, with where it lives and the tool's copy of it. */
+/** A client made, with where it lives (its open file's id there) and the tool's copy of it. */
 interface MadeClient extends WaitingClient {
   ctx: FileRestoreContext;
+  file: number;
   copy: number;
 }
 
@@ -65,31 +66,31 @@ export function awaitPendingClients(
 }
 
 /**
- * Client socket `fd` (inode `inode` when dumped) is made in the target, unconnected: it connects
- * once every process is made. The tool keeps a copy of it until then; on failure `fd` is closed.
+ * Client socket `fd` (open file `file`, inode `inode` when dumped) is made in the target,
+ * unconnected: it connects once every process is made, at its own descriptor. The tool keeps a
+ * copy of it until then; on failure `fd` is closed.
  */
 export function awaitConnect(
   ctx: FileRestoreContext,
   fd: number,
+  file: number,
   inode: bigint,
   client: WaitingClient,
 ): void {
   try {
     const copy = pidfdGetfd(ctx.pidfd, fd);
-    madeIn(ctx.scope ?? ctx).clients.set(inode, { ...client, ctx, copy });
+    madeIn(ctx.scope ?? ctx).clients.set(inode, { ...client, ctx, file, copy });
   } catch (err) {
     abandonFd(ctx, fd, client.description, err);
   }
 }
 
-/** Connects one client, at a descriptor of its own process handed the tool's copy. */
+/**
+ * Connects one client at its own descriptor, in place by then (the files the tool hands in are
+ * done with: their channel into the process is closed).
+ */
 function connectClient(c: MadeClient, l: MadeListener): void {
-  const fd = handToTarget(c.ctx, c.copy, c.description);
-  try {
-    c.connect(fd, l.address, c.copy);
-  } finally {
-    injectClose(c.ctx, fd);
-  }
+  c.connect(c.ctx.fdOfFile(c.file), l.address, c.copy);
 }
 
 /**

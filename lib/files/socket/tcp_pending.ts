@@ -343,7 +343,7 @@ function openPending(e: TcpPendingEntry, ctx: FileRestoreContext): number {
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
   }
-  awaitConnect(ctx, fd, e.inode, {
+  awaitConnect(ctx, fd, e.id, e.inode, {
     listener: e.listener,
     description: e.description,
     connect: (at, _address, copy) => connectClient(e, ctx, at, copy),

@@ -206,7 +206,7 @@ function connectClient(
 
 function openPending(e: UnixPendingEntry, ctx: FileRestoreContext): number {
   const fd = Number(injectRaw(ctx, "socket", SYS.socket, AF.UNIX, e.type | SOCK.NONBLOCK, 0));
-  awaitConnect(ctx, fd, e.inode, {
+  awaitConnect(ctx, fd, e.id, e.inode, {
     listener: e.listener,
     description: e.description,
     connect: (at, address) => connectClient(e, ctx, at, address),
