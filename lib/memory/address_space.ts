@@ -265,6 +265,8 @@ export class AddressSpaceBuilder {
 
   /** Recreates every mapping at its address; private ones writable until pages are in. */
   createMappings(): void {
+    // Every file mapped from its path (not one inherited from the parent), opened together.
+    this.#mappings.openFiles(this.image.mappings.filter((m) => !m.sharedWithParent?.length));
     for (const m of this.image.mappings) {
       const src = m.source;
       if (m.sharedWithParent?.length) prepareInherited(this.inj, m);
