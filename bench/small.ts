@@ -35,12 +35,19 @@ const { values: flags } = parseArgs({
 });
 const rounds = Number(flags.rounds ?? 9);
 
-/** One dump and restore of a fresh 1 MiB target from `tool`'s command line, the restored one checked. */
-async function cliRound(tool: Tool, bin: string): Promise<[number, number]> {
+/**
+ * One dump and restore of a fresh 1 MiB target from `tool`'s command line, the restored one
+ * checked; `measured` wraps the two commands.
+ */
+async function cliRound(
+  tool: Tool,
+  bin: string,
+  measured: <T>(work: () => Promise<T>) => Promise<T>,
+): Promise<[number, number]> {
   const t = await startTarget(bin, ["1"], { append: true });
   const dir = `${scratch}/${tool}-small`;
   try {
-    const times = await dumpAndRestore(tool, t.pid, dir);
+    const times = await measured(() => dumpAndRestore(tool, t.pid, dir));
     const check = await checkTarget(t);
     if (check !== "PASS") throw new Error(`${tool}: the restored process says ${check}`);
     return times;
@@ -48,6 +55,17 @@ async function cliRound(tool: Tool, bin: string): Promise<[number, number]> {
     await killAndReap(t.pid);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * CPU time (user and system, ms) of the children this process has waited for, from
+ * /proc/self/stat: what the commands cost whatever else the machine runs (in 10 ms ticks, so
+ * only a sum over rounds says much).
+ */
+function childCpuMs(): number {
+  const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+  // cutime and cstime, fields 16 and 17 of the line (the 14th and 15th after the comm).
+  return (Number(fields[13]) + Number(fields[14])) * 10;
 }
 
 /** A `sleep` detached from this process (so it is not our child): its pid. */
@@ -114,16 +132,25 @@ try {
     tardigrade: [[], []] as [number[], number[]],
     criu: [[], []] as [number[], number[]],
   };
+  /** CPU ms summed over the rounds: of the two floors, and of each tool's dump and restore. */
+  const cpu = { empty: 0, load: 0, tardigrade: 0, criu: 0 };
+  const counted = async <T>(what: keyof typeof cpu, work: () => Promise<T>): Promise<T> => {
+    const before = childCpuMs();
+    const result = await work();
+    cpu[what] += childCpuMs() - before;
+    return result;
+  };
   // Interleaved, so the load of a shared machine falls on every column alike.
   for (let i = 0; i < rounds; i++) {
-    cli.empty.push(await deno(empty));
-    cli.load.push(await deno(`${repo}main.ts`, "--version"));
+    cli.empty.push(await counted("empty", () => deno(empty)));
+    cli.load.push(await counted("load", () => deno(`${repo}main.ts`, "--version")));
     for (const tool of criu ? ["tardigrade", "criu"] as Tool[] : ["tardigrade"] as Tool[]) {
-      const [d, r] = await cliRound(tool, bin);
+      const [d, r] = await cliRound(tool, bin, (work) => counted(tool, work));
       cli[tool][0].push(d);
       cli[tool][1].push(r);
     }
   }
+  const perRound = (ms: number) => ms / rounds;
   const [emptyMs, loadMs] = [median(cli.empty), median(cli.load)];
   const [td, tr] = cli.tardigrade.map(median);
   console.log(`A small process (1 MiB), from the command line; medians of ${rounds}`);
@@ -143,6 +170,17 @@ try {
     console.log(`  tardigrade / CRIU                         ${ratio(td, cd)} / ${ratio(tr, cr)}`);
   } else {
     console.log("  CRIU is not built (../shared/peers/build-criu.sh): no ratio");
+  }
+  console.log("CPU (user + system) of the commands, mean of the rounds");
+  console.log(
+    `  Deno's start / loading the tool           ${ms(perRound(cpu.empty))} / ${
+      ms(perRound(cpu.load))
+    }`,
+  );
+  console.log(`  tardigrade dump + restore                 ${ms(perRound(cpu.tardigrade))}`);
+  if (criu) {
+    console.log(`  CRIU dump + restore                       ${ms(perRound(cpu.criu))}`);
+    console.log(`  tardigrade / CRIU                         ${ratio(cpu.tardigrade, cpu.criu)}`);
   }
 
   // Two rounds first, not counted: the functions the dump and the restore run are compiled then.
