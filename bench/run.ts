@@ -10,6 +10,7 @@ const benches = [
   "restore.ts",
   "lazy_restore.ts",
   "criu.ts",
+  "small.ts",
 ];
 
 let failed = 0;

@@ -141,17 +141,26 @@ export class ImageWriter implements AsyncDisposable {
    */
   async commit(): Promise<ImageManifest> {
     await this.#sink?.settle(); // page writes still going on another thread
-    if (this.options.sync && this.#state === "open") {
-      // All at once on Deno's blocking threads: one journal commit serves many small files.
-      await Promise.all(this.#metaFiles.map((f) => syncPathAsync(`${this.partialDir}/${f.name}`)));
+    const manifest = await settle(() => this.#writeManifest());
+    if (this.options.sync) {
+      // Nothing in the partial directory counts before the rename: every file and the directory
+      // are flushed together, on Deno's blocking threads (one journal commit serves them all).
+      const names = [...manifest.files.map((f) => f.name), MANIFEST_NAME];
+      try {
+        await Promise.all([...names, "."].map((name) => this.#flush(name)));
+      } catch (err) {
+        throw this.#fail(err, "commit");
+      }
     }
-    return await settle(() => this.#commit());
+    return await settle(() => this.#rename(manifest));
   }
 
-  #commit(): ImageManifest {
+  /** Closes the page files and writes the manifest that lists every file. */
+  #writeManifest(): ImageManifest {
     this.#checkOpen("commit");
     try {
-      const pageFiles = this.#sink?.close(this.options.sync) ?? [];
+      // Flushed by `commit` with the other files, all at once.
+      const pageFiles = this.#sink?.close(false) ?? [];
       const manifest: ImageManifest = {
         format: this.format,
         toolVersion: TOOL_VERSION,
@@ -163,24 +172,37 @@ export class ImageWriter implements AsyncDisposable {
         ...(this.parent ? { parent: this.parent } : {}),
       };
       this.#writeNewFile(MANIFEST_NAME, frame(manifest, this.format));
-      if (this.options.sync) {
-        syncPath(`${this.partialDir}/${MANIFEST_NAME}`);
-        syncPath(this.partialDir);
-      }
-      try {
-        Deno.renameSync(this.partialDir, this.dir);
-      } catch (err) {
-        throw new ImageError(`cannot rename to ${this.dir}: ${(err as Error).message}`, {
-          cause: err,
-        });
-      }
-      this.#state = "committed";
-      if (this.options.sync) syncPath(parentOf(this.dir));
       return manifest;
     } catch (err) {
-      if (this.#state === "committed") throw err; // only the parent's fsync failed
       throw this.#fail(err, "commit");
     }
+  }
+
+  /** fsync of `name` in the partial directory (`.`: the directory itself), naming it on failure. */
+  async #flush(name: string): Promise<void> {
+    try {
+      using f = await Deno.open(`${this.partialDir}/${name}`, { read: true });
+      await f.sync();
+    } catch (err) {
+      throw new ImageError(`${name}: fsync failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Renames the flushed partial directory to `dir`, then flushes its parent. */
+  #rename(manifest: ImageManifest): ImageManifest {
+    this.#checkOpen("commit");
+    try {
+      Deno.renameSync(this.partialDir, this.dir);
+    } catch (err) {
+      throw this.#fail(
+        new ImageError(`cannot rename to ${this.dir}: ${(err as Error).message}`, { cause: err }),
+        "commit",
+      );
+    }
+    this.#state = "committed";
+    // So the rename survives a crash; a failure here leaves a complete image, and says so.
+    if (this.options.sync) syncPath(parentOf(this.dir));
+    return manifest;
   }
 
   /** Removes the partial image. Safe to call twice, after a failed commit, or after commit. */
@@ -262,12 +284,6 @@ async function refuseOccupied(dir: string): Promise<void> {
   for await (const _ of Deno.readDir(dir)) {
     throw new ImageError(`${dir} exists and is not empty; refusing to write an image there`);
   }
-}
-
-/** fsync of a file by path, on another thread. */
-async function syncPathAsync(path: string): Promise<void> {
-  using f = await Deno.open(path, { read: true });
-  await f.sync();
 }
 
 /** fsync of a file or directory by path. */

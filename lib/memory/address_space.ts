@@ -205,27 +205,30 @@ export class AddressSpaceBuilder {
    * `keepFd` stays open (what the restore still needs in it, closed by the restore).
    */
   empty(keepFd?: number): void {
-    const rseq = getRseqConfig(this.inj.tid);
-    if (rseq.abiPointer !== 0n) {
-      this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
-    }
-    if (this.image.sharesFilesWith === undefined) {
-      if (keepFd === undefined) this.inj.call("close_range", 0, 0xffffffff, 0); // every fd
-      else {
-        if (keepFd > 0) this.inj.call("close_range", 0, keepFd - 1, 0);
-        this.inj.call("close_range", keepFd + 1, 0xffffffff, 0);
+    // One save of the registers and one settle for all of these calls, not one each.
+    this.inj.batch(() => {
+      const rseq = getRseqConfig(this.inj.tid);
+      if (rseq.abiPointer !== 0n) {
+        this.inj.call("rseq", rseq.abiPointer, rseq.length, RSEQ_FLAG.UNREGISTER, rseq.signature);
       }
-    }
-    // Everything around the kept mappings, a few ranges at a time: munmap skips the holes.
-    const listed = listMappings(this.pid).filter((m) => m.kind !== "vsyscall");
-    const keep: Range[] = [...listed.filter(isMovedSpecial), ...inheritedMappings(this.image)]
-      .sort((a, b) => Number(a.start - b.start));
-    let at = listed.reduce((lo, m) => m.start < lo ? m.start : lo, keep[0]?.start ?? 0n);
-    const end = listed.reduce((hi, m) => m.end > hi ? m.end : hi, 0n);
-    for (const k of [...keep, { start: end, end }]) {
-      if (k.start > at) this.inj.call("munmap", at, k.start - at);
-      if (k.end > at) at = k.end;
-    }
+      if (this.image.sharesFilesWith === undefined) {
+        if (keepFd === undefined) this.inj.call("close_range", 0, 0xffffffff, 0); // every fd
+        else {
+          if (keepFd > 0) this.inj.call("close_range", 0, keepFd - 1, 0);
+          this.inj.call("close_range", keepFd + 1, 0xffffffff, 0);
+        }
+      }
+      // Everything around the kept mappings, a few ranges at a time: munmap skips the holes.
+      const listed = listMappings(this.pid).filter((m) => m.kind !== "vsyscall");
+      const keep: Range[] = [...listed.filter(isMovedSpecial), ...inheritedMappings(this.image)]
+        .sort((a, b) => Number(a.start - b.start));
+      let at = listed.reduce((lo, m) => m.start < lo ? m.start : lo, keep[0]?.start ?? 0n);
+      const end = listed.reduce((hi, m) => m.end > hi ? m.end : hi, 0n);
+      for (const k of [...keep, { start: end, end }]) {
+        if (k.start > at) this.inj.call("munmap", at, k.start - at);
+        if (k.end > at) at = k.end;
+      }
+    });
     this.inj.dropScratch();
   }
 
@@ -271,6 +274,8 @@ export class AddressSpaceBuilder {
 
   /** Recreates every mapping at its address; private ones writable until pages are in. */
   createMappings(): void {
+    // Every file mapped from its path (not one inherited from the parent), opened together.
+    this.#mappings.openFiles(this.image.mappings.filter((m) => !m.sharedWithParent?.length));
     for (const m of this.image.mappings) {
       const src = m.source;
       if (m.sharedWithParent?.length) prepareInherited(this.inj, m);

@@ -16,7 +16,7 @@ import { RestoreError } from "../errors.ts";
 import type { MappingEntry, MappingSource, ProcessEntry } from "../image/schema.ts";
 import type { Mapping } from "../inspect/mappings.ts";
 import { keptFlags, type VmaState } from "./advice.ts";
-import { hex, openInTarget, type Target } from "./target.ts";
+import { hex, openInTarget, queueOpenInTarget, type Target } from "./target.ts";
 
 /**
  * The entry of mapping `m` (`state`: what smaps says of it), its source anonymous and no pages
@@ -148,15 +148,35 @@ export class MappingMaker {
   /** `t`: the process being made. */
   constructor(private readonly t: Target) {}
 
-  #fileFd(m: MappingEntry & { source: { type: "file" } }): number {
+  /** The key of a mapped file's fd, and how it is opened. */
+  #fileOpen(m: MappingEntry & { source: { type: "file" } }): { key: string; flags: number } {
     const writable = m.shared && mayWrite(m);
-    const key = `${writable ? "w" : "r"}:${m.source.path}`;
+    return { key: `${writable ? "w" : "r"}:${m.source.path}`, flags: writable ? O.RDWR : O.RDONLY };
+  }
+
+  #fileFd(m: MappingEntry & { source: { type: "file" } }): number {
+    const { key, flags } = this.#fileOpen(m);
     let fd = this.#fileFds.get(key);
     if (fd === undefined) {
-      fd = openInTarget(this.t.inj, m.source.path, writable ? O.RDWR : O.RDONLY);
+      fd = openInTarget(this.t.inj, m.source.path, flags);
       this.#fileFds.set(key, fd);
     }
     return fd;
+  }
+
+  /**
+   * Opens the files `mappings` map (those `create` maps from their file) in one run, instead of a
+   * round trip each as `create` would: a program maps a dozen libraries.
+   */
+  openFiles(mappings: readonly MappingEntry[]): void {
+    const opening = new Map<string, () => number>();
+    for (const m of mappings) {
+      if (m.source.type !== "file") continue;
+      const { key, flags } = this.#fileOpen(m as MappingEntry & { source: { type: "file" } });
+      if (this.#fileFds.has(key) || opening.has(key)) continue;
+      opening.set(key, queueOpenInTarget(this.t.inj, m.source.path, flags));
+    }
+    for (const [key, fd] of opening) this.#fileFds.set(key, fd());
   }
 
   /**

@@ -64,3 +64,13 @@ export function putString(inj: Injector, s: string): bigint {
 export function openInTarget(inj: Injector, path: string, flags: number): number {
   return Number(inj.call("openat", AT_FDCWD, putString(inj, path), flags, 0));
 }
+
+/**
+ * `openInTarget` queued, its path with it: many files are opened in one run. The function
+ * returned gives the target's fd (making what is queued first if need be).
+ */
+export function queueOpenInTarget(inj: Injector, path: string, flags: number): () => number {
+  const at = inj.queueData(new TextEncoder().encode(path + "\0"));
+  const fd = inj.queueCall("openat", [AT_FDCWD, at, flags, 0]);
+  return () => Number(fd());
+}

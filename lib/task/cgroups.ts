@@ -112,12 +112,13 @@ function readSettings(dir: string): Record<string, string> {
  * The groups processes of `memberships` live in that the dumping tool does not, with their limits.
  */
 export function dumpCgroupGroups(memberships: CgroupMembership[][]): CgroupEntry[] {
-  const mounts = hierarchyMounts();
+  // Read once a group of its own needs it: mountinfo is long on a machine with many mounts.
+  let mounts: Map<string, string> | undefined;
   const out: CgroupEntry[] = [];
   for (const { tool, ...m } of memberships.flat()) {
     if (tool) continue;
     if (out.some((g) => g.hierarchy === m.hierarchy && g.path === m.path)) continue;
-    const dir = groupDir(mounts, m);
+    const dir = groupDir(mounts ??= hierarchyMounts(), m);
     if (dir === null) {
       throw new DumpError(
         `the tree lives in cgroup ${m.path} of hierarchy ${hierarchyName(m.hierarchy)}, ` +
@@ -134,7 +135,8 @@ type Step = { dir: string; make?: CgroupEntry } | null;
 
 /** Puts restored processes back in their cgroups; removes the groups it made if asked. */
 export class CgroupRestore {
-  readonly #mounts = hierarchyMounts();
+  /** Read once a group is not the tool's (`#plan`): most restores need no mountinfo. */
+  #mounts?: Map<string, string>;
   readonly #made: string[] = [];
 
   /** `groups`: the root entry's `cgroupGroups` (absent in older images). */
@@ -149,7 +151,7 @@ export class CgroupRestore {
     const where = `process ${pid} was in cgroup ${m.path} of ${hierarchyName(m.hierarchy)}`;
     const now = membership("self").find((t) => t.hierarchy === m.hierarchy);
     if (now?.path === m.path) return null; // the stub's, which it inherits
-    const dir = groupDir(this.#mounts, m);
+    const dir = groupDir(this.#mounts ??= hierarchyMounts(), m);
     if (dir === null || now === undefined) {
       throw new RestoreError(`cannot restore: ${where}, a hierarchy this machine does not mount`);
     }
