@@ -55,10 +55,16 @@ async function hmacKey(secret: Uint8Array): Promise<CryptoKey> {
 }
 
 async function hmac(key: CryptoKey, ...parts: Uint8Array[]): Promise<Uint8Array> {
-  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  const all = concat(parts, parts.reduce((n, p) => n + p.length, 0));
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, all));
+}
+
+/** `parts` one after the other in one buffer of `total` bytes. */
+function concat(parts: Uint8Array[], total: number): Uint8Array<ArrayBuffer> {
+  const all = new Uint8Array(total);
   let at = 0;
   for (const p of parts) all.set(p, (at += p.length) - p.length);
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, all));
+  return all;
 }
 
 /** Compares two MACs without leaking where they differ. */
@@ -87,7 +93,11 @@ export class Channel {
   #session?: CryptoKey;
   #buffer = new Uint8Array(0);
 
-  private constructor(readonly conn: Deno.Conn) {}
+  private constructor(readonly conn: Deno.Conn) {
+    // Frames are written whole: the stream's turns (COMMIT, STORED, RESTORE) must not wait for
+    // a delayed ACK.
+    (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
+  }
 
   /** The receiver's side of the handshake; throws (and closes) on a wrong secret. */
   static async accept(conn: Deno.Conn, secret: Uint8Array): Promise<Channel> {
@@ -206,6 +216,9 @@ export class Channel {
   }
 
   async #write(...parts: Uint8Array[]): Promise<void> {
+    // A small frame goes in one write: its parts in several would wait on each other's ACKs.
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    if (total <= READ_AHEAD && parts.length > 1) parts = [concat(parts, total)];
     try {
       for (const p of parts) {
         for (let at = 0; at < p.length;) at += await this.conn.write(p.subarray(at));
