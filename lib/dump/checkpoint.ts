@@ -22,6 +22,7 @@ import { PageCollector } from "./page_collector.ts";
 import { DumpLock } from "./dump_lock.ts";
 import { NetworkLock } from "../network/lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
+import { MemoryHolder } from "../ptrace/memory_holder.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
@@ -489,6 +490,7 @@ export async function checkpoint(
   let frozenMs = 0;
   let tree: FrozenProcess[] = [];
   let pre: PreCopy | undefined;
+  const holders: MemoryHolder[] = [];
   const release = () => {
     for (const f of [...tree].reverse()) f.releaseSync();
   };
@@ -602,6 +604,12 @@ export async function checkpoint(
         dir,
         processes: entries.map((e) => e.pid),
         end: async () => {
+          // Their memory is held meanwhile: freeing it is most of an exit, and their pids are
+          // wanted now. It is freed once the hand-over is over.
+          for (const f of tree) {
+            const holder = MemoryHolder.take(f);
+            if (holder) holders.push(holder);
+          }
           end();
           for (const f of tree) await waitGone(f.pid);
           gone = true; // their pids may be a restored copy's from now on
@@ -645,6 +653,7 @@ export async function checkpoint(
       pre?.close(); // closing the uffds unregisters everything in the targets
     } catch { /* each uffd was closed all the same */ }
     unhook();
+    for (const h of holders) h.drop();
     if (killed && !gone) { for (const f of tree) await waitGone(f.pid); }
   }
 
