@@ -23,12 +23,17 @@ export const FRAME = {
   COMMIT: 5,
   /** The receiver has the image: JSON {dir}. */
   STORED: 6,
-  /** Restore it: JSON {lazy}. */
+  /** Restore it: JSON {lazy, ending}. */
   RESTORE: 7,
   /** How the restore went: JSON {ok, pid?, error?}. */
   RESULT: 8,
   /** The sender gives up: JSON {error}. */
   ABORT: 9,
+  /**
+   * The image is to be restored (sent first, before the files): JSON {lazy}. The receiver starts
+   * what the restore needs while the memory streams in.
+   */
+  PREPARE: 10,
 } as const;
 
 /** A migration that could not go on: the stream broke, or the other side refused. */

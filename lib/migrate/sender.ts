@@ -103,6 +103,8 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   let restored: { pid: number; remoteDir: string } | undefined;
   let keepImage = false;
   try {
+    // The receiver starts what its restore needs while the memory streams in.
+    await channel.sendJson(FRAME.PREPARE, { lazy: opts.lazy === true });
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,

@@ -35,7 +35,7 @@ import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
-import { PageServerProcess } from "./page_server_process.ts";
+import { RestoreHead } from "./restore_head.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
@@ -89,7 +89,7 @@ import {
   type ProcessEntry,
   processMetaName,
 } from "../image/schema.ts";
-import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
+import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -616,7 +616,7 @@ function resume(m: Making): void {
  * its cgroups (made again with their limits when missing).
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  if (!opts.shellJob) return await restoreTree(dir, opts);
+  if (!opts.shellJob) return await restoreTree(dir, opts, undefined);
   const terminal = toolTerminal();
   // Before the stub starts: the stub is reparented to us, and the job's root after it.
   const stopAdopting = adoptOrphans();
@@ -627,10 +627,27 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   }
 }
 
+/**
+ * `restore` (not as a shell job) with its stub and page server started ahead (a migration's
+ * receiver starts them while the memory streams in); `head` is used up either way.
+ */
+export function restoreWithHead(
+  dir: string,
+  opts: RestoreOptions,
+  head: RestoreHead,
+): Promise<RestoreResult> {
+  if (opts.shellJob) {
+    head.drop();
+    return Promise.reject(new RestoreError("a restore started ahead is not a shell job"));
+  }
+  return restoreTree(dir, opts, undefined, head);
+}
+
 async function restoreTree(
   dir: string,
   opts: RestoreOptions,
   terminal?: ToolTerminal,
+  head?: RestoreHead,
 ): Promise<RestoreResult> {
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
@@ -646,11 +663,10 @@ async function restoreTree(
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
-  // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
-  const starting = Stub.start();
-  starting.catch(() => {}); // its failure is reported where it is awaited, not as unhandled
-  // The page server starts meanwhile as well: a Deno takes longer still.
-  const server = opts.lazy ? PageServerProcess.start() : undefined;
+  // The stub starts meanwhile (a shell and an exec take as long as checking a small image), and
+  // the page server of a lazy restore (a Deno takes longer still), unless started ahead.
+  const { stub: starting, server } = (head ?? RestoreHead.start(opts.lazy === true))
+    .take(opts.lazy === true);
   const dropStub = async () => {
     server?.abort();
     (await starting.catch(() => null))?.end();
