@@ -23,6 +23,7 @@ import { DumpLock } from "./dump_lock.ts";
 import { NetworkLock } from "../network/lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
 import { MemoryHolder } from "../ptrace/memory_holder.ts";
+import { touchedBeforeRunning } from "../memory/lazy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
@@ -366,7 +367,9 @@ async function dumpProcess(
   const pre = run.pre?.byPid.get(pid);
   if (pre) pre.progress = run.onProgress;
   const pages = pre?.pages ?? new PageCollector(run.sink, run.staging, run.onProgress);
-  const precopied = pre?.reusable();
+  // The few pages a lazy restore writes before the process runs are copied again: its restore
+  // then reads them from the last extents, not from a large pre-copied one each.
+  const precopied = pre?.reusable(touchedBeforeRunning({ threads, mm: task.mm }));
   // Incremental hook: pages equal to the parent's refer to it instead of being written.
   const incremental = await run.parent?.pagesFor(pid, pages);
   const objects = new MemoryObjects(pages, incremental && ((key) => incremental.object(key)));

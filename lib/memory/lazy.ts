@@ -53,9 +53,10 @@ export interface LazyPlan {
  * kernel writes it on the thread's return to user mode, as the restore drives it), the pages its
  * registers point at (a sleep cut short by the dump is started again with the thread's own
  * pointers, and the kernel writes the time left there) and the argument and environment strings
- * (the restore's comparison reads /proc/PID/cmdline and environ).
+ * (the restore's comparison reads /proc/PID/cmdline and environ). A pre-copy dump copies them
+ * again at the freeze, so that a lazy restore finds them in the last, small extents.
  */
-function touchedBeforeRunning(p: ProcessEntry): Range[] {
+export function touchedBeforeRunning(p: Pick<ProcessEntry, "threads" | "mm">): Range[] {
   const pages = (start: bigint, end: bigint) => ({ start: pageDown(start), end: pageUp(end) });
   const all: Range[] = [];
   for (const t of p.threads) {
