@@ -355,6 +355,10 @@ async function dumpProcess(
   const proc = await Process.open(pid);
   const inj = frozen.injector;
   const task = await dumpTask(proc, inj);
+  // Read on another thread while the rest is dumped: the read walks every present page (30 ms
+  // a GiB) and holds off changes to the mappings meanwhile, which nothing injected from here on
+  // makes (its brk was read, the scratch mapping is there) until the scratch goes.
+  const smaps = Deno.readFile(`/proc/${pid}/smaps`).catch(() => undefined);
   const posixTimers = dumpPosixTimers(pid, inj);
   const frozenThreads = frozen.threads;
   const threads = frozenThreads.map((t) => dumpThread(pid, t, frozen.injectorFor(t.tid)));
@@ -409,6 +413,7 @@ async function dumpProcess(
     frozenThreads.forEach((t, i) => threads[i].pending = threadPending(t));
     const memory = await dumpAddressSpace({
       pid,
+      smaps: await smaps,
       mappings: layout,
       decide: (m) => plan.contents.get(m.start) ?? "dump",
       pages: incremental?.memory() ?? pages,

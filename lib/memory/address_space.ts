@@ -80,6 +80,8 @@ export interface AddressSpaceDumpContext {
   precopied?: ReusablePages;
   /** Its parent in the dump, dumped before it: pages they share are stored once (cow.ts). */
   parent?: ParentMemory;
+  /** Its /proc/PID/smaps, read ahead while frozen (see `vmaStates`). */
+  smaps?: Uint8Array;
 }
 
 /** What `dumpAddressSpace` returns. */
@@ -99,7 +101,12 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
   const { pid, objects } = ctx;
   const mappings: MappingEntry[] = [];
   const special: SpecialMappings = {};
-  const states = vmaStates(pid);
+  let states = vmaStates(pid, ctx.smaps);
+  // Read ahead while the dump injected syscalls: a mapping of ours may have been merged or split
+  // in it meanwhile, and then it is read again.
+  if (ctx.smaps && ctx.mappings.some((m) => states.get(m.start)?.end !== m.end)) {
+    states = vmaStates(pid);
+  }
   using memory = new RemoteMemory(pid);
   // Every page present or swapped, in one scan (below the top of user space: not [vsyscall]).
   const user = ctx.mappings.filter((m) => m.end <= USER_SPACE_END);
