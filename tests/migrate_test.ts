@@ -92,7 +92,7 @@ for (
     ["", false, bigTarget],
     [" (lazy)", true, bigTarget],
     [", its memory written all along", false, busyTarget],
-    [", a tree asked --lazy (restored whole)", true, treeTarget],
+    [", a tree restored lazily", true, treeTarget],
   ] as const
 ) {
   Deno.test(`migrate: the process runs on at the receiver with its pid${what}`, async () => {

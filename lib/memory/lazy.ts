@@ -70,9 +70,13 @@ export function touchedBeforeRunning(p: Pick<ProcessEntry, "threads" | "mm">): R
   const mm = p.mm;
   if (mm.argEnd > mm.argStart) all.push(pages(mm.argStart, mm.argEnd));
   if (mm.envEnd > mm.envStart) all.push(pages(mm.envStart, mm.envEnd));
-  all.sort((a, b) => Number(a.start - b.start));
+  return sortedUnion(all);
+}
+
+/** `ranges` sorted, those that overlap or touch joined. */
+function sortedUnion(ranges: Range[]): Range[] {
   const out: Range[] = [];
-  for (const r of all) {
+  for (const r of [...ranges].sort((a, b) => Number(a.start - b.start))) {
     const last = out[out.length - 1];
     if (last && r.start <= last.end) last.end = r.end > last.end ? r.end : last.end;
     else out.push({ ...r });
@@ -102,9 +106,12 @@ function splitRun(run: PageRun, ranges: Range[]): { inside: PageRun[]; outside: 
   return { inside, outside };
 }
 
-/** Splits the pages of `p` between the restore and the page server. */
-export function planLazy(p: ProcessEntry): LazyPlan {
-  const early = touchedBeforeRunning(p);
+/**
+ * Splits the pages of `p` between the restore and the page server; those in `inherited` (what
+ * its children inherit from it, cow.ts) are written before the children are forked.
+ */
+export function planLazy(p: ProcessEntry, inherited: Range[] = []): LazyPlan {
+  const early = sortedUnion([...touchedBeforeRunning(p), ...inherited]);
   const ranges: Range[] = [];
   const pending: PendingRun[] = [];
   let bytes = 0;

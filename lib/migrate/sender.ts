@@ -52,8 +52,8 @@ export interface MigrateResult {
 /** Options of `migrate`. */
 export interface MigrateOptions extends SendOptions {
   /**
-   * The receiver restores lazily: the process runs before all its memory is in (one process; a
-   * tree is restored whole before it runs).
+   * The receiver restores lazily: the processes run before all their memory is in (the rest is
+   * served by a page server at the receiver).
    */
   lazy?: boolean;
 }
@@ -120,10 +120,9 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
           if (bytes < ENOUGH) break;
         }
       },
-      handOver: async ({ end, processes }) => {
+      handOver: async ({ end }) => {
         await shipper.finish();
-        // A lazy restore takes one process: a tree is restored whole before it runs.
-        const lazy = opts.lazy === true && processes.length === 1;
+        const lazy = opts.lazy === true;
         const stored = await channel.receiveJson(FRAME.STORED);
         let ended = false;
         try {

@@ -7,7 +7,7 @@
  */
 import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
 import { ImageReader } from "../image/mod.ts";
-import { PageServer } from "../memory/page_server.ts";
+import { PageServer, type ServedProcess } from "../memory/page_server.ts";
 import { type PageServerSpec, specRuns } from "./page_server_process.ts";
 
 const MiB = 1024 * 1024;
@@ -33,25 +33,28 @@ async function main(): Promise<number> {
   const say = (line: string) => Deno.stdout.writeSync(new TextEncoder().encode(line + "\n"));
   let spec: PageServerSpec;
   let log: (line: string) => void;
-  let uffd: number;
+  const served: ServedProcess[] = [];
   let reader: ImageReader;
   try {
     spec = await readSpec();
     log = logger(spec.log);
     reader = await ImageReader.open(spec.dir);
-    const pidfd = pidfdOpen(spec.from.pid);
-    try {
-      uffd = pidfdGetfd(pidfd, spec.from.fd);
-    } finally {
-      close(pidfd);
+    for (const p of spec.processes) {
+      const pidfd = pidfdOpen(p.from.pid);
+      try {
+        const uffd = pidfdGetfd(pidfd, p.from.fd);
+        served.push({ pid: p.pid, uffd, pending: specRuns(p), extents: p.extents });
+      } finally {
+        close(pidfd);
+      }
     }
   } catch (err) {
     say(err instanceof Error ? err.message : String(err));
     return 1;
   }
-  const runs = specRuns(spec);
-  const bytes = runs.reduce((n, r) => n + r.end - r.start, 0);
-  log(`serving ${(bytes / MiB).toFixed(1)} MiB of process ${spec.pid} from ${spec.dir}`);
+  const bytes = served.reduce((n, p) => n + p.pending.reduce((k, r) => k + r.end - r.start, 0), 0);
+  const pids = served.map((p) => p.pid).join(", ");
+  log(`serving ${(bytes / MiB).toFixed(1)} MiB of process(es) ${pids} from ${spec.dir}`);
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     Deno.addSignalListener(sig, () => log(`${sig} ignored: pages are still missing`));
   }
@@ -61,7 +64,7 @@ async function main(): Promise<number> {
   } catch { /* not privileged: as it is */ }
   say("ready");
   const started = performance.now();
-  const server = new PageServer(spec.pid, uffd, runs, reader, spec.extents, log);
+  const server = new PageServer(served, reader, log);
   try {
     const s = await server.run();
     const secs = ((performance.now() - started) / 1000).toFixed(2);
@@ -72,7 +75,7 @@ async function main(): Promise<number> {
     return 0;
   } catch (err) {
     log(
-      `cannot serve the pages of process ${spec.pid}, so it was killed: ` +
+      `cannot serve the pages of process(es) ${pids}, so they were killed: ` +
         (err instanceof Error ? err.message : String(err)),
     );
     return 1;

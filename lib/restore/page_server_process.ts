@@ -1,33 +1,45 @@
 /**
  * The page server of a lazy restore as a process of its own (page_server_main.ts runs it): started
  * detached at the beginning of the restore, so its start-up overlaps the restore's work, handed
- * what it serves once the process is armed, and left running alone when the restore returns.
- * It takes the userfaultfd from the restoring tool with pidfd_getfd, and answers "ready" once it
- * holds it: only then may the process run, and the tool close its copy.
+ * what it serves once the processes are armed, and left running alone when the restore returns.
+ * It takes the userfaultfds (one a process of the tree) from the restoring tool with pidfd_getfd,
+ * and answers "ready" once it holds them: only then may the processes run, and the tool close its
+ * copies.
  */
 import { RestoreError } from "../errors.ts";
 import type { PageExtent } from "../image/mod.ts";
 import type { PendingRun } from "../memory/pending_pages.ts";
 
-/** What the page server is told to serve (a line of JSON on its stdin). */
-export interface PageServerSpec {
-  /** The image directory. */
-  dir: string;
+/** One restored process the page server serves. */
+export interface ServedSpec {
   /** The restored process (host pid). */
   pid: number;
-  /** The process holding the userfaultfd, and the descriptor number there. */
+  /** The process holding its userfaultfd, and the descriptor number there. */
   from: { pid: number; fd: number };
   /** Missing pages as [start, end, extent, offset]. */
   pending: [number, number, number, number][];
   /** The extents of the process's entry. */
   extents: PageExtent[];
+}
+
+/** What the page server is told to serve (a line of JSON on its stdin). */
+export interface PageServerSpec {
+  /** The image directory. */
+  dir: string;
+  /** The restored processes, the root of the tree first. */
+  processes: ServedSpec[];
   /** The file the server logs to. */
   log: string;
 }
 
-/** The pending pages of a spec, as the server takes them back. */
-export function specRuns(spec: PageServerSpec): PendingRun[] {
+/** The pending pages of a served process, as the server takes them back. */
+export function specRuns(spec: ServedSpec): PendingRun[] {
   return spec.pending.map(([start, end, extent, offset]) => ({ start, end, extent, offset }));
+}
+
+/** A served process's pending pages as the spec carries them. */
+export function runsOfSpec(runs: PendingRun[]): ServedSpec["pending"] {
+  return runs.map((r) => [r.start, r.end, r.extent, r.offset]);
 }
 
 /** How long the server may take to start and take the userfaultfd, under a loaded machine. */

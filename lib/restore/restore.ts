@@ -29,13 +29,14 @@ import { makePtys } from "../files/pty.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
-import { inheritsMemory } from "../memory/cow.ts";
+import { inheritedRanges, inheritsMemory } from "../memory/cow.ts";
 import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
+import { runsOfSpec, type ServedSpec } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
@@ -135,15 +136,16 @@ export interface RestoreOptions {
    */
   inheritFds?: Readonly<Record<string, number>>;
   /**
-   * Lazy (post-copy) restore: the process runs as soon as it is made, before its memory is in.
-   * Its private anonymous memory (heap, stacks, anonymous mappings) is registered with a
-   * userfaultfd that a detached page server of the tool holds: a page the process touches is
-   * filled from the image at once, the rest in the background, and the server ends once every
-   * page is in or the process is gone (it follows forks, mremap, madvise(DONTNEED) and munmap).
-   * Other memory is written before the process runs, as without `lazy`. The image must stay
-   * readable until the server ends: one it cannot read gets the process (and whatever it
-   * forked) killed, with the reason in the log and on the process's stderr. A single process
-   * only (not a tree), not with `pidNamespace` or `shellJob`.
+   * Lazy (post-copy) restore: the processes run as soon as they are made, before their memory
+   * is in. Their private anonymous memory (heap, stacks, anonymous mappings) is registered with
+   * a userfaultfd each, which one detached page server of the tool holds for the tree: a page a
+   * process touches is filled from the image at once, the rest in the background, and the
+   * server ends once every page is in or the processes are gone (it follows forks, mremap,
+   * madvise(DONTNEED) and munmap). Other memory is written before they run, as without `lazy`,
+   * and so are the pages a child shares with its parent copy-on-write (the parent's are in
+   * before the child is forked). The image must stay readable until the server ends: one it
+   * cannot read gets the processes (and whatever they forked) killed, with the reason in the
+   * log and on the root's stderr. Not with `pidNamespace` or `shellJob`.
    */
   lazy?: boolean;
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
@@ -282,13 +284,9 @@ async function preflight(
   for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child", liveMs);
 }
 
-/** Why `entries` cannot be restored lazily with `opts`: refused before anything is made. */
-function checkLazy(entries: ProcessEntry[], opts: RestoreOptions): void {
-  const why = entries.length > 1
-    ? `the image holds a tree of ${entries.length} processes (${
-      entries.map((p) => p.pid).join(", ")
-    }); a lazy restore serves one process (it may fork once running)`
-    : opts.pidNamespace
+/** Why an image cannot be restored lazily with `opts`: refused before anything is made. */
+function checkLazy(opts: RestoreOptions): void {
+  const why = opts.pidNamespace
     ? "not into a new pid namespace"
     : opts.shellJob
     ? "not as a shell job"
@@ -715,7 +713,7 @@ async function restoreTree(
       );
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
-    if (opts.lazy) checkLazy(entries, opts);
+    if (opts.lazy) checkLazy(opts);
     cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
     cgroups.check(entries);
     stage("preflight", entries[0]);
@@ -769,7 +767,9 @@ async function restoreTree(
     const joined = joinedNetFd === undefined
       ? undefined
       : { fd: joinedNetFd, toolPidfd: shares.namespace?.toolPidfdFd };
-    const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
+    const plans = new Map(
+      opts.lazy ? entries.map((p) => [p.pid, planLazy(p, inheritedRanges(p, entries))]) : [],
+    );
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
@@ -866,18 +866,19 @@ async function restoreTree(
     // Armed last, once nothing of the restore touches memory: the server takes over from here.
     const log = opts.lazyLog ??
       `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
+    const served: ServedSpec[] = [];
     for (const m of making) {
       if (!m.lazy) continue;
       armLazyPages(m.pid, m.lazy.uffd!, m.lazy.plan);
-      await server!.handOver({
-        dir,
+      served.push({
         pid: m.pid,
         from: { pid: Deno.pid, fd: m.lazy.uffd! },
-        pending: m.lazy.plan.pending.map((r) => [r.start, r.end, r.extent, r.offset]),
+        pending: runsOfSpec(m.lazy.plan.pending),
         extents: m.entry.extents,
-        log,
       });
     }
+    // One server for the tree: each process's faults and fill, and the children they fork.
+    if (served.length) await server!.handOver({ dir, processes: served, log });
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
