@@ -16,10 +16,17 @@ import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
 import { Shipper } from "./shipper.ts";
 
 /** Pre-copy rounds at most before the freeze. */
-const MAX_ROUNDS = 8;
+const MAX_ROUNDS = 16;
 
 /** A round that copied less than this is the last: the freeze sends the rest. */
 const ENOUGH = 4 << 20;
+
+/**
+ * A round that copied more than this share of the round before is the last: the written set no
+ * longer shrinks (the stream is no faster than the writes), and more rounds would only send the
+ * same pages again.
+ */
+const CONVERGING = 0.8;
 
 /** Where and how to send. */
 export interface SendOptions {
@@ -112,12 +119,15 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       policy: opts.policy,
       durable: false, // a copy on its way: the receiver's is what counts
       afterPreCopy: async (copy) => {
-        // Rounds while it runs: each sends what the last one left, until little is left.
+        // Rounds while it runs: each sends what the last one left, until little is left or it
+        // no longer shrinks.
         await shipper.catchUp();
+        let last = Infinity;
         for (let round = 0; round < MAX_ROUNDS; round++) {
           const bytes = await copy.again();
           await shipper.catchUp();
-          if (bytes < ENOUGH) break;
+          if (bytes < ENOUGH || bytes > last * CONVERGING) break;
+          last = bytes;
         }
       },
       handOver: async ({ end }) => {
