@@ -614,7 +614,7 @@ function resume(m: Making): void {
  * its cgroups (made again with their limits when missing).
  */
 export async function restore(dir: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  if (!opts.shellJob) return await restoreTree(dir, opts, undefined);
+  if (!opts.shellJob) return await restoreTree(dir, opts);
   const terminal = toolTerminal();
   // Before the stub starts: the stub is reparented to us, and the job's root after it.
   const stopAdopting = adoptOrphans();
