@@ -35,11 +35,11 @@ export class MemoryHolder {
    * process then ends as any does, its memory freed on its way out.
    */
   static take(frozen: FrozenProcess): MemoryHolder | null {
-    const inj = frozen.injector;
-    const confined = statusField(frozen.pid, "Seccomp", inj.tid) ?? `${SECCOMP_MODE.DISABLED}`;
-    if (Number(confined) !== SECCOMP_MODE.DISABLED) return null;
     let holder: MemoryHolder | undefined;
     try {
+      const inj = frozen.injector;
+      const confined = statusField(frozen.pid, "Seccomp", inj.tid) ?? SECCOMP_MODE.DISABLED;
+      if (Number(confined) !== SECCOMP_MODE.DISABLED) return null;
       // The clone is attached to us and stopped before it runs (TRACECLONE), and dies with the
       // tool (EXITKILL): it never runs on the frozen process's stack. The process itself is
       // ended right after, so dying with the tool from now on changes nothing for it.
