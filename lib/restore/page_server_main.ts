@@ -12,13 +12,20 @@ import { type PageServerSpec, specRuns } from "./page_server_process.ts";
 
 const MiB = 1024 * 1024;
 
-async function readSpec(): Promise<PageServerSpec> {
+/** The lines of stdin one at a time (null at its end). */
+function stdinLines(): () => Promise<string | null> {
+  const reader = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
-  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
-    text += chunk;
-    if (text.includes("\n")) break;
-  }
-  return JSON.parse(text.split("\n")[0]);
+  return async () => {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      text += value;
+    }
+    const line = text.slice(0, text.indexOf("\n"));
+    text = text.slice(line.length + 1);
+    return line;
+  };
 }
 
 function logger(path: string): (line: string) => void {
@@ -31,12 +38,13 @@ function logger(path: string): (line: string) => void {
 
 async function main(): Promise<number> {
   const say = (line: string) => Deno.stdout.writeSync(new TextEncoder().encode(line + "\n"));
+  const nextLine = stdinLines();
   let spec: PageServerSpec;
   let log: (line: string) => void;
   const served: ServedProcess[] = [];
   let reader: ImageReader;
   try {
-    spec = await readSpec();
+    spec = JSON.parse((await nextLine()) ?? "");
     log = logger(spec.log);
     reader = await ImageReader.open(spec.dir);
     for (const p of spec.processes) {
@@ -63,6 +71,11 @@ async function main(): Promise<number> {
     Deno.writeTextFileSync("/proc/self/oom_score_adj", "-1000");
   } catch { /* not privileged: as it is */ }
   say("ready");
+  // The restore arms the processes meanwhile: nothing is served before it says so.
+  if ((await nextLine()) !== "go") {
+    log("the restore did not go on (it failed): nothing to serve");
+    return 1;
+  }
   const started = performance.now();
   const server = new PageServer(served, reader, log);
   try {

@@ -1,10 +1,10 @@
 /**
  * The page server of a lazy restore as a process of its own (page_server_main.ts runs it): started
  * detached at the beginning of the restore, so its start-up overlaps the restore's work, handed
- * what it serves once the processes are armed, and left running alone when the restore returns.
- * It takes the userfaultfds (one a process of the tree) from the restoring tool with pidfd_getfd,
- * and answers "ready" once it holds them: only then may the processes run, and the tool close its
- * copies.
+ * what it serves once the processes' memory is made, told to go once they are armed, and left
+ * running alone when the restore returns. It takes the userfaultfds (one a process of the tree)
+ * from the restoring tool with pidfd_getfd, and answers "ready" once it holds them: only then may
+ * the processes run, and the tool close its copies.
  */
 import { RestoreError } from "../errors.ts";
 import type { PageExtent } from "../image/mod.ts";
@@ -49,10 +49,12 @@ const START_TIMEOUT_MS = 60_000;
 export class PageServerProcess {
   readonly #child: Deno.ChildProcess;
   readonly #lines: ReadableStreamDefaultReader<string>;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
 
   private constructor(child: Deno.ChildProcess) {
     this.#child = child;
     this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    this.#stdin = child.stdin.getWriter();
   }
 
   /** Its pid. */
@@ -80,13 +82,12 @@ export class PageServerProcess {
   }
 
   /**
-   * Tells the server what to serve and waits until it holds the userfaultfd; throws with the
-   * server's own reason when it cannot serve.
+   * Tells the server what to serve and waits until it holds the userfaultfds; throws with the
+   * server's own reason when it cannot serve. It serves once told to `go`: the processes may be
+   * armed meanwhile.
    */
   async handOver(spec: PageServerSpec): Promise<void> {
-    const writer = this.#child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(JSON.stringify(spec) + "\n"));
-    await writer.close();
+    await this.#stdin.write(new TextEncoder().encode(JSON.stringify(spec) + "\n"));
     let text = "";
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -112,6 +113,12 @@ export class PageServerProcess {
     }
   }
 
+  /** Tells the server, once it holds the userfaultfds and they are armed, to serve. */
+  async go(): Promise<void> {
+    await this.#stdin.write(new TextEncoder().encode("go\n"));
+    await this.#stdin.close();
+  }
+
   /** Lets it run on alone: this process may exit. */
   release(): void {
     this.#lines.cancel().catch(() => {});
@@ -124,7 +131,7 @@ export class PageServerProcess {
       this.#child.kill("SIGKILL");
     } catch { /* gone */ }
     this.#lines.cancel().catch(() => {});
-    this.#child.stdin.close().catch(() => {});
+    this.#stdin.close().catch(() => {});
     this.#child.unref();
   }
 }

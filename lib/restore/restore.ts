@@ -36,7 +36,7 @@ import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
-import { runsOfSpec, type ServedSpec } from "./page_server_process.ts";
+import { runsOfSpec } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import { checkJoined, makeNamespaces, namespacesDiffer } from "../namespaces/container.ts";
@@ -837,6 +837,24 @@ async function restoreTree(
       await memoryOf(m);
       await buildRest(m, run);
     }
+    // One page server for the tree (each process's faults and fill, and the children they fork)
+    // takes the userfaultfds now, while the restore finishes: it serves once they are armed.
+    const log = opts.lazyLog ??
+      `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
+    const lazy = making.filter((m) => m.lazy);
+    const served = lazy.length
+      ? server!.handOver({
+        dir,
+        processes: lazy.map((m) => ({
+          pid: m.pid,
+          from: { pid: Deno.pid, fd: m.lazy!.uffd! },
+          pending: runsOfSpec(m.lazy!.plan.pending),
+          extents: m.entry.extents,
+        })),
+        log,
+      })
+      : undefined;
+    served?.catch(() => {}); // reported where it is awaited
     afterTasks(making, shares, warnings);
     for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
@@ -864,21 +882,11 @@ async function restoreTree(
       if (lost) throw new RestoreError(`cannot restore: ${lost}`);
     }
     // Armed last, once nothing of the restore touches memory: the server takes over from here.
-    const log = opts.lazyLog ??
-      `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
-    const served: ServedSpec[] = [];
-    for (const m of making) {
-      if (!m.lazy) continue;
-      armLazyPages(m.pid, m.lazy.uffd!, m.lazy.plan);
-      served.push({
-        pid: m.pid,
-        from: { pid: Deno.pid, fd: m.lazy.uffd! },
-        pending: runsOfSpec(m.lazy.plan.pending),
-        extents: m.entry.extents,
-      });
+    for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
+    if (served) {
+      await served;
+      await server!.go();
     }
-    // One server for the tree: each process's faults and fill, and the children they fork.
-    if (served.length) await server!.handOver({ dir, processes: served, log });
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
     shares.namespace?.release();
