@@ -123,7 +123,9 @@ export class Shipper {
           const piece = this.#pieces[k];
           const n = file.readSync(piece.room(e.name));
           if (!n) break;
-          this.#sending[k] = this.channel.sendPiece(piece.framed(at, n));
+          const sending = this.channel.sendPiece(piece.framed(at, n));
+          sending.catch(() => {}); // a broken stream is reported where the send is awaited
+          this.#sending[k] = sending;
           this.#next = (k + 1) % IN_FLIGHT;
           at += n;
           total += n;
