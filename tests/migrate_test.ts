@@ -1,8 +1,10 @@
 /**
  * Live migration between two tool processes on one machine (sender `migrate`, receiver `serve`,
- * talking over loopback): the process comes back with its pid and checks itself; a wrong key is
- * refused; a sender or a receiver killed mid-way leaves the original running, untraced; `dump
- * --to` leaves an image the receiver can restore.
+ * talking over loopback): the process comes back with its pid and checks itself (also a tree and
+ * a process forking while pages are missing, restored lazily, and 1 GiB rewriting 5% of itself a
+ * second, which prints the downtime it saw); a wrong key is refused; a sender or a receiver killed
+ * mid-way leaves the original running, untraced; `dump --to` leaves an image the receiver can
+ * restore.
  */
 import assert from "node:assert/strict";
 import { serve } from "../mod.ts";
