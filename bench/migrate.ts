@@ -3,7 +3,8 @@
  * `--short`) that rewrites 5% of its memory a second measures the largest gap in its own loop
  * while it is migrated (`migrate --lazy` to a `serve` over loopback), then while it is dumped and
  * restored (CRIU's only way on this kernel). Prints the gaps, the bytes sent against the memory
- * size and the time to complete.
+ * size and the time to complete, and for scale the largest gap the process saw in a second of
+ * its own before (what the machine's load alone does to it) and the load average.
  *
  * Run: deno run -A bench/migrate.ts [--short]
  */
@@ -46,6 +47,15 @@ async function gap(t: BenchTarget): Promise<number> {
   throw new Error("the writer did not answer");
 }
 
+/** The text of `path`, or "" while it is not there. */
+function readOr(path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch {
+    return "";
+  }
+}
+
 /** Waits until `pid` is free (reaped by whoever adopted it). */
 async function free(pid: number): Promise<void> {
   for (let i = 0; i < 1000; i++) {
@@ -70,6 +80,8 @@ const reaper = setInterval(() => {
 }, 2);
 await new Promise((r) => setTimeout(r, 1000));
 await gap(t); // from here on
+await new Promise((r) => setTimeout(r, 1000));
+const idle = await gap(t); // a second of its own: the machine's noise
 
 // Migration: a receiver in a process of its own.
 const serve = new Deno.Command(Deno.execPath(), {
@@ -102,6 +114,12 @@ reader.releaseLock();
 await serve.status;
 await new Promise((r) => setTimeout(r, 500));
 const migrated = await gap(t);
+// Its memory is registered with the page server's userfaultfd until every page is in: a dump
+// waits for that.
+const lazyLog = `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${t.pid}.log`;
+for (let i = 0; i < 12_000 && !/done in|cannot serve/.test(readOr(lazyLog)); i++) {
+  await new Promise((r) => setTimeout(r, 10));
+}
 
 // Plain dump and restore of the same process.
 const dir = `${scratch}/plain`;
@@ -115,7 +133,11 @@ const plain = await gap(t);
 Deno.kill(t.pid, "SIGKILL");
 clearInterval(reaper);
 
-console.log(`live migration of ${mib} MiB rewriting 5% a second, one machine over loopback`);
+const load = Deno.readTextFileSync("/proc/loadavg").split(" ")[0];
+console.log(
+  `live migration of ${mib} MiB rewriting 5% a second, one machine over loopback ` +
+    `(load average ${load}; its largest gap in a second alone ${idle.toFixed(0)} ms)`,
+);
 console.log(
   `migrate --lazy   downtime ${migrated.toFixed(0).padStart(5)} ms   sent ${
     (out.bytesSent / MiB).toFixed(0)

@@ -23,6 +23,8 @@ import { PageCollector } from "./page_collector.ts";
 import { DumpLock } from "./dump_lock.ts";
 import { NetworkLock } from "../network/lock.ts";
 import { type PreCopy, preCopy } from "./precopy.ts";
+import { MemoryHolder } from "../ptrace/memory_holder.ts";
+import { touchedBeforeRunning } from "../memory/lazy.ts";
 import { dumpPosixTimers } from "../task/posix_timers.ts";
 import { dumpTerminal } from "../task/terminal.ts";
 import { unattainableCapabilities } from "../task/capabilities.ts";
@@ -362,6 +364,10 @@ async function dumpProcess(
   const proc = await Process.open(pid);
   const inj = frozen.injector;
   const task = await dumpTask(proc, inj);
+  // Read on another thread while the rest is dumped: the read walks every present page (30 ms
+  // a GiB) and holds off changes to the mappings meanwhile, which nothing injected from here on
+  // makes (its brk was read, the scratch mapping is there) until the scratch goes.
+  const smaps = Deno.readFile(`/proc/${pid}/smaps`).catch(() => undefined);
   const posixTimers = dumpPosixTimers(pid, inj);
   const frozenThreads = frozen.threads;
   const threads = frozenThreads.map((t) => dumpThread(pid, t, frozen.injectorFor(t.tid)));
@@ -374,7 +380,9 @@ async function dumpProcess(
   const pre = run.pre?.byPid.get(pid);
   if (pre) pre.progress = run.onProgress;
   const pages = pre?.pages ?? new PageCollector(run.sink, run.staging, run.onProgress);
-  const precopied = pre?.reusable();
+  // The few pages a lazy restore writes before the process runs are copied again: its restore
+  // then reads them from the last extents, not from a large pre-copied one each.
+  const precopied = pre?.reusable(touchedBeforeRunning({ threads, mm: task.mm }));
   // Incremental hook: pages equal to the parent's refer to it instead of being written.
   const incremental = await run.parent?.pagesFor(pid, pages);
   const objects = new MemoryObjects(pages, incremental && ((key) => incremental.object(key)));
@@ -415,6 +423,7 @@ async function dumpProcess(
     frozenThreads.forEach((t, i) => threads[i].pending = threadPending(t));
     const memory = await dumpAddressSpace({
       pid,
+      smaps: await smaps,
       mappings: layout,
       decide: (m) => plan.contents.get(m.start) ?? "dump",
       pages: incremental?.memory() ?? pages,
@@ -500,6 +509,7 @@ export async function checkpoint(
   let frozenMs = 0;
   let tree: FrozenProcess[] = [];
   let pre: PreCopy | undefined;
+  const holders: MemoryHolder[] = [];
   const release = () => {
     for (const f of [...tree].reverse()) f.releaseSync();
   };
@@ -616,6 +626,12 @@ export async function checkpoint(
         dir,
         processes: entries.map((e) => e.pid),
         end: async () => {
+          // Their memory is held meanwhile: freeing it is most of an exit, and their pids are
+          // wanted now. It is freed once the hand-over is over.
+          for (const f of tree) {
+            const holder = MemoryHolder.take(f);
+            if (holder) holders.push(holder);
+          }
           end();
           for (const f of tree) await waitGone(f.pid);
           gone = true; // their pids may be a restored copy's from now on
@@ -659,6 +675,7 @@ export async function checkpoint(
       pre?.close(); // closing the uffds unregisters everything in the targets
     } catch { /* each uffd was closed all the same */ }
     unhook();
+    for (const h of holders) h.drop();
     if (killed && !gone) { for (const f of tree) await waitGone(f.pid); }
   }
 

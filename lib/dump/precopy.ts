@@ -217,11 +217,13 @@ export class ProcessPreCopy {
 
   /**
    * Called while frozen for the real dump: the pre-copied runs whose pages were not written
-   * since arming, ready for `dumpAddressSpace`.
+   * since arming, ready for `dumpAddressSpace`, but those in `fresh` (copied again all the same).
    */
-  reusable(): PrecopiedPages {
+  reusable(fresh: AddressRange[] = []): PrecopiedPages {
     if (!this.alive() || this.runs.length === 0) return new PrecopiedPages([]);
-    return new PrecopiedPages(intersectRuns(this.runs, this.tracker.cleanRanges(), this.unread));
+    return new PrecopiedPages(
+      intersectRuns(this.runs, this.tracker.cleanRanges(), [...this.unread, ...fresh]),
+    );
   }
 
   /** Stops tracking: the process is left as it was. */

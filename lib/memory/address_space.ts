@@ -82,6 +82,8 @@ export interface AddressSpaceDumpContext {
   parent?: ParentMemory;
   /** The System V segments of its IPC namespace when not the tool's (a container's), by id. */
   segments?: Map<number, SysvSegment>;
+  /** Its /proc/PID/smaps, read ahead while frozen (see `vmaStates`). */
+  smaps?: Uint8Array;
 }
 
 /** What `dumpAddressSpace` returns. */
@@ -101,7 +103,12 @@ export async function dumpAddressSpace(ctx: AddressSpaceDumpContext): Promise<Ad
   const { pid, objects } = ctx;
   const mappings: MappingEntry[] = [];
   const special: SpecialMappings = {};
-  const states = vmaStates(pid);
+  let states = vmaStates(pid, ctx.smaps);
+  // Read ahead while the dump injected syscalls: a mapping of ours may have been merged or split
+  // in it meanwhile, and then it is read again.
+  if (ctx.smaps && ctx.mappings.some((m) => states.get(m.start)?.end !== m.end)) {
+    states = vmaStates(pid);
+  }
   using memory = new RemoteMemory(pid);
   // Every page present or swapped, in one scan (below the top of user space: not [vsyscall]).
   const user = ctx.mappings.filter((m) => m.end <= USER_SPACE_END);

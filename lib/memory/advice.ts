@@ -114,18 +114,21 @@ export interface VmaState {
   flags: string[];
   /** KernelPageSize in bytes (4096 but for hugetlb). */
   pageSize: number;
+  /** Where it ends. */
+  end: bigint;
 }
 
 /**
  * VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is
  * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes and
- * only the lines wanted are decoded.
+ * only the lines wanted are decoded. `smaps`: the file as read earlier (reading it walks every
+ * present page: a dump reads it on another thread while it does other work).
  */
-export function vmaStates(pid: number): Map<bigint, VmaState> {
+export function vmaStates(pid: number, smaps?: Uint8Array): Map<bigint, VmaState> {
   const out = new Map<bigint, VmaState>();
   let bytes: Uint8Array;
   try {
-    bytes = Deno.readFileSync(`/proc/${pid}/smaps`);
+    bytes = smaps ?? Deno.readFileSync(`/proc/${pid}/smaps`);
   } catch {
     return out;
   }
@@ -137,8 +140,10 @@ export function vmaStates(pid: number): Map<bigint, VmaState> {
     const c = bytes[at];
     if ((c >= DIGIT_0 && c <= DIGIT_9) || (c >= LOWER_A && c <= LOWER_F)) {
       // A mapping's first line, as in maps: `start-end perms …`.
-      state = { flags: [], pageSize: 4096 };
-      out.set(BigInt(`0x${text(at, bytes.indexOf(DASH, at))}`), state);
+      const dash = bytes.indexOf(DASH, at);
+      const end = BigInt(`0x${text(dash + 1, bytes.indexOf(SPACE, dash))}`);
+      state = { flags: [], pageSize: 4096, end };
+      out.set(BigInt(`0x${text(at, dash)}`), state);
     } else if (state && startsWith(bytes, at, VMFLAGS)) {
       state.flags = text(at + VMFLAGS.length, end).trim().split(/\s+/).filter((f) => f !== "");
     } else if (state && startsWith(bytes, at, PAGE_SIZE)) {
@@ -153,7 +158,7 @@ const latin1 = new TextDecoder("latin1");
 const ascii = (s: string) => new TextEncoder().encode(s);
 const VMFLAGS = ascii("VmFlags:");
 const PAGE_SIZE = ascii("KernelPageSize:");
-const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F] = ascii("\n-09af");
+const [NEWLINE, DASH, SPACE, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F] = ascii("\n- 09af");
 
 /** Whether `bytes` has `prefix` at `at`. */
 function startsWith(bytes: Uint8Array, at: number, prefix: Uint8Array): boolean {

@@ -69,6 +69,15 @@ export function inheritedMappings(p: ProcessEntry): MappingEntry[] {
   return p.mappings.filter((m) => m.sharedWithParent?.length);
 }
 
+/**
+ * The ranges of `parent`'s memory that its children in `entries` inherit from it copy-on-write:
+ * their pages must be in the parent before the children are forked.
+ */
+export function inheritedRanges(parent: ProcessEntry, entries: ProcessEntry[]): AddressRange[] {
+  return entries.filter((c) => c.ppid === parent.pid)
+    .flatMap((c) => inheritedMappings(c).flatMap((m) => m.sharedWithParent!));
+}
+
 /** Whether `p` must be forked from its parent once the parent's memory is in. */
 export function inheritsMemory(p: ProcessEntry): boolean {
   return p.mappings.some((m) => m.sharedWithParent?.length);

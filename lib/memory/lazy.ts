@@ -53,9 +53,10 @@ export interface LazyPlan {
  * kernel writes it on the thread's return to user mode, as the restore drives it), the pages its
  * registers point at (a sleep cut short by the dump is started again with the thread's own
  * pointers, and the kernel writes the time left there) and the argument and environment strings
- * (the restore's comparison reads /proc/PID/cmdline and environ).
+ * (the restore's comparison reads /proc/PID/cmdline and environ). A pre-copy dump copies them
+ * again at the freeze, so that a lazy restore finds them in the last, small extents.
  */
-function touchedBeforeRunning(p: ProcessEntry): Range[] {
+export function touchedBeforeRunning(p: Pick<ProcessEntry, "threads" | "mm">): Range[] {
   const pages = (start: bigint, end: bigint) => ({ start: pageDown(start), end: pageUp(end) });
   const all: Range[] = [];
   for (const t of p.threads) {
@@ -69,9 +70,13 @@ function touchedBeforeRunning(p: ProcessEntry): Range[] {
   const mm = p.mm;
   if (mm.argEnd > mm.argStart) all.push(pages(mm.argStart, mm.argEnd));
   if (mm.envEnd > mm.envStart) all.push(pages(mm.envStart, mm.envEnd));
-  all.sort((a, b) => Number(a.start - b.start));
+  return sortedUnion(all);
+}
+
+/** `ranges` sorted, those that overlap or touch joined. */
+function sortedUnion(ranges: Range[]): Range[] {
   const out: Range[] = [];
-  for (const r of all) {
+  for (const r of [...ranges].sort((a, b) => Number(a.start - b.start))) {
     const last = out[out.length - 1];
     if (last && r.start <= last.end) last.end = r.end > last.end ? r.end : last.end;
     else out.push({ ...r });
@@ -101,9 +106,12 @@ function splitRun(run: PageRun, ranges: Range[]): { inside: PageRun[]; outside: 
   return { inside, outside };
 }
 
-/** Splits the pages of `p` between the restore and the page server. */
-export function planLazy(p: ProcessEntry): LazyPlan {
-  const early = touchedBeforeRunning(p);
+/**
+ * Splits the pages of `p` between the restore and the page server; those in `inherited` (what
+ * its children inherit from it, cow.ts) are written before the children are forked.
+ */
+export function planLazy(p: ProcessEntry, inherited: Range[] = []): LazyPlan {
+  const early = sortedUnion([...touchedBeforeRunning(p), ...inherited]);
   const ranges: Range[] = [];
   const pending: PendingRun[] = [];
   let bytes = 0;

@@ -73,7 +73,22 @@ export interface PageServerStats {
   dropped: number;
 }
 
-/** Serves the missing pages of one restored process (and its forked children) from an image. */
+/** One restored process a page server starts with. */
+export interface ServedProcess {
+  /** Its pid. */
+  pid: number;
+  /** Its userfaultfd (armed by armLazyPages), held by the server. */
+  uffd: number;
+  /** Its missing pages, whose `extent` indexes `extents`. */
+  pending: PendingRun[];
+  /** The extents of its image entry. */
+  extents: PageExtent[];
+}
+
+/**
+ * Serves the missing pages of the restored processes of a tree (and of the children they fork)
+ * from an image.
+ */
 export class PageServer {
   readonly #served: Served[] = [];
   readonly #cache = new Map<number, Uint8Array>();
@@ -82,22 +97,36 @@ export class PageServer {
   #forks = 0;
   /** The highest age of an extent (see `#age`). */
   readonly #oldest: number;
-  readonly stats: PageServerStats = { faults: 0, bytes: 0, processes: 1, dropped: 0 };
+  readonly stats: PageServerStats = { faults: 0, bytes: 0, processes: 0, dropped: 0 };
+  /** The extents of every process's entry, one after the other (pending runs index them). */
+  readonly #extents: PageExtent[] = [];
+  /** The restored processes, the root of the tree first. */
+  readonly #roots: number[];
 
   /**
-   * `uffd` serves process `pid` (armed by armLazyPages) and `pending` are its missing pages,
-   * whose bytes are in `extents` of `reader`; `log` is told what happens.
+   * Serves `processes` (the root of the tree first) from the image `reader` reads; `log` is
+   * told what happens.
    */
   constructor(
-    readonly pid: number,
-    uffd: number,
-    pending: PendingRun[],
+    processes: ServedProcess[],
     private readonly reader: ImageReader,
-    private readonly extents: PageExtent[],
     private readonly log: (line: string) => void,
   ) {
-    this.#served.push({ uffd, pending: new PendingPages(pending), name: `process ${pid}`, age: 0 });
-    this.#oldest = extents.reduce((n, e) => Math.max(n, e.image ?? 0), 0);
+    for (const p of processes) {
+      // Each entry has extents of its own: their indexes follow those of the entries before.
+      const base = this.#extents.length;
+      this.#extents.push(...p.extents);
+      const pending = p.pending.map((r) => ({ ...r, extent: r.extent + base }));
+      this.#served.push({
+        uffd: p.uffd,
+        pending: new PendingPages(pending),
+        name: `process ${p.pid}`,
+        age: 0,
+      });
+    }
+    this.stats.processes = processes.length;
+    this.#roots = processes.map((p) => p.pid);
+    this.#oldest = this.#extents.reduce((n, e) => Math.max(n, e.image ?? 0), 0);
   }
 
   /**
@@ -273,7 +302,7 @@ export class PageServer {
 
   /** How many images up from the restored one the bytes of `r` are (0: in it). */
   #age(r: PendingRun): number {
-    return this.extents[r.extent].image ?? 0;
+    return this.#extents[r.extent].image ?? 0;
   }
 
   /** The bytes of extent `index`, read and checked once while cached. */
@@ -284,7 +313,7 @@ export class PageServer {
       this.#cache.set(index, cached);
       return cached;
     }
-    const extent = this.extents[index];
+    const extent = this.#extents[index];
     let buf: Uint8Array | undefined;
     if (this.#cache.size >= CACHED_EXTENTS) {
       const [oldest, data] = this.#cache.entries().next().value!;
@@ -300,19 +329,19 @@ export class PageServer {
   }
 
   /**
-   * Kills the restored process and every process below it, telling it why on its stderr first
-   * (where its own output goes, a terminal or a log: as a shell says "Killed").
+   * Kills the restored processes and every process below them, telling the root why on its
+   * stderr first (where its own output goes, a terminal or a log: as a shell says "Killed").
    */
   #killAll(why: string): void {
-    const all: number[] = [];
+    const all = new Set<number>();
     const walk = (pid: number) => {
-      all.push(pid);
+      all.add(pid);
       for (const c of childrenOf(pid)) walk(c);
     };
-    walk(this.pid);
+    for (const pid of this.#roots) walk(pid);
     try {
       // Appended, never blocking: a full pipe or a file it writes at an offset stays as it is.
-      const fd = open(`/proc/${this.pid}/fd/2`, O.WRONLY | O.APPEND | O.NONBLOCK | O.NOCTTY);
+      const fd = open(`/proc/${this.#roots[0]}/fd/2`, O.WRONLY | O.APPEND | O.NONBLOCK | O.NOCTTY);
       try {
         write(fd, new TextEncoder().encode(`tardigrade: lazy restore: ${why}: killed\n`));
       } finally {
@@ -324,6 +353,6 @@ export class PageServer {
         kill(pid, SIG.SIGKILL);
       } catch { /* gone */ }
     }
-    this.log(`killed ${all.join(", ")}`);
+    this.log(`killed ${[...all].join(", ")}`);
   }
 }

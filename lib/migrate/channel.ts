@@ -23,12 +23,17 @@ export const FRAME = {
   COMMIT: 5,
   /** The receiver has the image: JSON {dir}. */
   STORED: 6,
-  /** Restore it: JSON {lazy}. */
+  /** Restore it: JSON {lazy, ending}. */
   RESTORE: 7,
   /** How the restore went: JSON {ok, pid?, error?}. */
   RESULT: 8,
   /** The sender gives up: JSON {error}. */
   ABORT: 9,
+  /**
+   * The image is to be restored (sent first, before the files): JSON {lazy}. The receiver starts
+   * what the restore needs while the memory streams in.
+   */
+  PREPARE: 10,
 } as const;
 
 /** A migration that could not go on: the stream broke, or the other side refused. */
@@ -40,6 +45,8 @@ const READ_AHEAD = 64 * 1024;
 const HEADER = 5;
 /** The largest payload a frame may carry (a FILE frame's data is sent in pieces below it). */
 export const MAX_PAYLOAD = 4 << 20;
+/** What the MAC covers in front of a payload: the sequence number and the header. */
+const MAC_PREFIX = 8 + HEADER;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -55,10 +62,18 @@ async function hmacKey(secret: Uint8Array): Promise<CryptoKey> {
 }
 
 async function hmac(key: CryptoKey, ...parts: Uint8Array[]): Promise<Uint8Array> {
-  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  const all = parts.length === 1
+    ? parts[0] as Uint8Array<ArrayBuffer>
+    : concat(parts, parts.reduce((n, p) => n + p.length, 0));
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, all));
+}
+
+/** `parts` one after the other in one buffer of `total` bytes. */
+function concat(parts: Uint8Array[], total: number): Uint8Array<ArrayBuffer> {
+  const all = new Uint8Array(total);
   let at = 0;
   for (const p of parts) all.set(p, (at += p.length) - p.length);
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, all));
+  return all;
 }
 
 /** Compares two MACs without leaking where they differ. */
@@ -87,7 +102,11 @@ export class Channel {
   #session?: CryptoKey;
   #buffer = new Uint8Array(0);
 
-  private constructor(readonly conn: Deno.Conn) {}
+  private constructor(readonly conn: Deno.Conn) {
+    // Frames are written whole: the stream's turns (COMMIT, STORED, RESTORE) must not wait for
+    // a delayed ACK.
+    (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
+  }
 
   /** The receiver's side of the handshake; throws (and closes) on a wrong secret. */
   static async accept(conn: Deno.Conn, secret: Uint8Array): Promise<Channel> {
@@ -148,13 +167,40 @@ export class Channel {
     }
   }
 
-  /** Sends one MAC'd frame. */
-  async send(type: number, payload: Uint8Array): Promise<void> {
+  /**
+   * Sends one MAC'd frame. Frames go out in the order of the calls, but a caller may make the
+   * next call before this one resolves: its MAC is computed (on another thread) while this one is
+   * written. `payload` must stay unchanged until the call resolves.
+   */
+  send(type: number, payload: Uint8Array): Promise<void> {
     if (payload.length > MAX_PAYLOAD) throw new RangeError("frame payload too large");
     const head = header(type, payload.length);
-    const mac = await hmac(this.#session!, seqBytes(this.#sendSeq++), head, payload);
-    await this.#write(head, payload, mac);
+    const mac = hmac(this.#session!, seqBytes(this.#sendSeq++), head, payload);
+    return this.#enqueue(() => this.#write(head, payload, mac));
   }
+
+  /**
+   * Sends a FILE frame built in place (`FilePiece.framed`), as `send` does, without copying its
+   * bytes: the MAC is computed over the piece's buffer, whose room in front it fills.
+   */
+  sendPiece(framed: Uint8Array): Promise<void> {
+    const length = framed.length - MAC_PREFIX;
+    const v = new DataView(framed.buffer, framed.byteOffset, MAC_PREFIX);
+    v.setBigUint64(0, this.#sendSeq++, true);
+    framed[8] = FRAME.FILE;
+    v.setUint32(9, length, true);
+    const mac = hmac(this.#session!, framed);
+    return this.#enqueue(() => this.#write(framed.subarray(8), undefined, mac));
+  }
+
+  /** Runs `write` once every frame sent before is written; a failed write fails those after. */
+  #enqueue(write: () => Promise<void>): Promise<void> {
+    const written = this.#written.then(write);
+    this.#written = written;
+    return written;
+  }
+
+  #written: Promise<void> = Promise.resolve();
 
   /** Sends a JSON message. */
   sendJson(type: number, value: unknown): Promise<void> {
@@ -166,9 +212,13 @@ export class Channel {
     const head = await this.#read(HEADER);
     const length = new DataView(head.buffer, head.byteOffset).getUint32(1, true);
     if (length > MAX_PAYLOAD) throw new MigrationError(`a frame of ${length} bytes: refused`);
-    const payload = await this.#read(length);
+    // Read after room for what the MAC covers in front of it: checked without a copy.
+    const framed = await this.#read(length, MAC_PREFIX);
     const mac = await this.#read(MAC_SIZE);
-    const want = await hmac(this.#session!, seqBytes(this.#recvSeq++), head, payload);
+    new DataView(framed.buffer, framed.byteOffset).setBigUint64(0, this.#recvSeq++, true);
+    framed.set(head, 8);
+    const want = await hmac(this.#session!, framed);
+    const payload = framed.subarray(MAC_PREFIX);
     if (!sameMac(want, mac)) {
       throw new MigrationError("a frame failed its check (damaged, forged or out of order)");
     }
@@ -193,7 +243,7 @@ export class Channel {
   }
 
   async #sendRaw(type: number, payload: Uint8Array): Promise<void> {
-    await this.#write(header(type, payload.length), payload);
+    await this.#enqueue(() => this.#write(header(type, payload.length), payload));
   }
 
   async #expectRaw(type: number): Promise<Uint8Array> {
@@ -205,7 +255,11 @@ export class Channel {
     return await this.#read(length);
   }
 
-  async #write(...parts: Uint8Array[]): Promise<void> {
+  async #write(head: Uint8Array, payload?: Uint8Array, mac?: Promise<Uint8Array>): Promise<void> {
+    let parts = [head, ...(payload ? [payload] : []), ...(mac ? [await mac] : [])];
+    // A small frame goes in one write: its parts in several would wait on each other's ACKs.
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    if (total <= READ_AHEAD && parts.length > 1) parts = [concat(parts, total)];
     try {
       for (const p of parts) {
         for (let at = 0; at < p.length;) at += await this.conn.write(p.subarray(at));
@@ -215,9 +269,13 @@ export class Channel {
     }
   }
 
-  /** Reads exactly `n` bytes: what is buffered first, then straight into the result. */
-  async #read(n: number): Promise<Uint8Array> {
-    const out = new Uint8Array(n);
+  /**
+   * Reads exactly `n` bytes: what is buffered first, then straight into the result, which has
+   * `room` bytes in front of them.
+   */
+  async #read(n: number, room = 0): Promise<Uint8Array> {
+    const whole = new Uint8Array(room + n);
+    const out = whole.subarray(room);
     let have = Math.min(n, this.#buffer.length);
     out.set(this.#buffer.subarray(0, have));
     this.#buffer = this.#buffer.subarray(have);
@@ -240,7 +298,7 @@ export class Channel {
       have += take;
       this.#buffer = into.subarray(take, got);
     }
-    return out;
+    return whole;
   }
 }
 
@@ -278,16 +336,29 @@ function bytesOf(hex: string): Uint8Array {
   return new Uint8Array(hex.match(/../g)?.map((h) => parseInt(h, 16)) ?? []);
 }
 
-/** A FILE frame's payload: `name`'s bytes at `offset`. */
-export function encodeFilePiece(name: string, offset: number, data: Uint8Array): Uint8Array {
-  const n = encoder.encode(name);
-  const out = new Uint8Array(2 + n.length + 8 + data.length);
-  const v = new DataView(out.buffer);
-  v.setUint16(0, n.length, true);
-  out.set(n, 2);
-  v.setBigUint64(2 + n.length, BigInt(offset), true);
-  out.set(data, 10 + n.length);
-  return out;
+/**
+ * A FILE frame built in place in a buffer of its own: name length (u16), name, offset (u64), then
+ * the file's bytes, read straight into `room`; room in front for what the MAC covers.
+ */
+export class FilePiece {
+  readonly #buffer = new Uint8Array(MAC_PREFIX + MAX_PAYLOAD);
+  readonly #view = new DataView(this.#buffer.buffer);
+  #dataAt = 0;
+
+  /** Where the bytes of a piece of file `name` go (the rest of the frame's room). */
+  room(name: string): Uint8Array {
+    const n = encoder.encode(name);
+    this.#view.setUint16(MAC_PREFIX, n.length, true);
+    this.#buffer.set(n, MAC_PREFIX + 2);
+    this.#dataAt = MAC_PREFIX + 2 + n.length + 8;
+    return this.#buffer.subarray(this.#dataAt);
+  }
+
+  /** The frame of the first `n` bytes of `room`, at `offset` in the file (`sendPiece`). */
+  framed(offset: number, n: number): Uint8Array {
+    this.#view.setBigUint64(this.#dataAt - 8, BigInt(offset), true);
+    return this.#buffer.subarray(0, this.#dataAt + n);
+  }
 }
 
 /** The parts of a FILE frame's payload. */

@@ -4,7 +4,8 @@
  * whole, as the image writer does), and, when asked, restores it and says how it went.
  */
 import { Channel, decodeFilePiece, FRAME, MigrationError } from "./channel.ts";
-import { restore } from "../restore/restore.ts";
+import { restore, restoreWithHead } from "../restore/restore.ts";
+import { RestoreHead } from "../restore/restore_head.ts";
 import { PARTIAL } from "../image/writer.ts";
 import { WAIT, waitpid } from "../../ffi/mod.ts";
 
@@ -125,6 +126,7 @@ async function session(
   Deno.mkdirSync(partial, { mode: 0o700 });
   const files = new Map<string, Deno.FsFile>();
   let received: Received = {};
+  let head: RestoreHead | undefined;
   // Writes go on in order on Deno's blocking threads while the next frame is read and checked.
   let writing: Promise<void> = Promise.resolve();
   let inFlight = 0;
@@ -175,12 +177,18 @@ async function session(
         const { lazy, ending } = JSON.parse(new TextDecoder().decode(f.payload));
         try {
           // `ending`: on one machine the original ends meanwhile; its pids are waited for.
-          const pid = opts.restorer ? await opts.restorer(dir, lazy === true) : reapWhenDone(
-            (await restore(dir, {
-              lazy: lazy === true,
-              pidsFreedWithinMs: ending === true ? PIDS_FREED_WITHIN_MS : 0,
-            })).pid,
-          );
+          const restoreOpts = {
+            lazy: lazy === true,
+            pidsFreedWithinMs: ending === true ? PIDS_FREED_WITHIN_MS : 0,
+          };
+          let pid: number;
+          if (opts.restorer) pid = await opts.restorer(dir, lazy === true);
+          else {
+            const made = head
+              ? await restoreWithHead(dir, restoreOpts, head)
+              : await restore(dir, restoreOpts);
+            pid = reapWhenDone(made.pid);
+          }
           received.pid = pid;
           log(`restored pid ${pid} from ${dir}`);
           await channel.sendJson(FRAME.RESULT, { ok: true, pid });
@@ -190,6 +198,11 @@ async function session(
           await channel.sendJson(FRAME.RESULT, { ok: false, error: received.error });
         }
         return received;
+      } else if (f.type === FRAME.PREPARE && !head && !opts.restorer) {
+        const { lazy } = JSON.parse(new TextDecoder().decode(f.payload));
+        head = RestoreHead.start(lazy === true);
+      } else if (f.type === FRAME.PREPARE) {
+        // A restorer of the caller's, or a second PREPARE: nothing to start.
       } else if (f.type === FRAME.ABORT) {
         throw new MigrationError(`the sender gave up: ${new TextDecoder().decode(f.payload)}`);
       } else {
@@ -203,6 +216,7 @@ async function session(
     log(`session from ${from.hostname}:${from.port} failed: ${received.error}`);
     return received;
   } finally {
+    head?.drop(); // started for a restore that did not come
     await writing.catch(() => {});
     for (const file of files.values()) file.close();
     if (!received.dir) Deno.removeSync(partial, { recursive: true });

@@ -16,10 +16,17 @@ import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
 import { Shipper } from "./shipper.ts";
 
 /** Pre-copy rounds at most before the freeze. */
-const MAX_ROUNDS = 8;
+const MAX_ROUNDS = 16;
 
 /** A round that copied less than this is the last: the freeze sends the rest. */
 const ENOUGH = 4 << 20;
+
+/**
+ * A round that copied more than this share of the round before is the last: the written set no
+ * longer shrinks (the stream is no faster than the writes), and more rounds would only send the
+ * same pages again.
+ */
+const CONVERGING = 0.8;
 
 /** Where and how to send. */
 export interface SendOptions {
@@ -52,8 +59,8 @@ export interface MigrateResult {
 /** Options of `migrate`. */
 export interface MigrateOptions extends SendOptions {
   /**
-   * The receiver restores lazily: the process runs before all its memory is in (one process; a
-   * tree is restored whole before it runs).
+   * The receiver restores lazily: the processes run before all their memory is in (the rest is
+   * served by a page server at the receiver).
    */
   lazy?: boolean;
 }
@@ -103,6 +110,8 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   let restored: { pid: number; remoteDir: string } | undefined;
   let keepImage = false;
   try {
+    // The receiver starts what its restore needs while the memory streams in.
+    await channel.sendJson(FRAME.PREPARE, { lazy: opts.lazy === true });
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,
@@ -110,18 +119,20 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       policy: opts.policy,
       durable: false, // a copy on its way: the receiver's is what counts
       afterPreCopy: async (copy) => {
-        // Rounds while it runs: each sends what the last one left, until little is left.
+        // Rounds while it runs: each sends what the last one left, until little is left or it
+        // no longer shrinks.
         await shipper.catchUp();
+        let last = Infinity;
         for (let round = 0; round < MAX_ROUNDS; round++) {
           const bytes = await copy.again();
           await shipper.catchUp();
-          if (bytes < ENOUGH) break;
+          if (bytes < ENOUGH || bytes > last * CONVERGING) break;
+          last = bytes;
         }
       },
-      handOver: async ({ end, processes }) => {
+      handOver: async ({ end }) => {
         await shipper.finish();
-        // A lazy restore takes one process: a tree is restored whole before it runs.
-        const lazy = opts.lazy === true && processes.length === 1;
+        const lazy = opts.lazy === true;
         const stored = await channel.receiveJson(FRAME.STORED);
         let ended = false;
         try {

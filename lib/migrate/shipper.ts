@@ -6,11 +6,14 @@
  * is the image format in motion.
  */
 import { basename, dirname } from "node:path";
-import { type Channel, encodeFilePiece, FRAME, MAX_PAYLOAD } from "./channel.ts";
+import { type Channel, FilePiece, FRAME } from "./channel.ts";
 import { PARTIAL } from "../image/writer.ts";
 
-/** Bytes of one FILE frame's data. */
-const PIECE = MAX_PAYLOAD - 4096;
+/**
+ * Pieces in flight: one is read from its file while the one before is MAC'd (on another thread)
+ * and written.
+ */
+const IN_FLIGHT = 2;
 
 /** Sends the files of an image directory as they grow. */
 export class Shipper {
@@ -20,7 +23,10 @@ export class Shipper {
   #loop?: Promise<void>;
   /** Why the background loop stopped early (the stream broke): `finish` reports it. */
   #failure?: unknown;
-  #buffer = new Uint8Array(PIECE);
+  readonly #pieces = Array.from({ length: IN_FLIGHT }, () => new FilePiece());
+  /** The send of each piece's buffer, until which it is not read into again. */
+  readonly #sending: Promise<void>[] = Array(IN_FLIGHT).fill(Promise.resolve());
+  #next = 0;
   /** Bytes sent in all. */
   bytes = 0;
 
@@ -112,12 +118,15 @@ export class Shipper {
         let at = this.#sent.get(e.name) ?? 0;
         file.seekSync(at, Deno.SeekMode.Start);
         for (;;) {
-          const n = file.readSync(this.#buffer);
+          const k = this.#next;
+          await this.#sending[k]; // its buffer is free again
+          const piece = this.#pieces[k];
+          const n = file.readSync(piece.room(e.name));
           if (!n) break;
-          await this.channel.send(
-            FRAME.FILE,
-            encodeFilePiece(e.name, at, this.#buffer.subarray(0, n)),
-          );
+          const sending = this.channel.sendPiece(piece.framed(at, n));
+          sending.catch(() => {}); // a broken stream is reported where the send is awaited
+          this.#sending[k] = sending;
+          this.#next = (k + 1) % IN_FLIGHT;
           at += n;
           total += n;
         }
@@ -126,6 +135,7 @@ export class Shipper {
         file.close();
       }
     }
+    await Promise.all(this.#sending); // sent means written
     this.bytes += total;
     return total;
   }

@@ -7,18 +7,25 @@
  */
 import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
 import { ImageReader } from "../image/mod.ts";
-import { PageServer } from "../memory/page_server.ts";
+import { PageServer, type ServedProcess } from "../memory/page_server.ts";
 import { type PageServerSpec, specRuns } from "./page_server_process.ts";
 
 const MiB = 1024 * 1024;
 
-async function readSpec(): Promise<PageServerSpec> {
+/** The lines of stdin one at a time (null at its end). */
+function stdinLines(): () => Promise<string | null> {
+  const reader = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
-  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
-    text += chunk;
-    if (text.includes("\n")) break;
-  }
-  return JSON.parse(text.split("\n")[0]);
+  return async () => {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      text += value;
+    }
+    const line = text.slice(0, text.indexOf("\n"));
+    text = text.slice(line.length + 1);
+    return line;
+  };
 }
 
 function logger(path: string): (line: string) => void {
@@ -31,27 +38,31 @@ function logger(path: string): (line: string) => void {
 
 async function main(): Promise<number> {
   const say = (line: string) => Deno.stdout.writeSync(new TextEncoder().encode(line + "\n"));
+  const nextLine = stdinLines();
   let spec: PageServerSpec;
   let log: (line: string) => void;
-  let uffd: number;
+  const served: ServedProcess[] = [];
   let reader: ImageReader;
   try {
-    spec = await readSpec();
+    spec = JSON.parse((await nextLine()) ?? "");
     log = logger(spec.log);
     reader = await ImageReader.open(spec.dir);
-    const pidfd = pidfdOpen(spec.from.pid);
-    try {
-      uffd = pidfdGetfd(pidfd, spec.from.fd);
-    } finally {
-      close(pidfd);
+    for (const p of spec.processes) {
+      const pidfd = pidfdOpen(p.from.pid);
+      try {
+        const uffd = pidfdGetfd(pidfd, p.from.fd);
+        served.push({ pid: p.pid, uffd, pending: specRuns(p), extents: p.extents });
+      } finally {
+        close(pidfd);
+      }
     }
   } catch (err) {
     say(err instanceof Error ? err.message : String(err));
     return 1;
   }
-  const runs = specRuns(spec);
-  const bytes = runs.reduce((n, r) => n + r.end - r.start, 0);
-  log(`serving ${(bytes / MiB).toFixed(1)} MiB of process ${spec.pid} from ${spec.dir}`);
+  const bytes = served.reduce((n, p) => n + p.pending.reduce((k, r) => k + r.end - r.start, 0), 0);
+  const pids = served.map((p) => p.pid).join(", ");
+  log(`serving ${(bytes / MiB).toFixed(1)} MiB of process(es) ${pids} from ${spec.dir}`);
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     Deno.addSignalListener(sig, () => log(`${sig} ignored: pages are still missing`));
   }
@@ -60,8 +71,13 @@ async function main(): Promise<number> {
     Deno.writeTextFileSync("/proc/self/oom_score_adj", "-1000");
   } catch { /* not privileged: as it is */ }
   say("ready");
+  // The restore arms the processes meanwhile: nothing is served before it says so.
+  if ((await nextLine()) !== "go") {
+    log("the restore did not go on (it failed): nothing to serve");
+    return 1;
+  }
   const started = performance.now();
-  const server = new PageServer(spec.pid, uffd, runs, reader, spec.extents, log);
+  const server = new PageServer(served, reader, log);
   try {
     const s = await server.run();
     const secs = ((performance.now() - started) / 1000).toFixed(2);
@@ -72,7 +88,7 @@ async function main(): Promise<number> {
     return 0;
   } catch (err) {
     log(
-      `cannot serve the pages of process ${spec.pid}, so it was killed: ` +
+      `cannot serve the pages of process(es) ${pids}, so they were killed: ` +
         (err instanceof Error ? err.message : String(err)),
     );
     return 1;

@@ -1,33 +1,45 @@
 /**
  * The page server of a lazy restore as a process of its own (page_server_main.ts runs it): started
  * detached at the beginning of the restore, so its start-up overlaps the restore's work, handed
- * what it serves once the process is armed, and left running alone when the restore returns.
- * It takes the userfaultfd from the restoring tool with pidfd_getfd, and answers "ready" once it
- * holds it: only then may the process run, and the tool close its copy.
+ * what it serves once the processes' memory is made, told to go once they are armed, and left
+ * running alone when the restore returns. It takes the userfaultfds (one a process of the tree)
+ * from the restoring tool with pidfd_getfd, and answers "ready" once it holds them: only then may
+ * the processes run, and the tool close its copies.
  */
 import { RestoreError } from "../errors.ts";
 import type { PageExtent } from "../image/mod.ts";
 import type { PendingRun } from "../memory/pending_pages.ts";
 
-/** What the page server is told to serve (a line of JSON on its stdin). */
-export interface PageServerSpec {
-  /** The image directory. */
-  dir: string;
+/** One restored process the page server serves. */
+export interface ServedSpec {
   /** The restored process (host pid). */
   pid: number;
-  /** The process holding the userfaultfd, and the descriptor number there. */
+  /** The process holding its userfaultfd, and the descriptor number there. */
   from: { pid: number; fd: number };
   /** Missing pages as [start, end, extent, offset]. */
   pending: [number, number, number, number][];
   /** The extents of the process's entry. */
   extents: PageExtent[];
+}
+
+/** What the page server is told to serve (a line of JSON on its stdin). */
+export interface PageServerSpec {
+  /** The image directory. */
+  dir: string;
+  /** The restored processes, the root of the tree first. */
+  processes: ServedSpec[];
   /** The file the server logs to. */
   log: string;
 }
 
-/** The pending pages of a spec, as the server takes them back. */
-export function specRuns(spec: PageServerSpec): PendingRun[] {
+/** The pending pages of a served process, as the server takes them back. */
+export function specRuns(spec: ServedSpec): PendingRun[] {
   return spec.pending.map(([start, end, extent, offset]) => ({ start, end, extent, offset }));
+}
+
+/** A served process's pending pages as the spec carries them. */
+export function runsOfSpec(runs: PendingRun[]): ServedSpec["pending"] {
+  return runs.map((r) => [r.start, r.end, r.extent, r.offset]);
 }
 
 /** How long the server may take to start and take the userfaultfd, under a loaded machine. */
@@ -37,10 +49,12 @@ const START_TIMEOUT_MS = 60_000;
 export class PageServerProcess {
   readonly #child: Deno.ChildProcess;
   readonly #lines: ReadableStreamDefaultReader<string>;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
 
   private constructor(child: Deno.ChildProcess) {
     this.#child = child;
     this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    this.#stdin = child.stdin.getWriter();
   }
 
   /** Its pid. */
@@ -68,13 +82,12 @@ export class PageServerProcess {
   }
 
   /**
-   * Tells the server what to serve and waits until it holds the userfaultfd; throws with the
-   * server's own reason when it cannot serve.
+   * Tells the server what to serve and waits until it holds the userfaultfds; throws with the
+   * server's own reason when it cannot serve. It serves once told to `go`: the processes may be
+   * armed meanwhile.
    */
   async handOver(spec: PageServerSpec): Promise<void> {
-    const writer = this.#child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(JSON.stringify(spec) + "\n"));
-    await writer.close();
+    await this.#stdin.write(new TextEncoder().encode(JSON.stringify(spec) + "\n"));
     let text = "";
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -100,6 +113,12 @@ export class PageServerProcess {
     }
   }
 
+  /** Tells the server, once it holds the userfaultfds and they are armed, to serve. */
+  async go(): Promise<void> {
+    await this.#stdin.write(new TextEncoder().encode("go\n"));
+    await this.#stdin.close();
+  }
+
   /** Lets it run on alone: this process may exit. */
   release(): void {
     this.#lines.cancel().catch(() => {});
@@ -112,7 +131,7 @@ export class PageServerProcess {
       this.#child.kill("SIGKILL");
     } catch { /* gone */ }
     this.#lines.cancel().catch(() => {});
-    this.#child.stdin.close().catch(() => {});
+    this.#stdin.close().catch(() => {});
     this.#child.unref();
   }
 }

@@ -29,13 +29,14 @@ import { makePtys } from "../files/pty.ts";
 import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files/fdtable.ts";
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
-import { inheritsMemory } from "../memory/cow.ts";
+import { inheritedRanges, inheritsMemory } from "../memory/cow.ts";
 import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
-import { PageServerProcess } from "./page_server_process.ts";
+import { RestoreHead } from "./restore_head.ts";
+import { runsOfSpec } from "./page_server_process.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import {
@@ -96,7 +97,7 @@ import {
   type ProcessEntry,
   processMetaName,
 } from "../image/schema.ts";
-import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS, Stub } from "../ptrace/stub.ts";
+import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS } from "../ptrace/stub.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -143,15 +144,16 @@ export interface RestoreOptions {
    */
   inheritFds?: Readonly<Record<string, number>>;
   /**
-   * Lazy (post-copy) restore: the process runs as soon as it is made, before its memory is in.
-   * Its private anonymous memory (heap, stacks, anonymous mappings) is registered with a
-   * userfaultfd that a detached page server of the tool holds: a page the process touches is
-   * filled from the image at once, the rest in the background, and the server ends once every
-   * page is in or the process is gone (it follows forks, mremap, madvise(DONTNEED) and munmap).
-   * Other memory is written before the process runs, as without `lazy`. The image must stay
-   * readable until the server ends: one it cannot read gets the process (and whatever it
-   * forked) killed, with the reason in the log and on the process's stderr. A single process
-   * only (not a tree), not with `pidNamespace` or `shellJob`.
+   * Lazy (post-copy) restore: the processes run as soon as they are made, before their memory
+   * is in. Their private anonymous memory (heap, stacks, anonymous mappings) is registered with
+   * a userfaultfd each, which one detached page server of the tool holds for the tree: a page a
+   * process touches is filled from the image at once, the rest in the background, and the
+   * server ends once every page is in or the processes are gone (it follows forks, mremap,
+   * madvise(DONTNEED) and munmap). Other memory is written before they run, as without `lazy`,
+   * and so are the pages a child shares with its parent copy-on-write (the parent's are in
+   * before the child is forked). The image must stay readable until the server ends: one it
+   * cannot read gets the processes (and whatever they forked) killed, with the reason in the
+   * log and on the root's stderr. Not with `pidNamespace` or `shellJob`.
    */
   lazy?: boolean;
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
@@ -292,13 +294,9 @@ async function preflight(
   for (const z of p.zombies ?? []) await requireFreePid(z.pid, "pid of zombie child", liveMs);
 }
 
-/** Why `entries` cannot be restored lazily with `opts`: refused before anything is made. */
-function checkLazy(entries: ProcessEntry[], opts: RestoreOptions): void {
-  const why = entries.length > 1
-    ? `the image holds a tree of ${entries.length} processes (${
-      entries.map((p) => p.pid).join(", ")
-    }); a lazy restore serves one process (it may fork once running)`
-    : opts.pidNamespace
+/** Why an image cannot be restored lazily with `opts`: refused before anything is made. */
+function checkLazy(opts: RestoreOptions): void {
+  const why = opts.pidNamespace
     ? "not into a new pid namespace"
     : opts.shellJob
     ? "not as a shell job"
@@ -636,10 +634,27 @@ export async function restore(dir: string, opts: RestoreOptions = {}): Promise<R
   }
 }
 
+/**
+ * `restore` (not as a shell job) with its stub and page server started ahead (a migration's
+ * receiver starts them while the memory streams in); `head` is used up either way.
+ */
+export function restoreWithHead(
+  dir: string,
+  opts: RestoreOptions,
+  head: RestoreHead,
+): Promise<RestoreResult> {
+  if (opts.shellJob) {
+    head.drop();
+    return Promise.reject(new RestoreError("a restore started ahead is not a shell job"));
+  }
+  return restoreTree(dir, opts, undefined, head);
+}
+
 async function restoreTree(
   dir: string,
   opts: RestoreOptions,
   terminal?: ToolTerminal,
+  head?: RestoreHead,
 ): Promise<RestoreResult> {
   const debug = Deno.env.get("TARDIGRADE_DEBUG")
     ? (msg: string) => console.error(`[restore] ${performance.now().toFixed(1)} ${msg}`)
@@ -655,11 +670,10 @@ async function restoreTree(
     debug(`${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
-  // The stub starts meanwhile: a shell and an exec take as long as checking a small image.
-  const starting = Stub.start();
-  starting.catch(() => {}); // its failure is reported where it is awaited, not as unhandled
-  // The page server starts meanwhile as well: a Deno takes longer still.
-  const server = opts.lazy ? PageServerProcess.start() : undefined;
+  // The stub starts meanwhile (a shell and an exec take as long as checking a small image), and
+  // the page server of a lazy restore (a Deno takes longer still), unless started ahead.
+  const { stub: starting, server } = (head ?? RestoreHead.start(opts.lazy === true))
+    .take(opts.lazy === true);
   const dropStub = async () => {
     server?.abort();
     (await starting.catch(() => null))?.end();
@@ -719,7 +733,7 @@ async function restoreTree(
       );
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
-    if (opts.lazy) checkLazy(entries, opts);
+    if (opts.lazy) checkLazy(opts);
     cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
     cgroups.check(entries);
     stage("preflight", entries[0]);
@@ -778,7 +792,9 @@ async function restoreTree(
     const joined = joinedFds.net === undefined
       ? undefined
       : { fd: joinedFds.net, toolPidfd: shares.namespace?.toolPidfdFd };
-    const plans = new Map(opts.lazy ? entries.map((p) => [p.pid, planLazy(p)]) : []);
+    const plans = new Map(
+      opts.lazy ? entries.map((p) => [p.pid, planLazy(p, inheritedRanges(p, entries))]) : [],
+    );
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
@@ -846,6 +862,24 @@ async function restoreTree(
       await memoryOf(m);
       await buildRest(m, run);
     }
+    // One page server for the tree (each process's faults and fill, and the children they fork)
+    // takes the userfaultfds now, while the restore finishes: it serves once they are armed.
+    const log = opts.lazyLog ??
+      `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
+    const lazy = making.filter((m) => m.lazy);
+    const served = lazy.length
+      ? server!.handOver({
+        dir,
+        processes: lazy.map((m) => ({
+          pid: m.pid,
+          from: { pid: Deno.pid, fd: m.lazy!.uffd! },
+          pending: runsOfSpec(m.lazy!.plan.pending),
+          extents: m.entry.extents,
+        })),
+        log,
+      })
+      : undefined;
+    served?.catch(() => {}); // reported where it is awaited
     afterTasks(making, shares, warnings);
     for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
@@ -874,19 +908,10 @@ async function restoreTree(
       if (lost) throw new RestoreError(`cannot restore: ${lost}`);
     }
     // Armed last, once nothing of the restore touches memory: the server takes over from here.
-    const log = opts.lazyLog ??
-      `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-lazy-${making[0].pid}.log`;
-    for (const m of making) {
-      if (!m.lazy) continue;
-      armLazyPages(m.pid, m.lazy.uffd!, m.lazy.plan);
-      await server!.handOver({
-        dir,
-        pid: m.pid,
-        from: { pid: Deno.pid, fd: m.lazy.uffd! },
-        pending: m.lazy.plan.pending.map((r) => [r.start, r.end, r.extent, r.offset]),
-        extents: m.entry.extents,
-        log,
-      });
+    for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
+    if (served) {
+      await served;
+      await server!.go();
     }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
