@@ -300,8 +300,13 @@ Deno.test(
       assert.notEqual(ns(init, "net"), ns(Deno.pid, "net"), "a fresh net namespace");
       const [child] = childrenOf(init);
       assert.equal(ns(child, "net"), ns(init, "net"));
-      // Through the veth and the bridge, its listener answers, counting on.
-      assert.ok(await askCounter(c.ip) > before, "the counter counts on");
+      // Through the veth and the bridge, its listener answers, counting on (the dump may have
+      // frozen it within one tick of the count read before: ask till it moves).
+      await waitUntil(
+        async () => await askCounter(c.ip) > before,
+        10_000,
+        "the counter to count on",
+      );
       const link = JSON.parse(await run("ip", "-j", "-d", "link", "show", c.peer))[0];
       assert.equal(link.master, c.bridge);
       assert.equal(await sysctlOf(init, "ipv4/conf/eth0/rp_filter"), "2");
