@@ -573,7 +573,9 @@ export async function checkpoint(
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
     if (networkLock.entry && !opts.leaveRunning) root.networkLock = networkLock.entry;
     if (namespaces) root.namespaces = namespaces;
-    const cgroupGroups = dumpCgroupGroups(entries.map((e) => e.cgroups ?? []));
+    const cgroupGroups = dumpCgroupGroups(
+      entries.flatMap((e) => [e.cgroups ?? [], ...e.threads.map((t) => t.cgroups ?? [])]),
+    );
     if (cgroupGroups.length) root.cgroupGroups = cgroupGroups;
     if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);

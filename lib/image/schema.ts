@@ -219,6 +219,11 @@ export interface SchedulingEntry {
 export interface ThreadEntry {
   /** Thread id (the pid for the main thread). */
   tid: number;
+  /**
+   * The groups the thread is in apart from its process's (v1 `tasks`, v2 threaded groups), one
+   * a hierarchy; absent when it is in all of its process's (and in older images).
+   */
+  cgroups?: CgroupMembership[];
   /** Thread name (comm). */
   name: string;
   /** user_regs_struct, field by field. */

@@ -221,6 +221,7 @@ const THREAD_FIELDS = [
   "creds",
   "securebits",
   "scheduling",
+  "cgroups",
 ] as const;
 const SCHEDULING_FIELDS = [
   "policy",
@@ -463,6 +464,7 @@ function checkEntry(v: unknown): void {
     int(rseq.signature, `${a}.rseq.signature`, 0, 2 ** 32 - 1);
     optional(o, "sleepRemainingNs", a, u64);
     optional(o, "noNewPrivs", a, bool);
+    optional(o, "cgroups", a, (v, b) => field(v, b, { list: { map: CGROUP_FIELDS } }));
     if (o.seccomp !== undefined) {
       const sc = obj(o.seccomp, `${a}.seccomp`, ["mode", "filters"]);
       int(sc.mode, `${a}.seccomp.mode`, 0, 2);

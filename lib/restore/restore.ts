@@ -382,6 +382,8 @@ interface RestoreRun {
   /** Every process and thread made so far, to kill if the restore fails. */
   made: number[];
   warnings: string[];
+  /** Puts the threads in their groups. */
+  cgroups: CgroupRestore;
 }
 
 /**
@@ -475,6 +477,7 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
     const tid = cloneThread(inj, t.tid);
     made.push(tid);
     shares.pids.set(t.tid, tid);
+    run.cgroups.joinThread(p.pid, t.tid, tid, t.cgroups);
   }
   const injectors = m.injectors = new Map(
     p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
@@ -778,7 +781,7 @@ async function restoreTree(
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
-    const run: RestoreRun = { reader, shares, stage, made, warnings };
+    const run: RestoreRun = { reader, shares, stage, made, warnings, cgroups };
     let pageBytes = 0;
     const memoryOf = async (m: Making) => {
       if (m.pageBytes !== undefined) return;

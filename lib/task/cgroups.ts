@@ -1,21 +1,22 @@
 /**
  * cgroup membership, v1 hierarchies and v2 alike (a hybrid machine has both): each process's
- * group in every hierarchy, as /proc/PID/cgroup names it (threads in other groups than their
- * process are refused). The groups the tree lives in that the dumping tool does not are its own:
+ * group in every hierarchy, as /proc/PID/cgroup names it, and each thread's where it is in
+ * another (v1 `tasks`, v2 threaded groups, made threaded again). The groups the tree lives in that the dumping tool does not are its own:
  * the dump records their limits (pids.max, memory.limit_in_bytes or memory.max, cpu.shares or
  * cpu.weight, cpuset.cpus and cpuset.mems, those each group has). A group it shares with the
  * dumping tool is the environment's (the session's, the machine's): marked so, it is not put
  * back, as the restored process starts in the restoring tool's groups, which stand for it. The
- * restore puts each process back in its own groups: made again with their limits when missing
+ * restore puts each process back in its own groups, then each thread in its own: made again with their limits when missing
  * (the parent must exist) and checked when present. Nothing else is touched: no group the tree
  * does not live in is made, changed or joined, and a failed restore removes the groups it made.
  */
 import { DumpError, RestoreError } from "../errors.ts";
-import type { CgroupEntry, CgroupMembership } from "../image/schema.ts";
-import { readMountInfo, threadIds } from "../inspect/procfs.ts";
+import type { CgroupEntry, CgroupMembership, ProcessEntry } from "../image/schema.ts";
+import { readMountInfo } from "../inspect/procfs.ts";
 
 /** The limits recorded of a group, cpuset first (a cpuset group takes no task without them). */
 const SETTING_FILES = [
+  "cgroup.type", // v2, recorded when "threaded": made so before a thread can join it
   "cpuset.cpus",
   "cpuset.mems",
   "pids.max",
@@ -64,24 +65,30 @@ function hierarchyMounts(): Map<string, string> {
   return mounts;
 }
 
-const same = (a: CgroupMembership[], b: CgroupMembership[]) =>
-  JSON.stringify(a) === JSON.stringify(b);
-
-/** The groups of process `pid`; refuses one whose threads are not all in them. */
-export function dumpCgroups(pid: number): CgroupMembership[] {
-  const own = membership(pid);
-  for (const tid of threadIds(pid)) {
-    if (tid !== pid && !same(membership(pid, tid), own)) {
-      throw new DumpError(
-        `thread ${tid} of process ${pid} is in other cgroups than its process, which ` +
-          `tardigrade does not dump yet`,
-      );
-    }
-  }
+/** `list` with the groups the dumping tool is in too marked as the tool's. */
+function markTool(list: CgroupMembership[]): CgroupMembership[] {
   const tool = membership("self");
-  return own.map((m) =>
+  return list.map((m) =>
     tool.some((t) => t.hierarchy === m.hierarchy && t.path === m.path) ? { ...m, tool: true } : m
   );
+}
+
+/** The groups of process `pid` in every hierarchy. */
+export function dumpCgroups(pid: number): CgroupMembership[] {
+  return markTool(membership(pid));
+}
+
+/**
+ * The groups thread `tid` of process `pid` is in apart from its process's (v1 `tasks`, v2
+ * threaded groups), one a hierarchy; undefined when it is in all of its process's.
+ */
+export function dumpThreadCgroups(pid: number, tid: number): CgroupMembership[] | undefined {
+  if (tid === pid) return undefined;
+  const own = membership(pid);
+  const apart = membership(pid, tid).filter((m) =>
+    !own.some((o) => o.hierarchy === m.hierarchy && o.path === m.path)
+  );
+  return apart.length ? markTool(apart) : undefined;
 }
 
 /**
@@ -102,7 +109,9 @@ function readSettings(dir: string): Record<string, string> {
   const settings: Record<string, string> = {};
   for (const file of SETTING_FILES) {
     try {
-      settings[file] = Deno.readTextFileSync(`${dir}/${file}`).trim();
+      const value = Deno.readTextFileSync(`${dir}/${file}`).trim();
+      // A domain group's type follows its children ("domain threaded"): nothing to make.
+      if (file !== "cgroup.type" || value === "threaded") settings[file] = value;
     } catch { /* not a file of this hierarchy */ }
   }
   return settings;
@@ -141,12 +150,13 @@ export class CgroupRestore {
   constructor(readonly groups: readonly CgroupEntry[]) {}
 
   /**
-   * What to do for group `m` of process `pid` whose restored copy starts where the tool is;
-   * throws a RestoreError naming a group it cannot put it back in.
+   * What to do for group `m` of `who` (a process, or a thread: "thread 7 of process 5") whose
+   * restored copy starts where the tool is; throws a RestoreError naming a group it cannot put
+   * it back in.
    */
-  #plan(pid: number, m: CgroupMembership): Step {
+  #plan(who: string, m: CgroupMembership): Step {
     if (m.tool) return null; // the tool's, then and now: the stub's, which it inherits
-    const where = `process ${pid} was in cgroup ${m.path} of ${hierarchyName(m.hierarchy)}`;
+    const where = `${who} was in cgroup ${m.path} of ${hierarchyName(m.hierarchy)}`;
     const now = membership("self").find((t) => t.hierarchy === m.hierarchy);
     if (now?.path === m.path) return null; // the stub's, which it inherits
     const dir = groupDir(this.#mounts, m);
@@ -180,23 +190,47 @@ export class CgroupRestore {
   }
 
   /** Refuses, before anything is made, a group a process of `entries` cannot be put back in. */
-  check(entries: readonly { pid: number; cgroups?: CgroupMembership[] }[]): void {
-    for (const e of entries) for (const m of e.cgroups ?? []) this.#plan(e.pid, m);
+  check(entries: readonly ProcessEntry[]): void {
+    for (const e of entries) {
+      for (const m of e.cgroups ?? []) this.#plan(`process ${e.pid}`, m);
+      for (const t of e.threads) {
+        for (const m of t.cgroups ?? []) this.#plan(`thread ${t.tid} of process ${e.pid}`, m);
+      }
+    }
   }
 
   /** Puts the restored process `hostPid` (the image's `pid`) into `cgroups`. */
   join(pid: number, hostPid: number, cgroups: readonly CgroupMembership[] | undefined): void {
     for (const m of cgroups ?? []) {
-      const step = this.#plan(pid, m);
+      const step = this.#plan(`process ${pid}`, m);
       if (!step) continue;
       if (step.make) this.#make(step.dir, step.make);
-      try {
-        Deno.writeTextFileSync(`${step.dir}/cgroup.procs`, String(hostPid));
-      } catch (err) {
-        throw new RestoreError(
-          `cannot put process ${pid} back in cgroup ${step.dir}: ${(err as Error).message}`,
-        );
-      }
+      this.#enter(step.dir, "cgroup.procs", `process ${pid}`, hostPid);
+    }
+  }
+
+  /**
+   * Puts the restored thread `hostTid` (the image's `tid`, of process `pid`, which is in its
+   * process's groups by now) into the groups it had apart from its process.
+   */
+  joinThread(pid: number, tid: number, hostTid: number, cgroups?: readonly CgroupMembership[]) {
+    const who = `thread ${tid} of process ${pid}`;
+    for (const m of cgroups ?? []) {
+      const step = this.#plan(who, m);
+      // The tool's group: the restoring tool's, where the thread's process did not follow it.
+      const now = membership("self").find((t) => t.hierarchy === m.hierarchy)!;
+      const dir = step?.dir ?? groupDir(this.#mounts, now)!;
+      if (step?.make) this.#make(dir, step.make);
+      this.#enter(dir, m.hierarchy === "" ? "cgroup.threads" : "tasks", who, hostTid);
+    }
+  }
+
+  /** Writes task `id` (of `who`) into `file` of group `dir`. */
+  #enter(dir: string, file: string, who: string, id: number): void {
+    try {
+      Deno.writeTextFileSync(`${dir}/${file}`, String(id));
+    } catch (err) {
+      throw new RestoreError(`cannot put ${who} back in cgroup ${dir}: ${(err as Error).message}`);
     }
   }
 
