@@ -18,6 +18,7 @@ import {
   removeGroup,
   spawnTarget,
   type Target,
+  waitUntil,
 } from "./helpers.ts";
 
 const hierarchiesMissing = exists(`${PIDS}/cgroup.procs`) && exists(`${UNIFIED}/cgroup.procs`)
@@ -76,6 +77,101 @@ Deno.test(
     } finally {
       await t.kill();
       for (const g of [unifiedThread, unified, pidsThread, pids]) await removeGroup(g);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+const FREEZER = "/sys/fs/cgroup/freezer";
+
+/** Freezes (or thaws) the test's group `dir`, v1 or v2, and waits until it is so. */
+async function setFrozen(dir: string, frozen: boolean): Promise<void> {
+  const v1 = exists(`${dir}/freezer.state`);
+  if (v1) Deno.writeTextFileSync(`${dir}/freezer.state`, frozen ? "FROZEN" : "THAWED");
+  else Deno.writeTextFileSync(`${dir}/cgroup.freeze`, frozen ? "1" : "0");
+  await waitUntil(() => isFrozen(dir) === frozen, 10_000, `cgroup ${dir} frozen: ${frozen}`);
+}
+
+/** Whether every task of group `dir` is frozen. */
+function isFrozen(dir: string): boolean {
+  return exists(`${dir}/freezer.state`)
+    ? Deno.readTextFileSync(`${dir}/freezer.state`).trim() === "FROZEN"
+    : /^frozen 1$/m.test(Deno.readTextFileSync(`${dir}/cgroup.events`));
+}
+
+/** The CPU time process `pid` has used, in ticks: a frozen process uses none. */
+function cpuTicks(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]);
+}
+
+/** Asserts `pid` sits frozen in group `dir`: listed there, the group FROZEN, no CPU time used. */
+async function assertFrozenIn(dir: string, pid: number): Promise<void> {
+  assert.ok(Deno.readTextFileSync(`${dir}/cgroup.procs`).split("\n").includes(String(pid)));
+  assert.ok(isFrozen(dir), `cgroup ${dir} is frozen`);
+  const before = cpuTicks(pid);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(cpuTicks(pid), before, "a frozen process runs nothing");
+}
+
+Deno.test(
+  needs(
+    "cgroups: a tree in a frozen v1 freezer group is dumped (left frozen) and comes back frozen",
+    exists(`${FREEZER}/freezer.state`) || exists(`${FREEZER}/cgroup.procs`)
+      ? undefined
+      : "no v1 freezer hierarchy at /sys/fs/cgroup/freezer",
+  ),
+  async () => {
+    const group = makeGroup(FREEZER, groupName());
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    const t = await startIn([group], await fixture("r_memory"), []);
+    try {
+      await setFrozen(group, true);
+      // Left running: seized while frozen, thawed for the dump, frozen again before let go.
+      await checkpoint(t.pid, `${dir}/left`, { leaveRunning: true });
+      await assertFrozenIn(group, t.pid);
+      // Ended: the group stays frozen, empty; the restore thaws it to take the tree, freezes it.
+      await checkpoint(t.pid, `${dir}/image`);
+      await waitUntil(() => !t.alive(), 10_000, `process ${t.pid} to end`);
+      assert.ok(isFrozen(group), "the group is left frozen, as it was");
+      const r = await restore(`${dir}/image`);
+      assert.equal(r.pid, t.pid);
+      await assertFrozenIn(group, t.pid);
+      await setFrozen(group, false);
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      if (exists(group)) await setFrozen(group, false);
+      await t.kill();
+      await removeGroup(group);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "cgroups: a tree in a frozen v2 group comes back frozen in the group made again",
+    hierarchiesMissing,
+  ),
+  async () => {
+    const group = makeGroup(UNIFIED, groupName());
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    const t = await startIn([group], await fixture("r_memory"), []);
+    try {
+      await setFrozen(group, true);
+      await checkpoint(t.pid, `${dir}/image`);
+      await killAndReap(t.pid);
+      await removeGroup(group);
+      await restore(`${dir}/image`);
+      await assertFrozenIn(group, t.pid);
+      assert.equal(Deno.readTextFileSync(`${group}/cgroup.freeze`).trim(), "1");
+      await setFrozen(group, false);
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      if (exists(group)) await setFrozen(group, false);
+      await t.kill();
+      await removeGroup(group);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

@@ -458,6 +458,12 @@ export interface CgroupEntry extends CgroupMembership {
    * `cpu.shares`, `cpu.weight`, `cpuset.cpus`, `cpuset.mems`: those it has).
    */
   settings: Record<string, string>;
+  /**
+   * It was frozen itself (v1 `freezer.self_freezing`, v2 `cgroup.freeze`): the restore freezes
+   * it again once the tree is back in it, before the tree runs. Absent when not (and in older
+   * images).
+   */
+  frozen?: true;
 }
 
 /** A file of a tmpfs a container mounted, made again in the fresh tmpfs. */

@@ -891,6 +891,7 @@ async function restoreTree(
     shares.namespace?.release();
 
     stage("resume", entries[0]);
+    cgroups.freezeAgain(); // a group frozen at the dump: its processes stay frozen once let go
     if (terminal) {
       const tty = entries[0].tty;
       job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
@@ -922,6 +923,7 @@ async function restoreTree(
   } catch (err) {
     job?.giveBackTerminal();
     abortScope(shares.scope);
+    cgroups.thawToEnd();
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const threadsOf = new Map(making.map((m) => [m.pid, threadIds(m.pid)]));

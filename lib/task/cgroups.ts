@@ -13,6 +13,7 @@
 import { DumpError, RestoreError } from "../errors.ts";
 import type { CgroupEntry, CgroupMembership, ProcessEntry } from "../image/schema.ts";
 import { readMountInfo } from "../inspect/procfs.ts";
+import { frozenNow, procsOf, selfFrozen, setFrozen } from "./cgroup_freezer.ts";
 
 /** The limits recorded of a group, cpuset first (a cpuset group takes no task without them). */
 const SETTING_FILES = [
@@ -99,6 +100,15 @@ export function cgroupView(m: CgroupMembership): string {
   return `${hierarchyName(m.hierarchy)}:${m.tool ? "(the tool's)" : m.path}`;
 }
 
+/** The directories of the groups of process `pid` that can be frozen: v1 freezer, v2. */
+export function freezerDirsOf(pid: number): string[] {
+  const mounts = hierarchyMounts();
+  return cgroupsOf(pid)
+    .filter((g) => g.hierarchy === "" || g.hierarchy.split(",").includes("freezer"))
+    .map((g) => groupDir(mounts, g))
+    .filter((dir): dir is string => dir !== null);
+}
+
 /** The path of group `g` on this machine, or null when its hierarchy is not mounted. */
 function groupDir(mounts: Map<string, string>, g: CgroupMembership): string | null {
   const point = mounts.get(g.hierarchy);
@@ -118,9 +128,13 @@ function readSettings(dir: string): Record<string, string> {
 }
 
 /**
- * The groups processes of `memberships` live in that the dumping tool does not, with their limits.
+ * The groups processes of `memberships` live in that the dumping tool does not, with their limits
+ * and whether they were frozen (`thawed`: the groups the dump thawed, frozen before it).
  */
-export function dumpCgroupGroups(memberships: CgroupMembership[][]): CgroupEntry[] {
+export function dumpCgroupGroups(
+  memberships: CgroupMembership[][],
+  thawed: readonly string[] = [],
+): CgroupEntry[] {
   const mounts = hierarchyMounts();
   const out: CgroupEntry[] = [];
   for (const { tool, ...m } of memberships.flat()) {
@@ -133,18 +147,23 @@ export function dumpCgroupGroups(memberships: CgroupMembership[][]): CgroupEntry
           `which is not mounted here: its limits cannot be read`,
       );
     }
-    out.push({ ...m, settings: readSettings(dir) });
+    const frozen = selfFrozen(dir) || thawed.includes(dir);
+    out.push({ ...m, settings: readSettings(dir), ...(frozen ? { frozen: true } : {}) });
   }
   return out;
 }
 
 /** What the restore does to put a process back in one of its groups. */
-type Step = { dir: string; make?: CgroupEntry } | null;
+type Step = { dir: string; make?: CgroupEntry; thaw?: boolean } | null;
 
 /** Puts restored processes back in their cgroups; removes the groups it made if asked. */
 export class CgroupRestore {
   readonly #mounts = hierarchyMounts();
   readonly #made: string[] = [];
+  /** Groups found frozen and empty, thawed to take the tree, until it is frozen again. */
+  readonly #thawed: string[] = [];
+  /** Groups frozen again, thawed if the restore fails after all (a frozen task cannot die). */
+  readonly #frozen: string[] = [];
 
   /** `groups`: the root entry's `cgroupGroups` (absent in older images). */
   constructor(readonly groups: readonly CgroupEntry[]) {}
@@ -175,6 +194,17 @@ export class CgroupRestore {
         `cannot restore: ${where}, which is gone, and the image has not its limits to make it`,
       );
     }
+    if (exists && frozenNow(dir) && !this.#thawed.includes(dir)) {
+      if (!own?.frozen || !selfFrozen(dir) || procsOf(dir).length) {
+        throw new RestoreError(
+          `cannot restore: ${where}, which is frozen now` +
+            (own?.frozen && selfFrozen(dir)
+              ? ` and holds processes (thawing it to restore the tree in it would let them run)`
+              : `, and was not frozen itself at the dump (the tree would stop)`),
+        );
+      }
+      return { dir, thaw: true };
+    }
     if (exists && own) {
       const now = readSettings(dir);
       for (const [file, value] of Object.entries(own.settings)) {
@@ -204,7 +234,7 @@ export class CgroupRestore {
     for (const m of cgroups ?? []) {
       const step = this.#plan(`process ${pid}`, m);
       if (!step) continue;
-      if (step.make) this.#make(step.dir, step.make);
+      this.#prepare(step);
       this.#enter(step.dir, "cgroup.procs", `process ${pid}`, hostPid);
     }
   }
@@ -220,8 +250,44 @@ export class CgroupRestore {
       // The tool's group: the restoring tool's, where the thread's process did not follow it.
       const now = membership("self").find((t) => t.hierarchy === m.hierarchy)!;
       const dir = step?.dir ?? groupDir(this.#mounts, now)!;
-      if (step?.make) this.#make(dir, step.make);
+      if (step) this.#prepare(step);
       this.#enter(dir, m.hierarchy === "" ? "cgroup.threads" : "tasks", who, hostTid);
+    }
+  }
+
+  /** Makes the group of `step` when missing, or thaws it while it takes the tree. */
+  #prepare(step: NonNullable<Step>): void {
+    if (step.make) this.#make(step.dir, step.make);
+    if (!step.thaw) return;
+    setFrozen(step.dir, false);
+    this.#thawed.push(step.dir);
+  }
+
+  /**
+   * Freezes again the groups that were frozen at the dump, once the tree is back in them and
+   * before it runs: its processes, still in their ptrace stop, stay frozen once let go.
+   */
+  freezeAgain(): void {
+    for (const g of this.groups) {
+      const dir = g.frozen ? groupDir(this.#mounts, g) : null;
+      if (dir === null) continue;
+      try {
+        setFrozen(dir, true);
+        this.#frozen.push(dir);
+      } catch (err) {
+        throw new RestoreError(`cannot freeze cgroup ${dir} again: ${(err as Error).message}`);
+      }
+    }
+    this.#thawed.length = 0;
+  }
+
+  /** Thaws the groups `freezeAgain` froze, so that a failed restore can end its processes. */
+  thawToEnd(): void {
+    for (const dir of this.#frozen.splice(0)) {
+      try {
+        setFrozen(dir, false);
+        this.#thawed.push(dir);
+      } catch { /* gone */ }
     }
   }
 
@@ -250,6 +316,12 @@ export class CgroupRestore {
 
   /** Removes the groups this restore made (once the processes it put there are gone). */
   abort(): void {
+    // A group found frozen is left frozen, as it was; one made goes.
+    for (const dir of this.#thawed.splice(0)) {
+      try {
+        if (!this.#made.includes(dir)) setFrozen(dir, true);
+      } catch { /* gone */ }
+    }
     for (const dir of this.#made.splice(0).reverse()) {
       try {
         Deno.removeSync(dir);
