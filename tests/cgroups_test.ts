@@ -176,3 +176,50 @@ Deno.test(
     }
   },
 );
+
+const CPU = "/sys/fs/cgroup/cpu", MEMORY = "/sys/fs/cgroup/memory";
+
+/** What group `dir` holds in each of `files`. */
+const settingsOf = (dir: string, files: string[]) =>
+  Object.fromEntries(files.map((f) => [f, Deno.readTextFileSync(`${dir}/${f}`).trim()]));
+
+Deno.test(
+  needs(
+    "cgroups: other controller settings (cpu quota, memory soft limit, swappiness) made again, checked",
+    exists(`${CPU}/cpu.cfs_quota_us`) && exists(`${MEMORY}/memory.swappiness`)
+      ? undefined
+      : "no v1 cpu and memory hierarchies with cfs quotas and swappiness",
+  ),
+  async () => {
+    const name = groupName();
+    const cpuSet = { "cpu.cfs_period_us": "50000", "cpu.cfs_quota_us": "20000" };
+    const memorySet = {
+      "memory.limit_in_bytes": String(512 << 20),
+      "memory.soft_limit_in_bytes": String(64 << 20),
+      "memory.swappiness": "7",
+    };
+    const cpu = makeGroup(CPU, name, cpuSet);
+    const memory = makeGroup(MEMORY, name, memorySet);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    const t = await startIn([cpu, memory], await fixture("r_memory"), []);
+    try {
+      await checkpoint(t.pid, `${dir}/image`);
+      await killAndReap(t.pid);
+      // Present with another quota: refused, naming the file; nothing made.
+      Deno.writeTextFileSync(`${cpu}/cpu.cfs_quota_us`, "30000");
+      await assert.rejects(restore(`${dir}/image`), /cpu\.cfs_quota_us is 30000 now, not 20000/);
+      assert.ok(!exists(`/proc/${t.pid}`));
+      // Gone: made again with every setting.
+      for (const g of [cpu, memory]) await removeGroup(g);
+      await restore(`${dir}/image`);
+      assert.equal(groupOf(t.pid, "cpu"), `/${name}`);
+      assert.deepEqual(settingsOf(cpu, Object.keys(cpuSet)), cpuSet);
+      assert.deepEqual(settingsOf(memory, Object.keys(memorySet)), memorySet);
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      for (const g of [cpu, memory]) await removeGroup(g);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

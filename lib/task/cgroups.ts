@@ -15,16 +15,42 @@ import type { CgroupEntry, CgroupMembership, ProcessEntry } from "../image/schem
 import { readMountInfo } from "../inspect/procfs.ts";
 import { frozenNow, procsOf, selfFrozen, setFrozen } from "./cgroup_freezer.ts";
 
-/** The limits recorded of a group, cpuset first (a cpuset group takes no task without them). */
+/**
+ * The settings recorded of a group, in the order they are made: the commonly set limits and
+ * weights of every controller, v1 and v2, each a single value a write gives back as read. Not
+ * every writable file: some are actions (`memory.force_empty`, `cgroup.kill`), some name devices
+ * by numbers another machine gives others (`io.max`), and telling a set value from a default
+ * would need a fresh group made beside the tree's, in a parent the tree may not own. Cpuset first
+ * (a cpuset group takes no task without them); a period before its quota, a limit before the
+ * memory+swap limit that may not be below it.
+ */
 const SETTING_FILES = [
   "cgroup.type", // v2, recorded when "threaded": made so before a thread can join it
   "cpuset.cpus",
   "cpuset.mems",
+  "cpuset.cpu_exclusive",
+  "cpuset.mem_exclusive",
   "pids.max",
   "memory.limit_in_bytes",
+  "memory.memsw.limit_in_bytes",
+  "memory.soft_limit_in_bytes",
+  "memory.swappiness",
   "memory.max",
+  "memory.high",
+  "memory.low",
+  "memory.min",
+  "memory.swap.max",
+  "memory.oom.group",
   "cpu.shares",
+  "cpu.cfs_period_us",
+  "cpu.cfs_quota_us",
+  "cpu.cfs_burst_us",
+  "cpu.rt_period_us",
+  "cpu.rt_runtime_us",
+  "cpu.max",
   "cpu.weight",
+  "cpu.idle",
+  "blkio.weight",
 ];
 
 /** The membership /proc/PID/cgroup (of thread `tid`, or of the tool with "self") shows. */
@@ -302,15 +328,21 @@ export class CgroupRestore {
 
   /** Makes group `dir` with the limits of `g` (its parent must exist). */
   #make(dir: string, g: CgroupEntry): void {
+    let file = "";
     try {
       Deno.mkdirSync(dir);
       this.#made.push(dir);
-      for (const file of SETTING_FILES) {
+      const fresh = readSettings(dir);
+      for (file of SETTING_FILES) {
         const value = g.settings[file];
-        if (value !== undefined) Deno.writeTextFileSync(`${dir}/${file}`, value);
+        // Only what differs: a write of the default may be refused (an exclusive cpuset's 0).
+        if (value !== undefined && value !== fresh[file]) {
+          Deno.writeTextFileSync(`${dir}/${file}`, value);
+        }
       }
     } catch (err) {
-      throw new RestoreError(`cannot make cgroup ${dir} again: ${(err as Error).message}`);
+      const what = file ? ` (its ${file})` : "";
+      throw new RestoreError(`cannot make cgroup ${dir} again${what}: ${(err as Error).message}`);
     }
   }
 
