@@ -223,3 +223,36 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  needs("cgroups: a group whose parents are gone too is made again with them", hierarchiesMissing),
+  async () => {
+    const name = groupName();
+    const top = makeGroup(PIDS, name, { "pids.max": "30" });
+    const middle = makeGroup(top, "middle");
+    const leaf = makeGroup(middle, "leaf", { "pids.max": "20" });
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-cgroup-" });
+    const t = await startIn([leaf], await fixture("r_memory"), []);
+    try {
+      await checkpoint(t.pid, `${dir}/image`);
+      await killAndReap(t.pid);
+      // A parent present with another limit: refused, naming it.
+      Deno.writeTextFileSync(`${top}/pids.max`, "31");
+      await assert.rejects(
+        restore(`${dir}/image`),
+        new RegExp(`below cgroup /${name} of pids, whose pids.max is 31 now, not 30`),
+      );
+      for (const g of [leaf, middle, top]) await removeGroup(g);
+      await restore(`${dir}/image`);
+      assert.equal(groupOf(t.pid, "pids"), `/${name}/middle/leaf`);
+      assert.equal(Deno.readTextFileSync(`${top}/pids.max`).trim(), "30");
+      assert.equal(Deno.readTextFileSync(`${middle}/pids.max`).trim(), "max");
+      assert.equal(Deno.readTextFileSync(`${leaf}/pids.max`).trim(), "20");
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      for (const g of [leaf, middle, top]) await removeGroup(g);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

@@ -1,14 +1,16 @@
 /**
  * cgroup membership, v1 hierarchies and v2 alike (a hybrid machine has both): each process's
  * group in every hierarchy, as /proc/PID/cgroup names it, and each thread's where it is in
- * another (v1 `tasks`, v2 threaded groups, made threaded again). The groups the tree lives in that the dumping tool does not are its own:
- * the dump records their limits (pids.max, memory.limit_in_bytes or memory.max, cpu.shares or
- * cpu.weight, cpuset.cpus and cpuset.mems, those each group has). A group it shares with the
- * dumping tool is the environment's (the session's, the machine's): marked so, it is not put
- * back, as the restored process starts in the restoring tool's groups, which stand for it. The
- * restore puts each process back in its own groups, then each thread in its own: made again with their limits when missing
- * (the parent must exist) and checked when present. Nothing else is touched: no group the tree
- * does not live in is made, changed or joined, and a failed restore removes the groups it made.
+ * another (v1 `tasks`, v2 threaded groups, made threaded again). The groups the tree lives in
+ * that the dumping tool does not are its own: the dump records their settings (SETTING_FILES),
+ * their freezer state (cgroup_freezer.ts), and their parents the tool is not below. A group it
+ * shares with the dumping tool is the environment's (the session's, the machine's): marked so,
+ * it is not put back, as the restored process starts in the restoring tool's groups, which stand
+ * for it. The restore puts each process back in its own groups, then each thread in its own:
+ * made again with their settings when missing (with their parents gone too) and checked when
+ * present (their recorded parents too), frozen again before the tree runs. Nothing else is
+ * touched: no group the tree does not live in is made, changed or joined (a parent is made only
+ * when gone), and a failed restore removes the groups it made.
  */
 import { DumpError, RestoreError } from "../errors.ts";
 import type { CgroupEntry, CgroupMembership, ProcessEntry } from "../image/schema.ts";
@@ -135,6 +137,17 @@ export function freezerDirsOf(pid: number): string[] {
     .filter((dir): dir is string => dir !== null);
 }
 
+/** The path of the parent of group `path` ("/" for a group at the root). */
+const parentOf = (path: string) => path.slice(0, path.lastIndexOf("/")) || "/";
+
+function isDir(dir: string): boolean {
+  try {
+    return Deno.statSync(dir).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 /** The path of group `g` on this machine, or null when its hierarchy is not mounted. */
 function groupDir(mounts: Map<string, string>, g: CgroupMembership): string | null {
   const point = mounts.get(g.hierarchy);
@@ -162,10 +175,10 @@ export function dumpCgroupGroups(
   thawed: readonly string[] = [],
 ): CgroupEntry[] {
   const mounts = hierarchyMounts();
+  const tool = membership("self");
   const out: CgroupEntry[] = [];
-  for (const { tool, ...m } of memberships.flat()) {
-    if (tool) continue;
-    if (out.some((g) => g.hierarchy === m.hierarchy && g.path === m.path)) continue;
+  const add = (m: CgroupMembership) => {
+    if (out.some((g) => g.hierarchy === m.hierarchy && g.path === m.path)) return;
     const dir = groupDir(mounts, m);
     if (dir === null) {
       throw new DumpError(
@@ -175,12 +188,23 @@ export function dumpCgroupGroups(
     }
     const frozen = selfFrozen(dir) || thawed.includes(dir);
     out.push({ ...m, settings: readSettings(dir), ...(frozen ? { frozen: true } : {}) });
+  };
+  for (const { tool: shared, ...m } of memberships.flat()) {
+    if (shared) continue;
+    // Its parents the tool is not below, parents first: a restore makes again those gone too.
+    const toolPath = tool.find((t) => t.hierarchy === m.hierarchy)?.path ?? "/";
+    const parents: string[] = [];
+    for (let path = parentOf(m.path); path !== "/"; path = parentOf(path)) parents.unshift(path);
+    for (const path of parents) {
+      if (toolPath !== path && !toolPath.startsWith(`${path}/`)) add({ ...m, path });
+    }
+    add(m);
   }
   return out;
 }
 
 /** What the restore does to put a process back in one of its groups. */
-type Step = { dir: string; make?: CgroupEntry; thaw?: boolean } | null;
+type Step = { dir: string; make?: CgroupEntry[]; thaw?: boolean } | null;
 
 /** Puts restored processes back in their cgroups; removes the groups it made if asked. */
 export class CgroupRestore {
@@ -208,19 +232,17 @@ export class CgroupRestore {
     if (dir === null || now === undefined) {
       throw new RestoreError(`cannot restore: ${where}, a hierarchy this machine does not mount`);
     }
-    const own = this.groups.find((g) => g.hierarchy === m.hierarchy && g.path === m.path);
-    let exists = true;
-    try {
-      Deno.statSync(dir);
-    } catch {
-      exists = false;
+    const own = this.#entry(m.hierarchy, m.path);
+    if (!isDir(dir)) {
+      if (!own) {
+        throw new RestoreError(
+          `cannot restore: ${where}, which is gone, and the image has not its limits to make it`,
+        );
+      }
+      return { dir, make: this.#chain(where, own) };
     }
-    if (!exists && !own) {
-      throw new RestoreError(
-        `cannot restore: ${where}, which is gone, and the image has not its limits to make it`,
-      );
-    }
-    if (exists && frozenNow(dir) && !this.#thawed.includes(dir)) {
+    if (own) this.#checkSettings(where, dir, own);
+    if (frozenNow(dir) && !this.#thawed.includes(dir)) {
       if (!own?.frozen || !selfFrozen(dir) || procsOf(dir).length) {
         throw new RestoreError(
           `cannot restore: ${where}, which is frozen now` +
@@ -231,18 +253,44 @@ export class CgroupRestore {
       }
       return { dir, thaw: true };
     }
-    if (exists && own) {
-      const now = readSettings(dir);
-      for (const [file, value] of Object.entries(own.settings)) {
-        if (now[file] !== value) {
-          throw new RestoreError(
-            `cannot restore: ${where}, whose ${file} is ${now[file] ?? "missing"} now, not ` +
-              `${value} as dumped (the tree would run under other limits)`,
-          );
-        }
+    return { dir };
+  }
+
+  #entry(hierarchy: string, path: string): CgroupEntry | undefined {
+    return this.groups.find((g) => g.hierarchy === hierarchy && g.path === path);
+  }
+
+  /**
+   * The groups to make, parents first, for the missing group `own`: it and each parent gone too,
+   * up to one that exists (refused where the image has not a missing parent's settings).
+   */
+  #chain(where: string, own: CgroupEntry): CgroupEntry[] {
+    const chain = [own];
+    for (let path = parentOf(own.path); path !== "/"; path = parentOf(path)) {
+      if (isDir(groupDir(this.#mounts, { hierarchy: own.hierarchy, path })!)) break;
+      const parent = this.#entry(own.hierarchy, path);
+      if (!parent) {
+        throw new RestoreError(
+          `cannot restore: ${where}, whose parent ${path} is gone too, and the image has not ` +
+            `its settings to make it (the tool was below it at the dump)`,
+        );
+      }
+      chain.unshift(parent);
+    }
+    return chain;
+  }
+
+  /** Refuses group `dir` (of `where`) whose settings are not `own`'s. */
+  #checkSettings(where: string, dir: string, own: CgroupEntry): void {
+    const now = readSettings(dir);
+    for (const [file, value] of Object.entries(own.settings)) {
+      if (now[file] !== value) {
+        throw new RestoreError(
+          `cannot restore: ${where}, whose ${file} is ${now[file] ?? "missing"} now, not ` +
+            `${value} as dumped (the tree would run under other limits)`,
+        );
       }
     }
-    return { dir, ...(exists ? {} : { make: own }) };
   }
 
   /** Refuses, before anything is made, a group a process of `entries` cannot be put back in. */
@@ -252,6 +300,12 @@ export class CgroupRestore {
       for (const t of e.threads) {
         for (const m of t.cgroups ?? []) this.#plan(`thread ${t.tid} of process ${e.pid}`, m);
       }
+    }
+    // Its parents recorded, where present: they limit the tree too.
+    for (const g of this.groups) {
+      const dir = groupDir(this.#mounts, g);
+      const where = `the tree lived below cgroup ${g.path} of ${hierarchyName(g.hierarchy)}`;
+      if (dir !== null && isDir(dir)) this.#checkSettings(where, dir, g);
     }
   }
 
@@ -283,7 +337,7 @@ export class CgroupRestore {
 
   /** Makes the group of `step` when missing, or thaws it while it takes the tree. */
   #prepare(step: NonNullable<Step>): void {
-    if (step.make) this.#make(step.dir, step.make);
+    for (const g of step.make ?? []) this.#make(groupDir(this.#mounts, g)!, g);
     if (!step.thaw) return;
     setFrozen(step.dir, false);
     this.#thawed.push(step.dir);
