@@ -489,9 +489,9 @@ export async function checkpoint(
   // Once the image is safe and the processes are to end, their connections stay locked; once
   // they run on, the lock was removed (or said why not).
   let lockSettled = false;
-  // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
-  /** The tree's frozen v1 freezer groups, thawed for the dump. */
+  /** The tree's frozen groups (v1 freezer, v2), thawed for the dump. */
   let thawed: FreezerThaw | undefined;
+  // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
   const unhook = onInterrupt(() => {
     endDump(false);
     thawed?.refreeze();

@@ -454,8 +454,8 @@ export interface CgroupMembership {
 /** A group the tree lived in and the dumping tool did not, with its limits. */
 export interface CgroupEntry extends CgroupMembership {
   /**
-   * Its limits, file → content as read (`pids.max`, `memory.limit_in_bytes`, `memory.max`,
-   * `cpu.shares`, `cpu.weight`, `cpuset.cpus`, `cpuset.mems`: those it has).
+   * Its settings, file → content as read: the limits and weights of its controllers it has
+   * (`pids.max`, `memory.max`, `cpu.cfs_quota_us` …, docs/IMAGE.md lists them).
    */
   settings: Record<string, string>;
   /**

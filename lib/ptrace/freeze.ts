@@ -74,8 +74,7 @@ export interface FreezeOptions {
   timeoutMs?: number;
   /**
    * Threads the caller seized and interrupted already with `seizeAndInterrupt` (a tree in a
-   * frozen v1 freezer cgroup, seized before the group was thawed): their stop is awaited, not
-   * asked again.
+   * frozen cgroup, seized before the group was thawed): their stop is awaited, not asked again.
    */
   seized?: ReadonlySet<number>;
 }
