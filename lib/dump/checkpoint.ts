@@ -45,7 +45,8 @@ import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readStatus, tryReadStat } from "../inspect/procfs.ts";
 import { treeSharing } from "../ptrace/stub.ts";
 import { zombieChildren } from "../task/zombies.ts";
-import { dumpCgroupGroups } from "../task/cgroups.ts";
+import { dumpCgroupGroups, freezerDirsOf } from "../task/cgroups.ts";
+import { FreezerThaw } from "../task/cgroup_freezer.ts";
 import {
   checkSameNamespaces,
   containerKinds,
@@ -210,9 +211,10 @@ async function freezeTree(
   pid: number,
   opts: CheckpointOptions,
   stopped: Set<number>,
+  thawed?: FreezerThaw,
 ): Promise<FrozenProcess[]> {
   const single = opts.single ?? false;
-  const options = { timeoutMs: opts.freezeTimeoutMs };
+  const options = { timeoutMs: opts.freezeTimeoutMs, seized: thawed?.seized };
   const frozen: FrozenProcess[] = [];
   // Stopped by a signal (^Z, SIGSTOP) before we came: it is to come back stopped.
   const note = (p: number) => {
@@ -237,9 +239,17 @@ async function freezeTree(
     if (refusal) throw new DumpError(refusal);
     return frozen;
   } catch (err) {
+    thawed?.refreeze(); // before they are let go: they stay frozen as they were
     for (const f of frozen.reverse()) f.releaseSync();
     throw err;
   }
+}
+
+/** Each process of the tree of `pid` (only it when `single`) with its groups that can freeze. */
+function freezerGroupsOf(pid: number, single: boolean): { pid: number; dirs: string[] }[] {
+  const pids = [pid];
+  for (let i = 0; !single && i < pids.length; i++) pids.push(...liveChildrenOf(pids[i]));
+  return pids.map((p) => ({ pid: p, dirs: freezerDirsOf(p) }));
 }
 
 /** The descriptor table of the entry of process `pid` among `entries`, if any. */
@@ -496,9 +506,12 @@ export async function checkpoint(
   // Once the image is safe and the processes are to end, their connections stay locked; once
   // they run on, the lock was removed (or said why not).
   let lockSettled = false;
+  /** The tree's frozen groups (v1 freezer, v2), thawed for the dump. */
+  let thawed: FreezerThaw | undefined;
   // SIGINT or SIGTERM while frozen releases the process and ends the tool: no partial image then.
   const unhook = onInterrupt(() => {
     endDump(false);
+    thawed?.refreeze();
     networkLock.remove();
     void writer.abort().catch(() => {});
   });
@@ -526,7 +539,9 @@ export async function checkpoint(
       started = performance.now() - pre.frozenMs; // frozenMs counts both freezes
     }
     const stopped = new Set<number>();
-    tree = await freezeTree(pid, opts, stopped);
+    // Seized while frozen, thawed for the dump, frozen again before they are let go.
+    thawed = FreezerThaw.thaw(freezerGroupsOf(pid, opts.single ?? false));
+    tree = await freezeTree(pid, opts, stopped, thawed);
     refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
     // A container's sockets are asked of its own net namespace.
     using _diag = kinds.includes("net") || joined.includes("net")
@@ -594,7 +609,10 @@ export async function checkpoint(
     root.tree = descendants.map((e) => ({ pid: e.pid, ppid: e.ppid }));
     if (networkLock.entry && !opts.leaveRunning) root.networkLock = networkLock.entry;
     if (namespaces) root.namespaces = namespaces;
-    const cgroupGroups = dumpCgroupGroups(entries.map((e) => e.cgroups ?? []));
+    const cgroupGroups = dumpCgroupGroups(
+      entries.flatMap((e) => [e.cgroups ?? [], ...e.threads.map((t) => t.cgroups ?? [])]),
+      thawed?.groups,
+    );
     if (cgroupGroups.length) root.cgroupGroups = cgroupGroups;
     if (descendants.some(inheritsMemory)) writer.needsFormat(SHARED_PAGES_FORMAT_VERSION);
     await writer.writeMeta(PROCESS_META, root);
@@ -602,6 +620,7 @@ export async function checkpoint(
     if (opts.leaveRunning) {
       // Everything is captured: let them run while the image is checked and made durable.
       endDump(true);
+      thawed?.refreeze();
       release();
       frozenMs = performance.now() - started;
       // Their connections are theirs again: nothing of the lock may stay.
@@ -618,6 +637,7 @@ export async function checkpoint(
       // Children first, so each parent is last to go.
       endDump(true);
       for (const f of [...tree].reverse()) f.kill();
+      thawed?.refreeze(); // the group as it was, now empty (a v1 frozen task cannot die)
       killed = true;
       frozenMs = performance.now() - started;
     };
@@ -670,7 +690,9 @@ export async function checkpoint(
     throw new DumpError(`${(reported as Error).message}; and ${left}`, { cause: reported });
   } finally {
     endDump(false); // a failed dump: what handlers hold in the processes is put back first
+    thawed?.refreeze();
     release();
+    thawed?.letGo();
     try {
       pre?.close(); // closing the uffds unregisters everything in the targets
     } catch { /* each uffd was closed all the same */ }

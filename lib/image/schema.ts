@@ -219,6 +219,11 @@ export interface SchedulingEntry {
 export interface ThreadEntry {
   /** Thread id (the pid for the main thread). */
   tid: number;
+  /**
+   * The groups the thread is in apart from its process's (v1 `tasks`, v2 threaded groups), one
+   * a hierarchy; absent when it is in all of its process's (and in older images).
+   */
+  cgroups?: CgroupMembership[];
   /** Thread name (comm). */
   name: string;
   /** user_regs_struct, field by field. */
@@ -449,10 +454,16 @@ export interface CgroupMembership {
 /** A group the tree lived in and the dumping tool did not, with its limits. */
 export interface CgroupEntry extends CgroupMembership {
   /**
-   * Its limits, file → content as read (`pids.max`, `memory.limit_in_bytes`, `memory.max`,
-   * `cpu.shares`, `cpu.weight`, `cpuset.cpus`, `cpuset.mems`: those it has).
+   * Its settings, file → content as read: the limits and weights of its controllers it has
+   * (`pids.max`, `memory.max`, `cpu.cfs_quota_us` …, docs/IMAGE.md lists them).
    */
   settings: Record<string, string>;
+  /**
+   * It was frozen itself (v1 `freezer.self_freezing`, v2 `cgroup.freeze`): the restore freezes
+   * it again once the tree is back in it, before the tree runs. Absent when not (and in older
+   * images).
+   */
+  frozen?: true;
 }
 
 /** A file of a tmpfs a container mounted, made again in the fresh tmpfs. */

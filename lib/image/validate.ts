@@ -221,6 +221,7 @@ const THREAD_FIELDS = [
   "creds",
   "securebits",
   "scheduling",
+  "cgroups",
 ] as const;
 const SCHEDULING_FIELDS = [
   "policy",
@@ -463,6 +464,7 @@ function checkEntry(v: unknown): void {
     int(rseq.signature, `${a}.rseq.signature`, 0, 2 ** 32 - 1);
     optional(o, "sleepRemainingNs", a, u64);
     optional(o, "noNewPrivs", a, bool);
+    optional(o, "cgroups", a, (v, b) => field(v, b, { list: { map: CGROUP_FIELDS } }));
     if (o.seccomp !== undefined) {
       const sc = obj(o.seccomp, `${a}.seccomp`, ["mode", "filters"]);
       int(sc.mode, `${a}.seccomp.mode`, 0, 2);
@@ -601,15 +603,16 @@ function checkEntry(v: unknown): void {
   optional(p, "cgroups", "", (v, a) => field(v, a, { list: { map: CGROUP_FIELDS } }));
   optional(p, "cgroupGroups", "", (v, a) =>
     each(v, a, (g, b) => {
-      const o = obj(g, b, [...Object.keys(CGROUP_FIELDS), "settings"]);
+      const o = obj(g, b, [...Object.keys(CGROUP_FIELDS), "settings", "frozen"]);
       fields({ hierarchy: o.hierarchy, path: o.path }, b, CGROUP_FIELDS);
       if (o.tool !== undefined) {
         throw new Malformed(`${b}.tool: a group of its own is not the tool's`);
       }
       for (const [k, x] of Object.entries(openObj(o.settings, `${b}.settings`))) {
-        if (!/^[a-z_]+\.[a-z_]+$/.test(k)) throw new Malformed(`${b}.settings: no file ${k}`);
+        if (!/^[a-z_]+(\.[a-z_]+)+$/.test(k)) throw new Malformed(`${b}.settings: no file ${k}`);
         text(x, `${b}.settings.${k}`);
       }
+      optional(o, "frozen", b, bool);
     }));
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {

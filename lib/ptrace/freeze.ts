@@ -72,6 +72,32 @@ export interface FreezeOptions {
    * `FreezeTimeout`, and the process runs on as it was.
    */
   timeoutMs?: number;
+  /**
+   * Threads the caller seized and interrupted already with `seizeAndInterrupt` (a tree in a
+   * frozen cgroup, seized before the group was thawed): their stop is awaited, not asked again.
+   */
+  seized?: ReadonlySet<number>;
+}
+
+/**
+ * Seizes thread `tid` and asks it to stop, as a freeze does; false when it exited meanwhile. The
+ * stop is reported once the thread runs (a task frozen by a v1 freezer cgroup stops once thawed,
+ * before it runs an instruction).
+ */
+export function seizeAndInterrupt(tid: number): boolean {
+  try {
+    // Syscall stops told apart from SIGTRAP: the injector runs syscalls stop to stop.
+    seize(tid, PTRACE_O.TRACESYSGOOD);
+  } catch (err) {
+    if (isEsrch(err)) return false; // the thread exited meanwhile
+    throw err;
+  }
+  try {
+    interrupt(tid);
+  } catch (err) {
+    if (!isEsrch(err)) throw err; // exited once seized: its exit is awaited as its stop
+  }
+  return true;
 }
 
 /** The signals whose default action stops the process. */
@@ -216,7 +242,7 @@ export class FrozenProcess implements AsyncDisposable {
     active.add(frozen);
     hookSignals(true);
     try {
-      frozen.#stopAll(options.timeoutMs ?? FREEZE_TIMEOUT_MS);
+      frozen.#stopAll(options.timeoutMs ?? FREEZE_TIMEOUT_MS, options.seized);
       frozen.#suspendSeccomp();
     } catch (err) {
       frozen.releaseSync();
@@ -225,7 +251,7 @@ export class FrozenProcess implements AsyncDisposable {
     return frozen;
   }
 
-  #stopAll(timeoutMs: number): void {
+  #stopAll(timeoutMs: number, already?: ReadonlySet<number>): void {
     const seized = new Set<number>();
     let stuck: FreezeTimeout | undefined;
     // Threads may be born while we seize: list again until a pass finds none new.
@@ -233,14 +259,7 @@ export class FrozenProcess implements AsyncDisposable {
       const fresh = tidsOf(this.pid).filter((t) => !seized.has(t));
       if (fresh.length === 0) break;
       for (const tid of fresh) {
-        try {
-          // Syscall stops told apart from SIGTRAP: the injector runs syscalls stop to stop.
-          seize(tid, PTRACE_O.TRACESYSGOOD);
-          seized.add(tid);
-          interrupt(tid);
-        } catch (err) {
-          if (!isEsrch(err)) throw err; // the thread exited meanwhile
-        }
+        if (already?.has(tid) || seizeAndInterrupt(tid)) seized.add(tid);
       }
       for (const tid of fresh) {
         if (seized.has(tid) && !this.#waitStop(tid, timeoutMs)) {

@@ -383,6 +383,8 @@ interface RestoreRun {
   /** Every process and thread made so far, to kill if the restore fails. */
   made: number[];
   warnings: string[];
+  /** Puts the threads in their groups. */
+  cgroups: CgroupRestore;
 }
 
 /**
@@ -476,6 +478,7 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
     const tid = cloneThread(inj, t.tid);
     made.push(tid);
     shares.pids.set(t.tid, tid);
+    run.cgroups.joinThread(p.pid, t.tid, tid, t.cgroups);
   }
   const injectors = m.injectors = new Map(
     p.threads.map((t) => [t.tid, t === main ? inj : inj.forThread(shares.pids.host(t.tid))]),
@@ -798,7 +801,7 @@ async function restoreTree(
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
-    const run: RestoreRun = { reader, shares, stage, made, warnings };
+    const run: RestoreRun = { reader, shares, stage, made, warnings, cgroups };
     let pageBytes = 0;
     const memoryOf = async (m: Making) => {
       if (m.pageBytes !== undefined) return;
@@ -918,6 +921,7 @@ async function restoreTree(
     shares.namespace?.release();
 
     stage("resume", entries[0]);
+    cgroups.freezeAgain(); // a group frozen at the dump: its processes stay frozen once let go
     if (terminal) {
       const tty = entries[0].tty;
       job = new ShellJob(making[0].pid, terminal, tty?.foreground ?? false, tty?.modes?.raw);
@@ -949,6 +953,7 @@ async function restoreTree(
   } catch (err) {
     job?.giveBackTerminal();
     abortScope(shares.scope);
+    cgroups.thawToEnd();
     // Every thread made, also one cloned but not yet recorded: each is our tracee and stays a
     // zombie until we wait for it, and a leader cannot be reaped before its threads.
     const threadsOf = new Map(making.map((m) => [m.pid, threadIds(m.pid)]));

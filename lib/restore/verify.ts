@@ -362,6 +362,14 @@ const THREAD_RULES: Record<string, Rule> = {
   creds: added(byField),
   securebits: added(),
   scheduling: added(byField),
+  // Absent: in its process's groups, in older images too.
+  cgroups: (d, at, field, image, kernel) =>
+    d.same(
+      at,
+      field,
+      ((image ?? []) as CgroupMembership[]).map(cgroupView),
+      ((kernel ?? []) as CgroupMembership[]).map(cgroupView),
+    ),
 };
 
 /** Compares every field of `image` with `kernel`'s by `rules`, exactly where there is none. */

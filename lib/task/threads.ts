@@ -32,6 +32,7 @@ import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
 import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
 import { queueSecurebits } from "./capabilities.ts";
 import { dumpCredentials } from "./credentials.ts";
+import { dumpThreadCgroups } from "./cgroups.ts";
 import { dumpScheduling, queueTimerSlack, queueTimerSlackRestore } from "./scheduler.ts";
 
 const ERESTART_RESTARTBLOCK = -BigInt(Errno.ERESTART_RESTARTBLOCK);
@@ -94,6 +95,7 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
 
   const regs = { ...thread.regs };
   const name = readComm(pid, tid);
+  const cgroups = dumpThreadCgroups(pid, tid);
   return {
     tid,
     name,
@@ -113,6 +115,7 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
     creds: dumpCredentials(pid, tid),
     securebits: securebits(),
     scheduling: dumpScheduling(pid, tid, timerSlack()),
+    ...(cgroups ? { cgroups } : {}),
   };
 }
 
