@@ -27,6 +27,7 @@ import {
   onPath,
   removeGroup,
   runDeno,
+  runningFixtures,
   spawnTarget,
   type Target,
   waitUntil,
@@ -76,17 +77,6 @@ async function stopContainer(c: Container, restored?: RestoreResult): Promise<vo
   await killAndReap(c.init);
   await killAndReap(c.unshare.pid);
   await Deno.remove(c.countFile).catch(() => {});
-}
-
-/** The processes running `bin`. */
-function runningFixtures(bin: string): number[] {
-  return [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).filter((pid) => {
-    try {
-      return pid > 0 && isAlive(pid) && Deno.readLinkSync(`/proc/${pid}/exe`) === bin;
-    } catch {
-      return false;
-    }
-  });
 }
 
 const missing = notInstalled("unshare", "cc");
@@ -848,7 +838,8 @@ Deno.test(
 
 /**
  * A bundle whose rootfs is built from the static busybox, read-only, with a tmpfs on /tmp: its
- * shell counts into /tmp/count every 0.1 s and busybox httpd serves /tmp on port 7777 of its net
+ * shell counts into /tmp/count every 0.1 s (and appends each count to /tmp/log, which it holds
+ * open on fd 3) and busybox httpd serves /tmp on port 7777 of its net
  * namespace. With `userMap`, in a user namespace of its own mapping uids and gids 0-65535 to
  * `userMap` and on (the bundle is then open to everyone: root inside is another uid outside).
  */
@@ -865,8 +856,8 @@ async function runcBundle(dir: string, userMap?: number): Promise<void> {
   config.process.args = [
     "sh",
     "-c",
-    "busybox httpd -f -p 7777 -h /tmp & i=0; " +
-    "while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+    "busybox httpd -f -p 7777 -h /tmp & i=0; exec 3>/tmp/log; " +
+    "while :; do i=$((i+1)); echo $i > /tmp/count; echo $i >&3; sleep 0.1; done",
   ];
   config.root.readonly = true;
   config.mounts.push({ destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid"] });
@@ -974,6 +965,10 @@ Deno.test(
       assert.ok(after > before - 1, `it counts from ${after}, was at ${before}`);
       await waitUntil(() => writtenCount(pid) > after, 10000, "it to count on");
       assert.ok(await servedCount(pid) > after, "its httpd serves the count");
+      // The file it holds open in its tmpfs is the one there, written on at its position.
+      const log = Deno.readTextFileSync(`/proc/${pid}/root/tmp/log`).trim().split("\n");
+      assert.deepEqual(log, log.map((_, i) => String(i + 1)), "its log has every count once");
+      assert.ok(log.length > after, "it writes on into its log");
     } finally {
       if (restored) await killAndReap(restored.pid);
       await runc("delete", "--force", name);

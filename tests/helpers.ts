@@ -416,3 +416,14 @@ export function groupOf(pid: number, hierarchy: string): string | undefined {
 
 /** The v1 pids hierarchy and the v2 one of this machine. */
 export const CGROUP_PIDS = "/sys/fs/cgroup/pids", CGROUP_UNIFIED = "/sys/fs/cgroup/unified";
+
+/** The processes running `bin`. */
+export function runningFixtures(bin: string): number[] {
+  return [...Deno.readDirSync("/proc")].map((e) => Number(e.name)).filter((pid) => {
+    try {
+      return pid > 0 && isAlive(pid) && Deno.readLinkSync(`/proc/${pid}/exe`) === bin;
+    } catch {
+      return false;
+    }
+  });
+}

@@ -64,10 +64,10 @@ export const deviceHandler: FileHandler<DeviceEntry> = {
   fields: { path: "text", rdev: "whole", tty: "bool", position: "whole" },
   fdKinds: ["device"], // and the terminals pty.ts hands on
   dump: dumpDevice,
-  check(e: DeviceEntry): string | null {
+  check(e: DeviceEntry, root = ""): string | null {
     let st: Deno.FileInfo;
     try {
-      st = Deno.statSync(e.path);
+      st = Deno.statSync(root + e.path);
     } catch {
       return `${e.path} no longer exists`;
     }

@@ -130,11 +130,11 @@ function open(e: FanotifyEntry, ctx: FileRestoreContext): number {
 }
 
 /** A mark whose path no longer names what it marked: the restore would mark something else. */
-function check(e: FanotifyEntry): string | null {
+function check(e: FanotifyEntry, root = ""): string | null {
   for (const m of e.marks) {
     let st: Deno.FileInfo;
     try {
-      st = Deno.lstatSync(m.path);
+      st = Deno.lstatSync(root + m.path);
     } catch {
       return `the fanotify mark on ${m.path} cannot be made again: it no longer exists`;
     }

@@ -145,10 +145,14 @@ export function lockConflict(path: string, l: FileLock): string | null {
   }
 }
 
-/** Why the locks of the file at `path` cannot be taken again now, or null. */
-export function checkLocks(path: string, locks: readonly FileLock[] | undefined): string | null {
+/** Why the locks of the file at `path` (found under `root`) cannot be taken again now, or null. */
+export function checkLocks(
+  path: string,
+  locks: readonly FileLock[] | undefined,
+  root = "",
+): string | null {
   for (const l of locks ?? []) {
-    const why = lockConflict(path, l);
+    const why = lockConflict(root + path, l);
     if (why) return `${path}: cannot take ${describeLock(l)} again: ${why}`;
   }
   return null;

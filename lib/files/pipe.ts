@@ -39,6 +39,7 @@ import {
 } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import type { Fd } from "../inspect/fds.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import type { FileEntry } from "../image/schema.ts";
 import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "./types.ts";
@@ -227,9 +228,10 @@ function openFifo(e: FifoEntry, ctx: FileRestoreContext): number {
   const key = `fifo:${e.path}`;
   let st = fifos.get(key);
   if (!st) {
-    if (e.removed) recreate(ctx.scope ?? ctx, e.path, "fifo", e.removed, `fifo ${e.path}`);
+    const root = mountRoot(ctx.pid);
+    if (e.removed) recreate(ctx.scope ?? ctx, e.path, "fifo", e.removed, `fifo ${e.path}`, root);
     // The tool's own reader and writer: keeps the FIFO open (and its data alive) meanwhile.
-    const rw = open(e.path, O.RDWR | O.NONBLOCK);
+    const rw = open(root + e.path, O.RDWR | O.NONBLOCK);
     st = { read: rw, write: rw, closed: false };
     fifos.set(key, st);
   }
@@ -273,10 +275,10 @@ export const fifoHandler: FileHandler<FifoEntry> = {
     }
     return entry;
   },
-  check(e: FifoEntry): string | null {
-    if (e.removed) return whyNotRecreatable(e.path, "fifo");
+  check(e: FifoEntry, root = ""): string | null {
+    if (e.removed) return whyNotRecreatable(e.path, "fifo", root);
     try {
-      return Deno.statSync(e.path).isFifo ? null : `${e.path} is no longer a FIFO`;
+      return Deno.statSync(root + e.path).isFifo ? null : `${e.path} is no longer a FIFO`;
     } catch {
       return `FIFO ${e.path} no longer exists`;
     }

@@ -16,6 +16,7 @@ import { O, setFileTimes, stat } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { tryReadStat } from "../inspect/procfs.ts";
 import type { Fd } from "../inspect/fds.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import type { FileEntry } from "../image/schema.ts";
 import { checkLocks, FILE_LOCK, type FileLock, readLocks, restoreLocks } from "./locks.ts";
 import { recreate, REMOVED_FIELDS, type RemovedAttributes, whyNotRecreatable } from "./removed.ts";
@@ -121,20 +122,20 @@ function procPid(path: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-function check(e: RegularEntry): string | null {
-  const why = checkFile(e);
+function check(e: RegularEntry, root = ""): string | null {
+  const why = checkFile(e, root);
   if (why || e.object !== undefined) return why;
-  return checkLocks(e.path, e.locks);
+  return checkLocks(e.path, e.locks, root);
 }
 
-function checkFile(e: RegularEntry): string | null {
+function checkFile(e: RegularEntry, root: string): string | null {
   if (e.object !== undefined) return null;
-  if (e.removed) return whyNotRecreatable(e.path, "directory");
+  if (e.removed) return whyNotRecreatable(e.path, "directory", root);
   // A file of a process's /proc entry: the process is made by the restore (or checked then).
   if (e.proc) return null;
   let st: Deno.FileInfo;
   try {
-    st = e.symlink ? Deno.lstatSync(e.path) : Deno.statSync(e.path);
+    st = e.symlink ? Deno.lstatSync(root + e.path) : Deno.statSync(root + e.path);
   } catch {
     return `${e.path} no longer exists`;
   }
@@ -188,7 +189,8 @@ function open(e: RegularEntry, ctx: FileRestoreContext): number {
   if (e.proc) checkProcess(e as RegularEntry & { proc: { pid: number } }, ctx);
   if (e.removed) {
     // Removed again once every process of the restore has opened it.
-    recreate(ctx.scope ?? ctx, e.path, "directory", e.removed, `fd of process ${ctx.pid}`);
+    const what = `fd of process ${ctx.pid}`;
+    recreate(ctx.scope ?? ctx, e.path, "directory", e.removed, what, mountRoot(ctx.pid));
   }
   const fd = openPath(ctx, pathOpen(e));
   if (e.removed) restoreRemoved(e, ctx, fd);

@@ -7,8 +7,9 @@
  * (deleted)", no links, a removed directory empty and closed to new entries. What is not kept: the
  * inode number (it is a new inode) and the times.
  *
- * The tool makes and removes them itself, in its own view of the filesystem, which is the one the
- * restored processes have (a pid namespace restore gets a copy of the tool's mounts).
+ * The tool makes and removes them itself, where it finds the restored processes' paths: in its
+ * own view of the filesystem (a pid namespace restore gets a copy of the tool's mounts), or under a
+ * container's root (lib/inspect/mount_root.ts).
  */
 import { mkfifo } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
@@ -42,9 +43,9 @@ const made = new WeakMap<object, Map<string, Made>>();
  * Why `path` cannot be made again as a removed `kind` now (something else has its name), or
  * null. For the checks before anything is made.
  */
-export function whyNotRecreatable(path: string, kind: RemovedKind): string | null {
+export function whyNotRecreatable(path: string, kind: RemovedKind, root = ""): string | null {
   if (!path.startsWith("/")) return `the removed ${kind} "${path}" has no absolute path`;
-  return entryExists(path)
+  return entryExists(root + path)
     ? `the removed ${kind} ${path} cannot be made again: something else has its name now`
     : null;
 }
@@ -52,7 +53,8 @@ export function whyNotRecreatable(path: string, kind: RemovedKind): string | nul
 /**
  * Makes `path` again as an empty directory or a FIFO with `attrs`, once per restore (`scope`):
  * a second call for the same path and kind finds it made. It stays until `removeRecreated`.
- * Throws a `RestoreError` about `what` when something else has the name.
+ * Throws a `RestoreError` about `what` when something else has the name. The tool finds `path`
+ * under `root`.
  */
 export function recreate(
   scope: object,
@@ -60,28 +62,30 @@ export function recreate(
   kind: RemovedKind,
   attrs: RemovedAttributes,
   what: string,
+  root = "",
 ): void {
   let mine = made.get(scope);
   if (!mine) made.set(scope, mine = new Map());
   const have = mine.get(path);
   if (have?.kind === kind) return;
-  const why = have ? `it was made again as a ${have.kind}` : whyNotRecreatable(path, kind);
+  const why = have ? `it was made again as a ${have.kind}` : whyNotRecreatable(path, kind, root);
   if (why) throw new RestoreError(`${what}: ${why}`);
   const entry: Made = { kind, paths: [] };
   mine.set(path, entry);
   // Parents that are gone too were removed with it (rm -rf): made again, removed again after.
   const parts = path.split("/").filter(Boolean);
   for (let i = 1; i < parts.length; i++) {
-    const parent = "/" + parts.slice(0, i).join("/");
+    const parent = root + "/" + parts.slice(0, i).join("/");
     if (entryExists(parent)) continue;
     Deno.mkdirSync(parent, { mode: 0o700 });
     entry.paths.push(parent);
   }
-  if (kind === "directory") Deno.mkdirSync(path, { mode: 0o700 });
-  else mkfifo(path, 0o600);
-  entry.paths.push(path);
-  Deno.chownSync(path, attrs.uid, attrs.gid);
-  Deno.chmodSync(path, attrs.mode & 0o7777); // after chown, which clears set-id bits
+  const file = root + path;
+  if (kind === "directory") Deno.mkdirSync(file, { mode: 0o700 });
+  else mkfifo(file, 0o600);
+  entry.paths.push(file);
+  Deno.chownSync(file, attrs.uid, attrs.gid);
+  Deno.chmodSync(file, attrs.mode & 0o7777); // after chown, which clears set-id bits
 }
 
 /** Removes everything `recreate` made for `scope`, the newest first. */

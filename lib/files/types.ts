@@ -187,8 +187,12 @@ export interface FileHandler<E extends FileEntry = FileEntry, D extends FileEntr
   readonly fdKinds: readonly FdKind[];
   /** Describes the open file behind `fd` (called once per shared open file). */
   dump(fd: Fd, ctx: FileDumpContext): D | Promise<D>;
-  /** Before anything is made: a reason to refuse the restore, or null. */
-  check?(entry: E): string | null;
+  /**
+   * Before anything is made: a reason to refuse the restore, or null. The entry's paths are found
+   * under `root` (lib/inspect/mount_root.ts): "" (the default) in the tool's mount tree, the
+   * restored init's /proc/PID/root in a container's, checked once its mounts are made.
+   */
+  check?(entry: E, root?: string): string | null;
   /**
    * Its files are made only once every process and thread of the restore exists (a pidfd names
    * one of them): `open` then runs with `tasks` in its context, and `finish` once every deferred

@@ -48,7 +48,9 @@ export function fileSource(m: Mapping): MappingSource {
   if (m.kind !== "file" || m.inode === 0n || !m.path?.startsWith("/")) {
     return { type: "anonymous" };
   }
-  const st = Deno.statSync(m.path);
+  // The mapped file itself: its path may name nothing in the tool's mount namespace (a
+  // container's own tmpfs).
+  const st = Deno.statSync(m.mapFile);
   return {
     type: "file",
     path: m.path,
@@ -59,10 +61,18 @@ export function fileSource(m: Mapping): MappingSource {
   };
 }
 
-/** Why the file at `path` is not the one of `size` bytes and mtime `mtimeMs` dumped, or null. */
-export function fileChanged(path: string, size: number, mtimeMs: number): string | null {
+/**
+ * Why the file at `path` (found under `root`: lib/inspect/mount_root.ts) is not the one of `size`
+ * bytes and mtime `mtimeMs` dumped, or null.
+ */
+export function fileChanged(
+  path: string,
+  size: number,
+  mtimeMs: number,
+  root = "",
+): string | null {
   try {
-    const st = Deno.statSync(path);
+    const st = Deno.statSync(root + path);
     if (st.size !== size) return `${path} changed since the dump (size ${size} → ${st.size})`;
     if ((st.mtime?.getTime() ?? 0) !== mtimeMs) return `${path} changed since the dump (mtime)`;
     return null;
@@ -79,16 +89,16 @@ function existsAsFile(path: string): boolean {
   }
 }
 
-/** Why the files of `mappings` cannot be mapped again as they were, or null. */
-export function mappedFileProblem(mappings: MappingEntry[]): string | null {
+/** Why the files of `mappings` (found under `root`) cannot be mapped again as they were, or null. */
+export function mappedFileProblem(mappings: MappingEntry[], root = ""): string | null {
   for (const m of mappings) {
     if (m.source.type !== "file") continue;
     // A private mapping is the process's own copy of the file: its pages not in the image come
     // from the file, which must be as it was. A shared one is a window on a file others may
     // write as well (a database's -shm, a cache): that it changed is what sharing means.
     const why = m.shared
-      ? (existsAsFile(m.source.path) ? null : `${m.source.path} no longer exists`)
-      : fileChanged(m.source.path, m.source.size, m.source.mtimeMs);
+      ? (existsAsFile(root + m.source.path) ? null : `${m.source.path} no longer exists`)
+      : fileChanged(m.source.path, m.source.size, m.source.mtimeMs, root);
     if (why) return why;
   }
   return null;

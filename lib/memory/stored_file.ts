@@ -30,6 +30,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import { type MadeObject, type MemoryObjects, withOpenFile } from "./objects.ts";
 import { openInTarget, putString, type Target } from "./target.ts";
@@ -94,11 +95,15 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
   // it; renamed to the old name, which its (deleted) link shows, and unlinked at once. A restore
   // killed meanwhile leaves the name beside it, which no later restore needs; the old name for two
   // consecutive syscalls at most. Should the old name be taken, the one beside it is kept.
-  const beside = `${obj.name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
+  // The tool makes it where it finds the target's paths: in a container's own mounts too.
+  const root = mountRoot(t.pid);
+  const name = root + obj.name;
+  const inside = `${obj.name}.tardigrade-${crypto.randomUUID().slice(0, 8)}`;
+  const beside = root + inside;
   let mine: number | undefined;
   try {
     try {
-      mine = open(dirname(obj.name), O.TMPFILE | O.RDWR, obj.mode || 0o600);
+      mine = open(dirname(name), O.TMPFILE | O.RDWR, obj.mode || 0o600);
       linkOpenFile(mine, beside);
     } catch {
       // A filesystem without O_TMPFILE: a named file from the start.
@@ -118,16 +123,16 @@ export function makeStoredFile(t: Target, obj: MemoryObjectEntry, ghosts: string
   ghosts.push(beside);
   let fd: number;
   try {
-    fd = openInTarget(t.inj, beside, O.RDWR);
+    fd = openInTarget(t.inj, inside, O.RDWR);
   } catch (err) {
     close(mine);
     throw err;
   }
-  const path = renameNoReplace(beside, obj.name) ? obj.name : beside;
+  const path = renameNoReplace(beside, name) ? name : beside;
   ghosts[ghosts.length - 1] = path;
   Deno.removeSync(path);
   ghosts.pop();
-  const what = `deleted file ${obj.name}` + (path === obj.name ? "" : ` (made again as ${path})`);
+  const what = `deleted file ${obj.name}` + (path === name ? "" : ` (made again as ${inside})`);
   setOwnerAndMode(t.inj, fd, obj);
   return { fd, writer: { fd: mine, base: 0n, what } };
 }

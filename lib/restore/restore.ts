@@ -30,13 +30,14 @@ import { type RestoredFdTable, restoreFdTable, type SharedFiles } from "../files
 import { FILE_ENTRY_FIELDS, type RestoredTasks } from "../files/types.ts";
 import { AddressSpaceBuilder } from "../memory/address_space.ts";
 import { inheritedRanges, inheritsMemory } from "../memory/cow.ts";
-import { fileChanged, hugePageProblem, mappedFileProblem } from "../memory/mapping.ts";
+import { hugePageProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
 import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
 import { runsOfSpec } from "./page_server_process.ts";
+import { checkFiles } from "./file_checks.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import {
@@ -62,11 +63,7 @@ import {
   type ToolTerminal,
   toolTerminal,
 } from "./shell_job.ts";
-import {
-  onControllingTerminal,
-  restoreForegroundGroup,
-  takeControllingPty,
-} from "../task/terminal.ts";
+import { restoreForegroundGroup, takeControllingPty } from "../task/terminal.ts";
 import {
   restoreAttributes,
   restoreAttributesAfterCredentials,
@@ -89,6 +86,7 @@ import { restoreZombies } from "../task/zombies.ts";
 import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import { threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import {
@@ -247,23 +245,23 @@ async function requireFreePid(pid: number, what: string, liveMs = 0): Promise<vo
   }
 }
 
-/** Checks everything that can be checked before anything is made. */
+/**
+ * Checks everything that can be checked before anything is made; the files a container of its
+ * own mounts names by path (`ownMounts`) once they are made (file_checks.ts).
+ */
 async function preflight(
   p: ProcessEntry,
   file: string,
   inNewPidNamespace: boolean,
   ownUserNamespace: boolean,
   liveMs = 0,
+  ownMounts = false,
 ): Promise<void> {
   if (!p || typeof p.pid !== "number" || !Array.isArray(p.threads)) {
     throw new ImageError("process.cbor: not a process entry");
   }
-  const mapped = mappedFileProblem(p.mappings) ?? hugePageProblem(p);
-  if (mapped) throw new RestoreError(`cannot restore: ${mapped}`);
-  if (p.exe) {
-    const why = fileChanged(p.exe.path, p.exe.size, p.exe.mtimeMs);
-    if (why) throw new RestoreError(`cannot restore: ${why}`);
-  }
+  const huge = hugePageProblem(p);
+  if (huge) throw new RestoreError(`cannot restore: ${huge}`);
   // Old images have the process's credentials only: they serve every thread.
   const caps = unattainableCapabilities(
     p.pid,
@@ -277,15 +275,8 @@ async function preflight(
     const handler = handlerForEntry(f);
     if (!handler) throw new ImageError(`process.cbor: unknown file kind "${f.kind}"`);
     validateFields(file, f, `files[${i}]`, { ...FILE_ENTRY_FIELDS, ...handler.fields });
-    const why = handler.check?.(f);
-    if (why && onControllingTerminal(p, f)) {
-      throw new RestoreError(
-        `cannot restore: ${why} (the terminal of process ${p.pid}; restore it with ` +
-          `--shell-job from a terminal to bring it back there)`,
-      );
-    }
-    if (why) throw new RestoreError(`cannot restore: ${why}`);
   }
+  if (!ownMounts) checkFiles(p, "");
   if (inNewPidNamespace) return; // every pid is free there
   await requireFreePid(p.pid, "pid", liveMs);
   for (const t of p.threads) {
@@ -733,6 +724,7 @@ async function restoreTree(
         opts.pidNamespace === true || containerPid,
         container?.user !== undefined,
         opts.pidsFreedWithinMs,
+        container?.kinds.includes("mnt"),
       );
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
@@ -843,7 +835,13 @@ async function restoreTree(
       };
       making.push(m);
       // Before it forks the rest of the tree, which inherits them.
-      if (container && p === entries[0]) makeNamespaces(m.inj, container, joined);
+      if (container && p === entries[0]) {
+        makeNamespaces(m.inj, container, joined);
+        // Its files, found in the mount tree just made.
+        if (container.kinds.includes("mnt")) {
+          for (const e of entries) checkFiles(e, mountRoot(pid));
+        }
+      }
       if (terminal && p === entries[0]) joinAsJob(m.inj);
       else {
         restoreSession(m.inj, p);

@@ -11,6 +11,7 @@ import { RestoreError } from "../errors.ts";
 import { recreate, type RemovedAttributes } from "../files/removed.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 import type { Process } from "../inspect/process.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
 /** The fs state of a process. */
@@ -48,7 +49,8 @@ export function restoreFsState(inj: Injector, fs: FsState, scope: object): strin
   let cwd = fs.cwd;
   if (cwd.endsWith(DELETED)) {
     cwd = cwd.slice(0, -DELETED.length);
-    recreate(scope, cwd, "directory", removedAttributes(fs), `the removed working directory`);
+    const what = "the removed working directory";
+    recreate(scope, cwd, "directory", removedAttributes(fs), what, mountRoot(inj.pid));
     warnings.push(
       `its working directory ${cwd} had been removed; it is back in an empty removed ` +
         `directory of that path, mode and owner, with another inode number`,

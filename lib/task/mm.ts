@@ -13,6 +13,7 @@ import {
 } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MmEntry, ProcessEntry } from "../image/schema.ts";
+import { mountRoot } from "../inspect/mount_root.ts";
 import type { Process, ProcStat } from "../inspect/process.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -40,7 +41,8 @@ export async function dumpExe(proc: Process): Promise<ProcessEntry["exe"]> {
   try {
     const path = await proc.exe();
     if (path.endsWith(" (deleted)")) return null;
-    const st = await Deno.stat(path);
+    // The executable itself: its path may name nothing in the tool's mount namespace.
+    const st = await Deno.stat(`/proc/${proc.pid}/exe`);
     return { path, size: st.size, mtimeMs: st.mtime?.getTime() ?? 0 };
   } catch {
     return null; // a kernel thread or an unreadable exe: restore without an exe link
@@ -66,7 +68,7 @@ export function restoreMm(inj: Injector, entry: ProcessEntry): void {
   let exeFd = -1;
   // The kernel refuses (EBUSY) to replace an exe link whose old file is still mapped: when the
   // dumped program is the stub's own (`sleep`), the link is already right, so leave it.
-  if (entry.exe && !sameFile(`/proc/${inj.pid}/exe`, entry.exe.path)) {
+  if (entry.exe && !sameFile(`/proc/${inj.pid}/exe`, mountRoot(inj.pid) + entry.exe.path)) {
     const path = inj.put(new TextEncoder().encode(entry.exe.path + "\0"), 8192);
     exeFd = Number(inj.call("openat", AT_FDCWD, path, 0, 0));
   }

@@ -66,6 +66,7 @@ import {
 } from "../../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../../errors.ts";
 import type { Fd } from "../../inspect/fds.ts";
+import { mountRoot } from "../../inspect/mount_root.ts";
 import type { FileEntry } from "../../image/schema.ts";
 import type { FileDumpContext, FileHandler, FileRestoreContext } from "../types.ts";
 import { abandonFd, asIds, injectClose, injectRaw, injectSocketpair, readU32 } from "../util.ts";
@@ -368,17 +369,21 @@ function absoluteUnixPath(e: SocketEntry, addr: Uint8Array | null): string {
   return path.startsWith("/") ? path : `${e.cwd.replace(/\/$/, "")}/${path}`;
 }
 
-/** What is at a UNIX socket path now: nothing, a socket file nobody is bound to, a socket some
- * process is bound to, or something else. */
-function unixPathState(path: string, type: number): "free" | "stale" | "bound" | "other" {
+/** What is at a UNIX socket path (found under `root`) now: nothing, a socket file nobody is
+ * bound to, a socket some process is bound to, or something else. */
+function unixPathState(
+  path: string,
+  type: number,
+  root: string,
+): "free" | "stale" | "bound" | "other" {
   let st: Deno.FileInfo;
   try {
-    st = Deno.lstatSync(path);
+    st = Deno.lstatSync(root + path);
   } catch {
     return "free";
   }
   if (!st.isSocket) return "other";
-  const addr = unixAddress(path);
+  const addr = unixAddress(root + path);
   if (!addr) return "stale"; // too long to probe; bind will tell
   const s = trySocket(AF.UNIX, type | SOCK.CLOEXEC | SOCK.NONBLOCK, 0);
   if (s < 0) return "stale";
@@ -410,13 +415,13 @@ function inetAddressFree(e: SocketEntry): boolean {
   }
 }
 
-function checkSocket(e: SocketEntry): string | null {
+function checkSocket(e: SocketEntry, root = ""): string | null {
   if (e.shutdown !== undefined && !(e.shutdown in SHUT_HOW)) {
     return `${e.description}: shutdown ${e.shutdown} is not 1, 2 or 3 (sk_shutdown)`;
   }
   const path = absoluteUnixPath(e, e.address);
   if (path && !e.pathFate) {
-    const st = unixPathState(path, e.type);
+    const st = unixPathState(path, e.type, root);
     if (st === "bound" || st === "other") return `${e.description}: ${path} ${PATH_PROBLEM[st]}`;
   }
   const inet = e.family === AF.INET || e.family === AF.INET6;
@@ -432,7 +437,7 @@ function checkSocket(e: SocketEntry): string | null {
     (e.multicast && multicastProblem(e.multicast));
   if (packetWhy) return `${e.description}: ${packetWhy}`;
   const peerPath = absoluteUnixPath(e, e.peer);
-  if (peerPath && !e.peerInImage && unixPathState(peerPath, e.type) !== "bound") {
+  if (peerPath && !e.peerInImage && unixPathState(peerPath, e.type, root) !== "bound") {
     return `${e.description}: nothing is bound to its peer ${peerPath} any more`;
   }
   return null;
@@ -469,9 +474,10 @@ function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: 
     : e.family === AF.PACKET
     ? packetBindAddress(e.address!)
     : e.address!;
+  const root = path ? mountRoot(ctx.pid) : "";
   if (path && !e.pathFate) {
-    const st = unixPathState(path, e.type);
-    if (st === "stale") Deno.removeSync(path);
+    const st = unixPathState(path, e.type, root);
+    if (st === "stale") Deno.removeSync(root + path);
     else if (st !== "free") throw new RestoreError(`${e.description}: ${path} ${PATH_PROBLEM[st]}`);
   }
   // A relative path is bound from the directory it resolved from; the process's own cwd comes
@@ -489,7 +495,7 @@ function bindAddress(e: SocketEntry, ctx: FileRestoreContext, fd: number, path: 
           : `errno ${code}`),
     );
   }
-  if (path && e.boundFile && !e.pathFate) restoreBoundFile(path, e.boundFile);
+  if (path && e.boundFile && !e.pathFate) restoreBoundFile(root + path, e.boundFile);
 }
 
 // Datagram sockets whose peer in the image was not made yet when they were: the tool's copy of
@@ -559,8 +565,10 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
     if (e.address && (e.family !== AF.NETLINK || netlinkBindAddress(e.address))) {
       const path = absoluteUnixPath(e, e.address);
       const bind = () => bindAddress(e, ctx, fd, path);
-      if (path && e.pathFate) bindGhost(path, e.pathFate, ctx.scope ?? ctx, e.description, bind);
-      else bind();
+      if (path && e.pathFate) {
+        const scope = ctx.scope ?? ctx;
+        bindGhost(path, e.pathFate, scope, e.description, bind, mountRoot(ctx.pid));
+      } else bind();
     }
     refill(e, ctx, fd);
     if (e.packet) restorePacket(ctx, fd, e.packet);

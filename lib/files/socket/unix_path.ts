@@ -26,6 +26,7 @@ import { unixPath } from "./address.ts";
 import { type UnixDiag, unixDiag } from "./diag.ts";
 import { socketHolders } from "./unix_pair.ts";
 import { entryExists } from "../util.ts";
+import { mountRoot } from "../../inspect/mount_root.ts";
 
 /** What became of a UNIX socket's path since bind(). */
 export type PathFate = "removed" | "replaced";
@@ -52,7 +53,7 @@ const SEARCH_DEPTH = 3, SEARCH_LIMIT = 4000;
  * then the directories below them, breadth first, a few levels and a few thousand at most (the
  * file found must be the very one, so a wider search cannot find a wrong one).
  */
-function* searchedDirectories(cwds: readonly string[]): Generator<string> {
+function* searchedDirectories(cwds: readonly string[], root: string): Generator<string> {
   const seen = new Set<string>();
   const fresh = (d: string) => !seen.has(d) && !!seen.add(d);
   for (const cwd of cwds) if (fresh(cwd)) yield cwd;
@@ -67,7 +68,7 @@ function* searchedDirectories(cwds: readonly string[]): Generator<string> {
     const next: string[] = [];
     for (const dir of level) {
       try {
-        for (const e of Deno.readDirSync(dir)) {
+        for (const e of Deno.readDirSync(root + dir)) {
           if (!e.isDirectory) continue;
           const d = join(dir, e.name);
           if (seen.size >= SEARCH_LIMIT) return;
@@ -85,28 +86,25 @@ function* searchedDirectories(cwds: readonly string[]): Generator<string> {
 /**
  * Where the path `path` of a socket bound to it resolves: the directory a relative path is
  * relative to (`cwd`, the first of `cwds`, the process's own, when sock_diag does not tell), and
- * whether its file was removed or replaced since (`fate`). Refuses, with `name` describing the
- * socket, a relative path whose file is found in no process's cwd.
+ * whether its file was removed or replaced since (`fate`), its paths found under `root`
+ * (lib/inspect/mount_root.ts). Refuses, with `name` describing the socket, a relative path whose
+ * file is found in no process's cwd.
  */
 export function locateBoundPath(
   path: string,
   file: UnixDiag["file"],
   cwds: readonly string[],
   name: string,
+  root = "",
 ): { cwd: string; fate: PathFate | null } {
   const cwd = cwds[0];
   if (!file) return { cwd, fate: null };
   if (path.startsWith("/")) {
-    if (isBoundFile(path, file)) return { cwd, fate: null };
-    let there = false;
-    try {
-      Deno.lstatSync(path);
-      there = true;
-    } catch { /* removed */ }
-    return { cwd, fate: there ? "replaced" : "removed" };
+    if (isBoundFile(root + path, file)) return { cwd, fate: null };
+    return { cwd, fate: entryExists(root + path) ? "replaced" : "removed" };
   }
-  for (const dir of searchedDirectories(cwds)) {
-    if (isBoundFile(join(dir, path), file)) return { cwd: dir, fate: null };
+  for (const dir of searchedDirectories(cwds, root)) {
+    if (isBoundFile(root + join(dir, path), file)) return { cwd: dir, fate: null };
   }
   throw new DumpError(
     `${name} is bound to the relative path ${path}, whose file is neither in, above nor ` +
@@ -177,19 +175,20 @@ export function dumpUnixPaths(
   const out: UnixPaths = { cwd: cwds[0] };
   const own = address ? unixPath(address) : "";
   const diag = own || peer ? unixDiag(fd.inode) : null;
+  const root = mountRoot(fd.pid);
   if (own) {
-    const { cwd, fate } = locateBoundPath(own, diag?.file ?? null, cwds, name);
+    const { cwd, fate } = locateBoundPath(own, diag?.file ?? null, cwds, name, root);
     out.cwd = cwd;
     if (fate) out.pathFate = fate;
     else if (diag?.file) {
-      const st = Deno.lstatSync(own.startsWith("/") ? own : join(cwd, own));
+      const st = Deno.lstatSync(root + (own.startsWith("/") ? own : join(cwd, own)));
       out.boundFile = { mode: (st.mode ?? 0) & 0o7777, uid: st.uid ?? 0, gid: st.gid ?? 0 };
     }
   }
   const peerPath = peer ? unixPath(peer) : "";
   if (peerPath.startsWith("/") && diag?.peer) {
     const peerFile = unixDiag(BigInt(diag.peer))?.file ?? null;
-    const { fate } = locateBoundPath(peerPath, peerFile, cwds, name);
+    const { fate } = locateBoundPath(peerPath, peerFile, cwds, name, root);
     if (fate === "replaced") {
       throw new DumpError(
         `${name} is connected to ${peerPath}, a socket whose path now names another file; ` +
@@ -218,6 +217,7 @@ const ghosts = new WeakMap<object, string[]>();
 /**
  * Binds the socket with `bind` at `path` (absolute), which was removed or replaced since the dump
  * (`fate`), and leaves the path as it is now; `scope` keeps a removed path until `unlinkGhosts`.
+ * The tool finds the path under `root` (lib/inspect/mount_root.ts); `bind` binds it inside.
  */
 export function bindGhost(
   path: string,
@@ -225,32 +225,38 @@ export function bindGhost(
   scope: object,
   what: string,
   bind: () => void,
+  root = "",
 ): void {
   const made: string[] = [];
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-  for (let d = dir; d !== "/" && !entryExists(d); d = d.slice(0, d.lastIndexOf("/")) || "/") {
-    made.unshift(d);
+  for (
+    let d = dir;
+    d !== "/" && !entryExists(root + d);
+    d = d.slice(0, d.lastIndexOf("/")) || "/"
+  ) {
+    made.unshift(root + d);
   }
+  const file = root + path;
   let aside: string | null = null;
   try {
     for (const d of made) Deno.mkdirSync(d, { mode: 0o700 });
-    if (entryExists(path)) {
-      aside = `${path}.tardigrade-aside-${Deno.pid}`;
+    if (entryExists(file)) {
+      aside = `${file}.tardigrade-aside-${Deno.pid}`;
       if (entryExists(aside)) throw new RestoreError(`${what}: ${aside} is in the way`);
-      Deno.renameSync(path, aside);
+      Deno.renameSync(file, aside);
     }
     bind();
     if (fate === "removed" && !aside && !made.length) {
       let list = ghosts.get(scope);
       if (!list) ghosts.set(scope, list = []);
-      list.push(path);
-    } else Deno.removeSync(path);
+      list.push(file);
+    } else Deno.removeSync(file);
   } finally {
     if (aside) {
       try {
-        Deno.removeSync(path);
+        Deno.removeSync(file);
       } catch { /* bind failed: nothing there */ }
-      Deno.renameSync(aside, path);
+      Deno.renameSync(aside, file);
     }
     for (const d of made.reverse()) {
       try {
