@@ -6,7 +6,13 @@
  * made it, read from /proc.
  */
 import { DumpError } from "../errors.ts";
-import { innermostPid, readComm, readProcLink, statusField } from "../inspect/procfs.ts";
+import {
+  innermostPid,
+  namespaceIds,
+  readComm,
+  readProcLink,
+  statusField,
+} from "../inspect/procfs.ts";
 
 /** The pid namespace (`pid:[4026532183]`) process `pid` lives in, or its children, or null. */
 function pidNamespace(pid: number, which: "pid" | "pid_for_children" = "pid"): string | null {
@@ -57,8 +63,8 @@ const NOT_YET = "nested pid namespaces are not dumped yet";
  * tool's: the restore makes one level only. Names each namespace between it and the tool's.
  */
 export function refuseNestedRoot(root: number): void {
-  const depth = (pid: number) => statusField(pid, "NSpid")?.split(/\s+/).length ?? 1;
-  if (depth(root) <= depth(Deno.pid) + 1) return;
+  // One level below the tool's: the container's own.
+  if (namespaceIds(root).length <= namespaceIds(Deno.pid).length + 1) return;
   const own = pidNamespace(Deno.pid);
   const levels: string[] = [];
   let outermostInit = root;

@@ -8,17 +8,8 @@
  */
 import { DumpError } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
-import { statusField } from "../inspect/procfs.ts";
+import { namespaceIds } from "../inspect/procfs.ts";
 import type { ProcessEntry } from "../image/schema.ts";
-
-/**
- * The ids of `field` (NSpid, NSsid, NSpgid) of host pid or tid `host` at `level` (0: the tool's
- * pid namespace); undefined when it has none there.
- */
-function idAtLevel(host: number, field: "NSpid" | "NSsid" | "NSpgid", level: number) {
-  const id = statusField(host, field)?.split(/\s+/)[level];
-  return id === undefined ? undefined : Number(id);
-}
 
 /** Host pid or tid → the id the container's processes see. */
 export class InnerPids {
@@ -32,17 +23,18 @@ export class InnerPids {
    */
   static read(tree: readonly FrozenProcess[], zombiesOf: (pid: number) => number[]): InnerPids {
     const ids = new InnerPids();
-    const level = (statusField(tree[0].pid, "NSpid")?.split(/\s+/).length ?? 1) - 1;
+    // The root's own namespace, the container's: ids at other levels are not what it sees.
+    const level = namespaceIds(tree[0].pid).length - 1;
     const read = (host: number) => {
-      const inner = idAtLevel(host, "NSpid", level);
+      const inner = namespaceIds(host)[level];
       if (inner !== undefined) ids.#inner.set(host, inner);
     };
     for (const f of tree) {
       for (const t of f.threads) read(t.tid);
       for (const host of [f.pid, ...zombiesOf(f.pid)]) {
         read(host);
-        const sid = idAtLevel(host, "NSsid", level);
-        const pgid = idAtLevel(host, "NSpgid", level);
+        const sid = namespaceIds(host, "NSsid")[level];
+        const pgid = namespaceIds(host, "NSpgid")[level];
         if (sid !== undefined && pgid !== undefined) ids.#groups.set(host, { sid, pgid });
       }
     }

@@ -4,7 +4,7 @@
  * the target once and kept at or above a floor, out of the way of the numbers being restored.
  */
 import { F } from "../../ffi/mod.ts";
-import { parseKeyValues, readProcText, statusField } from "../inspect/procfs.ts";
+import { namespaceIds, parseKeyValues, readProcText } from "../inspect/procfs.ts";
 import { RestoreError } from "../errors.ts";
 import type { Injector } from "./inject.ts";
 
@@ -13,8 +13,7 @@ import type { Injector } from "./inject.ts";
  * viewer's level (NSpid lists the tool's namespace first, the innermost last).
  */
 function pidSeenBy(pid: number, viewer: number): number {
-  const levels = (p: number) => statusField(p, "NSpid")?.split(/\s+/).map(Number) ?? [p];
-  const seen = levels(pid)[levels(viewer).length - 1];
+  const seen = namespaceIds(pid)[namespaceIds(viewer).length - 1];
   if (seen === undefined) {
     throw new RestoreError(
       `process ${viewer} cannot take a descriptor of process ${pid}, which lives in a pid ` +
