@@ -551,6 +551,52 @@ Deno.test(
         await stopContainer(c);
       }
     });
+    await t.step("a pid namespace nested inside, and its init", async () => {
+      // Inside the container, unshare makes a pid namespace (and a mount namespace with its
+      // /proc) whose init is sleep; the subshell leaves unshare a child of the container's init.
+      const nest = "(unshare --pid --fork --mount-proc sleep 600 >/dev/null 2>&1 &)";
+      const c = await startContainer(UNSHARE, nest);
+      const comm = (pid: number) => Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+      try {
+        let maker = 0, inner = 0;
+        await waitUntil(
+          () => {
+            maker = childrenOf(c.init).find((p) => comm(p) === "unshare") ?? 0;
+            inner = maker ? childrenOf(maker)[0] ?? 0 : 0;
+            return inner > 0 && ns(inner, "pid") !== ns(maker, "pid");
+          },
+          5000,
+          "the nested pid namespace to be made",
+        );
+        const nested = ns(inner, "pid").replace(/[[\]]/g, "\\$&");
+        await assertRefused(
+          c,
+          c.init,
+          new RegExp(
+            `process ${maker} \\(unshare\\) made pid namespace ${nested}, held by its init ` +
+              `${inner} \\(sleep\\) for its children \\(unshare --pid\\), nested in the pid ` +
+              `namespace of the dump's root ${c.init}: ` +
+              `nested pid namespaces are not dumped yet`,
+          ),
+        );
+        await assertRefused(
+          c,
+          inner,
+          new RegExp(
+            `process ${inner} \\(sleep\\) lives in a pid namespace nested in another one than ` +
+              `tardigrade's \\(innermost first: ${nested}, held by its init ${inner} .*; inside ` +
+              `pid:\\[\\d+\\], held by its init ${c.init} .*nsenter --target ${c.init} --all`,
+          ),
+        );
+        assert.equal(nspid(inner).length, 3, "a pid in the host's, the container's and its own");
+        assert.equal(nspid(inner)[2], 1);
+        const status = Deno.readTextFileSync(`/proc/${inner}/status`);
+        assert.match(status, /^State:\s+S /m, "the nested init sleeps on, not stopped");
+        assert.match(status, /^TracerPid:\s+0$/m, "nor traced");
+      } finally {
+        await stopContainer(c);
+      }
+    });
     await t.step("a namespace a process outside the dump holds", async () => {
       const c = await startContainer();
       const holder = new Deno.Command("nsenter", {
@@ -673,6 +719,37 @@ Deno.test(
     } finally {
       if (restored) await killAndReap(restored.pid);
       await killAndReap(child).catch(() => {});
+      await killAndReap(u.pid);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "container: a process that made a pid namespace for its children is refused, also alone",
+    notInstalled("unshare", "cc"),
+  ),
+  async () => {
+    // Its children would come back in its own pid namespace: refused, naming the one it made.
+    const args = ["--pid", "--fork", "--mount-proc", await fixture("r_memory")];
+    const u = await spawnTarget("unshare", args, { ready: /^READY /m, append: true });
+    const [init] = childrenOf(u.pid);
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-container-" });
+    try {
+      for (const single of [false, true]) {
+        await assert.rejects(
+          () => checkpoint(u.pid, `${dir}/refused`, { single }),
+          new RegExp(
+            `process ${u.pid} \\(unshare\\) made pid namespace pid:\\[\\d+\\], held by its ` +
+              `init ${init} \\(r_memory\\) for its children .*; dump its init ${init} as a ` +
+              `container instead`,
+          ),
+        );
+      }
+      assert.equal(await u.check(init), "PASS", u.output());
+    } finally {
+      await killAndReap(init);
       await killAndReap(u.pid);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }

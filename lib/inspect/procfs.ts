@@ -80,8 +80,20 @@ export function statusField(pid: number, name: string, tid = pid): string | unde
  * another process of the same namespace names it. Without a new namespace it is `hostPid`.
  */
 export function innermostPid(hostPid: number): number {
-  const nspid = statusField(hostPid, "NSpid")?.split(/\s+/);
-  return nspid?.length ? Number(nspid[nspid.length - 1]) : hostPid;
+  const nspid = namespaceIds(hostPid);
+  return nspid.length ? nspid[nspid.length - 1] : hostPid;
+}
+
+/**
+ * The ids of `field` (NSpid, NSsid, NSpgid) of host pid or tid `hostPid`: one per pid namespace
+ * from the tool's (first) down to its own (last), 0 where a session or group leader is not in
+ * that namespace; empty when it is gone.
+ */
+export function namespaceIds(
+  hostPid: number,
+  field: "NSpid" | "NSsid" | "NSpgid" = "NSpid",
+): number[] {
+  return statusField(hostPid, field)?.split(/\s+/).map(Number) ?? [];
 }
 
 /** One line of /proc/PID/mountinfo. */

@@ -8,6 +8,7 @@
  */
 import { DumpError } from "../errors.ts";
 import type { JoinableKind } from "./joined.ts";
+import { refuseNestedPidNamespace, refuseNestedRoot } from "./nested_pid.ts";
 import {
   innermostPid,
   processState,
@@ -111,14 +112,8 @@ export function containerKinds(root: number, joined: readonly JoinableKind[] = [
     );
   }
   if (kinds.includes("pid")) {
+    refuseNestedRoot(root);
     const inner = innermostPid(root);
-    const depth = (pid: number) => statusField(pid, "NSpid")?.split(/\s+/).length ?? 1;
-    if (depth(root) !== depth(Deno.pid) + 1) {
-      throw new DumpError(
-        `process ${root} lives in a pid namespace nested in another one than tardigrade's: ` +
-          `nested pid namespaces are not dumped yet`,
-      );
-    }
     if (inner !== 1) {
       throw new DumpError(
         `process ${root} is pid ${inner} of its pid namespace, not its init: a container is ` +
@@ -141,6 +136,7 @@ export function checkSameNamespaces(pid: number, root: number): void {
         `entering it), which tardigrade does not dump`,
     );
   }
+  refuseNestedPidNamespace(pid, root);
   if (pid === root) return;
   for (const k of NAMESPACE_KINDS) {
     const ns = namespaceOf(pid, k);

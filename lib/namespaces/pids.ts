@@ -1,13 +1,14 @@
 /**
  * Pids inside a container's pid namespace. The tool reads the processes from outside, by their
  * host pids; the image keeps the ids the processes see (the container's init is 1), which the
- * restore gives them again inside a fresh pid namespace. Sessions and process groups are asked
- * of each process itself (getsid, getpgid injected): one led by a process outside the namespace
- * is 0 there, as the kernel says.
+ * restore gives them again inside a fresh pid namespace. Every id is read at the level of the
+ * container's pid namespace from /proc/PID/status (NSpid, NSsid, NSpgid list an id for each level
+ * from the tool's down): a session or process group led by a process outside the namespace is 0
+ * there, as getsid and getpgid say inside.
  */
 import { DumpError } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
-import { innermostPid } from "../inspect/procfs.ts";
+import { namespaceIds } from "../inspect/procfs.ts";
 import type { ProcessEntry } from "../image/schema.ts";
 
 /** Host pid or tid → the id the container's processes see. */
@@ -17,25 +18,25 @@ export class InnerPids {
   readonly #groups = new Map<number, { sid: number; pgid: number }>();
 
   /**
-   * Reads the inner id of every process, thread and zombie child of the frozen `tree`, and asks
-   * each process its session and group, and those of its zombie children.
+   * Reads the inner id of every process, thread and zombie child of the frozen `tree`, whose root
+   * is its pid namespace's init, with the session and group of every process and zombie.
    */
   static read(tree: readonly FrozenProcess[], zombiesOf: (pid: number) => number[]): InnerPids {
     const ids = new InnerPids();
+    // The root's own namespace, the container's: ids at other levels are not what it sees.
+    const level = namespaceIds(tree[0].pid).length - 1;
+    const read = (host: number) => {
+      const inner = namespaceIds(host)[level];
+      if (inner !== undefined) ids.#inner.set(host, inner);
+    };
     for (const f of tree) {
-      for (const t of f.threads) ids.#inner.set(t.tid, innermostPid(t.tid));
-      const inj = f.injector;
-      const ask = (hostPid: number) => {
-        const inner = innermostPid(hostPid);
-        ids.#inner.set(hostPid, inner);
-        const self = hostPid === f.pid ? 0 : inner;
-        ids.#groups.set(hostPid, {
-          sid: Number(inj.call("getsid", self)),
-          pgid: Number(inj.call("getpgid", self)),
-        });
-      };
-      ask(f.pid);
-      for (const z of zombiesOf(f.pid)) ask(z);
+      for (const t of f.threads) read(t.tid);
+      for (const host of [f.pid, ...zombiesOf(f.pid)]) {
+        read(host);
+        const sid = namespaceIds(host, "NSsid")[level];
+        const pgid = namespaceIds(host, "NSpgid")[level];
+        if (sid !== undefined && pgid !== undefined) ids.#groups.set(host, { sid, pgid });
+      }
     }
     return ids;
   }

@@ -4,8 +4,24 @@
  * the target once and kept at or above a floor, out of the way of the numbers being restored.
  */
 import { F } from "../../ffi/mod.ts";
-import { innermostPid } from "../inspect/procfs.ts";
+import { namespaceIds, parseKeyValues, readProcText } from "../inspect/procfs.ts";
+import { RestoreError } from "../errors.ts";
 import type { Injector } from "./inject.ts";
+
+/**
+ * The pid of host pid `pid` in the pid namespace of host pid `viewer`: its NSpid at the
+ * viewer's level (NSpid lists the tool's namespace first, the innermost last).
+ */
+function pidSeenBy(pid: number, viewer: number): number {
+  const seen = namespaceIds(pid)[namespaceIds(viewer).length - 1];
+  if (seen === undefined) {
+    throw new RestoreError(
+      `process ${viewer} cannot take a descriptor of process ${pid}, which lives in a pid ` +
+        `namespace around its own`,
+    );
+  }
+  return seen;
+}
 
 /** Takes descriptors into the process `inj` runs in; `using` closes the pidfds it opened there. */
 export class FdTaker implements Disposable {
@@ -22,8 +38,19 @@ export class FdTaker implements Disposable {
   #pidfdOf(pid: number): number {
     let pidfd = this.#pidfds.get(pid);
     if (pidfd === undefined) {
-      // The owner's pid as the target names it: they share the innermost pid namespace.
-      pidfd = Number(this.inj.call("pidfd_open", innermostPid(pid), 0));
+      pidfd = Number(this.inj.call("pidfd_open", pidSeenBy(pid, this.inj.pid), 0));
+      // The same number may name another process in a sibling namespace: the tool's /proc
+      // shows whom the pidfd opened (by host pid).
+      const opened = Number(
+        parseKeyValues(readProcText(this.inj.pid, `fdinfo/${pidfd}`)).get("Pid"),
+      );
+      if (opened !== pid) {
+        this.inj.call("close", pidfd);
+        throw new RestoreError(
+          `process ${this.inj.pid} cannot take a descriptor of process ${pid}: ${pid} is not ` +
+            `in its pid namespace nor one nested in it`,
+        );
+      }
       if (pidfd < this.floor) {
         const moved = Number(this.inj.call("fcntl", pidfd, F.DUPFD_CLOEXEC, this.floor));
         this.inj.queue("close", [pidfd]); // made with the next call
