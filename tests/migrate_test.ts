@@ -31,8 +31,15 @@ interface Receiver {
   done: Promise<number>;
 }
 
+// What the tests write under /tmp (received images of a GiB, keys) goes when the file is done.
+const made: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const path of made) Deno.removeSync(path, { recursive: true });
+});
+
 async function startReceiver(key: string): Promise<Receiver> {
   const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  made.push(dir);
   const process = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "main.ts", "serve", "--listen", "127.0.0.1:0", "--key", key, "--once"]
       .concat(["--dir", dir]),
@@ -59,6 +66,7 @@ async function startReceiver(key: string): Promise<Receiver> {
 
 function keyFile(): string {
   const path = Deno.makeTempFileSync({ prefix: "tardigrade-key-" });
+  made.push(path);
   Deno.writeFileSync(path, crypto.getRandomValues(new Uint8Array(32)));
   return path;
 }
@@ -240,6 +248,7 @@ Deno.test("serve: a peer that connects and says nothing is dropped after the han
 Deno.test("migrate: when the receiver's restore fails on one machine, the process comes back here", async () => {
   const key = keyFile();
   const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  made.push(dir);
   let port = 0;
   const sessions = serve({
     hostname: "127.0.0.1",
