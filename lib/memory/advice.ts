@@ -118,8 +118,10 @@ export interface VmaState {
 
 /**
  * VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is
- * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes and
- * only the lines wanted are decoded.
+ * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes,
+ * and of each entry only its first line (the start address), `KernelPageSize:` and `VmFlags:`
+ * (its last line) are looked at, found by byte search rather than line by line. Entries with the
+ * same flags share one (read-only) array.
  */
 export function vmaStates(pid: number): Map<bigint, VmaState> {
   const out = new Map<bigint, VmaState>();
@@ -129,31 +131,66 @@ export function vmaStates(pid: number): Map<bigint, VmaState> {
   } catch {
     return out;
   }
-  const text = (from: number, to: number) => latin1.decode(bytes.subarray(from, to));
-  let state: VmaState | undefined;
+  const flagLists = new Map<string, string[]>();
   for (let at = 0; at < bytes.length;) {
-    let end = bytes.indexOf(NEWLINE, at);
+    // `start-end perms …`, as in maps, then the entry's fields up to its `VmFlags:` line.
+    const start = hexAt(bytes, at);
+    const flagsAt = lineStarting(bytes, VMFLAGS, at);
+    if (start === undefined || flagsAt < 0) break;
+    let end = bytes.indexOf(NEWLINE, flagsAt);
     if (end < 0) end = bytes.length;
-    const c = bytes[at];
-    if ((c >= DIGIT_0 && c <= DIGIT_9) || (c >= LOWER_A && c <= LOWER_F)) {
-      // A mapping's first line, as in maps: `start-end perms …`.
-      state = { flags: [], pageSize: 4096 };
-      out.set(BigInt(`0x${text(at, bytes.indexOf(DASH, at))}`), state);
-    } else if (state && startsWith(bytes, at, VMFLAGS)) {
-      state.flags = text(at + VMFLAGS.length, end).trim().split(/\s+/).filter((f) => f !== "");
-    } else if (state && startsWith(bytes, at, PAGE_SIZE)) {
-      state.pageSize = parseInt(text(at + PAGE_SIZE.length, end)) * 1024;
-    }
+    const sizeAt = lineStarting(bytes, PAGE_SIZE, at, flagsAt);
+    const raw = String.fromCharCode(...bytes.subarray(flagsAt + VMFLAGS.length, end));
+    let flags = flagLists.get(raw);
+    if (!flags) flagLists.set(raw, flags = raw.trim().split(/\s+/).filter((f) => f !== ""));
+    const pageSize = sizeAt < 0 ? 4096 : decimalAt(bytes, sizeAt + PAGE_SIZE.length) * 1024;
+    out.set(start, { flags, pageSize });
     at = end + 1;
   }
   return out;
 }
 
-const latin1 = new TextDecoder("latin1");
 const ascii = (s: string) => new TextEncoder().encode(s);
 const VMFLAGS = ascii("VmFlags:");
 const PAGE_SIZE = ascii("KernelPageSize:");
-const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F] = ascii("\n-09af");
+const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F, SPACE] = ascii("\n-09af ");
+
+/**
+ * Where the first line from `from` (a line's start) before `to` that begins with `prefix`
+ * begins; -1 when none does.
+ */
+function lineStarting(bytes: Uint8Array, prefix: Uint8Array, from: number, to = bytes.length) {
+  for (let at = bytes.indexOf(prefix[0], from); at >= 0 && at < to;) {
+    if ((at === from || bytes[at - 1] === NEWLINE) && startsWith(bytes, at, prefix)) return at;
+    at = bytes.indexOf(prefix[0], at + 1);
+  }
+  return -1;
+}
+
+/** The hexadecimal number at `at`, ended by a dash (a maps range's start); undefined if none. */
+function hexAt(bytes: Uint8Array, at: number): bigint | undefined {
+  // Two halves of 32 bits: an address of 64 bits is past a double's exact integers.
+  let hi = 0, lo = 0, digits = 0;
+  for (;; at++, digits++) {
+    const c = bytes[at];
+    let v: number;
+    if (c >= DIGIT_0 && c <= DIGIT_9) v = c - DIGIT_0;
+    else if (c >= LOWER_A && c <= LOWER_F) v = c - LOWER_A + 10;
+    else {return c === DASH && digits > 0 && digits <= 16
+        ? (BigInt(hi) << 32n) | BigInt(lo)
+        : undefined;}
+    hi = hi * 16 + (lo >>> 28);
+    lo = ((lo << 4) | v) >>> 0;
+  }
+}
+
+/** The decimal number at `at`, after spaces. */
+function decimalAt(bytes: Uint8Array, at: number): number {
+  while (bytes[at] === SPACE) at++;
+  let n = 0;
+  for (; bytes[at] >= DIGIT_0 && bytes[at] <= DIGIT_9; at++) n = n * 10 + bytes[at] - DIGIT_0;
+  return n;
+}
 
 /** Whether `bytes` has `prefix` at `at`. */
 function startsWith(bytes: Uint8Array, at: number, prefix: Uint8Array): boolean {
