@@ -127,7 +127,9 @@ export function cloneWithId(
 /**
  * Makes threads with the ids `ids` in the process `inj` runs in (a restore's, which dies with
  * the tool), as `cloneWithId` does, but with their clone3 calls queued: made in one run of the
- * syscall runner, a stop per thread for its CLONE event instead of an injection each. An id
+ * syscall runner, a stop per thread for its CLONE event instead of an injection each. A thread
+ * so made would start inside the runner, but it never runs there: attached at birth, it stops
+ * before reaching user mode, and the restore sets every register of it before it runs. An id
  * still held by a thread being freed is made alone again (`cloneWithId` waits for it). Returns
  * their ids as the tool sees them, in order.
  */
