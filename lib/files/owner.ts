@@ -54,12 +54,7 @@ export function describeOwner(owner: FileOwner): string {
  */
 export function readOwner(inj: Injector, fd: number, flags: number, pidfd?: number): OwnerState {
   if (flags & O.PATH) return {};
-  let copy = -1;
-  if (pidfd !== undefined) {
-    try {
-      copy = pidfdGetfd(pidfd, fd);
-    } catch { /* asked inside it */ }
-  }
+  const copy = pidfd === undefined ? -1 : copyOf(pidfd, fd); // else asked inside it
   if (copy >= 0) {
     try {
       return copiedOwner(copy);
@@ -73,6 +68,15 @@ export function readOwner(inj: Injector, fd: number, flags: number, pidfd?: numb
     got ? inj.mem.read(at, F_OWNER_EX_SIZE) : undefined,
     Number(inj.raw(SYS.fcntl, fd, F.GETSIG)),
   );
+}
+
+/** The tool's copy of descriptor `fd` of the process `pidfd` names (pidfd_getfd); -1 if none. */
+export function copyOf(pidfd: number, fd: number): number {
+  try {
+    return pidfdGetfd(pidfd, fd);
+  } catch {
+    return -1;
+  }
 }
 
 /**

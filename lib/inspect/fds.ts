@@ -496,26 +496,30 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
 /** What `readFdCopy` reads of a descriptor: all but its fdinfo (position, mount, the kind's own). */
 export type FdWithoutInfo = Omit<Fd, "position" | "mntId" | "info">;
 
-/**
- * Reads descriptor `fd` of process `pid` without its fdinfo, from `copy`: the same open file,
- * taken into the tool (pidfd_getfd). Its link, and fstat and F_GETFL of the copy, cost a third
- * of stat and fdinfo. Close-on-exec is the descriptor's own, not the copy's: `closeOnExec`
- * gives it. Null when the descriptor was closed meanwhile.
- */
-export function readFdCopy(
-  pid: number,
-  fd: number,
-  copy: number,
-  closeOnExec: boolean,
-  files: FileTable,
-): FdWithoutInfo | null {
-  let target: string;
+/** The link of descriptor `fd` of process `pid` (`readFd`'s `target`); null once it is closed. */
+export function readFdLink(pid: number, fd: number): string | null {
   try {
-    target = Deno.readLinkSync(procPath(pid, `fd/${fd}`));
+    return Deno.readLinkSync(procPath(pid, `fd/${fd}`));
   } catch (err) {
     if (err instanceof Deno.errors.NotFound && procExists(pid)) return null;
     throw procError(err, pid, `fd ${fd}`);
   }
+}
+
+/**
+ * Reads descriptor `fd` of process `pid`, whose link is `target` (`readFdLink`), without its
+ * fdinfo, from `copy`: the same open file, taken into the tool (pidfd_getfd). fstat and F_GETFL
+ * of the copy cost a third of stat and fdinfo. Close-on-exec is the descriptor's own, not the
+ * copy's: `closeOnExec` gives it. Null when the descriptor was closed meanwhile.
+ */
+export function readFdCopy(
+  pid: number,
+  fd: number,
+  target: string,
+  copy: number,
+  closeOnExec: boolean,
+  files: FileTable,
+): FdWithoutInfo | null {
   const st = fstat(copy);
   const file = identify(pid, fd, target, files, st.mode, st.rdev, st.dev, st.ino);
   if (!file) return null;

@@ -45,7 +45,6 @@ import {
   O,
   O_SYNC_BIT,
   open,
-  pidfdGetfd,
   pidfdOpen,
   RLIMIT,
   SETFL_MASK,
@@ -53,7 +52,7 @@ import {
   syscall,
 } from "../../ffi/mod.ts";
 import { readLocks } from "../files/locks.ts";
-import { copiedOwner, type OwnerState, readOwner } from "../files/owner.ts";
+import { copiedOwner, copyOf, type OwnerState, readOwner } from "../files/owner.ts";
 import { copiesAreHarmless, copyIsHarmless } from "../files/socket/socket_copy.ts";
 import type {
   CgroupMembership,
@@ -78,6 +77,7 @@ import {
   type PidfdInfo,
   readFd,
   readFdCopy,
+  readFdLink,
 } from "../inspect/fds.ts";
 import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
@@ -642,6 +642,8 @@ interface Sharing {
   liveOf: Map<string, number>;
   /** Live open files whose owner and signal were compared already. */
   ownersSeen: Set<number>;
+  /** Sockets read already (from a copy), by link: their inode has one open file. */
+  sockets: Map<string, FdWithoutInfo>;
 }
 
 /**
@@ -657,8 +659,9 @@ type LiveFd = FdWithoutInfo & Partial<Pick<Fd, "position" | "info">>;
  * Compares the descriptor table; records who shares what in `sharing` for the tree check. In a
  * restored process (which dies with the tool), every descriptor's close-on-exec is asked in it
  * in one round trip of queued fcntl(F_GETFD), and a descriptor whose fdinfo holds nothing
- * compared is read from a copy of it (`readFdCopy`: its status flags, owner and signal by fcntl
- * of the copy) instead of from fdinfo: the same kernel state, in a third of the time.
+ * compared is read from a copy of it (`readByCopy`: its status flags, owner and signal by fcntl
+ * of the copy; a socket once for the tree) instead of from fdinfo: the same kernel state, in a
+ * third of the time.
  */
 function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Sharing): void {
   const e = p.entry;
@@ -682,21 +685,10 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
       const f = files.get(want.file);
       if (!present.has(want.fd) || !f) continue;
       const at = `fd ${want.fd}`;
-      let got: LiveFd | null, owner: OwnerState | undefined;
-      const copy = viaCopy(want) ? copyOf(pidfd, want.fd) : -1;
-      if (copy >= 0) {
-        try {
-          const closeOnExec = (descriptorFlags.get(want.fd)!() & BigInt(FD_CLOEXEC)) !== 0n;
-          got = readFdCopy(p.hostPid, want.fd, copy, closeOnExec, table);
-          if (got && !sharing.ownersSeen.has(got.fileId)) {
-            owner = got.flags & O.PATH ? {} : copiedOwner(copy);
-          }
-        } finally {
-          close(copy);
-        }
-      } else {
-        got = readFd(p.hostPid, want.fd, table);
-      }
+      const flagsOf = descriptorFlags.get(want.fd);
+      const { got, owner } = flagsOf
+        ? readByCopy(p.hostPid, want.fd, flagsOf, pidfd, table, sharing)
+        : { got: readFd(p.hostPid, want.fd, table) };
       if (!got) continue;
       d.same(at, "close-on-exec", want.closeOnExec, got.closeOnExec);
       d.same(at, "flags", flagText(f.flags), flagText(got.flags));
@@ -723,12 +715,39 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
   }
 }
 
-/** The tool's copy of descriptor `fd` of the process `pidfd` names; -1 when none can be had. */
-function copyOf(pidfd: number, fd: number): number {
+/**
+ * Descriptor `fd` of process `pid`, read from a copy of it (`readFdCopy`) with the close-on-exec
+ * `flagsOf` gives (its F_GETFD), and the owner and signal of its open file where they were not
+ * compared yet; read with fdinfo where no copy can be had. A socket's inode has one open file:
+ * one read already gave its state (a tree's inherited sockets), but for this descriptor's
+ * close-on-exec.
+ */
+function readByCopy(
+  pid: number,
+  fd: number,
+  flagsOf: () => bigint,
+  pidfd: number,
+  table: FileTable,
+  sharing: Sharing,
+): { got: LiveFd | null; owner?: OwnerState } {
+  const closeOnExec = (flagsOf() & BigInt(FD_CLOEXEC)) !== 0n;
+  const target = readFdLink(pid, fd);
+  if (target === null) return { got: null };
+  const seen = sharing.sockets.get(target);
+  if (seen) {
+    const flags = (seen.flags & ~O.CLOEXEC) | (closeOnExec ? O.CLOEXEC : 0);
+    return { got: { ...seen, pid, fd, flags, closeOnExec } };
+  }
+  const copy = copyOf(pidfd, fd);
+  if (copy < 0) return { got: readFd(pid, fd, table) };
   try {
-    return pidfdGetfd(pidfd, fd);
-  } catch {
-    return -1;
+    const got = readFdCopy(pid, fd, target, copy, closeOnExec, table);
+    if (!got) return { got };
+    if (target.startsWith("socket:[")) sharing.sockets.set(target, got);
+    if (sharing.ownersSeen.has(got.fileId)) return { got };
+    return { got, owner: got.flags & O.PATH ? {} : copiedOwner(copy) };
+  } finally {
+    close(copy);
   }
 }
 
@@ -872,7 +891,12 @@ function flagText(flags: number): string {
 export async function compareWithImage(tree: RestoredProcess[]): Promise<Difference[]> {
   const diffs: Difference[] = [];
   const table = new FileTable();
-  const sharing: Sharing = { imageOf: new Map(), liveOf: new Map(), ownersSeen: new Set() };
+  const sharing: Sharing = {
+    imageOf: new Map(),
+    liveOf: new Map(),
+    ownersSeen: new Set(),
+    sockets: new Map(),
+  };
   for (const p of tree) {
     const d = new Diff(p.entry.pid);
     const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
