@@ -116,21 +116,34 @@ export interface VmaState {
   pageSize: number;
 }
 
-/**
- * VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is
- * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes,
- * and of each entry only its first line (the start address), `KernelPageSize:` and `VmFlags:`
- * (its last line) are looked at, found by byte search rather than line by line. Entries with the
- * same flags share one (read-only) array.
- */
+/** VmFlags and page size of every mapping of `pid`, by start address (`parseVmaStates`). */
 export function vmaStates(pid: number): Map<bigint, VmaState> {
-  const out = new Map<bigint, VmaState>();
   let bytes: Uint8Array;
   try {
     bytes = Deno.readFileSync(`/proc/${pid}/smaps`);
   } catch {
-    return out;
+    bytes = new Uint8Array();
   }
+  return parseVmaStates(bytes);
+}
+
+/**
+ * /proc/PID/smaps of `pid`, read on another thread (empty if unreadable): the kernel spends some
+ * 3 µs a mapping making it, which the caller may spend on something else meanwhile.
+ */
+export function readSmaps(pid: number): Promise<Uint8Array> {
+  return Deno.readFile(`/proc/${pid}/smaps`).catch(() => new Uint8Array());
+}
+
+/**
+ * VmFlags and page size of every mapping in `bytes`, smaps as read (empty for no bytes), by start
+ * address. smaps has some 25 lines a mapping (tens of MB for 50,000): of each entry only its
+ * first line (the start address), `KernelPageSize:` and `VmFlags:` (its last line) are looked
+ * at, found by byte search rather than line by line. Entries with the same flags share one
+ * (read-only) array.
+ */
+export function parseVmaStates(bytes: Uint8Array): Map<bigint, VmaState> {
+  const out = new Map<bigint, VmaState>();
   const flagLists = new Map<string, string[]>();
   for (let at = 0; at < bytes.length;) {
     // `start-end perms …`, as in maps, then the entry's fields up to its `VmFlags:` line.

@@ -83,7 +83,7 @@ import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { threadIds } from "../inspect/procfs.ts";
-import { keptFlags, vmaStates } from "../memory/advice.ts";
+import { keptFlags, parseVmaStates, readSmaps } from "../memory/advice.ts";
 import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
 import { PROCESS_META, processMetaName } from "../image/schema.ts";
@@ -528,11 +528,18 @@ function imageSpan(m: MappingEntry): Span {
   };
 }
 
-/** Compares the address space (special mappings by address, the rest as merged spans). */
-function compareMappings(p: RestoredProcess, d: Diff): void {
+/**
+ * Compares the address space (special mappings by address, the rest as merged spans); `smaps`
+ * is the process's, read once it was made (`readSmaps`).
+ */
+async function compareMappings(
+  p: RestoredProcess,
+  d: Diff,
+  smaps: Promise<Uint8Array>,
+): Promise<void> {
   const e = p.entry;
   const live = listMappings(p.hostPid);
-  const states = vmaStates(p.hostPid);
+  const states = parseVmaStates(await smaps);
   const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
   const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
   const spans: Span[] = [];
@@ -897,7 +904,12 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
     ownersSeen: new Set(),
     sockets: new Map(),
   };
-  for (const p of tree) {
+  // Each process's smaps is made by the kernel on another thread while the one before it and
+  // the rest of it are compared.
+  let smaps = tree.length ? readSmaps(tree[0].hostPid) : undefined;
+  for (const [i, p] of tree.entries()) {
+    const own = smaps!;
+    smaps = i + 1 < tree.length ? readSmaps(tree[i + 1].hostPid) : undefined;
     const d = new Diff(p.entry.pid);
     const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
     const batched = <T>(body: () => T): T => p.diesWithTool ? main.batch(body) : body();
@@ -906,7 +918,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
       comparePosixTimers(p, d);
     });
     compareThreads(p, d);
-    compareMappings(p, d);
+    await compareMappings(p, d, own);
     compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);
     diffs.push(...d.list);
