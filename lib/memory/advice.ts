@@ -12,6 +12,7 @@
  * access mode its file is opened with (mapping.ts).
  */
 import { MADV, MLOCK } from "../../ffi/mod.ts";
+import { Unsupported } from "../errors.ts";
 import type { MappingEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -149,7 +150,11 @@ export function parseVmaStates(bytes: Uint8Array): Map<bigint, VmaState> {
     // `start-end perms …`, as in maps, then the entry's fields up to its `VmFlags:` line.
     const start = hexAt(bytes, at);
     const flagsAt = lineStarting(bytes, VMFLAGS, at);
-    if (start === undefined || flagsAt < 0) break;
+    if (start === undefined || flagsAt < 0) {
+      // Every entry has both since Linux 3.8: a mapping must not go by without its flags.
+      const line = latin1.decode(bytes.subarray(at, at + 80)).split("\n")[0];
+      throw new Unsupported(`smaps: an entry of a format not known to the tool at "${line}"`);
+    }
     let end = bytes.indexOf(NEWLINE, flagsAt);
     if (end < 0) end = bytes.length;
     const sizeAt = lineStarting(bytes, PAGE_SIZE, at, flagsAt);
@@ -164,6 +169,7 @@ export function parseVmaStates(bytes: Uint8Array): Map<bigint, VmaState> {
 }
 
 const ascii = (s: string) => new TextEncoder().encode(s);
+const latin1 = new TextDecoder("latin1");
 const VMFLAGS = ascii("VmFlags:");
 const PAGE_SIZE = ascii("KernelPageSize:");
 const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F, SPACE] = ascii("\n-09af ");
