@@ -698,7 +698,9 @@ function compareFds(p: RestoredProcess, d: Diff, table: FileTable, sharing: Shar
         : { got: readFd(p.hostPid, want.fd, table) };
       if (!got) continue;
       d.same(at, "close-on-exec", want.closeOnExec, got.closeOnExec);
-      d.same(at, "flags", flagText(f.flags), flagText(got.flags));
+      if ((f.flags & STATUS_FLAGS) !== (got.flags & STATUS_FLAGS)) {
+        d.add(at, "flags", flagText(f.flags), flagText(got.flags)); // spelled out where they differ
+      }
       const kinds = FD_KINDS[f.kind];
       if (kinds && !kinds.includes(got.kind)) d.add(at, "kind", f.kind, got.kind);
       if (!sharing.ownersSeen.has(got.fileId)) {
