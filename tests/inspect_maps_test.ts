@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { close, pread } from "../ffi/mod.ts";
 import { type Mapping, Process } from "../mod.ts";
 import { listMappings } from "../lib/inspect/mappings.ts";
+import { vmaStates } from "../lib/memory/advice.ts";
 import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 /** Parses /proc/PID/maps independently of the SDK: whitespace-split columns. */
@@ -144,5 +145,25 @@ Deno.test("mappings: findMapping answers point lookups, also for [vsyscall]", as
     assert.equal(await p.findMapping(0x1000n), null);
     const ioctlList = await all(p, "ioctl");
     assert.deepEqual(ioctlList.map(view), maps.map(view));
+  });
+});
+
+Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", async () => {
+  // A process with advice and locks of its own (r_madvise), sleeping: its smaps stays as it is.
+  const t = await spawnTarget(await fixture("r_madvise"), [], { ready: /^READY /m });
+  await withTarget(t, () => {
+    const states = vmaStates(t.pid);
+    const text = Deno.readTextFileSync(`/proc/${t.pid}/smaps`);
+    // Independently of the SDK: split into entries at each `start-end ` first line.
+    const entries = text.trimEnd().split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
+    assert.ok(text.includes(" wf") && text.includes(" lf"), "the fixture's own flags");
+    for (const entry of entries) {
+      const start = BigInt(`0x${entry.slice(0, entry.indexOf("-"))}`);
+      const flags = /^VmFlags:(.*)$/m.exec(entry)![1].trim().split(/\s+/);
+      const kib = Number(/^KernelPageSize:\s+(\d+) kB$/m.exec(entry)![1]);
+      assert.deepEqual(states.get(start), { flags, pageSize: kib * 1024 }, entry.split("\n")[0]);
+    }
+    assert.equal(states.size, entries.length);
+    return Promise.resolve();
   });
 });

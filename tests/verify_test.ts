@@ -7,7 +7,7 @@
  * finds nothing after a plain restore.
  */
 import assert from "node:assert/strict";
-import { addressOf, RLIMIT, syscall } from "../ffi/mod.ts";
+import { addressOf, close, F, O, pidfdGetfd, pidfdOpen, RLIMIT, SIG, syscall } from "../ffi/mod.ts";
 import { checkpoint, type Difference, restore, RestoreError, verifyRestored } from "../mod.ts";
 import { cli, fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 
@@ -97,6 +97,37 @@ Deno.test("verify: a restored process matches its image (SDK and inspect --compa
     assert.equal(again.code, 1);
     assert.match(again.stdout, /rlimit NOFILE \(soft, hard\): image \[.*\], kernel \[19, /);
     assert.equal(await t.check(), "PASS", "the comparison left the process as it was");
+  } finally {
+    await cleanup(t, dir);
+  }
+});
+
+Deno.test("verify: a descriptor's open file changed before the comparison is named", async () => {
+  const { t, dir, image } = await dumped();
+  try {
+    // Its stdin (/dev/null, read from a copy by the comparison) made non-blocking and given an
+    // I/O signal, through a copy of it: the open file's state, as the process would see it.
+    const policy = {
+      restoreStage(stage: string) {
+        if (stage !== "verify") return;
+        const pidfd = pidfdOpen(t.pid);
+        const copy = pidfdGetfd(pidfd, 0);
+        syscall("fcntl", copy, F.SETFL, O.NONBLOCK);
+        syscall("fcntl", copy, F.SETSIG, SIG.SIGUSR2);
+        close(copy);
+        close(pidfd);
+      },
+    };
+    await assert.rejects(restore(image, { policy }), (err: Error) => {
+      assert.ok(err instanceof RestoreError, String(err));
+      assert.match(err.message, /fd 0: flags: image "O_RDONLY", kernel "O_RDONLY\|O_NONBLOCK"/);
+      assert.match(
+        err.message,
+        new RegExp(`fd 0: signal \\(F_GETSIG\\): image \\(none\\), kernel ${SIG.SIGUSR2}`),
+      );
+      return true;
+    });
+    assert.ok(!isAlive(t.pid), "the refused restore left the process behind");
   } finally {
     await cleanup(t, dir);
   }

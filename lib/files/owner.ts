@@ -54,22 +54,10 @@ export function describeOwner(owner: FileOwner): string {
  */
 export function readOwner(inj: Injector, fd: number, flags: number, pidfd?: number): OwnerState {
   if (flags & O.PATH) return {};
-  let copy = -1;
-  if (pidfd !== undefined) {
-    try {
-      copy = pidfdGetfd(pidfd, fd);
-    } catch { /* asked inside it */ }
-  }
+  const copy = pidfd === undefined ? -1 : copyOf(pidfd, fd); // else asked inside it
   if (copy >= 0) {
     try {
-      const raw = new Uint8Array(F_OWNER_EX_SIZE);
-      let got = true;
-      try {
-        fcntlStruct(copy, F.GETOWN_EX, raw);
-      } catch {
-        got = false;
-      }
-      return ownerState(got ? raw : undefined, Number(syscall("fcntl", copy, F.GETSIG)));
+      return copiedOwner(copy);
     } finally {
       close(copy);
     }
@@ -80,6 +68,30 @@ export function readOwner(inj: Injector, fd: number, flags: number, pidfd?: numb
     got ? inj.mem.read(at, F_OWNER_EX_SIZE) : undefined,
     Number(inj.raw(SYS.fcntl, fd, F.GETSIG)),
   );
+}
+
+/** The tool's copy of descriptor `fd` of the process `pidfd` names (pidfd_getfd); -1 if none. */
+export function copyOf(pidfd: number, fd: number): number {
+  try {
+    return pidfdGetfd(pidfd, fd);
+  } catch {
+    return -1;
+  }
+}
+
+/**
+ * The owner and signal of an open file, asked of `copy`, the tool's copy of it (pidfd_getfd, not
+ * of an O_PATH descriptor); as `readOwner`, the tool vouches that it sees pids as the process does.
+ */
+export function copiedOwner(copy: number): OwnerState {
+  const raw = new Uint8Array(F_OWNER_EX_SIZE);
+  let got = true;
+  try {
+    fcntlStruct(copy, F.GETOWN_EX, raw);
+  } catch {
+    got = false;
+  }
+  return ownerState(got ? raw : undefined, Number(syscall("fcntl", copy, F.GETSIG)));
 }
 
 /** The state F_GETOWN_EX (its struct, when it answered) and F_GETSIG gave. */

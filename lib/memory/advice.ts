@@ -12,6 +12,7 @@
  * access mode its file is opened with (mapping.ts).
  */
 import { MADV, MLOCK } from "../../ffi/mod.ts";
+import { Unsupported } from "../errors.ts";
 import type { MappingEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
@@ -119,46 +120,107 @@ export interface VmaState {
 }
 
 /**
- * VmFlags and page size of every mapping of `pid`, by start address (empty if smaps is
- * unreadable). smaps has some 25 lines a mapping (tens of MB for 50,000): it is read as bytes and
- * only the lines wanted are decoded. `smaps`: the file as read earlier (reading it walks every
- * present page: a dump reads it on another thread while it does other work).
+ * VmFlags and page size of every mapping of `pid`, by start address (`parseVmaStates`). `smaps`:
+ * the file as read earlier (reading it walks every present page: a dump reads it on another thread
+ * while it does other work).
  */
 export function vmaStates(pid: number, smaps?: Uint8Array): Map<bigint, VmaState> {
-  const out = new Map<bigint, VmaState>();
   let bytes: Uint8Array;
   try {
     bytes = smaps ?? Deno.readFileSync(`/proc/${pid}/smaps`);
   } catch {
-    return out;
+    bytes = new Uint8Array();
   }
-  const text = (from: number, to: number) => latin1.decode(bytes.subarray(from, to));
-  let state: VmaState | undefined;
+  return parseVmaStates(bytes);
+}
+
+/**
+ * /proc/PID/smaps of `pid`, read on another thread (empty if unreadable): the kernel spends some
+ * 3 µs a mapping making it, which the caller may spend on something else meanwhile.
+ */
+export function readSmaps(pid: number): Promise<Uint8Array> {
+  return Deno.readFile(`/proc/${pid}/smaps`).catch(() => new Uint8Array());
+}
+
+/**
+ * VmFlags and page size of every mapping in `bytes`, smaps as read (empty for no bytes), by start
+ * address. smaps has some 25 lines a mapping (tens of MB for 50,000): of each entry only its
+ * first line (the start address), `KernelPageSize:` and `VmFlags:` (its last line) are looked
+ * at, found by byte search rather than line by line. Entries with the same flags share one
+ * (read-only) array.
+ */
+export function parseVmaStates(bytes: Uint8Array): Map<bigint, VmaState> {
+  const out = new Map<bigint, VmaState>();
+  const flagLists = new Map<string, string[]>();
   for (let at = 0; at < bytes.length;) {
-    let end = bytes.indexOf(NEWLINE, at);
-    if (end < 0) end = bytes.length;
-    const c = bytes[at];
-    if ((c >= DIGIT_0 && c <= DIGIT_9) || (c >= LOWER_A && c <= LOWER_F)) {
-      // A mapping's first line, as in maps: `start-end perms …`.
-      const dash = bytes.indexOf(DASH, at);
-      const end = BigInt(`0x${text(dash + 1, bytes.indexOf(SPACE, dash))}`);
-      state = { flags: [], pageSize: 4096, end };
-      out.set(BigInt(`0x${text(at, dash)}`), state);
-    } else if (state && startsWith(bytes, at, VMFLAGS)) {
-      state.flags = text(at + VMFLAGS.length, end).trim().split(/\s+/).filter((f) => f !== "");
-    } else if (state && startsWith(bytes, at, PAGE_SIZE)) {
-      state.pageSize = parseInt(text(at + PAGE_SIZE.length, end)) * 1024;
+    // `start-end perms …`, as in maps, then the entry's fields up to its `VmFlags:` line.
+    const dash = bytes.indexOf(DASH, at);
+    const start = hexAt(bytes, at, DASH);
+    const stop = dash < 0 ? undefined : hexAt(bytes, dash + 1, SPACE);
+    const flagsAt = lineStarting(bytes, VMFLAGS, at);
+    if (start === undefined || stop === undefined || flagsAt < 0) {
+      // Every entry has both since Linux 3.8: a mapping must not go by without its flags.
+      const line = latin1.decode(bytes.subarray(at, at + 80)).split("\n")[0];
+      throw new Unsupported(`smaps: an entry of a format not known to the tool at "${line}"`);
     }
+    let end = bytes.indexOf(NEWLINE, flagsAt);
+    if (end < 0) end = bytes.length;
+    const sizeAt = lineStarting(bytes, PAGE_SIZE, at, flagsAt);
+    const raw = String.fromCharCode(...bytes.subarray(flagsAt + VMFLAGS.length, end));
+    let flags = flagLists.get(raw);
+    if (!flags) flagLists.set(raw, flags = raw.trim().split(/\s+/).filter((f) => f !== ""));
+    const pageSize = sizeAt < 0 ? 4096 : decimalAt(bytes, sizeAt + PAGE_SIZE.length) * 1024;
+    out.set(start, { flags, pageSize, end: stop });
     at = end + 1;
   }
   return out;
 }
 
-const latin1 = new TextDecoder("latin1");
 const ascii = (s: string) => new TextEncoder().encode(s);
+const latin1 = new TextDecoder("latin1");
 const VMFLAGS = ascii("VmFlags:");
 const PAGE_SIZE = ascii("KernelPageSize:");
-const [NEWLINE, DASH, SPACE, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F] = ascii("\n- 09af");
+const [NEWLINE, DASH, DIGIT_0, DIGIT_9, LOWER_A, LOWER_F, SPACE] = ascii("\n-09af ");
+
+/**
+ * Where the first line from `from` (a line's start) before `to` that begins with `prefix`
+ * begins; -1 when none does.
+ */
+function lineStarting(bytes: Uint8Array, prefix: Uint8Array, from: number, to = bytes.length) {
+  for (let at = bytes.indexOf(prefix[0], from); at >= 0 && at < to;) {
+    if ((at === from || bytes[at - 1] === NEWLINE) && startsWith(bytes, at, prefix)) return at;
+    at = bytes.indexOf(prefix[0], at + 1);
+  }
+  return -1;
+}
+
+/**
+ * The hexadecimal number at `at`, ended by `stop` (a dash after a maps range's start, a space after
+ * its end); undefined if none.
+ */
+function hexAt(bytes: Uint8Array, at: number, stop: number): bigint | undefined {
+  // Two halves of 32 bits: an address of 64 bits is past a double's exact integers.
+  let hi = 0, lo = 0, digits = 0;
+  for (;; at++, digits++) {
+    const c = bytes[at];
+    let v: number;
+    if (c >= DIGIT_0 && c <= DIGIT_9) v = c - DIGIT_0;
+    else if (c >= LOWER_A && c <= LOWER_F) v = c - LOWER_A + 10;
+    else {return c === stop && digits > 0 && digits <= 16
+        ? (BigInt(hi) << 32n) | BigInt(lo)
+        : undefined;}
+    hi = hi * 16 + (lo >>> 28);
+    lo = ((lo << 4) | v) >>> 0;
+  }
+}
+
+/** The decimal number at `at`, after spaces. */
+function decimalAt(bytes: Uint8Array, at: number): number {
+  while (bytes[at] === SPACE) at++;
+  let n = 0;
+  for (; bytes[at] >= DIGIT_0 && bytes[at] <= DIGIT_9; at++) n = n * 10 + bytes[at] - DIGIT_0;
+  return n;
+}
 
 /** Whether `bytes` has `prefix` at `at`. */
 function startsWith(bytes: Uint8Array, at: number, prefix: Uint8Array): boolean {

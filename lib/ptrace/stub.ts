@@ -124,6 +124,44 @@ export function cloneWithId(
   return injectClone3(inj, id, thread, opts).host;
 }
 
+/**
+ * Makes threads with the ids `ids` in the process `inj` runs in (a restore's, which dies with
+ * the tool), as `cloneWithId` does, but with their clone3 calls queued: made in one run of the
+ * syscall runner, a stop per thread for its CLONE event instead of an injection each. A thread
+ * so made would start inside the runner, but it never runs there: attached at birth, it stops
+ * before reaching user mode, and the restore sets every register of it before it runs. An id
+ * still held by a thread being freed is made alone again (`cloneWithId` waits for it). Returns
+ * their ids as the tool sees them, in order.
+ */
+export function cloneThreadsWithIds(inj: Injector, ids: readonly number[]): number[] {
+  const results: bigint[] = [];
+  const seen = inj.events.length;
+  for (const [i, id] of ids.entries()) {
+    const setTid = inj.queueData(new Uint8Array(new Int32Array([id]).buffer));
+    const args = encodeCloneArgs({
+      flags: CLONE_THREAD_FLAGS,
+      exitSignal: 0,
+      setTid,
+      setTidSize: 1,
+    });
+    inj.queue("clone3", [inj.queueData(args), args.length], (r) => (results[i] = r));
+  }
+  inj.flush();
+  // Each thread made raised one CLONE event, in the order they were made: its id on the host.
+  const made = inj.events.slice(seen).filter((e) => e.event === PTRACE_EVENT.CLONE);
+  let next = 0;
+  return ids.map((id, i) => {
+    const r = results[i];
+    if (r === -BigInt(Errno.EEXIST)) return cloneWithId(inj, id, true);
+    if (r < 0n) {
+      throw new SyscallError(`clone3 (thread id ${id}) in ${inj.pid}`, [id], Number(-r));
+    }
+    const host = Number(made[next++]?.message ?? r);
+    waitStopped(host, "restored thread");
+    return host;
+  });
+}
+
 /** A child process of the process `inj` runs in, with exactly `pid` (see `cloneWithId`). */
 export function forkWithPid(inj: Injector, pid: number, opts: CloneOptions = {}): number {
   return cloneWithId(inj, pid, false, opts);

@@ -81,7 +81,7 @@ import { restoreMm } from "../task/mm.ts";
 import { restoreRlimits } from "../task/rlimits.ts";
 import { restoreSession } from "../task/session.ts";
 import { restoreSharedPending, restoreSigactions } from "../task/signals.ts";
-import { cloneThread, finalRegs, restoreThreadState } from "../task/threads.ts";
+import { cloneThreads, finalRegs, restoreThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
 import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
@@ -464,10 +464,10 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
 
   stage("threads", p);
   const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
-  for (const t of p.threads) {
-    if (t === main) continue;
-    const tid = cloneThread(inj, t.tid);
+  const others = p.threads.filter((t) => t !== main);
+  for (const [i, tid] of cloneThreads(inj, others.map((t) => t.tid)).entries()) {
     made.push(tid);
+    const t = others[i];
     shares.pids.set(t.tid, tid);
     run.cgroups.joinThread(p.pid, t.tid, tid, t.cgroups);
   }

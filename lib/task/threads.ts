@@ -29,7 +29,7 @@ import { readComm } from "../inspect/procfs.ts";
 import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
-import { cloneWithId, waitStopped } from "../ptrace/stub.ts";
+import { cloneThreadsWithIds, waitStopped } from "../ptrace/stub.ts";
 import { queueSecurebits } from "./capabilities.ts";
 import { dumpCredentials } from "./credentials.ts";
 import { dumpThreadCgroups } from "./cgroups.ts";
@@ -120,11 +120,11 @@ export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): Th
 }
 
 /**
- * Makes a thread with the dumped tid (as the process sees it) in the restored process; returns
- * its tid on the host.
+ * Makes threads with the dumped tids (as the process sees them) in the restored process, all in
+ * one run of queued clone3 calls; returns their tids on the host, in order.
  */
-export function cloneThread(inj: Injector, tid: number): number {
-  return cloneWithId(inj, tid, true);
+export function cloneThreads(inj: Injector, tids: readonly number[]): number[] {
+  return cloneThreadsWithIds(inj, tids);
 }
 
 /**
