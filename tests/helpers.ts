@@ -125,6 +125,14 @@ export function notInstalled(...cmds: string[]): string | undefined {
 }
 
 /**
+ * "not installed: nft, iptables" where neither is there to lock the network: a dump of TCP
+ * connections is then refused. Undefined when one is.
+ */
+export function noNetworkLock(): string | undefined {
+  return onPath("nft") || onPath("iptables") ? undefined : "not installed: nft, iptables";
+}
+
+/**
  * Name and `ignore` of a test that needs something a machine may lack. `missing` says what is
  * missing, found before the test runs (undefined: all is there); the test is then ignored, not
  * passed, and its name carries the reason: `NAME [REASON]`.

@@ -159,9 +159,14 @@ Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", as
     assert.ok(text.includes(" wf") && text.includes(" lf"), "the fixture's own flags");
     for (const entry of entries) {
       const start = BigInt(`0x${entry.slice(0, entry.indexOf("-"))}`);
+      const end = BigInt(`0x${entry.slice(entry.indexOf("-") + 1, entry.indexOf(" "))}`);
       const flags = /^VmFlags:(.*)$/m.exec(entry)![1].trim().split(/\s+/);
       const kib = Number(/^KernelPageSize:\s+(\d+) kB$/m.exec(entry)![1]);
-      assert.deepEqual(states.get(start), { flags, pageSize: kib * 1024 }, entry.split("\n")[0]);
+      assert.deepEqual(
+        states.get(start),
+        { flags, pageSize: kib * 1024, end },
+        entry.split("\n")[0],
+      );
     }
     assert.equal(states.size, entries.length);
     return Promise.resolve();

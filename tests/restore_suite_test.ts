@@ -14,6 +14,7 @@ import { checkpoint, restore } from "../mod.ts";
 import {
   fixture,
   needs,
+  noNetworkLock,
   notInstalled,
   PING_GROUPS,
   reapAdopted,
@@ -33,6 +34,8 @@ export interface RestoreCase {
   cwd?: string;
   /** Why this piece of state is not restored yet: the test is ignored, the fixture kept. */
   unsupported?: string;
+  /** What this machine lacks for it (`notInstalled`): the test is ignored with that reason. */
+  missing?: string;
   /** Sysctls set while it runs (helpers.ts `setSysctls`), put back after. */
   sysctls?: Record<string, string>;
 }
@@ -83,7 +86,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_timerfd" },
   { name: "r_signalfd" },
   { name: "r_listen" },
-  { name: "r_tcp_loopback" },
+  { name: "r_tcp_loopback", missing: noNetworkLock() },
   { name: "r_tcp_accept_queue" },
   { name: "r_socketpair" },
   { name: "r_socketpair_tree" },
@@ -181,9 +184,9 @@ function lastCount(t: Target): number {
 
 const only = Deno.env.get("R_FIXTURES")?.split(",");
 
-for (const { name, args = [], env, cwd, unsupported, sysctls } of restoreCases) {
+for (const { name, args = [], env, cwd, unsupported, missing, sysctls } of restoreCases) {
   if (only && !only.includes(name)) continue;
-  const why = only ? undefined : unsupported && `unsupported: ${unsupported}`;
+  const why = missing ?? (only ? undefined : unsupported && `unsupported: ${unsupported}`);
   Deno.test(needs(`restore: ${name}`, why), async () => {
     using _sysctls = setSysctls(sysctls);
     const bin = await fixture(name);

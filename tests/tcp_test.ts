@@ -23,7 +23,15 @@ import type { ProcessEntry } from "../image.ts";
 import type { TcpStreamEntry } from "../lib/files/socket/tcp_stream.ts";
 import type { TcpPendingEntry } from "../lib/files/socket/tcp_pending.ts";
 import type { SocketEntry } from "../lib/files/socket/standalone.ts";
-import { fixture, needs, notInstalled, spawnTarget, type Target, waitUntil } from "./helpers.ts";
+import {
+  fixture,
+  needs,
+  noNetworkLock,
+  notInstalled,
+  spawnTarget,
+  type Target,
+  waitUntil,
+} from "./helpers.ts";
 
 const NR = {
   close: 3,
@@ -300,104 +308,125 @@ async function finishExchange(t: Target, conn: ServerConn): Promise<void> {
   assert.equal(conn.state(), TCP_ESTABLISHED, "the server's end left ESTABLISHED");
 }
 
-Deno.test("tcp: a client comes back with every byte in flight, and the server sees no reset", async () => {
-  await withClient(async (t, conn, dir) => {
-    const written = Number(t.output().match(/^BLOCKED written=(\d+)/m)![1]);
-    await checkpoint(t.pid, `${dir}/img`);
-    assert.ok(!t.alive(), "the client still runs after the dump");
+Deno.test(
+  needs(
+    "tcp: a client comes back with every byte in flight, and the server sees no reset",
+    noNetworkLock(),
+  ),
+  async () => {
+    await withClient(async (t, conn, dir) => {
+      const written = Number(t.output().match(/^BLOCKED written=(\d+)/m)![1]);
+      await checkpoint(t.pid, `${dir}/img`);
+      assert.ok(!t.alive(), "the client still runs after the dump");
 
-    const [e, ...more] = await tcpStreams(`${dir}/img`);
-    assert.ok(e && more.length === 0, "one tcp-stream entry expected");
-    assert.equal(e.state, "established");
-    assert.equal(e.family, 2);
-    assert.match(e.description, /^IPv4 TCP 127\.0\.0\.1:\d+ connected to 127\.0\.0\.1:\d+$/);
-    assert.deepEqual(e.inQueue, stream(2, 0, EARLY), "receive queue");
-    assert.ok(e.unsent > 0, "no bytes never sent");
-    assert.ok(e.outQueue.length > e.unsent, "no bytes sent but unacknowledged");
-    assertStream(e.outQueue, 1, written - e.outQueue.length, "send queue");
-    assert.deepEqual(e.options.map((o) => o.name).sort().filter((n) => !n.endsWith("BUF")), [
-      "SO_KEEPALIVE",
-      "SO_REUSEADDR",
-      "TCP_NODELAY",
-    ]);
+      const [e, ...more] = await tcpStreams(`${dir}/img`);
+      assert.ok(e && more.length === 0, "one tcp-stream entry expected");
+      assert.equal(e.state, "established");
+      assert.equal(e.family, 2);
+      assert.match(e.description, /^IPv4 TCP 127\.0\.0\.1:\d+ connected to 127\.0\.0\.1:\d+$/);
+      assert.deepEqual(e.inQueue, stream(2, 0, EARLY), "receive queue");
+      assert.ok(e.unsent > 0, "no bytes never sent");
+      assert.ok(e.outQueue.length > e.unsent, "no bytes sent but unacknowledged");
+      assertStream(e.outQueue, 1, written - e.outQueue.length, "send queue");
+      assert.deepEqual(e.options.map((o) => o.name).sort().filter((n) => !n.endsWith("BUF")), [
+        "SO_KEEPALIVE",
+        "SO_REUSEADDR",
+        "TCP_NODELAY",
+      ]);
 
-    const r = await restore(`${dir}/img`);
-    assert.equal(r.pid, t.pid);
-    await finishExchange(t, conn);
-  });
-});
-
-Deno.test("tcp: a dump that leaves the client running puts its connection back", async () => {
-  await withClient(async (t, conn, dir) => {
-    await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
-    // Repair mode off, filter off, SO_REUSEADDR back: the fixture checks all three.
-    assert.equal(await t.check(), "PASS", t.output());
-    await assert.rejects(
-      restore(`${dir}/img`),
-      (err: Error) =>
-        err instanceof RestoreError && /has that connection already/.test(err.message),
-    );
-    await finishExchange(t, conn);
-  });
-});
-
-Deno.test("tcp: both ends of loopback connections in one process come back and keep talking", async () => {
-  const t = await spawnTarget(await fixture("r_tcp_loopback"), [], {
-    ready: /^(READY|SETUP FAILED)/m,
-  });
-  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
-  try {
-    assert.match(t.output(), /^READY /m, t.output());
-    const v6 = t.output().includes("v6=1");
-    assert.equal(await t.check(), "PASS", t.output());
-    await checkpoint(t.pid, `${dir}/img`);
-
-    const entries = await tcpStreams(`${dir}/img`);
-    assert.equal(entries.length, v6 ? 5 : 3, entries.map((e) => e.description).join("\n"));
-    assert.equal(entries.filter((e) => e.family === 10).length, v6 ? 2 : 0);
-    const closing = entries.filter((e) => e.state === "close-wait");
-    assert.equal(closing.length, 1);
-    assert.deepEqual(closing[0].inQueue, stream(3, 0, 1000));
-    assert.ok(closing[0].readShutdown);
-    assert.match(closing[0].description, /its peer closed its side/);
-    const talking = entries.filter((e) => e.state === "established");
-    assert.ok(talking.every((e) => e.inQueue.length > 0 && e.outQueue.length > 0));
-
-    await restore(`${dir}/img`);
-    assert.equal(await t.check(), "PASS", t.output());
-    assert.equal(await t.check(), "PASS", t.output());
-  } finally {
-    await t.kill();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await Deno.remove(t.outPath).catch(() => {});
-  }
-});
-
-Deno.test("tcp: a refused listener names its fd; the connections held before it are put back", async () => {
-  const t = await spawnTarget(await fixture("tcp_refused"), [], {
-    ready: /^(READY|SETUP FAILED)/m,
-  });
-  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
-  try {
-    assert.match(t.output(), /^READY /m, t.output());
-    assert.equal(await t.check(), "PASS", t.output());
-    await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
-      assert.ok(err instanceof DumpError, String(err));
-      assert.match(
-        err.message,
-        /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted: #1 from 127\.0\.0\.1:\d+ \(fd 7 of process \d+\), which has sent data the server has not read/,
-      );
-      assert.match(err.message, /a policy can skip it/);
-      return true;
+      const r = await restore(`${dir}/img`);
+      assert.equal(r.pid, t.pid);
+      await finishExchange(t, conn);
     });
-    assert.ok(t.alive(), "the target was killed");
-    assert.equal(await t.check(), "PASS", t.output());
-  } finally {
-    await t.kill();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await Deno.remove(t.outPath).catch(() => {});
-  }
-});
+  },
+);
+
+Deno.test(
+  needs("tcp: a dump that leaves the client running puts its connection back", noNetworkLock()),
+  async () => {
+    await withClient(async (t, conn, dir) => {
+      await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
+      // Repair mode off, filter off, SO_REUSEADDR back: the fixture checks all three.
+      assert.equal(await t.check(), "PASS", t.output());
+      await assert.rejects(
+        restore(`${dir}/img`),
+        (err: Error) =>
+          err instanceof RestoreError && /has that connection already/.test(err.message),
+      );
+      await finishExchange(t, conn);
+    });
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: both ends of loopback connections in one process come back and keep talking",
+    noNetworkLock(),
+  ),
+  async () => {
+    const t = await spawnTarget(await fixture("r_tcp_loopback"), [], {
+      ready: /^(READY|SETUP FAILED)/m,
+    });
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    try {
+      assert.match(t.output(), /^READY /m, t.output());
+      const v6 = t.output().includes("v6=1");
+      assert.equal(await t.check(), "PASS", t.output());
+      await checkpoint(t.pid, `${dir}/img`);
+
+      const entries = await tcpStreams(`${dir}/img`);
+      assert.equal(entries.length, v6 ? 5 : 3, entries.map((e) => e.description).join("\n"));
+      assert.equal(entries.filter((e) => e.family === 10).length, v6 ? 2 : 0);
+      const closing = entries.filter((e) => e.state === "close-wait");
+      assert.equal(closing.length, 1);
+      assert.deepEqual(closing[0].inQueue, stream(3, 0, 1000));
+      assert.ok(closing[0].readShutdown);
+      assert.match(closing[0].description, /its peer closed its side/);
+      const talking = entries.filter((e) => e.state === "established");
+      assert.ok(talking.every((e) => e.inQueue.length > 0 && e.outQueue.length > 0));
+
+      await restore(`${dir}/img`);
+      assert.equal(await t.check(), "PASS", t.output());
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "tcp: a refused listener names its fd; the connections held before it are put back",
+    noNetworkLock(),
+  ),
+  async () => {
+    const t = await spawnTarget(await fixture("tcp_refused"), [], {
+      ready: /^(READY|SETUP FAILED)/m,
+    });
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    try {
+      assert.match(t.output(), /^READY /m, t.output());
+      assert.equal(await t.check(), "PASS", t.output());
+      await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+        assert.ok(err instanceof DumpError, String(err));
+        assert.match(
+          err.message,
+          /^fd 6 of process \d+: IPv4 TCP socket .*not yet accepted: #1 from 127\.0\.0\.1:\d+ \(fd 7 of process \d+\), which has sent data the server has not read/,
+        );
+        assert.match(err.message, /a policy can skip it/);
+        return true;
+      });
+      assert.ok(t.alive(), "the target was killed");
+      assert.equal(await t.check(), "PASS", t.output());
+    } finally {
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
 
 /**
  * A TCP socketserver that has not called accept() yet: with argv[1] "self" a client of its own
@@ -554,8 +583,10 @@ function hasIpv6Loopback(): boolean {
 
 for (const family of ["4", "6", "mapped"]) {
   Deno.test({
-    name: `tcp: connections in every state come back in it and close as they would (${family})`,
-    ignore: family === "6" && !hasIpv6Loopback(),
+    ...needs(
+      `tcp: connections in every state come back in it and close as they would (${family})`,
+      family === "6" && !hasIpv6Loopback() ? "no IPv6 loopback" : noNetworkLock(),
+    ),
     async fn() {
       // A listener whose accept queue is full (backlog 0, one connection waiting): the fixture's
       // SYNs are dropped, so its connect() stays in SYN_SENT until the test accepts.
@@ -620,7 +651,7 @@ function connectingTo(port: number): boolean {
 Deno.test(
   needs(
     "tcp: curl dumped while connecting (SYN_SENT) connects after restore",
-    notInstalled("curl"),
+    notInstalled("curl") ?? noNetworkLock(),
   ),
   async () => {
     const server = new Server(2, 0); // its accept queue full: curl's SYNs are dropped
@@ -662,7 +693,7 @@ Deno.test(
 Deno.test(
   needs(
     "tcp: a python client whose server closed its side (CLOSE_WAIT) reads on, answers and closes",
-    notInstalled("python3"),
+    notInstalled("python3") ?? noNetworkLock(),
   ),
   async () => {
     const server = new Server();
@@ -710,31 +741,37 @@ print("DONE", len(data), flush=True)
   },
 );
 
-Deno.test("tcp: a dump that leaves them running puts connections in every state back", async () => {
-  const server = new Server(2, 0);
-  const waiting = server.connect();
-  const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
-  const t = await spawnTarget(await fixture("tcp_states"), ["4", String(server.port)], {
-    ready: /^(READY|SETUP FAILED)/m,
-  });
-  try {
-    assert.match(t.output(), /^READY /m, t.output());
-    await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
-    // Each in its state, out of repair mode, with no filter; then each conversation finishes.
-    await finishConversations(t, server, waiting);
-  } finally {
-    await t.kill();
-    waiting.close();
-    server.close();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await Deno.remove(t.outPath).catch(() => {});
-  }
-});
+Deno.test(
+  needs(
+    "tcp: a dump that leaves them running puts connections in every state back",
+    noNetworkLock(),
+  ),
+  async () => {
+    const server = new Server(2, 0);
+    const waiting = server.connect();
+    const dir = await Deno.makeTempDir({ prefix: "tardigrade-tcp-" });
+    const t = await spawnTarget(await fixture("tcp_states"), ["4", String(server.port)], {
+      ready: /^(READY|SETUP FAILED)/m,
+    });
+    try {
+      assert.match(t.output(), /^READY /m, t.output());
+      await checkpoint(t.pid, `${dir}/img`, { leaveRunning: true });
+      // Each in its state, out of repair mode, with no filter; then each conversation finishes.
+      await finishConversations(t, server, waiting);
+    } finally {
+      await t.kill();
+      waiting.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(t.outPath).catch(() => {});
+    }
+  },
+);
 
 Deno.test(
   needs(
     "tcp: a refused connect whose error is not read yet is refused; once read, it comes back ended",
-    notInstalled("python3"),
+    notInstalled("python3") ?? noNetworkLock(),
   ),
   async () => {
     const server = new Server();
@@ -783,7 +820,7 @@ print("READ", s.recv(10), flush=True)
 Deno.test(
   needs(
     "tcp: a connect whose SYN carries data (TCP Fast Open) is refused",
-    notInstalled("python3"),
+    notInstalled("python3") ?? noNetworkLock(),
   ),
   async () => {
     const server = new Server(2, 0); // its accept queue full: the SYN stays unanswered
