@@ -11,6 +11,7 @@ import { serve } from "../mod.ts";
 import {
   childrenOf,
   cli,
+  exists,
   fixture,
   reaping,
   repoRoot,
@@ -41,12 +42,13 @@ globalThis.addEventListener("unload", () => {
   }
 });
 
-async function startReceiver(key: string): Promise<Receiver> {
+/** A receiver keeping its images in a directory of the test's (`temporary`: without `--dir`). */
+async function startReceiver(key: string, temporary = false): Promise<Receiver> {
   const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
   made.push(dir);
   const process = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "main.ts", "serve", "--listen", "127.0.0.1:0", "--key", key, "--once"]
-      .concat(["--dir", dir]),
+      .concat(temporary ? [] : ["--dir", dir]),
     cwd: repoRoot,
     stdin: "null",
     stdout: "piped",
@@ -226,6 +228,25 @@ Deno.test("dump --to: the receiver stores an image that restores", async () => {
   });
   Deno.removeSync(r.dir, { recursive: true });
 });
+
+for (const lazy of [false, true]) {
+  Deno.test(`serve without --dir: the image received goes once the process runs${lazy ? " and its pages are in (lazy)" : ""}`, async () => {
+    const key = keyFile();
+    const r = await startReceiver(key, true);
+    await withTarget(await bigTarget(), async (t) => {
+      const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
+      const m = await reaping(t.pid, () => cli(...args, ...(lazy ? ["--lazy"] : [])));
+      assert.equal(m.code, 0, m.stderr);
+      assert.equal(await r.done, 0, r.output());
+      const image = /received an image into (\S+)/.exec(r.output())![1];
+      made.push(image);
+      assert.match(image, /\/tardigrade-received-/);
+      // Lazy: the page server removes it once every page is in.
+      await waitUntil(() => !exists(image), 30_000, `${image} to be removed`);
+      assert.equal(await t.check(), "PASS");
+    });
+  });
+}
 
 Deno.test("serve: a peer that connects and says nothing is dropped after the handshake's time", async () => {
   let port = 0;

@@ -17,7 +17,12 @@ export interface ServeOptions {
   port: number;
   /** The shared secret both sides hold. */
   key: Uint8Array;
-  /** Where received images go (a fresh directory in it each); a temporary directory if omitted. */
+  /**
+   * Where received images go (a fresh directory in it each), kept. If omitted, each image is a
+   * temporary directory (`$TMPDIR/tardigrade-received-*`), removed once the processes restored
+   * from it no longer need it (`RestoreOptions.discardImage`), at once if its restore failed;
+   * one only stored (`dump --to`) stays.
+   */
   dir?: string;
   /** Serve one sender, then return. */
   once?: boolean;
@@ -56,10 +61,9 @@ export async function serve(opts: ServeOptions): Promise<Received[]> {
   opts.signal?.addEventListener("abort", () => listener.close(), { once: true });
   const log = opts.log ?? (() => {});
   const out: Received[] = [];
-  const root = opts.dir ?? await Deno.makeTempDir({ prefix: "tardigrade-received-" });
   try {
     for await (const conn of listener) {
-      const r = await session(conn, root, opts, log);
+      const r = await session(conn, opts, log);
       out.push(r);
       if (opts.once) break;
     }
@@ -105,7 +109,6 @@ function reapWhenDone(pid: number): number {
 /** One sender: handshake, files, commit, and a restore if asked. */
 async function session(
   conn: Deno.Conn,
-  root: string,
   opts: ServeOptions,
   log: (line: string) => void,
 ): Promise<Received> {
@@ -121,7 +124,11 @@ async function session(
   } finally {
     clearTimeout(silent);
   }
-  const dir = `${root}/image-${Date.now()}-${crypto.randomUUID().slice(0, 8)}`;
+  // Without a directory of the user's, each image is a temporary directory of its own.
+  const name = `${Date.now()}-${crypto.randomUUID().slice(0, 8)}`;
+  const dir = opts.dir
+    ? `${opts.dir}/image-${name}`
+    : `${Deno.env.get("TMPDIR") ?? "/tmp"}/tardigrade-received-${name}`;
   const partial = `${dir}${PARTIAL}receiving`;
   Deno.mkdirSync(partial, { mode: 0o700 });
   const files = new Map<string, Deno.FsFile>();
@@ -180,6 +187,7 @@ async function session(
           const restoreOpts = {
             lazy: lazy === true,
             pidsFreedWithinMs: ending === true ? PIDS_FREED_WITHIN_MS : 0,
+            discardImage: !opts.dir,
           };
           let pid: number;
           if (opts.restorer) pid = await opts.restorer(dir, lazy === true);
@@ -195,6 +203,8 @@ async function session(
         } catch (err) {
           received.error = (err as Error).message;
           log(`restore of ${dir} failed: ${received.error}`);
+          // The sender resumes its original: an image in a temporary directory is of no use.
+          if (!opts.dir && !opts.restorer) Deno.removeSync(dir, { recursive: true });
           await channel.sendJson(FRAME.RESULT, { ok: false, error: received.error });
         }
         return received;

@@ -79,6 +79,7 @@ async function main(): Promise<number> {
   const started = performance.now();
   const server = new PageServer(served, reader, log);
   try {
+    using _discard = discarded(spec, reader, log);
     const s = await server.run();
     const secs = ((performance.now() - started) / 1000).toFixed(2);
     log(
@@ -93,6 +94,22 @@ async function main(): Promise<number> {
     );
     return 1;
   }
+}
+
+/** With `discard`: removes the image once the server is done with it, served or not. */
+function discarded(spec: PageServerSpec, reader: ImageReader, log: (line: string) => void) {
+  return {
+    [Symbol.dispose]() {
+      if (!spec.discard) return;
+      reader.close();
+      try {
+        Deno.removeSync(spec.dir, { recursive: true });
+        log(`removed ${spec.dir}`);
+      } catch (err) {
+        log(`cannot remove ${spec.dir}: ${err instanceof Error ? err.message : err}`);
+      }
+    },
+  };
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -30,6 +30,8 @@ export interface PageServerSpec {
   processes: ServedSpec[];
   /** The file the server logs to. */
   log: string;
+  /** Remove `dir` when the server ends (`RestoreOptions.discardImage`). */
+  discard?: boolean;
 }
 
 /** The pending pages of a served process, as the server takes them back. */

@@ -157,6 +157,12 @@ export interface RestoreOptions {
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
   lazyLog?: string;
   /**
+   * Removes the image directory once the restored processes no longer need it: when the restore
+   * returns or, with `lazy`, when the page server ends. For an image made to be restored once (a
+   * migration's, received into a temporary directory). A failed restore leaves it.
+   */
+  discardImage?: boolean;
+  /**
    * The image's processes are ending as the restore starts (a migration on one machine): their
    * pids are waited for up to this long, in ms, instead of being refused as in use at once.
    */
@@ -878,6 +884,7 @@ async function restoreTree(
           extents: m.entry.extents,
         })),
         log,
+        discard: opts.discardImage === true,
       })
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
@@ -935,6 +942,7 @@ async function restoreTree(
       if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }
     server?.release();
+    if (opts.discardImage && !server) Deno.removeSync(dir, { recursive: true });
     return {
       pid: making[0].pid,
       namespacePid: entries[0].pid,
