@@ -37,6 +37,7 @@ import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
 import { runsOfSpec } from "./page_server_process.ts";
+import { eagerPagesIn, type LatePagesArrival } from "./late_pages.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import {
@@ -158,6 +159,13 @@ export interface RestoreOptions {
   lazy?: boolean;
   /** With `lazy`: the page server's log file (default `$TMPDIR/tardigrade-lazy-PID.log`). */
   lazyLog?: string;
+  /**
+   * With `lazy`, post-copy (a migration's receiver): page-file bytes that are not in the image
+   * yet but come while the restore runs and after. Pages written before the processes run wait
+   * for theirs (`arrival`); the page server serves the rest once they come, told through
+   * `PageServerProcess.tell` (the caller's, from the restore head it hands in).
+   */
+  late?: LatePagesArrival;
   /**
    * The image's processes are ending as the restore starts (a migration on one machine): their
    * pids are waited for up to this long, in ms, instead of being refused as in use at once.
@@ -296,6 +304,7 @@ async function preflight(
 
 /** Why an image cannot be restored lazily with `opts`: refused before anything is made. */
 function checkLazy(opts: RestoreOptions): void {
+  if (opts.late && !opts.lazy) throw new RestoreError("pages still on their way need `lazy`");
   const why = opts.pidNamespace
     ? "not into a new pid namespace"
     : opts.shellJob
@@ -383,6 +392,8 @@ interface RestoreRun {
   /** Every process and thread made so far, to kill if the restore fails. */
   made: number[];
   warnings: string[];
+  /** Post-copy: page-file bytes still on their way. */
+  late?: LatePagesArrival;
 }
 
 /**
@@ -426,11 +437,13 @@ async function buildAddressSpace(
       close(pidfd);
     }
   }
+  let eager = m.lazy?.plan.eager;
+  if (eager && run.late) eager = await eagerPagesIn(eager, run.late, reader);
   const pageBytes = await asb.fillPages(
     reader,
     stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
     progress,
-    m.lazy?.plan.eager,
+    eager,
   );
   asb.finish();
   asb.seal();
@@ -798,7 +811,7 @@ async function restoreTree(
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
-    const run: RestoreRun = { reader, shares, stage, made, warnings };
+    const run: RestoreRun = { reader, shares, stage, made, warnings, late: opts.late };
     let pageBytes = 0;
     const memoryOf = async (m: Making) => {
       if (m.pageBytes !== undefined) return;
@@ -877,6 +890,7 @@ async function restoreTree(
           extents: m.entry.extents,
         })),
         log,
+        ...(opts.late ? { late: opts.late.missing() } : {}),
       })
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
@@ -911,7 +925,7 @@ async function restoreTree(
     for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
     if (served) {
       await served;
-      await server!.go();
+      await server!.go(opts.late !== undefined);
     }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
