@@ -142,6 +142,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
           if (bytes < ENOUGH || bytes > last * CONVERGING) break;
           last = bytes;
         }
+        if (postCopy) shipper.holdPages(); // what the freeze writes follows after the resume
       },
       handOver: async ({ end }) => {
         const late = await shipper.finish({ holdBack: postCopy });

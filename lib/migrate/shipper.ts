@@ -31,6 +31,8 @@ export class Shipper {
   /** Bytes sent of each file, by name. */
   readonly #sent = new Map<string, number>();
   #stopped = false;
+  /** Post-copy, from the freeze: page files are held back (`finish` says which bytes). */
+  #pagesHeld = false;
   #loop?: Promise<void>;
   /** Why the background loop stopped early (the stream broke): `finish` reports it. */
   #failure?: unknown;
@@ -48,12 +50,21 @@ export class Shipper {
     this.#loop = (async () => {
       while (!this.#stopped) {
         const partial = this.#partialDir();
-        const sent = partial ? await this.#sendNew(partial) : 0;
+        const skip = this.#pagesHeld ? isPageFileName : undefined;
+        const sent = partial ? await this.#sendNew(partial, skip) : 0;
         if (sent === 0) await new Promise((r) => setTimeout(r, 5));
       }
     })().catch((err) => {
       this.#failure = err;
     });
+  }
+
+  /**
+   * Post-copy, as the processes freeze: the pages written from now on are not sent while they
+   * are frozen (`finish` holds them back).
+   */
+  holdPages(): void {
+    this.#pagesHeld = true;
   }
 
   /**
@@ -77,7 +88,9 @@ export class Shipper {
       if (options.holdBack && isPageFileName(name) && size > sent) late[name] = [[sent, size]];
     }
     const held = new Set(Object.keys(late));
-    while (await this.#sendNew(this.dir, held) > 0) { /* until every file is sent whole */ }
+    while (await this.#sendNew(this.dir, (name) => held.has(name)) > 0) {
+      /* until every file is sent whole */
+    }
     await this.channel.sendJson(FRAME.COMMIT, {
       files,
       durable: options.durable === true,
@@ -144,8 +157,8 @@ export class Shipper {
     return null;
   }
 
-  /** Sends every file's bytes beyond what was sent (but those of `held`); returns how many. */
-  async #sendNew(from: string, held?: Set<string>): Promise<number> {
+  /** Sends every file's bytes beyond what was sent (but those `skip` names); returns how many. */
+  async #sendNew(from: string, skip?: (name: string) => boolean): Promise<number> {
     let total = 0;
     let entries: Deno.DirEntry[];
     try {
@@ -154,7 +167,7 @@ export class Shipper {
       return 0; // renamed meanwhile: finish() sends the rest from the committed directory
     }
     for (const e of entries) {
-      if (!e.isFile || held?.has(e.name)) continue;
+      if (!e.isFile || skip?.(e.name)) continue;
       const at = this.#sent.get(e.name) ?? 0;
       const n = await this.#sendFrom(`${from}/${e.name}`, e.name, at, Infinity);
       this.#sent.set(e.name, at + n);
