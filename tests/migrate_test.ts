@@ -178,23 +178,38 @@ Deno.test("migrate --post-copy: a sender killed after the resume gets the proces
   const t = await spawnTarget(await fixture("migrate_stamps"), ["1024", "5"], {
     ready: /^READY /m,
   });
-  await withTarget(t, async (t) => {
-    sender = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "main.ts", "migrate", String(t.pid), "--to", `127.0.0.1:${port}`]
-        .concat(["--key", key, "--post-copy"]),
-      cwd: repoRoot,
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    await sender.status;
-    const [r] = await sessions;
-    assert.equal(r.pid, t.pid, r.error);
-    assert.match(r.error ?? "", /stream broke before every page came.*kills the process/);
-    await waitUntil(() => !t.alive(), 30_000, "the process to be killed");
-    assert.match(t.output(), /tardigrade: lazy restore: the pages written last never came/);
-  });
-  Deno.removeSync(dir, { recursive: true });
+  // The image the killed sender leaves in memory (/dev/shm), seen among its open files.
+  let staging: string | undefined;
+  const spot = setInterval(() => {
+    try {
+      for (const e of Deno.readDirSync(`/proc/${sender?.pid}/fd`)) {
+        const link = Deno.readLinkSync(`/proc/${sender?.pid}/fd/${e.name}`);
+        staging ??= /^(\/dev\/shm\/tardigrade-send-[^/]+)\//.exec(link)?.[1];
+      }
+    } catch { /* not started, or gone */ }
+  }, 20);
+  try {
+    await withTarget(t, async (t) => {
+      sender = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "main.ts", "migrate", String(t.pid), "--to", `127.0.0.1:${port}`]
+          .concat(["--key", key, "--post-copy"]),
+        cwd: repoRoot,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await sender.status;
+      const [r] = await sessions;
+      assert.equal(r.pid, t.pid, r.error);
+      assert.match(r.error ?? "", /stream broke before every page came.*kills the process/);
+      await waitUntil(() => !t.alive(), 30_000, "the process to be killed");
+      assert.match(t.output(), /tardigrade: lazy restore: the pages written last never came/);
+    });
+  } finally {
+    clearInterval(spot);
+    if (staging) Deno.removeSync(staging, { recursive: true });
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("migrate: a receiver refuses a sender with another key; the process runs on", async () => {
@@ -315,4 +330,34 @@ Deno.test("migrate: when the receiver's restore fails on one machine, the proces
     assert.equal(await t.check(), "PASS");
   });
   Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("migrate --post-copy: a receiver that restores through a restorer of its own refuses it; the process comes back here", async () => {
+  const key = keyFile();
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  let port = 0;
+  const sessions = serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    key: Deno.readFileSync(key),
+    dir,
+    once: true,
+    restorer: () => Promise.reject(new Error("not reached")),
+    onListening: (a) => port = a.port,
+  });
+  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  try {
+    await withTarget(await bigTarget(), async (t) => {
+      const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${port}`, "--key", key];
+      const m = await reaping(t.pid, () => cli(...args, "--post-copy"));
+      assert.equal(m.code, 1);
+      assert.match(m.stderr, /pages to come: this receiver restores through a restorer of its own/);
+      assert.match(m.stderr, new RegExp(`restored here again as pid ${t.pid}`));
+      const [r] = await sessions;
+      assert.match(r.error ?? "", /restorer of its own/);
+      assert.equal(await t.check(), "PASS");
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
