@@ -127,6 +127,7 @@ export {
   type RestoreOptions,
   type RestoreResult,
 } from "./lib/restore/restore.ts";
+export type { LatePagesArrival, LateRanges } from "./lib/restore/late_pages.ts";
 export { unlockNetwork, type UnlockResult } from "./lib/network/lock.ts";
 export { MigrationError } from "./lib/migrate/channel.ts";
 export {

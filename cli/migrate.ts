@@ -8,7 +8,7 @@ export const migrate: Verb = {
   name: "migrate",
   summary: "Move a process (and its children) to a receiver while it runs, frozen only briefly.",
   usage:
-    "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy] [--single] [--policy FILE.ts] [--json]",
+    "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy | --post-copy] [--single] [--policy FILE.ts] [--json]",
   help: `Streams the process's memory to the receiver (tardigrade serve) while it runs,
 tracking what it writes meanwhile, then freezes it for the rest and the receiver restores
 it; the process here ends only once the receiver says it runs. If anything fails before,
@@ -21,15 +21,20 @@ options:
   --to ADDR:PORT   the receiver
   --key FILE       the secret the receiver holds too
   --lazy           the receiver restores lazily (the process runs before its memory is in)
+  --post-copy      shorter freeze: the pages written in the last round are sent after the
+                   process runs on the receiver (lazily). Until they are all in, it needs both
+                   machines: if the stream breaks then, the receiver kills it (with a message)
+                   and the image is kept here; the original cannot resume (see README)
   --single         PID alone, not its children
   --policy FILE.ts a module whose default export is a Policy (as for dump), e.g. an fd answer
                    "skip" for a descriptor inherited by accident
-  --json           {pid, remoteDir, sameMachine, bytesSent, dump: {...}}`,
+  --json           {pid, remoteDir, sameMachine, bytesSent, postCopyBytes?, dump: {...}}`,
   async run(args) {
     const p = parseVerb(this, args, {
       to: { type: "string" },
       key: { type: "string" },
       lazy: { type: "boolean" },
+      "post-copy": { type: "boolean" },
       single: { type: "boolean" },
       policy: { type: "string" },
       json: { type: "boolean" },
@@ -42,6 +47,7 @@ options:
       ...to,
       key,
       lazy: Boolean(p.values.lazy),
+      postCopy: Boolean(p.values["post-copy"]),
       single: Boolean(p.values.single),
       policy: typeof p.values.policy === "string" ? await loadPolicy(p.values.policy) : undefined,
     });
@@ -49,7 +55,11 @@ options:
     else {
       console.log(
         `migrated pid ${pid} to ${to.hostname}:${to.port}: running there as pid ${r.pid}; ` +
-          `${formatBytes(r.bytesSent)} sent, frozen ${r.dump.frozenMs.toFixed(1)} ms here`,
+          `${formatBytes(r.bytesSent)} sent` +
+          (r.postCopyBytes !== undefined
+            ? ` (${formatBytes(r.postCopyBytes)} held back at the freeze)`
+            : "") +
+          `, frozen ${r.dump.frozenMs.toFixed(1)} ms here`,
       );
     }
     return 0;

@@ -137,27 +137,93 @@ for (
   });
 }
 
-Deno.test("migrate --lazy: 1 GiB rewriting 5% of itself a second comes back whole and tells its downtime", async () => {
+for (const mode of ["--lazy", "--post-copy"] as const) {
+  Deno.test(`migrate ${mode}: 1 GiB rewriting 5% of itself a second comes back whole and tells its downtime`, async () => {
+    const key = keyFile();
+    const r = await startReceiver(key);
+    const t = await spawnTarget(await fixture("migrate_stamps"), ["1024", "5"], {
+      ready: /^READY /m,
+    });
+    await withTarget(t, async (t) => {
+      assert.equal(await t.check(), "PASS"); // its gaps count from here
+      const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
+      const m = await reaping(t.pid, () => cli(...args, mode, "--json"));
+      assert.equal(m.code, 0, `${m.stderr}\n${r.output()}`);
+      assert.equal(await r.done, 0, r.output());
+      const from = t.output().length;
+      assert.equal(await t.check(), "PASS", t.output());
+      const gap = Number(/^GAP ([\d.]+)$/m.exec(t.output().slice(from))![1]);
+      // Its own measure, printed, not held to the goal: a loaded machine stretches it.
+      const result = JSON.parse(m.stdout);
+      const sent = result.bytesSent / (1 << 30);
+      const late = result.postCopyBytes === undefined
+        ? ""
+        : `, ${(result.postCopyBytes / (1 << 20)).toFixed(1)} MiB of it held back at the freeze`;
+      console.log(
+        `${mode}: downtime seen by the process ${gap} ms, ${sent.toFixed(2)} GiB sent${late}`,
+      );
+      if (mode === "--post-copy") assert.ok(result.postCopyBytes >= 0, m.stdout);
+      assert.ok(gap > 0 && sent >= 1, `gap ${gap} ms, ${sent} GiB sent`);
+    });
+    Deno.removeSync(r.dir, { recursive: true });
+  });
+}
+
+Deno.test("migrate --post-copy: a sender killed after the resume gets the process killed with a message, never hung", async () => {
   const key = keyFile();
-  const r = await startReceiver(key);
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  let port = 0;
+  let sender: Deno.ChildProcess | undefined;
+  // The receiver in this process: the sender dies the moment the process runs there, before it
+  // hears so (the pages held back go only once it does).
+  const sessions = serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    key: Deno.readFileSync(key),
+    dir,
+    once: true,
+    onListening: (a) => port = a.port,
+    log: (line) => {
+      if (/^restored pid/.test(line)) sender!.kill("SIGKILL");
+    },
+  });
+  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  // 5% of 1 GiB rewritten a second: the last round has pages to hold back.
   const t = await spawnTarget(await fixture("migrate_stamps"), ["1024", "5"], {
     ready: /^READY /m,
   });
-  await withTarget(t, async (t) => {
-    assert.equal(await t.check(), "PASS"); // its gaps count from here
-    const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${r.port}`, "--key", key];
-    const m = await reaping(t.pid, () => cli(...args, "--lazy", "--json"));
-    assert.equal(m.code, 0, m.stderr);
-    assert.equal(await r.done, 0, r.output());
-    const from = t.output().length;
-    assert.equal(await t.check(), "PASS", t.output());
-    const gap = Number(/^GAP ([\d.]+)$/m.exec(t.output().slice(from))![1]);
-    // Its own measure, printed, not held to the goal: a loaded machine stretches it.
-    const sent = JSON.parse(m.stdout).bytesSent / (1 << 30);
-    console.log(`downtime seen by the process ${gap} ms, ${sent.toFixed(2)} GiB sent`);
-    assert.ok(gap > 0 && sent >= 1, `gap ${gap} ms, ${sent} GiB sent`);
-  });
-  Deno.removeSync(r.dir, { recursive: true });
+  // The image the killed sender leaves in memory (/dev/shm), seen among its open files.
+  let staging: string | undefined;
+  const spot = setInterval(() => {
+    try {
+      for (const e of Deno.readDirSync(`/proc/${sender?.pid}/fd`)) {
+        const link = Deno.readLinkSync(`/proc/${sender?.pid}/fd/${e.name}`);
+        staging ??= /^(\/dev\/shm\/tardigrade-send-[^/]+)\//.exec(link)?.[1];
+      }
+    } catch { /* not started, or gone */ }
+  }, 20);
+  try {
+    await withTarget(t, async (t) => {
+      sender = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "main.ts", "migrate", String(t.pid), "--to", `127.0.0.1:${port}`]
+          .concat(["--key", key, "--post-copy"]),
+        cwd: repoRoot,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await sender.status;
+      const [r] = await sessions;
+      assert.equal(r.pid, t.pid, r.error);
+      assert.match(r.error ?? "", /stream broke before every page came.*kills the process/);
+      await waitUntil(() => !t.alive(), 30_000, "the process to be killed");
+      assert.match(t.output(), /tardigrade: lazy restore: the pages written last never came/);
+    });
+  } finally {
+    clearInterval(spot);
+    if (staging) Deno.removeSync(staging, { recursive: true });
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("migrate: a receiver refuses a sender with another key; the process runs on", async () => {
@@ -298,4 +364,34 @@ Deno.test("migrate: when the receiver's restore fails on one machine, the proces
     assert.equal(await t.check(), "PASS");
   });
   Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("migrate --post-copy: a receiver that restores through a restorer of its own refuses it; the process comes back here", async () => {
+  const key = keyFile();
+  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
+  let port = 0;
+  const sessions = serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    key: Deno.readFileSync(key),
+    dir,
+    once: true,
+    restorer: () => Promise.reject(new Error("not reached")),
+    onListening: (a) => port = a.port,
+  });
+  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  try {
+    await withTarget(await bigTarget(), async (t) => {
+      const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${port}`, "--key", key];
+      const m = await reaping(t.pid, () => cli(...args, "--post-copy"));
+      assert.equal(m.code, 1);
+      assert.match(m.stderr, /pages to come: this receiver restores through a restorer of its own/);
+      assert.match(m.stderr, new RegExp(`restored here again as pid ${t.pid}`));
+      const [r] = await sessions;
+      assert.match(r.error ?? "", /restorer of its own/);
+      assert.equal(await t.check(), "PASS");
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

@@ -111,6 +111,11 @@ export class PageServer {
     processes: ServedProcess[],
     private readonly reader: ImageReader,
     private readonly log: (line: string) => void,
+    /**
+     * Whether the bytes of an extent are in the image yet (post-copy: they come after the
+     * process runs); a fault on one waits until they are. It throws if they never will be.
+     */
+    private readonly ready: (extent: PageExtent) => boolean = () => true,
   ) {
     for (const p of processes) {
       // Each entry has extents of its own: their indexes follow those of the entries before.
@@ -141,8 +146,8 @@ export class PageServer {
         if (!this.#served.length) return this.stats;
         this.#readEvents();
         this.#serveRetries();
-        this.#fillSome();
-        await breathe();
+        if (this.#fillSome()) await breathe();
+        else await new Promise((r) => setTimeout(r, 1)); // waiting for bytes still on their way
       }
     } catch (err) {
       this.#killAll(err instanceof Error ? err.message : String(err));
@@ -246,19 +251,26 @@ export class PageServer {
     }
   }
 
-  /** Fills the next piece of one process, in address order (round robin over processes). */
-  #fillSome(): void {
-    const p = this.#served.find((s) => !s.pending.empty);
-    if (!p) return;
+  /**
+   * Fills the next piece of one process, in address order (round robin over processes); false
+   * when every piece left waits for bytes not in the image yet.
+   */
+  #fillSome(): boolean {
+    const isIn = (r: PendingRun) => this.ready(this.#extents[r.extent]);
+    const p = this.#served.find((s) => s.pending.first(isIn));
+    if (!p) return !this.#served.some((s) => !s.pending.empty);
     this.#served.push(...this.#served.splice(this.#served.indexOf(p), 1));
     let first: PendingRun | undefined;
     // Pages only ever leave an age (a moved or put back piece keeps its own): count up.
-    while (!(first = p.pending.first((r) => this.#age(r) === p.age)) && p.age < this.#oldest) {
+    while (
+      !(first = p.pending.first((r) => this.#age(r) === p.age && isIn(r))) && p.age < this.#oldest
+    ) {
       p.age++;
     }
-    first ??= p.pending.first()!;
+    first ??= p.pending.first(isIn)!;
     const pieces = p.pending.take(first.start, Math.min(first.end, first.start + BACKGROUND_CHUNK));
     if (this.#fill(p, pieces) === "gone") this.#drop(p);
+    return true;
   }
 
   /**
@@ -267,6 +279,10 @@ export class PageServer {
    */
   #fill(p: Served, pieces: PendingRun[]): Filled {
     for (const [k, piece] of pieces.entries()) {
+      if (!this.ready(this.#extents[piece.extent])) {
+        p.pending.putBack(pieces.slice(k));
+        return "again";
+      }
       const data = this.#extent(piece.extent);
       let at = 0;
       const len = piece.end - piece.start;

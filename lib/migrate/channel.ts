@@ -23,7 +23,10 @@ export const FRAME = {
   COMMIT: 5,
   /** The receiver has the image: JSON {dir}. */
   STORED: 6,
-  /** Restore it: JSON {lazy, ending}. */
+  /**
+   * Restore it: JSON {lazy, ending, late?}; `late` (post-copy) names the page-file bytes held
+   * back, {file: [[start, end]…]}, which follow once the process runs.
+   */
   RESTORE: 7,
   /** How the restore went: JSON {ok, pid?, error?}. */
   RESULT: 8,
@@ -34,6 +37,15 @@ export const FRAME = {
    * what the restore needs while the memory streams in.
    */
   PREPARE: 10,
+  /**
+   * Post-copy, receiver to sender: send these held-back bytes first (a restore needs them before
+   * the process runs): JSON {file, ranges: [[start, end]…]}.
+   */
+  FETCH: 11,
+  /** Post-copy, sender to receiver: every held-back byte is sent (JSON {}). */
+  LATE_SENT: 12,
+  /** Post-copy, receiver to sender: every held-back byte is in the image (JSON {}). */
+  ALL_IN: 13,
 } as const;
 
 /** A migration that could not go on: the stream broke, or the other side refused. */

@@ -6,6 +6,9 @@
 import { Channel, decodeFilePiece, FRAME, MigrationError } from "./channel.ts";
 import { restore, restoreWithHead } from "../restore/restore.ts";
 import { RestoreHead } from "../restore/restore_head.ts";
+import type { LateRanges } from "../restore/late_pages.ts";
+import { isPageFileName } from "../image/pages.ts";
+import { LateReceiver } from "./late_receiver.ts";
 import { PARTIAL } from "../image/writer.ts";
 import { WAIT, waitpid } from "../../ffi/mod.ts";
 
@@ -106,6 +109,35 @@ function reapWhenDone(pid: number): number {
   return pid;
 }
 
+/**
+ * Post-copy (COMMIT's `late`): checks the held-back ranges (page files of the image, inside their
+ * size) and gives each such file its full size, its held-back bytes still holes.
+ */
+function heldBack(partial: string, held: unknown, sizes: Record<string, number>): LateRanges {
+  const late = held as LateRanges;
+  for (const [name, ranges] of Object.entries(late)) {
+    const size = sizes[name];
+    const fits = Array.isArray(ranges) &&
+      ranges.every((r) => Array.isArray(r) && 0 <= r[0] && r[0] < r[1] && r[1] <= size);
+    if (!isPageFileName(name) || size === undefined || !fits) {
+      throw new MigrationError(`held-back bytes of ${JSON.stringify(name)}: refused`);
+    }
+    using file = Deno.openSync(`${partial}/${name}`, { write: true, create: true, mode: 0o600 });
+    file.truncateSync(size);
+  }
+  return late;
+}
+
+const mib = (n: number) => (n / (1 << 20)).toFixed(1);
+
+/** Why a post-copy restore cannot be made here, if it cannot. */
+function postCopyRefused(lazy: boolean, opts: ServeOptions, head?: RestoreHead): string | null {
+  if (!lazy) return "the restore is not lazy";
+  if (opts.restorer) return "this receiver restores through a restorer of its own";
+  if (!head?.server) return "no page server was started for it (no lazy PREPARE)";
+  return null;
+}
+
 /** One sender: handshake, files, commit, and a restore if asked. */
 async function session(
   conn: Deno.Conn,
@@ -137,39 +169,54 @@ async function session(
   // Writes go on in order on Deno's blocking threads while the next frame is read and checked.
   let writing: Promise<void> = Promise.resolve();
   let inFlight = 0;
+  /** Post-copy: the page-file bytes held back by the sender (from its COMMIT). */
+  let late: LateRanges | undefined;
+  let postCopy: LateReceiver | undefined;
+  /** Writes a FILE frame's bytes (in order, on Deno's blocking threads). */
+  const onFile = async (payload: Uint8Array) => {
+    const piece = decodeFilePiece(payload);
+    if (!/^[A-Za-z0-9._-]+$/.test(piece.name)) {
+      throw new MigrationError(`a file named ${JSON.stringify(piece.name)}: refused`);
+    }
+    const end = piece.offset + piece.data.length;
+    if (received.dir && !late?.[piece.name]?.some(([s, e]) => s <= piece.offset && end <= e)) {
+      throw new MigrationError(`bytes of ${piece.name} that the image has already: refused`);
+    }
+    let file = files.get(piece.name);
+    if (!file) {
+      file = Deno.openSync(`${received.dir ?? partial}/${piece.name}`, {
+        write: true,
+        create: true,
+        mode: 0o600,
+      });
+      files.set(piece.name, file);
+    }
+    const into = file;
+    inFlight++;
+    writing = writing.then(async () => {
+      await into.seek(piece.offset, Deno.SeekMode.Start);
+      for (let at = 0; at < piece.data.length;) at += await into.write(piece.data.subarray(at));
+      inFlight--;
+      postCopy?.arrived(piece.name, piece.offset, end);
+    });
+    if (inFlight >= MAX_WRITES_IN_FLIGHT) await writing;
+  };
   try {
     for (;;) {
       const f = await channel.receive();
       if (f.type === FRAME.FILE) {
-        const piece = decodeFilePiece(f.payload);
-        if (!/^[A-Za-z0-9._-]+$/.test(piece.name)) {
-          throw new MigrationError(`a file named ${JSON.stringify(piece.name)}: refused`);
-        }
-        let file = files.get(piece.name);
-        if (!file) {
-          file = Deno.openSync(`${partial}/${piece.name}`, {
-            write: true,
-            create: true,
-            mode: 0o600,
-          });
-          files.set(piece.name, file);
-        }
-        const into = file;
-        inFlight++;
-        writing = writing.then(async () => {
-          await into.seek(piece.offset, Deno.SeekMode.Start);
-          for (let at = 0; at < piece.data.length;) at += await into.write(piece.data.subarray(at));
-          inFlight--;
-        });
-        if (inFlight >= MAX_WRITES_IN_FLIGHT) await writing;
+        await onFile(f.payload);
       } else if (f.type === FRAME.COMMIT) {
         await writing;
-        const { files: sizes, durable } = JSON.parse(new TextDecoder().decode(f.payload));
+        const { files: sizes, durable, late: held } = JSON.parse(
+          new TextDecoder().decode(f.payload),
+        );
         for (const file of files.values()) {
           if (durable === true) file.syncSync();
           file.close();
         }
         files.clear();
+        if (held) late = heldBack(partial, held, sizes);
         for (const [name, size] of Object.entries(sizes as Record<string, number>)) {
           const have = Deno.statSync(`${partial}/${name}`).size;
           if (have !== size) {
@@ -182,12 +229,19 @@ async function session(
         await channel.sendJson(FRAME.STORED, { dir });
       } else if (f.type === FRAME.RESTORE && received.dir) {
         const { lazy, ending } = JSON.parse(new TextDecoder().decode(f.payload));
+        // Post-copy: the held-back bytes come while the restore runs and after the resume.
+        postCopy = late ? new LateReceiver(channel, late) : undefined;
+        const taking = postCopy?.take(onFile);
+        taking?.catch(() => {}); // awaited once the process runs; a restore waiting fails first
         try {
+          const refused = postCopy && postCopyRefused(lazy === true, opts, head);
+          if (refused) throw new MigrationError(`cannot restore with pages to come: ${refused}`);
           // `ending`: on one machine the original ends meanwhile; its pids are waited for.
           const restoreOpts = {
             lazy: lazy === true,
             pidsFreedWithinMs: ending === true ? PIDS_FREED_WITHIN_MS : 0,
             discardImage: !opts.dir,
+            late: postCopy,
           };
           let pid: number;
           if (opts.restorer) pid = await opts.restorer(dir, lazy === true);
@@ -198,7 +252,11 @@ async function session(
             pid = reapWhenDone(made.pid);
           }
           received.pid = pid;
-          log(`restored pid ${pid} from ${dir}`);
+          const held = postCopy &&
+            ` (${mib(postCopy.bytes)} MiB of pages to come, ${mib(postCopy.fetched)} MiB ` +
+              `of them fetched before it ran)`;
+          log(`restored pid ${pid} from ${dir}${held ?? ""}`);
+          if (postCopy) postCopy.serving(head!.server!);
           await channel.sendJson(FRAME.RESULT, { ok: true, pid });
         } catch (err) {
           received.error = (err as Error).message;
@@ -206,6 +264,18 @@ async function session(
           // The sender resumes its original: an image in a temporary directory is of no use.
           if (!opts.dir && !opts.restorer) Deno.removeSync(dir, { recursive: true });
           await channel.sendJson(FRAME.RESULT, { ok: false, error: received.error });
+          return received;
+        }
+        if (!postCopy) return received;
+        try {
+          await taking;
+          await writing;
+          await postCopy.allIn();
+          await channel.sendJson(FRAME.ALL_IN, {});
+          log(`every page of pid ${received.pid} is in ${dir}`);
+        } catch (err) {
+          received.error = await postCopy.lost(err as Error);
+          log(`pid ${received.pid}: ${received.error}`);
         }
         return received;
       } else if (f.type === FRAME.PREPARE && !head && !opts.restorer) {

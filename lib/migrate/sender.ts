@@ -13,7 +13,8 @@ import { checkpoint, type CheckpointResult } from "../dump/checkpoint.ts";
 import type { Policy } from "../policy.ts";
 import { restore } from "../restore/restore.ts";
 import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
-import { Shipper } from "./shipper.ts";
+import { type LateRequest, Shipper } from "./shipper.ts";
+import { lateBytes, type LateRanges } from "../restore/late_pages.ts";
 
 /** Pre-copy rounds at most before the freeze. */
 const MAX_ROUNDS = 16;
@@ -52,6 +53,8 @@ export interface MigrateResult {
   sameMachine: boolean;
   /** Bytes of image sent. */
   bytesSent: number;
+  /** With `postCopy`: bytes of pages held back at the freeze (sent as the receiver asked, the rest once the process ran there). */
+  postCopyBytes?: number;
   /** The dump's own figures. */
   dump: CheckpointResult;
 }
@@ -63,6 +66,13 @@ export interface MigrateOptions extends SendOptions {
    * served by a page server at the receiver).
    */
   lazy?: boolean;
+  /**
+   * Post-copy of the last round (implies `lazy`): the freeze sends the state but not the pages
+   * written since the last pre-copy round; the process runs on the receiver at once and those
+   * follow. From that point it needs both machines until every page is in: should the stream
+   * break, the receiver's page server kills it, and the image kept here is the last copy.
+   */
+  postCopy?: boolean;
 }
 
 /** Connects and authenticates. */
@@ -109,9 +119,12 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   const shipper = new Shipper(channel, staging.dir);
   let restored: { pid: number; remoteDir: string } | undefined;
   let keepImage = false;
+  const postCopy = opts.postCopy === true;
+  const lazy = opts.lazy === true || postCopy;
+  let lateSent = 0;
   try {
     // The receiver starts what its restore needs while the memory streams in.
-    await channel.sendJson(FRAME.PREPARE, { lazy: opts.lazy === true });
+    await channel.sendJson(FRAME.PREPARE, { lazy });
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,
@@ -129,27 +142,45 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
           if (bytes < ENOUGH || bytes > last * CONVERGING) break;
           last = bytes;
         }
+        if (postCopy) shipper.holdPages(); // what the freeze writes follows after the resume
       },
       handOver: async ({ end }) => {
-        await shipper.finish();
-        const lazy = opts.lazy === true;
+        const late = await shipper.finish({ holdBack: postCopy });
         const stored = await channel.receiveJson(FRAME.STORED);
         let ended = false;
         try {
           // On one machine the receiver's restore needs the pids: the original ends while the
           // restore starts (it waits for them).
           await channel.sendJson(FRAME.RESTORE, { lazy, ending: sameMachine });
+          const pushing = postCopy ? new LatePush(channel, shipper, late) : undefined;
           if (sameMachine) {
             await end();
             ended = true;
           }
-          const result = await channel.receiveJson(FRAME.RESULT);
+          const result = await (pushing?.result ?? channel.receiveJson(FRAME.RESULT));
           if (result.ok !== true) {
             throw new MigrationError(`the receiver's restore failed: ${result.error}`);
           }
           restored = { pid: Number(result.pid), remoteDir: String(stored.dir) };
+          if (!pushing) return;
+          // It runs there: the original ends, and the pages held back follow.
+          if (!ended) await end();
+          ended = true;
+          try {
+            await pushing.allIn();
+          } catch (err) {
+            keepImage = true;
+            throw new MigrationError(
+              `the process ran on the receiver as pid ${restored.pid}, but the stream broke ` +
+                `before every page was in (${(err as Error).message}): the receiver's page ` +
+                `server kills it; the whole image is kept here, in ${staging.dir}`,
+              { cause: err },
+            );
+          }
+          lateSent = lateBytes(late);
         } catch (err) {
           if (!ended) throw err; // the original runs on
+          if (keepImage) throw err; // it ran there: restoring it here could make two
           const back = await restoredHere(staging.dir, err);
           keepImage = !back.restored; // the user's last copy, named in the error
           throw back.error;
@@ -161,12 +192,75 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       remoteDir: restored!.remoteDir,
       sameMachine,
       bytesSent: shipper.bytes,
+      ...(postCopy ? { postCopyBytes: lateSent } : {}),
       dump,
     };
   } finally {
     await shipper.stop();
     channel.close();
     if (!keepImage) staging.drop();
+  }
+}
+
+/**
+ * Post-copy, once RESTORE is sent: reads what the receiver says (FETCH: bytes its restore
+ * needs first; RESULT; ALL_IN) while the held-back bytes are pushed in order.
+ */
+class LatePush {
+  /** The receiver's RESULT. */
+  readonly result: Promise<Record<string, unknown>>;
+  readonly #allIn: Promise<void>;
+  readonly #asked: LateRequest[] = [];
+  /** The process runs there: the rest goes in order. */
+  #resumed = false;
+  /** Why nothing more is to be sent (the restore failed, the stream broke). */
+  #over?: Error;
+  /** Wakes `#next` (a FETCH or the RESULT came). */
+  #wake = () => {};
+
+  constructor(channel: Channel, shipper: Shipper, late: LateRanges) {
+    let answer!: (r: Record<string, unknown>) => void;
+    this.result = new Promise((resolve) => answer = resolve);
+    const reading = (async () => {
+      for (;;) {
+        const f = await channel.receive();
+        const msg = JSON.parse(new TextDecoder().decode(f.payload));
+        if (f.type === FRAME.FETCH) this.#asked.push({ file: msg.file, ranges: msg.ranges });
+        else if (f.type === FRAME.RESULT) {
+          if (msg.ok === true) this.#resumed = true;
+          else this.#over = new MigrationError("the receiver's restore failed");
+          answer(msg);
+        } else if (f.type === FRAME.ALL_IN) return;
+        else throw new MigrationError(`unexpected frame ${f.type}`);
+        this.#wake();
+      }
+    })().catch((err) => {
+      this.#over = err;
+      this.#wake();
+      throw err;
+    });
+    const pushing = shipper.pushLate(late, () => this.#next())
+      .then(() => channel.sendJson(FRAME.LATE_SENT, {}));
+    this.#allIn = Promise.all([reading, pushing]).then(() => {});
+    this.#allIn.catch(() => {}); // awaited once the process runs
+    // A stream that breaks before the RESULT: the restore is taken as failed.
+    reading.catch((err) => answer({ ok: false, error: (err as Error).message }));
+  }
+
+  /** Resolves once the receiver says every page is in. */
+  allIn(): Promise<void> {
+    return this.#allIn;
+  }
+
+  /** What to send next: what the receiver asked for first, the rest once the process runs. */
+  async #next(): Promise<LateRequest | null> {
+    for (;;) {
+      if (this.#over) throw this.#over;
+      const asked = this.#asked.shift();
+      if (asked) return asked;
+      if (this.#resumed) return null;
+      await new Promise<void>((wake) => this.#wake = wake);
+    }
   }
 }
 

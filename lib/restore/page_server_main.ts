@@ -6,9 +6,10 @@
  * process reading zeros where its data was), and the OOM killer is asked to spare it.
  */
 import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
-import { ImageReader } from "../image/mod.ts";
+import { ImageReader, type PageExtent } from "../image/mod.ts";
 import { PageServer, type ServedProcess } from "../memory/page_server.ts";
 import { type PageServerSpec, specRuns } from "./page_server_process.ts";
+import { extentIn, type LateRanges, without } from "./late_pages.ts";
 
 const MiB = 1024 * 1024;
 
@@ -77,7 +78,8 @@ async function main(): Promise<number> {
     return 1;
   }
   const started = performance.now();
-  const server = new PageServer(served, reader, log);
+  const ready = spec.late ? followLate(spec.late, nextLine, log) : undefined;
+  const server = new PageServer(served, reader, log, ready);
   try {
     using _discard = discarded(spec, reader, log);
     const s = await server.run();
@@ -109,6 +111,39 @@ function discarded(spec: PageServerSpec, reader: ImageReader, log: (line: string
         log(`cannot remove ${spec.dir}: ${err instanceof Error ? err.message : err}`);
       }
     },
+  };
+}
+
+/**
+ * Post-copy: follows the stdin lines that say which late bytes are in; the returned check says
+ * whether an extent is, and throws once they never will be (the server then kills the
+ * processes: better than leaving them waiting on a fault, or reading zeros).
+ */
+function followLate(
+  late: LateRanges,
+  nextLine: () => Promise<string | null>,
+  log: (line: string) => void,
+): (extent: PageExtent) => boolean {
+  const missing = structuredClone(late);
+  let lost: string | undefined;
+  (async () => {
+    for (;;) {
+      const line = await nextLine();
+      if (line === "all") return log("every late page is in");
+      if (line === null) throw new Error("the receiver ended before every late page came");
+      if (line.startsWith("lost ")) throw new Error(line.slice(5));
+      const [what, file, start, end] = line.split(" ");
+      if (what !== "in" || !missing[file]) throw new Error(`a message that is not one: ${line}`);
+      missing[file] = without(missing[file], Number(start), Number(end));
+    }
+  })().catch((err) => {
+    lost = `the pages written last never came from the sender (${err.message})`;
+    log(lost);
+  });
+  return (extent) => {
+    if (extentIn(missing, extent)) return true;
+    if (lost) throw new Error(lost);
+    return false;
   };
 }
 

@@ -9,6 +9,7 @@
 import { RestoreError } from "../errors.ts";
 import type { PageExtent } from "../image/mod.ts";
 import type { PendingRun } from "../memory/pending_pages.ts";
+import type { LateRanges } from "./late_pages.ts";
 
 /** One restored process the page server serves. */
 export interface ServedSpec {
@@ -32,6 +33,11 @@ export interface PageServerSpec {
   log: string;
   /** Remove `dir` when the server ends (`RestoreOptions.discardImage`). */
   discard?: boolean;
+  /**
+   * Post-copy: page-file bytes not in the image yet. After `go`, its stdin says as they come:
+   * `in FILE START END`, then `all`; or `lost WHY` (they never will: it kills the processes).
+   */
+  late?: LateRanges;
 }
 
 /** The pending pages of a served process, as the server takes them back. */
@@ -115,10 +121,24 @@ export class PageServerProcess {
     }
   }
 
-  /** Tells the server, once it holds the userfaultfds and they are armed, to serve. */
-  async go(): Promise<void> {
+  /**
+   * Tells the server, once it holds the userfaultfds and they are armed, to serve. With
+   * `late` bytes (post-copy), its stdin stays open for `tell`.
+   */
+  async go(late = false): Promise<void> {
     await this.#stdin.write(new TextEncoder().encode("go\n"));
-    await this.#stdin.close();
+    if (!late) await this.#stdin.close();
+  }
+
+  /**
+   * Post-copy: tells the server a line about the late bytes (see `PageServerSpec.late`); `all`
+   * and `lost` close its stdin. One that has ended (its processes are gone) is not told.
+   */
+  async tell(line: string): Promise<void> {
+    try {
+      await this.#stdin.write(new TextEncoder().encode(line + "\n"));
+      if (line === "all" || line.startsWith("lost ")) await this.#stdin.close();
+    } catch { /* it ended: nothing waits on those bytes */ }
   }
 
   /** Lets it run on alone: this process may exit. */

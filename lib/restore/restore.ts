@@ -38,6 +38,7 @@ import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
 import { runsOfSpec } from "./page_server_process.ts";
 import { checkFiles } from "./file_checks.ts";
+import { eagerPagesIn, type LatePagesArrival } from "./late_pages.ts";
 import { vdsoMismatch } from "../memory/special.ts";
 import { checkNamespacePids, PidMap, PidNamespace } from "./pid_namespace.ts";
 import {
@@ -162,6 +163,13 @@ export interface RestoreOptions {
    * migration's, received into a temporary directory). A failed restore leaves it.
    */
   discardImage?: boolean;
+  /**
+   * With `lazy`, post-copy (a migration's receiver): page-file bytes that are not in the image
+   * yet but come while the restore runs and after. Pages written before the processes run wait
+   * for theirs (`arrival`); the page server serves the rest once they come, told through
+   * `PageServerProcess.tell` (the caller's, from the restore head it hands in).
+   */
+  late?: LatePagesArrival;
   /**
    * The image's processes are ending as the restore starts (a migration on one machine): their
    * pids are waited for up to this long, in ms, instead of being refused as in use at once.
@@ -293,6 +301,7 @@ async function preflight(
 
 /** Why an image cannot be restored lazily with `opts`: refused before anything is made. */
 function checkLazy(opts: RestoreOptions): void {
+  if (opts.late && !opts.lazy) throw new RestoreError("pages still on their way need `lazy`");
   const why = opts.pidNamespace
     ? "not into a new pid namespace"
     : opts.shellJob
@@ -382,6 +391,8 @@ interface RestoreRun {
   warnings: string[];
   /** Puts the threads in their groups. */
   cgroups: CgroupRestore;
+  /** Post-copy: page-file bytes still on their way. */
+  late?: LatePagesArrival;
 }
 
 /**
@@ -425,11 +436,13 @@ async function buildAddressSpace(
       close(pidfd);
     }
   }
+  let eager = m.lazy?.plan.eager;
+  if (eager && run.late) eager = await eagerPagesIn(eager, run.late, reader);
   const pageBytes = await asb.fillPages(
     reader,
     stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
     progress,
-    m.lazy?.plan.eager,
+    eager,
   );
   asb.finish();
   asb.seal();
@@ -799,7 +812,7 @@ async function restoreTree(
     const lazyBytes = [...plans.values()].reduce((n, plan) => n + plan.bytes, 0);
     const total = entries.reduce((n, p) => n + p.extents.reduce((k, e) => k + e.length, 0), 0) -
       lazyBytes;
-    const run: RestoreRun = { reader, shares, stage, made, warnings, cgroups };
+    const run: RestoreRun = { reader, shares, stage, made, warnings, cgroups, late: opts.late };
     let pageBytes = 0;
     const memoryOf = async (m: Making) => {
       if (m.pageBytes !== undefined) return;
@@ -885,6 +898,7 @@ async function restoreTree(
         })),
         log,
         discard: opts.discardImage === true,
+        ...(opts.late ? { late: opts.late.missing() } : {}),
       })
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
@@ -919,7 +933,7 @@ async function restoreTree(
     for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
     if (served) {
       await served;
-      await server!.go();
+      await server!.go(opts.late !== undefined);
     }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
