@@ -109,6 +109,16 @@ export function addressOf(buf: ArrayBufferView): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)));
 }
 
+/**
+ * `size` zeroed bytes whose first byte lies on an `align` boundary (a power of two), as O_DIRECT
+ * wants of its buffers; a large `Uint8Array` of its own starts 16 bytes into a malloc'd block.
+ */
+export function alignedBytes(size: number, align = 4096): Uint8Array<ArrayBuffer> {
+  const whole = new Uint8Array(size + align);
+  const skew = Number(BigInt(align) - (addressOf(whole) & BigInt(align - 1))) % align;
+  return whole.subarray(skew, skew + size);
+}
+
 /** A NUL-terminated C string. */
 export function cstring(s: string): Uint8Array<ArrayBuffer> {
   return new TextEncoder().encode(s + "\0") as Uint8Array<ArrayBuffer>;

@@ -153,6 +153,7 @@ export const SYS = {
   clone3: 435,
   close_range: 436,
   pidfd_getfd: 438,
+  cachestat: 451,
   mseal: 462,
   io_setup: 206,
   io_destroy: 207,
@@ -363,6 +364,21 @@ export function pread(fd: number, buf: Uint8Array, offset: bigint | number): num
       [fd, offset],
     ),
   );
+}
+
+/**
+ * How many pages of `length` bytes at `offset` of file `fd` are in the page cache (cachestat,
+ * Linux 6.5); undefined where the kernel cannot tell.
+ */
+export function cachedPages(fd: number, offset: number, length: number): number | undefined {
+  const range = new BigUint64Array([BigInt(offset), BigInt(length)]);
+  const stat = new BigUint64Array(5); // nr_cache, nr_dirty, nr_writeback, nr_evicted, …
+  try {
+    syscall("cachestat", fd, addressOf(range), addressOf(stat), 0);
+  } catch {
+    return undefined;
+  }
+  return Number(stat[0]);
 }
 
 /** Writes at an offset; returns the byte count. */

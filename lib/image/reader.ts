@@ -1,5 +1,16 @@
 /** Reads and verifies an image directory written by `ImageWriter`. */
-import { close, O, open, pread, preadAsync } from "../../ffi/mod.ts";
+import {
+  addressOf,
+  cachedPages,
+  close,
+  Errno,
+  O,
+  open,
+  PAGE_SIZE,
+  pread,
+  preadAsync,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, checksumFile } from "./checksum.ts";
 import { decodePayload, unframe } from "./frame.ts";
@@ -49,6 +60,8 @@ export class ImageReader implements Disposable {
   #pageFiles = new Map<string, Deno.FsFile>();
   /** Raw descriptors of page files, for reads on another thread (a FsFile has no fd). */
   #pageFds = new Map<string, number>();
+  /** The same files opened O_DIRECT (-1 where the filesystem refuses it). */
+  #directFds = new Map<string, number>();
   #parent: ImageReader | undefined;
 
   private constructor(
@@ -223,9 +236,20 @@ export class ImageReader implements Disposable {
   async #readOwnExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
     const { name, offset, length, out } = this.#extentTarget(extent, into);
     const fd = this.#pageFd(name);
+    let direct = this.#directFdFor(name, fd, out, offset);
     try {
       for (let done = 0; done < length;) {
-        const n = await preadAsync(fd, out.subarray(done), offset + done);
+        const part = out.subarray(done);
+        const at = offset + done;
+        let n: number;
+        try {
+          n = await preadAsync(direct >= 0 && at % PAGE_SIZE === 0 ? direct : fd, part, at);
+        } catch (err) {
+          // A filesystem that takes O_DIRECT opens but wants another alignment: the page cache.
+          if (direct < 0 || !(err instanceof SyscallError) || err.errno !== Errno.EINVAL) throw err;
+          this.#directFds.set(name, direct = -1);
+          continue;
+        }
         if (n === 0) throw new ImageError(`${name}: truncated at offset ${offset + done}`);
         done += n;
       }
@@ -349,8 +373,11 @@ export class ImageReader implements Disposable {
   close(): void {
     for (const f of this.#pageFiles.values()) f.close();
     this.#pageFiles.clear();
-    for (const fd of this.#pageFds.values()) close(fd);
+    for (const fd of [...this.#pageFds.values(), ...this.#directFds.values()]) {
+      if (fd >= 0) close(fd);
+    }
     this.#pageFds.clear();
+    this.#directFds.clear();
     this.#parent?.close();
   }
 
@@ -380,6 +407,30 @@ export class ImageReader implements Disposable {
       this.#pageFds.set(name, fd);
     }
     return fd;
+  }
+
+  /**
+   * The O_DIRECT descriptor of page file `name` for reading `out` from `offset`, or -1 to read
+   * through the page cache. An extent the cache does not hold (the dump wrote it O_DIRECT) goes
+   * from the disk straight into `out` (page-aligned buffer, offset and length): no copy through
+   * the cache, which a cold buffered read makes in small read-ahead steps.
+   */
+  #directFdFor(name: string, fd: number, out: Uint8Array, offset: number): number {
+    const pages = out.length / PAGE_SIZE;
+    if (!Number.isInteger(pages) || offset % PAGE_SIZE || addressOf(out) % BigInt(PAGE_SIZE)) {
+      return -1;
+    }
+    if ((cachedPages(fd, offset, out.length) ?? pages) * 2 >= pages) return -1; // mostly cached
+    let direct = this.#directFds.get(name);
+    if (direct === undefined) {
+      try {
+        direct = open(`${this.dir}/${name}`, O.RDONLY | O.DIRECT | O.CLOEXEC);
+      } catch {
+        direct = -1; // a filesystem without O_DIRECT
+      }
+      this.#directFds.set(name, direct);
+    }
+    return direct;
   }
 
   #pageFile(name: string): Deno.FsFile {
