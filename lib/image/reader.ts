@@ -57,8 +57,7 @@ export interface ReadExtentOptions {
  */
 export class ImageReader implements Disposable {
   #entries: Map<string, ImageFileEntry>;
-  #pageFiles = new Map<string, Deno.FsFile>();
-  /** Raw descriptors of page files, for reads on another thread (a FsFile has no fd). */
+  /** Raw descriptors of page files: every read is a pread, on this thread or another. */
   #pageFds = new Map<string, number>();
   /** The same files opened O_DIRECT (-1 where the filesystem refuses it). */
   #directFds = new Map<string, number>();
@@ -206,14 +205,19 @@ export class ImageReader implements Disposable {
     const owner = this.#owner(extent);
     if (owner !== this) return owner.readExtent(local(extent), into, options);
     const { name, offset, length, out } = this.#extentTarget(extent, into);
-    const file = this.#pageFile(name);
+    const fd = this.#pageFd(name);
+    let direct = this.#directFdFor(name, fd, out, offset);
     try {
-      file.seekSync(offset, Deno.SeekMode.Start);
       for (let done = 0; done < length;) {
-        const n = file.readSync(out.subarray(done));
-        if (n === null) {
-          throw new ImageError(`${name}: truncated at offset ${offset + done}`);
+        const at = offset + done;
+        let n: number;
+        try {
+          n = pread(direct >= 0 && at % PAGE_SIZE === 0 ? direct : fd, out.subarray(done), at);
+        } catch (err) {
+          direct = this.#withoutDirect(name, direct, err);
+          continue;
         }
+        if (n === 0) throw new ImageError(`${name}: truncated at offset ${at}`);
         done += n;
       }
     } catch (err) {
@@ -245,9 +249,7 @@ export class ImageReader implements Disposable {
         try {
           n = await preadAsync(direct >= 0 && at % PAGE_SIZE === 0 ? direct : fd, part, at);
         } catch (err) {
-          // A filesystem that takes O_DIRECT opens but wants another alignment: the page cache.
-          if (direct < 0 || !(err instanceof SyscallError) || err.errno !== Errno.EINVAL) throw err;
-          this.#directFds.set(name, direct = -1);
+          direct = this.#withoutDirect(name, direct, err);
           continue;
         }
         if (n === 0) throw new ImageError(`${name}: truncated at offset ${offset + done}`);
@@ -371,8 +373,6 @@ export class ImageReader implements Disposable {
 
   /** Closes the page files opened by `readExtent` and `readExtentAsync`. */
   close(): void {
-    for (const f of this.#pageFiles.values()) f.close();
-    this.#pageFiles.clear();
     for (const fd of [...this.#pageFds.values(), ...this.#directFds.values()]) {
       if (fd >= 0) close(fd);
     }
@@ -394,6 +394,17 @@ export class ImageReader implements Disposable {
       throw fileError(entry.name, err);
     }
     checkSize(entry, info.size);
+  }
+
+  /**
+   * After a failed read through `direct`: a filesystem that opens O_DIRECT but wants another
+   * alignment (EINVAL) is read through the page cache from now on (returns -1); anything else
+   * is thrown.
+   */
+  #withoutDirect(name: string, direct: number, err: unknown): number {
+    if (direct < 0 || !(err instanceof SyscallError) || err.errno !== Errno.EINVAL) throw err;
+    this.#directFds.set(name, -1);
+    return -1;
   }
 
   #pageFd(name: string): number {
@@ -431,19 +442,6 @@ export class ImageReader implements Disposable {
       this.#directFds.set(name, direct);
     }
     return direct;
-  }
-
-  #pageFile(name: string): Deno.FsFile {
-    let file = this.#pageFiles.get(name);
-    if (!file) {
-      try {
-        file = Deno.openSync(`${this.dir}/${name}`, { read: true });
-      } catch (err) {
-        throw fileError(name, err);
-      }
-      this.#pageFiles.set(name, file);
-    }
-    return file;
   }
 }
 
