@@ -52,6 +52,14 @@ export const symbols = {
     result: "isize",
     nonblocking: true,
   },
+  // int posix_fadvise(int fd, off_t offset, off_t len, int advice); on a blocking thread: the
+  // kernel submits the reads of WILLNEED there before it returns.
+  posix_fadvise_nonblocking: {
+    name: "posix_fadvise",
+    parameters: ["i32", "i64", "i64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count);

@@ -1,6 +1,6 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
 import { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
-import { AT_FDCWD, O } from "./fcntl.ts";
+import { AT_FDCWD, FADV, O } from "./fcntl.ts";
 import { S_IF } from "./stat.ts";
 import { Errno, SyscallError } from "./errno.ts";
 import { encodeIovecs } from "./structs.ts";
@@ -353,6 +353,14 @@ export function preadAsync(fd: number, buf: Uint8Array, offset: bigint | number)
  */
 export function pwriteAsync(fd: number, buf: Uint8Array, offset: bigint | number): Promise<number> {
   return onAnotherThread(libc.pwrite_nonblocking, pwrite, fd, buf, offset);
+}
+
+/**
+ * Asks the kernel to read all of file `fd` into the page cache (POSIX_FADV_WILLNEED), from one of
+ * Deno's blocking threads; resolves once the reads are submitted. Advice: a failure is ignored.
+ */
+export async function readAheadAsync(fd: number): Promise<void> {
+  await libc.posix_fadvise_nonblocking(fd, 0n, 0n, FADV.WILLNEED);
 }
 
 /** Reads at an offset; returns the byte count (0 at end of file). */

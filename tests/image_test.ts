@@ -5,7 +5,7 @@ import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
 import { crc32 } from "node:zlib";
 import { alignedBytes, cachedPages, close, libzCrc32, O, open } from "../ffi/mod.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
-import { needs } from "./helpers.ts";
+import { needs, waitUntil } from "./helpers.ts";
 
 /** A fresh scratch directory, removed with everything in it at the end of the `using` block. */
 function scratch(): { path: string } & Disposable {
@@ -191,6 +191,40 @@ Deno.test("page data bypasses the page cache where aligned, and reads back whole
     assert.deepEqual(await image.readExtentAsync(e, unaligned), expected(i), `extent ${i}`);
     assert.deepEqual(image.readExtent(e), expected(i), `extent ${i} read at once`);
   }
+});
+
+/** Why the page cache cannot be asked about a file here (no cachestat), or undefined. */
+function noCachestat(): string | undefined {
+  const fd = open(new URL(import.meta.url).pathname, O.RDONLY);
+  try {
+    return cachedPages(fd, 0, 1) === undefined ? "this kernel has no cachestat" : undefined;
+  } finally {
+    close(fd);
+  }
+}
+
+Deno.test({
+  ...needs("prefetch brings page data the dump wrote past the page cache into it", noCachestat()),
+  fn: async () => {
+    using tmp = scratch();
+    const dir = `${tmp.path}/img`;
+    const length = 4 * MiB;
+    {
+      await using w = await ImageWriter.create(dir);
+      w.pages().append(pattern(alignedBytes(length), 3)); // whole pages: written O_DIRECT
+      await w.commit();
+    }
+    const fd = open(`${dir}/pages-0.img`, O.RDONLY);
+    try {
+      const cached = () => cachedPages(fd, 0, length);
+      assert.equal(cached(), 0);
+      using image = await ImageReader.open(dir);
+      image.prefetch();
+      await waitUntil(() => cached() === length / 4096, 30_000, "the page file in the page cache");
+    } finally {
+      close(fd);
+    }
+  },
 });
 
 Deno.test("checksums are CRC-32 and combine like the bytes they cover", () => {

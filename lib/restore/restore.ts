@@ -669,6 +669,8 @@ async function restoreTree(
     await dropStub();
     throw err;
   });
+  // The page data comes from the disk while the processes are made (a lazy restore reads little).
+  if (!opts.lazy) reader.prefetch();
   try {
     entries = await readTree(reader);
     container = entries[0]?.namespaces;
