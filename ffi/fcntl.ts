@@ -90,6 +90,9 @@ export const SETFL_MASK = O.APPEND | O.NONBLOCK | O.NOATIME | O.ASYNC;
 /** lseek(2) whence values, SEEK_DATA and SEEK_HOLE included. */
 export const SEEK = { SET: 0, CUR: 1, END: 2, DATA: 3, HOLE: 4 } as const;
 
+/** `posix_fadvise` advice: `WILLNEED` reads a range into the page cache in the background. */
+export const FADV = { WILLNEED: 3 } as const;
+
 /** __O_SYNC, the bit O_SYNC adds to O_DSYNC. */
 export const O_SYNC_BIT = 0o4000000;
 

@@ -52,6 +52,14 @@ export const symbols = {
     result: "isize",
     nonblocking: true,
   },
+  // int posix_fadvise(int fd, off_t offset, off_t len, int advice); on a blocking thread: the
+  // kernel submits the reads of WILLNEED there before it returns.
+  posix_fadvise_nonblocking: {
+    name: "posix_fadvise",
+    parameters: ["i32", "i64", "i64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count);
@@ -107,6 +115,16 @@ export function unwrap<T extends number | bigint>(
 /** The address of a buffer's bytes, for structs that point at other memory (iovec, clone_args). */
 export function addressOf(buf: ArrayBufferView): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)));
+}
+
+/**
+ * `size` zeroed bytes whose first byte lies on an `align` boundary (a power of two), as O_DIRECT
+ * wants of its buffers; a large `Uint8Array` of its own starts 16 bytes into a malloc'd block.
+ */
+export function alignedBytes(size: number, align = 4096): Uint8Array<ArrayBuffer> {
+  const whole = new Uint8Array(size + align);
+  const skew = Number(BigInt(align) - (addressOf(whole) & BigInt(align - 1))) % align;
+  return whole.subarray(skew, skew + size);
 }
 
 /** A NUL-terminated C string. */

@@ -4,7 +4,7 @@
  * `lib/`, and it is the only place that touches raw pointers or libc.
  * @module
  */
-export { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
+export { addressOf, alignedBytes, cstring, errno, libc, unwrap } from "./libc.ts";
 export * from "./capability.ts";
 export * from "./errno.ts";
 export * from "./fanotify.ts";

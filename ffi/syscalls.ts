@@ -1,6 +1,6 @@
 /** Typed wrappers over libc and raw syscalls; each throws `SyscallError` on failure. */
 import { addressOf, cstring, errno, libc, unwrap } from "./libc.ts";
-import { AT_FDCWD, O } from "./fcntl.ts";
+import { AT_FDCWD, FADV, O } from "./fcntl.ts";
 import { S_IF } from "./stat.ts";
 import { Errno, SyscallError } from "./errno.ts";
 import { encodeIovecs } from "./structs.ts";
@@ -161,6 +161,7 @@ export const SYS = {
   clone3: 435,
   close_range: 436,
   pidfd_getfd: 438,
+  cachestat: 451,
   mseal: 462,
   io_setup: 206,
   io_destroy: 207,
@@ -377,6 +378,14 @@ export function pwriteAsync(fd: number, buf: Uint8Array, offset: bigint | number
   return onAnotherThread(libc.pwrite_nonblocking, pwrite, fd, buf, offset);
 }
 
+/**
+ * Asks the kernel to read all of file `fd` into the page cache (POSIX_FADV_WILLNEED), from one of
+ * Deno's blocking threads; resolves once the reads are submitted. Advice: a failure is ignored.
+ */
+export async function readAheadAsync(fd: number): Promise<void> {
+  await libc.posix_fadvise_nonblocking(fd, 0n, 0n, FADV.WILLNEED);
+}
+
 /** Reads at an offset; returns the byte count (0 at end of file). */
 export function pread(fd: number, buf: Uint8Array, offset: bigint | number): number {
   return Number(
@@ -386,6 +395,21 @@ export function pread(fd: number, buf: Uint8Array, offset: bigint | number): num
       [fd, offset],
     ),
   );
+}
+
+/**
+ * How many pages of `length` bytes at `offset` of file `fd` are in the page cache (cachestat,
+ * Linux 6.5); undefined where the kernel cannot tell.
+ */
+export function cachedPages(fd: number, offset: number, length: number): number | undefined {
+  const range = new BigUint64Array([BigInt(offset), BigInt(length)]);
+  const stat = new BigUint64Array(5); // nr_cache, nr_dirty, nr_writeback, nr_evicted, …
+  try {
+    syscall("cachestat", fd, addressOf(range), addressOf(stat), 0);
+  } catch {
+    return undefined;
+  }
+  return Number(stat[0]);
 }
 
 /** Writes at an offset; returns the byte count. */

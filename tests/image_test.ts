@@ -3,9 +3,9 @@ import { ImageError, ImageReader, ImageWriter, TOOL_VERSION } from "../mod.ts";
 import { BASE_FORMAT_VERSION, FORMAT_VERSION, type PageExtent } from "../image.ts";
 import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
 import { crc32 } from "node:zlib";
-import { libzCrc32 } from "../ffi/mod.ts";
+import { alignedBytes, cachedPages, close, libzCrc32, O, open } from "../ffi/mod.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
-import { needs } from "./helpers.ts";
+import { needs, waitUntil } from "./helpers.ts";
 
 /** A fresh scratch directory, removed with everything in it at the end of the `using` block. */
 function scratch(): { path: string } & Disposable {
@@ -143,6 +143,88 @@ Deno.test("page extents round-trip from a reused buffer and roll to a second fil
     () => image.readExtent({ ...extents[0], offset: 2 * MiB }),
     /^pages-0\.img: extent at offset 2097152 .* runs past the end/,
   );
+});
+
+Deno.test("page data bypasses the page cache where aligned, and reads back whole either way", async () => {
+  using tmp = scratch();
+  const dir = `${tmp.path}/img`;
+  const buf = alignedBytes(8 * MiB);
+  // [start in buf, length]: whole pages of an aligned buffer (O_DIRECT), a length that ends
+  // mid-page, whole pages at the unaligned offset it leaves, whole pages from an unaligned address.
+  const pieces: [number, number, "now" | "later"][] = [
+    [0, 2 * MiB, "later"],
+    [2 * MiB, 5000, "now"],
+    [4 * MiB, MiB, "later"],
+    [6 * MiB + 16, 8192, "now"],
+  ];
+  const extents: PageExtent[] = [];
+  {
+    await using w = await ImageWriter.create(dir);
+    const sink = w.pages();
+    for (const [i, [at, length, when]] of pieces.entries()) {
+      const bytes = pattern(buf.subarray(at, at + length), i);
+      if (when === "now") extents.push(sink.append(bytes));
+      else {
+        const { extent, written } = sink.appendLater!(bytes);
+        extents.push(extent);
+        await written;
+      }
+    }
+    await w.commit();
+  }
+  const fd = open(`${dir}/pages-0.img`, O.RDONLY);
+  try {
+    // The aligned first extent went to the disk, not through the cache (where cachestat tells).
+    const cached = cachedPages(fd, 0, 2 * MiB);
+    if (cached !== undefined) assert.equal(cached, 0);
+  } finally {
+    close(fd);
+  }
+  using image = await ImageReader.open(dir, { verify: true }); // whole-file CRCs from extents'
+  const expected = (i: number) => pattern(new Uint8Array(pieces[i][1]), i);
+  const aligned = alignedBytes(2 * MiB);
+  for (const [i, e] of extents.entries()) {
+    // From the disk into an aligned buffer (O_DIRECT), into an unaligned one, and at once.
+    assert.deepEqual(await image.readExtentAsync(e, aligned), expected(i), `extent ${i} direct`);
+    image.verifyExtent(e, aligned.subarray(0, e.length));
+    const unaligned = new Uint8Array(2 * MiB + 8).subarray(8);
+    assert.deepEqual(await image.readExtentAsync(e, unaligned), expected(i), `extent ${i}`);
+    assert.deepEqual(image.readExtent(e), expected(i), `extent ${i} read at once`);
+  }
+});
+
+/** Why the page cache cannot be asked about a file here (no cachestat), or undefined. */
+function noCachestat(): string | undefined {
+  const fd = open(new URL(import.meta.url).pathname, O.RDONLY);
+  try {
+    return cachedPages(fd, 0, 1) === undefined ? "this kernel has no cachestat" : undefined;
+  } finally {
+    close(fd);
+  }
+}
+
+Deno.test({
+  ...needs("prefetch brings page data the dump wrote past the page cache into it", noCachestat()),
+  fn: async () => {
+    using tmp = scratch();
+    const dir = `${tmp.path}/img`;
+    const length = 4 * MiB;
+    {
+      await using w = await ImageWriter.create(dir);
+      w.pages().append(pattern(alignedBytes(length), 3)); // whole pages: written O_DIRECT
+      await w.commit();
+    }
+    const fd = open(`${dir}/pages-0.img`, O.RDONLY);
+    try {
+      const cached = () => cachedPages(fd, 0, length);
+      assert.equal(cached(), 0);
+      using image = await ImageReader.open(dir);
+      image.prefetch();
+      await waitUntil(() => cached() === length / 4096, 30_000, "the page file in the page cache");
+    } finally {
+      close(fd);
+    }
+  },
 });
 
 Deno.test("checksums are CRC-32 and combine like the bytes they cover", () => {

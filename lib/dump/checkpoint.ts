@@ -3,7 +3,7 @@
  * it (its life now lives in the image) or let it run on. Any failure removes the partial image
  * and leaves the target running as it was, detached.
  */
-import { close, pidfdOpen, SIG, sigBit } from "../../ffi/mod.ts";
+import { alignedBytes, close, pidfdOpen, SIG, sigBit } from "../../ffi/mod.ts";
 import { DumpError, explain, NoSuchProcess, PolicyError, SyscallError } from "../errors.ts";
 import { assignFileIds, type Fd, FileTable } from "../inspect/fds.ts";
 import type { FileDumpContext } from "../files/types.ts";
@@ -528,7 +528,7 @@ export async function checkpoint(
   };
   try {
     const sink = writer.pages();
-    const staging = new Uint8Array(STAGING_SIZE);
+    const staging = alignedBytes(STAGING_SIZE);
     if (opts.preCopy) {
       // Pre-copy hook: a brief freeze to arm tracking, then a copy while the processes run.
       const breathe = () => new Promise<void>((r) => setTimeout(r, 0));

@@ -2,7 +2,7 @@
  * Gathers page data into one reused staging buffer and hands it to the image's page sink in
  * large extents, so a dump makes few large writes and never holds the image in memory.
  */
-import { PAGE_SIZE } from "../../ffi/mod.ts";
+import { alignedBytes, PAGE_SIZE } from "../../ffi/mod.ts";
 import type { PageExtent, PageSink } from "../image/mod.ts";
 import type { PageRun } from "../image/schema.ts";
 import { type Fill, type PageStore, STAGING_SIZE } from "../memory/page_data.ts";
@@ -31,7 +31,7 @@ export class PageCollector implements PageStore {
     buffer?: Uint8Array,
     private readonly onFlush?: (bytes: number) => void,
   ) {
-    const whole = buffer ?? new Uint8Array(STAGING_SIZE);
+    const whole = buffer ?? alignedBytes(STAGING_SIZE);
     const half = Math.floor(whole.length / 2 / PAGE_SIZE) * PAGE_SIZE;
     this.#halves = sink.appendLater && half > 0
       ? [whole.subarray(0, half), whole.subarray(half, 2 * half)]
@@ -58,6 +58,7 @@ export class PageCollector implements PageStore {
       this.#used += n;
       done += n;
       this.bytes += n;
+      this.#alignUsed();
     }
     return runs;
   }
@@ -89,6 +90,17 @@ export class PageCollector implements PageStore {
       await this.#writing[i];
       this.#writing[i] = undefined;
     }
+  }
+
+  /**
+   * Starts the next run on a page boundary (after a file's data that ends mid-page), so that
+   * every extent the sink gets is whole pages of a page-aligned buffer, which it writes with
+   * O_DIRECT; the gap, zeroed, belongs to no run.
+   */
+  #alignUsed(): void {
+    const aligned = Math.ceil(this.#used / PAGE_SIZE) * PAGE_SIZE;
+    this.#buf.fill(0, this.#used, aligned);
+    this.#used = aligned;
   }
 
   #record(extent: PageExtent): void {

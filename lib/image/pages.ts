@@ -1,5 +1,16 @@
 /** Page data: raw bytes appended to `pages-N.img` files, located by extents. */
-import { close, O, open, pwrite, pwriteAsync, syscall } from "../../ffi/mod.ts";
+import {
+  addressOf,
+  close,
+  Errno,
+  O,
+  open,
+  PAGE_SIZE,
+  pwrite,
+  pwriteAsync,
+  syscall,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, combineChecksums } from "./checksum.ts";
 import type { ImageFileEntry } from "./manifest.ts";
@@ -53,6 +64,12 @@ interface OpenPageFile {
   name: string;
   /** A raw descriptor: writes on another thread need one (a FsFile has none). */
   fd: number;
+  /**
+   * The same file opened O_DIRECT (-1 where the filesystem refuses it): aligned writes go from
+   * the caller's buffer to the disk, with no copy into the page cache and nothing left for the
+   * commit's fdatasync to write but the file's metadata.
+   */
+  direct: number;
   size: number;
   /** Writes still going on another thread; the fd is closed only once they are done. */
   inFlight: Set<Promise<void>>;
@@ -88,7 +105,7 @@ export class PageFileSink implements PageSink {
     const { file, offset, checksum: sum } = this.#reserve(bytes);
     try {
       for (let done = 0; done < bytes.length;) {
-        done += pwrite(file.fd, bytes.subarray(done), offset + done);
+        done += this.#writeNow(file, bytes.subarray(done), offset + done);
       }
     } catch (err) {
       throw this.onError(err, `${file.name}: write of ${bytes.length} bytes at ${offset} failed`);
@@ -101,7 +118,13 @@ export class PageFileSink implements PageSink {
     const written = (async () => {
       try {
         for (let done = 0; done < bytes.length;) {
-          done += await pwriteAsync(file.fd, bytes.subarray(done), offset + done);
+          const part = bytes.subarray(done);
+          const at = offset + done;
+          done += await (this.#canDirect(file, part, at)
+            ? pwriteAsync(file.direct, part, at).catch((e) =>
+              this.#directFailed(file, e, part, at)
+            )
+            : pwriteAsync(file.fd, part, at));
         }
       } catch (err) {
         throw this.#failure ??= this.onError(
@@ -119,6 +142,35 @@ export class PageFileSink implements PageSink {
   /** Waits for every write going on another thread (the first failure rejects). */
   async settle(): Promise<void> {
     for (const f of this.#files) await Promise.all([...f.inFlight]);
+  }
+
+  /** One pwrite on this thread, through the O_DIRECT descriptor where it can go. */
+  #writeNow(file: OpenPageFile, bytes: Uint8Array, offset: number): number {
+    if (!this.#canDirect(file, bytes, offset)) return pwrite(file.fd, bytes, offset);
+    try {
+      return pwrite(file.direct, bytes, offset);
+    } catch (err) {
+      return this.#directFailed(file, err, bytes, offset);
+    }
+  }
+
+  /**
+   * Whether `bytes` at `offset` can go through the O_DIRECT descriptor: page-aligned address,
+   * length and offset (the staging buffer's halves are, and whole pages are).
+   */
+  #canDirect(file: OpenPageFile, bytes: Uint8Array, offset: number): boolean {
+    return file.direct >= 0 && bytes.length % PAGE_SIZE === 0 && offset % PAGE_SIZE === 0 &&
+      addressOf(bytes) % BigInt(PAGE_SIZE) === 0n;
+  }
+
+  /**
+   * A filesystem that opened the file O_DIRECT but refuses the write (EINVAL: it wants another
+   * alignment) gets every later write through the page cache; this one is made there now.
+   */
+  #directFailed(file: OpenPageFile, err: unknown, bytes: Uint8Array, offset: number): number {
+    if (!(err instanceof SyscallError) || err.errno !== Errno.EINVAL) throw err;
+    file.direct = -1;
+    return pwrite(file.fd, bytes, offset);
   }
 
   /** Takes the place of `bytes` in the current page file (a new one past the roll size). */
@@ -145,8 +197,13 @@ export class PageFileSink implements PageSink {
   #openNext(): OpenPageFile {
     const name = `pages-${this.#files.length}.img`;
     try {
-      const fd = open(`${this.dir}/${name}`, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
-      const entry = { name, fd, size: 0, checksum: 0, inFlight: new Set<Promise<void>>() };
+      const path = `${this.dir}/${name}`;
+      const fd = open(path, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
+      let direct = -1;
+      try {
+        direct = open(path, O.WRONLY | O.DIRECT | O.CLOEXEC);
+      } catch { /* a filesystem without O_DIRECT (EINVAL): the page cache it is */ }
+      const entry = { name, fd, direct, size: 0, checksum: 0, inFlight: new Set<Promise<void>>() };
       this.#files.push(entry);
       return entry;
     } catch (err) {
@@ -170,7 +227,7 @@ export class PageFileSink implements PageSink {
       } catch (err) {
         failure ??= { err, what: `${f.name}: fsync failed` };
       }
-      close(f.fd);
+      closePageFile(f);
       entries.push({ name: f.name, size: f.size, checksum: f.checksum });
     }
     if (failure) throw this.onError(failure.err, failure.what);
@@ -184,11 +241,17 @@ export class PageFileSink implements PageSink {
       // Not under a write going on elsewhere: its fd number could be reused meanwhile.
       const shut = () => {
         try {
-          close(f.fd);
+          closePageFile(f);
         } catch { /* already closed */ }
       };
       if (f.inFlight.size) void Promise.allSettled([...f.inFlight]).then(shut);
       else shut();
     }
   }
+}
+
+/** Closes both descriptors of a page file. */
+function closePageFile(f: OpenPageFile): void {
+  if (f.direct >= 0) close(f.direct);
+  close(f.fd);
 }

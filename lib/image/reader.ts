@@ -1,5 +1,17 @@
 /** Reads and verifies an image directory written by `ImageWriter`. */
-import { close, O, open, pread, preadAsync } from "../../ffi/mod.ts";
+import {
+  addressOf,
+  cachedPages,
+  close,
+  Errno,
+  O,
+  open,
+  PAGE_SIZE,
+  pread,
+  preadAsync,
+  readAheadAsync,
+  SyscallError,
+} from "../../ffi/mod.ts";
 import { ImageError } from "../errors.ts";
 import { checksum, checksumFile } from "./checksum.ts";
 import { decodePayload, unframe } from "./frame.ts";
@@ -46,9 +58,10 @@ export interface ReadExtentOptions {
  */
 export class ImageReader implements Disposable {
   #entries: Map<string, ImageFileEntry>;
-  #pageFiles = new Map<string, Deno.FsFile>();
-  /** Raw descriptors of page files, for reads on another thread (a FsFile has no fd). */
+  /** Raw descriptors of page files: every read is a pread, on this thread or another. */
   #pageFds = new Map<string, number>();
+  /** The same files opened O_DIRECT (-1 where the filesystem refuses it). */
+  #directFds = new Map<string, number>();
   #parent: ImageReader | undefined;
 
   private constructor(
@@ -193,14 +206,19 @@ export class ImageReader implements Disposable {
     const owner = this.#owner(extent);
     if (owner !== this) return owner.readExtent(local(extent), into, options);
     const { name, offset, length, out } = this.#extentTarget(extent, into);
-    const file = this.#pageFile(name);
+    const fd = this.#pageFd(name);
+    let direct = this.#directFdFor(name, fd, out, offset);
     try {
-      file.seekSync(offset, Deno.SeekMode.Start);
       for (let done = 0; done < length;) {
-        const n = file.readSync(out.subarray(done));
-        if (n === null) {
-          throw new ImageError(`${name}: truncated at offset ${offset + done}`);
+        const at = offset + done;
+        let n: number;
+        try {
+          n = pread(direct >= 0 && at % PAGE_SIZE === 0 ? direct : fd, out.subarray(done), at);
+        } catch (err) {
+          direct = this.#withoutDirect(name, direct, err);
+          continue;
         }
+        if (n === 0) throw new ImageError(`${name}: truncated at offset ${at}`);
         done += n;
       }
     } catch (err) {
@@ -223,9 +241,18 @@ export class ImageReader implements Disposable {
   async #readOwnExtentAsync(extent: PageExtent, into: Uint8Array): Promise<Uint8Array> {
     const { name, offset, length, out } = this.#extentTarget(extent, into);
     const fd = this.#pageFd(name);
+    let direct = this.#directFdFor(name, fd, out, offset);
     try {
       for (let done = 0; done < length;) {
-        const n = await preadAsync(fd, out.subarray(done), offset + done);
+        const part = out.subarray(done);
+        const at = offset + done;
+        let n: number;
+        try {
+          n = await preadAsync(direct >= 0 && at % PAGE_SIZE === 0 ? direct : fd, part, at);
+        } catch (err) {
+          direct = this.#withoutDirect(name, direct, err);
+          continue;
+        }
         if (n === 0) throw new ImageError(`${name}: truncated at offset ${offset + done}`);
         done += n;
       }
@@ -233,6 +260,26 @@ export class ImageReader implements Disposable {
       throw err instanceof ImageError ? err : fileError(name, err);
     }
     return out;
+  }
+
+  /**
+   * Has the kernel read this image's page files into the page cache in the background, so that a
+   * restore's reads, which come once its process is made, find them there (or on their way)
+   * rather than wait for the disk then. A parent's files are left alone: only a part of them may
+   * be this image's.
+   */
+  prefetch(): void {
+    for (const f of this.manifest.files) {
+      if (!isPageFileName(f.name)) continue;
+      let fd: number;
+      try {
+        fd = open(`${this.dir}/${f.name}`, O.RDONLY | O.CLOEXEC);
+      } catch {
+        continue; // advice only: the read says what is wrong with the file
+      }
+      const done = () => close(fd);
+      readAheadAsync(fd).then(done, done);
+    }
   }
 
   /**
@@ -347,10 +394,11 @@ export class ImageReader implements Disposable {
 
   /** Closes the page files opened by `readExtent` and `readExtentAsync`. */
   close(): void {
-    for (const f of this.#pageFiles.values()) f.close();
-    this.#pageFiles.clear();
-    for (const fd of this.#pageFds.values()) close(fd);
+    for (const fd of [...this.#pageFds.values(), ...this.#directFds.values()]) {
+      if (fd >= 0) close(fd);
+    }
     this.#pageFds.clear();
+    this.#directFds.clear();
     this.#parent?.close();
   }
 
@@ -369,6 +417,17 @@ export class ImageReader implements Disposable {
     checkSize(entry, info.size);
   }
 
+  /**
+   * After a failed read through `direct`: a filesystem that opens O_DIRECT but wants another
+   * alignment (EINVAL) is read through the page cache from now on (returns -1); anything else
+   * is thrown.
+   */
+  #withoutDirect(name: string, direct: number, err: unknown): number {
+    if (direct < 0 || !(err instanceof SyscallError) || err.errno !== Errno.EINVAL) throw err;
+    this.#directFds.set(name, -1);
+    return -1;
+  }
+
   #pageFd(name: string): number {
     let fd = this.#pageFds.get(name);
     if (fd === undefined) {
@@ -382,17 +441,28 @@ export class ImageReader implements Disposable {
     return fd;
   }
 
-  #pageFile(name: string): Deno.FsFile {
-    let file = this.#pageFiles.get(name);
-    if (!file) {
-      try {
-        file = Deno.openSync(`${this.dir}/${name}`, { read: true });
-      } catch (err) {
-        throw fileError(name, err);
-      }
-      this.#pageFiles.set(name, file);
+  /**
+   * The O_DIRECT descriptor of page file `name` for reading `out` from `offset`, or -1 to read
+   * through the page cache. An extent the cache does not hold (the dump wrote it O_DIRECT) goes
+   * from the disk straight into `out` (page-aligned buffer, offset and length): no copy through
+   * the cache, which a cold buffered read makes in small read-ahead steps.
+   */
+  #directFdFor(name: string, fd: number, out: Uint8Array, offset: number): number {
+    const pages = out.length / PAGE_SIZE;
+    if (!Number.isInteger(pages) || offset % PAGE_SIZE || addressOf(out) % BigInt(PAGE_SIZE)) {
+      return -1;
     }
-    return file;
+    if ((cachedPages(fd, offset, out.length) ?? pages) * 2 >= pages) return -1; // mostly cached
+    let direct = this.#directFds.get(name);
+    if (direct === undefined) {
+      try {
+        direct = open(`${this.dir}/${name}`, O.RDONLY | O.DIRECT | O.CLOEXEC);
+      } catch {
+        direct = -1; // a filesystem without O_DIRECT
+      }
+      this.#directFds.set(name, direct);
+    }
+    return direct;
   }
 }
 

@@ -5,9 +5,11 @@
  * what it made: no half-restored process is left.
  */
 import {
+  alignedBytes,
   close,
   detach,
   kill,
+  PAGE_SIZE,
   pidfdOpen,
   type Regs,
   setRegs,
@@ -32,7 +34,6 @@ import { AddressSpaceBuilder } from "../memory/address_space.ts";
 import { inheritedRanges, inheritsMemory } from "../memory/cow.ts";
 import { hugePageProblem } from "../memory/mapping.ts";
 import { SharedObjects } from "../memory/objects.ts";
-import { STAGING_SIZE } from "../memory/page_data.ts";
 import { armLazyPages, type LazyPlan, planLazy } from "../memory/lazy.ts";
 import { takeUserfaultfd } from "../ptrace/userfaultfd.ts";
 import { RestoreHead } from "./restore_head.ts";
@@ -313,11 +314,14 @@ function checkLazy(opts: RestoreOptions): void {
 let staging: Uint8Array | undefined;
 
 /**
- * Two page-data buffers of `size` bytes (one is read into while the other is written out), kept
- * for every restore of this process: fresh memory is slow to touch.
+ * Two page-data buffers as large as the largest extent (one is read into while the other is
+ * written out), kept for every restore of this process: fresh memory is slow to touch.
  */
-function stagingBuffers(size: number): [Uint8Array, Uint8Array] {
-  if (!staging || staging.length < 2 * size) staging = new Uint8Array(2 * size);
+function stagingBuffers(largest: number): [Uint8Array, Uint8Array] {
+  // In whole pages; a dump's extents are half its staging buffer (16 MiB).
+  const size = Math.ceil(largest / PAGE_SIZE) * PAGE_SIZE;
+  // Page-aligned: an extent read from the disk (not the page cache) goes straight into it.
+  if (!staging || staging.length < 2 * size) staging = alignedBytes(2 * size);
   return [staging.subarray(0, size), staging.subarray(size, 2 * size)];
 }
 
@@ -440,7 +444,7 @@ async function buildAddressSpace(
   if (eager && run.late) eager = await eagerPagesIn(eager, run.late, reader);
   const pageBytes = await asb.fillPages(
     reader,
-    stagingBuffers(Math.max(STAGING_SIZE, ...p.extents.map((e) => e.length))),
+    stagingBuffers(p.extents.reduce((most, e) => Math.max(most, e.length), 0)),
     progress,
     eager,
   );
@@ -701,6 +705,8 @@ async function restoreTree(
     await dropStub();
     throw err;
   });
+  // The page data comes from the disk while the processes are made (a lazy restore reads little).
+  if (!opts.lazy) reader.prefetch();
   try {
     entries = await readTree(reader);
     container = entries[0]?.namespaces;
