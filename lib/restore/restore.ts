@@ -83,7 +83,7 @@ import { restoreMm } from "../task/mm.ts";
 import { restoreRlimits } from "../task/rlimits.ts";
 import { restoreSession } from "../task/session.ts";
 import { restoreSharedPending, restoreSigactions } from "../task/signals.ts";
-import { cloneThreads, finalRegs, restoreThreadState } from "../task/threads.ts";
+import { cloneThreads, finalRegs, queueThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
 import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
@@ -502,9 +502,12 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
     if (t === main) continue;
     restoreZombies(injectors.get(t.tid)!, p, t.tid, shares.pids);
   }
-  m.securebits = new Map(
-    p.threads.map((t) => [t.tid, restoreThreadState(injectors.get(t.tid)!, t, p.pid)]),
+  // Every thread's state in one wait for each group of threads, which make it at once.
+  const securebits = Injector.inEachThread(
+    p.threads.map((t) => injectors.get(t.tid)!),
+    (threadInj, i) => queueThreadState(threadInj, p.threads[i], p.pid),
   );
+  m.securebits = new Map(p.threads.map((t, i) => [t.tid, securebits[i]]));
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? []);
   restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
