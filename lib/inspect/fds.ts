@@ -1,16 +1,13 @@
 /** The open file descriptors of a process, with kind, fdinfo and an id per shared open file. */
 import {
   Errno,
-  F,
   fsMagic,
-  fstat,
   KCMP,
   kcmp,
   major,
   MQUEUE_MAGIC,
   O,
   S_IF,
-  syscall,
   SyscallError,
 } from "../../ffi/mod.ts";
 import { AccessDenied, NoSuchProcess, Unsupported } from "../errors.ts";
