@@ -16,8 +16,8 @@ import { mark } from "../timeline.ts";
 /** What the tool inherited and the `sleep` with it (a shell's stray pipes) is not dumped. */
 const STDIO_ONLY: Policy = { fd: (fd) => fd.fd <= 2 ? "dump" : "skip" };
 
-/** How long the receiver's rehearsal waits for the pid of its dumped `sleep` (init reaps late). */
-const PID_FREED_WITHIN_MS = 5000;
+/** How long the receiver's rehearsal waits for the pid of its dumped `sleep`. */
+const PID_FREED_WITHIN_MS = 2000;
 
 /** Whether `pid` exists (a zombie too). */
 function exists(pid: number): boolean {
@@ -29,16 +29,21 @@ function exists(pid: number): boolean {
   }
 }
 
-/** Starts `sleep` detached (its parent is init, so Deno does not reap it); returns its pid. */
+/**
+ * Starts `sleep` as the child of a shell that waits for it (not of this process, whose children
+ * Deno reaps): once it is killed the shell reaps it at once, so its pid is free for the
+ * rehearsal's restore (init would reap it seconds later). Returns its pid.
+ */
 async function startSleeper(): Promise<number> {
-  const sh = await new Deno.Command("/bin/sh", {
-    args: ["-c", "exec sleep 600 </dev/null >/dev/null 2>&1 & echo $!"],
+  const sh = new Deno.Command("/bin/sh", {
+    args: ["-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $!; exec >&-; wait"],
     stdin: "null",
     stdout: "piped",
     stderr: "null",
-  }).output();
-  const pid = Number(new TextDecoder().decode(sh.stdout).trim());
-  if (!sh.success || !(pid > 0)) throw new Error("could not start a sleep to rehearse on");
+  }).spawn();
+  sh.status.catch(() => {});
+  const pid = Number((await new Response(sh.stdout).text()).trim());
+  if (!(pid > 0)) throw new Error("could not start a sleep to rehearse on");
   return pid;
 }
 
@@ -100,13 +105,14 @@ export class WarmUp {
       try {
         if (!go()) return;
         await checkpoint(pid, image, { durable: false, policy: STDIO_ONLY });
-        // Its pid is free once init reaps it (a second or two here): waited for here, where
-        // the migration's restore can stop the rehearsal, not in the rehearsal's restore.
+        // Its pid is free once its shell reaps it: waited for here, where the migration's
+        // restore can stop the rehearsal, not in the rehearsal's restore (which must not be
+        // under way long when the migration's comes).
         for (const until = Date.now() + PID_FREED_WITHIN_MS; exists(pid) && Date.now() < until;) {
           if (!go()) return;
           await pause();
         }
-        if (!go()) return;
+        if (!go() || exists(pid)) return;
         // The image goes when the restore is done (lazily: when its page server ends).
         const made = await restore(image, {
           lazy,
