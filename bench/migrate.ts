@@ -14,6 +14,7 @@
  */
 import {
   type BenchTarget,
+  cleanupScratch,
   fixtureBinary,
   MiB,
   reapOrphans,
@@ -204,3 +205,4 @@ console.log(
     (plainMs / 1000).toFixed(2)
   } s   ratio to the best migration ${(plain / best).toFixed(1)}×`,
 );
+await cleanupScratch(); // the plain dump alone is 1 GiB
