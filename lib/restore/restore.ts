@@ -98,6 +98,7 @@ import {
   processMetaName,
 } from "../image/schema.ts";
 import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS } from "../ptrace/stub.ts";
+import { mark } from "../timeline.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -688,6 +689,7 @@ async function restoreTree(
       throw new RestoreError(`interrupted before the ${name} stage of process ${p.pid}`);
     }
     debug(`${name} ${p.pid}`);
+    mark(`restore: ${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
   // The stub starts meanwhile (a shell and an exec take as long as checking a small image), and
@@ -712,6 +714,7 @@ async function restoreTree(
   if (!opts.lazy) reader.prefetch();
   try {
     entries = await readTree(reader);
+    mark("restore: image read");
     container = entries[0]?.namespaces;
     containerPid = container?.kinds.includes("pid") ?? false;
     if (terminal) moveToTerminal(entries, terminal);
@@ -889,7 +892,9 @@ async function restoreTree(
     }
     for (const m of making) {
       await memoryOf(m);
+      mark(`restore: memory ${m.entry.pid}`);
       await buildRest(m, run);
+      mark(`restore: rest ${m.entry.pid}`);
     }
     // One page server for the tree (each process's faults and fill, and the children they fork)
     // takes the userfaultfds now, while the restore finishes: it serves once they are armed.
@@ -934,15 +939,18 @@ async function restoreTree(
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
     }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
+    mark("restore: verified");
     for (const m of making) {
       const lost = stopWouldBeLost(m.entry, m.pid);
       if (lost) throw new RestoreError(`cannot restore: ${lost}`);
     }
     // Armed last, once nothing of the restore touches memory: the server takes over from here.
     for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
+    mark("restore: armed");
     if (served) {
       await served;
       await server!.go(opts.late !== undefined);
+      mark("restore: page server serves");
     }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
@@ -961,6 +969,7 @@ async function restoreTree(
       await awaitStop(m.entry, m.pid);
     }
     job?.started();
+    mark("restore: resumed");
     for (const m of making) {
       if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }
