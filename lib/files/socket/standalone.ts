@@ -87,6 +87,7 @@ import { isPing } from "./kinds.ts";
 import { listenerPending } from "./unix_pending.ts";
 import { tcpListenerPending } from "./tcp_pending.ts";
 import { awaitPendingClients } from "./pending_queue.ts";
+import { groupKey, joinGroup, steerToMember } from "./reuseport.ts";
 import {
   bindGhost,
   BOUND_FILE,
@@ -582,13 +583,23 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
         throw new RestoreError(`${e.description}: shutdown failed (${errnoName(Number(-r))})`);
       }
     }
+    let member: number | undefined;
     if (e.state === "listening") {
       // With the ids its clients see as their peer's (SO_PEERCRED).
       const { uid, gid } = e.listenIds ?? { uid: 0, gid: 0 };
       asIds(ctx, uid, gid, () => injectRaw(ctx, "listen", SYS.listen, fd, e.backlog));
+      // A TCP listener with SO_REUSEPORT joins its group now (reuseport.ts).
+      if (e.protocol === IPPROTO.TCP && e.address && intOption(e.options, "SO_REUSEPORT")) {
+        const device = findOption(e.options, "SO_BINDTODEVICE")?.value;
+        member = joinGroup(ctx, groupKey(e.family, e.address, device));
+      }
     }
     if (e.pending?.length) {
-      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e));
+      const around = member === undefined
+        ? undefined
+        : (connectAll: () => number) =>
+          steerToMember(ctx, ctx.fdOfFile(e.id), member, e.description, connectAll);
+      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e), around);
     }
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);

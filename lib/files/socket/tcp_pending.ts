@@ -17,13 +17,17 @@
  * connection, tcp_stream.ts), one with data sent and not read either way (only accept() could
  * read the server's side, which would take the connection out of the queue for good), a client
  * in another state, a listener whose connections sock_diag does not all
- * show established, or that shares its address with other listeners (SO_REUSEPORT: which queue a
- * connection waits in cannot be told). A client that shut down sending (FIN_WAIT2, its server
+ * show established. Of listeners that share a port, sock_diag shows how many connections wait in
+ * each queue but not which: a member of a SO_REUSEPORT group (listeners bound to one address) is
+ * kept with its connections when no other member has any waiting and every member is in the
+ * dump (the restore steers them to it: reuseport.ts); refused otherwise, and when listeners at
+ * other addresses share the port. A client that shut down sending (FIN_WAIT2, its server
  * side in CLOSE_WAIT) is kept so and shut down again after its handshake.
  *
  * Restore. The client is a fresh socket with its options, bound to its address (its port as it
  * was); once every process is made, each listener's clients connect in their order
- * (pending_queue.ts), from inside their own process, to the address they had connected to, each
+ * (pending_queue.ts; a SO_REUSEPORT listener's steered to it), from inside their own process, to
+ * the address they had connected to, each
  * waited for until the handshake is done (a new one: the sequence numbers are new, as nothing was
  * sent yet) and a clock tick more (so that a dump of the restored queue tells its order again),
  * so the connection waits in the restored listener's queue as it did.
@@ -63,6 +67,7 @@ import {
 import { awaitConnect, settlePending } from "./pending_queue.ts";
 import { pauseThread } from "../../ptrace/bounded_wait.ts";
 import { socketHolders } from "./unix_pair.ts";
+import { describeHolder } from "../outside_peers.ts";
 
 /** The client end of a TCP connection waiting in its listener's queue. */
 export interface TcpPendingEntry extends FileEntry {
@@ -165,11 +170,26 @@ export function tcpPendingPlace(
     isEmbryo(s) && endpoint(s.address) === to && endpoint(s.peer) === from
   );
   if (!embryo) return undefined;
-  const listeners = listenersOf(embryo, all);
-  if (listeners.length !== 1 || !socketHolders(ctx).has(listeners[0].inode)) return undefined;
-  const queue = queueOf(listeners[0], all, () => 0);
+  const listener = queueHolder(embryo, all);
+  if (!listener || !socketHolders(ctx).has(listener.inode)) return undefined;
+  const queue = queueOf(listener, all, () => 0);
   const position = queue.findIndex((e) => e === embryo);
-  return position < 0 ? undefined : { listener: listeners[0].inode, position };
+  return position < 0 ? undefined : { listener: listener.inode, position };
+}
+
+/**
+ * The listener in whose queue the server side `embryo` waits, where that can be told: the only
+ * listener that takes connections to its address, or, of a SO_REUSEPORT group (listeners bound
+ * to that very address), the only member with connections waiting (sock_diag shows a
+ * listener's queue length, not which connections are in it).
+ */
+function queueHolder(embryo: TcpDiag, all: TcpDiag[]): TcpDiag | undefined {
+  const listeners = listenersOf(embryo, all);
+  if (listeners.length === 1) return listeners[0];
+  const at = endpoint(listeners[0]?.address ?? embryo.address);
+  if (listeners.some((l) => endpoint(l.address) !== at)) return undefined;
+  const waiting = listeners.filter((l) => l.rqueue > 0);
+  return waiting.length === 1 ? waiting[0] : undefined;
 }
 
 /**
@@ -178,8 +198,55 @@ export function tcpPendingPlace(
  */
 function queueOf(listener: TcpDiag, all: TcpDiag[], tie: (a: TcpDiag, b: TcpDiag) => number) {
   return all
-    .filter((s) => isEmbryo(s) && listenersOf(s, all)[0] === listener)
+    .filter((s) => isEmbryo(s) && queueHolder(s, all) === listener)
     .sort((a, b) => b.sinceReceived - a.sinceReceived || tie(a, b));
+}
+
+/**
+ * Refuses (through `refuse`, saying `lost`) a listener whose connections cannot be told from
+ * those of the other listeners of its port (`shared`): listeners at another address of the same
+ * port (a wildcard one and a specific one), a member of its SO_REUSEPORT group outside the dump
+ * (the restore could not steer the connections past it), or other members with connections
+ * waiting too.
+ */
+function refuseSharedPort(
+  ctx: FileDumpContext,
+  listener: TcpDiag,
+  shared: TcpDiag[],
+  lost: string,
+  refuse: (why: string) => never,
+): void {
+  const elsewhere = shared.filter((l) => endpoint(l.address) !== endpoint(listener.address));
+  if (elsewhere.length) {
+    refuse(
+      `${lost}, sharing its port with ${elsewhere.length} listener(s) at another address ` +
+        `(${elsewhere.map((l) => formatAddress(l.address)).join(", ")}): which of them a ` +
+        `connection waits in cannot be told`,
+    );
+  }
+  const holders = socketHolders(ctx);
+  const name = (l: TcpDiag) => {
+    const h = holders.get(l.inode);
+    return `socket:[${l.inode}]` + (h ? ` (fd ${h.fd} of process ${h.pid})` : "");
+  };
+  for (const l of shared) {
+    if (holders.has(l.inode)) continue;
+    const outside = ctx.outside?.holders(`socket:[${l.inode}]`).filter((h) => !h.tool) ?? [];
+    refuse(
+      `${lost}, in a SO_REUSEPORT group with ${name(l)}, held by ` +
+        (outside.length ? outside.map(describeHolder).join(", ") : "no process found") +
+        ` outside the dump: the restore could not steer the connections to this listener ` +
+        `past it (dump that process too)`,
+    );
+  }
+  const waiting = shared.filter((l) => l.rqueue > 0);
+  if (waiting.length) {
+    refuse(
+      `${lost}, while ${waiting.length} other listener(s) of its SO_REUSEPORT group ` +
+        `(${waiting.map(name).join(", ")}) have connections waiting too: which queue each ` +
+        `connection waits in cannot be told (sock_diag shows how many wait, not which)`,
+    );
+  }
 }
 
 /**
@@ -201,12 +268,7 @@ export function tcpListenerPending(
     familyOf(l.address) === familyOf(listener.address) &&
     (listensAt(l.address, listener.address) || listensAt(listener.address, l.address))
   );
-  if (shared.length) {
-    refuse(
-      `${lost}, sharing its port with ${shared.length} other listener(s) (SO_REUSEPORT): which ` +
-        `queue a connection waits in cannot be told`,
-    );
-  }
+  if (shared.length) refuseSharedPort(ctx, listener, shared, lost, refuse);
   const queue = queueOf(listener, all, (a, b) =>
     refuse(
       `${lost}, of which two (from ${formatAddress(a.peer)} and ${formatAddress(b.peer)}) ` +
