@@ -41,7 +41,8 @@
  * (unix_path.ts). A relative UNIX path is bound after an injected chdir to the directory it was
  * found in at dump (the restorer sets the final cwd later). check()
  * refuses up front an address in use (a probe bind by the tool, unless SO_REUSEPORT is set) and a
- * UNIX path that is not a stale socket.
+ * UNIX path that is not a stale socket. A SO_REUSEPORT socket joins its group again (a member
+ * outside the image too); a listener's clients are steered into its own queue (reuseport.ts).
  */
 import {
   AF,
@@ -193,6 +194,12 @@ export interface SocketEntry extends FileEntry {
    * older images).
    */
   pending?: bigint[];
+  /**
+   * true: a TCP listener with SO_REUSEPORT and `pending`, whose clients connect again while a
+   * reuseport program sends its group's new connections to it (reuseport.ts); absent: no steering
+   * (older readers refuse the key rather than let the connections go to another member).
+   */
+  steerPending?: boolean;
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -347,6 +354,9 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   };
   if (queue.length) entry.queue = queue;
   if (pending.length) entry.pending = pending;
+  if (pending.length && s.protocol === IPPROTO.TCP && intOption(options, "SO_REUSEPORT")) {
+    entry.steerPending = true;
+  }
   if (s.family === AF.UNIX && s.listening) {
     const ids = listenIds(s);
     if (ids.uid || ids.gid) entry.listenIds = ids;
@@ -595,7 +605,7 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
       }
     }
     if (e.pending?.length) {
-      const around = member === undefined
+      const around = member === undefined || !e.steerPending
         ? undefined
         : (connectAll: () => number) =>
           steerToMember(ctx, ctx.fdOfFile(e.id), member, e.description, connectAll);
@@ -636,6 +646,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },
     pending: { optional: { list: "whole" } },
+    steerPending: { optional: "bool" },
     listenIds: { optional: { map: { uid: "whole", gid: "whole" } } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here
