@@ -86,7 +86,7 @@ import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
 import { listenerPending } from "./unix_pending.ts";
-import { tcpListenerPending } from "./tcp_pending.ts";
+import { refuseReuseportProgram, tcpListenerPending } from "./tcp_pending.ts";
 import { awaitPendingClients } from "./pending_queue.ts";
 import { groupKey, joinGroup, steerToMember } from "./reuseport.ts";
 import {
@@ -312,6 +312,9 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
     s.protocol,
     `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
   );
+  if (s.tcpInfo?.[0] === TCP_STATE.LISTEN && intOption(options, "SO_REUSEPORT")) {
+    refuseReuseportProgram(fd, s.ctx, refuseListening);
+  }
   const state = s.listening
     ? "listening"
     : s.peerClosed

@@ -67,6 +67,7 @@ import {
 import { awaitConnect, settlePending } from "./pending_queue.ts";
 import { pauseThread } from "../../ptrace/bounded_wait.ts";
 import { socketHolders } from "./unix_pair.ts";
+import { type AcceptQueue, acceptQueues, type QueuedPeer } from "./accept_queues.ts";
 import { describeHolder } from "../outside_peers.ts";
 
 /** The client end of a TCP connection waiting in its listener's queue. */
@@ -170,21 +171,28 @@ export function tcpPendingPlace(
     isEmbryo(s) && endpoint(s.address) === to && endpoint(s.peer) === from
   );
   if (!embryo) return undefined;
-  const listener = queueHolder(embryo, all);
+  const listener = queueHolder(embryo, all, kernelQueues(ctx));
   if (!listener || !socketHolders(ctx).has(listener.inode)) return undefined;
-  const queue = queueOf(listener, all, () => 0);
+  const queue = queueOf(listener, all, kernelQueues(ctx), () => 0);
   const position = queue.findIndex((e) => e === embryo);
   return position < 0 ? undefined : { listener: listener.inode, position };
 }
 
 /**
- * The listener in whose queue the server side `embryo` waits, where that can be told: the only
- * listener that takes connections to its address, or, of a SO_REUSEPORT group (listeners bound
- * to that very address), the only member with connections waiting (sock_diag shows a
- * listener's queue length, not which connections are in it).
+ * The listener in whose queue the server side `embryo` waits, where that can be told: the one
+ * whose queue the kernel shows it in (accept_queues.ts), or else the only listener that takes
+ * connections to its address, or, of a SO_REUSEPORT group (listeners bound to that very
+ * address), the only member with connections waiting (sock_diag shows a listener's queue length,
+ * not which connections are in it).
  */
-function queueHolder(embryo: TcpDiag, all: TcpDiag[]): TcpDiag | undefined {
+function queueHolder(embryo: TcpDiag, all: TcpDiag[], kq: KernelQueues): TcpDiag | undefined {
   const listeners = listenersOf(embryo, all);
+  if (typeof kq !== "string") {
+    const key = endpoint(embryo.peer);
+    return listeners.find((l) =>
+      kq.get(l.inode)?.peers.some((p) => peerEndpoint(p, embryo.peer) === key)
+    );
+  }
   if (listeners.length === 1) return listeners[0];
   const at = endpoint(listeners[0]?.address ?? embryo.address);
   if (listeners.some((l) => endpoint(l.address) !== at)) return undefined;
@@ -193,13 +201,47 @@ function queueHolder(embryo: TcpDiag, all: TcpDiag[]): TcpDiag | undefined {
 }
 
 /**
- * The server sides waiting in `listener`'s queue, oldest first; `tie` is called when two are of
- * the same age (their order cannot be told).
+ * The server sides waiting in `listener`'s queue, in the order accept() takes them: the kernel's
+ * order where it is read (accept_queues.ts), else oldest first, `tie` called when two are of the
+ * same age (their order cannot be told then).
  */
-function queueOf(listener: TcpDiag, all: TcpDiag[], tie: (a: TcpDiag, b: TcpDiag) => number) {
-  return all
-    .filter((s) => isEmbryo(s) && queueHolder(s, all) === listener)
-    .sort((a, b) => b.sinceReceived - a.sinceReceived || tie(a, b));
+function queueOf(
+  listener: TcpDiag,
+  all: TcpDiag[],
+  kq: KernelQueues,
+  tie: (a: TcpDiag, b: TcpDiag) => number,
+): TcpDiag[] {
+  const waiting = all.filter((s) => isEmbryo(s) && queueHolder(s, all, kq) === listener);
+  if (typeof kq === "string") {
+    return waiting.sort((a, b) => b.sinceReceived - a.sinceReceived || tie(a, b));
+  }
+  const order = (s: TcpDiag) => {
+    const key = endpoint(s.peer);
+    return kq.get(listener.inode)!.peers.findIndex((p) => peerEndpoint(p, s.peer) === key);
+  };
+  return waiting.sort((a, b) => order(a) - order(b));
+}
+
+/** The kernel's accept queues, read once a dump; a string: why they cannot be read here. */
+type KernelQueues = Map<bigint, AcceptQueue> | string;
+const queuesByDump = new WeakMap<object, KernelQueues>();
+
+function kernelQueues(ctx: FileDumpContext): KernelQueues {
+  const key = ctx.scope ?? ctx;
+  let queues = queuesByDump.get(key);
+  if (queues === undefined) queuesByDump.set(key, queues = acceptQueues());
+  return queues;
+}
+
+/** A connection's peer as the kernel's queue shows it, as `endpoint` gives a sockaddr like `like`. */
+function peerEndpoint(p: QueuedPeer, like: Uint8Array): string {
+  const addr = new Uint8Array(like.length);
+  addr.set(like.subarray(0, 2));
+  addr[2] = p.port >> 8;
+  addr[3] = p.port & 0xff;
+  if (familyOf(like) === AF.INET) addr.set(p.v4, 4);
+  else addr.set(p.v6, 8);
+  return endpoint(addr);
 }
 
 /**
@@ -215,6 +257,7 @@ function refuseSharedPort(
   shared: TcpDiag[],
   lost: string,
   refuse: (why: string) => never,
+  kq: KernelQueues,
 ): void {
   const elsewhere = shared.filter((l) => endpoint(l.address) !== endpoint(listener.address));
   if (elsewhere.length) {
@@ -240,13 +283,34 @@ function refuseSharedPort(
     );
   }
   const waiting = shared.filter((l) => l.rqueue > 0);
-  if (waiting.length) {
+  // Where the kernel's queues are read, each member's connections are told apart.
+  if (waiting.length && typeof kq === "string") {
     refuse(
       `${lost}, while ${waiting.length} other listener(s) of its SO_REUSEPORT group ` +
         `(${waiting.map(name).join(", ")}) have connections waiting too: which queue each ` +
-        `connection waits in cannot be told (sock_diag shows how many wait, not which)`,
+        `connection waits in cannot be told (sock_diag shows how many wait, not which; ${kq})`,
     );
   }
+}
+
+/**
+ * Refuses (through `refuse`) a TCP listener whose SO_REUSEPORT group has a BPF program choosing
+ * which member gets a connection: it cannot be read back, and the restored group would balance
+ * by hash instead. Seen where the kernel's queues are read (accept_queues.ts); elsewhere it
+ * cannot be seen at all.
+ */
+export function refuseReuseportProgram(
+  fd: Fd,
+  ctx: FileDumpContext,
+  refuse: (why: string) => never,
+): void {
+  const kq = kernelQueues(ctx);
+  if (typeof kq === "string" || !kq.get(fd.inode)?.reuseportProgram) return;
+  refuse(
+    `whose SO_REUSEPORT group has a BPF program choosing which member gets a connection ` +
+      `(SO_ATTACH_REUSEPORT_CBPF/EBPF), which cannot be read back: the restored group would ` +
+      `balance by hash instead`,
+  );
 }
 
 /**
@@ -268,11 +332,18 @@ export function tcpListenerPending(
     familyOf(l.address) === familyOf(listener.address) &&
     (listensAt(l.address, listener.address) || listensAt(listener.address, l.address))
   );
-  if (shared.length) refuseSharedPort(ctx, listener, shared, lost, refuse);
-  const queue = queueOf(listener, all, (a, b) =>
+  const kq = kernelQueues(ctx);
+  if (typeof kq !== "string") {
+    const mine = kq.get(listener.inode);
+    if (mine?.truncated) {
+      refuse(`${lost}: more than the ${mine.peers.length} the tool reads of a queue`);
+    }
+  }
+  if (shared.length) refuseSharedPort(ctx, listener, shared, lost, refuse, kq);
+  const queue = queueOf(listener, all, kq, (a, b) =>
     refuse(
       `${lost}, of which two (from ${formatAddress(a.peer)} and ${formatAddress(b.peer)}) ` +
-        `came within one clock tick: their order in the queue cannot be told`,
+        `came within one clock tick: their order in the queue cannot be told (${kq})`,
     ));
   if (queue.length !== queued) {
     refuse(
