@@ -36,7 +36,8 @@ const bpfIterator = (() => {
  * listener's fd and the ports of the clients it gave, in order. "waiting": one listener of a
  * group with a client of its own waiting; a check accepts it. "program": two listeners of a group
  * whose BPF program (SO_ATTACH_REUSEPORT_CBPF) sends every connection to the first; a check
- * connects 8 clients and passes when the first listener has them all.
+ * connects 8 clients and passes when the first listener has them all. "udp-program": the same with
+ * two UDP sockets and 8 datagrams.
  */
 const SERVERS_PY = `import ctypes, os, signal, socket, socketserver, struct, sys, threading, time
 mode, port = sys.argv[1], int(sys.argv[2])
@@ -66,9 +67,17 @@ if mode in ("tree", "member"):
 else:
     listeners = [listener()]
     port = listeners[0].getsockname()[1]
+    if mode == "udp-program":
+        listeners = []
+        for _ in range(2):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            u.bind(("127.0.0.1", port))
+            port = u.getsockname()[1]
+            listeners.append(u)
     if mode in ("busy", "program"):
         listeners.append(listener())
-    if mode == "program":
+    if mode in ("program", "udp-program"):
         class Filter(ctypes.Structure):
             _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
         class Prog(ctypes.Structure):
@@ -87,6 +96,23 @@ def check(*_):
         ok = seen == {os.getpid(), child}
     elif mode == "member":
         ok = who() > 0
+    elif mode == "udp-program":
+        for _ in range(8):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.sendto(b"d", ("127.0.0.1", port))
+        time.sleep(0.05)
+        seen = []
+        for u in listeners:
+            u.setblocking(False)
+            n = 0
+            try:
+                while True:
+                    u.recv(8)
+                    n += 1
+            except BlockingIOError:
+                pass
+            seen.append(n)
+        ok = seen == [8, 0]
     elif mode == "program":
         fresh = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
         time.sleep(0.05)
@@ -271,6 +297,31 @@ Deno.test(
           return true;
         });
         // The program still steers every connection to the first listener.
+        assert.equal(await t.check(), "PASS", t.output());
+      } finally {
+        await t.kill();
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    }),
+);
+
+Deno.test(
+  needs(
+    "reuseport: a UDP group with a BPF program choosing its member is refused, and left as it was",
+    python3 ?? bpfIterator,
+  ),
+  () =>
+    withServers(async (dir) => {
+      const t = await startServers(dir, "udp-program");
+      try {
+        await assert.rejects(checkpoint(t.pid, `${dir}/img`), (err: Error) => {
+          assert.ok(err instanceof DumpError, String(err));
+          assert.match(
+            err.message,
+            /^fd \d+ of process \d+: IPv4 UDP socket .*127\.0\.0\.1:\d+ whose SO_REUSEPORT group has a BPF program choosing which member gets a datagram/,
+          );
+          return true;
+        });
         assert.equal(await t.check(), "PASS", t.output());
       } finally {
         await t.kill();

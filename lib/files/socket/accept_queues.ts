@@ -99,8 +99,11 @@ class Assembler {
 
 const JEQ = 0x15, JNE = 0x55, JGE = 0x35, JA = 0x05, TCP_LISTEN = 10;
 
-/** The iterator program, with this kernel's offsets. */
-function program(btf: Btf): Uint8Array {
+/**
+ * The iterator program of `target` (iter/tcp: a record a listener and one a connection in its
+ * queue; iter/udp: a record a socket), with this kernel's offsets.
+ */
+function program(btf: Btf, target: Target): Uint8Array {
   const o = {
     state: btf.offsetOf("sock", "__sk_common.skc_state"),
     socket: btf.offsetOf("sock", "sk_socket"),
@@ -136,13 +139,15 @@ function program(btf: Btf): Uint8Array {
       storeImm(8, 10, rec + 32, 0),
     );
   const a = new Assembler()
-    .emit(mov(6, 1), load(8, 7, 6, 8)) // ctx->sk_common
-    .jump(JEQ, 7, 0, "out")
-    .emit(mov(1, 7), call(BPF_FUNC.skc_to_tcp_sock))
-    .jump(JEQ, 0, 0, "out")
-    .emit(mov(8, 0), load(1, 1, 8, o.state))
-    .jump(JNE, 1, TCP_LISTEN, "out")
-    .emit(load(8, 1, 8, o.socket))
+    .emit(mov(6, 1), load(8, 7, 6, 8)) // ctx->sk_common, or ctx->udp_sk
+    .jump(JEQ, 7, 0, "out");
+  if (target === "tcp") {
+    a.emit(mov(1, 7), call(BPF_FUNC.skc_to_tcp_sock))
+      .jump(JEQ, 0, 0, "out")
+      .emit(mov(8, 0), load(1, 1, 8, o.state))
+      .jump(JNE, 1, TCP_LISTEN, "out");
+  } else a.emit(mov(8, 7)); // a udp_sock begins with its struct sock
+  a.emit(load(8, 1, 8, o.socket))
     .jump(JEQ, 1, 0, "out")
     .emit(load(8, 1, 1, o.file))
     .jump(JEQ, 1, 0, "out")
@@ -157,6 +162,7 @@ function program(btf: Btf): Uint8Array {
     .emit(storeImm(4, 10, rec + 12, 1))
     .label("no-program");
   write(a);
+  if (target === "udp") return a.label("out").emit(movImm(0, 0), exit()).code();
   a.emit(load(8, 7, 8, o.head), movImm(9, 0))
     .label("next")
     .jump(JEQ, 7, 0, "out")
@@ -203,27 +209,61 @@ function readAll(fd: number): Uint8Array {
   return out;
 }
 
-/** The loaded program and its link, kept for the tool's life: loading it is the costly part. */
-let loaded: { link: number } | string | undefined;
+type Target = "tcp" | "udp";
 
-function link(): number | string {
-  if (loaded !== undefined) return typeof loaded === "string" ? loaded : loaded.link;
+/** Each target's program, loaded and linked, kept for the tool's life: loading is the costly part
+ * (or why it cannot be). */
+const links = new Map<Target, number | string>();
+
+function link(target: Target): number | string {
+  const known = links.get(target);
+  if (known !== undefined) return known;
+  const what = target.toUpperCase();
   let prog: number | { errno: number; log: string };
   try {
     const btf = Btf.vmlinux();
-    prog = tryLoadIterProgram(program(btf), btf.funcId("bpf_iter_tcp"));
+    prog = tryLoadIterProgram(program(btf, target), btf.funcId(`bpf_iter_${target}`));
   } catch (err) {
-    return loaded = `no BPF iterator over TCP sockets here (${(err as Error).message})`;
+    links.set(target, `no BPF iterator over ${what} sockets here (${(err as Error).message})`);
+    return links.get(target)!;
   }
   if (typeof prog !== "number") {
     const last = prog.log.trim().split("\n").slice(-2).join("; ");
-    return loaded = `the kernel refused the accept-queue program (errno ${prog.errno}: ${last})`;
+    links.set(target, `the kernel refused the ${what} iterator (errno ${prog.errno}: ${last})`);
+    return links.get(target)!;
   }
   const l = tryLinkIter(prog);
   close(prog);
-  if (l < 0) return loaded = `cannot link the accept-queue program (errno ${-l})`;
-  loaded = { link: l };
-  return l;
+  links.set(target, l < 0 ? `cannot link the ${what} iterator (errno ${-l})` : l);
+  return links.get(target)!;
+}
+
+/** Runs `target`'s iterator: the records it wrote, or why it cannot run here. */
+function iterate(target: Target): Uint8Array | string {
+  const l = link(target);
+  if (typeof l === "string") return l;
+  const it = tryIterCreate(l);
+  if (it < 0) return `cannot open the ${target.toUpperCase()} iterator (errno ${-it})`;
+  try {
+    return readAll(it);
+  } finally {
+    close(it);
+  }
+}
+
+/**
+ * The inodes of the UDP sockets (IPv4 and IPv6) whose SO_REUSEPORT group has a BPF program; or
+ * why they cannot be read here (a string).
+ */
+export function udpReuseportPrograms(): Set<bigint> | string {
+  const data = iterate("udp");
+  if (typeof data === "string") return data;
+  const v = new DataView(data.buffer);
+  const found = new Set<bigint>();
+  for (let at = 0; at + RECORD <= data.length; at += RECORD) {
+    if (v.getUint32(at + 12, true) === 1) found.add(v.getBigUint64(at, true));
+  }
+  return found;
 }
 
 /**
@@ -231,16 +271,8 @@ function link(): number | string {
  * string).
  */
 export function acceptQueues(): Map<bigint, AcceptQueue> | string {
-  const l = link();
-  if (typeof l === "string") return l;
-  const it = tryIterCreate(l);
-  if (it < 0) return `cannot open the accept-queue iterator (errno ${-it})`;
-  let data: Uint8Array;
-  try {
-    data = readAll(it);
-  } finally {
-    close(it);
-  }
+  const data = iterate("tcp");
+  if (typeof data === "string") return data;
   const v = new DataView(data.buffer);
   const queues = new Map<bigint, AcceptQueue>();
   for (let at = 0; at + RECORD <= data.length; at += RECORD) {

@@ -1,5 +1,5 @@
 /**
- * SO_REUSEPORT groups of TCP listeners at restore. Sockets bound to one address with
+ * SO_REUSEPORT groups. Sockets bound to one address with
  * SO_REUSEPORT (and one uid) form a group; a TCP listener joins it at listen(), a UDP socket at
  * bind(), so a restored group is whole again once its sockets are made (standalone.ts), in
  * whichever processes of the image they are. The kernel gives a new connection to the member at
@@ -15,6 +15,11 @@
  * The listener's accept queue must then hold as many more connections as clients connected: a
  * connection that went to another member (a socket outside the image that joined the group
  * first) fails the restore rather than wait in the wrong queue.
+ *
+ * A group's own BPF program (SO_ATTACH_REUSEPORT_CBPF/EBPF), which chooses the member instead of
+ * the hash, cannot be read back: a dump refuses a member of such a group, where BPF iterators
+ * show it (accept_queues.ts); where they do not, nothing shows it and the restored group
+ * balances by hash.
  */
 import {
   close,
@@ -26,8 +31,47 @@ import {
   tryGetsockopt,
 } from "../../../ffi/mod.ts";
 import { RestoreError } from "../../errors.ts";
-import type { FileRestoreContext } from "../types.ts";
+import type { Fd } from "../../inspect/fds.ts";
+import type { FileDumpContext, FileRestoreContext } from "../types.ts";
 import { readU32 } from "../util.ts";
+import { udpReuseportPrograms } from "./accept_queues.ts";
+import { kernelQueues } from "./tcp_pending.ts";
+
+// ---- Dump ----
+
+const udpProgramsByDump = new WeakMap<object, Set<bigint> | string>();
+
+/** Whether the SO_REUSEPORT group of TCP or UDP socket `fd` has a BPF program, where seen. */
+function hasProgram(fd: Fd, ctx: FileDumpContext, tcp: boolean): boolean {
+  if (tcp) {
+    const queues = kernelQueues(ctx);
+    return typeof queues !== "string" && !!queues.get(fd.inode)?.reuseportProgram;
+  }
+  const key = ctx.scope ?? ctx;
+  let programs = udpProgramsByDump.get(key);
+  if (programs === undefined) udpProgramsByDump.set(key, programs = udpReuseportPrograms());
+  return typeof programs !== "string" && programs.has(fd.inode);
+}
+
+/**
+ * Refuses (through `refuse`) a TCP listener or UDP socket with SO_REUSEPORT whose group has a
+ * BPF program choosing which member gets a connection or datagram.
+ */
+export function refuseReuseportProgram(
+  fd: Fd,
+  ctx: FileDumpContext,
+  tcp: boolean,
+  refuse: (why: string) => never,
+): void {
+  if (!hasProgram(fd, ctx, tcp)) return;
+  refuse(
+    `whose SO_REUSEPORT group has a BPF program choosing which member gets ` +
+      `${tcp ? "a connection" : "a datagram"} (SO_ATTACH_REUSEPORT_CBPF/EBPF), which cannot be ` +
+      `read back: the restored group would balance by hash instead`,
+  );
+}
+
+// ---- Restore ----
 
 /** How many listeners of each group (by `groupKey`) listen() made so far, by restore scope. */
 const joinedByScope = new WeakMap<object, Map<string, number>>();

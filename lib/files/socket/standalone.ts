@@ -86,9 +86,9 @@ import type { SocketReader } from "./socket_copy.ts";
 import type { TargetSocket } from "./target_socket.ts";
 import { isPing } from "./kinds.ts";
 import { listenerPending } from "./unix_pending.ts";
-import { refuseReuseportProgram, tcpListenerPending } from "./tcp_pending.ts";
+import { tcpListenerPending } from "./tcp_pending.ts";
 import { awaitPendingClients } from "./pending_queue.ts";
-import { groupKey, joinGroup, steerToMember } from "./reuseport.ts";
+import { groupKey, joinGroup, refuseReuseportProgram, steerToMember } from "./reuseport.ts";
 import {
   bindGhost,
   BOUND_FILE,
@@ -312,8 +312,10 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
     s.protocol,
     `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
   );
-  if (s.tcpInfo?.[0] === TCP_STATE.LISTEN && intOption(options, "SO_REUSEPORT")) {
-    refuseReuseportProgram(fd, s.ctx, refuseListening);
+  const tcpListener = s.tcpInfo?.[0] === TCP_STATE.LISTEN;
+  if ((tcpListener || s.protocol === IPPROTO.UDP) && intOption(options, "SO_REUSEPORT")) {
+    const refuse = tcpListener ? refuseListening : (why: string) => s.refuse(`${s.at} ${why}`);
+    refuseReuseportProgram(fd, s.ctx, tcpListener, refuse);
   }
   const state = s.listening
     ? "listening"

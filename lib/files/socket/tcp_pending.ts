@@ -223,10 +223,11 @@ function queueOf(
 }
 
 /** The kernel's accept queues, read once a dump; a string: why they cannot be read here. */
-type KernelQueues = Map<bigint, AcceptQueue> | string;
+export type KernelQueues = Map<bigint, AcceptQueue> | string;
 const queuesByDump = new WeakMap<object, KernelQueues>();
 
-function kernelQueues(ctx: FileDumpContext): KernelQueues {
+/** The kernel's accept queues (accept_queues.ts), read once a dump; a string: why not. */
+export function kernelQueues(ctx: FileDumpContext): KernelQueues {
   const key = ctx.scope ?? ctx;
   let queues = queuesByDump.get(key);
   if (queues === undefined) queuesByDump.set(key, queues = acceptQueues());
@@ -291,26 +292,6 @@ function refuseSharedPort(
         `connection waits in cannot be told (sock_diag shows how many wait, not which; ${kq})`,
     );
   }
-}
-
-/**
- * Refuses (through `refuse`) a TCP listener whose SO_REUSEPORT group has a BPF program choosing
- * which member gets a connection: it cannot be read back, and the restored group would balance
- * by hash instead. Seen where the kernel's queues are read (accept_queues.ts); elsewhere it
- * cannot be seen at all.
- */
-export function refuseReuseportProgram(
-  fd: Fd,
-  ctx: FileDumpContext,
-  refuse: (why: string) => never,
-): void {
-  const kq = kernelQueues(ctx);
-  if (typeof kq === "string" || !kq.get(fd.inode)?.reuseportProgram) return;
-  refuse(
-    `whose SO_REUSEPORT group has a BPF program choosing which member gets a connection ` +
-      `(SO_ATTACH_REUSEPORT_CBPF/EBPF), which cannot be read back: the restored group would ` +
-      `balance by hash instead`,
-  );
 }
 
 /**
