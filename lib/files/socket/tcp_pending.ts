@@ -7,9 +7,11 @@
  * handshake: established, held by no file (inode 0) until accept() gives it one. sock_diag lists
  * it (tcpSockets, diag.ts) with its address pair, which names its client (the socket with the
  * pair reversed; an IPv4 client of an IPv6 listener shows v4-mapped there) and, by its address,
- * its listener. TCP shows no order of the queue: the sockets are ordered by their age
- * (tcpi_last_data_recv, which counts from the handshake's end while no data came), and two of one
- * listener made within the same clock tick are refused rather than guessed. The client is kept
+ * its listener. Which listener's queue holds it, and where, the kernel's queues tell, read with a
+ * BPF iterator (accept_queues.ts). Where BPF iterators are not available, sock_diag alone serves:
+ * it shows no order of the queue, so the sockets are ordered by their age (tcpi_last_data_recv,
+ * which counts from the handshake's end while no data came), and two of one listener made within
+ * the same clock tick are refused rather than guessed. The client is kept
  * with its addresses and options; the listener with its clients' inodes in order. Refused, naming
  * the fd (as CRIU refuses every listener with connections waiting): a connection whose client is
  * outside the dump (another host, or a process not dumped: its side of the handshake is not in
@@ -17,12 +19,12 @@
  * connection, tcp_stream.ts), one with data sent and not read either way (only accept() could
  * read the server's side, which would take the connection out of the queue for good), a client
  * in another state, a listener whose connections sock_diag does not all
- * show established. Of listeners that share a port, sock_diag shows how many connections wait in
- * each queue but not which: a member of a SO_REUSEPORT group (listeners bound to one address) is
- * kept with its connections when no other member has any waiting and every member is in the
- * dump (the restore steers them to it: reuseport.ts); refused otherwise, and when listeners at
- * other addresses share the port. A client that shut down sending (FIN_WAIT2, its server
- * side in CLOSE_WAIT) is kept so and shut down again after its handshake.
+ * show established. A member of a SO_REUSEPORT group (listeners bound to one address) is kept
+ * with its connections when every member is in the dump (the restore steers them to it:
+ * reuseport.ts) and, without the kernel's queues (sock_diag shows how many connections wait in
+ * each queue but not which), when no other member has any waiting; refused otherwise, and when
+ * listeners at other addresses share the port. A client that shut down sending (FIN_WAIT2, its
+ * server side in CLOSE_WAIT) is kept so and shut down again after its handshake.
  *
  * Restore. The client is a fresh socket with its options, bound to its address (its port as it
  * was); once every process is made, each listener's clients connect in their order
