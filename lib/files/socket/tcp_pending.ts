@@ -236,7 +236,7 @@ export function kernelQueues(ctx: FileDumpContext): KernelQueues {
   return queues;
 }
 
-/** A connection's peer as the kernel's queue shows it, as `endpoint` gives a sockaddr like `like`. */
+/** A peer as the kernel's queue shows it, as `endpoint` gives a sockaddr like `like`. */
 function peerEndpoint(p: QueuedPeer, like: Uint8Array): string {
   const addr = new Uint8Array(like.length);
   addr.set(like.subarray(0, 2));
