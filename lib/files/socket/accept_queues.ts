@@ -214,6 +214,8 @@ type Target = "tcp" | "udp";
 /** Each target's program, loaded and linked, kept for the tool's life: loading is the costly part
  * (or why it cannot be). */
 const links = new Map<Target, number | string>();
+/** The kernel's BTF, read once (both programs need it). */
+let vmlinux: Btf | undefined;
 
 function link(target: Target): number | string {
   const known = links.get(target);
@@ -221,7 +223,7 @@ function link(target: Target): number | string {
   const what = target.toUpperCase();
   let prog: number | { errno: number; log: string };
   try {
-    const btf = Btf.vmlinux();
+    const btf = vmlinux ??= Btf.vmlinux();
     prog = tryLoadIterProgram(program(btf, target), btf.funcId(`bpf_iter_${target}`));
   } catch (err) {
     links.set(target, `no BPF iterator over ${what} sockets here (${(err as Error).message})`);
