@@ -5,6 +5,7 @@
  * @module
  */
 export { addressOf, alignedBytes, cstring, errno, libc, unwrap } from "./libc.ts";
+export * from "./bpf.ts";
 export * from "./capability.ts";
 export * from "./errno.ts";
 export * from "./fanotify.ts";

@@ -99,10 +99,14 @@ export const SO = {
   PROTOCOL: 38,
   DOMAIN: 39,
   PEEK_OFF: 42,
+  /** Set: a classic BPF program choosing which socket of a SO_REUSEPORT group gets a packet. */
+  ATTACH_REUSEPORT_CBPF: 51,
   /** The attached filter can no longer be changed or removed. */
   LOCK_FILTER: 44,
   BUSY_POLL: 46,
   ZEROCOPY: 60,
+  /** Set: the SO_REUSEPORT group's program goes (ENOENT when it has none). */
+  DETACH_REUSEPORT_BPF: 68,
   PREFER_BUSY_POLL: 69,
   BUSY_POLL_BUDGET: 70,
   BUF_LOCK: 72,
@@ -451,6 +455,24 @@ export function encodeFprog(count: number, at: bigint): Uint8Array {
 
 /** Attaches a classic BPF socket filter (8 bytes an instruction): 0, or a negative errno. */
 export function tryAttachFilter(fd: number, program: Uint8Array): number {
+  return attachClassicBpf(fd, SO.ATTACH_FILTER, program);
+}
+
+/**
+ * Gives the SO_REUSEPORT group of `fd` a classic BPF program (8 bytes an instruction) whose
+ * result is the index of the socket that gets a packet, in the order the sockets joined: 0, or
+ * a negative errno.
+ */
+export function tryAttachReuseportProgram(fd: number, program: Uint8Array): number {
+  return attachClassicBpf(fd, SO.ATTACH_REUSEPORT_CBPF, program);
+}
+
+/** Takes the program of the SO_REUSEPORT group of `fd` away: 0, or a negative errno. */
+export function tryDetachReuseportProgram(fd: number): number {
+  return trySetsockopt(fd, SOL.SOCKET, SO.DETACH_REUSEPORT_BPF, new Uint8Array(4));
+}
+
+function attachClassicBpf(fd: number, option: number, program: Uint8Array): number {
   // struct sock_fprog (length, pointer) at 0, pointing at the instructions at 16. One buffer above
   // V8's 64-byte limit for typed arrays kept in the JS heap, so it lives outside it and the
   // pointer inside stays valid.
@@ -459,7 +481,7 @@ export function tryAttachFilter(fd: number, program: Uint8Array): number {
   v.setUint16(0, program.length / 8, true);
   v.setBigUint64(8, addressOf(buf) + 16n, true);
   buf.set(program, 16);
-  return trySetsockopt(fd, SOL.SOCKET, SO.ATTACH_FILTER, buf.subarray(0, 16));
+  return trySetsockopt(fd, SOL.SOCKET, option, buf.subarray(0, 16));
 }
 
 /** `SCM_RIGHTS`: a control message carrying descriptors. */

@@ -96,6 +96,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_inherited_fds" },
   { name: "r_socket_options" },
   { name: "r_inet_options" },
+  { name: "r_reuseport" },
   { name: "r_multicast" },
   { name: "r_multicast6" },
   { name: "r_unix_dgram_queue" },

@@ -36,7 +36,14 @@ interface MadeClient extends WaitingClient {
 interface MadeListener {
   pending: readonly bigint[];
   address: Uint8Array;
+  around?: AroundConnects;
 }
+
+/**
+ * What a listener does around its clients' connects (a TCP listener of a SO_REUSEPORT group
+ * steers them to itself: reuseport.ts): calls `connectAll`, which says how many connected.
+ */
+export type AroundConnects = (connectAll: () => number) => void;
 
 interface Made {
   clients: Map<bigint, MadeClient>;
@@ -54,15 +61,16 @@ function madeIn(scope: object): Made {
 /**
  * A listener of the image (inode `inode` when dumped) is made, with clients waiting (`pending`,
  * in order): they connect to `address` (for UNIX: an absolute path or an abstract name) once
- * every process is made.
+ * every process is made, within `around` if given.
  */
 export function awaitPendingClients(
   ctx: FileRestoreContext,
   inode: bigint,
   pending: readonly bigint[],
   address: Uint8Array,
+  around?: AroundConnects,
 ): void {
-  madeIn(ctx.scope ?? ctx).listeners.set(inode, { pending, address });
+  madeIn(ctx.scope ?? ctx).listeners.set(inode, { pending, address, around });
 }
 
 /**
@@ -111,10 +119,18 @@ export function settlePending(scope: object, connect: boolean): void {
       }
     }
     for (const l of made.listeners.values()) {
-      for (const inode of l.pending) {
-        const c = made.clients.get(inode);
-        if (c) connectClient(c, l);
-      }
+      const connectAll = () => {
+        let connected = 0;
+        for (const inode of l.pending) {
+          const c = made.clients.get(inode);
+          if (!c) continue;
+          connectClient(c, l);
+          connected++;
+        }
+        return connected;
+      };
+      if (l.around) l.around(connectAll);
+      else connectAll();
     }
   } finally {
     for (const c of made.clients.values()) close(c.copy);

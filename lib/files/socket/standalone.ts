@@ -41,7 +41,8 @@
  * (unix_path.ts). A relative UNIX path is bound after an injected chdir to the directory it was
  * found in at dump (the restorer sets the final cwd later). check()
  * refuses up front an address in use (a probe bind by the tool, unless SO_REUSEPORT is set) and a
- * UNIX path that is not a stale socket.
+ * UNIX path that is not a stale socket. A SO_REUSEPORT socket joins its group again (a member
+ * outside the image too); a listener's clients are steered into its own queue (reuseport.ts).
  */
 import {
   AF,
@@ -87,6 +88,7 @@ import { isPing } from "./kinds.ts";
 import { listenerPending } from "./unix_pending.ts";
 import { tcpListenerPending } from "./tcp_pending.ts";
 import { awaitPendingClients } from "./pending_queue.ts";
+import { groupKey, joinGroup, refuseReuseportProgram, steerToMember } from "./reuseport.ts";
 import {
   bindGhost,
   BOUND_FILE,
@@ -192,6 +194,12 @@ export interface SocketEntry extends FileEntry {
    * older images).
    */
   pending?: bigint[];
+  /**
+   * true: a TCP listener with SO_REUSEPORT and `pending`, whose clients connect again while a
+   * reuseport program sends its group's new connections to it (reuseport.ts); absent: no steering
+   * (older readers refuse the key rather than let the connections go to another member).
+   */
+  steerPending?: boolean;
 }
 
 /** What dispatch.ts has read of a socket it hands over here. */
@@ -304,6 +312,11 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
     s.protocol,
     `fd ${fd.fd} of process ${fd.pid}: ${s.what} socket (${s.at})`,
   );
+  const tcpListener = s.tcpInfo?.[0] === TCP_STATE.LISTEN;
+  if ((tcpListener || s.protocol === IPPROTO.UDP) && intOption(options, "SO_REUSEPORT")) {
+    const refuse = tcpListener ? refuseListening : (why: string) => s.refuse(`${s.at} ${why}`);
+    refuseReuseportProgram(fd, s.ctx, tcpListener, refuse);
+  }
   const state = s.listening
     ? "listening"
     : s.peerClosed
@@ -346,6 +359,9 @@ export async function dumpStandalone(fd: Fd, s: StandaloneSocket): Promise<Socke
   };
   if (queue.length) entry.queue = queue;
   if (pending.length) entry.pending = pending;
+  if (pending.length && s.protocol === IPPROTO.TCP && intOption(options, "SO_REUSEPORT")) {
+    entry.steerPending = true;
+  }
   if (s.family === AF.UNIX && s.listening) {
     const ids = listenIds(s);
     if (ids.uid || ids.gid) entry.listenIds = ids;
@@ -582,13 +598,23 @@ function openSocket(e: SocketEntry, ctx: FileRestoreContext): number {
         throw new RestoreError(`${e.description}: shutdown failed (${errnoName(Number(-r))})`);
       }
     }
+    let member: number | undefined;
     if (e.state === "listening") {
       // With the ids its clients see as their peer's (SO_PEERCRED).
       const { uid, gid } = e.listenIds ?? { uid: 0, gid: 0 };
       asIds(ctx, uid, gid, () => injectRaw(ctx, "listen", SYS.listen, fd, e.backlog));
+      // A TCP listener with SO_REUSEPORT joins its group now (reuseport.ts).
+      if (e.protocol === IPPROTO.TCP && e.address && intOption(e.options, "SO_REUSEPORT")) {
+        const device = findOption(e.options, "SO_BINDTODEVICE")?.value;
+        member = joinGroup(ctx, groupKey(e.family, e.address, device));
+      }
     }
     if (e.pending?.length) {
-      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e));
+      const around = member === undefined || !e.steerPending
+        ? undefined
+        : (connectAll: () => number) =>
+          steerToMember(ctx, ctx.fdOfFile(e.id), member, e.description, connectAll);
+      awaitPendingClients(ctx, e.inode, e.pending, connectAddress(e), around);
     }
   } catch (err) {
     abandonFd(ctx, fd, e.description, err);
@@ -625,6 +651,7 @@ export const standaloneSocketHandler: FileHandler<SocketEntry> = {
     peerFate: { optional: { oneOf: ["removed"] } },
     peerInImage: { optional: "bool" },
     pending: { optional: { list: "whole" } },
+    steerPending: { optional: "bool" },
     listenIds: { optional: { map: { uid: "whole", gid: "whole" } } },
   },
   fdKinds: [], // dispatch.ts's handler dumps every socket and restores these with check/open here

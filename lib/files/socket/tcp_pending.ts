@@ -7,9 +7,11 @@
  * handshake: established, held by no file (inode 0) until accept() gives it one. sock_diag lists
  * it (tcpSockets, diag.ts) with its address pair, which names its client (the socket with the
  * pair reversed; an IPv4 client of an IPv6 listener shows v4-mapped there) and, by its address,
- * its listener. TCP shows no order of the queue: the sockets are ordered by their age
- * (tcpi_last_data_recv, which counts from the handshake's end while no data came), and two of one
- * listener made within the same clock tick are refused rather than guessed. The client is kept
+ * its listener. Which listener's queue holds it, and where, the kernel's queues tell, read with a
+ * BPF iterator (accept_queues.ts). Where BPF iterators are not available, sock_diag alone serves:
+ * it shows no order of the queue, so the sockets are ordered by their age (tcpi_last_data_recv,
+ * which counts from the handshake's end while no data came), and two of one listener made within
+ * the same clock tick are refused rather than guessed. The client is kept
  * with its addresses and options; the listener with its clients' inodes in order. Refused, naming
  * the fd (as CRIU refuses every listener with connections waiting): a connection whose client is
  * outside the dump (another host, or a process not dumped: its side of the handshake is not in
@@ -17,13 +19,17 @@
  * connection, tcp_stream.ts), one with data sent and not read either way (only accept() could
  * read the server's side, which would take the connection out of the queue for good), a client
  * in another state, a listener whose connections sock_diag does not all
- * show established, or that shares its address with other listeners (SO_REUSEPORT: which queue a
- * connection waits in cannot be told). A client that shut down sending (FIN_WAIT2, its server
- * side in CLOSE_WAIT) is kept so and shut down again after its handshake.
+ * show established. A member of a SO_REUSEPORT group (listeners bound to one address) is kept
+ * with its connections when every member is in the dump (the restore steers them to it:
+ * reuseport.ts) and, without the kernel's queues (sock_diag shows how many connections wait in
+ * each queue but not which), when no other member has any waiting; refused otherwise, and when
+ * listeners at other addresses share the port. A client that shut down sending (FIN_WAIT2, its
+ * server side in CLOSE_WAIT) is kept so and shut down again after its handshake.
  *
  * Restore. The client is a fresh socket with its options, bound to its address (its port as it
  * was); once every process is made, each listener's clients connect in their order
- * (pending_queue.ts), from inside their own process, to the address they had connected to, each
+ * (pending_queue.ts; a SO_REUSEPORT listener's steered to it), from inside their own process, to
+ * the address they had connected to, each
  * waited for until the handshake is done (a new one: the sequence numbers are new, as nothing was
  * sent yet) and a clock tick more (so that a dump of the restored queue tells its order again),
  * so the connection waits in the restored listener's queue as it did.
@@ -63,6 +69,8 @@ import {
 import { awaitConnect, settlePending } from "./pending_queue.ts";
 import { pauseThread } from "../../ptrace/bounded_wait.ts";
 import { socketHolders } from "./unix_pair.ts";
+import { type AcceptQueue, acceptQueues, type QueuedPeer } from "./accept_queues.ts";
+import { describeHolder } from "../outside_peers.ts";
 
 /** The client end of a TCP connection waiting in its listener's queue. */
 export interface TcpPendingEntry extends FileEntry {
@@ -165,21 +173,127 @@ export function tcpPendingPlace(
     isEmbryo(s) && endpoint(s.address) === to && endpoint(s.peer) === from
   );
   if (!embryo) return undefined;
-  const listeners = listenersOf(embryo, all);
-  if (listeners.length !== 1 || !socketHolders(ctx).has(listeners[0].inode)) return undefined;
-  const queue = queueOf(listeners[0], all, () => 0);
+  const listener = queueHolder(embryo, all, kernelQueues(ctx));
+  if (!listener || !socketHolders(ctx).has(listener.inode)) return undefined;
+  const queue = queueOf(listener, all, kernelQueues(ctx), () => 0);
   const position = queue.findIndex((e) => e === embryo);
-  return position < 0 ? undefined : { listener: listeners[0].inode, position };
+  return position < 0 ? undefined : { listener: listener.inode, position };
 }
 
 /**
- * The server sides waiting in `listener`'s queue, oldest first; `tie` is called when two are of
- * the same age (their order cannot be told).
+ * The listener in whose queue the server side `embryo` waits, where that can be told: the one
+ * whose queue the kernel shows it in (accept_queues.ts), or else the only listener that takes
+ * connections to its address, or, of a SO_REUSEPORT group (listeners bound to that very
+ * address), the only member with connections waiting (sock_diag shows a listener's queue length,
+ * not which connections are in it).
  */
-function queueOf(listener: TcpDiag, all: TcpDiag[], tie: (a: TcpDiag, b: TcpDiag) => number) {
-  return all
-    .filter((s) => isEmbryo(s) && listenersOf(s, all)[0] === listener)
-    .sort((a, b) => b.sinceReceived - a.sinceReceived || tie(a, b));
+function queueHolder(embryo: TcpDiag, all: TcpDiag[], kq: KernelQueues): TcpDiag | undefined {
+  const listeners = listenersOf(embryo, all);
+  if (typeof kq !== "string") {
+    const key = endpoint(embryo.peer);
+    return listeners.find((l) =>
+      kq.get(l.inode)?.peers.some((p) => peerEndpoint(p, embryo.peer) === key)
+    );
+  }
+  if (listeners.length === 1) return listeners[0];
+  const at = endpoint(listeners[0]?.address ?? embryo.address);
+  if (listeners.some((l) => endpoint(l.address) !== at)) return undefined;
+  const waiting = listeners.filter((l) => l.rqueue > 0);
+  return waiting.length === 1 ? waiting[0] : undefined;
+}
+
+/**
+ * The server sides waiting in `listener`'s queue, in the order accept() takes them: the kernel's
+ * order where it is read (accept_queues.ts), else oldest first, `tie` called when two are of the
+ * same age (their order cannot be told then).
+ */
+function queueOf(
+  listener: TcpDiag,
+  all: TcpDiag[],
+  kq: KernelQueues,
+  tie: (a: TcpDiag, b: TcpDiag) => number,
+): TcpDiag[] {
+  const waiting = all.filter((s) => isEmbryo(s) && queueHolder(s, all, kq) === listener);
+  if (typeof kq === "string") {
+    return waiting.sort((a, b) => b.sinceReceived - a.sinceReceived || tie(a, b));
+  }
+  const order = (s: TcpDiag) => {
+    const key = endpoint(s.peer);
+    return kq.get(listener.inode)!.peers.findIndex((p) => peerEndpoint(p, s.peer) === key);
+  };
+  return waiting.sort((a, b) => order(a) - order(b));
+}
+
+/** The kernel's accept queues, read once a dump; a string: why they cannot be read here. */
+export type KernelQueues = Map<bigint, AcceptQueue> | string;
+const queuesByDump = new WeakMap<object, KernelQueues>();
+
+/** The kernel's accept queues (accept_queues.ts), read once a dump; a string: why not. */
+export function kernelQueues(ctx: FileDumpContext): KernelQueues {
+  const key = ctx.scope ?? ctx;
+  let queues = queuesByDump.get(key);
+  if (queues === undefined) queuesByDump.set(key, queues = acceptQueues());
+  return queues;
+}
+
+/** A peer as the kernel's queue shows it, as `endpoint` gives a sockaddr like `like`. */
+function peerEndpoint(p: QueuedPeer, like: Uint8Array): string {
+  const addr = new Uint8Array(like.length);
+  addr.set(like.subarray(0, 2));
+  addr[2] = p.port >> 8;
+  addr[3] = p.port & 0xff;
+  if (familyOf(like) === AF.INET) addr.set(p.v4, 4);
+  else addr.set(p.v6, 8);
+  return endpoint(addr);
+}
+
+/**
+ * Refuses (through `refuse`, saying `lost`) a listener whose connections cannot be told from
+ * those of the other listeners of its port (`shared`): listeners at another address of the same
+ * port (a wildcard one and a specific one), a member of its SO_REUSEPORT group outside the dump
+ * (the restore could not steer the connections past it), or other members with connections
+ * waiting too.
+ */
+function refuseSharedPort(
+  ctx: FileDumpContext,
+  listener: TcpDiag,
+  shared: TcpDiag[],
+  lost: string,
+  refuse: (why: string) => never,
+  kq: KernelQueues,
+): void {
+  const elsewhere = shared.filter((l) => endpoint(l.address) !== endpoint(listener.address));
+  if (elsewhere.length) {
+    refuse(
+      `${lost}, sharing its port with ${elsewhere.length} listener(s) at another address ` +
+        `(${elsewhere.map((l) => formatAddress(l.address)).join(", ")}): which of them a ` +
+        `connection waits in cannot be told`,
+    );
+  }
+  const holders = socketHolders(ctx);
+  const name = (l: TcpDiag) => {
+    const h = holders.get(l.inode);
+    return `socket:[${l.inode}]` + (h ? ` (fd ${h.fd} of process ${h.pid})` : "");
+  };
+  for (const l of shared) {
+    if (holders.has(l.inode)) continue;
+    const outside = ctx.outside?.holders(`socket:[${l.inode}]`).filter((h) => !h.tool) ?? [];
+    refuse(
+      `${lost}, in a SO_REUSEPORT group with ${name(l)}, held by ` +
+        (outside.length ? outside.map(describeHolder).join(", ") : "no process found") +
+        ` outside the dump: the restore could not steer the connections to this listener ` +
+        `past it (dump that process too)`,
+    );
+  }
+  const waiting = shared.filter((l) => l.rqueue > 0);
+  // Where the kernel's queues are read, each member's connections are told apart.
+  if (waiting.length && typeof kq === "string") {
+    refuse(
+      `${lost}, while ${waiting.length} other listener(s) of its SO_REUSEPORT group ` +
+        `(${waiting.map(name).join(", ")}) have connections waiting too: which queue each ` +
+        `connection waits in cannot be told (sock_diag shows how many wait, not which; ${kq})`,
+    );
+  }
 }
 
 /**
@@ -201,16 +315,18 @@ export function tcpListenerPending(
     familyOf(l.address) === familyOf(listener.address) &&
     (listensAt(l.address, listener.address) || listensAt(listener.address, l.address))
   );
-  if (shared.length) {
-    refuse(
-      `${lost}, sharing its port with ${shared.length} other listener(s) (SO_REUSEPORT): which ` +
-        `queue a connection waits in cannot be told`,
-    );
+  const kq = kernelQueues(ctx);
+  if (typeof kq !== "string") {
+    const mine = kq.get(listener.inode);
+    if (mine?.truncated) {
+      refuse(`${lost}: more than the ${mine.peers.length} the tool reads of a queue`);
+    }
   }
-  const queue = queueOf(listener, all, (a, b) =>
+  if (shared.length) refuseSharedPort(ctx, listener, shared, lost, refuse, kq);
+  const queue = queueOf(listener, all, kq, (a, b) =>
     refuse(
       `${lost}, of which two (from ${formatAddress(a.peer)} and ${formatAddress(b.peer)}) ` +
-        `came within one clock tick: their order in the queue cannot be told`,
+        `came within one clock tick: their order in the queue cannot be told (${kq})`,
     ));
   if (queue.length !== queued) {
     refuse(
