@@ -8,7 +8,7 @@
  */
 import { DumpError } from "../errors.ts";
 import type { JoinableKind } from "./joined.ts";
-import { refuseNestedPidNamespace, refuseNestedRoot } from "./nested_pid.ts";
+import { checkNestedPidNamespace, refuseNestedRoot } from "./nested_pid.ts";
 import {
   innermostPid,
   processState,
@@ -136,11 +136,20 @@ export function checkSameNamespaces(pid: number, root: number): void {
         `entering it), which tardigrade does not dump`,
     );
   }
-  refuseNestedPidNamespace(pid, root);
+  checkNestedPidNamespace(pid, root);
   if (pid === root) return;
+  const nestedPid = namespaceOf(pid, "pid") !== namespaceOf(root, "pid");
   for (const k of NAMESPACE_KINDS) {
+    if (k === "pid") continue; // a nested one is carried (nested_pid.ts)
     const ns = namespaceOf(pid, k);
     if (ns !== null && ns !== namespaceOf(root, k)) {
+      if (nestedPid && k === "mnt") {
+        throw new DumpError(
+          `process ${pid} lives in a nested pid namespace with a mount namespace of its own ` +
+            `(unshare --mount-proc: a /proc of the nested namespace), which tardigrade does ` +
+            `not dump yet`,
+        );
+      }
       throw new DumpError(
         `process ${pid} lives in another ${k} namespace than the root of the dump (${root}): ` +
           `namespaces made inside a container are not dumped yet`,
