@@ -53,7 +53,7 @@ function named(pid: number): string {
 }
 
 /** The host pid of the init (pid 1 inside) of pid namespace `ns`, or null when it has none. */
-function initOf(ns: string): number | null {
+export function initOf(ns: string): number | null {
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     const pid = Number(e.name);
@@ -113,11 +113,13 @@ export function refuseNestedRoot(root: number): void {
 export function checkNestedPidNamespace(pid: number, root: number): void {
   const own = pidNamespace(pid);
   const forChildren = pidNamespace(pid, "pid_for_children");
-  if (forChildren !== null && own !== null && forChildren !== own && initOf(forChildren) === null) {
+  // The kernel shows no namespace for children before its init is forked.
+  const noInit = forChildren === null || (forChildren !== own && initOf(forChildren) === null);
+  if (own !== null && noInit) {
     throw new DumpError(
-      `process ${named(pid)} made pid namespace ${forChildren} for its children (unshare ` +
-        `--pid) whose init has ended or was never forked: a nested pid namespace without its ` +
-        `init cannot be made again`,
+      `process ${named(pid)} made pid namespace ${forChildren ? `${forChildren} ` : ""}for ` +
+        `its children (unshare --pid) whose init has ended or was never forked: a nested pid ` +
+        `namespace without its init cannot be made again`,
     );
   }
   if (pid === root || own === null || own === pidNamespace(root)) return;
