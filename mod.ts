@@ -139,6 +139,7 @@ export {
   type StreamResult,
 } from "./lib/migrate/sender.ts";
 export { type Received, serve, type ServeOptions } from "./lib/migrate/receiver.ts";
+export type { TimelineMark } from "./lib/timeline.ts";
 export type { ExternalEntry } from "./lib/files/external.ts";
 export {
   compareWithImage,

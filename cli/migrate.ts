@@ -8,7 +8,7 @@ export const migrate: Verb = {
   name: "migrate",
   summary: "Move a process (and its children) to a receiver while it runs, frozen only briefly.",
   usage:
-    "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy | --post-copy] [--single] [--policy FILE.ts] [--json]",
+    "tardigrade migrate PID --to ADDR:PORT --key FILE [--lazy | --post-copy] [--no-warm-up] [--single] [--policy FILE.ts] [--json]",
   help: `Streams the process's memory to the receiver (tardigrade serve) while it runs,
 tracking what it writes meanwhile, then freezes it for the rest and the receiver restores
 it; the process here ends only once the receiver says it runs. If anything fails before,
@@ -25,6 +25,9 @@ options:
                    process runs on the receiver (lazily). Until they are all in, it needs both
                    machines: if the stream breaks then, the receiver kills it (with a message)
                    and the image is kept here; the original cannot resume (see README)
+  --no-warm-up     no rehearsal: each side runs the code of the freeze and the restore for
+                   the first time during the freeze (slower; to measure what the rehearsal on
+                   a throwaway process saves)
   --single         PID alone, not its children
   --policy FILE.ts a module whose default export is a Policy (as for dump), e.g. an fd answer
                    "skip" for a descriptor inherited by accident
@@ -35,6 +38,7 @@ options:
       key: { type: "string" },
       lazy: { type: "boolean" },
       "post-copy": { type: "boolean" },
+      "no-warm-up": { type: "boolean" },
       single: { type: "boolean" },
       policy: { type: "string" },
       json: { type: "boolean" },
@@ -48,6 +52,7 @@ options:
       key,
       lazy: Boolean(p.values.lazy),
       postCopy: Boolean(p.values["post-copy"]),
+      warmUp: !p.values["no-warm-up"],
       single: Boolean(p.values.single),
       policy: typeof p.values.policy === "string" ? await loadPolicy(p.values.policy) : undefined,
     });

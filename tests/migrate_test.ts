@@ -336,8 +336,8 @@ Deno.test("serve: a peer that connects and says nothing is dropped after the han
   }
 });
 
-Deno.test("migrate: when the receiver's restore fails on one machine, the process comes back here", async () => {
-  const key = keyFile();
+/** A receiver in this process (`serve --once`) whose own restorer fails with `why`. */
+async function failingReceiver(key: string, why: string) {
   const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
   made.push(dir);
   let port = 0;
@@ -347,10 +347,16 @@ Deno.test("migrate: when the receiver's restore fails on one machine, the proces
     key: Deno.readFileSync(key),
     dir,
     once: true,
-    restorer: () => Promise.reject(new Error("no room here")),
+    restorer: () => Promise.reject(new Error(why)),
     onListening: (a) => port = a.port,
   });
   await waitUntil(() => port !== 0, 5000, "serve to listen");
+  return { dir, port, sessions };
+}
+
+Deno.test("migrate: when the receiver's restore fails on one machine, the process comes back here", async () => {
+  const key = keyFile();
+  const { dir, port, sessions } = await failingReceiver(key, "no room here");
   await withTarget(await bigTarget(), async (t) => {
     const m = await reaping(
       t.pid,
@@ -368,18 +374,7 @@ Deno.test("migrate: when the receiver's restore fails on one machine, the proces
 
 Deno.test("migrate --post-copy: a receiver that restores through a restorer of its own refuses it; the process comes back here", async () => {
   const key = keyFile();
-  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-recv-" });
-  let port = 0;
-  const sessions = serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    key: Deno.readFileSync(key),
-    dir,
-    once: true,
-    restorer: () => Promise.reject(new Error("not reached")),
-    onListening: (a) => port = a.port,
-  });
-  await waitUntil(() => port !== 0, 5000, "serve to listen");
+  const { dir, port, sessions } = await failingReceiver(key, "not reached");
   try {
     await withTarget(await bigTarget(), async (t) => {
       const args = ["migrate", String(t.pid), "--to", `127.0.0.1:${port}`, "--key", key];

@@ -41,6 +41,7 @@ import {
   settleExternal,
 } from "./decisions.ts";
 import type { ProgressCallback } from "../progress.ts";
+import { mark } from "../timeline.ts";
 import { Process } from "../inspect/process.ts";
 import { childrenOf, hexMask, processState, readStatus, tryReadStat } from "../inspect/procfs.ts";
 import { treeSharing } from "../ptrace/stub.ts";
@@ -375,6 +376,7 @@ async function dumpProcess(
   const proc = await Process.open(pid);
   const inj = frozen.injector;
   const task = await dumpTask(proc, inj);
+  mark("dump: task");
   // Read on another thread while the rest is dumped: the read walks every present page (30 ms
   // a GiB) and holds off changes to the mappings meanwhile, which nothing injected from here on
   // makes (its brk was read, the scratch mapping is there) until the scratch goes.
@@ -425,6 +427,7 @@ async function dumpProcess(
       await dumpFdTable(fdCtx, plan.fds, run.files);
     // For a restore as a shell job: which descriptors were on its terminal, was it in front.
     const tty = dumpTerminal(await proc.stat(), fileEntries);
+    mark("dump: threads and files");
     // Nothing below runs syscalls in the process: unmap the scratch page now, so that should the
     // tool be killed during the long copy, the process runs on without a page of ours.
     inj.release();
@@ -444,6 +447,7 @@ async function dumpProcess(
       segments: run.segments,
     });
     await pages.drain();
+    mark("dump: memory");
     if (pre) pre.reusedBytes = precopied?.reusedBytes ?? 0;
     return {
       ...task,
@@ -541,8 +545,10 @@ export async function checkpoint(
     }
     const stopped = new Set<number>();
     // Seized while frozen, thawed for the dump, frozen again before they are let go.
+    mark("dump: freeze");
     thawed = FreezerThaw.thaw(freezerGroupsOf(pid, opts.single ?? false));
     tree = await freezeTree(pid, opts, stopped, thawed);
+    mark("dump: frozen");
     refuseOutsideHolders(pid, tree.map((f) => f.pid), kinds);
     // A container's sockets are asked of its own net namespace.
     using _diag = kinds.includes("net") || joined.includes("net")
@@ -573,6 +579,7 @@ export async function checkpoint(
     for (const frozen of tree) plans.push(await planProcess(frozen, run));
     run.heldFds = plans.flatMap((p) => p.fds.map((d) => d.fd));
     checkPeers(plans, run);
+    mark("dump: planned");
     // Inside a container, asked of its processes before the long copy.
     const namespaces = kinds.length || joined.length
       ? dumpNamespaces(pid, tree[0].injector, kinds, joined, run.pids)
@@ -601,6 +608,7 @@ export async function checkpoint(
         entry.stopSignal = plan.frozen.stopSignal ?? SIG.SIGSTOP;
       }
       entries.push(entry);
+      mark(`dump: process ${pid} dumped`);
     }
     // A process that ended while we read it (killed by someone else) has no image worth keeping.
     for (const f of tree) {
@@ -632,7 +640,9 @@ export async function checkpoint(
       if (left) throw new DumpError(left);
     }
     await policy.afterDump?.({ dir, process: root, pageBytes: sink.bytesWritten });
+    mark("dump: metadata written");
     await writer.commit();
+    mark("dump: committed");
     /** Ends them while still frozen, so none runs a single instruction past the image. */
     const end = () => {
       if (killed) return;
@@ -659,7 +669,9 @@ export async function checkpoint(
             if (holder) holders.push(holder);
           }
           end();
+          mark("dump: killed");
           for (const f of tree) await waitGone(f.pid);
+          mark("dump: gone");
           gone = true; // their pids may be a restored copy's from now on
         },
       });

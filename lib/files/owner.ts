@@ -95,7 +95,7 @@ export function copiedOwner(copy: number): OwnerState {
 }
 
 /** The state F_GETOWN_EX (its struct, when it answered) and F_GETSIG gave. */
-function ownerState(raw: Uint8Array | undefined, signal: number): OwnerState {
+export function ownerState(raw: Uint8Array | undefined, signal: number): OwnerState {
   const state: OwnerState = {};
   if (raw) {
     const owner = decodeFileOwner(raw);

@@ -1,16 +1,13 @@
 /** The open file descriptors of a process, with kind, fdinfo and an id per shared open file. */
 import {
   Errno,
-  F,
   fsMagic,
-  fstat,
   KCMP,
   kcmp,
   major,
   MQUEUE_MAGIC,
   O,
   S_IF,
-  syscall,
   SyscallError,
 } from "../../ffi/mod.ts";
 import { AccessDenied, NoSuchProcess, Unsupported } from "../errors.ts";
@@ -509,7 +506,9 @@ export function readFd(pid: number, fd: number, files: FileTable): Fd | null {
   };
 }
 
-/** What `readFdCopy` reads of a descriptor: all but its fdinfo (position, mount, the kind's own). */
+/**
+ * What `readFdOfStat` reads of a descriptor: all but its fdinfo (position, mount, the kind's own).
+ */
 export type FdWithoutInfo = Omit<Fd, "position" | "mntId" | "info">;
 
 /** The link of descriptor `fd` of process `pid` (`readFd`'s `target`); null once it is closed. */
@@ -523,25 +522,29 @@ export function readFdLink(pid: number, fd: number): string | null {
 }
 
 /**
- * Reads descriptor `fd` of process `pid`, whose link is `target` (`readFdLink`), without its
- * fdinfo, from `copy`: the same open file, taken into the tool (pidfd_getfd). fstat and F_GETFL
- * of the copy cost a third of stat and fdinfo. Close-on-exec is the descriptor's own, not the
- * copy's: `closeOnExec` gives it. Null when the descriptor was closed meanwhile.
+ * Descriptor `fd` of process `pid` without its fdinfo, from what syscalls on its open file told
+ * (in the process, or on a copy of it): its fstat `st`, its F_GETFL `statusFlags` and its
+ * close-on-exec. `target` is its link (`readFdLink`), or null where it tells nothing: a device's
+ * (its kind is in its mode), whose descriptor then has "" as its target. Null when the
+ * descriptor was closed meanwhile.
  */
-export function readFdCopy(
+export function readFdOfStat(
   pid: number,
   fd: number,
-  target: string,
-  copy: number,
+  target: string | null,
+  st: { mode: number; rdev: bigint; dev: bigint; ino: bigint },
+  statusFlags: number,
   closeOnExec: boolean,
   files: FileTable,
 ): FdWithoutInfo | null {
-  const st = fstat(copy);
-  const file = identify(pid, fd, target, files, st.mode, st.rdev, st.dev, st.ino);
+  const type = st.mode & S_IF.MT;
+  if (target === null && type !== S_IF.CHR && type !== S_IF.BLK) {
+    throw new RangeError(`fd ${fd} of process ${pid}: only a device's link may be left unread`);
+  }
+  const file = identify(pid, fd, target ?? "", files, st.mode, st.rdev, st.dev, st.ino);
   if (!file) return null;
   // fdinfo's `flags:` are the open file's status flags, with O_CLOEXEC for the descriptor's.
-  const flags = Number(syscall("fcntl", copy, F.GETFL)) | (closeOnExec ? O.CLOEXEC : 0);
-  return { ...file, flags, closeOnExec };
+  return { ...file, flags: statusFlags | (closeOnExec ? O.CLOEXEC : 0), closeOnExec };
 }
 
 /** The kind and identity of descriptor `fd` of `pid`, whose file is (dev, inode); null if closed. */

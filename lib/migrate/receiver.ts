@@ -9,8 +9,10 @@ import { RestoreHead } from "../restore/restore_head.ts";
 import type { LateRanges } from "../restore/late_pages.ts";
 import { isPageFileName } from "../image/pages.ts";
 import { LateReceiver } from "./late_receiver.ts";
+import { WarmUp } from "./warm_up.ts";
 import { PARTIAL } from "../image/writer.ts";
 import { WAIT, waitpid } from "../../ffi/mod.ts";
+import { mark, Timeline } from "../timeline.ts";
 
 /** How `serve` works. */
 export interface ServeOptions {
@@ -166,12 +168,16 @@ async function session(
   const files = new Map<string, Deno.FsFile>();
   let received: Received = {};
   let head: RestoreHead | undefined;
+  /** A rehearsal of the restore while the memory streams in (warm_up.ts). */
+  let warmUp: WarmUp | undefined;
   // Writes go on in order on Deno's blocking threads while the next frame is read and checked.
   let writing: Promise<void> = Promise.resolve();
   let inFlight = 0;
   /** Post-copy: the page-file bytes held back by the sender (from its COMMIT). */
   let late: LateRanges | undefined;
   let postCopy: LateReceiver | undefined;
+  /** Where this side's part of the downtime goes, told to the sender with the RESULT. */
+  const timeline = Timeline.record();
   /** Writes a FILE frame's bytes (in order, on Deno's blocking threads). */
   const onFile = async (payload: Uint8Array) => {
     const piece = decodeFilePiece(payload);
@@ -207,7 +213,9 @@ async function session(
       if (f.type === FRAME.FILE) {
         await onFile(f.payload);
       } else if (f.type === FRAME.COMMIT) {
+        mark("serve: commit");
         await writing;
+        mark("serve: written");
         const { files: sizes, durable, late: held } = JSON.parse(
           new TextDecoder().decode(f.payload),
         );
@@ -227,7 +235,11 @@ async function session(
         received = { dir };
         log(`received an image into ${dir}`);
         await channel.sendJson(FRAME.STORED, { dir });
+        mark("serve: stored");
       } else if (f.type === FRAME.RESTORE && received.dir) {
+        mark("serve: restore");
+        await warmUp?.finish();
+        mark("serve: warmed up");
         const { lazy, ending } = JSON.parse(new TextDecoder().decode(f.payload));
         // Post-copy: the held-back bytes come while the restore runs and after the resume.
         postCopy = late ? new LateReceiver(channel, late) : undefined;
@@ -257,7 +269,8 @@ async function session(
               `of them fetched before it ran)`;
           log(`restored pid ${pid} from ${dir}${held ?? ""}`);
           if (postCopy) postCopy.serving(head!.server!);
-          await channel.sendJson(FRAME.RESULT, { ok: true, pid });
+          await channel.sendJson(FRAME.RESULT, { ok: true, pid, timeline: timeline.stop() });
+          mark("serve: result");
         } catch (err) {
           received.error = (err as Error).message;
           log(`restore of ${dir} failed: ${received.error}`);
@@ -279,8 +292,9 @@ async function session(
         }
         return received;
       } else if (f.type === FRAME.PREPARE && !head && !opts.restorer) {
-        const { lazy } = JSON.parse(new TextDecoder().decode(f.payload));
+        const { lazy, warmUp: rehearse } = JSON.parse(new TextDecoder().decode(f.payload));
         head = RestoreHead.start(lazy === true);
+        if (rehearse === true) warmUp = WarmUp.receiver(lazy === true);
       } else if (f.type === FRAME.PREPARE) {
         // A restorer of the caller's, or a second PREPARE: nothing to start.
       } else if (f.type === FRAME.ABORT) {
@@ -296,6 +310,8 @@ async function session(
     log(`session from ${from.hostname}:${from.port} failed: ${received.error}`);
     return received;
   } finally {
+    timeline.stop();
+    await warmUp?.finish();
     head?.drop(); // started for a restore that did not come
     await writing.catch(() => {});
     for (const file of files.values()) file.close();

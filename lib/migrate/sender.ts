@@ -15,6 +15,8 @@ import { restore } from "../restore/restore.ts";
 import { bootId, Channel, FRAME, MigrationError } from "./channel.ts";
 import { type LateRequest, Shipper } from "./shipper.ts";
 import { lateBytes, type LateRanges } from "../restore/late_pages.ts";
+import { mark, Timeline, type TimelineMark } from "../timeline.ts";
+import { WarmUp } from "./warm_up.ts";
 
 /** Pre-copy rounds at most before the freeze. */
 const MAX_ROUNDS = 16;
@@ -57,6 +59,11 @@ export interface MigrateResult {
   postCopyBytes?: number;
   /** The dump's own figures. */
   dump: CheckpointResult;
+  /**
+   * Where the downtime went: the moments of each side from the freeze on (CLOCK_MONOTONIC, in
+   * ms; on one machine both sides and the process itself share that clock).
+   */
+  timeline: { sender: TimelineMark[]; receiver: TimelineMark[] };
 }
 
 /** Options of `migrate`. */
@@ -73,6 +80,11 @@ export interface MigrateOptions extends SendOptions {
    * break, the receiver's page server kills it, and the image kept here is the last copy.
    */
   postCopy?: boolean;
+  /**
+   * Each side rehearses on a throwaway process of its own while the memory streams, so that the
+   * code of the freeze and of the restore runs compiled (default true; warm_up.ts).
+   */
+  warmUp?: boolean;
 }
 
 /** Connects and authenticates. */
@@ -122,9 +134,12 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   const postCopy = opts.postCopy === true;
   const lazy = opts.lazy === true || postCopy;
   let lateSent = 0;
+  const timeline = Timeline.record();
+  let theirTimeline: TimelineMark[] = [];
+  const warmUp = opts.warmUp === false ? undefined : WarmUp.sender();
   try {
-    // The receiver starts what its restore needs while the memory streams in.
-    await channel.sendJson(FRAME.PREPARE, { lazy });
+    // The receiver starts what its restore needs while the memory streams in (and rehearses).
+    await channel.sendJson(FRAME.PREPARE, { lazy, warmUp: warmUp !== undefined });
     shipper.start();
     const dump = await checkpoint(pid, staging.dir, {
       preCopy: true,
@@ -135,6 +150,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
         // Rounds while it runs: each sends what the last one left, until little is left or it
         // no longer shrinks.
         await shipper.catchUp();
+        await warmUp?.done(); // before the rounds: they copy what was written meanwhile
         let last = Infinity;
         for (let round = 0; round < MAX_ROUNDS; round++) {
           const bytes = await copy.again();
@@ -146,7 +162,9 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       },
       handOver: async ({ end }) => {
         const late = await shipper.finish({ holdBack: postCopy });
+        mark("send: committed");
         const stored = await channel.receiveJson(FRAME.STORED);
+        mark("send: stored");
         let ended = false;
         try {
           // On one machine the receiver's restore needs the pids: the original ends while the
@@ -158,10 +176,12 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
             ended = true;
           }
           const result = await (pushing?.result ?? channel.receiveJson(FRAME.RESULT));
+          mark("send: result");
           if (result.ok !== true) {
             throw new MigrationError(`the receiver's restore failed: ${result.error}`);
           }
           restored = { pid: Number(result.pid), remoteDir: String(stored.dir) };
+          if (Array.isArray(result.timeline)) theirTimeline = result.timeline as TimelineMark[];
           if (!pushing) return;
           // It runs there: the original ends, and the pages held back follow.
           if (!ended) await end();
@@ -194,8 +214,11 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       bytesSent: shipper.bytes,
       ...(postCopy ? { postCopyBytes: lateSent } : {}),
       dump,
+      timeline: { sender: timeline.stop(), receiver: theirTimeline },
     };
   } finally {
+    timeline.stop();
+    await warmUp?.finish();
     await shipper.stop();
     channel.close();
     if (!keepImage) staging.drop();

@@ -203,6 +203,46 @@ const RED_ZONE = 128n;
 /** Every signal, as a 64-bit mask. */
 const ALL_SIGNALS = (1n << 64n) - 1n;
 
+/** Where an injector's queued records and data go in the runner's part of the scratch region. */
+interface RunnerArea {
+  records: number;
+  maxRecords: number;
+  data: number;
+  dataBytes: number;
+}
+
+/** The whole area: one thread's queue at a time. */
+const WHOLE_AREA: RunnerArea = {
+  records: RECORDS_AT,
+  maxRecords: MAX_RECORDS,
+  data: DATA_AT,
+  dataBytes: DATA_BYTES,
+};
+
+/** How many threads one parallel run (`Injector.inEachThread`) makes syscalls in at once. */
+const PARALLEL_SLOTS = 32;
+
+/** Slot `k` of a parallel run: a share of the records and of the data area of its own. */
+function slotArea(k: number): RunnerArea {
+  const maxRecords = MAX_RECORDS / PARALLEL_SLOTS;
+  const dataBytes = Math.floor(DATA_BYTES / PARALLEL_SLOTS / 8) * 8;
+  return {
+    records: RECORDS_AT + k * maxRecords * RECORD_SIZE,
+    maxRecords,
+    data: DATA_AT + k * dataBytes,
+    dataBytes,
+  };
+}
+
+/** A run of queued syscalls started in one thread (`Injector.#startRun`), not yet waited for. */
+interface StartedRun {
+  calls: QueuedCall[];
+  code: bigint;
+  records: bigint;
+  base: Regs;
+  savedMask?: bigint;
+}
+
 /** How an injector treats its thread. */
 export interface InjectorOptions {
   /**
@@ -346,7 +386,7 @@ export class Injector implements Disposable {
     if (!this.#diesWithTool) return this.#settleQueued(call, this.raw(call.nr, ...call.args));
     this.#takeQueue();
     this.#pending.push(call);
-    if (this.#pending.length === MAX_RECORDS) this.flush();
+    if (this.#pending.length === this.#area.maxRecords) this.flush();
   }
 
   /**
@@ -366,7 +406,7 @@ export class Injector implements Disposable {
   /** Makes every queued syscall now. */
   flush(): void {
     while (this.#pending.length) {
-      const calls = this.#pending.splice(0, MAX_RECORDS);
+      const calls = this.#pending.splice(0, this.#area.maxRecords);
       let done = 0;
       try {
         while (done < calls.length) done += this.#runQueued(calls.slice(done));
@@ -389,12 +429,19 @@ export class Injector implements Disposable {
   /** Of the injectors sharing this one's scratch region (`forThread`), the one with a queue. */
   #queueHolder?: Injector;
 
+  /** Where this injector's records and data go: the whole area, or its slot of a parallel run. */
+  #area: RunnerArea = WHOLE_AREA;
+
+  /** On the owner: a parallel run (`inEachThread`) gives each thread an area of its own. */
+  #parallel = false;
+
   /**
    * Makes this injector the one whose queue the shared records and data area serve: another
    * thread's queue is made first.
    */
   #takeQueue(): void {
     const owner = this.#owner ?? this;
+    if (owner.#parallel) return; // each thread has a slot of its own
     if (owner.#queueHolder !== this) owner.#queueHolder?.flush();
     owner.#queueHolder = this;
   }
@@ -405,12 +452,18 @@ export class Injector implements Disposable {
    */
   queueData(data: Uint8Array): bigint {
     if (!this.#diesWithTool) throw new TardigradeError("queueData: only while restoring");
-    if (data.length > DATA_BYTES) throw new RangeError("queued data too large");
+    const area = this.#area;
+    if (data.length > area.dataBytes) throw new RangeError("queued data too large");
     this.#takeQueue();
-    if (this.#dataUsed + data.length > DATA_BYTES) this.flush();
-    const addr = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataUsed);
-    this.#data ??= new Uint8Array(DATA_BYTES);
-    this.#data.set(data, this.#dataUsed);
+    if (this.#dataUsed + data.length > area.dataBytes) this.flush();
+    const addr = this.scratch() + SCRATCH_SIZE + BigInt(area.data + this.#dataUsed);
+    // As large as the area needs: a slot's is small, and a restore has an injector per thread.
+    if ((this.#data?.length ?? 0) < area.dataBytes) {
+      const grown = new Uint8Array(area.dataBytes);
+      if (this.#data) grown.set(this.#data.subarray(0, this.#dataUsed));
+      this.#data = grown;
+    }
+    this.#data!.set(data, this.#dataUsed);
     this.#dataUsed += (data.length + 7) & ~7;
     return addr;
   }
@@ -418,7 +471,7 @@ export class Injector implements Disposable {
   /** Writes the queued data not yet in the target (one write for a whole run's paths …). */
   #writeQueuedData(): void {
     if (this.#dataUsed <= this.#dataWritten) return;
-    const at = this.scratch() + SCRATCH_SIZE + BigInt(DATA_AT + this.#dataWritten);
+    const at = this.scratch() + SCRATCH_SIZE + BigInt(this.#area.data + this.#dataWritten);
     this.mem.write(at, this.#data!.subarray(this.#dataWritten, this.#dataUsed));
     this.#dataWritten = this.#dataUsed;
   }
@@ -436,18 +489,22 @@ export class Injector implements Disposable {
    * failed (whose `onResult` let it pass).
    */
   #runQueued(calls: QueuedCall[]): number {
+    return this.#finishRun(this.#startRun(calls));
+  }
+
+  /** Writes `calls` and the queued data into the target and lets the thread run them. */
+  #startRun(calls: QueuedCall[]): StartedRun {
     const owner = this.#owner ?? this;
     const code = this.scratch() + SCRATCH_SIZE;
     if (!owner.#runnerWritten) {
       this.mem.write(code, RUNNER_CODE);
       owner.#runnerWritten = true;
     }
-    const records = code + BigInt(RECORDS_AT);
+    const records = code + BigInt(this.#area.records);
     this.#writeQueuedData();
     this.mem.write(records, encodeRecords(calls));
     const base = this.#batch?.regs ?? getRegs(this.tid);
     const savedMask = this.#batch ? undefined : getSigMask(this.tid);
-    let left: bigint;
     try {
       if (savedMask !== undefined) setSigMask(this.tid, this.#stepMask(savedMask));
       setRegs(this.tid, {
@@ -458,7 +515,24 @@ export class Injector implements Disposable {
         orig_rax: -1n,
         eflags: base.eflags & ~EFLAGS_TF,
       });
-      left = this.#runToTrap(code);
+      cont(this.tid);
+    } catch (err) {
+      setRegs(this.tid, base);
+      if (savedMask !== undefined) setSigMask(this.tid, savedMask);
+      throw err;
+    }
+    return { calls, code, records, base, savedMask };
+  }
+
+  /**
+   * Waits for a started run's end, puts the thread's registers and mask back and settles the
+   * results; returns how many were made, up to and with the first that failed.
+   */
+  #finishRun(run: StartedRun): number {
+    const { calls, code, records, base, savedMask } = run;
+    let left: bigint;
+    try {
+      left = this.#awaitTrap(code);
     } finally {
       setRegs(this.tid, base);
       if (savedMask !== undefined) setSigMask(this.tid, savedMask);
@@ -469,9 +543,8 @@ export class Injector implements Disposable {
     return made;
   }
 
-  /** Lets the thread run the runner at `code` until its `int3`; returns its r13 then. */
-  #runToTrap(code: bigint): bigint {
-    cont(this.tid);
+  /** Waits for the runner at `code`, let run, to reach its `int3`; returns its r13 then. */
+  #awaitTrap(code: bigint): bigint {
     for (;;) {
       const st = waitpid(this.tid)!;
       if (st.exited || st.signaled) {
@@ -496,6 +569,78 @@ export class Injector implements Disposable {
       }
       cont(this.tid);
     }
+  }
+
+  /**
+   * For each of `threads` (injectors of the threads of one process being restored, made by
+   * `forThread`, its owner among them or not), `queueIn` (given it and its index) queues
+   * syscalls in that thread and returns how to finish; the syscalls are then made in all the threads at once, up to 32 at a
+   * time, each thread running its own records in a slot of the runner's area: one wait for all
+   * instead of a ptrace round trip after another. The finishes are called once their group's
+   * syscalls are made, before the next group reuses the slots: they read what the syscalls wrote
+   * (into `queueData`) and must not inject anything themselves. Their results are returned in
+   * order. Elsewhere (a live process) each thread's syscalls are made in turn.
+   */
+  static inEachThread<T>(
+    threads: readonly Injector[],
+    queueIn: (inj: Injector, i: number) => () => T,
+  ): T[] {
+    const out: T[] = [];
+    if (threads.length < 2 || !threads.every((t) => t.#diesWithTool)) {
+      for (const [i, t] of threads.entries()) {
+        const finish = queueIn(t, i);
+        t.flush();
+        out.push(finish());
+      }
+      return out;
+    }
+    const owner = threads[0].#owner ?? threads[0];
+    if (threads.some((t) => (t.#owner ?? t) !== owner)) {
+      throw new RangeError("inEachThread: threads of one process");
+    }
+    owner.#queueHolder?.flush(); // what one of them queued in the whole area comes first
+    owner.#queueHolder = undefined;
+    for (let i = 0; i < threads.length; i += PARALLEL_SLOTS) {
+      const group = threads.slice(i, i + PARALLEL_SLOTS);
+      let finishes: (() => T)[] = [];
+      owner.#parallel = true;
+      try {
+        group.forEach((t, k) => t.#area = slotArea(k));
+        finishes = group.map((t, k) => queueIn(t, i + k));
+        const started: [Injector, StartedRun][] = [];
+        let failure: unknown;
+        for (const t of group) {
+          if (!t.#pending.length) continue;
+          try {
+            started.push([t, t.#startRun(t.#pending.splice(0))]);
+          } catch (err) {
+            failure = err;
+            break;
+          }
+        }
+        // Every started thread is waited for and given back its registers, also after a failure.
+        for (const [t, run] of started) {
+          try {
+            const made = t.#finishRun(run);
+            // Past a failure its onResult let pass: the rest, alone.
+            let done = made;
+            while (done < run.calls.length) done += t.#runQueued(run.calls.slice(done));
+          } catch (err) {
+            failure ??= err;
+          }
+        }
+        if (failure !== undefined) throw failure;
+      } finally {
+        for (const t of group) {
+          t.#area = WHOLE_AREA;
+          t.#pending = []; // empty but after a failure, which fails the restore
+          t.#dataUsed = t.#dataWritten = 0;
+        }
+        owner.#parallel = false;
+      }
+      for (const finish of finishes) out.push(finish());
+    }
+    return out;
   }
 
   /** Registers and mask saved for a batch of syscalls (`batch`), while it runs. */

@@ -7,7 +7,7 @@
  */
 import { close, pidfdGetfd, pidfdOpen } from "../../ffi/mod.ts";
 import { ImageReader, type PageExtent } from "../image/mod.ts";
-import { PageServer, type ServedProcess } from "../memory/page_server.ts";
+import { PageServer, type ServedProcess, warmUpPageServer } from "../memory/page_server.ts";
 import { type PageServerSpec, specRuns } from "./page_server_process.ts";
 import { extentIn, type LateRanges, without } from "./late_pages.ts";
 
@@ -45,6 +45,7 @@ async function main(): Promise<number> {
   const served: ServedProcess[] = [];
   let reader: ImageReader;
   try {
+    warmUpPageServer(); // while the restore it serves is still to come
     spec = JSON.parse((await nextLine()) ?? "");
     log = logger(spec.log);
     reader = await ImageReader.open(spec.dir);

@@ -87,10 +87,15 @@ const REAPER_LOOP = new Uint8Array([
  */
 export class PidMap {
   readonly #host = new Map<number, number>();
+  /** The other way (a tree's comparison asks it for every thread and descriptor owner). */
+  readonly #image = new Map<number, number>();
 
   /** Records that the process or thread the image calls `image` is `host` on the host. */
   set(image: number, host: number): void {
+    const was = this.#host.get(image);
+    if (was !== undefined && this.#image.get(was) === image) this.#image.delete(was);
     this.#host.set(image, host);
+    this.#image.set(host, image);
   }
 
   /** The host pid or tid of the image's `image`; throws if none was made for it. */
@@ -102,8 +107,7 @@ export class PidMap {
 
   /** The image's pid or tid of host pid or tid `host` (itself when not made by this restore). */
   image(host: number): number {
-    for (const [image, h] of this.#host) if (h === host) return image;
-    return host;
+    return this.#image.get(host) ?? host;
   }
 
   /** Every entry, image pid → host pid. */

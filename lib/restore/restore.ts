@@ -84,7 +84,7 @@ import { restoreMm } from "../task/mm.ts";
 import { restoreRlimits } from "../task/rlimits.ts";
 import { restoreSession } from "../task/session.ts";
 import { restoreSharedPending, restoreSigactions } from "../task/signals.ts";
-import { cloneThreads, finalRegs, restoreThreadState } from "../task/threads.ts";
+import { cloneThreads, finalRegs, queueThreadState } from "../task/threads.ts";
 import { restoreZombies } from "../task/zombies.ts";
 import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
@@ -104,6 +104,7 @@ import {
   forkWithPid,
   RESTORE_TRACE_OPTIONS,
 } from "../ptrace/stub.ts";
+import { mark } from "../timeline.ts";
 
 /** Options of `restore`. */
 export interface RestoreOptions {
@@ -514,11 +515,13 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   // What is written into it names its threads as it sees them: in a nested pid namespace, by
   // their innermost ids.
   const seen = (id: number) => p.nestedPid ? innermostPid(shares.pids.host(id)) : id;
-  m.securebits = new Map(
-    p.threads.map((
-      t,
-    ) => [t.tid, restoreThreadState(injectors.get(t.tid)!, t, seen(p.pid), seen(t.tid))]),
+  // Every thread's state in one wait for each group of threads, which make it at once.
+  const securebits = Injector.inEachThread(
+    p.threads.map((t) => injectors.get(t.tid)!),
+    (threadInj, i) =>
+      queueThreadState(threadInj, p.threads[i], seen(p.pid), seen(p.threads[i].tid)),
   );
+  m.securebits = new Map(p.threads.map((t, i) => [t.tid, securebits[i]]));
   // After the threads: a timer may notify one of them.
   restorePosixTimers(inj, p.posixTimers ?? [], seen);
   restoreSharedPending(inj, seen(p.pid), p.sharedPending); // its pid as it sees itself
@@ -721,6 +724,7 @@ async function restoreTree(
       throw new RestoreError(`interrupted before the ${name} stage of process ${p.pid}`);
     }
     debug(`${name} ${p.pid}`);
+    mark(`restore: ${name} ${p.pid}`);
     opts.policy?.restoreStage?.(name, p);
   };
   // The stub starts meanwhile (a shell and an exec take as long as checking a small image), and
@@ -746,6 +750,7 @@ async function restoreTree(
   if (!opts.lazy) reader.prefetch();
   try {
     entries = await readTree(reader);
+    mark("restore: image read");
     container = entries[0]?.namespaces;
     containerPid = container?.kinds.includes("pid") ?? false;
     if (terminal) moveToTerminal(entries, terminal);
@@ -925,7 +930,9 @@ async function restoreTree(
     }
     for (const m of making) {
       await memoryOf(m);
+      mark(`restore: memory ${m.entry.pid}`);
       await buildRest(m, run);
+      mark(`restore: rest ${m.entry.pid}`);
     }
     // One page server for the tree (each process's faults and fill, and the children they fork)
     // takes the userfaultfds now, while the restore finishes: it serves once they are armed.
@@ -970,15 +977,18 @@ async function restoreTree(
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
     }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
+    mark("restore: verified");
     for (const m of making) {
       const lost = stopWouldBeLost(m.entry, m.pid);
       if (lost) throw new RestoreError(`cannot restore: ${lost}`);
     }
     // Armed last, once nothing of the restore touches memory: the server takes over from here.
     for (const m of lazy) armLazyPages(m.pid, m.lazy!.uffd!, m.lazy!.plan);
+    mark("restore: armed");
     if (served) {
       await served;
       await server!.go(opts.late !== undefined);
+      mark("restore: page server serves");
     }
     for (const m of making) unmapScratch(m);
     // Its work is done (every fd table is made): the init lets go of the tool and runs alone.
@@ -997,6 +1007,7 @@ async function restoreTree(
       await awaitStop(m.entry, m.pid);
     }
     job?.started();
+    mark("restore: resumed");
     for (const m of making) {
       if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }

@@ -78,44 +78,58 @@ export function threadPending(thread: FrozenThread): PendingSignal[] {
 
 /** Dumps one frozen thread; `inj` runs syscalls in that thread. */
 export function dumpThread(pid: number, thread: FrozenThread, inj: Injector): ThreadEntry {
-  const tid = thread.tid;
-  const pending = threadPending(thread);
+  const finish = queueThreadDump(pid, thread, inj);
+  inj.flush();
+  return finish();
+}
 
+/**
+ * `dumpThread` in two steps, for `Injector.inEachThread`: queues the syscalls that read the
+ * thread's state in it, and returns how to finish once they are made.
+ */
+export function queueThreadDump(
+  pid: number,
+  thread: FrozenThread,
+  inj: Injector,
+): () => ThreadEntry {
+  const pending = threadPending(thread); // before anything runs in it
   // sigaltstack(NULL, &old): stack_t { void *ss_sp; int ss_flags; size_t ss_size; }, and
   // prctl(PR_GET_TID_ADDRESS, &addr), the securebits and the timer slack beside it: queued, one
-  // round trip in a restored process.
-  inj.queue("sigaltstack", [0, inj.scratch()]);
-  inj.queue("prctl", [PR.GET_TID_ADDRESS, inj.scratch() + 32n]);
+  // round trip in a restored process. Their output goes to the queue's data (the thread's own
+  // where several threads run at once), else to the scratch region.
+  const out = inj.queues ? inj.queueData(new Uint8Array(40)) : inj.scratch();
+  inj.queue("sigaltstack", [0, out]);
+  inj.queue("prctl", [PR.GET_TID_ADDRESS, out + 32n]);
   const securebits = queueSecurebits(inj);
   const timerSlack = queueTimerSlack(inj);
-  inj.flush();
-  const out = inj.get(0, 40);
-  const ss = new DataView(out.buffer);
-  const clearChildTid = ss.getBigUint64(32, true);
-
-  const regs = { ...thread.regs };
-  const name = readComm(pid, tid);
-  const cgroups = dumpThreadCgroups(pid, tid);
-  return {
-    tid,
-    name,
-    regs,
-    xstate: getRegset(tid, NT.X86_XSTATE, 8192),
-    sigmask: getSigMask(tid),
-    pending,
-    sigaltstack: {
-      sp: ss.getBigUint64(0, true),
-      flags: ss.getInt32(8, true),
-      size: ss.getBigUint64(16, true),
-    },
-    clearChildTid,
-    robustList: getRobustList(tid),
-    rseq: getRseqConfig(tid),
-    sleepRemainingNs: sleepRemaining(inj, regs),
-    creds: dumpCredentials(pid, tid),
-    securebits: securebits(),
-    scheduling: dumpScheduling(pid, tid, timerSlack()),
-    ...(cgroups ? { cgroups } : {}),
+  return () => {
+    const ss = new DataView(inj.mem.read(out, 40).buffer);
+    const clearChildTid = ss.getBigUint64(32, true);
+    const tid = thread.tid;
+    const regs = { ...thread.regs };
+    const name = readComm(pid, tid);
+    const cgroups = dumpThreadCgroups(pid, tid);
+    return {
+      tid,
+      name,
+      regs,
+      xstate: getRegset(tid, NT.X86_XSTATE, 8192),
+      sigmask: getSigMask(tid),
+      pending,
+      sigaltstack: {
+        sp: ss.getBigUint64(0, true),
+        flags: ss.getInt32(8, true),
+        size: ss.getBigUint64(16, true),
+      },
+      clearChildTid,
+      robustList: getRobustList(tid),
+      rseq: getRseqConfig(tid),
+      sleepRemainingNs: sleepRemaining(inj, regs),
+      creds: dumpCredentials(pid, tid),
+      securebits: securebits(),
+      scheduling: dumpScheduling(pid, tid, timerSlack()),
+      ...(cgroups ? { cgroups } : {}),
+    };
   };
 }
 
@@ -143,6 +157,22 @@ export function restoreThreadState(
   tgid: number,
   tid: number = t.tid,
 ): number {
+  const finish = queueThreadState(inj, t, tgid, tid);
+  inj.flush();
+  return finish();
+}
+
+/**
+ * `restoreThreadState` in two steps, for `Injector.inEachThread`: queues the syscalls that give
+ * the thread its state, and returns how to finish (its xstate, and its securebits as they are)
+ * once they are made.
+ */
+export function queueThreadState(
+  inj: Injector,
+  t: ThreadEntry,
+  tgid: number,
+  tid: number = t.tid,
+): () => number {
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
@@ -165,9 +195,10 @@ export function restoreThreadState(
   }
   if (t.scheduling) queueTimerSlackRestore(inj, t.scheduling);
   const securebits = queueSecurebits(inj);
-  inj.flush();
-  setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
-  return securebits();
+  return () => {
+    setRegset(inj.tid, NT.X86_XSTATE, t.xstate);
+    return securebits();
+  };
 }
 
 /**
