@@ -50,6 +50,7 @@ export {
   type MsgQueueEntry,
   type NamespaceEntry,
   type NamespacesEntry,
+  type NestedPidEntry,
   type NetAddressEntry,
   type NetEntry,
   type NetLinkEntry,

@@ -55,6 +55,7 @@ import {
   refuseOutsideHolders,
 } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
+import { NestedPids } from "../namespaces/nested_pid.ts";
 import { inOwnUserNamespace } from "../namespaces/user.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
 import { JOINABLE_KINDS } from "../namespaces/joined.ts";
@@ -585,9 +586,10 @@ export async function checkpoint(
       : undefined;
     // Its processes attach the segments of its IPC namespace, not of the tool's.
     if (kinds.includes("ipc")) run.segments = segmentTable(namespaces?.ipc?.shm ?? []);
-    const innerPids = kinds.includes("pid")
-      ? InnerPids.read(tree, (p) => zombieChildren(p).map((z) => z.pid))
-      : undefined;
+    const zombiePids = (p: number) => zombieChildren(p).map((z) => z.pid);
+    const innerPids = kinds.includes("pid") ? InnerPids.read(tree, zombiePids) : undefined;
+    // Pid namespaces nested below the dump's: each process's pids at every level.
+    const nested = NestedPids.read(tree.map((f) => f.pid), zombiePids);
     const entries: ProcessEntry[] = [];
     for (const plan of plans) {
       const pid = plan.frozen.pid;
@@ -600,6 +602,7 @@ export async function checkpoint(
         parentMemory(pid, sharing.get(pid), entries, plans),
       );
       Object.assign(entry, sharing.get(entry.pid));
+      nested?.describe(entry);
       if (stopped.has(entry.pid)) {
         entry.stopped = true;
         entry.stopSignal = plan.frozen.stopSignal ?? SIG.SIGSTOP;
@@ -646,6 +649,9 @@ export async function checkpoint(
       lockSettled = true;
       // Children first, so each parent is last to go.
       endDump(true);
+      // All at once: the init of a nested pid namespace ends only once every process in it is
+      // reaped, also one whose parent is outside it (unshare --pid, then another fork).
+      for (const f of tree) f.doom();
       for (const f of [...tree].reverse()) f.kill();
       thawed?.refreeze(); // the group as it was, now empty (a v1 frozen task cannot die)
       killed = true;

@@ -224,6 +224,11 @@ export interface ThreadEntry {
    * a hierarchy; absent when it is in all of its process's (and in older images).
    */
   cgroups?: CgroupMembership[];
+  /**
+   * In a process of a nested pid namespace (`ProcessEntry.nestedPid`): its tid in each nested
+   * level, outermost first (the main thread's are its process's pids). Absent otherwise.
+   */
+  nestedTids?: number[];
   /** Thread name (comm). */
   name: string;
   /** user_regs_struct, field by field. */
@@ -873,6 +878,19 @@ export interface ProcessEntry {
   /** Where page data lives: each extent is one checksummed run of a page file. */
   extents: PageExtent[];
   /**
+   * Its pid namespace when it is nested below the dump's (the one `pid` belongs to): the
+   * dump-level pid of that namespace's init (its own for an init, pid 1 there) and its pid in
+   * each nested level, outermost first (the last is the one it sees; 1 for an init). Absent at
+   * the dump's level (and in older images).
+   */
+  nestedPid?: NestedPidEntry;
+  /**
+   * It made a pid namespace for its children other than its own (unshare --pid, or setns): the
+   * dump-level pid of that namespace's init, which is in the image. Absent when its children go
+   * into its own (and in older images).
+   */
+  childPidNamespace?: number;
+  /**
    * Root process only: the other processes of the dumped tree, each after its parent; each has
    * its own entry in `process-PID.cbor`.
    */
@@ -895,6 +913,14 @@ export interface ProcessEntry {
    * older versions and of dumps that locked nothing.
    */
   networkLock?: NetworkLockEntry;
+}
+
+/** Where a process of a pid namespace nested below the dump's lives (`ProcessEntry.nestedPid`). */
+export interface NestedPidEntry {
+  /** The dump-level pid of the init (pid 1) of the innermost namespace it lives in. */
+  init: number;
+  /** Its pid in each nested level, outermost first; the last is the one it sees. */
+  pids: number[];
 }
 
 /** The network lock of an image: what the restore (or `unlock`) removes. */

@@ -198,6 +198,8 @@ const ENTRY_FIELDS = [
   "sharesFilesWith",
   "sharesFsWith",
   "extents",
+  "nestedPid",
+  "childPidNamespace",
   "tree",
   "networkLock",
   "namespaces",
@@ -222,6 +224,7 @@ const THREAD_FIELDS = [
   "securebits",
   "scheduling",
   "cgroups",
+  "nestedTids",
 ] as const;
 const SCHEDULING_FIELDS = [
   "policy",
@@ -465,6 +468,7 @@ function checkEntry(v: unknown): void {
     optional(o, "sleepRemainingNs", a, u64);
     optional(o, "noNewPrivs", a, bool);
     optional(o, "cgroups", a, (v, b) => field(v, b, { list: { map: CGROUP_FIELDS } }));
+    optional(o, "nestedTids", a, nestedIds);
     if (o.seccomp !== undefined) {
       const sc = obj(o.seccomp, `${a}.seccomp`, ["mode", "filters"]);
       int(sc.mode, `${a}.seccomp.mode`, 0, 2);
@@ -614,6 +618,12 @@ function checkEntry(v: unknown): void {
       }
       optional(o, "frozen", b, bool);
     }));
+  optional(p, "nestedPid", "", (v, a) => {
+    const o = obj(v, a, ["init", "pids"]);
+    int(o.init, `${a}.init`, 1);
+    nestedIds(o.pids, `${a}.pids`);
+  });
+  optional(p, "childPidNamespace", "", (v, a) => int(v, a, 1));
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
       const o = obj(t, a, ["pid", "ppid"]);
@@ -629,6 +639,12 @@ function checkEntry(v: unknown): void {
       bad("networkLock.name", name, "tardigrade- and 16 hex digits");
     }
   }
+}
+
+/** A task's ids in the pid namespaces nested below the dump's: one a level (32 at most). */
+function nestedIds(v: unknown, at: string): void {
+  const ids = each(v, at, (x, a) => int(x, a, 1, 2 ** 22));
+  if (ids.length < 1 || ids.length > 32) bad(at, ids.length, "1 to 32 levels");
 }
 
 /** The network lock of the root entry (schema.ts `NetworkLockEntry`). */

@@ -8,7 +8,7 @@
  */
 import { DumpError } from "../errors.ts";
 import type { JoinableKind } from "./joined.ts";
-import { refuseNestedPidNamespace, refuseNestedRoot } from "./nested_pid.ts";
+import { checkNestedPidNamespace, refuseNestedRoot } from "./nested_pid.ts";
 import {
   innermostPid,
   processState,
@@ -124,6 +124,15 @@ export function containerKinds(root: number, joined: readonly JoinableKind[] = [
   return kinds.filter(isCarried);
 }
 
+/** The pid namespace process `pid` makes its children in, null if unknown. */
+function readPidForChildren(pid: number): string | null {
+  try {
+    return readProcLink(pid, "ns/pid_for_children");
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Refuses process `pid` of the tree when one of its namespaces is not the root's: it made a
  * namespace of its own inside the container (or joined another one), which is not carried yet.
@@ -136,11 +145,23 @@ export function checkSameNamespaces(pid: number, root: number): void {
         `entering it), which tardigrade does not dump`,
     );
   }
-  refuseNestedPidNamespace(pid, root);
+  checkNestedPidNamespace(pid, root);
   if (pid === root) return;
+  // It lives in a nested pid namespace, or made one for its children.
+  const rootPid = namespaceOf(root, "pid");
+  const nestedPid = namespaceOf(pid, "pid") !== rootPid ||
+    readPidForChildren(pid) !== rootPid;
   for (const k of NAMESPACE_KINDS) {
+    if (k === "pid") continue; // a nested one is carried (nested_pid.ts)
     const ns = namespaceOf(pid, k);
     if (ns !== null && ns !== namespaceOf(root, k)) {
+      if (nestedPid && k === "mnt") {
+        throw new DumpError(
+          `process ${pid} lives in (or made) a nested pid namespace with a mount namespace of ` +
+            `its own (unshare --mount-proc: a /proc of the nested namespace), which tardigrade ` +
+            `does not dump yet`,
+        );
+      }
       throw new DumpError(
         `process ${pid} lives in another ${k} namespace than the root of the dump (${root}): ` +
           `namespaces made inside a container are not dumped yet`,

@@ -16,6 +16,7 @@ import { DumpError } from "../errors.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { MountEntry } from "../image/schema.ts";
 import type { MountInfo } from "../inspect/procfs.ts";
+import { initOf } from "./nested_pid.ts";
 import { dumpTmpfsFiles, makeTmpfsFiles } from "./tmpfs_files.ts";
 import { optionsInside } from "./user.ts";
 
@@ -121,8 +122,35 @@ export function mountEntries(
       entry.files = dumpTmpfsFiles(`/proc/${pid}/root${m.mountPoint}`, `tmpfs ${m.mountPoint}`);
     }
     if (m.fsType === "devpts") refuseUsedDevpts(pid, m);
+    if (m.fsType === "proc") refuseOtherPidNamespace(pid, m);
     return entry;
   });
+}
+
+/**
+ * Refuses a proc of the container that shows another pid namespace than its init's (one nested
+ * in it, mounted by `unshare --pid --fork --mount-proc` in the container's own mount namespace):
+ * the restore mounts a proc from the init, which would show the init's.
+ */
+function refuseOtherPidNamespace(pid: number, m: MountInfo): void {
+  const link = (path: string) => {
+    try {
+      return Deno.readLinkSync(path);
+    } catch {
+      return null;
+    }
+  };
+  // Its pid 1 is the init of the namespace it shows.
+  const shown = link(`/proc/${pid}/root${m.mountPoint}/1/ns/pid`);
+  const own = link(`/proc/${pid}/ns/pid`);
+  if (shown !== own) {
+    const init = shown === null ? null : initOf(shown);
+    throw new DumpError(
+      `container ${pid} has ${mountName(m)} showing pid namespace ${shown ?? "(none)"}, not ` +
+        `its own ${own}: a /proc of a nested pid namespace is not made again yet` +
+        (init === null ? "" : `; dump its init ${init} as a container instead`),
+    );
+  }
 }
 
 /** Refuses a devpts of the container with terminals in it: they are not made again in it. */

@@ -72,6 +72,10 @@ export class InnerPids {
     for (const t of e.posixTimers ?? []) t.targetTid = pid(t.targetTid, "a timer's thread");
     if (e.sharesFilesWith !== undefined) e.sharesFilesWith = pid(e.sharesFilesWith, "a sharer");
     if (e.sharesFsWith !== undefined) e.sharesFsWith = pid(e.sharesFsWith, "a sharer");
+    if (e.nestedPid) e.nestedPid.init = pid(e.nestedPid.init, "the nested pid namespace's init");
+    if (e.childPidNamespace !== undefined) {
+      e.childPidNamespace = pid(e.childPidNamespace, "the children's pid namespace's init");
+    }
     for (const f of e.files) {
       // Read by the tool in its own pid namespace: not translated yet, so refused.
       if (f.kind === "pidfd" || (f.owner && f.owner.pid !== 0)) {

@@ -385,6 +385,14 @@ export class FrozenProcess implements AsyncDisposable {
     return !this.#released;
   }
 
+  /** Sends it SIGKILL, which it takes once `kill` collects it (it runs nothing meanwhile). */
+  doom(): void {
+    if (this.#released) return;
+    try {
+      kill(this.pid, SIG.SIGKILL);
+    } catch { /* gone */ }
+  }
+
   /**
    * Ends the process while it is still frozen (it runs no instruction more) and collects every
    * thread's exit as its tracer, so the pid is free again once its parent has reaped it.

@@ -75,6 +75,26 @@ export interface CloneOptions {
   sibling?: boolean;
   /** Its parent gets no signal when it ends (exit_signal 0; wait for it with __WALL). */
   quiet?: boolean;
+  /** Other clone flags (CLONE_NEWPID: the init of a new pid namespace). */
+  flags?: bigint;
+}
+
+/**
+ * A task's id for clone3's `set_tid`: one number (its id in its maker's namespace for children),
+ * or its id at every level from the innermost namespace out (the kernel's order), for a task of
+ * a nested pid namespace.
+ */
+export type TaskId = number | readonly number[];
+
+/** The ids of `id`, innermost first. */
+const levels = (id: TaskId): readonly number[] => typeof id === "number" ? [id] : id;
+
+/** How a refusal names `id`: its outermost id given, with the inner ones. */
+function showId(id: TaskId): string {
+  const ids = levels(id);
+  return ids.length === 1
+    ? String(ids[0])
+    : `${ids.at(-1)} (${ids.slice(0, -1).join(", ")} inside)`;
 }
 
 /** A task made by an injected clone3: its id as the tool sees it, and as its maker does. */
@@ -83,25 +103,31 @@ interface Made {
   inTarget: number;
 }
 
-function injectClone3(inj: Injector, id: number | null, thread: boolean, o: CloneOptions): Made {
+function injectClone3(inj: Injector, id: TaskId | null, thread: boolean, o: CloneOptions): Made {
   const what = thread ? "thread id" : "pid";
-  const tidAddr = id === null ? 0n : inj.put(new Uint8Array(new Int32Array([id]).buffer), 256);
-  const setTid = id === null ? {} : { setTid: tidAddr, setTidSize: 1 };
+  const ids = id === null ? [] : levels(id);
+  const tidAddr = id === null ? 0n : inj.put(new Uint8Array(new Int32Array(ids).buffer), 256);
+  const setTid = id === null ? {} : { setTid: tidAddr, setTidSize: ids.length };
   // CLONE_PARENT takes its maker's exit signal: clone3 wants none given.
   const exitSignal = thread || o.sibling || o.quiet ? 0 : SIG.SIGCHLD;
-  const flags = thread ? CLONE_THREAD_FLAGS : (o.share ?? 0n) | (o.sibling ? CLONE.PARENT : 0n);
+  const flags = thread
+    ? CLONE_THREAD_FLAGS
+    : (o.share ?? 0n) | (o.sibling ? CLONE.PARENT : 0n) | (o.flags ?? 0n);
   const args = encodeCloneArgs({ flags, exitSignal, ...setTid });
   const argsAddr = inj.put(args, 0);
   let r = inj.raw(SYS.clone3, argsAddr, args.length);
   // A process just reaped leaves /proc a moment before its pid is free for reuse: wait for it,
-  // but only while nothing holds the id.
-  for (let i = 0; id !== null && r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(id); i++) {
+  // but only while nothing holds the id (its outermost one given, as the tool sees it when the
+  // maker lives in the tool's namespace).
+  const outer = ids.at(-1) ?? 0;
+  for (let i = 0; id !== null && r === -BigInt(Errno.EEXIST) && i < 50 && !procExists(outer); i++) {
     pauseThread(2);
     r = inj.raw(SYS.clone3, argsAddr, args.length);
   }
-  if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`${what} ${id} is in use`);
+  const shown = id === null ? "any" : showId(id);
+  if (r === -BigInt(Errno.EEXIST)) throw new RestoreError(`${what} ${shown} is in use`);
   if (r < 0n) {
-    throw new SyscallError(`clone3 (${what} ${id ?? "any"}) in ${inj.pid}`, [id ?? 0], Number(-r));
+    throw new SyscallError(`clone3 (${what} ${shown}) in ${inj.pid}`, [outer], Number(-r));
   }
   // exit_signal SIGCHLD raises a FORK event, any other a CLONE event.
   const event = exitSignal === SIG.SIGCHLD ? PTRACE_EVENT.FORK : PTRACE_EVENT.CLONE;
@@ -117,7 +143,7 @@ function injectClone3(inj: Injector, id: number | null, thread: boolean, o: Clon
  */
 export function cloneWithId(
   inj: Injector,
-  id: number,
+  id: TaskId,
   thread: boolean,
   opts: CloneOptions = {},
 ): number {
@@ -133,16 +159,16 @@ export function cloneWithId(
  * still held by a thread being freed is made alone again (`cloneWithId` waits for it). Returns
  * their ids as the tool sees them, in order.
  */
-export function cloneThreadsWithIds(inj: Injector, ids: readonly number[]): number[] {
+export function cloneThreadsWithIds(inj: Injector, ids: readonly TaskId[]): number[] {
   const results: bigint[] = [];
   const seen = inj.events.length;
   for (const [i, id] of ids.entries()) {
-    const setTid = inj.queueData(new Uint8Array(new Int32Array([id]).buffer));
+    const setTid = inj.queueData(new Uint8Array(new Int32Array(levels(id)).buffer));
     const args = encodeCloneArgs({
       flags: CLONE_THREAD_FLAGS,
       exitSignal: 0,
       setTid,
-      setTidSize: 1,
+      setTidSize: levels(id).length,
     });
     inj.queue("clone3", [inj.queueData(args), args.length], (r) => (results[i] = r));
   }
@@ -154,7 +180,8 @@ export function cloneThreadsWithIds(inj: Injector, ids: readonly number[]): numb
     const r = results[i];
     if (r === -BigInt(Errno.EEXIST)) return cloneWithId(inj, id, true);
     if (r < 0n) {
-      throw new SyscallError(`clone3 (thread id ${id}) in ${inj.pid}`, [id], Number(-r));
+      const outer = levels(id).at(-1)!;
+      throw new SyscallError(`clone3 (thread id ${showId(id)}) in ${inj.pid}`, [outer], Number(-r));
     }
     const host = Number(made[next++]?.message ?? r);
     waitStopped(host, "restored thread");
@@ -163,7 +190,7 @@ export function cloneThreadsWithIds(inj: Injector, ids: readonly number[]): numb
 }
 
 /** A child process of the process `inj` runs in, with exactly `pid` (see `cloneWithId`). */
-export function forkWithPid(inj: Injector, pid: number, opts: CloneOptions = {}): number {
+export function forkWithPid(inj: Injector, pid: TaskId, opts: CloneOptions = {}): number {
   return cloneWithId(inj, pid, false, opts);
 }
 

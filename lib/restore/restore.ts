@@ -50,6 +50,7 @@ import {
   openNamespaces,
 } from "../namespaces/container.ts";
 import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
+import { NestedPlan, setChildPidNamespace } from "../namespaces/nested_pid.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -89,7 +90,7 @@ import type { RestorePolicy, RestoreStage } from "../policy.ts";
 import type { ProgressCallback } from "../progress.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import { mountRoot } from "../inspect/mount_root.ts";
-import { threadIds, tryReadStat } from "../inspect/procfs.ts";
+import { innermostPid, threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { compareWithImage, describeDifference, type Difference } from "./verify.ts";
 import {
   type NamespacesEntry,
@@ -97,7 +98,12 @@ import {
   type ProcessEntry,
   processMetaName,
 } from "../image/schema.ts";
-import { clonePlan, forkWithPid, RESTORE_TRACE_OPTIONS } from "../ptrace/stub.ts";
+import {
+  type CloneOptions,
+  clonePlan,
+  forkWithPid,
+  RESTORE_TRACE_OPTIONS,
+} from "../ptrace/stub.ts";
 import { mark } from "../timeline.ts";
 
 /** Options of `restore`. */
@@ -372,6 +378,8 @@ interface Shares {
   inherited: ReadonlyMap<string, number>;
   /** In a container's IPC namespace: its init made the System V segments, each process attaches. */
   containerIpc: boolean;
+  /** The pid namespaces nested below the image's, which the tree is made into. */
+  nested: NestedPlan;
 }
 
 /** The processes, threads and zombies `entries` make. */
@@ -489,7 +497,8 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   stage("threads", p);
   const main = p.threads.find((t) => t.tid === p.pid) ?? p.threads[0];
   const others = p.threads.filter((t) => t !== main);
-  for (const [i, tid] of cloneThreads(inj, others.map((t) => t.tid)).entries()) {
+  const ids = others.map((t) => t.nestedTids ? NestedPlan.setTid(t.tid, t.nestedTids) : t.tid);
+  for (const [i, tid] of cloneThreads(inj, ids).entries()) {
     made.push(tid);
     const t = others[i];
     shares.pids.set(t.tid, tid);
@@ -503,16 +512,37 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
     if (t === main) continue;
     restoreZombies(injectors.get(t.tid)!, p, t.tid, shares.pids);
   }
+  // What is written into it names its threads as it sees them: in a nested pid namespace, by
+  // their innermost ids.
+  const seen = (id: number) => p.nestedPid ? innermostPid(shares.pids.host(id)) : id;
   // Every thread's state in one wait for each group of threads, which make it at once.
   const securebits = Injector.inEachThread(
     p.threads.map((t) => injectors.get(t.tid)!),
-    (threadInj, i) => queueThreadState(threadInj, p.threads[i], p.pid),
+    (threadInj, i) =>
+      queueThreadState(threadInj, p.threads[i], seen(p.pid), seen(p.threads[i].tid)),
   );
   m.securebits = new Map(p.threads.map((t, i) => [t.tid, securebits[i]]));
   // After the threads: a timer may notify one of them.
-  restorePosixTimers(inj, p.posixTimers ?? []);
-  restoreSharedPending(inj, p.pid, p.sharedPending); // its pid as it sees itself
+  restorePosixTimers(inj, p.posixTimers ?? [], seen);
+  restoreSharedPending(inj, seen(p.pid), p.sharedPending); // its pid as it sees itself
   warnings.push(...await restoreRlimits(inj, p.rlimits));
+}
+
+/**
+ * Makes process `p` of the tree from `maker` (its parent, or a sibling: `opts`) with its pid at
+ * every level: the init of a nested pid namespace with CLONE_NEWPID, a process of a nested
+ * namespace that is not its maker's own from inside it (the maker joins it for its children
+ * for this one fork). Returns its host pid.
+ */
+function makeChild(maker: Making, p: ProcessEntry, opts: CloneOptions, shares: Shares): number {
+  if (!p.nestedPid && !maker.entry.nestedPid) return forkWithPid(maker.inj, p.pid, opts);
+  const how = shares.nested.makeFrom(maker.entry.pid, p);
+  const ids = NestedPlan.setTid(p.pid, p.nestedPid?.pids);
+  if (how.join === undefined) return forkWithPid(maker.inj, ids, { ...opts, flags: how.flags });
+  setChildPidNamespace(maker.inj, shares.pids.host(how.join));
+  const pid = forkWithPid(maker.inj, ids, opts);
+  setChildPidNamespace(maker.inj, null);
+  return pid;
 }
 
 /**
@@ -532,9 +562,14 @@ function afterTasks(making: Making[], shares: Shares, warnings: string[]): void 
 }
 
 /** Last steps inside one process, once every process of the tree is built. */
-function seal(m: Making): void {
+function seal(m: Making, shares: Shares): void {
   const { entry: p, inj } = m;
   m.asb!.closeObjects();
+  // Once its threads are made (a thread is made only while its children's pid namespace is its
+  // own), and while it has the capabilities to: unshare --pid left it so.
+  if (p.childPidNamespace !== undefined) {
+    setChildPidNamespace(inj, shares.pids.host(p.childPidNamespace));
+  }
   const seccomp = (first: boolean) => {
     for (const t of p.threads) {
       if (seccompBeforeCreds(t) !== first) continue;
@@ -706,6 +741,7 @@ async function restoreTree(
   let cgroups: CgroupRestore;
   let containerPid = false;
   let joinedFds: JoinedFds = {};
+  let nested: NestedPlan;
   using reader = await ImageReader.open(dir).catch(async (err) => {
     await dropStub();
     throw err;
@@ -759,6 +795,7 @@ async function restoreTree(
       );
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
+    nested = new NestedPlan(entries);
     if (opts.lazy) checkLazy(opts);
     cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
     cgroups.check(entries);
@@ -792,6 +829,7 @@ async function restoreTree(
     tasks: tasksOf(entries, opts.pidNamespace === true || containerPid),
     inherited,
     containerIpc: container?.kinds.includes("ipc") ?? false,
+    nested,
   };
   const warnings: string[] = [];
   let job: ShellJob | undefined;
@@ -849,7 +887,7 @@ async function restoreTree(
         await memoryOf(maker);
       }
       const pid = maker
-        ? forkWithPid(maker.inj, p.pid, plan.opts)
+        ? makeChild(maker, p, plan.opts, shares)
         : shares.namespace?.forkRoot(p.pid) ?? stub.forkWithPid(p.pid);
       made.push(pid);
       shares.pids.set(p.pid, pid);
@@ -928,7 +966,7 @@ async function restoreTree(
     // Every end of every TCP connection exists now: they may talk.
     resumeScope(shares.scope);
     if (container) openNamespaces(container); // a container's veths were down until now
-    for (const m of making) seal(m);
+    for (const m of making) seal(m, shares);
     for (const m of making) m.files?.close();
     // Every descriptor table is made: a container's init lets go of the tool's pidfd.
     shares.namespace?.dropToolPidfd(making[0].inj);

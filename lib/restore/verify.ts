@@ -85,7 +85,7 @@ import {
 import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
-import { threadIds } from "../inspect/procfs.ts";
+import { namespaceIds, readProcLink, threadIds } from "../inspect/procfs.ts";
 import { keptFlags, parseVmaStates, readSmaps } from "../memory/advice.ts";
 import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
@@ -360,6 +360,8 @@ const THREAD_RULES: Record<string, Rule> = {
   xstate: "skip",
   sigmask: "skip",
   sleepRemainingNs: "skip",
+  // Compared with the process's own pids at every level (compareNestedPids).
+  nestedTids: "skip",
   pending: bySigno,
   seccomp: (d, at, _f, image, kernel) => {
     type S = { mode: number; filters: number[] } | undefined;
@@ -468,6 +470,52 @@ function compareThreads(p: RestoredProcess, d: Diff): void {
   }]);
   dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
   for (const [t, got] of pairs) compareFields(d, `thread ${t.tid}`, t, got, THREAD_RULES);
+}
+
+/** The pid namespace `hostPid` lives in, or makes its children in; null once it is gone. */
+function pidNamespaceOf(hostPid: number, which = "pid"): string | null {
+  try {
+    return readProcLink(hostPid, `ns/${which}`);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Compares a process's and its threads' ids at every level of the pid namespaces nested below
+ * the image's (NSpid), the namespace it lives in (its init's), and the one it makes children in.
+ */
+function compareNestedPids(p: RestoredProcess, d: Diff): void {
+  const e = p.entry;
+  const tail = (host: number, n: number) => namespaceIds(host).slice(-n);
+  if (e.nestedPid) {
+    const want = [e.pid, ...e.nestedPid.pids];
+    d.same("process", "pids at every level", want, tail(p.hostPid, want.length));
+    d.same(
+      "process",
+      "pid namespace (its init's)",
+      pidNamespaceOf(p.hostId(e.nestedPid.init)),
+      pidNamespaceOf(p.hostPid),
+    );
+    for (const t of e.threads) {
+      if (t.tid === e.pid) continue;
+      const ids = [t.tid, ...t.nestedTids ?? []];
+      d.same(`thread ${t.tid}`, "tids at every level", ids, tail(p.hostId(t.tid), ids.length));
+    }
+  }
+  const children = e.childPidNamespace;
+  d.same(
+    "process",
+    "pid namespace for its children",
+    children === undefined ? "its own" : `that of process ${children}`,
+    pidNamespaceOf(p.hostPid, "pid_for_children") === pidNamespaceOf(p.hostPid)
+      ? "its own"
+      : children !== undefined &&
+          pidNamespaceOf(p.hostPid, "pid_for_children") ===
+            pidNamespaceOf(p.hostId(children))
+      ? `that of process ${children}`
+      : "another one",
+  );
 }
 
 /** Compares the POSIX timers: ids, clocks, notification, interval; time left may only shrink. */
@@ -968,6 +1016,7 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
       comparePosixTimers(p, d);
     });
     compareThreads(p, d);
+    compareNestedPids(p, d);
     await compareMappings(p, d, own);
     compareStoredFiles(p, d);
     compareFds(p, d, table, sharing);

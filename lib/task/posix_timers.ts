@@ -61,8 +61,15 @@ function timespecPair(intervalNs: bigint, valueNs: bigint): Uint8Array {
   );
 }
 
-/** Makes the timers again with their ids and arms them with the time they had left. */
-export function restorePosixTimers(inj: Injector, timers: PosixTimerEntry[]): void {
+/**
+ * Makes the timers again with their ids and arms them with the time they had left; `seen` gives
+ * a target thread's tid as the process sees it (the image's, but in a nested pid namespace).
+ */
+export function restorePosixTimers(
+  inj: Injector,
+  timers: PosixTimerEntry[],
+  seen: (tid: number) => number = (tid) => tid,
+): void {
   if (timers.length === 0) return;
   inj.call("prctl", PR.TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0);
   try {
@@ -72,7 +79,8 @@ export function restorePosixTimers(inj: Injector, timers: PosixTimerEntry[]): vo
       sev.setBigUint64(0, t.sigval, true);
       sev.setInt32(8, t.signo, true);
       sev.setInt32(12, t.notify, true);
-      sev.setInt32(16, t.targetTid, true);
+      // SIGEV_THREAD_ID (4) names a thread; otherwise the kernel ignores the field.
+      sev.setInt32(16, t.notify & 4 ? seen(t.targetTid) : t.targetTid, true);
       const sevAddr = inj.put(new Uint8Array(sev.buffer), 0);
       const idAddr = inj.put(new Uint8Array(new Int32Array([t.id]).buffer), 128);
       inj.call("timer_create", t.clockid, sevAddr, idAddr);

@@ -29,7 +29,7 @@ import { readComm } from "../inspect/procfs.ts";
 import type { FrozenThread } from "../ptrace/freeze.ts";
 import type { Injector } from "../ptrace/inject.ts";
 import type { PendingSignal, ThreadEntry } from "../image/schema.ts";
-import { cloneThreadsWithIds, waitStopped } from "../ptrace/stub.ts";
+import { cloneThreadsWithIds, type TaskId, waitStopped } from "../ptrace/stub.ts";
 import { queueSecurebits } from "./capabilities.ts";
 import { dumpCredentials } from "./credentials.ts";
 import { dumpThreadCgroups } from "./cgroups.ts";
@@ -137,7 +137,7 @@ export function queueThreadDump(
  * Makes threads with the dumped tids (as the process sees them) in the restored process, all in
  * one run of queued clone3 calls; returns their tids on the host, in order.
  */
-export function cloneThreads(inj: Injector, tids: readonly number[]): number[] {
+export function cloneThreads(inj: Injector, tids: readonly TaskId[]): number[] {
   return cloneThreadsWithIds(inj, tids);
 }
 
@@ -145,13 +145,19 @@ export function cloneThreads(inj: Injector, tids: readonly number[]): number[] {
  * Gives a stopped thread of the restored process its per-thread kernel state (all but the
  * registers and the mask, which the caller sets last: until then the injector keeps every signal
  * blocked, so the signals queued here stay pending with their information).
- * `inj` runs in the thread (its `tid` is the host's); `tgid` is its process's pid as the process
- * sees it (the image's), like `t.tid`, for what is written into it. Returns the thread's
+ * `inj` runs in the thread (its `tid` is the host's); `tgid` and `tid` are its process's pid and
+ * its tid as the process sees them (the image's, or in a nested pid namespace the innermost), for
+ * what is written into it. Returns the thread's
  * securebits as they are (read in the same run: restoreCredentials needs them, and only it
  * changes them).
  */
-export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number): number {
-  const finish = queueThreadState(inj, t, tgid);
+export function restoreThreadState(
+  inj: Injector,
+  t: ThreadEntry,
+  tgid: number,
+  tid: number = t.tid,
+): number {
+  const finish = queueThreadState(inj, t, tgid, tid);
   inj.flush();
   return finish();
 }
@@ -161,7 +167,12 @@ export function restoreThreadState(inj: Injector, t: ThreadEntry, tgid: number):
  * the thread its state, and returns how to finish (its xstate, and its securebits as they are)
  * once they are made.
  */
-export function queueThreadState(inj: Injector, t: ThreadEntry, tgid: number): () => number {
+export function queueThreadState(
+  inj: Injector,
+  t: ThreadEntry,
+  tgid: number,
+  tid: number = t.tid,
+): () => number {
   const ss = new BigUint64Array([
     t.sigaltstack.sp,
     BigInt(t.sigaltstack.flags & ~1),
@@ -180,7 +191,7 @@ export function queueThreadState(inj: Injector, t: ThreadEntry, tgid: number): (
   const name = inj.queueData(new TextEncoder().encode(t.name.slice(0, 15) + "\0"));
   inj.queue("prctl", [PR.SET_NAME, name]);
   for (const s of t.pending) {
-    inj.queue("rt_tgsigqueueinfo", [tgid, t.tid, s.signo, inj.queueData(s.siginfo)]);
+    inj.queue("rt_tgsigqueueinfo", [tgid, tid, s.signo, inj.queueData(s.siginfo)]);
   }
   if (t.scheduling) queueTimerSlackRestore(inj, t.scheduling);
   const securebits = queueSecurebits(inj);
