@@ -66,7 +66,9 @@ export function reopenObject(
   // A fresh open through /proc gives an open file of our own with the dumped flags; the object's
   // fd belongs to the context (mappings may use it too), so it stays open.
   // O_DIRECTORY | __O_TMPFILE of an O_TMPFILE file would ask for a new tmpfile: not a reopen.
-  const mode = reopenFlags(flags) & ~(O.DIRECTORY | O_TMPFILE_BIT);
+  // O_NOFOLLOW would refuse the /proc magic link (ELOOP); it acts only at open, and the file was
+  // opened (Python's multiprocessing opens its /dev/shm arena so, then unlinks it).
+  const mode = reopenFlags(flags) & ~(O.DIRECTORY | O_TMPFILE_BIT | O.NOFOLLOW);
   const fd = injectOpen(ctx, `/proc/self/fd/${ctx.objectFd(object)}`, mode);
   if (position !== 0n) injectSeek(ctx, fd, position);
   return fd;

@@ -328,11 +328,18 @@ export class AddressSpaceBuilder {
     this.inj.flush();
   }
 
-  /** Seals memfds again and gives deleted files their times, now that their contents are in. */
+  /** Seals memfds again, now that their contents are in. */
   seal(): void {
-    const fdOf = (id: number) => this.objects.fd(id);
-    sealMemfds(this.inj, this.image.objects, fdOf);
-    restoreFileTimes(this.inj, this.image.objects, fdOf);
+    sealMemfds(this.inj, this.image.objects, (id) => this.objects.fd(id));
+  }
+
+  /**
+   * Gives deleted files their access and modification times again: once every process of the
+   * tree has mapped them, as each mmap of a file sets its access time (a pool's workers map the
+   * semaphores their parent made).
+   */
+  restoreFileTimes(): void {
+    restoreFileTimes(this.inj, this.image.objects, (id) => this.objects.fd(id));
   }
 
   /**

@@ -11,7 +11,7 @@
  * the tree made the object of each key, so that the others take that very object (pidfd_getfd),
  * as the fork that shared it had.
  */
-import { close, F, O, open, PAGE_SIZE, pageUp } from "../../ffi/mod.ts";
+import { close, F, O, open, PAGE_SIZE, pageUp, SyscallError } from "../../ffi/mod.ts";
 import { RestoreError } from "../errors.ts";
 import type { MemoryObjectEntry } from "../image/schema.ts";
 import { takeFd } from "../ptrace/fd_taker.ts";
@@ -24,11 +24,26 @@ export type ObjectDescription = Omit<MemoryObjectEntry, "id" | "key" | "pages">;
 
 /** Runs `body` with `path` open read-only (raw fd), closed after. */
 export function withOpenFile<T>(path: string, body: (fd: number) => T): T {
-  const fd = open(path, O.RDONLY);
+  const fd = openNoAtime(path);
   try {
     return body(fd);
   } finally {
     close(fd);
+  }
+}
+
+/**
+ * Opens `path` to read without setting its access time (O_NOATIME): the dump's read must not
+ * change the file, which other processes of the tree, stored after, record the times of (a
+ * Python pool's workers map the semaphores their parent made). O_NOATIME needs the file's owner
+ * or CAP_FOWNER; without them the read sets it as any reader would.
+ */
+function openNoAtime(path: string): number {
+  try {
+    return open(path, O.RDONLY | O.NOATIME);
+  } catch (err) {
+    if (!(err instanceof SyscallError) || err.code !== "EPERM") throw err;
+    return open(path, O.RDONLY);
   }
 }
 

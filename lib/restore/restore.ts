@@ -564,6 +564,7 @@ function afterTasks(making: Making[], shares: Shares, warnings: string[]): void 
 /** Last steps inside one process, once every process of the tree is built. */
 function seal(m: Making, shares: Shares): void {
   const { entry: p, inj } = m;
+  m.asb!.restoreFileTimes();
   m.asb!.closeObjects();
   // Once its threads are made (a thread is made only while its children's pid namespace is its
   // own), and while it has the capabilities to: unshare --pid left it so.
