@@ -469,6 +469,33 @@ async function dumpProcess(
 }
 
 /**
+ * A zombie has no memory, threads or files left, only an exit status for its parent: refused as
+ * such (the tree's own checks would misname it: its pid namespace, its fds, gone).
+ */
+function refuseExited(pid: number): void {
+  let stat: string;
+  try {
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return; // no such process: the steps below say so
+  }
+  const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+  const state = stat[stat.lastIndexOf(")") + 2];
+  if (state === "Z" || state === "X") {
+    throw new DumpError(
+      `process ${pid} (${comm}) has exited (a zombie): nothing is left of it but the exit status ` +
+        `its parent ${parentPid(stat)} has yet to wait for; dump that parent, which keeps it as ` +
+        `a zombie child`,
+    );
+  }
+}
+
+/** The ppid field of a /proc/PID/stat line. */
+function parentPid(stat: string): number {
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+}
+
+/**
  * Dumps process `pid`, and the processes below it, into an image directory. By default they are
  * ended once the image is complete; with `leaveRunning` they run on unharmed. A process in other
  * namespaces than the tool's is dumped as a container: it must be the init of its pid namespace,
@@ -481,6 +508,7 @@ export async function checkpoint(
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
   if (pid === Deno.pid) throw new DumpError("a process cannot checkpoint itself");
+  refuseExited(pid);
   // Before anything else: a second dump of the same process is refused, naming the first.
   using _lock = DumpLock.take(pid);
   const policy = checkPolicy(opts.policy ?? {}, "the checkpoint's policy");
