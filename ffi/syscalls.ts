@@ -143,6 +143,7 @@ export const SYS = {
   fanotify_init: 300,
   fanotify_mark: 301,
   prlimit64: 302,
+  name_to_handle_at: 303,
   open_by_handle_at: 304,
   kcmp: 312,
   sched_setattr: 314,
@@ -536,14 +537,10 @@ export function fcntlStruct(fd: number, cmd: number, arg: Uint8Array): number {
  */
 export function openByHandle(
   mountFd: number,
-  handle: { type: number; bytes: Uint8Array },
+  handle: FileHandle,
   flags: number,
 ): number | null {
-  const fh = new Uint8Array(8 + handle.bytes.length);
-  const v = new DataView(fh.buffer);
-  v.setUint32(0, handle.bytes.length, true);
-  v.setInt32(4, handle.type, true);
-  fh.set(handle.bytes, 8);
+  const fh = encodeFileHandle(handle);
   try {
     return Number(syscall("open_by_handle_at", mountFd, addressOf(fh), flags | O.CLOEXEC));
   } catch (err) {
@@ -558,4 +555,44 @@ export function getRobustList(tid: number): { head: bigint; len: bigint } {
   const len = new BigUint64Array(1);
   syscall("get_robust_list", tid, addressOf(head), addressOf(len));
   return { head: head[0], len: len[0] };
+}
+
+/** A file handle (name_to_handle_at): its type and opaque bytes. */
+export interface FileHandle {
+  type: number;
+  bytes: Uint8Array;
+}
+
+/** `struct file_handle` of `handle`: handle_bytes, handle_type, then the bytes. */
+export function encodeFileHandle(handle: FileHandle): Uint8Array {
+  const fh = new Uint8Array(8 + handle.bytes.length);
+  const v = new DataView(fh.buffer);
+  v.setUint32(0, handle.bytes.length, true);
+  v.setInt32(4, handle.type, true);
+  fh.set(handle.bytes, 8);
+  return fh;
+}
+
+/** MAX_HANDLE_SZ of <linux/exportfs.h>. */
+const MAX_HANDLE_SZ = 128;
+/** AT_SYMLINK_FOLLOW: a /proc/PID/fd link names the open file, a deleted one too. */
+const AT_SYMLINK_FOLLOW = 0x400;
+
+/** name_to_handle_at(2) of `path`, its last link followed: the file's handle. */
+export function fileHandleOf(path: string): FileHandle {
+  const fh = new Uint8Array(8 + MAX_HANDLE_SZ);
+  new DataView(fh.buffer).setUint32(0, MAX_HANDLE_SZ, true);
+  const mountId = new Int32Array(1);
+  const name = cstring(path);
+  syscall(
+    "name_to_handle_at",
+    AT_FDCWD,
+    addressOf(name),
+    addressOf(fh),
+    addressOf(mountId),
+    AT_SYMLINK_FOLLOW,
+  );
+  const v = new DataView(fh.buffer);
+  const size = v.getUint32(0, true);
+  return { type: v.getInt32(4, true), bytes: fh.slice(8, 8 + size) };
 }

@@ -12,7 +12,7 @@
  * processes'). One of a process outside the image is reopened only in the same pid namespace, and
  * only if that process is still the one it was (the same start time).
  */
-import { O, setFileTimes, stat } from "../../ffi/mod.ts";
+import { encodeFileHandle, fileHandleOf, O, setFileTimes, stat } from "../../ffi/mod.ts";
 import { DumpError, RestoreError } from "../errors.ts";
 import { tryReadStat } from "../inspect/procfs.ts";
 import type { Fd } from "../inspect/fds.ts";
@@ -66,10 +66,19 @@ export function reopenObject(
   // A fresh open through /proc gives an open file of our own with the dumped flags; the object's
   // fd belongs to the context (mappings may use it too), so it stays open.
   // O_DIRECTORY | __O_TMPFILE of an O_TMPFILE file would ask for a new tmpfile: not a reopen.
-  // O_NOFOLLOW would refuse the /proc magic link (ELOOP); it acts only at open, and the file was
-  // opened (Python's multiprocessing opens its /dev/shm arena so, then unlinks it).
-  const mode = reopenFlags(flags) & ~(O.DIRECTORY | O_TMPFILE_BIT | O.NOFOLLOW);
-  const fd = injectOpen(ctx, `/proc/self/fd/${ctx.objectFd(object)}`, mode);
+  const mode = reopenFlags(flags) & ~(O.DIRECTORY | O_TMPFILE_BIT);
+  const objectFd = ctx.objectFd(object);
+  // O_NOFOLLOW (F_GETFL shows it) refuses the /proc magic link (ELOOP): such a file (Python's
+  // multiprocessing opens its /dev/shm arena so, then unlinks it) is opened by its handle,
+  // which names the inode itself, relative to the object's own fd.
+  const fd = (mode & O.NOFOLLOW)
+    ? Number(ctx.injector.call(
+      "open_by_handle_at",
+      objectFd,
+      ctx.put(encodeFileHandle(fileHandleOf(`/proc/${ctx.pid}/fd/${objectFd}`))),
+      mode,
+    ))
+    : injectOpen(ctx, `/proc/self/fd/${objectFd}`, mode);
   if (position !== 0n) injectSeek(ctx, fd, position);
   return fd;
 }

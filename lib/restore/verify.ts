@@ -197,8 +197,12 @@ class Diff {
   }
 }
 
-/** Status flags that belong to an open file and that a restore must give back. */
-const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | O_SYNC_BIT;
+/**
+ * Status flags that belong to an open file and that a restore must give back (F_GETFL shows
+ * them all; O_NOFOLLOW too, kept from the open).
+ */
+const STATUS_FLAGS = O.ACCMODE | SETFL_MASK | O.DIRECT | O.DSYNC | O.PATH | O_SYNC_BIT |
+  O.NOFOLLOW;
 
 /**
  * The inspection kinds each image file kind may show as. Not `external`: the file handed in for
