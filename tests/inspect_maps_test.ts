@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { close, pread } from "../ffi/mod.ts";
 import { type Mapping, Process } from "../mod.ts";
 import { listMappings } from "../lib/inspect/mappings.ts";
-import { vmaStates } from "../lib/memory/advice.ts";
+import { parseSmapsText, vmaStates } from "../lib/memory/advice.ts";
 import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 /** Parses /proc/PID/maps independently of the SDK: whitespace-split columns. */
@@ -148,6 +148,11 @@ Deno.test("mappings: findMapping answers point lookups, also for [vsyscall]", as
   });
 });
 
+/** What a listing says of a mapping, as plain fields. */
+const fields = (
+  m: Mapping,
+) => [m.start, m.end, m.perms, m.offset, m.major, m.minor, m.inode, m.path];
+
 Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", async () => {
   // A process with advice and locks of its own (r_madvise), sleeping: its smaps stays as it is.
   const t = await spawnTarget(await fixture("r_madvise"), [], { ready: /^READY /m });
@@ -169,6 +174,15 @@ Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", as
       );
     }
     assert.equal(states.size, entries.length);
+    // The restore's reading of the same text (verify.ts): listing, flags and page sizes at once.
+    const listing = parseSmapsText(t.pid, text);
+    const maps = listMappings(t.pid);
+    assert.deepEqual(listing.mappings.map(fields), maps.map(fields));
+    listing.mappings.forEach((m, i) => {
+      const state = states.get(m.start)!;
+      assert.deepEqual(listing.flags[i], state.flags, `${m.start.toString(16)}`);
+      assert.equal(listing.pageSizes[i], state.pageSize);
+    });
     return Promise.resolve();
   });
 });
