@@ -15,8 +15,6 @@ import { MADV, MLOCK } from "../../ffi/mod.ts";
 import { Unsupported } from "../errors.ts";
 import type { MappingEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
-import { type Mapping, parseMapsText } from "../inspect/mappings.ts";
-import { procError } from "../inspect/procfs.ts";
 
 /** How a restore treats one VmFlags mnemonic. */
 type Treatment =
@@ -168,69 +166,6 @@ export function parseVmaStates(bytes: Uint8Array): Map<bigint, VmaState> {
     at = end + 1;
   }
   return out;
-}
-
-/** Every mapping of a process as smaps shows it, in address order. */
-export interface SmapsListing {
-  /** Each mapping (from its entry's first line, which is its /proc/PID/maps line). */
-  mappings: Mapping[];
-  /** The VmFlags mnemonics of each (entries with the same flags share one read-only array). */
-  flags: string[][];
-  /** KernelPageSize of each in bytes (4096 but for hugetlb). */
-  pageSizes: number[];
-}
-
-/**
- * /proc/PID/smaps of `pid` as text, read and decoded on another thread (the kernel spends some
- * 3 µs a mapping making it): one read gives both the listing and the flags (`parseSmapsText`).
- */
-export function readSmapsText(pid: number): Promise<string> {
-  const text = Deno.readTextFile(`/proc/${pid}/smaps`).catch((err) => {
-    throw procError(err, pid, "smaps");
-  });
-  text.catch(() => {}); // read ahead: its failure is reported where it is awaited
-  return text;
-}
-
-/** A smaps entry's first line starts as a maps line: `start-end `. */
-const SMAPS_HEADER = /[0-9a-f]{1,16}-[0-9a-f]{1,16} /y;
-
-/**
- * The mappings of process `pid` with their VmFlags and page size, from its smaps `text`: each
- * entry's first line is parsed as /proc/PID/maps (`parseMapsText`), of its other lines only
- * `KernelPageSize:` and `VmFlags:` (the last) are looked at, found by string search.
- */
-export function parseSmapsText(pid: number, text: string): SmapsListing {
-  const headers: string[] = [];
-  const flags: string[][] = [];
-  const pageSizes: number[] = [];
-  const flagLists = new Map<string, string[]>();
-  for (let at = 0; at < text.length;) {
-    const eol = text.indexOf("\n", at);
-    const flagsAt = text.indexOf("\nVmFlags:", at);
-    SMAPS_HEADER.lastIndex = at;
-    if (eol < 0 || flagsAt < 0 || !SMAPS_HEADER.test(text)) {
-      // Every entry has both since Linux 3.8: a mapping must not go by without its flags.
-      const line = text.slice(at, at + 80).split("\n")[0];
-      throw new Unsupported(`smaps: an entry of a format not known to the tool at "${line}"`);
-    }
-    let end = text.indexOf("\n", flagsAt + 1);
-    if (end < 0) end = text.length;
-    headers.push(text.slice(at, eol));
-    const raw = text.slice(flagsAt + "\nVmFlags:".length, end);
-    let list = flagLists.get(raw);
-    if (!list) flagLists.set(raw, list = raw.trim().split(/\s+/).filter((f) => f !== ""));
-    flags.push(list);
-    const sizeAt = text.indexOf("\nKernelPageSize:", at);
-    pageSizes.push(
-      sizeAt < 0 || sizeAt > flagsAt
-        ? 4096
-        : parseInt(text.slice(sizeAt + "\nKernelPageSize:".length, flagsAt), 10) * 1024,
-    );
-    at = end + 1;
-  }
-  const mappings = parseMapsText(pid, headers.join("\n"));
-  return { mappings, flags, pageSizes };
 }
 
 const ascii = (s: string) => new TextEncoder().encode(s);

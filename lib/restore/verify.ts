@@ -87,7 +87,8 @@ import { kcmpGroups } from "../inspect/kcmp_groups.ts";
 import { type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { namespaceIds, readProcLink, threadIds } from "../inspect/procfs.ts";
-import { keptFlags, parseSmapsText, readSmapsText } from "../memory/advice.ts";
+import { keptFlags } from "../memory/advice.ts";
+import { readSmaps, type SmapsListing } from "../memory/smaps.ts";
 import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
 import { PROCESS_META, processMetaName } from "../image/schema.ts";
@@ -625,18 +626,18 @@ function imageSpan(m: MappingEntry): Span {
 
 /**
  * Compares the address space (special mappings by address, the rest as merged spans); `smaps`
- * is the process's, read once it was made (`readSmapsText`): its listing and flags both. The
+ * is the process's, read once it was made (`readSmaps`): its listing and flags both. The
  * image's spans are made while the kernel makes the text; the two sorted lists are then walked
  * side by side.
  */
 async function compareMappings(
   p: RestoredProcess,
   d: Diff,
-  smaps: Promise<string>,
+  smaps: Promise<SmapsListing>,
 ): Promise<void> {
   const e = p.entry;
   const want = merged(e.mappings.map(imageSpan));
-  const { mappings: live, flags: flagsOf, pageSizes } = parseSmapsText(p.hostPid, await smaps);
+  const { mappings: live, flags: flagsOf, pageSizes } = await smaps;
   const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
   const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
   // Most mappings share a few sets of flags (one array a set): their text is made once a set.
@@ -1057,10 +1058,15 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
   };
   // Each process's smaps is made by the kernel on another thread while the one before it and
   // the rest of it are compared.
-  let smaps = tree.length ? readSmapsText(tree[0].hostPid) : undefined;
+  const ahead = (pid: number) => {
+    const listing = readSmaps(pid);
+    listing.catch(() => {}); // its failure is reported where it is awaited
+    return listing;
+  };
+  let smaps = tree.length ? ahead(tree[0].hostPid) : undefined;
   for (const [i, p] of tree.entries()) {
     const own = smaps!;
-    smaps = i + 1 < tree.length ? readSmapsText(tree[i + 1].hostPid) : undefined;
+    smaps = i + 1 < tree.length ? ahead(tree[i + 1].hostPid) : undefined;
     const d = new Diff(p.entry.pid);
     const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
     const batched = <T>(body: () => T): T => p.diesWithTool ? main.batch(body) : body();
