@@ -61,6 +61,7 @@ export const MADV = {
   HUGEPAGE: 14,
   NOHUGEPAGE: 15,
   DONTDUMP: 16,
+  DODUMP: 17,
   WIPEONFORK: 18,
   /** Linux 6.13: makes pages guard pages (a touch faults) without splitting the mapping. */
   GUARD_INSTALL: 102,

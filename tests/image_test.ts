@@ -5,7 +5,10 @@ import { decodePayload, frame, unframe } from "../lib/image/frame.ts";
 import { crc32 } from "node:zlib";
 import { alignedBytes, cachedPages, close, libzCrc32, O, open } from "../ffi/mod.ts";
 import { checksum, combineChecksums } from "../lib/image/checksum.ts";
-import { needs, waitUntil } from "./helpers.ts";
+import { fixture, needs, spawnTarget, waitUntil } from "./helpers.ts";
+import { checkpoint } from "../mod.ts";
+import type { PageRun, ProcessEntry } from "../lib/image/schema.ts";
+import { validateProcessEntry } from "../lib/image/validate.ts";
 
 /** A fresh scratch directory, removed with everything in it at the end of the `using` block. */
 function scratch(): { path: string } & Disposable {
@@ -476,4 +479,44 @@ Deno.test({
       assert.ok(mount(["umount", mnt]).success);
     }
   },
+});
+
+Deno.test("validate: a malformed mapping entry is refused naming it, as before the fast check", async () => {
+  const t = await spawnTarget(await fixture("r_umask"), [], { ready: /^READY /m });
+  using dir = scratch();
+  try {
+    await checkpoint(t.pid, `${dir.path}/img`, { leaveRunning: true });
+  } finally {
+    await t.kill();
+  }
+  using image = await ImageReader.open(`${dir.path}/img`);
+  const root = await image.readMeta<ProcessEntry>("process");
+  validateProcessEntry("process.cbor", root); // as dumped: well-formed
+  const last = root.mappings.length - 1;
+  const withMapping = (i: number, change: (m: Record<string, unknown>) => void) => {
+    const mappings = structuredClone(root.mappings) as unknown as Record<string, unknown>[];
+    change(mappings[i]);
+    return () => validateProcessEntry("process.cbor", { ...root, mappings });
+  };
+  assert.throws(withMapping(last, (m) => m.prot = 9), /mappings\[\d+\]\.prot is number 9, not a/);
+  assert.throws(withMapping(0, (m) => m.color = 1), /mappings\[0\]\."color" is not a field/);
+  assert.throws(
+    withMapping(0, (m) => m.end = m.start),
+    /mappings\[0\]: end 0x[0-9a-f]+ is not past/,
+  );
+  assert.throws(withMapping(0, (m) => m.source = { type: "file" }), /mappings\[0\]\.source\.path/);
+  assert.throws(
+    withMapping(0, (m) => m.source = { type: "shmem", object: 99 }),
+    /no memory object/,
+  );
+  const paged = root.mappings.findIndex((m) => m.pages.length > 0);
+  assert.throws(
+    withMapping(paged, (m) => (m.pages as PageRun[])[0].offset = 2 ** 40),
+    /run past the end of extent/,
+  );
+  assert.throws(
+    withMapping(paged, (m) => (m.pages as PageRun[])[0].start = (m.end as bigint) + 4096n),
+    /are outside 0x/,
+  );
+  assert.throws(withMapping(paged, (m) => (m.pages as PageRun[])[0].extent = 999), /extent is/);
 });

@@ -3,6 +3,7 @@ import { close, pread } from "../ffi/mod.ts";
 import { type Mapping, Process } from "../mod.ts";
 import { listMappings } from "../lib/inspect/mappings.ts";
 import { vmaStates } from "../lib/memory/advice.ts";
+import { parseSmapsText, readSmaps } from "../lib/memory/smaps.ts";
 import { fixture, spawnTarget, type Target, withTarget } from "./helpers.ts";
 
 /** Parses /proc/PID/maps independently of the SDK: whitespace-split columns. */
@@ -148,10 +149,15 @@ Deno.test("mappings: findMapping answers point lookups, also for [vsyscall]", as
   });
 });
 
+/** What a listing says of a mapping, as plain fields. */
+const fields = (
+  m: Mapping,
+) => [m.start, m.end, m.perms, m.offset, m.major, m.minor, m.inode, m.path];
+
 Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", async () => {
   // A process with advice and locks of its own (r_madvise), sleeping: its smaps stays as it is.
   const t = await spawnTarget(await fixture("r_madvise"), [], { ready: /^READY /m });
-  await withTarget(t, () => {
+  await withTarget(t, async () => {
     const states = vmaStates(t.pid);
     const text = Deno.readTextFileSync(`/proc/${t.pid}/smaps`);
     // Independently of the SDK: split into entries at each `start-end ` first line.
@@ -169,6 +175,19 @@ Deno.test("mappings: VmFlags and page size of every mapping, equal to smaps", as
       );
     }
     assert.equal(states.size, entries.length);
-    return Promise.resolve();
+    // The restore's reading of the same text (verify.ts): listing, flags and page sizes at once.
+    const listing = parseSmapsText(t.pid, text);
+    const maps = listMappings(t.pid);
+    assert.deepEqual(listing.mappings.map(fields), maps.map(fields));
+    // Read in pieces, parsed as they come: the same.
+    const read = await readSmaps(t.pid);
+    assert.deepEqual(read.mappings.map(fields), maps.map(fields));
+    assert.deepEqual(read.flags, listing.flags);
+    assert.deepEqual(read.pageSizes, listing.pageSizes);
+    listing.mappings.forEach((m, i) => {
+      const state = states.get(m.start)!;
+      assert.deepEqual(listing.flags[i], state.flags, `${m.start.toString(16)}`);
+      assert.equal(listing.pageSizes[i], state.pageSize);
+    });
   });
 });

@@ -7,7 +7,22 @@
  * finds nothing after a plain restore.
  */
 import assert from "node:assert/strict";
-import { addressOf, close, F, O, pidfdGetfd, pidfdOpen, RLIMIT, SIG, syscall } from "../ffi/mod.ts";
+import {
+  addressOf,
+  close,
+  F,
+  MADV,
+  MAP,
+  O,
+  pidfdGetfd,
+  pidfdOpen,
+  PROT,
+  RLIMIT,
+  SIG,
+  syscall,
+} from "../ffi/mod.ts";
+import { listMappings } from "../lib/inspect/mappings.ts";
+import { freeze } from "../lib/ptrace/freeze.ts";
 import { checkpoint, type Difference, restore, RestoreError, verifyRestored } from "../mod.ts";
 import { cli, fixture, isAlive, killAndReap, spawnTarget, type Target } from "./helpers.ts";
 
@@ -97,6 +112,59 @@ Deno.test("verify: a restored process matches its image (SDK and inspect --compa
     assert.equal(again.code, 1);
     assert.match(again.stdout, /rlimit NOFILE \(soft, hard\): image \[.*\], kernel \[19, /);
     assert.equal(await t.check(), "PASS", "the comparison left the process as it was");
+  } finally {
+    await cleanup(t, dir);
+  }
+});
+
+Deno.test("verify: a mapping added or with other VmFlags than its image's is named", async () => {
+  const { t, dir, image } = await dumped();
+  try {
+    await restore(image);
+    // A private writable mapping of the program's: its first page is marked MADV_DONTDUMP.
+    const target = listMappings(t.pid).find((m) =>
+      m.kind === "anonymous" && m.prot.write && !m.shared
+    )!;
+    assert.ok(target, "the fixture has no private anonymous writable mapping");
+    let added: bigint;
+    {
+      await using f = await freeze(t.pid);
+      added = f.injector.call(
+        "mmap",
+        0,
+        4096,
+        PROT.READ,
+        MAP.PRIVATE | MAP.ANONYMOUS,
+        -1,
+        0,
+      );
+      f.injector.call("madvise", target.start, 4096, MADV.DONTDUMP);
+    }
+    const hex = (x: bigint) => `0x${x.toString(16)}`;
+    const diffs = await verifyRestored(image);
+    const at = (d: Difference) => `${d.object}: ${d.field}`;
+    assert.ok(
+      diffs.some((d) =>
+        d.object.startsWith(`mapping ${hex(added)}-${hex(added + 4096n)}`) &&
+        d.field === "exists" && d.image === "false"
+      ),
+      diffs.map(at).join("\n"),
+    );
+    assert.ok(
+      diffs.some((d) =>
+        d.object.startsWith(`mapping ${hex(target.start)}-`) && d.field.startsWith("VmFlags") &&
+        d.kernel === JSON.stringify("dd")
+      ),
+      diffs.map(at).join("\n"),
+    );
+    {
+      // Undone: the comparison finds nothing again, and the program runs on intact.
+      await using f = await freeze(t.pid);
+      f.injector.call("munmap", added, 4096);
+      f.injector.call("madvise", target.start, 4096, MADV.DODUMP);
+    }
+    assert.deepEqual(await verifyRestored(image), []);
+    assert.equal(await t.check(), "PASS");
   } finally {
     await cleanup(t, dir);
   }

@@ -295,6 +295,72 @@ const OBJECT_FIELDS = [
   "pages",
 ] as const;
 
+const MAPPING_KEYS: ReadonlySet<string> = new Set(MAPPING_FIELDS);
+const RUN_KEYS: ReadonlySet<string> = new Set(["start", "length", "extent", "offset", "checksums"]);
+const FILE_SOURCE_KEYS: ReadonlySet<string> = new Set(["type", ...SOURCE_FIELDS.file]);
+
+const isMap = (v: unknown): v is Obj =>
+  typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+const isU64 = (v: unknown): v is bigint => typeof v === "bigint" && v >= 0n && v < U64_END;
+const isCount = (v: unknown): v is number =>
+  typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+function onlyKeys(o: Obj, known: ReadonlySet<string>): boolean {
+  for (const key in o) if (!known.has(key)) return false;
+  return true;
+}
+
+/**
+ * Whether mapping entry `m` passes every check of `checkEntry`'s mapping loop, without making a
+ * path text per field: true for the common entries (anonymous or file memory, no inherited
+ * pages); false sends the entry to those checks, which pass it or say what is wrong. Never true
+ * for an entry they would refuse.
+ */
+function plainMapping(
+  m: unknown,
+  extents: { length: number }[],
+  objectIdOk: (x: unknown) => boolean,
+): boolean {
+  if (!isMap(m) || !onlyKeys(m, MAPPING_KEYS) || m.sharedWithParent !== undefined) return false;
+  const { start, end, prot, source: src, advice, pages } = m;
+  if (!isU64(start) || !isU64(end) || end <= start) return false;
+  if (typeof prot !== "number" || !Number.isSafeInteger(prot) || prot < 0 || prot > 7) {
+    return false;
+  }
+  if (typeof m.shared !== "boolean" || !isU64(m.offset) || typeof m.kind !== "string") {
+    return false;
+  }
+  if (m.name !== null && typeof m.name !== "string") return false;
+  if (typeof m.growsDown !== "boolean" || !isMap(src)) return false;
+  if (src.type === "anonymous") {
+    for (const key in src) if (key !== "type") return false;
+  } else if (src.type === "file") {
+    if (!onlyKeys(src, FILE_SOURCE_KEYS) || typeof src.path !== "string") return false;
+    if (!isCount(src.size) || typeof src.mtimeMs !== "number" || !Number.isFinite(src.mtimeMs)) {
+      return false;
+    }
+    if (!isU64(src.inode) || typeof src.dev !== "string") return false;
+  } else if (src.type === "shmem" || src.type === "stored-file") {
+    for (const key in src) if (key !== "type" && key !== "object") return false;
+    if (!objectIdOk(src.object)) return false;
+  } else return false;
+  if (advice !== undefined) {
+    if (!Array.isArray(advice)) return false;
+    for (const f of advice) if (typeof f !== "string") return false;
+  }
+  if (!Array.isArray(pages)) return false;
+  for (const run of pages) {
+    if (!isMap(run) || !onlyKeys(run, RUN_KEYS)) return false;
+    const { start: at, length, extent, offset } = run;
+    if (!isU64(at) || !isCount(length) || !isCount(offset)) return false;
+    if (!isCount(extent) || extent > extents.length - 1) return false;
+    if (offset + length > extents[extent].length) return false;
+    if (at < start || at + BigInt(length) > end) return false;
+    if (run.checksums !== undefined && !(run.checksums instanceof Uint8Array)) return false;
+  }
+  return true;
+}
+
 const PAGE = 4096n;
 const roundUp = (n: bigint) => (n + PAGE - 1n) / PAGE * PAGE;
 
@@ -522,7 +588,12 @@ function checkEntry(v: unknown): void {
   const objectRef = (x: unknown, at: string) => {
     if (!objectIds.has(int(x, at))) throw new Malformed(`${at}: no memory object ${x}`);
   };
-  each(p.mappings, "mappings", (m, a) => {
+  const objectIdOk = (x: unknown) => typeof x === "number" && objectIds.has(x);
+  list(p.mappings, "mappings").forEach((m, i) => {
+    // Tens of thousands of entries: most pass the fast check, which makes no path text; one it
+    // does not pass goes through the full checks below, which name what is wrong.
+    if (plainMapping(m, extents, objectIdOk)) return;
+    const a = `mappings[${i}]`;
     const o = obj(m, a, MAPPING_FIELDS);
     const r = range(o, a, MAPPING_FIELDS);
     int(o.prot, `${a}.prot`, 0, 7);

@@ -135,14 +135,6 @@ export function vmaStates(pid: number, smaps?: Uint8Array): Map<bigint, VmaState
 }
 
 /**
- * /proc/PID/smaps of `pid`, read on another thread (empty if unreadable): the kernel spends some
- * 3 µs a mapping making it, which the caller may spend on something else meanwhile.
- */
-export function readSmaps(pid: number): Promise<Uint8Array> {
-  return Deno.readFile(`/proc/${pid}/smaps`).catch(() => new Uint8Array());
-}
-
-/**
  * VmFlags and page size of every mapping in `bytes`, smaps as read (empty for no bytes), by start
  * address. smaps has some 25 lines a mapping (tens of MB for 50,000): of each entry only its
  * first line (the start address), `KernelPageSize:` and `VmFlags:` (its last line) are looked

@@ -252,8 +252,11 @@ export interface PageWriteContext {
 /** Extents up to this size are read on the restore's own thread. */
 const SYNC_READ_MAX = 1 << 20;
 
-/** A run, and the memory object it belongs to (none: the process's own memory). */
-type Placed = { run: PageRun; object?: number };
+/** The runs of one extent: of the process's own memory, and of memory objects. */
+interface ExtentRuns {
+  vm: PageRun[];
+  objects: { run: PageRun; object: number }[];
+}
 
 /**
  * Writes every page run from the image: process memory and memory objects. Two buffers take
@@ -263,15 +266,15 @@ type Placed = { run: PageRun; object?: number };
  */
 export async function writePages(ctx: PageWriteContext): Promise<number> {
   const { image, reader, buffers } = ctx;
-  const byExtent = new Map<number, Placed[]>();
-  const add = (run: PageRun, object?: number) => {
-    let list = byExtent.get(run.extent);
-    if (!list) byExtent.set(run.extent, list = []);
-    list.push({ run, object });
-  };
-  for (const m of image.mappings) for (const run of m.pages) add(run);
-  for (const o of image.objects) for (const run of o.pages) add(run, o.id);
-  const order = [...byExtent].sort((a, b) => a[0] - b[0]);
+  // By extent number (dense, from 0): tens of thousands of runs are grouped without a sort.
+  const byExtent: ExtentRuns[] = [];
+  const runsOf = (extent: number) => byExtent[extent] ??= { vm: [], objects: [] };
+  for (const m of image.mappings) for (const run of m.pages) runsOf(run.extent).vm.push(run);
+  for (const o of image.objects) {
+    for (const run of o.pages) runsOf(run.extent).objects.push({ run, object: o.id });
+  }
+  const order: [number, ExtentRuns][] = [];
+  byExtent.forEach((runs, extent) => order.push([extent, runs])); // in order, holes skipped
   const read = (k: number) => {
     const extent = image.extents[order[k][0]];
     const into = buffers[k % 2].subarray(0, extent.length);
@@ -301,8 +304,8 @@ export async function writePages(ctx: PageWriteContext): Promise<number> {
 }
 
 /** Scatters one extent's bytes over the process's addresses and its memory objects. */
-function writeExtent(ctx: PageWriteContext, data: Uint8Array, runs: Placed[]): void {
-  const vm = runs.filter((r) => r.object === undefined).map((r) => r.run);
+function writeExtent(ctx: PageWriteContext, data: Uint8Array, runs: ExtentRuns): void {
+  const vm = runs.vm;
   // One process_vm_writev per batch of iovecs.
   for (let i = 0; i < vm.length; i += 512) {
     const batch = vm.slice(i, i + 512);
@@ -323,15 +326,15 @@ function writeExtent(ctx: PageWriteContext, data: Uint8Array, runs: Placed[]): v
       }
     } else {
       for (const r of batch) {
-        processVmWrite(ctx.pid, data.subarray(r.offset, r.offset + r.length), [{
+        const n = processVmWrite(ctx.pid, data.subarray(r.offset, r.offset + r.length), [{
           remote: r.start,
           len: r.length,
         }]);
+        if (n !== r.length) throw new RestoreError(`short write of pages at ${hex(r.start)}`);
       }
     }
   }
-  for (const { run, object } of runs) {
-    if (object === undefined) continue;
+  for (const { run, object } of runs.objects) {
     const writer = ctx.writerOf(object);
     if (!writer) continue; // made by another process of the tree (filled there), or live
     try {

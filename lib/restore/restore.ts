@@ -439,6 +439,7 @@ async function buildAddressSpace(
   asb.placeScratch();
   asb.createObjects(shares.objects);
   asb.createMappings();
+  mark(`restore: mappings made ${p.pid}`);
   if (m.lazy) {
     // While the process still has the stub's credentials: a userfaultfd that serves faults from
     // kernel mode too (a read(2) into a missing page) needs privilege.
@@ -457,6 +458,7 @@ async function buildAddressSpace(
     progress,
     eager,
   );
+  mark(`restore: pages in ${p.pid}`);
   asb.finish();
   asb.seal();
   return pageBytes;

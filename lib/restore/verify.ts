@@ -47,6 +47,7 @@ import {
   O_SYNC_BIT,
   open,
   pidfdOpen,
+  PROCMAP_VMA,
   RLIMIT,
   S_IF,
   SETFL_MASK,
@@ -83,10 +84,11 @@ import {
   readFdOfStat,
 } from "../inspect/fds.ts";
 import { kcmpGroups } from "../inspect/kcmp_groups.ts";
-import { listMappings, type Mapping, specialOf } from "../inspect/mappings.ts";
+import { type Mapping, specialOf } from "../inspect/mappings.ts";
 import { Process } from "../inspect/process.ts";
 import { namespaceIds, readProcLink, threadIds } from "../inspect/procfs.ts";
-import { keptFlags, parseVmaStates, readSmaps } from "../memory/advice.ts";
+import { keptFlags } from "../memory/advice.ts";
+import { readSmaps, type SmapsListing } from "../memory/smaps.ts";
 import { guardRanges } from "../inspect/pages.ts";
 import { ImageReader } from "../image/mod.ts";
 import { PROCESS_META, processMetaName } from "../image/schema.ts";
@@ -194,6 +196,38 @@ class Diff {
       else compare(name(want), want, got);
     }
     for (const got of left.values()) this.add(name(got), "exists", false, true);
+  }
+
+  /**
+   * `pair` for two lists in order of their `start` (each strictly increasing), walked side by
+   * side: `equal` says at once whether a pair is the same, and only a pair that is not is named
+   * and given to `compare`. Differences come out as `pair` gives them.
+   */
+  pairSorted<T extends { start: bigint }>(
+    image: readonly T[],
+    kernel: readonly T[],
+    name: (x: T) => string,
+    equal: (image: T, kernel: T) => boolean,
+    compare: (at: string, image: T, kernel: T) => void,
+  ): void {
+    const inOrder = (xs: readonly T[]) => xs.every((x, i) => i === 0 || xs[i - 1].start < x.start);
+    if (!inOrder(image) || !inOrder(kernel)) {
+      this.pair(image, kernel, (x) => x.start, name, (at, w, g) => {
+        if (!equal(w, g)) compare(at, w, g);
+      });
+      return;
+    }
+    const kernelOnly: T[] = [];
+    let k = 0;
+    for (const want of image) {
+      while (k < kernel.length && kernel[k].start < want.start) kernelOnly.push(kernel[k++]);
+      if (k < kernel.length && kernel[k].start === want.start) {
+        const got = kernel[k++];
+        if (!equal(want, got)) compare(name(want), want, got);
+      } else this.add(name(want), "exists", true, false);
+    }
+    while (k < kernel.length) kernelOnly.push(kernel[k++]);
+    for (const got of kernelOnly) this.add(name(got), "exists", false, true);
   }
 }
 
@@ -570,9 +604,6 @@ function merged(spans: Span[]): Span[] {
   return out;
 }
 
-const protBits = (m: Mapping) =>
-  (m.prot.read ? 1 : 0) | (m.prot.write ? 2 : 0) | (m.prot.exec ? 4 : 0);
-
 /** The flags compared, as text: kept flags, `gd`, and a page size other than 4 KiB. */
 function vmFlagText(kept: string[], growsDown: boolean, pageSize: number | undefined): string {
   const flags = [...kept, ...(growsDown ? ["gd"] : [])].sort();
@@ -599,50 +630,73 @@ function imageSpan(m: MappingEntry): Span {
 
 /**
  * Compares the address space (special mappings by address, the rest as merged spans); `smaps`
- * is the process's, read once it was made (`readSmaps`).
+ * is the process's, read once it was made (`readSmaps`): its listing and flags both. The
+ * image's spans are made while the kernel makes the text; the two sorted lists are then walked
+ * side by side.
  */
 async function compareMappings(
   p: RestoredProcess,
   d: Diff,
-  smaps: Promise<Uint8Array>,
+  smaps: Promise<SmapsListing>,
 ): Promise<void> {
   const e = p.entry;
-  const live = listMappings(p.hostPid);
-  const states = parseVmaStates(await smaps);
+  const want = merged(e.mappings.map(imageSpan));
+  const { mappings: live, flags: flagsOf, pageSizes } = await smaps;
   const ignored = (m: Mapping) => p.ignore.some((r) => r.start <= m.start && m.end <= r.end);
   const special = new Set(["vdso", "vvar", "vvar_vclock", "vsyscall"]);
+  // Most mappings share a few sets of flags (one array a set): their text is made once a set.
+  const adviceTexts = new Map<string[], Map<number, string>>();
   const spans: Span[] = [];
-  for (const m of live) {
-    if (special.has(m.kind) || ignored(m)) continue;
-    const file = m.kind === "file" ? m.path ?? undefined : undefined;
-    const state = states.get(m.start);
-    const flags = state?.flags ?? [];
-    const kept = keptFlags(flags, { shared: m.shared, writable: m.prot.write });
+  for (let i = 0; i < live.length; i++) {
+    const m = live[i];
+    const kind = m.kind;
+    if (special.has(kind) || ignored(m)) continue;
+    const file = kind === "file" ? m.path ?? undefined : undefined;
+    const flags = flagsOf[i];
+    const bits = m.flags & (PROCMAP_VMA.READ | PROCMAP_VMA.WRITE | PROCMAP_VMA.EXEC);
+    const shared = (m.flags & PROCMAP_VMA.SHARED) !== 0;
+    let texts = adviceTexts.get(flags);
+    if (!texts) adviceTexts.set(flags, texts = new Map());
+    // What the text depends on besides the flags: sharing, PROT_WRITE, the page size.
+    const key = pageSizes[i] * 4 + (shared ? 2 : 0) + (bits & PROCMAP_VMA.WRITE ? 1 : 0);
+    let advice = texts.get(key);
+    if (advice === undefined) {
+      const kept = keptFlags(flags, { shared, writable: (bits & PROCMAP_VMA.WRITE) !== 0 });
+      texts.set(key, advice = vmFlagText(kept, flags.includes("gd"), pageSizes[i]));
+    }
     spans.push({
       start: m.start,
       end: m.end,
-      prot: protBits(m),
-      shared: m.shared,
-      kind: m.kind,
+      prot: bits,
+      shared,
+      kind,
       ...(file !== undefined ? { file, offset: m.offset } : {}),
-      advice: vmFlagText(kept, flags.includes("gd"), state?.pageSize),
+      advice,
       guards: flags.includes("gu") ? rangesText(guardRanges(p.hostPid, m.start, m.end)) : "",
     });
   }
-  const want = merged(e.mappings.map(imageSpan));
   const got = merged(spans);
   const name = (s: Span) =>
     `mapping ${hex(s.start)}-${hex(s.end)}${s.file ? ` ${s.file}` : ` (${s.kind})`}`;
-  d.pair(want, got, (s) => s.start, name, (at, w, g) => {
-    d.same(at, "end", w.end, g.end);
-    d.same(at, "prot", w.prot, g.prot);
-    d.same(at, "shared", w.shared, g.shared);
-    d.same(at, "kind", w.kind, g.kind);
-    d.same(at, "file", w.file, g.file);
-    d.same(at, "offset", w.offset, g.offset);
-    d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
-    d.same(at, "guard pages", w.guards, g.guards);
-  });
+  d.pairSorted(
+    want,
+    got,
+    name,
+    (w, g) =>
+      w.end === g.end && w.prot === g.prot && w.shared === g.shared && w.kind === g.kind &&
+      w.file === g.file && w.offset === g.offset && w.advice === g.advice &&
+      w.guards === g.guards,
+    (at, w, g) => {
+      d.same(at, "end", w.end, g.end);
+      d.same(at, "prot", w.prot, g.prot);
+      d.same(at, "shared", w.shared, g.shared);
+      d.same(at, "kind", w.kind, g.kind);
+      d.same(at, "file", w.file, g.file);
+      d.same(at, "offset", w.offset, g.offset);
+      d.same(at, "VmFlags (madvise, mlock, mmap flags, mseal)", w.advice, g.advice);
+      d.same(at, "guard pages", w.guards, g.guards);
+    },
+  );
   const now = specialOf(live);
   const where = (k: "vdso" | "vvar" | "vvar_vclock") => {
     const m = now.get(k);
@@ -1008,10 +1062,15 @@ export async function compareWithImage(tree: RestoredProcess[]): Promise<Differe
   };
   // Each process's smaps is made by the kernel on another thread while the one before it and
   // the rest of it are compared.
-  let smaps = tree.length ? readSmaps(tree[0].hostPid) : undefined;
+  const ahead = (pid: number) => {
+    const listing = readSmaps(pid);
+    listing.catch(() => {}); // its failure is reported where it is awaited
+    return listing;
+  };
+  let smaps = tree.length ? ahead(tree[0].hostPid) : undefined;
   for (const [i, p] of tree.entries()) {
     const own = smaps!;
-    smaps = i + 1 < tree.length ? readSmaps(tree[i + 1].hostPid) : undefined;
+    smaps = i + 1 < tree.length ? ahead(tree[i + 1].hostPid) : undefined;
     const d = new Diff(p.entry.pid);
     const main = p.injectors.get(p.entry.pid) ?? p.injectors.values().next().value!;
     const batched = <T>(body: () => T): T => p.diesWithTool ? main.batch(body) : body();
