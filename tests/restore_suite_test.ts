@@ -67,6 +67,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_sigaltstack" },
   { name: "r_itimer" },
   { name: "r_itimer_fired" },
+  { name: "r_posix_timer_fire" },
   // Process attributes
   { name: "r_rlimits" },
   { name: "r_umask" },
