@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { checkpoint, restore } from "../mod.ts";
 import {
   childrenOf,
+  exists,
   isAlive,
   killAndReap,
   needs,
@@ -259,6 +260,166 @@ Deno.test({
     } finally {
       conn?.close();
       await t.kill();
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "python3 with a 20 ms setitimer and a ThreadPoolExecutor goes on ticking after a restore",
+    notInstalled("python3"),
+  ),
+  async fn() {
+    using s = scratch();
+    // The timer fires while the process is frozen and while it is restored: its SIGALRM waits,
+    // the timer with it (reloaded only when the signal is taken).
+    Deno.writeTextFileSync(
+      `${s.dir}/tick.py`,
+      `import signal, itertools, concurrent.futures as cf, time
+ticks = [0]
+def on_alarm(sig, frame): ticks[0] += 1
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+with cf.ThreadPoolExecutor(max_workers=3) as ex:
+    for i in itertools.count():
+        print(i, sum(ex.map(lambda x: x * 2, range(i, i + 3))), ticks[0], flush=True)
+        time.sleep(0.1)
+`,
+    );
+    const t = await spawnTarget("python3", ["-u", `${s.dir}/tick.py`], { ready: /^5 /m });
+    const ticks = () => lines(t).map((l) => l.split(" ").map(Number));
+    try {
+      await dumpAndRestore(t.pid, s.img);
+      const seen = ticks().length;
+      await waitUntil(() => ticks().length > seen + 5, 10_000, "the loop to go on");
+      ticks().forEach(([i, sum], n) => assert.deepEqual([i, sum], [n, 6 * n + 6]));
+      // SIGALRM still comes every 20 ms: more ticks over the last lines than those lines' time.
+      const last = ticks().slice(-5);
+      assert.ok(last[4][2] - last[0][2] >= 8, `alarms over 0.4 s: ${last.map((l) => l[2])}`);
+    } finally {
+      await t.kill();
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "a tmux server and a client attached in script's pty come back as one tree",
+    notInstalled("tmux", "script"),
+  ),
+  async fn() {
+    using s = scratch();
+    const sock = `${s.dir}/sock`;
+    const tmux = async (...args: string[]) => {
+      const out = await new Deno.Command("tmux", { args: ["-S", sock, ...args] }).output();
+      return new TextDecoder().decode(out.stdout);
+    };
+    // The server in the foreground (-D), so the client and it share the dumped root.
+    const t = await spawnTarget("sh", [
+      "-c",
+      `tmux -D -f /dev/null -S ${sock} & sleep 0.3; ` +
+      `script -qfc 'tmux -S ${sock} new -s t -x 80 -y 24' ${s.dir}/ts; wait`,
+    ]);
+    const pane = () => tmux("capture-pane", "-p", "-t", "t");
+    try {
+      await waitUntil(
+        async () => (await tmux("list-clients")).includes("attached"),
+        10_000,
+        "the client",
+      );
+      await tmux("send-keys", "-t", "t", "echo before-$((6*7)) $(tty)", "Enter");
+      await waitUntil(async () => /before-42 /.test(await pane()), 10_000, "the shell");
+      const clients = await tmux("list-clients");
+      const tty = (await pane()).match(/before-42 (\S+)/)![1];
+      await dumpAndRestore(t.pid, s.img);
+      assert.equal(await tmux("list-clients"), clients);
+      await tmux("send-keys", "-t", "t", "echo after-$((6*7)) $(tty)", "Enter");
+      await waitUntil(async () => (await pane()).includes(`after-42 ${tty}`), 10_000, "the shell");
+      // The client still draws the pane into script's pty: the typescript shows the answer.
+      await waitUntil(
+        () => Deno.readTextFileSync(`${s.dir}/ts`).includes(`after-42 ${tty}`),
+        10_000,
+        "the client to draw",
+      );
+    } finally {
+      await tmux("kill-server");
+      await killTree(t);
+    }
+  },
+});
+
+Deno.test({
+  ...needs("`make -j2` dumped while gcc compiles finishes the build", notInstalled("make", "cc")),
+  async fn() {
+    using s = scratch();
+    // Each part is slow to compile (many functions) and returns its number: main prints 1+2+3.
+    for (const i of [1, 2, 3]) {
+      const bulk = Array.from(
+        { length: 1200 },
+        (_, k) => `int f${i}_${k}(int x) { return x * ${k} + (x >> 3) ^ ${k * 7}; }`,
+      );
+      Deno.writeTextFileSync(
+        `${s.dir}/p${i}.c`,
+        `${bulk.join("\n")}\nint part${i}(void) { return f${i}_1(${i}) - (${i} >> 3) ^ 7; }\n`,
+      );
+    }
+    Deno.writeTextFileSync(
+      `${s.dir}/main.c`,
+      `#include <stdio.h>\nint part1(void), part2(void), part3(void);\n` +
+        `int main(void) { printf("%d\\n", part1() + part2() + part3()); return 0; }\n`,
+    );
+    Deno.writeTextFileSync(
+      `${s.dir}/Makefile`,
+      "prog: main.o p1.o p2.o p3.o\n\tcc -o $@ $^\n%.o: %.c\n\tcc -O2 -c $< -o $@\n",
+    );
+    const t = await spawnTarget("make", ["-j2"], { cwd: s.dir });
+    try {
+      await waitUntil(
+        () => childrenOf(t.pid).some((c) => childrenOf(c).length > 0),
+        10_000,
+        "cc to run cc1",
+      );
+      await dumpAndRestore(t.pid, s.img);
+      await waitUntil(() => !isAlive(t.pid), 60_000, "make to finish");
+      assert.match(t.output(), /cc -o prog main\.o p1\.o p2\.o p3\.o/);
+      assert.ok(exists(`${s.dir}/prog`), t.output());
+      const run = await new Deno.Command(`${s.dir}/prog`).output();
+      assert.equal(new TextDecoder().decode(run.stdout), "6\n");
+    } finally {
+      await killTree(t);
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "GNU screen and a client attached in script's pty come back; the window goes on",
+    notInstalled("screen", "script"),
+  ),
+  async fn() {
+    using s = scratch();
+    const env = { SCREENDIR: `${s.dir}/screens` };
+    Deno.mkdirSync(env.SCREENDIR, { mode: 0o700 });
+    Deno.chmodSync(env.SCREENDIR, 0o700); // screen insists, whatever the umask did
+    const loop = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+    // The session in the foreground (-D -m) and a client attached to it, under one root.
+    const t = await spawnTarget("sh", [
+      "-c",
+      `screen -D -m -S rw sh -c '${loop}' & sleep 0.3; script -qfc 'screen -x rw' ${s.dir}/ts; wait`,
+    ], { env });
+    const ticks = () =>
+      exists(`${s.dir}/ts`)
+        ? [...Deno.readTextFileSync(`${s.dir}/ts`).matchAll(/tick (\d+)/g)].map((m) => Number(m[1]))
+        : [];
+    try {
+      await waitUntil(() => ticks().length >= 3, 10_000, "the client to show ticks");
+      await dumpAndRestore(t.pid, s.img);
+      const seen = Math.max(...ticks());
+      await waitUntil(() => Math.max(...ticks()) >= seen + 5, 10_000, "more ticks");
+      const ls = await new Deno.Command("screen", { args: ["-ls"], env, stdout: "piped" }).output();
+      assert.match(new TextDecoder().decode(ls.stdout), /\.rw\s.*\(Attached\)/);
+    } finally {
+      await killTree(t);
     }
   },
 });

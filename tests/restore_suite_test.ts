@@ -58,6 +58,7 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_threads" },
   { name: "r_fpu" },
   { name: "r_futex" },
+  { name: "r_robust_mutex" },
   { name: "r_nanosleep" },
   { name: "r_pids" },
   { name: "r_rseq" },
@@ -65,6 +66,8 @@ export const restoreCases: RestoreCase[] = [
   { name: "r_signals" },
   { name: "r_sigaltstack" },
   { name: "r_itimer" },
+  { name: "r_itimer_fired" },
+  { name: "r_posix_timer_fire" },
   // Process attributes
   { name: "r_rlimits" },
   { name: "r_umask" },

@@ -351,6 +351,8 @@ interface Making {
   securebits?: Map<number, number>;
   /** With `lazy`: what is served later, and the userfaultfd (in the tool) it is served through. */
   lazy?: { plan: LazyPlan; uffd?: number };
+  /** When (performance.now()) its timers began to be armed: they run from then on. */
+  timersArmedAt?: number;
 }
 
 /** Reads the root entry and the entries of the rest of the tree, parents first. */
@@ -492,6 +494,7 @@ async function buildTask(m: Making, run: RestoreRun): Promise<void> {
   restoreAudit(inj, p.audit);
   restoreAttributes(inj, p);
   restoreSigactions(inj, p.sigactions);
+  m.timersArmedAt = performance.now();
   restoreItimers(inj, p.itimers);
   restoreMm(inj, p);
   inj.flush(); // what the steps above queued, made together
@@ -633,6 +636,7 @@ async function checkRestored(
     ignore: m.inj.scratchRange ? [m.inj.scratchRange] : [],
     sessionChosen: shellJob && i === 0,
     diesWithTool: true,
+    timersArmedAt: m.timersArmedAt,
   })));
   const allow = opts.allowDifferences;
   const refused = diffs.filter((d) =>

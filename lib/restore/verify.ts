@@ -51,6 +51,8 @@ import {
   RLIMIT,
   S_IF,
   SETFL_MASK,
+  SIG,
+  SIGEV,
   stat,
   STAT_SIZE,
   syscall,
@@ -135,6 +137,12 @@ export interface RestoredProcess {
    * be batched (`Injector.batch`), which a live process must not be exposed to.
    */
   diesWithTool?: boolean;
+  /**
+   * When (performance.now()) the restore started arming its timers: one with less time left
+   * than has passed since may have fired before the comparison (its signal pending, a periodic
+   * one reloaded). Absent: none may have (the comparison of a live process).
+   */
+  timersArmedAt?: number;
 }
 
 const hex = (n: bigint | number) => `0x${n.toString(16)}`;
@@ -281,27 +289,88 @@ const added = (rule?: Exclude<Rule, "skip">): Rule => (d, at, field, image, kern
 
 const signos = (list: { signo: number }[]) => list.map((s) => s.signo).sort((a, b) => a - b);
 
-/** Signals compared by number (their siginfo holds the sender's pid and uid, the tool's now). */
-const bySigno: Rule = (d, at, field, image, kernel) =>
-  d.same(at, field, signos(image as PendingSignal[]), signos(kernel as PendingSignal[]));
-
-/** Interval timers: the interval exactly, the time left no more than the image's. */
-const itimerRule: Rule = (d, _at, _field, image, kernel) => {
-  const want = image as ItimerEntry[], now = kernel as ItimerEntry[];
-  for (const which of [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF]) {
-    const w = want.find((t) => t.which === which);
-    const n = now.find((t) => t.which === which);
-    const what = `itimer ${which}`;
-    if (!w || !n) {
-      d.same(what, "armed", !!w, !!n);
-      continue;
+/**
+ * Signals compared by number (their siginfo holds the sender's pid and uid, the tool's now);
+ * one more than the image's is right when `firedSince` says a timer restored may have sent it.
+ */
+const bySigno =
+  (firedSince?: (s: PendingSignal) => boolean): Rule => (d, at, field, image, kernel) => {
+    const want = signos(image as PendingSignal[]);
+    const missing = [...want];
+    const extra = (kernel as PendingSignal[]).filter((s) => {
+      const i = missing.indexOf(s.signo);
+      if (i < 0) return true;
+      missing.splice(i, 1);
+      return false;
+    });
+    if (missing.length || !extra.every((s) => firedSince?.(s))) {
+      d.same(at, field, want, signos(kernel as PendingSignal[]));
     }
-    d.same(what, "interval (µs)", w.intervalUs, n.intervalUs);
-    // CPU-time timers are kept in ticks: setting one rounds it up by as much as one (4 ms).
-    const slack = which === ITIMER.REAL ? 0n : CPU_TIMER_SLACK_US;
-    if (n.valueUs > w.valueUs + slack) d.add(what, "time left (µs)", w.valueUs, n.valueUs);
+  };
+
+/** si_code of a signal a POSIX timer sent (its siginfo names the timer), and the kernel's. */
+const SI_TIMER = -2, SI_KERNEL = 0x80;
+
+/**
+ * Which timers of a restored process may have fired between their arming and the comparison:
+ * those with less time left in the image than has passed since (an ITIMER_REAL armed without
+ * time left, its SIGALRM pending, fires at once: see itimers.ts).
+ */
+class TimerFirings {
+  readonly #passedNs: bigint;
+  constructor(readonly entry: ProcessEntry, armedAt: number | undefined) {
+    this.#passedNs = armedAt === undefined
+      ? -1n
+      : BigInt(Math.ceil((performance.now() - armedAt) * 1e6));
   }
-};
+
+  /** Whether a timer armed with `valueNs` left may have fired by now. */
+  mayHaveFired(valueNs: bigint): boolean {
+    return this.#passedNs >= 0n && valueNs <= this.#passedNs;
+  }
+
+  /**
+   * Whether pending signal `s` of the process (`tid` undefined) or of thread `tid` may come from
+   * a timer that fired: SIGALRM from ITIMER_REAL, or a POSIX timer's own signal, naming it.
+   */
+  sent(s: PendingSignal, tid?: number): boolean {
+    const info = new DataView(s.siginfo.buffer, s.siginfo.byteOffset, s.siginfo.byteLength);
+    const code = info.getInt32(8, true);
+    if (tid === undefined && s.signo === SIG.SIGALRM && code === SI_KERNEL) {
+      const real = this.entry.itimers.find((t) => t.which === ITIMER.REAL);
+      return !!real && this.mayHaveFired(real.valueUs * 1000n);
+    }
+    if (code !== SI_TIMER) return false;
+    const timer = (this.entry.posixTimers ?? []).find((t) => t.id === info.getInt32(16, true));
+    if (!timer || timer.signo !== s.signo || timer.valueNs === 0n) return false;
+    const toThread = (timer.notify & SIGEV.THREAD_ID) !== 0;
+    if (toThread !== (tid !== undefined) || (toThread && timer.targetTid !== tid)) return false;
+    return this.mayHaveFired(timer.valueNs);
+  }
+
+  /** Interval timers: the interval exactly, the time left no more than the image's, unless fired. */
+  readonly itimers: Rule = (d, _at, _field, image, kernel) => {
+    const want = image as ItimerEntry[], now = kernel as ItimerEntry[];
+    for (const which of [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF]) {
+      const w = want.find((t) => t.which === which);
+      const n = now.find((t) => t.which === which);
+      const what = `itimer ${which}`;
+      // Fired since armed: a one-shot is gone; a periodic ITIMER_REAL waits, without time left,
+      // for its SIGALRM to be taken (which reloads it).
+      const fired = which === ITIMER.REAL && !!w && this.mayHaveFired(w.valueUs * 1000n);
+      if (fired && !n && w.intervalUs === 0n) continue;
+      if (!w || !n) {
+        d.same(what, "armed", !!w, !!n);
+        continue;
+      }
+      d.same(what, "interval (µs)", w.intervalUs, n.intervalUs);
+      // CPU-time timers are kept in ticks: setting one rounds it up by as much as one (4 ms).
+      const slack = which === ITIMER.REAL ? 0n : CPU_TIMER_SLACK_US;
+      const most = fired && w.intervalUs > w.valueUs ? w.intervalUs : w.valueUs;
+      if (n.valueUs > most + slack) d.add(what, "time left (µs)", w.valueUs, n.valueUs);
+    }
+  };
+}
 
 /** Objects compared field by field, so a message names the field that differs. */
 const byField: Rule = (d, at, field, image, kernel) => {
@@ -345,8 +414,8 @@ const TASK_RULES: Record<string, Rule> = {
     d.same(at, field, `0${(image as number).toString(8)}`, `0${(kernel as number).toString(8)}`),
   creds: byField,
   mm: byField,
-  sharedPending: bySigno,
-  itimers: itimerRule,
+  // With the timers that may have fired (compareTask).
+  sharedPending: bySigno(),
   rlimits: (d, at, _field, image, kernel) => {
     const now = new Map((kernel as RlimitEntry[]).map((r) => [r.resource, r]));
     for (const r of image as RlimitEntry[]) {
@@ -400,7 +469,7 @@ const THREAD_RULES: Record<string, Rule> = {
   sleepRemainingNs: "skip",
   // Compared with the process's own pids at every level (compareNestedPids).
   nestedTids: "skip",
-  pending: bySigno,
+  pending: bySigno(), // with the timers that may have fired (compareThreads)
   seccomp: (d, at, _f, image, kernel) => {
     type S = { mode: number; filters: number[] } | undefined;
     const w = image as S, n = kernel as S;
@@ -479,7 +548,12 @@ async function compareTask(p: RestoredProcess, d: Diff): Promise<void> {
     ...live,
     zombies: (live.zombies ?? []).map((z) => zombieView(z, live, p.imageId)),
   };
-  compareFields(d, "process", image, kernel, TASK_RULES);
+  const fired = new TimerFirings(e, p.timersArmedAt);
+  compareFields(d, "process", image, kernel, {
+    ...TASK_RULES,
+    sharedPending: bySigno((s) => fired.sent(s)),
+    itimers: fired.itimers,
+  });
   if (!p.sessionChosen) {
     d.same("process", "leads its session", e.sid === e.pid, live.sid === live.pid);
     d.same("process", "leads its process group", e.pgid === e.pid, live.pgid === live.pid);
@@ -507,7 +581,11 @@ function compareThreads(p: RestoredProcess, d: Diff): void {
     tid: p.injectors.get(t.tid)!.tid,
   }]);
   dumpSeccomp(p.hostPid, pairs.map(([, got]) => got));
-  for (const [t, got] of pairs) compareFields(d, `thread ${t.tid}`, t, got, THREAD_RULES);
+  const fired = new TimerFirings(e, p.timersArmedAt);
+  for (const [t, got] of pairs) {
+    const pending = bySigno((s) => fired.sent(s, t.tid));
+    compareFields(d, `thread ${t.tid}`, t, got, { ...THREAD_RULES, pending });
+  }
 }
 
 /** The pid namespace `hostPid` lives in, or makes its children in; null once it is gone. */
@@ -556,9 +634,14 @@ function compareNestedPids(p: RestoredProcess, d: Diff): void {
   );
 }
 
-/** Compares the POSIX timers: ids, clocks, notification, interval; time left may only shrink. */
+/**
+ * Compares the POSIX timers: ids, clocks, notification, interval; time left may only shrink,
+ * unless the timer may have fired since it was armed (then a one-shot has none, a periodic one
+ * no more than its interval).
+ */
 function comparePosixTimers(p: RestoredProcess, d: Diff): void {
   const e = p.entry;
+  const fired = new TimerFirings(e, p.timersArmedAt);
   const inj = p.injectors.get(e.pid) ?? p.injectors.values().next().value!;
   const live = dumpPosixTimers(p.hostPid, inj);
   d.pair(e.posixTimers ?? [], live, (t) => t.id, (t) => `timer ${t.id}`, (at, t, now) => {
@@ -567,7 +650,11 @@ function comparePosixTimers(p: RestoredProcess, d: Diff): void {
     d.same(at, "sigval", t.sigval, now.sigval);
     d.same(at, "notify", t.notify, now.notify);
     d.same(at, "interval (ns)", t.intervalNs, now.intervalNs);
-    if ((t.valueNs === 0n) !== (now.valueNs === 0n) || now.valueNs > t.valueNs) {
+    const shrank = (t.valueNs === 0n) === (now.valueNs === 0n) && now.valueNs <= t.valueNs;
+    const reloaded = t.intervalNs > 0n
+      ? now.valueNs > 0n && now.valueNs <= t.intervalNs
+      : now.valueNs === 0n;
+    if (!shrank && !(t.valueNs > 0n && fired.mayHaveFired(t.valueNs) && reloaded)) {
       d.add(at, "time left (ns)", t.valueNs, now.valueNs);
     }
   });
