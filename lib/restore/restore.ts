@@ -51,6 +51,13 @@ import {
 } from "../namespaces/container.ts";
 import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
 import { NestedPlan, setChildPidNamespace } from "../namespaces/nested_pid.ts";
+import {
+  checkNestedMounts,
+  type LateMounts,
+  makeLateMounts,
+  makeNestedMountNamespace,
+  nestedMountsDiffer,
+} from "../namespaces/nested_mounts.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -796,6 +803,7 @@ async function restoreTree(
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
     nested = new NestedPlan(entries);
+    checkNestedMounts(entries);
     if (opts.lazy) checkLazy(opts);
     cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
     cgroups.check(entries);
@@ -821,6 +829,7 @@ async function restoreTree(
   }
   const made: number[] = [];
   const making: Making[] = [];
+  const lateMounts: LateMounts[] = [];
   const shares: Shares = {
     objects: new SharedObjects(),
     files: new Map(),
@@ -903,6 +912,11 @@ async function restoreTree(
         ...(plans.has(p.pid) ? { lazy: { plan: plans.get(p.pid)! } } : {}),
       };
       making.push(m);
+      // A mount namespace it made (unshare --mount-proc), before it forks into it.
+      if (p.mountNamespace) {
+        const late = makeNestedMountNamespace(m.inj, p);
+        if (late) lateMounts.push(late);
+      }
       // Before it forks the rest of the tree, which inherits them.
       if (container && p === entries[0]) {
         makeNamespaces(m.inj, container, joined);
@@ -955,6 +969,13 @@ async function restoreTree(
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
     afterTasks(making, shares, warnings);
+    // Once nothing is built any more (a maker outside a nested pid namespace opens /proc/self),
+    // its init mounts the /proc of that namespace.
+    for (const late of lateMounts) {
+      const init = making.find((m) => m.entry.pid === late.init);
+      if (!init) throw new RestoreError(`cannot restore: nested init ${late.init} was not made`);
+      makeLateMounts(init.inj, late);
+    }
     for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
     // As CRIU: the network lock goes just before the connections leave repair mode, so their
@@ -975,6 +996,11 @@ async function restoreTree(
       namespacesDiffer(making[0].pid, making[0].inj, container, joined, joinedFds.user);
     if (nsDiffer) {
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
+    }
+    for (const m of making) {
+      if (!m.entry.mountNamespace) continue;
+      const why = nestedMountsDiffer(m.pid, shares.pids.host(m.entry.ppid), m.entry);
+      if (why) throw new RestoreError(`the restored tree does not match its image: ${why}`);
     }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     mark("restore: verified");
