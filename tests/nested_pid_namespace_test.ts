@@ -367,5 +367,29 @@ Deno.test(
         await t.kill();
       }
     });
+    await s.step(
+      "a nested mount namespace whose mounts propagate (--propagation slave)",
+      async () => {
+        const t = await spawnTarget("sh", [
+          "-c",
+          "unshare --pid --fork --mount-proc --propagation slave sleep 600 & echo READY; wait",
+        ], { ready: /READY/ });
+        try {
+          await waitUntil(
+            () => processesOf(t.pid).some((p) => readComm(p) === "sleep"),
+            5000,
+            "the nested namespace's init",
+          );
+          await assertRefused(
+            t,
+            t.pid,
+            /of the mount namespace of process \d+ \(unshare\) propagates \(master:\d+/,
+          );
+        } finally {
+          for (const p of processesOf(t.pid).reverse()) await killAndReap(p);
+          await t.kill();
+        }
+      },
+    );
   },
 );

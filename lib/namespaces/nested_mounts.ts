@@ -8,9 +8,10 @@
  *
  * The restore makes the maker unshare a mount namespace (every mount private, as `unshare`
  * leaves it) before it forks its children, and make the mounts added before any /proc of a
- * nested namespace. Such a /proc, and every mount after it, is mounted by that namespace's init,
- * last, once every process is built: a process outside the nested namespace (the maker) opens
- * /proc/self while it is built, which a /proc of the nested namespace would not show. The
+ * nested namespace. Such a /proc, and every mount after it, is mounted by that namespace's init
+ * before the first process living there is built (its files may be there: a directory open on
+ * /proc), after the processes outside it (the maker), which open /proc/self while built and
+ * would not be shown by it. The
  * comparison before resume reads each such namespace again against its maker's parent's.
  *
  * Refused at dump, naming them: a mount namespace made inside the tree that a process outside
@@ -141,7 +142,7 @@ export function translateNestedMounts(e: ProcessEntry, pid: (host: number) => nu
   }
 }
 
-/** Mounts a nested namespace's init makes last, in the mount namespace it shares with its maker. */
+/** Mounts a nested namespace's init makes late, in the mount namespace it shares with its maker. */
 export interface LateMounts {
   /** Dump-level pid of the init that mounts them. */
   init: number;
@@ -205,7 +206,7 @@ export function makeNestedMountNamespace(inj: Injector, p: ProcessEntry): LateMo
   return late < 0 ? null : { init: mounts[late].pidNamespace!, mounts: mounts.slice(late) };
 }
 
-/** Mounts `late` from its init (`inj` runs in it), once the tree is built. */
+/** Mounts `late` from its init (`inj` runs in it), before the processes of its namespace are built. */
 export function makeLateMounts(inj: Injector, late: LateMounts): void {
   for (const m of late.mounts) {
     try {

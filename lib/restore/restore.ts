@@ -830,6 +830,7 @@ async function restoreTree(
   const made: number[] = [];
   const making: Making[] = [];
   const lateMounts: LateMounts[] = [];
+  const mountedLate: Making[] = [];
   const shares: Shares = {
     objects: new SharedObjects(),
     files: new Map(),
@@ -943,7 +944,30 @@ async function restoreTree(
       m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {
+      // A process outside a nested namespace opens /proc/self while built: before its /proc is
+      // mounted in the mount namespace it lives in.
+      for (const init of mountedLate) {
+        const outside = m.entry.nestedPid?.init !== init.entry.pid &&
+          shares.nested.depth(m.entry.pid) <= shares.nested.depth(init.entry.pid) &&
+          Deno.readLinkSync(`/proc/${m.pid}/ns/mnt`) ===
+            Deno.readLinkSync(`/proc/${init.pid}/ns/mnt`);
+        if (outside) {
+          throw new RestoreError(
+            `cannot restore: process ${m.entry.pid} lives outside nested pid namespace ` +
+              `${init.entry.pid} in the mount namespace its /proc is mounted in, and is built ` +
+              `after that namespace's init (tardigrade builds such a process first)`,
+          );
+        }
+      }
       await memoryOf(m);
+      // The /proc of a nested namespace (and what is mounted after it), mounted by its init once
+      // its memory is in, before its files and those of the processes inside (a directory open
+      // on /proc is opened there).
+      const late = lateMounts.findIndex((l) => l.init === m.entry.pid);
+      if (late >= 0) {
+        makeLateMounts(m.inj, lateMounts.splice(late, 1)[0]);
+        mountedLate.push(m);
+      }
       mark(`restore: memory ${m.entry.pid}`);
       await buildRest(m, run);
       mark(`restore: rest ${m.entry.pid}`);
@@ -969,12 +993,8 @@ async function restoreTree(
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
     afterTasks(making, shares, warnings);
-    // Once nothing is built any more (a maker outside a nested pid namespace opens /proc/self),
-    // its init mounts the /proc of that namespace.
-    for (const late of lateMounts) {
-      const init = making.find((m) => m.entry.pid === late.init);
-      if (!init) throw new RestoreError(`cannot restore: nested init ${late.init} was not made`);
-      makeLateMounts(init.inj, late);
+    if (lateMounts.length) {
+      throw new RestoreError(`cannot restore: nested init ${lateMounts[0].init} was not made`);
     }
     for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
