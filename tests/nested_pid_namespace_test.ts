@@ -4,8 +4,11 @@
  * one child inside whose parent is outside); a container made by `unshare --pid --fork
  * --mount-proc` whose init does the same; a copy beside its original (`pidNamespace`). After
  * the restore every process and thread has the same pid at every level (NSpid), the nested init
- * is pid 1 there and reaps, and each process counts on and checks its own ids. Shapes not made
- * yet are refused at dump, naming them, and the processes run on.
+ * is pid 1 there and reaps, and each process counts on and checks its own ids. A nested namespace
+ * with a mount namespace of its own and its /proc (`mountproc`, and the real `unshare --pid
+ * --fork --mount-proc`) comes back with the same mounts, every process inside seeing them, its
+ * /proc listing its namespace's processes only. Shapes not made yet are refused at dump, naming
+ * them, and the processes run on.
  */
 import assert from "node:assert/strict";
 import { checkpoint, restore, type RestoreResult } from "../mod.ts";
@@ -152,6 +155,181 @@ Deno.test("nested pid namespace: a copy beside its running original", async () =
   }
 });
 
+/** The mounts process `pid` sees, as a user compares them: all but their ids and devices. */
+function mountShape(pid: number): string[] {
+  return Deno.readTextFileSync(`/proc/${pid}/mountinfo`).trim().split("\n").map((l) => {
+    const f = l.split(" ");
+    const dash = f.indexOf("-");
+    // Point, options, propagation (its peer group ids left out), type, source, superblock options.
+    const propagation = f.slice(6, dash).map((o) => o.replace(/:\d+$/, "")).join(",");
+    return [f[4], f[5], propagation, ...f.slice(dash + 1)].join(" ");
+  });
+}
+
+/** The pids the /proc that process `pid` sees lists. */
+function procLists(pid: number): number[] {
+  return [...Deno.readDirSync(`/proc/${pid}/root/proc`)].map((e) => Number(e.name))
+    .filter((n) => n > 0).sort((a, b) => a - b);
+}
+
+const readComm = (pid: number) => Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+
+/** Every process of the tree below `root` (host pids), each once. */
+const processesOf = (root: number): number[] => [root, ...childrenOf(root).flatMap(processesOf)];
+
+/** The nested init of the tree below `root`: the process that is pid 1 inside and not `root`. */
+const nestedInitOf = (root: number) =>
+  processesOf(root).find((p) => p !== root && nspid(p).at(-1) === 1)!;
+
+/**
+ * What a user checks of a nested namespace with its own mount namespace below `root`: the
+ * mounts each process in it sees (one shape for all), and what its /proc lists.
+ */
+function mountView(root: number): { shape: string[]; lists: number[] } {
+  const init = nestedInitOf(root);
+  const ns = Deno.readLinkSync(`/proc/${init}/ns/mnt`);
+  const inside = processesOf(root).filter((p) => Deno.readLinkSync(`/proc/${p}/ns/mnt`) === ns);
+  const shape = mountShape(init);
+  for (const p of inside) assert.deepEqual(mountShape(p), shape, `process ${p} sees other mounts`);
+  assert.notEqual(ns, Deno.readLinkSync(`/proc/${root}/ns/mnt`), "a mount namespace of its own");
+  return { shape, lists: procLists(init) };
+}
+
+for (const mode of ["clone", "unshare"]) {
+  Deno.test(
+    `nested pid namespace (${mode}) with its own mount namespace and /proc comes back`,
+    async () => {
+      const bin = await fixture("nested_pidns");
+      // A shell above it, as a user's: the maker of the mount namespace is not the dump's root.
+      const t = await spawnTarget("sh", ["-c", `'${bin}' ${mode} mountproc & wait`], {
+        ready: /^(READY|SETUP FAILED).*$/m,
+        append: true,
+      });
+      const dir = await tmpImage();
+      const before = treeIds(t.pid);
+      try {
+        assert.match(t.output(), /^READY /m, t.output());
+        const top = childrenOf(t.pid)[0];
+        assert.equal(await t.check(top), "PASS", t.output());
+        const view = mountView(t.pid);
+        assert.deepEqual(view.lists, mode === "unshare" ? [1, 2, 4, 5] : [1, 2, 4]);
+        assert.ok(view.shape.filter((m) => m.startsWith("/proc ")).length >= 2, "a /proc on /proc");
+        const processes = [...before.keys()].filter((id) => id === before.get(id)![0]);
+        await reaping(processes, async () => {
+          await checkpoint(t.pid, `${dir}/image`);
+          for (const p of processes) await waitUntil(() => !isAlive(p), 5000, `${p} to end`);
+        });
+        const back = await restore(`${dir}/image`);
+        assert.equal(back.pid, t.pid);
+        assert.deepEqual(treeIds(t.pid), before);
+        assert.deepEqual(mountView(t.pid), view);
+        assert.equal(
+          Deno.readLinkSync(`/proc/${top}/ns/pid_for_children`),
+          Deno.readLinkSync(`/proc/${mode === "unshare" ? nestedInitOf(t.pid) : top}/ns/pid`),
+          "the top makes its children where it did",
+        );
+        assert.equal(await t.check(top), "PASS", t.output());
+        await new Promise((r) => setTimeout(r, 50));
+        assert.equal(await t.check(top), "PASS", "it counts on, reading its /proc");
+      } finally {
+        for (const p of [...before.keys()].reverse()) await killAndReap(p);
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        await Deno.remove(t.outPath).catch(() => {});
+      }
+    },
+  );
+}
+
+Deno.test(
+  needs(
+    "nested pid namespace with its own /proc inside a container comes back",
+    notInstalled("unshare"),
+  ),
+  async () => {
+    const bin = await fixture("nested_pidns");
+    const u = await spawnTarget("unshare", [
+      "--pid",
+      "--fork",
+      "--mount-proc",
+      "sh",
+      "-c",
+      `'${bin}' unshare mountproc & wait`,
+    ], { ready: /^(READY|SETUP FAILED).*$/m, append: true });
+    const dir = await tmpImage();
+    const [init] = childrenOf(u.pid);
+    try {
+      assert.match(u.output(), /^READY /m, u.output());
+      const top = () => childrenOf(init)[0];
+      assert.equal(await u.check(top()), "PASS", u.output());
+      const before = treeIds(init);
+      const view = mountView(init);
+      await checkpoint(init, `${dir}/image`);
+      await waitUntil(() => !isAlive(init), 5000, "the dumped container to end");
+      await killAndReap(u.pid);
+      const back = await restore(`${dir}/image`);
+      try {
+        assert.deepEqual(fromLevel(treeIds(back.pid), 1), fromLevel(before, 1));
+        assert.deepEqual(mountView(back.pid), view);
+        assert.deepEqual(view.lists, [1, 2, 4, 5]);
+        const restoredTop = childrenOf(back.pid)[0];
+        assert.equal(await u.check(restoredTop), "PASS", u.output());
+        await new Promise((r) => setTimeout(r, 50));
+        assert.equal(await u.check(restoredTop), "PASS", "it counts on");
+      } finally {
+        await killAndReap(back.pid);
+      }
+    } finally {
+      await killAndReap(init);
+      await killAndReap(u.pid);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(u.outPath).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  needs(
+    "unshare --pid --fork --mount-proc run from a dumped shell comes back",
+    notInstalled("unshare"),
+  ),
+  async () => {
+    const t = await spawnTarget("sh", [
+      "-c",
+      "unshare --pid --fork --mount-proc sh -c 'sleep 600 & wait' & echo READY; wait",
+    ], { ready: /READY/ });
+    const dir = await tmpImage();
+    let tree: number[] = [];
+    try {
+      await waitUntil(
+        () => processesOf(t.pid).filter((p) => readComm(p) === "sleep").length === 1,
+        5000,
+        "the nested namespace's sleep",
+      );
+      tree = processesOf(t.pid);
+      const view = mountView(t.pid);
+      assert.deepEqual(view.lists, [1, 2], "its /proc shows sh and sleep only");
+      const sleeper = tree.find((p) => readComm(p) === "sleep")!;
+      const before = treeIds(t.pid);
+      await reaping(tree, async () => {
+        await checkpoint(t.pid, `${dir}/image`);
+        for (const p of tree) await waitUntil(() => !isAlive(p), 5000, `${p} to end`);
+      });
+      await restore(`${dir}/image`);
+      assert.deepEqual(treeIds(t.pid), before);
+      assert.deepEqual(mountView(t.pid), view);
+      assert.deepEqual(
+        Deno.readTextFileSync(`/proc/${sleeper}/root/proc/2/status`).match(/^NSpid:.*$/m)![0],
+        "NSpid:\t2",
+        "its /proc shows the sleep as pid 2",
+      );
+    } finally {
+      for (const p of tree.reverse()) await killAndReap(p);
+      await t.kill();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 /** Refused at dump with `why`, the processes running on, untraced. */
 async function assertRefused(t: Target, pid: number, why: RegExp): Promise<void> {
   const dir = await tmpImage();
@@ -189,32 +367,29 @@ Deno.test(
         await t.kill();
       }
     });
-    await s.step("a nested namespace with its own /proc (unshare --mount-proc)", async () => {
-      const t = await spawnTarget("sh", [
-        "-c",
-        "unshare --pid --fork --mount-proc sleep 600 & echo READY; wait",
-      ], { ready: /READY/ });
-      try {
-        let maker = 0;
-        await waitUntil(
-          () => {
-            maker = childrenOf(t.pid)[0] ?? 0;
-            return maker > 0 && childrenOf(maker).length > 0;
-          },
-          5000,
-          "the nested namespace's init",
-        );
-        await assertRefused(
-          t,
-          t.pid,
-          /\(or made\) a nested pid namespace with a mount namespace of its own \(unshare --mount-proc/,
-        );
-      } finally {
-        for (const p of [...childrenOf(childrenOf(t.pid)[0] ?? 0), ...childrenOf(t.pid)]) {
-          await killAndReap(p);
+    await s.step(
+      "a nested mount namespace whose mounts propagate (--propagation slave)",
+      async () => {
+        const t = await spawnTarget("sh", [
+          "-c",
+          "unshare --pid --fork --mount-proc --propagation slave sleep 600 & echo READY; wait",
+        ], { ready: /READY/ });
+        try {
+          await waitUntil(
+            () => processesOf(t.pid).some((p) => readComm(p) === "sleep"),
+            5000,
+            "the nested namespace's init",
+          );
+          await assertRefused(
+            t,
+            t.pid,
+            /of the mount namespace of process \d+ \(unshare\) propagates \(master:\d+/,
+          );
+        } finally {
+          for (const p of processesOf(t.pid).reverse()) await killAndReap(p);
+          await t.kill();
         }
-        await t.kill();
-      }
-    });
+      },
+    );
   },
 );

@@ -56,6 +56,7 @@ import {
 } from "../namespaces/kinds.ts";
 import { InnerPids } from "../namespaces/pids.ts";
 import { NestedPids } from "../namespaces/nested_pid.ts";
+import { readNestedMounts } from "../namespaces/nested_mounts.ts";
 import { inOwnUserNamespace } from "../namespaces/user.ts";
 import { dumpNamespaces } from "../namespaces/container.ts";
 import { JOINABLE_KINDS } from "../namespaces/joined.ts";
@@ -618,6 +619,8 @@ export async function checkpoint(
     const innerPids = kinds.includes("pid") ? InnerPids.read(tree, zombiePids) : undefined;
     // Pid namespaces nested below the dump's: each process's pids at every level.
     const nested = NestedPids.read(tree.map((f) => f.pid), zombiePids);
+    // Mount namespaces made with them (unshare --mount-proc): the mounts added on each.
+    const nestedMounts = nested ? readNestedMounts(tree.map((f) => f.pid)) : undefined;
     const entries: ProcessEntry[] = [];
     for (const plan of plans) {
       const pid = plan.frozen.pid;
@@ -631,6 +634,8 @@ export async function checkpoint(
       );
       Object.assign(entry, sharing.get(entry.pid));
       nested?.describe(entry);
+      const mounts = nestedMounts?.get(entry.pid);
+      if (mounts) entry.mountNamespace = { mounts };
       if (stopped.has(entry.pid)) {
         entry.stopped = true;
         entry.stopSignal = plan.frozen.stopSignal ?? SIG.SIGSTOP;

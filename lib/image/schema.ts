@@ -516,6 +516,11 @@ export interface MountEntry {
   bindHost?: boolean;
   /** A fresh tmpfs's files. */
   files?: TmpfsFileEntry[];
+  /**
+   * A proc showing a pid namespace nested below the mounter's: the dump-level pid of that
+   * namespace's init, which mounts it (and the mounts listed after it) at restore.
+   */
+  pidNamespace?: number;
 }
 
 /** One range of a user namespace's uid or gid map, as /proc/PID/uid_map lists it. */
@@ -890,6 +895,12 @@ export interface ProcessEntry {
    * into its own (and in older images).
    */
   childPidNamespace?: number;
+  /**
+   * It made a mount namespace of its own, a copy of its parent's (`unshare --pid --fork
+   * --mount-proc`, or clone with CLONE_NEWNS), in which its descendants live: the mounts it and
+   * they added on the copy, in mountinfo order. Absent when it lives in its parent's.
+   */
+  mountNamespace?: { mounts: MountEntry[] };
   /**
    * Root process only: the other processes of the dumped tree, each after its parent; each has
    * its own entry in `process-PID.cbor`.

@@ -200,6 +200,7 @@ const ENTRY_FIELDS = [
   "extents",
   "nestedPid",
   "childPidNamespace",
+  "mountNamespace",
   "tree",
   "networkLock",
   "namespaces",
@@ -695,6 +696,13 @@ function checkEntry(v: unknown): void {
     nestedIds(o.pids, `${a}.pids`);
   });
   optional(p, "childPidNamespace", "", (v, a) => int(v, a, 1));
+  optional(
+    p,
+    "mountNamespace",
+    "",
+    (v, a) =>
+      fields(v, a, { mounts: (NAMESPACES_FIELDS.mounts as { optional: FieldType }).optional }),
+  );
   if (p.tree !== undefined) {
     each(p.tree, "tree", (t, a) => {
       const o = obj(t, a, ["pid", "ppid"]);
@@ -852,6 +860,7 @@ const NAMESPACES_FIELDS: Fields = {
           root: { optional: "text" },
           bindFrom: { optional: "text" },
           bindHost: { optional: "bool" },
+          pidNamespace: { optional: "whole" },
           files: {
             optional: {
               list: {

@@ -3,7 +3,7 @@
  * namespaces differ from the tool's is (part of) a container: the dump takes its pid, mount, UTS,
  * IPC, time, net, user and cgroup namespaces with it, and the restore makes fresh ones of the
  * same kinds. Every other kind, a process of the tree in a namespace of its own below the root's
- * (a nested one), and a namespace that a process outside the dump also lives in are refused,
+ * (a nested one, but a pid namespace and a mount namespace made with it), and a namespace that a process outside the dump also lives in are refused,
  * naming them.
  */
 import { DumpError } from "../errors.ts";
@@ -155,13 +155,8 @@ export function checkSameNamespaces(pid: number, root: number): void {
     if (k === "pid") continue; // a nested one is carried (nested_pid.ts)
     const ns = namespaceOf(pid, k);
     if (ns !== null && ns !== namespaceOf(root, k)) {
-      if (nestedPid && k === "mnt") {
-        throw new DumpError(
-          `process ${pid} lives in (or made) a nested pid namespace with a mount namespace of ` +
-            `its own (unshare --mount-proc: a /proc of the nested namespace), which tardigrade ` +
-            `does not dump yet`,
-        );
-      }
+      // Made with the nested pid namespace (unshare --mount-proc): nested_mounts.ts.
+      if (nestedPid && k === "mnt") continue;
       throw new DumpError(
         `process ${pid} lives in another ${k} namespace than the root of the dump (${root}): ` +
           `namespaces made inside a container are not dumped yet`,

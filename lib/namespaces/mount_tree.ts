@@ -63,10 +63,21 @@ export const mountName = (
   m: { fsType: string; source: string; mountPoint: string; options: string },
 ) => `${m.fsType} ${m.source} on ${m.mountPoint} (${m.options})`;
 
+/** How `mountEntries` reads the mounts of a nested pid namespace's process. */
+export interface NestedMountOptions {
+  /** How messages name the process (`container 123`, `process 123`). */
+  who?: string;
+  /**
+   * The host pid of the init of pid namespace `shown` (a nested one) when the tree has it and
+   * it may mount a proc showing it, else null: such a proc is refused.
+   */
+  nestedInit?: (shown: string) => number | null;
+}
+
 /**
  * The entries of `mounts`, mounts of container `pid` in mountinfo order; `earlier` are those of
- * its mounts made before them (they may be bound from), `host` the tool's mounts; `pivoted`: they
- * are a root of the container's own.
+ * its mounts made before them (they may be bound from), `host` the tool's mounts (or those of the
+ * mount namespace the mounts were added on); `pivoted`: they are a root of the container's own.
  */
 export function mountEntries(
   pid: number,
@@ -74,7 +85,9 @@ export function mountEntries(
   earlier: readonly MountInfo[],
   host: readonly MountInfo[],
   pivoted = false,
+  nested: NestedMountOptions = {},
 ): MountEntry[] {
+  const who = nested.who ?? `container ${pid}`;
   const made = [...earlier];
   return mounts.map((m) => {
     const entry: MountEntry = {
@@ -106,14 +119,14 @@ export function mountEntries(
       const why = overlayRefused(m, pivoted);
       if (why) {
         throw new DumpError(
-          `container ${pid} mounted ${mountName(m)}, which tardigrade cannot mount again: ${why}`,
+          `${who} mounted ${mountName(m)}, which tardigrade cannot mount again: ${why}`,
         );
       }
       return entry;
     }
     if (!FRESH.includes(m.fsType) || m.root !== "/") {
       throw new DumpError(
-        `container ${pid} mounted ${mountName(m)}, whose file system tardigrade cannot make ` +
+        `${who} mounted ${mountName(m)}, whose file system tardigrade cannot make ` +
           `again (it is mounted nowhere tardigrade sees, and is not one a container mounts ` +
           `afresh: ${FRESH.join(", ")})`,
       );
@@ -122,7 +135,10 @@ export function mountEntries(
       entry.files = dumpTmpfsFiles(`/proc/${pid}/root${m.mountPoint}`, `tmpfs ${m.mountPoint}`);
     }
     if (m.fsType === "devpts") refuseUsedDevpts(pid, m);
-    if (m.fsType === "proc") refuseOtherPidNamespace(pid, m);
+    if (m.fsType === "proc") {
+      const init = refuseOtherPidNamespace(pid, m, nested);
+      if (init !== null) entry.pidNamespace = init;
+    }
     return entry;
   });
 }
@@ -130,9 +146,15 @@ export function mountEntries(
 /**
  * Refuses a proc of the container that shows another pid namespace than its init's (one nested
  * in it, mounted by `unshare --pid --fork --mount-proc` in the container's own mount namespace):
- * the restore mounts a proc from the init, which would show the init's.
+ * the restore mounts a proc from the init, which would show the init's; unless `nested` names
+ * the init of the one it shows, which mounts it at restore: returns that init's host pid (null
+ * for a proc of `pid`'s own).
  */
-function refuseOtherPidNamespace(pid: number, m: MountInfo): void {
+function refuseOtherPidNamespace(
+  pid: number,
+  m: MountInfo,
+  nested: NestedMountOptions,
+): number | null {
   const link = (path: string) => {
     try {
       return Deno.readLinkSync(path);
@@ -143,14 +165,16 @@ function refuseOtherPidNamespace(pid: number, m: MountInfo): void {
   // Its pid 1 is the init of the namespace it shows.
   const shown = link(`/proc/${pid}/root${m.mountPoint}/1/ns/pid`);
   const own = link(`/proc/${pid}/ns/pid`);
-  if (shown !== own) {
-    const init = shown === null ? null : initOf(shown);
-    throw new DumpError(
-      `container ${pid} has ${mountName(m)} showing pid namespace ${shown ?? "(none)"}, not ` +
-        `its own ${own}: a /proc of a nested pid namespace is not made again yet` +
-        (init === null ? "" : `; dump its init ${init} as a container instead`),
-    );
-  }
+  if (shown === own) return null;
+  const mounter = shown === null ? null : nested.nestedInit?.(shown) ?? null;
+  if (mounter !== null) return mounter;
+  const init = shown === null ? null : initOf(shown);
+  throw new DumpError(
+    `${nested.who ?? `container ${pid}`} has ${mountName(m)} showing pid namespace ` +
+      `${shown ?? "(none)"}, not its own ${own}: a /proc of a nested pid namespace is made ` +
+      `again only in a mount namespace of that namespace's own (unshare --pid --fork ` +
+      `--mount-proc)` + (init === null ? "" : `; dump its init ${init} as a container instead`),
+  );
 }
 
 /** Refuses a devpts of the container with terminals in it: they are not made again in it. */

@@ -21,11 +21,12 @@ import { type MountInfo, readMountInfo } from "../inspect/procfs.ts";
 import { makeMount, mountEntries, mountName } from "./mount_tree.ts";
 
 /** A mount with what two mounts compare: everything but the ids (the copy has its own). */
-interface MountLine extends MountInfo {
+export interface MountLine extends MountInfo {
   key: string;
 }
 
-function mountLines(pid: number | "self"): MountLine[] {
+/** The mounts of `pid`'s mount namespace, each with its key. */
+export function mountLines(pid: number | "self"): MountLine[] {
   return readMountInfo(pid).map((m) => ({
     ...m,
     key: [m.dev, m.root, m.mountPoint, m.options, m.fsType, m.source, m.superOptions].join(" "),
@@ -33,7 +34,7 @@ function mountLines(pid: number | "self"): MountLine[] {
 }
 
 /** The lines of `a` not in `b`, each line of `b` matching one of `a` at most. */
-function minus(a: MountLine[], b: MountLine[]): MountLine[] {
+export function minus(a: MountLine[], b: MountLine[]): MountLine[] {
   const left = new Map<string, number>();
   for (const l of b) left.set(l.key, (left.get(l.key) ?? 0) + 1);
   return a.filter((l) => {
@@ -43,9 +44,15 @@ function minus(a: MountLine[], b: MountLine[]): MountLine[] {
   });
 }
 
-/** The mounts process `pid` has that the tool has not, and those the tool has that it lacks. */
-function difference(pid: number): { added: MountLine[]; missing: MountLine[] } {
-  const theirs = mountLines(pid), ours = mountLines("self");
+/**
+ * The mounts process `pid` has that `base` (the tool, or the process whose mount namespace `pid`'s
+ * was copied from) has not, and those `base` has that it lacks.
+ */
+export function difference(
+  pid: number,
+  base: number | "self" = "self",
+): { added: MountLine[]; missing: MountLine[] } {
+  const theirs = mountLines(pid), ours = mountLines(base);
   return { added: minus(theirs, ours), missing: minus(ours, theirs) };
 }
 
@@ -121,11 +128,15 @@ const shown = (m: MountEntry | MountInfo) =>
  * How the mounts of restored container `pid` differ from what its image recorded, or null when
  * they do not: compared as the dump compared them.
  */
-export function mountsDiffer(pid: number, mounts: readonly MountEntry[]): string | null {
+export function mountsDiffer(
+  pid: number,
+  mounts: readonly MountEntry[],
+  base: number | "self" = "self",
+): string | null {
   let have: string[];
   if (mounts[0]?.mountPoint === "/") have = readMountInfo(pid).map(shown);
   else {
-    const { added, missing } = difference(pid);
+    const { added, missing } = difference(pid, base);
     if (missing.length) return `it lacks the mount on ${missing[0].mountPoint}`;
     have = added.map(shown);
   }

@@ -10,6 +10,7 @@ import { DumpError } from "../errors.ts";
 import type { FrozenProcess } from "../ptrace/freeze.ts";
 import { namespaceIds } from "../inspect/procfs.ts";
 import type { ProcessEntry } from "../image/schema.ts";
+import { translateNestedMounts } from "./nested_mounts.ts";
 
 /** Host pid or tid → the id the container's processes see. */
 export class InnerPids {
@@ -76,6 +77,7 @@ export class InnerPids {
     if (e.childPidNamespace !== undefined) {
       e.childPidNamespace = pid(e.childPidNamespace, "the children's pid namespace's init");
     }
+    translateNestedMounts(e, (p) => pid(p, "the init mounting a nested /proc"));
     for (const f of e.files) {
       // Read by the tool in its own pid namespace: not translated yet, so refused.
       if (f.kind === "pidfd" || (f.owner && f.owner.pid !== 0)) {

@@ -51,6 +51,13 @@ import {
 } from "../namespaces/container.ts";
 import { enterUserNamespace, groupsProblem } from "../namespaces/user.ts";
 import { NestedPlan, setChildPidNamespace } from "../namespaces/nested_pid.ts";
+import {
+  checkNestedMounts,
+  type LateMounts,
+  makeLateMounts,
+  makeNestedMountNamespace,
+  nestedMountsDiffer,
+} from "../namespaces/nested_mounts.ts";
 import { restorePosixTimers } from "../task/posix_timers.ts";
 import {
   needsSeccompSuspended,
@@ -803,6 +810,7 @@ async function restoreTree(
     }
     if (opts.pidNamespace) checkNamespacePids(entries);
     nested = new NestedPlan(entries);
+    checkNestedMounts(entries);
     if (opts.lazy) checkLazy(opts);
     cgroups = new CgroupRestore(entries[0].cgroupGroups ?? []);
     cgroups.check(entries);
@@ -828,6 +836,8 @@ async function restoreTree(
   }
   const made: number[] = [];
   const making: Making[] = [];
+  const lateMounts: LateMounts[] = [];
+  const mountedLate: Making[] = [];
   const shares: Shares = {
     objects: new SharedObjects(),
     files: new Map(),
@@ -910,6 +920,11 @@ async function restoreTree(
         ...(plans.has(p.pid) ? { lazy: { plan: plans.get(p.pid)! } } : {}),
       };
       making.push(m);
+      // A mount namespace it made (unshare --mount-proc), before it forks into it.
+      if (p.mountNamespace) {
+        const late = makeNestedMountNamespace(m.inj, p);
+        if (late) lateMounts.push(late);
+      }
       // Before it forks the rest of the tree, which inherits them.
       if (container && p === entries[0]) {
         makeNamespaces(m.inj, container, joined);
@@ -936,7 +951,30 @@ async function restoreTree(
       m.asb.empty(shares.namespace?.keptFd(m.pid));
     }
     for (const m of making) {
+      // A process outside a nested namespace opens /proc/self while built: before its /proc is
+      // mounted in the mount namespace it lives in.
+      for (const init of mountedLate) {
+        const outside = m.entry.nestedPid?.init !== init.entry.pid &&
+          shares.nested.depth(m.entry.pid) <= shares.nested.depth(init.entry.pid) &&
+          Deno.readLinkSync(`/proc/${m.pid}/ns/mnt`) ===
+            Deno.readLinkSync(`/proc/${init.pid}/ns/mnt`);
+        if (outside) {
+          throw new RestoreError(
+            `cannot restore: process ${m.entry.pid} lives outside nested pid namespace ` +
+              `${init.entry.pid} in the mount namespace its /proc is mounted in, and is built ` +
+              `after that namespace's init (tardigrade builds such a process first)`,
+          );
+        }
+      }
       await memoryOf(m);
+      // The /proc of a nested namespace (and what is mounted after it), mounted by its init once
+      // its memory is in, before its files and those of the processes inside (a directory open
+      // on /proc is opened there).
+      const late = lateMounts.findIndex((l) => l.init === m.entry.pid);
+      if (late >= 0) {
+        makeLateMounts(m.inj, lateMounts.splice(late, 1)[0]);
+        mountedLate.push(m);
+      }
       mark(`restore: memory ${m.entry.pid}`);
       await buildRest(m, run);
       mark(`restore: rest ${m.entry.pid}`);
@@ -962,6 +1000,9 @@ async function restoreTree(
       : undefined;
     served?.catch(() => {}); // reported where it is awaited
     afterTasks(making, shares, warnings);
+    if (lateMounts.length) {
+      throw new RestoreError(`cannot restore: nested init ${lateMounts[0].init} was not made`);
+    }
     for (const m of making) restoreForegroundGroup(m.inj, m.entry, shares.scope);
     releaseScope(shares.scope);
     // As CRIU: the network lock goes just before the connections leave repair mode, so their
@@ -982,6 +1023,11 @@ async function restoreTree(
       namespacesDiffer(making[0].pid, making[0].inj, container, joined, joinedFds.user);
     if (nsDiffer) {
       throw new RestoreError(`the restored container does not match its image: ${nsDiffer}`);
+    }
+    for (const m of making) {
+      if (!m.entry.mountNamespace) continue;
+      const why = nestedMountsDiffer(m.pid, shares.pids.host(m.entry.ppid), m.entry);
+      if (why) throw new RestoreError(`the restored tree does not match its image: ${why}`);
     }
     const differences = await checkRestored(making, shares, opts, terminal !== undefined);
     mark("restore: verified");
