@@ -10,6 +10,7 @@ import {
   isAlive,
   killAndReap,
   needs,
+  noNetworkLock,
   notInstalled,
   spawnTarget,
   type Target,
@@ -418,6 +419,145 @@ Deno.test({
       await waitUntil(() => Math.max(...ticks()) >= seen + 5, 10_000, "more ticks");
       const ls = await new Deno.Command("screen", { args: ["-ls"], env, stdout: "piped" }).output();
       assert.match(new TextDecoder().decode(ls.stdout), /\.rw\s.*\(Attached\)/);
+    } finally {
+      await killTree(t);
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "`flock` waiting for a lock another process holds waits on, then takes it and runs its child",
+    notInstalled("flock"),
+  ),
+  async fn() {
+    using s = scratch();
+    const lock = `${s.dir}/lk`;
+    const holder = await spawnTarget("flock", [lock, "sleep", "1000"]);
+    let waiter: Target | undefined;
+    try {
+      await waitUntil(() => childrenOf(holder.pid).length > 0, 5000, "the holder's child");
+      waiter = await spawnTarget("flock", [lock, "echo", "got-it"]);
+      const blocked = () => Deno.readTextFileSync("/proc/locks").includes(`-> FLOCK`);
+      await waitUntil(blocked, 5000, "the waiter to block");
+      await dumpAndRestore(waiter.pid, s.img);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.ok(isAlive(waiter.pid) && waiter.output() === "", "it waits while the lock is held");
+      await killTree(holder);
+      await waitUntil(() => waiter!.output() === "got-it\n", 5000, "the waiter to take the lock");
+    } finally {
+      await killTree(holder);
+      if (waiter) await waiter.kill();
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "`openssl s_server` with an `openssl s_client` outside goes on over the same TLS connection",
+    notInstalled("openssl") ?? noNetworkLock(),
+  ),
+  async fn() {
+    using s = scratch();
+    const req = await new Deno.Command("openssl", {
+      args: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rw"]
+        .concat(["-keyout", `${s.dir}/key.pem`, "-out", `${s.dir}/cert.pem`]),
+      stderr: "null",
+    }).output();
+    assert.ok(req.success);
+    const port = 20000 + (Deno.pid % 20000);
+    // -rev answers each line reversed: the server reads no stdin of its own.
+    const server = await spawnTarget("openssl", [
+      "s_server",
+      "-accept",
+      `127.0.0.1:${port}`,
+      "-cert",
+      `${s.dir}/cert.pem`,
+      "-key",
+      `${s.dir}/key.pem`,
+      "-rev",
+      "-quiet",
+    ]);
+    let client: Target | undefined;
+    const answers = () => lines(client!).map((l) => [...l].reverse().join(""));
+    try {
+      const listening = () =>
+        Deno.readTextFileSync("/proc/net/tcp").includes(
+          `:${port.toString(16).toUpperCase()} 00000000:0000 0A`,
+        );
+      await waitUntil(listening, 5000, "the server to listen");
+      client = await spawnTarget("sh", [
+        "-c",
+        `i=0; while :; do i=$((i+1)); echo line$i; sleep 0.05; done | ` +
+        `openssl s_client -connect 127.0.0.1:${port} -quiet 2>/dev/null`,
+      ]);
+      await waitUntil(() => answers().length >= 5, 10_000, "answers");
+      await dumpAndRestore(server.pid, s.img);
+      const seen = answers().length;
+      await waitUntil(() => answers().length > seen + 10, 10_000, "answers after the restore");
+      answers().forEach((l, i) => assert.equal(l, `line${i + 1}`));
+    } finally {
+      if (client) await killTree(client);
+      await server.kill();
+    }
+  },
+});
+
+Deno.test({
+  ...needs(
+    "dnsmasq answers DNS over UDP and TCP after a restore, and rereads its hosts on SIGHUP",
+    notInstalled("dnsmasq", "python3"),
+  ),
+  async fn() {
+    using s = scratch();
+    Deno.chmodSync(s.dir, 0o755); // dnsmasq reads its hosts file as nobody
+    Deno.writeTextFileSync(`${s.dir}/hosts`, "10.1.2.3 foo.test\n");
+    // One A query over UDP or TCP; prints the address answered, or "" for none.
+    Deno.writeTextFileSync(
+      `${s.dir}/q.py`,
+      `import socket, struct, sys
+port, name, tcp = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "tcp"
+q = struct.pack(">6H", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0" + struct.pack(">2H", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+s.settimeout(3); s.connect(("127.0.0.1", port))
+if tcp:
+    s.sendall(struct.pack(">H", len(q)) + q); r = s.recv(2); r = s.recv(struct.unpack(">H", r)[0])
+else:
+    s.send(q); r = s.recv(512)
+print(".".join(map(str, r[-4:])) if struct.unpack(">H", r[6:8])[0] else "")
+`,
+    );
+    const port = 20000 + ((Deno.pid + 7) % 20000);
+    const ask = async (name: string, how: string) => {
+      const out = await new Deno.Command("python3", {
+        args: [`${s.dir}/q.py`, String(port), name, how],
+        stdout: "piped",
+      }).output();
+      return new TextDecoder().decode(out.stdout).trim();
+    };
+    const t = await spawnTarget("dnsmasq", [
+      "-k",
+      "-C",
+      "/dev/null",
+      `--port=${port}`,
+      "--listen-address=127.0.0.1",
+      "--bind-interfaces",
+      "--no-resolv",
+      "--no-hosts",
+      `--addn-hosts=${s.dir}/hosts`,
+      "--address=/bar.test/10.9.9.9",
+      `--pid-file=${s.dir}/pid`,
+      "--log-facility=-",
+    ], { ready: /read .*hosts/ });
+    try {
+      assert.equal(await ask("foo.test", "udp"), "10.1.2.3");
+      await dumpAndRestore(t.pid, s.img);
+      assert.equal(await ask("foo.test", "udp"), "10.1.2.3");
+      assert.equal(await ask("bar.test", "tcp"), "10.9.9.9");
+      Deno.writeTextFileSync(`${s.dir}/hosts`, "10.4.5.6 foo.test\n");
+      Deno.kill(t.pid, "SIGHUP");
+      await waitUntil(async () => await ask("foo.test", "udp") === "10.4.5.6", 5000, "the reread");
     } finally {
       await killTree(t);
     }
