@@ -25,6 +25,12 @@ import {
   waitUntil,
 } from "./helpers.ts";
 
+/**
+ * Lets every process of the fixture count once more (every 10 ms) before it is asked: one frozen
+ * within 10 ms of the check before the dump, asked at once after the restore, would not have.
+ */
+const aRound = () => new Promise((r) => setTimeout(r, 50));
+
 /** NSpid of a task: its id in each pid namespace, the host's first. */
 function nspid(pid: number, tid = pid): number[] {
   const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
@@ -83,8 +89,9 @@ for (const mode of ["clone", "unshare"]) {
       assert.equal(back.pid, t.pid);
       // Every task has its pid at the host's level and inside the nested namespace.
       assert.deepEqual(treeIds(t.pid), before);
+      await aRound();
       assert.equal(await t.check(), "PASS", t.output());
-      await new Promise((r) => setTimeout(r, 50));
+      await aRound();
       assert.equal(await t.check(), "PASS", "it counts on");
     } finally {
       for (const p of before.keys()) await killAndReap(p);
@@ -119,8 +126,9 @@ Deno.test(
         assert.equal(after.size, before.size);
         const nested = [...after.values()].filter((l) => l.length === 3);
         assert.equal(nested.length, 5, "init, a child with its thread, a child, one more");
+        await aRound();
         assert.equal(await u.check(back.pid), "PASS", u.output());
-        await new Promise((r) => setTimeout(r, 50));
+        await aRound();
         assert.equal(await u.check(back.pid), "PASS", "it counts on");
       } finally {
         await killAndReap(back.pid);
@@ -145,6 +153,7 @@ Deno.test("nested pid namespace: a copy beside its running original", async () =
     const after = treeIds(copy.pid);
     // Inside the copy's namespace, every level is the original's.
     assert.deepEqual(fromLevel(after, 1), fromLevel(before, 0));
+    await aRound();
     assert.equal(await t.check(copy.pid), "PASS", t.output());
     assert.equal(await t.check(), "PASS", "the original runs on");
   } finally {
@@ -228,8 +237,9 @@ for (const mode of ["clone", "unshare"]) {
           Deno.readLinkSync(`/proc/${mode === "unshare" ? nestedInitOf(t.pid) : top}/ns/pid`),
           "the top makes its children where it did",
         );
+        await aRound();
         assert.equal(await t.check(top), "PASS", t.output());
-        await new Promise((r) => setTimeout(r, 50));
+        await aRound();
         assert.equal(await t.check(top), "PASS", "it counts on, reading its /proc");
       } finally {
         for (const p of [...before.keys()].reverse()) await killAndReap(p);
@@ -272,8 +282,9 @@ Deno.test(
         assert.deepEqual(mountView(back.pid), view);
         assert.deepEqual(view.lists, [1, 2, 4, 5]);
         const restoredTop = childrenOf(back.pid)[0];
+        await aRound();
         assert.equal(await u.check(restoredTop), "PASS", u.output());
-        await new Promise((r) => setTimeout(r, 50));
+        await aRound();
         assert.equal(await u.check(restoredTop), "PASS", "it counts on");
       } finally {
         await killAndReap(back.pid);
