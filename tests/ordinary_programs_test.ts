@@ -13,6 +13,7 @@ import {
   spawnTarget,
   waitUntil,
 } from "./helpers.ts";
+import { dumpAndRestore, scratch } from "./round_trip.ts";
 
 const python3 = notInstalled("python3");
 
@@ -68,25 +69,6 @@ Deno.test("a stopped process (^Z, SIGSTOP) comes back stopped, and SIGCONT lets 
 
 // ---- Real runtimes and tools: each is dumped mid-work (and ended), restored, and must go on ----
 
-/** A scratch directory for one test, removed at the end. */
-function scratch(): { dir: string; img: string; [Symbol.dispose](): void } {
-  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-ord-" });
-  return {
-    dir,
-    img: `${dir}/img`,
-    [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }),
-  };
-}
-
-/** Dumps `pid` (which ends it), makes sure it is gone, restores it: the same pid runs again. */
-async function dumpAndRestore(pid: number, img: string): Promise<void> {
-  await checkpoint(pid, img);
-  await killAndReap(pid);
-  const r = await restore(img);
-  assert.equal(r.pid, pid);
-  assert.ok(isAlive(pid));
-}
-
 /** Waits until `pid` has exited (reaping it when it is ours). */
 async function waitExit(pid: number, timeoutMs = 20_000): Promise<void> {
   await waitUntil(() => !isAlive(pid), timeoutMs, `pid ${pid} to exit`);
@@ -137,7 +119,7 @@ Deno.test({
     notInstalled("java"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.writeTextFileSync(
       `${s.dir}/Counter.java`,
       `import java.util.*;
@@ -185,7 +167,7 @@ public class Counter {
 });
 
 Deno.test(needs("python3 threads with a queue go on where they were", python3), async () => {
-  using s = scratch();
+  using s = scratch("tardigrade-ord-");
   Deno.writeTextFileSync(
     `${s.dir}/q.py`,
     `import threading, queue, time
@@ -227,7 +209,7 @@ Deno.test(
     systemPython ?? notInstalled("setpriv"),
   ),
   async () => {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.chmodSync(s.dir, 0o755);
     Deno.writeTextFileSync(
       `${s.dir}/t.py`,
@@ -265,7 +247,7 @@ time.sleep(1000)
 Deno.test(
   needs("python3 asyncio (a self-pipe socketpair woken from a thread) counts on", python3),
   async () => {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.writeTextFileSync(
       `${s.dir}/a.py`,
       `import asyncio, threading, time
@@ -330,7 +312,7 @@ asyncio.run(main())
 Deno.test({
   ...needs("node with a worker thread goes on passing messages", notInstalled("node")),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.writeTextFileSync(
       `${s.dir}/w.js`,
       `const { Worker, isMainThread, parentPort } = require("node:worker_threads");
@@ -359,7 +341,7 @@ if (isMainThread) {
 });
 
 Deno.test("deno (V8, its tokio threads, a code cache other denos write, mapped shared) counts on", async () => {
-  using s = scratch();
+  using s = scratch("tardigrade-ord-");
   Deno.writeTextFileSync(
     `${s.dir}/c.ts`,
     `let last = 0;
@@ -394,7 +376,7 @@ worker.onmessage = (e) => {
 });
 
 Deno.test("`tail -f` (inotify, waiting in poll) follows the file after a restore", async () => {
-  using s = scratch();
+  using s = scratch("tardigrade-ord-");
   const file = `${s.dir}/log`;
   Deno.writeTextFileSync(file, "one\n");
   const t = await spawnTarget("tail", ["-f", file], { ready: /^one$/m });
@@ -414,7 +396,7 @@ Deno.test("`tail -f` (inotify, waiting in poll) follows the file after a restore
 });
 
 Deno.test("`sort` dumped mid-way writes the same sorted output", async () => {
-  using s = scratch();
+  using s = scratch("tardigrade-ord-");
   Deno.writeFileSync(`${s.dir}/in`, textLines(700_000));
   const env = { LC_ALL: "C", TMPDIR: s.dir };
   const ref = await new Deno.Command("sort", { args: [`${s.dir}/in`], env, stdout: "piped" })
@@ -441,7 +423,7 @@ Deno.test({
     notInstalled("xz"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     const input = textLines(600_000);
     Deno.writeFileSync(`${s.dir}/in`, input);
     const t = await spawnTarget("sh", [
@@ -478,7 +460,7 @@ Deno.test({
     notInstalled("sqlite3"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.writeTextFileSync(
       `${s.dir}/q.sql`,
       `PRAGMA journal_mode=WAL;
@@ -518,7 +500,7 @@ SELECT count(*), sum(x) FROM t;
 Deno.test(
   needs("a UNIX socketpair half whose peer was closed comes back at EOF, writes failing", python3),
   async () => {
-    using s = scratch();
+    using s = scratch("tardigrade-ord-");
     Deno.writeTextFileSync(
       `${s.dir}/sp.py`,
       `import socket, signal, time

@@ -3,7 +3,7 @@
  * cover: each dumped while it works, restored, and checked as its user would.
  */
 import assert from "node:assert/strict";
-import { checkpoint, restore } from "../mod.ts";
+import { checkpoint } from "../mod.ts";
 import {
   childrenOf,
   exists,
@@ -16,24 +16,7 @@ import {
   type Target,
   waitUntil,
 } from "./helpers.ts";
-
-function scratch(): { dir: string; img: string; [Symbol.dispose](): void } {
-  const dir = Deno.makeTempDirSync({ prefix: "tardigrade-real-" });
-  return {
-    dir,
-    img: `${dir}/img`,
-    [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }),
-  };
-}
-
-/** Dumps `pid` (which ends it) and restores it: the same pid runs again. */
-async function dumpAndRestore(pid: number, img: string): Promise<void> {
-  await checkpoint(pid, img);
-  await killAndReap(pid);
-  const r = await restore(img);
-  assert.equal(r.pid, pid);
-  assert.ok(isAlive(pid));
-}
+import { dumpAndRestore, scratch } from "./round_trip.ts";
 
 /** Kills `t` and the children it has. */
 async function killTree(t: Target): Promise<void> {
@@ -53,7 +36,7 @@ Deno.test(
     notInstalled("python3"),
   ),
   async () => {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     // Its arena is opened O_NOFOLLOW and unlinked; its workers map the parent's semaphores.
     Deno.writeTextFileSync(
       `${s.dir}/mp.py`,
@@ -81,7 +64,7 @@ if __name__ == "__main__":
 );
 
 Deno.test("a zombie is refused as one, naming the parent to dump", async () => {
-  using s = scratch();
+  using s = scratch("tardigrade-real-");
   const t = await spawnTarget("sh", ["-c", "sleep 0.1 & exec sleep 100"]);
   try {
     let zombie = 0;
@@ -110,7 +93,7 @@ Deno.test({
     notInstalled("sqlite3"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const db = `${s.dir}/t.db`;
     const sql = (...args: string[]) =>
       new Deno.Command("sqlite3", { args: [db, ...args], stdout: "piped", stderr: "piped" })
@@ -147,7 +130,7 @@ Deno.test({
 Deno.test({
   ...needs("`socat` relays a live TCP connection after a restore", notInstalled("socat")),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     // An upper-casing echo server (this process) behind socat; the client is this process too.
     const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const serving = (async () => {
@@ -203,7 +186,7 @@ Deno.test({
 Deno.test({
   ...needs("`inotifywait -m` reports the events after a restore", notInstalled("inotifywait")),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const watched = `${s.dir}/w`;
     Deno.mkdirSync(watched);
     const t = await spawnTarget("inotifywait", ["-m", "-e", "create,modify", watched], {
@@ -228,7 +211,7 @@ Deno.test({
     notInstalled("python3"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     Deno.writeTextFileSync(`${s.dir}/index.txt`, "hello-body\n");
     const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = (probe.addr as Deno.NetAddr).port;
@@ -271,7 +254,7 @@ Deno.test({
     notInstalled("python3"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     // The timer fires while the process is frozen and while it is restored: its SIGALRM waits,
     // the timer with it (reloaded only when the signal is taken).
     Deno.writeTextFileSync(
@@ -309,7 +292,7 @@ Deno.test({
     notInstalled("tmux", "script"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const sock = `${s.dir}/sock`;
     const tmux = async (...args: string[]) => {
       const out = await new Deno.Command("tmux", { args: ["-S", sock, ...args] }).output();
@@ -352,7 +335,7 @@ Deno.test({
 Deno.test({
   ...needs("`make -j2` dumped while gcc compiles finishes the build", notInstalled("make", "cc")),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     // Each part is slow to compile (many functions) and returns its number: main prints 1+2+3.
     for (const i of [1, 2, 3]) {
       const bulk = Array.from(
@@ -398,7 +381,7 @@ Deno.test({
     notInstalled("screen", "script"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const env = { SCREENDIR: `${s.dir}/screens` };
     Deno.mkdirSync(env.SCREENDIR, { mode: 0o700 });
     Deno.chmodSync(env.SCREENDIR, 0o700); // screen insists, whatever the umask did
@@ -431,7 +414,7 @@ Deno.test({
     notInstalled("flock"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const lock = `${s.dir}/lk`;
     const holder = await spawnTarget("flock", [lock, "sleep", "1000"]);
     let waiter: Target | undefined;
@@ -458,7 +441,7 @@ Deno.test({
     notInstalled("openssl") ?? noNetworkLock(),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     const req = await new Deno.Command("openssl", {
       args: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rw"]
         .concat(["-keyout", `${s.dir}/key.pem`, "-out", `${s.dir}/cert.pem`]),
@@ -509,7 +492,7 @@ Deno.test({
     notInstalled("dnsmasq", "python3"),
   ),
   async fn() {
-    using s = scratch();
+    using s = scratch("tardigrade-real-");
     Deno.chmodSync(s.dir, 0o755); // dnsmasq reads its hosts file as nobody
     Deno.writeTextFileSync(`${s.dir}/hosts`, "10.1.2.3 foo.test\n");
     // One A query over UDP or TCP; prints the address answered, or "" for none.
