@@ -20,6 +20,7 @@ import {
   SIG,
   type SigInfo,
   SyscallError,
+  WAIT,
   waitpid,
 } from "../../ffi/mod.ts";
 import {
@@ -33,8 +34,10 @@ import {
 import { awaitInterrupt, detachDelivering, Injector } from "./inject.ts";
 import { releaseWhenStopped, waitWithin, whereItWaits } from "./bounded_wait.ts";
 import {
+  childrenOf,
   hexMask,
   isKernelThread,
+  processState,
   readComm,
   readStatus,
   statusField,
@@ -403,13 +406,22 @@ export class FrozenProcess implements AsyncDisposable {
     active.delete(this);
     if (active.size === 0) hookSignals(false);
     this.#mem?.close();
+    // A pid namespace's init exits only once every process of its namespace is reaped: one whose
+    // reaper is this very process (a subreaper, as a script or a test may be) is reaped here.
+    const pidNs = nestedInitNamespace(this.pid);
     kill(this.pid, SIG.SIGKILL);
     // The leader's exit is reported only after every other thread's: collect it last.
+    const deadline = Date.now() + KILL_COLLECT_MS;
     for (const t of [...this.threads].reverse()) {
       try {
         for (;;) {
-          const st = waitpid(t.tid);
-          if (!st || st.exited || st.signaled) break;
+          const st = waitpid(t.tid, pidNs ? WAIT.WNOHANG : 0);
+          if (st?.exited || st?.signaled) break;
+          if (st) continue;
+          // Bounded: past it the pid stays taken until someone reaps what holds it up.
+          if (Date.now() > deadline) break;
+          reapOurZombiesIn(pidNs!);
+          Atomics.wait(napCell, 0, 0, 1);
         }
       } catch { /* already collected */ }
     }
@@ -460,5 +472,30 @@ export function freeze(pid: number, options: FreezeOptions = {}): Promise<Frozen
     return Promise.resolve(FrozenProcess.freeze(pid, options));
   } catch (err) {
     return Promise.reject(err);
+  }
+}
+
+/** How long `kill` waits for a killed process that is held up, in ms. */
+const KILL_COLLECT_MS = 10_000;
+const napCell = new Int32Array(new SharedArrayBuffer(4));
+
+/** The pid namespace `pid` is the init of (pid 1 there, below ours), else undefined. */
+function nestedInitNamespace(pid: number): string | undefined {
+  const levels = statusField(pid, "NSpid")?.trim().split(/\s+/) ?? [];
+  if (levels.length < 2 || levels.at(-1) !== "1") return undefined;
+  try {
+    return Deno.readLinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reaps the zombies that are this process's children and live in pid namespace `ns`. */
+function reapOurZombiesIn(ns: string): void {
+  for (const child of childrenOf(Deno.pid)) {
+    if (processState(child) !== "Z") continue;
+    try {
+      if (Deno.readLinkSync(`/proc/${child}/ns/pid`) === ns) waitpid(child, WAIT.WNOHANG);
+    } catch { /* reaped meanwhile */ }
   }
 }
