@@ -32,11 +32,13 @@ function exists(pid: number): boolean {
 /**
  * Starts `sleep` as the child of a shell that waits for it (not of this process, whose children
  * Deno reaps): once it is killed the shell reaps it at once, so its pid is free for the
- * rehearsal's restore (init would reap it seconds later). Returns its pid.
+ * rehearsal's restore (init would reap it seconds later). Returns its pid. A rehearsal takes
+ * well under a second; the sleep ends by itself after a minute should this tool be killed
+ * before it ends it.
  */
 async function startSleeper(): Promise<number> {
   const sh = new Deno.Command("/bin/sh", {
-    args: ["-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $!; exec >&-; wait"],
+    args: ["-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!; exec >&-; wait"],
     stdin: "null",
     stdout: "piped",
     stderr: "null",
