@@ -4,7 +4,7 @@
  */
 import { peekSigInfo, SIG, SIG_DISPOSITION, sigBit } from "../../ffi/mod.ts";
 import { hexMask, readStatus } from "../inspect/procfs.ts";
-import type { PendingSignal, ProcessEntry, SigactionEntry } from "../image/schema.ts";
+import type { PendingSignal, SigactionEntry } from "../image/schema.ts";
 import type { Injector } from "../ptrace/inject.ts";
 
 /** Signals 1..64 whose disposition can be read and set (all but SIGKILL and SIGSTOP). */
@@ -68,10 +68,4 @@ export function dumpSharedPending(pid: number): PendingSignal[] {
 export function restoreSharedPending(inj: Injector, pid: number, list: PendingSignal[]): void {
   for (const s of list) inj.queue("rt_sigqueueinfo", [pid, s.signo, inj.queueData(s.siginfo)]);
   inj.flush();
-}
-
-/** Whether `signo` was pending at dump, for the process or any of its threads. */
-export function wasPending(entry: ProcessEntry, signo: number): boolean {
-  const is = (s: PendingSignal) => s.signo === signo;
-  return entry.sharedPending.some(is) || entry.threads.some((t) => t.pending.some(is));
 }

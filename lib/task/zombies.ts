@@ -35,7 +35,6 @@ import { Injector } from "../ptrace/inject.ts";
 import { readProcText, threadIds, tryReadStat } from "../inspect/procfs.ts";
 import { RemoteMemory } from "../inspect/memory.ts";
 import type { ProcessEntry, ZombieEntry } from "../image/schema.ts";
-import { wasPending } from "./signals.ts";
 import { forkWithPid } from "../ptrace/stub.ts";
 
 /** The children of thread `tid` of process `pid` (empty once it is gone). */
@@ -85,13 +84,24 @@ export function restoreZombies(
 ): void {
   const zombies = (entry.zombies ?? []).filter((z) => z.thread === thread).sort(leadersFirst);
   for (const z of zombies) made?.set(z.pid, makeZombie(inj, entry, z));
-  if (zombies.length && !wasPending(entry, SIG.SIGCHLD)) {
-    // SIGCHLD is not blocked in the stub: take back the one the exits sent (zero timeout).
-    const set = inj.put(new Uint8Array(new BigUint64Array([sigBit(SIG.SIGCHLD)]).buffer));
-    const zero = inj.put(new Uint8Array(16), 64);
-    for (let i = 0; i < zombies.length; i++) {
-      if (inj.raw(SYS.rt_sigtimedwait, set, 0, zero, 8) < 0n) break;
-    }
+  // The exits sent the process a SIGCHLD the original got long ago, unless one was pending for
+  // the whole process at dump (then it is that one).
+  const isChld = (s: { signo: number }) => s.signo === SIG.SIGCHLD;
+  if (!zombies.length || entry.sharedPending.some(isChld)) return;
+  // SIGCHLD is not blocked in the stub: every one pending for this thread is taken (zero
+  // timeout), its own first, then the process's; its own, already given back when the main
+  // thread's zombies come last, are queued again.
+  const set = inj.put(new Uint8Array(new BigUint64Array([sigBit(SIG.SIGCHLD)]).buffer));
+  const zero = inj.put(new Uint8Array(16), 64);
+  for (let i = 0; i < 64; i++) {
+    if (inj.raw(SYS.rt_sigtimedwait, set, 0, zero, 8) < 0n) break;
+  }
+  if (thread !== undefined) return; // its pending signals are given back after this
+  const own = entry.threads.find((t) => t.tid === entry.pid)?.pending.filter(isChld) ?? [];
+  if (!own.length) return;
+  const [tgid, tid] = [inj.raw(SYS.getpid), inj.raw(SYS.gettid)];
+  for (const s of own) {
+    inj.raw(SYS.rt_tgsigqueueinfo, tgid, tid, s.signo, inj.put(s.siginfo));
   }
 }
 
