@@ -275,7 +275,10 @@ async function session(
           received.error = (err as Error).message;
           log(`restore of ${dir} failed: ${received.error}`);
           // The sender resumes its original: an image in a temporary directory is of no use.
-          if (!opts.dir && !opts.restorer) Deno.removeSync(dir, { recursive: true });
+          if (!opts.dir && !opts.restorer) {
+            // Not removable: the sender must still get its answer.
+            await Deno.remove(dir, { recursive: true }).catch(() => {});
+          }
           await channel.sendJson(FRAME.RESULT, { ok: false, error: received.error });
           return received;
         }

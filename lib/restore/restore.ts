@@ -1065,7 +1065,14 @@ async function restoreTree(
       if (m.lazy?.uffd !== undefined) close(m.lazy.uffd);
     }
     server?.release();
-    if (opts.discardImage && !server) Deno.removeSync(dir, { recursive: true });
+    // The processes run now: an image that cannot be removed is said, never their failure.
+    if (opts.discardImage && !server) {
+      try {
+        Deno.removeSync(dir, { recursive: true });
+      } catch (err) {
+        warnings.push(`the image ${dir} could not be removed: ${(err as Error).message}`);
+      }
+    }
     return {
       pid: making[0].pid,
       namespacePid: entries[0].pid,
