@@ -61,6 +61,7 @@ import { familyOf, formatAddress, ipOf } from "./address.ts";
 import { type PendingPlace, type TcpDiag, tcpSockets } from "./diag.ts";
 import {
   changedOptions,
+  intOption,
   type OptionReader,
   setOption,
   SOCKET_OPTIONS,
@@ -449,7 +450,14 @@ function openPending(e: TcpPendingEntry, ctx: FileRestoreContext): number {
   const fd = Number(injectRaw(ctx, "socket", SYS.socket, e.family, type, IPPROTO.TCP));
   try {
     for (const o of e.options) setOption(ctx, fd, o);
+    // The dumped client's own end may linger in TIME_WAIT on this very address (its process was
+    // ended by the dump): bound with SO_REUSEADDR, which is then given back as it was.
+    const reuse = intOption(e.options, "SO_REUSEADDR") ?? 0;
+    const setReuse = (v: number) =>
+      ctx.injector.raw(SYS.setsockopt, fd, SOL.SOCKET, SO.REUSEADDR, ctx.put(int32(v)), 4);
+    if (!reuse) setReuse(1);
     const r = ctx.injector.raw(SYS.bind, fd, ctx.put(e.address), e.address.length);
+    if (!reuse) setReuse(0);
     if (r < 0n) {
       throw new RestoreError(
         `${e.description}: cannot bind ${formatAddress(e.address)} (errno ${-r}` +
@@ -499,3 +507,6 @@ export const tcpPendingHandler: FileHandler<TcpPendingEntry> = {
   release: (scope) => settlePending(scope, true),
   abort: (scope) => settlePending(scope, false),
 };
+
+/** `v` as a C int. */
+const int32 = (v: number) => new Uint8Array(new Int32Array([v]).buffer);
